@@ -1,0 +1,58 @@
+/**
+ * Errors a user can act on. Every failure that reaches a user (CLI exit, gRPC status) is a FarmError
+ * with a gRPC status name, so the CLI and the gRPC server report the same code and message.
+ */
+export type StatusName =
+  | "INVALID_ARGUMENT"
+  | "NOT_FOUND"
+  | "ALREADY_EXISTS"
+  | "FAILED_PRECONDITION"
+  | "RESOURCE_EXHAUSTED"
+  | "OUT_OF_RANGE"
+  | "UNAVAILABLE"
+  | "CANCELLED"
+  | "DEADLINE_EXCEEDED"
+  | "PERMISSION_DENIED"
+  | "UNAUTHENTICATED"
+  | "DATA_LOSS"
+  | "INTERNAL";
+
+/** Numeric codes of grpc.status, kept here so pure code needs no gRPC dependency. */
+export const STATUS_CODE: Record<StatusName, number> = {
+  CANCELLED: 1,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  OUT_OF_RANGE: 11,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+};
+
+export class FarmError extends Error {
+  constructor(
+    readonly status: StatusName,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "FarmError";
+  }
+
+  get code(): number {
+    return STATUS_CODE[this.status];
+  }
+}
+
+export const invalidArgument = (message: string, cause?: unknown): FarmError =>
+  new FarmError("INVALID_ARGUMENT", message, { cause });
+export const notFound = (message: string, cause?: unknown): FarmError => new FarmError("NOT_FOUND", message, { cause });
+export const resourceExhausted = (message: string, cause?: unknown): FarmError =>
+  new FarmError("RESOURCE_EXHAUSTED", message, { cause });
+export const failedPrecondition = (message: string, cause?: unknown): FarmError =>
+  new FarmError("FAILED_PRECONDITION", message, { cause });
