@@ -1,0 +1,176 @@
+/**
+ * What a user asks for: the validated, normalised parameters of one render. The CLI and the gRPC
+ * API both build these, so every entry point rejects the same bad input with the same message.
+ */
+import { FarmError } from "../errors.js";
+import { SAMPLING_TYPES, type SamplingType } from "../bundle/manifest.js";
+
+/** Upper bounds that keep one job from monopolising the farm; generous for real use. */
+export const LIMITS = {
+  maxSeconds: 120,
+  maxFrames: 120 * 60,
+  maxSteps: 200,
+  maxGuidance: 100,
+  maxTrueCfg: 50,
+  maxLatentWindow: 33,
+  minResolution: 64,
+  maxResolution: 1280,
+  maxPromptBytes: 16 * 1024,
+  maxFps: 120,
+} as const;
+
+export interface RenderParams {
+  prompt: string;
+  /** Used only when trueCfgScale > 1 (true CFG), as in diffusers. */
+  negativePrompt: string | null;
+  numFrames: number;
+  samplingType: SamplingType;
+  steps: number;
+  guidanceScale: number;
+  trueCfgScale: number;
+  /** torch.Generator seeds are unsigned 64-bit. */
+  seed: bigint;
+  latentWindowSize: number;
+  /** Either an explicit size (both set) or a bucket resolution applied to the input image's aspect. */
+  size: { height: number; width: number } | { resolution: number };
+  fps: number;
+  crf: number;
+  hasEndImage: boolean;
+}
+
+export interface RenderParamsInput {
+  prompt?: unknown;
+  negativePrompt?: unknown;
+  seconds?: unknown;
+  numFrames?: unknown;
+  samplingType?: unknown;
+  steps?: unknown;
+  guidanceScale?: unknown;
+  trueCfgScale?: unknown;
+  seed?: unknown;
+  latentWindowSize?: unknown;
+  height?: unknown;
+  width?: unknown;
+  resolution?: unknown;
+  fps?: unknown;
+  crf?: unknown;
+  hasEndImage?: unknown;
+}
+
+export interface RenderDefaults {
+  samplingType: SamplingType;
+  latentWindowSize: number;
+}
+
+const bad = (message: string): FarmError => new FarmError("INVALID_ARGUMENT", message);
+
+function toNumber(name: string, v: unknown): number {
+  const n = typeof v === "string" && v.trim() !== "" ? Number(v) : v;
+  if (typeof n !== "number" || !Number.isFinite(n)) throw bad(`${name} must be a finite number, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+function intIn(name: string, v: unknown, min: number, max: number): number {
+  const n = toNumber(name, v);
+  if (!Number.isInteger(n) || n < min || n > max) throw bad(`${name} must be an integer from ${min} to ${max}, got ${n}`);
+  return n;
+}
+
+function numIn(name: string, v: unknown, min: number, max: number): number {
+  const n = toNumber(name, v);
+  if (n < min || n > max) throw bad(`${name} must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+/** Text must be valid Unicode (no lone surrogates), without NUL, and of bounded size. */
+export function checkText(name: string, v: unknown, allowEmpty: boolean): string {
+  if (typeof v !== "string") throw bad(`${name} must be text`);
+  if (!allowEmpty && v.trim() === "") throw bad(`${name} must not be empty`);
+  if (v.includes("\0")) throw bad(`${name} must not contain NUL characters`);
+  if (!v.isWellFormed()) throw bad(`${name} is not valid Unicode (lone surrogate)`);
+  const bytes = Buffer.byteLength(v, "utf8");
+  if (bytes > LIMITS.maxPromptBytes) {
+    throw new FarmError("INVALID_ARGUMENT", `${name} is ${bytes} bytes; the limit is ${LIMITS.maxPromptBytes} bytes`);
+  }
+  return v;
+}
+
+function parseSeed(v: unknown): bigint {
+  if (v === undefined || v === null) return 31337n; // FramePack demo's default seed
+  let s: bigint;
+  try {
+    if (typeof v === "bigint") s = v;
+    else if (typeof v === "number" && Number.isSafeInteger(v)) s = BigInt(v);
+    else if (typeof v === "string" && /^\d+$/.test(v.trim())) s = BigInt(v.trim());
+    else throw new Error();
+  } catch {
+    throw bad(`seed must be a non-negative integer, got ${JSON.stringify(v)}`);
+  }
+  if (s < 0n || s >= 1n << 64n) throw bad(`seed must be from 0 to 2^64-1, got ${s}`);
+  return s;
+}
+
+function parseSamplingType(v: unknown, fallback: SamplingType): SamplingType {
+  if (v === undefined || v === null) return fallback;
+  const aliases: Record<string, SamplingType> = { inverted: "inverted_anti_drifting", inverted_anti_drifting: "inverted_anti_drifting", vanilla: "vanilla", f1: "vanilla" };
+  const t = typeof v === "string" ? aliases[v.toLowerCase()] : undefined;
+  if (t === undefined) throw bad(`mode must be one of inverted, vanilla (or ${SAMPLING_TYPES.join(", ")}), got ${JSON.stringify(v)}`);
+  return t;
+}
+
+export function validateRenderParams(input: RenderParamsInput, defaults: RenderDefaults): RenderParams {
+  const prompt = checkText("prompt", input.prompt, false);
+  const negativePrompt = input.negativePrompt === undefined || input.negativePrompt === null ? null : checkText("negative prompt", input.negativePrompt, true);
+  const fps = numIn("fps", input.fps ?? 30, 1, LIMITS.maxFps);
+
+  let numFrames: number;
+  if (input.numFrames !== undefined && input.seconds !== undefined) throw bad("give either seconds or frames, not both");
+  if (input.numFrames !== undefined) numFrames = intIn("frames", input.numFrames, 1, LIMITS.maxFrames);
+  else if (input.seconds !== undefined) {
+    const seconds = toNumber("seconds", input.seconds);
+    if (seconds <= 0 || seconds > LIMITS.maxSeconds) throw bad(`seconds must be greater than 0 and at most ${LIMITS.maxSeconds}, got ${seconds}`);
+    numFrames = Math.max(1, Math.round(seconds * fps));
+    if (numFrames > LIMITS.maxFrames) throw bad(`${seconds} s at ${fps} fps is ${numFrames} frames; the limit is ${LIMITS.maxFrames}`);
+  } else throw bad("the video length is missing: give seconds or frames");
+
+  const samplingType = parseSamplingType(input.samplingType, defaults.samplingType);
+  const hasEndImage = input.hasEndImage === true;
+  if (hasEndImage && samplingType === "vanilla") {
+    throw bad("an end image needs inverted (anti-drifting) sampling; vanilla (F1) sampling cannot use one");
+  }
+
+  let size: RenderParams["size"];
+  const multipleOf16 = (name: string, v: unknown): number => {
+    const n = intIn(name, v, LIMITS.minResolution, LIMITS.maxResolution * 2);
+    if (n % 16 !== 0) throw bad(`${name} must be a multiple of 16, got ${n}`);
+    return n;
+  };
+  if (input.height !== undefined || input.width !== undefined) {
+    if (input.height === undefined || input.width === undefined) throw bad("give both height and width, or neither");
+    if (input.resolution !== undefined) throw bad("give either height and width or a resolution, not both");
+    size = { height: multipleOf16("height", input.height), width: multipleOf16("width", input.width) };
+  } else {
+    const r = intIn("resolution", input.resolution ?? 640, LIMITS.minResolution, LIMITS.maxResolution);
+    if (r % 16 !== 0) throw bad(`resolution must be a multiple of 16, got ${r}`);
+    size = { resolution: r };
+  }
+
+  return {
+    prompt,
+    negativePrompt,
+    numFrames,
+    samplingType,
+    steps: intIn("steps", input.steps ?? 25, 1, LIMITS.maxSteps),
+    guidanceScale: numIn("guidance", input.guidanceScale ?? 10, 0, LIMITS.maxGuidance),
+    trueCfgScale: numIn("cfg", input.trueCfgScale ?? 1, 0, LIMITS.maxTrueCfg),
+    seed: parseSeed(input.seed),
+    latentWindowSize: intIn("window", input.latentWindowSize ?? defaults.latentWindowSize, 1, LIMITS.maxLatentWindow),
+    size,
+    fps,
+    crf: intIn("crf", input.crf ?? 16, 0, 51),
+    hasEndImage,
+  };
+}
+
+/** diffusers: do_true_cfg = true_cfg_scale > 1 and a negative prompt was given. */
+export const usesTrueCfg = (p: RenderParams): boolean => p.trueCfgScale > 1 && p.negativePrompt !== null;

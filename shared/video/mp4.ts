@@ -1,0 +1,69 @@
+/**
+ * H.264 MP4 encoding of uint8 RGB frames through fluent-ffmpeg, with the ffmpeg binary that the
+ * project's npm install provides (@ffmpeg-installer). Output is written to a temporary file next to
+ * the target and renamed at the end, so a failed encode never leaves a partial video behind.
+ */
+import { rename, rm } from "node:fs/promises";
+import path from "node:path";
+import { PassThrough } from "node:stream";
+import ffmpegInstaller from "@ffmpeg-installer/ffmpeg";
+import ffmpeg from "fluent-ffmpeg";
+import { FarmError } from "../errors.js";
+import type { Tensor } from "../tensor/tensor.js";
+
+export interface Mp4Options {
+  fps: number;
+  /** x264 constant rate factor: 0 lossless .. 51 worst; FramePack's demo default is 16. */
+  crf: number;
+}
+
+export function validateMp4Options({ fps, crf }: Mp4Options): void {
+  if (!Number.isFinite(fps) || fps < 1 || fps > 240) throw new FarmError("INVALID_ARGUMENT", `fps must be between 1 and 240, got ${fps}`);
+  if (!Number.isInteger(crf) || crf < 0 || crf > 51) throw new FarmError("INVALID_ARGUMENT", `crf must be an integer between 0 and 51, got ${crf}`);
+}
+
+/** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 file at outFile. */
+export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options: Mp4Options): Promise<void> {
+  validateMp4Options(options);
+  const [t, h, w, c] = frames.shape;
+  if (frames.shape.length !== 4 || c !== 3 || t === undefined || h === undefined || w === undefined || t < 1) {
+    throw new FarmError("INVALID_ARGUMENT", `frames must be [T, H, W, 3] uint8, got ${frames.describe()}`);
+  }
+  if (h % 2 !== 0 || w % 2 !== 0) throw new FarmError("INVALID_ARGUMENT", `H.264 (yuv420p) needs even sizes, got ${w}x${h}`);
+
+  const target = path.resolve(outFile);
+  const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.partial.mp4`);
+  const input = new PassThrough();
+  const frameBytes = h * w * 3;
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const command = ffmpeg()
+        .setFfmpegPath(ffmpegInstaller.path)
+        .input(input)
+        .inputFormat("rawvideo")
+        .inputOptions(["-pix_fmt rgb24", `-video_size ${w}x${h}`, `-framerate ${options.fps}`])
+        .videoCodec("libx264")
+        .outputOptions(["-pix_fmt yuv420p", `-crf ${options.crf}`, "-movflags +faststart"])
+        .format("mp4")
+        .on("error", (err: Error, _stdout: string | null, stderr: string | null) => {
+          const tail = (stderr ?? "").trim().split("\n").slice(-3).join(" | ");
+          reject(new FarmError("INTERNAL", `ffmpeg failed writing ${target}: ${err.message}${tail ? ` (${tail})` : ""}`, { cause: err }));
+        })
+        .on("end", () => resolve());
+      command.save(temp);
+      // Feed frames one at a time, honouring back-pressure.
+      void (async () => {
+        for (let i = 0; i < t; i++) {
+          const view = Buffer.from(frames.data.buffer, frames.data.byteOffset + i * frameBytes, frameBytes);
+          if (!input.write(view)) await new Promise((r) => input.once("drain", r));
+        }
+        input.end();
+      })().catch(reject);
+    });
+    await rename(temp, target);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw err;
+  }
+}
