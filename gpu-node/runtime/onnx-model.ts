@@ -1,0 +1,80 @@
+/**
+ * One ONNX graph with named float32/int64 inputs and float32 outputs (the bundle's I/O contract).
+ * Converts between framefarm Tensors and onnxruntime tensors and checks names, so a bundle whose
+ * graph does not match its manifest fails with the component and the name, not a native error.
+ */
+import ort from "onnxruntime-node";
+import { FarmError } from "../../shared/errors.js";
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import type { ExecutionProvider } from "./execution-provider.js";
+
+export type Feed = Tensor<"float32"> | Tensor<"int64">;
+
+export interface SessionSettings {
+  ep: ExecutionProvider;
+  /** Threads for one operator on the CPU provider; 0 lets onnxruntime decide. */
+  intraOpThreads?: number;
+}
+
+function toOrt(t: Feed): ort.Tensor {
+  return t.is("int64") ? new ort.Tensor("int64", t.data, [...t.shape]) : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
+}
+
+export class OnnxModel {
+  private constructor(
+    readonly component: string,
+    private readonly session: ort.InferenceSession,
+  ) {}
+
+  static async load(component: string, file: string, settings: SessionSettings): Promise<OnnxModel> {
+    const providers: string[] = settings.ep === "cpu" ? ["cpu"] : [settings.ep, "cpu"];
+    try {
+      const session = await ort.InferenceSession.create(file, {
+        executionProviders: providers,
+        graphOptimizationLevel: "all",
+        intraOpNumThreads: settings.intraOpThreads ?? 0,
+        logSeverityLevel: 3,
+      });
+      return new OnnxModel(component, session);
+    } catch (err) {
+      throw new FarmError("FAILED_PRECONDITION", `cannot load ${component} from ${file} on ${settings.ep}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  get inputNames(): readonly string[] {
+    return this.session.inputNames;
+  }
+
+  get outputNames(): readonly string[] {
+    return this.session.outputNames;
+  }
+
+  async run(feeds: Record<string, Feed>): Promise<Record<string, F32>> {
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const name of this.session.inputNames) {
+      const t = feeds[name];
+      if (t === undefined) throw new FarmError("INTERNAL", `${this.component}: input ${name} was not provided`);
+      ortFeeds[name] = toOrt(t);
+    }
+    let results: ort.InferenceSession.OnnxValueMapType;
+    try {
+      results = await this.session.run(ortFeeds);
+    } catch (err) {
+      const shapes = Object.entries(feeds).map(([k, v]) => `${k}=${v.describe()}`).join(" ");
+      throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, { cause: err });
+    }
+    const out: Record<string, F32> = {};
+    for (const name of this.session.outputNames) {
+      const v = results[name] as ort.Tensor | undefined;
+      if (v === undefined || v.type !== "float32") {
+        throw new FarmError("INTERNAL", `${this.component}: output ${name} missing or not float32`);
+      }
+      out[name] = new Tensor("float32", v.dims.map(Number), v.data as Float32Array);
+    }
+    return out;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
