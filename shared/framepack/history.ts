@@ -1,0 +1,73 @@
+/**
+ * History bookkeeping between sections: the clean-context tensors a section's transformer call
+ * sees, and how its result joins the history. Mirrors diffusers' pipeline loop; pure.
+ */
+import { Tensor, type F32 } from "../tensor/tensor.js";
+import { cat, narrow, split } from "../tensor/ops.js";
+import type { Section, SectionPlan } from "./plan.js";
+
+export interface History {
+  /** All latents so far: [1, C, frames, h, w] (inverted: newest first; vanilla: newest last). */
+  latents: F32;
+  /** How many of those frames are generated (the rest is the zero padding / start image). */
+  generated: number;
+}
+
+export interface SectionContextTensors {
+  latentsClean: F32;
+  history2x: F32;
+  history4x: F32;
+}
+
+const historyTotal = (plan: SectionPlan): number => plan.historySizes[0] + plan.historySizes[1] + plan.historySizes[2];
+
+/** Zeros for the packed history; vanilla sampling appends the start image latent. */
+export function initialHistory(plan: SectionPlan, imageLatents: F32): History {
+  const [b, c, , h, w] = imageLatents.shape as [number, number, number, number, number];
+  const zeros = Tensor.zeros([b, c, historyTotal(plan), h, w]);
+  if (plan.samplingType === "vanilla") return { latents: cat([zeros, imageLatents], 2), generated: 1 };
+  return { latents: zeros, generated: 0 };
+}
+
+/** The clean latents (start image + 1x history), 2x and 4x history for one section. */
+export function sectionContext(plan: SectionPlan, section: Section, history: History, imageLatents: F32, lastImageLatents: F32 | null): SectionContextTensors {
+  const total = historyTotal(plan);
+  if (plan.samplingType === "inverted_anti_drifting") {
+    const [oneX, twoX, fourX] = split(narrow(history.latents, 2, 0, total), 2, plan.historySizes) as [F32, F32, F32];
+    // The end image stands in for the 1x history of the first generated (last in time) section.
+    const clean1x = lastImageLatents !== null && section.isFirst ? lastImageLatents : oneX;
+    return { latentsClean: cat([imageLatents, clean1x], 2), history2x: twoX, history4x: fourX };
+  }
+  const frames = history.latents.shape[2]!;
+  const [fourX, twoX, oneX] = split(narrow(history.latents, 2, frames - total, total), 2, plan.historySizes) as [F32, F32, F32];
+  return { latentsClean: cat([imageLatents, oneX], 2), history2x: twoX, history4x: fourX };
+}
+
+export interface AppendResult {
+  history: History;
+  /** The latents to decode for this section (still multiplied by the VAE scaling factor). */
+  decodeLatents: F32;
+}
+
+/**
+ * Adds a denoised section to the history. The first section decodes all generated history;
+ * later ones decode their own window plus one window of overlap (and the start image on the last
+ * inverted section), which the caller soft-appends to the video.
+ */
+export function appendSection(plan: SectionPlan, section: Section, history: History, latents: F32, imageLatents: F32): AppendResult {
+  const w = plan.latentWindowSize;
+  if (plan.samplingType === "inverted_anti_drifting") {
+    const added = section.isLast ? cat([imageLatents, latents], 2) : latents;
+    const generated = history.generated + added.shape[2]!;
+    const all = cat([added, history.latents], 2);
+    const real = narrow(all, 2, 0, generated);
+    const decodeFrames = section.isFirst ? generated : section.isLast ? 2 * w + 1 : 2 * w;
+    return { history: { latents: all, generated }, decodeLatents: narrow(real, 2, 0, Math.min(decodeFrames, generated)) };
+  }
+  const generated = history.generated + latents.shape[2]!;
+  const all = cat([history.latents, latents], 2);
+  const frames = all.shape[2]!;
+  const real = narrow(all, 2, frames - generated, generated);
+  const decodeFrames = section.isFirst ? generated : 2 * w;
+  return { history: { latents: all, generated }, decodeLatents: narrow(real, 2, generated - Math.min(decodeFrames, generated), Math.min(decodeFrames, generated)) };
+}
