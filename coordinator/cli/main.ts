@@ -1,0 +1,56 @@
+#!/usr/bin/env node
+/**
+ * The framefarm command. Every failure ends with `error [STATUS]: message` on stderr and a non-zero
+ * exit code (2 for bad input, 1 otherwise), matching the gRPC status the API would return.
+ */
+import { FarmError } from "../../shared/errors.js";
+import { renderCommand } from "./render.js";
+import { checkReferenceCommand } from "./check-reference.js";
+
+const USAGE = `framefarm — FramePack image-to-video render farm
+
+Usage:
+  framefarm render --image a.png --prompt "..." (--seconds S | --frames N) -o out.mp4 [options]
+  framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda]
+
+Run \`framefarm <command> --help\` for a command's options.`;
+
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+  render: renderCommand,
+  "check-reference": checkReferenceCommand,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+    process.stdout.write(`${USAGE}\n`);
+    return command === undefined ? 2 : 0;
+  }
+  const run = COMMANDS[command];
+  if (run === undefined) throw new FarmError("INVALID_ARGUMENT", `unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+  return run(rest);
+}
+
+export function reportError(err: unknown): number {
+  if (err instanceof FarmError) {
+    process.stderr.write(`error [${err.status}]: ${err.message}\n`);
+    return err.status === "INVALID_ARGUMENT" || err.status === "NOT_FOUND" || err.status === "RESOURCE_EXHAUSTED" ? 2 : 1;
+  }
+  // parseArgs reports unknown or malformed options with these codes.
+  const code = (err as { code?: string }).code;
+  if (typeof code === "string" && code.startsWith("ERR_PARSE_ARGS")) {
+    process.stderr.write(`error [INVALID_ARGUMENT]: ${(err as Error).message}\n`);
+    return 2;
+  }
+  process.stderr.write(`error [INTERNAL]: ${(err as Error)?.stack ?? String(err)}\n`);
+  return 1;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.exitCode = reportError(err);
+  },
+);

@@ -1,0 +1,166 @@
+/**
+ * One render, end to end, in this process: the FramePack section loop of diffusers'
+ * HunyuanVideoFramepackPipeline expressed as calls to the gpu-node stages. The probe hook sees
+ * every intermediate under the reference's key names; check-reference compares them, and normal
+ * renders pass no probe.
+ */
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
+import { flowMatchSchedule } from "../../shared/sampler/flow-match.js";
+import { planSections } from "../../shared/framepack/plan.js";
+import { initialHistory, sectionContext, appendSection } from "../../shared/framepack/history.js";
+import { softAppend } from "../../shared/framepack/soft-append.js";
+import { trimFrameCount, videoToUint8Frames } from "../../shared/framepack/frames.js";
+import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
+import { encodeText, type PromptEmbeddings } from "../../gpu-node/stages/encode-text.js";
+import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "../../gpu-node/stages/encode-image.js";
+import { denoiseSection } from "../../gpu-node/stages/denoise-section.js";
+import { decodeVideo, toVaeLatents } from "../../gpu-node/stages/decode-latents.js";
+import type { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
+import type { TextTokenizers } from "../../gpu-node/text/tokenizers.js";
+
+export interface RenderInputs {
+  params: RenderParams;
+  /** [1, 3, H, W] in [-1, 1], already at the render size. */
+  firstPixels: F32;
+  lastPixels: F32 | null;
+}
+
+export interface RenderObserver {
+  /** Intermediate tensors under the reference's names (e.g. "section0.noise"). */
+  probe?(name: string, tensor: Tensor): void;
+  onPlan?(sections: number, stepsPerSection: number): void;
+  onStep?(section: number, step: number, steps: number): void;
+  onStage?(label: string): void;
+  signal?: AbortSignal;
+}
+
+export interface RenderContext {
+  runtime: ModelRuntime;
+  tokenizers: TextTokenizers;
+}
+
+function probePrompt(observer: RenderObserver, p: PromptEmbeddings, suffix: "0" | "1", prefix: "" | "negative_"): void {
+  observer.probe?.(`llama_input_ids${suffix}`, p.llamaIds);
+  observer.probe?.(`llama_attention_mask${suffix}`, p.llamaMask);
+  observer.probe?.(`clip_input_ids${suffix}`, p.clipIds);
+  observer.probe?.(`${prefix}prompt_embeds`, p.embeds);
+  observer.probe?.(`${prefix}prompt_attention_mask`, p.mask);
+  observer.probe?.(`${prefix}pooled_prompt_embeds`, p.pooled);
+}
+
+/** Renders the video and returns its frames as uint8 [T, H, W, 3]. */
+export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observer: RenderObserver = {}): Promise<Tensor<"uint8">> {
+  const { runtime, tokenizers } = ctx;
+  const { params } = inputs;
+  const manifest = runtime.bundle.manifest;
+  const probe = (name: string, t: Tensor): void => observer.probe?.(name, t);
+
+  observer.onStage?.("encoding prompt");
+  const prompt = await encodeText(runtime, tokenizers, params.prompt);
+  probePrompt(observer, prompt, "0", "");
+  let negative: PromptEmbeddings | undefined;
+  if (usesTrueCfg(params)) {
+    negative = await encodeText(runtime, tokenizers, params.negativePrompt ?? "");
+    probePrompt(observer, negative, "1", "negative_");
+  }
+
+  observer.onStage?.("encoding image");
+  probe("image_pixels0", inputs.firstPixels);
+  const first = await encodeImageEmbeds(runtime, inputs.firstPixels);
+  probe("siglip_pixel_values0", first.siglipInput);
+  // diffusers averages the end image's embeddings with the start image's into last_image_embeds
+  // but conditions the transformer on image_embeds (the start image's) alone; we do the same.
+  const imageEmbeds = first.embeds;
+  probe("image_embeds", imageEmbeds);
+  if (inputs.lastPixels !== null) {
+    probe("image_pixels1", inputs.lastPixels);
+    const last = await encodeImageEmbeds(runtime, inputs.lastPixels);
+    probe("siglip_pixel_values1", last.siglipInput);
+    probe("last_image_embeds", last.embeds);
+  }
+
+  // The generator's draws follow diffusers' order: start image posterior, end image posterior,
+  // then each section's noise.
+  const generator = new TorchGenerator(params.seed);
+  const sf = manifest.vae.scaling_factor;
+  const imageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.firstPixels), generator, sf);
+  probe("image_latents", imageLatents);
+  let lastImageLatents: F32 | null = null;
+  if (inputs.lastPixels !== null) {
+    lastImageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.lastPixels), generator, sf);
+    probe("last_image_latents", lastImageLatents);
+  }
+
+  const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
+  const plan = planSections({
+    samplingType: params.samplingType,
+    numFrames: params.numFrames,
+    latentWindowSize: params.latentWindowSize,
+    hasEndImage: lastImageLatents !== null,
+    historySizes: manifest.framepack.history_sizes[params.samplingType],
+    temporalCompression: manifest.vae.temporal_compression_ratio,
+  });
+  observer.onPlan?.(plan.sections.length, params.steps);
+
+  let history = initialHistory(plan, imageLatents);
+  let video: F32 | null = null;
+  let decodeIndex = 0;
+  for (const section of plan.sections) {
+    const k = section.index;
+    observer.signal?.throwIfAborted();
+    const ix = section.indices;
+    const context = {
+      ...sectionContext(plan, section, history, imageLatents, lastImageLatents),
+      indicesLatents: Tensor.i64([ix.latents.length], ix.latents),
+      indicesClean: Tensor.i64([ix.clean.length], ix.clean),
+      indices2x: Tensor.i64([ix.history2x.length], ix.history2x),
+      indices4x: Tensor.i64([ix.history4x.length], ix.history4x),
+    };
+    const noise = generator.randn([1, channels, params.latentWindowSize, h, w]);
+    probe(`section${k}.noise`, noise);
+    const patch = manifest.transformer.patch_size;
+    const schedule = flowMatchSchedule(manifest.scheduler, params.steps, (params.latentWindowSize * h * w) / (patch * patch));
+    probe(`section${k}.sigmas`, new Tensor("float32", [schedule.sigmas.length], schedule.sigmas));
+    probe(`section${k}.timesteps`, new Tensor("float32", [schedule.timesteps.length], schedule.timesteps));
+
+    const latents = await denoiseSection(
+      runtime,
+      {
+        noise,
+        prompt,
+        ...(negative !== undefined ? { negative } : {}),
+        trueCfgScale: params.trueCfgScale,
+        imageEmbeds,
+        context,
+        guidanceScale: params.guidanceScale,
+        schedule,
+      },
+      {
+        onStep: (step, steps) => observer.onStep?.(k, step, steps),
+        onFirstStep: (feeds, out) => {
+          for (const [name, t] of Object.entries(feeds)) probe(`section${k}.transformer_in.${name}`, t);
+          probe(`section${k}.step0.transformer_out`, out);
+        },
+        ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
+      },
+    );
+    probe(`section${k}.latents`, latents);
+
+    const appended = appendSection(plan, section, history, latents, imageLatents);
+    history = appended.history;
+    observer.onStage?.(`decoding section ${k + 1}/${plan.sections.length}`);
+    const vaeLatents = toVaeLatents(appended.decodeLatents, sf);
+    probe(`decode${decodeIndex}.in`, vaeLatents);
+    const current = await decodeVideo(runtime, vaeLatents);
+    probe(`decode${decodeIndex}.out`, current);
+    decodeIndex++;
+    if (video === null) video = current;
+    else if (params.samplingType === "inverted_anti_drifting") video = softAppend(current, video, plan.overlapFrames);
+    else video = softAppend(video, current, plan.overlapFrames);
+  }
+
+  const frames = videoToUint8Frames(video!, trimFrameCount(video!.shape[2]!, manifest.vae.temporal_compression_ratio));
+  probe("frames_uint8", frames);
+  return frames;
+}

@@ -1,0 +1,83 @@
+/**
+ * A reference case: the JSON of one diffusers pipeline call, its input images, and (optionally)
+ * the safetensors file of every intermediate tensor that call produced.
+ */
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { FarmError } from "../../shared/errors.js";
+import type { Tensor } from "../../shared/tensor/tensor.js";
+import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
+import type { RenderParamsInput } from "../../shared/job/render-params.js";
+
+/** Keys a case may carry: the call's parameters, plus facts about the run that we do not need. */
+const PARAM_KEYS = [
+  "sampling_type", "seed", "num_frames", "steps", "prompt", "guidance_scale", "height", "width",
+  "first_image", "last_image", "negative_prompt", "true_cfg_scale", "latent_window_size",
+] as const;
+const INFO_KEYS = ["name", "img_seed", "last_img_seed", "frames_shape", "crop_start", "generator"] as const;
+
+export interface ReferenceCase {
+  name: string;
+  file: string;
+  params: RenderParamsInput;
+  firstImage: string;
+  lastImage: string | null;
+  /** Expected tensors by reference key; empty when the case has no .safetensors beside it. */
+  expected: Map<string, Tensor>;
+}
+
+export async function loadReferenceCase(caseFile: string, options: { requireTensors?: boolean } = {}): Promise<ReferenceCase> {
+  const file = path.resolve(caseFile);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(file, "utf8"));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new FarmError(code === "ENOENT" ? "NOT_FOUND" : "INVALID_ARGUMENT", `reference case ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new FarmError("INVALID_ARGUMENT", `reference case ${file} must be a JSON object`);
+  const json = raw as Record<string, unknown>;
+  const known = new Set<string>([...PARAM_KEYS, ...INFO_KEYS]);
+  const unknown = Object.keys(json).filter((k) => !known.has(k));
+  if (unknown.length > 0) throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: unknown field(s) ${unknown.join(", ")}`);
+  for (const k of ["sampling_type", "seed", "num_frames", "steps", "prompt", "guidance_scale", "height", "width", "first_image"] as const) {
+    if (json[k] === undefined || json[k] === null) throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${k} is missing`);
+  }
+  const dir = path.dirname(file);
+  const imagePath = (key: string): string => {
+    const v = json[key];
+    if (typeof v !== "string" || v === "" || path.isAbsolute(v) || v.split(/[\\/]/).includes("..")) {
+      throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${key} must be a file name beside the case`);
+    }
+    return path.join(dir, v);
+  };
+  const name = typeof json["name"] === "string" ? json["name"] : path.basename(file, ".json");
+  const lastImage = json["last_image"] === null || json["last_image"] === undefined ? null : imagePath("last_image");
+  const seed = json["seed"];
+  const params: RenderParamsInput = {
+    prompt: json["prompt"],
+    negativePrompt: json["negative_prompt"] ?? undefined,
+    numFrames: json["num_frames"],
+    samplingType: json["sampling_type"],
+    steps: json["steps"],
+    guidanceScale: json["guidance_scale"],
+    trueCfgScale: json["true_cfg_scale"] ?? 1,
+    seed: typeof seed === "number" ? String(seed) : seed,
+    latentWindowSize: json["latent_window_size"] ?? 9,
+    height: json["height"],
+    width: json["width"],
+    hasEndImage: lastImage !== null,
+  };
+
+  const tensorsFile = path.join(dir, `${path.basename(file, ".json")}.safetensors`);
+  let expected = new Map<string, Tensor>();
+  try {
+    expected = decodeSafetensors(await readFile(tensorsFile)).tensors;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT" || options.requireTensors === true) {
+      if (err instanceof FarmError) throw err;
+      throw new FarmError("NOT_FOUND", `reference tensors ${tensorsFile}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  return { name, file, params, firstImage: imagePath("first_image"), lastImage, expected };
+}

@@ -1,0 +1,103 @@
+/**
+ * denoise stage: runs the transformer over all sampling steps of one FramePack section, with
+ * distilled guidance and optional true CFG, exactly as diffusers' denoising loop.
+ */
+import { Tensor, type F32, type I64 } from "../../shared/tensor/tensor.js";
+import type { FlowMatchSchedule } from "../../shared/sampler/flow-match.js";
+import { eulerStep } from "../../shared/sampler/flow-match.js";
+import type { ModelRuntime } from "../runtime/model-runtime.js";
+
+export interface TextConditioning {
+  embeds: F32;
+  mask: F32;
+  pooled: F32;
+}
+
+export interface SectionContext {
+  latentsClean: F32;
+  history2x: F32;
+  history4x: F32;
+  indicesLatents: I64;
+  indicesClean: I64;
+  indices2x: I64;
+  indices4x: I64;
+}
+
+export interface DenoiseInput {
+  /** Initial latents of the section: [1, C, window, h, w] */
+  noise: F32;
+  prompt: TextConditioning;
+  /** Present only with true CFG (true_cfg_scale > 1 and a negative prompt). */
+  negative?: TextConditioning;
+  trueCfgScale: number;
+  imageEmbeds: F32;
+  context: SectionContext;
+  /** guidance_scale; the transformer receives guidance_scale * 1000. */
+  guidanceScale: number;
+  schedule: FlowMatchSchedule;
+}
+
+export interface DenoiseObserver {
+  /** Called after each step with the 1-based step number. */
+  onStep?(step: number, total: number): void;
+  /** Step 0's transformer inputs and its first (positive prompt) output, for parity checks. */
+  onFirstStep?(inputs: Record<string, Tensor>, output: F32): void;
+  /** Lets a caller stop between steps (cancellation). */
+  signal?: AbortSignal;
+}
+
+function scalar(value: number): F32 {
+  return new Tensor("float32", [1], Float32Array.of(value));
+}
+
+/** neg + scale * (pos - neg), rounding each float32 operation like torch. */
+function trueCfg(pos: F32, neg: F32, scale: number): F32 {
+  const out = new Float32Array(pos.numel);
+  const s = Math.fround(scale);
+  for (let i = 0; i < out.length; i++) {
+    const diff = Math.fround(pos.data[i]! - neg.data[i]!);
+    out[i] = Math.fround(neg.data[i]! + Math.fround(s * diff));
+  }
+  return new Tensor("float32", pos.shape, out);
+}
+
+export async function denoiseSection(runtime: ModelRuntime, input: DenoiseInput, observer: DenoiseObserver = {}): Promise<F32> {
+  const model = await runtime.model("transformer");
+  const { schedule, context } = input;
+  const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));
+  const steps = schedule.timesteps.length;
+  let latents = input.noise;
+
+  for (let i = 0; i < steps; i++) {
+    observer.signal?.throwIfAborted();
+    const shared = {
+      hidden_states: latents,
+      timestep: scalar(schedule.timesteps[i]!),
+      image_embeds: input.imageEmbeds,
+      indices_latents: context.indicesLatents,
+      guidance,
+      latents_clean: context.latentsClean,
+      indices_latents_clean: context.indicesClean,
+      latents_history_2x: context.history2x,
+      indices_latents_history_2x: context.indices2x,
+      latents_history_4x: context.history4x,
+      indices_latents_history_4x: context.indices4x,
+    };
+    const withText = (t: TextConditioning) => ({
+      ...shared,
+      encoder_hidden_states: t.embeds,
+      encoder_attention_mask: t.mask,
+      pooled_projections: t.pooled,
+    });
+    const feeds = withText(input.prompt);
+    let noisePred = (await model.run(feeds)).noise_pred!;
+    if (i === 0) observer.onFirstStep?.(feeds, noisePred);
+    if (input.negative !== undefined) {
+      const negPred = (await model.run(withText(input.negative))).noise_pred!;
+      noisePred = trueCfg(noisePred, negPred, input.trueCfgScale);
+    }
+    latents = eulerStep(latents, noisePred, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);
+    observer.onStep?.(i + 1, steps);
+  }
+  return latents;
+}
