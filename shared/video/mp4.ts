@@ -6,7 +6,6 @@
 import { rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { PassThrough } from "node:stream";
-import ffmpegInstaller from "@ffmpeg-installer/ffmpeg";
 import ffmpeg from "fluent-ffmpeg";
 import { FarmError } from "../errors.js";
 import type { Tensor } from "../tensor/tensor.js";
@@ -15,6 +14,19 @@ export interface Mp4Options {
   fps: number;
   /** x264 constant rate factor: 0 lossless .. 51 worst; FramePack's demo default is 16. */
   crf: number;
+}
+
+/**
+ * The ffmpeg binary from @ffmpeg-installer, loaded on first use: that package throws at import
+ * when its binary is missing, which must not stop commands that never encode video.
+ */
+async function ffmpegPath(): Promise<string> {
+  try {
+    const installer = (await import("@ffmpeg-installer/ffmpeg")) as { default: { path: string } };
+    return installer.default.path;
+  } catch (err) {
+    throw new FarmError("FAILED_PRECONDITION", `ffmpeg is not installed (${(err as Error).message}); run npm ci in the framefarm folder`, { cause: err });
+  }
 }
 
 export function validateMp4Options({ fps, crf }: Mp4Options): void {
@@ -31,6 +43,7 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
   }
   if (h % 2 !== 0 || w % 2 !== 0) throw new FarmError("INVALID_ARGUMENT", `H.264 (yuv420p) needs even sizes, got ${w}x${h}`);
 
+  const binary = await ffmpegPath();
   const target = path.resolve(outFile);
   const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.partial.mp4`);
   const input = new PassThrough();
@@ -39,7 +52,7 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
   try {
     await new Promise<void>((resolve, reject) => {
       const command = ffmpeg()
-        .setFfmpegPath(ffmpegInstaller.path)
+        .setFfmpegPath(binary)
         .input(input)
         .inputFormat("rawvideo")
         .inputOptions(["-pix_fmt rgb24", `-video_size ${w}x${h}`, `-framerate ${options.fps}`])
