@@ -9,8 +9,8 @@ import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { flowMatchSchedule } from "../../shared/sampler/flow-match.js";
 import { planSections } from "../../shared/framepack/plan.js";
 import { initialHistory, sectionContext, appendSection } from "../../shared/framepack/history.js";
-import { softAppend } from "../../shared/framepack/soft-append.js";
-import { trimFrameCount, videoToUint8Frames } from "../../shared/framepack/frames.js";
+import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
+import { trimFrameCount } from "../../shared/framepack/frames.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
 import { encodeText, type PromptEmbeddings } from "../../gpu-node/stages/encode-text.js";
 import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "../../gpu-node/stages/encode-image.js";
@@ -104,7 +104,8 @@ export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observ
   observer.onPlan?.(plan.sections.length, params.steps);
 
   let history = initialHistory(plan, imageLatents);
-  let video: F32 | null = null;
+  const video = new VideoAccumulator(params.samplingType, plan.overlapFrames);
+  let decodedFrames = 0;
   let decodeIndex = 0;
   for (const section of plan.sections) {
     const k = section.index;
@@ -155,12 +156,11 @@ export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observ
     const current = await decodeVideo(runtime, vaeLatents);
     probe(`decode${decodeIndex}.out`, current);
     decodeIndex++;
-    if (video === null) video = current;
-    else if (params.samplingType === "inverted_anti_drifting") video = softAppend(current, video, plan.overlapFrames);
-    else video = softAppend(video, current, plan.overlapFrames);
+    decodedFrames += current.shape[2]! - (decodedFrames === 0 ? 0 : plan.overlapFrames);
+    video.add(current);
   }
 
-  const frames = videoToUint8Frames(video!, trimFrameCount(video!.shape[2]!, manifest.vae.temporal_compression_ratio));
+  const frames = video.finish(trimFrameCount(decodedFrames, manifest.vae.temporal_compression_ratio));
   probe("frames_uint8", frames);
   return frames;
 }
