@@ -7,6 +7,7 @@ export type StatusName =
   | "NOT_FOUND"
   | "ALREADY_EXISTS"
   | "FAILED_PRECONDITION"
+  | "ABORTED"
   | "RESOURCE_EXHAUSTED"
   | "OUT_OF_RANGE"
   | "UNAVAILABLE"
@@ -27,6 +28,7 @@ export const STATUS_CODE: Record<StatusName, number> = {
   PERMISSION_DENIED: 7,
   RESOURCE_EXHAUSTED: 8,
   FAILED_PRECONDITION: 9,
+  ABORTED: 10,
   OUT_OF_RANGE: 11,
   INTERNAL: 13,
   UNAVAILABLE: 14,

@@ -1,0 +1,87 @@
+/**
+ * The message bus seam: work queues for stage tasks, a revision-checked key-value store for job
+ * and task state, and fire-and-forget events for dashboards. Two implementations share this
+ * interface and one contract test: NATS JetStream (clusters) and in-process (embedded mode).
+ */
+export interface Delivery {
+  readonly data: Uint8Array;
+  /** 1 on first delivery, 2 after one redelivery, ... */
+  readonly attempt: number;
+  ack(): void;
+  /** Give the task back for redelivery (after delayMs). */
+  nak(delayMs?: number): void;
+  /** Still working: restart the ack-wait clock (long denoise steps). */
+  working(): void;
+  /** Never deliver again (poison task). */
+  term(): void;
+}
+
+export interface ConsumeOptions {
+  /** Durable consumer name: consumers with one name share the queue's tasks. */
+  name: string;
+  /** Unacknowledged tasks are redelivered after this long. */
+  ackWaitMs: number;
+  /** After this many deliveries a task is dropped (the caller records the failure first). */
+  maxDeliver: number;
+  /** Tasks handled at once by this consumer. */
+  concurrency?: number;
+}
+
+export interface Consumer {
+  stop(): Promise<void>;
+}
+
+export interface WorkQueues {
+  /** Declares a queue (idempotent). */
+  ensure(queue: string): Promise<void>;
+  /** Adds a task; a repeated dedupId within the dedup window is dropped. */
+  enqueue(queue: string, data: Uint8Array, dedupId?: string): Promise<void>;
+  consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer>;
+  /** Tasks waiting (not yet delivered or due again). */
+  depth(queue: string): Promise<number>;
+}
+
+export interface KvEntry {
+  value: Uint8Array;
+  revision: number;
+}
+
+export interface KeyValue {
+  get(key: string): Promise<KvEntry | null>;
+  /** Creates the key; ALREADY_EXISTS if it is there. Returns the revision. */
+  create(key: string, value: Uint8Array): Promise<number>;
+  /** Replaces the value if the key is still at expectedRevision; ABORTED otherwise. */
+  update(key: string, value: Uint8Array, expectedRevision: number): Promise<number>;
+  delete(key: string): Promise<void>;
+  keys(): Promise<string[]>;
+}
+
+export interface Events {
+  publish(subject: string, data: Uint8Array): void;
+  /** Subject patterns use NATS wildcards: * for one token, > for the rest. */
+  subscribe(pattern: string, handler: (subject: string, data: Uint8Array) => void): () => void;
+}
+
+export interface Bus {
+  readonly queues: WorkQueues;
+  kv(bucket: string): Promise<KeyValue>;
+  readonly events: Events;
+  close(): Promise<void>;
+}
+
+/** NATS subject matching: tokens split on '.', '*' matches one token, '>' the rest. */
+export function subjectMatches(pattern: string, subject: string): boolean {
+  const p = pattern.split(".");
+  const s = subject.split(".");
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === ">") return s.length > i;
+    if (i >= s.length || (p[i] !== "*" && p[i] !== s[i])) return false;
+  }
+  return p.length === s.length;
+}
+
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+export function validateBusName(what: string, name: string): string {
+  if (!NAME.test(name)) throw new RangeError(`${what} name ${JSON.stringify(name)} must be 1-64 of [A-Za-z0-9_-]`);
+  return name;
+}

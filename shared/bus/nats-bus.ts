@@ -1,0 +1,163 @@
+/**
+ * The bus on NATS JetStream: one work-queue stream per queue (file storage, explicit acks,
+ * redelivery after the ack wait, Nats-Msg-Id dedup), KV buckets for state (revision-checked
+ * updates), and core NATS subjects for events.
+ */
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import { FarmError } from "../errors.js";
+import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type WorkQueues } from "./bus.js";
+
+const ms = (n: number): number => n * 1_000_000;
+const streamOf = (queue: string): string => `FF_Q_${queue}`;
+const subjectOf = (queue: string): string => `ff.q.${queue}`;
+
+class NatsQueues implements WorkQueues {
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+  ) {}
+
+  async ensure(queue: string): Promise<void> {
+    validateBusName("queue", queue);
+    const config = { name: streamOf(queue), subjects: [subjectOf(queue)], retention: RetentionPolicy.Workqueue, storage: StorageType.File, duplicate_window: ms(120_000) };
+    try {
+      await this.jsm.streams.info(config.name);
+    } catch {
+      await this.jsm.streams.add(config);
+    }
+  }
+
+  async enqueue(queue: string, data: Uint8Array, dedupId?: string): Promise<void> {
+    await this.js.publish(subjectOf(queue), data, dedupId !== undefined ? { msgID: dedupId } : {});
+  }
+
+  async depth(queue: string): Promise<number> {
+    const info = await this.jsm.streams.info(streamOf(queue));
+    return info.state.messages;
+  }
+
+  async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
+    const stream = streamOf(queue);
+    const durable = validateBusName("consumer", options.name);
+    const config = { durable_name: durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: ms(options.ackWaitMs), max_deliver: options.maxDeliver, max_ack_pending: 1000 };
+    try {
+      await this.jsm.consumers.add(stream, config);
+    } catch (err) {
+      // An existing durable with other settings is updated in place.
+      if (!(err instanceof JetStreamApiError)) throw err;
+      await this.jsm.consumers.update(stream, durable, { ack_wait: config.ack_wait, max_deliver: config.max_deliver });
+    }
+    const consumer = await this.js.consumers.get(stream, durable);
+    const concurrency = options.concurrency ?? 1;
+    const messages = await consumer.consume({ max_messages: concurrency });
+    const inflight = new Set<Promise<void>>();
+    const loop = (async () => {
+      for await (const m of messages) {
+        const delivery: Delivery = {
+          data: m.data,
+          attempt: m.info.deliveryCount,
+          ack: () => m.ack(),
+          nak: (delay) => m.nak(delay),
+          working: () => m.working(),
+          term: () => m.term(),
+        };
+        const p = handler(delivery).catch(() => m.nak()).finally(() => inflight.delete(p));
+        inflight.add(p);
+        while (inflight.size >= concurrency) await Promise.race(inflight);
+      }
+    })();
+    return {
+      stop: async () => {
+        await messages.close();
+        await loop;
+        await Promise.all(inflight);
+      },
+    };
+  }
+}
+
+class NatsKv implements KeyValue {
+  constructor(private readonly kv: Awaited<ReturnType<Kvm["create"]>>) {}
+
+  async get(key: string): Promise<KvEntry | null> {
+    const e = await this.kv.get(key);
+    if (e === null || e.operation !== "PUT") return null;
+    // The client hands back Buffers; callers get plain Uint8Arrays from either bus.
+    return { value: new Uint8Array(e.value), revision: e.revision };
+  }
+
+  async create(key: string, value: Uint8Array): Promise<number> {
+    try {
+      return await this.kv.create(key, value);
+    } catch (err) {
+      throw new FarmError("ALREADY_EXISTS", `key ${key} exists`, { cause: err });
+    }
+  }
+
+  async update(key: string, value: Uint8Array, expectedRevision: number): Promise<number> {
+    try {
+      return await this.kv.update(key, value, expectedRevision);
+    } catch (err) {
+      throw new FarmError("ABORTED", `key ${key} is not at revision ${expectedRevision}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.kv.delete(key);
+  }
+
+  async keys(): Promise<string[]> {
+    const out: string[] = [];
+    for await (const k of await this.kv.keys()) out.push(k);
+    return out.sort();
+  }
+}
+
+class NatsEvents implements Events {
+  constructor(private readonly nc: NatsConnection) {}
+
+  publish(subject: string, data: Uint8Array): void {
+    this.nc.publish(subject, data);
+  }
+
+  subscribe(pattern: string, handler: (subject: string, data: Uint8Array) => void): () => void {
+    const sub = this.nc.subscribe(pattern, {
+      callback: (err, m) => {
+        if (err === null) handler(m.subject, m.data);
+      },
+    });
+    return () => sub.unsubscribe();
+  }
+}
+
+export class NatsBus implements Bus {
+  private constructor(
+    private readonly nc: NatsConnection,
+    readonly queues: WorkQueues,
+    readonly events: Events,
+    private readonly kvm: Kvm,
+  ) {}
+
+  static async connect(servers: string, name = "framefarm"): Promise<NatsBus> {
+    let nc: NatsConnection;
+    try {
+      nc = await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+    } catch (err) {
+      throw new FarmError("UNAVAILABLE", `cannot reach NATS at ${servers}: ${(err as Error).message}`, { cause: err });
+    }
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+    return new NatsBus(nc, new NatsQueues(js, jsm), new NatsEvents(nc), new Kvm(nc));
+  }
+
+  async kv(bucket: string): Promise<KeyValue> {
+    return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File }));
+  }
+
+  async close(): Promise<void> {
+    await this.nc.drain();
+  }
+}

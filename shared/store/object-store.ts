@@ -1,0 +1,51 @@
+/**
+ * The object store seam. Tensors, images and videos move between coordinator and nodes as objects
+ * under deterministic keys (jobs/<id>/...). Two implementations share this interface and one
+ * contract test: S3 (MinIO in production) and a local directory (embedded mode).
+ */
+import { createHash } from "node:crypto";
+import { FarmError } from "../errors.js";
+
+export interface PutResult {
+  key: string;
+  size: number;
+  sha256: string;
+}
+
+export interface ObjectStore {
+  /** Stores bytes under key, replacing any object there. The write is atomic: readers see old or new. */
+  put(key: string, data: Uint8Array, contentType?: string): Promise<PutResult>;
+  /** Stores only if nothing is there yet; returns false (and writes nothing) otherwise. */
+  putIfAbsent(key: string, data: Uint8Array, contentType?: string): Promise<boolean>;
+  /** The object's bytes; NOT_FOUND if there is none. */
+  get(key: string): Promise<Uint8Array>;
+  /** Size of the object, or null if there is none. */
+  head(key: string): Promise<{ size: number } | null>;
+  delete(key: string): Promise<void>;
+  /** Every key under prefix, sorted. */
+  list(prefix: string): Promise<string[]>;
+  /** Deletes everything under prefix; returns how many objects went. */
+  deletePrefix(prefix: string): Promise<number>;
+  /** A URL that fetches the object without credentials until it expires. */
+  presignedGetUrl(key: string, expirySeconds: number): Promise<string>;
+  close(): Promise<void>;
+}
+
+const KEY_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._\-]*(\/[A-Za-z0-9][A-Za-z0-9._\-]*)*$/;
+export const MAX_KEY_LENGTH = 512;
+
+/**
+ * Keys are built by framefarm from ids and stage names, never from raw user text; this check is
+ * the last line: relative, slash-separated segments of [A-Za-z0-9._-], no "." or ".." segments.
+ */
+export function validateObjectKey(key: string, prefix = false): string {
+  const body = prefix && key.endsWith("/") ? key.slice(0, -1) : key;
+  if (typeof key !== "string" || key.length === 0 || key.length > MAX_KEY_LENGTH || !KEY_PATTERN.test(body) || body.split("/").some((s) => s === "." || s === "..")) {
+    throw new FarmError("INVALID_ARGUMENT", `invalid object key ${JSON.stringify(key)}: use relative segments of letters, digits, '.', '_' and '-' (at most ${MAX_KEY_LENGTH} characters)`);
+  }
+  return key;
+}
+
+export function sha256Hex(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}

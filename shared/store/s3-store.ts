@@ -1,0 +1,121 @@
+/**
+ * Object store on S3 through the minio client: MinIO in production (deploy/), s3rver in local
+ * runs and tests. Only the S3 API is used, so the code cannot tell the servers apart.
+ */
+import { Client, S3Error } from "minio";
+import { FarmError } from "../errors.js";
+import { sha256Hex, validateObjectKey, type ObjectStore, type PutResult } from "./object-store.js";
+
+export interface S3StoreConfig {
+  endpoint: string;
+  port: number;
+  useSSL: boolean;
+  accessKey: string;
+  secretKey: string;
+  bucket: string;
+  region?: string;
+}
+
+const notFoundCodes = new Set(["NoSuchKey", "NotFound", "NoSuchObject"]);
+
+function isNotFound(err: unknown): boolean {
+  return (err instanceof S3Error || err instanceof Error) && notFoundCodes.has(String((err as { code?: string }).code));
+}
+
+async function collect(stream: NodeJS.ReadableStream): Promise<Uint8Array> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  return new Uint8Array(Buffer.concat(chunks));
+}
+
+export class S3ObjectStore implements ObjectStore {
+  private readonly client: Client;
+
+  private constructor(
+    client: Client,
+    readonly bucket: string,
+  ) {
+    this.client = client;
+  }
+
+  /** Connects and creates the bucket if it does not exist yet. */
+  static async open(config: S3StoreConfig): Promise<S3ObjectStore> {
+    const client = new Client({
+      endPoint: config.endpoint,
+      port: config.port,
+      useSSL: config.useSSL,
+      accessKey: config.accessKey,
+      secretKey: config.secretKey,
+      region: config.region ?? "us-east-1",
+      pathStyle: true,
+    });
+    try {
+      if (!(await client.bucketExists(config.bucket))) await client.makeBucket(config.bucket, config.region ?? "us-east-1");
+    } catch (err) {
+      throw new FarmError("UNAVAILABLE", `object store ${config.endpoint}:${config.port} bucket ${config.bucket}: ${(err as Error).message}`, { cause: err });
+    }
+    return new S3ObjectStore(client, config.bucket);
+  }
+
+  async put(key: string, data: Uint8Array, contentType = "application/octet-stream"): Promise<PutResult> {
+    validateObjectKey(key);
+    await this.client.putObject(this.bucket, key, Buffer.from(data.buffer, data.byteOffset, data.byteLength), data.byteLength, { "Content-Type": contentType });
+    return { key, size: data.length, sha256: sha256Hex(data) };
+  }
+
+  async putIfAbsent(key: string, data: Uint8Array, contentType?: string): Promise<boolean> {
+    // S3 conditional writes are not available on every server; callers that need strict
+    // exclusivity take it from the job state (a revision-checked KV update), not from here.
+    if ((await this.head(key)) !== null) return false;
+    await this.put(key, data, contentType);
+    return true;
+  }
+
+  async get(key: string): Promise<Uint8Array> {
+    validateObjectKey(key);
+    try {
+      return await collect(await this.client.getObject(this.bucket, key));
+    } catch (err) {
+      if (isNotFound(err)) throw new FarmError("NOT_FOUND", `object ${key} does not exist`, { cause: err });
+      throw new FarmError("UNAVAILABLE", `object store read of ${key} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async head(key: string): Promise<{ size: number } | null> {
+    validateObjectKey(key);
+    try {
+      return { size: (await this.client.statObject(this.bucket, key)).size };
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw new FarmError("UNAVAILABLE", `object store stat of ${key} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    validateObjectKey(key);
+    await this.client.removeObject(this.bucket, key);
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    if (prefix !== "") validateObjectKey(prefix, true);
+    const keys: string[] = [];
+    for await (const item of this.client.listObjectsV2(this.bucket, prefix, true)) {
+      const name = (item as { name?: string }).name;
+      if (name !== undefined) keys.push(name);
+    }
+    return keys.sort();
+  }
+
+  async deletePrefix(prefix: string): Promise<number> {
+    const keys = await this.list(prefix);
+    if (keys.length > 0) await this.client.removeObjects(this.bucket, keys);
+    return keys.length;
+  }
+
+  async presignedGetUrl(key: string, expirySeconds: number): Promise<string> {
+    validateObjectKey(key);
+    return this.client.presignedGetObject(this.bucket, key, expirySeconds);
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,142 @@
+/**
+ * One contract for both buses: in-process, and NATS JetStream against a real nats-server
+ * (Debian's, started as a child process on loopback with file storage; no mocks).
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { MemoryBus } from "../../shared/bus/memory-bus.js";
+import { NatsBus } from "../../shared/bus/nats-bus.js";
+import { subjectMatches, type Bus, type Delivery } from "../../shared/bus/bus.js";
+import { startNatsServer, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { FarmError } from "../../shared/errors.js";
+
+const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
+const dec = (b: Uint8Array): string => new TextDecoder().decode(b);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+function contract(name: string, open: () => Promise<Bus>, close: () => Promise<void>): void {
+  describe(`${name} bus`, () => {
+    let bus: Bus;
+    before(async () => {
+      bus = await open();
+    });
+    after(async () => {
+      await bus.close();
+      await close();
+    });
+
+    test("each task goes to one consumer and is gone once acked", async () => {
+      await bus.queues.ensure("denoise");
+      for (let i = 0; i < 6; i++) await bus.queues.enqueue("denoise", enc(`t${i}`));
+      const got: string[] = [];
+      const handler = async (d: Delivery): Promise<void> => {
+        got.push(dec(d.data));
+        d.ack();
+      };
+      const a = await bus.queues.consume("denoise", { name: "nodes", ackWaitMs: 5000, maxDeliver: 3 }, handler);
+      const b = await bus.queues.consume("denoise", { name: "nodes", ackWaitMs: 5000, maxDeliver: 3 }, handler);
+      await until("6 tasks", () => got.length === 6);
+      await sleep(200);
+      await a.stop();
+      await b.stop();
+      assert.deepEqual([...got].sort(), ["t0", "t1", "t2", "t3", "t4", "t5"]);
+      assert.equal(await bus.queues.depth("denoise"), 0);
+    });
+
+    test("an unacknowledged task is redelivered after the ack wait, with its attempt count", async () => {
+      await bus.queues.ensure("decode");
+      await bus.queues.enqueue("decode", enc("x"));
+      const attempts: number[] = [];
+      const c = await bus.queues.consume("decode", { name: "flaky", ackWaitMs: 400, maxDeliver: 5 }, async (d) => {
+        attempts.push(d.attempt);
+        if (d.attempt >= 2) d.ack(); // the first node "dies" without acking
+      });
+      await until("redelivery", () => attempts.length >= 2);
+      await c.stop();
+      assert.deepEqual(attempts.slice(0, 2), [1, 2]);
+    });
+
+    test("working() keeps a long task from being redelivered", async () => {
+      await bus.queues.ensure("longrun");
+      await bus.queues.enqueue("longrun", enc("slow"));
+      let deliveries = 0;
+      const c = await bus.queues.consume("longrun", { name: "slow", ackWaitMs: 500, maxDeliver: 5 }, async (d) => {
+        deliveries++;
+        for (let i = 0; i < 6; i++) {
+          await sleep(200);
+          d.working();
+        }
+        d.ack();
+      });
+      await until("the task", () => deliveries >= 1);
+      await sleep(1600);
+      await c.stop();
+      assert.equal(deliveries, 1);
+    });
+
+    test("a repeated dedup id enqueues once", async () => {
+      await bus.queues.ensure("mux");
+      await bus.queues.enqueue("mux", enc("a"), "job1/mux");
+      await bus.queues.enqueue("mux", enc("a"), "job1/mux");
+      assert.equal(await bus.queues.depth("mux"), 1);
+    });
+
+    test("KV updates are revision-checked", async () => {
+      const kv = await bus.kv("jobs");
+      const r1 = await kv.create("job1", enc("queued"));
+      await assert.rejects(kv.create("job1", enc("again")), (e: unknown) => e instanceof FarmError && e.status === "ALREADY_EXISTS");
+      const r2 = await kv.update("job1", enc("running"), r1);
+      await assert.rejects(kv.update("job1", enc("stale"), r1), (e: unknown) => e instanceof FarmError && e.status === "ABORTED");
+      assert.deepEqual(await kv.get("job1"), { value: enc("running"), revision: r2 });
+      await kv.create("job2", enc("x"));
+      assert.deepEqual(await kv.keys(), ["job1", "job2"]);
+      await kv.delete("job2");
+      assert.equal(await kv.get("job2"), null);
+    });
+
+    test("events reach wildcard subscribers", async () => {
+      const seen: string[] = [];
+      const off = bus.events.subscribe("ff.events.job.*", (s, d) => seen.push(`${s}=${dec(d)}`));
+      await sleep(100);
+      bus.events.publish("ff.events.job.j1", enc("state"));
+      bus.events.publish("ff.events.node.n1", enc("ignored"));
+      await until("the event", () => seen.length === 1);
+      off();
+      assert.deepEqual(seen, ["ff.events.job.j1=state"]);
+    });
+  });
+}
+
+contract("in-process", async () => new MemoryBus(), async () => {});
+
+const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-nats-"));
+let nats: LocalServer | undefined;
+contract(
+  "NATS JetStream",
+  async () => {
+    nats = await startNatsServer(path.join(tmp, "js"));
+    return NatsBus.connect(`nats://${nats.host}:${nats.port}`);
+  },
+  async () => {
+    await nats?.stop();
+    await rm(tmp, { recursive: true, force: true });
+  },
+);
+
+test("subject wildcards follow NATS", () => {
+  assert.ok(subjectMatches("a.*.c", "a.b.c"));
+  assert.ok(!subjectMatches("a.*", "a.b.c"));
+  assert.ok(subjectMatches("a.>", "a.b.c"));
+  assert.ok(!subjectMatches("a.>", "a"));
+});
