@@ -1,0 +1,76 @@
+/** The job DAG: order, overlap of decode with the next denoise, keys, and generator positions. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { planJob, readyTasks, jobPrefix } from "../../coordinator/planner/job-plan.js";
+import { planSections } from "../../shared/framepack/plan.js";
+import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
+import { toFloat64 } from "../../shared/tensor/convert.js";
+import { REFERENCE_CASES, loadCaseTensors, refTensor } from "../support/reference.js";
+import type { SamplingType } from "../../shared/bundle/manifest.js";
+
+const HISTORY: Record<SamplingType, [number, number, number]> = { inverted_anti_drifting: [1, 2, 16], vanilla: [16, 2, 1] };
+
+function planFor(name: string) {
+  const { params, tensors } = loadCaseTensors(name);
+  const samplingType = params["sampling_type"] as SamplingType;
+  const hasEndImage = params["last_image"] !== null;
+  const sections = planSections({ samplingType, numFrames: params["num_frames"] as number, latentWindowSize: (params["latent_window_size"] as number | undefined) ?? 9, hasEndImage, historySizes: HISTORY[samplingType], temporalCompression: 4 });
+  const tasks = planJob({ jobId: "job1", seed: BigInt(params["seed"] as number), sections, hasEndImage, trueCfg: tensors.has("negative_prompt_embeds"), latent: { channels: 4, height: 8, width: 8 } });
+  return { tasks, sections };
+}
+
+for (const name of REFERENCE_CASES) {
+  test(`${name}: each denoise task's generator position reproduces the reference noise`, () => {
+    const { params } = loadCaseTensors(name);
+    for (const t of planFor(name).tasks.filter((x) => x.kind === "denoise")) {
+      const g = new TorchGenerator(BigInt(t.rng!.seed));
+      g.skip(t.rng!.offset);
+      const want = refTensor(name, `section${t.section}.noise`);
+      const got = g.randn(want.shape);
+      const w = toFloat64(want);
+      let max = 0;
+      for (let i = 0; i < w.length; i++) max = Math.max(max, Math.abs(got.data[i]! - w[i]!));
+      assert.ok(max <= 1e-6, `section ${t.section}: ${max}`);
+      assert.equal(t.rng!.seed, String(params["seed"]));
+    }
+  });
+}
+
+test("sections run in order; decode k may run beside denoise k+1; mux waits for every decode", () => {
+  const { tasks } = planFor("inverted_3sec");
+  const done = new Set<string>();
+  const waves: string[][] = [];
+  for (let guard = 0; guard < 20 && done.size < tasks.length; guard++) {
+    const wave = readyTasks(tasks, done, new Set()).map((t) => t.id);
+    waves.push(wave);
+    for (const id of wave) done.add(id);
+  }
+  assert.deepEqual(waves, [
+    ["job1.encode_text", "job1.encode_image", "job1.vae_encode"],
+    ["job1.denoise.0"],
+    ["job1.decode.0", "job1.denoise.1"],
+    ["job1.decode.1", "job1.denoise.2"],
+    ["job1.decode.2"],
+    ["job1.mux"],
+  ]);
+});
+
+test("every key lives under the job's prefix and each output has one writer", () => {
+  const { tasks } = planFor("vanilla_cfg_window5");
+  const writers = new Map<string, string>();
+  for (const t of tasks) {
+    for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)]) assert.ok(k.startsWith(jobPrefix("job1")), k);
+    for (const k of Object.values(t.outputs)) {
+      assert.equal(writers.get(k), undefined, `${k} written twice`);
+      writers.set(k, t.id);
+    }
+  }
+  assert.ok(tasks.find((t) => t.kind === "encode_text")!.outputs["negative"], "true CFG encodes the negative prompt");
+});
+
+test("job ids that could escape the key space are refused", () => {
+  const sections = planSections({ samplingType: "vanilla", numFrames: 10, latentWindowSize: 9, hasEndImage: false, historySizes: HISTORY.vanilla, temporalCompression: 4 });
+  for (const bad of ["../x", "a/b", "", "x".repeat(65)]) {
+    assert.throws(() => planJob({ jobId: bad, seed: 1n, sections, hasEndImage: false, trueCfg: false, latent: { channels: 4, height: 8, width: 8 } }), /job id/);
+  }
+});
