@@ -1,15 +1,27 @@
 /**
  * The finished video: diffusers trims the decoded frames to a whole number of VAE time steps
- * plus one, and its postprocessing maps [-1, 1] to uint8 RGB frames [T, H, W, 3].
+ * plus one, and its postprocessing maps [-1, 1] to uint8 RGB frames [T, H, W, 3]:
+ * VaeImageProcessor.denormalize is (x * 0.5 + 0.5).clamp(0, 1) in float32 torch, and
+ * numpy_to_pil is (x * 255).round().astype(uint8) in float32 numpy, where round() is half-to-even.
  */
 import { Tensor, type F32 } from "../tensor/tensor.js";
 
+/** Half-to-even rounding, as numpy's round(). */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  // Math.round sends ties up; move an odd tie result back down.
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** (frames - 1) // temporal * temporal + 1 */
 export function trimFrameCount(frames: number, temporalCompression: number): number {
+  if (!Number.isInteger(frames) || frames < 1) throw new RangeError(`frame count must be a positive integer, got ${frames}`);
   return Math.floor((frames - 1) / temporalCompression) * temporalCompression + 1;
 }
 
-/** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
+/** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
 export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
+  if (video.shape.length !== 5 || video.shape[0] !== 1) throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
   const [, c, t, h, w] = video.shape as [number, number, number, number, number];
   if (c !== 3) throw new RangeError(`expected 3 colour channels, got ${c}`);
   const frames = Math.min(keep, t);
@@ -21,8 +33,9 @@ export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
       const src = (ch * t + i) * plane;
       const dst = i * plane * 3 + ch;
       for (let p = 0; p < plane; p++) {
+        // NaN clamps to NaN in torch and casts to 0 in numpy; Math.max/min keep NaN and `| 0` gives 0.
         const x = Math.min(1, Math.max(0, f(f(video.data[src + p]! * 0.5) + 0.5)));
-        out[dst + p * 3] = Math.round(f(x * 255));
+        out[dst + p * 3] = roundHalfEven(f(x * 255)) | 0;
       }
     }
   }

@@ -35,7 +35,8 @@ export function sectionContext(plan: SectionPlan, section: Section, history: His
   if (plan.samplingType === "inverted_anti_drifting") {
     const [oneX, twoX, fourX] = split(narrow(history.latents, 2, 0, total), 2, plan.historySizes) as [F32, F32, F32];
     // The end image stands in for the 1x history of the first generated (last in time) section.
-    const clean1x = lastImageLatents !== null && section.isFirst ? lastImageLatents : oneX;
+    if (section.useEndImage && lastImageLatents === null) throw new RangeError(`section ${section.index} needs the end image latents`);
+    const clean1x = section.useEndImage && lastImageLatents !== null ? lastImageLatents : oneX;
     return { latentsClean: cat([imageLatents, clean1x], 2), history2x: twoX, history4x: fourX };
   }
   const frames = history.latents.shape[2]!;
@@ -45,6 +46,8 @@ export function sectionContext(plan: SectionPlan, section: Section, history: His
 
 export interface AppendResult {
   history: History;
+  /** real_history_latents: every generated latent so far, in time order. */
+  realHistory: F32;
   /** The latents to decode for this section (still multiplied by the VAE scaling factor). */
   decodeLatents: F32;
 }
@@ -55,19 +58,23 @@ export interface AppendResult {
  * inverted section), which the caller soft-appends to the video.
  */
 export function appendSection(plan: SectionPlan, section: Section, history: History, latents: F32, imageLatents: F32): AppendResult {
-  const w = plan.latentWindowSize;
+  const { realHistoryFrames, latentFrames } = section.decode;
   if (plan.samplingType === "inverted_anti_drifting") {
-    const added = section.isLast ? cat([imageLatents, latents], 2) : latents;
+    const added = section.prefixStartImage ? cat([imageLatents, latents], 2) : latents;
     const generated = history.generated + added.shape[2]!;
     const all = cat([added, history.latents], 2);
-    const real = narrow(all, 2, 0, generated);
-    const decodeFrames = section.isFirst ? generated : section.isLast ? 2 * w + 1 : 2 * w;
-    return { history: { latents: all, generated }, decodeLatents: narrow(real, 2, 0, Math.min(decodeFrames, generated)) };
+    const realHistory = narrow(all, 2, 0, generated);
+    checkPlan(section, generated, realHistoryFrames);
+    return { history: { latents: all, generated }, realHistory, decodeLatents: narrow(realHistory, 2, 0, latentFrames) };
   }
   const generated = history.generated + latents.shape[2]!;
   const all = cat([history.latents, latents], 2);
-  const frames = all.shape[2]!;
-  const real = narrow(all, 2, frames - generated, generated);
-  const decodeFrames = section.isFirst ? generated : 2 * w;
-  return { history: { latents: all, generated }, decodeLatents: narrow(real, 2, generated - Math.min(decodeFrames, generated), Math.min(decodeFrames, generated)) };
+  const realHistory = narrow(all, 2, all.shape[2]! - generated, generated);
+  checkPlan(section, generated, realHistoryFrames);
+  return { history: { latents: all, generated }, realHistory, decodeLatents: narrow(realHistory, 2, generated - latentFrames, latentFrames) };
+}
+
+/** A history that disagrees with the plan means sections were applied out of order. */
+function checkPlan(section: Section, generated: number, planned: number): void {
+  if (generated !== planned) throw new RangeError(`section ${section.index}: history holds ${generated} generated frames, the plan expects ${planned}`);
 }

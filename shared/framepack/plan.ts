@@ -1,50 +1,97 @@
 /**
  * The section plan of one FramePack video: how many sections, in which order, each section's
- * latent padding and the frame indices its transformer call uses, exactly as diffusers'
- * HunyuanVideoFramepackPipeline builds them. Pure: the farm's planner and the embedded renderer
- * both start from this.
+ * latent padding, the frame indices its transformer call uses, which history it reads and what it
+ * decodes, exactly as diffusers' HunyuanVideoFramepackPipeline does. Pure: the farm's planner and
+ * the embedded renderer both start from this, so a section can be retried from the plan alone.
  */
 import { FarmError } from "../errors.js";
 import type { SamplingType } from "../bundle/manifest.js";
 
 export interface PlanInput {
   samplingType: SamplingType;
+  /** Pixel frames asked for (the output is longer: whole sections). */
   numFrames: number;
   latentWindowSize: number;
   hasEndImage: boolean;
-  /** [1x, 2x, 4x] sizes in the order the sampling type stores them (inverted [1,2,16], vanilla [16,2,1]). */
-  historySizes: readonly [number, number, number];
-  temporalCompression: number;
+  /**
+   * [1x, 2x, 4x] history sizes in the order the sampling type stores them: inverted [1, 2, 16],
+   * vanilla [16, 2, 1] (4x first). Defaults to the released checkpoints' sizes.
+   */
+  historySizes?: readonly [number, number, number];
+  /** VAE temporal compression (4 for HunyuanVideo). */
+  temporalCompression?: number;
 }
 
 export interface SectionIndices {
+  /** indices_latents: the window being denoised. */
   latents: number[];
+  /** indices_latents_clean: the start image (0) then the 1x history. */
   clean: number[];
   history2x: number[];
   history4x: number[];
+}
+
+/** Which latents a section decodes after denoising, and how its video joins the previous one. */
+export interface SectionDecode {
+  /** total_generated_latent_frames after this section: the length of real_history_latents. */
+  realHistoryFrames: number;
+  /** Latent frames decoded: all real history on the first section, else the index_slice. */
+  latentFrames: number;
+  /** Where in real_history_latents they are taken: inverted from the start, vanilla from the end. */
+  from: "start" | "end";
+  /** Pixel frames the decode yields: (latentFrames - 1) * temporal + 1. */
+  videoFrames: number;
+  /** Pixel frames cross-faded with the video so far (0 on the first section). */
+  overlapFrames: number;
+  /** Inverted sections join before the video so far (earlier in time), vanilla after it. */
+  join: "prepend" | "append";
+  /** Length of the video so far once this section is joined. */
+  totalVideoFrames: number;
 }
 
 export interface Section {
   index: number;
   isFirst: boolean;
   isLast: boolean;
-  /** Inverted sampling: how many windows of blank context sit between the start image and this section. */
+  /** Inverted sampling: latent frames of blank context between the start image and this window (padding * window). */
   latentPadding: number;
   indices: SectionIndices;
+  /** Inverted: history is read from the front of history_latents; vanilla: from the back. */
+  historyFrom: "start" | "end";
+  /** The end image's latent replaces the 1x history (inverted, first section, with an end image). */
+  useEndImage: boolean;
+  /** The start image latent is prefixed to the denoised window before it joins history (inverted, last section). */
+  prefixStartImage: boolean;
+  decode: SectionDecode;
 }
 
-export interface SectionPlan extends PlanInput {
+export interface SectionPlan {
+  samplingType: SamplingType;
+  numFrames: number;
+  latentWindowSize: number;
+  hasEndImage: boolean;
+  historySizes: readonly [number, number, number];
+  temporalCompression: number;
   /** Pixel frames one section's window spans: (window - 1) * temporal + 1. */
   windowNumFrames: number;
   sections: Section[];
-  /** Frames blended between consecutive decoded sections. */
+  /** Frames blended between consecutive decoded sections (= windowNumFrames). */
   overlapFrames: number;
   /** Frames of the finished video (diffusers renders whole sections, so more than numFrames). */
   outputFrames: number;
 }
 
+export const DEFAULT_HISTORY_SIZES: Readonly<Record<SamplingType, readonly [number, number, number]>> = {
+  inverted_anti_drifting: [1, 2, 16],
+  vanilla: [16, 2, 1],
+};
+
+/** Guards against plans whose arrays would not fit in memory; far beyond any real video. */
+const MAX_FRAMES = 1_000_000;
+
 const range = (start: number, length: number): number[] => Array.from({ length }, (_, i) => start + i);
 
+/** Inverted sampling's latent paddings (in windows), in generation order. */
 export function latentPaddings(numSections: number): number[] {
   if (numSections > 4) return [3, ...new Array<number>(numSections - 3).fill(2), 1, 0];
   return range(0, numSections).reverse();
@@ -73,32 +120,78 @@ function vanillaIndices(w: number, hs: readonly [number, number, number]): Secti
   };
 }
 
+function requireInt(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    throw new FarmError("INVALID_ARGUMENT", `${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
+  }
+  return v;
+}
+
 export function planSections(input: PlanInput): SectionPlan {
-  const { samplingType, numFrames, latentWindowSize: w, temporalCompression: tc } = input;
-  if (!Number.isInteger(numFrames) || numFrames < 1) throw new FarmError("INVALID_ARGUMENT", `num_frames must be a positive integer, got ${numFrames}`);
-  if (!Number.isInteger(w) || w < 1) throw new FarmError("INVALID_ARGUMENT", `latent_window_size must be a positive integer, got ${w}`);
-  if (input.hasEndImage && samplingType !== "inverted_anti_drifting") {
-    throw new FarmError("INVALID_ARGUMENT", "an end image needs inverted (anti-drifting) sampling");
+  const { samplingType } = input;
+  if (samplingType !== "inverted_anti_drifting" && samplingType !== "vanilla") {
+    throw new FarmError("INVALID_ARGUMENT", `sampling_type must be "inverted_anti_drifting" or "vanilla", got ${JSON.stringify(samplingType)}`);
+  }
+  const numFrames = requireInt("num_frames", input.numFrames, 1, MAX_FRAMES);
+  const w = requireInt("latent_window_size", input.latentWindowSize, 1, 1024);
+  const tc = requireInt("temporal_compression", input.temporalCompression ?? 4, 1, 64);
+  if (typeof input.hasEndImage !== "boolean") throw new FarmError("INVALID_ARGUMENT", "has_end_image must be a boolean");
+  const hs = input.historySizes ?? DEFAULT_HISTORY_SIZES[samplingType];
+  if (hs.length !== 3) throw new FarmError("INVALID_ARGUMENT", `history_sizes must have 3 entries, got ${hs.length}`);
+  hs.forEach((s, i) => requireInt(`history_sizes[${i}]`, s, 1, 1024));
+  const inverted = samplingType === "inverted_anti_drifting";
+  if (input.hasEndImage && !inverted) {
+    // diffusers raises here too: only anti-drifting sampling conditions on an end frame.
+    throw new FarmError("INVALID_ARGUMENT", "an end image (last_image) needs sampling_type inverted_anti_drifting");
   }
   const windowNumFrames = (w - 1) * tc + 1;
   const n = Math.max(1, Math.ceil(numFrames / windowNumFrames));
   const paddings = latentPaddings(n);
-  const sections: Section[] = range(0, n).map((k) => ({
-    index: k,
-    isFirst: k === 0,
-    isLast: k === n - 1,
-    latentPadding: samplingType === "inverted_anti_drifting" ? paddings[k]! * w : 0,
-    indices: samplingType === "inverted_anti_drifting" ? invertedIndices(paddings[k]! * w, w, input.historySizes) : vanillaIndices(w, input.historySizes),
-  }));
-  // Generated latent frames: every section adds w; inverted prefixes the start image latent to the
-  // last section, vanilla starts from it.
-  const latentFrames = n * w + 1;
-  const decodedFrames = (latentFrames - 1) * tc + 1;
+  const toVideo = (latents: number): number => (latents - 1) * tc + 1;
+  let generated = inverted ? 0 : 1; // vanilla history starts with the start image latent
+  let video = 0;
+  const sections: Section[] = range(0, n).map((k) => {
+    const isFirst = k === 0;
+    const isLast = k === n - 1;
+    const prefixStartImage = inverted && isLast;
+    generated += w + (prefixStartImage ? 1 : 0);
+    const sliceFrames = inverted && isLast ? 2 * w + 1 : 2 * w;
+    const latentFrames = isFirst ? generated : Math.min(sliceFrames, generated);
+    const videoFrames = toVideo(latentFrames);
+    const overlapFrames = isFirst ? 0 : windowNumFrames;
+    video = video + videoFrames - overlapFrames;
+    const padding = inverted ? paddings[k]! * w : 0;
+    return {
+      index: k,
+      isFirst,
+      isLast,
+      latentPadding: padding,
+      indices: inverted ? invertedIndices(padding, w, hs) : vanillaIndices(w, hs),
+      historyFrom: inverted ? "start" : "end",
+      useEndImage: inverted && input.hasEndImage && isFirst,
+      prefixStartImage,
+      decode: {
+        realHistoryFrames: generated,
+        latentFrames,
+        from: inverted ? "start" : "end",
+        videoFrames,
+        overlapFrames,
+        join: inverted ? "prepend" : "append",
+        totalVideoFrames: video,
+      },
+    };
+  });
   return {
-    ...input,
+    samplingType,
+    numFrames,
+    latentWindowSize: w,
+    hasEndImage: input.hasEndImage,
+    historySizes: hs,
+    temporalCompression: tc,
     windowNumFrames,
     sections,
     overlapFrames: windowNumFrames,
-    outputFrames: Math.floor((decodedFrames - 1) / tc) * tc + 1,
+    // diffusers trims the joined video to (T - 1) // tc * tc + 1 frames.
+    outputFrames: Math.floor((video - 1) / tc) * tc + 1,
   };
 }

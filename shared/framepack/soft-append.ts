@@ -4,23 +4,54 @@
  */
 import { Tensor, type F32 } from "../tensor/tensor.js";
 
-/** torch.linspace(1, 0, n, dtype=float32): torch fills the two halves from either end. */
-export function fadeWeights(n: number): Float32Array {
+/** Floats per AVX2 vector: torch's CPU kernels for x86-64 run the AVX2 build. */
+const VEC = 8;
+
+/**
+ * torch.linspace(start, end, n, dtype=float32) on CPU, value for value. The kernel computes
+ * step = (end - start) / (n - 1) in float32 and fills the first half as start + step * i and the
+ * second half as end - step * (n - 1 - i); its vectorised loop handles 16 elements at a time as two
+ * vectors, each computed as base + k * step from the vector's first value, and the scalar formula
+ * covers the remainder. The rounding of these two forms differs when step is not exact.
+ */
+export function linspaceF32(start: number, end: number, n: number): Float32Array {
+  if (!Number.isInteger(n) || n < 0) throw new RangeError(`linspace needs a non-negative integer count, got ${n}`);
   const f = Math.fround;
   const out = new Float32Array(n);
+  if (n === 0) return out;
+  const s = f(start);
+  const e = f(end);
   if (n === 1) {
-    out[0] = 1;
+    out[0] = s;
     return out;
   }
-  const step = f(-1 / (n - 1));
-  const half = Math.floor(n / 2);
-  for (let i = 0; i < n; i++) out[i] = i < half ? f(1 + f(step * i)) : f(0 - f(step * (n - 1 - i)));
+  const step = f(f(e - s) / f(n - 1));
+  const halfway = Math.floor(n / 2);
+  const scalarAt = (idx: number): number => (idx < halfway ? f(s + f(step * idx)) : f(e - f(step * (n - idx - 1))));
+  let i = 0;
+  for (; i + 2 * VEC <= n; i += 2 * VEC) {
+    for (const at of [i, i + VEC]) {
+      const base = scalarAt(at);
+      for (let k = 0; k < VEC; k++) out[at + k] = k === 0 ? base : f(base + f(k * step));
+    }
+  }
+  for (; i < n; i++) out[i] = scalarAt(i);
   return out;
+}
+
+/** The soft-append weights: torch.linspace(1, 0, n) in float32. */
+export function fadeWeights(n: number): Float32Array {
+  return linspaceF32(1, 0, n);
 }
 
 export function softAppend(history: F32, current: F32, overlap: number): F32 {
   const [b, c, th, hh, ww] = history.shape as [number, number, number, number, number];
   const tc = current.shape[2]!;
+  if (history.shape.length !== 5 || current.shape.length !== 5) throw new RangeError("soft append joins [B, C, T, H, W] videos");
+  if (current.shape[0] !== b || current.shape[1] !== c || current.shape[3] !== hh || current.shape[4] !== ww) {
+    throw new RangeError(`soft append: ${history.describe()} and ${current.describe()} differ outside the time axis`);
+  }
+  // diffusers: overlap <= 0 is a plain concatenation.
   if (overlap <= 0) overlap = 0;
   if (th < overlap || tc < overlap) throw new RangeError(`soft append needs ${overlap} frames on both sides, got ${th} and ${tc}`);
   const frame = hh * ww;

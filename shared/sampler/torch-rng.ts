@@ -4,9 +4,11 @@
  * 24-bit uniform, then blocks of 16 are turned into normals by Box-Muller (first 8 as u1, last 8 as
  * u2), and when the size is not a multiple of 16 the last 16 elements are drawn and transformed
  * again. Smaller tensors use the double-precision normal_distribution with its cached second value.
- * torch's vectorised float log/sin/cos may differ from ours in the last bit (|d| < 1e-6).
+ * The Box-Muller block is torch's AVX2 kernel (the one x86-64 builds run), bit for bit.
  */
 import { MT19937 } from "./mt19937.js";
+import { logf32, sincosf32 } from "./cephes-f32.js";
+import { FarmError } from "../errors.js";
 import { Tensor, numelOf, type F32 } from "../tensor/tensor.js";
 
 const TWO_POW_24 = 2 ** -24;
@@ -24,8 +26,12 @@ export class TorchGenerator {
   private cachedNormal: number | null = null;
   private consumed = 0;
 
-  constructor(readonly seed: bigint) {
-    this.engine = new MT19937(seed);
+  /** The seed as torch stores it: unsigned 64-bit (negative seeds wrap, as manual_seed does). */
+  readonly seed: bigint;
+
+  constructor(seed: bigint | number) {
+    this.seed = normalizeSeed(seed);
+    this.engine = new MT19937(this.seed);
   }
 
   /** 32-bit draws consumed so far: a position that the plan can record and skip() can restore. */
@@ -88,20 +94,36 @@ export class TorchGenerator {
   }
 }
 
+/**
+ * torch.Generator.manual_seed accepts any integer in [-2^63, 2^64): it reads it as uint64 and
+ * reinterprets a negative int64 as its two's complement.
+ */
+export function normalizeSeed(seed: bigint | number): bigint {
+  if (typeof seed === "number" && !Number.isSafeInteger(seed)) {
+    throw new FarmError("INVALID_ARGUMENT", `seed must be an integer, got ${seed}`);
+  }
+  const s = BigInt(seed);
+  if (s < -(1n << 63n) || s >= 1n << 64n) {
+    throw new FarmError("INVALID_ARGUMENT", `seed ${s} is outside torch's range [-2^63, 2^64)`);
+  }
+  return s < 0n ? s + (1n << 64n) : s;
+}
+
 const TWO_PI_F32 = Math.fround(TWO_PI);
 
 /**
- * ATen's normal_fill_16 in float32 (mean 0, std 1), as its AVX2 kernel (the one x86 CPUs run)
- * computes it: theta = float(2*pi) * u2 rounded to float32, not in double as the scalar kernel.
+ * normal_fill_16_AVX2 (mean 0, std 1): float32 throughout, theta = float(2*pi) * u2 rounded to
+ * float32 (the scalar kernel would compute it in double), Cephes log/sincos. The final
+ * fmadd(n, std, mean) is exact for std 1 and mean 0.
  */
 function boxMuller16(data: Float32Array, at: number): void {
   const f = Math.fround;
   for (let j = 0; j < 8; j++) {
     const u1 = f(1 - data[at + j]!);
     const u2 = data[at + j + 8]!;
-    const radius = f(Math.sqrt(f(-2 * f(Math.log(u1)))));
-    const theta = f(TWO_PI_F32 * u2);
-    data[at + j] = f(radius * f(Math.cos(theta)));
-    data[at + j + 8] = f(radius * f(Math.sin(theta)));
+    const radius = f(Math.sqrt(f(-2 * logf32(u1))));
+    const [sin, cos] = sincosf32(f(TWO_PI_F32 * u2));
+    data[at + j] = f(radius * cos);
+    data[at + j + 8] = f(radius * sin);
   }
 }

@@ -1,5 +1,6 @@
 /** The few float32 tensor operations the FramePack pipeline needs, on row-major data. */
 import { Tensor, numelOf, type F32 } from "./tensor.js";
+import { toFloat64 } from "./convert.js";
 
 /** outer = product of dims before `dim`, inner = product of dims after it. */
 function strides(shape: readonly number[], dim: number): { outer: number; size: number; inner: number } {
@@ -59,9 +60,75 @@ export function split(t: F32, dim: number, sizes: readonly number[]): F32[] {
   return parts;
 }
 
-/** Elementwise map in float32. */
+/** Elementwise map; each result is rounded to float32 on store. */
 export function map(t: F32, fn: (x: number, i: number) => number): F32 {
   const out = new Float32Array(t.numel);
   for (let i = 0; i < out.length; i++) out[i] = fn(t.data[i]!, i);
   return new Tensor("float32", t.shape, out);
+}
+
+function sameShape(a: Tensor, b: Tensor, op: string): void {
+  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
+    throw new RangeError(`${op}: shapes [${a.shape.join(",")}] and [${b.shape.join(",")}] differ`);
+  }
+}
+
+/** Elementwise a + b in float32 (same shape, no broadcasting). */
+export function add(a: F32, b: F32): F32 {
+  sameShape(a, b, "add");
+  return map(a, (x, i) => x + b.data[i]!);
+}
+
+/** Elementwise a - b in float32. */
+export function sub(a: F32, b: F32): F32 {
+  sameShape(a, b, "sub");
+  return map(a, (x, i) => x - b.data[i]!);
+}
+
+/** Elementwise a * b in float32. */
+export function mul(a: F32, b: F32): F32 {
+  sameShape(a, b, "mul");
+  return map(a, (x, i) => x * b.data[i]!);
+}
+
+/** t * s, with s rounded to float32 first as torch does for a Python scalar. */
+export function scale(t: F32, s: number): F32 {
+  const sf = Math.fround(s);
+  return map(t, (x) => x * sf);
+}
+
+/** t / s, with s rounded to float32 first (a true division, as torch does for float32). */
+export function divScalar(t: F32, s: number): F32 {
+  const sf = Math.fround(s);
+  return map(t, (x) => x / sf);
+}
+
+/** Largest |a - b| over all elements, any dtype, compared in float64. */
+export function maxAbsDiff(a: Tensor, b: Tensor): number {
+  sameShape(a, b, "maxAbsDiff");
+  const x = toFloat64(a);
+  const y = toFloat64(b);
+  let m = 0;
+  for (let i = 0; i < x.length; i++) {
+    const d = Math.abs(x[i]! - y[i]!);
+    if (Number.isNaN(d)) return NaN;
+    if (d > m) m = d;
+  }
+  return m;
+}
+
+/** ||a - b|| / ||b||, b being the reference; 0 when both are zero, Infinity when only b is. */
+export function relL2(a: Tensor, b: Tensor): number {
+  sameShape(a, b, "relL2");
+  const x = toFloat64(a);
+  const y = toFloat64(b);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < x.length; i++) {
+    const d = x[i]! - y[i]!;
+    num += d * d;
+    den += y[i]! * y[i]!;
+  }
+  if (den === 0) return num === 0 ? 0 : Infinity;
+  return Math.sqrt(num / den);
 }

@@ -1,15 +1,37 @@
 /**
  * The safetensors format: an 8-byte little-endian header length, a JSON header mapping names to
- * {dtype, shape, data_offsets}, then the raw little-endian data. Decoding validates every field,
- * because these files arrive from object storage and other nodes.
+ * {dtype, shape, data_offsets} (plus an optional "__metadata__" of strings), then the raw
+ * little-endian data. Decoding validates every field as the reference implementation does (data
+ * offsets must tile the byte buffer exactly, in order), because these files arrive from object
+ * storage and other nodes: a corrupt file is DATA_LOSS, never a silently wrong tensor.
  */
 import { FarmError } from "../errors.js";
-import { Tensor, numelOf, type DType, type DataOf } from "./tensor.js";
+import { Tensor, type DType, type DataOf } from "./tensor.js";
 
-const CODES: Record<string, DType> = { F32: "float32", F64: "float64", F16: "float16", BF16: "bfloat16", I64: "int64", I32: "int32", U8: "uint8", BOOL: "bool" };
-const CODE_OF: Record<DType, string> = Object.fromEntries(Object.entries(CODES).map(([k, v]) => [v, k])) as Record<DType, string>;
-const BYTES: Record<DType, number> = { float32: 4, float64: 8, float16: 2, bfloat16: 2, int64: 8, int32: 4, uint8: 1, bool: 1 };
-const MAX_HEADER = 100 * 1024 * 1024;
+const CODES: Readonly<Record<string, DType>> = {
+  F32: "float32",
+  F64: "float64",
+  F16: "float16",
+  BF16: "bfloat16",
+  I64: "int64",
+  I32: "int32",
+  U8: "uint8",
+  BOOL: "bool",
+};
+const CODE_OF: Readonly<Record<DType, string>> = {
+  float32: "F32",
+  float64: "F64",
+  float16: "F16",
+  bfloat16: "BF16",
+  int64: "I64",
+  int32: "I32",
+  uint8: "U8",
+  bool: "BOOL",
+};
+const BYTES: Readonly<Record<DType, number>> = { float32: 4, float64: 8, float16: 2, bfloat16: 2, int64: 8, int32: 4, uint8: 1, bool: 1 };
+/** The reference implementation's limit on the JSON header. */
+const MAX_HEADER = 100_000_000;
+const METADATA = "__metadata__";
 
 export interface Safetensors {
   tensors: Map<string, Tensor>;
@@ -20,88 +42,152 @@ function corrupt(message: string): FarmError {
   return new FarmError("DATA_LOSS", `safetensors: ${message}`);
 }
 
+/** True when this machine stores multi-byte numbers little-endian (typed arrays use host order). */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * A typed array over the bytes of one tensor: a view when the offset is aligned for the element
+ * size, else a copy (typed arrays cannot start at unaligned offsets).
+ */
 function view<D extends DType>(dtype: D, bytes: Uint8Array): DataOf[D] {
-  // Typed arrays need aligned offsets; copy when the slice is not aligned.
   const size = BYTES[dtype];
   const aligned = bytes.byteOffset % size === 0 ? bytes : bytes.slice();
   const { buffer, byteOffset, byteLength } = aligned;
   const n = byteLength / size;
   switch (dtype) {
-    case "float32": return new Float32Array(buffer, byteOffset, n) as DataOf[D];
-    case "float64": return new Float64Array(buffer, byteOffset, n) as DataOf[D];
+    case "float32":
+      return new Float32Array(buffer, byteOffset, n) as DataOf[D];
+    case "float64":
+      return new Float64Array(buffer, byteOffset, n) as DataOf[D];
     case "float16":
-    case "bfloat16": return new Uint16Array(buffer, byteOffset, n) as DataOf[D];
-    case "int64": return new BigInt64Array(buffer, byteOffset, n) as DataOf[D];
-    case "int32": return new Int32Array(buffer, byteOffset, n) as DataOf[D];
-    default: return new Uint8Array(buffer, byteOffset, n) as DataOf[D];
+    case "bfloat16":
+      return new Uint16Array(buffer, byteOffset, n) as DataOf[D];
+    case "int64":
+      return new BigInt64Array(buffer, byteOffset, n) as DataOf[D];
+    case "int32":
+      return new Int32Array(buffer, byteOffset, n) as DataOf[D];
+    default:
+      return new Uint8Array(buffer, byteOffset, n) as DataOf[D];
   }
 }
 
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Element count of a header shape, refusing counts past 2^53 (no real file holds them). */
+function checkedNumel(name: string, shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) {
+    n *= d;
+    if (!Number.isSafeInteger(n)) throw corrupt(`tensor ${name}: shape [${shape.join(",")}] is too large`);
+  }
+  return n;
+}
+
+/**
+ * Decodes a whole safetensors file. Tensors are zero-copy views of `bytes` where alignment allows,
+ * so they alias the caller's buffer. Throws FarmError DATA_LOSS naming the offending tensor.
+ */
 export function decodeSafetensors(bytes: Uint8Array): Safetensors {
-  if (bytes.length < 8) throw corrupt(`file of ${bytes.length} bytes is too short`);
+  if (!LITTLE_ENDIAN) throw new FarmError("FAILED_PRECONDITION", "safetensors: big-endian hosts are not supported");
+  if (bytes.length < 8) throw corrupt(`file of ${bytes.length} bytes is too short for the 8-byte header length`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = dv.getBigUint64(0, true);
-  if (headerLen > BigInt(Math.min(MAX_HEADER, bytes.length - 8))) throw corrupt(`header length ${headerLen} exceeds the file`);
+  if (headerLen > BigInt(MAX_HEADER)) throw corrupt(`header length ${headerLen} exceeds the ${MAX_HEADER}-byte limit`);
+  if (headerLen > BigInt(bytes.length - 8)) throw corrupt(`header length ${headerLen} exceeds the ${bytes.length - 8} bytes after it`);
   const n = Number(headerLen);
   let header: unknown;
   try {
     header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + n)));
   } catch (err) {
-    throw corrupt(`header is not valid UTF-8 JSON (${(err as Error).message})`);
+    throw corrupt(`header is not valid UTF-8 JSON (${err instanceof Error ? err.message : String(err)})`);
   }
-  if (typeof header !== "object" || header === null || Array.isArray(header)) throw corrupt("header is not an object");
+  if (!isObject(header)) throw corrupt("header is not a JSON object");
   const data = bytes.subarray(8 + n);
-  const tensors = new Map<string, Tensor>();
-  let metadata: Record<string, string> = {};
-  const spans: [number, number, string][] = [];
-  for (const [name, entry] of Object.entries(header as Record<string, unknown>)) {
-    if (name === "__metadata__") {
-      metadata = entry as Record<string, string>;
+  const metadata: Record<string, string> = {};
+  const entries: { name: string; dtype: DType; shape: number[]; begin: number; end: number }[] = [];
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === METADATA) {
+      if (!isObject(entry)) throw corrupt("__metadata__ is not an object");
+      for (const [k, v] of Object.entries(entry)) {
+        if (typeof v !== "string") throw corrupt(`__metadata__ value of ${JSON.stringify(k)} is not a string`);
+        metadata[k] = v;
+      }
       continue;
     }
-    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    const dtype = typeof e.dtype === "string" ? CODES[e.dtype] : undefined;
-    if (dtype === undefined) throw corrupt(`tensor ${name}: unsupported dtype ${JSON.stringify(e.dtype)}`);
-    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw corrupt(`tensor ${name}: bad shape`);
-    const offs = e.data_offsets;
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isSafeInteger(o) && o >= 0)) throw corrupt(`tensor ${name}: bad data_offsets`);
+    if (!isObject(entry)) throw corrupt(`tensor ${name}: entry is not an object`);
+    const dtype = typeof entry["dtype"] === "string" ? CODES[entry["dtype"]] : undefined;
+    if (dtype === undefined) throw corrupt(`tensor ${name}: unsupported dtype ${JSON.stringify(entry["dtype"])}`);
+    const shape = entry["shape"];
+    if (!Array.isArray(shape) || !shape.every((d): d is number => Number.isSafeInteger(d) && (d as number) >= 0)) {
+      throw corrupt(`tensor ${name}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+    }
+    const offs = entry["data_offsets"];
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o): o is number => Number.isSafeInteger(o) && (o as number) >= 0)) {
+      throw corrupt(`tensor ${name}: data_offsets ${JSON.stringify(offs)} is not a pair of non-negative integers`);
+    }
     const [begin, end] = offs as [number, number];
-    const shape = e.shape as number[];
-    if (end < begin || end > data.length) throw corrupt(`tensor ${name}: data [${begin}, ${end}) lies outside the ${data.length} data bytes`);
-    if (end - begin !== numelOf(shape) * BYTES[dtype]) throw corrupt(`tensor ${name}: ${end - begin} bytes do not hold ${dtype}[${shape.join(",")}]`);
-    spans.push([begin, end, name]);
-    tensors.set(name, new Tensor(dtype, shape, view(dtype, data.subarray(begin, end))));
+    if (end < begin) throw corrupt(`tensor ${name}: data_offsets [${begin}, ${end}] end before they begin`);
+    if (end > data.length) throw corrupt(`tensor ${name}: data [${begin}, ${end}) lies outside the ${data.length} data bytes`);
+    const want = checkedNumel(name, shape) * BYTES[dtype];
+    if (end - begin !== want) throw corrupt(`tensor ${name}: ${end - begin} bytes do not hold ${dtype}[${shape.join(",")}] (${want} bytes)`);
+    entries.push({ name, dtype, shape, begin, end });
   }
-  spans.sort((a, b) => a[0] - b[0]);
-  for (let i = 1; i < spans.length; i++) {
-    if (spans[i]![0] < spans[i - 1]![1]) throw corrupt(`tensors ${spans[i - 1]![2]} and ${spans[i]![2]} overlap`);
+  // The data section must be tiled exactly: sorted by offset, each tensor starts where the last
+  // ended, and the last ends at the end of the file. This rules out overlaps and hidden bytes.
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
+  for (const e of sorted) {
+    if (e.begin < at) throw corrupt(`tensor ${e.name} overlaps the tensor before it (starts at ${e.begin}, previous ends at ${at})`);
+    if (e.begin > at) throw corrupt(`tensor ${e.name} starts at ${e.begin}, leaving a gap after byte ${at}`);
+    at = e.end;
+  }
+  if (at !== data.length) throw corrupt(`tensors cover ${at} of the ${data.length} data bytes`);
+  const tensors = new Map<string, Tensor>();
+  for (const e of entries) {
+    const values = view(e.dtype, data.subarray(e.begin, e.end));
+    if (e.dtype === "bool" && (values as Uint8Array).some((v) => v > 1)) throw corrupt(`tensor ${e.name}: BOOL bytes other than 0 and 1`);
+    tensors.set(e.name, new Tensor(e.dtype, e.shape, values));
   }
   return { tensors, metadata };
 }
 
-export function encodeSafetensors(tensors: ReadonlyMap<string, Tensor> | Record<string, Tensor>, metadata?: Record<string, string>): Uint8Array {
+/**
+ * Encodes tensors in the given order, data packed without gaps and the header padded with spaces
+ * so the data starts 8-byte aligned (as the reference writer does). Throws INVALID_ARGUMENT for a
+ * name the format cannot carry.
+ */
+export function encodeSafetensors(tensors: ReadonlyMap<string, Tensor> | Readonly<Record<string, Tensor>>, metadata?: Readonly<Record<string, string>>): Uint8Array {
+  if (!LITTLE_ENDIAN) throw new FarmError("FAILED_PRECONDITION", "safetensors: big-endian hosts are not supported");
   const entries: [string, Tensor][] = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
-  const header: Record<string, unknown> = {};
-  if (metadata !== undefined) header["__metadata__"] = metadata;
+  // Build the header without a prototype so a tensor named "__proto__" stays an ordinary key.
+  const header = Object.create(null) as Record<string, unknown>;
+  if (metadata !== undefined) {
+    for (const [k, v] of Object.entries(metadata)) {
+      if (typeof v !== "string") throw new FarmError("INVALID_ARGUMENT", `safetensors: metadata ${JSON.stringify(k)} must be a string`);
+    }
+    header[METADATA] = metadata;
+  }
   let offset = 0;
   for (const [name, t] of entries) {
+    if (name === "" || name === METADATA) throw new FarmError("INVALID_ARGUMENT", `safetensors: tensor name ${JSON.stringify(name)} is reserved or empty`);
     const len = t.numel * BYTES[t.dtype];
     header[name] = { dtype: CODE_OF[t.dtype], shape: t.shape, data_offsets: [offset, offset + len] };
     offset += len;
   }
-  let json = JSON.stringify(header);
-  // Pad the header with spaces so the data starts 8-byte aligned, as the reference writer does.
-  json += " ".repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
-  const headerBytes = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + headerBytes.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
-  out.set(headerBytes, 8);
-  let at = 8 + headerBytes.length;
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const pad = (8 - ((8 + json.length) % 8)) % 8;
+  const headerLen = json.length + pad;
+  const out = new Uint8Array(8 + headerLen + offset);
+  new DataView(out.buffer).setBigUint64(0, BigInt(headerLen), true);
+  out.set(json, 8);
+  out.fill(0x20, 8 + json.length, 8 + headerLen);
+  let at = 8 + headerLen;
   for (const [, t] of entries) {
     const d = t.data;
-    const bytes = new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
-    out.set(bytes, at);
-    at += bytes.length;
+    out.set(new Uint8Array(d.buffer, d.byteOffset, d.byteLength), at);
+    at += d.byteLength;
   }
   return out;
 }

@@ -1,0 +1,38 @@
+/** Output trimming and diffusers' postprocess to uint8. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { roundHalfEven, trimFrameCount, videoToUint8Frames } from "../../shared/framepack/frames.js";
+import { Tensor } from "../../shared/tensor/tensor.js";
+import { listCases, loadCase } from "../support/reference.js";
+
+test("trim to (n - 1) // 4 * 4 + 1", () => {
+  assert.equal(trimFrameCount(109, 4), 109);
+  assert.equal(trimFrameCount(110, 4), 109);
+  assert.equal(trimFrameCount(112, 4), 109);
+  assert.equal(trimFrameCount(1, 4), 1);
+  assert.throws(() => trimFrameCount(0, 4), RangeError);
+});
+
+test("numpy rounds half to even", () => {
+  assert.deepEqual([0.5, 1.5, 2.5, 127.5, 128.5, 2.4999, -0.5].map(roundHalfEven), [0, 2, 2, 128, 128, 2, -0]);
+});
+
+test("video [1, 3, T, H, W] -> uint8 [T, H, W, 3] with clamping and half-even rounding", () => {
+  // x = 0 -> 0.5 * 255 = 127.5 -> 128 (even); x = 1/255 - 1 -> 0.5 + ... checks channel order too
+  const v = Tensor.f32([1, 3, 2, 1, 2], [0, -1, 2, -2, 0.5, 1, Math.fround(-0.99), 0.1, -3, 3, 0, 0]);
+  const out = videoToUint8Frames(v, 2);
+  assert.deepEqual(out.shape, [2, 1, 2, 3]);
+  const f = Math.fround;
+  const px = (x: number): number => roundHalfEven(f(Math.min(1, Math.max(0, f(f(x * 0.5) + 0.5))) * 255));
+  // frame 0 pixel 0: r = v[0][0][0] = 0, g = v[1][0][0] = 0.5, b = v[2][0][0] = -3
+  assert.deepEqual([...out.data], [px(0), px(0.5), px(-3), px(-1), px(1), px(3), px(2), px(-0.99), px(0), px(-2), px(0.1), px(0)]);
+  assert.equal(px(0), 128);
+  assert.equal(videoToUint8Frames(v, 1).shape[0], 1);
+});
+
+test("reference frames have the planned shape", () => {
+  for (const name of listCases()) {
+    const { params, tensors } = loadCase(name);
+    assert.deepEqual(tensors.get("frames_uint8")!.shape, params.frames_shape);
+  }
+});
