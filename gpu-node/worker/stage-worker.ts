@@ -1,0 +1,190 @@
+/**
+ * Executes one planned stage task: reads its inputs from the object store, runs the stage, and
+ * writes its outputs under the task's keys. Outputs are written only if absent, so when a task is
+ * retried after another attempt already committed, the committed objects stay as they are (and
+ * are identical anyway: every input and generator position is fixed by the plan).
+ */
+import { FarmError } from "../../shared/errors.js";
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import { decodeSafetensors, encodeSafetensors } from "../../shared/tensor/safetensors.js";
+import type { ObjectStore } from "../../shared/store/object-store.js";
+import type { StageTask } from "../../coordinator/planner/job-plan.js";
+import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
+import { usesTrueCfg } from "../../shared/job/render-params.js";
+import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
+import { flowMatchSchedule } from "../../shared/sampler/flow-match.js";
+import { planSections, type SectionPlan } from "../../shared/framepack/plan.js";
+import { appendSection, initialHistory, sectionContext, type History } from "../../shared/framepack/history.js";
+import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
+import { trimFrameCount } from "../../shared/framepack/frames.js";
+import { decodeImage, prepareImage } from "../../shared/image/decode.js";
+import { writeMp4 } from "../../shared/video/mp4.js";
+import { encodeText, type PromptEmbeddings } from "../stages/encode-text.js";
+import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "../stages/encode-image.js";
+import { denoiseSection, type TextConditioning } from "../stages/denoise-section.js";
+import { decodeVideo, toVaeLatents } from "../stages/decode-latents.js";
+import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { TextTokenizers } from "../text/tokenizers.js";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+export interface WorkerContext {
+  runtime: ModelRuntime;
+  tokenizers: TextTokenizers;
+  store: ObjectStore;
+}
+
+export interface TaskObserver {
+  onStep?(step: number, steps: number): void;
+  signal?: AbortSignal;
+}
+
+type Tensors = Record<string, Tensor>;
+
+async function readTensors(store: ObjectStore, key: string): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
+  return decodeSafetensors(await store.get(key));
+}
+
+function need<T extends Tensor = F32>(tensors: Map<string, Tensor>, name: string, key: string): T {
+  const t = tensors.get(name);
+  if (t === undefined) throw new FarmError("DATA_LOSS", `object ${key} lacks tensor ${name}`);
+  return t as T;
+}
+
+async function writeOnce(store: ObjectStore, key: string, tensors: Tensors, metadata?: Record<string, string>): Promise<void> {
+  await store.putIfAbsent(key, encodeSafetensors(tensors, metadata), "application/octet-stream");
+}
+
+export function sectionPlanOf(spec: JobSpec, ctx: WorkerContext, hasEndImage: boolean): SectionPlan {
+  const m = ctx.runtime.bundle.manifest;
+  return planSections({
+    samplingType: spec.params.samplingType,
+    numFrames: spec.params.numFrames,
+    latentWindowSize: spec.params.latentWindowSize,
+    hasEndImage,
+    historySizes: m.framepack.history_sizes[spec.params.samplingType],
+    temporalCompression: m.vae.temporal_compression_ratio,
+  });
+}
+
+async function pixels(ctx: WorkerContext, spec: JobSpec, key: string, what: string): Promise<F32> {
+  return prepareImage(await decodeImage(await ctx.store.get(key), undefined, what), spec.height, spec.width);
+}
+
+function conditioning(t: Map<string, Tensor>, key: string): TextConditioning {
+  return { embeds: need(t, "embeds", key), mask: need(t, "mask", key), pooled: need(t, "pooled", key) };
+}
+
+const promptTensors = (p: PromptEmbeddings): Tensors => ({ embeds: p.embeds, mask: p.mask, pooled: p.pooled });
+
+/** The mux task's frames: every section's decoded video soft-appended in plan order. */
+export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: JobSpec): Promise<Tensor<"uint8">> {
+  const plan = sectionPlanOf(spec, ctx, spec.params.hasEndImage);
+  const acc = new VideoAccumulator(spec.params.samplingType, plan.overlapFrames);
+  let decoded = 0;
+  for (const s of plan.sections) {
+    const key = task.inputs[`section${s.index}`]!;
+    const video = need((await readTensors(ctx.store, key)).tensors, "video", key);
+    decoded += video.shape[2]! - (decoded === 0 ? 0 : plan.overlapFrames);
+    acc.add(video);
+  }
+  return acc.finish(trimFrameCount(decoded, ctx.runtime.bundle.manifest.vae.temporal_compression_ratio));
+}
+
+export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: JobSpec, observer: TaskObserver = {}): Promise<void> {
+  const { store, runtime } = ctx;
+  const params = renderParamsOf(spec);
+  const hasEndImage = params.hasEndImage;
+  switch (task.kind) {
+    case "encode_text": {
+      await writeOnce(store, task.outputs["prompt"]!, promptTensors(await encodeText(runtime, ctx.tokenizers, params.prompt)));
+      if (usesTrueCfg(params)) await writeOnce(store, task.outputs["negative"]!, promptTensors(await encodeText(runtime, ctx.tokenizers, params.negativePrompt ?? "")));
+      return;
+    }
+    case "encode_image": {
+      // diffusers conditions the transformer on the start image's embeddings only.
+      const { embeds } = await encodeImageEmbeds(runtime, await pixels(ctx, spec, task.inputs["first"]!, "image"));
+      await writeOnce(store, task.outputs["embeds"]!, { image_embeds: embeds });
+      return;
+    }
+    case "vae_encode": {
+      const g = new TorchGenerator(BigInt(task.rng!.seed));
+      g.skip(task.rng!.offset);
+      const sf = runtime.bundle.manifest.vae.scaling_factor;
+      const out: Tensors = { image_latents: sampleLatents(await encodeImagePosterior(runtime, await pixels(ctx, spec, task.inputs["first"]!, "image")), g, sf) };
+      if (task.inputs["last"] !== undefined) {
+        out["last_image_latents"] = sampleLatents(await encodeImagePosterior(runtime, await pixels(ctx, spec, task.inputs["last"], "end image")), g, sf);
+      }
+      await writeOnce(store, task.outputs["latents"]!, out);
+      return;
+    }
+    case "denoise": {
+      const k = task.section!;
+      const plan = sectionPlanOf(spec, ctx, hasEndImage);
+      const section = plan.sections[k]!;
+      const text = await readTensors(store, task.inputs["prompt"]!);
+      const negative = task.inputs["negative"] !== undefined ? await readTensors(store, task.inputs["negative"]) : null;
+      const image = await readTensors(store, task.inputs["imageEmbeds"]!);
+      const latents = await readTensors(store, task.inputs["imageLatents"]!);
+      const imageLatents = need(latents.tensors, "image_latents", task.inputs["imageLatents"]!);
+      const lastLatents = (latents.tensors.get("last_image_latents") as F32 | undefined) ?? null;
+      let history: History;
+      if (k === 0) history = initialHistory(plan, imageLatents);
+      else {
+        const h = await readTensors(store, task.inputs["history"]!);
+        history = { latents: need(h.tensors, "history", task.inputs["history"]!), generated: Number(h.metadata["generated"]) };
+      }
+      const ix = section.indices;
+      const context = {
+        ...sectionContext(plan, section, history, imageLatents, lastLatents),
+        indicesLatents: Tensor.i64([ix.latents.length], ix.latents),
+        indicesClean: Tensor.i64([ix.clean.length], ix.clean),
+        indices2x: Tensor.i64([ix.history2x.length], ix.history2x),
+        indices4x: Tensor.i64([ix.history4x.length], ix.history4x),
+      };
+      const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
+      const g = new TorchGenerator(BigInt(task.rng!.seed));
+      g.skip(task.rng!.offset);
+      const noise = g.randn([1, channels, plan.latentWindowSize, h, w]);
+      const patch = runtime.bundle.manifest.transformer.patch_size;
+      const schedule = flowMatchSchedule(runtime.bundle.manifest.scheduler, params.steps, (plan.latentWindowSize * h * w) / (patch * patch));
+      const result = await denoiseSection(
+        runtime,
+        {
+          noise,
+          prompt: conditioning(text.tensors, task.inputs["prompt"]!),
+          ...(negative !== null ? { negative: conditioning(negative.tensors, task.inputs["negative"]!) } : {}),
+          trueCfgScale: params.trueCfgScale,
+          imageEmbeds: need(image.tensors, "image_embeds", task.inputs["imageEmbeds"]!),
+          context,
+          guidanceScale: params.guidanceScale,
+          schedule,
+        },
+        { ...(observer.onStep !== undefined ? { onStep: observer.onStep } : {}), ...(observer.signal !== undefined ? { signal: observer.signal } : {}) },
+      );
+      const appended = appendSection(plan, section, history, result, imageLatents);
+      await writeOnce(store, task.outputs["latents"]!, { latents: result });
+      await writeOnce(store, task.outputs["history"]!, { history: appended.history.latents, decode_latents: appended.decodeLatents }, { generated: String(appended.history.generated) });
+      return;
+    }
+    case "decode": {
+      const h = await readTensors(store, task.inputs["history"]!);
+      const vaeLatents = toVaeLatents(need(h.tensors, "decode_latents", task.inputs["history"]!), runtime.bundle.manifest.vae.scaling_factor);
+      await writeOnce(store, task.outputs["video"]!, { video: await decodeVideo(runtime, vaeLatents) });
+      return;
+    }
+    case "mux": {
+      const frames = await assembleFrames(ctx, task, spec);
+      const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-mux-"));
+      try {
+        const file = path.join(dir, "video.mp4");
+        await writeMp4(frames, file, params);
+        await store.putIfAbsent(task.outputs["video"]!, new Uint8Array(await readFile(file)), "video/mp4");
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+      return;
+    }
+  }
+}

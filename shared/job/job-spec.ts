@@ -1,0 +1,21 @@
+/**
+ * What every stage task of a job needs to know besides its own inputs: the validated render
+ * parameters and the render size, in a JSON form that travels in queue messages and job records.
+ */
+import type { RenderParams } from "./render-params.js";
+
+export interface JobSpec {
+  jobId: string;
+  params: Omit<RenderParams, "seed" | "size"> & { seed: string };
+  height: number;
+  width: number;
+}
+
+export function toJobSpec(jobId: string, params: RenderParams, size: { height: number; width: number }): JobSpec {
+  const { seed, size: _size, ...rest } = params;
+  return { jobId, params: { ...rest, seed: seed.toString() }, height: size.height, width: size.width };
+}
+
+export function renderParamsOf(spec: JobSpec): RenderParams {
+  return { ...spec.params, seed: BigInt(spec.params.seed), size: { height: spec.height, width: spec.width } };
+}
