@@ -6,9 +6,9 @@
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
-import { flowMatchSchedule } from "../../shared/sampler/flow-match.js";
+import { flowMatchSchedule, imageSeqLen } from "../../shared/sampler/flow-match.js";
 import { planSections } from "../../shared/framepack/plan.js";
-import { initialHistory, sectionContext, appendSection } from "../../shared/framepack/history.js";
+import { initialHistory, sectionInputs, appendSection } from "../../shared/framepack/history.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { trimFrameCount } from "../../shared/framepack/frames.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
@@ -110,18 +110,11 @@ export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observ
   for (const section of plan.sections) {
     const k = section.index;
     observer.signal?.throwIfAborted();
-    const ix = section.indices;
-    const context = {
-      ...sectionContext(plan, section, history, imageLatents, lastImageLatents),
-      indicesLatents: Tensor.i64([ix.latents.length], ix.latents),
-      indicesClean: Tensor.i64([ix.clean.length], ix.clean),
-      indices2x: Tensor.i64([ix.history2x.length], ix.history2x),
-      indices4x: Tensor.i64([ix.history4x.length], ix.history4x),
-    };
+    const context = sectionInputs(plan, section, history, imageLatents, lastImageLatents);
     const noise = generator.randn([1, channels, params.latentWindowSize, h, w]);
     probe(`section${k}.noise`, noise);
     const patch = manifest.transformer.patch_size;
-    const schedule = flowMatchSchedule(manifest.scheduler, params.steps, (params.latentWindowSize * h * w) / (patch * patch));
+    const schedule = flowMatchSchedule(manifest.scheduler, params.steps, imageSeqLen(params.latentWindowSize, h, w, patch));
     probe(`section${k}.sigmas`, new Tensor("float32", [schedule.sigmas.length], schedule.sigmas));
     probe(`section${k}.timesteps`, new Tensor("float32", [schedule.timesteps.length], schedule.timesteps));
 

@@ -12,9 +12,9 @@ import type { StageTask } from "../../coordinator/planner/job-plan.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import { usesTrueCfg } from "../../shared/job/render-params.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
-import { flowMatchSchedule } from "../../shared/sampler/flow-match.js";
+import { flowMatchSchedule, imageSeqLen } from "../../shared/sampler/flow-match.js";
 import { planSections, type SectionPlan } from "../../shared/framepack/plan.js";
-import { appendSection, initialHistory, sectionContext, type History } from "../../shared/framepack/history.js";
+import { appendSection, initialHistory, sectionInputs, type History } from "../../shared/framepack/history.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { trimFrameCount } from "../../shared/framepack/frames.js";
 import { decodeImage, prepareImage } from "../../shared/image/decode.js";
@@ -135,20 +135,13 @@ export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: Jo
         const h = await readTensors(store, task.inputs["history"]!);
         history = { latents: need(h.tensors, "history", task.inputs["history"]!), generated: Number(h.metadata["generated"]) };
       }
-      const ix = section.indices;
-      const context = {
-        ...sectionContext(plan, section, history, imageLatents, lastLatents),
-        indicesLatents: Tensor.i64([ix.latents.length], ix.latents),
-        indicesClean: Tensor.i64([ix.clean.length], ix.clean),
-        indices2x: Tensor.i64([ix.history2x.length], ix.history2x),
-        indices4x: Tensor.i64([ix.history4x.length], ix.history4x),
-      };
+      const context = sectionInputs(plan, section, history, imageLatents, lastLatents);
       const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
       const g = new TorchGenerator(BigInt(task.rng!.seed));
       g.skip(task.rng!.offset);
       const noise = g.randn([1, channels, plan.latentWindowSize, h, w]);
       const patch = runtime.bundle.manifest.transformer.patch_size;
-      const schedule = flowMatchSchedule(runtime.bundle.manifest.scheduler, params.steps, (plan.latentWindowSize * h * w) / (patch * patch));
+      const schedule = flowMatchSchedule(runtime.bundle.manifest.scheduler, params.steps, imageSeqLen(plan.latentWindowSize, h, w, patch));
       const result = await denoiseSection(
         runtime,
         {

@@ -78,3 +78,22 @@ export function appendSection(plan: SectionPlan, section: Section, history: Hist
 function checkPlan(section: Section, generated: number, planned: number): void {
   if (generated !== planned) throw new RangeError(`section ${section.index}: history holds ${generated} generated frames, the plan expects ${planned}`);
 }
+
+export interface SectionInputs extends SectionContextTensors {
+  indicesLatents: Tensor<"int64">;
+  indicesClean: Tensor<"int64">;
+  indices2x: Tensor<"int64">;
+  indices4x: Tensor<"int64">;
+}
+
+/** Everything a section's transformer calls take besides latents and conditioning. */
+export function sectionInputs(plan: SectionPlan, section: Section, history: History, imageLatents: F32, lastImageLatents: F32 | null): SectionInputs {
+  const ix = section.indices;
+  return {
+    ...sectionContext(plan, section, history, imageLatents, lastImageLatents),
+    indicesLatents: Tensor.i64([ix.latents.length], ix.latents),
+    indicesClean: Tensor.i64([ix.clean.length], ix.clean),
+    indices2x: Tensor.i64([ix.history2x.length], ix.history2x),
+    indices4x: Tensor.i64([ix.history4x.length], ix.history4x),
+  };
+}

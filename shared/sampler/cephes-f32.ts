@@ -5,20 +5,9 @@
  * fused into it; fma32 reproduces exactly those fusions. With both, torch.randn is matched bit for
  * bit; libm's logf/cosf or unfused arithmetic differ in the last bit of about 1% of samples.
  */
+import { bitsOf, fromBits } from "../tensor/half.js";
+
 const f = Math.fround;
-
-const scratchF = new Float32Array(1);
-const scratchU = new Uint32Array(scratchF.buffer);
-
-function bitsOf(x: number): number {
-  scratchF[0] = x;
-  return scratchU[0]!;
-}
-
-function fromBits(b: number): number {
-  scratchU[0] = b >>> 0;
-  return scratchF[0]!;
-}
 
 /** The neighbouring float32 of a (non-NaN, finite) float32 x in the direction of `toward`. */
 function nextAfter32(x: number, toward: number): number {

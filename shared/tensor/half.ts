@@ -6,12 +6,14 @@
 const scratchF = new Float32Array(1);
 const scratchU = new Uint32Array(scratchF.buffer);
 
-function bitsOf(x: number): number {
+/** The IEEE binary32 bits of x (after rounding x to float32). */
+export function bitsOf(x: number): number {
   scratchF[0] = x;
   return scratchU[0]!;
 }
 
-function fromBits(b: number): number {
+/** The float32 with these bits. */
+export function fromBits(b: number): number {
   scratchU[0] = b >>> 0;
   return scratchF[0]!;
 }
