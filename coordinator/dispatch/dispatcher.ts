@@ -23,6 +23,8 @@ export interface TaskResult {
   taskId: string;
   ok: boolean;
   error?: string;
+  /** gRPC status name of the failure. */
+  errorStatus?: string;
   node: string;
 }
 
@@ -119,6 +121,7 @@ export class Dispatcher {
         rec.taskStates[result.taskId] = "failed";
         rec.state = "FAILED";
         rec.error = `${result.taskId} failed ${rec.attempts[result.taskId]} times; last on ${result.node}: ${result.error ?? "unknown error"}`;
+        rec.errorStatus = result.errorStatus ?? "INTERNAL";
       }
       return rec;
     });

@@ -18,6 +18,7 @@ export interface JobRecord {
   taskStates: Record<string, TaskState>;
   attempts: Record<string, number>;
   error?: string;
+  errorStatus?: string;
   createdAt: string;
   updatedAt: string;
 }

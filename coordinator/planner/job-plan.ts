@@ -43,8 +43,8 @@ export const jobPrefix = (jobId: string): string => `jobs/${jobId}/`;
 export function jobKeys(jobId: string) {
   const p = jobPrefix(jobId);
   return {
-    firstImage: `${p}inputs/first.png`,
-    lastImage: `${p}inputs/last.png`,
+    firstImage: `${p}inputs/first-image`,
+    lastImage: `${p}inputs/last-image`,
     promptEmbeds: `${p}text/prompt.safetensors`,
     negativeEmbeds: `${p}text/negative.safetensors`,
     imageEmbeds: `${p}image/embeds.safetensors`,

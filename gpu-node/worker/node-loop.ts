@@ -49,8 +49,7 @@ export class NodeLoop {
             await runStageTask(ctx, task, job.record.spec);
             await report({ ok: true });
           } catch (err) {
-            const status = err instanceof FarmError ? err.status : "INTERNAL";
-            await report({ ok: false, error: `[${status}] ${(err as Error).message}` });
+            await report({ ok: false, error: (err as Error).message, errorStatus: err instanceof FarmError ? err.status : "INTERNAL" });
           } finally {
             clearInterval(keepAlive);
           }

@@ -1,0 +1,284 @@
+/**
+ * The public JobService over gRPC: validates a submission (settings, images) before anything is
+ * stored, stores the inputs, plans the job and hands it to the dispatcher; answers GetJob,
+ * WatchJob (a stream of state and progress), CancelJob and ListJobs from the job records.
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { status as GrpcStatus, type ServerErrorResponse, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from "@grpc/grpc-js";
+import { FarmError } from "../../shared/errors.js";
+import { JobState as PbJobState, SamplingMode, type ImageInput, type Job, type JobServiceServer, type Progress, type RenderSettings, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
+import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
+import type { Bus, KeyValue } from "../../shared/bus/bus.js";
+import type { ObjectStore } from "../../shared/store/object-store.js";
+import { validateObjectKey } from "../../shared/store/object-store.js";
+import type { BundleManifest } from "../../shared/bundle/manifest.js";
+import { decodeImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
+import { findNearestBucket } from "../../shared/framepack/buckets.js";
+import { planSections } from "../../shared/framepack/plan.js";
+import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../../shared/job/render-params.js";
+import { toJobSpec } from "../../shared/job/job-spec.js";
+import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
+import { Dispatcher, jobEventSubject, JOBS_BUCKET } from "../dispatch/dispatcher.js";
+import { readJob, updateJob, type JobRecord } from "../dispatch/job-record.js";
+
+export interface JobServiceDeps {
+  bus: Bus;
+  store: ObjectStore;
+  dispatcher: Dispatcher;
+  manifest: BundleManifest;
+  bundleName: string;
+  /** Lifetime of presigned video URLs. */
+  urlExpirySeconds?: number;
+}
+
+const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
+const TERMINAL = new Set<JobRecord["state"]>(["SUCCEEDED", "FAILED", "CANCELLED"]);
+
+const STATE_TO_PB: Record<JobRecord["state"], PbJobState> = {
+  QUEUED: PbJobState.JOB_STATE_QUEUED,
+  RUNNING: PbJobState.JOB_STATE_RUNNING,
+  SUCCEEDED: PbJobState.JOB_STATE_SUCCEEDED,
+  FAILED: PbJobState.JOB_STATE_FAILED,
+  CANCELLED: PbJobState.JOB_STATE_CANCELLED,
+};
+
+/** A FarmError (or anything else) as the gRPC error the client sees. */
+export function toGrpcError(err: unknown): Partial<ServerErrorResponse> {
+  if (err instanceof FarmError) return { code: err.code, details: err.message, message: err.message };
+  return { code: GrpcStatus.INTERNAL, details: `internal error: ${(err as Error)?.message ?? String(err)}` };
+}
+
+function timestamp(iso: string): Timestamp {
+  const ms = Date.parse(iso);
+  return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
+}
+
+function progressOf(r: JobRecord): Progress {
+  const denoise = r.tasks.filter((t) => t.kind === "denoise");
+  const done = denoise.filter((t) => r.taskStates[t.id] === "done").length;
+  return { sectionsTotal: denoise.length, sectionsDone: done, currentSection: Math.min(done, Math.max(0, denoise.length - 1)), currentStep: 0, stepsPerSection: r.spec.params.steps, etaSeconds: 0 };
+}
+
+function settingsOf(r: JobRecord): RenderSettings {
+  const p = r.spec.params;
+  return {
+    prompt: p.prompt,
+    ...(p.negativePrompt !== null ? { negativePrompt: p.negativePrompt } : {}),
+    length: { $case: "numFrames", value: p.numFrames },
+    mode: p.samplingType === "vanilla" ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
+    steps: p.steps,
+    guidanceScale: p.guidanceScale,
+    trueCfgScale: p.trueCfgScale,
+    seed: BigInt(p.seed),
+    latentWindowSize: p.latentWindowSize,
+    height: r.spec.height,
+    width: r.spec.width,
+    fps: p.fps,
+    crf: p.crf,
+  };
+}
+
+export class JobService {
+  private readonly idempotency: Promise<KeyValue>;
+  private readonly jobs: Promise<KeyValue>;
+
+  constructor(private readonly deps: JobServiceDeps) {
+    this.idempotency = deps.bus.kv("idempotency");
+    this.jobs = deps.bus.kv(JOBS_BUCKET);
+  }
+
+  async toJob(r: JobRecord): Promise<Job> {
+    const keys = jobKeys(r.spec.jobId);
+    const expiry = this.deps.urlExpirySeconds ?? 3600;
+    const done = r.state === "SUCCEEDED";
+    return {
+      id: r.spec.jobId,
+      state: STATE_TO_PB[r.state],
+      settings: settingsOf(r),
+      bundle: this.deps.bundleName,
+      priority: 0,
+      progress: progressOf(r),
+      createdAt: timestamp(r.createdAt),
+      updatedAt: timestamp(r.updatedAt),
+      videoKey: done ? keys.video : "",
+      videoUrl: done ? await this.deps.store.presignedGetUrl(keys.video, expiry) : "",
+      ...(done ? { videoUrlExpiresAt: timestamp(new Date(Date.now() + expiry * 1000).toISOString()) } : {}),
+      error: r.error ?? "",
+      errorStatus: r.state === "FAILED" ? (r.errorStatus ?? "INTERNAL") : "",
+      numFrames: r.spec.params.numFrames,
+      height: r.spec.height,
+      width: r.spec.width,
+    };
+  }
+
+  private async image(input: ImageInput | undefined, what: string): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
+    if (input?.source === undefined) return null;
+    let bytes: Uint8Array;
+    if (input.source.$case === "data") bytes = input.source.value;
+    else {
+      const key = validateObjectKey(input.source.value);
+      if (!key.startsWith("uploads/")) throw new FarmError("PERMISSION_DENIED", `${what} object key must be under uploads/`);
+      bytes = await this.deps.store.get(key);
+    }
+    return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
+  }
+
+  async submit(req: Parameters<JobServiceServer["submitJob"]>[0]["request"]): Promise<{ job: Job; deduplicated: boolean }> {
+    const { manifest } = this.deps;
+    if (req.bundle !== "" && req.bundle !== this.deps.bundleName) throw new FarmError("NOT_FOUND", `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(this.deps.bundleName)}`);
+    if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey)) throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
+    const s = req.settings;
+    if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
+    const input: RenderParamsInput = {
+      prompt: s.prompt,
+      negativePrompt: s.negativePrompt,
+      ...(s.length?.$case === "seconds" ? { seconds: s.length.value } : s.length?.$case === "numFrames" ? { numFrames: s.length.value } : {}),
+      samplingType: s.mode === SamplingMode.SAMPLING_MODE_VANILLA ? "vanilla" : s.mode === SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING ? "inverted" : undefined,
+      steps: s.steps,
+      guidanceScale: s.guidanceScale,
+      trueCfgScale: s.trueCfgScale,
+      seed: s.seed,
+      latentWindowSize: s.latentWindowSize,
+      resolution: s.resolution,
+      height: s.height,
+      width: s.width,
+      fps: s.fps,
+      crf: s.crf,
+      hasEndImage: req.endImage?.source !== undefined,
+    };
+    const params = validateRenderParams(input, { samplingType: manifest.sampling_type, latentWindowSize: manifest.framepack.default_latent_window_size });
+
+    const idemKey = req.idempotencyKey === "" ? null : createHash("sha256").update(req.idempotencyKey).digest("hex");
+    if (idemKey !== null) {
+      const seen = await (await this.idempotency).get(idemKey);
+      if (seen !== null) {
+        const existing = await readJob(await this.jobs, new TextDecoder().decode(seen.value));
+        if (existing !== null) return { job: await this.toJob(existing.record), deduplicated: true };
+      }
+    }
+
+    const first = await this.image(req.image, "image");
+    if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
+    const last = await this.image(req.endImage, "end image");
+    const size = "height" in params.size ? params.size : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
+    const jobId = randomUUID();
+    const spec = toJobSpec(jobId, params, size);
+    const sections = planSections({
+      samplingType: params.samplingType,
+      numFrames: params.numFrames,
+      latentWindowSize: params.latentWindowSize,
+      hasEndImage: last !== null,
+      historySizes: manifest.framepack.history_sizes[params.samplingType],
+      temporalCompression: manifest.vae.temporal_compression_ratio,
+    });
+    const sc = manifest.vae.spatial_compression_ratio;
+    const tasks = planJob({ jobId, seed: params.seed, sections, hasEndImage: last !== null, trueCfg: usesTrueCfg(params), latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc } });
+
+    if (idemKey !== null) {
+      try {
+        await (await this.idempotency).create(idemKey, new TextEncoder().encode(jobId));
+      } catch (err) {
+        // Lost a race with an identical submission: answer with that job.
+        if (err instanceof FarmError && err.status === "ALREADY_EXISTS") return this.submit(req);
+        throw err;
+      }
+    }
+    const keys = jobKeys(jobId);
+    try {
+      await this.deps.store.put(keys.firstImage, first.bytes);
+      if (last !== null) await this.deps.store.put(keys.lastImage, last.bytes);
+      await this.deps.dispatcher.submit(spec, tasks);
+    } catch (err) {
+      // Leave nothing behind for a submission that did not become a job.
+      await this.deps.store.deletePrefix(jobPrefix(jobId)).catch(() => undefined);
+      if (idemKey !== null) await (await this.idempotency).delete(idemKey).catch(() => undefined);
+      throw err;
+    }
+    return { job: await this.toJob((await readJob(await this.jobs, jobId))!.record), deduplicated: false };
+  }
+
+  async get(id: string): Promise<JobRecord> {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) throw new FarmError("INVALID_ARGUMENT", `invalid job id ${JSON.stringify(id)}`);
+    const r = await readJob(await this.jobs, id);
+    if (r === null) throw new FarmError("NOT_FOUND", `job ${id} does not exist`);
+    return r.record;
+  }
+
+  async cancel(id: string): Promise<JobRecord> {
+    await this.get(id);
+    const r = await updateJob(await this.jobs, id, (rec) => (TERMINAL.has(rec.state) ? null : { ...rec, state: "CANCELLED" }));
+    if (r !== null) {
+      // Retention: a cancelled job keeps nothing.
+      await this.deps.store.deletePrefix(jobPrefix(id));
+      this.deps.bus.events.publish(jobEventSubject(id), new TextEncoder().encode(JSON.stringify({ jobId: id, state: "CANCELLED" })));
+    }
+    return r ?? this.get(id);
+  }
+
+  async list(states: PbJobState[], pageSize: number, pageToken: string): Promise<{ jobs: Job[]; next: string }> {
+    const size = pageSize === 0 ? 50 : Math.min(pageSize, 500);
+    const keys = (await (await this.jobs).keys()).filter((k) => k > pageToken);
+    const out: Job[] = [];
+    for (const k of keys) {
+      const r = await readJob(await this.jobs, k);
+      if (r === null) continue;
+      const job = await this.toJob(r.record);
+      if (states.length > 0 && !states.includes(job.state)) continue;
+      out.push(job);
+      if (out.length === size) return { jobs: out, next: k };
+    }
+    return { jobs: out, next: "" };
+  }
+
+  /** The gRPC handlers. */
+  handlers(): JobServiceServer {
+    const unary =
+      <Req, Res>(fn: (req: Req) => Promise<Res>) =>
+      (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
+        fn(call.request).then(
+          (res) => cb(null, res),
+          (err) => cb(toGrpcError(err) as ServerErrorResponse),
+        );
+      };
+    return {
+      submitJob: unary(async (req) => this.submit(req)),
+      getJob: unary(async (req) => ({ job: await this.toJob(await this.get(req.id)) })),
+      cancelJob: unary(async (req) => ({ job: await this.toJob(await this.cancel(req.id)) })),
+      listJobs: unary(async (req) => {
+        const { jobs, next } = await this.list(req.states, req.pageSize, req.pageToken);
+        return { jobs, nextPageToken: next };
+      }),
+      watchJob: (call: ServerWritableStream<{ id: string }, WatchJobResponse>) => void this.watch(call),
+    };
+  }
+
+  private async watch(call: ServerWritableStream<{ id: string }, WatchJobResponse>): Promise<void> {
+    let seq = 0n;
+    const send = async (r: JobRecord): Promise<void> => {
+      const job = await this.toJob(r);
+      call.write({ jobId: r.spec.jobId, sequence: ++seq, at: timestamp(new Date().toISOString()), event: { $case: "progress", value: job.progress! }, job });
+    };
+    try {
+      const first = await this.get(call.request.id);
+      await send(first);
+      if (TERMINAL.has(first.state)) return void call.end();
+      await new Promise<void>((resolve) => {
+        let chain = Promise.resolve();
+        const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), () => {
+          chain = chain.then(async () => {
+            const r = await this.get(call.request.id);
+            await send(r);
+            if (TERMINAL.has(r.state)) {
+              off();
+              resolve();
+            }
+          });
+        });
+        call.on("cancelled", () => (off(), resolve()));
+      });
+      call.end();
+    } catch (err) {
+      call.destroy(Object.assign(new Error((err as Error).message), toGrpcError(err)));
+    }
+  }
+}

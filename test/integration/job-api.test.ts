@@ -1,0 +1,119 @@
+/**
+ * The public gRPC API end to end in one process: a real @grpc/grpc-js server and client, the
+ * dispatcher, two node loops, in-process bus and local store. Submit, watch to completion, fetch,
+ * deduplicate, cancel, and bad input answered with the right status codes.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { credentials, status, type ServiceError } from "@grpc/grpc-js";
+import { JobServiceClient, JobState, type SubmitJobRequest, type SubmitJobResponse, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
+import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
+import { JobService } from "../../coordinator/api/job-service.js";
+import { startApiServer, type ApiServer } from "../../coordinator/api/server.js";
+import { MemoryBus } from "../../shared/bus/memory-bus.js";
+import { LocalObjectStore } from "../../shared/store/local-store.js";
+import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
+import { repoRoot, tinyBundleDir } from "../support/paths.js";
+
+let embedded: Embedded;
+let tmp: string;
+let server: ApiServer;
+let client: JobServiceClient;
+let dispatcher: Dispatcher;
+let nodes: NodeLoop[];
+let store: LocalObjectStore;
+const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+
+before(async () => {
+  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-api-"));
+  const bus = new MemoryBus();
+  store = new LocalObjectStore(tmp);
+  dispatcher = await Dispatcher.start(bus);
+  const ctx = { ...embedded, store };
+  nodes = [
+    await NodeLoop.start(bus, ctx, { nodeId: "a", stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"] }),
+    await NodeLoop.start(bus, ctx, { nodeId: "b", stages: ["denoise"] }),
+  ];
+  const service = new JobService({ bus, store, dispatcher, manifest: embedded.runtime.bundle.manifest, bundleName: "tiny" });
+  server = await startApiServer(service, "127.0.0.1", 0);
+  client = new JobServiceClient(`127.0.0.1:${server.port}`, credentials.createInsecure());
+});
+
+after(async () => {
+  client.close();
+  await server.stop();
+  for (const n of nodes) await n.stop();
+  await dispatcher.stop();
+  await embedded.close();
+  await rm(tmp, { recursive: true, force: true });
+});
+
+const submit = (req: Partial<SubmitJobRequest>): Promise<SubmitJobResponse> =>
+  new Promise((resolve, reject) =>
+    client.submitJob({ bundle: "", priority: 0, idempotencyKey: "", ...req } as SubmitJobRequest, (err, res) => (err ? reject(err) : resolve(res))),
+  );
+
+const settings = (over: object = {}) => ({ prompt: "a lighthouse", length: { $case: "numFrames" as const, value: 20 }, mode: 0, steps: 2, resolution: 64, ...over });
+
+function rejectsWith(p: Promise<unknown>, code: status, pattern: RegExp): Promise<void> {
+  return assert.rejects(p, (e: unknown) => (e as ServiceError).code === code && pattern.test((e as ServiceError).details));
+}
+
+test("submit, watch to completion, fetch the video through its URL", async () => {
+  const { job } = await submit({ image: { source: { $case: "data", value: image } }, settings: settings() });
+  assert.ok(job !== undefined && job.id.length > 0);
+  const events: WatchJobResponse[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const stream = client.watchJob({ id: job.id });
+    stream.on("data", (e: WatchJobResponse) => events.push(e));
+    stream.on("end", resolve);
+    stream.on("error", reject);
+  });
+  const last = events.at(-1)!.job!;
+  assert.equal(last.state, JobState.JOB_STATE_SUCCEEDED, last.error);
+  assert.ok(events.length >= 3, `progress was streamed (${events.length} events)`);
+  assert.deepEqual(events.map((e) => e.sequence), events.map((_, i) => BigInt(i + 1)));
+  assert.equal(last.progress!.sectionsDone, last.progress!.sectionsTotal);
+  const got = await new Promise<SubmitJobResponse["job"]>((resolve, reject) => client.getJob({ id: job.id }, (err, res) => (err ? reject(err) : resolve(res.job))));
+  assert.ok(got!.videoUrl.startsWith("file:"));
+  const mp4 = await readFile(fileURLToPath(got!.videoUrl));
+  assert.equal(mp4.subarray(4, 8).toString(), "ftyp");
+  assert.deepEqual([got!.width, got!.height], [64, 48]);
+});
+
+test("an idempotency key returns the first job", async () => {
+  const a = await submit({ image: { source: { $case: "data", value: image } }, settings: settings(), idempotencyKey: "client-42:retry" });
+  const b = await submit({ image: { source: { $case: "data", value: image } }, settings: settings(), idempotencyKey: "client-42:retry" });
+  assert.equal(b.job!.id, a.job!.id);
+  assert.equal(b.deduplicated, true);
+});
+
+test("cancel stops a job and removes its objects", async () => {
+  const { job } = await submit({ image: { source: { $case: "data", value: image } }, settings: settings({ length: { $case: "numFrames", value: 200 } }) });
+  const res = await new Promise<SubmitJobResponse["job"]>((resolve, reject) => client.cancelJob({ id: job!.id }, (err, r) => (err ? reject(err) : resolve(r.job))));
+  assert.equal(res!.state, JobState.JOB_STATE_CANCELLED);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(await store.list(`jobs/${job!.id}/`), []);
+});
+
+test("bad requests get the right status and a message naming the problem", async () => {
+  const img = { image: { source: { $case: "data" as const, value: image } } };
+  await rejectsWith(submit({ settings: settings() }), status.INVALID_ARGUMENT, /image is missing/);
+  await rejectsWith(submit({ ...img }), status.INVALID_ARGUMENT, /settings are missing/);
+  await rejectsWith(submit({ image: { source: { $case: "data", value: Buffer.from("not an image") } }, settings: settings() }), status.INVALID_ARGUMENT, /not a readable image/);
+  await rejectsWith(submit({ ...img, settings: settings({ steps: 0 }) }), status.INVALID_ARGUMENT, /steps/);
+  await rejectsWith(submit({ ...img, settings: settings({ length: undefined }) }), status.INVALID_ARGUMENT, /length is missing/);
+  await rejectsWith(submit({ ...img, settings: settings({ prompt: "x".repeat(20_000) }) }), status.INVALID_ARGUMENT, /limit is 16384 bytes/);
+  await rejectsWith(submit({ ...img, settings: settings(), idempotencyKey: "bad key with spaces" }), status.INVALID_ARGUMENT, /idempotency key/);
+  await rejectsWith(submit({ ...img, settings: settings(), bundle: "other" }), status.NOT_FOUND, /unknown bundle/);
+  await rejectsWith(submit({ image: { source: { $case: "objectKey", value: "../etc/passwd" } }, settings: settings() }), status.INVALID_ARGUMENT, /invalid object key/);
+  await rejectsWith(submit({ image: { source: { $case: "objectKey", value: "jobs/x/inputs/first-image" } }, settings: settings() }), status.PERMISSION_DENIED, /uploads/);
+  await rejectsWith(new Promise((res, rej) => client.getJob({ id: "no-such-job" }, (e, r) => (e ? rej(e) : res(r)))), status.NOT_FOUND, /does not exist/);
+  await rejectsWith(new Promise((res, rej) => client.getJob({ id: "../x" }, (e, r) => (e ? rej(e) : res(r)))), status.INVALID_ARGUMENT, /invalid job id/);
+});
