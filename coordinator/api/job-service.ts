@@ -19,7 +19,7 @@ import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../..
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
 import { Dispatcher, jobEventSubject, JOBS_BUCKET } from "../dispatch/dispatcher.js";
-import { readJob, updateJob, type JobRecord } from "../dispatch/job-record.js";
+import { readJob, type JobRecord } from "../dispatch/job-record.js";
 
 export interface JobServiceDeps {
   bus: Bus;
@@ -206,13 +206,7 @@ export class JobService {
 
   async cancel(id: string): Promise<JobRecord> {
     await this.get(id);
-    const r = await updateJob(await this.jobs, id, (rec) => (TERMINAL.has(rec.state) ? null : { ...rec, state: "CANCELLED" }));
-    if (r !== null) {
-      // Retention: a cancelled job keeps nothing.
-      await this.deps.store.deletePrefix(jobPrefix(id));
-      this.deps.bus.events.publish(jobEventSubject(id), new TextEncoder().encode(JSON.stringify({ jobId: id, state: "CANCELLED" })));
-    }
-    return r ?? this.get(id);
+    return (await this.deps.dispatcher.cancel(id)) ?? this.get(id);
   }
 
   async list(states: PbJobState[], pageSize: number, pageToken: string): Promise<{ jobs: Job[]; next: string }> {

@@ -5,7 +5,8 @@
  * every job and a duplicated result advances the DAG only once.
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
-import { readyTasks, type StageKind, type StageTask } from "../planner/job-plan.js";
+import type { ObjectStore } from "../../shared/store/object-store.js";
+import { jobPrefix, readyTasks, type StageKind, type StageTask } from "../planner/job-plan.js";
 import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 
@@ -46,14 +47,15 @@ export class Dispatcher {
 
   private constructor(
     private readonly bus: Bus,
+    private readonly store: ObjectStore,
     private readonly kv: KeyValue,
     /** A task that failed this many times fails its job. */
     private readonly maxAttempts: number,
   ) {}
 
-  static async start(bus: Bus, options: { maxAttempts?: number } = {}): Promise<Dispatcher> {
+  static async start(bus: Bus, store: ObjectStore, options: { maxAttempts?: number } = {}): Promise<Dispatcher> {
     for (const q of [...STAGE_KINDS, RESULTS_QUEUE]) await bus.queues.ensure(q);
-    const d = new Dispatcher(bus, await bus.kv(JOBS_BUCKET), options.maxAttempts ?? 3);
+    const d = new Dispatcher(bus, store, await bus.kv(JOBS_BUCKET), options.maxAttempts ?? 3);
     d.consumer = await bus.queues.consume(RESULTS_QUEUE, { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 }, async (m) => {
       await d.onResult(dec<TaskResult>(m.data));
       m.ack();
@@ -110,7 +112,26 @@ export class Dispatcher {
     }
   }
 
+  /**
+   * Cancels a job that has not ended and removes its objects (a cancelled job keeps nothing).
+   * Nodes working on it notice within their lease interval and stop. Returns null if it had ended.
+   */
+  async cancel(jobId: string): Promise<JobRecord | null> {
+    const r = await updateJob(this.kv, jobId, (rec) => (rec.state === "QUEUED" || rec.state === "RUNNING" ? { ...rec, state: "CANCELLED" } : null));
+    if (r !== null) {
+      await this.store.deletePrefix(jobPrefix(jobId));
+      this.publish(r);
+    }
+    return r;
+  }
+
   private async onResult(result: TaskResult): Promise<void> {
+    const before = await readJob(this.kv, result.jobId);
+    if (before?.record.state === "CANCELLED") {
+      // A task that was running at cancellation may have written outputs after the clean-up.
+      await this.store.deletePrefix(jobPrefix(result.jobId));
+      return;
+    }
     const r = await updateJob(this.kv, result.jobId, (rec) => {
       if (rec.taskStates[result.taskId] === "done" || (rec.state !== "QUEUED" && rec.state !== "RUNNING")) return null;
       rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1;

@@ -43,12 +43,20 @@ export class NodeLoop {
             m.term(); // the job is gone or over: nothing to do
             return;
           }
-          // Keep the lease while working, at a third of the ack wait.
-          const keepAlive = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
+          // Keep the lease while working, at a third of the ack wait; stop if the job is cancelled.
+          const abort = new AbortController();
+          const keepAlive = setInterval(() => {
+            m.working();
+            void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
+          }, Math.max(50, ackWaitMs / 3));
           try {
-            await runStageTask(ctx, task, job.record.spec);
+            await runStageTask(ctx, task, job.record.spec, { signal: abort.signal });
             await report({ ok: true });
           } catch (err) {
+            if (abort.signal.aborted) {
+              m.term();
+              return;
+            }
             await report({ ok: false, error: (err as Error).message, errorStatus: err instanceof FarmError ? err.status : "INTERNAL" });
           } finally {
             clearInterval(keepAlive);

@@ -43,7 +43,7 @@ after(async () => {
 
 async function runCases(bus: Bus, store: ObjectStore, names: string[]): Promise<void> {
   const ctx = { ...embedded, store };
-  const dispatcher = await Dispatcher.start(bus);
+  const dispatcher = await Dispatcher.start(bus, store);
   // Two nodes as in a small farm: one for encoders and VAE, one for denoise; mux on the first.
   const nodeA = await NodeLoop.start(bus, ctx, { nodeId: "node-a", stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"] });
   const nodeB = await NodeLoop.start(bus, ctx, { nodeId: "node-b", stages: ["denoise"] });

@@ -34,7 +34,7 @@ before(async () => {
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-api-"));
   const bus = new MemoryBus();
   store = new LocalObjectStore(tmp);
-  dispatcher = await Dispatcher.start(bus);
+  dispatcher = await Dispatcher.start(bus, store);
   const ctx = { ...embedded, store };
   nodes = [
     await NodeLoop.start(bus, ctx, { nodeId: "a", stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"] }),
@@ -98,7 +98,9 @@ test("cancel stops a job and removes its objects", async () => {
   const { job } = await submit({ image: { source: { $case: "data", value: image } }, settings: settings({ length: { $case: "numFrames", value: 200 } }) });
   const res = await new Promise<SubmitJobResponse["job"]>((resolve, reject) => client.cancelJob({ id: job!.id }, (err, r) => (err ? reject(err) : resolve(r.job))));
   assert.equal(res!.state, JobState.JOB_STATE_CANCELLED);
-  await new Promise((r) => setTimeout(r, 300));
+  // A task that was running at cancellation finishes or aborts, then its outputs are removed too.
+  const deadline = Date.now() + 10_000;
+  while ((await store.list(`jobs/${job!.id}/`)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(await store.list(`jobs/${job!.id}/`), []);
 });
 
