@@ -6,18 +6,34 @@
 import { FarmError } from "../../shared/errors.js";
 import { renderCommand } from "./render.js";
 import { checkReferenceCommand } from "./check-reference.js";
+import { submitCommand, jobsCommand, cancelCommand } from "./submit.js";
+import { nodeCommand } from "./node.js";
+import { coordinatorCommand } from "./coordinator.js";
+import { clusterCommand } from "./cluster.js";
 
 const USAGE = `framefarm — FramePack image-to-video render farm
 
 Usage:
   framefarm render --image a.png --prompt "..." (--seconds S | --frames N) -o out.mp4 [options]
   framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda]
+  framefarm cluster [--port P] [--nodes N] [--denoise-nodes M] [--bundle DIR]
+  framefarm coordinator --nats URL --s3 HOST:PORT [--port P] [--bundle DIR]
+  framefarm node --nats URL --s3 HOST:PORT --stages text,image,vae,denoise|all [--bundle DIR] [--ep EP]
+  framefarm submit --server HOST:PORT --image a.png --prompt "..." (--seconds S | --frames N) [--wait -o out.mp4]
+  framefarm jobs --server HOST:PORT
+  framefarm cancel --server HOST:PORT ID
 
 Run \`framefarm <command> --help\` for a command's options.`;
 
 const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   render: renderCommand,
   "check-reference": checkReferenceCommand,
+  submit: submitCommand,
+  jobs: jobsCommand,
+  cancel: cancelCommand,
+  node: nodeCommand,
+  coordinator: coordinatorCommand,
+  cluster: clusterCommand,
 };
 
 async function main(argv: string[]): Promise<number> {

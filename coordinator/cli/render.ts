@@ -34,34 +34,33 @@ const HELP = `framefarm render — render one video in this process
   --ep cpu|webgpu|cuda    execution provider (cpu)
   -o, --output FILE       output MP4                                        [required]`;
 
+/** The video settings, shared with `framefarm submit`. */
+export const RENDER_OPTIONS = {
+  image: { type: "string" },
+  "end-image": { type: "string" },
+  prompt: { type: "string" },
+  "negative-prompt": { type: "string" },
+  seconds: { type: "string" },
+  frames: { type: "string" },
+  mode: { type: "string" },
+  steps: { type: "string" },
+  guidance: { type: "string" },
+  cfg: { type: "string" },
+  seed: { type: "string" },
+  window: { type: "string" },
+  resolution: { type: "string" },
+  height: { type: "string" },
+  width: { type: "string" },
+  fps: { type: "string" },
+  crf: { type: "string" },
+} as const;
+
 export async function renderCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
     allowPositionals: false,
-    options: {
-      image: { type: "string" },
-      "end-image": { type: "string" },
-      prompt: { type: "string" },
-      "negative-prompt": { type: "string" },
-      seconds: { type: "string" },
-      frames: { type: "string" },
-      mode: { type: "string" },
-      steps: { type: "string" },
-      guidance: { type: "string" },
-      cfg: { type: "string" },
-      seed: { type: "string" },
-      window: { type: "string" },
-      resolution: { type: "string" },
-      height: { type: "string" },
-      width: { type: "string" },
-      fps: { type: "string" },
-      crf: { type: "string" },
-      bundle: { type: "string" },
-      ep: { type: "string" },
-      output: { type: "string", short: "o" },
-      help: { type: "boolean", short: "h" },
-    },
+    options: { ...RENDER_OPTIONS, bundle: { type: "string" }, ep: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean", short: "h" } },
   });
   if (values.help === true) {
     process.stdout.write(`${HELP}\n`);

@@ -1,0 +1,68 @@
+/**
+ * `framefarm cluster`: a whole farm as local processes on loopback: nats-server, an S3 server,
+ * the coordinator (in this process) and node processes (one text/image/VAE node plus
+ * --denoise-nodes denoise nodes by default). Prints `gRPC listening on HOST:PORT` once jobs are
+ * accepted; SIGINT/SIGTERM stops everything it started.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { FarmError } from "../../shared/errors.js";
+import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "../cluster/local-servers.js";
+import { startCoordinator } from "./coordinator.js";
+import { untilSignal, type FarmConnection } from "./farm-options.js";
+import { defaultBundleDir } from "./defaults.js";
+
+const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
+
+function startNode(conn: FarmConnection, id: string, stages: string, bundle: string, ep: string): ChildProcess {
+  const child = spawn(process.execPath, [cliMain, "node", "--nats", conn.nats, "--s3", `${conn.s3.host}:${conn.s3.port}`, "--bucket", conn.s3.bucket, "--stages", stages, "--bundle", bundle, "--ep", ep, "--id", id], {
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  return child;
+}
+
+export async function clusterCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: { port: { type: "string" }, nodes: { type: "string" }, "denoise-nodes": { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, data: { type: "string" } },
+  });
+  const nodes = Number(values.nodes ?? 1);
+  const denoiseNodes = Number(values["denoise-nodes"] ?? 2);
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 64) throw new FarmError("INVALID_ARGUMENT", `--nodes must be 1..64, got ${values.nodes}`);
+  if (!Number.isInteger(denoiseNodes) || denoiseNodes < 0 || denoiseNodes > 64) throw new FarmError("INVALID_ARGUMENT", `--denoise-nodes must be 0..64, got ${values["denoise-nodes"]}`);
+  const bundle = path.resolve(values.bundle ?? defaultBundleDir());
+  const ep = values.ep ?? "cpu";
+  const ownData = values.data === undefined;
+  const data = values.data ?? (await mkdtemp(path.join(os.tmpdir(), "framefarm-cluster-")));
+  const servers: LocalServer[] = [];
+  const children: ChildProcess[] = [];
+  const stopAll = async (): Promise<void> => {
+    for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+    await Promise.all(children.map((c) => (c.exitCode !== null ? undefined : new Promise((r) => c.once("exit", r)))));
+    for (const s of servers) await s.stop();
+    if (ownData) await rm(data, { recursive: true, force: true });
+  };
+  try {
+    const nats = await startNatsServer(path.join(data, "nats"));
+    servers.push(nats);
+    const s3 = await startS3Server(path.join(data, "s3"));
+    servers.push(s3);
+    const conn: FarmConnection = { nats: `nats://${nats.host}:${nats.port}`, s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" } };
+    const coordinator = await startCoordinator(conn, bundle, LOOPBACK, Number(values.port ?? 0));
+    // With one general node and no denoise nodes, the general node denoises too.
+    for (let i = 0; i < nodes; i++) children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
+    for (let i = 0; i < denoiseNodes; i++) children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep));
+    process.stdout.write(`NATS on ${conn.nats}, S3 on ${s3.host}:${s3.port} (bucket ${conn.s3.bucket})\n`);
+    process.stdout.write(`gRPC listening on ${LOOPBACK}:${coordinator.port}\n`);
+    await untilSignal();
+    await coordinator.stop();
+  } finally {
+    await stopAll();
+  }
+  return 0;
+}

@@ -1,0 +1,59 @@
+/**
+ * Connection settings shared by `framefarm coordinator`, `node` and `cluster`: where NATS and the
+ * S3 server are. Flags win over environment variables (FRAMEFARM_NATS, FRAMEFARM_S3,
+ * FRAMEFARM_S3_BUCKET, FRAMEFARM_S3_ACCESS_KEY, FRAMEFARM_S3_SECRET_KEY, FRAMEFARM_S3_TLS).
+ */
+import { FarmError } from "../../shared/errors.js";
+import { NatsBus } from "../../shared/bus/nats-bus.js";
+import { S3ObjectStore } from "../../shared/store/s3-store.js";
+
+export const FARM_OPTIONS = {
+  nats: { type: "string" },
+  s3: { type: "string" },
+  bucket: { type: "string" },
+} as const;
+
+export interface FarmConnection {
+  nats: string;
+  s3: { host: string; port: number; tls: boolean; accessKey: string; secretKey: string; bucket: string };
+}
+
+export function farmConnection(values: { nats?: string | undefined; s3?: string | undefined; bucket?: string | undefined }): FarmConnection {
+  const env = process.env;
+  const nats = values.nats ?? env["FRAMEFARM_NATS"];
+  const s3 = values.s3 ?? env["FRAMEFARM_S3"];
+  if (nats === undefined) throw new FarmError("INVALID_ARGUMENT", "NATS address missing: --nats nats://HOST:PORT (or FRAMEFARM_NATS)");
+  if (s3 === undefined) throw new FarmError("INVALID_ARGUMENT", "S3 address missing: --s3 HOST:PORT (or FRAMEFARM_S3)");
+  const m = /^([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(s3);
+  if (m === null) throw new FarmError("INVALID_ARGUMENT", `--s3 must be HOST:PORT, got ${JSON.stringify(s3)}`);
+  return {
+    nats,
+    s3: {
+      host: m[1]!,
+      port: Number(m[2]),
+      tls: env["FRAMEFARM_S3_TLS"] === "1",
+      accessKey: env["FRAMEFARM_S3_ACCESS_KEY"] ?? "S3RVER",
+      secretKey: env["FRAMEFARM_S3_SECRET_KEY"] ?? "S3RVER",
+      bucket: values.bucket ?? env["FRAMEFARM_S3_BUCKET"] ?? "framefarm",
+    },
+  };
+}
+
+export async function connectFarm(c: FarmConnection, name: string): Promise<{ bus: NatsBus; store: S3ObjectStore }> {
+  const bus = await NatsBus.connect(c.nats, name);
+  const store = await S3ObjectStore.open({ endpoint: c.s3.host, port: c.s3.port, useSSL: c.s3.tls, accessKey: c.s3.accessKey, secretKey: c.s3.secretKey, bucket: c.s3.bucket });
+  return { bus, store };
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+export function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (s: NodeJS.Signals): void => {
+      process.off("SIGINT", on);
+      process.off("SIGTERM", on);
+      resolve(s);
+    };
+    process.on("SIGINT", on);
+    process.on("SIGTERM", on);
+  });
+}

@@ -1,0 +1,51 @@
+/**
+ * `framefarm node`: a GPU node process. Serves the stage groups it is started with, from one
+ * bundle on one execution provider, until SIGINT/SIGTERM; a task in hand is finished first.
+ */
+import { parseArgs } from "node:util";
+import os from "node:os";
+import { FarmError } from "../../shared/errors.js";
+import type { StageKind } from "../planner/job-plan.js";
+import { openEmbedded } from "../embedded/open.js";
+import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
+import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal } from "./farm-options.js";
+import { defaultBundleDir } from "./defaults.js";
+
+/** Stage groups as operators name them; a group is what one model (set) serves. */
+export const STAGE_GROUPS: Record<string, StageKind[]> = {
+  text: ["encode_text"],
+  image: ["encode_image"],
+  vae: ["vae_encode", "decode", "mux"],
+  denoise: ["denoise"],
+};
+
+export function parseStages(value: string): StageKind[] {
+  const groups = value === "all" ? Object.keys(STAGE_GROUPS) : value.split(",").map((s) => s.trim());
+  const stages = new Set<StageKind>();
+  for (const g of groups) {
+    const kinds = STAGE_GROUPS[g];
+    if (kinds === undefined) throw new FarmError("INVALID_ARGUMENT", `unknown stage group ${JSON.stringify(g)}: use ${Object.keys(STAGE_GROUPS).join(", ")} or all`);
+    for (const k of kinds) stages.add(k);
+  }
+  return [...stages];
+}
+
+export async function nodeCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" } },
+  });
+  const stages = parseStages(values.stages ?? "all");
+  const conn = farmConnection(values);
+  const nodeId = values.id ?? `${os.hostname()}-${process.pid}`;
+  const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
+  const loop = await NodeLoop.start(bus, { ...embedded, store }, { nodeId, stages });
+  process.stderr.write(`node ${nodeId} serving ${stages.join(", ")}\n`);
+  await untilSignal();
+  await loop.stop();
+  await bus.close();
+  await embedded.close();
+  return 0;
+}

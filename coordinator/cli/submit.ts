@@ -1,0 +1,152 @@
+/**
+ * Client commands against a farm's gRPC API: `submit` (optionally waiting with a progress bar and
+ * downloading the MP4), `jobs` and `cancel`.
+ */
+import { readFile, rename, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { credentials, type ServiceError } from "@grpc/grpc-js";
+import { FarmError, STATUS_CODE, type StatusName } from "../../shared/errors.js";
+import { JobServiceClient, JobState, SamplingMode, jobStateToJSON, type Job, type RenderSettings, type SubmitJobRequest, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
+import { createProgress } from "./progress.js";
+import { RENDER_OPTIONS } from "./render.js";
+
+function client(server: string | undefined): JobServiceClient {
+  const address = server ?? process.env["FRAMEFARM_SERVER"];
+  if (address === undefined) throw new FarmError("INVALID_ARGUMENT", "--server HOST:PORT is required (or FRAMEFARM_SERVER)");
+  return new JobServiceClient(address, credentials.createInsecure());
+}
+
+/** gRPC errors as FarmErrors, so the CLI reports them like local ones. */
+function fromGrpc(err: unknown): FarmError {
+  const e = err as ServiceError;
+  const name = (Object.entries(STATUS_CODE).find(([, c]) => c === e.code)?.[0] ?? "UNAVAILABLE") as StatusName;
+  return new FarmError(name, e.details || e.message);
+}
+
+const call = <T>(fn: (cb: (err: ServiceError | null, res: T) => void) => void): Promise<T> =>
+  new Promise((resolve, reject) => fn((err, res) => (err ? reject(fromGrpc(err)) : resolve(res))));
+
+const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
+
+async function imageInput(file: string | undefined, what: string): Promise<SubmitJobRequest["image"]> {
+  if (file === undefined) return undefined;
+  try {
+    return { source: { $case: "data", value: await readFile(file) } };
+  } catch (err) {
+    throw new FarmError("NOT_FOUND", `${what} ${file} cannot be read: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+async function download(url: string, out: string): Promise<void> {
+  const temp = `${out}.partial`;
+  try {
+    const bytes = url.startsWith("file:") ? await readFile(fileURLToPath(url)) : new Uint8Array(await (await fetch(url)).arrayBuffer());
+    await writeFile(temp, bytes);
+    await rename(temp, out);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw new FarmError("UNAVAILABLE", `cannot download the video from ${url}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export async function submitCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: { ...RENDER_OPTIONS, server: { type: "string" }, wait: { type: "boolean" }, output: { type: "string", short: "o" }, "idempotency-key": { type: "string" } },
+  });
+  if (values.output !== undefined && values.wait !== true) throw new FarmError("INVALID_ARGUMENT", "-o needs --wait");
+  const modes: Record<string, SamplingMode> = { inverted: SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, vanilla: SamplingMode.SAMPLING_MODE_VANILLA };
+  const mode = values.mode === undefined ? SamplingMode.SAMPLING_MODE_UNSPECIFIED : modes[values.mode];
+  if (mode === undefined) throw new FarmError("INVALID_ARGUMENT", `mode must be inverted or vanilla, got ${JSON.stringify(values.mode)}`);
+  const settings: RenderSettings = {
+    prompt: values.prompt ?? "",
+    ...(values["negative-prompt"] !== undefined ? { negativePrompt: values["negative-prompt"] } : {}),
+    ...(values.seconds !== undefined ? { length: { $case: "seconds", value: Number(values.seconds) } } : values.frames !== undefined ? { length: { $case: "numFrames", value: Number(values.frames) } } : {}),
+    mode,
+    steps: num(values.steps),
+    guidanceScale: num(values.guidance),
+    trueCfgScale: num(values.cfg),
+    seed: values.seed === undefined ? undefined : BigInt(values.seed),
+    latentWindowSize: num(values.window),
+    resolution: num(values.resolution),
+    height: num(values.height),
+    width: num(values.width),
+    fps: num(values.fps),
+    crf: num(values.crf),
+  };
+  const c = client(values.server);
+  try {
+    const req: SubmitJobRequest = {
+      image: await imageInput(values.image, "image"),
+      endImage: await imageInput(values["end-image"], "end image"),
+      settings,
+      bundle: "",
+      priority: 0,
+      idempotencyKey: values["idempotency-key"] ?? "",
+    };
+    const { job, deduplicated } = await call<{ job?: Job; deduplicated: boolean }>((cb) => c.submitJob(req, cb));
+    process.stdout.write(`${job!.id}${deduplicated ? " (already submitted)" : ""}\n`);
+    if (values.wait !== true) return 0;
+
+    const progress = createProgress();
+    const final = await new Promise<Job>((resolve, reject) => {
+      let last: Job | undefined;
+      let started = false;
+      const stream = c.watchJob({ id: job!.id });
+      stream.on("data", (e: WatchJobResponse) => {
+        last = e.job;
+        const p = e.job?.progress;
+        if (p === undefined) return;
+        if (!started) {
+          progress.start(p.sectionsTotal, p.stepsPerSection);
+          started = true;
+        }
+        progress.step(Math.max(0, p.sectionsDone - 1), p.sectionsDone > 0 ? p.stepsPerSection : 0);
+      });
+      stream.on("end", () => (last === undefined ? reject(new FarmError("UNAVAILABLE", "watch ended without news")) : resolve(last)));
+      stream.on("error", (err) => reject(fromGrpc(err)));
+    }).finally(() => progress.stop());
+    if (final.state !== JobState.JOB_STATE_SUCCEEDED) {
+      throw new FarmError((final.errorStatus || "INTERNAL") as StatusName, `job ${final.id} ended ${jobStateToJSON(final.state)}${final.error ? `: ${final.error}` : ""}`);
+    }
+    const done = (await call<{ job?: Job }>((cb) => c.getJob({ id: final.id }, cb))).job!;
+    if (values.output !== undefined) {
+      await download(done.videoUrl, path.resolve(values.output));
+      process.stderr.write(`wrote ${values.output}: ${done.numFrames} frames requested, ${done.width}x${done.height}\n`);
+    } else process.stdout.write(`${done.videoUrl}\n`);
+    return 0;
+  } finally {
+    c.close();
+  }
+}
+
+export async function jobsCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, strict: true, options: { server: { type: "string" } } });
+  const c = client(values.server);
+  try {
+    const { jobs } = await call<{ jobs: Job[] }>((cb) => c.listJobs({ states: [], pageSize: 500, pageToken: "" }, cb));
+    for (const j of jobs) {
+      const p = j.progress;
+      process.stdout.write(`${j.id}  ${jobStateToJSON(j.state).replace("JOB_STATE_", "").padEnd(9)}  sections ${p?.sectionsDone ?? 0}/${p?.sectionsTotal ?? 0}  ${j.width}x${j.height}  ${j.error}\n`);
+    }
+    return 0;
+  } finally {
+    c.close();
+  }
+}
+
+export async function cancelCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { server: { type: "string" } } });
+  if (positionals.length !== 1) throw new FarmError("INVALID_ARGUMENT", "give one job id: framefarm cancel ID");
+  const c = client(values.server);
+  try {
+    const { job } = await call<{ job?: Job }>((cb) => c.cancelJob({ id: positionals[0]! }, cb));
+    process.stdout.write(`${job!.id} ${jobStateToJSON(job!.state).replace("JOB_STATE_", "")}\n`);
+    return 0;
+  } finally {
+    c.close();
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * The farm as users run it: `framefarm cluster` (nats-server, s3rver, coordinator, one
+ * text/image/VAE node and two denoise nodes, all real processes) renders every public reference
+ * case submitted over gRPC. Frames must equal embedded mode bit for bit and the reference within
+ * its tolerance; the MP4 must decode.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { readdirSync } from "node:fs";
+import path from "node:path";
+import { credentials } from "@grpc/grpc-js";
+import { JobServiceClient, JobState, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
+import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
+import { renderJob } from "../../coordinator/embedded/render-job.js";
+import { compareTensor } from "../../coordinator/parity/compare.js";
+import { validateRenderParams } from "../../shared/job/render-params.js";
+import { S3ObjectStore } from "../../shared/store/s3-store.js";
+import { assembleFrames } from "../../gpu-node/worker/stage-worker.js";
+import { JOBS_BUCKET } from "../../coordinator/dispatch/dispatcher.js";
+import { readJob } from "../../coordinator/dispatch/job-record.js";
+import { NatsBus } from "../../shared/bus/nats-bus.js";
+import { cliPath, tinyBundleDir } from "../support/paths.js";
+import { referenceDir } from "../support/reference.js";
+
+let cluster: ChildProcess;
+let client: JobServiceClient;
+let embedded: Embedded;
+let store: S3ObjectStore;
+let bus: NatsBus;
+
+before(async () => {
+  cluster = spawn(process.execPath, [cliPath(), "cluster", "--nodes", "1", "--denoise-nodes", "2"], { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  const addresses = await new Promise<{ grpc: string; nats: string; s3: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`cluster did not start: ${out}`)), 30_000);
+    cluster.stdout!.on("data", (b: Buffer) => {
+      out += b.toString();
+      const grpc = /gRPC listening on (\S+)/.exec(out);
+      const servers = /NATS on (\S+), S3 on (\S+)/.exec(out);
+      if (grpc && servers) {
+        clearTimeout(timer);
+        resolve({ grpc: grpc[1]!, nats: servers[1]!, s3: servers[2]! });
+      }
+    });
+    cluster.once("exit", (code) => reject(new Error(`cluster exited ${code}: ${out}`)));
+  });
+  client = new JobServiceClient(addresses.grpc, credentials.createInsecure());
+  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  const [host, port] = addresses.s3.split(":");
+  store = await S3ObjectStore.open({ endpoint: host!, port: Number(port), useSSL: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" });
+  bus = await NatsBus.connect(addresses.nats);
+});
+
+after(async () => {
+  client?.close();
+  await bus?.close();
+  await embedded?.close();
+  if (cluster !== undefined && cluster.exitCode === null) {
+    const exited = new Promise((r) => cluster.once("exit", r));
+    cluster.kill("SIGTERM");
+    await exited;
+  }
+});
+
+const cases = readdirSync(path.join(referenceDir(), "cases")).filter((f) => f.endsWith(".json")).sort();
+
+test("every public reference case renders on the cluster as in embedded mode", async () => {
+  const m = () => embedded.runtime.bundle.manifest;
+  const submitted = await Promise.all(cases.map(async (file) => {
+    const refCase = await loadReferenceCase(path.join(referenceDir(), "cases", file));
+    const p = refCase.params;
+    const req: SubmitJobRequest = {
+      image: { source: { $case: "data", value: await readFile(refCase.firstImage) } },
+      endImage: refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
+      settings: {
+        prompt: p.prompt as string,
+        ...(typeof p.negativePrompt === "string" ? { negativePrompt: p.negativePrompt } : {}),
+        length: { $case: "numFrames", value: p.numFrames as number },
+        mode: p.samplingType === "vanilla" ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
+        steps: p.steps as number,
+        guidanceScale: p.guidanceScale as number,
+        trueCfgScale: p.trueCfgScale as number,
+        seed: BigInt(p.seed as string),
+        latentWindowSize: p.latentWindowSize as number,
+        height: p.height as number,
+        width: p.width as number,
+      },
+      bundle: "",
+      priority: 0,
+      idempotencyKey: "",
+    };
+    const res = await new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
+    return { refCase, job: res };
+  }));
+
+  const kv = await bus.kv(JOBS_BUCKET);
+  for (const { refCase, job } of submitted) {
+    let state = job.state;
+    const deadline = Date.now() + 120_000;
+    while (state !== JobState.JOB_STATE_SUCCEEDED && state !== JobState.JOB_STATE_FAILED && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      state = (await new Promise<Job>((resolve, reject) => client.getJob({ id: job.id }, (e, r) => (e ? reject(e) : resolve(r.job!))))).state;
+    }
+    assert.equal(state, JobState.JOB_STATE_SUCCEEDED, `${refCase.name}`);
+
+    const params = validateRenderParams(refCase.params, { samplingType: m().sampling_type, latentWindowSize: m().framepack.default_latent_window_size });
+    const size = "height" in params.size ? params.size : { height: 0, width: 0 };
+    const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
+    const last = refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
+    const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last });
+    const record = (await readJob(kv, job.id))!.record;
+    const frames = await assembleFrames({ ...embedded, store }, record.tasks.find((t) => t.kind === "mux")!, record.spec);
+    assert.ok(Buffer.from(frames.data).equals(Buffer.from(expected.data)), `${refCase.name}: cluster frames differ from embedded mode`);
+    const vsReference = compareTensor("frames_uint8", frames, refCase.expected.get("frames_uint8")!);
+    assert.ok(vsReference.ok, `${refCase.name}: ${vsReference.measured}`);
+    const mp4 = await store.get(record.tasks.find((t) => t.kind === "mux")!.outputs["video"]!);
+    assert.equal(Buffer.from(mp4.subarray(4, 8)).toString(), "ftyp");
+  }
+});
