@@ -27,6 +27,9 @@ export interface TaskResult {
   /** gRPC status name of the failure. */
   errorStatus?: string;
   node: string;
+  /** When the node started and finished the task (ISO 8601). */
+  startedAt?: string;
+  finishedAt?: string;
 }
 
 export interface JobEvent {
@@ -135,6 +138,9 @@ export class Dispatcher {
     const r = await updateJob(this.kv, result.jobId, (rec) => {
       if (rec.taskStates[result.taskId] === "done" || (rec.state !== "QUEUED" && rec.state !== "RUNNING")) return null;
       rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1;
+      if (result.startedAt !== undefined && result.finishedAt !== undefined) {
+        (rec.taskLog ??= []).push({ taskId: result.taskId, node: result.node, ok: result.ok, startedAt: result.startedAt, finishedAt: result.finishedAt });
+      }
       if (result.ok) {
         rec.taskStates[result.taskId] = "done";
         rec.state = Object.values(rec.taskStates).every((s) => s === "done") ? "SUCCEEDED" : "RUNNING";

@@ -19,6 +19,8 @@ export interface JobRecord {
   attempts: Record<string, number>;
   error?: string;
   errorStatus?: string;
+  /** Every attempt's node and time span, in the order results arrived (the job's event log). */
+  taskLog?: { taskId: string; node: string; ok: boolean; startedAt: string; finishedAt: string }[];
   createdAt: string;
   updatedAt: string;
 }

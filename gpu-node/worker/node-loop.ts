@@ -34,8 +34,10 @@ export class NodeLoop {
       consumers.push(
         await bus.queues.consume(stage, { name: `stage-${stage}`, ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
           const msg = dec<TaskMessage>(m.data);
-          const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node">): Promise<void> => {
-            await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, ...result } satisfies TaskResult));
+          const startedAt = new Date().toISOString();
+          const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt">): Promise<void> => {
+            const finishedAt = new Date().toISOString();
+            await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, ...result } satisfies TaskResult));
           };
           const job = await readJob(kv, msg.jobId);
           const task = job?.record.tasks.find((t) => t.id === msg.taskId);

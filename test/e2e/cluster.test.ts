@@ -121,3 +121,42 @@ test("every public reference case renders on the cluster as in embedded mode", a
     assert.equal(Buffer.from(mp4.subarray(4, 8)).toString(), "ftyp");
   }
 });
+
+test("8 jobs at once all finish; each job's sections run in order and decodes overlap the next denoise", async () => {
+  const image = await readFile(path.join(referenceDir(), "cases", "vanilla_3sec_first.png"));
+  const jobs = await Promise.all(Array.from({ length: 8 }, (_, i) => {
+    const req: SubmitJobRequest = {
+      image: { source: { $case: "data", value: image } },
+      settings: { prompt: `job ${i}`, length: { $case: "numFrames", value: 60 + 30 * (i % 3) }, mode: i % 2 === 0 ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, steps: 3, seed: BigInt(i), height: 64, width: 64 },
+      bundle: "", priority: 0, idempotencyKey: "",
+    };
+    return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
+  }));
+  const kv = await bus.kv(JOBS_BUCKET);
+  const deadline = Date.now() + 180_000;
+  for (const job of jobs) {
+    let r = (await readJob(kv, job.id))!.record;
+    while (r.state !== "SUCCEEDED" && r.state !== "FAILED" && Date.now() < deadline) {
+      await new Promise((res) => setTimeout(res, 100));
+      r = (await readJob(kv, job.id))!.record;
+    }
+    assert.equal(r.state, "SUCCEEDED", r.error);
+  }
+  let overlaps = 0;
+  for (const job of jobs) {
+    const log = (await readJob(kv, job.id))!.record.taskLog!.filter((e) => e.ok);
+    const span = (id: string) => {
+      const e = log.find((x) => x.taskId === `${job.id}.${id}`)!;
+      return [Date.parse(e.startedAt), Date.parse(e.finishedAt)] as const;
+    };
+    const sections = log.filter((e) => e.taskId.includes(".denoise.")).length;
+    assert.ok(sections >= 2);
+    for (let k = 0; k + 1 < sections; k++) {
+      assert.ok(span(`denoise.${k}`)[1] <= span(`denoise.${k + 1}`)[0], `${job.id}: denoise ${k + 1} started before ${k} finished`);
+      const [ds, de] = span(`decode.${k}`);
+      const [ns, ne] = span(`denoise.${k + 1}`);
+      if (ds < ne && ns < de) overlaps++;
+    }
+  }
+  assert.ok(overlaps > 0, "some decode[k] overlapped denoise[k+1] on another node");
+});
