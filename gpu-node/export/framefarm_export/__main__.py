@@ -1,22 +1,34 @@
-"""python -m framefarm_export --src PIPELINE --out BUNDLE [--transformer DIR] [--image-encoder DIR] [--dtype fp16]"""
+"""python -m framefarm_export --src PIPELINE --out BUNDLE [--transformer DIR] [--image-encoder DIR]
+                              [--dtype fp32|fp16|bf16] [--sampling-type inverted_anti_drifting|vanilla]"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
+
+REPORT = "export-report.json"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="framefarm_export", description="Export a diffusers FramePack pipeline to a framefarm ONNX bundle.")
-    p.add_argument("--src", required=True, help="diffusers pipeline folder (e.g. hunyuanvideo-community/HunyuanVideo)")
+    p.add_argument("--src", required=True, help="diffusers pipeline folder (hunyuanvideo-community/HunyuanVideo)")
     p.add_argument("--transformer", help="FramePack transformer folder (lllyasviel/FramePackI2V_HY or FramePack_F1_I2V_HY_20250503); default SRC/transformer")
     p.add_argument("--image-encoder", help="folder holding image_encoder/ and feature_extractor/ (lllyasviel/flux_redux_bfl); default SRC")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="compute dtype inside the graphs (I/O stays float32)")
-    p.add_argument("--sampling-type", choices=["inverted_anti_drifting", "vanilla"], help="default: vanilla if the transformer path names F1")
-    p.add_argument("--max-sequence-length", type=int, default=256, help="Llama tokens after the template crop (diffusers' default)")
+    p.add_argument("--sampling-type", choices=["inverted_anti_drifting", "vanilla"], help="default: vanilla if the transformer path contains 'F1'")
+    p.add_argument("--max-sequence-length", type=int, default=256, help="Llama tokens after the template crop (the pipeline's default)")
+    p.add_argument("--external-data-min-mb", type=float, default=1024,
+                   help="components with at least this many MB of weights get a .onnx.data file (default 1024; 0 = all)")
     return p.parse_args(argv)
+
+
+def infer_sampling_type(transformer: str | None) -> str:
+    # Case-sensitive on purpose: lower-case "f1" shows up in hex commit hashes of HF cache paths.
+    return "vanilla" if transformer and "F1" in transformer else "inverted_anti_drifting"
 
 
 def main(argv=None) -> int:
@@ -30,31 +42,39 @@ def main(argv=None) -> int:
     from .sources import DTYPES, load_sources
 
     dtype = DTYPES[args.dtype]
-    sampling = args.sampling_type or ("vanilla" if "f1" in (args.transformer or "").lower() else "inverted_anti_drifting")
+    ox.EXTERNAL_DATA_BYTES = int(args.external_data_min_mb * (1 << 20))
+    sampling = args.sampling_type or infer_sampling_type(args.transformer)
     os.makedirs(args.out, exist_ok=True)
     src = load_sources(args.src, args.transformer, args.image_encoder, dtype)
-    vae_dtype = next(src.vae.parameters()).dtype
     seq_len = src.prompt_template["crop_start"] + args.max_sequence_length
     # Framewise decoding hands the decoder tiles of tile_sample_min_num_frames / ratio + 1 latent frames.
     max_latent_frames = int(src.vae.tile_sample_min_num_frames) // src.vae.config.temporal_compression_ratio + 1
     image_size = {"height": src.image_encoder.config.image_size, "width": src.image_encoder.config.image_size}
 
+    exported = {}
+
     def step(name, fn, *a):
         print(f"exporting {name} ...", flush=True)
-        return fn(*a)
+        t0 = time.time()
+        external, axes = fn(*a)
+        exported[name] = {"external_data": external, "dynamic": axes, "seconds": round(time.time() - t0, 1)}
+        print(f"  {name}: {axes}, external data {external}, {exported[name]['seconds']} s", flush=True)
 
-    externals = {
-        "text_encoder": step("text_encoder", ox.export_text_encoder, src, args.out, seq_len, 2),
-        "text_encoder_2": step("text_encoder_2", ox.export_text_encoder_2, src, args.out, src.text_encoder_2.config.max_position_embeddings),
-        "image_encoder": step("image_encoder", ox.export_image_encoder, src, args.out, image_size, dtype),
-        "vae_encoder": step("vae_encoder", ox.export_vae_encoder, src, args.out, src.vae.config.spatial_compression_ratio, vae_dtype),
-        "vae_decoder": step("vae_decoder", ox.export_vae_decoder, src, args.out, max_latent_frames, vae_dtype),
-        "transformer": step("transformer", ox.export_transformer, src, args.out, dtype, args.max_sequence_length),
-    }
+    step("text_encoder", ox.export_text_encoder, src, args.out, seq_len, 2)
+    step("text_encoder_2", ox.export_text_encoder_2, src, args.out, src.text_encoder_2.config.max_position_embeddings)
+    step("image_encoder", ox.export_image_encoder, src, args.out, image_size, dtype)
+    step("vae_encoder", ox.export_vae_encoder, src, args.out, dtype)
+    step("vae_decoder", ox.export_vae_decoder, src, args.out, max_latent_frames, dtype)
+    step("transformer", ox.export_transformer, src, args.out, dtype, args.max_sequence_length)
     copy_tokenizer(os.path.join(args.src, "tokenizer"), args.out, "tokenizer")
     copy_tokenizer(os.path.join(args.src, "tokenizer_2"), args.out, "tokenizer_2")
     versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
+    externals = {k: v["external_data"] for k, v in exported.items()}
     write_manifest(args.out, src, args, args.dtype, sampling, externals, versions, max_latent_frames)
+    # verify adds its rows to this file.
+    with open(os.path.join(args.out, REPORT), "w", encoding="utf-8") as f:
+        json.dump({"created_by": versions, "export": exported}, f, indent=1)
+        f.write("\n")
     print(f"wrote bundle {args.out}", flush=True)
     return 0
 

@@ -24,16 +24,20 @@ def sha256(path: str) -> str:
 
 
 def copy_tokenizer(src_dir: str, out_dir: str, name: str) -> None:
-    """Copies tokenizer.json + tokenizer_config.json; creates tokenizer.json when only slow files exist."""
+    """Copies tokenizer.json + tokenizer_config.json into out_dir/name.
+
+    Some repositories ship only slow-tokenizer files (HunyuanVideo's tokenizer_2 has vocab.json +
+    merges.txt): the TypeScript side needs tokenizer.json, so the fast tokenizer writes one."""
     dst = os.path.join(out_dir, name)
     os.makedirs(dst, exist_ok=True)
-    if not os.path.exists(os.path.join(src_dir, "tokenizer.json")):
+    if os.path.exists(os.path.join(src_dir, "tokenizer.json")):
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.exists(os.path.join(src_dir, f)):
+                shutil.copyfile(os.path.join(src_dir, f), os.path.join(dst, f))
+    else:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(src_dir).save_pretrained(dst)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if os.path.exists(os.path.join(src_dir, f)):
-            shutil.copyfile(os.path.join(src_dir, f), os.path.join(dst, f))
+        AutoTokenizer.from_pretrained(src_dir, use_fast=True).save_pretrained(dst)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         if not os.path.exists(os.path.join(dst, f)):
             raise SystemExit(f"error: {name}/{f} could not be produced from {src_dir}")
