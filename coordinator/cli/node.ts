@@ -8,6 +8,7 @@ import { FarmError } from "../../shared/errors.js";
 import type { StageKind } from "../planner/job-plan.js";
 import { openEmbedded } from "../embedded/open.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
+import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 
@@ -34,14 +35,16 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" } },
+    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" }, "cache-mb": { type: "string" } },
   });
   const stages = parseStages(values.stages ?? "all");
   const conn = farmConnection(values);
   const nodeId = values.id ?? `${os.hostname()}-${process.pid}`;
   const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
   const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
-  const loop = await NodeLoop.start(bus, { ...embedded, store }, { nodeId, stages });
+  const cacheMb = Number(values["cache-mb"] ?? 512);
+  if (!Number.isFinite(cacheMb) || cacheMb < 0) throw new FarmError("INVALID_ARGUMENT", `--cache-mb must be a non-negative number, got ${values["cache-mb"]}`);
+  const loop = await NodeLoop.start(bus, { ...embedded, store, cache: new TensorCache(cacheMb * 2 ** 20) }, { nodeId, stages });
   process.stderr.write(`node ${nodeId} serving ${stages.join(", ")}\n`);
   await untilSignal();
   await loop.stop();

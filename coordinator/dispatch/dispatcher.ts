@@ -30,6 +30,8 @@ export interface TaskResult {
   /** When the node started and finished the task (ISO 8601). */
   startedAt?: string;
   finishedAt?: string;
+  /** Of that time, milliseconds inside model execution (exact when the node runs one task at a time). */
+  modelMs?: number;
 }
 
 export interface JobEvent {
@@ -95,24 +97,30 @@ export class Dispatcher {
     this.bus.events.publish(jobEventSubject(r.spec.jobId), enc(event));
   }
 
+  /** Marks the job's newly ready tasks queued (inside a record update) and returns them. */
+  private static markReady(rec: JobRecord): StageTask[] {
+    const done = new Set(Object.entries(rec.taskStates).filter(([, s]) => s === "done").map(([id]) => id));
+    const busy = new Set(Object.entries(rec.taskStates).filter(([, s]) => s !== "pending").map(([id]) => id));
+    const ready = readyTasks(rec.tasks, done, busy);
+    for (const t of ready) rec.taskStates[t.id] = "queued";
+    return ready;
+  }
+
+  private async enqueue(jobId: string, tasks: Iterable<StageTask>): Promise<void> {
+    for (const t of tasks) await this.bus.queues.enqueue(t.kind, enc({ jobId, taskId: t.id } satisfies TaskMessage), t.id);
+  }
+
   private async queueReady(jobId: string): Promise<void> {
-    let toQueue: StageTask[] = [];
-    const r = await updateJob(this.kv, jobId, (rec) => {
+    await updateJob(this.kv, jobId, (rec) => {
       if (rec.state !== "QUEUED" && rec.state !== "RUNNING") return null;
-      const done = new Set(Object.entries(rec.taskStates).filter(([, s]) => s === "done").map(([id]) => id));
-      const busy = new Set(Object.entries(rec.taskStates).filter(([, s]) => s !== "pending").map(([id]) => id));
-      toQueue = readyTasks(rec.tasks, done, busy);
-      for (const t of toQueue) rec.taskStates[t.id] = "queued";
+      Dispatcher.markReady(rec);
       return rec;
     });
-    // Queue even tasks already marked queued by an earlier run that died before enqueueing: the
-    // queue's dedup window drops true duplicates.
-    const record = r ?? (await readJob(this.kv, jobId))?.record;
-    if (record === undefined) return;
-    const queued = record.tasks.filter((t) => record.taskStates[t.id] === "queued");
-    for (const t of new Set([...toQueue, ...queued])) {
-      await this.bus.queues.enqueue(t.kind, enc({ jobId, taskId: t.id } satisfies TaskMessage), t.id);
-    }
+    // Queue every task marked queued, also those of an earlier run that died before enqueueing:
+    // the queue's dedup window drops true duplicates.
+    const record = (await readJob(this.kv, jobId))?.record;
+    if (record === undefined || (record.state !== "QUEUED" && record.state !== "RUNNING")) return;
+    await this.enqueue(jobId, record.tasks.filter((t) => record.taskStates[t.id] === "queued"));
   }
 
   /**
@@ -129,17 +137,16 @@ export class Dispatcher {
   }
 
   private async onResult(result: TaskResult): Promise<void> {
-    const before = await readJob(this.kv, result.jobId);
-    if (before?.record.state === "CANCELLED") {
-      // A task that was running at cancellation may have written outputs after the clean-up.
-      await this.store.deletePrefix(jobPrefix(result.jobId));
-      return;
-    }
+    let cancelled = false;
+    let ready: StageTask[] = [];
+    // One revision-checked write records the result and marks what became ready.
     const r = await updateJob(this.kv, result.jobId, (rec) => {
+      ready = [];
+      cancelled = rec.state === "CANCELLED";
       if (rec.taskStates[result.taskId] === "done" || (rec.state !== "QUEUED" && rec.state !== "RUNNING")) return null;
       rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1;
       if (result.startedAt !== undefined && result.finishedAt !== undefined) {
-        (rec.taskLog ??= []).push({ taskId: result.taskId, node: result.node, ok: result.ok, startedAt: result.startedAt, finishedAt: result.finishedAt });
+        (rec.taskLog ??= []).push({ taskId: result.taskId, node: result.node, ok: result.ok, startedAt: result.startedAt, finishedAt: result.finishedAt, modelMs: result.modelMs ?? 0 });
       }
       if (result.ok) {
         rec.taskStates[result.taskId] = "done";
@@ -150,18 +157,23 @@ export class Dispatcher {
         rec.error = `${result.taskId} failed ${rec.attempts[result.taskId]} times; last on ${result.node}: ${result.error ?? "unknown error"}`;
         rec.errorStatus = result.errorStatus ?? "INTERNAL";
       }
+      if (rec.state === "RUNNING") ready = Dispatcher.markReady(rec);
       return rec;
     });
+    if (cancelled) {
+      // A task that was running at cancellation may have written outputs after the clean-up.
+      await this.store.deletePrefix(jobPrefix(result.jobId));
+      return;
+    }
     if (r === null) return;
     this.publish(r, result.taskId);
-    if (r.state === "RUNNING") {
-      if (!result.ok) {
-        // Not yet out of attempts: put the task back on its queue.
-        const t = r.tasks.find((x) => x.id === result.taskId)!;
-        await this.bus.queues.enqueue(t.kind, enc({ jobId: result.jobId, taskId: t.id } satisfies TaskMessage), `${t.id}#${r.attempts[t.id]}`);
-      }
-      await this.queueReady(result.jobId);
+    if (r.state !== "RUNNING") return;
+    if (!result.ok) {
+      // Not yet out of attempts: put the task back on its queue.
+      const t = r.tasks.find((x) => x.id === result.taskId)!;
+      await this.bus.queues.enqueue(t.kind, enc({ jobId: result.jobId, taskId: t.id } satisfies TaskMessage), `${t.id}#${r.attempts[t.id]}`);
     }
+    await this.enqueue(result.jobId, ready);
   }
 
   async stop(): Promise<void> {

@@ -20,7 +20,7 @@ export interface JobRecord {
   error?: string;
   errorStatus?: string;
   /** Every attempt's node and time span, in the order results arrived (the job's event log). */
-  taskLog?: { taskId: string; node: string; ok: boolean; startedAt: string; finishedAt: string }[];
+  taskLog?: { taskId: string; node: string; ok: boolean; startedAt: string; finishedAt: string; modelMs: number }[];
   createdAt: string;
   updatedAt: string;
 }

@@ -6,10 +6,12 @@ import { FarmError } from "../../shared/errors.js";
 import { COMPONENT_NAMES, type ComponentName } from "../../shared/bundle/manifest.js";
 import type { Bundle } from "./bundle.js";
 import { assertExecutionProviderAvailable } from "./execution-provider.js";
-import { OnnxModel, type SessionSettings } from "./onnx-model.js";
+import { OnnxModel, type ModelClock, type SessionSettings } from "./onnx-model.js";
 
 export class ModelRuntime {
   private readonly sessions = new Map<ComponentName, Promise<OnnxModel>>();
+  /** Time spent inside onnxruntime by every session of this runtime. */
+  readonly clock: ModelClock = { ms: 0 };
 
   constructor(
     readonly bundle: Bundle,
@@ -30,7 +32,7 @@ export class ModelRuntime {
   }
 
   private async load(name: ComponentName): Promise<OnnxModel> {
-    const model = await OnnxModel.load(name, this.bundle.componentPath(name), this.settings);
+    const model = await OnnxModel.load(name, this.bundle.componentPath(name), this.settings, this.clock);
     const expected = this.bundle.manifest.components[name].inputs;
     const missing = expected.filter((n) => !model.inputNames.includes(n));
     if (missing.length > 0) {

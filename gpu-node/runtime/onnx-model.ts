@@ -20,13 +20,19 @@ function toOrt(t: Feed): ort.Tensor {
   return t.is("int64") ? new ort.Tensor("int64", t.data, [...t.shape]) : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
 }
 
+/** Milliseconds spent inside onnxruntime, accumulated per runtime (farm-overhead accounting). */
+export interface ModelClock {
+  ms: number;
+}
+
 export class OnnxModel {
   private constructor(
     readonly component: string,
     private readonly session: ort.InferenceSession,
+    private readonly clock: ModelClock,
   ) {}
 
-  static async load(component: string, file: string, settings: SessionSettings): Promise<OnnxModel> {
+  static async load(component: string, file: string, settings: SessionSettings, clock: ModelClock = { ms: 0 }): Promise<OnnxModel> {
     const providers: string[] = settings.ep === "cpu" ? ["cpu"] : [settings.ep, "cpu"];
     try {
       const session = await ort.InferenceSession.create(file, {
@@ -35,7 +41,7 @@ export class OnnxModel {
         intraOpNumThreads: settings.intraOpThreads ?? 0,
         logSeverityLevel: 3,
       });
-      return new OnnxModel(component, session);
+      return new OnnxModel(component, session, clock);
     } catch (err) {
       throw new FarmError("FAILED_PRECONDITION", `cannot load ${component} from ${file} on ${settings.ep}: ${(err as Error).message}`, { cause: err });
     }
@@ -57,8 +63,10 @@ export class OnnxModel {
       ortFeeds[name] = toOrt(t);
     }
     let results: ort.InferenceSession.OnnxValueMapType;
+    const started = performance.now();
     try {
       results = await this.session.run(ortFeeds);
+      this.clock.ms += performance.now() - started;
     } catch (err) {
       const shapes = Object.entries(feeds).map(([k, v]) => `${k}=${v.describe()}`).join(" ");
       throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, { cause: err });

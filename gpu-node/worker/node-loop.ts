@@ -35,9 +35,11 @@ export class NodeLoop {
         await bus.queues.consume(stage, { name: `stage-${stage}`, ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
           const msg = dec<TaskMessage>(m.data);
           const startedAt = new Date().toISOString();
-          const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt">): Promise<void> => {
+          const modelBefore = ctx.runtime.clock.ms;
+          const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">): Promise<void> => {
             const finishedAt = new Date().toISOString();
-            await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, ...result } satisfies TaskResult));
+            const modelMs = ctx.runtime.clock.ms - modelBefore;
+            await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, modelMs, ...result } satisfies TaskResult));
           };
           const job = await readJob(kv, msg.jobId);
           const task = job?.record.tasks.find((t) => t.id === msg.taskId);

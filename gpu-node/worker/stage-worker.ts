@@ -8,6 +8,7 @@ import { FarmError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { decodeSafetensors, encodeSafetensors } from "../../shared/tensor/safetensors.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
+import type { CachedObject, TensorCache } from "./tensor-cache.js";
 import type { StageTask } from "../../coordinator/planner/job-plan.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import { usesTrueCfg } from "../../shared/job/render-params.js";
@@ -33,6 +34,8 @@ export interface WorkerContext {
   runtime: ModelRuntime;
   tokenizers: TextTokenizers;
   store: ObjectStore;
+  /** Decoded objects this node wrote or read (all objects are write-once). */
+  cache?: TensorCache;
 }
 
 export interface TaskObserver {
@@ -42,8 +45,12 @@ export interface TaskObserver {
 
 type Tensors = Record<string, Tensor>;
 
-async function readTensors(store: ObjectStore, key: string): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
-  return decodeSafetensors(await store.get(key));
+async function readTensors(ctx: WorkerContext, key: string): Promise<CachedObject> {
+  const hit = ctx.cache?.get(key);
+  if (hit !== undefined) return hit;
+  const value = decodeSafetensors(await ctx.store.get(key));
+  ctx.cache?.set(key, value);
+  return value;
 }
 
 function need<T extends Tensor = F32>(tensors: Map<string, Tensor>, name: string, key: string): T {
@@ -52,8 +59,9 @@ function need<T extends Tensor = F32>(tensors: Map<string, Tensor>, name: string
   return t as T;
 }
 
-async function writeOnce(store: ObjectStore, key: string, tensors: Tensors, metadata?: Record<string, string>): Promise<void> {
-  await store.putIfAbsent(key, encodeSafetensors(tensors, metadata), "application/octet-stream");
+async function writeOnce(ctx: WorkerContext, key: string, tensors: Tensors, metadata: Record<string, string> = {}): Promise<void> {
+  const bytes = encodeSafetensors(tensors, metadata);
+  if (await ctx.store.putIfAbsent(key, bytes, "application/octet-stream")) ctx.cache?.set(key, { tensors: new Map(Object.entries(tensors)), metadata });
 }
 
 export function sectionPlanOf(spec: JobSpec, ctx: WorkerContext, hasEndImage: boolean): SectionPlan {
@@ -85,7 +93,7 @@ export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: 
   let decoded = 0;
   for (const s of plan.sections) {
     const key = task.inputs[`section${s.index}`]!;
-    const video = need((await readTensors(ctx.store, key)).tensors, "video", key);
+    const video = need((await readTensors(ctx, key)).tensors, "video", key);
     decoded += video.shape[2]! - (decoded === 0 ? 0 : plan.overlapFrames);
     acc.add(video);
   }
@@ -98,14 +106,14 @@ export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: Jo
   const hasEndImage = params.hasEndImage;
   switch (task.kind) {
     case "encode_text": {
-      await writeOnce(store, task.outputs["prompt"]!, promptTensors(await encodeText(runtime, ctx.tokenizers, params.prompt)));
-      if (usesTrueCfg(params)) await writeOnce(store, task.outputs["negative"]!, promptTensors(await encodeText(runtime, ctx.tokenizers, params.negativePrompt ?? "")));
+      await writeOnce(ctx, task.outputs["prompt"]!, promptTensors(await encodeText(runtime, ctx.tokenizers, params.prompt)));
+      if (usesTrueCfg(params)) await writeOnce(ctx, task.outputs["negative"]!, promptTensors(await encodeText(runtime, ctx.tokenizers, params.negativePrompt ?? "")));
       return;
     }
     case "encode_image": {
       // diffusers conditions the transformer on the start image's embeddings only.
       const { embeds } = await encodeImageEmbeds(runtime, await pixels(ctx, spec, task.inputs["first"]!, "image"));
-      await writeOnce(store, task.outputs["embeds"]!, { image_embeds: embeds });
+      await writeOnce(ctx, task.outputs["embeds"]!, { image_embeds: embeds });
       return;
     }
     case "vae_encode": {
@@ -116,23 +124,23 @@ export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: Jo
       if (task.inputs["last"] !== undefined) {
         out["last_image_latents"] = sampleLatents(await encodeImagePosterior(runtime, await pixels(ctx, spec, task.inputs["last"], "end image")), g, sf);
       }
-      await writeOnce(store, task.outputs["latents"]!, out);
+      await writeOnce(ctx, task.outputs["latents"]!, out);
       return;
     }
     case "denoise": {
       const k = task.section!;
       const plan = sectionPlanOf(spec, ctx, hasEndImage);
       const section = plan.sections[k]!;
-      const text = await readTensors(store, task.inputs["prompt"]!);
-      const negative = task.inputs["negative"] !== undefined ? await readTensors(store, task.inputs["negative"]) : null;
-      const image = await readTensors(store, task.inputs["imageEmbeds"]!);
-      const latents = await readTensors(store, task.inputs["imageLatents"]!);
+      const text = await readTensors(ctx, task.inputs["prompt"]!);
+      const negative = task.inputs["negative"] !== undefined ? await readTensors(ctx, task.inputs["negative"]) : null;
+      const image = await readTensors(ctx, task.inputs["imageEmbeds"]!);
+      const latents = await readTensors(ctx, task.inputs["imageLatents"]!);
       const imageLatents = need(latents.tensors, "image_latents", task.inputs["imageLatents"]!);
       const lastLatents = (latents.tensors.get("last_image_latents") as F32 | undefined) ?? null;
       let history: History;
       if (k === 0) history = initialHistory(plan, imageLatents);
       else {
-        const h = await readTensors(store, task.inputs["history"]!);
+        const h = await readTensors(ctx, task.inputs["history"]!);
         history = { latents: need(h.tensors, "history", task.inputs["history"]!), generated: Number(h.metadata["generated"]) };
       }
       const context = sectionInputs(plan, section, history, imageLatents, lastLatents);
@@ -157,14 +165,16 @@ export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: Jo
         { ...(observer.onStep !== undefined ? { onStep: observer.onStep } : {}), ...(observer.signal !== undefined ? { signal: observer.signal } : {}) },
       );
       const appended = appendSection(plan, section, history, result, imageLatents);
-      await writeOnce(store, task.outputs["latents"]!, { latents: result });
-      await writeOnce(store, task.outputs["history"]!, { history: appended.history.latents, decode_latents: appended.decodeLatents }, { generated: String(appended.history.generated) });
+      await Promise.all([
+        writeOnce(ctx, task.outputs["latents"]!, { latents: result }),
+        writeOnce(ctx, task.outputs["history"]!, { history: appended.history.latents, decode_latents: appended.decodeLatents }, { generated: String(appended.history.generated) }),
+      ]);
       return;
     }
     case "decode": {
-      const h = await readTensors(store, task.inputs["history"]!);
+      const h = await readTensors(ctx, task.inputs["history"]!);
       const vaeLatents = toVaeLatents(need(h.tensors, "decode_latents", task.inputs["history"]!), runtime.bundle.manifest.vae.scaling_factor);
-      await writeOnce(store, task.outputs["video"]!, { video: await decodeVideo(runtime, vaeLatents) });
+      await writeOnce(ctx, task.outputs["video"]!, { video: await decodeVideo(runtime, vaeLatents) });
       return;
     }
     case "mux": {
