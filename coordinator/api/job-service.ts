@@ -14,9 +14,9 @@ import { validateObjectKey } from "../../shared/store/object-store.js";
 import type { BundleManifest } from "../../shared/bundle/manifest.js";
 import { decodeImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
 import { findNearestBucket } from "../../shared/framepack/buckets.js";
-import { planSections } from "../../shared/framepack/plan.js";
 import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
+import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
 import { Dispatcher, jobEventSubject, JOBS_BUCKET } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
@@ -163,14 +163,7 @@ export class JobService {
     const size = "height" in params.size ? params.size : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
     const jobId = randomUUID();
     const spec = toJobSpec(jobId, params, size);
-    const sections = planSections({
-      samplingType: params.samplingType,
-      numFrames: params.numFrames,
-      latentWindowSize: params.latentWindowSize,
-      hasEndImage: last !== null,
-      historySizes: manifest.framepack.history_sizes[params.samplingType],
-      temporalCompression: manifest.vae.temporal_compression_ratio,
-    });
+    const sections = sectionPlanFor(params, manifest);
     const sc = manifest.vae.spatial_compression_ratio;
     const tasks = planJob({ jobId, seed: params.seed, sections, hasEndImage: last !== null, trueCfg: usesTrueCfg(params), latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc } });
 

@@ -7,11 +7,11 @@
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { flowMatchSchedule, imageSeqLen } from "../../shared/sampler/flow-match.js";
-import { planSections } from "../../shared/framepack/plan.js";
 import { initialHistory, sectionInputs, appendSection } from "../../shared/framepack/history.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { trimFrameCount } from "../../shared/framepack/frames.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
+import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { encodeText, type PromptEmbeddings } from "../../gpu-node/stages/encode-text.js";
 import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "../../gpu-node/stages/encode-image.js";
 import { denoiseSection } from "../../gpu-node/stages/denoise-section.js";
@@ -93,14 +93,7 @@ export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observ
   }
 
   const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
-  const plan = planSections({
-    samplingType: params.samplingType,
-    numFrames: params.numFrames,
-    latentWindowSize: params.latentWindowSize,
-    hasEndImage: lastImageLatents !== null,
-    historySizes: manifest.framepack.history_sizes[params.samplingType],
-    temporalCompression: manifest.vae.temporal_compression_ratio,
-  });
+  const plan = sectionPlanFor(params, manifest);
   observer.onPlan?.(plan.sections.length, params.steps);
 
   let history = initialHistory(plan, imageLatents);

@@ -12,9 +12,9 @@ import type { CachedObject, TensorCache } from "./tensor-cache.js";
 import type { StageTask } from "../../coordinator/planner/job-plan.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import { usesTrueCfg } from "../../shared/job/render-params.js";
+import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { flowMatchSchedule, imageSeqLen } from "../../shared/sampler/flow-match.js";
-import { planSections, type SectionPlan } from "../../shared/framepack/plan.js";
 import { appendSection, initialHistory, sectionInputs, type History } from "../../shared/framepack/history.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { trimFrameCount } from "../../shared/framepack/frames.js";
@@ -64,18 +64,6 @@ async function writeOnce(ctx: WorkerContext, key: string, tensors: Tensors, meta
   if (await ctx.store.putIfAbsent(key, bytes, "application/octet-stream")) ctx.cache?.set(key, { tensors: new Map(Object.entries(tensors)), metadata });
 }
 
-export function sectionPlanOf(spec: JobSpec, ctx: WorkerContext, hasEndImage: boolean): SectionPlan {
-  const m = ctx.runtime.bundle.manifest;
-  return planSections({
-    samplingType: spec.params.samplingType,
-    numFrames: spec.params.numFrames,
-    latentWindowSize: spec.params.latentWindowSize,
-    hasEndImage,
-    historySizes: m.framepack.history_sizes[spec.params.samplingType],
-    temporalCompression: m.vae.temporal_compression_ratio,
-  });
-}
-
 async function pixels(ctx: WorkerContext, spec: JobSpec, key: string, what: string): Promise<F32> {
   return prepareImage(await decodeImage(await ctx.store.get(key), undefined, what), spec.height, spec.width);
 }
@@ -88,7 +76,7 @@ const promptTensors = (p: PromptEmbeddings): Tensors => ({ embeds: p.embeds, mas
 
 /** The mux task's frames: every section's decoded video soft-appended in plan order. */
 export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: JobSpec): Promise<Tensor<"uint8">> {
-  const plan = sectionPlanOf(spec, ctx, spec.params.hasEndImage);
+  const plan = sectionPlanFor(renderParamsOf(spec), ctx.runtime.bundle.manifest);
   const acc = new VideoAccumulator(spec.params.samplingType, plan.overlapFrames);
   let decoded = 0;
   for (const s of plan.sections) {
@@ -103,7 +91,6 @@ export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: 
 export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: JobSpec, observer: TaskObserver = {}): Promise<void> {
   const { store, runtime } = ctx;
   const params = renderParamsOf(spec);
-  const hasEndImage = params.hasEndImage;
   switch (task.kind) {
     case "encode_text": {
       await writeOnce(ctx, task.outputs["prompt"]!, promptTensors(await encodeText(runtime, ctx.tokenizers, params.prompt)));
@@ -129,7 +116,7 @@ export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: Jo
     }
     case "denoise": {
       const k = task.section!;
-      const plan = sectionPlanOf(spec, ctx, hasEndImage);
+      const plan = sectionPlanFor(params, runtime.bundle.manifest);
       const section = plan.sections[k]!;
       const text = await readTensors(ctx, task.inputs["prompt"]!);
       const negative = task.inputs["negative"] !== undefined ? await readTensors(ctx, task.inputs["negative"]) : null;

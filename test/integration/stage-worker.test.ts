@@ -14,8 +14,9 @@ import { renderJob } from "../../coordinator/embedded/render-job.js";
 import { planJob, readyTasks, jobKeys, type StageTask } from "../../coordinator/planner/job-plan.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
+import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
-import { assembleFrames, runStageTask, sectionPlanOf, type WorkerContext } from "../../gpu-node/worker/stage-worker.js";
+import { assembleFrames, runStageTask, type WorkerContext } from "../../gpu-node/worker/stage-worker.js";
 import { referenceDir } from "../support/reference.js";
 import { tinyBundleDir } from "../support/paths.js";
 
@@ -47,7 +48,7 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
     await store.put(keys.firstImage, await readFile(refCase.firstImage));
     if (refCase.lastImage !== null) await store.put(keys.lastImage, await readFile(refCase.lastImage));
     const tasks = planJob({
-      jobId: spec.jobId, seed: params.seed, sections: sectionPlanOf(spec, ctx, params.hasEndImage), hasEndImage: params.hasEndImage,
+      jobId: spec.jobId, seed: params.seed, sections: sectionPlanFor(params, m), hasEndImage: params.hasEndImage,
       trueCfg: usesTrueCfg(params), latent: { channels: m.vae.latent_channels, height: size.height / 8, width: size.width / 8 },
     });
     const done = new Set<string>();
