@@ -119,3 +119,26 @@ test("bad requests get the right status and a message naming the problem", async
   await rejectsWith(new Promise((res, rej) => client.getJob({ id: "no-such-job" }, (e, r) => (e ? rej(e) : res(r)))), status.NOT_FOUND, /does not exist/);
   await rejectsWith(new Promise((res, rej) => client.getJob({ id: "../x" }, (e, r) => (e ? rej(e) : res(r)))), status.INVALID_ARGUMENT, /invalid job id/);
 });
+
+test("health checking answers SERVING and reflection lists the JobService", async () => {
+  const { loadSync } = await import("@grpc/proto-loader");
+  const grpc = await import("@grpc/grpc-js");
+  const healthProto = path.join(repoRoot(), "node_modules", "grpc-health-check", "proto", "health", "v1", "health.proto");
+  const def = grpc.loadPackageDefinition(loadSync(healthProto, { enums: String })) as unknown as { grpc: { health: { v1: { Health: new (a: string, c: unknown) => { check(r: object, cb: (e: unknown, r: { status: string }) => void): void; close(): void } } } } };
+  const health = new def.grpc.health.v1.Health(`127.0.0.1:${server.port}`, credentials.createInsecure());
+  const res = await new Promise<{ status: string }>((resolve, reject) => health.check({ service: "framefarm.v1.JobService" }, (e, r) => (e ? reject(e) : resolve(r))));
+  health.close();
+  assert.equal(res.status, "SERVING");
+  const reflProto = path.join(repoRoot(), "node_modules", "@grpc", "reflection", "build", "proto", "grpc", "reflection", "v1", "reflection.proto");
+  const rdef = grpc.loadPackageDefinition(loadSync(reflProto)) as unknown as { grpc: { reflection: { v1: { ServerReflection: new (a: string, c: unknown) => { serverReflectionInfo(): NodeJS.ReadWriteStream & { write(m: object): void; end(): void }; close(): void } } } } };
+  const refl = new rdef.grpc.reflection.v1.ServerReflection(`127.0.0.1:${server.port}`, credentials.createInsecure());
+  const services = await new Promise<string[]>((resolve, reject) => {
+    const call = refl.serverReflectionInfo();
+    call.on("data", (m: { listServicesResponse?: { service: { name: string }[] } }) => resolve((m.listServicesResponse?.service ?? []).map((s) => s.name)));
+    call.on("error", reject);
+    call.write({ listServices: "*" });
+    call.end();
+  });
+  refl.close();
+  assert.ok(services.includes("framefarm.v1.JobService"), services.join(", "));
+});
