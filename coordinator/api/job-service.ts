@@ -75,6 +75,7 @@ function settingsOf(r: JobRecord): RenderSettings {
     width: r.spec.width,
     fps: p.fps,
     crf: p.crf,
+    lossless: p.lossless,
   };
 }
 
@@ -144,6 +145,7 @@ export class JobService {
       width: s.width,
       fps: s.fps,
       crf: s.crf,
+      lossless: s.lossless,
       hasEndImage: req.endImage?.source !== undefined,
     };
     const params = validateRenderParams(input, { samplingType: manifest.sampling_type, latentWindowSize: manifest.framepack.default_latent_window_size });

@@ -2,15 +2,22 @@
  * `framefarm check-reference <case.json>`: runs a reference case through the same code path as
  * `render` and compares every stage with diffusers' tensors. Exit 0 only if all are in tolerance.
  */
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { credentials } from "@grpc/grpc-js";
+import { JobServiceClient, JobState, jobStateToJSON, type Job } from "../../proto/gen/framefarm/v1/jobs.js";
+import { readMp4Frames } from "../../shared/video/mp4.js";
 import { FarmError } from "../../shared/errors.js";
 import type { Tensor } from "../../shared/tensor/tensor.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { openEmbedded } from "../embedded/open.js";
 import { pixelsFor, readImageFile } from "../embedded/inputs.js";
 import { renderJob } from "../embedded/render-job.js";
-import { loadReferenceCase } from "../parity/reference-case.js";
-import { compareRun, formatTable, type StageResult } from "../parity/compare.js";
+import { loadReferenceCase, submitRequestFor } from "../parity/reference-case.js";
+import { compareRun, compareTensor, formatTable, type StageResult } from "../parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
 
 export interface ReferenceCheck {
@@ -41,19 +48,58 @@ export async function checkReferenceCase(caseFile: string, bundleDir: string, ep
   }
 }
 
+/**
+ * Runs one case on a farm: submits it with a lossless video, waits, decodes the MP4 and compares
+ * the frames (the only stage a farm's API exposes) with the reference.
+ */
+export async function checkReferenceOnFarm(caseFile: string, server: string, timeoutMs = 30 * 60_000): Promise<ReferenceCheck> {
+  const refCase = await loadReferenceCase(caseFile, { requireTensors: true });
+  const expected = refCase.expected.get("frames_uint8");
+  if (expected === undefined) throw new FarmError("FAILED_PRECONDITION", `${caseFile} has no frames_uint8 to compare with`);
+  const client = new JobServiceClient(server, credentials.createInsecure());
+  const get = (id: string): Promise<Job> => new Promise((resolve, reject) => client.getJob({ id }, (e, r) => (e ? reject(new FarmError("UNAVAILABLE", e.details)) : resolve(r.job!))));
+  try {
+    const req = await submitRequestFor(refCase);
+    let job = await new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(new FarmError("INVALID_ARGUMENT", e.details)) : resolve(r.job!))));
+    const deadline = Date.now() + timeoutMs;
+    while (job.state !== JobState.JOB_STATE_SUCCEEDED && job.state !== JobState.JOB_STATE_FAILED && job.state !== JobState.JOB_STATE_CANCELLED) {
+      if (Date.now() > deadline) throw new FarmError("DEADLINE_EXCEEDED", `job ${job.id} did not finish within ${timeoutMs / 1000} s`);
+      await new Promise((r) => setTimeout(r, 200));
+      job = await get(job.id);
+    }
+    if (job.state !== JobState.JOB_STATE_SUCCEEDED) throw new FarmError("INTERNAL", `job ${job.id} ended ${jobStateToJSON(job.state)}: ${job.error}`);
+    const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-check-"));
+    try {
+      let file = path.join(dir, "video.mp4");
+      if (job.videoUrl.startsWith("file:")) file = fileURLToPath(job.videoUrl);
+      else await import("node:fs/promises").then(async (fs) => fs.writeFile(file, new Uint8Array(await (await fetch(job.videoUrl)).arrayBuffer())));
+      const frames = await readMp4Frames(file, job.width, job.height);
+      const results = [compareTensor("frames_uint8", frames, expected)];
+      return { name: `${refCase.name} (farm ${server}, job ${job.id})`, results, passed: results.every((r) => r.ok) };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  } finally {
+    client.close();
+  }
+}
+
 export async function checkReferenceCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     strict: true,
     allowPositionals: true,
-    options: { bundle: { type: "string" }, ep: { type: "string" }, help: { type: "boolean", short: "h" } },
+    options: { bundle: { type: "string" }, ep: { type: "string" }, server: { type: "string" }, help: { type: "boolean", short: "h" } },
   });
   if (values.help === true) {
-    process.stdout.write("framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda]\n");
+    process.stdout.write("framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda] | [--server HOST:PORT]\n");
     return 0;
   }
   if (positionals.length !== 1) throw new FarmError("INVALID_ARGUMENT", "give exactly one case file: framefarm check-reference <case.json>");
-  const check = await checkReferenceCase(positionals[0]!, values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const check =
+    values.server !== undefined
+      ? await checkReferenceOnFarm(positionals[0]!, values.server)
+      : await checkReferenceCase(positionals[0]!, values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
   process.stdout.write(`${check.name}\n${formatTable(check.results)}\n`);
   const failed = check.results.filter((r) => !r.ok).length;
   process.stdout.write(check.passed ? `PASS: ${check.results.length} stages within tolerance\n` : `FAIL: ${failed} of ${check.results.length} stages out of tolerance\n`);

@@ -30,6 +30,7 @@ const HELP = `framefarm render — render one video in this process
   --height H --width W    exact size instead of a bucket
   --fps F                 output frame rate (30)
   --crf C                 x264 quality, 0..51 (16)
+  --lossless              exact RGB frames (libx264rgb, qp 0) instead of --crf
   --bundle DIR            model bundle (default: the tiny test bundle)
   --ep cpu|webgpu|cuda    execution provider (cpu)
   -o, --output FILE       output MP4                                        [required]`;
@@ -53,6 +54,7 @@ export const RENDER_OPTIONS = {
   width: { type: "string" },
   fps: { type: "string" },
   crf: { type: "string" },
+  lossless: { type: "boolean" },
 } as const;
 
 export async function renderCommand(args: string[]): Promise<number> {
@@ -92,6 +94,7 @@ export async function renderCommand(args: string[]): Promise<number> {
         width: values.width,
         fps: values.fps,
         crf: values.crf,
+        lossless: values.lossless === true,
         hasEndImage: values["end-image"] !== undefined,
       },
       { samplingType: manifest.sampling_type, latentWindowSize: manifest.framepack.default_latent_window_size },

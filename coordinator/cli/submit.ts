@@ -76,6 +76,7 @@ export async function submitCommand(args: string[]): Promise<number> {
     width: num(values.width),
     fps: num(values.fps),
     crf: num(values.crf),
+    ...(values.lossless === true ? { lossless: true } : {}),
   };
   const c = client(values.server);
   try {

@@ -8,6 +8,7 @@ import { FarmError } from "../../shared/errors.js";
 import type { Tensor } from "../../shared/tensor/tensor.js";
 import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
 import type { RenderParamsInput } from "../../shared/job/render-params.js";
+import { SamplingMode, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 
 /** Keys a case may carry: the call's parameters, plus facts about the run that we do not need. */
 const PARAM_KEYS = [
@@ -80,4 +81,30 @@ export async function loadReferenceCase(caseFile: string, options: { requireTens
     }
   }
   return { name, file, params, firstImage: imagePath("first_image"), lastImage, expected };
+}
+
+/** The case as a farm submission: same parameters, exact size, lossless video for exact frames. */
+export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJobRequest> {
+  const p = refCase.params;
+  return {
+    image: { source: { $case: "data", value: await readFile(refCase.firstImage) } },
+    endImage: refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
+    settings: {
+      prompt: String(p.prompt),
+      ...(typeof p.negativePrompt === "string" ? { negativePrompt: p.negativePrompt } : {}),
+      length: { $case: "numFrames", value: Number(p.numFrames) },
+      mode: p.samplingType === "vanilla" ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
+      steps: Number(p.steps),
+      guidanceScale: Number(p.guidanceScale),
+      trueCfgScale: Number(p.trueCfgScale),
+      seed: BigInt(String(p.seed)),
+      latentWindowSize: Number(p.latentWindowSize),
+      height: Number(p.height),
+      width: Number(p.width),
+      lossless: true,
+    },
+    bundle: "",
+    priority: 0,
+    idempotencyKey: "",
+  };
 }

@@ -35,6 +35,8 @@ export interface RenderParams {
   size: { height: number; width: number } | { resolution: number };
   fps: number;
   crf: number;
+  /** Lossless RGB video (exact frames, for verification) instead of crf-compressed yuv420p. */
+  lossless: boolean;
   hasEndImage: boolean;
 }
 
@@ -54,6 +56,7 @@ export interface RenderParamsInput {
   resolution?: unknown;
   fps?: unknown;
   crf?: unknown;
+  lossless?: unknown;
   hasEndImage?: unknown;
 }
 
@@ -168,6 +171,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     size,
     fps,
     crf: intIn("crf", input.crf ?? 16, 0, 51),
+    lossless: input.lossless === true,
     hasEndImage,
   };
 }

@@ -8,12 +8,14 @@ import path from "node:path";
 import { PassThrough } from "node:stream";
 import ffmpeg from "fluent-ffmpeg";
 import { FarmError } from "../errors.js";
-import type { Tensor } from "../tensor/tensor.js";
+import { Tensor } from "../tensor/tensor.js";
 
 export interface Mp4Options {
   fps: number;
   /** x264 constant rate factor: 0 lossless .. 51 worst; FramePack's demo default is 16. */
   crf: number;
+  /** Exact RGB frames (libx264rgb, qp 0); crf is then ignored. */
+  lossless?: boolean;
 }
 
 /**
@@ -56,8 +58,8 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
         .input(input)
         .inputFormat("rawvideo")
         .inputOptions(["-pix_fmt rgb24", `-video_size ${w}x${h}`, `-framerate ${options.fps}`])
-        .videoCodec("libx264")
-        .outputOptions(["-pix_fmt yuv420p", `-crf ${options.crf}`, "-movflags +faststart"])
+        .videoCodec(options.lossless === true ? "libx264rgb" : "libx264")
+        .outputOptions(options.lossless === true ? ["-pix_fmt rgb24", "-qp 0", "-movflags +faststart"] : ["-pix_fmt yuv420p", `-crf ${options.crf}`, "-movflags +faststart"])
         .format("mp4")
         .on("error", (err: Error, _stdout: string | null, stderr: string | null) => {
           const tail = (stderr ?? "").trim().split("\n").slice(-3).join(" | ");
@@ -79,4 +81,24 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
     await rm(temp, { force: true });
     throw err;
   }
+}
+
+/** Decodes an MP4's video to uint8 RGB frames [T, H, W, 3] (for verifying lossless renders). */
+export async function readMp4Frames(file: string, width: number, height: number): Promise<Tensor<"uint8">> {
+  const binary = await ffmpegPath();
+  const out = new PassThrough();
+  const chunks: Buffer[] = [];
+  out.on("data", (c: Buffer) => chunks.push(c));
+  await new Promise<void>((resolve, reject) => {
+    ffmpeg(file)
+      .setFfmpegPath(binary)
+      .outputOptions(["-f rawvideo", "-pix_fmt rgb24"])
+      .on("error", (err: Error) => reject(new FarmError("INVALID_ARGUMENT", `cannot decode ${file}: ${err.message}`, { cause: err })))
+      .on("end", () => resolve())
+      .pipe(out, { end: true });
+  });
+  const data = new Uint8Array(Buffer.concat(chunks));
+  const frame = width * height * 3;
+  if (data.length % frame !== 0) throw new FarmError("DATA_LOSS", `${file}: ${data.length} bytes are not whole ${width}x${height} RGB frames`);
+  return new Tensor("uint8", [data.length / frame, height, width, 3], data);
 }

@@ -13,7 +13,7 @@ import path from "node:path";
 import { credentials } from "@grpc/grpc-js";
 import { JobServiceClient, JobState, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
-import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
+import { loadReferenceCase, submitRequestFor } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
 import { renderJob } from "../../coordinator/embedded/render-job.js";
 import { compareTensor } from "../../coordinator/parity/compare.js";
@@ -72,27 +72,7 @@ test("every public reference case renders on the cluster as in embedded mode", a
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(cases.map(async (file) => {
     const refCase = await loadReferenceCase(path.join(referenceDir(), "cases", file));
-    const p = refCase.params;
-    const req: SubmitJobRequest = {
-      image: { source: { $case: "data", value: await readFile(refCase.firstImage) } },
-      endImage: refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
-      settings: {
-        prompt: p.prompt as string,
-        ...(typeof p.negativePrompt === "string" ? { negativePrompt: p.negativePrompt } : {}),
-        length: { $case: "numFrames", value: p.numFrames as number },
-        mode: p.samplingType === "vanilla" ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
-        steps: p.steps as number,
-        guidanceScale: p.guidanceScale as number,
-        trueCfgScale: p.trueCfgScale as number,
-        seed: BigInt(p.seed as string),
-        latentWindowSize: p.latentWindowSize as number,
-        height: p.height as number,
-        width: p.width as number,
-      },
-      bundle: "",
-      priority: 0,
-      idempotencyKey: "",
-    };
+    const req = await submitRequestFor(refCase);
     const res = await new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
     return { refCase, job: res };
   }));
@@ -159,4 +139,13 @@ test("8 jobs at once all finish; each job's sections run in order and decodes ov
     }
   }
   assert.ok(overlaps > 0, "some decode[k] overlapped denoise[k+1] on another node");
+});
+
+test("check-reference --server runs a case through the farm and passes", async () => {
+  const { execFile } = await import("node:child_process");
+  const { promisify } = await import("node:util");
+  const addr = (client.getChannel().getTarget() as string).replace(/^dns:/, "");
+  const { stdout } = await promisify(execFile)(process.execPath, [cliPath(), "check-reference", path.join(referenceDir(), "cases", "inverted_endframe_2sec.json"), "--server", addr]);
+  assert.match(stdout, /frames_uint8 .* max\|d\| \d/);
+  assert.match(stdout, /PASS/);
 });

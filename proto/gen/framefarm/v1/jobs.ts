@@ -155,7 +155,11 @@ export interface RenderSettings {
   height?: number | undefined;
   width?: number | undefined;
   fps?: number | undefined;
-  crf?: number | undefined;
+  crf?:
+    | number
+    | undefined;
+  /** Lossless RGB H.264 (libx264rgb, qp 0) instead of yuv420p at crf: exact frames, larger files. */
+  lossless?: boolean | undefined;
 }
 
 export interface SubmitJobRequest {
@@ -383,6 +387,7 @@ function createBaseRenderSettings(): RenderSettings {
     width: undefined,
     fps: undefined,
     crf: undefined,
+    lossless: undefined,
   };
 }
 
@@ -437,6 +442,9 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.crf !== undefined) {
       writer.uint32(120).uint32(message.crf);
+    }
+    if (message.lossless !== undefined) {
+      writer.uint32(128).bool(message.lossless);
     }
     return writer;
   },
@@ -574,6 +582,14 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.crf = reader.uint32();
             continue;
           }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.lossless = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -624,6 +640,7 @@ export const RenderSettings: MessageFns<RenderSettings> = {
       width: isSet(object.width) ? globalThis.Number(object.width) : undefined,
       fps: isSet(object.fps) ? globalThis.Number(object.fps) : undefined,
       crf: isSet(object.crf) ? globalThis.Number(object.crf) : undefined,
+      lossless: isSet(object.lossless) ? globalThis.Boolean(object.lossless) : undefined,
     };
   },
 
@@ -673,6 +690,9 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.crf !== undefined) {
       obj.crf = Math.round(message.crf);
     }
+    if (message.lossless !== undefined) {
+      obj.lossless = message.lossless;
+    }
     return obj;
   },
 
@@ -708,6 +728,7 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.width = object.width ?? undefined;
     message.fps = object.fps ?? undefined;
     message.crf = object.crf ?? undefined;
+    message.lossless = object.lossless ?? undefined;
     return message;
   },
 };
