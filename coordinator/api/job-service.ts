@@ -18,7 +18,7 @@ import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../..
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
-import { Dispatcher, jobEventSubject, JOBS_BUCKET } from "../dispatch/dispatcher.js";
+import { Dispatcher, jobEventSubject, JOBS_BUCKET, type StepEvent } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 
 export interface JobServiceDeps {
@@ -53,10 +53,22 @@ function timestamp(iso: string): Timestamp {
   return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
 }
 
-function progressOf(r: JobRecord): Progress {
+/** Sections done, the live step (from the latest step event) and an ETA from measured sections. */
+function progressOf(r: JobRecord, live?: StepEvent): Progress {
   const denoise = r.tasks.filter((t) => t.kind === "denoise");
   const done = denoise.filter((t) => r.taskStates[t.id] === "done").length;
-  return { sectionsTotal: denoise.length, sectionsDone: done, currentSection: Math.min(done, Math.max(0, denoise.length - 1)), currentStep: 0, stepsPerSection: r.spec.params.steps, etaSeconds: 0 };
+  const spans = (r.taskLog ?? []).filter((e) => e.ok && e.taskId.includes(".denoise.")).map((e) => Date.parse(e.finishedAt) - Date.parse(e.startedAt));
+  const perSection = spans.length > 0 ? spans.reduce((a, b) => a + b, 0) / spans.length / 1000 : 0;
+  const current = live !== undefined && live.section >= done ? live : undefined;
+  const remaining = denoise.length - done - (current !== undefined ? current.step / current.steps : 0);
+  return {
+    sectionsTotal: denoise.length,
+    sectionsDone: done,
+    currentSection: current?.section ?? Math.min(done, Math.max(0, denoise.length - 1)),
+    currentStep: current?.step ?? 0,
+    stepsPerSection: r.spec.params.steps,
+    etaSeconds: r.state === "SUCCEEDED" ? 0 : Math.max(0, remaining * perSection),
+  };
 }
 
 function settingsOf(r: JobRecord): RenderSettings {
@@ -88,7 +100,7 @@ export class JobService {
     this.jobs = deps.bus.kv(JOBS_BUCKET);
   }
 
-  async toJob(r: JobRecord): Promise<Job> {
+  async toJob(r: JobRecord, live?: StepEvent): Promise<Job> {
     const keys = jobKeys(r.spec.jobId);
     const expiry = this.deps.urlExpirySeconds ?? 3600;
     const done = r.state === "SUCCEEDED";
@@ -98,7 +110,7 @@ export class JobService {
       settings: settingsOf(r),
       bundle: this.deps.bundleName,
       priority: 0,
-      progress: progressOf(r),
+      progress: progressOf(r, live),
       createdAt: timestamp(r.createdAt),
       updatedAt: timestamp(r.updatedAt),
       videoKey: done ? keys.video : "",
@@ -243,21 +255,31 @@ export class JobService {
 
   private async watch(call: ServerWritableStream<{ id: string }, WatchJobResponse>): Promise<void> {
     let seq = 0n;
-    const send = async (r: JobRecord): Promise<void> => {
-      const job = await this.toJob(r);
-      call.write({ jobId: r.spec.jobId, sequence: ++seq, at: timestamp(new Date().toISOString()), event: { $case: "progress", value: job.progress! }, job });
+    let live: StepEvent | undefined;
+    const send = async (r: JobRecord, stateChanged: boolean): Promise<void> => {
+      const job = await this.toJob(r, live);
+      const event: WatchJobResponse["event"] = stateChanged ? { $case: "state", value: job.state } : { $case: "progress", value: job.progress! };
+      call.write({ jobId: r.spec.jobId, sequence: ++seq, at: timestamp(new Date().toISOString()), event, job });
     };
     try {
-      const first = await this.get(call.request.id);
-      await send(first);
-      if (TERMINAL.has(first.state)) return void call.end();
+      let record = await this.get(call.request.id);
+      await send(record, true);
+      if (TERMINAL.has(record.state)) return void call.end();
       await new Promise<void>((resolve) => {
         let chain = Promise.resolve();
-        const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), () => {
+        const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (_subject, data) => {
           chain = chain.then(async () => {
-            const r = await this.get(call.request.id);
-            await send(r);
-            if (TERMINAL.has(r.state)) {
+            const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
+            if (typeof e.step === "number") {
+              // A step event: live progress on the record we have, no state read.
+              live = e as StepEvent;
+              return send(record, false);
+            }
+            const next = await this.get(call.request.id);
+            const changed = next.state !== record.state;
+            record = next;
+            await send(record, changed);
+            if (TERMINAL.has(record.state)) {
               off();
               resolve();
             }

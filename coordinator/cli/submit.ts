@@ -105,7 +105,7 @@ export async function submitCommand(args: string[]): Promise<number> {
           progress.start(p.sectionsTotal, p.stepsPerSection);
           started = true;
         }
-        progress.step(Math.max(0, p.sectionsDone - 1), p.sectionsDone > 0 ? p.stepsPerSection : 0);
+        progress.step(p.currentSection, p.currentSection < p.sectionsDone ? p.stepsPerSection : p.currentStep);
       });
       stream.on("end", () => (last === undefined ? reject(new FarmError("UNAVAILABLE", "watch ended without news")) : resolve(last)));
       stream.on("error", (err) => reject(fromGrpc(err)));

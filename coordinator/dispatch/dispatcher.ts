@@ -34,6 +34,15 @@ export interface TaskResult {
   modelMs?: number;
 }
 
+/** Published by a node after each denoise step (not stored: live progress only). */
+export interface StepEvent {
+  jobId: string;
+  taskId: string;
+  section: number;
+  step: number;
+  steps: number;
+}
+
 export interface JobEvent {
   jobId: string;
   state: JobRecord["state"];

@@ -7,7 +7,7 @@
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import { FarmError } from "../../shared/errors.js";
 import type { StageKind } from "../../coordinator/planner/job-plan.js";
-import { JOBS_BUCKET, RESULTS_QUEUE, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
+import { JOBS_BUCKET, RESULTS_QUEUE, jobEventSubject, type StepEvent, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
 import { runStageTask, type WorkerContext } from "./stage-worker.js";
 
@@ -54,7 +54,11 @@ export class NodeLoop {
             void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
           }, Math.max(50, ackWaitMs / 3));
           try {
-            await runStageTask(ctx, task, job.record.spec, { signal: abort.signal });
+            await runStageTask(ctx, task, job.record.spec, {
+              signal: abort.signal,
+              onStep: (step, steps) =>
+                bus.events.publish(jobEventSubject(msg.jobId), enc({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps } satisfies StepEvent)),
+            });
             await report({ ok: true });
           } catch (err) {
             if (abort.signal.aborted) {

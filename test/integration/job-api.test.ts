@@ -80,6 +80,8 @@ test("submit, watch to completion, fetch the video through its URL", async () =>
   assert.ok(events.length >= 3, `progress was streamed (${events.length} events)`);
   assert.deepEqual(events.map((e) => e.sequence), events.map((_, i) => BigInt(i + 1)));
   assert.equal(last.progress!.sectionsDone, last.progress!.sectionsTotal);
+  assert.ok(events.some((e) => e.event?.$case === "progress" && e.event.value.currentStep > 0), "denoise steps were streamed");
+  assert.equal(events[0]!.event?.$case, "state");
   const got = await new Promise<SubmitJobResponse["job"]>((resolve, reject) => client.getJob({ id: job.id }, (err, res) => (err ? reject(err) : resolve(res.job))));
   assert.ok(got!.videoUrl.startsWith("file:"));
   const mp4 = await readFile(fileURLToPath(got!.videoUrl));
