@@ -2,10 +2,9 @@
  * `framefarm check-reference <case.json>`: runs a reference case through the same code path as
  * `render` and compares every stage with diffusers' tensors. Exit 0 only if all are in tolerance.
  */
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { credentials } from "@grpc/grpc-js";
 import { JobServiceClient, JobState, jobStateToJSON, type Job } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -19,6 +18,7 @@ import { renderJob } from "../embedded/render-job.js";
 import { loadReferenceCase, submitRequestFor } from "../parity/reference-case.js";
 import { compareRun, compareTensor, formatTable, type StageResult } from "../parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
+import { fetchVideo } from "./submit.js";
 
 export interface ReferenceCheck {
   name: string;
@@ -70,9 +70,8 @@ export async function checkReferenceOnFarm(caseFile: string, server: string, tim
     if (job.state !== JobState.JOB_STATE_SUCCEEDED) throw new FarmError("INTERNAL", `job ${job.id} ended ${jobStateToJSON(job.state)}: ${job.error}`);
     const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-check-"));
     try {
-      let file = path.join(dir, "video.mp4");
-      if (job.videoUrl.startsWith("file:")) file = fileURLToPath(job.videoUrl);
-      else await import("node:fs/promises").then(async (fs) => fs.writeFile(file, new Uint8Array(await (await fetch(job.videoUrl)).arrayBuffer())));
+      const file = path.join(dir, "video.mp4");
+      await writeFile(file, await fetchVideo(job.videoUrl));
       const frames = await readMp4Frames(file, job.width, job.height);
       const results = [compareTensor("frames_uint8", frames, expected)];
       return { name: `${refCase.name} (farm ${server}, job ${job.id})`, results, passed: results.every((r) => r.ok) };

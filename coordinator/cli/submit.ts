@@ -39,15 +39,27 @@ async function imageInput(file: string | undefined, what: string): Promise<Submi
   }
 }
 
+/** A finished job's video by its URL: presigned HTTP(S) on S3, file: on a local store. */
+export async function fetchVideo(url: string): Promise<Uint8Array> {
+  try {
+    if (url.startsWith("file:")) return new Uint8Array(await readFile(fileURLToPath(url)));
+    const res = await fetch(url);
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    return new Uint8Array(await res.arrayBuffer());
+  } catch (err) {
+    throw new FarmError("UNAVAILABLE", `cannot download the video from ${url}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 async function download(url: string, out: string): Promise<void> {
+  const bytes = await fetchVideo(url);
   const temp = `${out}.partial`;
   try {
-    const bytes = url.startsWith("file:") ? await readFile(fileURLToPath(url)) : new Uint8Array(await (await fetch(url)).arrayBuffer());
     await writeFile(temp, bytes);
     await rename(temp, out);
   } catch (err) {
     await rm(temp, { force: true });
-    throw new FarmError("UNAVAILABLE", `cannot download the video from ${url}: ${(err as Error).message}`, { cause: err });
+    throw err;
   }
 }
 
