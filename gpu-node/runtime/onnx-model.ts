@@ -14,6 +14,8 @@ export interface SessionSettings {
   ep: ExecutionProvider;
   /** Threads for one operator on the CPU provider; 0 lets onnxruntime decide. */
   intraOpThreads?: number;
+  /** Graph rewrites before running (fusions can produce kernels an execution provider lacks). */
+  graphOptimization?: "disabled" | "basic" | "extended" | "all";
 }
 
 function toOrt(t: Feed): ort.Tensor {
@@ -37,7 +39,7 @@ export class OnnxModel {
     try {
       const session = await ort.InferenceSession.create(file, {
         executionProviders: providers,
-        graphOptimizationLevel: "all",
+        graphOptimizationLevel: settings.graphOptimization ?? "all",
         intraOpNumThreads: settings.intraOpThreads ?? 0,
         logSeverityLevel: 3,
       });
