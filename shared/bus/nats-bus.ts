@@ -5,7 +5,7 @@
  */
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, RetentionPolicy, StorageType, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, RetentionPolicy, StorageType, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
 import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type WorkQueues } from "./bus.js";
@@ -34,9 +34,12 @@ class NatsQueues implements WorkQueues {
     await this.js.publish(subjectOf(queue), data, dedupId !== undefined ? { msgID: dedupId } : {});
   }
 
+  /** Tasks not yet handed to a worker: the queue's consumer's undelivered count (a work-queue stream has one consumer). */
   async depth(queue: string): Promise<number> {
-    const info = await this.jsm.streams.info(streamOf(queue));
-    return info.state.messages;
+    const stream = streamOf(queue);
+    const consumers = await this.jsm.consumers.list(stream).next();
+    if (consumers.length > 0) return consumers[0]!.num_pending;
+    return (await this.jsm.streams.info(stream)).state.messages;
   }
 
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
@@ -52,26 +55,43 @@ class NatsQueues implements WorkQueues {
     }
     const consumer = await this.js.consumers.get(stream, durable);
     const concurrency = options.concurrency ?? 1;
-    const messages = await consumer.consume({ max_messages: concurrency });
     const inflight = new Set<Promise<void>>();
+    let stopped = false;
+    let batch: ConsumerMessages | undefined;
+    // One pull per free slot, never ahead: consume()'s refilling pull would hand a busy worker a
+    // second task that an idle worker could have run (the task then waits for the busy one).
     const loop = (async () => {
-      for await (const m of messages) {
-        const delivery: Delivery = {
-          data: m.data,
-          attempt: m.info.deliveryCount,
-          ack: () => m.ack(),
-          nak: (delay) => m.nak(delay),
-          working: () => m.working(),
-          term: () => m.term(),
-        };
-        const p = handler(delivery).catch(() => m.nak()).finally(() => inflight.delete(p));
-        inflight.add(p);
-        while (inflight.size >= concurrency) await Promise.race(inflight);
+      while (!stopped) {
+        if (inflight.size >= concurrency) {
+          await Promise.race(inflight);
+          continue;
+        }
+        try {
+          batch = await consumer.fetch({ max_messages: concurrency - inflight.size, expires: 5_000 });
+          for await (const m of batch) {
+            const delivery: Delivery = {
+              data: m.data,
+              attempt: m.info.deliveryCount,
+              ack: () => m.ack(),
+              nak: (delay) => m.nak(delay),
+              working: () => m.working(),
+              term: () => m.term(),
+            };
+            const p = handler(delivery).catch(() => m.nak()).finally(() => inflight.delete(p));
+            inflight.add(p);
+          }
+        } catch {
+          // The server is away (restart, network): try again shortly.
+          if (!stopped) await new Promise((r) => setTimeout(r, 500));
+        } finally {
+          batch = undefined;
+        }
       }
     })();
     return {
       stop: async () => {
-        await messages.close();
+        stopped = true;
+        await batch?.close();
         await loop;
         await Promise.all(inflight);
       },

@@ -85,6 +85,33 @@ function contract(name: string, open: () => Promise<Bus>, close: () => Promise<v
       assert.equal(deliveries, 1);
     });
 
+    test("a busy consumer holds no second task: an idle one takes it, and depth counts only undelivered tasks", async () => {
+      await bus.queues.ensure("encode_image");
+      let release = (): void => undefined;
+      const busy = new Promise<void>((r) => (release = r));
+      const got: string[] = [];
+      const slow = await bus.queues.consume("encode_image", { name: "pool", ackWaitMs: 10_000, maxDeliver: 3 }, async (d) => {
+        got.push(`slow:${dec(d.data)}`);
+        await busy;
+        d.ack();
+      });
+      await bus.queues.enqueue("encode_image", enc("t1"));
+      await until("the first task", () => got.length === 1);
+      await bus.queues.enqueue("encode_image", enc("t2"));
+      await sleep(300); // time for a prefetching consumer to grab t2
+      assert.equal(await bus.queues.depth("encode_image"), 1, "t2 waits, undelivered");
+      const idle = await bus.queues.consume("encode_image", { name: "pool", ackWaitMs: 10_000, maxDeliver: 3 }, async (d) => {
+        got.push(`idle:${dec(d.data)}`);
+        d.ack();
+      });
+      await until("the second task", () => got.length === 2, 3000);
+      release();
+      await slow.stop();
+      await idle.stop();
+      assert.deepEqual(got, ["slow:t1", "idle:t2"]);
+      assert.equal(await bus.queues.depth("encode_image"), 0);
+    });
+
     test("a repeated dedup id enqueues once", async () => {
       await bus.queues.ensure("mux");
       await bus.queues.enqueue("mux", enc("a"), "job1/mux");
