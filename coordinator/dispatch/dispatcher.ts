@@ -1,13 +1,17 @@
 /**
- * Advances jobs through their DAGs: a task is queued on its stage's work queue once its
- * dependencies are done, and a node's result (on the "results" queue) marks it done or failed.
- * State lives in the KV store, queues deduplicate by task id, so a restarted dispatcher resumes
- * every job and a duplicated result advances the DAG only once.
+ * Advances jobs through their DAGs. A task whose dependencies are done becomes ready; the
+ * dispatcher holds ready tasks and releases one onto its stage's work queue only when a node is
+ * idle there, asking for work, best first (priority, then job age). So the choice of what runs
+ * next is made at the last moment, and a high-priority job overtakes any backlog. A node's result (on the "results" queue) marks its task done or sends
+ * it back for another attempt. State lives in the KV store and queues deduplicate by task attempt,
+ * so a restarted dispatcher resumes every job and a duplicated result advances the DAG only once.
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import { jobPrefix, readyTasks, type StageKind, type StageTask } from "../planner/job-plan.js";
 import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
+import { ReadySet } from "./ready-set.js";
+import { FarmError } from "../../shared/errors.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 
 export const STAGE_KINDS: readonly StageKind[] = ["encode_text", "encode_image", "vae_encode", "denoise", "decode", "mux"];
@@ -56,48 +60,100 @@ const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as 
 
 export const jobEventSubject = (jobId: string): string => `ff.events.job.${jobId}`;
 
+export interface DispatcherOptions {
+  /** A task that failed this many times fails its job. */
+  maxAttempts?: number;
+  /** Held tasks are offered again this often even without a result, in ms (nodes that joined or fell idle). */
+  tickMs?: number;
+}
+
+export const PRIORITY_RANGE = { min: -1000, max: 1000 } as const;
+
+const active = (r: JobRecord): boolean => r.state === "QUEUED" || r.state === "RUNNING";
+
+/** The queue's dedup id for one attempt of a task: attempts and operator retries make it new. */
+const dedupId = (r: JobRecord, taskId: string): string => `${taskId}#${r.retries ?? 0}.${r.attempts[taskId] ?? 0}`;
+
+/** Marks the job's tasks whose dependencies are done ready (inside a record update). */
+function markReady(rec: JobRecord): void {
+  const done = new Set(Object.entries(rec.taskStates).filter(([, s]) => s === "done").map(([id]) => id));
+  const started = new Set(Object.entries(rec.taskStates).filter(([, s]) => s !== "pending").map(([id]) => id));
+  for (const t of readyTasks(rec.tasks, done, started)) rec.taskStates[t.id] = "ready";
+}
+
 export class Dispatcher {
   private consumer: Consumer | undefined;
+  private readonly ready = new ReadySet();
+  /** Latest record revision mirrored into `ready`, per job, so a late write never undoes a newer one. */
+  private readonly mirrored = new Map<string, number>();
+  private releasing: Promise<void> = Promise.resolve();
+  private releaseRequested = false;
+  private tick: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private readonly maxAttempts: number;
 
   private constructor(
     private readonly bus: Bus,
     private readonly store: ObjectStore,
     private readonly kv: KeyValue,
-    /** A task that failed this many times fails its job. */
-    private readonly maxAttempts: number,
-  ) {}
+    options: DispatcherOptions,
+  ) {
+    this.maxAttempts = options.maxAttempts ?? 3;
+  }
 
-  static async start(bus: Bus, store: ObjectStore, options: { maxAttempts?: number } = {}): Promise<Dispatcher> {
+  static async start(bus: Bus, store: ObjectStore, options: DispatcherOptions = {}): Promise<Dispatcher> {
     for (const q of [...STAGE_KINDS, RESULTS_QUEUE]) await bus.queues.ensure(q);
-    const d = new Dispatcher(bus, store, await bus.kv(JOBS_BUCKET), options.maxAttempts ?? 3);
+    const d = new Dispatcher(bus, store, await bus.kv(JOBS_BUCKET), options);
     d.consumer = await bus.queues.consume(RESULTS_QUEUE, { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 }, async (m) => {
       await d.onResult(dec<TaskResult>(m.data));
       m.ack();
     });
-    // Resume: queue whatever is ready in every unfinished job (dedup makes this safe).
+    // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
+    // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
     for (const jobId of await d.kv.keys()) {
       const cur = await readJob(d.kv, jobId);
-      if (cur !== null && (cur.record.state === "QUEUED" || cur.record.state === "RUNNING")) await d.queueReady(jobId);
+      if (cur === null || !active(cur.record)) continue;
+      const w = await updateJob(d.kv, jobId, (rec) => (active(rec) ? (markReady(rec), rec) : null));
+      if (w === null) continue;
+      d.mirror(w.record, w.revision);
+      for (const t of w.record.tasks) {
+        if (w.record.taskStates[t.id] === "queued") await d.bus.queues.enqueue(t.kind, enc({ jobId, taskId: t.id } satisfies TaskMessage), dedupId(w.record, t.id));
+      }
     }
+    d.tick = setInterval(() => d.requestRelease(), options.tickMs ?? 250);
+    d.tick.unref();
+    d.requestRelease();
     return d;
   }
 
-  async submit(spec: JobSpec, tasks: StageTask[]): Promise<void> {
+  async submit(spec: JobSpec, tasks: StageTask[], options: { priority?: number } = {}): Promise<void> {
+    const priority = options.priority ?? 0;
+    if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
+      throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`);
+    }
     const now = new Date().toISOString();
-    await createJob(this.kv, {
+    const record: JobRecord = {
       spec,
       state: "QUEUED",
       tasks,
       taskStates: Object.fromEntries(tasks.map((t) => [t.id, "pending" as const])),
       attempts: {},
+      priority,
       createdAt: now,
       updatedAt: now,
-    });
-    await this.queueReady(spec.jobId);
+    };
+    markReady(record);
+    this.mirror(record, await createJob(this.kv, record));
+    this.requestRelease();
   }
 
   async job(jobId: string): Promise<JobRecord | null> {
     return (await readJob(this.kv, jobId))?.record ?? null;
+  }
+
+  /** Ready tasks held back for want of room on their stage queue (all stages, or one). */
+  held(kind?: StageKind): number {
+    return this.ready.size(kind);
   }
 
   private publish(r: JobRecord, taskId?: string): void {
@@ -106,30 +162,56 @@ export class Dispatcher {
     this.bus.events.publish(jobEventSubject(r.spec.jobId), enc(event));
   }
 
-  /** Marks the job's newly ready tasks queued (inside a record update) and returns them. */
-  private static markReady(rec: JobRecord): StageTask[] {
-    const done = new Set(Object.entries(rec.taskStates).filter(([, s]) => s === "done").map(([id]) => id));
-    const busy = new Set(Object.entries(rec.taskStates).filter(([, s]) => s !== "pending").map(([id]) => id));
-    const ready = readyTasks(rec.tasks, done, busy);
-    for (const t of ready) rec.taskStates[t.id] = "queued";
-    return ready;
-  }
-
-  private async enqueue(jobId: string, tasks: Iterable<StageTask>): Promise<void> {
-    for (const t of tasks) await this.bus.queues.enqueue(t.kind, enc({ jobId, taskId: t.id } satisfies TaskMessage), t.id);
-  }
-
-  private async queueReady(jobId: string): Promise<void> {
-    await updateJob(this.kv, jobId, (rec) => {
-      if (rec.state !== "QUEUED" && rec.state !== "RUNNING") return null;
-      Dispatcher.markReady(rec);
-      return rec;
+  /** Makes the held set agree with a record this dispatcher wrote (or read at start). */
+  private mirror(r: JobRecord, revision: number): void {
+    const jobId = r.spec.jobId;
+    if ((this.mirrored.get(jobId) ?? -1) > revision) return;
+    this.mirrored.set(jobId, revision);
+    this.ready.deleteJob(jobId);
+    if (!active(r)) return;
+    const createdAt = Date.parse(r.createdAt);
+    r.tasks.forEach((t, order) => {
+      if (r.taskStates[t.id] === "ready") this.ready.add({ jobId, taskId: t.id, kind: t.kind, priority: r.priority ?? 0, createdAt, order });
     });
-    // Queue every task marked queued, also those of an earlier run that died before enqueueing:
-    // the queue's dedup window drops true duplicates.
-    const record = (await readJob(this.kv, jobId))?.record;
-    if (record === undefined || (record.state !== "QUEUED" && record.state !== "RUNNING")) return;
-    await this.enqueue(jobId, record.tasks.filter((t) => record.taskStates[t.id] === "queued"));
+  }
+
+  /** Runs a release pass after the one in progress (at most one waits). */
+  private requestRelease(): void {
+    if (this.releaseRequested || this.stopped) return;
+    this.releaseRequested = true;
+    this.releasing = this.releasing.then(async () => {
+      this.releaseRequested = false;
+      if (this.stopped) return;
+      try {
+        await this.releasePass();
+      } catch {
+        // The bus is away (a NATS restart): the next tick tries again.
+      }
+    });
+  }
+
+  /** Gives each idle node the best held task of its stage. */
+  private async releasePass(): Promise<void> {
+    for (const kind of this.ready.kinds()) {
+      const { waiting, idleWorkers } = await this.bus.queues.stats(kind);
+      let room = idleWorkers - waiting;
+      for (let next = this.ready.best(kind); next !== undefined && room > 0; next = this.ready.best(kind)) {
+        this.ready.delete(kind, next.taskId);
+        const { jobId, taskId } = next;
+        const w = await updateJob(this.kv, jobId, (rec) => (active(rec) && rec.taskStates[taskId] === "ready" ? ((rec.taskStates[taskId] = "queued"), rec) : null));
+        if (w === null) continue; // cancelled, or already moved on
+        this.mirror(w.record, w.revision);
+        try {
+          await this.bus.queues.enqueue(kind, enc({ jobId, taskId } satisfies TaskMessage), dedupId(w.record, taskId));
+        } catch (err) {
+          // Hold it again rather than leave it marked queued but on no queue.
+          const back = await updateJob(this.kv, jobId, (rec) => (rec.taskStates[taskId] === "queued" ? ((rec.taskStates[taskId] = "ready"), rec) : null));
+          if (back !== null) this.mirror(back.record, back.revision);
+          throw err;
+        }
+        room--;
+      }
+    }
   }
 
   /**
@@ -137,36 +219,78 @@ export class Dispatcher {
    * Nodes working on it notice within their lease interval and stop. Returns null if it had ended.
    */
   async cancel(jobId: string): Promise<JobRecord | null> {
-    const r = await updateJob(this.kv, jobId, (rec) => (rec.state === "QUEUED" || rec.state === "RUNNING" ? { ...rec, state: "CANCELLED" } : null));
-    if (r !== null) {
-      await this.store.deletePrefix(jobPrefix(jobId));
-      this.publish(r);
+    const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? { ...rec, state: "CANCELLED" } : null));
+    if (w === null) return null;
+    this.mirror(w.record, w.revision);
+    await this.store.deletePrefix(jobPrefix(jobId));
+    this.publish(w.record);
+    return w.record;
+  }
+
+  /** Changes an unfinished job's priority; its held tasks move at once. Null if the job has ended. */
+  async setPriority(jobId: string, priority: number): Promise<JobRecord | null> {
+    if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
+      throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`);
     }
-    return r;
+    const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? { ...rec, priority } : null));
+    if (w === null) return null;
+    this.mirror(w.record, w.revision);
+    this.publish(w.record);
+    this.requestRelease();
+    return w.record;
+  }
+
+  /**
+   * Runs a FAILED job again from where it stopped: finished tasks and their objects are kept, the
+   * rest get a fresh attempt budget. Null if the job is not FAILED.
+   */
+  async retry(jobId: string): Promise<JobRecord | null> {
+    const w = await updateJob(this.kv, jobId, (rec) => {
+      if (rec.state !== "FAILED") return null;
+      rec.retries = (rec.retries ?? 0) + 1;
+      rec.attemptsBeforeRetry ??= {};
+      for (const t of rec.tasks) {
+        if (rec.taskStates[t.id] === "done") continue;
+        rec.taskStates[t.id] = "pending";
+        rec.attemptsBeforeRetry[t.id] = rec.attempts[t.id] ?? 0;
+      }
+      delete rec.error;
+      delete rec.errorStatus;
+      rec.state = "RUNNING";
+      markReady(rec);
+      return rec;
+    });
+    if (w === null) return null;
+    this.mirror(w.record, w.revision);
+    this.publish(w.record);
+    this.requestRelease();
+    return w.record;
   }
 
   private async onResult(result: TaskResult): Promise<void> {
     let cancelled = false;
-    let ready: StageTask[] = [];
     // One revision-checked write records the result and marks what became ready.
-    const r = await updateJob(this.kv, result.jobId, (rec) => {
-      ready = [];
+    const w = await updateJob(this.kv, result.jobId, (rec) => {
       cancelled = rec.state === "CANCELLED";
-      if (rec.taskStates[result.taskId] === "done" || (rec.state !== "QUEUED" && rec.state !== "RUNNING")) return null;
-      rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1;
+      if (rec.taskStates[result.taskId] === "done" || !active(rec)) return null;
+      const attempts = (rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1);
       if (result.startedAt !== undefined && result.finishedAt !== undefined) {
         (rec.taskLog ??= []).push({ taskId: result.taskId, node: result.node, ok: result.ok, startedAt: result.startedAt, finishedAt: result.finishedAt, modelMs: result.modelMs ?? 0 });
       }
       if (result.ok) {
         rec.taskStates[result.taskId] = "done";
         rec.state = Object.values(rec.taskStates).every((s) => s === "done") ? "SUCCEEDED" : "RUNNING";
-      } else if (rec.attempts[result.taskId]! >= this.maxAttempts) {
+      } else if (attempts - (rec.attemptsBeforeRetry?.[result.taskId] ?? 0) >= this.maxAttempts) {
         rec.taskStates[result.taskId] = "failed";
         rec.state = "FAILED";
-        rec.error = `${result.taskId} failed ${rec.attempts[result.taskId]} times; last on ${result.node}: ${result.error ?? "unknown error"}`;
+        rec.error = `${result.taskId} failed ${attempts} times; last on ${result.node}: ${result.error ?? "unknown error"}`;
         rec.errorStatus = result.errorStatus ?? "INTERNAL";
+      } else {
+        // Attempts left: back to the held set, to be released again (as a new attempt).
+        rec.taskStates[result.taskId] = "ready";
+        rec.state = "RUNNING";
       }
-      if (rec.state === "RUNNING") ready = Dispatcher.markReady(rec);
+      if (rec.state === "RUNNING") markReady(rec);
       return rec;
     });
     if (cancelled) {
@@ -174,18 +298,16 @@ export class Dispatcher {
       await this.store.deletePrefix(jobPrefix(result.jobId));
       return;
     }
-    if (r === null) return;
-    this.publish(r, result.taskId);
-    if (r.state !== "RUNNING") return;
-    if (!result.ok) {
-      // Not yet out of attempts: put the task back on its queue.
-      const t = r.tasks.find((x) => x.id === result.taskId)!;
-      await this.bus.queues.enqueue(t.kind, enc({ jobId: result.jobId, taskId: t.id } satisfies TaskMessage), `${t.id}#${r.attempts[t.id]}`);
-    }
-    await this.enqueue(result.jobId, ready);
+    if (w === null) return;
+    this.mirror(w.record, w.revision);
+    this.publish(w.record, result.taskId);
+    this.requestRelease();
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.tick);
     await this.consumer?.stop();
+    await this.releasing;
   }
 }

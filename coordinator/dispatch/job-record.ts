@@ -9,7 +9,12 @@ import type { JobSpec } from "../../shared/job/job-spec.js";
 import type { StageTask } from "../planner/job-plan.js";
 
 export type JobState = "QUEUED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED";
-export type TaskState = "pending" | "queued" | "done" | "failed";
+/**
+ * pending: waits for its dependencies; ready: runnable, held by the dispatcher until its stage
+ * queue has room (so priority decides what runs next); queued: on the stage queue or running;
+ * done; failed: out of attempts.
+ */
+export type TaskState = "pending" | "ready" | "queued" | "done" | "failed";
 
 export interface JobRecord {
   spec: JobSpec;
@@ -17,6 +22,12 @@ export interface JobRecord {
   tasks: StageTask[];
   taskStates: Record<string, TaskState>;
   attempts: Record<string, number>;
+  /** Higher runs first; equal priorities run oldest job first. Absent in older records: 0. */
+  priority?: number;
+  /** Operator retries of this job so far (each gives failed tasks a fresh attempt budget). */
+  retries?: number;
+  /** Per task, the attempts spent before the latest retry. */
+  attemptsBeforeRetry?: Record<string, number>;
   error?: string;
   errorStatus?: string;
   /** Every attempt's node and time span, in the order results arrived (the job's event log). */
@@ -33,15 +44,17 @@ export async function readJob(kv: KeyValue, jobId: string): Promise<{ record: Jo
   return e === null ? null : { record: dec(e.value), revision: e.revision };
 }
 
-export async function createJob(kv: KeyValue, record: JobRecord): Promise<void> {
-  await kv.create(record.spec.jobId, enc(record));
+/** Writes a new job's record; returns its revision. */
+export async function createJob(kv: KeyValue, record: JobRecord): Promise<number> {
+  return kv.create(record.spec.jobId, enc(record));
 }
 
 /**
  * Applies change to the job's latest record and writes it if no one else did in between;
- * retries on a lost race. Returns the record as written, or null if change returned null.
+ * retries on a lost race. Returns the record as written with its revision, or null if change
+ * returned null.
  */
-export async function updateJob(kv: KeyValue, jobId: string, change: (r: JobRecord) => JobRecord | null): Promise<JobRecord | null> {
+export async function updateJob(kv: KeyValue, jobId: string, change: (r: JobRecord) => JobRecord | null): Promise<{ record: JobRecord; revision: number } | null> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const cur = await readJob(kv, jobId);
     if (cur === null) throw new FarmError("NOT_FOUND", `job ${jobId} does not exist`);
@@ -49,8 +62,7 @@ export async function updateJob(kv: KeyValue, jobId: string, change: (r: JobReco
     if (next === null) return null;
     next.updatedAt = new Date().toISOString();
     try {
-      await kv.update(jobId, enc(next), cur.revision);
-      return next;
+      return { record: next, revision: await kv.update(jobId, enc(next), cur.revision) };
     } catch (err) {
       if (!(err instanceof FarmError) || err.status !== "ABORTED") throw err;
     }

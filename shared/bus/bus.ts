@@ -31,6 +31,17 @@ export interface Consumer {
   stop(): Promise<void>;
 }
 
+export interface QueueStats {
+  /** Tasks not yet handed to a worker (or due again). */
+  waiting: number;
+  /** Tasks handed to a worker and not yet acknowledged. */
+  inFlight: number;
+  /** Of those, tasks on their second or later delivery. */
+  redelivered: number;
+  /** Workers asking for a task right now (idle capacity). */
+  idleWorkers: number;
+}
+
 export interface WorkQueues {
   /** Declares a queue (idempotent). */
   ensure(queue: string): Promise<void>;
@@ -39,6 +50,7 @@ export interface WorkQueues {
   consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer>;
   /** Tasks waiting (not yet delivered or due again). */
   depth(queue: string): Promise<number>;
+  stats(queue: string): Promise<QueueStats>;
 }
 
 export interface KvEntry {

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from "node:events";
 import { FarmError } from "../errors.js";
-import { subjectMatches, validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type WorkQueues } from "./bus.js";
+import { subjectMatches, validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type QueueStats, type WorkQueues } from "./bus.js";
 
 interface Pending {
   data: Uint8Array;
@@ -19,6 +19,8 @@ const DEDUP_WINDOW_MS = 2 * 60_000;
 
 class MemoryQueue {
   readonly tasks: Pending[] = [];
+  /** Free handler slots of the running consumers. */
+  idle = 0;
   readonly seen = new Map<string, number>();
   readonly wake = new EventEmitter();
 }
@@ -50,6 +52,12 @@ class MemoryQueues implements WorkQueues {
 
   async depth(queue: string): Promise<number> {
     return this.q(queue).tasks.filter((t) => !t.leased).length;
+  }
+
+  async stats(queue: string): Promise<QueueStats> {
+    const q = this.q(queue);
+    const leased = q.tasks.filter((t) => t.leased);
+    return { waiting: q.tasks.length - leased.length, inFlight: leased.length, redelivered: leased.filter((t) => t.attempts > 1).length, idleWorkers: q.idle };
   }
 
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
@@ -95,22 +103,26 @@ class MemoryQueues implements WorkQueues {
           term: () => settle(() => (clearTimeout(t.timer), q.tasks.splice(q.tasks.indexOf(t), 1))),
         };
         running++;
+        q.idle--;
         const p = handler(delivery)
           .catch(() => delivery.nak())
           .finally(() => {
             running--;
+            if (!stopped) q.idle++;
             inflight.delete(p);
             pump();
           });
         inflight.add(p);
       }
     };
+    q.idle += concurrency;
     q.wake.on("task", pump);
     poll = setInterval(pump, 50);
     pump();
     return {
       stop: async () => {
         stopped = true;
+        q.idle -= concurrency - running;
         clearInterval(poll);
         poll = undefined;
         q.wake.off("task", pump);

@@ -8,7 +8,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, RetentionPolicy, StorageType, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
-import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type WorkQueues } from "./bus.js";
+import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type QueueStats, type WorkQueues } from "./bus.js";
 
 const ms = (n: number): number => n * 1_000_000;
 const streamOf = (queue: string): string => `FF_Q_${queue}`;
@@ -34,12 +34,16 @@ class NatsQueues implements WorkQueues {
     await this.js.publish(subjectOf(queue), data, dedupId !== undefined ? { msgID: dedupId } : {});
   }
 
-  /** Tasks not yet handed to a worker: the queue's consumer's undelivered count (a work-queue stream has one consumer). */
   async depth(queue: string): Promise<number> {
+    return (await this.stats(queue)).waiting;
+  }
+
+  /** From the queue's consumer (a work-queue stream has exactly one); an idle worker holds an open pull request. */
+  async stats(queue: string): Promise<QueueStats> {
     const stream = streamOf(queue);
-    const consumers = await this.jsm.consumers.list(stream).next();
-    if (consumers.length > 0) return consumers[0]!.num_pending;
-    return (await this.jsm.streams.info(stream)).state.messages;
+    const [c] = await this.jsm.consumers.list(stream).next();
+    if (c === undefined) return { waiting: (await this.jsm.streams.info(stream)).state.messages, inFlight: 0, redelivered: 0, idleWorkers: 0 };
+    return { waiting: c.num_pending, inFlight: c.num_ack_pending, redelivered: c.num_redelivered, idleWorkers: c.num_waiting };
   }
 
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
