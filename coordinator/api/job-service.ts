@@ -71,6 +71,19 @@ function progressOf(r: JobRecord, live?: StepEvent): Progress {
   };
 }
 
+/** The preview of the section decoded last (decode results arrive in the task log in order). */
+function latestPreview(r: JobRecord): string | undefined {
+  let latest: string | undefined;
+  for (const e of r.taskLog ?? []) if (e.ok) latest = previewOf(r, e.taskId) ?? latest;
+  return latest;
+}
+
+/** The preview a finished decode task wrote, if the event is about one. */
+function previewOf(r: JobRecord, taskId: string | undefined): string | undefined {
+  const task = taskId === undefined ? undefined : r.tasks.find((t) => t.id === taskId);
+  return task?.kind === "decode" && r.taskStates[task.id] === "done" ? task.outputs["preview"] : undefined;
+}
+
 function settingsOf(r: JobRecord): RenderSettings {
   const p = r.spec.params;
   return {
@@ -104,12 +117,13 @@ export class JobService {
     const keys = jobKeys(r.spec.jobId);
     const expiry = this.deps.urlExpirySeconds ?? 3600;
     const done = r.state === "SUCCEEDED";
+    const preview = r.state === "CANCELLED" ? undefined : latestPreview(r);
     return {
       id: r.spec.jobId,
       state: STATE_TO_PB[r.state],
       settings: settingsOf(r),
       bundle: this.deps.bundleName,
-      priority: 0,
+      priority: r.priority ?? 0,
       progress: progressOf(r, live),
       createdAt: timestamp(r.createdAt),
       updatedAt: timestamp(r.updatedAt),
@@ -121,6 +135,8 @@ export class JobService {
       numFrames: r.spec.params.numFrames,
       height: r.spec.height,
       width: r.spec.width,
+      previewKey: preview ?? "",
+      previewUrl: preview !== undefined ? await this.deps.store.presignedGetUrl(preview, expiry) : "",
     };
   }
 
@@ -194,7 +210,7 @@ export class JobService {
     try {
       await this.deps.store.put(keys.firstImage, first.bytes);
       if (last !== null) await this.deps.store.put(keys.lastImage, last.bytes);
-      await this.deps.dispatcher.submit(spec, tasks);
+      await this.deps.dispatcher.submit(spec, tasks, { priority: req.priority });
     } catch (err) {
       // Leave nothing behind for a submission that did not become a job.
       await this.deps.store.deletePrefix(jobPrefix(jobId)).catch(() => undefined);
@@ -256,9 +272,10 @@ export class JobService {
   private async watch(call: ServerWritableStream<{ id: string }, WatchJobResponse>): Promise<void> {
     let seq = 0n;
     let live: StepEvent | undefined;
-    const send = async (r: JobRecord, stateChanged: boolean): Promise<void> => {
+    const send = async (r: JobRecord, stateChanged: boolean, previewKey?: string): Promise<void> => {
       const job = await this.toJob(r, live);
-      const event: WatchJobResponse["event"] = stateChanged ? { $case: "state", value: job.state } : { $case: "progress", value: job.progress! };
+      const event: WatchJobResponse["event"] =
+        previewKey !== undefined ? { $case: "previewKey", value: previewKey } : stateChanged ? { $case: "state", value: job.state } : { $case: "progress", value: job.progress! };
       call.write({ jobId: r.spec.jobId, sequence: ++seq, at: timestamp(new Date().toISOString()), event, job });
     };
     try {
@@ -269,7 +286,7 @@ export class JobService {
         let chain = Promise.resolve();
         const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (_subject, data) => {
           chain = chain.then(async () => {
-            const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
+            const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent> & { taskId?: string };
             if (typeof e.step === "number") {
               // A step event: live progress on the record we have, no state read.
               live = e as StepEvent;
@@ -279,6 +296,8 @@ export class JobService {
             const changed = next.state !== record.state;
             record = next;
             await send(record, changed);
+            const preview = previewOf(record, e.taskId);
+            if (preview !== undefined && record.state !== "CANCELLED") await send(record, false, preview);
             if (TERMINAL.has(record.state)) {
               off();
               resolve();

@@ -52,6 +52,8 @@ export function jobKeys(jobId: string) {
     sectionLatents: (k: number) => `${p}sections/${k}/latents.safetensors`,
     history: (k: number) => `${p}sections/${k}/history.safetensors`,
     sectionVideo: (k: number) => `${p}sections/${k}/video.safetensors`,
+    /** A section's decoded frames as a small MP4, for watching a job while it renders. */
+    sectionPreview: (k: number) => `${p}previews/section-${k}.mp4`,
     video: `${p}output/video.mp4`,
   };
 }
@@ -92,7 +94,7 @@ export function planJob(input: JobPlanInput): StageTask[] {
     });
     tasks.push({
       id: id("decode", k), jobId, kind: "decode", section: k, dependsOn: [id("denoise", k)],
-      inputs: { history: keys.history(k) }, outputs: { video: keys.sectionVideo(k) },
+      inputs: { history: keys.history(k) }, outputs: { video: keys.sectionVideo(k), preview: keys.sectionPreview(k) },
     });
     decodes.push(id("decode", k));
   }

@@ -17,9 +17,9 @@ import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { flowMatchSchedule, imageSeqLen } from "../../shared/sampler/flow-match.js";
 import { appendSection, initialHistory, sectionInputs, type History } from "../../shared/framepack/history.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
-import { trimFrameCount } from "../../shared/framepack/frames.js";
+import { trimFrameCount, videoToUint8Frames } from "../../shared/framepack/frames.js";
 import { decodeImage, prepareImage } from "../../shared/image/decode.js";
-import { writeMp4 } from "../../shared/video/mp4.js";
+import { writeMp4, type Mp4Options } from "../../shared/video/mp4.js";
 import { encodeText, type PromptEmbeddings } from "../stages/encode-text.js";
 import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "../stages/encode-image.js";
 import { denoiseSection, type TextConditioning } from "../stages/denoise-section.js";
@@ -86,6 +86,18 @@ export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: 
     acc.add(video);
   }
   return acc.finish(trimFrameCount(decoded, ctx.runtime.bundle.manifest.vae.temporal_compression_ratio));
+}
+
+/** Encodes frames as an MP4 object under key, unless one is there already. */
+async function writeVideoObject(store: ObjectStore, key: string, frames: Tensor<"uint8">, options: Mp4Options): Promise<void> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-mp4-"));
+  try {
+    const file = path.join(dir, "video.mp4");
+    await writeMp4(frames, file, options);
+    await store.putIfAbsent(key, new Uint8Array(await readFile(file)), "video/mp4");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: JobSpec, observer: TaskObserver = {}): Promise<void> {
@@ -161,19 +173,13 @@ export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: Jo
     case "decode": {
       const h = await readTensors(ctx, task.inputs["history"]!);
       const vaeLatents = toVaeLatents(need(h.tensors, "decode_latents", task.inputs["history"]!), runtime.bundle.manifest.vae.scaling_factor);
-      await writeOnce(ctx, task.outputs["video"]!, { video: await decodeVideo(runtime, vaeLatents) });
+      const video = await decodeVideo(runtime, vaeLatents);
+      await writeOnce(ctx, task.outputs["video"]!, { video });
+      if (task.outputs["preview"] !== undefined) await writeVideoObject(store, task.outputs["preview"], videoToUint8Frames(video, video.shape[2]!), params);
       return;
     }
     case "mux": {
-      const frames = await assembleFrames(ctx, task, spec);
-      const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-mux-"));
-      try {
-        const file = path.join(dir, "video.mp4");
-        await writeMp4(frames, file, params);
-        await store.putIfAbsent(task.outputs["video"]!, new Uint8Array(await readFile(file)), "video/mp4");
-      } finally {
-        await rm(dir, { recursive: true, force: true });
-      }
+      await writeVideoObject(store, task.outputs["video"]!, await assembleFrames(ctx, task, spec), params);
       return;
     }
   }

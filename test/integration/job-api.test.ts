@@ -82,6 +82,13 @@ test("submit, watch to completion, fetch the video through its URL", async () =>
   assert.equal(last.progress!.sectionsDone, last.progress!.sectionsTotal);
   assert.ok(events.some((e) => e.event?.$case === "progress" && e.event.value.currentStep > 0), "denoise steps were streamed");
   assert.equal(events[0]!.event?.$case, "state");
+  // One preview per decoded section, each a playable MP4 object that the job names as its latest.
+  const previews = events.flatMap((e) => (e.event?.$case === "previewKey" ? [e.event.value] : []));
+  assert.equal(previews.length, last.progress!.sectionsTotal, `a preview per section: ${previews.join(", ")}`);
+  assert.equal(new Set(previews).size, previews.length);
+  for (const key of previews) assert.equal(Buffer.from(await store.get(key)).subarray(4, 8).toString(), "ftyp", key);
+  assert.equal(last.previewKey, previews.at(-1));
+  assert.ok(last.previewUrl.length > 0);
   const got = await new Promise<SubmitJobResponse["job"]>((resolve, reject) => client.getJob({ id: job.id }, (err, res) => (err ? reject(err) : resolve(res.job))));
   assert.ok(got!.videoUrl.startsWith("file:"));
   const mp4 = await readFile(fileURLToPath(got!.videoUrl));

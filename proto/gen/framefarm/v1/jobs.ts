@@ -218,6 +218,12 @@ export interface Job {
   numFrames: number;
   height: number;
   width: number;
+  /**
+   * The latest decoded section's preview (a short MP4 of that section alone) and a presigned URL
+   * for it; empty until a section is decoded.
+   */
+  previewKey: string;
+  previewUrl: string;
 }
 
 export interface GetJobRequest {
@@ -1172,6 +1178,8 @@ function createBaseJob(): Job {
     numFrames: 0,
     height: 0,
     width: 0,
+    previewKey: "",
+    previewUrl: "",
   };
 }
 
@@ -1224,6 +1232,12 @@ export const Job: MessageFns<Job> = {
     }
     if (message.width !== 0) {
       writer.uint32(128).uint32(message.width);
+    }
+    if (message.previewKey !== "") {
+      writer.uint32(138).string(message.previewKey);
+    }
+    if (message.previewUrl !== "") {
+      writer.uint32(146).string(message.previewUrl);
     }
     return writer;
   },
@@ -1369,6 +1383,22 @@ export const Job: MessageFns<Job> = {
             message.width = reader.uint32();
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.previewKey = reader.string();
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.previewUrl = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1427,6 +1457,16 @@ export const Job: MessageFns<Job> = {
         : 0,
       height: isSet(object.height) ? globalThis.Number(object.height) : 0,
       width: isSet(object.width) ? globalThis.Number(object.width) : 0,
+      previewKey: isSet(object.previewKey)
+        ? globalThis.String(object.previewKey)
+        : isSet(object.preview_key)
+        ? globalThis.String(object.preview_key)
+        : "",
+      previewUrl: isSet(object.previewUrl)
+        ? globalThis.String(object.previewUrl)
+        : isSet(object.preview_url)
+        ? globalThis.String(object.preview_url)
+        : "",
     };
   },
 
@@ -1480,6 +1520,12 @@ export const Job: MessageFns<Job> = {
     if (message.width !== 0) {
       obj.width = Math.round(message.width);
     }
+    if (message.previewKey !== "") {
+      obj.previewKey = message.previewKey;
+    }
+    if (message.previewUrl !== "") {
+      obj.previewUrl = message.previewUrl;
+    }
     return obj;
   },
 
@@ -1514,6 +1560,8 @@ export const Job: MessageFns<Job> = {
     message.numFrames = object.numFrames ?? 0;
     message.height = object.height ?? 0;
     message.width = object.width ?? 0;
+    message.previewKey = object.previewKey ?? "";
+    message.previewUrl = object.previewUrl ?? "";
     return message;
   },
 };
