@@ -1,6 +1,7 @@
 /**
- * `framefarm check-reference <case.json>`: runs a reference case through the same code path as
- * `render` and compares every stage with diffusers' tensors. Exit 0 only if all are in tolerance.
+ * `framefarm check-reference <case.json>`: runs a reference case as `render` does and through the
+ * probed section loop, compares every stage with diffusers' tensors and the two runs' frames with
+ * each other. Exit 0 only if all are in tolerance. With --server, a case through a farm.
  */
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -12,10 +13,12 @@ import { readMp4Frames } from "../../shared/video/mp4.js";
 import { FarmError } from "../../shared/errors.js";
 import type { Tensor } from "../../shared/tensor/tensor.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
-import { openEmbedded } from "../embedded/open.js";
+import { openEmbedded, type Embedded } from "../embedded/open.js";
+import { startEmbeddedFarm } from "../embedded/embedded-farm.js";
+import { jobKeys } from "../planner/job-plan.js";
 import { pixelsFor, readImageFile } from "../embedded/inputs.js";
 import { renderJob } from "../embedded/render-job.js";
-import { loadReferenceCase, submitRequestFor } from "../parity/reference-case.js";
+import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "../parity/reference-case.js";
 import { compareRun, compareTensor, formatTable, type StageResult } from "../parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
 import { fetchVideo } from "./submit.js";
@@ -26,7 +29,11 @@ export interface ReferenceCheck {
   passed: boolean;
 }
 
-/** Runs one case embedded and compares it; used by the CLI and by the parity tests. */
+/**
+ * Runs one case embedded and compares it; used by the CLI and by the parity tests. Twice: once
+ * through the section loop with a probe at every stage (compared with diffusers' tensors), and
+ * once as `render` runs it (the in-process farm, lossless video), whose frames must be identical.
+ */
 export async function checkReferenceCase(caseFile: string, bundleDir: string, ep = "cpu"): Promise<ReferenceCheck> {
   const refCase = await loadReferenceCase(caseFile, { requireTensors: true });
   const embedded = await openEmbedded(bundleDir, ep);
@@ -40,11 +47,29 @@ export async function checkReferenceCase(caseFile: string, bundleDir: string, ep
     const first = await pixelsFor(await readImageFile(refCase.firstImage, "first_image"), size);
     const last = refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "last_image"), size);
     const got = new Map<string, Tensor>();
-    await renderJob(embedded, { params, firstPixels: first, lastPixels: last }, { probe: (k, t) => got.set(k, t) });
+    const probed = await renderJob(embedded, { params, firstPixels: first, lastPixels: last }, { probe: (k, t) => got.set(k, t) });
     const results = compareRun(got, refCase.expected);
+    results.push(compareTensor("frames_uint8 of render = probed run", await renderOnEmbeddedFarm(embedded, refCase), probed, "exact"));
     return { name: refCase.name, results, passed: results.every((r) => r.ok) };
   } finally {
     await embedded.close();
+  }
+}
+
+/** The case's frames as `render` makes them: the in-process farm, lossless MP4, decoded. */
+async function renderOnEmbeddedFarm(embedded: Embedded, refCase: ReferenceCase): Promise<Tensor<"uint8">> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-check-"));
+  const farm = await startEmbeddedFarm(embedded, path.join(dir, "store"));
+  try {
+    const { job } = await farm.service.submit(await submitRequestFor(refCase));
+    const record = await farm.waitFor(job.id);
+    if (record.state !== "SUCCEEDED") throw new FarmError("INTERNAL", `the render ended ${record.state}: ${record.error ?? ""}`);
+    const file = path.join(dir, "video.mp4");
+    await writeFile(file, await farm.store.get(jobKeys(job.id).video));
+    return await readMp4Frames(file, job.width, job.height);
+  } finally {
+    await farm.stop();
+    await rm(dir, { recursive: true, force: true });
   }
 }
 

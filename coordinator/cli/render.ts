@@ -1,17 +1,20 @@
 /**
- * `framefarm render`: one video in embedded mode (this process runs every stage).
+ * `framefarm render`: one video in embedded mode: this process is a whole farm (in-process bus,
+ * local object store, dispatcher and one node for every stage), the same code a cluster runs.
  */
-import { mkdir, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, stat } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { FarmError } from "../../shared/errors.js";
-import { validateRenderParams } from "../../shared/job/render-params.js";
-import { validateMp4Options, writeMp4 } from "../../shared/video/mp4.js";
+import { FarmError, type StatusName } from "../../shared/errors.js";
+import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openEmbedded } from "../embedded/open.js";
-import { pixelsFor, readImageFile, renderSize } from "../embedded/inputs.js";
-import { renderJob } from "../embedded/render-job.js";
+import { startEmbeddedFarm, type EmbeddedFarm } from "../embedded/embedded-farm.js";
+import { jobKeys } from "../planner/job-plan.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
+import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
+import { writeFileAtomically } from "./output-file.js";
 
 const HELP = `framefarm render — render one video in this process
 
@@ -35,28 +38,6 @@ const HELP = `framefarm render — render one video in this process
   --ep cpu|webgpu|cuda    execution provider (cpu)
   -o, --output FILE       output MP4                                        [required]`;
 
-/** The video settings, shared with `framefarm submit`. */
-export const RENDER_OPTIONS = {
-  image: { type: "string" },
-  "end-image": { type: "string" },
-  prompt: { type: "string" },
-  "negative-prompt": { type: "string" },
-  seconds: { type: "string" },
-  frames: { type: "string" },
-  mode: { type: "string" },
-  steps: { type: "string" },
-  guidance: { type: "string" },
-  cfg: { type: "string" },
-  seed: { type: "string" },
-  window: { type: "string" },
-  resolution: { type: "string" },
-  height: { type: "string" },
-  width: { type: "string" },
-  fps: { type: "string" },
-  crf: { type: "string" },
-  lossless: { type: "boolean" },
-} as const;
-
 export async function renderCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -75,52 +56,25 @@ export async function renderCommand(args: string[]): Promise<number> {
   if (outStat?.isDirectory() === true) throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
   const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
+  let farm: EmbeddedFarm | undefined;
   try {
-    const manifest = embedded.runtime.bundle.manifest;
-    const params = validateRenderParams(
-      {
-        prompt: values.prompt,
-        negativePrompt: values["negative-prompt"],
-        seconds: values.seconds,
-        numFrames: values.frames,
-        samplingType: values.mode,
-        steps: values.steps,
-        guidanceScale: values.guidance,
-        trueCfgScale: values.cfg,
-        seed: values.seed,
-        latentWindowSize: values.window,
-        resolution: values.resolution,
-        height: values.height,
-        width: values.width,
-        fps: values.fps,
-        crf: values.crf,
-        lossless: values.lossless === true,
-        hasEndImage: values["end-image"] !== undefined,
-      },
-      { samplingType: manifest.sampling_type, latentWindowSize: manifest.framepack.default_latent_window_size },
-    );
-    validateMp4Options(params);
-    const first = await readImageFile(values.image, "image");
-    const last = values["end-image"] !== undefined ? await readImageFile(values["end-image"], "end image") : null;
-    const size = renderSize(params, first);
-
+    const req = await submitRequestFrom(values);
+    // Checked before any work, so a bad fps or crf does not fail only at the very end.
+    validateMp4Options({ fps: req.settings?.fps ?? 30, crf: req.settings?.crf ?? 16 });
+    farm = await startEmbeddedFarm(embedded, data);
+    const { job } = await farm.service.submit(req);
     const progress = createProgress();
-    progress.stage(`rendering ${params.numFrames} frames at ${size.width}x${size.height} (${params.samplingType}, ${params.steps} steps)`);
-    const frames = await renderJob(
-      embedded,
-      { params, firstPixels: await pixelsFor(first, size), lastPixels: last === null ? null : await pixelsFor(last, size) },
-      {
-        onPlan: (n, m) => progress.start(n, m),
-        onStep: (section, step) => progress.step(section, step),
-        onStage: (label) => progress.stage(label),
-      },
-    ).finally(() => progress.stop());
-
+    progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
+    const record = await farm.waitFor(job.id, progress).finally(() => progress.stop());
+    if (record.state !== "SUCCEEDED") throw new FarmError((record.errorStatus ?? "INTERNAL") as StatusName, record.error ?? `the render ended ${record.state}`);
     await mkdir(path.dirname(output), { recursive: true });
-    await writeMp4(frames, output, params);
-    process.stderr.write(`wrote ${output}: ${frames.shape[0]} frames, ${size.width}x${size.height}, ${params.fps} fps\n`);
+    await writeFileAtomically(output, await farm.store.get(jobKeys(job.id).video));
+    process.stderr.write(`wrote ${output}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`);
     return 0;
   } finally {
+    await farm?.stop();
     await embedded.close();
+    await rm(data, { recursive: true, force: true });
   }
 }

@@ -2,15 +2,16 @@
  * Client commands against a farm's gRPC API: `submit` (optionally waiting with a progress bar and
  * downloading the MP4), `jobs` and `cancel`.
  */
-import { readFile, rename, rm, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
+import { writeFileAtomically } from "./output-file.js";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { credentials, type ServiceError } from "@grpc/grpc-js";
 import { FarmError, STATUS_CODE, type StatusName } from "../../shared/errors.js";
-import { JobServiceClient, JobState, SamplingMode, jobStateToJSON, type Job, type RenderSettings, type SubmitJobRequest, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
+import { JobServiceClient, JobState, jobStateToJSON, type Job, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
 import { createProgress } from "./progress.js";
-import { RENDER_OPTIONS } from "./render.js";
+import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
 
 function client(server: string | undefined): JobServiceClient {
   const address = server ?? process.env["FRAMEFARM_SERVER"];
@@ -28,17 +29,6 @@ function fromGrpc(err: unknown): FarmError {
 const call = <T>(fn: (cb: (err: ServiceError | null, res: T) => void) => void): Promise<T> =>
   new Promise((resolve, reject) => fn((err, res) => (err ? reject(fromGrpc(err)) : resolve(res))));
 
-const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
-
-async function imageInput(file: string | undefined, what: string): Promise<SubmitJobRequest["image"]> {
-  if (file === undefined) return undefined;
-  try {
-    return { source: { $case: "data", value: await readFile(file) } };
-  } catch (err) {
-    throw new FarmError("NOT_FOUND", `${what} ${file} cannot be read: ${(err as Error).message}`, { cause: err });
-  }
-}
-
 /** A finished job's video by its URL: presigned HTTP(S) on S3, file: on a local store. */
 export async function fetchVideo(url: string): Promise<Uint8Array> {
   try {
@@ -52,54 +42,19 @@ export async function fetchVideo(url: string): Promise<Uint8Array> {
 }
 
 async function download(url: string, out: string): Promise<void> {
-  const bytes = await fetchVideo(url);
-  const temp = `${out}.partial`;
-  try {
-    await writeFile(temp, bytes);
-    await rename(temp, out);
-  } catch (err) {
-    await rm(temp, { force: true });
-    throw err;
-  }
+  await writeFileAtomically(out, await fetchVideo(url));
 }
 
 export async function submitCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...RENDER_OPTIONS, server: { type: "string" }, wait: { type: "boolean" }, output: { type: "string", short: "o" }, "idempotency-key": { type: "string" } },
+    options: { ...RENDER_OPTIONS, server: { type: "string" }, wait: { type: "boolean" }, output: { type: "string", short: "o" }, "idempotency-key": { type: "string" }, priority: { type: "string" } },
   });
   if (values.output !== undefined && values.wait !== true) throw new FarmError("INVALID_ARGUMENT", "-o needs --wait");
-  const modes: Record<string, SamplingMode> = { inverted: SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, vanilla: SamplingMode.SAMPLING_MODE_VANILLA };
-  const mode = values.mode === undefined ? SamplingMode.SAMPLING_MODE_UNSPECIFIED : modes[values.mode];
-  if (mode === undefined) throw new FarmError("INVALID_ARGUMENT", `mode must be inverted or vanilla, got ${JSON.stringify(values.mode)}`);
-  const settings: RenderSettings = {
-    prompt: values.prompt ?? "",
-    ...(values["negative-prompt"] !== undefined ? { negativePrompt: values["negative-prompt"] } : {}),
-    ...(values.seconds !== undefined ? { length: { $case: "seconds", value: Number(values.seconds) } } : values.frames !== undefined ? { length: { $case: "numFrames", value: Number(values.frames) } } : {}),
-    mode,
-    steps: num(values.steps),
-    guidanceScale: num(values.guidance),
-    trueCfgScale: num(values.cfg),
-    seed: values.seed === undefined ? undefined : BigInt(values.seed),
-    latentWindowSize: num(values.window),
-    resolution: num(values.resolution),
-    height: num(values.height),
-    width: num(values.width),
-    fps: num(values.fps),
-    crf: num(values.crf),
-    ...(values.lossless === true ? { lossless: true } : {}),
-  };
   const c = client(values.server);
   try {
-    const req: SubmitJobRequest = {
-      image: await imageInput(values.image, "image"),
-      endImage: await imageInput(values["end-image"], "end image"),
-      settings,
-      bundle: "",
-      priority: 0,
-      idempotencyKey: values["idempotency-key"] ?? "",
-    };
+    const req = await submitRequestFrom(values, { priority: values.priority, idempotencyKey: values["idempotency-key"] });
     const { job, deduplicated } = await call<{ job?: Job; deduplicated: boolean }>((cb) => c.submitJob(req, cb));
     process.stdout.write(`${job!.id}${deduplicated ? " (already submitted)" : ""}\n`);
     if (values.wait !== true) return 0;

@@ -29,8 +29,7 @@ function shapesEqual(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-export function compareTensor(key: string, got: Tensor, want: Tensor): StageResult {
-  const rule = ruleFor(key);
+export function compareTensor(key: string, got: Tensor, want: Tensor, rule: Rule = ruleFor(key)): StageResult {
   const shape = `[${want.shape.join(",")}]`;
   if (!shapesEqual(got.shape, want.shape)) {
     return { key, rule, shape, measured: `shape [${got.shape.join(",")}]`, limit: "same shape", ok: false };
