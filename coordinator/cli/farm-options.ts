@@ -1,7 +1,8 @@
 /**
  * Connection settings shared by `framefarm coordinator`, `node` and `cluster`: where NATS and the
  * S3 server are. Flags win over environment variables (FRAMEFARM_NATS, FRAMEFARM_S3,
- * FRAMEFARM_S3_BUCKET, FRAMEFARM_S3_ACCESS_KEY, FRAMEFARM_S3_SECRET_KEY, FRAMEFARM_S3_TLS).
+ * FRAMEFARM_S3_BUCKET, FRAMEFARM_S3_ACCESS_KEY, FRAMEFARM_S3_SECRET_KEY, FRAMEFARM_S3_TLS,
+ * FRAMEFARM_S3_RETRY_MS: how long an unreachable object store is retried before a task fails).
  */
 import { FarmError } from "../../shared/errors.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
@@ -15,7 +16,7 @@ export const FARM_OPTIONS = {
 
 export interface FarmConnection {
   nats: string;
-  s3: { host: string; port: number; tls: boolean; accessKey: string; secretKey: string; bucket: string };
+  s3: { host: string; port: number; tls: boolean; accessKey: string; secretKey: string; bucket: string; retryForMs?: number };
 }
 
 export function farmConnection(values: { nats?: string | undefined; s3?: string | undefined; bucket?: string | undefined }): FarmConnection {
@@ -26,6 +27,9 @@ export function farmConnection(values: { nats?: string | undefined; s3?: string 
   if (s3 === undefined) throw new FarmError("INVALID_ARGUMENT", "S3 address missing: --s3 HOST:PORT (or FRAMEFARM_S3)");
   const m = /^([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(s3);
   if (m === null) throw new FarmError("INVALID_ARGUMENT", `--s3 must be HOST:PORT, got ${JSON.stringify(s3)}`);
+  const retry = env["FRAMEFARM_S3_RETRY_MS"];
+  const retryForMs = retry === undefined ? undefined : Number(retry);
+  if (retryForMs !== undefined && (!Number.isInteger(retryForMs) || retryForMs < 0)) throw new FarmError("INVALID_ARGUMENT", `FRAMEFARM_S3_RETRY_MS must be a whole number of milliseconds, got ${JSON.stringify(retry)}`);
   return {
     nats,
     s3: {
@@ -35,13 +39,14 @@ export function farmConnection(values: { nats?: string | undefined; s3?: string 
       accessKey: env["FRAMEFARM_S3_ACCESS_KEY"] ?? "S3RVER",
       secretKey: env["FRAMEFARM_S3_SECRET_KEY"] ?? "S3RVER",
       bucket: values.bucket ?? env["FRAMEFARM_S3_BUCKET"] ?? "framefarm",
+      ...(retryForMs !== undefined ? { retryForMs } : {}),
     },
   };
 }
 
 export async function connectFarm(c: FarmConnection, name: string): Promise<{ bus: NatsBus; store: S3ObjectStore }> {
   const bus = await NatsBus.connect(c.nats, name);
-  const store = await S3ObjectStore.open({ endpoint: c.s3.host, port: c.s3.port, useSSL: c.s3.tls, accessKey: c.s3.accessKey, secretKey: c.s3.secretKey, bucket: c.s3.bucket });
+  const store = await S3ObjectStore.open({ endpoint: c.s3.host, port: c.s3.port, useSSL: c.s3.tls, accessKey: c.s3.accessKey, secretKey: c.s3.secretKey, bucket: c.s3.bucket, ...(c.s3.retryForMs !== undefined ? { retryForMs: c.s3.retryForMs } : {}) });
   return { bus, store };
 }
 

@@ -35,7 +35,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" }, "cache-mb": { type: "string" } },
+    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" }, "cache-mb": { type: "string" }, "ack-wait-ms": { type: "string" } },
   });
   const stages = parseStages(values.stages ?? "all");
   const conn = farmConnection(values);
@@ -44,7 +44,10 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
   const cacheMb = Number(values["cache-mb"] ?? 512);
   if (!Number.isFinite(cacheMb) || cacheMb < 0) throw new FarmError("INVALID_ARGUMENT", `--cache-mb must be a non-negative number, got ${values["cache-mb"]}`);
-  const loop = await NodeLoop.start(bus, { ...embedded, store, cache: new TensorCache(cacheMb * 2 ** 20) }, { nodeId, stages });
+  // How long a task of a node that died stays leased before another node gets it.
+  const ackWaitMs = Number(values["ack-wait-ms"] ?? 30_000);
+  if (!Number.isInteger(ackWaitMs) || ackWaitMs < 500) throw new FarmError("INVALID_ARGUMENT", `--ack-wait-ms must be a whole number >= 500, got ${values["ack-wait-ms"]}`);
+  const loop = await NodeLoop.start(bus, { ...embedded, store, cache: new TensorCache(cacheMb * 2 ** 20) }, { nodeId, stages, ackWaitMs });
   process.stderr.write(`node ${nodeId} serving ${stages.join(", ")}\n`);
   await untilSignal();
   await loop.stop();

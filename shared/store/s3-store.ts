@@ -14,6 +14,21 @@ export interface S3StoreConfig {
   secretKey: string;
   bucket: string;
   region?: string;
+  /**
+   * How long an unreachable or overloaded server is retried (with backoff) before an operation
+   * fails UNAVAILABLE; 0 never retries. Default 30 s: a server restart is ridden out, an outage
+   * fails the task with a clear reason and the farm's retry budget takes over.
+   */
+  retryForMs?: number;
+}
+
+/** Errors of a server that is away or overloaded (worth another try), as opposed to answers. */
+const TRANSIENT_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"]);
+
+export function isTransientStoreError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && TRANSIENT_CODES.has(code)) return true;
+  return /socket hang up|ECONNREFUSED|ECONNRESET/.test(String((err as Error | null)?.message ?? ""));
 }
 
 const notFoundCodes = new Set(["NoSuchKey", "NotFound", "NoSuchObject"]);
@@ -34,8 +49,27 @@ export class S3ObjectStore implements ObjectStore {
   private constructor(
     client: Client,
     readonly bucket: string,
+    private readonly where: string,
+    private readonly retryForMs: number,
   ) {
     this.client = client;
+  }
+
+  /** Runs op, again after 100 ms, 200 ms, ... (at most 2 s apart) while the server is away, up to retryForMs. */
+  private async retry<T>(what: string, op: () => Promise<T>): Promise<T> {
+    const start = Date.now();
+    for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+      try {
+        return await op();
+      } catch (err) {
+        if (!isTransientStoreError(err)) throw err;
+        const waited = Date.now() - start;
+        if (waited + delay > this.retryForMs) {
+          throw new FarmError("UNAVAILABLE", `object store ${this.where} unreachable for ${(waited / 1000).toFixed(1)} s (${what}): ${(err as Error).message}`, { cause: err });
+        }
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
   }
 
   /** Connects and creates the bucket if it does not exist yet. */
@@ -54,12 +88,13 @@ export class S3ObjectStore implements ObjectStore {
     } catch (err) {
       throw new FarmError("UNAVAILABLE", `object store ${config.endpoint}:${config.port} bucket ${config.bucket}: ${(err as Error).message}`, { cause: err });
     }
-    return new S3ObjectStore(client, config.bucket);
+    return new S3ObjectStore(client, config.bucket, `${config.endpoint}:${config.port}`, config.retryForMs ?? 30_000);
   }
 
   async put(key: string, data: Uint8Array, contentType = "application/octet-stream"): Promise<PutResult> {
     validateObjectKey(key);
-    await this.client.putObject(this.bucket, key, Buffer.from(data.buffer, data.byteOffset, data.byteLength), data.byteLength, { "Content-Type": contentType });
+    const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    await this.retry(`write of ${key}`, () => this.client.putObject(this.bucket, key, body, data.byteLength, { "Content-Type": contentType }));
     return { key, size: data.length, sha256: sha256Hex(data) };
   }
 
@@ -74,8 +109,9 @@ export class S3ObjectStore implements ObjectStore {
   async get(key: string): Promise<Uint8Array> {
     validateObjectKey(key);
     try {
-      return await collect(await this.client.getObject(this.bucket, key));
+      return await this.retry(`read of ${key}`, async () => collect(await this.client.getObject(this.bucket, key)));
     } catch (err) {
+      if (err instanceof FarmError) throw err;
       if (isNotFound(err)) throw new FarmError("NOT_FOUND", `object ${key} does not exist`, { cause: err });
       throw new FarmError("UNAVAILABLE", `object store read of ${key} failed: ${(err as Error).message}`, { cause: err });
     }
@@ -84,8 +120,9 @@ export class S3ObjectStore implements ObjectStore {
   async head(key: string): Promise<{ size: number } | null> {
     validateObjectKey(key);
     try {
-      return { size: (await this.client.statObject(this.bucket, key)).size };
+      return { size: (await this.retry(`stat of ${key}`, () => this.client.statObject(this.bucket, key))).size };
     } catch (err) {
+      if (err instanceof FarmError) throw err;
       if (isNotFound(err)) return null;
       throw new FarmError("UNAVAILABLE", `object store stat of ${key} failed: ${(err as Error).message}`, { cause: err });
     }
@@ -93,22 +130,24 @@ export class S3ObjectStore implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     validateObjectKey(key);
-    await this.client.removeObject(this.bucket, key);
+    await this.retry(`delete of ${key}`, () => this.client.removeObject(this.bucket, key));
   }
 
   async list(prefix: string): Promise<string[]> {
     if (prefix !== "") validateObjectKey(prefix, true);
-    const keys: string[] = [];
-    for await (const item of this.client.listObjectsV2(this.bucket, prefix, true)) {
-      const name = (item as { name?: string }).name;
-      if (name !== undefined) keys.push(name);
-    }
-    return keys.sort();
+    return this.retry(`listing of ${prefix || "the bucket"}`, async () => {
+      const keys: string[] = [];
+      for await (const item of this.client.listObjectsV2(this.bucket, prefix, true)) {
+        const name = (item as { name?: string }).name;
+        if (name !== undefined) keys.push(name);
+      }
+      return keys.sort();
+    });
   }
 
   async deletePrefix(prefix: string): Promise<number> {
     const keys = await this.list(prefix);
-    if (keys.length > 0) await this.client.removeObjects(this.bucket, keys);
+    if (keys.length > 0) await this.retry(`deletion under ${prefix}`, () => this.client.removeObjects(this.bucket, keys));
     return keys.length;
   }
 

@@ -98,3 +98,31 @@ test("validateObjectKey accepts the farm's key shapes", () => {
   assert.equal(validateObjectKey("jobs/01HZX/section12/latents.safetensors"), "jobs/01HZX/section12/latents.safetensors");
   assert.equal(validateObjectKey("jobs/01HZX/", true), "jobs/01HZX/");
 });
+
+test("S3: a server restart is ridden out; an outage past the limit fails UNAVAILABLE naming the store", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-store-outage-"));
+  let server = await startS3Server(path.join(dir, "s3"));
+  const port = server.port;
+  const config = { endpoint: server.host, port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: "outage" };
+  const patient = await S3ObjectStore.open({ ...config, retryForMs: 20_000 });
+  const impatient = await S3ObjectStore.open({ ...config, retryForMs: 800 });
+  try {
+    const data = new TextEncoder().encode("kept across the outage");
+    await patient.put("jobs/o/before", data);
+    server.kill();
+    await new Promise((r) => server.process.once("exit", r));
+    const t0 = Date.now();
+    await assert.rejects(impatient.get("jobs/o/before"), (e: unknown) => e instanceof FarmError && e.status === "UNAVAILABLE" && /unreachable for \d+\.\d s \(read of jobs\/o\/before\)/.test(e.message));
+    assert.ok(Date.now() - t0 < 5000, "gave up after about its limit");
+    // Writes and reads issued during the outage complete once the server is back.
+    const during = Promise.all([patient.put("jobs/o/during", data), patient.get("jobs/o/before")]);
+    await new Promise((r) => setTimeout(r, 1500));
+    server = await startS3Server(path.join(dir, "s3"), port);
+    const [, before] = await during;
+    assert.deepEqual(before, data);
+    assert.deepEqual(await patient.get("jobs/o/during"), data);
+  } finally {
+    await server.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
