@@ -104,7 +104,11 @@ class NatsQueues implements WorkQueues {
 }
 
 class NatsKv implements KeyValue {
-  constructor(private readonly kv: Awaited<ReturnType<Kvm["create"]>>) {}
+  constructor(
+    private readonly kv: Awaited<ReturnType<Kvm["create"]>>,
+    private readonly jsm: JetStreamManager,
+    private readonly bucket: string,
+  ) {}
 
   async get(key: string): Promise<KvEntry | null> {
     const e = await this.kv.get(key);
@@ -133,10 +137,17 @@ class NatsKv implements KeyValue {
     await this.kv.delete(key);
   }
 
+  /**
+   * From one stream-info request (the bucket's subjects), not the client's keys(): that one waits
+   * on a push consumer for a "nothing pending" that, seen here after a coordinator was killed and
+   * restarted mid-job, never came. A deleted key keeps its delete marker, so keys are checked.
+   */
   async keys(): Promise<string[]> {
-    const out: string[] = [];
-    for await (const k of await this.kv.keys()) out.push(k);
-    return out.sort();
+    const prefix = `$KV.${this.bucket}.`;
+    const info = await this.jsm.streams.info(`KV_${this.bucket}`, { subjects_filter: `${prefix}>` });
+    const candidates = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length));
+    const live = await Promise.all(candidates.map(async (k) => ((await this.get(k)) !== null ? k : null)));
+    return live.filter((k): k is string => k !== null).sort();
   }
 }
 
@@ -163,6 +174,7 @@ export class NatsBus implements Bus {
     readonly queues: WorkQueues,
     readonly events: Events,
     private readonly kvm: Kvm,
+    private readonly jsm: JetStreamManager,
   ) {}
 
   static async connect(servers: string, name = "framefarm"): Promise<NatsBus> {
@@ -174,11 +186,11 @@ export class NatsBus implements Bus {
     }
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
-    return new NatsBus(nc, new NatsQueues(js, jsm), new NatsEvents(nc), new Kvm(nc));
+    return new NatsBus(nc, new NatsQueues(js, jsm), new NatsEvents(nc), new Kvm(nc), jsm);
   }
 
   async kv(bucket: string): Promise<KeyValue> {
-    return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File }));
+    return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File }), this.jsm, bucket);
   }
 
   async close(): Promise<void> {
