@@ -343,7 +343,9 @@ export class JobService {
       });
       call.end();
     } catch (err) {
-      call.destroy(Object.assign(new Error((err as Error).message), toGrpcError(err)));
+      // grpc-js sends a stream's status from end(): its 'error' listener sets the status, then ends.
+      // destroy() would skip end(), and the client would wait forever.
+      call.emit("error", Object.assign(new Error((err as Error).message), toGrpcError(err)));
     }
   }
 }
