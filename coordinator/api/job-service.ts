@@ -22,7 +22,7 @@ import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../..
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
-import { Dispatcher, jobEventSubject, JOBS_BUCKET, type StepEvent } from "../dispatch/dispatcher.js";
+import { Dispatcher, jobEventSubject, JOBS_BUCKET, PRIORITY_RANGE, type StepEvent } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { DEFAULT_TENANT, TokenAuth } from "../auth/tokens.js";
 import { requestError } from "./strict-decode.js";
@@ -173,6 +173,8 @@ export class JobService {
   async submit(req: Parameters<JobServiceServer["submitJob"]>[0]["request"], tenant: string = DEFAULT_TENANT): Promise<{ job: Job; deduplicated: boolean }> {
     const { manifest } = this.deps;
     if (req.bundle !== "" && req.bundle !== this.deps.bundleName) throw new FarmError("NOT_FOUND", `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(this.deps.bundleName)}`);
+    // Also checked by the dispatcher; here so a bad one is refused before any image is decoded or stored.
+    if (req.priority < PRIORITY_RANGE.min || req.priority > PRIORITY_RANGE.max) throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${req.priority}`);
     if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey)) throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
     const s = req.settings;
     if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");

@@ -165,6 +165,8 @@ const rows: Row[] = [
   { name: "resolution too large", call: () => submit({ settings: settings({ resolution: 1_000_000 }) }), code: status.INVALID_ARGUMENT, message: /resolution must be an integer from 64 to 1280, got 1000000/ },
   // request envelope
   { name: "unknown bundle", call: () => submit({ bundle: "flux-dev" }), code: status.NOT_FOUND, message: /unknown bundle "flux-dev"; this farm serves "tiny"/ },
+  { name: "priority over the range", call: () => submit({ priority: 1_000_000_000 }), code: status.INVALID_ARGUMENT, message: /priority must be an integer from -1000 to 1000, got 1000000000/ },
+  { name: "most negative priority", call: () => submit({ priority: -(2 ** 31) }), code: status.INVALID_ARGUMENT, message: /priority must be an integer from -1000 to 1000, got -2147483648/ },
   { name: "idempotency key with spaces", call: () => submit({ idempotencyKey: "my key" }), code: status.INVALID_ARGUMENT, message: /idempotency key must be 1-128 characters of \[A-Za-z0-9._:-\]/ },
   { name: "idempotency key of 129 characters", call: () => submit({ idempotencyKey: "k".repeat(129) }), code: status.INVALID_ARGUMENT, message: /idempotency key must be 1-128 characters/ },
   { name: "idempotency key with a bad image", call: () => submit({ idempotencyKey: "retry-1", image: data(Buffer.from("nope")) }), code: status.INVALID_ARGUMENT, message: /image is not a readable image/ },
