@@ -121,4 +121,20 @@ export class TokenAuth {
     if (m === null) throw new FarmError("UNAUTHENTICATED", "the authorization header must be: Bearer <token>");
     return this.tenantForToken(m[1]!);
   }
+
+  /**
+   * A gate for the HTTP dashboard, which shows every tenant's jobs and so is for operators only:
+   * true for a valid bearer token of one of operatorTenants (anyone on an open farm), else false.
+   */
+  operatorGate(operatorTenants: readonly string[]): (req: { headers: { authorization?: string | undefined } }) => boolean {
+    const allowed = new Set(operatorTenants);
+    return (req) => {
+      if (this.isOpen) return true;
+      try {
+        return allowed.has(this.tenantForAuthorization(req.headers.authorization));
+      } catch {
+        return false;
+      }
+    };
+  }
 }

@@ -56,3 +56,12 @@ test("an open farm makes every caller the default tenant", () => {
   assert.equal(auth.tenantForAuthorization(undefined), DEFAULT_TENANT);
   assert.equal(auth.tenantForAuthorization(`Bearer ${A}`), DEFAULT_TENANT);
 });
+
+test("the dashboard gate lets in operators' tokens only (everyone on an open farm)", () => {
+  const gate = TokenAuth.fromEntries([{ tenant: "ops", token: A }, { tenant: "acme", token: B }]).operatorGate(["ops"]);
+  assert.equal(gate({ headers: { authorization: `Bearer ${A}` } }), true);
+  assert.equal(gate({ headers: { authorization: `Bearer ${B}` } }), false);
+  assert.equal(gate({ headers: {} }), false);
+  assert.equal(gate({ headers: { authorization: "Bearer nope-nope-nope-nope" } }), false);
+  assert.equal(TokenAuth.open().operatorGate([])({ headers: {} }), true);
+});
