@@ -6,7 +6,7 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -15,6 +15,7 @@ import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js"
 import { JobServiceClient, JobState, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
+import { startNatsServer, startS3Server } from "../../coordinator/cluster/local-servers.js";
 import { cliPath, repoRoot } from "../support/paths.js";
 
 const run = promisify(execFile);
@@ -191,5 +192,48 @@ test("TLS: a self-signed certificate, trusted through --ca; plaintext and untrus
     assert.match((denied as { stderr: string }).stderr, /error \[UNAUTHENTICATED\]: no credentials/);
   } finally {
     await tlsFarm.stop();
+  }
+});
+
+test("framefarm coordinator: --tokens and --tls-cert/--tls-key from the command line; loud when open", async () => {
+  const cert = path.join(tmp, "cli-cert.pem");
+  const key = path.join(tmp, "cli-key.pem");
+  await run("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert]);
+  const tokens = path.join(tmp, "cli-tokens.json");
+  await writeFile(tokens, JSON.stringify({ acme: ACME }));
+  const nats = await startNatsServer(path.join(tmp, "cli-nats"));
+  const s3 = await startS3Server(path.join(tmp, "cli-s3"));
+  /** Starts the coordinator; resolves with its address and stderr once it listens. */
+  const coordinator = (extra: string[]) =>
+    new Promise<{ address: string; stderr: () => string; stop: () => Promise<void> }>((resolve, reject) => {
+      const child = spawn(process.execPath, [cliPath(), "coordinator", "--nats", `nats://${nats.host}:${nats.port}`, "--s3", `${s3.host}:${s3.port}`, "--port", "0", ...extra], { env: { ...process.env, FRAMEFARM_TOKENS_FILE: "" } });
+      let out = "";
+      let err = "";
+      const stop = () => new Promise<void>((r) => (child.exitCode !== null ? r() : (child.once("exit", () => r()), child.kill("SIGTERM"))));
+      child.stderr.on("data", (b: Buffer) => (err += b.toString()));
+      child.stdout.on("data", (b: Buffer) => {
+        out += b.toString();
+        const m = /gRPC listening on 127\.0\.0\.1:(\d+)/.exec(out);
+        if (m !== null) resolve({ address: `localhost:${m[1]}`, stderr: () => err, stop });
+      });
+      child.once("exit", (code) => reject(new Error(`coordinator exited ${code}: ${err}`)));
+    });
+  try {
+    const secured = await coordinator(["--tokens", tokens, "--tls-cert", cert, "--tls-key", key]);
+    try {
+      assert.doesNotMatch(secured.stderr(), /WARNING/);
+      const cli = (args: string[]) => run(process.execPath, [cliPath(), ...args], { env: { ...process.env, FRAMEFARM_TOKEN: "" } });
+      assert.equal((await cli(["jobs", "--server", secured.address, "--ca", cert, "--token", ACME])).stdout, "");
+      const denied = await cli(["jobs", "--server", secured.address, "--ca", cert, "--token", BETA]).catch((e: { code: number; stderr: string }) => e);
+      assert.match((denied as { stderr: string }).stderr, /error \[UNAUTHENTICATED\]: the bearer token is not valid/);
+    } finally {
+      await secured.stop();
+    }
+    const open = await coordinator([]);
+    await open.stop();
+    assert.match(open.stderr(), /WARNING: no tokens configured .* the gRPC API is OPEN/);
+  } finally {
+    await s3.stop();
+    await nats.stop();
   }
 });
