@@ -2,9 +2,13 @@
  * The public JobService over gRPC: validates a submission (settings, images) before anything is
  * stored, stores the inputs, plans the job and hands it to the dispatcher; answers GetJob,
  * WatchJob (a stream of state and progress), CancelJob and ListJobs from the job records.
+ *
+ * Every call is authenticated first (coordinator/auth) and then sees only its tenant's jobs: another
+ * tenant's job is NOT_FOUND with the same message as a job that does not exist, so ids cannot be
+ * probed. Idempotency keys and uploads/ object keys are scoped to the tenant too.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { status as GrpcStatus, type ServerErrorResponse, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from "@grpc/grpc-js";
+import { status as GrpcStatus, type Metadata, type ServerErrorResponse, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from "@grpc/grpc-js";
 import { FarmError } from "../../shared/errors.js";
 import { JobState as PbJobState, SamplingMode, type ImageInput, type Job, type JobServiceServer, type Progress, type RenderSettings, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
 import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
@@ -18,8 +22,10 @@ import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../..
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
-import { Dispatcher, jobEventSubject, JOBS_BUCKET, type StepEvent } from "../dispatch/dispatcher.js";
+import { Dispatcher, jobEventSubject, JOBS_BUCKET, PRIORITY_RANGE, type StepEvent } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
+import { DEFAULT_TENANT, TokenAuth } from "../auth/tokens.js";
+import { requestError } from "./strict-decode.js";
 
 export interface JobServiceDeps {
   bus: Bus;
@@ -29,10 +35,17 @@ export interface JobServiceDeps {
   bundleName: string;
   /** Lifetime of presigned video URLs. */
   urlExpirySeconds?: number;
+  /** Who may call, as which tenant; open (everyone is DEFAULT_TENANT) when absent. */
+  auth?: TokenAuth;
 }
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
+export const IDEMPOTENCY_BUCKET = "idempotency";
 const TERMINAL = new Set<JobRecord["state"]>(["SUCCEEDED", "FAILED", "CANCELLED"]);
+const KNOWN_MODES = new Set<number>([SamplingMode.SAMPLING_MODE_UNSPECIFIED, SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, SamplingMode.SAMPLING_MODE_VANILLA]);
+
+/** The tenant a record belongs to; records from before tenants belong to DEFAULT_TENANT. */
+export const tenantOf = (r: JobRecord): string => r.spec.tenant ?? DEFAULT_TENANT;
 
 const STATE_TO_PB: Record<JobRecord["state"], PbJobState> = {
   QUEUED: PbJobState.JOB_STATE_QUEUED,
@@ -107,10 +120,12 @@ function settingsOf(r: JobRecord): RenderSettings {
 export class JobService {
   private readonly idempotency: Promise<KeyValue>;
   private readonly jobs: Promise<KeyValue>;
+  private readonly auth: TokenAuth;
 
   constructor(private readonly deps: JobServiceDeps) {
-    this.idempotency = deps.bus.kv("idempotency");
+    this.idempotency = deps.bus.kv(IDEMPOTENCY_BUCKET);
     this.jobs = deps.bus.kv(JOBS_BUCKET);
+    this.auth = deps.auth ?? TokenAuth.open();
   }
 
   async toJob(r: JobRecord, live?: StepEvent): Promise<Job> {
@@ -140,24 +155,31 @@ export class JobService {
     };
   }
 
-  private async image(input: ImageInput | undefined, what: string): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
+  private async image(input: ImageInput | undefined, what: string, tenant: string): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
     if (input?.source === undefined) return null;
     let bytes: Uint8Array;
     if (input.source.$case === "data") bytes = input.source.value;
     else {
+      // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
       const key = validateObjectKey(input.source.value);
-      if (!key.startsWith("uploads/")) throw new FarmError("PERMISSION_DENIED", `${what} object key must be under uploads/`);
+      const prefix = `uploads/${tenant}/`;
+      if (!key.startsWith(prefix)) throw new FarmError("PERMISSION_DENIED", `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`);
       bytes = await this.deps.store.get(key);
     }
     return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
   }
 
-  async submit(req: Parameters<JobServiceServer["submitJob"]>[0]["request"]): Promise<{ job: Job; deduplicated: boolean }> {
+  /** tenant defaults to DEFAULT_TENANT for in-process callers (embedded mode has no tenants). */
+  async submit(req: Parameters<JobServiceServer["submitJob"]>[0]["request"], tenant: string = DEFAULT_TENANT): Promise<{ job: Job; deduplicated: boolean }> {
     const { manifest } = this.deps;
     if (req.bundle !== "" && req.bundle !== this.deps.bundleName) throw new FarmError("NOT_FOUND", `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(this.deps.bundleName)}`);
+    // Also checked by the dispatcher; here so a bad one is refused before any image is decoded or stored.
+    if (req.priority < PRIORITY_RANGE.min || req.priority > PRIORITY_RANGE.max) throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${req.priority}`);
     if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey)) throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
     const s = req.settings;
     if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
+    // proto3 enums are open: an unknown number decodes fine and would fall back to the default mode.
+    if (!KNOWN_MODES.has(s.mode)) throw new FarmError("INVALID_ARGUMENT", `mode ${s.mode} is not a SamplingMode (0 unspecified, 1 inverted anti-drifting, 2 vanilla)`);
     const input: RenderParamsInput = {
       prompt: s.prompt,
       negativePrompt: s.negativePrompt,
@@ -178,21 +200,22 @@ export class JobService {
     };
     const params = validateRenderParams(input, { samplingType: manifest.sampling_type, latentWindowSize: manifest.framepack.default_latent_window_size });
 
-    const idemKey = req.idempotencyKey === "" ? null : createHash("sha256").update(req.idempotencyKey).digest("hex");
+    // Scoped to the tenant: the same key from two tenants names two jobs (tenant names have no newline).
+    const idemKey = req.idempotencyKey === "" ? null : createHash("sha256").update(`${tenant}\n${req.idempotencyKey}`).digest("hex");
     if (idemKey !== null) {
       const seen = await (await this.idempotency).get(idemKey);
       if (seen !== null) {
         const existing = await readJob(await this.jobs, new TextDecoder().decode(seen.value));
-        if (existing !== null) return { job: await this.toJob(existing.record), deduplicated: true };
+        if (existing !== null && tenantOf(existing.record) === tenant) return { job: await this.toJob(existing.record), deduplicated: true };
       }
     }
 
-    const first = await this.image(req.image, "image");
+    const first = await this.image(req.image, "image", tenant);
     if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
-    const last = await this.image(req.endImage, "end image");
+    const last = await this.image(req.endImage, "end image", tenant);
     const size = "height" in params.size ? params.size : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
     const jobId = randomUUID();
-    const spec = toJobSpec(jobId, params, size);
+    const spec = toJobSpec(jobId, params, size, tenant);
     const sections = sectionPlanFor(params, manifest);
     const sc = manifest.vae.spatial_compression_ratio;
     const tasks = planJob({ jobId, seed: params.seed, sections, hasEndImage: last !== null, trueCfg: usesTrueCfg(params), latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc } });
@@ -202,7 +225,7 @@ export class JobService {
         await (await this.idempotency).create(idemKey, new TextEncoder().encode(jobId));
       } catch (err) {
         // Lost a race with an identical submission: answer with that job.
-        if (err instanceof FarmError && err.status === "ALREADY_EXISTS") return this.submit(req);
+        if (err instanceof FarmError && err.status === "ALREADY_EXISTS") return this.submit(req, tenant);
         throw err;
       }
     }
@@ -220,25 +243,28 @@ export class JobService {
     return { job: await this.toJob((await readJob(await this.jobs, jobId))!.record), deduplicated: false };
   }
 
-  async get(id: string): Promise<JobRecord> {
-    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) throw new FarmError("INVALID_ARGUMENT", `invalid job id ${JSON.stringify(id)}`);
+  /** The tenant's job; another tenant's is NOT_FOUND exactly as a missing one. */
+  async get(id: string, tenant: string): Promise<JobRecord> {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) throw new FarmError("INVALID_ARGUMENT", `invalid job id ${JSON.stringify(id)}: job ids are 1-64 characters of [A-Za-z0-9_-]`);
     const r = await readJob(await this.jobs, id);
-    if (r === null) throw new FarmError("NOT_FOUND", `job ${id} does not exist`);
+    if (r === null || tenantOf(r.record) !== tenant) throw new FarmError("NOT_FOUND", `job ${id} does not exist`);
     return r.record;
   }
 
-  async cancel(id: string): Promise<JobRecord> {
-    await this.get(id);
-    return (await this.deps.dispatcher.cancel(id)) ?? this.get(id);
+  async cancel(id: string, tenant: string): Promise<JobRecord> {
+    await this.get(id, tenant);
+    return (await this.deps.dispatcher.cancel(id)) ?? this.get(id, tenant);
   }
 
-  async list(states: PbJobState[], pageSize: number, pageToken: string): Promise<{ jobs: Job[]; next: string }> {
+  async list(states: PbJobState[], pageSize: number, pageToken: string, tenant: string): Promise<{ jobs: Job[]; next: string }> {
+    const unknown = states.filter((s) => PbJobState[s] === undefined || s === PbJobState.JOB_STATE_UNSPECIFIED);
+    if (unknown.length > 0) throw new FarmError("INVALID_ARGUMENT", `states ${unknown.join(", ")} are not job states (1 queued to 5 cancelled)`);
     const size = pageSize === 0 ? 50 : Math.min(pageSize, 500);
     const keys = (await (await this.jobs).keys()).filter((k) => k > pageToken);
     const out: Job[] = [];
     for (const k of keys) {
       const r = await readJob(await this.jobs, k);
-      if (r === null) continue;
+      if (r === null || tenantOf(r.record) !== tenant) continue;
       const job = await this.toJob(r.record);
       if (states.length > 0 && !states.includes(job.state)) continue;
       out.push(job);
@@ -247,22 +273,32 @@ export class JobService {
     return { jobs: out, next: "" };
   }
 
+  /** The caller's tenant (UNAUTHENTICATED first), then any refusal of the strict decoder. */
+  private caller(call: { metadata: Metadata; request: unknown }): string {
+    const tenant = this.auth.tenantForAuthorization(call.metadata.get("authorization"));
+    const bad = requestError(call.request);
+    if (bad !== undefined) throw bad;
+    return tenant;
+  }
+
   /** The gRPC handlers. */
   handlers(): JobServiceServer {
     const unary =
-      <Req, Res>(fn: (req: Req) => Promise<Res>) =>
+      <Req, Res>(fn: (req: Req, tenant: string) => Promise<Res>) =>
       (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
-        fn(call.request).then(
-          (res) => cb(null, res),
-          (err) => cb(toGrpcError(err) as ServerErrorResponse),
-        );
+        Promise.resolve()
+          .then(() => fn(call.request, this.caller(call)))
+          .then(
+            (res) => cb(null, res),
+            (err) => cb(toGrpcError(err) as ServerErrorResponse),
+          );
       };
     return {
-      submitJob: unary(async (req) => this.submit(req)),
-      getJob: unary(async (req) => ({ job: await this.toJob(await this.get(req.id)) })),
-      cancelJob: unary(async (req) => ({ job: await this.toJob(await this.cancel(req.id)) })),
-      listJobs: unary(async (req) => {
-        const { jobs, next } = await this.list(req.states, req.pageSize, req.pageToken);
+      submitJob: unary(async (req, tenant) => this.submit(req, tenant)),
+      getJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.get(req.id, tenant)) })),
+      cancelJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.cancel(req.id, tenant)) })),
+      listJobs: unary(async (req, tenant) => {
+        const { jobs, next } = await this.list(req.states, req.pageSize, req.pageToken, tenant);
         return { jobs, nextPageToken: next };
       }),
       watchJob: (call: ServerWritableStream<{ id: string }, WatchJobResponse>) => void this.watch(call),
@@ -279,7 +315,8 @@ export class JobService {
       call.write({ jobId: r.spec.jobId, sequence: ++seq, at: timestamp(new Date().toISOString()), event, job });
     };
     try {
-      let record = await this.get(call.request.id);
+      const tenant = this.caller(call);
+      let record = await this.get(call.request.id, tenant);
       await send(record, true);
       if (TERMINAL.has(record.state)) return void call.end();
       await new Promise<void>((resolve) => {
@@ -292,7 +329,7 @@ export class JobService {
               live = e as StepEvent;
               return send(record, false);
             }
-            const next = await this.get(call.request.id);
+            const next = await this.get(call.request.id, tenant);
             const changed = next.state !== record.state;
             record = next;
             await send(record, changed);
@@ -308,7 +345,9 @@ export class JobService {
       });
       call.end();
     } catch (err) {
-      call.destroy(Object.assign(new Error((err as Error).message), toGrpcError(err)));
+      // grpc-js sends a stream's status from end(): its 'error' listener sets the status, then ends.
+      // destroy() would skip end(), and the client would wait forever.
+      call.emit("error", Object.assign(new Error((err as Error).message), toGrpcError(err)));
     }
   }
 }

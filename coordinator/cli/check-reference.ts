@@ -7,8 +7,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { credentials } from "@grpc/grpc-js";
-import { JobServiceClient, JobState, jobStateToJSON, type Job } from "../../proto/gen/framefarm/v1/jobs.js";
+import { JobState, jobStateToJSON, type Job } from "../../proto/gen/framefarm/v1/jobs.js";
 import { readMp4Frames } from "../../shared/video/mp4.js";
 import { FarmError } from "../../shared/errors.js";
 import type { Tensor } from "../../shared/tensor/tensor.js";
@@ -22,6 +21,7 @@ import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "../pari
 import { compareRun, compareTensor, formatTable, type StageResult } from "../parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
 import { fetchVideo } from "./submit.js";
+import { CLIENT_OPTIONS, connectJobService, fromGrpc, type ClientOptions } from "./client.js";
 
 export interface ReferenceCheck {
   name: string;
@@ -77,15 +77,15 @@ async function renderOnEmbeddedFarm(embedded: Embedded, refCase: ReferenceCase):
  * Runs one case on a farm: submits it with a lossless video, waits, decodes the MP4 and compares
  * the frames (the only stage a farm's API exposes) with the reference.
  */
-export async function checkReferenceOnFarm(caseFile: string, server: string, timeoutMs = 30 * 60_000): Promise<ReferenceCheck> {
+export async function checkReferenceOnFarm(caseFile: string, farm: ClientOptions & { server: string }, timeoutMs = 30 * 60_000): Promise<ReferenceCheck> {
   const refCase = await loadReferenceCase(caseFile, { requireTensors: true });
   const expected = refCase.expected.get("frames_uint8");
   if (expected === undefined) throw new FarmError("FAILED_PRECONDITION", `${caseFile} has no frames_uint8 to compare with`);
-  const client = new JobServiceClient(server, credentials.createInsecure());
-  const get = (id: string): Promise<Job> => new Promise((resolve, reject) => client.getJob({ id }, (e, r) => (e ? reject(new FarmError("UNAVAILABLE", e.details)) : resolve(r.job!))));
+  const client = connectJobService(farm);
+  const get = (id: string): Promise<Job> => new Promise((resolve, reject) => client.getJob({ id }, (e, r) => (e ? reject(fromGrpc(e)) : resolve(r.job!))));
   try {
     const req = await submitRequestFor(refCase);
-    let job = await new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(new FarmError("INVALID_ARGUMENT", e.details)) : resolve(r.job!))));
+    let job = await new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(fromGrpc(e)) : resolve(r.job!))));
     const deadline = Date.now() + timeoutMs;
     while (job.state !== JobState.JOB_STATE_SUCCEEDED && job.state !== JobState.JOB_STATE_FAILED && job.state !== JobState.JOB_STATE_CANCELLED) {
       if (Date.now() > deadline) throw new FarmError("DEADLINE_EXCEEDED", `job ${job.id} did not finish within ${timeoutMs / 1000} s`);
@@ -99,7 +99,7 @@ export async function checkReferenceOnFarm(caseFile: string, server: string, tim
       await writeFile(file, await fetchVideo(job.videoUrl));
       const frames = await readMp4Frames(file, job.width, job.height);
       const results = [compareTensor("frames_uint8", frames, expected)];
-      return { name: `${refCase.name} (farm ${server}, job ${job.id})`, results, passed: results.every((r) => r.ok) };
+      return { name: `${refCase.name} (farm ${farm.server}, job ${job.id})`, results, passed: results.every((r) => r.ok) };
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -113,16 +113,16 @@ export async function checkReferenceCommand(args: string[]): Promise<number> {
     args,
     strict: true,
     allowPositionals: true,
-    options: { bundle: { type: "string" }, ep: { type: "string" }, server: { type: "string" }, help: { type: "boolean", short: "h" } },
+    options: { bundle: { type: "string" }, ep: { type: "string" }, ...CLIENT_OPTIONS, help: { type: "boolean", short: "h" } },
   });
   if (values.help === true) {
-    process.stdout.write("framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda] | [--server HOST:PORT]\n");
+    process.stdout.write("framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda] | [--server HOST:PORT [--token T] [--tls | --ca FILE]]\n");
     return 0;
   }
   if (positionals.length !== 1) throw new FarmError("INVALID_ARGUMENT", "give exactly one case file: framefarm check-reference <case.json>");
   const check =
     values.server !== undefined
-      ? await checkReferenceOnFarm(positionals[0]!, values.server)
+      ? await checkReferenceOnFarm(positionals[0]!, { ...values, server: values.server })
       : await checkReferenceCase(positionals[0]!, values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
   process.stdout.write(`${check.name}\n${formatTable(check.results)}\n`);
   const failed = check.results.filter((r) => !r.ok).length;

@@ -12,7 +12,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { FarmError } from "../../shared/errors.js";
 import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "../cluster/local-servers.js";
-import { startCoordinator } from "./coordinator.js";
+import { securityOptions, startCoordinator } from "./coordinator.js";
 import { untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 
@@ -29,7 +29,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { port: { type: "string" }, nodes: { type: "string" }, "denoise-nodes": { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, data: { type: "string" } },
+    options: { port: { type: "string" }, nodes: { type: "string" }, "denoise-nodes": { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, data: { type: "string" }, tokens: { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } },
   });
   const nodes = Number(values.nodes ?? 1);
   const denoiseNodes = Number(values["denoise-nodes"] ?? 2);
@@ -53,7 +53,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
     const s3 = await startS3Server(path.join(data, "s3"));
     servers.push(s3);
     const conn: FarmConnection = { nats: `nats://${nats.host}:${nats.port}`, s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" } };
-    const coordinator = await startCoordinator(conn, bundle, LOOPBACK, Number(values.port ?? 0));
+    const coordinator = await startCoordinator(conn, bundle, LOOPBACK, Number(values.port ?? 0), await securityOptions(values));
     // With one general node and no denoise nodes, the general node denoises too.
     for (let i = 0; i < nodes; i++) children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
     for (let i = 0; i < denoiseNodes; i++) children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep));

@@ -1,10 +1,15 @@
 /**
  * `framefarm coordinator`: the dispatcher and the public gRPC API, against NATS and S3.
+ * `--tokens FILE` (FRAMEFARM_TOKENS_FILE) turns on bearer-token authentication with tenants;
+ * `--tls-cert FILE --tls-key FILE` (PEM) serves gRPC over TLS.
  */
+import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { Dispatcher } from "../dispatch/dispatcher.js";
 import { JobService } from "../api/job-service.js";
-import { startApiServer } from "../api/server.js";
+import { startApiServer, type ApiServerOptions } from "../api/server.js";
+import { TokenAuth, DEFAULT_TENANT } from "../auth/tokens.js";
+import { FarmError } from "../../shared/errors.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
@@ -15,12 +20,21 @@ export interface RunningCoordinator {
   stop(): Promise<void>;
 }
 
-export async function startCoordinator(conn: FarmConnection, bundleDir: string, host: string, port: number): Promise<RunningCoordinator> {
+export interface CoordinatorSecurity {
+  auth?: TokenAuth;
+  tls?: ApiServerOptions["tls"];
+}
+
+export async function startCoordinator(conn: FarmConnection, bundleDir: string, host: string, port: number, security: CoordinatorSecurity = {}): Promise<RunningCoordinator> {
   const bundle = await openBundle(bundleDir);
+  const auth = security.auth ?? TokenAuth.open();
+  // Loud on purpose: an open farm must never be mistaken for a protected one.
+  if (auth.isOpen) process.stderr.write(`WARNING: no tokens configured (--tokens FILE or FRAMEFARM_TOKENS_FILE): the gRPC API is OPEN to anyone who can reach ${host}; every caller is tenant "${DEFAULT_TENANT}"\n`);
+  else if (security.tls === undefined && !/^(127\.|localhost$|::1$)/.test(host)) process.stderr.write(`WARNING: tokens travel in plaintext: serve TLS with --tls-cert and --tls-key\n`);
   const { bus, store } = await connectFarm(conn, "coordinator");
   const dispatcher = await Dispatcher.start(bus, store);
-  const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir) });
-  const api = await startApiServer(service, host, port);
+  const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir), auth });
+  const api = await startApiServer(service, host, port, security.tls !== undefined ? { tls: security.tls } : {});
   return {
     port: api.port,
     stop: async () => {
@@ -32,11 +46,33 @@ export async function startCoordinator(conn: FarmConnection, bundleDir: string, 
 }
 
 export async function coordinatorCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, strict: true, options: { ...FARM_OPTIONS, bundle: { type: "string" }, host: { type: "string" }, port: { type: "string" } } });
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: { ...FARM_OPTIONS, bundle: { type: "string" }, host: { type: "string" }, port: { type: "string" }, tokens: { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } },
+  });
   const host = values.host ?? "127.0.0.1";
-  const c = await startCoordinator(farmConnection(values), values.bundle ?? defaultBundleDir(), host, Number(values.port ?? 50051));
-  process.stdout.write(`gRPC listening on ${host}:${c.port}\n`);
+  const c = await startCoordinator(farmConnection(values), values.bundle ?? defaultBundleDir(), host, Number(values.port ?? 50051), await securityOptions(values));
+  process.stdout.write(`gRPC listening on ${host}:${c.port}${values["tls-cert"] !== undefined ? " (TLS)" : ""}\n`);
   await untilSignal();
   await c.stop();
   return 0;
+}
+
+/** --tokens / FRAMEFARM_TOKENS_FILE and --tls-cert / --tls-key as start-up settings. */
+export async function securityOptions(values: { tokens?: string | undefined; "tls-cert"?: string | undefined; "tls-key"?: string | undefined }): Promise<CoordinatorSecurity> {
+  const tokens = values.tokens ?? process.env["FRAMEFARM_TOKENS_FILE"];
+  const out: CoordinatorSecurity = {};
+  if (tokens !== undefined && tokens !== "") out.auth = await TokenAuth.fromFile(tokens);
+  const cert = values["tls-cert"];
+  const key = values["tls-key"];
+  if ((cert === undefined) !== (key === undefined)) throw new FarmError("INVALID_ARGUMENT", "give both --tls-cert and --tls-key, or neither");
+  if (cert !== undefined && key !== undefined) {
+    const read = async (file: string, what: string): Promise<Buffer> =>
+      readFile(file).catch((err: Error) => {
+        throw new FarmError("NOT_FOUND", `${what} ${file} cannot be read: ${err.message}`, { cause: err });
+      });
+    out.tls = { cert: await read(cert, "TLS certificate"), key: await read(key, "TLS key") };
+  }
+  return out;
 }

@@ -7,24 +7,12 @@ import { writeFileAtomically } from "./output-file.js";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { credentials, type ServiceError } from "@grpc/grpc-js";
-import { FarmError, STATUS_CODE, type StatusName } from "../../shared/errors.js";
-import { JobServiceClient, JobState, jobStateToJSON, type Job, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
+import type { ServiceError } from "@grpc/grpc-js";
+import { FarmError, type StatusName } from "../../shared/errors.js";
+import { JobState, jobStateToJSON, type Job, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
 import { createProgress } from "./progress.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
-
-function client(server: string | undefined): JobServiceClient {
-  const address = server ?? process.env["FRAMEFARM_SERVER"];
-  if (address === undefined) throw new FarmError("INVALID_ARGUMENT", "--server HOST:PORT is required (or FRAMEFARM_SERVER)");
-  return new JobServiceClient(address, credentials.createInsecure());
-}
-
-/** gRPC errors as FarmErrors, so the CLI reports them like local ones. */
-function fromGrpc(err: unknown): FarmError {
-  const e = err as ServiceError;
-  const name = (Object.entries(STATUS_CODE).find(([, c]) => c === e.code)?.[0] ?? "UNAVAILABLE") as StatusName;
-  return new FarmError(name, e.details || e.message);
-}
+import { CLIENT_OPTIONS, connectJobService as client, fromGrpc } from "./client.js";
 
 const call = <T>(fn: (cb: (err: ServiceError | null, res: T) => void) => void): Promise<T> =>
   new Promise((resolve, reject) => fn((err, res) => (err ? reject(fromGrpc(err)) : resolve(res))));
@@ -49,10 +37,10 @@ export async function submitCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...RENDER_OPTIONS, server: { type: "string" }, wait: { type: "boolean" }, output: { type: "string", short: "o" }, "idempotency-key": { type: "string" }, priority: { type: "string" } },
+    options: { ...RENDER_OPTIONS, ...CLIENT_OPTIONS, wait: { type: "boolean" }, output: { type: "string", short: "o" }, "idempotency-key": { type: "string" }, priority: { type: "string" } },
   });
   if (values.output !== undefined && values.wait !== true) throw new FarmError("INVALID_ARGUMENT", "-o needs --wait");
-  const c = client(values.server);
+  const c = client(values);
   try {
     const req = await submitRequestFrom(values, { priority: values.priority, idempotencyKey: values["idempotency-key"] });
     const { job, deduplicated } = await call<{ job?: Job; deduplicated: boolean }>((cb) => c.submitJob(req, cb));
@@ -92,8 +80,8 @@ export async function submitCommand(args: string[]): Promise<number> {
 }
 
 export async function jobsCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, strict: true, options: { server: { type: "string" } } });
-  const c = client(values.server);
+  const { values } = parseArgs({ args, strict: true, options: CLIENT_OPTIONS });
+  const c = client(values);
   try {
     const { jobs } = await call<{ jobs: Job[] }>((cb) => c.listJobs({ states: [], pageSize: 500, pageToken: "" }, cb));
     for (const j of jobs) {
@@ -107,9 +95,9 @@ export async function jobsCommand(args: string[]): Promise<number> {
 }
 
 export async function cancelCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { server: { type: "string" } } });
+  const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: CLIENT_OPTIONS });
   if (positionals.length !== 1) throw new FarmError("INVALID_ARGUMENT", "give one job id: framefarm cancel ID");
-  const c = client(values.server);
+  const c = client(values);
   try {
     const { job } = await call<{ job?: Job }>((cb) => c.cancelJob({ id: positionals[0]! }, cb));
     process.stdout.write(`${job!.id} ${jobStateToJSON(job!.state).replace("JOB_STATE_", "")}\n`);

@@ -9,11 +9,13 @@ export interface JobSpec {
   params: Omit<RenderParams, "seed" | "size"> & { seed: string };
   height: number;
   width: number;
+  /** Who submitted it (the API scopes every read to it); absent in records older than tenants. */
+  tenant?: string;
 }
 
-export function toJobSpec(jobId: string, params: RenderParams, size: { height: number; width: number }): JobSpec {
+export function toJobSpec(jobId: string, params: RenderParams, size: { height: number; width: number }, tenant?: string): JobSpec {
   const { seed, size: _size, ...rest } = params;
-  return { jobId, params: { ...rest, seed: seed.toString() }, height: size.height, width: size.width };
+  return { jobId, params: { ...rest, seed: seed.toString() }, height: size.height, width: size.width, ...(tenant !== undefined ? { tenant } : {}) };
 }
 
 export function renderParamsOf(spec: JobSpec): RenderParams {

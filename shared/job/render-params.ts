@@ -67,9 +67,12 @@ export interface RenderDefaults {
 
 const bad = (message: string): FarmError => new FarmError("INVALID_ARGUMENT", message);
 
+/** A value as a message shows it: JSON.stringify would print NaN and Infinity as "null" (and throw on bigint). */
+const show = (v: unknown): string => (typeof v === "number" || typeof v === "bigint" ? String(v) : JSON.stringify(v));
+
 function toNumber(name: string, v: unknown): number {
   const n = typeof v === "string" && v.trim() !== "" ? Number(v) : v;
-  if (typeof n !== "number" || !Number.isFinite(n)) throw bad(`${name} must be a finite number, got ${JSON.stringify(v)}`);
+  if (typeof n !== "number" || !Number.isFinite(n)) throw bad(`${name} must be a finite number, got ${show(v)}`);
   return n;
 }
 
@@ -107,7 +110,7 @@ function parseSeed(v: unknown): bigint {
     else if (typeof v === "string" && /^\d+$/.test(v.trim())) s = BigInt(v.trim());
     else throw new Error();
   } catch {
-    throw bad(`seed must be a non-negative integer, got ${JSON.stringify(v)}`);
+    throw bad(`seed must be a non-negative integer, got ${show(v)}`);
   }
   if (s < 0n || s >= 1n << 64n) throw bad(`seed must be from 0 to 2^64-1, got ${s}`);
   return s;

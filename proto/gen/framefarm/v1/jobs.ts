@@ -127,7 +127,10 @@ export function jobStateToJSON(object: JobState): string {
   }
 }
 
-/** An image given inline, or by the key of an object already in the farm's store. */
+/**
+ * An image given inline, or by the key of an object already in the farm's store: the key must be
+ * under uploads/<tenant>/ of the caller's tenant.
+ */
 export interface ImageInput {
   source?: { $case: "data"; value: Buffer } | { $case: "objectKey"; value: string } | undefined;
 }
@@ -2308,6 +2311,13 @@ export const ListJobsResponse: MessageFns<ListJobsResponse> = {
   },
 };
 
+/**
+ * Every call carries `authorization: Bearer <token>` metadata when the farm has tokens; a token
+ * belongs to a tenant and a call sees only its tenant's jobs (another tenant's job is NOT_FOUND).
+ * Requests are decoded strictly: an unknown field, a field sent with the wrong wire type or a
+ * string that is not UTF-8 is INVALID_ARGUMENT naming the field, not silently dropped or mangled;
+ * a client built from a newer .proto must not send fields this server does not know.
+ */
 export type JobServiceService = typeof JobServiceService;
 export const JobServiceService = {
   /**

@@ -1,0 +1,83 @@
+/**
+ * A coordinator's gRPC API on real servers for integration tests: nats-server (JetStream) and
+ * s3rver as child processes, the dispatcher, the JobService with the tiny bundle's manifest, and
+ * optionally node loops that run jobs. Callers pick auth, TLS and the presigned-URL lifetime.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { NatsBus } from "../../shared/bus/nats-bus.js";
+import type { KeyValue } from "../../shared/bus/bus.js";
+import { S3ObjectStore } from "../../shared/store/s3-store.js";
+import { Dispatcher, JOBS_BUCKET } from "../../coordinator/dispatch/dispatcher.js";
+import { JobService, IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-service.js";
+import { startApiServer, type ApiServer, type ApiServerOptions } from "../../coordinator/api/server.js";
+import type { TokenAuth } from "../../coordinator/auth/tokens.js";
+import { openBundle } from "../../gpu-node/runtime/bundle.js";
+import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
+import { tinyBundleDir } from "./paths.js";
+
+export interface TestFarm {
+  address: string;
+  api: ApiServer;
+  bus: NatsBus;
+  store: S3ObjectStore;
+  s3: LocalServer;
+  jobs: KeyValue;
+  idempotency: KeyValue;
+  /** Every job key, idempotency key and object, to prove a request left nothing behind. */
+  snapshot(): Promise<{ jobs: string[]; idempotency: string[]; objects: string[] }>;
+  stop(): Promise<void>;
+}
+
+export async function startTestFarm(options: { auth?: TokenAuth; tls?: ApiServerOptions["tls"]; urlExpirySeconds?: number; nodes?: boolean } = {}): Promise<TestFarm> {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-farm-"));
+  const nats = await startNatsServer(path.join(tmp, "nats"));
+  const s3 = await startS3Server(path.join(tmp, "s3"));
+  const bus = await NatsBus.connect(`nats://${nats.host}:${nats.port}`, "test-farm");
+  const store = await S3ObjectStore.open({ endpoint: s3.host, port: s3.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: "framefarm" });
+  const dispatcher = await Dispatcher.start(bus, store);
+  const bundle = await openBundle(tinyBundleDir());
+  let embedded: Embedded | undefined;
+  const nodes: NodeLoop[] = [];
+  if (options.nodes === true) {
+    embedded = await openEmbedded(tinyBundleDir(), "cpu");
+    const ctx = { ...embedded, store };
+    nodes.push(await NodeLoop.start(bus, ctx, { nodeId: "a", stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"] }));
+    nodes.push(await NodeLoop.start(bus, ctx, { nodeId: "b", stages: ["denoise"] }));
+  }
+  const service = new JobService({
+    bus,
+    store,
+    dispatcher,
+    manifest: bundle.manifest,
+    bundleName: "tiny",
+    ...(options.auth !== undefined ? { auth: options.auth } : {}),
+    ...(options.urlExpirySeconds !== undefined ? { urlExpirySeconds: options.urlExpirySeconds } : {}),
+  });
+  const api = await startApiServer(service, LOOPBACK, 0, options.tls !== undefined ? { tls: options.tls } : {});
+  const jobs = await bus.kv(JOBS_BUCKET);
+  const idempotency = await bus.kv(IDEMPOTENCY_BUCKET);
+  return {
+    address: `${LOOPBACK}:${api.port}`,
+    api,
+    bus,
+    store,
+    s3,
+    jobs,
+    idempotency,
+    snapshot: async () => ({ jobs: (await jobs.keys()).sort(), idempotency: (await idempotency.keys()).sort(), objects: await store.list("") }),
+    stop: async () => {
+      await api.stop();
+      for (const n of nodes) await n.stop();
+      await dispatcher.stop();
+      await embedded?.close();
+      await bus.close();
+      await s3.stop();
+      await nats.stop();
+      await rm(tmp, { recursive: true, force: true });
+    },
+  };
+}
