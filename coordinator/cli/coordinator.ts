@@ -10,6 +10,9 @@ import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnec
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
 
+/** The gRPC API's port when neither --port nor FRAMEFARM_PORT says otherwise. */
+export const DEFAULT_API_PORT = 50051;
+
 export interface RunningCoordinator {
   port: number;
   stop(): Promise<void>;
@@ -33,8 +36,9 @@ export async function startCoordinator(conn: FarmConnection, bundleDir: string, 
 
 export async function coordinatorCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, strict: true, options: { ...FARM_OPTIONS, bundle: { type: "string" }, host: { type: "string" }, port: { type: "string" } } });
-  const host = values.host ?? "127.0.0.1";
-  const c = await startCoordinator(farmConnection(values), values.bundle ?? defaultBundleDir(), host, Number(values.port ?? 50051));
+  // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT (containers set those: deploy/k8s).
+  const host = values.host ?? process.env["FRAMEFARM_HOST"] ?? "127.0.0.1";
+  const c = await startCoordinator(farmConnection(values), values.bundle ?? defaultBundleDir(), host, Number(values.port ?? process.env["FRAMEFARM_PORT"] ?? DEFAULT_API_PORT));
   process.stdout.write(`gRPC listening on ${host}:${c.port}\n`);
   await untilSignal();
   await c.stop();

@@ -1,7 +1,8 @@
 /**
  * Connection settings shared by `framefarm coordinator`, `node` and `cluster`: where NATS and the
  * S3 server are. Flags win over environment variables (FRAMEFARM_NATS, FRAMEFARM_S3,
- * FRAMEFARM_S3_BUCKET, FRAMEFARM_S3_ACCESS_KEY, FRAMEFARM_S3_SECRET_KEY, FRAMEFARM_S3_TLS).
+ * FRAMEFARM_S3_BUCKET, FRAMEFARM_S3_ACCESS_KEY, FRAMEFARM_S3_SECRET_KEY, FRAMEFARM_S3_TLS;
+ * FRAMEFARM_NATS_REPLICAS, env only: JetStream replicas of the streams and KV buckets created).
  */
 import { FarmError } from "../../shared/errors.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
@@ -15,6 +16,8 @@ export const FARM_OPTIONS = {
 
 export interface FarmConnection {
   nats: string;
+  /** JetStream replicas of what this process creates; 1 when absent. */
+  natsReplicas?: number;
   s3: { host: string; port: number; tls: boolean; accessKey: string; secretKey: string; bucket: string };
 }
 
@@ -26,8 +29,11 @@ export function farmConnection(values: { nats?: string | undefined; s3?: string 
   if (s3 === undefined) throw new FarmError("INVALID_ARGUMENT", "S3 address missing: --s3 HOST:PORT (or FRAMEFARM_S3)");
   const m = /^([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(s3);
   if (m === null) throw new FarmError("INVALID_ARGUMENT", `--s3 must be HOST:PORT, got ${JSON.stringify(s3)}`);
+  const natsReplicas = Number(env["FRAMEFARM_NATS_REPLICAS"] ?? 1);
+  if (!Number.isInteger(natsReplicas) || natsReplicas < 1 || natsReplicas > 5) throw new FarmError("INVALID_ARGUMENT", `FRAMEFARM_NATS_REPLICAS must be an integer from 1 to 5, got ${env["FRAMEFARM_NATS_REPLICAS"]}`);
   return {
     nats,
+    natsReplicas,
     s3: {
       host: m[1]!,
       port: Number(m[2]),
@@ -40,7 +46,7 @@ export function farmConnection(values: { nats?: string | undefined; s3?: string 
 }
 
 export async function connectFarm(c: FarmConnection, name: string): Promise<{ bus: NatsBus; store: S3ObjectStore }> {
-  const bus = await NatsBus.connect(c.nats, name);
+  const bus = await NatsBus.connect(c.nats, name, c.natsReplicas ?? 1);
   const store = await S3ObjectStore.open({ endpoint: c.s3.host, port: c.s3.port, useSSL: c.s3.tls, accessKey: c.s3.accessKey, secretKey: c.s3.secretKey, bucket: c.s3.bucket });
   return { bus, store };
 }
