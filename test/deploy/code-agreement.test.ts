@@ -89,6 +89,9 @@ test("the Dockerfile builds what the CLI runs: entrypoint is the package's bin, 
     const cmd = effective(stages, target, "CMD");
     assert.equal(cmd?.length, 1, `${target} CMD`);
     assert.ok(cliCommands().has(cmd![0]!), `${target} CMD ${cmd} is a framefarm subcommand`);
+    // The manifests say runAsNonRoot, which the kubelet can only verify for a numeric user.
+    const user = effective(stages, target, "USER")?.[0];
+    assert.ok(user !== undefined && /^[1-9]\d*$/.test(user), `${target} USER ${user} is a numeric non-root user`);
   }
   assert.deepEqual(effective(stages, "coordinator", "EXPOSE"), [String(DEFAULT_API_PORT)]);
   const build = stages.find((s) => s.name === "build")!;
@@ -126,6 +129,7 @@ for (const target of TARGETS) {
       assert.deepEqual(unknown, [], `${r.workload.metadata.name}: variables no code reads`);
       assert.ok(cliCommands().has(roleOf(r)), `${r.workload.metadata.name}: args ${r.container.args} name a subcommand`);
       assert.equal(r.container.args?.length, 1, "settings come from the environment, not flags");
+      assert.equal((r.container as { securityContext?: { runAsNonRoot?: boolean } }).securityContext?.runAsNonRoot, true, `${r.workload.metadata.name}: runs as non-root`);
       for (const key of ["FRAMEFARM_S3_ACCESS_KEY", "FRAMEFARM_S3_SECRET_KEY"]) {
         const e = r.container.env?.find((x) => x.name === key);
         assert.ok(e?.valueFrom?.secretKeyRef, `${r.workload.metadata.name}: ${key} comes from a Secret`);
