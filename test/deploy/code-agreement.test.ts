@@ -203,7 +203,7 @@ for (const target of TARGETS) {
       assert.equal(s3.workload.metadata.name, "minio");
       const minioArgs = podSpecs(s3.workload)[0]!.containers[0]!.args ?? [];
       assert.ok(!minioArgs.includes("--address") || minioArgs.includes(`:${s3.containerPort}`), "MinIO serves S3 on the forwarded port");
-      const replicas = Number(r.env.get("FRAMEFARM_NATS_REPLICAS") ?? 1);
+      const replicas = conn.natsReplicas;
       const sts = byName(objects, "StatefulSet", "nats")["spec"] as { replicas: number; serviceName: string };
       assert.equal(replicas, sts.replicas, "streams are replicated once per NATS server");
       const routes = [...conf.matchAll(/nats:\/\/([\w.-]+):(\d+)/g)];
