@@ -15,6 +15,9 @@ import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnec
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
 
+/** The gRPC API's port when neither --port nor FRAMEFARM_PORT says otherwise. */
+export const DEFAULT_API_PORT = 50051;
+
 export interface RunningCoordinator {
   port: number;
   stop(): Promise<void>;
@@ -51,8 +54,9 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
     strict: true,
     options: { ...FARM_OPTIONS, bundle: { type: "string" }, host: { type: "string" }, port: { type: "string" }, tokens: { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } },
   });
-  const host = values.host ?? "127.0.0.1";
-  const c = await startCoordinator(farmConnection(values), values.bundle ?? defaultBundleDir(), host, Number(values.port ?? 50051), await securityOptions(values));
+  // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT (containers set those: deploy/k8s).
+  const host = values.host ?? process.env["FRAMEFARM_HOST"] ?? "127.0.0.1";
+  const c = await startCoordinator(farmConnection(values), values.bundle ?? defaultBundleDir(), host, Number(values.port ?? process.env["FRAMEFARM_PORT"] ?? DEFAULT_API_PORT), await securityOptions(values));
   process.stdout.write(`gRPC listening on ${host}:${c.port}${values["tls-cert"] !== undefined ? " (TLS)" : ""}\n`);
   await untilSignal();
   await c.stop();

@@ -2,7 +2,8 @@
  * Connection settings shared by `framefarm coordinator`, `node` and `cluster`: where NATS and the
  * S3 server are. Flags win over environment variables (FRAMEFARM_NATS, FRAMEFARM_S3,
  * FRAMEFARM_S3_BUCKET, FRAMEFARM_S3_ACCESS_KEY, FRAMEFARM_S3_SECRET_KEY, FRAMEFARM_S3_TLS,
- * FRAMEFARM_S3_RETRY_MS: how long an unreachable object store is retried before a task fails).
+ * FRAMEFARM_S3_RETRY_MS: how long an unreachable object store is retried before a task fails;
+ * FRAMEFARM_NATS_REPLICAS, env only: JetStream replicas of the streams and KV buckets created).
  */
 import { FarmError } from "../../shared/errors.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
@@ -16,6 +17,8 @@ export const FARM_OPTIONS = {
 
 export interface FarmConnection {
   nats: string;
+  /** JetStream replicas of what this process creates; 1 when absent. */
+  natsReplicas?: number;
   s3: { host: string; port: number; tls: boolean; accessKey: string; secretKey: string; bucket: string; retryForMs?: number };
 }
 
@@ -30,8 +33,11 @@ export function farmConnection(values: { nats?: string | undefined; s3?: string 
   const retry = env["FRAMEFARM_S3_RETRY_MS"];
   const retryForMs = retry === undefined ? undefined : Number(retry);
   if (retryForMs !== undefined && (!Number.isInteger(retryForMs) || retryForMs < 0)) throw new FarmError("INVALID_ARGUMENT", `FRAMEFARM_S3_RETRY_MS must be a whole number of milliseconds, got ${JSON.stringify(retry)}`);
+  const natsReplicas = Number(env["FRAMEFARM_NATS_REPLICAS"] ?? 1);
+  if (!Number.isInteger(natsReplicas) || natsReplicas < 1 || natsReplicas > 5) throw new FarmError("INVALID_ARGUMENT", `FRAMEFARM_NATS_REPLICAS must be an integer from 1 to 5, got ${env["FRAMEFARM_NATS_REPLICAS"]}`);
   return {
     nats,
+    natsReplicas,
     s3: {
       host: m[1]!,
       port: Number(m[2]),
@@ -45,7 +51,7 @@ export function farmConnection(values: { nats?: string | undefined; s3?: string 
 }
 
 export async function connectFarm(c: FarmConnection, name: string): Promise<{ bus: NatsBus; store: S3ObjectStore }> {
-  const bus = await NatsBus.connect(c.nats, name);
+  const bus = await NatsBus.connect(c.nats, name, c.natsReplicas ?? 1);
   const store = await S3ObjectStore.open({ endpoint: c.s3.host, port: c.s3.port, useSSL: c.s3.tls, accessKey: c.s3.accessKey, secretKey: c.s3.secretKey, bucket: c.s3.bucket, ...(c.s3.retryForMs !== undefined ? { retryForMs: c.s3.retryForMs } : {}) });
   return { bus, store };
 }

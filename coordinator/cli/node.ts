@@ -37,13 +37,16 @@ export async function nodeCommand(args: string[]): Promise<number> {
     strict: true,
     options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" }, "cache-mb": { type: "string" }, "ack-wait-ms": { type: "string" } },
   });
-  const stages = parseStages(values.stages ?? "all");
+  // Flags win over FRAMEFARM_STAGES / _EP / _NODE_ID / _CACHE_MB (containers set those: deploy/k8s).
+  const env = process.env;
+  const stages = parseStages(values.stages ?? env["FRAMEFARM_STAGES"] ?? "all");
   const conn = farmConnection(values);
-  const nodeId = values.id ?? `${os.hostname()}-${process.pid}`;
-  const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const nodeId = values.id ?? env["FRAMEFARM_NODE_ID"] ?? `${os.hostname()}-${process.pid}`;
+  const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? env["FRAMEFARM_EP"] ?? "cpu");
   const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
-  const cacheMb = Number(values["cache-mb"] ?? 512);
-  if (!Number.isFinite(cacheMb) || cacheMb < 0) throw new FarmError("INVALID_ARGUMENT", `--cache-mb must be a non-negative number, got ${values["cache-mb"]}`);
+  const cacheMbText = values["cache-mb"] ?? env["FRAMEFARM_CACHE_MB"] ?? "512";
+  const cacheMb = Number(cacheMbText);
+  if (!Number.isFinite(cacheMb) || cacheMb < 0) throw new FarmError("INVALID_ARGUMENT", `--cache-mb must be a non-negative number, got ${cacheMbText}`);
   // How long a task of a node that died stays leased before another node gets it.
   const ackWaitMs = Number(values["ack-wait-ms"] ?? 30_000);
   if (!Number.isInteger(ackWaitMs) || ackWaitMs < 500) throw new FarmError("INVALID_ARGUMENT", `--ack-wait-ms must be a whole number >= 500, got ${values["ack-wait-ms"]}`);

@@ -22,6 +22,9 @@ export interface NodeOptions {
 const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
 
+/** The durable consumer nodes of one stage share (KEDA's autoscaler names it too: deploy/k8s). */
+export const stageConsumerName = (stage: string): string => `stage-${stage}`;
+
 export class NodeLoop {
   private constructor(private readonly consumers: Consumer[]) {}
 
@@ -32,7 +35,7 @@ export class NodeLoop {
     for (const stage of options.stages) {
       await bus.queues.ensure(stage);
       consumers.push(
-        await bus.queues.consume(stage, { name: `stage-${stage}`, ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
+        await bus.queues.consume(stage, { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
           const msg = dec<TaskMessage>(m.data);
           const startedAt = new Date().toISOString();
           const modelBefore = ctx.runtime.clock.ms;

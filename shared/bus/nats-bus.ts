@@ -11,18 +11,20 @@ import { FarmError } from "../errors.js";
 import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type QueueStats, type WorkQueues } from "./bus.js";
 
 const ms = (n: number): number => n * 1_000_000;
-const streamOf = (queue: string): string => `FF_Q_${queue}`;
+/** The JetStream stream behind a queue (KEDA's autoscaler names it too: deploy/k8s). */
+export const streamOf = (queue: string): string => `FF_Q_${queue}`;
 const subjectOf = (queue: string): string => `ff.q.${queue}`;
 
 class NatsQueues implements WorkQueues {
   constructor(
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
+    private readonly replicas: number,
   ) {}
 
   async ensure(queue: string): Promise<void> {
     validateBusName("queue", queue);
-    const config = { name: streamOf(queue), subjects: [subjectOf(queue)], retention: RetentionPolicy.Workqueue, storage: StorageType.File, duplicate_window: ms(120_000) };
+    const config = { name: streamOf(queue), subjects: [subjectOf(queue)], retention: RetentionPolicy.Workqueue, storage: StorageType.File, duplicate_window: ms(120_000), num_replicas: this.replicas };
     try {
       await this.jsm.streams.info(config.name);
     } catch {
@@ -175,9 +177,11 @@ export class NatsBus implements Bus {
     readonly events: Events,
     private readonly kvm: Kvm,
     private readonly jsm: JetStreamManager,
+    private readonly replicas: number,
   ) {}
 
-  static async connect(servers: string, name = "framefarm"): Promise<NatsBus> {
+  /** `replicas`: JetStream copies of each stream and KV bucket created here (1, or 3 on a 3-server cluster). */
+  static async connect(servers: string, name = "framefarm", replicas = 1): Promise<NatsBus> {
     let nc: NatsConnection;
     try {
       nc = await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
@@ -186,11 +190,11 @@ export class NatsBus implements Bus {
     }
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
-    return new NatsBus(nc, new NatsQueues(js, jsm), new NatsEvents(nc), new Kvm(nc), jsm);
+    return new NatsBus(nc, new NatsQueues(js, jsm, replicas), new NatsEvents(nc), new Kvm(nc), jsm, replicas);
   }
 
   async kv(bucket: string): Promise<KeyValue> {
-    return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File }), this.jsm, bucket);
+    return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File, replicas: this.replicas }), this.jsm, bucket);
   }
 
   async close(): Promise<void> {

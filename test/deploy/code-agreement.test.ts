@@ -1,0 +1,255 @@
+/**
+ * The manifests and the image recipe agree with what the code reads: subcommands, FRAMEFARM_*
+ * variables and their values, the gRPC port and its health probes, server addresses, stage
+ * groups, execution providers, JetStream stream/consumer names (for KEDA), bundle location.
+ * Names come from the sources (support/code-facts.ts) or from the modules themselves.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { TARGETS, render, type K8sObject, type Target } from "./support/render.js";
+import { byKind, byName, containerEnv, generated, podSpecs, type Container } from "./support/query.js";
+import { cliCommands, compiledSourceDirs, dockerStages, effective, envVarsReadByCode, envVarsUsedByScript, packageJson } from "./support/code-facts.js";
+import { DEFAULT_API_PORT } from "../../coordinator/cli/coordinator.js";
+import { JOB_SERVICE_NAME } from "../../coordinator/api/server.js";
+import { STAGE_GROUPS, parseStages } from "../../coordinator/cli/node.js";
+import { farmConnection } from "../../coordinator/cli/farm-options.js";
+import { defaultBundleDir, packageRoot } from "../../coordinator/cli/defaults.js";
+import { EXECUTION_PROVIDERS } from "../../gpu-node/runtime/execution-provider.js";
+import { streamOf } from "../../shared/bus/nats-bus.js";
+import { stageConsumerName } from "../../gpu-node/worker/node-loop.js";
+import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
+
+const NAMESPACE = "framefarm";
+const stages = dockerStages();
+const FRAMEFARM_IMAGE = /^framefarm\/([a-z0-9-]+)(?::[\w.-]+)?$/;
+
+interface Role {
+  workload: K8sObject;
+  container: Container;
+  env: Map<string, string>;
+}
+
+/** Every container that runs a framefarm image, with the environment it starts with. */
+function framefarmContainers(objects: K8sObject[]): Role[] {
+  return byKind(objects, "Deployment").flatMap((w) =>
+    podSpecs(w).flatMap((p) => p.containers.filter((c) => FRAMEFARM_IMAGE.test(c.image)).map((container) => ({ workload: w, container, env: containerEnv(objects, container) }))),
+  );
+}
+
+const roleOf = (r: Role): string => r.container.args?.[0] ?? "";
+
+/** The environment with the process's own, for calling the code's own parsers with it. */
+function withEnv<T>(env: Map<string, string>, fn: () => T): T {
+  const saved = { ...process.env };
+  try {
+    for (const k of Object.keys(process.env)) if (k.startsWith("FRAMEFARM_")) delete process.env[k];
+    for (const [k, v] of env) process.env[k] = v;
+    return fn();
+  } finally {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+  }
+}
+
+/** host:port of a Service in this namespace, resolved to the container port it forwards to. */
+function servicePort(objects: K8sObject[], host: string, port: number): { service: K8sObject; containerPort: number; workload: K8sObject } {
+  const name = host.replace(new RegExp(`\\.${NAMESPACE}(\\.svc(\\.cluster\\.local)?)?$`), "");
+  const service = byName(objects, "Service", name);
+  const spec = service["spec"] as { selector: Record<string, string>; ports: { port: number; targetPort: string | number }[] };
+  const sp = spec.ports.find((p) => p.port === port);
+  assert.ok(sp, `Service ${name} has no port ${port}`);
+  const workload = [...byKind(objects, "Deployment"), ...byKind(objects, "StatefulSet")].find((w) => {
+    const labels = (w["spec"] as { template: { metadata: { labels: Record<string, string> } } }).template.metadata.labels;
+    return Object.entries(spec.selector).every(([k, v]) => labels[k] === v);
+  });
+  assert.ok(workload, `Service ${name} selects nothing`);
+  const cp = podSpecs(workload).flatMap((p) => p.containers.flatMap((c) => c.ports ?? [])).find((p) => (typeof sp.targetPort === "number" ? p.containerPort === sp.targetPort : p.name === sp.targetPort));
+  assert.ok(cp, `Service ${name} port ${port} forwards to no container port`);
+  return { service, containerPort: cp.containerPort, workload };
+}
+
+/** A `key: value` setting at the top level of a NATS config file (numbers only). */
+function natsSetting(conf: string, key: string): number | undefined {
+  const m = new RegExp(`^${key}\\s*[:=]\\s*(\\d+)\\s*$`, "m").exec(conf);
+  return m === null ? undefined : Number(m[1]);
+}
+
+function natsConf(objects: K8sObject[]): string {
+  const cm = generated(objects, "ConfigMap", "nats-config");
+  assert.ok(cm, "nats-config rendered");
+  return (cm["data"] as Record<string, string>)["nats.conf"]!;
+}
+
+test("the Dockerfile builds what the CLI runs: entrypoint is the package's bin, every source folder is copied", () => {
+  const bin = Object.values(packageJson().bin)[0]!;
+  for (const target of ["coordinator", "node-cpu", "node-cuda"]) {
+    assert.deepEqual(effective(stages, target, "ENTRYPOINT"), ["node", bin], `${target} ENTRYPOINT`);
+    const cmd = effective(stages, target, "CMD");
+    assert.equal(cmd?.length, 1, `${target} CMD`);
+    assert.ok(cliCommands().has(cmd![0]!), `${target} CMD ${cmd} is a framefarm subcommand`);
+    // The manifests say runAsNonRoot, which the kubelet can only verify for a numeric user.
+    const user = effective(stages, target, "USER")?.[0];
+    assert.ok(user !== undefined && /^[1-9]\d*$/.test(user), `${target} USER ${user} is a numeric non-root user`);
+  }
+  assert.deepEqual(effective(stages, "coordinator", "EXPOSE"), [String(DEFAULT_API_PORT)]);
+  const build = stages.find((s) => s.name === "build")!;
+  const copied = build.instructions.filter(([k]) => k === "COPY").map(([, v]) => v.split(/\s+/)[0]);
+  for (const dir of compiledSourceDirs()) assert.ok(copied.includes(dir), `build stage copies ${dir}/`);
+  // The default bundle (FRAMEFARM_BUNDLE unset) is where the images put the tiny bundle.
+  const bundleRel = withEnv(new Map(), () => path.relative(packageRoot(), defaultBundleDir()));
+  for (const target of ["runtime-cpu", "node-cuda"]) {
+    const s = stages.find((x) => x.name === target)!;
+    assert.ok(s.instructions.some(([k, v]) => k === "COPY" && v.split(/\s+/).at(-1) === bundleRel), `${target} copies the default bundle to ${bundleRel}`);
+  }
+});
+
+test("the CUDA image installs onnxruntime-node's CUDA provider with the package's own flag", () => {
+  const cuda = stages.find((s) => s.name === "node-cuda")!;
+  const from = cuda.instructions.find(([k, v]) => k === "COPY" && v.includes("node_modules"))?.[1];
+  const source = /--from=(\S+)/.exec(from ?? "")?.[1];
+  assert.ok(source, "node-cuda copies node_modules from a build stage");
+  const run = stages.find((s) => s.name === source)!.instructions.filter(([k]) => k === "RUN").map(([, v]) => v).join("\n");
+  const flag = /--onnxruntime-node-install=(\S+)/.exec(run)?.[1];
+  const require = createRequire(import.meta.url);
+  const metadata = require("onnxruntime-node/script/install-metadata.js") as { requirements: Record<string, string[]>; manifests: Record<string, Record<string, unknown>> };
+  assert.ok(flag !== undefined && metadata.requirements["linux/x64"]!.includes(flag), `flag ${flag} is one onnxruntime-node installs on linux/x64`);
+  assert.ok(Object.keys(metadata.manifests[`linux/x64:${flag}`] ?? {}).some((f) => run.includes(path.basename(f))), "the build checks a file the install provides");
+});
+
+for (const target of TARGETS) {
+  test(`${target}: every FRAMEFARM_* variable set is one the code reads, and it accepts the values`, () => {
+    const objects = render(target);
+    const read = envVarsReadByCode();
+    const roles = framefarmContainers(objects);
+    assert.deepEqual(roles.map(roleOf).sort(), ["coordinator", "node", "node"]);
+    for (const r of roles) {
+      const unknown = [...r.env.keys()].filter((k) => k.startsWith("FRAMEFARM_") && !read.has(k));
+      assert.deepEqual(unknown, [], `${r.workload.metadata.name}: variables no code reads`);
+      assert.ok(cliCommands().has(roleOf(r)), `${r.workload.metadata.name}: args ${r.container.args} name a subcommand`);
+      assert.equal(r.container.args?.length, 1, "settings come from the environment, not flags");
+      assert.equal((r.container as { securityContext?: { runAsNonRoot?: boolean } }).securityContext?.runAsNonRoot, true, `${r.workload.metadata.name}: runs as non-root`);
+      for (const key of ["FRAMEFARM_S3_ACCESS_KEY", "FRAMEFARM_S3_SECRET_KEY"]) {
+        const e = r.container.env?.find((x) => x.name === key);
+        assert.ok(e?.valueFrom?.secretKeyRef, `${r.workload.metadata.name}: ${key} comes from a Secret`);
+      }
+      const conn = withEnv(r.env, () => farmConnection({}));
+      assert.equal(conn.s3.bucket, r.env.get("FRAMEFARM_S3_BUCKET"));
+    }
+    for (const cm of byKind(objects, "ConfigMap")) {
+      for (const k of Object.keys((cm["data"] ?? {}) as object)) assert.ok(!/SECRET|ACCESS_KEY|PASSWORD|TOKEN/.test(k), `ConfigMap ${cm.metadata.name} holds ${k}: use a Secret`);
+    }
+    // Scripts run in init containers read the same settings.
+    for (const cm of byKind(objects, "ConfigMap")) {
+      for (const [file, text] of Object.entries((cm["data"] ?? {}) as Record<string, string>)) {
+        if (!file.endsWith(".sh")) continue;
+        assert.deepEqual([...envVarsUsedByScript(text)].filter((k) => !read.has(k)), [], `${file}: variables no code reads`);
+      }
+    }
+  });
+
+  test(`${target}: the coordinator listens where its Service, probes and image say`, () => {
+    const objects = render(target);
+    const [coord] = framefarmContainers(objects).filter((r) => roleOf(r) === "coordinator") as [Role];
+    assert.equal(coord.env.get("FRAMEFARM_HOST"), "0.0.0.0", "listens beyond loopback, where the kubelet probes");
+    const port = Number(coord.env.get("FRAMEFARM_PORT") ?? DEFAULT_API_PORT);
+    assert.equal(port, DEFAULT_API_PORT, "the image's EXPOSE and the docs use the default port");
+    assert.deepEqual(coord.container.ports?.map((p) => p.containerPort), [port]);
+    for (const kind of ["startupProbe", "readinessProbe", "livenessProbe"] as const) {
+      const probe = coord.container[kind];
+      assert.equal(probe?.grpc?.port, port, `${kind} is a gRPC health check on the API port`);
+      assert.ok(["", JOB_SERVICE_NAME].includes(probe.grpc.service ?? ""), `${kind} asks for a service the coordinator reports`);
+    }
+    assert.equal(servicePort(objects, "framefarm-coordinator", port).containerPort, port);
+    assert.equal(FRAMEFARM_IMAGE.exec(coord.container.image)?.[1], "coordinator", "coordinator image is the Dockerfile's coordinator target");
+  });
+
+  test(`${target}: node pools serve every stage, on an execution provider their image has`, () => {
+    const objects = render(target);
+    const nodes = framefarmContainers(objects).filter((r) => roleOf(r) === "node");
+    const served = new Set<string>();
+    for (const n of nodes) {
+      for (const s of withEnv(n.env, () => parseStages(n.env.get("FRAMEFARM_STAGES") ?? "all"))) served.add(s);
+      assert.equal(n.env.get("FRAMEFARM_NODE_ID"), "<fieldRef:metadata.name>", "node id is the pod name");
+      const ep = n.env.get("FRAMEFARM_EP") ?? "cpu";
+      assert.ok((EXECUTION_PROVIDERS as readonly string[]).includes(ep), `execution provider ${ep}`);
+      const imageTarget = FRAMEFARM_IMAGE.exec(n.container.image)?.[1];
+      assert.ok(imageTarget !== undefined && stages.some((s) => s.name === imageTarget), `image ${n.container.image} is a Dockerfile target`);
+      assert.equal(imageTarget, ep === "cuda" ? "node-cuda" : "node-cpu", `${n.workload.metadata.name}: image for ${ep}`);
+      const pod = podSpecs(n.workload)[0]!;
+      if (ep === "cuda") {
+        assert.equal(String(n.container.resources?.limits?.["nvidia.com/gpu"]), "1", "one GPU per node");
+        assert.ok(pod.tolerations?.some((t) => t.key === "nvidia.com/gpu"), "tolerates GPU taints");
+        assert.ok(pod.nodeSelector !== undefined && Object.keys(pod.nodeSelector).length > 0, "selects GPU hosts");
+      } else {
+        assert.equal(n.container.resources?.limits?.["nvidia.com/gpu"], undefined);
+      }
+    }
+    assert.deepEqual([...served].sort(), Object.values(STAGE_GROUPS).flat().sort());
+  });
+
+  test(`${target}: NATS and S3 addresses lead to the servers, with JetStream replicas matching the cluster`, () => {
+    const objects = render(target);
+    const conf = natsConf(objects);
+    for (const r of framefarmContainers(objects)) {
+      const nats = new URL(r.env.get("FRAMEFARM_NATS")!);
+      assert.equal(nats.protocol, "nats:");
+      const n = servicePort(objects, nats.hostname, Number(nats.port));
+      assert.equal(n.workload.metadata.name, "nats");
+      assert.equal(n.containerPort, natsSetting(conf, "port"), "the client port nats.conf listens on");
+      const conn = withEnv(r.env, () => farmConnection({}));
+      const s3 = servicePort(objects, conn.s3.host, conn.s3.port);
+      assert.equal(s3.workload.metadata.name, "minio");
+      const minioArgs = podSpecs(s3.workload)[0]!.containers[0]!.args ?? [];
+      assert.ok(!minioArgs.includes("--address") || minioArgs.includes(`:${s3.containerPort}`), "MinIO serves S3 on the forwarded port");
+      const replicas = conn.natsReplicas;
+      const sts = byName(objects, "StatefulSet", "nats")["spec"] as { replicas: number; serviceName: string };
+      assert.equal(replicas, sts.replicas, "streams are replicated once per NATS server");
+      const routes = [...conf.matchAll(/nats:\/\/([\w.-]+):(\d+)/g)];
+      assert.deepEqual(routes.map((m) => m[1]), sts.replicas === 1 ? [] : Array.from({ length: sts.replicas }, (_, i) => `nats-${i}.${sts.serviceName}`));
+    }
+  });
+
+  test(`${target}: the model bundle is where the code looks for it`, () => {
+    const objects = render(target);
+    for (const r of framefarmContainers(objects)) {
+      const bundle = r.env.get("FRAMEFARM_BUNDLE");
+      const pod = podSpecs(r.workload)[0]!;
+      if (bundle === undefined) {
+        assert.notEqual(target, "overlays/gpu", "the gpu overlay runs the real bundle");
+        continue; // the tiny bundle inside the image (checked against the Dockerfile above)
+      }
+      const mount = r.container.volumeMounts?.find((m) => bundle === m.mountPath || bundle.startsWith(`${m.mountPath}/`));
+      assert.ok(mount, `${r.workload.metadata.name}: ${bundle} is on a volume`);
+      const fillers = (pod.initContainers ?? []).filter((c) => c.volumeMounts?.some((m) => m.name === mount.name && m.readOnly !== true));
+      assert.equal(fillers.length, 1, `${r.workload.metadata.name}: one init step fills the bundle volume`);
+      const fillerEnv = containerEnv(objects, fillers[0]!);
+      assert.equal(fillerEnv.get("FRAMEFARM_BUNDLE"), bundle, "the init step writes where the node reads");
+      const script = byKind(objects, "ConfigMap").flatMap((cm) => Object.values((cm["data"] ?? {}) as Record<string, string>)).find((t) => t.startsWith("#!") && t.includes("FRAMEFARM_BUNDLE"));
+      assert.ok(script?.includes(MANIFEST_FILE), "the init step checks for the bundle manifest the code opens");
+    }
+  });
+}
+
+test("gpu: KEDA scales denoise nodes on the consumer they pull from, read from the NATS monitoring port", () => {
+  const objects = render("overlays/gpu" satisfies Target);
+  const [scaled] = byKind(objects, "ScaledObject") as [K8sObject];
+  const spec = scaled["spec"] as { scaleTargetRef: { name: string; kind?: string }; triggers: { type: string; metadata: Record<string, string> }[] };
+  const workload = byName(objects, spec.scaleTargetRef.kind ?? "Deployment", spec.scaleTargetRef.name);
+  const node = framefarmContainers(objects).find((r) => r.workload === workload);
+  assert.ok(node, "the target runs framefarm nodes");
+  const served = withEnv(node.env, () => parseStages(node.env.get("FRAMEFARM_STAGES")!));
+  assert.deepEqual(served, ["denoise"]);
+  assert.equal((workload["spec"] as { replicas?: number }).replicas, undefined, "KEDA owns the replica count");
+  const [trigger] = spec.triggers as [{ type: string; metadata: Record<string, string> }];
+  assert.equal(trigger.type, "nats-jetstream");
+  assert.equal(trigger.metadata["stream"], streamOf(served[0]!));
+  assert.equal(trigger.metadata["consumer"], stageConsumerName(served[0]!));
+  const [host, port] = trigger.metadata["natsServerMonitoringEndpoint"]!.split(":") as [string, string];
+  assert.match(host, new RegExp(`\\.${NAMESPACE}\\.svc\\.cluster\\.local$`), "KEDA runs in its own namespace: the address is fully qualified");
+  const monitor = servicePort(objects, host, Number(port));
+  assert.equal(monitor.workload.metadata.name, "nats");
+  assert.equal(monitor.containerPort, natsSetting(natsConf(objects), "http_port"), "the monitoring port nats.conf opens");
+  assert.ok(Number(trigger.metadata["lagThreshold"]) >= 1);
+});
