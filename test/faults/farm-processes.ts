@@ -1,0 +1,192 @@
+/**
+ * A farm of real processes for fault injection: nats-server (JetStream, file storage), s3rver, a
+ * coordinator process and node processes, each of which a test can SIGKILL and start again on the
+ * same port and data folder. The test talks to the farm as a user does (gRPC) and watches it as an
+ * operator would (NATS events, the object store).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
+import { JobServiceClient, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import { freePort, LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { NatsBus } from "../../shared/bus/nats-bus.js";
+import { S3ObjectStore } from "../../shared/store/s3-store.js";
+import { cliPath, tinyBundleDir } from "../support/paths.js";
+
+export interface FarmSettings {
+  /** Redelivery delay of a dead node's task. */
+  ackWaitMs: number;
+  /** How long nodes and coordinator retry an unreachable object store. */
+  s3RetryMs: number;
+}
+
+const BUCKET = "framefarm";
+
+/** Resolves when the process prints a line matching pattern; rejects if it exits first. */
+function waitForLine(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 30_000): Promise<RegExpExecArray> {
+  return new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => done(new Error(`${what} printed no ${pattern} within ${timeoutMs} ms: ${out.slice(-500)}`)), timeoutMs);
+    const onData = (b: Buffer): void => {
+      out += b.toString();
+      const m = pattern.exec(out);
+      if (m !== null) done(null, m);
+    };
+    const onExit = (code: number | null): void => done(new Error(`${what} exited (${code}) before ${pattern}: ${out.slice(-500)}`));
+    const done = (err: Error | null, m?: RegExpExecArray): void => {
+      clearTimeout(timer);
+      child.stdout?.off("data", onData);
+      child.stderr?.off("data", onData);
+      child.off("exit", onExit);
+      if (err !== null) reject(err);
+      else resolve(m!);
+    };
+    child.stdout?.on("data", onData);
+    child.stderr?.on("data", onData);
+    child.once("exit", onExit);
+  });
+}
+
+async function killHard(child: ChildProcess | undefined): Promise<void> {
+  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGKILL");
+  await exited;
+}
+
+export class FarmProcesses {
+  nats!: LocalServer;
+  s3!: LocalServer;
+  private coordinator: ChildProcess | undefined;
+  private readonly nodes = new Map<string, { child: ChildProcess; stages: string }>();
+  private nodeCount = 0;
+  /** The test's own view: events and queues (NATS) and objects (S3), as an operator has. */
+  bus!: NatsBus;
+  store!: S3ObjectStore;
+  client!: JobServiceClient;
+  private grpcPort = 0;
+
+  private constructor(
+    private readonly dir: string,
+    readonly settings: FarmSettings,
+  ) {}
+
+  /** nodes: id -> stage groups (`framefarm node --stages`). */
+  static async start(dir: string, settings: FarmSettings, nodes: Record<string, string>): Promise<FarmProcesses> {
+    const f = new FarmProcesses(dir, settings);
+    f.nats = await startNatsServer(path.join(dir, "nats"));
+    f.s3 = await startS3Server(path.join(dir, "s3"));
+    f.grpcPort = await freePort();
+    await f.startCoordinator();
+    await Promise.all(Object.entries(nodes).map(([id, stages]) => f.startNode(id, stages)));
+    f.bus = await NatsBus.connect(f.natsUrl, "fault-injector");
+    f.store = await S3ObjectStore.open({ endpoint: LOOPBACK, port: f.s3.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: BUCKET, retryForMs: 60_000 });
+    f.client = new JobServiceClient(`${LOOPBACK}:${f.grpcPort}`, credentials.createInsecure());
+    return f;
+  }
+
+  get natsUrl(): string {
+    return `nats://${LOOPBACK}:${this.nats.port}`;
+  }
+
+  private env(): NodeJS.ProcessEnv {
+    return { ...process.env, FRAMEFARM_S3_RETRY_MS: String(this.settings.s3RetryMs) };
+  }
+
+  private connectionArgs(): string[] {
+    return ["--nats", this.natsUrl, "--s3", `${LOOPBACK}:${this.s3.port}`, "--bucket", BUCKET, "--bundle", tinyBundleDir()];
+  }
+
+  async startCoordinator(): Promise<void> {
+    const child = spawn(process.execPath, [cliPath(), "coordinator", ...this.connectionArgs(), "--host", LOOPBACK, "--port", String(this.grpcPort)], { stdio: ["ignore", "pipe", "pipe"], env: this.env() });
+    await waitForLine(child, /gRPC listening on/, "coordinator");
+    this.coordinator = child;
+  }
+
+  async killCoordinator(): Promise<void> {
+    await killHard(this.coordinator);
+    this.coordinator = undefined;
+  }
+
+  async startNode(id: string, stages: string): Promise<void> {
+    const args = [cliPath(), "node", ...this.connectionArgs(), "--stages", stages, "--id", id, "--ack-wait-ms", String(this.settings.ackWaitMs)];
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: this.env() });
+    await waitForLine(child, /serving/, `node ${id}`);
+    // Keep reading its output so a chatty node never blocks on a full pipe.
+    child.stdout?.resume();
+    child.stderr?.resume();
+    this.nodes.set(id, { child, stages });
+    this.nodeCount++;
+  }
+
+  async killNode(id: string): Promise<void> {
+    await killHard(this.nodes.get(id)?.child);
+    this.nodes.delete(id);
+  }
+
+  /** SIGKILLs every node serving these stages and starts one fresh node in their place. */
+  async replaceNodes(stages: string): Promise<void> {
+    for (const [id, n] of this.nodes) if (n.stages === stages) await this.killNode(id);
+    await this.startNode(`${stages.replace(/\W/g, "-")}-${this.nodeCount}`, stages);
+  }
+
+  /** After a failed run: every server and process that should be up is up again. */
+  async heal(nodes: Record<string, string>): Promise<void> {
+    if (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null) this.nats = await startNatsServer(path.join(this.dir, "nats"), this.nats.port);
+    if (this.s3.process.exitCode !== null || this.s3.process.signalCode !== null) await this.startS3();
+    if (this.coordinator === undefined || this.coordinator.exitCode !== null) await this.startCoordinator();
+    for (const [id, n] of this.nodes) if (n.child.exitCode !== null || n.child.signalCode !== null) this.nodes.delete(id);
+    const running = new Set([...this.nodes.values()].map((n) => n.stages));
+    for (const stages of Object.values(nodes)) if (!running.has(stages)) await this.startNode(`${stages.replace(/\W/g, "-")}-${this.nodeCount}`, stages);
+  }
+
+  /** SIGKILL nats-server and start it again on its port and store folder after pauseMs. */
+  async restartNats(pauseMs: number): Promise<void> {
+    const port = this.nats.port;
+    this.nats.kill();
+    await new Promise((r) => this.nats.process.once("exit", r));
+    await new Promise((r) => setTimeout(r, pauseMs));
+    this.nats = await startNatsServer(path.join(this.dir, "nats"), port);
+  }
+
+  async stopS3(): Promise<void> {
+    this.s3.kill();
+    await new Promise((r) => this.s3.process.once("exit", r));
+  }
+
+  async startS3(): Promise<void> {
+    this.s3 = await startS3Server(path.join(this.dir, "s3"), this.s3.port);
+  }
+
+  submit(req: SubmitJobRequest): Promise<Job> {
+    return new Promise((resolve, reject) => this.client.submitJob(req, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))));
+  }
+
+  cancel(id: string): Promise<Job> {
+    return new Promise((resolve, reject) => this.client.cancelJob({ id }, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))));
+  }
+
+  /** GetJob, retried while the coordinator is away (a restart is part of the test). */
+  async get(id: string, timeoutMs = 60_000): Promise<Job> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        return await new Promise<Job>((resolve, reject) =>
+          this.client.getJob({ id }, new Metadata(), { deadline: Date.now() + 2000 }, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))),
+        );
+      } catch (err) {
+        if (Date.now() > end) throw err;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.client?.close();
+    await this.bus?.close().catch(() => undefined);
+    await Promise.all([...this.nodes.keys()].map((id) => this.killNode(id)));
+    await this.killCoordinator();
+    await this.nats?.stop();
+    await this.s3?.stop();
+  }
+}

@@ -1,0 +1,252 @@
+/**
+ * `npm run test:faults`: real faults injected into a farm of real processes (nats-server, s3rver,
+ * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator and NATS server, an object
+ * store outage shorter and longer than the retry limit, duplicate task delivery, cancellation.
+ * A job that should complete must end SUCCEEDED with frames bit-identical to an undisturbed run
+ * (lossless video, fixed seed); otherwise it counts as lost (did not end as it should) or
+ * corrupted (other frames). Prints a table and ends with
+ * `faults: <N> injected, <S> survived, <L> lost`; exits non-zero unless every fault was survived.
+ */
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import { jobEventSubject, type StepEvent, type TaskMessage } from "../../coordinator/dispatch/dispatcher.js";
+import { readMp4Frames } from "../../shared/video/mp4.js";
+import { repoRoot } from "../support/paths.js";
+import { FarmProcesses, type FarmSettings } from "./farm-processes.js";
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const RUNS = Number(process.env["FAULT_RUNS"] ?? 10);
+const ENDED = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
+
+interface Outcome {
+  survived: boolean;
+  corrupted?: boolean;
+  detail: string;
+}
+
+interface Row {
+  fault: string;
+  runs: number;
+  survived: number;
+  lost: number;
+  corrupted: number;
+  seconds: number;
+  notes: string[];
+}
+
+async function jobRequest(): Promise<SubmitJobRequest> {
+  const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+  // 3 sections of 25 steps on the tiny model: long enough to hit a section in the middle.
+  return {
+    image: { source: { $case: "data", value: image } },
+    settings: { prompt: "a lighthouse, waves, seagulls", length: { $case: "numFrames", value: 90 }, mode: 0, steps: 25, resolution: 64, seed: 42n, lossless: true },
+    bundle: "",
+    priority: 0,
+    idempotencyKey: "",
+  };
+}
+
+/** Resolves at the first step event of the job at or past (section, step). */
+function atStep(farm: FarmProcesses, jobId: string, section: number, step: number, timeoutMs = 60_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => (off(), reject(new Error(`no step ${section}/${step} of ${jobId} within ${timeoutMs} ms`))), timeoutMs);
+    const off = farm.bus.events.subscribe(jobEventSubject(jobId), (_s, data) => {
+      const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
+      if (typeof e.step === "number" && (e.section ?? 0) >= section && e.step >= step) {
+        clearTimeout(timer);
+        off();
+        resolve();
+      }
+    });
+  });
+}
+
+async function untilEnded(farm: FarmProcesses, id: string, timeoutMs = 90_000): Promise<Job> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await farm.get(id, Math.max(1000, end - Date.now()));
+    if (ENDED.has(job.state) || Date.now() > end) return job;
+    await sleep(100);
+  }
+}
+
+async function framesOf(farm: FarmProcesses, job: Job, dir: string): Promise<Buffer> {
+  const file = path.join(dir, `${job.id}.mp4`);
+  await writeFile(file, await farm.store.get(job.videoKey));
+  return Buffer.from((await readMp4Frames(file, job.width, job.height)).data);
+}
+
+/** A job that must complete: SUCCEEDED with the baseline's frames. */
+async function expectComplete(farm: FarmProcesses, id: string, baseline: Buffer, dir: string): Promise<Outcome> {
+  const job = await untilEnded(farm, id);
+  if (job.state !== JobState.JOB_STATE_SUCCEEDED) return { survived: false, detail: `ended ${jobStateToJSON(job.state)} ${job.error}` };
+  const frames = await framesOf(farm, job, dir);
+  return frames.equals(baseline) ? { survived: true, detail: "identical frames" } : { survived: false, corrupted: true, detail: "frames differ from the undisturbed run" };
+}
+
+type Scenario = (farm: FarmProcesses, baseline: Buffer, dir: string) => Promise<Outcome>;
+
+const NODES = { general: "text,image,vae", "denoise-0": "denoise" };
+
+const scenarios: { fault: string; runs: number; scenario: Scenario }[] = [
+  {
+    fault: "GPU node SIGKILLed mid-denoise, replaced",
+    runs: RUNS,
+    scenario: async (farm, baseline, dir) => {
+      const job = await farm.submit(await jobRequest());
+      await atStep(farm, job.id, 1, 3);
+      await farm.replaceNodes("denoise");
+      return expectComplete(farm, job.id, baseline, dir);
+    },
+  },
+  {
+    fault: "coordinator SIGKILLed mid-job, restarted",
+    runs: RUNS,
+    scenario: async (farm, baseline, dir) => {
+      const job = await farm.submit(await jobRequest());
+      await atStep(farm, job.id, 1, 3);
+      await farm.killCoordinator();
+      await sleep(300);
+      await farm.startCoordinator();
+      return expectComplete(farm, job.id, baseline, dir);
+    },
+  },
+  {
+    fault: "NATS server SIGKILLed mid-job, restarted",
+    runs: RUNS,
+    scenario: async (farm, baseline, dir) => {
+      const job = await farm.submit(await jobRequest());
+      await atStep(farm, job.id, 1, 3);
+      await farm.restartNats(500);
+      return expectComplete(farm, job.id, baseline, dir);
+    },
+  },
+  {
+    fault: "duplicate delivery of a running denoise task",
+    runs: RUNS,
+    scenario: async (farm, baseline, dir) => {
+      const job = await farm.submit(await jobRequest());
+      await atStep(farm, job.id, 1, 3);
+      const taskId = `${job.id}.denoise.1`;
+      await farm.bus.queues.enqueue("denoise", new TextEncoder().encode(JSON.stringify({ jobId: job.id, taskId } satisfies TaskMessage)));
+      const outcome = await expectComplete(farm, job.id, baseline, dir);
+      return outcome;
+    },
+  },
+  {
+    fault: "cancel mid-job",
+    runs: RUNS,
+    scenario: async (farm) => {
+      const job = await farm.submit(await jobRequest());
+      await atStep(farm, job.id, 1, 3);
+      let lastStepAt = 0;
+      const off = farm.bus.events.subscribe(jobEventSubject(job.id), (_s, data) => {
+        if (typeof (JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>).step === "number") lastStepAt = Date.now();
+      });
+      const cancelledAt = Date.now();
+      const res = await farm.cancel(job.id);
+      if (res.state !== JobState.JOB_STATE_CANCELLED) return (off(), { survived: false, detail: `cancel answered ${jobStateToJSON(res.state)}` });
+      let left = await farm.store.list(`jobs/${job.id}/`);
+      for (const end = Date.now() + 10_000; left.length > 0 && Date.now() < end; left = await farm.store.list(`jobs/${job.id}/`)) await sleep(200);
+      await sleep(1000);
+      off();
+      const final = await farm.get(job.id);
+      if (final.state !== JobState.JOB_STATE_CANCELLED) return { survived: false, detail: `ended ${jobStateToJSON(final.state)}` };
+      if (left.length > 0) return { survived: false, detail: `${left.length} objects left: ${left[0]}` };
+      if (lastStepAt - cancelledAt > 3000) return { survived: false, detail: `steps ran ${lastStepAt - cancelledAt} ms after the cancel` };
+      return { survived: true, detail: "cancelled, objects removed, denoise stopped" };
+    },
+  },
+  {
+    fault: "object store down 10 s mid-job (retry limit 30 s)",
+    runs: 3,
+    scenario: async (farm, baseline, dir) => {
+      const job = await farm.submit(await jobRequest());
+      await atStep(farm, job.id, 1, 3);
+      await farm.stopS3();
+      await sleep(10_000);
+      await farm.startS3();
+      return expectComplete(farm, job.id, baseline, dir);
+    },
+  },
+];
+
+/** An outage longer than the retry limit: the job fails with a reason, and nothing stays leased. */
+async function longOutage(dir: string): Promise<Outcome> {
+  const farm = await FarmProcesses.start(path.join(dir, "short-retry"), { ackWaitMs: 2000, s3RetryMs: 1000 }, NODES);
+  try {
+    const job = await farm.submit(await jobRequest());
+    await atStep(farm, job.id, 1, 3);
+    await farm.stopS3();
+    const ended = await untilEnded(farm, job.id, 60_000);
+    await farm.startS3();
+    if (ended.state !== JobState.JOB_STATE_FAILED) return { survived: false, detail: `ended ${jobStateToJSON(ended.state)}` };
+    if (ended.errorStatus !== "UNAVAILABLE" || !/object store .* unreachable/.test(ended.error)) return { survived: false, detail: `unclear reason: ${ended.errorStatus} ${ended.error}` };
+    await sleep(1000);
+    for (const q of ["denoise", "decode", "mux"]) {
+      const s = await farm.bus.queues.stats(q);
+      if (s.inFlight + s.waiting > 0) return { survived: false, detail: `queue ${q} still holds ${s.inFlight + s.waiting} tasks` };
+    }
+    return { survived: true, detail: `FAILED ${ended.errorStatus}: ${ended.error.slice(0, 80)}` };
+  } finally {
+    await farm.stop();
+  }
+}
+
+async function main(): Promise<number> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-faults-"));
+  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000 };
+  const rows: Row[] = [];
+  const farm = await FarmProcesses.start(path.join(dir, "farm"), settings, NODES);
+  try {
+    const first = await farm.submit(await jobRequest());
+    const done = await untilEnded(farm, first.id);
+    if (done.state !== JobState.JOB_STATE_SUCCEEDED) throw new Error(`the undisturbed run ended ${jobStateToJSON(done.state)}: ${done.error}`);
+    const baseline = await framesOf(farm, done, dir);
+    process.stdout.write(`baseline: job ${done.id}, ${done.width}x${done.height}, ${baseline.length} bytes of frames\n`);
+    for (const s of scenarios) {
+      const row: Row = { fault: s.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
+      const t0 = Date.now();
+      for (let i = 0; i < s.runs; i++) {
+        let outcome: Outcome;
+        try {
+          outcome = await s.scenario(farm, baseline, dir);
+        } catch (err) {
+          outcome = { survived: false, detail: `harness: ${(err as Error).message}` };
+        }
+        // One failure must not spoil the runs after it.
+        if (!outcome.survived) await farm.heal(NODES);
+        row.runs++;
+        if (outcome.survived) row.survived++;
+        else if (outcome.corrupted === true) row.corrupted++;
+        else row.lost++;
+        if (!outcome.survived) row.notes.push(outcome.detail);
+        process.stdout.write(`  ${s.fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`);
+      }
+      row.seconds = (Date.now() - t0) / 1000;
+      rows.push(row);
+    }
+  } finally {
+    await farm.stop();
+  }
+  const t0 = Date.now();
+  const outcome = await longOutage(dir).catch((err: Error): Outcome => ({ survived: false, detail: `harness: ${err.message}` }));
+  process.stdout.write(`  object store down past the retry limit #1: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`);
+  rows.push({ fault: "object store down past the retry limit (1 s): job FAILED with the reason", runs: 1, survived: outcome.survived ? 1 : 0, lost: outcome.survived ? 0 : 1, corrupted: 0, seconds: (Date.now() - t0) / 1000, notes: outcome.survived ? [] : [outcome.detail] });
+  await rm(dir, { recursive: true, force: true });
+
+  const total = rows.reduce((n, r) => n + r.runs, 0);
+  const survived = rows.reduce((n, r) => n + r.survived, 0);
+  const lost = rows.reduce((n, r) => n + r.lost, 0);
+  const corrupted = rows.reduce((n, r) => n + r.corrupted, 0);
+  process.stdout.write(`\nMachine: ${os.cpus()[0]?.model ?? "unknown CPU"}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}\n\n`);
+  process.stdout.write("| fault | runs | survived | lost | corrupted | seconds |\n|---|---|---|---|---|---|\n");
+  for (const r of rows) process.stdout.write(`| ${r.fault} | ${r.runs} | ${r.survived} | ${r.lost} | ${r.corrupted} | ${r.seconds.toFixed(1)} |\n`);
+  for (const r of rows) for (const n of r.notes) process.stdout.write(`- ${r.fault}: ${n}\n`);
+  process.stdout.write(`\nfaults: ${total} injected, ${survived} survived, ${lost + corrupted} lost\n`);
+  return survived === total ? 0 : 1;
+}
+
+process.exitCode = await main();
