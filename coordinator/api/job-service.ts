@@ -170,7 +170,11 @@ export class JobService {
   }
 
   /** tenant defaults to DEFAULT_TENANT for in-process callers (embedded mode has no tenants). */
-  async submit(req: Parameters<JobServiceServer["submitJob"]>[0]["request"], tenant: string = DEFAULT_TENANT): Promise<{ job: Job; deduplicated: boolean }> {
+  /**
+   * signal: the caller went away (deadline or cancel). Checked until the job is handed to the
+   * dispatcher; a submission aborted before that leaves nothing stored.
+   */
+  async submit(req: Parameters<JobServiceServer["submitJob"]>[0]["request"], tenant: string = DEFAULT_TENANT, signal?: AbortSignal): Promise<{ job: Job; deduplicated: boolean }> {
     const { manifest } = this.deps;
     if (req.bundle !== "" && req.bundle !== this.deps.bundleName) throw new FarmError("NOT_FOUND", `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(this.deps.bundleName)}`);
     // Also checked by the dispatcher; here so a bad one is refused before any image is decoded or stored.
@@ -231,8 +235,10 @@ export class JobService {
     }
     const keys = jobKeys(jobId);
     try {
+      signal?.throwIfAborted();
       await this.deps.store.put(keys.firstImage, first.bytes);
       if (last !== null) await this.deps.store.put(keys.lastImage, last.bytes);
+      signal?.throwIfAborted();
       await this.deps.dispatcher.submit(spec, tasks, { priority: req.priority });
     } catch (err) {
       // Leave nothing behind for a submission that did not become a job.
@@ -284,17 +290,29 @@ export class JobService {
   /** The gRPC handlers. */
   handlers(): JobServiceServer {
     const unary =
-      <Req, Res>(fn: (req: Req, tenant: string) => Promise<Res>) =>
+      <Req, Res>(fn: (req: Req, tenant: string, signal: AbortSignal) => Promise<Res>) =>
       (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
+        // Deadlines are honoured: work stops where it can once the caller's deadline has passed.
+        const abort = new AbortController();
+        const deadline = Number(call.getDeadline());
+        const stop = (): void => {
+          const late = Date.now() >= deadline;
+          abort.abort(new FarmError(late ? "DEADLINE_EXCEEDED" : "CANCELLED", late ? "the call's deadline passed before the work was done" : "the caller cancelled the call"));
+        };
+        // A large request can outlast its deadline before this handler even runs.
+        if (call.cancelled) stop();
+        call.once("cancelled", stop);
+        const timer = Number.isFinite(deadline) ? setTimeout(stop, Math.max(0, deadline - Date.now())) : undefined;
         Promise.resolve()
-          .then(() => fn(call.request, this.caller(call)))
+          .then(() => fn(call.request, this.caller(call), abort.signal))
+          .finally(() => clearTimeout(timer))
           .then(
             (res) => cb(null, res),
             (err) => cb(toGrpcError(err) as ServerErrorResponse),
           );
       };
     return {
-      submitJob: unary(async (req, tenant) => this.submit(req, tenant)),
+      submitJob: unary(async (req, tenant, signal) => this.submit(req, tenant, signal)),
       getJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.get(req.id, tenant)) })),
       cancelJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.cancel(req.id, tenant)) })),
       listJobs: unary(async (req, tenant) => {

@@ -90,6 +90,9 @@ export class Dispatcher {
   private releaseRequested = false;
   private tick: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Results being handled right now, and since when release passes have waited for results. */
+  private handlingResults = 0;
+  private deferredSince: number | undefined;
   private readonly maxAttempts: number;
 
   private constructor(
@@ -105,8 +108,14 @@ export class Dispatcher {
     for (const q of [...STAGE_KINDS, RESULTS_QUEUE]) await bus.queues.ensure(q);
     const d = new Dispatcher(bus, store, await bus.kv(JOBS_BUCKET), options);
     d.consumer = await bus.queues.consume(RESULTS_QUEUE, { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 }, async (m) => {
-      await d.onResult(dec<TaskResult>(m.data));
-      m.ack();
+      d.handlingResults++;
+      try {
+        await d.onResult(dec<TaskResult>(m.data));
+        m.ack();
+      } finally {
+        d.handlingResults--;
+      }
+      d.requestRelease();
     });
     // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
     // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
@@ -192,9 +201,20 @@ export class Dispatcher {
 
   /** Gives each idle node the best held task of its stage. */
   private async releasePass(): Promise<void> {
+    let resultsChecked = false;
     for (const kind of this.ready.kinds()) {
       const { waiting, idleWorkers } = await this.bus.queues.stats(kind);
       let room = idleWorkers - waiting;
+      if (room <= 0) continue;
+      if (!resultsChecked) {
+        // A node reports its result before it asks for work, so with the idle node seen first, its
+        // result is now waiting or in hand: decide once it is in (it may make a better task
+        // ready), unless results have kept coming for a while.
+        const pending = this.handlingResults > 0 || (await this.bus.queues.stats(RESULTS_QUEUE)).waiting > 0;
+        if (pending && Date.now() - (this.deferredSince ??= Date.now()) < 200) return;
+        this.deferredSince = undefined;
+        resultsChecked = true;
+      }
       for (let next = this.ready.best(kind); next !== undefined && room > 0; next = this.ready.best(kind)) {
         this.ready.delete(kind, next.taskId);
         const { jobId, taskId } = next;
@@ -301,7 +321,6 @@ export class Dispatcher {
     if (w === null) return;
     this.mirror(w.record, w.revision);
     this.publish(w.record, result.taskId);
-    this.requestRelease();
   }
 
   async stop(): Promise<void> {

@@ -9,7 +9,8 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { credentials, status, type ServiceError } from "@grpc/grpc-js";
+import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
+import sharp from "sharp";
 import { JobServiceClient, JobState, type SubmitJobRequest, type SubmitJobResponse, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
 import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
@@ -150,4 +151,26 @@ test("health checking answers SERVING and reflection lists the JobService", asyn
   });
   refl.close();
   assert.ok(services.includes("framefarm.v1.JobService"), services.join(", "));
+});
+
+test("a submission whose deadline passes while the server works on it is not created", async () => {
+  // A large image keeps the server busy decoding it well past a 100 ms deadline.
+  const noise = Buffer.alloc(3000 * 3000 * 3);
+  for (let i = 0; i < noise.length; i++) noise[i] = (i * 2654435761) >>> 24;
+  const big = await sharp(noise, { raw: { width: 3000, height: 3000, channels: 3 } }).png({ compressionLevel: 1 }).toBuffer();
+  const jobCount = (): Promise<number> => new Promise((resolve, reject) => client.listJobs({ states: [], pageSize: 500, pageToken: "" }, (err, res) => (err ? reject(err) : resolve(res.jobs.length))));
+  const jobsBefore = await jobCount();
+  const objectsBefore = new Set(await store.list("jobs/"));
+  const req = { image: { source: { $case: "data" as const, value: big } }, settings: settings(), bundle: "", priority: 0, idempotencyKey: "deadline-test" } as SubmitJobRequest;
+  await assert.rejects(
+    new Promise((resolve, reject) => client.submitJob(req, new Metadata(), { deadline: Date.now() + 100 }, (err, res) => (err ? reject(err) : resolve(res)))),
+    (e: unknown) => (e as ServiceError).code === status.DEADLINE_EXCEEDED,
+  );
+  await new Promise((r) => setTimeout(r, 3000)); // the server has long finished decoding by now
+  assert.equal(await jobCount(), jobsBefore, "no job was created");
+  const inputs = (await store.list("jobs/")).filter((k) => !objectsBefore.has(k) && k.includes("/inputs/"));
+  assert.deepEqual(inputs, [], "no input image was stored");
+  // The idempotency key was not taken either: the same key now makes a fresh job.
+  const { deduplicated } = await submit({ image: { source: { $case: "data", value: image } }, settings: settings(), idempotencyKey: "deadline-test" });
+  assert.equal(deduplicated, false);
 });
