@@ -35,7 +35,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" }, "cache-mb": { type: "string" }, "ack-wait-ms": { type: "string" } },
+    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" }, "cache-mb": { type: "string" }, "ack-wait-ms": { type: "string" }, "quarantine-after": { type: "string" } },
   });
   // Flags win over FRAMEFARM_STAGES / _EP / _NODE_ID / _CACHE_MB (containers set those: deploy/k8s).
   const env = process.env;
@@ -50,7 +50,18 @@ export async function nodeCommand(args: string[]): Promise<number> {
   // How long a task of a node that died stays leased before another node gets it.
   const ackWaitMs = Number(values["ack-wait-ms"] ?? 30_000);
   if (!Number.isInteger(ackWaitMs) || ackWaitMs < 500) throw new FarmError("INVALID_ARGUMENT", `--ack-wait-ms must be a whole number >= 500, got ${values["ack-wait-ms"]}`);
-  const loop = await NodeLoop.start(bus, { ...embedded, store, cache: new TensorCache(cacheMb * 2 ** 20) }, { nodeId, stages, ackWaitMs });
+  const quarantineAfter = Number(values["quarantine-after"] ?? 3);
+  if (!Number.isInteger(quarantineAfter) || quarantineAfter < 0) throw new FarmError("INVALID_ARGUMENT", `--quarantine-after must be a whole number (0: never), got ${values["quarantine-after"]}`);
+  // Fault injection for drills and tests: this node fails every task of these stages.
+  const failStages = env["FRAMEFARM_FAILPOINT_STAGES"] === undefined ? [] : parseStages(env["FRAMEFARM_FAILPOINT_STAGES"]);
+  const loop = await NodeLoop.start(bus, { ...embedded, store, cache: new TensorCache(cacheMb * 2 ** 20) }, {
+    nodeId,
+    stages,
+    ackWaitMs,
+    quarantineAfter,
+    failStages,
+    onQuarantine: (reason) => process.stderr.write(`node ${nodeId} quarantined, taking no more tasks: ${reason}\n`),
+  });
   process.stderr.write(`node ${nodeId} serving ${stages.join(", ")}\n`);
   await untilSignal();
   await loop.stop();

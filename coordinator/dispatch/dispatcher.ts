@@ -21,6 +21,15 @@ export const JOBS_BUCKET = "jobs";
 export interface TaskMessage {
   jobId: string;
   taskId: string;
+  /** Nodes that failed this task since the job's last retry: another node should take it. */
+  avoidNodes?: string[];
+}
+
+/** The queue message for a task: with the nodes that already failed it, if any. */
+export function taskMessage(r: JobRecord, taskId: string): TaskMessage {
+  const since = r.attemptsBeforeRetry?.[taskId] ?? 0;
+  const failed = (r.taskLog ?? []).filter((e) => e.taskId === taskId && !e.ok).slice(since).map((e) => e.node);
+  return { jobId: r.spec.jobId, taskId, ...(failed.length > 0 ? { avoidNodes: [...new Set(failed)] } : {}) };
 }
 
 export interface TaskResult {
@@ -126,7 +135,7 @@ export class Dispatcher {
       if (w === null) continue;
       d.mirror(w.record, w.revision);
       for (const t of w.record.tasks) {
-        if (w.record.taskStates[t.id] === "queued") await d.bus.queues.enqueue(t.kind, enc({ jobId, taskId: t.id } satisfies TaskMessage), dedupId(w.record, t.id));
+        if (w.record.taskStates[t.id] === "queued") await d.bus.queues.enqueue(t.kind, enc(taskMessage(w.record, t.id)), dedupId(w.record, t.id));
       }
     }
     d.tick = setInterval(() => d.requestRelease(), options.tickMs ?? 250);
@@ -222,7 +231,7 @@ export class Dispatcher {
         if (w === null) continue; // cancelled, or already moved on
         this.mirror(w.record, w.revision);
         try {
-          await this.bus.queues.enqueue(kind, enc({ jobId, taskId } satisfies TaskMessage), dedupId(w.record, taskId));
+          await this.bus.queues.enqueue(kind, enc(taskMessage(w.record, taskId)), dedupId(w.record, taskId));
         } catch (err) {
           // Hold it again rather than leave it marked queued but on no queue.
           const back = await updateJob(this.kv, jobId, (rec) => (rec.taskStates[taskId] === "queued" ? ((rec.taskStates[taskId] = "ready"), rec) : null));
