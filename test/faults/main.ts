@@ -14,7 +14,7 @@ import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../..
 import { jobEventSubject, type StepEvent, type TaskMessage } from "../../coordinator/dispatch/dispatcher.js";
 import { readMp4Frames } from "../../shared/video/mp4.js";
 import { repoRoot } from "../support/paths.js";
-import { FarmProcesses, type FarmSettings } from "./farm-processes.js";
+import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const RUNS = Number(process.env["FAULT_RUNS"] ?? 10);

@@ -11,7 +11,7 @@ import { JobServiceClient, type Job, type SubmitJobRequest } from "../../proto/g
 import { freePort, LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
-import { cliPath, tinyBundleDir } from "../support/paths.js";
+import { cliPath, tinyBundleDir } from "./paths.js";
 
 export interface FarmSettings {
   /** Redelivery delay of a dead node's task. */
