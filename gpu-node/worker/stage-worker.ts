@@ -6,7 +6,7 @@
  */
 import { FarmError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
-import { decodeSafetensors, encodeSafetensors } from "../../shared/tensor/safetensors.js";
+import { decodeTensorObject, encodeTensorObject } from "../../shared/tensor/tensor-object.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { CachedObject, TensorCache } from "./tensor-cache.js";
 import type { StageTask } from "../../coordinator/planner/job-plan.js";
@@ -48,7 +48,7 @@ type Tensors = Record<string, Tensor>;
 async function readTensors(ctx: WorkerContext, key: string): Promise<CachedObject> {
   const hit = ctx.cache?.get(key);
   if (hit !== undefined) return hit;
-  const value = decodeSafetensors(await ctx.store.get(key));
+  const value = decodeTensorObject(await ctx.store.get(key), key);
   ctx.cache?.set(key, value);
   return value;
 }
@@ -60,7 +60,7 @@ function need<T extends Tensor = F32>(tensors: Map<string, Tensor>, name: string
 }
 
 async function writeOnce(ctx: WorkerContext, key: string, tensors: Tensors, metadata: Record<string, string> = {}): Promise<void> {
-  const bytes = encodeSafetensors(tensors, metadata);
+  const bytes = encodeTensorObject(tensors, metadata);
   if (await ctx.store.putIfAbsent(key, bytes, "application/octet-stream")) ctx.cache?.set(key, { tensors: new Map(Object.entries(tensors)), metadata });
 }
 
