@@ -18,6 +18,8 @@ export interface FarmSettings {
   ackWaitMs: number;
   /** How long nodes and coordinator retry an unreachable object store. */
   s3RetryMs: number;
+  /** The model bundle of coordinator and nodes (default: the tiny test bundle). */
+  bundleDir?: string;
 }
 
 const BUCKET = "framefarm";
@@ -94,7 +96,7 @@ export class FarmProcesses {
   }
 
   private connectionArgs(): string[] {
-    return ["--nats", this.natsUrl, "--s3", `${LOOPBACK}:${this.s3.port}`, "--bucket", BUCKET, "--bundle", tinyBundleDir()];
+    return ["--nats", this.natsUrl, "--s3", `${LOOPBACK}:${this.s3.port}`, "--bucket", BUCKET, "--bundle", this.settings.bundleDir ?? tinyBundleDir()];
   }
 
   async startCoordinator(): Promise<void> {
@@ -108,9 +110,10 @@ export class FarmProcesses {
     this.coordinator = undefined;
   }
 
-  async startNode(id: string, stages: string): Promise<void> {
-    const args = [cliPath(), "node", ...this.connectionArgs(), "--stages", stages, "--id", id, "--ack-wait-ms", String(this.settings.ackWaitMs)];
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: this.env() });
+  /** extra: more node flags (--ep, ...); env: more environment (a GPU index, say). */
+  async startNode(id: string, stages: string, extra: { args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<void> {
+    const args = [cliPath(), "node", ...this.connectionArgs(), "--stages", stages, "--id", id, "--ack-wait-ms", String(this.settings.ackWaitMs), ...(extra.args ?? [])];
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...this.env(), ...extra.env } });
     await waitForLine(child, /serving/, `node ${id}`);
     // Keep reading its output so a chatty node never blocks on a full pipe.
     child.stdout?.resume();
