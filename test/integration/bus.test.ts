@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { MemoryBus } from "../../shared/bus/memory-bus.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
-import { subjectMatches, type Bus, type Delivery } from "../../shared/bus/bus.js";
+import { subjectMatches, type Bus, type Delivery, type QueueStats } from "../../shared/bus/bus.js";
 import { startNatsServer, type LocalServer } from "../../coordinator/cluster/local-servers.js";
 import { FarmError } from "../../shared/errors.js";
 
@@ -22,6 +22,20 @@ async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Pro
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
+  }
+}
+
+/** Polls read() until it deep-equals want (the JetStream consumer counts settle asynchronously). */
+async function untilEqual<T>(read: () => Promise<T>, want: T, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const got = await read();
+    try {
+      return assert.deepEqual(got, want);
+    } catch (err) {
+      if (Date.now() > end) throw err;
+    }
+    await sleep(50);
   }
 }
 
@@ -110,6 +124,29 @@ function contract(name: string, open: () => Promise<Bus>, close: () => Promise<v
       await idle.stop();
       assert.deepEqual(got, ["slow:t1", "idle:t2"]);
       assert.equal(await bus.queues.depth("encode_image"), 0);
+    });
+
+    test("stats count waiting, in-flight and redelivered tasks", async () => {
+      await bus.queues.ensure("statsq");
+      await bus.queues.enqueue("statsq", enc("x"));
+      const counts = async (): Promise<Omit<QueueStats, "idleWorkers">> => {
+        const { waiting, inFlight, redelivered } = await bus.queues.stats("statsq");
+        return { waiting, inFlight, redelivered };
+      };
+      assert.deepEqual(await counts(), { waiting: 1, inFlight: 0, redelivered: 0 });
+      let attempt = 0;
+      let release = false;
+      const c = await bus.queues.consume("statsq", { name: "stats", ackWaitMs: 300, maxDeliver: 5 }, async (d) => {
+        attempt = d.attempt;
+        if (d.attempt === 1) return; // the first holder "dies": redelivered after the ack wait
+        await until("release", () => release);
+        d.ack();
+      });
+      await until("the redelivery", () => attempt === 2);
+      await untilEqual(counts, { waiting: 0, inFlight: 1, redelivered: 1 });
+      release = true;
+      await untilEqual(counts, { waiting: 0, inFlight: 0, redelivered: 0 });
+      await c.stop();
     });
 
     test("a repeated dedup id enqueues once", async () => {
