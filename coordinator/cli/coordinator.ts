@@ -1,7 +1,9 @@
 /**
- * `framefarm coordinator`: the dispatcher and the public gRPC API, against NATS and S3.
- * `--tokens FILE` (FRAMEFARM_TOKENS_FILE) turns on bearer-token authentication with tenants;
- * `--tls-cert FILE --tls-key FILE` (PEM) serves gRPC over TLS.
+ * `framefarm coordinator`: the dispatcher, the public gRPC API and the admin dashboard (HTTP:
+ * page, JSON API, server-sent events, /metrics), against NATS and S3.
+ * `--tokens FILE` (FRAMEFARM_TOKENS_FILE) turns on bearer-token authentication with tenants (the
+ * dashboard then admits the tokens of the `--operators` tenants only); `--tls-cert FILE --tls-key
+ * FILE` (PEM) serves gRPC over TLS.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -11,6 +13,11 @@ import { startApiServer, type ApiServerOptions } from "../api/server.js";
 import { TokenAuth, DEFAULT_TENANT } from "../auth/tokens.js";
 import { FarmError } from "../../shared/errors.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
+import { createLogger } from "../../shared/log/logger.js";
+import { DRAIN_BUCKET, NODES_BUCKET, requestDrain } from "../../shared/nodes/node-registry.js";
+import { FarmView } from "../dashboard/farm-view.js";
+import { farmMetrics } from "../dashboard/metrics.js";
+import { startDashboardServer, type DashboardActions } from "../dashboard/http-server.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
@@ -20,54 +27,107 @@ export const DEFAULT_API_PORT = 50051;
 
 export interface RunningCoordinator {
   port: number;
+  httpPort: number;
   stop(): Promise<void>;
+}
+
+export interface CoordinatorAddresses {
+  host: string;
+  /** gRPC port (0: any free one). */
+  port: number;
+  /** Dashboard HTTP port (0: any free one). */
+  httpPort: number;
 }
 
 export interface CoordinatorSecurity {
   auth?: TokenAuth;
   tls?: ApiServerOptions["tls"];
+  /** Tenants whose tokens open the dashboard (it shows every tenant's jobs). */
+  operators?: string[];
 }
 
-export async function startCoordinator(conn: FarmConnection, bundleDir: string, host: string, port: number, security: CoordinatorSecurity = {}): Promise<RunningCoordinator> {
+export const DEFAULT_HTTP_PORT = 8080;
+
+export function parsePort(flag: string, value: string | undefined, fallback: number): number {
+  const n = Number(value ?? fallback);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new FarmError("INVALID_ARGUMENT", `${flag} must be a port number 0..65535, got ${value}`);
+  return n;
+}
+
+export async function startCoordinator(conn: FarmConnection, bundleDir: string, at: CoordinatorAddresses, security: CoordinatorSecurity = {}): Promise<RunningCoordinator> {
+  const log = createLogger("coordinator");
+  const { host } = at;
   const bundle = await openBundle(bundleDir);
   const auth = security.auth ?? TokenAuth.open();
   // Loud on purpose: an open farm must never be mistaken for a protected one.
   if (auth.isOpen) process.stderr.write(`WARNING: no tokens configured (--tokens FILE or FRAMEFARM_TOKENS_FILE): the gRPC API is OPEN to anyone who can reach ${host}; every caller is tenant "${DEFAULT_TENANT}"\n`);
   else if (security.tls === undefined && !/^(127\.|localhost$|::1$)/.test(host)) process.stderr.write(`WARNING: tokens travel in plaintext: serve TLS with --tls-cert and --tls-key\n`);
+  if (!auth.isOpen && (security.operators ?? []).length === 0) process.stderr.write(`WARNING: no --operators tenants: the dashboard refuses every request\n`);
   const { bus, store } = await connectFarm(conn, "coordinator");
   const dispatcher = await Dispatcher.start(bus, store);
   const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir), auth });
-  const api = await startApiServer(service, host, port, security.tls !== undefined ? { tls: security.tls } : {});
+  const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
+  const view = await FarmView.start(bus, store, { log });
+  const metrics = farmMetrics(view, () => store.traffic);
+  const [nodes, drains] = [await bus.kv(NODES_BUCKET), await bus.kv(DRAIN_BUCKET)];
+  const actions: DashboardActions = {
+    cancel: (id) => dispatcher.cancel(id),
+    // Retry and priority come with the dispatcher's fair scheduling (main).
+    retry: async () => {
+      throw new FarmError("FAILED_PRECONDITION", "retry is not available in this build");
+    },
+    setPriority: async () => {
+      throw new FarmError("FAILED_PRECONDITION", "priorities are not available in this build");
+    },
+    drain: (id) => requestDrain(nodes, drains, id),
+  };
+  const http = await startDashboardServer({ view, metrics, actions, host, port: at.httpPort, log, authorize: auth.operatorGate(security.operators ?? []) });
+  log.info({ grpcPort: api.port, httpPort: http.port }, "coordinator serving");
   return {
     port: api.port,
+    httpPort: http.port,
     stop: async () => {
+      await http.stop();
       await api.stop();
+      metrics.stop();
+      await view.stop();
       await dispatcher.stop();
       await bus.close();
     },
   };
 }
 
+export const SECURITY_OPTIONS = { tokens: { type: "string" }, operators: { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } } as const;
+
 export async function coordinatorCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...FARM_OPTIONS, bundle: { type: "string" }, host: { type: "string" }, port: { type: "string" }, tokens: { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } },
+    options: { ...FARM_OPTIONS, ...SECURITY_OPTIONS, bundle: { type: "string" }, host: { type: "string" }, port: { type: "string" }, "http-port": { type: "string" } },
   });
-  // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT (containers set those: deploy/k8s).
-  const host = values.host ?? process.env["FRAMEFARM_HOST"] ?? "127.0.0.1";
-  const c = await startCoordinator(farmConnection(values), values.bundle ?? defaultBundleDir(), host, Number(values.port ?? process.env["FRAMEFARM_PORT"] ?? DEFAULT_API_PORT), await securityOptions(values));
+  // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT / FRAMEFARM_HTTP_PORT (containers set those: deploy/k8s).
+  const env = process.env;
+  const host = values.host ?? env["FRAMEFARM_HOST"] ?? "127.0.0.1";
+  const c = await startCoordinator(
+    farmConnection(values),
+    values.bundle ?? defaultBundleDir(),
+    { host, port: parsePort("--port", values.port ?? env["FRAMEFARM_PORT"], DEFAULT_API_PORT), httpPort: parsePort("--http-port", values["http-port"] ?? env["FRAMEFARM_HTTP_PORT"], DEFAULT_HTTP_PORT) },
+    await securityOptions(values),
+  );
   process.stdout.write(`gRPC listening on ${host}:${c.port}${values["tls-cert"] !== undefined ? " (TLS)" : ""}\n`);
+  process.stdout.write(`dashboard on http://${host}:${c.httpPort}\n`);
   await untilSignal();
   await c.stop();
   return 0;
 }
 
-/** --tokens / FRAMEFARM_TOKENS_FILE and --tls-cert / --tls-key as start-up settings. */
-export async function securityOptions(values: { tokens?: string | undefined; "tls-cert"?: string | undefined; "tls-key"?: string | undefined }): Promise<CoordinatorSecurity> {
+/** --tokens / FRAMEFARM_TOKENS_FILE, --operators / FRAMEFARM_OPERATORS and --tls-cert / --tls-key as start-up settings. */
+export async function securityOptions(values: { tokens?: string | undefined; operators?: string | undefined; "tls-cert"?: string | undefined; "tls-key"?: string | undefined }): Promise<CoordinatorSecurity> {
   const tokens = values.tokens ?? process.env["FRAMEFARM_TOKENS_FILE"];
   const out: CoordinatorSecurity = {};
   if (tokens !== undefined && tokens !== "") out.auth = await TokenAuth.fromFile(tokens);
+  const operators = values.operators ?? process.env["FRAMEFARM_OPERATORS"];
+  if (operators !== undefined && operators !== "") out.operators = operators.split(",").map((t) => t.trim()).filter((t) => t !== "");
   const cert = values["tls-cert"];
   const key = values["tls-key"];
   if ((cert === undefined) !== (key === undefined)) throw new FarmError("INVALID_ARGUMENT", "give both --tls-cert and --tls-key, or neither");

@@ -93,6 +93,8 @@ export enum NodeState {
   NODE_STATE_DRAINED = 3,
   /** NODE_STATE_STOPPED - Shut down cleanly. (A node that died says nothing: its heartbeat just grows old.) */
   NODE_STATE_STOPPED = 4,
+  /** NODE_STATE_QUARANTINED - Failed task after task: alive, consuming nothing until restarted (state_reason says why). */
+  NODE_STATE_QUARANTINED = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -113,6 +115,9 @@ export function nodeStateFromJSON(object: any): NodeState {
     case 4:
     case "NODE_STATE_STOPPED":
       return NodeState.NODE_STATE_STOPPED;
+    case 5:
+    case "NODE_STATE_QUARANTINED":
+      return NodeState.NODE_STATE_QUARANTINED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -132,6 +137,8 @@ export function nodeStateToJSON(object: NodeState): string {
       return "NODE_STATE_DRAINED";
     case NodeState.NODE_STATE_STOPPED:
       return "NODE_STATE_STOPPED";
+    case NodeState.NODE_STATE_QUARANTINED:
+      return "NODE_STATE_QUARANTINED";
     case NodeState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -171,7 +178,8 @@ export interface NodeRecord {
   heartbeatIntervalMs: number;
   heartbeatAt?: Timestamp | undefined;
   state: NodeState;
-  currentTask?: CurrentTask | undefined;
+  /** The tasks in hand (one per stage queue at most). */
+  currentTasks: CurrentTask[];
   tasksDone: bigint;
   tasksFailed: bigint;
   /** Denoise tasks done (one per video section). */
@@ -179,6 +187,8 @@ export interface NodeRecord {
   /** Object-store traffic of this node since it started. */
   bytesRead: bigint;
   bytesWritten: bigint;
+  /** Why the node is in its state, where that needs saying (quarantine). */
+  stateReason: string;
 }
 
 export interface DrainRequest {
@@ -477,12 +487,13 @@ function createBaseNodeRecord(): NodeRecord {
     heartbeatIntervalMs: 0,
     heartbeatAt: undefined,
     state: 0,
-    currentTask: undefined,
+    currentTasks: [],
     tasksDone: 0n,
     tasksFailed: 0n,
     sectionsDone: 0n,
     bytesRead: 0n,
     bytesWritten: 0n,
+    stateReason: "",
   };
 }
 
@@ -512,8 +523,8 @@ export const NodeRecord: MessageFns<NodeRecord> = {
     if (message.state !== 0) {
       writer.uint32(64).int32(message.state);
     }
-    if (message.currentTask !== undefined) {
-      CurrentTask.encode(message.currentTask, writer.uint32(74).fork()).join();
+    for (const v of message.currentTasks) {
+      CurrentTask.encode(v!, writer.uint32(74).fork()).join();
     }
     if (message.tasksDone !== 0n) {
       if (BigInt.asUintN(64, message.tasksDone) !== message.tasksDone) {
@@ -544,6 +555,9 @@ export const NodeRecord: MessageFns<NodeRecord> = {
         throw new globalThis.Error("value provided for field message.bytesWritten of type uint64 too large");
       }
       writer.uint32(112).uint64(message.bytesWritten);
+    }
+    if (message.stateReason !== "") {
+      writer.uint32(122).string(message.stateReason);
     }
     return writer;
   },
@@ -630,7 +644,7 @@ export const NodeRecord: MessageFns<NodeRecord> = {
               break;
             }
 
-            message.currentTask = CurrentTask.decode(reader, reader.uint32());
+            message.currentTasks.push(CurrentTask.decode(reader, reader.uint32()));
             continue;
           }
           case 10: {
@@ -673,6 +687,14 @@ export const NodeRecord: MessageFns<NodeRecord> = {
             message.bytesWritten = reader.uint64() as bigint;
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.stateReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -711,11 +733,11 @@ export const NodeRecord: MessageFns<NodeRecord> = {
         ? fromJsonTimestamp(object.heartbeat_at)
         : undefined,
       state: isSet(object.state) ? nodeStateFromJSON(object.state) : 0,
-      currentTask: isSet(object.currentTask)
-        ? CurrentTask.fromJSON(object.currentTask)
-        : isSet(object.current_task)
-        ? CurrentTask.fromJSON(object.current_task)
-        : undefined,
+      currentTasks: globalThis.Array.isArray(object?.currentTasks)
+        ? object.currentTasks.map((e: any) => CurrentTask.fromJSON(e))
+        : globalThis.Array.isArray(object?.current_tasks)
+        ? object.current_tasks.map((e: any) => CurrentTask.fromJSON(e))
+        : [],
       tasksDone: isSet(object.tasksDone)
         ? BigInt(object.tasksDone)
         : isSet(object.tasks_done)
@@ -741,6 +763,11 @@ export const NodeRecord: MessageFns<NodeRecord> = {
         : isSet(object.bytes_written)
         ? BigInt(object.bytes_written)
         : 0n,
+      stateReason: isSet(object.stateReason)
+        ? globalThis.String(object.stateReason)
+        : isSet(object.state_reason)
+        ? globalThis.String(object.state_reason)
+        : "",
     };
   },
 
@@ -770,8 +797,8 @@ export const NodeRecord: MessageFns<NodeRecord> = {
     if (message.state !== 0) {
       obj.state = nodeStateToJSON(message.state);
     }
-    if (message.currentTask !== undefined) {
-      obj.currentTask = CurrentTask.toJSON(message.currentTask);
+    if (message.currentTasks?.length) {
+      obj.currentTasks = message.currentTasks.map((e) => CurrentTask.toJSON(e));
     }
     if (message.tasksDone !== 0n) {
       obj.tasksDone = message.tasksDone.toString();
@@ -787,6 +814,9 @@ export const NodeRecord: MessageFns<NodeRecord> = {
     }
     if (message.bytesWritten !== 0n) {
       obj.bytesWritten = message.bytesWritten.toString();
+    }
+    if (message.stateReason !== "") {
+      obj.stateReason = message.stateReason;
     }
     return obj;
   },
@@ -810,9 +840,7 @@ export const NodeRecord: MessageFns<NodeRecord> = {
       ? Timestamp.fromPartial(object.heartbeatAt)
       : undefined;
     message.state = object.state ?? 0;
-    message.currentTask = (object.currentTask !== undefined && object.currentTask !== null)
-      ? CurrentTask.fromPartial(object.currentTask)
-      : undefined;
+    message.currentTasks = object.currentTasks?.map((e) => CurrentTask.fromPartial(e)) || [];
     message.tasksDone = (object.tasksDone !== undefined && object.tasksDone !== null) ? BigInt(object.tasksDone) : 0n;
     message.tasksFailed = (object.tasksFailed !== undefined && object.tasksFailed !== null)
       ? BigInt(object.tasksFailed)
@@ -824,6 +852,7 @@ export const NodeRecord: MessageFns<NodeRecord> = {
     message.bytesWritten = (object.bytesWritten !== undefined && object.bytesWritten !== null)
       ? BigInt(object.bytesWritten)
       : 0n;
+    message.stateReason = object.stateReason ?? "";
     return message;
   },
 };
