@@ -266,7 +266,8 @@ export class FarmView {
       .filter((t) => t.kind === "denoise")
       .map((t) => {
         const k = t.section!;
-        const denoise = state(t.id);
+        // A step event says a section runs before the node's next heartbeat does.
+        const denoise = state(t.id) === "queued" && live?.section === k ? "running" : state(t.id);
         return { index: k, denoise, decode: state(`${id}.decode.${k}`), ...(live !== undefined && live.section === k && denoise !== "done" ? { step: live.step } : {}) };
       });
     const view: JobView = {

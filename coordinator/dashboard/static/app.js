@@ -72,6 +72,7 @@ function nodeRow(n) {
     const cells = {};
     for (const c of ["id", "status", "stages", "device", "task", "heartbeat", "rate", "done", "failed", "actions"]) cells[c] = el("td");
     for (const c of ["heartbeat", "rate", "done", "failed"]) cells[c].className = "num";
+    for (const c of ["stages", "device", "task"]) cells[c].className = "wrap";
     cells.id.className = "job-id";
     cells.status.append((cells.badge = el("span", { className: "badge" })));
     cells.actions.append((cells.drain = el("button", { type: "button", textContent: "Drain", dataset: { action: "drain" } })));
