@@ -10,7 +10,7 @@ import { DrainRequest, NodeRecord, NodeState, StageKind as PbStageKind } from ".
 import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
 import type { StageKind } from "../../coordinator/planner/job-plan.js";
 
-export { NodeRecord, NodeState };
+export { NodeRecord, NodeState, PbStageKind as StageKindPb };
 export const NODES_BUCKET = "nodes";
 export const DRAIN_BUCKET = "node-drain";
 export const nodeEventSubject = (nodeId: string): string => `ff.events.node.${nodeId}`;
