@@ -14,10 +14,7 @@ import { TokenAuth, DEFAULT_TENANT } from "../auth/tokens.js";
 import { FarmError } from "../../shared/errors.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { createLogger } from "../../shared/log/logger.js";
-import { DRAIN_BUCKET, NODES_BUCKET, requestDrain } from "../../shared/nodes/node-registry.js";
-import { FarmView } from "../dashboard/farm-view.js";
-import { farmMetrics } from "../dashboard/metrics.js";
-import { startDashboardServer, type DashboardActions } from "../dashboard/http-server.js";
+import { startDashboard } from "../dashboard/dashboard.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
@@ -67,30 +64,14 @@ export async function startCoordinator(conn: FarmConnection, bundleDir: string, 
   const dispatcher = await Dispatcher.start(bus, store);
   const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir), auth });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
-  const view = await FarmView.start(bus, store, { log });
-  const metrics = farmMetrics(view, () => store.traffic);
-  const [nodes, drains] = [await bus.kv(NODES_BUCKET), await bus.kv(DRAIN_BUCKET)];
-  const actions: DashboardActions = {
-    cancel: (id) => dispatcher.cancel(id),
-    // Retry and priority come with the dispatcher's fair scheduling (main).
-    retry: async () => {
-      throw new FarmError("FAILED_PRECONDITION", "retry is not available in this build");
-    },
-    setPriority: async () => {
-      throw new FarmError("FAILED_PRECONDITION", "priorities are not available in this build");
-    },
-    drain: (id) => requestDrain(nodes, drains, id),
-  };
-  const http = await startDashboardServer({ view, metrics, actions, host, port: at.httpPort, log, authorize: auth.operatorGate(security.operators ?? []) });
-  log.info({ grpcPort: api.port, httpPort: http.port }, "coordinator serving");
+  const dashboard = await startDashboard({ bus, store, dispatcher, host, port: at.httpPort, log, authorize: auth.operatorGate(security.operators ?? []), storeTraffic: () => store.traffic });
+  log.info({ grpcPort: api.port, httpPort: dashboard.port }, "coordinator serving");
   return {
     port: api.port,
-    httpPort: http.port,
+    httpPort: dashboard.port,
     stop: async () => {
-      await http.stop();
+      await dashboard.stop();
       await api.stop();
-      metrics.stop();
-      await view.stop();
       await dispatcher.stop();
       await bus.close();
     },
