@@ -85,7 +85,7 @@ export function progressOf(r: JobRecord, live?: StepEvent): Progress {
 }
 
 /** The preview of the section decoded last (decode results arrive in the task log in order). */
-function latestPreview(r: JobRecord): string | undefined {
+export function latestPreview(r: JobRecord): string | undefined {
   let latest: string | undefined;
   for (const e of r.taskLog ?? []) if (e.ok) latest = previewOf(r, e.taskId) ?? latest;
   return latest;

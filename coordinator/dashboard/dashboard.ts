@@ -5,7 +5,6 @@
 import type { Bus } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { Logger } from "../../shared/log/logger.js";
-import { FarmError } from "../../shared/errors.js";
 import { DRAIN_BUCKET, NODES_BUCKET, requestDrain } from "../../shared/nodes/node-registry.js";
 import type { Dispatcher } from "../dispatch/dispatcher.js";
 import { FarmView } from "./farm-view.js";
@@ -34,13 +33,8 @@ export async function dashboardActions(bus: Bus, dispatcher: Dispatcher): Promis
   const [nodes, drains] = [await bus.kv(NODES_BUCKET), await bus.kv(DRAIN_BUCKET)];
   return {
     cancel: (id) => dispatcher.cancel(id),
-    // Retry and priority come with the dispatcher's fair scheduling (main).
-    retry: async () => {
-      throw new FarmError("FAILED_PRECONDITION", "retry is not available in this build");
-    },
-    setPriority: async () => {
-      throw new FarmError("FAILED_PRECONDITION", "priorities are not available in this build");
-    },
+    retry: (id) => dispatcher.retry(id),
+    setPriority: (id, priority) => dispatcher.setPriority(id, priority),
     drain: (id) => requestDrain(nodes, drains, id),
   };
 }

@@ -10,7 +10,7 @@ import type { Logger } from "../../shared/log/logger.js";
 import { JOBS_BUCKET, STAGE_KINDS, type JobEvent, type StepEvent } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { jobKeys, type StageKind } from "../planner/job-plan.js";
-import { progressOf } from "../api/job-service.js";
+import { latestPreview, progressOf } from "../api/job-service.js";
 import { NODES_BUCKET, NodeState, isGone, msOf, readNodes, stageFromPb, type NodeRecord } from "../../shared/nodes/node-registry.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
@@ -59,6 +59,8 @@ export interface JobView {
   id: string;
   state: JobRecord["state"];
   priority: number;
+  /** Operator retries so far. */
+  retries: number;
   prompt: string;
   width: number;
   height: number;
@@ -273,7 +275,8 @@ export class FarmView {
     const view: JobView = {
       id,
       state: r.state,
-      priority: (r as JobRecord & { priority?: number }).priority ?? 0,
+      priority: r.priority ?? 0,
+      retries: r.retries ?? 0,
       prompt: r.spec.params.prompt,
       width: r.spec.width,
       height: r.spec.height,
@@ -292,8 +295,9 @@ export class FarmView {
     };
     // A cancelled job's objects are gone; a failed one keeps what it made.
     if (r.state !== "CANCELLED") {
-      const preview = latestPreview(r);
-      if (preview !== null) view.preview = { ...preview, url: await this.url(preview.key) };
+      const key = latestPreview(r);
+      const section = r.tasks.find((t) => t.kind === "decode" && t.outputs["preview"] === key)?.section;
+      if (key !== undefined && section !== undefined) view.preview = { section, key, url: await this.url(key) };
       if (r.state === "SUCCEEDED") view.video = { key: jobKeys(id).video, url: await this.url(jobKeys(id).video) };
     }
     return view;
@@ -328,18 +332,4 @@ export class FarmView {
     for (const off of this.offs) off();
     await this.running?.catch(() => undefined);
   }
-}
-
-/**
- * The newest decoded section's preview MP4: the output "preview" of the latest finished decode
- * task (written by the decode stage beside the section's tensors), or null while there is none.
- */
-export function latestPreview(r: JobRecord): { section: number; key: string } | null {
-  let best: { section: number; key: string } | null = null;
-  for (const t of r.tasks) {
-    const key = t.outputs["preview"];
-    if (t.kind !== "decode" || key === undefined || r.taskStates[t.id] !== "done") continue;
-    if (best === null || t.section! > best.section) best = { section: t.section!, key };
-  }
-  return best;
 }

@@ -119,7 +119,8 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
       let r: JobRecord | null;
       if (verb === "priority") {
         const p = body["priority"];
-        if (typeof p !== "number" || !Number.isInteger(p) || Math.abs(p) > 1_000_000) throw new FarmError("INVALID_ARGUMENT", "priority must be an integer between -1000000 and 1000000");
+        // The dispatcher checks the range.
+        if (typeof p !== "number" || !Number.isInteger(p)) throw new FarmError("INVALID_ARGUMENT", "priority must be an integer");
         r = await o.actions.setPriority(id!, p);
       } else r = verb === "cancel" ? await o.actions.cancel(id!) : await o.actions.retry(id!);
       if (r === null) throw new FarmError("FAILED_PRECONDITION", `job ${id} cannot be ${verb === "priority" ? "re-prioritised" : verb === "cancel" ? "cancelled" : "retried"} in its current state`);

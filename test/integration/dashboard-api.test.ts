@@ -85,11 +85,13 @@ test("the snapshot lists nodes, queues and jobs; the event stream starts with on
   const s = await state();
   assert.deepEqual(s.nodes.find((n) => n.id === "muxer")!.stages, ["mux"]);
   assert.deepEqual(s.queues.map((q) => q.stage), ["encode_text", "encode_image", "vae_encode", "denoise", "decode", "mux"]);
-  assert.equal(s.queues.find((q) => q.stage === "encode_text")!.waiting, 1);
+  // No node serves encode_text: the dispatcher holds the job's first tasks (nothing is queued).
+  assert.equal(s.queues.find((q) => q.stage === "encode_text")!.waiting, 0);
   const job = s.jobs.find((j) => j.id === jobId)!;
   assert.equal(job.state, "QUEUED");
   assert.equal(job.prompt, "<b>not markup</b>");
   assert.equal(job.sectionsTotal, 1);
+  assert.deepEqual(job.sections, [{ index: 0, denoise: "pending", decode: "pending" }]);
 
   const first = await new Promise<string>((resolve, reject) => {
     const req = http.get(`${base}/api/events`, (res) => {
@@ -116,6 +118,13 @@ test("actions answer with the right codes and change the farm", async () => {
   assert.equal((await post("/api/jobs/no-such-job/cancel", {})).status, 404);
   assert.equal((await post(`/api/jobs/${jobId}/priority`, { priority: "high" })).status, 400);
   assert.equal((await post(`/api/nodes/no-such-node/drain`, {})).status, 404);
+
+  const prioritised = await post(`/api/jobs/${jobId}/priority`, { priority: 7 });
+  assert.equal(prioritised.status, 200, await prioritised.text());
+  assert.equal((await state()).jobs.find((j) => j.id === jobId)!.priority, 7);
+  assert.equal((await post(`/api/jobs/${jobId}/priority`, { priority: 100_000 })).status, 400, "out of the dispatcher's range");
+  const retried = await post(`/api/jobs/${jobId}/retry`, {});
+  assert.equal(retried.status, 409, "only a failed job is retried");
 
   const cancelled = await post(`/api/jobs/${jobId}/cancel`, {});
   assert.equal(cancelled.status, 200, await cancelled.text());

@@ -131,7 +131,7 @@ function jobCard(j) {
     c.meta = el("div", { className: "job-meta" });
     c.error = el("div", { className: "job-error" });
     c.sections = el("div", { className: "sections" });
-    c.priority = el("input", { type: "number", step: "1", className: "priority", "aria-label": "priority" });
+    c.priority = el("input", { type: "number", step: "1", min: "-1000", max: "1000", className: "priority", "aria-label": "priority" });
     c.setPriority = el("button", { type: "button", textContent: "Set priority", dataset: { action: "priority" } });
     c.cancel = el("button", { type: "button", className: "danger", textContent: "Cancel", dataset: { action: "cancel" } });
     c.retry = el("button", { type: "button", textContent: "Retry", dataset: { action: "retry" } });
@@ -162,7 +162,7 @@ function jobCard(j) {
   text(c.id, j.id.slice(0, 8), j.id);
   text(c.prompt, j.prompt, j.prompt);
   const live = j.sections.find((s) => s.step !== undefined);
-  text(c.meta, [`${j.width}×${j.height}, ${j.numFrames} frames`, `sections ${j.sectionsDone}/${j.sectionsTotal}`, live ? `section ${live.index} step ${live.step}/${j.steps}` : "", `tasks ${j.tasksDone}/${j.tasksTotal}`, fmtEta(j.etaSeconds), `created ${new Date(j.createdAt).toLocaleTimeString()}`].filter(Boolean).join(" · "));
+  text(c.meta, [`${j.width}×${j.height}, ${j.numFrames} frames`, `sections ${j.sectionsDone}/${j.sectionsTotal}`, live ? `section ${live.index} step ${live.step}/${j.steps}` : "", `tasks ${j.tasksDone}/${j.tasksTotal}`, j.retries > 0 ? `retried ${j.retries}×` : "", fmtEta(j.etaSeconds), `created ${new Date(j.createdAt).toLocaleTimeString()}`].filter(Boolean).join(" · "));
   text(c.error, j.error ? `${j.errorStatus ?? ""} ${j.error}`.trim() : "");
   c.error.hidden = !j.error;
   while (c.sections.children.length < j.sections.length) c.sections.append(el("div", { className: "section" }, el("div", { className: "fill" })));
