@@ -169,6 +169,29 @@ function contract(name: string, open: () => Promise<Bus>, close: () => Promise<v
       assert.equal(await kv.get("job2"), null);
     });
 
+    test("keys lists live keys promptly while the bucket is being written", async () => {
+      const kv = await bus.kv("busy");
+      for (let i = 0; i < 20; i++) await kv.create(`k${i}`, enc("0"));
+      await kv.create("gone", enc("x"));
+      await kv.delete("gone");
+      let writing = true;
+      const writer = (async () => {
+        // One record rewritten without pause, as the dispatcher does while jobs run.
+        for (let n = 1; writing; n++) await kv.update("k0", enc(String(n)), (await kv.get("k0"))!.revision);
+      })();
+      try {
+        for (let i = 0; i < 30; i++) {
+          const started = Date.now();
+          const keys = await kv.keys();
+          assert.equal(keys.length, 20, "every live key, not the deleted one");
+          assert.ok(Date.now() - started < 2000, `keys() took ${Date.now() - started} ms`);
+        }
+      } finally {
+        writing = false;
+        await writer;
+      }
+    });
+
     test("events reach wildcard subscribers", async () => {
       const seen: string[] = [];
       const off = bus.events.subscribe("ff.events.job.*", (s, d) => seen.push(`${s}=${dec(d)}`));
