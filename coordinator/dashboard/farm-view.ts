@@ -11,7 +11,7 @@ import { JOBS_BUCKET, STAGE_KINDS, type JobEvent, type StepEvent } from "../disp
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { jobKeys, type StageKind } from "../planner/job-plan.js";
 import { latestPreview, progressOf } from "../api/job-service.js";
-import { NODES_BUCKET, NodeState, isGone, msOf, readNodes, stageFromPb, type NodeRecord } from "../../shared/nodes/node-registry.js";
+import { NODES_BUCKET, NodeState, decodeNode, isGone, msOf, readNodes, stageFromPb, type NodeRecord } from "../../shared/nodes/node-registry.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
 
@@ -113,6 +113,14 @@ const URL_EXPIRY_S = 3600;
 const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
 const num = (b: bigint): number => Number(b);
 
+function decodeNodeSafely(data: Uint8Array): NodeRecord | null {
+  try {
+    return data.length === 0 ? null : decodeNode(data);
+  } catch {
+    return null; // not a node record: ignore it
+  }
+}
+
 const NODE_STATUS: Record<number, NodeStatus> = {
   [NodeState.NODE_STATE_ACTIVE]: "active",
   [NodeState.NODE_STATE_DRAINING]: "draining",
@@ -151,6 +159,8 @@ export class FarmView {
   private readonly listeners = new Set<(s: FarmSnapshot) => void>();
   private readonly attemptListeners = new Set<(a: TaskAttempt) => void>();
   private readonly liveSteps = new Map<string, StepEvent>();
+  /** Node records announced on events, fresher than the bucket between heartbeats. */
+  private readonly announced = new Map<string, NodeRecord>();
   /** Task-log entries already noticed, per job. */
   private readonly seenAttempts = new Map<string, number>();
   private readonly lastState = new Map<string, JobRecord["state"]>();
@@ -177,7 +187,11 @@ export class FarmView {
         if (typeof e.step === "number" && e.jobId !== undefined) v.liveSteps.set(e.jobId, e as StepEvent);
         v.refreshSoon();
       }),
-      bus.events.subscribe("ff.events.node.*", () => v.refreshSoon()),
+      bus.events.subscribe("ff.events.node.*", (_s, data) => {
+        const r = decodeNodeSafely(data);
+        if (r !== null) v.announced.set(r.nodeId, r);
+        v.refreshSoon();
+      }),
     );
     await v.refresh();
     v.timer = setInterval(() => void v.refresh().catch((err: unknown) => options.log.warn({ err }, "farm view refresh failed")), options.refreshMs ?? 1000);
@@ -224,7 +238,12 @@ export class FarmView {
 
   private async build(): Promise<FarmSnapshot> {
     const now = Date.now();
-    const nodes = (await readNodes(this.nodes)).map((r) => nodeView(r, now)).sort((a, b) => a.id.localeCompare(b.id));
+    const nodes = (await readNodes(this.nodes))
+      .map((stored) => {
+        const a = this.announced.get(stored.nodeId);
+        return nodeView(a !== undefined && msOf(a.heartbeatAt) > msOf(stored.heartbeatAt) ? a : stored, now);
+      })
+      .sort((a, b) => a.id.localeCompare(b.id));
     const queues: QueueView[] = [];
     for (const stage of STAGE_KINDS) {
       try {

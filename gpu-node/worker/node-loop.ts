@@ -149,6 +149,7 @@ export class NodeLoop {
         void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
       }, Math.max(50, ackWaitMs / 3));
       this.inHand.set(task.id, { jobId: msg.jobId, taskId: task.id, stage: stageToPb(stage), ...(task.section !== undefined ? { section: task.section } : {}), startedAt: timestampOf(Date.parse(startedAt)) });
+      this.presence?.announce();
       log.info("task started");
       try {
         if (options.failStages?.includes(task.kind) === true) throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
@@ -176,6 +177,7 @@ export class NodeLoop {
       } finally {
         clearInterval(keepAlive);
         this.inHand.delete(task.id);
+        this.presence?.announce();
       }
       m.ack();
     });

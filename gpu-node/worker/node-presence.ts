@@ -80,8 +80,9 @@ export class NodePresence {
   beat(): Promise<void> {
     this.beating = this.beating.then(async () => {
       try {
-        await putLatest(this.nodes, this.identity.nodeId, encodeNode(this.record()));
-        this.bus.events.publish(nodeEventSubject(this.identity.nodeId), new Uint8Array());
+        const record = encodeNode(this.record());
+        await putLatest(this.nodes, this.identity.nodeId, record);
+        this.bus.events.publish(nodeEventSubject(this.identity.nodeId), record);
         if (!this.drainSeen && this.state === NodeState.NODE_STATE_ACTIVE && (await this.drains.get(this.identity.nodeId)) !== null) {
           this.drainSeen = true;
           this.onDrain();
@@ -91,6 +92,14 @@ export class NodePresence {
       }
     });
     return this.beating;
+  }
+
+  /**
+   * Announces the record without storing it (a task started or ended): dashboards see the task in
+   * hand at once instead of at the next heartbeat, at the cost of one event, no KV write.
+   */
+  announce(): void {
+    this.bus.events.publish(nodeEventSubject(this.identity.nodeId), encodeNode(this.record()));
   }
 
   /** Records a state change at once (draining, drained). */

@@ -1,8 +1,9 @@
 /**
  * The node registry as both sides see it: GPU nodes write their NodeRecord (proto/framefarm/v1/
  * node.proto, protobuf-encoded) under their id in the KV bucket "nodes"; an operator's drain is a
- * DrainRequest under the node's id in "node-drain". Each heartbeat is also announced on
- * ff.events.node.<id> so dashboards refresh without polling the bucket.
+ * DrainRequest under the node's id in "node-drain". Each heartbeat's record is also published on
+ * ff.events.node.<id>, and so is the record when a task starts or ends (not stored), so dashboards
+ * follow nodes without polling the bucket.
  */
 import type { KeyValue } from "../bus/bus.js";
 import { FarmError } from "../errors.js";

@@ -127,6 +127,8 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
   const job = await submit("a lighthouse, followed to the end", 4 * 33, 100);
   await card(job.id).waitFor();
   await card(job.id).locator('.section[data-denoise="running"]').first().waitFor({ timeout: 60_000 });
+  // The denoise node shows the section in hand.
+  await page.locator('#nodes tr[data-node-id="denoise-0"] td', { hasText: /^denoise\.\d+ \(/ }).waitFor({ timeout: 10_000 });
   await card(job.id).locator('.section[data-denoise="done"]').first().waitFor({ timeout: 60_000 });
   // The newest decoded section's preview appears while the job runs, and plays.
   await card(job.id).locator(".preview .caption", { hasText: /^preview: section \d+$/ }).waitFor({ timeout: 60_000 });
