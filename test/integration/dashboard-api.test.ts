@@ -31,21 +31,27 @@ let locked: Dashboard;
 let node: NodeLoop;
 let base: string;
 let jobId: string;
+let bus: MemoryBus;
+let store: LocalObjectStore;
+let submitJob: (id: string, withImage: boolean) => Promise<void>;
 
 before(async () => {
   embedded = await openEmbedded(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-dashboard-"));
-  const bus = new MemoryBus();
-  const store = new LocalObjectStore(tmp);
+  bus = new MemoryBus();
+  store = new LocalObjectStore(tmp);
   dispatcher = await Dispatcher.start(bus, store);
   // A node serving only mux: it registers, and the job below stays queued for the test to act on.
   node = await NodeLoop.start(bus, { ...embedded, store }, { nodeId: "muxer", stages: ["mux"], presence: { bundle: "tiny", executionProvider: "cpu", device: "test", version: "0", heartbeatMs: 100 } });
   const m = embedded.runtime.bundle.manifest;
   const params = validateRenderParams({ prompt: "<b>not markup</b>", numFrames: 33, steps: 2, height: 64, width: 64, samplingType: "vanilla" }, { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size });
-  const spec = toJobSpec("job-under-test", params, { height: 64, width: 64 });
-  jobId = spec.jobId;
-  await store.put(jobKeys(jobId).firstImage, await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png")));
-  await dispatcher.submit(spec, planJob({ jobId, seed: params.seed, sections: sectionPlanFor(params, m), hasEndImage: false, trueCfg: usesTrueCfg(params), latent: { channels: m.vae.latent_channels, height: 8, width: 8 } }));
+  submitJob = async (id, withImage) => {
+    if (withImage) await store.put(jobKeys(id).firstImage, await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png")));
+    const spec = toJobSpec(id, params, { height: 64, width: 64 });
+    await dispatcher.submit(spec, planJob({ jobId: id, seed: params.seed, sections: sectionPlanFor(params, m), hasEndImage: false, trueCfg: usesTrueCfg(params), latent: { channels: m.vae.latent_channels, height: 8, width: 8 } }));
+  };
+  jobId = "job-under-test";
+  await submitJob(jobId, true);
   dashboard = await startDashboard({ bus, store, dispatcher, host: "127.0.0.1", port: 0, log: silentLogger() });
   locked = await startDashboard({ bus, store, dispatcher, host: "127.0.0.1", port: 0, log: silentLogger(), authorize: (req) => req.headers.authorization === "Bearer let-me-in" });
   base = `http://127.0.0.1:${dashboard.port}`;
@@ -137,6 +143,26 @@ test("actions answer with the right codes and change the farm", async () => {
   await until("the drain", async () => (await state()).nodes.find((n) => n.id === "muxer")!.status === "drained");
 });
 
+test("a failed job is retried: it runs again with a fresh attempt budget", async () => {
+  // Its input image was never stored: the image encoder fails every attempt and the job fails.
+  const encoder = await NodeLoop.start(bus, { ...embedded, store }, { nodeId: "encoder", stages: ["encode_image"] });
+  try {
+    await submitJob("job-that-fails", false);
+    await until("the failure", async () => (await state()).jobs.find((j) => j.id === "job-that-fails")?.state === "FAILED");
+    const failed = (await state()).jobs.find((j) => j.id === "job-that-fails")!;
+    assert.equal(failed.errorStatus, "NOT_FOUND");
+    assert.match(failed.error!, /encode_image failed 3 times; last on encoder/);
+    const retried = await post("/api/jobs/job-that-fails/retry", {});
+    assert.equal(retried.status, 200, await retried.text());
+    const after = (await state()).jobs.find((j) => j.id === "job-that-fails")!;
+    assert.equal(after.retries, 1);
+    assert.notEqual(after.state, "QUEUED");
+    await until("the second failure", async () => (await state()).jobs.find((j) => j.id === "job-that-fails")?.state === "FAILED");
+  } finally {
+    await encoder.stop();
+  }
+});
+
 test("metrics are Prometheus text about this farm", async () => {
   const res = await fetch(`${base}/metrics`);
   assert.match(res.headers.get("content-type")!, /^text\/plain; version=0.0.4/);
@@ -146,6 +172,10 @@ test("metrics are Prometheus text about this farm", async () => {
   assert.match(text, /^framefarm_queue_depth\{stage="encode_text"\} \d+$/m);
   assert.match(text, /^# TYPE framefarm_stage_duration_seconds histogram$/m);
   assert.match(text, /^framefarm_object_store_bytes_total\{node="muxer",direction="read"\} 0$/m);
+  assert.match(text, /^framefarm_jobs\{state="FAILED"\} 1$/m);
+  // Six failed attempts of the image encoder (3, then 3 more after the retry).
+  assert.match(text, /^framefarm_task_retries_total\{stage="encode_image"\} 6$/m);
+  assert.match(text, /^framefarm_stage_duration_seconds_count\{stage="encode_image",outcome="failed"\} 6$/m);
 });
 
 test("every request passes the authorization gate", async () => {
