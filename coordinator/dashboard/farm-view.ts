@@ -110,6 +110,7 @@ export interface FarmViewOptions {
 }
 
 const URL_EXPIRY_S = 3600;
+const FORGET_NODES_AFTER_MS = 3_600_000;
 const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
 const num = (b: bigint): number => Number(b);
 
@@ -165,6 +166,7 @@ export class FarmView {
   private readonly seenAttempts = new Map<string, number>();
   private readonly lastState = new Map<string, JobRecord["state"]>();
   private readonly urls = new Map<string, { url: string; until: number }>();
+  private readonly final = new Map<string, JobRecord>();
   private readonly startedAt = Date.now();
   private timer: NodeJS.Timeout | undefined;
   private soon: NodeJS.Timeout | undefined;
@@ -243,6 +245,8 @@ export class FarmView {
         const a = this.announced.get(stored.nodeId);
         return nodeView(a !== undefined && msOf(a.heartbeatAt) > msOf(stored.heartbeatAt) ? a : stored, now);
       })
+      // A node stopped or gone for long is history: its record stays in the bucket, off the page.
+      .filter((n) => n.heartbeatAgeMs < FORGET_NODES_AFTER_MS || (n.status !== "gone" && n.status !== "stopped"))
       .sort((a, b) => a.id.localeCompare(b.id));
     const queues: QueueView[] = [];
     for (const stage of STAGE_KINDS) {
@@ -256,10 +260,16 @@ export class FarmView {
     for (const n of nodes) if (n.status !== "gone") for (const t of n.currentTasks) running.set(t.taskId, n.id);
 
     const records: JobRecord[] = [];
-    for (const id of await this.jobs.keys()) {
-      const r = (await readJob(this.jobs, id))?.record;
-      if (r !== undefined) records.push(r);
+    const ids = await this.jobs.keys();
+    for (const id of ids) {
+      // A succeeded or cancelled job never changes again: read it once.
+      const cached = this.final.get(id);
+      const r = cached ?? (await readJob(this.jobs, id))?.record;
+      if (r === undefined) continue;
+      if (r.state === "SUCCEEDED" || r.state === "CANCELLED") this.final.set(id, r);
+      records.push(r);
     }
+    if (this.final.size > ids.length) for (const id of [...this.final.keys()].filter((k) => !ids.includes(k))) this.final.delete(id);
     const jobStates: FarmSnapshot["jobStates"] = { QUEUED: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0 };
     for (const r of records) {
       jobStates[r.state]++;
