@@ -289,9 +289,12 @@ export class FarmView {
     const live = r.state === "RUNNING" ? this.liveSteps.get(id) : undefined;
     if (r.state !== "RUNNING") this.liveSteps.delete(id);
     const p = progressOf(r, live);
+    // A node may still hold a task of a job that just ended (it notices within its lease): the
+    // job's own state wins then.
+    const open = r.state === "QUEUED" || r.state === "RUNNING";
     const state = (taskId: string): TaskView => {
       const s = r.taskStates[taskId];
-      return s === "queued" && running.has(taskId) ? "running" : (s ?? "pending");
+      return open && s === "queued" && running.has(taskId) ? "running" : (s ?? "pending");
     };
     const sections: SectionView[] = r.tasks
       .filter((t) => t.kind === "denoise")
