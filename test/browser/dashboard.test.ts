@@ -177,3 +177,19 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
 
   assert.deepEqual(consoleErrors, [], "the page logged errors");
 });
+
+test("the farm's log lines are JSON carrying the ids they concern", async () => {
+  const lines = (await readFile(path.join(shots, "cluster.log"), "utf8")).split("\n").filter((l) => l.startsWith("{"));
+  const entries = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  const tasks = entries.filter((e) => typeof e["msg"] === "string" && (e["msg"] as string).startsWith("task "));
+  assert.ok(tasks.length >= 20, `${tasks.length} task lines`);
+  for (const e of tasks) {
+    assert.equal(typeof e["jobId"], "string", JSON.stringify(e));
+    assert.equal(typeof e["taskId"], "string", JSON.stringify(e));
+    assert.equal(typeof e["nodeId"], "string", JSON.stringify(e));
+    if (/\.(denoise|decode)\.\d+$/.test(e["taskId"] as string)) assert.equal(typeof e["section"], "number", JSON.stringify(e));
+  }
+  // Both sides speak: the nodes about their work, the coordinator about results and job states.
+  assert.ok(tasks.some((e) => e["component"] === "node") && tasks.some((e) => e["component"] === "coordinator"));
+  assert.ok(entries.some((e) => e["component"] === "coordinator" && e["msg"] === "job state" && e["state"] === "CANCELLED"));
+});
