@@ -42,6 +42,8 @@ export interface QueueView {
   waiting: number;
   inFlight: number;
   redelivered: number;
+  /** Nodes asking this queue for a task right now. */
+  idleWorkers: number;
 }
 
 /** A task's state as shown: the record's, or "running" while a node reports it in hand. */
@@ -253,7 +255,7 @@ export class FarmView {
       try {
         queues.push({ stage, ...(await this.bus.queues.stats(stage)) });
       } catch {
-        queues.push({ stage, waiting: 0, inFlight: 0, redelivered: 0 }); // not declared yet
+        queues.push({ stage, waiting: 0, inFlight: 0, redelivered: 0, idleWorkers: 0 }); // not declared yet
       }
     }
     const running = new Map<string, string>();

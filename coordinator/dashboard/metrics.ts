@@ -33,7 +33,7 @@ export function farmMetrics(view: FarmView, storeTraffic: () => { read: number; 
     if (!a.ok) retries.inc({ stage: a.stage });
   });
 
-  const queue = (name: string, help: string, field: "waiting" | "inFlight" | "redelivered"): void =>
+  const queue = (name: string, help: string, field: "waiting" | "inFlight" | "redelivered" | "idleWorkers"): void =>
     void new Gauge({
       name,
       help,
@@ -47,6 +47,7 @@ export function farmMetrics(view: FarmView, storeTraffic: () => { read: number; 
   queue("framefarm_queue_depth", "Stage tasks waiting on their work queue", "waiting");
   queue("framefarm_queue_in_flight", "Stage tasks delivered to a node and not yet acked", "inFlight");
   queue("framefarm_queue_redelivered", "Unacked stage tasks delivered more than once", "redelivered");
+  queue("framefarm_queue_idle_workers", "Nodes waiting for a task of this stage", "idleWorkers");
   new Gauge({
     name: "framefarm_jobs",
     help: "Jobs by state",

@@ -113,9 +113,9 @@ function renderQueues(queues) {
   const body = $("#queues tbody");
   queues.forEach((q, i) => {
     let tr = body.children[i];
-    if (tr === undefined) body.append((tr = el("tr", {}, el("td"), el("td", { className: "num" }), el("td", { className: "num" }), el("td", { className: "num" }))));
+    if (tr === undefined) body.append((tr = el("tr", {}, el("td"), ...[1, 2, 3, 4].map(() => el("td", { className: "num" })))));
     tr.dataset.stage = q.stage;
-    [q.stage, q.waiting, q.inFlight, q.redelivered].forEach((v, j) => text(tr.children[j], v));
+    [q.stage, q.waiting, q.inFlight, q.redelivered, q.idleWorkers].forEach((v, j) => text(tr.children[j], v));
   });
 }
 
