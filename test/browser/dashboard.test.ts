@@ -165,6 +165,9 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
   // Drain the denoise node: it stops taking tasks and says so.
   await page.locator('#nodes tr[data-node-id="denoise-0"] button[data-action="drain"]').click();
   await page.locator('#nodes tr[data-node-id="denoise-0"] .badge.drained').waitFor({ timeout: 30_000 });
+  // With its only node drained, the denoise stage is flagged: jobs would wait there.
+  await page.locator('#queues tr[data-stage="denoise"] .badge.gone').waitFor();
+  assert.ok(!(await page.locator('#queues tr[data-stage="decode"] .badge.gone').isVisible()));
   await page.screenshot({ path: path.join(shots, "4-drained.png") });
 
   // Metrics speak for the same farm.

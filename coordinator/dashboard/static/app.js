@@ -109,13 +109,20 @@ function renderNodes(nodes) {
 }
 
 // ---- queues ----
-function renderQueues(queues) {
+// A stage no active node serves is where jobs get stuck: say so on its row.
+function renderQueues(queues, nodes) {
   const body = $("#queues tbody");
+  const served = new Set(nodes.filter((n) => n.status === "active").flatMap((n) => n.stages));
   queues.forEach((q, i) => {
     let tr = body.children[i];
-    if (tr === undefined) body.append((tr = el("tr", {}, el("td"), ...[1, 2, 3, 4].map(() => el("td", { className: "num" })))));
+    if (tr === undefined) {
+      tr = el("tr", {}, el("td", {}, el("span"), el("span", { className: "badge gone", textContent: "no node", title: "no active node serves this stage" })), ...[1, 2, 3, 4].map(() => el("td", { className: "num" })));
+      body.append(tr);
+    }
     tr.dataset.stage = q.stage;
-    [q.stage, q.waiting, q.inFlight, q.redelivered, q.idleWorkers].forEach((v, j) => text(tr.children[j], v));
+    text(tr.children[0].firstChild, `${q.stage} `);
+    tr.children[0].lastChild.hidden = served.has(q.stage);
+    [q.waiting, q.inFlight, q.redelivered, q.idleWorkers].forEach((v, j) => text(tr.children[j + 1], v));
   });
 }
 
@@ -207,7 +214,7 @@ function renderJobs(jobs) {
 
 function render(s) {
   renderNodes(s.nodes);
-  renderQueues(s.queues);
+  renderQueues(s.queues, s.nodes);
   renderJobs(s.jobs);
   const up = s.nodes.filter((n) => n.status !== "gone" && n.status !== "stopped").length;
   const st = s.jobStates;
