@@ -59,12 +59,13 @@ export async function startCoordinator(conn: FarmConnection, bundleDir: string, 
   // Loud on purpose: an open farm must never be mistaken for a protected one.
   if (auth.isOpen) process.stderr.write(`WARNING: no tokens configured (--tokens FILE or FRAMEFARM_TOKENS_FILE): the gRPC API is OPEN to anyone who can reach ${host}; every caller is tenant "${DEFAULT_TENANT}"\n`);
   else if (security.tls === undefined && !/^(127\.|localhost$|::1$)/.test(host)) process.stderr.write(`WARNING: tokens travel in plaintext: serve TLS with --tls-cert and --tls-key\n`);
-  if (!auth.isOpen && (security.operators ?? []).length === 0) process.stderr.write(`WARNING: no --operators tenants: the dashboard refuses every request\n`);
   const { bus, store } = await connectFarm(conn, "coordinator");
   const dispatcher = await Dispatcher.start(bus, store);
   const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir), auth });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
   const dashboard = await startDashboard({ bus, store, dispatcher, host, port: at.httpPort, log, authorize: auth.operatorGate(security.operators ?? []), storeTraffic: () => store.traffic });
+  // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
+  if (!auth.isOpen && (security.operators ?? []).length === 0) log.warn("no --operators tenants: the dashboard refuses every request");
   log.info({ grpcPort: api.port, httpPort: dashboard.port }, "coordinator serving");
   return {
     port: api.port,

@@ -21,7 +21,11 @@ import { MemoryBus } from "../../shared/bus/memory-bus.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { silentLogger } from "../../shared/log/logger.js";
+import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
+
+const OPS_TOKEN = "ops-token-0123456789abcdef";
+const ACME_TOKEN = "acme-token-0123456789abcdef";
 
 let embedded: Embedded;
 let tmp: string;
@@ -53,7 +57,8 @@ before(async () => {
   jobId = "job-under-test";
   await submitJob(jobId, true);
   dashboard = await startDashboard({ bus, store, dispatcher, host: "127.0.0.1", port: 0, log: silentLogger() });
-  locked = await startDashboard({ bus, store, dispatcher, host: "127.0.0.1", port: 0, log: silentLogger(), authorize: (req) => req.headers.authorization === "Bearer let-me-in" });
+  const auth = TokenAuth.fromEntries([{ tenant: "ops", token: OPS_TOKEN }, { tenant: "acme", token: ACME_TOKEN }]);
+  locked = await startDashboard({ bus, store, dispatcher, host: "127.0.0.1", port: 0, log: silentLogger(), authorize: auth.operatorGate(["ops"]) });
   base = `http://127.0.0.1:${dashboard.port}`;
 });
 
@@ -178,9 +183,10 @@ test("metrics are Prometheus text about this farm", async () => {
   assert.match(text, /^framefarm_stage_duration_seconds_count\{stage="encode_image",outcome="failed"\} 6$/m);
 });
 
-test("every request passes the authorization gate", async () => {
+test("every request passes the authorization gate (operators' tokens only)", async () => {
   const at = `http://127.0.0.1:${locked.port}`;
   for (const p of ["/", "/api/state", "/api/events", "/metrics"]) assert.equal((await fetch(`${at}${p}`)).status, 401, p);
   assert.equal((await fetch(`${at}/api/jobs/${jobId}/cancel`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })).status, 401);
-  assert.equal((await fetch(`${at}/api/state`, { headers: { authorization: "Bearer let-me-in" } })).status, 200);
+  assert.equal((await fetch(`${at}/api/state`, { headers: { authorization: `Bearer ${ACME_TOKEN}` } })).status, 401, "a tenant that is not an operator");
+  assert.equal((await fetch(`${at}/api/state`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).status, 200);
 });
