@@ -1,7 +1,9 @@
 /**
  * The coordinator's HTTP server: the admin dashboard (a static page in ./static, beside this
  * file's source), its JSON API and live snapshots over server-sent events, and Prometheus
- * metrics. Every request passes one authorize() check first: that is where token auth goes.
+ * metrics. Every request for farm data or actions passes one authorize() check first (token auth
+ * plugs in there); the page's own files hold no data and load without it, so a browser can show
+ * a token prompt, and /api/session tells the page whether its token passes.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import { readFile, readdir } from "node:fs/promises";
@@ -133,7 +135,11 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? "/", "http://dashboard");
-    if (!(await authorize(req))) return fail(res, 401, "UNAUTHENTICATED", "not authorized");
+    const file = files.get(url.pathname === "/" ? "index.html" : url.pathname.replace(/^\/static\//, ""));
+    if (req.method === "GET" && file !== undefined && (url.pathname === "/" || url.pathname.startsWith("/static/"))) return send(res, 200, file.body, file.type);
+    // Answered 200 either way, so the page can ask without a failed request in the browser's log.
+    if (url.pathname === "/api/session" && req.method === "GET") return sendJson(res, 200, { authorized: await authorize(req) });
+    if (!(await authorize(req))) return fail(res, 401, "UNAUTHENTICATED", "a valid operator token is needed: Authorization: Bearer <token>");
     if (await action(req, res, url)) return;
     if (req.method !== "GET" && req.method !== "HEAD") return fail(res, 405, "METHOD_NOT_ALLOWED", "use GET");
     if (url.pathname === "/metrics") return send(res, 200, await o.metrics.registry.metrics(), o.metrics.registry.contentType);
@@ -145,8 +151,6 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
       req.on("close", () => streams.delete(res));
       return;
     }
-    const file = files.get(url.pathname === "/" ? "index.html" : url.pathname.replace(/^\/static\//, ""));
-    if (file !== undefined && (url.pathname === "/" || url.pathname.startsWith("/static/"))) return send(res, 200, file.body, file.type);
     fail(res, 404, "NOT_FOUND", `no such page ${url.pathname}`);
   };
 

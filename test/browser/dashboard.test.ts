@@ -4,23 +4,26 @@
  * up, progresses section by section with a playable preview of its newest section, and finishes
  * with a playable video; another job is re-prioritised and cancelled from the page; a node is
  * drained from the page. Any console error or page error fails
- * the test. Screenshots go to test-output/browser/.
+ * the test. The farm runs with tokens: the page first asks for an operator's token. Screenshots go
+ * to test-output/browser/.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
-import { credentials } from "@grpc/grpc-js";
+import { Metadata, credentials } from "@grpc/grpc-js";
 import { JobServiceClient, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { cliPath, repoRoot, testOutputDir } from "../support/paths.js";
 
 const CHROMIUM = process.env["FRAMEFARM_CHROMIUM"] ?? "/usr/bin/chromium";
 const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 const shots = path.join(testOutputDir(), "browser");
+const OPS_TOKEN = "ops-0123456789abcdef0123456789abcdef";
+const ACME_TOKEN = "acme-0123456789abcdef0123456789abcdef";
 
 let cluster: ChildProcess;
 let client: JobServiceClient;
@@ -32,8 +35,12 @@ const consoleErrors: string[] = [];
 
 before(async () => {
   await mkdir(shots, { recursive: true });
+  // Tokens on, as a production farm: tenant acme submits, tenant ops operates the dashboard.
+  profile = await mkdtemp(path.join(os.tmpdir(), "framefarm-chromium-"));
+  const tokens = path.join(profile, "..", `${path.basename(profile)}-tokens.json`);
+  await writeFile(tokens, JSON.stringify({ ops: OPS_TOKEN, acme: ACME_TOKEN }));
   // One general node and one denoise node: enough to watch sections advance one by one.
-  cluster = spawn(process.execPath, [cliPath(), "cluster", "--port", "0", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"], {
+  cluster = spawn(process.execPath, [cliPath(), "cluster", "--port", "0", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1", "--tokens", tokens, "--operators", "ops"], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, FRAMEFARM_LOG_LEVEL: "info" },
   });
@@ -54,7 +61,6 @@ before(async () => {
   });
   client = new JobServiceClient(addresses.grpc, credentials.createInsecure());
   dashboard = addresses.http;
-  profile = await mkdtemp(path.join(os.tmpdir(), "framefarm-chromium-"));
   context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: FLAGS, viewport: { width: 1366, height: 768 } });
   page = context.pages()[0] ?? (await context.newPage());
   page.on("console", (m) => m.type() === "error" && consoleErrors.push(`console: ${m.text()} (${m.location().url})`));
@@ -69,7 +75,10 @@ after(async () => {
     cluster.kill("SIGTERM");
     await exited;
   }
-  if (profile !== undefined) await rm(profile, { recursive: true, force: true });
+  if (profile !== undefined) {
+    await rm(profile, { recursive: true, force: true });
+    await rm(`${profile}-tokens.json`, { force: true });
+  }
 });
 
 async function submit(prompt: string, numFrames: number, steps: number): Promise<Job> {
@@ -81,7 +90,9 @@ async function submit(prompt: string, numFrames: number, steps: number): Promise
     priority: 0,
     idempotencyKey: "",
   };
-  return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
+  const md = new Metadata();
+  md.set("authorization", `Bearer ${ACME_TOKEN}`);
+  return new Promise<Job>((resolve, reject) => client.submitJob(req, md, (e, r) => (e ? reject(e) : resolve(r.job!))));
 }
 
 /** The parts of an HTMLVideoElement the test reads (the build has no DOM types). */
@@ -93,6 +104,7 @@ interface VideoLike {
   error: { message: string } | null;
 }
 
+const ops = { authorization: `Bearer ${OPS_TOKEN}` };
 const card = (id: string) => page.locator(`article.job[data-job-id="${id}"]`);
 
 /**
@@ -116,8 +128,18 @@ async function playVideo(jobId: string): Promise<{ playing: boolean; width: numb
 }
 
 test("the dashboard follows a job to the end, plays its video, cancels another and drains a node", async () => {
+  // The page asks for an operator's token; a customer's token does not open it.
   await page.goto(dashboard);
+  await page.locator("#login").waitFor();
+  assert.ok(!(await page.locator("main").isVisible()));
+  await page.locator("#token").fill(ACME_TOKEN);
+  await page.locator('#login button[type="submit"]').click();
+  await page.locator("#login-error", { hasText: "does not open" }).waitFor();
+  await page.screenshot({ path: path.join(shots, "0-login.png") });
+  await page.locator("#token").fill(OPS_TOKEN);
+  await page.locator('#login button[type="submit"]').click();
   await page.locator("#live[data-state=live]").waitFor();
+  assert.ok(!(await page.locator("#login").isVisible()));
   // Both nodes registered and heartbeating.
   await page.locator('#nodes tr[data-node-id="node-0"] .badge.active').waitFor();
   await page.locator('#nodes tr[data-node-id="denoise-0"] .badge.active').waitFor();
@@ -155,7 +177,7 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
   await card(victim.id).locator("input.priority").fill("7");
   await card(victim.id).locator('button[data-action="priority"]').click();
   await page.locator("#toast", { hasText: "priority 7" }).waitFor();
-  const snapshot = (await (await fetch(`${dashboard}/api/state`)).json()) as { jobs: { id: string; priority: number }[] };
+  const snapshot = (await (await fetch(`${dashboard}/api/state`, { headers: ops })).json()) as { jobs: { id: string; priority: number }[] };
   assert.equal(snapshot.jobs.find((j) => j.id === victim.id)!.priority, 7);
   await card(victim.id).locator('button[data-action="cancel"]').click();
   await card(victim.id).locator(".job-state.CANCELLED").waitFor({ timeout: 30_000 });
@@ -171,7 +193,8 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
   await page.screenshot({ path: path.join(shots, "4-drained.png") });
 
   // Metrics speak for the same farm.
-  const metrics = await (await fetch(`${dashboard}/metrics`)).text();
+  assert.equal((await fetch(`${dashboard}/metrics`)).status, 401, "metrics need an operator's token too");
+  const metrics = await (await fetch(`${dashboard}/metrics`, { headers: ops })).text();
   assert.match(metrics, /framefarm_jobs\{state="SUCCEEDED"\} 1/);
   assert.match(metrics, /framefarm_jobs\{state="CANCELLED"\} 1/);
   assert.match(metrics, /framefarm_node_up\{node="denoise-0"\} 1/);

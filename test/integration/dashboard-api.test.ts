@@ -83,6 +83,7 @@ async function until(what: string, cond: () => Promise<boolean>): Promise<void> 
 }
 
 test("serves the page and its files, and no other path", async () => {
+  assert.deepEqual(await (await fetch(`${base}/api/session`)).json(), { authorized: true }, "an open farm");
   const page = await fetch(`${base}/`);
   assert.equal(page.status, 200);
   assert.match(page.headers.get("content-type")!, /^text\/html/);
@@ -185,7 +186,12 @@ test("metrics are Prometheus text about this farm", async () => {
 
 test("every request passes the authorization gate (operators' tokens only)", async () => {
   const at = `http://127.0.0.1:${locked.port}`;
-  for (const p of ["/", "/api/state", "/api/events", "/metrics"]) assert.equal((await fetch(`${at}${p}`)).status, 401, p);
+  for (const p of ["/api/state", "/api/events", "/metrics", "/nope"]) assert.equal((await fetch(`${at}${p}`)).status, 401, p);
+  // The page's own files hold no farm data: they load, and the page asks for a token.
+  assert.equal((await fetch(`${at}/`)).status, 200);
+  assert.equal((await fetch(`${at}/static/app.js`)).status, 200);
+  assert.deepEqual(await (await fetch(`${at}/api/session`)).json(), { authorized: false });
+  assert.deepEqual(await (await fetch(`${at}/api/session`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).json(), { authorized: true });
   assert.equal((await fetch(`${at}/api/jobs/${jobId}/cancel`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })).status, 401);
   assert.equal((await fetch(`${at}/api/state`, { headers: { authorization: `Bearer ${ACME_TOKEN}` } })).status, 401, "a tenant that is not an operator");
   assert.equal((await fetch(`${at}/api/state`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).status, 200);

@@ -1,6 +1,8 @@
 // The dashboard page: renders each farm snapshot the coordinator streams (server-sent events) and
 // sends operator actions to its JSON API. Rows are kept per id and updated in place, so a playing
 // preview or a priority being typed survives updates. All user text goes in through textContent.
+// On a farm with tokens the page asks for an operator's token and sends it as a bearer header
+// (EventSource cannot send headers, so the event stream is read with fetch).
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -44,8 +46,14 @@ function toast(message) {
   toast.timer = setTimeout(() => t.classList.remove("show"), 3000);
 }
 
+const TOKEN_KEY = "framefarm.token";
+const authHeaders = () => {
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  return t ? { authorization: `Bearer ${t}` } : {};
+};
+
 async function post(path, body = {}) {
-  const res = await fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const res = await fetch(path, { method: "POST", headers: { "content-type": "application/json", ...authHeaders() }, body: JSON.stringify(body) });
   if (!res.ok) {
     const err = await res.json().catch(() => ({ error: { message: res.statusText } }));
     throw new Error(err.error?.message ?? res.statusText);
@@ -223,12 +231,64 @@ function render(s) {
 }
 
 // ---- live updates ----
-function connect() {
-  const live = $("#live");
-  const events = new EventSource("/api/events");
-  events.addEventListener("snapshot", (e) => render(JSON.parse(e.data)));
-  events.addEventListener("open", () => ((live.dataset.state = "live"), (live.textContent = "live")));
-  // EventSource reconnects by itself (the server asks for 2 s).
-  events.addEventListener("error", () => ((live.dataset.state = "offline"), (live.textContent = "reconnecting")));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function onFrame(frame) {
+  let event = "message";
+  const data = [];
+  for (const line of frame.split("\n")) {
+    if (line.startsWith("event: ")) event = line.slice(7);
+    else if (line.startsWith("data: ")) data.push(line.slice(6));
+  }
+  if (event === "snapshot" && data.length > 0) render(JSON.parse(data.join("\n")));
 }
-connect();
+
+/** Reads the server-sent event stream, reconnecting after 2 s whenever it ends. */
+async function stream() {
+  const live = $("#live");
+  for (;;) {
+    try {
+      const res = await fetch("/api/events", { headers: authHeaders() });
+      if (res.status === 401) return start(); // the token stopped working
+      if (!res.ok || res.body === null) throw new Error(res.statusText);
+      live.dataset.state = "live";
+      live.textContent = "live";
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        for (let i = buf.indexOf("\n\n"); i >= 0; i = buf.indexOf("\n\n")) {
+          onFrame(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+      }
+    } catch {
+      // the coordinator is away: try again
+    }
+    live.dataset.state = "offline";
+    live.textContent = "reconnecting";
+    await sleep(2000);
+  }
+}
+
+/** Opens the dashboard if this tab's token (or an open farm) passes; asks for a token otherwise. */
+async function start(message = "") {
+  const session = await (await fetch("/api/session", { headers: authHeaders() })).json();
+  $("main").hidden = !session.authorized;
+  $("#login").hidden = session.authorized;
+  if (session.authorized) return stream();
+  $("#live").textContent = "token needed";
+  const error = $("#login-error");
+  error.textContent = message;
+  error.hidden = message === "";
+}
+
+$("#login").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+  $("#token").value = "";
+  start("That token does not open this dashboard.");
+});
+start();
