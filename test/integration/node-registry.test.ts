@@ -134,6 +134,35 @@ function contract(name: string, open: () => Promise<Bus>, close: () => Promise<v
   });
 }
 
+async function submitJob(bus: Bus, store: LocalObjectStore, dispatcher: Dispatcher, prefix: string, sectionCount: number, steps: number): Promise<string> {
+  const m = embedded.runtime.bundle.manifest;
+  const params = validateRenderParams({ prompt: prefix, numFrames: sectionCount * 33, steps, height: 64, width: 64, samplingType: "vanilla" }, { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size });
+  const spec = toJobSpec(`${prefix}-${Date.now()}`, params, { height: 64, width: 64 });
+  await store.put(jobKeys(spec.jobId).firstImage, await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png")));
+  await dispatcher.submit(spec, planJob({ jobId: spec.jobId, seed: params.seed, sections: sectionPlanFor(params, m), hasEndImage: false, trueCfg: usesTrueCfg(params), latent: { channels: m.vae.latent_channels, height: 8, width: 8 } }));
+  return spec.jobId;
+}
+
+test("a quarantined node says so in the registry, with the reason", async () => {
+  const bus = new MemoryBus();
+  const store = new LocalObjectStore(path.join(tmp, "quarantine"));
+  const dispatcher = await Dispatcher.start(bus, store);
+  const broken = await NodeLoop.start(bus, { ...embedded, store }, { nodeId: "broken", stages: ["encode_text"], failStages: ["encode_text"], quarantineAfter: 1, presence });
+  try {
+    await submitJob(bus, store, dispatcher, "quarantine", 1, 2);
+    const r = await until("the quarantine", async () => {
+      const rec = (await readNodes(await bus.kv(NODES_BUCKET))).find((n) => n.nodeId === "broken");
+      return rec?.state === NodeState.NODE_STATE_QUARANTINED ? rec : undefined;
+    });
+    assert.match(r.stateReason, /1 tasks failed in a row; last: failpoint/);
+    assert.equal(Number(r.tasksFailed), 1);
+    assert.ok(!isGone(r, Date.now()), "quarantined, not gone: it still heartbeats");
+  } finally {
+    await broken.stop();
+    await dispatcher.stop();
+  }
+});
+
 test("a node silent for 3 heartbeat intervals is gone", () => {
   const at = Date.now();
   const r = { state: NodeState.NODE_STATE_ACTIVE, heartbeatIntervalMs: 2000, heartbeatAt: timestampOf(at) } as NodeRecord;
