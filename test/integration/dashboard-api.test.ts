@@ -151,7 +151,8 @@ test("actions answer with the right codes and change the farm", async () => {
 
 test("a failed job is retried: it runs again with a fresh attempt budget", async () => {
   // Its input image was never stored: the image encoder fails every attempt and the job fails.
-  const encoder = await NodeLoop.start(bus, { ...embedded, store }, { nodeId: "encoder", stages: ["encode_image"] });
+  // Never quarantined: the only encoder must take the task again after the retry.
+  const encoder = await NodeLoop.start(bus, { ...embedded, store }, { nodeId: "encoder", stages: ["encode_image"], quarantineAfter: 0 });
   try {
     await submitJob("job-that-fails", false);
     await until("the failure", async () => (await state()).jobs.find((j) => j.id === "job-that-fails")?.state === "FAILED");
