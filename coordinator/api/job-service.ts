@@ -67,7 +67,7 @@ function timestamp(iso: string): Timestamp {
 }
 
 /** Sections done, the live step (from the latest step event) and an ETA from measured sections. */
-function progressOf(r: JobRecord, live?: StepEvent): Progress {
+export function progressOf(r: JobRecord, live?: StepEvent): Progress {
   const denoise = r.tasks.filter((t) => t.kind === "denoise");
   const done = denoise.filter((t) => r.taskStates[t.id] === "done").length;
   const spans = (r.taskLog ?? []).filter((e) => e.ok && e.taskId.includes(".denoise.")).map((e) => Date.parse(e.finishedAt) - Date.parse(e.startedAt));
@@ -85,7 +85,7 @@ function progressOf(r: JobRecord, live?: StepEvent): Progress {
 }
 
 /** The preview of the section decoded last (decode results arrive in the task log in order). */
-function latestPreview(r: JobRecord): string | undefined {
+export function latestPreview(r: JobRecord): string | undefined {
   let latest: string | undefined;
   for (const e of r.taskLog ?? []) if (e.ok) latest = previewOf(r, e.taskId) ?? latest;
   return latest;

@@ -1,8 +1,8 @@
 /**
  * `framefarm cluster`: a whole farm as local processes on loopback: nats-server, an S3 server,
  * the coordinator (in this process) and node processes (one text/image/VAE node plus
- * --denoise-nodes denoise nodes by default). Prints `gRPC listening on HOST:PORT` once jobs are
- * accepted; SIGINT/SIGTERM stops everything it started.
+ * --denoise-nodes denoise nodes by default). Prints `dashboard on http://HOST:PORT`, then
+ * `gRPC listening on HOST:PORT` once jobs are accepted; SIGINT/SIGTERM stops everything it started.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -12,7 +12,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { FarmError } from "../../shared/errors.js";
 import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "../cluster/local-servers.js";
-import { securityOptions, startCoordinator } from "./coordinator.js";
+import { DEFAULT_HTTP_PORT, SECURITY_OPTIONS, parsePort, securityOptions, startCoordinator } from "./coordinator.js";
 import { untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 
@@ -29,7 +29,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { port: { type: "string" }, nodes: { type: "string" }, "denoise-nodes": { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, data: { type: "string" }, tokens: { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } },
+    options: { port: { type: "string" }, "http-port": { type: "string" }, nodes: { type: "string" }, "denoise-nodes": { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, data: { type: "string" }, ...SECURITY_OPTIONS },
   });
   const nodes = Number(values.nodes ?? 1);
   const denoiseNodes = Number(values["denoise-nodes"] ?? 2);
@@ -53,11 +53,12 @@ export async function clusterCommand(args: string[]): Promise<number> {
     const s3 = await startS3Server(path.join(data, "s3"));
     servers.push(s3);
     const conn: FarmConnection = { nats: `nats://${nats.host}:${nats.port}`, s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" } };
-    const coordinator = await startCoordinator(conn, bundle, LOOPBACK, Number(values.port ?? 0), await securityOptions(values));
+    const coordinator = await startCoordinator(conn, bundle, { host: LOOPBACK, port: parsePort("--port", values.port, 0), httpPort: parsePort("--http-port", values["http-port"], DEFAULT_HTTP_PORT) }, await securityOptions(values));
     // With one general node and no denoise nodes, the general node denoises too.
     for (let i = 0; i < nodes; i++) children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
     for (let i = 0; i < denoiseNodes; i++) children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep));
     process.stdout.write(`NATS on ${conn.nats}, S3 on ${s3.host}:${s3.port} (bucket ${conn.s3.bucket})\n`);
+    process.stdout.write(`dashboard on http://${LOOPBACK}:${coordinator.httpPort}\n`);
     process.stdout.write(`gRPC listening on ${LOOPBACK}:${coordinator.port}\n`);
     await untilSignal();
     await coordinator.stop();

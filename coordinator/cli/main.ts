@@ -16,9 +16,9 @@ const USAGE = `framefarm — FramePack image-to-video render farm
 Usage:
   framefarm render --image a.png --prompt "..." (--seconds S | --frames N) -o out.mp4 [options]
   framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda] | [--server HOST:PORT ...]
-  framefarm cluster [--port P] [--nodes N] [--denoise-nodes M] [--bundle DIR] [--tokens FILE]
-  framefarm coordinator --nats URL --s3 HOST:PORT [--port P] [--bundle DIR] [--tokens FILE] [--tls-cert PEM --tls-key PEM]
-  framefarm node --nats URL --s3 HOST:PORT --stages text,image,vae,denoise|all [--bundle DIR] [--ep EP]
+  framefarm cluster [--port P] [--http-port P] [--nodes N] [--denoise-nodes M] [--bundle DIR] [--tokens FILE] [--operators TENANTS]
+  framefarm coordinator --nats URL --s3 HOST:PORT [--port P] [--http-port P] [--bundle DIR] [--tokens FILE] [--operators TENANTS] [--tls-cert PEM --tls-key PEM]
+  framefarm node --nats URL --s3 HOST:PORT --stages text,image,vae,denoise|all [--bundle DIR] [--ep EP] [--id ID] [--device NAME]
   framefarm submit --server HOST:PORT --image a.png --prompt "..." (--seconds S | --frames N) [--wait -o out.mp4]
   framefarm jobs --server HOST:PORT
   framefarm cancel --server HOST:PORT ID

@@ -11,6 +11,11 @@ import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
+import { createLogger } from "../../shared/log/logger.js";
+import { validateNodeId } from "../../shared/nodes/node-registry.js";
+import { DEFAULT_HEARTBEAT_MS } from "../../gpu-node/worker/node-presence.js";
+import { FRAMEFARM_VERSION } from "../../shared/version.js";
+import path from "node:path";
 
 /** Stage groups as operators name them; a group is what one model (set) serves. */
 export const STAGE_GROUPS: Record<string, StageKind[]> = {
@@ -35,14 +40,30 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...FARM_OPTIONS, stages: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, id: { type: "string" }, "cache-mb": { type: "string" }, "ack-wait-ms": { type: "string" }, "quarantine-after": { type: "string" } },
+    options: {
+      ...FARM_OPTIONS,
+      stages: { type: "string" },
+      bundle: { type: "string" },
+      ep: { type: "string" },
+      id: { type: "string" },
+      device: { type: "string" },
+      "cache-mb": { type: "string" },
+      "heartbeat-ms": { type: "string" },
+      "ack-wait-ms": { type: "string" },
+      "quarantine-after": { type: "string" },
+    },
   });
   // Flags win over FRAMEFARM_STAGES / _EP / _NODE_ID / _CACHE_MB (containers set those: deploy/k8s).
   const env = process.env;
   const stages = parseStages(values.stages ?? env["FRAMEFARM_STAGES"] ?? "all");
   const conn = farmConnection(values);
-  const nodeId = values.id ?? env["FRAMEFARM_NODE_ID"] ?? `${os.hostname()}-${process.pid}`;
-  const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? env["FRAMEFARM_EP"] ?? "cpu");
+  // Registry keys are [A-Za-z0-9_-]: a dotted host name becomes dashed.
+  const nodeId = validateNodeId(values.id ?? env["FRAMEFARM_NODE_ID"] ?? `${os.hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, "-").slice(0, 64));
+  const heartbeatMs = Number(values["heartbeat-ms"] ?? DEFAULT_HEARTBEAT_MS);
+  if (!Number.isInteger(heartbeatMs) || heartbeatMs < 100) throw new FarmError("INVALID_ARGUMENT", `--heartbeat-ms must be an integer >= 100, got ${values["heartbeat-ms"]}`);
+  const ep = values.ep ?? env["FRAMEFARM_EP"] ?? "cpu";
+  const bundleDir = values.bundle ?? defaultBundleDir();
+  const embedded = await openEmbedded(bundleDir, ep);
   const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
   const cacheMbText = values["cache-mb"] ?? env["FRAMEFARM_CACHE_MB"] ?? "512";
   const cacheMb = Number(cacheMbText);
@@ -54,15 +75,24 @@ export async function nodeCommand(args: string[]): Promise<number> {
   if (!Number.isInteger(quarantineAfter) || quarantineAfter < 0) throw new FarmError("INVALID_ARGUMENT", `--quarantine-after must be a whole number (0: never), got ${values["quarantine-after"]}`);
   // Fault injection for drills and tests: this node fails every task of these stages.
   const failStages = env["FRAMEFARM_FAILPOINT_STAGES"] === undefined ? [] : parseStages(env["FRAMEFARM_FAILPOINT_STAGES"]);
+  const log = createLogger("node");
   const loop = await NodeLoop.start(bus, { ...embedded, store, cache: new TensorCache(cacheMb * 2 ** 20) }, {
     nodeId,
     stages,
     ackWaitMs,
     quarantineAfter,
     failStages,
-    onQuarantine: (reason) => process.stderr.write(`node ${nodeId} quarantined, taking no more tasks: ${reason}\n`),
+    log,
+    presence: {
+      bundle: path.basename(path.resolve(bundleDir)),
+      executionProvider: ep,
+      // The CPU model for cpu; a GPU provider does not name its adapter, so the operator can.
+      device: values.device ?? (ep === "cpu" ? (os.cpus()[0]?.model ?? "cpu") : `${ep} default adapter`),
+      version: FRAMEFARM_VERSION,
+      heartbeatMs,
+      traffic: () => store.traffic,
+    },
   });
-  process.stderr.write(`node ${nodeId} serving ${stages.join(", ")}\n`);
   await untilSignal();
   await loop.stop();
   await bus.close();

@@ -2,14 +2,20 @@
  * A GPU node's work loop: consumes the work queues of the stages it serves, runs each task, sends
  * in-progress acks while it works (so a long denoise is not redelivered), reports the result on
  * the results queue and only then acks. A node that dies mid-task never acks: the queue
- * redelivers the task to another node after the ack wait.
+ * redelivers the task to another node after the ack wait. A node that fails task after task stops
+ * taking work (quarantine). With a presence, the node registers and heartbeats
+ * (gpu-node/worker/node-presence.ts) and drains when an operator asks.
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import { FarmError } from "../../shared/errors.js";
 import type { StageKind } from "../../coordinator/planner/job-plan.js";
 import { JOBS_BUCKET, RESULTS_QUEUE, jobEventSubject, type StepEvent, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
+import { NodeState, stageToPb, timestampOf } from "../../shared/nodes/node-registry.js";
+import { silentLogger, type Logger } from "../../shared/log/logger.js";
+import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
 import { runStageTask, type WorkerContext } from "./stage-worker.js";
+import { NodePresence } from "./node-presence.js";
 
 export interface NodeOptions {
   nodeId: string;
@@ -22,6 +28,17 @@ export interface NodeOptions {
   onQuarantine?(reason: string): void;
   /** Stages whose tasks this node fails on purpose: fault injection for tests and drills. */
   failStages?: readonly StageKind[];
+  /** Register in the node registry and heartbeat (what the registry shows besides id and stages). */
+  presence?: {
+    bundle: string;
+    executionProvider: string;
+    device: string;
+    version: string;
+    heartbeatMs?: number;
+    /** Object-store bytes this node moved so far. */
+    traffic?: () => { read: number; written: number };
+  };
+  log?: Logger;
 }
 
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
@@ -34,83 +51,155 @@ const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as 
 export const stageConsumerName = (stage: string): string => `stage-${stage}`;
 
 export class NodeLoop {
-  private readonly consumers: Consumer[] = [];
+  private consumers: Consumer[] = [];
   private failuresInARow = 0;
   /** Why the node stopped taking work, once quarantined. */
   quarantined: string | null = null;
+  private presence: NodePresence | undefined;
+  private stopping: Promise<void> | undefined;
+  private readonly inHand = new Map<string, CurrentTask>();
+  private readonly counts = { tasksDone: 0, tasksFailed: 0, sectionsDone: 0 };
+  /** Resolves once a drain has stopped every consumer. */
+  readonly drained: Promise<void>;
+  private markDrained!: () => void;
 
-  private constructor(private readonly options: NodeOptions) {}
+  private constructor(
+    private readonly bus: Bus,
+    private readonly ctx: WorkerContext,
+    private readonly options: NodeOptions,
+    private readonly log: Logger,
+  ) {
+    this.drained = new Promise((r) => (this.markDrained = r));
+  }
 
   /** A node that fails task after task is likely broken (driver, memory, disk): it stops taking work. */
   private countFailure(message: string): void {
     const limit = this.options.quarantineAfter ?? 3;
     if (++this.failuresInARow < limit || limit === 0 || this.quarantined !== null) return;
-    this.quarantined = `${this.failuresInARow} tasks failed in a row; last: ${message}`;
-    this.options.onQuarantine?.(this.quarantined);
+    const reason = `${this.failuresInARow} tasks failed in a row; last: ${message}`;
+    this.quarantined = reason;
+    this.log.warn({ reason }, "quarantined: taking no more tasks");
+    this.options.onQuarantine?.(reason);
     // Not awaited: the task in hand (this one) finishes first.
-    void Promise.all(this.consumers.map((c) => c.stop()));
+    void Promise.all(this.consumers.map((c) => c.stop())).then(() => this.presence?.setState(NodeState.NODE_STATE_QUARANTINED, reason));
   }
 
   static async start(bus: Bus, ctx: WorkerContext, options: NodeOptions): Promise<NodeLoop> {
-    const kv: KeyValue = await bus.kv(JOBS_BUCKET);
-    const ackWaitMs = options.ackWaitMs ?? 30_000;
-    const loop = new NodeLoop(options);
-    const consumers = loop.consumers;
+    const loop = new NodeLoop(bus, ctx, options, (options.log ?? silentLogger()).child({ nodeId: options.nodeId }));
+    const kv = await bus.kv(JOBS_BUCKET);
     for (const stage of options.stages) {
       await bus.queues.ensure(stage);
-      consumers.push(
-        await bus.queues.consume(stage, { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
-          const msg = dec<TaskMessage>(m.data);
-          if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {
-            m.nak(200); // this node failed it before: let another node take it
-            return;
-          }
-          const startedAt = new Date().toISOString();
-          const modelBefore = ctx.runtime.clock.ms;
-          const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">): Promise<void> => {
-            const finishedAt = new Date().toISOString();
-            const modelMs = ctx.runtime.clock.ms - modelBefore;
-            await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, modelMs, ...result } satisfies TaskResult));
-          };
-          const job = await readJob(kv, msg.jobId);
-          const task = job?.record.tasks.find((t) => t.id === msg.taskId);
-          if (job === null || task === undefined || job.record.state === "CANCELLED" || job.record.state === "FAILED") {
-            m.term(); // the job is gone or over: nothing to do
-            return;
-          }
-          // Keep the lease while working, at a third of the ack wait; stop if the job is cancelled.
-          const abort = new AbortController();
-          const keepAlive = setInterval(() => {
-            m.working();
-            void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
-          }, Math.max(50, ackWaitMs / 3));
-          try {
-            if (options.failStages?.includes(task.kind) === true) throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
-            await runStageTask(ctx, task, job.record.spec, {
-              signal: abort.signal,
-              onStep: (step, steps) =>
-                bus.events.publish(jobEventSubject(msg.jobId), enc({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps } satisfies StepEvent)),
-            });
-            await report({ ok: true });
-            loop.failuresInARow = 0;
-          } catch (err) {
-            if (abort.signal.aborted) {
-              m.term();
-              return;
-            }
-            await report({ ok: false, error: (err as Error).message, errorStatus: err instanceof FarmError ? err.status : "INTERNAL" });
-            loop.countFailure((err as Error).message);
-          } finally {
-            clearInterval(keepAlive);
-          }
-          m.ack();
-        }),
+      loop.consumers.push(await loop.consume(kv, stage));
+    }
+    const p = options.presence;
+    if (p !== undefined) {
+      loop.presence = await NodePresence.start(
+        bus,
+        {
+          nodeId: options.nodeId,
+          version: p.version,
+          capabilities: { stages: options.stages.map(stageToPb), bundle: p.bundle, executionProvider: p.executionProvider, device: p.device },
+        },
+        {
+          currentTasks: () => [...loop.inHand.values()],
+          counters: () => {
+            const t = p.traffic?.() ?? { read: 0, written: 0 };
+            return { ...loop.counts, bytesRead: t.read, bytesWritten: t.written };
+          },
+        },
+        {
+          ...(p.heartbeatMs !== undefined ? { intervalMs: p.heartbeatMs } : {}),
+          onDrain: () => void loop.drain(),
+          onError: (err) => loop.log.warn({ err }, "heartbeat failed"),
+        },
       );
     }
+    loop.log.info({ stages: options.stages }, "node serving");
     return loop;
   }
 
+  private async consume(kv: KeyValue, stage: StageKind): Promise<Consumer> {
+    const { bus, ctx, options } = this;
+    const ackWaitMs = options.ackWaitMs ?? 30_000;
+    return bus.queues.consume(stage, { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
+      const msg = dec<TaskMessage>(m.data);
+      if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {
+        m.nak(200); // this node failed it before: let another node take it
+        return;
+      }
+      const startedAt = new Date().toISOString();
+      const modelBefore = ctx.runtime.clock.ms;
+      const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">): Promise<void> => {
+        const finishedAt = new Date().toISOString();
+        const modelMs = ctx.runtime.clock.ms - modelBefore;
+        await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, modelMs, ...result } satisfies TaskResult));
+      };
+      const job = await readJob(kv, msg.jobId);
+      const task = job?.record.tasks.find((t) => t.id === msg.taskId);
+      const log = this.log.child({ jobId: msg.jobId, taskId: msg.taskId, stage, ...(task?.section !== undefined ? { section: task.section } : {}), attempt: m.attempt });
+      if (job === null || task === undefined || job.record.state === "CANCELLED" || job.record.state === "FAILED") {
+        log.info({ jobState: job?.record.state ?? "missing" }, "task dropped: its job is over");
+        m.term(); // the job is gone or over: nothing to do
+        return;
+      }
+      // Keep the lease while working, at a third of the ack wait; stop if the job is cancelled.
+      const abort = new AbortController();
+      const keepAlive = setInterval(() => {
+        m.working();
+        void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
+      }, Math.max(50, ackWaitMs / 3));
+      this.inHand.set(task.id, { jobId: msg.jobId, taskId: task.id, stage: stageToPb(stage), ...(task.section !== undefined ? { section: task.section } : {}), startedAt: timestampOf(Date.parse(startedAt)) });
+      this.presence?.announce();
+      log.info("task started");
+      try {
+        if (options.failStages?.includes(task.kind) === true) throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
+        await runStageTask(ctx, task, job.record.spec, {
+          signal: abort.signal,
+          onStep: (step, steps) =>
+            bus.events.publish(jobEventSubject(msg.jobId), enc({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps } satisfies StepEvent)),
+        });
+        await report({ ok: true });
+        this.failuresInARow = 0;
+        this.counts.tasksDone++;
+        if (stage === "denoise") this.counts.sectionsDone++;
+        log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
+      } catch (err) {
+        if (abort.signal.aborted) {
+          log.info("task stopped: its job was cancelled");
+          m.term();
+          return;
+        }
+        const status = err instanceof FarmError ? err.status : "INTERNAL";
+        await report({ ok: false, error: (err as Error).message, errorStatus: status });
+        this.counts.tasksFailed++;
+        log.warn({ status, error: (err as Error).message }, "task failed");
+        this.countFailure((err as Error).message);
+      } finally {
+        clearInterval(keepAlive);
+        this.inHand.delete(task.id);
+        this.presence?.announce();
+      }
+      m.ack();
+    });
+  }
+
+  /** Takes no more tasks; those in hand finish and report. The node stays registered, as drained. */
+  drain(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info("draining: finishing the tasks in hand, taking no more");
+      await this.presence?.setState(NodeState.NODE_STATE_DRAINING);
+      await Promise.all(this.consumers.map((c) => c.stop()));
+      await this.presence?.setState(NodeState.NODE_STATE_DRAINED);
+      this.log.info("drained");
+      this.markDrained();
+    })();
+    return this.stopping;
+  }
+
   async stop(): Promise<void> {
-    await Promise.all(this.consumers.map((c) => c.stop()));
+    this.stopping ??= Promise.all(this.consumers.map((c) => c.stop())).then(() => undefined);
+    await this.stopping;
+    await this.presence?.stop();
+    this.log.info("node stopped");
   }
 }

@@ -148,8 +148,12 @@ class NatsKv implements KeyValue {
     const prefix = `$KV.${this.bucket}.`;
     const info = await this.jsm.streams.info(`KV_${this.bucket}`, { subjects_filter: `${prefix}>` });
     const candidates = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length));
-    const live = await Promise.all(candidates.map(async (k) => ((await this.get(k)) !== null ? k : null)));
-    return live.filter((k): k is string => k !== null).sort();
+    const live: string[] = [];
+    for (let i = 0; i < candidates.length; i += 100) {
+      const batch = await Promise.all(candidates.slice(i, i + 100).map(async (k) => ((await this.get(k)) !== null ? k : null)));
+      for (const k of batch) if (k !== null) live.push(k);
+    }
+    return live.sort();
   }
 }
 

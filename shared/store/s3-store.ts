@@ -45,6 +45,8 @@ async function collect(stream: NodeJS.ReadableStream): Promise<Uint8Array> {
 
 export class S3ObjectStore implements ObjectStore {
   private readonly client: Client;
+  /** Bytes this client has read and written so far (node heartbeats, metrics). */
+  readonly traffic = { read: 0, written: 0 };
 
   private constructor(
     client: Client,
@@ -95,6 +97,7 @@ export class S3ObjectStore implements ObjectStore {
     validateObjectKey(key);
     const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     await this.retry(`write of ${key}`, () => this.client.putObject(this.bucket, key, body, data.byteLength, { "Content-Type": contentType }));
+    this.traffic.written += data.byteLength;
     return { key, size: data.length, sha256: sha256Hex(data) };
   }
 
@@ -109,7 +112,9 @@ export class S3ObjectStore implements ObjectStore {
   async get(key: string): Promise<Uint8Array> {
     validateObjectKey(key);
     try {
-      return await this.retry(`read of ${key}`, async () => collect(await this.client.getObject(this.bucket, key)));
+      const data = await this.retry(`read of ${key}`, async () => collect(await this.client.getObject(this.bucket, key)));
+      this.traffic.read += data.byteLength;
+      return data;
     } catch (err) {
       if (err instanceof FarmError) throw err;
       if (isNotFound(err)) throw new FarmError("NOT_FOUND", `object ${key} does not exist`, { cause: err });

@@ -84,6 +84,8 @@ test("dev coordinator: starts from its manifest and answers its gRPC probe with 
   const { c, env } = container("framefarm-coordinator");
   const port = await freePort();
   env.set("FRAMEFARM_PORT", String(port));
+  // The dashboard's default 8080 may be taken on a shared machine too.
+  env.set("FRAMEFARM_HTTP_PORT", String(await freePort()));
   const { child, output } = start(c, env, "framefarm-coordinator-7c9d4-x2x7q");
   await waitFor("coordinator", () => /gRPC listening on/.test(output()), child, output);
   assert.match(output(), new RegExp(`gRPC listening on ${env.get("FRAMEFARM_HOST")!.replace(/\./g, "\\.")}:${port}`));
@@ -106,7 +108,9 @@ test("dev nodes: start from their manifests, serve their stages under the pod's 
     const { child, output } = start(c, env, pod);
     await waitFor(name, () => /serving/.test(output()), child, output);
     const expected = env.get("FRAMEFARM_STAGES")!.split(",").flatMap((g) => STAGE_GROUPS[g] ?? []);
-    assert.match(output(), new RegExp(`node ${pod} serving ${expected.join(", ")}`));
+    // Nodes log JSON lines (pino): the one announcing what it serves.
+    const serving = output().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { msg?: string; nodeId?: string; stages?: string[] }).find((e) => e.msg === "node serving");
+    assert.deepEqual({ nodeId: serving?.nodeId, stages: serving?.stages }, { nodeId: pod, stages: expected }, output());
     assert.equal(await stopped(child), 0, output());
   }
 });

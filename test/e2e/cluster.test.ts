@@ -33,7 +33,11 @@ let store: S3ObjectStore;
 let bus: NatsBus;
 
 before(async () => {
-  cluster = spawn(process.execPath, [cliPath(), "cluster", "--nodes", "1", "--denoise-nodes", "2"], { stdio: ["ignore", "pipe", "inherit"] });
+  cluster = spawn(process.execPath, [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "2"], {
+    stdio: ["ignore", "pipe", "inherit"],
+    // Task-level logs of three processes would drown the test report.
+    env: { ...process.env, FRAMEFARM_LOG_LEVEL: process.env["FRAMEFARM_LOG_LEVEL"] ?? "warn" },
+  });
   let out = "";
   const addresses = await new Promise<{ grpc: string; nats: string; s3: string }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`cluster did not start: ${out}`)), 30_000);

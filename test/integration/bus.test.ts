@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { MemoryBus } from "../../shared/bus/memory-bus.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
-import { subjectMatches, type Bus, type Delivery } from "../../shared/bus/bus.js";
+import { subjectMatches, type Bus, type Delivery, type QueueStats } from "../../shared/bus/bus.js";
 import { startNatsServer, type LocalServer } from "../../coordinator/cluster/local-servers.js";
 import { FarmError } from "../../shared/errors.js";
 
@@ -22,6 +22,20 @@ async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Pro
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
+  }
+}
+
+/** Polls read() until it deep-equals want (the JetStream consumer counts settle asynchronously). */
+async function untilEqual<T>(read: () => Promise<T>, want: T, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const got = await read();
+    try {
+      return assert.deepEqual(got, want);
+    } catch (err) {
+      if (Date.now() > end) throw err;
+    }
+    await sleep(50);
   }
 }
 
@@ -112,6 +126,29 @@ function contract(name: string, open: () => Promise<Bus>, close: () => Promise<v
       assert.equal(await bus.queues.depth("encode_image"), 0);
     });
 
+    test("stats count waiting, in-flight and redelivered tasks", async () => {
+      await bus.queues.ensure("statsq");
+      await bus.queues.enqueue("statsq", enc("x"));
+      const counts = async (): Promise<Omit<QueueStats, "idleWorkers">> => {
+        const { waiting, inFlight, redelivered } = await bus.queues.stats("statsq");
+        return { waiting, inFlight, redelivered };
+      };
+      assert.deepEqual(await counts(), { waiting: 1, inFlight: 0, redelivered: 0 });
+      let attempt = 0;
+      let release = false;
+      const c = await bus.queues.consume("statsq", { name: "stats", ackWaitMs: 300, maxDeliver: 5 }, async (d) => {
+        attempt = d.attempt;
+        if (d.attempt === 1) return; // the first holder "dies": redelivered after the ack wait
+        await until("release", () => release);
+        d.ack();
+      });
+      await until("the redelivery", () => attempt === 2);
+      await untilEqual(counts, { waiting: 0, inFlight: 1, redelivered: 1 });
+      release = true;
+      await untilEqual(counts, { waiting: 0, inFlight: 0, redelivered: 0 });
+      await c.stop();
+    });
+
     test("a repeated dedup id enqueues once", async () => {
       await bus.queues.ensure("mux");
       await bus.queues.enqueue("mux", enc("a"), "job1/mux");
@@ -130,6 +167,29 @@ function contract(name: string, open: () => Promise<Bus>, close: () => Promise<v
       assert.deepEqual(await kv.keys(), ["job1", "job2"]);
       await kv.delete("job2");
       assert.equal(await kv.get("job2"), null);
+    });
+
+    test("keys lists live keys promptly while the bucket is being written", async () => {
+      const kv = await bus.kv("busy");
+      for (let i = 0; i < 20; i++) await kv.create(`k${i}`, enc("0"));
+      await kv.create("gone", enc("x"));
+      await kv.delete("gone");
+      let writing = true;
+      const writer = (async () => {
+        // One record rewritten without pause, as the dispatcher does while jobs run.
+        for (let n = 1; writing; n++) await kv.update("k0", enc(String(n)), (await kv.get("k0"))!.revision);
+      })();
+      try {
+        for (let i = 0; i < 30; i++) {
+          const started = Date.now();
+          const keys = await kv.keys();
+          assert.equal(keys.length, 20, "every live key, not the deleted one");
+          assert.ok(Date.now() - started < 2000, `keys() took ${Date.now() - started} ms`);
+        }
+      } finally {
+        writing = false;
+        await writer;
+      }
     });
 
     test("events reach wildcard subscribers", async () => {

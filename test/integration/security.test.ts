@@ -206,7 +206,7 @@ test("framefarm coordinator: --tokens and --tls-cert/--tls-key from the command 
   /** Starts the coordinator; resolves with its address and stderr once it listens. */
   const coordinator = (extra: string[]) =>
     new Promise<{ address: string; stderr: () => string; stop: () => Promise<void> }>((resolve, reject) => {
-      const child = spawn(process.execPath, [cliPath(), "coordinator", "--nats", `nats://${nats.host}:${nats.port}`, "--s3", `${s3.host}:${s3.port}`, "--port", "0", ...extra], { env: { ...process.env, FRAMEFARM_TOKENS_FILE: "" } });
+      const child = spawn(process.execPath, [cliPath(), "coordinator", "--nats", `nats://${nats.host}:${nats.port}`, "--s3", `${s3.host}:${s3.port}`, "--port", "0", "--http-port", "0", ...extra], { env: { ...process.env, FRAMEFARM_TOKENS_FILE: "" } });
       let out = "";
       let err = "";
       const stop = () => new Promise<void>((r) => (child.exitCode !== null ? r() : (child.once("exit", () => r()), child.kill("SIGTERM"))));

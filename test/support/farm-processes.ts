@@ -100,7 +100,7 @@ export class FarmProcesses {
   }
 
   async startCoordinator(): Promise<void> {
-    const child = spawn(process.execPath, [cliPath(), "coordinator", ...this.connectionArgs(), "--host", LOOPBACK, "--port", String(this.grpcPort)], { stdio: ["ignore", "pipe", "pipe"], env: this.env() });
+    const child = spawn(process.execPath, [cliPath(), "coordinator", ...this.connectionArgs(), "--host", LOOPBACK, "--port", String(this.grpcPort), "--http-port", "0"], { stdio: ["ignore", "pipe", "pipe"], env: this.env() });
     await waitForLine(child, /gRPC listening on/, "coordinator");
     this.coordinator = child;
   }

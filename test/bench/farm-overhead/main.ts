@@ -32,7 +32,7 @@ const quantile = (xs: number[], q: number): number => {
 };
 
 async function main(): Promise<void> {
-  const cluster = spawn(process.execPath, [cliPath(), "cluster", "--nodes", "1", "--denoise-nodes", "1"], { stdio: ["ignore", "pipe", "inherit"] });
+  const cluster = spawn(process.execPath, [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"], { stdio: ["ignore", "pipe", "inherit"] });
   let out = "";
   const addr = await new Promise<{ grpc: string; nats: string }>((resolve, reject) => {
     cluster.stdout!.on("data", (b: Buffer) => {

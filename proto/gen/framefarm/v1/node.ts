@@ -6,18 +6,6 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import {
-  type CallOptions,
-  type ChannelCredentials,
-  Client,
-  type ClientOptions,
-  type ClientUnaryCall,
-  type handleUnaryCall,
-  makeGenericClientConstructor,
-  type Metadata,
-  type ServiceError,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 
 export const protobufPackage = "framefarm.v1";
@@ -25,8 +13,11 @@ export const protobufPackage = "framefarm.v1";
 export const protobufFileName = "framefarm/v1/node.proto";
 
 /**
- * Internal API between GPU nodes and the coordinator. Stage tasks themselves travel through
- * JetStream work queues and tensors through the object store; this carries membership and health.
+ * GPU node registry. Nodes talk only to NATS and the object store: there is no node RPC service.
+ * Each node writes a NodeRecord (protobuf-encoded) under its id in the bus KV bucket "nodes" when it
+ * starts and at every heartbeat; an operator's drain request is a DrainRequest under the node's id
+ * in the bucket "node-drain", which the node reads at its next heartbeat. The coordinator (dashboard,
+ * metrics) only reads "nodes".
  */
 
 export enum StageKind {
@@ -92,64 +83,120 @@ export function stageKindToJSON(object: StageKind): string {
   }
 }
 
+export enum NodeState {
+  NODE_STATE_UNSPECIFIED = 0,
+  /** NODE_STATE_ACTIVE - Taking tasks. */
+  NODE_STATE_ACTIVE = 1,
+  /** NODE_STATE_DRAINING - Drain requested: finishing the task in hand, taking no more. */
+  NODE_STATE_DRAINING = 2,
+  /** NODE_STATE_DRAINED - Drained: alive, consuming nothing. */
+  NODE_STATE_DRAINED = 3,
+  /** NODE_STATE_STOPPED - Shut down cleanly. (A node that died says nothing: its heartbeat just grows old.) */
+  NODE_STATE_STOPPED = 4,
+  /** NODE_STATE_QUARANTINED - Failed task after task: alive, consuming nothing until restarted (state_reason says why). */
+  NODE_STATE_QUARANTINED = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function nodeStateFromJSON(object: any): NodeState {
+  switch (object) {
+    case 0:
+    case "NODE_STATE_UNSPECIFIED":
+      return NodeState.NODE_STATE_UNSPECIFIED;
+    case 1:
+    case "NODE_STATE_ACTIVE":
+      return NodeState.NODE_STATE_ACTIVE;
+    case 2:
+    case "NODE_STATE_DRAINING":
+      return NodeState.NODE_STATE_DRAINING;
+    case 3:
+    case "NODE_STATE_DRAINED":
+      return NodeState.NODE_STATE_DRAINED;
+    case 4:
+    case "NODE_STATE_STOPPED":
+      return NodeState.NODE_STATE_STOPPED;
+    case 5:
+    case "NODE_STATE_QUARANTINED":
+      return NodeState.NODE_STATE_QUARANTINED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return NodeState.UNRECOGNIZED;
+  }
+}
+
+export function nodeStateToJSON(object: NodeState): string {
+  switch (object) {
+    case NodeState.NODE_STATE_UNSPECIFIED:
+      return "NODE_STATE_UNSPECIFIED";
+    case NodeState.NODE_STATE_ACTIVE:
+      return "NODE_STATE_ACTIVE";
+    case NodeState.NODE_STATE_DRAINING:
+      return "NODE_STATE_DRAINING";
+    case NodeState.NODE_STATE_DRAINED:
+      return "NODE_STATE_DRAINED";
+    case NodeState.NODE_STATE_STOPPED:
+      return "NODE_STATE_STOPPED";
+    case NodeState.NODE_STATE_QUARANTINED:
+      return "NODE_STATE_QUARANTINED";
+    case NodeState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface NodeCapabilities {
+  /** The stage queues this node consumes. */
   stages: StageKind[];
-  /** Bundles this node holds (by name) and the execution provider it runs them on. */
-  bundles: string[];
+  /** The model bundle it holds (by name) and the execution provider it runs it on. */
+  bundle: string;
   executionProvider: string;
   device: string;
 }
 
-export interface RegisterRequest {
-  nodeId: string;
-  capabilities?: NodeCapabilities | undefined;
-  version: string;
-}
-
-export interface RegisterResponse {
-  /** Seconds between heartbeats; a node silent for 3 intervals is considered gone. */
-  heartbeatIntervalSeconds: number;
-}
-
-export interface HeartbeatRequest {
-  nodeId: string;
-  /** The task in hand, if any. */
-  taskId: string;
-  at?: Timestamp | undefined;
-}
-
-export interface HeartbeatResponse {
-  /** Set when an operator drains the node: finish the task in hand, take no more. */
-  drain: boolean;
-}
-
-export interface ReportStageResultRequest {
-  nodeId: string;
+/** The task a node has in hand. */
+export interface CurrentTask {
   jobId: string;
   taskId: string;
   stage: StageKind;
-  section: number;
-  attempt: number;
-  ok: boolean;
-  /** Object keys written by the task, with their SHA-256. */
-  outputs: { [key: string]: string };
-  error: string;
-  errorStatus: string;
-  seconds: number;
+  section?: number | undefined;
+  startedAt?: Timestamp | undefined;
 }
 
-export interface ReportStageResultRequest_OutputsEntry {
-  key: string;
-  value: string;
+export interface NodeRecord {
+  nodeId: string;
+  capabilities?:
+    | NodeCapabilities
+    | undefined;
+  /** framefarm version the node runs. */
+  version: string;
+  hostname: string;
+  startedAt?:
+    | Timestamp
+    | undefined;
+  /** A node whose last heartbeat is older than 3 intervals is gone. */
+  heartbeatIntervalMs: number;
+  heartbeatAt?: Timestamp | undefined;
+  state: NodeState;
+  /** The tasks in hand (one per stage queue at most). */
+  currentTasks: CurrentTask[];
+  tasksDone: bigint;
+  tasksFailed: bigint;
+  /** Denoise tasks done (one per video section). */
+  sectionsDone: bigint;
+  /** Object-store traffic of this node since it started. */
+  bytesRead: bigint;
+  bytesWritten: bigint;
+  /** Why the node is in its state, where that needs saying (quarantine). */
+  stateReason: string;
 }
 
-export interface ReportStageResultResponse {
-  /** False when the task was already completed by another attempt; the node discards its outputs. */
-  accepted: boolean;
+export interface DrainRequest {
+  requestedAt?: Timestamp | undefined;
 }
 
 function createBaseNodeCapabilities(): NodeCapabilities {
-  return { stages: [], bundles: [], executionProvider: "", device: "" };
+  return { stages: [], bundle: "", executionProvider: "", device: "" };
 }
 
 export const NodeCapabilities: MessageFns<NodeCapabilities> = {
@@ -161,8 +208,8 @@ export const NodeCapabilities: MessageFns<NodeCapabilities> = {
       }
       writer.join();
     }
-    for (const v of message.bundles) {
-      writer.uint32(18).string(v!);
+    if (message.bundle !== "") {
+      writer.uint32(18).string(message.bundle);
     }
     if (message.executionProvider !== "") {
       writer.uint32(26).string(message.executionProvider);
@@ -209,7 +256,7 @@ export const NodeCapabilities: MessageFns<NodeCapabilities> = {
               break;
             }
 
-            message.bundles.push(reader.string());
+            message.bundle = reader.string();
             continue;
           }
           case 3: {
@@ -243,7 +290,7 @@ export const NodeCapabilities: MessageFns<NodeCapabilities> = {
   fromJSON(object: any): NodeCapabilities {
     return {
       stages: globalThis.Array.isArray(object?.stages) ? object.stages.map((e: any) => stageKindFromJSON(e)) : [],
-      bundles: globalThis.Array.isArray(object?.bundles) ? object.bundles.map((e: any) => globalThis.String(e)) : [],
+      bundle: isSet(object.bundle) ? globalThis.String(object.bundle) : "",
       executionProvider: isSet(object.executionProvider)
         ? globalThis.String(object.executionProvider)
         : isSet(object.execution_provider)
@@ -258,8 +305,8 @@ export const NodeCapabilities: MessageFns<NodeCapabilities> = {
     if (message.stages?.length) {
       obj.stages = message.stages.map((e) => stageKindToJSON(e));
     }
-    if (message.bundles?.length) {
-      obj.bundles = message.bundles;
+    if (message.bundle !== "") {
+      obj.bundle = message.bundle;
     }
     if (message.executionProvider !== "") {
       obj.executionProvider = message.executionProvider;
@@ -276,19 +323,182 @@ export const NodeCapabilities: MessageFns<NodeCapabilities> = {
   fromPartial<I extends Exact<DeepPartial<NodeCapabilities>, I>>(object: I): NodeCapabilities {
     const message = createBaseNodeCapabilities();
     message.stages = object.stages?.map((e) => e) || [];
-    message.bundles = object.bundles?.map((e) => e) || [];
+    message.bundle = object.bundle ?? "";
     message.executionProvider = object.executionProvider ?? "";
     message.device = object.device ?? "";
     return message;
   },
 };
 
-function createBaseRegisterRequest(): RegisterRequest {
-  return { nodeId: "", capabilities: undefined, version: "" };
+function createBaseCurrentTask(): CurrentTask {
+  return { jobId: "", taskId: "", stage: 0, section: undefined, startedAt: undefined };
 }
 
-export const RegisterRequest: MessageFns<RegisterRequest> = {
-  encode(message: RegisterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+export const CurrentTask: MessageFns<CurrentTask> = {
+  encode(message: CurrentTask, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.taskId !== "") {
+      writer.uint32(18).string(message.taskId);
+    }
+    if (message.stage !== 0) {
+      writer.uint32(24).int32(message.stage);
+    }
+    if (message.section !== undefined) {
+      writer.uint32(32).uint32(message.section);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(message.startedAt, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CurrentTask {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCurrentTask();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.stage = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.section = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.startedAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CurrentTask {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      stage: isSet(object.stage) ? stageKindFromJSON(object.stage) : 0,
+      section: isSet(object.section) ? globalThis.Number(object.section) : undefined,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: CurrentTask): unknown {
+    const obj: any = {};
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.stage !== 0) {
+      obj.stage = stageKindToJSON(message.stage);
+    }
+    if (message.section !== undefined) {
+      obj.section = Math.round(message.section);
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = fromTimestamp(message.startedAt).toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CurrentTask>, I>>(base?: I): CurrentTask {
+    return CurrentTask.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CurrentTask>, I>>(object: I): CurrentTask {
+    const message = createBaseCurrentTask();
+    message.jobId = object.jobId ?? "";
+    message.taskId = object.taskId ?? "";
+    message.stage = object.stage ?? 0;
+    message.section = object.section ?? undefined;
+    message.startedAt = (object.startedAt !== undefined && object.startedAt !== null)
+      ? Timestamp.fromPartial(object.startedAt)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseNodeRecord(): NodeRecord {
+  return {
+    nodeId: "",
+    capabilities: undefined,
+    version: "",
+    hostname: "",
+    startedAt: undefined,
+    heartbeatIntervalMs: 0,
+    heartbeatAt: undefined,
+    state: 0,
+    currentTasks: [],
+    tasksDone: 0n,
+    tasksFailed: 0n,
+    sectionsDone: 0n,
+    bytesRead: 0n,
+    bytesWritten: 0n,
+    stateReason: "",
+  };
+}
+
+export const NodeRecord: MessageFns<NodeRecord> = {
+  encode(message: NodeRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.nodeId !== "") {
       writer.uint32(10).string(message.nodeId);
     }
@@ -298,10 +508,61 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     if (message.version !== "") {
       writer.uint32(26).string(message.version);
     }
+    if (message.hostname !== "") {
+      writer.uint32(34).string(message.hostname);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(message.startedAt, writer.uint32(42).fork()).join();
+    }
+    if (message.heartbeatIntervalMs !== 0) {
+      writer.uint32(48).uint32(message.heartbeatIntervalMs);
+    }
+    if (message.heartbeatAt !== undefined) {
+      Timestamp.encode(message.heartbeatAt, writer.uint32(58).fork()).join();
+    }
+    if (message.state !== 0) {
+      writer.uint32(64).int32(message.state);
+    }
+    for (const v of message.currentTasks) {
+      CurrentTask.encode(v!, writer.uint32(74).fork()).join();
+    }
+    if (message.tasksDone !== 0n) {
+      if (BigInt.asUintN(64, message.tasksDone) !== message.tasksDone) {
+        throw new globalThis.Error("value provided for field message.tasksDone of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.tasksDone);
+    }
+    if (message.tasksFailed !== 0n) {
+      if (BigInt.asUintN(64, message.tasksFailed) !== message.tasksFailed) {
+        throw new globalThis.Error("value provided for field message.tasksFailed of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.tasksFailed);
+    }
+    if (message.sectionsDone !== 0n) {
+      if (BigInt.asUintN(64, message.sectionsDone) !== message.sectionsDone) {
+        throw new globalThis.Error("value provided for field message.sectionsDone of type uint64 too large");
+      }
+      writer.uint32(96).uint64(message.sectionsDone);
+    }
+    if (message.bytesRead !== 0n) {
+      if (BigInt.asUintN(64, message.bytesRead) !== message.bytesRead) {
+        throw new globalThis.Error("value provided for field message.bytesRead of type uint64 too large");
+      }
+      writer.uint32(104).uint64(message.bytesRead);
+    }
+    if (message.bytesWritten !== 0n) {
+      if (BigInt.asUintN(64, message.bytesWritten) !== message.bytesWritten) {
+        throw new globalThis.Error("value provided for field message.bytesWritten of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.bytesWritten);
+    }
+    if (message.stateReason !== "") {
+      writer.uint32(122).string(message.stateReason);
+    }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): RegisterRequest {
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeRecord {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -310,7 +571,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseRegisterRequest();
+      const message = createBaseNodeRecord();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -338,6 +599,102 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
             message.version = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.startedAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.heartbeatIntervalMs = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.heartbeatAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.currentTasks.push(CurrentTask.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.tasksDone = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.tasksFailed = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.sectionsDone = reader.uint64() as bigint;
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.bytesRead = reader.uint64() as bigint;
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.bytesWritten = reader.uint64() as bigint;
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.stateReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -350,7 +707,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     }
   },
 
-  fromJSON(object: any): RegisterRequest {
+  fromJSON(object: any): NodeRecord {
     return {
       nodeId: isSet(object.nodeId)
         ? globalThis.String(object.nodeId)
@@ -359,10 +716,62 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
         : "",
       capabilities: isSet(object.capabilities) ? NodeCapabilities.fromJSON(object.capabilities) : undefined,
       version: isSet(object.version) ? globalThis.String(object.version) : "",
+      hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      heartbeatIntervalMs: isSet(object.heartbeatIntervalMs)
+        ? globalThis.Number(object.heartbeatIntervalMs)
+        : isSet(object.heartbeat_interval_ms)
+        ? globalThis.Number(object.heartbeat_interval_ms)
+        : 0,
+      heartbeatAt: isSet(object.heartbeatAt)
+        ? fromJsonTimestamp(object.heartbeatAt)
+        : isSet(object.heartbeat_at)
+        ? fromJsonTimestamp(object.heartbeat_at)
+        : undefined,
+      state: isSet(object.state) ? nodeStateFromJSON(object.state) : 0,
+      currentTasks: globalThis.Array.isArray(object?.currentTasks)
+        ? object.currentTasks.map((e: any) => CurrentTask.fromJSON(e))
+        : globalThis.Array.isArray(object?.current_tasks)
+        ? object.current_tasks.map((e: any) => CurrentTask.fromJSON(e))
+        : [],
+      tasksDone: isSet(object.tasksDone)
+        ? BigInt(object.tasksDone)
+        : isSet(object.tasks_done)
+        ? BigInt(object.tasks_done)
+        : 0n,
+      tasksFailed: isSet(object.tasksFailed)
+        ? BigInt(object.tasksFailed)
+        : isSet(object.tasks_failed)
+        ? BigInt(object.tasks_failed)
+        : 0n,
+      sectionsDone: isSet(object.sectionsDone)
+        ? BigInt(object.sectionsDone)
+        : isSet(object.sections_done)
+        ? BigInt(object.sections_done)
+        : 0n,
+      bytesRead: isSet(object.bytesRead)
+        ? BigInt(object.bytesRead)
+        : isSet(object.bytes_read)
+        ? BigInt(object.bytes_read)
+        : 0n,
+      bytesWritten: isSet(object.bytesWritten)
+        ? BigInt(object.bytesWritten)
+        : isSet(object.bytes_written)
+        ? BigInt(object.bytes_written)
+        : 0n,
+      stateReason: isSet(object.stateReason)
+        ? globalThis.String(object.stateReason)
+        : isSet(object.state_reason)
+        ? globalThis.String(object.state_reason)
+        : "",
     };
   },
 
-  toJSON(message: RegisterRequest): unknown {
+  toJSON(message: NodeRecord): unknown {
     const obj: any = {};
     if (message.nodeId !== "") {
       obj.nodeId = message.nodeId;
@@ -373,36 +782,94 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     if (message.version !== "") {
       obj.version = message.version;
     }
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = fromTimestamp(message.startedAt).toISOString();
+    }
+    if (message.heartbeatIntervalMs !== 0) {
+      obj.heartbeatIntervalMs = Math.round(message.heartbeatIntervalMs);
+    }
+    if (message.heartbeatAt !== undefined) {
+      obj.heartbeatAt = fromTimestamp(message.heartbeatAt).toISOString();
+    }
+    if (message.state !== 0) {
+      obj.state = nodeStateToJSON(message.state);
+    }
+    if (message.currentTasks?.length) {
+      obj.currentTasks = message.currentTasks.map((e) => CurrentTask.toJSON(e));
+    }
+    if (message.tasksDone !== 0n) {
+      obj.tasksDone = message.tasksDone.toString();
+    }
+    if (message.tasksFailed !== 0n) {
+      obj.tasksFailed = message.tasksFailed.toString();
+    }
+    if (message.sectionsDone !== 0n) {
+      obj.sectionsDone = message.sectionsDone.toString();
+    }
+    if (message.bytesRead !== 0n) {
+      obj.bytesRead = message.bytesRead.toString();
+    }
+    if (message.bytesWritten !== 0n) {
+      obj.bytesWritten = message.bytesWritten.toString();
+    }
+    if (message.stateReason !== "") {
+      obj.stateReason = message.stateReason;
+    }
     return obj;
   },
 
-  create<I extends Exact<DeepPartial<RegisterRequest>, I>>(base?: I): RegisterRequest {
-    return RegisterRequest.fromPartial(base ?? ({} as any));
+  create<I extends Exact<DeepPartial<NodeRecord>, I>>(base?: I): NodeRecord {
+    return NodeRecord.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<RegisterRequest>, I>>(object: I): RegisterRequest {
-    const message = createBaseRegisterRequest();
+  fromPartial<I extends Exact<DeepPartial<NodeRecord>, I>>(object: I): NodeRecord {
+    const message = createBaseNodeRecord();
     message.nodeId = object.nodeId ?? "";
     message.capabilities = (object.capabilities !== undefined && object.capabilities !== null)
       ? NodeCapabilities.fromPartial(object.capabilities)
       : undefined;
     message.version = object.version ?? "";
+    message.hostname = object.hostname ?? "";
+    message.startedAt = (object.startedAt !== undefined && object.startedAt !== null)
+      ? Timestamp.fromPartial(object.startedAt)
+      : undefined;
+    message.heartbeatIntervalMs = object.heartbeatIntervalMs ?? 0;
+    message.heartbeatAt = (object.heartbeatAt !== undefined && object.heartbeatAt !== null)
+      ? Timestamp.fromPartial(object.heartbeatAt)
+      : undefined;
+    message.state = object.state ?? 0;
+    message.currentTasks = object.currentTasks?.map((e) => CurrentTask.fromPartial(e)) || [];
+    message.tasksDone = (object.tasksDone !== undefined && object.tasksDone !== null) ? BigInt(object.tasksDone) : 0n;
+    message.tasksFailed = (object.tasksFailed !== undefined && object.tasksFailed !== null)
+      ? BigInt(object.tasksFailed)
+      : 0n;
+    message.sectionsDone = (object.sectionsDone !== undefined && object.sectionsDone !== null)
+      ? BigInt(object.sectionsDone)
+      : 0n;
+    message.bytesRead = (object.bytesRead !== undefined && object.bytesRead !== null) ? BigInt(object.bytesRead) : 0n;
+    message.bytesWritten = (object.bytesWritten !== undefined && object.bytesWritten !== null)
+      ? BigInt(object.bytesWritten)
+      : 0n;
+    message.stateReason = object.stateReason ?? "";
     return message;
   },
 };
 
-function createBaseRegisterResponse(): RegisterResponse {
-  return { heartbeatIntervalSeconds: 0 };
+function createBaseDrainRequest(): DrainRequest {
+  return { requestedAt: undefined };
 }
 
-export const RegisterResponse: MessageFns<RegisterResponse> = {
-  encode(message: RegisterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.heartbeatIntervalSeconds !== 0) {
-      writer.uint32(8).uint32(message.heartbeatIntervalSeconds);
+export const DrainRequest: MessageFns<DrainRequest> = {
+  encode(message: DrainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestedAt !== undefined) {
+      Timestamp.encode(message.requestedAt, writer.uint32(10).fork()).join();
     }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): RegisterResponse {
+  decode(input: BinaryReader | Uint8Array, length?: number): DrainRequest {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -411,86 +878,7 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseRegisterResponse();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 8) {
-              break;
-            }
-
-            message.heartbeatIntervalSeconds = reader.uint32();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): RegisterResponse {
-    return {
-      heartbeatIntervalSeconds: isSet(object.heartbeatIntervalSeconds)
-        ? globalThis.Number(object.heartbeatIntervalSeconds)
-        : isSet(object.heartbeat_interval_seconds)
-        ? globalThis.Number(object.heartbeat_interval_seconds)
-        : 0,
-    };
-  },
-
-  toJSON(message: RegisterResponse): unknown {
-    const obj: any = {};
-    if (message.heartbeatIntervalSeconds !== 0) {
-      obj.heartbeatIntervalSeconds = Math.round(message.heartbeatIntervalSeconds);
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<RegisterResponse>, I>>(base?: I): RegisterResponse {
-    return RegisterResponse.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<RegisterResponse>, I>>(object: I): RegisterResponse {
-    const message = createBaseRegisterResponse();
-    message.heartbeatIntervalSeconds = object.heartbeatIntervalSeconds ?? 0;
-    return message;
-  },
-};
-
-function createBaseHeartbeatRequest(): HeartbeatRequest {
-  return { nodeId: "", taskId: "", at: undefined };
-}
-
-export const HeartbeatRequest: MessageFns<HeartbeatRequest> = {
-  encode(message: HeartbeatRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.nodeId !== "") {
-      writer.uint32(10).string(message.nodeId);
-    }
-    if (message.taskId !== "") {
-      writer.uint32(18).string(message.taskId);
-    }
-    if (message.at !== undefined) {
-      Timestamp.encode(message.at, writer.uint32(26).fork()).join();
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): HeartbeatRequest {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseHeartbeatRequest();
+      const message = createBaseDrainRequest();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -499,23 +887,7 @@ export const HeartbeatRequest: MessageFns<HeartbeatRequest> = {
               break;
             }
 
-            message.nodeId = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.taskId = reader.string();
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.at = Timestamp.decode(reader, reader.uint32());
+            message.requestedAt = Timestamp.decode(reader, reader.uint32());
             continue;
           }
         }
@@ -530,657 +902,35 @@ export const HeartbeatRequest: MessageFns<HeartbeatRequest> = {
     }
   },
 
-  fromJSON(object: any): HeartbeatRequest {
+  fromJSON(object: any): DrainRequest {
     return {
-      nodeId: isSet(object.nodeId)
-        ? globalThis.String(object.nodeId)
-        : isSet(object.node_id)
-        ? globalThis.String(object.node_id)
-        : "",
-      taskId: isSet(object.taskId)
-        ? globalThis.String(object.taskId)
-        : isSet(object.task_id)
-        ? globalThis.String(object.task_id)
-        : "",
-      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
+      requestedAt: isSet(object.requestedAt)
+        ? fromJsonTimestamp(object.requestedAt)
+        : isSet(object.requested_at)
+        ? fromJsonTimestamp(object.requested_at)
+        : undefined,
     };
   },
 
-  toJSON(message: HeartbeatRequest): unknown {
+  toJSON(message: DrainRequest): unknown {
     const obj: any = {};
-    if (message.nodeId !== "") {
-      obj.nodeId = message.nodeId;
-    }
-    if (message.taskId !== "") {
-      obj.taskId = message.taskId;
-    }
-    if (message.at !== undefined) {
-      obj.at = fromTimestamp(message.at).toISOString();
+    if (message.requestedAt !== undefined) {
+      obj.requestedAt = fromTimestamp(message.requestedAt).toISOString();
     }
     return obj;
   },
 
-  create<I extends Exact<DeepPartial<HeartbeatRequest>, I>>(base?: I): HeartbeatRequest {
-    return HeartbeatRequest.fromPartial(base ?? ({} as any));
+  create<I extends Exact<DeepPartial<DrainRequest>, I>>(base?: I): DrainRequest {
+    return DrainRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<HeartbeatRequest>, I>>(object: I): HeartbeatRequest {
-    const message = createBaseHeartbeatRequest();
-    message.nodeId = object.nodeId ?? "";
-    message.taskId = object.taskId ?? "";
-    message.at = (object.at !== undefined && object.at !== null) ? Timestamp.fromPartial(object.at) : undefined;
+  fromPartial<I extends Exact<DeepPartial<DrainRequest>, I>>(object: I): DrainRequest {
+    const message = createBaseDrainRequest();
+    message.requestedAt = (object.requestedAt !== undefined && object.requestedAt !== null)
+      ? Timestamp.fromPartial(object.requestedAt)
+      : undefined;
     return message;
   },
 };
-
-function createBaseHeartbeatResponse(): HeartbeatResponse {
-  return { drain: false };
-}
-
-export const HeartbeatResponse: MessageFns<HeartbeatResponse> = {
-  encode(message: HeartbeatResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.drain !== false) {
-      writer.uint32(8).bool(message.drain);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): HeartbeatResponse {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseHeartbeatResponse();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 8) {
-              break;
-            }
-
-            message.drain = reader.bool();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): HeartbeatResponse {
-    return { drain: isSet(object.drain) ? globalThis.Boolean(object.drain) : false };
-  },
-
-  toJSON(message: HeartbeatResponse): unknown {
-    const obj: any = {};
-    if (message.drain !== false) {
-      obj.drain = message.drain;
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<HeartbeatResponse>, I>>(base?: I): HeartbeatResponse {
-    return HeartbeatResponse.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<HeartbeatResponse>, I>>(object: I): HeartbeatResponse {
-    const message = createBaseHeartbeatResponse();
-    message.drain = object.drain ?? false;
-    return message;
-  },
-};
-
-function createBaseReportStageResultRequest(): ReportStageResultRequest {
-  return {
-    nodeId: "",
-    jobId: "",
-    taskId: "",
-    stage: 0,
-    section: 0,
-    attempt: 0,
-    ok: false,
-    outputs: {},
-    error: "",
-    errorStatus: "",
-    seconds: 0,
-  };
-}
-
-export const ReportStageResultRequest: MessageFns<ReportStageResultRequest> = {
-  encode(message: ReportStageResultRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.nodeId !== "") {
-      writer.uint32(10).string(message.nodeId);
-    }
-    if (message.jobId !== "") {
-      writer.uint32(18).string(message.jobId);
-    }
-    if (message.taskId !== "") {
-      writer.uint32(26).string(message.taskId);
-    }
-    if (message.stage !== 0) {
-      writer.uint32(32).int32(message.stage);
-    }
-    if (message.section !== 0) {
-      writer.uint32(40).uint32(message.section);
-    }
-    if (message.attempt !== 0) {
-      writer.uint32(48).uint32(message.attempt);
-    }
-    if (message.ok !== false) {
-      writer.uint32(56).bool(message.ok);
-    }
-    globalThis.Object.entries(message.outputs).forEach(([key, value]: [string, string]) => {
-      ReportStageResultRequest_OutputsEntry.encode({ key: key as any, value }, writer.uint32(66).fork()).join();
-    });
-    if (message.error !== "") {
-      writer.uint32(74).string(message.error);
-    }
-    if (message.errorStatus !== "") {
-      writer.uint32(82).string(message.errorStatus);
-    }
-    if (message.seconds !== 0) {
-      writer.uint32(89).double(message.seconds);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ReportStageResultRequest {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseReportStageResultRequest();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.nodeId = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.jobId = reader.string();
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.taskId = reader.string();
-            continue;
-          }
-          case 4: {
-            if (tag !== 32) {
-              break;
-            }
-
-            message.stage = reader.int32() as any;
-            continue;
-          }
-          case 5: {
-            if (tag !== 40) {
-              break;
-            }
-
-            message.section = reader.uint32();
-            continue;
-          }
-          case 6: {
-            if (tag !== 48) {
-              break;
-            }
-
-            message.attempt = reader.uint32();
-            continue;
-          }
-          case 7: {
-            if (tag !== 56) {
-              break;
-            }
-
-            message.ok = reader.bool();
-            continue;
-          }
-          case 8: {
-            if (tag !== 66) {
-              break;
-            }
-
-            const entry8 = ReportStageResultRequest_OutputsEntry.decode(reader, reader.uint32());
-            if (entry8.value !== undefined) {
-              message.outputs[entry8.key] = entry8.value;
-            }
-            continue;
-          }
-          case 9: {
-            if (tag !== 74) {
-              break;
-            }
-
-            message.error = reader.string();
-            continue;
-          }
-          case 10: {
-            if (tag !== 82) {
-              break;
-            }
-
-            message.errorStatus = reader.string();
-            continue;
-          }
-          case 11: {
-            if (tag !== 89) {
-              break;
-            }
-
-            message.seconds = reader.double();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): ReportStageResultRequest {
-    return {
-      nodeId: isSet(object.nodeId)
-        ? globalThis.String(object.nodeId)
-        : isSet(object.node_id)
-        ? globalThis.String(object.node_id)
-        : "",
-      jobId: isSet(object.jobId)
-        ? globalThis.String(object.jobId)
-        : isSet(object.job_id)
-        ? globalThis.String(object.job_id)
-        : "",
-      taskId: isSet(object.taskId)
-        ? globalThis.String(object.taskId)
-        : isSet(object.task_id)
-        ? globalThis.String(object.task_id)
-        : "",
-      stage: isSet(object.stage) ? stageKindFromJSON(object.stage) : 0,
-      section: isSet(object.section) ? globalThis.Number(object.section) : 0,
-      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
-      ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
-      outputs: isObject(object.outputs)
-        ? (globalThis.Object.entries(object.outputs) as [string, any][]).reduce(
-          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
-            globalThis.Object.defineProperty(acc, key, {
-              value: globalThis.String(value),
-              enumerable: true,
-              configurable: true,
-              writable: true,
-            });
-            return acc;
-          },
-          {},
-        )
-        : {},
-      error: isSet(object.error) ? globalThis.String(object.error) : "",
-      errorStatus: isSet(object.errorStatus)
-        ? globalThis.String(object.errorStatus)
-        : isSet(object.error_status)
-        ? globalThis.String(object.error_status)
-        : "",
-      seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0,
-    };
-  },
-
-  toJSON(message: ReportStageResultRequest): unknown {
-    const obj: any = {};
-    if (message.nodeId !== "") {
-      obj.nodeId = message.nodeId;
-    }
-    if (message.jobId !== "") {
-      obj.jobId = message.jobId;
-    }
-    if (message.taskId !== "") {
-      obj.taskId = message.taskId;
-    }
-    if (message.stage !== 0) {
-      obj.stage = stageKindToJSON(message.stage);
-    }
-    if (message.section !== 0) {
-      obj.section = Math.round(message.section);
-    }
-    if (message.attempt !== 0) {
-      obj.attempt = Math.round(message.attempt);
-    }
-    if (message.ok !== false) {
-      obj.ok = message.ok;
-    }
-    if (message.outputs) {
-      const entries = globalThis.Object.entries(message.outputs) as [string, string][];
-      if (entries.length > 0) {
-        obj.outputs = {};
-        entries.forEach(([k, v]) => {
-          obj.outputs[k] = v;
-        });
-      }
-    }
-    if (message.error !== "") {
-      obj.error = message.error;
-    }
-    if (message.errorStatus !== "") {
-      obj.errorStatus = message.errorStatus;
-    }
-    if (message.seconds !== 0) {
-      obj.seconds = floatToJson(message.seconds);
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<ReportStageResultRequest>, I>>(base?: I): ReportStageResultRequest {
-    return ReportStageResultRequest.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<ReportStageResultRequest>, I>>(object: I): ReportStageResultRequest {
-    const message = createBaseReportStageResultRequest();
-    message.nodeId = object.nodeId ?? "";
-    message.jobId = object.jobId ?? "";
-    message.taskId = object.taskId ?? "";
-    message.stage = object.stage ?? 0;
-    message.section = object.section ?? 0;
-    message.attempt = object.attempt ?? 0;
-    message.ok = object.ok ?? false;
-    message.outputs = (globalThis.Object.entries(object.outputs ?? {}) as [string, string][]).reduce(
-      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
-        if (value !== undefined) {
-          acc[key] = globalThis.String(value);
-        }
-        return acc;
-      },
-      {},
-    );
-    message.error = object.error ?? "";
-    message.errorStatus = object.errorStatus ?? "";
-    message.seconds = object.seconds ?? 0;
-    return message;
-  },
-};
-
-function createBaseReportStageResultRequest_OutputsEntry(): ReportStageResultRequest_OutputsEntry {
-  return { key: "", value: "" };
-}
-
-export const ReportStageResultRequest_OutputsEntry: MessageFns<ReportStageResultRequest_OutputsEntry> = {
-  encode(message: ReportStageResultRequest_OutputsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.key !== "") {
-      writer.uint32(10).string(message.key);
-    }
-    if (message.value !== "") {
-      writer.uint32(18).string(message.value);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ReportStageResultRequest_OutputsEntry {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseReportStageResultRequest_OutputsEntry();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.key = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.value = reader.string();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): ReportStageResultRequest_OutputsEntry {
-    return {
-      key: isSet(object.key) ? globalThis.String(object.key) : "",
-      value: isSet(object.value) ? globalThis.String(object.value) : "",
-    };
-  },
-
-  toJSON(message: ReportStageResultRequest_OutputsEntry): unknown {
-    const obj: any = {};
-    if (message.key !== "") {
-      obj.key = message.key;
-    }
-    if (message.value !== "") {
-      obj.value = message.value;
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<ReportStageResultRequest_OutputsEntry>, I>>(
-    base?: I,
-  ): ReportStageResultRequest_OutputsEntry {
-    return ReportStageResultRequest_OutputsEntry.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<ReportStageResultRequest_OutputsEntry>, I>>(
-    object: I,
-  ): ReportStageResultRequest_OutputsEntry {
-    const message = createBaseReportStageResultRequest_OutputsEntry();
-    message.key = object.key ?? "";
-    message.value = object.value ?? "";
-    return message;
-  },
-};
-
-function createBaseReportStageResultResponse(): ReportStageResultResponse {
-  return { accepted: false };
-}
-
-export const ReportStageResultResponse: MessageFns<ReportStageResultResponse> = {
-  encode(message: ReportStageResultResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.accepted !== false) {
-      writer.uint32(8).bool(message.accepted);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ReportStageResultResponse {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseReportStageResultResponse();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 8) {
-              break;
-            }
-
-            message.accepted = reader.bool();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): ReportStageResultResponse {
-    return { accepted: isSet(object.accepted) ? globalThis.Boolean(object.accepted) : false };
-  },
-
-  toJSON(message: ReportStageResultResponse): unknown {
-    const obj: any = {};
-    if (message.accepted !== false) {
-      obj.accepted = message.accepted;
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<ReportStageResultResponse>, I>>(base?: I): ReportStageResultResponse {
-    return ReportStageResultResponse.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<ReportStageResultResponse>, I>>(object: I): ReportStageResultResponse {
-    const message = createBaseReportStageResultResponse();
-    message.accepted = object.accepted ?? false;
-    return message;
-  },
-};
-
-export type NodeServiceService = typeof NodeServiceService;
-export const NodeServiceService = {
-  register: {
-    path: "/framefarm.v1.NodeService/Register" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: RegisterRequest): Buffer => Buffer.from(RegisterRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): RegisterRequest => RegisterRequest.decode(value),
-    responseSerialize: (value: RegisterResponse): Buffer => Buffer.from(RegisterResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): RegisterResponse => RegisterResponse.decode(value),
-  },
-  heartbeat: {
-    path: "/framefarm.v1.NodeService/Heartbeat" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: HeartbeatRequest): Buffer => Buffer.from(HeartbeatRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): HeartbeatRequest => HeartbeatRequest.decode(value),
-    responseSerialize: (value: HeartbeatResponse): Buffer => Buffer.from(HeartbeatResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): HeartbeatResponse => HeartbeatResponse.decode(value),
-  },
-  reportStageResult: {
-    path: "/framefarm.v1.NodeService/ReportStageResult" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: ReportStageResultRequest): Buffer =>
-      Buffer.from(ReportStageResultRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): ReportStageResultRequest => ReportStageResultRequest.decode(value),
-    responseSerialize: (value: ReportStageResultResponse): Buffer =>
-      Buffer.from(ReportStageResultResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): ReportStageResultResponse => ReportStageResultResponse.decode(value),
-  },
-} as const;
-
-export interface NodeServiceServer extends UntypedServiceImplementation {
-  register: handleUnaryCall<RegisterRequest, RegisterResponse>;
-  heartbeat: handleUnaryCall<HeartbeatRequest, HeartbeatResponse>;
-  reportStageResult: handleUnaryCall<ReportStageResultRequest, ReportStageResultResponse>;
-}
-
-export interface NodeServiceClient extends Client {
-  register(
-    request: RegisterRequest,
-    callback: (error: ServiceError | null, response: RegisterResponse) => void,
-  ): ClientUnaryCall;
-  register(
-    request: RegisterRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: RegisterResponse) => void,
-  ): ClientUnaryCall;
-  register(
-    request: RegisterRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: RegisterResponse) => void,
-  ): ClientUnaryCall;
-  heartbeat(
-    request: HeartbeatRequest,
-    callback: (error: ServiceError | null, response: HeartbeatResponse) => void,
-  ): ClientUnaryCall;
-  heartbeat(
-    request: HeartbeatRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: HeartbeatResponse) => void,
-  ): ClientUnaryCall;
-  heartbeat(
-    request: HeartbeatRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: HeartbeatResponse) => void,
-  ): ClientUnaryCall;
-  reportStageResult(
-    request: ReportStageResultRequest,
-    callback: (error: ServiceError | null, response: ReportStageResultResponse) => void,
-  ): ClientUnaryCall;
-  reportStageResult(
-    request: ReportStageResultRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: ReportStageResultResponse) => void,
-  ): ClientUnaryCall;
-  reportStageResult(
-    request: ReportStageResultRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: ReportStageResultResponse) => void,
-  ): ClientUnaryCall;
-}
-
-export const NodeServiceClient = makeGenericClientConstructor(
-  NodeServiceService,
-  "framefarm.v1.NodeService",
-) as unknown as {
-  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): NodeServiceClient;
-  service: typeof NodeServiceService;
-  serviceName: string;
-};
-
-function floatToJson(value: number | null | undefined): number | string | null | undefined {
-  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
-}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 
@@ -1226,10 +976,6 @@ function fromJsonTimestamp(o: any): Timestamp {
   } else {
     return Timestamp.fromJSON(o);
   }
-}
-
-function isObject(value: any): boolean {
-  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

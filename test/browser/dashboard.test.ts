@@ -1,0 +1,221 @@
+/**
+ * The dashboard in a real browser: `framefarm cluster` (real nats-server, s3rver, coordinator and
+ * node processes) and Debian's chromium driven by playwright-core. A job submitted over gRPC shows
+ * up, progresses section by section with a playable preview of its newest section, and finishes
+ * with a playable video; another job is re-prioritised and cancelled from the page; a node is
+ * drained from the page. Any console error or page error fails
+ * the test. The farm runs with tokens: the page first asks for an operator's token. Screenshots go
+ * to test-output/browser/.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { chromium, type BrowserContext, type Page } from "playwright-core";
+import { Metadata, credentials } from "@grpc/grpc-js";
+import { JobServiceClient, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import { cliPath, repoRoot, testOutputDir } from "../support/paths.js";
+
+const CHROMIUM = process.env["FRAMEFARM_CHROMIUM"] ?? "/usr/bin/chromium";
+const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const shots = path.join(testOutputDir(), "browser");
+const OPS_TOKEN = "ops-0123456789abcdef0123456789abcdef";
+const ACME_TOKEN = "acme-0123456789abcdef0123456789abcdef";
+
+let cluster: ChildProcess;
+let client: JobServiceClient;
+let dashboard: string;
+let context: BrowserContext;
+let page: Page;
+let profile: string;
+const consoleErrors: string[] = [];
+
+before(async () => {
+  await mkdir(shots, { recursive: true });
+  // Tokens on, as a production farm: tenant acme submits, tenant ops operates the dashboard.
+  profile = await mkdtemp(path.join(os.tmpdir(), "framefarm-chromium-"));
+  const tokens = path.join(profile, "..", `${path.basename(profile)}-tokens.json`);
+  await writeFile(tokens, JSON.stringify({ ops: OPS_TOKEN, acme: ACME_TOKEN }));
+  // One general node and one denoise node: enough to watch sections advance one by one.
+  cluster = spawn(process.execPath, [cliPath(), "cluster", "--port", "0", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1", "--tokens", tokens, "--operators", "ops"], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, FRAMEFARM_LOG_LEVEL: "info" },
+  });
+  cluster.stderr!.pipe(createWriteStream(path.join(shots, "cluster.log")));
+  let out = "";
+  const addresses = await new Promise<{ grpc: string; http: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`cluster did not start: ${out}`)), 30_000);
+    cluster.stdout!.on("data", (b: Buffer) => {
+      out += b.toString();
+      const grpc = /gRPC listening on (\S+)/.exec(out);
+      const http = /dashboard on (http:\/\/\S+)/.exec(out);
+      if (grpc && http) {
+        clearTimeout(timer);
+        resolve({ grpc: grpc[1]!, http: http[1]! });
+      }
+    });
+    cluster.once("exit", (code) => reject(new Error(`cluster exited ${code}: ${out}`)));
+  });
+  client = new JobServiceClient(addresses.grpc, credentials.createInsecure());
+  dashboard = addresses.http;
+  context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: FLAGS, viewport: { width: 1366, height: 768 } });
+  page = context.pages()[0] ?? (await context.newPage());
+  page.on("console", (m) => m.type() === "error" && consoleErrors.push(`console: ${m.text()} (${m.location().url})`));
+  page.on("pageerror", (e) => consoleErrors.push(`page error: ${e.message}`));
+});
+
+after(async () => {
+  await context?.close();
+  client?.close();
+  if (cluster !== undefined && cluster.exitCode === null) {
+    const exited = new Promise((r) => cluster.once("exit", r));
+    cluster.kill("SIGTERM");
+    await exited;
+  }
+  if (profile !== undefined) {
+    await rm(profile, { recursive: true, force: true });
+    await rm(`${profile}-tokens.json`, { force: true });
+  }
+});
+
+async function submit(prompt: string, numFrames: number, steps: number): Promise<Job> {
+  const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+  const req: SubmitJobRequest = {
+    image: { source: { $case: "data", value: image } },
+    settings: { prompt, length: { $case: "numFrames", value: numFrames }, mode: SamplingMode.SAMPLING_MODE_VANILLA, steps, seed: 7n, height: 64, width: 64 },
+    bundle: "",
+    priority: 0,
+    idempotencyKey: "",
+  };
+  const md = new Metadata();
+  md.set("authorization", `Bearer ${ACME_TOKEN}`);
+  return new Promise<Job>((resolve, reject) => client.submitJob(req, md, (e, r) => (e ? reject(e) : resolve(r.job!))));
+}
+
+/** The parts of an HTMLVideoElement the test reads (the build has no DOM types). */
+interface VideoLike {
+  play(): Promise<void>;
+  currentTime: number;
+  videoWidth: number;
+  videoHeight: number;
+  error: { message: string } | null;
+}
+
+const ops = { authorization: `Bearer ${OPS_TOKEN}` };
+const card = (id: string) => page.locator(`article.job[data-job-id="${id}"]`);
+
+/**
+ * Plays the job card's video until its clock moves (Debian's chromium decodes the farm's H.264).
+ * A newer section's preview may replace the source mid-start: then it tries again.
+ */
+async function playVideo(jobId: string): Promise<{ playing: boolean; width: number; height: number; error: string | null }> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await card(jobId).locator("video").evaluate(async (element) => {
+        const v = element as unknown as VideoLike;
+        await v.play();
+        const deadline = Date.now() + 15_000;
+        while (v.currentTime === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        return { playing: v.currentTime > 0, width: v.videoWidth, height: v.videoHeight, error: v.error?.message ?? null };
+      });
+    } catch (err) {
+      if (attempt >= 3 || !/interrupted by a new load request/.test(String(err))) throw err;
+    }
+  }
+}
+
+test("the dashboard follows a job to the end, plays its video, cancels another and drains a node", async () => {
+  // The page asks for an operator's token; a customer's token does not open it.
+  await page.goto(dashboard);
+  await page.locator("#login").waitFor();
+  assert.ok(!(await page.locator("main").isVisible()));
+  await page.locator("#token").fill(ACME_TOKEN);
+  await page.locator('#login button[type="submit"]').click();
+  await page.locator("#login-error", { hasText: "does not open" }).waitFor();
+  await page.screenshot({ path: path.join(shots, "0-login.png") });
+  await page.locator("#token").fill(OPS_TOKEN);
+  await page.locator('#login button[type="submit"]').click();
+  await page.locator("#live[data-state=live]").waitFor();
+  assert.ok(!(await page.locator("#login").isVisible()));
+  // Both nodes registered and heartbeating.
+  await page.locator('#nodes tr[data-node-id="node-0"] .badge.active').waitFor();
+  await page.locator('#nodes tr[data-node-id="denoise-0"] .badge.active').waitFor();
+  assert.equal(await page.locator("#queues tbody tr").count(), 6);
+
+  // 4 sections of 100 steps (about a second each with the tiny bundle): long enough to watch.
+  const job = await submit("a lighthouse, followed to the end", 4 * 33, 100);
+  await card(job.id).waitFor();
+  await card(job.id).locator('.section[data-denoise="running"]').first().waitFor({ timeout: 60_000 });
+  // The denoise node shows the section in hand.
+  await page.locator('#nodes tr[data-node-id="denoise-0"] td', { hasText: /^denoise\.\d+ \(/ }).waitFor({ timeout: 10_000 });
+  await card(job.id).locator('.section[data-denoise="done"]').first().waitFor({ timeout: 60_000 });
+  // The newest decoded section's preview appears while the job runs, and plays.
+  await card(job.id).locator(".preview .caption", { hasText: /^preview: section \d+$/ }).waitFor({ timeout: 60_000 });
+  const preview = await playVideo(job.id);
+  const midway = await card(job.id).getAttribute("data-state");
+  const doneBoxes = await card(job.id).locator('.section[data-denoise="done"]').count();
+  await page.screenshot({ path: path.join(shots, "1-running.png") });
+  assert.equal(midway, "RUNNING", "a section finished while the job was still running");
+  assert.ok(doneBoxes >= 1 && doneBoxes < 4);
+  assert.deepEqual(preview, { playing: true, width: 64, height: 64, error: null });
+
+  await card(job.id).locator(".job-state.SUCCEEDED").waitFor({ timeout: 120_000 });
+  assert.equal(await card(job.id).locator('.section[data-denoise="done"][data-decode="done"]').count(), 4);
+  assert.ok(await card(job.id).locator("a.download").isVisible());
+
+  // The final video plays in the page too.
+  await card(job.id).locator(".preview .caption", { hasText: "final video" }).waitFor();
+  assert.deepEqual(await playVideo(job.id), { playing: true, width: 64, height: 64, error: null });
+  await page.screenshot({ path: path.join(shots, "2-finished.png") });
+
+  // A long job, cancelled from the page while it runs.
+  const victim = await submit("a lighthouse, cancelled midway", 12 * 33, 100);
+  await card(victim.id).locator(".job-state.RUNNING").waitFor({ timeout: 60_000 });
+  await card(victim.id).locator("input.priority").fill("7");
+  await card(victim.id).locator('button[data-action="priority"]').click();
+  await page.locator("#toast", { hasText: "priority 7" }).waitFor();
+  const snapshot = (await (await fetch(`${dashboard}/api/state`, { headers: ops })).json()) as { jobs: { id: string; priority: number }[] };
+  assert.equal(snapshot.jobs.find((j) => j.id === victim.id)!.priority, 7);
+  await card(victim.id).locator('button[data-action="cancel"]').click();
+  await card(victim.id).locator(".job-state.CANCELLED").waitFor({ timeout: 30_000 });
+  assert.ok(await card(victim.id).locator('button[data-action="cancel"]').isDisabled());
+  await page.screenshot({ path: path.join(shots, "3-cancelled.png") });
+
+  // Drain the denoise node: it stops taking tasks and says so.
+  await page.locator('#nodes tr[data-node-id="denoise-0"] button[data-action="drain"]').click();
+  await page.locator('#nodes tr[data-node-id="denoise-0"] .badge.drained').waitFor({ timeout: 30_000 });
+  // With its only node drained, the denoise stage is flagged: jobs would wait there.
+  await page.locator('#queues tr[data-stage="denoise"] .badge.gone').waitFor();
+  assert.ok(!(await page.locator('#queues tr[data-stage="decode"] .badge.gone').isVisible()));
+  await page.screenshot({ path: path.join(shots, "4-drained.png") });
+
+  // Metrics speak for the same farm.
+  assert.equal((await fetch(`${dashboard}/metrics`)).status, 401, "metrics need an operator's token too");
+  const metrics = await (await fetch(`${dashboard}/metrics`, { headers: ops })).text();
+  assert.match(metrics, /framefarm_jobs\{state="SUCCEEDED"\} 1/);
+  assert.match(metrics, /framefarm_jobs\{state="CANCELLED"\} 1/);
+  assert.match(metrics, /framefarm_node_up\{node="denoise-0"\} 1/);
+  assert.match(metrics, /framefarm_stage_duration_seconds_count\{stage="denoise",outcome="ok"\} [4-9]/);
+  assert.match(metrics, /framefarm_object_store_bytes_total\{node="node-0",direction="written"\} [1-9]/);
+
+  assert.deepEqual(consoleErrors, [], "the page logged errors");
+});
+
+test("the farm's log lines are JSON carrying the ids they concern", async () => {
+  const lines = (await readFile(path.join(shots, "cluster.log"), "utf8")).split("\n").filter((l) => l.startsWith("{"));
+  const entries = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  const tasks = entries.filter((e) => typeof e["msg"] === "string" && (e["msg"] as string).startsWith("task "));
+  assert.ok(tasks.length >= 20, `${tasks.length} task lines`);
+  for (const e of tasks) {
+    assert.equal(typeof e["jobId"], "string", JSON.stringify(e));
+    assert.equal(typeof e["taskId"], "string", JSON.stringify(e));
+    assert.equal(typeof e["nodeId"], "string", JSON.stringify(e));
+    if (/\.(denoise|decode)\.\d+$/.test(e["taskId"] as string)) assert.equal(typeof e["section"], "number", JSON.stringify(e));
+  }
+  // Both sides speak: the nodes about their work, the coordinator about results and job states.
+  assert.ok(tasks.some((e) => e["component"] === "node") && tasks.some((e) => e["component"] === "coordinator"));
+  assert.ok(entries.some((e) => e["component"] === "coordinator" && e["msg"] === "job state" && e["state"] === "CANCELLED"));
+});
