@@ -104,6 +104,9 @@ def main():
     p.add_argument("--attention", choices=["plain", "fused"], default="fused")
     p.add_argument("--steps", type=int, default=25, help="steps of the timed section")
     p.add_argument("--no-vae", action="store_true", help="skip the VAE decode timing")
+    p.add_argument("--bundle-export", action="store_true",
+                   help="also export the transformer as a bundle holds it (framefarm_export.onnx_export.export_transformer: "
+                        "dynamic T, h, w, L, Tc) into OUT/bundle-form/, with torch.json and step.safetensors beside it")
     a = p.parse_args()
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
@@ -243,6 +246,23 @@ def main():
     save_file({**{k: v.contiguous() for k, v in inputs.items()}, "torch_bf16_out": out_bf16, "torch_fp16_out": out_fp16}, os.path.join(a.out, "step.safetensors"))
     json.dump(report, open(os.path.join(a.out, "torch.json"), "w"), indent=1)
     print(json.dumps(report, indent=1), flush=True)
+    if a.bundle_export:
+        import shutil
+        import types
+
+        from framefarm_export import onnx_export
+
+        d = os.path.join(a.out, "bundle-form")
+        os.makedirs(d, exist_ok=True)
+        # export_transformer traces on the CPU (fake tensors); the image-token count comes from the
+        # SigLIP config, 27 x 27 = 729 patches for flux_redux's 378 / 14.
+        siglip = types.SimpleNamespace(config=types.SimpleNamespace(image_size=378, patch_size=14))
+        t0 = time.time()
+        ext, axes = onnx_export.export_transformer(types.SimpleNamespace(transformer=model.to("cpu", torch.float16), image_encoder=siglip), d,
+                                                   torch.float16, 256, a.attention)
+        print(f"bundle-form export: {axes}, external data {ext}, {time.time() - t0:.0f} s", flush=True)
+        for f in ("torch.json", "step.safetensors"):
+            shutil.copy(os.path.join(a.out, f), d)
 
 
 if __name__ == "__main__":
