@@ -63,7 +63,7 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 const log = (msg: string): void => console.log(`[${new Date().toISOString()}] ${msg}`);
 
 // 1. One step, the gpu-node's OnnxModel as the denoise stage calls it (float32 in and out of host memory).
-let t0 = performance.now();
+const t0 = performance.now();
 const model = await OnnxModel.load("transformer", path.join(dir, "transformer.onnx"), { ep, graphOptimization });
 const loadMs = performance.now() - t0;
 log(`session created in ${loadMs.toFixed(0)} ms`);
