@@ -16,6 +16,8 @@ export interface SessionSettings {
   intraOpThreads?: number;
   /** Graph rewrites before running (fusions can produce kernels an execution provider lacks). */
   graphOptimization?: "disabled" | "basic" | "extended" | "all";
+  /** Options for the execution provider itself (e.g. WebGPU's storageBufferCacheMode); cpu ignores them. */
+  providerOptions?: Readonly<Record<string, string>>;
 }
 
 function toOrt(t: Feed): ort.Tensor {
@@ -35,7 +37,8 @@ export class OnnxModel {
   ) {}
 
   static async load(component: string, file: string, settings: SessionSettings, clock: ModelClock = { ms: 0 }): Promise<OnnxModel> {
-    const providers: string[] = settings.ep === "cpu" ? ["cpu"] : [settings.ep, "cpu"];
+    const main = settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
+    const providers = settings.ep === "cpu" ? ["cpu"] : [main, "cpu"];
     try {
       const session = await ort.InferenceSession.create(file, {
         executionProviders: providers,

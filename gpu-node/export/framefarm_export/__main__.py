@@ -1,5 +1,6 @@
 """python -m framefarm_export --src PIPELINE --out BUNDLE [--transformer DIR] [--image-encoder DIR]
-                              [--dtype fp32|fp16|bf16] [--sampling-type inverted_anti_drifting|vanilla]"""
+                              [--dtype fp32|fp16|bf16] [--sampling-type inverted_anti_drifting|vanilla]
+                              [--attention plain|fused]"""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="compute dtype inside the graphs (I/O stays float32)")
     p.add_argument("--sampling-type", choices=["inverted_anti_drifting", "vanilla"], help="default: vanilla if the transformer path contains 'F1'")
+    p.add_argument("--attention", choices=["plain", "fused"], default="plain",
+                   help="transformer attention: plain MatMul/Softmax (any provider) or fused com.microsoft.MultiHeadAttention "
+                        "(onnxruntime CPU and WebGPU; WebGPU runs it as flash attention)")
     p.add_argument("--max-sequence-length", type=int, default=256, help="Llama tokens after the template crop (the pipeline's default)")
     p.add_argument("--external-data-min-mb", type=float, default=1024,
                    help="components with at least this many MB of weights get a .onnx.data file (default 1024; 0 = all)")
@@ -65,7 +69,7 @@ def main(argv=None) -> int:
     step("image_encoder", ox.export_image_encoder, src, args.out, image_size, dtype)
     step("vae_encoder", ox.export_vae_encoder, src, args.out, dtype)
     step("vae_decoder", ox.export_vae_decoder, src, args.out, max_latent_frames, dtype)
-    step("transformer", ox.export_transformer, src, args.out, dtype, args.max_sequence_length)
+    step("transformer", ox.export_transformer, src, args.out, dtype, args.max_sequence_length, args.attention)
     copy_tokenizer(os.path.join(args.src, "tokenizer"), args.out, "tokenizer")
     copy_tokenizer(os.path.join(args.src, "tokenizer_2"), args.out, "tokenizer_2")
     versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"

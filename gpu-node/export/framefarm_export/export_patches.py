@@ -45,3 +45,87 @@ def shape_generic_vae():
     finally:
         vae_mod.prepare_causal_attention_mask = saved_mask
         vae_mod.HunyuanVideoUpsampleCausal3D.forward = saved_up
+
+
+# Fused attention: ONNX Runtime's contrib op com.microsoft.MultiHeadAttention, which the CPU and
+# WebGPU providers implement (the WebGPU one with flash attention), instead of the MatMul ->
+# Softmax -> MatMul that torch.onnx makes of scaled_dot_product_attention. The unfused form
+# materialises the whole [heads, tokens, tokens] score matrix: 24 x 19,385^2 in a 640x640 FramePack
+# section, which no WebGPU storage buffer holds.
+#
+# It is done in the ONNX translation of aten.scaled_dot_product_attention (torch.onnx.export's
+# custom_translation_table), so torch.export traces exactly the same program as for plain
+# attention. Unmasked calls (every HunyuanVideo block at batch 1) become MultiHeadAttention;
+# masked ones (the token refiner) stay MatMul/Softmax.
+ATTENTION_MODES = ("plain", "fused")
+
+
+def _mha_op(onnxscript, outputs: int):
+    """onnxscript op for com.microsoft.MultiHeadAttention (query, key, value; num_heads, scale).
+    The onnx package has no schema for contrib ops, so the part of it used here is declared."""
+    from onnx.defs import OpSchema
+
+    param = OpSchema.FormalParameter
+    optional = OpSchema.FormalParameterOption.Optional
+    schema = OpSchema(
+        "MultiHeadAttention",
+        "com.microsoft",
+        1,
+        inputs=[param("query", "T"), param("key", "T"), param("value", "T")],
+        outputs=[param("output", "T"), param("present_key", "T", param_option=optional), param("present_value", "T", param_option=optional)][:outputs],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
+        attributes=[
+            OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "", required=True),
+            OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "", required=False),
+        ],
+    )
+    return onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), "MultiHeadAttention", schema)
+
+
+def _sdpa_fused(present_outputs: bool):
+    import math
+
+    import onnxscript
+    from onnx_ir import DataType
+    from onnxscript import opset18 as op
+
+    mha = _mha_op(onnxscript, 3 if present_outputs else 1)
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        # aten layout: [batch, heads, tokens, head_dim]
+        if dropout_p != 0.0 or is_causal or enable_gqa:
+            raise NotImplementedError("fused attention export: dropout, causal and GQA are not used by FramePack")
+        heads, head_dim = query.shape[1], query.shape[3]
+        if not isinstance(heads, int) or not isinstance(head_dim, int):
+            raise NotImplementedError("fused attention export needs static heads and head_dim")
+        s = float(scale) if scale is not None else 1.0 / math.sqrt(head_dim)
+        if attn_mask is not None:
+            scores = op.MatMul(op.Mul(query, op.CastLike(op.Constant(value_float=s), query)), op.Transpose(key, perm=[0, 1, 3, 2]))
+            if attn_mask.dtype == DataType.BOOL:
+                scores = op.Where(attn_mask, scores, op.CastLike(op.Constant(value_float=float("-inf")), scores))
+            else:
+                scores = op.Add(scores, op.CastLike(attn_mask, scores))
+            return op.MatMul(op.Softmax(scores, axis=-1), value)
+        flat = op.Constant(value_ints=[0, 0, -1])
+
+        def bsd(x):
+            return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), flat)
+
+        if present_outputs:
+            # present_key/present_value are requested only because some WebGPU kernels take their
+            # flash-attention path only when they exist; nothing reads them.
+            out, _, _ = mha(bsd(query), bsd(key), bsd(value), num_heads=heads, scale=s)
+        else:
+            out = mha(bsd(query), bsd(key), bsd(value), num_heads=heads, scale=s)
+        return op.Transpose(op.Reshape(out, op.Constant(value_ints=[0, 0, heads, head_dim])), perm=[0, 2, 1, 3])
+
+    return sdpa
+
+
+def attention_translation(mode: str, present_outputs: bool = True) -> dict | None:
+    """custom_translation_table entries for torch.onnx.export under attention `mode`."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+    if mode == "plain":
+        return None
+    return {torch.ops.aten.scaled_dot_product_attention.default: _sdpa_fused(present_outputs)}

@@ -14,7 +14,7 @@ import torch
 from torch.export import Dim
 
 from . import wrappers
-from .export_patches import shape_generic_vae
+from .export_patches import attention_translation, shape_generic_vae
 
 # From this size on a component's weights go to one external data file next to the graph
 # (protobuf caps a single .onnx at 2 GB, graph included, so leave headroom). The CLI can lower it
@@ -26,7 +26,7 @@ def _param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def _save(module, args, names_in, names_out, path, dynamic_shapes=None):
+def _save(module, args, names_in, names_out, path, dynamic_shapes=None, translation=None):
     program = torch.onnx.export(
         module,
         args,
@@ -35,6 +35,7 @@ def _save(module, args, names_in, names_out, path, dynamic_shapes=None):
         dynamic_shapes=dynamic_shapes,
         dynamo=True,
         optimize=True,
+        custom_translation_table=translation,
     )
     external = _param_bytes(module) >= EXTERNAL_DATA_BYTES
     program.save(path, external_data=external)
@@ -44,12 +45,12 @@ def _save(module, args, names_in, names_out, path, dynamic_shapes=None):
     return os.path.basename(data) if external else None
 
 
-def _save_first(module, args, names_in, names_out, path, attempts):
+def _save_first(module, args, names_in, names_out, path, attempts, translation=None):
     """Exports with the first dynamic-shape variant that torch.export accepts; returns
     (external data, label of the variant). Later variants keep fewer axes dynamic."""
     for i, (label, dyn) in enumerate(attempts):
         try:
-            return _save(module, args, names_in, names_out, path, dyn), label
+            return _save(module, args, names_in, names_out, path, dyn, translation), label
         except Exception as e:  # noqa: BLE001 - an export failure means: try the next variant
             if i == len(attempts) - 1:
                 raise
@@ -144,7 +145,8 @@ def transformer_example(src, window=9, lh=8, lw=12, text_len=256, valid_text=Non
     }
 
 
-def export_transformer(src, out_dir, dtype, text_len):
+def export_transformer(src, out_dir, dtype, text_len, attention="plain"):
+    """attention: 'plain' (MatMul/Softmax, any provider) or 'fused' (com.microsoft.MultiHeadAttention)."""
     m = wrappers.Transformer(src.transformer, dtype).eval()
     ex = transformer_example(src, text_len=text_len)
     t = Dim("window", min=1, max=64)
@@ -163,4 +165,27 @@ def export_transformer(src, out_dir, dtype, text_len):
         dyn[k] = {3: h, 4: w}
     fixed_tc = dict(dyn, latents_clean={3: h, 4: w}, indices_latents_clean=None)
     attempts = [("dynamic T, h, w, L, Tc", dyn), ("dynamic T, h, w, L (Tc fixed)", fixed_tc)]
-    return _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], os.path.join(out_dir, "transformer.onnx"), attempts)
+    path = os.path.join(out_dir, "transformer.onnx")
+    if attention == "plain":
+        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts)
+        return ext, f"{label}; plain attention"
+    # Fused: MultiHeadAttention with its present_key/value outputs (see export_patches), else without.
+    try:
+        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts, attention_translation(attention, True))
+        variant = "fused attention (MultiHeadAttention with present outputs)"
+    except Exception as e:  # noqa: BLE001 - fall back to the single-output form
+        print(f"  transformer: fused attention with present outputs did not export ({type(e).__name__}: {str(e)[:300]})", flush=True)
+        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts, attention_translation(attention, False))
+        variant = "fused attention (MultiHeadAttention)"
+    check_fused(path)
+    return ext, f"{label}; {variant}"
+
+
+def check_fused(path):
+    """A fused export must hold MultiHeadAttention nodes, else the translation did not apply."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(path, load_external_data=False).graph.node]
+    if "MultiHeadAttention" not in ops:
+        raise SystemExit(f"error: {path}: --attention fused produced no MultiHeadAttention node")
+    return ops
