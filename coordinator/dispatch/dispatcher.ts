@@ -102,6 +102,8 @@ export class Dispatcher {
   /** Results being handled right now, and since when release passes have waited for results. */
   private handlingResults = 0;
   private deferredSince: number | undefined;
+  /** Per stage, workers that just reported a result and are about to ask for more (their pull may not show yet). */
+  private freed = new Map<StageKind, number>();
   private readonly maxAttempts: number;
 
   private constructor(
@@ -119,7 +121,8 @@ export class Dispatcher {
     d.consumer = await bus.queues.consume(RESULTS_QUEUE, { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 }, async (m) => {
       d.handlingResults++;
       try {
-        await d.onResult(dec<TaskResult>(m.data));
+        const kind = await d.onResult(dec<TaskResult>(m.data));
+        if (kind !== undefined) d.freed.set(kind, (d.freed.get(kind) ?? 0) + 1);
         m.ack();
       } finally {
         d.handlingResults--;
@@ -211,16 +214,22 @@ export class Dispatcher {
   /** Gives each idle node the best held task of its stage. */
   private async releasePass(): Promise<void> {
     let resultsChecked = false;
+    // Credits for workers that just finished last only this pass: at most one task ever waits for a worker.
+    const freed = this.freed;
+    this.freed = new Map();
     for (const kind of this.ready.kinds()) {
       const { waiting, idleWorkers } = await this.bus.queues.stats(kind);
-      let room = idleWorkers - waiting;
+      let room = Math.max(idleWorkers, freed.get(kind) ?? 0) - waiting;
       if (room <= 0) continue;
       if (!resultsChecked) {
         // A node reports its result before it asks for work, so with the idle node seen first, its
         // result is now waiting or in hand: decide once it is in (it may make a better task
         // ready), unless results have kept coming for a while.
         const pending = this.handlingResults > 0 || (await this.bus.queues.stats(RESULTS_QUEUE)).waiting > 0;
-        if (pending && Date.now() - (this.deferredSince ??= Date.now()) < 200) return;
+        if (pending && Date.now() - (this.deferredSince ??= Date.now()) < 200) {
+          for (const [k, n] of freed) this.freed.set(k, (this.freed.get(k) ?? 0) + n); // kept for the pass after that result
+          return;
+        }
         this.deferredSince = undefined;
         resultsChecked = true;
       }
@@ -296,7 +305,8 @@ export class Dispatcher {
     return w.record;
   }
 
-  private async onResult(result: TaskResult): Promise<void> {
+  /** Records a node's result; returns the stage of the task it reported on. */
+  private async onResult(result: TaskResult): Promise<StageKind | undefined> {
     let cancelled = false;
     // One revision-checked write records the result and marks what became ready.
     const w = await updateJob(this.kv, result.jobId, (rec) => {
@@ -325,11 +335,12 @@ export class Dispatcher {
     if (cancelled) {
       // A task that was running at cancellation may have written outputs after the clean-up.
       await this.store.deletePrefix(jobPrefix(result.jobId));
-      return;
+      return undefined;
     }
-    if (w === null) return;
+    if (w === null) return undefined;
     this.mirror(w.record, w.revision);
     this.publish(w.record, result.taskId);
+    return w.record.tasks.find((t) => t.id === result.taskId)?.kind;
   }
 
   async stop(): Promise<void> {
