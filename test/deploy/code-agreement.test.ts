@@ -1,7 +1,8 @@
 /**
  * The manifests and the image recipe agree with what the code reads: subcommands, FRAMEFARM_*
- * variables and their values, the gRPC port and its health probes, server addresses, stage
- * groups, execution providers, JetStream stream/consumer names (for KEDA), bundle location.
+ * variables and their values, the gRPC port and its health probes, the dashboard's HTTP port and
+ * Prometheus scrape annotations, the token file and operators, server addresses, stage groups,
+ * execution providers, JetStream stream/consumer names (for KEDA), bundle location.
  * Names come from the sources (support/code-facts.ts) or from the modules themselves.
  */
 import { test } from "node:test";
@@ -11,7 +12,9 @@ import path from "node:path";
 import { TARGETS, render, type K8sObject, type Target } from "./support/render.js";
 import { byKind, byName, containerEnv, generated, podSpecs, type Container } from "./support/query.js";
 import { cliCommands, compiledSourceDirs, dockerStages, effective, envVarsReadByCode, envVarsUsedByScript, packageJson } from "./support/code-facts.js";
-import { DEFAULT_API_PORT } from "../../coordinator/cli/coordinator.js";
+import pino from "pino";
+import { DEFAULT_API_PORT, DEFAULT_HTTP_PORT, parsePort, securityOptions } from "../../coordinator/cli/coordinator.js";
+import { TENANT_PATTERN } from "../../coordinator/auth/tokens.js";
 import { JOB_SERVICE_NAME } from "../../coordinator/api/server.js";
 import { STAGE_GROUPS, parseStages } from "../../coordinator/cli/node.js";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
@@ -93,7 +96,7 @@ test("the Dockerfile builds what the CLI runs: entrypoint is the package's bin, 
     const user = effective(stages, target, "USER")?.[0];
     assert.ok(user !== undefined && /^[1-9]\d*$/.test(user), `${target} USER ${user} is a numeric non-root user`);
   }
-  assert.deepEqual(effective(stages, "coordinator", "EXPOSE"), [String(DEFAULT_API_PORT)]);
+  assert.deepEqual(effective(stages, "coordinator", "EXPOSE"), [String(DEFAULT_API_PORT), String(DEFAULT_HTTP_PORT)]);
   const build = stages.find((s) => s.name === "build")!;
   const copied = build.instructions.filter(([k]) => k === "COPY").map(([, v]) => v.split(/\s+/)[0]);
   for (const dir of compiledSourceDirs()) assert.ok(copied.includes(dir), `build stage copies ${dir}/`);
@@ -128,7 +131,16 @@ for (const target of TARGETS) {
       const unknown = [...r.env.keys()].filter((k) => k.startsWith("FRAMEFARM_") && !read.has(k));
       assert.deepEqual(unknown, [], `${r.workload.metadata.name}: variables no code reads`);
       assert.ok(cliCommands().has(roleOf(r)), `${r.workload.metadata.name}: args ${r.container.args} name a subcommand`);
-      assert.equal(r.container.args?.length, 1, "settings come from the environment, not flags");
+      // Settings come from the environment; a flag only where the code reads no variable for it
+      // (node --device), and then its $(VAR)s must be ones the container defines, or the kubelet
+      // passes them through literally.
+      for (const arg of r.container.args?.slice(1) ?? []) {
+        for (const m of arg.matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) assert.ok(r.env.has(m[1]!), `${r.workload.metadata.name}: args use $(${m[1]}), which the container does not define`);
+      }
+      const flags = (r.container.args ?? []).filter((a) => a.startsWith("--")).map((a) => a.replace(/^--([\w-]+).*$/, "$1"));
+      assert.deepEqual(flags.filter((f) => read.has(`FRAMEFARM_${f.toUpperCase().replace(/-/g, "_")}`)), [], `${r.workload.metadata.name}: flags whose variable the ConfigMap or env should set instead`);
+      const level = r.env.get("FRAMEFARM_LOG_LEVEL");
+      if (level !== undefined) assert.ok(level === "silent" || level in pino.levels.values, `FRAMEFARM_LOG_LEVEL ${level} is a pino level`);
       assert.equal((r.container as { securityContext?: { runAsNonRoot?: boolean } }).securityContext?.runAsNonRoot, true, `${r.workload.metadata.name}: runs as non-root`);
       for (const key of ["FRAMEFARM_S3_ACCESS_KEY", "FRAMEFARM_S3_SECRET_KEY"]) {
         const e = r.container.env?.find((x) => x.name === key);
@@ -155,14 +167,55 @@ for (const target of TARGETS) {
     assert.equal(coord.env.get("FRAMEFARM_HOST"), "0.0.0.0", "listens beyond loopback, where the kubelet probes");
     const port = Number(coord.env.get("FRAMEFARM_PORT") ?? DEFAULT_API_PORT);
     assert.equal(port, DEFAULT_API_PORT, "the image's EXPOSE and the docs use the default port");
-    assert.deepEqual(coord.container.ports?.map((p) => p.containerPort), [port]);
+    const httpPort = withEnv(coord.env, () => parsePort("--http-port", process.env["FRAMEFARM_HTTP_PORT"], DEFAULT_HTTP_PORT));
+    assert.equal(httpPort, DEFAULT_HTTP_PORT, "the image's EXPOSE and the docs use the default dashboard port");
+    assert.deepEqual(coord.container.ports?.map((p) => [p.name, p.containerPort]), [["grpc", port], ["http", httpPort]]);
     for (const kind of ["startupProbe", "readinessProbe", "livenessProbe"] as const) {
       const probe = coord.container[kind];
+      // The dashboard answers as soon as it listens; SERVING means NATS, S3 and the bundle are open.
       assert.equal(probe?.grpc?.port, port, `${kind} is a gRPC health check on the API port`);
       assert.ok(["", JOB_SERVICE_NAME].includes(probe.grpc.service ?? ""), `${kind} asks for a service the coordinator reports`);
     }
     assert.equal(servicePort(objects, "framefarm-coordinator", port).containerPort, port);
+    const service = byName(objects, "Service", "framefarm-coordinator")["spec"] as { ports: { name: string; port: number }[] };
+    const http = service.ports.find((p) => p.name === "http");
+    assert.ok(http, "the Service names the dashboard port http (for port-forward and scrape configs)");
+    assert.equal(servicePort(objects, "framefarm-coordinator", http.port).containerPort, httpPort);
+    // The prometheus.io/* convention: the pod says where its metrics are.
+    const annotations = ((coord.workload["spec"] as { template: { metadata: { annotations?: Record<string, string> } } }).template.metadata.annotations ?? {});
+    assert.equal(annotations["prometheus.io/scrape"], "true");
+    assert.equal(Number(annotations["prometheus.io/port"]), httpPort, "Prometheus scrapes the dashboard's port");
+    assert.equal(annotations["prometheus.io/path"], "/metrics", "the path the dashboard serves metrics on (fetched in container-start.test.ts)");
+    assert.equal(annotations["prometheus.io/scheme"] ?? "http", "http", "the dashboard is plain HTTP");
     assert.equal(FRAMEFARM_IMAGE.exec(coord.container.image)?.[1], "coordinator", "coordinator image is the Dockerfile's coordinator target");
+  });
+
+  test(`${target}: the token file is a read-only Secret mount, with operators who can open the dashboard`, async () => {
+    const objects = render(target);
+    const [coord] = framefarmContainers(objects).filter((r) => roleOf(r) === "coordinator") as [Role];
+    const file = coord.env.get("FRAMEFARM_TOKENS_FILE");
+    // Only the coordinator checks tokens; nodes never see them.
+    for (const r of framefarmContainers(objects)) if (roleOf(r) !== "coordinator") assert.equal(r.env.get("FRAMEFARM_TOKENS_FILE"), undefined, `${r.workload.metadata.name} gets no token file`);
+    if (file === undefined) {
+      // dev (and the base) run open, as deploy/README.md says; the real farm must not.
+      assert.notEqual(target, "overlays/gpu", "the gpu overlay turns tokens on");
+      return;
+    }
+    assert.ok(path.posix.isAbsolute(file), `${file} is an absolute path`);
+    const mount = coord.container.volumeMounts?.find((m) => path.posix.dirname(file) === m.mountPath);
+    assert.ok(mount, `${file} lies directly in a mounted volume`);
+    assert.equal(mount.readOnly, true, "the token file is mounted read-only");
+    const volume = (podSpecs(coord.workload)[0]!.volumes ?? []).find((v) => v.name === mount.name);
+    assert.ok(volume?.secret, "the token file comes from a Secret");
+    const item = volume.secret.items?.find((i) => i.path === path.posix.basename(file));
+    assert.ok(item, `the Secret volume names the key that becomes ${path.posix.basename(file)}`);
+    assert.equal(generated(objects, "Secret", volume.secret.secretName), undefined, "tokens are made by hand (deploy/README.md), never rendered");
+    // securityOptions reads FRAMEFARM_OPERATORS before its first await; without the token file (not here) it reads nothing else.
+    const env = new Map(coord.env);
+    env.delete("FRAMEFARM_TOKENS_FILE");
+    const security = await withEnv(env, () => securityOptions({}));
+    assert.ok((security.operators ?? []).length > 0, "FRAMEFARM_OPERATORS names tenants (else the dashboard and /metrics refuse everyone)");
+    for (const t of security.operators!) assert.match(t, TENANT_PATTERN);
   });
 
   test(`${target}: node pools serve every stage, on an execution provider their image has`, () => {

@@ -27,7 +27,7 @@ export interface Container {
 export interface PodSpec {
   containers: Container[];
   initContainers?: Container[];
-  volumes?: { name: string; configMap?: { name: string }; emptyDir?: unknown; persistentVolumeClaim?: { claimName: string } }[];
+  volumes?: { name: string; configMap?: { name: string }; secret?: { secretName: string; items?: { key: string; path: string }[] }; emptyDir?: unknown; persistentVolumeClaim?: { claimName: string } }[];
   nodeSelector?: Record<string, string>;
   tolerations?: { key?: string; operator?: string; effect?: string }[];
 }
