@@ -6,18 +6,6 @@ BIN="${FRAMEFARM_CHROMIUM:-/usr/bin/chromium}"
 if [ -x "$BIN" ]; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "chromium is missing: install Chromium and set FRAMEFARM_CHROMIUM to its path" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "chromium is missing and installing it needs root: apt-get install chromium" >&2
-    exit 1
-  fi
-fi
-echo "installing chromium (Debian package) ..." >&2
-$SUDO apt-get update -qq >/dev/null
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
+apt_install chromium "install Chromium and set FRAMEFARM_CHROMIUM to its path" chromium
 "$BIN" --version >&2

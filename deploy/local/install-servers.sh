@@ -6,18 +6,6 @@ set -euo pipefail
 if command -v nats-server >/dev/null 2>&1 || [ -n "${NATS_SERVER_BIN:-}" ]; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "nats-server is missing: install NATS Server 2.9+ and put it on PATH (or set NATS_SERVER_BIN)" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "nats-server is missing and installing it needs root: apt-get install nats-server" >&2
-    exit 1
-  fi
-fi
-echo "installing nats-server (Debian package) ..." >&2
-$SUDO apt-get update -qq >/dev/null
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
+apt_install nats-server "install NATS Server 2.9+ and put it on PATH (or set NATS_SERVER_BIN)" nats-server
 nats-server --version >&2
