@@ -49,7 +49,6 @@ export function jobKeys(jobId: string) {
     negativeEmbeds: `${p}text/negative.safetensors`,
     imageEmbeds: `${p}image/embeds.safetensors`,
     imageLatents: `${p}image/latents.safetensors`,
-    sectionLatents: (k: number) => `${p}sections/${k}/latents.safetensors`,
     history: (k: number) => `${p}sections/${k}/history.safetensors`,
     sectionVideo: (k: number) => `${p}sections/${k}/video.safetensors`,
     /** A section's decoded frames as a small MP4, for watching a job while it renders. */
@@ -89,7 +88,7 @@ export function planJob(input: JobPlanInput): StageTask[] {
       id: id("denoise", k), jobId, kind: "denoise", section: k,
       dependsOn: k === 0 ? [text.id, image.id, vae.id] : [id("denoise", k - 1)],
       inputs: k === 0 ? conditioning : { ...conditioning, history: keys.history(k - 1) },
-      outputs: { latents: keys.sectionLatents(k), history: keys.history(k) },
+      outputs: { history: keys.history(k) },
       rng: { seed, offset: firstNoise + k * noiseDraws },
     });
     tasks.push({

@@ -164,10 +164,8 @@ export async function runStageTask(ctx: WorkerContext, task: StageTask, spec: Jo
         { ...(observer.onStep !== undefined ? { onStep: observer.onStep } : {}), ...(observer.signal !== undefined ? { signal: observer.signal } : {}) },
       );
       const appended = appendSection(plan, section, history, result, imageLatents);
-      await Promise.all([
-        writeOnce(ctx, task.outputs["latents"]!, { latents: result }),
-        writeOnce(ctx, task.outputs["history"]!, { history: appended.history.latents, decode_latents: appended.decodeLatents }, { generated: String(appended.history.generated) }),
-      ]);
+      // The section's latents live on in the history (what the next section and the decode read).
+      await writeOnce(ctx, task.outputs["history"]!, { history: appended.history.latents, decode_latents: appended.decodeLatents }, { generated: String(appended.history.generated) });
       return;
     }
     case "decode": {

@@ -68,8 +68,8 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
 
     // A retried denoise task (say its node died after writing) leaves committed objects as they were.
     const denoise1 = tasks.find((t) => t.id.endsWith("denoise.1"))!;
-    const before = await store.get(denoise1.outputs["latents"]!);
+    const before = await store.get(denoise1.outputs["history"]!);
     await runStageTask(ctx, denoise1, spec);
-    assert.ok(Buffer.from(await store.get(denoise1.outputs["latents"]!)).equals(Buffer.from(before)));
+    assert.ok(Buffer.from(await store.get(denoise1.outputs["history"]!)).equals(Buffer.from(before)));
   });
 }
