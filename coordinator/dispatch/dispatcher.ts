@@ -104,6 +104,8 @@ export class Dispatcher {
   private deferredSince: number | undefined;
   /** Per stage, workers that just reported a result and are about to ask for more (their pull may not show yet). */
   private freed = new Map<StageKind, number>();
+  /** Tasks marked queued whose enqueue failed (the bus was away): sent again, first thing, by the next pass. */
+  private unsent: { kind: StageKind; data: Uint8Array; dedupId: string }[] = [];
   private readonly maxAttempts: number;
 
   private constructor(
@@ -213,6 +215,12 @@ export class Dispatcher {
 
   /** Gives each idle node the best held task of its stage. */
   private async releasePass(): Promise<void> {
+    // Same dedup ids: a send that did reach the queue before its answer was lost is dropped there.
+    while (this.unsent.length > 0) {
+      const u = this.unsent[0]!;
+      await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
+      this.unsent.shift();
+    }
     let resultsChecked = false;
     // Credits for workers that just finished last only this pass: at most one task ever waits for a worker.
     const freed = this.freed;
@@ -236,15 +244,20 @@ export class Dispatcher {
       for (let next = this.ready.best(kind); next !== undefined && room > 0; next = this.ready.best(kind)) {
         this.ready.delete(kind, next.taskId);
         const { jobId, taskId } = next;
-        const w = await updateJob(this.kv, jobId, (rec) => (active(rec) && rec.taskStates[taskId] === "ready" ? ((rec.taskStates[taskId] = "queued"), rec) : null));
+        let w: Awaited<ReturnType<typeof updateJob>>;
+        try {
+          w = await updateJob(this.kv, jobId, (rec) => (active(rec) && rec.taskStates[taskId] === "ready" ? ((rec.taskStates[taskId] = "queued"), rec) : null));
+        } catch (err) {
+          this.ready.add(next); // still ready in the store: offer it again once the bus is back
+          throw err;
+        }
         if (w === null) continue; // cancelled, or already moved on
         this.mirror(w.record, w.revision);
+        const send = { kind, data: enc(taskMessage(w.record, taskId)), dedupId: dedupId(w.record, taskId) };
         try {
-          await this.bus.queues.enqueue(kind, enc(taskMessage(w.record, taskId)), dedupId(w.record, taskId));
+          await this.bus.queues.enqueue(send.kind, send.data, send.dedupId);
         } catch (err) {
-          // Hold it again rather than leave it marked queued but on no queue.
-          const back = await updateJob(this.kv, jobId, (rec) => (rec.taskStates[taskId] === "queued" ? ((rec.taskStates[taskId] = "ready"), rec) : null));
-          if (back !== null) this.mirror(back.record, back.revision);
+          this.unsent.push(send); // marked queued: it must reach the queue
           throw err;
         }
         room--;

@@ -1,13 +1,16 @@
 /**
  * `npm run test:faults`: real faults injected into a farm of real processes (nats-server, s3rver,
  * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator and NATS server, an object
- * store outage shorter and longer than the retry limit, duplicate task delivery, cancellation.
+ * store outage shorter and longer than the retry limit, the object store's disk full (a tmpfs, where
+ * this runs as root), duplicate task delivery, cancellation.
  * A job that should complete must end SUCCEEDED with frames bit-identical to an undisturbed run
  * (lossless video, fixed seed); otherwise it counts as lost (did not end as it should) or
  * corrupted (other frames). Prints a table and ends with
  * `faults: <N> injected, <S> survived, <L> lost`; exits non-zero unless every fault was survived.
  */
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { promisify } from "node:util";
 import os from "node:os";
 import path from "node:path";
 import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -17,6 +20,7 @@ import { repoRoot } from "../support/paths.js";
 import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const run = promisify(execFile);
 const RUNS = Number(process.env["FAULT_RUNS"] ?? 10);
 const ENDED = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
 
@@ -90,7 +94,10 @@ type Scenario = (farm: FarmProcesses, baseline: Buffer, dir: string) => Promise<
 
 const NODES = { general: "text,image,vae", "denoise-0": "denoise" };
 
-const scenarios: { fault: string; runs: number; scenario: Scenario }[] = [
+/** The undisturbed run: its video must survive every fault untouched. */
+let baselineJob: Job | undefined;
+
+const scenarios: { fault: string; runs: number; scenario: Scenario; needs?: "tmpfs" }[] = [
   {
     fault: "GPU node SIGKILLed mid-denoise, replaced",
     runs: RUNS,
@@ -160,6 +167,27 @@ const scenarios: { fault: string; runs: number; scenario: Scenario }[] = [
     },
   },
   {
+    fault: "object store's disk full for 5 s mid-job (a server that dies of it is restarted)",
+    runs: 3,
+    needs: "tmpfs",
+    scenario: async (farm, baseline, dir) => {
+      const job = await farm.submit(await jobRequest());
+      await atStep(farm, job.id, 1, 3);
+      await farm.fillS3Disk();
+      await sleep(5000);
+      await farm.freeS3Disk();
+      // s3rver exits on ENOSPC (MinIO answers 507 instead): restart it as a supervisor would.
+      const crashed = !farm.s3Running();
+      if (crashed) await farm.startS3();
+      const outcome = await expectComplete(farm, job.id, baseline, dir);
+      if (crashed) outcome.detail += "; the S3 server died on the full disk and was restarted";
+      if (!outcome.survived) return outcome;
+      // What was stored before the disk filled is still there and whole.
+      const before = await framesOf(farm, baselineJob!, dir);
+      return before.equals(baseline) ? outcome : { survived: false, corrupted: true, detail: "the earlier job's video changed" };
+    },
+  },
+  {
     fault: "object store down 10 s mid-job (retry limit 30 s)",
     runs: 3,
     scenario: async (farm, baseline, dir) => {
@@ -195,9 +223,24 @@ async function longOutage(dir: string): Promise<Outcome> {
   }
 }
 
+/** A full disk is made with a small tmpfs under the S3 server: root and mount(8) are needed. */
+async function canMountTmpfs(dir: string): Promise<boolean> {
+  const probe = path.join(dir, "tmpfs-probe");
+  await mkdir(probe, { recursive: true });
+  try {
+    await run("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", probe]);
+    await run("umount", [probe]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function main(): Promise<number> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-faults-"));
-  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000 };
+  const tmpfs = await canMountTmpfs(dir);
+  if (!tmpfs) process.stdout.write("note: cannot mount a tmpfs here (not root?): the full-disk fault is not run\n");
+  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, ...(tmpfs ? { s3DiskMiB: 2048 } : {}) };
   const rows: Row[] = [];
   const farm = await FarmProcesses.start(path.join(dir, "farm"), settings, NODES);
   try {
@@ -205,8 +248,9 @@ async function main(): Promise<number> {
     const done = await untilEnded(farm, first.id);
     if (done.state !== JobState.JOB_STATE_SUCCEEDED) throw new Error(`the undisturbed run ended ${jobStateToJSON(done.state)}: ${done.error}`);
     const baseline = await framesOf(farm, done, dir);
+    baselineJob = done;
     process.stdout.write(`baseline: job ${done.id}, ${done.width}x${done.height}, ${baseline.length} bytes of frames\n`);
-    for (const s of scenarios) {
+    for (const s of scenarios.filter((x) => x.needs !== "tmpfs" || tmpfs)) {
       const row: Row = { fault: s.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
       const t0 = Date.now();
       for (let i = 0; i < s.runs; i++) {

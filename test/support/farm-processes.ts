@@ -4,7 +4,9 @@
  * same port and data folder. The test talks to the farm as a user does (gRPC) and watches it as an
  * operator would (NATS events, the object store).
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { appendFile, mkdir, open, rm } from "node:fs/promises";
+import { promisify } from "node:util";
 import path from "node:path";
 import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { JobServiceClient, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -20,9 +22,12 @@ export interface FarmSettings {
   s3RetryMs: number;
   /** The model bundle of coordinator and nodes (default: the tiny test bundle). */
   bundleDir?: string;
+  /** Keep the S3 server's data on a tmpfs of this many MiB, so a test can fill its disk (needs root). */
+  s3DiskMiB?: number;
 }
 
 const BUCKET = "framefarm";
+const run = promisify(execFile);
 
 /** Resolves when the process prints a line matching pattern; rejects if it exits first. */
 function waitForLine(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 30_000): Promise<RegExpExecArray> {
@@ -67,6 +72,7 @@ export class FarmProcesses {
   store!: S3ObjectStore;
   client!: JobServiceClient;
   private grpcPort = 0;
+  private s3Mounted = false;
 
   private constructor(
     private readonly dir: string,
@@ -77,6 +83,11 @@ export class FarmProcesses {
   static async start(dir: string, settings: FarmSettings, nodes: Record<string, string>): Promise<FarmProcesses> {
     const f = new FarmProcesses(dir, settings);
     f.nats = await startNatsServer(path.join(dir, "nats"));
+    if (settings.s3DiskMiB !== undefined) {
+      await mkdir(path.join(dir, "s3"), { recursive: true });
+      await run("mount", ["-t", "tmpfs", "-o", `size=${settings.s3DiskMiB}m`, "tmpfs", path.join(dir, "s3")]);
+      f.s3Mounted = true;
+    }
     f.s3 = await startS3Server(path.join(dir, "s3"));
     f.grpcPort = await freePort();
     await f.startCoordinator();
@@ -157,6 +168,30 @@ export class FarmProcesses {
     await new Promise((r) => this.s3.process.once("exit", r));
   }
 
+  /** Fills the S3 server's disk (its tmpfs) to the last byte. */
+  async fillS3Disk(): Promise<void> {
+    const filler = await open(path.join(this.dir, "s3", "filler"), "w");
+    const chunk = Buffer.alloc(1 << 20);
+    try {
+      for (;;) await filler.write(chunk);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
+    } finally {
+      await filler.close();
+    }
+    // The last partial chunk may still fit: fill byte by byte blocks down to nothing.
+    await appendFile(path.join(this.dir, "s3", "filler"), Buffer.alloc(4096)).catch(() => undefined);
+  }
+
+  /** False once the S3 server process has exited (s3rver, for one, dies when its disk fills). */
+  s3Running(): boolean {
+    return this.s3.process.exitCode === null && this.s3.process.signalCode === null;
+  }
+
+  async freeS3Disk(): Promise<void> {
+    await rm(path.join(this.dir, "s3", "filler"), { force: true });
+  }
+
   async startS3(): Promise<void> {
     this.s3 = await startS3Server(path.join(this.dir, "s3"), this.s3.port);
   }
@@ -191,5 +226,6 @@ export class FarmProcesses {
     await this.killCoordinator();
     await this.nats?.stop();
     await this.s3?.stop();
+    if (this.s3Mounted) await run("umount", [path.join(this.dir, "s3")]).catch(() => undefined);
   }
 }
