@@ -12,18 +12,11 @@ import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { subjectMatches, type Bus, type Delivery, type QueueStats } from "../../shared/bus/bus.js";
 import { startNatsServer, type LocalServer } from "../../coordinator/cluster/local-servers.js";
 import { FarmError } from "../../shared/errors.js";
+import { sleep, until } from "../support/wait.js";
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
 const dec = (b: Uint8Array): string => new TextDecoder().decode(b);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** Polls read() until it deep-equals want (the JetStream consumer counts settle asynchronously). */
 async function untilEqual<T>(read: () => Promise<T>, want: T, timeoutMs = 5000): Promise<void> {

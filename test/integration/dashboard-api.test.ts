@@ -23,6 +23,7 @@ import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { silentLogger } from "../../shared/log/logger.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
+import { until } from "../support/wait.js";
 
 const OPS_TOKEN = "ops-token-0123456789abcdef";
 const ACME_TOKEN = "acme-token-0123456789abcdef";
@@ -74,13 +75,6 @@ after(async () => {
 const post = (p: string, body: unknown, contentType = "application/json"): Promise<Response> =>
   fetch(`${base}${p}`, { method: "POST", headers: { "content-type": contentType }, body: JSON.stringify(body) });
 const state = async (): Promise<FarmSnapshot> => (await (await fetch(`${base}/api/state`)).json()) as FarmSnapshot;
-async function until(what: string, cond: () => Promise<boolean>): Promise<void> {
-  const end = Date.now() + 10_000;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 test("serves the page and its files, and no other path", async () => {
   assert.deepEqual(await (await fetch(`${base}/api/session`)).json(), { authorized: true }, "an open farm");

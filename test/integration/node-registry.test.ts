@@ -24,17 +24,8 @@ import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { DRAIN_BUCKET, NODES_BUCKET, NodeState, StageKindPb, isGone, msOf, readNodes, requestDrain, timestampOf, type NodeRecord } from "../../shared/nodes/node-registry.js";
 import { FarmError } from "../../shared/errors.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
+import { sleep, until } from "../support/wait.js";
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-async function until<T>(what: string, read: () => Promise<T | undefined | null | false>, timeoutMs = 30_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await read();
-    if (v !== undefined && v !== null && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 let embedded: Embedded;
 let tmp: string;

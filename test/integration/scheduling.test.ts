@@ -19,18 +19,11 @@ import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { startNatsServer, type LocalServer } from "../../coordinator/cluster/local-servers.js";
 import { FarmError } from "../../shared/errors.js";
+import { sleep, until } from "../support/wait.js";
 
 const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 const params = validateRenderParams({ prompt: "p", numFrames: 9 }, { samplingType: "inverted_anti_drifting", latentWindowSize: 9 });
 
