@@ -8,7 +8,7 @@
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
-import { jobPrefix, readyTasks, type StageKind, type StageTask } from "../planner/job-plan.js";
+import { intermediatePrefixes, jobPrefix, readyTasks, type StageKind, type StageTask } from "../planner/job-plan.js";
 import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
 import { ReadySet } from "./ready-set.js";
 import { FarmError } from "../../shared/errors.js";
@@ -352,6 +352,8 @@ export class Dispatcher {
     }
     if (w === null) return undefined;
     this.mirror(w.record, w.revision);
+    // A failed job keeps its intermediates: a retry resumes from them.
+    if (w.record.state === "SUCCEEDED") for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
     this.publish(w.record, result.taskId);
     return w.record.tasks.find((t) => t.id === result.taskId)?.kind;
   }

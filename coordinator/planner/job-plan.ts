@@ -40,6 +40,13 @@ const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 /** Every object a job writes lives under this prefix. */
 export const jobPrefix = (jobId: string): string => `jobs/${jobId}/`;
 
+/**
+ * What a job writes only for its own later tasks (embeddings, histories, decoded sections): removed
+ * once it has succeeded. Inputs, previews and the video stay. At real sizes a section's decoded
+ * frames alone are hundreds of MB.
+ */
+export const intermediatePrefixes = (jobId: string): string[] => ["text/", "image/", "sections/"].map((p) => `${jobPrefix(jobId)}${p}`);
+
 export function jobKeys(jobId: string) {
   const p = jobPrefix(jobId);
   return {

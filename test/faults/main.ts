@@ -9,13 +9,13 @@
  * `faults: <N> injected, <S> survived, <L> lost`; exits non-zero unless every fault was survived.
  */
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { promisify } from "node:util";
 import os from "node:os";
 import path from "node:path";
 import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { jobEventSubject, type StepEvent, type TaskMessage } from "../../coordinator/dispatch/dispatcher.js";
-import { readMp4Frames } from "../../shared/video/mp4.js";
+import { storedVideoFrames } from "../support/video.js";
 import { repoRoot } from "../support/paths.js";
 import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
 
@@ -76,17 +76,15 @@ async function untilEnded(farm: FarmProcesses, id: string, timeoutMs = 90_000): 
   }
 }
 
-async function framesOf(farm: FarmProcesses, job: Job, dir: string): Promise<Buffer> {
-  const file = path.join(dir, `${job.id}.mp4`);
-  await writeFile(file, await farm.store.get(job.videoKey));
-  return Buffer.from((await readMp4Frames(file, job.width, job.height)).data);
+async function framesOf(farm: FarmProcesses, job: Job): Promise<Buffer> {
+  return Buffer.from((await storedVideoFrames(farm.store, job.videoKey, job.width, job.height)).data);
 }
 
 /** A job that must complete: SUCCEEDED with the baseline's frames. */
 async function expectComplete(farm: FarmProcesses, id: string, baseline: Buffer, dir: string): Promise<Outcome> {
   const job = await untilEnded(farm, id);
   if (job.state !== JobState.JOB_STATE_SUCCEEDED) return { survived: false, detail: `ended ${jobStateToJSON(job.state)} ${job.error}` };
-  const frames = await framesOf(farm, job, dir);
+  const frames = await framesOf(farm, job);
   return frames.equals(baseline) ? { survived: true, detail: "identical frames" } : { survived: false, corrupted: true, detail: "frames differ from the undisturbed run" };
 }
 
@@ -183,7 +181,7 @@ const scenarios: { fault: string; runs: number; scenario: Scenario; needs?: "tmp
       if (crashed) outcome.detail += "; the S3 server died on the full disk and was restarted";
       if (!outcome.survived) return outcome;
       // What was stored before the disk filled is still there and whole.
-      const before = await framesOf(farm, baselineJob!, dir);
+      const before = await framesOf(farm, baselineJob!);
       return before.equals(baseline) ? outcome : { survived: false, corrupted: true, detail: "the earlier job's video changed" };
     },
   },
@@ -247,7 +245,7 @@ async function main(): Promise<number> {
     const first = await farm.submit(await jobRequest());
     const done = await untilEnded(farm, first.id);
     if (done.state !== JobState.JOB_STATE_SUCCEEDED) throw new Error(`the undisturbed run ended ${jobStateToJSON(done.state)}: ${done.error}`);
-    const baseline = await framesOf(farm, done, dir);
+    const baseline = await framesOf(farm, done);
     baselineJob = done;
     process.stdout.write(`baseline: job ${done.id}, ${done.width}x${done.height}, ${baseline.length} bytes of frames\n`);
     for (const s of scenarios.filter((x) => x.needs !== "tmpfs" || tmpfs)) {
