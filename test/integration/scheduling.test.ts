@@ -4,7 +4,7 @@
  * and a real nats-server). The "node" here is a plain consumer of the denoise queue that reports
  * results as a node does, so the order of work is exactly observable.
  */
-import { after, before, describe, test } from "node:test";
+import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
@@ -14,12 +14,10 @@ import type { StageTask } from "../../coordinator/planner/job-plan.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import type { Bus, Consumer } from "../../shared/bus/bus.js";
-import { MemoryBus } from "../../shared/bus/memory-bus.js";
-import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
-import { startNatsServer, type LocalServer } from "../../coordinator/cluster/local-servers.js";
 import { FarmError } from "../../shared/errors.js";
 import { sleep, until } from "../support/wait.js";
+import { forEachBus } from "../support/buses.js";
 
 const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
@@ -70,110 +68,93 @@ class FakeDenoiseNode {
   }
 }
 
-function scheduling(name: string, open: () => Promise<Bus>): void {
-  describe(`scheduling on the ${name} bus`, () => {
-    let bus: Bus;
-    let tmp: string;
-    before(async () => {
-      bus = await open();
-      tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-sched-"));
-    });
-    after(async () => {
-      await bus.close();
-      await rm(tmp, { recursive: true, force: true });
-    });
-
-    test("a high-priority job overtakes the backlog; equal priorities run oldest first", async () => {
-      const d = await Dispatcher.start(bus, new LocalObjectStore(path.join(tmp, "a")), { tickMs: 50 });
-      const node = new FakeDenoiseNode();
-      await node.start(bus);
-      try {
-        node.pause();
-        const old = chain(`old-${name}`, 3);
-        await d.submit(old.spec, old.tasks);
-        await until("the first task running", () => node.ran.length === 1);
-        const young = chain(`young-${name}`, 3);
-        await d.submit(young.spec, young.tasks);
-        await sleep(20); // a later creation time
-        const urgent = chain(`urgent-${name}`, 3);
-        await d.submit(urgent.spec, urgent.tasks, { priority: 5 });
-        assert.equal(d.held("denoise"), 2, "the node is busy: both new jobs' first sections are held");
-        node.resume();
-        await until("all 9 sections", () => node.ran.length === 9);
-        const job = (t: string): string => t.split(".")[0]!;
-        assert.deepEqual(node.ran.map(job), [old.spec.jobId, ...Array(3).fill(urgent.spec.jobId), old.spec.jobId, old.spec.jobId, ...Array(3).fill(young.spec.jobId)]);
-        for (const j of [old, young, urgent]) await until(`${j.spec.jobId} done`, async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
-        assert.equal((await d.job(urgent.spec.jobId))!.priority, 5);
-      } finally {
-        await node.stop();
-        await d.stop();
-      }
-    });
-
-    test("raising a waiting job's priority lets it run next", async () => {
-      const d = await Dispatcher.start(bus, new LocalObjectStore(path.join(tmp, "b")), { tickMs: 50 });
-      const node = new FakeDenoiseNode();
-      await node.start(bus);
-      try {
-        node.pause();
-        const a = chain(`a-${name}`, 2);
-        await d.submit(a.spec, a.tasks);
-        await until("a running", () => node.ran.length === 1);
-        const b = chain(`b-${name}`, 1);
-        const c = chain(`c-${name}`, 1);
-        await d.submit(b.spec, b.tasks);
-        await d.submit(c.spec, c.tasks);
-        assert.equal((await d.setPriority(c.spec.jobId, 100))?.priority, 100);
-        await assert.rejects(d.setPriority(c.spec.jobId, 1.5), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT");
-        node.resume();
-        await until("4 sections", () => node.ran.length === 4);
-        assert.deepEqual(node.ran, [`${a.spec.jobId}.denoise.0`, `${c.spec.jobId}.denoise.0`, `${a.spec.jobId}.denoise.1`, `${b.spec.jobId}.denoise.0`]);
-        await until("b done", async () => (await d.job(b.spec.jobId))?.state === "SUCCEEDED");
-        assert.equal(await d.setPriority(b.spec.jobId, 1), null, "an ended job's priority stays");
-      } finally {
-        await node.stop();
-        await d.stop();
-      }
-    });
-
-    test("a task out of attempts fails its job; retry runs it again from the failed section", async () => {
-      const d = await Dispatcher.start(bus, new LocalObjectStore(path.join(tmp, "c")), { tickMs: 50, maxAttempts: 2 });
-      let broken = true;
-      const node = new FakeDenoiseNode((taskId) => broken && taskId.endsWith(".denoise.1"));
-      await node.start(bus);
-      try {
-        const j = chain(`flaky-${name}`, 3);
-        await d.submit(j.spec, j.tasks);
-        await until("failed", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
-        const failed = (await d.job(j.spec.jobId))!;
-        assert.match(failed.error!, /denoise\.1 failed 2 times; last on fake: boom/);
-        assert.equal(failed.taskStates[`${j.spec.jobId}.denoise.0`], "done");
-        assert.equal(await d.retry(`${j.spec.jobId}`).then((r) => r?.state), "RUNNING");
-        await until("failed again", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
-        assert.equal(node.ran.filter((t) => t.endsWith(".denoise.1")).length, 4, "each retry has a fresh budget of 2 attempts");
-        broken = false;
-        await d.retry(j.spec.jobId);
-        await until("succeeded", async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
-        assert.equal(node.ran.filter((t) => t.endsWith(".denoise.0")).length, 1, "finished sections are not run again");
-        assert.equal(await d.retry(j.spec.jobId), null, "only a failed job can be retried");
-      } finally {
-        await node.stop();
-        await d.stop();
-      }
-    });
+forEachBus((kind) => `scheduling on the ${kind} bus`, (kind, bus) => {
+  const name = kind.split(" ")[0]!; // job ids: one word
+  let tmp: string;
+  before(async () => {
+    tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-sched-"));
   });
-}
+  after(async () => {
+    await rm(tmp, { recursive: true, force: true });
+  });
 
-scheduling("in-process", async () => new MemoryBus());
+  test("a high-priority job overtakes the backlog; equal priorities run oldest first", async () => {
+    const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "a")), { tickMs: 50 });
+    const node = new FakeDenoiseNode();
+    await node.start(bus());
+    try {
+      node.pause();
+      const old = chain(`old-${name}`, 3);
+      await d.submit(old.spec, old.tasks);
+      await until("the first task running", () => node.ran.length === 1);
+      const young = chain(`young-${name}`, 3);
+      await d.submit(young.spec, young.tasks);
+      await sleep(20); // a later creation time
+      const urgent = chain(`urgent-${name}`, 3);
+      await d.submit(urgent.spec, urgent.tasks, { priority: 5 });
+      assert.equal(d.held("denoise"), 2, "the node is busy: both new jobs' first sections are held");
+      node.resume();
+      await until("all 9 sections", () => node.ran.length === 9);
+      const job = (t: string): string => t.split(".")[0]!;
+      assert.deepEqual(node.ran.map(job), [old.spec.jobId, ...Array(3).fill(urgent.spec.jobId), old.spec.jobId, old.spec.jobId, ...Array(3).fill(young.spec.jobId)]);
+      for (const j of [old, young, urgent]) await until(`${j.spec.jobId} done`, async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
+      assert.equal((await d.job(urgent.spec.jobId))!.priority, 5);
+    } finally {
+      await node.stop();
+      await d.stop();
+    }
+  });
 
-let nats: LocalServer | undefined;
-let natsDir: string | undefined;
-scheduling("NATS", async () => {
-  natsDir = await mkdtemp(path.join(os.tmpdir(), "framefarm-sched-nats-"));
-  nats = await startNatsServer(natsDir);
-  return NatsBus.connect(`nats://${nats.host}:${nats.port}`);
+  test("raising a waiting job's priority lets it run next", async () => {
+    const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "b")), { tickMs: 50 });
+    const node = new FakeDenoiseNode();
+    await node.start(bus());
+    try {
+      node.pause();
+      const a = chain(`a-${name}`, 2);
+      await d.submit(a.spec, a.tasks);
+      await until("a running", () => node.ran.length === 1);
+      const b = chain(`b-${name}`, 1);
+      const c = chain(`c-${name}`, 1);
+      await d.submit(b.spec, b.tasks);
+      await d.submit(c.spec, c.tasks);
+      assert.equal((await d.setPriority(c.spec.jobId, 100))?.priority, 100);
+      await assert.rejects(d.setPriority(c.spec.jobId, 1.5), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT");
+      node.resume();
+      await until("4 sections", () => node.ran.length === 4);
+      assert.deepEqual(node.ran, [`${a.spec.jobId}.denoise.0`, `${c.spec.jobId}.denoise.0`, `${a.spec.jobId}.denoise.1`, `${b.spec.jobId}.denoise.0`]);
+      await until("b done", async () => (await d.job(b.spec.jobId))?.state === "SUCCEEDED");
+      assert.equal(await d.setPriority(b.spec.jobId, 1), null, "an ended job's priority stays");
+    } finally {
+      await node.stop();
+      await d.stop();
+    }
+  });
+
+  test("a task out of attempts fails its job; retry runs it again from the failed section", async () => {
+    const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "c")), { tickMs: 50, maxAttempts: 2 });
+    let broken = true;
+    const node = new FakeDenoiseNode((taskId) => broken && taskId.endsWith(".denoise.1"));
+    await node.start(bus());
+    try {
+      const j = chain(`flaky-${name}`, 3);
+      await d.submit(j.spec, j.tasks);
+      await until("failed", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
+      const failed = (await d.job(j.spec.jobId))!;
+      assert.match(failed.error!, /denoise\.1 failed 2 times; last on fake: boom/);
+      assert.equal(failed.taskStates[`${j.spec.jobId}.denoise.0`], "done");
+      assert.equal(await d.retry(`${j.spec.jobId}`).then((r) => r?.state), "RUNNING");
+      await until("failed again", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
+      assert.equal(node.ran.filter((t) => t.endsWith(".denoise.1")).length, 4, "each retry has a fresh budget of 2 attempts");
+      broken = false;
+      await d.retry(j.spec.jobId);
+      await until("succeeded", async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
+      assert.equal(node.ran.filter((t) => t.endsWith(".denoise.0")).length, 1, "finished sections are not run again");
+      assert.equal(await d.retry(j.spec.jobId), null, "only a failed job can be retried");
+    } finally {
+      await node.stop();
+      await d.stop();
+    }
+  });
 });
-after(async () => {
-  await nats?.stop();
-  if (natsDir !== undefined) await rm(natsDir, { recursive: true, force: true });
-});
+
