@@ -15,6 +15,7 @@ import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
+import type { JobRecord } from "../dispatch/job-record.js";
 
 const HELP = `framefarm render — render one video in this process
 
@@ -36,14 +37,27 @@ const HELP = `framefarm render — render one video in this process
   --lossless              exact RGB frames (libx264rgb, qp 0) instead of --crf
   --bundle DIR            model bundle (default: the tiny test bundle)
   --ep cpu|webgpu|cuda    execution provider (cpu)
+  --timings FILE          load every model first, then write the job's wall time and each task's
+                          time (JSON): what the GPU benchmark compares with diffusers
   -o, --output FILE       output MP4                                        [required]`;
+
+/** Each task's wall time and time inside onnxruntime, from the job's task log. */
+async function writeTimings(file: string, record: JobRecord, loadMs: number, jobMs: number): Promise<void> {
+  const tasks = (record.taskLog ?? []).map((e) => ({
+    task: e.taskId,
+    ms: Date.parse(e.finishedAt) - Date.parse(e.startedAt),
+    modelMs: Math.round(e.modelMs * 10) / 10,
+  }));
+  const result = { side: "framefarm", loadMs: Math.round(loadMs), jobMs: Math.round(jobMs), tasks };
+  await writeFileAtomically(path.resolve(file), Buffer.from(`${JSON.stringify(result, null, 1)}\n`));
+}
 
 export async function renderCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
     allowPositionals: false,
-    options: { ...RENDER_OPTIONS, bundle: { type: "string" }, ep: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean", short: "h" } },
+    options: { ...RENDER_OPTIONS, bundle: { type: "string" }, ep: { type: "string" }, timings: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean", short: "h" } },
   });
   if (values.help === true) {
     process.stdout.write(`${HELP}\n`);
@@ -62,7 +76,15 @@ export async function renderCommand(args: string[]): Promise<number> {
     const req = await submitRequestFrom(values);
     // Checked before any work, so a bad fps or crf does not fail only at the very end.
     validateMp4Options({ fps: req.settings?.fps ?? 30, crf: req.settings?.crf ?? 16 });
+    let loadMs = 0;
+    if (values.timings !== undefined) {
+      // Sessions are created before the clock starts, as a farm node warms its models at start.
+      const started = performance.now();
+      await embedded.runtime.warm();
+      loadMs = performance.now() - started;
+    }
     farm = await startEmbeddedFarm(embedded, data);
+    const submitted = performance.now();
     const { job } = await farm.service.submit(req);
     const progress = createProgress();
     progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
@@ -70,6 +92,7 @@ export async function renderCommand(args: string[]): Promise<number> {
     if (record.state !== "SUCCEEDED") throw new FarmError((record.errorStatus ?? "INTERNAL") as StatusName, record.error ?? `the render ended ${record.state}`);
     await mkdir(path.dirname(output), { recursive: true });
     await writeFileAtomically(output, await farm.store.get(jobKeys(job.id).video));
+    if (values.timings !== undefined) await writeTimings(values.timings, record, loadMs, performance.now() - submitted);
     process.stderr.write(`wrote ${output}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`);
     return 0;
   } finally {

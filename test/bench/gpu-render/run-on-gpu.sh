@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The gpu-render benchmark on a lent GPU machine, step by step (each step fits one call; the work
+# folder /tmp/ffdev/work lives while the machine stays warm). Needs test/bench/device/unpack.sh
+# to have run (node, node_modules with the CUDA provider, diffusers source) and dist/ built here.
+#   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, transformer bf16, fused attention)
+#   run-on-gpu.sh images                     a start and an end image, 640x640
+#   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, one job (MODE inverted|vanilla)
+#   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory
+#   run-on-gpu.sh compare MODE OUT           the table (compare.py)
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+source /tmp/ffdev/env.sh
+work=/tmp/ffdev/work
+mkdir -p "$work"
+frames=${FRAMES:-97} steps=${STEPS:-25} size=${SIZE:-640}
+step=$1
+shift
+case "$step" in
+  pipeline)
+    double=${1:-2} single=${2:-4}
+    src=$work/pipeline-$double-$single bundle=$work/bundle-$double-$single
+    [ -f "$src/random-pipeline.json" ] || python3 -m framefarm_export.random_pipeline --like /tmp/ffdev/parts/tiny-like --out "$src" --double "$double" --single "$single" || exit 1
+    [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype bf16 --attention fused || exit 1
+    du -sh "$src" "$bundle"
+    ;;
+  images)
+    python3 - "$work" "$size" <<'PY'
+import sys, numpy as np
+from PIL import Image
+out, s = sys.argv[1], int(sys.argv[2])
+for name, seed in (("first", 11), ("last", 12)):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:s, 0:s] / s
+    img = np.stack([np.sin(x * rng.uniform(3, 9) + rng.uniform(0, 6)) + 0.3 * np.sin(y * rng.uniform(2, 7)) for _ in range(3)], -1)
+    img = ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.uint8)
+    Image.fromarray(img).save(f"{out}/{name}.png")
+PY
+    ;;
+  diffusers)
+    mode=$1 out=$2 end=()
+    [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
+    python3 "$here/diffusers_render.py" --src "$work/pipeline-2-4" --out "$out" --mode "$mode" --image "$work/first.png" "${end[@]}" \
+      --frames "$frames" --steps "$steps" --height "$size" --width "$size"
+    ;;
+  framefarm)
+    mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=()
+    [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/framefarm-$mode-gpu-mem.csv" &
+    smi=$!
+    node "$repo/dist/coordinator/cli/main.js" render --bundle "$bundle" --ep cuda --mode "$mode" --image "$work/first.png" "${end[@]}" \
+      --prompt "A lighthouse on a cliff, waves crashing, seagulls circling" --frames "$frames" --steps "$steps" --resolution "$size" \
+      --lossless --timings "$out/framefarm-$mode.json" -o "$out/framefarm-$mode.mp4" 2>&1 | tail -5
+    rc=${PIPESTATUS[0]}
+    kill $smi
+    exit $rc
+    ;;
+  compare)
+    mode=$1 out=$2
+    python3 "$here/compare.py" --dir "$out" --mode "$mode" --ffmpeg "$NODE_PATH/@ffmpeg-installer/linux-x64/ffmpeg"
+    ;;
+  *) echo "unknown step $step"; exit 2 ;;
+esac
