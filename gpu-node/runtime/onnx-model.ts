@@ -18,6 +18,22 @@ export interface SessionSettings {
   graphOptimization?: "disabled" | "basic" | "extended" | "all";
   /** Options for the execution provider itself (e.g. WebGPU's storageBufferCacheMode); cpu ignores them. */
   providerOptions?: Readonly<Record<string, string>>;
+  /**
+   * On a GPU provider, whether a node the provider cannot run may be placed on the CPU. Off by
+   * default for cuda (FRAMEFARM_ALLOW_CPU_FALLBACK=1 turns it on): onnxruntime then refuses to create the session (session.disable_cpu_ep_fallback),
+   * so a missing kernel is an error naming the component, not a silent 10x slowdown.
+   */
+  allowCpuFallback?: boolean;
+}
+
+/** The provider list and session config entries for one session. */
+export function sessionProviders(settings: SessionSettings): { providers: (string | Record<string, string>)[]; config: Record<string, string> } {
+  const main = settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
+  if (settings.ep === "cpu") return { providers: ["cpu"], config: {} };
+  // onnxruntime rejects disable_cpu_ep_fallback when the CPU provider is listed explicitly.
+  const allow = settings.allowCpuFallback ?? process.env.FRAMEFARM_ALLOW_CPU_FALLBACK === "1";
+  const strict = settings.ep === "cuda" && !allow;
+  return strict ? { providers: [main], config: { "session.disable_cpu_ep_fallback": "1" } } : { providers: [main, "cpu"], config: {} };
 }
 
 function toOrt(t: Feed): ort.Tensor {
@@ -37,18 +53,22 @@ export class OnnxModel {
   ) {}
 
   static async load(component: string, file: string, settings: SessionSettings, clock: ModelClock = { ms: 0 }): Promise<OnnxModel> {
-    const main = settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
-    const providers = settings.ep === "cpu" ? ["cpu"] : [main, "cpu"];
+    const { providers, config } = sessionProviders(settings);
     try {
       const session = await ort.InferenceSession.create(file, {
-        executionProviders: providers,
+        executionProviders: providers as ort.InferenceSession.ExecutionProviderConfig[],
         graphOptimizationLevel: settings.graphOptimization ?? "all",
         intraOpNumThreads: settings.intraOpThreads ?? 0,
         logSeverityLevel: 3,
+        extra: { session: Object.fromEntries(Object.entries(config).map(([k, v]) => [k.replace(/^session\./, ""), v])) },
       });
       return new OnnxModel(component, session, clock);
     } catch (err) {
-      throw new FarmError("FAILED_PRECONDITION", `cannot load ${component} from ${file} on ${settings.ep}: ${(err as Error).message}`, { cause: err });
+      const message = (err as Error).message;
+      const hint = /fallback to CPU EP has been explicitly disabled/.test(message)
+        ? ` (${settings.ep} has no kernel for some node of this graph; re-export it, or or allow CPU fallback with FRAMEFARM_ALLOW_CPU_FALLBACK=1 at a cost in speed)`
+        : "";
+      throw new FarmError("FAILED_PRECONDITION", `cannot load ${component} from ${file} on ${settings.ep}: ${message}${hint}`, { cause: err });
     }
   }
 
