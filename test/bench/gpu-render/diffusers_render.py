@@ -48,16 +48,17 @@ def main() -> int:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--seed", type=int, default=31337)
     p.add_argument("--guidance", type=float, default=10.0)
+    p.add_argument("--transformer-dtype", choices=["bf16", "fp16"], default="bf16",
+                   help="bf16 as FramePack's users run it; fp16 to compare frames with an fp16 export (random weights amplify bf16 rounding)")
     a = p.parse_args()
     from diffusers import HunyuanVideoFramepackPipeline
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import FramepackSamplingType
-    from diffusers.utils import export_to_video
     from PIL import Image
 
     os.makedirs(a.out, exist_ok=True)
     t0 = time.perf_counter()
     pipe = HunyuanVideoFramepackPipeline.from_pretrained(a.src, torch_dtype=torch.float16)
-    pipe.transformer.to(torch.bfloat16)
+    pipe.transformer.to(torch.bfloat16 if a.transformer_dtype == "bf16" else torch.float16)
     pipe.to("cuda")
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
@@ -99,7 +100,12 @@ def main() -> int:
     pipeline_ms = (time.perf_counter() - t_job) * 1000
     video = (np.asarray(frames) * 255).round().astype(np.uint8)
     t_mux = time.perf_counter()
-    export_to_video(list(video), os.path.join(a.out, f"diffusers-{a.mode}.mp4"), fps=30)
+    # The MP4 written as framefarm's --lossless writes it (libx264rgb, qp 0), by the same ffmpeg.
+    import subprocess
+
+    subprocess.run([os.environ["FFMPEG"], "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{video.shape[2]}x{video.shape[1]}",
+                    "-r", "30", "-i", "-", "-c:v", "libx264rgb", "-qp", "0", os.path.join(a.out, f"diffusers-{a.mode}.mp4")],
+                   input=video.tobytes(), check=True)
     mux_ms = (time.perf_counter() - t_mux) * 1000
     job_ms = (time.perf_counter() - t_job) * 1000
     stages: dict[str, float] = {}
@@ -108,7 +114,7 @@ def main() -> int:
     stages["mux"] = mux_ms
     np.save(os.path.join(a.out, f"diffusers-{a.mode}.npy"), video)
     result = {
-        "side": "diffusers", "mode": a.mode, "frames": list(video.shape), "steps": a.steps, "load_s": round(load_s, 2),
+        "side": "diffusers", "mode": a.mode, "transformer_dtype": a.transformer_dtype, "frames": list(video.shape), "steps": a.steps, "load_s": round(load_s, 2),
         "pipeline_ms": round(pipeline_ms, 1), "job_ms": round(job_ms, 1), "stages_ms": {k: round(v, 1) for k, v in stages.items()},
         "transformer_calls": sum(1 for n, _ in rec if n.startswith("denoise")),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),

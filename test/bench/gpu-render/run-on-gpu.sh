@@ -7,6 +7,8 @@
 #   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, one job (MODE inverted|vanilla)
 #   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory
 #   run-on-gpu.sh compare MODE OUT           the table (compare.py)
+#   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the node's graph and its GroupNorm-rewritten
+#                                            variant (graph_passes), with each one's kernels (vae-kernels.sh)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
@@ -24,6 +26,26 @@ case "$step" in
     [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype bf16 --attention fused || exit 1
     du -sh "$src" "$bundle"
     ;;
+  transformer-fp16)
+    # The bundle again with an fp16 transformer (its other graphs linked, not copied).
+    src=$work/pipeline-2-4 from=$work/bundle-2-4 to=$work/bundle-2-4-fp16
+    mkdir -p "$to"
+    for f in "$from"/*; do [ -e "$to/$(basename "$f")" ] || ln -s "$f" "$to/$(basename "$f")"; done
+    rm -f "$to/transformer.onnx" "$to/transformer.onnx.data" "$to/framefarm-bundle.json"
+    python3 - "$src" "$from" "$to" <<'PY' || exit 1
+import json, os, sys, torch
+from framefarm_export import onnx_export as ox
+from framefarm_export.manifest import sha256
+from framefarm_export.sources import load_sources
+src, frm, to = sys.argv[1:]
+s = load_sources(src, None, None, torch.float16)
+ext, axes = ox.export_transformer(s, to, torch.float16, 256, "fused")
+m = json.load(open(os.path.join(frm, "framefarm-bundle.json")))
+m["components"]["transformer"].update(external_data=ext, sha256=sha256(os.path.join(to, "transformer.onnx")), dtype="fp16")
+json.dump(m, open(os.path.join(to, "framefarm-bundle.json"), "w"), indent=2)
+print("fp16 transformer:", axes, ext, flush=True)
+PY
+    ;;
   images)
     python3 - "$work" "$size" <<'PY'
 import sys, numpy as np
@@ -40,8 +62,8 @@ PY
   diffusers)
     mode=$1 out=$2 end=()
     [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
-    python3 "$here/diffusers_render.py" --src "$work/pipeline-2-4" --out "$out" --mode "$mode" --image "$work/first.png" "${end[@]}" \
-      --frames "$frames" --steps "$steps" --height "$size" --width "$size"
+    FFMPEG=$NODE_PATH/@ffmpeg-installer/linux-x64/ffmpeg python3 "$here/diffusers_render.py" --src "$work/pipeline-2-4" --out "$out" --mode "$mode" --image "$work/first.png" "${end[@]}" \
+      --frames "$frames" --steps "$steps" --height "$size" --width "$size" --transformer-dtype "${TRANSFORMER_DTYPE:-bf16}"
     ;;
   framefarm)
     mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=()
@@ -49,7 +71,7 @@ PY
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/framefarm-$mode-gpu-mem.csv" &
     smi=$!
     node "$repo/dist/coordinator/cli/main.js" render --bundle "$bundle" --ep cuda --mode "$mode" --image "$work/first.png" "${end[@]}" \
-      --prompt "A lighthouse on a cliff, waves crashing, seagulls circling" --frames "$frames" --steps "$steps" --resolution "$size" \
+      --prompt "A lighthouse on a cliff, waves crashing, seagulls circling" --frames "$frames" --steps "$steps" --height "$size" --width "$size" \
       --lossless --timings "$out/framefarm-$mode.json" -o "$out/framefarm-$mode.mp4" 2>&1 | tail -5
     rc=${PIPESTATUS[0]}
     kill $smi
@@ -58,6 +80,18 @@ PY
   compare)
     mode=$1 out=$2
     python3 "$here/compare.py" --dir "$out" --mode "$mode" --ffmpeg "$NODE_PATH/@ffmpeg-installer/linux-x64/ffmpeg"
+    ;;
+  vae)
+    out=$1 gv=$work/gv
+    [ -f "$gv/vae.json" ] || python3 "$repo/test/bench/gpu-step/torch_vae.py" --out "$gv" > "$out/torch_vae.log" 2>&1 || { tail -20 "$out/torch_vae.log"; exit 1; }
+    [ -f "$gv/vae_decoder_gn.onnx" ] || python3 -m framefarm_export.graph_passes "$gv/vae_decoder.onnx" "$gv/vae_decoder_gn.onnx"
+    for g in vae_decoder vae_decoder_gn; do
+      node "$repo/dist/test/bench/gpu-step/vae.js" --dir "$gv" --ep cuda --repeat 2 --graph "$gv/$g.onnx" > "$out/vae-$g.log" 2>&1 \
+        || { echo "$g strict placement failed:"; tail -3 "$out/vae-$g.log"; FRAMEFARM_ALLOW_CPU_FALLBACK=1 node "$repo/dist/test/bench/gpu-step/vae.js" --dir "$gv" --ep cuda --repeat 2 --graph "$gv/$g.onnx" > "$out/vae-$g-fallback.log" 2>&1; }
+      tail -1 "$out"/vae-$g*.log
+    done
+    cp "$gv"/vae-cuda-*.json "$out/" 2>/dev/null
+    for g in vae_decoder vae_decoder_gn; do FRAMEFARM_ALLOW_CPU_FALLBACK=1 bash "$repo/test/bench/gpu-step/vae-kernels.sh" "$gv" "$out" "$gv/$g.onnx" | head -14; done
     ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
