@@ -5,7 +5,7 @@
  * 1. The tarball of the pinned package: `--from FILE`, else the cache folder's copy, else
  *    `npm pack` into the cache folder after `npm view` confirms the registry still serves the pinned
  *    integrity. Whichever it is, its SHA-512 must equal the pinned integrity.
- * 2. The three provider libraries are extracted (system `tar`) into a scratch folder beside
+ * 2. The three provider libraries are extracted (tar-extract.ts) into a scratch folder beside
  *    libonnxruntime.so.1, checked against their pinned SHA-256 and renamed into place.
  * Idempotent: libraries already in place with the pinned hashes are left alone, and no tarball is
  * needed then. Offline re-runs work from the cached tarball.
@@ -17,6 +17,7 @@ import { chmod, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from "nod
 import path from "node:path";
 import { promisify } from "node:util";
 import { FarmError } from "../../shared/errors.js";
+import { extractFromTgz } from "./tar-extract.js";
 import { CUDA_PROVIDER_FILES, CUDA_PROVIDER_MARKER, CUDA_PROVIDER_PACKAGE, CUDA_PROVIDER_SPEC, onnxruntimeBinDir, onnxruntimeNodeVersion } from "./cuda-provider.js";
 
 const run = promisify(execFile);
@@ -163,22 +164,20 @@ export async function setupCudaProvider(options: CudaSetupOptions): Promise<Cuda
   const scratch = await mkdtemp(path.join(binDir, ".framefarm-setup-"));
   const installed: string[] = [];
   try {
+    let digests: Map<string, string>;
     try {
-      await run("tar", ["-xzf", tarball, "--no-same-owner", "-C", scratch, ...CUDA_PROVIDER_FILES.map((f) => f.member)], { maxBuffer: 16 * 1024 * 1024 });
+      digests = await extractFromTgz(tarball, new Map(CUDA_PROVIDER_FILES.map((f) => [f.member, path.join(scratch, f.name)])));
     } catch (err) {
-      const e = err as { code?: string; stderr?: string; message: string };
-      if (e.code === "ENOENT") throw new FarmError("FAILED_PRECONDITION", "tar not found: install tar (Debian: apt-get install tar)");
-      throw new FarmError("DATA_LOSS", `extracting ${tarball} failed: ${(e.stderr ?? e.message).trim()}`);
+      throw new FarmError("DATA_LOSS", `extracting ${tarball} failed: ${(err as Error).message}`);
     }
     for (const f of CUDA_PROVIDER_FILES) {
-      const extracted = path.join(scratch, f.member);
-      const digest = await fileDigest(extracted, "sha256", "hex");
+      const digest = digests.get(f.member);
       if (digest !== f.sha256) throw new FarmError("DATA_LOSS", `${f.member} in ${tarball} has SHA-256 ${digest}, not the pinned ${f.sha256}`);
     }
     for (const f of CUDA_PROVIDER_FILES) {
       const target = path.join(binDir, f.name);
-      await chmod(path.join(scratch, f.member), 0o755);
-      await rename(path.join(scratch, f.member), target);
+      await chmod(path.join(scratch, f.name), 0o755);
+      await rename(path.join(scratch, f.name), target);
       installed.push(target);
       log(`installed ${target} (${mb(f.bytes)}, SHA-256 ${f.sha256.slice(0, 12)}...)`);
     }
