@@ -23,6 +23,9 @@ export const CUDA_PROVIDER_PACKAGE = {
   integrity: "sha512-FopIhNE/Ng+v2X65wVc9clPCBCvhvA53Hxo2U0Kf5fGdVsC7iCA+mZ0KLWggcQAj7TIZ6pNidR4AC10g74Xo6w==",
   /** The ONNX Runtime release the package's libraries are built from; onnxruntime-node must be the same. */
   onnxruntime: "1.29.0",
+  /** The CUDA and cuDNN major versions the provider is built for (its libcudart.so.13; cuDNN 9 by dlopen). */
+  cuda: "13",
+  cudnn: "9",
   tarballBytes: 179_145_956,
   license: "MIT",
 } as const;
