@@ -161,7 +161,9 @@ export async function setupCudaProvider(options: CudaSetupOptions): Promise<Cuda
   }
 
   // Extract beside libonnxruntime.so.1 (same file system), so that each library is renamed into place whole.
-  const scratch = await mkdtemp(path.join(binDir, ".framefarm-setup-"));
+  const scratch = await mkdtemp(path.join(binDir, ".framefarm-setup-")).catch((err: NodeJS.ErrnoException) => {
+    throw new FarmError("FAILED_PRECONDITION", `cannot write to ${binDir} (${err.code ?? err.message}): run setup as the user who installed node_modules`);
+  });
   const installed: string[] = [];
   try {
     let digests: Map<string, string>;

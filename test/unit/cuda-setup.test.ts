@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
@@ -120,9 +120,12 @@ test("framefarm setup takes only `cuda`", () => {
 
 const realTarball = path.join(repoRoot(), ".cache", "cuda", CUDA_TARBALL_NAME);
 
-test("setup from the real tarball installs the three libraries with their pinned hashes, then re-runs as a no-op", { skip: existsSync(realTarball) ? false : `${realTarball} absent (run npx framefarm setup cuda once)` }, async (t) => {
+test("setup from the cached real tarball, offline, installs the three libraries with their pinned hashes, then re-runs as a no-op", { skip: existsSync(realTarball) ? false : `${realTarball} absent (run npx framefarm setup cuda once)` }, async (t) => {
   const root = scratch(t);
-  const o = options(root, { from: realTarball });
+  // Offline, from the cache folder (a link to the real tarball) with no npm to call.
+  const o = options(root, { npm: path.join(root, "no-npm-here") });
+  mkdirSync(o.cacheDir, { recursive: true });
+  symlinkSync(realTarball, path.join(o.cacheDir, CUDA_TARBALL_NAME));
   const result = await setupCudaProvider(o);
   assert.equal(result.alreadyInstalled, false);
   for (const f of CUDA_PROVIDER_FILES) {
@@ -132,7 +135,7 @@ test("setup from the real tarball installs the three libraries with their pinned
     assert.equal(statSync(p).mode & 0o111, 0o111, `${f.name} is executable`);
   }
   assert.equal(JSON.parse(readFileSync(path.join(o.binDir!, CUDA_PROVIDER_MARKER), "utf8")).onnxruntime, "1.29.0");
-  assert.ok(o.lines.some((l) => l.includes("given with --from")));
+  assert.ok(o.lines.some((l) => l.includes("(cached, no download)")), o.lines.join("\n"));
   // What the check reads from the real provider: readelf -d's NEEDED list, no RPATH/RUNPATH.
   const dyn = readElfDynamic(path.join(o.binDir!, "libonnxruntime_providers_cuda.so"));
   assert.deepEqual(dyn.needed, ["libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10", "libcudart.so.13", "libcuda.so.1", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libstdc++.so.6", "libm.so.6", "libgcc_s.so.1", "libc.so.6", "ld-linux-x86-64.so.2"]);
