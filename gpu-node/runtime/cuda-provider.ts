@@ -170,7 +170,8 @@ export function checkCudaProvider(options: CudaCheckOptions = {}): CudaCheck {
   check.searched = describeSearch(object, loader);
   const wanted: [string, string][] = [
     ...needed.filter((n) => !SYSTEM_LIBRARIES.has(n)).map((n): [string, string] => [n, CUDA_PROVIDER_LIBRARY]),
-    ...CUDA_PROVIDER_DLOPENED.map((n): [string, string] => [n, `${CUDA_PROVIDER_LIBRARY} (dlopen)`]),
+    // A provider that links cuDNN (onnxruntime-node's NuGet build may) lists it once, as DT_NEEDED.
+    ...CUDA_PROVIDER_DLOPENED.filter((n) => !needed.includes(n)).map((n): [string, string] => [n, `${CUDA_PROVIDER_LIBRARY} (dlopen)`]),
   ];
   const cuda = needed.map((n) => /^libcudart\.so\.(\d+)$/.exec(n)?.[1]).find((m) => m !== undefined) ?? "13";
   for (const [name, neededBy] of wanted) {

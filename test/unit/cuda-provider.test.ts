@@ -151,6 +151,13 @@ test("--ep cuda names each missing library and how to get it", (t) => {
   assert.doesNotThrow(() => assertCudaProviderUsable({ binDir: bin, loader: loader({ ldLibraryPath: noDriver }), skipDriver: true }));
 });
 
+test("a provider that links cuDNN itself (DT_NEEDED) has it checked once, as needed", (t) => {
+  const root = scratch(t);
+  const bin = fakeBinDir(root, { needed: ["libcudnn.so.9", ...PROVIDER_NEEDED] });
+  const check = checkCudaProvider({ binDir: bin, loader: loader({ ldLibraryPath: libDir(root, "cuda", CUDA_LIBS) }) });
+  assert.deepEqual(check.libraries.filter((l) => l.name === "libcudnn.so.9").map((l) => l.neededBy), ["libonnxruntime_providers_cuda.so"]);
+});
+
 test("libraries are found through the provider's RUNPATH, the ldconfig cache and the default directories too", (t) => {
   const root = scratch(t);
   const bin = fakeBinDir(root, { needed: PROVIDER_NEEDED, runpath: "$ORIGIN/../cublas" });
