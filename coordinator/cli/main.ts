@@ -10,6 +10,7 @@ import { submitCommand, jobsCommand, cancelCommand } from "./submit.js";
 import { nodeCommand } from "./node.js";
 import { coordinatorCommand } from "./coordinator.js";
 import { clusterCommand } from "./cluster.js";
+import { setupCommand } from "./setup-cuda.js";
 
 const USAGE = `framefarm — FramePack image-to-video render farm
 
@@ -22,6 +23,7 @@ Usage:
   framefarm submit --server HOST:PORT --image a.png --prompt "..." (--seconds S | --frames N) [--wait -o out.mp4]
   framefarm jobs --server HOST:PORT
   framefarm cancel --server HOST:PORT ID
+  framefarm setup cuda [--from FILE] [--check]   install the CUDA provider for --ep cuda (from npm)
   (client commands also take --token T (FRAMEFARM_TOKEN) and --tls or --ca FILE)
 
 Run \`framefarm <command> --help\` for a command's options.`;
@@ -35,6 +37,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   node: nodeCommand,
   coordinator: coordinatorCommand,
   cluster: clusterCommand,
+  setup: setupCommand,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -7,7 +7,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createRequire } from "node:module";
 import path from "node:path";
 import { TARGETS, render, type K8sObject, type Target } from "./support/render.js";
 import { byKind, byName, containerEnv, generated, podSpecs, type Container } from "./support/query.js";
@@ -20,6 +19,7 @@ import { STAGE_GROUPS, parseStages } from "../../coordinator/cli/node.js";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
 import { defaultBundleDir, packageRoot } from "../../coordinator/cli/defaults.js";
 import { EXECUTION_PROVIDERS } from "../../gpu-node/runtime/execution-provider.js";
+import { CUDA_PROVIDER_LIBRARY, CUDA_PROVIDER_PACKAGE } from "../../gpu-node/runtime/cuda-provider.js";
 import { streamOf } from "../../shared/bus/nats-bus.js";
 import { stageConsumerName } from "../../gpu-node/worker/node-loop.js";
 import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
@@ -108,17 +108,40 @@ test("the Dockerfile builds what the CLI runs: entrypoint is the package's bin, 
   }
 });
 
-test("the CUDA image installs onnxruntime-node's CUDA provider with the package's own flag", () => {
+test("the CUDA image installs the provider with `framefarm setup cuda`, on a CUDA 13 + cuDNN base that the build checks", () => {
+  const bin = Object.values(packageJson().bin)[0]!;
+  assert.ok(cliCommands().has("setup"), "setup is a framefarm subcommand");
   const cuda = stages.find((s) => s.name === "node-cuda")!;
   const from = cuda.instructions.find(([k, v]) => k === "COPY" && v.includes("node_modules"))?.[1];
   const source = /--from=(\S+)/.exec(from ?? "")?.[1];
   assert.ok(source, "node-cuda copies node_modules from a build stage");
-  const run = stages.find((s) => s.name === source)!.instructions.filter(([k]) => k === "RUN").map(([, v]) => v).join("\n");
-  const flag = /--onnxruntime-node-install=(\S+)/.exec(run)?.[1];
-  const require = createRequire(import.meta.url);
-  const metadata = require("onnxruntime-node/script/install-metadata.js") as { requirements: Record<string, string[]>; manifests: Record<string, Record<string, unknown>> };
-  assert.ok(flag !== undefined && metadata.requirements["linux/x64"]!.includes(flag), `flag ${flag} is one onnxruntime-node installs on linux/x64`);
-  assert.ok(Object.keys(metadata.manifests[`linux/x64:${flag}`] ?? {}).some((f) => run.includes(path.basename(f))), "the build checks a file the install provides");
+  const runs = (stage: string): string[] => stages.find((s) => s.name === stage)!.instructions.filter(([k]) => k === "RUN").map(([, v]) => (v.startsWith("[") ? (JSON.parse(v) as string[]).join(" ") : v));
+  const build = runs(source).join("\n");
+  assert.match(build, new RegExp(`node ${bin.replace(/\./g, "\\.")} setup cuda(\\s|$)`), `${source} runs framefarm setup cuda`);
+  assert.ok(!build.includes("--onnxruntime-node-install"), "not onnxruntime-node's NuGet download");
+  // setup's default cache folder is a BuildKit cache mount, so rebuilds do not download 180 MB again.
+  assert.match(build, /--mount=type=cache,target=\/app\/\.cache\/cuda\s/);
+  assert.ok(build.includes(path.basename(CUDA_PROVIDER_LIBRARY)), "the build checks the provider file is there");
+  // The base image: NVIDIA's CUDA runtime with cuDNN, of the CUDA major the provider is built for
+  // (a tag of nvidia/cuda's <version>-cudnn-runtime-<os> form; CUDA 13 tags carry cuDNN 9).
+  const base = /^nvidia\/cuda:(\d+)\.(\d+)\.(\d+)-cudnn-runtime-ubuntu\d+\.\d+$/.exec(cuda.from);
+  assert.ok(base, `node-cuda is FROM an nvidia/cuda cudnn-runtime image (${cuda.from})`);
+  assert.equal(base[1], CUDA_PROVIDER_PACKAGE.cuda, `CUDA ${CUDA_PROVIDER_PACKAGE.cuda} base image`);
+  assert.equal(CUDA_PROVIDER_PACKAGE.cudnn, "9");
+  // ... and the image build fails unless the base has every library the provider needs.
+  assert.ok(runs("node-cuda").some((r) => r === `node ${bin} setup cuda --check --skip-driver`), "node-cuda runs setup cuda --check (driver aside)");
+  const user = cuda.instructions.findIndex(([k]) => k === "USER");
+  const check = cuda.instructions.findIndex(([k, v]) => k === "RUN" && v.includes("--check"));
+  assert.ok(check < user, "the check runs before USER (as root, like the rest of the build)");
+});
+
+test("gpu overlay: every node runs --ep cuda on the node-cuda image", () => {
+  const nodes = framefarmContainers(render("overlays/gpu")).filter((r) => roleOf(r) === "node");
+  assert.equal(nodes.length, 2);
+  for (const n of nodes) {
+    assert.equal(n.env.get("FRAMEFARM_EP"), "cuda", `${n.workload.metadata.name}: FRAMEFARM_EP (--ep)`);
+    assert.equal(FRAMEFARM_IMAGE.exec(n.container.image)?.[1], "node-cuda", `${n.workload.metadata.name}: image ${n.container.image}`);
+  }
 });
 
 for (const target of TARGETS) {
