@@ -21,11 +21,13 @@ import { findNearestBucket } from "../../shared/framepack/buckets.js";
 import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
-import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
-import { Dispatcher, jobEventSubject, JOBS_BUCKET, PRIORITY_RANGE, type StepEvent } from "../dispatch/dispatcher.js";
+import { planJob } from "../planner/job-plan.js";
+import { Dispatcher, PRIORITY_RANGE } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { DEFAULT_TENANT, TokenAuth } from "../auth/tokens.js";
 import { requestError } from "./strict-decode.js";
+import { jobKeys, jobPrefix } from "../../shared/farm/keys.js";
+import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, type StepEvent } from "../../shared/farm/protocol.js";
 
 export interface JobServiceDeps {
   bus: Bus;
@@ -341,10 +343,10 @@ export class JobService {
         let chain = Promise.resolve();
         const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (_subject, data) => {
           chain = chain.then(async () => {
-            const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent> & { taskId?: string };
-            if (typeof e.step === "number") {
+            const e = jobEvents.decode(data);
+            if (isStepEvent(e)) {
               // A step event: live progress on the record we have, no state read.
-              live = e as StepEvent;
+              live = e;
               return send(record, false);
             }
             const next = await this.get(call.request.id, tenant);

@@ -14,7 +14,6 @@ import type { Tensor } from "../../shared/tensor/tensor.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { openEmbedded, type Embedded } from "../embedded/open.js";
 import { startEmbeddedFarm } from "../embedded/embedded-farm.js";
-import { jobKeys } from "../planner/job-plan.js";
 import { pixelsFor, readImageFile } from "../embedded/inputs.js";
 import { renderJob } from "../embedded/render-job.js";
 import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "../parity/reference-case.js";
@@ -22,6 +21,7 @@ import { compareRun, compareTensor, formatTable, type StageResult } from "../par
 import { defaultBundleDir } from "./defaults.js";
 import { fetchVideo } from "./submit.js";
 import { CLIENT_OPTIONS, connectJobService, fromGrpc, type ClientOptions } from "./client.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 export interface ReferenceCheck {
   name: string;

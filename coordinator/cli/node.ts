@@ -5,7 +5,6 @@
 import { parseArgs } from "node:util";
 import os from "node:os";
 import { FarmError } from "../../shared/errors.js";
-import type { StageKind } from "../planner/job-plan.js";
 import { openEmbedded } from "../embedded/open.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
@@ -16,6 +15,7 @@ import { validateNodeId } from "../../shared/nodes/node-registry.js";
 import { DEFAULT_HEARTBEAT_MS } from "../../gpu-node/worker/node-presence.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
 import path from "node:path";
+import type { StageKind } from "../../shared/farm/protocol.js";
 
 /** Stage groups as operators name them; a group is what one model (set) serves. */
 export const STAGE_GROUPS: Record<string, StageKind[]> = {

@@ -10,11 +10,11 @@ import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openEmbedded } from "../embedded/open.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "../embedded/embedded-farm.js";
-import { jobKeys } from "../planner/job-plan.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 const HELP = `framefarm render — render one video in this process
 

@@ -7,12 +7,13 @@
 import path from "node:path";
 import { MemoryBus } from "../../shared/bus/memory-bus.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
-import { Dispatcher, STAGE_KINDS, jobEventSubject, type StepEvent } from "../dispatch/dispatcher.js";
+import { Dispatcher } from "../dispatch/dispatcher.js";
 import type { JobRecord } from "../dispatch/job-record.js";
 import { JobService } from "../api/job-service.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
 import type { Embedded } from "./open.js";
+import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
   bus: MemoryBus;
@@ -44,14 +45,14 @@ function waitFor(bus: MemoryBus, dispatcher: Dispatcher, jobId: string, progress
       }, reject);
     };
     const off = bus.events.subscribe(jobEventSubject(jobId), (_subject, data) => {
-      const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
-      if (typeof e.step !== "number" || typeof e.steps !== "number") return check();
+      const e = jobEvents.decode(data);
+      if (!isStepEvent(e)) return check();
       if (!started && progress !== undefined) {
         const steps = e.steps;
         void dispatcher.job(jobId).then((r) => r !== null && progress.start(r.tasks.filter((t) => t.kind === "denoise").length, steps));
       }
       started = true;
-      progress?.step(e.section ?? 0, e.step);
+      progress?.step(e.section, e.step);
     });
     check(); // it may have ended before the subscription
   });

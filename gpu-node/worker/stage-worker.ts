@@ -9,7 +9,7 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { decodeTensorObject, encodeTensorObject } from "../../shared/tensor/tensor-object.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { CachedObject, TensorCache } from "./tensor-cache.js";
-import type { StageTask } from "../../coordinator/planner/job-plan.js";
+import type { StageTask } from "../../shared/farm/protocol.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import { usesTrueCfg } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";

@@ -21,8 +21,8 @@ import { farmConnection } from "../../coordinator/cli/farm-options.js";
 import { defaultBundleDir, packageRoot } from "../../coordinator/cli/defaults.js";
 import { EXECUTION_PROVIDERS } from "../../gpu-node/runtime/execution-provider.js";
 import { streamOf } from "../../shared/bus/nats-bus.js";
-import { stageConsumerName } from "../../gpu-node/worker/node-loop.js";
 import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
+import { stageConsumerName } from "../../shared/farm/protocol.js";
 
 const NAMESPACE = "framefarm";
 const stages = dockerStages();

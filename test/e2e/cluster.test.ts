@@ -21,11 +21,11 @@ import { validateRenderParams } from "../../shared/job/render-params.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { storedVideoFrames } from "../support/video.js";
 import { until } from "../support/wait.js";
-import { JOBS_BUCKET } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { cliPath, tinyBundleDir } from "../support/paths.js";
 import { referenceDir } from "../support/reference.js";
+import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 
 let cluster: ChildProcess;
 let client: JobServiceClient;

@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
-import { planJob, jobKeys } from "../../coordinator/planner/job-plan.js";
+import { planJob } from "../../coordinator/planner/job-plan.js";
 import { startDashboard, type Dashboard } from "../../coordinator/dashboard/dashboard.js";
 import type { FarmSnapshot } from "../../coordinator/dashboard/farm-view.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
@@ -24,6 +24,7 @@ import { silentLogger } from "../../shared/log/logger.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 import { until } from "../support/wait.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 const OPS_TOKEN = "ops-token-0123456789abcdef";
 const ACME_TOKEN = "acme-token-0123456789abcdef";

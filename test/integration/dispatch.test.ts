@@ -12,7 +12,7 @@ import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js"
 import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
 import { renderJob } from "../../coordinator/embedded/render-job.js";
-import { planJob, jobKeys } from "../../coordinator/planner/job-plan.js";
+import { planJob } from "../../coordinator/planner/job-plan.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
@@ -29,6 +29,7 @@ import { until } from "../support/wait.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { referenceDir } from "../support/reference.js";
 import { tinyBundleDir } from "../support/paths.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 let embedded: Embedded;
 let tmp: string;

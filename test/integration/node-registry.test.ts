@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
-import { planJob, jobKeys } from "../../coordinator/planner/job-plan.js";
+import { planJob } from "../../coordinator/planner/job-plan.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
@@ -24,6 +24,7 @@ import { FarmError } from "../../shared/errors.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 import { sleep, until } from "../support/wait.js";
 import { forEachBus } from "../support/buses.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 
 let embedded: Embedded;

@@ -11,7 +11,7 @@ import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js"
 import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
 import { renderJob } from "../../coordinator/embedded/render-job.js";
-import { planJob, readyTasks, jobKeys, type StageTask } from "../../coordinator/planner/job-plan.js";
+import { planJob, readyTasks } from "../../coordinator/planner/job-plan.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
@@ -19,6 +19,8 @@ import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { assembleFrames, runStageTask, type WorkerContext } from "../../gpu-node/worker/stage-worker.js";
 import { referenceDir } from "../support/reference.js";
 import { tinyBundleDir } from "../support/paths.js";
+import { jobKeys } from "../../shared/farm/keys.js";
+import type { StageTask } from "../../shared/farm/protocol.js";
 
 let embedded: Embedded;
 let tmp: string;

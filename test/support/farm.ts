@@ -10,7 +10,7 @@ import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server,
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
-import { Dispatcher, JOBS_BUCKET } from "../../coordinator/dispatch/dispatcher.js";
+import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { JobService, IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-service.js";
 import { startApiServer, type ApiServer, type ApiServerOptions } from "../../coordinator/api/server.js";
 import type { TokenAuth } from "../../coordinator/auth/tokens.js";
@@ -18,6 +18,7 @@ import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { tinyBundleDir } from "./paths.js";
+import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 
 export interface TestFarm {
   address: string;
