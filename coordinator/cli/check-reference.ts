@@ -15,7 +15,7 @@ import { validateRenderParams } from "../../shared/job/render-params.js";
 import { openEmbedded, type Embedded } from "../embedded/open.js";
 import { startEmbeddedFarm } from "../embedded/embedded-farm.js";
 import { pixelsFor, readImageFile } from "../embedded/inputs.js";
-import { renderJob } from "../embedded/render-job.js";
+import { renderJob } from "../../gpu-node/stages/render-job.js";
 import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "../parity/reference-case.js";
 import { compareRun, compareTensor, formatTable, type StageResult } from "../parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";

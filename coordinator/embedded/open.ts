@@ -6,7 +6,7 @@ import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { parseExecutionProvider } from "../../gpu-node/runtime/execution-provider.js";
 import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
 import { loadTextTokenizers } from "../../gpu-node/text/tokenizers.js";
-import type { RenderContext } from "./render-job.js";
+import type { RenderContext } from "../../gpu-node/stages/render-job.js";
 
 export interface Embedded extends RenderContext {
   close(): Promise<void>;

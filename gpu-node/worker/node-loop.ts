@@ -26,7 +26,8 @@ import {
 import { NodeState, timestampOf } from "../../shared/nodes/node-registry.js";
 import { silentLogger, type Logger } from "../../shared/log/logger.js";
 import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
-import { runStageTask, type WorkerContext } from "./stage-worker.js";
+import { runStageTask } from "../handlers/index.js";
+import type { WorkerContext } from "../handlers/task-io.js";
 import { NodePresence } from "./node-presence.js";
 
 export interface NodeOptions {

@@ -15,7 +15,7 @@ import { JobServiceClient, JobState, SamplingMode, type Job, type SubmitJobReque
 import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
 import { loadReferenceCase, submitRequestFor } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
-import { renderJob } from "../../coordinator/embedded/render-job.js";
+import { renderJob } from "../../gpu-node/stages/render-job.js";
 import { compareTensor } from "../../coordinator/parity/compare.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";

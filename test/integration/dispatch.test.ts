@@ -11,7 +11,7 @@ import path from "node:path";
 import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
 import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
-import { renderJob } from "../../coordinator/embedded/render-job.js";
+import { renderJob } from "../../gpu-node/stages/render-job.js";
 import { planJob } from "../../coordinator/planner/job-plan.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
