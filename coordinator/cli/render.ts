@@ -8,7 +8,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
-import { openEmbedded } from "../embedded/open.js";
+import { openNodeModels } from "../../gpu-node/main.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "../embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
@@ -55,7 +55,7 @@ export async function renderCommand(args: string[]): Promise<number> {
   const outStat = await stat(output).catch(() => null);
   if (outStat?.isDirectory() === true) throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
-  const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
   let farm: EmbeddedFarm | undefined;
   try {

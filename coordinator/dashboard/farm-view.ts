@@ -8,7 +8,7 @@ import type { Bus, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { Logger } from "../../shared/log/logger.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
-import { latestPreview, progressOf } from "../api/job-service.js";
+import { latestPreview, progressOf } from "../dispatch/job-views.js";
 import { NODES_BUCKET, NodeState, decodeNode, isGone, msOf, readNodes, type NodeRecord } from "../../shared/nodes/node-registry.js";
 import { ALL_JOB_EVENTS, ALL_NODE_EVENTS, JOBS_BUCKET, STAGE_KINDS, isStepEvent, jobEvents, stageFromPb, type StepEvent, type StageKind } from "../../shared/farm/protocol.js";
 import { jobKeys } from "../../shared/farm/keys.js";

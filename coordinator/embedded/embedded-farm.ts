@@ -1,5 +1,5 @@
 /**
- * Embedded mode as a farm in one process: the in-process bus, a local-directory object store, the
+ * NodeModels mode as a farm in one process: the in-process bus, a local-directory object store, the
  * dispatcher, one node serving every stage, and the JobService that validates submissions. The
  * same planner, scheduler, workers and validation as a cluster, so embedded renders and farm
  * renders are the same code and the same frames.
@@ -12,7 +12,7 @@ import type { JobRecord } from "../dispatch/job-record.js";
 import { JobService } from "../api/job-service.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
-import type { Embedded } from "./open.js";
+import type { NodeModels } from "../../gpu-node/main.js";
 import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
@@ -59,7 +59,7 @@ function waitFor(bus: MemoryBus, dispatcher: Dispatcher, jobId: string, progress
 }
 
 /** Starts a farm whose objects live under dataDir; the caller owns (and removes) that folder. */
-export async function startEmbeddedFarm(embedded: Embedded, dataDir: string, options: { cacheBytes?: number } = {}): Promise<EmbeddedFarm> {
+export async function startEmbeddedFarm(embedded: NodeModels, dataDir: string, options: { cacheBytes?: number } = {}): Promise<EmbeddedFarm> {
   const bus = new MemoryBus();
   const store = new LocalObjectStore(dataDir);
   const dispatcher = await Dispatcher.start(bus, store);

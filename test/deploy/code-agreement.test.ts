@@ -16,7 +16,7 @@ import pino from "pino";
 import { DEFAULT_API_PORT, DEFAULT_HTTP_PORT, parsePort, securityOptions } from "../../coordinator/cli/coordinator.js";
 import { TENANT_PATTERN } from "../../coordinator/auth/tokens.js";
 import { JOB_SERVICE_NAME } from "../../coordinator/api/server.js";
-import { STAGE_GROUPS, parseStages } from "../../coordinator/cli/node.js";
+import { STAGE_GROUPS, parseStages } from "../../gpu-node/main.js";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
 import { defaultBundleDir, packageRoot } from "../../coordinator/cli/defaults.js";
 import { EXECUTION_PROVIDERS } from "../../gpu-node/runtime/execution-provider.js";

@@ -12,7 +12,7 @@ import { readdirSync } from "node:fs";
 import path from "node:path";
 import { credentials } from "@grpc/grpc-js";
 import { JobServiceClient, JobState, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { loadReferenceCase, submitRequestFor } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
@@ -29,7 +29,7 @@ import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 
 let cluster: ChildProcess;
 let client: JobServiceClient;
-let embedded: Embedded;
+let embedded: NodeModels;
 let store: S3ObjectStore;
 let bus: NatsBus;
 
@@ -54,7 +54,7 @@ before(async () => {
     cluster.once("exit", (code) => reject(new Error(`cluster exited ${code}: ${out}`)));
   });
   client = new JobServiceClient(addresses.grpc, credentials.createInsecure());
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   const [host, port] = addresses.s3.split(":");
   store = await S3ObjectStore.open({ endpoint: host!, port: Number(port), useSSL: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" });
   bus = await NatsBus.connect(addresses.nats);

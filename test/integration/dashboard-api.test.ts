@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { planJob } from "../../coordinator/planner/job-plan.js";
 import { startDashboard, type Dashboard } from "../../coordinator/dashboard/dashboard.js";
@@ -29,7 +29,7 @@ import { jobKeys } from "../../shared/farm/keys.js";
 const OPS_TOKEN = "ops-token-0123456789abcdef";
 const ACME_TOKEN = "acme-token-0123456789abcdef";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 let dispatcher: Dispatcher;
 let dashboard: Dashboard;
@@ -42,7 +42,7 @@ let store: LocalObjectStore;
 let submitJob: (id: string, withImage: boolean) => Promise<void>;
 
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-dashboard-"));
   bus = new MemoryBus();
   store = new LocalObjectStore(tmp);

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
@@ -31,11 +31,11 @@ import { referenceDir } from "../support/reference.js";
 import { tinyBundleDir } from "../support/paths.js";
 import { jobKeys } from "../../shared/farm/keys.js";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 const servers: LocalServer[] = [];
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-dispatch-"));
 });
 after(async () => {

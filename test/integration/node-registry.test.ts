@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { planJob } from "../../coordinator/planner/job-plan.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
@@ -27,10 +27,10 @@ import { forEachBus } from "../support/buses.js";
 import { jobKeys } from "../../shared/farm/keys.js";
 
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-registry-"));
 });
 after(async () => {

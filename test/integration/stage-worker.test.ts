@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
@@ -24,10 +24,10 @@ import { tinyBundleDir } from "../support/paths.js";
 import { jobKeys } from "../../shared/farm/keys.js";
 import type { StageTask } from "../../shared/farm/protocol.js";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-worker-"));
 });
 after(async () => {
