@@ -11,7 +11,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { FarmError } from "../../shared/errors.js";
-import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "../cluster/local-servers.js";
+import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "./local-servers.js";
 import { DEFAULT_HTTP_PORT, SECURITY_OPTIONS, parsePort, securityOptions, startCoordinator } from "./coordinator.js";
 import { untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";

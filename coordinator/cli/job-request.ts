@@ -3,7 +3,7 @@
  * take the same flags, read images the same way, and are validated by the same JobService code.
  */
 import { FarmError } from "../../shared/errors.js";
-import { readImageBytes } from "../embedded/inputs.js";
+import { readImageBytes } from "./embedded/inputs.js";
 import { parseSamplingType, parseSeed } from "../../shared/job/render-params.js";
 import { samplingModeOf } from "../api/job-mapping.js";
 import { SamplingMode, type ImageInput, type RenderSettings, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";

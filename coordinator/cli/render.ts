@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openNodeModels } from "../../gpu-node/main.js";
-import { startEmbeddedFarm, type EmbeddedFarm } from "../embedded/embedded-farm.js";
+import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";

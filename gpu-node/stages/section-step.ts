@@ -1,7 +1,7 @@
 /**
  * The FramePack section step, written once: one section's fresh noise, its sampling schedule, the
  * denoising loop and the history append, then the section's decode, and the decoded sections
- * joined into the video. Embedded render (gpu-node/stages/render-job.ts) runs it section after
+ * joined into the video. The in-process render (gpu-node/stages/render-job.ts) runs it section after
  * section in one process; the farm's denoise, decode and mux handlers (gpu-node/handlers/) run one
  * call each, with the generator positioned from the plan. A probe sees every intermediate under the
  * reference's names (`section<k>.noise`, `decode<k>.out`, ...): check-reference compares them.

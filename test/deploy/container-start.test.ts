@@ -21,7 +21,7 @@ import os from "node:os";
 import path from "node:path";
 import { credentials, loadPackageDefinition } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
-import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, freePort, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, freePort, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cli/local-servers.js";
 import { STAGE_GROUPS } from "../../gpu-node/main.js";
 import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 import { render, type K8sObject, type Target } from "./support/render.js";

@@ -6,7 +6,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cli/local-servers.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";

@@ -4,12 +4,12 @@
  */
 import { readFile } from "node:fs/promises";
 import path from "node:path";
-import { FarmError } from "../../shared/errors.js";
-import type { Tensor } from "../../shared/tensor/tensor.js";
-import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
-import { parseSamplingType, type RenderParamsInput } from "../../shared/job/render-params.js";
-import { samplingModeOf } from "../api/job-mapping.js";
-import type { SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import { FarmError } from "../../../shared/errors.js";
+import type { Tensor } from "../../../shared/tensor/tensor.js";
+import { decodeSafetensors } from "../../../shared/tensor/safetensors.js";
+import { parseSamplingType, type RenderParamsInput } from "../../../shared/job/render-params.js";
+import { samplingModeOf } from "../../api/job-mapping.js";
+import type { SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
 
 /** Keys a case may carry: the call's parameters, plus facts about the run that we do not need. */
 const PARAM_KEYS = [

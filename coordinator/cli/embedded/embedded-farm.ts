@@ -5,15 +5,15 @@
  * renders are the same code and the same frames.
  */
 import path from "node:path";
-import { MemoryBus } from "../../shared/bus/memory-bus.js";
-import { LocalObjectStore } from "../../shared/store/local-store.js";
-import { Dispatcher } from "../dispatch/dispatcher.js";
-import type { JobRecord } from "../dispatch/job-record.js";
-import { JobService } from "../api/job-service.js";
-import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
-import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
-import type { NodeModels } from "../../gpu-node/main.js";
-import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../shared/farm/protocol.js";
+import { MemoryBus } from "../../../shared/bus/memory-bus.js";
+import { LocalObjectStore } from "../../../shared/store/local-store.js";
+import { Dispatcher } from "../../dispatch/dispatcher.js";
+import type { JobRecord } from "../../dispatch/job-record.js";
+import { JobService } from "../../api/job-service.js";
+import { NodeLoop } from "../../../gpu-node/worker/node-loop.js";
+import { TensorCache } from "../../../gpu-node/worker/tensor-cache.js";
+import type { NodeModels } from "../../../gpu-node/main.js";
+import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
   bus: MemoryBus;
