@@ -15,7 +15,7 @@ import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { jobKeys, jobPrefix } from "../../shared/farm/keys.js";
 import { planJob } from "../planner/job-plan.js";
-import { PRIORITY_RANGE } from "../dispatch/dispatcher.js";
+import { checkPriority } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { tenantOf } from "../dispatch/job-views.js";
 import { renderParamsInputOf } from "./job-mapping.js";
@@ -52,7 +52,7 @@ export async function submitJob(deps: Submission, req: SubmitJobRequest, tenant:
   const { manifest } = deps;
   if (req.bundle !== "" && req.bundle !== deps.bundleName) throw new FarmError("NOT_FOUND", `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(deps.bundleName)}`);
   // Also checked by the dispatcher; here so a bad one is refused before any image is decoded or stored.
-  if (req.priority < PRIORITY_RANGE.min || req.priority > PRIORITY_RANGE.max) throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${req.priority}`);
+  checkPriority(req.priority);
   if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey)) throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
   const s = req.settings;
   if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");

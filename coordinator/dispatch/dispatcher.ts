@@ -47,6 +47,14 @@ export interface DispatcherOptions {
 
 export const PRIORITY_RANGE = { min: -1000, max: 1000 } as const;
 
+/** A job's priority: higher runs first. The one check, for submissions and changes alike. */
+export function checkPriority(priority: number): number {
+  if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
+    throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`);
+  }
+  return priority;
+}
+
 const active = (r: JobRecord): boolean => r.state === "QUEUED" || r.state === "RUNNING";
 
 /** The queue's dedup id for one attempt of a task: attempts and operator retries make it new. */
@@ -120,9 +128,7 @@ export class Dispatcher {
 
   async submit(spec: JobSpec, tasks: StageTask[], options: { priority?: number } = {}): Promise<void> {
     const priority = options.priority ?? 0;
-    if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
-      throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`);
-    }
+    checkPriority(priority);
     const now = new Date().toISOString();
     const record: JobRecord = {
       spec,
@@ -249,9 +255,7 @@ export class Dispatcher {
 
   /** Changes an unfinished job's priority; its held tasks move at once. Null if the job has ended. */
   async setPriority(jobId: string, priority: number): Promise<JobRecord | null> {
-    if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
-      throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`);
-    }
+    checkPriority(priority);
     const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? { ...rec, priority } : null));
     if (w === null) return null;
     this.mirror(w.record, w.revision);
