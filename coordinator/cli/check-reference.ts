@@ -12,16 +12,16 @@ import { readMp4Frames } from "../../shared/video/mp4.js";
 import { FarmError } from "../../shared/errors.js";
 import type { Tensor } from "../../shared/tensor/tensor.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
-import { openEmbedded, type Embedded } from "../embedded/open.js";
-import { startEmbeddedFarm } from "../embedded/embedded-farm.js";
-import { jobKeys } from "../planner/job-plan.js";
-import { pixelsFor, readImageFile } from "../embedded/inputs.js";
-import { renderJob } from "../embedded/render-job.js";
-import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "../parity/reference-case.js";
-import { compareRun, compareTensor, formatTable, type StageResult } from "../parity/compare.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
+import { startEmbeddedFarm } from "./embedded/embedded-farm.js";
+import { pixelsFor, readImageFile } from "./embedded/inputs.js";
+import { renderJob } from "../../gpu-node/stages/render-job.js";
+import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "./parity/reference-case.js";
+import { compareRun, compareTensor, formatTable, type StageResult } from "./parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
 import { fetchVideo } from "./submit.js";
 import { CLIENT_OPTIONS, connectJobService, fromGrpc, type ClientOptions } from "./client.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 export interface ReferenceCheck {
   name: string;
@@ -36,7 +36,7 @@ export interface ReferenceCheck {
  */
 export async function checkReferenceCase(caseFile: string, bundleDir: string, ep = "cpu"): Promise<ReferenceCheck> {
   const refCase = await loadReferenceCase(caseFile, { requireTensors: true });
-  const embedded = await openEmbedded(bundleDir, ep);
+  const embedded = await openNodeModels(bundleDir, ep);
   try {
     const manifest = embedded.runtime.bundle.manifest;
     const params = validateRenderParams(refCase.params, {
@@ -57,7 +57,7 @@ export async function checkReferenceCase(caseFile: string, bundleDir: string, ep
 }
 
 /** The case's frames as `render` makes them: the in-process farm, lossless MP4, decoded. */
-async function renderOnEmbeddedFarm(embedded: Embedded, refCase: ReferenceCase): Promise<Tensor<"uint8">> {
+async function renderOnEmbeddedFarm(embedded: NodeModels, refCase: ReferenceCase): Promise<Tensor<"uint8">> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-check-"));
   const farm = await startEmbeddedFarm(embedded, path.join(dir, "store"));
   try {

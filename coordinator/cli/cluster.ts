@@ -11,7 +11,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { FarmError } from "../../shared/errors.js";
-import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "../cluster/local-servers.js";
+import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "./local-servers.js";
 import { DEFAULT_HTTP_PORT, SECURITY_OPTIONS, parsePort, securityOptions, startCoordinator } from "./coordinator.js";
 import { untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
@@ -43,7 +43,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const children: ChildProcess[] = [];
   const stopAll = async (): Promise<void> => {
     for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
-    await Promise.all(children.map((c) => (c.exitCode !== null ? undefined : new Promise((r) => c.once("exit", r)))));
+    await Promise.all(children.filter((c) => c.exitCode === null).map((c) => new Promise((r) => c.once("exit", r))));
     for (const s of servers) await s.stop();
     if (ownData) await rm(data, { recursive: true, force: true });
   };

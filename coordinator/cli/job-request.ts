@@ -3,7 +3,9 @@
  * take the same flags, read images the same way, and are validated by the same JobService code.
  */
 import { FarmError } from "../../shared/errors.js";
-import { readImageBytes } from "../embedded/inputs.js";
+import { readImageBytes } from "./embedded/inputs.js";
+import { parseSamplingType, parseSeed } from "../../shared/job/render-params.js";
+import { samplingModeOf } from "../api/job-mapping.js";
 import { SamplingMode, type ImageInput, type RenderSettings, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 
 /** The video settings as command-line options. */
@@ -30,8 +32,6 @@ export const RENDER_OPTIONS = {
 
 export type RenderOptionValues = { [K in keyof typeof RENDER_OPTIONS]?: (typeof RENDER_OPTIONS)[K]["type"] extends "boolean" ? boolean : string };
 
-const MODES: Record<string, SamplingMode> = { inverted: SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, vanilla: SamplingMode.SAMPLING_MODE_VANILLA };
-
 /** A number option as given; the JobService checks ranges and says which option is off. */
 const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
 
@@ -40,9 +40,8 @@ async function imageInput(file: string | undefined, what: string): Promise<Image
 }
 
 export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
-  const mode = values.mode === undefined ? SamplingMode.SAMPLING_MODE_UNSPECIFIED : MODES[values.mode];
-  if (mode === undefined) throw new FarmError("INVALID_ARGUMENT", `mode must be inverted or vanilla, got ${JSON.stringify(values.mode)}`);
-  if (values.seed !== undefined && !/^\d{1,20}$/.test(values.seed)) throw new FarmError("INVALID_ARGUMENT", `seed must be a non-negative integer, got ${JSON.stringify(values.seed)}`);
+  // Checked here only as far as the request needs (the JobService checks every value again, with the same code).
+  const mode = values.mode === undefined ? SamplingMode.SAMPLING_MODE_UNSPECIFIED : samplingModeOf(parseSamplingType(values.mode, "inverted_anti_drifting"));
   return {
     prompt: values.prompt ?? "",
     ...(values["negative-prompt"] !== undefined ? { negativePrompt: values["negative-prompt"] } : {}),
@@ -51,7 +50,7 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     steps: num(values.steps),
     guidanceScale: num(values.guidance),
     trueCfgScale: num(values.cfg),
-    seed: values.seed === undefined ? undefined : BigInt(values.seed),
+    seed: values.seed === undefined ? undefined : parseSeed(values.seed),
     latentWindowSize: num(values.window),
     resolution: num(values.resolution),
     height: num(values.height),

@@ -8,14 +8,14 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
-import { openEmbedded } from "../embedded/open.js";
-import { startEmbeddedFarm, type EmbeddedFarm } from "../embedded/embedded-farm.js";
-import { jobKeys } from "../planner/job-plan.js";
+import { openNodeModels } from "../../gpu-node/main.js";
+import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
 import type { JobRecord } from "../dispatch/job-record.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 const HELP = `framefarm render — render one video in this process
 
@@ -69,7 +69,7 @@ export async function renderCommand(args: string[]): Promise<number> {
   const outStat = await stat(output).catch(() => null);
   if (outStat?.isDirectory() === true) throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
-  const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
   let farm: EmbeddedFarm | undefined;
   try {

@@ -7,11 +7,11 @@
 import type { Bus, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { Logger } from "../../shared/log/logger.js";
-import { JOBS_BUCKET, STAGE_KINDS, type JobEvent, type StepEvent } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
-import { jobKeys, type StageKind } from "../planner/job-plan.js";
-import { latestPreview, progressOf } from "../api/job-service.js";
-import { NODES_BUCKET, NodeState, decodeNode, isGone, msOf, readNodes, stageFromPb, type NodeRecord } from "../../shared/nodes/node-registry.js";
+import { latestPreview, progressOf } from "../dispatch/job-views.js";
+import { NODES_BUCKET, NodeState, decodeNode, isGone, msOf, readNodes, type NodeRecord } from "../../shared/nodes/node-registry.js";
+import { ALL_JOB_EVENTS, ALL_NODE_EVENTS, JOBS_BUCKET, STAGE_KINDS, isStepEvent, jobEvents, stageFromPb, type StepEvent, type StageKind } from "../../shared/farm/protocol.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
 
@@ -113,7 +113,6 @@ export interface FarmViewOptions {
 
 const URL_EXPIRY_S = 3600;
 const FORGET_NODES_AFTER_MS = 3_600_000;
-const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
 const num = (b: bigint): number => Number(b);
 
 function decodeNodeSafely(data: Uint8Array): NodeRecord | null {
@@ -186,12 +185,12 @@ export class FarmView {
   static async start(bus: Bus, store: ObjectStore, options: FarmViewOptions): Promise<FarmView> {
     const v = new FarmView(bus, store, await bus.kv(JOBS_BUCKET), await bus.kv(NODES_BUCKET), options);
     v.offs.push(
-      bus.events.subscribe("ff.events.job.*", (_s, data) => {
-        const e = dec<Partial<StepEvent> & Partial<JobEvent>>(data);
-        if (typeof e.step === "number" && e.jobId !== undefined) v.liveSteps.set(e.jobId, e as StepEvent);
+      bus.events.subscribe(ALL_JOB_EVENTS, (_s, data) => {
+        const e = jobEvents.decode(data);
+        if (isStepEvent(e)) v.liveSteps.set(e.jobId, e);
         v.refreshSoon();
       }),
-      bus.events.subscribe("ff.events.node.*", (_s, data) => {
+      bus.events.subscribe(ALL_NODE_EVENTS, (_s, data) => {
         const r = decodeNodeSafely(data);
         if (r !== null) v.announced.set(r.nodeId, r);
         v.refreshSoon();

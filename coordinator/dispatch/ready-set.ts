@@ -1,10 +1,10 @@
+import type { StageKind } from "../../shared/farm/protocol.js";
 /**
  * The runnable tasks the dispatcher holds back from the stage queues, and the order they are
  * released in: higher job priority first, then the older job, then the task's place in its job's
  * plan. Holding them here (instead of queueing everything at once) is what lets a high-priority
  * job submitted later overtake a long backlog: a stage queue only ever holds a task or two.
  */
-import type { StageKind } from "../planner/job-plan.js";
 
 export interface ReadyTask {
   jobId: string;

@@ -9,21 +9,8 @@ import type { SectionPlan } from "../../shared/framepack/plan.js";
 import { drawsForRandn } from "../../shared/sampler/torch-rng.js";
 import { validateObjectKey } from "../../shared/store/object-store.js";
 import { FarmError } from "../../shared/errors.js";
-
-export type StageKind = "encode_text" | "encode_image" | "vae_encode" | "denoise" | "decode" | "mux";
-
-export interface StageTask {
-  /** Unique within the farm: `<jobId>.<kind>` or `<jobId>.<kind>.<section>`. */
-  id: string;
-  jobId: string;
-  kind: StageKind;
-  section?: number;
-  dependsOn: string[];
-  inputs: Record<string, string>;
-  outputs: Record<string, string>;
-  /** Generator seed and the number of 32-bit draws to skip before this task's first draw. */
-  rng?: { seed: string; offset: number };
-}
+import type { StageKind, StageTask } from "../../shared/farm/protocol.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 export interface JobPlanInput {
   jobId: string;
@@ -36,33 +23,6 @@ export interface JobPlanInput {
 }
 
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
-
-/** Every object a job writes lives under this prefix. */
-export const jobPrefix = (jobId: string): string => `jobs/${jobId}/`;
-
-/**
- * What a job writes only for its own later tasks (embeddings, histories, decoded sections): removed
- * once it has succeeded. Inputs, previews and the video stay. At real sizes a section's decoded
- * frames alone are hundreds of MB.
- */
-export const intermediatePrefixes = (jobId: string): string[] => ["text/", "image/", "sections/"].map((p) => `${jobPrefix(jobId)}${p}`);
-
-export function jobKeys(jobId: string) {
-  const p = jobPrefix(jobId);
-  return {
-    firstImage: `${p}inputs/first-image`,
-    lastImage: `${p}inputs/last-image`,
-    promptEmbeds: `${p}text/prompt.safetensors`,
-    negativeEmbeds: `${p}text/negative.safetensors`,
-    imageEmbeds: `${p}image/embeds.safetensors`,
-    imageLatents: `${p}image/latents.safetensors`,
-    history: (k: number) => `${p}sections/${k}/history.safetensors`,
-    sectionVideo: (k: number) => `${p}sections/${k}/video.safetensors`,
-    /** A section's decoded frames as a small MP4, for watching a job while it renders. */
-    sectionPreview: (k: number) => `${p}previews/section-${k}.mp4`,
-    video: `${p}output/video.mp4`,
-  };
-}
 
 export function planJob(input: JobPlanInput): StageTask[] {
   const { jobId, sections: plan, latent } = input;

@@ -8,13 +8,26 @@
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import { FarmError } from "../../shared/errors.js";
-import type { StageKind } from "../../coordinator/planner/job-plan.js";
-import { JOBS_BUCKET, RESULTS_QUEUE, jobEventSubject, type StepEvent, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
-import { readJob } from "../../coordinator/dispatch/job-record.js";
-import { NodeState, stageToPb, timestampOf } from "../../shared/nodes/node-registry.js";
+import {
+  JOBS_BUCKET,
+  RESULTS_QUEUE,
+  isStepEvent,
+  jobEventSubject,
+  jobEvents,
+  readJobState,
+  stageConsumerName,
+  stageToPb,
+  taskMessages,
+  taskResults,
+  type JobState,
+  type StageKind,
+  type TaskResult,
+} from "../../shared/farm/protocol.js";
+import { NodeState, timestampOf } from "../../shared/nodes/node-registry.js";
 import { silentLogger, type Logger } from "../../shared/log/logger.js";
 import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
-import { runStageTask, type WorkerContext } from "./stage-worker.js";
+import { runStageTask } from "../handlers/index.js";
+import type { WorkerContext } from "../handlers/task-io.js";
 import { NodePresence } from "./node-presence.js";
 
 export interface NodeOptions {
@@ -44,11 +57,6 @@ export interface NodeOptions {
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
 
-const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
-const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
-
-/** The durable consumer nodes of one stage share (KEDA's autoscaler names it too: deploy/k8s). */
-export const stageConsumerName = (stage: string): string => `stage-${stage}`;
 
 export class NodeLoop {
   private consumers: Consumer[] = [];
@@ -122,41 +130,49 @@ export class NodeLoop {
     const { bus, ctx, options } = this;
     const ackWaitMs = options.ackWaitMs ?? 30_000;
     return bus.queues.consume(stage, { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
-      const msg = dec<TaskMessage>(m.data);
+      const msg = taskMessages.decode(m.data);
       if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {
         m.nak(200); // this node failed it before: let another node take it
         return;
       }
+      const { task, spec } = msg;
       const startedAt = new Date().toISOString();
       const modelBefore = ctx.runtime.clock.ms;
       const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">): Promise<void> => {
         const finishedAt = new Date().toISOString();
         const modelMs = ctx.runtime.clock.ms - modelBefore;
-        await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, modelMs, ...result } satisfies TaskResult));
+        await bus.queues.enqueue(RESULTS_QUEUE, taskResults.encode({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, modelMs, ...result }));
       };
-      const job = await readJob(kv, msg.jobId);
-      const task = job?.record.tasks.find((t) => t.id === msg.taskId);
       const log = this.log.child({ jobId: msg.jobId, taskId: msg.taskId, stage, ...(task?.section !== undefined ? { section: task.section } : {}), attempt: m.attempt });
-      if (job === null || task === undefined || job.record.state === "CANCELLED" || job.record.state === "FAILED") {
-        log.info({ jobState: job?.record.state ?? "missing" }, "task dropped: its job is over");
+      // Cancellation is heard on the job's subject: listen first, then check that the job has not ended already.
+      const abort = new AbortController();
+      const stopListening = bus.events.subscribe(jobEventSubject(msg.jobId), (_subject, data) => {
+        const e = jobEvents.decode(data);
+        if (!isStepEvent(e) && e.state === "CANCELLED") abort.abort();
+      });
+      let jobState: JobState | null;
+      try {
+        jobState = await readJobState(kv, msg.jobId);
+      } catch (err) {
+        stopListening();
+        throw err;
+      }
+      if (task === undefined || spec === undefined || jobState === null || jobState === "CANCELLED" || jobState === "FAILED" || abort.signal.aborted) {
+        stopListening();
+        log.info({ jobState: jobState ?? "missing" }, "task dropped: its job is over");
         m.term(); // the job is gone or over: nothing to do
         return;
       }
-      // Keep the lease while working, at a third of the ack wait; stop if the job is cancelled.
-      const abort = new AbortController();
-      const keepAlive = setInterval(() => {
-        m.working();
-        void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
-      }, Math.max(50, ackWaitMs / 3));
+      // Keep the lease while working, at a third of the ack wait.
+      const keepAlive = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
       this.inHand.set(task.id, { jobId: msg.jobId, taskId: task.id, stage: stageToPb(stage), ...(task.section !== undefined ? { section: task.section } : {}), startedAt: timestampOf(Date.parse(startedAt)) });
       this.presence?.announce();
       log.info("task started");
       try {
         if (options.failStages?.includes(task.kind) === true) throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
-        await runStageTask(ctx, task, job.record.spec, {
+        await runStageTask(ctx, task, spec, {
           signal: abort.signal,
-          onStep: (step, steps) =>
-            bus.events.publish(jobEventSubject(msg.jobId), enc({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps } satisfies StepEvent)),
+          onStep: (step, steps) => bus.events.publish(jobEventSubject(msg.jobId), jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps })),
         });
         await report({ ok: true });
         this.failuresInARow = 0;
@@ -176,6 +192,7 @@ export class NodeLoop {
         this.countFailure((err as Error).message);
       } finally {
         clearInterval(keepAlive);
+        stopListening();
         this.inHand.delete(task.id);
         this.presence?.announce();
       }

@@ -5,7 +5,8 @@
  */
 import os from "node:os";
 import type { Bus, KeyValue } from "../../shared/bus/bus.js";
-import { DRAIN_BUCKET, NODES_BUCKET, NodeState, encodeNode, nodeEventSubject, putLatest, timestampOf, type NodeRecord } from "../../shared/nodes/node-registry.js";
+import { DRAIN_BUCKET, NODES_BUCKET, NodeState, encodeNode, putLatest, timestampOf, type NodeRecord } from "../../shared/nodes/node-registry.js";
+import { nodeEventSubject } from "../../shared/farm/protocol.js";
 import type { CurrentTask, NodeCapabilities } from "../../proto/gen/framefarm/v1/node.js";
 
 export interface NodeIdentity {

@@ -6,6 +6,7 @@
  */
 import { FarmError } from "../errors.js";
 import type { SamplingType } from "../bundle/manifest.js";
+import { checkLatentWindowSize } from "../job/render-params.js";
 
 export interface PlanInput {
   samplingType: SamplingType;
@@ -133,7 +134,7 @@ export function planSections(input: PlanInput): SectionPlan {
     throw new FarmError("INVALID_ARGUMENT", `sampling_type must be "inverted_anti_drifting" or "vanilla", got ${JSON.stringify(samplingType)}`);
   }
   const numFrames = requireInt("num_frames", input.numFrames, 1, MAX_FRAMES);
-  const w = requireInt("latent_window_size", input.latentWindowSize, 1, 1024);
+  const w = checkLatentWindowSize(input.latentWindowSize);
   const tc = requireInt("temporal_compression", input.temporalCompression ?? 4, 1, 64);
   if (typeof input.hasEndImage !== "boolean") throw new FarmError("INVALID_ARGUMENT", "has_end_image must be a boolean");
   const hs = input.historySizes ?? DEFAULT_HISTORY_SIZES[samplingType];

@@ -101,7 +101,8 @@ export function checkText(name: string, v: unknown, allowEmpty: boolean): string
   return v;
 }
 
-function parseSeed(v: unknown): bigint {
+/** The seed: torch.Generator seeds are unsigned 64-bit; absent, FramePack demo's 31337. */
+export function parseSeed(v: unknown): bigint {
   if (v === undefined || v === null) return 31337n; // FramePack demo's default seed
   let s: bigint;
   try {
@@ -116,7 +117,11 @@ function parseSeed(v: unknown): bigint {
   return s;
 }
 
-function parseSamplingType(v: unknown, fallback: SamplingType): SamplingType {
+/** The latent window size (`--window`, latent_window_size): latent frames one section denoises. */
+export const checkLatentWindowSize = (v: unknown): number => intIn("window", v, 1, LIMITS.maxLatentWindow);
+
+/** The sampling mode by any of its names (inverted, inverted_anti_drifting, vanilla, f1). */
+export function parseSamplingType(v: unknown, fallback: SamplingType): SamplingType {
   if (v === undefined || v === null) return fallback;
   const aliases: Record<string, SamplingType> = { inverted: "inverted_anti_drifting", inverted_anti_drifting: "inverted_anti_drifting", vanilla: "vanilla", f1: "vanilla" };
   const t = typeof v === "string" ? aliases[v.toLowerCase()] : undefined;
@@ -170,7 +175,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     guidanceScale: numIn("guidance", input.guidanceScale ?? 10, 0, LIMITS.maxGuidance),
     trueCfgScale: numIn("cfg", input.trueCfgScale ?? 1, 0, LIMITS.maxTrueCfg),
     seed: parseSeed(input.seed),
-    latentWindowSize: intIn("window", input.latentWindowSize ?? defaults.latentWindowSize, 1, LIMITS.maxLatentWindow),
+    latentWindowSize: checkLatentWindowSize(input.latentWindowSize ?? defaults.latentWindowSize),
     size,
     fps,
     crf: intIn("crf", input.crf ?? 16, 0, 51),

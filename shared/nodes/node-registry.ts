@@ -9,12 +9,10 @@ import type { KeyValue } from "../bus/bus.js";
 import { FarmError } from "../errors.js";
 import { DrainRequest, NodeRecord, NodeState, StageKind as PbStageKind } from "../../proto/gen/framefarm/v1/node.js";
 import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
-import type { StageKind } from "../../coordinator/planner/job-plan.js";
 
 export { NodeRecord, NodeState, PbStageKind as StageKindPb };
 export const NODES_BUCKET = "nodes";
 export const DRAIN_BUCKET = "node-drain";
-export const nodeEventSubject = (nodeId: string): string => `ff.events.node.${nodeId}`;
 /** Heartbeats missed before a node counts as gone. */
 export const MISSED_HEARTBEATS = 3;
 
@@ -22,20 +20,6 @@ const NODE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 export function validateNodeId(id: string): string {
   if (!NODE_ID.test(id)) throw new FarmError("INVALID_ARGUMENT", `node id ${JSON.stringify(id)} must be 1-64 of [A-Za-z0-9_-]`);
   return id;
-}
-
-const STAGE_TO_PB: Record<StageKind, PbStageKind> = {
-  encode_text: PbStageKind.STAGE_KIND_ENCODE_TEXT,
-  encode_image: PbStageKind.STAGE_KIND_ENCODE_IMAGE,
-  vae_encode: PbStageKind.STAGE_KIND_VAE_ENCODE,
-  denoise: PbStageKind.STAGE_KIND_DENOISE,
-  decode: PbStageKind.STAGE_KIND_DECODE,
-  mux: PbStageKind.STAGE_KIND_MUX,
-};
-export const stageToPb = (s: StageKind): PbStageKind => STAGE_TO_PB[s];
-export function stageFromPb(s: PbStageKind): StageKind | null {
-  const hit = Object.entries(STAGE_TO_PB).find(([, v]) => v === s);
-  return hit === undefined ? null : (hit[0] as StageKind);
 }
 
 export function timestampOf(ms: number): Timestamp {

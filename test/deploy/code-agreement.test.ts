@@ -15,14 +15,14 @@ import pino from "pino";
 import { DEFAULT_API_PORT, DEFAULT_HTTP_PORT, parsePort, securityOptions } from "../../coordinator/cli/coordinator.js";
 import { TENANT_PATTERN } from "../../coordinator/auth/tokens.js";
 import { JOB_SERVICE_NAME } from "../../coordinator/api/server.js";
-import { STAGE_GROUPS, parseStages } from "../../coordinator/cli/node.js";
+import { STAGE_GROUPS, parseStages } from "../../gpu-node/main.js";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
 import { defaultBundleDir, packageRoot } from "../../coordinator/cli/defaults.js";
 import { EXECUTION_PROVIDERS } from "../../gpu-node/runtime/execution-provider.js";
 import { CUDA_PROVIDER_LIBRARY, CUDA_PROVIDER_PACKAGE } from "../../gpu-node/runtime/cuda-provider.js";
 import { streamOf } from "../../shared/bus/nats-bus.js";
-import { stageConsumerName } from "../../gpu-node/worker/node-loop.js";
 import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
+import { stageConsumerName } from "../../shared/farm/protocol.js";
 
 const NAMESPACE = "framefarm";
 const stages = dockerStages();

@@ -12,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { LOOPBACK, freePort } from "../../coordinator/cluster/local-servers.js";
+import { LOOPBACK, freePort } from "../../coordinator/cli/local-servers.js";
 import { NatsBus, streamOf } from "../../shared/bus/nats-bus.js";
 import type { Consumer } from "../../shared/bus/bus.js";
 import { render } from "./support/render.js";

@@ -14,10 +14,12 @@ import { promisify } from "node:util";
 import os from "node:os";
 import path from "node:path";
 import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { jobEventSubject, type StepEvent, type TaskMessage } from "../../coordinator/dispatch/dispatcher.js";
 import { storedVideoFrames } from "../support/video.js";
 import { repoRoot } from "../support/paths.js";
 import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
+import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, taskMessages } from "../../shared/farm/protocol.js";
+import { taskMessage } from "../../coordinator/dispatch/dispatcher.js";
+import { readJob } from "../../coordinator/dispatch/job-record.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
@@ -57,8 +59,8 @@ function atStep(farm: FarmProcesses, jobId: string, section: number, step: numbe
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => (off(), reject(new Error(`no step ${section}/${step} of ${jobId} within ${timeoutMs} ms`))), timeoutMs);
     const off = farm.bus.events.subscribe(jobEventSubject(jobId), (_s, data) => {
-      const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
-      if (typeof e.step === "number" && (e.section ?? 0) >= section && e.step >= step) {
+      const e = jobEvents.decode(data);
+      if (isStepEvent(e) && e.section >= section && e.step >= step) {
         clearTimeout(timer);
         off();
         resolve();
@@ -135,7 +137,8 @@ const scenarios: { fault: string; runs: number; scenario: Scenario; needs?: "tmp
       const job = await farm.submit(await jobRequest());
       await atStep(farm, job.id, 1, 3);
       const taskId = `${job.id}.denoise.1`;
-      await farm.bus.queues.enqueue("denoise", new TextEncoder().encode(JSON.stringify({ jobId: job.id, taskId } satisfies TaskMessage)));
+      const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record;
+      await farm.bus.queues.enqueue("denoise", taskMessages.encode(taskMessage(record, taskId)));
       const outcome = await expectComplete(farm, job.id, baseline, dir);
       return outcome;
     },
@@ -148,7 +151,7 @@ const scenarios: { fault: string; runs: number; scenario: Scenario; needs?: "tmp
       await atStep(farm, job.id, 1, 3);
       let lastStepAt = 0;
       const off = farm.bus.events.subscribe(jobEventSubject(job.id), (_s, data) => {
-        if (typeof (JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>).step === "number") lastStepAt = Date.now();
+        if (isStepEvent(jobEvents.decode(data))) lastStepAt = Date.now();
       });
       const cancelledAt = Date.now();
       const res = await farm.cancel(job.id);

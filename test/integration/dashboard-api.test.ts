@@ -9,9 +9,9 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
-import { planJob, jobKeys } from "../../coordinator/planner/job-plan.js";
+import { planJob } from "../../coordinator/planner/job-plan.js";
 import { startDashboard, type Dashboard } from "../../coordinator/dashboard/dashboard.js";
 import type { FarmSnapshot } from "../../coordinator/dashboard/farm-view.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
@@ -24,11 +24,12 @@ import { silentLogger } from "../../shared/log/logger.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 import { until } from "../support/wait.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 const OPS_TOKEN = "ops-token-0123456789abcdef";
 const ACME_TOKEN = "acme-token-0123456789abcdef";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 let dispatcher: Dispatcher;
 let dashboard: Dashboard;
@@ -41,7 +42,7 @@ let store: LocalObjectStore;
 let submitJob: (id: string, withImage: boolean) => Promise<void>;
 
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-dashboard-"));
   bus = new MemoryBus();
   store = new LocalObjectStore(tmp);

@@ -11,7 +11,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { JobServiceClient, JobState, type SubmitJobRequest, type SubmitJobResponse, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { JobService } from "../../coordinator/api/job-service.js";
 import { startApiServer, type ApiServer } from "../../coordinator/api/server.js";
@@ -20,7 +20,7 @@ import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 let server: ApiServer;
 let client: JobServiceClient;
@@ -31,7 +31,7 @@ let store: LocalObjectStore;
 const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
 
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-api-"));
   bus = new MemoryBus();
   store = new LocalObjectStore(tmp);

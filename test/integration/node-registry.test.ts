@@ -9,9 +9,9 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
-import { planJob, jobKeys } from "../../coordinator/planner/job-plan.js";
+import { planJob } from "../../coordinator/planner/job-plan.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
@@ -24,12 +24,13 @@ import { FarmError } from "../../shared/errors.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 import { sleep, until } from "../support/wait.js";
 import { forEachBus } from "../support/buses.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-registry-"));
 });
 after(async () => {

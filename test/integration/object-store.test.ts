@@ -10,7 +10,7 @@ import path from "node:path";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { validateObjectKey, type ObjectStore } from "../../shared/store/object-store.js";
-import { startS3Server, S3_ACCESS_KEY, S3_SECRET_KEY, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { startS3Server, S3_ACCESS_KEY, S3_SECRET_KEY, type LocalServer } from "../../coordinator/cli/local-servers.js";
 import { FarmError } from "../../shared/errors.js";
 
 function contract(name: string, open: () => Promise<ObjectStore>, close: () => Promise<void>): void {

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { JobService } from "../../coordinator/api/job-service.js";
 import type { JobRecord } from "../../coordinator/dispatch/job-record.js";
@@ -19,7 +19,7 @@ import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import type { SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
 const request = (seed: bigint): SubmitJobRequest => ({
@@ -31,7 +31,7 @@ const request = (seed: bigint): SubmitJobRequest => ({
 });
 
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-quarantine-"));
 });
 after(async () => {

@@ -9,8 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { Dispatcher, RESULTS_QUEUE, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
-import type { StageTask } from "../../coordinator/planner/job-plan.js";
+import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import type { Bus, Consumer } from "../../shared/bus/bus.js";
@@ -18,6 +17,7 @@ import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { FarmError } from "../../shared/errors.js";
 import { sleep, until } from "../support/wait.js";
 import { forEachBus } from "../support/buses.js";
+import { RESULTS_QUEUE, type TaskMessage, type TaskResult, type StageTask } from "../../shared/farm/protocol.js";
 
 const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;

@@ -15,7 +15,7 @@ import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js"
 import { JobServiceClient, JobState, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
-import { startNatsServer, startS3Server } from "../../coordinator/cluster/local-servers.js";
+import { startNatsServer, startS3Server } from "../../coordinator/cli/local-servers.js";
 import { cliPath, repoRoot } from "../support/paths.js";
 
 const run = promisify(execFile);

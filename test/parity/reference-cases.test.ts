@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import path from "node:path";
 import { checkReferenceCase } from "../../coordinator/cli/check-reference.js";
-import { formatTable } from "../../coordinator/parity/compare.js";
+import { formatTable } from "../../coordinator/cli/parity/compare.js";
 import { referenceDir } from "../support/reference.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 

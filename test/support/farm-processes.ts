@@ -10,7 +10,7 @@ import { promisify } from "node:util";
 import path from "node:path";
 import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { JobServiceClient, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { freePort, LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { freePort, LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cli/local-servers.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { cliPath, tinyBundleDir } from "./paths.js";

@@ -6,18 +6,20 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cli/local-servers.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
-import { Dispatcher, JOBS_BUCKET } from "../../coordinator/dispatch/dispatcher.js";
-import { JobService, IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-service.js";
+import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
+import { JobService } from "../../coordinator/api/job-service.js";
+import { IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-submission.js";
 import { startApiServer, type ApiServer, type ApiServerOptions } from "../../coordinator/api/server.js";
 import type { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { tinyBundleDir } from "./paths.js";
+import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 
 export interface TestFarm {
   address: string;
@@ -40,10 +42,10 @@ export async function startTestFarm(options: { auth?: TokenAuth; tls?: ApiServer
   const store = await S3ObjectStore.open({ endpoint: s3.host, port: s3.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: "framefarm" });
   const dispatcher = await Dispatcher.start(bus, store);
   const bundle = await openBundle(tinyBundleDir());
-  let embedded: Embedded | undefined;
+  let embedded: NodeModels | undefined;
   const nodes: NodeLoop[] = [];
   if (options.nodes === true) {
-    embedded = await openEmbedded(tinyBundleDir(), "cpu");
+    embedded = await openNodeModels(tinyBundleDir(), "cpu");
     const ctx = { ...embedded, store };
     nodes.push(await NodeLoop.start(bus, ctx, { nodeId: "a", stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"] }));
     nodes.push(await NodeLoop.start(bus, ctx, { nodeId: "b", stages: ["denoise"] }));

@@ -1,12 +1,13 @@
 /** The job DAG: order, overlap of decode with the next denoise, keys, and generator positions. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { planJob, readyTasks, jobPrefix } from "../../coordinator/planner/job-plan.js";
+import { planJob, readyTasks } from "../../coordinator/planner/job-plan.js";
 import { planSections } from "../../shared/framepack/plan.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { toFloat64 } from "../../shared/tensor/convert.js";
 import { REFERENCE_CASES, loadCaseTensors, refTensor } from "../support/reference.js";
 import type { SamplingType } from "../../shared/bundle/manifest.js";
+import { jobPrefix } from "../../shared/farm/keys.js";
 
 const HISTORY: Record<SamplingType, [number, number, number]> = { inverted_anti_drifting: [1, 2, 16], vanilla: [16, 2, 1] };
 

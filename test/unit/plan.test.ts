@@ -82,8 +82,8 @@ test("bad inputs are INVALID_ARGUMENT naming the parameter", () => {
     assert.throws(() => planSections(input), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && e.message.includes(word), word);
   bad({ ...base, numFrames: 0 }, "num_frames");
   bad({ ...base, numFrames: 2.5 }, "num_frames");
-  bad({ ...base, latentWindowSize: 0 }, "latent_window_size");
-  bad({ ...base, latentWindowSize: Number.NaN }, "latent_window_size");
+  bad({ ...base, latentWindowSize: 0 }, "window");
+  bad({ ...base, latentWindowSize: Number.NaN }, "window");
   bad({ ...base, samplingType: "sideways" as PlanInput["samplingType"] }, "sampling_type");
   bad({ ...base, hasEndImage: true }, "end image");
   bad({ ...base, historySizes: [16, 0, 1] }, "history_sizes[1]");

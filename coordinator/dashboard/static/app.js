@@ -159,7 +159,7 @@ function jobCard(j) {
     c.retry.addEventListener("click", () => act(c.retry, `${jobPath}/retry`, {}, `job ${j.id.slice(0, 8)} retried`));
     c.setPriority.addEventListener("click", () => {
       const p = Number(c.priority.value);
-      act(c.setPriority, `${jobPath}/priority`, { priority: p }, `job ${j.id.slice(0, 8)} priority ${p}`).then(() => (c.priorityDirty = false));
+      void act(c.setPriority, `${jobPath}/priority`, { priority: p }, `job ${j.id.slice(0, 8)} priority ${p}`).then(() => (c.priorityDirty = false));
     });
     c.priority.addEventListener("input", () => (c.priorityDirty = true));
     c.root = el(

@@ -18,9 +18,9 @@ import { parseArgs } from "node:util";
 import { credentials } from "@grpc/grpc-js";
 import { JobServiceClient, SamplingMode, type Job, type SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
 import { NatsBus } from "../../../shared/bus/nats-bus.js";
-import { JOBS_BUCKET } from "../../../coordinator/dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../../../coordinator/dispatch/job-record.js";
 import { cliPath, repoRoot } from "../../support/paths.js";
+import { JOBS_BUCKET } from "../../../shared/farm/protocol.js";
 
 const { values } = parseArgs({ options: { jobs: { type: "string" }, sections: { type: "string" }, steps: { type: "string" }, "vae-nice": { type: "string" } } });
 /**

@@ -11,10 +11,10 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { JobState, type Job, type SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
-import { JOBS_BUCKET, STAGE_KINDS } from "../../../coordinator/dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../../../coordinator/dispatch/job-record.js";
 import { FarmProcesses } from "../../support/farm-processes.js";
 import { repoRoot } from "../../support/paths.js";
+import { JOBS_BUCKET, STAGE_KINDS } from "../../../shared/farm/protocol.js";
 
 const { values } = parseArgs({ options: { jobs: { type: "string" }, concurrency: { type: "string" } } });
 const JOBS = Number(values.jobs ?? 200);

@@ -16,10 +16,10 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import type { SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
-import { JOBS_BUCKET } from "../../../coordinator/dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../../../coordinator/dispatch/job-record.js";
 import { FarmProcesses } from "../../support/farm-processes.js";
 import { repoRoot } from "../../support/paths.js";
+import { JOBS_BUCKET } from "../../../shared/farm/protocol.js";
 
 const { values } = parseArgs({
   options: { nodes: { type: "string" }, jobs: { type: "string" }, sections: { type: "string" }, steps: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, "gpu-env": { type: "string" }, resolution: { type: "string" } },

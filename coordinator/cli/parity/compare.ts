@@ -3,8 +3,8 @@
  * contract: ids exact; noise max |d| <= 1e-6; embeddings, latents and decodes relative L2 <= 1e-3;
  * final frames max |d| <= 2 and mean |d| <= 0.05.
  */
-import type { Tensor } from "../../shared/tensor/tensor.js";
-import { toFloat64 } from "../../shared/tensor/convert.js";
+import type { Tensor } from "../../../shared/tensor/tensor.js";
+import { toFloat64 } from "../../../shared/tensor/convert.js";
 
 export type Rule = "exact" | "noise" | "relL2" | "frames";
 

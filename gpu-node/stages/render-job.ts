@@ -1,23 +1,19 @@
 /**
- * One render, end to end, in this process: the FramePack section loop of diffusers'
- * HunyuanVideoFramepackPipeline expressed as calls to the gpu-node stages. The probe hook sees
- * every intermediate under the reference's key names; check-reference compares them, and normal
- * renders pass no probe.
+ * One render, end to end, in this process, in diffusers' HunyuanVideoFramepackPipeline's order:
+ * the encoders, then the section step (section-step.ts, the one the farm's handlers run) section
+ * after section. The probe hook sees every intermediate under the reference's key names;
+ * check-reference compares them (embedded `render` goes through the farm in one process instead).
  */
-import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import type { Tensor, F32 } from "../../shared/tensor/tensor.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
-import { flowMatchSchedule, imageSeqLen } from "../../shared/sampler/flow-match.js";
-import { initialHistory, sectionInputs, appendSection } from "../../shared/framepack/history.js";
-import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
-import { trimFrameCount } from "../../shared/framepack/frames.js";
+import { initialHistory } from "../../shared/framepack/history.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
-import { encodeText, type PromptEmbeddings } from "../../gpu-node/stages/encode-text.js";
-import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "../../gpu-node/stages/encode-image.js";
-import { denoiseSection } from "../../gpu-node/stages/denoise-section.js";
-import { decodeVideo, toVaeLatents } from "../../gpu-node/stages/decode-latents.js";
-import type { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
-import type { TextTokenizers } from "../../gpu-node/text/tokenizers.js";
+import { encodeText, type PromptEmbeddings } from "./encode-text.js";
+import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "./encode-image.js";
+import { SectionVideo, decodeSection, runSectionStep } from "./section-step.js";
+import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { TextTokenizers } from "../text/tokenizers.js";
 
 export interface RenderInputs {
   params: RenderParams;
@@ -92,61 +88,29 @@ export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observ
     probe("last_image_latents", lastImageLatents);
   }
 
-  const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
   const plan = sectionPlanFor(params, manifest);
   observer.onPlan?.(plan.sections.length, params.steps);
 
   let history = initialHistory(plan, imageLatents);
-  const video = new VideoAccumulator(params.samplingType, plan.overlapFrames);
-  let decodedFrames = 0;
-  let decodeIndex = 0;
+  const video = new SectionVideo(plan, params.samplingType, manifest.vae.temporal_compression_ratio);
   for (const section of plan.sections) {
     const k = section.index;
     observer.signal?.throwIfAborted();
-    const context = sectionInputs(plan, section, history, imageLatents, lastImageLatents);
-    const noise = generator.randn([1, channels, params.latentWindowSize, h, w]);
-    probe(`section${k}.noise`, noise);
-    const patch = manifest.transformer.patch_size;
-    const schedule = flowMatchSchedule(manifest.scheduler, params.steps, imageSeqLen(params.latentWindowSize, h, w, patch));
-    probe(`section${k}.sigmas`, new Tensor("float32", [schedule.sigmas.length], schedule.sigmas));
-    probe(`section${k}.timesteps`, new Tensor("float32", [schedule.timesteps.length], schedule.timesteps));
-
-    const latents = await denoiseSection(
+    const step = await runSectionStep(
       runtime,
-      {
-        noise,
-        prompt,
-        ...(negative !== undefined ? { negative } : {}),
-        trueCfgScale: params.trueCfgScale,
-        imageEmbeds,
-        context,
-        guidanceScale: params.guidanceScale,
-        schedule,
-      },
+      { plan, section, history, imageLatents, lastImageLatents, generator, prompt, ...(negative !== undefined ? { negative } : {}), imageEmbeds, params },
       {
         onStep: (step, steps) => observer.onStep?.(k, step, steps),
-        onFirstStep: (feeds, out) => {
-          for (const [name, t] of Object.entries(feeds)) probe(`section${k}.transformer_in.${name}`, t);
-          probe(`section${k}.step0.transformer_out`, out);
-        },
+        probe,
         ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
       },
     );
-    probe(`section${k}.latents`, latents);
-
-    const appended = appendSection(plan, section, history, latents, imageLatents);
-    history = appended.history;
+    history = step.history;
     observer.onStage?.(`decoding section ${k + 1}/${plan.sections.length}`);
-    const vaeLatents = toVaeLatents(appended.decodeLatents, sf);
-    probe(`decode${decodeIndex}.in`, vaeLatents);
-    const current = await decodeVideo(runtime, vaeLatents);
-    probe(`decode${decodeIndex}.out`, current);
-    decodeIndex++;
-    decodedFrames += current.shape[2]! - (decodedFrames === 0 ? 0 : plan.overlapFrames);
-    video.add(current);
+    video.add(await decodeSection(runtime, section, step.decodeLatents, probe));
   }
 
-  const frames = video.finish(trimFrameCount(decodedFrames, manifest.vae.temporal_compression_ratio));
+  const frames = video.finish();
   probe("frames_uint8", frames);
   return frames;
 }

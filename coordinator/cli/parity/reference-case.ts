@@ -4,11 +4,12 @@
  */
 import { readFile } from "node:fs/promises";
 import path from "node:path";
-import { FarmError } from "../../shared/errors.js";
-import type { Tensor } from "../../shared/tensor/tensor.js";
-import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
-import type { RenderParamsInput } from "../../shared/job/render-params.js";
-import { SamplingMode, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import { FarmError } from "../../../shared/errors.js";
+import type { Tensor } from "../../../shared/tensor/tensor.js";
+import { decodeSafetensors } from "../../../shared/tensor/safetensors.js";
+import { parseSamplingType, type RenderParamsInput } from "../../../shared/job/render-params.js";
+import { samplingModeOf } from "../../api/job-mapping.js";
+import type { SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
 
 /** Keys a case may carry: the call's parameters, plus facts about the run that we do not need. */
 const PARAM_KEYS = [
@@ -93,7 +94,7 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       prompt: String(p.prompt),
       ...(typeof p.negativePrompt === "string" ? { negativePrompt: p.negativePrompt } : {}),
       length: { $case: "numFrames", value: Number(p.numFrames) },
-      mode: p.samplingType === "vanilla" ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
+      mode: samplingModeOf(parseSamplingType(p.samplingType, "inverted_anti_drifting")),
       steps: Number(p.steps),
       guidanceScale: Number(p.guidanceScale),
       trueCfgScale: Number(p.trueCfgScale),

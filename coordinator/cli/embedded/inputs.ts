@@ -3,9 +3,9 @@
  * pixel tensors at the render size.
  */
 import { readFile, stat } from "node:fs/promises";
-import { FarmError } from "../../shared/errors.js";
-import type { F32 } from "../../shared/tensor/tensor.js";
-import { decodeImage, prepareImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
+import { FarmError } from "../../../shared/errors.js";
+import type { F32 } from "../../../shared/tensor/tensor.js";
+import { decodeImage, prepareImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../../shared/image/decode.js";
 
 /** An image file's bytes, refused early when it is not a readable file or is over the size limit. */
 export async function readImageBytes(file: string, what: string): Promise<Buffer> {

@@ -1,18 +1,19 @@
 /**
- * Embedded mode as a farm in one process: the in-process bus, a local-directory object store, the
+ * NodeModels mode as a farm in one process: the in-process bus, a local-directory object store, the
  * dispatcher, one node serving every stage, and the JobService that validates submissions. The
  * same planner, scheduler, workers and validation as a cluster, so embedded renders and farm
  * renders are the same code and the same frames.
  */
 import path from "node:path";
-import { MemoryBus } from "../../shared/bus/memory-bus.js";
-import { LocalObjectStore } from "../../shared/store/local-store.js";
-import { Dispatcher, STAGE_KINDS, jobEventSubject, type StepEvent } from "../dispatch/dispatcher.js";
-import type { JobRecord } from "../dispatch/job-record.js";
-import { JobService } from "../api/job-service.js";
-import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
-import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
-import type { Embedded } from "./open.js";
+import { MemoryBus } from "../../../shared/bus/memory-bus.js";
+import { LocalObjectStore } from "../../../shared/store/local-store.js";
+import { Dispatcher } from "../../dispatch/dispatcher.js";
+import type { JobRecord } from "../../dispatch/job-record.js";
+import { JobService } from "../../api/job-service.js";
+import { NodeLoop } from "../../../gpu-node/worker/node-loop.js";
+import { TensorCache } from "../../../gpu-node/worker/tensor-cache.js";
+import type { NodeModels } from "../../../gpu-node/main.js";
+import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
   bus: MemoryBus;
@@ -44,21 +45,21 @@ function waitFor(bus: MemoryBus, dispatcher: Dispatcher, jobId: string, progress
       }, reject);
     };
     const off = bus.events.subscribe(jobEventSubject(jobId), (_subject, data) => {
-      const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
-      if (typeof e.step !== "number" || typeof e.steps !== "number") return check();
+      const e = jobEvents.decode(data);
+      if (!isStepEvent(e)) return check();
       if (!started && progress !== undefined) {
         const steps = e.steps;
         void dispatcher.job(jobId).then((r) => r !== null && progress.start(r.tasks.filter((t) => t.kind === "denoise").length, steps));
       }
       started = true;
-      progress?.step(e.section ?? 0, e.step);
+      progress?.step(e.section, e.step);
     });
     check(); // it may have ended before the subscription
   });
 }
 
 /** Starts a farm whose objects live under dataDir; the caller owns (and removes) that folder. */
-export async function startEmbeddedFarm(embedded: Embedded, dataDir: string, options: { cacheBytes?: number } = {}): Promise<EmbeddedFarm> {
+export async function startEmbeddedFarm(embedded: NodeModels, dataDir: string, options: { cacheBytes?: number } = {}): Promise<EmbeddedFarm> {
   const bus = new MemoryBus();
   const store = new LocalObjectStore(dataDir);
   const dispatcher = await Dispatcher.start(bus, store);

@@ -1,0 +1,91 @@
+/**
+ * The one mapping between the gRPC messages of jobs.proto and the farm's own types: job states,
+ * sampling modes, render settings, timestamps and errors.
+ */
+import { status as GrpcStatus, type ServerErrorResponse } from "@grpc/grpc-js";
+import { FarmError } from "../../shared/errors.js";
+import { JobState as PbJobState, SamplingMode, type RenderSettings } from "../../proto/gen/framefarm/v1/jobs.js";
+import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
+import type { SamplingType } from "../../shared/bundle/manifest.js";
+import type { RenderParamsInput } from "../../shared/job/render-params.js";
+import type { JobState } from "../../shared/farm/protocol.js";
+import type { JobRecord } from "../dispatch/job-record.js";
+
+const STATE_TO_PB: Record<JobState, PbJobState> = {
+  QUEUED: PbJobState.JOB_STATE_QUEUED,
+  RUNNING: PbJobState.JOB_STATE_RUNNING,
+  SUCCEEDED: PbJobState.JOB_STATE_SUCCEEDED,
+  FAILED: PbJobState.JOB_STATE_FAILED,
+  CANCELLED: PbJobState.JOB_STATE_CANCELLED,
+};
+
+export const jobStateToPb = (s: JobState): PbJobState => STATE_TO_PB[s];
+
+const MODE_OF: Record<SamplingType, SamplingMode> = {
+  inverted_anti_drifting: SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
+  vanilla: SamplingMode.SAMPLING_MODE_VANILLA,
+};
+export const samplingModeOf = (t: SamplingType): SamplingMode => MODE_OF[t];
+
+/** The sampling type a request's mode asks for; undefined when unspecified (the bundle's default). */
+export function samplingTypeOf(mode: SamplingMode): SamplingType | undefined {
+  if (mode === SamplingMode.SAMPLING_MODE_UNSPECIFIED) return undefined;
+  const hit = (Object.entries(MODE_OF) as [SamplingType, SamplingMode][]).find(([, m]) => m === mode);
+  // proto3 enums are open: an unknown number decodes fine and would fall back to the default mode.
+  if (hit === undefined) throw new FarmError("INVALID_ARGUMENT", `mode ${mode} is not a SamplingMode (0 unspecified, 1 inverted anti-drifting, 2 vanilla)`);
+  return hit[0];
+}
+
+/** A request's settings as render-params input (validated there, the one check of every parameter). */
+export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): RenderParamsInput {
+  return {
+    prompt: s.prompt,
+    negativePrompt: s.negativePrompt,
+    ...(s.length?.$case === "seconds" ? { seconds: s.length.value } : s.length?.$case === "numFrames" ? { numFrames: s.length.value } : {}),
+    samplingType: samplingTypeOf(s.mode),
+    steps: s.steps,
+    guidanceScale: s.guidanceScale,
+    trueCfgScale: s.trueCfgScale,
+    seed: s.seed,
+    latentWindowSize: s.latentWindowSize,
+    resolution: s.resolution,
+    height: s.height,
+    width: s.width,
+    fps: s.fps,
+    crf: s.crf,
+    lossless: s.lossless,
+    hasEndImage,
+  };
+}
+
+export function settingsOf(r: JobRecord): RenderSettings {
+  const p = r.spec.params;
+  return {
+    prompt: p.prompt,
+    ...(p.negativePrompt !== null ? { negativePrompt: p.negativePrompt } : {}),
+    length: { $case: "numFrames", value: p.numFrames },
+    mode: samplingModeOf(p.samplingType),
+    steps: p.steps,
+    guidanceScale: p.guidanceScale,
+    trueCfgScale: p.trueCfgScale,
+    seed: BigInt(p.seed),
+    latentWindowSize: p.latentWindowSize,
+    height: r.spec.height,
+    width: r.spec.width,
+    fps: p.fps,
+    crf: p.crf,
+    lossless: p.lossless,
+  };
+}
+
+/** A FarmError (or anything else) as the gRPC error the client sees. */
+export function toGrpcError(err: unknown): Partial<ServerErrorResponse> {
+  if (err instanceof FarmError) return { code: err.code, details: err.message, message: err.message };
+  return { code: GrpcStatus.INTERNAL, details: `internal error: ${(err as Error)?.message ?? String(err)}` };
+}
+
+export function timestamp(iso: string): Timestamp {
+  const ms = Date.parse(iso);
+  return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
+}
+
