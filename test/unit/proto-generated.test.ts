@@ -1,6 +1,6 @@
 /**
- * The committed generated code (ts-proto TypeScript, the descriptor set server reflection serves)
- * must be exactly what `npm run proto` generates.
+ * The committed generated code (ts-proto TypeScript, the descriptor set server reflection serves,
+ * the Python client's stubs) must be exactly what `npm run proto` generates.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -24,9 +24,9 @@ async function listFiles(dir: string, prefix = ""): Promise<string[]> {
 }
 
 /** What `npm run proto` (proto/generate.sh) writes, relative to the repository root. */
-const GENERATED = ["proto/gen"];
+const GENERATED = ["proto/gen", "shared/clients/python/framefarm"];
 
-test("proto/gen matches a fresh generation", async () => {
+test("proto/gen and the Python stubs match a fresh generation", async () => {
   const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-proto-"));
   try {
     await run("bash", [path.join(repoRoot(), "proto", "generate.sh"), tmp]);
