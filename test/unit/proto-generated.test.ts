@@ -16,6 +16,7 @@ const run = promisify(execFile);
 async function listFiles(dir: string, prefix = ""): Promise<string[]> {
   const out: string[] = [];
   for (const e of await readdir(dir, { withFileTypes: true })) {
+    if (e.name === "__pycache__") continue; // Python's bytecode cache of the stubs, ignored by git
     const rel = path.join(prefix, e.name);
     if (e.isDirectory()) out.push(...(await listFiles(path.join(dir, e.name), rel)));
     else out.push(rel);
