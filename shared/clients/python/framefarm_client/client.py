@@ -218,6 +218,8 @@ def download(farm: Farm, job_id: str, path: Union[str, "os.PathLike[str]"]) -> j
         if job.state in (jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED):
             raise JobFailed(job)
         raise FarmError("FAILED_PRECONDITION", f"job {job_id} is {state_name(job.state)}: no video yet")
+    if not job.video_url:
+        raise FarmError("UNAVAILABLE", f"job {job_id} succeeded but the farm gave no video URL")
     path = os.fspath(path)
     # Beside the target, so the rename is atomic; "x" mode: created anew, with the umask's permissions.
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
