@@ -20,7 +20,17 @@ import { ReflectionService } from "@grpc/reflection";
 import { FarmError } from "../../shared/errors.js";
 
 /** The FileDescriptorSet of jobs.proto and its imports (this file is dist/coordinator/api/reflection.js). */
-export const JOBS_DESCRIPTOR_SET = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "proto", "gen", "framefarm", "v1", "jobs.binpb");
+export const JOBS_DESCRIPTOR_SET = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  "..",
+  "..",
+  "..",
+  "proto",
+  "gen",
+  "framefarm",
+  "v1",
+  "jobs.binpb",
+);
 
 function readVarint(buf: Uint8Array, pos: number): [number, number] {
   let value = 0;
@@ -40,7 +50,8 @@ export function fileDescriptorProtos(set: Uint8Array): Buffer[] {
   while (pos < set.length) {
     const [tag, afterTag] = readVarint(set, pos);
     const [len, start] = readVarint(set, afterTag);
-    if (tag !== (1 << 3) + 2 || start + len > set.length) throw new FarmError("INTERNAL", `malformed FileDescriptorSet at byte ${pos}`);
+    if (tag !== (1 << 3) + 2 || start + len > set.length)
+      throw new FarmError("INTERNAL", `malformed FileDescriptorSet at byte ${pos}`);
     files.push(Buffer.from(set.subarray(start, start + len)));
     pos = start + len;
   }
@@ -48,10 +59,18 @@ export function fileDescriptorProtos(set: Uint8Array): Buffer[] {
 }
 
 /** Adds reflection for the given services, described by the descriptor set (default: the public API's). */
-export function addReflection(server: Pick<Server, "addService">, services: string[], descriptorSet = JOBS_DESCRIPTOR_SET): void {
+export function addReflection(
+  server: Pick<Server, "addService">,
+  services: string[],
+  descriptorSet = JOBS_DESCRIPTOR_SET,
+): void {
   // @grpc/reflection reads only `fileDescriptorProtos` of each definition; this one entry carries them all.
   const definition: PackageDefinition = {
-    [path.basename(descriptorSet)]: { format: "Protocol Buffer 3 EnumDescriptorProto", type: {}, fileDescriptorProtos: fileDescriptorProtos(readFileSync(descriptorSet)) },
+    [path.basename(descriptorSet)]: {
+      format: "Protocol Buffer 3 EnumDescriptorProto",
+      type: {},
+      fileDescriptorProtos: fileDescriptorProtos(readFileSync(descriptorSet)),
+    },
   };
   new ReflectionService(definition, { services }).addToServer(server);
 }

@@ -34,10 +34,14 @@ let tmp: string;
 
 before(async () => {
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-python-"));
-  cluster = spawn(process.execPath, [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"], {
-    stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, FRAMEFARM_LOG_LEVEL: process.env["FRAMEFARM_LOG_LEVEL"] ?? "warn" },
-  });
+  cluster = spawn(
+    process.execPath,
+    [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, FRAMEFARM_LOG_LEVEL: process.env["FRAMEFARM_LOG_LEVEL"] ?? "warn" },
+    },
+  );
   let out = "";
   const s3 = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`cluster did not start: ${out}`)), 30_000);
@@ -55,7 +59,14 @@ before(async () => {
   });
   client = new JobServiceClient(address, credentials.createInsecure());
   const [host, port] = s3.split(":");
-  store = await S3ObjectStore.open({ endpoint: host!, port: Number(port), useSSL: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" });
+  store = await S3ObjectStore.open({
+    endpoint: host!,
+    port: Number(port),
+    useSSL: false,
+    accessKey: "S3RVER",
+    secretKey: "S3RVER",
+    bucket: "framefarm",
+  });
 });
 
 after(async () => {
@@ -76,7 +87,18 @@ const example = (args: string[]) =>
 
 test("the Python example submits, shows progress and downloads the farm's MP4", async () => {
   const output = path.join(tmp, "out.mp4");
-  const { stdout, stderr } = await example(["--frames", "20", "--steps", "2", "--resolution", "64", "--seed", "7", "-o", output]);
+  const { stdout, stderr } = await example([
+    "--frames",
+    "20",
+    "--steps",
+    "2",
+    "--resolution",
+    "64",
+    "--seed",
+    "7",
+    "-o",
+    output,
+  ]);
   const jobId = stdout.trim();
   assert.match(jobId, /^[0-9a-f-]{36}$/, stdout);
   // Progress lines as the job went: running with section and step, then done.
@@ -84,7 +106,9 @@ test("the Python example submits, shows progress and downloads the farm's MP4", 
   assert.match(stderr, /SUCCEEDED 100%/, stderr);
   assert.match(stderr, /wrote .*out\.mp4: 64x48, 20 frames requested/, stderr);
 
-  const job = await new Promise<Job>((resolve, reject) => client.getJob({ id: jobId }, (e, r) => (e ? reject(e) : resolve(r.job!))));
+  const job = await new Promise<Job>((resolve, reject) =>
+    client.getJob({ id: jobId }, (e, r) => (e ? reject(e) : resolve(r.job!))),
+  );
   assert.equal(job.state, JobState.JOB_STATE_SUCCEEDED);
   const mp4 = await readFile(output);
   assert.equal(mp4.subarray(4, 8).toString(), "ftyp");
@@ -103,4 +127,3 @@ test("a refused submission exits 1 with the gRPC status and writes nothing", asy
   });
   assert.equal(existsSync(output), false);
 });
-

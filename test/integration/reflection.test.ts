@@ -29,7 +29,10 @@ after(async () => {
 
 /** Runs buf curl against the farm, the request (if any) on stdin as the README shows; resolves stdout. */
 async function bufCurl(args: string[], request?: object): Promise<string> {
-  const child = run(BUF, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], { maxBuffer: 16 * 1024 * 1024, timeout: 60_000 });
+  const child = run(BUF, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], {
+    maxBuffer: 16 * 1024 * 1024,
+    timeout: 60_000,
+  });
   if (request !== undefined) child.child.stdin!.end(JSON.stringify(request));
   else child.child.stdin!.end();
   return (await child).stdout;
@@ -39,16 +42,27 @@ async function bufCurl(args: string[], request?: object): Promise<string> {
 async function call(method: string, request: object): Promise<Array<Record<string, unknown>>> {
   const out = await bufCurl(["-d", "@-", `http://${farm.address}/${SERVICE}/${method}`], request);
   // buf curl prints each message as indented JSON; top-level objects start at column 0.
-  return out.split(/\n(?=\{)/).filter((s) => s.trim().length > 0).map((s) => JSON.parse(s) as Record<string, unknown>);
+  return out
+    .split(/\n(?=\{)/)
+    .filter((s) => s.trim().length > 0)
+    .map((s) => JSON.parse(s) as Record<string, unknown>);
 }
 
-type JobJson = { id: string; state: string; videoUrl?: string; progress?: { sectionsTotal?: number; sectionsDone?: number } };
+type JobJson = {
+  id: string;
+  state: string;
+  videoUrl?: string;
+  progress?: { sectionsTotal?: number; sectionsDone?: number };
+};
 
 test("buf curl lists JobService and its methods by reflection", async () => {
   const services = (await bufCurl(["--list-services", `http://${farm.address}`])).split("\n");
   assert.ok(services.includes(SERVICE), services.join(", "));
   const methods = (await bufCurl(["--list-methods", `http://${farm.address}`])).split("\n").filter(Boolean).sort();
-  assert.deepEqual(methods, ["CancelJob", "GetJob", "ListJobs", "SubmitJob", "WatchJob"].map((m) => `${SERVICE}/${m}`));
+  assert.deepEqual(
+    methods,
+    ["CancelJob", "GetJob", "ListJobs", "SubmitJob", "WatchJob"].map((m) => `${SERVICE}/${m}`),
+  );
 });
 
 test("buf curl calls every JobService RPC by reflection", async () => {
@@ -56,14 +70,17 @@ test("buf curl calls every JobService RPC by reflection", async () => {
   const settings = { prompt: "a lighthouse", numFrames: 20, steps: 2, resolution: 64, seed: "7" };
 
   const [submitted] = await call("SubmitJob", { image: { data: image }, settings, idempotencyKey: "reflection-test" });
-  const job = (submitted!["job"] as JobJson);
+  const job = submitted!["job"] as JobJson;
   assert.match(job.id, /^[0-9a-f-]{36}$/);
   assert.equal(job.state, "JOB_STATE_QUEUED");
 
   const events = await call("WatchJob", { id: job.id });
   const last = events.at(-1)!["job"] as JobJson;
   assert.equal(last.state, "JOB_STATE_SUCCEEDED", JSON.stringify(last));
-  assert.ok(events.some((e) => e["progress"] !== undefined), "progress events came through");
+  assert.ok(
+    events.some((e) => e["progress"] !== undefined),
+    "progress events came through",
+  );
   assert.ok(events.every((e) => e["jobId"] === job.id));
 
   const [got] = await call("GetJob", { id: job.id });
@@ -80,5 +97,7 @@ test("buf curl calls every JobService RPC by reflection", async () => {
   assert.equal((cancelled!["job"] as JobJson).state, "JOB_STATE_CANCELLED");
 
   // Errors come back as gRPC statuses, named by buf curl.
-  await assert.rejects(call("GetJob", { id: "no-such-job" }), (e: unknown) => /not_found/.test(String((e as { stderr?: string }).stderr)));
+  await assert.rejects(call("GetJob", { id: "no-such-job" }), (e: unknown) =>
+    /not_found/.test(String((e as { stderr?: string }).stderr)),
+  );
 });

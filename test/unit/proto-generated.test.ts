@@ -37,7 +37,10 @@ test("proto/gen and the Python stubs match a fresh generation", async () => {
       assert.deepEqual(committed, fresh, `generated file list of ${dir} differs: run \`npm run proto\``);
       for (const f of fresh) {
         const [a, b] = await Promise.all([readFile(path.join(tmp, dir, f)), readFile(path.join(repoRoot(), dir, f))]);
-        assert.ok(b.equals(a), `${dir}/${f} differs from generated code: run \`npm run proto\` and never edit it by hand`);
+        assert.ok(
+          b.equals(a),
+          `${dir}/${f} differs from generated code: run \`npm run proto\` and never edit it by hand`,
+        );
       }
     }
   } finally {
