@@ -64,12 +64,19 @@ export function addReflection(
   services: string[],
   descriptorSet = JOBS_DESCRIPTOR_SET,
 ): void {
+  let set: Uint8Array;
+  try {
+    set = readFileSync(descriptorSet);
+  } catch (err) {
+    const why = `cannot read ${descriptorSet} (\`npm run proto\` writes it): ${(err as Error).message}`;
+    throw new FarmError("INTERNAL", why, { cause: err });
+  }
   // @grpc/reflection reads only `fileDescriptorProtos` of each definition; this one entry carries them all.
   const definition: PackageDefinition = {
     [path.basename(descriptorSet)]: {
       format: "Protocol Buffer 3 EnumDescriptorProto",
       type: {},
-      fileDescriptorProtos: fileDescriptorProtos(readFileSync(descriptorSet)),
+      fileDescriptorProtos: fileDescriptorProtos(set),
     },
   };
   new ReflectionService(definition, { services }).addToServer(server);
