@@ -47,7 +47,11 @@ export function parseStages(value: string): StageKind[] {
   const stages = new Set<StageKind>();
   for (const g of groups) {
     const kinds = STAGE_GROUPS[g];
-    if (kinds === undefined) throw new FarmError("INVALID_ARGUMENT", `unknown stage group ${JSON.stringify(g)}: use ${Object.keys(STAGE_GROUPS).join(", ")} or all`);
+    if (kinds === undefined)
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `unknown stage group ${JSON.stringify(g)}: use ${Object.keys(STAGE_GROUPS).join(", ")} or all`,
+      );
     for (const k of kinds) stages.add(k);
   }
   return [...stages];
@@ -77,25 +81,33 @@ export interface RunningNode {
 }
 
 /** Starts a node on a connected bus and store. */
-export async function startNode(bus: Bus, store: ObjectStore & { traffic: { read: number; written: number } }, s: NodeSettings): Promise<RunningNode> {
+export async function startNode(
+  bus: Bus,
+  store: ObjectStore & { traffic: { read: number; written: number } },
+  s: NodeSettings,
+): Promise<RunningNode> {
   const models = await openNodeModels(s.bundleDir, s.ep);
-  const loop = await NodeLoop.start(bus, { ...models, store, cache: new TensorCache(s.cacheBytes) }, {
-    nodeId: s.nodeId,
-    stages: s.stages,
-    ackWaitMs: s.ackWaitMs,
-    quarantineAfter: s.quarantineAfter,
-    failStages: s.failStages,
-    log: s.log,
-    presence: {
-      bundle: path.basename(path.resolve(s.bundleDir)),
-      executionProvider: s.ep,
-      // The CPU model for cpu; a GPU provider does not name its adapter, so the operator can.
-      device: s.device ?? (s.ep === "cpu" ? (os.cpus()[0]?.model ?? "cpu") : `${s.ep} default adapter`),
-      version: FRAMEFARM_VERSION,
-      heartbeatMs: s.heartbeatMs,
-      traffic: () => store.traffic,
+  const loop = await NodeLoop.start(
+    bus,
+    { ...models, store, cache: new TensorCache(s.cacheBytes) },
+    {
+      nodeId: s.nodeId,
+      stages: s.stages,
+      ackWaitMs: s.ackWaitMs,
+      quarantineAfter: s.quarantineAfter,
+      failStages: s.failStages,
+      log: s.log,
+      presence: {
+        bundle: path.basename(path.resolve(s.bundleDir)),
+        executionProvider: s.ep,
+        // The CPU model for cpu; a GPU provider does not name its adapter, so the operator can.
+        device: s.device ?? (s.ep === "cpu" ? (os.cpus()[0]?.model ?? "cpu") : `${s.ep} default adapter`),
+        version: FRAMEFARM_VERSION,
+        heartbeatMs: s.heartbeatMs,
+        traffic: () => store.traffic,
+      },
     },
-  });
+  );
   return {
     loop,
     stop: async () => {

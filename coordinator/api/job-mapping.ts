@@ -32,7 +32,11 @@ export function samplingTypeOf(mode: SamplingMode): SamplingType | undefined {
   if (mode === SamplingMode.SAMPLING_MODE_UNSPECIFIED) return undefined;
   const hit = (Object.entries(MODE_OF) as [SamplingType, SamplingMode][]).find(([, m]) => m === mode);
   // proto3 enums are open: an unknown number decodes fine and would fall back to the default mode.
-  if (hit === undefined) throw new FarmError("INVALID_ARGUMENT", `mode ${mode} is not a SamplingMode (0 unspecified, 1 inverted anti-drifting, 2 vanilla)`);
+  if (hit === undefined)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `mode ${mode} is not a SamplingMode (0 unspecified, 1 inverted anti-drifting, 2 vanilla)`,
+    );
   return hit[0];
 }
 
@@ -41,7 +45,11 @@ export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): Re
   return {
     prompt: s.prompt,
     negativePrompt: s.negativePrompt,
-    ...(s.length?.$case === "seconds" ? { seconds: s.length.value } : s.length?.$case === "numFrames" ? { numFrames: s.length.value } : {}),
+    ...(s.length?.$case === "seconds"
+      ? { seconds: s.length.value }
+      : s.length?.$case === "numFrames"
+        ? { numFrames: s.length.value }
+        : {}),
     samplingType: samplingTypeOf(s.mode),
     steps: s.steps,
     guidanceScale: s.guidanceScale,
@@ -88,4 +96,3 @@ export function timestamp(iso: string): Timestamp {
   const ms = Date.parse(iso);
   return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
 }
-

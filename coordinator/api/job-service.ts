@@ -7,9 +7,21 @@
  * tenant's job is NOT_FOUND with the same message as a job that does not exist, so ids cannot be
  * probed. Idempotency keys and uploads/ object keys are scoped to the tenant too.
  */
-import { type Metadata, type ServerErrorResponse, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from "@grpc/grpc-js";
+import {
+  type Metadata,
+  type ServerErrorResponse,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type sendUnaryData,
+} from "@grpc/grpc-js";
 import { FarmError } from "../../shared/errors.js";
-import { JobState as PbJobState, type Job, type JobServiceServer, type SubmitJobRequest, type WatchJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
+import {
+  JobState as PbJobState,
+  type Job,
+  type JobServiceServer,
+  type SubmitJobRequest,
+  type WatchJobResponse,
+} from "../../proto/gen/framefarm/v1/jobs.js";
 import type { Bus, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { BundleManifest } from "../../shared/bundle/manifest.js";
@@ -79,13 +91,26 @@ export class JobService {
    * Validates, stores and plans a submission (coordinator/api/job-submission.ts); tenant defaults to
    * DEFAULT_TENANT for in-process callers (embedded mode has no tenants).
    */
-  submit(req: SubmitJobRequest, tenant: string = DEFAULT_TENANT, signal?: AbortSignal): Promise<{ job: Job; deduplicated: boolean }> {
-    return submitJob({ ...this.deps, jobs: this.jobs, idempotency: this.idempotency, toJob: (r) => this.toJob(r) }, req, tenant, signal);
+  submit(
+    req: SubmitJobRequest,
+    tenant: string = DEFAULT_TENANT,
+    signal?: AbortSignal,
+  ): Promise<{ job: Job; deduplicated: boolean }> {
+    return submitJob(
+      { ...this.deps, jobs: this.jobs, idempotency: this.idempotency, toJob: (r) => this.toJob(r) },
+      req,
+      tenant,
+      signal,
+    );
   }
 
   /** The tenant's job; another tenant's is NOT_FOUND exactly as a missing one. */
   async get(id: string, tenant: string): Promise<JobRecord> {
-    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) throw new FarmError("INVALID_ARGUMENT", `invalid job id ${JSON.stringify(id)}: job ids are 1-64 characters of [A-Za-z0-9_-]`);
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(id))
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `invalid job id ${JSON.stringify(id)}: job ids are 1-64 characters of [A-Za-z0-9_-]`,
+      );
     const r = await readJob(await this.jobs, id);
     if (r === null || tenantOf(r.record) !== tenant) throw new FarmError("NOT_FOUND", `job ${id} does not exist`);
     return r.record;
@@ -96,9 +121,18 @@ export class JobService {
     return (await this.deps.dispatcher.cancel(id)) ?? this.get(id, tenant);
   }
 
-  async list(states: PbJobState[], pageSize: number, pageToken: string, tenant: string): Promise<{ jobs: Job[]; next: string }> {
+  async list(
+    states: PbJobState[],
+    pageSize: number,
+    pageToken: string,
+    tenant: string,
+  ): Promise<{ jobs: Job[]; next: string }> {
     const unknown = states.filter((s) => PbJobState[s] === undefined || s === PbJobState.JOB_STATE_UNSPECIFIED);
-    if (unknown.length > 0) throw new FarmError("INVALID_ARGUMENT", `states ${unknown.join(", ")} are not job states (1 queued to 5 cancelled)`);
+    if (unknown.length > 0)
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `states ${unknown.join(", ")} are not job states (1 queued to 5 cancelled)`,
+      );
     const size = pageSize === 0 ? 50 : Math.min(pageSize, 500);
     const keys = (await (await this.jobs).keys()).filter((k) => k > pageToken);
     const out: Job[] = [];
@@ -131,7 +165,12 @@ export class JobService {
         const deadline = Number(call.getDeadline());
         const stop = (): void => {
           const late = Date.now() >= deadline;
-          abort.abort(new FarmError(late ? "DEADLINE_EXCEEDED" : "CANCELLED", late ? "the call's deadline passed before the work was done" : "the caller cancelled the call"));
+          abort.abort(
+            new FarmError(
+              late ? "DEADLINE_EXCEEDED" : "CANCELLED",
+              late ? "the call's deadline passed before the work was done" : "the caller cancelled the call",
+            ),
+          );
         };
         // A large request can outlast its deadline before this handler even runs.
         if (call.cancelled) stop();
@@ -163,7 +202,11 @@ export class JobService {
     const send = async (r: JobRecord, stateChanged: boolean, previewKey?: string): Promise<void> => {
       const job = await this.toJob(r, live);
       const event: WatchJobResponse["event"] =
-        previewKey !== undefined ? { $case: "previewKey", value: previewKey } : stateChanged ? { $case: "state", value: job.state } : { $case: "progress", value: job.progress! };
+        previewKey !== undefined
+          ? { $case: "previewKey", value: previewKey }
+          : stateChanged
+            ? { $case: "state", value: job.state }
+            : { $case: "progress", value: job.progress! };
       call.write({ jobId: r.spec.jobId, sequence: ++seq, at: timestamp(new Date().toISOString()), event, job });
     };
     try {

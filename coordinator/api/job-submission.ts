@@ -30,7 +30,12 @@ export interface Submission extends JobServiceDeps {
   toJob(r: JobRecord): Promise<Job>;
 }
 
-async function image(deps: Submission, input: ImageInput | undefined, what: string, tenant: string): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
+async function image(
+  deps: Submission,
+  input: ImageInput | undefined,
+  what: string,
+  tenant: string,
+): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
   if (input?.source === undefined) return null;
   let bytes: Uint8Array;
   if (input.source.$case === "data") bytes = input.source.value;
@@ -38,7 +43,11 @@ async function image(deps: Submission, input: ImageInput | undefined, what: stri
     // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
     const key = validateObjectKey(input.source.value);
     const prefix = `uploads/${tenant}/`;
-    if (!key.startsWith(prefix)) throw new FarmError("PERMISSION_DENIED", `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`);
+    if (!key.startsWith(prefix))
+      throw new FarmError(
+        "PERMISSION_DENIED",
+        `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`,
+      );
     bytes = await deps.store.get(key);
   }
   return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
@@ -48,36 +57,61 @@ async function image(deps: Submission, input: ImageInput | undefined, what: stri
  * signal: the caller went away (deadline or cancel). Checked until the job is handed to the
  * dispatcher; a submission aborted before that leaves nothing stored.
  */
-export async function submitJob(deps: Submission, req: SubmitJobRequest, tenant: string, signal?: AbortSignal): Promise<{ job: Job; deduplicated: boolean }> {
+export async function submitJob(
+  deps: Submission,
+  req: SubmitJobRequest,
+  tenant: string,
+  signal?: AbortSignal,
+): Promise<{ job: Job; deduplicated: boolean }> {
   const { manifest } = deps;
-  if (req.bundle !== "" && req.bundle !== deps.bundleName) throw new FarmError("NOT_FOUND", `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(deps.bundleName)}`);
+  if (req.bundle !== "" && req.bundle !== deps.bundleName)
+    throw new FarmError(
+      "NOT_FOUND",
+      `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(deps.bundleName)}`,
+    );
   // Also checked by the dispatcher; here so a bad one is refused before any image is decoded or stored.
   checkPriority(req.priority);
-  if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey)) throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
+  if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey))
+    throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
   const s = req.settings;
   if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
   const input = renderParamsInputOf(s, req.endImage?.source !== undefined);
-  const params = validateRenderParams(input, { samplingType: manifest.sampling_type, latentWindowSize: manifest.framepack.default_latent_window_size });
+  const params = validateRenderParams(input, {
+    samplingType: manifest.sampling_type,
+    latentWindowSize: manifest.framepack.default_latent_window_size,
+  });
 
   // Scoped to the tenant: the same key from two tenants names two jobs (tenant names have no newline).
-  const idemKey = req.idempotencyKey === "" ? null : createHash("sha256").update(`${tenant}\n${req.idempotencyKey}`).digest("hex");
+  const idemKey =
+    req.idempotencyKey === "" ? null : createHash("sha256").update(`${tenant}\n${req.idempotencyKey}`).digest("hex");
   if (idemKey !== null) {
     const seen = await (await deps.idempotency).get(idemKey);
     if (seen !== null) {
       const existing = await readJob(await deps.jobs, new TextDecoder().decode(seen.value));
-      if (existing !== null && tenantOf(existing.record) === tenant) return { job: await deps.toJob(existing.record), deduplicated: true };
+      if (existing !== null && tenantOf(existing.record) === tenant)
+        return { job: await deps.toJob(existing.record), deduplicated: true };
     }
   }
 
   const first = await image(deps, req.image, "image", tenant);
   if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
   const last = await image(deps, req.endImage, "end image", tenant);
-  const size = "height" in params.size ? params.size : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
+  const size =
+    "height" in params.size
+      ? params.size
+      : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
   const jobId = randomUUID();
   const spec = toJobSpec(jobId, params, size, tenant);
   const sections = sectionPlanFor(params, manifest);
   const sc = manifest.vae.spatial_compression_ratio;
-  const tasks = planJob({ jobId, seed: params.seed, sections, hasEndImage: last !== null, trueCfg: usesTrueCfg(params), latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc } });
+  const tasks = planJob({
+    jobId,
+    seed: params.seed,
+    sections,
+    hasEndImage: last !== null,
+    trueCfg: usesTrueCfg(params),
+    latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc },
+  });
 
   if (idemKey !== null) {
     try {
@@ -103,4 +137,3 @@ export async function submitJob(deps: Submission, req: SubmitJobRequest, tenant:
   }
   return { job: await deps.toJob((await readJob(await deps.jobs, jobId))!.record), deduplicated: false };
 }
-

@@ -60,7 +60,12 @@ function strictJobService(): ServiceDefinition {
   return out;
 }
 
-export async function startApiServer(service: JobService, host: string, port: number, options: ApiServerOptions = {}): Promise<ApiServer> {
+export async function startApiServer(
+  service: JobService,
+  host: string,
+  port: number,
+  options: ApiServerOptions = {},
+): Promise<ApiServer> {
   const server = new Server({
     "grpc.max_receive_message_length": MAX_REQUEST_BYTES,
     "grpc.max_send_message_length": MAX_RESPONSE_BYTES,
@@ -73,7 +78,13 @@ export async function startApiServer(service: JobService, host: string, port: nu
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(
       `${host}:${port}`,
-      options.tls === undefined ? ServerCredentials.createInsecure() : ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(options.tls.cert), private_key: Buffer.from(options.tls.key) }], false),
+      options.tls === undefined
+        ? ServerCredentials.createInsecure()
+        : ServerCredentials.createSsl(
+            null,
+            [{ cert_chain: Buffer.from(options.tls.cert), private_key: Buffer.from(options.tls.key) }],
+            false,
+          ),
       (err, p) => (err ? reject(err) : resolve(p)),
     ),
   );

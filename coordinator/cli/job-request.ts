@@ -6,7 +6,12 @@ import { FarmError } from "../../shared/errors.js";
 import { readImageBytes } from "./embedded/inputs.js";
 import { parseSamplingType, parseSeed } from "../../shared/job/render-params.js";
 import { samplingModeOf } from "../api/job-mapping.js";
-import { SamplingMode, type ImageInput, type RenderSettings, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import {
+  SamplingMode,
+  type ImageInput,
+  type RenderSettings,
+  type SubmitJobRequest,
+} from "../../proto/gen/framefarm/v1/jobs.js";
 
 /** The video settings as command-line options. */
 export const RENDER_OPTIONS = {
@@ -30,7 +35,9 @@ export const RENDER_OPTIONS = {
   lossless: { type: "boolean" },
 } as const;
 
-export type RenderOptionValues = { [K in keyof typeof RENDER_OPTIONS]?: (typeof RENDER_OPTIONS)[K]["type"] extends "boolean" ? boolean : string };
+export type RenderOptionValues = {
+  [K in keyof typeof RENDER_OPTIONS]?: (typeof RENDER_OPTIONS)[K]["type"] extends "boolean" ? boolean : string;
+};
 
 /** A number option as given; the JobService checks ranges and says which option is off. */
 const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
@@ -41,11 +48,18 @@ async function imageInput(file: string | undefined, what: string): Promise<Image
 
 export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
   // Checked here only as far as the request needs (the JobService checks every value again, with the same code).
-  const mode = values.mode === undefined ? SamplingMode.SAMPLING_MODE_UNSPECIFIED : samplingModeOf(parseSamplingType(values.mode, "inverted_anti_drifting"));
+  const mode =
+    values.mode === undefined
+      ? SamplingMode.SAMPLING_MODE_UNSPECIFIED
+      : samplingModeOf(parseSamplingType(values.mode, "inverted_anti_drifting"));
   return {
     prompt: values.prompt ?? "",
     ...(values["negative-prompt"] !== undefined ? { negativePrompt: values["negative-prompt"] } : {}),
-    ...(values.seconds !== undefined ? { length: { $case: "seconds", value: Number(values.seconds) } } : values.frames !== undefined ? { length: { $case: "numFrames", value: Number(values.frames) } } : {}),
+    ...(values.seconds !== undefined
+      ? { length: { $case: "seconds", value: Number(values.seconds) } }
+      : values.frames !== undefined
+        ? { length: { $case: "numFrames", value: Number(values.frames) } }
+        : {}),
     mode,
     steps: num(values.steps),
     guidanceScale: num(values.guidance),
@@ -61,9 +75,13 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
   };
 }
 
-export async function submitRequestFrom(values: RenderOptionValues, extra: { priority?: string | undefined; idempotencyKey?: string | undefined } = {}): Promise<SubmitJobRequest> {
+export async function submitRequestFrom(
+  values: RenderOptionValues,
+  extra: { priority?: string | undefined; idempotencyKey?: string | undefined } = {},
+): Promise<SubmitJobRequest> {
   const priority = num(extra.priority) ?? 0;
-  if (!Number.isInteger(priority)) throw new FarmError("INVALID_ARGUMENT", `priority must be an integer, got ${JSON.stringify(extra.priority)}`);
+  if (!Number.isInteger(priority))
+    throw new FarmError("INVALID_ARGUMENT", `priority must be an integer, got ${JSON.stringify(extra.priority)}`);
   const settings = renderSettingsFrom(values);
   return {
     image: await imageInput(values.image, "image"),

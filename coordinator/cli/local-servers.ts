@@ -36,10 +36,17 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function waitForPort(port: number, child: ChildProcess, what: string, timeoutMs: number, log: () => string): Promise<void> {
+async function waitForPort(
+  port: number,
+  child: ChildProcess,
+  what: string,
+  timeoutMs: number,
+  log: () => string,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new FarmError("UNAVAILABLE", `${what} exited with code ${child.exitCode}: ${log()}`);
+    if (child.exitCode !== null)
+      throw new FarmError("UNAVAILABLE", `${what} exited with code ${child.exitCode}: ${log()}`);
     const ok = await new Promise<boolean>((resolve) => {
       const s = net.connect(port, LOOPBACK, () => (s.destroy(), resolve(true)));
       s.once("error", () => resolve(false));
@@ -48,7 +55,10 @@ async function waitForPort(port: number, child: ChildProcess, what: string, time
     await new Promise((r) => setTimeout(r, 50));
   }
   child.kill("SIGKILL");
-  throw new FarmError("DEADLINE_EXCEEDED", `${what} did not listen on ${LOOPBACK}:${port} within ${timeoutMs} ms: ${log()}`);
+  throw new FarmError(
+    "DEADLINE_EXCEEDED",
+    `${what} did not listen on ${LOOPBACK}:${port} within ${timeoutMs} ms: ${log()}`,
+  );
 }
 
 async function startProcess(what: string, command: string, args: string[], port: number): Promise<LocalServer> {
@@ -61,11 +71,15 @@ async function startProcess(what: string, command: string, args: string[], port:
   child.stderr?.on("data", keep);
   const spawned = new Promise<void>((resolve, reject) => {
     child.once("spawn", resolve);
-    child.once("error", (err) => reject(new FarmError("FAILED_PRECONDITION", `cannot start ${what} (${command}): ${err.message}`, { cause: err })));
+    child.once("error", (err) =>
+      reject(new FarmError("FAILED_PRECONDITION", `cannot start ${what} (${command}): ${err.message}`, { cause: err })),
+    );
   });
   await spawned;
   await waitForPort(port, child, what, 15_000, () => output.trim().split("\n").slice(-5).join(" | "));
-  const exited = new Promise<void>((resolve) => (child.exitCode !== null ? resolve() : child.once("exit", () => resolve())));
+  const exited = new Promise<void>((resolve) =>
+    child.exitCode !== null ? resolve() : child.once("exit", () => resolve()),
+  );
   return {
     host: LOOPBACK,
     port,
@@ -85,12 +99,26 @@ async function startProcess(what: string, command: string, args: string[], port:
 export async function startS3Server(dataDir: string, port?: number): Promise<LocalServer> {
   await mkdir(dataDir, { recursive: true });
   const p = port ?? (await freePort());
-  const bin = path.join(path.dirname(createRequire(import.meta.url).resolve("s3rver/package.json")), "bin", "s3rver.js");
-  return startProcess("S3 server (s3rver)", process.execPath, [bin, "-d", dataDir, "-a", LOOPBACK, "-p", String(p), "--silent"], p);
+  const bin = path.join(
+    path.dirname(createRequire(import.meta.url).resolve("s3rver/package.json")),
+    "bin",
+    "s3rver.js",
+  );
+  return startProcess(
+    "S3 server (s3rver)",
+    process.execPath,
+    [bin, "-d", dataDir, "-a", LOOPBACK, "-p", String(p), "--silent"],
+    p,
+  );
 }
 
 export async function startNatsServer(storeDir: string, port?: number): Promise<LocalServer> {
   await mkdir(storeDir, { recursive: true });
   const p = port ?? (await freePort());
-  return startProcess("nats-server", process.env["NATS_SERVER_BIN"] ?? "nats-server", ["-a", LOOPBACK, "-p", String(p), "-js", "-sd", storeDir], p);
+  return startProcess(
+    "nats-server",
+    process.env["NATS_SERVER_BIN"] ?? "nats-server",
+    ["-a", LOOPBACK, "-p", String(p), "-js", "-sd", storeDir],
+    p,
+  );
 }

@@ -47,14 +47,17 @@ async function main(argv: string[]): Promise<number> {
     return command === undefined ? 2 : 0;
   }
   const run = COMMANDS[command];
-  if (run === undefined) throw new FarmError("INVALID_ARGUMENT", `unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+  if (run === undefined)
+    throw new FarmError("INVALID_ARGUMENT", `unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
   return run(rest);
 }
 
 export function reportError(err: unknown): number {
   if (err instanceof FarmError) {
     process.stderr.write(`error [${err.status}]: ${err.message}\n`);
-    return err.status === "INVALID_ARGUMENT" || err.status === "NOT_FOUND" || err.status === "RESOURCE_EXHAUSTED" ? 2 : 1;
+    return err.status === "INVALID_ARGUMENT" || err.status === "NOT_FOUND" || err.status === "RESOURCE_EXHAUSTED"
+      ? 2
+      : 1;
   }
   // parseArgs reports unknown or malformed options with these codes.
   const code = (err as { code?: string }).code;

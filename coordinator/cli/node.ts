@@ -34,18 +34,33 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const stages = parseStages(values.stages ?? env["FRAMEFARM_STAGES"] ?? "all");
   const conn = farmConnection(values);
   // Registry keys are [A-Za-z0-9_-]: a dotted host name becomes dashed.
-  const nodeId = validateNodeId(values.id ?? env["FRAMEFARM_NODE_ID"] ?? `${os.hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, "-").slice(0, 64));
+  const nodeId = validateNodeId(
+    values.id ??
+      env["FRAMEFARM_NODE_ID"] ??
+      `${os.hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, "-").slice(0, 64),
+  );
   const heartbeatMs = Number(values["heartbeat-ms"] ?? DEFAULT_HEARTBEAT_MS);
-  if (!Number.isInteger(heartbeatMs) || heartbeatMs < 100) throw new FarmError("INVALID_ARGUMENT", `--heartbeat-ms must be an integer >= 100, got ${values["heartbeat-ms"]}`);
+  if (!Number.isInteger(heartbeatMs) || heartbeatMs < 100)
+    throw new FarmError("INVALID_ARGUMENT", `--heartbeat-ms must be an integer >= 100, got ${values["heartbeat-ms"]}`);
   const ep = values.ep ?? env["FRAMEFARM_EP"] ?? "cpu";
   const cacheMbText = values["cache-mb"] ?? env["FRAMEFARM_CACHE_MB"] ?? "512";
   const cacheMb = Number(cacheMbText);
-  if (!Number.isFinite(cacheMb) || cacheMb < 0) throw new FarmError("INVALID_ARGUMENT", `--cache-mb must be a non-negative number, got ${cacheMbText}`);
+  if (!Number.isFinite(cacheMb) || cacheMb < 0)
+    throw new FarmError("INVALID_ARGUMENT", `--cache-mb must be a non-negative number, got ${cacheMbText}`);
   const ackWaitMs = Number(values["ack-wait-ms"] ?? 30_000);
-  if (!Number.isInteger(ackWaitMs) || ackWaitMs < 500) throw new FarmError("INVALID_ARGUMENT", `--ack-wait-ms must be a whole number >= 500, got ${values["ack-wait-ms"]}`);
+  if (!Number.isInteger(ackWaitMs) || ackWaitMs < 500)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `--ack-wait-ms must be a whole number >= 500, got ${values["ack-wait-ms"]}`,
+    );
   const quarantineAfter = Number(values["quarantine-after"] ?? 3);
-  if (!Number.isInteger(quarantineAfter) || quarantineAfter < 0) throw new FarmError("INVALID_ARGUMENT", `--quarantine-after must be a whole number (0: never), got ${values["quarantine-after"]}`);
-  const failStages = env["FRAMEFARM_FAILPOINT_STAGES"] === undefined ? [] : parseStages(env["FRAMEFARM_FAILPOINT_STAGES"]);
+  if (!Number.isInteger(quarantineAfter) || quarantineAfter < 0)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `--quarantine-after must be a whole number (0: never), got ${values["quarantine-after"]}`,
+    );
+  const failStages =
+    env["FRAMEFARM_FAILPOINT_STAGES"] === undefined ? [] : parseStages(env["FRAMEFARM_FAILPOINT_STAGES"]);
   const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
   const node = await startNode(bus, store, {
     nodeId,

@@ -57,7 +57,14 @@ export async function renderCommand(args: string[]): Promise<number> {
     args,
     strict: true,
     allowPositionals: false,
-    options: { ...RENDER_OPTIONS, bundle: { type: "string" }, ep: { type: "string" }, timings: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean", short: "h" } },
+    options: {
+      ...RENDER_OPTIONS,
+      bundle: { type: "string" },
+      ep: { type: "string" },
+      timings: { type: "string" },
+      output: { type: "string", short: "o" },
+      help: { type: "boolean", short: "h" },
+    },
   });
   if (values.help === true) {
     process.stdout.write(`${HELP}\n`);
@@ -67,7 +74,8 @@ export async function renderCommand(args: string[]): Promise<number> {
   if (values.output === undefined) throw new FarmError("INVALID_ARGUMENT", "-o/--output is required");
   const output = path.resolve(values.output);
   const outStat = await stat(output).catch(() => null);
-  if (outStat?.isDirectory() === true) throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
+  if (outStat?.isDirectory() === true)
+    throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
   const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
@@ -89,11 +97,17 @@ export async function renderCommand(args: string[]): Promise<number> {
     const progress = createProgress();
     progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
     const record = await farm.waitFor(job.id, progress).finally(() => progress.stop());
-    if (record.state !== "SUCCEEDED") throw new FarmError((record.errorStatus ?? "INTERNAL") as StatusName, record.error ?? `the render ended ${record.state}`);
+    if (record.state !== "SUCCEEDED")
+      throw new FarmError(
+        (record.errorStatus ?? "INTERNAL") as StatusName,
+        record.error ?? `the render ended ${record.state}`,
+      );
     await mkdir(path.dirname(output), { recursive: true });
     await writeFileAtomically(output, await farm.store.get(jobKeys(job.id).video));
     if (values.timings !== undefined) await writeTimings(values.timings, record, loadMs, performance.now() - submitted);
-    process.stderr.write(`wrote ${output}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`);
+    process.stderr.write(
+      `wrote ${output}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`,
+    );
     return 0;
   } finally {
     await farm?.stop();

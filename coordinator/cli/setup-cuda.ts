@@ -6,7 +6,12 @@
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { FarmError } from "../../shared/errors.js";
-import { CUDA_PROVIDER_SPEC, checkCudaProvider, cudaCheckFailure, type CudaCheck } from "../../gpu-node/runtime/cuda-provider.js";
+import {
+  CUDA_PROVIDER_SPEC,
+  checkCudaProvider,
+  cudaCheckFailure,
+  type CudaCheck,
+} from "../../gpu-node/runtime/cuda-provider.js";
 import { setupCudaProvider } from "../../gpu-node/runtime/cuda-setup.js";
 import { packageRoot } from "./defaults.js";
 
@@ -42,7 +47,10 @@ export async function setupCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1 || positionals[0] !== "cuda") {
-    throw new FarmError("INVALID_ARGUMENT", `usage: framefarm setup cuda [--from FILE] [--cache-dir DIR] [--check [--skip-driver]] (got ${JSON.stringify(positionals.join(" "))})`);
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `usage: framefarm setup cuda [--from FILE] [--cache-dir DIR] [--check [--skip-driver]] (got ${JSON.stringify(positionals.join(" "))})`,
+    );
   }
   const log = (line: string): void => void process.stdout.write(`${line}\n`);
   const skipDriver = values["skip-driver"] === true;
@@ -76,7 +84,9 @@ export function printCheck(check: CudaCheck, log: (line: string) => void): void 
   for (const f of check.files) log(`  ${f.present ? "ok     " : "MISSING"} ${f.name}`);
   for (const p of check.problems) log(`  problem: ${p}`);
   if (check.libraries.length === 0) return;
-  log("libraries the provider needs (found as the dynamic loader would: RPATH, LD_LIBRARY_PATH, RUNPATH, ldconfig cache, default directories):");
+  log(
+    "libraries the provider needs (found as the dynamic loader would: RPATH, LD_LIBRARY_PATH, RUNPATH, ldconfig cache, default directories):",
+  );
   const width = Math.max(...check.libraries.map((l) => l.name.length));
   for (const l of check.libraries) {
     const where = l.found === undefined ? `MISSING: install ${l.hint}` : `${l.found.path} (${l.found.via})`;

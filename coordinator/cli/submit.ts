@@ -25,7 +25,9 @@ export async function fetchVideo(url: string): Promise<Uint8Array> {
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     return new Uint8Array(await res.arrayBuffer());
   } catch (err) {
-    throw new FarmError("UNAVAILABLE", `cannot download the video from ${url}: ${(err as Error).message}`, { cause: err });
+    throw new FarmError("UNAVAILABLE", `cannot download the video from ${url}: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 
@@ -37,12 +39,22 @@ export async function submitCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...RENDER_OPTIONS, ...CLIENT_OPTIONS, wait: { type: "boolean" }, output: { type: "string", short: "o" }, "idempotency-key": { type: "string" }, priority: { type: "string" } },
+    options: {
+      ...RENDER_OPTIONS,
+      ...CLIENT_OPTIONS,
+      wait: { type: "boolean" },
+      output: { type: "string", short: "o" },
+      "idempotency-key": { type: "string" },
+      priority: { type: "string" },
+    },
   });
   if (values.output !== undefined && values.wait !== true) throw new FarmError("INVALID_ARGUMENT", "-o needs --wait");
   const c = client(values);
   try {
-    const req = await submitRequestFrom(values, { priority: values.priority, idempotencyKey: values["idempotency-key"] });
+    const req = await submitRequestFrom(values, {
+      priority: values.priority,
+      idempotencyKey: values["idempotency-key"],
+    });
     const { job, deduplicated } = await call<{ job?: Job; deduplicated: boolean }>((cb) => c.submitJob(req, cb));
     process.stdout.write(`${job!.id}${deduplicated ? " (already submitted)" : ""}\n`);
     if (values.wait !== true) return 0;
@@ -62,16 +74,23 @@ export async function submitCommand(args: string[]): Promise<number> {
         }
         progress.step(p.currentSection, p.currentSection < p.sectionsDone ? p.stepsPerSection : p.currentStep);
       });
-      stream.on("end", () => (last === undefined ? reject(new FarmError("UNAVAILABLE", "watch ended without news")) : resolve(last)));
+      stream.on("end", () =>
+        last === undefined ? reject(new FarmError("UNAVAILABLE", "watch ended without news")) : resolve(last),
+      );
       stream.on("error", (err) => reject(fromGrpc(err)));
     }).finally(() => progress.stop());
     if (final.state !== JobState.JOB_STATE_SUCCEEDED) {
-      throw new FarmError((final.errorStatus || "INTERNAL") as StatusName, `job ${final.id} ended ${jobStateToJSON(final.state)}${final.error ? `: ${final.error}` : ""}`);
+      throw new FarmError(
+        (final.errorStatus || "INTERNAL") as StatusName,
+        `job ${final.id} ended ${jobStateToJSON(final.state)}${final.error ? `: ${final.error}` : ""}`,
+      );
     }
     const done = (await call<{ job?: Job }>((cb) => c.getJob({ id: final.id }, cb))).job!;
     if (values.output !== undefined) {
       await download(done.videoUrl, path.resolve(values.output));
-      process.stderr.write(`wrote ${values.output}: ${done.numFrames} frames requested, ${done.width}x${done.height}\n`);
+      process.stderr.write(
+        `wrote ${values.output}: ${done.numFrames} frames requested, ${done.width}x${done.height}\n`,
+      );
     } else process.stdout.write(`${done.videoUrl}\n`);
     return 0;
   } finally {
@@ -86,7 +105,9 @@ export async function jobsCommand(args: string[]): Promise<number> {
     const { jobs } = await call<{ jobs: Job[] }>((cb) => c.listJobs({ states: [], pageSize: 500, pageToken: "" }, cb));
     for (const j of jobs) {
       const p = j.progress;
-      process.stdout.write(`${j.id}  ${jobStateToJSON(j.state).replace("JOB_STATE_", "").padEnd(9)}  sections ${p?.sectionsDone ?? 0}/${p?.sectionsTotal ?? 0}  ${j.width}x${j.height}  ${j.error}\n`);
+      process.stdout.write(
+        `${j.id}  ${jobStateToJSON(j.state).replace("JOB_STATE_", "").padEnd(9)}  sections ${p?.sectionsDone ?? 0}/${p?.sectionsTotal ?? 0}  ${j.width}x${j.height}  ${j.error}\n`,
+      );
     }
     return 0;
   } finally {

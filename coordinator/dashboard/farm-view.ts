@@ -9,8 +9,26 @@ import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { Logger } from "../../shared/log/logger.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { latestPreview, progressOf } from "../dispatch/job-views.js";
-import { NODES_BUCKET, NodeState, decodeNode, isGone, msOf, readNodes, type NodeRecord } from "../../shared/nodes/node-registry.js";
-import { ALL_JOB_EVENTS, ALL_NODE_EVENTS, JOBS_BUCKET, STAGE_KINDS, isStepEvent, jobEvents, stageFromPb, type StepEvent, type StageKind } from "../../shared/farm/protocol.js";
+import {
+  NODES_BUCKET,
+  NodeState,
+  decodeNode,
+  isGone,
+  msOf,
+  readNodes,
+  type NodeRecord,
+} from "../../shared/nodes/node-registry.js";
+import {
+  ALL_JOB_EVENTS,
+  ALL_NODE_EVENTS,
+  JOBS_BUCKET,
+  STAGE_KINDS,
+  isStepEvent,
+  jobEvents,
+  stageFromPb,
+  type StepEvent,
+  type StageKind,
+} from "../../shared/farm/protocol.js";
 import { jobKeys } from "../../shared/farm/keys.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
@@ -146,7 +164,13 @@ export function nodeView(r: NodeRecord, now: number): NodeView {
     hostname: r.hostname,
     startedAt: new Date(started).toISOString(),
     heartbeatAgeMs: Math.max(0, now - msOf(r.heartbeatAt)),
-    currentTasks: r.currentTasks.map((t) => ({ jobId: t.jobId, taskId: t.taskId, stage: stageFromPb(t.stage), ...(t.section !== undefined ? { section: t.section } : {}), runningMs: Math.max(0, now - msOf(t.startedAt)) })),
+    currentTasks: r.currentTasks.map((t) => ({
+      jobId: t.jobId,
+      taskId: t.taskId,
+      stage: stageFromPb(t.stage),
+      ...(t.section !== undefined ? { section: t.section } : {}),
+      runningMs: Math.max(0, now - msOf(t.startedAt)),
+    })),
     tasksDone: num(r.tasksDone),
     tasksFailed: num(r.tasksFailed),
     sectionsDone: num(r.sectionsDone),
@@ -197,7 +221,10 @@ export class FarmView {
       }),
     );
     await v.refresh();
-    v.timer = setInterval(() => void v.refresh().catch((err: unknown) => options.log.warn({ err }, "farm view refresh failed")), options.refreshMs ?? 1000);
+    v.timer = setInterval(
+      () => void v.refresh().catch((err: unknown) => options.log.warn({ err }, "farm view refresh failed")),
+      options.refreshMs ?? 1000,
+    );
     return v;
   }
 
@@ -270,7 +297,8 @@ export class FarmView {
       if (r.state === "SUCCEEDED" || r.state === "CANCELLED") this.final.set(id, r);
       records.push(r);
     }
-    if (this.final.size > ids.length) for (const id of [...this.final.keys()].filter((k) => !ids.includes(k))) this.final.delete(id);
+    if (this.final.size > ids.length)
+      for (const id of [...this.final.keys()].filter((k) => !ids.includes(k))) this.final.delete(id);
     const jobStates: FarmSnapshot["jobStates"] = { QUEUED: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0 };
     for (const r of records) {
       jobStates[r.state]++;
@@ -303,7 +331,12 @@ export class FarmView {
         const k = t.section!;
         // A step event says a section runs before the node's next heartbeat does.
         const denoise = state(t.id) === "queued" && live?.section === k ? "running" : state(t.id);
-        return { index: k, denoise, decode: state(`${id}.decode.${k}`), ...(live !== undefined && live.section === k && denoise !== "done" ? { step: live.step } : {}) };
+        return {
+          index: k,
+          denoise,
+          decode: state(`${id}.decode.${k}`),
+          ...(live !== undefined && live.section === k && denoise !== "done" ? { step: live.step } : {}),
+        };
       });
     const view: JobView = {
       id,
@@ -342,7 +375,8 @@ export class FarmView {
     const log = this.options.log.child({ jobId: id });
     const before = this.lastState.get(id);
     if (before !== r.state) {
-      if (before !== undefined || Date.parse(r.updatedAt) >= this.startedAt) log.info({ state: r.state, ...(r.error !== undefined ? { error: r.error } : {}) }, "job state");
+      if (before !== undefined || Date.parse(r.updatedAt) >= this.startedAt)
+        log.info({ state: r.state, ...(r.error !== undefined ? { error: r.error } : {}) }, "job state");
       this.lastState.set(id, r.state);
     }
     const entries = r.taskLog ?? [];
@@ -352,8 +386,26 @@ export class FarmView {
       const e = entries[seen]!;
       const task = r.tasks.find((t) => t.id === e.taskId);
       if (task === undefined) continue;
-      const a: TaskAttempt = { jobId: id, taskId: e.taskId, stage: task.kind, ...(task.section !== undefined ? { section: task.section } : {}), node: e.node, ok: e.ok, seconds: (Date.parse(e.finishedAt) - Date.parse(e.startedAt)) / 1000 };
-      log.info({ taskId: a.taskId, stage: a.stage, ...(a.section !== undefined ? { section: a.section } : {}), nodeId: a.node, ok: a.ok, seconds: a.seconds }, a.ok ? "task done" : "task failed");
+      const a: TaskAttempt = {
+        jobId: id,
+        taskId: e.taskId,
+        stage: task.kind,
+        ...(task.section !== undefined ? { section: task.section } : {}),
+        node: e.node,
+        ok: e.ok,
+        seconds: (Date.parse(e.finishedAt) - Date.parse(e.startedAt)) / 1000,
+      };
+      log.info(
+        {
+          taskId: a.taskId,
+          stage: a.stage,
+          ...(a.section !== undefined ? { section: a.section } : {}),
+          nodeId: a.node,
+          ok: a.ok,
+          seconds: a.seconds,
+        },
+        a.ok ? "task done" : "task failed",
+      );
       for (const l of this.attemptListeners) l(a);
     }
     this.seenAttempts.set(id, seen);

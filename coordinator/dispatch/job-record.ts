@@ -55,7 +55,11 @@ export async function createJob(kv: KeyValue, record: JobRecord): Promise<number
  * retries on a lost race. Returns the record as written with its revision, or null if change
  * returned null.
  */
-export async function updateJob(kv: KeyValue, jobId: string, change: (r: JobRecord) => JobRecord | null): Promise<{ record: JobRecord; revision: number } | null> {
+export async function updateJob(
+  kv: KeyValue,
+  jobId: string,
+  change: (r: JobRecord) => JobRecord | null,
+): Promise<{ record: JobRecord; revision: number } | null> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const cur = await readJob(kv, jobId);
     if (cur === null) throw new FarmError("NOT_FOUND", `job ${jobId} does not exist`);

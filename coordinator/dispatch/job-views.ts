@@ -14,7 +14,9 @@ export const tenantOf = (r: JobRecord): string => r.spec.tenant ?? DEFAULT_TENAN
 export function progressOf(r: JobRecord, live?: StepEvent): Progress {
   const denoise = r.tasks.filter((t) => t.kind === "denoise");
   const done = denoise.filter((t) => r.taskStates[t.id] === "done").length;
-  const spans = (r.taskLog ?? []).filter((e) => e.ok && e.taskId.includes(".denoise.")).map((e) => Date.parse(e.finishedAt) - Date.parse(e.startedAt));
+  const spans = (r.taskLog ?? [])
+    .filter((e) => e.ok && e.taskId.includes(".denoise."))
+    .map((e) => Date.parse(e.finishedAt) - Date.parse(e.startedAt));
   const perSection = spans.length > 0 ? spans.reduce((a, b) => a + b, 0) / spans.length / 1000 : 0;
   const current = live !== undefined && live.section >= done ? live : undefined;
   const remaining = denoise.length - done - (current !== undefined ? current.step / current.steps : 0);
@@ -40,4 +42,3 @@ export function previewOf(r: JobRecord, taskId: string | undefined): string | un
   const task = taskId === undefined ? undefined : r.tasks.find((t) => t.id === taskId);
   return task?.kind === "decode" && r.taskStates[task.id] === "done" ? task.outputs["preview"] : undefined;
 }
-

@@ -26,21 +26,38 @@ const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
 export function planJob(input: JobPlanInput): StageTask[] {
   const { jobId, sections: plan, latent } = input;
-  if (!JOB_ID.test(jobId)) throw new FarmError("INVALID_ARGUMENT", `job id ${JSON.stringify(jobId)} must be 1-64 of [A-Za-z0-9_-]`);
+  if (!JOB_ID.test(jobId))
+    throw new FarmError("INVALID_ARGUMENT", `job id ${JSON.stringify(jobId)} must be 1-64 of [A-Za-z0-9_-]`);
   const keys = jobKeys(jobId);
   const seed = input.seed.toString();
   const id = (kind: StageKind, k?: number): string => (k === undefined ? `${jobId}.${kind}` : `${jobId}.${kind}.${k}`);
 
   const text: StageTask = {
-    id: id("encode_text"), jobId, kind: "encode_text", dependsOn: [], inputs: {},
+    id: id("encode_text"),
+    jobId,
+    kind: "encode_text",
+    dependsOn: [],
+    inputs: {},
     outputs: { prompt: keys.promptEmbeds, ...(input.trueCfg ? { negative: keys.negativeEmbeds } : {}) },
   };
   const images = { first: keys.firstImage, ...(input.hasEndImage ? { last: keys.lastImage } : {}) };
-  const image: StageTask = { id: id("encode_image"), jobId, kind: "encode_image", dependsOn: [], inputs: images, outputs: { embeds: keys.imageEmbeds } };
+  const image: StageTask = {
+    id: id("encode_image"),
+    jobId,
+    kind: "encode_image",
+    dependsOn: [],
+    inputs: images,
+    outputs: { embeds: keys.imageEmbeds },
+  };
   // diffusers draws the start image's posterior sample, the end image's, then each section's noise.
   const posteriorDraws = drawsForRandn(latent.channels * latent.height * latent.width);
   const vae: StageTask = {
-    id: id("vae_encode"), jobId, kind: "vae_encode", dependsOn: [], inputs: images, outputs: { latents: keys.imageLatents },
+    id: id("vae_encode"),
+    jobId,
+    kind: "vae_encode",
+    dependsOn: [],
+    inputs: images,
+    outputs: { latents: keys.imageLatents },
     rng: { seed, offset: 0 },
   };
   const noiseDraws = drawsForRandn(latent.channels * plan.latentWindowSize * latent.height * latent.width);
@@ -52,28 +69,44 @@ export function planJob(input: JobPlanInput): StageTask[] {
     const k = s.index;
     const conditioning = { ...text.outputs, imageEmbeds: keys.imageEmbeds, imageLatents: keys.imageLatents };
     tasks.push({
-      id: id("denoise", k), jobId, kind: "denoise", section: k,
+      id: id("denoise", k),
+      jobId,
+      kind: "denoise",
+      section: k,
       dependsOn: k === 0 ? [text.id, image.id, vae.id] : [id("denoise", k - 1)],
       inputs: k === 0 ? conditioning : { ...conditioning, history: keys.history(k - 1) },
       outputs: { history: keys.history(k) },
       rng: { seed, offset: firstNoise + k * noiseDraws },
     });
     tasks.push({
-      id: id("decode", k), jobId, kind: "decode", section: k, dependsOn: [id("denoise", k)],
-      inputs: { history: keys.history(k) }, outputs: { video: keys.sectionVideo(k), preview: keys.sectionPreview(k) },
+      id: id("decode", k),
+      jobId,
+      kind: "decode",
+      section: k,
+      dependsOn: [id("denoise", k)],
+      inputs: { history: keys.history(k) },
+      outputs: { video: keys.sectionVideo(k), preview: keys.sectionPreview(k) },
     });
     decodes.push(id("decode", k));
   }
   tasks.push({
-    id: id("mux"), jobId, kind: "mux", dependsOn: decodes,
+    id: id("mux"),
+    jobId,
+    kind: "mux",
+    dependsOn: decodes,
     inputs: Object.fromEntries(plan.sections.map((s) => [`section${s.index}`, keys.sectionVideo(s.index)])),
     outputs: { video: keys.video },
   });
-  for (const t of tasks) for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)]) validateObjectKey(k);
+  for (const t of tasks)
+    for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)]) validateObjectKey(k);
   return tasks;
 }
 
 /** Tasks whose dependencies are all done and that are not done or running themselves. */
-export function readyTasks(tasks: readonly StageTask[], done: ReadonlySet<string>, running: ReadonlySet<string>): StageTask[] {
+export function readyTasks(
+  tasks: readonly StageTask[],
+  done: ReadonlySet<string>,
+  running: ReadonlySet<string>,
+): StageTask[] {
   return tasks.filter((t) => !done.has(t.id) && !running.has(t.id) && t.dependsOn.every((d) => done.has(d)));
 }

@@ -11,5 +11,6 @@ export const decodeHandler: StageHandler = async (ctx, task, spec) => {
   const h = await readTensors(ctx, task.inputs["history"]!);
   const video = await decodeSection(ctx.runtime, section, need(h.tensors, "decode_latents", task.inputs["history"]!));
   await writeOnce(ctx, task.outputs["video"]!, { video });
-  if (task.outputs["preview"] !== undefined) await writeVideoObject(ctx.store, task.outputs["preview"], videoToUint8Frames(video, video.shape[2]!), params);
+  if (task.outputs["preview"] !== undefined)
+    await writeVideoObject(ctx.store, task.outputs["preview"], videoToUint8Frames(video, video.shape[2]!), params);
 };

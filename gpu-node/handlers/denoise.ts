@@ -21,7 +21,10 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
   if (k === 0) history = initialHistory(plan, imageLatents);
   else {
     const h = await readTensors(ctx, task.inputs["history"]!);
-    history = { latents: need(h.tensors, "history", task.inputs["history"]!), generated: Number(h.metadata["generated"]) };
+    history = {
+      latents: need(h.tensors, "history", task.inputs["history"]!),
+      generated: Number(h.metadata["generated"]),
+    };
   }
   const appended = await runSectionStep(
     runtime,
@@ -40,5 +43,10 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
     observer,
   );
   // The section's latents live on in the history (what the next section and the decode read).
-  await writeOnce(ctx, task.outputs["history"]!, { history: appended.history.latents, decode_latents: appended.decodeLatents }, { generated: String(appended.history.generated) });
+  await writeOnce(
+    ctx,
+    task.outputs["history"]!,
+    { history: appended.history.latents, decode_latents: appended.decodeLatents },
+    { generated: String(appended.history.generated) },
+  );
 };

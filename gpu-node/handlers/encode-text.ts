@@ -10,5 +10,10 @@ export const encodeTextHandler: StageHandler = async (ctx, task, spec) => {
   const { runtime, tokenizers } = ctx;
   const params = renderParamsOf(spec);
   await writeOnce(ctx, task.outputs["prompt"]!, promptTensors(await encodeText(runtime, tokenizers, params.prompt)));
-  if (usesTrueCfg(params)) await writeOnce(ctx, task.outputs["negative"]!, promptTensors(await encodeText(runtime, tokenizers, params.negativePrompt ?? "")));
+  if (usesTrueCfg(params))
+    await writeOnce(
+      ctx,
+      task.outputs["negative"]!,
+      promptTensors(await encodeText(runtime, tokenizers, params.negativePrompt ?? "")),
+    );
 };

@@ -23,6 +23,11 @@ export const STAGE_HANDLERS: Record<StageKind, StageHandler> = {
 };
 
 /** Runs one planned stage task with its stage's handler. */
-export function runStageTask(ctx: WorkerContext, task: StageTask, spec: JobSpec, observer: TaskObserver = {}): Promise<void> {
+export function runStageTask(
+  ctx: WorkerContext,
+  task: StageTask,
+  spec: JobSpec,
+  observer: TaskObserver = {},
+): Promise<void> {
   return STAGE_HANDLERS[task.kind](ctx, task, spec, observer);
 }

@@ -19,5 +19,10 @@ export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: 
 }
 
 export const muxHandler: StageHandler = async (ctx, task, spec) => {
-  await writeVideoObject(ctx.store, task.outputs["video"]!, await assembleFrames(ctx, task, spec), renderParamsOf(spec));
+  await writeVideoObject(
+    ctx.store,
+    task.outputs["video"]!,
+    await assembleFrames(ctx, task, spec),
+    renderParamsOf(spec),
+  );
 };

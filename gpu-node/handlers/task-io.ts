@@ -35,7 +35,12 @@ export interface TaskObserver {
 }
 
 /** Runs one task of its stage kind: reads the task's inputs, writes its outputs. */
-export type StageHandler = (ctx: WorkerContext, task: StageTask, spec: JobSpec, observer: TaskObserver) => Promise<void>;
+export type StageHandler = (
+  ctx: WorkerContext,
+  task: StageTask,
+  spec: JobSpec,
+  observer: TaskObserver,
+) => Promise<void>;
 
 export type Tensors = Record<string, Tensor>;
 
@@ -53,9 +58,15 @@ export function need<T extends Tensor = F32>(tensors: Map<string, Tensor>, name:
   return t as T;
 }
 
-export async function writeOnce(ctx: WorkerContext, key: string, tensors: Tensors, metadata: Record<string, string> = {}): Promise<void> {
+export async function writeOnce(
+  ctx: WorkerContext,
+  key: string,
+  tensors: Tensors,
+  metadata: Record<string, string> = {},
+): Promise<void> {
   const bytes = encodeTensorObject(tensors, metadata);
-  if (await ctx.store.putIfAbsent(key, bytes, "application/octet-stream")) ctx.cache?.set(key, { tensors: new Map(Object.entries(tensors)), metadata });
+  if (await ctx.store.putIfAbsent(key, bytes, "application/octet-stream"))
+    ctx.cache?.set(key, { tensors: new Map(Object.entries(tensors)), metadata });
 }
 
 export async function pixels(ctx: WorkerContext, spec: JobSpec, key: string, what: string): Promise<F32> {
@@ -75,7 +86,12 @@ export function generatorOf(task: StageTask): TorchGenerator {
 }
 
 /** Encodes frames as an MP4 object under key, unless one is there already. */
-export async function writeVideoObject(store: ObjectStore, key: string, frames: Tensor<"uint8">, options: Mp4Options): Promise<void> {
+export async function writeVideoObject(
+  store: ObjectStore,
+  key: string,
+  frames: Tensor<"uint8">,
+  options: Mp4Options,
+): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-mp4-"));
   try {
     const file = path.join(dir, "video.mp4");

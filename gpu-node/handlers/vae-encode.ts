@@ -6,9 +6,19 @@ export const vaeEncodeHandler: StageHandler = async (ctx, task, spec) => {
   const { runtime } = ctx;
   const g = generatorOf(task);
   const sf = runtime.bundle.manifest.vae.scaling_factor;
-  const out: Tensors = { image_latents: sampleLatents(await encodeImagePosterior(runtime, await pixels(ctx, spec, task.inputs["first"]!, "image")), g, sf) };
+  const out: Tensors = {
+    image_latents: sampleLatents(
+      await encodeImagePosterior(runtime, await pixels(ctx, spec, task.inputs["first"]!, "image")),
+      g,
+      sf,
+    ),
+  };
   if (task.inputs["last"] !== undefined) {
-    out["last_image_latents"] = sampleLatents(await encodeImagePosterior(runtime, await pixels(ctx, spec, task.inputs["last"], "end image")), g, sf);
+    out["last_image_latents"] = sampleLatents(
+      await encodeImagePosterior(runtime, await pixels(ctx, spec, task.inputs["last"], "end image")),
+      g,
+      sf,
+    );
   }
   await writeOnce(ctx, task.outputs["latents"]!, out);
 };

@@ -14,7 +14,13 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
 import { NotElfError, readElfDynamic } from "./elf-dynamic.js";
-import { currentLoaderEnvironment, describeSearch, resolveLibrary, type LoaderEnvironment, type LoadingObject } from "./shared-libraries.js";
+import {
+  currentLoaderEnvironment,
+  describeSearch,
+  resolveLibrary,
+  type LoaderEnvironment,
+  type LoadingObject,
+} from "./shared-libraries.js";
 
 /** The pinned provider package. `integrity` is the registry's dist.integrity of this version. */
 export const CUDA_PROVIDER_PACKAGE = {
@@ -70,7 +76,17 @@ export const SETUP_COMMAND = "npx framefarm setup cuda";
 export const CUDA_PROVIDER_DLOPENED = ["libcudnn.so.9"] as const;
 
 /** glibc, libstdc++ and libgcc: on every host that runs Node.js itself. */
-const SYSTEM_LIBRARIES = new Set(["libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libstdc++.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"]);
+const SYSTEM_LIBRARIES = new Set([
+  "libc.so.6",
+  "libm.so.6",
+  "libdl.so.2",
+  "librt.so.1",
+  "libpthread.so.0",
+  "libstdc++.so.6",
+  "libgcc_s.so.1",
+  "ld-linux-x86-64.so.2",
+  "ld-linux-aarch64.so.1",
+]);
 
 /** The NVIDIA driver's library: a host library, mounted into containers by the NVIDIA container toolkit. */
 export const CUDA_DRIVER_LIBRARY = "libcuda.so.1";
@@ -83,12 +99,15 @@ const CUDA_REPO = "NVIDIA's CUDA apt repository (https://developer.download.nvid
  */
 export function libraryHint(soname: string, cuda = "13"): string {
   const major = /\.so\.(\d+)$/.exec(soname)?.[1];
-  const runtime = (pkg: string): string => `the CUDA ${cuda} runtime: package ${pkg} (or all of cuda-libraries-${cuda}-0) from ${CUDA_REPO}, or an nvidia/cuda:${cuda}.x-cudnn-runtime image`;
-  if (soname === CUDA_DRIVER_LIBRARY) return `the NVIDIA driver (580 or newer for CUDA 13); in a container, run it with the NVIDIA container toolkit (Kubernetes: the GPU operator), which mounts the driver's ${CUDA_DRIVER_LIBRARY}`;
+  const runtime = (pkg: string): string =>
+    `the CUDA ${cuda} runtime: package ${pkg} (or all of cuda-libraries-${cuda}-0) from ${CUDA_REPO}, or an nvidia/cuda:${cuda}.x-cudnn-runtime image`;
+  if (soname === CUDA_DRIVER_LIBRARY)
+    return `the NVIDIA driver (580 or newer for CUDA 13); in a container, run it with the NVIDIA container toolkit (Kubernetes: the GPU operator), which mounts the driver's ${CUDA_DRIVER_LIBRARY}`;
   if (soname.startsWith("libcudart.so.")) return runtime(`cuda-cudart-${cuda}-0`);
   if (soname.startsWith("libcublasLt.so.") || soname.startsWith("libcublas.so.")) return runtime(`libcublas-${cuda}-0`);
   if (soname.startsWith("libcurand.so.")) return runtime(`libcurand-${cuda}-0`);
-  if (soname.startsWith("libcudnn")) return `cuDNN ${major ?? "9"} for CUDA ${cuda}: package libcudnn${major ?? "9"}-cuda-${cuda} from ${CUDA_REPO}, or an nvidia/cuda:${cuda}.x-cudnn-runtime image`;
+  if (soname.startsWith("libcudnn"))
+    return `cuDNN ${major ?? "9"} for CUDA ${cuda}: package libcudnn${major ?? "9"}-cuda-${cuda} from ${CUDA_REPO}, or an nvidia/cuda:${cuda}.x-cudnn-runtime image`;
   if (soname.startsWith("libnvinfer") || soname.startsWith("libnvonnxparser")) return `TensorRT 10 for CUDA ${cuda}`;
   return "a library the CUDA provider links against";
 }
@@ -105,7 +124,8 @@ function onnxruntimeNodeDir(): string {
 
 /** The installed onnxruntime-node version. */
 export function onnxruntimeNodeVersion(): string {
-  return (JSON.parse(readFileSync(path.join(onnxruntimeNodeDir(), "package.json"), "utf8")) as { version: string }).version;
+  return (JSON.parse(readFileSync(path.join(onnxruntimeNodeDir(), "package.json"), "utf8")) as { version: string })
+    .version;
 }
 
 export interface LibraryStatus {
@@ -139,7 +159,11 @@ export interface CudaCheckOptions {
 /** Everything `--ep cuda` needs, checked without loading anything. */
 export function checkCudaProvider(options: CudaCheckOptions = {}): CudaCheck {
   const binDir = options.binDir ?? onnxruntimeBinDir();
-  const files = CUDA_PROVIDER_REQUIRED.map((name) => ({ name, path: path.join(binDir, name), present: existsSync(path.join(binDir, name)) }));
+  const files = CUDA_PROVIDER_REQUIRED.map((name) => ({
+    name,
+    path: path.join(binDir, name),
+    present: existsSync(path.join(binDir, name)),
+  }));
   const check: CudaCheck = { binDir, files, problems: [], libraries: [], searched: "" };
   const markerPath = path.join(binDir, CUDA_PROVIDER_MARKER);
   if (existsSync(markerPath)) {
@@ -147,7 +171,9 @@ export function checkCudaProvider(options: CudaCheckOptions = {}): CudaCheck {
     try {
       const marker = JSON.parse(readFileSync(markerPath, "utf8")) as { onnxruntime?: string };
       if (marker.onnxruntime !== ortVersion) {
-        check.problems.push(`the CUDA provider in ${binDir} is ONNX Runtime ${marker.onnxruntime}'s, but onnxruntime-node is ${ortVersion}: a provider loads only into its own version; run \`${SETUP_COMMAND}\` again`);
+        check.problems.push(
+          `the CUDA provider in ${binDir} is ONNX Runtime ${marker.onnxruntime}'s, but onnxruntime-node is ${ortVersion}: a provider loads only into its own version; run \`${SETUP_COMMAND}\` again`,
+        );
       }
     } catch {
       check.problems.push(`${markerPath} is unreadable: run \`${SETUP_COMMAND}\` again`);
@@ -162,8 +188,11 @@ export function checkCudaProvider(options: CudaCheckOptions = {}): CudaCheck {
     object = { file: provider.path, rpath: dyn.rpath, runpath: dyn.runpath };
     needed = dyn.needed;
   } catch (err) {
-    if (!(err instanceof NotElfError) && statSync(provider.path, { throwIfNoEntry: false })?.isFile() !== true) throw err;
-    check.problems.push(`${provider.path} is not a usable shared library (${(err as Error).message}): run \`${SETUP_COMMAND}\` again`);
+    if (!(err instanceof NotElfError) && statSync(provider.path, { throwIfNoEntry: false })?.isFile() !== true)
+      throw err;
+    check.problems.push(
+      `${provider.path} is not a usable shared library (${(err as Error).message}): run \`${SETUP_COMMAND}\` again`,
+    );
     return check;
   }
   const loader = options.loader ?? currentLoaderEnvironment();
@@ -171,7 +200,10 @@ export function checkCudaProvider(options: CudaCheckOptions = {}): CudaCheck {
   const wanted: [string, string][] = [
     ...needed.filter((n) => !SYSTEM_LIBRARIES.has(n)).map((n): [string, string] => [n, CUDA_PROVIDER_LIBRARY]),
     // A provider that links cuDNN (onnxruntime-node's NuGet build may) lists it once, as DT_NEEDED.
-    ...CUDA_PROVIDER_DLOPENED.filter((n) => !needed.includes(n)).map((n): [string, string] => [n, `${CUDA_PROVIDER_LIBRARY} (dlopen)`]),
+    ...CUDA_PROVIDER_DLOPENED.filter((n) => !needed.includes(n)).map((n): [string, string] => [
+      n,
+      `${CUDA_PROVIDER_LIBRARY} (dlopen)`,
+    ]),
   ];
   const cuda = needed.map((n) => /^libcudart\.so\.(\d+)$/.exec(n)?.[1]).find((m) => m !== undefined) ?? "13";
   for (const [name, neededBy] of wanted) {

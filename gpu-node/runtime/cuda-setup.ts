@@ -18,7 +18,14 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { FarmError } from "../../shared/errors.js";
 import { extractFromTgz } from "./tar-extract.js";
-import { CUDA_PROVIDER_FILES, CUDA_PROVIDER_MARKER, CUDA_PROVIDER_PACKAGE, CUDA_PROVIDER_SPEC, onnxruntimeBinDir, onnxruntimeNodeVersion } from "./cuda-provider.js";
+import {
+  CUDA_PROVIDER_FILES,
+  CUDA_PROVIDER_MARKER,
+  CUDA_PROVIDER_PACKAGE,
+  CUDA_PROVIDER_SPEC,
+  onnxruntimeBinDir,
+  onnxruntimeNodeVersion,
+} from "./cuda-provider.js";
 
 const run = promisify(execFile);
 
@@ -46,7 +53,11 @@ export interface CudaSetupResult {
   installed: string[];
 }
 
-export async function fileDigest(file: string, algorithm: "sha256" | "sha512", encoding: "hex" | "base64"): Promise<string> {
+export async function fileDigest(
+  file: string,
+  algorithm: "sha256" | "sha512",
+  encoding: "hex" | "base64",
+): Promise<string> {
   const hash = createHash(algorithm);
   for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
   return hash.digest(encoding);
@@ -57,7 +68,8 @@ export async function fileIntegrity(file: string): Promise<string> {
   return `sha512-${await fileDigest(file, "sha512", "base64")}`;
 }
 
-const mb = (bytes: number): string => (bytes < 1e6 ? `${(bytes / 1e3).toFixed(1)} kB` : `${(bytes / 1e6).toFixed(1)} MB`);
+const mb = (bytes: number): string =>
+  bytes < 1e6 ? `${(bytes / 1e3).toFixed(1)} kB` : `${(bytes / 1e6).toFixed(1)} MB`;
 
 async function providerInPlace(binDir: string): Promise<boolean> {
   for (const f of CUDA_PROVIDER_FILES) {
@@ -73,19 +85,37 @@ async function providerInPlace(binDir: string): Promise<boolean> {
 async function verifyTarball(file: string, what: string): Promise<void> {
   const integrity = await fileIntegrity(file);
   if (integrity !== CUDA_PROVIDER_PACKAGE.integrity) {
-    throw new FarmError("DATA_LOSS", `${what} ${file} is not ${CUDA_PROVIDER_SPEC}: its integrity is ${integrity}, the pinned one ${CUDA_PROVIDER_PACKAGE.integrity}`);
+    throw new FarmError(
+      "DATA_LOSS",
+      `${what} ${file} is not ${CUDA_PROVIDER_SPEC}: its integrity is ${integrity}, the pinned one ${CUDA_PROVIDER_PACKAGE.integrity}`,
+    );
   }
 }
 
 async function npmOutput(npm: string, args: string[], cwd: string): Promise<string> {
   try {
-    const { stdout } = await run(npm, args, { cwd, maxBuffer: 16 * 1024 * 1024, env: { ...process.env, npm_config_update_notifier: "false" } });
+    const { stdout } = await run(npm, args, {
+      cwd,
+      maxBuffer: 16 * 1024 * 1024,
+      env: { ...process.env, npm_config_update_notifier: "false" },
+    });
     return stdout;
   } catch (err) {
     const e = err as { stderr?: string; message: string; code?: string };
-    if (e.code === "ENOENT") throw new FarmError("FAILED_PRECONDITION", `${npm} not found: install npm, or download ${CUDA_PROVIDER_SPEC}'s tarball elsewhere (\`npm pack ${CUDA_PROVIDER_SPEC}\`) and pass it with --from FILE`);
-    const detail = (e.stderr ?? e.message).split("\n").filter((l) => l.trim() !== "" && !l.includes("Unknown project config")).slice(-6).join("\n");
-    throw new FarmError("UNAVAILABLE", `\`${npm} ${args.join(" ")}\` failed: ${detail}\nWithout access to the npm registry, download the tarball elsewhere (\`npm pack ${CUDA_PROVIDER_SPEC}\`) and pass it with --from FILE`);
+    if (e.code === "ENOENT")
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `${npm} not found: install npm, or download ${CUDA_PROVIDER_SPEC}'s tarball elsewhere (\`npm pack ${CUDA_PROVIDER_SPEC}\`) and pass it with --from FILE`,
+      );
+    const detail = (e.stderr ?? e.message)
+      .split("\n")
+      .filter((l) => l.trim() !== "" && !l.includes("Unknown project config"))
+      .slice(-6)
+      .join("\n");
+    throw new FarmError(
+      "UNAVAILABLE",
+      `\`${npm} ${args.join(" ")}\` failed: ${detail}\nWithout access to the npm registry, download the tarball elsewhere (\`npm pack ${CUDA_PROVIDER_SPEC}\`) and pass it with --from FILE`,
+    );
   }
 }
 
@@ -94,10 +124,17 @@ async function download(cacheDir: string, npm: string, log: (line: string) => vo
   await mkdir(cacheDir, { recursive: true });
   const registryIntegrity = (await npmOutput(npm, ["view", CUDA_PROVIDER_SPEC, "dist.integrity"], cacheDir)).trim();
   if (registryIntegrity !== CUDA_PROVIDER_PACKAGE.integrity) {
-    throw new FarmError("DATA_LOSS", `the npm registry's integrity of ${CUDA_PROVIDER_SPEC} is ${JSON.stringify(registryIntegrity)}, not the pinned ${CUDA_PROVIDER_PACKAGE.integrity}: refusing to install it`);
+    throw new FarmError(
+      "DATA_LOSS",
+      `the npm registry's integrity of ${CUDA_PROVIDER_SPEC} is ${JSON.stringify(registryIntegrity)}, not the pinned ${CUDA_PROVIDER_PACKAGE.integrity}: refusing to install it`,
+    );
   }
   log(`downloading ${CUDA_PROVIDER_SPEC} (${mb(CUDA_PROVIDER_PACKAGE.tarballBytes)}) with npm pack into ${cacheDir}`);
-  await npmOutput(npm, ["pack", CUDA_PROVIDER_SPEC, "--pack-destination", cacheDir, "--ignore-scripts", "--silent"], cacheDir);
+  await npmOutput(
+    npm,
+    ["pack", CUDA_PROVIDER_SPEC, "--pack-destination", cacheDir, "--ignore-scripts", "--silent"],
+    cacheDir,
+  );
   const file = path.join(cacheDir, CUDA_TARBALL_NAME);
   if (!existsSync(file)) throw new FarmError("INTERNAL", `npm pack ${CUDA_PROVIDER_SPEC} wrote no ${file}`);
   return file;
@@ -107,7 +144,10 @@ async function download(cacheDir: string, npm: string, log: (line: string) => vo
 export async function setupCudaProvider(options: CudaSetupOptions): Promise<CudaSetupResult> {
   const { log } = options;
   if (options.binDir === undefined && (process.platform !== "linux" || process.arch !== "x64")) {
-    throw new FarmError("FAILED_PRECONDITION", `the CUDA provider package is for linux/x64; this is ${process.platform}/${process.arch}`);
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `the CUDA provider package is for linux/x64; this is ${process.platform}/${process.arch}`,
+    );
   }
   const ortVersion = options.onnxruntimeVersion ?? onnxruntimeNodeVersion();
   if (ortVersion !== CUDA_PROVIDER_PACKAGE.onnxruntime) {
@@ -118,12 +158,19 @@ export async function setupCudaProvider(options: CudaSetupOptions): Promise<Cuda
   }
   const binDir = options.binDir ?? onnxruntimeBinDir();
   if (!existsSync(path.join(binDir, "libonnxruntime.so.1"))) {
-    throw new FarmError("FAILED_PRECONDITION", `${binDir} holds no libonnxruntime.so.1: reinstall onnxruntime-node (npm ci)`);
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `${binDir} holds no libonnxruntime.so.1: reinstall onnxruntime-node (npm ci)`,
+    );
   }
   await removeScratch(binDir);
-  log(`provider: ${CUDA_PROVIDER_SPEC} (${CUDA_PROVIDER_PACKAGE.license}), ONNX Runtime ${CUDA_PROVIDER_PACKAGE.onnxruntime}'s CUDA 13 execution provider, for onnxruntime-node ${ortVersion}`);
+  log(
+    `provider: ${CUDA_PROVIDER_SPEC} (${CUDA_PROVIDER_PACKAGE.license}), ONNX Runtime ${CUDA_PROVIDER_PACKAGE.onnxruntime}'s CUDA 13 execution provider, for onnxruntime-node ${ortVersion}`,
+  );
   if (await providerInPlace(binDir)) {
-    log(`already installed in ${binDir} (${CUDA_PROVIDER_FILES.map((f) => f.name).join(", ")}: sizes and SHA-256 match): nothing to do`);
+    log(
+      `already installed in ${binDir} (${CUDA_PROVIDER_FILES.map((f) => f.name).join(", ")}: sizes and SHA-256 match): nothing to do`,
+    );
     if (!existsSync(path.join(binDir, CUDA_PROVIDER_MARKER))) await writeMarker(binDir, ortVersion);
     return { binDir, alreadyInstalled: true, installed: [] };
   }
@@ -133,7 +180,9 @@ export async function setupCudaProvider(options: CudaSetupOptions): Promise<Cuda
     tarball = path.resolve(options.from);
     if (!existsSync(tarball)) throw new FarmError("NOT_FOUND", `--from ${tarball}: no such file`);
     await verifyTarball(tarball, "--from");
-    log(`tarball: ${tarball} (given with --from), integrity ${CUDA_PROVIDER_PACKAGE.integrity.slice(0, 19)}... matches the pinned one`);
+    log(
+      `tarball: ${tarball} (given with --from), integrity ${CUDA_PROVIDER_PACKAGE.integrity.slice(0, 19)}... matches the pinned one`,
+    );
   } else {
     const cached = path.join(options.cacheDir, CUDA_TARBALL_NAME);
     let usable = false;
@@ -143,7 +192,9 @@ export async function setupCudaProvider(options: CudaSetupOptions): Promise<Cuda
         usable = true;
         log(`tarball: ${cached} (cached, no download), integrity matches the pinned one`);
       } catch (err) {
-        log(`the cached tarball is not the pinned package (${(err as Error).message}): removing it and downloading again`);
+        log(
+          `the cached tarball is not the pinned package (${(err as Error).message}): removing it and downloading again`,
+        );
         await rm(cached, { force: true });
       }
     }
@@ -162,19 +213,26 @@ export async function setupCudaProvider(options: CudaSetupOptions): Promise<Cuda
 
   // Extract beside libonnxruntime.so.1 (same file system), so that each library is renamed into place whole.
   const scratch = await mkdtemp(path.join(binDir, ".framefarm-setup-")).catch((err: NodeJS.ErrnoException) => {
-    throw new FarmError("FAILED_PRECONDITION", `cannot write to ${binDir} (${err.code ?? err.message}): run setup as the user who installed node_modules`);
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `cannot write to ${binDir} (${err.code ?? err.message}): run setup as the user who installed node_modules`,
+    );
   });
   const installed: string[] = [];
   try {
     let digests: Map<string, string>;
     try {
-      digests = await extractFromTgz(tarball, new Map(CUDA_PROVIDER_FILES.map((f) => [f.member, path.join(scratch, f.name)])));
+      digests = await extractFromTgz(
+        tarball,
+        new Map(CUDA_PROVIDER_FILES.map((f) => [f.member, path.join(scratch, f.name)])),
+      );
     } catch (err) {
       throw new FarmError("DATA_LOSS", `extracting ${tarball} failed: ${(err as Error).message}`);
     }
     for (const f of CUDA_PROVIDER_FILES) {
       const digest = digests.get(f.member);
-      if (digest !== f.sha256) throw new FarmError("DATA_LOSS", `${f.member} in ${tarball} has SHA-256 ${digest}, not the pinned ${f.sha256}`);
+      if (digest !== f.sha256)
+        throw new FarmError("DATA_LOSS", `${f.member} in ${tarball} has SHA-256 ${digest}, not the pinned ${f.sha256}`);
     }
     for (const f of CUDA_PROVIDER_FILES) {
       const target = path.join(binDir, f.name);
@@ -191,11 +249,18 @@ export async function setupCudaProvider(options: CudaSetupOptions): Promise<Cuda
 }
 
 async function writeMarker(binDir: string, ortVersion: string): Promise<void> {
-  const marker = { package: CUDA_PROVIDER_PACKAGE.name, version: CUDA_PROVIDER_PACKAGE.version, integrity: CUDA_PROVIDER_PACKAGE.integrity, onnxruntime: ortVersion, files: CUDA_PROVIDER_FILES.map((f) => ({ name: f.name, sha256: f.sha256 })) };
+  const marker = {
+    package: CUDA_PROVIDER_PACKAGE.name,
+    version: CUDA_PROVIDER_PACKAGE.version,
+    integrity: CUDA_PROVIDER_PACKAGE.integrity,
+    onnxruntime: ortVersion,
+    files: CUDA_PROVIDER_FILES.map((f) => ({ name: f.name, sha256: f.sha256 })),
+  };
   await writeFile(path.join(binDir, CUDA_PROVIDER_MARKER), `${JSON.stringify(marker, null, 2)}\n`);
 }
 
 /** Leftover scratch folders of an interrupted setup (removed by the next run). */
 export async function removeScratch(binDir: string): Promise<void> {
-  for (const e of await readdir(binDir).catch(() => [] as string[])) if (e.startsWith(".framefarm-setup-")) await rm(path.join(binDir, e), { recursive: true, force: true });
+  for (const e of await readdir(binDir).catch(() => [] as string[]))
+    if (e.startsWith(".framefarm-setup-")) await rm(path.join(binDir, e), { recursive: true, force: true });
 }

@@ -58,7 +58,8 @@ export function readElfDynamic(file: string): ElfDynamic {
       if (type === PT_LOAD) loads.push({ offset, vaddr, filesz });
       else if (type === PT_DYNAMIC) dynamic = { offset: Number(offset), size: Number(filesz) };
     }
-    if (dynamic === undefined) throw new NotElfError(`${file}: an ELF file without a dynamic section (not a shared library)`);
+    if (dynamic === undefined)
+      throw new NotElfError(`${file}: an ELF file without a dynamic section (not a shared library)`);
     const dyn = read(dynamic.offset, dynamic.size);
     const entries: [bigint, bigint][] = [];
     for (let p = 0; p + 16 <= dyn.length; p += 16) {
@@ -68,7 +69,8 @@ export function readElfDynamic(file: string): ElfDynamic {
     }
     const strtabAddr = entries.find(([t]) => t === DT_STRTAB)?.[1];
     const strsz = entries.find(([t]) => t === DT_STRSZ)?.[1];
-    if (strtabAddr === undefined || strsz === undefined) throw new NotElfError(`${file}: dynamic section without a string table`);
+    if (strtabAddr === undefined || strsz === undefined)
+      throw new NotElfError(`${file}: dynamic section without a string table`);
     // DT_STRTAB is a virtual address: find the loaded segment holding it.
     const seg = loads.find((l) => strtabAddr >= l.vaddr && strtabAddr < l.vaddr + l.filesz);
     if (seg === undefined) throw new NotElfError(`${file}: string table outside every loaded segment`);

@@ -13,14 +13,20 @@ export const EXECUTION_PROVIDERS: readonly ExecutionProvider[] = ["cpu", "webgpu
 
 export function parseExecutionProvider(value: string): ExecutionProvider {
   if ((EXECUTION_PROVIDERS as readonly string[]).includes(value)) return value as ExecutionProvider;
-  throw new FarmError("INVALID_ARGUMENT", `unknown execution provider ${JSON.stringify(value)}: use one of ${EXECUTION_PROVIDERS.join(", ")}`);
+  throw new FarmError(
+    "INVALID_ARGUMENT",
+    `unknown execution provider ${JSON.stringify(value)}: use one of ${EXECUTION_PROVIDERS.join(", ")}`,
+  );
 }
 
 /** Throws FAILED_PRECONDITION when the provider cannot run in this installation. */
 export function assertExecutionProviderAvailable(ep: ExecutionProvider): void {
   const backend = listSupportedBackends().find((b) => b.name === ep);
   if (backend === undefined) {
-    throw new FarmError("FAILED_PRECONDITION", `execution provider ${ep} is not supported by onnxruntime-node on ${process.platform}/${process.arch}`);
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `execution provider ${ep} is not supported by onnxruntime-node on ${process.platform}/${process.arch}`,
+    );
   }
   if (ep === "cuda") assertCudaProviderUsable();
 }

@@ -37,7 +37,10 @@ export class ModelRuntime {
     const missing = expected.filter((n) => !model.inputNames.includes(n));
     if (missing.length > 0) {
       await model.release();
-      throw new FarmError("FAILED_PRECONDITION", `${name} graph lacks inputs ${missing.join(", ")} that the manifest promises: re-export the bundle`);
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `${name} graph lacks inputs ${missing.join(", ")} that the manifest promises: re-export the bundle`,
+      );
     }
     return model;
   }

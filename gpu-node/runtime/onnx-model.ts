@@ -27,17 +27,25 @@ export interface SessionSettings {
 }
 
 /** The provider list and session config entries for one session. */
-export function sessionProviders(settings: SessionSettings): { providers: (string | Record<string, string>)[]; config: Record<string, string> } {
-  const main = settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
+export function sessionProviders(settings: SessionSettings): {
+  providers: (string | Record<string, string>)[];
+  config: Record<string, string>;
+} {
+  const main =
+    settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
   if (settings.ep === "cpu") return { providers: ["cpu"], config: {} };
   // onnxruntime rejects disable_cpu_ep_fallback when the CPU provider is listed explicitly.
   const allow = settings.allowCpuFallback ?? process.env.FRAMEFARM_ALLOW_CPU_FALLBACK === "1";
   const strict = settings.ep === "cuda" && !allow;
-  return strict ? { providers: [main], config: { "session.disable_cpu_ep_fallback": "1" } } : { providers: [main, "cpu"], config: {} };
+  return strict
+    ? { providers: [main], config: { "session.disable_cpu_ep_fallback": "1" } }
+    : { providers: [main, "cpu"], config: {} };
 }
 
 function toOrt(t: Feed): ort.Tensor {
-  return t.is("int64") ? new ort.Tensor("int64", t.data, [...t.shape]) : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
+  return t.is("int64")
+    ? new ort.Tensor("int64", t.data, [...t.shape])
+    : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
 }
 
 /** Milliseconds spent inside onnxruntime, accumulated per runtime (farm-overhead accounting). */
@@ -52,7 +60,12 @@ export class OnnxModel {
     private readonly clock: ModelClock,
   ) {}
 
-  static async load(component: string, file: string, settings: SessionSettings, clock: ModelClock = { ms: 0 }): Promise<OnnxModel> {
+  static async load(
+    component: string,
+    file: string,
+    settings: SessionSettings,
+    clock: ModelClock = { ms: 0 },
+  ): Promise<OnnxModel> {
     const { providers, config } = sessionProviders(settings);
     try {
       const session = await ort.InferenceSession.create(file, {
@@ -60,7 +73,9 @@ export class OnnxModel {
         graphOptimizationLevel: settings.graphOptimization ?? "all",
         intraOpNumThreads: settings.intraOpThreads ?? 0,
         logSeverityLevel: 3,
-        extra: { session: Object.fromEntries(Object.entries(config).map(([k, v]) => [k.replace(/^session\./, ""), v])) },
+        extra: {
+          session: Object.fromEntries(Object.entries(config).map(([k, v]) => [k.replace(/^session\./, ""), v])),
+        },
       });
       return new OnnxModel(component, session, clock);
     } catch (err) {
@@ -68,7 +83,11 @@ export class OnnxModel {
       const hint = /fallback to CPU EP has been explicitly disabled/.test(message)
         ? ` (${settings.ep} has no kernel for some node of this graph; re-export it, or or allow CPU fallback with FRAMEFARM_ALLOW_CPU_FALLBACK=1 at a cost in speed)`
         : "";
-      throw new FarmError("FAILED_PRECONDITION", `cannot load ${component} from ${file} on ${settings.ep}: ${message}${hint}`, { cause: err });
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `cannot load ${component} from ${file} on ${settings.ep}: ${message}${hint}`,
+        { cause: err },
+      );
     }
   }
 
@@ -93,8 +112,12 @@ export class OnnxModel {
       results = await this.session.run(ortFeeds);
       this.clock.ms += performance.now() - started;
     } catch (err) {
-      const shapes = Object.entries(feeds).map(([k, v]) => `${k}=${v.describe()}`).join(" ");
-      throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, { cause: err });
+      const shapes = Object.entries(feeds)
+        .map(([k, v]) => `${k}=${v.describe()}`)
+        .join(" ");
+      throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {

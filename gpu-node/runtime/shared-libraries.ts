@@ -60,7 +60,12 @@ export function readLdconfigCache(): Map<string, string> {
   for (const ldconfig of ["/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"]) {
     if (ldconfig.startsWith("/") && !existsSync(ldconfig)) continue;
     try {
-      const out = execFileSync(ldconfig, ["-p"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"], timeout: 10_000, maxBuffer: 64 * 1024 * 1024 });
+      const out = execFileSync(ldconfig, ["-p"], {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "ignore"],
+        timeout: 10_000,
+        maxBuffer: 64 * 1024 * 1024,
+      });
       return parseLdconfigOutput(out);
     } catch {
       // Try the next one.
@@ -70,7 +75,11 @@ export function readLdconfigCache(): Map<string, string> {
 }
 
 export function currentLoaderEnvironment(): LoaderEnvironment {
-  return { ldLibraryPath: process.env["LD_LIBRARY_PATH"], cache: readLdconfigCache(), defaultDirs: defaultLibraryDirs() };
+  return {
+    ldLibraryPath: process.env["LD_LIBRARY_PATH"],
+    cache: readLdconfigCache(),
+    defaultDirs: defaultLibraryDirs(),
+  };
 }
 
 /** $ORIGIN (and ${ORIGIN}) of a DT_RPATH/DT_RUNPATH entry is the object's folder. */
@@ -87,10 +96,14 @@ function isFile(p: string): boolean {
 }
 
 /** The search path, in the loader's order, as [directory, how] pairs (the cache comes between). */
-function searchDirs(object: LoadingObject, env: LoaderEnvironment): { before: [string, string][]; after: [string, string][] } {
+function searchDirs(
+  object: LoadingObject,
+  env: LoaderEnvironment,
+): { before: [string, string][]; after: [string, string][] } {
   const name = path.basename(object.file);
   const before: [string, string][] = [];
-  if (object.runpath.length === 0) for (const d of object.rpath) before.push([expandOrigin(d, object), `RPATH of ${name}`]);
+  if (object.runpath.length === 0)
+    for (const d of object.rpath) before.push([expandOrigin(d, object), `RPATH of ${name}`]);
   // An empty LD_LIBRARY_PATH entry means the current directory.
   if (env.ldLibraryPath !== undefined && env.ldLibraryPath !== "") {
     for (const d of env.ldLibraryPath.split(/[:;]/)) before.push([d === "" ? process.cwd() : d, "LD_LIBRARY_PATH"]);

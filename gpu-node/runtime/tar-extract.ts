@@ -82,7 +82,10 @@ function paxPath(body: Buffer): string | undefined {
  * Writes each member named in `wanted` (archive path -> destination file) and returns its SHA-256
  * (hex). Throws if the archive is malformed or a wanted member is missing.
  */
-export async function extractFromTgz(tarball: string, wanted: ReadonlyMap<string, string>): Promise<Map<string, string>> {
+export async function extractFromTgz(
+  tarball: string,
+  wanted: ReadonlyMap<string, string>,
+): Promise<Map<string, string>> {
   const reader = new ByteReader(createReadStream(tarball).pipe(createGunzip()) as AsyncIterable<Buffer>);
   const digests = new Map<string, string>();
   let longName: string | undefined;
@@ -99,7 +102,8 @@ export async function extractFromTgz(tarball: string, wanted: ReadonlyMap<string
       continue;
     }
     const prefix = header.subarray(257, 262).toString("latin1") === "ustar" ? cstring(header.subarray(345, 500)) : "";
-    const name = longName ?? (prefix !== "" ? `${prefix}/${cstring(header.subarray(0, 100))}` : cstring(header.subarray(0, 100)));
+    const name =
+      longName ?? (prefix !== "" ? `${prefix}/${cstring(header.subarray(0, 100))}` : cstring(header.subarray(0, 100)));
     longName = undefined;
     const dest = type === "0" || type === "\0" ? wanted.get(name) : undefined;
     if (dest === undefined) {

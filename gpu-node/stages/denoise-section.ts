@@ -62,7 +62,11 @@ function trueCfg(pos: F32, neg: F32, scale: number): F32 {
 }
 
 /** `runtime` needs only `model()`: a ModelRuntime, or a benchmark holding one loaded session. */
-export async function denoiseSection(runtime: Pick<ModelRuntime, "model">, input: DenoiseInput, observer: DenoiseObserver = {}): Promise<F32> {
+export async function denoiseSection(
+  runtime: Pick<ModelRuntime, "model">,
+  input: DenoiseInput,
+  observer: DenoiseObserver = {},
+): Promise<F32> {
   const model = await runtime.model("transformer");
   const { schedule, context } = input;
   const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));

@@ -46,7 +46,11 @@ function probePrompt(observer: RenderObserver, p: PromptEmbeddings, suffix: "0" 
 }
 
 /** Renders the video and returns its frames as uint8 [T, H, W, 3]. */
-export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observer: RenderObserver = {}): Promise<Tensor<"uint8">> {
+export async function renderJob(
+  ctx: RenderContext,
+  inputs: RenderInputs,
+  observer: RenderObserver = {},
+): Promise<Tensor<"uint8">> {
   const { runtime, tokenizers } = ctx;
   const { params } = inputs;
   const manifest = runtime.bundle.manifest;
@@ -98,7 +102,18 @@ export async function renderJob(ctx: RenderContext, inputs: RenderInputs, observ
     observer.signal?.throwIfAborted();
     const step = await runSectionStep(
       runtime,
-      { plan, section, history, imageLatents, lastImageLatents, generator, prompt, ...(negative !== undefined ? { negative } : {}), imageEmbeds, params },
+      {
+        plan,
+        section,
+        history,
+        imageLatents,
+        lastImageLatents,
+        generator,
+        prompt,
+        ...(negative !== undefined ? { negative } : {}),
+        imageEmbeds,
+        params,
+      },
       {
         onStep: (step, steps) => observer.onStep?.(k, step, steps),
         probe,

@@ -52,7 +52,11 @@ export interface SectionStepResult {
 }
 
 /** Denoises one section and appends it to the history. */
-export async function runSectionStep(runtime: ModelRuntime, input: SectionStepInput, observer: SectionStepObserver = {}): Promise<SectionStepResult> {
+export async function runSectionStep(
+  runtime: ModelRuntime,
+  input: SectionStepInput,
+  observer: SectionStepObserver = {},
+): Promise<SectionStepResult> {
   const { plan, section, history, imageLatents } = input;
   const k = section.index;
   const probe = observer.probe;
@@ -62,7 +66,11 @@ export async function runSectionStep(runtime: ModelRuntime, input: SectionStepIn
   const noise = input.generator.randn([1, channels, plan.latentWindowSize, h, w]);
   probe?.(`section${k}.noise`, noise);
   const patch = manifest.transformer.patch_size;
-  const schedule = flowMatchSchedule(manifest.scheduler, input.params.steps, imageSeqLen(plan.latentWindowSize, h, w, patch));
+  const schedule = flowMatchSchedule(
+    manifest.scheduler,
+    input.params.steps,
+    imageSeqLen(plan.latentWindowSize, h, w, patch),
+  );
   probe?.(`section${k}.sigmas`, new Tensor("float32", [schedule.sigmas.length], schedule.sigmas));
   probe?.(`section${k}.timesteps`, new Tensor("float32", [schedule.timesteps.length], schedule.timesteps));
 
@@ -96,7 +104,12 @@ export async function runSectionStep(runtime: ModelRuntime, input: SectionStepIn
 }
 
 /** Decodes one section's latents to video [1, 3, T, H, W] in [-1, 1]. */
-export async function decodeSection(runtime: ModelRuntime, section: Section, decodeLatents: F32, probe?: Probe): Promise<F32> {
+export async function decodeSection(
+  runtime: ModelRuntime,
+  section: Section,
+  decodeLatents: F32,
+  probe?: Probe,
+): Promise<F32> {
   const vaeLatents = toVaeLatents(decodeLatents, runtime.bundle.manifest.vae.scaling_factor);
   probe?.(`decode${section.index}.in`, vaeLatents);
   const video = await decodeVideo(runtime, vaeLatents);

@@ -57,7 +57,6 @@ export interface NodeOptions {
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
 
-
 export class NodeLoop {
   private consumers: Consumer[] = [];
   private failuresInARow = 0;
@@ -89,7 +88,9 @@ export class NodeLoop {
     this.log.warn({ reason }, "quarantined: taking no more tasks");
     this.options.onQuarantine?.(reason);
     // Not awaited: the task in hand (this one) finishes first.
-    void Promise.all(this.consumers.map((c) => c.stop())).then(() => this.presence?.setState(NodeState.NODE_STATE_QUARANTINED, reason));
+    void Promise.all(this.consumers.map((c) => c.stop())).then(() =>
+      this.presence?.setState(NodeState.NODE_STATE_QUARANTINED, reason),
+    );
   }
 
   static async start(bus: Bus, ctx: WorkerContext, options: NodeOptions): Promise<NodeLoop> {
@@ -106,7 +107,12 @@ export class NodeLoop {
         {
           nodeId: options.nodeId,
           version: p.version,
-          capabilities: { stages: options.stages.map(stageToPb), bundle: p.bundle, executionProvider: p.executionProvider, device: p.device },
+          capabilities: {
+            stages: options.stages.map(stageToPb),
+            bundle: p.bundle,
+            executionProvider: p.executionProvider,
+            device: p.device,
+          },
         },
         {
           currentTasks: () => [...loop.inHand.values()],
@@ -129,75 +135,116 @@ export class NodeLoop {
   private async consume(kv: KeyValue, stage: StageKind): Promise<Consumer> {
     const { bus, ctx, options } = this;
     const ackWaitMs = options.ackWaitMs ?? 30_000;
-    return bus.queues.consume(stage, { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
-      const msg = taskMessages.decode(m.data);
-      if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {
-        m.nak(200); // this node failed it before: let another node take it
-        return;
-      }
-      const { task, spec } = msg;
-      const startedAt = new Date().toISOString();
-      const modelBefore = ctx.runtime.clock.ms;
-      const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">): Promise<void> => {
-        const finishedAt = new Date().toISOString();
-        const modelMs = ctx.runtime.clock.ms - modelBefore;
-        await bus.queues.enqueue(RESULTS_QUEUE, taskResults.encode({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, modelMs, ...result }));
-      };
-      const log = this.log.child({ jobId: msg.jobId, taskId: msg.taskId, stage, ...(task?.section !== undefined ? { section: task.section } : {}), attempt: m.attempt });
-      // Cancellation is heard on the job's subject: listen first, then check that the job has not ended already.
-      const abort = new AbortController();
-      const stopListening = bus.events.subscribe(jobEventSubject(msg.jobId), (_subject, data) => {
-        const e = jobEvents.decode(data);
-        if (!isStepEvent(e) && e.state === "CANCELLED") abort.abort();
-      });
-      let jobState: JobState | null;
-      try {
-        jobState = await readJobState(kv, msg.jobId);
-      } catch (err) {
-        stopListening();
-        throw err;
-      }
-      if (task === undefined || spec === undefined || jobState === null || jobState === "CANCELLED" || jobState === "FAILED" || abort.signal.aborted) {
-        stopListening();
-        log.info({ jobState: jobState ?? "missing" }, "task dropped: its job is over");
-        m.term(); // the job is gone or over: nothing to do
-        return;
-      }
-      // Keep the lease while working, at a third of the ack wait.
-      const keepAlive = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
-      this.inHand.set(task.id, { jobId: msg.jobId, taskId: task.id, stage: stageToPb(stage), ...(task.section !== undefined ? { section: task.section } : {}), startedAt: timestampOf(Date.parse(startedAt)) });
-      this.presence?.announce();
-      log.info("task started");
-      try {
-        if (options.failStages?.includes(task.kind) === true) throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
-        await runStageTask(ctx, task, spec, {
-          signal: abort.signal,
-          onStep: (step, steps) => bus.events.publish(jobEventSubject(msg.jobId), jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps })),
-        });
-        await report({ ok: true });
-        this.failuresInARow = 0;
-        this.counts.tasksDone++;
-        if (stage === "denoise") this.counts.sectionsDone++;
-        log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
-      } catch (err) {
-        if (abort.signal.aborted) {
-          log.info("task stopped: its job was cancelled");
-          m.term();
+    return bus.queues.consume(
+      stage,
+      { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 },
+      async (m) => {
+        const msg = taskMessages.decode(m.data);
+        if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {
+          m.nak(200); // this node failed it before: let another node take it
           return;
         }
-        const status = err instanceof FarmError ? err.status : "INTERNAL";
-        await report({ ok: false, error: (err as Error).message, errorStatus: status });
-        this.counts.tasksFailed++;
-        log.warn({ status, error: (err as Error).message }, "task failed");
-        this.countFailure((err as Error).message);
-      } finally {
-        clearInterval(keepAlive);
-        stopListening();
-        this.inHand.delete(task.id);
+        const { task, spec } = msg;
+        const startedAt = new Date().toISOString();
+        const modelBefore = ctx.runtime.clock.ms;
+        const report = async (
+          result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">,
+        ): Promise<void> => {
+          const finishedAt = new Date().toISOString();
+          const modelMs = ctx.runtime.clock.ms - modelBefore;
+          await bus.queues.enqueue(
+            RESULTS_QUEUE,
+            taskResults.encode({
+              jobId: msg.jobId,
+              taskId: msg.taskId,
+              node: options.nodeId,
+              startedAt,
+              finishedAt,
+              modelMs,
+              ...result,
+            }),
+          );
+        };
+        const log = this.log.child({
+          jobId: msg.jobId,
+          taskId: msg.taskId,
+          stage,
+          ...(task?.section !== undefined ? { section: task.section } : {}),
+          attempt: m.attempt,
+        });
+        // Cancellation is heard on the job's subject: listen first, then check that the job has not ended already.
+        const abort = new AbortController();
+        const stopListening = bus.events.subscribe(jobEventSubject(msg.jobId), (_subject, data) => {
+          const e = jobEvents.decode(data);
+          if (!isStepEvent(e) && e.state === "CANCELLED") abort.abort();
+        });
+        let jobState: JobState | null;
+        try {
+          jobState = await readJobState(kv, msg.jobId);
+        } catch (err) {
+          stopListening();
+          throw err;
+        }
+        if (
+          task === undefined ||
+          spec === undefined ||
+          jobState === null ||
+          jobState === "CANCELLED" ||
+          jobState === "FAILED" ||
+          abort.signal.aborted
+        ) {
+          stopListening();
+          log.info({ jobState: jobState ?? "missing" }, "task dropped: its job is over");
+          m.term(); // the job is gone or over: nothing to do
+          return;
+        }
+        // Keep the lease while working, at a third of the ack wait.
+        const keepAlive = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
+        this.inHand.set(task.id, {
+          jobId: msg.jobId,
+          taskId: task.id,
+          stage: stageToPb(stage),
+          ...(task.section !== undefined ? { section: task.section } : {}),
+          startedAt: timestampOf(Date.parse(startedAt)),
+        });
         this.presence?.announce();
-      }
-      m.ack();
-    });
+        log.info("task started");
+        try {
+          if (options.failStages?.includes(task.kind) === true)
+            throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
+          await runStageTask(ctx, task, spec, {
+            signal: abort.signal,
+            onStep: (step, steps) =>
+              bus.events.publish(
+                jobEventSubject(msg.jobId),
+                jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps }),
+              ),
+          });
+          await report({ ok: true });
+          this.failuresInARow = 0;
+          this.counts.tasksDone++;
+          if (stage === "denoise") this.counts.sectionsDone++;
+          log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
+        } catch (err) {
+          if (abort.signal.aborted) {
+            log.info("task stopped: its job was cancelled");
+            m.term();
+            return;
+          }
+          const status = err instanceof FarmError ? err.status : "INTERNAL";
+          await report({ ok: false, error: (err as Error).message, errorStatus: status });
+          this.counts.tasksFailed++;
+          log.warn({ status, error: (err as Error).message }, "task failed");
+          this.countFailure((err as Error).message);
+        } finally {
+          clearInterval(keepAlive);
+          stopListening();
+          this.inHand.delete(task.id);
+          this.presence?.announce();
+        }
+        m.ack();
+      },
+    );
   }
 
   /** Takes no more tasks; those in hand finish and report. The node stays registered, as drained. */

@@ -5,10 +5,32 @@
  */
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, RetentionPolicy, StorageType, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  jetstream,
+  jetstreamManager,
+  JetStreamApiError,
+  RetentionPolicy,
+  StorageType,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
-import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type QueueStats, type WorkQueues } from "./bus.js";
+import {
+  validateBusName,
+  type Bus,
+  type Consumer,
+  type ConsumeOptions,
+  type Delivery,
+  type Events,
+  type KeyValue,
+  type KvEntry,
+  type QueueStats,
+  type WorkQueues,
+} from "./bus.js";
 
 const ms = (n: number): number => n * 1_000_000;
 /** The JetStream stream behind a queue (KEDA's autoscaler names it too: deploy/k8s). */
@@ -24,7 +46,14 @@ class NatsQueues implements WorkQueues {
 
   async ensure(queue: string): Promise<void> {
     validateBusName("queue", queue);
-    const config = { name: streamOf(queue), subjects: [subjectOf(queue)], retention: RetentionPolicy.Workqueue, storage: StorageType.File, duplicate_window: ms(120_000), num_replicas: this.replicas };
+    const config = {
+      name: streamOf(queue),
+      subjects: [subjectOf(queue)],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      duplicate_window: ms(120_000),
+      num_replicas: this.replicas,
+    };
     try {
       await this.jsm.streams.info(config.name);
     } catch {
@@ -44,14 +73,32 @@ class NatsQueues implements WorkQueues {
   async stats(queue: string): Promise<QueueStats> {
     const stream = streamOf(queue);
     const [c] = await this.jsm.consumers.list(stream).next();
-    if (c === undefined) return { waiting: (await this.jsm.streams.info(stream)).state.messages, inFlight: 0, redelivered: 0, idleWorkers: 0 };
-    return { waiting: c.num_pending, inFlight: c.num_ack_pending, redelivered: c.num_redelivered, idleWorkers: c.num_waiting };
+    if (c === undefined)
+      return {
+        waiting: (await this.jsm.streams.info(stream)).state.messages,
+        inFlight: 0,
+        redelivered: 0,
+        idleWorkers: 0,
+      };
+    return {
+      waiting: c.num_pending,
+      inFlight: c.num_ack_pending,
+      redelivered: c.num_redelivered,
+      idleWorkers: c.num_waiting,
+    };
   }
 
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
     const stream = streamOf(queue);
     const durable = validateBusName("consumer", options.name);
-    const config = { durable_name: durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: ms(options.ackWaitMs), max_deliver: options.maxDeliver, max_ack_pending: 1000 };
+    const config = {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: ms(options.ackWaitMs),
+      max_deliver: options.maxDeliver,
+      max_ack_pending: 1000,
+    };
     try {
       await this.jsm.consumers.add(stream, config);
     } catch (err) {
@@ -83,7 +130,9 @@ class NatsQueues implements WorkQueues {
               working: () => m.working(),
               term: () => m.term(),
             };
-            const p = handler(delivery).catch(() => m.nak()).finally(() => inflight.delete(p));
+            const p = handler(delivery)
+              .catch(() => m.nak())
+              .finally(() => inflight.delete(p));
             inflight.add(p);
           }
         } catch {
@@ -131,7 +180,9 @@ class NatsKv implements KeyValue {
     try {
       return await this.kv.update(key, value, expectedRevision);
     } catch (err) {
-      throw new FarmError("ABORTED", `key ${key} is not at revision ${expectedRevision}: ${(err as Error).message}`, { cause: err });
+      throw new FarmError("ABORTED", `key ${key} is not at revision ${expectedRevision}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -150,7 +201,9 @@ class NatsKv implements KeyValue {
     const candidates = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length));
     const live: string[] = [];
     for (let i = 0; i < candidates.length; i += 100) {
-      const batch = await Promise.all(candidates.slice(i, i + 100).map(async (k) => ((await this.get(k)) !== null ? k : null)));
+      const batch = await Promise.all(
+        candidates.slice(i, i + 100).map(async (k) => ((await this.get(k)) !== null ? k : null)),
+      );
       for (const k of batch) if (k !== null) live.push(k);
     }
     return live.sort();
@@ -198,7 +251,15 @@ export class NatsBus implements Bus {
   }
 
   async kv(bucket: string): Promise<KeyValue> {
-    return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File, replicas: this.replicas }), this.jsm, bucket);
+    return new NatsKv(
+      await this.kvm.create(validateBusName("bucket", bucket), {
+        history: 1,
+        storage: StorageType.File,
+        replicas: this.replicas,
+      }),
+      this.jsm,
+      bucket,
+    );
   }
 
   async close(): Promise<void> {

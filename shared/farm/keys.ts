@@ -11,7 +11,8 @@ export const jobPrefix = (jobId: string): string => `jobs/${jobId}/`;
  * once it has succeeded. Inputs, previews and the video stay. At real sizes a section's decoded
  * frames alone are hundreds of MB.
  */
-export const intermediatePrefixes = (jobId: string): string[] => ["text/", "image/", "sections/"].map((p) => `${jobPrefix(jobId)}${p}`);
+export const intermediatePrefixes = (jobId: string): string[] =>
+  ["text/", "image/", "sections/"].map((p) => `${jobPrefix(jobId)}${p}`);
 
 export function jobKeys(jobId: string) {
   const p = jobPrefix(jobId);

@@ -13,7 +13,14 @@ import { jsonCodec } from "./codec.js";
 // ---- stages ----------------------------------------------------------------------------------
 
 export type StageKind = "encode_text" | "encode_image" | "vae_encode" | "denoise" | "decode" | "mux";
-export const STAGE_KINDS: readonly StageKind[] = ["encode_text", "encode_image", "vae_encode", "denoise", "decode", "mux"];
+export const STAGE_KINDS: readonly StageKind[] = [
+  "encode_text",
+  "encode_image",
+  "vae_encode",
+  "denoise",
+  "decode",
+  "mux",
+];
 
 /** The stage kinds as node.proto spells them: mapped here and nowhere else. */
 const STAGE_TO_PB: Record<StageKind, PbStageKind> = {

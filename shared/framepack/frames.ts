@@ -15,13 +15,15 @@ export function roundHalfEven(x: number): number {
 
 /** (frames - 1) // temporal * temporal + 1 */
 export function trimFrameCount(frames: number, temporalCompression: number): number {
-  if (!Number.isInteger(frames) || frames < 1) throw new RangeError(`frame count must be a positive integer, got ${frames}`);
+  if (!Number.isInteger(frames) || frames < 1)
+    throw new RangeError(`frame count must be a positive integer, got ${frames}`);
   return Math.floor((frames - 1) / temporalCompression) * temporalCompression + 1;
 }
 
 /** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
 export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
-  if (video.shape.length !== 5 || video.shape[0] !== 1) throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
+  if (video.shape.length !== 5 || video.shape[0] !== 1)
+    throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
   const [, c, t, h, w] = video.shape as [number, number, number, number, number];
   if (c !== 3) throw new RangeError(`expected 3 colour channels, got ${c}`);
   const frames = Math.min(keep, t);

@@ -131,12 +131,16 @@ function requireInt(name: string, v: unknown, min: number, max: number): number 
 export function planSections(input: PlanInput): SectionPlan {
   const { samplingType } = input;
   if (samplingType !== "inverted_anti_drifting" && samplingType !== "vanilla") {
-    throw new FarmError("INVALID_ARGUMENT", `sampling_type must be "inverted_anti_drifting" or "vanilla", got ${JSON.stringify(samplingType)}`);
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `sampling_type must be "inverted_anti_drifting" or "vanilla", got ${JSON.stringify(samplingType)}`,
+    );
   }
   const numFrames = requireInt("num_frames", input.numFrames, 1, MAX_FRAMES);
   const w = checkLatentWindowSize(input.latentWindowSize);
   const tc = requireInt("temporal_compression", input.temporalCompression ?? 4, 1, 64);
-  if (typeof input.hasEndImage !== "boolean") throw new FarmError("INVALID_ARGUMENT", "has_end_image must be a boolean");
+  if (typeof input.hasEndImage !== "boolean")
+    throw new FarmError("INVALID_ARGUMENT", "has_end_image must be a boolean");
   const hs = input.historySizes ?? DEFAULT_HISTORY_SIZES[samplingType];
   if (hs.length !== 3) throw new FarmError("INVALID_ARGUMENT", `history_sizes must have 3 entries, got ${hs.length}`);
   hs.forEach((s, i) => requireInt(`history_sizes[${i}]`, s, 1, 1024));

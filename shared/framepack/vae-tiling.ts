@@ -60,14 +60,18 @@ function blendT(a: FrameView, b: FrameView, extent: number): void {
  * float32: every extra pass over it costs about as much as a GPU decode tile).
  */
 export async function temporalTiledDecode(latents: F32, vae: TemporalTiling, decodeTile: DecodeTile): Promise<F32> {
-  if (latents.shape.length !== 5) throw new RangeError(`VAE decode takes [B, C, T, h, w] latents, got ${latents.describe()}`);
+  if (latents.shape.length !== 5)
+    throw new RangeError(`VAE decode takes [B, C, T, h, w] latents, got ${latents.describe()}`);
   const frames = latents.shape[2]!;
   const ratio = vae.temporal_compression_ratio;
   const tileLatent = Math.floor(vae.tile_sample_min_num_frames / ratio);
   if (!vae.use_framewise_decoding || frames <= tileLatent) return decodeTile(latents);
 
   const strideLatent = Math.floor(vae.tile_sample_stride_num_frames / ratio);
-  if (strideLatent < 1) throw new RangeError(`tile_sample_stride_num_frames ${vae.tile_sample_stride_num_frames} is shorter than one latent frame`);
+  if (strideLatent < 1)
+    throw new RangeError(
+      `tile_sample_stride_num_frames ${vae.tile_sample_stride_num_frames} is shorter than one latent frame`,
+    );
   const strideSample = vae.tile_sample_stride_num_frames;
   const blend = vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames;
   const row: FrameView[] = [];

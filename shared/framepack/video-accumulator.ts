@@ -49,7 +49,10 @@ export class VideoAccumulator {
     const first = all[0];
     if (first === undefined) throw new RangeError("no sections were added");
     const [, h, w, c] = first.shape as [number, number, number, number];
-    const total = Math.min(limit, all.reduce((n, t) => n + t.shape[0]!, 0));
+    const total = Math.min(
+      limit,
+      all.reduce((n, t) => n + t.shape[0]!, 0),
+    );
     const out = new Uint8Array(total * h * w * c);
     let at = 0;
     for (const t of all) {

@@ -13,9 +13,20 @@ export interface JobSpec {
   tenant?: string;
 }
 
-export function toJobSpec(jobId: string, params: RenderParams, size: { height: number; width: number }, tenant?: string): JobSpec {
+export function toJobSpec(
+  jobId: string,
+  params: RenderParams,
+  size: { height: number; width: number },
+  tenant?: string,
+): JobSpec {
   const { seed, size: _size, ...rest } = params;
-  return { jobId, params: { ...rest, seed: seed.toString() }, height: size.height, width: size.width, ...(tenant !== undefined ? { tenant } : {}) };
+  return {
+    jobId,
+    params: { ...rest, seed: seed.toString() },
+    height: size.height,
+    width: size.width,
+    ...(tenant !== undefined ? { tenant } : {}),
+  };
 }
 
 export function renderParamsOf(spec: JobSpec): RenderParams {

@@ -78,7 +78,8 @@ function toNumber(name: string, v: unknown): number {
 
 function intIn(name: string, v: unknown, min: number, max: number): number {
   const n = toNumber(name, v);
-  if (!Number.isInteger(n) || n < min || n > max) throw bad(`${name} must be an integer from ${min} to ${max}, got ${n}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw bad(`${name} must be an integer from ${min} to ${max}, got ${n}`);
   return n;
 }
 
@@ -123,25 +124,37 @@ export const checkLatentWindowSize = (v: unknown): number => intIn("window", v, 
 /** The sampling mode by any of its names (inverted, inverted_anti_drifting, vanilla, f1). */
 export function parseSamplingType(v: unknown, fallback: SamplingType): SamplingType {
   if (v === undefined || v === null) return fallback;
-  const aliases: Record<string, SamplingType> = { inverted: "inverted_anti_drifting", inverted_anti_drifting: "inverted_anti_drifting", vanilla: "vanilla", f1: "vanilla" };
+  const aliases: Record<string, SamplingType> = {
+    inverted: "inverted_anti_drifting",
+    inverted_anti_drifting: "inverted_anti_drifting",
+    vanilla: "vanilla",
+    f1: "vanilla",
+  };
   const t = typeof v === "string" ? aliases[v.toLowerCase()] : undefined;
-  if (t === undefined) throw bad(`mode must be one of inverted, vanilla (or ${SAMPLING_TYPES.join(", ")}), got ${JSON.stringify(v)}`);
+  if (t === undefined)
+    throw bad(`mode must be one of inverted, vanilla (or ${SAMPLING_TYPES.join(", ")}), got ${JSON.stringify(v)}`);
   return t;
 }
 
 export function validateRenderParams(input: RenderParamsInput, defaults: RenderDefaults): RenderParams {
   const prompt = checkText("prompt", input.prompt, false);
-  const negativePrompt = input.negativePrompt === undefined || input.negativePrompt === null ? null : checkText("negative prompt", input.negativePrompt, true);
+  const negativePrompt =
+    input.negativePrompt === undefined || input.negativePrompt === null
+      ? null
+      : checkText("negative prompt", input.negativePrompt, true);
   const fps = numIn("fps", input.fps ?? 30, 1, LIMITS.maxFps);
 
   let numFrames: number;
-  if (input.numFrames !== undefined && input.seconds !== undefined) throw bad("give either seconds or frames, not both");
+  if (input.numFrames !== undefined && input.seconds !== undefined)
+    throw bad("give either seconds or frames, not both");
   if (input.numFrames !== undefined) numFrames = intIn("frames", input.numFrames, 1, LIMITS.maxFrames);
   else if (input.seconds !== undefined) {
     const seconds = toNumber("seconds", input.seconds);
-    if (seconds <= 0 || seconds > LIMITS.maxSeconds) throw bad(`seconds must be greater than 0 and at most ${LIMITS.maxSeconds}, got ${seconds}`);
+    if (seconds <= 0 || seconds > LIMITS.maxSeconds)
+      throw bad(`seconds must be greater than 0 and at most ${LIMITS.maxSeconds}, got ${seconds}`);
     numFrames = Math.max(1, Math.round(seconds * fps));
-    if (numFrames > LIMITS.maxFrames) throw bad(`${seconds} s at ${fps} fps is ${numFrames} frames; the limit is ${LIMITS.maxFrames}`);
+    if (numFrames > LIMITS.maxFrames)
+      throw bad(`${seconds} s at ${fps} fps is ${numFrames} frames; the limit is ${LIMITS.maxFrames}`);
   } else throw bad("the video length is missing: give seconds or frames");
 
   const samplingType = parseSamplingType(input.samplingType, defaults.samplingType);

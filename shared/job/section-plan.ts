@@ -3,7 +3,10 @@ import type { BundleManifest } from "../bundle/manifest.js";
 import { planSections, type SectionPlan } from "../framepack/plan.js";
 import type { RenderParams } from "./render-params.js";
 
-export function sectionPlanFor(params: Pick<RenderParams, "samplingType" | "numFrames" | "latentWindowSize" | "hasEndImage">, manifest: BundleManifest): SectionPlan {
+export function sectionPlanFor(
+  params: Pick<RenderParams, "samplingType" | "numFrames" | "latentWindowSize" | "hasEndImage">,
+  manifest: BundleManifest,
+): SectionPlan {
   return planSections({
     samplingType: params.samplingType,
     numFrames: params.numFrames,

@@ -18,14 +18,16 @@ export const MISSED_HEARTBEATS = 3;
 
 const NODE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 export function validateNodeId(id: string): string {
-  if (!NODE_ID.test(id)) throw new FarmError("INVALID_ARGUMENT", `node id ${JSON.stringify(id)} must be 1-64 of [A-Za-z0-9_-]`);
+  if (!NODE_ID.test(id))
+    throw new FarmError("INVALID_ARGUMENT", `node id ${JSON.stringify(id)} must be 1-64 of [A-Za-z0-9_-]`);
   return id;
 }
 
 export function timestampOf(ms: number): Timestamp {
   return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
 }
-export const msOf = (t: Timestamp | undefined): number => (t === undefined ? 0 : Number(t.seconds) * 1000 + Math.floor(t.nanos / 1_000_000));
+export const msOf = (t: Timestamp | undefined): number =>
+  t === undefined ? 0 : Number(t.seconds) * 1000 + Math.floor(t.nanos / 1_000_000);
 
 export const encodeNode = (r: NodeRecord): Uint8Array => NodeRecord.encode(r).finish();
 export const decodeNode = (b: Uint8Array): NodeRecord => NodeRecord.decode(b);
@@ -41,7 +43,9 @@ export async function readNodes(kv: KeyValue): Promise<NodeRecord[]> {
 
 /** A node is gone when it has missed MISSED_HEARTBEATS heartbeats (a clean stop says so itself). */
 export function isGone(r: NodeRecord, nowMs: number): boolean {
-  return r.state === NodeState.NODE_STATE_STOPPED || nowMs - msOf(r.heartbeatAt) > MISSED_HEARTBEATS * r.heartbeatIntervalMs;
+  return (
+    r.state === NodeState.NODE_STATE_STOPPED || nowMs - msOf(r.heartbeatAt) > MISSED_HEARTBEATS * r.heartbeatIntervalMs
+  );
 }
 
 /** Writes value under key whatever is there (for keys with one writer: a node's own record). */

@@ -27,13 +27,19 @@ async function ffmpegPath(): Promise<string> {
     const installer = (await import("@ffmpeg-installer/ffmpeg")) as { default: { path: string } };
     return installer.default.path;
   } catch (err) {
-    throw new FarmError("FAILED_PRECONDITION", `ffmpeg is not installed (${(err as Error).message}); run npm ci in the framefarm folder`, { cause: err });
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `ffmpeg is not installed (${(err as Error).message}); run npm ci in the framefarm folder`,
+      { cause: err },
+    );
   }
 }
 
 export function validateMp4Options({ fps, crf }: Mp4Options): void {
-  if (!Number.isFinite(fps) || fps < 1 || fps > 240) throw new FarmError("INVALID_ARGUMENT", `fps must be between 1 and 240, got ${fps}`);
-  if (!Number.isInteger(crf) || crf < 0 || crf > 51) throw new FarmError("INVALID_ARGUMENT", `crf must be an integer between 0 and 51, got ${crf}`);
+  if (!Number.isFinite(fps) || fps < 1 || fps > 240)
+    throw new FarmError("INVALID_ARGUMENT", `fps must be between 1 and 240, got ${fps}`);
+  if (!Number.isInteger(crf) || crf < 0 || crf > 51)
+    throw new FarmError("INVALID_ARGUMENT", `crf must be an integer between 0 and 51, got ${crf}`);
 }
 
 /** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 file at outFile. */
@@ -43,7 +49,8 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
   if (frames.shape.length !== 4 || c !== 3 || t === undefined || h === undefined || w === undefined || t < 1) {
     throw new FarmError("INVALID_ARGUMENT", `frames must be [T, H, W, 3] uint8, got ${frames.describe()}`);
   }
-  if (h % 2 !== 0 || w % 2 !== 0) throw new FarmError("INVALID_ARGUMENT", `H.264 (yuv420p) needs even sizes, got ${w}x${h}`);
+  if (h % 2 !== 0 || w % 2 !== 0)
+    throw new FarmError("INVALID_ARGUMENT", `H.264 (yuv420p) needs even sizes, got ${w}x${h}`);
 
   const binary = await ffmpegPath();
   const target = path.resolve(outFile);
@@ -59,11 +66,19 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
         .inputFormat("rawvideo")
         .inputOptions(["-pix_fmt rgb24", `-video_size ${w}x${h}`, `-framerate ${options.fps}`])
         .videoCodec(options.lossless === true ? "libx264rgb" : "libx264")
-        .outputOptions(options.lossless === true ? ["-pix_fmt rgb24", "-qp 0", "-movflags +faststart"] : ["-pix_fmt yuv420p", `-crf ${options.crf}`, "-movflags +faststart"])
+        .outputOptions(
+          options.lossless === true
+            ? ["-pix_fmt rgb24", "-qp 0", "-movflags +faststart"]
+            : ["-pix_fmt yuv420p", `-crf ${options.crf}`, "-movflags +faststart"],
+        )
         .format("mp4")
         .on("error", (err: Error, _stdout: string | null, stderr: string | null) => {
           const tail = (stderr ?? "").trim().split("\n").slice(-3).join(" | ");
-          reject(new FarmError("INTERNAL", `ffmpeg failed writing ${target}: ${err.message}${tail ? ` (${tail})` : ""}`, { cause: err }));
+          reject(
+            new FarmError("INTERNAL", `ffmpeg failed writing ${target}: ${err.message}${tail ? ` (${tail})` : ""}`, {
+              cause: err,
+            }),
+          );
         })
         .on("end", () => resolve());
       command.save(temp);
@@ -93,12 +108,15 @@ export async function readMp4Frames(file: string, width: number, height: number)
     ffmpeg(file)
       .setFfmpegPath(binary)
       .outputOptions(["-f rawvideo", "-pix_fmt rgb24"])
-      .on("error", (err: Error) => reject(new FarmError("INVALID_ARGUMENT", `cannot decode ${file}: ${err.message}`, { cause: err })))
+      .on("error", (err: Error) =>
+        reject(new FarmError("INVALID_ARGUMENT", `cannot decode ${file}: ${err.message}`, { cause: err })),
+      )
       .on("end", () => resolve())
       .pipe(out, { end: true });
   });
   const data = new Uint8Array(Buffer.concat(chunks));
   const frame = width * height * 3;
-  if (data.length % frame !== 0) throw new FarmError("DATA_LOSS", `${file}: ${data.length} bytes are not whole ${width}x${height} RGB frames`);
+  if (data.length % frame !== 0)
+    throw new FarmError("DATA_LOSS", `${file}: ${data.length} bytes are not whole ${width}x${height} RGB frames`);
   return new Tensor("uint8", [data.length / frame, height, width, 3], data);
 }

@@ -38,12 +38,24 @@ forEachBus(
       const store = new LocalObjectStore(path.join(dir, kind.replace(/\W/g, "-")));
       const dispatcher = await Dispatcher.start(bus(), store);
       const node = await NodeLoop.start(bus(), { ...models, store }, { nodeId: "n", stages: STAGE_KINDS });
-      const service = new JobService({ bus: bus(), store, dispatcher, manifest: models.runtime.bundle.manifest, bundleName: "tiny" });
+      const service = new JobService({
+        bus: bus(),
+        store,
+        dispatcher,
+        manifest: models.runtime.bundle.manifest,
+        bundleName: "tiny",
+      });
       try {
         const steps = 200;
         const { job } = await service.submit({
           image: { source: { $case: "data", value: image } },
-          settings: { prompt: "a lighthouse", length: { $case: "numFrames", value: 20 }, mode: 0, steps, resolution: 64 },
+          settings: {
+            prompt: "a lighthouse",
+            length: { $case: "numFrames", value: 20 },
+            mode: 0,
+            steps,
+            resolution: 64,
+          },
           bundle: "",
           priority: 0,
           idempotencyKey: "",
@@ -57,14 +69,21 @@ forEachBus(
         assert.notEqual(await dispatcher.cancel(job.id), null);
         const atCancel = seen.length;
         // The node stops: no step arrives for a while, long before the section's last step.
-        await until("the steps to stop", async () => {
-          const before = seen.length;
-          await new Promise((r) => setTimeout(r, 500));
-          return seen.length === before;
-        }, 10_000);
+        await until(
+          "the steps to stop",
+          async () => {
+            const before = seen.length;
+            await new Promise((r) => setTimeout(r, 500));
+            return seen.length === before;
+          },
+          10_000,
+        );
         off();
         const last = seen.at(-1)!;
-        assert.ok(last.step < steps, `the section ran to its end (step ${last.step} of ${steps}, ${atCancel} steps before the cancel)`);
+        assert.ok(
+          last.step < steps,
+          `the section ran to its end (step ${last.step} of ${steps}, ${atCancel} steps before the cancel)`,
+        );
         assert.equal((await dispatcher.job(job.id))?.state, "CANCELLED");
       } finally {
         await node.stop();

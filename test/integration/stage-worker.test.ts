@@ -39,10 +39,14 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
   test(`${name}: stage tasks through the store reproduce the embedded render bit for bit`, async () => {
     const refCase = await loadReferenceCase(path.join(referenceDir(), "cases", `${name}.json`));
     const m = embedded.runtime.bundle.manifest;
-    const params = validateRenderParams(refCase.params, { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size });
+    const params = validateRenderParams(refCase.params, {
+      samplingType: m.sampling_type,
+      latentWindowSize: m.framepack.default_latent_window_size,
+    });
     const size = "height" in params.size ? params.size : { height: 0, width: 0 };
     const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
-    const last = refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
+    const last =
+      refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
     const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last });
 
     const store = new LocalObjectStore(path.join(tmp, name));
@@ -52,8 +56,12 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
     await store.put(keys.firstImage, await readFile(refCase.firstImage));
     if (refCase.lastImage !== null) await store.put(keys.lastImage, await readFile(refCase.lastImage));
     const tasks = planJob({
-      jobId: spec.jobId, seed: params.seed, sections: sectionPlanFor(params, m), hasEndImage: params.hasEndImage,
-      trueCfg: usesTrueCfg(params), latent: { channels: m.vae.latent_channels, height: size.height / 8, width: size.width / 8 },
+      jobId: spec.jobId,
+      seed: params.seed,
+      sections: sectionPlanFor(params, m),
+      hasEndImage: params.hasEndImage,
+      trueCfg: usesTrueCfg(params),
+      latent: { channels: m.vae.latent_channels, height: size.height / 8, width: size.width / 8 },
     });
     const done = new Set<string>();
     let wave: StageTask[];

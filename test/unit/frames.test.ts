@@ -25,7 +25,10 @@ test("video [1, 3, T, H, W] -> uint8 [T, H, W, 3] with clamping and half-even ro
   const f = Math.fround;
   const px = (x: number): number => roundHalfEven(f(Math.min(1, Math.max(0, f(f(x * 0.5) + 0.5))) * 255));
   // frame 0 pixel 0: r = v[0][0][0] = 0, g = v[1][0][0] = 0.5, b = v[2][0][0] = -3
-  assert.deepEqual([...out.data], [px(0), px(0.5), px(-3), px(-1), px(1), px(3), px(2), px(-0.99), px(0), px(-2), px(0.1), px(0)]);
+  assert.deepEqual(
+    [...out.data],
+    [px(0), px(0.5), px(-3), px(-1), px(1), px(3), px(2), px(-0.99), px(0), px(-2), px(0.1), px(0)],
+  );
   assert.equal(px(0), 128);
   assert.equal(videoToUint8Frames(v, 1).shape[0], 1);
 });

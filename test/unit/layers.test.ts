@@ -23,7 +23,11 @@ function tsFiles(dir: string): string[] {
 /** Relative module specifiers of static imports, re-exports and dynamic imports. */
 export function importsOf(source: string): string[] {
   const specs: string[] = [];
-  const patterns = [/\b(?:import|export)\s[^;]*?\sfrom\s*["']([^"']+)["']/g, /\bimport\s*["']([^"']+)["']/g, /\bimport\s*\(\s*["']([^"']+)["']\s*\)/g];
+  const patterns = [
+    /\b(?:import|export)\s[^;]*?\sfrom\s*["']([^"']+)["']/g,
+    /\bimport\s*["']([^"']+)["']/g,
+    /\bimport\s*\(\s*["']([^"']+)["']\s*\)/g,
+  ];
   for (const re of patterns) for (const m of source.matchAll(re)) specs.push(m[1]!);
   return specs.filter((s) => s.startsWith("."));
 }

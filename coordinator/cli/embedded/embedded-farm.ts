@@ -32,7 +32,12 @@ export interface SectionProgress {
 
 const ENDED = new Set<JobRecord["state"]>(["SUCCEEDED", "FAILED", "CANCELLED"]);
 
-function waitFor(bus: MemoryBus, dispatcher: Dispatcher, jobId: string, progress?: SectionProgress): Promise<JobRecord> {
+function waitFor(
+  bus: MemoryBus,
+  dispatcher: Dispatcher,
+  jobId: string,
+  progress?: SectionProgress,
+): Promise<JobRecord> {
   return new Promise<JobRecord>((resolve, reject) => {
     let started = false;
     let settled = false;
@@ -49,7 +54,9 @@ function waitFor(bus: MemoryBus, dispatcher: Dispatcher, jobId: string, progress
       if (!isStepEvent(e)) return check();
       if (!started && progress !== undefined) {
         const steps = e.steps;
-        void dispatcher.job(jobId).then((r) => r !== null && progress.start(r.tasks.filter((t) => t.kind === "denoise").length, steps));
+        void dispatcher
+          .job(jobId)
+          .then((r) => r !== null && progress.start(r.tasks.filter((t) => t.kind === "denoise").length, steps));
       }
       started = true;
       progress?.step(e.section, e.step);
@@ -59,14 +66,24 @@ function waitFor(bus: MemoryBus, dispatcher: Dispatcher, jobId: string, progress
 }
 
 /** Starts a farm whose objects live under dataDir; the caller owns (and removes) that folder. */
-export async function startEmbeddedFarm(embedded: NodeModels, dataDir: string, options: { cacheBytes?: number } = {}): Promise<EmbeddedFarm> {
+export async function startEmbeddedFarm(
+  embedded: NodeModels,
+  dataDir: string,
+  options: { cacheBytes?: number } = {},
+): Promise<EmbeddedFarm> {
   const bus = new MemoryBus();
   const store = new LocalObjectStore(dataDir);
   const dispatcher = await Dispatcher.start(bus, store);
   const cache = new TensorCache(options.cacheBytes ?? 512 * 2 ** 20);
   const node = await NodeLoop.start(bus, { ...embedded, store, cache }, { nodeId: "embedded", stages: STAGE_KINDS });
   const bundle = embedded.runtime.bundle;
-  const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir) });
+  const service = new JobService({
+    bus,
+    store,
+    dispatcher,
+    manifest: bundle.manifest,
+    bundleName: path.basename(bundle.dir),
+  });
   return {
     bus,
     store,

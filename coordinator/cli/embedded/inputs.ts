@@ -13,7 +13,10 @@ export async function readImageBytes(file: string, what: string): Promise<Buffer
     const s = await stat(file);
     if (!s.isFile()) throw new FarmError("INVALID_ARGUMENT", `${what} ${file} is not a file`);
     if (s.size > DEFAULT_IMAGE_LIMITS.maxBytes) {
-      throw new FarmError("RESOURCE_EXHAUSTED", `${what} ${file} is ${s.size} bytes; the limit is ${DEFAULT_IMAGE_LIMITS.maxBytes} bytes`);
+      throw new FarmError(
+        "RESOURCE_EXHAUSTED",
+        `${what} ${file} is ${s.size} bytes; the limit is ${DEFAULT_IMAGE_LIMITS.maxBytes} bytes`,
+      );
     }
     return await readFile(file);
   } catch (err) {

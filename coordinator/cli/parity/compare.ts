@@ -58,11 +58,25 @@ export function compareTensor(key: string, got: Tensor, want: Tensor, rule: Rule
       return { key, rule, shape, measured: `max|d| ${maxAbs.toExponential(2)}`, limit: "<= 1e-6", ok: maxAbs <= 1e-6 };
     case "frames": {
       const mean = sumAbs / Math.max(1, a.length);
-      return { key, rule, shape, measured: `max|d| ${maxAbs} mean|d| ${mean.toFixed(4)}`, limit: "<= 2, <= 0.05", ok: maxAbs <= 2 && mean <= 0.05 };
+      return {
+        key,
+        rule,
+        shape,
+        measured: `max|d| ${maxAbs} mean|d| ${mean.toFixed(4)}`,
+        limit: "<= 2, <= 0.05",
+        ok: maxAbs <= 2 && mean <= 0.05,
+      };
     }
     case "relL2": {
       const rel = ref2 === 0 ? Math.sqrt(diff2) : Math.sqrt(diff2 / ref2);
-      return { key, rule, shape, measured: `relL2 ${rel.toExponential(2)}`, limit: "<= 1e-3", ok: rel <= 1e-3 && Number.isFinite(rel) };
+      return {
+        key,
+        rule,
+        shape,
+        measured: `relL2 ${rel.toExponential(2)}`,
+        limit: "<= 1e-3",
+        ok: rel <= 1e-3 && Number.isFinite(rel),
+      };
     }
   }
 }
@@ -73,7 +87,14 @@ export function compareRun(got: ReadonlyMap<string, Tensor>, expected: ReadonlyM
   for (const [key, want] of expected) {
     const mine = got.get(key);
     if (mine === undefined) {
-      results.push({ key, rule: ruleFor(key), shape: `[${want.shape.join(",")}]`, measured: "not produced", limit: "-", ok: false });
+      results.push({
+        key,
+        rule: ruleFor(key),
+        shape: `[${want.shape.join(",")}]`,
+        measured: "not produced",
+        limit: "-",
+        ok: false,
+      });
     } else {
       results.push(compareTensor(key, mine, want));
     }
@@ -85,6 +106,10 @@ export function formatTable(results: readonly StageResult[]): string {
   const rows = results.map((r) => [r.ok ? "ok" : "FAIL", r.key, r.shape, r.measured, r.limit]);
   const header = ["", "stage", "shape", "measured", "limit"];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd();
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join("  ")
+      .trimEnd();
   return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
 }

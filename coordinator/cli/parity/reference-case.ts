@@ -13,8 +13,19 @@ import type { SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
 
 /** Keys a case may carry: the call's parameters, plus facts about the run that we do not need. */
 const PARAM_KEYS = [
-  "sampling_type", "seed", "num_frames", "steps", "prompt", "guidance_scale", "height", "width",
-  "first_image", "last_image", "negative_prompt", "true_cfg_scale", "latent_window_size",
+  "sampling_type",
+  "seed",
+  "num_frames",
+  "steps",
+  "prompt",
+  "guidance_scale",
+  "height",
+  "width",
+  "first_image",
+  "last_image",
+  "negative_prompt",
+  "true_cfg_scale",
+  "latent_window_size",
 ] as const;
 const INFO_KEYS = ["name", "img_seed", "last_img_seed", "frames_shape", "crop_start", "generator"] as const;
 
@@ -28,22 +39,42 @@ export interface ReferenceCase {
   expected: Map<string, Tensor>;
 }
 
-export async function loadReferenceCase(caseFile: string, options: { requireTensors?: boolean } = {}): Promise<ReferenceCase> {
+export async function loadReferenceCase(
+  caseFile: string,
+  options: { requireTensors?: boolean } = {},
+): Promise<ReferenceCase> {
   const file = path.resolve(caseFile);
   let raw: unknown;
   try {
     raw = JSON.parse(await readFile(file, "utf8"));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new FarmError(code === "ENOENT" ? "NOT_FOUND" : "INVALID_ARGUMENT", `reference case ${file}: ${(err as Error).message}`, { cause: err });
+    throw new FarmError(
+      code === "ENOENT" ? "NOT_FOUND" : "INVALID_ARGUMENT",
+      `reference case ${file}: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new FarmError("INVALID_ARGUMENT", `reference case ${file} must be a JSON object`);
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new FarmError("INVALID_ARGUMENT", `reference case ${file} must be a JSON object`);
   const json = raw as Record<string, unknown>;
   const known = new Set<string>([...PARAM_KEYS, ...INFO_KEYS]);
   const unknown = Object.keys(json).filter((k) => !known.has(k));
-  if (unknown.length > 0) throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: unknown field(s) ${unknown.join(", ")}`);
-  for (const k of ["sampling_type", "seed", "num_frames", "steps", "prompt", "guidance_scale", "height", "width", "first_image"] as const) {
-    if (json[k] === undefined || json[k] === null) throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${k} is missing`);
+  if (unknown.length > 0)
+    throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: unknown field(s) ${unknown.join(", ")}`);
+  for (const k of [
+    "sampling_type",
+    "seed",
+    "num_frames",
+    "steps",
+    "prompt",
+    "guidance_scale",
+    "height",
+    "width",
+    "first_image",
+  ] as const) {
+    if (json[k] === undefined || json[k] === null)
+      throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${k} is missing`);
   }
   const dir = path.dirname(file);
   const imagePath = (key: string): string => {
@@ -89,7 +120,8 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
   const p = refCase.params;
   return {
     image: { source: { $case: "data", value: await readFile(refCase.firstImage) } },
-    endImage: refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
+    endImage:
+      refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
     settings: {
       prompt: String(p.prompt),
       ...(typeof p.negativePrompt === "string" ? { negativePrompt: p.negativePrompt } : {}),

@@ -21,7 +21,16 @@ import { narrow, relL2 } from "../../../shared/tensor/ops.js";
 import type { F32 } from "../../../shared/tensor/tensor.js";
 import { temporalTiledDecode, type TemporalTiling } from "../../../shared/framepack/vae-tiling.js";
 
-const { values } = parseArgs({ options: { dir: { type: "string" }, ep: { type: "string" }, frames: { type: "string" }, "cache-mode": { type: "string" }, repeat: { type: "string" }, graph: { type: "string" } } });
+const { values } = parseArgs({
+  options: {
+    dir: { type: "string" },
+    ep: { type: "string" },
+    frames: { type: "string" },
+    "cache-mode": { type: "string" },
+    repeat: { type: "string" },
+    graph: { type: "string" },
+  },
+});
 const repeat = Number(values.repeat ?? 1);
 const cacheMode = values["cache-mode"];
 const dir = values.dir ?? ".";
@@ -33,7 +42,10 @@ const latents = values.frames === undefined ? all : narrow(all, 2, 0, Number(val
 const log = (msg: string): void => console.log(`[${new Date().toISOString()}] ${msg}`);
 
 let t = performance.now();
-const model = await OnnxModel.load("vae_decoder", values.graph ?? path.join(dir, "vae_decoder.onnx"), { ep, ...(cacheMode ? { providerOptions: { storageBufferCacheMode: cacheMode } } : {}) });
+const model = await OnnxModel.load("vae_decoder", values.graph ?? path.join(dir, "vae_decoder.onnx"), {
+  ep,
+  ...(cacheMode ? { providerOptions: { storageBufferCacheMode: cacheMode } } : {}),
+});
 const loadMs = performance.now() - t;
 log(`session created in ${loadMs.toFixed(0)} ms`);
 const tile0 = narrow(latents, 2, 0, Math.min(5, latents.shape[2]!));
@@ -41,7 +53,10 @@ t = performance.now();
 const first = (await model.run({ latents: tile0 })).sample!;
 const warmupMs = performance.now() - t;
 log(`first tile (warm-up) ${warmupMs.toFixed(0)} ms`);
-const tiling: TemporalTiling = { temporal_compression_ratio: 4, ...(torch["tiling"] as Omit<TemporalTiling, "temporal_compression_ratio">) };
+const tiling: TemporalTiling = {
+  temporal_compression_ratio: 4,
+  ...(torch["tiling"] as Omit<TemporalTiling, "temporal_compression_ratio">),
+};
 let tileMs: number[] = [];
 let decodeMs = Infinity;
 let video: F32 | undefined;
@@ -76,6 +91,11 @@ const result = {
   rel_l2_tile0_vs_torch_fp16: tile0.shape[2] === 5 ? relL2(first, tensors.get("torch_fp16_tile0")!) : null,
 };
 const variant = values.graph === undefined ? "" : `-${path.basename(values.graph, ".onnx")}`;
-await writeFile(path.join(dir, `vae-${ep}-${latents.shape[2]}f-${cacheMode ?? "default"}${variant}.json`), JSON.stringify({ torch, node: result }, null, 1));
+await writeFile(
+  path.join(dir, `vae-${ep}-${latents.shape[2]}f-${cacheMode ?? "default"}${variant}.json`),
+  JSON.stringify({ torch, node: result }, null, 1),
+);
 log(JSON.stringify(result));
-console.log(`VAE decode of ${latents.shape.join("x")} latents: PyTorch fp16 (all ${all.shape[2]} frames) ${torchMs.toFixed(0)} ms, ort-node ${ep} ${decodeMs.toFixed(0)} ms (ratio ${result.ratio_vs_pytorch?.toFixed(2) ?? "n/a: not the whole section"})`);
+console.log(
+  `VAE decode of ${latents.shape.join("x")} latents: PyTorch fp16 (all ${all.shape[2]} frames) ${torchMs.toFixed(0)} ms, ort-node ${ep} ${decodeMs.toFixed(0)} ms (ratio ${result.ratio_vs_pytorch?.toFixed(2) ?? "n/a: not the whole section"})`,
+);
