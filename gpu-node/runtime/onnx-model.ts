@@ -19,11 +19,13 @@ export interface SessionSettings {
   /** Options for the execution provider itself (e.g. WebGPU's storageBufferCacheMode); cpu ignores them. */
   providerOptions?: Readonly<Record<string, string>>;
   /**
-   * On a GPU provider, whether a node the provider cannot run may be placed on the CPU. Off by
-   * default for cuda (FRAMEFARM_ALLOW_CPU_FALLBACK=1 turns it on): onnxruntime then refuses to create the session (session.disable_cpu_ep_fallback),
-   * so a missing kernel is an error naming the component, not a silent 10x slowdown.
+   * On a GPU provider, refuse to create a session that places any node on the CPU
+   * (session.disable_cpu_ep_fallback; FRAMEFARM_STRICT_PLACEMENT=1). Off by default: onnxruntime
+   * always places a dynamic-shape graph's shape arithmetic (Shape -> Gather -> Concat on int64) on
+   * the CPU on purpose, so on an H200 every graph of a real bundle was refused with it on. Kept for
+   * graphs with static shapes and for checking an export.
    */
-  allowCpuFallback?: boolean;
+  strictPlacement?: boolean;
 }
 
 /** The provider list and session config entries for one session. */
@@ -35,8 +37,7 @@ export function sessionProviders(settings: SessionSettings): {
     settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
   if (settings.ep === "cpu") return { providers: ["cpu"], config: {} };
   // onnxruntime rejects disable_cpu_ep_fallback when the CPU provider is listed explicitly.
-  const allow = settings.allowCpuFallback ?? process.env.FRAMEFARM_ALLOW_CPU_FALLBACK === "1";
-  const strict = settings.ep === "cuda" && !allow;
+  const strict = settings.ep === "cuda" && (settings.strictPlacement ?? process.env.FRAMEFARM_STRICT_PLACEMENT === "1");
   return strict
     ? { providers: [main], config: { "session.disable_cpu_ep_fallback": "1" } }
     : { providers: [main, "cpu"], config: {} };
@@ -81,7 +82,7 @@ export class OnnxModel {
     } catch (err) {
       const message = (err as Error).message;
       const hint = /fallback to CPU EP has been explicitly disabled/.test(message)
-        ? ` (${settings.ep} has no kernel for some node of this graph; re-export it, or or allow CPU fallback with FRAMEFARM_ALLOW_CPU_FALLBACK=1 at a cost in speed)`
+        ? ` (${settings.ep} placed a node of this graph on the CPU; onnxruntime places dynamic-shape arithmetic there on purpose: unset FRAMEFARM_STRICT_PLACEMENT)`
         : "";
       throw new FarmError(
         "FAILED_PRECONDITION",

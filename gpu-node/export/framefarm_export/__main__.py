@@ -22,6 +22,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="compute dtype inside the graphs (I/O stays float32)")
     p.add_argument("--transformer-dtype", choices=["fp32", "fp16", "bf16"],
                    help="compute dtype of the transformer alone (default: --dtype); FramePack's demo and diffusers run it in bf16, the rest in fp16")
+    p.add_argument("--cuda-graph-passes", action="store_true",
+                   help="rewrite the VAE graphs for onnxruntime's CUDA provider (graph_passes: edge Pad as Slice+Concat, "
+                        "GroupNorm as float32 ReduceMean): 3.2x faster decode tiles on an H200, same values")
     p.add_argument("--sampling-type", choices=["inverted_anti_drifting", "vanilla"], help="default: vanilla if the transformer path contains 'F1'")
     p.add_argument("--attention", choices=["plain", "fused"], default="plain",
                    help="transformer attention: plain MatMul/Softmax (any provider) or fused com.microsoft.MultiHeadAttention "
@@ -77,6 +80,10 @@ def main(argv=None) -> int:
     copy_tokenizer(os.path.join(args.src, "tokenizer_2"), args.out, "tokenizer_2")
     versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
     externals = {k: v["external_data"] for k, v in exported.items()}
+    if args.cuda_graph_passes:
+        from .graph_passes import rewrite_bundle_graphs
+
+        print(f"graph passes: {rewrite_bundle_graphs(args.out)}", flush=True)
     write_manifest(args.out, src, args, args.dtype, sampling, externals, versions, max_latent_frames, args.transformer_dtype or args.dtype)
     # verify adds its rows to this file.
     with open(os.path.join(args.out, REPORT), "w", encoding="utf-8") as f:

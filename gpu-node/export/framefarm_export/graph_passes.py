@@ -100,6 +100,19 @@ def decompose_group_norms(model) -> int:
     return count
 
 
+def rewrite_bundle_graphs(bundle: str) -> dict:
+    """Rewrites the VAE graph files of a bundle being exported (before its manifest is written)."""
+    import onnx
+
+    done = {}
+    for name in ("vae_decoder", "vae_encoder"):
+        file = os.path.join(bundle, f"{name}.onnx")
+        model = onnx.load(file)
+        done[name] = apply_cuda_passes(model)
+        onnx.save(model, file)
+    return done
+
+
 def rewrite_bundle(bundle: str) -> dict:
     """Applies decompose_group_norms to a bundle's VAE graphs in place and records it in the manifest."""
     import json

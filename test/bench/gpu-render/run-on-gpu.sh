@@ -7,8 +7,9 @@
 #   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, one job (MODE inverted|vanilla)
 #   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory
 #   run-on-gpu.sh compare MODE OUT           the table (compare.py)
-#   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the node's graph and its GroupNorm-rewritten
-#                                            variant (graph_passes), with each one's kernels (vae-kernels.sh)
+#   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the exported graph and its rewritten form
+#                                            (graph_passes: edge Pad as Concat, GroupNorm as ReduceMean), each one's kernels
+#   run-on-gpu.sh transformer-fp16           bundle-2-4-fp16: the bundle with an fp16 transformer (the bf16 graph is invalid ONNX)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
@@ -84,14 +85,12 @@ PY
   vae)
     out=$1 gv=$work/gv
     [ -f "$gv/vae.json" ] || python3 "$repo/test/bench/gpu-step/torch_vae.py" --out "$gv" > "$out/torch_vae.log" 2>&1 || { tail -20 "$out/torch_vae.log"; exit 1; }
-    [ -f "$gv/vae_decoder_gn.onnx" ] || python3 -m framefarm_export.graph_passes "$gv/vae_decoder.onnx" "$gv/vae_decoder_gn.onnx"
-    for g in vae_decoder vae_decoder_gn; do
-      node "$repo/dist/test/bench/gpu-step/vae.js" --dir "$gv" --ep cuda --repeat 2 --graph "$gv/$g.onnx" > "$out/vae-$g.log" 2>&1 \
-        || { echo "$g strict placement failed:"; tail -3 "$out/vae-$g.log"; FRAMEFARM_ALLOW_CPU_FALLBACK=1 node "$repo/dist/test/bench/gpu-step/vae.js" --dir "$gv" --ep cuda --repeat 2 --graph "$gv/$g.onnx" > "$out/vae-$g-fallback.log" 2>&1; }
-      tail -1 "$out"/vae-$g*.log
+    [ -f "$gv/vae_decoder_cuda.onnx" ] || python3 -m framefarm_export.graph_passes "$gv/vae_decoder.onnx" "$gv/vae_decoder_cuda.onnx"
+    for g in vae_decoder vae_decoder_cuda; do
+      node "$repo/dist/test/bench/gpu-step/vae.js" --dir "$gv" --ep cuda --repeat 2 --graph "$gv/$g.onnx" 2>&1 | tail -1
+      bash "$repo/test/bench/gpu-step/vae-kernels.sh" "$gv" "$out" "$gv/$g.onnx" | head -14
     done
     cp "$gv"/vae-cuda-*.json "$out/" 2>/dev/null
-    for g in vae_decoder vae_decoder_gn; do FRAMEFARM_ALLOW_CPU_FALLBACK=1 bash "$repo/test/bench/gpu-step/vae-kernels.sh" "$gv" "$out" "$gv/$g.onnx" | head -14; done
     ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
