@@ -63,3 +63,20 @@ export function fakeElf(spec: FakeElf): Buffer {
   strtab.copy(buf, strOff);
   return buf;
 }
+
+/** What readelf -d shows for the pinned package's libonnxruntime_providers_cuda.so. */
+export const PROVIDER_NEEDED = [
+  "libcublasLt.so.13",
+  "libcublas.so.13",
+  "libcurand.so.10",
+  "libcudart.so.13",
+  "libcuda.so.1",
+  "libdl.so.2",
+  "librt.so.1",
+  "libpthread.so.0",
+  "libstdc++.so.6",
+  "libm.so.6",
+  "libgcc_s.so.1",
+  "libc.so.6",
+  "ld-linux-x86-64.so.2",
+];

@@ -22,24 +22,8 @@ import {
   onnxruntimeBinDir,
 } from "../../gpu-node/runtime/cuda-provider.js";
 import { assertExecutionProviderAvailable } from "../../gpu-node/runtime/execution-provider.js";
-import { fakeElf } from "../support/fake-elf.js";
+import { fakeElf, PROVIDER_NEEDED } from "../support/fake-elf.js";
 
-/** What readelf -d shows for the pinned package's libonnxruntime_providers_cuda.so. */
-const PROVIDER_NEEDED = [
-  "libcublasLt.so.13",
-  "libcublas.so.13",
-  "libcurand.so.10",
-  "libcudart.so.13",
-  "libcuda.so.1",
-  "libdl.so.2",
-  "librt.so.1",
-  "libpthread.so.0",
-  "libstdc++.so.6",
-  "libm.so.6",
-  "libgcc_s.so.1",
-  "libc.so.6",
-  "ld-linux-x86-64.so.2",
-];
 const CUDA_LIBS = [
   "libcudart.so.13",
   "libcublas.so.13",

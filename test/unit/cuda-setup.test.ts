@@ -36,6 +36,7 @@ import {
 import { readElfDynamic } from "../../gpu-node/runtime/elf-dynamic.js";
 import { extractFromTgz } from "../../gpu-node/runtime/tar-extract.js";
 import { cliPath, repoRoot } from "../support/paths.js";
+import { PROVIDER_NEEDED } from "../support/fake-elf.js";
 
 function scratch(t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), "framefarm-cuda-setup-"));
@@ -224,21 +225,7 @@ test(
     );
     // What the check reads from the real provider: readelf -d's NEEDED list, no RPATH/RUNPATH.
     const dyn = readElfDynamic(path.join(o.binDir!, "libonnxruntime_providers_cuda.so"));
-    assert.deepEqual(dyn.needed, [
-      "libcublasLt.so.13",
-      "libcublas.so.13",
-      "libcurand.so.10",
-      "libcudart.so.13",
-      "libcuda.so.1",
-      "libdl.so.2",
-      "librt.so.1",
-      "libpthread.so.0",
-      "libstdc++.so.6",
-      "libm.so.6",
-      "libgcc_s.so.1",
-      "libc.so.6",
-      "ld-linux-x86-64.so.2",
-    ]);
+    assert.deepEqual(dyn.needed, PROVIDER_NEEDED);
     assert.deepEqual([dyn.rpath, dyn.runpath], [[], []]);
     const check = checkCudaProvider({
       binDir: o.binDir!,
