@@ -1,13 +1,20 @@
 /**
  * The one mapping between the gRPC messages of jobs.proto and the farm's own types: job states,
- * sampling modes, render settings, timestamps and errors.
+ * sampling modes, video formats and output options, render settings, timestamps and errors.
  */
 import { status as GrpcStatus, type ServerErrorResponse } from "@grpc/grpc-js";
 import { FarmError } from "../../shared/errors.js";
-import { JobState as PbJobState, SamplingMode, type RenderSettings } from "../../proto/gen/framefarm/v1/jobs.js";
+import {
+  JobState as PbJobState,
+  SamplingMode,
+  VideoFormat,
+  type RenderSettings,
+} from "../../proto/gen/framefarm/v1/jobs.js";
 import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
 import type { SamplingType } from "../../shared/bundle/manifest.js";
 import type { RenderParamsInput } from "../../shared/job/render-params.js";
+import type { JobOutput } from "../../shared/job/job-spec.js";
+import type { VideoFormatName } from "../../shared/job/recipe.js";
 import type { JobState } from "../../shared/farm/protocol.js";
 import type { JobRecord } from "../dispatch/job-record.js";
 
@@ -38,6 +45,27 @@ export function samplingTypeOf(mode: SamplingMode): SamplingType | undefined {
       `mode ${mode} is not a SamplingMode (0 unspecified, 1 inverted anti-drifting, 2 vanilla)`,
     );
   return hit[0];
+}
+
+const FORMATS: Partial<Record<number, VideoFormatName>> = {
+  [VideoFormat.VIDEO_FORMAT_UNSPECIFIED]: "mp4",
+  [VideoFormat.VIDEO_FORMAT_MP4]: "mp4",
+  [VideoFormat.VIDEO_FORMAT_WEBM]: "webm",
+};
+
+export const videoFormatToPb = (f: VideoFormatName): VideoFormat =>
+  f === "webm" ? VideoFormat.VIDEO_FORMAT_WEBM : VideoFormat.VIDEO_FORMAT_MP4;
+
+/** What the mux writes besides the frames' video: its format, and the frames as PNGs or not. */
+export function jobOutputOf(settings: RenderSettings): JobOutput {
+  // proto3 enums are open: an unknown number decodes fine and must not fall back silently.
+  const format = FORMATS[settings.format ?? VideoFormat.VIDEO_FORMAT_UNSPECIFIED];
+  if (format === undefined)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `format ${settings.format} is not a VideoFormat (0 unspecified, 1 MP4, 2 WebM)`,
+    );
+  return { format, saveFrames: settings.saveFrames === true };
 }
 
 /** A request's settings as render-params input (validated there, the one check of every parameter). */
@@ -83,6 +111,8 @@ export function settingsOf(r: JobRecord): RenderSettings {
     fps: p.fps,
     crf: p.crf,
     lossless: p.lossless,
+    format: videoFormatToPb(r.spec.output?.format ?? "mp4"),
+    saveFrames: r.spec.output?.saveFrames ?? false,
   };
 }
 

@@ -32,7 +32,7 @@ import { DEFAULT_TENANT, TokenAuth } from "../auth/tokens.js";
 import { requestError } from "./strict-decode.js";
 import { jobStateToPb, settingsOf, timestamp, toGrpcError } from "./job-mapping.js";
 import { IDEMPOTENCY_BUCKET, submitJob } from "./job-submission.js";
-import { jobKeys } from "../../shared/farm/keys.js";
+import { jobOutputKeys } from "../planner/job-outputs.js";
 import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, type StepEvent } from "../../shared/farm/protocol.js";
 
 export interface JobServiceDeps {
@@ -45,6 +45,8 @@ export interface JobServiceDeps {
   urlExpirySeconds?: number;
   /** Who may call, as which tenant; open (everyone is DEFAULT_TENANT) when absent. */
   auth?: TokenAuth;
+  /** The bundle's digest (gpu-node/runtime/bundle-digest): without it jobs get no recipe and recipes are refused. */
+  bundleDigest?: string;
 }
 
 const TERMINAL = new Set<JobRecord["state"]>(["SUCCEEDED", "FAILED", "CANCELLED"]);
@@ -61,7 +63,7 @@ export class JobService {
   }
 
   async toJob(r: JobRecord, live?: StepEvent): Promise<Job> {
-    const keys = jobKeys(r.spec.jobId);
+    const keys = jobOutputKeys(r.spec.jobId, r.tasks);
     const expiry = this.deps.urlExpirySeconds ?? 3600;
     const done = r.state === "SUCCEEDED";
     const preview = r.state === "CANCELLED" ? undefined : latestPreview(r);
@@ -84,6 +86,10 @@ export class JobService {
       width: r.spec.width,
       previewKey: preview ?? "",
       previewUrl: preview !== undefined ? await this.deps.store.presignedGetUrl(preview, expiry) : "",
+      recipeKey: done && keys.recipe !== undefined ? keys.recipe : "",
+      recipeUrl: done && keys.recipe !== undefined ? await this.deps.store.presignedGetUrl(keys.recipe, expiry) : "",
+      framesKey: done && keys.frames !== undefined ? keys.frames : "",
+      framesUrl: done && keys.frames !== undefined ? await this.deps.store.presignedGetUrl(keys.frames, expiry) : "",
     };
   }
 

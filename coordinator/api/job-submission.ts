@@ -1,6 +1,6 @@
 /**
- * SubmitJob: checks a submission (settings, images, priority, idempotency key) before anything is
- * stored, answers a repeated idempotency key with its first job, stores the inputs, plans the job
+ * SubmitJob: checks a submission (settings or a recipe to render again, images, priority,
+ * idempotency key) before anything is stored, answers a repeated idempotency key with its first job, stores the inputs, plans the job
  * and hands it to the dispatcher. A submission that does not become a job leaves nothing behind.
  */
 import { createHash, randomUUID } from "node:crypto";
@@ -18,7 +18,10 @@ import { planJob } from "../planner/job-plan.js";
 import { checkPriority } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { tenantOf } from "../dispatch/job-views.js";
-import { renderParamsInputOf } from "./job-mapping.js";
+import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
+import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
+import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText } from "../../shared/job/recipe.js";
+import { FRAMEFARM_VERSION } from "../../shared/version.js";
 import type { JobServiceDeps } from "./job-service.js";
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -73,13 +76,20 @@ export async function submitJob(
   checkPriority(req.priority);
   if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey))
     throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
-  const s = req.settings;
+  // A recipe's settings replace the request's; its bundle must be this farm's.
+  const fromRecipe = recipeRequest(req, { name: deps.bundleName, digest: deps.bundleDigest });
+  const s = fromRecipe?.settings ?? req.settings;
   if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
-  const input = renderParamsInputOf(s, req.endImage?.source !== undefined);
+  const input = {
+    ...renderParamsInputOf(s, req.endImage?.source !== undefined),
+    ...(fromRecipe !== null ? recipeParamsInput(fromRecipe.recipe) : {}),
+  };
   const params = validateRenderParams(input, {
     samplingType: manifest.sampling_type,
     latentWindowSize: manifest.framepack.default_latent_window_size,
   });
+  if (fromRecipe !== null) checkRecipeParams(fromRecipe.recipe, params);
+  const output = jobOutputOf(s);
 
   // Scoped to the tenant: the same key from two tenants names two jobs (tenant names have no newline).
   const idemKey =
@@ -96,12 +106,15 @@ export async function submitJob(
   const first = await image(deps, req.image, "image", tenant);
   if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
   const last = await image(deps, req.endImage, "end image", tenant);
+  if (fromRecipe !== null) checkRecipeImages(fromRecipe.recipe, first.bytes, last?.bytes ?? null);
   const size =
     "height" in params.size
       ? params.size
       : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
+  if (fromRecipe !== null) checkRecipeSize(fromRecipe.recipe, size);
   const jobId = randomUUID();
-  const spec = toJobSpec(jobId, params, size, tenant);
+  const spec = { ...toJobSpec(jobId, params, size, tenant), output };
+  const digest = deps.bundleDigest;
   const sections = sectionPlanFor(params, manifest);
   const sc = manifest.vae.spatial_compression_ratio;
   const tasks = planJob({
@@ -111,6 +124,8 @@ export async function submitJob(
     hasEndImage: last !== null,
     trueCfg: usesTrueCfg(params),
     latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc },
+    output,
+    recipe: digest !== undefined,
   });
 
   if (idemKey !== null) {
@@ -127,6 +142,17 @@ export async function submitJob(
     signal?.throwIfAborted();
     await deps.store.put(keys.firstImage, first.bytes);
     if (last !== null) await deps.store.put(keys.lastImage, last.bytes);
+    if (digest !== undefined) {
+      const recipe = makeRecipe({
+        params,
+        size,
+        format: output.format,
+        images: { start: first.bytes, end: last?.bytes ?? null },
+        bundle: { name: deps.bundleName, digest },
+        framefarmVersion: FRAMEFARM_VERSION,
+      });
+      await deps.store.put(keys.recipe, new TextEncoder().encode(recipeText(recipe)), "application/json");
+    }
     signal?.throwIfAborted();
     await deps.dispatcher.submit(spec, tasks, { priority: req.priority });
   } catch (err) {

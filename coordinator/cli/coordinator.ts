@@ -13,6 +13,7 @@ import { startApiServer, type ApiServerOptions } from "../api/server.js";
 import { TokenAuth, DEFAULT_TENANT } from "../auth/tokens.js";
 import { FarmError } from "../../shared/errors.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
+import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
@@ -77,6 +78,7 @@ export async function startCoordinator(
     dispatcher,
     manifest: bundle.manifest,
     bundleName: path.basename(bundle.dir),
+    bundleDigest: await bundleDigest(bundle),
     auth,
   });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});

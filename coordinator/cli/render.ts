@@ -15,7 +15,8 @@ import { defaultBundleDir } from "./defaults.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
 import type { JobRecord } from "../dispatch/job-record.js";
-import { jobKeys } from "../../shared/farm/keys.js";
+import { jobOutputKeys } from "../planner/job-outputs.js";
+import { OUTPUT_HELP, OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
 
 const HELP = `framefarm render — render one video in this process
 
@@ -39,7 +40,8 @@ const HELP = `framefarm render — render one video in this process
   --ep cpu|webgpu|cuda    execution provider (cpu)
   --timings FILE          load every model first, then write the job's wall time and each task's
                           time (JSON): what the GPU benchmark compares with diffusers
-  -o, --output FILE       output MP4                                        [required]`;
+${OUTPUT_HELP}
+  -o, --output FILE       output video (its recipe goes to FILE's name .recipe.json) [required]`;
 
 /** Each task's wall time and time inside onnxruntime, from the job's task log. */
 async function writeTimings(file: string, record: JobRecord, loadMs: number, jobMs: number): Promise<void> {
@@ -59,6 +61,7 @@ export async function renderCommand(args: string[]): Promise<number> {
     allowPositionals: false,
     options: {
       ...RENDER_OPTIONS,
+      ...OUTPUT_OPTIONS,
       bundle: { type: "string" },
       ep: { type: "string" },
       timings: { type: "string" },
@@ -81,7 +84,7 @@ export async function renderCommand(args: string[]): Promise<number> {
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
   let farm: EmbeddedFarm | undefined;
   try {
-    const req = await submitRequestFrom(values);
+    const req = await applyOutputOptions(await submitRequestFrom(values), values, output);
     // Checked before any work, so a bad fps or crf does not fail only at the very end.
     validateMp4Options({ fps: req.settings?.fps ?? 30, crf: req.settings?.crf ?? 16 });
     let loadMs = 0;
@@ -103,10 +106,17 @@ export async function renderCommand(args: string[]): Promise<number> {
         record.error ?? `the render ended ${record.state}`,
       );
     await mkdir(path.dirname(output), { recursive: true });
-    await writeFileAtomically(output, await farm.store.get(jobKeys(job.id).video));
+    const keys = jobOutputKeys(job.id, record.tasks);
+    const store = farm.store;
+    const get = (key: string | undefined) => (key === undefined ? null : () => store.get(key));
+    const written = await saveJobOutputs(
+      { video: () => store.get(keys.video), recipe: get(keys.recipe), frames: get(keys.frames) },
+      output,
+      values["save-frames"],
+    );
     if (values.timings !== undefined) await writeTimings(values.timings, record, loadMs, performance.now() - submitted);
     process.stderr.write(
-      `wrote ${output}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`,
+      `wrote ${written.join(", ")}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`,
     );
     return 0;
   } finally {

@@ -1,9 +1,8 @@
 /**
  * Client commands against a farm's gRPC API: `submit` (optionally waiting with a progress bar and
- * downloading the MP4), `jobs` and `cancel`.
+ * downloading the video, its recipe and, when asked, its frames), `jobs` and `cancel`.
  */
 import { readFile } from "node:fs/promises";
-import { writeFileAtomically } from "./output-file.js";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -13,6 +12,7 @@ import { JobState, jobStateToJSON, type Job, type WatchJobResponse } from "../..
 import { createProgress } from "./progress.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
 import { CLIENT_OPTIONS, connectJobService as client, fromGrpc } from "./client.js";
+import { OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
 
 const call = <T>(fn: (cb: (err: ServiceError | null, res: T) => void) => void): Promise<T> =>
   new Promise((resolve, reject) => fn((err, res) => (err ? reject(fromGrpc(err)) : resolve(res))));
@@ -31,10 +31,6 @@ export async function fetchVideo(url: string): Promise<Uint8Array> {
   }
 }
 
-async function download(url: string, out: string): Promise<void> {
-  await writeFileAtomically(out, await fetchVideo(url));
-}
-
 export async function submitCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -42,6 +38,7 @@ export async function submitCommand(args: string[]): Promise<number> {
     options: {
       ...RENDER_OPTIONS,
       ...CLIENT_OPTIONS,
+      ...OUTPUT_OPTIONS,
       wait: { type: "boolean" },
       output: { type: "string", short: "o" },
       "idempotency-key": { type: "string" },
@@ -49,12 +46,15 @@ export async function submitCommand(args: string[]): Promise<number> {
     },
   });
   if (values.output !== undefined && values.wait !== true) throw new FarmError("INVALID_ARGUMENT", "-o needs --wait");
+  if (values["save-frames"] !== undefined && values.output === undefined)
+    throw new FarmError("INVALID_ARGUMENT", "--save-frames needs --wait and -o");
   const c = client(values);
   try {
-    const req = await submitRequestFrom(values, {
-      priority: values.priority,
-      idempotencyKey: values["idempotency-key"],
-    });
+    const req = await applyOutputOptions(
+      await submitRequestFrom(values, { priority: values.priority, idempotencyKey: values["idempotency-key"] }),
+      values,
+      values.output,
+    );
     const { job, deduplicated } = await call<{ job?: Job; deduplicated: boolean }>((cb) => c.submitJob(req, cb));
     process.stdout.write(`${job!.id}${deduplicated ? " (already submitted)" : ""}\n`);
     if (values.wait !== true) return 0;
@@ -87,9 +87,14 @@ export async function submitCommand(args: string[]): Promise<number> {
     }
     const done = (await call<{ job?: Job }>((cb) => c.getJob({ id: final.id }, cb))).job!;
     if (values.output !== undefined) {
-      await download(done.videoUrl, path.resolve(values.output));
+      const url = (u: string) => (u === "" ? null : () => fetchVideo(u));
+      const written = await saveJobOutputs(
+        { video: () => fetchVideo(done.videoUrl), recipe: url(done.recipeUrl), frames: url(done.framesUrl) },
+        path.resolve(values.output),
+        values["save-frames"],
+      );
       process.stderr.write(
-        `wrote ${values.output}: ${done.numFrames} frames requested, ${done.width}x${done.height}\n`,
+        `wrote ${written.join(", ")}: ${done.numFrames} frames requested, ${done.width}x${done.height}\n`,
       );
     } else process.stdout.write(`${done.videoUrl}\n`);
     return 0;

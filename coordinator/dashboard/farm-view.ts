@@ -29,7 +29,7 @@ import {
   type StepEvent,
   type StageKind,
 } from "../../shared/farm/protocol.js";
-import { jobKeys } from "../../shared/farm/keys.js";
+import { jobOutputKeys } from "../planner/job-outputs.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
 
@@ -364,7 +364,8 @@ export class FarmView {
       const key = latestPreview(r);
       const section = r.tasks.find((t) => t.kind === "decode" && t.outputs["preview"] === key)?.section;
       if (key !== undefined && section !== undefined) view.preview = { section, key, url: await this.url(key) };
-      if (r.state === "SUCCEEDED") view.video = { key: jobKeys(id).video, url: await this.url(jobKeys(id).video) };
+      const video = jobOutputKeys(id, r.tasks).video;
+      if (r.state === "SUCCEEDED") view.video = { key: video, url: await this.url(video) };
     }
     return view;
   }

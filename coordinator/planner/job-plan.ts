@@ -11,6 +11,7 @@ import { validateObjectKey } from "../../shared/store/object-store.js";
 import { FarmError } from "../../shared/errors.js";
 import type { StageKind, StageTask } from "../../shared/farm/protocol.js";
 import { jobKeys } from "../../shared/farm/keys.js";
+import type { JobOutput } from "../../shared/job/job-spec.js";
 
 export interface JobPlanInput {
   jobId: string;
@@ -20,6 +21,10 @@ export interface JobPlanInput {
   trueCfg: boolean;
   /** Latent tensor geometry: channels, height/8, width/8. */
   latent: { channels: number; height: number; width: number };
+  /** The video's format and whether the frames are kept as PNGs (default: an MP4 alone). */
+  output?: JobOutput;
+  /** The job's recipe is stored (under jobKeys().recipe) for the mux to embed in the video. */
+  recipe?: boolean;
 }
 
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -94,8 +99,14 @@ export function planJob(input: JobPlanInput): StageTask[] {
     jobId,
     kind: "mux",
     dependsOn: decodes,
-    inputs: Object.fromEntries(plan.sections.map((s) => [`section${s.index}`, keys.sectionVideo(s.index)])),
-    outputs: { video: keys.video },
+    inputs: {
+      ...Object.fromEntries(plan.sections.map((s) => [`section${s.index}`, keys.sectionVideo(s.index)])),
+      ...(input.recipe === true ? { recipe: keys.recipe } : {}),
+    },
+    outputs: {
+      video: input.output?.format === "webm" ? keys.webm : keys.video,
+      ...(input.output?.saveFrames === true ? { frames: keys.frames } : {}),
+    },
   });
   for (const t of tasks)
     for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)]) validateObjectKey(k);

@@ -1,8 +1,14 @@
-/** mux: every section's decoded video joined in plan order, encoded as the job's MP4. */
+/**
+ * mux: every section's decoded video joined in plan order, encoded in the job's format (MP4 or
+ * WebM) carrying the job's recipe in its comment tag and, when the job asks for them, every frame
+ * as a PNG (one tar). Each object is written only if absent, so a retried mux leaves committed ones
+ * as they are.
+ */
 import type { Tensor } from "../../shared/tensor/tensor.js";
 import type { StageTask } from "../../shared/farm/protocol.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
+import { framesToPngTar } from "../../shared/video/frames-archive.js";
 import { SectionVideo } from "../stages/section-step.js";
 import { need, readTensors, writeVideoObject, type StageHandler, type WorkerContext } from "./task-io.js";
 
@@ -19,10 +25,19 @@ export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: 
 }
 
 export const muxHandler: StageHandler = async (ctx, task, spec) => {
-  await writeVideoObject(
-    ctx.store,
-    task.outputs["video"]!,
-    await assembleFrames(ctx, task, spec),
-    renderParamsOf(spec),
-  );
+  const frames = await assembleFrames(ctx, task, spec);
+  // The recipe (JSON), stored at submission, when the coordinator knew its bundle's digest.
+  const recipeKey = task.inputs["recipe"];
+  const comment = recipeKey !== undefined ? new TextDecoder().decode(await ctx.store.get(recipeKey)) : undefined;
+  const framesKey = task.outputs["frames"];
+  if (framesKey !== undefined && (await ctx.store.head(framesKey)) === null)
+    await ctx.store.putIfAbsent(framesKey, await framesToPngTar(frames), "application/x-tar");
+  const { fps, crf, lossless } = spec.params;
+  await writeVideoObject(ctx.store, task.outputs["video"]!, frames, {
+    fps,
+    crf,
+    lossless,
+    format: spec.output?.format ?? "mp4",
+    ...(comment !== undefined ? { comment } : {}),
+  });
 };

@@ -13,6 +13,7 @@ import type { JobSpec } from "../../shared/job/job-spec.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { decodeImage, prepareImage } from "../../shared/image/decode.js";
 import { writeMp4, type Mp4Options } from "../../shared/video/mp4.js";
+import { videoContentType } from "../../shared/video/codecs.js";
 import type { CachedObject, TensorCache } from "../worker/tensor-cache.js";
 import type { TextConditioning } from "../stages/denoise-section.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
@@ -85,18 +86,19 @@ export function generatorOf(task: StageTask): TorchGenerator {
   return g;
 }
 
-/** Encodes frames as an MP4 object under key, unless one is there already. */
+/** Encodes frames as a video object (MP4, or WebM with options.format) under key, unless one is there already. */
 export async function writeVideoObject(
   store: ObjectStore,
   key: string,
   frames: Tensor<"uint8">,
   options: Mp4Options,
 ): Promise<void> {
+  const format = options.format ?? "mp4";
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-mp4-"));
   try {
-    const file = path.join(dir, "video.mp4");
+    const file = path.join(dir, `video.${format}`);
     await writeMp4(frames, file, options);
-    await store.putIfAbsent(key, new Uint8Array(await readFile(file)), "video/mp4");
+    await store.putIfAbsent(key, new Uint8Array(await readFile(file)), videoContentType(format));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

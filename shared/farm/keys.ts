@@ -28,5 +28,10 @@ export function jobKeys(jobId: string) {
     /** A section's decoded frames as a small MP4, for watching a job while it renders. */
     sectionPreview: (k: number) => `${p}previews/section-${k}.mp4`,
     video: `${p}output/video.mp4`,
+    webm: `${p}output/video.webm`,
+    /** Every frame as PNG, in one tar (frame_00000.png, ...). */
+    frames: `${p}output/frames.tar`,
+    /** The job's recipe (JSON), stored at submission; the mux embeds it in the video. */
+    recipe: `${p}output/recipe.json`,
   };
 }

@@ -3,6 +3,13 @@
  * parameters and the render size, in a JSON form that travels in queue messages and job records.
  */
 import type { RenderParams } from "./render-params.js";
+import type { VideoFormatName } from "./recipe.js";
+
+/** What the mux writes: the video's format, and every frame as a PNG too or not. */
+export interface JobOutput {
+  format: VideoFormatName;
+  saveFrames: boolean;
+}
 
 export interface JobSpec {
   jobId: string;
@@ -11,6 +18,8 @@ export interface JobSpec {
   width: number;
   /** Who submitted it (the API scopes every read to it); absent in records older than tenants. */
   tenant?: string;
+  /** Absent in records older than video formats: an MP4 and no frames. */
+  output?: JobOutput;
 }
 
 export function toJobSpec(

@@ -9,6 +9,8 @@ import { PassThrough } from "node:stream";
 import ffmpeg from "fluent-ffmpeg";
 import { FarmError } from "../errors.js";
 import { Tensor } from "../tensor/tensor.js";
+import type { VideoFormatName } from "../job/recipe.js";
+import { encoderSettings } from "./codecs.js";
 
 export interface Mp4Options {
   fps: number;
@@ -16,6 +18,10 @@ export interface Mp4Options {
   crf: number;
   /** Exact RGB frames (libx264rgb, qp 0); crf is then ignored. */
   lossless?: boolean;
+  /** H.264 in MP4 (the default) or VP9 in WebM (shared/video/codecs.ts). */
+  format?: VideoFormatName;
+  /** The container's `comment` tag (ffprobe: format.tags.comment; COMMENT in WebM): the job's recipe. */
+  comment?: string;
 }
 
 /**
@@ -42,7 +48,7 @@ export function validateMp4Options({ fps, crf }: Mp4Options): void {
     throw new FarmError("INVALID_ARGUMENT", `crf must be an integer between 0 and 51, got ${crf}`);
 }
 
-/** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 file at outFile. */
+/** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 (or, with format "webm", WebM) file at outFile. */
 export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options: Mp4Options): Promise<void> {
   validateMp4Options(options);
   const [t, h, w, c] = frames.shape;
@@ -54,7 +60,8 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
 
   const binary = await ffmpegPath();
   const target = path.resolve(outFile);
-  const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.partial.mp4`);
+  const encoder = encoderSettings(options.format ?? "mp4", options.crf, options.lossless === true);
+  const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.partial.${encoder.container}`);
   const input = new PassThrough();
   const frameBytes = h * w * 3;
 
@@ -65,13 +72,9 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
         .input(input)
         .inputFormat("rawvideo")
         .inputOptions(["-pix_fmt rgb24", `-video_size ${w}x${h}`, `-framerate ${options.fps}`])
-        .videoCodec(options.lossless === true ? "libx264rgb" : "libx264")
-        .outputOptions(
-          options.lossless === true
-            ? ["-pix_fmt rgb24", "-qp 0", "-movflags +faststart"]
-            : ["-pix_fmt yuv420p", `-crf ${options.crf}`, "-movflags +faststart"],
-        )
-        .format("mp4")
+        .videoCodec(encoder.codec)
+        .outputOptions(encoder.options)
+        .format(encoder.container)
         .on("error", (err: Error, _stdout: string | null, stderr: string | null) => {
           const tail = (stderr ?? "").trim().split("\n").slice(-3).join(" | ");
           reject(
@@ -81,6 +84,8 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
           );
         })
         .on("end", () => resolve());
+      // Two arguments, so that fluent-ffmpeg passes the text whole (it splits one "-opt value" at spaces).
+      if (options.comment !== undefined) command.outputOptions("-metadata", `comment=${options.comment}`);
       command.save(temp);
       // Feed frames one at a time, honouring back-pressure.
       void (async () => {

@@ -23,6 +23,7 @@ import { IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-submission.js";
 import { startApiServer, type ApiServer, type ApiServerOptions } from "../../coordinator/api/server.js";
 import type { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
+import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
 import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { tinyBundleDir } from "./paths.js";
@@ -77,6 +78,7 @@ export async function startTestFarm(
     dispatcher,
     manifest: bundle.manifest,
     bundleName: "tiny",
+    bundleDigest: await bundleDigest(bundle),
     ...(options.auth !== undefined ? { auth: options.auth } : {}),
     ...(options.urlExpirySeconds !== undefined ? { urlExpirySeconds: options.urlExpirySeconds } : {}),
   });

@@ -13,6 +13,7 @@ import { JobService } from "../../api/job-service.js";
 import { NodeLoop } from "../../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../../gpu-node/worker/tensor-cache.js";
 import type { NodeModels } from "../../../gpu-node/main.js";
+import { bundleDigest } from "../../../gpu-node/runtime/bundle-digest.js";
 import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
@@ -83,6 +84,7 @@ export async function startEmbeddedFarm(
     dispatcher,
     manifest: bundle.manifest,
     bundleName: path.basename(bundle.dir),
+    bundleDigest: await bundleDigest(bundle),
   });
   return {
     bus,

@@ -70,6 +70,52 @@ export function samplingModeToJSON(object: SamplingMode): string {
   }
 }
 
+/**
+ * How the video is encoded. Field numbers from 20 on in these messages belong to reproducibility
+ * and output (recipes, formats, frames).
+ */
+export enum VideoFormat {
+  /** VIDEO_FORMAT_UNSPECIFIED - MP4, or the recipe's format when re-rendering a recipe */
+  VIDEO_FORMAT_UNSPECIFIED = 0,
+  /** VIDEO_FORMAT_MP4 - H.264 in MP4 (libx264, or libx264rgb when lossless) */
+  VIDEO_FORMAT_MP4 = 1,
+  /** VIDEO_FORMAT_WEBM - VP9 in WebM (libvpx-vp9; lossless: RGB, exact frames) */
+  VIDEO_FORMAT_WEBM = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function videoFormatFromJSON(object: any): VideoFormat {
+  switch (object) {
+    case 0:
+    case "VIDEO_FORMAT_UNSPECIFIED":
+      return VideoFormat.VIDEO_FORMAT_UNSPECIFIED;
+    case 1:
+    case "VIDEO_FORMAT_MP4":
+      return VideoFormat.VIDEO_FORMAT_MP4;
+    case 2:
+    case "VIDEO_FORMAT_WEBM":
+      return VideoFormat.VIDEO_FORMAT_WEBM;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return VideoFormat.UNRECOGNIZED;
+  }
+}
+
+export function videoFormatToJSON(object: VideoFormat): string {
+  switch (object) {
+    case VideoFormat.VIDEO_FORMAT_UNSPECIFIED:
+      return "VIDEO_FORMAT_UNSPECIFIED";
+    case VideoFormat.VIDEO_FORMAT_MP4:
+      return "VIDEO_FORMAT_MP4";
+    case VideoFormat.VIDEO_FORMAT_WEBM:
+      return "VIDEO_FORMAT_WEBM";
+    case VideoFormat.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum JobState {
   JOB_STATE_UNSPECIFIED = 0,
   JOB_STATE_QUEUED = 1,
@@ -163,6 +209,11 @@ export interface RenderSettings {
     | undefined;
   /** Lossless RGB H.264 (libx264rgb, qp 0) instead of yuv420p at crf: exact frames, larger files. */
   lossless?: boolean | undefined;
+  format?:
+    | VideoFormat
+    | undefined;
+  /** Also keep every frame as a PNG: the finished job's frames_url is a tar of frame_00000.png, ... */
+  saveFrames?: boolean | undefined;
 }
 
 export interface SubmitJobRequest {
@@ -177,6 +228,14 @@ export interface SubmitJobRequest {
   priority: number;
   /** 1 to 128 characters of [A-Za-z0-9._:-]; scoped to the caller's tenant. */
   idempotencyKey: string;
+  /**
+   * A recipe to render again: the JSON that a finished job's video carries in its metadata (and
+   * its recipe_url holds). Its settings replace `settings`, which may then set only format, crf,
+   * lossless and save_frames. The images must be the recipe's (same SHA-256, else
+   * INVALID_ARGUMENT); a recipe made on another bundle is FAILED_PRECONDITION naming both bundle
+   * digests; an unknown recipe version or field is INVALID_ARGUMENT.
+   */
+  recipe?: string | undefined;
 }
 
 export interface SubmitJobResponse {
@@ -227,6 +286,15 @@ export interface Job {
    */
   previewKey: string;
   previewUrl: string;
+  /**
+   * When SUCCEEDED: the recipe (JSON: every setting, the input images' SHA-256 and the bundle's
+   * digest) that renders this video again; the video carries the same JSON as its comment tag.
+   */
+  recipeKey: string;
+  recipeUrl: string;
+  /** When SUCCEEDED with save_frames: a tar of every frame as PNG (frame_00000.png, ...). */
+  framesKey: string;
+  framesUrl: string;
 }
 
 export interface GetJobRequest {
@@ -397,6 +465,8 @@ function createBaseRenderSettings(): RenderSettings {
     fps: undefined,
     crf: undefined,
     lossless: undefined,
+    format: undefined,
+    saveFrames: undefined,
   };
 }
 
@@ -454,6 +524,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.lossless !== undefined) {
       writer.uint32(128).bool(message.lossless);
+    }
+    if (message.format !== undefined) {
+      writer.uint32(160).int32(message.format);
+    }
+    if (message.saveFrames !== undefined) {
+      writer.uint32(168).bool(message.saveFrames);
     }
     return writer;
   },
@@ -599,6 +675,22 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.lossless = reader.bool();
             continue;
           }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.saveFrames = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -650,6 +742,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
       fps: isSet(object.fps) ? globalThis.Number(object.fps) : undefined,
       crf: isSet(object.crf) ? globalThis.Number(object.crf) : undefined,
       lossless: isSet(object.lossless) ? globalThis.Boolean(object.lossless) : undefined,
+      format: isSet(object.format) ? videoFormatFromJSON(object.format) : undefined,
+      saveFrames: isSet(object.saveFrames)
+        ? globalThis.Boolean(object.saveFrames)
+        : isSet(object.save_frames)
+        ? globalThis.Boolean(object.save_frames)
+        : undefined,
     };
   },
 
@@ -702,6 +800,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.lossless !== undefined) {
       obj.lossless = message.lossless;
     }
+    if (message.format !== undefined) {
+      obj.format = videoFormatToJSON(message.format);
+    }
+    if (message.saveFrames !== undefined) {
+      obj.saveFrames = message.saveFrames;
+    }
     return obj;
   },
 
@@ -738,12 +842,22 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.fps = object.fps ?? undefined;
     message.crf = object.crf ?? undefined;
     message.lossless = object.lossless ?? undefined;
+    message.format = object.format ?? undefined;
+    message.saveFrames = object.saveFrames ?? undefined;
     return message;
   },
 };
 
 function createBaseSubmitJobRequest(): SubmitJobRequest {
-  return { image: undefined, endImage: undefined, settings: undefined, bundle: "", priority: 0, idempotencyKey: "" };
+  return {
+    image: undefined,
+    endImage: undefined,
+    settings: undefined,
+    bundle: "",
+    priority: 0,
+    idempotencyKey: "",
+    recipe: undefined,
+  };
 }
 
 export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
@@ -765,6 +879,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.idempotencyKey !== "") {
       writer.uint32(50).string(message.idempotencyKey);
+    }
+    if (message.recipe !== undefined) {
+      writer.uint32(162).string(message.recipe);
     }
     return writer;
   },
@@ -830,6 +947,14 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             message.idempotencyKey = reader.string();
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.recipe = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -858,6 +983,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
         : isSet(object.idempotency_key)
         ? globalThis.String(object.idempotency_key)
         : "",
+      recipe: isSet(object.recipe) ? globalThis.String(object.recipe) : undefined,
     };
   },
 
@@ -881,6 +1007,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     if (message.idempotencyKey !== "") {
       obj.idempotencyKey = message.idempotencyKey;
     }
+    if (message.recipe !== undefined) {
+      obj.recipe = message.recipe;
+    }
     return obj;
   },
 
@@ -901,6 +1030,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     message.bundle = object.bundle ?? "";
     message.priority = object.priority ?? 0;
     message.idempotencyKey = object.idempotencyKey ?? "";
+    message.recipe = object.recipe ?? undefined;
     return message;
   },
 };
@@ -1183,6 +1313,10 @@ function createBaseJob(): Job {
     width: 0,
     previewKey: "",
     previewUrl: "",
+    recipeKey: "",
+    recipeUrl: "",
+    framesKey: "",
+    framesUrl: "",
   };
 }
 
@@ -1241,6 +1375,18 @@ export const Job: MessageFns<Job> = {
     }
     if (message.previewUrl !== "") {
       writer.uint32(146).string(message.previewUrl);
+    }
+    if (message.recipeKey !== "") {
+      writer.uint32(162).string(message.recipeKey);
+    }
+    if (message.recipeUrl !== "") {
+      writer.uint32(170).string(message.recipeUrl);
+    }
+    if (message.framesKey !== "") {
+      writer.uint32(178).string(message.framesKey);
+    }
+    if (message.framesUrl !== "") {
+      writer.uint32(186).string(message.framesUrl);
     }
     return writer;
   },
@@ -1402,6 +1548,38 @@ export const Job: MessageFns<Job> = {
             message.previewUrl = reader.string();
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.recipeKey = reader.string();
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.recipeUrl = reader.string();
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.framesKey = reader.string();
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.framesUrl = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1470,6 +1648,26 @@ export const Job: MessageFns<Job> = {
         : isSet(object.preview_url)
         ? globalThis.String(object.preview_url)
         : "",
+      recipeKey: isSet(object.recipeKey)
+        ? globalThis.String(object.recipeKey)
+        : isSet(object.recipe_key)
+        ? globalThis.String(object.recipe_key)
+        : "",
+      recipeUrl: isSet(object.recipeUrl)
+        ? globalThis.String(object.recipeUrl)
+        : isSet(object.recipe_url)
+        ? globalThis.String(object.recipe_url)
+        : "",
+      framesKey: isSet(object.framesKey)
+        ? globalThis.String(object.framesKey)
+        : isSet(object.frames_key)
+        ? globalThis.String(object.frames_key)
+        : "",
+      framesUrl: isSet(object.framesUrl)
+        ? globalThis.String(object.framesUrl)
+        : isSet(object.frames_url)
+        ? globalThis.String(object.frames_url)
+        : "",
     };
   },
 
@@ -1529,6 +1727,18 @@ export const Job: MessageFns<Job> = {
     if (message.previewUrl !== "") {
       obj.previewUrl = message.previewUrl;
     }
+    if (message.recipeKey !== "") {
+      obj.recipeKey = message.recipeKey;
+    }
+    if (message.recipeUrl !== "") {
+      obj.recipeUrl = message.recipeUrl;
+    }
+    if (message.framesKey !== "") {
+      obj.framesKey = message.framesKey;
+    }
+    if (message.framesUrl !== "") {
+      obj.framesUrl = message.framesUrl;
+    }
     return obj;
   },
 
@@ -1565,6 +1775,10 @@ export const Job: MessageFns<Job> = {
     message.width = object.width ?? 0;
     message.previewKey = object.previewKey ?? "";
     message.previewUrl = object.previewUrl ?? "";
+    message.recipeKey = object.recipeKey ?? "";
+    message.recipeUrl = object.recipeUrl ?? "";
+    message.framesKey = object.framesKey ?? "";
+    message.framesUrl = object.framesUrl ?? "";
     return message;
   },
 };

@@ -15,6 +15,9 @@ JOB_STATE_UNSPECIFIED: JobState
 SAMPLING_MODE_INVERTED_ANTI_DRIFTING: SamplingMode
 SAMPLING_MODE_UNSPECIFIED: SamplingMode
 SAMPLING_MODE_VANILLA: SamplingMode
+VIDEO_FORMAT_MP4: VideoFormat
+VIDEO_FORMAT_UNSPECIFIED: VideoFormat
+VIDEO_FORMAT_WEBM: VideoFormat
 
 class CancelJobRequest(_message.Message):
     __slots__ = ["id"]
@@ -49,11 +52,13 @@ class ImageInput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ["bundle", "created_at", "error", "error_status", "height", "id", "num_frames", "preview_key", "preview_url", "priority", "progress", "settings", "state", "updated_at", "video_key", "video_url", "video_url_expires_at", "width"]
+    __slots__ = ["bundle", "created_at", "error", "error_status", "frames_key", "frames_url", "height", "id", "num_frames", "preview_key", "preview_url", "priority", "progress", "recipe_key", "recipe_url", "settings", "state", "updated_at", "video_key", "video_url", "video_url_expires_at", "width"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_STATUS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_KEY_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_URL_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +66,8 @@ class Job(_message.Message):
     PREVIEW_URL_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_URL_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +79,8 @@ class Job(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     error: str
     error_status: str
+    frames_key: str
+    frames_url: str
     height: int
     id: str
     num_frames: int
@@ -79,6 +88,8 @@ class Job(_message.Message):
     preview_url: str
     priority: int
     progress: Progress
+    recipe_key: str
+    recipe_url: str
     settings: RenderSettings
     state: JobState
     updated_at: _timestamp_pb2.Timestamp
@@ -86,7 +97,7 @@ class Job(_message.Message):
     video_url: str
     video_url_expires_at: _timestamp_pb2.Timestamp
     width: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., video_key: _Optional[str] = ..., video_url: _Optional[str] = ..., video_url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., error_status: _Optional[str] = ..., num_frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., preview_key: _Optional[str] = ..., preview_url: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., video_key: _Optional[str] = ..., video_url: _Optional[str] = ..., video_url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., error_status: _Optional[str] = ..., num_frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., preview_key: _Optional[str] = ..., preview_url: _Optional[str] = ..., recipe_key: _Optional[str] = ..., recipe_url: _Optional[str] = ..., frames_key: _Optional[str] = ..., frames_url: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ["page_size", "page_token", "states"]
@@ -123,8 +134,9 @@ class Progress(_message.Message):
     def __init__(self, sections_total: _Optional[int] = ..., sections_done: _Optional[int] = ..., current_section: _Optional[int] = ..., current_step: _Optional[int] = ..., steps_per_section: _Optional[int] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
 
 class RenderSettings(_message.Message):
-    __slots__ = ["crf", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "mode", "negative_prompt", "num_frames", "prompt", "resolution", "seconds", "seed", "steps", "true_cfg_scale", "width"]
+    __slots__ = ["crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "mode", "negative_prompt", "num_frames", "prompt", "resolution", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "width"]
     CRF_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -135,12 +147,14 @@ class RenderSettings(_message.Message):
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    SAVE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TRUE_CFG_SCALE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     crf: int
+    format: VideoFormat
     fps: float
     guidance_scale: float
     height: int
@@ -151,28 +165,31 @@ class RenderSettings(_message.Message):
     num_frames: int
     prompt: str
     resolution: int
+    save_frames: bool
     seconds: float
     seed: int
     steps: int
     true_cfg_scale: float
     width: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "priority", "settings"]
+    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "priority", "recipe", "settings"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     END_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     bundle: str
     end_image: ImageInput
     idempotency_key: str
     image: ImageInput
     priority: int
+    recipe: str
     settings: RenderSettings
-    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ["deduplicated", "job"]
@@ -207,6 +224,9 @@ class WatchJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., preview_key: _Optional[str] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class SamplingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class VideoFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
