@@ -111,6 +111,7 @@ export async function submitJob(
     hasEndImage: last !== null,
     trueCfg: usesTrueCfg(params),
     latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc },
+    rng: params.sampler === "unipc" ? "demo" : "diffusers",
   });
 
   if (idemKey !== null) {

@@ -20,6 +20,13 @@ export interface JobPlanInput {
   trueCfg: boolean;
   /** Latent tensor geometry: channels, height/8, width/8. */
   latent: { channels: number; height: number; width: number };
+  /**
+   * diffusers (default): one generator for the image latents' sample(s), then each section's
+   * noise. demo (lllyasviel's, --sampler unipc): each section's noise from a generator seeded with
+   * seed alone; the image latents' sample(s) from torch's global generator, which framefarm seeds
+   * with seed + 1 (mod 2^64) right before.
+   */
+  rng?: "diffusers" | "demo";
 }
 
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -51,6 +58,7 @@ export function planJob(input: JobPlanInput): StageTask[] {
   };
   // diffusers draws the start image's posterior sample, the end image's, then each section's noise.
   const posteriorDraws = drawsForRandn(latent.channels * latent.height * latent.width);
+  const demo = input.rng === "demo";
   const vae: StageTask = {
     id: id("vae_encode"),
     jobId,
@@ -58,10 +66,10 @@ export function planJob(input: JobPlanInput): StageTask[] {
     dependsOn: [],
     inputs: images,
     outputs: { latents: keys.imageLatents },
-    rng: { seed, offset: 0 },
+    rng: { seed: demo ? ((input.seed + 1n) % (1n << 64n)).toString() : seed, offset: 0 },
   };
   const noiseDraws = drawsForRandn(latent.channels * plan.latentWindowSize * latent.height * latent.width);
-  const firstNoise = posteriorDraws * (input.hasEndImage ? 2 : 1);
+  const firstNoise = demo ? 0 : posteriorDraws * (input.hasEndImage ? 2 : 1);
 
   const tasks: StageTask[] = [text, image, vae];
   const decodes: string[] = [];
