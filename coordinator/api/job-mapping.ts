@@ -1,20 +1,23 @@
 /**
  * The one mapping between the gRPC messages of jobs.proto and the farm's own types: job states,
- * sampling modes, video formats and output options, render settings, timestamps and errors.
+ * sampling modes, samplers, video formats and output options, render settings, timestamps and errors.
  */
 import { status as GrpcStatus, type ServerErrorResponse } from "@grpc/grpc-js";
 import { FarmError } from "../../shared/errors.js";
 import {
   JobState as PbJobState,
+  Sampler,
   SamplingMode,
+  UnipcVariant,
   VideoFormat,
   type RenderSettings,
 } from "../../proto/gen/framefarm/v1/jobs.js";
 import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
 import type { SamplingType } from "../../shared/bundle/manifest.js";
-import type { RenderParamsInput } from "../../shared/job/render-params.js";
 import type { JobOutput } from "../../shared/job/job-spec.js";
 import type { VideoFormatName } from "../../shared/job/recipe.js";
+import type { RenderParamsInput, SamplerName } from "../../shared/job/render-params.js";
+import type { UniPCVariant } from "../../shared/sampler/unipc.js";
 import type { JobState } from "../../shared/farm/protocol.js";
 import type { JobRecord } from "../dispatch/job-record.js";
 
@@ -68,6 +71,42 @@ export function jobOutputOf(settings: RenderSettings): JobOutput {
   return { format, saveFrames: settings.saveFrames === true };
 }
 
+const SAMPLER_OF: Record<SamplerName, Sampler> = {
+  flow_match_euler: Sampler.SAMPLER_FLOW_MATCH_EULER,
+  unipc: Sampler.SAMPLER_UNIPC,
+};
+export const samplerToPb = (s: SamplerName): Sampler => SAMPLER_OF[s];
+
+/** The sampler a request asks for; undefined when unspecified (FlowMatch Euler). */
+export function samplerOf(sampler: Sampler | undefined): SamplerName | undefined {
+  if (sampler === undefined || sampler === Sampler.SAMPLER_UNSPECIFIED) return undefined;
+  const hit = (Object.entries(SAMPLER_OF) as [SamplerName, Sampler][]).find(([, s]) => s === sampler);
+  if (hit === undefined)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `sampler ${sampler} is not a Sampler (0 unspecified, 1 flow-match Euler, 2 UniPC)`,
+    );
+  return hit[0];
+}
+
+const VARIANT_OF: Record<UniPCVariant, UnipcVariant> = {
+  bh1: UnipcVariant.UNIPC_VARIANT_BH1,
+  bh2: UnipcVariant.UNIPC_VARIANT_BH2,
+};
+export const unipcVariantToPb = (v: UniPCVariant): UnipcVariant => VARIANT_OF[v];
+
+/** The UniPC variant a request asks for; undefined when unspecified (bh1). */
+export function unipcVariantOf(variant: UnipcVariant | undefined): UniPCVariant | undefined {
+  if (variant === undefined || variant === UnipcVariant.UNIPC_VARIANT_UNSPECIFIED) return undefined;
+  const hit = (Object.entries(VARIANT_OF) as [UniPCVariant, UnipcVariant][]).find(([, v]) => v === variant);
+  if (hit === undefined)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `unipc.variant ${variant} is not a UnipcVariant (0 unspecified, 1 bh1, 2 bh2)`,
+    );
+  return hit[0];
+}
+
 /** A request's settings as render-params input (validated there, the one check of every parameter). */
 export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): RenderParamsInput {
   return {
@@ -91,6 +130,11 @@ export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): Re
     crf: s.crf,
     lossless: s.lossless,
     hasEndImage,
+    sampler: samplerOf(s.sampler),
+    unipcVariant: unipcVariantOf(s.unipc?.variant),
+    cfgRescale: s.unipc?.cfgRescale,
+    sectionPrompts: s.promptSchedule?.sectionPrompts,
+    promptBlendSections: s.promptSchedule?.blendSections,
   };
 }
 
@@ -113,6 +157,19 @@ export function settingsOf(r: JobRecord): RenderSettings {
     lossless: p.lossless,
     format: videoFormatToPb(r.spec.output?.format ?? "mp4"),
     saveFrames: r.spec.output?.saveFrames ?? false,
+    // Records from before samplers and prompt schedules lack these fields.
+    sampler: samplerToPb(p.sampler ?? "flow_match_euler"),
+    ...(p.sampler === "unipc"
+      ? { unipc: { variant: unipcVariantToPb(p.unipcVariant ?? "bh1"), cfgRescale: p.cfgRescale ?? 0 } }
+      : {}),
+    ...((p.sectionPrompts ?? null) !== null || (p.promptBlendSections ?? 0) > 0
+      ? {
+          promptSchedule: {
+            sectionPrompts: p.sectionPrompts ?? [],
+            ...((p.promptBlendSections ?? 0) > 0 ? { blendSections: p.promptBlendSections } : {}),
+          },
+        }
+      : {}),
   };
 }
 

@@ -126,6 +126,7 @@ export async function submitJob(
     latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc },
     output,
     recipe: digest !== undefined,
+    rng: params.sampler === "unipc" ? "demo" : "diffusers",
   });
 
   if (idemKey !== null) {

@@ -4,10 +4,11 @@
  */
 import { FarmError } from "../../shared/errors.js";
 import { readImageBytes } from "./embedded/inputs.js";
-import { parseSamplingType, parseSeed } from "../../shared/job/render-params.js";
-import { samplingModeOf } from "../api/job-mapping.js";
+import { parseSampler, parseSamplingType, parseSeed, parseUnipcVariant } from "../../shared/job/render-params.js";
+import { samplerToPb, samplingModeOf, unipcVariantToPb } from "../api/job-mapping.js";
 import {
   SamplingMode,
+  UnipcVariant,
   type ImageInput,
   type RenderSettings,
   type SubmitJobRequest,
@@ -33,11 +34,24 @@ export const RENDER_OPTIONS = {
   fps: { type: "string" },
   crf: { type: "string" },
   lossless: { type: "boolean" },
+  sampler: { type: "string" },
+  "unipc-variant": { type: "string" },
+  "cfg-rescale": { type: "string" },
+  "section-prompt": { type: "string", multiple: true },
+  "prompt-blend": { type: "string" },
 } as const;
 
-export type RenderOptionValues = {
-  [K in keyof typeof RENDER_OPTIONS]?: (typeof RENDER_OPTIONS)[K]["type"] extends "boolean" ? boolean : string;
-};
+/** Help lines for the sampler and prompt-schedule options (options that render and submit share). */
+export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FramePack pipeline (default); unipc: as
+                          lllyasviel's FramePack demo samples (flux shift + UniPC)
+  --unipc-variant bh1|bh2 UniPC variant (bh1, as the demo; unipc only)
+  --cfg-rescale R         the demo's CFG re-scale, 0..1 (0; unipc only)
+  --section-prompt TEXT   one per section, in video-time order (repeat; instead of
+                          --prompt). --prompt may be timed: "[0s: a man waves] [2s: ...]"
+  --prompt-blend N        blend each prompt change over N sections (0)`;
+
+type OptionValue<O> = O extends { multiple: true } ? string[] : O extends { type: "boolean" } ? boolean : string;
+export type RenderOptionValues = { [K in keyof typeof RENDER_OPTIONS]?: OptionValue<(typeof RENDER_OPTIONS)[K]> };
 
 /** A number option as given; the JobService checks ranges and says which option is off. */
 const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
@@ -52,6 +66,14 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     values.mode === undefined
       ? SamplingMode.SAMPLING_MODE_UNSPECIFIED
       : samplingModeOf(parseSamplingType(values.mode, "inverted_anti_drifting"));
+  const sampler = values.sampler === undefined ? undefined : samplerToPb(parseSampler(values.sampler));
+  // The variant's names only: whether the sampler has variants is the JobService's check.
+  const variant =
+    values["unipc-variant"] === undefined
+      ? undefined
+      : unipcVariantToPb(parseUnipcVariant(values["unipc-variant"], "unipc"));
+  const cfgRescale = num(values["cfg-rescale"]);
+  const blend = num(values["prompt-blend"]);
   return {
     prompt: values.prompt ?? "",
     ...(values["negative-prompt"] !== undefined ? { negativePrompt: values["negative-prompt"] } : {}),
@@ -72,6 +94,13 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     fps: num(values.fps),
     crf: num(values.crf),
     ...(values.lossless === true ? { lossless: true } : {}),
+    ...(sampler !== undefined ? { sampler } : {}),
+    ...(variant !== undefined || cfgRescale !== undefined
+      ? { unipc: { variant: variant ?? UnipcVariant.UNIPC_VARIANT_UNSPECIFIED, cfgRescale } }
+      : {}),
+    ...(values["section-prompt"] !== undefined || blend !== undefined
+      ? { promptSchedule: { sectionPrompts: values["section-prompt"] ?? [], blendSections: blend } }
+      : {}),
   };
 }
 

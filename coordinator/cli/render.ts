@@ -12,7 +12,7 @@ import { openNodeModels } from "../../gpu-node/main.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
-import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
+import { RENDER_OPTIONS, SAMPLING_HELP, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
 import type { JobRecord } from "../dispatch/job-record.js";
 import { jobOutputKeys } from "../planner/job-outputs.js";
@@ -36,6 +36,7 @@ const HELP = `framefarm render — render one video in this process
   --fps F                 output frame rate (30)
   --crf C                 x264 quality, 0..51 (16)
   --lossless              exact RGB frames (libx264rgb, qp 0) instead of --crf
+${SAMPLING_HELP}
   --bundle DIR            model bundle (default: the tiny test bundle)
   --ep cpu|webgpu|cuda    execution provider (cpu)
   --timings FILE          load every model first, then write the job's wall time and each task's

@@ -25,6 +25,13 @@ export interface JobPlanInput {
   output?: JobOutput;
   /** The job's recipe is stored (under jobKeys().recipe) for the mux to embed in the video. */
   recipe?: boolean;
+  /**
+   * diffusers (default): one generator for the image latents' sample(s), then each section's
+   * noise. demo (lllyasviel's, --sampler unipc): each section's noise from a generator seeded with
+   * seed alone; the image latents' sample(s) from torch's global generator, which framefarm seeds
+   * with seed + 1 (mod 2^64) right before.
+   */
+  rng?: "diffusers" | "demo";
 }
 
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -56,6 +63,7 @@ export function planJob(input: JobPlanInput): StageTask[] {
   };
   // diffusers draws the start image's posterior sample, the end image's, then each section's noise.
   const posteriorDraws = drawsForRandn(latent.channels * latent.height * latent.width);
+  const demo = input.rng === "demo";
   const vae: StageTask = {
     id: id("vae_encode"),
     jobId,
@@ -63,10 +71,10 @@ export function planJob(input: JobPlanInput): StageTask[] {
     dependsOn: [],
     inputs: images,
     outputs: { latents: keys.imageLatents },
-    rng: { seed, offset: 0 },
+    rng: { seed: demo ? ((input.seed + 1n) % (1n << 64n)).toString() : seed, offset: 0 },
   };
   const noiseDraws = drawsForRandn(latent.channels * plan.latentWindowSize * latent.height * latent.width);
-  const firstNoise = posteriorDraws * (input.hasEndImage ? 2 : 1);
+  const firstNoise = demo ? 0 : posteriorDraws * (input.hasEndImage ? 2 : 1);
 
   const tasks: StageTask[] = [text, image, vae];
   const decodes: string[] = [];

@@ -2,6 +2,7 @@
 import type { F32 } from "../../shared/tensor/tensor.js";
 import { renderParamsOf } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
+import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompts.js";
 import { initialHistory, type History } from "../../shared/framepack/history.js";
 import { runSectionStep } from "../stages/section-step.js";
 import { conditioning, generatorOf, need, readTensors, writeOnce, type StageHandler } from "./task-io.js";
@@ -26,6 +27,9 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
       generated: Number(h.metadata["generated"]),
     };
   }
+  // This section's prompt: the job's distinct prompts are in the text object (encode-text.ts).
+  const prompts = promptSchedule(params, plan);
+  const encoded = prompts.prompts.map((_, i) => conditioning(text.tensors, task.inputs["prompt"]!, i));
   const appended = await runSectionStep(
     runtime,
     {
@@ -35,7 +39,7 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
       imageLatents,
       lastImageLatents,
       generator: generatorOf(task),
-      prompt: conditioning(text.tensors, task.inputs["prompt"]!),
+      prompt: sectionEmbeddings(prompts, k, encoded),
       ...(negative !== null ? { negative: conditioning(negative.tensors, task.inputs["negative"]!) } : {}),
       imageEmbeds: need(image.tensors, "image_embeds", task.inputs["imageEmbeds"]!),
       params,

@@ -15,8 +15,9 @@ import { need, readTensors, writeVideoObject, type StageHandler, type WorkerCont
 /** The mux task's frames: every section's decoded video soft-appended in plan order. */
 export async function assembleFrames(ctx: WorkerContext, task: StageTask, spec: JobSpec): Promise<Tensor<"uint8">> {
   const manifest = ctx.runtime.bundle.manifest;
-  const plan = sectionPlanFor(renderParamsOf(spec), manifest);
-  const video = new SectionVideo(plan, spec.params.samplingType, manifest.vae.temporal_compression_ratio);
+  const params = renderParamsOf(spec);
+  const plan = sectionPlanFor(params, manifest);
+  const video = new SectionVideo(plan, params.samplingType, manifest.vae.temporal_compression_ratio, params.sampler);
   for (const s of plan.sections) {
     const key = task.inputs[`section${s.index}`]!;
     video.add(need((await readTensors(ctx, key)).tensors, "video", key));

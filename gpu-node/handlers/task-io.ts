@@ -74,9 +74,21 @@ export async function pixels(ctx: WorkerContext, spec: JobSpec, key: string, wha
   return prepareImage(await decodeImage(await ctx.store.get(key), undefined, what), spec.height, spec.width);
 }
 
-export function conditioning(t: Map<string, Tensor>, key: string): TextConditioning {
-  return { embeds: need(t, "embeds", key), mask: need(t, "mask", key), pooled: need(t, "pooled", key) };
+/**
+ * A text object's conditioning. Prompts that change over time: the prompt object holds every
+ * distinct prompt of the job (shared/job/timed-prompts.ts), the first under embeds/mask/pooled and
+ * prompt i under embeds.i/mask.i/pooled.i.
+ */
+export function conditioning(t: Map<string, Tensor>, key: string, i = 0): TextConditioning {
+  const s = i === 0 ? "" : `.${i}`;
+  return { embeds: need(t, `embeds${s}`, key), mask: need(t, `mask${s}`, key), pooled: need(t, `pooled${s}`, key) };
 }
+
+/** Tensors of the i-th distinct prompt under the names that conditioning(t, key, i) reads. */
+export const conditioningTensors = (c: TextConditioning, i = 0): Tensors => {
+  const s = i === 0 ? "" : `.${i}`;
+  return { [`embeds${s}`]: c.embeds, [`mask${s}`]: c.mask, [`pooled${s}`]: c.pooled };
+};
 
 /** The job's generator at the task's planned position. */
 export function generatorOf(task: StageTask): TorchGenerator {

@@ -9,6 +9,7 @@ import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { initialHistory } from "../../shared/framepack/history.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
+import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompts.js";
 import { encodeText, type PromptEmbeddings } from "./encode-text.js";
 import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "./encode-image.js";
 import { SectionVideo, decodeSection, runSectionStep } from "./section-step.js";
@@ -57,8 +58,13 @@ export async function renderJob(
   const probe = (name: string, t: Tensor): void => observer.probe?.(name, t);
 
   observer.onStage?.("encoding prompt");
-  const prompt = await encodeText(runtime, tokenizers, params.prompt);
-  probePrompt(observer, prompt, "0", "");
+  // Prompts that change over time: each distinct prompt is encoded once (timed-prompts.ts), and
+  // each section conditioned on its own (sectionEmbeddings, below).
+  const plan = sectionPlanFor(params, manifest);
+  const prompts = promptSchedule(params, plan);
+  const encodedPrompts: PromptEmbeddings[] = [];
+  for (const p of prompts.prompts) encodedPrompts.push(await encodeText(runtime, tokenizers, p));
+  probePrompt(observer, encodedPrompts[0]!, "0", "");
   let negative: PromptEmbeddings | undefined;
   if (usesTrueCfg(params)) {
     negative = await encodeText(runtime, tokenizers, params.negativePrompt ?? "");
@@ -81,22 +87,23 @@ export async function renderJob(
   }
 
   // The generator's draws follow diffusers' order: start image posterior, end image posterior,
-  // then each section's noise.
+  // then each section's noise. --sampler unipc (lllyasviel's demo): the noise from a generator of
+  // its own, the posterior samples from torch's global generator seeded with seed + 1.
   const generator = new TorchGenerator(params.seed);
+  const imageGenerator = params.sampler === "unipc" ? new TorchGenerator((params.seed + 1n) % (1n << 64n)) : generator;
   const sf = manifest.vae.scaling_factor;
-  const imageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.firstPixels), generator, sf);
+  const imageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.firstPixels), imageGenerator, sf);
   probe("image_latents", imageLatents);
   let lastImageLatents: F32 | null = null;
   if (inputs.lastPixels !== null) {
-    lastImageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.lastPixels), generator, sf);
+    lastImageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.lastPixels), imageGenerator, sf);
     probe("last_image_latents", lastImageLatents);
   }
 
-  const plan = sectionPlanFor(params, manifest);
   observer.onPlan?.(plan.sections.length, params.steps);
 
   let history = initialHistory(plan, imageLatents);
-  const video = new SectionVideo(plan, params.samplingType, manifest.vae.temporal_compression_ratio);
+  const video = new SectionVideo(plan, params.samplingType, manifest.vae.temporal_compression_ratio, params.sampler);
   for (const section of plan.sections) {
     const k = section.index;
     observer.signal?.throwIfAborted();
@@ -109,7 +116,7 @@ export async function renderJob(
         imageLatents,
         lastImageLatents,
         generator,
-        prompt,
+        prompt: sectionEmbeddings(prompts, k, encodedPrompts),
         ...(negative !== undefined ? { negative } : {}),
         imageEmbeds,
         params,

@@ -8,12 +8,12 @@
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { TorchGenerator } from "../../shared/sampler/torch-rng.js";
-import { flowMatchSchedule, imageSeqLen } from "../../shared/sampler/flow-match.js";
 import { appendSection, sectionInputs, type History } from "../../shared/framepack/history.js";
 import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
-import { trimFrameCount } from "../../shared/framepack/frames.js";
+import { frameConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
 import type { RenderParams } from "../../shared/job/render-params.js";
+import { sectionSampling } from "../../shared/job/section-sampling.js";
 import { denoiseSection, type TextConditioning } from "./denoise-section.js";
 import { decodeVideo, toVaeLatents } from "./decode-latents.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
@@ -30,11 +30,13 @@ export interface SectionStepInput {
   lastImageLatents: F32 | null;
   /** Positioned at this section's noise: the section draws its noise from it. */
   generator: TorchGenerator;
+  /** This section's prompt (prompts may change over time: timed-prompts.ts sectionEmbeddings). */
   prompt: TextConditioning;
   /** Present only with true CFG. */
   negative?: TextConditioning;
   imageEmbeds: F32;
-  params: Pick<RenderParams, "steps" | "guidanceScale" | "trueCfgScale">;
+  params: Pick<RenderParams, "steps" | "guidanceScale" | "trueCfgScale"> &
+    Partial<Pick<RenderParams, "sampler" | "unipcVariant" | "cfgRescale">>;
 }
 
 export interface SectionStepObserver {
@@ -65,12 +67,12 @@ export async function runSectionStep(
   const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
   const noise = input.generator.randn([1, channels, plan.latentWindowSize, h, w]);
   probe?.(`section${k}.noise`, noise);
-  const patch = manifest.transformer.patch_size;
-  const schedule = flowMatchSchedule(
-    manifest.scheduler,
-    input.params.steps,
-    imageSeqLen(plan.latentWindowSize, h, w, patch),
-  );
+  // The sampler: diffusers' FlowMatch Euler, or lllyasviel's flux-shifted UniPC (--sampler unipc).
+  const { schedule, unipc } = sectionSampling(input.params, manifest, {
+    frames: plan.latentWindowSize,
+    height: h,
+    width: w,
+  });
   probe?.(`section${k}.sigmas`, new Tensor("float32", [schedule.sigmas.length], schedule.sigmas));
   probe?.(`section${k}.timesteps`, new Tensor("float32", [schedule.timesteps.length], schedule.timesteps));
 
@@ -85,6 +87,7 @@ export async function runSectionStep(
       context,
       guidanceScale: input.params.guidanceScale,
       schedule,
+      ...(unipc !== undefined ? { unipc } : {}),
     },
     {
       ...(observer.onStep !== undefined ? { onStep: observer.onStep } : {}),
@@ -126,8 +129,10 @@ export class SectionVideo {
     private readonly plan: SectionPlan,
     samplingType: RenderParams["samplingType"],
     private readonly temporalCompression: number,
+    /** The sampler's frame conversion: diffusers' postprocessing, or the demo's (unipc). */
+    sampler?: RenderParams["sampler"],
   ) {
-    this.video = new VideoAccumulator(samplingType, plan.overlapFrames);
+    this.video = new VideoAccumulator(samplingType, plan.overlapFrames, frameConverterFor(sampler));
   }
 
   add(decoded: F32): void {

@@ -6,6 +6,7 @@
  */
 import { FarmError } from "../errors.js";
 import type { SamplingType } from "../bundle/manifest.js";
+import { roundHalfEven } from "./frames.js";
 import { checkLatentWindowSize } from "../job/render-params.js";
 
 export interface PlanInput {
@@ -21,6 +22,12 @@ export interface PlanInput {
   historySizes?: readonly [number, number, number];
   /** VAE temporal compression (4 for HunyuanVideo). */
   temporalCompression?: number;
+  /**
+   * How many sections: diffusers' ceil(num_frames / window_num_frames), or lllyasviel's demo's
+   * max(round(seconds * 30 / (window * 4)), 1), read as round(num_frames / (window * temporal))
+   * with Python's half-to-even round.
+   */
+  sectionCount?: "diffusers" | "demo";
 }
 
 export interface SectionIndices {
@@ -150,7 +157,10 @@ export function planSections(input: PlanInput): SectionPlan {
     throw new FarmError("INVALID_ARGUMENT", "an end image (last_image) needs sampling_type inverted_anti_drifting");
   }
   const windowNumFrames = (w - 1) * tc + 1;
-  const n = Math.max(1, Math.ceil(numFrames / windowNumFrames));
+  const n =
+    input.sectionCount === "demo"
+      ? Math.max(1, roundHalfEven(numFrames / (w * tc)))
+      : Math.max(1, Math.ceil(numFrames / windowNumFrames));
   const paddings = latentPaddings(n);
   const toVideo = (latents: number): number => (latents - 1) * tc + 1;
   let generated = inverted ? 0 : 1; // vanilla history starts with the start image latent

@@ -38,6 +38,21 @@ export function toJobSpec(
   };
 }
 
+/** Fields newer than some stored records, with the values those records were rendered with. */
+const LATER_DEFAULTS = {
+  sampler: "flow_match_euler",
+  unipcVariant: "bh1",
+  cfgRescale: 0,
+  promptSegments: null,
+  sectionPrompts: null,
+  promptBlendSections: 0,
+} as const satisfies Partial<RenderParams>;
+
 export function renderParamsOf(spec: JobSpec): RenderParams {
-  return { ...spec.params, seed: BigInt(spec.params.seed), size: { height: spec.height, width: spec.width } };
+  return {
+    ...LATER_DEFAULTS,
+    ...spec.params,
+    seed: BigInt(spec.params.seed),
+    size: { height: spec.height, width: spec.width },
+  };
 }

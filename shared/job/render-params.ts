@@ -4,6 +4,16 @@
  */
 import { FarmError } from "../errors.js";
 import { SAMPLING_TYPES, type SamplingType } from "../bundle/manifest.js";
+import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../sampler/unipc.js";
+import { parseTimedPrompt, type PromptSegment } from "./timed-prompts.js";
+
+/**
+ * flow_match_euler: diffusers' HunyuanVideoFramepackPipeline (FlowMatch Euler, the bundle's
+ * scheduler). unipc: lllyasviel's FramePack demo (flux time shift + UniPC, its generator use,
+ * section count and frame conversion); see README "Sampling as lllyasviel's demo does".
+ */
+export type SamplerName = "flow_match_euler" | "unipc";
+export const SAMPLERS: readonly SamplerName[] = ["flow_match_euler", "unipc"];
 
 /** Upper bounds that keep one job from monopolising the farm; generous for real use. */
 export const LIMITS = {
@@ -17,6 +27,8 @@ export const LIMITS = {
   maxResolution: 1280,
   maxPromptBytes: 16 * 1024,
   maxFps: 120,
+  maxPromptBlendSections: 32,
+  maxSectionPrompts: 1024,
 } as const;
 
 export interface RenderParams {
@@ -38,6 +50,17 @@ export interface RenderParams {
   /** Lossless RGB video (exact frames, for verification) instead of crf-compressed yuv420p. */
   lossless: boolean;
   hasEndImage: boolean;
+  sampler: SamplerName;
+  /** UniPC's B(h) variant (unipc only). */
+  unipcVariant: UniPCVariant;
+  /** fm_wrapper's CFG rescale (unipc only; 0 is off). */
+  cfgRescale: number;
+  /** A timed prompt ("[0s: ...] [2s: ...]") read against the video's length; null for a plain prompt. */
+  promptSegments: PromptSegment[] | null;
+  /** One prompt per section in video-time order (instead of `prompt`); null when not given. */
+  sectionPrompts: string[] | null;
+  /** Sections over which a prompt change is blended (0: switch at once). */
+  promptBlendSections: number;
 }
 
 export interface RenderParamsInput {
@@ -58,6 +81,11 @@ export interface RenderParamsInput {
   crf?: unknown;
   lossless?: unknown;
   hasEndImage?: unknown;
+  sampler?: unknown;
+  unipcVariant?: unknown;
+  cfgRescale?: unknown;
+  sectionPrompts?: unknown;
+  promptBlendSections?: unknown;
 }
 
 export interface RenderDefaults {
@@ -136,8 +164,43 @@ export function parseSamplingType(v: unknown, fallback: SamplingType): SamplingT
   return t;
 }
 
+/** The sampler by any of its names (euler, flow_match_euler, unipc); absent, diffusers' FlowMatch Euler. */
+export function parseSampler(v: unknown): SamplerName {
+  if (v === undefined || v === null) return "flow_match_euler";
+  const aliases: Record<string, SamplerName> = {
+    euler: "flow_match_euler",
+    flow_match_euler: "flow_match_euler",
+    unipc: "unipc",
+  };
+  const t = typeof v === "string" ? aliases[v.toLowerCase()] : undefined;
+  if (t === undefined)
+    throw bad(`sampler must be euler (diffusers' FlowMatch Euler) or unipc (lllyasviel's UniPC), got ${show(v)}`);
+  return t;
+}
+
+/** UniPC's variant (bh1, bh2), which only the unipc sampler has; absent, the demo's bh1. */
+export function parseUnipcVariant(v: unknown, sampler: SamplerName): UniPCVariant {
+  if (v === undefined || v === null) return DEFAULT_UNIPC_VARIANT;
+  if (sampler !== "unipc") throw bad("a UniPC variant needs --sampler unipc");
+  const t = typeof v === "string" ? v.toLowerCase() : v;
+  if (!UNIPC_VARIANTS.includes(t as UniPCVariant)) throw bad(`UniPC variant must be bh1 or bh2, got ${show(v)}`);
+  return t as UniPCVariant;
+}
+
+/** One prompt per section, in video-time order; null when none are given. */
+export function parseSectionPrompts(v: unknown): string[] | null {
+  if (v === undefined || v === null) return null;
+  if (!Array.isArray(v)) throw bad("section prompts must be a list of texts");
+  if (v.length === 0) return null;
+  if (v.length > LIMITS.maxSectionPrompts)
+    throw bad(`at most ${LIMITS.maxSectionPrompts} section prompts, got ${v.length}`);
+  return v.map((p, i) => checkText(`section prompt ${i + 1}`, p, false));
+}
+
 export function validateRenderParams(input: RenderParamsInput, defaults: RenderDefaults): RenderParams {
-  const prompt = checkText("prompt", input.prompt, false);
+  const sectionPrompts = parseSectionPrompts(input.sectionPrompts);
+  const prompt = checkText("prompt", input.prompt ?? "", sectionPrompts !== null);
+  if (sectionPrompts !== null && prompt.trim() !== "") throw bad("give either a prompt or section prompts, not both");
   const negativePrompt =
     input.negativePrompt === undefined || input.negativePrompt === null
       ? null
@@ -179,6 +242,21 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     size = { resolution: r };
   }
 
+  const sampler = parseSampler(input.sampler);
+  const unipcVariant = parseUnipcVariant(input.unipcVariant, sampler);
+  const cfgRescale = numIn("cfg rescale", input.cfgRescale ?? 0, 0, 1);
+  if (cfgRescale !== 0 && sampler !== "unipc")
+    throw bad("cfg rescale needs --sampler unipc (diffusers' FramePack pipeline has none)");
+  const promptBlendSections = intIn(
+    "prompt blend sections",
+    input.promptBlendSections ?? 0,
+    0,
+    LIMITS.maxPromptBlendSections,
+  );
+  const promptSegments = sectionPrompts === null ? parseTimedPrompt(prompt, numFrames / fps) : null;
+  if (promptBlendSections > 0 && promptSegments === null && sectionPrompts === null)
+    throw bad("prompt blending needs a timed prompt ([0s: ...] [2s: ...]) or section prompts");
+
   return {
     prompt,
     negativePrompt,
@@ -194,8 +272,19 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     crf: intIn("crf", input.crf ?? 16, 0, 51),
     lossless: input.lossless === true,
     hasEndImage,
+    sampler,
+    unipcVariant,
+    cfgRescale,
+    promptSegments,
+    sectionPrompts,
+    promptBlendSections,
   };
 }
 
-/** diffusers: do_true_cfg = true_cfg_scale > 1 and a negative prompt was given. */
-export const usesTrueCfg = (p: RenderParams): boolean => p.trueCfgScale > 1 && p.negativePrompt !== null;
+/**
+ * diffusers: do_true_cfg = true_cfg_scale > 1 and a negative prompt was given. lllyasviel's demo
+ * (unipc): any cfg other than 1 runs the negative prompt (empty when none is given).
+ */
+export const usesTrueCfg = (
+  p: Pick<RenderParams, "trueCfgScale" | "negativePrompt"> & { sampler?: SamplerName },
+): boolean => (p.sampler === "unipc" ? p.trueCfgScale !== 1 : p.trueCfgScale > 1 && p.negativePrompt !== null);

@@ -29,7 +29,7 @@ import { storedVideoFrames } from "../support/video.js";
 import { until } from "../support/wait.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
-import { cliPath, tinyBundleDir } from "../support/paths.js";
+import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 import { referenceDir } from "../support/reference.js";
 import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 
@@ -88,15 +88,24 @@ after(async () => {
   }
 });
 
-const cases = readdirSync(path.join(referenceDir(), "cases"))
-  .filter((f) => f.endsWith(".json"))
-  .sort();
+const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[] =>
+  readdirSync(dir)
+    .filter((f) => f.endsWith(".json") && pick(f))
+    .sort()
+    .map((f) => path.join(dir, f));
+const cases = [
+  ...jsonIn(path.join(referenceDir(), "cases")),
+  // framefarm's own cases of lllyasviel's sampler and of prompts that change over time.
+  ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
+    /^(unipc|timed_prompts|section_prompts)_/.test(f),
+  ),
+];
 
-test("every public reference case renders on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc and timed-prompt cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {
-      const refCase = await loadReferenceCase(path.join(referenceDir(), "cases", file));
+      const refCase = await loadReferenceCase(file);
       const req = await submitRequestFor(refCase);
       const res = await new Promise<Job>((resolve, reject) =>
         client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),
@@ -108,7 +117,7 @@ test("every public reference case renders on the cluster as in embedded mode", a
   const kv = await bus.kv(JOBS_BUCKET);
   for (const { refCase, job } of submitted) {
     let state = job.state;
-    const deadline = Date.now() + 120_000;
+    const deadline = Date.now() + 300_000;
     while (state !== JobState.JOB_STATE_SUCCEEDED && state !== JobState.JOB_STATE_FAILED && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 100));
       state = (

@@ -301,6 +301,73 @@ const rows: Row[] = [
     code: status.INVALID_ARGUMENT,
     message: /prompt must not be empty/,
   },
+  // lllyasviel's sampler and prompts that change over time (20 frames at 30 fps: 0.667 s, 1 section).
+  {
+    name: "unknown sampler",
+    call: () => submit({ settings: settings({ sampler: 7 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /sampler 7 is not a Sampler/,
+  },
+  {
+    name: "unknown UniPC variant",
+    call: () => submit({ settings: settings({ sampler: 2, unipc: { variant: 9 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /unipc.variant 9 is not a UnipcVariant/,
+  },
+  {
+    name: "UniPC variant with Euler",
+    call: () => submit({ settings: settings({ unipc: { variant: 2 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /UniPC variant needs --sampler unipc/,
+  },
+  {
+    name: "cfg rescale with Euler",
+    call: () => submit({ settings: settings({ unipc: { variant: 0, cfgRescale: 0.5 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cfg rescale needs --sampler unipc/,
+  },
+  {
+    name: "cfg rescale above 1",
+    call: () => submit({ settings: settings({ sampler: 2, unipc: { variant: 0, cfgRescale: 2 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cfg rescale must be between 0 and 1, got 2/,
+  },
+  {
+    name: "timed prompt past the end",
+    call: () => submit({ settings: settings({ prompt: "[0s: a] [1s: b]" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /timed prompt at 1s starts at or after the video's end \(0.667s\)/,
+  },
+  {
+    name: "overlapping timed prompts",
+    call: () => submit({ settings: settings({ prompt: "[0s-0.5s: a] [0.3s: b]" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /0s-0.5s overlaps the one starting at 0.3s/,
+  },
+  {
+    name: "unparseable timed prompt",
+    call: () => submit({ settings: settings({ prompt: "[0s: a] [soon: b]" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cannot read the timed prompt at character 9/,
+  },
+  {
+    name: "section prompts that do not fit",
+    call: () => submit({ settings: settings({ prompt: "", promptSchedule: { sectionPrompts: ["a", "b"] } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /2 section prompts given, but the video has 1 section/,
+  },
+  {
+    name: "prompt and section prompts",
+    call: () => submit({ settings: settings({ promptSchedule: { sectionPrompts: ["a"] } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /either a prompt or section prompts/,
+  },
+  {
+    name: "blend without changing prompts",
+    call: () => submit({ settings: settings({ promptSchedule: { sectionPrompts: [], blendSections: 2 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /prompt blending needs a timed prompt/,
+  },
   {
     name: "prompt of 1 MB",
     call: () => submit({ settings: settings({ prompt: "x".repeat(1 << 20) }) }),

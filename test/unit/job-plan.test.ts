@@ -111,3 +111,28 @@ test("job ids that could escape the key space are refused", () => {
     );
   }
 });
+
+test("--sampler unipc (rng demo): noise from seed at 0, k * window draws; image latents from seed + 1 (mod 2^64)", () => {
+  const sections = planSections({
+    samplingType: "inverted_anti_drifting",
+    numFrames: 60,
+    latentWindowSize: 5,
+    hasEndImage: true,
+    sectionCount: "demo",
+  });
+  const tasks = planJob({
+    jobId: "job1",
+    seed: (1n << 64n) - 1n,
+    sections,
+    hasEndImage: true,
+    trueCfg: true,
+    latent: { channels: 4, height: 8, width: 8 },
+    rng: "demo",
+  });
+  assert.deepEqual(tasks.find((t) => t.kind === "vae_encode")!.rng, { seed: "0", offset: 0 });
+  const denoise = tasks.filter((t) => t.kind === "denoise");
+  assert.equal(denoise.length, 3);
+  denoise.forEach((t, k) =>
+    assert.deepEqual(t.rng, { seed: ((1n << 64n) - 1n).toString(), offset: k * 4 * 5 * 8 * 8 }),
+  );
+});

@@ -7,8 +7,13 @@ import path from "node:path";
 import { FarmError } from "../../../shared/errors.js";
 import type { Tensor } from "../../../shared/tensor/tensor.js";
 import { decodeSafetensors } from "../../../shared/tensor/safetensors.js";
-import { parseSamplingType, type RenderParamsInput } from "../../../shared/job/render-params.js";
-import { samplingModeOf } from "../../api/job-mapping.js";
+import {
+  parseSampler,
+  parseSamplingType,
+  parseUnipcVariant,
+  type RenderParamsInput,
+} from "../../../shared/job/render-params.js";
+import { samplerToPb, samplingModeOf, unipcVariantToPb } from "../../api/job-mapping.js";
 import type { SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
 
 /** Keys a case may carry: the call's parameters, plus facts about the run that we do not need. */
@@ -26,8 +31,23 @@ const PARAM_KEYS = [
   "negative_prompt",
   "true_cfg_scale",
   "latent_window_size",
+  // framefarm's own cases: lllyasviel's sampler and prompts that change over time.
+  "sampler",
+  "unipc_variant",
+  "cfg_rescale",
+  "section_prompts",
+  "prompt_blend_sections",
 ] as const;
-const INFO_KEYS = ["name", "img_seed", "last_img_seed", "frames_shape", "crop_start", "generator"] as const;
+const INFO_KEYS = [
+  "name",
+  "img_seed",
+  "last_img_seed",
+  "frames_shape",
+  "crop_start",
+  "generator",
+  "reference",
+  "image_generator",
+] as const;
 
 export interface ReferenceCase {
   name: string;
@@ -100,6 +120,11 @@ export async function loadReferenceCase(
     height: json["height"],
     width: json["width"],
     hasEndImage: lastImage !== null,
+    ...(json["sampler"] !== undefined ? { sampler: json["sampler"] } : {}),
+    ...(json["unipc_variant"] !== undefined ? { unipcVariant: json["unipc_variant"] } : {}),
+    ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
+    ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
+    ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
   };
 
   const tensorsFile = path.join(dir, `${path.basename(file, ".json")}.safetensors`);
@@ -135,6 +160,23 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       height: Number(p.height),
       width: Number(p.width),
       lossless: true,
+      ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
+      ...(p.unipcVariant !== undefined || p.cfgRescale !== undefined
+        ? {
+            unipc: {
+              variant: unipcVariantToPb(parseUnipcVariant(p.unipcVariant, "unipc")),
+              ...(p.cfgRescale !== undefined ? { cfgRescale: Number(p.cfgRescale) } : {}),
+            },
+          }
+        : {}),
+      ...(Array.isArray(p.sectionPrompts) || p.promptBlendSections !== undefined
+        ? {
+            promptSchedule: {
+              sectionPrompts: Array.isArray(p.sectionPrompts) ? p.sectionPrompts.map(String) : [],
+              ...(p.promptBlendSections !== undefined ? { blendSections: Number(p.promptBlendSections) } : {}),
+            },
+          }
+        : {}),
     },
     bundle: "",
     priority: 0,

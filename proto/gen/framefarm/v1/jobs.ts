@@ -116,6 +116,88 @@ export function videoFormatToJSON(object: VideoFormat): string {
   }
 }
 
+export enum Sampler {
+  /** SAMPLER_UNSPECIFIED - FlowMatch Euler */
+  SAMPLER_UNSPECIFIED = 0,
+  /** SAMPLER_FLOW_MATCH_EULER - diffusers' HunyuanVideoFramepackPipeline: FlowMatch Euler, the bundle's scheduler */
+  SAMPLER_FLOW_MATCH_EULER = 1,
+  /** SAMPLER_UNIPC - lllyasviel's FramePack demo: flux time shift + UniPC, its generators, section count and frames */
+  SAMPLER_UNIPC = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function samplerFromJSON(object: any): Sampler {
+  switch (object) {
+    case 0:
+    case "SAMPLER_UNSPECIFIED":
+      return Sampler.SAMPLER_UNSPECIFIED;
+    case 1:
+    case "SAMPLER_FLOW_MATCH_EULER":
+      return Sampler.SAMPLER_FLOW_MATCH_EULER;
+    case 2:
+    case "SAMPLER_UNIPC":
+      return Sampler.SAMPLER_UNIPC;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return Sampler.UNRECOGNIZED;
+  }
+}
+
+export function samplerToJSON(object: Sampler): string {
+  switch (object) {
+    case Sampler.SAMPLER_UNSPECIFIED:
+      return "SAMPLER_UNSPECIFIED";
+    case Sampler.SAMPLER_FLOW_MATCH_EULER:
+      return "SAMPLER_FLOW_MATCH_EULER";
+    case Sampler.SAMPLER_UNIPC:
+      return "SAMPLER_UNIPC";
+    case Sampler.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum UnipcVariant {
+  /** UNIPC_VARIANT_UNSPECIFIED - bh1, as the demo */
+  UNIPC_VARIANT_UNSPECIFIED = 0,
+  UNIPC_VARIANT_BH1 = 1,
+  UNIPC_VARIANT_BH2 = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function unipcVariantFromJSON(object: any): UnipcVariant {
+  switch (object) {
+    case 0:
+    case "UNIPC_VARIANT_UNSPECIFIED":
+      return UnipcVariant.UNIPC_VARIANT_UNSPECIFIED;
+    case 1:
+    case "UNIPC_VARIANT_BH1":
+      return UnipcVariant.UNIPC_VARIANT_BH1;
+    case 2:
+    case "UNIPC_VARIANT_BH2":
+      return UnipcVariant.UNIPC_VARIANT_BH2;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return UnipcVariant.UNRECOGNIZED;
+  }
+}
+
+export function unipcVariantToJSON(object: UnipcVariant): string {
+  switch (object) {
+    case UnipcVariant.UNIPC_VARIANT_UNSPECIFIED:
+      return "UNIPC_VARIANT_UNSPECIFIED";
+    case UnipcVariant.UNIPC_VARIANT_BH1:
+      return "UNIPC_VARIANT_BH1";
+    case UnipcVariant.UNIPC_VARIANT_BH2:
+      return "UNIPC_VARIANT_BH2";
+    case UnipcVariant.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum JobState {
   JOB_STATE_UNSPECIFIED = 0,
   JOB_STATE_QUEUED = 1,
@@ -181,6 +263,24 @@ export interface ImageInput {
   source?: { $case: "data"; value: Buffer } | { $case: "objectKey"; value: string } | undefined;
 }
 
+/** Options of lllyasviel's sampler: SAMPLER_UNIPC only. */
+export interface UnipcOptions {
+  variant: UnipcVariant;
+  /** The demo's CFG re-scale, 0 to 1 (default 0). */
+  cfgRescale?: number | undefined;
+}
+
+/**
+ * Prompts that change over time. `prompt` itself may instead be timed:
+ * "[0s: a man waves] [2s: he turns away]".
+ */
+export interface PromptSchedule {
+  /** One prompt per section in video-time order, instead of `prompt` (which must then be empty). */
+  sectionPrompts: string[];
+  /** Sections over which each prompt change is blended (timed or section prompts), default 0. */
+  blendSections?: number | undefined;
+}
+
 export interface RenderSettings {
   prompt: string;
   negativePrompt?: string | undefined;
@@ -213,7 +313,13 @@ export interface RenderSettings {
     | VideoFormat
     | undefined;
   /** Also keep every frame as a PNG: the finished job's frames_url is a tar of frame_00000.png, ... */
-  saveFrames?: boolean | undefined;
+  saveFrames?:
+    | boolean
+    | undefined;
+  /** Field numbers 17 to 19 belong to sampling and prompts. */
+  sampler?: Sampler | undefined;
+  unipc?: UnipcOptions | undefined;
+  promptSchedule?: PromptSchedule | undefined;
 }
 
 export interface SubmitJobRequest {
@@ -448,6 +554,188 @@ export const ImageInput: MessageFns<ImageInput> = {
   },
 };
 
+function createBaseUnipcOptions(): UnipcOptions {
+  return { variant: 0, cfgRescale: undefined };
+}
+
+export const UnipcOptions: MessageFns<UnipcOptions> = {
+  encode(message: UnipcOptions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.variant !== 0) {
+      writer.uint32(8).int32(message.variant);
+    }
+    if (message.cfgRescale !== undefined) {
+      writer.uint32(17).double(message.cfgRescale);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnipcOptions {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnipcOptions();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.variant = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.cfgRescale = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UnipcOptions {
+    return {
+      variant: isSet(object.variant) ? unipcVariantFromJSON(object.variant) : 0,
+      cfgRescale: isSet(object.cfgRescale)
+        ? globalThis.Number(object.cfgRescale)
+        : isSet(object.cfg_rescale)
+        ? globalThis.Number(object.cfg_rescale)
+        : undefined,
+    };
+  },
+
+  toJSON(message: UnipcOptions): unknown {
+    const obj: any = {};
+    if (message.variant !== 0) {
+      obj.variant = unipcVariantToJSON(message.variant);
+    }
+    if (message.cfgRescale !== undefined) {
+      obj.cfgRescale = floatToJson(message.cfgRescale);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UnipcOptions>, I>>(base?: I): UnipcOptions {
+    return UnipcOptions.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UnipcOptions>, I>>(object: I): UnipcOptions {
+    const message = createBaseUnipcOptions();
+    message.variant = object.variant ?? 0;
+    message.cfgRescale = object.cfgRescale ?? undefined;
+    return message;
+  },
+};
+
+function createBasePromptSchedule(): PromptSchedule {
+  return { sectionPrompts: [], blendSections: undefined };
+}
+
+export const PromptSchedule: MessageFns<PromptSchedule> = {
+  encode(message: PromptSchedule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.sectionPrompts) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.blendSections !== undefined) {
+      writer.uint32(16).uint32(message.blendSections);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PromptSchedule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePromptSchedule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sectionPrompts.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.blendSections = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PromptSchedule {
+    return {
+      sectionPrompts: globalThis.Array.isArray(object?.sectionPrompts)
+        ? object.sectionPrompts.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.section_prompts)
+        ? object.section_prompts.map((e: any) => globalThis.String(e))
+        : [],
+      blendSections: isSet(object.blendSections)
+        ? globalThis.Number(object.blendSections)
+        : isSet(object.blend_sections)
+        ? globalThis.Number(object.blend_sections)
+        : undefined,
+    };
+  },
+
+  toJSON(message: PromptSchedule): unknown {
+    const obj: any = {};
+    if (message.sectionPrompts?.length) {
+      obj.sectionPrompts = message.sectionPrompts;
+    }
+    if (message.blendSections !== undefined) {
+      obj.blendSections = Math.round(message.blendSections);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PromptSchedule>, I>>(base?: I): PromptSchedule {
+    return PromptSchedule.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PromptSchedule>, I>>(object: I): PromptSchedule {
+    const message = createBasePromptSchedule();
+    message.sectionPrompts = object.sectionPrompts?.map((e) => e) || [];
+    message.blendSections = object.blendSections ?? undefined;
+    return message;
+  },
+};
+
 function createBaseRenderSettings(): RenderSettings {
   return {
     prompt: "",
@@ -467,6 +755,9 @@ function createBaseRenderSettings(): RenderSettings {
     lossless: undefined,
     format: undefined,
     saveFrames: undefined,
+    sampler: undefined,
+    unipc: undefined,
+    promptSchedule: undefined,
   };
 }
 
@@ -530,6 +821,15 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.saveFrames !== undefined) {
       writer.uint32(168).bool(message.saveFrames);
+    }
+    if (message.sampler !== undefined) {
+      writer.uint32(136).int32(message.sampler);
+    }
+    if (message.unipc !== undefined) {
+      UnipcOptions.encode(message.unipc, writer.uint32(146).fork()).join();
+    }
+    if (message.promptSchedule !== undefined) {
+      PromptSchedule.encode(message.promptSchedule, writer.uint32(154).fork()).join();
     }
     return writer;
   },
@@ -691,6 +991,30 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.saveFrames = reader.bool();
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.sampler = reader.int32() as any;
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.unipc = UnipcOptions.decode(reader, reader.uint32());
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.promptSchedule = PromptSchedule.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -747,6 +1071,13 @@ export const RenderSettings: MessageFns<RenderSettings> = {
         ? globalThis.Boolean(object.saveFrames)
         : isSet(object.save_frames)
         ? globalThis.Boolean(object.save_frames)
+        : undefined,
+      sampler: isSet(object.sampler) ? samplerFromJSON(object.sampler) : undefined,
+      unipc: isSet(object.unipc) ? UnipcOptions.fromJSON(object.unipc) : undefined,
+      promptSchedule: isSet(object.promptSchedule)
+        ? PromptSchedule.fromJSON(object.promptSchedule)
+        : isSet(object.prompt_schedule)
+        ? PromptSchedule.fromJSON(object.prompt_schedule)
         : undefined,
     };
   },
@@ -806,6 +1137,15 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.saveFrames !== undefined) {
       obj.saveFrames = message.saveFrames;
     }
+    if (message.sampler !== undefined) {
+      obj.sampler = samplerToJSON(message.sampler);
+    }
+    if (message.unipc !== undefined) {
+      obj.unipc = UnipcOptions.toJSON(message.unipc);
+    }
+    if (message.promptSchedule !== undefined) {
+      obj.promptSchedule = PromptSchedule.toJSON(message.promptSchedule);
+    }
     return obj;
   },
 
@@ -844,6 +1184,13 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.lossless = object.lossless ?? undefined;
     message.format = object.format ?? undefined;
     message.saveFrames = object.saveFrames ?? undefined;
+    message.sampler = object.sampler ?? undefined;
+    message.unipc = (object.unipc !== undefined && object.unipc !== null)
+      ? UnipcOptions.fromPartial(object.unipc)
+      : undefined;
+    message.promptSchedule = (object.promptSchedule !== undefined && object.promptSchedule !== null)
+      ? PromptSchedule.fromPartial(object.promptSchedule)
+      : undefined;
     return message;
   },
 };

@@ -14,47 +14,55 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66ramefarm/v1/jobs.proto\x12\x0c\x66ramefarm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\nImageInput\x12\x14\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00R\x04\x64\x61ta\x12\x1f\n\nobject_key\x18\x02 \x01(\tH\x00R\tobjectKeyB\x08\n\x06source\"\xd5\x06\n\x0eRenderSettings\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12,\n\x0fnegative_prompt\x18\x02 \x01(\tH\x01R\x0enegativePrompt\x88\x01\x01\x12\x1a\n\x07seconds\x18\x03 \x01(\x01H\x00R\x07seconds\x12\x1f\n\nnum_frames\x18\x04 \x01(\rH\x00R\tnumFrames\x12.\n\x04mode\x18\x05 \x01(\x0e\x32\x1a.framefarm.v1.SamplingModeR\x04mode\x12\x19\n\x05steps\x18\x06 \x01(\rH\x02R\x05steps\x88\x01\x01\x12*\n\x0eguidance_scale\x18\x07 \x01(\x01H\x03R\rguidanceScale\x88\x01\x01\x12)\n\x0etrue_cfg_scale\x18\x08 \x01(\x01H\x04R\x0ctrueCfgScale\x88\x01\x01\x12\x17\n\x04seed\x18\t \x01(\x04H\x05R\x04seed\x88\x01\x01\x12\x31\n\x12latent_window_size\x18\n \x01(\rH\x06R\x10latentWindowSize\x88\x01\x01\x12#\n\nresolution\x18\x0b \x01(\rH\x07R\nresolution\x88\x01\x01\x12\x1b\n\x06height\x18\x0c \x01(\rH\x08R\x06height\x88\x01\x01\x12\x19\n\x05width\x18\r \x01(\rH\tR\x05width\x88\x01\x01\x12\x15\n\x03\x66ps\x18\x0e \x01(\x01H\nR\x03\x66ps\x88\x01\x01\x12\x15\n\x03\x63rf\x18\x0f \x01(\rH\x0bR\x03\x63rf\x88\x01\x01\x12\x1f\n\x08lossless\x18\x10 \x01(\x08H\x0cR\x08lossless\x88\x01\x01\x12\x36\n\x06\x66ormat\x18\x14 \x01(\x0e\x32\x19.framefarm.v1.VideoFormatH\rR\x06\x66ormat\x88\x01\x01\x12$\n\x0bsave_frames\x18\x15 \x01(\x08H\x0eR\nsaveFrames\x88\x01\x01\x42\x08\n\x06lengthB\x12\n\x10_negative_promptB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x11\n\x0f_true_cfg_scaleB\x07\n\x05_seedB\x15\n\x13_latent_window_sizeB\r\n\x0b_resolutionB\t\n\x07_heightB\x08\n\x06_widthB\x06\n\x04_fpsB\x06\n\x04_crfB\x0b\n\t_losslessB\t\n\x07_formatB\x0e\n\x0c_save_frames\"\xcb\x02\n\x10SubmitJobRequest\x12.\n\x05image\x18\x01 \x01(\x0b\x32\x18.framefarm.v1.ImageInputR\x05image\x12:\n\tend_image\x18\x02 \x01(\x0b\x32\x18.framefarm.v1.ImageInputH\x00R\x08\x65ndImage\x88\x01\x01\x12\x38\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.framefarm.v1.RenderSettingsR\x08settings\x12\x16\n\x06\x62undle\x18\x04 \x01(\tR\x06\x62undle\x12\x1a\n\x08priority\x18\x05 \x01(\x05R\x08priority\x12\'\n\x0fidempotency_key\x18\x06 \x01(\tR\x0eidempotencyKey\x12\x1b\n\x06recipe\x18\x14 \x01(\tH\x01R\x06recipe\x88\x01\x01\x42\x0c\n\n_end_imageB\t\n\x07_recipe\"\\\n\x11SubmitJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03job\x12\"\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08R\x0c\x64\x65\x64uplicated\"\xef\x01\n\x08Progress\x12%\n\x0esections_total\x18\x01 \x01(\rR\rsectionsTotal\x12#\n\rsections_done\x18\x02 \x01(\rR\x0csectionsDone\x12\'\n\x0f\x63urrent_section\x18\x03 \x01(\rR\x0e\x63urrentSection\x12!\n\x0c\x63urrent_step\x18\x04 \x01(\rR\x0b\x63urrentStep\x12*\n\x11steps_per_section\x18\x05 \x01(\rR\x0fstepsPerSection\x12\x1f\n\x0b\x65ta_seconds\x18\x06 \x01(\x01R\netaSeconds\"\xa6\x06\n\x03Job\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.framefarm.v1.JobStateR\x05state\x12\x38\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.framefarm.v1.RenderSettingsR\x08settings\x12\x16\n\x06\x62undle\x18\x04 \x01(\tR\x06\x62undle\x12\x1a\n\x08priority\x18\x05 \x01(\x05R\x08priority\x12\x32\n\x08progress\x18\x06 \x01(\x0b\x32\x16.framefarm.v1.ProgressR\x08progress\x12\x39\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1b\n\tvideo_key\x18\t \x01(\tR\x08videoKey\x12\x1b\n\tvideo_url\x18\n \x01(\tR\x08videoUrl\x12K\n\x14video_url_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x11videoUrlExpiresAt\x12\x14\n\x05\x65rror\x18\x0c \x01(\tR\x05\x65rror\x12!\n\x0c\x65rror_status\x18\r \x01(\tR\x0b\x65rrorStatus\x12\x1d\n\nnum_frames\x18\x0e \x01(\rR\tnumFrames\x12\x16\n\x06height\x18\x0f \x01(\rR\x06height\x12\x14\n\x05width\x18\x10 \x01(\rR\x05width\x12\x1f\n\x0bpreview_key\x18\x11 \x01(\tR\npreviewKey\x12\x1f\n\x0bpreview_url\x18\x12 \x01(\tR\npreviewUrl\x12\x1d\n\nrecipe_key\x18\x14 \x01(\tR\trecipeKey\x12\x1d\n\nrecipe_url\x18\x15 \x01(\tR\trecipeUrl\x12\x1d\n\nframes_key\x18\x16 \x01(\tR\tframesKey\x12\x1d\n\nframes_url\x18\x17 \x01(\tR\tframesUrl\"\x1f\n\rGetJobRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"5\n\x0eGetJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03job\"!\n\x0fWatchJobRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"\xa8\x02\n\x10WatchJobResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12*\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x02\x61t\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x16.framefarm.v1.JobStateH\x00R\x05state\x12\x34\n\x08progress\x18\x05 \x01(\x0b\x32\x16.framefarm.v1.ProgressH\x00R\x08progress\x12!\n\x0bpreview_key\x18\x06 \x01(\tH\x00R\npreviewKey\x12#\n\x03job\x18\x07 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03jobB\x07\n\x05\x65vent\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"8\n\x11\x43\x61ncelJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03job\"}\n\x0fListJobsRequest\x12.\n\x06states\x18\x01 \x03(\x0e\x32\x16.framefarm.v1.JobStateR\x06states\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"a\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.framefarm.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*r\n\x0cSamplingMode\x12\x1d\n\x19SAMPLING_MODE_UNSPECIFIED\x10\x00\x12(\n$SAMPLING_MODE_INVERTED_ANTI_DRIFTING\x10\x01\x12\x19\n\x15SAMPLING_MODE_VANILLA\x10\x02*X\n\x0bVideoFormat\x12\x1c\n\x18VIDEO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10VIDEO_FORMAT_MP4\x10\x01\x12\x15\n\x11VIDEO_FORMAT_WEBM\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x85\x03\n\nJobService\x12L\n\tSubmitJob\x12\x1e.framefarm.v1.SubmitJobRequest\x1a\x1f.framefarm.v1.SubmitJobResponse\x12\x43\n\x06GetJob\x12\x1b.framefarm.v1.GetJobRequest\x1a\x1c.framefarm.v1.GetJobResponse\x12K\n\x08WatchJob\x12\x1d.framefarm.v1.WatchJobRequest\x1a\x1e.framefarm.v1.WatchJobResponse0\x01\x12L\n\tCancelJob\x12\x1e.framefarm.v1.CancelJobRequest\x1a\x1f.framefarm.v1.CancelJobResponse\x12I\n\x08ListJobs\x12\x1d.framefarm.v1.ListJobsRequest\x1a\x1e.framefarm.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66ramefarm/v1/jobs.proto\x12\x0c\x66ramefarm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\nImageInput\x12\x14\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00R\x04\x64\x61ta\x12\x1f\n\nobject_key\x18\x02 \x01(\tH\x00R\tobjectKeyB\x08\n\x06source\"z\n\x0cUnipcOptions\x12\x34\n\x07variant\x18\x01 \x01(\x0e\x32\x1a.framefarm.v1.UnipcVariantR\x07variant\x12$\n\x0b\x63\x66g_rescale\x18\x02 \x01(\x01H\x00R\ncfgRescale\x88\x01\x01\x42\x0e\n\x0c_cfg_rescale\"x\n\x0ePromptSchedule\x12\'\n\x0fsection_prompts\x18\x01 \x03(\tR\x0esectionPrompts\x12*\n\x0e\x62lend_sections\x18\x02 \x01(\rH\x00R\rblendSections\x88\x01\x01\x42\x11\n\x0f_blend_sections\"\x90\x08\n\x0eRenderSettings\x12\x16\n\x06prompt\x18\x01 \x01(\tR\x06prompt\x12,\n\x0fnegative_prompt\x18\x02 \x01(\tH\x01R\x0enegativePrompt\x88\x01\x01\x12\x1a\n\x07seconds\x18\x03 \x01(\x01H\x00R\x07seconds\x12\x1f\n\nnum_frames\x18\x04 \x01(\rH\x00R\tnumFrames\x12.\n\x04mode\x18\x05 \x01(\x0e\x32\x1a.framefarm.v1.SamplingModeR\x04mode\x12\x19\n\x05steps\x18\x06 \x01(\rH\x02R\x05steps\x88\x01\x01\x12*\n\x0eguidance_scale\x18\x07 \x01(\x01H\x03R\rguidanceScale\x88\x01\x01\x12)\n\x0etrue_cfg_scale\x18\x08 \x01(\x01H\x04R\x0ctrueCfgScale\x88\x01\x01\x12\x17\n\x04seed\x18\t \x01(\x04H\x05R\x04seed\x88\x01\x01\x12\x31\n\x12latent_window_size\x18\n \x01(\rH\x06R\x10latentWindowSize\x88\x01\x01\x12#\n\nresolution\x18\x0b \x01(\rH\x07R\nresolution\x88\x01\x01\x12\x1b\n\x06height\x18\x0c \x01(\rH\x08R\x06height\x88\x01\x01\x12\x19\n\x05width\x18\r \x01(\rH\tR\x05width\x88\x01\x01\x12\x15\n\x03\x66ps\x18\x0e \x01(\x01H\nR\x03\x66ps\x88\x01\x01\x12\x15\n\x03\x63rf\x18\x0f \x01(\rH\x0bR\x03\x63rf\x88\x01\x01\x12\x1f\n\x08lossless\x18\x10 \x01(\x08H\x0cR\x08lossless\x88\x01\x01\x12\x36\n\x06\x66ormat\x18\x14 \x01(\x0e\x32\x19.framefarm.v1.VideoFormatH\rR\x06\x66ormat\x88\x01\x01\x12$\n\x0bsave_frames\x18\x15 \x01(\x08H\x0eR\nsaveFrames\x88\x01\x01\x12\x34\n\x07sampler\x18\x11 \x01(\x0e\x32\x15.framefarm.v1.SamplerH\x0fR\x07sampler\x88\x01\x01\x12\x30\n\x05unipc\x18\x12 \x01(\x0b\x32\x1a.framefarm.v1.UnipcOptionsR\x05unipc\x12\x45\n\x0fprompt_schedule\x18\x13 \x01(\x0b\x32\x1c.framefarm.v1.PromptScheduleR\x0epromptScheduleB\x08\n\x06lengthB\x12\n\x10_negative_promptB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x11\n\x0f_true_cfg_scaleB\x07\n\x05_seedB\x15\n\x13_latent_window_sizeB\r\n\x0b_resolutionB\t\n\x07_heightB\x08\n\x06_widthB\x06\n\x04_fpsB\x06\n\x04_crfB\x0b\n\t_losslessB\t\n\x07_formatB\x0e\n\x0c_save_framesB\n\n\x08_sampler\"\xcb\x02\n\x10SubmitJobRequest\x12.\n\x05image\x18\x01 \x01(\x0b\x32\x18.framefarm.v1.ImageInputR\x05image\x12:\n\tend_image\x18\x02 \x01(\x0b\x32\x18.framefarm.v1.ImageInputH\x00R\x08\x65ndImage\x88\x01\x01\x12\x38\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.framefarm.v1.RenderSettingsR\x08settings\x12\x16\n\x06\x62undle\x18\x04 \x01(\tR\x06\x62undle\x12\x1a\n\x08priority\x18\x05 \x01(\x05R\x08priority\x12\'\n\x0fidempotency_key\x18\x06 \x01(\tR\x0eidempotencyKey\x12\x1b\n\x06recipe\x18\x14 \x01(\tH\x01R\x06recipe\x88\x01\x01\x42\x0c\n\n_end_imageB\t\n\x07_recipe\"\\\n\x11SubmitJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03job\x12\"\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08R\x0c\x64\x65\x64uplicated\"\xef\x01\n\x08Progress\x12%\n\x0esections_total\x18\x01 \x01(\rR\rsectionsTotal\x12#\n\rsections_done\x18\x02 \x01(\rR\x0csectionsDone\x12\'\n\x0f\x63urrent_section\x18\x03 \x01(\rR\x0e\x63urrentSection\x12!\n\x0c\x63urrent_step\x18\x04 \x01(\rR\x0b\x63urrentStep\x12*\n\x11steps_per_section\x18\x05 \x01(\rR\x0fstepsPerSection\x12\x1f\n\x0b\x65ta_seconds\x18\x06 \x01(\x01R\netaSeconds\"\xa6\x06\n\x03Job\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.framefarm.v1.JobStateR\x05state\x12\x38\n\x08settings\x18\x03 \x01(\x0b\x32\x1c.framefarm.v1.RenderSettingsR\x08settings\x12\x16\n\x06\x62undle\x18\x04 \x01(\tR\x06\x62undle\x12\x1a\n\x08priority\x18\x05 \x01(\x05R\x08priority\x12\x32\n\x08progress\x18\x06 \x01(\x0b\x32\x16.framefarm.v1.ProgressR\x08progress\x12\x39\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1b\n\tvideo_key\x18\t \x01(\tR\x08videoKey\x12\x1b\n\tvideo_url\x18\n \x01(\tR\x08videoUrl\x12K\n\x14video_url_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x11videoUrlExpiresAt\x12\x14\n\x05\x65rror\x18\x0c \x01(\tR\x05\x65rror\x12!\n\x0c\x65rror_status\x18\r \x01(\tR\x0b\x65rrorStatus\x12\x1d\n\nnum_frames\x18\x0e \x01(\rR\tnumFrames\x12\x16\n\x06height\x18\x0f \x01(\rR\x06height\x12\x14\n\x05width\x18\x10 \x01(\rR\x05width\x12\x1f\n\x0bpreview_key\x18\x11 \x01(\tR\npreviewKey\x12\x1f\n\x0bpreview_url\x18\x12 \x01(\tR\npreviewUrl\x12\x1d\n\nrecipe_key\x18\x14 \x01(\tR\trecipeKey\x12\x1d\n\nrecipe_url\x18\x15 \x01(\tR\trecipeUrl\x12\x1d\n\nframes_key\x18\x16 \x01(\tR\tframesKey\x12\x1d\n\nframes_url\x18\x17 \x01(\tR\tframesUrl\"\x1f\n\rGetJobRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"5\n\x0eGetJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03job\"!\n\x0fWatchJobRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"\xa8\x02\n\x10WatchJobResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12*\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x02\x61t\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x16.framefarm.v1.JobStateH\x00R\x05state\x12\x34\n\x08progress\x18\x05 \x01(\x0b\x32\x16.framefarm.v1.ProgressH\x00R\x08progress\x12!\n\x0bpreview_key\x18\x06 \x01(\tH\x00R\npreviewKey\x12#\n\x03job\x18\x07 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03jobB\x07\n\x05\x65vent\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"8\n\x11\x43\x61ncelJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x11.framefarm.v1.JobR\x03job\"}\n\x0fListJobsRequest\x12.\n\x06states\x18\x01 \x03(\x0e\x32\x16.framefarm.v1.JobStateR\x06states\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"a\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.framefarm.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*r\n\x0cSamplingMode\x12\x1d\n\x19SAMPLING_MODE_UNSPECIFIED\x10\x00\x12(\n$SAMPLING_MODE_INVERTED_ANTI_DRIFTING\x10\x01\x12\x19\n\x15SAMPLING_MODE_VANILLA\x10\x02*X\n\x0bVideoFormat\x12\x1c\n\x18VIDEO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10VIDEO_FORMAT_MP4\x10\x01\x12\x15\n\x11VIDEO_FORMAT_WEBM\x10\x02*S\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x1c\n\x18SAMPLER_FLOW_MATCH_EULER\x10\x01\x12\x11\n\rSAMPLER_UNIPC\x10\x02*[\n\x0cUnipcVariant\x12\x1d\n\x19UNIPC_VARIANT_UNSPECIFIED\x10\x00\x12\x15\n\x11UNIPC_VARIANT_BH1\x10\x01\x12\x15\n\x11UNIPC_VARIANT_BH2\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x85\x03\n\nJobService\x12L\n\tSubmitJob\x12\x1e.framefarm.v1.SubmitJobRequest\x1a\x1f.framefarm.v1.SubmitJobResponse\x12\x43\n\x06GetJob\x12\x1b.framefarm.v1.GetJobRequest\x1a\x1c.framefarm.v1.GetJobResponse\x12K\n\x08WatchJob\x12\x1d.framefarm.v1.WatchJobRequest\x1a\x1e.framefarm.v1.WatchJobResponse0\x01\x12L\n\tCancelJob\x12\x1e.framefarm.v1.CancelJobRequest\x1a\x1f.framefarm.v1.CancelJobResponse\x12I\n\x08ListJobs\x12\x1d.framefarm.v1.ListJobsRequest\x1a\x1e.framefarm.v1.ListJobsResponseb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'framefarm.v1.jobs_pb2', globals())
 if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
-  _SAMPLINGMODE._serialized_start=3230
-  _SAMPLINGMODE._serialized_end=3344
-  _VIDEOFORMAT._serialized_start=3346
-  _VIDEOFORMAT._serialized_end=3434
-  _JOBSTATE._serialized_start=3437
-  _JOBSTATE._serialized_end=3591
+  _SAMPLINGMODE._serialized_start=3663
+  _SAMPLINGMODE._serialized_end=3777
+  _VIDEOFORMAT._serialized_start=3779
+  _VIDEOFORMAT._serialized_end=3867
+  _SAMPLER._serialized_start=3869
+  _SAMPLER._serialized_end=3952
+  _UNIPCVARIANT._serialized_start=3954
+  _UNIPCVARIANT._serialized_end=4045
+  _JOBSTATE._serialized_start=4048
+  _JOBSTATE._serialized_end=4202
   _IMAGEINPUT._serialized_start=74
   _IMAGEINPUT._serialized_end=151
-  _RENDERSETTINGS._serialized_start=154
-  _RENDERSETTINGS._serialized_end=1007
-  _SUBMITJOBREQUEST._serialized_start=1010
-  _SUBMITJOBREQUEST._serialized_end=1341
-  _SUBMITJOBRESPONSE._serialized_start=1343
-  _SUBMITJOBRESPONSE._serialized_end=1435
-  _PROGRESS._serialized_start=1438
-  _PROGRESS._serialized_end=1677
-  _JOB._serialized_start=1680
-  _JOB._serialized_end=2486
-  _GETJOBREQUEST._serialized_start=2488
-  _GETJOBREQUEST._serialized_end=2519
-  _GETJOBRESPONSE._serialized_start=2521
-  _GETJOBRESPONSE._serialized_end=2574
-  _WATCHJOBREQUEST._serialized_start=2576
-  _WATCHJOBREQUEST._serialized_end=2609
-  _WATCHJOBRESPONSE._serialized_start=2612
-  _WATCHJOBRESPONSE._serialized_end=2908
-  _CANCELJOBREQUEST._serialized_start=2910
-  _CANCELJOBREQUEST._serialized_end=2944
-  _CANCELJOBRESPONSE._serialized_start=2946
-  _CANCELJOBRESPONSE._serialized_end=3002
-  _LISTJOBSREQUEST._serialized_start=3004
-  _LISTJOBSREQUEST._serialized_end=3129
-  _LISTJOBSRESPONSE._serialized_start=3131
-  _LISTJOBSRESPONSE._serialized_end=3228
-  _JOBSERVICE._serialized_start=3594
-  _JOBSERVICE._serialized_end=3983
+  _UNIPCOPTIONS._serialized_start=153
+  _UNIPCOPTIONS._serialized_end=275
+  _PROMPTSCHEDULE._serialized_start=277
+  _PROMPTSCHEDULE._serialized_end=397
+  _RENDERSETTINGS._serialized_start=400
+  _RENDERSETTINGS._serialized_end=1440
+  _SUBMITJOBREQUEST._serialized_start=1443
+  _SUBMITJOBREQUEST._serialized_end=1774
+  _SUBMITJOBRESPONSE._serialized_start=1776
+  _SUBMITJOBRESPONSE._serialized_end=1868
+  _PROGRESS._serialized_start=1871
+  _PROGRESS._serialized_end=2110
+  _JOB._serialized_start=2113
+  _JOB._serialized_end=2919
+  _GETJOBREQUEST._serialized_start=2921
+  _GETJOBREQUEST._serialized_end=2952
+  _GETJOBRESPONSE._serialized_start=2954
+  _GETJOBRESPONSE._serialized_end=3007
+  _WATCHJOBREQUEST._serialized_start=3009
+  _WATCHJOBREQUEST._serialized_end=3042
+  _WATCHJOBRESPONSE._serialized_start=3045
+  _WATCHJOBRESPONSE._serialized_end=3341
+  _CANCELJOBREQUEST._serialized_start=3343
+  _CANCELJOBREQUEST._serialized_end=3377
+  _CANCELJOBRESPONSE._serialized_start=3379
+  _CANCELJOBRESPONSE._serialized_end=3435
+  _LISTJOBSREQUEST._serialized_start=3437
+  _LISTJOBSREQUEST._serialized_end=3562
+  _LISTJOBSRESPONSE._serialized_start=3564
+  _LISTJOBSRESPONSE._serialized_end=3661
+  _JOBSERVICE._serialized_start=4205
+  _JOBSERVICE._serialized_end=4594
 # @@protoc_insertion_point(module_scope)

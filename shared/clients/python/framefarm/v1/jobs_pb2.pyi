@@ -12,9 +12,15 @@ JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_UNSPECIFIED: JobState
+SAMPLER_FLOW_MATCH_EULER: Sampler
+SAMPLER_UNIPC: Sampler
+SAMPLER_UNSPECIFIED: Sampler
 SAMPLING_MODE_INVERTED_ANTI_DRIFTING: SamplingMode
 SAMPLING_MODE_UNSPECIFIED: SamplingMode
 SAMPLING_MODE_VANILLA: SamplingMode
+UNIPC_VARIANT_BH1: UnipcVariant
+UNIPC_VARIANT_BH2: UnipcVariant
+UNIPC_VARIANT_UNSPECIFIED: UnipcVariant
 VIDEO_FORMAT_MP4: VideoFormat
 VIDEO_FORMAT_UNSPECIFIED: VideoFormat
 VIDEO_FORMAT_WEBM: VideoFormat
@@ -133,8 +139,16 @@ class Progress(_message.Message):
     steps_per_section: int
     def __init__(self, sections_total: _Optional[int] = ..., sections_done: _Optional[int] = ..., current_section: _Optional[int] = ..., current_step: _Optional[int] = ..., steps_per_section: _Optional[int] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
 
+class PromptSchedule(_message.Message):
+    __slots__ = ["blend_sections", "section_prompts"]
+    BLEND_SECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SECTION_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    blend_sections: int
+    section_prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, section_prompts: _Optional[_Iterable[str]] = ..., blend_sections: _Optional[int] = ...) -> None: ...
+
 class RenderSettings(_message.Message):
-    __slots__ = ["crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "mode", "negative_prompt", "num_frames", "prompt", "resolution", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "width"]
+    __slots__ = ["crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "mode", "negative_prompt", "num_frames", "prompt", "prompt_schedule", "resolution", "sampler", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "unipc", "width"]
     CRF_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
@@ -146,12 +160,15 @@ class RenderSettings(_message.Message):
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
     SAVE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TRUE_CFG_SCALE_FIELD_NUMBER: _ClassVar[int]
+    UNIPC_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     crf: int
     format: VideoFormat
@@ -164,14 +181,17 @@ class RenderSettings(_message.Message):
     negative_prompt: str
     num_frames: int
     prompt: str
+    prompt_schedule: PromptSchedule
     resolution: int
+    sampler: Sampler
     save_frames: bool
     seconds: float
     seed: int
     steps: int
     true_cfg_scale: float
+    unipc: UnipcOptions
     width: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ["bundle", "end_image", "idempotency_key", "image", "priority", "recipe", "settings"]
@@ -198,6 +218,14 @@ class SubmitJobResponse(_message.Message):
     deduplicated: bool
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., deduplicated: bool = ...) -> None: ...
+
+class UnipcOptions(_message.Message):
+    __slots__ = ["cfg_rescale", "variant"]
+    CFG_RESCALE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    cfg_rescale: float
+    variant: UnipcVariant
+    def __init__(self, variant: _Optional[_Union[UnipcVariant, str]] = ..., cfg_rescale: _Optional[float] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ["id"]
@@ -227,6 +255,12 @@ class SamplingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
 
 class VideoFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
+
+class UnipcVariant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
