@@ -6,9 +6,10 @@
  */
 import { FarmError } from "../../shared/errors.js";
 import type { RenderSettings, SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { DEFAULT_CACHE, DEFAULT_SAMPLER, paramName, parseRecipe, type Recipe } from "../../shared/job/recipe.js";
+import { DEFAULT_CACHE, paramName, parseRecipe, type Recipe } from "../../shared/job/recipe.js";
 import type { RenderParams, RenderParamsInput } from "../../shared/job/render-params.js";
-import { samplingModeOf, videoFormatToPb } from "./job-mapping.js";
+import { parseSampler, parseUnipcVariant } from "../../shared/job/render-params.js";
+import { samplerToPb, samplingModeOf, unipcVariantToPb, videoFormatToPb } from "./job-mapping.js";
 
 /** RenderSettings fields a recipe submission may set: how the video is written, not what it shows. */
 const OUTPUT_FIELDS = new Set(["format", "crf", "lossless", "saveFrames"]);
@@ -57,6 +58,7 @@ export function recipeRequest(
     trueCfgScale: recipe.true_cfg_scale,
     seed: BigInt(recipe.seed),
     latentWindowSize: recipe.latent_window_size,
+    ...samplingSettingsOf(recipe),
     ...(recipe.resolution !== null
       ? { resolution: recipe.resolution }
       : { height: recipe.height, width: recipe.width }),
@@ -69,25 +71,49 @@ export function recipeRequest(
   return { recipe, settings };
 }
 
+/** The recipe's sampler and prompt schedule as RenderSettings fields (validated where any request's are). */
+function samplingSettingsOf(recipe: Recipe): Partial<RenderSettings> {
+  const sampler = parseSampler(recipe.sampler);
+  return {
+    sampler: samplerToPb(sampler),
+    ...(sampler === "unipc"
+      ? {
+          unipc: {
+            variant: unipcVariantToPb(parseUnipcVariant(recipe.unipc_variant ?? undefined, sampler)),
+            cfgRescale: recipe.cfg_rescale,
+          },
+        }
+      : {}),
+    ...(recipe.section_prompts !== null || recipe.prompt_blend_sections > 0
+      ? {
+          promptSchedule: {
+            sectionPrompts: recipe.section_prompts ?? [],
+            blendSections: recipe.prompt_blend_sections,
+          },
+        }
+      : {}),
+  };
+}
+
 /**
  * Render parameters a recipe sets that RenderSettings may not carry in this version (sampler, step
  * cache): added to the validator's input so that, where the validator knows them, they take effect.
  */
 export function recipeParamsInput(recipe: Recipe): Partial<RenderParamsInput> {
-  return { sampler: recipe.sampler, cache: recipe.cache } as Partial<RenderParamsInput>;
+  return { cache: recipe.cache } as Partial<RenderParamsInput>;
 }
 
 /** The validated parameters must render as the recipe says, or the farm cannot reproduce it. */
 export function checkRecipeParams(recipe: Recipe, params: RenderParams): void {
-  for (const [key, fallback] of [
-    ["sampler", DEFAULT_SAMPLER],
-    ["cache", DEFAULT_CACHE],
-  ] as const) {
-    const here = paramName(params, key, fallback);
-    if (here !== recipe[key])
+  const pairs: [string, string, string][] = [
+    ["sampler", parseSampler(recipe.sampler), params.sampler],
+    ["cache", recipe.cache, paramName(params, "cache", DEFAULT_CACHE)],
+  ];
+  for (const [key, want, here] of pairs) {
+    if (here !== want)
       throw new FarmError(
         "FAILED_PRECONDITION",
-        `the recipe's ${key} is ${JSON.stringify(recipe[key])}, which this farm cannot use (it would render with ${JSON.stringify(here)})`,
+        `the recipe's ${key} is ${JSON.stringify(want)}, which this farm cannot use (it would render with ${JSON.stringify(here)})`,
       );
   }
 }

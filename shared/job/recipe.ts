@@ -23,7 +23,7 @@ export const RECIPE_VERSION = 1;
 export const VIDEO_FORMATS = ["mp4", "webm"] as const;
 export type VideoFormatName = (typeof VIDEO_FORMATS)[number];
 /** The sampler and step cache of jobs that do not name one. */
-export const DEFAULT_SAMPLER = "euler";
+export const DEFAULT_SAMPLER = "flow_match_euler";
 export const DEFAULT_CACHE = "none";
 
 export interface RecipeLora {
@@ -42,6 +42,13 @@ export interface Recipe {
   /** Decimal: torch seeds are unsigned 64-bit, more than a JSON number holds exactly. */
   seed: string;
   sampler: string;
+  /** UniPC's variant (bh1, bh2) with the unipc sampler, else null. */
+  unipc_variant: string | null;
+  /** lllyasviel's CFG re-scale (0 unless the unipc sampler was asked for one). */
+  cfg_rescale: number;
+  /** Prompts per section in video-time order, or null when `prompt` (perhaps timed) is used. */
+  section_prompts: string[] | null;
+  prompt_blend_sections: number;
   cache: string;
   steps: number;
   guidance_scale: number;
@@ -94,7 +101,11 @@ export function makeRecipe(src: RecipeSource): Recipe {
     prompt: p.prompt,
     negative_prompt: p.negativePrompt,
     seed: p.seed.toString(),
-    sampler: paramName(p, "sampler", DEFAULT_SAMPLER),
+    sampler: p.sampler,
+    unipc_variant: p.sampler === "unipc" ? p.unipcVariant : null,
+    cfg_rescale: p.cfgRescale,
+    section_prompts: p.sectionPrompts,
+    prompt_blend_sections: p.promptBlendSections,
     cache: paramName(p, "cache", DEFAULT_CACHE),
     steps: p.steps,
     guidance_scale: p.guidanceScale,
@@ -164,6 +175,10 @@ const TOP_KEYS = [
   "negative_prompt",
   "seed",
   "sampler",
+  "unipc_variant",
+  "cfg_rescale",
+  "section_prompts",
+  "prompt_blend_sections",
   "cache",
   "steps",
   "guidance_scale",
@@ -178,6 +193,13 @@ const TOP_KEYS = [
   "loras",
   "video",
 ] as const;
+
+function sectionPromptsOf(v: unknown): string[] | null {
+  if (v === null) return null;
+  if (!Array.isArray(v) || v.some((p) => typeof p !== "string"))
+    throw bad("section_prompts must be null or an array of strings");
+  return v as string[];
+}
 
 /** Reads a recipe's JSON text, refusing anything this version does not understand exactly. */
 export function parseRecipe(text: string): Recipe {
@@ -229,6 +251,10 @@ export function parseRecipe(text: string): Recipe {
     negative_prompt: strOrNull(o, "negative_prompt"),
     seed: matching(str(o, "seed"), /^\d{1,20}$/, "seed"),
     sampler: str(o, "sampler"),
+    unipc_variant: strOrNull(o, "unipc_variant"),
+    cfg_rescale: num(o, "cfg_rescale"),
+    section_prompts: sectionPromptsOf(o["section_prompts"]),
+    prompt_blend_sections: num(o, "prompt_blend_sections", "", true),
     cache: str(o, "cache"),
     steps: num(o, "steps", "", true),
     guidance_scale: num(o, "guidance_scale"),

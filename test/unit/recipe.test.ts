@@ -22,7 +22,13 @@ import { validateRenderParams } from "../../shared/job/render-params.js";
 import { recipeRequest } from "../../coordinator/api/recipe-request.js";
 import { jobOutputOf } from "../../coordinator/api/job-mapping.js";
 import { recipeSidecar, videoFormatFor } from "../../coordinator/cli/output-options.js";
-import { SamplingMode, VideoFormat, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import {
+  Sampler,
+  SamplingMode,
+  UnipcVariant,
+  VideoFormat,
+  type SubmitJobRequest,
+} from "../../proto/gen/framefarm/v1/jobs.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { WHOLE_FILE_LIMIT, bundleDigest, fileHash } from "../../gpu-node/runtime/bundle-digest.js";
 import { open } from "node:fs/promises";
@@ -70,7 +76,8 @@ const status = (s: string, message?: RegExp) => (err: unknown) => {
 test("a recipe holds every setting, the images' SHA-256 and the bundle digest, and reads back whole", () => {
   const r = sample();
   assert.equal(r.seed, "18446744073709551615");
-  assert.equal(r.sampler, "euler");
+  assert.equal(r.sampler, "flow_match_euler");
+  assert.deepEqual([r.unipc_variant, r.cfg_rescale, r.section_prompts, r.prompt_blend_sections], [null, 0, null, 0]);
   assert.equal(r.cache, "none");
   assert.deepEqual(r.loras, []);
   assert.equal(r.resolution, 64);
@@ -81,6 +88,28 @@ test("a recipe holds every setting, the images' SHA-256 and the bundle digest, a
   assert.deepEqual(parseRecipe(recipeText(r)), r);
   // Same job, same bytes.
   assert.equal(recipeText(sample()), recipeText(r));
+});
+
+test("a UniPC recipe with section prompts renders again with the same sampler settings", () => {
+  const r = sample({
+    prompt: "",
+    sampler: "unipc",
+    unipcVariant: "bh2",
+    cfgRescale: 0.5,
+    sectionPrompts: ["a", "b"],
+    promptBlendSections: 1,
+    numFrames: 60,
+  });
+  assert.deepEqual(
+    [r.sampler, r.unipc_variant, r.cfg_rescale, r.section_prompts, r.prompt_blend_sections],
+    ["unipc", "bh2", 0.5, ["a", "b"], 1],
+  );
+  assert.deepEqual(parseRecipe(recipeText(r)), r);
+  const again = recipeRequest({ recipe: recipeText(r) } as SubmitJobRequest, { name: "tiny", digest: DIGEST });
+  assert.ok(again !== null);
+  assert.equal(again.settings.sampler, Sampler.SAMPLER_UNIPC);
+  assert.deepEqual(again.settings.unipc, { variant: UnipcVariant.UNIPC_VARIANT_BH2, cfgRescale: 0.5 });
+  assert.deepEqual(again.settings.promptSchedule, { sectionPrompts: ["a", "b"], blendSections: 1 });
 });
 
 test("parsing refuses other formats, other versions, unknown and missing fields", () => {
