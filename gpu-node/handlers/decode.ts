@@ -1,9 +1,17 @@
-/** decode: one section's latents to video, and the section's MP4 preview. */
+/**
+ * decode: one section's latents to video, and the section's MP4 preview. A preview is for
+ * watching the job grow (the dashboard shows it small): H.264 at most PREVIEW_SIDE pixels a side,
+ * whatever the job's own format, so that a lossless or WebM job does not pay its final encode on
+ * every section (a lossless 640x640 preview took seconds of the decode task on an H200 node).
+ */
 import { renderParamsOf } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { frameConverterFor } from "../../shared/framepack/frames.js";
 import { decodeSection } from "../stages/section-step.js";
 import { need, readTensors, writeOnce, writeVideoObject, type StageHandler } from "./task-io.js";
+
+const PREVIEW_SIDE = 320;
+export const PREVIEW = { crf: 28, lossless: false, format: "mp4", maxSide: PREVIEW_SIDE, preset: "veryfast" } as const;
 
 export const decodeHandler: StageHandler = async (ctx, task, spec) => {
   const params = renderParamsOf(spec);
@@ -16,6 +24,6 @@ export const decodeHandler: StageHandler = async (ctx, task, spec) => {
       ctx.store,
       task.outputs["preview"],
       frameConverterFor(params.sampler)(video, video.shape[2]!),
-      params,
+      { ...PREVIEW, fps: params.fps },
     );
 };

@@ -22,6 +22,18 @@ export interface Mp4Options {
   format?: VideoFormatName;
   /** The container's `comment` tag (ffprobe: format.tags.comment; COMMENT in WebM): the job's recipe. */
   comment?: string;
+  /** Scale down (area average) so that neither side exceeds this, keeping even sizes: previews. */
+  maxSide?: number;
+  /** x264's speed preset (ffmpeg's default is medium): previews trade size for time. */
+  preset?: string;
+}
+
+/** Even output size with neither side above maxSide, aspect kept; null when no scaling is needed. */
+export function scaledSize(width: number, height: number, maxSide: number): { width: number; height: number } | null {
+  if (Math.max(width, height) <= maxSide) return null;
+  const f = maxSide / Math.max(width, height);
+  const even = (v: number): number => Math.max(2, 2 * Math.round((v * f) / 2));
+  return { width: even(width), height: even(height) };
 }
 
 /**
@@ -86,6 +98,9 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
         .on("end", () => resolve());
       // Two arguments, so that fluent-ffmpeg passes the text whole (it splits one "-opt value" at spaces).
       if (options.comment !== undefined) command.outputOptions("-metadata", `comment=${options.comment}`);
+      const scaled = options.maxSide === undefined ? null : scaledSize(w, h, options.maxSide);
+      if (scaled !== null) command.outputOptions("-vf", `scale=${scaled.width}:${scaled.height}:flags=area`);
+      if (options.preset !== undefined) command.outputOptions("-preset", options.preset);
       command.save(temp);
       // Feed frames one at a time, honouring back-pressure.
       void (async () => {
