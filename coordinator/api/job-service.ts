@@ -45,6 +45,8 @@ export interface JobServiceDeps {
   urlExpirySeconds?: number;
   /** Who may call, as which tenant; open (everyone is DEFAULT_TENANT) when absent. */
   auth?: TokenAuth;
+  /** Tenants whose tokens only scrape /metrics: every call of theirs is PERMISSION_DENIED. */
+  scrapeOnlyTenants?: readonly string[];
   /** The bundle's digest (gpu-node/runtime/bundle-digest): without it jobs get no recipe and recipes are refused. */
   bundleDigest?: string;
 }
@@ -153,9 +155,20 @@ export class JobService {
     return { jobs: out, next: "" };
   }
 
+  /** The tenant of a call's token, if it may call at all (checked again on streams when tokens change). */
+  private tenantOf(metadata: Metadata): string {
+    const tenant = this.auth.tenantForAuthorization(metadata.get("authorization"));
+    if (this.deps.scrapeOnlyTenants?.includes(tenant))
+      throw new FarmError(
+        "PERMISSION_DENIED",
+        `tenant ${tenant} may only scrape /metrics (--metrics-tenants); it cannot call the job API`,
+      );
+    return tenant;
+  }
+
   /** The caller's tenant (UNAUTHENTICATED first), then any refusal of the strict decoder. */
   private caller(call: { metadata: Metadata; request: unknown }): string {
-    const tenant = this.auth.tenantForAuthorization(call.metadata.get("authorization"));
+    const tenant = this.tenantOf(call.metadata);
     const bad = requestError(call.request);
     if (bad !== undefined) throw bad;
     return tenant;
@@ -220,8 +233,22 @@ export class JobService {
       let record = await this.get(call.request.id, tenant);
       await send(record, true);
       if (TERMINAL.has(record.state)) return void call.end();
-      await new Promise<void>((resolve) => {
+      await new Promise<void>((resolve, reject) => {
         let chain = Promise.resolve();
+        // A token revoked (or its tenant changed) while watching ends the stream with the refusal.
+        const offAuth = this.auth.onChange(() => {
+          try {
+            if (this.tenantOf(call.metadata) === tenant) return;
+            throw new FarmError("UNAUTHENTICATED", "the bearer token is not valid for this farm");
+          } catch (err) {
+            stop();
+            reject(err as Error);
+          }
+        });
+        const stop = (): void => {
+          off();
+          offAuth();
+        };
         const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (_subject, data) => {
           chain = chain.then(async () => {
             const e = jobEvents.decode(data);
@@ -237,12 +264,12 @@ export class JobService {
             const preview = previewOf(record, e.taskId);
             if (preview !== undefined && record.state !== "CANCELLED") await send(record, false, preview);
             if (TERMINAL.has(record.state)) {
-              off();
+              stop();
               resolve();
             }
           });
         });
-        call.on("cancelled", () => (off(), resolve()));
+        call.on("cancelled", () => (stop(), resolve()));
       });
       call.end();
     } catch (err) {
