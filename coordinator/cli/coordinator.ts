@@ -48,6 +48,10 @@ export interface CoordinatorSecurity {
   operators?: string[];
   /** Tenants whose tokens may scrape /metrics and do nothing else (no dashboard, no gRPC calls). */
   metricsTenants?: string[];
+  /** With tokens, the highest priority a tenant that is not an operator gets (default 0). */
+  tenantMaxPriority?: number;
+  /** The most unfinished jobs per tenant (unlimited when absent). */
+  maxQueuedPerTenant?: number;
 }
 
 export const DEFAULT_HTTP_PORT = 8080;
@@ -90,6 +94,9 @@ export async function startCoordinator(
     bundleDigest: await bundleDigest(bundle),
     auth,
     scrapeOnlyTenants: scrapeOnly,
+    operatorTenants: operators,
+    ...(security.tenantMaxPriority !== undefined ? { tenantMaxPriority: security.tenantMaxPriority } : {}),
+    ...(security.maxQueuedPerTenant !== undefined ? { maxQueuedPerTenant: security.maxQueuedPerTenant } : {}),
   });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
   const dashboard = await startDashboard({
@@ -127,6 +134,8 @@ export const SECURITY_OPTIONS = {
   tokens: { type: "string" },
   operators: { type: "string" },
   "metrics-tenants": { type: "string" },
+  "tenant-max-priority": { type: "string" },
+  "max-queued-per-tenant": { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
 } as const;
@@ -164,6 +173,13 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
   return 0;
 }
 
+function integerOption(flag: string, value: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!/^-?\d+$/.test(value.trim()) || n < min || n > max)
+    throw new FarmError("INVALID_ARGUMENT", `${flag} must be an integer ${min}..${max}, got ${value}`);
+  return n;
+}
+
 const tenantList = (value: string | undefined): string[] | undefined =>
   value === undefined || value === ""
     ? undefined
@@ -174,12 +190,16 @@ const tenantList = (value: string | undefined): string[] | undefined =>
 
 /**
  * --tokens / FRAMEFARM_TOKENS_FILE, --operators / FRAMEFARM_OPERATORS, --metrics-tenants /
- * FRAMEFARM_METRICS_TENANTS and --tls-cert / --tls-key as start-up settings.
+ * FRAMEFARM_METRICS_TENANTS, --tenant-max-priority / FRAMEFARM_TENANT_MAX_PRIORITY,
+ * --max-queued-per-tenant / FRAMEFARM_MAX_QUEUED_PER_TENANT and --tls-cert / --tls-key as
+ * start-up settings.
  */
 export async function securityOptions(values: {
   tokens?: string | undefined;
   operators?: string | undefined;
   "metrics-tenants"?: string | undefined;
+  "tenant-max-priority"?: string | undefined;
+  "max-queued-per-tenant"?: string | undefined;
   "tls-cert"?: string | undefined;
   "tls-key"?: string | undefined;
 }): Promise<CoordinatorSecurity> {
@@ -190,6 +210,11 @@ export async function securityOptions(values: {
   if (operators !== undefined) out.operators = operators;
   const metrics = tenantList(values["metrics-tenants"] ?? process.env["FRAMEFARM_METRICS_TENANTS"]);
   if (metrics !== undefined) out.metricsTenants = metrics;
+  const cap = values["tenant-max-priority"] ?? process.env["FRAMEFARM_TENANT_MAX_PRIORITY"];
+  if (cap !== undefined && cap !== "") out.tenantMaxPriority = integerOption("--tenant-max-priority", cap, -1000, 1000);
+  const queued = values["max-queued-per-tenant"] ?? process.env["FRAMEFARM_MAX_QUEUED_PER_TENANT"];
+  if (queued !== undefined && queued !== "")
+    out.maxQueuedPerTenant = integerOption("--max-queued-per-tenant", queued, 1, 1_000_000);
   if (tokens !== undefined && tokens !== "") {
     out.auth = await TokenAuth.fromFile(tokens);
     out.tokensFile = tokens;
