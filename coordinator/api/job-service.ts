@@ -25,7 +25,7 @@ import {
 import type { Bus, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { BundleManifest } from "../../shared/bundle/manifest.js";
-import { Dispatcher } from "../dispatch/dispatcher.js";
+import { Dispatcher, checkPriority } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { latestPreview, previewOf, progressOf, tenantOf } from "../dispatch/job-views.js";
 import { DEFAULT_TENANT, TokenAuth } from "../auth/tokens.js";
@@ -45,9 +45,23 @@ export interface JobServiceDeps {
   urlExpirySeconds?: number;
   /** Who may call, as which tenant; open (everyone is DEFAULT_TENANT) when absent. */
   auth?: TokenAuth;
+  /** Tenants with an operator's rights: the priority they submit with is not capped. */
+  operatorTenants?: readonly string[];
+  /**
+   * With tokens on, the highest priority a tenant that is not an operator gets (a higher one is
+   * lowered to it); default TENANT_MAX_PRIORITY. An open farm caps nothing.
+   */
+  tenantMaxPriority?: number;
+  /** The most unfinished (queued or running) jobs a tenant may have; more are RESOURCE_EXHAUSTED. Unlimited when absent. */
+  maxQueuedPerTenant?: number;
+  /** Tenants whose tokens only scrape /metrics: every call of theirs is PERMISSION_DENIED. */
+  scrapeOnlyTenants?: readonly string[];
   /** The bundle's digest (gpu-node/runtime/bundle-digest): without it jobs get no recipe and recipes are refused. */
   bundleDigest?: string;
 }
+
+/** The default cap of a tenant's priority (with tokens on, operators aside): no jumping the queue. */
+export const TENANT_MAX_PRIORITY = 0;
 
 const TERMINAL = new Set<JobRecord["state"]>(["SUCCEEDED", "FAILED", "CANCELLED"]);
 
@@ -55,6 +69,8 @@ export class JobService {
   private readonly idempotency: Promise<KeyValue>;
   private readonly jobs: Promise<KeyValue>;
   private readonly auth: TokenAuth;
+  /** Submissions admitted but not yet jobs, per tenant (they count towards maxQueuedPerTenant). */
+  private readonly admitted = new Map<string, number>();
 
   constructor(private readonly deps: JobServiceDeps) {
     this.idempotency = deps.bus.kv(IDEMPOTENCY_BUCKET);
@@ -97,17 +113,55 @@ export class JobService {
    * Validates, stores and plans a submission (coordinator/api/job-submission.ts); tenant defaults to
    * DEFAULT_TENANT for in-process callers (embedded mode has no tenants).
    */
-  submit(
+  async submit(
     req: SubmitJobRequest,
     tenant: string = DEFAULT_TENANT,
     signal?: AbortSignal,
   ): Promise<{ job: Job; deduplicated: boolean }> {
     return submitJob(
-      { ...this.deps, jobs: this.jobs, idempotency: this.idempotency, toJob: (r) => this.toJob(r) },
-      req,
+      {
+        ...this.deps,
+        jobs: this.jobs,
+        idempotency: this.idempotency,
+        toJob: (r) => this.toJob(r),
+        admit: () => this.admit(tenant),
+      },
+      { ...req, priority: this.priorityFor(req.priority, tenant) },
       tenant,
       signal,
     );
+  }
+
+  /** The priority a submission gets: capped for tenants that are not operators (with tokens on). */
+  private priorityFor(priority: number, tenant: string): number {
+    checkPriority(priority); // out of range is refused, not capped
+    if (this.auth.isOpen || (this.deps.operatorTenants ?? []).includes(tenant)) return priority;
+    return Math.min(priority, this.deps.tenantMaxPriority ?? TENANT_MAX_PRIORITY);
+  }
+
+  /**
+   * Admits one more job of the tenant under maxQueuedPerTenant (RESOURCE_EXHAUSTED if at the limit);
+   * the returned release ends the admission once the job is submitted or refused.
+   */
+  private admit(tenant: string): () => void {
+    const limit = this.deps.maxQueuedPerTenant;
+    if (limit === undefined) return () => undefined;
+    const pending = this.admitted.get(tenant) ?? 0;
+    const have = this.deps.dispatcher.unfinishedJobs(tenant) + pending;
+    if (have >= limit)
+      throw new FarmError(
+        "RESOURCE_EXHAUSTED",
+        `tenant ${tenant} has ${have} unfinished jobs, the limit (--max-queued-per-tenant ${limit}); submit again when one has finished`,
+      );
+    this.admitted.set(tenant, pending + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.admitted.get(tenant) ?? 1) - 1;
+      if (n === 0) this.admitted.delete(tenant);
+      else this.admitted.set(tenant, n);
+    };
   }
 
   /** The tenant's job; another tenant's is NOT_FOUND exactly as a missing one. */
@@ -153,9 +207,20 @@ export class JobService {
     return { jobs: out, next: "" };
   }
 
+  /** The tenant of a call's token, if it may call at all (checked again on streams when tokens change). */
+  private tenantOf(metadata: Metadata): string {
+    const tenant = this.auth.tenantForAuthorization(metadata.get("authorization"));
+    if (this.deps.scrapeOnlyTenants?.includes(tenant))
+      throw new FarmError(
+        "PERMISSION_DENIED",
+        `tenant ${tenant} may only scrape /metrics (--metrics-tenants); it cannot call the job API`,
+      );
+    return tenant;
+  }
+
   /** The caller's tenant (UNAUTHENTICATED first), then any refusal of the strict decoder. */
   private caller(call: { metadata: Metadata; request: unknown }): string {
-    const tenant = this.auth.tenantForAuthorization(call.metadata.get("authorization"));
+    const tenant = this.tenantOf(call.metadata);
     const bad = requestError(call.request);
     if (bad !== undefined) throw bad;
     return tenant;
@@ -220,8 +285,22 @@ export class JobService {
       let record = await this.get(call.request.id, tenant);
       await send(record, true);
       if (TERMINAL.has(record.state)) return void call.end();
-      await new Promise<void>((resolve) => {
+      await new Promise<void>((resolve, reject) => {
         let chain = Promise.resolve();
+        // A token revoked (or its tenant changed) while watching ends the stream with the refusal.
+        const offAuth = this.auth.onChange(() => {
+          try {
+            if (this.tenantOf(call.metadata) === tenant) return;
+            throw new FarmError("UNAUTHENTICATED", "the bearer token is not valid for this farm");
+          } catch (err) {
+            stop();
+            reject(err as Error);
+          }
+        });
+        const stop = (): void => {
+          off();
+          offAuth();
+        };
         const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (_subject, data) => {
           chain = chain.then(async () => {
             const e = jobEvents.decode(data);
@@ -237,12 +316,12 @@ export class JobService {
             const preview = previewOf(record, e.taskId);
             if (preview !== undefined && record.state !== "CANCELLED") await send(record, false, preview);
             if (TERMINAL.has(record.state)) {
-              off();
+              stop();
               resolve();
             }
           });
         });
-        call.on("cancelled", () => (off(), resolve()));
+        call.on("cancelled", () => (stop(), resolve()));
       });
       call.end();
     } catch (err) {

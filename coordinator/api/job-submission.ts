@@ -31,6 +31,11 @@ export interface Submission extends JobServiceDeps {
   jobs: Promise<KeyValue>;
   idempotency: Promise<KeyValue>;
   toJob(r: JobRecord): Promise<Job>;
+  /**
+   * Admits a new job (not a repeated idempotency key) or throws (a per-tenant limit); the returned
+   * release is called once the job is submitted or refused.
+   */
+  admit?: () => () => void;
 }
 
 async function image(
@@ -103,6 +108,29 @@ export async function submitJob(
     }
   }
 
+  // A repeated key is answered above even at the limit: the job it names exists already.
+  const release = deps.admit?.() ?? (() => undefined);
+  try {
+    return await submitNew(deps, req, tenant, { params, output, idemKey, fromRecipe }, signal);
+  } finally {
+    release();
+  }
+}
+
+async function submitNew(
+  deps: Submission,
+  req: SubmitJobRequest,
+  tenant: string,
+  checked: {
+    params: ReturnType<typeof validateRenderParams>;
+    output: ReturnType<typeof jobOutputOf>;
+    idemKey: string | null;
+    fromRecipe: ReturnType<typeof recipeRequest>;
+  },
+  signal?: AbortSignal,
+): Promise<{ job: Job; deduplicated: boolean }> {
+  const { manifest } = deps;
+  const { params, output, idemKey, fromRecipe } = checked;
   const first = await image(deps, req.image, "image", tenant);
   if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
   const last = await image(deps, req.endImage, "end image", tenant);

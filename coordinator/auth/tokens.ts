@@ -9,6 +9,10 @@
  *
  * With no tokens the farm is open (development): every caller is DEFAULT_TENANT. Records written
  * before tenants existed also belong to DEFAULT_TENANT.
+ *
+ * A TokenAuth of a file can take a new set of tokens while the farm runs (replaceWith: token-file.ts
+ * re-reads the file on change and on SIGHUP); every check reads the current set, and onChange lets
+ * long-lived streams check their caller again.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -23,20 +27,28 @@ const TOKEN_PATTERN = /^[\x21-\x7e]+$/;
 
 const digest = (token: string): Buffer => createHash("sha256").update(token, "utf8").digest();
 
+type Entry = { tenant: string; hash: Buffer };
+
 export class TokenAuth {
-  private constructor(private readonly entries: readonly { tenant: string; hash: Buffer }[]) {}
+  private readonly listeners = new Set<() => void>();
+
+  private constructor(private entries: readonly Entry[]) {}
 
   /** No tokens: every caller is DEFAULT_TENANT. */
   static open(): TokenAuth {
     return new TokenAuth([]);
   }
 
-  static fromEntries(entries: readonly { tenant: string; token: string }[], source = "tokens"): TokenAuth {
+  /** `line` (1-based, in the file) names the entry in messages; else its index does. */
+  static fromEntries(
+    entries: readonly { tenant: string; token: string; line?: number }[],
+    source = "tokens",
+  ): TokenAuth {
     if (entries.length === 0)
       throw new FarmError("INVALID_ARGUMENT", `${source} names no tokens; leave it out to run open (development only)`);
     const seen = new Set<string>();
-    const out = entries.map(({ tenant, token }, i) => {
-      const what = `${source}: entry ${i + 1} (tenant ${JSON.stringify(tenant)})`;
+    const out = entries.map(({ tenant, token, line }, i) => {
+      const what = `${source}: ${line !== undefined ? `line ${line}` : `entry ${i + 1}`} (tenant ${JSON.stringify(tenant)})`;
       if (!TENANT_PATTERN.test(tenant))
         throw new FarmError(
           "INVALID_ARGUMENT",
@@ -61,7 +73,7 @@ export class TokenAuth {
 
   /** Parses a token file's text (lines `tenant:token` or JSON, see the file comment). */
   static parse(text: string, source = "tokens"): TokenAuth {
-    const entries: { tenant: string; token: string }[] = [];
+    const entries: { tenant: string; token: string; line?: number }[] = [];
     const trimmed = text.trim();
     if (trimmed.startsWith("{")) {
       let json: unknown;
@@ -89,7 +101,7 @@ export class TokenAuth {
         if (line === "" || line.startsWith("#")) return;
         const colon = line.indexOf(":");
         if (colon < 0) throw new FarmError("INVALID_ARGUMENT", `${source} line ${i + 1}: expected tenant:token`);
-        entries.push({ tenant: line.slice(0, colon).trim(), token: line.slice(colon + 1).trim() });
+        entries.push({ tenant: line.slice(0, colon).trim(), token: line.slice(colon + 1).trim(), line: i + 1 });
       });
     }
     return TokenAuth.fromEntries(entries, source);
@@ -103,6 +115,26 @@ export class TokenAuth {
       throw new FarmError("NOT_FOUND", `token file ${file} cannot be read: ${(err as Error).message}`, { cause: err });
     }
     return TokenAuth.parse(text, `token file ${file}`);
+  }
+
+  /**
+   * Takes next's tokens in place of these (a reloaded token file): checks from now on use them, and
+   * onChange listeners run. An open TokenAuth stays open and a closed one closed.
+   */
+  replaceWith(next: TokenAuth): void {
+    if (next.isOpen !== this.isOpen)
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        "a farm with tokens cannot become open, nor an open one closed, while it runs",
+      );
+    this.entries = next.entries;
+    for (const fn of this.listeners) fn();
+  }
+
+  /** Runs fn after every replaceWith (streams check their caller again); returns the unsubscribe. */
+  onChange(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => void this.listeners.delete(fn);
   }
 
   /** True when no tokens are configured (every caller is DEFAULT_TENANT). */

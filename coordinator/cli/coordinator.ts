@@ -2,8 +2,9 @@
  * `framefarm coordinator`: the dispatcher, the public gRPC API and the admin dashboard (HTTP:
  * page, JSON API, server-sent events, /metrics), against NATS and S3.
  * `--tokens FILE` (FRAMEFARM_TOKENS_FILE) turns on bearer-token authentication with tenants (the
- * dashboard then admits the tokens of the `--operators` tenants only); `--tls-cert FILE --tls-key
- * FILE` (PEM) serves gRPC over TLS.
+ * dashboard then admits the tokens of the `--operators` tenants only, /metrics those and the
+ * `--metrics-tenants`, whose tokens open nothing else); the file is re-read when it changes and on
+ * SIGHUP. `--tls-cert FILE --tls-key FILE` (PEM) serves gRPC over TLS.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -11,6 +12,7 @@ import { Dispatcher } from "../dispatch/dispatcher.js";
 import { JobService } from "../api/job-service.js";
 import { startApiServer, type ApiServerOptions } from "../api/server.js";
 import { TokenAuth, DEFAULT_TENANT } from "../auth/tokens.js";
+import { watchTokenFile, type TokenFileWatcher } from "../auth/token-file.js";
 import { FarmError } from "../../shared/errors.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
@@ -40,8 +42,16 @@ export interface CoordinatorAddresses {
 export interface CoordinatorSecurity {
   auth?: TokenAuth;
   tls?: ApiServerOptions["tls"];
+  /** Where auth came from: re-read on change and on SIGHUP. */
+  tokensFile?: string;
   /** Tenants whose tokens open the dashboard (it shows every tenant's jobs). */
   operators?: string[];
+  /** Tenants whose tokens may scrape /metrics and do nothing else (no dashboard, no gRPC calls). */
+  metricsTenants?: string[];
+  /** With tokens, the highest priority a tenant that is not an operator gets (default 0). */
+  tenantMaxPriority?: number;
+  /** The most unfinished jobs per tenant (unlimited when absent). */
+  maxQueuedPerTenant?: number;
 }
 
 export const DEFAULT_HTTP_PORT = 8080;
@@ -70,6 +80,9 @@ export async function startCoordinator(
     );
   else if (security.tls === undefined && !/^(127\.|localhost$|::1$)/.test(host))
     process.stderr.write(`WARNING: tokens travel in plaintext: serve TLS with --tls-cert and --tls-key\n`);
+  const operators = security.operators ?? [];
+  // A tenant that is an operator too keeps an operator's rights.
+  const scrapeOnly = (security.metricsTenants ?? []).filter((t) => !operators.includes(t));
   const { bus, store } = await connectFarm(conn, "coordinator");
   const dispatcher = await Dispatcher.start(bus, store);
   const service = new JobService({
@@ -80,6 +93,10 @@ export async function startCoordinator(
     bundleName: path.basename(bundle.dir),
     bundleDigest: await bundleDigest(bundle),
     auth,
+    scrapeOnlyTenants: scrapeOnly,
+    operatorTenants: operators,
+    ...(security.tenantMaxPriority !== undefined ? { tenantMaxPriority: security.tenantMaxPriority } : {}),
+    ...(security.maxQueuedPerTenant !== undefined ? { maxQueuedPerTenant: security.maxQueuedPerTenant } : {}),
   });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
   const dashboard = await startDashboard({
@@ -89,17 +106,22 @@ export async function startCoordinator(
     host,
     port: at.httpPort,
     log,
-    authorize: auth.operatorGate(security.operators ?? []),
+    authorize: auth.operatorGate(operators),
+    authorizeMetrics: auth.operatorGate([...operators, ...scrapeOnly]),
+    authChanges: (fn) => auth.onChange(fn),
     storeTraffic: () => store.traffic,
   });
   // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
-  if (!auth.isOpen && (security.operators ?? []).length === 0)
-    log.warn("no --operators tenants: the dashboard refuses every request");
+  if (!auth.isOpen && operators.length === 0) log.warn("no --operators tenants: the dashboard refuses every request");
+  let tokenFile: TokenFileWatcher | undefined;
+  if (!auth.isOpen && security.tokensFile !== undefined)
+    tokenFile = await watchTokenFile(security.tokensFile, auth, log);
   log.info({ grpcPort: api.port, httpPort: dashboard.port }, "coordinator serving");
   return {
     port: api.port,
     httpPort: dashboard.port,
     stop: async () => {
+      tokenFile?.stop();
       await dashboard.stop();
       await api.stop();
       await dispatcher.stop();
@@ -111,6 +133,9 @@ export async function startCoordinator(
 export const SECURITY_OPTIONS = {
   tokens: { type: "string" },
   operators: { type: "string" },
+  "metrics-tenants": { type: "string" },
+  "tenant-max-priority": { type: "string" },
+  "max-queued-per-tenant": { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
 } as const;
@@ -148,22 +173,52 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-/** --tokens / FRAMEFARM_TOKENS_FILE, --operators / FRAMEFARM_OPERATORS and --tls-cert / --tls-key as start-up settings. */
+function integerOption(flag: string, value: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!/^-?\d+$/.test(value.trim()) || n < min || n > max)
+    throw new FarmError("INVALID_ARGUMENT", `${flag} must be an integer ${min}..${max}, got ${value}`);
+  return n;
+}
+
+const tenantList = (value: string | undefined): string[] | undefined =>
+  value === undefined || value === ""
+    ? undefined
+    : value
+        .split(",")
+        .map((t) => t.trim())
+        .filter((t) => t !== "");
+
+/**
+ * --tokens / FRAMEFARM_TOKENS_FILE, --operators / FRAMEFARM_OPERATORS, --metrics-tenants /
+ * FRAMEFARM_METRICS_TENANTS, --tenant-max-priority / FRAMEFARM_TENANT_MAX_PRIORITY,
+ * --max-queued-per-tenant / FRAMEFARM_MAX_QUEUED_PER_TENANT and --tls-cert / --tls-key as
+ * start-up settings.
+ */
 export async function securityOptions(values: {
   tokens?: string | undefined;
   operators?: string | undefined;
+  "metrics-tenants"?: string | undefined;
+  "tenant-max-priority"?: string | undefined;
+  "max-queued-per-tenant"?: string | undefined;
   "tls-cert"?: string | undefined;
   "tls-key"?: string | undefined;
 }): Promise<CoordinatorSecurity> {
   const tokens = values.tokens ?? process.env["FRAMEFARM_TOKENS_FILE"];
   const out: CoordinatorSecurity = {};
-  if (tokens !== undefined && tokens !== "") out.auth = await TokenAuth.fromFile(tokens);
-  const operators = values.operators ?? process.env["FRAMEFARM_OPERATORS"];
-  if (operators !== undefined && operators !== "")
-    out.operators = operators
-      .split(",")
-      .map((t) => t.trim())
-      .filter((t) => t !== "");
+  // The environment is read before the first await (test/deploy reads these with a temporary env).
+  const operators = tenantList(values.operators ?? process.env["FRAMEFARM_OPERATORS"]);
+  if (operators !== undefined) out.operators = operators;
+  const metrics = tenantList(values["metrics-tenants"] ?? process.env["FRAMEFARM_METRICS_TENANTS"]);
+  if (metrics !== undefined) out.metricsTenants = metrics;
+  const cap = values["tenant-max-priority"] ?? process.env["FRAMEFARM_TENANT_MAX_PRIORITY"];
+  if (cap !== undefined && cap !== "") out.tenantMaxPriority = integerOption("--tenant-max-priority", cap, -1000, 1000);
+  const queued = values["max-queued-per-tenant"] ?? process.env["FRAMEFARM_MAX_QUEUED_PER_TENANT"];
+  if (queued !== undefined && queued !== "")
+    out.maxQueuedPerTenant = integerOption("--max-queued-per-tenant", queued, 1, 1_000_000);
+  if (tokens !== undefined && tokens !== "") {
+    out.auth = await TokenAuth.fromFile(tokens);
+    out.tokensFile = tokens;
+  }
   const cert = values["tls-cert"];
   const key = values["tls-key"];
   if ((cert === undefined) !== (key === undefined))

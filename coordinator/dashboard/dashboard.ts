@@ -19,6 +19,10 @@ export interface DashboardOptions {
   port: number;
   log: Logger;
   authorize?: Authorize;
+  /** Subscribes to token changes: open event streams are then checked again (TokenAuth.onChange). */
+  authChanges?: (fn: () => void) => () => void;
+  /** The gate of /metrics alone (authorize when absent). */
+  authorizeMetrics?: Authorize;
   /** The coordinator's own object-store bytes. */
   storeTraffic?: () => { read: number; written: number };
 }
@@ -50,6 +54,8 @@ export async function startDashboard(o: DashboardOptions): Promise<Dashboard> {
     port: o.port,
     log: o.log,
     ...(o.authorize !== undefined ? { authorize: o.authorize } : {}),
+    ...(o.authorizeMetrics !== undefined ? { authorizeMetrics: o.authorizeMetrics } : {}),
+    ...(o.authChanges !== undefined ? { authChanges: o.authChanges } : {}),
   });
   return {
     port: server.port,

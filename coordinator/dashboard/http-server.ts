@@ -52,6 +52,16 @@ export interface DashboardServerOptions {
   port: number;
   log: Logger;
   authorize?: Authorize;
+  /**
+   * The gate of /metrics alone, when it admits more than authorize does (a scraper's token that
+   * opens nothing else); authorize when absent.
+   */
+  authorizeMetrics?: Authorize;
+  /**
+   * Subscribes to changes of what authorize admits (tokens reloaded): open event streams are then
+   * checked again and those no longer admitted are closed. Returns the unsubscribe.
+   */
+  authChanges?: (fn: () => void) => () => void;
 }
 
 export interface DashboardServer {
@@ -114,14 +124,25 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     if (type !== undefined) files.set(name, { body: await readFile(path.join(STATIC_DIR, name)), type });
   }
   const authorize: Authorize = o.authorize ?? (() => true);
-  const streams = new Set<ServerResponse>();
+  const authorizeMetrics: Authorize = o.authorizeMetrics ?? authorize;
+  /** Open event streams, with the request each answers (its token is checked again on changes). */
+  const streams = new Map<ServerResponse, IncomingMessage>();
   const offSnapshot = o.view.onSnapshot((s) => {
     if (streams.size === 0) return;
     const frame = `event: snapshot\ndata: ${JSON.stringify(s)}\n\n`;
-    for (const res of streams) res.write(frame);
+    for (const res of streams.keys()) res.write(frame);
+  });
+  // A revoked token's stream ends at once (the page then asks for a token again).
+  const offAuth = o.authChanges?.(() => {
+    for (const [res, req] of streams)
+      void Promise.resolve(authorize(req)).then((ok) => {
+        if (ok) return;
+        streams.delete(res);
+        res.end();
+      });
   });
   const keepAlive = setInterval(() => {
-    for (const res of streams) res.write(": keep-alive\n\n");
+    for (const res of streams.keys()) res.write(": keep-alive\n\n");
   }, 15_000);
 
   const action = async (req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> => {
@@ -169,12 +190,22 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     // Answered 200 either way, so the page can ask without a failed request in the browser's log.
     if (url.pathname === "/api/session" && req.method === "GET")
       return sendJson(res, 200, { authorized: await authorize(req) });
+    // /metrics has its own gate: a scraper's token opens it and nothing else.
+    if (url.pathname === "/metrics") {
+      if (!(await authorizeMetrics(req)))
+        return fail(
+          res,
+          401,
+          "UNAUTHENTICATED",
+          "a valid metrics or operator token is needed: Authorization: Bearer <token>",
+        );
+      if (req.method !== "GET" && req.method !== "HEAD") return fail(res, 405, "METHOD_NOT_ALLOWED", "use GET");
+      return send(res, 200, await o.metrics.registry.metrics(), o.metrics.registry.contentType);
+    }
     if (!(await authorize(req)))
       return fail(res, 401, "UNAUTHENTICATED", "a valid operator token is needed: Authorization: Bearer <token>");
     if (await action(req, res, url)) return;
     if (req.method !== "GET" && req.method !== "HEAD") return fail(res, 405, "METHOD_NOT_ALLOWED", "use GET");
-    if (url.pathname === "/metrics")
-      return send(res, 200, await o.metrics.registry.metrics(), o.metrics.registry.contentType);
     if (url.pathname === "/api/state") return sendJson(res, 200, o.view.snapshot());
     if (url.pathname === "/api/events") {
       res.writeHead(200, {
@@ -183,7 +214,7 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
         connection: "keep-alive",
       });
       res.write(`retry: 2000\nevent: snapshot\ndata: ${JSON.stringify(o.view.snapshot())}\n\n`);
-      streams.add(res);
+      streams.set(res, req);
       req.on("close", () => streams.delete(res));
       return;
     }
@@ -206,8 +237,9 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     port: (server.address() as AddressInfo).port,
     stop: async () => {
       offSnapshot();
+      offAuth?.();
       clearInterval(keepAlive);
-      for (const res of streams) res.end();
+      for (const res of streams.keys()) res.end();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

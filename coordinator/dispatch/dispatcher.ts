@@ -1,7 +1,7 @@
 /**
  * Advances jobs through their DAGs. A task whose dependencies are done becomes ready; the
  * dispatcher holds ready tasks and releases one onto its stage's work queue only when a node is
- * idle there, asking for work, best first (priority, then job age). So the choice of what runs
+ * idle there, asking for work, best first (priority, then tenants in turn, then job age). So the choice of what runs
  * next is made at the last moment, and a high-priority job overtakes any backlog. A node's result (on the "results" queue) marks its task done or sends
  * it back for another attempt. State lives in the KV store and queues deduplicate by task attempt,
  * so a restarted dispatcher resumes every job and a duplicated result advances the DAG only once.
@@ -26,6 +26,7 @@ import {
 } from "../../shared/farm/protocol.js";
 import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
 import { ReadySet } from "./ready-set.js";
+import { tenantOf } from "./job-views.js";
 import { FarmError } from "../../shared/errors.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 
@@ -92,6 +93,8 @@ export class Dispatcher {
   private readonly ready = new ReadySet();
   /** Latest record revision mirrored into `ready`, per job, so a late write never undoes a newer one. */
   private readonly mirrored = new Map<string, number>();
+  /** The tenant of every unfinished job (queued or running) mirrored. */
+  private readonly unfinished = new Map<string, string>();
   private releasing: Promise<void> = Promise.resolve();
   private releaseRequested = false;
   private tick: NodeJS.Timeout | undefined;
@@ -174,6 +177,13 @@ export class Dispatcher {
     return (await readJob(this.kv, jobId))?.record ?? null;
   }
 
+  /** How many jobs of the tenant are queued or running (the per-tenant limit counts these). */
+  unfinishedJobs(tenant: string): number {
+    let n = 0;
+    for (const t of this.unfinished.values()) if (t === tenant) n++;
+    return n;
+  }
+
   /** Ready tasks held back for want of room on their stage queue (all stages, or one). */
   held(kind?: StageKind): number {
     return this.ready.size(kind);
@@ -197,11 +207,13 @@ export class Dispatcher {
     if ((this.mirrored.get(jobId) ?? -1) > revision) return;
     this.mirrored.set(jobId, revision);
     this.ready.deleteJob(jobId);
-    if (!active(r)) return;
+    if (!active(r)) return void this.unfinished.delete(jobId);
+    const tenant = tenantOf(r);
+    this.unfinished.set(jobId, tenant);
     const createdAt = Date.parse(r.createdAt);
     r.tasks.forEach((t, order) => {
       if (r.taskStates[t.id] === "ready")
-        this.ready.add({ jobId, taskId: t.id, kind: t.kind, priority: r.priority ?? 0, createdAt, order });
+        this.ready.add({ jobId, taskId: t.id, kind: t.kind, tenant, priority: r.priority ?? 0, createdAt, order });
     });
   }
 
@@ -249,7 +261,7 @@ export class Dispatcher {
         resultsChecked = true;
       }
       for (let next = this.ready.best(kind); next !== undefined && room > 0; next = this.ready.best(kind)) {
-        this.ready.delete(kind, next.taskId);
+        this.ready.take(next);
         const { jobId, taskId } = next;
         let w: Awaited<ReturnType<typeof updateJob>>;
         try {

@@ -1,15 +1,18 @@
 import type { StageKind } from "../../shared/farm/protocol.js";
 /**
  * The runnable tasks the dispatcher holds back from the stage queues, and the order they are
- * released in: higher job priority first, then the older job, then the task's place in its job's
- * plan. Holding them here (instead of queueing everything at once) is what lets a high-priority
- * job submitted later overtake a long backlog: a stage queue only ever holds a task or two.
+ * released in: higher job priority first; among equal priorities, tenants take turns (the tenant
+ * served longest ago on that stage goes first, so one tenant's backlog cannot starve another's
+ * job); then the older job, then the task's place in its job's plan. Holding them here (instead
+ * of queueing everything at once) is what lets a high-priority job submitted later overtake a
+ * long backlog: a stage queue only ever holds a task or two.
  */
-
 export interface ReadyTask {
   jobId: string;
   taskId: string;
   kind: StageKind;
+  /** Who submitted the job: tenants of equal priority take turns. */
+  tenant: string;
   priority: number;
   /** Job creation time, ms since the epoch. */
   createdAt: number;
@@ -17,7 +20,7 @@ export interface ReadyTask {
   order: number;
 }
 
-/** Negative when a should be released before b. */
+/** Negative when a should be released before b, tenants' turns aside (ReadySet.best adds those). */
 export function compareReady(a: ReadyTask, b: ReadyTask): number {
   return (
     b.priority - a.priority ||
@@ -29,6 +32,18 @@ export function compareReady(a: ReadyTask, b: ReadyTask): number {
 
 export class ReadySet {
   private readonly byKind = new Map<StageKind, Map<string, ReadyTask>>();
+  /** Per stage and tenant, the serial number of the tenant's last task taken there. */
+  private readonly lastTaken = new Map<string, number>();
+  private taken = 0;
+
+  private turn(t: ReadyTask): number {
+    return this.lastTaken.get(`${t.kind}\n${t.tenant}`) ?? -1;
+  }
+
+  /** Priority, then the tenant whose turn it is, then compareReady. */
+  private compare(a: ReadyTask, b: ReadyTask): number {
+    return b.priority - a.priority || this.turn(a) - this.turn(b) || compareReady(a, b);
+  }
 
   add(t: ReadyTask): void {
     let m = this.byKind.get(t.kind);
@@ -38,6 +53,12 @@ export class ReadySet {
 
   delete(kind: StageKind, taskId: string): void {
     this.byKind.get(kind)?.delete(taskId);
+  }
+
+  /** Removes a task being released: its tenant's turn on that stage is used up. */
+  take(t: ReadyTask): void {
+    this.delete(t.kind, t.taskId);
+    this.lastTaken.set(`${t.kind}\n${t.tenant}`, ++this.taken);
   }
 
   /** Forgets every task of the job (cancelled, failed, or about to be re-read). */
@@ -53,7 +74,7 @@ export class ReadySet {
   best(kind: StageKind): ReadyTask | undefined {
     let best: ReadyTask | undefined;
     for (const t of this.byKind.get(kind)?.values() ?? [])
-      if (best === undefined || compareReady(t, best) < 0) best = t;
+      if (best === undefined || this.compare(t, best) < 0) best = t;
     return best;
   }
 

@@ -337,6 +337,11 @@ for (const target of TARGETS) {
       "FRAMEFARM_OPERATORS names tenants (else the dashboard and /metrics refuse everyone)",
     );
     for (const t of security.operators!) assert.match(t, TENANT_PATTERN);
+    // The scraper's tenant: /metrics only, and not an operator (deploy/README.md, "Metrics").
+    for (const t of security.metricsTenants ?? []) {
+      assert.match(t, TENANT_PATTERN);
+      assert.ok(!security.operators!.includes(t), `${t} scrapes /metrics without being an operator`);
+    }
   });
 
   test(`${target}: node pools serve every stage, on an execution provider their image has`, () => {

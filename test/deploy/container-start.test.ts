@@ -221,7 +221,7 @@ test("dev nodes: start from their manifests, serve their stages under the pod's 
   }
 });
 
-test("gpu coordinator and nodes: tokens from the mounted Secret close the dashboard and /metrics to all but operators; nodes show the host as their device", async () => {
+test("gpu coordinator and nodes: tokens from the mounted Secret close the dashboard to all but operators and /metrics to all but operators and the scraper; nodes show the host as their device", async () => {
   // The Secret as deploy/README.md creates it: one file, `tenant:token` lines, an operator and the scraper.
   const tokens = {
     ops: randomBytes(32).toString("hex"),
@@ -254,7 +254,16 @@ test("gpu coordinator and nodes: tokens from the mounted Secret close the dashbo
   // The page's own files load without a token (it then asks for one).
   assert.equal((await fetch(`${base}/`)).status, 200);
   const operators = coordinator.env.get("FRAMEFARM_OPERATORS")!.split(",");
-  assert.ok(operators.includes("prometheus"), "the scraper's tenant is an operator (deploy/README.md)");
+  const scrapers = coordinator.env.get("FRAMEFARM_METRICS_TENANTS")!.split(",");
+  assert.ok(
+    scrapers.includes("prometheus") && !operators.includes("prometheus"),
+    "the scraper's tenant has the metrics role, not an operator's (deploy/README.md)",
+  );
+  assert.equal(
+    (await fetch(`${base}/api/state`, bearer(tokens.prometheus))).status,
+    401,
+    "the scraper's token opens /metrics alone",
+  );
   assert.equal((await fetch(scrapeUrl("overlays/gpu", httpPort))).status, 401, "/metrics without a token");
   assert.equal(
     (await fetch(scrapeUrl("overlays/gpu", httpPort), bearer(tokens.alice))).status,

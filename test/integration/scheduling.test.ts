@@ -1,6 +1,6 @@
 /**
- * What runs next when jobs compete for nodes: the dispatcher's scheduling (priority, then job
- * age), priority changes, retries of failed jobs and attempt budgets, on both buses (in-process,
+ * What runs next when jobs compete for nodes: the dispatcher's scheduling (priority, then tenants
+ * in turn, then job age), priority changes, retries of failed jobs and attempt budgets, on both buses (in-process,
  * and a real nats-server). The "node" here is a plain consumer of the denoise queue that reports
  * results as a node does, so the order of work is exactly observable.
  */
@@ -28,7 +28,7 @@ const params = validateRenderParams(
 );
 
 /** A job of `n` denoise sections in a chain (the shape that makes scheduling matter). */
-function chain(jobId: string, n: number): { spec: ReturnType<typeof toJobSpec>; tasks: StageTask[] } {
+function chain(jobId: string, n: number, tenant?: string): { spec: ReturnType<typeof toJobSpec>; tasks: StageTask[] } {
   const tasks: StageTask[] = Array.from({ length: n }, (_, k) => ({
     id: `${jobId}.denoise.${k}`,
     jobId,
@@ -38,7 +38,7 @@ function chain(jobId: string, n: number): { spec: ReturnType<typeof toJobSpec>; 
     inputs: {},
     outputs: {},
   }));
-  return { spec: toJobSpec(jobId, params, { height: 64, width: 64 }), tasks };
+  return { spec: toJobSpec(jobId, params, { height: 64, width: 64 }, tenant), tasks };
 }
 
 /** One node of concurrency 1 on the denoise queue: runs tasks in the order it gets them. */
@@ -163,6 +163,39 @@ forEachBus(
         ]);
         await until("b done", async () => (await d.job(b.spec.jobId))?.state === "SUCCEEDED");
         assert.equal(await d.setPriority(b.spec.jobId, 1), null, "an ended job's priority stays");
+      } finally {
+        await node.stop();
+        await d.stop();
+      }
+    });
+
+    test("tenants of equal priority take turns: one tenant's flood does not hold back another's job", async () => {
+      const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "f")), { tickMs: 50 });
+      const node = new FakeDenoiseNode();
+      await node.start(bus());
+      try {
+        node.pause();
+        const flood = Array.from({ length: 6 }, (_, i) => chain(`flood${i}-${name}`, 2, "flood"));
+        for (const j of flood) await d.submit(j.spec, j.tasks);
+        await until("the flood's first task running", () => node.ran.length === 1);
+        await sleep(20); // created after the whole flood
+        const lone = chain(`lone-${name}`, 2, "lone");
+        await d.submit(lone.spec, lone.tasks);
+        node.resume();
+        await until("all 14 sections", () => node.ran.length === 14, 60_000);
+        const job = (t: string): string => t.split(".")[0]!;
+        // Oldest first alone would run the lone job last (13th and 14th); in turn, it starts at the
+        // next free slot and runs every other task.
+        assert.equal(job(node.ran[1]!), lone.spec.jobId, node.ran.join(" "));
+        assert.equal(job(node.ran[3]!), lone.spec.jobId, node.ran.join(" "));
+        // Within the flooding tenant, the oldest job still goes first.
+        assert.deepEqual(node.ran.filter((t) => !t.startsWith("lone")).slice(0, 3), [
+          `${flood[0]!.spec.jobId}.denoise.0`,
+          `${flood[0]!.spec.jobId}.denoise.1`,
+          `${flood[1]!.spec.jobId}.denoise.0`,
+        ]);
+        assert.equal(d.unfinishedJobs("flood"), 0);
+        assert.equal(d.unfinishedJobs("lone"), 0);
       } finally {
         await node.stop();
         await d.stop();

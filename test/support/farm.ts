@@ -18,7 +18,7 @@ import { NatsBus } from "../../shared/bus/nats-bus.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
-import { JobService } from "../../coordinator/api/job-service.js";
+import { JobService, type JobServiceDeps } from "../../coordinator/api/job-service.js";
 import { IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-submission.js";
 import { startApiServer, type ApiServer, type ApiServerOptions } from "../../coordinator/api/server.js";
 import type { TokenAuth } from "../../coordinator/auth/tokens.js";
@@ -43,7 +43,17 @@ export interface TestFarm {
 }
 
 export async function startTestFarm(
-  options: { auth?: TokenAuth; tls?: ApiServerOptions["tls"]; urlExpirySeconds?: number; nodes?: boolean } = {},
+  options: {
+    auth?: TokenAuth;
+    tls?: ApiServerOptions["tls"];
+    urlExpirySeconds?: number;
+    nodes?: boolean;
+    /** Tenant policy for the JobService (roles, priority cap, per-tenant limit). */
+    tenancy?: Pick<
+      JobServiceDeps,
+      "operatorTenants" | "tenantMaxPriority" | "maxQueuedPerTenant" | "scrapeOnlyTenants"
+    >;
+  } = {},
 ): Promise<TestFarm> {
   const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-farm-"));
   const nats = await startNatsServer(path.join(tmp, "nats"));
@@ -81,6 +91,7 @@ export async function startTestFarm(
     bundleDigest: await bundleDigest(bundle),
     ...(options.auth !== undefined ? { auth: options.auth } : {}),
     ...(options.urlExpirySeconds !== undefined ? { urlExpirySeconds: options.urlExpirySeconds } : {}),
+    ...options.tenancy,
   });
   const api = await startApiServer(service, LOOPBACK, 0, options.tls !== undefined ? { tls: options.tls } : {});
   const jobs = await bus.kv(JOBS_BUCKET);
