@@ -56,6 +56,13 @@ async function image(
   return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
 }
 
+/** A submission's webhook URL, as the farm's policy allows it (coordinator/webhooks/policy.ts). */
+async function checkWebhook(deps: Submission, url: string): Promise<string> {
+  if (deps.webhooks === undefined)
+    throw new FarmError("FAILED_PRECONDITION", "this farm sends no webhooks (no --webhook-secret)");
+  return deps.webhooks.check(url);
+}
+
 /**
  * signal: the caller went away (deadline or cancel). Checked until the job is handed to the
  * dispatcher; a submission aborted before that leaves nothing stored.
@@ -90,6 +97,7 @@ export async function submitJob(
   });
   if (fromRecipe !== null) checkRecipeParams(fromRecipe.recipe, params);
   const output = jobOutputOf(s);
+  const webhook = req.webhookUrl === undefined ? undefined : await checkWebhook(deps, req.webhookUrl);
 
   // Scoped to the tenant: the same key from two tenants names two jobs (tenant names have no newline).
   const idemKey =
@@ -155,7 +163,10 @@ export async function submitJob(
       await deps.store.put(keys.recipe, new TextEncoder().encode(recipeText(recipe)), "application/json");
     }
     signal?.throwIfAborted();
-    await deps.dispatcher.submit(spec, tasks, { priority: req.priority });
+    await deps.dispatcher.submit(spec, tasks, {
+      priority: req.priority,
+      ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
+    });
   } catch (err) {
     // Leave nothing behind for a submission that did not become a job.
     await deps.store.deletePrefix(jobPrefix(jobId)).catch(() => undefined);

@@ -3,7 +3,8 @@
  * page, JSON API, server-sent events, /metrics), against NATS and S3.
  * `--tokens FILE` (FRAMEFARM_TOKENS_FILE) turns on bearer-token authentication with tenants (the
  * dashboard then admits the tokens of the `--operators` tenants only); `--tls-cert FILE --tls-key
- * FILE` (PEM) serves gRPC over TLS.
+ * FILE` (PEM) serves gRPC over TLS. `--webhook-secret S --webhook-allow host[:port],...`
+ * (FRAMEFARM_WEBHOOK_SECRET, FRAMEFARM_WEBHOOK_ALLOW) sends jobs' webhooks (coordinator/webhooks).
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -16,6 +17,8 @@ import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
+import { WebhookPolicy } from "../webhooks/policy.js";
+import { WebhookDeliverer } from "../webhooks/deliverer.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
@@ -42,6 +45,8 @@ export interface CoordinatorSecurity {
   tls?: ApiServerOptions["tls"];
   /** Tenants whose tokens open the dashboard (it shows every tenant's jobs). */
   operators?: string[];
+  /** Webhooks: the farm's secret (none: webhooks are refused) and the allowed host[:port] entries. */
+  webhooks?: { secret?: string; allow: string[] };
 }
 
 export const DEFAULT_HTTP_PORT = 8080;
@@ -71,7 +76,14 @@ export async function startCoordinator(
   else if (security.tls === undefined && !/^(127\.|localhost$|::1$)/.test(host))
     process.stderr.write(`WARNING: tokens travel in plaintext: serve TLS with --tls-cert and --tls-key\n`);
   const { bus, store } = await connectFarm(conn, "coordinator");
-  const dispatcher = await Dispatcher.start(bus, store);
+  const hooks = security.webhooks;
+  const policy =
+    hooks?.secret !== undefined
+      ? new WebhookPolicy({ allow: hooks.allow, secret: hooks.secret, perTenantSecrets: !auth.isOpen })
+      : undefined;
+  let deliverer: WebhookDeliverer | undefined;
+  const dispatcher = await Dispatcher.start(bus, store, { onRecord: (jobId) => deliverer?.notify(jobId) });
+  if (policy !== undefined) deliverer = await WebhookDeliverer.start(bus, policy, { log });
   const service = new JobService({
     bus,
     store,
@@ -80,6 +92,7 @@ export async function startCoordinator(
     bundleName: path.basename(bundle.dir),
     bundleDigest: await bundleDigest(bundle),
     auth,
+    ...(policy !== undefined ? { webhooks: policy } : {}),
   });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
   const dashboard = await startDashboard({
@@ -103,6 +116,7 @@ export async function startCoordinator(
       await dashboard.stop();
       await api.stop();
       await dispatcher.stop();
+      await deliverer?.stop();
       await bus.close();
     },
   };
@@ -113,6 +127,8 @@ export const SECURITY_OPTIONS = {
   operators: { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
+  "webhook-secret": { type: "string" },
+  "webhook-allow": { type: "string" },
 } as const;
 
 export async function coordinatorCommand(args: string[]): Promise<number> {
@@ -154,6 +170,8 @@ export async function securityOptions(values: {
   operators?: string | undefined;
   "tls-cert"?: string | undefined;
   "tls-key"?: string | undefined;
+  "webhook-secret"?: string | undefined;
+  "webhook-allow"?: string | undefined;
 }): Promise<CoordinatorSecurity> {
   const tokens = values.tokens ?? process.env["FRAMEFARM_TOKENS_FILE"];
   const out: CoordinatorSecurity = {};
@@ -164,6 +182,14 @@ export async function securityOptions(values: {
       .split(",")
       .map((t) => t.trim())
       .filter((t) => t !== "");
+  const secret = values["webhook-secret"] ?? process.env["FRAMEFARM_WEBHOOK_SECRET"];
+  const allow = WebhookPolicy.parseAllowList(values["webhook-allow"] ?? process.env["FRAMEFARM_WEBHOOK_ALLOW"]);
+  if (secret !== undefined && secret !== "") out.webhooks = { secret, allow };
+  else if (allow.length > 0)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      "--webhook-allow without --webhook-secret (FRAMEFARM_WEBHOOK_SECRET): webhooks are signed",
+    );
   const cert = values["tls-cert"];
   const key = values["tls-key"];
   if ((cert === undefined) !== (key === undefined))
