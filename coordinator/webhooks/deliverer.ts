@@ -102,7 +102,11 @@ export class WebhookDeliverer {
       return;
     }
     const loop = this.run(jobId)
-      .catch((err: unknown) => this.log?.warn({ jobId, err: (err as Error).message }, "webhook delivery stopped"))
+      .catch((err: unknown) => {
+        // The bus was away (reading the record or writing the cursor): try the job again shortly.
+        this.log?.warn({ jobId, err: (err as Error).message }, "webhook delivery interrupted");
+        setTimeout(() => this.notify(jobId), this.o.retryBaseMs).unref();
+      })
       .finally(() => {
         this.running.delete(jobId);
         if (this.again.delete(jobId)) this.notify(jobId);
@@ -185,8 +189,13 @@ export class WebhookDeliverer {
       if (attempt < this.o.maxAttempts) {
         const delay = Math.min(this.o.retryMaxMs, this.o.retryBaseMs * 2 ** (attempt - 1));
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, delay);
-          this.stopping.signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+          const done = (): void => {
+            clearTimeout(timer);
+            this.stopping.signal.removeEventListener("abort", done);
+            resolve();
+          };
+          const timer = setTimeout(done, delay);
+          this.stopping.signal.addEventListener("abort", done, { once: true });
         });
       }
     }
