@@ -29,6 +29,7 @@ import { Dispatcher, checkPriority } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { latestPreview, previewOf, progressOf, tenantOf } from "../dispatch/job-views.js";
 import { DEFAULT_TENANT, TokenAuth } from "../auth/tokens.js";
+import type { WebhookPolicy } from "../webhooks/policy.js";
 import { requestError } from "./strict-decode.js";
 import { jobStateToPb, settingsOf, timestamp, toGrpcError } from "./job-mapping.js";
 import { IDEMPOTENCY_BUCKET, submitJob } from "./job-submission.js";
@@ -58,6 +59,8 @@ export interface JobServiceDeps {
   scrapeOnlyTenants?: readonly string[];
   /** The bundle's digest (gpu-node/runtime/bundle-digest): without it jobs get no recipe and recipes are refused. */
   bundleDigest?: string;
+  /** Which webhook URLs submissions may name; without it a webhook_url is FAILED_PRECONDITION. */
+  webhooks?: WebhookPolicy;
 }
 
 /** The default cap of a tenant's priority (with tokens on, operators aside): no jumping the queue. */

@@ -61,6 +61,13 @@ async function image(
   return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
 }
 
+/** A submission's webhook URL, as the farm's policy allows it (coordinator/webhooks/policy.ts). */
+async function checkWebhook(deps: Submission, url: string): Promise<string> {
+  if (deps.webhooks === undefined)
+    throw new FarmError("FAILED_PRECONDITION", "this farm sends no webhooks (no --webhook-secret)");
+  return deps.webhooks.check(url);
+}
+
 /**
  * signal: the caller went away (deadline or cancel). Checked until the job is handed to the
  * dispatcher; a submission aborted before that leaves nothing stored.
@@ -95,6 +102,7 @@ export async function submitJob(
   });
   if (fromRecipe !== null) checkRecipeParams(fromRecipe.recipe, params);
   const output = jobOutputOf(s);
+  const webhook = req.webhookUrl === undefined ? undefined : await checkWebhook(deps, req.webhookUrl);
 
   // Scoped to the tenant: the same key from two tenants names two jobs (tenant names have no newline).
   const idemKey =
@@ -111,7 +119,7 @@ export async function submitJob(
   // A repeated key is answered above even at the limit: the job it names exists already.
   const release = deps.admit?.() ?? (() => undefined);
   try {
-    return await submitNew(deps, req, tenant, { params, output, idemKey, fromRecipe }, signal);
+    return await submitNew(deps, req, tenant, { params, output, idemKey, fromRecipe, webhook }, signal);
   } finally {
     release();
   }
@@ -126,11 +134,12 @@ async function submitNew(
     output: ReturnType<typeof jobOutputOf>;
     idemKey: string | null;
     fromRecipe: ReturnType<typeof recipeRequest>;
+    webhook: string | undefined;
   },
   signal?: AbortSignal,
 ): Promise<{ job: Job; deduplicated: boolean }> {
   const { manifest } = deps;
-  const { params, output, idemKey, fromRecipe } = checked;
+  const { params, output, idemKey, fromRecipe, webhook } = checked;
   const first = await image(deps, req.image, "image", tenant);
   if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
   const last = await image(deps, req.endImage, "end image", tenant);
@@ -183,7 +192,10 @@ async function submitNew(
       await deps.store.put(keys.recipe, new TextEncoder().encode(recipeText(recipe)), "application/json");
     }
     signal?.throwIfAborted();
-    await deps.dispatcher.submit(spec, tasks, { priority: req.priority });
+    await deps.dispatcher.submit(spec, tasks, {
+      priority: req.priority,
+      ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
+    });
   } catch (err) {
     // Leave nothing behind for a submission that did not become a job.
     await deps.store.deletePrefix(jobPrefix(jobId)).catch(() => undefined);

@@ -4,7 +4,9 @@
  * `--tokens FILE` (FRAMEFARM_TOKENS_FILE) turns on bearer-token authentication with tenants (the
  * dashboard then admits the tokens of the `--operators` tenants only, /metrics those and the
  * `--metrics-tenants`, whose tokens open nothing else); the file is re-read when it changes and on
- * SIGHUP. `--tls-cert FILE --tls-key FILE` (PEM) serves gRPC over TLS.
+ * SIGHUP. `--tls-cert FILE --tls-key FILE` (PEM) serves gRPC over TLS. `--webhook-secret S
+ * --webhook-allow host[:port],...` (FRAMEFARM_WEBHOOK_SECRET, FRAMEFARM_WEBHOOK_ALLOW) sends jobs'
+ * webhooks (coordinator/webhooks).
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -18,6 +20,8 @@ import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
+import { WebhookPolicy } from "../webhooks/policy.js";
+import { WebhookDeliverer } from "../webhooks/deliverer.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
@@ -52,6 +56,8 @@ export interface CoordinatorSecurity {
   tenantMaxPriority?: number;
   /** The most unfinished jobs per tenant (unlimited when absent). */
   maxQueuedPerTenant?: number;
+  /** Webhooks: the farm's secret (none: webhooks are refused) and the allowed host[:port] entries. */
+  webhooks?: { secret?: string; allow: string[] };
 }
 
 export const DEFAULT_HTTP_PORT = 8080;
@@ -84,7 +90,14 @@ export async function startCoordinator(
   // A tenant that is an operator too keeps an operator's rights.
   const scrapeOnly = (security.metricsTenants ?? []).filter((t) => !operators.includes(t));
   const { bus, store } = await connectFarm(conn, "coordinator");
-  const dispatcher = await Dispatcher.start(bus, store);
+  const hooks = security.webhooks;
+  const policy =
+    hooks?.secret !== undefined
+      ? new WebhookPolicy({ allow: hooks.allow, secret: hooks.secret, perTenantSecrets: !auth.isOpen })
+      : undefined;
+  let deliverer: WebhookDeliverer | undefined;
+  const dispatcher = await Dispatcher.start(bus, store, { onRecord: (jobId) => deliverer?.notify(jobId) });
+  if (policy !== undefined) deliverer = await WebhookDeliverer.start(bus, policy, { log });
   const service = new JobService({
     bus,
     store,
@@ -97,6 +110,7 @@ export async function startCoordinator(
     operatorTenants: operators,
     ...(security.tenantMaxPriority !== undefined ? { tenantMaxPriority: security.tenantMaxPriority } : {}),
     ...(security.maxQueuedPerTenant !== undefined ? { maxQueuedPerTenant: security.maxQueuedPerTenant } : {}),
+    ...(policy !== undefined ? { webhooks: policy } : {}),
   });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
   const dashboard = await startDashboard({
@@ -125,6 +139,7 @@ export async function startCoordinator(
       await dashboard.stop();
       await api.stop();
       await dispatcher.stop();
+      await deliverer?.stop();
       await bus.close();
     },
   };
@@ -138,6 +153,8 @@ export const SECURITY_OPTIONS = {
   "max-queued-per-tenant": { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
+  "webhook-secret": { type: "string" },
+  "webhook-allow": { type: "string" },
 } as const;
 
 export async function coordinatorCommand(args: string[]): Promise<number> {
@@ -202,6 +219,8 @@ export async function securityOptions(values: {
   "max-queued-per-tenant"?: string | undefined;
   "tls-cert"?: string | undefined;
   "tls-key"?: string | undefined;
+  "webhook-secret"?: string | undefined;
+  "webhook-allow"?: string | undefined;
 }): Promise<CoordinatorSecurity> {
   const tokens = values.tokens ?? process.env["FRAMEFARM_TOKENS_FILE"];
   const out: CoordinatorSecurity = {};
@@ -219,6 +238,14 @@ export async function securityOptions(values: {
     out.auth = await TokenAuth.fromFile(tokens);
     out.tokensFile = tokens;
   }
+  const secret = values["webhook-secret"] ?? process.env["FRAMEFARM_WEBHOOK_SECRET"];
+  const allow = WebhookPolicy.parseAllowList(values["webhook-allow"] ?? process.env["FRAMEFARM_WEBHOOK_ALLOW"]);
+  if (secret !== undefined && secret !== "") out.webhooks = { secret, allow };
+  else if (allow.length > 0)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      "--webhook-allow without --webhook-secret (FRAMEFARM_WEBHOOK_SECRET): webhooks are signed",
+    );
   const cert = values["tls-cert"];
   const key = values["tls-key"];
   if ((cert === undefined) !== (key === undefined))

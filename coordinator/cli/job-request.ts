@@ -106,7 +106,7 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
 
 export async function submitRequestFrom(
   values: RenderOptionValues,
-  extra: { priority?: string | undefined; idempotencyKey?: string | undefined } = {},
+  extra: { priority?: string | undefined; idempotencyKey?: string | undefined; webhook?: string | undefined } = {},
 ): Promise<SubmitJobRequest> {
   const priority = num(extra.priority) ?? 0;
   if (!Number.isInteger(priority))
@@ -119,5 +119,6 @@ export async function submitRequestFrom(
     bundle: "",
     priority,
     idempotencyKey: extra.idempotencyKey ?? "",
+    ...(extra.webhook !== undefined ? { webhookUrl: extra.webhook } : {}),
   };
 }

@@ -43,6 +43,7 @@ export async function submitCommand(args: string[]): Promise<number> {
       output: { type: "string", short: "o" },
       "idempotency-key": { type: "string" },
       priority: { type: "string" },
+      webhook: { type: "string" },
     },
   });
   if (values.output !== undefined && values.wait !== true) throw new FarmError("INVALID_ARGUMENT", "-o needs --wait");
@@ -51,7 +52,11 @@ export async function submitCommand(args: string[]): Promise<number> {
   const c = client(values);
   try {
     const req = await applyOutputOptions(
-      await submitRequestFrom(values, { priority: values.priority, idempotencyKey: values["idempotency-key"] }),
+      await submitRequestFrom(values, {
+        priority: values.priority,
+        idempotencyKey: values["idempotency-key"],
+        webhook: values.webhook,
+      }),
       values,
       values.output,
     );

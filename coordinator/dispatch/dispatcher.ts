@@ -27,6 +27,7 @@ import {
 import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
 import { ReadySet } from "./ready-set.js";
 import { tenantOf } from "./job-views.js";
+import { appendQueuedEvent } from "../webhooks/events.js";
 import { FarmError } from "../../shared/errors.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 
@@ -53,6 +54,8 @@ export interface DispatcherOptions {
   maxAttempts?: number;
   /** Held tasks are offered again this often even without a result, in ms (nodes that joined or fell idle). */
   tickMs?: number;
+  /** Called after each write of a job's record (the webhook deliverer listens); must not block. */
+  onRecord?: (jobId: string) => void;
 }
 
 export const PRIORITY_RANGE = { min: -1000, max: 1000 } as const;
@@ -107,6 +110,7 @@ export class Dispatcher {
   /** Tasks marked queued whose enqueue failed (the bus was away): sent again, first thing, by the next pass. */
   private unsent: { kind: StageKind; data: Uint8Array; dedupId: string }[] = [];
   private readonly maxAttempts: number;
+  private readonly onRecord: ((jobId: string) => void) | undefined;
 
   private constructor(
     private readonly bus: Bus,
@@ -115,6 +119,7 @@ export class Dispatcher {
     options: DispatcherOptions,
   ) {
     this.maxAttempts = options.maxAttempts ?? 3;
+    this.onRecord = options.onRecord;
   }
 
   static async start(bus: Bus, store: ObjectStore, options: DispatcherOptions = {}): Promise<Dispatcher> {
@@ -154,7 +159,11 @@ export class Dispatcher {
     return d;
   }
 
-  async submit(spec: JobSpec, tasks: StageTask[], options: { priority?: number } = {}): Promise<void> {
+  async submit(
+    spec: JobSpec,
+    tasks: StageTask[],
+    options: { priority?: number; webhook?: { url: string; tenant: string } } = {},
+  ): Promise<void> {
     const priority = options.priority ?? 0;
     checkPriority(priority);
     const now = new Date().toISOString();
@@ -167,7 +176,9 @@ export class Dispatcher {
       priority,
       createdAt: now,
       updatedAt: now,
+      ...(options.webhook !== undefined ? { webhook: { ...options.webhook, events: [] } } : {}),
     };
+    appendQueuedEvent(record, now);
     markReady(record);
     this.mirror(record, await createJob(this.kv, record));
     this.requestRelease();
@@ -204,6 +215,7 @@ export class Dispatcher {
   /** Makes the held set agree with a record this dispatcher wrote (or read at start). */
   private mirror(r: JobRecord, revision: number): void {
     const jobId = r.spec.jobId;
+    if (r.webhook !== undefined) this.onRecord?.(jobId);
     if ((this.mirrored.get(jobId) ?? -1) > revision) return;
     this.mirrored.set(jobId, revision);
     this.ready.deleteJob(jobId);

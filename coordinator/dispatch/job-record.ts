@@ -8,6 +8,7 @@ import type { KeyValue } from "../../shared/bus/bus.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jsonCodec } from "../../shared/farm/codec.js";
 import type { JobState, StageTask } from "../../shared/farm/protocol.js";
+import { appendWebhookEvents, type JobWebhook } from "../webhooks/events.js";
 
 /**
  * pending: waits for its dependencies; ready: runnable, held by the dispatcher until its stage
@@ -34,6 +35,11 @@ export interface JobRecord {
   taskLog?: { taskId: string; node: string; ok: boolean; startedAt: string; finishedAt: string; modelMs: number }[];
   createdAt: string;
   updatedAt: string;
+  /**
+   * The job's webhook and its events: every change that makes one appends it in the same write
+   * (updateJob), which coordinator/webhooks sends. Absent for jobs without a webhook.
+   */
+  webhook?: JobWebhook;
 }
 
 const records = jsonCodec<JobRecord>();
@@ -66,6 +72,7 @@ export async function updateJob(
     const next = change(structuredClone(cur.record));
     if (next === null) return null;
     next.updatedAt = new Date().toISOString();
+    appendWebhookEvents(cur.record, next, next.updatedAt);
     try {
       return { record: next, revision: await kv.update(jobId, enc(next), cur.revision) };
     } catch (err) {

@@ -28,6 +28,8 @@ import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { tinyBundleDir } from "./paths.js";
 import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
+import type { WebhookPolicy } from "../../coordinator/webhooks/policy.js";
+import { WebhookDeliverer, type DelivererOptions } from "../../coordinator/webhooks/deliverer.js";
 
 export interface TestFarm {
   address: string;
@@ -37,6 +39,11 @@ export interface TestFarm {
   s3: LocalServer;
   jobs: KeyValue;
   idempotency: KeyValue;
+  /**
+   * Stops the coordinator's parts (API, dispatcher, webhook deliverer) and starts them again on the
+   * same servers, as a restarted coordinator process; address changes (a new port).
+   */
+  restartCoordinator(): Promise<void>;
   /** Every job key, idempotency key and object, to prove a request left nothing behind. */
   snapshot(): Promise<{ jobs: string[]; idempotency: string[]; objects: string[] }>;
   stop(): Promise<void>;
@@ -53,6 +60,8 @@ export async function startTestFarm(
       JobServiceDeps,
       "operatorTenants" | "tenantMaxPriority" | "maxQueuedPerTenant" | "scrapeOnlyTenants"
     >;
+    /** Webhooks: the policy submissions are checked against and the deliverer's options. */
+    webhooks?: { policy: WebhookPolicy; delivery?: DelivererOptions };
   } = {},
 ): Promise<TestFarm> {
   const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-farm-"));
@@ -67,7 +76,6 @@ export async function startTestFarm(
     secretKey: S3_SECRET_KEY,
     bucket: "framefarm",
   });
-  const dispatcher = await Dispatcher.start(bus, store);
   const bundle = await openBundle(tinyBundleDir());
   let embedded: NodeModels | undefined;
   const nodes: NodeLoop[] = [];
@@ -82,23 +90,42 @@ export async function startTestFarm(
     );
     nodes.push(await NodeLoop.start(bus, ctx, { nodeId: "b", stages: ["denoise"] }));
   }
-  const service = new JobService({
-    bus,
-    store,
-    dispatcher,
-    manifest: bundle.manifest,
-    bundleName: "tiny",
-    bundleDigest: await bundleDigest(bundle),
-    ...(options.auth !== undefined ? { auth: options.auth } : {}),
-    ...(options.urlExpirySeconds !== undefined ? { urlExpirySeconds: options.urlExpirySeconds } : {}),
-    ...options.tenancy,
-  });
-  const api = await startApiServer(service, LOOPBACK, 0, options.tls !== undefined ? { tls: options.tls } : {});
+  const digest = await bundleDigest(bundle);
+  const startParts = async (): Promise<{
+    api: ApiServer;
+    dispatcher: Dispatcher;
+    deliverer: WebhookDeliverer | undefined;
+  }> => {
+    let deliverer: WebhookDeliverer | undefined;
+    const dispatcher = await Dispatcher.start(bus, store, { onRecord: (id) => deliverer?.notify(id) });
+    const hooks = options.webhooks;
+    if (hooks !== undefined) deliverer = await WebhookDeliverer.start(bus, hooks.policy, hooks.delivery);
+    const service = new JobService({
+      bus,
+      store,
+      dispatcher,
+      manifest: bundle.manifest,
+      bundleName: "tiny",
+      bundleDigest: digest,
+      ...(options.auth !== undefined ? { auth: options.auth } : {}),
+      ...(options.urlExpirySeconds !== undefined ? { urlExpirySeconds: options.urlExpirySeconds } : {}),
+      ...(hooks !== undefined ? { webhooks: hooks.policy } : {}),
+      ...options.tenancy,
+    });
+    const api = await startApiServer(service, LOOPBACK, 0, options.tls !== undefined ? { tls: options.tls } : {});
+    return { api, dispatcher, deliverer };
+  };
+  let parts = await startParts();
+  const stopParts = async (): Promise<void> => {
+    await parts.api.stop();
+    await parts.dispatcher.stop();
+    await parts.deliverer?.stop();
+  };
   const jobs = await bus.kv(JOBS_BUCKET);
   const idempotency = await bus.kv(IDEMPOTENCY_BUCKET);
-  return {
-    address: `${LOOPBACK}:${api.port}`,
-    api,
+  const farm: TestFarm = {
+    address: `${LOOPBACK}:${parts.api.port}`,
+    api: parts.api,
     bus,
     store,
     s3,
@@ -109,10 +136,17 @@ export async function startTestFarm(
       idempotency: (await idempotency.keys()).sort(),
       objects: await store.list(""),
     }),
+    restartCoordinator: async () => {
+      await stopParts();
+      parts = await startParts();
+      farm.api = parts.api;
+      farm.address = `${LOOPBACK}:${parts.api.port}`;
+    },
     stop: async () => {
-      await api.stop();
+      await parts.api.stop();
       for (const n of nodes) await n.stop();
-      await dispatcher.stop();
+      await parts.dispatcher.stop();
+      await parts.deliverer?.stop();
       await embedded?.close();
       await bus.close();
       await s3.stop();
@@ -120,4 +154,5 @@ export async function startTestFarm(
       await rm(tmp, { recursive: true, force: true });
     },
   };
+  return farm;
 }

@@ -341,7 +341,17 @@ export interface SubmitJobRequest {
    * INVALID_ARGUMENT); a recipe made on another bundle is FAILED_PRECONDITION naming both bundle
    * digests; an unknown recipe version or field is INVALID_ARGUMENT.
    */
-  recipe?: string | undefined;
+  recipe?:
+    | string
+    | undefined;
+  /**
+   * Field numbers from 30 on belong to notifications.
+   * An http(s) URL the coordinator POSTs the job's events to (queued, running, each section done,
+   * succeeded, failed, cancelled), signed with HMAC-SHA256 (README: Webhooks). Its host must be one
+   * the operator allows (--webhook-allow) and resolve to a public address unless allowed by IP;
+   * anything else is INVALID_ARGUMENT naming the host.
+   */
+  webhookUrl?: string | undefined;
 }
 
 export interface SubmitJobResponse {
@@ -1204,6 +1214,7 @@ function createBaseSubmitJobRequest(): SubmitJobRequest {
     priority: 0,
     idempotencyKey: "",
     recipe: undefined,
+    webhookUrl: undefined,
   };
 }
 
@@ -1229,6 +1240,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.recipe !== undefined) {
       writer.uint32(162).string(message.recipe);
+    }
+    if (message.webhookUrl !== undefined) {
+      writer.uint32(242).string(message.webhookUrl);
     }
     return writer;
   },
@@ -1302,6 +1316,14 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             message.recipe = reader.string();
             continue;
           }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.webhookUrl = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1331,6 +1353,11 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
         ? globalThis.String(object.idempotency_key)
         : "",
       recipe: isSet(object.recipe) ? globalThis.String(object.recipe) : undefined,
+      webhookUrl: isSet(object.webhookUrl)
+        ? globalThis.String(object.webhookUrl)
+        : isSet(object.webhook_url)
+        ? globalThis.String(object.webhook_url)
+        : undefined,
     };
   },
 
@@ -1357,6 +1384,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     if (message.recipe !== undefined) {
       obj.recipe = message.recipe;
     }
+    if (message.webhookUrl !== undefined) {
+      obj.webhookUrl = message.webhookUrl;
+    }
     return obj;
   },
 
@@ -1378,6 +1408,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     message.priority = object.priority ?? 0;
     message.idempotencyKey = object.idempotencyKey ?? "";
     message.recipe = object.recipe ?? undefined;
+    message.webhookUrl = object.webhookUrl ?? undefined;
     return message;
   },
 };

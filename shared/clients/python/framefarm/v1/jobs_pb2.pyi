@@ -194,7 +194,7 @@ class RenderSettings(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "priority", "recipe", "settings"]
+    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "priority", "recipe", "settings", "webhook_url"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     END_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +202,7 @@ class SubmitJobRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
     bundle: str
     end_image: ImageInput
     idempotency_key: str
@@ -209,7 +210,8 @@ class SubmitJobRequest(_message.Message):
     priority: int
     recipe: str
     settings: RenderSettings
-    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ...) -> None: ...
+    webhook_url: str
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ["deduplicated", "job"]
