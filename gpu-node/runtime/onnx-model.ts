@@ -7,6 +7,7 @@ import ort from "onnxruntime-node";
 import { FarmError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { ExecutionProvider } from "./execution-provider.js";
+import { chunkedAttentionModel } from "./chunked-attention.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
 
@@ -18,6 +19,17 @@ export interface SessionSettings {
   graphOptimization?: "disabled" | "basic" | "extended" | "all";
   /** Options for the execution provider itself (e.g. WebGPU's storageBufferCacheMode); cpu ignores them. */
   providerOptions?: Readonly<Record<string, string>>;
+  /**
+   * Runs the graph's masked attention (MatMul, Softmax, MatMul) in blocks of query rows whose
+   * scores take at most this many bytes, bit-identically (see chunked-attention.ts); unset runs
+   * the graph as exported.
+   */
+  attentionBlockBytes?: number;
+  /**
+   * onnxruntime's CPU memory arena (default on). An arena keeps the high-water mark of every
+   * session that has ever run, so a process holding several sessions holds the sum of their peaks.
+   */
+  cpuMemArena?: boolean;
 }
 
 function toOrt(t: Feed): ort.Tensor {
@@ -40,12 +52,15 @@ export class OnnxModel {
     const main = settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
     const providers = settings.ep === "cpu" ? ["cpu"] : [main, "cpu"];
     try {
-      const session = await ort.InferenceSession.create(file, {
+      const model = settings.attentionBlockBytes === undefined ? file : await chunkedAttentionModel(file, settings.attentionBlockBytes);
+      const options: ort.InferenceSession.SessionOptions = {
         executionProviders: providers,
         graphOptimizationLevel: settings.graphOptimization ?? "all",
         intraOpNumThreads: settings.intraOpThreads ?? 0,
         logSeverityLevel: 3,
-      });
+        ...(settings.cpuMemArena !== undefined ? { enableCpuMemArena: settings.cpuMemArena } : {}),
+      };
+      const session = typeof model === "string" ? await ort.InferenceSession.create(model, options) : await ort.InferenceSession.create(model, options);
       return new OnnxModel(component, session, clock);
     } catch (err) {
       throw new FarmError("FAILED_PRECONDITION", `cannot load ${component} from ${file} on ${settings.ep}: ${(err as Error).message}`, { cause: err });
