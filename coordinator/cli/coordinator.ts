@@ -15,7 +15,7 @@ import { FarmError } from "../../shared/errors.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
-import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
+import { FARM_OPTIONS, connectFarm, farmConnection, stopParts, untilSignal, type FarmConnection } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
 
@@ -70,12 +70,14 @@ export async function startCoordinator(conn: FarmConnection, bundleDir: string, 
   return {
     port: api.port,
     httpPort: dashboard.port,
-    stop: async () => {
-      await dashboard.stop();
-      await api.stop();
-      await dispatcher.stop();
-      await bus.close();
-    },
+    // Bounded whatever is gone already (NATS, the object store): see stopParts.
+    stop: () =>
+      stopParts(log, [
+        { name: "dashboard", run: () => dashboard.stop() },
+        { name: "gRPC API", run: () => api.stop() },
+        { name: "dispatcher", run: () => dispatcher.stop() },
+        { name: "NATS connection", run: () => bus.close() },
+      ]),
   };
 }
 

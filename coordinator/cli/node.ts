@@ -9,7 +9,8 @@ import type { StageKind } from "../planner/job-plan.js";
 import { openEmbedded } from "../embedded/open.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
-import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal } from "./farm-options.js";
+import { FARM_OPTIONS, connectFarm, farmConnection, stopParts, untilSignal } from "./farm-options.js";
+import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { validateNodeId } from "../../shared/nodes/node-registry.js";
@@ -94,8 +95,11 @@ export async function nodeCommand(args: string[]): Promise<number> {
     },
   });
   await untilSignal();
-  await loop.stop();
-  await bus.close();
-  await embedded.close();
+  // The task in hand gets half the grace period to finish; then it is handed back to the queue.
+  await stopParts(log, [
+    { name: "node loop", run: () => loop.stop(stopGraceMs() / 2) },
+    { name: "NATS connection", run: () => bus.close() },
+    { name: "models", run: () => embedded.close() },
+  ]);
   return 0;
 }

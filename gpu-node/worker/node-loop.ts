@@ -8,6 +8,7 @@
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import { FarmError } from "../../shared/errors.js";
+import { errorMessage, within } from "../../shared/shutdown.js";
 import type { StageKind } from "../../coordinator/planner/job-plan.js";
 import { JOBS_BUCKET, RESULTS_QUEUE, jobEventSubject, type StepEvent, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
@@ -58,6 +59,8 @@ export class NodeLoop {
   private presence: NodePresence | undefined;
   private stopping: Promise<void> | undefined;
   private readonly inHand = new Map<string, CurrentTask>();
+  /** Aborts the tasks in hand when a stop's grace runs out: they are handed back, not failed. */
+  private readonly shutdown = new AbortController();
   private readonly counts = { tasksDone: 0, tasksFailed: 0, sectionsDone: 0 };
   /** Resolves once a drain has stopped every consumer. */
   readonly drained: Promise<void>;
@@ -144,6 +147,8 @@ export class NodeLoop {
       }
       // Keep the lease while working, at a third of the ack wait; stop if the job is cancelled.
       const abort = new AbortController();
+      const onShutdown = (): void => abort.abort(this.shutdown.signal.reason);
+      this.shutdown.signal.addEventListener("abort", onShutdown);
       const keepAlive = setInterval(() => {
         m.working();
         void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
@@ -164,18 +169,25 @@ export class NodeLoop {
         if (stage === "denoise") this.counts.sectionsDone++;
         log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
       } catch (err) {
+        if (this.shutdown.signal.aborted) {
+          log.info("task handed back: the node is stopping");
+          m.nak(); // another node takes it at once
+          return;
+        }
         if (abort.signal.aborted) {
           log.info("task stopped: its job was cancelled");
           m.term();
           return;
         }
         const status = err instanceof FarmError ? err.status : "INTERNAL";
-        await report({ ok: false, error: (err as Error).message, errorStatus: status });
+        const message = errorMessage(err);
+        await report({ ok: false, error: message, errorStatus: status });
         this.counts.tasksFailed++;
-        log.warn({ status, error: (err as Error).message }, "task failed");
-        this.countFailure((err as Error).message);
+        log.warn({ status, error: message }, "task failed");
+        this.countFailure(message);
       } finally {
         clearInterval(keepAlive);
+        this.shutdown.signal.removeEventListener("abort", onShutdown);
         this.inHand.delete(task.id);
         this.presence?.announce();
       }
@@ -196,9 +208,19 @@ export class NodeLoop {
     return this.stopping;
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Takes no more tasks and lets those in hand finish for up to finishMs; then stops them at their
+   * next step and hands them back to the queue (another node takes them at once). A task stuck
+   * inside one model call cannot be stopped: the caller's deadline ends the process and the
+   * queue redelivers the task after its ack wait. Then marks the node stopped in the registry.
+   */
+  async stop(finishMs = Infinity): Promise<void> {
     this.stopping ??= Promise.all(this.consumers.map((c) => c.stop())).then(() => undefined);
-    await this.stopping;
+    if (Number.isFinite(finishMs) && (await within(finishMs, this.stopping)).timedOut) {
+      this.log.warn({ tasks: [...this.inHand.keys()] }, "stopping: handing back the tasks in hand");
+      this.shutdown.abort(new FarmError("CANCELLED", "the node is stopping"));
+      await this.stopping;
+    } else await this.stopping;
     await this.presence?.stop();
     this.log.info("node stopped");
   }

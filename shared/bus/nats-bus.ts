@@ -8,6 +8,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, RetentionPolicy, StorageType, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
+import { within } from "../shutdown.js";
 import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type QueueStats, type WorkQueues } from "./bus.js";
 
 const ms = (n: number): number => n * 1_000_000;
@@ -201,7 +202,14 @@ export class NatsBus implements Bus {
     return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File, replicas: this.replicas }), this.jsm, bucket);
   }
 
-  async close(): Promise<void> {
-    await this.nc.drain();
+  /**
+   * Drains (flushes what is published, lets subscriptions finish) when the server answers; when it
+   * does not (it is gone, and the client would wait for a reconnect forever) closes after
+   * drainMs, dropping what was not sent.
+   */
+  async close(drainMs = 2_000): Promise<void> {
+    if (this.nc.isClosed()) return;
+    const drained = await within(drainMs, this.nc.drain().then(() => true, () => false)).catch(() => ({ timedOut: true as const }));
+    if (drained.timedOut || !drained.value) await this.nc.close().catch(() => undefined);
   }
 }
