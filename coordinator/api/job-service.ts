@@ -19,7 +19,7 @@ import type { BundleManifest } from "../../shared/bundle/manifest.js";
 import { decodeImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
 import { findNearestBucket } from "../../shared/framepack/buckets.js";
 import { validateRenderParams, usesTrueCfg, type RenderParamsInput } from "../../shared/job/render-params.js";
-import { toJobSpec } from "../../shared/job/job-spec.js";
+import { toJobSpec, type JobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { planJob, jobKeys, jobPrefix } from "../planner/job-plan.js";
 import { Dispatcher, jobEventSubject, JOBS_BUCKET, PRIORITY_RANGE, type StepEvent } from "../dispatch/dispatcher.js";
@@ -37,6 +37,8 @@ export interface JobServiceDeps {
   urlExpirySeconds?: number;
   /** Who may call, as which tenant; open (everyone is DEFAULT_TENANT) when absent. */
   auth?: TokenAuth;
+  /** Refuses a job the farm cannot run (embedded mode: RESOURCE_EXHAUSTED when it cannot fit in memory), before anything is stored. */
+  admit?: (spec: JobSpec) => void;
 }
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -220,6 +222,7 @@ export class JobService {
     const size = "height" in params.size ? params.size : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
     const jobId = randomUUID();
     const spec = toJobSpec(jobId, params, size, tenant);
+    this.deps.admit?.(spec);
     const sections = sectionPlanFor(params, manifest);
     const sc = manifest.vae.spatial_compression_ratio;
     const tasks = planJob({ jobId, seed: params.seed, sections, hasEndImage: last !== null, trueCfg: usesTrueCfg(params), latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc } });

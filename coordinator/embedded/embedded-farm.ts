@@ -13,6 +13,7 @@ import { JobService } from "../api/job-service.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../gpu-node/worker/tensor-cache.js";
 import type { Embedded } from "./open.js";
+import { admitJob } from "../../gpu-node/runtime/memory-admission.js";
 
 export interface EmbeddedFarm {
   bus: MemoryBus;
@@ -65,7 +66,8 @@ export async function startEmbeddedFarm(embedded: Embedded, dataDir: string, opt
   const cache = new TensorCache(options.cacheBytes ?? 512 * 2 ** 20);
   const node = await NodeLoop.start(bus, { ...embedded, store, cache }, { nodeId: "embedded", stages: STAGE_KINDS });
   const bundle = embedded.runtime.bundle;
-  const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir) });
+  // A job that cannot fit in this process's memory is refused before it starts, not killed by the kernel.
+  const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir), admit: (spec) => admitJob(embedded.runtime, spec) });
   return {
     bus,
     store,

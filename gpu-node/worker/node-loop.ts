@@ -16,6 +16,7 @@ import { NodeState, stageToPb, timestampOf } from "../../shared/nodes/node-regis
 import { silentLogger, type Logger } from "../../shared/log/logger.js";
 import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
 import { runStageTask, type WorkerContext } from "./stage-worker.js";
+import { admitJob } from "../runtime/memory-admission.js";
 import { NodePresence } from "./node-presence.js";
 
 export interface NodeOptions {
@@ -158,6 +159,8 @@ export class NodeLoop {
       log.info("task started");
       try {
         if (options.failStages?.includes(task.kind) === true) throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
+        // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
+        if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, job.record.spec);
         await runStageTask(ctx, task, job.record.spec, {
           signal: abort.signal,
           onStep: (step, steps) =>
