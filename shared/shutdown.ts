@@ -18,7 +18,8 @@ export function stopGraceMs(env: NodeJS.ProcessEnv = process.env): number {
 
 /** A message for any thrown value, never empty: an Error without one is named by its type, code or cause. */
 export function errorMessage(err: unknown): string {
-  if (err instanceof AggregateError && err.errors.length > 0 && err.message === "") return err.errors.map(errorMessage).join("; ");
+  if (err instanceof AggregateError && err.errors.length > 0 && err.message === "")
+    return err.errors.map(errorMessage).join("; ");
   if (err instanceof Error) {
     if (err.message.trim() !== "") return err.message;
     const code = (err as { code?: unknown }).code;
@@ -40,7 +41,10 @@ export function errorMessage(err: unknown): string {
 }
 
 /** Resolves with the work's value, or with `timedOut` once ms have passed; the work's failure is rethrown. */
-export async function within<T>(ms: number, work: Promise<T>): Promise<{ value: T; timedOut: false } | { timedOut: true }> {
+export async function within<T>(
+  ms: number,
+  work: Promise<T>,
+): Promise<{ value: T; timedOut: false } | { timedOut: true }> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<{ timedOut: true }>((resolve) => {
     timer = setTimeout(() => resolve({ timedOut: true }), Math.max(0, ms));
@@ -66,7 +70,11 @@ export interface StopProblem {
  * Runs the steps in order within graceMs in all; a step overrunning what is left or failing is
  * reported and skipped. Returns the problems (empty: a clean stop).
  */
-export async function stopInOrder(steps: readonly StopStep[], graceMs: number, report?: (p: StopProblem) => void): Promise<StopProblem[]> {
+export async function stopInOrder(
+  steps: readonly StopStep[],
+  graceMs: number,
+  report?: (p: StopProblem) => void,
+): Promise<StopProblem[]> {
   const deadline = Date.now() + graceMs;
   const problems: StopProblem[] = [];
   for (const step of steps) {

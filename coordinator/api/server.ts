@@ -5,19 +5,14 @@
  * Larger requests get RESOURCE_EXHAUSTED from grpc-js before anything is decoded. Requests are
  * decoded strictly (strict-decode.ts). TLS is on when a certificate and key are given.
  */
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { Server, ServerCredentials, type ServiceDefinition } from "@grpc/grpc-js";
-import { loadSync } from "@grpc/proto-loader";
-import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
 import { JobServiceService } from "../../proto/gen/framefarm/v1/jobs.js";
 import type { JobService } from "./job-service.js";
 import { FarmError } from "../../shared/errors.js";
 import { StrictDecoder, badRequest } from "./strict-decode.js";
+import { addReflection } from "./reflection.js";
 
-/** proto/ at the package root (this file is dist/coordinator/api/server.js). */
-const PROTO_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "proto");
 export const JOB_SERVICE_NAME = "framefarm.v1.JobService";
 
 export const MAX_REQUEST_BYTES = 110 * 1024 * 1024;
@@ -65,7 +60,12 @@ function strictJobService(): ServiceDefinition {
   return out;
 }
 
-export async function startApiServer(service: JobService, host: string, port: number, options: ApiServerOptions = {}): Promise<ApiServer> {
+export async function startApiServer(
+  service: JobService,
+  host: string,
+  port: number,
+  options: ApiServerOptions = {},
+): Promise<ApiServer> {
   const server = new Server({
     "grpc.max_receive_message_length": MAX_REQUEST_BYTES,
     "grpc.max_send_message_length": MAX_RESPONSE_BYTES,
@@ -73,12 +73,18 @@ export async function startApiServer(service: JobService, host: string, port: nu
   server.addService(strictJobService(), service.handlers());
   const health = new HealthImplementation({ "": "SERVING", [JOB_SERVICE_NAME]: "SERVING" });
   health.addToServer(server);
-  // Reflection lets grpcurl and similar tools discover the API without the .proto files.
-  new ReflectionService(loadSync(path.join(PROTO_DIR, "framefarm", "v1", "jobs.proto"), { includeDirs: [PROTO_DIR] })).addToServer(server);
+  // Reflection lets buf curl, grpcurl and similar tools call the API without the .proto files.
+  addReflection(server, [JOB_SERVICE_NAME]);
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(
       `${host}:${port}`,
-      options.tls === undefined ? ServerCredentials.createInsecure() : ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(options.tls.cert), private_key: Buffer.from(options.tls.key) }], false),
+      options.tls === undefined
+        ? ServerCredentials.createInsecure()
+        : ServerCredentials.createSsl(
+            null,
+            [{ cert_chain: Buffer.from(options.tls.cert), private_key: Buffer.from(options.tls.key) }],
+            false,
+          ),
       (err, p) => (err ? reject(err) : resolve(p)),
     ),
   );

@@ -28,10 +28,23 @@ interface MessageDesc {
 
 /** Wire type of each scalar and LEN type, by descriptor type name. */
 const WIRE_TYPE: Record<string, number> = {
-  TYPE_DOUBLE: 1, TYPE_FIXED64: 1, TYPE_SFIXED64: 1,
-  TYPE_FLOAT: 5, TYPE_FIXED32: 5, TYPE_SFIXED32: 5,
-  TYPE_INT64: 0, TYPE_UINT64: 0, TYPE_INT32: 0, TYPE_UINT32: 0, TYPE_BOOL: 0, TYPE_ENUM: 0, TYPE_SINT32: 0, TYPE_SINT64: 0,
-  TYPE_STRING: 2, TYPE_BYTES: 2, TYPE_MESSAGE: 2,
+  TYPE_DOUBLE: 1,
+  TYPE_FIXED64: 1,
+  TYPE_SFIXED64: 1,
+  TYPE_FLOAT: 5,
+  TYPE_FIXED32: 5,
+  TYPE_SFIXED32: 5,
+  TYPE_INT64: 0,
+  TYPE_UINT64: 0,
+  TYPE_INT32: 0,
+  TYPE_UINT32: 0,
+  TYPE_BOOL: 0,
+  TYPE_ENUM: 0,
+  TYPE_SINT32: 0,
+  TYPE_SINT64: 0,
+  TYPE_STRING: 2,
+  TYPE_BYTES: 2,
+  TYPE_MESSAGE: 2,
 };
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -55,7 +68,9 @@ export class StrictDecoder {
 
   /** The public API's messages (framefarm/v1/jobs.proto). */
   static forJobsProto(): StrictDecoder {
-    return StrictDecoder.fromPackageDefinition(loadSync(path.join(PROTO_DIR, "framefarm", "v1", "jobs.proto"), { includeDirs: [PROTO_DIR], keepCase: true }));
+    return StrictDecoder.fromPackageDefinition(
+      loadSync(path.join(PROTO_DIR, "framefarm", "v1", "jobs.proto"), { includeDirs: [PROTO_DIR], keepCase: true }),
+    );
   }
 
   /** Throws INVALID_ARGUMENT unless bytes are a well-formed typeName with only known fields and valid UTF-8. */
@@ -95,26 +110,36 @@ export class StrictDecoder {
       if (number === 0) throw malformed("field number 0", tagAt);
       const field = msg.fields.get(number);
       if (field === undefined) {
-        throw new FarmError("INVALID_ARGUMENT", `unknown field ${number} in ${where}: this server accepts only the fields of its framefarm/v1/jobs.proto (is the client built from a newer .proto?)`);
+        throw new FarmError(
+          "INVALID_ARGUMENT",
+          `unknown field ${number} in ${where}: this server accepts only the fields of its framefarm/v1/jobs.proto (is the client built from a newer .proto?)`,
+        );
       }
       const name = at === "" ? field.name : `${at}.${field.name}`;
       const expected = WIRE_TYPE[field.type];
       // Repeated numbers may come packed (one LEN record) or one record each.
       const packed = field.label === "LABEL_REPEATED" && expected !== 2 && wire === 2;
       if (expected === undefined || (wire !== expected && !packed)) {
-        throw new FarmError("INVALID_ARGUMENT", `field ${name} (${number}) of ${msg.fullName} has wire type ${wire}; its type ${field.type.replace("TYPE_", "").toLowerCase()} needs wire type ${expected}`);
+        throw new FarmError(
+          "INVALID_ARGUMENT",
+          `field ${name} (${number}) of ${msg.fullName} has wire type ${wire}; its type ${field.type.replace("TYPE_", "").toLowerCase()} needs wire type ${expected}`,
+        );
       }
       if (wire === 0) varint();
       else if (wire === 1) pos += 8;
       else if (wire === 5) pos += 4;
       else {
         const len = varint();
-        if (pos + len > end) throw malformed(`field ${name} (${number}) claims ${len} bytes, only ${end - pos} left`, pos);
+        if (pos + len > end)
+          throw malformed(`field ${name} (${number}) claims ${len} bytes, only ${end - pos} left`, pos);
         if (field.type === "TYPE_STRING") {
           try {
             utf8.decode(buf.subarray(pos, pos + len));
           } catch {
-            throw new FarmError("INVALID_ARGUMENT", `field ${name} is not valid UTF-8 (proto3 strings must be UTF-8; send bytes as bytes)`);
+            throw new FarmError(
+              "INVALID_ARGUMENT",
+              `field ${name} is not valid UTF-8 (proto3 strings must be UTF-8; send bytes as bytes)`,
+            );
           }
         } else if (field.type === "TYPE_MESSAGE") {
           const sub = this.resolve(field.typeName, msg);
@@ -135,5 +160,7 @@ export const badRequest = (err: FarmError): object => ({ [BAD_REQUEST]: err });
 
 /** The refusal carried by a request, if it is a badRequest() marker. */
 export function requestError(request: unknown): FarmError | undefined {
-  return typeof request === "object" && request !== null ? (request as { [BAD_REQUEST]?: FarmError })[BAD_REQUEST] : undefined;
+  return typeof request === "object" && request !== null
+    ? (request as { [BAD_REQUEST]?: FarmError })[BAD_REQUEST]
+    : undefined;
 }

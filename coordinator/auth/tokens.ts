@@ -32,16 +32,27 @@ export class TokenAuth {
   }
 
   static fromEntries(entries: readonly { tenant: string; token: string }[], source = "tokens"): TokenAuth {
-    if (entries.length === 0) throw new FarmError("INVALID_ARGUMENT", `${source} names no tokens; leave it out to run open (development only)`);
+    if (entries.length === 0)
+      throw new FarmError("INVALID_ARGUMENT", `${source} names no tokens; leave it out to run open (development only)`);
     const seen = new Set<string>();
     const out = entries.map(({ tenant, token }, i) => {
       const what = `${source}: entry ${i + 1} (tenant ${JSON.stringify(tenant)})`;
-      if (!TENANT_PATTERN.test(tenant)) throw new FarmError("INVALID_ARGUMENT", `${what}: tenant names are 1-64 characters of [A-Za-z0-9._-], starting with a letter or digit`);
+      if (!TENANT_PATTERN.test(tenant))
+        throw new FarmError(
+          "INVALID_ARGUMENT",
+          `${what}: tenant names are 1-64 characters of [A-Za-z0-9._-], starting with a letter or digit`,
+        );
       // The token itself is never echoed in messages.
-      if (!TOKEN_PATTERN.test(token)) throw new FarmError("INVALID_ARGUMENT", `${what}: a token is printable ASCII without spaces`);
-      if (token.length < MIN_TOKEN_LENGTH) throw new FarmError("INVALID_ARGUMENT", `${what}: the token is ${token.length} characters; use at least ${MIN_TOKEN_LENGTH} (e.g. openssl rand -hex 32)`);
+      if (!TOKEN_PATTERN.test(token))
+        throw new FarmError("INVALID_ARGUMENT", `${what}: a token is printable ASCII without spaces`);
+      if (token.length < MIN_TOKEN_LENGTH)
+        throw new FarmError(
+          "INVALID_ARGUMENT",
+          `${what}: the token is ${token.length} characters; use at least ${MIN_TOKEN_LENGTH} (e.g. openssl rand -hex 32)`,
+        );
       const hash = digest(token);
-      if (seen.has(hash.toString("hex"))) throw new FarmError("INVALID_ARGUMENT", `${what}: the same token appears twice`);
+      if (seen.has(hash.toString("hex")))
+        throw new FarmError("INVALID_ARGUMENT", `${what}: the same token appears twice`);
       seen.add(hash.toString("hex"));
       return { tenant, hash };
     });
@@ -57,12 +68,18 @@ export class TokenAuth {
       try {
         json = JSON.parse(trimmed);
       } catch (err) {
-        throw new FarmError("INVALID_ARGUMENT", `${source} is not valid JSON: ${(err as Error).message}`, { cause: err });
+        throw new FarmError("INVALID_ARGUMENT", `${source} is not valid JSON: ${(err as Error).message}`, {
+          cause: err,
+        });
       }
       for (const [tenant, v] of Object.entries(json as Record<string, unknown>)) {
         const tokens = Array.isArray(v) ? v : [v];
         for (const token of tokens) {
-          if (typeof token !== "string") throw new FarmError("INVALID_ARGUMENT", `${source}: tenant ${JSON.stringify(tenant)} maps to a non-string token`);
+          if (typeof token !== "string")
+            throw new FarmError(
+              "INVALID_ARGUMENT",
+              `${source}: tenant ${JSON.stringify(tenant)} maps to a non-string token`,
+            );
           entries.push({ tenant, token });
         }
       }
@@ -115,7 +132,8 @@ export class TokenAuth {
   tenantForAuthorization(header: string | readonly (string | Buffer)[] | undefined): string {
     if (this.isOpen) return DEFAULT_TENANT;
     const values = header === undefined ? [] : typeof header === "string" ? [header] : header;
-    if (values.length === 0) throw new FarmError("UNAUTHENTICATED", "no credentials: send the header authorization: Bearer <token>");
+    if (values.length === 0)
+      throw new FarmError("UNAUTHENTICATED", "no credentials: send the header authorization: Bearer <token>");
     if (values.length > 1) throw new FarmError("UNAUTHENTICATED", "more than one authorization header");
     const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(String(values[0]));
     if (m === null) throw new FarmError("UNAUTHENTICATED", "the authorization header must be: Bearer <token>");
@@ -126,7 +144,9 @@ export class TokenAuth {
    * A gate for the HTTP dashboard, which shows every tenant's jobs and so is for operators only:
    * true for a valid bearer token of one of operatorTenants (anyone on an open farm), else false.
    */
-  operatorGate(operatorTenants: readonly string[]): (req: { headers: { authorization?: string | undefined } }) => boolean {
+  operatorGate(
+    operatorTenants: readonly string[],
+  ): (req: { headers: { authorization?: string | undefined } }) => boolean {
     const allowed = new Set(operatorTenants);
     return (req) => {
       if (this.isOpen) return true;

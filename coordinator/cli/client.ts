@@ -32,7 +32,8 @@ const isLoopback = (address: string): boolean => /^(127\.\d+\.\d+\.\d+|localhost
 
 export function connectJobService(o: ClientOptions): JobServiceClient {
   const address = o.server ?? process.env["FRAMEFARM_SERVER"];
-  if (address === undefined) throw new FarmError("INVALID_ARGUMENT", "--server HOST:PORT is required (or FRAMEFARM_SERVER)");
+  if (address === undefined)
+    throw new FarmError("INVALID_ARGUMENT", "--server HOST:PORT is required (or FRAMEFARM_SERVER)");
   const token = o.token ?? process.env["FRAMEFARM_TOKEN"];
   const tls = o.tls === true || o.ca !== undefined;
   let ca: Buffer | null = null;
@@ -44,24 +45,39 @@ export function connectJobService(o: ClientOptions): JobServiceClient {
     }
   }
   const timeoutS = Number(o.timeout ?? DEFAULT_TIMEOUT_S);
-  if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new FarmError("INVALID_ARGUMENT", `--timeout must be a positive number of seconds, got ${JSON.stringify(o.timeout)}`);
+  if (!Number.isFinite(timeoutS) || timeoutS <= 0)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `--timeout must be a positive number of seconds, got ${JSON.stringify(o.timeout)}`,
+    );
   // Every unary call gets a deadline, so a farm that does not answer fails the command instead of hanging it.
   const interceptors: Interceptor[] = [
-    (options, next) => new InterceptingCall(next(options.method_definition.responseStream || options.deadline !== undefined ? options : { ...options, deadline: Date.now() + timeoutS * 1000 })),
+    (options, next) =>
+      new InterceptingCall(
+        next(
+          options.method_definition.responseStream || options.deadline !== undefined
+            ? options
+            : { ...options, deadline: Date.now() + timeoutS * 1000 },
+        ),
+      ),
   ];
   if (token !== undefined && token !== "") {
-    if (!tls && !isLoopback(address)) process.stderr.write(`warning: sending the token to ${address} without TLS (add --tls or --ca FILE)\n`);
+    if (!tls && !isLoopback(address))
+      process.stderr.write(`warning: sending the token to ${address} without TLS (add --tls or --ca FILE)\n`);
     // An interceptor rather than call credentials: grpc-js refuses call credentials on plaintext channels.
-    interceptors.push((options, next) =>
-      new InterceptingCall(next(options), {
-        start(metadata, listener, start) {
-          metadata.set("authorization", `Bearer ${token}`);
-          start(metadata, listener);
-        },
-      }),
+    interceptors.push(
+      (options, next) =>
+        new InterceptingCall(next(options), {
+          start(metadata, listener, start) {
+            metadata.set("authorization", `Bearer ${token}`);
+            start(metadata, listener);
+          },
+        }),
     );
   }
-  return new JobServiceClient(address, tls ? credentials.createSsl(ca) : credentials.createInsecure(), { interceptors });
+  return new JobServiceClient(address, tls ? credentials.createSsl(ca) : credentials.createInsecure(), {
+    interceptors,
+  });
 }
 
 /** gRPC errors as FarmErrors, so the CLI reports them like local ones. */

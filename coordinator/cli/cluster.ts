@@ -11,7 +11,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { FarmError } from "../../shared/errors.js";
-import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "../cluster/local-servers.js";
+import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "./local-servers.js";
 import { DEFAULT_HTTP_PORT, SECURITY_OPTIONS, parsePort, securityOptions, startCoordinator } from "./coordinator.js";
 import { untilSignal, type FarmConnection } from "./farm-options.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
@@ -20,9 +20,30 @@ import { defaultBundleDir } from "./defaults.js";
 const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
 
 function startNode(conn: FarmConnection, id: string, stages: string, bundle: string, ep: string): ChildProcess {
-  const child = spawn(process.execPath, [cliMain, "node", "--nats", conn.nats, "--s3", `${conn.s3.host}:${conn.s3.port}`, "--bucket", conn.s3.bucket, "--stages", stages, "--bundle", bundle, "--ep", ep, "--id", id], {
-    stdio: ["ignore", "inherit", "inherit"],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      cliMain,
+      "node",
+      "--nats",
+      conn.nats,
+      "--s3",
+      `${conn.s3.host}:${conn.s3.port}`,
+      "--bucket",
+      conn.s3.bucket,
+      "--stages",
+      stages,
+      "--bundle",
+      bundle,
+      "--ep",
+      ep,
+      "--id",
+      id,
+    ],
+    {
+      stdio: ["ignore", "inherit", "inherit"],
+    },
+  );
   return child;
 }
 
@@ -30,12 +51,23 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { port: { type: "string" }, "http-port": { type: "string" }, nodes: { type: "string" }, "denoise-nodes": { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, data: { type: "string" }, ...SECURITY_OPTIONS },
+    options: {
+      port: { type: "string" },
+      "http-port": { type: "string" },
+      nodes: { type: "string" },
+      "denoise-nodes": { type: "string" },
+      bundle: { type: "string" },
+      ep: { type: "string" },
+      data: { type: "string" },
+      ...SECURITY_OPTIONS,
+    },
   });
   const nodes = Number(values.nodes ?? 1);
   const denoiseNodes = Number(values["denoise-nodes"] ?? 2);
-  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 64) throw new FarmError("INVALID_ARGUMENT", `--nodes must be 1..64, got ${values.nodes}`);
-  if (!Number.isInteger(denoiseNodes) || denoiseNodes < 0 || denoiseNodes > 64) throw new FarmError("INVALID_ARGUMENT", `--denoise-nodes must be 0..64, got ${values["denoise-nodes"]}`);
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 64)
+    throw new FarmError("INVALID_ARGUMENT", `--nodes must be 1..64, got ${values.nodes}`);
+  if (!Number.isInteger(denoiseNodes) || denoiseNodes < 0 || denoiseNodes > 64)
+    throw new FarmError("INVALID_ARGUMENT", `--denoise-nodes must be 0..64, got ${values["denoise-nodes"]}`);
   const bundle = path.resolve(values.bundle ?? defaultBundleDir());
   const ep = values.ep ?? "cpu";
   const ownData = values.data === undefined;
@@ -43,12 +75,18 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const servers: LocalServer[] = [];
   const children: ChildProcess[] = [];
   const grace = stopGraceMs();
-  // Children stop within their own grace (+2 s deadline); past that they are killed.
+  // Children stop within their own grace (+2 s deadline); past that they are killed. A child that
+  // already exited by a signal has exitCode null: waiting for its "exit" hung forever before.
   const stopChildren = async (): Promise<void> => {
     const running = children.filter((c) => c.exitCode === null && c.signalCode === null);
-    const exits = running.map((c) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once("exit", () => r()))));
+    const exits = running.map(
+      (c) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once("exit", () => r()))),
+    );
     for (const c of running) c.kill("SIGTERM");
-    const kill = setTimeout(() => running.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill("SIGKILL")), grace + 3_000);
+    const kill = setTimeout(
+      () => running.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill("SIGKILL")),
+      grace + 3_000,
+    );
     await Promise.all(exits);
     clearTimeout(kill);
   };
@@ -62,10 +100,23 @@ export async function clusterCommand(args: string[]): Promise<number> {
     servers.push(nats);
     const s3 = await startS3Server(path.join(data, "s3"));
     servers.push(s3);
-    const conn: FarmConnection = { nats: `nats://${nats.host}:${nats.port}`, s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" } };
-    const coordinator = await startCoordinator(conn, bundle, { host: LOOPBACK, port: parsePort("--port", values.port, 0), httpPort: parsePort("--http-port", values["http-port"], DEFAULT_HTTP_PORT) }, await securityOptions(values));
+    const conn: FarmConnection = {
+      nats: `nats://${nats.host}:${nats.port}`,
+      s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" },
+    };
+    const coordinator = await startCoordinator(
+      conn,
+      bundle,
+      {
+        host: LOOPBACK,
+        port: parsePort("--port", values.port, 0),
+        httpPort: parsePort("--http-port", values["http-port"], DEFAULT_HTTP_PORT),
+      },
+      await securityOptions(values),
+    );
     // With one general node and no denoise nodes, the general node denoises too.
-    for (let i = 0; i < nodes; i++) children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
+    for (let i = 0; i < nodes; i++)
+      children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
     for (let i = 0; i < denoiseNodes; i++) children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep));
     process.stdout.write(`NATS on ${conn.nats}, S3 on ${s3.host}:${s3.port} (bucket ${conn.s3.bucket})\n`);
     process.stdout.write(`dashboard on http://${LOOPBACK}:${coordinator.httpPort}\n`);

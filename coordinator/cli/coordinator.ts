@@ -13,9 +13,17 @@ import { startApiServer, type ApiServerOptions } from "../api/server.js";
 import { TokenAuth, DEFAULT_TENANT } from "../auth/tokens.js";
 import { FarmError } from "../../shared/errors.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
+import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
-import { FARM_OPTIONS, connectFarm, farmConnection, stopParts, untilSignal, type FarmConnection } from "./farm-options.js";
+import {
+  FARM_OPTIONS,
+  connectFarm,
+  farmConnection,
+  stopParts,
+  untilSignal,
+  type FarmConnection,
+} from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
 
@@ -47,25 +55,53 @@ export const DEFAULT_HTTP_PORT = 8080;
 
 export function parsePort(flag: string, value: string | undefined, fallback: number): number {
   const n = Number(value ?? fallback);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new FarmError("INVALID_ARGUMENT", `${flag} must be a port number 0..65535, got ${value}`);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new FarmError("INVALID_ARGUMENT", `${flag} must be a port number 0..65535, got ${value}`);
   return n;
 }
 
-export async function startCoordinator(conn: FarmConnection, bundleDir: string, at: CoordinatorAddresses, security: CoordinatorSecurity = {}): Promise<RunningCoordinator> {
+export async function startCoordinator(
+  conn: FarmConnection,
+  bundleDir: string,
+  at: CoordinatorAddresses,
+  security: CoordinatorSecurity = {},
+): Promise<RunningCoordinator> {
   const log = createLogger("coordinator");
   const { host } = at;
   const bundle = await openBundle(bundleDir);
   const auth = security.auth ?? TokenAuth.open();
   // Loud on purpose: an open farm must never be mistaken for a protected one.
-  if (auth.isOpen) process.stderr.write(`WARNING: no tokens configured (--tokens FILE or FRAMEFARM_TOKENS_FILE): the gRPC API is OPEN to anyone who can reach ${host}; every caller is tenant "${DEFAULT_TENANT}"\n`);
-  else if (security.tls === undefined && !/^(127\.|localhost$|::1$)/.test(host)) process.stderr.write(`WARNING: tokens travel in plaintext: serve TLS with --tls-cert and --tls-key\n`);
+  if (auth.isOpen)
+    process.stderr.write(
+      `WARNING: no tokens configured (--tokens FILE or FRAMEFARM_TOKENS_FILE): the gRPC API is OPEN to anyone who can reach ${host}; every caller is tenant "${DEFAULT_TENANT}"\n`,
+    );
+  else if (security.tls === undefined && !/^(127\.|localhost$|::1$)/.test(host))
+    process.stderr.write(`WARNING: tokens travel in plaintext: serve TLS with --tls-cert and --tls-key\n`);
   const { bus, store } = await connectFarm(conn, "coordinator");
   const dispatcher = await Dispatcher.start(bus, store);
-  const service = new JobService({ bus, store, dispatcher, manifest: bundle.manifest, bundleName: path.basename(bundle.dir), auth });
+  const service = new JobService({
+    bus,
+    store,
+    dispatcher,
+    manifest: bundle.manifest,
+    bundleName: path.basename(bundle.dir),
+    bundleDigest: await bundleDigest(bundle),
+    auth,
+  });
   const api = await startApiServer(service, host, at.port, security.tls !== undefined ? { tls: security.tls } : {});
-  const dashboard = await startDashboard({ bus, store, dispatcher, host, port: at.httpPort, log, authorize: auth.operatorGate(security.operators ?? []), storeTraffic: () => store.traffic });
+  const dashboard = await startDashboard({
+    bus,
+    store,
+    dispatcher,
+    host,
+    port: at.httpPort,
+    log,
+    authorize: auth.operatorGate(security.operators ?? []),
+    storeTraffic: () => store.traffic,
+  });
   // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
-  if (!auth.isOpen && (security.operators ?? []).length === 0) log.warn("no --operators tenants: the dashboard refuses every request");
+  if (!auth.isOpen && (security.operators ?? []).length === 0)
+    log.warn("no --operators tenants: the dashboard refuses every request");
   log.info({ grpcPort: api.port, httpPort: dashboard.port }, "coordinator serving");
   return {
     port: api.port,
@@ -81,13 +117,25 @@ export async function startCoordinator(conn: FarmConnection, bundleDir: string, 
   };
 }
 
-export const SECURITY_OPTIONS = { tokens: { type: "string" }, operators: { type: "string" }, "tls-cert": { type: "string" }, "tls-key": { type: "string" } } as const;
+export const SECURITY_OPTIONS = {
+  tokens: { type: "string" },
+  operators: { type: "string" },
+  "tls-cert": { type: "string" },
+  "tls-key": { type: "string" },
+} as const;
 
 export async function coordinatorCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...FARM_OPTIONS, ...SECURITY_OPTIONS, bundle: { type: "string" }, host: { type: "string" }, port: { type: "string" }, "http-port": { type: "string" } },
+    options: {
+      ...FARM_OPTIONS,
+      ...SECURITY_OPTIONS,
+      bundle: { type: "string" },
+      host: { type: "string" },
+      port: { type: "string" },
+      "http-port": { type: "string" },
+    },
   });
   // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT / FRAMEFARM_HTTP_PORT (containers set those: deploy/k8s).
   const env = process.env;
@@ -95,7 +143,11 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
   const c = await startCoordinator(
     farmConnection(values),
     values.bundle ?? defaultBundleDir(),
-    { host, port: parsePort("--port", values.port ?? env["FRAMEFARM_PORT"], DEFAULT_API_PORT), httpPort: parsePort("--http-port", values["http-port"] ?? env["FRAMEFARM_HTTP_PORT"], DEFAULT_HTTP_PORT) },
+    {
+      host,
+      port: parsePort("--port", values.port ?? env["FRAMEFARM_PORT"], DEFAULT_API_PORT),
+      httpPort: parsePort("--http-port", values["http-port"] ?? env["FRAMEFARM_HTTP_PORT"], DEFAULT_HTTP_PORT),
+    },
     await securityOptions(values),
   );
   process.stdout.write(`gRPC listening on ${host}:${c.port}${values["tls-cert"] !== undefined ? " (TLS)" : ""}\n`);
@@ -106,15 +158,25 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
 }
 
 /** --tokens / FRAMEFARM_TOKENS_FILE, --operators / FRAMEFARM_OPERATORS and --tls-cert / --tls-key as start-up settings. */
-export async function securityOptions(values: { tokens?: string | undefined; operators?: string | undefined; "tls-cert"?: string | undefined; "tls-key"?: string | undefined }): Promise<CoordinatorSecurity> {
+export async function securityOptions(values: {
+  tokens?: string | undefined;
+  operators?: string | undefined;
+  "tls-cert"?: string | undefined;
+  "tls-key"?: string | undefined;
+}): Promise<CoordinatorSecurity> {
   const tokens = values.tokens ?? process.env["FRAMEFARM_TOKENS_FILE"];
   const out: CoordinatorSecurity = {};
   if (tokens !== undefined && tokens !== "") out.auth = await TokenAuth.fromFile(tokens);
   const operators = values.operators ?? process.env["FRAMEFARM_OPERATORS"];
-  if (operators !== undefined && operators !== "") out.operators = operators.split(",").map((t) => t.trim()).filter((t) => t !== "");
+  if (operators !== undefined && operators !== "")
+    out.operators = operators
+      .split(",")
+      .map((t) => t.trim())
+      .filter((t) => t !== "");
   const cert = values["tls-cert"];
   const key = values["tls-key"];
-  if ((cert === undefined) !== (key === undefined)) throw new FarmError("INVALID_ARGUMENT", "give both --tls-cert and --tls-key, or neither");
+  if ((cert === undefined) !== (key === undefined))
+    throw new FarmError("INVALID_ARGUMENT", "give both --tls-cert and --tls-key, or neither");
   if (cert !== undefined && key !== undefined) {
     const read = async (file: string, what: string): Promise<Buffer> =>
       readFile(file).catch((err: Error) => {

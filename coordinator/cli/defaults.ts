@@ -5,4 +5,5 @@ import { fileURLToPath } from "node:url";
 export const packageRoot = (): string => path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 
 /** FRAMEFARM_BUNDLE, else the tiny bundle shipped with the repository. */
-export const defaultBundleDir = (): string => process.env["FRAMEFARM_BUNDLE"] ?? path.join(packageRoot(), "test", "fixtures", "tiny-bundle");
+export const defaultBundleDir = (): string =>
+  process.env["FRAMEFARM_BUNDLE"] ?? path.join(packageRoot(), "test", "fixtures", "tiny-bundle");

@@ -21,22 +21,43 @@ export interface FarmConnection {
   nats: string;
   /** JetStream replicas of what this process creates; 1 when absent. */
   natsReplicas?: number;
-  s3: { host: string; port: number; tls: boolean; accessKey: string; secretKey: string; bucket: string; retryForMs?: number };
+  s3: {
+    host: string;
+    port: number;
+    tls: boolean;
+    accessKey: string;
+    secretKey: string;
+    bucket: string;
+    retryForMs?: number;
+  };
 }
 
-export function farmConnection(values: { nats?: string | undefined; s3?: string | undefined; bucket?: string | undefined }): FarmConnection {
+export function farmConnection(values: {
+  nats?: string | undefined;
+  s3?: string | undefined;
+  bucket?: string | undefined;
+}): FarmConnection {
   const env = process.env;
   const nats = values.nats ?? env["FRAMEFARM_NATS"];
   const s3 = values.s3 ?? env["FRAMEFARM_S3"];
-  if (nats === undefined) throw new FarmError("INVALID_ARGUMENT", "NATS address missing: --nats nats://HOST:PORT (or FRAMEFARM_NATS)");
+  if (nats === undefined)
+    throw new FarmError("INVALID_ARGUMENT", "NATS address missing: --nats nats://HOST:PORT (or FRAMEFARM_NATS)");
   if (s3 === undefined) throw new FarmError("INVALID_ARGUMENT", "S3 address missing: --s3 HOST:PORT (or FRAMEFARM_S3)");
   const m = /^([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(s3);
   if (m === null) throw new FarmError("INVALID_ARGUMENT", `--s3 must be HOST:PORT, got ${JSON.stringify(s3)}`);
   const retry = env["FRAMEFARM_S3_RETRY_MS"];
   const retryForMs = retry === undefined ? undefined : Number(retry);
-  if (retryForMs !== undefined && (!Number.isInteger(retryForMs) || retryForMs < 0)) throw new FarmError("INVALID_ARGUMENT", `FRAMEFARM_S3_RETRY_MS must be a whole number of milliseconds, got ${JSON.stringify(retry)}`);
+  if (retryForMs !== undefined && (!Number.isInteger(retryForMs) || retryForMs < 0))
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `FRAMEFARM_S3_RETRY_MS must be a whole number of milliseconds, got ${JSON.stringify(retry)}`,
+    );
   const natsReplicas = Number(env["FRAMEFARM_NATS_REPLICAS"] ?? 1);
-  if (!Number.isInteger(natsReplicas) || natsReplicas < 1 || natsReplicas > 5) throw new FarmError("INVALID_ARGUMENT", `FRAMEFARM_NATS_REPLICAS must be an integer from 1 to 5, got ${env["FRAMEFARM_NATS_REPLICAS"]}`);
+  if (!Number.isInteger(natsReplicas) || natsReplicas < 1 || natsReplicas > 5)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `FRAMEFARM_NATS_REPLICAS must be an integer from 1 to 5, got ${env["FRAMEFARM_NATS_REPLICAS"]}`,
+    );
   return {
     nats,
     natsReplicas,
@@ -54,7 +75,15 @@ export function farmConnection(values: { nats?: string | undefined; s3?: string 
 
 export async function connectFarm(c: FarmConnection, name: string): Promise<{ bus: NatsBus; store: S3ObjectStore }> {
   const bus = await NatsBus.connect(c.nats, name, c.natsReplicas ?? 1);
-  const store = await S3ObjectStore.open({ endpoint: c.s3.host, port: c.s3.port, useSSL: c.s3.tls, accessKey: c.s3.accessKey, secretKey: c.s3.secretKey, bucket: c.s3.bucket, ...(c.s3.retryForMs !== undefined ? { retryForMs: c.s3.retryForMs } : {}) });
+  const store = await S3ObjectStore.open({
+    endpoint: c.s3.host,
+    port: c.s3.port,
+    useSSL: c.s3.tls,
+    accessKey: c.s3.accessKey,
+    secretKey: c.s3.secretKey,
+    bucket: c.s3.bucket,
+    ...(c.s3.retryForMs !== undefined ? { retryForMs: c.s3.retryForMs } : {}),
+  });
   return { bus, store };
 }
 
@@ -71,7 +100,9 @@ export function untilSignal(graceMs = stopGraceMs()): Promise<NodeJS.Signals> {
       if (first !== undefined) return;
       first = s;
       const timer = setTimeout(() => {
-        process.stderr.write(`error [DEADLINE_EXCEEDED]: stop after ${s} did not finish within ${graceMs + 2_000} ms; exiting\n`);
+        process.stderr.write(
+          `error [DEADLINE_EXCEEDED]: stop after ${s} did not finish within ${graceMs + 2_000} ms; exiting\n`,
+        );
         process.exit(1);
       }, graceMs + 2_000);
       timer.unref();

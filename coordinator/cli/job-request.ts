@@ -3,8 +3,16 @@
  * take the same flags, read images the same way, and are validated by the same JobService code.
  */
 import { FarmError } from "../../shared/errors.js";
-import { readImageBytes } from "../embedded/inputs.js";
-import { SamplingMode, type ImageInput, type RenderSettings, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import { readImageBytes } from "./embedded/inputs.js";
+import { parseSampler, parseSamplingType, parseSeed, parseUnipcVariant } from "../../shared/job/render-params.js";
+import { samplerToPb, samplingModeOf, unipcVariantToPb } from "../api/job-mapping.js";
+import {
+  SamplingMode,
+  UnipcVariant,
+  type ImageInput,
+  type RenderSettings,
+  type SubmitJobRequest,
+} from "../../proto/gen/framefarm/v1/jobs.js";
 
 /** The video settings as command-line options. */
 export const RENDER_OPTIONS = {
@@ -26,11 +34,24 @@ export const RENDER_OPTIONS = {
   fps: { type: "string" },
   crf: { type: "string" },
   lossless: { type: "boolean" },
+  sampler: { type: "string" },
+  "unipc-variant": { type: "string" },
+  "cfg-rescale": { type: "string" },
+  "section-prompt": { type: "string", multiple: true },
+  "prompt-blend": { type: "string" },
 } as const;
 
-export type RenderOptionValues = { [K in keyof typeof RENDER_OPTIONS]?: (typeof RENDER_OPTIONS)[K]["type"] extends "boolean" ? boolean : string };
+/** Help lines for the sampler and prompt-schedule options (options that render and submit share). */
+export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FramePack pipeline (default); unipc: as
+                          lllyasviel's FramePack demo samples (flux shift + UniPC)
+  --unipc-variant bh1|bh2 UniPC variant (bh1, as the demo; unipc only)
+  --cfg-rescale R         the demo's CFG re-scale, 0..1 (0; unipc only)
+  --section-prompt TEXT   one per section, in video-time order (repeat; instead of
+                          --prompt). --prompt may be timed: "[0s: a man waves] [2s: ...]"
+  --prompt-blend N        blend each prompt change over N sections (0)`;
 
-const MODES: Record<string, SamplingMode> = { inverted: SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, vanilla: SamplingMode.SAMPLING_MODE_VANILLA };
+type OptionValue<O> = O extends { multiple: true } ? string[] : O extends { type: "boolean" } ? boolean : string;
+export type RenderOptionValues = { [K in keyof typeof RENDER_OPTIONS]?: OptionValue<(typeof RENDER_OPTIONS)[K]> };
 
 /** A number option as given; the JobService checks ranges and says which option is off. */
 const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
@@ -40,18 +61,32 @@ async function imageInput(file: string | undefined, what: string): Promise<Image
 }
 
 export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
-  const mode = values.mode === undefined ? SamplingMode.SAMPLING_MODE_UNSPECIFIED : MODES[values.mode];
-  if (mode === undefined) throw new FarmError("INVALID_ARGUMENT", `mode must be inverted or vanilla, got ${JSON.stringify(values.mode)}`);
-  if (values.seed !== undefined && !/^\d{1,20}$/.test(values.seed)) throw new FarmError("INVALID_ARGUMENT", `seed must be a non-negative integer, got ${JSON.stringify(values.seed)}`);
+  // Checked here only as far as the request needs (the JobService checks every value again, with the same code).
+  const mode =
+    values.mode === undefined
+      ? SamplingMode.SAMPLING_MODE_UNSPECIFIED
+      : samplingModeOf(parseSamplingType(values.mode, "inverted_anti_drifting"));
+  const sampler = values.sampler === undefined ? undefined : samplerToPb(parseSampler(values.sampler));
+  // The variant's names only: whether the sampler has variants is the JobService's check.
+  const variant =
+    values["unipc-variant"] === undefined
+      ? undefined
+      : unipcVariantToPb(parseUnipcVariant(values["unipc-variant"], "unipc"));
+  const cfgRescale = num(values["cfg-rescale"]);
+  const blend = num(values["prompt-blend"]);
   return {
     prompt: values.prompt ?? "",
     ...(values["negative-prompt"] !== undefined ? { negativePrompt: values["negative-prompt"] } : {}),
-    ...(values.seconds !== undefined ? { length: { $case: "seconds", value: Number(values.seconds) } } : values.frames !== undefined ? { length: { $case: "numFrames", value: Number(values.frames) } } : {}),
+    ...(values.seconds !== undefined
+      ? { length: { $case: "seconds", value: Number(values.seconds) } }
+      : values.frames !== undefined
+        ? { length: { $case: "numFrames", value: Number(values.frames) } }
+        : {}),
     mode,
     steps: num(values.steps),
     guidanceScale: num(values.guidance),
     trueCfgScale: num(values.cfg),
-    seed: values.seed === undefined ? undefined : BigInt(values.seed),
+    seed: values.seed === undefined ? undefined : parseSeed(values.seed),
     latentWindowSize: num(values.window),
     resolution: num(values.resolution),
     height: num(values.height),
@@ -59,12 +94,23 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     fps: num(values.fps),
     crf: num(values.crf),
     ...(values.lossless === true ? { lossless: true } : {}),
+    ...(sampler !== undefined ? { sampler } : {}),
+    ...(variant !== undefined || cfgRescale !== undefined
+      ? { unipc: { variant: variant ?? UnipcVariant.UNIPC_VARIANT_UNSPECIFIED, cfgRescale } }
+      : {}),
+    ...(values["section-prompt"] !== undefined || blend !== undefined
+      ? { promptSchedule: { sectionPrompts: values["section-prompt"] ?? [], blendSections: blend } }
+      : {}),
   };
 }
 
-export async function submitRequestFrom(values: RenderOptionValues, extra: { priority?: string | undefined; idempotencyKey?: string | undefined } = {}): Promise<SubmitJobRequest> {
+export async function submitRequestFrom(
+  values: RenderOptionValues,
+  extra: { priority?: string | undefined; idempotencyKey?: string | undefined } = {},
+): Promise<SubmitJobRequest> {
   const priority = num(extra.priority) ?? 0;
-  if (!Number.isInteger(priority)) throw new FarmError("INVALID_ARGUMENT", `priority must be an integer, got ${JSON.stringify(extra.priority)}`);
+  if (!Number.isInteger(priority))
+    throw new FarmError("INVALID_ARGUMENT", `priority must be an integer, got ${JSON.stringify(extra.priority)}`);
   const settings = renderSettingsFrom(values);
   return {
     image: await imageInput(values.image, "image"),

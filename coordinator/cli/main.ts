@@ -11,18 +11,21 @@ import { submitCommand, jobsCommand, cancelCommand } from "./submit.js";
 import { nodeCommand } from "./node.js";
 import { coordinatorCommand } from "./coordinator.js";
 import { clusterCommand } from "./cluster.js";
+import { setupCommand } from "./setup-cuda.js";
 
 const USAGE = `framefarm — FramePack image-to-video render farm
 
 Usage:
-  framefarm render --image a.png --prompt "..." (--seconds S | --frames N) -o out.mp4 [options]
+  framefarm render --image a.png --prompt "..." (--seconds S | --frames N) -o out.mp4|out.webm [--save-frames DIR] [options]
+  framefarm render --recipe out.mp4|out.recipe.json --image a.png -o again.mp4   (render a recipe again)
   framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda] | [--server HOST:PORT ...]
   framefarm cluster [--port P] [--http-port P] [--nodes N] [--denoise-nodes M] [--bundle DIR] [--tokens FILE] [--operators TENANTS]
   framefarm coordinator --nats URL --s3 HOST:PORT [--port P] [--http-port P] [--bundle DIR] [--tokens FILE] [--operators TENANTS] [--tls-cert PEM --tls-key PEM]
   framefarm node --nats URL --s3 HOST:PORT --stages text,image,vae,denoise|all [--bundle DIR] [--ep EP] [--id ID] [--device NAME]
-  framefarm submit --server HOST:PORT --image a.png --prompt "..." (--seconds S | --frames N) [--wait -o out.mp4]
+  framefarm submit --server HOST:PORT --image a.png (--prompt "..." (--seconds S | --frames N) | --recipe FILE) [--wait -o out.mp4|out.webm [--save-frames DIR]]
   framefarm jobs --server HOST:PORT
   framefarm cancel --server HOST:PORT ID
+  framefarm setup cuda [--from FILE] [--check]   install the CUDA provider for --ep cuda (from npm)
   (client commands also take --token T (FRAMEFARM_TOKEN) and --tls or --ca FILE)
 
 Run \`framefarm <command> --help\` for a command's options.`;
@@ -36,6 +39,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   node: nodeCommand,
   coordinator: coordinatorCommand,
   cluster: clusterCommand,
+  setup: setupCommand,
 };
 
 async function main(argv: string[]): Promise<number> {
@@ -45,14 +49,17 @@ async function main(argv: string[]): Promise<number> {
     return command === undefined ? 2 : 0;
   }
   const run = COMMANDS[command];
-  if (run === undefined) throw new FarmError("INVALID_ARGUMENT", `unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+  if (run === undefined)
+    throw new FarmError("INVALID_ARGUMENT", `unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
   return run(rest);
 }
 
 export function reportError(err: unknown): number {
   if (err instanceof FarmError) {
     process.stderr.write(`error [${err.status}]: ${errorMessage(err)}\n`);
-    return err.status === "INVALID_ARGUMENT" || err.status === "NOT_FOUND" || err.status === "RESOURCE_EXHAUSTED" ? 2 : 1;
+    return err.status === "INVALID_ARGUMENT" || err.status === "NOT_FOUND" || err.status === "RESOURCE_EXHAUSTED"
+      ? 2
+      : 1;
   }
   // parseArgs reports unknown or malformed options with these codes.
   const code = (err as { code?: string }).code;
@@ -60,10 +67,14 @@ export function reportError(err: unknown): number {
     process.stderr.write(`error [INVALID_ARGUMENT]: ${(err as Error).message}\n`);
     return 2;
   }
-  // Never an empty message: an error without one is named by its type, code or cause.
+  // Never an empty message: nats.js errors, for one, carry an empty stack ("connection
+  // disconnected" printed as `error [INTERNAL]: ` before); such an error is named by its message,
+  // type, code or cause.
   const message = errorMessage(err);
   const stack = err instanceof Error && typeof err.stack === "string" ? err.stack : "";
-  process.stderr.write(`error [INTERNAL]: ${stack.includes(message) ? stack : stack === "" ? message : `${message}\n${stack}`}\n`);
+  process.stderr.write(
+    `error [INTERNAL]: ${stack.includes(message) ? stack : stack === "" ? message : `${message}\n${stack}`}\n`,
+  );
   return 1;
 }
 

@@ -8,13 +8,15 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
-import { openEmbedded } from "../embedded/open.js";
-import { startEmbeddedFarm, type EmbeddedFarm } from "../embedded/embedded-farm.js";
-import { jobKeys } from "../planner/job-plan.js";
+import { openNodeModels } from "../../gpu-node/main.js";
+import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
-import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
+import { RENDER_OPTIONS, SAMPLING_HELP, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
+import type { JobRecord } from "../dispatch/job-record.js";
+import { jobOutputKeys } from "../planner/job-outputs.js";
+import { OUTPUT_HELP, OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
 
 const HELP = `framefarm render — render one video in this process
 
@@ -34,16 +36,39 @@ const HELP = `framefarm render — render one video in this process
   --fps F                 output frame rate (30)
   --crf C                 x264 quality, 0..51 (16)
   --lossless              exact RGB frames (libx264rgb, qp 0) instead of --crf
+${SAMPLING_HELP}
   --bundle DIR            model bundle (default: the tiny test bundle)
   --ep cpu|webgpu|cuda    execution provider (cpu)
-  -o, --output FILE       output MP4                                        [required]`;
+  --timings FILE          load every model first, then write the job's wall time and each task's
+                          time (JSON): what the GPU benchmark compares with diffusers
+${OUTPUT_HELP}
+  -o, --output FILE       output video (its recipe goes to FILE's name .recipe.json) [required]`;
+
+/** Each task's wall time and time inside onnxruntime, from the job's task log. */
+async function writeTimings(file: string, record: JobRecord, loadMs: number, jobMs: number): Promise<void> {
+  const tasks = (record.taskLog ?? []).map((e) => ({
+    task: e.taskId,
+    ms: Date.parse(e.finishedAt) - Date.parse(e.startedAt),
+    modelMs: Math.round(e.modelMs * 10) / 10,
+  }));
+  const result = { side: "framefarm", loadMs: Math.round(loadMs), jobMs: Math.round(jobMs), tasks };
+  await writeFileAtomically(path.resolve(file), Buffer.from(`${JSON.stringify(result, null, 1)}\n`));
+}
 
 export async function renderCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
     allowPositionals: false,
-    options: { ...RENDER_OPTIONS, bundle: { type: "string" }, ep: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean", short: "h" } },
+    options: {
+      ...RENDER_OPTIONS,
+      ...OUTPUT_OPTIONS,
+      bundle: { type: "string" },
+      ep: { type: "string" },
+      timings: { type: "string" },
+      output: { type: "string", short: "o" },
+      help: { type: "boolean", short: "h" },
+    },
   });
   if (values.help === true) {
     process.stdout.write(`${HELP}\n`);
@@ -53,24 +78,47 @@ export async function renderCommand(args: string[]): Promise<number> {
   if (values.output === undefined) throw new FarmError("INVALID_ARGUMENT", "-o/--output is required");
   const output = path.resolve(values.output);
   const outStat = await stat(output).catch(() => null);
-  if (outStat?.isDirectory() === true) throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
+  if (outStat?.isDirectory() === true)
+    throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
-  const embedded = await openEmbedded(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
   let farm: EmbeddedFarm | undefined;
   try {
-    const req = await submitRequestFrom(values);
+    const req = await applyOutputOptions(await submitRequestFrom(values), values, output);
     // Checked before any work, so a bad fps or crf does not fail only at the very end.
     validateMp4Options({ fps: req.settings?.fps ?? 30, crf: req.settings?.crf ?? 16 });
+    let loadMs = 0;
+    if (values.timings !== undefined) {
+      // Sessions are created before the clock starts, as a farm node warms its models at start.
+      const started = performance.now();
+      await embedded.runtime.warm();
+      loadMs = performance.now() - started;
+    }
     farm = await startEmbeddedFarm(embedded, data);
+    const submitted = performance.now();
     const { job } = await farm.service.submit(req);
     const progress = createProgress();
     progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
     const record = await farm.waitFor(job.id, progress).finally(() => progress.stop());
-    if (record.state !== "SUCCEEDED") throw new FarmError((record.errorStatus ?? "INTERNAL") as StatusName, record.error ?? `the render ended ${record.state}`);
+    if (record.state !== "SUCCEEDED")
+      throw new FarmError(
+        (record.errorStatus ?? "INTERNAL") as StatusName,
+        record.error ?? `the render ended ${record.state}`,
+      );
     await mkdir(path.dirname(output), { recursive: true });
-    await writeFileAtomically(output, await farm.store.get(jobKeys(job.id).video));
-    process.stderr.write(`wrote ${output}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`);
+    const keys = jobOutputKeys(job.id, record.tasks);
+    const store = farm.store;
+    const get = (key: string | undefined) => (key === undefined ? null : () => store.get(key));
+    const written = await saveJobOutputs(
+      { video: () => store.get(keys.video), recipe: get(keys.recipe), frames: get(keys.frames) },
+      output,
+      values["save-frames"],
+    );
+    if (values.timings !== undefined) await writeTimings(values.timings, record, loadMs, performance.now() - submitted);
+    process.stderr.write(
+      `wrote ${written.join(", ")}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`,
+    );
     return 0;
   } finally {
     await farm?.stop();

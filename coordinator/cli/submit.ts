@@ -1,9 +1,8 @@
 /**
  * Client commands against a farm's gRPC API: `submit` (optionally waiting with a progress bar and
- * downloading the MP4), `jobs` and `cancel`.
+ * downloading the video, its recipe and, when asked, its frames), `jobs` and `cancel`.
  */
 import { readFile } from "node:fs/promises";
-import { writeFileAtomically } from "./output-file.js";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -13,6 +12,7 @@ import { JobState, jobStateToJSON, type Job, type WatchJobResponse } from "../..
 import { createProgress } from "./progress.js";
 import { RENDER_OPTIONS, submitRequestFrom } from "./job-request.js";
 import { CLIENT_OPTIONS, connectJobService as client, fromGrpc } from "./client.js";
+import { OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
 
 const call = <T>(fn: (cb: (err: ServiceError | null, res: T) => void) => void): Promise<T> =>
   new Promise((resolve, reject) => fn((err, res) => (err ? reject(fromGrpc(err)) : resolve(res))));
@@ -25,24 +25,36 @@ export async function fetchVideo(url: string): Promise<Uint8Array> {
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     return new Uint8Array(await res.arrayBuffer());
   } catch (err) {
-    throw new FarmError("UNAVAILABLE", `cannot download the video from ${url}: ${(err as Error).message}`, { cause: err });
+    throw new FarmError("UNAVAILABLE", `cannot download the video from ${url}: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
-}
-
-async function download(url: string, out: string): Promise<void> {
-  await writeFileAtomically(out, await fetchVideo(url));
 }
 
 export async function submitCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     strict: true,
-    options: { ...RENDER_OPTIONS, ...CLIENT_OPTIONS, wait: { type: "boolean" }, output: { type: "string", short: "o" }, "idempotency-key": { type: "string" }, priority: { type: "string" } },
+    options: {
+      ...RENDER_OPTIONS,
+      ...CLIENT_OPTIONS,
+      ...OUTPUT_OPTIONS,
+      wait: { type: "boolean" },
+      output: { type: "string", short: "o" },
+      "idempotency-key": { type: "string" },
+      priority: { type: "string" },
+    },
   });
   if (values.output !== undefined && values.wait !== true) throw new FarmError("INVALID_ARGUMENT", "-o needs --wait");
+  if (values["save-frames"] !== undefined && values.output === undefined)
+    throw new FarmError("INVALID_ARGUMENT", "--save-frames needs --wait and -o");
   const c = client(values);
   try {
-    const req = await submitRequestFrom(values, { priority: values.priority, idempotencyKey: values["idempotency-key"] });
+    const req = await applyOutputOptions(
+      await submitRequestFrom(values, { priority: values.priority, idempotencyKey: values["idempotency-key"] }),
+      values,
+      values.output,
+    );
     const { job, deduplicated } = await call<{ job?: Job; deduplicated: boolean }>((cb) => c.submitJob(req, cb));
     process.stdout.write(`${job!.id}${deduplicated ? " (already submitted)" : ""}\n`);
     if (values.wait !== true) return 0;
@@ -62,16 +74,28 @@ export async function submitCommand(args: string[]): Promise<number> {
         }
         progress.step(p.currentSection, p.currentSection < p.sectionsDone ? p.stepsPerSection : p.currentStep);
       });
-      stream.on("end", () => (last === undefined ? reject(new FarmError("UNAVAILABLE", "watch ended without news")) : resolve(last)));
+      stream.on("end", () =>
+        last === undefined ? reject(new FarmError("UNAVAILABLE", "watch ended without news")) : resolve(last),
+      );
       stream.on("error", (err) => reject(fromGrpc(err)));
     }).finally(() => progress.stop());
     if (final.state !== JobState.JOB_STATE_SUCCEEDED) {
-      throw new FarmError((final.errorStatus || "INTERNAL") as StatusName, `job ${final.id} ended ${jobStateToJSON(final.state)}${final.error ? `: ${final.error}` : ""}`);
+      throw new FarmError(
+        (final.errorStatus || "INTERNAL") as StatusName,
+        `job ${final.id} ended ${jobStateToJSON(final.state)}${final.error ? `: ${final.error}` : ""}`,
+      );
     }
     const done = (await call<{ job?: Job }>((cb) => c.getJob({ id: final.id }, cb))).job!;
     if (values.output !== undefined) {
-      await download(done.videoUrl, path.resolve(values.output));
-      process.stderr.write(`wrote ${values.output}: ${done.numFrames} frames requested, ${done.width}x${done.height}\n`);
+      const url = (u: string) => (u === "" ? null : () => fetchVideo(u));
+      const written = await saveJobOutputs(
+        { video: () => fetchVideo(done.videoUrl), recipe: url(done.recipeUrl), frames: url(done.framesUrl) },
+        path.resolve(values.output),
+        values["save-frames"],
+      );
+      process.stderr.write(
+        `wrote ${written.join(", ")}: ${done.numFrames} frames requested, ${done.width}x${done.height}\n`,
+      );
     } else process.stdout.write(`${done.videoUrl}\n`);
     return 0;
   } finally {
@@ -86,7 +110,9 @@ export async function jobsCommand(args: string[]): Promise<number> {
     const { jobs } = await call<{ jobs: Job[] }>((cb) => c.listJobs({ states: [], pageSize: 500, pageToken: "" }, cb));
     for (const j of jobs) {
       const p = j.progress;
-      process.stdout.write(`${j.id}  ${jobStateToJSON(j.state).replace("JOB_STATE_", "").padEnd(9)}  sections ${p?.sectionsDone ?? 0}/${p?.sectionsTotal ?? 0}  ${j.width}x${j.height}  ${j.error}\n`);
+      process.stdout.write(
+        `${j.id}  ${jobStateToJSON(j.state).replace("JOB_STATE_", "").padEnd(9)}  sections ${p?.sectionsDone ?? 0}/${p?.sectionsTotal ?? 0}  ${j.width}x${j.height}  ${j.error}\n`,
+      );
     }
     return 0;
   } finally {

@@ -7,11 +7,29 @@
 import type { Bus, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { Logger } from "../../shared/log/logger.js";
-import { JOBS_BUCKET, STAGE_KINDS, type JobEvent, type StepEvent } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
-import { jobKeys, type StageKind } from "../planner/job-plan.js";
-import { latestPreview, progressOf } from "../api/job-service.js";
-import { NODES_BUCKET, NodeState, decodeNode, isGone, msOf, readNodes, stageFromPb, type NodeRecord } from "../../shared/nodes/node-registry.js";
+import { latestPreview, progressOf } from "../dispatch/job-views.js";
+import {
+  NODES_BUCKET,
+  NodeState,
+  decodeNode,
+  isGone,
+  msOf,
+  readNodes,
+  type NodeRecord,
+} from "../../shared/nodes/node-registry.js";
+import {
+  ALL_JOB_EVENTS,
+  ALL_NODE_EVENTS,
+  JOBS_BUCKET,
+  STAGE_KINDS,
+  isStepEvent,
+  jobEvents,
+  stageFromPb,
+  type StepEvent,
+  type StageKind,
+} from "../../shared/farm/protocol.js";
+import { jobOutputKeys } from "../planner/job-outputs.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
 
@@ -113,7 +131,6 @@ export interface FarmViewOptions {
 
 const URL_EXPIRY_S = 3600;
 const FORGET_NODES_AFTER_MS = 3_600_000;
-const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
 const num = (b: bigint): number => Number(b);
 
 function decodeNodeSafely(data: Uint8Array): NodeRecord | null {
@@ -147,7 +164,13 @@ export function nodeView(r: NodeRecord, now: number): NodeView {
     hostname: r.hostname,
     startedAt: new Date(started).toISOString(),
     heartbeatAgeMs: Math.max(0, now - msOf(r.heartbeatAt)),
-    currentTasks: r.currentTasks.map((t) => ({ jobId: t.jobId, taskId: t.taskId, stage: stageFromPb(t.stage), ...(t.section !== undefined ? { section: t.section } : {}), runningMs: Math.max(0, now - msOf(t.startedAt)) })),
+    currentTasks: r.currentTasks.map((t) => ({
+      jobId: t.jobId,
+      taskId: t.taskId,
+      stage: stageFromPb(t.stage),
+      ...(t.section !== undefined ? { section: t.section } : {}),
+      runningMs: Math.max(0, now - msOf(t.startedAt)),
+    })),
     tasksDone: num(r.tasksDone),
     tasksFailed: num(r.tasksFailed),
     sectionsDone: num(r.sectionsDone),
@@ -186,19 +209,22 @@ export class FarmView {
   static async start(bus: Bus, store: ObjectStore, options: FarmViewOptions): Promise<FarmView> {
     const v = new FarmView(bus, store, await bus.kv(JOBS_BUCKET), await bus.kv(NODES_BUCKET), options);
     v.offs.push(
-      bus.events.subscribe("ff.events.job.*", (_s, data) => {
-        const e = dec<Partial<StepEvent> & Partial<JobEvent>>(data);
-        if (typeof e.step === "number" && e.jobId !== undefined) v.liveSteps.set(e.jobId, e as StepEvent);
+      bus.events.subscribe(ALL_JOB_EVENTS, (_s, data) => {
+        const e = jobEvents.decode(data);
+        if (isStepEvent(e)) v.liveSteps.set(e.jobId, e);
         v.refreshSoon();
       }),
-      bus.events.subscribe("ff.events.node.*", (_s, data) => {
+      bus.events.subscribe(ALL_NODE_EVENTS, (_s, data) => {
         const r = decodeNodeSafely(data);
         if (r !== null) v.announced.set(r.nodeId, r);
         v.refreshSoon();
       }),
     );
     await v.refresh();
-    v.timer = setInterval(() => void v.refresh().catch((err: unknown) => options.log.warn({ err }, "farm view refresh failed")), options.refreshMs ?? 1000);
+    v.timer = setInterval(
+      () => void v.refresh().catch((err: unknown) => options.log.warn({ err }, "farm view refresh failed")),
+      options.refreshMs ?? 1000,
+    );
     return v;
   }
 
@@ -271,7 +297,8 @@ export class FarmView {
       if (r.state === "SUCCEEDED" || r.state === "CANCELLED") this.final.set(id, r);
       records.push(r);
     }
-    if (this.final.size > ids.length) for (const id of [...this.final.keys()].filter((k) => !ids.includes(k))) this.final.delete(id);
+    if (this.final.size > ids.length)
+      for (const id of [...this.final.keys()].filter((k) => !ids.includes(k))) this.final.delete(id);
     const jobStates: FarmSnapshot["jobStates"] = { QUEUED: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0 };
     for (const r of records) {
       jobStates[r.state]++;
@@ -304,7 +331,12 @@ export class FarmView {
         const k = t.section!;
         // A step event says a section runs before the node's next heartbeat does.
         const denoise = state(t.id) === "queued" && live?.section === k ? "running" : state(t.id);
-        return { index: k, denoise, decode: state(`${id}.decode.${k}`), ...(live !== undefined && live.section === k && denoise !== "done" ? { step: live.step } : {}) };
+        return {
+          index: k,
+          denoise,
+          decode: state(`${id}.decode.${k}`),
+          ...(live !== undefined && live.section === k && denoise !== "done" ? { step: live.step } : {}),
+        };
       });
     const view: JobView = {
       id,
@@ -332,7 +364,8 @@ export class FarmView {
       const key = latestPreview(r);
       const section = r.tasks.find((t) => t.kind === "decode" && t.outputs["preview"] === key)?.section;
       if (key !== undefined && section !== undefined) view.preview = { section, key, url: await this.url(key) };
-      if (r.state === "SUCCEEDED") view.video = { key: jobKeys(id).video, url: await this.url(jobKeys(id).video) };
+      const video = jobOutputKeys(id, r.tasks).video;
+      if (r.state === "SUCCEEDED") view.video = { key: video, url: await this.url(video) };
     }
     return view;
   }
@@ -343,7 +376,8 @@ export class FarmView {
     const log = this.options.log.child({ jobId: id });
     const before = this.lastState.get(id);
     if (before !== r.state) {
-      if (before !== undefined || Date.parse(r.updatedAt) >= this.startedAt) log.info({ state: r.state, ...(r.error !== undefined ? { error: r.error } : {}) }, "job state");
+      if (before !== undefined || Date.parse(r.updatedAt) >= this.startedAt)
+        log.info({ state: r.state, ...(r.error !== undefined ? { error: r.error } : {}) }, "job state");
       this.lastState.set(id, r.state);
     }
     const entries = r.taskLog ?? [];
@@ -353,8 +387,26 @@ export class FarmView {
       const e = entries[seen]!;
       const task = r.tasks.find((t) => t.id === e.taskId);
       if (task === undefined) continue;
-      const a: TaskAttempt = { jobId: id, taskId: e.taskId, stage: task.kind, ...(task.section !== undefined ? { section: task.section } : {}), node: e.node, ok: e.ok, seconds: (Date.parse(e.finishedAt) - Date.parse(e.startedAt)) / 1000 };
-      log.info({ taskId: a.taskId, stage: a.stage, ...(a.section !== undefined ? { section: a.section } : {}), nodeId: a.node, ok: a.ok, seconds: a.seconds }, a.ok ? "task done" : "task failed");
+      const a: TaskAttempt = {
+        jobId: id,
+        taskId: e.taskId,
+        stage: task.kind,
+        ...(task.section !== undefined ? { section: task.section } : {}),
+        node: e.node,
+        ok: e.ok,
+        seconds: (Date.parse(e.finishedAt) - Date.parse(e.startedAt)) / 1000,
+      };
+      log.info(
+        {
+          taskId: a.taskId,
+          stage: a.stage,
+          ...(a.section !== undefined ? { section: a.section } : {}),
+          nodeId: a.node,
+          ok: a.ok,
+          seconds: a.seconds,
+        },
+        a.ok ? "task done" : "task failed",
+      );
       for (const l of this.attemptListeners) l(a);
     }
     this.seenAttempts.set(id, seen);

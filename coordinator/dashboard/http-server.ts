@@ -17,8 +17,21 @@ import type { FarmView } from "./farm-view.js";
 import type { FarmMetrics } from "./metrics.js";
 
 /** coordinator/dashboard/static at the package root (this file is dist/coordinator/dashboard/http-server.js). */
-const STATIC_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "coordinator", "dashboard", "static");
-const CONTENT_TYPES: Record<string, string> = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml" };
+const STATIC_DIR = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  "..",
+  "..",
+  "..",
+  "coordinator",
+  "dashboard",
+  "static",
+);
+const CONTENT_TYPES: Record<string, string> = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
+  ".svg": "image/svg+xml",
+};
 
 /** What the dashboard's buttons do. A null job means the action does not apply in its state. */
 export interface DashboardActions {
@@ -59,11 +72,17 @@ const HTTP_STATUS: Partial<Record<StatusName, number>> = {
 };
 
 function send(res: ServerResponse, status: number, body: string | Uint8Array, contentType = "application/json"): void {
-  res.writeHead(status, { "content-type": contentType, "cache-control": "no-store", "x-content-type-options": "nosniff" });
+  res.writeHead(status, {
+    "content-type": contentType,
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+  });
   res.end(body);
 }
-const sendJson = (res: ServerResponse, status: number, value: unknown): void => send(res, status, JSON.stringify(value));
-const fail = (res: ServerResponse, status: number, code: string, message: string): void => sendJson(res, status, { error: { code, message } });
+const sendJson = (res: ServerResponse, status: number, value: unknown): void =>
+  send(res, status, JSON.stringify(value));
+const fail = (res: ServerResponse, status: number, code: string, message: string): void =>
+  sendJson(res, status, { error: { code, message } });
 
 async function readJsonBody(req: IncomingMessage): Promise<Record<string, unknown>> {
   let size = 0;
@@ -109,9 +128,10 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     const job = JOB_ACTION.exec(url.pathname);
     const node = NODE_DRAIN.exec(url.pathname);
     if (job === null && node === null) return false;
-    if (req.method !== "POST") return fail(res, 405, "METHOD_NOT_ALLOWED", "use POST"), true;
+    if (req.method !== "POST") return (fail(res, 405, "METHOD_NOT_ALLOWED", "use POST"), true);
     // A JSON content type cannot be sent by a plain cross-site form: no CSRF through this door.
-    if (!(req.headers["content-type"] ?? "").startsWith("application/json")) return fail(res, 415, "UNSUPPORTED_MEDIA_TYPE", "send Content-Type: application/json"), true;
+    if (!(req.headers["content-type"] ?? "").startsWith("application/json"))
+      return (fail(res, 415, "UNSUPPORTED_MEDIA_TYPE", "send Content-Type: application/json"), true);
     const body = await readJsonBody(req);
     if (node !== null) {
       await o.actions.drain(node[1]!);
@@ -122,11 +142,19 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
       if (verb === "priority") {
         const p = body["priority"];
         // The dispatcher checks the range.
-        if (typeof p !== "number" || !Number.isInteger(p)) throw new FarmError("INVALID_ARGUMENT", "priority must be an integer");
+        if (typeof p !== "number" || !Number.isInteger(p))
+          throw new FarmError("INVALID_ARGUMENT", "priority must be an integer");
         r = await o.actions.setPriority(id!, p);
       } else r = verb === "cancel" ? await o.actions.cancel(id!) : await o.actions.retry(id!);
-      if (r === null) throw new FarmError("FAILED_PRECONDITION", `job ${id} cannot be ${verb === "priority" ? "re-prioritised" : verb === "cancel" ? "cancelled" : "retried"} in its current state`);
-      o.log.info({ jobId: id, action: verb, ...(verb === "priority" ? { priority: body["priority"] } : {}) }, "job action");
+      if (r === null)
+        throw new FarmError(
+          "FAILED_PRECONDITION",
+          `job ${id} cannot be ${verb === "priority" ? "re-prioritised" : verb === "cancel" ? "cancelled" : "retried"} in its current state`,
+        );
+      o.log.info(
+        { jobId: id, action: verb, ...(verb === "priority" ? { priority: body["priority"] } : {}) },
+        "job action",
+      );
     }
     await o.view.refresh();
     sendJson(res, 200, { ok: true });
@@ -136,16 +164,24 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? "/", "http://dashboard");
     const file = files.get(url.pathname === "/" ? "index.html" : url.pathname.replace(/^\/static\//, ""));
-    if (req.method === "GET" && file !== undefined && (url.pathname === "/" || url.pathname.startsWith("/static/"))) return send(res, 200, file.body, file.type);
+    if (req.method === "GET" && file !== undefined && (url.pathname === "/" || url.pathname.startsWith("/static/")))
+      return send(res, 200, file.body, file.type);
     // Answered 200 either way, so the page can ask without a failed request in the browser's log.
-    if (url.pathname === "/api/session" && req.method === "GET") return sendJson(res, 200, { authorized: await authorize(req) });
-    if (!(await authorize(req))) return fail(res, 401, "UNAUTHENTICATED", "a valid operator token is needed: Authorization: Bearer <token>");
+    if (url.pathname === "/api/session" && req.method === "GET")
+      return sendJson(res, 200, { authorized: await authorize(req) });
+    if (!(await authorize(req)))
+      return fail(res, 401, "UNAUTHENTICATED", "a valid operator token is needed: Authorization: Bearer <token>");
     if (await action(req, res, url)) return;
     if (req.method !== "GET" && req.method !== "HEAD") return fail(res, 405, "METHOD_NOT_ALLOWED", "use GET");
-    if (url.pathname === "/metrics") return send(res, 200, await o.metrics.registry.metrics(), o.metrics.registry.contentType);
+    if (url.pathname === "/metrics")
+      return send(res, 200, await o.metrics.registry.metrics(), o.metrics.registry.contentType);
     if (url.pathname === "/api/state") return sendJson(res, 200, o.view.snapshot());
     if (url.pathname === "/api/events") {
-      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store", connection: "keep-alive" });
+      res.writeHead(200, {
+        "content-type": "text/event-stream",
+        "cache-control": "no-store",
+        connection: "keep-alive",
+      });
       res.write(`retry: 2000\nevent: snapshot\ndata: ${JSON.stringify(o.view.snapshot())}\n\n`);
       streams.add(res);
       req.on("close", () => streams.delete(res));

@@ -64,7 +64,8 @@ export function farmMetrics(view: FarmView, storeTraffic: () => { read: number; 
     registers: [registry],
     collect() {
       this.reset();
-      for (const n of view.snapshot().nodes) this.set({ node: n.id }, n.status === "gone" || n.status === "stopped" ? 0 : 1);
+      for (const n of view.snapshot().nodes)
+        this.set({ node: n.id }, n.status === "gone" || n.status === "stopped" ? 0 : 1);
     },
   });
   new Counter({

@@ -8,66 +8,44 @@
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
-import { intermediatePrefixes, jobPrefix, readyTasks, type StageKind, type StageTask } from "../planner/job-plan.js";
+import { readyTasks } from "../planner/job-plan.js";
+import { intermediatePrefixes, jobPrefix } from "../../shared/farm/keys.js";
+import {
+  JOBS_BUCKET,
+  RESULTS_QUEUE,
+  STAGE_KINDS,
+  jobEventSubject,
+  jobEvents,
+  taskMessages,
+  taskResults,
+  type JobEvent,
+  type StageKind,
+  type StageTask,
+  type TaskMessage,
+  type TaskResult,
+} from "../../shared/farm/protocol.js";
 import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
 import { ReadySet } from "./ready-set.js";
 import { FarmError } from "../../shared/errors.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 
-export const STAGE_KINDS: readonly StageKind[] = ["encode_text", "encode_image", "vae_encode", "denoise", "decode", "mux"];
-export const RESULTS_QUEUE = "results";
-export const JOBS_BUCKET = "jobs";
-
-export interface TaskMessage {
-  jobId: string;
-  taskId: string;
-  /** Nodes that failed this task since the job's last retry: another node should take it. */
-  avoidNodes?: string[];
-}
-
-/** The queue message for a task: with the nodes that already failed it, if any. */
+/** The queue message for a task: the task and its job's spec, with the nodes that already failed it, if any. */
 export function taskMessage(r: JobRecord, taskId: string): TaskMessage {
   const since = r.attemptsBeforeRetry?.[taskId] ?? 0;
-  const failed = (r.taskLog ?? []).filter((e) => e.taskId === taskId && !e.ok).slice(since).map((e) => e.node);
-  return { jobId: r.spec.jobId, taskId, ...(failed.length > 0 ? { avoidNodes: [...new Set(failed)] } : {}) };
+  const failed = (r.taskLog ?? [])
+    .filter((e) => e.taskId === taskId && !e.ok)
+    .slice(since)
+    .map((e) => e.node);
+  const task = r.tasks.find((t) => t.id === taskId);
+  if (task === undefined) throw new FarmError("INTERNAL", `job ${r.spec.jobId} has no task ${taskId}`);
+  return {
+    jobId: r.spec.jobId,
+    taskId,
+    task,
+    spec: r.spec,
+    ...(failed.length > 0 ? { avoidNodes: [...new Set(failed)] } : {}),
+  };
 }
-
-export interface TaskResult {
-  jobId: string;
-  taskId: string;
-  ok: boolean;
-  error?: string;
-  /** gRPC status name of the failure. */
-  errorStatus?: string;
-  node: string;
-  /** When the node started and finished the task (ISO 8601). */
-  startedAt?: string;
-  finishedAt?: string;
-  /** Of that time, milliseconds inside model execution (exact when the node runs one task at a time). */
-  modelMs?: number;
-}
-
-/** Published by a node after each denoise step (not stored: live progress only). */
-export interface StepEvent {
-  jobId: string;
-  taskId: string;
-  section: number;
-  step: number;
-  steps: number;
-}
-
-export interface JobEvent {
-  jobId: string;
-  state: JobRecord["state"];
-  done: number;
-  total: number;
-  taskId?: string;
-}
-
-const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
-const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
-
-export const jobEventSubject = (jobId: string): string => `ff.events.job.${jobId}`;
 
 export interface DispatcherOptions {
   /** A task that failed this many times fails its job. */
@@ -78,6 +56,17 @@ export interface DispatcherOptions {
 
 export const PRIORITY_RANGE = { min: -1000, max: 1000 } as const;
 
+/** A job's priority: higher runs first. The one check, for submissions and changes alike. */
+export function checkPriority(priority: number): number {
+  if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`,
+    );
+  }
+  return priority;
+}
+
 const active = (r: JobRecord): boolean => r.state === "QUEUED" || r.state === "RUNNING";
 
 /** The queue's dedup id for one attempt of a task: attempts and operator retries make it new. */
@@ -85,8 +74,16 @@ const dedupId = (r: JobRecord, taskId: string): string => `${taskId}#${r.retries
 
 /** Marks the job's tasks whose dependencies are done ready (inside a record update). */
 function markReady(rec: JobRecord): void {
-  const done = new Set(Object.entries(rec.taskStates).filter(([, s]) => s === "done").map(([id]) => id));
-  const started = new Set(Object.entries(rec.taskStates).filter(([, s]) => s !== "pending").map(([id]) => id));
+  const done = new Set(
+    Object.entries(rec.taskStates)
+      .filter(([, s]) => s === "done")
+      .map(([id]) => id),
+  );
+  const started = new Set(
+    Object.entries(rec.taskStates)
+      .filter(([, s]) => s !== "pending")
+      .map(([id]) => id),
+  );
   for (const t of readyTasks(rec.tasks, done, started)) rec.taskStates[t.id] = "ready";
 }
 
@@ -120,17 +117,21 @@ export class Dispatcher {
   static async start(bus: Bus, store: ObjectStore, options: DispatcherOptions = {}): Promise<Dispatcher> {
     for (const q of [...STAGE_KINDS, RESULTS_QUEUE]) await bus.queues.ensure(q);
     const d = new Dispatcher(bus, store, await bus.kv(JOBS_BUCKET), options);
-    d.consumer = await bus.queues.consume(RESULTS_QUEUE, { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 }, async (m) => {
-      d.handlingResults++;
-      try {
-        const kind = await d.onResult(dec<TaskResult>(m.data));
-        if (kind !== undefined) d.freed.set(kind, (d.freed.get(kind) ?? 0) + 1);
-        m.ack();
-      } finally {
-        d.handlingResults--;
-      }
-      d.requestRelease();
-    });
+    d.consumer = await bus.queues.consume(
+      RESULTS_QUEUE,
+      { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 },
+      async (m) => {
+        d.handlingResults++;
+        try {
+          const kind = await d.onResult(taskResults.decode(m.data));
+          if (kind !== undefined) d.freed.set(kind, (d.freed.get(kind) ?? 0) + 1);
+          m.ack();
+        } finally {
+          d.handlingResults--;
+        }
+        d.requestRelease();
+      },
+    );
     // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
     // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
     for (const jobId of await d.kv.keys()) {
@@ -140,7 +141,8 @@ export class Dispatcher {
       if (w === null) continue;
       d.mirror(w.record, w.revision);
       for (const t of w.record.tasks) {
-        if (w.record.taskStates[t.id] === "queued") await d.bus.queues.enqueue(t.kind, enc(taskMessage(w.record, t.id)), dedupId(w.record, t.id));
+        if (w.record.taskStates[t.id] === "queued")
+          await d.bus.queues.enqueue(t.kind, taskMessages.encode(taskMessage(w.record, t.id)), dedupId(w.record, t.id));
       }
     }
     d.tick = setInterval(() => d.requestRelease(), options.tickMs ?? 250);
@@ -151,9 +153,7 @@ export class Dispatcher {
 
   async submit(spec: JobSpec, tasks: StageTask[], options: { priority?: number } = {}): Promise<void> {
     const priority = options.priority ?? 0;
-    if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
-      throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`);
-    }
+    checkPriority(priority);
     const now = new Date().toISOString();
     const record: JobRecord = {
       spec,
@@ -181,8 +181,14 @@ export class Dispatcher {
 
   private publish(r: JobRecord, taskId?: string): void {
     const done = Object.values(r.taskStates).filter((s) => s === "done").length;
-    const event: JobEvent = { jobId: r.spec.jobId, state: r.state, done, total: r.tasks.length, ...(taskId !== undefined ? { taskId } : {}) };
-    this.bus.events.publish(jobEventSubject(r.spec.jobId), enc(event));
+    const event: JobEvent = {
+      jobId: r.spec.jobId,
+      state: r.state,
+      done,
+      total: r.tasks.length,
+      ...(taskId !== undefined ? { taskId } : {}),
+    };
+    this.bus.events.publish(jobEventSubject(r.spec.jobId), jobEvents.encode(event));
   }
 
   /** Makes the held set agree with a record this dispatcher wrote (or read at start). */
@@ -194,7 +200,8 @@ export class Dispatcher {
     if (!active(r)) return;
     const createdAt = Date.parse(r.createdAt);
     r.tasks.forEach((t, order) => {
-      if (r.taskStates[t.id] === "ready") this.ready.add({ jobId, taskId: t.id, kind: t.kind, priority: r.priority ?? 0, createdAt, order });
+      if (r.taskStates[t.id] === "ready")
+        this.ready.add({ jobId, taskId: t.id, kind: t.kind, priority: r.priority ?? 0, createdAt, order });
     });
   }
 
@@ -246,14 +253,20 @@ export class Dispatcher {
         const { jobId, taskId } = next;
         let w: Awaited<ReturnType<typeof updateJob>>;
         try {
-          w = await updateJob(this.kv, jobId, (rec) => (active(rec) && rec.taskStates[taskId] === "ready" ? ((rec.taskStates[taskId] = "queued"), rec) : null));
+          w = await updateJob(this.kv, jobId, (rec) =>
+            active(rec) && rec.taskStates[taskId] === "ready" ? ((rec.taskStates[taskId] = "queued"), rec) : null,
+          );
         } catch (err) {
           this.ready.add(next); // still ready in the store: offer it again once the bus is back
           throw err;
         }
         if (w === null) continue; // cancelled, or already moved on
         this.mirror(w.record, w.revision);
-        const send = { kind, data: enc(taskMessage(w.record, taskId)), dedupId: dedupId(w.record, taskId) };
+        const send = {
+          kind,
+          data: taskMessages.encode(taskMessage(w.record, taskId)),
+          dedupId: dedupId(w.record, taskId),
+        };
         try {
           await this.bus.queues.enqueue(send.kind, send.data, send.dedupId);
         } catch (err) {
@@ -267,7 +280,7 @@ export class Dispatcher {
 
   /**
    * Cancels a job that has not ended and removes its objects (a cancelled job keeps nothing).
-   * Nodes working on it notice within their lease interval and stop. Returns null if it had ended.
+   * Nodes working on it hear it on the job's subject and stop. Returns null if it had ended.
    */
   async cancel(jobId: string): Promise<JobRecord | null> {
     const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? { ...rec, state: "CANCELLED" } : null));
@@ -280,9 +293,7 @@ export class Dispatcher {
 
   /** Changes an unfinished job's priority; its held tasks move at once. Null if the job has ended. */
   async setPriority(jobId: string, priority: number): Promise<JobRecord | null> {
-    if (!Number.isInteger(priority) || priority < PRIORITY_RANGE.min || priority > PRIORITY_RANGE.max) {
-      throw new FarmError("INVALID_ARGUMENT", `priority must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${priority}`);
-    }
+    checkPriority(priority);
     const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? { ...rec, priority } : null));
     if (w === null) return null;
     this.mirror(w.record, w.revision);
@@ -327,7 +338,14 @@ export class Dispatcher {
       if (rec.taskStates[result.taskId] === "done" || !active(rec)) return null;
       const attempts = (rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1);
       if (result.startedAt !== undefined && result.finishedAt !== undefined) {
-        (rec.taskLog ??= []).push({ taskId: result.taskId, node: result.node, ok: result.ok, startedAt: result.startedAt, finishedAt: result.finishedAt, modelMs: result.modelMs ?? 0 });
+        (rec.taskLog ??= []).push({
+          taskId: result.taskId,
+          node: result.node,
+          ok: result.ok,
+          startedAt: result.startedAt,
+          finishedAt: result.finishedAt,
+          modelMs: result.modelMs ?? 0,
+        });
       }
       if (result.ok) {
         rec.taskStates[result.taskId] = "done";
@@ -353,7 +371,8 @@ export class Dispatcher {
     if (w === null) return undefined;
     this.mirror(w.record, w.revision);
     // A failed job keeps its intermediates: a retry resumes from them.
-    if (w.record.state === "SUCCEEDED") for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
+    if (w.record.state === "SUCCEEDED")
+      for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
     this.publish(w.record, result.taskId);
     return w.record.tasks.find((t) => t.id === result.taskId)?.kind;
   }

@@ -6,9 +6,9 @@
 import { FarmError } from "../../shared/errors.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import type { StageTask } from "../planner/job-plan.js";
+import { jsonCodec } from "../../shared/farm/codec.js";
+import type { JobState, StageTask } from "../../shared/farm/protocol.js";
 
-export type JobState = "QUEUED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED";
 /**
  * pending: waits for its dependencies; ready: runnable, held by the dispatcher until its stage
  * queue has room (so priority decides what runs next); queued: on the stage queue or running;
@@ -36,8 +36,9 @@ export interface JobRecord {
   updatedAt: string;
 }
 
-const enc = (r: JobRecord): Uint8Array => new TextEncoder().encode(JSON.stringify(r));
-const dec = (b: Uint8Array): JobRecord => JSON.parse(new TextDecoder().decode(b)) as JobRecord;
+const records = jsonCodec<JobRecord>();
+const enc = records.encode;
+const dec = records.decode;
 
 export async function readJob(kv: KeyValue, jobId: string): Promise<{ record: JobRecord; revision: number } | null> {
   const e = await kv.get(jobId);
@@ -54,7 +55,11 @@ export async function createJob(kv: KeyValue, record: JobRecord): Promise<number
  * retries on a lost race. Returns the record as written with its revision, or null if change
  * returned null.
  */
-export async function updateJob(kv: KeyValue, jobId: string, change: (r: JobRecord) => JobRecord | null): Promise<{ record: JobRecord; revision: number } | null> {
+export async function updateJob(
+  kv: KeyValue,
+  jobId: string,
+  change: (r: JobRecord) => JobRecord | null,
+): Promise<{ record: JobRecord; revision: number } | null> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const cur = await readJob(kv, jobId);
     if (cur === null) throw new FarmError("NOT_FOUND", `job ${jobId} does not exist`);

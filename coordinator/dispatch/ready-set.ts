@@ -1,10 +1,10 @@
+import type { StageKind } from "../../shared/farm/protocol.js";
 /**
  * The runnable tasks the dispatcher holds back from the stage queues, and the order they are
  * released in: higher job priority first, then the older job, then the task's place in its job's
  * plan. Holding them here (instead of queueing everything at once) is what lets a high-priority
  * job submitted later overtake a long backlog: a stage queue only ever holds a task or two.
  */
-import type { StageKind } from "../planner/job-plan.js";
 
 export interface ReadyTask {
   jobId: string;
@@ -19,7 +19,12 @@ export interface ReadyTask {
 
 /** Negative when a should be released before b. */
 export function compareReady(a: ReadyTask, b: ReadyTask): number {
-  return b.priority - a.priority || a.createdAt - b.createdAt || (a.jobId < b.jobId ? -1 : a.jobId > b.jobId ? 1 : 0) || a.order - b.order;
+  return (
+    b.priority - a.priority ||
+    a.createdAt - b.createdAt ||
+    (a.jobId < b.jobId ? -1 : a.jobId > b.jobId ? 1 : 0) ||
+    a.order - b.order
+  );
 }
 
 export class ReadySet {
@@ -47,7 +52,8 @@ export class ReadySet {
   /** The next task to release for this stage, or undefined. */
   best(kind: StageKind): ReadyTask | undefined {
     let best: ReadyTask | undefined;
-    for (const t of this.byKind.get(kind)?.values() ?? []) if (best === undefined || compareReady(t, best) < 0) best = t;
+    for (const t of this.byKind.get(kind)?.values() ?? [])
+      if (best === undefined || compareReady(t, best) < 0) best = t;
     return best;
   }
 

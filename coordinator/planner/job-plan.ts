@@ -9,21 +9,9 @@ import type { SectionPlan } from "../../shared/framepack/plan.js";
 import { drawsForRandn } from "../../shared/sampler/torch-rng.js";
 import { validateObjectKey } from "../../shared/store/object-store.js";
 import { FarmError } from "../../shared/errors.js";
-
-export type StageKind = "encode_text" | "encode_image" | "vae_encode" | "denoise" | "decode" | "mux";
-
-export interface StageTask {
-  /** Unique within the farm: `<jobId>.<kind>` or `<jobId>.<kind>.<section>`. */
-  id: string;
-  jobId: string;
-  kind: StageKind;
-  section?: number;
-  dependsOn: string[];
-  inputs: Record<string, string>;
-  outputs: Record<string, string>;
-  /** Generator seed and the number of 32-bit draws to skip before this task's first draw. */
-  rng?: { seed: string; offset: number };
-}
+import type { StageKind, StageTask } from "../../shared/farm/protocol.js";
+import { jobKeys } from "../../shared/farm/keys.js";
+import type { JobOutput } from "../../shared/job/job-spec.js";
 
 export interface JobPlanInput {
   jobId: string;
@@ -33,58 +21,60 @@ export interface JobPlanInput {
   trueCfg: boolean;
   /** Latent tensor geometry: channels, height/8, width/8. */
   latent: { channels: number; height: number; width: number };
+  /** The video's format and whether the frames are kept as PNGs (default: an MP4 alone). */
+  output?: JobOutput;
+  /** The job's recipe is stored (under jobKeys().recipe) for the mux to embed in the video. */
+  recipe?: boolean;
+  /**
+   * diffusers (default): one generator for the image latents' sample(s), then each section's
+   * noise. demo (lllyasviel's, --sampler unipc): each section's noise from a generator seeded with
+   * seed alone; the image latents' sample(s) from torch's global generator, which framefarm seeds
+   * with seed + 1 (mod 2^64) right before.
+   */
+  rng?: "diffusers" | "demo";
 }
 
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 
-/** Every object a job writes lives under this prefix. */
-export const jobPrefix = (jobId: string): string => `jobs/${jobId}/`;
-
-/**
- * What a job writes only for its own later tasks (embeddings, histories, decoded sections): removed
- * once it has succeeded. Inputs, previews and the video stay. At real sizes a section's decoded
- * frames alone are hundreds of MB.
- */
-export const intermediatePrefixes = (jobId: string): string[] => ["text/", "image/", "sections/"].map((p) => `${jobPrefix(jobId)}${p}`);
-
-export function jobKeys(jobId: string) {
-  const p = jobPrefix(jobId);
-  return {
-    firstImage: `${p}inputs/first-image`,
-    lastImage: `${p}inputs/last-image`,
-    promptEmbeds: `${p}text/prompt.safetensors`,
-    negativeEmbeds: `${p}text/negative.safetensors`,
-    imageEmbeds: `${p}image/embeds.safetensors`,
-    imageLatents: `${p}image/latents.safetensors`,
-    history: (k: number) => `${p}sections/${k}/history.safetensors`,
-    sectionVideo: (k: number) => `${p}sections/${k}/video.safetensors`,
-    /** A section's decoded frames as a small MP4, for watching a job while it renders. */
-    sectionPreview: (k: number) => `${p}previews/section-${k}.mp4`,
-    video: `${p}output/video.mp4`,
-  };
-}
-
 export function planJob(input: JobPlanInput): StageTask[] {
   const { jobId, sections: plan, latent } = input;
-  if (!JOB_ID.test(jobId)) throw new FarmError("INVALID_ARGUMENT", `job id ${JSON.stringify(jobId)} must be 1-64 of [A-Za-z0-9_-]`);
+  if (!JOB_ID.test(jobId))
+    throw new FarmError("INVALID_ARGUMENT", `job id ${JSON.stringify(jobId)} must be 1-64 of [A-Za-z0-9_-]`);
   const keys = jobKeys(jobId);
   const seed = input.seed.toString();
   const id = (kind: StageKind, k?: number): string => (k === undefined ? `${jobId}.${kind}` : `${jobId}.${kind}.${k}`);
 
   const text: StageTask = {
-    id: id("encode_text"), jobId, kind: "encode_text", dependsOn: [], inputs: {},
+    id: id("encode_text"),
+    jobId,
+    kind: "encode_text",
+    dependsOn: [],
+    inputs: {},
     outputs: { prompt: keys.promptEmbeds, ...(input.trueCfg ? { negative: keys.negativeEmbeds } : {}) },
   };
   const images = { first: keys.firstImage, ...(input.hasEndImage ? { last: keys.lastImage } : {}) };
-  const image: StageTask = { id: id("encode_image"), jobId, kind: "encode_image", dependsOn: [], inputs: images, outputs: { embeds: keys.imageEmbeds } };
+  const image: StageTask = {
+    id: id("encode_image"),
+    jobId,
+    kind: "encode_image",
+    dependsOn: [],
+    inputs: images,
+    outputs: { embeds: keys.imageEmbeds },
+  };
   // diffusers draws the start image's posterior sample, the end image's, then each section's noise.
   const posteriorDraws = drawsForRandn(latent.channels * latent.height * latent.width);
+  const demo = input.rng === "demo";
   const vae: StageTask = {
-    id: id("vae_encode"), jobId, kind: "vae_encode", dependsOn: [], inputs: images, outputs: { latents: keys.imageLatents },
-    rng: { seed, offset: 0 },
+    id: id("vae_encode"),
+    jobId,
+    kind: "vae_encode",
+    dependsOn: [],
+    inputs: images,
+    outputs: { latents: keys.imageLatents },
+    rng: { seed: demo ? ((input.seed + 1n) % (1n << 64n)).toString() : seed, offset: 0 },
   };
   const noiseDraws = drawsForRandn(latent.channels * plan.latentWindowSize * latent.height * latent.width);
-  const firstNoise = posteriorDraws * (input.hasEndImage ? 2 : 1);
+  const firstNoise = demo ? 0 : posteriorDraws * (input.hasEndImage ? 2 : 1);
 
   const tasks: StageTask[] = [text, image, vae];
   const decodes: string[] = [];
@@ -92,28 +82,50 @@ export function planJob(input: JobPlanInput): StageTask[] {
     const k = s.index;
     const conditioning = { ...text.outputs, imageEmbeds: keys.imageEmbeds, imageLatents: keys.imageLatents };
     tasks.push({
-      id: id("denoise", k), jobId, kind: "denoise", section: k,
+      id: id("denoise", k),
+      jobId,
+      kind: "denoise",
+      section: k,
       dependsOn: k === 0 ? [text.id, image.id, vae.id] : [id("denoise", k - 1)],
       inputs: k === 0 ? conditioning : { ...conditioning, history: keys.history(k - 1) },
       outputs: { history: keys.history(k) },
       rng: { seed, offset: firstNoise + k * noiseDraws },
     });
     tasks.push({
-      id: id("decode", k), jobId, kind: "decode", section: k, dependsOn: [id("denoise", k)],
-      inputs: { history: keys.history(k) }, outputs: { video: keys.sectionVideo(k), preview: keys.sectionPreview(k) },
+      id: id("decode", k),
+      jobId,
+      kind: "decode",
+      section: k,
+      dependsOn: [id("denoise", k)],
+      inputs: { history: keys.history(k) },
+      outputs: { video: keys.sectionVideo(k), preview: keys.sectionPreview(k) },
     });
     decodes.push(id("decode", k));
   }
   tasks.push({
-    id: id("mux"), jobId, kind: "mux", dependsOn: decodes,
-    inputs: Object.fromEntries(plan.sections.map((s) => [`section${s.index}`, keys.sectionVideo(s.index)])),
-    outputs: { video: keys.video },
+    id: id("mux"),
+    jobId,
+    kind: "mux",
+    dependsOn: decodes,
+    inputs: {
+      ...Object.fromEntries(plan.sections.map((s) => [`section${s.index}`, keys.sectionVideo(s.index)])),
+      ...(input.recipe === true ? { recipe: keys.recipe } : {}),
+    },
+    outputs: {
+      video: input.output?.format === "webm" ? keys.webm : keys.video,
+      ...(input.output?.saveFrames === true ? { frames: keys.frames } : {}),
+    },
   });
-  for (const t of tasks) for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)]) validateObjectKey(k);
+  for (const t of tasks)
+    for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)]) validateObjectKey(k);
   return tasks;
 }
 
 /** Tasks whose dependencies are all done and that are not done or running themselves. */
-export function readyTasks(tasks: readonly StageTask[], done: ReadonlySet<string>, running: ReadonlySet<string>): StageTask[] {
+export function readyTasks(
+  tasks: readonly StageTask[],
+  done: ReadonlySet<string>,
+  running: ReadonlySet<string>,
+): StageTask[] {
   return tasks.filter((t) => !done.has(t.id) && !running.has(t.id) && t.dependsOn.every((d) => done.has(d)));
 }

@@ -52,13 +52,21 @@ export async function openBundle(dir: string, options: OpenBundleOptions = {}): 
   try {
     text = await readFile(manifestPath, "utf8");
   } catch (err) {
-    throw new FarmError("NOT_FOUND", `model bundle ${root}: ${MANIFEST_FILE} is missing (export one with gpu-node/export)`, { cause: err });
+    throw new FarmError(
+      "NOT_FOUND",
+      `model bundle ${root}: ${MANIFEST_FILE} is missing (export one with gpu-node/export)`,
+      { cause: err },
+    );
   }
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new FarmError("FAILED_PRECONDITION", `model bundle ${manifestPath} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `model bundle ${manifestPath} is not valid JSON: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   const manifest = validateManifest(raw, manifestPath);
   const file = (relative: string): string => path.join(root, relative);
@@ -85,7 +93,10 @@ export async function openBundle(dir: string, options: OpenBundleOptions = {}): 
       if (entry.sha256 === undefined) continue;
       const got = await sha256Of(file(entry.file));
       if (got !== entry.sha256) {
-        throw new FarmError("DATA_LOSS", `model bundle component ${name} (${entry.file}) is corrupt: sha256 ${got}, manifest says ${entry.sha256}`);
+        throw new FarmError(
+          "DATA_LOSS",
+          `model bundle component ${name} (${entry.file}) is corrupt: sha256 ${got}, manifest says ${entry.sha256}`,
+        );
       }
     }
   }

@@ -68,7 +68,10 @@ function parseInitializer(payload: Uint8Array): [string, Initializer] {
   const fields = readFields(payload);
   const name = fields.find((f) => f.no === 8);
   const dataType = fields.find((f) => f.no === 2);
-  return [name === undefined ? "" : fieldString(name), { dims: int64s(fields, 1), dataType: Number(dataType?.varint ?? 0n), raw: payload, fields }];
+  return [
+    name === undefined ? "" : fieldString(name),
+    { dims: int64s(fields, 1), dataType: Number(dataType?.varint ?? 0n), raw: payload, fields },
+  ];
 }
 
 /** An int64 initializer's values (raw_data or int64_data), or undefined when it is not one. */
@@ -86,7 +89,14 @@ const isScalar = (init: Initializer | undefined): boolean => init !== undefined 
 
 // ---- writing nodes and graphs -------------------------------------------------------------------
 
-type Attr = { name: string; int?: bigint | number; ints?: (bigint | number)[]; tensor?: Uint8Array; graph?: Uint8Array; raw?: Uint8Array };
+type Attr = {
+  name: string;
+  int?: bigint | number;
+  ints?: (bigint | number)[];
+  tensor?: Uint8Array;
+  graph?: Uint8Array;
+  raw?: Uint8Array;
+};
 
 function nodeBytes(opType: string, inputs: string[], outputs: string[], name: string, attrs: Attr[] = []): Uint8Array {
   const w = new Writer();
@@ -180,10 +190,12 @@ export function rewriteChunkedAttention(model: Uint8Array, options: ChunkedAtten
   if (nodes.some(hasGraphAttribute)) return { model, rewritten: 0 };
   const inits = new Map(graphFields.filter((f) => f.no === 5).map((f) => parseInitializer(f.payload)));
   const graphOutputs = new Set(
-    graphFields.filter((f) => f.no === 12).map((f) => {
-      const n = readFields(f.payload).find((g) => g.no === 1);
-      return n === undefined ? "" : fieldString(n);
-    }),
+    graphFields
+      .filter((f) => f.no === 12)
+      .map((f) => {
+        const n = readFields(f.payload).find((g) => g.no === 1);
+        return n === undefined ? "" : fieldString(n);
+      }),
   );
   const producer = new Map<string, OnnxNode>();
   const consumers = new Map<string, OnnxNode[]>();
@@ -191,7 +203,8 @@ export function rewriteChunkedAttention(model: Uint8Array, options: ChunkedAtten
     for (const o of n.output) producer.set(o, n);
     for (const i of n.input) consumers.set(i, [...(consumers.get(i) ?? []), n]);
   }
-  const onlyConsumer = (name: string, node: OnnxNode): boolean => !graphOutputs.has(name) && (consumers.get(name) ?? []).length === 1 && consumers.get(name)![0] === node;
+  const onlyConsumer = (name: string, node: OnnxNode): boolean =>
+    !graphOutputs.has(name) && (consumers.get(name) ?? []).length === 1 && consumers.get(name)![0] === node;
   const scaleMul = (name: string, into: OnnxNode): OnnxNode | null => {
     const p = producer.get(name);
     if (p === undefined || p.opType !== "Mul" || p.domain !== "" || !onlyConsumer(name, into)) return null;
@@ -204,7 +217,13 @@ export function rewriteChunkedAttention(model: Uint8Array, options: ChunkedAtten
     const axis = intAttribute(softmax, "axis") ?? -1n;
     if (axis !== -1n && axis !== 3n) continue;
     const out = consumers.get(softmax.output[0]!);
-    if (out?.length !== 1 || out[0]!.opType !== "MatMul" || out[0]!.input[0] !== softmax.output[0] || graphOutputs.has(softmax.output[0]!)) continue;
+    if (
+      out?.length !== 1 ||
+      out[0]!.opType !== "MatMul" ||
+      out[0]!.input[0] !== softmax.output[0] ||
+      graphOutputs.has(softmax.output[0]!)
+    )
+      continue;
     let scoresName = softmax.input[0]!;
     let add: OnnxNode | null = null;
     let mask: string | null = null;
@@ -246,7 +265,8 @@ export function rewriteChunkedAttention(model: Uint8Array, options: ChunkedAtten
   for (const p of patterns) {
     if (p.causal === null) continue;
     for (const n of p.causal.chain) {
-      if (n.output.every((o) => !graphOutputs.has(o) && (consumers.get(o) ?? []).every((c) => removed.has(c)))) removed.add(n);
+      if (n.output.every((o) => !graphOutputs.has(o) && (consumers.get(o) ?? []).every((c) => removed.has(c))))
+        removed.add(n);
     }
   }
 
@@ -280,7 +300,12 @@ export function rewriteChunkedAttention(model: Uint8Array, options: ChunkedAtten
     let name = maskName;
     let node = producer.get(name);
     let consumer = addNode;
-    while (node !== undefined && ["Reshape", "Expand", "Unsqueeze"].includes(node.opType) && node.domain === "" && onlyConsumer(name, consumer)) {
+    while (
+      node !== undefined &&
+      ["Reshape", "Expand", "Unsqueeze"].includes(node.opType) &&
+      node.domain === "" &&
+      onlyConsumer(name, consumer)
+    ) {
       chain.push(node);
       consumer = node;
       name = node.input[0]!;
@@ -302,7 +327,12 @@ export function rewriteChunkedAttention(model: Uint8Array, options: ChunkedAtten
   }
 }
 
-function loopNodes(p: Pattern, index: number, options: ChunkedAttentionOptions, inits: Map<string, Initializer>): Uint8Array[] {
+function loopNodes(
+  p: Pattern,
+  index: number,
+  options: ChunkedAttentionOptions,
+  inits: Map<string, Initializer>,
+): Uint8Array[] {
   const x = (s: string): string => `chunked_attention_${index}_${s}`;
   const minRows = options.minRows ?? 16;
   const outer: Uint8Array[] = [];
@@ -370,7 +400,15 @@ function loopNodes(p: Pattern, index: number, options: ChunkedAttentionOptions, 
     body.push(nodeBytes("Add", addInputs, [b("masked")], b("masked")));
     scores = b("masked");
   }
-  body.push(nodeBytes("Softmax", [scores], [b("probs")], b("probs"), p.softmax.attributes.map((raw) => ({ name: "", raw: raw.payload }))));
+  body.push(
+    nodeBytes(
+      "Softmax",
+      [scores],
+      [b("probs")],
+      b("probs"),
+      p.softmax.attributes.map((raw) => ({ name: "", raw: raw.payload })),
+    ),
+  );
   body.push(nodeBytes("MatMul", [b("probs"), p.v], [b("out")], b("out")));
   body.push(nodeBytes("Concat", [b("acc"), b("out")], [b("acc_next")], b("acc_next"), [{ name: "axis", int: -2 }]));
   body.push(nodeBytes("Identity", [b("cond")], [b("cond_next")], b("cond_next")));
@@ -383,13 +421,19 @@ function loopNodes(p: Pattern, index: number, options: ChunkedAttentionOptions, 
   g.bytes(11, valueInfo(b("acc"), 1, false));
   g.bytes(12, valueInfo(b("cond_next"), 9, true));
   g.bytes(12, valueInfo(b("acc_next"), 1, false));
-  outer.push(nodeBytes("Loop", [x("trips"), "", x("acc0")], [p.out.output[0]!], x("loop"), [{ name: "body", graph: g.finish() }]));
+  outer.push(
+    nodeBytes("Loop", [x("trips"), "", x("acc0")], [p.out.output[0]!], x("loop"), [
+      { name: "body", graph: g.finish() },
+    ]),
+  );
   return outer;
 }
 
 /** Fields of a TensorProto that place its data outside the model file. */
 function usesExternalData(graphPayload: Uint8Array): boolean {
-  return readFields(graphPayload).some((f) => f.no === 5 && readFields(f.payload).some((t) => t.no === 14 && t.varint === 1n));
+  return readFields(graphPayload).some(
+    (f) => f.no === 5 && readFields(f.payload).some((t) => t.no === 14 && t.varint === 1n),
+  );
 }
 
 /**

@@ -25,9 +25,13 @@ function readNumber(file: string, pattern?: RegExp): number | null {
 }
 
 /** Bytes this process could hold in all, and where that number comes from; null: unknown. */
-export function availableMemory(ep: string, env: NodeJS.ProcessEnv = process.env): { bytes: number; what: string } | null {
+export function availableMemory(
+  ep: string,
+  env: NodeJS.ProcessEnv = process.env,
+): { bytes: number; what: string } | null {
   const mb = env["FRAMEFARM_MEMORY_MB"];
-  if (mb !== undefined && mb !== "" && Number.isFinite(Number(mb)) && Number(mb) > 0) return { bytes: Number(mb) * 2 ** 20, what: "this node (FRAMEFARM_MEMORY_MB)" };
+  if (mb !== undefined && mb !== "" && Number.isFinite(Number(mb)) && Number(mb) > 0)
+    return { bytes: Number(mb) * 2 ** 20, what: "this node (FRAMEFARM_MEMORY_MB)" };
   if (ep !== "cpu") return null;
   const rss = process.memoryUsage.rss();
   const memAvailable = readNumber("/proc/meminfo", /MemAvailable:\s+(\d+) kB/);
@@ -49,7 +53,8 @@ function decoderChannels(file: string): number | undefined {
       const fields = readFields(f.payload);
       const name = fields.find((g) => g.no === 8);
       const dims = int64s(fields, 1);
-      if (name !== undefined && /conv_out.*weight/.test(fieldString(name)) && dims.length === 5) channels = Number(dims[1]);
+      if (name !== undefined && /conv_out.*weight/.test(fieldString(name)) && dims.length === 5)
+        channels = Number(dims[1]);
     }
     return channels;
   } catch {
@@ -86,5 +91,9 @@ export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): Memory
 export function admitJob(runtime: ModelRuntime, spec: JobSpec, env: NodeJS.ProcessEnv = process.env): void {
   const available = availableMemory(runtime.settings.ep, env);
   if (available === null) return;
-  admitMemory(estimateForRuntime(runtime, spec), available, { height: spec.height, width: spec.width, frames: spec.params.numFrames });
+  admitMemory(estimateForRuntime(runtime, spec), available, {
+    height: spec.height,
+    width: spec.width,
+    frames: spec.params.numFrames,
+  });
 }

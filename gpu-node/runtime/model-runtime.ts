@@ -54,7 +54,10 @@ export class ModelRuntime {
    */
   settingsFor(name: ComponentName): SessionSettings {
     if (this.settings.ep !== "cpu") return this.settings;
-    const chunked = this.settings.attentionBlockBytes === undefined && CHUNKED_ATTENTION_COMPONENTS.has(name) ? { attentionBlockBytes: DEFAULT_ATTENTION_BLOCK_BYTES } : {};
+    const chunked =
+      this.settings.attentionBlockBytes === undefined && CHUNKED_ATTENTION_COMPONENTS.has(name)
+        ? { attentionBlockBytes: DEFAULT_ATTENTION_BLOCK_BYTES }
+        : {};
     return { cpuMemArena: CPU_ARENA_COMPONENTS.has(name), ...this.settings, ...chunked };
   }
 
@@ -64,7 +67,10 @@ export class ModelRuntime {
     const missing = expected.filter((n) => !model.inputNames.includes(n));
     if (missing.length > 0) {
       await model.release();
-      throw new FarmError("FAILED_PRECONDITION", `${name} graph lacks inputs ${missing.join(", ")} that the manifest promises: re-export the bundle`);
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `${name} graph lacks inputs ${missing.join(", ")} that the manifest promises: re-export the bundle`,
+      );
     }
     return model;
   }

@@ -20,6 +20,14 @@ export interface SessionSettings {
   /** Options for the execution provider itself (e.g. WebGPU's storageBufferCacheMode); cpu ignores them. */
   providerOptions?: Readonly<Record<string, string>>;
   /**
+   * On a GPU provider, refuse to create a session that places any node on the CPU
+   * (session.disable_cpu_ep_fallback; FRAMEFARM_STRICT_PLACEMENT=1). Off by default: onnxruntime
+   * always places a dynamic-shape graph's shape arithmetic (Shape -> Gather -> Concat on int64) on
+   * the CPU on purpose, so on an H200 every graph of a real bundle was refused with it on. Kept for
+   * graphs with static shapes and for checking an export.
+   */
+  strictPlacement?: boolean;
+  /**
    * Runs the graph's masked attention (MatMul, Softmax, MatMul) in blocks of query rows whose
    * scores take at most this many bytes, bit-identically (see chunked-attention.ts); unset runs
    * the graph as exported.
@@ -32,8 +40,25 @@ export interface SessionSettings {
   cpuMemArena?: boolean;
 }
 
+/** The provider list and session config entries for one session. */
+export function sessionProviders(settings: SessionSettings): {
+  providers: (string | Record<string, string>)[];
+  config: Record<string, string>;
+} {
+  const main =
+    settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
+  if (settings.ep === "cpu") return { providers: ["cpu"], config: {} };
+  // onnxruntime rejects disable_cpu_ep_fallback when the CPU provider is listed explicitly.
+  const strict = settings.ep === "cuda" && (settings.strictPlacement ?? process.env.FRAMEFARM_STRICT_PLACEMENT === "1");
+  return strict
+    ? { providers: [main], config: { "session.disable_cpu_ep_fallback": "1" } }
+    : { providers: [main, "cpu"], config: {} };
+}
+
 function toOrt(t: Feed): ort.Tensor {
-  return t.is("int64") ? new ort.Tensor("int64", t.data, [...t.shape]) : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
+  return t.is("int64")
+    ? new ort.Tensor("int64", t.data, [...t.shape])
+    : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
 }
 
 /** Milliseconds spent inside onnxruntime, accumulated per runtime (farm-overhead accounting). */
@@ -48,22 +73,43 @@ export class OnnxModel {
     private readonly clock: ModelClock,
   ) {}
 
-  static async load(component: string, file: string, settings: SessionSettings, clock: ModelClock = { ms: 0 }): Promise<OnnxModel> {
-    const main = settings.providerOptions === undefined ? settings.ep : { ...settings.providerOptions, name: settings.ep };
-    const providers = settings.ep === "cpu" ? ["cpu"] : [main, "cpu"];
+  static async load(
+    component: string,
+    file: string,
+    settings: SessionSettings,
+    clock: ModelClock = { ms: 0 },
+  ): Promise<OnnxModel> {
+    const { providers, config } = sessionProviders(settings);
     try {
-      const model = settings.attentionBlockBytes === undefined ? file : await chunkedAttentionModel(file, settings.attentionBlockBytes);
       const options: ort.InferenceSession.SessionOptions = {
-        executionProviders: providers,
+        executionProviders: providers as ort.InferenceSession.ExecutionProviderConfig[],
         graphOptimizationLevel: settings.graphOptimization ?? "all",
         intraOpNumThreads: settings.intraOpThreads ?? 0,
         logSeverityLevel: 3,
         ...(settings.cpuMemArena !== undefined ? { enableCpuMemArena: settings.cpuMemArena } : {}),
+        extra: {
+          session: Object.fromEntries(Object.entries(config).map(([k, v]) => [k.replace(/^session\./, ""), v])),
+        },
       };
-      const session = typeof model === "string" ? await ort.InferenceSession.create(model, options) : await ort.InferenceSession.create(model, options);
+      const model =
+        settings.attentionBlockBytes === undefined
+          ? file
+          : await chunkedAttentionModel(file, settings.attentionBlockBytes);
+      const session =
+        typeof model === "string"
+          ? await ort.InferenceSession.create(model, options)
+          : await ort.InferenceSession.create(model, options);
       return new OnnxModel(component, session, clock);
     } catch (err) {
-      throw new FarmError("FAILED_PRECONDITION", `cannot load ${component} from ${file} on ${settings.ep}: ${(err as Error).message}`, { cause: err });
+      const message = (err as Error).message;
+      const hint = /fallback to CPU EP has been explicitly disabled/.test(message)
+        ? ` (${settings.ep} placed a node of this graph on the CPU; onnxruntime places dynamic-shape arithmetic there on purpose: unset FRAMEFARM_STRICT_PLACEMENT)`
+        : "";
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `cannot load ${component} from ${file} on ${settings.ep}: ${message}${hint}`,
+        { cause: err },
+      );
     }
   }
 
@@ -88,8 +134,12 @@ export class OnnxModel {
       results = await this.session.run(ortFeeds);
       this.clock.ms += performance.now() - started;
     } catch (err) {
-      const shapes = Object.entries(feeds).map(([k, v]) => `${k}=${v.describe()}`).join(" ");
-      throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, { cause: err });
+      const shapes = Object.entries(feeds)
+        .map(([k, v]) => `${k}=${v.describe()}`)
+        .join(" ");
+      throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {

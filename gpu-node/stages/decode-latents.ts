@@ -17,5 +17,9 @@ export function toVaeLatents(latents: F32, scalingFactor: number): F32 {
 /** vaeLatents: [1, C, T, h, w] already divided by the scaling factor -> [1, 3, (T-1)*4+1, H, W]. */
 export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32): Promise<F32> {
   const model = await runtime.model("vae_decoder");
-  return temporalTiledDecode(vaeLatents, runtime.bundle.manifest.vae, async (tile) => (await model.run({ latents: tile })).sample!);
+  return temporalTiledDecode(
+    vaeLatents,
+    runtime.bundle.manifest.vae,
+    async (tile) => (await model.run({ latents: tile })).sample!,
+  );
 }

@@ -6,6 +6,8 @@ import { Tensor, type F32, type I64 } from "../../shared/tensor/tensor.js";
 import type { FlowMatchSchedule } from "../../shared/sampler/flow-match.js";
 import { eulerStep } from "../../shared/sampler/flow-match.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { UniPCOptions } from "../../shared/job/section-sampling.js";
+import { denoiseSectionUniPC } from "./denoise-unipc.js";
 
 export interface TextConditioning {
   embeds: F32;
@@ -35,6 +37,8 @@ export interface DenoiseInput {
   /** guidance_scale; the transformer receives guidance_scale * 1000. */
   guidanceScale: number;
   schedule: FlowMatchSchedule;
+  /** lllyasviel's sampler (--sampler unipc) instead of FlowMatch Euler; see denoise-unipc.ts. */
+  unipc?: UniPCOptions;
 }
 
 export interface DenoiseObserver {
@@ -62,7 +66,13 @@ function trueCfg(pos: F32, neg: F32, scale: number): F32 {
 }
 
 /** `runtime` needs only `model()`: a ModelRuntime, or a benchmark holding one loaded session. */
-export async function denoiseSection(runtime: Pick<ModelRuntime, "model">, input: DenoiseInput, observer: DenoiseObserver = {}): Promise<F32> {
+export async function denoiseSection(
+  runtime: Pick<ModelRuntime, "model">,
+  input: DenoiseInput,
+  observer: DenoiseObserver = {},
+): Promise<F32> {
+  // --sampler unipc: lllyasviel's sampler, its own loop (denoise-unipc.ts).
+  if (input.unipc !== undefined) return denoiseSectionUniPC(runtime, input, input.unipc, observer);
   const model = await runtime.model("transformer");
   const { schedule, context } = input;
   const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));

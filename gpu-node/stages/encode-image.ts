@@ -9,7 +9,10 @@ import { siglipPixels } from "../../shared/image/siglip.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 
 /** pixels: [1, 3, H, W] in [-1, 1] -> [1, tokens, hidden] */
-export async function encodeImageEmbeds(runtime: ModelRuntime, pixels: F32): Promise<{ embeds: F32; siglipInput: F32 }> {
+export async function encodeImageEmbeds(
+  runtime: ModelRuntime,
+  pixels: F32,
+): Promise<{ embeds: F32; siglipInput: F32 }> {
   const cfg = runtime.bundle.manifest.image_encoder;
   const siglipInput = siglipPixels(pixels, cfg);
   const model = await runtime.model("image_encoder");

@@ -20,13 +20,20 @@ export interface PromptEmbeddings {
   clipIds: I64;
 }
 
-export async function encodeText(runtime: ModelRuntime, tokenizers: TextTokenizers, prompt: string): Promise<PromptEmbeddings> {
+export async function encodeText(
+  runtime: ModelRuntime,
+  tokenizers: TextTokenizers,
+  prompt: string,
+): Promise<PromptEmbeddings> {
   const cropStart = runtime.bundle.manifest.text_encoder.prompt_template.crop_start;
   const llama = tokenizers.tokenizeLlama(prompt);
   const clip = tokenizers.tokenizeClip(prompt);
 
   const llamaModel = await runtime.model("text_encoder");
-  const { hidden_states: hidden } = await llamaModel.run({ input_ids: llama.inputIds, attention_mask: llama.attentionMask });
+  const { hidden_states: hidden } = await llamaModel.run({
+    input_ids: llama.inputIds,
+    attention_mask: llama.attentionMask,
+  });
   const clipModel = await runtime.model("text_encoder_2");
   const { pooled } = await clipModel.run({ input_ids: clip.inputIds });
 

@@ -60,12 +60,16 @@ export interface TextTokenizerConfig {
  */
 export function validatePrompt(prompt: unknown, what = "prompt"): string {
   if (typeof prompt !== "string") throw new FarmError("INVALID_ARGUMENT", `${what} must be a string`);
-  if (!prompt.isWellFormed()) throw new FarmError("INVALID_ARGUMENT", `${what} is not valid Unicode text (it has an unpaired surrogate)`);
+  if (!prompt.isWellFormed())
+    throw new FarmError("INVALID_ARGUMENT", `${what} is not valid Unicode text (it has an unpaired surrogate)`);
   const nul = prompt.indexOf("\u0000");
   if (nul >= 0) throw new FarmError("INVALID_ARGUMENT", `${what} contains a NUL character (at ${nul})`);
   const bytes = Buffer.byteLength(prompt, "utf8");
   if (bytes > MAX_PROMPT_BYTES) {
-    throw new FarmError("INVALID_ARGUMENT", `${what} is ${bytes} bytes of UTF-8; the limit is ${MAX_PROMPT_BYTES} bytes`);
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `${what} is ${bytes} bytes of UTF-8; the limit is ${MAX_PROMPT_BYTES} bytes`,
+    );
   }
   return prompt;
 }
@@ -82,11 +86,26 @@ export function parseTemplate(template: string): { before: string; after: string
   for (let i = 0; i < template.length; i++) {
     const ch = template[i]!;
     const next = template[i + 1];
-    if (ch === "{" && next === "{") { cur += "{"; i++; }
-    else if (ch === "}" && next === "}") { cur += "}"; i++; }
-    else if (ch === "{" && next === "}") { parts.push(cur); cur = ""; i++; }
-    else if (ch === "{") throw new FarmError("FAILED_PRECONDITION", `prompt template: only the {} placeholder is supported, found a field at ${i}`);
-    else if (ch === "}") throw new FarmError("FAILED_PRECONDITION", `prompt template: single '}' at ${i} (write '}}' for a literal brace)`);
+    if (ch === "{" && next === "{") {
+      cur += "{";
+      i++;
+    } else if (ch === "}" && next === "}") {
+      cur += "}";
+      i++;
+    } else if (ch === "{" && next === "}") {
+      parts.push(cur);
+      cur = "";
+      i++;
+    } else if (ch === "{")
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `prompt template: only the {} placeholder is supported, found a field at ${i}`,
+      );
+    else if (ch === "}")
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `prompt template: single '}' at ${i} (write '}}' for a literal brace)`,
+      );
     else cur += ch;
   }
   parts.push(cur);
@@ -128,12 +147,21 @@ class PaddedTokenizer {
     configFile: string,
   ) {
     const padToken = tokenText(config["pad_token"]);
-    if (padToken === undefined) throw new FarmError("FAILED_PRECONDITION", `${name} tokenizer config ${configFile} has no pad_token`);
+    if (padToken === undefined)
+      throw new FarmError("FAILED_PRECONDITION", `${name} tokenizer config ${configFile} has no pad_token`);
     const id = tokenizer.token_to_id(padToken);
-    if (id === undefined) throw new FarmError("FAILED_PRECONDITION", `${name} tokenizer: pad token ${JSON.stringify(padToken)} (${configFile}) is not in the vocabulary`);
+    if (id === undefined)
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `${name} tokenizer: pad token ${JSON.stringify(padToken)} (${configFile}) is not in the vocabulary`,
+      );
     this.padId = id;
     const specials = this.encodeIds("").length;
-    if (specials >= maxLength) throw new FarmError("FAILED_PRECONDITION", `${name} tokenizer: max length ${maxLength} leaves no room past its ${specials} special tokens`);
+    if (specials >= maxLength)
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `${name} tokenizer: max length ${maxLength} leaves no room past its ${specials} special tokens`,
+      );
   }
 
   encodeIds(text: string): number[] {
@@ -179,28 +207,46 @@ async function readJson(file: string, what: string): Promise<Record<string, unkn
   try {
     text = await readFile(file, "utf8");
   } catch (err) {
-    throw new FarmError("NOT_FOUND", `${what} ${file} is missing or unreadable: ${(err as Error).message}`, { cause: err });
+    throw new FarmError("NOT_FOUND", `${what} ${file} is missing or unreadable: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new FarmError("FAILED_PRECONDITION", `${what} ${file} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    throw new FarmError("FAILED_PRECONDITION", `${what} ${file} is not valid JSON: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) throw new FarmError("FAILED_PRECONDITION", `${what} ${file} is not a JSON object`);
+  if (typeof value !== "object" || value === null || Array.isArray(value))
+    throw new FarmError("FAILED_PRECONDITION", `${what} ${file} is not a JSON object`);
   return value as Record<string, unknown>;
 }
 
-async function loadTokenizer(tokenizerFile: string, configFile: string, maxLength: number, name: string): Promise<PaddedTokenizer> {
+async function loadTokenizer(
+  tokenizerFile: string,
+  configFile: string,
+  maxLength: number,
+  name: string,
+): Promise<PaddedTokenizer> {
   const json = await readJson(tokenizerFile, `${name} tokenizer`);
   const config = await readJson(configFile, `${name} tokenizer config`);
-  if (typeof json["model"] !== "object" || json["model"] === null) throw new FarmError("FAILED_PRECONDITION", `${name} tokenizer ${tokenizerFile} has no model section (not a tokenizer.json?)`);
+  if (typeof json["model"] !== "object" || json["model"] === null)
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `${name} tokenizer ${tokenizerFile} has no model section (not a tokenizer.json?)`,
+    );
   let tokenizer: Tokenizer;
   try {
     tokenizer = new Tokenizer(json, config);
     tokenizer.encode("a", { add_special_tokens: true });
   } catch (err) {
-    throw new FarmError("FAILED_PRECONDITION", `${name} tokenizer ${tokenizerFile} cannot be loaded: ${(err as Error).message}`, { cause: err });
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `${name} tokenizer ${tokenizerFile} cannot be loaded: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   return new PaddedTokenizer(tokenizer, config, maxLength, name, configFile);
 }
@@ -209,10 +255,24 @@ async function loadTokenizer(tokenizerFile: string, configFile: string, maxLengt
 export async function loadTextTokenizersFrom(cfg: TextTokenizerConfig): Promise<TextTokenizers> {
   const { before, after } = parseTemplate(cfg.llama.template);
   const { cropStart, maxSequenceLength } = cfg.llama;
-  if (!Number.isInteger(cropStart) || cropStart < 0) throw new FarmError("FAILED_PRECONDITION", `prompt template crop_start must be a non-negative integer, got ${cropStart}`);
-  if (!Number.isInteger(maxSequenceLength) || maxSequenceLength < 1) throw new FarmError("FAILED_PRECONDITION", `max_sequence_length must be a positive integer, got ${maxSequenceLength}`);
-  if (!Number.isInteger(cfg.clip.maxLength) || cfg.clip.maxLength < 2) throw new FarmError("FAILED_PRECONDITION", `CLIP max_length must be an integer >= 2, got ${cfg.clip.maxLength}`);
-  const llama = await loadTokenizer(cfg.llama.tokenizerFile, cfg.llama.configFile, cropStart + maxSequenceLength, "Llama");
+  if (!Number.isInteger(cropStart) || cropStart < 0)
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `prompt template crop_start must be a non-negative integer, got ${cropStart}`,
+    );
+  if (!Number.isInteger(maxSequenceLength) || maxSequenceLength < 1)
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `max_sequence_length must be a positive integer, got ${maxSequenceLength}`,
+    );
+  if (!Number.isInteger(cfg.clip.maxLength) || cfg.clip.maxLength < 2)
+    throw new FarmError("FAILED_PRECONDITION", `CLIP max_length must be an integer >= 2, got ${cfg.clip.maxLength}`);
+  const llama = await loadTokenizer(
+    cfg.llama.tokenizerFile,
+    cfg.llama.configFile,
+    cropStart + maxSequenceLength,
+    "Llama",
+  );
   const clip = await loadTokenizer(cfg.clip.tokenizerFile, cfg.clip.configFile, cfg.clip.maxLength, "CLIP");
 
   // diffusers crops the first crop_start hidden states: they must be the template's own tokens
@@ -220,7 +280,10 @@ export async function loadTextTokenizersFrom(cfg: TextTokenizerConfig): Promise<
   // crop_start 0 means no crop (diffusers: `if crop_start > 0`).
   const prefixTokens = llama.encodeIds(before).length;
   if (cropStart > 0 && prefixTokens !== cropStart) {
-    throw new FarmError("FAILED_PRECONDITION", `prompt template crop_start is ${cropStart}, but the template before {} is ${prefixTokens} tokens with this tokenizer`);
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `prompt template crop_start is ${cropStart}, but the template before {} is ${prefixTokens} tokens with this tokenizer`,
+    );
   }
 
   return {
@@ -255,6 +318,10 @@ export async function loadTextTokenizers(bundle: Bundle): Promise<TextTokenizers
       cropStart: te.prompt_template.crop_start,
       maxSequenceLength: te.max_sequence_length,
     },
-    clip: { tokenizerFile: bundle.file(te2.tokenizer), configFile: bundle.file(te2.tokenizer_config), maxLength: te2.max_length },
+    clip: {
+      tokenizerFile: bundle.file(te2.tokenizer),
+      configFile: bundle.file(te2.tokenizer_config),
+      maxLength: te2.max_length,
+    },
   });
 }

@@ -9,14 +9,27 @@
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import { FarmError } from "../../shared/errors.js";
 import { errorMessage, within } from "../../shared/shutdown.js";
-import type { StageKind } from "../../coordinator/planner/job-plan.js";
-import { JOBS_BUCKET, RESULTS_QUEUE, jobEventSubject, type StepEvent, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
-import { readJob } from "../../coordinator/dispatch/job-record.js";
-import { NodeState, stageToPb, timestampOf } from "../../shared/nodes/node-registry.js";
+import { admitJob } from "../runtime/memory-admission.js";
+import {
+  JOBS_BUCKET,
+  RESULTS_QUEUE,
+  isStepEvent,
+  jobEventSubject,
+  jobEvents,
+  readJobState,
+  stageConsumerName,
+  stageToPb,
+  taskMessages,
+  taskResults,
+  type JobState,
+  type StageKind,
+  type TaskResult,
+} from "../../shared/farm/protocol.js";
+import { NodeState, timestampOf } from "../../shared/nodes/node-registry.js";
 import { silentLogger, type Logger } from "../../shared/log/logger.js";
 import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
-import { runStageTask, type WorkerContext } from "./stage-worker.js";
-import { admitJob } from "../runtime/memory-admission.js";
+import { runStageTask } from "../handlers/index.js";
+import type { WorkerContext } from "../handlers/task-io.js";
 import { NodePresence } from "./node-presence.js";
 
 export interface NodeOptions {
@@ -45,12 +58,6 @@ export interface NodeOptions {
 
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
-
-const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
-const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
-
-/** The durable consumer nodes of one stage share (KEDA's autoscaler names it too: deploy/k8s). */
-export const stageConsumerName = (stage: string): string => `stage-${stage}`;
 
 export class NodeLoop {
   private consumers: Consumer[] = [];
@@ -85,7 +92,9 @@ export class NodeLoop {
     this.log.warn({ reason }, "quarantined: taking no more tasks");
     this.options.onQuarantine?.(reason);
     // Not awaited: the task in hand (this one) finishes first.
-    void Promise.all(this.consumers.map((c) => c.stop())).then(() => this.presence?.setState(NodeState.NODE_STATE_QUARANTINED, reason));
+    void Promise.all(this.consumers.map((c) => c.stop())).then(() =>
+      this.presence?.setState(NodeState.NODE_STATE_QUARANTINED, reason),
+    );
   }
 
   static async start(bus: Bus, ctx: WorkerContext, options: NodeOptions): Promise<NodeLoop> {
@@ -102,7 +111,12 @@ export class NodeLoop {
         {
           nodeId: options.nodeId,
           version: p.version,
-          capabilities: { stages: options.stages.map(stageToPb), bundle: p.bundle, executionProvider: p.executionProvider, device: p.device },
+          capabilities: {
+            stages: options.stages.map(stageToPb),
+            bundle: p.bundle,
+            executionProvider: p.executionProvider,
+            device: p.device,
+          },
         },
         {
           currentTasks: () => [...loop.inHand.values()],
@@ -125,77 +139,127 @@ export class NodeLoop {
   private async consume(kv: KeyValue, stage: StageKind): Promise<Consumer> {
     const { bus, ctx, options } = this;
     const ackWaitMs = options.ackWaitMs ?? 30_000;
-    return bus.queues.consume(stage, { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 }, async (m) => {
-      const msg = dec<TaskMessage>(m.data);
-      if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {
-        m.nak(200); // this node failed it before: let another node take it
-        return;
-      }
-      const startedAt = new Date().toISOString();
-      const modelBefore = ctx.runtime.clock.ms;
-      const report = async (result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">): Promise<void> => {
-        const finishedAt = new Date().toISOString();
-        const modelMs = ctx.runtime.clock.ms - modelBefore;
-        await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, node: options.nodeId, startedAt, finishedAt, modelMs, ...result } satisfies TaskResult));
-      };
-      const job = await readJob(kv, msg.jobId);
-      const task = job?.record.tasks.find((t) => t.id === msg.taskId);
-      const log = this.log.child({ jobId: msg.jobId, taskId: msg.taskId, stage, ...(task?.section !== undefined ? { section: task.section } : {}), attempt: m.attempt });
-      if (job === null || task === undefined || job.record.state === "CANCELLED" || job.record.state === "FAILED") {
-        log.info({ jobState: job?.record.state ?? "missing" }, "task dropped: its job is over");
-        m.term(); // the job is gone or over: nothing to do
-        return;
-      }
-      // Keep the lease while working, at a third of the ack wait; stop if the job is cancelled.
-      const abort = new AbortController();
-      const onShutdown = (): void => abort.abort(this.shutdown.signal.reason);
-      this.shutdown.signal.addEventListener("abort", onShutdown);
-      const keepAlive = setInterval(() => {
-        m.working();
-        void readJob(kv, msg.jobId).then((j) => j?.record.state === "CANCELLED" && abort.abort(), () => undefined);
-      }, Math.max(50, ackWaitMs / 3));
-      this.inHand.set(task.id, { jobId: msg.jobId, taskId: task.id, stage: stageToPb(stage), ...(task.section !== undefined ? { section: task.section } : {}), startedAt: timestampOf(Date.parse(startedAt)) });
-      this.presence?.announce();
-      log.info("task started");
-      try {
-        if (options.failStages?.includes(task.kind) === true) throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
-        // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
-        if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, job.record.spec);
-        await runStageTask(ctx, task, job.record.spec, {
-          signal: abort.signal,
-          onStep: (step, steps) =>
-            bus.events.publish(jobEventSubject(msg.jobId), enc({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps } satisfies StepEvent)),
+    return bus.queues.consume(
+      stage,
+      { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 },
+      async (m) => {
+        const msg = taskMessages.decode(m.data);
+        if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {
+          m.nak(200); // this node failed it before: let another node take it
+          return;
+        }
+        const { task, spec } = msg;
+        const startedAt = new Date().toISOString();
+        const modelBefore = ctx.runtime.clock.ms;
+        const report = async (
+          result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">,
+        ): Promise<void> => {
+          const finishedAt = new Date().toISOString();
+          const modelMs = ctx.runtime.clock.ms - modelBefore;
+          await bus.queues.enqueue(
+            RESULTS_QUEUE,
+            taskResults.encode({
+              jobId: msg.jobId,
+              taskId: msg.taskId,
+              node: options.nodeId,
+              startedAt,
+              finishedAt,
+              modelMs,
+              ...result,
+            }),
+          );
+        };
+        const log = this.log.child({
+          jobId: msg.jobId,
+          taskId: msg.taskId,
+          stage,
+          ...(task?.section !== undefined ? { section: task.section } : {}),
+          attempt: m.attempt,
         });
-        await report({ ok: true });
-        this.failuresInARow = 0;
-        this.counts.tasksDone++;
-        if (stage === "denoise") this.counts.sectionsDone++;
-        log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
-      } catch (err) {
-        if (this.shutdown.signal.aborted) {
-          log.info("task handed back: the node is stopping");
-          m.nak(); // another node takes it at once
+        // Cancellation is heard on the job's subject: listen first, then check that the job has not ended already.
+        const abort = new AbortController();
+        const stopListening = bus.events.subscribe(jobEventSubject(msg.jobId), (_subject, data) => {
+          const e = jobEvents.decode(data);
+          if (!isStepEvent(e) && e.state === "CANCELLED") abort.abort();
+        });
+        let jobState: JobState | null;
+        try {
+          jobState = await readJobState(kv, msg.jobId);
+        } catch (err) {
+          stopListening();
+          throw err;
+        }
+        if (
+          task === undefined ||
+          spec === undefined ||
+          jobState === null ||
+          jobState === "CANCELLED" ||
+          jobState === "FAILED" ||
+          abort.signal.aborted
+        ) {
+          stopListening();
+          log.info({ jobState: jobState ?? "missing" }, "task dropped: its job is over");
+          m.term(); // the job is gone or over: nothing to do
           return;
         }
-        if (abort.signal.aborted) {
-          log.info("task stopped: its job was cancelled");
-          m.term();
-          return;
-        }
-        const status = err instanceof FarmError ? err.status : "INTERNAL";
-        const message = errorMessage(err);
-        await report({ ok: false, error: message, errorStatus: status });
-        this.counts.tasksFailed++;
-        log.warn({ status, error: message }, "task failed");
-        this.countFailure(message);
-      } finally {
-        clearInterval(keepAlive);
-        this.shutdown.signal.removeEventListener("abort", onShutdown);
-        this.inHand.delete(task.id);
+        const onShutdown = (): void => abort.abort(this.shutdown.signal.reason);
+        this.shutdown.signal.addEventListener("abort", onShutdown);
+        // Keep the lease while working, at a third of the ack wait.
+        const keepAlive = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
+        this.inHand.set(task.id, {
+          jobId: msg.jobId,
+          taskId: task.id,
+          stage: stageToPb(stage),
+          ...(task.section !== undefined ? { section: task.section } : {}),
+          startedAt: timestampOf(Date.parse(startedAt)),
+        });
         this.presence?.announce();
-      }
-      m.ack();
-    });
+        log.info("task started");
+        try {
+          if (options.failStages?.includes(task.kind) === true)
+            throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
+          // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
+          if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, spec);
+          await runStageTask(ctx, task, spec, {
+            signal: abort.signal,
+            onStep: (step, steps) =>
+              bus.events.publish(
+                jobEventSubject(msg.jobId),
+                jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps }),
+              ),
+          });
+          await report({ ok: true });
+          this.failuresInARow = 0;
+          this.counts.tasksDone++;
+          if (stage === "denoise") this.counts.sectionsDone++;
+          log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
+        } catch (err) {
+          if (this.shutdown.signal.aborted) {
+            log.info("task handed back: the node is stopping");
+            m.nak(); // another node takes it at once
+            return;
+          }
+          if (abort.signal.aborted) {
+            log.info("task stopped: its job was cancelled");
+            m.term();
+            return;
+          }
+          const status = err instanceof FarmError ? err.status : "INTERNAL";
+          const message = errorMessage(err);
+          await report({ ok: false, error: message, errorStatus: status });
+          this.counts.tasksFailed++;
+          log.warn({ status, error: message }, "task failed");
+          this.countFailure(message);
+        } finally {
+          clearInterval(keepAlive);
+          this.shutdown.signal.removeEventListener("abort", onShutdown);
+          stopListening();
+          this.inHand.delete(task.id);
+          this.presence?.announce();
+        }
+        m.ack();
+      },
+    );
   }
 
   /** Takes no more tasks; those in hand finish and report. The node stays registered, as drained. */

@@ -5,7 +5,16 @@
  */
 import os from "node:os";
 import type { Bus, KeyValue } from "../../shared/bus/bus.js";
-import { DRAIN_BUCKET, NODES_BUCKET, NodeState, encodeNode, nodeEventSubject, putLatest, timestampOf, type NodeRecord } from "../../shared/nodes/node-registry.js";
+import {
+  DRAIN_BUCKET,
+  NODES_BUCKET,
+  NodeState,
+  encodeNode,
+  putLatest,
+  timestampOf,
+  type NodeRecord,
+} from "../../shared/nodes/node-registry.js";
+import { nodeEventSubject } from "../../shared/farm/protocol.js";
 import type { CurrentTask, NodeCapabilities } from "../../proto/gen/framefarm/v1/node.js";
 
 export interface NodeIdentity {
@@ -47,7 +56,16 @@ export class NodePresence {
     activity: NodeActivity,
     options: { intervalMs?: number; onDrain: () => void; onError?: (err: unknown) => void },
   ): Promise<NodePresence> {
-    const p = new NodePresence(bus, await bus.kv(NODES_BUCKET), await bus.kv(DRAIN_BUCKET), identity, activity, options.intervalMs ?? DEFAULT_HEARTBEAT_MS, options.onDrain, options.onError ?? (() => undefined));
+    const p = new NodePresence(
+      bus,
+      await bus.kv(NODES_BUCKET),
+      await bus.kv(DRAIN_BUCKET),
+      identity,
+      activity,
+      options.intervalMs ?? DEFAULT_HEARTBEAT_MS,
+      options.onDrain,
+      options.onError ?? (() => undefined),
+    );
     // A drain request left from this id's previous run is over: starting again means serving again.
     await p.drains.delete(identity.nodeId);
     await p.beat();
@@ -83,7 +101,11 @@ export class NodePresence {
         const record = encodeNode(this.record());
         await putLatest(this.nodes, this.identity.nodeId, record);
         this.bus.events.publish(nodeEventSubject(this.identity.nodeId), record);
-        if (!this.drainSeen && this.state === NodeState.NODE_STATE_ACTIVE && (await this.drains.get(this.identity.nodeId)) !== null) {
+        if (
+          !this.drainSeen &&
+          this.state === NodeState.NODE_STATE_ACTIVE &&
+          (await this.drains.get(this.identity.nodeId)) !== null
+        ) {
           this.drainSeen = true;
           this.onDrain();
         }

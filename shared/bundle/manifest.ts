@@ -13,12 +13,7 @@ export type SamplingType = "inverted_anti_drifting" | "vanilla";
 export const SAMPLING_TYPES: readonly SamplingType[] = ["inverted_anti_drifting", "vanilla"];
 
 export type ComponentName =
-  | "text_encoder"
-  | "text_encoder_2"
-  | "image_encoder"
-  | "vae_encoder"
-  | "vae_decoder"
-  | "transformer";
+  "text_encoder" | "text_encoder_2" | "image_encoder" | "vae_encoder" | "vae_decoder" | "transformer";
 
 /** Graph input and output names per component: the contract between exporter and runtime. */
 export const COMPONENT_IO: Record<ComponentName, { inputs: readonly string[]; outputs: readonly string[] }> = {
@@ -213,7 +208,8 @@ function checkComponent(c: Checker, raw: unknown, name: ComponentName): Componen
   const path = `components.${name}`;
   const o = c.obj(raw, path);
   const file = c.relPath(o, "file", path);
-  const external = o["external_data"] === null || o["external_data"] === undefined ? null : c.relPath(o, "external_data", path);
+  const external =
+    o["external_data"] === null || o["external_data"] === undefined ? null : c.relPath(o, "external_data", path);
   const io = COMPONENT_IO[name];
   for (const side of ["inputs", "outputs"] as const) {
     const got = o[side];
@@ -231,12 +227,19 @@ function checkComponent(c: Checker, raw: unknown, name: ComponentName): Componen
   return entry;
 }
 
-const UNSUPPORTED_SCHEDULER_OPTIONS = ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "stochastic_sampling"];
+const UNSUPPORTED_SCHEDULER_OPTIONS = [
+  "use_karras_sigmas",
+  "use_exponential_sigmas",
+  "use_beta_sigmas",
+  "stochastic_sampling",
+];
 
 function checkScheduler(c: Checker, raw: unknown): SchedulerConfig {
   const o = c.obj(raw, "scheduler");
   if (o["class"] !== "FlowMatchEulerDiscreteScheduler") {
-    c.problems.push(`scheduler.class: only FlowMatchEulerDiscreteScheduler is supported, got ${JSON.stringify(o["class"])}`);
+    c.problems.push(
+      `scheduler.class: only FlowMatchEulerDiscreteScheduler is supported, got ${JSON.stringify(o["class"])}`,
+    );
   }
   c.posInt(o, "num_train_timesteps", "scheduler");
   c.num(o, "shift", "scheduler");
@@ -256,7 +259,10 @@ export function validateManifest(raw: unknown, where = MANIFEST_FILE): BundleMan
   const c = new Checker();
   const m = c.obj(raw, "manifest");
   if (m["format"] !== MANIFEST_FORMAT) {
-    throw new FarmError("FAILED_PRECONDITION", `${where} is not a framefarm bundle manifest (format ${JSON.stringify(m["format"])})`);
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `${where} is not a framefarm bundle manifest (format ${JSON.stringify(m["format"])})`,
+    );
   }
   if (m["version"] !== MANIFEST_VERSION) {
     throw new FarmError(
@@ -282,7 +288,8 @@ export function validateManifest(raw: unknown, where = MANIFEST_FILE): BundleMan
   c.num(te, "num_hidden_layers_to_skip", "text_encoder", { int: true, min: 0 });
   const tpl = c.obj(te["prompt_template"], "text_encoder.prompt_template");
   const template = c.str(tpl, "template", "text_encoder.prompt_template");
-  if (template !== "" && !template.includes("{}")) c.problems.push("text_encoder.prompt_template.template: must contain the {} placeholder");
+  if (template !== "" && !template.includes("{}"))
+    c.problems.push("text_encoder.prompt_template.template: must contain the {} placeholder");
   c.num(tpl, "crop_start", "text_encoder.prompt_template", { int: true, min: 0 });
 
   const te2 = c.obj(m["text_encoder_2"], "text_encoder_2");
@@ -303,28 +310,52 @@ export function validateManifest(raw: unknown, where = MANIFEST_FILE): BundleMan
   c.posInt(ie, "num_tokens", "image_encoder");
 
   const vae = c.obj(m["vae"], "vae");
-  for (const k of ["latent_channels", "spatial_compression_ratio", "temporal_compression_ratio", "tile_sample_min_num_frames", "tile_sample_stride_num_frames"]) {
+  for (const k of [
+    "latent_channels",
+    "spatial_compression_ratio",
+    "temporal_compression_ratio",
+    "tile_sample_min_num_frames",
+    "tile_sample_stride_num_frames",
+  ]) {
     c.posInt(vae, k, "vae");
   }
   c.num(vae, "scaling_factor", "vae");
   c.bool(vae, "use_framewise_decoding", "vae");
 
   const tr = c.obj(m["transformer"], "transformer");
-  for (const k of ["in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim", "pooled_projection_dim", "image_proj_dim", "num_attention_heads", "attention_head_dim"]) {
+  for (const k of [
+    "in_channels",
+    "out_channels",
+    "patch_size",
+    "patch_size_t",
+    "text_embed_dim",
+    "pooled_projection_dim",
+    "image_proj_dim",
+    "num_attention_heads",
+    "attention_head_dim",
+  ]) {
     c.posInt(tr, k, "transformer");
   }
   c.bool(tr, "guidance_embeds", "transformer");
   if (tr["in_channels"] !== vae["latent_channels"]) {
-    c.problems.push(`transformer.in_channels (${String(tr["in_channels"])}) must equal vae.latent_channels (${String(vae["latent_channels"])})`);
+    c.problems.push(
+      `transformer.in_channels (${String(tr["in_channels"])}) must equal vae.latent_channels (${String(vae["latent_channels"])})`,
+    );
   }
   if (te["hidden_size"] !== tr["text_embed_dim"]) {
-    c.problems.push(`text_encoder.hidden_size (${String(te["hidden_size"])}) must equal transformer.text_embed_dim (${String(tr["text_embed_dim"])})`);
+    c.problems.push(
+      `text_encoder.hidden_size (${String(te["hidden_size"])}) must equal transformer.text_embed_dim (${String(tr["text_embed_dim"])})`,
+    );
   }
   if (te2["hidden_size"] !== tr["pooled_projection_dim"]) {
-    c.problems.push(`text_encoder_2.hidden_size (${String(te2["hidden_size"])}) must equal transformer.pooled_projection_dim (${String(tr["pooled_projection_dim"])})`);
+    c.problems.push(
+      `text_encoder_2.hidden_size (${String(te2["hidden_size"])}) must equal transformer.pooled_projection_dim (${String(tr["pooled_projection_dim"])})`,
+    );
   }
   if (ie["hidden_size"] !== tr["image_proj_dim"]) {
-    c.problems.push(`image_encoder.hidden_size (${String(ie["hidden_size"])}) must equal transformer.image_proj_dim (${String(tr["image_proj_dim"])})`);
+    c.problems.push(
+      `image_encoder.hidden_size (${String(ie["hidden_size"])}) must equal transformer.image_proj_dim (${String(tr["image_proj_dim"])})`,
+    );
   }
 
   checkScheduler(c, m["scheduler"]);

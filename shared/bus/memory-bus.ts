@@ -4,7 +4,19 @@
  */
 import { EventEmitter } from "node:events";
 import { FarmError } from "../errors.js";
-import { subjectMatches, validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type QueueStats, type WorkQueues } from "./bus.js";
+import {
+  subjectMatches,
+  validateBusName,
+  type Bus,
+  type Consumer,
+  type ConsumeOptions,
+  type Delivery,
+  type Events,
+  type KeyValue,
+  type KvEntry,
+  type QueueStats,
+  type WorkQueues,
+} from "./bus.js";
 
 interface Pending {
   data: Uint8Array;
@@ -57,7 +69,12 @@ class MemoryQueues implements WorkQueues {
   async stats(queue: string): Promise<QueueStats> {
     const q = this.q(queue);
     const leased = q.tasks.filter((t) => t.leased);
-    return { waiting: q.tasks.length - leased.length, inFlight: leased.length, redelivered: leased.filter((t) => t.attempts > 1).length, idleWorkers: q.idle };
+    return {
+      waiting: q.tasks.length - leased.length,
+      inFlight: leased.length,
+      redelivered: leased.filter((t) => t.attempts > 1).length,
+      idleWorkers: q.idle,
+    };
   }
 
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {

@@ -5,11 +5,33 @@
  */
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/nats-core";
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, JetStreamApiError, RetentionPolicy, StorageType, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  jetstream,
+  jetstreamManager,
+  JetStreamApiError,
+  RetentionPolicy,
+  StorageType,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
 import { within } from "../shutdown.js";
-import { validateBusName, type Bus, type Consumer, type ConsumeOptions, type Delivery, type Events, type KeyValue, type KvEntry, type QueueStats, type WorkQueues } from "./bus.js";
+import {
+  validateBusName,
+  type Bus,
+  type Consumer,
+  type ConsumeOptions,
+  type Delivery,
+  type Events,
+  type KeyValue,
+  type KvEntry,
+  type QueueStats,
+  type WorkQueues,
+} from "./bus.js";
 
 const ms = (n: number): number => n * 1_000_000;
 /** The JetStream stream behind a queue (KEDA's autoscaler names it too: deploy/k8s). */
@@ -25,7 +47,14 @@ class NatsQueues implements WorkQueues {
 
   async ensure(queue: string): Promise<void> {
     validateBusName("queue", queue);
-    const config = { name: streamOf(queue), subjects: [subjectOf(queue)], retention: RetentionPolicy.Workqueue, storage: StorageType.File, duplicate_window: ms(120_000), num_replicas: this.replicas };
+    const config = {
+      name: streamOf(queue),
+      subjects: [subjectOf(queue)],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      duplicate_window: ms(120_000),
+      num_replicas: this.replicas,
+    };
     try {
       await this.jsm.streams.info(config.name);
     } catch {
@@ -45,14 +74,32 @@ class NatsQueues implements WorkQueues {
   async stats(queue: string): Promise<QueueStats> {
     const stream = streamOf(queue);
     const [c] = await this.jsm.consumers.list(stream).next();
-    if (c === undefined) return { waiting: (await this.jsm.streams.info(stream)).state.messages, inFlight: 0, redelivered: 0, idleWorkers: 0 };
-    return { waiting: c.num_pending, inFlight: c.num_ack_pending, redelivered: c.num_redelivered, idleWorkers: c.num_waiting };
+    if (c === undefined)
+      return {
+        waiting: (await this.jsm.streams.info(stream)).state.messages,
+        inFlight: 0,
+        redelivered: 0,
+        idleWorkers: 0,
+      };
+    return {
+      waiting: c.num_pending,
+      inFlight: c.num_ack_pending,
+      redelivered: c.num_redelivered,
+      idleWorkers: c.num_waiting,
+    };
   }
 
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
     const stream = streamOf(queue);
     const durable = validateBusName("consumer", options.name);
-    const config = { durable_name: durable, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: ms(options.ackWaitMs), max_deliver: options.maxDeliver, max_ack_pending: 1000 };
+    const config = {
+      durable_name: durable,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: ms(options.ackWaitMs),
+      max_deliver: options.maxDeliver,
+      max_ack_pending: 1000,
+    };
     try {
       await this.jsm.consumers.add(stream, config);
     } catch (err) {
@@ -84,7 +131,9 @@ class NatsQueues implements WorkQueues {
               working: () => m.working(),
               term: () => m.term(),
             };
-            const p = handler(delivery).catch(() => m.nak()).finally(() => inflight.delete(p));
+            const p = handler(delivery)
+              .catch(() => m.nak())
+              .finally(() => inflight.delete(p));
             inflight.add(p);
           }
         } catch {
@@ -132,7 +181,9 @@ class NatsKv implements KeyValue {
     try {
       return await this.kv.update(key, value, expectedRevision);
     } catch (err) {
-      throw new FarmError("ABORTED", `key ${key} is not at revision ${expectedRevision}: ${(err as Error).message}`, { cause: err });
+      throw new FarmError("ABORTED", `key ${key} is not at revision ${expectedRevision}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -151,7 +202,9 @@ class NatsKv implements KeyValue {
     const candidates = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length));
     const live: string[] = [];
     for (let i = 0; i < candidates.length; i += 100) {
-      const batch = await Promise.all(candidates.slice(i, i + 100).map(async (k) => ((await this.get(k)) !== null ? k : null)));
+      const batch = await Promise.all(
+        candidates.slice(i, i + 100).map(async (k) => ((await this.get(k)) !== null ? k : null)),
+      );
       for (const k of batch) if (k !== null) live.push(k);
     }
     return live.sort();
@@ -199,7 +252,15 @@ export class NatsBus implements Bus {
   }
 
   async kv(bucket: string): Promise<KeyValue> {
-    return new NatsKv(await this.kvm.create(validateBusName("bucket", bucket), { history: 1, storage: StorageType.File, replicas: this.replicas }), this.jsm, bucket);
+    return new NatsKv(
+      await this.kvm.create(validateBusName("bucket", bucket), {
+        history: 1,
+        storage: StorageType.File,
+        replicas: this.replicas,
+      }),
+      this.jsm,
+      bucket,
+    );
   }
 
   /**
@@ -209,7 +270,13 @@ export class NatsBus implements Bus {
    */
   async close(drainMs = 2_000): Promise<void> {
     if (this.nc.isClosed()) return;
-    const drained = await within(drainMs, this.nc.drain().then(() => true, () => false)).catch(() => ({ timedOut: true as const }));
+    const drained = await within(
+      drainMs,
+      this.nc.drain().then(
+        () => true,
+        () => false,
+      ),
+    ).catch(() => ({ timedOut: true as const }));
     if (drained.timedOut || !drained.value) await this.nc.close().catch(() => undefined);
   }
 }

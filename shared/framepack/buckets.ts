@@ -22,12 +22,29 @@ export interface BucketSize {
 
 /** bucket_options[640], in upstream's order (the order decides ties). */
 const BUCKETS_640: readonly (readonly [number, number])[] = [
-  [416, 960], [448, 864], [480, 832], [512, 768], [544, 704], [576, 672], [608, 640],
-  [640, 608], [672, 576], [704, 544], [768, 512], [832, 480], [864, 448], [960, 416],
+  [416, 960],
+  [448, 864],
+  [480, 832],
+  [512, 768],
+  [544, 704],
+  [576, 672],
+  [608, 640],
+  [640, 608],
+  [672, 576],
+  [704, 544],
+  [768, 512],
+  [832, 480],
+  [864, 448],
+  [960, 416],
 ];
 
 export function bucketsFor(resolution: number): BucketSize[] {
-  if (!Number.isInteger(resolution) || resolution % 16 !== 0 || resolution < MIN_BUCKET_RESOLUTION || resolution > MAX_BUCKET_RESOLUTION) {
+  if (
+    !Number.isInteger(resolution) ||
+    resolution % 16 !== 0 ||
+    resolution < MIN_BUCKET_RESOLUTION ||
+    resolution > MAX_BUCKET_RESOLUTION
+  ) {
     throw new FarmError(
       "INVALID_ARGUMENT",
       `resolution must be a multiple of 16 from ${MIN_BUCKET_RESOLUTION} to ${MAX_BUCKET_RESOLUTION}, got ${resolution}`,

@@ -15,13 +15,15 @@ export function roundHalfEven(x: number): number {
 
 /** (frames - 1) // temporal * temporal + 1 */
 export function trimFrameCount(frames: number, temporalCompression: number): number {
-  if (!Number.isInteger(frames) || frames < 1) throw new RangeError(`frame count must be a positive integer, got ${frames}`);
+  if (!Number.isInteger(frames) || frames < 1)
+    throw new RangeError(`frame count must be a positive integer, got ${frames}`);
   return Math.floor((frames - 1) / temporalCompression) * temporalCompression + 1;
 }
 
 /** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
 export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
-  if (video.shape.length !== 5 || video.shape[0] !== 1) throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
+  if (video.shape.length !== 5 || video.shape[0] !== 1)
+    throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
   const [, c, t, h, w] = video.shape as [number, number, number, number, number];
   if (c !== 3) throw new RangeError(`expected 3 colour channels, got ${c}`);
   const frames = Math.min(keep, t);
@@ -41,3 +43,35 @@ export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
   }
   return new Tensor("uint8", [frames, h, w, 3], out);
 }
+
+/**
+ * lllyasviel's demo's frames (save_bcthw_as_mp4): clamp(x, -1, 1) * 127.5 + 127.5 in float32,
+ * then .to(torch.uint8), which truncates toward zero. NaN becomes 0.
+ */
+export function videoToUint8FramesDemo(video: F32, keep: number): Tensor<"uint8"> {
+  if (video.shape.length !== 5 || video.shape[0] !== 1)
+    throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
+  const [, c, t, h, w] = video.shape as [number, number, number, number, number];
+  if (c !== 3) throw new RangeError(`expected 3 colour channels, got ${c}`);
+  const frames = Math.min(keep, t);
+  const plane = h * w;
+  const out = new Uint8Array(frames * plane * 3);
+  const f = Math.fround;
+  for (let ch = 0; ch < 3; ch++) {
+    for (let i = 0; i < frames; i++) {
+      const src = (ch * t + i) * plane;
+      const dst = i * plane * 3 + ch;
+      for (let p = 0; p < plane; p++) {
+        const x = Math.min(1, Math.max(-1, video.data[src + p]!));
+        out[dst + p * 3] = Math.trunc(f(f(x * 127.5) + 127.5)) | 0;
+      }
+    }
+  }
+  return new Tensor("uint8", [frames, h, w, 3], out);
+}
+
+export type FrameConverter = (video: F32, keep: number) => Tensor<"uint8">;
+
+/** The frame conversion of a sampler: diffusers' postprocessing, or the demo's (unipc). */
+export const frameConverterFor = (sampler: string | undefined): FrameConverter =>
+  sampler === "unipc" ? videoToUint8FramesDemo : videoToUint8Frames;

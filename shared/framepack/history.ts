@@ -30,17 +30,28 @@ export function initialHistory(plan: SectionPlan, imageLatents: F32): History {
 }
 
 /** The clean latents (start image + 1x history), 2x and 4x history for one section. */
-export function sectionContext(plan: SectionPlan, section: Section, history: History, imageLatents: F32, lastImageLatents: F32 | null): SectionContextTensors {
+export function sectionContext(
+  plan: SectionPlan,
+  section: Section,
+  history: History,
+  imageLatents: F32,
+  lastImageLatents: F32 | null,
+): SectionContextTensors {
   const total = historyTotal(plan);
   if (plan.samplingType === "inverted_anti_drifting") {
     const [oneX, twoX, fourX] = split(narrow(history.latents, 2, 0, total), 2, plan.historySizes) as [F32, F32, F32];
     // The end image stands in for the 1x history of the first generated (last in time) section.
-    if (section.useEndImage && lastImageLatents === null) throw new RangeError(`section ${section.index} needs the end image latents`);
+    if (section.useEndImage && lastImageLatents === null)
+      throw new RangeError(`section ${section.index} needs the end image latents`);
     const clean1x = section.useEndImage && lastImageLatents !== null ? lastImageLatents : oneX;
     return { latentsClean: cat([imageLatents, clean1x], 2), history2x: twoX, history4x: fourX };
   }
   const frames = history.latents.shape[2]!;
-  const [fourX, twoX, oneX] = split(narrow(history.latents, 2, frames - total, total), 2, plan.historySizes) as [F32, F32, F32];
+  const [fourX, twoX, oneX] = split(narrow(history.latents, 2, frames - total, total), 2, plan.historySizes) as [
+    F32,
+    F32,
+    F32,
+  ];
   return { latentsClean: cat([imageLatents, oneX], 2), history2x: twoX, history4x: fourX };
 }
 
@@ -57,7 +68,13 @@ export interface AppendResult {
  * later ones decode their own window plus one window of overlap (and the start image on the last
  * inverted section), which the caller soft-appends to the video.
  */
-export function appendSection(plan: SectionPlan, section: Section, history: History, latents: F32, imageLatents: F32): AppendResult {
+export function appendSection(
+  plan: SectionPlan,
+  section: Section,
+  history: History,
+  latents: F32,
+  imageLatents: F32,
+): AppendResult {
   const { realHistoryFrames, latentFrames } = section.decode;
   if (plan.samplingType === "inverted_anti_drifting") {
     const added = section.prefixStartImage ? cat([imageLatents, latents], 2) : latents;
@@ -65,18 +82,29 @@ export function appendSection(plan: SectionPlan, section: Section, history: Hist
     const all = cat([added, history.latents], 2);
     const realHistory = narrow(all, 2, 0, generated);
     checkPlan(section, generated, realHistoryFrames);
-    return { history: { latents: all, generated }, realHistory, decodeLatents: narrow(realHistory, 2, 0, latentFrames) };
+    return {
+      history: { latents: all, generated },
+      realHistory,
+      decodeLatents: narrow(realHistory, 2, 0, latentFrames),
+    };
   }
   const generated = history.generated + latents.shape[2]!;
   const all = cat([history.latents, latents], 2);
   const realHistory = narrow(all, 2, all.shape[2]! - generated, generated);
   checkPlan(section, generated, realHistoryFrames);
-  return { history: { latents: all, generated }, realHistory, decodeLatents: narrow(realHistory, 2, generated - latentFrames, latentFrames) };
+  return {
+    history: { latents: all, generated },
+    realHistory,
+    decodeLatents: narrow(realHistory, 2, generated - latentFrames, latentFrames),
+  };
 }
 
 /** A history that disagrees with the plan means sections were applied out of order. */
 function checkPlan(section: Section, generated: number, planned: number): void {
-  if (generated !== planned) throw new RangeError(`section ${section.index}: history holds ${generated} generated frames, the plan expects ${planned}`);
+  if (generated !== planned)
+    throw new RangeError(
+      `section ${section.index}: history holds ${generated} generated frames, the plan expects ${planned}`,
+    );
 }
 
 export interface SectionInputs extends SectionContextTensors {
@@ -87,7 +115,13 @@ export interface SectionInputs extends SectionContextTensors {
 }
 
 /** Everything a section's transformer calls take besides latents and conditioning. */
-export function sectionInputs(plan: SectionPlan, section: Section, history: History, imageLatents: F32, lastImageLatents: F32 | null): SectionInputs {
+export function sectionInputs(
+  plan: SectionPlan,
+  section: Section,
+  history: History,
+  imageLatents: F32,
+  lastImageLatents: F32 | null,
+): SectionInputs {
   const ix = section.indices;
   return {
     ...sectionContext(plan, section, history, imageLatents, lastImageLatents),

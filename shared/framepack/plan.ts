@@ -6,6 +6,8 @@
  */
 import { FarmError } from "../errors.js";
 import type { SamplingType } from "../bundle/manifest.js";
+import { roundHalfEven } from "./frames.js";
+import { checkLatentWindowSize } from "../job/render-params.js";
 
 export interface PlanInput {
   samplingType: SamplingType;
@@ -20,6 +22,12 @@ export interface PlanInput {
   historySizes?: readonly [number, number, number];
   /** VAE temporal compression (4 for HunyuanVideo). */
   temporalCompression?: number;
+  /**
+   * How many sections: diffusers' ceil(num_frames / window_num_frames), or lllyasviel's demo's
+   * max(round(seconds * 30 / (window * 4)), 1), read as round(num_frames / (window * temporal))
+   * with Python's half-to-even round.
+   */
+  sectionCount?: "diffusers" | "demo";
 }
 
 export interface SectionIndices {
@@ -130,12 +138,16 @@ function requireInt(name: string, v: unknown, min: number, max: number): number 
 export function planSections(input: PlanInput): SectionPlan {
   const { samplingType } = input;
   if (samplingType !== "inverted_anti_drifting" && samplingType !== "vanilla") {
-    throw new FarmError("INVALID_ARGUMENT", `sampling_type must be "inverted_anti_drifting" or "vanilla", got ${JSON.stringify(samplingType)}`);
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `sampling_type must be "inverted_anti_drifting" or "vanilla", got ${JSON.stringify(samplingType)}`,
+    );
   }
   const numFrames = requireInt("num_frames", input.numFrames, 1, MAX_FRAMES);
-  const w = requireInt("latent_window_size", input.latentWindowSize, 1, 1024);
+  const w = checkLatentWindowSize(input.latentWindowSize);
   const tc = requireInt("temporal_compression", input.temporalCompression ?? 4, 1, 64);
-  if (typeof input.hasEndImage !== "boolean") throw new FarmError("INVALID_ARGUMENT", "has_end_image must be a boolean");
+  if (typeof input.hasEndImage !== "boolean")
+    throw new FarmError("INVALID_ARGUMENT", "has_end_image must be a boolean");
   const hs = input.historySizes ?? DEFAULT_HISTORY_SIZES[samplingType];
   if (hs.length !== 3) throw new FarmError("INVALID_ARGUMENT", `history_sizes must have 3 entries, got ${hs.length}`);
   hs.forEach((s, i) => requireInt(`history_sizes[${i}]`, s, 1, 1024));
@@ -145,7 +157,10 @@ export function planSections(input: PlanInput): SectionPlan {
     throw new FarmError("INVALID_ARGUMENT", "an end image (last_image) needs sampling_type inverted_anti_drifting");
   }
   const windowNumFrames = (w - 1) * tc + 1;
-  const n = Math.max(1, Math.ceil(numFrames / windowNumFrames));
+  const n =
+    input.sectionCount === "demo"
+      ? Math.max(1, roundHalfEven(numFrames / (w * tc)))
+      : Math.max(1, Math.ceil(numFrames / windowNumFrames));
   const paddings = latentPaddings(n);
   const toVideo = (latents: number): number => (latents - 1) * tc + 1;
   let generated = inverted ? 0 : 1; // vanilla history starts with the start image latent

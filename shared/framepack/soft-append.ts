@@ -47,13 +47,15 @@ export function fadeWeights(n: number): Float32Array {
 export function softAppend(history: F32, current: F32, overlap: number): F32 {
   const [b, c, th, hh, ww] = history.shape as [number, number, number, number, number];
   const tc = current.shape[2]!;
-  if (history.shape.length !== 5 || current.shape.length !== 5) throw new RangeError("soft append joins [B, C, T, H, W] videos");
+  if (history.shape.length !== 5 || current.shape.length !== 5)
+    throw new RangeError("soft append joins [B, C, T, H, W] videos");
   if (current.shape[0] !== b || current.shape[1] !== c || current.shape[3] !== hh || current.shape[4] !== ww) {
     throw new RangeError(`soft append: ${history.describe()} and ${current.describe()} differ outside the time axis`);
   }
   // diffusers: overlap <= 0 is a plain concatenation.
   if (overlap <= 0) overlap = 0;
-  if (th < overlap || tc < overlap) throw new RangeError(`soft append needs ${overlap} frames on both sides, got ${th} and ${tc}`);
+  if (th < overlap || tc < overlap)
+    throw new RangeError(`soft append needs ${overlap} frames on both sides, got ${th} and ${tc}`);
   const frame = hh * ww;
   const t = th + tc - overlap;
   const out = new Float32Array(b * c * t * frame);
@@ -70,7 +72,8 @@ export function softAppend(history: F32, current: F32, overlap: number): F32 {
       const hOff = hBase + (th - overlap + k) * frame;
       const cOff = cBase + k * frame;
       const oOff = oBase + (th - overlap + k) * frame;
-      for (let p = 0; p < frame; p++) out[oOff + p] = f(f(wgt * history.data[hOff + p]!) + f(inv * current.data[cOff + p]!));
+      for (let p = 0; p < frame; p++)
+        out[oOff + p] = f(f(wgt * history.data[hOff + p]!) + f(inv * current.data[cOff + p]!));
     }
     out.set(current.data.subarray(cBase + overlap * frame, cBase + tc * frame), oBase + th * frame);
   }

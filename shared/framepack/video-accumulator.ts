@@ -8,7 +8,7 @@ import { Tensor, type F32 } from "../tensor/tensor.js";
 import { narrow } from "../tensor/ops.js";
 import type { SamplingType } from "../bundle/manifest.js";
 import { softAppend } from "./soft-append.js";
-import { videoToUint8Frames } from "./frames.js";
+import { videoToUint8Frames, type FrameConverter } from "./frames.js";
 
 export class VideoAccumulator {
   /** Frames that a later section may still blend into. */
@@ -19,6 +19,7 @@ export class VideoAccumulator {
   constructor(
     private readonly samplingType: SamplingType,
     private readonly overlap: number,
+    private readonly toUint8: FrameConverter = videoToUint8Frames,
   ) {}
 
   /** Adds one decoded section [1, 3, T, H, W] in [-1, 1]. */
@@ -31,10 +32,10 @@ export class VideoAccumulator {
     const keep = Math.min(this.overlap, frames);
     if (this.samplingType === "inverted_anti_drifting") {
       this.open = narrow(video, 2, 0, keep);
-      if (frames > keep) this.chunks.unshift(videoToUint8Frames(narrow(video, 2, keep, frames - keep), frames - keep));
+      if (frames > keep) this.chunks.unshift(this.toUint8(narrow(video, 2, keep, frames - keep), frames - keep));
     } else {
       this.open = narrow(video, 2, frames - keep, keep);
-      if (frames > keep) this.chunks.push(videoToUint8Frames(narrow(video, 2, 0, frames - keep), frames - keep));
+      if (frames > keep) this.chunks.push(this.toUint8(narrow(video, 2, 0, frames - keep), frames - keep));
     }
   }
 
@@ -42,14 +43,17 @@ export class VideoAccumulator {
   finish(limit = Infinity): Tensor<"uint8"> {
     const all = [...this.chunks];
     if (this.open !== null) {
-      const last = videoToUint8Frames(this.open, this.open.shape[2]!);
+      const last = this.toUint8(this.open, this.open.shape[2]!);
       if (this.samplingType === "inverted_anti_drifting") all.unshift(last);
       else all.push(last);
     }
     const first = all[0];
     if (first === undefined) throw new RangeError("no sections were added");
     const [, h, w, c] = first.shape as [number, number, number, number];
-    const total = Math.min(limit, all.reduce((n, t) => n + t.shape[0]!, 0));
+    const total = Math.min(
+      limit,
+      all.reduce((n, t) => n + t.shape[0]!, 0),
+    );
     const out = new Uint8Array(total * h * w * c);
     let at = 0;
     for (const t of all) {

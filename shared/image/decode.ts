@@ -46,15 +46,27 @@ export interface DecodedImage {
 
 const SUPPORTED = "PNG, JPEG, WebP, GIF, TIFF, AVIF";
 
-export async function decodeImage(bytes: Uint8Array, limits: ImageLimits = DEFAULT_IMAGE_LIMITS, what = "image"): Promise<DecodedImage> {
+export async function decodeImage(
+  bytes: Uint8Array,
+  limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+  what = "image",
+): Promise<DecodedImage> {
   if (bytes.length === 0) throw new FarmError("INVALID_ARGUMENT", `${what} is empty (0 bytes)`);
-  if (bytes.length > limits.maxBytes) throw new FarmError("RESOURCE_EXHAUSTED", `${what} is ${bytes.length} bytes; the limit is ${limits.maxBytes} bytes`);
+  if (bytes.length > limits.maxBytes)
+    throw new FarmError(
+      "RESOURCE_EXHAUSTED",
+      `${what} is ${bytes.length} bytes; the limit is ${limits.maxBytes} bytes`,
+    );
   let meta: Metadata;
   try {
     // Header only: no pixels are decoded here, whatever size the file claims.
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (err) {
-    throw new FarmError("INVALID_ARGUMENT", `${what} is not a readable image (${SUPPORTED}): ${(err as Error).message}`, { cause: err });
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `${what} is not a readable image (${SUPPORTED}): ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   const { width, height } = meta;
   const pageHeight = meta.pageHeight ?? height;
@@ -80,10 +92,19 @@ export async function decodeImage(bytes: Uint8Array, limits: ImageLimits = DEFAU
       .raw({ depth: "uchar" })
       .toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
-    if (data.length !== info.width * info.height * 3) throw new Error(`decoded ${data.length} bytes for ${info.width}x${info.height}`);
-    return { width: info.width, height: info.height, rgb: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+    if (data.length !== info.width * info.height * 3)
+      throw new Error(`decoded ${data.length} bytes for ${info.width}x${info.height}`);
+    return {
+      width: info.width,
+      height: info.height,
+      rgb: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    };
   } catch (err) {
-    throw new FarmError("INVALID_ARGUMENT", `${what} cannot be decoded (corrupt or truncated?): ${(err as Error).message}`, { cause: err });
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `${what} cannot be decoded (corrupt or truncated?): ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 

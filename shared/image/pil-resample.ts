@@ -98,8 +98,10 @@ export function pilResize(
   outH: number,
   filter: PilFilter = "lanczos",
 ): Uint8Array {
-  if (src.length !== width * height * channels) throw new FarmError("INTERNAL", `pilResize: ${src.length} bytes for ${width}x${height}x${channels}`);
-  if (!(outW >= 1 && outH >= 1 && Number.isInteger(outW) && Number.isInteger(outH))) throw new FarmError("INVALID_ARGUMENT", `cannot resize to ${outW}x${outH}`);
+  if (src.length !== width * height * channels)
+    throw new FarmError("INTERNAL", `pilResize: ${src.length} bytes for ${width}x${height}x${channels}`);
+  if (!(outW >= 1 && outH >= 1 && Number.isInteger(outW) && Number.isInteger(outH)))
+    throw new FarmError("INVALID_ARGUMENT", `cannot resize to ${outW}x${outH}`);
   const needH = outW !== width;
   const needV = outH !== height;
   if (!needH && !needV) return src.slice();

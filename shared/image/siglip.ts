@@ -68,8 +68,17 @@ function aaWeights(inSize: number, outSize: number, mode: AaMode): AaWeights {
  * Antialiased resize of a float32 [C, H, W] block (torch `interpolate(mode, antialias=True,
  * align_corners=False)` with an output size).
  */
-export function resizeAntialiased(src: Float32Array, c: number, h: number, w: number, oh: number, ow: number, mode: AaMode = "bicubic"): Float32Array {
-  if (src.length !== c * h * w) throw new FarmError("INTERNAL", `resizeAntialiased: ${src.length} values for ${c}x${h}x${w}`);
+export function resizeAntialiased(
+  src: Float32Array,
+  c: number,
+  h: number,
+  w: number,
+  oh: number,
+  ow: number,
+  mode: AaMode = "bicubic",
+): Float32Array {
+  if (src.length !== c * h * w)
+    throw new FarmError("INTERNAL", `resizeAntialiased: ${src.length} values for ${c}x${h}x${w}`);
   let cur = src;
   let curW = w;
   if (ow !== w) {
@@ -108,19 +117,30 @@ export function resizeAntialiased(src: Float32Array, c: number, h: number, w: nu
   return cur === src ? src.slice() : cur;
 }
 
-export type SiglipConfig = Pick<BundleManifest["image_encoder"], "image_size" | "image_mean" | "image_std" | "resample">;
+export type SiglipConfig = Pick<
+  BundleManifest["image_encoder"],
+  "image_size" | "image_mean" | "image_std" | "resample"
+>;
 
 /** pixels [1, 3, H, W] in [-1, 1] -> SigLIP input [1, 3, S_h, S_w]. */
 export function siglipPixels(pixels: F32, cfg: SiglipConfig): F32 {
-  if (pixels.shape.length !== 4 || pixels.shape[0] !== 1) throw new FarmError("INVALID_ARGUMENT", `SigLIP input must be [1, C, H, W], got ${pixels.describe()}`);
+  if (pixels.shape.length !== 4 || pixels.shape[0] !== 1)
+    throw new FarmError("INVALID_ARGUMENT", `SigLIP input must be [1, C, H, W], got ${pixels.describe()}`);
   const [, c, h, w] = pixels.shape as [number, number, number, number];
-  if (c !== cfg.image_mean.length || c !== cfg.image_std.length) throw new FarmError("FAILED_PRECONDITION", `SigLIP mean/std have ${cfg.image_mean.length} channels, the image ${c}`);
+  if (c !== cfg.image_mean.length || c !== cfg.image_std.length)
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `SigLIP mean/std have ${cfg.image_mean.length} channels, the image ${c}`,
+    );
   let x: Float32Array = new Float32Array(pixels.data.length);
   for (let i = 0; i < x.length; i++) x[i] = f(f(pixels.data[i]! + 1) / 2);
   const { height: oh, width: ow } = cfg.image_size;
   if (oh !== h || ow !== w) {
     if (cfg.resample !== "bicubic" && cfg.resample !== "bilinear") {
-      throw new FarmError("FAILED_PRECONDITION", `SigLIP resample "${cfg.resample}" is not supported for resizing ${w}x${h} to ${ow}x${oh} (bicubic or bilinear)`);
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `SigLIP resample "${cfg.resample}" is not supported for resizing ${w}x${h} to ${ow}x${oh} (bicubic or bilinear)`,
+      );
     }
     x = resizeAntialiased(x, c, h, w, oh, ow, cfg.resample);
   }

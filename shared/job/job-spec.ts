@@ -3,6 +3,13 @@
  * parameters and the render size, in a JSON form that travels in queue messages and job records.
  */
 import type { RenderParams } from "./render-params.js";
+import type { VideoFormatName } from "./recipe.js";
+
+/** What the mux writes: the video's format, and every frame as a PNG too or not. */
+export interface JobOutput {
+  format: VideoFormatName;
+  saveFrames: boolean;
+}
 
 export interface JobSpec {
   jobId: string;
@@ -11,13 +18,41 @@ export interface JobSpec {
   width: number;
   /** Who submitted it (the API scopes every read to it); absent in records older than tenants. */
   tenant?: string;
+  /** Absent in records older than video formats: an MP4 and no frames. */
+  output?: JobOutput;
 }
 
-export function toJobSpec(jobId: string, params: RenderParams, size: { height: number; width: number }, tenant?: string): JobSpec {
+export function toJobSpec(
+  jobId: string,
+  params: RenderParams,
+  size: { height: number; width: number },
+  tenant?: string,
+): JobSpec {
   const { seed, size: _size, ...rest } = params;
-  return { jobId, params: { ...rest, seed: seed.toString() }, height: size.height, width: size.width, ...(tenant !== undefined ? { tenant } : {}) };
+  return {
+    jobId,
+    params: { ...rest, seed: seed.toString() },
+    height: size.height,
+    width: size.width,
+    ...(tenant !== undefined ? { tenant } : {}),
+  };
 }
+
+/** Fields newer than some stored records, with the values those records were rendered with. */
+const LATER_DEFAULTS = {
+  sampler: "flow_match_euler",
+  unipcVariant: "bh1",
+  cfgRescale: 0,
+  promptSegments: null,
+  sectionPrompts: null,
+  promptBlendSections: 0,
+} as const satisfies Partial<RenderParams>;
 
 export function renderParamsOf(spec: JobSpec): RenderParams {
-  return { ...spec.params, seed: BigInt(spec.params.seed), size: { height: spec.height, width: spec.width } };
+  return {
+    ...LATER_DEFAULTS,
+    ...spec.params,
+    seed: BigInt(spec.params.seed),
+    size: { height: spec.height, width: spec.width },
+  };
 }

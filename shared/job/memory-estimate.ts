@@ -79,11 +79,18 @@ export function estimateJobMemory(input: MemoryEstimateInput): MemoryEstimate {
     manifest.image_encoder.num_tokens;
   const denoise = t.num_attention_heads * tokens * tokens * F32 * 1.25 + tokens * hidden * F32 * 24;
 
-  const tileLatent = Math.min(manifest.components.vae_decoder.max_latent_frames ?? Math.floor(manifest.vae.tile_sample_min_num_frames / manifest.vae.temporal_compression_ratio) + 1, maxDecodeFrames(plan));
+  const tileLatent = Math.min(
+    manifest.components.vae_decoder.max_latent_frames ??
+      Math.floor(manifest.vae.tile_sample_min_num_frames / manifest.vae.temporal_compression_ratio) + 1,
+    maxDecodeFrames(plan),
+  );
   const pixelFrames = (tileLatent - 1) * manifest.vae.temporal_compression_ratio + 1;
   const channels = input.decoderChannels ?? 128;
   const n = tileLatent * h * w;
-  const attention = input.attentionBlockBytes === null ? ATTENTION_COPIES * n * n * F32 : 3 * Math.max(input.attentionBlockBytes, 16 * n * F32) + 8 * n * F32 * 16;
+  const attention =
+    input.attentionBlockBytes === null
+      ? ATTENTION_COPIES * n * n * F32
+      : 3 * Math.max(input.attentionBlockBytes, 16 * n * F32) + 8 * n * F32 * 16;
   const decode = DECODE_LIVE_ACTIVATIONS * pixelFrames * height * width * channels * F32 + attention;
 
   const sectionFrames = Math.max(...plan.sections.map((s) => s.decode.videoFrames));
@@ -99,7 +106,11 @@ function maxDecodeFrames(plan: SectionPlan): number {
 const gib = (b: number): string => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
 /** Throws RESOURCE_EXHAUSTED, naming needed and available memory, when the estimate does not fit. */
-export function admitMemory(estimate: MemoryEstimate, available: { bytes: number; what: string }, job: { height: number; width: number; frames: number }): void {
+export function admitMemory(
+  estimate: MemoryEstimate,
+  available: { bytes: number; what: string },
+  job: { height: number; width: number; frames: number },
+): void {
   if (estimate.peak <= available.bytes) return;
   throw new FarmError(
     "RESOURCE_EXHAUSTED",

@@ -4,6 +4,16 @@
  */
 import { FarmError } from "../errors.js";
 import { SAMPLING_TYPES, type SamplingType } from "../bundle/manifest.js";
+import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../sampler/unipc.js";
+import { parseTimedPrompt, type PromptSegment } from "./timed-prompts.js";
+
+/**
+ * flow_match_euler: diffusers' HunyuanVideoFramepackPipeline (FlowMatch Euler, the bundle's
+ * scheduler). unipc: lllyasviel's FramePack demo (flux time shift + UniPC, its generator use,
+ * section count and frame conversion); see README "Sampling as lllyasviel's demo does".
+ */
+export type SamplerName = "flow_match_euler" | "unipc";
+export const SAMPLERS: readonly SamplerName[] = ["flow_match_euler", "unipc"];
 
 /** Upper bounds that keep one job from monopolising the farm; generous for real use. */
 export const LIMITS = {
@@ -17,6 +27,8 @@ export const LIMITS = {
   maxResolution: 1280,
   maxPromptBytes: 16 * 1024,
   maxFps: 120,
+  maxPromptBlendSections: 32,
+  maxSectionPrompts: 1024,
 } as const;
 
 export interface RenderParams {
@@ -38,6 +50,17 @@ export interface RenderParams {
   /** Lossless RGB video (exact frames, for verification) instead of crf-compressed yuv420p. */
   lossless: boolean;
   hasEndImage: boolean;
+  sampler: SamplerName;
+  /** UniPC's B(h) variant (unipc only). */
+  unipcVariant: UniPCVariant;
+  /** fm_wrapper's CFG rescale (unipc only; 0 is off). */
+  cfgRescale: number;
+  /** A timed prompt ("[0s: ...] [2s: ...]") read against the video's length; null for a plain prompt. */
+  promptSegments: PromptSegment[] | null;
+  /** One prompt per section in video-time order (instead of `prompt`); null when not given. */
+  sectionPrompts: string[] | null;
+  /** Sections over which a prompt change is blended (0: switch at once). */
+  promptBlendSections: number;
 }
 
 export interface RenderParamsInput {
@@ -58,6 +81,11 @@ export interface RenderParamsInput {
   crf?: unknown;
   lossless?: unknown;
   hasEndImage?: unknown;
+  sampler?: unknown;
+  unipcVariant?: unknown;
+  cfgRescale?: unknown;
+  sectionPrompts?: unknown;
+  promptBlendSections?: unknown;
 }
 
 export interface RenderDefaults {
@@ -78,7 +106,8 @@ function toNumber(name: string, v: unknown): number {
 
 function intIn(name: string, v: unknown, min: number, max: number): number {
   const n = toNumber(name, v);
-  if (!Number.isInteger(n) || n < min || n > max) throw bad(`${name} must be an integer from ${min} to ${max}, got ${n}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw bad(`${name} must be an integer from ${min} to ${max}, got ${n}`);
   return n;
 }
 
@@ -101,7 +130,8 @@ export function checkText(name: string, v: unknown, allowEmpty: boolean): string
   return v;
 }
 
-function parseSeed(v: unknown): bigint {
+/** The seed: torch.Generator seeds are unsigned 64-bit; absent, FramePack demo's 31337. */
+export function parseSeed(v: unknown): bigint {
   if (v === undefined || v === null) return 31337n; // FramePack demo's default seed
   let s: bigint;
   try {
@@ -116,27 +146,78 @@ function parseSeed(v: unknown): bigint {
   return s;
 }
 
-function parseSamplingType(v: unknown, fallback: SamplingType): SamplingType {
+/** The latent window size (`--window`, latent_window_size): latent frames one section denoises. */
+export const checkLatentWindowSize = (v: unknown): number => intIn("window", v, 1, LIMITS.maxLatentWindow);
+
+/** The sampling mode by any of its names (inverted, inverted_anti_drifting, vanilla, f1). */
+export function parseSamplingType(v: unknown, fallback: SamplingType): SamplingType {
   if (v === undefined || v === null) return fallback;
-  const aliases: Record<string, SamplingType> = { inverted: "inverted_anti_drifting", inverted_anti_drifting: "inverted_anti_drifting", vanilla: "vanilla", f1: "vanilla" };
+  const aliases: Record<string, SamplingType> = {
+    inverted: "inverted_anti_drifting",
+    inverted_anti_drifting: "inverted_anti_drifting",
+    vanilla: "vanilla",
+    f1: "vanilla",
+  };
   const t = typeof v === "string" ? aliases[v.toLowerCase()] : undefined;
-  if (t === undefined) throw bad(`mode must be one of inverted, vanilla (or ${SAMPLING_TYPES.join(", ")}), got ${JSON.stringify(v)}`);
+  if (t === undefined)
+    throw bad(`mode must be one of inverted, vanilla (or ${SAMPLING_TYPES.join(", ")}), got ${JSON.stringify(v)}`);
   return t;
 }
 
+/** The sampler by any of its names (euler, flow_match_euler, unipc); absent, diffusers' FlowMatch Euler. */
+export function parseSampler(v: unknown): SamplerName {
+  if (v === undefined || v === null) return "flow_match_euler";
+  const aliases: Record<string, SamplerName> = {
+    euler: "flow_match_euler",
+    flow_match_euler: "flow_match_euler",
+    unipc: "unipc",
+  };
+  const t = typeof v === "string" ? aliases[v.toLowerCase()] : undefined;
+  if (t === undefined)
+    throw bad(`sampler must be euler (diffusers' FlowMatch Euler) or unipc (lllyasviel's UniPC), got ${show(v)}`);
+  return t;
+}
+
+/** UniPC's variant (bh1, bh2), which only the unipc sampler has; absent, the demo's bh1. */
+export function parseUnipcVariant(v: unknown, sampler: SamplerName): UniPCVariant {
+  if (v === undefined || v === null) return DEFAULT_UNIPC_VARIANT;
+  if (sampler !== "unipc") throw bad("a UniPC variant needs --sampler unipc");
+  const t = typeof v === "string" ? v.toLowerCase() : v;
+  if (!UNIPC_VARIANTS.includes(t as UniPCVariant)) throw bad(`UniPC variant must be bh1 or bh2, got ${show(v)}`);
+  return t as UniPCVariant;
+}
+
+/** One prompt per section, in video-time order; null when none are given. */
+export function parseSectionPrompts(v: unknown): string[] | null {
+  if (v === undefined || v === null) return null;
+  if (!Array.isArray(v)) throw bad("section prompts must be a list of texts");
+  if (v.length === 0) return null;
+  if (v.length > LIMITS.maxSectionPrompts)
+    throw bad(`at most ${LIMITS.maxSectionPrompts} section prompts, got ${v.length}`);
+  return v.map((p, i) => checkText(`section prompt ${i + 1}`, p, false));
+}
+
 export function validateRenderParams(input: RenderParamsInput, defaults: RenderDefaults): RenderParams {
-  const prompt = checkText("prompt", input.prompt, false);
-  const negativePrompt = input.negativePrompt === undefined || input.negativePrompt === null ? null : checkText("negative prompt", input.negativePrompt, true);
+  const sectionPrompts = parseSectionPrompts(input.sectionPrompts);
+  const prompt = checkText("prompt", input.prompt ?? "", sectionPrompts !== null);
+  if (sectionPrompts !== null && prompt.trim() !== "") throw bad("give either a prompt or section prompts, not both");
+  const negativePrompt =
+    input.negativePrompt === undefined || input.negativePrompt === null
+      ? null
+      : checkText("negative prompt", input.negativePrompt, true);
   const fps = numIn("fps", input.fps ?? 30, 1, LIMITS.maxFps);
 
   let numFrames: number;
-  if (input.numFrames !== undefined && input.seconds !== undefined) throw bad("give either seconds or frames, not both");
+  if (input.numFrames !== undefined && input.seconds !== undefined)
+    throw bad("give either seconds or frames, not both");
   if (input.numFrames !== undefined) numFrames = intIn("frames", input.numFrames, 1, LIMITS.maxFrames);
   else if (input.seconds !== undefined) {
     const seconds = toNumber("seconds", input.seconds);
-    if (seconds <= 0 || seconds > LIMITS.maxSeconds) throw bad(`seconds must be greater than 0 and at most ${LIMITS.maxSeconds}, got ${seconds}`);
+    if (seconds <= 0 || seconds > LIMITS.maxSeconds)
+      throw bad(`seconds must be greater than 0 and at most ${LIMITS.maxSeconds}, got ${seconds}`);
     numFrames = Math.max(1, Math.round(seconds * fps));
-    if (numFrames > LIMITS.maxFrames) throw bad(`${seconds} s at ${fps} fps is ${numFrames} frames; the limit is ${LIMITS.maxFrames}`);
+    if (numFrames > LIMITS.maxFrames)
+      throw bad(`${seconds} s at ${fps} fps is ${numFrames} frames; the limit is ${LIMITS.maxFrames}`);
   } else throw bad("the video length is missing: give seconds or frames");
 
   const samplingType = parseSamplingType(input.samplingType, defaults.samplingType);
@@ -161,6 +242,21 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     size = { resolution: r };
   }
 
+  const sampler = parseSampler(input.sampler);
+  const unipcVariant = parseUnipcVariant(input.unipcVariant, sampler);
+  const cfgRescale = numIn("cfg rescale", input.cfgRescale ?? 0, 0, 1);
+  if (cfgRescale !== 0 && sampler !== "unipc")
+    throw bad("cfg rescale needs --sampler unipc (diffusers' FramePack pipeline has none)");
+  const promptBlendSections = intIn(
+    "prompt blend sections",
+    input.promptBlendSections ?? 0,
+    0,
+    LIMITS.maxPromptBlendSections,
+  );
+  const promptSegments = sectionPrompts === null ? parseTimedPrompt(prompt, numFrames / fps) : null;
+  if (promptBlendSections > 0 && promptSegments === null && sectionPrompts === null)
+    throw bad("prompt blending needs a timed prompt ([0s: ...] [2s: ...]) or section prompts");
+
   return {
     prompt,
     negativePrompt,
@@ -170,14 +266,25 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     guidanceScale: numIn("guidance", input.guidanceScale ?? 10, 0, LIMITS.maxGuidance),
     trueCfgScale: numIn("cfg", input.trueCfgScale ?? 1, 0, LIMITS.maxTrueCfg),
     seed: parseSeed(input.seed),
-    latentWindowSize: intIn("window", input.latentWindowSize ?? defaults.latentWindowSize, 1, LIMITS.maxLatentWindow),
+    latentWindowSize: checkLatentWindowSize(input.latentWindowSize ?? defaults.latentWindowSize),
     size,
     fps,
     crf: intIn("crf", input.crf ?? 16, 0, 51),
     lossless: input.lossless === true,
     hasEndImage,
+    sampler,
+    unipcVariant,
+    cfgRescale,
+    promptSegments,
+    sectionPrompts,
+    promptBlendSections,
   };
 }
 
-/** diffusers: do_true_cfg = true_cfg_scale > 1 and a negative prompt was given. */
-export const usesTrueCfg = (p: RenderParams): boolean => p.trueCfgScale > 1 && p.negativePrompt !== null;
+/**
+ * diffusers: do_true_cfg = true_cfg_scale > 1 and a negative prompt was given. lllyasviel's demo
+ * (unipc): any cfg other than 1 runs the negative prompt (empty when none is given).
+ */
+export const usesTrueCfg = (
+  p: Pick<RenderParams, "trueCfgScale" | "negativePrompt"> & { sampler?: SamplerName },
+): boolean => (p.sampler === "unipc" ? p.trueCfgScale !== 1 : p.trueCfgScale > 1 && p.negativePrompt !== null);

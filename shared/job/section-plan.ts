@@ -2,14 +2,28 @@
 import type { BundleManifest } from "../bundle/manifest.js";
 import { planSections, type SectionPlan } from "../framepack/plan.js";
 import type { RenderParams } from "./render-params.js";
+import { promptSchedule, type PromptScheduleParams } from "./timed-prompts.js";
 
-export function sectionPlanFor(params: Pick<RenderParams, "samplingType" | "numFrames" | "latentWindowSize" | "hasEndImage">, manifest: BundleManifest): SectionPlan {
-  return planSections({
+type PlanParams = Pick<RenderParams, "samplingType" | "numFrames" | "latentWindowSize" | "hasEndImage"> &
+  Partial<Pick<RenderParams, "sampler">> &
+  Partial<PromptScheduleParams>;
+
+/** Also checks that section prompts, if any, fit the plan (INVALID_ARGUMENT otherwise). */
+export function sectionPlanFor(params: PlanParams, manifest: BundleManifest): SectionPlan {
+  const plan = planSections({
     samplingType: params.samplingType,
     numFrames: params.numFrames,
     latentWindowSize: params.latentWindowSize,
     hasEndImage: params.hasEndImage,
     historySizes: manifest.framepack.history_sizes[params.samplingType],
     temporalCompression: manifest.vae.temporal_compression_ratio,
+    sectionCount: params.sampler === "unipc" ? "demo" : "diffusers",
   });
+  if (params.sectionPrompts !== undefined && params.sectionPrompts !== null) {
+    promptSchedule(
+      { prompt: "", promptSegments: null, sectionPrompts: params.sectionPrompts, promptBlendSections: 0, fps: 30 },
+      plan,
+    );
+  }
+  return plan;
 }

@@ -8,7 +8,10 @@ import { pino, type Logger } from "pino";
 export type { Logger };
 
 export function createLogger(component: string, bindings: Record<string, unknown> = {}): Logger {
-  return pino({ level: process.env["FRAMEFARM_LOG_LEVEL"] ?? "info", base: { component, ...bindings } }, pino.destination({ fd: 2, sync: false }));
+  return pino(
+    { level: process.env["FRAMEFARM_LOG_LEVEL"] ?? "info", base: { component, ...bindings } },
+    pino.destination({ fd: 2, sync: false }),
+  );
 }
 
 /** A logger that writes nothing (library use and tests that do not look at logs). */

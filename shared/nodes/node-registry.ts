@@ -9,39 +9,25 @@ import type { KeyValue } from "../bus/bus.js";
 import { FarmError } from "../errors.js";
 import { DrainRequest, NodeRecord, NodeState, StageKind as PbStageKind } from "../../proto/gen/framefarm/v1/node.js";
 import type { Timestamp } from "../../proto/gen/google/protobuf/timestamp.js";
-import type { StageKind } from "../../coordinator/planner/job-plan.js";
 
 export { NodeRecord, NodeState, PbStageKind as StageKindPb };
 export const NODES_BUCKET = "nodes";
 export const DRAIN_BUCKET = "node-drain";
-export const nodeEventSubject = (nodeId: string): string => `ff.events.node.${nodeId}`;
 /** Heartbeats missed before a node counts as gone. */
 export const MISSED_HEARTBEATS = 3;
 
 const NODE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 export function validateNodeId(id: string): string {
-  if (!NODE_ID.test(id)) throw new FarmError("INVALID_ARGUMENT", `node id ${JSON.stringify(id)} must be 1-64 of [A-Za-z0-9_-]`);
+  if (!NODE_ID.test(id))
+    throw new FarmError("INVALID_ARGUMENT", `node id ${JSON.stringify(id)} must be 1-64 of [A-Za-z0-9_-]`);
   return id;
-}
-
-const STAGE_TO_PB: Record<StageKind, PbStageKind> = {
-  encode_text: PbStageKind.STAGE_KIND_ENCODE_TEXT,
-  encode_image: PbStageKind.STAGE_KIND_ENCODE_IMAGE,
-  vae_encode: PbStageKind.STAGE_KIND_VAE_ENCODE,
-  denoise: PbStageKind.STAGE_KIND_DENOISE,
-  decode: PbStageKind.STAGE_KIND_DECODE,
-  mux: PbStageKind.STAGE_KIND_MUX,
-};
-export const stageToPb = (s: StageKind): PbStageKind => STAGE_TO_PB[s];
-export function stageFromPb(s: PbStageKind): StageKind | null {
-  const hit = Object.entries(STAGE_TO_PB).find(([, v]) => v === s);
-  return hit === undefined ? null : (hit[0] as StageKind);
 }
 
 export function timestampOf(ms: number): Timestamp {
   return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
 }
-export const msOf = (t: Timestamp | undefined): number => (t === undefined ? 0 : Number(t.seconds) * 1000 + Math.floor(t.nanos / 1_000_000));
+export const msOf = (t: Timestamp | undefined): number =>
+  t === undefined ? 0 : Number(t.seconds) * 1000 + Math.floor(t.nanos / 1_000_000);
 
 export const encodeNode = (r: NodeRecord): Uint8Array => NodeRecord.encode(r).finish();
 export const decodeNode = (b: Uint8Array): NodeRecord => NodeRecord.decode(b);
@@ -57,7 +43,9 @@ export async function readNodes(kv: KeyValue): Promise<NodeRecord[]> {
 
 /** A node is gone when it has missed MISSED_HEARTBEATS heartbeats (a clean stop says so itself). */
 export function isGone(r: NodeRecord, nowMs: number): boolean {
-  return r.state === NodeState.NODE_STATE_STOPPED || nowMs - msOf(r.heartbeatAt) > MISSED_HEARTBEATS * r.heartbeatIntervalMs;
+  return (
+    r.state === NodeState.NODE_STATE_STOPPED || nowMs - msOf(r.heartbeatAt) > MISSED_HEARTBEATS * r.heartbeatIntervalMs
+  );
 }
 
 /** Writes value under key whatever is there (for keys with one writer: a node's own record). */

@@ -14,7 +14,7 @@ function nextAfter32(x: number, toward: number): number {
   if (x === toward) return x;
   if (x === 0) return toward > 0 ? fromBits(1) : fromBits(0x80000001);
   const b = bitsOf(x);
-  return fromBits((x < toward) === x > 0 ? b + 1 : b - 1);
+  return fromBits(x < toward === x > 0 ? b + 1 : b - 1);
 }
 
 /**
@@ -36,8 +36,8 @@ export function fma32(a: number, b: number, c: number): number {
 }
 
 const LOG_P = [
-  7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1,
-  -2.4999993993e-1, 3.3333331174e-1,
+  7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+  2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1,
 ].map(f);
 const LOG_Q1 = f(-2.1219444e-4);
 const LOG_Q2 = f(0.693359375);
@@ -48,7 +48,7 @@ const MIN_NORM_POS = fromBits(0x00800000);
 export function logf32(x: number): number {
   if (!(x > 0)) return NaN;
   const xb = bitsOf(Math.max(x, MIN_NORM_POS));
-  let e = f(((xb >>> 23) - 0x7f) + 1);
+  let e = f((xb >>> 23) - 0x7f + 1);
   // Mantissa in [0.5, 1).
   let m = fromBits((xb & ~0x7f800000) | 0x3f000000);
   if (m < SQRTHF) {

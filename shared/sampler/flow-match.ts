@@ -25,20 +25,37 @@ export interface FlowMatchSchedule {
 const f = Math.fround;
 
 /** The pipeline's calculate_shift (flux): linear in the image sequence length, in float64. */
-export function calculateShift(imageSeqLen: number, baseSeqLen = 256, maxSeqLen = 4096, baseShift = 0.5, maxShift = 1.15): number {
+export function calculateShift(
+  imageSeqLen: number,
+  baseSeqLen = 256,
+  maxSeqLen = 4096,
+  baseShift = 0.5,
+  maxShift = 1.15,
+): number {
   const m = (maxShift - baseShift) / (maxSeqLen - baseSeqLen);
   const b = baseShift - m * baseSeqLen;
   return imageSeqLen * m + b;
 }
 
 /** The pipeline's image_seq_len: latent T * h * w / patch_size^2 (a Python true division). */
-export function imageSeqLen(latentFrames: number, latentHeight: number, latentWidth: number, patchSize: number): number {
+export function imageSeqLen(
+  latentFrames: number,
+  latentHeight: number,
+  latentWidth: number,
+  patchSize: number,
+): number {
   return (latentFrames * latentHeight * latentWidth) / patchSize ** 2;
 }
 
 /** mu as the pipeline passes it: calculate_shift from the scheduler config, capped at ln 7. */
 export function pipelineMu(config: SchedulerConfig, seqLen: number): number {
-  const mu = calculateShift(seqLen, config.base_image_seq_len ?? 256, config.max_image_seq_len ?? 4096, config.base_shift ?? 0.5, config.max_shift ?? 1.15);
+  const mu = calculateShift(
+    seqLen,
+    config.base_image_seq_len ?? 256,
+    config.max_image_seq_len ?? 4096,
+    config.base_shift ?? 0.5,
+    config.max_shift ?? 1.15,
+  );
   return Math.min(mu, Math.log(7));
 }
 
@@ -46,16 +63,24 @@ const UNSUPPORTED = ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_si
 
 function checkConfig(config: SchedulerConfig): void {
   for (const k of UNSUPPORTED) {
-    if (config[k] === true) throw new FarmError("FAILED_PRECONDITION", `scheduler option ${k} is not supported by the farm's FlowMatch Euler sampler`);
+    if (config[k] === true)
+      throw new FarmError(
+        "FAILED_PRECONDITION",
+        `scheduler option ${k} is not supported by the farm's FlowMatch Euler sampler`,
+      );
   }
   if (!Number.isInteger(config.num_train_timesteps) || config.num_train_timesteps < 1) {
-    throw new FarmError("FAILED_PRECONDITION", `scheduler num_train_timesteps must be a positive integer, got ${config.num_train_timesteps}`);
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `scheduler num_train_timesteps must be a positive integer, got ${config.num_train_timesteps}`,
+    );
   }
   if (!config.use_dynamic_shifting && !(Number.isFinite(config.shift) && config.shift > 0)) {
     throw new FarmError("FAILED_PRECONDITION", `scheduler shift must be a positive number, got ${config.shift}`);
   }
   const type = config.time_shift_type ?? "exponential";
-  if (type !== "exponential" && type !== "linear") throw new FarmError("FAILED_PRECONDITION", `scheduler time_shift_type ${JSON.stringify(type)} is not supported`);
+  if (type !== "exponential" && type !== "linear")
+    throw new FarmError("FAILED_PRECONDITION", `scheduler time_shift_type ${JSON.stringify(type)} is not supported`);
   const terminal = config.shift_terminal;
   if (terminal !== undefined && terminal !== null && !(Number.isFinite(terminal) && terminal < 1)) {
     throw new FarmError("FAILED_PRECONDITION", `scheduler shift_terminal must be below 1, got ${terminal}`);
@@ -67,7 +92,8 @@ function checkConfig(config: SchedulerConfig): void {
  * imageSeqLen); it only matters with use_dynamic_shifting.
  */
 export function flowMatchSchedule(config: SchedulerConfig, steps: number, seqLen: number): FlowMatchSchedule {
-  if (!Number.isInteger(steps) || steps < 1) throw new FarmError("INVALID_ARGUMENT", `steps must be a positive integer, got ${steps}`);
+  if (!Number.isInteger(steps) || steps < 1)
+    throw new FarmError("INVALID_ARGUMENT", `steps must be a positive integer, got ${steps}`);
   checkConfig(config);
   // np.linspace(1.0, 0.0, steps + 1)[:-1] in float64, then .astype(np.float32)
   const step = -1 / steps;
@@ -101,7 +127,8 @@ export function flowMatchSchedule(config: SchedulerConfig, steps: number, seqLen
 
 /** prev = sample + (sigma_next - sigma) * modelOutput, in float32. */
 export function eulerStep(sample: F32, modelOutput: F32, sigma: number, sigmaNext: number): F32 {
-  if (sample.numel !== modelOutput.numel) throw new RangeError(`euler step: sample ${sample.describe()} and model output ${modelOutput.describe()} differ`);
+  if (sample.numel !== modelOutput.numel)
+    throw new RangeError(`euler step: sample ${sample.describe()} and model output ${modelOutput.describe()} differ`);
   const dt = f(f(sigmaNext) - f(sigma));
   const out = new Float32Array(sample.numel);
   for (let i = 0; i < out.length; i++) out[i] = f(sample.data[i]! + f(dt * modelOutput.data[i]!));
@@ -125,7 +152,8 @@ export class FlowMatchEulerScheduler {
 
   /** The latents after step i (0-based) given the model's velocity prediction. */
   step(modelOutput: F32, sample: F32, i: number): F32 {
-    if (!Number.isInteger(i) || i < 0 || i >= this.steps) throw new RangeError(`step index ${i} outside 0..${this.steps - 1}`);
+    if (!Number.isInteger(i) || i < 0 || i >= this.steps)
+      throw new RangeError(`step index ${i} outside 0..${this.steps - 1}`);
     return eulerStep(sample, modelOutput, this.sigmas[i]!, this.sigmas[i + 1]!);
   }
 }

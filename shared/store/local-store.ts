@@ -54,7 +54,8 @@ export class LocalObjectStore implements ObjectStore {
     try {
       return new Uint8Array(await readFile(this.file(key)));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new FarmError("NOT_FOUND", `object ${key} does not exist`, { cause: err });
+      if ((err as NodeJS.ErrnoException).code === "ENOENT")
+        throw new FarmError("NOT_FOUND", `object ${key} does not exist`, { cause: err });
       throw err;
     }
   }

@@ -40,8 +40,17 @@ export const MAX_KEY_LENGTH = 512;
  */
 export function validateObjectKey(key: string, prefix = false): string {
   const body = prefix && key.endsWith("/") ? key.slice(0, -1) : key;
-  if (typeof key !== "string" || key.length === 0 || key.length > MAX_KEY_LENGTH || !KEY_PATTERN.test(body) || body.split("/").some((s) => s === "." || s === "..")) {
-    throw new FarmError("INVALID_ARGUMENT", `invalid object key ${JSON.stringify(key)}: use relative segments of letters, digits, '.', '_' and '-' (at most ${MAX_KEY_LENGTH} characters)`);
+  if (
+    typeof key !== "string" ||
+    key.length === 0 ||
+    key.length > MAX_KEY_LENGTH ||
+    !KEY_PATTERN.test(body) ||
+    body.split("/").some((s) => s === "." || s === "..")
+  ) {
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `invalid object key ${JSON.stringify(key)}: use relative segments of letters, digits, '.', '_' and '-' (at most ${MAX_KEY_LENGTH} characters)`,
+    );
   }
   return key;
 }

@@ -23,7 +23,19 @@ export interface S3StoreConfig {
 }
 
 /** Errors of a server that is away or overloaded (worth another try), as opposed to answers. */
-const TRANSIENT_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"]);
+const TRANSIENT_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EAI_AGAIN",
+  "SlowDown",
+  "InternalError",
+  "ServiceUnavailable",
+  "RequestTimeout",
+]);
 
 export function isTransientStoreError(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
@@ -67,7 +79,11 @@ export class S3ObjectStore implements ObjectStore {
         if (!isTransientStoreError(err)) throw err;
         const waited = Date.now() - start;
         if (waited + delay > this.retryForMs) {
-          throw new FarmError("UNAVAILABLE", `object store ${this.where} unreachable for ${(waited / 1000).toFixed(1)} s (${what}): ${(err as Error).message}`, { cause: err });
+          throw new FarmError(
+            "UNAVAILABLE",
+            `object store ${this.where} unreachable for ${(waited / 1000).toFixed(1)} s (${what}): ${(err as Error).message}`,
+            { cause: err },
+          );
         }
         await new Promise((r) => setTimeout(r, delay));
       }
@@ -86,9 +102,14 @@ export class S3ObjectStore implements ObjectStore {
       pathStyle: true,
     });
     try {
-      if (!(await client.bucketExists(config.bucket))) await client.makeBucket(config.bucket, config.region ?? "us-east-1");
+      if (!(await client.bucketExists(config.bucket)))
+        await client.makeBucket(config.bucket, config.region ?? "us-east-1");
     } catch (err) {
-      throw new FarmError("UNAVAILABLE", `object store ${config.endpoint}:${config.port} bucket ${config.bucket}: ${(err as Error).message}`, { cause: err });
+      throw new FarmError(
+        "UNAVAILABLE",
+        `object store ${config.endpoint}:${config.port} bucket ${config.bucket}: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
     return new S3ObjectStore(client, config.bucket, `${config.endpoint}:${config.port}`, config.retryForMs ?? 30_000);
   }
@@ -96,7 +117,9 @@ export class S3ObjectStore implements ObjectStore {
   async put(key: string, data: Uint8Array, contentType = "application/octet-stream"): Promise<PutResult> {
     validateObjectKey(key);
     const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    await this.retry(`write of ${key}`, () => this.client.putObject(this.bucket, key, body, data.byteLength, { "Content-Type": contentType }));
+    await this.retry(`write of ${key}`, () =>
+      this.client.putObject(this.bucket, key, body, data.byteLength, { "Content-Type": contentType }),
+    );
     this.traffic.written += data.byteLength;
     return { key, size: data.length, sha256: sha256Hex(data) };
   }
@@ -112,13 +135,17 @@ export class S3ObjectStore implements ObjectStore {
   async get(key: string): Promise<Uint8Array> {
     validateObjectKey(key);
     try {
-      const data = await this.retry(`read of ${key}`, async () => collect(await this.client.getObject(this.bucket, key)));
+      const data = await this.retry(`read of ${key}`, async () =>
+        collect(await this.client.getObject(this.bucket, key)),
+      );
       this.traffic.read += data.byteLength;
       return data;
     } catch (err) {
       if (err instanceof FarmError) throw err;
       if (isNotFound(err)) throw new FarmError("NOT_FOUND", `object ${key} does not exist`, { cause: err });
-      throw new FarmError("UNAVAILABLE", `object store read of ${key} failed: ${(err as Error).message}`, { cause: err });
+      throw new FarmError("UNAVAILABLE", `object store read of ${key} failed: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -129,7 +156,9 @@ export class S3ObjectStore implements ObjectStore {
     } catch (err) {
       if (err instanceof FarmError) throw err;
       if (isNotFound(err)) return null;
-      throw new FarmError("UNAVAILABLE", `object store stat of ${key} failed: ${(err as Error).message}`, { cause: err });
+      throw new FarmError("UNAVAILABLE", `object store stat of ${key} failed: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -152,7 +181,8 @@ export class S3ObjectStore implements ObjectStore {
 
   async deletePrefix(prefix: string): Promise<number> {
     const keys = await this.list(prefix);
-    if (keys.length > 0) await this.retry(`deletion under ${prefix}`, () => this.client.removeObjects(this.bucket, keys));
+    if (keys.length > 0)
+      await this.retry(`deletion under ${prefix}`, () => this.client.removeObjects(this.bucket, keys));
     return keys.length;
   }
 

@@ -11,7 +11,8 @@ function strides(shape: readonly number[], dim: number): { outer: number; size: 
 /** t[..., start:start+length, ...] along dim (a copy). */
 export function narrow(t: F32, dim: number, start: number, length: number): F32 {
   const { outer, size, inner } = strides(t.shape, dim);
-  if (start < 0 || length < 0 || start + length > size) throw new RangeError(`narrow [${start}, ${start + length}) outside 0..${size} of dim ${dim}`);
+  if (start < 0 || length < 0 || start + length > size)
+    throw new RangeError(`narrow [${start}, ${start + length}) outside 0..${size} of dim ${dim}`);
   const out = new Float32Array(outer * length * inner);
   for (let o = 0; o < outer; o++) {
     const from = (o * size + start) * inner;

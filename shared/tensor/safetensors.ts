@@ -28,7 +28,16 @@ const CODE_OF: Readonly<Record<DType, string>> = {
   uint8: "U8",
   bool: "BOOL",
 };
-const BYTES: Readonly<Record<DType, number>> = { float32: 4, float64: 8, float16: 2, bfloat16: 2, int64: 8, int32: 4, uint8: 1, bool: 1 };
+const BYTES: Readonly<Record<DType, number>> = {
+  float32: 4,
+  float64: 8,
+  float16: 2,
+  bfloat16: 2,
+  int64: 8,
+  int32: 4,
+  uint8: 1,
+  bool: 1,
+};
 /** The reference implementation's limit on the JSON header. */
 const MAX_HEADER = 100_000_000;
 const METADATA = "__metadata__";
@@ -95,7 +104,8 @@ export function decodeSafetensors(bytes: Uint8Array): Safetensors {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = dv.getBigUint64(0, true);
   if (headerLen > BigInt(MAX_HEADER)) throw corrupt(`header length ${headerLen} exceeds the ${MAX_HEADER}-byte limit`);
-  if (headerLen > BigInt(bytes.length - 8)) throw corrupt(`header length ${headerLen} exceeds the ${bytes.length - 8} bytes after it`);
+  if (headerLen > BigInt(bytes.length - 8))
+    throw corrupt(`header length ${headerLen} exceeds the ${bytes.length - 8} bytes after it`);
   const n = Number(headerLen);
   let header: unknown;
   try {
@@ -124,14 +134,20 @@ export function decodeSafetensors(bytes: Uint8Array): Safetensors {
       throw corrupt(`tensor ${name}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
     }
     const offs = entry["data_offsets"];
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o): o is number => Number.isSafeInteger(o) && (o as number) >= 0)) {
+    if (
+      !Array.isArray(offs) ||
+      offs.length !== 2 ||
+      !offs.every((o): o is number => Number.isSafeInteger(o) && (o as number) >= 0)
+    ) {
       throw corrupt(`tensor ${name}: data_offsets ${JSON.stringify(offs)} is not a pair of non-negative integers`);
     }
     const [begin, end] = offs as [number, number];
     if (end < begin) throw corrupt(`tensor ${name}: data_offsets [${begin}, ${end}] end before they begin`);
-    if (end > data.length) throw corrupt(`tensor ${name}: data [${begin}, ${end}) lies outside the ${data.length} data bytes`);
+    if (end > data.length)
+      throw corrupt(`tensor ${name}: data [${begin}, ${end}) lies outside the ${data.length} data bytes`);
     const want = checkedNumel(name, shape) * BYTES[dtype];
-    if (end - begin !== want) throw corrupt(`tensor ${name}: ${end - begin} bytes do not hold ${dtype}[${shape.join(",")}] (${want} bytes)`);
+    if (end - begin !== want)
+      throw corrupt(`tensor ${name}: ${end - begin} bytes do not hold ${dtype}[${shape.join(",")}] (${want} bytes)`);
     entries.push({ name, dtype, shape, begin, end });
   }
   // The data section must be tiled exactly: sorted by offset, each tensor starts where the last
@@ -139,7 +155,8 @@ export function decodeSafetensors(bytes: Uint8Array): Safetensors {
   const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
   let at = 0;
   for (const e of sorted) {
-    if (e.begin < at) throw corrupt(`tensor ${e.name} overlaps the tensor before it (starts at ${e.begin}, previous ends at ${at})`);
+    if (e.begin < at)
+      throw corrupt(`tensor ${e.name} overlaps the tensor before it (starts at ${e.begin}, previous ends at ${at})`);
     if (e.begin > at) throw corrupt(`tensor ${e.name} starts at ${e.begin}, leaving a gap after byte ${at}`);
     at = e.end;
   }
@@ -147,7 +164,8 @@ export function decodeSafetensors(bytes: Uint8Array): Safetensors {
   const tensors = new Map<string, Tensor>();
   for (const e of entries) {
     const values = view(e.dtype, data.subarray(e.begin, e.end));
-    if (e.dtype === "bool" && (values as Uint8Array).some((v) => v > 1)) throw corrupt(`tensor ${e.name}: BOOL bytes other than 0 and 1`);
+    if (e.dtype === "bool" && (values as Uint8Array).some((v) => v > 1))
+      throw corrupt(`tensor ${e.name}: BOOL bytes other than 0 and 1`);
     tensors.set(e.name, new Tensor(e.dtype, e.shape, values));
   }
   return { tensors, metadata };
@@ -158,20 +176,25 @@ export function decodeSafetensors(bytes: Uint8Array): Safetensors {
  * so the data starts 8-byte aligned (as the reference writer does). Throws INVALID_ARGUMENT for a
  * name the format cannot carry.
  */
-export function encodeSafetensors(tensors: ReadonlyMap<string, Tensor> | Readonly<Record<string, Tensor>>, metadata?: Readonly<Record<string, string>>): Uint8Array {
+export function encodeSafetensors(
+  tensors: ReadonlyMap<string, Tensor> | Readonly<Record<string, Tensor>>,
+  metadata?: Readonly<Record<string, string>>,
+): Uint8Array {
   if (!LITTLE_ENDIAN) throw new FarmError("FAILED_PRECONDITION", "safetensors: big-endian hosts are not supported");
   const entries: [string, Tensor][] = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
   // Build the header without a prototype so a tensor named "__proto__" stays an ordinary key.
   const header = Object.create(null) as Record<string, unknown>;
   if (metadata !== undefined) {
     for (const [k, v] of Object.entries(metadata)) {
-      if (typeof v !== "string") throw new FarmError("INVALID_ARGUMENT", `safetensors: metadata ${JSON.stringify(k)} must be a string`);
+      if (typeof v !== "string")
+        throw new FarmError("INVALID_ARGUMENT", `safetensors: metadata ${JSON.stringify(k)} must be a string`);
     }
     header[METADATA] = metadata;
   }
   let offset = 0;
   for (const [name, t] of entries) {
-    if (name === "" || name === METADATA) throw new FarmError("INVALID_ARGUMENT", `safetensors: tensor name ${JSON.stringify(name)} is reserved or empty`);
+    if (name === "" || name === METADATA)
+      throw new FarmError("INVALID_ARGUMENT", `safetensors: tensor name ${JSON.stringify(name)} is reserved or empty`);
     const len = t.numel * BYTES[t.dtype];
     header[name] = { dtype: CODE_OF[t.dtype], shape: t.shape, data_offsets: [offset, offset + len] };
     offset += len;

@@ -21,7 +21,10 @@ function checksum(tensors: ReadonlyMap<string, Tensor>): string {
   return h.digest("hex");
 }
 
-export function encodeTensorObject(tensors: Readonly<Record<string, Tensor>>, metadata: Readonly<Record<string, string>> = {}): Uint8Array {
+export function encodeTensorObject(
+  tensors: Readonly<Record<string, Tensor>>,
+  metadata: Readonly<Record<string, string>> = {},
+): Uint8Array {
   return encodeSafetensors(tensors, { ...metadata, [CHECKSUM]: checksum(new Map(Object.entries(tensors))) });
 }
 
@@ -34,8 +37,13 @@ export function decodeTensorObject(bytes: Uint8Array, key: string): Safetensors 
     throw new FarmError("DATA_LOSS", `object ${key}: ${(err as Error).message}`, { cause: err });
   }
   const { [CHECKSUM]: want, ...metadata } = decoded.metadata;
-  if (want === undefined) throw new FarmError("DATA_LOSS", `object ${key} has no ${CHECKSUM} (not written by a framefarm node)`);
+  if (want === undefined)
+    throw new FarmError("DATA_LOSS", `object ${key} has no ${CHECKSUM} (not written by a framefarm node)`);
   const got = checksum(decoded.tensors);
-  if (got !== want) throw new FarmError("DATA_LOSS", `object ${key} is corrupt: its tensors hash to ${got.slice(0, 12)}…, its header says ${want.slice(0, 12)}…`);
+  if (got !== want)
+    throw new FarmError(
+      "DATA_LOSS",
+      `object ${key} is corrupt: its tensors hash to ${got.slice(0, 12)}…, its header says ${want.slice(0, 12)}…`,
+    );
   return { tensors: decoded.tensors, metadata };
 }

@@ -49,7 +49,11 @@ export class Tensor<D extends DType = DType> {
   }
 
   static i64(shape: readonly number[], data: BigInt64Array | readonly (number | bigint)[]): Tensor<"int64"> {
-    return new Tensor("int64", shape, data instanceof BigInt64Array ? data : BigInt64Array.from(data, (v) => BigInt(v)));
+    return new Tensor(
+      "int64",
+      shape,
+      data instanceof BigInt64Array ? data : BigInt64Array.from(data, (v) => BigInt(v)),
+    );
   }
 
   /** Same data, new shape (no copy). */

@@ -9,6 +9,8 @@ import { PassThrough } from "node:stream";
 import ffmpeg from "fluent-ffmpeg";
 import { FarmError } from "../errors.js";
 import { Tensor } from "../tensor/tensor.js";
+import type { VideoFormatName } from "../job/recipe.js";
+import { encoderSettings } from "./codecs.js";
 
 export interface Mp4Options {
   fps: number;
@@ -16,6 +18,10 @@ export interface Mp4Options {
   crf: number;
   /** Exact RGB frames (libx264rgb, qp 0); crf is then ignored. */
   lossless?: boolean;
+  /** H.264 in MP4 (the default) or VP9 in WebM (shared/video/codecs.ts). */
+  format?: VideoFormatName;
+  /** The container's `comment` tag (ffprobe: format.tags.comment; COMMENT in WebM): the job's recipe. */
+  comment?: string;
 }
 
 /**
@@ -27,27 +33,35 @@ async function ffmpegPath(): Promise<string> {
     const installer = (await import("@ffmpeg-installer/ffmpeg")) as { default: { path: string } };
     return installer.default.path;
   } catch (err) {
-    throw new FarmError("FAILED_PRECONDITION", `ffmpeg is not installed (${(err as Error).message}); run npm ci in the framefarm folder`, { cause: err });
+    throw new FarmError(
+      "FAILED_PRECONDITION",
+      `ffmpeg is not installed (${(err as Error).message}); run npm ci in the framefarm folder`,
+      { cause: err },
+    );
   }
 }
 
 export function validateMp4Options({ fps, crf }: Mp4Options): void {
-  if (!Number.isFinite(fps) || fps < 1 || fps > 240) throw new FarmError("INVALID_ARGUMENT", `fps must be between 1 and 240, got ${fps}`);
-  if (!Number.isInteger(crf) || crf < 0 || crf > 51) throw new FarmError("INVALID_ARGUMENT", `crf must be an integer between 0 and 51, got ${crf}`);
+  if (!Number.isFinite(fps) || fps < 1 || fps > 240)
+    throw new FarmError("INVALID_ARGUMENT", `fps must be between 1 and 240, got ${fps}`);
+  if (!Number.isInteger(crf) || crf < 0 || crf > 51)
+    throw new FarmError("INVALID_ARGUMENT", `crf must be an integer between 0 and 51, got ${crf}`);
 }
 
-/** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 file at outFile. */
+/** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 (or, with format "webm", WebM) file at outFile. */
 export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options: Mp4Options): Promise<void> {
   validateMp4Options(options);
   const [t, h, w, c] = frames.shape;
   if (frames.shape.length !== 4 || c !== 3 || t === undefined || h === undefined || w === undefined || t < 1) {
     throw new FarmError("INVALID_ARGUMENT", `frames must be [T, H, W, 3] uint8, got ${frames.describe()}`);
   }
-  if (h % 2 !== 0 || w % 2 !== 0) throw new FarmError("INVALID_ARGUMENT", `H.264 (yuv420p) needs even sizes, got ${w}x${h}`);
+  if (h % 2 !== 0 || w % 2 !== 0)
+    throw new FarmError("INVALID_ARGUMENT", `H.264 (yuv420p) needs even sizes, got ${w}x${h}`);
 
   const binary = await ffmpegPath();
   const target = path.resolve(outFile);
-  const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.partial.mp4`);
+  const encoder = encoderSettings(options.format ?? "mp4", options.crf, options.lossless === true);
+  const temp = path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.partial.${encoder.container}`);
   const input = new PassThrough();
   const frameBytes = h * w * 3;
 
@@ -58,14 +72,20 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
         .input(input)
         .inputFormat("rawvideo")
         .inputOptions(["-pix_fmt rgb24", `-video_size ${w}x${h}`, `-framerate ${options.fps}`])
-        .videoCodec(options.lossless === true ? "libx264rgb" : "libx264")
-        .outputOptions(options.lossless === true ? ["-pix_fmt rgb24", "-qp 0", "-movflags +faststart"] : ["-pix_fmt yuv420p", `-crf ${options.crf}`, "-movflags +faststart"])
-        .format("mp4")
+        .videoCodec(encoder.codec)
+        .outputOptions(encoder.options)
+        .format(encoder.container)
         .on("error", (err: Error, _stdout: string | null, stderr: string | null) => {
           const tail = (stderr ?? "").trim().split("\n").slice(-3).join(" | ");
-          reject(new FarmError("INTERNAL", `ffmpeg failed writing ${target}: ${err.message}${tail ? ` (${tail})` : ""}`, { cause: err }));
+          reject(
+            new FarmError("INTERNAL", `ffmpeg failed writing ${target}: ${err.message}${tail ? ` (${tail})` : ""}`, {
+              cause: err,
+            }),
+          );
         })
         .on("end", () => resolve());
+      // Two arguments, so that fluent-ffmpeg passes the text whole (it splits one "-opt value" at spaces).
+      if (options.comment !== undefined) command.outputOptions("-metadata", `comment=${options.comment}`);
       command.save(temp);
       // Feed frames one at a time, honouring back-pressure.
       void (async () => {
@@ -93,12 +113,15 @@ export async function readMp4Frames(file: string, width: number, height: number)
     ffmpeg(file)
       .setFfmpegPath(binary)
       .outputOptions(["-f rawvideo", "-pix_fmt rgb24"])
-      .on("error", (err: Error) => reject(new FarmError("INVALID_ARGUMENT", `cannot decode ${file}: ${err.message}`, { cause: err })))
+      .on("error", (err: Error) =>
+        reject(new FarmError("INVALID_ARGUMENT", `cannot decode ${file}: ${err.message}`, { cause: err })),
+      )
       .on("end", () => resolve())
       .pipe(out, { end: true });
   });
   const data = new Uint8Array(Buffer.concat(chunks));
   const frame = width * height * 3;
-  if (data.length % frame !== 0) throw new FarmError("DATA_LOSS", `${file}: ${data.length} bytes are not whole ${width}x${height} RGB frames`);
+  if (data.length % frame !== 0)
+    throw new FarmError("DATA_LOSS", `${file}: ${data.length} bytes are not whole ${width}x${height} RGB frames`);
   return new Tensor("uint8", [data.length / frame, height, width, 3], data);
 }

@@ -20,7 +20,14 @@ import { JobServiceClient, SamplingMode, type Job, type SubmitJobRequest } from 
 import { cliPath, repoRoot, testOutputDir } from "../support/paths.js";
 
 const CHROMIUM = process.env["FRAMEFARM_CHROMIUM"] ?? "/usr/bin/chromium";
-const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
 const shots = path.join(testOutputDir(), "browser");
 const OPS_TOKEN = "ops-0123456789abcdef0123456789abcdef";
 const ACME_TOKEN = "acme-0123456789abcdef0123456789abcdef";
@@ -40,10 +47,29 @@ before(async () => {
   const tokens = path.join(profile, "..", `${path.basename(profile)}-tokens.json`);
   await writeFile(tokens, JSON.stringify({ ops: OPS_TOKEN, acme: ACME_TOKEN }));
   // One general node and one denoise node: enough to watch sections advance one by one.
-  cluster = spawn(process.execPath, [cliPath(), "cluster", "--port", "0", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1", "--tokens", tokens, "--operators", "ops"], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, FRAMEFARM_LOG_LEVEL: "info" },
-  });
+  cluster = spawn(
+    process.execPath,
+    [
+      cliPath(),
+      "cluster",
+      "--port",
+      "0",
+      "--http-port",
+      "0",
+      "--nodes",
+      "1",
+      "--denoise-nodes",
+      "1",
+      "--tokens",
+      tokens,
+      "--operators",
+      "ops",
+    ],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, FRAMEFARM_LOG_LEVEL: "info" },
+    },
+  );
   cluster.stderr!.pipe(createWriteStream(path.join(shots, "cluster.log")));
   let out = "";
   const addresses = await new Promise<{ grpc: string; http: string }>((resolve, reject) => {
@@ -61,7 +87,12 @@ before(async () => {
   });
   client = new JobServiceClient(addresses.grpc, credentials.createInsecure());
   dashboard = addresses.http;
-  context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: FLAGS, viewport: { width: 1366, height: 768 } });
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: FLAGS,
+    viewport: { width: 1366, height: 768 },
+  });
   page = context.pages()[0] ?? (await context.newPage());
   page.on("console", (m) => m.type() === "error" && consoleErrors.push(`console: ${m.text()} (${m.location().url})`));
   page.on("pageerror", (e) => consoleErrors.push(`page error: ${e.message}`));
@@ -85,7 +116,15 @@ async function submit(prompt: string, numFrames: number, steps: number): Promise
   const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
   const req: SubmitJobRequest = {
     image: { source: { $case: "data", value: image } },
-    settings: { prompt, length: { $case: "numFrames", value: numFrames }, mode: SamplingMode.SAMPLING_MODE_VANILLA, steps, seed: 7n, height: 64, width: 64 },
+    settings: {
+      prompt,
+      length: { $case: "numFrames", value: numFrames },
+      mode: SamplingMode.SAMPLING_MODE_VANILLA,
+      steps,
+      seed: 7n,
+      height: 64,
+      width: 64,
+    },
     bundle: "",
     priority: 0,
     idempotencyKey: "",
@@ -111,16 +150,25 @@ const card = (id: string) => page.locator(`article.job[data-job-id="${id}"]`);
  * Plays the job card's video until its clock moves (Debian's chromium decodes the farm's H.264).
  * A newer section's preview may replace the source mid-start: then it tries again.
  */
-async function playVideo(jobId: string): Promise<{ playing: boolean; width: number; height: number; error: string | null }> {
+async function playVideo(
+  jobId: string,
+): Promise<{ playing: boolean; width: number; height: number; error: string | null }> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await card(jobId).locator("video").evaluate(async (element) => {
-        const v = element as unknown as VideoLike;
-        await v.play();
-        const deadline = Date.now() + 15_000;
-        while (v.currentTime === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-        return { playing: v.currentTime > 0, width: v.videoWidth, height: v.videoHeight, error: v.error?.message ?? null };
-      });
+      return await card(jobId)
+        .locator("video")
+        .evaluate(async (element) => {
+          const v = element as unknown as VideoLike;
+          await v.play();
+          const deadline = Date.now() + 15_000;
+          while (v.currentTime === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+          return {
+            playing: v.currentTime > 0,
+            width: v.videoWidth,
+            height: v.videoHeight,
+            error: v.error?.message ?? null,
+          };
+        });
     } catch (err) {
       if (attempt >= 3 || !/interrupted by a new load request/.test(String(err))) throw err;
     }
@@ -150,10 +198,14 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
   await card(job.id).waitFor();
   await card(job.id).locator('.section[data-denoise="running"]').first().waitFor({ timeout: 60_000 });
   // The denoise node shows the section in hand.
-  await page.locator('#nodes tr[data-node-id="denoise-0"] td', { hasText: /^denoise\.\d+ \(/ }).waitFor({ timeout: 10_000 });
+  await page
+    .locator('#nodes tr[data-node-id="denoise-0"] td', { hasText: /^denoise\.\d+ \(/ })
+    .waitFor({ timeout: 10_000 });
   await card(job.id).locator('.section[data-denoise="done"]').first().waitFor({ timeout: 60_000 });
   // The newest decoded section's preview appears while the job runs, and plays.
-  await card(job.id).locator(".preview .caption", { hasText: /^preview: section \d+$/ }).waitFor({ timeout: 60_000 });
+  await card(job.id)
+    .locator(".preview .caption", { hasText: /^preview: section \d+$/ })
+    .waitFor({ timeout: 60_000 });
   const preview = await playVideo(job.id);
   const midway = await card(job.id).getAttribute("data-state");
   const doneBoxes = await card(job.id).locator('.section[data-denoise="done"]').count();
@@ -177,7 +229,9 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
   await card(victim.id).locator("input.priority").fill("7");
   await card(victim.id).locator('button[data-action="priority"]').click();
   await page.locator("#toast", { hasText: "priority 7" }).waitFor();
-  const snapshot = (await (await fetch(`${dashboard}/api/state`, { headers: ops })).json()) as { jobs: { id: string; priority: number }[] };
+  const snapshot = (await (await fetch(`${dashboard}/api/state`, { headers: ops })).json()) as {
+    jobs: { id: string; priority: number }[];
+  };
   assert.equal(snapshot.jobs.find((j) => j.id === victim.id)!.priority, 7);
   await card(victim.id).locator('button[data-action="cancel"]').click();
   await card(victim.id).locator(".job-state.CANCELLED").waitFor({ timeout: 30_000 });
@@ -213,9 +267,12 @@ test("the farm's log lines are JSON carrying the ids they concern", async () => 
     assert.equal(typeof e["jobId"], "string", JSON.stringify(e));
     assert.equal(typeof e["taskId"], "string", JSON.stringify(e));
     assert.equal(typeof e["nodeId"], "string", JSON.stringify(e));
-    if (/\.(denoise|decode)\.\d+$/.test(e["taskId"] as string)) assert.equal(typeof e["section"], "number", JSON.stringify(e));
+    if (/\.(denoise|decode)\.\d+$/.test(e["taskId"] as string))
+      assert.equal(typeof e["section"], "number", JSON.stringify(e));
   }
   // Both sides speak: the nodes about their work, the coordinator about results and job states.
   assert.ok(tasks.some((e) => e["component"] === "node") && tasks.some((e) => e["component"] === "coordinator"));
-  assert.ok(entries.some((e) => e["component"] === "coordinator" && e["msg"] === "job state" && e["state"] === "CANCELLED"));
+  assert.ok(
+    entries.some((e) => e["component"] === "coordinator" && e["msg"] === "job state" && e["state"] === "CANCELLED"),
+  );
 });

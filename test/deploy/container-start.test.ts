@@ -21,8 +21,16 @@ import os from "node:os";
 import path from "node:path";
 import { credentials, loadPackageDefinition } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
-import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, freePort, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
-import { STAGE_GROUPS } from "../../coordinator/cli/node.js";
+import {
+  LOOPBACK,
+  S3_ACCESS_KEY,
+  S3_SECRET_KEY,
+  freePort,
+  startNatsServer,
+  startS3Server,
+  type LocalServer,
+} from "../../coordinator/cli/local-servers.js";
+import { STAGE_GROUPS } from "../../gpu-node/main.js";
 import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 import { render, type K8sObject, type Target } from "./support/render.js";
 import { byKind, containerEnv, podSpecs, type Container, type PodSpec } from "./support/query.js";
@@ -76,9 +84,15 @@ function start(c: Container, env: Map<string, string>, pod: Pod): { child: Child
   const fields: Record<string, string> = { "<fieldRef:metadata.name>": pod.name, "<fieldRef:spec.nodeName>": pod.host };
   for (const [k, v] of localEnv) if (v in fields) localEnv.set(k, fields[v]!);
   for (const [k, v] of localEnv) assert.doesNotMatch(v, /^<.*>$/, `${k} has no value outside Kubernetes`);
-  const args = (c.args ?? []).map((a) => a.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, name: string) => localEnv.get(name) ?? m));
+  const args = (c.args ?? []).map((a) =>
+    a.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, name: string) => localEnv.get(name) ?? m),
+  );
   const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("FRAMEFARM_")));
-  const child = spawn(process.execPath, [cliPath(), ...args], { cwd: repoRoot(), env: { ...inherited, ...Object.fromEntries(localEnv) }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [cliPath(), ...args], {
+    cwd: repoRoot(),
+    env: { ...inherited, ...Object.fromEntries(localEnv) },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   children.push(child);
   let out = "";
   child.stdout!.on("data", (b: Buffer) => (out += b.toString()));
@@ -86,7 +100,14 @@ function start(c: Container, env: Map<string, string>, pod: Pod): { child: Child
   return { child, output: () => out };
 }
 
-async function waitFor(what: string, check: () => boolean, child: ChildProcess, output: () => string, ms = 60_000, poll?: () => Promise<void>): Promise<void> {
+async function waitFor(
+  what: string,
+  check: () => boolean,
+  child: ChildProcess,
+  output: () => string,
+  ms = 60_000,
+  poll?: () => Promise<void>,
+): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
     await poll?.();
@@ -99,19 +120,36 @@ async function waitFor(what: string, check: () => boolean, child: ChildProcess, 
 
 async function stopped(child: ChildProcess): Promise<number | null> {
   child.kill("SIGTERM");
-  return child.exitCode !== null ? child.exitCode : new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+  return child.exitCode !== null
+    ? child.exitCode
+    : new Promise((resolve) => child.once("exit", (code) => resolve(code)));
 }
 
-type HealthClient = { check(r: { service: string }, cb: (e: Error | null, r: { status: string }) => void): void; close(): void };
+type HealthClient = {
+  check(r: { service: string }, cb: (e: Error | null, r: { status: string }) => void): void;
+  close(): void;
+};
 
 async function probeGrpc(c: Container, port: number): Promise<void> {
-  const healthProto = path.join(repoRoot(), "node_modules", "grpc-health-check", "proto", "health", "v1", "health.proto");
-  const def = loadPackageDefinition(loadSync(healthProto, { enums: String })) as unknown as { grpc: { health: { v1: { Health: new (a: string, c: unknown) => HealthClient } } } };
+  const healthProto = path.join(
+    repoRoot(),
+    "node_modules",
+    "grpc-health-check",
+    "proto",
+    "health",
+    "v1",
+    "health.proto",
+  );
+  const def = loadPackageDefinition(loadSync(healthProto, { enums: String })) as unknown as {
+    grpc: { health: { v1: { Health: new (a: string, c: unknown) => HealthClient } } };
+  };
   const health = new def.grpc.health.v1.Health(`${LOOPBACK}:${port}`, credentials.createInsecure());
   try {
     for (const kind of ["startupProbe", "readinessProbe", "livenessProbe"] as const) {
       const service = c[kind]?.grpc?.service ?? "";
-      const res = await new Promise<{ status: string }>((resolve, reject) => health.check({ service }, (e, r) => (e ? reject(e) : resolve(r))));
+      const res = await new Promise<{ status: string }>((resolve, reject) =>
+        health.check({ service }, (e, r) => (e ? reject(e) : resolve(r))),
+      );
       assert.equal(res.status, "SERVING", kind);
     }
   } finally {
@@ -122,12 +160,17 @@ async function probeGrpc(c: Container, port: number): Promise<void> {
 /** Where the pod's prometheus.io/* annotations send a scraper (the port replaced for loopback). */
 function scrapeUrl(target: Target, localHttpPort: number): string {
   const d = byKind(rendered.get(target)!, "Deployment").find((o) => o.metadata.name === "framefarm-coordinator")!;
-  const a = (d["spec"] as { template: { metadata: { annotations?: Record<string, string> } } }).template.metadata.annotations ?? {};
+  const a =
+    (d["spec"] as { template: { metadata: { annotations?: Record<string, string> } } }).template.metadata.annotations ??
+    {};
   return `${a["prometheus.io/scheme"] ?? "http"}://${LOOPBACK}:${localHttpPort}${a["prometheus.io/path"] ?? "/metrics"}`;
 }
 
 /** Starts the overlay's coordinator on free ports; resolves once both listen. */
-async function startCoordinator(target: Target, adjust: (env: Map<string, string>) => void = () => {}): Promise<{ c: Container; port: number; httpPort: number; child: ChildProcess; output: () => string }> {
+async function startCoordinator(
+  target: Target,
+  adjust: (env: Map<string, string>) => void = () => {},
+): Promise<{ c: Container; port: number; httpPort: number; child: ChildProcess; output: () => string }> {
   const { c, env } = container(target, "framefarm-coordinator");
   const port = await freePort();
   const httpPort = await freePort();
@@ -137,7 +180,10 @@ async function startCoordinator(target: Target, adjust: (env: Map<string, string
   const { child, output } = start(c, env, { name: "framefarm-coordinator-7c9d4-x2x7q", host: "cpu-host-1" });
   await waitFor("coordinator", () => /dashboard on http/.test(output()), child, output);
   assert.match(output(), new RegExp(`gRPC listening on ${env.get("FRAMEFARM_HOST")!.replace(/\./g, "\\.")}:${port}`));
-  assert.match(output(), new RegExp(`dashboard on http://${env.get("FRAMEFARM_HOST")!.replace(/\./g, "\\.")}:${httpPort}`));
+  assert.match(
+    output(),
+    new RegExp(`dashboard on http://${env.get("FRAMEFARM_HOST")!.replace(/\./g, "\\.")}:${httpPort}`),
+  );
   return { c, port, httpPort, child, output };
 }
 
@@ -160,9 +206,16 @@ test("dev nodes: start from their manifests, serve their stages under the pod's 
     const pod = `${name}-5f6b7c8d9-abcde`;
     const { child, output } = start(c, env, { name: pod, host: "cpu-host-1" });
     await waitFor(name, () => /serving/.test(output()), child, output);
-    const expected = env.get("FRAMEFARM_STAGES")!.split(",").flatMap((g) => STAGE_GROUPS[g] ?? []);
+    const expected = env
+      .get("FRAMEFARM_STAGES")!
+      .split(",")
+      .flatMap((g) => STAGE_GROUPS[g] ?? []);
     // Nodes log JSON lines (pino): the one announcing what it serves.
-    const serving = output().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { msg?: string; nodeId?: string; stages?: string[] }).find((e) => e.msg === "node serving");
+    const serving = output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as { msg?: string; nodeId?: string; stages?: string[] })
+      .find((e) => e.msg === "node serving");
     assert.deepEqual({ nodeId: serving?.nodeId, stages: serving?.stages }, { nodeId: pod, stages: expected }, output());
     assert.equal(await stopped(child), 0, output());
   }
@@ -170,13 +223,22 @@ test("dev nodes: start from their manifests, serve their stages under the pod's 
 
 test("gpu coordinator and nodes: tokens from the mounted Secret close the dashboard and /metrics to all but operators; nodes show the host as their device", async () => {
   // The Secret as deploy/README.md creates it: one file, `tenant:token` lines, an operator and the scraper.
-  const tokens = { ops: randomBytes(32).toString("hex"), prometheus: randomBytes(32).toString("hex"), alice: randomBytes(32).toString("hex") };
+  const tokens = {
+    ops: randomBytes(32).toString("hex"),
+    prometheus: randomBytes(32).toString("hex"),
+    alice: randomBytes(32).toString("hex"),
+  };
   const coordinator = container("overlays/gpu", "framefarm-coordinator");
   const file = coordinator.env.get("FRAMEFARM_TOKENS_FILE")!;
   const mount = coordinator.c.volumeMounts!.find((m) => path.posix.dirname(file) === m.mountPath)!;
   const secretDir = path.join(dir, "secret-tokens");
   await mkdir(secretDir);
-  await writeFile(path.join(secretDir, path.posix.relative(mount.mountPath, file)), Object.entries(tokens).map(([t, k]) => `${t}:${k}`).join("\n") + "\n");
+  await writeFile(
+    path.join(secretDir, path.posix.relative(mount.mountPath, file)),
+    Object.entries(tokens)
+      .map(([t, k]) => `${t}:${k}`)
+      .join("\n") + "\n",
+  );
   const onLoopback = (env: Map<string, string>): void => {
     env.set("FRAMEFARM_BUNDLE", tinyBundleDir()); // the init step's copy of the real bundle
     env.set("FRAMEFARM_EP", "cpu"); // no GPU here
@@ -194,7 +256,11 @@ test("gpu coordinator and nodes: tokens from the mounted Secret close the dashbo
   const operators = coordinator.env.get("FRAMEFARM_OPERATORS")!.split(",");
   assert.ok(operators.includes("prometheus"), "the scraper's tenant is an operator (deploy/README.md)");
   assert.equal((await fetch(scrapeUrl("overlays/gpu", httpPort))).status, 401, "/metrics without a token");
-  assert.equal((await fetch(scrapeUrl("overlays/gpu", httpPort), bearer(tokens.alice))).status, 401, "/metrics with a tenant's token that is not an operator's");
+  assert.equal(
+    (await fetch(scrapeUrl("overlays/gpu", httpPort), bearer(tokens.alice))).status,
+    401,
+    "/metrics with a tenant's token that is not an operator's",
+  );
   const metrics = await fetch(scrapeUrl("overlays/gpu", httpPort), bearer(tokens.prometheus));
   assert.equal(metrics.status, 200);
   assert.match(await metrics.text(), /^# HELP framefarm_/m);
@@ -204,7 +270,10 @@ test("gpu coordinator and nodes: tokens from the mounted Secret close the dashbo
     const { c: nc, env } = container("overlays/gpu", name);
     assert.equal(env.get("FRAMEFARM_TOKENS_FILE"), undefined, "nodes never see the tokens");
     onLoopback(env);
-    nodes.push({ name: `${name}-5f6b7c8d9-abcde`, ...start(nc, env, { name: `${name}-5f6b7c8d9-abcde`, host: "gpu-host-3" }) });
+    nodes.push({
+      name: `${name}-5f6b7c8d9-abcde`,
+      ...start(nc, env, { name: `${name}-5f6b7c8d9-abcde`, host: "gpu-host-3" }),
+    });
   }
   // The dashboard's view of them, read as an operator.
   type State = { nodes: { id: string; device: string; status: string }[] };
@@ -225,7 +294,11 @@ test("gpu coordinator and nodes: tokens from the mounted Secret close the dashbo
     const { c: nc } = container("overlays/gpu", n.name.replace(/-5f6b7c8d9-abcde$/, ""));
     const device = nc.args?.[nc.args.indexOf("--device") + 1]?.replace("$(K8S_NODE_NAME)", "gpu-host-3");
     assert.ok(device?.includes("gpu-host-3"), "the device names the host (downward API spec.nodeName)");
-    assert.equal(state.nodes.find((v) => v.id === n.name)?.device, device, `${n.name}: the dashboard shows the device the args give`);
+    assert.equal(
+      state.nodes.find((v) => v.id === n.name)?.device,
+      device,
+      `${n.name}: the dashboard shows the device the args give`,
+    );
   }
   for (const n of nodes) assert.equal(await stopped(n.child), 0, n.output());
   assert.equal(await stopped(child), 0, output());

@@ -12,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { LOOPBACK, freePort } from "../../coordinator/cluster/local-servers.js";
+import { LOOPBACK, freePort } from "../../coordinator/cli/local-servers.js";
 import { NatsBus, streamOf } from "../../shared/bus/nats-bus.js";
 import type { Consumer } from "../../shared/bus/bus.js";
 import { render } from "./support/render.js";
@@ -20,7 +20,9 @@ import { byName, generated, podSpecs } from "./support/query.js";
 
 const objects = render("overlays/gpu");
 const conf = (generated(objects, "ConfigMap", "nats-config")!["data"] as Record<string, string>)["nats.conf"]!;
-const replicas = Number((generated(objects, "ConfigMap", "framefarm-settings")!["data"] as Record<string, string>)["FRAMEFARM_NATS_REPLICAS"]);
+const replicas = Number(
+  (generated(objects, "ConfigMap", "framefarm-settings")!["data"] as Record<string, string>)["FRAMEFARM_NATS_REPLICAS"],
+);
 const natsContainer = podSpecs(byName(objects, "StatefulSet", "nats"))[0]!.containers[0]!;
 const healthPath = natsContainer.startupProbe!.httpGet!.path;
 const servers = (byName(objects, "StatefulSet", "nats")["spec"] as { replicas: number }).replicas;
@@ -45,7 +47,8 @@ async function until(what: string, fn: () => Promise<boolean>, ms = 30_000): Pro
 
 before(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-nats-cluster-"));
-  for (let i = 0; i < servers; i++) nodes.push({ client: await freePort(), http: await freePort(), cluster: await freePort() });
+  for (let i = 0; i < servers; i++)
+    nodes.push({ client: await freePort(), http: await freePort(), cluster: await freePort() });
   for (const [i, n] of nodes.entries()) {
     const local = conf
       .replace(/^port:\s*\d+$/m, `host: ${LOOPBACK}\nport: ${n.client}`)
@@ -54,15 +57,26 @@ before(async () => {
       .replace(/^pid_file:.*$/m, `pid_file: "${path.join(dir, `nats-${i}.pid`)}"`)
       .replace(/store_dir:.*$/m, `store_dir: "${path.join(dir, `data-${i}`)}"`)
       .replace(/max_file_store:.*$/m, "max_file_store: 1GB")
-      .replace(/nats:\/\/nats-(\d+)\.[\w.-]+:\d+/g, (_m, k: string) => `nats://${LOOPBACK}:${nodes[Number(k)]!.cluster}`);
+      .replace(
+        /nats:\/\/nats-(\d+)\.[\w.-]+:\d+/g,
+        (_m, k: string) => `nats://${LOOPBACK}:${nodes[Number(k)]!.cluster}`,
+      );
     await mkdir(path.join(dir, `data-${i}`), { recursive: true });
     const file = path.join(dir, `nats-${i}.conf`);
     await writeFile(file, local);
-    n.child = spawn(process.env["NATS_SERVER_BIN"] ?? "nats-server", ["-c", file], { env: { ...process.env, POD_NAME: `nats-${i}` }, stdio: "ignore" });
+    n.child = spawn(process.env["NATS_SERVER_BIN"] ?? "nats-server", ["-c", file], {
+      env: { ...process.env, POD_NAME: `nats-${i}` },
+      stdio: "ignore",
+    });
   }
-  for (const n of nodes) await until(`nats ${n.http} healthy`, async () => (await fetch(`http://${LOOPBACK}:${n.http}${healthPath}`)).ok);
+  for (const n of nodes)
+    await until(`nats ${n.http} healthy`, async () => (await fetch(`http://${LOOPBACK}:${n.http}${healthPath}`)).ok);
   // The probe passes once JetStream is on; the cluster also needs a metadata leader (full /healthz).
-  for (const n of nodes) await until(`nats ${n.http} in a JetStream cluster`, async () => (await fetch(`http://${LOOPBACK}:${n.http}/healthz`)).ok);
+  for (const n of nodes)
+    await until(
+      `nats ${n.http} in a JetStream cluster`,
+      async () => (await fetch(`http://${LOOPBACK}:${n.http}/healthz`)).ok,
+    );
 });
 
 after(async () => {
@@ -99,13 +113,21 @@ test("gpu NATS: streams and KV buckets get the overlay's replicas; a queue survi
     const got: string[] = [];
     // Creating a consumer needs the JetStream metadata leader, re-elected if the lost server led.
     let consumer: Consumer | undefined;
-    await until("consumer created after losing a server", async () => {
-      consumer = await bus.queues.consume("denoise", { name: "stage-denoise", ackWaitMs: 30_000, maxDeliver: 3 }, async (d) => {
-        if (!got.includes(new TextDecoder().decode(d.data))) got.push(new TextDecoder().decode(d.data));
-        d.ack();
-      });
-      return true;
-    }, 60_000);
+    await until(
+      "consumer created after losing a server",
+      async () => {
+        consumer = await bus.queues.consume(
+          "denoise",
+          { name: "stage-denoise", ackWaitMs: 30_000, maxDeliver: 3 },
+          async (d) => {
+            if (!got.includes(new TextDecoder().decode(d.data))) got.push(new TextDecoder().decode(d.data));
+            d.ack();
+          },
+        );
+        return true;
+      },
+      60_000,
+    );
     await until("both tasks delivered", async () => got.length >= 2);
     await consumer!.stop();
     assert.deepEqual(got.sort(), ["after", "before"]);

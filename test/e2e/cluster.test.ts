@@ -11,34 +11,44 @@ import { readFile } from "node:fs/promises";
 import { readdirSync } from "node:fs";
 import path from "node:path";
 import { credentials } from "@grpc/grpc-js";
-import { JobServiceClient, JobState, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
-import { loadReferenceCase, submitRequestFor } from "../../coordinator/parity/reference-case.js";
-import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
-import { renderJob } from "../../coordinator/embedded/render-job.js";
-import { compareTensor } from "../../coordinator/parity/compare.js";
+import {
+  JobServiceClient,
+  JobState,
+  SamplingMode,
+  type Job,
+  type SubmitJobRequest,
+} from "../../proto/gen/framefarm/v1/jobs.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
+import { loadReferenceCase, submitRequestFor } from "../../coordinator/cli/parity/reference-case.js";
+import { pixelsFor, readImageFile } from "../../coordinator/cli/embedded/inputs.js";
+import { renderJob } from "../../gpu-node/stages/render-job.js";
+import { compareTensor } from "../../coordinator/cli/parity/compare.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { storedVideoFrames } from "../support/video.js";
 import { until } from "../support/wait.js";
-import { JOBS_BUCKET } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
-import { cliPath, tinyBundleDir } from "../support/paths.js";
+import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 import { referenceDir } from "../support/reference.js";
+import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 
 let cluster: ChildProcess;
 let client: JobServiceClient;
-let embedded: Embedded;
+let embedded: NodeModels;
 let store: S3ObjectStore;
 let bus: NatsBus;
 
 before(async () => {
-  cluster = spawn(process.execPath, [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "2"], {
-    stdio: ["ignore", "pipe", "inherit"],
-    // Task-level logs of three processes would drown the test report.
-    env: { ...process.env, FRAMEFARM_LOG_LEVEL: process.env["FRAMEFARM_LOG_LEVEL"] ?? "warn" },
-  });
+  cluster = spawn(
+    process.execPath,
+    [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "2"],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+      // Task-level logs of three processes would drown the test report.
+      env: { ...process.env, FRAMEFARM_LOG_LEVEL: process.env["FRAMEFARM_LOG_LEVEL"] ?? "warn" },
+    },
+  );
   let out = "";
   const addresses = await new Promise<{ grpc: string; nats: string; s3: string }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`cluster did not start: ${out}`)), 30_000);
@@ -54,9 +64,16 @@ before(async () => {
     cluster.once("exit", (code) => reject(new Error(`cluster exited ${code}: ${out}`)));
   });
   client = new JobServiceClient(addresses.grpc, credentials.createInsecure());
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   const [host, port] = addresses.s3.split(":");
-  store = await S3ObjectStore.open({ endpoint: host!, port: Number(port), useSSL: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" });
+  store = await S3ObjectStore.open({
+    endpoint: host!,
+    port: Number(port),
+    useSSL: false,
+    accessKey: "S3RVER",
+    secretKey: "S3RVER",
+    bucket: "framefarm",
+  });
   bus = await NatsBus.connect(addresses.nats);
 });
 
@@ -71,52 +88,99 @@ after(async () => {
   }
 });
 
-const cases = readdirSync(path.join(referenceDir(), "cases")).filter((f) => f.endsWith(".json")).sort();
+const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[] =>
+  readdirSync(dir)
+    .filter((f) => f.endsWith(".json") && pick(f))
+    .sort()
+    .map((f) => path.join(dir, f));
+const cases = [
+  ...jsonIn(path.join(referenceDir(), "cases")),
+  // framefarm's own cases of lllyasviel's sampler and of prompts that change over time.
+  ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
+    /^(unipc|timed_prompts|section_prompts)_/.test(f),
+  ),
+];
 
-test("every public reference case renders on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc and timed-prompt cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
-  const submitted = await Promise.all(cases.map(async (file) => {
-    const refCase = await loadReferenceCase(path.join(referenceDir(), "cases", file));
-    const req = await submitRequestFor(refCase);
-    const res = await new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
-    return { refCase, job: res };
-  }));
+  const submitted = await Promise.all(
+    cases.map(async (file) => {
+      const refCase = await loadReferenceCase(file);
+      const req = await submitRequestFor(refCase);
+      const res = await new Promise<Job>((resolve, reject) =>
+        client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),
+      );
+      return { refCase, job: res };
+    }),
+  );
 
   const kv = await bus.kv(JOBS_BUCKET);
   for (const { refCase, job } of submitted) {
     let state = job.state;
-    const deadline = Date.now() + 120_000;
+    const deadline = Date.now() + 300_000;
     while (state !== JobState.JOB_STATE_SUCCEEDED && state !== JobState.JOB_STATE_FAILED && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 100));
-      state = (await new Promise<Job>((resolve, reject) => client.getJob({ id: job.id }, (e, r) => (e ? reject(e) : resolve(r.job!))))).state;
+      state = (
+        await new Promise<Job>((resolve, reject) =>
+          client.getJob({ id: job.id }, (e, r) => (e ? reject(e) : resolve(r.job!))),
+        )
+      ).state;
     }
     assert.equal(state, JobState.JOB_STATE_SUCCEEDED, `${refCase.name}`);
 
-    const params = validateRenderParams(refCase.params, { samplingType: m().sampling_type, latentWindowSize: m().framepack.default_latent_window_size });
+    const params = validateRenderParams(refCase.params, {
+      samplingType: m().sampling_type,
+      latentWindowSize: m().framepack.default_latent_window_size,
+    });
     const size = "height" in params.size ? params.size : { height: 0, width: 0 };
     const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
-    const last = refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
+    const last =
+      refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
     const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last });
     const record = (await readJob(kv, job.id))!.record;
     // The farm's own output: the lossless MP4 it stored, decoded.
-    const frames = await storedVideoFrames(store, record.tasks.find((t) => t.kind === "mux")!.outputs["video"]!, record.spec.width, record.spec.height);
-    assert.ok(Buffer.from(frames.data).equals(Buffer.from(expected.data)), `${refCase.name}: cluster frames differ from embedded mode`);
+    const frames = await storedVideoFrames(
+      store,
+      record.tasks.find((t) => t.kind === "mux")!.outputs["video"]!,
+      record.spec.width,
+      record.spec.height,
+    );
+    assert.ok(
+      Buffer.from(frames.data).equals(Buffer.from(expected.data)),
+      `${refCase.name}: cluster frames differ from embedded mode`,
+    );
     const vsReference = compareTensor("frames_uint8", frames, refCase.expected.get("frames_uint8")!);
     assert.ok(vsReference.ok, `${refCase.name}: ${vsReference.measured}`);
-    await until("a finished job's intermediates removed", async () => (await store.list(`jobs/${job.id}/sections/`)).length === 0, 10_000);
+    await until(
+      "a finished job's intermediates removed",
+      async () => (await store.list(`jobs/${job.id}/sections/`)).length === 0,
+      10_000,
+    );
   }
 });
 
 test("8 jobs at once all finish; each job's sections run in order and decodes overlap the next denoise", async () => {
   const image = await readFile(path.join(referenceDir(), "cases", "vanilla_3sec_first.png"));
-  const jobs = await Promise.all(Array.from({ length: 8 }, (_, i) => {
-    const req: SubmitJobRequest = {
-      image: { source: { $case: "data", value: image } },
-      settings: { prompt: `job ${i}`, length: { $case: "numFrames", value: 60 + 30 * (i % 3) }, mode: i % 2 === 0 ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, steps: 3, seed: BigInt(i), height: 64, width: 64 },
-      bundle: "", priority: 0, idempotencyKey: "",
-    };
-    return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
-  }));
+  const jobs = await Promise.all(
+    Array.from({ length: 8 }, (_, i) => {
+      const req: SubmitJobRequest = {
+        image: { source: { $case: "data", value: image } },
+        settings: {
+          prompt: `job ${i}`,
+          length: { $case: "numFrames", value: 60 + 30 * (i % 3) },
+          mode: i % 2 === 0 ? SamplingMode.SAMPLING_MODE_VANILLA : SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
+          steps: 3,
+          seed: BigInt(i),
+          height: 64,
+          width: 64,
+        },
+        bundle: "",
+        priority: 0,
+        idempotencyKey: "",
+      };
+      return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
+    }),
+  );
   const kv = await bus.kv(JOBS_BUCKET);
   const deadline = Date.now() + 180_000;
   for (const job of jobs) {
@@ -137,7 +201,10 @@ test("8 jobs at once all finish; each job's sections run in order and decodes ov
     const sections = log.filter((e) => e.taskId.includes(".denoise.")).length;
     assert.ok(sections >= 2);
     for (let k = 0; k + 1 < sections; k++) {
-      assert.ok(span(`denoise.${k}`)[1] <= span(`denoise.${k + 1}`)[0], `${job.id}: denoise ${k + 1} started before ${k} finished`);
+      assert.ok(
+        span(`denoise.${k}`)[1] <= span(`denoise.${k + 1}`)[0],
+        `${job.id}: denoise ${k + 1} started before ${k} finished`,
+      );
       const [ds, de] = span(`decode.${k}`);
       const [ns, ne] = span(`denoise.${k + 1}`);
       if (ds < ne && ns < de) overlaps++;
@@ -150,7 +217,13 @@ test("check-reference --server runs a case through the farm and passes", async (
   const { execFile } = await import("node:child_process");
   const { promisify } = await import("node:util");
   const addr = (client.getChannel().getTarget() as string).replace(/^dns:/, "");
-  const { stdout } = await promisify(execFile)(process.execPath, [cliPath(), "check-reference", path.join(referenceDir(), "cases", "inverted_endframe_2sec.json"), "--server", addr]);
+  const { stdout } = await promisify(execFile)(process.execPath, [
+    cliPath(),
+    "check-reference",
+    path.join(referenceDir(), "cases", "inverted_endframe_2sec.json"),
+    "--server",
+    addr,
+  ]);
   assert.match(stdout, /frames_uint8 .* max\|d\| \d/);
   assert.match(stdout, /PASS/);
 });

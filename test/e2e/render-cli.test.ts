@@ -31,13 +31,29 @@ async function cli(args: string[]): Promise<CliResult> {
   }
 }
 
-async function probe(file: string): Promise<{ frames: number; width: number; height: number; fps: string; codec: string }> {
+async function probe(
+  file: string,
+): Promise<{ frames: number; width: number; height: number; fps: string; codec: string }> {
   const { stdout } = await run(ffprobeInstaller.path, [
-    "-v", "error", "-count_frames", "-select_streams", "v:0",
-    "-show_entries", "stream=nb_read_frames,width,height,r_frame_rate,codec_name", "-of", "json", file,
+    "-v",
+    "error",
+    "-count_frames",
+    "-select_streams",
+    "v:0",
+    "-show_entries",
+    "stream=nb_read_frames,width,height,r_frame_rate,codec_name",
+    "-of",
+    "json",
+    file,
   ]);
   const s = (JSON.parse(stdout) as { streams: Record<string, string | number>[] }).streams[0]!;
-  return { frames: Number(s["nb_read_frames"]), width: Number(s["width"]), height: Number(s["height"]), fps: String(s["r_frame_rate"]), codec: String(s["codec_name"]) };
+  return {
+    frames: Number(s["nb_read_frames"]),
+    width: Number(s["width"]),
+    height: Number(s["height"]),
+    fps: String(s["r_frame_rate"]),
+    codec: String(s["codec_name"]),
+  };
 }
 
 const outDir = path.join(testOutputDir(), "e2e-render");
@@ -47,7 +63,23 @@ test("render writes an MP4 with the planned frame count, size and fps", async ()
   const out = path.join(outDir, "inverted.mp4");
   await rm(out, { force: true });
   // 40 frames at window 9 -> 2 sections (33 frames each) -> 2*9 + 1 latent frames -> 73 frames.
-  const r = await cli(["render", "--image", demoImage, "--prompt", "a lighthouse in a storm", "--frames", "40", "--resolution", "64", "--steps", "2", "--fps", "24", "-o", out]);
+  const r = await cli([
+    "render",
+    "--image",
+    demoImage,
+    "--prompt",
+    "a lighthouse in a storm",
+    "--frames",
+    "40",
+    "--resolution",
+    "64",
+    "--steps",
+    "2",
+    "--fps",
+    "24",
+    "-o",
+    out,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const info = await probe(out);
   assert.equal(info.codec, "h264");
@@ -59,7 +91,27 @@ test("render writes an MP4 with the planned frame count, size and fps", async ()
 
 test("vanilla mode with a smaller window renders too", async () => {
   const out = path.join(outDir, "vanilla.mp4");
-  const r = await cli(["render", "--image", demoImage, "--prompt", "waves", "--frames", "20", "--mode", "vanilla", "--window", "5", "--height", "64", "--width", "64", "--steps", "2", "-o", out]);
+  const r = await cli([
+    "render",
+    "--image",
+    demoImage,
+    "--prompt",
+    "waves",
+    "--frames",
+    "20",
+    "--mode",
+    "vanilla",
+    "--window",
+    "5",
+    "--height",
+    "64",
+    "--width",
+    "64",
+    "--steps",
+    "2",
+    "-o",
+    out,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const info = await probe(out);
   assert.deepEqual([info.width, info.height], [64, 64]);
@@ -67,8 +119,18 @@ test("vanilla mode with a smaller window renders too", async () => {
   assert.equal(info.frames, 41);
 });
 
-const badInputs: { name: string; args: (dir: string) => Promise<string[]> | string[]; status: string; message: RegExp }[] = [
-  { name: "missing image file", args: () => ["--image", "/nonexistent/x.png", "--prompt", "p", "--seconds", "1"], status: "NOT_FOUND", message: /image .*x\.png/ },
+const badInputs: {
+  name: string;
+  args: (dir: string) => Promise<string[]> | string[];
+  status: string;
+  message: RegExp;
+}[] = [
+  {
+    name: "missing image file",
+    args: () => ["--image", "/nonexistent/x.png", "--prompt", "p", "--seconds", "1"],
+    status: "NOT_FOUND",
+    message: /image .*x\.png/,
+  },
   {
     name: "corrupt image",
     args: async (dir) => {
@@ -79,16 +141,77 @@ const badInputs: { name: string; args: (dir: string) => Promise<string[]> | stri
     status: "INVALID_ARGUMENT",
     message: /image/,
   },
-  { name: "zero length", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "0"], status: "INVALID_ARGUMENT", message: /seconds/ },
-  { name: "absurd length", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "100000"], status: "INVALID_ARGUMENT", message: /seconds/ },
-  { name: "NaN steps", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--steps", "NaN"], status: "INVALID_ARGUMENT", message: /steps/ },
-  { name: "bad resolution", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--resolution", "100"], status: "INVALID_ARGUMENT", message: /resolution/ },
-  { name: "end image with vanilla", args: () => ["--image", demoImage, "--end-image", demoImage, "--mode", "vanilla", "--prompt", "p", "--seconds", "1"], status: "INVALID_ARGUMENT", message: /end image/ },
-  { name: "unknown option", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--frobnicate", "3"], status: "INVALID_ARGUMENT", message: /frobnicate/ },
-  { name: "unknown mode", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--mode", "sideways"], status: "INVALID_ARGUMENT", message: /mode/ },
-  { name: "empty prompt", args: () => ["--image", demoImage, "--prompt", "  ", "--seconds", "1"], status: "INVALID_ARGUMENT", message: /prompt/ },
-  { name: "missing bundle", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--bundle", "/nonexistent-bundle"], status: "NOT_FOUND", message: /framefarm-bundle\.json/ },
-  { name: "unknown execution provider", args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--ep", "tpu"], status: "INVALID_ARGUMENT", message: /execution provider/ },
+  {
+    name: "zero length",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "0"],
+    status: "INVALID_ARGUMENT",
+    message: /seconds/,
+  },
+  {
+    name: "absurd length",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "100000"],
+    status: "INVALID_ARGUMENT",
+    message: /seconds/,
+  },
+  {
+    name: "NaN steps",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--steps", "NaN"],
+    status: "INVALID_ARGUMENT",
+    message: /steps/,
+  },
+  {
+    name: "bad resolution",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--resolution", "100"],
+    status: "INVALID_ARGUMENT",
+    message: /resolution/,
+  },
+  {
+    name: "end image with vanilla",
+    args: () => [
+      "--image",
+      demoImage,
+      "--end-image",
+      demoImage,
+      "--mode",
+      "vanilla",
+      "--prompt",
+      "p",
+      "--seconds",
+      "1",
+    ],
+    status: "INVALID_ARGUMENT",
+    message: /end image/,
+  },
+  {
+    name: "unknown option",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--frobnicate", "3"],
+    status: "INVALID_ARGUMENT",
+    message: /frobnicate/,
+  },
+  {
+    name: "unknown mode",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--mode", "sideways"],
+    status: "INVALID_ARGUMENT",
+    message: /mode/,
+  },
+  {
+    name: "empty prompt",
+    args: () => ["--image", demoImage, "--prompt", "  ", "--seconds", "1"],
+    status: "INVALID_ARGUMENT",
+    message: /prompt/,
+  },
+  {
+    name: "missing bundle",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--bundle", "/nonexistent-bundle"],
+    status: "NOT_FOUND",
+    message: /framefarm-bundle\.json/,
+  },
+  {
+    name: "unknown execution provider",
+    args: () => ["--image", demoImage, "--prompt", "p", "--seconds", "1", "--ep", "tpu"],
+    status: "INVALID_ARGUMENT",
+    message: /execution provider/,
+  },
 ];
 
 for (const bad of badInputs) {
@@ -102,6 +225,10 @@ for (const bad of badInputs) {
     assert.match(r.stderr, new RegExp(`error \\[${bad.status}\\]`), r.stderr);
     assert.match(r.stderr, bad.message);
     assert.equal(existsSync(out), false, "no output file on failure");
-    assert.deepEqual((await readdir(dir)).filter((f) => f.includes("partial")), [], "no partial file left behind");
+    assert.deepEqual(
+      (await readdir(dir)).filter((f) => f.includes("partial")),
+      [],
+      "no partial file left behind",
+    );
   });
 }

@@ -20,15 +20,21 @@ interface Cluster {
 }
 
 async function startCluster(): Promise<Cluster> {
-  const child = spawn(process.execPath, [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"], {
-    stdio: ["ignore", "pipe", "pipe"],
-    detached: true, // its own process group, as a shell gives a foreground job
-    env: { ...process.env, FRAMEFARM_STOP_GRACE_MS: String(GRACE_MS), FRAMEFARM_LOG_LEVEL: "error" },
-  });
+  const child = spawn(
+    process.execPath,
+    [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true, // its own process group, as a shell gives a foreground job
+      env: { ...process.env, FRAMEFARM_STOP_GRACE_MS: String(GRACE_MS), FRAMEFARM_LOG_LEVEL: "error" },
+    },
+  );
   let out = "";
   child.stdout!.on("data", (b: Buffer) => (out += b.toString()));
   child.stderr!.on("data", (b: Buffer) => (out += b.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((r) => child.once("exit", (code, signal) => r({ code, signal, at: Date.now() })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((r) =>
+    child.once("exit", (code, signal) => r({ code, signal, at: Date.now() })),
+  );
   const deadline = Date.now() + 60_000;
   while (!/gRPC listening on/.test(out)) {
     if (child.exitCode !== null) throw new Error(`cluster exited early: ${out}`);
@@ -74,8 +80,12 @@ async function checkStops(c: Cluster, signalledAt: number): Promise<void> {
   try {
     assert.ok(ended !== null, `cluster still running ${BOUND_MS} ms after the signal:\n${c.out().slice(-2000)}`);
     assert.ok(ended.at - signalledAt <= BOUND_MS, `cluster took ${ended.at - signalledAt} ms`);
-    assert.ok(await waitFor(() => groupPids(pgid).length === 0, 3_000), `left running: ${JSON.stringify(groupPids(pgid))}`);
-    for (const line of c.out().split("\n")) assert.doesNotMatch(line, /^error \[[A-Z_]+\]:\s*$/, "an error line without a message");
+    assert.ok(
+      await waitFor(() => groupPids(pgid).length === 0, 3_000),
+      `left running: ${JSON.stringify(groupPids(pgid))}`,
+    );
+    for (const line of c.out().split("\n"))
+      assert.doesNotMatch(line, /^error \[[A-Z_]+\]:\s*$/, "an error line without a message");
   } finally {
     try {
       process.kill(-pgid, "SIGKILL");

@@ -14,10 +14,12 @@ import { promisify } from "node:util";
 import os from "node:os";
 import path from "node:path";
 import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { jobEventSubject, type StepEvent, type TaskMessage } from "../../coordinator/dispatch/dispatcher.js";
 import { storedVideoFrames } from "../support/video.js";
 import { repoRoot } from "../support/paths.js";
 import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
+import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, taskMessages } from "../../shared/farm/protocol.js";
+import { taskMessage } from "../../coordinator/dispatch/dispatcher.js";
+import { readJob } from "../../coordinator/dispatch/job-record.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
@@ -45,7 +47,15 @@ async function jobRequest(): Promise<SubmitJobRequest> {
   // 3 sections of 25 steps on the tiny model: long enough to hit a section in the middle.
   return {
     image: { source: { $case: "data", value: image } },
-    settings: { prompt: "a lighthouse, waves, seagulls", length: { $case: "numFrames", value: 90 }, mode: 0, steps: 25, resolution: 64, seed: 42n, lossless: true },
+    settings: {
+      prompt: "a lighthouse, waves, seagulls",
+      length: { $case: "numFrames", value: 90 },
+      mode: 0,
+      steps: 25,
+      resolution: 64,
+      seed: 42n,
+      lossless: true,
+    },
     bundle: "",
     priority: 0,
     idempotencyKey: "",
@@ -55,10 +65,13 @@ async function jobRequest(): Promise<SubmitJobRequest> {
 /** Resolves at the first step event of the job at or past (section, step). */
 function atStep(farm: FarmProcesses, jobId: string, section: number, step: number, timeoutMs = 60_000): Promise<void> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => (off(), reject(new Error(`no step ${section}/${step} of ${jobId} within ${timeoutMs} ms`))), timeoutMs);
+    const timer = setTimeout(
+      () => (off(), reject(new Error(`no step ${section}/${step} of ${jobId} within ${timeoutMs} ms`))),
+      timeoutMs,
+    );
     const off = farm.bus.events.subscribe(jobEventSubject(jobId), (_s, data) => {
-      const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
-      if (typeof e.step === "number" && (e.section ?? 0) >= section && e.step >= step) {
+      const e = jobEvents.decode(data);
+      if (isStepEvent(e) && e.section >= section && e.step >= step) {
         clearTimeout(timer);
         off();
         resolve();
@@ -83,9 +96,12 @@ async function framesOf(farm: FarmProcesses, job: Job): Promise<Buffer> {
 /** A job that must complete: SUCCEEDED with the baseline's frames. */
 async function expectComplete(farm: FarmProcesses, id: string, baseline: Buffer, dir: string): Promise<Outcome> {
   const job = await untilEnded(farm, id);
-  if (job.state !== JobState.JOB_STATE_SUCCEEDED) return { survived: false, detail: `ended ${jobStateToJSON(job.state)} ${job.error}` };
+  if (job.state !== JobState.JOB_STATE_SUCCEEDED)
+    return { survived: false, detail: `ended ${jobStateToJSON(job.state)} ${job.error}` };
   const frames = await framesOf(farm, job);
-  return frames.equals(baseline) ? { survived: true, detail: "identical frames" } : { survived: false, corrupted: true, detail: "frames differ from the undisturbed run" };
+  return frames.equals(baseline)
+    ? { survived: true, detail: "identical frames" }
+    : { survived: false, corrupted: true, detail: "frames differ from the undisturbed run" };
 }
 
 type Scenario = (farm: FarmProcesses, baseline: Buffer, dir: string) => Promise<Outcome>;
@@ -135,7 +151,8 @@ const scenarios: { fault: string; runs: number; scenario: Scenario; needs?: "tmp
       const job = await farm.submit(await jobRequest());
       await atStep(farm, job.id, 1, 3);
       const taskId = `${job.id}.denoise.1`;
-      await farm.bus.queues.enqueue("denoise", new TextEncoder().encode(JSON.stringify({ jobId: job.id, taskId } satisfies TaskMessage)));
+      const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record;
+      await farm.bus.queues.enqueue("denoise", taskMessages.encode(taskMessage(record, taskId)));
       const outcome = await expectComplete(farm, job.id, baseline, dir);
       return outcome;
     },
@@ -148,19 +165,27 @@ const scenarios: { fault: string; runs: number; scenario: Scenario; needs?: "tmp
       await atStep(farm, job.id, 1, 3);
       let lastStepAt = 0;
       const off = farm.bus.events.subscribe(jobEventSubject(job.id), (_s, data) => {
-        if (typeof (JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>).step === "number") lastStepAt = Date.now();
+        if (isStepEvent(jobEvents.decode(data))) lastStepAt = Date.now();
       });
       const cancelledAt = Date.now();
       const res = await farm.cancel(job.id);
-      if (res.state !== JobState.JOB_STATE_CANCELLED) return (off(), { survived: false, detail: `cancel answered ${jobStateToJSON(res.state)}` });
+      if (res.state !== JobState.JOB_STATE_CANCELLED)
+        return (off(), { survived: false, detail: `cancel answered ${jobStateToJSON(res.state)}` });
       let left = await farm.store.list(`jobs/${job.id}/`);
-      for (const end = Date.now() + 10_000; left.length > 0 && Date.now() < end; left = await farm.store.list(`jobs/${job.id}/`)) await sleep(200);
+      for (
+        const end = Date.now() + 10_000;
+        left.length > 0 && Date.now() < end;
+        left = await farm.store.list(`jobs/${job.id}/`)
+      )
+        await sleep(200);
       await sleep(1000);
       off();
       const final = await farm.get(job.id);
-      if (final.state !== JobState.JOB_STATE_CANCELLED) return { survived: false, detail: `ended ${jobStateToJSON(final.state)}` };
+      if (final.state !== JobState.JOB_STATE_CANCELLED)
+        return { survived: false, detail: `ended ${jobStateToJSON(final.state)}` };
       if (left.length > 0) return { survived: false, detail: `${left.length} objects left: ${left[0]}` };
-      if (lastStepAt - cancelledAt > 3000) return { survived: false, detail: `steps ran ${lastStepAt - cancelledAt} ms after the cancel` };
+      if (lastStepAt - cancelledAt > 3000)
+        return { survived: false, detail: `steps ran ${lastStepAt - cancelledAt} ms after the cancel` };
       return { survived: true, detail: "cancelled, objects removed, denoise stopped" };
     },
   },
@@ -182,7 +207,9 @@ const scenarios: { fault: string; runs: number; scenario: Scenario; needs?: "tmp
       if (!outcome.survived) return outcome;
       // What was stored before the disk filled is still there and whole.
       const before = await framesOf(farm, baselineJob!);
-      return before.equals(baseline) ? outcome : { survived: false, corrupted: true, detail: "the earlier job's video changed" };
+      return before.equals(baseline)
+        ? outcome
+        : { survived: false, corrupted: true, detail: "the earlier job's video changed" };
     },
   },
   {
@@ -208,12 +235,15 @@ async function longOutage(dir: string): Promise<Outcome> {
     await farm.stopS3();
     const ended = await untilEnded(farm, job.id, 60_000);
     await farm.startS3();
-    if (ended.state !== JobState.JOB_STATE_FAILED) return { survived: false, detail: `ended ${jobStateToJSON(ended.state)}` };
-    if (ended.errorStatus !== "UNAVAILABLE" || !/object store .* unreachable/.test(ended.error)) return { survived: false, detail: `unclear reason: ${ended.errorStatus} ${ended.error}` };
+    if (ended.state !== JobState.JOB_STATE_FAILED)
+      return { survived: false, detail: `ended ${jobStateToJSON(ended.state)}` };
+    if (ended.errorStatus !== "UNAVAILABLE" || !/object store .* unreachable/.test(ended.error))
+      return { survived: false, detail: `unclear reason: ${ended.errorStatus} ${ended.error}` };
     await sleep(1000);
     for (const q of ["denoise", "decode", "mux"]) {
       const s = await farm.bus.queues.stats(q);
-      if (s.inFlight + s.waiting > 0) return { survived: false, detail: `queue ${q} still holds ${s.inFlight + s.waiting} tasks` };
+      if (s.inFlight + s.waiting > 0)
+        return { survived: false, detail: `queue ${q} still holds ${s.inFlight + s.waiting} tasks` };
     }
     return { survived: true, detail: `FAILED ${ended.errorStatus}: ${ended.error.slice(0, 80)}` };
   } finally {
@@ -244,10 +274,13 @@ async function main(): Promise<number> {
   try {
     const first = await farm.submit(await jobRequest());
     const done = await untilEnded(farm, first.id);
-    if (done.state !== JobState.JOB_STATE_SUCCEEDED) throw new Error(`the undisturbed run ended ${jobStateToJSON(done.state)}: ${done.error}`);
+    if (done.state !== JobState.JOB_STATE_SUCCEEDED)
+      throw new Error(`the undisturbed run ended ${jobStateToJSON(done.state)}: ${done.error}`);
     const baseline = await framesOf(farm, done);
     baselineJob = done;
-    process.stdout.write(`baseline: job ${done.id}, ${done.width}x${done.height}, ${baseline.length} bytes of frames\n`);
+    process.stdout.write(
+      `baseline: job ${done.id}, ${done.width}x${done.height}, ${baseline.length} bytes of frames\n`,
+    );
     for (const s of scenarios.filter((x) => x.needs !== "tmpfs" || tmpfs)) {
       const row: Row = { fault: s.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
       const t0 = Date.now();
@@ -265,7 +298,9 @@ async function main(): Promise<number> {
         else if (outcome.corrupted === true) row.corrupted++;
         else row.lost++;
         if (!outcome.survived) row.notes.push(outcome.detail);
-        process.stdout.write(`  ${s.fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`);
+        process.stdout.write(
+          `  ${s.fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+        );
       }
       row.seconds = (Date.now() - t0) / 1000;
       rows.push(row);
@@ -274,18 +309,36 @@ async function main(): Promise<number> {
     await farm.stop();
   }
   const t0 = Date.now();
-  const outcome = await longOutage(dir).catch((err: Error): Outcome => ({ survived: false, detail: `harness: ${err.message}` }));
-  process.stdout.write(`  object store down past the retry limit #1: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`);
-  rows.push({ fault: "object store down past the retry limit (1 s): job FAILED with the reason", runs: 1, survived: outcome.survived ? 1 : 0, lost: outcome.survived ? 0 : 1, corrupted: 0, seconds: (Date.now() - t0) / 1000, notes: outcome.survived ? [] : [outcome.detail] });
+  const outcome = await longOutage(dir).catch((err: Error): Outcome => ({
+    survived: false,
+    detail: `harness: ${err.message}`,
+  }));
+  process.stdout.write(
+    `  object store down past the retry limit #1: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+  );
+  rows.push({
+    fault: "object store down past the retry limit (1 s): job FAILED with the reason",
+    runs: 1,
+    survived: outcome.survived ? 1 : 0,
+    lost: outcome.survived ? 0 : 1,
+    corrupted: 0,
+    seconds: (Date.now() - t0) / 1000,
+    notes: outcome.survived ? [] : [outcome.detail],
+  });
   await rm(dir, { recursive: true, force: true });
 
   const total = rows.reduce((n, r) => n + r.runs, 0);
   const survived = rows.reduce((n, r) => n + r.survived, 0);
   const lost = rows.reduce((n, r) => n + r.lost, 0);
   const corrupted = rows.reduce((n, r) => n + r.corrupted, 0);
-  process.stdout.write(`\nMachine: ${os.cpus()[0]?.model ?? "unknown CPU"}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}\n\n`);
+  process.stdout.write(
+    `\nMachine: ${os.cpus()[0]?.model ?? "unknown CPU"}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}\n\n`,
+  );
   process.stdout.write("| fault | runs | survived | lost | corrupted | seconds |\n|---|---|---|---|---|---|\n");
-  for (const r of rows) process.stdout.write(`| ${r.fault} | ${r.runs} | ${r.survived} | ${r.lost} | ${r.corrupted} | ${r.seconds.toFixed(1)} |\n`);
+  for (const r of rows)
+    process.stdout.write(
+      `| ${r.fault} | ${r.runs} | ${r.survived} | ${r.lost} | ${r.corrupted} | ${r.seconds.toFixed(1)} |\n`,
+    );
   for (const r of rows) for (const n of r.notes) process.stdout.write(`- ${r.fault}: ${n}\n`);
   process.stdout.write(`\nfaults: ${total} injected, ${survived} survived, ${lost + corrupted} lost\n`);
   return survived === total ? 0 : 1;

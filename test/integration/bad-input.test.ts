@@ -9,8 +9,23 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { crc32, deflateSync } from "node:zlib";
-import { credentials, makeGenericClientConstructor, Metadata, status, type Client, type ServiceError } from "@grpc/grpc-js";
-import { JobServiceClient, RenderSettings, type JobState, SubmitJobRequest, type Job, type ListJobsRequest, type SubmitJobResponse } from "../../proto/gen/framefarm/v1/jobs.js";
+import {
+  credentials,
+  makeGenericClientConstructor,
+  Metadata,
+  status,
+  type Client,
+  type ServiceError,
+} from "@grpc/grpc-js";
+import {
+  JobServiceClient,
+  RenderSettings,
+  type JobState,
+  SubmitJobRequest,
+  type Job,
+  type ListJobsRequest,
+  type SubmitJobResponse,
+} from "../../proto/gen/framefarm/v1/jobs.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { MAX_REQUEST_BYTES } from "../../coordinator/api/server.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
@@ -24,11 +39,27 @@ let raw: Client & Record<string, (req: Buffer, md: Metadata, cb: (e: ServiceErro
 const png = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
 
 before(async () => {
-  farm = await startTestFarm({ auth: TokenAuth.fromEntries([{ tenant: "acme", token: TOKEN }, { tenant: "other", token: OTHER_TOKEN }]) });
+  farm = await startTestFarm({
+    auth: TokenAuth.fromEntries([
+      { tenant: "acme", token: TOKEN },
+      { tenant: "other", token: OTHER_TOKEN },
+    ]),
+  });
   client = new JobServiceClient(farm.address, credentials.createInsecure());
   const identity = (b: Buffer): Buffer => b;
-  const method = (name: string) => ({ path: `/framefarm.v1.JobService/${name}`, requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity });
-  const Raw = makeGenericClientConstructor({ SubmitJob: method("SubmitJob"), GetJob: method("GetJob"), ListJobs: method("ListJobs") }, "JobService");
+  const method = (name: string) => ({
+    path: `/framefarm.v1.JobService/${name}`,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+  });
+  const Raw = makeGenericClientConstructor(
+    { SubmitJob: method("SubmitJob"), GetJob: method("GetJob"), ListJobs: method("ListJobs") },
+    "JobService",
+  );
   raw = new Raw(farm.address, credentials.createInsecure()) as typeof raw;
   // Uploads present before the table: part of the baseline every row is compared with.
   await farm.store.put("uploads/acme/corrupt.png", Buffer.from("\x89PNG\r\n\x1a\n garbage"));
@@ -48,16 +79,36 @@ const auth = (token: string | null = TOKEN, scheme = "Bearer"): Metadata => {
   if (token !== null) md.set("authorization", `${scheme} ${token}`);
   return md;
 };
-const unary = <T>(fn: (cb: (e: ServiceError | null, r?: T) => void) => void): Promise<T> => new Promise((resolve, reject) => fn((e, r) => (e ? reject(e) : resolve(r as T))));
+const unary = <T>(fn: (cb: (e: ServiceError | null, r?: T) => void) => void): Promise<T> =>
+  new Promise((resolve, reject) => fn((e, r) => (e ? reject(e) : resolve(r as T))));
 
-const settings = (over: object = {}): RenderSettings => ({ prompt: "a lighthouse", length: { $case: "numFrames", value: 20 }, mode: 0, steps: 2, resolution: 64, ...over }) as RenderSettings;
-const data = (b: Uint8Array) => ({ source: { $case: "data" as const, value: Buffer.from(b.buffer, b.byteOffset, b.byteLength) } });
+const settings = (over: object = {}): RenderSettings =>
+  ({
+    prompt: "a lighthouse",
+    length: { $case: "numFrames", value: 20 },
+    mode: 0,
+    steps: 2,
+    resolution: 64,
+    ...over,
+  }) as RenderSettings;
+const data = (b: Uint8Array) => ({
+  source: { $case: "data" as const, value: Buffer.from(b.buffer, b.byteOffset, b.byteLength) },
+});
 const key = (k: string) => ({ source: { $case: "objectKey" as const, value: k } });
-const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => ({ image: data(png), settings: settings(), bundle: "", priority: 0, idempotencyKey: "", ...over });
-const submit = (over: Partial<SubmitJobRequest> = {}, md = auth()): Promise<SubmitJobResponse> => unary((cb) => client.submitJob(request(over), md, cb));
+const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => ({
+  image: data(png),
+  settings: settings(),
+  bundle: "",
+  priority: 0,
+  idempotencyKey: "",
+  ...over,
+});
+const submit = (over: Partial<SubmitJobRequest> = {}, md = auth()): Promise<SubmitJobResponse> =>
+  unary((cb) => client.submitJob(request(over), md, cb));
 const getJob = (id: string, md = auth()): Promise<unknown> => unary((cb) => client.getJob({ id }, md, cb));
 const cancelJob = (id: string): Promise<unknown> => unary((cb) => client.cancelJob({ id }, auth(), cb));
-const listJobs = (req: Partial<ListJobsRequest>): Promise<unknown> => unary((cb) => client.listJobs({ states: [], pageSize: 0, pageToken: "", ...req }, auth(), cb));
+const listJobs = (req: Partial<ListJobsRequest>): Promise<unknown> =>
+  unary((cb) => client.listJobs({ states: [], pageSize: 0, pageToken: "", ...req }, auth(), cb));
 const watchJob = (id: string): Promise<Job[]> =>
   new Promise((resolve, reject) => {
     const got: Job[] = [];
@@ -66,7 +117,8 @@ const watchJob = (id: string): Promise<Job[]> =>
     s.on("end", () => resolve(got));
     s.on("error", reject);
   });
-const rawCall = (method: "SubmitJob" | "GetJob" | "ListJobs", bytes: Uint8Array): Promise<Buffer> => unary((cb) => raw[method]!(Buffer.from(bytes), auth(), cb));
+const rawCall = (method: "SubmitJob" | "GetJob" | "ListJobs", bytes: Uint8Array): Promise<Buffer> =>
+  unary((cb) => raw[method]!(Buffer.from(bytes), auth(), cb));
 
 // --- hand-made protobuf and images ------------------------------------------------------------
 
@@ -76,12 +128,14 @@ const varint = (n: number): number[] => {
   out.push(n);
   return out;
 };
-const lenField = (no: number, bytes: Uint8Array | number[]): Buffer => Buffer.from([...varint(no * 8 + 2), ...varint(bytes.length), ...bytes]);
+const lenField = (no: number, bytes: Uint8Array | number[]): Buffer =>
+  Buffer.from([...varint(no * 8 + 2), ...varint(bytes.length), ...bytes]);
 const varintField = (no: number, v: number): Buffer => Buffer.from([...varint(no * 8), ...varint(v)]);
 const encSettings = (s: RenderSettings): Buffer => Buffer.from(RenderSettings.encode(s).finish());
 const encSubmit = (r: SubmitJobRequest): Buffer => Buffer.from(SubmitJobRequest.encode(r).finish());
 /** A SubmitJobRequest whose settings are the given bytes (a valid image and nothing else). */
-const submitWithSettings = (settingsBytes: Uint8Array): Buffer => Buffer.concat([encSubmit(request({ settings: undefined })), lenField(3, settingsBytes)]);
+const submitWithSettings = (settingsBytes: Uint8Array): Buffer =>
+  Buffer.concat([encSubmit(request({ settings: undefined })), lenField(3, settingsBytes)]);
 const INVALID_UTF8 = [0x61, 0xff, 0xfe, 0x62];
 
 function pngChunk(type: string, body: Uint8Array): Buffer {
@@ -98,7 +152,12 @@ function bombPng(width: number, height: number): Buffer {
   ihdr.writeUInt32BE(width, 0);
   ihdr.writeUInt32BE(height, 4);
   ihdr.set([8, 2, 0, 0, 0], 8);
-  return Buffer.concat([png.subarray(0, 8), pngChunk("IHDR", ihdr), pngChunk("IDAT", deflateSync(Buffer.alloc(4 * 1024 * 1024))), pngChunk("IEND", Buffer.alloc(0))]);
+  return Buffer.concat([
+    png.subarray(0, 8),
+    pngChunk("IHDR", ihdr),
+    pngChunk("IDAT", deflateSync(Buffer.alloc(4 * 1024 * 1024))),
+    pngChunk("IEND", Buffer.alloc(0)),
+  ]);
 }
 /** demo.png with the middle of its image data overwritten. */
 function corruptPng(): Buffer {
@@ -119,77 +178,488 @@ interface Row {
 
 const rows: Row[] = [
   // authentication
-  { name: "no token", call: () => submit({}, auth(null)), code: status.UNAUTHENTICATED, message: /no credentials: send the header authorization: Bearer/ },
-  { name: "unknown token", call: () => submit({}, auth("not-a-token-of-this-farm-xyz")), code: status.UNAUTHENTICATED, message: /bearer token is not valid/ },
-  { name: "Basic instead of Bearer", call: () => submit({}, auth(TOKEN, "Basic")), code: status.UNAUTHENTICATED, message: /must be: Bearer <token>/ },
+  {
+    name: "no token",
+    call: () => submit({}, auth(null)),
+    code: status.UNAUTHENTICATED,
+    message: /no credentials: send the header authorization: Bearer/,
+  },
+  {
+    name: "unknown token",
+    call: () => submit({}, auth("not-a-token-of-this-farm-xyz")),
+    code: status.UNAUTHENTICATED,
+    message: /bearer token is not valid/,
+  },
+  {
+    name: "Basic instead of Bearer",
+    call: () => submit({}, auth(TOKEN, "Basic")),
+    code: status.UNAUTHENTICATED,
+    message: /must be: Bearer <token>/,
+  },
   // images
-  { name: "image missing", call: () => submit({ image: undefined }), code: status.INVALID_ARGUMENT, message: /image is missing/ },
-  { name: "zero-byte image", call: () => submit({ image: data(new Uint8Array(0)) }), code: status.INVALID_ARGUMENT, message: /image is empty \(0 bytes\)/ },
-  { name: "non-image file", call: () => submit({ image: data(Buffer.from("GIF? no, a text file")) }), code: status.INVALID_ARGUMENT, message: /image is not a readable image/ },
-  { name: "truncated PNG", call: () => submit({ image: data(png.subarray(0, Math.floor(png.length / 2))) }), code: status.INVALID_ARGUMENT, message: /image cannot be decoded \(corrupt or truncated\?\)/ },
-  { name: "corrupt PNG data", call: () => submit({ image: data(corruptPng()) }), code: status.INVALID_ARGUMENT, message: /image cannot be decoded \(corrupt or truncated\?\)/ },
-  { name: "decompression bomb 50000x50000 PNG", call: () => submit({ image: data(bombPng(50_000, 50_000)) }), code: status.RESOURCE_EXHAUSTED, message: /image is 50000x50000 pixels; the limit is 40000000 pixels/ },
-  { name: "image wider than 16384", call: () => submit({ image: data(bombPng(20_000, 16)) }), code: status.RESOURCE_EXHAUSTED, message: /20000x16 pixels; .* 16384 per side/ },
-  { name: "image file over 50 MiB", call: () => submit({ image: data(Buffer.alloc(51 * 1024 * 1024)) }), code: status.RESOURCE_EXHAUSTED, message: /image is 53477376 bytes; the limit is 52428800 bytes/ },
-  { name: "corrupt end image after a good image", call: () => submit({ endImage: data(png.subarray(0, 100)) }), code: status.INVALID_ARGUMENT, message: /end image cannot be decoded|end image is not a readable image/ },
+  {
+    name: "image missing",
+    call: () => submit({ image: undefined }),
+    code: status.INVALID_ARGUMENT,
+    message: /image is missing/,
+  },
+  {
+    name: "zero-byte image",
+    call: () => submit({ image: data(new Uint8Array(0)) }),
+    code: status.INVALID_ARGUMENT,
+    message: /image is empty \(0 bytes\)/,
+  },
+  {
+    name: "non-image file",
+    call: () => submit({ image: data(Buffer.from("GIF? no, a text file")) }),
+    code: status.INVALID_ARGUMENT,
+    message: /image is not a readable image/,
+  },
+  {
+    name: "truncated PNG",
+    call: () => submit({ image: data(png.subarray(0, Math.floor(png.length / 2))) }),
+    code: status.INVALID_ARGUMENT,
+    message: /image cannot be decoded \(corrupt or truncated\?\)/,
+  },
+  {
+    name: "corrupt PNG data",
+    call: () => submit({ image: data(corruptPng()) }),
+    code: status.INVALID_ARGUMENT,
+    message: /image cannot be decoded \(corrupt or truncated\?\)/,
+  },
+  {
+    name: "decompression bomb 50000x50000 PNG",
+    call: () => submit({ image: data(bombPng(50_000, 50_000)) }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /image is 50000x50000 pixels; the limit is 40000000 pixels/,
+  },
+  {
+    name: "image wider than 16384",
+    call: () => submit({ image: data(bombPng(20_000, 16)) }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /20000x16 pixels; .* 16384 per side/,
+  },
+  {
+    name: "image file over 50 MiB",
+    call: () => submit({ image: data(Buffer.alloc(51 * 1024 * 1024)) }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /image is 53477376 bytes; the limit is 52428800 bytes/,
+  },
+  {
+    name: "corrupt end image after a good image",
+    call: () => submit({ endImage: data(png.subarray(0, 100)) }),
+    code: status.INVALID_ARGUMENT,
+    message: /end image cannot be decoded|end image is not a readable image/,
+  },
   // object keys
-  { name: "object key with ..", call: () => submit({ image: key("uploads/acme/../../etc/passwd") }), code: status.INVALID_ARGUMENT, message: /invalid object key "uploads\/acme\/..\/..\/etc\/passwd"/ },
-  { name: "absolute object key", call: () => submit({ image: key("/etc/passwd") }), code: status.INVALID_ARGUMENT, message: /invalid object key "\/etc\/passwd"/ },
-  { name: "object key outside uploads/", call: () => submit({ image: key("jobs/x/inputs/first-image") }), code: status.PERMISSION_DENIED, message: /image object key must be under uploads\/acme\// },
-  { name: "another tenant's upload", call: () => submit({ image: key("uploads/other/ok.png") }), code: status.PERMISSION_DENIED, message: /must be under uploads\/acme\/, got "uploads\/other\/ok.png"/ },
-  { name: "upload that does not exist", call: () => submit({ image: key("uploads/acme/nope.png") }), code: status.NOT_FOUND, message: /object uploads\/acme\/nope.png does not exist/ },
-  { name: "upload that is not an image", call: () => submit({ image: key("uploads/acme/corrupt.png") }), code: status.INVALID_ARGUMENT, message: /image is not a readable image/ },
+  {
+    name: "object key with ..",
+    call: () => submit({ image: key("uploads/acme/../../etc/passwd") }),
+    code: status.INVALID_ARGUMENT,
+    message: /invalid object key "uploads\/acme\/..\/..\/etc\/passwd"/,
+  },
+  {
+    name: "absolute object key",
+    call: () => submit({ image: key("/etc/passwd") }),
+    code: status.INVALID_ARGUMENT,
+    message: /invalid object key "\/etc\/passwd"/,
+  },
+  {
+    name: "object key outside uploads/",
+    call: () => submit({ image: key("jobs/x/inputs/first-image") }),
+    code: status.PERMISSION_DENIED,
+    message: /image object key must be under uploads\/acme\//,
+  },
+  {
+    name: "another tenant's upload",
+    call: () => submit({ image: key("uploads/other/ok.png") }),
+    code: status.PERMISSION_DENIED,
+    message: /must be under uploads\/acme\/, got "uploads\/other\/ok.png"/,
+  },
+  {
+    name: "upload that does not exist",
+    call: () => submit({ image: key("uploads/acme/nope.png") }),
+    code: status.NOT_FOUND,
+    message: /object uploads\/acme\/nope.png does not exist/,
+  },
+  {
+    name: "upload that is not an image",
+    call: () => submit({ image: key("uploads/acme/corrupt.png") }),
+    code: status.INVALID_ARGUMENT,
+    message: /image is not a readable image/,
+  },
   // settings
-  { name: "settings missing", call: () => submit({ settings: undefined }), code: status.INVALID_ARGUMENT, message: /settings are missing/ },
-  { name: "empty prompt", call: () => submit({ settings: settings({ prompt: "  " }) }), code: status.INVALID_ARGUMENT, message: /prompt must not be empty/ },
-  { name: "prompt of 1 MB", call: () => submit({ settings: settings({ prompt: "x".repeat(1 << 20) }) }), code: status.INVALID_ARGUMENT, message: /prompt is 1048576 bytes; the limit is 16384 bytes/ },
-  { name: "NUL in prompt", call: () => submit({ settings: settings({ prompt: "a\0b" }) }), code: status.INVALID_ARGUMENT, message: /prompt must not contain NUL/ },
-  { name: "length missing", call: () => submit({ settings: settings({ length: undefined }) }), code: status.INVALID_ARGUMENT, message: /video length is missing/ },
-  { name: "NaN seconds", call: () => submit({ settings: settings({ length: { $case: "seconds", value: NaN } }) }), code: status.INVALID_ARGUMENT, message: /seconds must be a finite number, got NaN/ },
-  { name: "negative seconds", call: () => submit({ settings: settings({ length: { $case: "seconds", value: -5 } }) }), code: status.INVALID_ARGUMENT, message: /seconds must be greater than 0 and at most 120, got -5/ },
-  { name: "huge seconds", call: () => submit({ settings: settings({ length: { $case: "seconds", value: 1e300 } }) }), code: status.INVALID_ARGUMENT, message: /seconds must be greater than 0 and at most 120/ },
-  { name: "zero frames", call: () => submit({ settings: settings({ length: { $case: "numFrames", value: 0 } }) }), code: status.INVALID_ARGUMENT, message: /frames must be an integer from 1 to 7200, got 0/ },
-  { name: "2^32-1 frames", call: () => submit({ settings: settings({ length: { $case: "numFrames", value: 4294967295 } }) }), code: status.INVALID_ARGUMENT, message: /frames must be an integer from 1 to 7200, got 4294967295/ },
-  { name: "zero steps", call: () => submit({ settings: settings({ steps: 0 }) }), code: status.INVALID_ARGUMENT, message: /steps must be an integer from 1 to 200, got 0/ },
-  { name: "a billion steps", call: () => submit({ settings: settings({ steps: 1e9 }) }), code: status.INVALID_ARGUMENT, message: /steps must be an integer from 1 to 200, got 1000000000/ },
-  { name: "infinite guidance", call: () => submit({ settings: settings({ guidanceScale: Infinity }) }), code: status.INVALID_ARGUMENT, message: /guidance must be a finite number, got Infinity/ },
-  { name: "negative cfg", call: () => submit({ settings: settings({ trueCfgScale: -1 }) }), code: status.INVALID_ARGUMENT, message: /cfg must be between 0 and 50, got -1/ },
-  { name: "NaN fps", call: () => submit({ settings: settings({ fps: NaN }) }), code: status.INVALID_ARGUMENT, message: /fps must be a finite number, got NaN/ },
-  { name: "crf 99", call: () => submit({ settings: settings({ crf: 99 }) }), code: status.INVALID_ARGUMENT, message: /crf must be an integer from 0 to 51, got 99/ },
-  { name: "window 0", call: () => submit({ settings: settings({ latentWindowSize: 0 }) }), code: status.INVALID_ARGUMENT, message: /window must be an integer from 1 to 33, got 0/ },
-  { name: "unknown mode", call: () => submit({ settings: settings({ mode: 7 }) }), code: status.INVALID_ARGUMENT, message: /mode 7 is not a SamplingMode/ },
-  { name: "end image with vanilla", call: () => submit({ endImage: data(png), settings: settings({ mode: 2 }) }), code: status.INVALID_ARGUMENT, message: /end image needs inverted .* vanilla \(F1\) sampling cannot use one/ },
-  { name: "height without width", call: () => submit({ settings: settings({ resolution: undefined, height: 64 }) }), code: status.INVALID_ARGUMENT, message: /give both height and width/ },
-  { name: "size and resolution", call: () => submit({ settings: settings({ height: 64, width: 64 }) }), code: status.INVALID_ARGUMENT, message: /either height and width or a resolution, not both/ },
-  { name: "width not a multiple of 16", call: () => submit({ settings: settings({ resolution: undefined, height: 64, width: 70 }) }), code: status.INVALID_ARGUMENT, message: /width must be a multiple of 16, got 70/ },
-  { name: "resolution too large", call: () => submit({ settings: settings({ resolution: 1_000_000 }) }), code: status.INVALID_ARGUMENT, message: /resolution must be an integer from 64 to 1280, got 1000000/ },
+  {
+    name: "settings missing",
+    call: () => submit({ settings: undefined }),
+    code: status.INVALID_ARGUMENT,
+    message: /settings are missing/,
+  },
+  {
+    name: "empty prompt",
+    call: () => submit({ settings: settings({ prompt: "  " }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /prompt must not be empty/,
+  },
+  // lllyasviel's sampler and prompts that change over time (20 frames at 30 fps: 0.667 s, 1 section).
+  {
+    name: "unknown sampler",
+    call: () => submit({ settings: settings({ sampler: 7 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /sampler 7 is not a Sampler/,
+  },
+  {
+    name: "unknown UniPC variant",
+    call: () => submit({ settings: settings({ sampler: 2, unipc: { variant: 9 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /unipc.variant 9 is not a UnipcVariant/,
+  },
+  {
+    name: "UniPC variant with Euler",
+    call: () => submit({ settings: settings({ unipc: { variant: 2 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /UniPC variant needs --sampler unipc/,
+  },
+  {
+    name: "cfg rescale with Euler",
+    call: () => submit({ settings: settings({ unipc: { variant: 0, cfgRescale: 0.5 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cfg rescale needs --sampler unipc/,
+  },
+  {
+    name: "cfg rescale above 1",
+    call: () => submit({ settings: settings({ sampler: 2, unipc: { variant: 0, cfgRescale: 2 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cfg rescale must be between 0 and 1, got 2/,
+  },
+  {
+    name: "timed prompt past the end",
+    call: () => submit({ settings: settings({ prompt: "[0s: a] [1s: b]" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /timed prompt at 1s starts at or after the video's end \(0.667s\)/,
+  },
+  {
+    name: "overlapping timed prompts",
+    call: () => submit({ settings: settings({ prompt: "[0s-0.5s: a] [0.3s: b]" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /0s-0.5s overlaps the one starting at 0.3s/,
+  },
+  {
+    name: "unparseable timed prompt",
+    call: () => submit({ settings: settings({ prompt: "[0s: a] [soon: b]" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cannot read the timed prompt at character 9/,
+  },
+  {
+    name: "section prompts that do not fit",
+    call: () => submit({ settings: settings({ prompt: "", promptSchedule: { sectionPrompts: ["a", "b"] } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /2 section prompts given, but the video has 1 section/,
+  },
+  {
+    name: "prompt and section prompts",
+    call: () => submit({ settings: settings({ promptSchedule: { sectionPrompts: ["a"] } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /either a prompt or section prompts/,
+  },
+  {
+    name: "blend without changing prompts",
+    call: () => submit({ settings: settings({ promptSchedule: { sectionPrompts: [], blendSections: 2 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /prompt blending needs a timed prompt/,
+  },
+  {
+    name: "prompt of 1 MB",
+    call: () => submit({ settings: settings({ prompt: "x".repeat(1 << 20) }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /prompt is 1048576 bytes; the limit is 16384 bytes/,
+  },
+  {
+    name: "NUL in prompt",
+    call: () => submit({ settings: settings({ prompt: "a\0b" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /prompt must not contain NUL/,
+  },
+  {
+    name: "length missing",
+    call: () => submit({ settings: settings({ length: undefined }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /video length is missing/,
+  },
+  {
+    name: "NaN seconds",
+    call: () => submit({ settings: settings({ length: { $case: "seconds", value: NaN } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /seconds must be a finite number, got NaN/,
+  },
+  {
+    name: "negative seconds",
+    call: () => submit({ settings: settings({ length: { $case: "seconds", value: -5 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /seconds must be greater than 0 and at most 120, got -5/,
+  },
+  {
+    name: "huge seconds",
+    call: () => submit({ settings: settings({ length: { $case: "seconds", value: 1e300 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /seconds must be greater than 0 and at most 120/,
+  },
+  {
+    name: "zero frames",
+    call: () => submit({ settings: settings({ length: { $case: "numFrames", value: 0 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /frames must be an integer from 1 to 7200, got 0/,
+  },
+  {
+    name: "2^32-1 frames",
+    call: () => submit({ settings: settings({ length: { $case: "numFrames", value: 4294967295 } }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /frames must be an integer from 1 to 7200, got 4294967295/,
+  },
+  {
+    name: "zero steps",
+    call: () => submit({ settings: settings({ steps: 0 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /steps must be an integer from 1 to 200, got 0/,
+  },
+  {
+    name: "a billion steps",
+    call: () => submit({ settings: settings({ steps: 1e9 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /steps must be an integer from 1 to 200, got 1000000000/,
+  },
+  {
+    name: "infinite guidance",
+    call: () => submit({ settings: settings({ guidanceScale: Infinity }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /guidance must be a finite number, got Infinity/,
+  },
+  {
+    name: "negative cfg",
+    call: () => submit({ settings: settings({ trueCfgScale: -1 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cfg must be between 0 and 50, got -1/,
+  },
+  {
+    name: "NaN fps",
+    call: () => submit({ settings: settings({ fps: NaN }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /fps must be a finite number, got NaN/,
+  },
+  {
+    name: "crf 99",
+    call: () => submit({ settings: settings({ crf: 99 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /crf must be an integer from 0 to 51, got 99/,
+  },
+  {
+    name: "window 0",
+    call: () => submit({ settings: settings({ latentWindowSize: 0 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /window must be an integer from 1 to 33, got 0/,
+  },
+  {
+    name: "unknown mode",
+    call: () => submit({ settings: settings({ mode: 7 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /mode 7 is not a SamplingMode/,
+  },
+  {
+    name: "end image with vanilla",
+    call: () => submit({ endImage: data(png), settings: settings({ mode: 2 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /end image needs inverted .* vanilla \(F1\) sampling cannot use one/,
+  },
+  {
+    name: "height without width",
+    call: () => submit({ settings: settings({ resolution: undefined, height: 64 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /give both height and width/,
+  },
+  {
+    name: "size and resolution",
+    call: () => submit({ settings: settings({ height: 64, width: 64 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /either height and width or a resolution, not both/,
+  },
+  {
+    name: "width not a multiple of 16",
+    call: () => submit({ settings: settings({ resolution: undefined, height: 64, width: 70 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /width must be a multiple of 16, got 70/,
+  },
+  {
+    name: "resolution too large",
+    call: () => submit({ settings: settings({ resolution: 1_000_000 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /resolution must be an integer from 64 to 1280, got 1000000/,
+  },
   // request envelope
-  { name: "unknown bundle", call: () => submit({ bundle: "flux-dev" }), code: status.NOT_FOUND, message: /unknown bundle "flux-dev"; this farm serves "tiny"/ },
-  { name: "priority over the range", call: () => submit({ priority: 1_000_000_000 }), code: status.INVALID_ARGUMENT, message: /priority must be an integer from -1000 to 1000, got 1000000000/ },
-  { name: "most negative priority", call: () => submit({ priority: -(2 ** 31) }), code: status.INVALID_ARGUMENT, message: /priority must be an integer from -1000 to 1000, got -2147483648/ },
-  { name: "idempotency key with spaces", call: () => submit({ idempotencyKey: "my key" }), code: status.INVALID_ARGUMENT, message: /idempotency key must be 1-128 characters of \[A-Za-z0-9._:-\]/ },
-  { name: "idempotency key of 129 characters", call: () => submit({ idempotencyKey: "k".repeat(129) }), code: status.INVALID_ARGUMENT, message: /idempotency key must be 1-128 characters/ },
-  { name: "idempotency key with a bad image", call: () => submit({ idempotencyKey: "retry-1", image: data(Buffer.from("nope")) }), code: status.INVALID_ARGUMENT, message: /image is not a readable image/ },
+  {
+    name: "unknown bundle",
+    call: () => submit({ bundle: "flux-dev" }),
+    code: status.NOT_FOUND,
+    message: /unknown bundle "flux-dev"; this farm serves "tiny"/,
+  },
+  {
+    name: "priority over the range",
+    call: () => submit({ priority: 1_000_000_000 }),
+    code: status.INVALID_ARGUMENT,
+    message: /priority must be an integer from -1000 to 1000, got 1000000000/,
+  },
+  {
+    name: "most negative priority",
+    call: () => submit({ priority: -(2 ** 31) }),
+    code: status.INVALID_ARGUMENT,
+    message: /priority must be an integer from -1000 to 1000, got -2147483648/,
+  },
+  {
+    name: "idempotency key with spaces",
+    call: () => submit({ idempotencyKey: "my key" }),
+    code: status.INVALID_ARGUMENT,
+    message: /idempotency key must be 1-128 characters of \[A-Za-z0-9._:-\]/,
+  },
+  {
+    name: "idempotency key of 129 characters",
+    call: () => submit({ idempotencyKey: "k".repeat(129) }),
+    code: status.INVALID_ARGUMENT,
+    message: /idempotency key must be 1-128 characters/,
+  },
+  {
+    name: "idempotency key with a bad image",
+    call: () => submit({ idempotencyKey: "retry-1", image: data(Buffer.from("nope")) }),
+    code: status.INVALID_ARGUMENT,
+    message: /image is not a readable image/,
+  },
   // job ids
-  { name: "GetJob of an unknown id", call: () => getJob("6f1c0d1e-0000-4000-8000-000000000000"), code: status.NOT_FOUND, message: /job 6f1c0d1e-0000-4000-8000-000000000000 does not exist/ },
-  { name: "GetJob of an empty id", call: () => getJob(""), code: status.INVALID_ARGUMENT, message: /invalid job id ""/ },
-  { name: "GetJob of a path", call: () => getJob("../jobs/x"), code: status.INVALID_ARGUMENT, message: /invalid job id "..\/jobs\/x"/ },
-  { name: "GetJob of a NATS wildcard", call: () => getJob("ff.>"), code: status.INVALID_ARGUMENT, message: /invalid job id "ff.>"/ },
-  { name: "WatchJob of an unknown id", call: () => watchJob("no-such-job"), code: status.NOT_FOUND, message: /job no-such-job does not exist/ },
-  { name: "CancelJob of an unknown id", call: () => cancelJob("no-such-job"), code: status.NOT_FOUND, message: /job no-such-job does not exist/ },
-  { name: "ListJobs with an unknown state", call: () => listJobs({ states: [9 as JobState] }), code: status.INVALID_ARGUMENT, message: /states 9 are not job states/ },
+  {
+    name: "GetJob of an unknown id",
+    call: () => getJob("6f1c0d1e-0000-4000-8000-000000000000"),
+    code: status.NOT_FOUND,
+    message: /job 6f1c0d1e-0000-4000-8000-000000000000 does not exist/,
+  },
+  {
+    name: "GetJob of an empty id",
+    call: () => getJob(""),
+    code: status.INVALID_ARGUMENT,
+    message: /invalid job id ""/,
+  },
+  {
+    name: "GetJob of a path",
+    call: () => getJob("../jobs/x"),
+    code: status.INVALID_ARGUMENT,
+    message: /invalid job id "..\/jobs\/x"/,
+  },
+  {
+    name: "GetJob of a NATS wildcard",
+    call: () => getJob("ff.>"),
+    code: status.INVALID_ARGUMENT,
+    message: /invalid job id "ff.>"/,
+  },
+  {
+    name: "WatchJob of an unknown id",
+    call: () => watchJob("no-such-job"),
+    code: status.NOT_FOUND,
+    message: /job no-such-job does not exist/,
+  },
+  {
+    name: "CancelJob of an unknown id",
+    call: () => cancelJob("no-such-job"),
+    code: status.NOT_FOUND,
+    message: /job no-such-job does not exist/,
+  },
+  {
+    name: "ListJobs with an unknown state",
+    call: () => listJobs({ states: [9 as JobState] }),
+    code: status.INVALID_ARGUMENT,
+    message: /states 9 are not job states/,
+  },
   // raw protocol
-  { name: "invalid UTF-8 in the prompt", call: () => rawCall("SubmitJob", submitWithSettings(Buffer.concat([encSettings(settings({ prompt: "" })), lenField(1, INVALID_UTF8)]))), code: status.INVALID_ARGUMENT, message: /field settings.prompt is not valid UTF-8/ },
-  { name: "invalid UTF-8 in the negative prompt", call: () => rawCall("SubmitJob", submitWithSettings(Buffer.concat([encSettings(settings()), lenField(2, INVALID_UTF8)]))), code: status.INVALID_ARGUMENT, message: /field settings.negative_prompt is not valid UTF-8/ },
-  { name: "invalid UTF-8 in a job id", call: () => rawCall("GetJob", lenField(1, [0xc3, 0x28])), code: status.INVALID_ARGUMENT, message: /field id is not valid UTF-8/ },
-  { name: "unknown field in RenderSettings", call: () => rawCall("SubmitJob", submitWithSettings(Buffer.concat([encSettings(settings()), varintField(99, 1)]))), code: status.INVALID_ARGUMENT, message: /unknown field 99 in settings \(framefarm.v1.RenderSettings\)/ },
-  { name: "unknown field in SubmitJobRequest", call: () => rawCall("SubmitJob", Buffer.concat([encSubmit(request()), lenField(42, [1, 2, 3])])), code: status.INVALID_ARGUMENT, message: /unknown field 42 in framefarm.v1.SubmitJobRequest/ },
-  { name: "negative steps (int64 -1 on the wire)", call: () => rawCall("SubmitJob", submitWithSettings(Buffer.concat([encSettings(settings({ steps: undefined })), Buffer.from([6 * 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])]))), code: status.INVALID_ARGUMENT, message: /steps must be an integer from 1 to 200, got 4294967295/ },
-  { name: "wrong wire type for steps", call: () => rawCall("SubmitJob", submitWithSettings(Buffer.concat([encSettings(settings({ steps: undefined })), lenField(6, [1, 2])]))), code: status.INVALID_ARGUMENT, message: /field settings.steps \(6\) of framefarm.v1.RenderSettings has wire type 2; its type uint32 needs wire type 0/ },
-  { name: "truncated message", call: () => rawCall("SubmitJob", encSubmit(request()).subarray(0, 1000)), code: status.INVALID_ARGUMENT, message: /request is not valid protobuf: field image \(1\) claims \d+ bytes, only 997 left/ },
-  { name: "not protobuf at all", call: () => rawCall("ListJobs", Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])), code: status.INVALID_ARGUMENT, message: /request is not valid protobuf: varint longer than 10 bytes/ },
-  { name: "field number 0", call: () => rawCall("GetJob", Buffer.from([0x02, 0x00])), code: status.INVALID_ARGUMENT, message: /request is not valid protobuf: field number 0/ },
-  { name: "message over the 110 MiB limit", call: () => submit({ image: data(Buffer.alloc(MAX_REQUEST_BYTES + 1)) }), code: status.RESOURCE_EXHAUSTED, message: /larger than max/ },
+  {
+    name: "invalid UTF-8 in the prompt",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        submitWithSettings(Buffer.concat([encSettings(settings({ prompt: "" })), lenField(1, INVALID_UTF8)])),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message: /field settings.prompt is not valid UTF-8/,
+  },
+  {
+    name: "invalid UTF-8 in the negative prompt",
+    call: () =>
+      rawCall("SubmitJob", submitWithSettings(Buffer.concat([encSettings(settings()), lenField(2, INVALID_UTF8)]))),
+    code: status.INVALID_ARGUMENT,
+    message: /field settings.negative_prompt is not valid UTF-8/,
+  },
+  {
+    name: "invalid UTF-8 in a job id",
+    call: () => rawCall("GetJob", lenField(1, [0xc3, 0x28])),
+    code: status.INVALID_ARGUMENT,
+    message: /field id is not valid UTF-8/,
+  },
+  {
+    name: "unknown field in RenderSettings",
+    call: () => rawCall("SubmitJob", submitWithSettings(Buffer.concat([encSettings(settings()), varintField(99, 1)]))),
+    code: status.INVALID_ARGUMENT,
+    message: /unknown field 99 in settings \(framefarm.v1.RenderSettings\)/,
+  },
+  {
+    name: "unknown field in SubmitJobRequest",
+    call: () => rawCall("SubmitJob", Buffer.concat([encSubmit(request()), lenField(42, [1, 2, 3])])),
+    code: status.INVALID_ARGUMENT,
+    message: /unknown field 42 in framefarm.v1.SubmitJobRequest/,
+  },
+  {
+    name: "negative steps (int64 -1 on the wire)",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        submitWithSettings(
+          Buffer.concat([
+            encSettings(settings({ steps: undefined })),
+            Buffer.from([6 * 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+          ]),
+        ),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message: /steps must be an integer from 1 to 200, got 4294967295/,
+  },
+  {
+    name: "wrong wire type for steps",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        submitWithSettings(Buffer.concat([encSettings(settings({ steps: undefined })), lenField(6, [1, 2])])),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /field settings.steps \(6\) of framefarm.v1.RenderSettings has wire type 2; its type uint32 needs wire type 0/,
+  },
+  {
+    name: "truncated message",
+    call: () => rawCall("SubmitJob", encSubmit(request()).subarray(0, 1000)),
+    code: status.INVALID_ARGUMENT,
+    message: /request is not valid protobuf: field image \(1\) claims \d+ bytes, only 997 left/,
+  },
+  {
+    name: "not protobuf at all",
+    call: () => rawCall("ListJobs", Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])),
+    code: status.INVALID_ARGUMENT,
+    message: /request is not valid protobuf: varint longer than 10 bytes/,
+  },
+  {
+    name: "field number 0",
+    call: () => rawCall("GetJob", Buffer.from([0x02, 0x00])),
+    code: status.INVALID_ARGUMENT,
+    message: /request is not valid protobuf: field number 0/,
+  },
+  {
+    name: "message over the 110 MiB limit",
+    call: () => submit({ image: data(Buffer.alloc(MAX_REQUEST_BYTES + 1)) }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /larger than max/,
+  },
 ];
 
 test(`bad input: ${rows.length} kinds, each with its status and message, none leaving state behind`, async (t) => {

@@ -9,9 +9,9 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
-import { planJob, jobKeys } from "../../coordinator/planner/job-plan.js";
+import { planJob } from "../../coordinator/planner/job-plan.js";
 import { startDashboard, type Dashboard } from "../../coordinator/dashboard/dashboard.js";
 import type { FarmSnapshot } from "../../coordinator/dashboard/farm-view.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
@@ -24,11 +24,12 @@ import { silentLogger } from "../../shared/log/logger.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 import { until } from "../support/wait.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 const OPS_TOKEN = "ops-token-0123456789abcdef";
 const ACME_TOKEN = "acme-token-0123456789abcdef";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 let dispatcher: Dispatcher;
 let dashboard: Dashboard;
@@ -41,25 +42,61 @@ let store: LocalObjectStore;
 let submitJob: (id: string, withImage: boolean) => Promise<void>;
 
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-dashboard-"));
   bus = new MemoryBus();
   store = new LocalObjectStore(tmp);
   dispatcher = await Dispatcher.start(bus, store);
   // A node serving only mux: it registers, and the job below stays queued for the test to act on.
-  node = await NodeLoop.start(bus, { ...embedded, store }, { nodeId: "muxer", stages: ["mux"], presence: { bundle: "tiny", executionProvider: "cpu", device: "test", version: "0", heartbeatMs: 100 } });
+  node = await NodeLoop.start(
+    bus,
+    { ...embedded, store },
+    {
+      nodeId: "muxer",
+      stages: ["mux"],
+      presence: { bundle: "tiny", executionProvider: "cpu", device: "test", version: "0", heartbeatMs: 100 },
+    },
+  );
   const m = embedded.runtime.bundle.manifest;
-  const params = validateRenderParams({ prompt: "<b>not markup</b>", numFrames: 33, steps: 2, height: 64, width: 64, samplingType: "vanilla" }, { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size });
+  const params = validateRenderParams(
+    { prompt: "<b>not markup</b>", numFrames: 33, steps: 2, height: 64, width: 64, samplingType: "vanilla" },
+    { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size },
+  );
   submitJob = async (id, withImage) => {
-    if (withImage) await store.put(jobKeys(id).firstImage, await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png")));
+    if (withImage)
+      await store.put(
+        jobKeys(id).firstImage,
+        await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png")),
+      );
     const spec = toJobSpec(id, params, { height: 64, width: 64 });
-    await dispatcher.submit(spec, planJob({ jobId: id, seed: params.seed, sections: sectionPlanFor(params, m), hasEndImage: false, trueCfg: usesTrueCfg(params), latent: { channels: m.vae.latent_channels, height: 8, width: 8 } }));
+    await dispatcher.submit(
+      spec,
+      planJob({
+        jobId: id,
+        seed: params.seed,
+        sections: sectionPlanFor(params, m),
+        hasEndImage: false,
+        trueCfg: usesTrueCfg(params),
+        latent: { channels: m.vae.latent_channels, height: 8, width: 8 },
+      }),
+    );
   };
   jobId = "job-under-test";
   await submitJob(jobId, true);
   dashboard = await startDashboard({ bus, store, dispatcher, host: "127.0.0.1", port: 0, log: silentLogger() });
-  const auth = TokenAuth.fromEntries([{ tenant: "ops", token: OPS_TOKEN }, { tenant: "acme", token: ACME_TOKEN }]);
-  locked = await startDashboard({ bus, store, dispatcher, host: "127.0.0.1", port: 0, log: silentLogger(), authorize: auth.operatorGate(["ops"]) });
+  const auth = TokenAuth.fromEntries([
+    { tenant: "ops", token: OPS_TOKEN },
+    { tenant: "acme", token: ACME_TOKEN },
+  ]);
+  locked = await startDashboard({
+    bus,
+    store,
+    dispatcher,
+    host: "127.0.0.1",
+    port: 0,
+    log: silentLogger(),
+    authorize: auth.operatorGate(["ops"]),
+  });
   base = `http://127.0.0.1:${dashboard.port}`;
 });
 
@@ -83,14 +120,18 @@ test("serves the page and its files, and no other path", async () => {
   assert.match(page.headers.get("content-type")!, /^text\/html/);
   assert.match(await page.text(), /<script type="module" src="\/static\/app.js">/);
   assert.match((await fetch(`${base}/static/app.js`)).headers.get("content-type")!, /^text\/javascript/);
-  for (const p of ["/static/../package.json", "/static/%2e%2e/package.json", "/package.json", "/static/"]) assert.equal((await fetch(`${base}${p}`)).status, 404, p);
+  for (const p of ["/static/../package.json", "/static/%2e%2e/package.json", "/package.json", "/static/"])
+    assert.equal((await fetch(`${base}${p}`)).status, 404, p);
 });
 
 test("the snapshot lists nodes, queues and jobs; the event stream starts with one", async () => {
   await until("the node", async () => (await state()).nodes.some((n) => n.id === "muxer" && n.status === "active"));
   const s = await state();
   assert.deepEqual(s.nodes.find((n) => n.id === "muxer")!.stages, ["mux"]);
-  assert.deepEqual(s.queues.map((q) => q.stage), ["encode_text", "encode_image", "vae_encode", "denoise", "decode", "mux"]);
+  assert.deepEqual(
+    s.queues.map((q) => q.stage),
+    ["encode_text", "encode_image", "vae_encode", "denoise", "decode", "mux"],
+  );
   // No node serves encode_text: the dispatcher holds the job's first tasks (nothing is queued).
   assert.equal(s.queues.find((q) => q.stage === "encode_text")!.waiting, 0);
   const job = s.jobs.find((j) => j.id === jobId)!;
@@ -114,7 +155,12 @@ test("the snapshot lists nodes, queues and jobs; the event stream starts with on
     });
     req.on("error", reject);
   });
-  const data = JSON.parse(first.split("\n").find((l) => l.startsWith("data: "))!.slice(6)) as FarmSnapshot;
+  const data = JSON.parse(
+    first
+      .split("\n")
+      .find((l) => l.startsWith("data: "))!
+      .slice(6),
+  ) as FarmSnapshot;
   assert.ok(data.jobs.some((j) => j.id === jobId));
 });
 
@@ -128,7 +174,11 @@ test("actions answer with the right codes and change the farm", async () => {
   const prioritised = await post(`/api/jobs/${jobId}/priority`, { priority: 7 });
   assert.equal(prioritised.status, 200, await prioritised.text());
   assert.equal((await state()).jobs.find((j) => j.id === jobId)!.priority, 7);
-  assert.equal((await post(`/api/jobs/${jobId}/priority`, { priority: 100_000 })).status, 400, "out of the dispatcher's range");
+  assert.equal(
+    (await post(`/api/jobs/${jobId}/priority`, { priority: 100_000 })).status,
+    400,
+    "out of the dispatcher's range",
+  );
   const retried = await post(`/api/jobs/${jobId}/retry`, {});
   assert.equal(retried.status, 409, "only a failed job is retried");
 
@@ -146,10 +196,17 @@ test("actions answer with the right codes and change the farm", async () => {
 test("a failed job is retried: it runs again with a fresh attempt budget", async () => {
   // Its input image was never stored: the image encoder fails every attempt and the job fails.
   // Never quarantined: the only encoder must take the task again after the retry.
-  const encoder = await NodeLoop.start(bus, { ...embedded, store }, { nodeId: "encoder", stages: ["encode_image"], quarantineAfter: 0 });
+  const encoder = await NodeLoop.start(
+    bus,
+    { ...embedded, store },
+    { nodeId: "encoder", stages: ["encode_image"], quarantineAfter: 0 },
+  );
   try {
     await submitJob("job-that-fails", false);
-    await until("the failure", async () => (await state()).jobs.find((j) => j.id === "job-that-fails")?.state === "FAILED");
+    await until(
+      "the failure",
+      async () => (await state()).jobs.find((j) => j.id === "job-that-fails")?.state === "FAILED",
+    );
     const failed = (await state()).jobs.find((j) => j.id === "job-that-fails")!;
     assert.equal(failed.errorStatus, "NOT_FOUND");
     assert.match(failed.error!, /encode_image failed 3 times; last on encoder/);
@@ -158,7 +215,10 @@ test("a failed job is retried: it runs again with a fresh attempt budget", async
     const after = (await state()).jobs.find((j) => j.id === "job-that-fails")!;
     assert.equal(after.retries, 1);
     assert.notEqual(after.state, "QUEUED");
-    await until("the second failure", async () => (await state()).jobs.find((j) => j.id === "job-that-fails")?.state === "FAILED");
+    await until(
+      "the second failure",
+      async () => (await state()).jobs.find((j) => j.id === "job-that-fails")?.state === "FAILED",
+    );
   } finally {
     await encoder.stop();
   }
@@ -181,13 +241,30 @@ test("metrics are Prometheus text about this farm", async () => {
 
 test("every request passes the authorization gate (operators' tokens only)", async () => {
   const at = `http://127.0.0.1:${locked.port}`;
-  for (const p of ["/api/state", "/api/events", "/metrics", "/nope"]) assert.equal((await fetch(`${at}${p}`)).status, 401, p);
+  for (const p of ["/api/state", "/api/events", "/metrics", "/nope"])
+    assert.equal((await fetch(`${at}${p}`)).status, 401, p);
   // The page's own files hold no farm data: they load, and the page asks for a token.
   assert.equal((await fetch(`${at}/`)).status, 200);
   assert.equal((await fetch(`${at}/static/app.js`)).status, 200);
   assert.deepEqual(await (await fetch(`${at}/api/session`)).json(), { authorized: false });
-  assert.deepEqual(await (await fetch(`${at}/api/session`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).json(), { authorized: true });
-  assert.equal((await fetch(`${at}/api/jobs/${jobId}/cancel`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })).status, 401);
-  assert.equal((await fetch(`${at}/api/state`, { headers: { authorization: `Bearer ${ACME_TOKEN}` } })).status, 401, "a tenant that is not an operator");
+  assert.deepEqual(
+    await (await fetch(`${at}/api/session`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).json(),
+    { authorized: true },
+  );
+  assert.equal(
+    (
+      await fetch(`${at}/api/jobs/${jobId}/cancel`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+      })
+    ).status,
+    401,
+  );
+  assert.equal(
+    (await fetch(`${at}/api/state`, { headers: { authorization: `Bearer ${ACME_TOKEN}` } })).status,
+    401,
+    "a tenant that is not an operator",
+  );
   assert.equal((await fetch(`${at}/api/state`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).status, 200);
 });

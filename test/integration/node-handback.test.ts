@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { JobState } from "../../proto/gen/framefarm/v1/jobs.js";
-import { JOBS_BUCKET, jobEventSubject, type StepEvent } from "../../coordinator/dispatch/dispatcher.js";
+import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents } from "../../shared/farm/protocol.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
 import { FarmProcesses } from "../support/farm-processes.js";
 import { repoRoot } from "../support/paths.js";
@@ -32,7 +32,15 @@ test("a stopping node hands its task back and the job completes on another node"
   // One section of 200 steps: far longer than the node's grace.
   const job = await farm.submit({
     image: { source: { $case: "data", value: image } },
-    settings: { prompt: "hand back", length: { $case: "numFrames", value: 30 }, mode: 0, steps: 200, resolution: 128, seed: 1n, lossless: true },
+    settings: {
+      prompt: "hand back",
+      length: { $case: "numFrames", value: 30 },
+      mode: 0,
+      steps: 200,
+      resolution: 128,
+      seed: 1n,
+      lossless: true,
+    },
     bundle: "",
     priority: 0,
     idempotencyKey: "",
@@ -40,8 +48,8 @@ test("a stopping node hands its task back and the job completes on another node"
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the denoise never started")), 60_000);
     const off = farm!.bus.events.subscribe(jobEventSubject(job.id), (_s, data) => {
-      const e = JSON.parse(new TextDecoder().decode(data)) as Partial<StepEvent>;
-      if (typeof e.step === "number" && e.step >= 2) {
+      const e = jobEvents.decode(data);
+      if (isStepEvent(e) && e.step >= 2) {
         clearTimeout(timer);
         off();
         resolve();
@@ -64,5 +72,9 @@ test("a stopping node hands its task back and the job completes on another node"
   // d1 handed the denoise back without a result (neither done nor failed there); d2 did it.
   const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record;
   const denoise = (record.taskLog ?? []).filter((e) => e.taskId.includes("denoise"));
-  assert.deepEqual(denoise.map((e) => [e.node, e.ok]), [["d2", true]], JSON.stringify(record.taskLog));
+  assert.deepEqual(
+    denoise.map((e) => [e.node, e.ok]),
+    [["d2", true]],
+    JSON.stringify(record.taskLog),
+  );
 });

@@ -10,7 +10,7 @@ import path from "node:path";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { validateObjectKey, type ObjectStore } from "../../shared/store/object-store.js";
-import { startS3Server, S3_ACCESS_KEY, S3_SECRET_KEY, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { startS3Server, S3_ACCESS_KEY, S3_SECRET_KEY, type LocalServer } from "../../coordinator/cli/local-servers.js";
 import { FarmError } from "../../shared/errors.js";
 
 function contract(name: string, open: () => Promise<ObjectStore>, close: () => Promise<void>): void {
@@ -31,13 +31,19 @@ function contract(name: string, open: () => Promise<ObjectStore>, close: () => P
       assert.equal(await store.head("jobs/a/missing"), null);
       await store.put("jobs/a/section1/latents.safetensors", data);
       await store.put("jobs/b/x", data);
-      assert.deepEqual(await store.list("jobs/a/"), ["jobs/a/section0/latents.safetensors", "jobs/a/section1/latents.safetensors"]);
+      assert.deepEqual(await store.list("jobs/a/"), [
+        "jobs/a/section0/latents.safetensors",
+        "jobs/a/section1/latents.safetensors",
+      ]);
       await store.delete("jobs/b/x");
       assert.deepEqual(await store.list("jobs/b/"), []);
     });
 
     test("a missing object is NOT_FOUND", async () => {
-      await assert.rejects(store.get("jobs/none/here"), (e: unknown) => e instanceof FarmError && e.status === "NOT_FOUND");
+      await assert.rejects(
+        store.get("jobs/none/here"),
+        (e: unknown) => e instanceof FarmError && e.status === "NOT_FOUND",
+      );
     });
 
     test("put replaces; putIfAbsent keeps the first", async () => {
@@ -63,7 +69,11 @@ function contract(name: string, open: () => Promise<ObjectStore>, close: () => P
 
     test("keys with traversal or odd characters are refused before any I/O", async () => {
       for (const bad of ["../etc/passwd", "/abs", "a/../b", "a//b", "a/./b", "", "sp ace", "x".repeat(600)]) {
-        await assert.rejects(store.put(bad, Uint8Array.of(1)), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT", bad);
+        await assert.rejects(
+          store.put(bad, Uint8Array.of(1)),
+          (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT",
+          bad,
+        );
       }
     });
 
@@ -79,14 +89,25 @@ function contract(name: string, open: () => Promise<ObjectStore>, close: () => P
 }
 
 const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-store-"));
-contract("local directory", async () => new LocalObjectStore(path.join(tmp, "local")), async () => {});
+contract(
+  "local directory",
+  async () => new LocalObjectStore(path.join(tmp, "local")),
+  async () => {},
+);
 
 let s3: LocalServer | undefined;
 contract(
   "S3 (s3rver)",
   async () => {
     s3 = await startS3Server(path.join(tmp, "s3"));
-    return S3ObjectStore.open({ endpoint: s3.host, port: s3.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: "framefarm-test" });
+    return S3ObjectStore.open({
+      endpoint: s3.host,
+      port: s3.port,
+      useSSL: false,
+      accessKey: S3_ACCESS_KEY,
+      secretKey: S3_SECRET_KEY,
+      bucket: "framefarm-test",
+    });
   },
   async () => {
     await s3?.stop();
@@ -95,7 +116,10 @@ contract(
 );
 
 test("validateObjectKey accepts the farm's key shapes", () => {
-  assert.equal(validateObjectKey("jobs/01HZX/section12/latents.safetensors"), "jobs/01HZX/section12/latents.safetensors");
+  assert.equal(
+    validateObjectKey("jobs/01HZX/section12/latents.safetensors"),
+    "jobs/01HZX/section12/latents.safetensors",
+  );
   assert.equal(validateObjectKey("jobs/01HZX/", true), "jobs/01HZX/");
 });
 
@@ -103,7 +127,14 @@ test("S3: a server restart is ridden out; an outage past the limit fails UNAVAIL
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-store-outage-"));
   let server = await startS3Server(path.join(dir, "s3"));
   const port = server.port;
-  const config = { endpoint: server.host, port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: "outage" };
+  const config = {
+    endpoint: server.host,
+    port,
+    useSSL: false,
+    accessKey: S3_ACCESS_KEY,
+    secretKey: S3_SECRET_KEY,
+    bucket: "outage",
+  };
   const patient = await S3ObjectStore.open({ ...config, retryForMs: 20_000 });
   const impatient = await S3ObjectStore.open({ ...config, retryForMs: 800 });
   try {
@@ -112,7 +143,13 @@ test("S3: a server restart is ridden out; an outage past the limit fails UNAVAIL
     server.kill();
     await new Promise((r) => server.process.once("exit", r));
     const t0 = Date.now();
-    await assert.rejects(impatient.get("jobs/o/before"), (e: unknown) => e instanceof FarmError && e.status === "UNAVAILABLE" && /unreachable for \d+\.\d s \(read of jobs\/o\/before\)/.test(e.message));
+    await assert.rejects(
+      impatient.get("jobs/o/before"),
+      (e: unknown) =>
+        e instanceof FarmError &&
+        e.status === "UNAVAILABLE" &&
+        /unreachable for \d+\.\d s \(read of jobs\/o\/before\)/.test(e.message),
+    );
     assert.ok(Date.now() - t0 < 5000, "gave up after about its limit");
     // Writes and reads issued during the outage complete once the server is back.
     const during = Promise.all([patient.put("jobs/o/during", data), patient.get("jobs/o/before")]);

@@ -9,8 +9,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { Dispatcher, RESULTS_QUEUE, type TaskMessage, type TaskResult } from "../../coordinator/dispatch/dispatcher.js";
-import type { StageTask } from "../../coordinator/planner/job-plan.js";
+import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import type { Bus, Consumer } from "../../shared/bus/bus.js";
@@ -18,17 +17,26 @@ import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { FarmError } from "../../shared/errors.js";
 import { sleep, until } from "../support/wait.js";
 import { forEachBus } from "../support/buses.js";
+import { RESULTS_QUEUE, type TaskMessage, type TaskResult, type StageTask } from "../../shared/farm/protocol.js";
 
 const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
 
-
-const params = validateRenderParams({ prompt: "p", numFrames: 9 }, { samplingType: "inverted_anti_drifting", latentWindowSize: 9 });
+const params = validateRenderParams(
+  { prompt: "p", numFrames: 9 },
+  { samplingType: "inverted_anti_drifting", latentWindowSize: 9 },
+);
 
 /** A job of `n` denoise sections in a chain (the shape that makes scheduling matter). */
 function chain(jobId: string, n: number): { spec: ReturnType<typeof toJobSpec>; tasks: StageTask[] } {
   const tasks: StageTask[] = Array.from({ length: n }, (_, k) => ({
-    id: `${jobId}.denoise.${k}`, jobId, kind: "denoise", section: k, dependsOn: k === 0 ? [] : [`${jobId}.denoise.${k - 1}`], inputs: {}, outputs: {},
+    id: `${jobId}.denoise.${k}`,
+    jobId,
+    kind: "denoise",
+    section: k,
+    dependsOn: k === 0 ? [] : [`${jobId}.denoise.${k - 1}`],
+    inputs: {},
+    outputs: {},
   }));
   return { spec: toJobSpec(jobId, params, { height: 64, width: 64 }), tasks };
 }
@@ -52,14 +60,27 @@ class FakeDenoiseNode {
 
   async start(bus: Bus): Promise<void> {
     await bus.queues.ensure("denoise");
-    this.consumer = await bus.queues.consume("denoise", { name: "stage-denoise", ackWaitMs: 10_000, maxDeliver: 5 }, async (d) => {
-      const msg = dec<TaskMessage>(d.data);
-      this.ran.push(msg.taskId);
-      if (this.gate !== null) await this.gate;
-      const ok = !this.fail(msg.taskId, this.ran.filter((t) => t === msg.taskId).length);
-      await bus.queues.enqueue(RESULTS_QUEUE, enc({ jobId: msg.jobId, taskId: msg.taskId, ok, node: "fake", ...(ok ? {} : { error: "boom", errorStatus: "INTERNAL" }) } satisfies TaskResult));
-      d.ack();
-    });
+    this.consumer = await bus.queues.consume(
+      "denoise",
+      { name: "stage-denoise", ackWaitMs: 10_000, maxDeliver: 5 },
+      async (d) => {
+        const msg = dec<TaskMessage>(d.data);
+        this.ran.push(msg.taskId);
+        if (this.gate !== null) await this.gate;
+        const ok = !this.fail(msg.taskId, this.ran.filter((t) => t === msg.taskId).length);
+        await bus.queues.enqueue(
+          RESULTS_QUEUE,
+          enc({
+            jobId: msg.jobId,
+            taskId: msg.taskId,
+            ok,
+            node: "fake",
+            ...(ok ? {} : { error: "boom", errorStatus: "INTERNAL" }),
+          } satisfies TaskResult),
+        );
+        d.ack();
+      },
+    );
   }
 
   async stop(): Promise<void> {
@@ -68,93 +89,117 @@ class FakeDenoiseNode {
   }
 }
 
-forEachBus((kind) => `scheduling on the ${kind} bus`, (kind, bus) => {
-  const name = kind.split(" ")[0]!; // job ids: one word
-  let tmp: string;
-  before(async () => {
-    tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-sched-"));
-  });
-  after(async () => {
-    await rm(tmp, { recursive: true, force: true });
-  });
+forEachBus(
+  (kind) => `scheduling on the ${kind} bus`,
+  (kind, bus) => {
+    const name = kind.split(" ")[0]!; // job ids: one word
+    let tmp: string;
+    before(async () => {
+      tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-sched-"));
+    });
+    after(async () => {
+      await rm(tmp, { recursive: true, force: true });
+    });
 
-  test("a high-priority job overtakes the backlog; equal priorities run oldest first", async () => {
-    const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "a")), { tickMs: 50 });
-    const node = new FakeDenoiseNode();
-    await node.start(bus());
-    try {
-      node.pause();
-      const old = chain(`old-${name}`, 3);
-      await d.submit(old.spec, old.tasks);
-      await until("the first task running", () => node.ran.length === 1);
-      const young = chain(`young-${name}`, 3);
-      await d.submit(young.spec, young.tasks);
-      await sleep(20); // a later creation time
-      const urgent = chain(`urgent-${name}`, 3);
-      await d.submit(urgent.spec, urgent.tasks, { priority: 5 });
-      assert.equal(d.held("denoise"), 2, "the node is busy: both new jobs' first sections are held");
-      node.resume();
-      await until("all 9 sections", () => node.ran.length === 9);
-      const job = (t: string): string => t.split(".")[0]!;
-      assert.deepEqual(node.ran.map(job), [old.spec.jobId, ...Array(3).fill(urgent.spec.jobId), old.spec.jobId, old.spec.jobId, ...Array(3).fill(young.spec.jobId)]);
-      for (const j of [old, young, urgent]) await until(`${j.spec.jobId} done`, async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
-      assert.equal((await d.job(urgent.spec.jobId))!.priority, 5);
-    } finally {
-      await node.stop();
-      await d.stop();
-    }
-  });
+    test("a high-priority job overtakes the backlog; equal priorities run oldest first", async () => {
+      const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "a")), { tickMs: 50 });
+      const node = new FakeDenoiseNode();
+      await node.start(bus());
+      try {
+        node.pause();
+        const old = chain(`old-${name}`, 3);
+        await d.submit(old.spec, old.tasks);
+        await until("the first task running", () => node.ran.length === 1);
+        const young = chain(`young-${name}`, 3);
+        await d.submit(young.spec, young.tasks);
+        await sleep(20); // a later creation time
+        const urgent = chain(`urgent-${name}`, 3);
+        await d.submit(urgent.spec, urgent.tasks, { priority: 5 });
+        assert.equal(d.held("denoise"), 2, "the node is busy: both new jobs' first sections are held");
+        node.resume();
+        await until("all 9 sections", () => node.ran.length === 9);
+        const job = (t: string): string => t.split(".")[0]!;
+        assert.deepEqual(node.ran.map(job), [
+          old.spec.jobId,
+          ...Array(3).fill(urgent.spec.jobId),
+          old.spec.jobId,
+          old.spec.jobId,
+          ...Array(3).fill(young.spec.jobId),
+        ]);
+        for (const j of [old, young, urgent])
+          await until(`${j.spec.jobId} done`, async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
+        assert.equal((await d.job(urgent.spec.jobId))!.priority, 5);
+      } finally {
+        await node.stop();
+        await d.stop();
+      }
+    });
 
-  test("raising a waiting job's priority lets it run next", async () => {
-    const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "b")), { tickMs: 50 });
-    const node = new FakeDenoiseNode();
-    await node.start(bus());
-    try {
-      node.pause();
-      const a = chain(`a-${name}`, 2);
-      await d.submit(a.spec, a.tasks);
-      await until("a running", () => node.ran.length === 1);
-      const b = chain(`b-${name}`, 1);
-      const c = chain(`c-${name}`, 1);
-      await d.submit(b.spec, b.tasks);
-      await d.submit(c.spec, c.tasks);
-      assert.equal((await d.setPriority(c.spec.jobId, 100))?.priority, 100);
-      await assert.rejects(d.setPriority(c.spec.jobId, 1.5), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT");
-      node.resume();
-      await until("4 sections", () => node.ran.length === 4);
-      assert.deepEqual(node.ran, [`${a.spec.jobId}.denoise.0`, `${c.spec.jobId}.denoise.0`, `${a.spec.jobId}.denoise.1`, `${b.spec.jobId}.denoise.0`]);
-      await until("b done", async () => (await d.job(b.spec.jobId))?.state === "SUCCEEDED");
-      assert.equal(await d.setPriority(b.spec.jobId, 1), null, "an ended job's priority stays");
-    } finally {
-      await node.stop();
-      await d.stop();
-    }
-  });
+    test("raising a waiting job's priority lets it run next", async () => {
+      const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "b")), { tickMs: 50 });
+      const node = new FakeDenoiseNode();
+      await node.start(bus());
+      try {
+        node.pause();
+        const a = chain(`a-${name}`, 2);
+        await d.submit(a.spec, a.tasks);
+        await until("a running", () => node.ran.length === 1);
+        const b = chain(`b-${name}`, 1);
+        const c = chain(`c-${name}`, 1);
+        await d.submit(b.spec, b.tasks);
+        await d.submit(c.spec, c.tasks);
+        assert.equal((await d.setPriority(c.spec.jobId, 100))?.priority, 100);
+        await assert.rejects(
+          d.setPriority(c.spec.jobId, 1.5),
+          (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT",
+        );
+        node.resume();
+        await until("4 sections", () => node.ran.length === 4);
+        assert.deepEqual(node.ran, [
+          `${a.spec.jobId}.denoise.0`,
+          `${c.spec.jobId}.denoise.0`,
+          `${a.spec.jobId}.denoise.1`,
+          `${b.spec.jobId}.denoise.0`,
+        ]);
+        await until("b done", async () => (await d.job(b.spec.jobId))?.state === "SUCCEEDED");
+        assert.equal(await d.setPriority(b.spec.jobId, 1), null, "an ended job's priority stays");
+      } finally {
+        await node.stop();
+        await d.stop();
+      }
+    });
 
-  test("a task out of attempts fails its job; retry runs it again from the failed section", async () => {
-    const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "c")), { tickMs: 50, maxAttempts: 2 });
-    let broken = true;
-    const node = new FakeDenoiseNode((taskId) => broken && taskId.endsWith(".denoise.1"));
-    await node.start(bus());
-    try {
-      const j = chain(`flaky-${name}`, 3);
-      await d.submit(j.spec, j.tasks);
-      await until("failed", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
-      const failed = (await d.job(j.spec.jobId))!;
-      assert.match(failed.error!, /denoise\.1 failed 2 times; last on fake: boom/);
-      assert.equal(failed.taskStates[`${j.spec.jobId}.denoise.0`], "done");
-      assert.equal(await d.retry(`${j.spec.jobId}`).then((r) => r?.state), "RUNNING");
-      await until("failed again", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
-      assert.equal(node.ran.filter((t) => t.endsWith(".denoise.1")).length, 4, "each retry has a fresh budget of 2 attempts");
-      broken = false;
-      await d.retry(j.spec.jobId);
-      await until("succeeded", async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
-      assert.equal(node.ran.filter((t) => t.endsWith(".denoise.0")).length, 1, "finished sections are not run again");
-      assert.equal(await d.retry(j.spec.jobId), null, "only a failed job can be retried");
-    } finally {
-      await node.stop();
-      await d.stop();
-    }
-  });
-});
-
+    test("a task out of attempts fails its job; retry runs it again from the failed section", async () => {
+      const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "c")), {
+        tickMs: 50,
+        maxAttempts: 2,
+      });
+      let broken = true;
+      const node = new FakeDenoiseNode((taskId) => broken && taskId.endsWith(".denoise.1"));
+      await node.start(bus());
+      try {
+        const j = chain(`flaky-${name}`, 3);
+        await d.submit(j.spec, j.tasks);
+        await until("failed", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
+        const failed = (await d.job(j.spec.jobId))!;
+        assert.match(failed.error!, /denoise\.1 failed 2 times; last on fake: boom/);
+        assert.equal(failed.taskStates[`${j.spec.jobId}.denoise.0`], "done");
+        assert.equal(await d.retry(`${j.spec.jobId}`).then((r) => r?.state), "RUNNING");
+        await until("failed again", async () => (await d.job(j.spec.jobId))?.state === "FAILED");
+        assert.equal(
+          node.ran.filter((t) => t.endsWith(".denoise.1")).length,
+          4,
+          "each retry has a fresh budget of 2 attempts",
+        );
+        broken = false;
+        await d.retry(j.spec.jobId);
+        await until("succeeded", async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED");
+        assert.equal(node.ran.filter((t) => t.endsWith(".denoise.0")).length, 1, "finished sections are not run again");
+        assert.equal(await d.retry(j.spec.jobId), null, "only a failed job can be retried");
+      } finally {
+        await node.stop();
+        await d.stop();
+      }
+    });
+  },
+);

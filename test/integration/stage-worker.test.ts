@@ -7,23 +7,27 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
-import { loadReferenceCase } from "../../coordinator/parity/reference-case.js";
-import { pixelsFor, readImageFile } from "../../coordinator/embedded/inputs.js";
-import { renderJob } from "../../coordinator/embedded/render-job.js";
-import { planJob, readyTasks, jobKeys, type StageTask } from "../../coordinator/planner/job-plan.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
+import { loadReferenceCase } from "../../coordinator/cli/parity/reference-case.js";
+import { pixelsFor, readImageFile } from "../../coordinator/cli/embedded/inputs.js";
+import { renderJob } from "../../gpu-node/stages/render-job.js";
+import { planJob, readyTasks } from "../../coordinator/planner/job-plan.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
-import { assembleFrames, runStageTask, type WorkerContext } from "../../gpu-node/worker/stage-worker.js";
+import { runStageTask } from "../../gpu-node/handlers/index.js";
+import { assembleFrames } from "../../gpu-node/handlers/mux.js";
+import type { WorkerContext } from "../../gpu-node/handlers/task-io.js";
 import { referenceDir } from "../support/reference.js";
 import { tinyBundleDir } from "../support/paths.js";
+import { jobKeys } from "../../shared/farm/keys.js";
+import type { StageTask } from "../../shared/farm/protocol.js";
 
-let embedded: Embedded;
+let embedded: NodeModels;
 let tmp: string;
 before(async () => {
-  embedded = await openEmbedded(tinyBundleDir(), "cpu");
+  embedded = await openNodeModels(tinyBundleDir(), "cpu");
   tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-worker-"));
 });
 after(async () => {
@@ -35,10 +39,14 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
   test(`${name}: stage tasks through the store reproduce the embedded render bit for bit`, async () => {
     const refCase = await loadReferenceCase(path.join(referenceDir(), "cases", `${name}.json`));
     const m = embedded.runtime.bundle.manifest;
-    const params = validateRenderParams(refCase.params, { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size });
+    const params = validateRenderParams(refCase.params, {
+      samplingType: m.sampling_type,
+      latentWindowSize: m.framepack.default_latent_window_size,
+    });
     const size = "height" in params.size ? params.size : { height: 0, width: 0 };
     const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
-    const last = refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
+    const last =
+      refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
     const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last });
 
     const store = new LocalObjectStore(path.join(tmp, name));
@@ -48,8 +56,12 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
     await store.put(keys.firstImage, await readFile(refCase.firstImage));
     if (refCase.lastImage !== null) await store.put(keys.lastImage, await readFile(refCase.lastImage));
     const tasks = planJob({
-      jobId: spec.jobId, seed: params.seed, sections: sectionPlanFor(params, m), hasEndImage: params.hasEndImage,
-      trueCfg: usesTrueCfg(params), latent: { channels: m.vae.latent_channels, height: size.height / 8, width: size.width / 8 },
+      jobId: spec.jobId,
+      seed: params.seed,
+      sections: sectionPlanFor(params, m),
+      hasEndImage: params.hasEndImage,
+      trueCfg: usesTrueCfg(params),
+      latent: { channels: m.vae.latent_channels, height: size.height / 8, width: size.width / 8 },
     });
     const done = new Set<string>();
     let wave: StageTask[];

@@ -8,20 +8,29 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import path from "node:path";
 import { checkReferenceCase } from "../../coordinator/cli/check-reference.js";
-import { formatTable } from "../../coordinator/parity/compare.js";
+import { formatTable } from "../../coordinator/cli/parity/compare.js";
 import { referenceDir } from "../support/reference.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 
 const caseDirs = [path.join(referenceDir(), "cases"), path.join(repoRoot(), "test", "fixtures", "reference-cases")];
-const cases = caseDirs.flatMap((dir) => readdirSync(dir).filter((f) => f.endsWith(".json")).sort().map((f) => path.join(dir, f)));
+const cases = caseDirs.flatMap((dir) =>
+  readdirSync(dir)
+    .filter((f) => f.endsWith(".json"))
+    .sort()
+    .map((f) => path.join(dir, f)),
+);
 
-test("both reference folders hold cases", () => assert.ok(cases.length >= 8, `found ${cases.length} cases in ${caseDirs.join(", ")}`));
+test("both reference folders hold cases", () =>
+  assert.ok(cases.length >= 8, `found ${cases.length} cases in ${caseDirs.join(", ")}`));
 
 for (const file of cases) {
   test(`reference case ${path.basename(file)} matches diffusers`, async () => {
     const check = await checkReferenceCase(file, tinyBundleDir());
     const table = formatTable(check.results);
     assert.ok(check.passed, `stages out of tolerance:\n${table}`);
-    assert.ok(check.results.some((r) => r.key === "frames_uint8"), "frames were compared");
+    assert.ok(
+      check.results.some((r) => r.key === "frames_uint8"),
+      "frames were compared",
+    );
   });
 }

@@ -10,7 +10,7 @@ import path from "node:path";
 import type { Bus } from "../../shared/bus/bus.js";
 import { MemoryBus } from "../../shared/bus/memory-bus.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
-import { startNatsServer, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import { startNatsServer, type LocalServer } from "../../coordinator/cli/local-servers.js";
 
 export const BUS_KINDS = ["in-process", "NATS JetStream"] as const;
 

@@ -10,7 +10,15 @@ import { promisify } from "node:util";
 import path from "node:path";
 import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { JobServiceClient, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { freePort, LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import {
+  freePort,
+  LOOPBACK,
+  S3_ACCESS_KEY,
+  S3_SECRET_KEY,
+  startNatsServer,
+  startS3Server,
+  type LocalServer,
+} from "../../coordinator/cli/local-servers.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { cliPath, tinyBundleDir } from "./paths.js";
@@ -33,13 +41,17 @@ const run = promisify(execFile);
 function waitForLine(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 30_000): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
     let out = "";
-    const timer = setTimeout(() => done(new Error(`${what} printed no ${pattern} within ${timeoutMs} ms: ${out.slice(-500)}`)), timeoutMs);
+    const timer = setTimeout(
+      () => done(new Error(`${what} printed no ${pattern} within ${timeoutMs} ms: ${out.slice(-500)}`)),
+      timeoutMs,
+    );
     const onData = (b: Buffer): void => {
       out += b.toString();
       const m = pattern.exec(out);
       if (m !== null) done(null, m);
     };
-    const onExit = (code: number | null): void => done(new Error(`${what} exited (${code}) before ${pattern}: ${out.slice(-500)}`));
+    const onExit = (code: number | null): void =>
+      done(new Error(`${what} exited (${code}) before ${pattern}: ${out.slice(-500)}`));
     const done = (err: Error | null, m?: RegExpExecArray): void => {
       clearTimeout(timer);
       child.stdout?.off("data", onData);
@@ -93,7 +105,15 @@ export class FarmProcesses {
     await f.startCoordinator();
     await Promise.all(Object.entries(nodes).map(([id, stages]) => f.startNode(id, stages)));
     f.bus = await NatsBus.connect(f.natsUrl, "fault-injector");
-    f.store = await S3ObjectStore.open({ endpoint: LOOPBACK, port: f.s3.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: BUCKET, retryForMs: 60_000 });
+    f.store = await S3ObjectStore.open({
+      endpoint: LOOPBACK,
+      port: f.s3.port,
+      useSSL: false,
+      accessKey: S3_ACCESS_KEY,
+      secretKey: S3_SECRET_KEY,
+      bucket: BUCKET,
+      retryForMs: 60_000,
+    });
     f.client = new JobServiceClient(`${LOOPBACK}:${f.grpcPort}`, credentials.createInsecure());
     return f;
   }
@@ -107,11 +127,34 @@ export class FarmProcesses {
   }
 
   private connectionArgs(): string[] {
-    return ["--nats", this.natsUrl, "--s3", `${LOOPBACK}:${this.s3.port}`, "--bucket", BUCKET, "--bundle", this.settings.bundleDir ?? tinyBundleDir()];
+    return [
+      "--nats",
+      this.natsUrl,
+      "--s3",
+      `${LOOPBACK}:${this.s3.port}`,
+      "--bucket",
+      BUCKET,
+      "--bundle",
+      this.settings.bundleDir ?? tinyBundleDir(),
+    ];
   }
 
   async startCoordinator(): Promise<void> {
-    const child = spawn(process.execPath, [cliPath(), "coordinator", ...this.connectionArgs(), "--host", LOOPBACK, "--port", String(this.grpcPort), "--http-port", "0"], { stdio: ["ignore", "pipe", "pipe"], env: this.env() });
+    const child = spawn(
+      process.execPath,
+      [
+        cliPath(),
+        "coordinator",
+        ...this.connectionArgs(),
+        "--host",
+        LOOPBACK,
+        "--port",
+        String(this.grpcPort),
+        "--http-port",
+        "0",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"], env: this.env() },
+    );
     await waitForLine(child, /gRPC listening on/, "coordinator");
     this.coordinator = child;
   }
@@ -123,8 +166,22 @@ export class FarmProcesses {
 
   /** extra: more node flags (--ep, ...); env: more environment (a GPU index, say). */
   async startNode(id: string, stages: string, extra: { args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<void> {
-    const args = [cliPath(), "node", ...this.connectionArgs(), "--stages", stages, "--id", id, "--ack-wait-ms", String(this.settings.ackWaitMs), ...(extra.args ?? [])];
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...this.env(), ...extra.env } });
+    const args = [
+      cliPath(),
+      "node",
+      ...this.connectionArgs(),
+      "--stages",
+      stages,
+      "--id",
+      id,
+      "--ack-wait-ms",
+      String(this.settings.ackWaitMs),
+      ...(extra.args ?? []),
+    ];
+    const child = spawn(process.execPath, args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...this.env(), ...extra.env },
+    });
     await waitForLine(child, /serving/, `node ${id}`);
     // Keep reading its output so a chatty node never blocks on a full pipe.
     child.stdout?.resume();
@@ -139,7 +196,9 @@ export class FarmProcesses {
     if (child === undefined) throw new Error(`no node ${id}`);
     const started = Date.now();
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-      child.exitCode !== null || child.signalCode !== null ? r({ code: child.exitCode, signal: child.signalCode }) : child.once("exit", (code, signal) => r({ code, signal })),
+      child.exitCode !== null || child.signalCode !== null
+        ? r({ code: child.exitCode, signal: child.signalCode })
+        : child.once("exit", (code, signal) => r({ code, signal })),
     );
     child.kill("SIGTERM");
     const e = await exited;
@@ -160,12 +219,15 @@ export class FarmProcesses {
 
   /** After a failed run: every server and process that should be up is up again. */
   async heal(nodes: Record<string, string>): Promise<void> {
-    if (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null) this.nats = await startNatsServer(path.join(this.dir, "nats"), this.nats.port);
+    if (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null)
+      this.nats = await startNatsServer(path.join(this.dir, "nats"), this.nats.port);
     if (this.s3.process.exitCode !== null || this.s3.process.signalCode !== null) await this.startS3();
     if (this.coordinator === undefined || this.coordinator.exitCode !== null) await this.startCoordinator();
-    for (const [id, n] of this.nodes) if (n.child.exitCode !== null || n.child.signalCode !== null) this.nodes.delete(id);
+    for (const [id, n] of this.nodes)
+      if (n.child.exitCode !== null || n.child.signalCode !== null) this.nodes.delete(id);
     const running = new Set([...this.nodes.values()].map((n) => n.stages));
-    for (const stages of Object.values(nodes)) if (!running.has(stages)) await this.startNode(`${stages.replace(/\W/g, "-")}-${this.nodeCount}`, stages);
+    for (const stages of Object.values(nodes))
+      if (!running.has(stages)) await this.startNode(`${stages.replace(/\W/g, "-")}-${this.nodeCount}`, stages);
   }
 
   /** SIGKILL nats-server and start it again on its port and store folder after pauseMs. */
@@ -211,11 +273,15 @@ export class FarmProcesses {
   }
 
   submit(req: SubmitJobRequest): Promise<Job> {
-    return new Promise((resolve, reject) => this.client.submitJob(req, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))));
+    return new Promise((resolve, reject) =>
+      this.client.submitJob(req, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))),
+    );
   }
 
   cancel(id: string): Promise<Job> {
-    return new Promise((resolve, reject) => this.client.cancelJob({ id }, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))));
+    return new Promise((resolve, reject) =>
+      this.client.cancelJob({ id }, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))),
+    );
   }
 
   /** GetJob, retried while the coordinator is away (a restart is part of the test). */
@@ -224,7 +290,9 @@ export class FarmProcesses {
     for (;;) {
       try {
         return await new Promise<Job>((resolve, reject) =>
-          this.client.getJob({ id }, new Metadata(), { deadline: Date.now() + 2000 }, (e: ServiceError | null, r) => (e ? reject(e) : resolve(r.job!))),
+          this.client.getJob({ id }, new Metadata(), { deadline: Date.now() + 2000 }, (e: ServiceError | null, r) =>
+            e ? reject(e) : resolve(r.job!),
+          ),
         );
       } catch (err) {
         if (Date.now() > end) throw err;

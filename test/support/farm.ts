@@ -6,18 +6,28 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, startNatsServer, startS3Server, type LocalServer } from "../../coordinator/cluster/local-servers.js";
+import {
+  LOOPBACK,
+  S3_ACCESS_KEY,
+  S3_SECRET_KEY,
+  startNatsServer,
+  startS3Server,
+  type LocalServer,
+} from "../../coordinator/cli/local-servers.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
-import { Dispatcher, JOBS_BUCKET } from "../../coordinator/dispatch/dispatcher.js";
-import { JobService, IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-service.js";
+import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
+import { JobService } from "../../coordinator/api/job-service.js";
+import { IDEMPOTENCY_BUCKET } from "../../coordinator/api/job-submission.js";
 import { startApiServer, type ApiServer, type ApiServerOptions } from "../../coordinator/api/server.js";
 import type { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
-import { openEmbedded, type Embedded } from "../../coordinator/embedded/open.js";
+import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
+import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
 import { tinyBundleDir } from "./paths.js";
+import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 
 export interface TestFarm {
   address: string;
@@ -32,20 +42,34 @@ export interface TestFarm {
   stop(): Promise<void>;
 }
 
-export async function startTestFarm(options: { auth?: TokenAuth; tls?: ApiServerOptions["tls"]; urlExpirySeconds?: number; nodes?: boolean } = {}): Promise<TestFarm> {
+export async function startTestFarm(
+  options: { auth?: TokenAuth; tls?: ApiServerOptions["tls"]; urlExpirySeconds?: number; nodes?: boolean } = {},
+): Promise<TestFarm> {
   const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-farm-"));
   const nats = await startNatsServer(path.join(tmp, "nats"));
   const s3 = await startS3Server(path.join(tmp, "s3"));
   const bus = await NatsBus.connect(`nats://${nats.host}:${nats.port}`, "test-farm");
-  const store = await S3ObjectStore.open({ endpoint: s3.host, port: s3.port, useSSL: false, accessKey: S3_ACCESS_KEY, secretKey: S3_SECRET_KEY, bucket: "framefarm" });
+  const store = await S3ObjectStore.open({
+    endpoint: s3.host,
+    port: s3.port,
+    useSSL: false,
+    accessKey: S3_ACCESS_KEY,
+    secretKey: S3_SECRET_KEY,
+    bucket: "framefarm",
+  });
   const dispatcher = await Dispatcher.start(bus, store);
   const bundle = await openBundle(tinyBundleDir());
-  let embedded: Embedded | undefined;
+  let embedded: NodeModels | undefined;
   const nodes: NodeLoop[] = [];
   if (options.nodes === true) {
-    embedded = await openEmbedded(tinyBundleDir(), "cpu");
+    embedded = await openNodeModels(tinyBundleDir(), "cpu");
     const ctx = { ...embedded, store };
-    nodes.push(await NodeLoop.start(bus, ctx, { nodeId: "a", stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"] }));
+    nodes.push(
+      await NodeLoop.start(bus, ctx, {
+        nodeId: "a",
+        stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"],
+      }),
+    );
     nodes.push(await NodeLoop.start(bus, ctx, { nodeId: "b", stages: ["denoise"] }));
   }
   const service = new JobService({
@@ -54,6 +78,7 @@ export async function startTestFarm(options: { auth?: TokenAuth; tls?: ApiServer
     dispatcher,
     manifest: bundle.manifest,
     bundleName: "tiny",
+    bundleDigest: await bundleDigest(bundle),
     ...(options.auth !== undefined ? { auth: options.auth } : {}),
     ...(options.urlExpirySeconds !== undefined ? { urlExpirySeconds: options.urlExpirySeconds } : {}),
   });
@@ -68,7 +93,11 @@ export async function startTestFarm(options: { auth?: TokenAuth; tls?: ApiServer
     s3,
     jobs,
     idempotency,
-    snapshot: async () => ({ jobs: (await jobs.keys()).sort(), idempotency: (await idempotency.keys()).sort(), objects: await store.list("") }),
+    snapshot: async () => ({
+      jobs: (await jobs.keys()).sort(),
+      idempotency: (await idempotency.keys()).sort(),
+      objects: await store.list(""),
+    }),
     stop: async () => {
       await api.stop();
       for (const n of nodes) await n.stop();

@@ -8,11 +8,17 @@ import type { Tensor } from "../../shared/tensor/tensor.js";
 import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
 import { repoRoot } from "./paths.js";
 
-export const referenceDir = (): string => process.env["FRAMEFARM_REFERENCE"] ?? path.resolve(repoRoot(), "..", "shared", "reference");
+export const referenceDir = (): string =>
+  process.env["FRAMEFARM_REFERENCE"] ?? path.resolve(repoRoot(), "..", "shared", "reference");
 export const casesDir = (): string => path.join(referenceDir(), "cases");
 
 /** The four cases the reference README documents; listCases() finds any others too. */
-export const REFERENCE_CASES = ["inverted_3sec", "vanilla_3sec", "inverted_endframe_2sec", "vanilla_cfg_window5"] as const;
+export const REFERENCE_CASES = [
+  "inverted_3sec",
+  "vanilla_3sec",
+  "inverted_endframe_2sec",
+  "vanilla_cfg_window5",
+] as const;
 
 /** A case's call as its JSON records it (README: "A case's JSON holds the call"). */
 export interface CaseParams {

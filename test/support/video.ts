@@ -6,7 +6,12 @@ import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { Tensor } from "../../shared/tensor/tensor.js";
 import { readMp4Frames } from "../../shared/video/mp4.js";
 
-export async function storedVideoFrames(store: ObjectStore, key: string, width: number, height: number): Promise<Tensor<"uint8">> {
+export async function storedVideoFrames(
+  store: ObjectStore,
+  key: string,
+  width: number,
+  height: number,
+): Promise<Tensor<"uint8">> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-video-"));
   try {
     const file = path.join(dir, "video.mp4");

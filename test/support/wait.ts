@@ -5,7 +5,12 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
  * Polls read until it gives a value (anything but undefined, null or false) and returns it; fails
  * naming `what` after timeoutMs. A read that throws fails the wait at once.
  */
-export async function until<T>(what: string, read: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs = 30_000, everyMs = 20): Promise<T> {
+export async function until<T>(
+  what: string,
+  read: () => T | undefined | null | false | Promise<T | undefined | null | false>,
+  timeoutMs = 30_000,
+  everyMs = 20,
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await read();

@@ -5,12 +5,27 @@ import { bucketsFor, findNearestBucket } from "../../shared/framepack/buckets.js
 import { FarmError } from "../../shared/errors.js";
 
 const UPSTREAM_640 = [
-  [416, 960], [448, 864], [480, 832], [512, 768], [544, 704], [576, 672], [608, 640],
-  [640, 608], [672, 576], [704, 544], [768, 512], [832, 480], [864, 448], [960, 416],
+  [416, 960],
+  [448, 864],
+  [480, 832],
+  [512, 768],
+  [544, 704],
+  [576, 672],
+  [608, 640],
+  [640, 608],
+  [672, 576],
+  [704, 544],
+  [768, 512],
+  [832, 480],
+  [864, 448],
+  [960, 416],
 ];
 
 test("640 is upstream's table, in its order", () => {
-  assert.deepEqual(bucketsFor(640).map((b) => [b.height, b.width]), UPSTREAM_640);
+  assert.deepEqual(
+    bucketsFor(640).map((b) => [b.height, b.width]),
+    UPSTREAM_640,
+  );
 });
 
 test("find_nearest_bucket: min |h*bw - w*bh|, the last bucket on ties", () => {
@@ -29,7 +44,10 @@ test("find_nearest_bucket: min |h*bw - w*bh|, the last bucket on ties", () => {
       let min = Infinity;
       for (const b of UPSTREAM_640) {
         const m = Math.abs(h * b[1]! - w * b[0]!);
-        if (m <= min) { min = m; best = b; }
+        if (m <= min) {
+          min = m;
+          best = b;
+        }
       }
       const got = findNearestBucket(h, w, 640);
       assert.deepEqual([got.height, got.width], best);
@@ -42,7 +60,10 @@ test("other resolutions scale the 640 table to multiples of 16", () => {
     const table = bucketsFor(r);
     assert.equal(table.length, 14);
     for (const [i, b] of table.entries()) {
-      assert.ok(b.height % 16 === 0 && b.width % 16 === 0 && b.height >= 16 && b.width >= 16, `${r}: ${b.height}x${b.width}`);
+      assert.ok(
+        b.height % 16 === 0 && b.width % 16 === 0 && b.height >= 16 && b.width >= 16,
+        `${r}: ${b.height}x${b.width}`,
+      );
       const [h, w] = UPSTREAM_640[i]!;
       assert.ok(Math.abs(b.height - (h! * r) / 640) <= 8 && Math.abs(b.width - (w! * r) / 640) <= 8);
     }
@@ -55,7 +76,11 @@ test("other resolutions scale the 640 table to multiples of 16", () => {
 
 test("resolutions must be multiples of 16 in [64, 1280]; sizes positive integers", () => {
   for (const bad of [100, 48, 1296, 0, -640, 640.5, Number.NaN]) {
-    assert.throws(() => bucketsFor(bad), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && /multiple of 16 from 64 to 1280/.test(e.message));
+    assert.throws(
+      () => bucketsFor(bad),
+      (e: unknown) =>
+        e instanceof FarmError && e.status === "INVALID_ARGUMENT" && /multiple of 16 from 64 to 1280/.test(e.message),
+    );
   }
   assert.throws(() => findNearestBucket(0, 10, 640), /positive integers/);
   assert.throws(() => findNearestBucket(10.5, 10, 640), /positive integers/);

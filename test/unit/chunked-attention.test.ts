@@ -21,7 +21,12 @@ function pseudoRandom(n: number, seed: number): Float32Array {
   return out;
 }
 
-async function run(model: Uint8Array, input: string, shape: number[], data: Float32Array): Promise<Record<string, Float32Array>> {
+async function run(
+  model: Uint8Array,
+  input: string,
+  shape: number[],
+  data: Float32Array,
+): Promise<Record<string, Float32Array>> {
   const session = await ort.InferenceSession.create(model, { executionProviders: ["cpu"], logSeverityLevel: 3 });
   try {
     const out = await session.run({ [input]: new ort.Tensor("float32", data, shape) });
@@ -54,7 +59,10 @@ for (const c of cases) {
     const model = new Uint8Array(await readFile(path.join(tinyBundleDir(), `${c.component}.onnx`)));
     const { model: chunked, rewritten } = rewriteChunkedAttention(model, { blockBytes: 1024, minRows: 16 });
     assert.equal(rewritten, 1, "the mid-block attention is found");
-    const data = pseudoRandom(c.shape.reduce((a, b) => a * b, 1), 7);
+    const data = pseudoRandom(
+      c.shape.reduce((a, b) => a * b, 1),
+      7,
+    );
     assertBitIdentical(await run(model, c.input, c.shape, data), await run(chunked, c.input, c.shape, data));
   });
 }

@@ -19,19 +19,37 @@ function withEnv<T>(vars: Record<string, string>, fn: () => T): T {
 }
 
 test("farm connection settings come from FRAMEFARM_* when no flag is given; flags win", () => {
-  const env = { FRAMEFARM_NATS: "nats://nats:4222", FRAMEFARM_S3: "minio:9000", FRAMEFARM_S3_BUCKET: "b", FRAMEFARM_NATS_REPLICAS: "3" };
+  const env = {
+    FRAMEFARM_NATS: "nats://nats:4222",
+    FRAMEFARM_S3: "minio:9000",
+    FRAMEFARM_S3_BUCKET: "b",
+    FRAMEFARM_NATS_REPLICAS: "3",
+  };
   const c = withEnv(env, () => farmConnection({}));
-  assert.deepEqual([c.nats, c.s3.host, c.s3.port, c.s3.bucket, c.natsReplicas], ["nats://nats:4222", "minio", 9000, "b", 3]);
+  assert.deepEqual(
+    [c.nats, c.s3.host, c.s3.port, c.s3.bucket, c.natsReplicas],
+    ["nats://nats:4222", "minio", 9000, "b", 3],
+  );
   const f = withEnv(env, () => farmConnection({ nats: "nats://other:1", s3: "s3.example:443", bucket: "x" }));
   assert.deepEqual([f.nats, f.s3.host, f.s3.port, f.s3.bucket], ["nats://other:1", "s3.example", 443, "x"]);
-  assert.equal(withEnv({ FRAMEFARM_NATS: "nats://n:1", FRAMEFARM_S3: "s:1" }, () => { delete process.env["FRAMEFARM_NATS_REPLICAS"]; return farmConnection({}).natsReplicas; }), 1);
+  assert.equal(
+    withEnv({ FRAMEFARM_NATS: "nats://n:1", FRAMEFARM_S3: "s:1" }, () => {
+      delete process.env["FRAMEFARM_NATS_REPLICAS"];
+      return farmConnection({}).natsReplicas;
+    }),
+    1,
+  );
 });
 
 test("FRAMEFARM_NATS_REPLICAS must be a whole number of replicas JetStream supports", () => {
   for (const bad of ["0", "6", "2.5", "three"]) {
     assert.throws(
-      () => withEnv({ FRAMEFARM_NATS: "nats://n:1", FRAMEFARM_S3: "s:1", FRAMEFARM_NATS_REPLICAS: bad }, () => farmConnection({})),
-      (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && /FRAMEFARM_NATS_REPLICAS/.test(e.message),
+      () =>
+        withEnv({ FRAMEFARM_NATS: "nats://n:1", FRAMEFARM_S3: "s:1", FRAMEFARM_NATS_REPLICAS: bad }, () =>
+          farmConnection({}),
+        ),
+      (e: unknown) =>
+        e instanceof FarmError && e.status === "INVALID_ARGUMENT" && /FRAMEFARM_NATS_REPLICAS/.test(e.message),
       bad,
     );
   }

@@ -25,9 +25,32 @@ test("video [1, 3, T, H, W] -> uint8 [T, H, W, 3] with clamping and half-even ro
   const f = Math.fround;
   const px = (x: number): number => roundHalfEven(f(Math.min(1, Math.max(0, f(f(x * 0.5) + 0.5))) * 255));
   // frame 0 pixel 0: r = v[0][0][0] = 0, g = v[1][0][0] = 0.5, b = v[2][0][0] = -3
-  assert.deepEqual([...out.data], [px(0), px(0.5), px(-3), px(-1), px(1), px(3), px(2), px(-0.99), px(0), px(-2), px(0.1), px(0)]);
+  assert.deepEqual(
+    [...out.data],
+    [px(0), px(0.5), px(-3), px(-1), px(1), px(3), px(2), px(-0.99), px(0), px(-2), px(0.1), px(0)],
+  );
   assert.equal(px(0), 128);
   assert.equal(videoToUint8Frames(v, 1).shape[0], 1);
+});
+
+test("the demo's frames (unipc): clamp(-1, 1) * 127.5 + 127.5, truncated to uint8", async () => {
+  const { videoToUint8FramesDemo, frameConverterFor, videoToUint8Frames } =
+    await import("../../shared/framepack/frames.js");
+  const { Tensor } = await import("../../shared/tensor/tensor.js");
+  const vals = [-2, -1, -0.999, 0, 0.5, 0.99999, 1, 3, Number.NaN, 0.0039215];
+  const v = Tensor.f32([1, 3, 1, 1, vals.length], [...vals, ...vals, ...vals]);
+  const out = videoToUint8FramesDemo(v, 1);
+  const f = Math.fround;
+  const want = vals.map((x) =>
+    Number.isNaN(x) ? 0 : Math.trunc(f(f(Math.min(1, Math.max(-1, f(x))) * 127.5) + 127.5)),
+  );
+  assert.deepEqual(
+    [...out.data].filter((_, i) => i % 3 === 0),
+    want,
+  );
+  assert.deepEqual(want.slice(0, 8), [0, 0, 0, 127, 191, 254, 255, 255]);
+  assert.equal(frameConverterFor("unipc"), videoToUint8FramesDemo);
+  assert.equal(frameConverterFor("flow_match_euler"), videoToUint8Frames);
 });
 
 test("reference frames have the planned shape", () => {

@@ -5,7 +5,14 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { deflateSync } from "node:zlib";
 import sharp from "sharp";
-import { decodeImage, prepareImage, resizeAndCenterCrop, toPixelTensor, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
+import {
+  decodeImage,
+  prepareImage,
+  resizeAndCenterCrop,
+  toPixelTensor,
+  DEFAULT_IMAGE_LIMITS,
+  type DecodedImage,
+} from "../../shared/image/decode.js";
 import { pilResize, roundHalfEven, type PilFilter } from "../../shared/image/pil-resample.js";
 import { siglipPixels, resizeAntialiased, type SiglipConfig } from "../../shared/image/siglip.js";
 import { FarmError, type StatusName } from "../../shared/errors.js";
@@ -13,10 +20,16 @@ import { Tensor } from "../../shared/tensor/tensor.js";
 import { REFERENCE_CASES, loadCase, caseFile, refTensor } from "../support/reference.js";
 import { tinyBundleDir } from "../support/paths.js";
 
-const isStatus = (status: StatusName, pattern: RegExp) => (e: unknown): boolean =>
-  e instanceof FarmError && e.status === status && pattern.test(e.message);
-const rejects = (bytes: Uint8Array, status: StatusName, pattern: RegExp, limits = DEFAULT_IMAGE_LIMITS): Promise<void> =>
-  assert.rejects(decodeImage(bytes, limits), isStatus(status, pattern));
+const isStatus =
+  (status: StatusName, pattern: RegExp) =>
+  (e: unknown): boolean =>
+    e instanceof FarmError && e.status === status && pattern.test(e.message);
+const rejects = (
+  bytes: Uint8Array,
+  status: StatusName,
+  pattern: RegExp,
+  limits = DEFAULT_IMAGE_LIMITS,
+): Promise<void> => assert.rejects(decodeImage(bytes, limits), isStatus(status, pattern));
 
 // ---- a minimal PNG writer, so tests control every byte a decoder sees ----
 const crcTable = Array.from({ length: 256 }, (_, n) => {
@@ -35,14 +48,26 @@ function chunk(type: string, data: Buffer): Buffer {
   return Buffer.concat([len, td, crc]);
 }
 /** PNG from unfiltered rows (`rows` holds the raw scanline bytes without filter bytes). */
-function png(width: number, height: number, depth: number, colorType: number, rows: Buffer, extra: Buffer[] = [], idat?: Buffer): Buffer {
+function png(
+  width: number,
+  height: number,
+  depth: number,
+  colorType: number,
+  rows: Buffer,
+  extra: Buffer[] = [],
+  idat?: Buffer,
+): Buffer {
   const ihdr = Buffer.alloc(13);
   ihdr.writeUInt32BE(width, 0);
   ihdr.writeUInt32BE(height, 4);
   ihdr[8] = depth;
   ihdr[9] = colorType;
   const stride = rows.length / Math.max(height, 1);
-  const filtered = Buffer.concat(Array.from({ length: height }, (_, y) => Buffer.concat([Buffer.alloc(1), rows.subarray(y * stride, (y + 1) * stride)])));
+  const filtered = Buffer.concat(
+    Array.from({ length: height }, (_, y) =>
+      Buffer.concat([Buffer.alloc(1), rows.subarray(y * stride, (y + 1) * stride)]),
+    ),
+  );
   return Buffer.concat([
     Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
     chunk("IHDR", ihdr),
@@ -55,7 +80,9 @@ function png(width: number, height: number, depth: number, colorType: number, ro
 const pngBomb = (width: number, height: number): Buffer =>
   png(width, height, 8, 0, Buffer.alloc(0), [], deflateSync(Buffer.alloc(64 * (1 + width))));
 
-const tinyManifest = JSON.parse(readFileSync(path.join(tinyBundleDir(), "framefarm-bundle.json"), "utf8")) as { image_encoder: SiglipConfig };
+const tinyManifest = JSON.parse(readFileSync(path.join(tinyBundleDir(), "framefarm-bundle.json"), "utf8")) as {
+  image_encoder: SiglipConfig;
+};
 
 // ---- the reference cases: exact pixels, SigLIP input within 1e-6 ----
 for (const name of REFERENCE_CASES) {
@@ -84,17 +111,27 @@ for (const name of REFERENCE_CASES) {
 test("bad images are refused with a status and a message naming the problem", async () => {
   await rejects(new Uint8Array(0), "INVALID_ARGUMENT", /empty \(0 bytes\)/);
   await rejects(new TextEncoder().encode("definitely not an image"), "INVALID_ARGUMENT", /not a readable image/);
-  const good = await sharp({ create: { width: 32, height: 32, channels: 3, background: "#336699" } }).png().toBuffer();
+  const good = await sharp({ create: { width: 32, height: 32, channels: 3, background: "#336699" } })
+    .png()
+    .toBuffer();
   await rejects(good.subarray(0, good.length - 30), "INVALID_ARGUMENT", /cannot be decoded/);
   await rejects(good.subarray(0, 40), "INVALID_ARGUMENT", /image/);
   const noise = Buffer.from(Array.from({ length: 64 * 64 * 3 }, (_, i) => (i * 7919) % 251));
-  const jpg = await sharp(noise, { raw: { width: 64, height: 64, channels: 3 } }).jpeg().toBuffer();
+  const jpg = await sharp(noise, { raw: { width: 64, height: 64, channels: 3 } })
+    .jpeg()
+    .toBuffer();
   await rejects(jpg.subarray(0, Math.floor(jpg.length / 2)), "INVALID_ARGUMENT", /cannot be decoded/);
   const corrupt = Buffer.from(good);
   corrupt.fill(0x5a, 60, 90);
   await rejects(corrupt, "INVALID_ARGUMENT", /image/);
-  await rejects(good, "RESOURCE_EXHAUSTED", /\d+ bytes; the limit is 10 bytes/, { ...DEFAULT_IMAGE_LIMITS, maxBytes: 10 });
-  await rejects(good, "RESOURCE_EXHAUSTED", /32x32 pixels; the limit is 1000 pixels/, { ...DEFAULT_IMAGE_LIMITS, maxPixels: 1000 });
+  await rejects(good, "RESOURCE_EXHAUSTED", /\d+ bytes; the limit is 10 bytes/, {
+    ...DEFAULT_IMAGE_LIMITS,
+    maxBytes: 10,
+  });
+  await rejects(good, "RESOURCE_EXHAUSTED", /32x32 pixels; the limit is 1000 pixels/, {
+    ...DEFAULT_IMAGE_LIMITS,
+    maxPixels: 1000,
+  });
 });
 
 test("a decompression bomb is refused from its header, before decoding", async () => {
@@ -133,7 +170,10 @@ test("16-bit images keep the high byte, as PIL's 16-bit RGB PNG reader", async (
 });
 
 test("embedded ICC profiles are ignored, as PIL does: the stored values come back", async () => {
-  const tagged = await sharp(Buffer.from([200, 30, 30]), { raw: { width: 1, height: 1, channels: 3 } }).withIccProfile("p3").png().toBuffer();
+  const tagged = await sharp(Buffer.from([200, 30, 30]), { raw: { width: 1, height: 1, channels: 3 } })
+    .withIccProfile("p3")
+    .png()
+    .toBuffer();
   const icc = (await sharp(tagged).metadata()).icc;
   assert.ok(icc !== undefined && icc.length > 0);
   const iccp = chunk("iCCP", Buffer.concat([Buffer.from("p3\0\0", "latin1"), deflateSync(icc)]));
@@ -205,7 +245,10 @@ for (const [name, filter, from, to, data] of PILLOW_TABLES) {
     const grey = pillowCase(from, 0xe1);
     const rgb = new Uint8Array(grey.length * 3).map((_, i) => grey[Math.floor(i / 3)]!);
     const out = pilResize(rgb, from, from, 3, to, to, filter);
-    assert.deepEqual([...out].filter((_, i) => i % 3 === 1), pillowSample(data, to));
+    assert.deepEqual(
+      [...out].filter((_, i) => i % 3 === 1),
+      pillowSample(data, to),
+    );
   });
 }
 
@@ -232,7 +275,7 @@ const gradient = (width: number, height: number): DecodedImage => ({
   height,
   rgb: new Uint8Array(width * height * 3).map((_, i) => {
     const p = Math.floor(i / 3);
-    return [(p % width) * 9 % 256, Math.floor(p / width) * 5 % 256, (p * 13) % 256][i % 3]!;
+    return [((p % width) * 9) % 256, (Math.floor(p / width) * 5) % 256, (p * 13) % 256][i % 3]!;
   }),
 });
 
@@ -245,7 +288,11 @@ test("resize_and_center_crop: the crop box is rounded as PIL's crop (Python roun
   // 19x16 -> 16x16: scale 1, no resize, left = round(1.5) = 2 (floor would give 1).
   const img = gradient(19, 16);
   const out = resizeAndCenterCrop(img, 16, 16);
-  for (let y = 0; y < 16; y++) assert.deepEqual([...out.rgb.subarray(y * 48, y * 48 + 48)], [...img.rgb.subarray((y * 19 + 2) * 3, (y * 19 + 18) * 3)]);
+  for (let y = 0; y < 16; y++)
+    assert.deepEqual(
+      [...out.rgb.subarray(y * 48, y * 48 + 48)],
+      [...img.rgb.subarray((y * 19 + 2) * 3, (y * 19 + 18) * 3)],
+    );
   // 21x16 -> 16x16: left = round(2.5) = 2.
   const img2 = gradient(21, 16);
   assert.deepEqual([...resizeAndCenterCrop(img2, 16, 16).rgb.subarray(0, 3)], [...img2.rgb.subarray(6, 9)]);
@@ -257,7 +304,11 @@ test("resize_and_center_crop: covers the target with LANCZOS, sizes rounded as P
   const out = resizeAndCenterCrop(img, 64, 96);
   assert.deepEqual([out.width, out.height, out.rgb.length], [96, 64, 96 * 64 * 3]);
   const full = pilResize(img.rgb, 300, 100, 3, 192, 64, "lanczos");
-  for (let y = 0; y < 64; y++) assert.deepEqual([...out.rgb.subarray(y * 288, (y + 1) * 288)], [...full.subarray((y * 192 + 48) * 3, (y * 192 + 144) * 3)]);
+  for (let y = 0; y < 64; y++)
+    assert.deepEqual(
+      [...out.rgb.subarray(y * 288, (y + 1) * 288)],
+      [...full.subarray((y * 192 + 48) * 3, (y * 192 + 144) * 3)],
+    );
 });
 
 test("PIL LANCZOS stays close to libvips' lanczos3 on a smooth image (geometry sanity)", async () => {
@@ -274,7 +325,10 @@ test("PIL LANCZOS stays close to libvips' lanczos3 on a smooth image (geometry s
     }),
   };
   const ours = pilResize(img.rgb, w, h, 3, 80, 60, "lanczos");
-  const theirs = await sharp(img.rgb, { raw: { width: w, height: h, channels: 3 } }).resize(80, 60, { kernel: "lanczos3", fit: "fill" }).raw().toBuffer();
+  const theirs = await sharp(img.rgb, { raw: { width: w, height: h, channels: 3 } })
+    .resize(80, 60, { kernel: "lanczos3", fit: "fill" })
+    .raw()
+    .toBuffer();
   let sum = 0;
   for (let i = 0; i < ours.length; i++) sum += Math.abs(ours[i]! - theirs[i]!);
   assert.ok(sum / ours.length < 2, `mean |d| ${sum / ours.length}`);

@@ -1,21 +1,39 @@
 /** The job DAG: order, overlap of decode with the next denoise, keys, and generator positions. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { planJob, readyTasks, jobPrefix } from "../../coordinator/planner/job-plan.js";
+import { planJob, readyTasks } from "../../coordinator/planner/job-plan.js";
 import { planSections } from "../../shared/framepack/plan.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { toFloat64 } from "../../shared/tensor/convert.js";
 import { REFERENCE_CASES, loadCaseTensors, refTensor } from "../support/reference.js";
 import type { SamplingType } from "../../shared/bundle/manifest.js";
+import { jobPrefix } from "../../shared/farm/keys.js";
 
-const HISTORY: Record<SamplingType, [number, number, number]> = { inverted_anti_drifting: [1, 2, 16], vanilla: [16, 2, 1] };
+const HISTORY: Record<SamplingType, [number, number, number]> = {
+  inverted_anti_drifting: [1, 2, 16],
+  vanilla: [16, 2, 1],
+};
 
 function planFor(name: string) {
   const { params, tensors } = loadCaseTensors(name);
   const samplingType = params["sampling_type"] as SamplingType;
   const hasEndImage = params["last_image"] !== null;
-  const sections = planSections({ samplingType, numFrames: params["num_frames"] as number, latentWindowSize: (params["latent_window_size"] as number | undefined) ?? 9, hasEndImage, historySizes: HISTORY[samplingType], temporalCompression: 4 });
-  const tasks = planJob({ jobId: "job1", seed: BigInt(params["seed"] as number), sections, hasEndImage, trueCfg: tensors.has("negative_prompt_embeds"), latent: { channels: 4, height: 8, width: 8 } });
+  const sections = planSections({
+    samplingType,
+    numFrames: params["num_frames"] as number,
+    latentWindowSize: (params["latent_window_size"] as number | undefined) ?? 9,
+    hasEndImage,
+    historySizes: HISTORY[samplingType],
+    temporalCompression: 4,
+  });
+  const tasks = planJob({
+    jobId: "job1",
+    seed: BigInt(params["seed"] as number),
+    sections,
+    hasEndImage,
+    trueCfg: tensors.has("negative_prompt_embeds"),
+    latent: { channels: 4, height: 8, width: 8 },
+  });
   return { tasks, sections };
 }
 
@@ -59,7 +77,8 @@ test("every key lives under the job's prefix and each output has one writer", ()
   const { tasks } = planFor("vanilla_cfg_window5");
   const writers = new Map<string, string>();
   for (const t of tasks) {
-    for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)]) assert.ok(k.startsWith(jobPrefix("job1")), k);
+    for (const k of [...Object.values(t.inputs), ...Object.values(t.outputs)])
+      assert.ok(k.startsWith(jobPrefix("job1")), k);
     for (const k of Object.values(t.outputs)) {
       assert.equal(writers.get(k), undefined, `${k} written twice`);
       writers.set(k, t.id);
@@ -69,8 +88,51 @@ test("every key lives under the job's prefix and each output has one writer", ()
 });
 
 test("job ids that could escape the key space are refused", () => {
-  const sections = planSections({ samplingType: "vanilla", numFrames: 10, latentWindowSize: 9, hasEndImage: false, historySizes: HISTORY.vanilla, temporalCompression: 4 });
+  const sections = planSections({
+    samplingType: "vanilla",
+    numFrames: 10,
+    latentWindowSize: 9,
+    hasEndImage: false,
+    historySizes: HISTORY.vanilla,
+    temporalCompression: 4,
+  });
   for (const bad of ["../x", "a/b", "", "x".repeat(65)]) {
-    assert.throws(() => planJob({ jobId: bad, seed: 1n, sections, hasEndImage: false, trueCfg: false, latent: { channels: 4, height: 8, width: 8 } }), /job id/);
+    assert.throws(
+      () =>
+        planJob({
+          jobId: bad,
+          seed: 1n,
+          sections,
+          hasEndImage: false,
+          trueCfg: false,
+          latent: { channels: 4, height: 8, width: 8 },
+        }),
+      /job id/,
+    );
   }
+});
+
+test("--sampler unipc (rng demo): noise from seed at 0, k * window draws; image latents from seed + 1 (mod 2^64)", () => {
+  const sections = planSections({
+    samplingType: "inverted_anti_drifting",
+    numFrames: 60,
+    latentWindowSize: 5,
+    hasEndImage: true,
+    sectionCount: "demo",
+  });
+  const tasks = planJob({
+    jobId: "job1",
+    seed: (1n << 64n) - 1n,
+    sections,
+    hasEndImage: true,
+    trueCfg: true,
+    latent: { channels: 4, height: 8, width: 8 },
+    rng: "demo",
+  });
+  assert.deepEqual(tasks.find((t) => t.kind === "vae_encode")!.rng, { seed: "0", offset: 0 });
+  const denoise = tasks.filter((t) => t.kind === "denoise");
+  assert.equal(denoise.length, 3);
+  denoise.forEach((t, k) =>
+    assert.deepEqual(t.rng, { seed: ((1n << 64n) - 1n).toString(), offset: k * 4 * 5 * 8 * 8 }),
+  );
 });

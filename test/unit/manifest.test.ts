@@ -22,13 +22,59 @@ function validManifest(): Record<string, unknown> {
     dtype: "fp32",
     sampling_type: "inverted_anti_drifting",
     components,
-    text_encoder: { tokenizer: "tokenizer/tokenizer.json", tokenizer_config: "tokenizer/tokenizer_config.json", hidden_size: 16, max_sequence_length: 256, num_hidden_layers_to_skip: 2, prompt_template: { template: "a {} b", crop_start: 3 } },
-    text_encoder_2: { tokenizer: "tokenizer_2/tokenizer.json", tokenizer_config: "tokenizer_2/tokenizer_config.json", hidden_size: 8, max_length: 77 },
-    image_encoder: { image_size: { height: 64, width: 64 }, image_mean: [0.5, 0.5, 0.5], image_std: [0.5, 0.5, 0.5], resample: "bicubic", hidden_size: 32, num_tokens: 64 },
-    vae: { latent_channels: 4, scaling_factor: 0.476986, spatial_compression_ratio: 8, temporal_compression_ratio: 4, use_framewise_decoding: true, tile_sample_min_num_frames: 16, tile_sample_stride_num_frames: 12 },
-    transformer: { in_channels: 4, out_channels: 4, patch_size: 2, patch_size_t: 1, text_embed_dim: 16, pooled_projection_dim: 8, image_proj_dim: 32, guidance_embeds: true, num_attention_heads: 2, attention_head_dim: 10 },
-    scheduler: { class: "FlowMatchEulerDiscreteScheduler", num_train_timesteps: 1000, shift: 7, use_dynamic_shifting: false },
-    framepack: { history_sizes: { inverted_anti_drifting: [1, 2, 16], vanilla: [16, 2, 1] }, default_latent_window_size: 9 },
+    text_encoder: {
+      tokenizer: "tokenizer/tokenizer.json",
+      tokenizer_config: "tokenizer/tokenizer_config.json",
+      hidden_size: 16,
+      max_sequence_length: 256,
+      num_hidden_layers_to_skip: 2,
+      prompt_template: { template: "a {} b", crop_start: 3 },
+    },
+    text_encoder_2: {
+      tokenizer: "tokenizer_2/tokenizer.json",
+      tokenizer_config: "tokenizer_2/tokenizer_config.json",
+      hidden_size: 8,
+      max_length: 77,
+    },
+    image_encoder: {
+      image_size: { height: 64, width: 64 },
+      image_mean: [0.5, 0.5, 0.5],
+      image_std: [0.5, 0.5, 0.5],
+      resample: "bicubic",
+      hidden_size: 32,
+      num_tokens: 64,
+    },
+    vae: {
+      latent_channels: 4,
+      scaling_factor: 0.476986,
+      spatial_compression_ratio: 8,
+      temporal_compression_ratio: 4,
+      use_framewise_decoding: true,
+      tile_sample_min_num_frames: 16,
+      tile_sample_stride_num_frames: 12,
+    },
+    transformer: {
+      in_channels: 4,
+      out_channels: 4,
+      patch_size: 2,
+      patch_size_t: 1,
+      text_embed_dim: 16,
+      pooled_projection_dim: 8,
+      image_proj_dim: 32,
+      guidance_embeds: true,
+      num_attention_heads: 2,
+      attention_head_dim: 10,
+    },
+    scheduler: {
+      class: "FlowMatchEulerDiscreteScheduler",
+      num_train_timesteps: 1000,
+      shift: 7,
+      use_dynamic_shifting: false,
+    },
+    framepack: {
+      history_sizes: { inverted_anti_drifting: [1, 2, 16], vanilla: [16, 2, 1] },
+      default_latent_window_size: 9,
+    },
   };
 }
 
@@ -64,8 +110,11 @@ test("all problems are reported at once", () => {
   const m = validManifest() as Record<string, any>;
   m["vae"]["latent_channels"] = 0;
   m["image_encoder"]["image_std"] = [0.5, 0, 0.5];
-  assert.throws(() => validateManifest(m), (err: unknown) => {
-    const msg = (err as Error).message;
-    return /latent_channels/.test(msg) && /image_std/.test(msg);
-  });
+  assert.throws(
+    () => validateManifest(m),
+    (err: unknown) => {
+      const msg = (err as Error).message;
+      return /latent_channels/.test(msg) && /image_std/.test(msg);
+    },
+  );
 });

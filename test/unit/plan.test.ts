@@ -12,7 +12,12 @@ import { listCases, loadCase } from "../support/reference.js";
 for (const name of listCases()) {
   const { params, tensors } = loadCase(name);
   const w = params.latent_window_size ?? 9;
-  const plan = planSections({ samplingType: params.sampling_type, numFrames: params.num_frames, latentWindowSize: w, hasEndImage: params.last_image !== null });
+  const plan = planSections({
+    samplingType: params.sampling_type,
+    numFrames: params.num_frames,
+    latentWindowSize: w,
+    hasEndImage: params.last_image !== null,
+  });
   const ref = (key: string): F32 => {
     const t = tensors.get(key);
     assert.ok(t !== undefined, `${name} has no ${key}`);
@@ -49,41 +54,90 @@ for (const name of listCases()) {
       assert.equal(out.realHistory.shape[2], s.decode.realHistoryFrames);
       assert.equal(out.decodeLatents.shape[2], s.decode.latentFrames);
       const want = tensors.get(`decode${k}.in`);
-      if (want !== undefined) assert.equal(maxAbsDiff(divScalar(out.decodeLatents, 0.476986), want), 0, `decode${k}.in`);
+      if (want !== undefined)
+        assert.equal(maxAbsDiff(divScalar(out.decodeLatents, 0.476986), want), 0, `decode${k}.in`);
       if (tensors.has(`decode${k}.out`)) assert.equal(tensors.get(`decode${k}.out`)!.shape[2], s.decode.videoFrames);
     }
   });
 }
 
 test("decode plan of a long inverted video: paddings [3, 2, 2, 1, 0], lengths and joins", () => {
-  const plan = planSections({ samplingType: "inverted_anti_drifting", numFrames: 33 * 5, latentWindowSize: 9, hasEndImage: true });
-  assert.deepEqual(plan.sections.map((s) => s.latentPadding), [27, 18, 18, 9, 0]);
-  assert.deepEqual(plan.sections.map((s) => s.decode.latentFrames), [9, 18, 18, 18, 19]);
-  assert.deepEqual(plan.sections.map((s) => s.decode.realHistoryFrames), [9, 18, 27, 36, 46]);
-  assert.deepEqual(plan.sections.map((s) => s.decode.overlapFrames), [0, 33, 33, 33, 33]);
-  assert.deepEqual(plan.sections.map((s) => s.useEndImage), [true, false, false, false, false]);
-  assert.deepEqual(plan.sections.map((s) => s.prefixStartImage), [false, false, false, false, true]);
+  const plan = planSections({
+    samplingType: "inverted_anti_drifting",
+    numFrames: 33 * 5,
+    latentWindowSize: 9,
+    hasEndImage: true,
+  });
+  assert.deepEqual(
+    plan.sections.map((s) => s.latentPadding),
+    [27, 18, 18, 9, 0],
+  );
+  assert.deepEqual(
+    plan.sections.map((s) => s.decode.latentFrames),
+    [9, 18, 18, 18, 19],
+  );
+  assert.deepEqual(
+    plan.sections.map((s) => s.decode.realHistoryFrames),
+    [9, 18, 27, 36, 46],
+  );
+  assert.deepEqual(
+    plan.sections.map((s) => s.decode.overlapFrames),
+    [0, 33, 33, 33, 33],
+  );
+  assert.deepEqual(
+    plan.sections.map((s) => s.useEndImage),
+    [true, false, false, false, false],
+  );
+  assert.deepEqual(
+    plan.sections.map((s) => s.prefixStartImage),
+    [false, false, false, false, true],
+  );
   assert.equal(plan.outputFrames, 4 * 5 * 9 + 1);
   assert.ok(plan.sections.every((s) => s.decode.join === "prepend" && s.historyFrom === "start"));
 });
 
 test("single-section plans: the inverted one prefixes the start image and decodes it all", () => {
-  const inv = planSections({ samplingType: "inverted_anti_drifting", numFrames: 1, latentWindowSize: 9, hasEndImage: false });
+  const inv = planSections({
+    samplingType: "inverted_anti_drifting",
+    numFrames: 1,
+    latentWindowSize: 9,
+    hasEndImage: false,
+  });
   assert.equal(inv.sections.length, 1);
-  assert.deepEqual(inv.sections[0]!.decode, { realHistoryFrames: 10, latentFrames: 10, from: "start", videoFrames: 37, overlapFrames: 0, join: "prepend", totalVideoFrames: 37 });
+  assert.deepEqual(inv.sections[0]!.decode, {
+    realHistoryFrames: 10,
+    latentFrames: 10,
+    from: "start",
+    videoFrames: 37,
+    overlapFrames: 0,
+    join: "prepend",
+    totalVideoFrames: 37,
+  });
   const van = planSections({ samplingType: "vanilla", numFrames: 33, latentWindowSize: 9, hasEndImage: false });
-  assert.deepEqual(van.sections[0]!.decode, { realHistoryFrames: 10, latentFrames: 10, from: "end", videoFrames: 37, overlapFrames: 0, join: "append", totalVideoFrames: 37 });
+  assert.deepEqual(van.sections[0]!.decode, {
+    realHistoryFrames: 10,
+    latentFrames: 10,
+    from: "end",
+    videoFrames: 37,
+    overlapFrames: 0,
+    join: "append",
+    totalVideoFrames: 37,
+  });
   assert.deepEqual(van.sections[0]!.indices.latents, [20, 21, 22, 23, 24, 25, 26, 27, 28]);
 });
 
 test("bad inputs are INVALID_ARGUMENT naming the parameter", () => {
   const base: PlanInput = { samplingType: "vanilla", numFrames: 33, latentWindowSize: 9, hasEndImage: false };
   const bad = (input: PlanInput, word: string): void =>
-    assert.throws(() => planSections(input), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && e.message.includes(word), word);
+    assert.throws(
+      () => planSections(input),
+      (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && e.message.includes(word),
+      word,
+    );
   bad({ ...base, numFrames: 0 }, "num_frames");
   bad({ ...base, numFrames: 2.5 }, "num_frames");
-  bad({ ...base, latentWindowSize: 0 }, "latent_window_size");
-  bad({ ...base, latentWindowSize: Number.NaN }, "latent_window_size");
+  bad({ ...base, latentWindowSize: 0 }, "window");
+  bad({ ...base, latentWindowSize: Number.NaN }, "window");
   bad({ ...base, samplingType: "sideways" as PlanInput["samplingType"] }, "sampling_type");
   bad({ ...base, hasEndImage: true }, "end image");
   bad({ ...base, historySizes: [16, 0, 1] }, "history_sizes[1]");

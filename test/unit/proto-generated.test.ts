@@ -1,4 +1,7 @@
-/** The committed ts-proto output must be exactly what `npm run proto` generates. */
+/**
+ * The committed generated code (ts-proto TypeScript, the descriptor set server reflection serves,
+ * the Python client's stubs) must be exactly what `npm run proto` generates.
+ */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -13,6 +16,7 @@ const run = promisify(execFile);
 async function listFiles(dir: string, prefix = ""): Promise<string[]> {
   const out: string[] = [];
   for (const e of await readdir(dir, { withFileTypes: true })) {
+    if (e.name === "__pycache__") continue; // Python's bytecode cache of the stubs, ignored by git
     const rel = path.join(prefix, e.name);
     if (e.isDirectory()) out.push(...(await listFiles(path.join(dir, e.name), rel)));
     else out.push(rel);
@@ -20,17 +24,24 @@ async function listFiles(dir: string, prefix = ""): Promise<string[]> {
   return out.sort();
 }
 
-test("proto/gen matches a fresh generation", async () => {
-  const protoDir = path.join(repoRoot(), "proto");
+/** What `npm run proto` (proto/generate.sh) writes, relative to the repository root. */
+const GENERATED = ["proto/gen", "shared/clients/python/framefarm"];
+
+test("proto/gen and the Python stubs match a fresh generation", async () => {
   const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-proto-"));
   try {
-    await run(path.join(repoRoot(), "node_modules", ".bin", "buf"), ["generate", "-o", tmp], { cwd: protoDir });
-    const fresh = await listFiles(path.join(tmp, "gen"));
-    const committed = await listFiles(path.join(protoDir, "gen"));
-    assert.deepEqual(committed, fresh, "generated file list differs: run `npm run proto`");
-    for (const f of fresh) {
-      const [a, b] = await Promise.all([readFile(path.join(tmp, "gen", f), "utf8"), readFile(path.join(protoDir, "gen", f), "utf8")]);
-      assert.equal(b, a, `proto/gen/${f} differs from generated code: run \`npm run proto\` and never edit it by hand`);
+    await run("bash", [path.join(repoRoot(), "proto", "generate.sh"), tmp]);
+    for (const dir of GENERATED) {
+      const fresh = await listFiles(path.join(tmp, dir));
+      const committed = await listFiles(path.join(repoRoot(), dir));
+      assert.deepEqual(committed, fresh, `generated file list of ${dir} differs: run \`npm run proto\``);
+      for (const f of fresh) {
+        const [a, b] = await Promise.all([readFile(path.join(tmp, dir, f)), readFile(path.join(repoRoot(), dir, f))]);
+        assert.ok(
+          b.equals(a),
+          `${dir}/${f} differs from generated code: run \`npm run proto\` and never edit it by hand`,
+        );
+      }
     }
   } finally {
     await rm(tmp, { recursive: true, force: true });

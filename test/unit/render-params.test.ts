@@ -68,6 +68,12 @@ test("an end image needs inverted sampling", () => {
 
 test("true CFG needs both a scale above 1 and a negative prompt", () => {
   assert.equal(usesTrueCfg(validateRenderParams({ ...base, trueCfgScale: 2.5 }, defaults)), false);
-  assert.equal(usesTrueCfg(validateRenderParams({ ...base, trueCfgScale: 2.5, negativePrompt: "blurry" }, defaults)), true);
-  assert.equal(usesTrueCfg(validateRenderParams({ ...base, trueCfgScale: 1, negativePrompt: "blurry" }, defaults)), false);
+  assert.equal(
+    usesTrueCfg(validateRenderParams({ ...base, trueCfgScale: 2.5, negativePrompt: "blurry" }, defaults)),
+    true,
+  );
+  assert.equal(
+    usesTrueCfg(validateRenderParams({ ...base, trueCfgScale: 1, negativePrompt: "blurry" }, defaults)),
+    false,
+  );
 });

@@ -25,7 +25,10 @@ test("seeds: torch's range [-2^63, 2^64), negatives as two's complement", () => 
   assert.equal(normalizeSeed(2n ** 64n - 1n), 2n ** 64n - 1n);
   assert.equal(normalizeSeed(-(2n ** 63n)), 2n ** 63n);
   for (const bad of [2n ** 64n, -(2n ** 63n) - 1n]) {
-    assert.throws(() => normalizeSeed(bad), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT");
+    assert.throws(
+      () => normalizeSeed(bad),
+      (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT",
+    );
   }
   assert.throws(() => normalizeSeed(1.5), FarmError);
   assert.deepEqual(new TorchGenerator(-1).randn([16]).data, new TorchGenerator(0xffffffffn).randn([16]).data);

@@ -32,7 +32,10 @@ function file(header: unknown, data: Uint8Array, rawHeader?: string): Uint8Array
 }
 
 function dataLoss(fn: () => unknown, pattern: RegExp): void {
-  assert.throws(fn, (err: unknown) => err instanceof FarmError && err.status === "DATA_LOSS" && pattern.test(err.message));
+  assert.throws(
+    fn,
+    (err: unknown) => err instanceof FarmError && err.status === "DATA_LOSS" && pattern.test(err.message),
+  );
 }
 
 test("every dtype round-trips with metadata, data 8-byte aligned", () => {
@@ -52,7 +55,11 @@ test("every dtype round-trips with metadata, data 8-byte aligned", () => {
 });
 
 test("unaligned tensors decode (copied) and a file inside a larger buffer decodes", () => {
-  const header = { a: { dtype: "U8", shape: [1], data_offsets: [0, 1] }, b: { dtype: "F32", shape: [2], data_offsets: [1, 9] }, c: { dtype: "I64", shape: [1], data_offsets: [9, 17] } };
+  const header = {
+    a: { dtype: "U8", shape: [1], data_offsets: [0, 1] },
+    b: { dtype: "F32", shape: [2], data_offsets: [1, 9] },
+    c: { dtype: "I64", shape: [1], data_offsets: [9, 17] },
+  };
   const data = new Uint8Array(17);
   data[0] = 9;
   const dv = new DataView(data.buffer);
@@ -88,20 +95,47 @@ test("corrupt files are DATA_LOSS with a message naming the problem", () => {
   dataLoss(() => decodeSafetensors(over), /exceeds/);
   dataLoss(() => decodeSafetensors(file(null, new Uint8Array(0), "{not json")), /JSON/);
   dataLoss(() => decodeSafetensors(file(null, new Uint8Array(0), "[1]")), /not a JSON object/);
-  dataLoss(() => decodeSafetensors(file({ x: { dtype: "F8", shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1))), /tensor x: unsupported dtype/);
-  dataLoss(() => decodeSafetensors(file({ x: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }, new Uint8Array(4))), /tensor x: shape/);
-  dataLoss(() => decodeSafetensors(file({ x: { dtype: "F32", shape: [2], data_offsets: [0] } }, new Uint8Array(8))), /data_offsets/);
-  dataLoss(() => decodeSafetensors(file({ x: { dtype: "F32", shape: [2], data_offsets: [8, 0] } }, new Uint8Array(8))), /end before/);
-  dataLoss(() => decodeSafetensors(file({ x: { dtype: "F32", shape: [2], data_offsets: [0, 16] } }, new Uint8Array(8))), /outside/);
-  dataLoss(() => decodeSafetensors(file({ x: { dtype: "F32", shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8))), /do not hold/);
+  dataLoss(
+    () => decodeSafetensors(file({ x: { dtype: "F8", shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1))),
+    /tensor x: unsupported dtype/,
+  );
+  dataLoss(
+    () => decodeSafetensors(file({ x: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }, new Uint8Array(4))),
+    /tensor x: shape/,
+  );
+  dataLoss(
+    () => decodeSafetensors(file({ x: { dtype: "F32", shape: [2], data_offsets: [0] } }, new Uint8Array(8))),
+    /data_offsets/,
+  );
+  dataLoss(
+    () => decodeSafetensors(file({ x: { dtype: "F32", shape: [2], data_offsets: [8, 0] } }, new Uint8Array(8))),
+    /end before/,
+  );
+  dataLoss(
+    () => decodeSafetensors(file({ x: { dtype: "F32", shape: [2], data_offsets: [0, 16] } }, new Uint8Array(8))),
+    /outside/,
+  );
+  dataLoss(
+    () => decodeSafetensors(file({ x: { dtype: "F32", shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8))),
+    /do not hold/,
+  );
   const two = (a: [number, number], b: [number, number], size: number): Uint8Array =>
-    file({ a: { dtype: "U8", shape: [a[1] - a[0]], data_offsets: a }, b: { dtype: "U8", shape: [b[1] - b[0]], data_offsets: b } }, new Uint8Array(size));
+    file(
+      {
+        a: { dtype: "U8", shape: [a[1] - a[0]], data_offsets: a },
+        b: { dtype: "U8", shape: [b[1] - b[0]], data_offsets: b },
+      },
+      new Uint8Array(size),
+    );
   dataLoss(() => decodeSafetensors(two([0, 4], [2, 6], 6)), /overlaps/);
   dataLoss(() => decodeSafetensors(two([0, 2], [3, 6], 6)), /gap/);
   dataLoss(() => decodeSafetensors(two([0, 2], [2, 4], 6)), /cover 4 of the 6/);
   assert.equal(decodeSafetensors(two([2, 6], [0, 2], 6)).tensors.get("a")!.numel, 4); // order in the header is free
   dataLoss(() => decodeSafetensors(file({ __metadata__: { a: 1 } }, new Uint8Array(0))), /__metadata__/);
-  dataLoss(() => decodeSafetensors(file({ b: { dtype: "BOOL", shape: [1], data_offsets: [0, 1] } }, Uint8Array.of(2))), /BOOL/);
+  dataLoss(
+    () => decodeSafetensors(file({ b: { dtype: "BOOL", shape: [1], data_offsets: [0, 1] } }, Uint8Array.of(2))),
+    /BOOL/,
+  );
 });
 
 test("encoding refuses reserved names", () => {

@@ -16,7 +16,10 @@ test("round trip of every supported dtype, with metadata", () => {
   assert.equal(back.metadata["job"], "x");
   for (const [k, t] of tensors) {
     assert.deepEqual(back.tensors.get(k)!.shape, t.shape);
-    assert.deepEqual(Array.from(back.tensors.get(k)!.data as ArrayLike<unknown>), Array.from(t.data as ArrayLike<unknown>));
+    assert.deepEqual(
+      Array.from(back.tensors.get(k)!.data as ArrayLike<unknown>),
+      Array.from(t.data as ArrayLike<unknown>),
+    );
   }
 });
 
@@ -28,7 +31,10 @@ test("unaligned data still decodes", () => {
 test("corrupt files are refused with DATA_LOSS naming the problem", () => {
   const good = encodeSafetensors({ x: Tensor.f32([4], [1, 2, 3, 4]) });
   const dataLoss = (bytes: Uint8Array, pattern: RegExp): void =>
-    assert.throws(() => decodeSafetensors(bytes), (e: unknown) => e instanceof FarmError && e.status === "DATA_LOSS" && pattern.test(e.message));
+    assert.throws(
+      () => decodeSafetensors(bytes),
+      (e: unknown) => e instanceof FarmError && e.status === "DATA_LOSS" && pattern.test(e.message),
+    );
   dataLoss(new Uint8Array(3), /too short/);
   dataLoss(good.subarray(0, good.length - 4), /outside/);
   const huge = good.slice();
@@ -46,5 +52,11 @@ test("corrupt files are refused with DATA_LOSS naming the problem", () => {
   };
   dataLoss(header({ x: { dtype: "F32", shape: [2], data_offsets: [0, 4] } }, 8), /do not hold/);
   dataLoss(header({ x: { dtype: "Q8", shape: [1], data_offsets: [0, 1] } }, 1), /unsupported dtype/);
-  dataLoss(header({ a: { dtype: "U8", shape: [2], data_offsets: [0, 2] }, b: { dtype: "U8", shape: [2], data_offsets: [1, 3] } }, 3), /overlap/);
+  dataLoss(
+    header(
+      { a: { dtype: "U8", shape: [2], data_offsets: [0, 2] }, b: { dtype: "U8", shape: [2], data_offsets: [1, 3] } },
+      3,
+    ),
+    /overlap/,
+  );
 });

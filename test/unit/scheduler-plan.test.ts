@@ -10,8 +10,16 @@ import type { F32, Tensor } from "../../shared/tensor/tensor.js";
 import type { SchedulerConfig, SamplingType } from "../../shared/bundle/manifest.js";
 import { REFERENCE_CASES, loadCaseTensors, refTensor } from "../support/reference.js";
 
-const scheduler: SchedulerConfig = { class: "FlowMatchEulerDiscreteScheduler", num_train_timesteps: 1000, shift: 7, use_dynamic_shifting: false };
-const HISTORY: Record<SamplingType, [number, number, number]> = { inverted_anti_drifting: [1, 2, 16], vanilla: [16, 2, 1] };
+const scheduler: SchedulerConfig = {
+  class: "FlowMatchEulerDiscreteScheduler",
+  num_train_timesteps: 1000,
+  shift: 7,
+  use_dynamic_shifting: false,
+};
+const HISTORY: Record<SamplingType, [number, number, number]> = {
+  inverted_anti_drifting: [1, 2, 16],
+  vanilla: [16, 2, 1],
+};
 
 function maxAbs(a: Tensor, b: Tensor): number {
   const x = toFloat64(a);
@@ -88,7 +96,15 @@ test("latent paddings follow FramePack: reversed range, or [3, 2.., 1, 0] beyond
 });
 
 test("dynamic shifting caps mu at ln 7", () => {
-  const dyn: SchedulerConfig = { ...scheduler, use_dynamic_shifting: true, base_shift: 0.5, max_shift: 1.15, base_image_seq_len: 256, max_image_seq_len: 4096, time_shift_type: "exponential" };
+  const dyn: SchedulerConfig = {
+    ...scheduler,
+    use_dynamic_shifting: true,
+    base_shift: 0.5,
+    max_shift: 1.15,
+    base_image_seq_len: 256,
+    max_image_seq_len: 4096,
+    time_shift_type: "exponential",
+  };
   const big = flowMatchSchedule(dyn, 4, 1e9);
   const mu = Math.log(7);
   assert.ok(Math.abs(big.sigmas[1]! - Math.exp(mu) / (Math.exp(mu) + (1 / 0.75 - 1))) < 1e-6);

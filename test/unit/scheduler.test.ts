@@ -1,14 +1,31 @@
 /** FlowMatch Euler: the reference schedules bit for bit, the config variants, and the step. */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { FlowMatchEulerScheduler, flowMatchSchedule, imageSeqLen, pipelineMu } from "../../shared/sampler/flow-match.js";
+import {
+  FlowMatchEulerScheduler,
+  flowMatchSchedule,
+  imageSeqLen,
+  pipelineMu,
+} from "../../shared/sampler/flow-match.js";
 import { Tensor } from "../../shared/tensor/tensor.js";
 import type { SchedulerConfig } from "../../shared/bundle/manifest.js";
 import { FarmError } from "../../shared/errors.js";
 import { listCases, loadCase } from "../support/reference.js";
 
-const STATIC: SchedulerConfig = { class: "FlowMatchEulerDiscreteScheduler", num_train_timesteps: 1000, shift: 7, use_dynamic_shifting: false };
-const DYNAMIC: SchedulerConfig = { ...STATIC, use_dynamic_shifting: true, base_shift: 0.5, max_shift: 1.15, base_image_seq_len: 256, max_image_seq_len: 4096 };
+const STATIC: SchedulerConfig = {
+  class: "FlowMatchEulerDiscreteScheduler",
+  num_train_timesteps: 1000,
+  shift: 7,
+  use_dynamic_shifting: false,
+};
+const DYNAMIC: SchedulerConfig = {
+  ...STATIC,
+  use_dynamic_shifting: true,
+  base_shift: 0.5,
+  max_shift: 1.15,
+  base_image_seq_len: 256,
+  max_image_seq_len: 4096,
+};
 
 for (const name of listCases()) {
   test(`${name}: every section's sigmas and timesteps are bit-identical`, () => {
@@ -33,7 +50,10 @@ test("dynamic shifting: exponential and linear time shift in float32, mu capped 
   assert.equal(small, 0.5);
   const exp = flowMatchSchedule(DYNAMIC, 4, 256).sigmas;
   const e = f(Math.exp(0.5));
-  assert.deepEqual([...exp], [1, f(e / f(e + f(f(1 / f(0.75)) - 1))), f(e / f(e + f(f(1 / 0.5) - 1))), f(e / f(e + f(f(1 / 0.25) - 1))), 0]);
+  assert.deepEqual(
+    [...exp],
+    [1, f(e / f(e + f(f(1 / f(0.75)) - 1))), f(e / f(e + f(f(1 / 0.5) - 1))), f(e / f(e + f(f(1 / 0.25) - 1))), 0],
+  );
   const lin = flowMatchSchedule({ ...DYNAMIC, time_shift_type: "linear" }, 2, 256).sigmas;
   assert.deepEqual([...lin], [1, f(f(0.5) / f(f(0.5) + 1)), 0]);
 });
@@ -49,10 +69,19 @@ test("shift_terminal stretches the end; invert_sigmas flips and ends at 1", () =
 
 test("unsupported scheduler options and bad steps are refused clearly", () => {
   for (const k of ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "stochastic_sampling"]) {
-    assert.throws(() => flowMatchSchedule({ ...STATIC, [k]: true }, 4, 0), (e: unknown) => e instanceof FarmError && e.message.includes(k));
+    assert.throws(
+      () => flowMatchSchedule({ ...STATIC, [k]: true }, 4, 0),
+      (e: unknown) => e instanceof FarmError && e.message.includes(k),
+    );
   }
-  assert.throws(() => flowMatchSchedule({ ...STATIC, time_shift_type: "cosine" as "linear", use_dynamic_shifting: true }, 4, 0), FarmError);
-  assert.throws(() => flowMatchSchedule(STATIC, 0, 0), (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT");
+  assert.throws(
+    () => flowMatchSchedule({ ...STATIC, time_shift_type: "cosine" as "linear", use_dynamic_shifting: true }, 4, 0),
+    FarmError,
+  );
+  assert.throws(
+    () => flowMatchSchedule(STATIC, 0, 0),
+    (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT",
+  );
 });
 
 test("step: sample + (sigma[i+1] - sigma[i]) * v in float32, per step index", () => {
@@ -60,7 +89,10 @@ test("step: sample + (sigma[i+1] - sigma[i]) * v in float32, per step index", ()
   const x = Tensor.f32([3], [0.1, -2, 3]);
   const v = Tensor.f32([3], [1, 0.5, -0.25]);
   const dt = f(s.sigmas[2]! - s.sigmas[1]!);
-  assert.deepEqual([...s.step(v, x, 1).data], [...x.data].map((xi, i) => f(xi + f(dt * v.data[i]!))));
+  assert.deepEqual(
+    [...s.step(v, x, 1).data],
+    [...x.data].map((xi, i) => f(xi + f(dt * v.data[i]!))),
+  );
   assert.throws(() => s.step(v, x, 5), RangeError);
   // Integrating a constant velocity over all steps moves the sample by exactly -v up to rounding.
   let y = x;

@@ -5,7 +5,17 @@ import { errorMessage, stopInOrder, within } from "../../shared/shutdown.js";
 
 test("an error message is never empty", () => {
   assert.equal(errorMessage(new Error("boom")), "boom");
-  for (const e of [new Error(""), new TypeError(""), Object.assign(new Error(""), { code: "ECONNREFUSED" }), new AggregateError([], ""), "", undefined, null, {}, 0]) {
+  for (const e of [
+    new Error(""),
+    new TypeError(""),
+    Object.assign(new Error(""), { code: "ECONNREFUSED" }),
+    new AggregateError([], ""),
+    "",
+    undefined,
+    null,
+    {},
+    0,
+  ]) {
     const m = errorMessage(e);
     assert.ok(m.trim().length > 0, `empty message for ${String(e)}`);
   }
@@ -31,7 +41,10 @@ test("stopInOrder runs every step within the grace period, whatever hangs or fai
     300,
   );
   assert.deepEqual(ran, ["hangs", "fails", "works"]);
-  assert.deepEqual(problems.map((p) => p.step), ["hangs", "fails"]);
+  assert.deepEqual(
+    problems.map((p) => p.step),
+    ["hangs", "fails"],
+  );
   for (const p of problems) assert.ok(p.problem.trim() !== "");
   // The hanging step used the grace; the others still get their moment each.
   assert.ok(Date.now() - started < 300 + 2 * 200 + 200, `took ${Date.now() - started} ms`);

@@ -7,7 +7,10 @@ import { Tensor } from "../../shared/tensor/tensor.js";
 test("linspace: exact steps give exact values; the two halves count from either end", () => {
   assert.deepEqual([...fadeWeights(5)], [1, 0.75, 0.5, 0.25, 0]);
   assert.deepEqual([...fadeWeights(1)], [1]);
-  assert.deepEqual([...fadeWeights(33)], Array.from({ length: 33 }, (_, i) => 1 - i / 32));
+  assert.deepEqual(
+    [...fadeWeights(33)],
+    Array.from({ length: 33 }, (_, i) => 1 - i / 32),
+  );
   const f = Math.fround;
   // 25 frames (window 7): step -1/24 is inexact. Elements 0..15 come from two 8-lane vectors, so
   // element 13 (past halfway) is (start + step*8) + 5*step, not end - step*11; 16..24 are scalar.

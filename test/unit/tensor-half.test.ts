@@ -2,7 +2,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { getFloat16, setFloat16 } from "@petamoriken/float16";
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, fromBFloat16, fromFloat16, toBFloat16, toFloat16 } from "../../shared/tensor/half.js";
+import {
+  bf16BitsToF32,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  fromBFloat16,
+  fromFloat16,
+  toBFloat16,
+  toFloat16,
+} from "../../shared/tensor/half.js";
 
 const dv = new DataView(new ArrayBuffer(4));
 const f32FromBits = (b: number): number => {
@@ -70,5 +79,8 @@ test("array conversions round-trip", () => {
   const x = Float32Array.from([0, -1.5, 3.140625, 65504, -(2 ** -24)]);
   assert.deepEqual(fromFloat16(toFloat16(x)), x);
   const y = Float32Array.from([0, -1.5, 3.140625, 1e30]);
-  assert.deepEqual(fromBFloat16(toBFloat16(y)), Float32Array.from([0, -1.5, 3.140625, bf16BitsToF32(f32ToBf16Bits(1e30))]));
+  assert.deepEqual(
+    fromBFloat16(toBFloat16(y)),
+    Float32Array.from([0, -1.5, 3.140625, bf16BitsToF32(f32ToBf16Bits(1e30))]),
+  );
 });

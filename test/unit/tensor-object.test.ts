@@ -6,11 +6,20 @@ import { encodeSafetensors } from "../../shared/tensor/safetensors.js";
 import { Tensor } from "../../shared/tensor/tensor.js";
 import { FarmError } from "../../shared/errors.js";
 
-const dataLoss = (pattern: RegExp) => (e: unknown): boolean => e instanceof FarmError && e.status === "DATA_LOSS" && pattern.test(e.message);
-const tensors = { history: Tensor.f32([2, 3], [1, 2, 3, 4, 5, 6]), mask: new Tensor("int64", [2], BigInt64Array.of(1n, 0n)) };
+const dataLoss =
+  (pattern: RegExp) =>
+  (e: unknown): boolean =>
+    e instanceof FarmError && e.status === "DATA_LOSS" && pattern.test(e.message);
+const tensors = {
+  history: Tensor.f32([2, 3], [1, 2, 3, 4, 5, 6]),
+  mask: new Tensor("int64", [2], BigInt64Array.of(1n, 0n)),
+};
 
 test("a tensor object round-trips and keeps its metadata, without the checksum", () => {
-  const back = decodeTensorObject(encodeTensorObject(tensors, { generated: "3" }), "jobs/j/sections/0/history.safetensors");
+  const back = decodeTensorObject(
+    encodeTensorObject(tensors, { generated: "3" }),
+    "jobs/j/sections/0/history.safetensors",
+  );
   assert.deepEqual([...(back.tensors.get("history")!.data as Float32Array)], [1, 2, 3, 4, 5, 6]);
   assert.deepEqual(back.metadata, { generated: "3" });
 });
@@ -19,7 +28,16 @@ test("a flipped bit, a plain safetensors file and a truncated object are DATA_LO
   const bytes = encodeTensorObject(tensors);
   const flipped = Uint8Array.from(bytes);
   flipped[flipped.length - 20]! ^= 0x01;
-  assert.throws(() => decodeTensorObject(flipped, "jobs/j/x"), dataLoss(/object jobs\/j\/x is corrupt: its tensors hash to/));
-  assert.throws(() => decodeTensorObject(encodeSafetensors(tensors), "jobs/j/y"), dataLoss(/object jobs\/j\/y has no framefarm\.sha256/));
-  assert.throws(() => decodeTensorObject(bytes.subarray(0, bytes.length - 4), "jobs/j/z"), dataLoss(/object jobs\/j\/z: safetensors:/));
+  assert.throws(
+    () => decodeTensorObject(flipped, "jobs/j/x"),
+    dataLoss(/object jobs\/j\/x is corrupt: its tensors hash to/),
+  );
+  assert.throws(
+    () => decodeTensorObject(encodeSafetensors(tensors), "jobs/j/y"),
+    dataLoss(/object jobs\/j\/y has no framefarm\.sha256/),
+  );
+  assert.throws(
+    () => decodeTensorObject(bytes.subarray(0, bytes.length - 4), "jobs/j/z"),
+    dataLoss(/object jobs\/j\/z: safetensors:/),
+  );
 });

@@ -2,13 +2,28 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Tensor } from "../../shared/tensor/tensor.js";
-import { add, cat, divScalar, map, maxAbsDiff, mul, narrow, relL2, scale, split, sub } from "../../shared/tensor/ops.js";
+import {
+  add,
+  cat,
+  divScalar,
+  map,
+  maxAbsDiff,
+  mul,
+  narrow,
+  relL2,
+  scale,
+  split,
+  sub,
+} from "../../shared/tensor/ops.js";
 import { toF32, toFloat64 } from "../../shared/tensor/convert.js";
 import { toFloat16 } from "../../shared/tensor/half.js";
 
 const iota = (shape: number[]): Tensor<"float32"> => {
   const n = shape.reduce((a, b) => a * b, 1);
-  return Tensor.f32(shape, Array.from({ length: n }, (_, i) => i));
+  return Tensor.f32(
+    shape,
+    Array.from({ length: n }, (_, i) => i),
+  );
 };
 
 test("narrow takes a slab along any dim", () => {
@@ -24,7 +39,10 @@ test("narrow takes a slab along any dim", () => {
 test("split then cat is the identity, and cat checks shapes", () => {
   const t = iota([2, 5, 3]);
   const parts = split(t, 1, [1, 2, 2]);
-  assert.deepEqual(parts.map((p) => p.shape[1]), [1, 2, 2]);
+  assert.deepEqual(
+    parts.map((p) => p.shape[1]),
+    [1, 2, 2],
+  );
   assert.deepEqual(cat(parts, 1).data, t.data);
   assert.deepEqual(cat([narrow(t, 0, 0, 1), narrow(t, 0, 1, 1)], 0).data, t.data);
   assert.throws(() => split(t, 1, [1, 1]), RangeError);
@@ -39,7 +57,10 @@ test("elementwise helpers round to float32", () => {
   assert.deepEqual([...sub(a, b).data], [0.5, 4, Math.fround(Math.fround(0.1) - Math.fround(0.2))]);
   assert.deepEqual([...mul(a, b).data], [0.5, -4, Math.fround(Math.fround(0.1) * Math.fround(0.2))]);
   assert.deepEqual([...scale(a, 2).data], [2, 4, Math.fround(0.2)]);
-  assert.deepEqual([...divScalar(a, 0.476986).data], [...a.data].map((v) => Math.fround(v / Math.fround(0.476986))));
+  assert.deepEqual(
+    [...divScalar(a, 0.476986).data],
+    [...a.data].map((v) => Math.fround(v / Math.fround(0.476986))),
+  );
   assert.deepEqual([...map(a, (x) => x * 3).data], [3, 6, Math.fround(Math.fround(0.1) * 3)]);
   assert.throws(() => add(a, Tensor.f32([2], [1, 2])), RangeError);
 });

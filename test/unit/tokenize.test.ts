@@ -24,7 +24,10 @@ import { REFERENCE_CASES, loadCase, referenceDir } from "../support/reference.js
 import { tinyBundleDir } from "../support/paths.js";
 
 const tiny = path.join(referenceDir(), "tiny-framepack");
-const template = JSON.parse(readFileSync(path.join(tiny, "framepack_prompt_template.json"), "utf8")) as { template: string; crop_start: number };
+const template = JSON.parse(readFileSync(path.join(tiny, "framepack_prompt_template.json"), "utf8")) as {
+  template: string;
+  crop_start: number;
+};
 const referenceConfig = (): TextTokenizerConfig => ({
   llama: {
     tokenizerFile: path.join(tiny, "tokenizer", "tokenizer.json"),
@@ -50,8 +53,10 @@ const CLIP_EOS = 2n; // <|endoftext|>, also CLIP's pad
 
 const ids = (t: TokenizedPrompt): bigint[] => [...t.inputIds.data];
 const real = (t: TokenizedPrompt): number[] => ids(t).slice(0, t.length).map(Number);
-const isStatus = (status: StatusName, pattern: RegExp) => (e: unknown): boolean =>
-  e instanceof FarmError && e.status === status && pattern.test(e.message);
+const isStatus =
+  (status: StatusName, pattern: RegExp) =>
+  (e: unknown): boolean =>
+    e instanceof FarmError && e.status === status && pattern.test(e.message);
 
 /** A well-formed padded row: 1s then 0s, pad after `length`. */
 function assertPadded(t: TokenizedPrompt, len: number, pad: bigint): void {
@@ -60,8 +65,15 @@ function assertPadded(t: TokenizedPrompt, len: number, pad: bigint): void {
   assert.deepEqual(t.inputIds.shape, [1, len]);
   assert.deepEqual(t.attentionMask.shape, [1, len]);
   const mask = [...t.attentionMask.data];
-  assert.deepEqual(mask, Array.from({ length: len }, (_, i) => (i < t.length ? 1n : 0n)));
-  assert.ok(ids(t).slice(t.length).every((id) => id === pad));
+  assert.deepEqual(
+    mask,
+    Array.from({ length: len }, (_, i) => (i < t.length ? 1n : 0n)),
+  );
+  assert.ok(
+    ids(t)
+      .slice(t.length)
+      .every((id) => id === pad),
+  );
 }
 
 for (const name of REFERENCE_CASES) {
@@ -91,7 +103,7 @@ for (const name of REFERENCE_CASES) {
 
 test("Llama: template + prompt, BOS first, padded right to crop_start + 256", async () => {
   const t = await fromReference;
-  for (const p of ["a cat", "", "🎬🌧️ 夜市, naïve café — \"quotes\" \t tabs\nnew line", "{}", "{{x}} }{ {0} {name}"]) {
+  for (const p of ["a cat", "", '🎬🌧️ 夜市, naïve café — "quotes" \t tabs\nnew line', "{}", "{{x}} }{ {0} {name}"]) {
     const out = t.tokenizeLlama(p);
     assertPadded(out, L, PAD);
     assert.equal(out.inputIds.data[0], BOS);
@@ -171,10 +183,17 @@ test("prompts must be text: no lone surrogates, no NUL, at most 16 KiB of UTF-8"
     assert.throws(() => tokenize("bad \uD800 surrogate"), isStatus("INVALID_ARGUMENT", /unpaired surrogate/));
     assert.throws(() => tokenize("low \uDC00"), isStatus("INVALID_ARGUMENT", /unpaired surrogate/));
     assert.throws(() => tokenize("nul\u0000byte"), isStatus("INVALID_ARGUMENT", /NUL/));
-    assert.throws(() => tokenize("é".repeat(MAX_PROMPT_BYTES / 2 + 1)), isStatus("INVALID_ARGUMENT", /16386 bytes.*limit is 16384 bytes/));
+    assert.throws(
+      () => tokenize("é".repeat(MAX_PROMPT_BYTES / 2 + 1)),
+      isStatus("INVALID_ARGUMENT", /16386 bytes.*limit is 16384 bytes/),
+    );
   }
   assert.equal(MAX_PROMPT_BYTES, 16384);
-  assert.equal(t.tokenizeLlama("é".repeat(MAX_PROMPT_BYTES / 2)).truncated, true, "16 KiB exactly is accepted (and cut)");
+  assert.equal(
+    t.tokenizeLlama("é".repeat(MAX_PROMPT_BYTES / 2)).truncated,
+    true,
+    "16 KiB exactly is accepted (and cut)",
+  );
   assert.equal(validatePrompt("😀 paired surrogates are fine"), "😀 paired surrogates are fine");
   assert.throws(() => validatePrompt(42), isStatus("INVALID_ARGUMENT", /string/));
 });
@@ -195,23 +214,41 @@ test("missing or broken tokenizer files are reported by name", async () => {
   const dir = mkdtempSync(path.join(tmpdir(), "framefarm-tok-"));
   const base = referenceConfig();
   const missing = path.join(dir, "nope", "tokenizer.json");
-  await assert.rejects(loadTextTokenizersFrom({ ...base, llama: { ...base.llama, tokenizerFile: missing } }), isStatus("NOT_FOUND", /Llama tokenizer .*nope\/tokenizer\.json/));
+  await assert.rejects(
+    loadTextTokenizersFrom({ ...base, llama: { ...base.llama, tokenizerFile: missing } }),
+    isStatus("NOT_FOUND", /Llama tokenizer .*nope\/tokenizer\.json/),
+  );
   await assert.rejects(
     loadTextTokenizersFrom({ ...base, clip: { ...base.clip, configFile: path.join(dir, "missing_config.json") } }),
     isStatus("NOT_FOUND", /CLIP tokenizer config .*missing_config\.json/),
   );
   const corrupt = path.join(dir, "corrupt.json");
   writeFileSync(corrupt, readFileSync(base.llama.tokenizerFile, "utf8").slice(0, 500));
-  await assert.rejects(loadTextTokenizersFrom({ ...base, llama: { ...base.llama, tokenizerFile: corrupt } }), isStatus("FAILED_PRECONDITION", /corrupt\.json is not valid JSON/));
+  await assert.rejects(
+    loadTextTokenizersFrom({ ...base, llama: { ...base.llama, tokenizerFile: corrupt } }),
+    isStatus("FAILED_PRECONDITION", /corrupt\.json is not valid JSON/),
+  );
   const notTokenizer = path.join(dir, "other.json");
   writeFileSync(notTokenizer, JSON.stringify({ hello: "world" }));
-  await assert.rejects(loadTextTokenizersFrom({ ...base, clip: { ...base.clip, tokenizerFile: notTokenizer } }), isStatus("FAILED_PRECONDITION", /other\.json/));
+  await assert.rejects(
+    loadTextTokenizersFrom({ ...base, clip: { ...base.clip, tokenizerFile: notTokenizer } }),
+    isStatus("FAILED_PRECONDITION", /other\.json/),
+  );
   const noPad = path.join(dir, "tokenizer_config.json");
   const cfg = JSON.parse(readFileSync(base.llama.configFile, "utf8")) as Record<string, unknown>;
   delete cfg["pad_token"];
   writeFileSync(noPad, JSON.stringify(cfg));
-  await assert.rejects(loadTextTokenizersFrom({ ...base, llama: { ...base.llama, configFile: noPad } }), isStatus("FAILED_PRECONDITION", /no pad_token/));
+  await assert.rejects(
+    loadTextTokenizersFrom({ ...base, llama: { ...base.llama, configFile: noPad } }),
+    isStatus("FAILED_PRECONDITION", /no pad_token/),
+  );
   copyFileSync(base.llama.configFile, noPad);
-  await assert.rejects(loadTextTokenizersFrom({ ...base, llama: { ...base.llama, cropStart: 95 } }), isStatus("FAILED_PRECONDITION", /crop_start is 95.*122 tokens/));
-  await assert.rejects(loadTextTokenizersFrom({ ...base, llama: { ...base.llama, template: "no placeholder" } }), isStatus("FAILED_PRECONDITION", /placeholder/));
+  await assert.rejects(
+    loadTextTokenizersFrom({ ...base, llama: { ...base.llama, cropStart: 95 } }),
+    isStatus("FAILED_PRECONDITION", /crop_start is 95.*122 tokens/),
+  );
+  await assert.rejects(
+    loadTextTokenizersFrom({ ...base, llama: { ...base.llama, template: "no placeholder" } }),
+    isStatus("FAILED_PRECONDITION", /placeholder/),
+  );
 });

@@ -58,7 +58,10 @@ test("an open farm makes every caller the default tenant", () => {
 });
 
 test("the dashboard gate lets in operators' tokens only (everyone on an open farm)", () => {
-  const gate = TokenAuth.fromEntries([{ tenant: "ops", token: A }, { tenant: "acme", token: B }]).operatorGate(["ops"]);
+  const gate = TokenAuth.fromEntries([
+    { tenant: "ops", token: A },
+    { tenant: "acme", token: B },
+  ]).operatorGate(["ops"]);
   assert.equal(gate({ headers: { authorization: `Bearer ${A}` } }), true);
   assert.equal(gate({ headers: { authorization: `Bearer ${B}` } }), false);
   assert.equal(gate({ headers: {} }), false);

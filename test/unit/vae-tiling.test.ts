@@ -7,7 +7,12 @@ import assert from "node:assert/strict";
 import { temporalTiledDecode, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 
-const VAE: TemporalTiling = { temporal_compression_ratio: 4, use_framewise_decoding: true, tile_sample_min_num_frames: 16, tile_sample_stride_num_frames: 12 };
+const VAE: TemporalTiling = {
+  temporal_compression_ratio: 4,
+  use_framewise_decoding: true,
+  tile_sample_min_num_frames: 16,
+  tile_sample_stride_num_frames: 12,
+};
 
 /**
  * Fake decoder: a tile starting at latent frame s with L frames decodes to (L-1)*4+1 frames whose
@@ -20,7 +25,10 @@ function fakeDecoder(calls: number[][]): (tile: F32) => Promise<F32> {
     const l = tile.shape[2]!;
     calls.push([s, l]);
     const n = (l - 1) * 4 + 1;
-    return Tensor.f32([1, 1, n, 1, 1], Array.from({ length: n }, (_, j) => 1000 * s + j));
+    return Tensor.f32(
+      [1, 1, n, 1, 1],
+      Array.from({ length: n }, (_, j) => 1000 * s + j),
+    );
   };
 }
 
@@ -51,20 +59,32 @@ function expected(frames: number): number[] {
 
 for (const frames of [5, 6, 9, 10, 18, 19, 37]) {
   test(`${frames} latent frames decode in overlapping tiles of 5 every 3, blended over 4 frames`, async () => {
-    const latents = Tensor.f32([1, 1, frames, 1, 1], Array.from({ length: frames }, (_, t) => t));
+    const latents = Tensor.f32(
+      [1, 1, frames, 1, 1],
+      Array.from({ length: frames }, (_, t) => t),
+    );
     const calls: number[][] = [];
     const video = await temporalTiledDecode(latents, VAE, fakeDecoder(calls));
     assert.equal(video.shape[2], (frames - 1) * 4 + 1);
     assert.deepEqual([...video.data], expected(frames));
-    assert.deepEqual(calls.map((c) => c[0]), Array.from({ length: Math.ceil(frames / 3) }, (_, k) => 3 * k));
+    assert.deepEqual(
+      calls.map((c) => c[0]),
+      Array.from({ length: Math.ceil(frames / 3) }, (_, k) => 3 * k),
+    );
     assert.ok(calls.every(([, l]) => l! <= 5));
   });
 }
 
 test("short latents, or framewise decoding off, make one decoder call", async () => {
-  for (const [frames, vae] of [[4, VAE], [9, { ...VAE, use_framewise_decoding: false }]] as const) {
+  for (const [frames, vae] of [
+    [4, VAE],
+    [9, { ...VAE, use_framewise_decoding: false }],
+  ] as const) {
     const calls: number[][] = [];
-    const latents = Tensor.f32([1, 1, frames, 1, 1], Array.from({ length: frames }, (_, t) => t));
+    const latents = Tensor.f32(
+      [1, 1, frames, 1, 1],
+      Array.from({ length: frames }, (_, t) => t),
+    );
     const video = await temporalTiledDecode(latents, vae, fakeDecoder(calls));
     assert.deepEqual(calls, [[0, frames]]);
     assert.equal(video.shape[2], (frames - 1) * 4 + 1);

@@ -12,7 +12,11 @@ import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 const gen = new TorchGenerator(99n);
 const randomVideo = (frames: number): F32 => {
   const t = gen.randn([1, 3, frames, 4, 6]);
-  return new Tensor("float32", t.shape, t.data.map((x) => Math.tanh(x)));
+  return new Tensor(
+    "float32",
+    t.shape,
+    t.data.map((x) => Math.tanh(x)),
+  );
 };
 
 for (const mode of ["vanilla", "inverted_anti_drifting"] as const) {
@@ -40,7 +44,15 @@ test("soft append cross-fades linearly over the overlap", () => {
   assert.deepEqual([...softAppend(ones, zeros, 0).data], [1, 1, 1, 0, 0, 0]);
 });
 
-const vae = { latent_channels: 1, scaling_factor: 1, spatial_compression_ratio: 1, temporal_compression_ratio: 4, use_framewise_decoding: true, tile_sample_min_num_frames: 16, tile_sample_stride_num_frames: 12 };
+const vae = {
+  latent_channels: 1,
+  scaling_factor: 1,
+  spatial_compression_ratio: 1,
+  temporal_compression_ratio: 4,
+  use_framewise_decoding: true,
+  tile_sample_min_num_frames: 16,
+  tile_sample_stride_num_frames: 12,
+};
 
 /** A causal "decoder" whose output frame values identify the latent frame and tile they came from. */
 async function fakeDecode(tile: F32): Promise<F32> {
@@ -52,7 +64,11 @@ async function fakeDecode(tile: F32): Promise<F32> {
 
 test("framewise decoding tiles 5 latent frames with stride 3 and blends 4 frames, as diffusers", async () => {
   const frames = 10;
-  const z = new Tensor("float32", [1, 1, frames, 1, 1], Float32Array.from({ length: frames }, (_, i) => i));
+  const z = new Tensor(
+    "float32",
+    [1, 1, frames, 1, 1],
+    Float32Array.from({ length: frames }, (_, i) => i),
+  );
   const seen: number[] = [];
   const out = await temporalTiledDecode(z, vae, async (tile) => {
     seen.push(tile.shape[2]!);
@@ -61,17 +77,23 @@ test("framewise decoding tiles 5 latent frames with stride 3 and blends 4 frames
   assert.deepEqual(seen, [5, 5, 4, 1]);
   assert.deepEqual(out.shape, [1, 1, (frames - 1) * 4 + 1, 1, 1]);
   // Independent computation of diffusers' _temporal_tiled_decode for these tiles.
-  const tiles = await Promise.all([0, 3, 6, 9].map(async (i) => {
-    const d = await fakeDecode(narrow(z, 2, i, Math.min(5, frames - i)));
-    return i > 0 ? narrow(d, 2, 1, d.shape[2]! - 1) : d;
-  }));
+  const tiles = await Promise.all(
+    [0, 3, 6, 9].map(async (i) => {
+      const d = await fakeDecode(narrow(z, 2, i, Math.min(5, frames - i)));
+      return i > 0 ? narrow(d, 2, 1, d.shape[2]! - 1) : d;
+    }),
+  );
   const parts: F32[] = [];
   tiles.forEach((tile, i) => {
     if (i === 0) return parts.push(narrow(tile, 2, 0, Math.min(13, tile.shape[2]!)));
     const prev = tiles[i - 1]!;
     const ext = Math.min(prev.shape[2]!, tile.shape[2]!, 4);
     const b = new Float32Array(tile.data);
-    for (let x = 0; x < ext; x++) b[x] = Math.fround(Math.fround(prev.data[prev.shape[2]! - ext + x]! * Math.fround(1 - x / ext)) + Math.fround(b[x]! * Math.fround(x / ext)));
+    for (let x = 0; x < ext; x++)
+      b[x] = Math.fround(
+        Math.fround(prev.data[prev.shape[2]! - ext + x]! * Math.fround(1 - x / ext)) +
+          Math.fround(b[x]! * Math.fround(x / ext)),
+      );
     return parts.push(narrow(new Tensor("float32", tile.shape, b), 2, 0, Math.min(12, tile.shape[2]!)));
   });
   assert.deepEqual([...out.data], [...narrow(cat(parts, 2), 2, 0, 37).data]);

@@ -24,7 +24,12 @@ function text(e, value, title) {
   if (title !== undefined && e.title !== title) e.title = title;
 }
 
-const fmtAge = (ms) => (ms < 10_000 ? `${(ms / 1000).toFixed(1)} s` : ms < 120_000 ? `${Math.round(ms / 1000)} s` : `${Math.round(ms / 60_000)} min`);
+const fmtAge = (ms) =>
+  ms < 10_000
+    ? `${(ms / 1000).toFixed(1)} s`
+    : ms < 120_000
+      ? `${Math.round(ms / 1000)} s`
+      : `${Math.round(ms / 60_000)} min`;
 function fmtEta(s) {
   if (!(s > 0)) return "";
   if (s < 90) return `ETA ${Math.ceil(s)} s`;
@@ -34,7 +39,7 @@ function fmtEta(s) {
 function fmtBytes(n) {
   const u = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
-  while (n >= 1024 && i < u.length - 1) (n /= 1024), i++;
+  while (n >= 1024 && i < u.length - 1) ((n /= 1024), i++);
   return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
 }
 
@@ -53,7 +58,11 @@ const authHeaders = () => {
 };
 
 async function post(path, body = {}) {
-  const res = await fetch(path, { method: "POST", headers: { "content-type": "application/json", ...authHeaders() }, body: JSON.stringify(body) });
+  const res = await fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...authHeaders() },
+    body: JSON.stringify(body),
+  });
   if (!res.ok) {
     const err = await res.json().catch(() => ({ error: { message: res.statusText } }));
     throw new Error(err.error?.message ?? res.statusText);
@@ -78,24 +87,41 @@ function nodeRow(n) {
   let r = nodeRows.get(n.id);
   if (r === undefined) {
     const cells = {};
-    for (const c of ["id", "status", "stages", "device", "task", "heartbeat", "rate", "done", "failed", "actions"]) cells[c] = el("td");
+    for (const c of ["id", "status", "stages", "device", "task", "heartbeat", "rate", "done", "failed", "actions"])
+      cells[c] = el("td");
     for (const c of ["heartbeat", "rate", "done", "failed"]) cells[c].className = "num";
     for (const c of ["stages", "device", "task"]) cells[c].className = "wrap";
     cells.id.className = "job-id";
     cells.status.append((cells.badge = el("span", { className: "badge" })));
-    cells.actions.append((cells.drain = el("button", { type: "button", textContent: "Drain", dataset: { action: "drain" } })));
-    cells.drain.addEventListener("click", () => act(cells.drain, `/api/nodes/${encodeURIComponent(n.id)}/drain`, {}, `drain requested for ${n.id}`));
-    const tr = el("tr", { dataset: { nodeId: n.id } }, ...["id", "status", "stages", "device", "task", "heartbeat", "rate", "done", "failed", "actions"].map((c) => cells[c]));
+    cells.actions.append(
+      (cells.drain = el("button", { type: "button", textContent: "Drain", dataset: { action: "drain" } })),
+    );
+    cells.drain.addEventListener("click", () =>
+      act(cells.drain, `/api/nodes/${encodeURIComponent(n.id)}/drain`, {}, `drain requested for ${n.id}`),
+    );
+    const tr = el(
+      "tr",
+      { dataset: { nodeId: n.id } },
+      ...["id", "status", "stages", "device", "task", "heartbeat", "rate", "done", "failed", "actions"].map(
+        (c) => cells[c],
+      ),
+    );
     r = { tr, cells };
     nodeRows.set(n.id, r);
   }
   const c = r.cells;
-  text(c.id, n.id, `${n.hostname} · v${n.version} · started ${new Date(n.startedAt).toLocaleString()} · read ${fmtBytes(n.bytesRead)}, wrote ${fmtBytes(n.bytesWritten)}`);
+  text(
+    c.id,
+    n.id,
+    `${n.hostname} · v${n.version} · started ${new Date(n.startedAt).toLocaleString()} · read ${fmtBytes(n.bytesRead)}, wrote ${fmtBytes(n.bytesWritten)}`,
+  );
   text(c.badge, n.status, n.statusReason);
   c.badge.className = `badge ${n.status}`;
   text(c.stages, n.stages.join(", "));
   text(c.device, `${n.executionProvider} · ${n.device}`, `bundle ${n.bundle}`);
-  const tasks = n.currentTasks.map((t) => `${t.taskId.split(".").slice(1).join(".")} (${t.jobId.slice(0, 8)}, ${fmtAge(t.runningMs)})`);
+  const tasks = n.currentTasks.map(
+    (t) => `${t.taskId.split(".").slice(1).join(".")} (${t.jobId.slice(0, 8)}, ${fmtAge(t.runningMs)})`,
+  );
   text(c.task, tasks.length === 0 ? "idle" : tasks.join("; "), n.currentTasks.map((t) => t.taskId).join("\n"));
   text(c.heartbeat, fmtAge(n.heartbeatAgeMs));
   text(c.rate, n.sectionsPerHour >= 100 ? Math.round(n.sectionsPerHour) : n.sectionsPerHour.toFixed(1));
@@ -124,7 +150,17 @@ function renderQueues(queues, nodes) {
   queues.forEach((q, i) => {
     let tr = body.children[i];
     if (tr === undefined) {
-      tr = el("tr", {}, el("td", {}, el("span"), el("span", { className: "badge gone", textContent: "no node", title: "no active node serves this stage" })), ...[1, 2, 3, 4].map(() => el("td", { className: "num" })));
+      tr = el(
+        "tr",
+        {},
+        el(
+          "td",
+          {},
+          el("span"),
+          el("span", { className: "badge gone", textContent: "no node", title: "no active node serves this stage" }),
+        ),
+        ...[1, 2, 3, 4].map(() => el("td", { className: "num" })),
+      );
       body.append(tr);
     }
     tr.dataset.stage = q.stage;
@@ -146,27 +182,58 @@ function jobCard(j) {
     c.meta = el("div", { className: "job-meta" });
     c.error = el("div", { className: "job-error" });
     c.sections = el("div", { className: "sections" });
-    c.priority = el("input", { type: "number", step: "1", min: "-1000", max: "1000", className: "priority", "aria-label": "priority" });
+    c.priority = el("input", {
+      type: "number",
+      step: "1",
+      min: "-1000",
+      max: "1000",
+      className: "priority",
+      "aria-label": "priority",
+    });
     c.setPriority = el("button", { type: "button", textContent: "Set priority", dataset: { action: "priority" } });
-    c.cancel = el("button", { type: "button", className: "danger", textContent: "Cancel", dataset: { action: "cancel" } });
+    c.cancel = el("button", {
+      type: "button",
+      className: "danger",
+      textContent: "Cancel",
+      dataset: { action: "cancel" },
+    });
     c.retry = el("button", { type: "button", textContent: "Retry", dataset: { action: "retry" } });
     c.download = el("a", { textContent: "Download MP4", className: "download" });
     c.video = el("video", { muted: true, loop: true, controls: true, playsInline: true, preload: "auto" });
     c.caption = el("div", { className: "caption" });
     c.preview = el("div", { className: "preview" }, c.video, c.caption);
     const jobPath = `/api/jobs/${encodeURIComponent(j.id)}`;
-    c.cancel.addEventListener("click", () => act(c.cancel, `${jobPath}/cancel`, {}, `job ${j.id.slice(0, 8)} cancelled`));
+    c.cancel.addEventListener("click", () =>
+      act(c.cancel, `${jobPath}/cancel`, {}, `job ${j.id.slice(0, 8)} cancelled`),
+    );
     c.retry.addEventListener("click", () => act(c.retry, `${jobPath}/retry`, {}, `job ${j.id.slice(0, 8)} retried`));
     c.setPriority.addEventListener("click", () => {
       const p = Number(c.priority.value);
-      act(c.setPriority, `${jobPath}/priority`, { priority: p }, `job ${j.id.slice(0, 8)} priority ${p}`).then(() => (c.priorityDirty = false));
+      void act(c.setPriority, `${jobPath}/priority`, { priority: p }, `job ${j.id.slice(0, 8)} priority ${p}`).then(
+        () => (c.priorityDirty = false),
+      );
     });
     c.priority.addEventListener("input", () => (c.priorityDirty = true));
     c.root = el(
       "article",
       { className: "job", dataset: { jobId: j.id } },
-      el("div", {}, el("div", { className: "job-head" }, c.badge, c.id, c.prompt), c.meta, c.sections, c.error,
-        el("div", { className: "job-actions" }, c.cancel, c.retry, el("label", {}, "priority ", c.priority), c.setPriority, c.download)),
+      el(
+        "div",
+        {},
+        el("div", { className: "job-head" }, c.badge, c.id, c.prompt),
+        c.meta,
+        c.sections,
+        c.error,
+        el(
+          "div",
+          { className: "job-actions" },
+          c.cancel,
+          c.retry,
+          el("label", {}, "priority ", c.priority),
+          c.setPriority,
+          c.download,
+        ),
+      ),
       c.preview,
     );
     jobCards.set(j.id, c);
@@ -177,10 +244,24 @@ function jobCard(j) {
   text(c.id, j.id.slice(0, 8), j.id);
   text(c.prompt, j.prompt, j.prompt);
   const live = j.sections.find((s) => s.step !== undefined);
-  text(c.meta, [`${j.width}×${j.height}, ${j.numFrames} frames`, `sections ${j.sectionsDone}/${j.sectionsTotal}`, live ? `section ${live.index} step ${live.step}/${j.steps}` : "", `tasks ${j.tasksDone}/${j.tasksTotal}`, j.retries > 0 ? `retried ${j.retries}×` : "", fmtEta(j.etaSeconds), `created ${new Date(j.createdAt).toLocaleTimeString()}`].filter(Boolean).join(" · "));
+  text(
+    c.meta,
+    [
+      `${j.width}×${j.height}, ${j.numFrames} frames`,
+      `sections ${j.sectionsDone}/${j.sectionsTotal}`,
+      live ? `section ${live.index} step ${live.step}/${j.steps}` : "",
+      `tasks ${j.tasksDone}/${j.tasksTotal}`,
+      j.retries > 0 ? `retried ${j.retries}×` : "",
+      fmtEta(j.etaSeconds),
+      `created ${new Date(j.createdAt).toLocaleTimeString()}`,
+    ]
+      .filter(Boolean)
+      .join(" · "),
+  );
   text(c.error, j.error ? `${j.errorStatus ?? ""} ${j.error}`.trim() : "");
   c.error.hidden = !j.error;
-  while (c.sections.children.length < j.sections.length) c.sections.append(el("div", { className: "section" }, el("div", { className: "fill" })));
+  while (c.sections.children.length < j.sections.length)
+    c.sections.append(el("div", { className: "section" }, el("div", { className: "fill" })));
   j.sections.forEach((s, i) => {
     const box = c.sections.children[i];
     box.dataset.denoise = s.denoise;
@@ -199,7 +280,11 @@ function jobCard(j) {
     c.download.download = `${j.id}.mp4`;
   }
   // The newest decoded section while running; the whole video once done.
-  const media = j.video ? { ...j.video, caption: "final video" } : j.preview ? { ...j.preview, caption: `preview: section ${j.preview.section}` } : undefined;
+  const media = j.video
+    ? { ...j.video, caption: "final video" }
+    : j.preview
+      ? { ...j.preview, caption: `preview: section ${j.preview.section}` }
+      : undefined;
   c.preview.hidden = media === undefined;
   if (media !== undefined && c.video.dataset.key !== media.key) {
     c.video.dataset.key = media.key;
@@ -226,7 +311,10 @@ function render(s) {
   renderJobs(s.jobs);
   const up = s.nodes.filter((n) => n.status !== "gone" && n.status !== "stopped").length;
   const st = s.jobStates;
-  text($("#summary"), `${up} node${up === 1 ? "" : "s"} up · ${st.RUNNING} running · ${st.QUEUED} queued · ${st.SUCCEEDED} done · ${st.FAILED} failed · ${st.CANCELLED} cancelled`);
+  text(
+    $("#summary"),
+    `${up} node${up === 1 ? "" : "s"} up · ${st.RUNNING} running · ${st.QUEUED} queued · ${st.SUCCEEDED} done · ${st.FAILED} failed · ${st.CANCELLED} cancelled`,
+  );
   document.body.dataset.updatedAt = s.at;
 }
 

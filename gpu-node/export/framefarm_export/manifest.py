@@ -49,7 +49,7 @@ def component(out_dir, file, inputs, outputs, external, **extra):
     return entry
 
 
-def write_manifest(out_dir, src, args, dtype_name, sampling_type, externals, versions, max_latent_frames):
+def write_manifest(out_dir, src, args, dtype_name, sampling_type, externals, versions, max_latent_frames, transformer_dtype=None):
     te = src.text_encoder.config
     te2 = src.text_encoder_2.config
     vc = src.image_encoder.config
@@ -74,7 +74,8 @@ def write_manifest(out_dir, src, args, dtype_name, sampling_type, externals, ver
             "image_encoder": component(out_dir, "image_encoder.onnx", ["pixel_values"], ["last_hidden_state"], externals["image_encoder"]),
             "vae_encoder": component(out_dir, "vae_encoder.onnx", ["sample"], ["mean", "std"], externals["vae_encoder"]),
             "vae_decoder": component(out_dir, "vae_decoder.onnx", ["latents"], ["sample"], externals["vae_decoder"], max_latent_frames=max_latent_frames),
-            "transformer": component(out_dir, "transformer.onnx", TRANSFORMER_INPUTS, ["noise_pred"], externals["transformer"]),
+            "transformer": component(out_dir, "transformer.onnx", TRANSFORMER_INPUTS, ["noise_pred"], externals["transformer"],
+                                     dtype=transformer_dtype or dtype_name),
         },
         "text_encoder": {
             "tokenizer": "tokenizer/tokenizer.json",

@@ -61,7 +61,8 @@ def prompt_template_for(src: str) -> dict:
     return {"template": t["template"], "crop_start": int(t["crop_start"])}
 
 
-def load_sources(src: str, transformer: str | None, image_encoder: str | None, dtype: torch.dtype) -> Sources:
+def load_sources(src: str, transformer: str | None, image_encoder: str | None, dtype: torch.dtype,
+                 transformer_dtype: torch.dtype | None = None) -> Sources:
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
     from transformers import CLIPTextModel, LlamaModel, SiglipVisionModel
 
@@ -79,7 +80,7 @@ def load_sources(src: str, transformer: str | None, image_encoder: str | None, d
         image_encoder=SiglipVisionModel.from_pretrained(ie_root, **_subfolder(ie_root, "image_encoder"), **kw).eval(),
         vae=AutoencoderKLHunyuanVideo.from_pretrained(src, subfolder="vae", **kw).eval(),
         transformer=HunyuanVideoFramepackTransformer3DModel.from_pretrained(
-            transformer_root, **_subfolder(transformer_root, "transformer"), **kw
+            transformer_root, **_subfolder(transformer_root, "transformer"), torch_dtype=transformer_dtype or dtype
         ).eval(),
         scheduler_config=_read_json(os.path.join(src, "scheduler", "scheduler_config.json")),
         feature_extractor_config=_read_json(os.path.join(ie_root, fe, "preprocessor_config.json")),

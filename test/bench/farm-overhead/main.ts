@@ -16,13 +16,25 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { credentials } from "@grpc/grpc-js";
-import { JobServiceClient, SamplingMode, type Job, type SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
+import {
+  JobServiceClient,
+  SamplingMode,
+  type Job,
+  type SubmitJobRequest,
+} from "../../../proto/gen/framefarm/v1/jobs.js";
 import { NatsBus } from "../../../shared/bus/nats-bus.js";
-import { JOBS_BUCKET } from "../../../coordinator/dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../../../coordinator/dispatch/job-record.js";
 import { cliPath, repoRoot } from "../../support/paths.js";
+import { JOBS_BUCKET } from "../../../shared/farm/protocol.js";
 
-const { values } = parseArgs({ options: { jobs: { type: "string" }, sections: { type: "string" }, steps: { type: "string" }, "vae-nice": { type: "string" } } });
+const { values } = parseArgs({
+  options: {
+    jobs: { type: "string" },
+    sections: { type: "string" },
+    steps: { type: "string" },
+    "vae-nice": { type: "string" },
+  },
+});
 /**
  * --vae-nice N lowers the CPU priority of the text/image/VAE node (renice N): on a machine with
  * fewer cores than farm processes, its decodes would otherwise take CPU from the denoise node,
@@ -42,7 +54,11 @@ const quantile = (xs: number[], q: number): number => {
 };
 
 async function main(): Promise<void> {
-  const cluster = spawn(process.execPath, [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"], { stdio: ["ignore", "pipe", "inherit"] });
+  const cluster = spawn(
+    process.execPath,
+    [cliPath(), "cluster", "--http-port", "0", "--nodes", "1", "--denoise-nodes", "1"],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
   let out = "";
   const addr = await new Promise<{ grpc: string; nats: string }>((resolve, reject) => {
     cluster.stdout!.on("data", (b: Buffer) => {
@@ -69,10 +85,22 @@ async function main(): Promise<void> {
     for (let j = 0; j < JOBS + 1; j++) {
       const req: SubmitJobRequest = {
         image: { source: { $case: "data", value: image } },
-        settings: { prompt: `benchmark ${j}`, length: { $case: "numFrames", value: SECTIONS * 33 }, mode: SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING, steps: STEPS, seed: BigInt(j), height: 64, width: 64 },
-        bundle: "", priority: 0, idempotencyKey: "",
+        settings: {
+          prompt: `benchmark ${j}`,
+          length: { $case: "numFrames", value: SECTIONS * 33 },
+          mode: SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
+          steps: STEPS,
+          seed: BigInt(j),
+          height: 64,
+          width: 64,
+        },
+        bundle: "",
+        priority: 0,
+        idempotencyKey: "",
       };
-      const job = await new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
+      const job = await new Promise<Job>((resolve, reject) =>
+        client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),
+      );
       let rec: JobRecord;
       for (;;) {
         rec = (await readJob(kv, job.id))!.record;
@@ -93,8 +121,17 @@ async function main(): Promise<void> {
           // What else ran meanwhile (on a 2-core machine, CPU taken from the denoise node).
           const t0 = Date.parse(denoise(k - 1).finishedAt);
           const t1 = Date.parse(d.finishedAt);
-          const beside = rec.taskLog!.filter((e) => !e.taskId.includes(".denoise.") && Date.parse(e.startedAt) < t1 && Date.parse(e.finishedAt) > t0).map((e) => e.taskId.split(".").slice(1).join("."));
-          worst.push({ gap, dispatch: Date.parse(d.startedAt) - t0, node: wall - d.modelMs, beside: beside.join(" ") || "-" });
+          const beside = rec
+            .taskLog!.filter(
+              (e) => !e.taskId.includes(".denoise.") && Date.parse(e.startedAt) < t1 && Date.parse(e.finishedAt) > t0,
+            )
+            .map((e) => e.taskId.split(".").slice(1).join("."));
+          worst.push({
+            gap,
+            dispatch: Date.parse(d.startedAt) - t0,
+            node: wall - d.modelMs,
+            beside: beside.join(" ") || "-",
+          });
         }
       }
     }
@@ -112,15 +149,34 @@ async function main(): Promise<void> {
   ];
   const median = quantile(sectionGaps, 0.5);
   const p95 = quantile(sectionGaps, 0.95);
-  console.log(`\nfarm overhead, tiny model, loopback: ${JOBS} jobs x ${SECTIONS} sections x ${STEPS} steps${VAE_NICE !== undefined ? `, VAE node reniced to ${VAE_NICE}` : ""}`);
-  console.log(`machine: ${cpu}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()} ${os.release()}, node ${process.version}`);
-  console.log(`${"metric".padEnd(66)}  ${"n".padStart(4)}  ${"median ms".padStart(9)}  ${"p95 ms".padStart(7)}  ${"max ms".padStart(7)}`);
+  console.log(
+    `\nfarm overhead, tiny model, loopback: ${JOBS} jobs x ${SECTIONS} sections x ${STEPS} steps${VAE_NICE !== undefined ? `, VAE node reniced to ${VAE_NICE}` : ""}`,
+  );
+  console.log(
+    `machine: ${cpu}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()} ${os.release()}, node ${process.version}`,
+  );
+  console.log(
+    `${"metric".padEnd(66)}  ${"n".padStart(4)}  ${"median ms".padStart(9)}  ${"p95 ms".padStart(7)}  ${"max ms".padStart(7)}`,
+  );
   for (const [name, xs] of rows) {
-    console.log(`${name.padEnd(66)}  ${String(xs.length).padStart(4)}  ${quantile(xs, 0.5).toFixed(1).padStart(9)}  ${quantile(xs, 0.95).toFixed(1).padStart(7)}  ${Math.max(...xs).toFixed(1).padStart(7)}`);
+    console.log(
+      `${name.padEnd(66)}  ${String(xs.length).padStart(4)}  ${quantile(xs, 0.5).toFixed(1).padStart(9)}  ${quantile(xs, 0.95).toFixed(1).padStart(7)}  ${Math.max(
+        ...xs,
+      )
+        .toFixed(1)
+        .padStart(7)}`,
+    );
   }
-  console.log("\nslowest sections: overhead = result to next start (dispatch) + inside the node; tasks that ran beside it");
-  for (const w of worst.sort((a, b) => b.gap - a.gap).slice(0, 5)) console.log(`  ${w.gap.toFixed(0).padStart(4)} ms = dispatch ${w.dispatch} + node ${w.node.toFixed(0)}; beside: ${w.beside}`);
-  console.log(`target <= 50 ms per section: median ${median.toFixed(1)} ms, p95 ${p95.toFixed(1)} ms -> ${p95 <= 50 ? "met" : "NOT met"}`);
+  console.log(
+    "\nslowest sections: overhead = result to next start (dispatch) + inside the node; tasks that ran beside it",
+  );
+  for (const w of worst.sort((a, b) => b.gap - a.gap).slice(0, 5))
+    console.log(
+      `  ${w.gap.toFixed(0).padStart(4)} ms = dispatch ${w.dispatch} + node ${w.node.toFixed(0)}; beside: ${w.beside}`,
+    );
+  console.log(
+    `target <= 50 ms per section: median ${median.toFixed(1)} ms, p95 ${p95.toFixed(1)} ms -> ${p95 <= 50 ? "met" : "NOT met"}`,
+  );
 }
 
 main().catch((err) => {

@@ -78,20 +78,35 @@ for (let i = 0; i < reps + 2; i++) {
 }
 const stepMs = median(stepTimes);
 const steps = Math.max(2, Math.min(requestedSteps, Math.floor(sectionBudgetMs / stepMs)));
-if (steps < requestedSteps) log(`section: ${steps} of ${requestedSteps} steps fit the ${sectionBudgetMs / 1000} s budget`);
+if (steps < requestedSteps)
+  log(`section: ${steps} of ${requestedSteps} steps fit the ${sectionBudgetMs / 1000} s budget`);
 
 // 2. A whole section through the denoise stage: a middle section of an inverted-sampling video at
 // this latent size, history packing (sectionInputs before, appendSection after) and `steps` steps.
 const [, channels, window, lh, lw] = f32("hidden_states").shape as [number, number, number, number, number];
-const scheduler: SchedulerConfig = { class: "FlowMatchEulerDiscreteScheduler", num_train_timesteps: 1000, shift: 7, use_dynamic_shifting: false };
+const scheduler: SchedulerConfig = {
+  class: "FlowMatchEulerDiscreteScheduler",
+  num_train_timesteps: 1000,
+  shift: 7,
+  use_dynamic_shifting: false,
+};
 const schedule = flowMatchSchedule(scheduler, steps, 0);
-const plan = planSections({ samplingType: "inverted_anti_drifting", numFrames: 4 * (window - 1) * 4 + 1, latentWindowSize: window, hasEndImage: false });
+const plan = planSections({
+  samplingType: "inverted_anti_drifting",
+  numFrames: 4 * (window - 1) * 4 + 1,
+  latentWindowSize: window,
+  hasEndImage: false,
+});
 const section = plan.sections[1]!;
 const gen = new TorchGenerator(7n);
 const imageLatents = gen.randn([1, channels, 1, lh, lw]);
 const history: History = { latents: gen.randn([1, channels, 19 + window, lh, lw]), generated: window };
 const noise = gen.randn([1, channels, window, lh, lw]);
-const prompt = { embeds: f32("encoder_hidden_states"), mask: f32("encoder_attention_mask"), pooled: f32("pooled_projections") };
+const prompt = {
+  embeds: f32("encoder_hidden_states"),
+  mask: f32("encoder_attention_mask"),
+  pooled: f32("pooled_projections"),
+};
 
 interface SectionResult {
   ms: number;
@@ -103,7 +118,15 @@ async function hostSection(): Promise<SectionResult> {
   const context = sectionInputs(plan, section, history, imageLatents, null);
   const packA = performance.now() - start;
   const runtime = { model: () => Promise.resolve(model) };
-  const latents = await denoiseSection(runtime, { noise, prompt, trueCfgScale: 1, imageEmbeds: f32("image_embeds"), context, guidanceScale: 10, schedule });
+  const latents = await denoiseSection(runtime, {
+    noise,
+    prompt,
+    trueCfgScale: 1,
+    imageEmbeds: f32("image_embeds"),
+    context,
+    guidanceScale: 10,
+    schedule,
+  });
   const b = performance.now();
   appendSection(plan, section, history, latents, imageLatents);
   const end = performance.now();
@@ -123,7 +146,9 @@ let residentError: string | undefined;
 if (values.resident === true && ep === "webgpu" && existsSync(path.join(dir, "euler.onnx"))) {
   try {
     resident = await residentSection();
-    log(`section (GPU-resident): ${resident.ms.toFixed(0)} ms, ${resident.stepMs.toFixed(1)} ms per step, rel L2 vs host ${resident.relL2VsHost}`);
+    log(
+      `section (GPU-resident): ${resident.ms.toFixed(0)} ms, ${resident.stepMs.toFixed(1)} ms per step, rel L2 vs host ${resident.relL2VsHost}`,
+    );
   } catch (err) {
     residentError = (err as Error).message;
     log(`section (GPU-resident) failed: ${residentError}`);
@@ -139,10 +164,18 @@ if (values.micro === true && ep === "webgpu") {
     const g = new TorchGenerator(3n);
     return toFloat16(g.randn([n]).data);
   };
-  const timeGraph = async (file: string, feedsOf: () => Record<string, ort.Tensor>, flop: number, runs = 3): Promise<Record<string, number>> => {
+  const timeGraph = async (
+    file: string,
+    feedsOf: () => Record<string, ort.Tensor>,
+    flop: number,
+    runs = 3,
+  ): Promise<Record<string, number>> => {
     // Outputs come back to host memory, so a run's time includes waiting for the GPU (and one
     // [tokens, width] fp16 download, small beside the work).
-    const session = await ort.InferenceSession.create(path.join(dir, file), { executionProviders: ["webgpu"], logSeverityLevel: 3 });
+    const session = await ort.InferenceSession.create(path.join(dir, file), {
+      executionProviders: ["webgpu"],
+      logSeverityLevel: 3,
+    });
     const f = feedsOf();
     const times: number[] = [];
     for (let i = 0; i < runs + 1; i++) {
@@ -156,9 +189,21 @@ if (values.micro === true && ep === "webgpu") {
   };
   try {
     const x = randomHalf(tokens * width);
-    micro.matmul = await timeGraph("matmul.onnx", () => ({ x: new ort.Tensor("float16", x, [1, tokens, width]) }), 8 * 2 * tokens * width * 4 * width);
+    micro.matmul = await timeGraph(
+      "matmul.onnx",
+      () => ({ x: new ort.Tensor("float16", x, [1, tokens, width]) }),
+      8 * 2 * tokens * width * 4 * width,
+    );
     log(`micro matmul: ${JSON.stringify(micro.matmul)}`);
-    micro.mha = await timeGraph("mha.onnx", () => ({ q: new ort.Tensor("float16", x, [1, tokens, width]), k: new ort.Tensor("float16", x, [1, tokens, width]), v: new ort.Tensor("float16", x, [1, tokens, width]) }), 3 * 4 * tokens * tokens * width);
+    micro.mha = await timeGraph(
+      "mha.onnx",
+      () => ({
+        q: new ort.Tensor("float16", x, [1, tokens, width]),
+        k: new ort.Tensor("float16", x, [1, tokens, width]),
+        v: new ort.Tensor("float16", x, [1, tokens, width]),
+      }),
+      3 * 4 * tokens * tokens * width,
+    );
     log(`micro mha: ${JSON.stringify(micro.mha)}`);
   } catch (err) {
     micro.error = (err as Error).message;
@@ -166,9 +211,16 @@ if (values.micro === true && ep === "webgpu") {
   }
   for (const [label, provider] of [["validation disabled", { name: "webgpu", validationMode: "disabled" }]] as const) {
     try {
-      const session = await ort.InferenceSession.create(path.join(dir, "transformer.onnx"), { executionProviders: [provider], graphOptimizationLevel: graphOptimization, logSeverityLevel: 3 });
+      const session = await ort.InferenceSession.create(path.join(dir, "transformer.onnx"), {
+        executionProviders: [provider],
+        graphOptimizationLevel: graphOptimization,
+        logSeverityLevel: 3,
+      });
       const cpuFeeds: Record<string, ort.Tensor> = {};
-      for (const [k, t] of Object.entries(feeds)) cpuFeeds[k] = t.is("int64") ? new ort.Tensor("int64", t.data, [...t.shape]) : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
+      for (const [k, t] of Object.entries(feeds))
+        cpuFeeds[k] = t.is("int64")
+          ? new ort.Tensor("int64", t.data, [...t.shape])
+          : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
       const times: number[] = [];
       for (let i = 0; i < 4; i++) {
         const t = performance.now();
@@ -184,15 +236,28 @@ if (values.micro === true && ep === "webgpu") {
   }
 }
 
-async function residentSection(): Promise<SectionResult & { loadMs: number; stepMs: number; relL2VsHost: number | null }> {
-  const gpuOut = { executionProviders: ["webgpu"], graphOptimizationLevel: graphOptimization, preferredOutputLocation: "gpu-buffer" as const, logSeverityLevel: 3 as const };
+async function residentSection(): Promise<
+  SectionResult & { loadMs: number; stepMs: number; relL2VsHost: number | null }
+> {
+  const gpuOut = {
+    executionProviders: ["webgpu"],
+    graphOptimizationLevel: graphOptimization,
+    preferredOutputLocation: "gpu-buffer" as const,
+    logSeverityLevel: 3 as const,
+  };
   const l0 = performance.now();
   const transformer = await ort.InferenceSession.create(path.join(dir, "transformer.onnx"), gpuOut);
   const loadMs = performance.now() - l0;
   const upload = await ort.InferenceSession.create(path.join(dir, "upload.onnx"), gpuOut);
   const euler = await ort.InferenceSession.create(path.join(dir, "euler.onnx"), gpuOut);
-  const eulerToHost = await ort.InferenceSession.create(path.join(dir, "euler.onnx"), { ...gpuOut, preferredOutputLocation: "cpu" as const });
-  const cpu = (t: Tensor): ort.Tensor => (t.is("int64") ? new ort.Tensor("int64", t.data, [...t.shape]) : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]));
+  const eulerToHost = await ort.InferenceSession.create(path.join(dir, "euler.onnx"), {
+    ...gpuOut,
+    preferredOutputLocation: "cpu" as const,
+  });
+  const cpu = (t: Tensor): ort.Tensor =>
+    t.is("int64")
+      ? new ort.Tensor("int64", t.data, [...t.shape])
+      : new ort.Tensor("float32", t.data as Float32Array, [...t.shape]);
   const scalar = (v: number): ort.Tensor => new ort.Tensor("float32", Float32Array.of(v), [1]);
 
   const start = performance.now();
@@ -220,7 +285,9 @@ async function residentSection(): Promise<SectionResult & { loadMs: number; step
   let latents: ort.Tensor = cpu(noise);
   let final: F32 | undefined;
   for (let i = 0; i < steps; i++) {
-    const pred = (await transformer.run({ ...constant, hidden_states: latents, timestep: scalar(schedule.timesteps[i]!) })).noise_pred!;
+    const pred = (
+      await transformer.run({ ...constant, hidden_states: latents, timestep: scalar(schedule.timesteps[i]!) })
+    ).noise_pred!;
     const last = i === steps - 1;
     const dt = Math.fround(Math.fround(schedule.sigmas[i + 1]!) - Math.fround(schedule.sigmas[i]!));
     const next = (await (last ? eulerToHost : euler).run({ latents, noise_pred: pred, dt: scalar(dt) })).latents_out!;
@@ -236,7 +303,14 @@ async function residentSection(): Promise<SectionResult & { loadMs: number; step
   await Promise.all([transformer.release(), upload.release(), euler.release(), eulerToHost.release()]);
   // Runs with GPU outputs return before the GPU finishes; the last step's download waits for all
   // of them, so only the section total is a GPU time (stepMs is that total over the steps).
-  return { ms: end - start, packMs: packA + (end - b), latents: final!, loadMs, stepMs: (b - start - packA) / steps, relL2VsHost: host ? relL2(final!, host.latents) : null };
+  return {
+    ms: end - start,
+    packMs: packA + (end - b),
+    latents: final!,
+    loadMs,
+    stepMs: (b - start - packA) / steps,
+    relL2VsHost: host ? relL2(final!, host.latents) : null,
+  };
 }
 
 const torchMs = num("torch_bf16_step_ms");
@@ -264,18 +338,29 @@ const result = {
   micro,
 };
 const { latents: _l, ...residentSummary } = resident ?? { latents: undefined };
-await writeFile(path.join(dir, `gpu-step-${ep}-${graphOptimization}.json`), JSON.stringify({ torch, node: { ...result, resident: resident ? residentSummary : null } }, null, 1));
+await writeFile(
+  path.join(dir, `gpu-step-${ep}-${graphOptimization}.json`),
+  JSON.stringify({ torch, node: { ...result, resident: resident ? residentSummary : null } }, null, 1),
+);
 
 const row = (a: string, b: string, c: string): string => `| ${a.padEnd(46)} | ${b.padStart(18)} | ${c.padStart(28)} |`;
-console.log(`\ngpu-step: FramePack transformer, real width, ${JSON.stringify(torch["config"])}, latent ${JSON.stringify(torch["latent"])}`);
-console.log(`device: ${String(torch["device"])}; tokens: ${String(torch["tokens_image"])} image + ${String(torch["tokens_text"])} text; ${(flops / 1e12).toFixed(1)} TFLOP per step`);
+console.log(
+  `\ngpu-step: FramePack transformer, real width, ${JSON.stringify(torch["config"])}, latent ${JSON.stringify(torch["latent"])}`,
+);
+console.log(
+  `device: ${String(torch["device"])}; tokens: ${String(torch["tokens_image"])} image + ${String(torch["tokens_text"])} text; ${(flops / 1e12).toFixed(1)} TFLOP per step`,
+);
 console.log(row("", "PyTorch bf16 SDPA", `ort-node ${ep} fp16, ${String(torch["attention"])} attn`));
 console.log(row("---", "---", "---"));
 console.log(row("step (median ms)", torchMs.toFixed(1), stepMs.toFixed(1)));
 console.log(row("achieved TFLOP/s", num("torch_tflops").toFixed(0), result.node_tflops.toFixed(1)));
 console.log(row("bf16 matmul ceiling TFLOP/s (measured)", num("bf16_matmul_ceiling_tflops").toFixed(0), ""));
 console.log(row("peak GPU memory GiB", num("torch_peak_gib").toFixed(1), "see nvidia-smi log"));
-if (host) console.log(row(`section, ${steps} steps + packing (ms)`, num("torch_bf16_section_ms").toFixed(0), host.ms.toFixed(0)));
-if (resident) console.log(row(`section, GPU-resident (ms)`, "", `${resident.ms.toFixed(0)} (step ${resident.stepMs.toFixed(1)})`));
+if (host)
+  console.log(
+    row(`section, ${steps} steps + packing (ms)`, num("torch_bf16_section_ms").toFixed(0), host.ms.toFixed(0)),
+  );
+if (resident)
+  console.log(row(`section, GPU-resident (ms)`, "", `${resident.ms.toFixed(0)} (step ${resident.stepMs.toFixed(1)})`));
 console.log(row("relative L2 vs PyTorch fp16 output", "", result.rel_l2_vs_torch_fp16.toExponential(2)));
 console.log(`ratio_vs_pytorch: ${result.ratio_vs_pytorch.toFixed(2)}`);

@@ -16,20 +16,30 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import type { SubmitJobRequest } from "../../../proto/gen/framefarm/v1/jobs.js";
-import { JOBS_BUCKET } from "../../../coordinator/dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../../../coordinator/dispatch/job-record.js";
 import { FarmProcesses } from "../../support/farm-processes.js";
 import { repoRoot } from "../../support/paths.js";
+import { JOBS_BUCKET } from "../../../shared/farm/protocol.js";
 
 const { values } = parseArgs({
-  options: { nodes: { type: "string" }, jobs: { type: "string" }, sections: { type: "string" }, steps: { type: "string" }, bundle: { type: "string" }, ep: { type: "string" }, "gpu-env": { type: "string" }, resolution: { type: "string" } },
+  options: {
+    nodes: { type: "string" },
+    jobs: { type: "string" },
+    sections: { type: "string" },
+    steps: { type: "string" },
+    bundle: { type: "string" },
+    ep: { type: "string" },
+    "gpu-env": { type: "string" },
+    resolution: { type: "string" },
+  },
 });
 const COUNTS = (values.nodes ?? "1,2").split(",").map(Number);
 const JOBS = Number(values.jobs ?? 16);
 const SECTIONS = Number(values.sections ?? 4);
 const STEPS = Number(values.steps ?? 8);
 const RESOLUTION = Number(values.resolution ?? 64);
-if (COUNTS.some((n) => !Number.isInteger(n) || n < 1) || !COUNTS.includes(1)) throw new Error("--nodes must list whole numbers including 1 (efficiency is relative to one node)");
+if (COUNTS.some((n) => !Number.isInteger(n) || n < 1) || !COUNTS.includes(1))
+  throw new Error("--nodes must list whole numbers including 1 (efficiency is relative to one node)");
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -48,23 +58,43 @@ interface Measured {
 
 async function run(n: number, image: Buffer): Promise<Measured> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-scaling-"));
-  const farm = await FarmProcesses.start(dir, { ackWaitMs: 60_000, s3RetryMs: 30_000, ...(values.bundle !== undefined ? { bundleDir: path.resolve(values.bundle) } : {}) }, {});
+  const farm = await FarmProcesses.start(
+    dir,
+    {
+      ackWaitMs: 60_000,
+      s3RetryMs: 30_000,
+      ...(values.bundle !== undefined ? { bundleDir: path.resolve(values.bundle) } : {}),
+    },
+    {},
+  );
   try {
     await Promise.all(
       Array.from({ length: n }, (_, i) =>
-        farm.startNode(`node-${i}`, "all", { args: ["--ep", values.ep ?? "cpu"], ...(values["gpu-env"] !== undefined ? { env: { [values["gpu-env"]]: String(i) } } : {}) }),
+        farm.startNode(`node-${i}`, "all", {
+          args: ["--ep", values.ep ?? "cpu"],
+          ...(values["gpu-env"] !== undefined ? { env: { [values["gpu-env"]]: String(i) } } : {}),
+        }),
       ),
     );
     const request = (j: number): SubmitJobRequest => ({
       image: { source: { $case: "data", value: image } },
       // Inverted sampling at window 9: 33 frames per section.
-      settings: { prompt: `scaling ${j}`, length: { $case: "numFrames", value: SECTIONS * 33 }, mode: 1, steps: STEPS, resolution: RESOLUTION, seed: BigInt(j) },
+      settings: {
+        prompt: `scaling ${j}`,
+        length: { $case: "numFrames", value: SECTIONS * 33 },
+        mode: 1,
+        steps: STEPS,
+        resolution: RESOLUTION,
+        seed: BigInt(j),
+      },
       bundle: "",
       priority: 0,
       idempotencyKey: "",
     });
     const t0 = Date.now();
-    const ids = await Promise.all(Array.from({ length: JOBS }, (_, j) => farm.submit(request(j)).then((job) => job.id)));
+    const ids = await Promise.all(
+      Array.from({ length: JOBS }, (_, j) => farm.submit(request(j)).then((job) => job.id)),
+    );
     const kv = await farm.bus.kv(JOBS_BUCKET);
     let records: JobRecord[];
     for (;;) {
@@ -78,8 +108,11 @@ async function run(n: number, image: Buffer): Promise<Measured> {
     const wallS = (end - t0) / 1000;
     const log = records.flatMap((r) => r.taskLog ?? []);
     const busyMs = new Map<string, number>();
-    for (const e of log) busyMs.set(e.node, (busyMs.get(e.node) ?? 0) + Date.parse(e.finishedAt) - Date.parse(e.startedAt));
-    const idlePct = (100 * [...Array(n).keys()].reduce((s, i) => s + Math.max(0, wallS * 1000 - (busyMs.get(`node-${i}`) ?? 0)), 0)) / (n * wallS * 1000);
+    for (const e of log)
+      busyMs.set(e.node, (busyMs.get(e.node) ?? 0) + Date.parse(e.finishedAt) - Date.parse(e.startedAt));
+    const idlePct =
+      (100 * [...Array(n).keys()].reduce((s, i) => s + Math.max(0, wallS * 1000 - (busyMs.get(`node-${i}`) ?? 0)), 0)) /
+      (n * wallS * 1000);
     const denoise = log.filter((e) => e.taskId.includes(".denoise."));
     // Wait: from the previous section's denoise finishing (its dependency) to this one starting.
     const waits: number[] = [];
@@ -88,7 +121,8 @@ async function run(n: number, image: Buffer): Promise<Measured> {
       for (let k = 1; k < SECTIONS; k++) {
         const prev = byId.get(`${r.spec.jobId}.denoise.${k - 1}`);
         const cur = byId.get(`${r.spec.jobId}.denoise.${k}`);
-        if (prev !== undefined && cur !== undefined) waits.push(Date.parse(cur.startedAt) - Date.parse(prev.finishedAt));
+        if (prev !== undefined && cur !== undefined)
+          waits.push(Date.parse(cur.startedAt) - Date.parse(prev.finishedAt));
       }
     }
     return {
@@ -115,15 +149,25 @@ async function main(): Promise<void> {
   }
   const one = rows.find((r) => r.n === 1)!;
   const cpu = os.cpus();
-  process.stdout.write(`\nMachine: ${cpu[0]?.model ?? "unknown CPU"}, ${cpu.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; execution provider ${values.ep ?? "cpu"}\n`);
-  process.stdout.write(`Batch: ${JOBS} jobs x ${SECTIONS} sections x ${STEPS} steps at resolution ${RESOLUTION}, bundle ${values.bundle ?? "tiny (test/fixtures/tiny-bundle)"}; every node serves every stage\n\n`);
-  process.stdout.write("| N nodes | wall (s) | sections/min | efficiency | node idle | denoise: model ms (median) | denoise: outside model ms | wait between sections ms |\n|---|---|---|---|---|---|---|---|\n");
+  process.stdout.write(
+    `\nMachine: ${cpu[0]?.model ?? "unknown CPU"}, ${cpu.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; execution provider ${values.ep ?? "cpu"}\n`,
+  );
+  process.stdout.write(
+    `Batch: ${JOBS} jobs x ${SECTIONS} sections x ${STEPS} steps at resolution ${RESOLUTION}, bundle ${values.bundle ?? "tiny (test/fixtures/tiny-bundle)"}; every node serves every stage\n\n`,
+  );
+  process.stdout.write(
+    "| N nodes | wall (s) | sections/min | efficiency | node idle | denoise: model ms (median) | denoise: outside model ms | wait between sections ms |\n|---|---|---|---|---|---|---|---|\n",
+  );
   for (const r of rows) {
     const eff = r.sectionsPerMin / (r.n * one.sectionsPerMin);
-    process.stdout.write(`| ${r.n} | ${r.wallS.toFixed(1)} | ${r.sectionsPerMin.toFixed(1)} | ${eff.toFixed(2)} | ${r.idlePct.toFixed(0)}% | ${r.modelMs.toFixed(0)} | ${r.outsideModelMs.toFixed(0)} | ${r.waitMs.toFixed(0)} |\n`);
+    process.stdout.write(
+      `| ${r.n} | ${r.wallS.toFixed(1)} | ${r.sectionsPerMin.toFixed(1)} | ${eff.toFixed(2)} | ${r.idlePct.toFixed(0)}% | ${r.modelMs.toFixed(0)} | ${r.outsideModelMs.toFixed(0)} | ${r.waitMs.toFixed(0)} |\n`,
+    );
   }
   const last = rows.at(-1)!;
-  process.stdout.write(`\nefficiency_at_${last.n}: ${(last.sectionsPerMin / (last.n * one.sectionsPerMin)).toFixed(2)}\n`);
+  process.stdout.write(
+    `\nefficiency_at_${last.n}: ${(last.sectionsPerMin / (last.n * one.sectionsPerMin)).toFixed(2)}\n`,
+  );
 }
 
 await main();

@@ -61,7 +61,11 @@ export interface DockerStage {
 }
 
 export function dockerStages(file = path.join(repoRoot(), "deploy", "images", "Dockerfile")): DockerStage[] {
-  const lines = readFileSync(file, "utf8").replace(/\\\n/g, " ").split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
+  const lines = readFileSync(file, "utf8")
+    .replace(/\\\n/g, " ")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
   const stages: DockerStage[] = [];
   for (const line of lines) {
     const m = /^(\w+)\s+(.*)$/.exec(line);

@@ -4,7 +4,11 @@ import type { K8sObject } from "./render.js";
 export interface EnvVar {
   name: string;
   value?: string;
-  valueFrom?: { fieldRef?: { fieldPath: string }; secretKeyRef?: { name: string; key: string }; configMapKeyRef?: { name: string; key: string } };
+  valueFrom?: {
+    fieldRef?: { fieldPath: string };
+    secretKeyRef?: { name: string; key: string };
+    configMapKeyRef?: { name: string; key: string };
+  };
 }
 export interface Probe {
   grpc?: { port: number; service?: string };
@@ -27,7 +31,13 @@ export interface Container {
 export interface PodSpec {
   containers: Container[];
   initContainers?: Container[];
-  volumes?: { name: string; configMap?: { name: string }; secret?: { secretName: string; items?: { key: string; path: string }[] }; emptyDir?: unknown; persistentVolumeClaim?: { claimName: string } }[];
+  volumes?: {
+    name: string;
+    configMap?: { name: string };
+    secret?: { secretName: string; items?: { key: string; path: string }[] };
+    emptyDir?: unknown;
+    persistentVolumeClaim?: { claimName: string };
+  }[];
   nodeSelector?: Record<string, string>;
   tolerations?: { key?: string; operator?: string; effect?: string }[];
 }
@@ -47,7 +57,9 @@ export function podSpecs(workload: K8sObject): PodSpec[] {
 
 /** The generated ConfigMap whose name is `base` plus kustomize's hash suffix (or exactly `base`). */
 export function generated(objects: K8sObject[], kind: "ConfigMap" | "Secret", base: string): K8sObject | undefined {
-  return objects.find((o) => o.kind === kind && (o.metadata.name === base || new RegExp(`^${base}-[a-z0-9]{10}$`).test(o.metadata.name)));
+  return objects.find(
+    (o) => o.kind === kind && (o.metadata.name === base || new RegExp(`^${base}-[a-z0-9]{10}$`).test(o.metadata.name)),
+  );
 }
 
 /**
@@ -62,12 +74,19 @@ export function containerEnv(objects: K8sObject[], c: Container): Map<string, st
     if (o === undefined) return undefined;
     if (kind === "Secret") {
       const data = (o["data"] ?? {}) as Record<string, string>;
-      return { ...Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])), ...((o["stringData"] ?? {}) as Record<string, string>) };
+      return {
+        ...Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])),
+        ...((o["stringData"] ?? {}) as Record<string, string>),
+      };
     }
     return (o["data"] ?? {}) as Record<string, string>;
   };
   for (const from of c.envFrom ?? []) {
-    const ref = from.configMapRef ? dataOf("ConfigMap", from.configMapRef.name) : from.secretRef ? dataOf("Secret", from.secretRef.name) : undefined;
+    const ref = from.configMapRef
+      ? dataOf("ConfigMap", from.configMapRef.name)
+      : from.secretRef
+        ? dataOf("Secret", from.secretRef.name)
+        : undefined;
     if (ref === undefined) throw new Error(`${c.name}: envFrom names nothing rendered`);
     for (const [k, v] of Object.entries(ref)) env.set(k, v);
   }

@@ -9,7 +9,12 @@ import { parseAllDocuments } from "yaml";
 import { repoRoot } from "../../support/paths.js";
 
 /** A rendered Kubernetes object; fields are checked by schema.ts, so tests read them loosely. */
-export type K8sObject = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; [k: string]: unknown }; [k: string]: unknown };
+export type K8sObject = {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; [k: string]: unknown };
+  [k: string]: unknown;
+};
 
 export const k8sDir = (): string => path.join(repoRoot(), "deploy", "k8s");
 /** What `kubectl apply -k` takes: the base and each overlay. */
@@ -20,7 +25,10 @@ export function pinnedKubectl(): string {
   const fromEnv = process.env["FRAMEFARM_KUBECTL"];
   if (fromEnv !== undefined) return fromEnv;
   const local = path.join(repoRoot(), ".cache", "kubectl", "usr", "bin", "kubectl");
-  if (!existsSync(local)) throw new Error(`no kubectl for the deploy tests: run bash deploy/k8s/install-kubectl.sh (or set FRAMEFARM_KUBECTL)`);
+  if (!existsSync(local))
+    throw new Error(
+      `no kubectl for the deploy tests: run bash deploy/k8s/install-kubectl.sh (or set FRAMEFARM_KUBECTL)`,
+    );
   return local;
 }
 
@@ -34,13 +42,17 @@ export function kubectlOnPath(): string | null {
 }
 
 export function kustomizeText(target: Target, kubectl = pinnedKubectl()): string {
-  return execFileSync(kubectl, ["kustomize", path.join(k8sDir(), target)], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  return execFileSync(kubectl, ["kustomize", path.join(k8sDir(), target)], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 }
 
 export function parseObjects(text: string): K8sObject[] {
   const out: K8sObject[] = [];
   for (const doc of parseAllDocuments(text)) {
-    if (doc.errors.length > 0) throw new Error(`rendered YAML does not parse: ${doc.errors.map((e) => e.message).join("; ")}`);
+    if (doc.errors.length > 0)
+      throw new Error(`rendered YAML does not parse: ${doc.errors.map((e) => e.message).join("; ")}`);
     const value = doc.toJS() as K8sObject | null;
     if (value !== null) out.push(value);
   }

@@ -10,7 +10,9 @@
 import { createRequire } from "node:module";
 import type { K8sObject } from "./render.js";
 
-type ValidateFn = ((data: unknown) => boolean) & { errors?: { instancePath: string; message?: string; params?: unknown }[] | null };
+type ValidateFn = ((data: unknown) => boolean) & {
+  errors?: { instancePath: string; message?: string; params?: unknown }[] | null;
+};
 
 const require = createRequire(import.meta.url);
 
@@ -46,7 +48,8 @@ interface Watched {
   enumerated: boolean;
 }
 
-const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const isPlainObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
 
 function watch(value: unknown, path: string, log: Watched[]): unknown {
   if (Array.isArray(value)) return value.map((v, i) => watch(v, `${path}[${i}]`, log));
@@ -79,7 +82,8 @@ export function validateObject(obj: K8sObject): string[] {
   const log: Watched[] = [];
   const watched = watch(obj, "", log);
   const problems: string[] = [];
-  if (!validate(watched)) problems.push(`${where}: ${validate.errors?.map((e) => `${e.instancePath} ${e.message ?? ""}`).join("; ")}`);
+  if (!validate(watched))
+    problems.push(`${where}: ${validate.errors?.map((e) => `${e.instancePath} ${e.message ?? ""}`).join("; ")}`);
   for (const w of log) {
     if (w.enumerated || w.read.size === 0) continue;
     for (const k of w.keys) if (!w.read.has(k)) problems.push(`${where}: unknown field ${w.path}.${k}`);

@@ -70,6 +70,134 @@ export function samplingModeToJSON(object: SamplingMode): string {
   }
 }
 
+/**
+ * How the video is encoded. Field numbers from 20 on in these messages belong to reproducibility
+ * and output (recipes, formats, frames).
+ */
+export enum VideoFormat {
+  /** VIDEO_FORMAT_UNSPECIFIED - MP4, or the recipe's format when re-rendering a recipe */
+  VIDEO_FORMAT_UNSPECIFIED = 0,
+  /** VIDEO_FORMAT_MP4 - H.264 in MP4 (libx264, or libx264rgb when lossless) */
+  VIDEO_FORMAT_MP4 = 1,
+  /** VIDEO_FORMAT_WEBM - VP9 in WebM (libvpx-vp9; lossless: RGB, exact frames) */
+  VIDEO_FORMAT_WEBM = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function videoFormatFromJSON(object: any): VideoFormat {
+  switch (object) {
+    case 0:
+    case "VIDEO_FORMAT_UNSPECIFIED":
+      return VideoFormat.VIDEO_FORMAT_UNSPECIFIED;
+    case 1:
+    case "VIDEO_FORMAT_MP4":
+      return VideoFormat.VIDEO_FORMAT_MP4;
+    case 2:
+    case "VIDEO_FORMAT_WEBM":
+      return VideoFormat.VIDEO_FORMAT_WEBM;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return VideoFormat.UNRECOGNIZED;
+  }
+}
+
+export function videoFormatToJSON(object: VideoFormat): string {
+  switch (object) {
+    case VideoFormat.VIDEO_FORMAT_UNSPECIFIED:
+      return "VIDEO_FORMAT_UNSPECIFIED";
+    case VideoFormat.VIDEO_FORMAT_MP4:
+      return "VIDEO_FORMAT_MP4";
+    case VideoFormat.VIDEO_FORMAT_WEBM:
+      return "VIDEO_FORMAT_WEBM";
+    case VideoFormat.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum Sampler {
+  /** SAMPLER_UNSPECIFIED - FlowMatch Euler */
+  SAMPLER_UNSPECIFIED = 0,
+  /** SAMPLER_FLOW_MATCH_EULER - diffusers' HunyuanVideoFramepackPipeline: FlowMatch Euler, the bundle's scheduler */
+  SAMPLER_FLOW_MATCH_EULER = 1,
+  /** SAMPLER_UNIPC - lllyasviel's FramePack demo: flux time shift + UniPC, its generators, section count and frames */
+  SAMPLER_UNIPC = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function samplerFromJSON(object: any): Sampler {
+  switch (object) {
+    case 0:
+    case "SAMPLER_UNSPECIFIED":
+      return Sampler.SAMPLER_UNSPECIFIED;
+    case 1:
+    case "SAMPLER_FLOW_MATCH_EULER":
+      return Sampler.SAMPLER_FLOW_MATCH_EULER;
+    case 2:
+    case "SAMPLER_UNIPC":
+      return Sampler.SAMPLER_UNIPC;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return Sampler.UNRECOGNIZED;
+  }
+}
+
+export function samplerToJSON(object: Sampler): string {
+  switch (object) {
+    case Sampler.SAMPLER_UNSPECIFIED:
+      return "SAMPLER_UNSPECIFIED";
+    case Sampler.SAMPLER_FLOW_MATCH_EULER:
+      return "SAMPLER_FLOW_MATCH_EULER";
+    case Sampler.SAMPLER_UNIPC:
+      return "SAMPLER_UNIPC";
+    case Sampler.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum UnipcVariant {
+  /** UNIPC_VARIANT_UNSPECIFIED - bh1, as the demo */
+  UNIPC_VARIANT_UNSPECIFIED = 0,
+  UNIPC_VARIANT_BH1 = 1,
+  UNIPC_VARIANT_BH2 = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function unipcVariantFromJSON(object: any): UnipcVariant {
+  switch (object) {
+    case 0:
+    case "UNIPC_VARIANT_UNSPECIFIED":
+      return UnipcVariant.UNIPC_VARIANT_UNSPECIFIED;
+    case 1:
+    case "UNIPC_VARIANT_BH1":
+      return UnipcVariant.UNIPC_VARIANT_BH1;
+    case 2:
+    case "UNIPC_VARIANT_BH2":
+      return UnipcVariant.UNIPC_VARIANT_BH2;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return UnipcVariant.UNRECOGNIZED;
+  }
+}
+
+export function unipcVariantToJSON(object: UnipcVariant): string {
+  switch (object) {
+    case UnipcVariant.UNIPC_VARIANT_UNSPECIFIED:
+      return "UNIPC_VARIANT_UNSPECIFIED";
+    case UnipcVariant.UNIPC_VARIANT_BH1:
+      return "UNIPC_VARIANT_BH1";
+    case UnipcVariant.UNIPC_VARIANT_BH2:
+      return "UNIPC_VARIANT_BH2";
+    case UnipcVariant.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum JobState {
   JOB_STATE_UNSPECIFIED = 0,
   JOB_STATE_QUEUED = 1,
@@ -135,6 +263,24 @@ export interface ImageInput {
   source?: { $case: "data"; value: Buffer } | { $case: "objectKey"; value: string } | undefined;
 }
 
+/** Options of lllyasviel's sampler: SAMPLER_UNIPC only. */
+export interface UnipcOptions {
+  variant: UnipcVariant;
+  /** The demo's CFG re-scale, 0 to 1 (default 0). */
+  cfgRescale?: number | undefined;
+}
+
+/**
+ * Prompts that change over time. `prompt` itself may instead be timed:
+ * "[0s: a man waves] [2s: he turns away]".
+ */
+export interface PromptSchedule {
+  /** One prompt per section in video-time order, instead of `prompt` (which must then be empty). */
+  sectionPrompts: string[];
+  /** Sections over which each prompt change is blended (timed or section prompts), default 0. */
+  blendSections?: number | undefined;
+}
+
 export interface RenderSettings {
   prompt: string;
   negativePrompt?: string | undefined;
@@ -163,6 +309,17 @@ export interface RenderSettings {
     | undefined;
   /** Lossless RGB H.264 (libx264rgb, qp 0) instead of yuv420p at crf: exact frames, larger files. */
   lossless?: boolean | undefined;
+  format?:
+    | VideoFormat
+    | undefined;
+  /** Also keep every frame as a PNG: the finished job's frames_url is a tar of frame_00000.png, ... */
+  saveFrames?:
+    | boolean
+    | undefined;
+  /** Field numbers 17 to 19 belong to sampling and prompts. */
+  sampler?: Sampler | undefined;
+  unipc?: UnipcOptions | undefined;
+  promptSchedule?: PromptSchedule | undefined;
 }
 
 export interface SubmitJobRequest {
@@ -177,6 +334,14 @@ export interface SubmitJobRequest {
   priority: number;
   /** 1 to 128 characters of [A-Za-z0-9._:-]; scoped to the caller's tenant. */
   idempotencyKey: string;
+  /**
+   * A recipe to render again: the JSON that a finished job's video carries in its metadata (and
+   * its recipe_url holds). Its settings replace `settings`, which may then set only format, crf,
+   * lossless and save_frames. The images must be the recipe's (same SHA-256, else
+   * INVALID_ARGUMENT); a recipe made on another bundle is FAILED_PRECONDITION naming both bundle
+   * digests; an unknown recipe version or field is INVALID_ARGUMENT.
+   */
+  recipe?: string | undefined;
 }
 
 export interface SubmitJobResponse {
@@ -227,6 +392,15 @@ export interface Job {
    */
   previewKey: string;
   previewUrl: string;
+  /**
+   * When SUCCEEDED: the recipe (JSON: every setting, the input images' SHA-256 and the bundle's
+   * digest) that renders this video again; the video carries the same JSON as its comment tag.
+   */
+  recipeKey: string;
+  recipeUrl: string;
+  /** When SUCCEEDED with save_frames: a tar of every frame as PNG (frame_00000.png, ...). */
+  framesKey: string;
+  framesUrl: string;
 }
 
 export interface GetJobRequest {
@@ -380,6 +554,188 @@ export const ImageInput: MessageFns<ImageInput> = {
   },
 };
 
+function createBaseUnipcOptions(): UnipcOptions {
+  return { variant: 0, cfgRescale: undefined };
+}
+
+export const UnipcOptions: MessageFns<UnipcOptions> = {
+  encode(message: UnipcOptions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.variant !== 0) {
+      writer.uint32(8).int32(message.variant);
+    }
+    if (message.cfgRescale !== undefined) {
+      writer.uint32(17).double(message.cfgRescale);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnipcOptions {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnipcOptions();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.variant = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.cfgRescale = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UnipcOptions {
+    return {
+      variant: isSet(object.variant) ? unipcVariantFromJSON(object.variant) : 0,
+      cfgRescale: isSet(object.cfgRescale)
+        ? globalThis.Number(object.cfgRescale)
+        : isSet(object.cfg_rescale)
+        ? globalThis.Number(object.cfg_rescale)
+        : undefined,
+    };
+  },
+
+  toJSON(message: UnipcOptions): unknown {
+    const obj: any = {};
+    if (message.variant !== 0) {
+      obj.variant = unipcVariantToJSON(message.variant);
+    }
+    if (message.cfgRescale !== undefined) {
+      obj.cfgRescale = floatToJson(message.cfgRescale);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UnipcOptions>, I>>(base?: I): UnipcOptions {
+    return UnipcOptions.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UnipcOptions>, I>>(object: I): UnipcOptions {
+    const message = createBaseUnipcOptions();
+    message.variant = object.variant ?? 0;
+    message.cfgRescale = object.cfgRescale ?? undefined;
+    return message;
+  },
+};
+
+function createBasePromptSchedule(): PromptSchedule {
+  return { sectionPrompts: [], blendSections: undefined };
+}
+
+export const PromptSchedule: MessageFns<PromptSchedule> = {
+  encode(message: PromptSchedule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.sectionPrompts) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.blendSections !== undefined) {
+      writer.uint32(16).uint32(message.blendSections);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PromptSchedule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePromptSchedule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sectionPrompts.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.blendSections = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PromptSchedule {
+    return {
+      sectionPrompts: globalThis.Array.isArray(object?.sectionPrompts)
+        ? object.sectionPrompts.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.section_prompts)
+        ? object.section_prompts.map((e: any) => globalThis.String(e))
+        : [],
+      blendSections: isSet(object.blendSections)
+        ? globalThis.Number(object.blendSections)
+        : isSet(object.blend_sections)
+        ? globalThis.Number(object.blend_sections)
+        : undefined,
+    };
+  },
+
+  toJSON(message: PromptSchedule): unknown {
+    const obj: any = {};
+    if (message.sectionPrompts?.length) {
+      obj.sectionPrompts = message.sectionPrompts;
+    }
+    if (message.blendSections !== undefined) {
+      obj.blendSections = Math.round(message.blendSections);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PromptSchedule>, I>>(base?: I): PromptSchedule {
+    return PromptSchedule.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PromptSchedule>, I>>(object: I): PromptSchedule {
+    const message = createBasePromptSchedule();
+    message.sectionPrompts = object.sectionPrompts?.map((e) => e) || [];
+    message.blendSections = object.blendSections ?? undefined;
+    return message;
+  },
+};
+
 function createBaseRenderSettings(): RenderSettings {
   return {
     prompt: "",
@@ -397,6 +753,11 @@ function createBaseRenderSettings(): RenderSettings {
     fps: undefined,
     crf: undefined,
     lossless: undefined,
+    format: undefined,
+    saveFrames: undefined,
+    sampler: undefined,
+    unipc: undefined,
+    promptSchedule: undefined,
   };
 }
 
@@ -454,6 +815,21 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.lossless !== undefined) {
       writer.uint32(128).bool(message.lossless);
+    }
+    if (message.format !== undefined) {
+      writer.uint32(160).int32(message.format);
+    }
+    if (message.saveFrames !== undefined) {
+      writer.uint32(168).bool(message.saveFrames);
+    }
+    if (message.sampler !== undefined) {
+      writer.uint32(136).int32(message.sampler);
+    }
+    if (message.unipc !== undefined) {
+      UnipcOptions.encode(message.unipc, writer.uint32(146).fork()).join();
+    }
+    if (message.promptSchedule !== undefined) {
+      PromptSchedule.encode(message.promptSchedule, writer.uint32(154).fork()).join();
     }
     return writer;
   },
@@ -599,6 +975,46 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.lossless = reader.bool();
             continue;
           }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.saveFrames = reader.bool();
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.sampler = reader.int32() as any;
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.unipc = UnipcOptions.decode(reader, reader.uint32());
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.promptSchedule = PromptSchedule.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -650,6 +1066,19 @@ export const RenderSettings: MessageFns<RenderSettings> = {
       fps: isSet(object.fps) ? globalThis.Number(object.fps) : undefined,
       crf: isSet(object.crf) ? globalThis.Number(object.crf) : undefined,
       lossless: isSet(object.lossless) ? globalThis.Boolean(object.lossless) : undefined,
+      format: isSet(object.format) ? videoFormatFromJSON(object.format) : undefined,
+      saveFrames: isSet(object.saveFrames)
+        ? globalThis.Boolean(object.saveFrames)
+        : isSet(object.save_frames)
+        ? globalThis.Boolean(object.save_frames)
+        : undefined,
+      sampler: isSet(object.sampler) ? samplerFromJSON(object.sampler) : undefined,
+      unipc: isSet(object.unipc) ? UnipcOptions.fromJSON(object.unipc) : undefined,
+      promptSchedule: isSet(object.promptSchedule)
+        ? PromptSchedule.fromJSON(object.promptSchedule)
+        : isSet(object.prompt_schedule)
+        ? PromptSchedule.fromJSON(object.prompt_schedule)
+        : undefined,
     };
   },
 
@@ -702,6 +1131,21 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.lossless !== undefined) {
       obj.lossless = message.lossless;
     }
+    if (message.format !== undefined) {
+      obj.format = videoFormatToJSON(message.format);
+    }
+    if (message.saveFrames !== undefined) {
+      obj.saveFrames = message.saveFrames;
+    }
+    if (message.sampler !== undefined) {
+      obj.sampler = samplerToJSON(message.sampler);
+    }
+    if (message.unipc !== undefined) {
+      obj.unipc = UnipcOptions.toJSON(message.unipc);
+    }
+    if (message.promptSchedule !== undefined) {
+      obj.promptSchedule = PromptSchedule.toJSON(message.promptSchedule);
+    }
     return obj;
   },
 
@@ -738,12 +1182,29 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.fps = object.fps ?? undefined;
     message.crf = object.crf ?? undefined;
     message.lossless = object.lossless ?? undefined;
+    message.format = object.format ?? undefined;
+    message.saveFrames = object.saveFrames ?? undefined;
+    message.sampler = object.sampler ?? undefined;
+    message.unipc = (object.unipc !== undefined && object.unipc !== null)
+      ? UnipcOptions.fromPartial(object.unipc)
+      : undefined;
+    message.promptSchedule = (object.promptSchedule !== undefined && object.promptSchedule !== null)
+      ? PromptSchedule.fromPartial(object.promptSchedule)
+      : undefined;
     return message;
   },
 };
 
 function createBaseSubmitJobRequest(): SubmitJobRequest {
-  return { image: undefined, endImage: undefined, settings: undefined, bundle: "", priority: 0, idempotencyKey: "" };
+  return {
+    image: undefined,
+    endImage: undefined,
+    settings: undefined,
+    bundle: "",
+    priority: 0,
+    idempotencyKey: "",
+    recipe: undefined,
+  };
 }
 
 export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
@@ -765,6 +1226,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.idempotencyKey !== "") {
       writer.uint32(50).string(message.idempotencyKey);
+    }
+    if (message.recipe !== undefined) {
+      writer.uint32(162).string(message.recipe);
     }
     return writer;
   },
@@ -830,6 +1294,14 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             message.idempotencyKey = reader.string();
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.recipe = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -858,6 +1330,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
         : isSet(object.idempotency_key)
         ? globalThis.String(object.idempotency_key)
         : "",
+      recipe: isSet(object.recipe) ? globalThis.String(object.recipe) : undefined,
     };
   },
 
@@ -881,6 +1354,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     if (message.idempotencyKey !== "") {
       obj.idempotencyKey = message.idempotencyKey;
     }
+    if (message.recipe !== undefined) {
+      obj.recipe = message.recipe;
+    }
     return obj;
   },
 
@@ -901,6 +1377,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     message.bundle = object.bundle ?? "";
     message.priority = object.priority ?? 0;
     message.idempotencyKey = object.idempotencyKey ?? "";
+    message.recipe = object.recipe ?? undefined;
     return message;
   },
 };
@@ -1183,6 +1660,10 @@ function createBaseJob(): Job {
     width: 0,
     previewKey: "",
     previewUrl: "",
+    recipeKey: "",
+    recipeUrl: "",
+    framesKey: "",
+    framesUrl: "",
   };
 }
 
@@ -1241,6 +1722,18 @@ export const Job: MessageFns<Job> = {
     }
     if (message.previewUrl !== "") {
       writer.uint32(146).string(message.previewUrl);
+    }
+    if (message.recipeKey !== "") {
+      writer.uint32(162).string(message.recipeKey);
+    }
+    if (message.recipeUrl !== "") {
+      writer.uint32(170).string(message.recipeUrl);
+    }
+    if (message.framesKey !== "") {
+      writer.uint32(178).string(message.framesKey);
+    }
+    if (message.framesUrl !== "") {
+      writer.uint32(186).string(message.framesUrl);
     }
     return writer;
   },
@@ -1402,6 +1895,38 @@ export const Job: MessageFns<Job> = {
             message.previewUrl = reader.string();
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.recipeKey = reader.string();
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.recipeUrl = reader.string();
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.framesKey = reader.string();
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.framesUrl = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1470,6 +1995,26 @@ export const Job: MessageFns<Job> = {
         : isSet(object.preview_url)
         ? globalThis.String(object.preview_url)
         : "",
+      recipeKey: isSet(object.recipeKey)
+        ? globalThis.String(object.recipeKey)
+        : isSet(object.recipe_key)
+        ? globalThis.String(object.recipe_key)
+        : "",
+      recipeUrl: isSet(object.recipeUrl)
+        ? globalThis.String(object.recipeUrl)
+        : isSet(object.recipe_url)
+        ? globalThis.String(object.recipe_url)
+        : "",
+      framesKey: isSet(object.framesKey)
+        ? globalThis.String(object.framesKey)
+        : isSet(object.frames_key)
+        ? globalThis.String(object.frames_key)
+        : "",
+      framesUrl: isSet(object.framesUrl)
+        ? globalThis.String(object.framesUrl)
+        : isSet(object.frames_url)
+        ? globalThis.String(object.frames_url)
+        : "",
     };
   },
 
@@ -1529,6 +2074,18 @@ export const Job: MessageFns<Job> = {
     if (message.previewUrl !== "") {
       obj.previewUrl = message.previewUrl;
     }
+    if (message.recipeKey !== "") {
+      obj.recipeKey = message.recipeKey;
+    }
+    if (message.recipeUrl !== "") {
+      obj.recipeUrl = message.recipeUrl;
+    }
+    if (message.framesKey !== "") {
+      obj.framesKey = message.framesKey;
+    }
+    if (message.framesUrl !== "") {
+      obj.framesUrl = message.framesUrl;
+    }
     return obj;
   },
 
@@ -1565,6 +2122,10 @@ export const Job: MessageFns<Job> = {
     message.width = object.width ?? 0;
     message.previewKey = object.previewKey ?? "";
     message.previewUrl = object.previewUrl ?? "";
+    message.recipeKey = object.recipeKey ?? "";
+    message.recipeUrl = object.recipeUrl ?? "";
+    message.framesKey = object.framesKey ?? "";
+    message.framesUrl = object.framesUrl ?? "";
     return message;
   },
 };

@@ -1,0 +1,167 @@
+/**
+ * SubmitJob: checks a submission (settings or a recipe to render again, images, priority,
+ * idempotency key) before anything is stored, answers a repeated idempotency key with its first job, stores the inputs, plans the job
+ * and hands it to the dispatcher. A submission that does not become a job leaves nothing behind.
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { FarmError } from "../../shared/errors.js";
+import type { ImageInput, Job, SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import type { KeyValue } from "../../shared/bus/bus.js";
+import { validateObjectKey } from "../../shared/store/object-store.js";
+import { decodeImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
+import { findNearestBucket } from "../../shared/framepack/buckets.js";
+import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
+import { toJobSpec } from "../../shared/job/job-spec.js";
+import { sectionPlanFor } from "../../shared/job/section-plan.js";
+import { jobKeys, jobPrefix } from "../../shared/farm/keys.js";
+import { planJob } from "../planner/job-plan.js";
+import { checkPriority } from "../dispatch/dispatcher.js";
+import { readJob, type JobRecord } from "../dispatch/job-record.js";
+import { tenantOf } from "../dispatch/job-views.js";
+import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
+import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
+import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText } from "../../shared/job/recipe.js";
+import { FRAMEFARM_VERSION } from "../../shared/version.js";
+import type { JobServiceDeps } from "./job-service.js";
+
+const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
+export const IDEMPOTENCY_BUCKET = "idempotency";
+
+export interface Submission extends JobServiceDeps {
+  jobs: Promise<KeyValue>;
+  idempotency: Promise<KeyValue>;
+  toJob(r: JobRecord): Promise<Job>;
+}
+
+async function image(
+  deps: Submission,
+  input: ImageInput | undefined,
+  what: string,
+  tenant: string,
+): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
+  if (input?.source === undefined) return null;
+  let bytes: Uint8Array;
+  if (input.source.$case === "data") bytes = input.source.value;
+  else {
+    // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
+    const key = validateObjectKey(input.source.value);
+    const prefix = `uploads/${tenant}/`;
+    if (!key.startsWith(prefix))
+      throw new FarmError(
+        "PERMISSION_DENIED",
+        `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`,
+      );
+    bytes = await deps.store.get(key);
+  }
+  return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
+}
+
+/**
+ * signal: the caller went away (deadline or cancel). Checked until the job is handed to the
+ * dispatcher; a submission aborted before that leaves nothing stored.
+ */
+export async function submitJob(
+  deps: Submission,
+  req: SubmitJobRequest,
+  tenant: string,
+  signal?: AbortSignal,
+): Promise<{ job: Job; deduplicated: boolean }> {
+  const { manifest } = deps;
+  if (req.bundle !== "" && req.bundle !== deps.bundleName)
+    throw new FarmError(
+      "NOT_FOUND",
+      `unknown bundle ${JSON.stringify(req.bundle)}; this farm serves ${JSON.stringify(deps.bundleName)}`,
+    );
+  // Also checked by the dispatcher; here so a bad one is refused before any image is decoded or stored.
+  checkPriority(req.priority);
+  if (req.idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(req.idempotencyKey))
+    throw new FarmError("INVALID_ARGUMENT", "idempotency key must be 1-128 characters of [A-Za-z0-9._:-]");
+  // A recipe's settings replace the request's; its bundle must be this farm's.
+  const fromRecipe = recipeRequest(req, { name: deps.bundleName, digest: deps.bundleDigest });
+  const s = fromRecipe?.settings ?? req.settings;
+  if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
+  const input = {
+    ...renderParamsInputOf(s, req.endImage?.source !== undefined),
+    ...(fromRecipe !== null ? recipeParamsInput(fromRecipe.recipe) : {}),
+  };
+  const params = validateRenderParams(input, {
+    samplingType: manifest.sampling_type,
+    latentWindowSize: manifest.framepack.default_latent_window_size,
+  });
+  if (fromRecipe !== null) checkRecipeParams(fromRecipe.recipe, params);
+  const output = jobOutputOf(s);
+
+  // Scoped to the tenant: the same key from two tenants names two jobs (tenant names have no newline).
+  const idemKey =
+    req.idempotencyKey === "" ? null : createHash("sha256").update(`${tenant}\n${req.idempotencyKey}`).digest("hex");
+  if (idemKey !== null) {
+    const seen = await (await deps.idempotency).get(idemKey);
+    if (seen !== null) {
+      const existing = await readJob(await deps.jobs, new TextDecoder().decode(seen.value));
+      if (existing !== null && tenantOf(existing.record) === tenant)
+        return { job: await deps.toJob(existing.record), deduplicated: true };
+    }
+  }
+
+  const first = await image(deps, req.image, "image", tenant);
+  if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
+  const last = await image(deps, req.endImage, "end image", tenant);
+  if (fromRecipe !== null) checkRecipeImages(fromRecipe.recipe, first.bytes, last?.bytes ?? null);
+  const size =
+    "height" in params.size
+      ? params.size
+      : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
+  if (fromRecipe !== null) checkRecipeSize(fromRecipe.recipe, size);
+  const jobId = randomUUID();
+  const spec = { ...toJobSpec(jobId, params, size, tenant), output };
+  deps.admit?.(spec);
+  const digest = deps.bundleDigest;
+  const sections = sectionPlanFor(params, manifest);
+  const sc = manifest.vae.spatial_compression_ratio;
+  const tasks = planJob({
+    jobId,
+    seed: params.seed,
+    sections,
+    hasEndImage: last !== null,
+    trueCfg: usesTrueCfg(params),
+    latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc },
+    output,
+    recipe: digest !== undefined,
+    rng: params.sampler === "unipc" ? "demo" : "diffusers",
+  });
+
+  if (idemKey !== null) {
+    try {
+      await (await deps.idempotency).create(idemKey, new TextEncoder().encode(jobId));
+    } catch (err) {
+      // Lost a race with an identical submission: answer with that job.
+      if (err instanceof FarmError && err.status === "ALREADY_EXISTS") return submitJob(deps, req, tenant);
+      throw err;
+    }
+  }
+  const keys = jobKeys(jobId);
+  try {
+    signal?.throwIfAborted();
+    await deps.store.put(keys.firstImage, first.bytes);
+    if (last !== null) await deps.store.put(keys.lastImage, last.bytes);
+    if (digest !== undefined) {
+      const recipe = makeRecipe({
+        params,
+        size,
+        format: output.format,
+        images: { start: first.bytes, end: last?.bytes ?? null },
+        bundle: { name: deps.bundleName, digest },
+        framefarmVersion: FRAMEFARM_VERSION,
+      });
+      await deps.store.put(keys.recipe, new TextEncoder().encode(recipeText(recipe)), "application/json");
+    }
+    signal?.throwIfAborted();
+    await deps.dispatcher.submit(spec, tasks, { priority: req.priority });
+  } catch (err) {
+    // Leave nothing behind for a submission that did not become a job.
+    await deps.store.deletePrefix(jobPrefix(jobId)).catch(() => undefined);
+    if (idemKey !== null) await (await deps.idempotency).delete(idemKey).catch(() => undefined);
+    throw err;
+  }
+  return { job: await deps.toJob((await readJob(await deps.jobs, jobId))!.record), deduplicated: false };
+}

@@ -1,0 +1,56 @@
+/** denoise: one section, from the previous section's history, by the section step. */
+import type { F32 } from "../../shared/tensor/tensor.js";
+import { renderParamsOf } from "../../shared/job/job-spec.js";
+import { sectionPlanFor } from "../../shared/job/section-plan.js";
+import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompts.js";
+import { initialHistory, type History } from "../../shared/framepack/history.js";
+import { runSectionStep } from "../stages/section-step.js";
+import { conditioning, generatorOf, need, readTensors, writeOnce, type StageHandler } from "./task-io.js";
+
+export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) => {
+  const { runtime } = ctx;
+  const params = renderParamsOf(spec);
+  const k = task.section!;
+  const plan = sectionPlanFor(params, runtime.bundle.manifest);
+  const text = await readTensors(ctx, task.inputs["prompt"]!);
+  const negative = task.inputs["negative"] !== undefined ? await readTensors(ctx, task.inputs["negative"]) : null;
+  const image = await readTensors(ctx, task.inputs["imageEmbeds"]!);
+  const latents = await readTensors(ctx, task.inputs["imageLatents"]!);
+  const imageLatents = need(latents.tensors, "image_latents", task.inputs["imageLatents"]!);
+  const lastImageLatents = (latents.tensors.get("last_image_latents") as F32 | undefined) ?? null;
+  let history: History;
+  if (k === 0) history = initialHistory(plan, imageLatents);
+  else {
+    const h = await readTensors(ctx, task.inputs["history"]!);
+    history = {
+      latents: need(h.tensors, "history", task.inputs["history"]!),
+      generated: Number(h.metadata["generated"]),
+    };
+  }
+  // This section's prompt: the job's distinct prompts are in the text object (encode-text.ts).
+  const prompts = promptSchedule(params, plan);
+  const encoded = prompts.prompts.map((_, i) => conditioning(text.tensors, task.inputs["prompt"]!, i));
+  const appended = await runSectionStep(
+    runtime,
+    {
+      plan,
+      section: plan.sections[k]!,
+      history,
+      imageLatents,
+      lastImageLatents,
+      generator: generatorOf(task),
+      prompt: sectionEmbeddings(prompts, k, encoded),
+      ...(negative !== null ? { negative: conditioning(negative.tensors, task.inputs["negative"]!) } : {}),
+      imageEmbeds: need(image.tensors, "image_embeds", task.inputs["imageEmbeds"]!),
+      params,
+    },
+    observer,
+  );
+  // The section's latents live on in the history (what the next section and the decode read).
+  await writeOnce(
+    ctx,
+    task.outputs["history"]!,
+    { history: appended.history.latents, decode_latents: appended.decodeLatents },
+    { generated: String(appended.history.generated) },
+  );
+};

@@ -1,0 +1,147 @@
+/**
+ * The FramePack section step, written once: one section's fresh noise, its sampling schedule, the
+ * denoising loop and the history append, then the section's decode, and the decoded sections
+ * joined into the video. The in-process render (gpu-node/stages/render-job.ts) runs it section after
+ * section in one process; the farm's denoise, decode and mux handlers (gpu-node/handlers/) run one
+ * call each, with the generator positioned from the plan. A probe sees every intermediate under the
+ * reference's names (`section<k>.noise`, `decode<k>.out`, ...): check-reference compares them.
+ */
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import type { TorchGenerator } from "../../shared/sampler/torch-rng.js";
+import { appendSection, sectionInputs, type History } from "../../shared/framepack/history.js";
+import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
+import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
+import { frameConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
+import type { RenderParams } from "../../shared/job/render-params.js";
+import { sectionSampling } from "../../shared/job/section-sampling.js";
+import { denoiseSection, type TextConditioning } from "./denoise-section.js";
+import { decodeVideo, toVaeLatents } from "./decode-latents.js";
+import type { ModelRuntime } from "../runtime/model-runtime.js";
+
+/** Sees intermediate tensors under the reference's key names. */
+export type Probe = (name: string, tensor: Tensor) => void;
+
+export interface SectionStepInput {
+  plan: SectionPlan;
+  section: Section;
+  /** The history after the previous section (initialHistory for the first). */
+  history: History;
+  imageLatents: F32;
+  lastImageLatents: F32 | null;
+  /** Positioned at this section's noise: the section draws its noise from it. */
+  generator: TorchGenerator;
+  /** This section's prompt (prompts may change over time: timed-prompts.ts sectionEmbeddings). */
+  prompt: TextConditioning;
+  /** Present only with true CFG. */
+  negative?: TextConditioning;
+  imageEmbeds: F32;
+  params: Pick<RenderParams, "steps" | "guidanceScale" | "trueCfgScale"> &
+    Partial<Pick<RenderParams, "sampler" | "unipcVariant" | "cfgRescale">>;
+}
+
+export interface SectionStepObserver {
+  /** After each denoising step, 1-based. */
+  onStep?(step: number, steps: number): void;
+  probe?: Probe;
+  signal?: AbortSignal;
+}
+
+export interface SectionStepResult {
+  /** The history with this section's latents in it (what the next section reads). */
+  history: History;
+  /** The latents this section's decode takes. */
+  decodeLatents: F32;
+}
+
+/** Denoises one section and appends it to the history. */
+export async function runSectionStep(
+  runtime: ModelRuntime,
+  input: SectionStepInput,
+  observer: SectionStepObserver = {},
+): Promise<SectionStepResult> {
+  const { plan, section, history, imageLatents } = input;
+  const k = section.index;
+  const probe = observer.probe;
+  const manifest = runtime.bundle.manifest;
+  const context = sectionInputs(plan, section, history, imageLatents, input.lastImageLatents);
+  const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
+  const noise = input.generator.randn([1, channels, plan.latentWindowSize, h, w]);
+  probe?.(`section${k}.noise`, noise);
+  // The sampler: diffusers' FlowMatch Euler, or lllyasviel's flux-shifted UniPC (--sampler unipc).
+  const { schedule, unipc } = sectionSampling(input.params, manifest, {
+    frames: plan.latentWindowSize,
+    height: h,
+    width: w,
+  });
+  probe?.(`section${k}.sigmas`, new Tensor("float32", [schedule.sigmas.length], schedule.sigmas));
+  probe?.(`section${k}.timesteps`, new Tensor("float32", [schedule.timesteps.length], schedule.timesteps));
+
+  const latents = await denoiseSection(
+    runtime,
+    {
+      noise,
+      prompt: input.prompt,
+      ...(input.negative !== undefined ? { negative: input.negative } : {}),
+      trueCfgScale: input.params.trueCfgScale,
+      imageEmbeds: input.imageEmbeds,
+      context,
+      guidanceScale: input.params.guidanceScale,
+      schedule,
+      ...(unipc !== undefined ? { unipc } : {}),
+    },
+    {
+      ...(observer.onStep !== undefined ? { onStep: observer.onStep } : {}),
+      ...(probe !== undefined
+        ? {
+            onFirstStep: (feeds: Record<string, Tensor>, out: F32) => {
+              for (const [name, t] of Object.entries(feeds)) probe(`section${k}.transformer_in.${name}`, t);
+              probe(`section${k}.step0.transformer_out`, out);
+            },
+          }
+        : {}),
+      ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
+    },
+  );
+  probe?.(`section${k}.latents`, latents);
+  return appendSection(plan, section, history, latents, imageLatents);
+}
+
+/** Decodes one section's latents to video [1, 3, T, H, W] in [-1, 1]. */
+export async function decodeSection(
+  runtime: ModelRuntime,
+  section: Section,
+  decodeLatents: F32,
+  probe?: Probe,
+): Promise<F32> {
+  const vaeLatents = toVaeLatents(decodeLatents, runtime.bundle.manifest.vae.scaling_factor);
+  probe?.(`decode${section.index}.in`, vaeLatents);
+  const video = await decodeVideo(runtime, vaeLatents);
+  probe?.(`decode${section.index}.out`, video);
+  return video;
+}
+
+/** Joins decoded sections, in plan order, into the finished video's frames. */
+export class SectionVideo {
+  private readonly video: VideoAccumulator;
+  private decodedFrames = 0;
+
+  constructor(
+    private readonly plan: SectionPlan,
+    samplingType: RenderParams["samplingType"],
+    private readonly temporalCompression: number,
+    /** The sampler's frame conversion: diffusers' postprocessing, or the demo's (unipc). */
+    sampler?: RenderParams["sampler"],
+  ) {
+    this.video = new VideoAccumulator(samplingType, plan.overlapFrames, frameConverterFor(sampler));
+  }
+
+  add(decoded: F32): void {
+    this.decodedFrames += decoded.shape[2]! - (this.decodedFrames === 0 ? 0 : this.plan.overlapFrames);
+    this.video.add(decoded);
+  }
+
+  /** uint8 [T, H, W, 3]. */
+  finish(): Tensor<"uint8"> {
+    return this.video.finish(trimFrameCount(this.decodedFrames, this.temporalCompression));
+  }
+}

@@ -1,0 +1,43 @@
+"""framefarm's Python client: submit, watch (with progress) and download FramePack videos.
+
+    from framefarm_client import connect, submit, watch, download, progress_text
+
+    with connect("127.0.0.1:PORT") as farm:
+        job = submit(farm, "start.png", "A lighthouse on a cliff", seconds=5)
+        watch(farm, job.id, on_progress=lambda e: print(progress_text(e.job)))
+        download(farm, job.id, "out.mp4")
+
+Needs grpcio and protobuf (Debian: python3-grpcio, python3-protobuf) and this folder,
+shared/clients/python, on the module path (it holds framefarm_client and the generated framefarm.v1).
+"""
+from .client import (
+    DEFAULT_TIMEOUT_S,
+    MODES,
+    Farm,
+    FarmError,
+    JobFailed,
+    connect,
+    download,
+    progress_fraction,
+    progress_text,
+    state_name,
+    submit,
+    updates,
+    watch,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "MODES",
+    "Farm",
+    "FarmError",
+    "JobFailed",
+    "connect",
+    "download",
+    "progress_fraction",
+    "progress_text",
+    "state_name",
+    "submit",
+    "updates",
+    "watch",
+]

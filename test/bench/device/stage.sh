@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Here (the build machine): packs what a GPU benchmark run needs and the repository does not hold
+# into .cache/device/ (git-ignored), in parts small enough to carry to a lent GPU machine two at a
+# time (a call carries at most 64 MiB together with the tracked tree, ~15 MiB):
+#   parts/ort-cuda.part-NN   onnxruntime's CUDA provider (npm com.github.asus4.onnxruntime.linux-x64-gpu,
+#                            the build of the pinned onnxruntime-node), tar | zstd -19 --long=27
+#   parts/runtime.part-NN    this machine's node binary + production node_modules for linux-x64
+#                            (no ffprobe), tar | zstd -19 --long=27 (the GPU machine has no node)
+#   diffusers.tar.xz         diffusers' src/diffusers from a fetched snapshot (DIFFUSERS_SRC=.../src)
+#   tiny-like/               the tiny reference model's tokenizers, template and scheduler (TINY=...)
+# test/bench/device/unpack.sh puts them back together there; it prints the part counts to pass it.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../../.." && pwd)
+out=$repo/.cache/device
+part_mb=${PART_MB:-23}
+mkdir -p "$out/parts" "$repo/.cache/cuda"
+z() { zstd -19 --long=27 -T0 -q -c; }
+if ! ls "$out"/parts/ort-cuda.part-* >/dev/null 2>&1; then
+  cd "$repo/.cache/cuda"
+  tgz=$(ls com.github.asus4.onnxruntime.linux-x64-gpu-0.4.9.tgz 2>/dev/null || npm pack --silent com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9)
+  tar -xzf "$tgz" package/Plugins/Linux/x64/
+  tar -C package/Plugins/Linux/x64 -cf - libonnxruntime_providers_cuda.so libonnxruntime_providers_shared.so | z \
+    | split -b "${part_mb}M" -d - "$out/parts/ort-cuda.part-"
+fi
+if ! ls "$out"/parts/runtime.part-* >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  cp "$repo/package.json" "$repo/package-lock.json" "$repo/.npmrc" "$tmp/"
+  (cd "$tmp" && npm ci --omit=dev --silent >/dev/null 2>&1)
+  rm -rf "$tmp"/node_modules/onnxruntime-node/bin/napi-v6/{darwin,win32,linux/arm64} "$tmp"/node_modules/@ffprobe-installer
+  mkdir -p "$tmp/bin" && cp "$(command -v node)" "$tmp/bin/node"
+  tar -C "$tmp" -cf - bin node_modules | z | split -b "${part_mb}M" -d - "$out/parts/runtime.part-"
+  rm -rf "$tmp"
+fi
+if [ -n "${DIFFUSERS_SRC:-}" ] && [ ! -f "$out/diffusers.tar.xz" ]; then
+  tar -C "$DIFFUSERS_SRC" -cf - diffusers | xz -T0 -6 > "$out/diffusers.tar.xz"
+fi
+if [ -n "${TINY:-}" ] && [ ! -d "$out/tiny-like" ]; then
+  mkdir -p "$out/tiny-like"
+  (cd "$TINY" && cp -r tokenizer tokenizer_2 scheduler feature_extractor model_index.json framepack_prompt_template.json "$out/tiny-like/")
+fi
+ls -la "$out" "$out/parts"
+echo "unpack there with: bash test/bench/device/unpack.sh ort-cuda=$(ls "$out"/parts/ort-cuda.part-* | wc -l) runtime=$(ls "$out"/parts/runtime.part-* | wc -l)"

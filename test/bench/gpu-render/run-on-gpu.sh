@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The gpu-render benchmark on a lent GPU machine, step by step (each step fits one call; the work
+# folder /tmp/ffdev/work lives while the machine stays warm). Needs test/bench/device/unpack.sh
+# to have run (node, node_modules with the CUDA provider, diffusers source) and dist/ built here.
+#   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, transformer bf16, fused attention)
+#   run-on-gpu.sh images                     a start and an end image, 640x640
+#   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, one job (MODE inverted|vanilla)
+#   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory
+#   run-on-gpu.sh compare MODE OUT           the table (compare.py)
+#   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the exported graph and its rewritten form
+#                                            (graph_passes: edge Pad as Concat, GroupNorm as ReduceMean), each one's kernels
+#   run-on-gpu.sh transformer-fp16           bundle-2-4-fp16: the bundle with an fp16 transformer (the bf16 graph is invalid ONNX)
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+source /tmp/ffdev/env.sh
+work=/tmp/ffdev/work
+mkdir -p "$work"
+frames=${FRAMES:-97} steps=${STEPS:-25} size=${SIZE:-640}
+step=$1
+shift
+case "$step" in
+  pipeline)
+    double=${1:-2} single=${2:-4}
+    src=$work/pipeline-$double-$single bundle=$work/bundle-$double-$single
+    [ -f "$src/random-pipeline.json" ] || python3 -m framefarm_export.random_pipeline --like /tmp/ffdev/parts/tiny-like --out "$src" --double "$double" --single "$single" || exit 1
+    [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype bf16 --attention fused || exit 1
+    du -sh "$src" "$bundle"
+    ;;
+  transformer-fp16)
+    # The bundle again with an fp16 transformer (its other graphs linked, not copied).
+    src=$work/pipeline-2-4 from=$work/bundle-2-4 to=$work/bundle-2-4-fp16
+    mkdir -p "$to"
+    for f in "$from"/*; do [ -e "$to/$(basename "$f")" ] || ln -s "$f" "$to/$(basename "$f")"; done
+    rm -f "$to/transformer.onnx" "$to/transformer.onnx.data" "$to/framefarm-bundle.json"
+    python3 - "$src" "$from" "$to" <<'PY' || exit 1
+import json, os, sys, torch
+from framefarm_export import onnx_export as ox
+from framefarm_export.manifest import sha256
+from framefarm_export.sources import load_sources
+src, frm, to = sys.argv[1:]
+s = load_sources(src, None, None, torch.float16)
+ext, axes = ox.export_transformer(s, to, torch.float16, 256, "fused")
+m = json.load(open(os.path.join(frm, "framefarm-bundle.json")))
+m["components"]["transformer"].update(external_data=ext, sha256=sha256(os.path.join(to, "transformer.onnx")), dtype="fp16")
+json.dump(m, open(os.path.join(to, "framefarm-bundle.json"), "w"), indent=2)
+print("fp16 transformer:", axes, ext, flush=True)
+PY
+    ;;
+  images)
+    python3 - "$work" "$size" <<'PY'
+import sys, numpy as np
+from PIL import Image
+out, s = sys.argv[1], int(sys.argv[2])
+for name, seed in (("first", 11), ("last", 12)):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:s, 0:s] / s
+    img = np.stack([np.sin(x * rng.uniform(3, 9) + rng.uniform(0, 6)) + 0.3 * np.sin(y * rng.uniform(2, 7)) for _ in range(3)], -1)
+    img = ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.uint8)
+    Image.fromarray(img).save(f"{out}/{name}.png")
+PY
+    ;;
+  diffusers)
+    mode=$1 out=$2 end=()
+    [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
+    FFMPEG=$NODE_PATH/@ffmpeg-installer/linux-x64/ffmpeg python3 "$here/diffusers_render.py" --src "$work/pipeline-2-4" --out "$out" --mode "$mode" --image "$work/first.png" "${end[@]}" \
+      --frames "$frames" --steps "$steps" --height "$size" --width "$size" --transformer-dtype "${TRANSFORMER_DTYPE:-bf16}"
+    ;;
+  framefarm)
+    mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=()
+    [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/framefarm-$mode-gpu-mem.csv" &
+    smi=$!
+    node "$repo/dist/coordinator/cli/main.js" render --bundle "$bundle" --ep cuda --mode "$mode" --image "$work/first.png" "${end[@]}" \
+      --prompt "A lighthouse on a cliff, waves crashing, seagulls circling" --frames "$frames" --steps "$steps" --height "$size" --width "$size" \
+      --lossless --timings "$out/framefarm-$mode.json" -o "$out/framefarm-$mode.mp4" 2>&1 | tail -5
+    rc=${PIPESTATUS[0]}
+    kill $smi
+    exit $rc
+    ;;
+  compare)
+    mode=$1 out=$2
+    python3 "$here/compare.py" --dir "$out" --mode "$mode" --ffmpeg "$NODE_PATH/@ffmpeg-installer/linux-x64/ffmpeg"
+    ;;
+  vae)
+    out=$1 gv=$work/gv
+    [ -f "$gv/vae.json" ] || python3 "$repo/test/bench/gpu-step/torch_vae.py" --out "$gv" > "$out/torch_vae.log" 2>&1 || { tail -20 "$out/torch_vae.log"; exit 1; }
+    [ -f "$gv/vae_decoder_cuda.onnx" ] || python3 -m framefarm_export.graph_passes "$gv/vae_decoder.onnx" "$gv/vae_decoder_cuda.onnx"
+    for g in vae_decoder vae_decoder_cuda; do
+      node "$repo/dist/test/bench/gpu-step/vae.js" --dir "$gv" --ep cuda --repeat 2 --graph "$gv/$g.onnx" 2>&1 | tail -1
+      bash "$repo/test/bench/gpu-step/vae-kernels.sh" "$gv" "$out" "$gv/$g.onnx" | head -14
+    done
+    cp "$gv"/vae-cuda-*.json "$out/" 2>/dev/null
+    ;;
+  *) echo "unknown step $step"; exit 2 ;;
+esac
