@@ -76,8 +76,11 @@ export interface NodeSettings {
 
 export interface RunningNode {
   loop: NodeLoop;
-  /** Finishes the task in hand, leaves the registry and closes the models (the bus and store stay open). */
-  stop(): Promise<void>;
+  /**
+   * Finishes the task in hand (for up to finishMs, then hands it back to the queue), leaves the
+   * registry and closes the models (the bus and store stay open).
+   */
+  stop(finishMs?: number): Promise<void>;
 }
 
 /** Starts a node on a connected bus and store. */
@@ -110,8 +113,8 @@ export async function startNode(
   );
   return {
     loop,
-    stop: async () => {
-      await loop.stop();
+    stop: async (finishMs) => {
+      await loop.stop(finishMs);
       await models.close();
     },
   };

@@ -33,6 +33,7 @@ import type { WebhookPolicy } from "../webhooks/policy.js";
 import { requestError } from "./strict-decode.js";
 import { jobStateToPb, settingsOf, timestamp, toGrpcError } from "./job-mapping.js";
 import { IDEMPOTENCY_BUCKET, submitJob } from "./job-submission.js";
+import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jobOutputKeys } from "../planner/job-outputs.js";
 import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, type StepEvent } from "../../shared/farm/protocol.js";
 
@@ -61,6 +62,8 @@ export interface JobServiceDeps {
   bundleDigest?: string;
   /** Which webhook URLs submissions may name; without it a webhook_url is FAILED_PRECONDITION. */
   webhooks?: WebhookPolicy;
+  /** Refuses a job the farm cannot run (embedded mode: RESOURCE_EXHAUSTED when it cannot fit in memory), before anything is stored. */
+  admitMemory?: (spec: JobSpec) => void;
 }
 
 /** The default cap of a tenant's priority (with tokens on, operators aside): no jumping the queue. */

@@ -151,6 +151,7 @@ async function submitNew(
   if (fromRecipe !== null) checkRecipeSize(fromRecipe.recipe, size);
   const jobId = randomUUID();
   const spec = { ...toJobSpec(jobId, params, size, tenant), output };
+  deps.admitMemory?.(spec);
   const digest = deps.bundleDigest;
   const sections = sectionPlanFor(params, manifest);
   const sc = manifest.vae.spatial_compression_ratio;

@@ -14,6 +14,7 @@ import { FarmError } from "../../shared/errors.js";
 import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "./local-servers.js";
 import { DEFAULT_HTTP_PORT, SECURITY_OPTIONS, parsePort, securityOptions, startCoordinator } from "./coordinator.js";
 import { untilSignal, type FarmConnection } from "./farm-options.js";
+import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
 
 const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
@@ -73,10 +74,25 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const data = values.data ?? (await mkdtemp(path.join(os.tmpdir(), "framefarm-cluster-")));
   const servers: LocalServer[] = [];
   const children: ChildProcess[] = [];
+  const grace = stopGraceMs();
+  // Children stop within their own grace (+2 s deadline); past that they are killed. A child that
+  // already exited by a signal has exitCode null: waiting for its "exit" hung forever before.
+  const stopChildren = async (): Promise<void> => {
+    const running = children.filter((c) => c.exitCode === null && c.signalCode === null);
+    const exits = running.map(
+      (c) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once("exit", () => r()))),
+    );
+    for (const c of running) c.kill("SIGTERM");
+    const kill = setTimeout(
+      () => running.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill("SIGKILL")),
+      grace + 3_000,
+    );
+    await Promise.all(exits);
+    clearTimeout(kill);
+  };
   const stopAll = async (): Promise<void> => {
-    for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
-    await Promise.all(children.filter((c) => c.exitCode === null).map((c) => new Promise((r) => c.once("exit", r))));
-    for (const s of servers) await s.stop();
+    await stopChildren();
+    await Promise.all(servers.map((s) => s.stop()));
     if (ownData) await rm(data, { recursive: true, force: true });
   };
   try {
@@ -105,8 +121,11 @@ export async function clusterCommand(args: string[]): Promise<number> {
     process.stdout.write(`NATS on ${conn.nats}, S3 on ${s3.host}:${s3.port} (bucket ${conn.s3.bucket})\n`);
     process.stdout.write(`dashboard on http://${LOOPBACK}:${coordinator.httpPort}\n`);
     process.stdout.write(`gRPC listening on ${LOOPBACK}:${coordinator.port}\n`);
-    await untilSignal();
-    await coordinator.stop();
+    // Its own deadline covers the children's (grace + 3 s) and the servers' (5 s) stops.
+    await untilSignal(grace + 8_000);
+    // Nodes first hear the signal (from the process group or from here) while NATS still runs, so
+    // they can finish or hand back their tasks; the coordinator stops meanwhile.
+    await Promise.all([stopChildren(), coordinator.stop()]);
   } finally {
     await stopAll();
   }

@@ -22,7 +22,14 @@ import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
 import { WebhookPolicy } from "../webhooks/policy.js";
 import { WebhookDeliverer } from "../webhooks/deliverer.js";
-import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal, type FarmConnection } from "./farm-options.js";
+import {
+  FARM_OPTIONS,
+  connectFarm,
+  farmConnection,
+  stopParts,
+  untilSignal,
+  type FarmConnection,
+} from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
 
@@ -134,13 +141,16 @@ export async function startCoordinator(
   return {
     port: api.port,
     httpPort: dashboard.port,
-    stop: async () => {
+    // Bounded whatever is gone already (NATS, the object store): see stopParts.
+    stop: () => {
       tokenFile?.stop();
-      await dashboard.stop();
-      await api.stop();
-      await dispatcher.stop();
-      await deliverer?.stop();
-      await bus.close();
+      return stopParts(log, [
+        { name: "dashboard", run: () => dashboard.stop() },
+        { name: "gRPC API", run: () => api.stop() },
+        { name: "dispatcher", run: () => dispatcher.stop() },
+        { name: "webhook deliverer", run: async () => deliverer?.stop() },
+        { name: "NATS connection", run: () => bus.close() },
+      ]);
     },
   };
 }

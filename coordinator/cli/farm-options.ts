@@ -8,6 +8,8 @@
 import { FarmError } from "../../shared/errors.js";
 import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
+import { stopGraceMs, stopInOrder, type StopStep } from "../../shared/shutdown.js";
+import type { Logger } from "../../shared/log/logger.js";
 
 export const FARM_OPTIONS = {
   nats: { type: "string" },
@@ -85,15 +87,33 @@ export async function connectFarm(c: FarmConnection, name: string): Promise<{ bu
   return { bus, store };
 }
 
-/** Resolves on the first SIGINT or SIGTERM. */
-export function untilSignal(): Promise<NodeJS.Signals> {
+/**
+ * Resolves on the first SIGINT or SIGTERM, and from then on bounds the process's life: it exits
+ * (code 1, saying so) graceMs + 2 s later whatever its stop is still waiting on, a dead NATS server or
+ * object store, say. Later signals do not kill it mid-stop (Ctrl-C signals the whole process group,
+ * and `cluster` passes SIGTERM on to its children too); the deadline still holds.
+ */
+export function untilSignal(graceMs = stopGraceMs()): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
+    let first: NodeJS.Signals | undefined;
     const on = (s: NodeJS.Signals): void => {
-      process.off("SIGINT", on);
-      process.off("SIGTERM", on);
+      if (first !== undefined) return;
+      first = s;
+      const timer = setTimeout(() => {
+        process.stderr.write(
+          `error [DEADLINE_EXCEEDED]: stop after ${s} did not finish within ${graceMs + 2_000} ms; exiting\n`,
+        );
+        process.exit(1);
+      }, graceMs + 2_000);
+      timer.unref();
       resolve(s);
     };
     process.on("SIGINT", on);
     process.on("SIGTERM", on);
   });
+}
+
+/** Stops a farm process's parts in order within graceMs, logging what failed or overran; never throws. */
+export async function stopParts(log: Logger, steps: readonly StopStep[], graceMs = stopGraceMs()): Promise<void> {
+  await stopInOrder(steps, graceMs, (p) => log.warn({ step: p.step, problem: p.problem }, "stop step failed"));
 }

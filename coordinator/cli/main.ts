@@ -4,6 +4,7 @@
  * exit code (2 for bad input, 1 otherwise), matching the gRPC status the API would return.
  */
 import { FarmError } from "../../shared/errors.js";
+import { errorMessage } from "../../shared/shutdown.js";
 import { renderCommand } from "./render.js";
 import { checkReferenceCommand } from "./check-reference.js";
 import { submitCommand, jobsCommand, cancelCommand } from "./submit.js";
@@ -55,7 +56,7 @@ async function main(argv: string[]): Promise<number> {
 
 export function reportError(err: unknown): number {
   if (err instanceof FarmError) {
-    process.stderr.write(`error [${err.status}]: ${err.message}\n`);
+    process.stderr.write(`error [${err.status}]: ${errorMessage(err)}\n`);
     return err.status === "INVALID_ARGUMENT" || err.status === "NOT_FOUND" || err.status === "RESOURCE_EXHAUSTED"
       ? 2
       : 1;
@@ -66,7 +67,14 @@ export function reportError(err: unknown): number {
     process.stderr.write(`error [INVALID_ARGUMENT]: ${(err as Error).message}\n`);
     return 2;
   }
-  process.stderr.write(`error [INTERNAL]: ${(err as Error)?.stack ?? String(err)}\n`);
+  // Never an empty message: nats.js errors, for one, carry an empty stack ("connection
+  // disconnected" printed as `error [INTERNAL]: ` before); such an error is named by its message,
+  // type, code or cause.
+  const message = errorMessage(err);
+  const stack = err instanceof Error && typeof err.stack === "string" ? err.stack : "";
+  process.stderr.write(
+    `error [INTERNAL]: ${stack.includes(message) ? stack : stack === "" ? message : `${message}\n${stack}`}\n`,
+  );
   return 1;
 }
 

@@ -6,7 +6,8 @@ import { parseArgs } from "node:util";
 import os from "node:os";
 import { FarmError } from "../../shared/errors.js";
 import { parseStages, startNode } from "../../gpu-node/main.js";
-import { FARM_OPTIONS, connectFarm, farmConnection, untilSignal } from "./farm-options.js";
+import { FARM_OPTIONS, connectFarm, farmConnection, stopParts, untilSignal } from "./farm-options.js";
+import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { validateNodeId } from "../../shared/nodes/node-registry.js";
@@ -62,6 +63,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const failStages =
     env["FRAMEFARM_FAILPOINT_STAGES"] === undefined ? [] : parseStages(env["FRAMEFARM_FAILPOINT_STAGES"]);
   const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
+  const log = createLogger("node");
   const node = await startNode(bus, store, {
     nodeId,
     stages,
@@ -73,13 +75,17 @@ export async function nodeCommand(args: string[]): Promise<number> {
     ackWaitMs,
     quarantineAfter,
     failStages,
-    log: createLogger("node"),
+    log,
   }).catch(async (err: unknown) => {
     await bus.close();
     throw err;
   });
   await untilSignal();
-  await node.stop();
-  await bus.close();
+  // Bounded whatever is gone already (NATS, the object store): the task in hand gets half the grace
+  // period to finish, then it is handed back to the queue.
+  await stopParts(log, [
+    { name: "node", run: () => node.stop(stopGraceMs() / 2) },
+    { name: "NATS connection", run: () => bus.close() },
+  ]);
   return 0;
 }

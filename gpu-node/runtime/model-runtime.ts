@@ -8,6 +8,21 @@ import type { Bundle } from "./bundle.js";
 import { assertExecutionProviderAvailable } from "./execution-provider.js";
 import { OnnxModel, type ModelClock, type SessionSettings } from "./onnx-model.js";
 
+/**
+ * Scores per block of query rows in the VAE's chunked attention. Under glibc's largest mmap
+ * threshold (32 MiB), so with the arena off the blocks are reused from the heap rather than
+ * mapped and faulted in afresh on every loop iteration.
+ */
+export const DEFAULT_ATTENTION_BLOCK_BYTES = 16 * 2 ** 20;
+const CHUNKED_ATTENTION_COMPONENTS: ReadonlySet<ComponentName> = new Set(["vae_encoder", "vae_decoder"]);
+/**
+ * Components whose sessions keep onnxruntime's CPU memory arena: the transformer runs the same
+ * shapes every step, so its arena is reused; every other session gives its memory back after each
+ * run, so that a process holds the transformer's arena plus one other stage at a time, not the sum
+ * of every session's peak (test/bench/memory/RESULTS.md).
+ */
+const CPU_ARENA_COMPONENTS: ReadonlySet<ComponentName> = new Set(["transformer"]);
+
 export class ModelRuntime {
   private readonly sessions = new Map<ComponentName, Promise<OnnxModel>>();
   /** Time spent inside onnxruntime by every session of this runtime. */
@@ -31,8 +46,23 @@ export class ModelRuntime {
     return pending;
   }
 
+  /**
+   * The settings a component's session gets. On the CPU provider the VAE's mid-block attention
+   * (over every token of a decode tile: [N, N] scores with N = frames x h x w, 3.58 GB each at
+   * 640x640) runs in blocks of query rows, bit-identically, so a decode stays under 2 GB; and only
+   * the transformer keeps a memory arena (CPU_ARENA_COMPONENTS).
+   */
+  settingsFor(name: ComponentName): SessionSettings {
+    if (this.settings.ep !== "cpu") return this.settings;
+    const chunked =
+      this.settings.attentionBlockBytes === undefined && CHUNKED_ATTENTION_COMPONENTS.has(name)
+        ? { attentionBlockBytes: DEFAULT_ATTENTION_BLOCK_BYTES }
+        : {};
+    return { cpuMemArena: CPU_ARENA_COMPONENTS.has(name), ...this.settings, ...chunked };
+  }
+
   private async load(name: ComponentName): Promise<OnnxModel> {
-    const model = await OnnxModel.load(name, this.bundle.componentPath(name), this.settings, this.clock);
+    const model = await OnnxModel.load(name, this.bundle.componentPath(name), this.settingsFor(name), this.clock);
     const expected = this.bundle.manifest.components[name].inputs;
     const missing = expected.filter((n) => !model.inputNames.includes(n));
     if (missing.length > 0) {

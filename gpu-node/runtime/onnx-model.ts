@@ -7,6 +7,7 @@ import ort from "onnxruntime-node";
 import { FarmError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { ExecutionProvider } from "./execution-provider.js";
+import { chunkedAttentionModel } from "./chunked-attention.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
 
@@ -26,6 +27,17 @@ export interface SessionSettings {
    * graphs with static shapes and for checking an export.
    */
   strictPlacement?: boolean;
+  /**
+   * Runs the graph's masked attention (MatMul, Softmax, MatMul) in blocks of query rows whose
+   * scores take at most this many bytes, bit-identically (see chunked-attention.ts); unset runs
+   * the graph as exported.
+   */
+  attentionBlockBytes?: number;
+  /**
+   * onnxruntime's CPU memory arena (default on). An arena keeps the high-water mark of every
+   * session that has ever run, so a process holding several sessions holds the sum of their peaks.
+   */
+  cpuMemArena?: boolean;
 }
 
 /** The provider list and session config entries for one session. */
@@ -69,15 +81,24 @@ export class OnnxModel {
   ): Promise<OnnxModel> {
     const { providers, config } = sessionProviders(settings);
     try {
-      const session = await ort.InferenceSession.create(file, {
+      const options: ort.InferenceSession.SessionOptions = {
         executionProviders: providers as ort.InferenceSession.ExecutionProviderConfig[],
         graphOptimizationLevel: settings.graphOptimization ?? "all",
         intraOpNumThreads: settings.intraOpThreads ?? 0,
         logSeverityLevel: 3,
+        ...(settings.cpuMemArena !== undefined ? { enableCpuMemArena: settings.cpuMemArena } : {}),
         extra: {
           session: Object.fromEntries(Object.entries(config).map(([k, v]) => [k.replace(/^session\./, ""), v])),
         },
-      });
+      };
+      const model =
+        settings.attentionBlockBytes === undefined
+          ? file
+          : await chunkedAttentionModel(file, settings.attentionBlockBytes);
+      const session =
+        typeof model === "string"
+          ? await ort.InferenceSession.create(model, options)
+          : await ort.InferenceSession.create(model, options);
       return new OnnxModel(component, session, clock);
     } catch (err) {
       const message = (err as Error).message;

@@ -8,6 +8,8 @@
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import { FarmError } from "../../shared/errors.js";
+import { errorMessage, within } from "../../shared/shutdown.js";
+import { admitJob } from "../runtime/memory-admission.js";
 import {
   JOBS_BUCKET,
   RESULTS_QUEUE,
@@ -65,6 +67,8 @@ export class NodeLoop {
   private presence: NodePresence | undefined;
   private stopping: Promise<void> | undefined;
   private readonly inHand = new Map<string, CurrentTask>();
+  /** Aborts the tasks in hand when a stop's grace runs out: they are handed back, not failed. */
+  private readonly shutdown = new AbortController();
   private readonly counts = { tasksDone: 0, tasksFailed: 0, sectionsDone: 0 };
   /** Resolves once a drain has stopped every consumer. */
   readonly drained: Promise<void>;
@@ -198,6 +202,8 @@ export class NodeLoop {
           m.term(); // the job is gone or over: nothing to do
           return;
         }
+        const onShutdown = (): void => abort.abort(this.shutdown.signal.reason);
+        this.shutdown.signal.addEventListener("abort", onShutdown);
         // Keep the lease while working, at a third of the ack wait.
         const keepAlive = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
         this.inHand.set(task.id, {
@@ -212,6 +218,8 @@ export class NodeLoop {
         try {
           if (options.failStages?.includes(task.kind) === true)
             throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
+          // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
+          if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, spec);
           await runStageTask(ctx, task, spec, {
             signal: abort.signal,
             onStep: (step, steps) =>
@@ -226,18 +234,25 @@ export class NodeLoop {
           if (stage === "denoise") this.counts.sectionsDone++;
           log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
         } catch (err) {
+          if (this.shutdown.signal.aborted) {
+            log.info("task handed back: the node is stopping");
+            m.nak(); // another node takes it at once
+            return;
+          }
           if (abort.signal.aborted) {
             log.info("task stopped: its job was cancelled");
             m.term();
             return;
           }
           const status = err instanceof FarmError ? err.status : "INTERNAL";
-          await report({ ok: false, error: (err as Error).message, errorStatus: status });
+          const message = errorMessage(err);
+          await report({ ok: false, error: message, errorStatus: status });
           this.counts.tasksFailed++;
-          log.warn({ status, error: (err as Error).message }, "task failed");
-          this.countFailure((err as Error).message);
+          log.warn({ status, error: message }, "task failed");
+          this.countFailure(message);
         } finally {
           clearInterval(keepAlive);
+          this.shutdown.signal.removeEventListener("abort", onShutdown);
           stopListening();
           this.inHand.delete(task.id);
           this.presence?.announce();
@@ -260,9 +275,19 @@ export class NodeLoop {
     return this.stopping;
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Takes no more tasks and lets those in hand finish for up to finishMs; then stops them at their
+   * next step and hands them back to the queue (another node takes them at once). A task stuck
+   * inside one model call cannot be stopped: the caller's deadline ends the process and the
+   * queue redelivers the task after its ack wait. Then marks the node stopped in the registry.
+   */
+  async stop(finishMs = Infinity): Promise<void> {
     this.stopping ??= Promise.all(this.consumers.map((c) => c.stop())).then(() => undefined);
-    await this.stopping;
+    if (Number.isFinite(finishMs) && (await within(finishMs, this.stopping)).timedOut) {
+      this.log.warn({ tasks: [...this.inHand.keys()] }, "stopping: handing back the tasks in hand");
+      this.shutdown.abort(new FarmError("CANCELLED", "the node is stopping"));
+      await this.stopping;
+    } else await this.stopping;
     await this.presence?.stop();
     this.log.info("node stopped");
   }

@@ -19,6 +19,7 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
+import { within } from "../shutdown.js";
 import {
   validateBusName,
   type Bus,
@@ -262,7 +263,20 @@ export class NatsBus implements Bus {
     );
   }
 
-  async close(): Promise<void> {
-    await this.nc.drain();
+  /**
+   * Drains (flushes what is published, lets subscriptions finish) when the server answers; when it
+   * does not (it is gone, and the client would wait for a reconnect forever) closes after
+   * drainMs, dropping what was not sent.
+   */
+  async close(drainMs = 2_000): Promise<void> {
+    if (this.nc.isClosed()) return;
+    const drained = await within(
+      drainMs,
+      this.nc.drain().then(
+        () => true,
+        () => false,
+      ),
+    ).catch(() => ({ timedOut: true as const }));
+    if (drained.timedOut || !drained.value) await this.nc.close().catch(() => undefined);
   }
 }

@@ -190,6 +190,22 @@ export class FarmProcesses {
     this.nodeCount++;
   }
 
+  /** SIGTERM, as an orchestrator stops a node; resolves with how it exited and how long it took. */
+  async stopNode(id: string): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }> {
+    const child = this.nodes.get(id)?.child;
+    if (child === undefined) throw new Error(`no node ${id}`);
+    const started = Date.now();
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+      child.exitCode !== null || child.signalCode !== null
+        ? r({ code: child.exitCode, signal: child.signalCode })
+        : child.once("exit", (code, signal) => r({ code, signal })),
+    );
+    child.kill("SIGTERM");
+    const e = await exited;
+    this.nodes.delete(id);
+    return { ...e, ms: Date.now() - started };
+  }
+
   async killNode(id: string): Promise<void> {
     await killHard(this.nodes.get(id)?.child);
     this.nodes.delete(id);

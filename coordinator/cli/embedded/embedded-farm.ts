@@ -14,6 +14,7 @@ import { NodeLoop } from "../../../gpu-node/worker/node-loop.js";
 import { TensorCache } from "../../../gpu-node/worker/tensor-cache.js";
 import type { NodeModels } from "../../../gpu-node/main.js";
 import { bundleDigest } from "../../../gpu-node/runtime/bundle-digest.js";
+import { admitJob } from "../../../gpu-node/runtime/memory-admission.js";
 import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
@@ -85,6 +86,8 @@ export async function startEmbeddedFarm(
     manifest: bundle.manifest,
     bundleName: path.basename(bundle.dir),
     bundleDigest: await bundleDigest(bundle),
+    // A job that cannot fit in this process's memory is refused before it starts, not killed by the kernel.
+    admitMemory: (spec) => admitJob(embedded.runtime, spec),
   });
   return {
     bus,
