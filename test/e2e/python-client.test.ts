@@ -4,7 +4,8 @@
  * shared/clients/python/example.py, run by Debian's python3 with python3-grpcio and
  * python3-protobuf (deploy/local/install-python.sh). The script submits, prints progress and
  * downloads the MP4 by its presigned URL; the file must be the farm's video, byte for byte, and
- * decode to frames of the job's size.
+ * decode to frames of the job's size. It also renders with lllyasviel's sampler (--sampler unipc)
+ * and renders that job's downloaded recipe again (--recipe), which must give the same MP4 bytes.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -79,11 +80,15 @@ after(async () => {
   if (tmp !== undefined) await rm(tmp, { recursive: true, force: true });
 });
 
-const example = (args: string[]) =>
-  run(PYTHON, [EXAMPLE, "--server", address, "--image", IMAGE, "--prompt", "A lighthouse on a cliff", ...args], {
+const PROMPT = ["--prompt", "A lighthouse on a cliff"];
+const example = (args: string[], prompt = PROMPT) =>
+  run(PYTHON, [EXAMPLE, "--server", address, "--image", IMAGE, ...prompt, ...args], {
     env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1" },
     timeout: 180_000,
   });
+
+const getJob = (id: string) =>
+  new Promise<Job>((resolve, reject) => client.getJob({ id }, (e, r) => (e ? reject(e) : resolve(r.job!))));
 
 test("the Python example submits, shows progress and downloads the farm's MP4", async () => {
   const output = path.join(tmp, "out.mp4");
@@ -106,9 +111,7 @@ test("the Python example submits, shows progress and downloads the farm's MP4", 
   assert.match(stderr, /SUCCEEDED 100%/, stderr);
   assert.match(stderr, /wrote .*out\.mp4: 64x48, 20 frames requested/, stderr);
 
-  const job = await new Promise<Job>((resolve, reject) =>
-    client.getJob({ id: jobId }, (e, r) => (e ? reject(e) : resolve(r.job!))),
-  );
+  const job = await getJob(jobId);
   assert.equal(job.state, JobState.JOB_STATE_SUCCEEDED);
   const mp4 = await readFile(output);
   assert.equal(mp4.subarray(4, 8).toString(), "ftyp");
@@ -116,7 +119,9 @@ test("the Python example submits, shows progress and downloads the farm's MP4", 
   const frames = await readMp4Frames(output, job.width, job.height);
   assert.deepEqual(frames.shape.slice(1), [job.height, job.width, 3]);
   assert.ok(frames.shape[0]! >= job.numFrames, `${frames.shape[0]} frames decoded, ${job.numFrames} requested`);
-  assert.deepEqual(readdirSync(tmp), ["out.mp4"], "no temporary file left beside the video");
+  const recipe = await readFile(path.join(tmp, "out.recipe.json"));
+  assert.ok(recipe.equals(Buffer.from(await store.get(job.recipeKey))), "the recipe beside it is the farm's");
+  assert.deepEqual(readdirSync(tmp).sort(), ["out.mp4", "out.recipe.json"], "no temporary file left beside them");
 });
 
 test("a refused submission exits 1 with the gRPC status and writes nothing", async () => {
@@ -126,4 +131,36 @@ test("a refused submission exits 1 with the gRPC status and writes nothing", asy
     return err.code === 1 && /^error: INVALID_ARGUMENT: .*steps/m.test(err.stderr ?? "");
   });
   assert.equal(existsSync(output), false);
+});
+
+test("--sampler unipc renders, and --recipe renders its downloaded recipe again to the same MP4 bytes", async () => {
+  const dir = await mkdtemp(path.join(tmp, "recipe-"));
+  const first = path.join(dir, "unipc.mp4");
+  const settings = ["--frames", "20", "--steps", "2", "--resolution", "64", "--seed", "11"];
+  const one = await example([...settings, "--sampler", "unipc", "-o", first]);
+  assert.match(one.stderr, /SUCCEEDED 100%/, one.stderr);
+  const job = await getJob(one.stdout.trim());
+  assert.equal(job.state, JobState.JOB_STATE_SUCCEEDED);
+  const recipeFile = path.join(dir, "unipc.recipe.json");
+  const recipe = JSON.parse(await readFile(recipeFile, "utf8")) as { sampler: string; seed: string };
+  assert.equal(recipe.sampler, "unipc");
+  assert.equal(recipe.seed, "11");
+
+  // With a recipe the settings come from it: the client refuses others before any call.
+  const refused = path.join(dir, "refused.mp4");
+  await assert.rejects(example(["--recipe", recipeFile, "--seed", "3", "-o", refused], []), (e: unknown) => {
+    const err = e as { code?: number; stderr?: string };
+    return err.code === 1 && /^error: seed comes from the recipe/m.test(err.stderr ?? "");
+  });
+  assert.equal(existsSync(refused), false);
+
+  const again = path.join(dir, "again.mp4");
+  const two = await example(["--recipe", recipeFile, "-o", again], []);
+  assert.match(two.stderr, /SUCCEEDED 100%/, two.stderr);
+  assert.notEqual(two.stdout.trim(), one.stdout.trim(), "a new job");
+  assert.ok((await readFile(again)).equals(await readFile(first)), "the recipe renders the same MP4, byte for byte");
+  assert.ok(
+    (await readFile(path.join(dir, "again.recipe.json"))).equals(await readFile(recipeFile)),
+    "and carries the same recipe",
+  );
 });

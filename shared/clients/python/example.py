@@ -2,15 +2,21 @@
 """Renders a video on a framefarm farm from Python: submit, watch with a progress line, download.
 
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
-        --prompt "A lighthouse on a cliff" --seconds 2 -o out.mp4
+        --prompt "A lighthouse on a cliff" --seconds 2 [--sampler unipc] [--format webm] -o out.mp4
+    python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
+        --recipe out.recipe.json -o again.mp4
 
-Prints the job id on stdout and progress on stderr; exits 1 with `error: STATUS: message` when a
-call or the job fails. --token (or FRAMEFARM_TOKEN), --tls and --ca FILE as for `framefarm submit`.
+Writes the video and its recipe beside it (out.mp4 -> out.recipe.json); --recipe FILE renders
+such a recipe again (same image; the recipe sets the prompt, length and settings). Prints the job
+id on stdout and progress on stderr; exits 1 with `error: STATUS: message` (or `error: message`
+for a bad argument) when a call or the job fails. --token (or FRAMEFARM_TOKEN), --tls and --ca
+FILE as for `framefarm submit`.
 """
 import argparse
 import sys
 
-from framefarm_client import FarmError, connect, download, progress_text, submit, watch
+from framefarm_client import (SAMPLERS, UNIPC_VARIANTS, VIDEO_FORMATS, FarmError, connect, download,
+                              progress_text, recipe_sidecar, submit, watch)
 
 
 def main() -> int:
@@ -22,15 +28,21 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="deadline of each unary call, seconds")
     ap.add_argument("--image", required=True)
     ap.add_argument("--end-image")
-    ap.add_argument("--prompt", required=True)
-    length = ap.add_mutually_exclusive_group(required=True)
+    ap.add_argument("--prompt", help="required unless --recipe")
+    length = ap.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float)
     length.add_argument("--frames", type=int)
     ap.add_argument("--mode", choices=["inverted", "vanilla"])
     ap.add_argument("--steps", type=int)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--resolution", type=int)
-    ap.add_argument("-o", "--output", required=True, help="where to write the MP4")
+    ap.add_argument("--sampler", choices=list(SAMPLERS), help="default flow_match_euler")
+    ap.add_argument("--unipc-variant", choices=list(UNIPC_VARIANTS), help="with --sampler unipc")
+    ap.add_argument("--cfg-rescale", type=float, help="0 to 1, with --sampler unipc")
+    ap.add_argument("--format", choices=list(VIDEO_FORMATS), help="default mp4 (or the recipe's)")
+    ap.add_argument("--recipe", metavar="FILE", help="render this .recipe.json again (no --prompt or length)")
+    ap.add_argument("--webhook-url", help="where the farm POSTs the job's events")
+    ap.add_argument("-o", "--output", required=True, help="where to write the video (and its .recipe.json)")
     args = ap.parse_args()
 
     last_line = ""
@@ -43,14 +55,21 @@ def main() -> int:
             print(line, file=sys.stderr, flush=True)
 
     try:
+        recipe = None
+        if args.recipe is not None:
+            with open(args.recipe, encoding="utf-8") as f:
+                recipe = f.read()
         with connect(args.server, token=args.token, tls=args.tls, ca_file=args.ca, timeout=args.timeout) as farm:
             job = submit(farm, args.image, args.prompt, seconds=args.seconds, frames=args.frames,
                          end_image=args.end_image, mode=args.mode, steps=args.steps, seed=args.seed,
-                         resolution=args.resolution)
+                         resolution=args.resolution, sampler=args.sampler, unipc_variant=args.unipc_variant,
+                         cfg_rescale=args.cfg_rescale, video_format=args.format, recipe=recipe,
+                         webhook_url=args.webhook_url)
             print(job.id, flush=True)
             watch(farm, job.id, on_progress=show)
-            done = download(farm, job.id, args.output)
-            print(f"wrote {args.output}: {done.width}x{done.height}, {done.num_frames} frames requested", file=sys.stderr)
+            done = download(farm, job.id, args.output, recipe=True)
+            print(f"wrote {args.output}: {done.width}x{done.height}, {done.num_frames} frames requested"
+                  f" (recipe: {recipe_sidecar(args.output)})", file=sys.stderr)
         return 0
     except (FarmError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,7 +5,7 @@
     with connect("127.0.0.1:PORT") as farm:
         job = submit(farm, "start.png", "A lighthouse on a cliff", seconds=5)
         watch(farm, job.id, on_progress=lambda e: print(progress_text(e.job)))
-        download(farm, job.id, "out.mp4")
+        download(farm, job.id, "out.mp4", recipe=True)   # and out.recipe.json beside it
 
 Needs grpcio and protobuf (Debian: python3-grpcio, python3-protobuf) and this folder,
 shared/clients/python, on the module path (it holds framefarm_client and the generated framefarm.v1).
@@ -13,6 +13,9 @@ shared/clients/python, on the module path (it holds framefarm_client and the gen
 from .client import (
     DEFAULT_TIMEOUT_S,
     MODES,
+    SAMPLERS,
+    UNIPC_VARIANTS,
+    VIDEO_FORMATS,
     Farm,
     FarmError,
     JobFailed,
@@ -20,6 +23,7 @@ from .client import (
     download,
     progress_fraction,
     progress_text,
+    recipe_sidecar,
     state_name,
     submit,
     updates,
@@ -29,6 +33,9 @@ from .client import (
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "MODES",
+    "SAMPLERS",
+    "UNIPC_VARIANTS",
+    "VIDEO_FORMATS",
     "Farm",
     "FarmError",
     "JobFailed",
@@ -36,6 +43,7 @@ __all__ = [
     "download",
     "progress_fraction",
     "progress_text",
+    "recipe_sidecar",
     "state_name",
     "submit",
     "updates",

@@ -7,12 +7,13 @@ CLI, every unary call has a deadline (`timeout`, default 60 s) and a token is se
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.request
 import uuid
 import warnings
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import grpc
 
@@ -28,6 +29,24 @@ MODES = {
     "inverted": jobs_pb2.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
     "vanilla": jobs_pb2.SAMPLING_MODE_VANILLA,
 }
+
+SAMPLERS = {
+    "flow_match_euler": jobs_pb2.SAMPLER_FLOW_MATCH_EULER,
+    "unipc": jobs_pb2.SAMPLER_UNIPC,
+}
+
+UNIPC_VARIANTS = {
+    "bh1": jobs_pb2.UNIPC_VARIANT_BH1,
+    "bh2": jobs_pb2.UNIPC_VARIANT_BH2,
+}
+
+VIDEO_FORMATS = {
+    "mp4": jobs_pb2.VIDEO_FORMAT_MP4,
+    "webm": jobs_pb2.VIDEO_FORMAT_WEBM,
+}
+
+# The prompt-blend limit the coordinator enforces (shared/job/render-params.ts).
+MAX_BLEND_SECTIONS = 32
 
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?$")
 
@@ -124,37 +143,136 @@ def _image(image: ImageLike) -> jobs_pb2.ImageInput:
         return jobs_pb2.ImageInput(data=f.read())
 
 
-def submit(farm: Farm, image: ImageLike, prompt: str, *, seconds: Optional[float] = None,
+def _choice(name: str, value: str, table: dict) -> int:
+    if not isinstance(value, str) or value.lower() not in table:
+        raise ValueError(f"{name} must be one of {', '.join(table)}, got {value!r}")
+    return table[value.lower()]
+
+
+def _check_recipe(recipe: Union[str, bytes]) -> str:
+    """The recipe's JSON text, checked to be a framefarm recipe (the farm checks the rest)."""
+    if isinstance(recipe, (bytes, bytearray)):
+        try:
+            recipe = bytes(recipe).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"the recipe is not UTF-8 text: {err}") from None
+    if not isinstance(recipe, str):
+        raise ValueError(f"recipe must be the recipe's JSON text, got {type(recipe).__name__}")
+    try:
+        parsed = json.loads(recipe)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the recipe is not JSON: {err}") from None
+    if not isinstance(parsed, dict) or parsed.get("format") != "framefarm-recipe":
+        raise ValueError('the recipe is not a framefarm recipe (its "format" must be "framefarm-recipe")')
+    return recipe
+
+
+def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, seconds: Optional[float] = None,
            frames: Optional[int] = None, end_image: Optional[ImageLike] = None, mode: Optional[str] = None,
            negative_prompt: Optional[str] = None, steps: Optional[int] = None,
            guidance_scale: Optional[float] = None, true_cfg_scale: Optional[float] = None,
            seed: Optional[int] = None, latent_window_size: Optional[int] = None,
            resolution: Optional[int] = None, height: Optional[int] = None, width: Optional[int] = None,
            fps: Optional[float] = None, crf: Optional[int] = None, lossless: Optional[bool] = None,
-           bundle: str = "", priority: int = 0, idempotency_key: str = "") -> jobs_pb2.Job:
+           sampler: Optional[str] = None, unipc_variant: Optional[str] = None,
+           cfg_rescale: Optional[float] = None, section_prompts: Optional[Sequence[str]] = None,
+           blend_sections: Optional[int] = None, video_format: Optional[str] = None,
+           save_frames: Optional[bool] = None, recipe: Optional[Union[str, bytes]] = None,
+           webhook_url: Optional[str] = None, bundle: str = "", priority: int = 0,
+           idempotency_key: str = "") -> jobs_pb2.Job:
     """Queues a video of `seconds` (or `frames`) from `image` and returns the new job.
 
     Settings left out are the farm's defaults; the coordinator validates them all and answers
     INVALID_ARGUMENT naming the one that is off. With an idempotency key a repeated submission
     returns the first job.
+
+    sampler: "flow_match_euler" (default) or "unipc" (lllyasviel's demo), which alone takes
+    unipc_variant ("bh1" default, "bh2") and cfg_rescale (0 to 1). section_prompts: one prompt per
+    section instead of `prompt`; blend_sections: sections over which prompt changes are blended
+    (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). video_format: "mp4" or "webm";
+    save_frames: also keep every frame as PNG (the job's frames_url). webhook_url: where the farm
+    POSTs the job's events (a host the operator allows).
+
+    recipe: a recipe's JSON text (a finished job's recipe, see `download(..., recipe=True)`) to
+    render again from the same image(s); the recipe sets everything else, so give no prompt,
+    length or render setting, only video_format, crf, lossless and save_frames.
     """
-    if (seconds is None) == (frames is None):
-        raise ValueError("give exactly one of seconds and frames")
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    settings = jobs_pb2.RenderSettings(prompt=prompt, mode=MODES[mode] if mode else jobs_pb2.SAMPLING_MODE_UNSPECIFIED)
-    if seconds is not None:
-        settings.seconds = seconds
+    settings = jobs_pb2.RenderSettings()
+    if recipe is not None:
+        recipe = _check_recipe(recipe)
+        given = dict(prompt=prompt or None, seconds=seconds, frames=frames, mode=mode,
+                     negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
+                     true_cfg_scale=true_cfg_scale, seed=seed, latent_window_size=latent_window_size,
+                     resolution=resolution, height=height, width=width, fps=fps, sampler=sampler,
+                     unipc_variant=unipc_variant, cfg_rescale=cfg_rescale, section_prompts=section_prompts,
+                     blend_sections=blend_sections)
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} {'comes' if len(extra) == 1 else 'come'} from the recipe: "
+                             "with a recipe give only video_format, crf, lossless and save_frames")
     else:
-        settings.num_frames = frames  # type: ignore[assignment]
-    optional = dict(negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
-                    true_cfg_scale=true_cfg_scale, seed=seed, latent_window_size=latent_window_size,
-                    resolution=resolution, height=height, width=width, fps=fps, crf=crf, lossless=lossless)
-    for name, value in optional.items():
+        if (seconds is None) == (frames is None):
+            raise ValueError("give exactly one of seconds and frames")
+        if section_prompts is not None:
+            if isinstance(section_prompts, str) or not all(isinstance(p, str) for p in section_prompts):
+                raise ValueError("section_prompts must be a list of strings, one per section")
+            if not section_prompts:
+                raise ValueError("section_prompts must hold at least one prompt")
+            if prompt:
+                raise ValueError("give either a prompt or section_prompts, not both")
+            settings.prompt_schedule.section_prompts.extend(section_prompts)
+        elif not prompt:
+            raise ValueError("a prompt is required (or section_prompts, or a recipe)")
+        else:
+            settings.prompt = prompt
+        settings.mode = MODES[mode] if mode else jobs_pb2.SAMPLING_MODE_UNSPECIFIED
+        if seconds is not None:
+            settings.seconds = seconds
+        else:
+            settings.num_frames = frames  # type: ignore[assignment]
+        if sampler is not None:
+            settings.sampler = _choice("sampler", sampler, SAMPLERS)  # type: ignore[assignment]
+        unipc = sampler is not None and sampler.lower() == "unipc"
+        if unipc_variant is not None:
+            if not unipc:
+                raise ValueError('unipc_variant needs sampler="unipc"')
+            settings.unipc.variant = _choice("unipc_variant", unipc_variant, UNIPC_VARIANTS)  # type: ignore[assignment]
+        if cfg_rescale is not None:
+            if isinstance(cfg_rescale, bool) or not isinstance(cfg_rescale, (int, float)) or not 0 <= cfg_rescale <= 1:
+                raise ValueError(f"cfg_rescale must be a number from 0 to 1, got {cfg_rescale!r}")
+            if not unipc:
+                raise ValueError('cfg_rescale needs sampler="unipc"')
+            settings.unipc.cfg_rescale = cfg_rescale
+        if blend_sections is not None:
+            if isinstance(blend_sections, bool) or not isinstance(blend_sections, int) \
+                    or not 0 <= blend_sections <= MAX_BLEND_SECTIONS:
+                raise ValueError(f"blend_sections must be a whole number from 0 to {MAX_BLEND_SECTIONS}, got {blend_sections!r}")
+            settings.prompt_schedule.blend_sections = blend_sections
+        optional = dict(negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
+                        true_cfg_scale=true_cfg_scale, seed=seed, latent_window_size=latent_window_size,
+                        resolution=resolution, height=height, width=width, fps=fps)
+        for name, value in optional.items():
+            if value is not None:
+                setattr(settings, name, value)
+    if video_format is not None:
+        settings.format = _choice("video_format", video_format, VIDEO_FORMATS)  # type: ignore[assignment]
+    if save_frames is not None:
+        if not isinstance(save_frames, bool):
+            raise ValueError(f"save_frames must be True or False, got {save_frames!r}")
+        settings.save_frames = save_frames
+    for name, value in dict(crf=crf, lossless=lossless).items():
         if value is not None:
             setattr(settings, name, value)
+    if webhook_url is not None and not (isinstance(webhook_url, str) and re.match(r"^https?://[^/\s]+", webhook_url)):
+        raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
     request = jobs_pb2.SubmitJobRequest(image=_image(image), settings=settings, bundle=bundle,
                                         priority=priority, idempotency_key=idempotency_key)
+    if recipe is not None:
+        request.recipe = recipe
+    if webhook_url is not None:
+        request.webhook_url = webhook_url
     if end_image is not None:
         request.end_image.CopyFrom(_image(end_image))
     return farm.unary(farm.stub.SubmitJob, request).job
@@ -207,11 +325,57 @@ def watch(farm: Farm, job_id: str,
     return last
 
 
-def download(farm: Farm, job_id: str, path: Union[str, "os.PathLike[str]"]) -> jobs_pb2.Job:
-    """Writes a finished job's MP4 to path (whole or not at all) and returns the job.
+def recipe_sidecar(path: Union[str, "os.PathLike[str]"]) -> str:
+    """Where a video's recipe goes beside it: out.mp4 -> out.recipe.json (as `framefarm submit -o`)."""
+    return os.path.splitext(os.fspath(path))[0] + ".recipe.json"
 
-    The video comes from the object store by the presigned URL that GetJob hands out (fetched
-    anew here, so an old one cannot have expired), never over gRPC.
+
+def _video_head(job_id: str) -> Callable[[bytes], None]:
+    def check(head: bytes) -> None:
+        if head[4:8] != b"ftyp" and head[:4] != b"\x1a\x45\xdf\xa3":
+            raise FarmError("DATA_LOSS", f"the video of job {job_id} is neither MP4 nor WebM (starts {head!r})")
+    return check
+
+
+def _recipe_head(job_id: str) -> Callable[[bytes], None]:
+    def check(head: bytes) -> None:
+        if not head.lstrip().startswith(b"{"):
+            raise FarmError("DATA_LOSS", f"the recipe of job {job_id} is not JSON (starts {head!r})")
+    return check
+
+
+def _fetch(farm: Farm, url: str, path: str, what: str, check: Callable[[bytes], None]) -> None:
+    """Writes url's body to path, whole or not at all, after check() passes on its first 8 bytes."""
+    # Beside the target, so the rename is atomic; "x" mode: created anew, with the umask's permissions.
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "xb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=farm.timeout) as res:
+                    head = res.read(8)
+                    check(head)
+                    out.write(head)
+                    while chunk := res.read(1 << 20):
+                        out.write(chunk)
+            except OSError as err:  # URLError and HTTPError are OSErrors
+                raise FarmError("UNAVAILABLE", f"cannot download {what}: {err}") from err
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def download(farm: Farm, job_id: str, path: Union[str, "os.PathLike[str]"], *,
+             recipe: Union[bool, str, "os.PathLike[str]"] = False) -> jobs_pb2.Job:
+    """Writes a finished job's video (MP4 or WebM) to path (whole or not at all) and returns the job.
+
+    With recipe=True its recipe (the JSON that renders it again: `submit(..., recipe=text)`) is
+    written beside it too, out.mp4 -> out.recipe.json (`recipe_sidecar`), or to the path given as
+    recipe; after the video, and likewise whole or not at all.
+
+    Both come from the object store by the presigned URLs that GetJob hands out (fetched anew here,
+    so an old one cannot have expired), never over gRPC.
     """
     job = farm.unary(farm.stub.GetJob, jobs_pb2.GetJobRequest(id=job_id)).job
     if job.state != jobs_pb2.JOB_STATE_SUCCEEDED:
@@ -220,24 +384,11 @@ def download(farm: Farm, job_id: str, path: Union[str, "os.PathLike[str]"]) -> j
         raise FarmError("FAILED_PRECONDITION", f"job {job_id} is {state_name(job.state)}: no video yet")
     if not job.video_url:
         raise FarmError("UNAVAILABLE", f"job {job_id} succeeded but the farm gave no video URL")
+    if recipe is not False and not job.recipe_url:
+        raise FarmError("UNAVAILABLE", f"job {job_id} succeeded but the farm gave no recipe URL")
     path = os.fspath(path)
-    # Beside the target, so the rename is atomic; "x" mode: created anew, with the umask's permissions.
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
-    try:
-        with open(tmp, "xb") as out:
-            try:
-                with urllib.request.urlopen(job.video_url, timeout=farm.timeout) as res:
-                    head = res.read(8)
-                    if head[4:8] != b"ftyp":
-                        raise FarmError("DATA_LOSS", f"the video of job {job_id} is not an MP4 (starts {head!r})")
-                    out.write(head)
-                    while chunk := res.read(1 << 20):
-                        out.write(chunk)
-            except OSError as err:  # URLError and HTTPError are OSErrors
-                raise FarmError("UNAVAILABLE", f"cannot download the video of job {job_id}: {err}") from err
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _fetch(farm, job.video_url, path, f"the video of job {job_id}", _video_head(job_id))
+    if recipe is not False:
+        target = recipe_sidecar(path) if recipe is True else os.fspath(recipe)
+        _fetch(farm, job.recipe_url, target, f"the recipe of job {job_id}", _recipe_head(job_id))
     return job
