@@ -7,6 +7,7 @@ import type { FlowMatchSchedule } from "../../shared/sampler/flow-match.js";
 import { eulerStep } from "../../shared/sampler/flow-match.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { UniPCOptions } from "../../shared/job/section-sampling.js";
+import { scalar, transformerFeeds } from "./transformer-feeds.js";
 import { denoiseSectionUniPC } from "./denoise-unipc.js";
 
 export interface TextConditioning {
@@ -50,10 +51,6 @@ export interface DenoiseObserver {
   signal?: AbortSignal;
 }
 
-function scalar(value: number): F32 {
-  return new Tensor("float32", [1], Float32Array.of(value));
-}
-
 /** neg + scale * (pos - neg), rounding each float32 operation like torch. */
 function trueCfg(pos: F32, neg: F32, scale: number): F32 {
   const out = new Float32Array(pos.numel);
@@ -74,32 +71,15 @@ export async function denoiseSection(
   // --sampler unipc: lllyasviel's sampler, its own loop (denoise-unipc.ts).
   if (input.unipc !== undefined) return denoiseSectionUniPC(runtime, input, input.unipc, observer);
   const model = await runtime.model("transformer");
-  const { schedule, context } = input;
+  const { schedule } = input;
   const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));
   const steps = schedule.timesteps.length;
   let latents = input.noise;
 
   for (let i = 0; i < steps; i++) {
     observer.signal?.throwIfAborted();
-    const shared = {
-      hidden_states: latents,
-      timestep: scalar(schedule.timesteps[i]!),
-      image_embeds: input.imageEmbeds,
-      indices_latents: context.indicesLatents,
-      guidance,
-      latents_clean: context.latentsClean,
-      indices_latents_clean: context.indicesClean,
-      latents_history_2x: context.history2x,
-      indices_latents_history_2x: context.indices2x,
-      latents_history_4x: context.history4x,
-      indices_latents_history_4x: context.indices4x,
-    };
-    const withText = (t: TextConditioning) => ({
-      ...shared,
-      encoder_hidden_states: t.embeds,
-      encoder_attention_mask: t.mask,
-      pooled_projections: t.pooled,
-    });
+    const timestep = scalar(schedule.timesteps[i]!);
+    const withText = (t: TextConditioning) => transformerFeeds(input, latents, timestep, guidance, t);
     const feeds = withText(input.prompt);
     let noisePred = (await model.run(feeds)).noise_pred!;
     if (i === 0) observer.onFirstStep?.(feeds, noisePred);

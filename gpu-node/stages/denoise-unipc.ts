@@ -4,13 +4,12 @@
  * sigmas, the model wrapped by fm_wrapper (timestep = sigma * 1000, true CFG whenever cfg != 1,
  * CFG rescale, velocity to denoised x0). Returns the last denoised prediction, as the demo does.
  */
-import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import type { F32 } from "../../shared/tensor/tensor.js";
 import { cfgCombine, flowToDenoised, rescaleNoiseCfg, sampleUniPC } from "../../shared/sampler/unipc.js";
 import type { UniPCOptions } from "../../shared/job/section-sampling.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { DenoiseInput, DenoiseObserver, TextConditioning } from "./denoise-section.js";
-
-const scalar = (value: number): F32 => new Tensor("float32", [1], Float32Array.of(value));
+import { scalar, transformerFeeds } from "./transformer-feeds.js";
 
 export async function denoiseSectionUniPC(
   runtime: Pick<ModelRuntime, "model">,
@@ -19,27 +18,13 @@ export async function denoiseSectionUniPC(
   observer: DenoiseObserver = {},
 ): Promise<F32> {
   const model = await runtime.model("transformer");
-  const { schedule, context } = input;
+  const { schedule } = input;
   // torch.tensor([distilled_guidance_scale * 1000.0]): the product in float64, then float32.
   const guidance = scalar(Math.fround(input.guidanceScale * 1000));
   const steps = schedule.sigmas.length - 1;
   const denoised = async (x: F32, sigma: number, step: number): Promise<F32> => {
-    const feeds = (t: TextConditioning) => ({
-      hidden_states: x,
-      timestep: scalar(Math.fround(sigma * 1000)),
-      image_embeds: input.imageEmbeds,
-      indices_latents: context.indicesLatents,
-      guidance,
-      latents_clean: context.latentsClean,
-      indices_latents_clean: context.indicesClean,
-      latents_history_2x: context.history2x,
-      indices_latents_history_2x: context.indices2x,
-      latents_history_4x: context.history4x,
-      indices_latents_history_4x: context.indices4x,
-      encoder_hidden_states: t.embeds,
-      encoder_attention_mask: t.mask,
-      pooled_projections: t.pooled,
-    });
+    const timestep = scalar(Math.fround(sigma * 1000));
+    const feeds = (t: TextConditioning) => transformerFeeds(input, x, timestep, guidance, t);
     const posFeeds = feeds(input.prompt);
     const pos = (await model.run(posFeeds)).noise_pred!;
     if (step === 0) observer.onFirstStep?.(posFeeds, pos);

@@ -20,8 +20,8 @@ export function trimFrameCount(frames: number, temporalCompression: number): num
   return Math.floor((frames - 1) / temporalCompression) * temporalCompression + 1;
 }
 
-/** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
-export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
+/** video [1, 3, T, H, W] -> uint8 [keep, H, W, 3], each value through `pixel` (planar to interleaved). */
+function toUint8Frames(video: F32, keep: number, pixel: (x: number) => number): Tensor<"uint8"> {
   if (video.shape.length !== 5 || video.shape[0] !== 1)
     throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
   const [, c, t, h, w] = video.shape as [number, number, number, number, number];
@@ -29,19 +29,22 @@ export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
   const frames = Math.min(keep, t);
   const plane = h * w;
   const out = new Uint8Array(frames * plane * 3);
-  const f = Math.fround;
   for (let ch = 0; ch < 3; ch++) {
     for (let i = 0; i < frames; i++) {
       const src = (ch * t + i) * plane;
       const dst = i * plane * 3 + ch;
-      for (let p = 0; p < plane; p++) {
-        // NaN clamps to NaN in torch and casts to 0 in numpy; Math.max/min keep NaN and `| 0` gives 0.
-        const x = Math.min(1, Math.max(0, f(f(video.data[src + p]! * 0.5) + 0.5)));
-        out[dst + p * 3] = roundHalfEven(f(x * 255)) | 0;
-      }
+      for (let p = 0; p < plane; p++) out[dst + p * 3] = pixel(video.data[src + p]!);
     }
   }
   return new Tensor("uint8", [frames, h, w, 3], out);
+}
+
+const f = Math.fround;
+
+/** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
+export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
+  // NaN clamps to NaN in torch and casts to 0 in numpy; Math.max/min keep NaN and `| 0` gives 0.
+  return toUint8Frames(video, keep, (v) => roundHalfEven(f(Math.min(1, Math.max(0, f(f(v * 0.5) + 0.5))) * 255)) | 0);
 }
 
 /**
@@ -49,25 +52,7 @@ export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
  * then .to(torch.uint8), which truncates toward zero. NaN becomes 0.
  */
 export function videoToUint8FramesDemo(video: F32, keep: number): Tensor<"uint8"> {
-  if (video.shape.length !== 5 || video.shape[0] !== 1)
-    throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
-  const [, c, t, h, w] = video.shape as [number, number, number, number, number];
-  if (c !== 3) throw new RangeError(`expected 3 colour channels, got ${c}`);
-  const frames = Math.min(keep, t);
-  const plane = h * w;
-  const out = new Uint8Array(frames * plane * 3);
-  const f = Math.fround;
-  for (let ch = 0; ch < 3; ch++) {
-    for (let i = 0; i < frames; i++) {
-      const src = (ch * t + i) * plane;
-      const dst = i * plane * 3 + ch;
-      for (let p = 0; p < plane; p++) {
-        const x = Math.min(1, Math.max(-1, video.data[src + p]!));
-        out[dst + p * 3] = Math.trunc(f(f(x * 127.5) + 127.5)) | 0;
-      }
-    }
-  }
-  return new Tensor("uint8", [frames, h, w, 3], out);
+  return toUint8Frames(video, keep, (v) => Math.trunc(f(f(Math.min(1, Math.max(-1, v)) * 127.5) + 127.5)) | 0);
 }
 
 export type FrameConverter = (video: F32, keep: number) => Tensor<"uint8">;
