@@ -1,11 +1,18 @@
 /**
  * decode stage: VAE latents to video in [-1, 1]. Long inputs are decoded in temporal tiles exactly
  * like diffusers' framewise decoding, so the ONNX decoder only ever sees a few latent frames and
- * its memory stays flat whatever the video length.
+ * its memory stays flat whatever the video length. With spatial tiling on (FRAMEFARM_VAE_TILING=1
+ * on the node or embedded process) each (temporal tile of) latents larger than 32x32 is also
+ * decoded in 256-pixel tiles, as diffusers' vae.enable_tiling() does.
  */
 import type { F32 } from "../../shared/tensor/tensor.js";
 import { map } from "../../shared/tensor/ops.js";
-import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
+import {
+  DIFFUSERS_SPATIAL_TILE,
+  temporalTiledDecode,
+  type SpatialTiling,
+  type SpatialTileSizes,
+} from "../../shared/framepack/vae-tiling.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 
 /** Generation latents -> what vae.decode receives: latents / scaling_factor in float32. */
@@ -14,12 +21,38 @@ export function toVaeLatents(latents: F32, scalingFactor: number): F32 {
   return map(latents, (x) => x / sf);
 }
 
+/**
+ * FRAMEFARM_VAE_TILING: "1" turns diffusers' spatial VAE tiling on (default tiles, 256 px with
+ * stride 192), "0" or unset leaves it off. Anything else is an error rather than a guess.
+ */
+export function vaeTilingFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  const v = env["FRAMEFARM_VAE_TILING"];
+  if (v === undefined || v === "" || v === "0") return false;
+  if (v === "1") return true;
+  throw new RangeError(`FRAMEFARM_VAE_TILING must be 0 or 1, got ${JSON.stringify(v)}`);
+}
+
+export interface DecodeOptions {
+  /** diffusers' vae.enable_tiling() with its default tile sizes (or these). */
+  spatialTiling?: boolean | Partial<SpatialTileSizes>;
+}
+
 /** vaeLatents: [1, C, T, h, w] already divided by the scaling factor -> [1, 3, (T-1)*4+1, H, W]. */
-export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32): Promise<F32> {
+export async function decodeVideo(
+  runtime: ModelRuntime,
+  vaeLatents: F32,
+  options: DecodeOptions = { spatialTiling: vaeTilingFromEnv() },
+): Promise<F32> {
   const model = await runtime.model("vae_decoder");
-  return temporalTiledDecode(
-    vaeLatents,
-    runtime.bundle.manifest.vae,
-    async (tile) => (await model.run({ latents: tile })).sample!,
-  );
+  const vae = runtime.bundle.manifest.vae;
+  const tiling = options.spatialTiling;
+  const spatial: SpatialTiling | undefined =
+    tiling === undefined || tiling === false
+      ? undefined
+      : {
+          spatial_compression_ratio: vae.spatial_compression_ratio,
+          ...DIFFUSERS_SPATIAL_TILE,
+          ...(tiling === true ? {} : tiling),
+        };
+  return temporalTiledDecode(vaeLatents, vae, async (tile) => (await model.run({ latents: tile })).sample!, spatial);
 }

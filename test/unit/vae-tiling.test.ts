@@ -4,7 +4,13 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { temporalTiledDecode, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
+import {
+  DIFFUSERS_SPATIAL_TILE,
+  spatialTiledDecode,
+  temporalTiledDecode,
+  type SpatialTiling,
+  type TemporalTiling,
+} from "../../shared/framepack/vae-tiling.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 
 const VAE: TemporalTiling = {
@@ -89,4 +95,69 @@ test("short latents, or framewise decoding off, make one decoder call", async ()
     assert.deepEqual(calls, [[0, frames]]);
     assert.equal(video.shape[2], (frames - 1) * 4 + 1);
   }
+});
+
+const SPATIAL: SpatialTiling = { spatial_compression_ratio: 8, ...DIFFUSERS_SPATIAL_TILE };
+
+/** Fake spatial decoder: a constant per tile (its first latent), 8x in space, (t-1)*4+1 frames; records tile shapes. */
+function constantDecoder(calls: number[][]): (tile: F32) => Promise<F32> {
+  return async (tile) => {
+    const [, , t, h, w] = tile.shape as [number, number, number, number, number];
+    calls.push([t, h, w]);
+    const frames = (t - 1) * 4 + 1;
+    return Tensor.f32([1, 1, frames, h * 8, w * 8], new Array<number>(frames * h * 64 * w).fill(tile.data[0]!));
+  };
+}
+
+test("spatial tiling: 32x32-latent tiles every 24 latents, partial last row and column, blended", async () => {
+  const [h, w] = [34, 50];
+  // latent (y, x) holds 1 + 10 * row + column of the tile starting there (other positions 0)
+  const data = new Array<number>(h * w).fill(0);
+  for (let i = 0; i < h; i += 24) for (let j = 0; j < w; j += 24) data[i * w + j] = 1 + 10 * (i / 24) + j / 24;
+  const calls: number[][] = [];
+  const out = await spatialTiledDecode(Tensor.f32([1, 1, 1, h, w], data), SPATIAL, constantDecoder(calls));
+  assert.deepEqual(calls, [
+    [1, 32, 32],
+    [1, 32, 26],
+    [1, 32, 2],
+    [1, 10, 32],
+    [1, 10, 26],
+    [1, 10, 2],
+  ]);
+  assert.deepEqual(out.shape, [1, 1, 1, 272, 400]);
+  const at = (y: number, x: number): number => out.data[y * 400 + x]!;
+  assert.equal(at(0, 0), 1); // tile (0, 0) alone
+  assert.equal(at(0, 191), 1); // its last kept column: blend_h only touches the next tile's start
+  assert.equal(at(0, 192), 1); // tile (0, 1)'s first column is all tile (0, 0) (weight 1 - 0/64)
+  assert.equal(at(0, 192 + 32), Math.fround(Math.fround(1 * 0.5) + Math.fround(2 * 0.5)));
+  assert.equal(at(0, 192 + 64), 2); // past the blend, tile (0, 1) alone
+  // the last row is 80 px tall, so blend_v runs over min(256, 80, 64) = 64 rows
+  assert.equal(at(192 + 32, 0), Math.fround(Math.fround(1 * 0.5) + Math.fround(11 * 0.5)));
+  assert.equal(at(271, 0), 11);
+  // the last column is 16 px wide: blend_h over min(208, 16, 64) = 16 columns, of which all are kept
+  assert.equal(at(0, 384 + 8), Math.fround(Math.fround(2 * 0.5) + Math.fround(3 * 0.5)));
+});
+
+test("spatial tiling: latents no larger than a tile make one decoder call; temporal tiles are tiled each", async () => {
+  const calls: number[][] = [];
+  await spatialTiledDecode(
+    Tensor.f32([1, 1, 2, 32, 32], new Array<number>(2048).fill(1)),
+    SPATIAL,
+    constantDecoder(calls),
+  );
+  assert.deepEqual(calls, [[2, 32, 32]]);
+  calls.length = 0;
+  const video = await temporalTiledDecode(
+    Tensor.f32([1, 1, 6, 8, 40], new Array<number>(6 * 8 * 40).fill(1)),
+    VAE,
+    constantDecoder(calls),
+    SPATIAL,
+  );
+  assert.deepEqual(calls, [
+    [5, 8, 32],
+    [5, 8, 16],
+    [3, 8, 32],
+    [3, 8, 16],
+  ]);
+  assert.deepEqual(video.shape, [1, 1, 21, 64, 320]);
 });
