@@ -30,6 +30,7 @@ import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { MAX_REQUEST_BYTES } from "../../coordinator/api/server.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
 import { repoRoot } from "../support/paths.js";
+import { unary } from "../support/grpc.js";
 
 const TOKEN = "acme-token-0123456789abcdef";
 const OTHER_TOKEN = "other-token-0123456789abcdef";
@@ -79,8 +80,6 @@ const auth = (token: string | null = TOKEN, scheme = "Bearer"): Metadata => {
   if (token !== null) md.set("authorization", `${scheme} ${token}`);
   return md;
 };
-const unary = <T>(fn: (cb: (e: ServiceError | null, r?: T) => void) => void): Promise<T> =>
-  new Promise((resolve, reject) => fn((e, r) => (e ? reject(e) : resolve(r as T))));
 
 const settings = (over: object = {}): RenderSettings =>
   ({

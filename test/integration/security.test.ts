@@ -17,6 +17,7 @@ import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
 import { startNatsServer, startS3Server } from "../../coordinator/cli/local-servers.js";
 import { cliPath, repoRoot } from "../support/paths.js";
+import { bearer, smallJobRequest, unary } from "../support/grpc.js";
 
 const run = promisify(execFile);
 const ACME = "acme-token-0123456789abcdef";
@@ -46,21 +47,8 @@ after(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-const as = (token: string | null): Metadata => {
-  const md = new Metadata();
-  if (token !== null) md.set("authorization", `Bearer ${token}`);
-  return md;
-};
-const unary = <T>(fn: (cb: (e: ServiceError | null, r?: T) => void) => void): Promise<T> =>
-  new Promise((resolve, reject) => fn((e, r) => (e ? reject(e) : resolve(r as T))));
-const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => ({
-  image: { source: { $case: "data", value: png } },
-  settings: { prompt: "a lighthouse", length: { $case: "numFrames", value: 20 }, mode: 0, steps: 2, resolution: 64 },
-  bundle: "",
-  priority: 0,
-  idempotencyKey: "",
-  ...over,
-});
+const as = bearer;
+const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => smallJobRequest(png, over);
 const submit = (token: string | null, over: Partial<SubmitJobRequest> = {}) =>
   unary<{ job?: Job; deduplicated: boolean }>((cb) => client.submitJob(request(over), as(token), cb));
 const getJob = (token: string | null, id: string) =>

@@ -13,6 +13,7 @@ import { JobServiceClient, JobState, type Job, type SubmitJobRequest } from "../
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
 import { repoRoot } from "../support/paths.js";
+import { bearer, smallJobRequest, unary } from "../support/grpc.js";
 import { securityOptions } from "../../coordinator/cli/coordinator.js";
 
 const ACME = "acme-token-0123456789abcdef";
@@ -40,35 +41,9 @@ after(async () => {
   await farm.stop();
 });
 
-const as = (token: string): Metadata => {
-  const md = new Metadata();
-  md.set("authorization", `Bearer ${token}`);
-  return md;
-};
-const unary = <T>(fn: (cb: (e: ServiceError | null, r?: T) => void) => void): Promise<T> =>
-  new Promise((resolve, reject) => fn((e, r) => (e ? reject(e) : resolve(r as T))));
 const submit = (token: string, over: Partial<SubmitJobRequest> = {}) =>
-  unary<{ job?: Job; deduplicated: boolean }>((cb) =>
-    client.submitJob(
-      {
-        image: { source: { $case: "data", value: png } },
-        settings: {
-          prompt: "a lighthouse",
-          length: { $case: "numFrames", value: 20 },
-          mode: 0,
-          steps: 2,
-          resolution: 64,
-        },
-        bundle: "",
-        priority: 0,
-        idempotencyKey: "",
-        ...over,
-      },
-      as(token),
-      cb,
-    ),
-  );
-const cancel = (token: string, id: string) => unary<{ job?: Job }>((cb) => client.cancelJob({ id }, as(token), cb));
+  unary<{ job?: Job; deduplicated: boolean }>((cb) => client.submitJob(smallJobRequest(png, over), bearer(token), cb));
+const cancel = (token: string, id: string) => unary<{ job?: Job }>((cb) => client.cancelJob({ id }, bearer(token), cb));
 const refused = (p: Promise<unknown>, code: status, pattern: RegExp): Promise<void> =>
   assert.rejects(p, (e: unknown) => {
     assert.equal(status[(e as ServiceError).code], status[code], (e as ServiceError).details);

@@ -15,6 +15,7 @@ import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "../.
 import { securityOptions, startCoordinator, type RunningCoordinator } from "../../coordinator/cli/coordinator.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 import { until } from "../support/wait.js";
+import { bearer, smallJobRequest } from "../support/grpc.js";
 
 const OPS = "ops-token-0123456789abcdef";
 const ACME = "acme-token-0123456789abcdef";
@@ -63,11 +64,7 @@ after(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-const as = (token: string): Metadata => {
-  const md = new Metadata();
-  md.set("authorization", `Bearer ${token}`);
-  return md;
-};
+const as = bearer;
 /** The gRPC status name of ListJobs with token ("OK" when it answers). */
 const listJobs = (token: string): Promise<string> =>
   new Promise((resolve) =>
@@ -113,22 +110,8 @@ test("tokens added, rotated and revoked in the file take effect within seconds, 
   // An open WatchJob stream of a token about to be revoked, on a job that stays queued (no nodes).
   const png = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
   const { job } = await new Promise<{ job?: Job }>((resolve, reject) =>
-    client.submitJob(
-      {
-        image: { source: { $case: "data", value: png } },
-        settings: {
-          prompt: "a lighthouse",
-          length: { $case: "numFrames", value: 20 },
-          mode: 0,
-          steps: 2,
-          resolution: 64,
-        },
-        bundle: "",
-        priority: 0,
-        idempotencyKey: "",
-      },
-      as(ACME),
-      (e: ServiceError | null, r?: { job?: Job }) => (e ? reject(e) : resolve(r!)),
+    client.submitJob(smallJobRequest(png), as(ACME), (e: ServiceError | null, r?: { job?: Job }) =>
+      e ? reject(e) : resolve(r!),
     ),
   );
   const watch = client.watchJob({ id: job!.id }, as(ACME));
