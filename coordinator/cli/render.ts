@@ -50,6 +50,7 @@ async function writeTimings(file: string, record: JobRecord, loadMs: number, job
     task: e.taskId,
     ms: Date.parse(e.finishedAt) - Date.parse(e.startedAt),
     modelMs: Math.round(e.modelMs * 10) / 10,
+    ...(e.phases !== undefined ? { phases: e.phases } : {}),
   }));
   const result = { side: "framefarm", loadMs: Math.round(loadMs), jobMs: Math.round(jobMs), tasks };
   await writeFileAtomically(path.resolve(file), Buffer.from(`${JSON.stringify(result, null, 1)}\n`));

@@ -369,6 +369,7 @@ export class Dispatcher {
           startedAt: result.startedAt,
           finishedAt: result.finishedAt,
           modelMs: result.modelMs ?? 0,
+          ...(result.phases !== undefined ? { phases: result.phases } : {}),
         });
       }
       if (result.ok) {

@@ -32,7 +32,15 @@ export interface JobRecord {
   error?: string;
   errorStatus?: string;
   /** Every attempt's node and time span, in the order results arrived (the job's event log). */
-  taskLog?: { taskId: string; node: string; ok: boolean; startedAt: string; finishedAt: string; modelMs: number }[];
+  taskLog?: {
+    taskId: string;
+    node: string;
+    ok: boolean;
+    startedAt: string;
+    finishedAt: string;
+    modelMs: number;
+    phases?: Record<string, number>;
+  }[];
   createdAt: string;
   updatedAt: string;
   /**

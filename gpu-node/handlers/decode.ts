@@ -8,22 +8,25 @@ import { renderParamsOf } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { frameConverterFor } from "../../shared/framepack/frames.js";
 import { decodeSection } from "../stages/section-step.js";
-import { need, readTensors, writeOnce, writeVideoObject, type StageHandler } from "./task-io.js";
+import { need, readTensors, timed, writeOnce, writeVideoObject, type StageHandler } from "./task-io.js";
 
 const PREVIEW_SIDE = 320;
 export const PREVIEW = { crf: 28, lossless: false, format: "mp4", maxSide: PREVIEW_SIDE, preset: "veryfast" } as const;
 
-export const decodeHandler: StageHandler = async (ctx, task, spec) => {
+export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => {
   const params = renderParamsOf(spec);
   const section = sectionPlanFor(params, ctx.runtime.bundle.manifest).sections[task.section!]!;
-  const h = await readTensors(ctx, task.inputs["history"]!);
-  const video = await decodeSection(ctx.runtime, section, need(h.tensors, "decode_latents", task.inputs["history"]!));
-  await writeOnce(ctx, task.outputs["video"]!, { video });
-  if (task.outputs["preview"] !== undefined)
-    await writeVideoObject(
-      ctx.store,
-      task.outputs["preview"],
-      frameConverterFor(params.sampler)(video, video.shape[2]!),
-      { ...PREVIEW, fps: params.fps },
+  const h = await timed(observer, "read", () => readTensors(ctx, task.inputs["history"]!));
+  const video = await timed(observer, "vae", () =>
+    decodeSection(ctx.runtime, section, need(h.tensors, "decode_latents", task.inputs["history"]!)),
+  );
+  await timed(observer, "write", () => writeOnce(ctx, task.outputs["video"]!, { video }));
+  const previewKey = task.outputs["preview"];
+  if (previewKey !== undefined)
+    await timed(observer, "preview", () =>
+      writeVideoObject(ctx.store, previewKey, frameConverterFor(params.sampler)(video, video.shape[2]!), {
+        ...PREVIEW,
+        fps: params.fps,
+      }),
     );
 };

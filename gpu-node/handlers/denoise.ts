@@ -5,7 +5,7 @@ import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompts.js";
 import { initialHistory, type History } from "../../shared/framepack/history.js";
 import { runSectionStep } from "../stages/section-step.js";
-import { conditioning, generatorOf, need, readTensors, writeOnce, type StageHandler } from "./task-io.js";
+import { conditioning, generatorOf, need, readTensors, timed, writeOnce, type StageHandler } from "./task-io.js";
 
 export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) => {
   const { runtime } = ctx;
@@ -47,10 +47,12 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
     observer,
   );
   // The section's latents live on in the history (what the next section and the decode read).
-  await writeOnce(
-    ctx,
-    task.outputs["history"]!,
-    { history: appended.history.latents, decode_latents: appended.decodeLatents },
-    { generated: String(appended.history.generated) },
+  await timed(observer, "write", () =>
+    writeOnce(
+      ctx,
+      task.outputs["history"]!,
+      { history: appended.history.latents, decode_latents: appended.decodeLatents },
+      { generated: String(appended.history.generated) },
+    ),
   );
 };

@@ -33,6 +33,18 @@ export interface WorkerContext {
 export interface TaskObserver {
   onStep?(step: number, steps: number): void;
   signal?: AbortSignal;
+  /** Hears how long each phase of the task took (timed()), for the job's task log. */
+  onPhase?(phase: string, ms: number): void;
+}
+
+/** Runs one phase of a task and tells the observer how long it took. */
+export async function timed<T>(observer: TaskObserver, phase: string, work: () => Promise<T> | T): Promise<T> {
+  const started = performance.now();
+  try {
+    return await work();
+  } finally {
+    observer.onPhase?.(phase, performance.now() - started);
+  }
 }
 
 /** Runs one task of its stage kind: reads the task's inputs, writes its outputs. */

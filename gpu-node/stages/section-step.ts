@@ -11,7 +11,7 @@ import type { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { appendSection, sectionInputs, type History } from "../../shared/framepack/history.js";
 import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
-import { frameConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
+import { planeConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
 import type { RenderParams } from "../../shared/job/render-params.js";
 import { sectionSampling } from "../../shared/job/section-sampling.js";
 import { denoiseSection, type TextConditioning } from "./denoise-section.js";
@@ -132,7 +132,7 @@ export class SectionVideo {
     /** The sampler's frame conversion: diffusers' postprocessing, or the demo's (unipc). */
     sampler?: RenderParams["sampler"],
   ) {
-    this.video = new VideoAccumulator(samplingType, plan.overlapFrames, frameConverterFor(sampler));
+    this.video = new VideoAccumulator(samplingType, plan.overlapFrames, planeConverterFor(sampler));
   }
 
   add(decoded: F32): void {

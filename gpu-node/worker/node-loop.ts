@@ -151,8 +151,9 @@ export class NodeLoop {
         const { task, spec } = msg;
         const startedAt = new Date().toISOString();
         const modelBefore = ctx.runtime.clock.ms;
+        const phases: Record<string, number> = {};
         const report = async (
-          result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs">,
+          result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs" | "phases">,
         ): Promise<void> => {
           const finishedAt = new Date().toISOString();
           const modelMs = ctx.runtime.clock.ms - modelBefore;
@@ -165,6 +166,7 @@ export class NodeLoop {
               startedAt,
               finishedAt,
               modelMs,
+              ...(Object.keys(phases).length > 0 ? { phases } : {}),
               ...result,
             }),
           );
@@ -222,6 +224,7 @@ export class NodeLoop {
           if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, spec);
           await runStageTask(ctx, task, spec, {
             signal: abort.signal,
+            onPhase: (phase, ms) => (phases[phase] = Math.round(((phases[phase] ?? 0) + ms) * 10) / 10),
             onStep: (step, steps) =>
               bus.events.publish(
                 jobEventSubject(msg.jobId),

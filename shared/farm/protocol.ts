@@ -93,6 +93,8 @@ export interface TaskResult {
   finishedAt?: string;
   /** Of that time, milliseconds inside model execution (exact when the node runs one task at a time). */
   modelMs?: number;
+  /** Of that time, milliseconds per named phase of the task (read, write, preview, encode...). */
+  phases?: Record<string, number>;
 }
 
 /** Published by a node after each denoise step (not stored: live progress only). */

@@ -20,31 +20,53 @@ export function trimFrameCount(frames: number, temporalCompression: number): num
   return Math.floor((frames - 1) / temporalCompression) * temporalCompression + 1;
 }
 
-/** video [1, 3, T, H, W] -> uint8 [keep, H, W, 3], each value through `pixel` (planar to interleaved). */
-function toUint8Frames(video: F32, keep: number, pixel: (x: number) => number): Tensor<"uint8"> {
+/**
+ * Writes one colour plane (one channel of one frame, planar float32) into interleaved RGB bytes:
+ * dst[dstOffset + 3p] for every pixel p. The two conversions are written out as loops of their own
+ * (no per-pixel callback): they run over every pixel of every frame of a job.
+ */
+export type PlaneConverter = (src: Float32Array, dst: Uint8Array, dstOffset: number) => void;
+
+const f = Math.fround;
+
+/** diffusers: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
+export const diffusersPlaneToUint8: PlaneConverter = (src, dst, dstOffset) => {
+  for (let p = 0, d = dstOffset; p < src.length; p++, d += 3) {
+    // NaN clamps to NaN in torch and casts to 0 in numpy; Math.max/min keep NaN and `| 0` gives 0.
+    const y = f(Math.min(1, Math.max(0, f(f(src[p]! * 0.5) + 0.5))) * 255);
+    const r = Math.round(y);
+    // Math.round sends ties up; numpy's round() sends them to even.
+    dst[d] = (r - y === 0.5 && (r & 1) === 1 ? r - 1 : r) | 0;
+  }
+};
+
+/** lllyasviel's demo: trunc(clamp(x, -1, 1) * 127.5 + 127.5) in float32 (torch .to(uint8)). */
+export const demoPlaneToUint8: PlaneConverter = (src, dst, dstOffset) => {
+  for (let p = 0, d = dstOffset; p < src.length; p++, d += 3)
+    dst[d] = Math.trunc(f(f(Math.min(1, Math.max(-1, src[p]!)) * 127.5) + 127.5)) | 0;
+};
+
+/** video [1, 3, T, H, W] -> uint8 [keep, H, W, 3], plane by plane (planar to interleaved). */
+function toUint8Frames(video: F32, keep: number, plane: PlaneConverter): Tensor<"uint8"> {
   if (video.shape.length !== 5 || video.shape[0] !== 1)
     throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
   const [, c, t, h, w] = video.shape as [number, number, number, number, number];
   if (c !== 3) throw new RangeError(`expected 3 colour channels, got ${c}`);
   const frames = Math.min(keep, t);
-  const plane = h * w;
-  const out = new Uint8Array(frames * plane * 3);
+  const size = h * w;
+  const out = new Uint8Array(frames * size * 3);
   for (let ch = 0; ch < 3; ch++) {
     for (let i = 0; i < frames; i++) {
-      const src = (ch * t + i) * plane;
-      const dst = i * plane * 3 + ch;
-      for (let p = 0; p < plane; p++) out[dst + p * 3] = pixel(video.data[src + p]!);
+      const src = (ch * t + i) * size;
+      plane(video.data.subarray(src, src + size), out, i * size * 3 + ch);
     }
   }
   return new Tensor("uint8", [frames, h, w, 3], out);
 }
 
-const f = Math.fround;
-
 /** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
 export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
-  // NaN clamps to NaN in torch and casts to 0 in numpy; Math.max/min keep NaN and `| 0` gives 0.
-  return toUint8Frames(video, keep, (v) => roundHalfEven(f(Math.min(1, Math.max(0, f(f(v * 0.5) + 0.5))) * 255)) | 0);
+  return toUint8Frames(video, keep, diffusersPlaneToUint8);
 }
 
 /**
@@ -52,7 +74,7 @@ export function videoToUint8Frames(video: F32, keep: number): Tensor<"uint8"> {
  * then .to(torch.uint8), which truncates toward zero. NaN becomes 0.
  */
 export function videoToUint8FramesDemo(video: F32, keep: number): Tensor<"uint8"> {
-  return toUint8Frames(video, keep, (v) => Math.trunc(f(f(Math.min(1, Math.max(-1, v)) * 127.5) + 127.5)) | 0);
+  return toUint8Frames(video, keep, demoPlaneToUint8);
 }
 
 export type FrameConverter = (video: F32, keep: number) => Tensor<"uint8">;
@@ -60,3 +82,7 @@ export type FrameConverter = (video: F32, keep: number) => Tensor<"uint8">;
 /** The frame conversion of a sampler: diffusers' postprocessing, or the demo's (unipc). */
 export const frameConverterFor = (sampler: string | undefined): FrameConverter =>
   sampler === "unipc" ? videoToUint8FramesDemo : videoToUint8Frames;
+
+/** The same, one plane at a time (VideoAccumulator). */
+export const planeConverterFor = (sampler: string | undefined): PlaneConverter =>
+  sampler === "unipc" ? demoPlaneToUint8 : diffusersPlaneToUint8;

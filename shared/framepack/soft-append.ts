@@ -44,6 +44,13 @@ export function fadeWeights(n: number): Float32Array {
   return linspaceF32(1, 0, n);
 }
 
+/** One blended plane of the overlap: out = weight * history + (1 - weight) * current, in float32. */
+export function blendPlane(out: Float32Array, history: Float32Array, current: Float32Array, weight: number): void {
+  const f = Math.fround;
+  const inv = f(1 - weight);
+  for (let p = 0; p < out.length; p++) out[p] = f(f(weight * history[p]!) + f(inv * current[p]!));
+}
+
 export function softAppend(history: F32, current: F32, overlap: number): F32 {
   const [b, c, th, hh, ww] = history.shape as [number, number, number, number, number];
   const tc = current.shape[2]!;
@@ -60,20 +67,21 @@ export function softAppend(history: F32, current: F32, overlap: number): F32 {
   const t = th + tc - overlap;
   const out = new Float32Array(b * c * t * frame);
   const weights = fadeWeights(overlap);
-  const f = Math.fround;
   for (let bc = 0; bc < b * c; bc++) {
     const hBase = bc * th * frame;
     const cBase = bc * tc * frame;
     const oBase = bc * t * frame;
     out.set(history.data.subarray(hBase, hBase + (th - overlap) * frame), oBase);
     for (let k = 0; k < overlap; k++) {
-      const wgt = weights[k]!;
-      const inv = f(1 - wgt);
       const hOff = hBase + (th - overlap + k) * frame;
       const cOff = cBase + k * frame;
       const oOff = oBase + (th - overlap + k) * frame;
-      for (let p = 0; p < frame; p++)
-        out[oOff + p] = f(f(wgt * history.data[hOff + p]!) + f(inv * current.data[cOff + p]!));
+      blendPlane(
+        out.subarray(oOff, oOff + frame),
+        history.data.subarray(hOff, hOff + frame),
+        current.data.subarray(cOff, cOff + frame),
+        weights[k]!,
+      );
     }
     out.set(current.data.subarray(cBase + overlap * frame, cBase + tc * frame), oBase + th * frame);
   }

@@ -52,7 +52,9 @@ export class LocalObjectStore implements ObjectStore {
 
   async get(key: string): Promise<Uint8Array> {
     try {
-      return new Uint8Array(await readFile(this.file(key)));
+      // A view of readFile's buffer, not a copy (a section's video is hundreds of megabytes).
+      const b = await readFile(this.file(key));
+      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT")
         throw new FarmError("NOT_FOUND", `object ${key} does not exist`, { cause: err });

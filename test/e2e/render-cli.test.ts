@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import ffprobeInstaller from "@ffprobe-installer/ffprobe";
@@ -109,12 +109,23 @@ test("vanilla mode with a smaller window renders too", async () => {
     "64",
     "--steps",
     "2",
+    "--timings",
+    `${out}.timings.json`,
     "-o",
     out,
   ]);
   assert.equal(r.code, 0, r.stderr);
   const info = await probe(out);
   assert.deepEqual([info.width, info.height], [64, 64]);
+  // --timings: each task's wall and model time, and where the rest of a decode and the mux went.
+  const timings = JSON.parse(await readFile(`${out}.timings.json`, "utf8")) as {
+    jobMs: number;
+    tasks: { task: string; ms: number; phases?: Record<string, number> }[];
+  };
+  assert.ok(timings.jobMs > 0);
+  const phasesOf = (stage: string) => timings.tasks.find((t) => t.task.split(".")[1] === stage)?.phases ?? {};
+  assert.deepEqual(Object.keys(phasesOf("decode")).sort(), ["preview", "read", "vae", "write"]);
+  assert.deepEqual(Object.keys(phasesOf("mux")).sort(), ["blend", "encode", "read"]);
   // 20 frames at window 5 -> 2 sections; vanilla decodes (1 + 2*5) latent frames -> 41 frames.
   assert.equal(info.frames, 41);
 });

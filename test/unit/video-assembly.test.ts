@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { cat, narrow } from "../../shared/tensor/ops.js";
 import { softAppend } from "../../shared/framepack/soft-append.js";
-import { videoToUint8Frames } from "../../shared/framepack/frames.js";
+import { demoPlaneToUint8, videoToUint8Frames, videoToUint8FramesDemo } from "../../shared/framepack/frames.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
@@ -34,6 +34,22 @@ for (const mode of ["vanilla", "inverted_anti_drifting"] as const) {
     assert.deepEqual(got.shape, expected.shape);
     assert.deepEqual(got.data, expected.data);
     assert.equal(acc.finish(10).shape[0], 10);
+  });
+
+  test(`the accumulator equals whole-video soft-append with the demo's frames, no overlap or a section of exactly the overlap (${mode})`, () => {
+    for (const [overlap, lengths] of [
+      [0, [5, 7, 3]],
+      [5, [5, 5, 11, 5]],
+    ] as const) {
+      const sections = lengths.map((n) => randomVideo(n));
+      let whole: F32 | null = null;
+      const acc = new VideoAccumulator(mode, overlap, demoPlaneToUint8);
+      for (const s of sections) {
+        whole = whole === null ? s : mode === "vanilla" ? softAppend(whole, s, overlap) : softAppend(s, whole, overlap);
+        acc.add(s);
+      }
+      assert.deepEqual(acc.finish().data, videoToUint8FramesDemo(whole!, whole!.shape[2]!).data, `overlap ${overlap}`);
+    }
   });
 }
 
