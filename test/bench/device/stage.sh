@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Here (the build machine): packs what a GPU benchmark run needs and the repository does not hold
-# into .cache/device/ (git-ignored), in parts small enough to carry to a lent GPU machine two at a
-# time (a call carries at most 64 MiB together with the tracked tree, ~15 MiB):
+# into .cache/device/ (git-ignored), in parts small enough to carry to a lent GPU machine one at a
+# time (a call carries at most 64 MiB together with the tracked tree, ~34 MiB with the fixtures):
 #   parts/ort-cuda.part-NN   onnxruntime's CUDA provider (npm com.github.asus4.onnxruntime.linux-x64-gpu,
 #                            the build of the pinned onnxruntime-node), tar | zstd -19 --long=27
 #   parts/runtime.part-NN    this machine's node binary + production node_modules for linux-x64
 #                            (no ffprobe), tar | zstd -19 --long=27 (the GPU machine has no node)
 #   diffusers.tar.xz         diffusers' src/diffusers from a fetched snapshot (DIFFUSERS_SRC=.../src)
+#   nats-server.xz           this machine's nats-server (Debian's, static) for farm benchmarks there
 #   tiny-like/               the tiny reference model's tokenizers, template and scheduler (TINY=...)
 # test/bench/device/unpack.sh puts them back together there; it prints the part counts to pass it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../../.." && pwd)
 out=$repo/.cache/device
-part_mb=${PART_MB:-23}
+part_mb=${PART_MB:-29}
 mkdir -p "$out/parts" "$repo/.cache/cuda"
 z() { zstd -19 --long=27 -T0 -q -c; }
 if ! ls "$out"/parts/ort-cuda.part-* >/dev/null 2>&1; then
@@ -33,6 +34,9 @@ if ! ls "$out"/parts/runtime.part-* >/dev/null 2>&1; then
 fi
 if [ -n "${DIFFUSERS_SRC:-}" ] && [ ! -f "$out/diffusers.tar.xz" ]; then
   tar -C "$DIFFUSERS_SRC" -cf - diffusers | xz -T0 -6 > "$out/diffusers.tar.xz"
+fi
+if [ ! -f "$out/nats-server.xz" ] && command -v nats-server >/dev/null; then
+  xz -T0 -6 -c "$(command -v nats-server)" > "$out/nats-server.xz"
 fi
 if [ -n "${TINY:-}" ] && [ ! -d "$out/tiny-like" ]; then
   mkdir -p "$out/tiny-like"

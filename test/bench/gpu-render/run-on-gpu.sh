@@ -2,14 +2,14 @@
 # The gpu-render benchmark on a lent GPU machine, step by step (each step fits one call; the work
 # folder /tmp/ffdev/work lives while the machine stays warm). Needs test/bench/device/unpack.sh
 # to have run (node, node_modules with the CUDA provider, diffusers source) and dist/ built here.
-#   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, transformer bf16, fused attention)
+#   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, fused attention, CUDA graph passes)
 #   run-on-gpu.sh images                     a start and an end image, 640x640
-#   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, one job (MODE inverted|vanilla)
-#   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory
+#   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, the job RUNS (2) times in one process, the last reported (MODE inverted|vanilla)
+#   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory;
+#                                            WARMUP=off for a cold process (file suffix -cold)
 #   run-on-gpu.sh compare MODE OUT           the table (compare.py)
 #   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the exported graph and its rewritten form
 #                                            (graph_passes: edge Pad as Concat, GroupNorm as ReduceMean), each one's kernels
-#   run-on-gpu.sh transformer-fp16           bundle-2-4-fp16: the bundle with an fp16 transformer (the bf16 graph is invalid ONNX)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
@@ -24,28 +24,9 @@ case "$step" in
     double=${1:-2} single=${2:-4}
     src=$work/pipeline-$double-$single bundle=$work/bundle-$double-$single
     [ -f "$src/random-pipeline.json" ] || python3 -m framefarm_export.random_pipeline --like /tmp/ffdev/parts/tiny-like --out "$src" --double "$double" --single "$single" || exit 1
-    [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype bf16 --attention fused || exit 1
+    # The transformer in fp16: the bf16 graph is invalid ONNX at the exported opset (test/bench/gpu-step/RESULTS.md).
+    [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes || exit 1
     du -sh "$src" "$bundle"
-    ;;
-  transformer-fp16)
-    # The bundle again with an fp16 transformer (its other graphs linked, not copied).
-    src=$work/pipeline-2-4 from=$work/bundle-2-4 to=$work/bundle-2-4-fp16
-    mkdir -p "$to"
-    for f in "$from"/*; do [ -e "$to/$(basename "$f")" ] || ln -s "$f" "$to/$(basename "$f")"; done
-    rm -f "$to/transformer.onnx" "$to/transformer.onnx.data" "$to/framefarm-bundle.json"
-    python3 - "$src" "$from" "$to" <<'PY' || exit 1
-import json, os, sys, torch
-from framefarm_export import onnx_export as ox
-from framefarm_export.manifest import sha256
-from framefarm_export.sources import load_sources
-src, frm, to = sys.argv[1:]
-s = load_sources(src, None, None, torch.float16)
-ext, axes = ox.export_transformer(s, to, torch.float16, 256, "fused")
-m = json.load(open(os.path.join(frm, "framefarm-bundle.json")))
-m["components"]["transformer"].update(external_data=ext, sha256=sha256(os.path.join(to, "transformer.onnx")), dtype="fp16")
-json.dump(m, open(os.path.join(to, "framefarm-bundle.json"), "w"), indent=2)
-print("fp16 transformer:", axes, ext, flush=True)
-PY
     ;;
   images)
     python3 - "$work" "$size" <<'PY'
@@ -64,16 +45,17 @@ PY
     mode=$1 out=$2 end=()
     [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
     FFMPEG=$NODE_PATH/@ffmpeg-installer/linux-x64/ffmpeg python3 "$here/diffusers_render.py" --src "$work/pipeline-2-4" --out "$out" --mode "$mode" --image "$work/first.png" "${end[@]}" \
-      --frames "$frames" --steps "$steps" --height "$size" --width "$size" --transformer-dtype "${TRANSFORMER_DTYPE:-bf16}"
+      --frames "$frames" --steps "$steps" --height "$size" --width "$size" --transformer-dtype "${TRANSFORMER_DTYPE:-bf16}" --runs "${RUNS:-2}"
     ;;
   framefarm)
-    mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=()
+    mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=() warmup=${WARMUP:-on} name=framefarm-$1
     [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/framefarm-$mode-gpu-mem.csv" &
+    [ "$warmup" = off ] && name=$name-cold
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/$name-gpu-mem.csv" &
     smi=$!
-    node "$repo/dist/coordinator/cli/main.js" render --bundle "$bundle" --ep cuda --mode "$mode" --image "$work/first.png" "${end[@]}" \
+    node "$repo/dist/coordinator/cli/main.js" render --bundle "$bundle" --ep cuda --warmup "$warmup" --mode "$mode" --image "$work/first.png" "${end[@]}" \
       --prompt "A lighthouse on a cliff, waves crashing, seagulls circling" --frames "$frames" --steps "$steps" --height "$size" --width "$size" \
-      --lossless --timings "$out/framefarm-$mode.json" -o "$out/framefarm-$mode.mp4" 2>&1 | tail -5
+      --lossless --timings "$out/$name.json" -o "$out/$name.mp4" 2>&1 | tail -5
     rc=${PIPESTATUS[0]}
     kill $smi
     exit $rc
