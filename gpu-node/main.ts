@@ -19,6 +19,7 @@ import { loadTextTokenizers } from "./text/tokenizers.js";
 import { NodeLoop } from "./worker/node-loop.js";
 import { TensorCache } from "./worker/tensor-cache.js";
 import type { RenderContext } from "./stages/render-job.js";
+import { STAGE_COMPONENTS, warmUp, warmUpJobsForSize } from "./stages/warm-up.js";
 
 export interface NodeModels extends RenderContext {
   close(): Promise<void>;
@@ -72,6 +73,41 @@ export interface NodeSettings {
   /** Fault injection for drills and tests: this node fails every task of these stages. */
   failStages: readonly StageKind[];
   log: Logger;
+  /**
+   * Sizes to warm the models of this node's stages up for before it takes tasks: a GPU's first run
+   * at a new shape is slow (cuDNN's algorithm search), and a job should not pay it.
+   */
+  warmupSizes?: readonly { width: number; height: number }[];
+}
+
+/** "640x480,512x512" (width x height, multiples of 16) -> sizes; "" -> none. */
+export function parseWarmupSizes(value: string): { width: number; height: number }[] {
+  if (value.trim() === "") return [];
+  return value.split(",").map((part) => {
+    const m = /^\s*(\d+)x(\d+)\s*$/.exec(part);
+    const [w, h] = m === null ? [NaN, NaN] : [Number(m[1]), Number(m[2])];
+    if (!(w >= 16 && h >= 16 && w % 16 === 0 && h % 16 === 0))
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `--warmup takes WxH[,WxH...] with multiples of 16, got ${JSON.stringify(part.trim())}`,
+      );
+    return { width: w, height: h };
+  });
+}
+
+/** Warms the models of the given stages up for jobs of these sizes (the bundle's default window and mode). */
+export async function warmUpNode(
+  models: RenderContext,
+  stages: readonly StageKind[],
+  sizes: readonly { width: number; height: number }[],
+  log?: Logger,
+): Promise<void> {
+  const components = [...new Set(stages.flatMap((s) => STAGE_COMPONENTS[s]))];
+  if (components.length === 0) return;
+  for (const size of sizes) {
+    const r = await warmUp(models.runtime, models.tokenizers, warmUpJobsForSize(models.runtime, size), { components });
+    log?.info({ size: `${size.width}x${size.height}`, ms: Math.round(r.ms), runs: r.runs }, "warmed up");
+  }
 }
 
 export interface RunningNode {
@@ -90,6 +126,11 @@ export async function startNode(
   s: NodeSettings,
 ): Promise<RunningNode> {
   const models = await openNodeModels(s.bundleDir, s.ep);
+  if (s.warmupSizes !== undefined && s.warmupSizes.length > 0)
+    await warmUpNode(models, s.stages, s.warmupSizes, s.log).catch(async (err: unknown) => {
+      await models.close();
+      throw err;
+    });
   const loop = await NodeLoop.start(
     bus,
     { ...models, store, cache: new TensorCache(s.cacheBytes) },

@@ -64,6 +64,8 @@ export interface JobServiceDeps {
   webhooks?: WebhookPolicy;
   /** Refuses a job the farm cannot run (embedded mode: RESOURCE_EXHAUSTED when it cannot fit in memory), before anything is stored. */
   admitMemory?: (spec: JobSpec) => void;
+  /** Awaited once a new job is checked, before anything is stored or dispatched (embedded mode warms its models up here). */
+  beforeDispatch?: (spec: JobSpec) => Promise<void>;
 }
 
 /** The default cap of a tenant's priority (with tokens on, operators aside): no jumping the queue. */

@@ -152,6 +152,7 @@ async function submitNew(
   const jobId = randomUUID();
   const spec = { ...toJobSpec(jobId, params, size, tenant), output };
   deps.admitMemory?.(spec);
+  await deps.beforeDispatch?.(spec);
   const digest = deps.bundleDigest;
   const sections = sectionPlanFor(params, manifest);
   const sc = manifest.vae.spatial_compression_ratio;

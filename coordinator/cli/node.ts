@@ -5,13 +5,31 @@
 import { parseArgs } from "node:util";
 import os from "node:os";
 import { FarmError } from "../../shared/errors.js";
-import { parseStages, startNode } from "../../gpu-node/main.js";
+import { parseStages, parseWarmupSizes, startNode } from "../../gpu-node/main.js";
 import { FARM_OPTIONS, connectFarm, farmConnection, stopParts, untilSignal } from "./farm-options.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { validateNodeId } from "../../shared/nodes/node-registry.js";
 import { DEFAULT_HEARTBEAT_MS } from "../../gpu-node/worker/node-presence.js";
+
+const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's queues until SIGINT/SIGTERM
+
+  --nats URL              NATS server (FRAMEFARM_NATS)                    [required]
+  --s3 HOST:PORT          object store (FRAMEFARM_S3)                     [required]
+  --bucket NAME           object store bucket (FRAMEFARM_S3_BUCKET, framefarm)
+  --stages G,G|all        stage groups: text, image, vae, denoise (FRAMEFARM_STAGES, all)
+  --bundle DIR            model bundle (default: the tiny test bundle)
+  --ep cpu|webgpu|cuda    execution provider (FRAMEFARM_EP, cpu)
+  --warmup WxH[,WxH...]   before taking tasks, run the models of this node's stages once at every
+                          shape a job of each size gives them (the bundle's window and mode), so
+                          no job pays a GPU's slow first run at a new shape (FRAMEFARM_WARMUP)
+  --id ID                 node id (FRAMEFARM_NODE_ID, host-pid)
+  --device NAME           device name the registry shows
+  --cache-mb N            decoded-object cache (FRAMEFARM_CACHE_MB, 512)
+  --heartbeat-ms N        registry heartbeat interval (2000)
+  --ack-wait-ms N         how long a task of a dead node stays leased (30000)
+  --quarantine-after N    failed tasks in a row before the node stops taking tasks (3; 0: never)`;
 
 export async function nodeCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -28,11 +46,18 @@ export async function nodeCommand(args: string[]): Promise<number> {
       "heartbeat-ms": { type: "string" },
       "ack-wait-ms": { type: "string" },
       "quarantine-after": { type: "string" },
+      warmup: { type: "string" },
+      help: { type: "boolean", short: "h" },
     },
   });
+  if (values.help === true) {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
   // Flags win over FRAMEFARM_STAGES / _EP / _NODE_ID / _CACHE_MB (containers set those: deploy/k8s).
   const env = process.env;
   const stages = parseStages(values.stages ?? env["FRAMEFARM_STAGES"] ?? "all");
+  const warmupSizes = parseWarmupSizes(values.warmup ?? env["FRAMEFARM_WARMUP"] ?? "");
   const conn = farmConnection(values);
   // Registry keys are [A-Za-z0-9_-]: a dotted host name becomes dashed.
   const nodeId = validateNodeId(
@@ -76,6 +101,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
     quarantineAfter,
     failStages,
     log,
+    warmupSizes,
   }).catch(async (err: unknown) => {
     await bus.close();
     throw err;

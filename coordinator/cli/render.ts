@@ -9,12 +9,14 @@ import { parseArgs } from "node:util";
 import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openNodeModels } from "../../gpu-node/main.js";
+import { warmUp, warmUpJobOf, type WarmUpResult } from "../../gpu-node/stages/warm-up.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
 import { RENDER_OPTIONS, SAMPLING_HELP, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
 import type { JobRecord } from "../dispatch/job-record.js";
+import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jobOutputKeys } from "../planner/job-outputs.js";
 import { OUTPUT_HELP, OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
 
@@ -39,20 +41,41 @@ const HELP = `framefarm render — render one video in this process
 ${SAMPLING_HELP}
   --bundle DIR            model bundle (default: the tiny test bundle)
   --ep cpu|webgpu|cuda    execution provider (cpu)
+  --warmup auto|on|off    run every model once at the job's shapes before the job starts
+                          (auto: on for cuda and webgpu, whose first run at a new shape is
+                          slow: cuDNN's algorithm search, lazy kernel loading; off for cpu)
   --timings FILE          load every model first, then write the job's wall time and each task's
                           time (JSON): what the GPU benchmark compares with diffusers
 ${OUTPUT_HELP}
   -o, --output FILE       output video (its recipe goes to FILE's name .recipe.json) [required]`;
 
 /** Each task's wall time and time inside onnxruntime, from the job's task log. */
-async function writeTimings(file: string, record: JobRecord, loadMs: number, jobMs: number): Promise<void> {
+async function writeTimings(
+  file: string,
+  record: JobRecord,
+  loadMs: number,
+  warmed: WarmUpResult | undefined,
+  jobMs: number,
+): Promise<void> {
   const tasks = (record.taskLog ?? []).map((e) => ({
     task: e.taskId,
     ms: Date.parse(e.finishedAt) - Date.parse(e.startedAt),
     modelMs: Math.round(e.modelMs * 10) / 10,
     ...(e.phases !== undefined ? { phases: e.phases } : {}),
   }));
-  const result = { side: "framefarm", loadMs: Math.round(loadMs), jobMs: Math.round(jobMs), tasks };
+  const round = (ms: number): number => Math.round(ms * 10) / 10;
+  const result = {
+    side: "framefarm",
+    loadMs: Math.round(loadMs),
+    ...(warmed !== undefined
+      ? {
+          warmupMs: Math.round(warmed.ms),
+          warmup: Object.fromEntries(Object.entries(warmed.components).map(([k, v]) => [k, round(v)])),
+        }
+      : {}),
+    jobMs: Math.round(jobMs),
+    tasks,
+  };
   await writeFileAtomically(path.resolve(file), Buffer.from(`${JSON.stringify(result, null, 1)}\n`));
 }
 
@@ -67,6 +90,7 @@ export async function renderCommand(args: string[]): Promise<number> {
       bundle: { type: "string" },
       ep: { type: "string" },
       timings: { type: "string" },
+      warmup: { type: "string" },
       output: { type: "string", short: "o" },
       help: { type: "boolean", short: "h" },
     },
@@ -82,7 +106,14 @@ export async function renderCommand(args: string[]): Promise<number> {
   if (outStat?.isDirectory() === true)
     throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
-  const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), values.ep ?? "cpu");
+  const ep = values.ep ?? "cpu";
+  const warmup = values.warmup ?? "auto";
+  if (warmup !== "auto" && warmup !== "on" && warmup !== "off")
+    throw new FarmError("INVALID_ARGUMENT", `--warmup must be auto, on or off, got ${JSON.stringify(warmup)}`);
+  // cuda and webgpu pay over a second per model and new shape on a first run (cuDNN's algorithm
+  // search, lazy kernel loading); the CPU provider pays nothing worth a run.
+  const warm = warmup === "on" || (warmup === "auto" && ep !== "cpu");
+  const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), ep);
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
   let farm: EmbeddedFarm | undefined;
   try {
@@ -90,14 +121,23 @@ export async function renderCommand(args: string[]): Promise<number> {
     // Checked before any work, so a bad fps or crf does not fail only at the very end.
     validateMp4Options({ fps: req.settings?.fps ?? 30, crf: req.settings?.crf ?? 16 });
     let loadMs = 0;
-    if (values.timings !== undefined) {
+    if (values.timings !== undefined || warm) {
       // Sessions are created before the clock starts, as a farm node warms its models at start.
       const started = performance.now();
       await embedded.runtime.warm();
       loadMs = performance.now() - started;
     }
-    farm = await startEmbeddedFarm(embedded, data);
-    const submitted = performance.now();
+    let warmed: WarmUpResult | undefined;
+    // The job clock starts once the models are warm: warm-up runs inside submit, once the job's
+    // size is known (the image's bucket, a recipe's settings) and before it is dispatched.
+    let submitted = 0;
+    const beforeDispatch = async (spec: JobSpec): Promise<void> => {
+      warmed = await warmUp(embedded.runtime, embedded.tokenizers, warmUpJobOf(spec));
+      process.stderr.write(`warmed up for ${spec.width}x${spec.height} in ${(warmed.ms / 1000).toFixed(1)} s\n`);
+      submitted = performance.now();
+    };
+    farm = await startEmbeddedFarm(embedded, data, warm ? { beforeDispatch } : {});
+    submitted = performance.now();
     const { job } = await farm.service.submit(req);
     const progress = createProgress();
     progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
@@ -116,7 +156,8 @@ export async function renderCommand(args: string[]): Promise<number> {
       output,
       values["save-frames"],
     );
-    if (values.timings !== undefined) await writeTimings(values.timings, record, loadMs, performance.now() - submitted);
+    if (values.timings !== undefined)
+      await writeTimings(values.timings, record, loadMs, warmed, performance.now() - submitted);
     process.stderr.write(
       `wrote ${written.join(", ")}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`,
     );

@@ -45,14 +45,24 @@ export async function decodeVideo(
 ): Promise<F32> {
   const model = await runtime.model("vae_decoder");
   const vae = runtime.bundle.manifest.vae;
+  return temporalTiledDecode(
+    vaeLatents,
+    vae,
+    async (tile) => (await model.run({ latents: tile })).sample!,
+    spatialTilingOf(vae, options),
+  );
+}
+
+/** The spatial tiling a decode with these options uses (undefined: off). Warm-up derives its tile shapes from it too. */
+export function spatialTilingOf(
+  vae: { spatial_compression_ratio: number },
+  options: DecodeOptions,
+): SpatialTiling | undefined {
   const tiling = options.spatialTiling;
-  const spatial: SpatialTiling | undefined =
-    tiling === undefined || tiling === false
-      ? undefined
-      : {
-          spatial_compression_ratio: vae.spatial_compression_ratio,
-          ...DIFFUSERS_SPATIAL_TILE,
-          ...(tiling === true ? {} : tiling),
-        };
-  return temporalTiledDecode(vaeLatents, vae, async (tile) => (await model.run({ latents: tile })).sample!, spatial);
+  if (tiling === undefined || tiling === false) return undefined;
+  return {
+    spatial_compression_ratio: vae.spatial_compression_ratio,
+    ...DIFFUSERS_SPATIAL_TILE,
+    ...(tiling === true ? {} : tiling),
+  };
 }

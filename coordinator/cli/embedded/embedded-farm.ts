@@ -15,6 +15,7 @@ import { TensorCache } from "../../../gpu-node/worker/tensor-cache.js";
 import type { NodeModels } from "../../../gpu-node/main.js";
 import { bundleDigest } from "../../../gpu-node/runtime/bundle-digest.js";
 import { admitJob } from "../../../gpu-node/runtime/memory-admission.js";
+import type { JobSpec } from "../../../shared/job/job-spec.js";
 import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
@@ -71,7 +72,7 @@ function waitFor(
 export async function startEmbeddedFarm(
   embedded: NodeModels,
   dataDir: string,
-  options: { cacheBytes?: number } = {},
+  options: { cacheBytes?: number; beforeDispatch?: (spec: JobSpec) => Promise<void> } = {},
 ): Promise<EmbeddedFarm> {
   const bus = new MemoryBus();
   const store = new LocalObjectStore(dataDir);
@@ -88,6 +89,7 @@ export async function startEmbeddedFarm(
     bundleDigest: await bundleDigest(bundle),
     // A job that cannot fit in this process's memory is refused before it starts, not killed by the kernel.
     admitMemory: (spec) => admitJob(embedded.runtime, spec),
+    ...(options.beforeDispatch !== undefined ? { beforeDispatch: options.beforeDispatch } : {}),
   });
   return {
     bus,
