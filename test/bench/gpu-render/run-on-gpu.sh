@@ -3,6 +3,7 @@
 # folder /tmp/ffdev/work lives while the machine stays warm). Needs test/bench/device/unpack.sh
 # to have run (node, node_modules with the CUDA provider, diffusers source) and dist/ built here.
 #   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, fused attention, CUDA graph passes)
+#   run-on-gpu.sh pipeline-detached [D S]   the same, detached from the call (log in WORK/pipeline.log), on a copy of the exporter
 #   run-on-gpu.sh images                     a start and an end image, 640x640
 #   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, the job RUNS (2) times in one process, the last reported (MODE inverted|vanilla)
 #   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory;
@@ -16,6 +17,8 @@ repo=$(cd "$here/../../.." && pwd)
 source /tmp/ffdev/env.sh
 work=/tmp/ffdev/work
 mkdir -p "$work"
+# pipeline-detached runs the exporter from a snapshot (EXPORTER_SRC), ahead of the repository's copy.
+[ -n "${EXPORTER_SRC:-}" ] && export PYTHONPATH=$EXPORTER_SRC:$PYTHONPATH
 frames=${FRAMES:-97} steps=${STEPS:-25} size=${SIZE:-640}
 step=$1
 shift
@@ -27,6 +30,14 @@ case "$step" in
     # The transformer in fp16: the bf16 graph is invalid ONNX at the exported opset (test/bench/gpu-step/RESULTS.md).
     [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes || exit 1
     du -sh "$src" "$bundle"
+    ;;
+  pipeline-detached)
+    # The repository there is replaced by each call's copy: run on a snapshot of the exporter.
+    rm -rf "$work/exporter-src" && cp -r "$repo/gpu-node/export" "$work/exporter-src"
+    cp "$0" "$work/exporter-src/run-on-gpu.sh"
+    EXPORTER_SRC=$work/exporter-src setsid nohup bash "$work/exporter-src/run-on-gpu.sh" pipeline "$@" \
+      > "$work/pipeline.log" 2>&1 < /dev/null &
+    echo "pipeline export started, pid $!"
     ;;
   images)
     python3 - "$work" "$size" <<'PY'

@@ -239,7 +239,11 @@ def main():
         key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
         ops[key] = ops.get(key, 0) + 1
     helper_graphs(a.out, inputs, tokens_img + tokens_txt)
-    report.update(onnx_export_seconds=export_s, onnx_ops=dict(sorted(ops.items())))
+    import resource
+
+    # Peak host memory of this process so far (model build, PyTorch timing, export): what an export host needs.
+    report.update(onnx_export_seconds=export_s, onnx_ops=dict(sorted(ops.items())),
+                  peak_host_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1))
     with torch.no_grad():
         out_fp16 = wrapper(*[v.to(dev) for v in inputs.values()]).float().cpu()
 
