@@ -164,8 +164,21 @@ export class FarmProcesses {
     this.coordinator = undefined;
   }
 
-  /** extra: more node flags (--ep, ...); env: more environment (a GPU index, say). */
-  async startNode(id: string, stages: string, extra: { args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<void> {
+  /** The coordinator process's pid (to sample its memory), or undefined while it is down. */
+  get coordinatorPid(): number | undefined {
+    return this.coordinator?.pid;
+  }
+
+  /**
+   * extra: more node flags (--ep, ...); env: more environment (a GPU index, say); readyTimeoutMs: how
+   * long to wait for the node's "serving" line (default 30 s; a GPU node that loads a large bundle and
+   * warms up takes minutes).
+   */
+  async startNode(
+    id: string,
+    stages: string,
+    extra: { args?: string[]; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {},
+  ): Promise<void> {
     const args = [
       cliPath(),
       "node",
@@ -182,7 +195,10 @@ export class FarmProcesses {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...this.env(), ...extra.env },
     });
-    await waitForLine(child, /serving/, `node ${id}`);
+    await waitForLine(child, /serving/, `node ${id}`, extra.readyTimeoutMs).catch(async (err: unknown) => {
+      await killHard(child);
+      throw err;
+    });
     // Keep reading its output so a chatty node never blocks on a full pipe.
     child.stdout?.resume();
     child.stderr?.resume();
