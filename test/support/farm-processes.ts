@@ -77,7 +77,7 @@ export class FarmProcesses {
   nats!: LocalServer;
   s3!: LocalServer;
   private coordinator: ChildProcess | undefined;
-  private readonly nodes = new Map<string, { child: ChildProcess; stages: string }>();
+  private readonly nodes = new Map<string, { child: ChildProcess; stages: string; tail: string }>();
   private nodeCount = 0;
   /** The test's own view: events and queues (NATS) and objects (S3), as an operator has. */
   bus!: NatsBus;
@@ -199,11 +199,22 @@ export class FarmProcesses {
       await killHard(child);
       throw err;
     });
-    // Keep reading its output so a chatty node never blocks on a full pipe.
-    child.stdout?.resume();
-    child.stderr?.resume();
-    this.nodes.set(id, { child, stages });
+    // Keep reading its output so a chatty node never blocks on a full pipe; its last lines are kept.
+    const entry = { child, stages, tail: "" };
+    const keep = (b: Buffer): void => {
+      entry.tail = (entry.tail + b.toString()).slice(-4000);
+    };
+    child.stdout?.on("data", keep);
+    child.stderr?.on("data", keep);
+    this.nodes.set(id, entry);
     this.nodeCount++;
+  }
+
+  /** Nodes that exited without being stopped, with how and the last of their output. */
+  exitedNodes(): { id: string; code: number | null; signal: NodeJS.Signals | null; tail: string }[] {
+    return [...this.nodes]
+      .filter(([, n]) => n.child.exitCode !== null || n.child.signalCode !== null)
+      .map(([id, n]) => ({ id, code: n.child.exitCode, signal: n.child.signalCode, tail: n.tail }));
   }
 
   /** SIGTERM, as an orchestrator stops a node; resolves with how it exited and how long it took. */

@@ -170,6 +170,12 @@ async function waitJobs(
       if (failed.length > 0) throw new Error(`${failed.length} jobs did not succeed: ${failed[0]!.error}`);
       return records;
     }
+    // A node that died leaves its stage without a server: the job would wait forever.
+    const dead = farm.exitedNodes();
+    if (dead.length > 0)
+      throw new Error(
+        dead.map((d) => `node ${d.id} exited (${d.code ?? d.signal}); its last output:\n${d.tail}`).join("\n"),
+      );
     await onPoll?.();
     await sleep(pollMs);
   }
