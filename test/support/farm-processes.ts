@@ -77,7 +77,7 @@ export class FarmProcesses {
   nats!: LocalServer;
   s3!: LocalServer;
   private coordinator: ChildProcess | undefined;
-  private readonly nodes = new Map<string, { child: ChildProcess; stages: string }>();
+  private readonly nodes = new Map<string, { child: ChildProcess; stages: string; tail: string }>();
   private nodeCount = 0;
   /** The test's own view: events and queues (NATS) and objects (S3), as an operator has. */
   bus!: NatsBus;
@@ -164,8 +164,21 @@ export class FarmProcesses {
     this.coordinator = undefined;
   }
 
-  /** extra: more node flags (--ep, ...); env: more environment (a GPU index, say). */
-  async startNode(id: string, stages: string, extra: { args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<void> {
+  /** The coordinator process's pid (to sample its memory), or undefined while it is down. */
+  get coordinatorPid(): number | undefined {
+    return this.coordinator?.pid;
+  }
+
+  /**
+   * extra: more node flags (--ep, ...); env: more environment (a GPU index, say); readyTimeoutMs: how
+   * long to wait for the node's "serving" line (default 30 s; a GPU node that loads a large bundle and
+   * warms up takes minutes).
+   */
+  async startNode(
+    id: string,
+    stages: string,
+    extra: { args?: string[]; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {},
+  ): Promise<void> {
     const args = [
       cliPath(),
       "node",
@@ -182,12 +195,26 @@ export class FarmProcesses {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...this.env(), ...extra.env },
     });
-    await waitForLine(child, /serving/, `node ${id}`);
-    // Keep reading its output so a chatty node never blocks on a full pipe.
-    child.stdout?.resume();
-    child.stderr?.resume();
-    this.nodes.set(id, { child, stages });
+    await waitForLine(child, /serving/, `node ${id}`, extra.readyTimeoutMs).catch(async (err: unknown) => {
+      await killHard(child);
+      throw err;
+    });
+    // Keep reading its output so a chatty node never blocks on a full pipe; its last lines are kept.
+    const entry = { child, stages, tail: "" };
+    const keep = (b: Buffer): void => {
+      entry.tail = (entry.tail + b.toString()).slice(-4000);
+    };
+    child.stdout?.on("data", keep);
+    child.stderr?.on("data", keep);
+    this.nodes.set(id, entry);
     this.nodeCount++;
+  }
+
+  /** Nodes that exited without being stopped, with how and the last of their output. */
+  exitedNodes(): { id: string; code: number | null; signal: NodeJS.Signals | null; tail: string }[] {
+    return [...this.nodes]
+      .filter(([, n]) => n.child.exitCode !== null || n.child.signalCode !== null)
+      .map(([id, n]) => ({ id, code: n.child.exitCode, signal: n.child.signalCode, tail: n.tail }));
   }
 
   /** SIGTERM, as an orchestrator stops a node; resolves with how it exited and how long it took. */
