@@ -56,12 +56,19 @@ export function sectionContext(
 }
 
 export interface AppendResult {
+  /** The history a later section reads: bounded (keptHistoryFrames), whatever the video's length. */
   history: History;
-  /** real_history_latents: every generated latent so far, in time order. */
-  realHistory: F32;
   /** The latents to decode for this section (still multiplied by the VAE scaling factor). */
   decodeLatents: F32;
 }
+
+/**
+ * How many latent frames of the history any later step reads: the packed context (1x + 2x + 4x)
+ * and the longest decode (two windows and the start image). diffusers keeps every latent ever
+ * generated (its history grows with the video); everything past this many frames is never read
+ * again, so the farm's history objects keep only these and stay one size for any length.
+ */
+export const keptHistoryFrames = (plan: SectionPlan): number => historyTotal(plan) + 2 * plan.latentWindowSize + 1;
 
 /**
  * Adds a denoised section to the history. The first section decodes all generated history;
@@ -76,26 +83,26 @@ export function appendSection(
   imageLatents: F32,
 ): AppendResult {
   const { realHistoryFrames, latentFrames } = section.decode;
+  const keep = keptHistoryFrames(plan);
   if (plan.samplingType === "inverted_anti_drifting") {
+    // Newest first: the context and the decode read the head.
     const added = section.prefixStartImage ? cat([imageLatents, latents], 2) : latents;
     const generated = history.generated + added.shape[2]!;
-    const all = cat([added, history.latents], 2);
-    const realHistory = narrow(all, 2, 0, generated);
     checkPlan(section, generated, realHistoryFrames);
+    const all = cat([added, history.latents], 2);
     return {
-      history: { latents: all, generated },
-      realHistory,
-      decodeLatents: narrow(realHistory, 2, 0, latentFrames),
+      history: { latents: all.shape[2]! > keep ? narrow(all, 2, 0, keep) : all, generated },
+      decodeLatents: narrow(all, 2, 0, latentFrames),
     };
   }
+  // Newest last: the context and the decode read the tail.
   const generated = history.generated + latents.shape[2]!;
-  const all = cat([history.latents, latents], 2);
-  const realHistory = narrow(all, 2, all.shape[2]! - generated, generated);
   checkPlan(section, generated, realHistoryFrames);
+  const all = cat([history.latents, latents], 2);
+  const frames = all.shape[2]!;
   return {
-    history: { latents: all, generated },
-    realHistory,
-    decodeLatents: narrow(realHistory, 2, generated - latentFrames, latentFrames),
+    history: { latents: frames > keep ? narrow(all, 2, frames - keep, keep) : all, generated },
+    decodeLatents: narrow(all, 2, frames - latentFrames, latentFrames),
   };
 }
 

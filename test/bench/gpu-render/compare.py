@@ -76,6 +76,21 @@ def main() -> int:
         "max_abs_diff": int(diff.max()), "mean_abs_diff": round(float(diff.mean()), 3),
         "psnr_db": round(10 * math.log10(255 ** 2 / mse), 2) if mse > 0 else float("inf"),
     }
+    # Where decode and mux time went (task phases), and the cold process (first job, no warm-up).
+    phases = {}
+    for t in f["tasks"]:
+        kind = t["task"].split(".")[1] if "." in t["task"] else t["task"]
+        for ph, ms in (t.get("phases") or {}).items():
+            phases[f"{kind}.{ph}"] = round(phases.get(f"{kind}.{ph}", 0) + ms)
+    out["framefarm_phases_ms"] = phases
+    out["framefarm_warmup_s"] = round(f.get("warmupMs", 0) / 1000, 2)
+    cold = os.path.join(a.dir, f"framefarm-{a.mode}-cold.json")
+    if os.path.exists(cold):
+        c = json.load(open(cold))
+        out["framefarm_cold_job_ms"] = c["jobMs"]
+        out["diffusers_cold_job_ms"] = d.get("cold_job_ms")
+        if d.get("cold_job_ms"):
+            out["cold_ratio_vs_diffusers"] = round(c["jobMs"] / d["cold_job_ms"], 3)
     table = "\n".join(["| stage | diffusers (ms) | framefarm (ms) |", "|---|---|---|", *rows,
                        f"| whole job | {d['job_ms']:.0f} | {f['jobMs']:.0f} |"])
     json.dump({"summary": out, "table": table}, open(os.path.join(a.dir, f"compare-{a.mode}.json"), "w"), indent=1)

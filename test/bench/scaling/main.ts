@@ -6,7 +6,7 @@
  *
  *   npm run bench:scaling -- [--nodes 1,2,4,8|none] [--jobs 16] [--sections 4] [--steps 8]
  *       [--bundle DIR] [--ep cpu|webgpu|cuda] [--gpu-env CUDA_VISIBLE_DEVICES] [--resolution 64]
- *       [--warmup WxH|off] [--ready-timeout-s 600] [--single-job-sections K] [--timeline-out FILE.svg]
+ *       [--warmup WxH|off] [--ready-timeout-s 600] [--single-job-sections K] [--timeline-out FILE.svg] [--image PNG]
  *
  * --gpu-env VAR gives node i the environment VAR=i, pinning one node process per GPU. With --ep cuda
  * or webgpu every node warms up (`framefarm node --warmup`) at the job's frame size before it says
@@ -48,6 +48,7 @@ const { values } = parseArgs({
     "ready-timeout-s": { type: "string" },
     "single-job-sections": { type: "string" },
     "timeline-out": { type: "string" },
+    image: { type: "string" },
   },
 });
 const COUNTS = values.nodes === "none" ? [] : (values.nodes ?? "1,2").split(",").map(Number);
@@ -64,7 +65,8 @@ if (!Number.isInteger(SINGLE) || SINGLE < 0) throw new Error("--single-job-secti
 if (COUNTS.length === 0 && SINGLE === 0) throw new Error("--nodes none needs --single-job-sections K");
 if (!(READY_TIMEOUT_MS > 0)) throw new Error("--ready-timeout-s must be a positive number");
 
-const IMAGE_PATH = path.join(repoRoot(), "test", "fixtures", "images", "demo.png");
+/** The start image (a PNG: its size is read from the header): the demo image unless --image names one. */
+const IMAGE_PATH = values.image ?? path.join(repoRoot(), "test", "fixtures", "images", "demo.png");
 
 /** The frame size a job of this image gets (its resolution bucket), from the PNG header. */
 function frameSize(png: Buffer): { width: number; height: number } {
