@@ -4,6 +4,9 @@
 # to have run (node, node_modules with the CUDA provider, diffusers source) and dist/ built here.
 #   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, fused attention, CUDA graph passes)
 #   run-on-gpu.sh pipeline-detached [D S]   the same, detached from the call (log in WORK/pipeline.log), on a copy of the exporter
+#   run-on-gpu.sh diffusers-detached OUT     detached from the call: wait for the bundle export, images, then diffusers
+#                                            inverted and vanilla into OUT (log in WORK/diffusers.log): the GPU works
+#                                            while the CUDA provider's parts are still being carried
 #   run-on-gpu.sh images                     a start and an end image, 640x640
 #   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, the job RUNS (2) times in one process, the last reported (MODE inverted|vanilla)
 #   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory;
@@ -38,6 +41,17 @@ case "$step" in
     EXPORTER_SRC=$work/exporter-src setsid nohup bash "$work/exporter-src/run-on-gpu.sh" pipeline "$@" \
       > "$work/pipeline.log" 2>&1 < /dev/null &
     echo "pipeline export started, pid $!"
+    ;;
+  diffusers-detached)
+    out=$1 snap=$work/render-src
+    rm -rf "$snap" && cp -r "$here" "$snap"
+    mkdir -p "$out"
+    setsid nohup bash -c "
+      for i in \$(seq 1 240); do [ -f '$work/bundle-2-4/framefarm-bundle.json' ] && break; sleep 5; done
+      bash '$snap/run-on-gpu.sh' images
+      for m in inverted vanilla; do bash '$snap/run-on-gpu.sh' diffusers \$m '$out'; done
+      echo diffusers-detached: done" > "$work/diffusers.log" 2>&1 < /dev/null &
+    echo "diffusers runs queued, pid $!"
     ;;
   images)
     python3 - "$work" "$size" <<'PY'

@@ -3,7 +3,7 @@
 # lent GPU: PyTorch bf16's step and framefarm's fp16 export (torch_step.py), then the gpu-node's step
 # on that export (main.js). The export takes about ten minutes, so `start` runs it detached (it
 # survives the call while the machine stays warm) and `step` measures once it has finished.
-#   full-depth.sh start [GPU]    torch_step.py --double 20 --single 40 --no-vae, detached, log in WORK/full.log
+#   full-depth.sh start [GPU]    torch_step.py --double 20 --single 40 --no-vae --steps 2, detached, log in WORK/full.log
 #   full-depth.sh status         the log's tail, and whether the export is done
 #   full-depth.sh step OUT [GPU] the gpu-step benchmark on the export (one step, no section), into OUT
 set -uo pipefail
@@ -18,7 +18,7 @@ case "$1" in
     mkdir -p "$work/full-src" && cp "$here"/*.py "$work/full-src/"
     cp -r "$here/../../../gpu-node/export/framefarm_export" "$work/full-src/"
     CUDA_VISIBLE_DEVICES=${2:-0} PYTHONUNBUFFERED=1 PYTHONPATH=$work/full-src:$PYTHONPATH setsid nohup \
-      python3 "$work/full-src/torch_step.py" --double 20 --single 40 --no-vae --out "$full" > "$work/full.log" 2>&1 < /dev/null &
+      python3 "$work/full-src/torch_step.py" --double 20 --single 40 --no-vae --steps 2 --out "$full" > "$work/full.log" 2>&1 < /dev/null &
     echo "started full-depth export, pid $!"
     ;;
   status)
