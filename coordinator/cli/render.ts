@@ -57,8 +57,11 @@ async function writeTimings(
   warmed: WarmUpResult | undefined,
   jobMs: number,
 ): Promise<void> {
+  // Start times relative to the job's creation show the gaps between tasks (queueing, dispatch).
+  const created = Date.parse(record.createdAt);
   const tasks = (record.taskLog ?? []).map((e) => ({
     task: e.taskId,
+    startMs: Date.parse(e.startedAt) - created,
     ms: Date.parse(e.finishedAt) - Date.parse(e.startedAt),
     modelMs: Math.round(e.modelMs * 10) / 10,
     ...(e.phases !== undefined ? { phases: e.phases } : {}),

@@ -31,19 +31,28 @@ const f = Math.fround;
 
 /** diffusers: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */
 export const diffusersPlaneToUint8: PlaneConverter = (src, dst, dstOffset) => {
-  for (let p = 0, d = dstOffset; p < src.length; p++, d += 3) {
-    // NaN clamps to NaN in torch and casts to 0 in numpy; Math.max/min keep NaN and `| 0` gives 0.
-    const y = f(Math.min(1, Math.max(0, f(f(src[p]! * 0.5) + 0.5))) * 255);
-    const r = Math.round(y);
-    // Math.round sends ties up; numpy's round() sends them to even.
-    dst[d] = (r - y === 0.5 && (r & 1) === 1 ? r - 1 : r) | 0;
+  const n = src.length;
+  for (let p = 0, d = dstOffset; p < n; p++, d += 3) {
+    let x = f(f(src[p]! * 0.5) + 0.5);
+    // Comparisons rather than Math.min/max (faster here); NaN passes through both, as torch's clamp keeps it.
+    x = x > 1 ? 1 : x < 0 ? 0 : x;
+    const y = f(x * 255);
+    // Ties up (y + 0.5 is exact in float64), then back down to even: numpy's round().
+    let r = Math.floor(y + 0.5);
+    if (r - y === 0.5 && (r & 1) === 1) r -= 1;
+    // A Uint8Array stores NaN as 0, as numpy's cast of NaN to uint8 gives.
+    dst[d] = r;
   }
 };
 
 /** lllyasviel's demo: trunc(clamp(x, -1, 1) * 127.5 + 127.5) in float32 (torch .to(uint8)). */
 export const demoPlaneToUint8: PlaneConverter = (src, dst, dstOffset) => {
-  for (let p = 0, d = dstOffset; p < src.length; p++, d += 3)
-    dst[d] = Math.trunc(f(f(Math.min(1, Math.max(-1, src[p]!)) * 127.5) + 127.5)) | 0;
+  const n = src.length;
+  for (let p = 0, d = dstOffset; p < n; p++, d += 3) {
+    const v = src[p]!;
+    // NaN passes the clamp and `| 0` makes it 0; values are in [0, 255], so `| 0` truncates.
+    dst[d] = f(f((v > 1 ? 1 : v < -1 ? -1 : v) * 127.5) + 127.5) | 0;
+  }
 };
 
 /** video [1, 3, T, H, W] -> uint8 [keep, H, W, 3], plane by plane (planar to interleaved). */

@@ -100,6 +100,10 @@ export class S3ObjectStore implements ObjectStore {
       secretKey: config.secretKey,
       region: config.region ?? "us-east-1",
       pathStyle: true,
+      // One PUT per object up to S3's single-PUT limit: above its default 64 MiB the client
+      // uploads in parts and first lists incomplete uploads, which s3rver (the local cluster's
+      // store) refuses as not implemented; a 640x640 section's decoded video is ~340 MB.
+      partSize: 5 * 1024 ** 3,
     });
     try {
       if (!(await client.bucketExists(config.bucket)))

@@ -59,3 +59,34 @@ test("reference frames have the planned shape", () => {
     assert.deepEqual(tensors.get("frames_uint8")!.shape, params.frames_shape);
   }
 });
+
+test("the plane converters equal their formulas on every tie, NaN, infinities and random values", async () => {
+  const { diffusersPlaneToUint8, demoPlaneToUint8 } = await import("../../shared/framepack/frames.js");
+  const f = Math.fround;
+  const values: number[] = [Number.NaN, Infinity, -Infinity, -0, 0, 1, -1];
+  // x whose diffusers value lands on or next to k + 0.5, and the demo's k exactly.
+  for (let k = 0; k <= 255; k++)
+    for (const t of [(k + 0.5) / 255, k / 255, (k + 0.5) / 127.5]) {
+      const x = f(t * 2 - 1);
+      values.push(x, f(x + 2 ** -23), f(x - 2 ** -23));
+    }
+  for (let i = 0; i < 20000; i++) values.push(f(Math.sin(i * 12.9898) * 1.2));
+  const src = Float32Array.from(values);
+  const got = new Uint8Array(src.length * 3);
+  diffusersPlaneToUint8(src, got, 1);
+  const diffusers = (x: number): number => {
+    const v = roundHalfEven(f(Math.min(1, Math.max(0, f(f(x * 0.5) + 0.5))) * 255));
+    return Number.isNaN(v) ? 0 : v;
+  };
+  assert.deepEqual(
+    [...src].map((_, i) => got[i * 3 + 1]),
+    [...src].map(diffusers),
+  );
+  demoPlaneToUint8(src, got, 2);
+  const demo = (x: number): number =>
+    Number.isNaN(x) ? 0 : Math.trunc(f(f(Math.min(1, Math.max(-1, x)) * 127.5) + 127.5));
+  assert.deepEqual(
+    [...src].map((_, i) => got[i * 3 + 2]),
+    [...src].map(demo),
+  );
+});
