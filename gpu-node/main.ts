@@ -16,7 +16,7 @@ import { openBundle } from "./runtime/bundle.js";
 import { parseExecutionProvider } from "./runtime/execution-provider.js";
 import { ModelRuntime } from "./runtime/model-runtime.js";
 import { loadTextTokenizers } from "./text/tokenizers.js";
-import { NodeLoop } from "./worker/node-loop.js";
+import { NodeLoop, decodeConcurrencyFor } from "./worker/node-loop.js";
 import { TensorCache } from "./worker/tensor-cache.js";
 import type { RenderContext } from "./stages/render-job.js";
 import { STAGE_COMPONENTS, warmUp, warmUpJobsForSize } from "./stages/warm-up.js";
@@ -138,6 +138,7 @@ export async function startNode(
       nodeId: s.nodeId,
       stages: s.stages,
       ackWaitMs: s.ackWaitMs,
+      decodeConcurrency: decodeConcurrencyFor(s.ep),
       quarantineAfter: s.quarantineAfter,
       failStages: s.failStages,
       log: s.log,

@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openNodeModels } from "../../gpu-node/main.js";
+import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
 import { warmUp, warmUpJobOf, type WarmUpResult } from "../../gpu-node/stages/warm-up.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
@@ -139,7 +140,10 @@ export async function renderCommand(args: string[]): Promise<number> {
       process.stderr.write(`warmed up for ${spec.width}x${spec.height} in ${(warmed.ms / 1000).toFixed(1)} s\n`);
       submitted = performance.now();
     };
-    farm = await startEmbeddedFarm(embedded, data, warm ? { beforeDispatch } : {});
+    farm = await startEmbeddedFarm(embedded, data, {
+      ...(warm ? { beforeDispatch } : {}),
+      decodeConcurrency: decodeConcurrencyFor(values.ep ?? "cpu"),
+    });
     submitted = performance.now();
     const { job } = await farm.service.submit(req);
     const progress = createProgress();

@@ -41,6 +41,12 @@ export interface NodeOptions {
   /** After this many failed tasks in a row the node takes no more work (0: never). Default 3. */
   quarantineAfter?: number;
   onQuarantine?(reason: string): void;
+  /**
+   * Decode tasks this node runs at once (default 1). Decodes of one job are independent of each
+   * other, and each spends a good part of its time on the host (tile blend, storing, preview): on a
+   * GPU node a second decode keeps the GPU busy meanwhile (decodeConcurrencyFor).
+   */
+  decodeConcurrency?: number;
   /** Stages whose tasks this node fails on purpose: fault injection for tests and drills. */
   failStages?: readonly StageKind[];
   /** Register in the node registry and heartbeat (what the registry shows besides id and stages). */
@@ -55,6 +61,13 @@ export interface NodeOptions {
   };
   log?: Logger;
 }
+
+/**
+ * A CUDA node decodes two sections at once. A CPU node one: its cores are the bottleneck, and its
+ * memory (a 640x640 section decode holds ~1 GB). WebGPU one: its VAE already runs near the device's
+ * memory limit.
+ */
+export const decodeConcurrencyFor = (ep: string): number => (ep === "cuda" ? 2 : 1);
 
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
@@ -141,7 +154,14 @@ export class NodeLoop {
     const ackWaitMs = options.ackWaitMs ?? 30_000;
     return bus.queues.consume(
       stage,
-      { name: stageConsumerName(stage), ackWaitMs, maxDeliver: options.maxDeliver ?? 10 },
+      {
+        name: stageConsumerName(stage),
+        ackWaitMs,
+        maxDeliver: options.maxDeliver ?? 10,
+        ...(stage === "decode" && (options.decodeConcurrency ?? 1) > 1
+          ? { concurrency: options.decodeConcurrency }
+          : {}),
+      },
       async (m) => {
         const msg = taskMessages.decode(m.data);
         if (msg.avoidNodes?.includes(options.nodeId) === true && m.attempt <= PASS_ON) {

@@ -50,13 +50,14 @@ after(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-async function runCases(bus: Bus, store: ObjectStore, names: string[]): Promise<void> {
+async function runCases(bus: Bus, store: ObjectStore, names: string[], decodeConcurrency = 1): Promise<void> {
   const ctx = { ...embedded, store };
   const dispatcher = await Dispatcher.start(bus, store);
   // Two nodes as in a small farm: one for encoders and VAE, one for denoise; mux on the first.
   const nodeA = await NodeLoop.start(bus, ctx, {
     nodeId: "node-a",
     stages: ["encode_text", "encode_image", "vae_encode", "decode", "mux"],
+    decodeConcurrency,
   });
   const nodeB = await NodeLoop.start(bus, ctx, { nodeId: "node-b", stages: ["denoise"] });
   try {
@@ -127,7 +128,7 @@ test("in-process bus and local store: jobs succeed with the embedded frames", as
   ]);
 });
 
-test("NATS JetStream and S3 (real servers): jobs succeed with the embedded frames", async () => {
+test("NATS JetStream and S3 (real servers), two decodes at once: jobs succeed with the embedded frames", async () => {
   const nats = await startNatsServer(path.join(tmp, "nats"));
   const s3 = await startS3Server(path.join(tmp, "s3"));
   servers.push(nats, s3);
@@ -141,7 +142,7 @@ test("NATS JetStream and S3 (real servers): jobs succeed with the embedded frame
     bucket: "framefarm",
   });
   try {
-    await runCases(bus, store, ["inverted_3sec", "vanilla_cfg_window5"]);
+    await runCases(bus, store, ["inverted_3sec", "vanilla_cfg_window5"], 2);
   } finally {
     await bus.close();
   }

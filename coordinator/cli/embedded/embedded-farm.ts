@@ -72,13 +72,26 @@ function waitFor(
 export async function startEmbeddedFarm(
   embedded: NodeModels,
   dataDir: string,
-  options: { cacheBytes?: number; beforeDispatch?: (spec: JobSpec) => Promise<void> } = {},
+  options: {
+    cacheBytes?: number;
+    beforeDispatch?: (spec: JobSpec) => Promise<void>;
+    /** Decode tasks run at once (NodeOptions.decodeConcurrency). */
+    decodeConcurrency?: number;
+  } = {},
 ): Promise<EmbeddedFarm> {
   const bus = new MemoryBus();
   const store = new LocalObjectStore(dataDir);
   const dispatcher = await Dispatcher.start(bus, store);
   const cache = new TensorCache(options.cacheBytes ?? 512 * 2 ** 20);
-  const node = await NodeLoop.start(bus, { ...embedded, store, cache }, { nodeId: "embedded", stages: STAGE_KINDS });
+  const node = await NodeLoop.start(
+    bus,
+    { ...embedded, store, cache },
+    {
+      nodeId: "embedded",
+      stages: STAGE_KINDS,
+      ...(options.decodeConcurrency !== undefined ? { decodeConcurrency: options.decodeConcurrency } : {}),
+    },
+  );
   const bundle = embedded.runtime.bundle;
   const service = new JobService({
     bus,
