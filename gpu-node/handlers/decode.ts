@@ -6,7 +6,7 @@
  */
 import { renderParamsOf } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
-import { frameConverterFor } from "../../shared/framepack/frames.js";
+import { toUint8FramesAsync } from "../../shared/framepack/frames.js";
 import { decodeSection } from "../stages/section-step.js";
 import { need, readTensors, timed, writeOnce, writeVideoObject, type StageHandler } from "./task-io.js";
 
@@ -23,8 +23,8 @@ export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => 
   await timed(observer, "write", () => writeOnce(ctx, task.outputs["video"]!, { video }));
   const previewKey = task.outputs["preview"];
   if (previewKey !== undefined)
-    await timed(observer, "preview", () =>
-      writeVideoObject(ctx.store, previewKey, frameConverterFor(params.sampler)(video, video.shape[2]!), {
+    await timed(observer, "preview", async () =>
+      writeVideoObject(ctx.store, previewKey, await toUint8FramesAsync(video, video.shape[2]!, params.sampler), {
         ...PREVIEW,
         fps: params.fps,
       }),

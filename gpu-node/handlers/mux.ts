@@ -34,7 +34,7 @@ export async function assembleFrames(
   for (const s of plan.sections) {
     const key = task.inputs[`section${s.index}`]!;
     const read = await timed(observer, "read", () => readTensors(ctx, key));
-    await timed(observer, "blend", () => video.add(need(read.tensors, "video", key)));
+    await timed(observer, "blend", () => video.addAsync(need(read.tensors, "video", key)));
   }
   return timed(observer, "blend", () => video.finish());
 }

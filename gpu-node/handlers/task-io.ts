@@ -6,7 +6,7 @@
  */
 import { FarmError } from "../../shared/errors.js";
 import type { Tensor, F32 } from "../../shared/tensor/tensor.js";
-import { decodeTensorObject, encodeTensorObject } from "../../shared/tensor/tensor-object.js";
+import { decodeTensorObjectAsync, encodeTensorObjectAsync } from "../../shared/tensor/tensor-object.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { StageTask } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
@@ -60,7 +60,7 @@ export type Tensors = Record<string, Tensor>;
 export async function readTensors(ctx: WorkerContext, key: string): Promise<CachedObject> {
   const hit = ctx.cache?.get(key);
   if (hit !== undefined) return hit;
-  const value = decodeTensorObject(await ctx.store.get(key), key);
+  const value = await decodeTensorObjectAsync(await ctx.store.get(key), key);
   ctx.cache?.set(key, value);
   return value;
 }
@@ -77,7 +77,7 @@ export async function writeOnce(
   tensors: Tensors,
   metadata: Record<string, string> = {},
 ): Promise<void> {
-  const bytes = encodeTensorObject(tensors, metadata);
+  const bytes = await encodeTensorObjectAsync(tensors, metadata);
   if (await ctx.store.putIfAbsent(key, bytes, "application/octet-stream"))
     ctx.cache?.set(key, { tensors: new Map(Object.entries(tensors)), metadata });
 }

@@ -136,8 +136,18 @@ export class SectionVideo {
   }
 
   add(decoded: F32): void {
-    this.decodedFrames += decoded.shape[2]! - (this.decodedFrames === 0 ? 0 : this.plan.overlapFrames);
+    this.count(decoded);
     this.video.add(decoded);
+  }
+
+  /** add(), yielding to the event loop as it goes (a farm node's mux). */
+  async addAsync(decoded: F32): Promise<void> {
+    this.count(decoded);
+    await this.video.addAsync(decoded);
+  }
+
+  private count(decoded: F32): void {
+    this.decodedFrames += decoded.shape[2]! - (this.decodedFrames === 0 ? 0 : this.plan.overlapFrames);
   }
 
   /** uint8 [T, H, W, 3]. */

@@ -5,6 +5,7 @@
  * numpy_to_pil is (x * 255).round().astype(uint8) in float32 numpy, where round() is half-to-even.
  */
 import { Tensor, type F32 } from "../tensor/tensor.js";
+import { yieldToEventLoop } from "../event-loop.js";
 
 /** Half-to-even rounding, as numpy's round(). */
 export function roundHalfEven(x: number): number {
@@ -55,8 +56,13 @@ export const demoPlaneToUint8: PlaneConverter = (src, dst, dstOffset) => {
   }
 };
 
-/** video [1, 3, T, H, W] -> uint8 [keep, H, W, 3], plane by plane (planar to interleaved). */
-function toUint8Frames(video: F32, keep: number, plane: PlaneConverter): Tensor<"uint8"> {
+/** video [1, 3, T, H, W] -> uint8 [keep, H, W, 3], plane by plane (planar to interleaved); yields after each plane. */
+function* convertPlanes(
+  video: F32,
+  keep: number,
+  plane: PlaneConverter,
+  done: (t: Tensor<"uint8">) => void,
+): Generator<void> {
   if (video.shape.length !== 5 || video.shape[0] !== 1)
     throw new RangeError(`expected a [1, 3, T, H, W] video, got ${video.describe()}`);
   const [, c, t, h, w] = video.shape as [number, number, number, number, number];
@@ -68,9 +74,29 @@ function toUint8Frames(video: F32, keep: number, plane: PlaneConverter): Tensor<
     for (let i = 0; i < frames; i++) {
       const src = (ch * t + i) * size;
       plane(video.data.subarray(src, src + size), out, i * size * 3 + ch);
+      yield;
     }
   }
-  return new Tensor("uint8", [frames, h, w, 3], out);
+  done(new Tensor("uint8", [frames, h, w, 3], out));
+}
+
+function toUint8Frames(video: F32, keep: number, plane: PlaneConverter): Tensor<"uint8"> {
+  let result: Tensor<"uint8"> | undefined;
+  for (const _ of convertPlanes(video, keep, plane, (t) => (result = t)));
+  return result!;
+}
+
+/** The sampler's frame conversion (frameConverterFor), yielding to the event loop every few planes. */
+export async function toUint8FramesAsync(
+  video: F32,
+  keep: number,
+  sampler: string | undefined,
+): Promise<Tensor<"uint8">> {
+  let result: Tensor<"uint8"> | undefined;
+  let planes = 0;
+  for (const _ of convertPlanes(video, keep, planeConverterFor(sampler), (t) => (result = t)))
+    if (++planes % 4 === 0) await yieldToEventLoop();
+  return result!;
 }
 
 /** video [1, 3, T, H, W] in [-1, 1] -> uint8 [keep, H, W, 3]: round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). */

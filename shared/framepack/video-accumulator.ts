@@ -10,6 +10,7 @@ import { Tensor, type F32 } from "../tensor/tensor.js";
 import type { SamplingType } from "../bundle/manifest.js";
 import { blendPlane, fadeWeights } from "./soft-append.js";
 import { diffusersPlaneToUint8, type PlaneConverter } from "./frames.js";
+import { yieldToEventLoop } from "../event-loop.js";
 
 export class VideoAccumulator {
   /** Frames that a later section may still blend into. */
@@ -25,6 +26,17 @@ export class VideoAccumulator {
 
   /** Adds one decoded section [1, 3, T, H, W] in [-1, 1]. */
   add(current: F32): void {
+    for (const _ of this.addPlanes(current));
+  }
+
+  /** add(), yielding to the event loop every few planes (a node's mux beside other jobs' steps). */
+  async addAsync(current: F32): Promise<void> {
+    let planes = 0;
+    for (const _ of this.addPlanes(current)) if (++planes % 4 === 0) await yieldToEventLoop();
+  }
+
+  /** add()'s work, one frame plane at a time. */
+  private *addPlanes(current: F32): Generator<void> {
     if (current.shape.length !== 5 || current.shape[0] !== 1 || current.shape[1] !== 3)
       throw new RangeError(`expected a [1, 3, T, H, W] video, got ${current.describe()}`);
     const inverted = this.samplingType === "inverted_anti_drifting";
@@ -68,7 +80,10 @@ export class VideoAccumulator {
     const final = new Uint8Array(finalCount * size * 3);
     for (let ch = 0; ch < 3; ch++) {
       for (let j = 0; j < keep; j++) open.set(plane(ch, openFrom + j), (ch * keep + j) * size);
-      for (let j = 0; j < finalCount; j++) this.toUint8(plane(ch, finalFrom + j), final, j * size * 3 + ch);
+      for (let j = 0; j < finalCount; j++) {
+        this.toUint8(plane(ch, finalFrom + j), final, j * size * 3 + ch);
+        yield;
+      }
     }
     this.open = new Tensor("float32", [1, 3, keep, h, w], open);
     if (finalCount > 0) {

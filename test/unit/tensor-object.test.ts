@@ -41,3 +41,26 @@ test("a flipped bit, a plain safetensors file and a truncated object are DATA_LO
     dataLoss(/object jobs\/j\/z: safetensors:/),
   );
 });
+
+test("the async forms (hashing with yields) write the same bytes and refuse the same corruption", async () => {
+  const { encodeTensorObjectAsync, decodeTensorObjectAsync } = await import("../../shared/tensor/tensor-object.js");
+  // Past one 8 MiB hashing slice, so the yields are exercised.
+  const big = new Tensor(
+    "float32",
+    [3, 1 << 20],
+    new Float32Array(3 << 20).map((_, i) => Math.sin(i)),
+  );
+  const small = new Tensor("int64", [2], BigInt64Array.of(7n, -1n));
+  const sync = encodeTensorObject({ big, small }, { generated: "9" });
+  const bytes = await encodeTensorObjectAsync({ big, small }, { generated: "9" });
+  assert.deepEqual(bytes, sync);
+  const back = await decodeTensorObjectAsync(bytes, "k");
+  assert.deepEqual(back.metadata, { generated: "9" });
+  assert.deepEqual(back.tensors.get("big")!.data, big.data);
+  const corrupt = bytes.slice();
+  corrupt[corrupt.length - 100] = corrupt[corrupt.length - 100]! ^ 1;
+  await assert.rejects(
+    decodeTensorObjectAsync(corrupt, "k"),
+    (e: unknown) => e instanceof FarmError && e.status === "DATA_LOSS",
+  );
+});

@@ -20,7 +20,7 @@ const randomVideo = (frames: number): F32 => {
 };
 
 for (const mode of ["vanilla", "inverted_anti_drifting"] as const) {
-  test(`the accumulator equals soft-appending whole float videos (${mode})`, () => {
+  test(`the accumulator equals soft-appending whole float videos (${mode})`, async () => {
     const overlap = 9;
     const sections = [randomVideo(13), randomVideo(25), randomVideo(25), randomVideo(29)];
     let whole: F32 | null = null;
@@ -34,6 +34,9 @@ for (const mode of ["vanilla", "inverted_anti_drifting"] as const) {
     assert.deepEqual(got.shape, expected.shape);
     assert.deepEqual(got.data, expected.data);
     assert.equal(acc.finish(10).shape[0], 10);
+    const yielding = new VideoAccumulator(mode, overlap);
+    for (const s of sections) await yielding.addAsync(s);
+    assert.deepEqual(yielding.finish().data, expected.data, "addAsync gives the same frames");
   });
 
   test(`the accumulator equals whole-video soft-append with the demo's frames, no overlap or a section of exactly the overlap (${mode})`, () => {
