@@ -6,6 +6,7 @@ import { mkdir, mkdtemp, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openNodeModels } from "../../gpu-node/main.js";
@@ -57,6 +58,7 @@ async function writeTimings(
   loadMs: number,
   warmed: WarmUpResult | undefined,
   jobMs: number,
+  loopDelay: IntervalHistogram,
 ): Promise<void> {
   // Start times relative to the job's creation show the gaps between tasks (queueing, dispatch).
   const created = Date.parse(record.createdAt);
@@ -78,6 +80,12 @@ async function writeTimings(
         }
       : {}),
     jobMs: Math.round(jobMs),
+    // How long work waited for the event loop during the job (the loop also feeds the GPU its steps).
+    eventLoopDelayMs: {
+      mean: round(loopDelay.mean / 1e6),
+      p99: round(loopDelay.percentile(99) / 1e6),
+      max: round(loopDelay.max / 1e6),
+    },
     tasks,
   };
   await writeFileAtomically(path.resolve(file), Buffer.from(`${JSON.stringify(result, null, 1)}\n`));
@@ -145,10 +153,15 @@ export async function renderCommand(args: string[]): Promise<number> {
       decodeConcurrency: decodeConcurrencyFor(values.ep ?? "cpu"),
     });
     submitted = performance.now();
+    const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay.enable();
     const { job } = await farm.service.submit(req);
     const progress = createProgress();
     progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
-    const record = await farm.waitFor(job.id, progress).finally(() => progress.stop());
+    const record = await farm.waitFor(job.id, progress).finally(() => {
+      progress.stop();
+      loopDelay.disable();
+    });
     if (record.state !== "SUCCEEDED")
       throw new FarmError(
         (record.errorStatus ?? "INTERNAL") as StatusName,
@@ -164,7 +177,7 @@ export async function renderCommand(args: string[]): Promise<number> {
       values["save-frames"],
     );
     if (values.timings !== undefined)
-      await writeTimings(values.timings, record, loadMs, warmed, performance.now() - submitted);
+      await writeTimings(values.timings, record, loadMs, warmed, performance.now() - submitted, loopDelay);
     process.stderr.write(
       `wrote ${written.join(", ")}: ${job.numFrames} frames requested, ${job.width}x${job.height}, ${record.spec.params.fps} fps\n`,
     );

@@ -23,6 +23,19 @@ const CHUNKED_ATTENTION_COMPONENTS: ReadonlySet<ComponentName> = new Set(["vae_e
  */
 const CPU_ARENA_COMPONENTS: ReadonlySet<ComponentName> = new Set(["transformer"]);
 
+/**
+ * FRAMEFARM_SESSION_WORKERS: "1" runs each session on a worker thread of its own
+ * (SessionSettings.sessionWorker), "0" on the node's thread; unset: workers on CUDA, where a decode
+ * and a denoise can share the GPU, the node's thread on the CPU provider (its cores are already
+ * busy with one run) and on WebGPU.
+ */
+export function sessionWorkersFromEnv(ep: string, env: NodeJS.ProcessEnv = process.env): boolean {
+  const v = env["FRAMEFARM_SESSION_WORKERS"];
+  if (v === undefined || v === "") return ep === "cuda";
+  if (v === "1" || v === "0") return v === "1";
+  throw new RangeError(`FRAMEFARM_SESSION_WORKERS must be 0 or 1, got ${JSON.stringify(v)}`);
+}
+
 export class ModelRuntime {
   private readonly sessions = new Map<ComponentName, Promise<OnnxModel>>();
   /** Time spent inside onnxruntime by every session of this runtime. */
@@ -53,12 +66,14 @@ export class ModelRuntime {
    * the transformer keeps a memory arena (CPU_ARENA_COMPONENTS).
    */
   settingsFor(name: ComponentName): SessionSettings {
-    if (this.settings.ep !== "cpu") return this.settings;
+    const worker =
+      this.settings.sessionWorker === undefined ? { sessionWorker: sessionWorkersFromEnv(this.settings.ep) } : {};
+    if (this.settings.ep !== "cpu") return { ...worker, ...this.settings };
     const chunked =
       this.settings.attentionBlockBytes === undefined && CHUNKED_ATTENTION_COMPONENTS.has(name)
         ? { attentionBlockBytes: DEFAULT_ATTENTION_BLOCK_BYTES }
         : {};
-    return { cpuMemArena: CPU_ARENA_COMPONENTS.has(name), ...this.settings, ...chunked };
+    return { cpuMemArena: CPU_ARENA_COMPONENTS.has(name), ...worker, ...this.settings, ...chunked };
   }
 
   private async load(name: ComponentName): Promise<OnnxModel> {

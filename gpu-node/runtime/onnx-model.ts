@@ -8,6 +8,8 @@ import { FarmError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { ExecutionProvider } from "./execution-provider.js";
 import { chunkedAttentionModel } from "./chunked-attention.js";
+import { Worker } from "node:worker_threads";
+import type { FromWorker, ToWorker, WorkerFeed } from "./session-worker.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
 
@@ -38,6 +40,12 @@ export interface SessionSettings {
    * session that has ever run, so a process holding several sessions holds the sum of their peaks.
    */
   cpuMemArena?: boolean;
+  /**
+   * Run the session on a worker thread of its own (session-worker.ts): onnxruntime-node runs a
+   * graph synchronously on the calling thread, so on the node's thread one stage's run blocks
+   * every other stage and all I/O until it ends.
+   */
+  sessionWorker?: boolean;
 }
 
 /** The provider list and session config entries for one session. */
@@ -66,10 +74,103 @@ export interface ModelClock {
   ms: number;
 }
 
+/** Where a session runs: on this thread, or on a worker thread of its own. */
+interface SessionRunner {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, Feed>): Promise<Record<string, { type: string; dims: readonly number[]; data: unknown }>>;
+  release(): Promise<void>;
+}
+
+function inThread(session: ort.InferenceSession): SessionRunner {
+  return {
+    inputNames: session.inputNames,
+    outputNames: session.outputNames,
+    async run(feeds) {
+      const ortFeeds: Record<string, ort.Tensor> = {};
+      for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
+      const results = await session.run(ortFeeds);
+      return Object.fromEntries(
+        session.outputNames.map((n) => {
+          const v = results[n] as ort.Tensor | undefined;
+          return [n, v === undefined ? undefined : { type: v.type, dims: v.dims.map(Number), data: v.data }];
+        }),
+      ) as Record<string, { type: string; dims: readonly number[]; data: unknown }>;
+    },
+    release: () => session.release(),
+  };
+}
+
+/** A feed's elements in a buffer of their own (a view's whole buffer would be copied to the worker). */
+function ownedCopy(t: Feed): WorkerFeed {
+  return t.is("int64")
+    ? { type: "int64", data: (t.data as BigInt64Array).slice(), dims: [...t.shape] }
+    : { type: "float32", data: (t.data as Float32Array).slice(), dims: [...t.shape] };
+}
+
+async function inWorker(
+  model: string | Uint8Array,
+  options: ort.InferenceSession.SessionOptions,
+): Promise<SessionRunner> {
+  const worker = new Worker(new URL("./session-worker.js", import.meta.url), { workerData: { model, options } });
+  const pending = new Map<number, { resolve: (v: FromWorker) => void; reject: (e: Error) => void }>();
+  let nextId = 0;
+  let exited: Error | undefined;
+  const failAll = (err: Error): void => {
+    exited = err;
+    for (const p of pending.values()) p.reject(err);
+    pending.clear();
+  };
+  const ready = await new Promise<{ inputNames: string[]; outputNames: string[] }>((resolve, reject) => {
+    worker.once("error", reject);
+    worker.once("message", (m: FromWorker) => {
+      worker.off("error", reject);
+      if (m.kind === "ready") resolve(m);
+      else {
+        void worker.terminate();
+        reject(new Error(m.kind === "failed" ? m.message : `unexpected ${m.kind} from the session worker`));
+      }
+    });
+  });
+  worker.on("message", (m: FromWorker) => {
+    if (m.kind !== "result" && m.kind !== "error") return;
+    const p = pending.get(m.id);
+    pending.delete(m.id);
+    if (m.kind === "error") p?.reject(new Error(m.message));
+    else p?.resolve(m);
+  });
+  worker.on("error", (err) => failAll(err));
+  worker.on("exit", (code) => failAll(new Error(`the session worker exited (${code})`)));
+  return {
+    inputNames: ready.inputNames,
+    outputNames: ready.outputNames,
+    async run(feeds) {
+      if (exited !== undefined) throw exited;
+      const id = nextId++;
+      const copies = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, ownedCopy(t)]));
+      const reply = new Promise<FromWorker>((resolve, reject) => pending.set(id, { resolve, reject }));
+      worker.postMessage(
+        { kind: "run", id, feeds: copies } satisfies ToWorker,
+        Object.values(copies).map((f) => f.data.buffer as ArrayBuffer),
+      );
+      const m = await reply;
+      return m.kind === "result" ? m.outputs : {};
+    },
+    async release() {
+      if (exited === undefined) {
+        const released = new Promise<void>((resolve) => worker.once("message", () => resolve()));
+        worker.postMessage({ kind: "release" } satisfies ToWorker);
+        await Promise.race([released, new Promise((r) => setTimeout(r, 5000))]);
+      }
+      await worker.terminate();
+    },
+  };
+}
+
 export class OnnxModel {
   private constructor(
     readonly component: string,
-    private readonly session: ort.InferenceSession,
+    private readonly session: SessionRunner,
     private readonly clock: ModelClock,
   ) {}
 
@@ -95,11 +196,12 @@ export class OnnxModel {
         settings.attentionBlockBytes === undefined
           ? file
           : await chunkedAttentionModel(file, settings.attentionBlockBytes);
+      if (settings.sessionWorker === true) return new OnnxModel(component, await inWorker(model, options), clock);
       const session =
         typeof model === "string"
           ? await ort.InferenceSession.create(model, options)
           : await ort.InferenceSession.create(model, options);
-      return new OnnxModel(component, session, clock);
+      return new OnnxModel(component, inThread(session), clock);
     } catch (err) {
       const message = (err as Error).message;
       const hint = /fallback to CPU EP has been explicitly disabled/.test(message)
@@ -122,16 +224,16 @@ export class OnnxModel {
   }
 
   async run(feeds: Record<string, Feed>): Promise<Record<string, F32>> {
-    const ortFeeds: Record<string, ort.Tensor> = {};
+    const inputs: Record<string, Feed> = {};
     for (const name of this.session.inputNames) {
       const t = feeds[name];
       if (t === undefined) throw new FarmError("INTERNAL", `${this.component}: input ${name} was not provided`);
-      ortFeeds[name] = toOrt(t);
+      inputs[name] = t;
     }
-    let results: ort.InferenceSession.OnnxValueMapType;
+    let results: Awaited<ReturnType<SessionRunner["run"]>>;
     const started = performance.now();
     try {
-      results = await this.session.run(ortFeeds);
+      results = await this.session.run(inputs);
       this.clock.ms += performance.now() - started;
     } catch (err) {
       const shapes = Object.entries(feeds)
@@ -143,11 +245,11 @@ export class OnnxModel {
     }
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {
-      const v = results[name] as ort.Tensor | undefined;
+      const v = results[name];
       if (v === undefined || v.type !== "float32") {
         throw new FarmError("INTERNAL", `${this.component}: output ${name} missing or not float32`);
       }
-      out[name] = new Tensor("float32", v.dims.map(Number), v.data as Float32Array);
+      out[name] = new Tensor("float32", [...v.dims], v.data as Float32Array);
     }
     return out;
   }

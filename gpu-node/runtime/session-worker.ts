@@ -1,0 +1,61 @@
+/**
+ * One onnxruntime session in a worker thread (OnnxModel with SessionSettings.sessionWorker).
+ * onnxruntime-node's session.run is synchronous on the calling thread: on the node's own thread a
+ * VAE tile blocks the event loop for its whole run, so a decode and the next section's denoise
+ * take turns on the GPU instead of sharing it, and every store write or heartbeat waits. Here each
+ * session runs on its own thread; the node's thread posts feeds and gets outputs back.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import ort from "onnxruntime-node";
+
+export interface WorkerFeed {
+  type: "float32" | "int64";
+  data: Float32Array | BigInt64Array;
+  dims: number[];
+}
+export type ToWorker = { kind: "run"; id: number; feeds: Record<string, WorkerFeed> } | { kind: "release" };
+export type FromWorker =
+  | { kind: "ready"; inputNames: string[]; outputNames: string[] }
+  | { kind: "failed"; message: string }
+  | { kind: "result"; id: number; outputs: Record<string, { type: string; dims: number[]; data: unknown }> }
+  | { kind: "error"; id: number; message: string }
+  | { kind: "released" };
+
+const port = parentPort!;
+const post = (m: FromWorker, transfer: ArrayBuffer[] = []): void => port.postMessage(m, transfer);
+const { model, options } = workerData as { model: string | Uint8Array; options: ort.InferenceSession.SessionOptions };
+
+try {
+  const session =
+    typeof model === "string"
+      ? await ort.InferenceSession.create(model, options)
+      : await ort.InferenceSession.create(model, options);
+  port.on("message", (m: ToWorker) => {
+    if (m.kind === "release") {
+      void session.release().finally(() => post({ kind: "released" }));
+      return;
+    }
+    void (async () => {
+      try {
+        const feeds: Record<string, ort.Tensor> = {};
+        for (const [name, f] of Object.entries(m.feeds)) feeds[name] = new ort.Tensor(f.type, f.data, f.dims);
+        const results = await session.run(feeds);
+        const outputs: Record<string, { type: string; dims: number[]; data: unknown }> = {};
+        const transfer: ArrayBuffer[] = [];
+        for (const name of session.outputNames) {
+          const v = results[name] as ort.Tensor;
+          // A copy the worker owns alone, so it can move to the node's thread without another copy.
+          const data = (v.data as Float32Array).slice();
+          outputs[name] = { type: v.type, dims: v.dims.map(Number), data };
+          transfer.push(data.buffer);
+        }
+        post({ kind: "result", id: m.id, outputs }, transfer);
+      } catch (err) {
+        post({ kind: "error", id: m.id, message: (err as Error).message });
+      }
+    })();
+  });
+  post({ kind: "ready", inputNames: [...session.inputNames], outputNames: [...session.outputNames] });
+} catch (err) {
+  post({ kind: "failed", message: (err as Error).message });
+}

@@ -1,0 +1,82 @@
+/**
+ * Sessions on worker threads (FRAMEFARM_SESSION_WORKERS, the default on CUDA): the same outputs as
+ * on the node's thread, bit for bit, errors that name the component, and a render that writes the
+ * same bytes.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { OnnxModel } from "../../gpu-node/runtime/onnx-model.js";
+import { sessionWorkersFromEnv } from "../../gpu-node/runtime/model-runtime.js";
+import { FarmError } from "../../shared/errors.js";
+import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
+import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
+
+const run = promisify(execFile);
+
+test("FRAMEFARM_SESSION_WORKERS: on for cuda by default, 0 or 1 to choose, anything else refused", () => {
+  assert.equal(sessionWorkersFromEnv("cuda", {}), true);
+  assert.equal(sessionWorkersFromEnv("cpu", {}), false);
+  assert.equal(sessionWorkersFromEnv("webgpu", {}), false);
+  assert.equal(sessionWorkersFromEnv("cpu", { FRAMEFARM_SESSION_WORKERS: "1" }), true);
+  assert.equal(sessionWorkersFromEnv("cuda", { FRAMEFARM_SESSION_WORKERS: "0" }), false);
+  assert.throws(() => sessionWorkersFromEnv("cpu", { FRAMEFARM_SESSION_WORKERS: "yes" }), RangeError);
+});
+
+test("a session on a worker thread gives the node thread's outputs bit for bit; a bad feed names the component", async () => {
+  const file = path.join(tinyBundleDir(), "vae_decoder.onnx");
+  const here = await OnnxModel.load("vae_decoder", file, { ep: "cpu" });
+  const there = await OnnxModel.load("vae_decoder", file, { ep: "cpu", sessionWorker: true });
+  try {
+    assert.deepEqual(there.inputNames, here.inputNames);
+    assert.deepEqual(there.outputNames, here.outputNames);
+    const latents = new TorchGenerator(5n).randn([1, 4, 3, 6, 8]);
+    // Two runs at once on the worker: each gets its own answer.
+    const [a, b] = await Promise.all([there.run({ latents }), there.run({ latents: latents })]);
+    const want = (await here.run({ latents })).sample!;
+    assert.deepEqual(a.sample!.shape, want.shape);
+    assert.deepEqual(a.sample!.data, want.data);
+    assert.deepEqual(b.sample!.data, want.data);
+    await assert.rejects(
+      there.run({ latents: new TorchGenerator(5n).randn([1, 4, 6, 8]) }),
+      (e: unknown) =>
+        e instanceof FarmError && e.status === "INTERNAL" && /vae_decoder failed on latents=/.test(e.message),
+    );
+  } finally {
+    await here.release();
+    await there.release();
+  }
+});
+
+test("render with sessions on worker threads writes the same video", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-session-worker-"));
+  try {
+    const args = (out: string): string[] => [
+      cliPath(),
+      "render",
+      "--image",
+      path.join(repoRoot(), "test", "fixtures", "images", "demo.png"),
+      "--prompt",
+      "a lighthouse",
+      "--frames",
+      "40",
+      "--resolution",
+      "64",
+      "--steps",
+      "2",
+      "-o",
+      out,
+    ];
+    const plain = path.join(dir, "plain.mp4");
+    const workers = path.join(dir, "workers.mp4");
+    await run(process.execPath, args(plain), { env: { ...process.env, FRAMEFARM_SESSION_WORKERS: "0" } });
+    await run(process.execPath, args(workers), { env: { ...process.env, FRAMEFARM_SESSION_WORKERS: "1" } });
+    assert.ok((await readFile(plain)).equals(await readFile(workers)), "the videos differ");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
