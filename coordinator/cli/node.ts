@@ -12,6 +12,7 @@ import { defaultBundleDir } from "./defaults.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { validateNodeId } from "../../shared/nodes/node-registry.js";
 import { DEFAULT_HEARTBEAT_MS } from "../../gpu-node/worker/node-presence.js";
+import { defaultCacheMb } from "../../gpu-node/worker/tensor-cache.js";
 
 const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's queues until SIGINT/SIGTERM
 
@@ -26,7 +27,7 @@ const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's 
                           no job pays a GPU's slow first run at a new shape (FRAMEFARM_WARMUP)
   --id ID                 node id (FRAMEFARM_NODE_ID, host-pid)
   --device NAME           device name the registry shows
-  --cache-mb N            decoded-object cache (FRAMEFARM_CACHE_MB, 512)
+  --cache-mb N            decoded-object cache (FRAMEFARM_CACHE_MB; 4096 on cuda, else 512)
   --heartbeat-ms N        registry heartbeat interval (2000)
   --ack-wait-ms N         how long a task of a dead node stays leased (30000)
   --quarantine-after N    failed tasks in a row before the node stops taking tasks (3; 0: never)`;
@@ -69,7 +70,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   if (!Number.isInteger(heartbeatMs) || heartbeatMs < 100)
     throw new FarmError("INVALID_ARGUMENT", `--heartbeat-ms must be an integer >= 100, got ${values["heartbeat-ms"]}`);
   const ep = values.ep ?? env["FRAMEFARM_EP"] ?? "cpu";
-  const cacheMbText = values["cache-mb"] ?? env["FRAMEFARM_CACHE_MB"] ?? "512";
+  const cacheMbText = values["cache-mb"] ?? env["FRAMEFARM_CACHE_MB"] ?? String(defaultCacheMb(ep));
   const cacheMb = Number(cacheMbText);
   if (!Number.isFinite(cacheMb) || cacheMb < 0)
     throw new FarmError("INVALID_ARGUMENT", `--cache-mb must be a non-negative number, got ${cacheMbText}`);

@@ -11,6 +11,7 @@ import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openNodeModels } from "../../gpu-node/main.js";
 import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
+import { defaultCacheMb } from "../../gpu-node/worker/tensor-cache.js";
 import { warmUp, warmUpJobOf, type WarmUpResult } from "../../gpu-node/stages/warm-up.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
@@ -151,6 +152,7 @@ export async function renderCommand(args: string[]): Promise<number> {
     farm = await startEmbeddedFarm(embedded, data, {
       ...(warm ? { beforeDispatch } : {}),
       decodeConcurrency: decodeConcurrencyFor(values.ep ?? "cpu"),
+      cacheBytes: defaultCacheMb(values.ep ?? "cpu") * 2 ** 20,
     });
     submitted = performance.now();
     const loopDelay = monitorEventLoopDelay({ resolution: 10 });

@@ -14,6 +14,14 @@ export interface CachedObject {
 
 const bytesOf = (o: CachedObject): number => [...o.tensors.values()].reduce((n, t) => n + t.data.byteLength, 0);
 
+/**
+ * The cache's default size on an execution provider (MiB): 4 GiB on CUDA, so that the mux finds a
+ * job's decoded sections (~340 MB each at 640x640) in memory rather than reading and re-hashing
+ * them from the store (1.2 s for three sections on an H200 host); 512 MiB elsewhere (a CPU
+ * render's memory is bounded by test/bench/memory).
+ */
+export const defaultCacheMb = (ep: string): number => (ep === "cuda" ? 4096 : 512);
+
 export class TensorCache {
   private readonly entries = new Map<string, { value: CachedObject; bytes: number }>();
   private used = 0;
