@@ -6,7 +6,10 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { cp, mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import { promisify } from "node:util";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
@@ -18,6 +21,8 @@ import { renderParamsInputOf, settingsOf } from "../../coordinator/api/job-mappi
 import { validateManifest } from "../../shared/bundle/manifest.js";
 import { FarmError } from "../../shared/errors.js";
 import { validateRenderParams, type RenderParamsInput } from "../../shared/job/render-params.js";
+import { makeRecipe, parseRecipe, recipeText } from "../../shared/job/recipe.js";
+import { recipeParamsInput } from "../../coordinator/api/recipe-request.js";
 import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
@@ -172,4 +177,42 @@ test("--cache teacache and --cache-threshold: parsed, validated, mapped and carr
     spec: { jobId: "j", params: { ...rest, seed: seed.toString() }, height: 64, width: 64 },
   } as unknown as Parameters<typeof settingsOf>[0]);
   assert.deepEqual([back.cache, back.cacheThreshold], ["teacache", 0.1]);
+
+  // The recipe names the cache and, for teacache only, its threshold; a recipe renders with both.
+  const recipe = (q: typeof params) =>
+    makeRecipe({
+      params: q,
+      size: { height: 64, width: 64 },
+      format: "mp4",
+      images: { start: Uint8Array.of(1), end: null },
+      bundle: { name: "tiny", digest: `sha256:${"a".repeat(64)}` },
+      framefarmVersion: "0.1.0",
+    });
+  const r = parseRecipe(recipeText(recipe(params)));
+  assert.deepEqual([r.cache, r.cache_threshold], ["teacache", 0.1]);
+  assert.deepEqual(recipeParamsInput(r), { cache: "teacache", cacheThreshold: 0.1 });
+  const plainRecipe = parseRecipe(recipeText(recipe(validateRenderParams(base, defaults))));
+  assert.deepEqual([plainRecipe.cache, "cache_threshold" in plainRecipe], ["none", false]);
+});
+
+test("teacache_split (Debian's python3-onnx) makes the tiny bundle's split graphs and manifest byte for byte", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-split-"));
+  try {
+    await cp(tinyBundleDir(), dir, { recursive: true });
+    const env = { ...process.env, PYTHONPATH: path.join(repoRoot(), "gpu-node/export") };
+    const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
+    await promisify(execFile)(python, ["-m", "framefarm_export.teacache_split", "--bundle", dir], { env });
+    for (const f of [
+      "transformer_head.onnx",
+      "transformer_body.onnx",
+      "transformer_tail.onnx",
+      "framefarm-bundle.json",
+    ])
+      assert.ok(
+        Buffer.compare(await readFile(path.join(dir, f)), await readFile(path.join(tinyBundleDir(), f))) === 0,
+        `${f} differs from the committed one`,
+      );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

@@ -201,15 +201,20 @@ def write(bundle):
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
     entry = manifest["components"]["transformer"]
-    if entry.get("external_data"):
-        raise SystemExit("error: transformer with external data: split it from a graph loaded with its weights (not supported yet)")
+    external = bool(entry.get("external_data"))
+    # onnx.load reads the external data file beside the graph: the weights are held in memory once,
+    # and each part is written with its own (the body's is about as large as the transformer's).
     graphs = split(os.path.join(bundle, entry["file"]))
     for name, m in graphs.items():
         file = f"{name}.onnx"
-        onnx.save(m, os.path.join(bundle, file))
+        data = f"{file}.data" if external else None
+        if data is not None and os.path.exists(os.path.join(bundle, data)):
+            os.remove(os.path.join(bundle, data))  # save_model appends to an existing file
+        onnx.save_model(m, os.path.join(bundle, file), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=data)
         manifest["components"][name] = {
             "file": file,
-            "external_data": None,
+            "external_data": data,
             "inputs": [i.name for i in m.graph.input],
             "outputs": [o.name for o in m.graph.output],
             "sha256": _sha256(os.path.join(bundle, file)),
