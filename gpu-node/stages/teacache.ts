@@ -16,6 +16,7 @@
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { Feed } from "../runtime/onnx-model.js";
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../../shared/tensor/half.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 
 /** np.poly1d's coefficients, highest power first (initialize_teacache's teacache_rescale_func). */
@@ -29,18 +30,32 @@ export function teacacheRescale(x: number): number {
   return y;
 }
 
-/** mean(|a - b|) / mean(|b|), as `((a - b).abs().mean() / b.abs().mean())` (sums in float64). */
-export function relativeL1(current: F32, previous: F32): number {
+export type ComputeDtype = "fp32" | "fp16" | "bf16";
+
+/** Rounds a number to the transformer's compute dtype, as torch stores a result in it. */
+export function roundTo(dtype: ComputeDtype): (x: number) => number {
+  if (dtype === "bf16") return (x) => bf16BitsToF32(f32ToBf16Bits(Math.fround(x)));
+  if (dtype === "fp16") return (x) => f16BitsToF32(f32ToF16Bits(Math.fround(x)));
+  return Math.fround;
+}
+
+/**
+ * `((a - b).abs().mean() / b.abs().mean()).item()` in the modulated input's dtype: the difference,
+ * each mean and the quotient rounded to it (torch accumulates the means in float32; here in
+ * float64, then rounded).
+ */
+export function relativeL1(current: F32, previous: F32, dtype: ComputeDtype = "fp32"): number {
+  const round = roundTo(dtype);
   let diff = 0;
   let norm = 0;
   const a = current.data;
   const b = previous.data;
   for (let i = 0; i < a.length; i++) {
     const p = b[i]!;
-    diff += Math.abs(Math.fround(a[i]! - p));
+    diff += Math.abs(round(a[i]! - p));
     norm += Math.abs(p);
   }
-  return diff / norm;
+  return round(round(diff / a.length) / round(norm / a.length));
 }
 
 /** hidden + residual, each sum rounded to float32 as torch adds. */
@@ -72,6 +87,8 @@ export class TeaCache {
     readonly threshold: number,
     /** num_steps: the section's sampling steps. */
     readonly numSteps: number,
+    /** The dtype the transformer computes the modulated input in (the head's manifest entry). */
+    readonly dtype: ComputeDtype = "fp32",
   ) {}
 
   /** One transformer call with the transformer's feeds. */
@@ -85,7 +102,7 @@ export class TeaCache {
       shouldCalc = true;
       this.accumulated = 0;
     } else {
-      this.accumulated += teacacheRescale(relativeL1(modulated, this.previousModulated));
+      this.accumulated += teacacheRescale(relativeL1(modulated, this.previousModulated, this.dtype));
       shouldCalc = this.accumulated >= this.threshold;
       if (shouldCalc) this.accumulated = 0;
     }
@@ -113,7 +130,7 @@ export class TeaCache {
  * split graphs when `teacache` is given (then `cache` holds the section's decisions).
  */
 export async function transformerCall(
-  runtime: Pick<ModelRuntime, "model">,
+  runtime: Pick<ModelRuntime, "model"> & { bundle?: Pick<ModelRuntime["bundle"], "manifest"> },
   steps: number,
   teacache: { threshold: number } | undefined,
 ): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: TeaCache }> {
@@ -121,6 +138,7 @@ export async function transformerCall(
     const model = await runtime.model("transformer");
     return { call: async (feeds) => (await model.run(feeds)).noise_pred! };
   }
-  const cache = new TeaCache(runtime, teacache.threshold, steps);
+  const dtype = runtime.bundle?.manifest.components.transformer_head?.modulated_dtype ?? "fp32";
+  const cache = new TeaCache(runtime, teacache.threshold, steps, dtype);
   return { call: async (feeds) => (await cache.run(feeds)).noisePred, cache };
 }

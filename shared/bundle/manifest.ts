@@ -65,6 +65,8 @@ export interface ComponentEntry {
   inputs: string[];
   outputs: string[];
   sha256?: string;
+  /** transformer_head only: the dtype its modulated_input was computed in before the cast to float32 (fp32 if absent). */
+  modulated_dtype?: "fp32" | "fp16" | "bf16";
   /** vae_decoder only: the most latent frames one call may take (temporal tiles are at most this long). */
   max_latent_frames?: number;
 }
@@ -260,6 +262,8 @@ function checkComponent(c: Checker, raw: unknown, name: AnyComponentName): Compo
     entry.sha256 = o["sha256"];
   }
   if (name === "vae_decoder") entry.max_latent_frames = c.posInt(o, "max_latent_frames", path);
+  if (name === "transformer_head" && o["modulated_dtype"] !== undefined)
+    entry.modulated_dtype = c.oneOf(o, "modulated_dtype", path, ["fp32", "fp16", "bf16"] as const);
   return entry;
 }
 

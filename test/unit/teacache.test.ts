@@ -15,7 +15,8 @@ import { parseArgs } from "node:util";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
 import type { Feed } from "../../gpu-node/runtime/onnx-model.js";
-import { TeaCache, relativeL1, teacacheRescale } from "../../gpu-node/stages/teacache.js";
+import { TeaCache, relativeL1, roundTo, teacacheRescale } from "../../gpu-node/stages/teacache.js";
+import { OnnxModel } from "../../gpu-node/runtime/onnx-model.js";
 import { RENDER_OPTIONS, renderSettingsFrom } from "../../coordinator/cli/job-request.js";
 import { renderParamsInputOf, settingsOf } from "../../coordinator/api/job-mapping.js";
 import { validateManifest } from "../../shared/bundle/manifest.js";
@@ -63,6 +64,15 @@ test("the rescale polynomial is initialize_teacache's np.poly1d", () => {
   const a = new Tensor("float32", [4], Float32Array.of(1, -2, 3, -4));
   const b = new Tensor("float32", [4], Float32Array.of(1, -1, 2, -4));
   assert.equal(relativeL1(a, b), 2 / 8);
+  // In a half-precision transformer torch rounds the difference, the means and the quotient.
+  assert.equal(roundTo("bf16")(1 + 2 ** -9), 1);
+  assert.equal(roundTo("fp16")(1 + 2 ** -9), 1 + 2 ** -9);
+  assert.equal(roundTo("fp16")(1 + 3 * 2 ** -12), 1 + 2 ** -10);
+  const c = new Tensor("float32", [2], Float32Array.of(1.5, 3));
+  const d = new Tensor("float32", [2], Float32Array.of(1, 2.9));
+  // |diff| = 0.5, 0.1 (0.0999755859375 in fp16, 0.10009765625 in bf16); means 0.3.., 1.95
+  assert.equal(relativeL1(c, d, "fp16"), roundTo("fp16")(roundTo("fp16")((0.5 + 0.0999755859375) / 2) / 1.9501953125));
+  assert.notEqual(relativeL1(c, d, "bf16"), relativeL1(c, d, "fp32"));
 });
 
 test("head + body and head + tail give the single transformer graph's noise_pred", async () => {
@@ -212,6 +222,46 @@ test("teacache_split (Debian's python3-onnx) makes the tiny bundle's split graph
         Buffer.compare(await readFile(path.join(dir, f)), await readFile(path.join(tinyBundleDir(), f))) === 0,
         `${f} differs from the committed one`,
       );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a float16 transformer's split graphs pass float32 between them, exactly", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-split16-"));
+  try {
+    const env = { ...process.env, PYTHONPATH: path.join(repoRoot(), "gpu-node/export") };
+    const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
+    const script = path.join(repoRoot(), "test/support/teacache_synthetic.py");
+    const { stdout } = await promisify(execFile)(python, [script, dir], { env });
+    assert.equal(stdout.trim(), "fp16", "the head names its modulated input's dtype");
+    const load = (n: string) => OnnxModel.load(n, path.join(dir, `${n}.onnx`), { ep: "cpu" });
+    const wave = (shape: number[]) => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      return new Tensor(
+        "float32",
+        shape,
+        Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.3)),
+      );
+    };
+    const feeds = {
+      hidden_states: wave([1, 4, 8]),
+      latents_clean: wave([1, 2, 8]),
+      encoder_hidden_states: wave([1, 3, 8]),
+      timestep: wave([1, 8]),
+    };
+    const [single, head, body, tail] = await Promise.all(
+      ["transformer", "transformer_head", "transformer_body", "transformer_tail"].map(load),
+    );
+    const want = (await single!.run(feeds)).noise_pred!;
+    const h = await head!.run(feeds);
+    assert.deepEqual(h["modulated_input"]!.shape, [1, 6, 8]);
+    const b = await body!.run({ ...feeds, hidden_in: h["hidden_in"]!, encoder_in: h["encoder_in"]! });
+    assert.deepEqual(Array.from(b["noise_pred"]!.data), Array.from(want.data), "head + body = single");
+    const sum = Float32Array.from(h["hidden_in"]!.data, (x, i) => x + b["residual"]!.data[i]!);
+    const t = await tail!.run({ ...feeds, hidden_out: new Tensor("float32", h["hidden_in"]!.shape, sum) });
+    assert.deepEqual(Array.from(t["noise_pred"]!.data), Array.from(want.data), "tail of hidden_in + residual = single");
+    for (const m of [single, head, body, tail]) await m!.release();
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -70,15 +70,22 @@ def _modulated(graph, weight):
     for mul in graph.node:
         if mul.op_type != "Mul" or len(mul.input) != 2:
             continue
-        ln = [prod.get(i) for i in mul.input]
+        ln = [prod.get(_uncast(prod, i)) for i in mul.input]
         norm = next((p for p in ln if p is not None and p.op_type == "LayerNormalization"), None)
         other = next((i for i, p in zip(mul.input, ln) if p is None or p.op_type != "LayerNormalization"), None)
         if norm is None or other is None or not _reads(prod, other, scale):
             continue
         for add in cons.get(mul.output[0], []):
             if add.op_type == "Add" and any(_reads(prod, i, shift) for i in add.input if i != mul.output[0]):
-                return norm.input[0], add.output[0]
+                return _uncast(prod, norm.input[0]), add.output[0]
     raise SystemExit(f"error: no LayerNorm * (1 + scale) + shift found for {weight}")
+
+
+def _uncast(prod, name):
+    """The tensor before any Cast nodes (a half-precision export may norm in float32)."""
+    while name in prod and prod[name].op_type == "Cast":
+        name = prod[name].input[0]
+    return name
 
 
 def _reads(prod, name, target, depth=3):
@@ -101,7 +108,7 @@ def _hidden_out(graph):
         if n.op_type != "LayerNormalization":
             continue
         if any(m.op_type == "Mul" and any(_reads(prod, i, scale) for i in m.input) for m in cons.get(n.output[0], [])):
-            crop = prod.get(n.input[0])
+            crop = prod.get(_uncast(prod, n.input[0]))
             if crop is None or crop.op_type != "Slice":
                 raise SystemExit("error: norm_out's LayerNorm does not read a Slice")
             return crop.input[0]
@@ -174,7 +181,11 @@ def split(transformer_path):
     hidden_in, modulated = _modulated(g, "model.transformer_blocks.0.norm1.linear.weight")
     encoder_in, _ = _modulated(g, "model.transformer_blocks.0.norm1_context.linear.weight")
     hidden_out = _hidden_out(g)
-    for old, new in ((hidden_in, "hidden_in"), (encoder_in, "encoder_in"), (modulated, "modulated_input"), (hidden_out, "hidden_out")):
+    vi = {v.name: v for v in g.value_info}
+    cut = {"hidden_in": hidden_in, "encoder_in": encoder_in, "modulated_input": modulated, "hidden_out": hidden_out}
+    if any(vi[t].type.tensor_type.elem_type != onnx.TensorProto.FLOAT for t in cut.values()):
+        return _split_cast(model, cut)
+    for new, old in cut.items():
         _rename(model, old, new)
     vi = {v.name: v for v in g.value_info}
     sub = helper.make_node("Sub", ["hidden_out", "hidden_in"], ["residual"], name="teacache_residual")
@@ -184,6 +195,60 @@ def split(transformer_path):
     head = _subgraph(model, HEAD_OUTPUTS, set())
     body = _subgraph(model, BODY_OUTPUTS, ["hidden_in", "encoder_in"], [sub], [residual_vi])
     tail = _subgraph(model, TAIL_OUTPUTS, ["hidden_out"])
+    return {HEAD: head, BODY: body, TAIL: tail}
+
+
+def _f32_vi(vi, name, new):
+    v = onnx.ValueInfoProto()
+    v.CopyFrom(vi[name])
+    v.name = new
+    v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return v
+
+
+def _split_cast(model, cut):
+    """A half-precision transformer: each tensor between the parts that is not float32 crosses as
+    float32 (the runtime's I/O), cast from and back to its own dtype at the boundaries, which is
+    exact both ways. The residual is the difference in the hidden states' dtype, then cast. The
+    modulated input's dtype goes into the head's manifest entry (`modulated_dtype`) so that the
+    runtime rounds TeaCache's relative L1 as torch does in that dtype."""
+    g = model.graph
+    vi = {v.name: v for v in g.value_info}
+    f32 = onnx.TensorProto.FLOAT
+    names = {f32: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+    dtype = {n: vi[t].type.tensor_type.elem_type for n, t in cut.items()}
+    for n, d in dtype.items():
+        if d not in names:
+            raise SystemExit(f"error: {n} is of element type {d}, neither float32, float16 nor bfloat16")
+
+    def to_f32(n, src, dst):  # a node giving `dst` (float32) from `src` (dtype of cut n)
+        if dtype[n] == f32:
+            return helper.make_node("Identity", [src], [dst], name=f"teacache_{dst}")
+        return helper.make_node("Cast", [src], [dst], to=f32, name=f"teacache_{dst}_to_f32")
+
+    def from_f32(n, src, dst):
+        if dtype[n] == f32:
+            return helper.make_node("Identity", [src], [dst], name=f"teacache_{dst}_in")
+        return helper.make_node("Cast", [src], [dst], to=dtype[n], name=f"teacache_{src}_from_f32")
+
+    head = _subgraph(model, HEAD_OUTPUTS, set(), [to_f32(n, cut[n], n) for n in HEAD_OUTPUTS],
+                     [_f32_vi(vi, cut[n], n) for n in HEAD_OUTPUTS])
+    res = "teacache_residual_compute"
+    res_vi = onnx.ValueInfoProto()
+    res_vi.CopyFrom(vi[cut["hidden_out"]])
+    res_vi.name = res
+    body_nodes = [
+        from_f32("hidden_in", "hidden_in", cut["hidden_in"]),
+        from_f32("encoder_in", "encoder_in", cut["encoder_in"]),
+        helper.make_node("Sub", [cut["hidden_out"], cut["hidden_in"]], [res], name="teacache_residual"),
+        to_f32("hidden_out", res, "residual"),
+    ]
+    body_vi = [_f32_vi(vi, cut["hidden_in"], "hidden_in"), _f32_vi(vi, cut["encoder_in"], "encoder_in"), res_vi,
+               _f32_vi(vi, cut["hidden_out"], "residual")]
+    body = _subgraph(model, BODY_OUTPUTS, ["hidden_in", "encoder_in"], body_nodes, body_vi)
+    tail = _subgraph(model, TAIL_OUTPUTS, ["hidden_out"], [from_f32("hidden_out", "hidden_out", cut["hidden_out"])],
+                     [_f32_vi(vi, cut["hidden_out"], "hidden_out")])
+    head.metadata_props.add(key="framefarm.modulated_dtype", value=names[dtype["modulated_input"]])
     return {HEAD: head, BODY: body, TAIL: tail}
 
 
@@ -219,6 +284,9 @@ def write(bundle):
             "outputs": [o.name for o in m.graph.output],
             "sha256": _sha256(os.path.join(bundle, file)),
         }
+        meta = {p.key: p.value for p in m.metadata_props}
+        if "framefarm.modulated_dtype" in meta:
+            manifest["components"][name]["modulated_dtype"] = meta["framefarm.modulated_dtype"]
         print(f"  {name}: {len(m.graph.node)} nodes, inputs {[i.name for i in m.graph.input]}", flush=True)
     with open(manifest_path, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
