@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { cp, mkdtemp, readFile, rm } from "node:fs/promises";
+import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { promisify } from "node:util";
 import path from "node:path";
@@ -26,7 +26,7 @@ import { makeRecipe, parseRecipe, recipeText } from "../../shared/job/recipe.js"
 import { recipeParamsInput } from "../../coordinator/api/recipe-request.js";
 import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
-import { repoRoot, tinyBundleDir } from "../support/paths.js";
+import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 
 const CASE = path.join(repoRoot(), "test", "fixtures", "reference-cases", "teacache_unipc_vanilla.safetensors");
 
@@ -262,6 +262,36 @@ test("a float16 transformer's split graphs pass float32 between them, exactly", 
     const t = await tail!.run({ ...feeds, hidden_out: new Tensor("float32", h["hidden_in"]!.shape, sum) });
     assert.deepEqual(Array.from(t["noise_pred"]!.data), Array.from(want.data), "tail of hidden_in + residual = single");
     for (const m of [single, head, body, tail]) await m!.release();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("render --cache teacache on a bundle without the split graphs is FAILED_PRECONDITION, naming the flag", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-nosplit-"));
+  try {
+    const bundle = path.join(dir, "bundle");
+    await cp(tinyBundleDir(), bundle, { recursive: true });
+    const file = path.join(bundle, "framefarm-bundle.json");
+    const manifest = JSON.parse(await readFile(file, "utf8")) as { components: Record<string, unknown> };
+    for (const n of ["transformer_head", "transformer_body", "transformer_tail"]) delete manifest.components[n];
+    await writeFile(file, JSON.stringify(manifest));
+    const image = path.join(repoRoot(), "test", "fixtures", "images", "demo.png");
+    const args = [cliPath(), "render", "--bundle", bundle, "--image", image, "--prompt", "a", "--frames", "5"];
+    const run = promisify(execFile)(process.execPath, [
+      ...args,
+      "--resolution",
+      "64",
+      "--steps",
+      "2",
+      "--cache",
+      "teacache",
+      "-o",
+      path.join(dir, "v.mp4"),
+    ]);
+    await assert.rejects(run, (e: { stderr?: string }) =>
+      /FAILED_PRECONDITION.*--teacache-graphs/.test(e.stderr ?? ""),
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
