@@ -133,6 +133,8 @@ export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): Re
     sampler: samplerOf(s.sampler),
     unipcVariant: unipcVariantOf(s.unipc?.variant),
     cfgRescale: s.unipc?.cfgRescale,
+    cache: s.cache,
+    cacheThreshold: s.cacheThreshold,
     sectionPrompts: s.promptSchedule?.sectionPrompts,
     promptBlendSections: s.promptSchedule?.blendSections,
   };
@@ -162,6 +164,7 @@ export function settingsOf(r: JobRecord): RenderSettings {
     ...(p.sampler === "unipc"
       ? { unipc: { variant: unipcVariantToPb(p.unipcVariant ?? "bh1"), cfgRescale: p.cfgRescale ?? 0 } }
       : {}),
+    ...(p.cache === "teacache" ? { cache: p.cache, cacheThreshold: p.cacheThreshold } : {}),
     ...((p.sectionPrompts ?? null) !== null || (p.promptBlendSections ?? 0) > 0
       ? {
           promptSchedule: {

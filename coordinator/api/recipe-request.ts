@@ -100,7 +100,10 @@ function samplingSettingsOf(recipe: Recipe): Partial<RenderSettings> {
  * cache): added to the validator's input so that, where the validator knows them, they take effect.
  */
 export function recipeParamsInput(recipe: Recipe): Partial<RenderParamsInput> {
-  return { cache: recipe.cache } as Partial<RenderParamsInput>;
+  return {
+    cache: recipe.cache,
+    ...(recipe.cache_threshold !== undefined ? { cacheThreshold: recipe.cache_threshold } : {}),
+  };
 }
 
 /** The validated parameters must render as the recipe says, or the farm cannot reproduce it. */

@@ -37,6 +37,8 @@ export const RENDER_OPTIONS = {
   sampler: { type: "string" },
   "unipc-variant": { type: "string" },
   "cfg-rescale": { type: "string" },
+  cache: { type: "string" },
+  "cache-threshold": { type: "string" },
   "section-prompt": { type: "string", multiple: true },
   "prompt-blend": { type: "string" },
 } as const;
@@ -46,6 +48,9 @@ export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FrameP
                           lllyasviel's FramePack demo samples (flux shift + UniPC)
   --unipc-variant bh1|bh2 UniPC variant (bh1, as the demo; unipc only)
   --cfg-rescale R         the demo's CFG re-scale, 0..1 (0; unipc only)
+  --cache none|teacache   teacache: skip the transformer's blocks on steps whose input
+                          barely changed, as lllyasviel's FramePack TeaCache (none)
+  --cache-threshold T     TeaCache's rel_l1_thresh, in (0, 1] (0.15; teacache only)
   --section-prompt TEXT   one per section, in video-time order (repeat; instead of
                           --prompt). --prompt may be timed: "[0s: a man waves] [2s: ...]"
   --prompt-blend N        blend each prompt change over N sections (0)`;
@@ -95,6 +100,9 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     crf: num(values.crf),
     ...(values.lossless === true ? { lossless: true } : {}),
     ...(sampler !== undefined ? { sampler } : {}),
+    // Names and ranges are the JobService's check (render-params.ts), which says which is off.
+    ...(values.cache !== undefined ? { cache: values.cache } : {}),
+    ...(values["cache-threshold"] !== undefined ? { cacheThreshold: Number(values["cache-threshold"]) } : {}),
     ...(variant !== undefined || cfgRescale !== undefined
       ? { unipc: { variant: variant ?? UnipcVariant.UNIPC_VARIANT_UNSPECIFIED, cfgRescale } }
       : {}),

@@ -9,10 +9,12 @@ import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
 import {
   COMPONENT_NAMES,
+  SPLIT_COMPONENT_NAMES,
   MANIFEST_FILE,
   validateManifest,
   type BundleManifest,
-  type ComponentName,
+  type AnyComponentName,
+  type ComponentEntry,
 } from "../../shared/bundle/manifest.js";
 
 export interface Bundle {
@@ -20,7 +22,8 @@ export interface Bundle {
   readonly manifest: BundleManifest;
   /** Absolute path of a file named by the manifest (relative to the bundle folder). */
   file(relative: string): string;
-  componentPath(name: ComponentName): string;
+  /** A split part (SPLIT_COMPONENT_NAMES) the bundle lacks: FAILED_PRECONDITION. */
+  componentPath(name: AnyComponentName): string;
 }
 
 async function requireFile(file: string, what: string): Promise<number> {
@@ -72,8 +75,12 @@ export async function openBundle(dir: string, options: OpenBundleOptions = {}): 
   const file = (relative: string): string => path.join(root, relative);
 
   const checks: Promise<unknown>[] = [];
-  for (const name of COMPONENT_NAMES) {
-    const entry = manifest.components[name];
+  const present = (): [AnyComponentName, ComponentEntry][] =>
+    [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES].flatMap((n) => {
+      const entry = manifest.components[n];
+      return entry === undefined ? [] : [[n, entry] as [AnyComponentName, ComponentEntry]];
+    });
+  for (const [name, entry] of present()) {
     checks.push(requireFile(file(entry.file), `model bundle component ${name}`));
     if (entry.external_data !== null) checks.push(requireFile(file(entry.external_data), `external data of ${name}`));
   }
@@ -88,8 +95,7 @@ export async function openBundle(dir: string, options: OpenBundleOptions = {}): 
   await Promise.all(checks);
 
   if (options.verifyChecksums === true) {
-    for (const name of COMPONENT_NAMES) {
-      const entry = manifest.components[name];
+    for (const [name, entry] of present()) {
       if (entry.sha256 === undefined) continue;
       const got = await sha256Of(file(entry.file));
       if (got !== entry.sha256) {
@@ -105,6 +111,14 @@ export async function openBundle(dir: string, options: OpenBundleOptions = {}): 
     dir: root,
     manifest,
     file,
-    componentPath: (name) => file(manifest.components[name].file),
+    componentPath: (name) => {
+      const entry = manifest.components[name];
+      if (entry === undefined)
+        throw new FarmError(
+          "FAILED_PRECONDITION",
+          `model bundle ${root} has no ${name} graph: export it with --teacache-graphs (or python -m framefarm_export.teacache_split)`,
+        );
+      return file(entry.file);
+    },
   };
 }

@@ -8,7 +8,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { readFields, fieldString, int64s } from "./onnx-proto.js";
-import { COMPONENT_NAMES } from "../../shared/bundle/manifest.js";
+import { COMPONENT_NAMES, SPLIT_COMPONENT_NAMES } from "../../shared/bundle/manifest.js";
 import { estimateJobMemory, admitMemory, type MemoryEstimate } from "../../shared/job/memory-estimate.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
@@ -66,7 +66,10 @@ const channelsByFile = new Map<string, number | undefined>();
 
 export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): MemoryEstimate {
   const bundle = runtime.bundle;
-  const weightBytes = COMPONENT_NAMES.reduce((sum, c) => {
+  // A TeaCache job loads the split transformer too (its body holds a second copy of the blocks).
+  const components =
+    spec.params.cache === "teacache" ? [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES] : COMPONENT_NAMES;
+  const weightBytes = components.reduce((sum, c) => {
     try {
       return sum + statSync(bundle.componentPath(c)).size;
     } catch {

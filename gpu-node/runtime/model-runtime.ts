@@ -3,7 +3,7 @@
  * kept warm: a node that serves only denoise never loads the text encoders.
  */
 import { FarmError } from "../../shared/errors.js";
-import { COMPONENT_NAMES, type ComponentName } from "../../shared/bundle/manifest.js";
+import { COMPONENT_NAMES, type AnyComponentName, type ComponentName } from "../../shared/bundle/manifest.js";
 import type { Bundle } from "./bundle.js";
 import { assertExecutionProviderAvailable } from "./execution-provider.js";
 import { OnnxModel, type ModelClock, type SessionSettings } from "./onnx-model.js";
@@ -14,14 +14,19 @@ import { OnnxModel, type ModelClock, type SessionSettings } from "./onnx-model.j
  * mapped and faulted in afresh on every loop iteration.
  */
 export const DEFAULT_ATTENTION_BLOCK_BYTES = 16 * 2 ** 20;
-const CHUNKED_ATTENTION_COMPONENTS: ReadonlySet<ComponentName> = new Set(["vae_encoder", "vae_decoder"]);
+const CHUNKED_ATTENTION_COMPONENTS: ReadonlySet<AnyComponentName> = new Set(["vae_encoder", "vae_decoder"]);
 /**
  * Components whose sessions keep onnxruntime's CPU memory arena: the transformer runs the same
  * shapes every step, so its arena is reused; every other session gives its memory back after each
  * run, so that a process holds the transformer's arena plus one other stage at a time, not the sum
  * of every session's peak (test/bench/memory/RESULTS.md).
  */
-const CPU_ARENA_COMPONENTS: ReadonlySet<ComponentName> = new Set(["transformer"]);
+const CPU_ARENA_COMPONENTS: ReadonlySet<AnyComponentName> = new Set([
+  "transformer",
+  "transformer_head",
+  "transformer_body",
+  "transformer_tail",
+]);
 
 /**
  * FRAMEFARM_SESSION_WORKERS: "1" runs each session on a worker thread of its own
@@ -37,7 +42,7 @@ export function sessionWorkersFromEnv(ep: string, env: NodeJS.ProcessEnv = proce
 }
 
 export class ModelRuntime {
-  private readonly sessions = new Map<ComponentName, Promise<OnnxModel>>();
+  private readonly sessions = new Map<AnyComponentName, Promise<OnnxModel>>();
   /** Time spent inside onnxruntime by every session of this runtime. */
   readonly clock: ModelClock = { ms: 0 };
 
@@ -48,7 +53,7 @@ export class ModelRuntime {
     assertExecutionProviderAvailable(settings.ep);
   }
 
-  model(name: ComponentName): Promise<OnnxModel> {
+  model(name: AnyComponentName): Promise<OnnxModel> {
     let pending = this.sessions.get(name);
     if (pending === undefined) {
       pending = this.load(name);
@@ -65,7 +70,7 @@ export class ModelRuntime {
    * 640x640) runs in blocks of query rows, bit-identically, so a decode stays under 2 GB; and only
    * the transformer keeps a memory arena (CPU_ARENA_COMPONENTS).
    */
-  settingsFor(name: ComponentName): SessionSettings {
+  settingsFor(name: AnyComponentName): SessionSettings {
     const worker =
       this.settings.sessionWorker === undefined ? { sessionWorker: sessionWorkersFromEnv(this.settings.ep) } : {};
     if (this.settings.ep !== "cpu") return { ...worker, ...this.settings };
@@ -76,9 +81,10 @@ export class ModelRuntime {
     return { cpuMemArena: CPU_ARENA_COMPONENTS.has(name), ...worker, ...this.settings, ...chunked };
   }
 
-  private async load(name: ComponentName): Promise<OnnxModel> {
-    const model = await OnnxModel.load(name, this.bundle.componentPath(name), this.settingsFor(name), this.clock);
-    const expected = this.bundle.manifest.components[name].inputs;
+  private async load(name: AnyComponentName): Promise<OnnxModel> {
+    const path = this.bundle.componentPath(name);
+    const model = await OnnxModel.load(name, path, this.settingsFor(name), this.clock);
+    const expected = this.bundle.manifest.components[name]?.inputs ?? [];
     const missing = expected.filter((n) => !model.inputNames.includes(n));
     if (missing.length > 0) {
       await model.release();

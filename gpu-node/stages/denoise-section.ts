@@ -9,6 +9,7 @@ import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { UniPCOptions } from "../../shared/job/section-sampling.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
 import { denoiseSectionUniPC } from "./denoise-unipc.js";
+import { transformerCall } from "./teacache.js";
 
 export interface TextConditioning {
   embeds: F32;
@@ -40,6 +41,8 @@ export interface DenoiseInput {
   schedule: FlowMatchSchedule;
   /** lllyasviel's sampler (--sampler unipc) instead of FlowMatch Euler; see denoise-unipc.ts. */
   unipc?: UniPCOptions;
+  /** --cache teacache: lllyasviel's TeaCache over the split transformer (teacache.ts). */
+  teacache?: { threshold: number };
 }
 
 export interface DenoiseObserver {
@@ -47,6 +50,8 @@ export interface DenoiseObserver {
   onStep?(step: number, total: number): void;
   /** Step 0's transformer inputs and its first (positive prompt) output, for parity checks. */
   onFirstStep?(inputs: Record<string, Tensor>, output: F32): void;
+  /** With TeaCache, after the section: per transformer call, 1 if the blocks ran, 0 if skipped. */
+  onCache?(computed: readonly number[]): void;
   /** Lets a caller stop between steps (cancellation). */
   signal?: AbortSignal;
 }
@@ -70,10 +75,10 @@ export async function denoiseSection(
 ): Promise<F32> {
   // --sampler unipc: lllyasviel's sampler, its own loop (denoise-unipc.ts).
   if (input.unipc !== undefined) return denoiseSectionUniPC(runtime, input, input.unipc, observer);
-  const model = await runtime.model("transformer");
   const { schedule } = input;
   const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));
   const steps = schedule.timesteps.length;
+  const { call, cache } = await transformerCall(runtime, steps, input.teacache);
   let latents = input.noise;
 
   for (let i = 0; i < steps; i++) {
@@ -81,14 +86,15 @@ export async function denoiseSection(
     const timestep = scalar(schedule.timesteps[i]!);
     const withText = (t: TextConditioning) => transformerFeeds(input, latents, timestep, guidance, t);
     const feeds = withText(input.prompt);
-    let noisePred = (await model.run(feeds)).noise_pred!;
+    let noisePred = await call(feeds);
     if (i === 0) observer.onFirstStep?.(feeds, noisePred);
     if (input.negative !== undefined) {
-      const negPred = (await model.run(withText(input.negative))).noise_pred!;
+      const negPred = await call(withText(input.negative));
       noisePred = trueCfg(noisePred, negPred, input.trueCfgScale);
     }
     latents = eulerStep(latents, noisePred, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);
     observer.onStep?.(i + 1, steps);
   }
+  if (cache !== undefined) observer.onCache?.(cache.computed);
   return latents;
 }

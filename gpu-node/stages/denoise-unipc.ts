@@ -10,6 +10,7 @@ import type { UniPCOptions } from "../../shared/job/section-sampling.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { DenoiseInput, DenoiseObserver, TextConditioning } from "./denoise-section.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
+import { transformerCall } from "./teacache.js";
 
 export async function denoiseSectionUniPC(
   runtime: Pick<ModelRuntime, "model">,
@@ -17,24 +18,25 @@ export async function denoiseSectionUniPC(
   options: UniPCOptions,
   observer: DenoiseObserver = {},
 ): Promise<F32> {
-  const model = await runtime.model("transformer");
   const { schedule } = input;
   // torch.tensor([distilled_guidance_scale * 1000.0]): the product in float64, then float32.
   const guidance = scalar(Math.fround(input.guidanceScale * 1000));
   const steps = schedule.sigmas.length - 1;
+  const { call, cache } = await transformerCall(runtime, steps, input.teacache);
   const denoised = async (x: F32, sigma: number, step: number): Promise<F32> => {
     const timestep = scalar(Math.fround(sigma * 1000));
     const feeds = (t: TextConditioning) => transformerFeeds(input, x, timestep, guidance, t);
     const posFeeds = feeds(input.prompt);
-    const pos = (await model.run(posFeeds)).noise_pred!;
+    const pos = await call(posFeeds);
     if (step === 0) observer.onFirstStep?.(posFeeds, pos);
     let pred = pos;
-    if (input.negative !== undefined)
-      pred = cfgCombine(pos, (await model.run(feeds(input.negative))).noise_pred!, input.trueCfgScale);
+    if (input.negative !== undefined) pred = cfgCombine(pos, await call(feeds(input.negative)), input.trueCfgScale);
     return flowToDenoised(x, rescaleNoiseCfg(pred, pos, options.cfgRescale), sigma);
   };
-  return sampleUniPC(denoised, input.noise, schedule.sigmas, options.variant, {
+  const latents = await sampleUniPC(denoised, input.noise, schedule.sigmas, options.variant, {
     onStep: (i) => observer.onStep?.(i + 1, steps),
     ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
   });
+  if (cache !== undefined) observer.onCache?.(cache.computed);
+  return latents;
 }

@@ -12,7 +12,7 @@ import { appendSection, sectionInputs, type History } from "../../shared/framepa
 import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { planeConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
-import type { RenderParams } from "../../shared/job/render-params.js";
+import { DEFAULT_CACHE_THRESHOLD, type RenderParams } from "../../shared/job/render-params.js";
 import { sectionSampling } from "../../shared/job/section-sampling.js";
 import { denoiseSection, type TextConditioning } from "./denoise-section.js";
 import { decodeVideo, toVaeLatents } from "./decode-latents.js";
@@ -36,7 +36,7 @@ export interface SectionStepInput {
   negative?: TextConditioning;
   imageEmbeds: F32;
   params: Pick<RenderParams, "steps" | "guidanceScale" | "trueCfgScale"> &
-    Partial<Pick<RenderParams, "sampler" | "unipcVariant" | "cfgRescale">>;
+    Partial<Pick<RenderParams, "sampler" | "unipcVariant" | "cfgRescale" | "cache" | "cacheThreshold">>;
 }
 
 export interface SectionStepObserver {
@@ -44,6 +44,8 @@ export interface SectionStepObserver {
   onStep?(step: number, steps: number): void;
   probe?: Probe;
   signal?: AbortSignal;
+  /** With --cache teacache, after the section: per transformer call, 1 if its blocks ran, 0 if skipped. */
+  onCache?(computed: readonly number[]): void;
 }
 
 export interface SectionStepResult {
@@ -88,6 +90,9 @@ export async function runSectionStep(
       guidanceScale: input.params.guidanceScale,
       schedule,
       ...(unipc !== undefined ? { unipc } : {}),
+      ...(input.params.cache === "teacache"
+        ? { teacache: { threshold: input.params.cacheThreshold ?? DEFAULT_CACHE_THRESHOLD } }
+        : {}),
     },
     {
       ...(observer.onStep !== undefined ? { onStep: observer.onStep } : {}),
@@ -100,6 +105,10 @@ export async function runSectionStep(
           }
         : {}),
       ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
+      onCache: (computed: readonly number[]) => {
+        probe?.(`section${k}.teacache_computed`, new Tensor("float32", [computed.length], Float32Array.from(computed)));
+        observer.onCache?.(computed);
+      },
     },
   );
   probe?.(`section${k}.latents`, latents);

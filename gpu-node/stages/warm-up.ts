@@ -6,10 +6,10 @@
  * nothing a job reads or writes is touched, so outputs do not change.
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
-import type { ComponentName, SamplingType } from "../../shared/bundle/manifest.js";
+import type { AnyComponentName, ComponentName, SamplingType } from "../../shared/bundle/manifest.js";
 import type { StageKind } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import type { SamplerName } from "../../shared/job/render-params.js";
+import type { CacheName, SamplerName } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { initialHistory, sectionInputs } from "../../shared/framepack/history.js";
 import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
@@ -30,6 +30,8 @@ export interface WarmUpJob {
   hasEndImage: boolean;
   /** unipc plans sections as the demo does (another section count, so other decode lengths). */
   sampler?: SamplerName;
+  /** teacache runs the split transformer (head, body, tail) in place of the single graph. */
+  cache?: CacheName;
 }
 
 /** The models each stage kind runs (mux runs none). */
@@ -51,9 +53,9 @@ export interface WarmUpResult {
   /** Wall time of the whole warm-up. */
   ms: number;
   /** Wall time per model, summed over its runs. */
-  components: Partial<Record<ComponentName, number>>;
+  components: Partial<Record<AnyComponentName, number>>;
   /** Runs per model (one per distinct input shape set). */
-  runs: Partial<Record<ComponentName, number>>;
+  runs: Partial<Record<AnyComponentName, number>>;
 }
 
 export function warmUpJobOf(spec: JobSpec): WarmUpJob {
@@ -66,6 +68,7 @@ export function warmUpJobOf(spec: JobSpec): WarmUpJob {
     numFrames: p.numFrames,
     hasEndImage: p.hasEndImage,
     ...(p.sampler !== undefined ? { sampler: p.sampler } : {}),
+    ...(p.cache === "teacache" ? { cache: p.cache } : {}),
   };
 }
 
@@ -132,11 +135,11 @@ export async function warmUp(
   const started = performance.now();
   const list = Array.isArray(jobs) ? (jobs as readonly WarmUpJob[]) : [jobs as WarmUpJob];
   const m = runtime.bundle.manifest;
-  const wanted = new Set(options.components ?? (Object.keys(m.components) as ComponentName[]));
+  const wanted = new Set<AnyComponentName>(options.components ?? (Object.keys(m.components) as AnyComponentName[]));
   const result: WarmUpResult = { ms: 0, components: {}, runs: {} };
   const done = new Set<string>();
   /** Runs fn unless this component already ran at this key, timing it under the component. */
-  const once = async <T>(name: ComponentName, key: string, fn: () => Promise<T>): Promise<T | undefined> => {
+  const once = async <T>(name: AnyComponentName, key: string, fn: () => Promise<T>): Promise<T | undefined> => {
     if (!wanted.has(name) || done.has(`${name} ${key}`)) return undefined;
     done.add(`${name} ${key}`);
     const t0 = performance.now();
@@ -184,7 +187,19 @@ export async function warmUp(
     for (const section of plan.sections) {
       const context = sectionInputs(plan, section, history, imageLatents, lastImageLatents);
       const feeds = transformerFeeds({ imageEmbeds, context }, noise, scalar(1000), scalar(10000), prompt);
-      await once("transformer", shapeKey(feeds), async () => (await runtime.model("transformer")).run(feeds));
+      if (job.cache === "teacache" && m.components.transformer_head !== undefined) {
+        // TeaCache's three graphs at the job's shapes: a computed step (head, body) and a skipped one (tail).
+        const key = shapeKey(feeds);
+        const head = await once("transformer_head", key, async () =>
+          (await runtime.model("transformer_head")).run(feeds),
+        );
+        if (head === undefined) continue;
+        // The feeds exactly as TeaCache gives them (teacache.ts).
+        const body = { ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! };
+        await once("transformer_body", key, async () => (await runtime.model("transformer_body")).run(body));
+        const tail = { ...feeds, hidden_out: head["hidden_in"]! };
+        await once("transformer_tail", key, async () => (await runtime.model("transformer_tail")).run(tail));
+      } else await once("transformer", shapeKey(feeds), async () => (await runtime.model("transformer")).run(feeds));
     }
 
     if (wanted.has("vae_decoder")) {

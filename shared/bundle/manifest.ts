@@ -44,12 +44,29 @@ export const COMPONENT_IO: Record<ComponentName, { inputs: readonly string[]; ou
 };
 export const COMPONENT_NAMES = Object.keys(COMPONENT_IO) as ComponentName[];
 
+/**
+ * The transformer cut in three for TeaCache (--cache teacache; gpu-node/export
+ * framefarm_export/teacache_split.py), optional: a bundle without them renders without the cache.
+ * Their inputs are the named ones plus whichever transformer inputs the part reads.
+ */
+export type SplitComponentName = "transformer_head" | "transformer_body" | "transformer_tail";
+export const SPLIT_COMPONENT_IO: Record<SplitComponentName, { inputs: readonly string[]; outputs: readonly string[] }> =
+  {
+    transformer_head: { inputs: [], outputs: ["hidden_in", "encoder_in", "modulated_input"] },
+    transformer_body: { inputs: ["hidden_in", "encoder_in"], outputs: ["noise_pred", "residual"] },
+    transformer_tail: { inputs: ["hidden_out"], outputs: ["noise_pred"] },
+  };
+export const SPLIT_COMPONENT_NAMES = Object.keys(SPLIT_COMPONENT_IO) as SplitComponentName[];
+export type AnyComponentName = ComponentName | SplitComponentName;
+
 export interface ComponentEntry {
   file: string;
   external_data: string | null;
   inputs: string[];
   outputs: string[];
   sha256?: string;
+  /** transformer_head only: the dtype its modulated_input was computed in before the cast to float32 (fp32 if absent). */
+  modulated_dtype?: "fp32" | "fp16" | "bf16";
   /** vae_decoder only: the most latent frames one call may take (temporal tiles are at most this long). */
   max_latent_frames?: number;
 }
@@ -80,7 +97,7 @@ export interface BundleManifest {
   source: { pipeline: string; transformer: string | null; image_encoder: string | null };
   dtype: "fp32" | "fp16" | "bf16";
   sampling_type: SamplingType;
-  components: Record<ComponentName, ComponentEntry>;
+  components: Record<ComponentName, ComponentEntry> & Partial<Record<SplitComponentName, ComponentEntry>>;
   text_encoder: {
     tokenizer: string;
     tokenizer_config: string;
@@ -204,26 +221,49 @@ class Checker {
   }
 }
 
-function checkComponent(c: Checker, raw: unknown, name: ComponentName): ComponentEntry {
+/** A split part's inputs: its own named ones and transformer inputs, each once; its outputs exactly. */
+function checkSplitIO(c: Checker, o: Record<string, unknown>, name: SplitComponentName, path: string): string[] {
+  const io = SPLIT_COMPONENT_IO[name];
+  const got = o["inputs"];
+  const allowed = new Set([...io.inputs, ...COMPONENT_IO.transformer.inputs]);
+  if (
+    !Array.isArray(got) ||
+    !got.every((n) => typeof n === "string" && allowed.has(n)) ||
+    new Set(got).size !== got.length ||
+    io.inputs.some((n) => !got.includes(n))
+  ) {
+    c.problems.push(
+      `${path}.inputs: expected ${JSON.stringify(io.inputs)} and transformer inputs, got ${JSON.stringify(got)}`,
+    );
+    return [...io.inputs];
+  }
+  return got as string[];
+}
+
+function checkComponent(c: Checker, raw: unknown, name: AnyComponentName): ComponentEntry {
   const path = `components.${name}`;
   const o = c.obj(raw, path);
   const file = c.relPath(o, "file", path);
   const external =
     o["external_data"] === null || o["external_data"] === undefined ? null : c.relPath(o, "external_data", path);
-  const io = COMPONENT_IO[name];
-  for (const side of ["inputs", "outputs"] as const) {
+  const split = name in SPLIT_COMPONENT_IO;
+  const io = split ? SPLIT_COMPONENT_IO[name as SplitComponentName] : COMPONENT_IO[name as ComponentName];
+  for (const side of split ? (["outputs"] as const) : (["inputs", "outputs"] as const)) {
     const got = o[side];
     const want = io[side];
     if (!Array.isArray(got) || got.length !== want.length || want.some((n, i) => got[i] !== n)) {
       c.problems.push(`${path}.${side}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
     }
   }
-  const entry: ComponentEntry = { file, external_data: external, inputs: [...io.inputs], outputs: [...io.outputs] };
+  const inputs = split ? checkSplitIO(c, o, name as SplitComponentName, path) : [...io.inputs];
+  const entry: ComponentEntry = { file, external_data: external, inputs, outputs: [...io.outputs] };
   if (typeof o["sha256"] === "string") {
     if (!/^[0-9a-f]{64}$/.test(o["sha256"])) c.problems.push(`${path}.sha256: expected 64 lowercase hex digits`);
     entry.sha256 = o["sha256"];
   }
   if (name === "vae_decoder") entry.max_latent_frames = c.posInt(o, "max_latent_frames", path);
+  if (name === "transformer_head" && o["modulated_dtype"] !== undefined)
+    entry.modulated_dtype = c.oneOf(o, "modulated_dtype", path, ["fp32", "fp16", "bf16"] as const);
   return entry;
 }
 
@@ -277,8 +317,15 @@ export function validateManifest(raw: unknown, where = MANIFEST_FILE): BundleMan
   c.oneOf(m, "sampling_type", "manifest", SAMPLING_TYPES);
 
   const comps = c.obj(m["components"], "components");
-  const components = {} as Record<ComponentName, ComponentEntry>;
+  const components = {} as BundleManifest["components"];
   for (const name of COMPONENT_NAMES) components[name] = checkComponent(c, comps[name], name);
+  const splitPresent = SPLIT_COMPONENT_NAMES.filter((n) => comps[n] !== undefined);
+  if (splitPresent.length > 0 && splitPresent.length < SPLIT_COMPONENT_NAMES.length) {
+    c.problems.push(
+      `components: ${SPLIT_COMPONENT_NAMES.filter((n) => comps[n] === undefined).join(", ")} missing beside ${splitPresent.join(", ")} (the split transformer is all three or none)`,
+    );
+  }
+  for (const name of splitPresent) components[name] = checkComponent(c, comps[name], name);
 
   const te = c.obj(m["text_encoder"], "text_encoder");
   c.relPath(te, "tokenizer", "text_encoder");

@@ -2,7 +2,7 @@
  * What every stage task of a job needs to know besides its own inputs: the validated render
  * parameters and the render size, in a JSON form that travels in queue messages and job records.
  */
-import type { RenderParams } from "./render-params.js";
+import { DEFAULT_CACHE_THRESHOLD, type RenderParams } from "./render-params.js";
 import type { VideoFormatName } from "./recipe.js";
 
 /** What the mux writes: the video's format, and every frame as a PNG too or not. */
@@ -43,6 +43,8 @@ const LATER_DEFAULTS = {
   sampler: "flow_match_euler",
   unipcVariant: "bh1",
   cfgRescale: 0,
+  cache: "none",
+  cacheThreshold: DEFAULT_CACHE_THRESHOLD,
   promptSegments: null,
   sectionPrompts: null,
   promptBlendSections: 0,

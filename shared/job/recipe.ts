@@ -50,6 +50,8 @@ export interface Recipe {
   section_prompts: string[] | null;
   prompt_blend_sections: number;
   cache: string;
+  /** TeaCache's threshold; present only when `cache` is teacache (older recipes never have it). */
+  cache_threshold?: number;
   steps: number;
   guidance_scale: number;
   true_cfg_scale: number;
@@ -107,6 +109,7 @@ export function makeRecipe(src: RecipeSource): Recipe {
     section_prompts: p.sectionPrompts,
     prompt_blend_sections: p.promptBlendSections,
     cache: paramName(p, "cache", DEFAULT_CACHE),
+    ...(p.cache === "teacache" ? { cache_threshold: p.cacheThreshold } : {}),
     steps: p.steps,
     guidance_scale: p.guidanceScale,
     true_cfg_scale: p.trueCfgScale,
@@ -129,11 +132,11 @@ const bad = (message: string): FarmError => new FarmError("INVALID_ARGUMENT", `r
 
 type Json = Record<string, unknown>;
 
-function object(v: unknown, path: string, keys: readonly string[]): Json {
+function object(v: unknown, path: string, keys: readonly string[], optional: readonly string[] = []): Json {
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw bad(`${path} must be an object`);
   const o = v as Json;
   for (const k of Object.keys(o))
-    if (!keys.includes(k))
+    if (!keys.includes(k) && !optional.includes(k))
       throw bad(
         `unknown field ${path === "" ? k : `${path}.${k}`} (this framefarm reads recipe version ${RECIPE_VERSION})`,
       );
@@ -218,7 +221,7 @@ export function parseRecipe(text: string): Recipe {
     throw bad(
       `version ${JSON.stringify(top["version"])} is not supported: this framefarm reads version ${RECIPE_VERSION}`,
     );
-  const o = object(raw, "", TOP_KEYS);
+  const o = object(raw, "", TOP_KEYS, ["cache_threshold"]);
   const bundle = object(o["bundle"], "bundle", ["name", "digest"]);
   const images = object(o["images"], "images", ["start_sha256", "end_sha256"]);
   const video = object(o["video"], "video", ["format", "crf", "lossless"]);
@@ -256,6 +259,7 @@ export function parseRecipe(text: string): Recipe {
     section_prompts: sectionPromptsOf(o["section_prompts"]),
     prompt_blend_sections: num(o, "prompt_blend_sections", "", true),
     cache: str(o, "cache"),
+    ...(o["cache_threshold"] !== undefined ? { cache_threshold: num(o, "cache_threshold") } : {}),
     steps: num(o, "steps", "", true),
     guidance_scale: num(o, "guidance_scale"),
     true_cfg_scale: num(o, "true_cfg_scale"),

@@ -13,6 +13,11 @@ import { parseTimedPrompt, type PromptSegment } from "./timed-prompts.js";
  * section count and frame conversion); see README "Sampling as lllyasviel's demo does".
  */
 export type SamplerName = "flow_match_euler" | "unipc";
+/** A step cache: none, or lllyasviel's TeaCache (gpu-node/stages/teacache.ts). */
+export type CacheName = "none" | "teacache";
+export const CACHES: readonly CacheName[] = ["none", "teacache"];
+/** lllyasviel's initialize_teacache default rel_l1_thresh. */
+export const DEFAULT_CACHE_THRESHOLD = 0.15;
 export const SAMPLERS: readonly SamplerName[] = ["flow_match_euler", "unipc"];
 
 /** Upper bounds that keep one job from monopolising the farm; generous for real use. */
@@ -55,6 +60,10 @@ export interface RenderParams {
   unipcVariant: UniPCVariant;
   /** fm_wrapper's CFG rescale (unipc only; 0 is off). */
   cfgRescale: number;
+  /** --cache: skip transformer blocks on steps whose input barely changed (teacache) or not (none). */
+  cache: CacheName;
+  /** TeaCache's rel_l1_thresh, in (0, 1]; 0.15 unless given. */
+  cacheThreshold: number;
   /** A timed prompt ("[0s: ...] [2s: ...]") read against the video's length; null for a plain prompt. */
   promptSegments: PromptSegment[] | null;
   /** One prompt per section in video-time order (instead of `prompt`); null when not given. */
@@ -84,6 +93,8 @@ export interface RenderParamsInput {
   sampler?: unknown;
   unipcVariant?: unknown;
   cfgRescale?: unknown;
+  cache?: unknown;
+  cacheThreshold?: unknown;
   sectionPrompts?: unknown;
   promptBlendSections?: unknown;
 }
@@ -187,6 +198,25 @@ export function parseUnipcVariant(v: unknown, sampler: SamplerName): UniPCVarian
   return t as UniPCVariant;
 }
 
+/** The step cache by name (none, teacache); absent or empty, none. */
+export function parseCache(v: unknown): CacheName {
+  if (v === undefined || v === null || v === "") return "none";
+  const t = typeof v === "string" ? v.toLowerCase() : undefined;
+  if (t === undefined || !CACHES.includes(t as CacheName))
+    throw bad(`cache must be none or teacache (lllyasviel's TeaCache), got ${show(v)}`);
+  return t as CacheName;
+}
+
+/** TeaCache's threshold: a number in (0, 1], only with --cache teacache; absent, 0.15. */
+export function parseCacheThreshold(v: unknown, cache: CacheName): number {
+  if (v === undefined || v === null) return DEFAULT_CACHE_THRESHOLD;
+  if (cache !== "teacache") throw bad("a cache threshold needs --cache teacache");
+  const n = typeof v === "string" && v.trim() !== "" ? Number(v) : v;
+  if (typeof n !== "number" || !Number.isFinite(n) || n <= 0 || n > 1)
+    throw bad(`cache threshold must be greater than 0 and at most 1, got ${show(v)}`);
+  return n;
+}
+
 /** One prompt per section, in video-time order; null when none are given. */
 export function parseSectionPrompts(v: unknown): string[] | null {
   if (v === undefined || v === null) return null;
@@ -247,6 +277,8 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
   const cfgRescale = numIn("cfg rescale", input.cfgRescale ?? 0, 0, 1);
   if (cfgRescale !== 0 && sampler !== "unipc")
     throw bad("cfg rescale needs --sampler unipc (diffusers' FramePack pipeline has none)");
+  const cache = parseCache(input.cache);
+  const cacheThreshold = parseCacheThreshold(input.cacheThreshold, cache);
   const promptBlendSections = intIn(
     "prompt blend sections",
     input.promptBlendSections ?? 0,
@@ -275,6 +307,8 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     sampler,
     unipcVariant,
     cfgRescale,
+    cache,
+    cacheThreshold,
     promptSegments,
     sectionPrompts,
     promptBlendSections,

@@ -331,6 +331,31 @@ const rows: Row[] = [
     code: status.INVALID_ARGUMENT,
     message: /cfg rescale must be between 0 and 1, got 2/,
   },
+  // TeaCache (--cache teacache): the name and threshold, checked with the same code as the CLI's.
+  {
+    name: "unknown step cache",
+    call: () => submit({ settings: settings({ cache: "fbcache" }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cache must be none or teacache .*got "fbcache"/,
+  },
+  {
+    name: "TeaCache threshold of 0",
+    call: () => submit({ settings: settings({ cache: "teacache", cacheThreshold: 0 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cache threshold must be greater than 0 and at most 1, got 0/,
+  },
+  {
+    name: "TeaCache threshold above 1",
+    call: () => submit({ settings: settings({ cache: "teacache", cacheThreshold: 1.5 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cache threshold must be greater than 0 and at most 1, got 1.5/,
+  },
+  {
+    name: "cache threshold without TeaCache",
+    call: () => submit({ settings: settings({ cacheThreshold: 0.1 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /cache threshold needs --cache teacache/,
+  },
   {
     name: "timed prompt past the end",
     call: () => submit({ settings: settings({ prompt: "[0s: a] [1s: b]" }) }),

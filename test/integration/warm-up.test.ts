@@ -86,6 +86,40 @@ for (const [name, input] of Object.entries(CASES)) {
   });
 }
 
+test("warm-up of a TeaCache job runs the split transformer's three graphs as its render does, not the single one", async () => {
+  // Threshold 1: the middle calls of each section reuse the residual (tail), the first and last compute.
+  const params = validateRenderParams(
+    {
+      prompt: "a cat",
+      steps: 4,
+      latentWindowSize: 3,
+      height: H,
+      width: W,
+      numFrames: 30,
+      sampler: "unipc",
+      cache: "teacache",
+      cacheThreshold: 1,
+    },
+    { samplingType: "inverted_anti_drifting", latentWindowSize: 9 },
+  );
+  const pixels = Tensor.zeros([1, 3, H, W]);
+  calls.clear();
+  await renderJob(models, { params, firstPixels: pixels, lastPixels: null });
+  const rendered = new Set(calls);
+  calls.clear();
+  const job: WarmUpJob = { height: H, width: W, ...params };
+  const r = await warmUp(models.runtime, models.tokenizers, job, { spatialTiling: false });
+  // The head crops the text tokens to the prompt's (as the single graph does inside), so the
+  // body's encoder_in is as long as the prompt: warm-up runs the body at its one-token prompt.
+  const anyText = (s: Set<string>) =>
+    sorted(s).map((c) => c.replace(/encoder_in:float32\[1,\d+,/, "encoder_in:float32[1,*,"));
+  assert.deepEqual(anyText(calls), anyText(rendered));
+  assert.deepEqual(
+    [r.runs.transformer, r.runs.transformer_head, r.runs.transformer_body, r.runs.transformer_tail],
+    [undefined, 1, 1, 1],
+  );
+});
+
 test("decoder tile shapes, spatial tiling included, are the ones a tiled decode runs", async () => {
   const vae = models.runtime.bundle.manifest.vae;
   // Small spatial tiles (4 latents every 3) so the tiny size is tiled both ways.

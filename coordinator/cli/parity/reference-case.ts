@@ -35,6 +35,8 @@ const PARAM_KEYS = [
   "sampler",
   "unipc_variant",
   "cfg_rescale",
+  "cache",
+  "cache_threshold",
   "section_prompts",
   "prompt_blend_sections",
 ] as const;
@@ -123,6 +125,8 @@ export async function loadReferenceCase(
     ...(json["sampler"] !== undefined ? { sampler: json["sampler"] } : {}),
     ...(json["unipc_variant"] !== undefined ? { unipcVariant: json["unipc_variant"] } : {}),
     ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
+    ...(json["cache"] !== undefined ? { cache: json["cache"] } : {}),
+    ...(json["cache_threshold"] !== undefined ? { cacheThreshold: json["cache_threshold"] } : {}),
     ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
     ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
   };
@@ -161,6 +165,8 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       width: Number(p.width),
       lossless: true,
       ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
+      ...(typeof p.cache === "string" ? { cache: p.cache } : {}),
+      ...(p.cacheThreshold !== undefined ? { cacheThreshold: Number(p.cacheThreshold) } : {}),
       ...(p.unipcVariant !== undefined || p.cfgRescale !== undefined
         ? {
             unipc: {

@@ -1,6 +1,6 @@
 """python -m framefarm_export --src PIPELINE --out BUNDLE [--transformer DIR] [--image-encoder DIR]
                               [--dtype fp32|fp16|bf16] [--sampling-type inverted_anti_drifting|vanilla]
-                              [--attention plain|fused] [--transformer-dtype fp32|fp16|bf16]"""
+                              [--attention plain|fused] [--transformer-dtype fp32|fp16|bf16] [--teacache-graphs]"""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def parse_args(argv=None):
     p.add_argument("--attention", choices=["plain", "fused"], default="plain",
                    help="transformer attention: plain MatMul/Softmax (any provider) or fused com.microsoft.MultiHeadAttention "
                         "(onnxruntime CPU and WebGPU; WebGPU runs it as flash attention)")
+    p.add_argument("--teacache-graphs", action="store_true",
+                   help="also write the transformer cut into transformer_head/body/tail.onnx for --cache teacache "
+                        "(teacache_split; the body holds a second copy of the blocks' weights)")
     p.add_argument("--max-sequence-length", type=int, default=256, help="Llama tokens after the template crop (the pipeline's default)")
     p.add_argument("--external-data-min-mb", type=float, default=1024,
                    help="components with at least this many MB of weights get a .onnx.data file (default 1024; 0 = all)")
@@ -85,6 +88,11 @@ def main(argv=None) -> int:
 
         print(f"graph passes: {rewrite_bundle_graphs(args.out)}", flush=True)
     write_manifest(args.out, src, args, args.dtype, sampling, externals, versions, max_latent_frames, args.transformer_dtype or args.dtype)
+    if args.teacache_graphs:
+        from .teacache_split import write as write_split
+
+        print("splitting the transformer for TeaCache ...", flush=True)
+        write_split(args.out)
     # verify adds its rows to this file.
     with open(os.path.join(args.out, REPORT), "w", encoding="utf-8") as f:
         json.dump({"created_by": versions, "export": exported}, f, indent=1)

@@ -9,6 +9,16 @@ have, in the reference's form (<name>.json, images, <name>.safetensors of every 
     k_diffusion/uni_pc_fm.py, fm_wrapper's CFG and rescale) and soft_append_bcthw, with the section
     loop, generator use and frame conversion of demo_gradio.py / demo_gradio_f1.py written out
     below line for line (the demos cannot be imported: they start a gradio app and download models).
+  * --cache teacache ("cache": "teacache" cases): lllyasviel's own transformer class
+    (diffusers_helper/models/hunyuan_video_packed.py HunyuanVideoTransformer3DModelPacked, whose
+    forward holds the TeaCache) with the tiny transformer's weights (its keys are the same), so the
+    cache's decisions and reused residuals are his code's; initialize_teacache(enable_teacache=True,
+    num_steps=steps, rel_l1_thresh=cache_threshold) before each section as the demos do. Each
+    section's `section<k>.teacache_computed` records, per transformer call, 1 if the blocks ran and
+    0 if the cached residual was reused. Adapted to the tiny model, visibly: its clean-latent
+    embedder's convolutions take the VAE's 4 channels (the class hard-codes 16), torch 1.13's
+    LayerNorm gets the attribute the class's patched forward reads, and einops' one rearrange in
+    the forward is done with reshape/permute when einops is missing.
   * prompts that change over time (timed or per-section prompts, blended): diffusers'
     HunyuanVideoFramepackPipeline section loop written out below, with each section's text
     embeddings replaced as framefarm's README specifies; the FlowMatch Euler sampler is diffusers'
@@ -60,6 +70,13 @@ CASES = [
     {"name": "unipc_inverted_six_sections_rescale", "sampler": "unipc", "sampling_type": "inverted_anti_drifting", "seed": 2,
      "num_frames": 72, "steps": 3, "guidance_scale": 6.0, "true_cfg_scale": 3.0, "negative_prompt": "blurry", "cfg_rescale": 0.7,
      "latent_window_size": 3, "images_from": "inverted_3sec", "prompt": "A penguin dancing in the snow"},
+    {"name": "teacache_unipc_vanilla", "sampler": "unipc", "cache": "teacache", "cache_threshold": 0.15, "sampling_type": "vanilla",
+     "seed": 21, "num_frames": 30, "steps": 8, "guidance_scale": 10.0, "latent_window_size": 5, "images_from": "vanilla_3sec",
+     "prompt": "A girl dances gracefully, with clear movements, full of charm."},
+    {"name": "teacache_unipc_inverted_cfg", "sampler": "unipc", "cache": "teacache", "cache_threshold": 0.2,
+     "sampling_type": "inverted_anti_drifting", "seed": 23, "num_frames": 40, "steps": 6, "guidance_scale": 10.0, "true_cfg_scale": 2.0,
+     "negative_prompt": "blurry", "latent_window_size": 5, "images_from": "inverted_endframe_2sec", "end_image": True,
+     "prompt": "The man talks on the phone, then walks to the window."},
     {"name": "timed_prompts_inverted_blend", "sampling_type": "inverted_anti_drifting", "seed": 11, "num_frames": 45, "steps": 3,
      "guidance_scale": 10.0, "latent_window_size": 3, "images_from": "inverted_3sec", "prompt_blend_sections": 1,
      "prompt": "[0s: A penguin dancing in the snow] [0.8s: A girl dances gracefully, with clear movements, full of charm.]"},
@@ -95,6 +112,67 @@ def load_models(tiny):
 
     sched_cfg = json.load(open(os.path.join(tiny, "scheduler", "scheduler_config.json")))
     return build(T, "transformer"), build(V, "vae"), S, sched_cfg
+
+
+def load_packed(tiny, framepack):
+    """lllyasviel's HunyuanVideoTransformer3DModelPacked with the tiny transformer's config and weights."""
+    import types
+
+    for n in ("flash_sdp_enabled", "math_sdp_enabled", "mem_efficient_sdp_enabled", "cudnn_sdp_enabled"):
+        if not hasattr(torch.backends.cuda, n):  # torch 1.13: the module asks at import
+            setattr(torch.backends.cuda, n, lambda: False)
+    sys.path.insert(0, os.path.abspath(framepack))
+
+    def imports():
+        import diffusers_helper.models.hunyuan_video_packed as hvp
+        return hvp
+
+    hvp = torch_compat.import_with_stubs(imports)
+    if getattr(hvp.einops, "__file__", None) is None:  # torch_compat's stub: einops is not installed
+        def rearrange(x, pattern, **d):
+            if pattern != "b (t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)":
+                raise NotImplementedError(pattern)
+            b, _, k = x.shape
+            t, h, w, pt, ph, pw = d["t"], d["h"], d["w"], d["pt"], d["ph"], d["pw"]
+            c = k // (pt * ph * pw)
+            x = x.reshape(b, t, h, w, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+            return x.reshape(b, c, t * pt, h * ph, w * pw)
+
+        hvp.einops = types.SimpleNamespace(rearrange=rearrange)
+    from safetensors.torch import load_file
+
+    cfg = json.load(open(os.path.join(tiny, "transformer", "config.json")))
+    kw = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "image_condition_type"}
+    m = hvp.HunyuanVideoTransformer3DModelPacked(**kw)
+    ce = m.clean_x_embedder
+    for n in ("proj", "proj_2x", "proj_4x"):
+        old = getattr(ce, n)
+        setattr(ce, n, torch.nn.Conv3d(cfg["in_channels"], old.out_channels, kernel_size=old.kernel_size, stride=old.stride))
+    for mod in m.modules():
+        if isinstance(getattr(mod, "dim", None), torch.Size) and not hasattr(mod, "normalized_shape"):
+            mod.normalized_shape = tuple(mod.dim)
+    m.load_state_dict(load_file(os.path.join(tiny, "transformer", "diffusion_pytorch_model.safetensors")), strict=True)
+    return m.eval().float()
+
+
+class PackedRecorder(torch.nn.Module):
+    """lllyasviel's packed transformer as sample_hunyuan calls it; reports each call's inputs under
+    diffusers' names, its output and whether its blocks ran (TeaCache)."""
+
+    def __init__(self, packed, on_call):
+        super().__init__()
+        self.inner, self.on_call, self.block_calls = packed, on_call, 0
+        packed.transformer_blocks[0].register_forward_hook(lambda *a: setattr(self, "block_calls", self.block_calls + 1))
+
+    def forward(self, hidden_states, timestep, return_dict=False, **kw):
+        feeds = {"hidden_states": hidden_states, "timestep": timestep}
+        for k, v in kw.items():
+            k = DiffusersTransformerAsPacked.RENAME.get(k, k)
+            feeds[k] = v[0] if k.startswith("indices_") and v.dim() == 2 else v
+        before = self.block_calls
+        out = self.inner(hidden_states, timestep, return_dict=False, **kw)
+        self.on_call(feeds, out[0], self.block_calls > before)
+        return out
 
 
 def load_framepack(framepack):
@@ -320,7 +398,7 @@ class DiffusersTransformerAsPacked(torch.nn.Module):
 
 def run_demo(case, models, fp, inputs, rec):
     transformer, vae, _, _ = models
-    khy, soft_append_bcthw = fp
+    khy, soft_append_bcthw = fp[:2]
     meta, src = inputs.tensors[case["images_from"]]
     inverted = case["sampling_type"] == "inverted_anti_drifting"
     latent_window_size = case.get("latent_window_size", 9)
@@ -350,15 +428,19 @@ def run_demo(case, models, fp, inputs, rec):
         llama_vec_n, llama_attention_mask_n, clip_l_pooler_n = inputs.text(case.get("negative_prompt") or "")
 
     state = {"section": -1, "first": False}
+    computed = {}
 
-    def on_call(feeds, out):
+    def on_call(feeds, out, ran=True):
+        computed.setdefault(state["section"], []).append(1.0 if ran else 0.0)
         if state["first"]:
             state["first"] = False
             for name, v in feeds.items():
                 rec[f"section{state['section']}.transformer_in.{name}"] = v
             rec[f"section{state['section']}.step0.transformer_out"] = out
 
-    model = DiffusersTransformerAsPacked(transformer, on_call)
+    teacache = case.get("cache") == "teacache"
+    packed = fp[2]() if teacache else None
+    model = PackedRecorder(packed, on_call) if teacache else DiffusersTransformerAsPacked(transformer, on_call)
 
     class TorchWithTinyChannels:
         """sample_hunyuan draws torch.randn((B, 16, T, H, W)); the tiny model has C channels."""
@@ -397,6 +479,8 @@ def run_demo(case, models, fp, inputs, rec):
 
         def sample(section, clean_latents, clean_latent_indices, latent_indices, clean_latents_2x, clean_latent_2x_indices, clean_latents_4x, clean_latent_4x_indices):
             state["section"], state["first"] = section, True
+            if teacache:  # demo_gradio.py: once per section, before sample_hunyuan
+                packed.initialize_teacache(enable_teacache=True, num_steps=steps, rel_l1_thresh=case["cache_threshold"])
             j = total_latent_sections - 1 - section if inverted else section
             llama_vec, llama_attention_mask, clip_l_pooler = conds[j]
             out = khy.sample_hunyuan(
@@ -410,6 +494,9 @@ def run_demo(case, models, fp, inputs, rec):
                 clean_latents_4x=clean_latents_4x, clean_latent_4x_indices=clean_latent_4x_indices,
             )
             rec[f"section{section}.latents"] = out
+            if teacache:
+                rec[f"section{section}.teacache_computed"] = torch.tensor(computed[section], dtype=torch.float32)
+                print(f"  section {section}: blocks ran on calls {computed[section]}", flush=True)
             return out
 
         if inverted:  # demo_gradio.py
@@ -497,7 +584,8 @@ def save_case(case, rec, inputs, out_dir, names):
     j = {k: v for k, v in case.items() if k not in ("images_from", "end_image")}
     j.update({"height": int(src["image_pixels0"].shape[2]), "width": int(src["image_pixels0"].shape[3]),
               "first_image": first, "last_image": last, "frames_shape": list(arrays["frames_uint8"].shape),
-              "reference": ("lllyasviel/FramePack sample_hunyuan + the demo's section loop" if case.get("sampler") == "unipc"
+              "reference": ("lllyasviel/FramePack sample_hunyuan, his packed transformer's TeaCache + the demo's section loop" if case.get("cache") == "teacache"
+                            else "lllyasviel/FramePack sample_hunyuan + the demo's section loop" if case.get("sampler") == "unipc"
                             else "diffusers' FramePack section loop with per-section text embeddings")
               + f" (framefarm_export.lllyasviel_cases, torch {torch.__version__}); encoder outputs from {case['images_from']} and the public cases",
               "generator": "torch.Generator('cpu').manual_seed(seed)"})
@@ -537,7 +625,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     models = load_models(a.tiny)
-    fp = load_framepack(a.framepack)
+    fp = load_framepack(a.framepack) + (lambda: load_packed(a.tiny, a.framepack),)
     inputs = Inputs(a.inputs)
     os.makedirs(a.out, exist_ok=True)
     with torch.no_grad():

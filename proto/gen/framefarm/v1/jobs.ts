@@ -319,7 +319,19 @@ export interface RenderSettings {
   /** Field numbers 17 to 19 belong to sampling and prompts. */
   sampler?: Sampler | undefined;
   unipc?: UnipcOptions | undefined;
-  promptSchedule?: PromptSchedule | undefined;
+  promptSchedule?:
+    | PromptSchedule
+    | undefined;
+  /**
+   * Step cache: "teacache" skips the transformer's blocks on steps whose first-block input barely
+   * changed, as lllyasviel's FramePack TeaCache (needs a bundle with the split transformer graphs);
+   * empty or "none" computes every step. Any other name is INVALID_ARGUMENT.
+   */
+  cache?:
+    | string
+    | undefined;
+  /** TeaCache's rel_l1_thresh in (0, 1], 0.15 unless given (only with cache "teacache"). */
+  cacheThreshold?: number | undefined;
 }
 
 export interface SubmitJobRequest {
@@ -768,6 +780,8 @@ function createBaseRenderSettings(): RenderSettings {
     sampler: undefined,
     unipc: undefined,
     promptSchedule: undefined,
+    cache: undefined,
+    cacheThreshold: undefined,
   };
 }
 
@@ -840,6 +854,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.promptSchedule !== undefined) {
       PromptSchedule.encode(message.promptSchedule, writer.uint32(154).fork()).join();
+    }
+    if (message.cache !== undefined) {
+      writer.uint32(178).string(message.cache);
+    }
+    if (message.cacheThreshold !== undefined) {
+      writer.uint32(185).double(message.cacheThreshold);
     }
     return writer;
   },
@@ -1025,6 +1045,22 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.promptSchedule = PromptSchedule.decode(reader, reader.uint32());
             continue;
           }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.cache = reader.string();
+            continue;
+          }
+          case 23: {
+            if (tag !== 185) {
+              break;
+            }
+
+            message.cacheThreshold = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1088,6 +1124,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
         ? PromptSchedule.fromJSON(object.promptSchedule)
         : isSet(object.prompt_schedule)
         ? PromptSchedule.fromJSON(object.prompt_schedule)
+        : undefined,
+      cache: isSet(object.cache) ? globalThis.String(object.cache) : undefined,
+      cacheThreshold: isSet(object.cacheThreshold)
+        ? globalThis.Number(object.cacheThreshold)
+        : isSet(object.cache_threshold)
+        ? globalThis.Number(object.cache_threshold)
         : undefined,
     };
   },
@@ -1156,6 +1198,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.promptSchedule !== undefined) {
       obj.promptSchedule = PromptSchedule.toJSON(message.promptSchedule);
     }
+    if (message.cache !== undefined) {
+      obj.cache = message.cache;
+    }
+    if (message.cacheThreshold !== undefined) {
+      obj.cacheThreshold = floatToJson(message.cacheThreshold);
+    }
     return obj;
   },
 
@@ -1201,6 +1249,8 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.promptSchedule = (object.promptSchedule !== undefined && object.promptSchedule !== null)
       ? PromptSchedule.fromPartial(object.promptSchedule)
       : undefined;
+    message.cache = object.cache ?? undefined;
+    message.cacheThreshold = object.cacheThreshold ?? undefined;
     return message;
   },
 };

@@ -1,0 +1,144 @@
+/**
+ * TeaCache (--cache teacache) as lllyasviel's FramePack does it
+ * (diffusers_helper/models/hunyuan_video_packed.py, initialize_teacache and forward): per
+ * transformer call, the first block's modulated input (norm1 of the packed hidden states with
+ * temb) is compared with the previous call's; the polynomial-rescaled relative L1 change is
+ * accumulated, and while the sum stays under the threshold the blocks are skipped: the previous
+ * computed call's residual (hidden after the last block minus hidden before the first) is added to
+ * the hidden states and only norm_out and proj_out run. The first and last calls of a section
+ * (cnt 0 and num_steps - 1) always compute. Like his, the state counts transformer calls, not
+ * sampler steps: under true CFG the negative prompt's call advances it too.
+ *
+ * The single transformer graph cannot stop half-way, so the bundle carries it cut in three
+ * (framefarm_export.teacache_split): transformer_head (embeddings -> hidden_in, encoder_in,
+ * modulated_input), transformer_body (the blocks, norm_out, proj_out -> noise_pred, residual) and
+ * transformer_tail (norm_out, proj_out of hidden_out -> noise_pred).
+ */
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import type { Feed } from "../runtime/onnx-model.js";
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../../shared/tensor/half.js";
+import type { ModelRuntime } from "../runtime/model-runtime.js";
+
+/** np.poly1d's coefficients, highest power first (initialize_teacache's teacache_rescale_func). */
+export const TEACACHE_COEFFICIENTS = [7.33226126e2, -4.01131952e2, 6.75869174e1, -3.149878, 9.61237896e-2] as const;
+/** lllyasviel's default rel_l1_thresh ("0.1 for 1.6x speedup, 0.15 for 2.1x speedup"). */
+export const DEFAULT_TEACACHE_THRESHOLD = 0.15;
+
+export function teacacheRescale(x: number): number {
+  let y = 0;
+  for (const c of TEACACHE_COEFFICIENTS) y = y * x + c;
+  return y;
+}
+
+export type ComputeDtype = "fp32" | "fp16" | "bf16";
+
+/** Rounds a number to the transformer's compute dtype, as torch stores a result in it. */
+export function roundTo(dtype: ComputeDtype): (x: number) => number {
+  if (dtype === "bf16") return (x) => bf16BitsToF32(f32ToBf16Bits(Math.fround(x)));
+  if (dtype === "fp16") return (x) => f16BitsToF32(f32ToF16Bits(Math.fround(x)));
+  return Math.fround;
+}
+
+/**
+ * `((a - b).abs().mean() / b.abs().mean()).item()` in the modulated input's dtype: the difference,
+ * each mean and the quotient rounded to it (torch accumulates the means in float32; here in
+ * float64, then rounded).
+ */
+export function relativeL1(current: F32, previous: F32, dtype: ComputeDtype = "fp32"): number {
+  const round = roundTo(dtype);
+  let diff = 0;
+  let norm = 0;
+  const a = current.data;
+  const b = previous.data;
+  for (let i = 0; i < a.length; i++) {
+    const p = b[i]!;
+    diff += Math.abs(round(a[i]! - p));
+    norm += Math.abs(p);
+  }
+  return round(round(diff / a.length) / round(norm / a.length));
+}
+
+/** hidden + residual, each sum rounded to float32 as torch adds. */
+function addF32(a: F32, b: F32): F32 {
+  if (a.numel !== b.numel)
+    throw new Error(`TeaCache: hidden states of ${a.numel} values, cached residual of ${b.numel}`);
+  const out = new Float32Array(a.numel);
+  for (let i = 0; i < out.length; i++) out[i] = a.data[i]! + b.data[i]!;
+  return new Tensor("float32", a.shape, out);
+}
+
+export interface TeaCacheCall {
+  noisePred: F32;
+  /** Whether the blocks ran (false: the cached residual was reused). */
+  computed: boolean;
+}
+
+/** One section's TeaCache state (initialize_teacache is called before every section). */
+export class TeaCache {
+  private cnt = 0;
+  private accumulated = 0;
+  private previousModulated: F32 | undefined;
+  private previousResidual: F32 | undefined;
+  /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
+  readonly computed: number[] = [];
+
+  constructor(
+    private readonly runtime: Pick<ModelRuntime, "model">,
+    readonly threshold: number,
+    /** num_steps: the section's sampling steps. */
+    readonly numSteps: number,
+    /** The dtype the transformer computes the modulated input in (the head's manifest entry). */
+    readonly dtype: ComputeDtype = "fp32",
+  ) {}
+
+  /** One transformer call with the transformer's feeds. */
+  async run(feeds: Record<string, Feed>): Promise<TeaCacheCall> {
+    const head = await this.runtime.model("transformer_head");
+    const headOut = await head.run(feeds);
+    const hiddenIn = headOut["hidden_in"]!;
+    const modulated = headOut["modulated_input"]!;
+    let shouldCalc: boolean;
+    if (this.cnt === 0 || this.cnt === this.numSteps - 1 || this.previousModulated === undefined) {
+      shouldCalc = true;
+      this.accumulated = 0;
+    } else {
+      this.accumulated += teacacheRescale(relativeL1(modulated, this.previousModulated, this.dtype));
+      shouldCalc = this.accumulated >= this.threshold;
+      if (shouldCalc) this.accumulated = 0;
+    }
+    this.previousModulated = modulated;
+    this.cnt += 1;
+    if (this.cnt === this.numSteps) this.cnt = 0;
+    // Never reached without a residual: call 0 always computes.
+    if (!shouldCalc && this.previousResidual !== undefined) {
+      const tail = await this.runtime.model("transformer_tail");
+      const hiddenOut = addF32(hiddenIn, this.previousResidual);
+      const out = await tail.run({ ...feeds, hidden_out: hiddenOut });
+      this.computed.push(0);
+      return { noisePred: out["noise_pred"]!, computed: false };
+    }
+    const body = await this.runtime.model("transformer_body");
+    const out = await body.run({ ...feeds, hidden_in: hiddenIn, encoder_in: headOut["encoder_in"]! });
+    this.previousResidual = out["residual"]!;
+    this.computed.push(1);
+    return { noisePred: out["noise_pred"]!, computed: true };
+  }
+}
+
+/**
+ * The transformer call of one section's sampling loop: the single graph, or TeaCache over the
+ * split graphs when `teacache` is given (then `cache` holds the section's decisions).
+ */
+export async function transformerCall(
+  runtime: Pick<ModelRuntime, "model"> & { bundle?: Pick<ModelRuntime["bundle"], "manifest"> },
+  steps: number,
+  teacache: { threshold: number } | undefined,
+): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: TeaCache }> {
+  if (teacache === undefined) {
+    const model = await runtime.model("transformer");
+    return { call: async (feeds) => (await model.run(feeds)).noise_pred! };
+  }
+  const dtype = runtime.bundle?.manifest.components.transformer_head?.modulated_dtype ?? "fp32";
+  const cache = new TeaCache(runtime, teacache.threshold, steps, dtype);
+  return { call: async (feeds) => (await cache.run(feeds)).noisePred, cache };
+}

@@ -1,0 +1,148 @@
+/**
+ * Step-cache benchmark: the same job rendered without a cache and with TeaCache (--cache
+ * teacache), on one bundle and execution provider, printing per section how many transformer
+ * calls ran the blocks and the section's denoise wall time, and how far the cached render's
+ * latents and frames are from the uncached one's. Results: test/bench/step-cache/RESULTS.md.
+ *
+ *   node dist/test/bench/step-cache/main.js [--bundle DIR] [--ep cpu] [--steps 25] [--seconds 2]
+ *     [--height 64] [--width 64] [--threshold 0.15] [--sampler unipc] [--mode vanilla] [--reps 3]
+ *
+ * Each configuration renders --reps times after one untimed warm-up; a section's time is the
+ * median over the reps of the wall time from its noise to its denoised latents (the decode is
+ * the same either way and is left out).
+ */
+import os from "node:os";
+import { parseArgs } from "node:util";
+import { openNodeModels } from "../../../gpu-node/main.js";
+import { renderJob } from "../../../gpu-node/stages/render-job.js";
+import { pixelsFor, readImageFile } from "../../../coordinator/cli/embedded/inputs.js";
+import { defaultBundleDir } from "../../../coordinator/cli/defaults.js";
+import { validateRenderParams, type RenderParamsInput } from "../../../shared/job/render-params.js";
+import { relL2 } from "../../../shared/tensor/ops.js";
+import type { F32, Tensor } from "../../../shared/tensor/tensor.js";
+import { repoRoot } from "../../support/paths.js";
+import path from "node:path";
+
+const { values } = parseArgs({
+  options: {
+    bundle: { type: "string" },
+    ep: { type: "string" },
+    steps: { type: "string" },
+    seconds: { type: "string" },
+    height: { type: "string" },
+    width: { type: "string" },
+    threshold: { type: "string" },
+    sampler: { type: "string" },
+    mode: { type: "string" },
+    reps: { type: "string" },
+    image: { type: "string" },
+  },
+});
+const ep = values.ep ?? "cpu";
+const reps = Number(values.reps ?? 3);
+const imagePath = values.image ?? path.join(repoRoot(), "test", "fixtures", "images", "demo.png");
+
+interface Run {
+  computed: number[][];
+  sectionMs: number[];
+  latents: F32[];
+  frames: Tensor<"uint8">;
+}
+
+const models = await openNodeModels(values.bundle ?? defaultBundleDir(), ep);
+try {
+  const manifest = models.runtime.bundle.manifest;
+  const base: RenderParamsInput = {
+    prompt: "A lighthouse on a cliff, waves crashing, seagulls circling",
+    seconds: Number(values.seconds ?? 2),
+    steps: Number(values.steps ?? 25),
+    height: Number(values.height ?? 64),
+    width: Number(values.width ?? 64),
+    sampler: values.sampler ?? "unipc",
+    samplingType: values.mode ?? "vanilla",
+    seed: "31337",
+  };
+  const render = async (cache: RenderParamsInput): Promise<Run> => {
+    const params = validateRenderParams(
+      { ...base, ...cache },
+      {
+        samplingType: manifest.sampling_type,
+        latentWindowSize: manifest.framepack.default_latent_window_size,
+      },
+    );
+    const image = await readImageFile(imagePath, "image");
+    const first = await pixelsFor(image, { height: Number(base.height), width: Number(base.width) });
+    const run: Run = { computed: [], sectionMs: [], latents: [], frames: undefined as unknown as Tensor<"uint8"> };
+    const started: number[] = [];
+    run.frames = await renderJob(
+      models,
+      { params, firstPixels: first, lastPixels: null },
+      {
+        probe: (name, t) => {
+          const m = /^section(\d+)\.(noise|latents|teacache_computed)$/.exec(name);
+          if (m === null) return;
+          const k = Number(m[1]);
+          if (m[2] === "noise") started[k] = performance.now();
+          else if (m[2] === "latents") {
+            run.sectionMs[k] = performance.now() - started[k]!;
+            run.latents[k] = t as F32;
+          } else run.computed[k] = Array.from(t.data as Float32Array);
+        },
+      },
+    );
+    return run;
+  };
+  const configs: [string, RenderParamsInput][] = [
+    ["none", { cache: "none" }],
+    [`teacache ${values.threshold ?? 0.15}`, { cache: "teacache", cacheThreshold: Number(values.threshold ?? 0.15) }],
+  ];
+  const results = new Map<string, Run[]>();
+  for (const [label, cache] of configs) {
+    await render(cache); // warm-up: sessions loaded, arenas grown
+    const runs: Run[] = [];
+    for (let r = 0; r < reps; r++) runs.push(await render(cache));
+    results.set(label, runs);
+  }
+  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const cpu = os.cpus();
+  console.log(
+    `machine: ${cpu[0]?.model ?? "unknown CPU"} x${cpu.length}, ${os.platform()} ${os.arch()}, node ${process.version}; ep ${ep}`,
+  );
+  console.log(
+    `job: ${base.seconds} s, ${base.height}x${base.width}, ${base.steps} steps, sampler ${base.sampler}, mode ${base.samplingType}, bundle ${values.bundle ?? "tiny"}; median of ${reps} renders after a warm-up`,
+  );
+  const plain = results.get("none")![0]!;
+  console.log("| cache | section | blocks ran (calls) | denoise ms (median) | speed-up | latents relL2 vs none |");
+  console.log("|---|---|---|---|---|---|");
+  for (const [label] of configs) {
+    const runs = results.get(label)!;
+    const first = runs[0]!;
+    let total = 0;
+    let plainTotal = 0;
+    for (let k = 0; k < first.sectionMs.length; k++) {
+      const ms = median(runs.map((r) => r.sectionMs[k]!));
+      const plainMs = median(results.get("none")!.map((r) => r.sectionMs[k]!));
+      total += ms;
+      plainTotal += plainMs;
+      const calls = first.computed[k];
+      const ran =
+        calls === undefined ? `${base.steps}/${base.steps}` : `${calls.filter((c) => c === 1).length}/${calls.length}`;
+      console.log(
+        `| ${label} | ${k} | ${ran} | ${ms.toFixed(1)} | ${(plainMs / ms).toFixed(2)}x | ${relL2(first.latents[k]!, plain.latents[k]!).toExponential(2)} |`,
+      );
+    }
+    console.log(`| ${label} | all | | ${total.toFixed(1)} | ${(plainTotal / total).toFixed(2)}x | |`);
+  }
+  const a = results.get(configs[1]![0])![0]!.frames.data;
+  const b = plain.frames.data;
+  let maxd = 0;
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i]! - b[i]!);
+    maxd = Math.max(maxd, d);
+    sum += d;
+  }
+  console.log(`frames, teacache vs none: max|d| ${maxd}, mean|d| ${(sum / a.length).toFixed(3)} (uint8)`);
+} finally {
+  await models.close();
+}

@@ -1,0 +1,298 @@
+/**
+ * TeaCache (--cache teacache): the split transformer graphs against the single graph, the cache's
+ * arithmetic against lllyasviel's, and the job options. The whole cache against lllyasviel's own
+ * code (which steps it skips, the latents and frames) is the reference case
+ * test/fixtures/reference-cases/teacache_unipc_vanilla (test/parity/reference-cases.test.ts).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import { promisify } from "node:util";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { openBundle } from "../../gpu-node/runtime/bundle.js";
+import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
+import type { Feed } from "../../gpu-node/runtime/onnx-model.js";
+import { TeaCache, relativeL1, roundTo, teacacheRescale } from "../../gpu-node/stages/teacache.js";
+import { OnnxModel } from "../../gpu-node/runtime/onnx-model.js";
+import { RENDER_OPTIONS, renderSettingsFrom } from "../../coordinator/cli/job-request.js";
+import { renderParamsInputOf, settingsOf } from "../../coordinator/api/job-mapping.js";
+import { validateManifest } from "../../shared/bundle/manifest.js";
+import { FarmError } from "../../shared/errors.js";
+import { validateRenderParams, type RenderParamsInput } from "../../shared/job/render-params.js";
+import { makeRecipe, parseRecipe, recipeText } from "../../shared/job/recipe.js";
+import { recipeParamsInput } from "../../coordinator/api/recipe-request.js";
+import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
+
+const CASE = path.join(repoRoot(), "test", "fixtures", "reference-cases", "teacache_unipc_vanilla.safetensors");
+
+function relL2(a: F32, b: F32): number {
+  let d = 0;
+  let n = 0;
+  for (let i = 0; i < b.numel; i++) {
+    d += (a.data[i]! - b.data[i]!) ** 2;
+    n += b.data[i]! ** 2;
+  }
+  return Math.sqrt(d / n);
+}
+
+async function stepInputs(section: number): Promise<Record<string, Feed>> {
+  const t = decodeSafetensors(await readFile(CASE)).tensors;
+  const prefix = `section${section}.transformer_in.`;
+  const feeds: Record<string, Feed> = {};
+  for (const [k, v] of t) if (k.startsWith(prefix)) feeds[k.slice(prefix.length)] = v as Feed;
+  // The reference stores the mask as int64; the runtime feeds it as float32 (transformer-feeds.ts).
+  const mask = feeds["encoder_attention_mask"]!;
+  feeds["encoder_attention_mask"] = new Tensor("float32", mask.shape, Float32Array.from(mask.data, Number));
+  return feeds;
+}
+
+test("the rescale polynomial is initialize_teacache's np.poly1d", () => {
+  // np.poly1d([7.33226126e+02, -4.01131952e+02, 6.75869174e+01, -3.14987800e+00, 9.61237896e-02])(x)
+  for (const [x, want] of [
+    [0, 0.0961237896],
+    [0.01, 0.07098990164925999],
+    [0.05, 0.0620383523875],
+    [0.1, 0.1291958242],
+    [0.3, 0.34255187220000066],
+  ] as const)
+    assert.ok(Math.abs(teacacheRescale(x) - want) < 1e-12, `${x}: ${teacacheRescale(x)} vs ${want}`);
+  const a = new Tensor("float32", [4], Float32Array.of(1, -2, 3, -4));
+  const b = new Tensor("float32", [4], Float32Array.of(1, -1, 2, -4));
+  assert.equal(relativeL1(a, b), 2 / 8);
+  // In a half-precision transformer torch rounds the difference, the means and the quotient.
+  assert.equal(roundTo("bf16")(1 + 2 ** -9), 1);
+  assert.equal(roundTo("fp16")(1 + 2 ** -9), 1 + 2 ** -9);
+  assert.equal(roundTo("fp16")(1 + 3 * 2 ** -12), 1 + 2 ** -10);
+  const c = new Tensor("float32", [2], Float32Array.of(1.5, 3));
+  const d = new Tensor("float32", [2], Float32Array.of(1, 2.9));
+  // |diff| = 0.5, 0.1 (0.0999755859375 in fp16, 0.10009765625 in bf16); means 0.3.., 1.95
+  assert.equal(relativeL1(c, d, "fp16"), roundTo("fp16")(roundTo("fp16")((0.5 + 0.0999755859375) / 2) / 1.9501953125));
+  assert.notEqual(relativeL1(c, d, "bf16"), relativeL1(c, d, "fp32"));
+});
+
+test("head + body and head + tail give the single transformer graph's noise_pred", async () => {
+  const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu" });
+  try {
+    for (const section of [0, 1]) {
+      const feeds = await stepInputs(section);
+      const single = (await (await runtime.model("transformer")).run(feeds)).noise_pred!;
+      const head = await (await runtime.model("transformer_head")).run(feeds);
+      assert.deepEqual(head["hidden_in"]!.shape.length, 3);
+      assert.deepEqual(head["modulated_input"]!.shape, head["hidden_in"]!.shape);
+      const body = await (
+        await runtime.model("transformer_body")
+      ).run({ ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! });
+      assert.deepEqual(body["noise_pred"]!.shape, single.shape);
+      const split = relL2(body["noise_pred"]!, single);
+      assert.ok(split <= 1e-6, `section ${section}: split vs single relL2 ${split}`);
+      // A skipped step with this very residual: hidden_in + residual through the tail.
+      const hidden = head["hidden_in"]!;
+      const out = new Float32Array(hidden.numel);
+      for (let i = 0; i < out.length; i++) out[i] = hidden.data[i]! + body["residual"]!.data[i]!;
+      const tail = await (
+        await runtime.model("transformer_tail")
+      ).run({ ...feeds, hidden_out: new Tensor("float32", hidden.shape, out) });
+      const reused = relL2(tail["noise_pred"]!, single);
+      assert.ok(reused <= 1e-5, `section ${section}: tail of hidden_in + residual vs single relL2 ${reused}`);
+    }
+  } finally {
+    await runtime.close();
+  }
+});
+
+test("TeaCache computes the first and last calls, skips while the change stays under the threshold", async () => {
+  const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu" });
+  try {
+    const feeds = await stepInputs(0);
+    const single = (await (await runtime.model("transformer")).run(feeds)).noise_pred!;
+    // The same input four times: no change, so the middle calls reuse the residual.
+    const cache = new TeaCache(runtime, 0.15, 4);
+    for (let i = 0; i < 4; i++) {
+      const { noisePred } = await cache.run(feeds);
+      assert.ok(relL2(noisePred, single) <= 1e-5, `call ${i}`);
+    }
+    // The rescale of a zero change is 0.096: the third call's sum (0.192) passes 0.15 and computes.
+    assert.deepEqual(cache.computed, [1, 0, 1, 1]);
+    const everyCall = new TeaCache(runtime, 0.05, 4);
+    for (let i = 0; i < 4; i++) await everyCall.run(feeds);
+    assert.deepEqual(everyCall.computed, [1, 1, 1, 1]);
+  } finally {
+    await runtime.close();
+  }
+});
+
+test("a bundle names all three split graphs or none, each with its own inputs", async () => {
+  const manifest = JSON.parse(await readFile(path.join(tinyBundleDir(), "framefarm-bundle.json"), "utf8")) as Record<
+    string,
+    Record<string, unknown>
+  >;
+  assert.deepEqual(validateManifest(manifest, "tiny").components.transformer_body?.outputs, ["noise_pred", "residual"]);
+  const without = structuredClone(manifest);
+  delete without["components"]!["transformer_tail"];
+  assert.throws(
+    () => validateManifest(without, "x"),
+    (e: unknown) => e instanceof FarmError && /transformer_tail missing/.test(e.message),
+  );
+  const badInputs = structuredClone(manifest);
+  (badInputs["components"]!["transformer_body"] as { inputs: string[] }).inputs = ["hidden_in", "surprise"];
+  assert.throws(
+    () => validateManifest(badInputs, "x"),
+    (e: unknown) => e instanceof FarmError && /transformer_body\.inputs/.test(e.message),
+  );
+  const none = structuredClone(manifest);
+  for (const n of ["transformer_head", "transformer_body", "transformer_tail"]) delete none["components"]![n];
+  assert.equal(validateManifest(none, "x").components.transformer_head, undefined);
+});
+
+test("--cache teacache and --cache-threshold: parsed, validated, mapped and carried", () => {
+  const defaults = { samplingType: "vanilla" as const, latentWindowSize: 9 };
+  const base: RenderParamsInput = { prompt: "a cat", seconds: 1 };
+  const p = validateRenderParams({ ...base, cache: "teacache" }, defaults);
+  assert.deepEqual([p.cache, p.cacheThreshold], ["teacache", 0.15]);
+  assert.deepEqual(
+    [validateRenderParams(base, defaults).cache, validateRenderParams({ ...base, cache: "none" }, defaults).cache],
+    ["none", "none"],
+  );
+  const rejects = (input: RenderParamsInput, re: RegExp) =>
+    assert.throws(
+      () => validateRenderParams({ ...base, ...input }, defaults),
+      (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && re.test(e.message),
+      String(re),
+    );
+  rejects({ cache: "fbcache" }, /cache must be none or teacache.*"fbcache"/);
+  for (const t of [0, -0.1, 1.5, Number.NaN, "x"])
+    rejects({ cache: "teacache", cacheThreshold: t }, /cache threshold must be greater than 0 and at most 1/);
+  rejects({ cacheThreshold: 0.1 }, /cache threshold needs --cache teacache/);
+  assert.equal(validateRenderParams({ ...base, cache: "teacache", cacheThreshold: 1 }, defaults).cacheThreshold, 1);
+
+  const settings = renderSettingsFrom(
+    parseArgs({
+      args: ["--cache", "teacache", "--cache-threshold", "0.1"],
+      options: RENDER_OPTIONS,
+      strict: true,
+      allowPositionals: false,
+    }).values,
+  );
+  assert.deepEqual([settings.cache, settings.cacheThreshold], ["teacache", 0.1]);
+  const input = renderParamsInputOf(settings, false);
+  assert.deepEqual([input.cache, input.cacheThreshold], ["teacache", 0.1]);
+  const params = validateRenderParams({ ...input, prompt: "a", seconds: 1 }, defaults);
+  const { seed, size: _size, ...rest } = params;
+  const back = settingsOf({
+    spec: { jobId: "j", params: { ...rest, seed: seed.toString() }, height: 64, width: 64 },
+  } as unknown as Parameters<typeof settingsOf>[0]);
+  assert.deepEqual([back.cache, back.cacheThreshold], ["teacache", 0.1]);
+
+  // The recipe names the cache and, for teacache only, its threshold; a recipe renders with both.
+  const recipe = (q: typeof params) =>
+    makeRecipe({
+      params: q,
+      size: { height: 64, width: 64 },
+      format: "mp4",
+      images: { start: Uint8Array.of(1), end: null },
+      bundle: { name: "tiny", digest: `sha256:${"a".repeat(64)}` },
+      framefarmVersion: "0.1.0",
+    });
+  const r = parseRecipe(recipeText(recipe(params)));
+  assert.deepEqual([r.cache, r.cache_threshold], ["teacache", 0.1]);
+  assert.deepEqual(recipeParamsInput(r), { cache: "teacache", cacheThreshold: 0.1 });
+  const plainRecipe = parseRecipe(recipeText(recipe(validateRenderParams(base, defaults))));
+  assert.deepEqual([plainRecipe.cache, "cache_threshold" in plainRecipe], ["none", false]);
+});
+
+test("teacache_split (Debian's python3-onnx) makes the tiny bundle's split graphs and manifest byte for byte", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-split-"));
+  try {
+    await cp(tinyBundleDir(), dir, { recursive: true });
+    const env = { ...process.env, PYTHONPATH: path.join(repoRoot(), "gpu-node/export") };
+    const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
+    await promisify(execFile)(python, ["-m", "framefarm_export.teacache_split", "--bundle", dir], { env });
+    for (const f of [
+      "transformer_head.onnx",
+      "transformer_body.onnx",
+      "transformer_tail.onnx",
+      "framefarm-bundle.json",
+    ])
+      assert.ok(
+        Buffer.compare(await readFile(path.join(dir, f)), await readFile(path.join(tinyBundleDir(), f))) === 0,
+        `${f} differs from the committed one`,
+      );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a float16 transformer's split graphs pass float32 between them, exactly", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-split16-"));
+  try {
+    const env = { ...process.env, PYTHONPATH: path.join(repoRoot(), "gpu-node/export") };
+    const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
+    const script = path.join(repoRoot(), "test/support/teacache_synthetic.py");
+    const { stdout } = await promisify(execFile)(python, [script, dir], { env });
+    assert.equal(stdout.trim(), "fp16", "the head names its modulated input's dtype");
+    const load = (n: string) => OnnxModel.load(n, path.join(dir, `${n}.onnx`), { ep: "cpu" });
+    const wave = (shape: number[]) => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      return new Tensor(
+        "float32",
+        shape,
+        Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.3)),
+      );
+    };
+    const feeds = {
+      hidden_states: wave([1, 4, 8]),
+      latents_clean: wave([1, 2, 8]),
+      encoder_hidden_states: wave([1, 3, 8]),
+      timestep: wave([1, 8]),
+    };
+    const [single, head, body, tail] = await Promise.all(
+      ["transformer", "transformer_head", "transformer_body", "transformer_tail"].map(load),
+    );
+    const want = (await single!.run(feeds)).noise_pred!;
+    const h = await head!.run(feeds);
+    assert.deepEqual(h["modulated_input"]!.shape, [1, 6, 8]);
+    const b = await body!.run({ ...feeds, hidden_in: h["hidden_in"]!, encoder_in: h["encoder_in"]! });
+    assert.deepEqual(Array.from(b["noise_pred"]!.data), Array.from(want.data), "head + body = single");
+    const sum = Float32Array.from(h["hidden_in"]!.data, (x, i) => x + b["residual"]!.data[i]!);
+    const t = await tail!.run({ ...feeds, hidden_out: new Tensor("float32", h["hidden_in"]!.shape, sum) });
+    assert.deepEqual(Array.from(t["noise_pred"]!.data), Array.from(want.data), "tail of hidden_in + residual = single");
+    for (const m of [single, head, body, tail]) await m!.release();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("render --cache teacache on a bundle without the split graphs is FAILED_PRECONDITION, naming the flag", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-nosplit-"));
+  try {
+    const bundle = path.join(dir, "bundle");
+    await cp(tinyBundleDir(), bundle, { recursive: true });
+    const file = path.join(bundle, "framefarm-bundle.json");
+    const manifest = JSON.parse(await readFile(file, "utf8")) as { components: Record<string, unknown> };
+    for (const n of ["transformer_head", "transformer_body", "transformer_tail"]) delete manifest.components[n];
+    await writeFile(file, JSON.stringify(manifest));
+    const image = path.join(repoRoot(), "test", "fixtures", "images", "demo.png");
+    const args = [cliPath(), "render", "--bundle", bundle, "--image", image, "--prompt", "a", "--frames", "5"];
+    const run = promisify(execFile)(process.execPath, [
+      ...args,
+      "--resolution",
+      "64",
+      "--steps",
+      "2",
+      "--cache",
+      "teacache",
+      "-o",
+      path.join(dir, "v.mp4"),
+    ]);
+    await assert.rejects(run, (e: { stderr?: string }) =>
+      /FAILED_PRECONDITION.*--teacache-graphs/.test(e.stderr ?? ""),
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
