@@ -139,6 +139,7 @@ export class Dispatcher {
   private transition: Promise<void> = Promise.resolve();
   private unsubscribe: (() => void) | undefined;
   private resync: NodeJS.Timeout | undefined;
+  private resyncs = 0;
 
   private constructor(
     private readonly bus: Bus,
@@ -201,10 +202,14 @@ export class Dispatcher {
     this.requestRelease();
   }
 
-  /** Reads again every unfinished job, and any job not seen yet (its note was lost). */
+  /**
+   * Reads again every unfinished job; every sixth time also lists the bucket for jobs not seen yet
+   * (a lost note of a new job; listing reads every key, so not each time).
+   */
   private async resyncAll(): Promise<void> {
-    for (const jobId of await this.kv.keys())
-      if (this.unfinished.has(jobId) || !this.mirrored.has(jobId)) await this.follow(jobId);
+    const listing = this.resyncs++ % 6 === 5;
+    const ids = listing ? await this.kv.keys() : [...this.unfinished.keys()];
+    for (const jobId of ids) if (this.unfinished.has(jobId) || !this.mirrored.has(jobId)) await this.follow(jobId);
   }
 
   /** Starts dispatching: consumes results and resumes every unfinished job from the store. */

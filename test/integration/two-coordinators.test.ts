@@ -102,6 +102,9 @@ async function taskCount(f: FarmProcesses, ids: string[]): Promise<number> {
 test("jobs submitted to the follower complete; the leader SIGKILLed mid-job, the follower takes over", async (t) => {
   const f = farm!;
   assert.equal(await f.leaderIndex(), 0, "the first coordinator started leads");
+  const leaderGauge = async (i: number): Promise<string | undefined> =>
+    /^framefarm_coordinator_leader (\d)$/m.exec(await f.coordinatorMetrics(i))?.[1];
+  assert.deepEqual([await leaderGauge(0), await leaderGauge(1)], ["1", "0"]);
   f.useCoordinator(1);
   const storedBefore = await f.storedTaskMessages();
   const a = await f.submit(request);
@@ -115,6 +118,7 @@ test("jobs submitted to the follower complete; the leader SIGKILLed mid-job, the
   // Within the TTL and a few polls (the follower watches every 400 ms at this TTL).
   assert.ok(takeoverMs < LEASE_TTL_MS + 1500, `took over after ${takeoverMs} ms`);
   t.diagnostic(`the follower took over ${takeoverMs} ms after the leader was killed`);
+  assert.equal(await leaderGauge(1), "1");
   for (const id of [a.id, b.id]) await assertEmbeddedFrames(f, id);
   // Two leaders queueing one attempt would store it twice (the dedup window drops a repeat send).
   assert.equal((await f.storedTaskMessages()) - storedBefore, await taskCount(f, [a.id, b.id]));
@@ -123,6 +127,7 @@ test("jobs submitted to the follower complete; the leader SIGKILLed mid-job, the
   await f.startCoordinator(0);
   await sleep(500);
   assert.equal(await f.leaderIndex(), 1, "the new leader keeps the lease");
+  assert.equal(await leaderGauge(0), "0");
   f.useCoordinator(0);
   const c = await f.submit(request);
   await assertEmbeddedFrames(f, c.id);

@@ -84,7 +84,7 @@ async function killHard(child: ChildProcess | undefined): Promise<void> {
 export class FarmProcesses {
   nats!: LocalServer;
   s3!: LocalServer;
-  private readonly coordinators: ({ child: ChildProcess; tail: string } | undefined)[] = [];
+  private readonly coordinators: ({ child: ChildProcess; tail: string; httpPort: number } | undefined)[] = [];
   private readonly nodes = new Map<string, { child: ChildProcess; stages: string; tail: string }>();
   private nodeCount = 0;
   /** The test's own view: events and queues (NATS) and objects (S3), as an operator has. */
@@ -170,6 +170,13 @@ export class FarmProcesses {
     }
   }
 
+  /** Coordinator i's Prometheus text (/metrics; the farm runs without tokens). */
+  async coordinatorMetrics(i: number): Promise<string> {
+    const c = this.coordinators[i];
+    if (c === undefined) throw new Error(`coordinator ${i} is not running`);
+    return (await fetch(`http://${LOOPBACK}:${c.httpPort}/metrics`)).text();
+  }
+
   /** The last output lines of coordinator i (for a failed run's notes). */
   coordinatorTail(i = 0): string {
     return this.coordinators[i]?.tail ?? "";
@@ -213,9 +220,10 @@ export class FarmProcesses {
       ],
       { stdio: ["ignore", "pipe", "pipe"], env: this.env() },
     );
-    await waitForLine(child, /gRPC listening on/, `coordinator ${i}`);
+    // It prints its dashboard's address right after "gRPC listening on".
+    const m = await waitForLine(child, /dashboard on http:\/\/\S+:(\d+)/, `coordinator ${i}`);
     // Keep reading its output (a full pipe would block it); its last lines are kept.
-    const entry = { child, tail: "" };
+    const entry = { child, tail: "", httpPort: Number(m[1]) };
     const keep = (b: Buffer): void => {
       entry.tail = (entry.tail + b.toString()).slice(-4000);
     };
