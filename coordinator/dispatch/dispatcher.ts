@@ -214,7 +214,7 @@ export class Dispatcher {
 
   /** Starts dispatching: consumes results and resumes every unfinished job from the store. */
   private async lead(options: DispatcherOptions): Promise<void> {
-    if (this.dispatching || !this.leader) return;
+    if (this.dispatching || this.stopped || !this.leader) return;
     this.dispatching = true;
     this.consumer = await this.bus.queues.consume(
       RESULTS_QUEUE,

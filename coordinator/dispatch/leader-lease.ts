@@ -96,6 +96,7 @@ export class LeaderLease {
   }
 
   private async step(): Promise<void> {
+    if (this.stopped) return;
     try {
       if (this.isLeader()) await this.renew();
       else await this.tryAcquire();
