@@ -21,6 +21,7 @@ import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-param
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { NatsBus, streamOf } from "../../shared/bus/nats-bus.js";
+import { DEDUP_WINDOW_MS } from "../../shared/bus/bus.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { startNatsServer, type LocalServer } from "../../coordinator/cli/local-servers.js";
 import { NodeLoop } from "../../gpu-node/worker/node-loop.js";
@@ -122,5 +123,22 @@ test("two dispatchers at once: every task queued once, jobs give the embedded fr
     await b?.stop();
     await busA.close();
     await busB.close();
+  }
+});
+
+test("queues remember dedup ids for an hour; a stream made with the older 2-minute window is raised", async () => {
+  const url = `nats://${nats.host}:${nats.port}`;
+  const nc = await connect({ servers: url });
+  const bus = await NatsBus.connect(url);
+  try {
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name: streamOf("old_queue"), subjects: ["ff.q.old_queue"], duplicate_window: 120e9 });
+    await bus.queues.ensure("old_queue");
+    await bus.queues.ensure("new_queue");
+    for (const q of ["old_queue", "new_queue"])
+      assert.equal((await jsm.streams.info(streamOf(q))).config.duplicate_window, DEDUP_WINDOW_MS * 1e6, q);
+  } finally {
+    await bus.close();
+    await nc.close();
   }
 });
