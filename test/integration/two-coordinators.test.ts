@@ -3,7 +3,8 @@
  * lease and dispatches, the other serves the API. Jobs submitted to the follower complete; with the
  * leader SIGKILLed mid-job the follower takes over within seconds and the jobs complete with the
  * embedded render's frames, every task queued once. The killed one, started again, follows and
- * takes submissions too.
+ * takes submissions too. A leader stalled past its lease (SIGSTOP) is replaced, and on waking
+ * (SIGCONT) finds its lease lapsed and queues nothing more.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -92,6 +93,9 @@ async function assertEmbeddedFrames(f: FarmProcesses, id: string): Promise<void>
   assert.ok(Buffer.from(frames.data).equals(expected), `${id}: frames differ from embedded mode`);
 }
 
+const leaderGauge = async (f: FarmProcesses, i: number): Promise<string | undefined> =>
+  /^framefarm_coordinator_leader (\d)$/m.exec(await f.coordinatorMetrics(i))?.[1];
+
 async function taskCount(f: FarmProcesses, ids: string[]): Promise<number> {
   const kv = await f.bus.kv(JOBS_BUCKET);
   let n = 0;
@@ -102,9 +106,7 @@ async function taskCount(f: FarmProcesses, ids: string[]): Promise<number> {
 test("jobs submitted to the follower complete; the leader SIGKILLed mid-job, the follower takes over", async (t) => {
   const f = farm!;
   assert.equal(await f.leaderIndex(), 0, "the first coordinator started leads");
-  const leaderGauge = async (i: number): Promise<string | undefined> =>
-    /^framefarm_coordinator_leader (\d)$/m.exec(await f.coordinatorMetrics(i))?.[1];
-  assert.deepEqual([await leaderGauge(0), await leaderGauge(1)], ["1", "0"]);
+  assert.deepEqual([await leaderGauge(f, 0), await leaderGauge(f, 1)], ["1", "0"]);
   f.useCoordinator(1);
   const storedBefore = await f.storedTaskMessages();
   const a = await f.submit(request);
@@ -118,7 +120,7 @@ test("jobs submitted to the follower complete; the leader SIGKILLed mid-job, the
   // Within the TTL and a few polls (the follower watches every 400 ms at this TTL).
   assert.ok(takeoverMs < LEASE_TTL_MS + 1500, `took over after ${takeoverMs} ms`);
   t.diagnostic(`the follower took over ${takeoverMs} ms after the leader was killed`);
-  assert.equal(await leaderGauge(1), "1");
+  assert.equal(await leaderGauge(f, 1), "1");
   for (const id of [a.id, b.id]) await assertEmbeddedFrames(f, id);
   // Two leaders queueing one attempt would store it twice (the dedup window drops a repeat send).
   assert.equal((await f.storedTaskMessages()) - storedBefore, await taskCount(f, [a.id, b.id]));
@@ -127,8 +129,35 @@ test("jobs submitted to the follower complete; the leader SIGKILLed mid-job, the
   await f.startCoordinator(0);
   await sleep(500);
   assert.equal(await f.leaderIndex(), 1, "the new leader keeps the lease");
-  assert.equal(await leaderGauge(0), "0");
+  assert.equal(await leaderGauge(f, 0), "0");
   f.useCoordinator(0);
   const c = await f.submit(request);
   await assertEmbeddedFrames(f, c.id);
+});
+
+test("a leader stalled past its lease is replaced; woken, it steps down and queues nothing", async (t) => {
+  const f = farm!;
+  const leader = (await f.leaderIndex())!;
+  const other = 1 - leader;
+  f.useCoordinator(other);
+  const storedBefore = await f.storedTaskMessages();
+  const a = await f.submit(request);
+  await atStep(f, a.id, 1, 3);
+  f.pauseCoordinator(leader, true);
+  const pausedAt = Date.now();
+  try {
+    while ((await f.leaderIndex()) !== other && Date.now() - pausedAt < 4 * LEASE_TTL_MS) await sleep(50);
+    assert.equal(await f.leaderIndex(), other, "the other coordinator took over");
+    t.diagnostic(`took over ${Date.now() - pausedAt} ms after the leader stalled`);
+    // Stalled a while longer, with the new leader dispatching, before it wakes.
+    await sleep(1000);
+  } finally {
+    f.pauseCoordinator(leader, false);
+  }
+  const b = await f.submit(request);
+  await sleep(500);
+  assert.equal(await leaderGauge(f, leader), "0", "the woken coordinator knows it no longer leads");
+  assert.equal(await f.leaderIndex(), other);
+  for (const id of [a.id, b.id]) await assertEmbeddedFrames(f, id);
+  assert.equal((await f.storedTaskMessages()) - storedBefore, await taskCount(f, [a.id, b.id]));
 });

@@ -237,6 +237,11 @@ export class FarmProcesses {
     this.coordinators[i] = undefined;
   }
 
+  /** SIGSTOP (true) or SIGCONT (false) coordinator i: a process stalled past its lease, then waking. */
+  pauseCoordinator(i: number, paused: boolean): void {
+    this.coordinators[i]?.child.kill(paused ? "SIGSTOP" : "SIGCONT");
+  }
+
   /** The first coordinator process's pid (to sample its memory), or undefined while it is down. */
   get coordinatorPid(): number | undefined {
     return this.coordinators[0]?.child.pid;
