@@ -1,7 +1,8 @@
 /**
  * `framefarm cluster`: a whole farm as local processes on loopback: nats-server, an S3 server,
  * the coordinator (in this process) and node processes (one text/image/VAE node plus
- * --denoise-nodes denoise nodes by default). Prints `dashboard on http://HOST:PORT`, then
+ * --denoise-nodes denoise nodes by default; `--coordinators 2` adds a standby coordinator in this process,
+ * with its own gRPC and dashboard ports, that takes over dispatching if the first stops). Prints `dashboard on http://HOST:PORT`, then
  * `gRPC listening on HOST:PORT` once jobs are accepted; SIGINT/SIGTERM stops everything it started.
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -12,7 +13,15 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { FarmError } from "../../shared/errors.js";
 import { LOOPBACK, startNatsServer, startS3Server, type LocalServer } from "./local-servers.js";
-import { DEFAULT_HTTP_PORT, SECURITY_OPTIONS, parsePort, securityOptions, startCoordinator } from "./coordinator.js";
+import {
+  DEFAULT_HTTP_PORT,
+  SECURITY_OPTIONS,
+  leaseOptions,
+  parsePort,
+  securityOptions,
+  startCoordinator,
+  type RunningCoordinator,
+} from "./coordinator.js";
 import { untilSignal, type FarmConnection } from "./farm-options.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
@@ -59,6 +68,8 @@ export async function clusterCommand(args: string[]): Promise<number> {
       bundle: { type: "string" },
       ep: { type: "string" },
       data: { type: "string" },
+      coordinators: { type: "string" },
+      "lease-ttl-ms": { type: "string" },
       ...SECURITY_OPTIONS,
     },
   });
@@ -68,6 +79,9 @@ export async function clusterCommand(args: string[]): Promise<number> {
     throw new FarmError("INVALID_ARGUMENT", `--nodes must be 1..64, got ${values.nodes}`);
   if (!Number.isInteger(denoiseNodes) || denoiseNodes < 0 || denoiseNodes > 64)
     throw new FarmError("INVALID_ARGUMENT", `--denoise-nodes must be 0..64, got ${values["denoise-nodes"]}`);
+  const coordinators = Number(values.coordinators ?? 1);
+  if (coordinators !== 1 && coordinators !== 2)
+    throw new FarmError("INVALID_ARGUMENT", `--coordinators must be 1 or 2, got ${values.coordinators}`);
   const bundle = path.resolve(values.bundle ?? defaultBundleDir());
   const ep = values.ep ?? "cpu";
   const ownData = values.data === undefined;
@@ -104,6 +118,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
       nats: `nats://${nats.host}:${nats.port}`,
       s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" },
     };
+    const security = { ...(await securityOptions(values)), ...leaseOptions(values["lease-ttl-ms"]) };
     const coordinator = await startCoordinator(
       conn,
       bundle,
@@ -112,8 +127,15 @@ export async function clusterCommand(args: string[]): Promise<number> {
         port: parsePort("--port", values.port, 0),
         httpPort: parsePort("--http-port", values["http-port"], DEFAULT_HTTP_PORT),
       },
-      await securityOptions(values),
+      security,
     );
+    let standby: RunningCoordinator | undefined;
+    if (coordinators === 2) {
+      standby = await startCoordinator(conn, bundle, { host: LOOPBACK, port: 0, httpPort: 0 }, security);
+      process.stdout.write(
+        `standby coordinator: gRPC on ${LOOPBACK}:${standby.port}, dashboard on http://${LOOPBACK}:${standby.httpPort}\n`,
+      );
+    }
     // With one general node and no denoise nodes, the general node denoises too.
     for (let i = 0; i < nodes; i++)
       children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
@@ -125,7 +147,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
     await untilSignal(grace + 8_000);
     // Nodes first hear the signal (from the process group or from here) while NATS still runs, so
     // they can finish or hand back their tasks; the coordinator stops meanwhile.
-    await Promise.all([stopChildren(), coordinator.stop()]);
+    await Promise.all([stopChildren(), coordinator.stop(), standby?.stop()]);
   } finally {
     await stopAll();
   }

@@ -7,6 +7,9 @@
  * SIGHUP. `--tls-cert FILE --tls-key FILE` (PEM) serves gRPC over TLS. `--webhook-secret S
  * --webhook-allow host[:port],...` (FRAMEFARM_WEBHOOK_SECRET, FRAMEFARM_WEBHOOK_ALLOW) sends jobs'
  * webhooks (coordinator/webhooks).
+ * Several coordinators may serve one farm: each serves the API, the one holding the leader lease
+ * (coordinator/dispatch/leader-lease.ts) dispatches and sends webhooks, and another takes over
+ * within `--lease-ttl-ms` (FRAMEFARM_LEASE_TTL_MS, default 5000) of the holder going silent.
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -32,6 +35,9 @@ import {
 } from "./farm-options.js";
 import { defaultBundleDir } from "./defaults.js";
 import path from "node:path";
+import os from "node:os";
+import { randomBytes } from "node:crypto";
+import { DEFAULT_LEASE_TTL_MS } from "../dispatch/leader-lease.js";
 
 /** The gRPC API's port when neither --port nor FRAMEFARM_PORT says otherwise. */
 export const DEFAULT_API_PORT = 50051;
@@ -65,6 +71,8 @@ export interface CoordinatorSecurity {
   maxQueuedPerTenant?: number;
   /** Webhooks: the farm's secret (none: webhooks are refused) and the allowed host[:port] entries. */
   webhooks?: { secret?: string; allow: string[] };
+  /** The leader lease's TTL in ms (DEFAULT_LEASE_TTL_MS when absent). */
+  leaseTtlMs?: number;
 }
 
 export const DEFAULT_HTTP_PORT = 8080;
@@ -103,8 +111,28 @@ export async function startCoordinator(
       ? new WebhookPolicy({ allow: hooks.allow, secret: hooks.secret, perTenantSecrets: !auth.isOpen })
       : undefined;
   let deliverer: WebhookDeliverer | undefined;
-  const dispatcher = await Dispatcher.start(bus, store, { onRecord: (jobId) => deliverer?.notify(jobId) });
-  if (policy !== undefined) deliverer = await WebhookDeliverer.start(bus, policy, { log });
+  // Webhooks go out from the leader only (one sender per farm): started and stopped with the lease.
+  let webhooksChanging: Promise<void> = Promise.resolve();
+  const onLeader = (leading: boolean): void => {
+    webhooksChanging = webhooksChanging
+      .then(async () => {
+        if (leading && policy !== undefined) deliverer ??= await WebhookDeliverer.start(bus, policy, { log });
+        if (!leading) {
+          const d = deliverer;
+          deliverer = undefined;
+          await d?.stop();
+        }
+      })
+      .catch((err: Error) => log.error({ err: err.message }, "webhook deliverer start/stop failed"));
+  };
+  const holder = `${os.hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  const dispatcher = await Dispatcher.start(bus, store, {
+    onRecord: (jobId) => deliverer?.notify(jobId),
+    onLeader,
+    lease: { holder, ttlMs: security.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log },
+  });
+  await webhooksChanging;
+  if (!dispatcher.leader) log.info({ holder }, "follower: serving the API, another coordinator dispatches");
   const service = new JobService({
     bus,
     store,
@@ -137,7 +165,7 @@ export async function startCoordinator(
   let tokenFile: TokenFileWatcher | undefined;
   if (!auth.isOpen && security.tokensFile !== undefined)
     tokenFile = await watchTokenFile(security.tokensFile, auth, log);
-  log.info({ grpcPort: api.port, httpPort: dashboard.port }, "coordinator serving");
+  log.info({ grpcPort: api.port, httpPort: dashboard.port, leader: dispatcher.leader }, "coordinator serving");
   return {
     port: api.port,
     httpPort: dashboard.port,
@@ -148,7 +176,7 @@ export async function startCoordinator(
         { name: "dashboard", run: () => dashboard.stop() },
         { name: "gRPC API", run: () => api.stop() },
         { name: "dispatcher", run: () => dispatcher.stop() },
-        { name: "webhook deliverer", run: async () => deliverer?.stop() },
+        { name: "webhook deliverer", run: async () => (await webhooksChanging, deliverer?.stop()) },
         { name: "NATS connection", run: () => bus.close() },
       ]);
     },
@@ -178,6 +206,7 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
       host: { type: "string" },
       port: { type: "string" },
       "http-port": { type: "string" },
+      "lease-ttl-ms": { type: "string" },
     },
   });
   // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT / FRAMEFARM_HTTP_PORT (containers set those: deploy/k8s).
@@ -191,13 +220,19 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
       port: parsePort("--port", values.port ?? env["FRAMEFARM_PORT"], DEFAULT_API_PORT),
       httpPort: parsePort("--http-port", values["http-port"] ?? env["FRAMEFARM_HTTP_PORT"], DEFAULT_HTTP_PORT),
     },
-    await securityOptions(values),
+    { ...(await securityOptions(values)), ...leaseOptions(values["lease-ttl-ms"]) },
   );
   process.stdout.write(`gRPC listening on ${host}:${c.port}${values["tls-cert"] !== undefined ? " (TLS)" : ""}\n`);
   process.stdout.write(`dashboard on http://${host}:${c.httpPort}\n`);
   await untilSignal();
   await c.stop();
   return 0;
+}
+
+/** --lease-ttl-ms / FRAMEFARM_LEASE_TTL_MS. */
+export function leaseOptions(flag: string | undefined): { leaseTtlMs?: number } {
+  const v = flag ?? process.env["FRAMEFARM_LEASE_TTL_MS"];
+  return v === undefined || v === "" ? {} : { leaseTtlMs: integerOption("--lease-ttl-ms", v, 300, 600_000) };
 }
 
 function integerOption(flag: string, value: string, min: number, max: number): number {

@@ -11,10 +11,25 @@ export interface FarmMetrics {
   stop(): void;
 }
 
-/** storeTraffic: the coordinator's own object-store bytes (inputs it stores, results it reads). */
-export function farmMetrics(view: FarmView, storeTraffic: () => { read: number; written: number }): FarmMetrics {
+/**
+ * storeTraffic: the coordinator's own object-store bytes (inputs it stores, results it reads);
+ * leader: whether this coordinator dispatches now (it holds the farm's leader lease).
+ */
+export function farmMetrics(
+  view: FarmView,
+  storeTraffic: () => { read: number; written: number },
+  leader: () => boolean = () => true,
+): FarmMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "framefarm_coordinator_" });
+  new Gauge({
+    name: "framefarm_coordinator_leader",
+    help: "1 while this coordinator holds the leader lease and dispatches, 0 while it only serves the API",
+    registers: [registry],
+    collect() {
+      this.set(leader() ? 1 : 0);
+    },
+  });
   const duration = new Histogram({
     name: "framefarm_stage_duration_seconds",
     help: "Wall time of a stage task attempt on a node, by stage and outcome",

@@ -5,6 +5,12 @@
  * next is made at the last moment, and a high-priority job overtakes any backlog. A node's result (on the "results" queue) marks its task done or sends
  * it back for another attempt. State lives in the KV store and queues deduplicate by task attempt,
  * so a restarted dispatcher resumes every job and a duplicated result advances the DAG only once.
+ *
+ * With a lease (several coordinators on one farm) only the lease holder consumes results and
+ * releases tasks; every dispatcher writes submissions, cancels and retries, and tells the others
+ * of each write on RECORD_WRITTEN_SUBJECT so the holder's held set (and everyone's per-tenant
+ * counts) follow. A task is marked queued by a revision-checked write before it is enqueued under
+ * its attempt's dedup id, so two holders overlapping for a moment cannot queue one attempt twice.
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
@@ -30,6 +36,9 @@ import { tenantOf } from "./job-views.js";
 import { appendQueuedEvent } from "../webhooks/events.js";
 import { FarmError } from "../../shared/errors.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
+import type { Logger } from "../../shared/log/logger.js";
+import { jsonCodec } from "../../shared/farm/codec.js";
+import { COORDINATOR_BUCKET, LeaderLease } from "./leader-lease.js";
 
 /** The queue message for a task: the task and its job's spec, with the nodes that already failed it, if any. */
 export function taskMessage(r: JobRecord, taskId: string): TaskMessage {
@@ -56,7 +65,20 @@ export interface DispatcherOptions {
   tickMs?: number;
   /** Called after each write of a job's record (the webhook deliverer listens); must not block. */
   onRecord?: (jobId: string) => void;
+  /**
+   * Dispatch only while holding the farm's leader lease (coordinator/dispatch/leader-lease.ts);
+   * without one this dispatcher always dispatches (one coordinator, embedded mode).
+   */
+  lease?: { holder: string; ttlMs: number; log?: Logger };
+  /** Called when this dispatcher starts (true) or stops (false) dispatching under the lease. */
+  onLeader?: (leading: boolean) => void;
+  /** With a lease: every unfinished job is read again this often, in case a record note was missed (ms). */
+  resyncMs?: number;
 }
+
+/** Core NATS subject on which a dispatcher under a lease names each job record it wrote. */
+export const RECORD_WRITTEN_SUBJECT = "ff.coordinator.record-written";
+const recordNotes = jsonCodec<{ jobId: string; from: string }>();
 
 export const PRIORITY_RANGE = { min: -1000, max: 1000 } as const;
 
@@ -111,6 +133,13 @@ export class Dispatcher {
   private unsent: { kind: StageKind; data: Uint8Array; dedupId: string }[] = [];
   private readonly maxAttempts: number;
   private readonly onRecord: ((jobId: string) => void) | undefined;
+  private lease: LeaderLease | undefined;
+  /** Whether the dispatching parts (results consumer, release ticks) run now. */
+  private dispatching = false;
+  private transition: Promise<void> = Promise.resolve();
+  private unsubscribe: (() => void) | undefined;
+  private resync: NodeJS.Timeout | undefined;
+  private resyncs = 0;
 
   private constructor(
     private readonly bus: Bus,
@@ -125,38 +154,128 @@ export class Dispatcher {
   static async start(bus: Bus, store: ObjectStore, options: DispatcherOptions = {}): Promise<Dispatcher> {
     for (const q of [...STAGE_KINDS, RESULTS_QUEUE]) await bus.queues.ensure(q);
     const d = new Dispatcher(bus, store, await bus.kv(JOBS_BUCKET), options);
-    d.consumer = await bus.queues.consume(
+    const lease = options.lease;
+    if (lease === undefined) {
+      await d.lead(options);
+      return d;
+    }
+    d.unsubscribe = bus.events.subscribe(RECORD_WRITTEN_SUBJECT, (_s, data) => {
+      const note = recordNotes.decode(data);
+      if (note.from !== lease.holder) void d.follow(note.jobId).catch(() => undefined); // the periodic resync catches up
+    });
+    // Everyone counts unfinished jobs (per-tenant limits), leader or not.
+    for (const jobId of await d.kv.keys()) await d.follow(jobId);
+    d.resync = setInterval(() => void d.resyncAll().catch(() => undefined), options.resyncMs ?? 10_000);
+    d.resync.unref();
+    d.lease = new LeaderLease(await bus.kv(COORDINATOR_BUCKET), {
+      ...lease,
+      onChange: (leading) => {
+        d.transition = d.transition.then(async () => {
+          try {
+            if (leading) await d.lead(options);
+            else await d.standDown();
+            options.onLeader?.(leading);
+          } catch (err) {
+            // The bus went away while taking over: stand down and try again while the lease holds.
+            lease.log?.error({ err: (err as Error).message }, "taking over failed; trying again");
+            await d.standDown().catch(() => undefined);
+            setTimeout(() => d.lease?.isLeader() && !d.stopped && d.lease.retake(), 1000).unref();
+          }
+        });
+      },
+    });
+    await d.lease.start();
+    await d.transition;
+    return d;
+  }
+
+  /** Whether this dispatcher may dispatch now: no lease, or the lease held and in date. */
+  get leader(): boolean {
+    return this.lease === undefined || this.lease.isLeader();
+  }
+
+  /** Mirrors the job's current record (another coordinator wrote it). */
+  private async follow(jobId: string): Promise<void> {
+    const cur = await readJob(this.kv, jobId);
+    if (cur === null) return;
+    this.mirror(cur.record, cur.revision);
+    this.requestRelease();
+  }
+
+  /**
+   * Reads again every unfinished job; every sixth time also lists the bucket for jobs not seen yet
+   * (a lost note of a new job; listing reads every key, so not each time).
+   */
+  private async resyncAll(): Promise<void> {
+    const listing = this.resyncs++ % 6 === 5;
+    const ids = listing ? await this.kv.keys() : [...this.unfinished.keys()];
+    for (const jobId of ids) if (this.unfinished.has(jobId) || !this.mirrored.has(jobId)) await this.follow(jobId);
+  }
+
+  /** Starts dispatching: consumes results and resumes every unfinished job from the store. */
+  private async lead(options: DispatcherOptions): Promise<void> {
+    if (this.dispatching || this.stopped || !this.leader) return;
+    this.dispatching = true;
+    this.consumer = await this.bus.queues.consume(
       RESULTS_QUEUE,
       { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 },
       async (m) => {
-        d.handlingResults++;
+        this.handlingResults++;
         try {
-          const kind = await d.onResult(taskResults.decode(m.data));
-          if (kind !== undefined) d.freed.set(kind, (d.freed.get(kind) ?? 0) + 1);
+          const kind = await this.onResult(taskResults.decode(m.data));
+          if (kind !== undefined) this.freed.set(kind, (this.freed.get(kind) ?? 0) + 1);
           m.ack();
         } finally {
-          d.handlingResults--;
+          this.handlingResults--;
         }
-        d.requestRelease();
+        this.requestRelease();
       },
     );
     // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
     // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
-    for (const jobId of await d.kv.keys()) {
-      const cur = await readJob(d.kv, jobId);
+    for (const jobId of await this.kv.keys()) {
+      const cur = await readJob(this.kv, jobId);
       if (cur === null || !active(cur.record)) continue;
-      const w = await updateJob(d.kv, jobId, (rec) => (active(rec) ? (markReady(rec), rec) : null));
+      const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? (markReady(rec), rec) : null));
       if (w === null) continue;
-      d.mirror(w.record, w.revision);
+      this.wrote(w);
       for (const t of w.record.tasks) {
-        if (w.record.taskStates[t.id] === "queued")
-          await d.bus.queues.enqueue(t.kind, taskMessages.encode(taskMessage(w.record, t.id)), dedupId(w.record, t.id));
+        if (w.record.taskStates[t.id] === "queued" && this.leader)
+          await this.bus.queues.enqueue(
+            t.kind,
+            taskMessages.encode(taskMessage(w.record, t.id)),
+            dedupId(w.record, t.id),
+          );
       }
     }
-    d.tick = setInterval(() => d.requestRelease(), options.tickMs ?? 250);
-    d.tick.unref();
-    d.requestRelease();
-    return d;
+    this.tick = setInterval(() => this.requestRelease(), options.tickMs ?? 250);
+    this.tick.unref();
+    this.requestRelease();
+  }
+
+  /** Stops dispatching (the lease is gone): no more releases, results are left to the new leader. */
+  private async standDown(): Promise<void> {
+    if (!this.dispatching) return;
+    this.dispatching = false;
+    clearInterval(this.tick);
+    await this.consumer?.stop();
+    this.consumer = undefined;
+    await this.releasing;
+    // Marked queued, so they must reach the queue: a new leader that read the job before the mark
+    // holds them as ready and cannot mark them again (same dedup ids: no duplicates either way).
+    for (const u of this.unsent.splice(0))
+      await this.bus.queues.enqueue(u.kind, u.data, u.dedupId).catch(() => undefined);
+    this.freed = new Map();
+  }
+
+  /** Mirrors a record this dispatcher wrote and, under a lease, tells the other coordinators. */
+  private wrote(w: { record: JobRecord; revision: number }): void {
+    this.mirror(w.record, w.revision);
+    if (this.lease !== undefined)
+      this.bus.events.publish(
+        RECORD_WRITTEN_SUBJECT,
+        recordNotes.encode({ jobId: w.record.spec.jobId, from: this.lease.holder }),
+      );
   }
 
   async submit(
@@ -180,7 +299,7 @@ export class Dispatcher {
     };
     appendQueuedEvent(record, now);
     markReady(record);
-    this.mirror(record, await createJob(this.kv, record));
+    this.wrote({ record, revision: await createJob(this.kv, record) });
     this.requestRelease();
   }
 
@@ -215,7 +334,7 @@ export class Dispatcher {
   /** Makes the held set agree with a record this dispatcher wrote (or read at start). */
   private mirror(r: JobRecord, revision: number): void {
     const jobId = r.spec.jobId;
-    if (r.webhook !== undefined) this.onRecord?.(jobId);
+    if (r.webhook !== undefined && this.leader) this.onRecord?.(jobId);
     if ((this.mirrored.get(jobId) ?? -1) > revision) return;
     this.mirrored.set(jobId, revision);
     this.ready.deleteJob(jobId);
@@ -231,11 +350,11 @@ export class Dispatcher {
 
   /** Runs a release pass after the one in progress (at most one waits). */
   private requestRelease(): void {
-    if (this.releaseRequested || this.stopped) return;
+    if (this.releaseRequested || this.stopped || !this.dispatching) return;
     this.releaseRequested = true;
     this.releasing = this.releasing.then(async () => {
       this.releaseRequested = false;
-      if (this.stopped) return;
+      if (this.stopped || !this.dispatching) return;
       try {
         await this.releasePass();
       } catch {
@@ -248,6 +367,7 @@ export class Dispatcher {
   private async releasePass(): Promise<void> {
     // Same dedup ids: a send that did reach the queue before its answer was lost is dropped there.
     while (this.unsent.length > 0) {
+      if (!this.leader) return;
       const u = this.unsent[0]!;
       await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
       this.unsent.shift();
@@ -273,6 +393,8 @@ export class Dispatcher {
         resultsChecked = true;
       }
       for (let next = this.ready.best(kind); next !== undefined && room > 0; next = this.ready.best(kind)) {
+        // The fence: a dispatcher whose lease lapsed queues nothing more (the next holder does).
+        if (!this.leader) return;
         this.ready.take(next);
         const { jobId, taskId } = next;
         let w: Awaited<ReturnType<typeof updateJob>>;
@@ -285,7 +407,7 @@ export class Dispatcher {
           throw err;
         }
         if (w === null) continue; // cancelled, or already moved on
-        this.mirror(w.record, w.revision);
+        this.wrote(w);
         const send = {
           kind,
           data: taskMessages.encode(taskMessage(w.record, taskId)),
@@ -309,7 +431,7 @@ export class Dispatcher {
   async cancel(jobId: string): Promise<JobRecord | null> {
     const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? { ...rec, state: "CANCELLED" } : null));
     if (w === null) return null;
-    this.mirror(w.record, w.revision);
+    this.wrote(w);
     await this.store.deletePrefix(jobPrefix(jobId));
     this.publish(w.record);
     return w.record;
@@ -320,7 +442,7 @@ export class Dispatcher {
     checkPriority(priority);
     const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? { ...rec, priority } : null));
     if (w === null) return null;
-    this.mirror(w.record, w.revision);
+    this.wrote(w);
     this.publish(w.record);
     this.requestRelease();
     return w.record;
@@ -347,7 +469,7 @@ export class Dispatcher {
       return rec;
     });
     if (w === null) return null;
-    this.mirror(w.record, w.revision);
+    this.wrote(w);
     this.publish(w.record);
     this.requestRelease();
     return w.record;
@@ -394,7 +516,7 @@ export class Dispatcher {
       return undefined;
     }
     if (w === null) return undefined;
-    this.mirror(w.record, w.revision);
+    this.wrote(w);
     // A failed job keeps its intermediates: a retry resumes from them.
     if (w.record.state === "SUCCEEDED")
       for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
@@ -405,7 +527,12 @@ export class Dispatcher {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.tick);
+    clearInterval(this.resync);
+    this.unsubscribe?.();
     await this.consumer?.stop();
     await this.releasing;
+    // Released last, once nothing more is queued here: a follower takes over at once.
+    await this.lease?.stop();
+    await this.transition;
   }
 }

@@ -42,6 +42,12 @@ export interface QueueStats {
   idleWorkers: number;
 }
 
+/**
+ * How long a queue remembers a dedup id. Longer than any task runs: a coordinator taking over (or
+ * restarting) sends every task marked queued again, and one still running must not be queued twice.
+ */
+export const DEDUP_WINDOW_MS = 60 * 60_000;
+
 export interface WorkQueues {
   /** Declares a queue (idempotent). */
   ensure(queue: string): Promise<void>;

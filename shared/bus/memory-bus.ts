@@ -5,6 +5,7 @@
 import { EventEmitter } from "node:events";
 import { FarmError } from "../errors.js";
 import {
+  DEDUP_WINDOW_MS,
   subjectMatches,
   validateBusName,
   type Bus,
@@ -26,8 +27,6 @@ interface Pending {
   leased: boolean;
   timer?: NodeJS.Timeout;
 }
-
-const DEDUP_WINDOW_MS = 2 * 60_000;
 
 class MemoryQueue {
   readonly tasks: Pending[] = [];

@@ -21,6 +21,7 @@ import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
 import { within } from "../shutdown.js";
 import {
+  DEDUP_WINDOW_MS,
   validateBusName,
   type Bus,
   type Consumer,
@@ -52,14 +53,19 @@ class NatsQueues implements WorkQueues {
       subjects: [subjectOf(queue)],
       retention: RetentionPolicy.Workqueue,
       storage: StorageType.File,
-      duplicate_window: ms(120_000),
+      duplicate_window: ms(DEDUP_WINDOW_MS),
       num_replicas: this.replicas,
     };
+    let existing;
     try {
-      await this.jsm.streams.info(config.name);
+      existing = await this.jsm.streams.info(config.name);
     } catch {
       await this.jsm.streams.add(config);
+      return;
     }
+    // A stream made with the earlier 2-minute window gets this one.
+    if (existing.config.duplicate_window < config.duplicate_window)
+      await this.jsm.streams.update(config.name, { ...existing.config, duplicate_window: config.duplicate_window });
   }
 
   async enqueue(queue: string, data: Uint8Array, dedupId?: string): Promise<void> {

@@ -1,12 +1,15 @@
 /**
  * `npm run test:faults`: real faults injected into a farm of real processes (nats-server, s3rver,
- * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator and NATS server, an object
+ * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator (alone, or the leader of
+ * two) and NATS server, an object
  * store outage shorter and longer than the retry limit, the object store's disk full (a tmpfs, where
  * this runs as root), duplicate task delivery, cancellation.
  * A job that should complete must end SUCCEEDED with frames bit-identical to an undisturbed run
  * (lossless video, fixed seed); otherwise it counts as lost (did not end as it should) or
  * corrupted (other frames). Prints a table and ends with
  * `faults: <N> injected, <S> survived, <L> lost`; exits non-zero unless every fault was survived.
+ * FAULT_RUNS (default 10) sets the runs of the repeated faults; FAULT_ONLY=REGEX runs only the
+ * faults whose names match (the baseline always runs).
  */
 import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
@@ -17,13 +20,21 @@ import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../..
 import { storedVideoFrames } from "../support/video.js";
 import { repoRoot } from "../support/paths.js";
 import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
-import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, taskMessages } from "../../shared/farm/protocol.js";
+import {
+  JOBS_BUCKET,
+  STAGE_KINDS,
+  isStepEvent,
+  jobEventSubject,
+  jobEvents,
+  taskMessages,
+} from "../../shared/farm/protocol.js";
 import { taskMessage } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
 const RUNS = Number(process.env["FAULT_RUNS"] ?? 10);
+const ONLY = new RegExp(process.env["FAULT_ONLY"] ?? "");
 const ENDED = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
 
 interface Outcome {
@@ -251,6 +262,69 @@ async function longOutage(dir: string): Promise<Outcome> {
   }
 }
 
+const LEADER_FAULT = "leader of 2 coordinators SIGKILLed mid-job, the other takes over (lease 2 s)";
+const LEASE_TTL_MS = 2000;
+
+/**
+ * Two coordinators on one farm: the job goes to the follower's API, the leader is SIGKILLed mid-job
+ * (then started again, as the new follower). The job must complete with the baseline's frames, the
+ * follower must hold the lease within a few seconds, and every task must reach its queue once: as
+ * many messages stored as the job has tasks (two leaders queueing one attempt would store more).
+ */
+async function leaderKilled(farm: FarmProcesses, baseline: Buffer, dir: string): Promise<Outcome> {
+  let leader = await farm.leaderIndex();
+  for (const end = Date.now() + 3 * LEASE_TTL_MS + 2000; leader === undefined && Date.now() < end;)
+    (await sleep(100), (leader = await farm.leaderIndex()));
+  if (leader === undefined) return { survived: false, detail: "no coordinator holds the lease" };
+  const follower = 1 - leader;
+  farm.useCoordinator(follower);
+  const storedBefore = await farm.storedTaskMessages();
+  const job = await farm.submit(await jobRequest());
+  await atStep(farm, job.id, 1, 3);
+  await farm.killCoordinator(leader);
+  const killedAt = Date.now();
+  let now = await farm.leaderIndex();
+  for (const end = killedAt + 4 * LEASE_TTL_MS; now !== follower && Date.now() < end;)
+    (await sleep(50), (now = await farm.leaderIndex()));
+  const takeoverMs = Date.now() - killedAt;
+  if (now !== follower) return { survived: false, detail: `the follower did not take over within ${takeoverMs} ms` };
+  await farm.startCoordinator(leader);
+  const outcome = await expectComplete(farm, job.id, baseline, dir);
+  if (!outcome.survived) return outcome;
+  const tasks = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record.tasks.length;
+  const stored = (await farm.storedTaskMessages()) - storedBefore;
+  if (stored !== tasks) return { survived: false, detail: `${stored} task messages queued for ${tasks} tasks` };
+  return { survived: true, detail: `${outcome.detail}; taken over in ${takeoverMs} ms; ${tasks} tasks queued once` };
+}
+
+async function leaderKills(dir: string, baseline: Buffer): Promise<Row> {
+  const row: Row = { fault: LEADER_FAULT, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
+  const t0 = Date.now();
+  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, coordinators: 2, leaseTtlMs: LEASE_TTL_MS };
+  const farm = await FarmProcesses.start(path.join(dir, "two-coordinators"), settings, NODES);
+  try {
+    for (let i = 0; i < RUNS; i++) {
+      const outcome = await leaderKilled(farm, baseline, dir).catch((err: Error): Outcome => ({
+        survived: false,
+        detail: `harness: ${err.message}`,
+      }));
+      if (!outcome.survived) await farm.heal(NODES);
+      row.runs++;
+      if (outcome.survived) row.survived++;
+      else if (outcome.corrupted === true) row.corrupted++;
+      else row.lost++;
+      if (!outcome.survived) row.notes.push(outcome.detail);
+      process.stdout.write(
+        `  ${LEADER_FAULT} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+      );
+    }
+  } finally {
+    await farm.stop();
+  }
+  row.seconds = (Date.now() - t0) / 1000;
+  return row;
+}
+
 /** A full disk is made with a small tmpfs under the S3 server: root and mount(8) are needed. */
 async function canMountTmpfs(dir: string): Promise<boolean> {
   const probe = path.join(dir, "tmpfs-probe");
@@ -271,17 +345,18 @@ async function main(): Promise<number> {
   const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, ...(tmpfs ? { s3DiskMiB: 2048 } : {}) };
   const rows: Row[] = [];
   const farm = await FarmProcesses.start(path.join(dir, "farm"), settings, NODES);
+  let baseline: Buffer | undefined;
   try {
     const first = await farm.submit(await jobRequest());
     const done = await untilEnded(farm, first.id);
     if (done.state !== JobState.JOB_STATE_SUCCEEDED)
       throw new Error(`the undisturbed run ended ${jobStateToJSON(done.state)}: ${done.error}`);
-    const baseline = await framesOf(farm, done);
+    baseline = await framesOf(farm, done);
     baselineJob = done;
     process.stdout.write(
       `baseline: job ${done.id}, ${done.width}x${done.height}, ${baseline.length} bytes of frames\n`,
     );
-    for (const s of scenarios.filter((x) => x.needs !== "tmpfs" || tmpfs)) {
+    for (const s of scenarios.filter((x) => (x.needs !== "tmpfs" || tmpfs) && ONLY.test(x.fault))) {
       const row: Row = { fault: s.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
       const t0 = Date.now();
       for (let i = 0; i < s.runs; i++) {
@@ -308,23 +383,28 @@ async function main(): Promise<number> {
   } finally {
     await farm.stop();
   }
-  const t0 = Date.now();
-  const outcome = await longOutage(dir).catch((err: Error): Outcome => ({
-    survived: false,
-    detail: `harness: ${err.message}`,
-  }));
-  process.stdout.write(
-    `  object store down past the retry limit #1: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
-  );
-  rows.push({
-    fault: "object store down past the retry limit (1 s): job FAILED with the reason",
-    runs: 1,
-    survived: outcome.survived ? 1 : 0,
-    lost: outcome.survived ? 0 : 1,
-    corrupted: 0,
-    seconds: (Date.now() - t0) / 1000,
-    notes: outcome.survived ? [] : [outcome.detail],
-  });
+  // Its own farm: two coordinators; the undisturbed run's frames are the reference still.
+  if (ONLY.test(LEADER_FAULT)) rows.push(await leaderKills(dir, baseline));
+  const longFault = "object store down past the retry limit (1 s): job FAILED with the reason";
+  if (ONLY.test(longFault)) {
+    const t0 = Date.now();
+    const outcome = await longOutage(dir).catch((err: Error): Outcome => ({
+      survived: false,
+      detail: `harness: ${err.message}`,
+    }));
+    process.stdout.write(
+      `  object store down past the retry limit #1: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+    );
+    rows.push({
+      fault: longFault,
+      runs: 1,
+      survived: outcome.survived ? 1 : 0,
+      lost: outcome.survived ? 0 : 1,
+      corrupted: 0,
+      seconds: (Date.now() - t0) / 1000,
+      notes: outcome.survived ? [] : [outcome.detail],
+    });
+  }
   await rm(dir, { recursive: true, force: true });
 
   const total = rows.reduce((n, r) => n + r.runs, 0);

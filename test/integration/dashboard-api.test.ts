@@ -234,6 +234,8 @@ test("metrics are Prometheus text about this farm", async () => {
   assert.match(text, /^# TYPE framefarm_stage_duration_seconds histogram$/m);
   assert.match(text, /^framefarm_object_store_bytes_total\{node="muxer",direction="read"\} 0$/m);
   assert.match(text, /^framefarm_jobs\{state="FAILED"\} 1$/m);
+  // A dispatcher without a lease always dispatches.
+  assert.match(text, /^framefarm_coordinator_leader 1$/m);
   // Six failed attempts of the image encoder (3, then 3 more after the retry).
   assert.match(text, /^framefarm_task_retries_total\{stage="encode_image"\} 6$/m);
   assert.match(text, /^framefarm_stage_duration_seconds_count\{stage="encode_image",outcome="failed"\} 6$/m);

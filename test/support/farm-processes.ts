@@ -1,6 +1,6 @@
 /**
- * A farm of real processes for fault injection: nats-server (JetStream, file storage), s3rver, a
- * coordinator process and node processes, each of which a test can SIGKILL and start again on the
+ * A farm of real processes for fault injection: nats-server (JetStream, file storage), s3rver, one
+ * or more coordinator processes (one leader, the others standing by) and node processes, each of which a test can SIGKILL and start again on the
  * same port and data folder. The test talks to the farm as a user does (gRPC) and watches it as an
  * operator would (NATS events, the object store).
  */
@@ -19,7 +19,11 @@ import {
   startS3Server,
   type LocalServer,
 } from "../../coordinator/cli/local-servers.js";
-import { NatsBus } from "../../shared/bus/nats-bus.js";
+import { connect } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { NatsBus, streamOf } from "../../shared/bus/nats-bus.js";
+import { STAGE_KINDS } from "../../shared/farm/protocol.js";
+import { COORDINATOR_BUCKET, LEADER_KEY, leaseValues } from "../../coordinator/dispatch/leader-lease.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { cliPath, tinyBundleDir } from "./paths.js";
 
@@ -32,6 +36,10 @@ export interface FarmSettings {
   bundleDir?: string;
   /** Keep the S3 server's data on a tmpfs of this many MiB, so a test can fill its disk (needs root). */
   s3DiskMiB?: number;
+  /** Coordinator processes (default 1), each with its own gRPC port. */
+  coordinators?: number;
+  /** Their leader lease TTL (`--lease-ttl-ms`). */
+  leaseTtlMs?: number;
 }
 
 const BUCKET = "framefarm";
@@ -76,14 +84,16 @@ async function killHard(child: ChildProcess | undefined): Promise<void> {
 export class FarmProcesses {
   nats!: LocalServer;
   s3!: LocalServer;
-  private coordinator: ChildProcess | undefined;
+  private readonly coordinators: ({ child: ChildProcess; tail: string; httpPort: number } | undefined)[] = [];
   private readonly nodes = new Map<string, { child: ChildProcess; stages: string; tail: string }>();
   private nodeCount = 0;
   /** The test's own view: events and queues (NATS) and objects (S3), as an operator has. */
   bus!: NatsBus;
   store!: S3ObjectStore;
-  client!: JobServiceClient;
-  private grpcPort = 0;
+  private clients: JobServiceClient[] = [];
+  /** The coordinator whose API submit, get and cancel call. */
+  private apiIndex = 0;
+  private grpcPorts: number[] = [];
   private s3Mounted = false;
 
   private constructor(
@@ -101,8 +111,11 @@ export class FarmProcesses {
       f.s3Mounted = true;
     }
     f.s3 = await startS3Server(path.join(dir, "s3"));
-    f.grpcPort = await freePort();
-    await f.startCoordinator();
+    for (let i = 0; i < (settings.coordinators ?? 1); i++) {
+      f.grpcPorts.push(await freePort());
+      // One at a time: the first is the leader, as in the single-coordinator runs.
+      await f.startCoordinator(i);
+    }
     await Promise.all(Object.entries(nodes).map(([id, stages]) => f.startNode(id, stages)));
     f.bus = await NatsBus.connect(f.natsUrl, "fault-injector");
     f.store = await S3ObjectStore.open({
@@ -114,8 +127,59 @@ export class FarmProcesses {
       bucket: BUCKET,
       retryForMs: 60_000,
     });
-    f.client = new JobServiceClient(`${LOOPBACK}:${f.grpcPort}`, credentials.createInsecure());
+    f.clients = f.grpcPorts.map((p) => new JobServiceClient(`${LOOPBACK}:${p}`, credentials.createInsecure()));
     return f;
+  }
+
+  get client(): JobServiceClient {
+    return this.clients[this.apiIndex]!;
+  }
+
+  /** Makes submit, get and cancel talk to coordinator i. */
+  useCoordinator(i: number): void {
+    this.apiIndex = i;
+  }
+
+  /** Which coordinator holds the leader lease now (by its pid in the lease), or undefined. */
+  async leaderIndex(): Promise<number | undefined> {
+    const e = await (await this.bus.kv(COORDINATOR_BUCKET)).get(LEADER_KEY);
+    if (e === null) return undefined;
+    const v = leaseValues.decode(e.value);
+    if (v.released === true) return undefined;
+    const i = this.coordinators.findIndex((c) => c !== undefined && v.holder.split(":")[1] === String(c.child.pid));
+    return i < 0 ? undefined : i;
+  }
+
+  /**
+   * Task messages ever stored on the stage queues: the streams' last sequence numbers, which a send
+   * dropped by the queue's dedup window does not take (so one attempt queued twice counts once).
+   */
+  async storedTaskMessages(): Promise<number> {
+    const nc = await connect({ servers: this.natsUrl });
+    try {
+      const jsm = await jetstreamManager(nc);
+      let n = 0;
+      for (const q of STAGE_KINDS)
+        n += await jsm.streams.info(streamOf(q)).then(
+          (i) => i.state.last_seq,
+          () => 0,
+        );
+      return n;
+    } finally {
+      await nc.close();
+    }
+  }
+
+  /** Coordinator i's Prometheus text (/metrics; the farm runs without tokens). */
+  async coordinatorMetrics(i: number): Promise<string> {
+    const c = this.coordinators[i];
+    if (c === undefined) throw new Error(`coordinator ${i} is not running`);
+    return (await fetch(`http://${LOOPBACK}:${c.httpPort}/metrics`)).text();
+  }
+
+  /** The last output lines of coordinator i (for a failed run's notes). */
+  coordinatorTail(i = 0): string {
+    return this.coordinators[i]?.tail ?? "";
   }
 
   get natsUrl(): string {
@@ -139,7 +203,7 @@ export class FarmProcesses {
     ];
   }
 
-  async startCoordinator(): Promise<void> {
+  async startCoordinator(i = 0): Promise<void> {
     const child = spawn(
       process.execPath,
       [
@@ -149,24 +213,38 @@ export class FarmProcesses {
         "--host",
         LOOPBACK,
         "--port",
-        String(this.grpcPort),
+        String(this.grpcPorts[i]),
         "--http-port",
         "0",
+        ...(this.settings.leaseTtlMs !== undefined ? ["--lease-ttl-ms", String(this.settings.leaseTtlMs)] : []),
       ],
       { stdio: ["ignore", "pipe", "pipe"], env: this.env() },
     );
-    await waitForLine(child, /gRPC listening on/, "coordinator");
-    this.coordinator = child;
+    // It prints its dashboard's address right after "gRPC listening on".
+    const m = await waitForLine(child, /dashboard on http:\/\/\S+:(\d+)/, `coordinator ${i}`);
+    // Keep reading its output (a full pipe would block it); its last lines are kept.
+    const entry = { child, tail: "", httpPort: Number(m[1]) };
+    const keep = (b: Buffer): void => {
+      entry.tail = (entry.tail + b.toString()).slice(-4000);
+    };
+    child.stdout?.on("data", keep);
+    child.stderr?.on("data", keep);
+    this.coordinators[i] = entry;
   }
 
-  async killCoordinator(): Promise<void> {
-    await killHard(this.coordinator);
-    this.coordinator = undefined;
+  async killCoordinator(i = 0): Promise<void> {
+    await killHard(this.coordinators[i]?.child);
+    this.coordinators[i] = undefined;
   }
 
-  /** The coordinator process's pid (to sample its memory), or undefined while it is down. */
+  /** SIGSTOP (true) or SIGCONT (false) coordinator i: a process stalled past its lease, then waking. */
+  pauseCoordinator(i: number, paused: boolean): void {
+    this.coordinators[i]?.child.kill(paused ? "SIGSTOP" : "SIGCONT");
+  }
+
+  /** The first coordinator process's pid (to sample its memory), or undefined while it is down. */
   get coordinatorPid(): number | undefined {
-    return this.coordinator?.pid;
+    return this.coordinators[0]?.child.pid;
   }
 
   /**
@@ -249,7 +327,10 @@ export class FarmProcesses {
     if (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null)
       this.nats = await startNatsServer(path.join(this.dir, "nats"), this.nats.port);
     if (this.s3.process.exitCode !== null || this.s3.process.signalCode !== null) await this.startS3();
-    if (this.coordinator === undefined || this.coordinator.exitCode !== null) await this.startCoordinator();
+    for (let i = 0; i < this.grpcPorts.length; i++) {
+      const c = this.coordinators[i];
+      if (c === undefined || c.child.exitCode !== null || c.child.signalCode !== null) await this.startCoordinator(i);
+    }
     for (const [id, n] of this.nodes)
       if (n.child.exitCode !== null || n.child.signalCode !== null) this.nodes.delete(id);
     const running = new Set([...this.nodes.values()].map((n) => n.stages));
@@ -329,10 +410,10 @@ export class FarmProcesses {
   }
 
   async stop(): Promise<void> {
-    this.client?.close();
+    for (const c of this.clients) c.close();
     await this.bus?.close().catch(() => undefined);
     await Promise.all([...this.nodes.keys()].map((id) => this.killNode(id)));
-    await this.killCoordinator();
+    for (let i = 0; i < this.grpcPorts.length; i++) await this.killCoordinator(i);
     await this.nats?.stop();
     await this.s3?.stop();
     if (this.s3Mounted) await run("umount", [path.join(this.dir, "s3")]).catch(() => undefined);
