@@ -18,6 +18,7 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { Feed } from "../runtime/onnx-model.js";
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../../shared/tensor/half.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { StepCache } from "./step-cache.js";
 
 /** np.poly1d's coefficients, highest power first (initialize_teacache's teacache_rescale_func). */
 export const TEACACHE_COEFFICIENTS = [7.33226126e2, -4.01131952e2, 6.75869174e1, -3.149878, 9.61237896e-2] as const;
@@ -58,10 +59,10 @@ export function relativeL1(current: F32, previous: F32, dtype: ComputeDtype = "f
   return round(round(diff / a.length) / round(norm / a.length));
 }
 
-/** hidden + residual, each sum rounded to float32 as torch adds. */
-function addF32(a: F32, b: F32): F32 {
+/** hidden + residual, each sum rounded to float32 as torch adds (TeaCache's and MagCache's skipped call). */
+export function addF32(a: F32, b: F32): F32 {
   if (a.numel !== b.numel)
-    throw new Error(`TeaCache: hidden states of ${a.numel} values, cached residual of ${b.numel}`);
+    throw new Error(`step cache: hidden states of ${a.numel} values, cached residual of ${b.numel}`);
   const out = new Float32Array(a.numel);
   for (let i = 0; i < out.length; i++) out[i] = a.data[i]! + b.data[i]!;
   return new Tensor("float32", a.shape, out);
@@ -74,7 +75,7 @@ export interface TeaCacheCall {
 }
 
 /** One section's TeaCache state (initialize_teacache is called before every section). */
-export class TeaCache {
+export class TeaCache implements StepCache {
   private cnt = 0;
   private accumulated = 0;
   private previousModulated: F32 | undefined;
@@ -123,22 +124,4 @@ export class TeaCache {
     this.computed.push(1);
     return { noisePred: out["noise_pred"]!, computed: true };
   }
-}
-
-/**
- * The transformer call of one section's sampling loop: the single graph, or TeaCache over the
- * split graphs when `teacache` is given (then `cache` holds the section's decisions).
- */
-export async function transformerCall(
-  runtime: Pick<ModelRuntime, "model"> & { bundle?: Pick<ModelRuntime["bundle"], "manifest"> },
-  steps: number,
-  teacache: { threshold: number } | undefined,
-): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: TeaCache }> {
-  if (teacache === undefined) {
-    const model = await runtime.model("transformer");
-    return { call: async (feeds) => (await model.run(feeds)).noise_pred! };
-  }
-  const dtype = runtime.bundle?.manifest.components.transformer_head?.modulated_dtype ?? "fp32";
-  const cache = new TeaCache(runtime, teacache.threshold, steps, dtype);
-  return { call: async (feeds) => (await cache.run(feeds)).noisePred, cache };
 }
