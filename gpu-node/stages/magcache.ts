@@ -21,7 +21,7 @@
 import type { F32 } from "../../shared/tensor/tensor.js";
 import type { Feed } from "../runtime/onnx-model.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
-import { addF32 } from "./teacache.js";
+import { SplitTransformer } from "./split-transformer.js";
 import type { StepCache, StepCacheCall } from "./step-cache.js";
 
 /**
@@ -117,34 +117,21 @@ export class MagCacheSchedule {
 /** One section's MagCache over the split transformer graphs. */
 export class MagCache implements StepCache {
   private readonly schedule: MagCacheSchedule;
-  private previousResidual: F32 | undefined;
-  /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
-  readonly computed: number[] = [];
+  private readonly split: SplitTransformer;
 
-  constructor(
-    private readonly runtime: Pick<ModelRuntime, "model">,
-    options: MagCacheOptions,
-  ) {
+  constructor(runtime: Pick<ModelRuntime, "model">, options: MagCacheOptions) {
     this.schedule = new MagCacheSchedule(options);
+    this.split = new SplitTransformer(runtime);
+  }
+
+  /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
+  get computed(): number[] {
+    return this.split.computed;
   }
 
   /** One transformer call with the transformer's feeds. */
   async run(feeds: Record<string, Feed>): Promise<StepCacheCall> {
     const skip = this.schedule.next();
-    const head = await this.runtime.model("transformer_head");
-    const headOut = await head.run(feeds);
-    const hiddenIn = headOut["hidden_in"]!;
-    // Never reached without a residual: call 0 always computes.
-    if (skip && this.previousResidual !== undefined) {
-      const tail = await this.runtime.model("transformer_tail");
-      const out = await tail.run({ ...feeds, hidden_out: addF32(hiddenIn, this.previousResidual) });
-      this.computed.push(0);
-      return { noisePred: out["noise_pred"]!, computed: false };
-    }
-    const body = await this.runtime.model("transformer_body");
-    const out = await body.run({ ...feeds, hidden_in: hiddenIn, encoder_in: headOut["encoder_in"]! });
-    this.previousResidual = out["residual"]!;
-    this.computed.push(1);
-    return { noisePred: out["noise_pred"]!, computed: true };
+    return this.split.finish(feeds, await this.split.head(feeds), skip);
   }
 }
