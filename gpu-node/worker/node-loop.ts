@@ -67,7 +67,14 @@ export interface NodeOptions {
  * memory (a 640x640 section decode holds ~1 GB). WebGPU one: its VAE already runs near the device's
  * memory limit.
  */
-export const decodeConcurrencyFor = (ep: string): number => (ep === "cuda" ? 2 : 1);
+export function decodeConcurrencyFor(ep: string, env: NodeJS.ProcessEnv = process.env): number {
+  const v = env["FRAMEFARM_DECODE_CONCURRENCY"];
+  if (v === undefined || v === "") return ep === "cuda" ? 2 : 1;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 8)
+    throw new RangeError(`FRAMEFARM_DECODE_CONCURRENCY must be an integer from 1 to 8, got ${JSON.stringify(v)}`);
+  return n;
+}
 
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
