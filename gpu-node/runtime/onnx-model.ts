@@ -58,9 +58,13 @@ export function sessionProviders(settings: SessionSettings): {
   if (settings.ep === "cpu") return { providers: ["cpu"], config: {} };
   // onnxruntime rejects disable_cpu_ep_fallback when the CPU provider is listed explicitly.
   const strict = settings.ep === "cuda" && (settings.strictPlacement ?? process.env.FRAMEFARM_STRICT_PLACEMENT === "1");
+  // On CUDA the weights go straight to the device allocator instead of the session's arena, which
+  // grows in powers of two and never shrinks: a 26 GB full-depth transformer would round up to 32.
+  const config: Record<string, string> =
+    settings.ep === "cuda" ? { "session.use_device_allocator_for_initializers": "1" } : {};
   return strict
-    ? { providers: [main], config: { "session.disable_cpu_ep_fallback": "1" } }
-    : { providers: [main, "cpu"], config: {} };
+    ? { providers: [main], config: { ...config, "session.disable_cpu_ep_fallback": "1" } }
+    : { providers: [main, "cpu"], config };
 }
 
 function toOrt(t: Feed): ort.Tensor {
