@@ -138,6 +138,7 @@ export async function submitRequestFrom(
     bundle: "",
     priority,
     idempotencyKey: extra.idempotencyKey ?? "",
+    keyframes: [],
     ...(extra.webhook !== undefined ? { webhookUrl: extra.webhook } : {}),
   };
 }

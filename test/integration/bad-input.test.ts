@@ -100,6 +100,7 @@ const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => ({
   bundle: "",
   priority: 0,
   idempotencyKey: "",
+  keyframes: [],
   ...over,
 });
 const submit = (over: Partial<SubmitJobRequest> = {}, md = auth()): Promise<SubmitJobResponse> =>
