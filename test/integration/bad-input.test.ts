@@ -738,6 +738,16 @@ const rows: Row[] = [
     message: /unknown field 42 in framefarm.v1.SubmitJobRequest/,
   },
   {
+    name: "unknown field in a Keyframe",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        Buffer.concat([encSubmit(request()), lenField(7, [...varintField(3, 1), 0x09, ...Buffer.alloc(8)])]),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message: /unknown field 3 in keyframes \(framefarm.v1.Keyframe\)/,
+  },
+  {
     name: "negative steps (int64 -1 on the wire)",
     call: () =>
       rawCall(
