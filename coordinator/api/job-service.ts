@@ -106,6 +106,7 @@ export class JobService {
       error: r.error ?? "",
       errorStatus: r.state === "FAILED" ? (r.errorStatus ?? "INTERNAL") : "",
       numFrames: r.spec.params.numFrames,
+      keyframeTimes: r.spec.params.keyframeTimes ?? [],
       height: r.spec.height,
       width: r.spec.width,
       previewKey: preview ?? "",

@@ -27,6 +27,9 @@ const HELP = `framefarm render — render one video in this process
 
   --image FILE            start image (any format sharp reads)             [required]
   --end-image FILE        end image (inverted mode only)
+  --keyframe TIME:FILE    an image the video passes through at TIME seconds (repeat, in time
+                          order, one per section; inverted mode only): FramePack-eichi's
+                          section keyframes
   --prompt TEXT                                                            [required]
   --negative-prompt TEXT  used with --cfg > 1 (true CFG)
   --seconds S | --frames N  video length                                   [one required]

@@ -6,6 +6,7 @@ import { FarmError } from "../errors.js";
 import { SAMPLING_TYPES, type SamplingType } from "../bundle/manifest.js";
 import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../sampler/unipc.js";
 import { parseTimedPrompt, type PromptSegment } from "./timed-prompts.js";
+import { parseKeyframeTimes } from "./keyframes.js";
 
 /**
  * flow_match_euler: diffusers' HunyuanVideoFramepackPipeline (FlowMatch Euler, the bundle's
@@ -65,6 +66,11 @@ export interface RenderParams {
   /** Lossless RGB video (exact frames, for verification) instead of crf-compressed yuv420p. */
   lossless: boolean;
   hasEndImage: boolean;
+  /**
+   * Seconds of the keyframes (FramePack-eichi's section keyframe images, keyframes.ts), strictly
+   * increasing; their images travel beside the parameters, as the end image does. [] for none.
+   */
+  keyframeTimes: number[];
   sampler: SamplerName;
   /** UniPC's B(h) variant (unipc only). */
   unipcVariant: UniPCVariant;
@@ -107,6 +113,7 @@ export interface RenderParamsInput {
   crf?: unknown;
   lossless?: unknown;
   hasEndImage?: unknown;
+  keyframeTimes?: unknown;
   sampler?: unknown;
   unipcVariant?: unknown;
   cfgRescale?: unknown;
@@ -329,6 +336,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
   const promptSegments = sectionPrompts === null ? parseTimedPrompt(prompt, numFrames / fps) : null;
   if (promptBlendSections > 0 && promptSegments === null && sectionPrompts === null)
     throw bad("prompt blending needs a timed prompt ([0s: ...] [2s: ...]) or section prompts");
+  const keyframeTimes = parseKeyframeTimes(input.keyframeTimes, numFrames / fps, samplingType);
 
   return {
     prompt,
@@ -345,6 +353,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     crf: intIn("crf", input.crf ?? 16, 0, 51),
     lossless: input.lossless === true,
     hasEndImage,
+    keyframeTimes,
     sampler,
     unipcVariant,
     cfgRescale,
