@@ -108,7 +108,7 @@ export function tracingSettings(
 
 export interface Tracing {
   readonly enabled: boolean;
-  /** Sends the spans not yet exported and stops tracing (bounded by the exporter's timeout). */
+  /** Sends the spans not yet exported and stops tracing (bounded by the exporter's timeout); never throws. */
   shutdown(): Promise<void>;
 }
 
@@ -183,6 +183,9 @@ export async function startTracing(
       running = undefined;
       try {
         await provider.shutdown();
+      } catch (err) {
+        // The collector is away or refuses: the farm's own stop goes on without those spans.
+        log?.warn({ err: err instanceof Error ? err.message : String(err) }, "tracing: last spans not sent");
       } finally {
         trace.disable();
         propagation.disable();
