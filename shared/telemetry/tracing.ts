@@ -116,7 +116,7 @@ const OFF: Tracing = { enabled: false, shutdown: async () => undefined };
 let running: Tracing | undefined;
 
 export interface TracingOptions {
-  /** service.instance.id: the node id, or the coordinator's lease holder name. */
+  /** service.instance.id: the node id, or host:pid for a coordinator. */
   instanceId?: string;
   /** Where the exporter's own complaints go (a collector that cannot be reached, say). */
   log?: Logger;
