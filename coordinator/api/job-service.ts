@@ -36,6 +36,8 @@ import { IDEMPOTENCY_BUCKET, submitJob } from "./job-submission.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jobOutputKeys } from "../planner/job-outputs.js";
 import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, type StepEvent } from "../../shared/farm/protocol.js";
+import { ROOT_CONTEXT, SpanKind, type Context } from "@opentelemetry/api";
+import { TRACE_ATTRS, contextFromHeaders, recordFailure, spanCarrier, tracer } from "../../shared/telemetry/tracing.js";
 
 export interface JobServiceDeps {
   bus: Bus;
@@ -120,25 +122,48 @@ export class JobService {
 
   /**
    * Validates, stores and plans a submission (coordinator/api/job-submission.ts); tenant defaults to
-   * DEFAULT_TENANT for in-process callers (embedded mode has no tenants).
+   * DEFAULT_TENANT for in-process callers (embedded mode has no tenants). Its span is the root of
+   * the job's trace, or a child of the caller's (parent: a gRPC call's traceparent metadata).
    */
   async submit(
     req: SubmitJobRequest,
     tenant: string = DEFAULT_TENANT,
     signal?: AbortSignal,
+    parent: Context = ROOT_CONTEXT,
   ): Promise<{ job: Job; deduplicated: boolean }> {
-    return submitJob(
+    const span = tracer().startSpan(
+      "framefarm.v1.JobService/SubmitJob",
       {
-        ...this.deps,
-        jobs: this.jobs,
-        idempotency: this.idempotency,
-        toJob: (r) => this.toJob(r),
-        admit: () => this.admit(tenant),
+        kind: SpanKind.SERVER,
+        attributes: { "rpc.system": "grpc", "rpc.service": "framefarm.v1.JobService", "rpc.method": "SubmitJob" },
       },
-      { ...req, priority: this.priorityFor(req.priority, tenant) },
-      tenant,
-      signal,
+      parent,
     );
+    const trace = spanCarrier(span);
+    try {
+      const out = await submitJob(
+        {
+          ...this.deps,
+          jobs: this.jobs,
+          idempotency: this.idempotency,
+          toJob: (r) => this.toJob(r),
+          admit: () => this.admit(tenant),
+          ...(trace !== undefined ? { trace } : {}),
+        },
+        { ...req, priority: this.priorityFor(req.priority, tenant) },
+        tenant,
+        signal,
+      );
+      span.setAttribute(TRACE_ATTRS.jobId, out.job.id);
+      // A repeated idempotency key: the job's own trace began with its first submission.
+      if (out.deduplicated) span.setAttribute("framefarm.deduplicated", true);
+      return out;
+    } catch (err) {
+      recordFailure(span, err);
+      throw err;
+    } finally {
+      span.end();
+    }
   }
 
   /** The priority a submission gets: capped for tenants that are not operators (with tokens on). */
@@ -238,7 +263,7 @@ export class JobService {
   /** The gRPC handlers. */
   handlers(): JobServiceServer {
     const unary =
-      <Req, Res>(fn: (req: Req, tenant: string, signal: AbortSignal) => Promise<Res>) =>
+      <Req, Res>(fn: (req: Req, tenant: string, signal: AbortSignal, metadata: Metadata) => Promise<Res>) =>
       (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
         // Deadlines are honoured: work stops where it can once the caller's deadline has passed.
         const abort = new AbortController();
@@ -257,7 +282,7 @@ export class JobService {
         call.once("cancelled", stop);
         const timer = Number.isFinite(deadline) ? setTimeout(stop, Math.max(0, deadline - Date.now())) : undefined;
         Promise.resolve()
-          .then(() => fn(call.request, this.caller(call), abort.signal))
+          .then(() => fn(call.request, this.caller(call), abort.signal, call.metadata))
           .finally(() => clearTimeout(timer))
           .then(
             (res) => cb(null, res),
@@ -265,7 +290,9 @@ export class JobService {
           );
       };
     return {
-      submitJob: unary(async (req, tenant, signal) => this.submit(req, tenant, signal)),
+      submitJob: unary(async (req, tenant, signal, metadata) =>
+        this.submit(req, tenant, signal, traceParentOf(metadata)),
+      ),
       getJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.get(req.id, tenant)) })),
       cancelJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.cancel(req.id, tenant)) })),
       listJobs: unary(async (req, tenant) => {
@@ -339,4 +366,15 @@ export class JobService {
       call.emit("error", Object.assign(new Error((err as Error).message), toGrpcError(err)));
     }
   }
+}
+
+/** The caller's trace context from a call's `traceparent` / `tracestate` metadata (W3C trace context). */
+function traceParentOf(metadata: Metadata): Context {
+  return contextFromHeaders(
+    (key) => {
+      const v = metadata.get(key)[0];
+      return v === undefined ? undefined : String(v);
+    },
+    () => Object.keys(metadata.getMap()),
+  );
 }

@@ -24,6 +24,7 @@ import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-re
 import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText, sha256Hex } from "../../shared/job/recipe.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
 import type { JobServiceDeps } from "./job-service.js";
+import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
 export const IDEMPOTENCY_BUCKET = "idempotency";
@@ -37,6 +38,8 @@ export interface Submission extends JobServiceDeps {
    * release is called once the job is submitted or refused.
    */
   admit?: () => () => void;
+  /** The SubmitJob span's trace context: the job record keeps it, every task's spans descend from it. */
+  trace?: TraceCarrier;
 }
 
 /** An input image's bytes: inline, or read from the tenant's uploads. */
@@ -266,6 +269,7 @@ async function submitNew(
     await deps.dispatcher.submit(spec, tasks, {
       priority: req.priority,
       ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
+      ...(deps.trace !== undefined ? { trace: deps.trace } : {}),
     });
   } catch (err) {
     // Leave nothing behind for a submission that did not become a job.
