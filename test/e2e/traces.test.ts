@@ -99,6 +99,7 @@ test("a cluster run gives each job one connected trace, SubmitJob to mux, across
   const image = await readFile(path.join(referenceDir(), "cases", "vanilla_3sec_first.png"));
   const request = (i: number): SubmitJobRequest => ({
     image: { source: { $case: "data", value: image } },
+    keyframes: [],
     settings: {
       prompt: `traced job ${i}`,
       // Two sections each: a denoise after a denoise, a decode beside the next denoise.
