@@ -34,7 +34,7 @@ import { requestError } from "./strict-decode.js";
 import { jobStateToPb, settingsOf, timestamp, toGrpcError } from "./job-mapping.js";
 import { IDEMPOTENCY_BUCKET, submitJob } from "./job-submission.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import { jobOutputKeys } from "../planner/job-outputs.js";
+import { jobOutputKeys, videoFileName } from "../planner/job-outputs.js";
 import { JOBS_BUCKET, jobEventSubject, jobEvents, type StepEvent } from "../../shared/farm/protocol.js";
 import { JobWatch, type WatchEvent } from "./job-watch.js";
 import { submitOptions, type SubmitOptions } from "./submit-options.js";
@@ -102,7 +102,8 @@ export class JobService {
       createdAt: timestamp(r.createdAt),
       updatedAt: timestamp(r.updatedAt),
       videoKey: done ? keys.video : "",
-      videoUrl: done ? await this.deps.store.presignedGetUrl(keys.video, expiry) : "",
+      // A browser saves the video from its link; players and clients fetch it all the same.
+      videoUrl: done ? await this.deps.store.presignedGetUrl(keys.video, expiry, videoFileName(r)) : "",
       ...(done ? { videoUrlExpiresAt: timestamp(new Date(Date.now() + expiry * 1000).toISOString()) } : {}),
       error: r.error ?? "",
       errorStatus: r.state === "FAILED" ? (r.errorStatus ?? "INTERNAL") : "",
