@@ -5,7 +5,7 @@
  */
 import { randomInt } from "node:crypto";
 import { FarmError } from "../../shared/errors.js";
-import type { SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import type { RenderSettings, SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import { jobKeys } from "../../shared/farm/keys.js";
 import type { JobRecord } from "../dispatch/job-record.js";
@@ -30,6 +30,16 @@ async function storedImage(store: ObjectStore, key: string, r: JobRecord): Promi
   }
 }
 
+/**
+ * The size as the job asked for it: its bucket resolution when it had one. The bucket's exact
+ * size may be one no request may name (at resolution 64 a bucket can be 48 pixels high).
+ */
+function sameSize(s: RenderSettings, r: JobRecord): RenderSettings {
+  if (r.spec.resolution === undefined) return s;
+  const { height: _height, width: _width, ...rest } = s;
+  return { ...rest, resolution: r.spec.resolution };
+}
+
 export async function resubmitRequest(r: JobRecord, store: ObjectStore, seed?: bigint): Promise<SubmitJobRequest> {
   const keys = jobKeys(r.spec.jobId);
   const image = await storedImage(store, keys.firstImage, r);
@@ -37,7 +47,7 @@ export async function resubmitRequest(r: JobRecord, store: ObjectStore, seed?: b
   return {
     image: { source: { $case: "data", value: image } },
     ...(endImage !== undefined ? { endImage: { source: { $case: "data", value: endImage } } } : {}),
-    settings: { ...settingsOf(r), seed: seed ?? randomSeed() },
+    settings: { ...sameSize(settingsOf(r), r), seed: seed ?? randomSeed() },
     bundle: "",
     priority: r.priority ?? 0,
     idempotencyKey: "",
