@@ -1,7 +1,9 @@
 /**
  * The public JobService over gRPC: SubmitJob (job-submission.ts) and the queries, GetJob, WatchJob
- * (a stream of state and progress), CancelJob and ListJobs, answered from the job records; the
- * messages are mapped to and from the farm's types in job-mapping.ts.
+ * (a stream of state and progress, job-watch.ts), CancelJob and ListJobs, answered from the job
+ * records; the messages are mapped to and from the farm's types in job-mapping.ts. The submit
+ * page's HTTP API (coordinator/dashboard/tenant-api.ts) calls the same methods, and a few of its
+ * own: resubmit, newest, options.
  *
  * Every call is authenticated first (coordinator/auth) and then sees only its tenant's jobs: another
  * tenant's job is NOT_FOUND with the same message as a job that does not exist, so ids cannot be

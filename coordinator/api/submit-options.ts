@@ -67,7 +67,7 @@ export interface SubmitOptions {
 }
 
 const MODE_LABELS: Record<SamplingType, string> = {
-  inverted_anti_drifting: "inverted (anti-drifting, FramePackI2V_HY)",
+  inverted_anti_drifting: "inverted (anti-drifting, FramePack I2V)",
   vanilla: "vanilla (FramePack-F1, forward)",
 };
 const SAMPLER_LABELS: Record<SamplerName, string> = {
