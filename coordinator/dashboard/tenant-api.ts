@@ -164,6 +164,10 @@ export function tenantApi(o: TenantApiOptions): TenantApi {
           }),
         );
       const body = await readJsonBody(req, 64 * 1024);
+      // Read as strictly as a message: a key meant for something else is refused, not ignored.
+      const unknown = Object.keys(body).filter((k) => k !== "seed");
+      if (unknown.length > 0)
+        throw new FarmError("INVALID_ARGUMENT", `a re-submission takes only "seed", got ${JSON.stringify(unknown)}`);
       const reply = await jobs.resubmit(id!, tenant, body["seed"] === undefined ? undefined : parseSeed(body["seed"]));
       return sendJson(res, 200, replyToJson(SubmitJobResponse, "framefarm.v1.SubmitJobResponse", reply));
     }

@@ -190,6 +190,8 @@ test("jobs are the tenant's own; one submitted again keeps settings and images, 
   assert.notEqual(again.id, job.id);
   assert.deepEqual({ ...again.settings, seed: "5" }, job.settings);
   assert.equal(again.settings["seed"], "6");
+  const typo = await errorOf(await post(`/api/tenant/jobs/${job.id}/resubmit`, { sead: "7" }));
+  assert.deepEqual([typo.status, typo.code], [400, "INVALID_ARGUMENT"]);
   const random = ((await (await post(`/api/tenant/jobs/${job.id}/resubmit`, {})).json()) as { job: JobJson }).job;
   assert.notEqual(random.settings["seed"], "5");
 
