@@ -21,7 +21,7 @@ import { fail, httpStatusOf, readJsonBody, requireJson, send, sendJson } from ".
 import type { TenantApi } from "./tenant-api.js";
 
 /** coordinator/dashboard/static at the package root (this file is dist/coordinator/dashboard/http-server.js). */
-const STATIC_DIR = path.resolve(
+export const STATIC_DIR = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
   "..",
   "..",
