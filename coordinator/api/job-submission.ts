@@ -20,6 +20,7 @@ import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
 import { keyframeLabel } from "../../shared/job/keyframes.js";
+import { cachesOf } from "./submit-options.js";
 import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
 import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText, sha256Hex } from "../../shared/job/recipe.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
@@ -151,10 +152,7 @@ export async function submitJob(
     samplingType: manifest.sampling_type,
     latentWindowSize: manifest.framepack.default_latent_window_size,
   });
-  if (
-    (params.cache === "teacache" || params.cache === "magcache") &&
-    manifest.components.transformer_head === undefined
-  )
+  if (!cachesOf(manifest).includes(params.cache))
     throw new FarmError(
       "FAILED_PRECONDITION",
       `--cache ${params.cache} needs the split transformer graphs, which this farm's bundle lacks (export with --teacache-graphs)`,

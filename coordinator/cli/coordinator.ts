@@ -161,6 +161,7 @@ export async function startCoordinator(
     authorizeMetrics: auth.operatorGate([...operators, ...scrapeOnly]),
     authChanges: (fn) => auth.onChange(fn),
     storeTraffic: () => store.traffic,
+    jobs: service,
   });
   // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
   if (!auth.isOpen && operators.length === 0) log.warn("no --operators tenants: the dashboard refuses every request");

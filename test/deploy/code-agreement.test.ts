@@ -23,6 +23,7 @@ import pino from "pino";
 import { DEFAULT_API_PORT, DEFAULT_HTTP_PORT, parsePort, securityOptions } from "../../coordinator/cli/coordinator.js";
 import { TENANT_PATTERN } from "../../coordinator/auth/tokens.js";
 import { JOB_SERVICE_NAME } from "../../coordinator/api/server.js";
+import { STATIC_DIR } from "../../coordinator/dashboard/http-server.js";
 import { STAGE_GROUPS, parseStages } from "../../gpu-node/main.js";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
 import { tracingSettings } from "../../shared/telemetry/tracing.js";
@@ -132,6 +133,14 @@ test("the Dockerfile builds what the CLI runs: entrypoint is the package's bin, 
       `${target} copies the default bundle to ${bundleRel}`,
     );
   }
+  // The coordinator's HTTP server reads its pages (dashboard, submit page) from there at start.
+  const pages = path.relative(packageRoot(), STATIC_DIR);
+  assert.ok(
+    stages
+      .find((x) => x.name === "runtime-cpu")!
+      .instructions.some(([k, v]) => k === "COPY" && v.split(/\s+/).at(-1) === pages),
+    `runtime-cpu copies the HTTP server's pages to ${pages}`,
+  );
 });
 
 test("the CUDA image installs the provider with `framefarm setup cuda`, on a CUDA 13 + cuDNN base that the build checks", () => {
