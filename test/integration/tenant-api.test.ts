@@ -90,6 +90,7 @@ interface JobJson {
   settings: Record<string, unknown>;
   height: number;
   width: number;
+  keyframeTimes?: number[];
 }
 const request = (settings: Record<string, unknown>) => ({
   image: { data: png.toString("base64") },
