@@ -37,7 +37,13 @@ import { jobStateToPb, settingsOf, timestamp, toGrpcError } from "./job-mapping.
 import { IDEMPOTENCY_BUCKET, submitJob } from "./job-submission.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jobOutputKeys, videoFileName } from "../planner/job-outputs.js";
-import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, type StepEvent } from "../../shared/farm/protocol.js";
+import {
+  JOBS_BUCKET,
+  decodeJobEvent,
+  isStepEvent,
+  jobEventSubject,
+  type StepEvent,
+} from "../../shared/farm/protocol.js";
 import { ROOT_CONTEXT, SpanKind, type Context } from "@opentelemetry/api";
 import { TRACE_ATTRS, contextFromHeaders, recordFailure, spanCarrier, tracer } from "../../shared/telemetry/tracing.js";
 import { JobWatch, type WatchEvent } from "./job-watch.js";
@@ -374,9 +380,11 @@ export class JobService {
           off();
           offAuth();
         };
-        const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (_subject, data) => {
+        const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (subject, data) => {
+          const event = decodeJobEvent(subject, data);
+          if (event === null) return;
           chain = chain.then(async () => {
-            for (const e of await watch.next(jobEvents.decode(data))) write(e);
+            for (const e of await watch.next(event)) write(e);
             if (watch.ended) {
               stop();
               resolve();

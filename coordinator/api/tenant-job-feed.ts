@@ -12,7 +12,7 @@ import type { Logger } from "../../shared/log/logger.js";
 import {
   ALL_JOB_EVENTS,
   isStepEvent,
-  jobEvents,
+  decodeJobEvent,
   type JobSubjectEvent,
   type StepEvent,
 } from "../../shared/farm/protocol.js";
@@ -52,7 +52,10 @@ export class TenantJobFeed {
     private readonly options: TenantJobFeedOptions,
   ) {
     // Subscribed before listing: events during the listing wait in the chain behind it.
-    this.off = bus.events.subscribe(ALL_JOB_EVENTS, (_subject, data) => this.onEvent(jobEvents.decode(data)));
+    this.off = bus.events.subscribe(ALL_JOB_EVENTS, (subject, data) => {
+      const e = decodeJobEvent(subject, data);
+      if (e !== null) this.onEvent(e);
+    });
     this.chain = jobs
       .newest(tenant, options.limit ?? 50)
       .then((list) => this.emit({ type: "jobs", jobs: list }))

@@ -24,7 +24,7 @@ import {
   JOBS_BUCKET,
   STAGE_KINDS,
   isStepEvent,
-  jobEvents,
+  decodeJobEvent,
   stageFromPb,
   type StepEvent,
   type StageKind,
@@ -209,8 +209,9 @@ export class FarmView {
   static async start(bus: Bus, store: ObjectStore, options: FarmViewOptions): Promise<FarmView> {
     const v = new FarmView(bus, store, await bus.kv(JOBS_BUCKET), await bus.kv(NODES_BUCKET), options);
     v.offs.push(
-      bus.events.subscribe(ALL_JOB_EVENTS, (_s, data) => {
-        const e = jobEvents.decode(data);
+      bus.events.subscribe(ALL_JOB_EVENTS, (subject, data) => {
+        const e = decodeJobEvent(subject, data);
+        if (e === null) return;
         if (isStepEvent(e)) v.liveSteps.set(e.jobId, e);
         v.refreshSoon();
       }),

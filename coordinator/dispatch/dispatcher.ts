@@ -20,7 +20,7 @@ import {
   JOBS_BUCKET,
   RESULTS_QUEUE,
   STAGE_KINDS,
-  jobEventSubject,
+  jobStateSubject,
   jobEvents,
   taskMessages,
   taskResults,
@@ -406,7 +406,7 @@ export class Dispatcher {
       total: r.tasks.length,
       ...(taskId !== undefined ? { taskId } : {}),
     };
-    this.bus.events.publish(jobEventSubject(r.spec.jobId), jobEvents.encode(event));
+    this.bus.events.publish(jobStateSubject(r.spec.jobId), jobEvents.encode(event));
   }
 
   /** Makes the held set agree with a record this dispatcher wrote (or read at start). */

@@ -13,8 +13,9 @@ import { admitJob } from "../runtime/memory-admission.js";
 import {
   JOBS_BUCKET,
   RESULTS_QUEUE,
-  isStepEvent,
-  jobEventSubject,
+  decodeJobEvent,
+  jobStateSubject,
+  jobStepSubject,
   jobEvents,
   readJobState,
   stageConsumerName,
@@ -241,9 +242,9 @@ export class NodeLoop {
         });
         // Cancellation is heard on the job's subject: listen first, then check that the job has not ended already.
         const abort = new AbortController();
-        const stopListening = bus.events.subscribe(jobEventSubject(msg.jobId), (_subject, data) => {
-          const e = jobEvents.decode(data);
-          if (!isStepEvent(e) && e.state === "CANCELLED") abort.abort();
+        const stopListening = bus.events.subscribe(jobStateSubject(msg.jobId), (subject, data) => {
+          const e = decodeJobEvent(subject, data);
+          if (e !== null && "state" in e && e.state === "CANCELLED") abort.abort();
         });
         let jobState: JobState | null;
         try {
@@ -300,7 +301,7 @@ export class NodeLoop {
             onStep: (step, steps) => {
               span.addEvent("step", { step, steps });
               bus.events.publish(
-                jobEventSubject(msg.jobId),
+                jobStepSubject(msg.jobId),
                 jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps }),
               );
             },

@@ -46,12 +46,19 @@ export const RESULTS_QUEUE = "results";
 export const JOBS_BUCKET = "jobs";
 /** The durable consumer nodes of one stage share (KEDA's autoscaler names it too: deploy/k8s). */
 export const stageConsumerName = (stage: string): string => `stage-${stage}`;
-/** A job's events: its state changes (JobEvent) and its live denoise steps (StepEvent). */
-export const jobEventSubject = (jobId: string): string => `ff.events.job.${jobId}`;
+/**
+ * A job's state changes (JobEvent): the coordinator's alone. Nodes hear a cancel here, so their
+ * NATS users may subscribe to it but never publish on it (shared/farm/nats-permissions.ts).
+ */
+export const jobStateSubject = (jobId: string): string => `ff.events.job.${jobId}.state`;
+/** A job's live denoise steps (StepEvent), published by the node that runs the section. */
+export const jobStepSubject = (jobId: string): string => `ff.events.job.${jobId}.step`;
+/** Subscribe-only pattern: a job's state changes and its steps. */
+export const jobEventSubject = (jobId: string): string => `ff.events.job.${jobId}.*`;
 /** A node's registry record, on every heartbeat and task change. */
 export const nodeEventSubject = (nodeId: string): string => `ff.events.node.${nodeId}`;
 /** Every job's events, and every node's. */
-export const ALL_JOB_EVENTS = jobEventSubject("*");
+export const ALL_JOB_EVENTS = "ff.events.job.*.*";
 export const ALL_NODE_EVENTS = nodeEventSubject("*");
 
 // ---- tasks -----------------------------------------------------------------------------------
@@ -127,6 +134,24 @@ export const isStepEvent = (e: JobSubjectEvent): e is StepEvent => typeof (e as 
 export const taskMessages = jsonCodec<TaskMessage>();
 export const taskResults = jsonCodec<TaskResult>();
 export const jobEvents = jsonCodec<JobSubjectEvent>();
+
+/**
+ * An event heard on a job subject, taken for what its subject says it is: a step from a step
+ * subject (where nodes publish), a state change from a state subject (the coordinator's). Anything
+ * else is null, so a message on a step subject can never pass for a cancel or an end.
+ */
+export function decodeJobEvent(subject: string, data: Uint8Array): JobSubjectEvent | null {
+  let e: JobSubjectEvent;
+  try {
+    e = jobEvents.decode(data);
+  } catch {
+    return null;
+  }
+  if (typeof e !== "object" || e === null || typeof e.jobId !== "string") return null;
+  if (subject === jobStepSubject(e.jobId)) return isStepEvent(e) ? e : null;
+  if (subject === jobStateSubject(e.jobId)) return isStepEvent(e) ? null : e;
+  return null;
+}
 
 /**
  * The state of a job as the jobs bucket holds it (null: no such job). The one field of a job's

@@ -16,7 +16,7 @@ import type { NodeModels } from "../../../gpu-node/main.js";
 import { bundleDigest } from "../../../gpu-node/runtime/bundle-digest.js";
 import { admitJob } from "../../../gpu-node/runtime/memory-admission.js";
 import type { JobSpec } from "../../../shared/job/job-spec.js";
-import { STAGE_KINDS, isStepEvent, jobEventSubject, jobEvents } from "../../../shared/farm/protocol.js";
+import { STAGE_KINDS, decodeJobEvent, isStepEvent, jobEventSubject } from "../../../shared/farm/protocol.js";
 
 export interface EmbeddedFarm {
   bus: MemoryBus;
@@ -52,8 +52,9 @@ function waitFor(
         resolve(r);
       }, reject);
     };
-    const off = bus.events.subscribe(jobEventSubject(jobId), (_subject, data) => {
-      const e = jobEvents.decode(data);
+    const off = bus.events.subscribe(jobEventSubject(jobId), (subject, data) => {
+      const e = decodeJobEvent(subject, data);
+      if (e === null) return;
       if (!isStepEvent(e)) return check();
       if (!started && progress !== undefined) {
         const steps = e.steps;
