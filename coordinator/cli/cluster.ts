@@ -4,9 +4,13 @@
  * --denoise-nodes denoise nodes by default; `--coordinators 2` adds a standby coordinator in this process,
  * with its own gRPC and dashboard ports, that takes over dispatching if the first stops). Prints `dashboard on http://HOST:PORT`, then
  * `gRPC listening on HOST:PORT` once jobs are accepted; SIGINT/SIGTERM stops everything it started.
+ * NATS admits only the farm's users (shared/farm/nats-permissions.ts), with passwords made up
+ * for this run: the coordinator, and one user per kind of node with the rights of its stages
+ * alone. They are written to DATA/nats-users.json (this user only), whose path is printed.
  */
+import { randomBytes } from "node:crypto";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -26,11 +30,36 @@ import { TRACING_OPTIONS, startProcessTracing, stopParts, untilSignal, type Farm
 import { createLogger } from "../../shared/log/logger.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
+import { natsAuthorizationConfig, type NatsUser } from "../../shared/farm/nats-permissions.js";
+import type { NatsCredentials } from "../../shared/bus/nats-bus.js";
+import { parseStages } from "../../gpu-node/main.js";
 
 const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
 
+/** The file `cluster` writes its NATS users' credentials to, in its data folder. */
+export const NATS_USERS_FILE = "nats-users.json";
+
+/** The NATS user of nodes started with these stage groups (`text,image,vae` -> node-text-image-vae). */
+export const nodeNatsUser = (stages: string): string => `node-${stages.replace(/,/g, "-")}`;
+
+/** The farm's NATS users for a coordinator and nodes of these stage groups, with fresh passwords. */
+export function clusterNatsUsers(nodeStages: readonly string[]): NatsUser[] {
+  const password = (): string => randomBytes(24).toString("hex");
+  return [
+    { user: "coordinator", password: password(), role: { kind: "coordinator" } },
+    ...[...new Set(nodeStages)].map((stages): NatsUser => ({
+      user: nodeNatsUser(stages),
+      password: password(),
+      role: { kind: "node", stages: parseStages(stages) },
+    })),
+  ];
+}
+
+const credentialsOf = (u: NatsUser): NatsCredentials => ({ user: u.user, password: u.password as string });
+
 function startNode(
   conn: FarmConnection,
+  nats: NatsCredentials,
   id: string,
   stages: string,
   bundle: string,
@@ -61,6 +90,8 @@ function startNode(
     ],
     {
       stdio: ["ignore", "inherit", "inherit"],
+      // In the environment, not the arguments, which anyone on the machine can list.
+      env: { ...process.env, FRAMEFARM_NATS_USER: nats.user, FRAMEFARM_NATS_PASSWORD: nats.password },
     },
   );
   return child;
@@ -129,13 +160,31 @@ export async function clusterCommand(args: string[]): Promise<number> {
     await Promise.all(servers.map((s) => s.stop()));
     if (ownData) await rm(data, { recursive: true, force: true });
   };
+  // With one general node and no denoise nodes, the general node denoises too.
+  const general = denoiseNodes === 0 ? "all" : "text,image,vae";
+  const users = clusterNatsUsers(denoiseNodes === 0 ? [general] : [general, "denoise"]);
+  const userOf = (stages: string): NatsCredentials =>
+    credentialsOf(users.find((u) => u.user === nodeNatsUser(stages))!);
   try {
-    const nats = await startNatsServer(path.join(data, "nats"));
+    const usersFile = path.join(data, NATS_USERS_FILE);
+    await writeFile(
+      usersFile,
+      `${JSON.stringify(
+        Object.fromEntries(users.map((u) => [u.user, { password: u.password, ...u.role }])),
+        null,
+        2,
+      )}\n`,
+      { mode: 0o600 },
+    );
+    const nats = await startNatsServer(path.join(data, "nats"), undefined, {
+      authorization: natsAuthorizationConfig(users),
+    });
     servers.push(nats);
     const s3 = await startS3Server(path.join(data, "s3"));
     servers.push(s3);
     const conn: FarmConnection = {
       nats: `nats://${nats.host}:${nats.port}`,
+      natsCredentials: credentialsOf(users[0]!),
       s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" },
     };
     const security = { ...(await securityOptions(values)), ...leaseOptions(values["lease-ttl-ms"]) };
@@ -156,14 +205,17 @@ export async function clusterCommand(args: string[]): Promise<number> {
         `standby coordinator: gRPC on ${LOOPBACK}:${standby.port}, dashboard on http://${LOOPBACK}:${standby.httpPort}\n`,
       );
     }
-    // With one general node and no denoise nodes, the general node denoises too.
     for (let i = 0; i < nodes; i++)
-      children.push(
-        startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep, otlpEndpoint),
-      );
+      children.push(startNode(conn, userOf(general), `node-${i}`, general, bundle, ep, otlpEndpoint));
     for (let i = 0; i < denoiseNodes; i++)
-      children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep, otlpEndpoint));
+      children.push(startNode(conn, userOf("denoise"), `denoise-${i}`, "denoise", bundle, ep, otlpEndpoint));
     process.stdout.write(`NATS on ${conn.nats}, S3 on ${s3.host}:${s3.port} (bucket ${conn.s3.bucket})\n`);
+    process.stdout.write(
+      `NATS users in ${usersFile} (coordinator: every right; ${users
+        .slice(1)
+        .map((u) => u.user)
+        .join(", ")}: their stages only)\n`,
+    );
     process.stdout.write(`dashboard on http://${LOOPBACK}:${coordinator.httpPort}\n`);
     process.stdout.write(`gRPC listening on ${LOOPBACK}:${coordinator.port}\n`);
     // Its own deadline covers the children's (grace + 3 s) and the servers' (5 s) stops.

@@ -106,7 +106,7 @@ export async function startCoordinator(
   const operators = security.operators ?? [];
   // A tenant that is an operator too keeps an operator's rights.
   const scrapeOnly = (security.metricsTenants ?? []).filter((t) => !operators.includes(t));
-  const { bus, store } = await connectFarm(conn, "coordinator");
+  const { bus, store } = await connectFarm(conn, "coordinator", log);
   const hooks = security.webhooks;
   const policy =
     hooks?.secret !== undefined

@@ -3,10 +3,15 @@
  * S3 server are. Flags win over environment variables (FRAMEFARM_NATS, FRAMEFARM_S3,
  * FRAMEFARM_S3_BUCKET, FRAMEFARM_S3_ACCESS_KEY, FRAMEFARM_S3_SECRET_KEY, FRAMEFARM_S3_TLS,
  * FRAMEFARM_S3_RETRY_MS: how long an unreachable object store is retried before a task fails;
- * FRAMEFARM_NATS_REPLICAS, env only: JetStream replicas of the streams and KV buckets created).
+ * FRAMEFARM_NATS_REPLICAS, env only: JetStream replicas of the streams and KV buckets created), and
+ * the NATS user this process connects as: --nats-user (FRAMEFARM_NATS_USER) with its password from
+ * --nats-password-file (FRAMEFARM_NATS_PASSWORD_FILE), FRAMEFARM_NATS_PASSWORD or --nats-password
+ * (seen by anyone who lists processes: prefer the others).
  */
+import { readFileSync } from "node:fs";
 import { FarmError } from "../../shared/errors.js";
-import { NatsBus } from "../../shared/bus/nats-bus.js";
+import { NatsBus, type NatsCredentials } from "../../shared/bus/nats-bus.js";
+import { validateNatsUser } from "../../shared/farm/nats-permissions.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { stopGraceMs, stopInOrder, type StopStep } from "../../shared/shutdown.js";
 import type { Logger } from "../../shared/log/logger.js";
@@ -14,6 +19,9 @@ import { startTracing, tracingSettings, type Tracing } from "../../shared/teleme
 
 export const FARM_OPTIONS = {
   nats: { type: "string" },
+  "nats-user": { type: "string" },
+  "nats-password": { type: "string" },
+  "nats-password-file": { type: "string" },
   s3: { type: "string" },
   bucket: { type: "string" },
 } as const;
@@ -39,8 +47,14 @@ export function startProcessTracing(
   return startTracing(service, tracingSettings(flag), { instanceId, log });
 }
 
+export const NATS_AUTH_HELP = `  --nats-user USER        NATS user to connect as (FRAMEFARM_NATS_USER); its password from
+  --nats-password-file F  a file (FRAMEFARM_NATS_PASSWORD_FILE), FRAMEFARM_NATS_PASSWORD, or
+  --nats-password P       this flag (visible to other users of the machine: prefer the others)`;
+
 export interface FarmConnection {
   nats: string;
+  /** The NATS user this process connects as (none: a server without authorization). */
+  natsCredentials?: NatsCredentials;
   /** JetStream replicas of what this process creates; 1 when absent. */
   natsReplicas?: number;
   s3: {
@@ -54,10 +68,48 @@ export interface FarmConnection {
   };
 }
 
+/** --nats-user and its password (flags, then FRAMEFARM_NATS_* variables); undefined without a user. */
+export function natsCredentials(values: {
+  "nats-user"?: string | undefined;
+  "nats-password"?: string | undefined;
+  "nats-password-file"?: string | undefined;
+}): NatsCredentials | undefined {
+  const env = process.env;
+  const user = values["nats-user"] ?? env["FRAMEFARM_NATS_USER"];
+  const file = values["nats-password-file"] ?? env["FRAMEFARM_NATS_PASSWORD_FILE"];
+  const given = values["nats-password"] ?? env["FRAMEFARM_NATS_PASSWORD"];
+  if (user === undefined || user === "") {
+    if ((file ?? given ?? "") !== "")
+      throw new FarmError("INVALID_ARGUMENT", "a NATS password without --nats-user (FRAMEFARM_NATS_USER)");
+    return undefined;
+  }
+  validateNatsUser(user);
+  let password = given;
+  if (file !== undefined && file !== "") {
+    try {
+      // A Secret's file ends with a newline more often than not.
+      password = readFileSync(file, "utf8").replace(/\r?\n$/, "");
+    } catch (err) {
+      throw new FarmError("NOT_FOUND", `NATS password file ${file} cannot be read: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+  }
+  if (password === undefined || password === "")
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `NATS user ${user} without a password: --nats-password-file FILE, FRAMEFARM_NATS_PASSWORD or --nats-password`,
+    );
+  return { user, password };
+}
+
 export function farmConnection(values: {
   nats?: string | undefined;
   s3?: string | undefined;
   bucket?: string | undefined;
+  "nats-user"?: string | undefined;
+  "nats-password"?: string | undefined;
+  "nats-password-file"?: string | undefined;
 }): FarmConnection {
   const env = process.env;
   const nats = values.nats ?? env["FRAMEFARM_NATS"];
@@ -80,9 +132,11 @@ export function farmConnection(values: {
       "INVALID_ARGUMENT",
       `FRAMEFARM_NATS_REPLICAS must be an integer from 1 to 5, got ${env["FRAMEFARM_NATS_REPLICAS"]}`,
     );
+  const credentials = natsCredentials(values);
   return {
     nats,
     natsReplicas,
+    ...(credentials !== undefined ? { natsCredentials: credentials } : {}),
     s3: {
       host: m[1]!,
       port: Number(m[2]),
@@ -95,8 +149,18 @@ export function farmConnection(values: {
   };
 }
 
-export async function connectFarm(c: FarmConnection, name: string): Promise<{ bus: NatsBus; store: S3ObjectStore }> {
-  const bus = await NatsBus.connect(c.nats, name, c.natsReplicas ?? 1);
+/** `log` hears what NATS refuses this process (its user's permissions), as a warning with the status. */
+export async function connectFarm(
+  c: FarmConnection,
+  name: string,
+  log?: Logger,
+): Promise<{ bus: NatsBus; store: S3ObjectStore }> {
+  const bus = await NatsBus.connect(c.nats, name, c.natsReplicas ?? 1, {
+    ...(c.natsCredentials !== undefined ? { credentials: c.natsCredentials } : {}),
+    ...(log !== undefined
+      ? { onRefused: (err: FarmError) => log.warn({ status: err.status, err: err.message }, "NATS refused") }
+      : {}),
+  });
   const store = await S3ObjectStore.open({
     endpoint: c.s3.host,
     port: c.s3.port,

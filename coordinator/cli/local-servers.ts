@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createRequire } from "node:module";
-import { mkdir } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
@@ -112,13 +112,23 @@ export async function startS3Server(dataDir: string, port?: number): Promise<Loc
   );
 }
 
-export async function startNatsServer(storeDir: string, port?: number): Promise<LocalServer> {
+/**
+ * nats-server with JetStream storing in storeDir. With `authorization` (a config block, from
+ * shared/farm/nats-permissions.ts) it admits only those users, with their permissions: the block
+ * goes into a config file beside storeDir, readable by this user alone (it may hold passwords).
+ */
+export async function startNatsServer(
+  storeDir: string,
+  port?: number,
+  options: { authorization?: string } = {},
+): Promise<LocalServer> {
   await mkdir(storeDir, { recursive: true });
   const p = port ?? (await freePort());
-  return startProcess(
-    "nats-server",
-    process.env["NATS_SERVER_BIN"] ?? "nats-server",
-    ["-a", LOOPBACK, "-p", String(p), "-js", "-sd", storeDir],
-    p,
-  );
+  const args = ["-a", LOOPBACK, "-p", String(p), "-js", "-sd", storeDir];
+  if (options.authorization !== undefined) {
+    const file = `${storeDir.replace(/\/+$/, "")}.conf`;
+    await writeFile(file, options.authorization, { mode: 0o600 });
+    args.push("-c", file);
+  }
+  return startProcess("nats-server", process.env["NATS_SERVER_BIN"] ?? "nats-server", args, p);
 }

@@ -12,6 +12,7 @@ import { nodeCommand } from "./node.js";
 import { coordinatorCommand } from "./coordinator.js";
 import { clusterCommand } from "./cluster.js";
 import { setupCommand } from "./setup-cuda.js";
+import { natsAuthCommand } from "./nats-auth.js";
 
 const USAGE = `framefarm — FramePack image-to-video render farm
 
@@ -26,6 +27,7 @@ Usage:
   framefarm jobs --server HOST:PORT
   framefarm cancel --server HOST:PORT ID
   framefarm setup cuda [--from FILE] [--check]   install the CUDA provider for --ep cuda (from npm)
+  framefarm nats-auth USER=ROLE ...              the nats-server users block: ROLE coordinator or a node's stage groups
   (client commands also take --token T (FRAMEFARM_TOKEN) and --tls or --ca FILE)
 
 Run \`framefarm <command> --help\` for a command's options.`;
@@ -40,6 +42,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   coordinator: coordinatorCommand,
   cluster: clusterCommand,
   setup: setupCommand,
+  "nats-auth": natsAuthCommand,
 };
 
 async function main(argv: string[]): Promise<number> {

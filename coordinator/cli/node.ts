@@ -8,6 +8,7 @@ import { FarmError } from "../../shared/errors.js";
 import { parseStages, parseWarmupSizes, startNode } from "../../gpu-node/main.js";
 import {
   FARM_OPTIONS,
+  NATS_AUTH_HELP,
   TRACING_HELP,
   TRACING_OPTIONS,
   connectFarm,
@@ -26,6 +27,7 @@ import { defaultCacheMb } from "../../gpu-node/worker/tensor-cache.js";
 const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's queues until SIGINT/SIGTERM
 
   --nats URL              NATS server (FRAMEFARM_NATS)                    [required]
+${NATS_AUTH_HELP}
   --s3 HOST:PORT          object store (FRAMEFARM_S3)                     [required]
   --bucket NAME           object store bucket (FRAMEFARM_S3_BUCKET, framefarm)
   --stages G,G|all        stage groups: text, image, vae, denoise (FRAMEFARM_STAGES, all)
@@ -102,7 +104,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   const log = createLogger("node");
   // Before anything connects: a bad setting is refused before the node joins the farm.
   const tracing = await startProcessTracing("framefarm-node", values["otlp-endpoint"], nodeId, log);
-  const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
+  const { bus, store } = await connectFarm(conn, `node ${nodeId}`, log);
   const node = await startNode(bus, store, {
     nodeId,
     stages,

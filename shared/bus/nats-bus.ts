@@ -1,10 +1,12 @@
 /**
  * The bus on NATS JetStream: one work-queue stream per queue (file storage, explicit acks,
  * redelivery after the ack wait, Nats-Msg-Id dedup), KV buckets for state (revision-checked
- * updates), and core NATS subjects for events.
+ * updates), and core NATS subjects for events. A process may connect as a NATS user whose
+ * permissions allow only its part (shared/farm/nats-permissions.ts): what the server refuses is
+ * PERMISSION_DENIED naming the subject and the user, never a silent loss.
  */
 import { connect } from "@nats-io/transport-node";
-import type { NatsConnection } from "@nats-io/nats-core";
+import { PermissionViolationError, type NatsConnection } from "@nats-io/nats-core";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -16,6 +18,7 @@ import {
   type ConsumerMessages,
   type JetStreamClient,
   type JetStreamManager,
+  type StreamInfo,
 } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { FarmError } from "../errors.js";
@@ -37,16 +40,98 @@ import {
 const ms = (n: number): number => n * 1_000_000;
 /** The JetStream stream behind a queue (KEDA's autoscaler names it too: deploy/k8s). */
 export const streamOf = (queue: string): string => `FF_Q_${queue}`;
-const subjectOf = (queue: string): string => `ff.q.${queue}`;
+/** The subject a queue's tasks are published on. */
+export const queueSubjectOf = (queue: string): string => `ff.q.${queue}`;
+const subjectOf = queueSubjectOf;
+/** The JetStream stream behind a KV bucket (the client's own naming). */
+export const kvStreamOf = (bucket: string): string => `KV_${bucket}`;
+/**
+ * Where a NATS user's request replies arrive: its own inbox prefix, so that its permissions can
+ * let it read its own replies and no one else's (the default _INBOX.> would show it every
+ * other client's replies, job records included).
+ */
+export const inboxPrefixFor = (user: string): string => `_INBOX_${user}`;
+
+/** The server's permission refusal behind err (requests wrap it as their cause), if that is what it is. */
+function violation(err: unknown): PermissionViolationError | undefined {
+  for (let e = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++)
+    if (e instanceof PermissionViolationError) return e;
+  return undefined;
+}
+
+/** What the server refused, as PERMISSION_DENIED naming the subject; other errors as they are. */
+function refused(cause: unknown, user: string | undefined): unknown {
+  const err = violation(cause);
+  if (err === undefined) return cause;
+  return new FarmError(
+    "PERMISSION_DENIED",
+    `NATS refused ${err.operation === "subscription" ? "a subscription" : "a publish"} to "${err.subject}" for ` +
+      `${user === undefined ? "this connection" : `user ${user}`}: its permissions do not allow it`,
+    { cause },
+  );
+}
+
+/**
+ * Waits for a stream this user may not create to be created by one who may (the coordinator
+ * creates every stream and bucket of the farm at start; a node started first waits for it).
+ */
+async function awaitStream(jsm: JetStreamManager, name: string, refusal: unknown, access: Access): Promise<StreamInfo> {
+  const end = Date.now() + access.awaitMs;
+  const err = refused(refusal, access.user) as FarmError;
+  access.onRefused?.(
+    new FarmError(
+      "PERMISSION_DENIED",
+      `${err.message} (stream ${name}); waiting up to ${Math.round(access.awaitMs / 1000)} s for a coordinator to create it`,
+    ),
+  );
+  for (;;) {
+    try {
+      return await jsm.streams.info(name);
+    } catch (e) {
+      if (violation(e) !== undefined || Date.now() > end)
+        throw new FarmError(
+          "PERMISSION_DENIED",
+          `${err.message}, and stream ${name} does not exist: start a coordinator, which creates it`,
+          { cause: e },
+        );
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+/** Runs a bus call, turning a permission refusal into PERMISSION_DENIED. */
+async function guarded<T>(user: string | undefined, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw refused(err, user);
+  }
+}
+
+/** The connection's user and what it does about refusals (NatsConnectOptions). */
+interface Access {
+  user: string | undefined;
+  onRefused: ((err: FarmError) => void) | undefined;
+  awaitMs: number;
+}
 
 class NatsQueues implements WorkQueues {
+  private readonly user: string | undefined;
+
   constructor(
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly replicas: number,
-  ) {}
+    private readonly access: Access,
+  ) {
+    this.user = access.user;
+  }
 
-  async ensure(queue: string): Promise<void> {
+  ensure(queue: string): Promise<void> {
+    return guarded(this.user, () => this.ensureStream(queue));
+  }
+
+  private async ensureStream(queue: string): Promise<void> {
     validateBusName("queue", queue);
     const config = {
       name: streamOf(queue),
@@ -56,20 +141,33 @@ class NatsQueues implements WorkQueues {
       duplicate_window: ms(DEDUP_WINDOW_MS),
       num_replicas: this.replicas,
     };
-    let existing;
+    let existing: StreamInfo;
     try {
       existing = await this.jsm.streams.info(config.name);
-    } catch {
-      await this.jsm.streams.add(config);
-      return;
+    } catch (err) {
+      if (violation(err) !== undefined) throw err;
+      try {
+        await this.jsm.streams.add(config);
+        return;
+      } catch (e) {
+        if (violation(e) === undefined) throw e;
+        existing = await awaitStream(this.jsm, config.name, e, this.access);
+      }
     }
-    // A stream made with the earlier 2-minute window gets this one.
+    // A stream made with the earlier 2-minute window gets this one (from whoever may change it:
+    // a node's user may not, and the coordinator's start does it).
     if (existing.config.duplicate_window < config.duplicate_window)
-      await this.jsm.streams.update(config.name, { ...existing.config, duplicate_window: config.duplicate_window });
+      await this.jsm.streams
+        .update(config.name, { ...existing.config, duplicate_window: config.duplicate_window })
+        .catch((e: unknown) => {
+          if (violation(e) === undefined) throw e;
+        });
   }
 
   async enqueue(queue: string, data: Uint8Array, dedupId?: string): Promise<void> {
-    await this.js.publish(subjectOf(queue), data, dedupId !== undefined ? { msgID: dedupId } : {});
+    await guarded(this.user, () =>
+      this.js.publish(subjectOf(queue), data, dedupId !== undefined ? { msgID: dedupId } : {}),
+    );
   }
 
   async depth(queue: string): Promise<number> {
@@ -77,7 +175,11 @@ class NatsQueues implements WorkQueues {
   }
 
   /** From the queue's consumer (a work-queue stream has exactly one); an idle worker holds an open pull request. */
-  async stats(queue: string): Promise<QueueStats> {
+  stats(queue: string): Promise<QueueStats> {
+    return guarded(this.user, () => this.statsOf(queue));
+  }
+
+  private async statsOf(queue: string): Promise<QueueStats> {
     const stream = streamOf(queue);
     const [c] = await this.jsm.consumers.list(stream).next();
     if (c === undefined)
@@ -95,7 +197,15 @@ class NatsQueues implements WorkQueues {
     };
   }
 
-  async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
+  consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
+    return guarded(this.user, () => this.consumeQueue(queue, options, handler));
+  }
+
+  private async consumeQueue(
+    queue: string,
+    options: ConsumeOptions,
+    handler: (d: Delivery) => Promise<void>,
+  ): Promise<Consumer> {
     const stream = streamOf(queue);
     const durable = validateBusName("consumer", options.name);
     const config = {
@@ -166,10 +276,11 @@ class NatsKv implements KeyValue {
     private readonly kv: Awaited<ReturnType<Kvm["create"]>>,
     private readonly jsm: JetStreamManager,
     private readonly bucket: string,
+    private readonly user: string | undefined,
   ) {}
 
   async get(key: string): Promise<KvEntry | null> {
-    const e = await this.kv.get(key);
+    const e = await guarded(this.user, () => this.kv.get(key));
     if (e === null || e.operation !== "PUT") return null;
     // The client hands back Buffers; callers get plain Uint8Arrays from either bus.
     return { value: new Uint8Array(e.value), revision: e.revision };
@@ -179,6 +290,7 @@ class NatsKv implements KeyValue {
     try {
       return await this.kv.create(key, value);
     } catch (err) {
+      if (violation(err) !== undefined) throw refused(err, this.user);
       throw new FarmError("ALREADY_EXISTS", `key ${key} exists`, { cause: err });
     }
   }
@@ -187,6 +299,7 @@ class NatsKv implements KeyValue {
     try {
       return await this.kv.update(key, value, expectedRevision);
     } catch (err) {
+      if (violation(err) !== undefined) throw refused(err, this.user);
       throw new FarmError("ABORTED", `key ${key} is not at revision ${expectedRevision}: ${(err as Error).message}`, {
         cause: err,
       });
@@ -194,7 +307,7 @@ class NatsKv implements KeyValue {
   }
 
   async delete(key: string): Promise<void> {
-    await this.kv.delete(key);
+    await guarded(this.user, () => this.kv.delete(key));
   }
 
   /**
@@ -204,7 +317,9 @@ class NatsKv implements KeyValue {
    */
   async keys(): Promise<string[]> {
     const prefix = `$KV.${this.bucket}.`;
-    const info = await this.jsm.streams.info(`KV_${this.bucket}`, { subjects_filter: `${prefix}>` });
+    const info = await guarded(this.user, () =>
+      this.jsm.streams.info(kvStreamOf(this.bucket), { subjects_filter: `${prefix}>` }),
+    );
     const candidates = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length));
     const live: string[] = [];
     for (let i = 0; i < candidates.length; i += 100) {
@@ -234,6 +349,23 @@ class NatsEvents implements Events {
   }
 }
 
+/** Who this process is to the NATS server (none: a server without authorization). */
+export interface NatsCredentials {
+  user: string;
+  password: string;
+}
+
+export interface NatsConnectOptions {
+  credentials?: NatsCredentials;
+  /** How long to wait for a stream or bucket this user may not create (default 5 minutes). */
+  awaitStreamsMs?: number;
+  /**
+   * Hears each refusal the server sends, including those of plain publishes (events), which have
+   * no caller to reject: the process logs them. The same subject is told at most every 10 s.
+   */
+  onRefused?: (err: FarmError) => void;
+}
+
 export class NatsBus implements Bus {
   private constructor(
     private readonly nc: NatsConnection,
@@ -242,31 +374,73 @@ export class NatsBus implements Bus {
     private readonly kvm: Kvm,
     private readonly jsm: JetStreamManager,
     private readonly replicas: number,
+    private readonly access: Access,
   ) {}
 
   /** `replicas`: JetStream copies of each stream and KV bucket created here (1, or 3 on a 3-server cluster). */
-  static async connect(servers: string, name = "framefarm", replicas = 1): Promise<NatsBus> {
+  static async connect(
+    servers: string,
+    name = "framefarm",
+    replicas = 1,
+    options: NatsConnectOptions = {},
+  ): Promise<NatsBus> {
+    const creds = options.credentials;
     let nc: NatsConnection;
     try {
-      nc = await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+      nc = await connect({
+        servers,
+        name,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 500,
+        ...(creds !== undefined
+          ? { user: creds.user, pass: creds.password, inboxPrefix: inboxPrefixFor(creds.user) }
+          : {}),
+      });
     } catch (err) {
-      throw new FarmError("UNAVAILABLE", `cannot reach NATS at ${servers}: ${(err as Error).message}`, { cause: err });
+      const m = (err as Error).message;
+      // A wrong user or password is not an outage: say which user was turned away.
+      if (/authorization/i.test(m))
+        throw new FarmError(
+          "UNAUTHENTICATED",
+          `NATS at ${servers} refused ${creds === undefined ? "a connection without credentials" : `user ${creds.user}`}: ${m}`,
+          { cause: err },
+        );
+      throw new FarmError("UNAVAILABLE", `cannot reach NATS at ${servers}: ${m}`, { cause: err });
     }
+    const access: Access = {
+      user: creds?.user,
+      onRefused: options.onRefused,
+      awaitMs: options.awaitStreamsMs ?? 5 * 60_000,
+    };
+    if (options.onRefused !== undefined) watchRefusals(nc, access.user, options.onRefused);
     const js = jetstream(nc);
-    const jsm = await jetstreamManager(nc);
-    return new NatsBus(nc, new NatsQueues(js, jsm, replicas), new NatsEvents(nc), new Kvm(nc), jsm, replicas);
+    const jsm = await guarded(access.user, () => jetstreamManager(nc));
+    return new NatsBus(
+      nc,
+      new NatsQueues(js, jsm, replicas, access),
+      new NatsEvents(nc),
+      new Kvm(nc),
+      jsm,
+      replicas,
+      access,
+    );
   }
 
   async kv(bucket: string): Promise<KeyValue> {
-    return new NatsKv(
-      await this.kvm.create(validateBusName("bucket", bucket), {
-        history: 1,
-        storage: StorageType.File,
-        replicas: this.replicas,
-      }),
-      this.jsm,
-      bucket,
-    );
+    validateBusName("bucket", bucket);
+    const open = (): ReturnType<Kvm["create"]> =>
+      this.kvm.create(bucket, { history: 1, storage: StorageType.File, replicas: this.replicas });
+    const kv = await guarded(this.access.user, async () => {
+      try {
+        return await open();
+      } catch (err) {
+        if (violation(err) === undefined) throw err;
+        // Not this user's to create (a node's jobs bucket): wait for the coordinator's.
+        await awaitStream(this.jsm, kvStreamOf(bucket), err, this.access);
+        return open();
+      }
+    });
+    return new NatsKv(kv, this.jsm, bucket, this.access.user);
   }
 
   /**
@@ -285,4 +459,18 @@ export class NatsBus implements Bus {
     ).catch(() => ({ timedOut: true as const }));
     if (drained.timedOut || !drained.value) await this.nc.close().catch(() => undefined);
   }
+}
+
+/** Passes each permission refusal the server reports to onRefused, once per subject per 10 s. */
+function watchRefusals(nc: NatsConnection, user: string | undefined, onRefused: (err: FarmError) => void): void {
+  const told = new Map<string, number>();
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type !== "error" || !(s.error instanceof PermissionViolationError)) continue;
+      const at = told.get(s.error.subject);
+      if (at !== undefined && Date.now() - at < 10_000) continue;
+      told.set(s.error.subject, Date.now());
+      onRefused(refused(s.error, user) as FarmError);
+    }
+  })();
 }

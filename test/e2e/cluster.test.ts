@@ -28,7 +28,8 @@ import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { storedVideoFrames } from "../support/video.js";
 import { until } from "../support/wait.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
-import { NatsBus } from "../../shared/bus/nats-bus.js";
+import type { NatsBus } from "../../shared/bus/nats-bus.js";
+import { connectClusterNats, natsUsersFileIn } from "../support/cluster-nats.js";
 import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 import { referenceDir } from "../support/reference.js";
 import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
@@ -74,7 +75,7 @@ before(async () => {
     secretKey: "S3RVER",
     bucket: "framefarm",
   });
-  bus = await NatsBus.connect(addresses.nats);
+  bus = await connectClusterNats(addresses.nats, natsUsersFileIn(out)!);
 });
 
 after(async () => {

@@ -13,7 +13,8 @@ import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { JobServiceClient, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
-import { NatsBus } from "../../shared/bus/nats-bus.js";
+import type { NatsBus } from "../../shared/bus/nats-bus.js";
+import { connectClusterNats, natsUsersFileIn } from "../support/cluster-nats.js";
 import { readJob, type JobRecord } from "../../coordinator/dispatch/job-record.js";
 import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 import { cliPath } from "../support/paths.js";
@@ -69,7 +70,7 @@ before(async () => {
     cluster.once("exit", (code) => reject(new Error(`cluster exited ${code}: ${out}`)));
   });
   client = new JobServiceClient(addresses.grpc, credentials.createInsecure());
-  bus = await NatsBus.connect(addresses.nats);
+  bus = await connectClusterNats(addresses.nats, natsUsersFileIn(out)!);
 });
 
 after(async () => {

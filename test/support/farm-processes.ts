@@ -2,7 +2,8 @@
  * A farm of real processes for fault injection: nats-server (JetStream, file storage), s3rver, one
  * or more coordinator processes (one leader, the others standing by) and node processes, each of which a test can SIGKILL and start again on the
  * same port and data folder. The test talks to the farm as a user does (gRPC) and watches it as an
- * operator would (NATS events, the object store).
+ * operator would (NATS events, the object store). NATS admits only the farm's users, as `cluster`
+ * and deploy/k8s run it: the coordinator's, and per kind of node one with the rights of its stages.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { appendFile, mkdir, open, rm } from "node:fs/promises";
@@ -26,6 +27,12 @@ import { STAGE_KINDS } from "../../shared/farm/protocol.js";
 import { COORDINATOR_BUCKET, LEADER_KEY, leaseValues } from "../../coordinator/dispatch/leader-lease.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { cliPath, tinyBundleDir } from "./paths.js";
+import { clusterNatsUsers, nodeNatsUser } from "../../coordinator/cli/cluster.js";
+import { natsAuthorizationConfig, type NatsUser } from "../../shared/farm/nats-permissions.js";
+import type { NatsCredentials } from "../../shared/bus/nats-bus.js";
+
+/** The kinds of node the farm's NATS has users for (besides those a farm starts with). */
+const NODE_KINDS = ["text,image,vae", "denoise", "all"];
 
 export interface FarmSettings {
   /** Redelivery delay of a dead node's task. */
@@ -99,12 +106,28 @@ export class FarmProcesses {
   private constructor(
     private readonly dir: string,
     readonly settings: FarmSettings,
+    private readonly users: NatsUser[],
   ) {}
+
+  /** The coordinator's NATS user (every right): the test's own view uses it too. */
+  get natsAdmin(): NatsCredentials {
+    return this.credentials("coordinator");
+  }
+
+  private credentials(user: string): NatsCredentials {
+    const u = this.users.find((x) => x.user === user);
+    if (u === undefined) throw new Error(`the farm's NATS has no user ${user}`);
+    return { user: u.user, password: u.password as string };
+  }
+
+  private startNats(port?: number): Promise<LocalServer> {
+    return startNatsServer(path.join(this.dir, "nats"), port, { authorization: natsAuthorizationConfig(this.users) });
+  }
 
   /** nodes: id -> stage groups (`framefarm node --stages`). */
   static async start(dir: string, settings: FarmSettings, nodes: Record<string, string>): Promise<FarmProcesses> {
-    const f = new FarmProcesses(dir, settings);
-    f.nats = await startNatsServer(path.join(dir, "nats"));
+    const f = new FarmProcesses(dir, settings, clusterNatsUsers([...NODE_KINDS, ...Object.values(nodes)]));
+    f.nats = await f.startNats();
     if (settings.s3DiskMiB !== undefined) {
       await mkdir(path.join(dir, "s3"), { recursive: true });
       await run("mount", ["-t", "tmpfs", "-o", `size=${settings.s3DiskMiB}m`, "tmpfs", path.join(dir, "s3")]);
@@ -117,7 +140,7 @@ export class FarmProcesses {
       await f.startCoordinator(i);
     }
     await Promise.all(Object.entries(nodes).map(([id, stages]) => f.startNode(id, stages)));
-    f.bus = await NatsBus.connect(f.natsUrl, "fault-injector");
+    f.bus = await NatsBus.connect(f.natsUrl, "fault-injector", 1, { credentials: f.natsAdmin });
     f.store = await S3ObjectStore.open({
       endpoint: LOOPBACK,
       port: f.s3.port,
@@ -155,7 +178,7 @@ export class FarmProcesses {
    * dropped by the queue's dedup window does not take (so one attempt queued twice counts once).
    */
   async storedTaskMessages(): Promise<number> {
-    const nc = await connect({ servers: this.natsUrl });
+    const nc = await connect({ servers: this.natsUrl, user: this.natsAdmin.user, pass: this.natsAdmin.password });
     try {
       const jsm = await jetstreamManager(nc);
       let n = 0;
@@ -186,8 +209,15 @@ export class FarmProcesses {
     return `nats://${LOOPBACK}:${this.nats.port}`;
   }
 
-  private env(): NodeJS.ProcessEnv {
-    return { ...process.env, FRAMEFARM_S3_RETRY_MS: String(this.settings.s3RetryMs) };
+  /** A process's environment, with the NATS user it connects as (never in its arguments). */
+  private env(user: string): NodeJS.ProcessEnv {
+    const c = this.credentials(user);
+    return {
+      ...process.env,
+      FRAMEFARM_S3_RETRY_MS: String(this.settings.s3RetryMs),
+      FRAMEFARM_NATS_USER: c.user,
+      FRAMEFARM_NATS_PASSWORD: c.password,
+    };
   }
 
   private connectionArgs(): string[] {
@@ -218,7 +248,7 @@ export class FarmProcesses {
         "0",
         ...(this.settings.leaseTtlMs !== undefined ? ["--lease-ttl-ms", String(this.settings.leaseTtlMs)] : []),
       ],
-      { stdio: ["ignore", "pipe", "pipe"], env: this.env() },
+      { stdio: ["ignore", "pipe", "pipe"], env: this.env("coordinator") },
     );
     // It prints its dashboard's address right after "gRPC listening on".
     const m = await waitForLine(child, /dashboard on http:\/\/\S+:(\d+)/, `coordinator ${i}`);
@@ -271,7 +301,7 @@ export class FarmProcesses {
     ];
     const child = spawn(process.execPath, args, {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...this.env(), ...extra.env },
+      env: { ...this.env(nodeNatsUser(stages)), ...extra.env },
     });
     await waitForLine(child, /serving/, `node ${id}`, extra.readyTimeoutMs).catch(async (err: unknown) => {
       await killHard(child);
@@ -325,7 +355,7 @@ export class FarmProcesses {
   /** After a failed run: every server and process that should be up is up again. */
   async heal(nodes: Record<string, string>): Promise<void> {
     if (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null)
-      this.nats = await startNatsServer(path.join(this.dir, "nats"), this.nats.port);
+      this.nats = await this.startNats(this.nats.port);
     if (this.s3.process.exitCode !== null || this.s3.process.signalCode !== null) await this.startS3();
     for (let i = 0; i < this.grpcPorts.length; i++) {
       const c = this.coordinators[i];
@@ -344,7 +374,7 @@ export class FarmProcesses {
     this.nats.kill();
     await new Promise((r) => this.nats.process.once("exit", r));
     await new Promise((r) => setTimeout(r, pauseMs));
-    this.nats = await startNatsServer(path.join(this.dir, "nats"), port);
+    this.nats = await this.startNats(port);
   }
 
   async stopS3(): Promise<void> {

@@ -22,7 +22,7 @@ import {
   type Job,
   type SubmitJobRequest,
 } from "../../../proto/gen/framefarm/v1/jobs.js";
-import { NatsBus } from "../../../shared/bus/nats-bus.js";
+import { connectClusterNats, natsUsersFileIn } from "../../support/cluster-nats.js";
 import { readJob, type JobRecord } from "../../../coordinator/dispatch/job-record.js";
 import { cliPath, repoRoot } from "../../support/paths.js";
 import { JOBS_BUCKET } from "../../../shared/farm/protocol.js";
@@ -70,7 +70,7 @@ async function main(): Promise<void> {
     cluster.once("exit", (c) => reject(new Error(`cluster exited ${c}`)));
   });
   const client = new JobServiceClient(addr.grpc, credentials.createInsecure());
-  const bus = await NatsBus.connect(addr.nats);
+  const bus = await connectClusterNats(addr.nats, natsUsersFileIn(out)!);
   const kv = await bus.kv(JOBS_BUCKET);
   const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
   const sectionGaps: number[] = [];
