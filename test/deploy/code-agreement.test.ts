@@ -2,7 +2,8 @@
  * The manifests and the image recipe agree with what the code reads: subcommands, FRAMEFARM_*
  * variables and their values, the gRPC port and its health probes, the dashboard's HTTP port and
  * Prometheus scrape annotations, the token file and operators, server addresses, stage groups,
- * execution providers, JetStream stream/consumer names (for KEDA), bundle location, tracing.
+ * execution providers, JetStream stream/consumer names (for KEDA), bundle location, tracing, the
+ * NATS users and their permissions.
  * Names come from the sources (support/code-facts.ts) or from the modules themselves.
  */
 import { test } from "node:test";
@@ -33,6 +34,8 @@ import { CUDA_PROVIDER_LIBRARY, CUDA_PROVIDER_PACKAGE } from "../../gpu-node/run
 import { streamOf } from "../../shared/bus/nats-bus.js";
 import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
 import { stageConsumerName } from "../../shared/farm/protocol.js";
+import { natsAuthorizationConfig, natsPasswordEnv } from "../../shared/farm/nats-permissions.js";
+import { natsUsersFromArgs } from "../../coordinator/cli/nats-auth.js";
 
 const NAMESPACE = "framefarm";
 const stages = dockerStages();
@@ -488,5 +491,39 @@ for (const target of TARGETS) {
     }
     // One trace per job needs the coordinator and every node exporting to the same place.
     assert.equal(new Set(roles.map(otel)).size, 1, "coordinator and nodes get the same OTEL_* settings");
+  });
+}
+
+for (const target of TARGETS) {
+  test(`${target}: NATS admits only the farm's users, each with the rights of its role (nats-auth.conf is the code's)`, () => {
+    const objects = render(target);
+    const files = generated(objects, "ConfigMap", "nats-config")!["data"] as Record<string, string>;
+    assert.match(files["nats.conf"]!, /^include \.\/nats-auth\.conf$/m, "nats.conf includes the users");
+    const auth = files["nats-auth.conf"]!;
+    // The file is what its header's command prints.
+    const command = /^#\s+framefarm nats-auth (.+)$/m.exec(auth);
+    assert.ok(command, "nats-auth.conf names the command that wrote it");
+    const specs = command[1]!.trim().split(/\s+/);
+    assert.equal(auth.slice(auth.indexOf("authorization {")), natsAuthorizationConfig(natsUsersFromArgs(specs)));
+    const roles = new Map(specs.map((s) => s.split("=") as [string, string]));
+    // Every framefarm container connects as one of them, in its role, with its password from the Secret the server reads.
+    const nats = podSpecs(byName(objects, "StatefulSet", "nats"))[0]!.containers[0]!;
+    const serverSecret = nats.envFrom?.find((f) => f.secretRef !== undefined)?.secretRef?.name;
+    assert.ok(serverSecret, "nats-server gets the passwords from a Secret");
+    for (const r of framefarmContainers(objects)) {
+      const name = r.workload.metadata.name;
+      const user = r.env.get("FRAMEFARM_NATS_USER");
+      assert.ok(user !== undefined && roles.has(user), `${name}: connects as one of the farm's NATS users`);
+      const role = roles.get(user)!;
+      if (roleOf(r) === "coordinator") assert.equal(role, "coordinator", `${name}: the coordinator's user`);
+      else
+        assert.deepEqual(
+          parseStages(role),
+          withEnv(r.env, () => parseStages(r.env.get("FRAMEFARM_STAGES") ?? "all")),
+          `${name}: its user has exactly the rights of the stages it serves`,
+        );
+      const secret = r.container.env?.find((x) => x.name === "FRAMEFARM_NATS_PASSWORD")?.valueFrom?.secretKeyRef;
+      assert.deepEqual(secret, { name: serverSecret, key: natsPasswordEnv(user) }, `${name}: its password`);
+    }
   });
 }

@@ -2,8 +2,9 @@
  * The overlays' coordinator and node containers, started as the image would start them
  * (`node <bin> <args>` with the environment Kubernetes assembles from the manifests, downward-API
  * values and the kubelet's $(VAR) expansion of args included) against a real nats-server and S3
- * server on loopback. Only the addresses (Service DNS names), the S3 credentials (the local S3
- * server's) and, for the coordinator, the ports (50051 and 8080 may be taken on a shared machine;
+ * server on loopback; NATS admits only the users of the base's nats-auth.conf. Only the addresses
+ * (Service DNS names), the S3 credentials (the local S3 server's), the NATS passwords (made up
+ * here for the keys the manifests name in the framefarm-nats Secret) and, for the coordinator, the ports (50051 and 8080 may be taken on a shared machine;
  * the manifest's ports are checked in code-agreement.test.ts) are replaced; for gpu also what
  * needs a GPU host: the bundle (the tiny one), the execution provider (cpu) and the token Secret's
  * mount (a local folder with a file written as deploy/README.md writes the Secret).
@@ -42,7 +43,10 @@ const children: ChildProcess[] = [];
 
 before(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-deploy-"));
-  nats = await startNatsServer(path.join(dir, "nats"));
+  nats = await startNatsServer(path.join(dir, "nats"), undefined, {
+    // The Secret's passwords, as nats-server would read them from the pod's environment.
+    authorization: natsAuth.replace(/\$(NATS_PASSWORD_\w+)/g, (_m, key: string) => JSON.stringify(natsPassword(key))),
+  });
   s3 = await startS3Server(path.join(dir, "s3"));
 });
 
@@ -57,6 +61,13 @@ const rendered = new Map<Target, K8sObject[]>([
   ["overlays/dev", render("overlays/dev")],
   ["overlays/gpu", render("overlays/gpu")],
 ]);
+const natsAuth = (
+  byKind(rendered.get("overlays/dev")!, "ConfigMap").find((o) => o.metadata.name.startsWith("nats-config"))![
+    "data"
+  ] as Record<string, string>
+)["nats-auth.conf"]!;
+/** The password this test gives a framefarm-nats Secret key. */
+const natsPassword = (key: string): string => `${key.toLowerCase()}-test-password`;
 function container(target: Target, deployment: string): { c: Container; env: Map<string, string>; pod: PodSpec } {
   const objects = rendered.get(target)!;
   const d = byKind(objects, "Deployment").find((o) => o.metadata.name === deployment)!;
@@ -81,6 +92,9 @@ function start(c: Container, env: Map<string, string>, pod: Pod): { child: Child
   localEnv.set("FRAMEFARM_S3", `${s3.host}:${s3.port}`);
   localEnv.set("FRAMEFARM_S3_ACCESS_KEY", S3_ACCESS_KEY);
   localEnv.set("FRAMEFARM_S3_SECRET_KEY", S3_SECRET_KEY);
+  const natsKey = c.env?.find((e) => e.name === "FRAMEFARM_NATS_PASSWORD")?.valueFrom?.secretKeyRef?.key;
+  assert.ok(natsKey, `${c.name}: its NATS password comes from a Secret`);
+  localEnv.set("FRAMEFARM_NATS_PASSWORD", natsPassword(natsKey));
   const fields: Record<string, string> = { "<fieldRef:metadata.name>": pod.name, "<fieldRef:spec.nodeName>": pod.host };
   for (const [k, v] of localEnv) if (v in fields) localEnv.set(k, fields[v]!);
   for (const [k, v] of localEnv) assert.doesNotMatch(v, /^<.*>$/, `${k} has no value outside Kubernetes`);

@@ -77,9 +77,11 @@ for (const target of TARGETS) {
     for (const w of workloads) {
       for (const pod of podSpecs(w)) {
         for (const c of [...pod.containers, ...(pod.initContainers ?? [])]) {
-          for (const e of c.envFrom ?? [])
+          for (const e of c.envFrom ?? []) {
             if (e.configMapRef)
               assert.ok(configMaps.has(e.configMapRef.name), `${w.metadata.name}: ConfigMap ${e.configMapRef.name}`);
+            if (e.secretRef && !secrets.has(e.secretRef.name)) missingSecrets.add(e.secretRef.name);
+          }
           for (const e of c.env ?? []) {
             const cm = e.valueFrom?.configMapKeyRef;
             if (cm) assert.ok(configMaps.has(cm.name), `${w.metadata.name}: ConfigMap ${cm.name}`);
@@ -105,11 +107,13 @@ for (const target of TARGETS) {
         }
       }
     }
-    // Only the dev overlay ships credentials (and runs without tokens); elsewhere the S3 Secret, and
-    // in gpu the tokens Secret, are made by hand (deploy/README.md).
-    const byHand = { base: ["framefarm-s3"], "overlays/dev": [], "overlays/gpu": ["framefarm-s3", "framefarm-tokens"] }[
-      target
-    ];
+    // Only the dev overlay ships credentials (and runs without tokens); elsewhere the S3 and NATS
+    // Secrets, and in gpu the tokens Secret, are made by hand (deploy/README.md).
+    const byHand = {
+      base: ["framefarm-nats", "framefarm-s3"],
+      "overlays/dev": [],
+      "overlays/gpu": ["framefarm-nats", "framefarm-s3", "framefarm-tokens"],
+    }[target];
     assert.deepEqual([...missingSecrets].sort(), byHand);
   });
 }

@@ -1,7 +1,7 @@
 /**
- * The gpu overlay's NATS, as configured: its rendered nats.conf (only addresses, ports and paths
- * changed for loopback) run by three real nats-servers, probed healthy on the manifest's probe
- * path. The farm's bus, given the overlay's FRAMEFARM_NATS_REPLICAS, creates its queues and KV
+ * The gpu overlay's NATS, as configured: its rendered nats.conf and nats-auth.conf (only addresses,
+ * ports and paths changed for loopback; passwords from the environment, as the Secret gives them)
+ * run by three real nats-servers, probed healthy on the manifest's probe path. The farm's bus, given the overlay's FRAMEFARM_NATS_REPLICAS, creates its queues and KV
  * buckets with that many replicas, and a queue keeps working after one server is killed.
  */
 import { after, before, test } from "node:test";
@@ -19,7 +19,16 @@ import { render } from "./support/render.js";
 import { byName, generated, podSpecs } from "./support/query.js";
 
 const objects = render("overlays/gpu");
-const conf = (generated(objects, "ConfigMap", "nats-config")!["data"] as Record<string, string>)["nats.conf"]!;
+const natsFiles = generated(objects, "ConfigMap", "nats-config")!["data"] as Record<string, string>;
+const conf = natsFiles["nats.conf"]!;
+/** What the framefarm-nats Secret would hold: a password per user that nats-auth.conf names. */
+const passwords = Object.fromEntries(
+  [...natsFiles["nats-auth.conf"]!.matchAll(/password: \$(NATS_PASSWORD_\w+)/g)].map((m) => [
+    m[1]!,
+    `${m[1]}-test-secret`,
+  ]),
+);
+const coordinator = { user: "coordinator", password: passwords["NATS_PASSWORD_COORDINATOR"]! };
 const replicas = Number(
   (generated(objects, "ConfigMap", "framefarm-settings")!["data"] as Record<string, string>)["FRAMEFARM_NATS_REPLICAS"],
 );
@@ -62,10 +71,13 @@ before(async () => {
         (_m, k: string) => `nats://${LOOPBACK}:${nodes[Number(k)]!.cluster}`,
       );
     await mkdir(path.join(dir, `data-${i}`), { recursive: true });
-    const file = path.join(dir, `nats-${i}.conf`);
+    const serverDir = path.join(dir, `server-${i}`);
+    await mkdir(serverDir, { recursive: true });
+    const file = path.join(serverDir, "nats.conf");
     await writeFile(file, local);
+    await writeFile(path.join(serverDir, "nats-auth.conf"), natsFiles["nats-auth.conf"]!);
     n.child = spawn(process.env["NATS_SERVER_BIN"] ?? "nats-server", ["-c", file], {
-      env: { ...process.env, POD_NAME: `nats-${i}` },
+      env: { ...process.env, POD_NAME: `nats-${i}`, ...passwords },
       stdio: "ignore",
     });
   }
@@ -87,8 +99,10 @@ after(async () => {
 test("gpu NATS: streams and KV buckets get the overlay's replicas; a queue survives losing a server", async () => {
   assert.equal(replicas, servers, "one replica per server");
   const last = nodes.at(-1)!;
-  const bus = await NatsBus.connect(`nats://${LOOPBACK}:${last.client}`, "deploy-test", replicas);
-  const nc = await connect({ servers: `nats://${LOOPBACK}:${last.client}` });
+  const url = `nats://${LOOPBACK}:${last.client}`;
+  await assert.rejects(NatsBus.connect(url, "anonymous"), /UNAUTHENTICATED|refused/, "only the farm's users get in");
+  const bus = await NatsBus.connect(url, "deploy-test", replicas, { credentials: coordinator });
+  const nc = await connect({ servers: url, user: coordinator.user, pass: coordinator.password });
   try {
     await until("JetStream cluster ready", async () => {
       await bus.queues.ensure("denoise");
