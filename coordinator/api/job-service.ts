@@ -90,6 +90,8 @@ export class JobService {
   private readonly auth: TokenAuth;
   /** Submissions admitted but not yet jobs, per tenant (they count towards maxQueuedPerTenant). */
   private readonly admitted = new Map<string, number>();
+  /** Submissions refused at maxQueuedPerTenant since start, per tenant (per-tenant metrics). */
+  private readonly refused = new Map<string, number>();
 
   constructor(private readonly deps: JobServiceDeps) {
     this.idempotency = deps.bus.kv(IDEMPOTENCY_BUCKET);
@@ -192,11 +194,13 @@ export class JobService {
     if (limit === undefined) return () => undefined;
     const pending = this.admitted.get(tenant) ?? 0;
     const have = this.deps.dispatcher.unfinishedJobs(tenant) + pending;
-    if (have >= limit)
+    if (have >= limit) {
+      this.refused.set(tenant, (this.refused.get(tenant) ?? 0) + 1);
       throw new FarmError(
         "RESOURCE_EXHAUSTED",
         `tenant ${tenant} has ${have} unfinished jobs, the limit (--max-queued-per-tenant ${limit}); submit again when one has finished`,
       );
+    }
     this.admitted.set(tenant, pending + 1);
     let released = false;
     return () => {
@@ -206,6 +210,11 @@ export class JobService {
       if (n === 0) this.admitted.delete(tenant);
       else this.admitted.set(tenant, n);
     };
+  }
+
+  /** Per tenant, submissions refused at the queued-job limit since this coordinator started. */
+  refusals(): ReadonlyMap<string, number> {
+    return this.refused;
   }
 
   /** The tenant's job; another tenant's is NOT_FOUND exactly as a missing one. */

@@ -71,6 +71,8 @@ export interface CoordinatorSecurity {
   tenantMaxPriority?: number;
   /** The most unfinished jobs per tenant (unlimited when absent). */
   maxQueuedPerTenant?: number;
+  /** The most tasks per tenant on the queues or running at once (unlimited when absent). */
+  maxRunningPerTenant?: number;
   /** Webhooks: the farm's secret (none: webhooks are refused) and the allowed host[:port] entries. */
   webhooks?: { secret?: string; allow: string[] };
   /** The leader lease's TTL in ms (DEFAULT_LEASE_TTL_MS when absent). */
@@ -131,6 +133,7 @@ export async function startCoordinator(
   const dispatcher = await Dispatcher.start(bus, store, {
     onRecord: (jobId) => deliverer?.notify(jobId),
     onLeader,
+    ...(security.maxRunningPerTenant !== undefined ? { maxRunningPerTenant: security.maxRunningPerTenant } : {}),
     lease: { holder, ttlMs: security.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log },
   });
   await webhooksChanging;
@@ -161,6 +164,7 @@ export async function startCoordinator(
     authorizeMetrics: auth.operatorGate([...operators, ...scrapeOnly]),
     authChanges: (fn) => auth.onChange(fn),
     storeTraffic: () => store.traffic,
+    tenantRefusals: () => service.refusals(),
     jobs: service,
   });
   // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
@@ -192,6 +196,7 @@ export const SECURITY_OPTIONS = {
   "metrics-tenants": { type: "string" },
   "tenant-max-priority": { type: "string" },
   "max-queued-per-tenant": { type: "string" },
+  "max-running-per-tenant": { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
   "webhook-secret": { type: "string" },
@@ -266,8 +271,8 @@ const tenantList = (value: string | undefined): string[] | undefined =>
 /**
  * --tokens / FRAMEFARM_TOKENS_FILE, --operators / FRAMEFARM_OPERATORS, --metrics-tenants /
  * FRAMEFARM_METRICS_TENANTS, --tenant-max-priority / FRAMEFARM_TENANT_MAX_PRIORITY,
- * --max-queued-per-tenant / FRAMEFARM_MAX_QUEUED_PER_TENANT and --tls-cert / --tls-key as
- * start-up settings.
+ * --max-queued-per-tenant / FRAMEFARM_MAX_QUEUED_PER_TENANT, --max-running-per-tenant /
+ * FRAMEFARM_MAX_RUNNING_PER_TENANT and --tls-cert / --tls-key as start-up settings.
  */
 export async function securityOptions(values: {
   tokens?: string | undefined;
@@ -275,6 +280,7 @@ export async function securityOptions(values: {
   "metrics-tenants"?: string | undefined;
   "tenant-max-priority"?: string | undefined;
   "max-queued-per-tenant"?: string | undefined;
+  "max-running-per-tenant"?: string | undefined;
   "tls-cert"?: string | undefined;
   "tls-key"?: string | undefined;
   "webhook-secret"?: string | undefined;
@@ -292,6 +298,9 @@ export async function securityOptions(values: {
   const queued = values["max-queued-per-tenant"] ?? process.env["FRAMEFARM_MAX_QUEUED_PER_TENANT"];
   if (queued !== undefined && queued !== "")
     out.maxQueuedPerTenant = integerOption("--max-queued-per-tenant", queued, 1, 1_000_000);
+  const running = values["max-running-per-tenant"] ?? process.env["FRAMEFARM_MAX_RUNNING_PER_TENANT"];
+  if (running !== undefined && running !== "")
+    out.maxRunningPerTenant = integerOption("--max-running-per-tenant", running, 1, 1_000_000);
   if (tokens !== undefined && tokens !== "") {
     out.auth = await TokenAuth.fromFile(tokens);
     out.tokensFile = tokens;

@@ -29,6 +29,8 @@ export interface DashboardOptions {
   jobs?: TenantApiOptions["jobs"];
   /** The coordinator's own object-store bytes. */
   storeTraffic?: () => { read: number; written: number };
+  /** Per tenant, submissions refused at the queued-job limit (JobService.refusals). */
+  tenantRefusals?: () => ReadonlyMap<string, number>;
 }
 
 export interface Dashboard {
@@ -49,7 +51,10 @@ export async function dashboardActions(bus: Bus, dispatcher: Dispatcher): Promis
 
 export async function startDashboard(o: DashboardOptions): Promise<Dashboard> {
   const view = await FarmView.start(o.bus, o.store, { log: o.log });
-  const metrics = farmMetrics(view, o.storeTraffic ?? (() => ({ read: 0, written: 0 })), () => o.dispatcher.leader);
+  const metrics = farmMetrics(view, o.storeTraffic ?? (() => ({ read: 0, written: 0 })), () => o.dispatcher.leader, {
+    load: () => o.dispatcher.tenantLoad(),
+    refusals: o.tenantRefusals ?? (() => new Map()),
+  });
   const server = await startDashboardServer({
     view,
     metrics,

@@ -1,10 +1,19 @@
 /**
  * Prometheus metrics of the farm (prom-client), served on /metrics: stage durations and retries
  * from finished task attempts, and queue depths, job states, node liveness and object-store bytes
- * read from the latest farm snapshot at scrape time.
+ * read from the latest farm snapshot at scrape time; per tenant, jobs and tasks by state and the
+ * submissions refused at the queued-job limit (labelled by tenant: tenants are the token file's, a
+ * bounded set).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { FarmView } from "./farm-view.js";
+import type { TenantLoad } from "../dispatch/dispatcher.js";
+
+/** Where the per-tenant metrics come from: the dispatcher's mirror and the API's refusals. */
+export interface TenantSources {
+  load(): ReadonlyMap<string, TenantLoad>;
+  refusals(): ReadonlyMap<string, number>;
+}
 
 export interface FarmMetrics {
   readonly registry: Registry;
@@ -19,6 +28,7 @@ export function farmMetrics(
   view: FarmView,
   storeTraffic: () => { read: number; written: number },
   leader: () => boolean = () => true,
+  tenants?: TenantSources,
 ): FarmMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "framefarm_coordinator_" });
@@ -100,5 +110,45 @@ export function farmMetrics(
       }
     },
   });
+  if (tenants !== undefined) tenantMetrics(registry, tenants);
   return { registry, stop: off };
+}
+
+function tenantMetrics(registry: Registry, tenants: TenantSources): void {
+  new Gauge({
+    name: "framefarm_tenant_jobs",
+    help: "Unfinished jobs per tenant, queued (no task done yet) or running",
+    labelNames: ["tenant", "state"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [tenant, l] of tenants.load()) {
+        this.set({ tenant, state: "queued" }, l.queuedJobs);
+        this.set({ tenant, state: "running" }, l.runningJobs);
+      }
+    },
+  });
+  new Gauge({
+    name: "framefarm_tenant_tasks",
+    help: "Tasks per tenant: running (on a stage queue or a node) or waiting (ready, held for a free node or the tenant's running limit)",
+    labelNames: ["tenant", "state"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [tenant, l] of tenants.load()) {
+        this.set({ tenant, state: "running" }, l.runningTasks);
+        this.set({ tenant, state: "waiting" }, l.waitingTasks);
+      }
+    },
+  });
+  new Counter({
+    name: "framefarm_tenant_refusals_total",
+    help: "Submissions refused RESOURCE_EXHAUSTED at the tenant's queued-job limit (--max-queued-per-tenant), since this coordinator started",
+    labelNames: ["tenant", "limit"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [tenant, n] of tenants.refusals()) this.inc({ tenant, limit: "max-queued-per-tenant" }, n);
+    },
+  });
 }

@@ -148,6 +148,22 @@ export interface DispatcherOptions {
   onLeader?: (leading: boolean) => void;
   /** With a lease: every unfinished job is read again this often, in case a record note was missed (ms). */
   resyncMs?: number;
+  /**
+   * The most tasks of one tenant on the stage queues or running at once (unlimited when absent):
+   * the tenant's other ready tasks wait while other tenants' go, so one tenant's flood cannot take
+   * every node. Nodes stay idle rather than exceed it.
+   */
+  maxRunningPerTenant?: number;
+}
+
+/** A tenant's share of the farm now, as the dispatcher mirrors it (per-tenant metrics). */
+export interface TenantLoad {
+  queuedJobs: number;
+  runningJobs: number;
+  /** Tasks on a stage queue or running on a node. */
+  runningTasks: number;
+  /** Ready tasks held back for a free node (or for the tenant's running limit). */
+  waitingTasks: number;
 }
 
 /** Core NATS subject on which a dispatcher under a lease names each job record it wrote. */
@@ -192,8 +208,9 @@ export class Dispatcher {
   private readonly ready = new ReadySet();
   /** Latest record revision mirrored into `ready`, per job, so a late write never undoes a newer one. */
   private readonly mirrored = new Map<string, number>();
-  /** The tenant of every unfinished job (queued or running) mirrored. */
-  private readonly unfinished = new Map<string, string>();
+  /** Every unfinished job (queued or running) mirrored: its tenant, state and tasks sent out. */
+  private readonly unfinished = new Map<string, { tenant: string; state: JobRecord["state"]; running: number }>();
+  private readonly maxRunningPerTenant: number | undefined;
   private releasing: Promise<void> = Promise.resolve();
   private releaseRequested = false;
   private tick: NodeJS.Timeout | undefined;
@@ -223,6 +240,7 @@ export class Dispatcher {
   ) {
     this.maxAttempts = options.maxAttempts ?? 3;
     this.onRecord = options.onRecord;
+    this.maxRunningPerTenant = options.maxRunningPerTenant;
   }
 
   static async start(bus: Bus, store: ObjectStore, options: DispatcherOptions = {}): Promise<Dispatcher> {
@@ -388,8 +406,33 @@ export class Dispatcher {
   /** How many jobs of the tenant are queued or running (the per-tenant limit counts these). */
   unfinishedJobs(tenant: string): number {
     let n = 0;
-    for (const t of this.unfinished.values()) if (t === tenant) n++;
+    for (const j of this.unfinished.values()) if (j.tenant === tenant) n++;
     return n;
+  }
+
+  /** Tasks of the tenant on a stage queue or running (the running limit counts these). */
+  runningTasks(tenant: string): number {
+    let n = 0;
+    for (const j of this.unfinished.values()) if (j.tenant === tenant) n += j.running;
+    return n;
+  }
+
+  /** Each tenant with unfinished jobs: its jobs and tasks by state. */
+  tenantLoad(): Map<string, TenantLoad> {
+    const out = new Map<string, TenantLoad>();
+    const of = (tenant: string): TenantLoad => {
+      let l = out.get(tenant);
+      if (l === undefined) out.set(tenant, (l = { queuedJobs: 0, runningJobs: 0, runningTasks: 0, waitingTasks: 0 }));
+      return l;
+    };
+    for (const j of this.unfinished.values()) {
+      const l = of(j.tenant);
+      if (j.state === "QUEUED") l.queuedJobs++;
+      else l.runningJobs++;
+      l.runningTasks += j.running;
+    }
+    for (const [tenant, n] of this.ready.perTenant()) of(tenant).waitingTasks += n;
+    return out;
   }
 
   /** Ready tasks held back for want of room on their stage queue (all stages, or one). */
@@ -418,7 +461,8 @@ export class Dispatcher {
     this.ready.deleteJob(jobId);
     if (!active(r)) return void this.unfinished.delete(jobId);
     const tenant = tenantOf(r);
-    this.unfinished.set(jobId, tenant);
+    const running = Object.values(r.taskStates).filter((s) => s === "queued").length;
+    this.unfinished.set(jobId, { tenant, state: r.state, running });
     const createdAt = Date.parse(r.createdAt);
     r.tasks.forEach((t, order) => {
       if (r.taskStates[t.id] === "ready")
@@ -451,6 +495,9 @@ export class Dispatcher {
       this.unsent.shift();
     }
     let resultsChecked = false;
+    const limit = this.maxRunningPerTenant;
+    // Tenants at their running limit wait: their tasks are passed over (counted afresh after each send).
+    const atLimit = limit === undefined ? undefined : (tenant: string): boolean => this.runningTasks(tenant) >= limit;
     // Credits for workers that just finished last only this pass: at most one task ever waits for a worker.
     const freed = this.freed;
     this.freed = new Map();
@@ -470,7 +517,11 @@ export class Dispatcher {
         this.deferredSince = undefined;
         resultsChecked = true;
       }
-      for (let next = this.ready.best(kind); next !== undefined && room > 0; next = this.ready.best(kind)) {
+      for (
+        let next = this.ready.best(kind, atLimit);
+        next !== undefined && room > 0;
+        next = this.ready.best(kind, atLimit)
+      ) {
         // The fence: a dispatcher whose lease lapsed queues nothing more (the next holder does).
         if (!this.leader) return;
         this.ready.take(next);

@@ -70,12 +70,19 @@ export class ReadySet {
     for (const m of this.byKind.values()) for (const t of m.values()) if (t.jobId === jobId) t.priority = priority;
   }
 
-  /** The next task to release for this stage, or undefined. */
-  best(kind: StageKind): ReadyTask | undefined {
+  /** The next task to release for this stage, or undefined; tasks of `waits`' tenants are passed over. */
+  best(kind: StageKind, waits?: (tenant: string) => boolean): ReadyTask | undefined {
     let best: ReadyTask | undefined;
     for (const t of this.byKind.get(kind)?.values() ?? [])
-      if (best === undefined || this.compare(t, best) < 0) best = t;
+      if ((best === undefined || this.compare(t, best) < 0) && waits?.(t.tenant) !== true) best = t;
     return best;
+  }
+
+  /** Tasks held per tenant, every stage. */
+  perTenant(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const m of this.byKind.values()) for (const t of m.values()) out.set(t.tenant, (out.get(t.tenant) ?? 0) + 1);
+    return out;
   }
 
   size(kind?: StageKind): number {

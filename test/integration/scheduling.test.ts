@@ -202,6 +202,56 @@ forEachBus(
       }
     });
 
+    test("--max-running-per-tenant: a tenant's tasks in flight stay under its limit; its flood leaves nodes to others", async () => {
+      const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "g")), {
+        tickMs: 50,
+        maxRunningPerTenant: 1,
+      });
+      const running = new Map<string, number>();
+      const peak = new Map<string, number>();
+      const ran: string[] = [];
+      let gate: Promise<void> | null = new Promise((r) => setTimeout(r, 300));
+      // Two nodes on the denoise queue, each running one task at a time.
+      const nodes = await Promise.all(
+        [0, 1].map(() =>
+          bus().queues.consume("denoise", { name: "stage-denoise", ackWaitMs: 10_000, maxDeliver: 5 }, async (m) => {
+            const msg = dec<TaskMessage>(m.data);
+            const tenant = msg.spec.tenant ?? "default";
+            ran.push(msg.taskId);
+            running.set(tenant, (running.get(tenant) ?? 0) + 1);
+            peak.set(tenant, Math.max(peak.get(tenant) ?? 0, running.get(tenant)!));
+            await (gate ?? sleep(20));
+            running.set(tenant, running.get(tenant)! - 1);
+            const result: TaskResult = { jobId: msg.jobId, taskId: msg.taskId, ok: true, node: "fake" };
+            await bus().queues.enqueue(RESULTS_QUEUE, enc(result));
+            m.ack();
+          }),
+        ),
+      );
+      try {
+        const flood = Array.from({ length: 4 }, (_, i) => chain(`rflood${i}-${name}`, 2, "flood"));
+        for (const j of flood) await d.submit(j.spec, j.tasks);
+        await until("the flood's first task running", () => ran.length === 1);
+        await sleep(150); // a second node is idle, yet the flood waits for its one task
+        assert.equal(ran.length, 1, "the flooding tenant is at its limit of 1");
+        const load = d.tenantLoad().get("flood")!;
+        assert.deepEqual([load.queuedJobs, load.runningTasks, load.waitingTasks], [4, 1, 3]);
+        const lone = chain(`rlone-${name}`, 2, "lone");
+        await d.submit(lone.spec, lone.tasks);
+        await until("the lone tenant's task on the idle node", () => ran.length === 2);
+        assert.equal(ran[1], `${lone.spec.jobId}.denoise.0`);
+        gate = null;
+        await until("all 10 sections", () => ran.length === 10, 60_000);
+        assert.deepEqual([peak.get("flood"), peak.get("lone")], [1, 1], "never more than 1 task of a tenant at once");
+        await until("every job finished", () => d.unfinishedJobs("flood") === 0 && d.unfinishedJobs("lone") === 0);
+        assert.equal(d.tenantLoad().size, 0);
+      } finally {
+        gate = null;
+        for (const n of nodes) await n.stop();
+        await d.stop();
+      }
+    });
+
     test("a task out of attempts fails its job; retry runs it again from the failed section", async () => {
       const d = await Dispatcher.start(bus(), new LocalObjectStore(path.join(tmp, "c")), {
         tickMs: 50,

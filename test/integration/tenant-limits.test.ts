@@ -88,11 +88,15 @@ test("--max-queued-per-tenant refuses a tenant's job beyond the limit, names it,
   await refused(submit(ACME), status.RESOURCE_EXHAUSTED, /--max-queued-per-tenant 2/);
 });
 
-test("the coordinator's flags: --tenant-max-priority and --max-queued-per-tenant", async () => {
-  assert.deepEqual(await securityOptions({ "tenant-max-priority": "3", "max-queued-per-tenant": "5" }), {
-    tenantMaxPriority: 3,
-    maxQueuedPerTenant: 5,
-  });
+test("the coordinator's flags: --tenant-max-priority, --max-queued-per-tenant and --max-running-per-tenant", async () => {
+  assert.deepEqual(
+    await securityOptions({ "tenant-max-priority": "3", "max-queued-per-tenant": "5", "max-running-per-tenant": "2" }),
+    { tenantMaxPriority: 3, maxQueuedPerTenant: 5, maxRunningPerTenant: 2 },
+  );
+  await assert.rejects(
+    securityOptions({ "max-running-per-tenant": "-1" }),
+    /--max-running-per-tenant must be an integer 1\.\./,
+  );
   await assert.rejects(
     securityOptions({ "max-queued-per-tenant": "0" }),
     /--max-queued-per-tenant must be an integer 1\.\./,
