@@ -51,6 +51,23 @@ export class FarmError extends Error {
   }
 }
 
+/**
+ * One stored object that could not be read as written: corrupt (its checksum failed, DATA_LOSS) or
+ * gone (NOT_FOUND). Naming the key lets the coordinator recompute the object from the inputs of the
+ * task that wrote it (coordinator/dispatch/recompute.ts) instead of failing the job.
+ */
+export class LostObjectError extends FarmError {
+  constructor(
+    status: "DATA_LOSS" | "NOT_FOUND",
+    readonly key: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(status, message, options);
+    this.name = "LostObjectError";
+  }
+}
+
 export const invalidArgument = (message: string, cause?: unknown): FarmError =>
   new FarmError("INVALID_ARGUMENT", message, { cause });
 export const notFound = (message: string, cause?: unknown): FarmError => new FarmError("NOT_FOUND", message, { cause });

@@ -32,6 +32,7 @@ import {
 } from "../../shared/farm/protocol.js";
 import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
 import { ReadySet } from "./ready-set.js";
+import { applyLostInput, decideLostInput, waitsForRecompute } from "./recompute.js";
 import { tenantOf } from "./job-views.js";
 import { appendQueuedEvent } from "../webhooks/events.js";
 import { FarmError } from "../../shared/errors.js";
@@ -58,6 +59,7 @@ export function taskMessage(r: JobRecord, taskId: string, trace?: TraceCarrier):
   const failed = (r.taskLog ?? [])
     .filter((e) => e.taskId === taskId && !e.ok)
     .slice(since)
+    .filter((e) => e.lostInput === undefined) // the store lost an input: not the node's fault
     .map((e) => e.node);
   const task = r.tasks.find((t) => t.id === taskId);
   if (task === undefined) throw new FarmError("INTERNAL", `job ${r.spec.jobId} has no task ${taskId}`);
@@ -185,8 +187,11 @@ export function checkPriority(priority: number): number {
 
 const active = (r: JobRecord): boolean => r.state === "QUEUED" || r.state === "RUNNING";
 
-/** The queue's dedup id for one attempt of a task: attempts and operator retries make it new. */
-const dedupId = (r: JobRecord, taskId: string): string => `${taskId}#${r.retries ?? 0}.${r.attempts[taskId] ?? 0}`;
+/** The queue's dedup id for one attempt of a task: attempts, operator retries and recomputations make it new. */
+const dedupId = (r: JobRecord, taskId: string): string => {
+  const recomputed = r.recomputes?.[taskId] ?? 0;
+  return `${taskId}#${r.retries ?? 0}.${r.attempts[taskId] ?? 0}${recomputed > 0 ? `.r${recomputed}` : ""}`;
+};
 
 /** Marks the job's tasks whose dependencies are done ready (inside a record update). */
 function markReady(rec: JobRecord): void {
@@ -200,7 +205,8 @@ function markReady(rec: JobRecord): void {
       .filter(([, s]) => s !== "pending")
       .map(([id]) => id),
   );
-  for (const t of readyTasks(rec.tasks, done, started)) rec.taskStates[t.id] = "ready";
+  for (const t of readyTasks(rec.tasks, done, started))
+    if (!waitsForRecompute(rec, t.id, done)) rec.taskStates[t.id] = "ready";
 }
 
 export class Dispatcher {
@@ -592,6 +598,7 @@ export class Dispatcher {
         if (rec.taskStates[t.id] === "done") continue;
         rec.taskStates[t.id] = "pending";
         rec.attemptsBeforeRetry[t.id] = rec.attempts[t.id] ?? 0;
+        if (rec.inputLosses !== undefined) delete rec.inputLosses[t.id]; // counted in attemptsBeforeRetry now
       }
       delete rec.error;
       delete rec.errorStatus;
@@ -611,6 +618,12 @@ export class Dispatcher {
     const startTime = Date.now();
     let cancelled = false;
     let seen: JobRecord | undefined;
+    // A corrupt input to be recomputed goes first: its producer writes only where nothing is.
+    if (!result.ok && result.lostInput !== undefined && result.errorStatus === "DATA_LOSS") {
+      const cur = await readJob(this.kv, result.jobId);
+      if (cur !== null && active(cur.record) && decideLostInput(cur.record, result.lostInput)?.kind === "recompute")
+        await this.store.delete(result.lostInput);
+    }
     // One revision-checked write records the result and marks what became ready.
     const w = await updateJob(this.kv, result.jobId, (rec) => {
       seen = rec;
@@ -626,12 +639,25 @@ export class Dispatcher {
           finishedAt: result.finishedAt,
           modelMs: result.modelMs ?? 0,
           ...(result.phases !== undefined ? { phases: result.phases } : {}),
+          ...(result.lostInput !== undefined ? { lostInput: result.lostInput } : {}),
         });
       }
-      if (result.ok) {
+      const lost = !result.ok && result.lostInput !== undefined ? decideLostInput(rec, result.lostInput) : null;
+      if (lost !== null && lost.kind !== "fail") {
+        applyLostInput(rec, result.taskId, lost);
+        rec.state = "RUNNING";
+      } else if (lost?.kind === "fail") {
+        rec.taskStates[result.taskId] = "failed";
+        rec.state = "FAILED";
+        rec.error = `${result.taskId} on ${result.node}: ${lost.error} (${result.error ?? "lost"})`;
+        rec.errorStatus = "DATA_LOSS";
+      } else if (result.ok) {
         rec.taskStates[result.taskId] = "done";
         rec.state = Object.values(rec.taskStates).every((s) => s === "done") ? "SUCCEEDED" : "RUNNING";
-      } else if (attempts - (rec.attemptsBeforeRetry?.[result.taskId] ?? 0) >= this.maxAttempts) {
+      } else if (
+        attempts - (rec.attemptsBeforeRetry?.[result.taskId] ?? 0) - (rec.inputLosses?.[result.taskId] ?? 0) >=
+        this.maxAttempts
+      ) {
         rec.taskStates[result.taskId] = "failed";
         rec.state = "FAILED";
         rec.error = `${result.taskId} failed ${attempts} times; last on ${result.node}: ${result.error ?? "unknown error"}`;

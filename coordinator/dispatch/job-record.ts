@@ -30,6 +30,12 @@ export interface JobRecord {
   retries?: number;
   /** Per task, the attempts spent before the latest retry. */
   attemptsBeforeRetry?: Record<string, number>;
+  /** Per task, the times it was run again because an object it wrote was lost (coordinator/dispatch/recompute.ts). */
+  recomputes?: Record<string, number>;
+  /** Per task, its failed attempts caused by a lost input: they do not count against its attempts. */
+  inputLosses?: Record<string, number>;
+  /** Per task that found a lost input, the task recomputing it: it is not ready before that is done. */
+  waitingFor?: Record<string, string>;
   error?: string;
   errorStatus?: string;
   /** Every attempt's node and time span, in the order results arrived (the job's event log). */
@@ -41,6 +47,8 @@ export interface JobRecord {
     finishedAt: string;
     modelMs: number;
     phases?: Record<string, number>;
+    /** The input object this attempt found lost (corrupt or gone): the node was not at fault. */
+    lostInput?: string;
   }[];
   createdAt: string;
   updatedAt: string;

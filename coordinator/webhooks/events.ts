@@ -59,6 +59,7 @@ interface RecordView {
   error?: string;
   errorStatus?: string;
   webhook?: JobWebhook;
+  recomputes?: Record<string, number>;
 }
 
 const STATE_EVENT: Record<JobState, WebhookEventType> = {
@@ -103,7 +104,9 @@ export function appendWebhookEvents(prev: RecordView, next: RecordView, at: stri
   if (next.webhook === undefined) return;
   const before = new Set(denoiseDone(prev).map((t) => t.id));
   for (const t of denoiseDone(next))
-    if (!before.has(t.id)) push(next, event(next, "job.section_done", at, t.section ?? 0));
+    // A section recomputed after its history was lost in storage was announced the first time.
+    if (!before.has(t.id) && (next.recomputes?.[t.id] ?? 0) === 0)
+      push(next, event(next, "job.section_done", at, t.section ?? 0));
   if (next.state !== prev.state) push(next, event(next, STATE_EVENT[next.state], at));
 }
 

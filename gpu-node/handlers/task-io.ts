@@ -4,7 +4,7 @@
  * so when a task is retried after another attempt already committed, the committed objects stay as
  * they are (and are identical anyway: every input and generator position is fixed by the plan).
  */
-import { FarmError } from "../../shared/errors.js";
+import { FarmError, LostObjectError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { decodeTensorObjectAsync, encodeTensorObjectAsync } from "../../shared/tensor/tensor-object.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
@@ -57,10 +57,21 @@ export type StageHandler = (
 
 export type Tensors = Record<string, Tensor>;
 
+/**
+ * A tensor object, verified. One that fails its checksum or is missing is a LostObjectError naming
+ * the key: the node reports it as a lost input, and the coordinator recomputes it.
+ */
 export async function readTensors(ctx: WorkerContext, key: string): Promise<CachedObject> {
   const hit = ctx.cache?.get(key);
   if (hit !== undefined) return hit;
-  const value = await decodeTensorObjectAsync(await ctx.store.get(key), key);
+  let value: CachedObject;
+  try {
+    value = await decodeTensorObjectAsync(await ctx.store.get(key), key);
+  } catch (err) {
+    if (err instanceof FarmError && (err.status === "DATA_LOSS" || err.status === "NOT_FOUND"))
+      throw new LostObjectError(err.status, key, err.message, { cause: err });
+    throw err;
+  }
   ctx.cache?.set(key, value);
   return value;
 }

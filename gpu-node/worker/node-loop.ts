@@ -7,7 +7,7 @@
  * (gpu-node/worker/node-presence.ts) and drains when an operator asks.
  */
 import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
-import { FarmError } from "../../shared/errors.js";
+import { FarmError, LostObjectError } from "../../shared/errors.js";
 import { errorMessage, within } from "../../shared/shutdown.js";
 import { admitJob } from "../runtime/memory-admission.js";
 import {
@@ -329,10 +329,19 @@ export class NodeLoop {
           const message = errorMessage(err);
           span.setAttribute(TRACE_ATTRS.outcome, "failed");
           recordFailure(span, err);
-          await report({ ok: false, error: message, errorStatus: status });
+          // An input lost in the store (corrupt or gone) is named, so it is recomputed.
+          const lost =
+            err instanceof LostObjectError && Object.values(task.inputs).includes(err.key) ? err.key : undefined;
+          await report({
+            ok: false,
+            error: message,
+            errorStatus: status,
+            ...(lost !== undefined ? { lostInput: lost } : {}),
+          });
           this.counts.tasksFailed++;
-          log.warn({ status, error: message }, "task failed");
-          this.countFailure(message);
+          log.warn({ status, error: message, ...(lost !== undefined ? { lostInput: lost } : {}) }, "task failed");
+          // The store's bytes failed, not this node: no step towards quarantine.
+          if (lost === undefined) this.countFailure(message);
         } finally {
           span.end();
           clearInterval(keepAlive);

@@ -97,6 +97,11 @@ export interface TaskResult {
   error?: string;
   /** gRPC status name of the failure. */
   errorStatus?: string;
+  /**
+   * The failure was one of the task's input objects, corrupt (DATA_LOSS) or gone (NOT_FOUND): its
+   * key. The coordinator recomputes the object rather than spending the task's attempts.
+   */
+  lostInput?: string;
   node: string;
   /** When the node started and finished the task (ISO 8601). */
   startedAt?: string;
