@@ -3,7 +3,7 @@
  * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator (alone, or the leader of
  * two) and NATS server, an object
  * store outage shorter and longer than the retry limit, the object store's disk full (a tmpfs, where
- * this runs as root), duplicate task delivery, cancellation.
+ * this runs as root), duplicate task delivery, cancellation, bytes of stored tensors flipped on disk.
  * A job that should complete must end SUCCEEDED with frames bit-identical to an undisturbed run
  * (lossless video, fixed seed); otherwise it counts as lost (did not end as it should) or
  * corrupted (other frames). Prints a table and ends with
@@ -30,6 +30,7 @@ import {
 } from "../../shared/farm/protocol.js";
 import { taskMessage } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
+import { jobKeys } from "../../shared/farm/keys.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
@@ -263,6 +264,63 @@ async function longOutage(dir: string): Promise<Outcome> {
   }
 }
 
+const FLIP_FAULT =
+  "a byte flipped on disk in section 0's stored history and decoded video mid-job: both recomputed (nodes without a cache)";
+
+/**
+ * A disk that corrupts stored bytes: mid-job, once section 0 is decoded, one byte of its history
+ * and one of its decoded video are flipped in the S3 server's files. The mux finds the video
+ * corrupt (its checksum), the decode recomputing it finds the history corrupt, and the denoise
+ * recomputes that: the job must complete with the baseline's frames, and its record must show both
+ * recomputations (else the corruption went unseen). Its own farm, whose nodes keep no cache of
+ * decoded objects: a cache would answer from memory the objects its node wrote.
+ */
+async function flippedBytes(farm: FarmProcesses, baseline: Buffer, dir: string): Promise<Outcome> {
+  const job = await farm.submit(await jobRequest());
+  await atStep(farm, job.id, 1, 3);
+  const keys = jobKeys(job.id);
+  for (const end = Date.now() + 60_000; (await farm.store.head(keys.sectionVideo(0))) === null; await sleep(50))
+    if (Date.now() > end) return { survived: false, detail: "section 0 was not decoded within 60 s" };
+  await farm.flipStoredByte(keys.history(0));
+  await farm.flipStoredByte(keys.sectionVideo(0));
+  const outcome = await expectComplete(farm, job.id, baseline, dir);
+  if (!outcome.survived) return outcome;
+  const r = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record;
+  const want = [`${job.id}.decode.0`, `${job.id}.denoise.0`];
+  const got = r.recomputes ?? {};
+  if (Object.keys(got).length !== want.length || want.some((t) => got[t] !== 1))
+    return { survived: false, detail: `recomputations ${JSON.stringify(got)}: the flipped bytes went unseen` };
+  return { survived: true, detail: `${outcome.detail}; ${want.join(" and ")} recomputed once each` };
+}
+
+async function flips(dir: string, baseline: Buffer): Promise<Row> {
+  const row: Row = { fault: FLIP_FAULT, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
+  const t0 = Date.now();
+  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, nodeArgs: ["--cache-mb", "0"] };
+  const farm = await FarmProcesses.start(path.join(dir, "no-cache"), settings, NODES);
+  try {
+    for (let i = 0; i < RUNS; i++) {
+      const outcome = await flippedBytes(farm, baseline, dir).catch((err: Error): Outcome => ({
+        survived: false,
+        detail: `harness: ${err.message}`,
+      }));
+      if (!outcome.survived) await farm.heal(NODES);
+      row.runs++;
+      if (outcome.survived) row.survived++;
+      else if (outcome.corrupted === true) row.corrupted++;
+      else row.lost++;
+      if (!outcome.survived) row.notes.push(outcome.detail);
+      process.stdout.write(
+        `  ${FLIP_FAULT} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+      );
+    }
+  } finally {
+    await farm.stop();
+  }
+  row.seconds = (Date.now() - t0) / 1000;
+  return row;
+}
+
 const LEADER_FAULT = "leader of 2 coordinators SIGKILLed mid-job, the other takes over (lease 2 s)";
 const LEASE_TTL_MS = 2000;
 
@@ -386,6 +444,8 @@ async function main(): Promise<number> {
   }
   // Its own farm: two coordinators; the undisturbed run's frames are the reference still.
   if (ONLY.test(LEADER_FAULT)) rows.push(await leaderKills(dir, baseline));
+  // Its own farm too: nodes without a cache.
+  if (ONLY.test(FLIP_FAULT)) rows.push(await flips(dir, baseline));
   const longFault = "object store down past the retry limit (1 s): job FAILED with the reason";
   if (ONLY.test(longFault)) {
     const t0 = Date.now();

@@ -47,6 +47,8 @@ export interface FarmSettings {
   coordinators?: number;
   /** Their leader lease TTL (`--lease-ttl-ms`). */
   leaseTtlMs?: number;
+  /** More flags for every node (`--cache-mb 0`: every input read from the store). */
+  nodeArgs?: string[];
 }
 
 const BUCKET = "framefarm";
@@ -297,6 +299,7 @@ export class FarmProcesses {
       id,
       "--ack-wait-ms",
       String(this.settings.ackWaitMs),
+      ...(this.settings.nodeArgs ?? []),
       ...(extra.args ?? []),
     ];
     const child = spawn(process.execPath, args, {
@@ -380,6 +383,25 @@ export class FarmProcesses {
   async stopS3(): Promise<void> {
     this.s3.kill();
     await new Promise((r) => this.s3.process.once("exit", r));
+  }
+
+  /**
+   * Flips every bit of one byte of a stored object in the S3 server's files (its last byte: tensor
+   * data in a tensor object), as a failing disk would; the server serves the bytes as they are.
+   */
+  async flipStoredByte(key: string): Promise<void> {
+    const parts = key.split("/");
+    const file = path.join(this.dir, "s3", BUCKET, ...parts.slice(0, -1), `${parts.at(-1)}._S3rver_object`);
+    const f = await open(file, "r+");
+    try {
+      const { size } = await f.stat();
+      const byte = Buffer.alloc(1);
+      await f.read(byte, 0, 1, size - 1);
+      byte[0] = byte[0]! ^ 0xff;
+      await f.write(byte, 0, 1, size - 1);
+    } finally {
+      await f.close();
+    }
   }
 
   /** Fills the S3 server's disk (its tmpfs) to the last byte. */
