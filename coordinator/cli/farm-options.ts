@@ -79,7 +79,7 @@ export function natsCredentials(values: {
   const file = values["nats-password-file"] ?? env["FRAMEFARM_NATS_PASSWORD_FILE"];
   const given = values["nats-password"] ?? env["FRAMEFARM_NATS_PASSWORD"];
   if (user === undefined || user === "") {
-    if ((file ?? given ?? "") !== "")
+    if ((file ?? "") !== "" || (given ?? "") !== "")
       throw new FarmError("INVALID_ARGUMENT", "a NATS password without --nats-user (FRAMEFARM_NATS_USER)");
     return undefined;
   }

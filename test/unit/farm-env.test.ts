@@ -4,7 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { farmConnection } from "../../coordinator/cli/farm-options.js";
+import { farmConnection, natsCredentials } from "../../coordinator/cli/farm-options.js";
 import { FarmError } from "../../shared/errors.js";
 import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
 
@@ -67,4 +67,48 @@ test("FRAMEFARM_DECODE_CONCURRENCY: two decodes on CUDA, one elsewhere, an overr
       () => decodeConcurrencyFor("cuda", { FRAMEFARM_DECODE_CONCURRENCY: bad }),
       /FRAMEFARM_DECODE_CONCURRENCY/,
     );
+});
+
+test("the NATS user: --nats-user with its password from a file, FRAMEFARM_NATS_PASSWORD or the flag; none without a user", async () => {
+  const { mkdtemp, rm, writeFile } = await import("node:fs/promises");
+  const { tmpdir } = await import("node:os");
+  const path = await import("node:path");
+  const dir = await mkdtemp(path.join(tmpdir(), "framefarm-nats-pw-"));
+  try {
+    const file = path.join(dir, "password");
+    await writeFile(file, "from-the-file-0123456789\n"); // a Secret's file often ends with a newline
+    const clear = { FRAMEFARM_NATS_USER: "", FRAMEFARM_NATS_PASSWORD: "", FRAMEFARM_NATS_PASSWORD_FILE: "" };
+    assert.equal(
+      withEnv(clear, () => natsCredentials({})),
+      undefined,
+    );
+    assert.deepEqual(
+      withEnv({ ...clear, FRAMEFARM_NATS_USER: "node-denoise", FRAMEFARM_NATS_PASSWORD: "from-env-0123456789" }, () =>
+        natsCredentials({}),
+      ),
+      { user: "node-denoise", password: "from-env-0123456789" },
+    );
+    assert.deepEqual(
+      withEnv({ ...clear, FRAMEFARM_NATS_PASSWORD: "from-env-0123456789" }, () =>
+        natsCredentials({ "nats-user": "coordinator", "nats-password-file": file }),
+      ),
+      { user: "coordinator", password: "from-the-file-0123456789" },
+      "the file wins over the variable",
+    );
+    const refused = (values: Parameters<typeof natsCredentials>[0], env: Record<string, string>, pattern: RegExp) =>
+      assert.throws(
+        () => withEnv({ ...clear, ...env }, () => natsCredentials(values)),
+        (e: unknown) => e instanceof FarmError && pattern.test(e.message),
+      );
+    refused({ "nats-user": "coordinator" }, {}, /NATS user coordinator without a password/);
+    refused({ "nats-password": "p-0123456789abcdef" }, {}, /a NATS password without --nats-user/);
+    refused({ "nats-user": "no good", "nats-password": "p-0123456789abcdef" }, {}, /must be 1-64 of/);
+    refused(
+      { "nats-user": "u", "nats-password-file": path.join(dir, "missing") },
+      {},
+      /password file .* cannot be read/,
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
