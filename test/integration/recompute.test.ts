@@ -58,6 +58,8 @@ forEachBus(
      */
     async function node(store: LocalObjectStore, corrupt: (taskId: string, run: number) => Promise<boolean>) {
       const ran: string[] = [];
+      /** Per run, whether its output was already stored when it went to write it. */
+      const outputThere: boolean[] = [];
       const consumer: Consumer = await bus().queues.consume(
         "denoise",
         { name: "stage-denoise", ackWaitMs: 10_000, maxDeliver: 20 },
@@ -66,6 +68,7 @@ forEachBus(
           ran.push(taskId);
           const input = task.inputs["history"];
           const lost = input !== undefined && (await corrupt(taskId, ran.filter((t) => t === taskId).length));
+          outputThere.push((await store.head(task.outputs["history"]!)) !== null);
           if (!lost) await store.putIfAbsent(task.outputs["history"]!, new TextEncoder().encode(taskId));
           await bus().queues.enqueue(
             RESULTS_QUEUE,
@@ -88,7 +91,7 @@ forEachBus(
           m.ack();
         },
       );
-      return { ran, stop: () => consumer.stop() };
+      return { ran, outputThere, stop: () => consumer.stop() };
     }
 
     test("a corrupt history is recomputed from its section's inputs, then the section that found it runs; no attempt spent", async () => {
@@ -108,11 +111,9 @@ forEachBus(
         await until("succeeded", async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED", 30_000);
         const id = (k: number): string => j.tasks[k]!.id;
         assert.deepEqual(n.ran, [id(0), id(1), id(2), id(1), id(2)]);
-        assert.equal(
-          new TextDecoder().decode(await store.get(history1)),
-          id(1),
-          "the recomputed object replaced the corrupt one",
-        );
+        // The corrupt object was gone when section 1 ran again, so its write replaced it. (A job that
+        // succeeded keeps no intermediates, so the object itself is not there to read any more.)
+        assert.deepEqual(n.outputThere, [false, false, false, false, false]);
         const r = (await d.job(j.spec.jobId))!;
         assert.deepEqual(r.recomputes, { [id(1)]: 1 });
         assert.deepEqual(r.inputLosses, { [id(2)]: 1 });
