@@ -39,6 +39,14 @@ const ms = (n: number): number => n * 1_000_000;
 export const streamOf = (queue: string): string => `FF_Q_${queue}`;
 const subjectOf = (queue: string): string => `ff.q.${queue}`;
 
+/** A `--nats` value: one server URL or several, comma-separated. */
+export function natsServers(urls: string): string[] {
+  return urls
+    .split(",")
+    .map((u) => u.trim())
+    .filter((u) => u !== "");
+}
+
 class NatsQueues implements WorkQueues {
   constructor(
     private readonly js: JetStreamClient,
@@ -244,11 +252,15 @@ export class NatsBus implements Bus {
     private readonly replicas: number,
   ) {}
 
-  /** `replicas`: JetStream copies of each stream and KV bucket created here (1, or 3 on a 3-server cluster). */
+  /**
+   * `servers`: one URL, or several comma-separated (the servers of a cluster: the client connects to
+   * one and, when it goes away, reconnects to another). `replicas`: JetStream copies of each stream
+   * and KV bucket created here (1, or 3 on a 3-server cluster).
+   */
   static async connect(servers: string, name = "framefarm", replicas = 1): Promise<NatsBus> {
     let nc: NatsConnection;
     try {
-      nc = await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+      nc = await connect({ servers: natsServers(servers), name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
     } catch (err) {
       throw new FarmError("UNAVAILABLE", `cannot reach NATS at ${servers}: ${(err as Error).message}`, { cause: err });
     }

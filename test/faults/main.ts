@@ -30,6 +30,7 @@ import {
 } from "../../shared/farm/protocol.js";
 import { taskMessage } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
+import { streamOf } from "../../shared/bus/nats-bus.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
@@ -325,6 +326,102 @@ async function leaderKills(dir: string, baseline: Buffer): Promise<Row> {
   return row;
 }
 
+const CLUSTER_SERVER_FAULT =
+  "clustered NATS (3 servers, R3): the server the denoise node or the coordinator (alternately) is connected to SIGKILLed mid-job, restarted";
+const CLUSTER_LEADER_FAULT =
+  "clustered NATS (3 servers, R3): the denoise queue stream's leader SIGKILLed mid-job, restarted";
+
+/**
+ * On a farm of its own whose NATS is a JetStream cluster of three servers, streams and KV with 3
+ * replicas: one server is SIGKILLed at the usual point and started again 500 ms later (on its
+ * ports and store folder). pick names the server and says why. Besides the frames, every task
+ * must reach its queue once (as in the leader fault), and the cluster must be whole again after.
+ */
+async function clusterServerKilled(
+  farm: FarmProcesses,
+  baseline: Buffer,
+  dir: string,
+  pick: () => Promise<{ index: number | undefined; why: string }>,
+): Promise<Outcome> {
+  const cluster = farm.natsCluster!;
+  for (const stream of [streamOf("denoise"), `KV_${JOBS_BUCKET}`]) {
+    const { replicas } = await farm.streamCluster(stream);
+    if (replicas !== cluster.members.length)
+      return { survived: false, detail: `harness: ${stream} has ${replicas} replicas, not ${cluster.members.length}` };
+  }
+  const storedBefore = await farm.storedTaskMessages();
+  const job = await farm.submit(await jobRequest());
+  await atStep(farm, job.id, 1, 3);
+  const { index, why } = await pick();
+  if (index === undefined) return { survived: false, detail: `harness: cannot find ${why}` };
+  await cluster.kill(index);
+  await sleep(500);
+  await cluster.restart(index);
+  const outcome = await expectComplete(farm, job.id, baseline, dir);
+  await cluster.waitReady();
+  if (!outcome.survived) return outcome;
+  const tasks = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record.tasks.length;
+  const stored = (await farm.storedTaskMessages()) - storedBefore;
+  if (stored !== tasks) return { survived: false, detail: `${stored} task messages queued for ${tasks} tasks` };
+  return {
+    survived: true,
+    detail: `killed ${cluster.members[index]!.name} (${why}); ${outcome.detail}; ${tasks} tasks queued once`,
+  };
+}
+
+async function clusterFaults(dir: string, baseline: Buffer): Promise<Row[]> {
+  type Pick = (farm: FarmProcesses, i: number) => Promise<{ index: number | undefined; why: string }>;
+  const all: { fault: string; pick: Pick }[] = [
+    {
+      fault: CLUSTER_SERVER_FAULT,
+      pick: async (farm, i) => {
+        const client = i % 2 === 0 ? "node denoise-0" : "coordinator";
+        return { index: await farm.natsCluster!.serverOf(client), why: `the server of "${client}"` };
+      },
+    },
+    {
+      fault: CLUSTER_LEADER_FAULT,
+      pick: async (farm) => {
+        const { leader } = await farm.streamCluster(streamOf("denoise"));
+        return {
+          index: leader === undefined ? undefined : farm.natsCluster!.indexOf(leader),
+          why: "FF_Q_denoise's leader",
+        };
+      },
+    },
+  ];
+  const kinds = all.filter((k) => ONLY.test(k.fault));
+  if (kinds.length === 0) return [];
+  const rows: Row[] = [];
+  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, natsCluster: 3 };
+  const farm = await FarmProcesses.start(path.join(dir, "nats-cluster"), settings, NODES);
+  try {
+    for (const k of kinds) {
+      const row: Row = { fault: k.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
+      const t0 = Date.now();
+      for (let i = 0; i < RUNS; i++) {
+        const outcome = await clusterServerKilled(farm, baseline, dir, () => k.pick(farm, i)).catch(
+          (err: Error): Outcome => ({ survived: false, detail: `harness: ${err.message}` }),
+        );
+        if (!outcome.survived) await farm.heal(NODES);
+        row.runs++;
+        if (outcome.survived) row.survived++;
+        else if (outcome.corrupted === true) row.corrupted++;
+        else row.lost++;
+        if (!outcome.survived) row.notes.push(outcome.detail);
+        process.stdout.write(
+          `  ${k.fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+        );
+      }
+      row.seconds = (Date.now() - t0) / 1000;
+      rows.push(row);
+    }
+  } finally {
+    await farm.stop();
+  }
+  return rows;
+}
+
 /** A full disk is made with a small tmpfs under the S3 server: root and mount(8) are needed. */
 async function canMountTmpfs(dir: string): Promise<boolean> {
   const probe = path.join(dir, "tmpfs-probe");
@@ -385,6 +482,8 @@ async function main(): Promise<number> {
   }
   // Its own farm: two coordinators; the undisturbed run's frames are the reference still.
   if (ONLY.test(LEADER_FAULT)) rows.push(await leaderKills(dir, baseline));
+  // Its own farm too: NATS as a 3-server JetStream cluster.
+  rows.push(...(await clusterFaults(dir, baseline)));
   const longFault = "object store down past the retry limit (1 s): job FAILED with the reason";
   if (ONLY.test(longFault)) {
     const t0 = Date.now();
