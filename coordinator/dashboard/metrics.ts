@@ -19,6 +19,7 @@ export function farmMetrics(
   view: FarmView,
   storeTraffic: () => { read: number; written: number },
   leader: () => boolean = () => true,
+  strandedRequeued: () => number = () => 0,
 ): FarmMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "framefarm_coordinator_" });
@@ -28,6 +29,15 @@ export function farmMetrics(
     registers: [registry],
     collect() {
       this.set(leader() ? 1 : 0);
+    },
+  });
+  new Counter({
+    name: "framefarm_stranded_tasks_requeued_total",
+    help: "Task messages a stage queue stored but would never hand out (a NATS consumer that lost them), queued again by this coordinator",
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(strandedRequeued());
     },
   });
   const duration = new Histogram({

@@ -74,6 +74,8 @@ export interface DispatcherOptions {
   onLeader?: (leading: boolean) => void;
   /** With a lease: every unfinished job is read again this often, in case a record note was missed (ms). */
   resyncMs?: number;
+  /** How often the stage queues are checked for stranded task messages (WorkQueues.requeueStranded), in ms. */
+  strandedCheckMs?: number;
 }
 
 /** Core NATS subject on which a dispatcher under a lease names each job record it wrote. */
@@ -140,6 +142,10 @@ export class Dispatcher {
   private unsubscribe: (() => void) | undefined;
   private resync: NodeJS.Timeout | undefined;
   private resyncs = 0;
+  private strandedCheck: NodeJS.Timeout | undefined;
+  private checkingStranded = false;
+  /** Task messages found stranded on a stage queue (its consumer would never hand them out) and queued again. */
+  strandedRequeued = 0;
 
   private constructor(
     private readonly bus: Bus,
@@ -250,7 +256,37 @@ export class Dispatcher {
     }
     this.tick = setInterval(() => this.requestRelease(), options.tickMs ?? 250);
     this.tick.unref();
+    if (this.bus.queues.requeueStranded !== undefined) {
+      this.strandedCheck = setInterval(() => void this.requeueStranded(), options.strandedCheckMs ?? 5_000);
+      this.strandedCheck.unref();
+    }
     this.requestRelease();
+  }
+
+  /**
+   * A task message its queue still stores but will never hand out (a clustered nats-server's
+   * consumer that lost it in a leader change) is queued again if its task is still queued here
+   * (a new message: the dedup window remembers the old id), else just removed.
+   */
+  private async requeueStranded(): Promise<void> {
+    const requeue = this.bus.queues.requeueStranded?.bind(this.bus.queues);
+    if (requeue === undefined || this.checkingStranded) return;
+    this.checkingStranded = true;
+    try {
+      for (const kind of STAGE_KINDS) {
+        if (!this.dispatching || !this.leader) return;
+        const { requeued } = await requeue(kind, async (data) => {
+          const msg = taskMessages.decode(data);
+          const cur = await readJob(this.kv, msg.jobId);
+          return this.leader && cur !== null && active(cur.record) && cur.record.taskStates[msg.taskId] === "queued";
+        });
+        this.strandedRequeued += requeued;
+      }
+    } catch {
+      // The bus is away: the next check tries again.
+    } finally {
+      this.checkingStranded = false;
+    }
   }
 
   /** Stops dispatching (the lease is gone): no more releases, results are left to the new leader. */
@@ -258,6 +294,7 @@ export class Dispatcher {
     if (!this.dispatching) return;
     this.dispatching = false;
     clearInterval(this.tick);
+    clearInterval(this.strandedCheck);
     await this.consumer?.stop();
     this.consumer = undefined;
     await this.releasing;
@@ -527,6 +564,7 @@ export class Dispatcher {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.tick);
+    clearInterval(this.strandedCheck);
     clearInterval(this.resync);
     this.unsubscribe?.();
     await this.consumer?.stop();

@@ -57,6 +57,16 @@ export interface WorkQueues {
   /** Tasks waiting (not yet delivered or due again). */
   depth(queue: string): Promise<number>;
   stats(queue: string): Promise<QueueStats>;
+  /**
+   * NATS only: task messages the queue still stores but its consumer will never hand out (it counts
+   * them acked: a consumer whose state lost them in a leader change, as nats-server 2.9 clusters
+   * do), seen so on two calls in a row. Each is queued again as a new message when keep() says so,
+   * then removed.
+   */
+  requeueStranded?(
+    queue: string,
+    keep: (data: Uint8Array) => Promise<boolean>,
+  ): Promise<{ requeued: number; removed: number }>;
 }
 
 export interface KvEntry {

@@ -103,6 +103,46 @@ class NatsQueues implements WorkQueues {
     };
   }
 
+  /** Per queue, the stranded sequence numbers the last requeueStranded call saw. */
+  private readonly strandedSeen = new Map<string, Set<number>>();
+
+  async requeueStranded(
+    queue: string,
+    keep: (data: Uint8Array) => Promise<boolean>,
+  ): Promise<{ requeued: number; removed: number }> {
+    const stream = streamOf(queue);
+    const done = { requeued: 0, removed: 0 };
+    const [c] = await this.jsm.consumers.list(stream).next();
+    const info = await this.jsm.streams.info(stream);
+    if (c === undefined || info.state.messages === 0) return (this.strandedSeen.delete(queue), done);
+    // Nothing at or below the ack floor should still be stored (acked work-queue messages are
+    // removed); with nothing awaiting an ack, nothing delivered should be either.
+    const bound = c.num_ack_pending === 0 ? c.delivered.stream_seq : c.ack_floor.stream_seq;
+    const seen = new Set<number>();
+    // Stored ones in [first_seq, bound]; the lowest stay (first_seq) as the others are removed.
+    const last = Math.min(bound, info.state.first_seq + 500);
+    for (let seq = info.state.first_seq; seq <= last && seen.size < 100; seq++) {
+      const m = await this.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+      if (m !== null) seen.add(seq);
+    }
+    const before = this.strandedSeen.get(queue) ?? new Set<number>();
+    this.strandedSeen.set(queue, seen);
+    for (const seq of seen) {
+      if (!before.has(seq)) continue; // seen once: maybe an ack on its way; the next call decides
+      const m = await this.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+      if (m === null) continue; // acked after all
+      if (await keep(m.data)) {
+        // Queued again first, then removed: a failure in between leaves a duplicate, never a loss.
+        const id = m.header?.get("Nats-Msg-Id") ?? `seq-${seq}`;
+        await this.js.publish(subjectOf(queue), m.data, { msgID: `${id}.requeued-${seq}` });
+        done.requeued++;
+      } else done.removed++;
+      await this.jsm.streams.deleteMessage(stream, seq, false);
+      seen.delete(seq);
+    }
+    return done;
+  }
+
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
     const stream = streamOf(queue);
     const durable = validateBusName("consumer", options.name);

@@ -349,7 +349,10 @@ async function clusterServerKilled(
     if (replicas !== cluster.members.length)
       return { survived: false, detail: `harness: ${stream} has ${replicas} replicas, not ${cluster.members.length}` };
   }
+  const requeued = async (): Promise<number> =>
+    Number(/^framefarm_stranded_tasks_requeued_total (\S+)$/m.exec(await farm.coordinatorMetrics(0))?.[1] ?? 0);
   const storedBefore = await farm.storedTaskMessages();
+  const requeuedBefore = await requeued();
   const job = await farm.submit(await jobRequest());
   await atStep(farm, job.id, 1, 3);
   const { index, why } = await pick();
@@ -359,13 +362,32 @@ async function clusterServerKilled(
   await cluster.restart(index);
   const outcome = await expectComplete(farm, job.id, baseline, dir);
   await cluster.waitReady();
-  if (!outcome.survived) return outcome;
+  if (!outcome.survived) {
+    // What the farm was doing: the job's tasks, the queues, the last lines of coordinator and nodes.
+    const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))?.record;
+    const states = Object.entries(record?.taskStates ?? {})
+      .filter(([, st]) => st !== "done")
+      .map(([t, st]) => `${t.slice(t.indexOf(".") + 1)}=${st}`);
+    const queues = await Promise.all(
+      [...STAGE_KINDS, "results"].map(async (q) => `${q}:${JSON.stringify(await farm.bus.queues.stats(q))}`),
+    );
+    const tail = (t: string): string => t.trim().split("\n").slice(-6).join(" | ");
+    outcome.detail +=
+      `; killed ${cluster.members[index]!.name} (${why}); tasks not done: ${states.join(" ")}; queues: ${queues.join(" ")}` +
+      `; coordinator: ${tail(farm.coordinatorTail())}; denoise-0: ${tail(farm.nodeTail("denoise-0"))}`;
+    return outcome;
+  }
   const tasks = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record.tasks.length;
-  const stored = (await farm.storedTaskMessages()) - storedBefore;
+  // A task message the server stranded (its consumer lost it) and the coordinator queued again is a
+  // second message of one attempt, not a duplicate queued by the dispatcher.
+  const again = (await requeued()) - requeuedBefore;
+  const stored = (await farm.storedTaskMessages()) - storedBefore - again;
   if (stored !== tasks) return { survived: false, detail: `${stored} task messages queued for ${tasks} tasks` };
   return {
     survived: true,
-    detail: `killed ${cluster.members[index]!.name} (${why}); ${outcome.detail}; ${tasks} tasks queued once`,
+    detail:
+      `killed ${cluster.members[index]!.name} (${why}); ${outcome.detail}; ${tasks} tasks queued once` +
+      (again > 0 ? `; ${again} stranded by the server and queued again` : ""),
   };
 }
 

@@ -320,6 +320,11 @@ export class FarmProcesses {
     this.nodeCount++;
   }
 
+  /** The last output lines of a node (for a failed run's notes). */
+  nodeTail(id: string): string {
+    return this.nodes.get(id)?.tail ?? "";
+  }
+
   /** Nodes that exited without being stopped, with how and the last of their output. */
   exitedNodes(): { id: string; code: number | null; signal: NodeJS.Signals | null; tail: string }[] {
     return [...this.nodes]
