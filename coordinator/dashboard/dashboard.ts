@@ -49,7 +49,7 @@ export async function startDashboard(o: DashboardOptions): Promise<Dashboard> {
     view,
     o.storeTraffic ?? (() => ({ read: 0, written: 0 })),
     () => o.dispatcher.leader,
-    () => o.dispatcher.strandedRequeued,
+    () => ({ tasks: o.dispatcher.strandedRequeued, results: o.dispatcher.strandedResultsRequeued }),
   );
   const server = await startDashboardServer({
     view,

@@ -19,7 +19,7 @@ export function farmMetrics(
   view: FarmView,
   storeTraffic: () => { read: number; written: number },
   leader: () => boolean = () => true,
-  strandedRequeued: () => number = () => 0,
+  stranded: () => { tasks: number; results: number } = () => ({ tasks: 0, results: 0 }),
 ): FarmMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "framefarm_coordinator_" });
@@ -33,11 +33,14 @@ export function farmMetrics(
   });
   new Counter({
     name: "framefarm_stranded_tasks_requeued_total",
-    help: "Task messages a stage queue stored but would never hand out (a NATS consumer that lost them), queued again by this coordinator",
+    help: "Messages a queue stored but would never hand out (a NATS consumer that lost them), queued again by this coordinator: stage tasks, results",
+    labelNames: ["queue"] as const,
     registers: [registry],
     collect() {
       this.reset();
-      this.inc(strandedRequeued());
+      const n = stranded();
+      this.inc({ queue: "tasks" }, n.tasks);
+      this.inc({ queue: "results" }, n.results);
     },
   });
   const duration = new Histogram({

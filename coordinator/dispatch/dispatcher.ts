@@ -146,6 +146,8 @@ export class Dispatcher {
   private checkingStranded = false;
   /** Task messages found stranded on a stage queue (its consumer would never hand them out) and queued again. */
   strandedRequeued = 0;
+  /** Results found stranded on the results queue and handed in again. */
+  strandedResultsRequeued = 0;
 
   private constructor(
     private readonly bus: Bus,
@@ -239,6 +241,9 @@ export class Dispatcher {
     );
     // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
     // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
+    // Not what a queue still holds, or whose result waits: a clustered stream whose leader changed
+    // has forgotten the dedup ids of the messages already taken off it.
+    const inQueues = await this.storedTasks();
     for (const jobId of await this.kv.keys()) {
       const cur = await readJob(this.kv, jobId);
       if (cur === null || !active(cur.record)) continue;
@@ -246,7 +251,7 @@ export class Dispatcher {
       if (w === null) continue;
       this.wrote(w);
       for (const t of w.record.tasks) {
-        if (w.record.taskStates[t.id] === "queued" && this.leader)
+        if (w.record.taskStates[t.id] === "queued" && this.leader && !inQueues.has(`${jobId}/${t.id}`))
           await this.bus.queues.enqueue(
             t.kind,
             taskMessages.encode(taskMessage(w.record, t.id)),
@@ -261,6 +266,23 @@ export class Dispatcher {
       this.strandedCheck.unref();
     }
     this.requestRelease();
+  }
+
+  /** `jobId/taskId` of every task message the stage queues store and every result waiting (NATS only). */
+  private async storedTasks(): Promise<Set<string>> {
+    const found = new Set<string>();
+    const stored = this.bus.queues.stored?.bind(this.bus.queues);
+    if (stored === undefined) return found;
+    for (const kind of STAGE_KINDS)
+      for (const m of await stored(kind)) {
+        const t = taskMessages.decode(m.data);
+        found.add(`${t.jobId}/${t.taskId}`);
+      }
+    for (const m of await stored(RESULTS_QUEUE)) {
+      const r = taskResults.decode(m.data);
+      found.add(`${r.jobId}/${r.taskId}`);
+    }
+    return found;
   }
 
   /**
@@ -282,6 +304,9 @@ export class Dispatcher {
         });
         this.strandedRequeued += requeued;
       }
+      // A stranded result is handed in again too: a result for a task already done is ignored.
+      if (this.dispatching && this.leader)
+        this.strandedResultsRequeued += (await requeue(RESULTS_QUEUE, () => Promise.resolve(true))).requeued;
     } catch {
       // The bus is away: the next check tries again.
     } finally {

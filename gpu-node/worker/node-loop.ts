@@ -217,6 +217,8 @@ export class NodeLoop {
           jobState === null ||
           jobState === "CANCELLED" ||
           jobState === "FAILED" ||
+          // A second copy of a task whose job is done (a clustered queue may hand one out): nothing to do.
+          jobState === "SUCCEEDED" ||
           abort.signal.aborted
         ) {
           stopListening();

@@ -31,6 +31,12 @@ export interface Consumer {
   stop(): Promise<void>;
 }
 
+export interface StoredMessage {
+  seq: number;
+  dedupId: string | undefined;
+  data: Uint8Array;
+}
+
 export interface QueueStats {
   /** Tasks not yet handed to a worker (or due again). */
   waiting: number;
@@ -57,6 +63,8 @@ export interface WorkQueues {
   /** Tasks waiting (not yet delivered or due again). */
   depth(queue: string): Promise<number>;
   stats(queue: string): Promise<QueueStats>;
+  /** NATS only: the messages the queue stores now (waiting or in a worker's hands). */
+  stored?(queue: string): Promise<StoredMessage[]>;
   /**
    * NATS only: task messages the queue still stores but its consumer will never hand out (it counts
    * them acked: a consumer whose state lost them in a leader change, as nats-server 2.9 clusters

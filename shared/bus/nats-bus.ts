@@ -31,6 +31,7 @@ import {
   type KeyValue,
   type KvEntry,
   type QueueStats,
+  type StoredMessage,
   type WorkQueues,
 } from "./bus.js";
 
@@ -106,6 +107,27 @@ class NatsQueues implements WorkQueues {
   /** Per queue, the stranded sequence numbers the last requeueStranded call saw. */
   private readonly strandedSeen = new Map<string, Set<number>>();
 
+  /** The queue's stored messages from sequence `from` to `to` (a few: a work queue holds only what is not done). */
+  private async scan(queue: string, from: number, to: number, limit = 10_000): Promise<StoredMessage[]> {
+    const stream = streamOf(queue);
+    const out: StoredMessage[] = [];
+    for (let seq = from; seq <= to && out.length < limit;) {
+      // next_by_subj (nats-server 2.9+): the first stored message at or after seq.
+      const m = await this.jsm.streams
+        .getMessage(stream, { seq, next_by_subj: subjectOf(queue) } as unknown as { seq: number })
+        .catch(() => null);
+      if (m === null || m.seq > to) break;
+      out.push({ seq: m.seq, dedupId: m.header?.get("Nats-Msg-Id") || undefined, data: m.data });
+      seq = m.seq + 1;
+    }
+    return out;
+  }
+
+  async stored(queue: string): Promise<StoredMessage[]> {
+    const { state } = await this.jsm.streams.info(streamOf(queue));
+    return state.messages === 0 ? [] : this.scan(queue, state.first_seq, state.last_seq);
+  }
+
   async requeueStranded(
     queue: string,
     keep: (data: Uint8Array) => Promise<boolean>,
@@ -118,27 +140,17 @@ class NatsQueues implements WorkQueues {
     // Nothing at or below the ack floor should still be stored (acked work-queue messages are
     // removed); with nothing awaiting an ack, nothing delivered should be either.
     const bound = c.num_ack_pending === 0 ? c.delivered.stream_seq : c.ack_floor.stream_seq;
-    const seen = new Set<number>();
-    // Stored ones in [first_seq, bound]; the lowest stay (first_seq) as the others are removed.
-    const last = Math.min(bound, info.state.first_seq + 500);
-    for (let seq = info.state.first_seq; seq <= last && seen.size < 100; seq++) {
-      const m = await this.jsm.streams.getMessage(stream, { seq }).catch(() => null);
-      if (m !== null) seen.add(seq);
-    }
+    const found = await this.scan(queue, info.state.first_seq, bound, 100);
     const before = this.strandedSeen.get(queue) ?? new Set<number>();
-    this.strandedSeen.set(queue, seen);
-    for (const seq of seen) {
-      if (!before.has(seq)) continue; // seen once: maybe an ack on its way; the next call decides
-      const m = await this.jsm.streams.getMessage(stream, { seq }).catch(() => null);
-      if (m === null) continue; // acked after all
+    this.strandedSeen.set(queue, new Set(found.map((m) => m.seq)));
+    for (const m of found) {
+      if (!before.has(m.seq)) continue; // seen once: maybe an ack on its way; the next call decides
       if (await keep(m.data)) {
         // Queued again first, then removed: a failure in between leaves a duplicate, never a loss.
-        const id = m.header?.get("Nats-Msg-Id") ?? `seq-${seq}`;
-        await this.js.publish(subjectOf(queue), m.data, { msgID: `${id}.requeued-${seq}` });
+        await this.js.publish(subjectOf(queue), m.data, { msgID: `${m.dedupId ?? "seq"}.requeued-${m.seq}` });
         done.requeued++;
       } else done.removed++;
-      await this.jsm.streams.deleteMessage(stream, seq, false);
-      seen.delete(seq);
+      await this.jsm.streams.deleteMessage(stream, m.seq, false).catch(() => undefined);
     }
     return done;
   }

@@ -350,7 +350,10 @@ async function clusterServerKilled(
       return { survived: false, detail: `harness: ${stream} has ${replicas} replicas, not ${cluster.members.length}` };
   }
   const requeued = async (): Promise<number> =>
-    Number(/^framefarm_stranded_tasks_requeued_total (\S+)$/m.exec(await farm.coordinatorMetrics(0))?.[1] ?? 0);
+    Number(
+      /^framefarm_stranded_tasks_requeued_total\{queue="tasks"\} (\S+)$/m.exec(await farm.coordinatorMetrics(0))?.[1] ??
+        0,
+    );
   const storedBefore = await farm.storedTaskMessages();
   const requeuedBefore = await requeued();
   const job = await farm.submit(await jobRequest());
