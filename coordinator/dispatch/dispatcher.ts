@@ -427,12 +427,20 @@ export class Dispatcher {
 
   /** Gives each idle node the best held task of its stage. */
   private async releasePass(): Promise<void> {
-    // Same dedup ids: a send that did reach the queue before its answer was lost is dropped there.
-    while (this.unsent.length > 0) {
-      if (!this.leader) return;
-      const u = this.unsent[0]!;
-      await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
-      this.unsent.shift();
+    // Same dedup ids: a send that did reach the queue before its answer was lost is dropped there;
+    // a clustered stream whose leader changed since forgot the id, so what the queues hold (or what
+    // has a result already) is not sent again.
+    if (this.unsent.length > 0) {
+      const inQueues = await this.storedTasks();
+      while (this.unsent.length > 0) {
+        if (!this.leader) return;
+        const u = this.unsent[0]!;
+        const { jobId, taskId } = taskMessages.decode(u.data);
+        const cur = await readJob(this.kv, jobId);
+        if (!inQueues.has(`${jobId}/${taskId}`) && cur !== null && cur.record.taskStates[taskId] === "queued")
+          await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
+        this.unsent.shift();
+      }
     }
     let resultsChecked = false;
     // Credits for workers that just finished last only this pass: at most one task ever waits for a worker.

@@ -53,6 +53,7 @@ class NatsQueues implements WorkQueues {
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly replicas: number,
+    private readonly nc: NatsConnection,
   ) {}
 
   async ensure(queue: string): Promise<void> {
@@ -138,11 +139,21 @@ class NatsQueues implements WorkQueues {
     const info = await this.jsm.streams.info(stream);
     if (c === undefined || info.state.messages === 0) return (this.strandedSeen.delete(queue), done);
     // Nothing at or below the ack floor should still be stored (acked work-queue messages are
-    // removed); with nothing awaiting an ack, nothing delivered should be either.
-    const bound = c.num_ack_pending === 0 ? c.delivered.stream_seq : c.ack_floor.stream_seq;
+    // removed); with nothing awaiting an ack, nothing delivered should be either; with nothing
+    // pending either, nothing at all (a consumer whose copy of the stream lacks them).
+    const idle = c.num_ack_pending === 0;
+    const bound =
+      idle && c.num_pending === 0 ? info.state.last_seq : idle ? c.delivered.stream_seq : c.ack_floor.stream_seq;
     const found = await this.scan(queue, info.state.first_seq, bound, 100);
     const before = this.strandedSeen.get(queue) ?? new Set<number>();
     this.strandedSeen.set(queue, new Set(found.map((m) => m.seq)));
+    const confirmed = found.filter((m) => before.has(m.seq));
+    if (confirmed.length === 0) return done;
+    // Another server takes the consumer over (from its own state and copy of the stream) ...
+    await this.nc
+      .request(`$JS.API.CONSUMER.LEADER.STEPDOWN.${stream}.${c.name}`, undefined, { timeout: 5_000 })
+      .catch(() => undefined);
+    // ... and the stranded messages are queued again in any case.
     for (const m of found) {
       if (!before.has(m.seq)) continue; // seen once: maybe an ack on its way; the next call decides
       if (await keep(m.data)) {
@@ -318,7 +329,7 @@ export class NatsBus implements Bus {
     }
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
-    return new NatsBus(nc, new NatsQueues(js, jsm, replicas), new NatsEvents(nc), new Kvm(nc), jsm, replicas);
+    return new NatsBus(nc, new NatsQueues(js, jsm, replicas, nc), new NatsEvents(nc), new Kvm(nc), jsm, replicas);
   }
 
   async kv(bucket: string): Promise<KeyValue> {

@@ -385,7 +385,9 @@ async function clusterServerKilled(
   // second message of one attempt, not a duplicate queued by the dispatcher.
   const again = (await requeued()) - requeuedBefore;
   const stored = (await farm.storedTaskMessages()) - storedBefore - again;
-  if (stored !== tasks) return { survived: false, detail: `${stored} task messages queued for ${tasks} tasks` };
+  const what = `killed ${cluster.members[index]!.name} (${why})`;
+  if (stored !== tasks)
+    return { survived: false, detail: `${what}; ${outcome.detail}; ${stored} task messages queued for ${tasks} tasks` };
   return {
     survived: true,
     detail:
