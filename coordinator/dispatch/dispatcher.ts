@@ -148,6 +148,8 @@ export class Dispatcher {
   strandedRequeued = 0;
   /** Results found stranded on the results queue and handed in again. */
   strandedResultsRequeued = 0;
+  /** Queued tasks found in no queue by the last check (resendLost). */
+  private lostSeen = new Set<string>();
 
   private constructor(
     private readonly bus: Bus,
@@ -268,6 +270,34 @@ export class Dispatcher {
     this.requestRelease();
   }
 
+  /**
+   * A task queued here whose message no queue stores and whose result is not waiting either, seen
+   * so twice in a row, was lost by the server (a clustered stream's leader killed): it is queued
+   * again (a new message; its id differs from the lost one's, which the queue may remember).
+   */
+  private async resendLost(): Promise<void> {
+    const inQueues = await this.storedTasks();
+    const seen = new Set<string>();
+    for (const jobId of [...this.unfinished.keys()]) {
+      const cur = await readJob(this.kv, jobId);
+      if (cur === null || !active(cur.record)) continue;
+      for (const t of cur.record.tasks) {
+        const key = `${jobId}/${t.id}`;
+        if (cur.record.taskStates[t.id] !== "queued" || inQueues.has(key)) continue;
+        seen.add(key);
+        if (!this.lostSeen.has(key) || !this.dispatching || !this.leader) continue;
+        await this.bus.queues.enqueue(
+          t.kind,
+          taskMessages.encode(taskMessage(cur.record, t.id)),
+          `${dedupId(cur.record, t.id)}.lost-${Date.now()}`,
+        );
+        this.strandedRequeued++;
+        seen.delete(key);
+      }
+    }
+    this.lostSeen = seen;
+  }
+
   /** `jobId/taskId` of every task message the stage queues store and every result waiting (NATS only). */
   private async storedTasks(): Promise<Set<string>> {
     const found = new Set<string>();
@@ -307,6 +337,7 @@ export class Dispatcher {
       // A stranded result is handed in again too: a result for a task already done is ignored.
       if (this.dispatching && this.leader)
         this.strandedResultsRequeued += (await requeue(RESULTS_QUEUE, () => Promise.resolve(true))).requeued;
+      await this.resendLost();
     } catch {
       // The bus is away: the next check tries again.
     } finally {
