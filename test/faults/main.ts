@@ -1,7 +1,8 @@
 /**
  * `npm run test:faults`: real faults injected into a farm of real processes (nats-server, s3rver,
  * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator (alone, or the leader of
- * two) and NATS server, an object
+ * two) and NATS server (alone, or one of a 3-server JetStream cluster: the one a client is on, or a
+ * queue stream's leader), an object
  * store outage shorter and longer than the retry limit, the object store's disk full (a tmpfs, where
  * this runs as root), duplicate task delivery, cancellation.
  * A job that should complete must end SUCCEEDED with frames bit-identical to an undisturbed run
