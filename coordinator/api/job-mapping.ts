@@ -135,6 +135,8 @@ export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): Re
     cfgRescale: s.unipc?.cfgRescale,
     cache: s.cache,
     cacheThreshold: s.cacheThreshold,
+    magcacheK: s.magcacheK,
+    magcacheRetention: s.magcacheRetention,
     sectionPrompts: s.promptSchedule?.sectionPrompts,
     promptBlendSections: s.promptSchedule?.blendSections,
   };
@@ -165,6 +167,14 @@ export function settingsOf(r: JobRecord): RenderSettings {
       ? { unipc: { variant: unipcVariantToPb(p.unipcVariant ?? "bh1"), cfgRescale: p.cfgRescale ?? 0 } }
       : {}),
     ...(p.cache === "teacache" ? { cache: p.cache, cacheThreshold: p.cacheThreshold } : {}),
+    ...(p.cache === "magcache"
+      ? {
+          cache: p.cache,
+          cacheThreshold: p.cacheThreshold,
+          magcacheK: p.magcacheK,
+          magcacheRetention: p.magcacheRetention,
+        }
+      : {}),
     ...((p.sectionPrompts ?? null) !== null || (p.promptBlendSections ?? 0) > 0
       ? {
           promptSchedule: {

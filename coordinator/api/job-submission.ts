@@ -100,10 +100,13 @@ export async function submitJob(
     samplingType: manifest.sampling_type,
     latentWindowSize: manifest.framepack.default_latent_window_size,
   });
-  if (params.cache === "teacache" && manifest.components.transformer_head === undefined)
+  if (
+    (params.cache === "teacache" || params.cache === "magcache") &&
+    manifest.components.transformer_head === undefined
+  )
     throw new FarmError(
       "FAILED_PRECONDITION",
-      "--cache teacache needs the split transformer graphs, which this farm's bundle lacks (export with --teacache-graphs)",
+      `--cache ${params.cache} needs the split transformer graphs, which this farm's bundle lacks (export with --teacache-graphs)`,
     );
   if (fromRecipe !== null) checkRecipeParams(fromRecipe.recipe, params);
   const output = jobOutputOf(s);

@@ -103,6 +103,8 @@ export function recipeParamsInput(recipe: Recipe): Partial<RenderParamsInput> {
   return {
     cache: recipe.cache,
     ...(recipe.cache_threshold !== undefined ? { cacheThreshold: recipe.cache_threshold } : {}),
+    ...(recipe.magcache_k !== undefined ? { magcacheK: recipe.magcache_k } : {}),
+    ...(recipe.magcache_retention !== undefined ? { magcacheRetention: recipe.magcache_retention } : {}),
   };
 }
 

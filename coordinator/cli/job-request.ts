@@ -39,6 +39,8 @@ export const RENDER_OPTIONS = {
   "cfg-rescale": { type: "string" },
   cache: { type: "string" },
   "cache-threshold": { type: "string" },
+  "magcache-k": { type: "string" },
+  "magcache-retention": { type: "string" },
   "section-prompt": { type: "string", multiple: true },
   "prompt-blend": { type: "string" },
 } as const;
@@ -48,9 +50,16 @@ export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FrameP
                           lllyasviel's FramePack demo samples (flux shift + UniPC)
   --unipc-variant bh1|bh2 UniPC variant (bh1, as the demo; unipc only)
   --cfg-rescale R         the demo's CFG re-scale, 0..1 (0; unipc only)
-  --cache none|teacache   teacache: skip the transformer's blocks on steps whose input
-                          barely changed, as lllyasviel's FramePack TeaCache (none)
-  --cache-threshold T     TeaCache's rel_l1_thresh, in (0, 1] (0.15; teacache only)
+  --cache none|teacache|magcache
+                          teacache: skip the transformer's blocks on steps whose input
+                          barely changed, as lllyasviel's FramePack TeaCache; magcache:
+                          skip them while MagCache's calibrated residual magnitude
+                          ratios stay near 1, as FramePack-Studio (none)
+  --cache-threshold T     TeaCache's rel_l1_thresh or MagCache's error threshold, in
+                          (0, 1] (0.15 teacache, 0.1 magcache)
+  --magcache-k K          MagCache's max consecutive skips, an integer >= 1 (2)
+  --magcache-retention R  MagCache's retention ratio, 0..1: the first R x steps of a
+                          section always compute (0.25)
   --section-prompt TEXT   one per section, in video-time order (repeat; instead of
                           --prompt). --prompt may be timed: "[0s: a man waves] [2s: ...]"
   --prompt-blend N        blend each prompt change over N sections (0)`;
@@ -103,6 +112,8 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     // Names and ranges are the JobService's check (render-params.ts), which says which is off.
     ...(values.cache !== undefined ? { cache: values.cache } : {}),
     ...(values["cache-threshold"] !== undefined ? { cacheThreshold: Number(values["cache-threshold"]) } : {}),
+    ...(values["magcache-k"] !== undefined ? { magcacheK: Number(values["magcache-k"]) } : {}),
+    ...(values["magcache-retention"] !== undefined ? { magcacheRetention: Number(values["magcache-retention"]) } : {}),
     ...(variant !== undefined || cfgRescale !== undefined
       ? { unipc: { variant: variant ?? UnipcVariant.UNIPC_VARIANT_UNSPECIFIED, cfgRescale } }
       : {}),

@@ -66,9 +66,9 @@ const channelsByFile = new Map<string, number | undefined>();
 
 export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): MemoryEstimate {
   const bundle = runtime.bundle;
-  // A TeaCache job loads the split transformer too (its body holds a second copy of the blocks).
-  const components =
-    spec.params.cache === "teacache" ? [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES] : COMPONENT_NAMES;
+  // A TeaCache or MagCache job loads the split transformer too (its body holds a second copy of the blocks).
+  const split = spec.params.cache === "teacache" || spec.params.cache === "magcache";
+  const components = split ? [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES] : COMPONENT_NAMES;
   const weightBytes = components.reduce((sum, c) => {
     try {
       return sum + statSync(bundle.componentPath(c)).size;

@@ -9,7 +9,7 @@ import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { UniPCOptions } from "../../shared/job/section-sampling.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
 import { denoiseSectionUniPC } from "./denoise-unipc.js";
-import { transformerCall } from "./teacache.js";
+import { transformerCall, type StepCacheOptions } from "./step-cache.js";
 
 export interface TextConditioning {
   embeds: F32;
@@ -41,8 +41,11 @@ export interface DenoiseInput {
   schedule: FlowMatchSchedule;
   /** lllyasviel's sampler (--sampler unipc) instead of FlowMatch Euler; see denoise-unipc.ts. */
   unipc?: UniPCOptions;
-  /** --cache teacache: lllyasviel's TeaCache over the split transformer (teacache.ts). */
-  teacache?: { threshold: number };
+  /**
+   * --cache teacache | magcache: lllyasviel's TeaCache (teacache.ts) or MagCache (magcache.ts)
+   * over the split transformer (step-cache.ts).
+   */
+  stepCache?: StepCacheOptions;
 }
 
 export interface DenoiseObserver {
@@ -50,7 +53,7 @@ export interface DenoiseObserver {
   onStep?(step: number, total: number): void;
   /** Step 0's transformer inputs and its first (positive prompt) output, for parity checks. */
   onFirstStep?(inputs: Record<string, Tensor>, output: F32): void;
-  /** With TeaCache, after the section: per transformer call, 1 if the blocks ran, 0 if skipped. */
+  /** With a step cache, after the section: per transformer call, 1 if the blocks ran, 0 if skipped. */
   onCache?(computed: readonly number[]): void;
   /** Lets a caller stop between steps (cancellation). */
   signal?: AbortSignal;
@@ -78,7 +81,7 @@ export async function denoiseSection(
   const { schedule } = input;
   const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));
   const steps = schedule.timesteps.length;
-  const { call, cache } = await transformerCall(runtime, steps, input.teacache);
+  const { call, cache } = await transformerCall(runtime, steps, input.stepCache);
   let latents = input.noise;
 
   for (let i = 0; i < steps; i++) {

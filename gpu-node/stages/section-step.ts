@@ -12,7 +12,8 @@ import { appendSection, sectionInputs, type History } from "../../shared/framepa
 import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { planeConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
-import { DEFAULT_CACHE_THRESHOLD, type RenderParams } from "../../shared/job/render-params.js";
+import type { RenderParams } from "../../shared/job/render-params.js";
+import { computedProbeName, stepCacheOf } from "./step-cache.js";
 import { sectionSampling } from "../../shared/job/section-sampling.js";
 import { denoiseSection, type TextConditioning } from "./denoise-section.js";
 import { decodeVideo, toVaeLatents } from "./decode-latents.js";
@@ -36,7 +37,12 @@ export interface SectionStepInput {
   negative?: TextConditioning;
   imageEmbeds: F32;
   params: Pick<RenderParams, "steps" | "guidanceScale" | "trueCfgScale"> &
-    Partial<Pick<RenderParams, "sampler" | "unipcVariant" | "cfgRescale" | "cache" | "cacheThreshold">>;
+    Partial<
+      Pick<
+        RenderParams,
+        "sampler" | "unipcVariant" | "cfgRescale" | "cache" | "cacheThreshold" | "magcacheK" | "magcacheRetention"
+      >
+    >;
 }
 
 export interface SectionStepObserver {
@@ -44,7 +50,7 @@ export interface SectionStepObserver {
   onStep?(step: number, steps: number): void;
   probe?: Probe;
   signal?: AbortSignal;
-  /** With --cache teacache, after the section: per transformer call, 1 if its blocks ran, 0 if skipped. */
+  /** With --cache teacache or magcache, after the section: per transformer call, 1 if its blocks ran, 0 if skipped. */
   onCache?(computed: readonly number[]): void;
 }
 
@@ -78,6 +84,7 @@ export async function runSectionStep(
   probe?.(`section${k}.sigmas`, new Tensor("float32", [schedule.sigmas.length], schedule.sigmas));
   probe?.(`section${k}.timesteps`, new Tensor("float32", [schedule.timesteps.length], schedule.timesteps));
 
+  const stepCache = stepCacheOf(input.params);
   const latents = await denoiseSection(
     runtime,
     {
@@ -90,9 +97,7 @@ export async function runSectionStep(
       guidanceScale: input.params.guidanceScale,
       schedule,
       ...(unipc !== undefined ? { unipc } : {}),
-      ...(input.params.cache === "teacache"
-        ? { teacache: { threshold: input.params.cacheThreshold ?? DEFAULT_CACHE_THRESHOLD } }
-        : {}),
+      ...(stepCache !== undefined ? { stepCache } : {}),
     },
     {
       ...(observer.onStep !== undefined ? { onStep: observer.onStep } : {}),
@@ -106,7 +111,11 @@ export async function runSectionStep(
         : {}),
       ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
       onCache: (computed: readonly number[]) => {
-        probe?.(`section${k}.teacache_computed`, new Tensor("float32", [computed.length], Float32Array.from(computed)));
+        if (stepCache !== undefined)
+          probe?.(
+            `section${k}.${computedProbeName(stepCache.kind)}`,
+            new Tensor("float32", [computed.length], Float32Array.from(computed)),
+          );
         observer.onCache?.(computed);
       },
     },

@@ -18,6 +18,8 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { Feed } from "../runtime/onnx-model.js";
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../../shared/tensor/half.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { StepCache, StepCacheCall } from "./step-cache.js";
+import { SplitTransformer } from "./split-transformer.js";
 
 /** np.poly1d's coefficients, highest power first (initialize_teacache's teacache_rescale_func). */
 export const TEACACHE_COEFFICIENTS = [7.33226126e2, -4.01131952e2, 6.75869174e1, -3.149878, 9.61237896e-2] as const;
@@ -58,44 +60,31 @@ export function relativeL1(current: F32, previous: F32, dtype: ComputeDtype = "f
   return round(round(diff / a.length) / round(norm / a.length));
 }
 
-/** hidden + residual, each sum rounded to float32 as torch adds. */
-function addF32(a: F32, b: F32): F32 {
-  if (a.numel !== b.numel)
-    throw new Error(`TeaCache: hidden states of ${a.numel} values, cached residual of ${b.numel}`);
-  const out = new Float32Array(a.numel);
-  for (let i = 0; i < out.length; i++) out[i] = a.data[i]! + b.data[i]!;
-  return new Tensor("float32", a.shape, out);
-}
-
-export interface TeaCacheCall {
-  noisePred: F32;
-  /** Whether the blocks ran (false: the cached residual was reused). */
-  computed: boolean;
-}
-
-/** One section's TeaCache state (initialize_teacache is called before every section). */
-export class TeaCache {
+export class TeaCache implements StepCache {
   private cnt = 0;
   private accumulated = 0;
   private previousModulated: F32 | undefined;
-  private previousResidual: F32 | undefined;
-  /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
-  readonly computed: number[] = [];
+  private readonly split: SplitTransformer;
 
   constructor(
-    private readonly runtime: Pick<ModelRuntime, "model">,
+    runtime: Pick<ModelRuntime, "model">,
     readonly threshold: number,
     /** num_steps: the section's sampling steps. */
     readonly numSteps: number,
     /** The dtype the transformer computes the modulated input in (the head's manifest entry). */
     readonly dtype: ComputeDtype = "fp32",
-  ) {}
+  ) {
+    this.split = new SplitTransformer(runtime);
+  }
+
+  /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
+  get computed(): number[] {
+    return this.split.computed;
+  }
 
   /** One transformer call with the transformer's feeds. */
-  async run(feeds: Record<string, Feed>): Promise<TeaCacheCall> {
-    const head = await this.runtime.model("transformer_head");
-    const headOut = await head.run(feeds);
-    const hiddenIn = headOut["hidden_in"]!;
+  async run(feeds: Record<string, Feed>): Promise<StepCacheCall> {
+    const headOut = await this.split.head(feeds);
     const modulated = headOut["modulated_input"]!;
     let shouldCalc: boolean;
     if (this.cnt === 0 || this.cnt === this.numSteps - 1 || this.previousModulated === undefined) {
@@ -109,36 +98,6 @@ export class TeaCache {
     this.previousModulated = modulated;
     this.cnt += 1;
     if (this.cnt === this.numSteps) this.cnt = 0;
-    // Never reached without a residual: call 0 always computes.
-    if (!shouldCalc && this.previousResidual !== undefined) {
-      const tail = await this.runtime.model("transformer_tail");
-      const hiddenOut = addF32(hiddenIn, this.previousResidual);
-      const out = await tail.run({ ...feeds, hidden_out: hiddenOut });
-      this.computed.push(0);
-      return { noisePred: out["noise_pred"]!, computed: false };
-    }
-    const body = await this.runtime.model("transformer_body");
-    const out = await body.run({ ...feeds, hidden_in: hiddenIn, encoder_in: headOut["encoder_in"]! });
-    this.previousResidual = out["residual"]!;
-    this.computed.push(1);
-    return { noisePred: out["noise_pred"]!, computed: true };
+    return this.split.finish(feeds, headOut, !shouldCalc);
   }
-}
-
-/**
- * The transformer call of one section's sampling loop: the single graph, or TeaCache over the
- * split graphs when `teacache` is given (then `cache` holds the section's decisions).
- */
-export async function transformerCall(
-  runtime: Pick<ModelRuntime, "model"> & { bundle?: Pick<ModelRuntime["bundle"], "manifest"> },
-  steps: number,
-  teacache: { threshold: number } | undefined,
-): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: TeaCache }> {
-  if (teacache === undefined) {
-    const model = await runtime.model("transformer");
-    return { call: async (feeds) => (await model.run(feeds)).noise_pred! };
-  }
-  const dtype = runtime.bundle?.manifest.components.transformer_head?.modulated_dtype ?? "fp32";
-  const cache = new TeaCache(runtime, teacache.threshold, steps, dtype);
-  return { call: async (feeds) => (await cache.run(feeds)).noisePred, cache };
 }

@@ -30,7 +30,7 @@ export interface WarmUpJob {
   hasEndImage: boolean;
   /** unipc plans sections as the demo does (another section count, so other decode lengths). */
   sampler?: SamplerName;
-  /** teacache runs the split transformer (head, body, tail) in place of the single graph. */
+  /** teacache and magcache run the split transformer (head, body, tail) in place of the single graph. */
   cache?: CacheName;
 }
 
@@ -68,7 +68,7 @@ export function warmUpJobOf(spec: JobSpec): WarmUpJob {
     numFrames: p.numFrames,
     hasEndImage: p.hasEndImage,
     ...(p.sampler !== undefined ? { sampler: p.sampler } : {}),
-    ...(p.cache === "teacache" ? { cache: p.cache } : {}),
+    ...(p.cache === "teacache" || p.cache === "magcache" ? { cache: p.cache } : {}),
   };
 }
 
@@ -187,14 +187,14 @@ export async function warmUp(
     for (const section of plan.sections) {
       const context = sectionInputs(plan, section, history, imageLatents, lastImageLatents);
       const feeds = transformerFeeds({ imageEmbeds, context }, noise, scalar(1000), scalar(10000), prompt);
-      if (job.cache === "teacache" && m.components.transformer_head !== undefined) {
-        // TeaCache's three graphs at the job's shapes: a computed step (head, body) and a skipped one (tail).
+      if ((job.cache === "teacache" || job.cache === "magcache") && m.components.transformer_head !== undefined) {
+        // The step cache's three graphs at the job's shapes: a computed step (head, body) and a skipped one (tail).
         const key = shapeKey(feeds);
         const head = await once("transformer_head", key, async () =>
           (await runtime.model("transformer_head")).run(feeds),
         );
         if (head === undefined) continue;
-        // The feeds exactly as TeaCache gives them (teacache.ts).
+        // The feeds exactly as TeaCache and MagCache give them (teacache.ts, magcache.ts).
         const body = { ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! };
         await once("transformer_body", key, async () => (await runtime.model("transformer_body")).run(body));
         const tail = { ...feeds, hidden_out: head["hidden_in"]! };

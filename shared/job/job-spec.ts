@@ -2,7 +2,12 @@
  * What every stage task of a job needs to know besides its own inputs: the validated render
  * parameters and the render size, in a JSON form that travels in queue messages and job records.
  */
-import { DEFAULT_CACHE_THRESHOLD, type RenderParams } from "./render-params.js";
+import {
+  DEFAULT_CACHE_THRESHOLD,
+  DEFAULT_MAGCACHE_K,
+  DEFAULT_MAGCACHE_RETENTION,
+  type RenderParams,
+} from "./render-params.js";
 import type { VideoFormatName } from "./recipe.js";
 
 /** What the mux writes: the video's format, and every frame as a PNG too or not. */
@@ -45,6 +50,8 @@ const LATER_DEFAULTS = {
   cfgRescale: 0,
   cache: "none",
   cacheThreshold: DEFAULT_CACHE_THRESHOLD,
+  magcacheK: DEFAULT_MAGCACHE_K,
+  magcacheRetention: DEFAULT_MAGCACHE_RETENTION,
   promptSegments: null,
   sectionPrompts: null,
   promptBlendSections: 0,

@@ -50,8 +50,11 @@ export interface Recipe {
   section_prompts: string[] | null;
   prompt_blend_sections: number;
   cache: string;
-  /** TeaCache's threshold; present only when `cache` is teacache (older recipes never have it). */
+  /** The cache's threshold; present only when `cache` is teacache or magcache (older recipes never have it). */
   cache_threshold?: number;
+  /** MagCache's K and retention ratio; present only when `cache` is magcache. */
+  magcache_k?: number;
+  magcache_retention?: number;
   steps: number;
   guidance_scale: number;
   true_cfg_scale: number;
@@ -109,7 +112,8 @@ export function makeRecipe(src: RecipeSource): Recipe {
     section_prompts: p.sectionPrompts,
     prompt_blend_sections: p.promptBlendSections,
     cache: paramName(p, "cache", DEFAULT_CACHE),
-    ...(p.cache === "teacache" ? { cache_threshold: p.cacheThreshold } : {}),
+    ...(p.cache === "teacache" || p.cache === "magcache" ? { cache_threshold: p.cacheThreshold } : {}),
+    ...(p.cache === "magcache" ? { magcache_k: p.magcacheK, magcache_retention: p.magcacheRetention } : {}),
     steps: p.steps,
     guidance_scale: p.guidanceScale,
     true_cfg_scale: p.trueCfgScale,
@@ -221,7 +225,7 @@ export function parseRecipe(text: string): Recipe {
     throw bad(
       `version ${JSON.stringify(top["version"])} is not supported: this framefarm reads version ${RECIPE_VERSION}`,
     );
-  const o = object(raw, "", TOP_KEYS, ["cache_threshold"]);
+  const o = object(raw, "", TOP_KEYS, ["cache_threshold", "magcache_k", "magcache_retention"]);
   const bundle = object(o["bundle"], "bundle", ["name", "digest"]);
   const images = object(o["images"], "images", ["start_sha256", "end_sha256"]);
   const video = object(o["video"], "video", ["format", "crf", "lossless"]);
@@ -260,6 +264,8 @@ export function parseRecipe(text: string): Recipe {
     prompt_blend_sections: num(o, "prompt_blend_sections", "", true),
     cache: str(o, "cache"),
     ...(o["cache_threshold"] !== undefined ? { cache_threshold: num(o, "cache_threshold") } : {}),
+    ...(o["magcache_k"] !== undefined ? { magcache_k: num(o, "magcache_k", "", true) } : {}),
+    ...(o["magcache_retention"] !== undefined ? { magcache_retention: num(o, "magcache_retention") } : {}),
     steps: num(o, "steps", "", true),
     guidance_scale: num(o, "guidance_scale"),
     true_cfg_scale: num(o, "true_cfg_scale"),

@@ -13,11 +13,21 @@ import { parseTimedPrompt, type PromptSegment } from "./timed-prompts.js";
  * section count and frame conversion); see README "Sampling as lllyasviel's demo does".
  */
 export type SamplerName = "flow_match_euler" | "unipc";
-/** A step cache: none, or lllyasviel's TeaCache (gpu-node/stages/teacache.ts). */
-export type CacheName = "none" | "teacache";
-export const CACHES: readonly CacheName[] = ["none", "teacache"];
+/**
+ * A step cache: none, lllyasviel's TeaCache (gpu-node/stages/teacache.ts) or Zehong Ma's MagCache
+ * as FramePack-Studio runs it (gpu-node/stages/magcache.ts).
+ */
+export type CacheName = "none" | "teacache" | "magcache";
+export const CACHES: readonly CacheName[] = ["none", "teacache", "magcache"];
 /** lllyasviel's initialize_teacache default rel_l1_thresh. */
 export const DEFAULT_CACHE_THRESHOLD = 0.15;
+/** FramePack-Studio's MagCache defaults: threshold 0.1, max consecutive skips 2, retention ratio 0.25. */
+export const DEFAULT_MAGCACHE_THRESHOLD = 0.1;
+export const DEFAULT_MAGCACHE_K = 2;
+export const DEFAULT_MAGCACHE_RETENTION = 0.25;
+/** The threshold a cache uses when none is given. */
+export const defaultCacheThreshold = (cache: CacheName): number =>
+  cache === "magcache" ? DEFAULT_MAGCACHE_THRESHOLD : DEFAULT_CACHE_THRESHOLD;
 export const SAMPLERS: readonly SamplerName[] = ["flow_match_euler", "unipc"];
 
 /** Upper bounds that keep one job from monopolising the farm; generous for real use. */
@@ -60,10 +70,17 @@ export interface RenderParams {
   unipcVariant: UniPCVariant;
   /** fm_wrapper's CFG rescale (unipc only; 0 is off). */
   cfgRescale: number;
-  /** --cache: skip transformer blocks on steps whose input barely changed (teacache) or not (none). */
+  /**
+   * --cache: skip transformer blocks on steps whose input barely changed (teacache), whose
+   * calibrated residual magnitude ratios stay near 1 (magcache), or not (none).
+   */
   cache: CacheName;
-  /** TeaCache's rel_l1_thresh, in (0, 1]; 0.15 unless given. */
+  /** TeaCache's rel_l1_thresh or MagCache's error threshold, in (0, 1]; 0.15 (teacache) or 0.1 (magcache) unless given. */
   cacheThreshold: number;
+  /** MagCache's K, the most consecutive skipped calls, an integer from 1 (2 unless given; magcache only). */
+  magcacheK: number;
+  /** MagCache's retention ratio in [0, 1]: the first ratio x steps of a section always compute (0.25 unless given). */
+  magcacheRetention: number;
   /** A timed prompt ("[0s: ...] [2s: ...]") read against the video's length; null for a plain prompt. */
   promptSegments: PromptSegment[] | null;
   /** One prompt per section in video-time order (instead of `prompt`); null when not given. */
@@ -95,6 +112,8 @@ export interface RenderParamsInput {
   cfgRescale?: unknown;
   cache?: unknown;
   cacheThreshold?: unknown;
+  magcacheK?: unknown;
+  magcacheRetention?: unknown;
   sectionPrompts?: unknown;
   promptBlendSections?: unknown;
 }
@@ -198,22 +217,42 @@ export function parseUnipcVariant(v: unknown, sampler: SamplerName): UniPCVarian
   return t as UniPCVariant;
 }
 
-/** The step cache by name (none, teacache); absent or empty, none. */
+/** The step cache by name (none, teacache, magcache); absent or empty, none. */
 export function parseCache(v: unknown): CacheName {
   if (v === undefined || v === null || v === "") return "none";
   const t = typeof v === "string" ? v.toLowerCase() : undefined;
   if (t === undefined || !CACHES.includes(t as CacheName))
-    throw bad(`cache must be none or teacache (lllyasviel's TeaCache), got ${show(v)}`);
+    throw bad(`cache must be none, teacache (lllyasviel's TeaCache) or magcache (MagCache), got ${show(v)}`);
   return t as CacheName;
 }
 
-/** TeaCache's threshold: a number in (0, 1], only with --cache teacache; absent, 0.15. */
+/** The cache's threshold: a number in (0, 1], only with --cache teacache or magcache; absent, the cache's default. */
 export function parseCacheThreshold(v: unknown, cache: CacheName): number {
-  if (v === undefined || v === null) return DEFAULT_CACHE_THRESHOLD;
-  if (cache !== "teacache") throw bad("a cache threshold needs --cache teacache");
+  if (v === undefined || v === null) return defaultCacheThreshold(cache);
+  if (cache === "none") throw bad("a cache threshold needs --cache teacache or --cache magcache");
   const n = typeof v === "string" && v.trim() !== "" ? Number(v) : v;
   if (typeof n !== "number" || !Number.isFinite(n) || n <= 0 || n > 1)
     throw bad(`cache threshold must be greater than 0 and at most 1, got ${show(v)}`);
+  return n;
+}
+
+/** MagCache's K (max consecutive skips): an integer from 1 to the step limit, only with --cache magcache; absent, 2. */
+export function parseMagcacheK(v: unknown, cache: CacheName): number {
+  if (v === undefined || v === null) return DEFAULT_MAGCACHE_K;
+  if (cache !== "magcache") throw bad("MagCache's K (max consecutive skips) needs --cache magcache");
+  const n = typeof v === "string" && v.trim() !== "" ? Number(v) : v;
+  if (typeof n !== "number" || !Number.isInteger(n) || n < 1 || n > LIMITS.maxSteps)
+    throw bad(`MagCache's K (max consecutive skips) must be an integer from 1 to ${LIMITS.maxSteps}, got ${show(v)}`);
+  return n;
+}
+
+/** MagCache's retention ratio: a number in [0, 1] (Studio's slider), only with --cache magcache; absent, 0.25. */
+export function parseMagcacheRetention(v: unknown, cache: CacheName): number {
+  if (v === undefined || v === null) return DEFAULT_MAGCACHE_RETENTION;
+  if (cache !== "magcache") throw bad("MagCache's retention ratio needs --cache magcache");
+  const n = typeof v === "string" && v.trim() !== "" ? Number(v) : v;
+  if (typeof n !== "number" || !Number.isFinite(n) || n < 0 || n > 1)
+    throw bad(`MagCache's retention ratio must be from 0 to 1, got ${show(v)}`);
   return n;
 }
 
@@ -279,6 +318,8 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     throw bad("cfg rescale needs --sampler unipc (diffusers' FramePack pipeline has none)");
   const cache = parseCache(input.cache);
   const cacheThreshold = parseCacheThreshold(input.cacheThreshold, cache);
+  const magcacheK = parseMagcacheK(input.magcacheK, cache);
+  const magcacheRetention = parseMagcacheRetention(input.magcacheRetention, cache);
   const promptBlendSections = intIn(
     "prompt blend sections",
     input.promptBlendSections ?? 0,
@@ -309,6 +350,8 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     cfgRescale,
     cache,
     cacheThreshold,
+    magcacheK,
+    magcacheRetention,
     promptSegments,
     sectionPrompts,
     promptBlendSections,

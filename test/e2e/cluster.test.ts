@@ -95,13 +95,14 @@ const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[
     .map((f) => path.join(dir, f));
 const cases = [
   ...jsonIn(path.join(referenceDir(), "cases")),
-  // framefarm's own cases of lllyasviel's sampler and of prompts that change over time.
+  // framefarm's own cases of lllyasviel's sampler, of prompts that change over time and of
+  // MagCache (its split graphs on the denoise nodes).
   ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
-    /^(unipc|timed_prompts|section_prompts)_/.test(f),
+    /^(unipc|timed_prompts|section_prompts|magcache)_/.test(f),
   ),
 ];
 
-test("every public reference case, and the unipc and timed-prompt cases, render on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc, timed-prompt and MagCache cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {

@@ -5,7 +5,8 @@
  * python3-protobuf (deploy/local/install-python.sh). The script submits, prints progress and
  * downloads the MP4 by its presigned URL; the file must be the farm's video, byte for byte, and
  * decode to frames of the job's size. It also renders with lllyasviel's sampler (--sampler unipc)
- * and renders that job's downloaded recipe again (--recipe), which must give the same MP4 bytes.
+ * and renders that job's downloaded recipe again (--recipe), which must give the same MP4 bytes,
+ * with TeaCache and with MagCache (--cache magcache and its parameters).
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -168,5 +169,30 @@ test("--sampler unipc --cache teacache renders, and --recipe renders its downloa
   assert.ok(
     (await readFile(path.join(dir, "again.recipe.json"))).equals(await readFile(recipeFile)),
     "and carries the same recipe",
+  );
+});
+
+test("--cache magcache with its parameters renders; the recipe records them and renders again to the same MP4 bytes", async () => {
+  const dir = await mkdtemp(path.join(tmp, "magcache-"));
+  const first = path.join(dir, "mag.mp4");
+  const settings = ["--frames", "20", "--steps", "6", "--resolution", "64", "--seed", "5", "--sampler", "unipc"];
+  const mag = ["--cache", "magcache", "--cache-threshold", "0.15", "--magcache-k", "3", "--magcache-retention", "0.2"];
+  const one = await example([...settings, ...mag, "-o", first]);
+  assert.match(one.stderr, /SUCCEEDED 100%/, one.stderr);
+  const recipeFile = path.join(dir, "mag.recipe.json");
+  const recipe = JSON.parse(await readFile(recipeFile, "utf8")) as Record<string, unknown>;
+  assert.deepEqual(
+    [recipe["cache"], recipe["cache_threshold"], recipe["magcache_k"], recipe["magcache_retention"]],
+    ["magcache", 0.15, 3, 0.2],
+  );
+  const again = path.join(dir, "again.mp4");
+  const two = await example(["--recipe", recipeFile, "-o", again], []);
+  assert.match(two.stderr, /SUCCEEDED 100%/, two.stderr);
+  assert.ok((await readFile(again)).equals(await readFile(first)), "the recipe renders the same MP4, byte for byte");
+
+  // Out of range: the farm's INVALID_ARGUMENT, naming the parameter.
+  await assert.rejects(
+    example([...settings, "--cache", "magcache", "--magcache-k", "0", "-o", path.join(dir, "no.mp4")]),
+    (e: unknown) => /INVALID_ARGUMENT: .*MagCache's K/m.test((e as { stderr?: string }).stderr ?? ""),
   );
 });

@@ -336,7 +336,7 @@ const rows: Row[] = [
     name: "unknown step cache",
     call: () => submit({ settings: settings({ cache: "fbcache" }) }),
     code: status.INVALID_ARGUMENT,
-    message: /cache must be none or teacache .*got "fbcache"/,
+    message: /cache must be none, teacache .*magcache .*got "fbcache"/,
   },
   {
     name: "TeaCache threshold of 0",
@@ -355,6 +355,25 @@ const rows: Row[] = [
     call: () => submit({ settings: settings({ cacheThreshold: 0.1 }) }),
     code: status.INVALID_ARGUMENT,
     message: /cache threshold needs --cache teacache/,
+  },
+  // MagCache (--cache magcache): K and the retention ratio, checked with the same code as the CLI's.
+  {
+    name: "MagCache K of 0",
+    call: () => submit({ settings: settings({ cache: "magcache", magcacheK: 0 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /MagCache's K \(max consecutive skips\) must be an integer from 1 to 200, got 0/,
+  },
+  {
+    name: "MagCache retention above 1",
+    call: () => submit({ settings: settings({ cache: "magcache", magcacheRetention: 1.5 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /MagCache's retention ratio must be from 0 to 1, got 1.5/,
+  },
+  {
+    name: "MagCache K without MagCache",
+    call: () => submit({ settings: settings({ cache: "teacache", magcacheK: 3 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /MagCache's K \(max consecutive skips\) needs --cache magcache/,
   },
   {
     name: "timed prompt past the end",

@@ -19,7 +19,7 @@ export interface StageResult {
 }
 
 export function ruleFor(key: string): Rule {
-  if (/input_ids|attention_mask|\.indices_|\.teacache_computed$/.test(key)) return "exact";
+  if (/input_ids|attention_mask|\.indices_|\.(teacache|magcache)_computed$/.test(key)) return "exact";
   if (/\.noise$/.test(key)) return "noise";
   if (key === "frames_uint8") return "frames";
   return "relL2";

@@ -37,6 +37,8 @@ const PARAM_KEYS = [
   "cfg_rescale",
   "cache",
   "cache_threshold",
+  "magcache_k",
+  "magcache_retention",
   "section_prompts",
   "prompt_blend_sections",
 ] as const;
@@ -127,6 +129,8 @@ export async function loadReferenceCase(
     ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
     ...(json["cache"] !== undefined ? { cache: json["cache"] } : {}),
     ...(json["cache_threshold"] !== undefined ? { cacheThreshold: json["cache_threshold"] } : {}),
+    ...(json["magcache_k"] !== undefined ? { magcacheK: json["magcache_k"] } : {}),
+    ...(json["magcache_retention"] !== undefined ? { magcacheRetention: json["magcache_retention"] } : {}),
     ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
     ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
   };
@@ -167,6 +171,8 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
       ...(typeof p.cache === "string" ? { cache: p.cache } : {}),
       ...(p.cacheThreshold !== undefined ? { cacheThreshold: Number(p.cacheThreshold) } : {}),
+      ...(p.magcacheK !== undefined ? { magcacheK: Number(p.magcacheK) } : {}),
+      ...(p.magcacheRetention !== undefined ? { magcacheRetention: Number(p.magcacheRetention) } : {}),
       ...(p.unipcVariant !== undefined || p.cfgRescale !== undefined
         ? {
             unipc: {

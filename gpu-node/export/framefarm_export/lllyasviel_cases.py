@@ -1,4 +1,4 @@
-"""python3 -m framefarm_export.lllyasviel_cases --framepack FRAMEPACK --tiny TINY_PIPELINE --inputs CASES --out DIR
+"""python3 -m framefarm_export.lllyasviel_cases --framepack FRAMEPACK --tiny TINY_PIPELINE --inputs CASES --out DIR [--magcache MAGCACHE]
 
 Ground truth for two framefarm features that diffusers' HunyuanVideoFramepackPipeline does not
 have, in the reference's form (<name>.json, images, <name>.safetensors of every intermediate):
@@ -19,6 +19,15 @@ have, in the reference's form (<name>.json, images, <name>.safetensors of every 
     embedder's convolutions take the VAE's 4 channels (the class hard-codes 16), torch 1.13's
     LayerNorm gets the attribute the class's patched forward reads, and einops' one rearrange in
     the forward is done with reshape/permute when einops is missing.
+  * --cache magcache ("cache": "magcache" cases): Zehong-Ma/MagCache's MagCache4FramePack, the
+    cache FramePack-Studio runs by default, from a checkout of it (MAGCACHE, never copied into
+    framefarm): its demo's nearest_interp, initialize_magcache and magcache_framepack_forward are
+    taken from MagCache4FramePack/magcache_demo_gradio.py's source (the demo cannot be imported:
+    it starts a gradio app and loads the real models), run in the namespace of lllyasviel's
+    packed-transformer module and bound to the packed transformer above as the demo binds them to
+    its class; initialize_magcache(enable_magcache=True, num_steps=steps,
+    magcache_thresh=cache_threshold, K=magcache_k, retention_ratio=magcache_retention) before each
+    section as the demo does. `section<k>.magcache_computed` as TeaCache's.
   * prompts that change over time (timed or per-section prompts, blended): diffusers'
     HunyuanVideoFramepackPipeline section loop written out below, with each section's text
     embeddings replaced as framefarm's README specifies; the FlowMatch Euler sampler is diffusers'
@@ -77,6 +86,13 @@ CASES = [
      "sampling_type": "inverted_anti_drifting", "seed": 23, "num_frames": 40, "steps": 6, "guidance_scale": 10.0, "true_cfg_scale": 2.0,
      "negative_prompt": "blurry", "latent_window_size": 5, "images_from": "inverted_endframe_2sec", "end_image": True,
      "prompt": "The man talks on the phone, then walks to the window."},
+    {"name": "magcache_unipc_vanilla", "sampler": "unipc", "cache": "magcache", "cache_threshold": 0.1, "magcache_k": 2,
+     "magcache_retention": 0.25, "sampling_type": "vanilla", "seed": 31, "num_frames": 30, "steps": 8, "guidance_scale": 10.0,
+     "latent_window_size": 5, "images_from": "vanilla_3sec", "prompt": "A girl dances gracefully, with clear movements, full of charm."},
+    {"name": "magcache_unipc_inverted_cfg", "sampler": "unipc", "cache": "magcache", "cache_threshold": 0.15, "magcache_k": 3,
+     "magcache_retention": 0.2, "sampling_type": "inverted_anti_drifting", "seed": 33, "num_frames": 40, "steps": 6,
+     "guidance_scale": 10.0, "true_cfg_scale": 2.0, "negative_prompt": "blurry", "latent_window_size": 5,
+     "images_from": "inverted_endframe_2sec", "end_image": True, "prompt": "The man talks on the phone, then walks to the window."},
     {"name": "timed_prompts_inverted_blend", "sampling_type": "inverted_anti_drifting", "seed": 11, "num_frames": 45, "steps": 3,
      "guidance_scale": 10.0, "latent_window_size": 3, "images_from": "inverted_3sec", "prompt_blend_sections": 1,
      "prompt": "[0s: A penguin dancing in the snow] [0.8s: A girl dances gracefully, with clear movements, full of charm.]"},
@@ -153,6 +169,29 @@ def load_packed(tiny, framepack):
             mod.normalized_shape = tuple(mod.dim)
     m.load_state_dict(load_file(os.path.join(tiny, "transformer", "diffusion_pytorch_model.safetensors")), strict=True)
     return m.eval().float()
+
+
+def install_magcache(packed, magcache):
+    """Zehong-Ma/MagCache's MagCache4FramePack on lllyasviel's packed transformer: the demo's
+    nearest_interp, initialize_magcache and magcache_framepack_forward, compiled from its source in
+    the packed module's namespace (torch, np, einops, get_cu_seqlens, Transformer2DModelOutput) and
+    bound to this model as the demo's `transformer.__class__.forward = magcache_framepack_forward`."""
+    import ast
+    import types
+
+    path = os.path.join(magcache, "MagCache4FramePack", "magcache_demo_gradio.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    wanted = ("nearest_interp", "initialize_magcache", "magcache_framepack_forward")
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    if sorted(d.name for d in defs) != sorted(wanted):
+        raise SystemExit(f"{path} lacks one of {wanted}")
+    ns = dict(vars(sys.modules[type(packed).__module__]))
+    ns.setdefault("np", np)
+    exec(compile(ast.Module(body=defs, type_ignores=[]), path, "exec"), ns)
+    packed.forward = types.MethodType(ns["magcache_framepack_forward"], packed)
+    packed.initialize_magcache = types.MethodType(ns["initialize_magcache"], packed)
+    return packed
 
 
 class PackedRecorder(torch.nn.Module):
@@ -438,9 +477,12 @@ def run_demo(case, models, fp, inputs, rec):
                 rec[f"section{state['section']}.transformer_in.{name}"] = v
             rec[f"section{state['section']}.step0.transformer_out"] = out
 
-    teacache = case.get("cache") == "teacache"
-    packed = fp[2]() if teacache else None
-    model = PackedRecorder(packed, on_call) if teacache else DiffusersTransformerAsPacked(transformer, on_call)
+    cache = case.get("cache")
+    teacache, magcache = cache == "teacache", cache == "magcache"
+    packed = fp[2]() if cache in ("teacache", "magcache") else None
+    if magcache:
+        install_magcache(packed, fp[3])
+    model = PackedRecorder(packed, on_call) if packed is not None else DiffusersTransformerAsPacked(transformer, on_call)
 
     class TorchWithTinyChannels:
         """sample_hunyuan draws torch.randn((B, 16, T, H, W)); the tiny model has C channels."""
@@ -481,6 +523,9 @@ def run_demo(case, models, fp, inputs, rec):
             state["section"], state["first"] = section, True
             if teacache:  # demo_gradio.py: once per section, before sample_hunyuan
                 packed.initialize_teacache(enable_teacache=True, num_steps=steps, rel_l1_thresh=case["cache_threshold"])
+            if magcache:  # magcache_demo_gradio.py: once per section, before sample_hunyuan
+                packed.initialize_magcache(enable_magcache=True, num_steps=steps, magcache_thresh=case["cache_threshold"],
+                                           K=case["magcache_k"], retention_ratio=case["magcache_retention"])
             j = total_latent_sections - 1 - section if inverted else section
             llama_vec, llama_attention_mask, clip_l_pooler = conds[j]
             out = khy.sample_hunyuan(
@@ -494,8 +539,8 @@ def run_demo(case, models, fp, inputs, rec):
                 clean_latents_4x=clean_latents_4x, clean_latent_4x_indices=clean_latent_4x_indices,
             )
             rec[f"section{section}.latents"] = out
-            if teacache:
-                rec[f"section{section}.teacache_computed"] = torch.tensor(computed[section], dtype=torch.float32)
+            if packed is not None:
+                rec[f"section{section}.{cache}_computed"] = torch.tensor(computed[section], dtype=torch.float32)
                 print(f"  section {section}: blocks ran on calls {computed[section]}", flush=True)
             return out
 
@@ -585,6 +630,7 @@ def save_case(case, rec, inputs, out_dir, names):
     j.update({"height": int(src["image_pixels0"].shape[2]), "width": int(src["image_pixels0"].shape[3]),
               "first_image": first, "last_image": last, "frames_shape": list(arrays["frames_uint8"].shape),
               "reference": ("lllyasviel/FramePack sample_hunyuan, his packed transformer's TeaCache + the demo's section loop" if case.get("cache") == "teacache"
+                            else "lllyasviel/FramePack sample_hunyuan, his packed transformer with Zehong-Ma/MagCache's MagCache4FramePack forward + the demo's section loop" if case.get("cache") == "magcache"
                             else "lllyasviel/FramePack sample_hunyuan + the demo's section loop" if case.get("sampler") == "unipc"
                             else "diffusers' FramePack section loop with per-section text embeddings")
               + f" (framefarm_export.lllyasviel_cases, torch {torch.__version__}); encoder outputs from {case['images_from']} and the public cases",
@@ -620,12 +666,13 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", required=True, help="the tiny pipeline folder (../shared/reference/tiny-framepack)")
     p.add_argument("--inputs", required=True, help="the public reference cases (../shared/reference/cases)")
     p.add_argument("--out", required=True)
+    p.add_argument("--magcache", help="a checkout of Zehong-Ma/MagCache (needed by the magcache cases)")
     p.add_argument("--only", nargs="*", help="case names to run (default all)")
     p.add_argument("--selfcheck", action="store_true", help="first rerun the public cases through the diffusers loop")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     models = load_models(a.tiny)
-    fp = load_framepack(a.framepack) + (lambda: load_packed(a.tiny, a.framepack),)
+    fp = load_framepack(a.framepack) + (lambda: load_packed(a.tiny, a.framepack), a.magcache)
     inputs = Inputs(a.inputs)
     os.makedirs(a.out, exist_ok=True)
     with torch.no_grad():
@@ -635,6 +682,8 @@ def main(argv=None) -> int:
             if a.only and case["name"] not in a.only:
                 continue
             rec = {}
+            if case.get("cache") == "magcache" and a.magcache is None:
+                raise SystemExit(f"{case['name']} needs --magcache (a checkout of Zehong-Ma/MagCache)")
             names = run_demo(case, models, fp, inputs, rec) if case.get("sampler") == "unipc" else run_diffusers(case, models, inputs, rec)
             save_case(case, rec, inputs, a.out, names)
     return 0

@@ -2,7 +2,7 @@
 """Renders a video on a framefarm farm from Python: submit, watch with a progress line, download.
 
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
-        --prompt "A lighthouse on a cliff" --seconds 2 [--sampler unipc] [--cache teacache] [--format webm] -o out.mp4
+        --prompt "A lighthouse on a cliff" --seconds 2 [--sampler unipc] [--cache teacache|magcache] [--format webm] -o out.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --recipe out.recipe.json -o again.mp4
 
@@ -39,8 +39,11 @@ def main() -> int:
     ap.add_argument("--sampler", choices=list(SAMPLERS), help="default flow_match_euler")
     ap.add_argument("--unipc-variant", choices=list(UNIPC_VARIANTS), help="with --sampler unipc")
     ap.add_argument("--cfg-rescale", type=float, help="0 to 1, with --sampler unipc")
-    ap.add_argument("--cache", choices=["none", "teacache"], help="teacache: lllyasviel's TeaCache (default none)")
-    ap.add_argument("--cache-threshold", type=float, help="TeaCache's threshold in (0, 1], default 0.15")
+    ap.add_argument("--cache", choices=["none", "teacache", "magcache"],
+                    help="teacache: lllyasviel's TeaCache; magcache: MagCache as FramePack-Studio (default none)")
+    ap.add_argument("--cache-threshold", type=float, help="the cache's threshold in (0, 1], default 0.15 (teacache), 0.1 (magcache)")
+    ap.add_argument("--magcache-k", type=int, help="MagCache's max consecutive skips, default 2")
+    ap.add_argument("--magcache-retention", type=float, help="MagCache's retention ratio, 0 to 1, default 0.25")
     ap.add_argument("--format", choices=list(VIDEO_FORMATS), help="default mp4 (or the recipe's)")
     ap.add_argument("--recipe", metavar="FILE", help="render this .recipe.json again (no --prompt or length)")
     ap.add_argument("--webhook-url", help="where the farm POSTs the job's events")
@@ -66,6 +69,7 @@ def main() -> int:
                          end_image=args.end_image, mode=args.mode, steps=args.steps, seed=args.seed,
                          resolution=args.resolution, sampler=args.sampler, unipc_variant=args.unipc_variant,
                          cfg_rescale=args.cfg_rescale, cache=args.cache, cache_threshold=args.cache_threshold,
+                         magcache_k=args.magcache_k, magcache_retention=args.magcache_retention,
                          video_format=args.format, recipe=recipe,
                          webhook_url=args.webhook_url)
             print(job.id, flush=True)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Here (the build machine): packs what a GPU benchmark run needs and the repository does not hold
 # into .cache/device/ (git-ignored), in parts small enough to carry to a lent GPU machine one at a
-# time (a call carries at most 64 MiB together with the tracked tree, ~34 MiB with the fixtures):
+# time: a call carries at most 64 MiB together with the tracked tree (~45 MiB with the fixtures), so
+# the part size is what the tree leaves, less 1 MiB (PART_MB overrides); parts made for a smaller
+# tree are split again:
 #   parts/ort-cuda.part-NN   onnxruntime's CUDA provider (npm com.github.asus4.onnxruntime.linux-x64-gpu,
 #                            the build of the pinned onnxruntime-node), tar | zstd -19 --long=27
 #   parts/runtime.part-NN    this machine's node binary + production node_modules for linux-x64
@@ -13,7 +15,16 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../../.." && pwd)
 out=$repo/.cache/device
-part_mb=${PART_MB:-29}
+tracked=$(git -C "$repo" ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+part_mb=${PART_MB:-$(((64 * 1048576 - tracked) / 1048576 - 1))}
+[ "$part_mb" -ge 4 ] || { echo "stage: the tracked tree ($tracked bytes) leaves no room for parts"; exit 1; }
+resplit() {  # NAME: parts larger than part_mb are joined and split again
+  local big
+  big=$(find "$out/parts" -name "$1.part-*" -size +"$((part_mb * 1024))"k | head -1)
+  [ -n "$big" ] || return 0
+  cat "$out"/parts/"$1".part-* > "$out/$1.joined" && rm "$out"/parts/"$1".part-*
+  split -b "${part_mb}M" -d "$out/$1.joined" "$out/parts/$1.part-" && rm "$out/$1.joined"
+}
 mkdir -p "$out/parts" "$repo/.cache/cuda"
 z() { zstd -19 --long=27 -T0 -q -c; }
 if ! ls "$out"/parts/ort-cuda.part-* >/dev/null 2>&1; then
@@ -32,6 +43,8 @@ if ! ls "$out"/parts/runtime.part-* >/dev/null 2>&1; then
   tar -C "$tmp" -cf - bin node_modules | z | split -b "${part_mb}M" -d - "$out/parts/runtime.part-"
   rm -rf "$tmp"
 fi
+resplit ort-cuda
+resplit runtime
 if [ -n "${DIFFUSERS_SRC:-}" ] && [ ! -f "$out/diffusers.tar.xz" ]; then
   tar -C "$DIFFUSERS_SRC" -cf - diffusers | xz -T0 -6 > "$out/diffusers.tar.xz"
 fi

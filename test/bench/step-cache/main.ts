@@ -1,11 +1,12 @@
 /**
- * Step-cache benchmark: the same job rendered without a cache and with TeaCache (--cache
- * teacache), on one bundle and execution provider, printing per section how many transformer
+ * Step-cache benchmark: the same job rendered without a cache, with TeaCache (--cache teacache)
+ * and with MagCache (--cache magcache), on one bundle and execution provider, printing per section how many transformer
  * calls ran the blocks and the section's denoise wall time, and how far the cached render's
  * latents and frames are from the uncached one's. Results: test/bench/step-cache/RESULTS.md.
  *
  *   node dist/test/bench/step-cache/main.js [--bundle DIR] [--ep cpu] [--steps 25] [--seconds 2]
  *     [--height 64] [--width 64] [--threshold 0.15] [--sampler unipc] [--mode vanilla] [--reps 3]
+ *     [--magcache-threshold 0.1] [--magcache-k 2] [--magcache-retention 0.25]
  *
  * Each configuration renders --reps times after one untimed warm-up; a section's time is the
  * median over the reps of the wall time from its noise to its denoised latents (the decode is
@@ -32,6 +33,9 @@ const { values } = parseArgs({
     height: { type: "string" },
     width: { type: "string" },
     threshold: { type: "string" },
+    "magcache-threshold": { type: "string" },
+    "magcache-k": { type: "string" },
+    "magcache-retention": { type: "string" },
     sampler: { type: "string" },
     mode: { type: "string" },
     reps: { type: "string" },
@@ -79,7 +83,7 @@ try {
       { params, firstPixels: first, lastPixels: null },
       {
         probe: (name, t) => {
-          const m = /^section(\d+)\.(noise|latents|teacache_computed)$/.exec(name);
+          const m = /^section(\d+)\.(noise|latents|teacache_computed|magcache_computed)$/.exec(name);
           if (m === null) return;
           const k = Number(m[1]);
           if (m[2] === "noise") started[k] = performance.now();
@@ -92,9 +96,19 @@ try {
     );
     return run;
   };
+  // FramePack-Studio's MagCache defaults unless given.
+  const mag = {
+    threshold: Number(values["magcache-threshold"] ?? 0.1),
+    k: Number(values["magcache-k"] ?? 2),
+    retention: Number(values["magcache-retention"] ?? 0.25),
+  };
   const configs: [string, RenderParamsInput][] = [
     ["none", { cache: "none" }],
     [`teacache ${values.threshold ?? 0.15}`, { cache: "teacache", cacheThreshold: Number(values.threshold ?? 0.15) }],
+    [
+      `magcache ${mag.threshold}/K${mag.k}/R${mag.retention}`,
+      { cache: "magcache", cacheThreshold: mag.threshold, magcacheK: mag.k, magcacheRetention: mag.retention },
+    ],
   ];
   const results = new Map<string, Run[]>();
   for (const [label, cache] of configs) {
@@ -133,16 +147,18 @@ try {
     }
     console.log(`| ${label} | all | | ${total.toFixed(1)} | ${(plainTotal / total).toFixed(2)}x | |`);
   }
-  const a = results.get(configs[1]![0])![0]!.frames.data;
   const b = plain.frames.data;
-  let maxd = 0;
-  let sum = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    maxd = Math.max(maxd, d);
-    sum += d;
+  for (const [label] of configs.slice(1)) {
+    const a = results.get(label)![0]!.frames.data;
+    let maxd = 0;
+    let sum = 0;
+    for (let i = 0; i < a.length; i++) {
+      const d = Math.abs(a[i]! - b[i]!);
+      maxd = Math.max(maxd, d);
+      sum += d;
+    }
+    console.log(`frames, ${label} vs none: max|d| ${maxd}, mean|d| ${(sum / a.length).toFixed(3)} (uint8)`);
   }
-  console.log(`frames, teacache vs none: max|d| ${maxd}, mean|d| ${(sum / a.length).toFixed(3)} (uint8)`);
 } finally {
   await models.close();
 }

@@ -324,14 +324,33 @@ export interface RenderSettings {
     | undefined;
   /**
    * Step cache: "teacache" skips the transformer's blocks on steps whose first-block input barely
-   * changed, as lllyasviel's FramePack TeaCache (needs a bundle with the split transformer graphs);
-   * empty or "none" computes every step. Any other name is INVALID_ARGUMENT.
+   * changed, as lllyasviel's FramePack TeaCache; "magcache" skips them while MagCache's calibrated
+   * residual magnitude ratios stay near 1, as FramePack-Studio's MagCache (both need a bundle with
+   * the split transformer graphs); empty or "none" computes every step. Any other name is
+   * INVALID_ARGUMENT.
    */
   cache?:
     | string
     | undefined;
-  /** TeaCache's rel_l1_thresh in (0, 1], 0.15 unless given (only with cache "teacache"). */
-  cacheThreshold?: number | undefined;
+  /**
+   * TeaCache's rel_l1_thresh or MagCache's error threshold in (0, 1]; 0.15 (teacache) or 0.1
+   * (magcache) unless given (only with cache "teacache" or "magcache").
+   */
+  cacheThreshold?:
+    | number
+    | undefined;
+  /**
+   * MagCache's K, the most consecutive skipped transformer calls: an integer from 1, 2 unless given
+   * (only with cache "magcache").
+   */
+  magcacheK?:
+    | number
+    | undefined;
+  /**
+   * MagCache's retention ratio in [0, 1]: the first ratio x steps of each section always compute;
+   * 0.25 unless given (only with cache "magcache").
+   */
+  magcacheRetention?: number | undefined;
 }
 
 export interface SubmitJobRequest {
@@ -782,6 +801,8 @@ function createBaseRenderSettings(): RenderSettings {
     promptSchedule: undefined,
     cache: undefined,
     cacheThreshold: undefined,
+    magcacheK: undefined,
+    magcacheRetention: undefined,
   };
 }
 
@@ -860,6 +881,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.cacheThreshold !== undefined) {
       writer.uint32(185).double(message.cacheThreshold);
+    }
+    if (message.magcacheK !== undefined) {
+      writer.uint32(192).int32(message.magcacheK);
+    }
+    if (message.magcacheRetention !== undefined) {
+      writer.uint32(201).double(message.magcacheRetention);
     }
     return writer;
   },
@@ -1061,6 +1088,22 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.cacheThreshold = reader.double();
             continue;
           }
+          case 24: {
+            if (tag !== 192) {
+              break;
+            }
+
+            message.magcacheK = reader.int32();
+            continue;
+          }
+          case 25: {
+            if (tag !== 201) {
+              break;
+            }
+
+            message.magcacheRetention = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1130,6 +1173,16 @@ export const RenderSettings: MessageFns<RenderSettings> = {
         ? globalThis.Number(object.cacheThreshold)
         : isSet(object.cache_threshold)
         ? globalThis.Number(object.cache_threshold)
+        : undefined,
+      magcacheK: isSet(object.magcacheK)
+        ? globalThis.Number(object.magcacheK)
+        : isSet(object.magcache_k)
+        ? globalThis.Number(object.magcache_k)
+        : undefined,
+      magcacheRetention: isSet(object.magcacheRetention)
+        ? globalThis.Number(object.magcacheRetention)
+        : isSet(object.magcache_retention)
+        ? globalThis.Number(object.magcache_retention)
         : undefined,
     };
   },
@@ -1204,6 +1257,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.cacheThreshold !== undefined) {
       obj.cacheThreshold = floatToJson(message.cacheThreshold);
     }
+    if (message.magcacheK !== undefined) {
+      obj.magcacheK = Math.round(message.magcacheK);
+    }
+    if (message.magcacheRetention !== undefined) {
+      obj.magcacheRetention = floatToJson(message.magcacheRetention);
+    }
     return obj;
   },
 
@@ -1251,6 +1310,8 @@ export const RenderSettings: MessageFns<RenderSettings> = {
       : undefined;
     message.cache = object.cache ?? undefined;
     message.cacheThreshold = object.cacheThreshold ?? undefined;
+    message.magcacheK = object.magcacheK ?? undefined;
+    message.magcacheRetention = object.magcacheRetention ?? undefined;
     return message;
   },
 };

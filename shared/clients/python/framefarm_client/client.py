@@ -176,7 +176,8 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
            fps: Optional[float] = None, crf: Optional[int] = None, lossless: Optional[bool] = None,
            sampler: Optional[str] = None, unipc_variant: Optional[str] = None,
            cfg_rescale: Optional[float] = None, cache: Optional[str] = None,
-           cache_threshold: Optional[float] = None, section_prompts: Optional[Sequence[str]] = None,
+           cache_threshold: Optional[float] = None, magcache_k: Optional[int] = None,
+           magcache_retention: Optional[float] = None, section_prompts: Optional[Sequence[str]] = None,
            blend_sections: Optional[int] = None, video_format: Optional[str] = None,
            save_frames: Optional[bool] = None, recipe: Optional[Union[str, bytes]] = None,
            webhook_url: Optional[str] = None, bundle: str = "", priority: int = 0,
@@ -190,7 +191,9 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
     sampler: "flow_match_euler" (default) or "unipc" (lllyasviel's demo), which alone takes
     unipc_variant ("bh1" default, "bh2") and cfg_rescale (0 to 1). cache: "none" (default) or
     "teacache" (lllyasviel's TeaCache: skips the transformer's blocks on steps whose input barely
-    changed), with cache_threshold in (0, 1] (default 0.15). section_prompts: one prompt per
+    changed), with cache_threshold in (0, 1] (default 0.15), or "magcache" (MagCache as
+    FramePack-Studio runs it), with cache_threshold (default 0.1), magcache_k (max consecutive
+    skips, default 2) and magcache_retention (0 to 1, default 0.25). section_prompts: one prompt per
     section instead of `prompt`; blend_sections: sections over which prompt changes are blended
     (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). video_format: "mp4" or "webm";
     save_frames: also keep every frame as PNG (the job's frames_url). webhook_url: where the farm
@@ -210,7 +213,8 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
                      true_cfg_scale=true_cfg_scale, seed=seed, latent_window_size=latent_window_size,
                      resolution=resolution, height=height, width=width, fps=fps, sampler=sampler,
                      unipc_variant=unipc_variant, cfg_rescale=cfg_rescale, cache=cache,
-                     cache_threshold=cache_threshold, section_prompts=section_prompts,
+                     cache_threshold=cache_threshold, magcache_k=magcache_k,
+                     magcache_retention=magcache_retention, section_prompts=section_prompts,
                      blend_sections=blend_sections)
         extra = [name for name, value in given.items() if value is not None]
         if extra:
@@ -255,6 +259,14 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
             if isinstance(cache_threshold, bool) or not isinstance(cache_threshold, (int, float)):
                 raise ValueError(f"cache_threshold must be a number, got {cache_threshold!r}")
             settings.cache_threshold = cache_threshold
+        if magcache_k is not None:
+            if isinstance(magcache_k, bool) or not isinstance(magcache_k, int):
+                raise ValueError(f"magcache_k must be an integer, got {magcache_k!r}")
+            settings.magcache_k = magcache_k  # the farm checks the range
+        if magcache_retention is not None:
+            if isinstance(magcache_retention, bool) or not isinstance(magcache_retention, (int, float)):
+                raise ValueError(f"magcache_retention must be a number, got {magcache_retention!r}")
+            settings.magcache_retention = magcache_retention
         if blend_sections is not None:
             if isinstance(blend_sections, bool) or not isinstance(blend_sections, int) \
                     or not 0 <= blend_sections <= MAX_BLEND_SECTIONS:

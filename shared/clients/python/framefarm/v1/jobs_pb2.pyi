@@ -148,7 +148,7 @@ class PromptSchedule(_message.Message):
     def __init__(self, section_prompts: _Optional[_Iterable[str]] = ..., blend_sections: _Optional[int] = ...) -> None: ...
 
 class RenderSettings(_message.Message):
-    __slots__ = ["cache", "cache_threshold", "crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "mode", "negative_prompt", "num_frames", "prompt", "prompt_schedule", "resolution", "sampler", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "unipc", "width"]
+    __slots__ = ["cache", "cache_threshold", "crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "magcache_k", "magcache_retention", "mode", "negative_prompt", "num_frames", "prompt", "prompt_schedule", "resolution", "sampler", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "unipc", "width"]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     CACHE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CRF_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,8 @@ class RenderSettings(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     LATENT_WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
     LOSSLESS_FIELD_NUMBER: _ClassVar[int]
+    MAGCACHE_K_FIELD_NUMBER: _ClassVar[int]
+    MAGCACHE_RETENTION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +183,8 @@ class RenderSettings(_message.Message):
     height: int
     latent_window_size: int
     lossless: bool
+    magcache_k: int
+    magcache_retention: float
     mode: SamplingMode
     negative_prompt: str
     num_frames: int
@@ -195,7 +199,7 @@ class RenderSettings(_message.Message):
     true_cfg_scale: float
     unipc: UnipcOptions
     width: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ..., cache: _Optional[str] = ..., cache_threshold: _Optional[float] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ..., cache: _Optional[str] = ..., cache_threshold: _Optional[float] = ..., magcache_k: _Optional[int] = ..., magcache_retention: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ["bundle", "end_image", "idempotency_key", "image", "priority", "recipe", "settings", "webhook_url"]
