@@ -375,7 +375,7 @@ export class Dispatcher {
     spec: JobSpec,
     tasks: StageTask[],
     options: { priority?: number; webhook?: { url: string; tenant: string } } = {},
-  ): Promise<void> {
+  ): Promise<JobRecord> {
     const priority = options.priority ?? 0;
     checkPriority(priority);
     const now = new Date().toISOString();
@@ -394,6 +394,7 @@ export class Dispatcher {
     markReady(record);
     this.wrote({ record, revision: await createJob(this.kv, record) });
     this.requestRelease();
+    return record;
   }
 
   async job(jobId: string): Promise<JobRecord | null> {

@@ -338,6 +338,10 @@ export class NatsBus implements Bus {
         history: 1,
         storage: StorageType.File,
         replicas: this.replicas,
+        // Reads go to the bucket's leader. A direct get may be answered by any replica, and one that
+        // lags (restarted, or behind after a failover) answers with an older record or none: a job
+        // just created read back as missing, a node dropping a live job's task as "over".
+        allow_direct: false,
       }),
       this.jsm,
       bucket,
