@@ -8,6 +8,12 @@ export interface Delivery {
   /** 1 on first delivery, 2 after one redelivery, ... */
   readonly attempt: number;
   ack(): void;
+  /**
+   * Acks and resolves once the queue has confirmed it; rejects if no confirmation came within
+   * timeoutMs (the server is away: the caller may try again, an ack is idempotent). A plain ack()
+   * sent into a connection that is failing over is lost without a word, and the task comes back.
+   */
+  confirmAck(timeoutMs: number): Promise<void>;
   /** Give the task back for redelivery (after delayMs). */
   nak(delayMs?: number): void;
   /** Still working: restart the ack-wait clock (long denoise steps). */

@@ -36,6 +36,7 @@ import {
 } from "./bus.js";
 
 const ms = (n: number): number => n * 1_000_000;
+const ACK = new TextEncoder().encode("+ACK");
 /** The JetStream stream behind a queue (KEDA's autoscaler names it too: deploy/k8s). */
 export const streamOf = (queue: string): string => `FF_Q_${queue}`;
 const subjectOf = (queue: string): string => `ff.q.${queue}`;
@@ -204,6 +205,12 @@ class NatsQueues implements WorkQueues {
               data: m.data,
               attempt: m.info.deliveryCount,
               ack: () => m.ack(),
+              // A double ack, sent by hand so that it can be sent again (JsMsg.ackAck() sends once).
+              confirmAck: async (timeoutMs) => {
+                const reply = (m as { reply?: string }).reply ?? "";
+                if (reply === "") return;
+                await this.nc.request(reply, ACK, { timeout: timeoutMs });
+              },
               nak: (delay) => m.nak(delay),
               working: () => m.working(),
               term: () => m.term(),
