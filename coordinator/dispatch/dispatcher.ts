@@ -36,7 +36,7 @@ import { tenantOf } from "./job-views.js";
 import { appendQueuedEvent } from "../webhooks/events.js";
 import { FarmError } from "../../shared/errors.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import type { Logger } from "../../shared/log/logger.js";
+import { silentLogger, type Logger } from "../../shared/log/logger.js";
 import { jsonCodec } from "../../shared/farm/codec.js";
 import { COORDINATOR_BUCKET, LeaderLease } from "./leader-lease.js";
 
@@ -76,6 +76,8 @@ export interface DispatcherOptions {
   resyncMs?: number;
   /** How often the stage queues are checked for stranded task messages (WorkQueues.requeueStranded), in ms. */
   strandedCheckMs?: number;
+  /** Where the dispatcher says what it queued (debug) and what it queued again and why (info). */
+  log?: Logger;
 }
 
 /** Core NATS subject on which a dispatcher under a lease names each job record it wrote. */
@@ -134,6 +136,7 @@ export class Dispatcher {
   /** Tasks marked queued whose enqueue failed (the bus was away): sent again, first thing, by the next pass. */
   private unsent: { kind: StageKind; data: Uint8Array; dedupId: string }[] = [];
   private readonly maxAttempts: number;
+  private readonly log: Logger;
   private readonly onRecord: ((jobId: string) => void) | undefined;
   private lease: LeaderLease | undefined;
   /** Whether the dispatching parts (results consumer, release ticks) run now. */
@@ -159,6 +162,7 @@ export class Dispatcher {
   ) {
     this.maxAttempts = options.maxAttempts ?? 3;
     this.onRecord = options.onRecord;
+    this.log = options.log ?? options.lease?.log ?? silentLogger();
   }
 
   static async start(bus: Bus, store: ObjectStore, options: DispatcherOptions = {}): Promise<Dispatcher> {
@@ -222,9 +226,33 @@ export class Dispatcher {
     for (const jobId of ids) if (this.unfinished.has(jobId) || !this.mirrored.has(jobId)) await this.follow(jobId);
   }
 
-  /** Starts dispatching: consumes results and resumes every unfinished job from the store. */
+  /** Starts dispatching: resumes every unfinished job from the store, then consumes results. */
   private async lead(options: DispatcherOptions): Promise<void> {
     if (this.dispatching || this.stopped || !this.leader) return;
+    // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
+    // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
+    // Not what a queue still holds, or whose result waits: a clustered stream whose leader changed
+    // has forgotten the dedup ids of the messages already taken off it. Done before anything else
+    // here queues tasks or takes results, which would make that look stale at once.
+    const inQueues = await this.storedTasks();
+    for (const jobId of await this.kv.keys()) {
+      const cur = await readJob(this.kv, jobId);
+      if (cur === null || !active(cur.record)) continue;
+      const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? (markReady(rec), rec) : null));
+      if (w === null) continue;
+      this.wrote(w);
+      for (const t of w.record.tasks) {
+        if (w.record.taskStates[t.id] === "queued" && this.leader && !inQueues.has(`${jobId}/${t.id}`)) {
+          this.log.info({ taskId: t.id, dedupId: dedupId(w.record, t.id) }, "taking over: task queued again");
+          await this.bus.queues.enqueue(
+            t.kind,
+            taskMessages.encode(taskMessage(w.record, t.id)),
+            dedupId(w.record, t.id),
+          );
+        }
+      }
+    }
+    if (this.stopped || !this.leader) return;
     this.dispatching = true;
     this.consumer = await this.bus.queues.consume(
       RESULTS_QUEUE,
@@ -241,26 +269,6 @@ export class Dispatcher {
         this.requestRelease();
       },
     );
-    // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
-    // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
-    // Not what a queue still holds, or whose result waits: a clustered stream whose leader changed
-    // has forgotten the dedup ids of the messages already taken off it.
-    const inQueues = await this.storedTasks();
-    for (const jobId of await this.kv.keys()) {
-      const cur = await readJob(this.kv, jobId);
-      if (cur === null || !active(cur.record)) continue;
-      const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? (markReady(rec), rec) : null));
-      if (w === null) continue;
-      this.wrote(w);
-      for (const t of w.record.tasks) {
-        if (w.record.taskStates[t.id] === "queued" && this.leader && !inQueues.has(`${jobId}/${t.id}`))
-          await this.bus.queues.enqueue(
-            t.kind,
-            taskMessages.encode(taskMessage(w.record, t.id)),
-            dedupId(w.record, t.id),
-          );
-      }
-    }
     this.tick = setInterval(() => this.requestRelease(), options.tickMs ?? 250);
     this.tick.unref();
     if (this.bus.queues.requeueStranded !== undefined) {
@@ -286,6 +294,7 @@ export class Dispatcher {
         if (cur.record.taskStates[t.id] !== "queued" || inQueues.has(key)) continue;
         seen.add(key);
         if (!this.lostSeen.has(key) || !this.dispatching || !this.leader) continue;
+        this.log.info({ taskId: t.id }, "task queued but in no queue, twice: queued again");
         await this.bus.queues.enqueue(
           t.kind,
           taskMessages.encode(taskMessage(cur.record, t.id)),
@@ -330,7 +339,10 @@ export class Dispatcher {
         const { requeued } = await requeue(kind, async (data) => {
           const msg = taskMessages.decode(data);
           const cur = await readJob(this.kv, msg.jobId);
-          return this.leader && cur !== null && active(cur.record) && cur.record.taskStates[msg.taskId] === "queued";
+          const again =
+            this.leader && cur !== null && active(cur.record) && cur.record.taskStates[msg.taskId] === "queued";
+          if (again) this.log.info({ taskId: msg.taskId }, "stranded task message queued again");
+          return again;
         });
         this.strandedRequeued += requeued;
       }
@@ -469,8 +481,9 @@ export class Dispatcher {
         const u = this.unsent[0]!;
         const { jobId, taskId } = taskMessages.decode(u.data);
         const cur = await readJob(this.kv, jobId);
-        if (!inQueues.has(`${jobId}/${taskId}`) && cur !== null && cur.record.taskStates[taskId] === "queued")
-          await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
+        const again = !inQueues.has(`${jobId}/${taskId}`) && cur !== null && cur.record.taskStates[taskId] === "queued";
+        this.log.info({ taskId, dedupId: u.dedupId, again }, "a send that failed: sent again unless stored");
+        if (again) await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
         this.unsent.shift();
       }
     }
@@ -517,7 +530,9 @@ export class Dispatcher {
         };
         try {
           await this.bus.queues.enqueue(send.kind, send.data, send.dedupId);
+          this.log.debug({ taskId, dedupId: send.dedupId }, "task queued");
         } catch (err) {
+          this.log.info({ taskId, dedupId: send.dedupId, err: (err as Error).message }, "task send failed");
           this.unsent.push(send); // marked queued: it must reach the queue
           throw err;
         }
@@ -580,10 +595,12 @@ export class Dispatcher {
   /** Records a node's result; returns the stage of the task it reported on. */
   private async onResult(result: TaskResult): Promise<StageKind | undefined> {
     let cancelled = false;
+    let doneAlready = false;
     // One revision-checked write records the result and marks what became ready.
     const w = await updateJob(this.kv, result.jobId, (rec) => {
       cancelled = rec.state === "CANCELLED";
-      if (rec.taskStates[result.taskId] === "done" || !active(rec)) return null;
+      doneAlready = rec.taskStates[result.taskId] === "done";
+      if (doneAlready || !active(rec)) return null;
       const attempts = (rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1);
       if (result.startedAt !== undefined && result.finishedAt !== undefined) {
         (rec.taskLog ??= []).push({
@@ -617,7 +634,17 @@ export class Dispatcher {
       await this.store.deletePrefix(jobPrefix(result.jobId));
       return undefined;
     }
-    if (w === null) return undefined;
+    if (w === null) {
+      // A second result of one task: a second run of it (or a result handed in twice).
+      if (doneAlready)
+        this.log.info(
+          { taskId: result.taskId, node: result.node, ok: result.ok },
+          "result for a task done already: ignored",
+        );
+      return undefined;
+    }
+    if (!result.ok)
+      this.log.info({ taskId: result.taskId, node: result.node, error: result.error }, "task failed on a node");
     this.wrote(w);
     // A failed job keeps its intermediates: a retry resumes from them.
     if (w.record.state === "SUCCEEDED")

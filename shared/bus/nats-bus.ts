@@ -114,10 +114,13 @@ class NatsQueues implements WorkQueues {
     const stream = streamOf(queue);
     const out: StoredMessage[] = [];
     for (let seq = from; seq <= to && out.length < limit;) {
-      // next_by_subj (nats-server 2.9+): the first stored message at or after seq.
-      const m = await this.jsm.streams
-        .getMessage(stream, { seq, next_by_subj: subjectOf(queue) } as unknown as { seq: number })
-        .catch(() => null);
+      // next_by_subj (nats-server 2.9+): the first stored message at or after seq (null: none).
+      // Any error (a failover) throws: a short list would make the caller think stored tasks
+      // lost and queue them again.
+      const m = await this.jsm.streams.getMessage(stream, {
+        seq,
+        next_by_subj: subjectOf(queue),
+      } as unknown as { seq: number });
       if (m === null || m.seq > to) break;
       out.push({ seq: m.seq, dedupId: m.header?.get("Nats-Msg-Id") || undefined, data: m.data });
       seq = m.seq + 1;
