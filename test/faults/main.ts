@@ -10,7 +10,8 @@
  * corrupted (other frames). Prints a table and ends with
  * `faults: <N> injected, <S> survived, <L> lost`; exits non-zero unless every fault was survived.
  * FAULT_RUNS (default 10) sets the runs of the repeated faults; FAULT_ONLY=REGEX runs only the
- * faults whose names match (the baseline always runs).
+ * faults whose names match (the baseline always runs); FAULT_LOGS=DIR keeps the whole log of every
+ * coordinator and node there (test/support/farm-processes.ts).
  */
 import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
@@ -20,7 +21,7 @@ import path from "node:path";
 import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { storedVideoFrames } from "../support/video.js";
 import { repoRoot } from "../support/paths.js";
-import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
+import { FarmProcesses, type FarmSettings, type TaskLine } from "../support/farm-processes.js";
 import {
   JOBS_BUCKET,
   STAGE_KINDS,
@@ -335,15 +336,16 @@ const CLUSTER_LEADER_FAULT =
 /**
  * On a farm of its own whose NATS is a JetStream cluster of three servers, streams and KV with 3
  * replicas: one server is SIGKILLed at the usual point and started again 500 ms later (on its
- * ports and store folder). pick names the server and says why. Besides the frames, every task
- * must reach its queue once (as in the leader fault), and the cluster must be whole again after.
+ * ports and store folder). pick names the server and says why. Besides the frames: one job record
+ * for the submission, each task's result recorded once and none failed, each task run once by the
+ * nodes (their logs say; a second copy of a task done already is dropped, not run), and the
+ * cluster whole again after.
  */
 async function clusterServerKilled(
   farm: FarmProcesses,
   baseline: Buffer,
   dir: string,
   pick: () => Promise<{ index: number | undefined; why: string }>,
-  countsHold = true,
 ): Promise<Outcome> {
   const cluster = farm.natsCluster!;
   for (const stream of [streamOf("denoise"), `KV_${JOBS_BUCKET}`]) {
@@ -358,6 +360,8 @@ async function clusterServerKilled(
     );
   const storedBefore = await farm.storedTaskMessages();
   const requeuedBefore = await requeued();
+  const jobs = await farm.bus.kv(JOBS_BUCKET);
+  const jobsBefore = (await jobs.keys()).length;
   const job = await farm.submit(await jobRequest());
   await atStep(farm, job.id, 1, 3);
   const { index, why } = await pick();
@@ -382,32 +386,66 @@ async function clusterServerKilled(
       `; coordinator: ${tail(farm.coordinatorTail())}; denoise-0: ${tail(farm.nodeTail("denoise-0"))}`;
     return outcome;
   }
-  const tasks = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record.tasks.length;
-  // A task message the server stranded (its consumer lost it) and the coordinator queued again is a
-  // second message of one attempt, not a duplicate queued by the dispatcher.
-  const again = (await requeued()) - requeuedBefore;
-  const stored = (await farm.storedTaskMessages()) - storedBefore - again;
+  const record = (await readJob(jobs, job.id))!.record;
   const what = `killed ${cluster.members[index]!.name} (${why})`;
-  // A queue stream whose leader was killed does not keep its sequence numbers as a count: runs
-  // whose job completed have shown one fewer than the job's tasks as well as one more.
-  if (!countsHold)
-    return {
-      survived: true,
-      detail: `${what}; ${outcome.detail}; the stream sequences moved by ${stored} for ${tasks} tasks${again > 0 ? `; ${again} stranded by the server and queued again` : ""}`,
-    };
-  if (stored !== tasks)
-    return { survived: false, detail: `${what}; ${outcome.detail}; ${stored} task messages queued for ${tasks} tasks` };
-  return {
-    survived: true,
-    detail:
-      `killed ${cluster.members[index]!.name} (${why}); ${outcome.detail}; ${tasks} tasks queued once` +
-      (again > 0 ? `; ${again} stranded by the server and queued again` : ""),
-  };
+  const problems: string[] = [];
+  // No job lost or made twice: one submission, one record.
+  const jobsAfter = (await jobs.keys()).length;
+  if (jobsAfter !== jobsBefore + 1) problems.push(`${jobsAfter - jobsBefore} job records for one submission`);
+  // Work committed once: one successful result recorded per task, and no attempt failed (a failover
+  // is no reason for a task to fail, and a failed attempt is run again).
+  for (const t of record.tasks) {
+    const results = (record.taskLog ?? []).filter((e) => e.taskId === t.id);
+    const ok = results.filter((e) => e.ok).length;
+    if (ok !== 1) problems.push(`${short(t.id)}: ${ok} results recorded`);
+    for (const e of results.filter((x) => !x.ok)) problems.push(`${short(t.id)} failed on ${e.node}`);
+  }
+  // What ran, from the processes' own logs. A task run twice whose first result the coordinator
+  // took as done already is work done twice: a duplicate. A task run again after its message or
+  // its recorded result was lost by the servers (the coordinator finds it in no queue and queues it
+  // again; nats-server 2.9.10 can lose an acknowledged write when a server is killed) is the
+  // recovery, and said so. A second copy of a task done already must be dropped, not run.
+  const log = farm.taskLog(job.id);
+  const said = (t: string, m: TaskLine): number => log.get(t)?.get(m) ?? 0;
+  const rerun: string[] = [];
+  for (const t of record.tasks) {
+    const runs = said(t.id, "task started");
+    if (runs === 0) problems.push(`${short(t.id)} not run by any node`);
+    else if (runs > 1 && said(t.id, "result for a task done already: ignored") > 0)
+      problems.push(`${short(t.id)} run ${runs} times, a result ignored as done already`);
+    else if (runs > 1) rerun.push(`${short(t.id)} (${runs} runs; ${requeueWhy(log.get(t.id))})`);
+  }
+  const dropped = [...log.values()].reduce((n, m) => n + (m.get("task dropped: done already") ?? 0), 0);
+  // For the record only: stream sequence numbers are no count of messages across a clustered
+  // stream's leader change (runs have read one fewer than the tasks as well as one more).
+  const again = (await requeued()) - requeuedBefore;
+  const seqs = (await farm.storedTaskMessages()) - storedBefore;
+  const info =
+    (rerun.length === 0 ? `${record.tasks.length} tasks run once each` : `run again: ${rerun.join(", ")}`) +
+    (dropped > 0 ? `; ${dropped} second ${dropped === 1 ? "copy" : "copies"} dropped as done` : "") +
+    (again > 0 ? `; ${again} stranded or lost by the servers and queued again` : "") +
+    `; stream sequences +${seqs}`;
+  if (problems.length > 0) return { survived: false, detail: `${what}; ${outcome.detail}; ${problems.join(", ")}` };
+  return { survived: true, detail: `${what}; ${outcome.detail}; ${info}` };
 }
+
+/** Why the coordinator queued a task again, from its log lines about it. */
+function requeueWhy(lines: Map<TaskLine, number> | undefined): string {
+  const why = [
+    ["task queued but in no queue, twice: queued again", "found in no queue and queued again"],
+    ["stranded task message queued again", "stranded by the server and queued again"],
+    ["taking over: task queued again", "queued again on taking over"],
+  ] as const;
+  const found = why.filter(([m]) => (lines?.get(m) ?? 0) > 0).map(([, w]) => w);
+  return found.length > 0 ? found.join(", ") : "handed out again by the queue";
+}
+
+/** A task id without its job id, for notes. */
+const short = (taskId: string): string => taskId.slice(taskId.indexOf(".") + 1);
 
 async function clusterFaults(dir: string, baseline: Buffer): Promise<Row[]> {
   type Pick = (farm: FarmProcesses, i: number) => Promise<{ index: number | undefined; why: string }>;
-  const all: { fault: string; pick: Pick; countsHold?: boolean }[] = [
+  const all: { fault: string; pick: Pick }[] = [
     {
       fault: CLUSTER_SERVER_FAULT,
       pick: async (farm, i) => {
@@ -424,7 +462,6 @@ async function clusterFaults(dir: string, baseline: Buffer): Promise<Row[]> {
           why: "FF_Q_denoise's leader",
         };
       },
-      countsHold: false,
     },
   ];
   const kinds = all.filter((k) => ONLY.test(k.fault));
@@ -437,7 +474,7 @@ async function clusterFaults(dir: string, baseline: Buffer): Promise<Row[]> {
       const row: Row = { fault: k.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
       const t0 = Date.now();
       for (let i = 0; i < RUNS; i++) {
-        const outcome = await clusterServerKilled(farm, baseline, dir, () => k.pick(farm, i), k.countsHold).catch(
+        const outcome = await clusterServerKilled(farm, baseline, dir, () => k.pick(farm, i)).catch(
           (err: Error): Outcome => ({ survived: false, detail: `harness: ${err.message}` }),
         );
         if (!outcome.survived) await farm.heal(NODES);

@@ -48,6 +48,36 @@ export interface FarmSettings {
   natsCluster?: number;
 }
 
+/**
+ * Log lines about one task that the fault tests count (taskLog): a node starting it or dropping a
+ * copy done already, the coordinator ignoring a result of a task done already, and the
+ * coordinator queueing it again after finding its message stranded or gone from the queues.
+ */
+export const TASK_LINES = [
+  "task started",
+  "task dropped: done already",
+  "result for a task done already: ignored",
+  "task queued but in no queue, twice: queued again",
+  "stranded task message queued again",
+  "taking over: task queued again",
+] as const;
+export type TaskLine = (typeof TASK_LINES)[number];
+
+/**
+ * FAULT_LOGS=DIR: every coordinator's and node's whole output is appended to DIR/<name>.log (the
+ * farm otherwise keeps only each process's last lines), to follow a failed run task by task.
+ */
+const LOG_DIR = process.env["FAULT_LOGS"];
+
+function keepLog(child: ChildProcess, name: string): void {
+  if (LOG_DIR === undefined || LOG_DIR === "") return;
+  const file = path.join(LOG_DIR, `${name.replace(/[^A-Za-z0-9_.-]/g, "_")}.log`);
+  let writing: Promise<unknown> = mkdir(LOG_DIR, { recursive: true });
+  const write = (b: Buffer): void => void (writing = writing.then(() => appendFile(file, b)).catch(() => undefined));
+  child.stdout?.on("data", write);
+  child.stderr?.on("data", write);
+}
+
 const BUCKET = "framefarm";
 const run = promisify(execFile);
 
@@ -252,6 +282,8 @@ export class FarmProcesses {
       ],
       { stdio: ["ignore", "pipe", "pipe"], env: this.env() },
     );
+    keepLog(child, `coordinator-${i}`);
+    this.countTaskLines(child);
     // It prints its dashboard's address right after "gRPC listening on".
     const m = await waitForLine(child, /dashboard on http:\/\/\S+:(\d+)/, `coordinator ${i}`);
     // Keep reading its output (a full pipe would block it); its last lines are kept.
@@ -305,6 +337,8 @@ export class FarmProcesses {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...this.env(), ...extra.env },
     });
+    keepLog(child, `node-${id}`);
+    this.countTaskLines(child);
     await waitForLine(child, /serving/, `node ${id}`, extra.readyTimeoutMs).catch(async (err: unknown) => {
       await killHard(child);
       throw err;
@@ -318,6 +352,40 @@ export class FarmProcesses {
     child.stderr?.on("data", keep);
     this.nodes.set(id, entry);
     this.nodeCount++;
+  }
+
+  /** Per task id, how often the logs of the farm's processes said each of TASK_LINES of it. */
+  private readonly taskLines = new Map<string, Map<TaskLine, number>>();
+
+  /** Follows a process's log lines (JSON, one a line, on stderr) for the task counts (taskLines). */
+  private countTaskLines(child: ChildProcess): void {
+    let partial = "";
+    child.stderr?.on("data", (b: Buffer) => {
+      const lines = (partial + b.toString()).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) {
+        const msg = TASK_LINES.find((m) => line.includes(`"msg":"${m}"`));
+        if (msg === undefined) continue;
+        let e: { taskId?: string };
+        try {
+          e = JSON.parse(line) as typeof e;
+        } catch {
+          continue;
+        }
+        if (e.taskId === undefined) continue;
+        const c = this.taskLines.get(e.taskId) ?? new Map<TaskLine, number>();
+        c.set(msg, (c.get(msg) ?? 0) + 1);
+        this.taskLines.set(e.taskId, c);
+      }
+    });
+  }
+
+  /**
+   * For each task of a job (its `<jobId>.` task ids), how often the coordinator's and nodes' logs
+   * said each of TASK_LINES of it: what ran and what was queued again, whatever the queues counted.
+   */
+  taskLog(jobId: string): Map<string, Map<TaskLine, number>> {
+    return new Map([...this.taskLines].filter(([t]) => t.startsWith(`${jobId}.`)));
   }
 
   /** The last output lines of a node (for a failed run's notes). */
