@@ -19,10 +19,13 @@ import { checkPriority } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
+import { keyframeLabel } from "../../shared/job/keyframes.js";
+import { cachesOf } from "./submit-options.js";
 import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
-import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText } from "../../shared/job/recipe.js";
+import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText, sha256Hex } from "../../shared/job/recipe.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
 import type { JobServiceDeps } from "./job-service.js";
+import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
 export const IDEMPOTENCY_BUCKET = "idempotency";
@@ -36,6 +39,24 @@ export interface Submission extends JobServiceDeps {
    * release is called once the job is submitted or refused.
    */
   admit?: () => () => void;
+  /** The SubmitJob span's trace context: the job record keeps it, every task's spans descend from it. */
+  trace?: TraceCarrier;
+}
+
+/** An input image's bytes: inline, or read from the tenant's uploads. */
+async function imageBytes(
+  deps: Submission,
+  source: NonNullable<ImageInput["source"]>,
+  what: string,
+  tenant: string,
+): Promise<Uint8Array> {
+  if (source.$case === "data") return source.value;
+  // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
+  const key = validateObjectKey(source.value);
+  const prefix = `uploads/${tenant}/`;
+  if (!key.startsWith(prefix))
+    throw new FarmError("PERMISSION_DENIED", `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`);
+  return deps.store.get(key);
 }
 
 async function image(
@@ -45,20 +66,47 @@ async function image(
   tenant: string,
 ): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
   if (input?.source === undefined) return null;
-  let bytes: Uint8Array;
-  if (input.source.$case === "data") bytes = input.source.value;
-  else {
-    // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
-    const key = validateObjectKey(input.source.value);
-    const prefix = `uploads/${tenant}/`;
-    if (!key.startsWith(prefix))
-      throw new FarmError(
-        "PERMISSION_DENIED",
-        `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`,
-      );
-    bytes = await deps.store.get(key);
-  }
+  const bytes = await imageBytes(deps, input.source, what, tenant);
   return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
+}
+
+/** A keyframe checked as `image` is: its time, where its image comes from and that image's SHA-256. */
+interface CheckedKeyframe {
+  time: number;
+  source: NonNullable<ImageInput["source"]>;
+  what: string;
+  sha256: string;
+}
+
+/**
+ * Every keyframe image decoded once to check it, then only its digest kept: there may be many, and
+ * one is copied into the job's inputs only once all are good (an upload read again must still match).
+ */
+async function checkKeyframes(deps: Submission, req: SubmitJobRequest, tenant: string): Promise<CheckedKeyframe[]> {
+  const out: CheckedKeyframe[] = [];
+  for (const [i, k] of req.keyframes.entries()) {
+    const what = keyframeLabel(i, k.timeSeconds);
+    if (k.image?.source === undefined) throw new FarmError("INVALID_ARGUMENT", `${what} has no image`);
+    const bytes = await imageBytes(deps, k.image.source, what, tenant);
+    await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what);
+    out.push({ time: k.timeSeconds, source: k.image.source, what, sha256: sha256Hex(bytes) });
+  }
+  return out;
+}
+
+async function storeKeyframes(
+  deps: Submission,
+  jobId: string,
+  keyframes: readonly CheckedKeyframe[],
+  tenant: string,
+): Promise<void> {
+  const keys = jobKeys(jobId);
+  for (const [i, k] of keyframes.entries()) {
+    const bytes = await imageBytes(deps, k.source, k.what, tenant);
+    if (sha256Hex(bytes) !== k.sha256)
+      throw new FarmError("ABORTED", `${k.what} changed while the job was submitted; submit it again`);
+    await deps.store.put(keys.keyframeImage(i), bytes);
+  }
 }
 
 /** A submission's webhook URL, as the farm's policy allows it (coordinator/webhooks/policy.ts). */
@@ -93,17 +141,18 @@ export async function submitJob(
   const s = fromRecipe?.settings ?? req.settings;
   if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
   const input = {
-    ...renderParamsInputOf(s, req.endImage?.source !== undefined),
+    ...renderParamsInputOf(
+      s,
+      req.endImage?.source !== undefined,
+      req.keyframes.map((k) => k.timeSeconds),
+    ),
     ...(fromRecipe !== null ? recipeParamsInput(fromRecipe.recipe) : {}),
   };
   const params = validateRenderParams(input, {
     samplingType: manifest.sampling_type,
     latentWindowSize: manifest.framepack.default_latent_window_size,
   });
-  if (
-    (params.cache === "teacache" || params.cache === "magcache") &&
-    manifest.components.transformer_head === undefined
-  )
+  if (!cachesOf(manifest).includes(params.cache))
     throw new FarmError(
       "FAILED_PRECONDITION",
       `--cache ${params.cache} needs the split transformer graphs, which this farm's bundle lacks (export with --teacache-graphs)`,
@@ -151,7 +200,14 @@ async function submitNew(
   const first = await image(deps, req.image, "image", tenant);
   if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
   const last = await image(deps, req.endImage, "end image", tenant);
-  if (fromRecipe !== null) checkRecipeImages(fromRecipe.recipe, first.bytes, last?.bytes ?? null);
+  const keyframes = await checkKeyframes(deps, req, tenant);
+  if (fromRecipe !== null)
+    checkRecipeImages(
+      fromRecipe.recipe,
+      first.bytes,
+      last?.bytes ?? null,
+      keyframes.map((k) => ({ time: k.time, sha256: k.sha256 })),
+    );
   const size =
     "height" in params.size
       ? params.size
@@ -169,6 +225,7 @@ async function submitNew(
     seed: params.seed,
     sections,
     hasEndImage: last !== null,
+    keyframes: keyframes.length,
     trueCfg: usesTrueCfg(params),
     latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc },
     output,
@@ -191,12 +248,17 @@ async function submitNew(
     signal?.throwIfAborted();
     await deps.store.put(keys.firstImage, first.bytes);
     if (last !== null) await deps.store.put(keys.lastImage, last.bytes);
+    await storeKeyframes(deps, jobId, keyframes, tenant);
     if (digest !== undefined) {
       const recipe = makeRecipe({
         params,
         size,
         format: output.format,
-        images: { start: first.bytes, end: last?.bytes ?? null },
+        images: {
+          start: first.bytes,
+          end: last?.bytes ?? null,
+          keyframes: keyframes.map((k) => ({ time: k.time, sha256: k.sha256 })),
+        },
         bundle: { name: deps.bundleName, digest },
         framefarmVersion: FRAMEFARM_VERSION,
       });
@@ -206,6 +268,7 @@ async function submitNew(
     created = await deps.dispatcher.submit(spec, tasks, {
       priority: req.priority,
       ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
+      ...(deps.trace !== undefined ? { trace: deps.trace } : {}),
     });
   } catch (err) {
     // Leave nothing behind for a submission that did not become a job.

@@ -47,10 +47,13 @@ export async function checkReferenceCase(caseFile: string, bundleDir: string, ep
     const first = await pixelsFor(await readImageFile(refCase.firstImage, "first_image"), size);
     const last =
       refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "last_image"), size);
+    const keyframePixels = await Promise.all(
+      refCase.keyframes.map(async (k, i) => pixelsFor(await readImageFile(k.image, `keyframe ${i + 1}`), size)),
+    );
     const got = new Map<string, Tensor>();
     const probed = await renderJob(
       embedded,
-      { params, firstPixels: first, lastPixels: last },
+      { params, firstPixels: first, lastPixels: last, keyframePixels },
       { probe: (k, t) => got.set(k, t) },
     );
     const results = compareRun(got, refCase.expected);

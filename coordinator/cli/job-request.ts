@@ -10,6 +10,7 @@ import {
   SamplingMode,
   UnipcVariant,
   type ImageInput,
+  type Keyframe,
   type RenderSettings,
   type SubmitJobRequest,
 } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -18,6 +19,7 @@ import {
 export const RENDER_OPTIONS = {
   image: { type: "string" },
   "end-image": { type: "string" },
+  keyframe: { type: "string", multiple: true },
   prompt: { type: "string" },
   "negative-prompt": { type: "string" },
   seconds: { type: "string" },
@@ -72,6 +74,28 @@ const num = (v: string | undefined): number | undefined => (v === undefined ? un
 
 async function imageInput(file: string | undefined, what: string): Promise<ImageInput | undefined> {
   return file === undefined ? undefined : { source: { $case: "data", value: await readImageBytes(file, what) } };
+}
+
+/**
+ * --keyframe TIME:PATH (TIME in seconds, "1.5" or "1.5s"), in the order given: the JobService
+ * checks times, order and images, and names the keyframe that is off.
+ */
+export async function keyframesFrom(flags: readonly string[] | undefined): Promise<Keyframe[]> {
+  const out: Keyframe[] = [];
+  for (const [i, flag] of (flags ?? []).entries()) {
+    // Split at the first colon: a time has none, a path may.
+    const at = flag.indexOf(":");
+    const time = at < 0 ? "" : flag.slice(0, at).trim().replace(/s$/, "");
+    const file = at < 0 ? "" : flag.slice(at + 1);
+    const seconds = time === "" ? Number.NaN : Number(time);
+    if (!Number.isFinite(seconds) || file === "")
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `--keyframe must be TIME:PATH (seconds from the video's start, e.g. 1.5:key.png), got ${JSON.stringify(flag)}`,
+      );
+    out.push({ timeSeconds: seconds, image: await imageInput(file, `keyframe ${i + 1}`) });
+  }
+  return out;
 }
 
 export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
@@ -134,6 +158,7 @@ export async function submitRequestFrom(
   return {
     image: await imageInput(values.image, "image"),
     endImage: await imageInput(values["end-image"], "end image"),
+    keyframes: await keyframesFrom(values.keyframe),
     settings,
     bundle: "",
     priority,

@@ -20,13 +20,18 @@ export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => 
   const video = await timed(observer, "vae", () =>
     decodeSection(ctx.runtime, section, need(h.tensors, "decode_latents", task.inputs["history"]!)),
   );
-  await timed(observer, "write", () => writeOnce(ctx, task.outputs["video"]!, { video }));
+  // The store and the preview run at once: the next task (the mux, after the last section) waits
+  // for both, and the store is I/O while the preview is conversion and ffmpeg.
   const previewKey = task.outputs["preview"];
-  if (previewKey !== undefined)
-    await timed(observer, "preview", async () =>
-      writeVideoObject(ctx.store, previewKey, await toUint8FramesAsync(video, video.shape[2]!, params.sampler), {
-        ...PREVIEW,
-        fps: params.fps,
-      }),
-    );
+  await Promise.all([
+    timed(observer, "write", () => writeOnce(ctx, task.outputs["video"]!, { video })),
+    previewKey === undefined
+      ? undefined
+      : timed(observer, "preview", async () =>
+          writeVideoObject(ctx.store, previewKey, await toUint8FramesAsync(video, video.shape[2]!, params.sampler), {
+            ...PREVIEW,
+            fps: params.fps,
+          }),
+        ),
+  ]);
 };

@@ -4,12 +4,13 @@
  * as a PNG (one tar). Each object is written only if absent, so a retried mux leaves committed ones
  * as they are.
  */
-import type { Tensor } from "../../shared/tensor/tensor.js";
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { StageTask } from "../../shared/farm/protocol.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { framesToPngTar } from "../../shared/video/frames-archive.js";
-import { SectionVideo } from "../stages/section-step.js";
+import { yieldToEventLoop } from "../../shared/event-loop.js";
+import { finishedFrames, type FrameStream } from "../stages/section-step.js";
 import {
   need,
   readTensors,
@@ -20,43 +21,95 @@ import {
   type WorkerContext,
 } from "./task-io.js";
 
-/** The mux task's frames: every section's decoded video soft-appended in plan order. */
+/** The mux task's frames in video order, made as they are consumed (finishedFrames). */
+export async function muxFrames(
+  ctx: WorkerContext,
+  task: StageTask,
+  spec: JobSpec,
+  observer: TaskObserver = {},
+): Promise<FrameStream> {
+  const manifest = ctx.runtime.bundle.manifest;
+  const params = renderParamsOf(spec);
+  const plan = sectionPlanFor(params, manifest);
+  const sections: F32[] = [];
+  for (const s of plan.sections) {
+    const key = task.inputs[`section${s.index}`]!;
+    const read = await timed(observer, "read", () => readTensors(ctx, key));
+    sections.push(need(read.tensors, "video", key));
+  }
+  return finishedFrames(plan, params, manifest.vae.temporal_compression_ratio, sections);
+}
+
+/** Every frame of the mux task's video in one uint8 [T, H, W, 3] tensor (the PNG archive). */
 export async function assembleFrames(
   ctx: WorkerContext,
   task: StageTask,
   spec: JobSpec,
   observer: TaskObserver = {},
 ): Promise<Tensor<"uint8">> {
-  const manifest = ctx.runtime.bundle.manifest;
-  const params = renderParamsOf(spec);
-  const plan = sectionPlanFor(params, manifest);
-  const video = new SectionVideo(plan, params.samplingType, manifest.vae.temporal_compression_ratio, params.sampler);
-  for (const s of plan.sections) {
-    const key = task.inputs[`section${s.index}`]!;
-    const read = await timed(observer, "read", () => readTensors(ctx, key));
-    await timed(observer, "blend", () => video.addAsync(need(read.tensors, "video", key)));
-  }
-  return timed(observer, "blend", () => video.finish());
+  const { width, height, count, frames } = await muxFrames(ctx, task, spec, observer);
+  return timed(observer, "blend", async () => {
+    const frameBytes = width * height * 3;
+    const out = new Uint8Array(count * frameBytes);
+    let i = 0;
+    for (const frame of frames) {
+      out.set(frame, i++ * frameBytes);
+      if (i % 4 === 0) await yieldToEventLoop();
+    }
+    return new Tensor("uint8", [count, height, width, 3], out);
+  });
+}
+
+/** frames, adding the time spent making each one to `spent`. */
+function timedFrames(frames: Iterable<Uint8Array>, spent: { ms: number }): Iterable<Uint8Array> {
+  return {
+    *[Symbol.iterator]() {
+      const it = frames[Symbol.iterator]();
+      for (;;) {
+        const started = performance.now();
+        const next = it.next();
+        spent.ms += performance.now() - started;
+        if (next.done === true) return;
+        yield next.value;
+      }
+    },
+  };
 }
 
 export const muxHandler: StageHandler = async (ctx, task, spec, observer) => {
-  const frames = await assembleFrames(ctx, task, spec, observer);
   // The recipe (JSON), stored at submission, when the coordinator knew its bundle's digest.
   const recipeKey = task.inputs["recipe"];
   const comment = recipeKey !== undefined ? new TextDecoder().decode(await ctx.store.get(recipeKey)) : undefined;
-  const framesKey = task.outputs["frames"];
-  if (framesKey !== undefined && (await ctx.store.head(framesKey)) === null)
-    await timed(observer, "frames", async () =>
-      ctx.store.putIfAbsent(framesKey, await framesToPngTar(frames), "application/x-tar"),
-    );
   const { fps, crf, lossless } = spec.params;
+  const options = {
+    fps,
+    crf,
+    lossless,
+    format: spec.output?.format ?? "mp4",
+    ...(comment !== undefined ? { comment } : {}),
+  } as const;
+  const framesKey = task.outputs["frames"];
+  if (framesKey !== undefined) {
+    // The PNG archive needs every frame at once; the video is encoded from the same tensor.
+    const frames = await assembleFrames(ctx, task, spec, observer);
+    if ((await ctx.store.head(framesKey)) === null)
+      await timed(observer, "frames", async () =>
+        ctx.store.putIfAbsent(framesKey, await framesToPngTar(frames), "application/x-tar"),
+      );
+    await timed(observer, "encode", () => writeVideoObject(ctx.store, task.outputs["video"]!, frames, options));
+    return;
+  }
+  // Blending and conversion run while ffmpeg encodes the frames made before; "blend" is the time
+  // spent making frames, "encode" the whole stream's.
+  const stream = await muxFrames(ctx, task, spec, observer);
+  const blend = { ms: 0 };
   await timed(observer, "encode", () =>
-    writeVideoObject(ctx.store, task.outputs["video"]!, frames, {
-      fps,
-      crf,
-      lossless,
-      format: spec.output?.format ?? "mp4",
-      ...(comment !== undefined ? { comment } : {}),
-    }),
+    writeVideoObject(
+      ctx.store,
+      task.outputs["video"]!,
+      { width: stream.width, height: stream.height, frames: timedFrames(stream.frames, blend) },
+      options,
+    ),
   );
+  observer.onPhase?.("blend", blend.ms);
 };

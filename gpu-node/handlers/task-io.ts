@@ -5,14 +5,14 @@
  * they are (and are identical anyway: every input and generator position is fixed by the plan).
  */
 import { FarmError } from "../../shared/errors.js";
-import type { Tensor, F32 } from "../../shared/tensor/tensor.js";
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { decodeTensorObjectAsync, encodeTensorObjectAsync } from "../../shared/tensor/tensor-object.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { StageTask } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { decodeImage, prepareImage } from "../../shared/image/decode.js";
-import { writeMp4, type Mp4Options } from "../../shared/video/mp4.js";
+import { tensorFrames, writeMp4Frames, type Mp4Options, type RawFrames } from "../../shared/video/mp4.js";
 import { videoContentType } from "../../shared/video/codecs.js";
 import type { CachedObject, TensorCache } from "../worker/tensor-cache.js";
 import type { TextConditioning } from "../stages/denoise-section.js";
@@ -114,14 +114,14 @@ export function generatorOf(task: StageTask): TorchGenerator {
 export async function writeVideoObject(
   store: ObjectStore,
   key: string,
-  frames: Tensor<"uint8">,
+  frames: Tensor<"uint8"> | RawFrames,
   options: Mp4Options,
 ): Promise<void> {
   const format = options.format ?? "mp4";
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-mp4-"));
   try {
     const file = path.join(dir, `video.${format}`);
-    await writeMp4(frames, file, options);
+    await writeMp4Frames(frames instanceof Tensor ? tensorFrames(frames) : frames, file, options);
     await store.putIfAbsent(key, new Uint8Array(await readFile(file)), videoContentType(format));
   } finally {
     await rm(dir, { recursive: true, force: true });

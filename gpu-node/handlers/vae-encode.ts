@@ -1,5 +1,12 @@
-/** vae_encode: the start (and end) image's latents, sampled from the VAE posterior with the job's generator. */
-import { encodeImagePosterior, sampleLatents } from "../stages/encode-image.js";
+/**
+ * vae_encode: the start (and end) image's latents, then the keyframes', sampled from the VAE
+ * posterior with the job's generator in that order (keyframes in plan order: shared/job/keyframes.ts).
+ */
+import { FarmError } from "../../shared/errors.js";
+import { renderParamsOf } from "../../shared/job/job-spec.js";
+import { keyframeSchedule } from "../../shared/job/keyframes.js";
+import { sectionPlanFor } from "../../shared/job/section-plan.js";
+import { encodeImagePosterior, sampleKeyframeLatents, sampleLatents } from "../stages/encode-image.js";
 import { generatorOf, pixels, writeOnce, type StageHandler, type Tensors } from "./task-io.js";
 
 export const vaeEncodeHandler: StageHandler = async (ctx, task, spec) => {
@@ -19,6 +26,26 @@ export const vaeEncodeHandler: StageHandler = async (ctx, task, spec) => {
       g,
       sf,
     );
+  }
+  const params = renderParamsOf(spec);
+  if (params.keyframeTimes.length > 0) {
+    const { drawOrder } = keyframeSchedule(
+      sectionPlanFor(params, runtime.bundle.manifest),
+      params.keyframeTimes,
+      params.fps,
+    );
+    const latents = await sampleKeyframeLatents(
+      runtime,
+      (i) => {
+        const key = task.inputs[`keyframe${i}`];
+        if (key === undefined) throw new FarmError("INTERNAL", `task ${task.id} names no image for keyframe ${i + 1}`);
+        return pixels(ctx, spec, key, `keyframe ${i + 1}`);
+      },
+      drawOrder,
+      g,
+      sf,
+    );
+    latents.forEach((l, i) => (out[`keyframe_latents.${i}`] = l));
   }
   await writeOnce(ctx, task.outputs["latents"]!, out);
 };

@@ -58,9 +58,13 @@ export function sessionProviders(settings: SessionSettings): {
   if (settings.ep === "cpu") return { providers: ["cpu"], config: {} };
   // onnxruntime rejects disable_cpu_ep_fallback when the CPU provider is listed explicitly.
   const strict = settings.ep === "cuda" && (settings.strictPlacement ?? process.env.FRAMEFARM_STRICT_PLACEMENT === "1");
+  // On CUDA the weights go straight to the device allocator instead of the session's arena, which
+  // grows in powers of two and never shrinks: a 26 GB full-depth transformer would round up to 32.
+  const config: Record<string, string> =
+    settings.ep === "cuda" ? { "session.use_device_allocator_for_initializers": "1" } : {};
   return strict
-    ? { providers: [main], config: { "session.disable_cpu_ep_fallback": "1" } }
-    : { providers: [main, "cpu"], config: {} };
+    ? { providers: [main], config: { ...config, "session.disable_cpu_ep_fallback": "1" } }
+    : { providers: [main, "cpu"], config };
 }
 
 function toOrt(t: Feed): ort.Tensor {
@@ -78,7 +82,11 @@ export interface ModelClock {
 interface SessionRunner {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
-  run(feeds: Record<string, Feed>): Promise<Record<string, { type: string; dims: readonly number[]; data: unknown }>>;
+  /** steady: names whose feeds the caller never changes in place (see OnnxModel.run). */
+  run(
+    feeds: Record<string, Feed>,
+    steady?: ReadonlySet<string>,
+  ): Promise<Record<string, { type: string; dims: readonly number[]; data: unknown }>>;
   release(): Promise<void>;
 }
 
@@ -102,11 +110,14 @@ function inThread(session: ort.InferenceSession): SessionRunner {
 }
 
 /** A feed's elements in a buffer of their own (a view's whole buffer would be copied to the worker). */
-function ownedCopy(t: Feed): WorkerFeed {
+function ownedCopy(t: Feed): { type: "float32" | "int64"; data: Float32Array | BigInt64Array; dims: number[] } {
   return t.is("int64")
     ? { type: "int64", data: (t.data as BigInt64Array).slice(), dims: [...t.shape] }
     : { type: "float32", data: (t.data as Float32Array).slice(), dims: [...t.shape] };
 }
+
+/** Steady feeds a worker keeps per input name: a prompt and a negative prompt alternate. */
+const KEPT_PER_INPUT = 2;
 
 async function inWorker(
   model: string | Uint8Array,
@@ -114,6 +125,9 @@ async function inWorker(
 ): Promise<SessionRunner> {
   const worker = new Worker(new URL("./session-worker.js", import.meta.url), { workerData: { model, options } });
   const pending = new Map<number, { resolve: (v: FromWorker) => void; reject: (e: Error) => void }>();
+  // Steady feeds the worker holds, per input name, oldest first (the objects they were sent from).
+  const kept = new Map<string, { feed: Feed; id: number }[]>();
+  let nextKeep = 0;
   let nextId = 0;
   let exited: Error | undefined;
   const failAll = (err: Error): void => {
@@ -144,15 +158,33 @@ async function inWorker(
   return {
     inputNames: ready.inputNames,
     outputNames: ready.outputNames,
-    async run(feeds) {
+    async run(feeds, steady) {
       if (exited !== undefined) throw exited;
       const id = nextId++;
-      const copies = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, ownedCopy(t)]));
+      const sent: Record<string, WorkerFeed> = {};
+      const transfer: ArrayBuffer[] = [];
+      const drop: number[] = [];
+      for (const [name, t] of Object.entries(feeds)) {
+        const entries = steady?.has(name) === true ? (kept.get(name) ?? []) : undefined;
+        const hit = entries?.find((e) => e.feed === t);
+        if (hit !== undefined) {
+          sent[name] = { kept: hit.id };
+          continue;
+        }
+        const copy = ownedCopy(t);
+        transfer.push(copy.data.buffer as ArrayBuffer);
+        if (entries === undefined) {
+          sent[name] = copy;
+          continue;
+        }
+        const keep = nextKeep++;
+        sent[name] = { ...copy, keep };
+        entries.push({ feed: t, id: keep });
+        if (entries.length > KEPT_PER_INPUT) drop.push(entries.shift()!.id);
+        kept.set(name, entries);
+      }
       const reply = new Promise<FromWorker>((resolve, reject) => pending.set(id, { resolve, reject }));
-      worker.postMessage(
-        { kind: "run", id, feeds: copies } satisfies ToWorker,
-        Object.values(copies).map((f) => f.data.buffer as ArrayBuffer),
-      );
+      worker.postMessage({ kind: "run", id, feeds: sent, drop } satisfies ToWorker, transfer);
       const m = await reply;
       return m.kind === "result" ? m.outputs : {};
     },
@@ -223,7 +255,13 @@ export class OnnxModel {
     return this.session.outputNames;
   }
 
-  async run(feeds: Record<string, Feed>): Promise<Record<string, F32>> {
+  /**
+   * Runs the graph. `steady` names inputs whose feed objects the caller never changes in place
+   * (a section's conditioning, the same objects every step): a session on a worker thread gets
+   * such a feed's data once and is told "the same as before" while the same object comes again,
+   * instead of ~20 MB copied and posted on every transformer step.
+   */
+  async run(feeds: Record<string, Feed>, steady?: ReadonlySet<string>): Promise<Record<string, F32>> {
     const inputs: Record<string, Feed> = {};
     for (const name of this.session.inputNames) {
       const t = feeds[name];
@@ -233,7 +271,7 @@ export class OnnxModel {
     let results: Awaited<ReturnType<SessionRunner["run"]>>;
     const started = performance.now();
     try {
-      results = await this.session.run(inputs);
+      results = await this.session.run(inputs, steady);
       this.clock.ms += performance.now() - started;
     } catch (err) {
       const shapes = Object.entries(feeds)

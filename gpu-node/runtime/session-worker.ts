@@ -8,12 +8,11 @@
 import { parentPort, workerData } from "node:worker_threads";
 import ort from "onnxruntime-node";
 
-export interface WorkerFeed {
-  type: "float32" | "int64";
-  data: Float32Array | BigInt64Array;
-  dims: number[];
-}
-export type ToWorker = { kind: "run"; id: number; feeds: Record<string, WorkerFeed> } | { kind: "release" };
+/** A feed's data (kept under `keep` for later runs when given), or a reference to one kept before. */
+export type WorkerFeed =
+  { type: "float32" | "int64"; data: Float32Array | BigInt64Array; dims: number[]; keep?: number } | { kept: number };
+export type ToWorker =
+  { kind: "run"; id: number; feeds: Record<string, WorkerFeed>; drop: number[] } | { kind: "release" };
 export type FromWorker =
   | { kind: "ready"; inputNames: string[]; outputNames: string[] }
   | { kind: "failed"; message: string }
@@ -30,15 +29,28 @@ try {
     typeof model === "string"
       ? await ort.InferenceSession.create(model, options)
       : await ort.InferenceSession.create(model, options);
+  // Feeds the node's thread marked steady (the same for a whole section): sent once, then named.
+  const kept = new Map<number, ort.Tensor>();
   port.on("message", (m: ToWorker) => {
     if (m.kind === "release") {
+      kept.clear();
       void session.release().finally(() => post({ kind: "released" }));
       return;
     }
     void (async () => {
       try {
+        for (const id of m.drop) kept.delete(id);
         const feeds: Record<string, ort.Tensor> = {};
-        for (const [name, f] of Object.entries(m.feeds)) feeds[name] = new ort.Tensor(f.type, f.data, f.dims);
+        for (const [name, f] of Object.entries(m.feeds)) {
+          if ("kept" in f) {
+            const t = kept.get(f.kept);
+            if (t === undefined) throw new Error(`input ${name}: kept tensor ${f.kept} is gone`);
+            feeds[name] = t;
+            continue;
+          }
+          feeds[name] = new ort.Tensor(f.type, f.data, f.dims);
+          if (f.keep !== undefined) kept.set(f.keep, feeds[name]);
+        }
         const results = await session.run(feeds);
         const outputs: Record<string, { type: string; dims: number[]; data: unknown }> = {};
         const transfer: ArrayBuffer[] = [];

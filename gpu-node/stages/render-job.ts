@@ -10,8 +10,9 @@ import { initialHistory } from "../../shared/framepack/history.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompts.js";
+import { keyframeSchedule } from "../../shared/job/keyframes.js";
 import { encodeText, type PromptEmbeddings } from "./encode-text.js";
-import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "./encode-image.js";
+import { encodeImageEmbeds, encodeImagePosterior, sampleKeyframeLatents, sampleLatents } from "./encode-image.js";
 import { SectionVideo, decodeSection, runSectionStep } from "./section-step.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
@@ -21,6 +22,8 @@ export interface RenderInputs {
   /** [1, 3, H, W] in [-1, 1], already at the render size. */
   firstPixels: F32;
   lastPixels: F32 | null;
+  /** The keyframes' images, as params.keyframeTimes orders them, at the render size ([] or absent: none). */
+  keyframePixels?: F32[];
 }
 
 export interface RenderObserver {
@@ -87,7 +90,7 @@ export async function renderJob(
   }
 
   // The generator's draws follow diffusers' order: start image posterior, end image posterior,
-  // then each section's noise. --sampler unipc (lllyasviel's demo): the noise from a generator of
+  // (keyframes' posteriors,) then each section's noise. --sampler unipc (lllyasviel's demo): the noise from a generator of
   // its own, the posterior samples from torch's global generator seeded with seed + 1.
   const generator = new TorchGenerator(params.seed);
   const imageGenerator = params.sampler === "unipc" ? new TorchGenerator((params.seed + 1n) % (1n << 64n)) : generator;
@@ -99,6 +102,20 @@ export async function renderJob(
     lastImageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.lastPixels), imageGenerator, sf);
     probe("last_image_latents", lastImageLatents);
   }
+  // Keyframes (FramePack-eichi's): sampled after the end image, in plan order.
+  const keyframes = keyframeSchedule(plan, params.keyframeTimes, params.fps);
+  const keyframePixels = inputs.keyframePixels ?? [];
+  if (keyframePixels.length !== params.keyframeTimes.length)
+    throw new RangeError(`${params.keyframeTimes.length} keyframe times but ${keyframePixels.length} keyframe images`);
+  keyframePixels.forEach((p, i) => probe(`keyframe${i}.pixels`, p));
+  const keyframeLatents = await sampleKeyframeLatents(
+    runtime,
+    (i) => Promise.resolve(keyframePixels[i]!),
+    keyframes.drawOrder,
+    imageGenerator,
+    sf,
+  );
+  keyframeLatents.forEach((l, i) => probe(`keyframe${i}.latents`, l));
 
   observer.onPlan?.(plan.sections.length, params.steps);
 
@@ -106,6 +123,7 @@ export async function renderJob(
   const video = new SectionVideo(plan, params.samplingType, manifest.vae.temporal_compression_ratio, params.sampler);
   for (const section of plan.sections) {
     const k = section.index;
+    const keyframe = keyframes.bySection[k] ?? null;
     observer.signal?.throwIfAborted();
     const step = await runSectionStep(
       runtime,
@@ -115,6 +133,7 @@ export async function renderJob(
         history,
         imageLatents,
         lastImageLatents,
+        keyframeLatents: keyframe === null ? null : keyframeLatents[keyframe]!,
         generator,
         prompt: sectionEmbeddings(prompts, k, encodedPrompts),
         ...(negative !== undefined ? { negative } : {}),

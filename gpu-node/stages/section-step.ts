@@ -11,6 +11,7 @@ import type { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { appendSection, sectionInputs, type History } from "../../shared/framepack/history.js";
 import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
+import { softAppendedFrames, streamable } from "../../shared/framepack/video-stream.js";
 import { planeConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
 import type { RenderParams } from "../../shared/job/render-params.js";
 import { computedProbeName, stepCacheOf } from "./step-cache.js";
@@ -29,6 +30,8 @@ export interface SectionStepInput {
   history: History;
   imageLatents: F32;
   lastImageLatents: F32 | null;
+  /** The latent of the keyframe in force in this section (shared/job/keyframes.ts), or null. */
+  keyframeLatents?: F32 | null;
   /** Positioned at this section's noise: the section draws its noise from it. */
   generator: TorchGenerator;
   /** This section's prompt (prompts may change over time: timed-prompts.ts sectionEmbeddings). */
@@ -71,7 +74,14 @@ export async function runSectionStep(
   const k = section.index;
   const probe = observer.probe;
   const manifest = runtime.bundle.manifest;
-  const context = sectionInputs(plan, section, history, imageLatents, input.lastImageLatents);
+  const context = sectionInputs(
+    plan,
+    section,
+    history,
+    imageLatents,
+    input.lastImageLatents,
+    input.keyframeLatents ?? null,
+  );
   const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
   const noise = input.generator.randn([1, channels, plan.latentWindowSize, h, w]);
   probe?.(`section${k}.noise`, noise);
@@ -172,4 +182,55 @@ export class SectionVideo {
   finish(): Tensor<"uint8"> {
     return this.video.finish(trimFrameCount(this.decodedFrames, this.temporalCompression));
   }
+}
+
+/** A video as a sequence of uint8 RGB frames [H, W, 3], produced as they are consumed. */
+export interface FrameStream {
+  width: number;
+  height: number;
+  count: number;
+  frames: Iterable<Uint8Array>;
+}
+
+/**
+ * The decoded sections (plan order) joined into the finished video's frames, in video order, as
+ * SectionVideo.finish() gives them: streamed (softAppendedFrames) when no frame is in two
+ * cross-fades, else accumulated first and then handed out frame by frame.
+ */
+export function finishedFrames(
+  plan: SectionPlan,
+  params: Pick<RenderParams, "samplingType" | "sampler">,
+  temporalCompression: number,
+  sections: readonly F32[],
+): FrameStream {
+  const first = sections[0];
+  if (first === undefined) throw new RangeError("no sections were decoded");
+  const counts = sections.map((s) => s.shape[2]!);
+  const decoded = counts.reduce((n, t, i) => n + t - (i === 0 ? 0 : plan.overlapFrames), 0);
+  const count = trimFrameCount(decoded, temporalCompression);
+  const [height, width] = [first.shape[3]!, first.shape[4]!];
+  const toUint8 = planeConverterFor(params.sampler);
+  if (streamable(counts, plan.overlapFrames))
+    return {
+      width,
+      height,
+      count,
+      frames: {
+        [Symbol.iterator]: () => softAppendedFrames(sections, params.samplingType, plan.overlapFrames, toUint8, count),
+      },
+    };
+  const video = new SectionVideo(plan, params.samplingType, temporalCompression, params.sampler);
+  for (const s of sections) video.add(s);
+  const all = video.finish();
+  const frameBytes = width * height * 3;
+  return {
+    width,
+    height,
+    count: all.shape[0]!,
+    frames: {
+      *[Symbol.iterator]() {
+        for (let i = 0; i < all.shape[0]!; i++) yield all.data.subarray(i * frameBytes, (i + 1) * frameBytes);
+      },
+    },
+  };
 }

@@ -8,6 +8,7 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { Feed } from "../runtime/onnx-model.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { StepCacheCall } from "./step-cache.js";
+import { STEADY_TRANSFORMER_FEEDS } from "./transformer-feeds.js";
 
 /** hidden + residual, each sum rounded to float32 as torch adds (TeaCache's and MagCache's skipped call). */
 export function addF32(a: F32, b: F32): F32 {
@@ -27,7 +28,7 @@ export class SplitTransformer {
 
   /** The head: hidden_in, encoder_in and what a cache measures (modulated_input). */
   async head(feeds: Record<string, Feed>): Promise<Record<string, F32>> {
-    return (await this.runtime.model("transformer_head")).run(feeds);
+    return (await this.runtime.model("transformer_head")).run(feeds, STEADY_TRANSFORMER_FEEDS);
   }
 
   /** The rest of the call after the head: the blocks, or (skip) the kept residual and the tail. */
@@ -36,12 +37,18 @@ export class SplitTransformer {
     // Never reached without a residual: call 0 always computes.
     if (skip && this.previousResidual !== undefined) {
       const tail = await this.runtime.model("transformer_tail");
-      const out = await tail.run({ ...feeds, hidden_out: addF32(hiddenIn, this.previousResidual) });
+      const out = await tail.run(
+        { ...feeds, hidden_out: addF32(hiddenIn, this.previousResidual) },
+        STEADY_TRANSFORMER_FEEDS,
+      );
       this.computed.push(0);
       return { noisePred: out["noise_pred"]!, computed: false };
     }
     const body = await this.runtime.model("transformer_body");
-    const out = await body.run({ ...feeds, hidden_in: hiddenIn, encoder_in: headOut["encoder_in"]! });
+    const out = await body.run(
+      { ...feeds, hidden_in: hiddenIn, encoder_in: headOut["encoder_in"]! },
+      STEADY_TRANSFORMER_FEEDS,
+    );
     this.previousResidual = out["residual"]!;
     this.computed.push(1);
     return { noisePred: out["noise_pred"]!, computed: true };

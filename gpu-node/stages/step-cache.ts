@@ -16,6 +16,7 @@ import {
 } from "../../shared/job/render-params.js";
 import { TeaCache, type ComputeDtype } from "./teacache.js";
 import { MagCache } from "./magcache.js";
+import { STEADY_TRANSFORMER_FEEDS } from "./transformer-feeds.js";
 
 export interface StepCacheCall {
   noisePred: F32;
@@ -64,7 +65,7 @@ export async function transformerCall(
 ): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: StepCache }> {
   if (options === undefined) {
     const model = await runtime.model("transformer");
-    return { call: async (feeds) => (await model.run(feeds)).noise_pred! };
+    return { call: async (feeds) => (await model.run(feeds, STEADY_TRANSFORMER_FEEDS)).noise_pred! };
   }
   let cache: StepCache;
   if (options.kind === "magcache") {

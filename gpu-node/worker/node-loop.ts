@@ -24,6 +24,7 @@ import {
   taskResults,
   type JobState,
   type StageKind,
+  type TaskResult,
 } from "../../shared/farm/protocol.js";
 import { NodeState, timestampOf } from "../../shared/nodes/node-registry.js";
 import { silentLogger, type Logger } from "../../shared/log/logger.js";
@@ -31,6 +32,9 @@ import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
 import { runStageTask } from "../handlers/index.js";
 import type { WorkerContext } from "../handlers/task-io.js";
 import { NodePresence } from "./node-presence.js";
+import { taskTraffic } from "./task-traffic.js";
+import { SpanKind } from "@opentelemetry/api";
+import { TRACE_ATTRS, contextOf, inSpan, recordFailure, spanCarrier, tracer } from "../../shared/telemetry/tracing.js";
 
 export interface NodeOptions {
   nodeId: string;
@@ -67,7 +71,14 @@ export interface NodeOptions {
  * memory (a 640x640 section decode holds ~1 GB). WebGPU one: its VAE already runs near the device's
  * memory limit.
  */
-export const decodeConcurrencyFor = (ep: string): number => (ep === "cuda" ? 2 : 1);
+export function decodeConcurrencyFor(ep: string, env: NodeJS.ProcessEnv = process.env): number {
+  const v = env["FRAMEFARM_DECODE_CONCURRENCY"];
+  if (v === undefined || v === "") return ep === "cuda" ? 2 : 1;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 8)
+    throw new RangeError(`FRAMEFARM_DECODE_CONCURRENCY must be an integer from 1 to 8, got ${JSON.stringify(v)}`);
+  return n;
+}
 
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
@@ -172,6 +183,27 @@ export class NodeLoop {
         const startedAt = new Date().toISOString();
         const modelBefore = ctx.runtime.clock.ms;
         const phases: Record<string, number> = {};
+        // The task's span: a child of the dispatch span whose context the message carries.
+        const span = tracer().startSpan(
+          `task ${stage}`,
+          {
+            kind: SpanKind.CONSUMER,
+            attributes: {
+              [TRACE_ATTRS.jobId]: msg.jobId,
+              [TRACE_ATTRS.taskId]: msg.taskId,
+              [TRACE_ATTRS.stage]: stage,
+              ...(task?.section !== undefined ? { [TRACE_ATTRS.section]: task.section } : {}),
+              [TRACE_ATTRS.nodeId]: options.nodeId,
+              "messaging.system": "nats",
+              "messaging.operation.type": "process",
+              "messaging.destination.name": stage,
+              // JetStream deliveries of this message (2 and up: redelivered after a node died or handed it back).
+              "framefarm.delivery": m.attempt,
+            },
+          },
+          contextOf(msg.trace),
+        );
+        const traffic = taskTraffic(ctx.store);
         const log = this.log.child({
           jobId: msg.jobId,
           taskId: msg.taskId,
@@ -190,6 +222,8 @@ export class NodeLoop {
           job = await readJobState(kv, msg.jobId, msg.taskId);
         } catch (err) {
           stopListening();
+          recordFailure(span, err);
+          span.end();
           throw err;
         }
         const jobState: JobState | null = job?.state ?? null;
@@ -204,6 +238,8 @@ export class NodeLoop {
         ) {
           stopListening();
           log.info({ jobState: jobState ?? "missing" }, "task dropped: its job is over");
+          span.setAttribute(TRACE_ATTRS.outcome, "dropped");
+          span.end();
           m.term(); // the job is gone or over: nothing to do
           return;
         }
@@ -212,6 +248,8 @@ export class NodeLoop {
           // result is in, and running it again would only redo the work.
           stopListening();
           log.info("task dropped: done already");
+          span.setAttribute(TRACE_ATTRS.outcome, "dropped");
+          span.end();
           await this.settle(m, log);
           return;
         }
@@ -235,24 +273,36 @@ export class NodeLoop {
               throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
             // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
             if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, spec);
-            await runStageTask(ctx, task, spec, {
+            await runStageTask({ ...ctx, store: traffic.store }, task, spec, {
               signal: abort.signal,
-              onPhase: (phase, ms) => (phases[phase] = Math.round(((phases[phase] ?? 0) + ms) * 10) / 10),
-              onStep: (step, steps) =>
+              onPhase: (phase, ms) => {
+                phases[phase] = Math.round(((phases[phase] ?? 0) + ms) * 10) / 10;
+                // Each phase as a child span, drawn after the fact from its duration.
+                if (span.isRecording())
+                  tracer()
+                    .startSpan(`phase ${phase}`, { startTime: Date.now() - ms }, inSpan(span))
+                    .end();
+              },
+              onStep: (step, steps) => {
+                span.addEvent("step", { step, steps });
                 bus.events.publish(
                   jobEventSubject(msg.jobId),
                   jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps }),
-                ),
+                );
+              },
             });
             outcome = { ok: true };
+            span.setAttribute(TRACE_ATTRS.outcome, "done");
           } catch (err) {
             if (this.shutdown.signal.aborted) {
               log.info("task handed back: the node is stopping");
+              span.setAttribute(TRACE_ATTRS.outcome, "handed_back");
               m.nak(); // another node takes it at once
               return;
             }
             if (abort.signal.aborted) {
               log.info("task stopped: its job was cancelled");
+              span.setAttribute(TRACE_ATTRS.outcome, "cancelled");
               m.term();
               return;
             }
@@ -261,16 +311,25 @@ export class NodeLoop {
               error: errorMessage(err),
               errorStatus: err instanceof FarmError ? err.status : "INTERNAL",
             };
+            span.setAttribute(TRACE_ATTRS.outcome, "failed");
+            recordFailure(span, err);
           }
-          const finishedAt = new Date().toISOString();
+          const modelMs = ctx.runtime.clock.ms - modelBefore;
+          const trace = spanCarrier(span);
+          span.setAttributes({
+            [TRACE_ATTRS.modelMs]: Math.round(modelMs * 10) / 10,
+            [TRACE_ATTRS.bytesRead]: traffic.read,
+            [TRACE_ATTRS.bytesWritten]: traffic.written,
+          });
           const result = taskResults.encode({
             jobId: msg.jobId,
             taskId: msg.taskId,
             node: options.nodeId,
             startedAt,
-            finishedAt,
-            modelMs: ctx.runtime.clock.ms - modelBefore,
+            finishedAt: new Date().toISOString(),
+            modelMs,
             ...(Object.keys(phases).length > 0 ? { phases } : {}),
+            ...(trace !== undefined ? { trace } : {}),
             ...outcome,
           });
           // The task's outcome is reported whatever the bus does meanwhile: a report that failed
@@ -281,6 +340,7 @@ export class NodeLoop {
             return;
           }
         } finally {
+          span.end();
           clearInterval(keepAlive);
           this.shutdown.signal.removeEventListener("abort", onShutdown);
           stopListening();

@@ -19,6 +19,8 @@ export function jobKeys(jobId: string) {
   return {
     firstImage: `${p}inputs/first-image`,
     lastImage: `${p}inputs/last-image`,
+    /** The i-th keyframe's image (0-based, in time order). */
+    keyframeImage: (i: number) => `${p}inputs/keyframe-${i}`,
     promptEmbeds: `${p}text/prompt.safetensors`,
     negativeEmbeds: `${p}text/negative.safetensors`,
     imageEmbeds: `${p}image/embeds.safetensors`,

@@ -1,6 +1,7 @@
 /**
  * A render's recipe: everything that fixes its frames (prompts, seed, sampler, step cache, steps,
- * guidance, CFG, window, mode, size, frame count, fps, LoRAs), the SHA-256 of its input images,
+ * guidance, CFG, window, mode, size, frame count, fps, LoRAs), the SHA-256 of its input images
+ * (keyframes with their times),
  * the digest of the model bundle that made it and the framefarm version, as one JSON document.
  * Every video a farm makes carries it (the container's `comment` tag) and the farm stores it next
  * to the video (`recipe.json`); `framefarm render --recipe` renders it again, bit for bit on the
@@ -26,6 +27,12 @@ export type VideoFormatName = (typeof VIDEO_FORMATS)[number];
 export const DEFAULT_SAMPLER = "flow_match_euler";
 export const DEFAULT_CACHE = "none";
 
+/** A keyframe as a recipe names it: its time and its image's SHA-256. */
+export interface RecipeKeyframe {
+  time_seconds: number;
+  sha256: string;
+}
+
 export interface RecipeLora {
   name: string;
   weight: number;
@@ -36,7 +43,8 @@ export interface Recipe {
   version: typeof RECIPE_VERSION;
   framefarm_version: string;
   bundle: { name: string; digest: string };
-  images: { start_sha256: string; end_sha256: string | null };
+  /** keyframes: present only when the render had keyframes (older recipes never have them). */
+  images: { start_sha256: string; end_sha256: string | null; keyframes?: RecipeKeyframe[] };
   prompt: string;
   negative_prompt: string | null;
   /** Decimal: torch seeds are unsigned 64-bit, more than a JSON number holds exactly. */
@@ -75,7 +83,8 @@ export interface RecipeSource {
   params: RenderParams;
   size: { height: number; width: number };
   format: VideoFormatName;
-  images: { start: Uint8Array; end: Uint8Array | null };
+  /** keyframes: in time order, by digest (the submission has hashed them already). */
+  images: { start: Uint8Array; end: Uint8Array | null; keyframes?: { time: number; sha256: string }[] };
   bundle: { name: string; digest: string };
   framefarmVersion: string;
 }
@@ -102,6 +111,9 @@ export function makeRecipe(src: RecipeSource): Recipe {
     images: {
       start_sha256: sha256Hex(src.images.start),
       end_sha256: src.images.end === null ? null : sha256Hex(src.images.end),
+      ...(src.images.keyframes !== undefined && src.images.keyframes.length > 0
+        ? { keyframes: src.images.keyframes.map((k) => ({ time_seconds: k.time, sha256: k.sha256 })) }
+        : {}),
     },
     prompt: p.prompt,
     negative_prompt: p.negativePrompt,
@@ -208,6 +220,18 @@ function sectionPromptsOf(v: unknown): string[] | null {
   return v as string[];
 }
 
+function keyframesOf(v: unknown): RecipeKeyframe[] {
+  if (!Array.isArray(v)) throw bad("images.keyframes must be an array");
+  return v.map((k, i) => {
+    const path = `images.keyframes[${i}]`;
+    const e = object(k, path, ["time_seconds", "sha256"]);
+    return {
+      time_seconds: num(e, "time_seconds", `${path}.`),
+      sha256: matching(str(e, "sha256", `${path}.`), SHA256, `${path}.sha256`),
+    };
+  });
+}
+
 /** Reads a recipe's JSON text, refusing anything this version does not understand exactly. */
 export function parseRecipe(text: string): Recipe {
   let raw: unknown;
@@ -227,7 +251,7 @@ export function parseRecipe(text: string): Recipe {
     );
   const o = object(raw, "", TOP_KEYS, ["cache_threshold", "magcache_k", "magcache_retention"]);
   const bundle = object(o["bundle"], "bundle", ["name", "digest"]);
-  const images = object(o["images"], "images", ["start_sha256", "end_sha256"]);
+  const images = object(o["images"], "images", ["start_sha256", "end_sha256"], ["keyframes"]);
   const video = object(o["video"], "video", ["format", "crf", "lossless"]);
   const mode = str(o, "mode");
   if (!(SAMPLING_TYPES as readonly string[]).includes(mode))
@@ -242,6 +266,7 @@ export function parseRecipe(text: string): Recipe {
     return { name: str(e, "name", `loras[${i}].`), weight: num(e, "weight", `loras[${i}].`) };
   });
   const end = strOrNull(images, "end_sha256", "images.");
+  const keyframes = images["keyframes"] === undefined ? undefined : keyframesOf(images["keyframes"]);
   return {
     format: RECIPE_FORMAT,
     version: RECIPE_VERSION,
@@ -253,6 +278,7 @@ export function parseRecipe(text: string): Recipe {
     images: {
       start_sha256: matching(str(images, "start_sha256", "images."), SHA256, "images.start_sha256"),
       end_sha256: end === null ? null : matching(end, SHA256, "images.end_sha256"),
+      ...(keyframes !== undefined ? { keyframes } : {}),
     },
     prompt: str(o, "prompt"),
     negative_prompt: strOrNull(o, "negative_prompt"),
@@ -291,8 +317,16 @@ export function checkRecipeSize(recipe: Recipe, size: { height: number; width: n
   }
 }
 
-/** The recipe's images against the ones given: INVALID_ARGUMENT naming the image and both digests. */
-export function checkRecipeImages(recipe: Recipe, start: Uint8Array, end: Uint8Array | null): void {
+/**
+ * The recipe's images against the ones given: INVALID_ARGUMENT naming the image and both digests.
+ * Keyframes (by digest, in time order) must be the recipe's, at the recipe's times.
+ */
+export function checkRecipeImages(
+  recipe: Recipe,
+  start: Uint8Array,
+  end: Uint8Array | null,
+  keyframes: readonly { time: number; sha256: string }[] = [],
+): void {
   const want = recipe.images;
   if (want.end_sha256 !== null && end === null)
     throw new FarmError("INVALID_ARGUMENT", "the recipe was rendered with an end image: give the same end image again");
@@ -308,4 +342,26 @@ export function checkRecipeImages(recipe: Recipe, start: Uint8Array, end: Uint8A
   };
   check("image", start, want.start_sha256);
   if (end !== null && want.end_sha256 !== null) check("end image", end, want.end_sha256);
+  const wanted = want.keyframes ?? [];
+  const times = (ks: readonly number[]): string => ks.map((t) => `${t}s`).join(", ");
+  if (keyframes.length !== wanted.length)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      wanted.length === 0
+        ? "the recipe was rendered without keyframes: give none"
+        : `the recipe was rendered with ${wanted.length} keyframe${wanted.length === 1 ? "" : "s"} (at ${times(wanted.map((k) => k.time_seconds))}), ${keyframes.length} given: give the same keyframes again`,
+    );
+  wanted.forEach((w, i) => {
+    const k = keyframes[i]!;
+    if (k.time !== w.time_seconds)
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `keyframe ${i + 1} is at ${k.time}s; the recipe's is at ${w.time_seconds}s`,
+      );
+    if (k.sha256 !== w.sha256)
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `keyframe ${i + 1}'s image is not the recipe's: its SHA-256 is ${k.sha256}, the recipe's is ${w.sha256}; give the image the recipe was rendered from`,
+      );
+  });
 }

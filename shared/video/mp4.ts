@@ -60,13 +60,43 @@ export function validateMp4Options({ fps, crf }: Mp4Options): void {
     throw new FarmError("INVALID_ARGUMENT", `crf must be an integer between 0 and 51, got ${crf}`);
 }
 
-/** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 (or, with format "webm", WebM) file at outFile. */
-export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options: Mp4Options): Promise<void> {
-  validateMp4Options(options);
+/** Raw uint8 RGB frames [H, W, 3] of one size, produced as the encoder takes them. */
+export interface RawFrames {
+  width: number;
+  height: number;
+  frames: Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
+}
+
+/** A [T, H, W, 3] uint8 tensor's frames as RawFrames (views, no copies). */
+export function tensorFrames(frames: Tensor<"uint8">): RawFrames {
   const [t, h, w, c] = frames.shape;
   if (frames.shape.length !== 4 || c !== 3 || t === undefined || h === undefined || w === undefined || t < 1) {
     throw new FarmError("INVALID_ARGUMENT", `frames must be [T, H, W, 3] uint8, got ${frames.describe()}`);
   }
+  const frameBytes = h * w * 3;
+  return {
+    width: w,
+    height: h,
+    frames: {
+      *[Symbol.iterator]() {
+        for (let i = 0; i < t; i++) yield frames.data.subarray(i * frameBytes, (i + 1) * frameBytes);
+      },
+    },
+  };
+}
+
+/** Encodes frames [T, H, W, 3] (uint8 RGB) to an MP4 (or, with format "webm", WebM) file at outFile. */
+export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options: Mp4Options): Promise<void> {
+  return writeMp4Frames(tensorFrames(frames), outFile, options);
+}
+
+/**
+ * Encodes frames as they are produced: ffmpeg encodes the first frames while later ones are still
+ * being made. At least one frame; each exactly width * height * 3 bytes.
+ */
+export async function writeMp4Frames(source: RawFrames, outFile: string, options: Mp4Options): Promise<void> {
+  validateMp4Options(options);
+  const { width: w, height: h } = source;
   if (h % 2 !== 0 || w % 2 !== 0)
     throw new FarmError("INVALID_ARGUMENT", `H.264 (yuv420p) needs even sizes, got ${w}x${h}`);
 
@@ -104,12 +134,20 @@ export async function writeMp4(frames: Tensor<"uint8">, outFile: string, options
       command.save(temp);
       // Feed frames one at a time, honouring back-pressure.
       void (async () => {
-        for (let i = 0; i < t; i++) {
-          const view = Buffer.from(frames.data.buffer, frames.data.byteOffset + i * frameBytes, frameBytes);
+        let count = 0;
+        for await (const frame of source.frames) {
+          if (frame.length !== frameBytes)
+            throw new FarmError("INVALID_ARGUMENT", `frame ${count} has ${frame.length} bytes, expected ${frameBytes}`);
+          count++;
+          const view = Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength);
           if (!input.write(view)) await new Promise((r) => input.once("drain", r));
         }
+        if (count === 0) throw new FarmError("INVALID_ARGUMENT", "no frames to encode");
         input.end();
-      })().catch(reject);
+      })().catch((err: unknown) => {
+        reject(err);
+        command.kill("SIGKILL");
+      });
     });
     await rename(temp, target);
   } catch (err) {

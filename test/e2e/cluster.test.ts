@@ -95,14 +95,14 @@ const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[
     .map((f) => path.join(dir, f));
 const cases = [
   ...jsonIn(path.join(referenceDir(), "cases")),
-  // framefarm's own cases of lllyasviel's sampler, of prompts that change over time and of
-  // MagCache (its split graphs on the denoise nodes).
+  // framefarm's own cases of lllyasviel's sampler, of prompts that change over time, of
+  // MagCache (its split graphs on the denoise nodes) and of keyframes.
   ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
-    /^(unipc|timed_prompts|section_prompts|magcache)_/.test(f),
+    /^(unipc|timed_prompts|section_prompts|magcache|keyframes)_/.test(f),
   ),
 ];
 
-test("every public reference case, and the unipc, timed-prompt and MagCache cases, render on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc, timed-prompt, MagCache and keyframe cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {
@@ -137,7 +137,10 @@ test("every public reference case, and the unipc, timed-prompt and MagCache case
     const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
     const last =
       refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
-    const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last });
+    const keyframePixels = await Promise.all(
+      refCase.keyframes.map(async (k) => pixelsFor(await readImageFile(k.image, "keyframe"), size)),
+    );
+    const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last, keyframePixels });
     const record = (await readJob(kv, job.id))!.record;
     // The farm's own output: the lossless MP4 it stored, decoded.
     const frames = await storedVideoFrames(
@@ -178,6 +181,7 @@ test("8 jobs at once all finish; each job's sections run in order and decodes ov
         bundle: "",
         priority: 0,
         idempotencyKey: "",
+        keyframes: [],
       };
       return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
     }),

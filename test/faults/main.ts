@@ -73,6 +73,7 @@ async function jobRequest(): Promise<SubmitJobRequest> {
     bundle: "",
     priority: 0,
     idempotencyKey: "",
+    keyframes: [],
   };
 }
 

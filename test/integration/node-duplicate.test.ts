@@ -63,6 +63,7 @@ forEachBus(
           bundle: "",
           priority: 0,
           idempotencyKey: "",
+          keyframes: [],
         });
         const textTask = `${job.id}.encode_text`;
         await until(

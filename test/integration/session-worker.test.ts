@@ -52,6 +52,26 @@ test("a session on a worker thread gives the node thread's outputs bit for bit; 
   }
 });
 
+test("steady feeds reach a worker once and are named after that, for two objects per input at a time", async () => {
+  const file = path.join(tinyBundleDir(), "vae_decoder.onnx");
+  const here = await OnnxModel.load("vae_decoder", file, { ep: "cpu" });
+  const there = await OnnxModel.load("vae_decoder", file, { ep: "cpu", sessionWorker: true });
+  const steady = new Set(["latents"]);
+  try {
+    const [a, b, c] = [5n, 6n, 7n].map((seed) => new TorchGenerator(seed).randn([1, 4, 3, 6, 8]));
+    const want = new Map<unknown, Float32Array>();
+    for (const x of [a, b, c]) want.set(x, (await here.run({ latents: x! })).sample!.data);
+    // a kept; a named; b kept; a named; c kept (a dropped); a sent again; b dropped, c named.
+    for (const x of [a, a, b, a, c, a, c, b, a]) {
+      const got = (await there.run({ latents: x! }, steady)).sample!;
+      assert.deepEqual(got.data, want.get(x));
+    }
+  } finally {
+    await here.release();
+    await there.release();
+  }
+});
+
 test("render with sessions on worker threads writes the same video", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-session-worker-"));
   try {
@@ -71,11 +91,19 @@ test("render with sessions on worker threads writes the same video", async () =>
       "-o",
       out,
     ];
-    const plain = path.join(dir, "plain.mp4");
-    const workers = path.join(dir, "workers.mp4");
-    await run(process.execPath, args(plain), { env: { ...process.env, FRAMEFARM_SESSION_WORKERS: "0" } });
-    await run(process.execPath, args(workers), { env: { ...process.env, FRAMEFARM_SESSION_WORKERS: "1" } });
-    assert.ok((await readFile(plain)).equals(await readFile(workers)), "the videos differ");
+    // Also the split graphs with a negative prompt: two steady prompts alternate on each input.
+    const cached = ["--cache", "teacache", "--negative-prompt", "blurry", "--cfg", "3"];
+    for (const [name, extra] of [
+      ["plain", []],
+      ["teacache-cfg", cached],
+    ] as const) {
+      const inThread = path.join(dir, `${name}-thread.mp4`);
+      const inWorkers = path.join(dir, `${name}-workers.mp4`);
+      const env = (workers: string) => ({ env: { ...process.env, FRAMEFARM_SESSION_WORKERS: workers } });
+      await run(process.execPath, [...args(inThread), ...extra], env("0"));
+      await run(process.execPath, [...args(inWorkers), ...extra], env("1"));
+      assert.ok((await readFile(inThread)).equals(await readFile(inWorkers)), `${name}: the videos differ`);
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

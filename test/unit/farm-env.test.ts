@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
 import { FarmError } from "../../shared/errors.js";
 import { natsServers } from "../../shared/bus/nats-bus.js";
+import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
 
 function withEnv<T>(vars: Record<string, string>, fn: () => T): T {
   const saved = { ...process.env };
@@ -59,4 +60,17 @@ test("FRAMEFARM_NATS_REPLICAS must be a whole number of replicas JetStream suppo
 test("--nats takes a cluster's servers, comma-separated", () => {
   assert.deepEqual(natsServers("nats://a:1, nats://b:2,nats://c:3,"), ["nats://a:1", "nats://b:2", "nats://c:3"]);
   assert.deepEqual(natsServers("nats://a:1"), ["nats://a:1"]);
+});
+
+test("FRAMEFARM_DECODE_CONCURRENCY: two decodes on CUDA, one elsewhere, an override, and bad values named", () => {
+  assert.equal(decodeConcurrencyFor("cuda", {}), 2);
+  assert.equal(decodeConcurrencyFor("cpu", {}), 1);
+  assert.equal(decodeConcurrencyFor("webgpu", { FRAMEFARM_DECODE_CONCURRENCY: "" }), 1);
+  assert.equal(decodeConcurrencyFor("cuda", { FRAMEFARM_DECODE_CONCURRENCY: "1" }), 1);
+  assert.equal(decodeConcurrencyFor("cpu", { FRAMEFARM_DECODE_CONCURRENCY: "3" }), 3);
+  for (const bad of ["0", "two", "1.5", "9"])
+    assert.throws(
+      () => decodeConcurrencyFor("cuda", { FRAMEFARM_DECODE_CONCURRENCY: bad }),
+      /FRAMEFARM_DECODE_CONCURRENCY/,
+    );
 });

@@ -166,6 +166,7 @@ const request = (recipe: string, settings?: SubmitJobRequest["settings"]): Submi
   bundle: "",
   priority: 0,
   idempotencyKey: "",
+  keyframes: [],
   recipe,
 });
 

@@ -4,8 +4,14 @@ import assert from "node:assert/strict";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { cat, narrow } from "../../shared/tensor/ops.js";
 import { softAppend } from "../../shared/framepack/soft-append.js";
-import { demoPlaneToUint8, videoToUint8Frames, videoToUint8FramesDemo } from "../../shared/framepack/frames.js";
+import {
+  demoPlaneToUint8,
+  diffusersPlaneToUint8,
+  videoToUint8Frames,
+  videoToUint8FramesDemo,
+} from "../../shared/framepack/frames.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
+import { softAppendedFrames, streamable } from "../../shared/framepack/video-stream.js";
 import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 
@@ -39,6 +45,31 @@ for (const mode of ["vanilla", "inverted_anti_drifting"] as const) {
     assert.deepEqual(yielding.finish().data, expected.data, "addAsync gives the same frames");
   });
 
+  test(`streamed frames equal the accumulator's, frame for frame, with a limit (${mode})`, () => {
+    const concat = (frames: Iterable<Uint8Array>): Uint8Array => {
+      const parts = [...frames];
+      const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+      let at = 0;
+      for (const p of parts) (out.set(p, at), (at += p.length));
+      return out;
+    };
+    for (const [overlap, lengths, converter] of [
+      [9, [13, 25, 25, 29], diffusersPlaneToUint8],
+      [9, [9, 18, 9], demoPlaneToUint8],
+      [0, [5, 7, 3], diffusersPlaneToUint8],
+      [4, [30], diffusersPlaneToUint8],
+    ] as const) {
+      const sections = lengths.map((n) => randomVideo(n));
+      assert.ok(streamable(lengths, overlap));
+      const acc = new VideoAccumulator(mode, overlap, converter);
+      for (const s of sections) acc.add(s);
+      const all = acc.finish();
+      assert.deepEqual(concat(softAppendedFrames(sections, mode, overlap, converter)), all.data, `${lengths}`);
+      const limited = concat(softAppendedFrames(sections, mode, overlap, converter, 10));
+      assert.deepEqual(limited, acc.finish(10).data, `${lengths}, first 10 frames`);
+    }
+  });
+
   test(`the accumulator equals whole-video soft-append with the demo's frames, no overlap or a section of exactly the overlap (${mode})`, () => {
     for (const [overlap, lengths] of [
       [0, [5, 7, 3]],
@@ -55,6 +86,19 @@ for (const mode of ["vanilla", "inverted_anti_drifting"] as const) {
     }
   });
 }
+
+test("sections whose cross-fades would share a frame are not streamed", () => {
+  assert.equal(streamable([5, 5, 11, 5], 5), false, "a middle section of exactly the overlap");
+  assert.equal(streamable([33, 66, 69], 33), true, "FramePack's: 8w-3 frames against 4w-3");
+  assert.equal(streamable([4, 10], 5), false, "an end section shorter than the overlap");
+  assert.equal(streamable([], 5), false);
+  assert.throws(
+    () => [
+      ...softAppendedFrames([randomVideo(5), randomVideo(5), randomVideo(5)], "vanilla", 5, diffusersPlaneToUint8),
+    ],
+    /not streamable/,
+  );
+});
 
 test("soft append cross-fades linearly over the overlap", () => {
   const ones = new Tensor("float32", [1, 1, 3, 1, 1], Float32Array.of(1, 1, 1));

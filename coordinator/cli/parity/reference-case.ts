@@ -41,6 +41,8 @@ const PARAM_KEYS = [
   "magcache_retention",
   "section_prompts",
   "prompt_blend_sections",
+  // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
+  "keyframes",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -59,6 +61,8 @@ export interface ReferenceCase {
   params: RenderParamsInput;
   firstImage: string;
   lastImage: string | null;
+  /** Keyframes in the case's order: their times and image files. */
+  keyframes: { seconds: number; image: string }[];
   /** Expected tensors by reference key; empty when the case has no .safetensors beside it. */
   expected: Map<string, Tensor>;
 }
@@ -110,6 +114,7 @@ export async function loadReferenceCase(
   };
   const name = typeof json["name"] === "string" ? json["name"] : path.basename(file, ".json");
   const lastImage = json["last_image"] === null || json["last_image"] === undefined ? null : imagePath("last_image");
+  const keyframes = keyframesOf(file, json["keyframes"], dir);
   const seed = json["seed"];
   const params: RenderParamsInput = {
     prompt: json["prompt"],
@@ -124,6 +129,7 @@ export async function loadReferenceCase(
     height: json["height"],
     width: json["width"],
     hasEndImage: lastImage !== null,
+    keyframeTimes: keyframes.map((k) => k.seconds),
     ...(json["sampler"] !== undefined ? { sampler: json["sampler"] } : {}),
     ...(json["unipc_variant"] !== undefined ? { unipcVariant: json["unipc_variant"] } : {}),
     ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
@@ -145,7 +151,22 @@ export async function loadReferenceCase(
       throw new FarmError("NOT_FOUND", `reference tensors ${tensorsFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  return { name, file, params, firstImage: imagePath("first_image"), lastImage, expected };
+  return { name, file, params, firstImage: imagePath("first_image"), lastImage, keyframes, expected };
+}
+
+/** A case's keyframes: each a time in seconds and an image file beside the case. */
+function keyframesOf(file: string, v: unknown, dir: string): { seconds: number; image: string }[] {
+  if (v === undefined || v === null) return [];
+  const bad = (what: string): FarmError => new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${what}`);
+  if (!Array.isArray(v)) throw bad("keyframes must be a list");
+  return v.map((k: unknown, i) => {
+    const e = (typeof k === "object" && k !== null ? k : {}) as Record<string, unknown>;
+    const image = e["image"];
+    if (typeof e["seconds"] !== "number") throw bad(`keyframes[${i}].seconds must be a number`);
+    if (typeof image !== "string" || image === "" || path.isAbsolute(image) || image.split(/[\\/]/).includes(".."))
+      throw bad(`keyframes[${i}].image must be a file name beside the case`);
+    return { seconds: e["seconds"], image: path.join(dir, image) };
+  });
 }
 
 /** The case as a farm submission: same parameters, exact size, lossless video for exact frames. */
@@ -190,6 +211,12 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
           }
         : {}),
     },
+    keyframes: await Promise.all(
+      refCase.keyframes.map(async (k) => ({
+        timeSeconds: k.seconds,
+        image: { source: { $case: "data" as const, value: await readFile(k.image) } },
+      })),
+    ),
     bundle: "",
     priority: 0,
     idempotencyKey: "",

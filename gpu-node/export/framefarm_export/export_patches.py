@@ -122,10 +122,38 @@ def _sdpa_fused(present_outputs: bool):
     return sdpa
 
 
-def attention_translation(mode: str, present_outputs: bool = True) -> dict | None:
-    """custom_translation_table entries for torch.onnx.export under attention `mode`."""
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64_compare(name: str):
+    """operator.le/lt/ge/gt on sizes, with Python int constants brought into int64's range.
+
+    torch.export bounds the text crop's data-dependent length (diffusers keeps the first
+    mask.sum() tokens) and checks each derived size against its bound; the bounds grow with
+    depth, and at 20 + 40 blocks one passes 2**63 (`operator.le(sym_size_int, 15564440312192434176)`),
+    which ONNX cannot hold, so the full-depth export failed. A size is an int64, so comparing it
+    with the clamped bound gives the same answer."""
+    from onnxscript import opset18 as op
+
+    onnx_op = {"le": op.LessOrEqual, "lt": op.Less, "ge": op.GreaterOrEqual, "gt": op.Greater}[name]
+
+    def clamp(x):
+        return max(INT64_MIN, min(INT64_MAX, x)) if isinstance(x, int) and not isinstance(x, bool) else x
+
+    def compare(a, b):
+        return onnx_op(clamp(a), clamp(b))
+
+    return compare
+
+
+def translation_table(mode: str, present_outputs: bool = True) -> dict:
+    """custom_translation_table for torch.onnx.export: sizes compared within int64 and, under
+    attention `mode` 'fused', scaled_dot_product_attention as MultiHeadAttention."""
     if mode not in ATTENTION_MODES:
         raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
-    if mode == "plain":
-        return None
-    return {torch.ops.aten.scaled_dot_product_attention.default: _sdpa_fused(present_outputs)}
+    import operator
+
+    table = {getattr(operator, name): _int64_compare(name) for name in ("le", "lt", "ge", "gt")}
+    if mode == "fused":
+        table[torch.ops.aten.scaled_dot_product_attention.default] = _sdpa_fused(present_outputs)
+    return table

@@ -14,7 +14,7 @@ import torch
 from torch.export import Dim
 
 from . import wrappers
-from .export_patches import attention_translation, shape_generic_vae
+from .export_patches import translation_table, shape_generic_vae
 
 # From this size on a component's weights go to one external data file next to the graph
 # (protobuf caps a single .onnx at 2 GB, graph included, so leave headroom). The CLI can lower it
@@ -167,15 +167,15 @@ def export_transformer(src, out_dir, dtype, text_len, attention="plain"):
     attempts = [("dynamic T, h, w, L, Tc", dyn), ("dynamic T, h, w, L (Tc fixed)", fixed_tc)]
     path = os.path.join(out_dir, "transformer.onnx")
     if attention == "plain":
-        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts)
+        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts, translation_table("plain"))
         return ext, f"{label}; plain attention"
     # Fused: MultiHeadAttention with its present_key/value outputs (see export_patches), else without.
     try:
-        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts, attention_translation(attention, True))
+        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts, translation_table(attention, True))
         variant = "fused attention (MultiHeadAttention with present outputs)"
     except Exception as e:  # noqa: BLE001 - fall back to the single-output form
         print(f"  transformer: fused attention with present outputs did not export ({type(e).__name__}: {str(e)[:300]})", flush=True)
-        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts, attention_translation(attention, False))
+        ext, label = _save_first(m, tuple(ex.values()), list(ex.keys()), ["noise_pred"], path, attempts, translation_table(attention, False))
         variant = "fused attention (MultiHeadAttention)"
     check_fused(path)
     return ext, f"{label}; {variant}"

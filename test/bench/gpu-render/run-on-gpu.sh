@@ -2,7 +2,8 @@
 # The gpu-render benchmark on a lent GPU machine, step by step (each step fits one call; the work
 # folder /tmp/ffdev/work lives while the machine stays warm). Needs test/bench/device/unpack.sh
 # to have run (node, node_modules with the CUDA provider, diffusers source) and dist/ built here.
-#   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, fused attention, CUDA graph passes)
+#   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, fused attention, CUDA graph
+#                                            passes, TeaCache's split graphs)
 #   run-on-gpu.sh pipeline-detached [D S]   the same, detached from the call (log in WORK/pipeline.log), on a copy of the exporter
 #   run-on-gpu.sh diffusers-detached OUT     detached from the call: wait for the bundle export, images, then diffusers
 #                                            inverted and vanilla into OUT (log in WORK/diffusers.log): the GPU works
@@ -12,6 +13,8 @@
 #   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory;
 #                                            WARMUP=off for a cold process (file suffix -cold)
 #   run-on-gpu.sh compare MODE OUT           the table (compare.py)
+#   run-on-gpu.sh step-cache OUT [ARGS]      test/bench/step-cache at 640x640 on the bundle's split graphs: no cache,
+#                                            TeaCache, MagCache (ARGS: more step-cache options)
 #   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the exported graph and its rewritten form
 #                                            (graph_passes: edge Pad as Concat, GroupNorm as ReduceMean), each one's kernels
 set -uo pipefail
@@ -31,8 +34,9 @@ case "$step" in
     src=$work/pipeline-$double-$single bundle=$work/bundle-$double-$single
     [ -f "$src/random-pipeline.json" ] || python3 -m framefarm_export.random_pipeline --like /tmp/ffdev/parts/tiny-like --out "$src" --double "$double" --single "$single" || exit 1
     # The transformer in fp16: the bf16 graph is invalid ONNX at the exported opset (test/bench/gpu-step/RESULTS.md).
-    [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes || exit 1
+    [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes --teacache-graphs || exit 1
     du -sh "$src" "$bundle"
+    touch "$bundle/.complete"  # the manifest is written before the split graphs: waiters look for this
     ;;
   pipeline-detached)
     # The repository there is replaced by each call's copy: run on a snapshot of the exporter.
@@ -47,7 +51,7 @@ case "$step" in
     rm -rf "$snap" && cp -r "$here" "$snap"
     mkdir -p "$out"
     setsid nohup bash -c "
-      for i in \$(seq 1 240); do [ -f '$work/bundle-2-4/framefarm-bundle.json' ] && break; sleep 5; done
+      for i in \$(seq 1 240); do [ -f '$work/bundle-2-4/.complete' ] && break; sleep 5; done
       bash '$snap/run-on-gpu.sh' images
       for m in inverted vanilla; do bash '$snap/run-on-gpu.sh' diffusers \$m '$out'; done
       echo diffusers-detached: done" > "$work/diffusers.log" 2>&1 < /dev/null &
@@ -88,6 +92,12 @@ PY
   compare)
     mode=$1 out=$2
     python3 "$here/compare.py" --dir "$out" --mode "$mode" --ffmpeg "$NODE_PATH/@ffmpeg-installer/linux-x64/ffmpeg"
+    ;;
+  step-cache)
+    out=$1
+    shift
+    node "$repo/dist/test/bench/step-cache/main.js" --bundle "$work/bundle-2-4" --ep cuda --height "$size" --width "$size" \
+      --steps "$steps" --seconds 2 --reps "${REPS:-2}" --image "$work/first.png" "$@" 2>&1 | tee "$out/step-cache.log" | tail -30
     ;;
   vae)
     out=$1 gv=$work/gv

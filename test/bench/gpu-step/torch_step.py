@@ -212,7 +212,7 @@ def main():
     # The gpu-node side: the same weights exported in fp16 by framefarm's exporter (static shapes).
     m16h = model.to("cpu", torch.float32)
     from framefarm_export import wrappers
-    from framefarm_export.export_patches import attention_translation
+    from framefarm_export.export_patches import translation_table
 
     t0 = time.time()
     wrapper = wrappers.Transformer(m16h.to(dev, torch.float16), torch.float16).eval()
@@ -222,7 +222,7 @@ def main():
     for present in (True, False):
         try:
             program = torch.onnx.export(wrapper, tuple(v.to(dev) for v in inputs.values()), input_names=list(inputs), output_names=["noise_pred"],
-                                        dynamo=True, optimize=True, custom_translation_table=attention_translation(a.attention, present))
+                                        dynamo=True, optimize=True, custom_translation_table=translation_table(a.attention, present))
             report["mha_present_outputs"] = present and a.attention == "fused"
             break
         except Exception as e:  # noqa: BLE001

@@ -353,9 +353,28 @@ export interface RenderSettings {
   magcacheRetention?: number | undefined;
 }
 
+/**
+ * An image the video passes through at a time: FramePack-eichi's section keyframe (inverted
+ * sampling only). The keyframe belongs to the section whose span of video time holds its time;
+ * that section and every later one up to the next keyframe's section take its latent where their
+ * packed context holds the start image's (README: Keyframes).
+ */
+export interface Keyframe {
+  /** Seconds from the video's start, at least 0 and before the video's end. */
+  timeSeconds: number;
+  image?: ImageInput | undefined;
+}
+
 export interface SubmitJobRequest {
   image?: ImageInput | undefined;
-  endImage?: ImageInput | undefined;
+  endImage?:
+    | ImageInput
+    | undefined;
+  /**
+   * In time order, at most one per section; each image is checked as `image` is (INVALID_ARGUMENT
+   * naming the keyframe). A recipe's keyframes must be given again, at the same times.
+   */
+  keyframes: Keyframe[];
   settings?:
     | RenderSettings
     | undefined;
@@ -442,6 +461,8 @@ export interface Job {
   /** When SUCCEEDED with save_frames: a tar of every frame as PNG (frame_00000.png, ...). */
   framesKey: string;
   framesUrl: string;
+  /** The times of the job's keyframes, in seconds (their images are the job's inputs, not returned). */
+  keyframeTimes: number[];
 }
 
 export interface GetJobRequest {
@@ -1316,10 +1337,102 @@ export const RenderSettings: MessageFns<RenderSettings> = {
   },
 };
 
+function createBaseKeyframe(): Keyframe {
+  return { timeSeconds: 0, image: undefined };
+}
+
+export const Keyframe: MessageFns<Keyframe> = {
+  encode(message: Keyframe, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.timeSeconds !== 0) {
+      writer.uint32(9).double(message.timeSeconds);
+    }
+    if (message.image !== undefined) {
+      ImageInput.encode(message.image, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Keyframe {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKeyframe();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.timeSeconds = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.image = ImageInput.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Keyframe {
+    return {
+      timeSeconds: isSet(object.timeSeconds)
+        ? globalThis.Number(object.timeSeconds)
+        : isSet(object.time_seconds)
+        ? globalThis.Number(object.time_seconds)
+        : 0,
+      image: isSet(object.image) ? ImageInput.fromJSON(object.image) : undefined,
+    };
+  },
+
+  toJSON(message: Keyframe): unknown {
+    const obj: any = {};
+    if (message.timeSeconds !== 0) {
+      obj.timeSeconds = floatToJson(message.timeSeconds);
+    }
+    if (message.image !== undefined) {
+      obj.image = ImageInput.toJSON(message.image);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Keyframe>, I>>(base?: I): Keyframe {
+    return Keyframe.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Keyframe>, I>>(object: I): Keyframe {
+    const message = createBaseKeyframe();
+    message.timeSeconds = object.timeSeconds ?? 0;
+    message.image = (object.image !== undefined && object.image !== null)
+      ? ImageInput.fromPartial(object.image)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseSubmitJobRequest(): SubmitJobRequest {
   return {
     image: undefined,
     endImage: undefined,
+    keyframes: [],
     settings: undefined,
     bundle: "",
     priority: 0,
@@ -1336,6 +1449,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.endImage !== undefined) {
       ImageInput.encode(message.endImage, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.keyframes) {
+      Keyframe.encode(v!, writer.uint32(58).fork()).join();
     }
     if (message.settings !== undefined) {
       RenderSettings.encode(message.settings, writer.uint32(26).fork()).join();
@@ -1385,6 +1501,14 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             }
 
             message.endImage = ImageInput.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.keyframes.push(Keyframe.decode(reader, reader.uint32()));
             continue;
           }
           case 3: {
@@ -1455,6 +1579,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
         : isSet(object.end_image)
         ? ImageInput.fromJSON(object.end_image)
         : undefined,
+      keyframes: globalThis.Array.isArray(object?.keyframes)
+        ? object.keyframes.map((e: any) => Keyframe.fromJSON(e))
+        : [],
       settings: isSet(object.settings) ? RenderSettings.fromJSON(object.settings) : undefined,
       bundle: isSet(object.bundle) ? globalThis.String(object.bundle) : "",
       priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
@@ -1479,6 +1606,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.endImage !== undefined) {
       obj.endImage = ImageInput.toJSON(message.endImage);
+    }
+    if (message.keyframes?.length) {
+      obj.keyframes = message.keyframes.map((e) => Keyframe.toJSON(e));
     }
     if (message.settings !== undefined) {
       obj.settings = RenderSettings.toJSON(message.settings);
@@ -1512,6 +1642,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     message.endImage = (object.endImage !== undefined && object.endImage !== null)
       ? ImageInput.fromPartial(object.endImage)
       : undefined;
+    message.keyframes = object.keyframes?.map((e) => Keyframe.fromPartial(e)) || [];
     message.settings = (object.settings !== undefined && object.settings !== null)
       ? RenderSettings.fromPartial(object.settings)
       : undefined;
@@ -1806,6 +1937,7 @@ function createBaseJob(): Job {
     recipeUrl: "",
     framesKey: "",
     framesUrl: "",
+    keyframeTimes: [],
   };
 }
 
@@ -1876,6 +2008,13 @@ export const Job: MessageFns<Job> = {
     }
     if (message.framesUrl !== "") {
       writer.uint32(186).string(message.framesUrl);
+    }
+    if (message.keyframeTimes.length !== 0) {
+      writer.uint32(194).fork();
+      for (const v of message.keyframeTimes) {
+        writer.double(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2069,6 +2208,24 @@ export const Job: MessageFns<Job> = {
             message.framesUrl = reader.string();
             continue;
           }
+          case 24: {
+            if (tag === 193) {
+              message.keyframeTimes.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 194) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.keyframeTimes.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2157,6 +2314,11 @@ export const Job: MessageFns<Job> = {
         : isSet(object.frames_url)
         ? globalThis.String(object.frames_url)
         : "",
+      keyframeTimes: globalThis.Array.isArray(object?.keyframeTimes)
+        ? object.keyframeTimes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.keyframe_times)
+        ? object.keyframe_times.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2228,6 +2390,9 @@ export const Job: MessageFns<Job> = {
     if (message.framesUrl !== "") {
       obj.framesUrl = message.framesUrl;
     }
+    if (message.keyframeTimes?.length) {
+      obj.keyframeTimes = message.keyframeTimes.map((e) => floatToJson(e));
+    }
     return obj;
   },
 
@@ -2268,6 +2433,7 @@ export const Job: MessageFns<Job> = {
     message.recipeUrl = object.recipeUrl ?? "";
     message.framesKey = object.framesKey ?? "";
     message.framesUrl = object.framesUrl ?? "";
+    message.keyframeTimes = object.keyframeTimes?.map((e) => e) || [];
     return message;
   },
 };
