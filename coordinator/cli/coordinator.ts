@@ -132,6 +132,7 @@ export async function startCoordinator(
     onRecord: (jobId) => deliverer?.notify(jobId),
     onLeader,
     lease: { holder, ttlMs: security.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log },
+    log,
   });
   await webhooksChanging;
   if (!dispatcher.leader) log.info({ holder }, "follower: serving the API, another coordinator dispatches");

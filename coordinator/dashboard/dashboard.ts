@@ -49,7 +49,12 @@ export async function dashboardActions(bus: Bus, dispatcher: Dispatcher): Promis
 
 export async function startDashboard(o: DashboardOptions): Promise<Dashboard> {
   const view = await FarmView.start(o.bus, o.store, { log: o.log });
-  const metrics = farmMetrics(view, o.storeTraffic ?? (() => ({ read: 0, written: 0 })), () => o.dispatcher.leader);
+  const metrics = farmMetrics(
+    view,
+    o.storeTraffic ?? (() => ({ read: 0, written: 0 })),
+    () => o.dispatcher.leader,
+    () => ({ tasks: o.dispatcher.strandedRequeued, results: o.dispatcher.strandedResultsRequeued }),
+  );
   const server = await startDashboardServer({
     view,
     metrics,
