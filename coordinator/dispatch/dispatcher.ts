@@ -188,7 +188,11 @@ function markReady(rec: JobRecord): void {
       .filter(([, s]) => s !== "pending")
       .map(([id]) => id),
   );
-  for (const t of readyTasks(rec.tasks, done, started)) rec.taskStates[t.id] = "ready";
+  const now = new Date().toISOString();
+  for (const t of readyTasks(rec.tasks, done, started)) {
+    rec.taskStates[t.id] = "ready";
+    (rec.readyAt ??= {})[t.id] = now;
+  }
 }
 
 export class Dispatcher {
@@ -685,10 +689,12 @@ export class Dispatcher {
       if (doneAlready || !active(rec)) return null;
       const attempts = (rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1);
       if (result.startedAt !== undefined && result.finishedAt !== undefined) {
+        const readyAt = rec.readyAt?.[result.taskId];
         (rec.taskLog ??= []).push({
           taskId: result.taskId,
           node: result.node,
           ok: result.ok,
+          ...(readyAt !== undefined ? { readyAt } : {}),
           startedAt: result.startedAt,
           finishedAt: result.finishedAt,
           modelMs: result.modelMs ?? 0,
@@ -706,6 +712,7 @@ export class Dispatcher {
       } else {
         // Attempts left: back to the held set, to be released again (as a new attempt).
         rec.taskStates[result.taskId] = "ready";
+        (rec.readyAt ??= {})[result.taskId] = new Date().toISOString();
         rec.state = "RUNNING";
       }
       if (rec.state === "RUNNING") markReady(rec);

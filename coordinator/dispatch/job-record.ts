@@ -32,11 +32,18 @@ export interface JobRecord {
   attemptsBeforeRetry?: Record<string, number>;
   error?: string;
   errorStatus?: string;
+  /**
+   * When each task last became ready (its inputs done, or its failed attempt returned): the start of
+   * its current attempt's wait for a node. Absent in older records.
+   */
+  readyAt?: Record<string, string>;
   /** Every attempt's node and time span, in the order results arrived (the job's event log). */
   taskLog?: {
     taskId: string;
     node: string;
     ok: boolean;
+    /** When the attempt became ready (readyAt then): from there to startedAt it waited. Absent in older records. */
+    readyAt?: string;
     startedAt: string;
     finishedAt: string;
     modelMs: number;

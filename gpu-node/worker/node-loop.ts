@@ -28,7 +28,7 @@ import {
 } from "../../shared/farm/protocol.js";
 import { NodeState, timestampOf } from "../../shared/nodes/node-registry.js";
 import { silentLogger, type Logger } from "../../shared/log/logger.js";
-import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
+import type { CurrentTask, GpuStats } from "../../proto/gen/framefarm/v1/node.js";
 import { runStageTask } from "../handlers/index.js";
 import type { WorkerContext } from "../handlers/task-io.js";
 import { NodePresence } from "./node-presence.js";
@@ -62,6 +62,8 @@ export interface NodeOptions {
     heartbeatMs?: number;
     /** Object-store bytes this node moved so far. */
     traffic?: () => { read: number; written: number };
+    /** The node's GPUs as last sampled (CUDA nodes with nvidia-smi only). */
+    gpus?: () => GpuStats[];
   };
   log?: Logger;
 }
@@ -148,6 +150,7 @@ export class NodeLoop {
             const t = p.traffic?.() ?? { read: 0, written: 0 };
             return { ...loop.counts, bytesRead: t.read, bytesWritten: t.written };
           },
+          ...(p.gpus !== undefined ? { gpus: p.gpus } : {}),
         },
         {
           ...(p.heartbeatMs !== undefined ? { intervalMs: p.heartbeatMs } : {}),
