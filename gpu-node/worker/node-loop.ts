@@ -275,7 +275,8 @@ export class NodeLoop {
             if (options.failStages?.includes(task.kind) === true)
               throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
             // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
-            if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, spec);
+            if (task.kind === "denoise" || task.kind === "decode")
+              admitJob(ctx.runtime, spec, process.env, options.presence?.gpus?.() ?? []);
             await runStageTask({ ...ctx, store: traffic.store }, task, spec, {
               signal: abort.signal,
               onPhase: (phase, ms) => {
