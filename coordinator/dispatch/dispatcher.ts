@@ -734,8 +734,19 @@ export class Dispatcher {
           );
         return undefined;
       }
-      if (!result.ok)
-        this.log.info({ taskId: result.taskId, node: result.node, error: result.error }, "task failed on a node");
+      if (!result.ok) {
+        const section = w.record.tasks.find((t) => t.id === result.taskId)?.section;
+        this.log.info(
+          {
+            jobId: result.jobId,
+            taskId: result.taskId,
+            nodeId: result.node,
+            ...(section !== undefined ? { section } : {}),
+            error: result.error,
+          },
+          "task failed on a node",
+        );
+      }
       span.setAttribute(TRACE_ATTRS.jobState, w.record.state);
       this.wrote(w);
       // A failed job keeps its intermediates: a retry resumes from them.
