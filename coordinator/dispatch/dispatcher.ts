@@ -367,6 +367,10 @@ export class Dispatcher {
           const kind = await this.onResult(taskResults.decode(m.data));
           if (kind !== undefined) this.freed.set(kind, (this.freed.get(kind) ?? 0) + 1);
           m.ack();
+        } catch (err) {
+          // Handed back (nak), to be handled again: said, so a result that keeps failing shows.
+          this.log.warn({ err: (err as Error).message, delivery: m.attempt }, "handling a result failed; handed back");
+          throw err;
         } finally {
           this.handlingResults--;
         }

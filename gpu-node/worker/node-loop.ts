@@ -225,6 +225,7 @@ export class NodeLoop {
         try {
           job = await readJobState(kv, msg.jobId, msg.taskId);
         } catch (err) {
+          log.warn({ err: errorMessage(err) }, "reading the job's state failed; the task is handed back");
           stopListening();
           recordFailure(span, err);
           span.end();

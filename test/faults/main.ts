@@ -109,11 +109,38 @@ async function framesOf(farm: FarmProcesses, job: Job): Promise<Buffer> {
   return Buffer.from((await storedVideoFrames(farm.store, job.videoKey, job.width, job.height)).data);
 }
 
+/**
+ * What the farm was doing when a job did not end as it should: its tasks not done, the queues, and
+ * the last lines of every coordinator and node (whole logs: FAULT_LOGS).
+ */
+async function farmState(farm: FarmProcesses, jobId: string): Promise<string> {
+  try {
+    const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), jobId))?.record;
+    const states = Object.entries(record?.taskStates ?? {})
+      .filter(([, st]) => st !== "done")
+      .map(([t, st]) => `${t.slice(t.indexOf(".") + 1)}=${st}`);
+    const queues = await Promise.all(
+      [...STAGE_KINDS, "results"].map(async (q) => `${q}:${JSON.stringify(await farm.bus.queues.stats(q))}`),
+    );
+    const tail = (t: string): string => t.trim().split("\n").slice(-6).join(" | ");
+    const processes = [
+      ...Array.from(
+        { length: farm.settings.coordinators ?? 1 },
+        (_, i) => `coordinator ${i}: ${tail(farm.coordinatorTail(i))}`,
+      ),
+      ...farm.nodeIds.map((n) => `${n}: ${tail(farm.nodeTail(n))}`),
+    ];
+    return `; tasks not done: ${states.join(" ")}; queues: ${queues.join(" ")}; ${processes.join("; ")}`;
+  } catch (err) {
+    return `; the farm's state could not be read: ${(err as Error).message}`;
+  }
+}
+
 /** A job that must complete: SUCCEEDED with the baseline's frames. */
 async function expectComplete(farm: FarmProcesses, id: string, baseline: Buffer, dir: string): Promise<Outcome> {
   const job = await untilEnded(farm, id);
   if (job.state !== JobState.JOB_STATE_SUCCEEDED)
-    return { survived: false, detail: `ended ${jobStateToJSON(job.state)} ${job.error}` };
+    return { survived: false, detail: `ended ${jobStateToJSON(job.state)} ${job.error}${await farmState(farm, id)}` };
   const frames = await framesOf(farm, job);
   return frames.equals(baseline)
     ? { survived: true, detail: "identical frames" }
@@ -431,18 +458,8 @@ async function clusterServerKilled(
   const outcome = await expectComplete(farm, job.id, baseline, dir);
   await cluster.waitReady();
   if (!outcome.survived) {
-    // What the farm was doing: the job's tasks, the queues, the last lines of coordinator and nodes.
-    const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))?.record;
-    const states = Object.entries(record?.taskStates ?? {})
-      .filter(([, st]) => st !== "done")
-      .map(([t, st]) => `${t.slice(t.indexOf(".") + 1)}=${st}`);
-    const queues = await Promise.all(
-      [...STAGE_KINDS, "results"].map(async (q) => `${q}:${JSON.stringify(await farm.bus.queues.stats(q))}`),
-    );
-    const tail = (t: string): string => t.trim().split("\n").slice(-6).join(" | ");
-    outcome.detail +=
-      `; killed ${cluster.members[index]!.name} (${why}); tasks not done: ${states.join(" ")}; queues: ${queues.join(" ")}` +
-      `; coordinator: ${tail(farm.coordinatorTail())}; denoise-0: ${tail(farm.nodeTail("denoise-0"))}`;
+    // What the farm was doing is in the detail already (expectComplete); which server was killed too.
+    outcome.detail += `; killed ${cluster.members[index]!.name} (${why})`;
     return outcome;
   }
   const record = (await readJob(jobs, job.id))!.record;

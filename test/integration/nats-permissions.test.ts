@@ -112,12 +112,17 @@ test("a denoise node pulls its stage's queue, reports a result, reads job state,
   await coordinator.queues.enqueue("denoise", new TextEncoder().encode("task"), "task#0.0");
   await until("the task reached the node", () => got.length === 1, 10_000);
   got[0]!.working();
-  got[0]!.ack();
+  // The node's ack is a request, confirmed by the server (NodeLoop.settle): on $JS.ACK, the reply on its inbox.
+  await got[0]!.confirmAck(2000);
   await consumer.stop();
-  await node.queues.enqueue(RESULTS_QUEUE, taskResults.encode({ jobId: JOB, taskId: "t", ok: true, node: "d0" }));
-  assert.equal(await coordinator.queues.depth(RESULTS_QUEUE), 1, "the result is on the results queue");
+  // A result goes out under one dedup id, sent again until it lands (NodeLoop.report).
+  const result = taskResults.encode({ jobId: JOB, taskId: "t", ok: true, node: "d0" });
+  await node.queues.enqueue(RESULTS_QUEUE, result, "result-1");
+  await node.queues.enqueue(RESULTS_QUEUE, result, "result-1");
+  assert.equal(await coordinator.queues.depth(RESULTS_QUEUE), 1, "the result is on the results queue, once");
 
-  assert.equal(await readJobState(await node.kv(JOBS_BUCKET), JOB), "RUNNING");
+  // Read from the bucket's leader (allow_direct off): the stream's message get, not a direct get.
+  assert.deepEqual(await readJobState(await node.kv(JOBS_BUCKET), JOB, "t"), { state: "RUNNING", taskDone: false });
   const nodes = await node.kv(NODES_BUCKET);
   await putLatest(nodes, "d0", new TextEncoder().encode("record"));
   await putLatest(nodes, "d0", new TextEncoder().encode("record 2"));

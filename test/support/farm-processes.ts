@@ -433,6 +433,11 @@ export class FarmProcesses {
     return this.nodes.get(id)?.tail ?? "";
   }
 
+  /** The ids of the nodes started and not stopped (replaced nodes get new ids). */
+  get nodeIds(): string[] {
+    return [...this.nodes.keys()];
+  }
+
   /** Nodes that exited without being stopped, with how and the last of their output. */
   exitedNodes(): { id: string; code: number | null; signal: NodeJS.Signals | null; tail: string }[] {
     return [...this.nodes]
