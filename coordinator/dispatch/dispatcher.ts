@@ -172,6 +172,15 @@ export interface TenantLoad {
   waitingTasks: number;
 }
 
+/**
+ * The results queue's ack wait. A coordinator keeps the result it is handling in hand with
+ * in-progress acks at a third of this; one that dies while handling it (SIGKILL, a lost machine)
+ * leaves it taken and unacknowledged, and the next leader gets it only when this runs out. No
+ * longer than the default lease TTL, so it is back by the time a follower takes over (at 30 s,
+ * every such restart stood still for 30 s).
+ */
+export const DISPATCHER_RESULTS_ACK_WAIT_MS = 5000;
+
 /** Core NATS subject on which a dispatcher under a lease names each job record it wrote. */
 export const RECORD_WRITTEN_SUBJECT = "ff.coordinator.record-written";
 const recordNotes = jsonCodec<{ jobId: string; from: string }>();
@@ -360,9 +369,11 @@ export class Dispatcher {
     this.dispatching = true;
     this.consumer = await this.bus.queues.consume(
       RESULTS_QUEUE,
-      { name: "dispatcher", ackWaitMs: 30_000, maxDeliver: 100 },
+      { name: "dispatcher", ackWaitMs: DISPATCHER_RESULTS_ACK_WAIT_MS, maxDeliver: 100 },
       async (m) => {
         this.handlingResults++;
+        // Kept in hand while handled (a record write, the clean-up of a finished job's objects).
+        const keep = setInterval(() => m.working(), DISPATCHER_RESULTS_ACK_WAIT_MS / 3);
         try {
           const kind = await this.onResult(taskResults.decode(m.data));
           if (kind !== undefined) this.freed.set(kind, (this.freed.get(kind) ?? 0) + 1);
@@ -372,6 +383,7 @@ export class Dispatcher {
           this.log.warn({ err: (err as Error).message, delivery: m.attempt }, "handling a result failed; handed back");
           throw err;
         } finally {
+          clearInterval(keep);
           this.handlingResults--;
         }
         this.requestRelease();
