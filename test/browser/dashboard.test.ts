@@ -22,7 +22,8 @@ import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { Metadata, credentials } from "@grpc/grpc-js";
 import { JobServiceClient, SamplingMode, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { cliPath, repoRoot, testOutputDir } from "../support/paths.js";
-import { NatsBus } from "../../shared/bus/nats-bus.js";
+import { clusterCoordinatorCredentials, connectClusterNats, natsUsersFileIn } from "../support/cluster-nats.js";
+import { nodeNatsUser } from "../../coordinator/cli/cluster.js";
 import { NodePresence } from "../../gpu-node/worker/node-presence.js";
 import { GpuSampler } from "../../gpu-node/worker/gpu-stats.js";
 
@@ -43,6 +44,8 @@ let cluster: ChildProcess;
 /** A node that fails every VAE encode, decode and mux it takes (FRAMEFARM_FAILPOINT_STAGES): they run again elsewhere. */
 let flaky: ChildProcess;
 let nats: string;
+/** The cluster's NATS users and their passwords (it admits no one else). */
+let natsUsers: string;
 let client: JobServiceClient;
 let dashboard: string;
 let context: BrowserContext;
@@ -90,20 +93,30 @@ before(async () => {
       const grpc = /gRPC listening on (\S+)/.exec(out);
       const http = /dashboard on (http:\/\/\S+)/.exec(out);
       const stores = /NATS on (\S+), S3 on (\S+)/.exec(out);
-      if (grpc && http && stores) {
+      const users = natsUsersFileIn(out);
+      if (grpc && http && stores && users !== null) {
         clearTimeout(timer);
+        natsUsers = users;
         resolve({ grpc: grpc[1]!, http: http[1]!, nats: stores[1]!, s3: stores[2]! });
       }
     });
     cluster.once("exit", (code) => reject(new Error(`cluster exited ${code}: ${out}`)));
   });
   nats = addresses.nats;
+  // The flaky node's stages (vae) are the general node's kind's: it connects as that NATS user.
+  const flakyUser = await clusterCoordinatorCredentials(natsUsers, nodeNatsUser("text,image,vae"));
   flaky = spawn(
     process.execPath,
     [cliPath(), "node", "--nats", nats, "--s3", addresses.s3, "--stages", "vae", "--id", "flaky-0"],
     {
       stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, FRAMEFARM_LOG_LEVEL: "info", FRAMEFARM_FAILPOINT_STAGES: "vae" },
+      env: {
+        ...process.env,
+        FRAMEFARM_LOG_LEVEL: "info",
+        FRAMEFARM_FAILPOINT_STAGES: "vae",
+        FRAMEFARM_NATS_USER: flakyUser.user,
+        FRAMEFARM_NATS_PASSWORD: flakyUser.password,
+      },
     },
   );
   flaky.stderr!.pipe(createWriteStream(path.join(shots, "flaky-node.log")));
@@ -411,7 +424,7 @@ test("the GPU charts follow the nvidia-smi figures of a CUDA node's heartbeats (
     `#!/bin/sh\nt=$(( $(date +%s) % 40 )); [ $t -ge 20 ] && t=$(( 40 - t ))\necho "0, NVIDIA H200, $(( t * 5 )), $(( 60000 + t * 3000 )), 143771"\n`,
   );
   await chmod(smi, 0o755);
-  const bus = await NatsBus.connect(nats, "gpu-standin");
+  const bus = await connectClusterNats(nats, natsUsers, "gpu-standin");
   const sampler = await GpuSampler.start({ binary: smi, intervalMs: 1000 });
   // The node's own registry presence, serving no stage: only its heartbeats matter here.
   const presence = await NodePresence.start(
