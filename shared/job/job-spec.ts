@@ -55,6 +55,7 @@ const LATER_DEFAULTS = {
   promptSegments: null,
   sectionPrompts: null,
   promptBlendSections: 0,
+  video: null,
 } as const satisfies Partial<RenderParams>;
 
 export function renderParamsOf(spec: JobSpec): RenderParams {

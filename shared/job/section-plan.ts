@@ -5,7 +5,7 @@ import type { RenderParams } from "./render-params.js";
 import { promptSchedule, type PromptScheduleParams } from "./timed-prompts.js";
 
 type PlanParams = Pick<RenderParams, "samplingType" | "numFrames" | "latentWindowSize" | "hasEndImage"> &
-  Partial<Pick<RenderParams, "sampler">> &
+  Partial<Pick<RenderParams, "sampler" | "video">> &
   Partial<PromptScheduleParams>;
 
 /** Also checks that section prompts, if any, fit the plan (INVALID_ARGUMENT otherwise). */
@@ -18,6 +18,9 @@ export function sectionPlanFor(params: PlanParams, manifest: BundleManifest): Se
     historySizes: manifest.framepack.history_sizes[params.samplingType],
     temporalCompression: manifest.vae.temporal_compression_ratio,
     sectionCount: params.sampler === "unipc" ? "demo" : "diffusers",
+    ...(params.video !== undefined && params.video !== null
+      ? { video: { inputFrames: params.video.frames, contextFrames: params.video.contextFrames } }
+      : {}),
   });
   if (params.sectionPrompts !== undefined && params.sectionPrompts !== null) {
     promptSchedule(
