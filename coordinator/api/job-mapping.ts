@@ -139,6 +139,7 @@ export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): Re
     magcacheRetention: s.magcacheRetention,
     sectionPrompts: s.promptSchedule?.sectionPrompts,
     promptBlendSections: s.promptSchedule?.blendSections,
+    contextFrames: s.contextFrames,
   };
 }
 
@@ -183,6 +184,7 @@ export function settingsOf(r: JobRecord): RenderSettings {
           },
         }
       : {}),
+    ...((p.video ?? null) !== null ? { contextFrames: p.video!.contextFrames } : {}),
   };
 }
 

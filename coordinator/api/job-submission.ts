@@ -1,14 +1,15 @@
 /**
- * SubmitJob: checks a submission (settings or a recipe to render again, images, priority,
- * idempotency key) before anything is stored, answers a repeated idempotency key with its first job, stores the inputs, plans the job
+ * SubmitJob: checks a submission (settings or a recipe to render again, images or a video to
+ * extend, priority, idempotency key) before anything is stored, answers a repeated idempotency key with its first job, stores the inputs, plans the job
  * and hands it to the dispatcher. A submission that does not become a job leaves nothing behind.
  */
 import { createHash, randomUUID } from "node:crypto";
 import { FarmError } from "../../shared/errors.js";
-import type { ImageInput, Job, SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import type { ImageInput, Job, SubmitJobRequest, VideoInput } from "../../proto/gen/framefarm/v1/jobs.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import { validateObjectKey } from "../../shared/store/object-store.js";
 import { decodeImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
+import { inspectVideo, DEFAULT_VIDEO_LIMITS, type VideoInfo } from "../../shared/video/video-input.js";
 import { findNearestBucket } from "../../shared/framepack/buckets.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
@@ -38,27 +39,41 @@ export interface Submission extends JobServiceDeps {
   admit?: () => () => void;
 }
 
+/** An input's bytes, given inline or as one of the tenant's uploads. */
+async function inputBytes(
+  deps: Submission,
+  input: ImageInput | VideoInput | undefined,
+  what: string,
+  tenant: string,
+): Promise<Uint8Array | null> {
+  if (input?.source === undefined) return null;
+  if (input.source.$case === "data") return input.source.value;
+  // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
+  const key = validateObjectKey(input.source.value);
+  const prefix = `uploads/${tenant}/`;
+  if (!key.startsWith(prefix))
+    throw new FarmError("PERMISSION_DENIED", `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`);
+  return deps.store.get(key);
+}
+
 async function image(
   deps: Submission,
   input: ImageInput | undefined,
   what: string,
   tenant: string,
 ): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
-  if (input?.source === undefined) return null;
-  let bytes: Uint8Array;
-  if (input.source.$case === "data") bytes = input.source.value;
-  else {
-    // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
-    const key = validateObjectKey(input.source.value);
-    const prefix = `uploads/${tenant}/`;
-    if (!key.startsWith(prefix))
-      throw new FarmError(
-        "PERMISSION_DENIED",
-        `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`,
-      );
-    bytes = await deps.store.get(key);
-  }
-  return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
+  const bytes = await inputBytes(deps, input, what, tenant);
+  return bytes === null ? null : { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
+}
+
+/** A video to extend, inspected (shared/video/video-input.ts): its frames decide the render parameters. */
+async function video(
+  deps: Submission,
+  input: VideoInput | undefined,
+  tenant: string,
+): Promise<{ bytes: Uint8Array; info: VideoInfo } | null> {
+  const bytes = await inputBytes(deps, input, "video", tenant);
+  return bytes === null ? null : { bytes, info: await inspectVideo(bytes, DEFAULT_VIDEO_LIMITS, "video") };
 }
 
 /** A submission's webhook URL, as the farm's policy allows it (coordinator/webhooks/policy.ts). */
@@ -92,13 +107,19 @@ export async function submitJob(
   const fromRecipe = recipeRequest(req, { name: deps.bundleName, digest: deps.bundleDigest });
   const s = fromRecipe?.settings ?? req.settings;
   if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
+  if (req.video?.source !== undefined && req.image?.source !== undefined)
+    throw new FarmError("INVALID_ARGUMENT", "give a start image or a video to extend, not both");
+  // A video's frame count and rate are render parameters' inputs, so it is read first.
+  const extended = await video(deps, req.video, tenant);
   const input = {
     ...renderParamsInputOf(s, req.endImage?.source !== undefined),
     ...(fromRecipe !== null ? recipeParamsInput(fromRecipe.recipe) : {}),
+    ...(extended !== null ? { inputVideo: extended.info } : {}),
   };
   const params = validateRenderParams(input, {
     samplingType: manifest.sampling_type,
     latentWindowSize: manifest.framepack.default_latent_window_size,
+    temporalCompression: manifest.vae.temporal_compression_ratio,
   });
   if (
     (params.cache === "teacache" || params.cache === "magcache") &&
@@ -127,7 +148,7 @@ export async function submitJob(
   // A repeated key is answered above even at the limit: the job it names exists already.
   const release = deps.admit?.() ?? (() => undefined);
   try {
-    return await submitNew(deps, req, tenant, { params, output, idemKey, fromRecipe, webhook }, signal);
+    return await submitNew(deps, req, tenant, { params, output, idemKey, fromRecipe, webhook, extended }, signal);
   } finally {
     release();
   }
@@ -143,19 +164,22 @@ async function submitNew(
     idemKey: string | null;
     fromRecipe: ReturnType<typeof recipeRequest>;
     webhook: string | undefined;
+    extended: Awaited<ReturnType<typeof video>>;
   },
   signal?: AbortSignal,
 ): Promise<{ job: Job; deduplicated: boolean }> {
   const { manifest } = deps;
-  const { params, output, idemKey, fromRecipe, webhook } = checked;
-  const first = await image(deps, req.image, "image", tenant);
-  if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
+  const { params, output, idemKey, fromRecipe, webhook, extended } = checked;
+  const first = extended === null ? await image(deps, req.image, "image", tenant) : null;
+  if (first === null && extended === null)
+    throw new FarmError("INVALID_ARGUMENT", "image is missing (give a start image, or a video to extend)");
   const last = await image(deps, req.endImage, "end image", tenant);
-  if (fromRecipe !== null) checkRecipeImages(fromRecipe.recipe, first.bytes, last?.bytes ?? null);
+  const inputs = { start: first?.bytes ?? null, end: last?.bytes ?? null, video: extended?.bytes ?? null };
+  if (fromRecipe !== null) checkRecipeImages(fromRecipe.recipe, inputs.start, inputs.end, inputs.video);
+  // The bucket follows the start image's aspect, or the video's (Studio: its frames' native size).
+  const source = extended?.info ?? first!.decoded;
   const size =
-    "height" in params.size
-      ? params.size
-      : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
+    "height" in params.size ? params.size : findNearestBucket(source.height, source.width, params.size.resolution);
   if (fromRecipe !== null) checkRecipeSize(fromRecipe.recipe, size);
   const jobId = randomUUID();
   const spec = { ...toJobSpec(jobId, params, size, tenant), output };
@@ -188,14 +212,15 @@ async function submitNew(
   const keys = jobKeys(jobId);
   try {
     signal?.throwIfAborted();
-    await deps.store.put(keys.firstImage, first.bytes);
+    if (first !== null) await deps.store.put(keys.firstImage, first.bytes);
+    if (extended !== null) await deps.store.put(keys.inputVideo, extended.bytes);
     if (last !== null) await deps.store.put(keys.lastImage, last.bytes);
     if (digest !== undefined) {
       const recipe = makeRecipe({
         params,
         size,
         format: output.format,
-        images: { start: first.bytes, end: last?.bytes ?? null },
+        images: inputs,
         bundle: { name: deps.bundleName, digest },
         framefarmVersion: FRAMEFARM_VERSION,
       });

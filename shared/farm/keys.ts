@@ -19,6 +19,8 @@ export function jobKeys(jobId: string) {
   return {
     firstImage: `${p}inputs/first-image`,
     lastImage: `${p}inputs/last-image`,
+    /** The video a job extends (--video), as uploaded. */
+    inputVideo: `${p}inputs/video`,
     promptEmbeds: `${p}text/prompt.safetensors`,
     negativeEmbeds: `${p}text/negative.safetensors`,
     imageEmbeds: `${p}image/embeds.safetensors`,
