@@ -21,7 +21,13 @@ import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
 import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
-import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText } from "../../shared/job/recipe.js";
+import {
+  checkRecipeImages,
+  checkRecipeSize,
+  checkRecipeStart,
+  makeRecipe,
+  recipeText,
+} from "../../shared/job/recipe.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
 import type { JobServiceDeps } from "./job-service.js";
 
@@ -109,6 +115,7 @@ export async function submitJob(
   if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
   if (req.video?.source !== undefined && req.image?.source !== undefined)
     throw new FarmError("INVALID_ARGUMENT", "give a start image or a video to extend, not both");
+  if (fromRecipe !== null) checkRecipeStart(fromRecipe.recipe, req.video?.source !== undefined);
   // A video's frame count and rate are render parameters' inputs, so it is read first.
   const extended = await video(deps, req.video, tenant);
   const input = {

@@ -306,6 +306,15 @@ export function checkRecipeSize(recipe: Recipe, size: { height: number; width: n
   }
 }
 
+/** A recipe extending a video needs the video, one from an image needs no video (checked first: they set other parameters). */
+export function checkRecipeStart(recipe: Recipe, videoGiven: boolean): void {
+  const wantVideo = recipe.images.video_sha256 !== undefined;
+  if (wantVideo && !videoGiven)
+    throw new FarmError("INVALID_ARGUMENT", "the recipe extends a video: give the same video again (--video)");
+  if (!wantVideo && videoGiven)
+    throw new FarmError("INVALID_ARGUMENT", "the recipe starts from an image, not a video: give its image (--image)");
+}
+
 /**
  * The recipe's images (or video) against the ones given: INVALID_ARGUMENT naming the input and both
  * digests, or the input that is missing or too many.
@@ -319,10 +328,7 @@ export function checkRecipeImages(
   const want = recipe.images;
   const given = { start, end };
   const wantVideo = want.video_sha256 ?? null;
-  if (wantVideo !== null && video === null)
-    throw new FarmError("INVALID_ARGUMENT", "the recipe extends a video: give the same video again (--video)");
-  if (wantVideo === null && video !== null)
-    throw new FarmError("INVALID_ARGUMENT", "the recipe starts from an image, not a video: give its image (--image)");
+  checkRecipeStart(recipe, video !== null);
   if (want.end_sha256 !== null && given.end === null)
     throw new FarmError("INVALID_ARGUMENT", "the recipe was rendered with an end image: give the same end image again");
   if (want.end_sha256 === null && given.end !== null)
