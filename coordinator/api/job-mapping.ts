@@ -107,8 +107,15 @@ export function unipcVariantOf(variant: UnipcVariant | undefined): UniPCVariant 
   return hit[0];
 }
 
-/** A request's settings as render-params input (validated there, the one check of every parameter). */
-export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): RenderParamsInput {
+/**
+ * A request's settings as render-params input (validated there, the one check of every parameter).
+ * The images' part: whether there is an end image, and the keyframes' times (SubmitJobRequest.keyframes).
+ */
+export function renderParamsInputOf(
+  s: RenderSettings,
+  hasEndImage: boolean,
+  keyframeTimes: readonly number[] = [],
+): RenderParamsInput {
   return {
     prompt: s.prompt,
     negativePrompt: s.negativePrompt,
@@ -130,6 +137,7 @@ export function renderParamsInputOf(s: RenderSettings, hasEndImage: boolean): Re
     crf: s.crf,
     lossless: s.lossless,
     hasEndImage,
+    keyframeTimes,
     sampler: samplerOf(s.sampler),
     unipcVariant: unipcVariantOf(s.unipc?.variant),
     cfgRescale: s.unipc?.cfgRescale,

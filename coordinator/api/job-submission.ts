@@ -20,6 +20,8 @@ import { checkPriority } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
+import { keyframeLabel } from "../../shared/job/keyframes.js";
+import { cachesOf } from "./submit-options.js";
 import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
 import {
   checkRecipeImages,
@@ -27,9 +29,11 @@ import {
   checkRecipeStart,
   makeRecipe,
   recipeText,
+  sha256Hex,
 } from "../../shared/job/recipe.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
 import type { JobServiceDeps } from "./job-service.js";
+import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
 export const IDEMPOTENCY_BUCKET = "idempotency";
@@ -43,19 +47,20 @@ export interface Submission extends JobServiceDeps {
    * release is called once the job is submitted or refused.
    */
   admit?: () => () => void;
+  /** The SubmitJob span's trace context: the job record keeps it, every task's spans descend from it. */
+  trace?: TraceCarrier;
 }
 
-/** An input's bytes, given inline or as one of the tenant's uploads. */
-async function inputBytes(
+/** An input image's (or video's) bytes: inline, or read from the tenant's uploads. */
+async function imageBytes(
   deps: Submission,
-  input: ImageInput | VideoInput | undefined,
+  source: NonNullable<ImageInput["source"]>,
   what: string,
   tenant: string,
-): Promise<Uint8Array | null> {
-  if (input?.source === undefined) return null;
-  if (input.source.$case === "data") return input.source.value;
+): Promise<Uint8Array> {
+  if (source.$case === "data") return source.value;
   // A tenant reads only its own uploads; the key is checked as a whole, never joined to a path.
-  const key = validateObjectKey(input.source.value);
+  const key = validateObjectKey(source.value);
   const prefix = `uploads/${tenant}/`;
   if (!key.startsWith(prefix))
     throw new FarmError("PERMISSION_DENIED", `${what} object key must be under ${prefix}, got ${JSON.stringify(key)}`);
@@ -68,8 +73,9 @@ async function image(
   what: string,
   tenant: string,
 ): Promise<{ bytes: Uint8Array; decoded: DecodedImage } | null> {
-  const bytes = await inputBytes(deps, input, what, tenant);
-  return bytes === null ? null : { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
+  if (input?.source === undefined) return null;
+  const bytes = await imageBytes(deps, input.source, what, tenant);
+  return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
 }
 
 /** A video to extend, inspected (shared/video/video-input.ts): its frames decide the render parameters. */
@@ -78,8 +84,48 @@ async function video(
   input: VideoInput | undefined,
   tenant: string,
 ): Promise<{ bytes: Uint8Array; info: VideoInfo } | null> {
-  const bytes = await inputBytes(deps, input, "video", tenant);
-  return bytes === null ? null : { bytes, info: await inspectVideo(bytes, DEFAULT_VIDEO_LIMITS, "video") };
+  if (input?.source === undefined) return null;
+  const bytes = await imageBytes(deps, input.source, "video", tenant);
+  return { bytes, info: await inspectVideo(bytes, DEFAULT_VIDEO_LIMITS, "video") };
+}
+
+/** A keyframe checked as `image` is: its time, where its image comes from and that image's SHA-256. */
+interface CheckedKeyframe {
+  time: number;
+  source: NonNullable<ImageInput["source"]>;
+  what: string;
+  sha256: string;
+}
+
+/**
+ * Every keyframe image decoded once to check it, then only its digest kept: there may be many, and
+ * one is copied into the job's inputs only once all are good (an upload read again must still match).
+ */
+async function checkKeyframes(deps: Submission, req: SubmitJobRequest, tenant: string): Promise<CheckedKeyframe[]> {
+  const out: CheckedKeyframe[] = [];
+  for (const [i, k] of req.keyframes.entries()) {
+    const what = keyframeLabel(i, k.timeSeconds);
+    if (k.image?.source === undefined) throw new FarmError("INVALID_ARGUMENT", `${what} has no image`);
+    const bytes = await imageBytes(deps, k.image.source, what, tenant);
+    await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what);
+    out.push({ time: k.timeSeconds, source: k.image.source, what, sha256: sha256Hex(bytes) });
+  }
+  return out;
+}
+
+async function storeKeyframes(
+  deps: Submission,
+  jobId: string,
+  keyframes: readonly CheckedKeyframe[],
+  tenant: string,
+): Promise<void> {
+  const keys = jobKeys(jobId);
+  for (const [i, k] of keyframes.entries()) {
+    const bytes = await imageBytes(deps, k.source, k.what, tenant);
+    if (sha256Hex(bytes) !== k.sha256)
+      throw new FarmError("ABORTED", `${k.what} changed while the job was submitted; submit it again`);
+    await deps.store.put(keys.keyframeImage(i), bytes);
+  }
 }
 
 /** A submission's webhook URL, as the farm's policy allows it (coordinator/webhooks/policy.ts). */
@@ -119,7 +165,11 @@ export async function submitJob(
   // A video's frame count and rate are render parameters' inputs, so it is read first.
   const extended = await video(deps, req.video, tenant);
   const input = {
-    ...renderParamsInputOf(s, req.endImage?.source !== undefined),
+    ...renderParamsInputOf(
+      s,
+      req.endImage?.source !== undefined,
+      req.keyframes.map((k) => k.timeSeconds),
+    ),
     ...(fromRecipe !== null ? recipeParamsInput(fromRecipe.recipe) : {}),
     ...(extended !== null ? { inputVideo: extended.info } : {}),
   };
@@ -128,10 +178,7 @@ export async function submitJob(
     latentWindowSize: manifest.framepack.default_latent_window_size,
     temporalCompression: manifest.vae.temporal_compression_ratio,
   });
-  if (
-    (params.cache === "teacache" || params.cache === "magcache") &&
-    manifest.components.transformer_head === undefined
-  )
+  if (!cachesOf(manifest).includes(params.cache))
     throw new FarmError(
       "FAILED_PRECONDITION",
       `--cache ${params.cache} needs the split transformer graphs, which this farm's bundle lacks (export with --teacache-graphs)`,
@@ -181,8 +228,11 @@ async function submitNew(
   if (first === null && extended === null)
     throw new FarmError("INVALID_ARGUMENT", "image is missing (give a start image, or a video to extend)");
   const last = await image(deps, req.endImage, "end image", tenant);
+  const keyframes = await checkKeyframes(deps, req, tenant);
+  const keyframeDigests = keyframes.map((k) => ({ time: k.time, sha256: k.sha256 }));
   const inputs = { start: first?.bytes ?? null, end: last?.bytes ?? null, video: extended?.bytes ?? null };
-  if (fromRecipe !== null) checkRecipeImages(fromRecipe.recipe, inputs.start, inputs.end, inputs.video);
+  if (fromRecipe !== null)
+    checkRecipeImages(fromRecipe.recipe, inputs.start, inputs.end, keyframeDigests, inputs.video);
   // The bucket follows the start image's aspect, or the video's (Studio: its frames' native size).
   const source = extended?.info ?? first!.decoded;
   const size =
@@ -200,6 +250,7 @@ async function submitNew(
     seed: params.seed,
     sections,
     hasEndImage: last !== null,
+    keyframes: keyframes.length,
     trueCfg: usesTrueCfg(params),
     latent: { channels: manifest.vae.latent_channels, height: size.height / sc, width: size.width / sc },
     output,
@@ -222,12 +273,13 @@ async function submitNew(
     if (first !== null) await deps.store.put(keys.firstImage, first.bytes);
     if (extended !== null) await deps.store.put(keys.inputVideo, extended.bytes);
     if (last !== null) await deps.store.put(keys.lastImage, last.bytes);
+    await storeKeyframes(deps, jobId, keyframes, tenant);
     if (digest !== undefined) {
       const recipe = makeRecipe({
         params,
         size,
         format: output.format,
-        images: inputs,
+        images: { ...inputs, keyframes: keyframeDigests },
         bundle: { name: deps.bundleName, digest },
         framefarmVersion: FRAMEFARM_VERSION,
       });
@@ -237,6 +289,7 @@ async function submitNew(
     await deps.dispatcher.submit(spec, tasks, {
       priority: req.priority,
       ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
+      ...(deps.trace !== undefined ? { trace: deps.trace } : {}),
     });
   } catch (err) {
     // Leave nothing behind for a submission that did not become a job.

@@ -78,7 +78,10 @@ export async function renderInputsFor(
     refCase.firstImage === null ? null : await pixelsFor(await readImageFile(refCase.firstImage, "first_image"), size);
   const last =
     refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "last_image"), size);
-  return { params, firstPixels: first, lastPixels: last, ...(video !== null ? { video } : {}) };
+  const keyframePixels = await Promise.all(
+    refCase.keyframes.map(async (k, i) => pixelsFor(await readImageFile(k.image, `keyframe ${i + 1}`), size)),
+  );
+  return { params, firstPixels: first, lastPixels: last, keyframePixels, ...(video !== null ? { video } : {}) };
 }
 
 /** The case's frames as `render` makes them: the in-process farm, lossless MP4, decoded. */

@@ -22,13 +22,21 @@ import {
   startCoordinator,
   type RunningCoordinator,
 } from "./coordinator.js";
-import { untilSignal, type FarmConnection } from "./farm-options.js";
+import { TRACING_OPTIONS, startProcessTracing, stopParts, untilSignal, type FarmConnection } from "./farm-options.js";
+import { createLogger } from "../../shared/log/logger.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
 
 const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
 
-function startNode(conn: FarmConnection, id: string, stages: string, bundle: string, ep: string): ChildProcess {
+function startNode(
+  conn: FarmConnection,
+  id: string,
+  stages: string,
+  bundle: string,
+  ep: string,
+  otlpEndpoint: string | undefined,
+): ChildProcess {
   const child = spawn(
     process.execPath,
     [
@@ -48,6 +56,8 @@ function startNode(conn: FarmConnection, id: string, stages: string, bundle: str
       ep,
       "--id",
       id,
+      // The OTEL_* variables reach the nodes with the rest of this process's environment.
+      ...(otlpEndpoint !== undefined ? ["--otlp-endpoint", otlpEndpoint] : []),
     ],
     {
       stdio: ["ignore", "inherit", "inherit"],
@@ -71,6 +81,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
       coordinators: { type: "string" },
       "lease-ttl-ms": { type: "string" },
       ...SECURITY_OPTIONS,
+      ...TRACING_OPTIONS,
     },
   });
   const nodes = Number(values.nodes ?? 1);
@@ -84,6 +95,15 @@ export async function clusterCommand(args: string[]): Promise<number> {
     throw new FarmError("INVALID_ARGUMENT", `--coordinators must be 1 or 2, got ${values.coordinators}`);
   const bundle = path.resolve(values.bundle ?? defaultBundleDir());
   const ep = values.ep ?? "cpu";
+  const otlpEndpoint = values["otlp-endpoint"];
+  const log = createLogger("cluster");
+  // The coordinators run in this process: their spans go out as framefarm-coordinator's.
+  const tracing = await startProcessTracing(
+    "framefarm-coordinator",
+    otlpEndpoint,
+    `${os.hostname()}:${process.pid}`,
+    log,
+  );
   const ownData = values.data === undefined;
   const data = values.data ?? (await mkdtemp(path.join(os.tmpdir(), "framefarm-cluster-")));
   const servers: LocalServer[] = [];
@@ -138,8 +158,11 @@ export async function clusterCommand(args: string[]): Promise<number> {
     }
     // With one general node and no denoise nodes, the general node denoises too.
     for (let i = 0; i < nodes; i++)
-      children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
-    for (let i = 0; i < denoiseNodes; i++) children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep));
+      children.push(
+        startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep, otlpEndpoint),
+      );
+    for (let i = 0; i < denoiseNodes; i++)
+      children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep, otlpEndpoint));
     process.stdout.write(`NATS on ${conn.nats}, S3 on ${s3.host}:${s3.port} (bucket ${conn.s3.bucket})\n`);
     process.stdout.write(`dashboard on http://${LOOPBACK}:${coordinator.httpPort}\n`);
     process.stdout.write(`gRPC listening on ${LOOPBACK}:${coordinator.port}\n`);
@@ -150,6 +173,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
     await Promise.all([stopChildren(), coordinator.stop(), standby?.stop()]);
   } finally {
     await stopAll();
+    await stopParts(log, [{ name: "tracing", run: () => tracing.shutdown() }]);
   }
   return 0;
 }

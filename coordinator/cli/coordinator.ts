@@ -27,8 +27,10 @@ import { WebhookPolicy } from "../webhooks/policy.js";
 import { WebhookDeliverer } from "../webhooks/deliverer.js";
 import {
   FARM_OPTIONS,
+  TRACING_OPTIONS,
   connectFarm,
   farmConnection,
+  startProcessTracing,
   stopParts,
   untilSignal,
   type FarmConnection,
@@ -159,6 +161,7 @@ export async function startCoordinator(
     authorizeMetrics: auth.operatorGate([...operators, ...scrapeOnly]),
     authChanges: (fn) => auth.onChange(fn),
     storeTraffic: () => store.traffic,
+    jobs: service,
   });
   // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
   if (!auth.isOpen && operators.length === 0) log.warn("no --operators tenants: the dashboard refuses every request");
@@ -202,6 +205,7 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
     options: {
       ...FARM_OPTIONS,
       ...SECURITY_OPTIONS,
+      ...TRACING_OPTIONS,
       bundle: { type: "string" },
       host: { type: "string" },
       port: { type: "string" },
@@ -212,6 +216,13 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
   // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT / FRAMEFARM_HTTP_PORT (containers set those: deploy/k8s).
   const env = process.env;
   const host = values.host ?? env["FRAMEFARM_HOST"] ?? "127.0.0.1";
+  const log = createLogger("coordinator");
+  const tracing = await startProcessTracing(
+    "framefarm-coordinator",
+    values["otlp-endpoint"],
+    `${os.hostname()}:${process.pid}`,
+    log,
+  );
   const c = await startCoordinator(
     farmConnection(values),
     values.bundle ?? defaultBundleDir(),
@@ -226,6 +237,8 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
   process.stdout.write(`dashboard on http://${host}:${c.httpPort}\n`);
   await untilSignal();
   await c.stop();
+  // After the dispatcher: its last spans go out too.
+  await stopParts(log, [{ name: "tracing", run: () => tracing.shutdown() }]);
   return 0;
 }
 

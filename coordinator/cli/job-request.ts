@@ -10,6 +10,7 @@ import {
   SamplingMode,
   UnipcVariant,
   type ImageInput,
+  type Keyframe,
   type RenderSettings,
   type SubmitJobRequest,
 } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -20,6 +21,7 @@ export const RENDER_OPTIONS = {
   video: { type: "string" },
   "context-frames": { type: "string" },
   "end-image": { type: "string" },
+  keyframe: { type: "string", multiple: true },
   prompt: { type: "string" },
   "negative-prompt": { type: "string" },
   seconds: { type: "string" },
@@ -83,6 +85,28 @@ async function imageInput(file: string | undefined, what: string): Promise<Image
   return file === undefined ? undefined : { source: { $case: "data", value: await readImageBytes(file, what) } };
 }
 
+/**
+ * --keyframe TIME:PATH (TIME in seconds, "1.5" or "1.5s"), in the order given: the JobService
+ * checks times, order and images, and names the keyframe that is off.
+ */
+export async function keyframesFrom(flags: readonly string[] | undefined): Promise<Keyframe[]> {
+  const out: Keyframe[] = [];
+  for (const [i, flag] of (flags ?? []).entries()) {
+    // Split at the first colon: a time has none, a path may.
+    const at = flag.indexOf(":");
+    const time = at < 0 ? "" : flag.slice(0, at).trim().replace(/s$/, "");
+    const file = at < 0 ? "" : flag.slice(at + 1);
+    const seconds = time === "" ? Number.NaN : Number(time);
+    if (!Number.isFinite(seconds) || file === "")
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `--keyframe must be TIME:PATH (seconds from the video's start, e.g. 1.5:key.png), got ${JSON.stringify(flag)}`,
+      );
+    out.push({ timeSeconds: seconds, image: await imageInput(file, `keyframe ${i + 1}`) });
+  }
+  return out;
+}
+
 export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
   // Checked here only as far as the request needs (the JobService checks every value again, with the same code).
   const mode =
@@ -144,6 +168,7 @@ export async function submitRequestFrom(
   return {
     image: await imageInput(values.image, "image"),
     endImage: await imageInput(values["end-image"], "end image"),
+    keyframes: await keyframesFrom(values.keyframe),
     ...(values.video !== undefined
       ? { video: { source: { $case: "data", value: await readVideoBytes(values.video, "video") } } }
       : {}),

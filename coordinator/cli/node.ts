@@ -6,7 +6,16 @@ import { parseArgs } from "node:util";
 import os from "node:os";
 import { FarmError } from "../../shared/errors.js";
 import { parseStages, parseWarmupSizes, startNode } from "../../gpu-node/main.js";
-import { FARM_OPTIONS, connectFarm, farmConnection, stopParts, untilSignal } from "./farm-options.js";
+import {
+  FARM_OPTIONS,
+  TRACING_HELP,
+  TRACING_OPTIONS,
+  connectFarm,
+  farmConnection,
+  startProcessTracing,
+  stopParts,
+  untilSignal,
+} from "./farm-options.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
 import { createLogger } from "../../shared/log/logger.js";
@@ -30,7 +39,8 @@ const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's 
   --cache-mb N            decoded-object cache (FRAMEFARM_CACHE_MB; 4096 on cuda, else 512)
   --heartbeat-ms N        registry heartbeat interval (2000)
   --ack-wait-ms N         how long a task of a dead node stays leased (30000)
-  --quarantine-after N    failed tasks in a row before the node stops taking tasks (3; 0: never)`;
+  --quarantine-after N    failed tasks in a row before the node stops taking tasks (3; 0: never)
+${TRACING_HELP}`;
 
 export async function nodeCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -38,6 +48,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
     strict: true,
     options: {
       ...FARM_OPTIONS,
+      ...TRACING_OPTIONS,
       stages: { type: "string" },
       bundle: { type: "string" },
       ep: { type: "string" },
@@ -88,8 +99,10 @@ export async function nodeCommand(args: string[]): Promise<number> {
     );
   const failStages =
     env["FRAMEFARM_FAILPOINT_STAGES"] === undefined ? [] : parseStages(env["FRAMEFARM_FAILPOINT_STAGES"]);
-  const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
   const log = createLogger("node");
+  // Before anything connects: a bad setting is refused before the node joins the farm.
+  const tracing = await startProcessTracing("framefarm-node", values["otlp-endpoint"], nodeId, log);
+  const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
   const node = await startNode(bus, store, {
     nodeId,
     stages,
@@ -105,6 +118,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
     warmupSizes,
   }).catch(async (err: unknown) => {
     await bus.close();
+    await tracing.shutdown();
     throw err;
   });
   await untilSignal();
@@ -113,6 +127,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
   await stopParts(log, [
     { name: "node", run: () => node.stop(stopGraceMs() / 2) },
     { name: "NATS connection", run: () => bus.close() },
+    // Last: the spans of the tasks just finished or handed back go out too.
+    { name: "tracing", run: () => tracing.shutdown() },
   ]);
   return 0;
 }

@@ -22,12 +22,17 @@ import type { JobRecord } from "../dispatch/job-record.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jobOutputKeys } from "../planner/job-outputs.js";
 import { OUTPUT_HELP, OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
+import { TRACING_HELP, TRACING_OPTIONS, startProcessTracing } from "./farm-options.js";
+import { createLogger } from "../../shared/log/logger.js";
 
 const HELP = `framefarm render — render one video in this process
 
   --image FILE            start image (any format sharp reads)   [this or --video required]
 ${VIDEO_HELP}
   --end-image FILE        end image (inverted mode only)
+  --keyframe TIME:FILE    an image the video passes through at TIME seconds (repeat, in time
+                          order, one per section; inverted mode only): FramePack-eichi's
+                          section keyframes
   --prompt TEXT                                                            [required]
   --negative-prompt TEXT  used with --cfg > 1 (true CFG)
   --seconds S | --frames N  video length                                   [one required]
@@ -51,6 +56,7 @@ ${SAMPLING_HELP}
   --timings FILE          load every model first, then write the job's wall time and each task's
                           time (JSON): what the GPU benchmark compares with diffusers
 ${OUTPUT_HELP}
+${TRACING_HELP}
   -o, --output FILE       output video (its recipe goes to FILE's name .recipe.json) [required]`;
 
 /** Each task's wall time and time inside onnxruntime, from the job's task log. */
@@ -107,6 +113,7 @@ export async function renderCommand(args: string[]): Promise<number> {
       warmup: { type: "string" },
       output: { type: "string", short: "o" },
       help: { type: "boolean", short: "h" },
+      ...TRACING_OPTIONS,
     },
   });
   if (values.help === true) {
@@ -128,6 +135,13 @@ export async function renderCommand(args: string[]): Promise<number> {
   // cuda and webgpu pay over a second per model and new shape on a first run (cuDNN's algorithm
   // search, lazy kernel loading); the CPU provider pays nothing worth a run.
   const warm = warmup === "on" || (warmup === "auto" && ep !== "cpu");
+  // The same spans as a farm's, from one process.
+  const tracing = await startProcessTracing(
+    "framefarm-render",
+    values["otlp-endpoint"],
+    `${os.hostname()}:${process.pid}`,
+    createLogger("render"),
+  );
   const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), ep);
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
   let farm: EmbeddedFarm | undefined;
@@ -190,5 +204,6 @@ export async function renderCommand(args: string[]): Promise<number> {
     await farm?.stop();
     await embedded.close();
     await rm(data, { recursive: true, force: true });
+    await tracing.shutdown();
   }
 }

@@ -1,6 +1,7 @@
 /**
  * The dashboard as the coordinator runs it: the farm view, its metrics, the operator actions
- * (the dispatcher's job actions and registry drains) and the HTTP server, started and stopped as one.
+ * (the dispatcher's job actions and registry drains), the submit page's API and the HTTP server,
+ * started and stopped as one.
  */
 import type { Bus } from "../../shared/bus/bus.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
@@ -10,6 +11,7 @@ import type { Dispatcher } from "../dispatch/dispatcher.js";
 import { FarmView } from "./farm-view.js";
 import { farmMetrics } from "./metrics.js";
 import { startDashboardServer, type Authorize, type DashboardActions } from "./http-server.js";
+import { tenantApi, type TenantApiOptions } from "./tenant-api.js";
 
 export interface DashboardOptions {
   bus: Bus;
@@ -23,6 +25,8 @@ export interface DashboardOptions {
   authChanges?: (fn: () => void) => () => void;
   /** The gate of /metrics alone (authorize when absent). */
   authorizeMetrics?: Authorize;
+  /** The job API behind the submit page (/submit, for tenants' tokens); without it the page has no API. */
+  jobs?: TenantApiOptions["jobs"];
   /** The coordinator's own object-store bytes. */
   storeTraffic?: () => { read: number; written: number };
 }
@@ -56,6 +60,7 @@ export async function startDashboard(o: DashboardOptions): Promise<Dashboard> {
     ...(o.authorize !== undefined ? { authorize: o.authorize } : {}),
     ...(o.authorizeMetrics !== undefined ? { authorizeMetrics: o.authorizeMetrics } : {}),
     ...(o.authChanges !== undefined ? { authChanges: o.authChanges } : {}),
+    ...(o.jobs !== undefined ? { tenantApi: tenantApi({ jobs: o.jobs, bus: o.bus, log: o.log }) } : {}),
   });
   return {
     port: server.port,

@@ -29,7 +29,7 @@ import {
   type StepEvent,
   type StageKind,
 } from "../../shared/farm/protocol.js";
-import { jobOutputKeys } from "../planner/job-outputs.js";
+import { jobOutputKeys, videoFileName } from "../planner/job-outputs.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
 
@@ -259,11 +259,11 @@ export class FarmView {
     return this.running;
   }
 
-  private async url(key: string): Promise<string> {
+  private async url(key: string, downloadAs?: string): Promise<string> {
     // One URL per key for half its life, so a page's <video> does not reload at every update.
     const hit = this.urls.get(key);
     if (hit !== undefined && hit.until > Date.now()) return hit.url;
-    const url = await this.store.presignedGetUrl(key, URL_EXPIRY_S);
+    const url = await this.store.presignedGetUrl(key, URL_EXPIRY_S, downloadAs);
     this.urls.set(key, { url, until: Date.now() + (URL_EXPIRY_S * 1000) / 2 });
     return url;
   }
@@ -368,7 +368,8 @@ export class FarmView {
       const section = r.tasks.find((t) => t.kind === "decode" && t.outputs["preview"] === key)?.section;
       if (key !== undefined && section !== undefined) view.preview = { section, key, url: await this.url(key) };
       const video = jobOutputKeys(id, r.tasks).video;
-      if (r.state === "SUCCEEDED") view.video = { key: video, url: await this.url(video) };
+      // The page's download link saves it; its <video> plays it all the same.
+      if (r.state === "SUCCEEDED") view.video = { key: video, url: await this.url(video, videoFileName(r)) };
     }
     return view;
   }

@@ -39,9 +39,21 @@ import type { JobSpec } from "../../shared/job/job-spec.js";
 import type { Logger } from "../../shared/log/logger.js";
 import { jsonCodec } from "../../shared/farm/codec.js";
 import { COORDINATOR_BUCKET, LeaderLease } from "./leader-lease.js";
+import { SpanKind, type Span } from "@opentelemetry/api";
+import {
+  TRACE_ATTRS,
+  contextOf,
+  recordFailure,
+  spanCarrier,
+  tracer,
+  type TraceCarrier,
+} from "../../shared/telemetry/tracing.js";
 
-/** The queue message for a task: the task and its job's spec, with the nodes that already failed it, if any. */
-export function taskMessage(r: JobRecord, taskId: string): TaskMessage {
+/**
+ * The queue message for a task: the task and its job's spec, with the nodes that already failed
+ * it, if any, and the trace context of the span that dispatches it.
+ */
+export function taskMessage(r: JobRecord, taskId: string, trace?: TraceCarrier): TaskMessage {
   const since = r.attemptsBeforeRetry?.[taskId] ?? 0;
   const failed = (r.taskLog ?? [])
     .filter((e) => e.taskId === taskId && !e.ok)
@@ -55,7 +67,69 @@ export function taskMessage(r: JobRecord, taskId: string): TaskMessage {
     task,
     spec: r.spec,
     ...(failed.length > 0 ? { avoidNodes: [...new Set(failed)] } : {}),
+    ...(trace !== undefined ? { trace } : {}),
   };
+}
+
+/**
+ * The span of one dispatch of a task (its message carries the span's context to the node): a
+ * child of the job's SubmitJob span, which the record keeps, whichever coordinator dispatches.
+ */
+function dispatchSpan(r: JobRecord, task: StageTask, resumed = false): Span {
+  return tracer().startSpan(
+    `dispatch ${task.kind}`,
+    {
+      kind: SpanKind.PRODUCER,
+      attributes: {
+        [TRACE_ATTRS.jobId]: r.spec.jobId,
+        [TRACE_ATTRS.taskId]: task.id,
+        [TRACE_ATTRS.stage]: task.kind,
+        ...(task.section !== undefined ? { [TRACE_ATTRS.section]: task.section } : {}),
+        [TRACE_ATTRS.attempt]: (r.attempts[task.id] ?? 0) + 1,
+        ...(resumed ? { [TRACE_ATTRS.resumed]: true } : {}),
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": task.kind,
+      },
+    },
+    contextOf(r.trace),
+  );
+}
+
+/**
+ * The span of the coordinator taking in a node's result: a child of the node's span of the task,
+ * or of the job's when the node does not trace.
+ */
+function resultSpan(result: TaskResult, r: JobRecord | undefined, startTime: number): Span {
+  const task = r?.tasks.find((t) => t.id === result.taskId);
+  return tracer().startSpan(
+    `result ${task?.kind ?? "task"}`,
+    {
+      kind: SpanKind.CONSUMER,
+      startTime,
+      attributes: {
+        [TRACE_ATTRS.jobId]: result.jobId,
+        [TRACE_ATTRS.taskId]: result.taskId,
+        [TRACE_ATTRS.nodeId]: result.node,
+        ...(task !== undefined ? { [TRACE_ATTRS.stage]: task.kind } : {}),
+        ...(task?.section !== undefined ? { [TRACE_ATTRS.section]: task.section } : {}),
+        [TRACE_ATTRS.outcome]: result.ok ? "done" : "failed",
+      },
+    },
+    contextOf(result.trace ?? r?.trace),
+  );
+}
+
+/** Sends a task's message under its dispatch span. */
+async function traced(span: Span, send: () => Promise<void>): Promise<void> {
+  try {
+    await send();
+  } catch (err) {
+    recordFailure(span, err);
+    throw err;
+  } finally {
+    span.end();
+  }
 }
 
 export interface DispatcherOptions {
@@ -240,12 +314,15 @@ export class Dispatcher {
       if (w === null) continue;
       this.wrote(w);
       for (const t of w.record.tasks) {
-        if (w.record.taskStates[t.id] === "queued" && this.leader)
-          await this.bus.queues.enqueue(
+        if (w.record.taskStates[t.id] !== "queued" || !this.leader) continue;
+        const span = dispatchSpan(w.record, t, true);
+        await traced(span, () =>
+          this.bus.queues.enqueue(
             t.kind,
-            taskMessages.encode(taskMessage(w.record, t.id)),
+            taskMessages.encode(taskMessage(w.record, t.id, spanCarrier(span))),
             dedupId(w.record, t.id),
-          );
+          ),
+        );
       }
     }
     this.tick = setInterval(() => this.requestRelease(), options.tickMs ?? 250);
@@ -281,7 +358,7 @@ export class Dispatcher {
   async submit(
     spec: JobSpec,
     tasks: StageTask[],
-    options: { priority?: number; webhook?: { url: string; tenant: string } } = {},
+    options: { priority?: number; webhook?: { url: string; tenant: string }; trace?: TraceCarrier } = {},
   ): Promise<void> {
     const priority = options.priority ?? 0;
     checkPriority(priority);
@@ -296,6 +373,7 @@ export class Dispatcher {
       createdAt: now,
       updatedAt: now,
       ...(options.webhook !== undefined ? { webhook: { ...options.webhook, events: [] } } : {}),
+      ...(options.trace !== undefined ? { trace: options.trace } : {}),
     };
     appendQueuedEvent(record, now);
     markReady(record);
@@ -408,13 +486,15 @@ export class Dispatcher {
         }
         if (w === null) continue; // cancelled, or already moved on
         this.wrote(w);
+        const task = w.record.tasks.find((t) => t.id === taskId)!;
+        const span = dispatchSpan(w.record, task);
         const send = {
           kind,
-          data: taskMessages.encode(taskMessage(w.record, taskId)),
+          data: taskMessages.encode(taskMessage(w.record, taskId, spanCarrier(span))),
           dedupId: dedupId(w.record, taskId),
         };
         try {
-          await this.bus.queues.enqueue(send.kind, send.data, send.dedupId);
+          await traced(span, () => this.bus.queues.enqueue(send.kind, send.data, send.dedupId));
         } catch (err) {
           this.unsent.push(send); // marked queued: it must reach the queue
           throw err;
@@ -477,9 +557,12 @@ export class Dispatcher {
 
   /** Records a node's result; returns the stage of the task it reported on. */
   private async onResult(result: TaskResult): Promise<StageKind | undefined> {
+    const startTime = Date.now();
     let cancelled = false;
+    let seen: JobRecord | undefined;
     // One revision-checked write records the result and marks what became ready.
     const w = await updateJob(this.kv, result.jobId, (rec) => {
+      seen = rec;
       cancelled = rec.state === "CANCELLED";
       if (rec.taskStates[result.taskId] === "done" || !active(rec)) return null;
       const attempts = (rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1);
@@ -510,18 +593,27 @@ export class Dispatcher {
       if (rec.state === "RUNNING") markReady(rec);
       return rec;
     });
-    if (cancelled) {
-      // A task that was running at cancellation may have written outputs after the clean-up.
-      await this.store.deletePrefix(jobPrefix(result.jobId));
-      return undefined;
+    const span = resultSpan(result, w?.record ?? seen, startTime);
+    try {
+      if (cancelled) {
+        // A task that was running at cancellation may have written outputs after the clean-up.
+        await this.store.deletePrefix(jobPrefix(result.jobId));
+        return undefined;
+      }
+      if (w === null) return undefined;
+      span.setAttribute(TRACE_ATTRS.jobState, w.record.state);
+      this.wrote(w);
+      // A failed job keeps its intermediates: a retry resumes from them.
+      if (w.record.state === "SUCCEEDED")
+        for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
+      this.publish(w.record, result.taskId);
+      return w.record.tasks.find((t) => t.id === result.taskId)?.kind;
+    } catch (err) {
+      recordFailure(span, err);
+      throw err;
+    } finally {
+      span.end();
     }
-    if (w === null) return undefined;
-    this.wrote(w);
-    // A failed job keeps its intermediates: a retry resumes from them.
-    if (w.record.state === "SUCCEEDED")
-      for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
-    this.publish(w.record, result.taskId);
-    return w.record.tasks.find((t) => t.id === result.taskId)?.kind;
   }
 
   async stop(): Promise<void> {

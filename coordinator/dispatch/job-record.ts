@@ -9,6 +9,7 @@ import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jsonCodec } from "../../shared/farm/codec.js";
 import type { JobState, StageTask } from "../../shared/farm/protocol.js";
 import { appendWebhookEvents, type JobWebhook } from "../webhooks/events.js";
+import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
 /**
  * pending: waits for its dependencies; ready: runnable, held by the dispatcher until its stage
@@ -48,6 +49,11 @@ export interface JobRecord {
    * (updateJob), which coordinator/webhooks sends. Absent for jobs without a webhook.
    */
   webhook?: JobWebhook;
+  /**
+   * W3C trace context of the job's SubmitJob span: every dispatch of its tasks is a child of it,
+   * whichever coordinator dispatches (after a failover too). Absent when not tracing.
+   */
+  trace?: TraceCarrier;
 }
 
 const records = jsonCodec<JobRecord>();

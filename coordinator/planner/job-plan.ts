@@ -18,6 +18,8 @@ export interface JobPlanInput {
   seed: bigint;
   sections: SectionPlan;
   hasEndImage: boolean;
+  /** How many keyframes (their images under jobKeys().keyframeImage), 0 when none. */
+  keyframes?: number;
   trueCfg: boolean;
   /** Latent tensor geometry: channels, height/8, width/8. */
   latent: { channels: number; height: number; width: number };
@@ -26,7 +28,7 @@ export interface JobPlanInput {
   /** The job's recipe is stored (under jobKeys().recipe) for the mux to embed in the video. */
   recipe?: boolean;
   /**
-   * diffusers (default): one generator for the image latents' sample(s), then each section's
+   * diffusers (default): one generator for the image latents' sample(s) (start, end, keyframes), then each section's
    * noise. demo (lllyasviel's, --sampler unipc): each section's noise from a generator seeded with
    * seed alone; the image latents' sample(s) from torch's global generator, which framefarm seeds
    * with seed + 1 (mod 2^64) right before.
@@ -65,8 +67,13 @@ export function planJob(input: JobPlanInput): StageTask[] {
     inputs: video ? (input.hasEndImage ? last : { video: keys.inputVideo }) : images,
     outputs: { embeds: keys.imageEmbeds },
   };
+  // Only the VAE encodes keyframes: the transformer's image embeddings are the start image's (eichi).
+  const keyframes = input.keyframes ?? 0;
+  const keyframeImages = Object.fromEntries(
+    Array.from({ length: keyframes }, (_, i) => [`keyframe${i}`, keys.keyframeImage(i)]),
+  );
   // diffusers draws the start image's posterior sample (a video's: all its latents at once), the
-  // end image's, then each section's noise.
+  // end image's, then each section's noise (keyframes' samples come between, shared/job/keyframes.ts).
   const imageDraws = drawsForRandn(latent.channels * latent.height * latent.width);
   const posteriorDraws =
     plan.video === null
@@ -78,12 +85,12 @@ export function planJob(input: JobPlanInput): StageTask[] {
     jobId,
     kind: "vae_encode",
     dependsOn: [],
-    inputs: images,
+    inputs: { ...images, ...keyframeImages },
     outputs: { latents: keys.imageLatents },
     rng: { seed: demo ? ((input.seed + 1n) % (1n << 64n)).toString() : seed, offset: 0 },
   };
   const noiseDraws = drawsForRandn(latent.channels * plan.latentWindowSize * latent.height * latent.width);
-  const firstNoise = demo ? 0 : posteriorDraws + (input.hasEndImage ? imageDraws : 0);
+  const firstNoise = demo ? 0 : posteriorDraws + imageDraws * ((input.hasEndImage ? 1 : 0) + keyframes);
 
   const tasks: StageTask[] = [text, image, vae];
   const decodes: string[] = [];

@@ -3,6 +3,7 @@ import type { F32 } from "../../shared/tensor/tensor.js";
 import { renderParamsOf } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompts.js";
+import { keyframeSchedule } from "../../shared/job/keyframes.js";
 import { initialHistory, type History } from "../../shared/framepack/history.js";
 import { runSectionStep } from "../stages/section-step.js";
 import { conditioning, generatorOf, need, readTensors, timed, writeOnce, type StageHandler } from "./task-io.js";
@@ -23,6 +24,10 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
     task.inputs["imageLatents"]!,
   );
   const lastImageLatents = (latents.tensors.get("last_image_latents") as F32 | undefined) ?? null;
+  // The keyframe this section takes (FramePack-eichi's), if any: its latents are in the same object.
+  const keyframe = keyframeSchedule(plan, params.keyframeTimes, params.fps).bySection[k] ?? null;
+  const keyframeLatents =
+    keyframe === null ? null : need(latents.tensors, `keyframe_latents.${keyframe}`, task.inputs["imageLatents"]!);
   let history: History;
   if (k === 0) history = initialHistory(plan, imageLatents);
   else {
@@ -43,6 +48,7 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
       history,
       imageLatents,
       lastImageLatents,
+      keyframeLatents,
       generator: generatorOf(task),
       prompt: sectionEmbeddings(prompts, k, encoded),
       ...(negative !== null ? { negative: conditioning(negative.tensors, task.inputs["negative"]!) } : {}),

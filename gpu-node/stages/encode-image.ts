@@ -45,3 +45,21 @@ export function sampleLatents(posterior: LatentPosterior, generator: TorchGenera
   }
   return new Tensor("float32", mean.shape, out);
 }
+
+/**
+ * The keyframes' latents (indexed as the job's keyframes), their posterior samples drawn in
+ * `order` (shared/job/keyframes.ts drawOrder: plan order, FramePack-eichi's) after the start and
+ * end images'.
+ */
+export async function sampleKeyframeLatents(
+  runtime: ModelRuntime,
+  pixelsOf: (i: number) => Promise<F32>,
+  order: readonly number[],
+  generator: TorchGenerator,
+  scalingFactor: number,
+): Promise<F32[]> {
+  const out: F32[] = [];
+  for (const i of order)
+    out[i] = sampleLatents(await encodeImagePosterior(runtime, await pixelsOf(i)), generator, scalingFactor);
+  return out;
+}

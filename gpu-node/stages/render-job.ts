@@ -10,8 +10,9 @@ import { initialHistory } from "../../shared/framepack/history.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompts.js";
+import { keyframeSchedule } from "../../shared/job/keyframes.js";
 import { encodeText, type PromptEmbeddings } from "./encode-text.js";
-import { encodeImageEmbeds, encodeImagePosterior, sampleLatents } from "./encode-image.js";
+import { encodeImageEmbeds, encodeImagePosterior, sampleKeyframeLatents, sampleLatents } from "./encode-image.js";
 import { encodeVideoEmbeds, encodeVideoPosterior, videoFramesAtSize } from "./encode-video.js";
 import { SectionVideo, decodeSection, finishedFrames, runSectionStep } from "./section-step.js";
 import { FarmError } from "../../shared/errors.js";
@@ -25,6 +26,8 @@ export interface RenderInputs {
   lastPixels: F32 | null;
   /** The video to extend, as uploaded (params.video says what it holds). */
   video?: Uint8Array;
+  /** The keyframes' images, as params.keyframeTimes orders them, at the render size ([] or absent: none). */
+  keyframePixels?: F32[];
 }
 
 export interface RenderObserver {
@@ -112,7 +115,7 @@ export async function renderJob(
   probe("image_embeds", imageEmbeds);
 
   // The generator's draws follow diffusers' order: start image posterior, end image posterior,
-  // then each section's noise. --sampler unipc (lllyasviel's demo): the noise from a generator of
+  // (keyframes' posteriors,) then each section's noise. --sampler unipc (lllyasviel's demo): the noise from a generator of
   // its own, the posterior samples from torch's global generator seeded with seed + 1.
   const generator = new TorchGenerator(params.seed);
   const imageGenerator = params.sampler === "unipc" ? new TorchGenerator((params.seed + 1n) % (1n << 64n)) : generator;
@@ -132,6 +135,20 @@ export async function renderJob(
     lastImageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.lastPixels), imageGenerator, sf);
     probe("last_image_latents", lastImageLatents);
   }
+  // Keyframes (FramePack-eichi's): sampled after the end image, in plan order.
+  const keyframes = keyframeSchedule(plan, params.keyframeTimes, params.fps);
+  const keyframePixels = inputs.keyframePixels ?? [];
+  if (keyframePixels.length !== params.keyframeTimes.length)
+    throw new RangeError(`${params.keyframeTimes.length} keyframe times but ${keyframePixels.length} keyframe images`);
+  keyframePixels.forEach((p, i) => probe(`keyframe${i}.pixels`, p));
+  const keyframeLatents = await sampleKeyframeLatents(
+    runtime,
+    (i) => Promise.resolve(keyframePixels[i]!),
+    keyframes.drawOrder,
+    imageGenerator,
+    sf,
+  );
+  keyframeLatents.forEach((l, i) => probe(`keyframe${i}.latents`, l));
 
   observer.onPlan?.(plan.sections.length, params.steps);
 
@@ -141,6 +158,7 @@ export async function renderJob(
   const decoded: F32[] = [];
   for (const section of plan.sections) {
     const k = section.index;
+    const keyframe = keyframes.bySection[k] ?? null;
     observer.signal?.throwIfAborted();
     const step = await runSectionStep(
       runtime,
@@ -150,6 +168,7 @@ export async function renderJob(
         history,
         imageLatents,
         lastImageLatents,
+        keyframeLatents: keyframe === null ? null : keyframeLatents[keyframe]!,
         generator,
         prompt: sectionEmbeddings(prompts, k, encodedPrompts),
         ...(negative !== undefined ? { negative } : {}),

@@ -32,6 +32,8 @@ export interface SectionStepInput {
   history: History;
   imageLatents: F32;
   lastImageLatents: F32 | null;
+  /** The latent of the keyframe in force in this section (shared/job/keyframes.ts), or null. */
+  keyframeLatents?: F32 | null;
   /** Positioned at this section's noise: the section draws its noise from it. */
   generator: TorchGenerator;
   /** This section's prompt (prompts may change over time: timed-prompts.ts sectionEmbeddings). */
@@ -74,7 +76,14 @@ export async function runSectionStep(
   const k = section.index;
   const probe = observer.probe;
   const manifest = runtime.bundle.manifest;
-  const context = sectionInputs(plan, section, history, imageLatents, input.lastImageLatents);
+  const context = sectionInputs(
+    plan,
+    section,
+    history,
+    imageLatents,
+    input.lastImageLatents,
+    input.keyframeLatents ?? null,
+  );
   const [, channels, , h, w] = imageLatents.shape as [number, number, number, number, number];
   const noise = input.generator.randn([1, channels, plan.latentWindowSize, h, w]);
   probe?.(`section${k}.noise`, noise);

@@ -31,6 +31,9 @@ import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
 import { runStageTask } from "../handlers/index.js";
 import type { WorkerContext } from "../handlers/task-io.js";
 import { NodePresence } from "./node-presence.js";
+import { taskTraffic } from "./task-traffic.js";
+import { SpanKind } from "@opentelemetry/api";
+import { TRACE_ATTRS, contextOf, inSpan, recordFailure, spanCarrier, tracer } from "../../shared/telemetry/tracing.js";
 
 export interface NodeOptions {
   nodeId: string;
@@ -179,11 +182,41 @@ export class NodeLoop {
         const startedAt = new Date().toISOString();
         const modelBefore = ctx.runtime.clock.ms;
         const phases: Record<string, number> = {};
+        // The task's span: a child of the dispatch span whose context the message carries.
+        const span = tracer().startSpan(
+          `task ${stage}`,
+          {
+            kind: SpanKind.CONSUMER,
+            attributes: {
+              [TRACE_ATTRS.jobId]: msg.jobId,
+              [TRACE_ATTRS.taskId]: msg.taskId,
+              [TRACE_ATTRS.stage]: stage,
+              ...(task?.section !== undefined ? { [TRACE_ATTRS.section]: task.section } : {}),
+              [TRACE_ATTRS.nodeId]: options.nodeId,
+              "messaging.system": "nats",
+              "messaging.operation.type": "process",
+              "messaging.destination.name": stage,
+              // JetStream deliveries of this message (2 and up: redelivered after a node died or handed it back).
+              "framefarm.delivery": m.attempt,
+            },
+          },
+          contextOf(msg.trace),
+        );
+        const traffic = taskTraffic(ctx.store);
         const report = async (
-          result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs" | "phases">,
+          result: Omit<
+            TaskResult,
+            "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs" | "phases" | "trace"
+          >,
         ): Promise<void> => {
           const finishedAt = new Date().toISOString();
           const modelMs = ctx.runtime.clock.ms - modelBefore;
+          const trace = spanCarrier(span);
+          span.setAttributes({
+            [TRACE_ATTRS.modelMs]: Math.round(modelMs * 10) / 10,
+            [TRACE_ATTRS.bytesRead]: traffic.read,
+            [TRACE_ATTRS.bytesWritten]: traffic.written,
+          });
           await bus.queues.enqueue(
             RESULTS_QUEUE,
             taskResults.encode({
@@ -194,6 +227,7 @@ export class NodeLoop {
               finishedAt,
               modelMs,
               ...(Object.keys(phases).length > 0 ? { phases } : {}),
+              ...(trace !== undefined ? { trace } : {}),
               ...result,
             }),
           );
@@ -216,6 +250,8 @@ export class NodeLoop {
           jobState = await readJobState(kv, msg.jobId);
         } catch (err) {
           stopListening();
+          recordFailure(span, err);
+          span.end();
           throw err;
         }
         if (
@@ -228,6 +264,8 @@ export class NodeLoop {
         ) {
           stopListening();
           log.info({ jobState: jobState ?? "missing" }, "task dropped: its job is over");
+          span.setAttribute(TRACE_ATTRS.outcome, "dropped");
+          span.end();
           m.term(); // the job is gone or over: nothing to do
           return;
         }
@@ -249,16 +287,26 @@ export class NodeLoop {
             throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
           // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
           if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, spec);
-          await runStageTask(ctx, task, spec, {
+          await runStageTask({ ...ctx, store: traffic.store }, task, spec, {
             signal: abort.signal,
-            onPhase: (phase, ms) => (phases[phase] = Math.round(((phases[phase] ?? 0) + ms) * 10) / 10),
-            onStep: (step, steps) =>
+            onPhase: (phase, ms) => {
+              phases[phase] = Math.round(((phases[phase] ?? 0) + ms) * 10) / 10;
+              // Each phase as a child span, drawn after the fact from its duration.
+              if (span.isRecording())
+                tracer()
+                  .startSpan(`phase ${phase}`, { startTime: Date.now() - ms }, inSpan(span))
+                  .end();
+            },
+            onStep: (step, steps) => {
+              span.addEvent("step", { step, steps });
               bus.events.publish(
                 jobEventSubject(msg.jobId),
                 jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps }),
-              ),
+              );
+            },
           });
           await report({ ok: true });
+          span.setAttribute(TRACE_ATTRS.outcome, "done");
           this.failuresInARow = 0;
           this.counts.tasksDone++;
           if (stage === "denoise") this.counts.sectionsDone++;
@@ -266,21 +314,26 @@ export class NodeLoop {
         } catch (err) {
           if (this.shutdown.signal.aborted) {
             log.info("task handed back: the node is stopping");
+            span.setAttribute(TRACE_ATTRS.outcome, "handed_back");
             m.nak(); // another node takes it at once
             return;
           }
           if (abort.signal.aborted) {
             log.info("task stopped: its job was cancelled");
+            span.setAttribute(TRACE_ATTRS.outcome, "cancelled");
             m.term();
             return;
           }
           const status = err instanceof FarmError ? err.status : "INTERNAL";
           const message = errorMessage(err);
+          span.setAttribute(TRACE_ATTRS.outcome, "failed");
+          recordFailure(span, err);
           await report({ ok: false, error: message, errorStatus: status });
           this.counts.tasksFailed++;
           log.warn({ status, error: message }, "task failed");
           this.countFailure(message);
         } finally {
+          span.end();
           clearInterval(keepAlive);
           this.shutdown.signal.removeEventListener("abort", onShutdown);
           stopListening();

@@ -21,6 +21,8 @@ export function jobKeys(jobId: string) {
     lastImage: `${p}inputs/last-image`,
     /** The video a job extends (--video), as uploaded. */
     inputVideo: `${p}inputs/video`,
+    /** The i-th keyframe's image (0-based, in time order). */
+    keyframeImage: (i: number) => `${p}inputs/keyframe-${i}`,
     promptEmbeds: `${p}text/prompt.safetensors`,
     negativeEmbeds: `${p}text/negative.safetensors`,
     imageEmbeds: `${p}image/embeds.safetensors`,

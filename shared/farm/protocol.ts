@@ -9,6 +9,7 @@ import type { KeyValue } from "../bus/bus.js";
 import type { JobSpec } from "../job/job-spec.js";
 import { StageKind as PbStageKind } from "../../proto/gen/framefarm/v1/node.js";
 import { jsonCodec } from "./codec.js";
+import type { TraceCarrier } from "../telemetry/tracing.js";
 
 // ---- stages ----------------------------------------------------------------------------------
 
@@ -78,6 +79,8 @@ export interface TaskMessage {
   spec: JobSpec;
   /** Nodes that failed this task since the job's last retry: another node should take it. */
   avoidNodes?: string[];
+  /** W3C trace context of the span that dispatched it (shared/telemetry): absent when not tracing. */
+  trace?: TraceCarrier;
 }
 
 export interface TaskResult {
@@ -95,6 +98,8 @@ export interface TaskResult {
   modelMs?: number;
   /** Of that time, milliseconds per named phase of the task (read, write, preview, encode...). */
   phases?: Record<string, number>;
+  /** W3C trace context of the node's span of the task: absent when not tracing. */
+  trace?: TraceCarrier;
 }
 
 /** Published by a node after each denoise step (not stored: live progress only). */

@@ -81,15 +81,21 @@ function invertedVideoContext(
   return { latentsClean: cat([videoTail(video, ctx.pre, 0), post], 2), history2x: twoX, history4x: fourX };
 }
 
-/** The clean latents (start image + 1x history), 2x and 4x history for one section. */
+/**
+ * The clean latents (start image + 1x history), 2x and 4x history for one section. A keyframe's
+ * latent (inverted only: shared/job/keyframes.ts) takes the start image's slot.
+ */
 export function sectionContext(
   plan: SectionPlan,
   section: Section,
   history: History,
   imageLatents: F32,
   lastImageLatents: F32 | null,
+  keyframeLatents: F32 | null = null,
 ): SectionContextTensors {
   const total = historyTotal(plan);
+  if (plan.video !== null && keyframeLatents !== null)
+    throw new RangeError("keyframes take the start image's slot, which a video extension does not have");
   if (section.videoContext !== null)
     return invertedVideoContext(plan, section, history, imageLatents, lastImageLatents);
   // With a video, its last latent is the start latent (Studio's Video F1).
@@ -100,8 +106,9 @@ export function sectionContext(
     if (section.useEndImage && lastImageLatents === null)
       throw new RangeError(`section ${section.index} needs the end image latents`);
     const clean1x = section.useEndImage && lastImageLatents !== null ? lastImageLatents : oneX;
-    return { latentsClean: cat([imageLatents, clean1x], 2), history2x: twoX, history4x: fourX };
+    return { latentsClean: cat([keyframeLatents ?? imageLatents, clean1x], 2), history2x: twoX, history4x: fourX };
   }
+  if (keyframeLatents !== null) throw new RangeError("keyframes need inverted sampling");
   const frames = history.latents.shape[2]!;
   const [fourX, twoX, oneX] = split(narrow(history.latents, 2, frames - total, total), 2, plan.historySizes) as [
     F32,
@@ -189,10 +196,11 @@ export function sectionInputs(
   history: History,
   imageLatents: F32,
   lastImageLatents: F32 | null,
+  keyframeLatents: F32 | null = null,
 ): SectionInputs {
   const ix = section.indices;
   return {
-    ...sectionContext(plan, section, history, imageLatents, lastImageLatents),
+    ...sectionContext(plan, section, history, imageLatents, lastImageLatents, keyframeLatents),
     indicesLatents: Tensor.i64([ix.latents.length], ix.latents),
     indicesClean: Tensor.i64([ix.clean.length], ix.clean),
     indices2x: Tensor.i64([ix.history2x.length], ix.history2x),

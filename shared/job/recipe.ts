@@ -1,6 +1,7 @@
 /**
  * A render's recipe: everything that fixes its frames (prompts, seed, sampler, step cache, steps,
- * guidance, CFG, window, mode, size, frame count, fps, LoRAs), the SHA-256 of its input images,
+ * guidance, CFG, window, mode, size, frame count, fps, LoRAs), the SHA-256 of its input images
+ * (keyframes with their times),
  * the digest of the model bundle that made it and the framefarm version, as one JSON document.
  * Every video a farm makes carries it (the container's `comment` tag) and the farm stores it next
  * to the video (`recipe.json`); `framefarm render --recipe` renders it again, bit for bit on the
@@ -26,6 +27,12 @@ export type VideoFormatName = (typeof VIDEO_FORMATS)[number];
 export const DEFAULT_SAMPLER = "flow_match_euler";
 export const DEFAULT_CACHE = "none";
 
+/** A keyframe as a recipe names it: its time and its image's SHA-256. */
+export interface RecipeKeyframe {
+  time_seconds: number;
+  sha256: string;
+}
+
 export interface RecipeLora {
   name: string;
   weight: number;
@@ -36,8 +43,16 @@ export interface Recipe {
   version: typeof RECIPE_VERSION;
   framefarm_version: string;
   bundle: { name: string; digest: string };
-  /** start_sha256 is null when the job extends a video, whose file video_sha256 names (absent otherwise). */
-  images: { start_sha256: string | null; end_sha256: string | null; video_sha256?: string };
+  /**
+   * start_sha256 is null when the job extends a video, whose file video_sha256 names (absent
+   * otherwise); keyframes: present only when the render had keyframes (older recipes never have them).
+   */
+  images: {
+    start_sha256: string | null;
+    end_sha256: string | null;
+    video_sha256?: string;
+    keyframes?: RecipeKeyframe[];
+  };
   prompt: string;
   negative_prompt: string | null;
   /** Decimal: torch seeds are unsigned 64-bit, more than a JSON number holds exactly. */
@@ -78,7 +93,13 @@ export interface RecipeSource {
   params: RenderParams;
   size: { height: number; width: number };
   format: VideoFormatName;
-  images: { start: Uint8Array | null; end: Uint8Array | null; video?: Uint8Array | null };
+  /** keyframes: in time order, by digest (the submission has hashed them already). */
+  images: {
+    start: Uint8Array | null;
+    end: Uint8Array | null;
+    video?: Uint8Array | null;
+    keyframes?: { time: number; sha256: string }[];
+  };
   bundle: { name: string; digest: string };
   framefarmVersion: string;
 }
@@ -107,6 +128,9 @@ export function makeRecipe(src: RecipeSource): Recipe {
       end_sha256: src.images.end === null ? null : sha256Hex(src.images.end),
       ...(src.images.video !== undefined && src.images.video !== null
         ? { video_sha256: sha256Hex(src.images.video) }
+        : {}),
+      ...(src.images.keyframes !== undefined && src.images.keyframes.length > 0
+        ? { keyframes: src.images.keyframes.map((k) => ({ time_seconds: k.time, sha256: k.sha256 })) }
         : {}),
     },
     prompt: p.prompt,
@@ -215,6 +239,18 @@ function sectionPromptsOf(v: unknown): string[] | null {
   return v as string[];
 }
 
+function keyframesOf(v: unknown): RecipeKeyframe[] {
+  if (!Array.isArray(v)) throw bad("images.keyframes must be an array");
+  return v.map((k, i) => {
+    const path = `images.keyframes[${i}]`;
+    const e = object(k, path, ["time_seconds", "sha256"]);
+    return {
+      time_seconds: num(e, "time_seconds", `${path}.`),
+      sha256: matching(str(e, "sha256", `${path}.`), SHA256, `${path}.sha256`),
+    };
+  });
+}
+
 /** Reads a recipe's JSON text, refusing anything this version does not understand exactly. */
 export function parseRecipe(text: string): Recipe {
   let raw: unknown;
@@ -234,7 +270,7 @@ export function parseRecipe(text: string): Recipe {
     );
   const o = object(raw, "", TOP_KEYS, ["cache_threshold", "magcache_k", "magcache_retention", "context_frames"]);
   const bundle = object(o["bundle"], "bundle", ["name", "digest"]);
-  const images = object(o["images"], "images", ["start_sha256", "end_sha256"], ["video_sha256"]);
+  const images = object(o["images"], "images", ["start_sha256", "end_sha256"], ["video_sha256", "keyframes"]);
   const video = object(o["video"], "video", ["format", "crf", "lossless"]);
   const mode = str(o, "mode");
   if (!(SAMPLING_TYPES as readonly string[]).includes(mode))
@@ -255,6 +291,7 @@ export function parseRecipe(text: string): Recipe {
     throw bad("images must name a start image (start_sha256) or a video (video_sha256), not both or neither");
   if ((videoSha === null) !== (o["context_frames"] === undefined))
     throw bad("context_frames goes with images.video_sha256 (a recipe extending a video) and only with it");
+  const keyframes = images["keyframes"] === undefined ? undefined : keyframesOf(images["keyframes"]);
   return {
     format: RECIPE_FORMAT,
     version: RECIPE_VERSION,
@@ -267,6 +304,7 @@ export function parseRecipe(text: string): Recipe {
       start_sha256: start === null ? null : matching(start, SHA256, "images.start_sha256"),
       end_sha256: end === null ? null : matching(end, SHA256, "images.end_sha256"),
       ...(videoSha !== null ? { video_sha256: matching(videoSha, SHA256, "images.video_sha256") } : {}),
+      ...(keyframes !== undefined ? { keyframes } : {}),
     },
     prompt: str(o, "prompt"),
     negative_prompt: strOrNull(o, "negative_prompt"),
@@ -317,12 +355,14 @@ export function checkRecipeStart(recipe: Recipe, videoGiven: boolean): void {
 
 /**
  * The recipe's images (or video) against the ones given: INVALID_ARGUMENT naming the input and both
- * digests, or the input that is missing or too many.
+ * digests, or the input that is missing or too many. Keyframes (by digest, in time order) must be
+ * the recipe's, at the recipe's times.
  */
 export function checkRecipeImages(
   recipe: Recipe,
   start: Uint8Array | null,
   end: Uint8Array | null,
+  keyframes: readonly { time: number; sha256: string }[] = [],
   video: Uint8Array | null = null,
 ): void {
   const want = recipe.images;
@@ -346,4 +386,26 @@ export function checkRecipeImages(
     throw new FarmError("INVALID_ARGUMENT", "the recipe starts from an image: give the same image again");
   else check("image", given.start, want.start_sha256);
   if (given.end !== null && want.end_sha256 !== null) check("end image", given.end, want.end_sha256);
+  const wanted = want.keyframes ?? [];
+  const times = (ks: readonly number[]): string => ks.map((t) => `${t}s`).join(", ");
+  if (keyframes.length !== wanted.length)
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      wanted.length === 0
+        ? "the recipe was rendered without keyframes: give none"
+        : `the recipe was rendered with ${wanted.length} keyframe${wanted.length === 1 ? "" : "s"} (at ${times(wanted.map((k) => k.time_seconds))}), ${keyframes.length} given: give the same keyframes again`,
+    );
+  wanted.forEach((w, i) => {
+    const k = keyframes[i]!;
+    if (k.time !== w.time_seconds)
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `keyframe ${i + 1} is at ${k.time}s; the recipe's is at ${w.time_seconds}s`,
+      );
+    if (k.sha256 !== w.sha256)
+      throw new FarmError(
+        "INVALID_ARGUMENT",
+        `keyframe ${i + 1}'s image is not the recipe's: its SHA-256 is ${k.sha256}, the recipe's is ${w.sha256}; give the image the recipe was rendered from`,
+      );
+  });
 }

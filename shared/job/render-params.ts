@@ -14,6 +14,7 @@ import {
   minVideoLatents,
   videoLatentFrames,
 } from "../framepack/video-context.js";
+import { parseKeyframeTimes } from "./keyframes.js";
 
 /**
  * flow_match_euler: diffusers' HunyuanVideoFramepackPipeline (FlowMatch Euler, the bundle's
@@ -54,6 +55,21 @@ export const LIMITS = {
   maxSectionPrompts: 1024,
 } as const;
 
+/**
+ * What a render gets for a setting it leaves out (FramePack demo's values; the latent window and
+ * mode come from the bundle, RenderDefaults). Exported so that a form can start from them.
+ */
+export const RENDER_DEFAULTS = {
+  steps: 25,
+  guidanceScale: 10,
+  trueCfgScale: 1,
+  /** FramePack demo's default seed. */
+  seed: 31337n,
+  resolution: 640,
+  fps: 30,
+  crf: 16,
+} as const;
+
 export interface RenderParams {
   prompt: string;
   /** Used only when trueCfgScale > 1 (true CFG), as in diffusers. */
@@ -73,6 +89,11 @@ export interface RenderParams {
   /** Lossless RGB video (exact frames, for verification) instead of crf-compressed yuv420p. */
   lossless: boolean;
   hasEndImage: boolean;
+  /**
+   * Seconds of the keyframes (FramePack-eichi's section keyframe images, keyframes.ts), strictly
+   * increasing; their images travel beside the parameters, as the end image does. [] for none.
+   */
+  keyframeTimes: number[];
   sampler: SamplerName;
   /** UniPC's B(h) variant (unipc only). */
   unipcVariant: UniPCVariant;
@@ -138,6 +159,7 @@ export interface RenderParamsInput {
   crf?: unknown;
   lossless?: unknown;
   hasEndImage?: unknown;
+  keyframeTimes?: unknown;
   sampler?: unknown;
   unipcVariant?: unknown;
   cfgRescale?: unknown;
@@ -198,7 +220,7 @@ export function checkText(name: string, v: unknown, allowEmpty: boolean): string
 
 /** The seed: torch.Generator seeds are unsigned 64-bit; absent, FramePack demo's 31337. */
 export function parseSeed(v: unknown): bigint {
-  if (v === undefined || v === null) return 31337n; // FramePack demo's default seed
+  if (v === undefined || v === null) return RENDER_DEFAULTS.seed;
   let s: bigint;
   try {
     if (typeof v === "bigint") s = v;
@@ -316,7 +338,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     if (!(inputVideo.fps >= 1 && inputVideo.fps <= LIMITS.maxFps))
       throw bad(`the video's frame rate ${inputVideo.fps} is not between 1 and ${LIMITS.maxFps}: give fps`);
   }
-  const fps = numIn("fps", input.fps ?? inputVideo?.fps ?? 30, 1, LIMITS.maxFps);
+  const fps = numIn("fps", input.fps ?? inputVideo?.fps ?? RENDER_DEFAULTS.fps, 1, LIMITS.maxFps);
 
   let numFrames: number;
   if (input.numFrames !== undefined && input.seconds !== undefined)
@@ -348,7 +370,12 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     if (input.resolution !== undefined) throw bad("give either height and width or a resolution, not both");
     size = { height: multipleOf16("height", input.height), width: multipleOf16("width", input.width) };
   } else {
-    const r = intIn("resolution", input.resolution ?? 640, LIMITS.minResolution, LIMITS.maxResolution);
+    const r = intIn(
+      "resolution",
+      input.resolution ?? RENDER_DEFAULTS.resolution,
+      LIMITS.minResolution,
+      LIMITS.maxResolution,
+    );
     if (r % 16 !== 0) throw bad(`resolution must be a multiple of 16, got ${r}`);
     size = { resolution: r };
   }
@@ -373,22 +400,26 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     throw bad("prompt blending needs a timed prompt ([0s: ...] [2s: ...]) or section prompts");
   const latentWindowSize = checkLatentWindowSize(input.latentWindowSize ?? defaults.latentWindowSize);
   const video = videoParams(input, latentWindowSize, defaults.temporalCompression ?? 4);
+  const keyframeTimes = parseKeyframeTimes(input.keyframeTimes, numFrames / fps, samplingType);
+  if (video !== null && keyframeTimes.length > 0)
+    throw bad("keyframes take the start image's place in the context; a video to extend has none: give no keyframes");
 
   return {
     prompt,
     negativePrompt,
     numFrames,
     samplingType,
-    steps: intIn("steps", input.steps ?? 25, 1, LIMITS.maxSteps),
-    guidanceScale: numIn("guidance", input.guidanceScale ?? 10, 0, LIMITS.maxGuidance),
-    trueCfgScale: numIn("cfg", input.trueCfgScale ?? 1, 0, LIMITS.maxTrueCfg),
+    steps: intIn("steps", input.steps ?? RENDER_DEFAULTS.steps, 1, LIMITS.maxSteps),
+    guidanceScale: numIn("guidance", input.guidanceScale ?? RENDER_DEFAULTS.guidanceScale, 0, LIMITS.maxGuidance),
+    trueCfgScale: numIn("cfg", input.trueCfgScale ?? RENDER_DEFAULTS.trueCfgScale, 0, LIMITS.maxTrueCfg),
     seed: parseSeed(input.seed),
     latentWindowSize,
     size,
     fps,
-    crf: intIn("crf", input.crf ?? 16, 0, 51),
+    crf: intIn("crf", input.crf ?? RENDER_DEFAULTS.crf, 0, 51),
     lossless: input.lossless === true,
     hasEndImage,
+    keyframeTimes,
     sampler,
     unipcVariant,
     cfgRescale,

@@ -3,12 +3,14 @@ import type { BundleManifest } from "../bundle/manifest.js";
 import { planSections, type SectionPlan } from "../framepack/plan.js";
 import type { RenderParams } from "./render-params.js";
 import { promptSchedule, type PromptScheduleParams } from "./timed-prompts.js";
+import { keyframeSections } from "./keyframes.js";
 
 type PlanParams = Pick<RenderParams, "samplingType" | "numFrames" | "latentWindowSize" | "hasEndImage"> &
   Partial<Pick<RenderParams, "sampler" | "video">> &
-  Partial<PromptScheduleParams>;
+  Partial<PromptScheduleParams> &
+  Partial<Pick<RenderParams, "keyframeTimes">>;
 
-/** Also checks that section prompts, if any, fit the plan (INVALID_ARGUMENT otherwise). */
+/** Also checks that section prompts and keyframes, if any, fit the plan (INVALID_ARGUMENT otherwise). */
 export function sectionPlanFor(params: PlanParams, manifest: BundleManifest): SectionPlan {
   const plan = planSections({
     samplingType: params.samplingType,
@@ -27,6 +29,10 @@ export function sectionPlanFor(params: PlanParams, manifest: BundleManifest): Se
       { prompt: "", promptSegments: null, sectionPrompts: params.sectionPrompts, promptBlendSections: 0, fps: 30 },
       plan,
     );
+  }
+  if (params.keyframeTimes !== undefined && params.keyframeTimes.length > 0) {
+    if (params.fps === undefined) throw new RangeError("keyframes are placed by time: the plan needs the fps");
+    keyframeSections(plan, params.keyframeTimes, params.fps);
   }
   return plan;
 }

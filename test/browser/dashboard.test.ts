@@ -128,6 +128,7 @@ async function submit(prompt: string, numFrames: number, steps: number): Promise
     bundle: "",
     priority: 0,
     idempotencyKey: "",
+    keyframes: [],
   };
   const md = new Metadata();
   md.set("authorization", `Bearer ${ACME_TOKEN}`);

@@ -94,14 +94,14 @@ const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[
     .map((f) => path.join(dir, f));
 const cases = [
   ...jsonIn(path.join(referenceDir(), "cases")),
-  // framefarm's own cases of lllyasviel's sampler, of prompts that change over time, of MagCache
-  // (its split graphs on the denoise nodes) and of extending a video.
+  // framefarm's own cases of lllyasviel's sampler, of prompts that change over time, of
+  // MagCache (its split graphs on the denoise nodes), of keyframes and of extending a video.
   ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
-    /^(unipc|timed_prompts|section_prompts|magcache|video)_/.test(f),
+    /^(unipc|timed_prompts|section_prompts|magcache|keyframes|video)_/.test(f),
   ),
 ];
 
-test("every public reference case, and the unipc, timed-prompt, MagCache and video cases, render on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc, timed-prompt, MagCache, keyframe and video cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {
@@ -169,6 +169,7 @@ test("8 jobs at once all finish; each job's sections run in order and decodes ov
         bundle: "",
         priority: 0,
         idempotencyKey: "",
+        keyframes: [],
       };
       return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
     }),

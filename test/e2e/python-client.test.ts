@@ -6,8 +6,9 @@
  * downloads the MP4 by its presigned URL; the file must be the farm's video, byte for byte, and
  * decode to frames of the job's size. It also renders with lllyasviel's sampler (--sampler unipc)
  * and renders that job's downloaded recipe again (--recipe), which must give the same MP4 bytes,
- * with TeaCache and with MagCache (--cache magcache and its parameters), and extends a video
- * (--video, --context-frames), whose recipe renders the same MP4 bytes again from the same video.
+ * with TeaCache, with MagCache (--cache magcache and its parameters) and with keyframes, and
+ * extends a video (--video, --context-frames), whose recipe renders the same MP4 bytes again from
+ * the same video.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -196,6 +197,34 @@ test("--cache magcache with its parameters renders; the recipe records them and 
   await assert.rejects(
     example([...settings, "--cache", "magcache", "--magcache-k", "0", "-o", path.join(dir, "no.mp4")]),
     (e: unknown) => /INVALID_ARGUMENT: .*MagCache's K/m.test((e as { stderr?: string }).stderr ?? ""),
+  );
+});
+
+test("--keyframe renders; the recipe records the keyframes and, given them again, renders the same MP4 bytes", async () => {
+  const dir = await mkdtemp(path.join(tmp, "keyframes-"));
+  const first = path.join(dir, "keys.mp4");
+  const key = path.join(repoRoot(), "test", "fixtures", "reference-cases", "keyframes_unipc_inverted_keyframe0.png");
+  // Window 9 at 30 fps: sections of 1.2 s; 40 frames (1.33 s) are 2 sections.
+  const settings = ["--frames", "40", "--steps", "2", "--resolution", "64", "--seed", "9", "--mode", "inverted"];
+  const keyframes = ["--keyframe", `0.5:${key}`, "--keyframe", `1.25s:${IMAGE}`];
+  const one = await example([...settings, ...keyframes, "-o", first]);
+  assert.match(one.stderr, /SUCCEEDED 100%/, one.stderr);
+  const recipeFile = path.join(dir, "keys.recipe.json");
+  const recipe = JSON.parse(await readFile(recipeFile, "utf8")) as {
+    images: { keyframes: { time_seconds: number }[] };
+  };
+  assert.deepEqual(
+    recipe.images.keyframes.map((k) => k.time_seconds),
+    [0.5, 1.25],
+  );
+  assert.deepEqual((await getJob(one.stdout.trim())).keyframeTimes, [0.5, 1.25]);
+  const again = path.join(dir, "again.mp4");
+  const two = await example(["--recipe", recipeFile, ...keyframes, "-o", again], []);
+  assert.match(two.stderr, /SUCCEEDED 100%/, two.stderr);
+  assert.ok((await readFile(again)).equals(await readFile(first)), "the recipe renders the same MP4, byte for byte");
+  // Without them: the farm's INVALID_ARGUMENT naming what is missing.
+  await assert.rejects(example(["--recipe", recipeFile, "-o", path.join(dir, "no.mp4")], []), (e: unknown) =>
+    /INVALID_ARGUMENT: the recipe was rendered with 2 keyframes/m.test((e as { stderr?: string }).stderr ?? ""),
   );
 });
 

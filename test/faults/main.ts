@@ -70,6 +70,7 @@ async function jobRequest(): Promise<SubmitJobRequest> {
     bundle: "",
     priority: 0,
     idempotencyKey: "",
+    keyframes: [],
   };
 }
 

@@ -23,6 +23,8 @@ import {
   type JobState,
   SubmitJobRequest,
   type Job,
+  type ImageInput,
+  type Keyframe,
   type ListJobsRequest,
   type SubmitJobResponse,
 } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -104,8 +106,10 @@ const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => ({
   bundle: "",
   priority: 0,
   idempotencyKey: "",
+  keyframes: [],
   ...over,
 });
+const kf = (timeSeconds: number, image: ImageInput = data(png)): Keyframe => ({ timeSeconds, image });
 const submit = (over: Partial<SubmitJobRequest> = {}, md = auth()): Promise<SubmitJobResponse> =>
   unary((cb) => client.submitJob(request(over), md, cb));
 const getJob = (id: string, md = auth()): Promise<unknown> => unary((cb) => client.getJob({ id }, md, cb));
@@ -585,6 +589,86 @@ const rows: Row[] = [
     code: status.INVALID_ARGUMENT,
     message: /end image needs inverted .* vanilla \(F1\) sampling cannot use one/,
   },
+  // Keyframes (inverted; 20 frames at 30 fps: 0.667 s, one section of 1.2 s; 80 frames: 3 sections).
+  {
+    name: "keyframe at the video's end",
+    call: () => submit({ keyframes: [kf(0.7)] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 1: its time 0.7s is at or after the video's end \(0.667s\)/,
+  },
+  {
+    name: "negative keyframe time",
+    call: () => submit({ keyframes: [kf(-0.5)] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 1: its time -0.5s is before the video's start/,
+  },
+  {
+    name: "NaN keyframe time",
+    call: () => submit({ keyframes: [kf(Number.NaN)] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 1: its time must be a finite number of seconds, got NaN/,
+  },
+  {
+    name: "keyframes out of time order",
+    call: () =>
+      submit({ settings: settings({ length: { $case: "numFrames", value: 80 } }), keyframes: [kf(2), kf(1)] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 2 \(at 1s\) is not after keyframe 1 \(at 2s\): give keyframes in time order/,
+  },
+  {
+    name: "two keyframes in one section",
+    call: () =>
+      submit({ settings: settings({ length: { $case: "numFrames", value: 80 } }), keyframes: [kf(0.1), kf(0.5)] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 1 \(at 0.1s\) and keyframe 2 \(at 0.5s\) fall in the same section \(0s to 1.2s\)/,
+  },
+  {
+    name: "keyframe past the demo's last section",
+    call: () =>
+      submit({ settings: settings({ sampler: 2, length: { $case: "numFrames", value: 50 } }), keyframes: [kf(1.5)] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 1 \(at 1.5s\) is past the video's last section, which ends at 1.2s/,
+  },
+  {
+    name: "keyframe with vanilla",
+    call: () => submit({ settings: settings({ mode: 2 }), keyframes: [kf(0.1)] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframes need inverted .* vanilla \(F1\) sampling cannot use them/,
+  },
+  {
+    name: "keyframe without an image",
+    call: () => submit({ keyframes: [{ timeSeconds: 0.1, image: undefined }] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 1 \(at 0.1s\) has no image/,
+  },
+  {
+    name: "corrupt keyframe image after a good one",
+    call: () =>
+      submit({
+        settings: settings({ length: { $case: "numFrames", value: 80 } }),
+        keyframes: [kf(0.1), kf(1.5, data(corruptPng()))],
+      }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 2 \(at 1.5s\) cannot be decoded \(corrupt or truncated\?\)/,
+  },
+  {
+    name: "keyframe that is not an image",
+    call: () => submit({ keyframes: [kf(0.1, key("uploads/acme/corrupt.png"))] }),
+    code: status.INVALID_ARGUMENT,
+    message: /keyframe 1 \(at 0.1s\) is not a readable image/,
+  },
+  {
+    name: "keyframe from another tenant's upload",
+    call: () => submit({ keyframes: [kf(0.1, key("uploads/other/ok.png"))] }),
+    code: status.PERMISSION_DENIED,
+    message: /keyframe 1 \(at 0.1s\) object key must be under uploads\/acme\//,
+  },
+  {
+    name: "keyframe image over 50 MiB",
+    call: () => submit({ keyframes: [kf(0.1, data(Buffer.alloc(51 * 1024 * 1024)))] }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /keyframe 1 \(at 0.1s\) is 53477376 bytes; the limit is 52428800 bytes/,
+  },
   {
     name: "height without width",
     call: () => submit({ settings: settings({ resolution: undefined, height: 64 }) }),
@@ -726,6 +810,16 @@ const rows: Row[] = [
     message: /unknown field 42 in framefarm.v1.SubmitJobRequest/,
   },
   {
+    name: "unknown field in a Keyframe",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        Buffer.concat([encSubmit(request()), lenField(7, [...varintField(3, 1), 0x09, ...Buffer.alloc(8)])]),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message: /unknown field 3 in keyframes \(framefarm.v1.Keyframe\)/,
+  },
+  {
     name: "negative steps (int64 -1 on the wire)",
     call: () =>
       rawCall(
@@ -804,5 +898,16 @@ test("control: a good submission does leave a job, its objects and its idempoten
   // The job id is a UUID: object keys come from it, never from user text.
   assert.match(job!.id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.ok(now.objects.filter((k) => !before.objects.includes(k)).every((k) => k.startsWith(`jobs/${job!.id}/`)));
+  await cancelJob(job!.id);
+});
+
+test("control: keyframes are stored as the job's inputs and the job shows their times", async () => {
+  const { job } = await submit({
+    settings: settings({ length: { $case: "numFrames", value: 80 } }),
+    keyframes: [kf(0.25), kf(1.5)],
+  });
+  const objects = (await farm.snapshot()).objects;
+  for (const i of [0, 1]) assert.ok(objects.includes(`jobs/${job!.id}/inputs/keyframe-${i}`), `keyframe ${i} stored`);
+  assert.deepEqual(job!.keyframeTimes, [0.25, 1.5]);
   await cancelJob(job!.id);
 });

@@ -72,8 +72,9 @@ after(async () => {
 
 const submit = (req: Partial<SubmitJobRequest>): Promise<SubmitJobResponse> =>
   new Promise((resolve, reject) =>
-    client.submitJob({ bundle: "", priority: 0, idempotencyKey: "", ...req } as SubmitJobRequest, (err, res) =>
-      err ? reject(err) : resolve(res),
+    client.submitJob(
+      { bundle: "", priority: 0, idempotencyKey: "", keyframes: [], ...req } as SubmitJobRequest,
+      (err, res) => (err ? reject(err) : resolve(res)),
     ),
   );
 
@@ -326,6 +327,7 @@ test("a submission whose deadline passes while the server works on it is not cre
       bundle: "",
       priority: 0,
       idempotencyKey: "deadline-test",
+      keyframes: [],
     } as SubmitJobRequest;
     await assert.rejects(
       new Promise((resolve, reject) =>

@@ -59,6 +59,7 @@ forEachBus(
           bundle: "",
           priority: 0,
           idempotencyKey: "",
+          keyframes: [],
         });
         const seen: StepEvent[] = [];
         const off = bus().events.subscribe(jobEventSubject(job.id), (_s, data) => {

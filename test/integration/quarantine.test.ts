@@ -35,6 +35,7 @@ const request = (seed: bigint): SubmitJobRequest => ({
   bundle: "",
   priority: 0,
   idempotencyKey: "",
+  keyframes: [],
 });
 
 before(async () => {

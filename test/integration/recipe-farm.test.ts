@@ -168,6 +168,7 @@ test("bad recipes are refused over gRPC and leave nothing behind", async () => {
     bundle: "",
     priority: 0,
     idempotencyKey: "",
+    keyframes: [],
     recipe: JSON.stringify(recipe),
   });
   const refused = async (r: SubmitJobRequest, code: status, message: RegExp): Promise<void> =>

@@ -120,6 +120,7 @@ const request = (webhookUrl?: string): SubmitJobRequest => ({
   bundle: "",
   priority: 0,
   idempotencyKey: "",
+  keyframes: [],
   ...(webhookUrl !== undefined ? { webhookUrl } : {}),
 });
 

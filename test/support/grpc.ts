@@ -20,5 +20,6 @@ export const smallJobRequest = (png: Buffer, over: Partial<SubmitJobRequest> = {
   bundle: "",
   priority: 0,
   idempotencyKey: "",
+  keyframes: [],
   ...over,
 });

@@ -185,16 +185,16 @@ test("a recipe extending a video names it by SHA-256 with its context frames; th
   assert.equal(r.context_frames, 3);
   assert.equal(r.fps, 25);
   assert.deepEqual(parseRecipe(recipeText(r)), r);
-  checkRecipeImages(r, null, null, clip);
+  checkRecipeImages(r, null, null, [], clip);
   assert.throws(
     () => checkRecipeImages(r, image, null),
     status("INVALID_ARGUMENT", /extends a video: give the same video/),
   );
   assert.throws(
-    () => checkRecipeImages(r, null, null, image),
+    () => checkRecipeImages(r, null, null, [], image),
     status("INVALID_ARGUMENT", new RegExp(`video is not the recipe's: its SHA-256 is ${sha256Hex(image)}`)),
   );
-  assert.throws(() => checkRecipeImages(sample(), null, null, clip), status("INVALID_ARGUMENT", /not a video/));
+  assert.throws(() => checkRecipeImages(sample(), null, null, [], clip), status("INVALID_ARGUMENT", /not a video/));
   // Both a start image and a video, or context frames without a video, are no recipe.
   const both = { ...r, images: { ...r.images, start_sha256: sha256Hex(image) } };
   assert.throws(() => parseRecipe(recipeText(both)), status("INVALID_ARGUMENT", /not both or neither/));
@@ -202,7 +202,15 @@ test("a recipe extending a video names it by SHA-256 with its context frames; th
   assert.throws(() => parseRecipe(recipeText(stray)), status("INVALID_ARGUMENT", /context_frames goes with/));
   // Submitted again, the recipe carries its context frames.
   const again = recipeRequest(
-    { image: undefined, settings: undefined, bundle: "", priority: 0, idempotencyKey: "", recipe: recipeText(r) },
+    {
+      image: undefined,
+      keyframes: [],
+      settings: undefined,
+      bundle: "",
+      priority: 0,
+      idempotencyKey: "",
+      recipe: recipeText(r),
+    },
     { name: "tiny", digest: DIGEST },
   );
   assert.equal(again!.settings.contextFrames, 3);
@@ -215,6 +223,7 @@ const request = (recipe: string, settings?: SubmitJobRequest["settings"]): Submi
   bundle: "",
   priority: 0,
   idempotencyKey: "",
+  keyframes: [],
   recipe,
 });
 

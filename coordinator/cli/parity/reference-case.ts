@@ -44,6 +44,8 @@ const PARAM_KEYS = [
   // extending a video: the video file beside the case, and Studio's context frames.
   "video",
   "context_frames",
+  // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
+  "keyframes",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -66,6 +68,8 @@ export interface ReferenceCase {
   lastImage: string | null;
   /** The video the case extends, or null. */
   video: string | null;
+  /** Keyframes in the case's order: their times and image files. */
+  keyframes: { seconds: number; image: string }[];
   /** Expected tensors by reference key; empty when the case has no .safetensors beside it. */
   expected: Map<string, Tensor>;
 }
@@ -119,6 +123,7 @@ export async function loadReferenceCase(
   };
   const name = typeof json["name"] === "string" ? json["name"] : path.basename(file, ".json");
   const lastImage = json["last_image"] === null || json["last_image"] === undefined ? null : imagePath("last_image");
+  const keyframes = keyframesOf(file, json["keyframes"], dir);
   const seed = json["seed"];
   const params: RenderParamsInput = {
     prompt: json["prompt"],
@@ -133,6 +138,7 @@ export async function loadReferenceCase(
     height: json["height"],
     width: json["width"],
     hasEndImage: lastImage !== null,
+    keyframeTimes: keyframes.map((k) => k.seconds),
     ...(json["sampler"] !== undefined ? { sampler: json["sampler"] } : {}),
     ...(json["unipc_variant"] !== undefined ? { unipcVariant: json["unipc_variant"] } : {}),
     ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
@@ -162,8 +168,24 @@ export async function loadReferenceCase(
     firstImage: hasVideo ? null : imagePath("first_image"),
     lastImage,
     video: hasVideo ? imagePath("video") : null,
+    keyframes,
     expected,
   };
+}
+
+/** A case's keyframes: each a time in seconds and an image file beside the case. */
+function keyframesOf(file: string, v: unknown, dir: string): { seconds: number; image: string }[] {
+  if (v === undefined || v === null) return [];
+  const bad = (what: string): FarmError => new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${what}`);
+  if (!Array.isArray(v)) throw bad("keyframes must be a list");
+  return v.map((k: unknown, i) => {
+    const e = (typeof k === "object" && k !== null ? k : {}) as Record<string, unknown>;
+    const image = e["image"];
+    if (typeof e["seconds"] !== "number") throw bad(`keyframes[${i}].seconds must be a number`);
+    if (typeof image !== "string" || image === "" || path.isAbsolute(image) || image.split(/[\\/]/).includes(".."))
+      throw bad(`keyframes[${i}].image must be a file name beside the case`);
+    return { seconds: e["seconds"], image: path.join(dir, image) };
+  });
 }
 
 /** The case as a farm submission: same parameters, exact size, lossless video for exact frames. */
@@ -212,6 +234,12 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
           }
         : {}),
     },
+    keyframes: await Promise.all(
+      refCase.keyframes.map(async (k) => ({
+        timeSeconds: k.seconds,
+        image: { source: { $case: "data" as const, value: await readFile(k.image) } },
+      })),
+    ),
     bundle: "",
     priority: 0,
     idempotencyKey: "",

@@ -33,6 +33,19 @@ have, in the reference's form (<name>.json, images, <name>.safetensors of every 
     embeddings replaced as framefarm's README specifies; the FlowMatch Euler sampler is diffusers'
     own FlowMatchEulerDiscreteScheduler. --selfcheck first reruns the four public reference cases
     through this loop and requires their latents and frames, proving the loop is diffusers'.
+  * keyframes ("keyframes" cases): FramePack-eichi's section keyframe images
+    (git-ai-code/FramePack-eichi webui/endframe_ichi.py, worker(): section_latents and
+    current_latent), patched into the loops above exactly as eichi patches lllyasviel's demo loop
+    (written out below: eichi's worker cannot be imported, it is one function of a gradio app):
+    each keyframe image is VAE-encoded after the start (and end) image, in eichi's order, ascending
+    section number; section i_section (generation order) takes as clean_latents_pre, the context
+    slot that otherwise holds the start image's latent, the keyframe of the smallest section number
+    >= i_section, else the start image's latent; the last section still prefixes the start image's
+    latent. eichi numbers sections, framefarm times them: a keyframe at `seconds` is video-time
+    section j = floor(seconds * fps / (window * 4)) (framefarm's rule, as for timed prompts), eichi's
+    section number n - 1 - j. With an end image, the end image's latent is the first generated
+    section's 1x history as diffusers does (eichi also writes it into its history tensor, where
+    later sections' 4x context sees it; framefarm keeps diffusers' end image).
 
 The models are the tiny pipeline's diffusers transformer and VAE (TINY_PIPELINE, e.g.
 ../shared/reference/tiny-framepack), built from their config and weights. Text and image encoder
@@ -102,6 +115,14 @@ CASES = [
     {"name": "timed_prompts_unipc_vanilla", "sampler": "unipc", "sampling_type": "vanilla", "seed": 13, "num_frames": 72, "steps": 3,
      "guidance_scale": 10.0, "latent_window_size": 3, "images_from": "vanilla_3sec", "prompt_blend_sections": 2,
      "prompt": "[0s: A cat jumps onto the table.] [0.5s-1.2s: The man talks on the phone, then walks to the window.] [1.2s: A penguin dancing in the snow]"},
+    # Keyframes: FramePack-eichi's section keyframe images (keyframe sources: (case, 0 first / 1 end image)).
+    {"name": "keyframes_unipc_inverted", "sampler": "unipc", "sampling_type": "inverted_anti_drifting", "seed": 41, "num_frames": 60,
+     "steps": 3, "guidance_scale": 10.0, "latent_window_size": 3, "images_from": "inverted_3sec", "prompt": "A penguin dancing in the snow",
+     "keyframes": [{"seconds": 0.5, "from": ("vanilla_3sec", 0)}, {"seconds": 1.3, "from": ("inverted_endframe_2sec", 1)}]},
+    {"name": "keyframes_inverted_endframe_cfg", "sampling_type": "inverted_anti_drifting", "seed": 43, "num_frames": 36, "steps": 3,
+     "guidance_scale": 10.0, "true_cfg_scale": 2.5, "negative_prompt": "blurry", "latent_window_size": 3,
+     "images_from": "inverted_endframe_2sec", "end_image": True, "prompt": "The man talks on the phone, then walks to the window.",
+     "keyframes": [{"seconds": 0.45, "from": ("vanilla_cfg_window5", 0)}, {"seconds": 0.85, "from": ("inverted_3sec", 0)}]},
 ]
 
 PUBLIC = ["inverted_3sec", "vanilla_3sec", "inverted_endframe_2sec", "vanilla_cfg_window5"]
@@ -297,6 +318,41 @@ def conditioning_by_time(case, inputs, n, w):
     return names, conds
 
 
+# --- FramePack-eichi's section keyframes ---------------------------------------------------------------
+def keyframe_section_map(case, inputs, n, w, tc=4, fps=30.0):
+    """eichi's section_map of images ({section number: pixels}, in its UI's order: ascending
+    section number), from the case's timed keyframes; section numbers are generation order."""
+    section_map = {}
+    for i, kf in enumerate(case.get("keyframes") or []):
+        j = int(math.floor(kf["seconds"] * fps / (w * tc) + 1e-9))
+        assert 0 <= j < n, (case["name"], kf)
+        src_case, which = kf["from"]
+        section_map[n - 1 - j] = (i, inputs.tensors[src_case][1][f"image_pixels{which}"])
+    return dict(sorted(section_map.items()))
+
+
+def eichi_section_latents(section_map, encode, rec):
+    """endframe_ichi.py: `for sec_num, (img, prm) in section_map.items(): if img is not None:
+    section_latents[sec_num] = vae_encode(img_pt, vae)`, after the start and end images."""
+    section_latents = {}
+    for sec_num, (i, pixels) in section_map.items():
+        section_latents[sec_num] = encode(pixels)
+        rec[f"keyframe{i}.pixels"] = pixels
+        rec[f"keyframe{i}.latents"] = section_latents[sec_num]
+    return section_latents
+
+
+def eichi_current_latent(section_latents, i_section, start_latent):
+    """endframe_ichi.py: the section's clean_latents_pre."""
+    if section_latents is not None and len(section_latents) > 0:
+        valid_keys = [k for k in section_latents.keys() if k >= i_section]
+        if valid_keys:
+            use_key = min(valid_keys)
+            return section_latents[use_key]
+        return start_latent
+    return start_latent
+
+
 # --- diffusers' section loop with per-section embeddings ---------------------------------------------
 def run_diffusers(case, models, inputs, rec, forced_conds=None):
     transformer, vae, Sched, sched_cfg = models
@@ -315,6 +371,10 @@ def run_diffusers(case, models, inputs, rec, forced_conds=None):
     C, H, W = image_latents.shape[1], image_latents.shape[3], image_latents.shape[4]
     window_num_frames = (w - 1) * 4 + 1
     n = max(1, (case["num_frames"] + window_num_frames - 1) // window_num_frames)
+    # Keyframes (eichi): their samples follow the start and end images' from the same generator.
+    section_latents = eichi_section_latents(
+        keyframe_section_map(case, inputs, n, w),
+        lambda px: vae.encode(px[:, :, None]).latent_dist.sample(generator=g) * sf, rec)
     names, conds = conditioning_by_time(case, inputs, n, w) if forced_conds is None else (None, forced_conds)
     neg = inputs.text(case["negative_prompt"]) if case.get("true_cfg_scale", 1.0) > 1 and case.get("negative_prompt") is not None else None
     hs = [1, 2, 16] if inverted else [16, 2, 1]
@@ -344,7 +404,8 @@ def run_diffusers(case, models, inputs, rec, forced_conds=None):
             i_pre, i_4x, i_2x, i_1x, i_lat = idx.split([1, *hs, w], dim=0)
             i_clean = torch.cat([i_pre, i_1x])
             l4x, l2x, l1x = history[:, :, -sum(hs):].split(hs, dim=2)
-        clean = torch.cat([image_latents, l1x], dim=2)
+        pre = eichi_current_latent(section_latents, k, image_latents) if inverted else image_latents
+        clean = torch.cat([pre, l1x], dim=2)
         latents = torch.randn((1, C, (window_num_frames - 1) // 4 + 1, H, W), generator=g)
         rec[f"section{k}.noise"] = latents
         sched = Sched.from_config(sched_cfg)
@@ -458,6 +519,10 @@ def run_demo(case, models, fp, inputs, rec):
     if case.get("end_image"):
         end_latent = vae.encode(src["image_pixels1"][:, :, None]).latent_dist.sample() * sf
         rec["last_image_latents"] = end_latent
+    # endframe_ichi.py: the section keyframes' vae_encode right after the start and end images'.
+    section_latents = eichi_section_latents(
+        keyframe_section_map(case, inputs, total_latent_sections, latent_window_size),
+        lambda px: vae.encode(px[:, :, None]).latent_dist.sample() * sf, rec)
     image_encoder_last_hidden_state = src["image_embeds"]
     height, width = src["image_pixels0"].shape[2], src["image_pixels0"].shape[3]
     names, conds = conditioning_by_time(case, inputs, total_latent_sections, latent_window_size)
@@ -556,7 +621,8 @@ def run_demo(case, models, fp, inputs, rec):
                 indices = torch.arange(0, sum([1, latent_padding_size, latent_window_size, 1, 2, 16])).unsqueeze(0)
                 clean_latent_indices_pre, blank_indices, latent_indices, clean_latent_indices_post, clean_latent_2x_indices, clean_latent_4x_indices = indices.split([1, latent_padding_size, latent_window_size, 1, 2, 16], dim=1)
                 clean_latent_indices = torch.cat([clean_latent_indices_pre, clean_latent_indices_post], dim=1)
-                clean_latents_pre = start_latent.to(history_latents)
+                current_latent = eichi_current_latent(section_latents, section, start_latent)  # eichi; start_latent without keyframes
+                clean_latents_pre = current_latent.to(history_latents)
                 clean_latents_post, clean_latents_2x, clean_latents_4x = history_latents[:, :, :1 + 2 + 16, :, :].split([1, 2, 16], dim=2)
                 if end_latent is not None and section == 0:  # the end frame (not in the demo; as diffusers)
                     clean_latents_post = end_latent.to(history_latents)
@@ -616,6 +682,15 @@ def save_case(case, rec, inputs, out_dir, names):
     if case.get("end_image"):
         last = f"{name}_last.png"
         shutil.copyfile(os.path.join(inputs.dir, meta["last_image"]), os.path.join(out_dir, last))
+    keyframes = None
+    if case.get("keyframes"):
+        keyframes = []
+        for i, kf in enumerate(case["keyframes"]):
+            src_case, which = kf["from"]
+            kmeta = inputs.tensors[src_case][0]
+            file = f"{name}_keyframe{i}.png"
+            shutil.copyfile(os.path.join(inputs.dir, kmeta["first_image" if which == 0 else "last_image"]), os.path.join(out_dir, file))
+            keyframes.append({"seconds": kf["seconds"], "image": file})
     rec = dict(rec)
     rec["image_pixels0"], rec["image_embeds"] = src["image_pixels0"], src["image_embeds"]
     if last is not None:
@@ -626,10 +701,14 @@ def save_case(case, rec, inputs, out_dir, names):
     for k, v in rec.items():
         a = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
         arrays[k] = np.ascontiguousarray(a)
-    j = {k: v for k, v in case.items() if k not in ("images_from", "end_image")}
+    j = {k: v for k, v in case.items() if k not in ("images_from", "end_image", "keyframes")}
+    if keyframes is not None:
+        j["keyframes"] = keyframes
     j.update({"height": int(src["image_pixels0"].shape[2]), "width": int(src["image_pixels0"].shape[3]),
               "first_image": first, "last_image": last, "frames_shape": list(arrays["frames_uint8"].shape),
-              "reference": ("lllyasviel/FramePack sample_hunyuan, his packed transformer's TeaCache + the demo's section loop" if case.get("cache") == "teacache"
+              "reference": ("lllyasviel/FramePack sample_hunyuan + the demo's section loop with FramePack-eichi's section keyframes" if case.get("keyframes") and case.get("sampler") == "unipc"
+                            else "diffusers' FramePack section loop with FramePack-eichi's section keyframes" if case.get("keyframes")
+                            else "lllyasviel/FramePack sample_hunyuan, his packed transformer's TeaCache + the demo's section loop" if case.get("cache") == "teacache"
                             else "lllyasviel/FramePack sample_hunyuan, his packed transformer with Zehong-Ma/MagCache's MagCache4FramePack forward + the demo's section loop" if case.get("cache") == "magcache"
                             else "lllyasviel/FramePack sample_hunyuan + the demo's section loop" if case.get("sampler") == "unipc"
                             else "diffusers' FramePack section loop with per-section text embeddings")

@@ -2,14 +2,15 @@
 """Renders a video on a framefarm farm from Python: submit, watch with a progress line, download.
 
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
-        --prompt "A lighthouse on a cliff" --seconds 2 [--sampler unipc] [--cache teacache|magcache] [--format webm] -o out.mp4
+        --prompt "A lighthouse on a cliff" --seconds 2 [--sampler unipc] [--cache teacache|magcache] [--format webm] \
+        [--keyframe 1.5:key.png ...] -o out.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --recipe out.recipe.json -o again.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --video in.mp4 [--context-frames 5] \
         --mode vanilla --prompt "The lighthouse keeps turning" --seconds 2 -o longer.mp4
 
 Writes the video and its recipe beside it (out.mp4 -> out.recipe.json); --recipe FILE renders
-such a recipe again (same image; the recipe sets the prompt, length and settings). Prints the job
+such a recipe again (same image and keyframes; the recipe sets the prompt, length and settings). Prints the job
 id on stdout and progress on stderr; exits 1 with `error: STATUS: message` (or `error: message`
 for a bad argument) when a call or the job fails. --token (or FRAMEFARM_TOKEN), --tls and --ca
 FILE as for `framefarm submit`.
@@ -33,6 +34,8 @@ def main() -> int:
     start.add_argument("--video", help="a video to extend instead of --image")
     ap.add_argument("--context-frames", type=int, help="with --video: Studio's context frames, 2 to 10 (default 5)")
     ap.add_argument("--end-image")
+    ap.add_argument("--keyframe", action="append", metavar="TIME:PATH",
+                    help="an image the video passes through at TIME seconds (repeat, in time order; inverted mode)")
     ap.add_argument("--prompt", help="required unless --recipe")
     length = ap.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float)
@@ -65,13 +68,21 @@ def main() -> int:
             print(line, file=sys.stderr, flush=True)
 
     try:
+        keyframes = None
+        if args.keyframe:
+            keyframes = []
+            for flag in args.keyframe:
+                time, sep, path = flag.partition(":")
+                if not sep or not path:
+                    raise ValueError(f"--keyframe must be TIME:PATH, got {flag!r}")
+                keyframes.append((float(time.strip().removesuffix("s")), path))
         recipe = None
         if args.recipe is not None:
             with open(args.recipe, encoding="utf-8") as f:
                 recipe = f.read()
         with connect(args.server, token=args.token, tls=args.tls, ca_file=args.ca, timeout=args.timeout) as farm:
             job = submit(farm, args.image, args.prompt, seconds=args.seconds, frames=args.frames,
-                         end_image=args.end_image, mode=args.mode, steps=args.steps, seed=args.seed,
+                         end_image=args.end_image, keyframes=keyframes, mode=args.mode, steps=args.steps, seed=args.seed,
                          resolution=args.resolution, sampler=args.sampler, unipc_variant=args.unipc_variant,
                          cfg_rescale=args.cfg_rescale, cache=args.cache, cache_threshold=args.cache_threshold,
                          magcache_k=args.magcache_k, magcache_retention=args.magcache_retention,

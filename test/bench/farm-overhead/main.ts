@@ -97,6 +97,7 @@ async function main(): Promise<void> {
         bundle: "",
         priority: 0,
         idempotencyKey: "",
+        keyframes: [],
       };
       const job = await new Promise<Job>((resolve, reject) =>
         client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),

@@ -49,6 +49,7 @@ async function main(): Promise<number> {
     bundle: "",
     priority: 0,
     idempotencyKey: `load-${i}`,
+    keyframes: [],
   });
   const timeline: string[] = [];
   try {

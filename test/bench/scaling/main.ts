@@ -154,6 +154,7 @@ function request(image: Buffer, j: number, sections: number): SubmitJobRequest {
     bundle: "",
     priority: 0,
     idempotencyKey: "",
+    keyframes: [],
   };
 }
 

@@ -370,6 +370,18 @@ export interface RenderSettings {
   contextFrames?: number | undefined;
 }
 
+/**
+ * An image the video passes through at a time: FramePack-eichi's section keyframe (inverted
+ * sampling only). The keyframe belongs to the section whose span of video time holds its time;
+ * that section and every later one up to the next keyframe's section take its latent where their
+ * packed context holds the start image's (README: Keyframes).
+ */
+export interface Keyframe {
+  /** Seconds from the video's start, at least 0 and before the video's end. */
+  timeSeconds: number;
+  image?: ImageInput | undefined;
+}
+
 export interface SubmitJobRequest {
   /** The start image; or, instead, `video`. */
   image?: ImageInput | undefined;
@@ -377,10 +389,15 @@ export interface SubmitJobRequest {
     | ImageInput
     | undefined;
   /**
+   * In time order, at most one per section; each image is checked as `image` is (INVALID_ARGUMENT
+   * naming the keyframe). A recipe's keyframes must be given again, at the same times.
+   */
+  keyframes: Keyframe[];
+  /**
    * A video to extend instead of a start image: the output is its frames followed by the generated
    * ones, joined by a cross-fade (vanilla continues it; inverted with end_image runs toward that
-   * image). Its fps is the output's unless settings.fps is given. Both image and video, or a file
-   * that is not a video, is INVALID_ARGUMENT naming the field.
+   * image). Its fps is the output's unless settings.fps is given. Both image and video, keyframes
+   * with a video, or a file that is not a video, is INVALID_ARGUMENT naming the field.
    */
   video?: VideoInput | undefined;
   settings?:
@@ -469,6 +486,8 @@ export interface Job {
   /** When SUCCEEDED with save_frames: a tar of every frame as PNG (frame_00000.png, ...). */
   framesKey: string;
   framesUrl: string;
+  /** The times of the job's keyframes, in seconds (their images are the job's inputs, not returned). */
+  keyframeTimes: number[];
 }
 
 export interface GetJobRequest {
@@ -1467,10 +1486,102 @@ export const RenderSettings: MessageFns<RenderSettings> = {
   },
 };
 
+function createBaseKeyframe(): Keyframe {
+  return { timeSeconds: 0, image: undefined };
+}
+
+export const Keyframe: MessageFns<Keyframe> = {
+  encode(message: Keyframe, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.timeSeconds !== 0) {
+      writer.uint32(9).double(message.timeSeconds);
+    }
+    if (message.image !== undefined) {
+      ImageInput.encode(message.image, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Keyframe {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKeyframe();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.timeSeconds = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.image = ImageInput.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Keyframe {
+    return {
+      timeSeconds: isSet(object.timeSeconds)
+        ? globalThis.Number(object.timeSeconds)
+        : isSet(object.time_seconds)
+        ? globalThis.Number(object.time_seconds)
+        : 0,
+      image: isSet(object.image) ? ImageInput.fromJSON(object.image) : undefined,
+    };
+  },
+
+  toJSON(message: Keyframe): unknown {
+    const obj: any = {};
+    if (message.timeSeconds !== 0) {
+      obj.timeSeconds = floatToJson(message.timeSeconds);
+    }
+    if (message.image !== undefined) {
+      obj.image = ImageInput.toJSON(message.image);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Keyframe>, I>>(base?: I): Keyframe {
+    return Keyframe.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Keyframe>, I>>(object: I): Keyframe {
+    const message = createBaseKeyframe();
+    message.timeSeconds = object.timeSeconds ?? 0;
+    message.image = (object.image !== undefined && object.image !== null)
+      ? ImageInput.fromPartial(object.image)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseSubmitJobRequest(): SubmitJobRequest {
   return {
     image: undefined,
     endImage: undefined,
+    keyframes: [],
     video: undefined,
     settings: undefined,
     bundle: "",
@@ -1489,8 +1600,11 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     if (message.endImage !== undefined) {
       ImageInput.encode(message.endImage, writer.uint32(18).fork()).join();
     }
+    for (const v of message.keyframes) {
+      Keyframe.encode(v!, writer.uint32(58).fork()).join();
+    }
     if (message.video !== undefined) {
-      VideoInput.encode(message.video, writer.uint32(58).fork()).join();
+      VideoInput.encode(message.video, writer.uint32(66).fork()).join();
     }
     if (message.settings !== undefined) {
       RenderSettings.encode(message.settings, writer.uint32(26).fork()).join();
@@ -1544,6 +1658,14 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
           }
           case 7: {
             if (tag !== 58) {
+              break;
+            }
+
+            message.keyframes.push(Keyframe.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
               break;
             }
 
@@ -1618,6 +1740,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
         : isSet(object.end_image)
         ? ImageInput.fromJSON(object.end_image)
         : undefined,
+      keyframes: globalThis.Array.isArray(object?.keyframes)
+        ? object.keyframes.map((e: any) => Keyframe.fromJSON(e))
+        : [],
       video: isSet(object.video) ? VideoInput.fromJSON(object.video) : undefined,
       settings: isSet(object.settings) ? RenderSettings.fromJSON(object.settings) : undefined,
       bundle: isSet(object.bundle) ? globalThis.String(object.bundle) : "",
@@ -1643,6 +1768,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.endImage !== undefined) {
       obj.endImage = ImageInput.toJSON(message.endImage);
+    }
+    if (message.keyframes?.length) {
+      obj.keyframes = message.keyframes.map((e) => Keyframe.toJSON(e));
     }
     if (message.video !== undefined) {
       obj.video = VideoInput.toJSON(message.video);
@@ -1679,6 +1807,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     message.endImage = (object.endImage !== undefined && object.endImage !== null)
       ? ImageInput.fromPartial(object.endImage)
       : undefined;
+    message.keyframes = object.keyframes?.map((e) => Keyframe.fromPartial(e)) || [];
     message.video = (object.video !== undefined && object.video !== null)
       ? VideoInput.fromPartial(object.video)
       : undefined;
@@ -1976,6 +2105,7 @@ function createBaseJob(): Job {
     recipeUrl: "",
     framesKey: "",
     framesUrl: "",
+    keyframeTimes: [],
   };
 }
 
@@ -2046,6 +2176,13 @@ export const Job: MessageFns<Job> = {
     }
     if (message.framesUrl !== "") {
       writer.uint32(186).string(message.framesUrl);
+    }
+    if (message.keyframeTimes.length !== 0) {
+      writer.uint32(194).fork();
+      for (const v of message.keyframeTimes) {
+        writer.double(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2239,6 +2376,24 @@ export const Job: MessageFns<Job> = {
             message.framesUrl = reader.string();
             continue;
           }
+          case 24: {
+            if (tag === 193) {
+              message.keyframeTimes.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 194) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.keyframeTimes.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2327,6 +2482,11 @@ export const Job: MessageFns<Job> = {
         : isSet(object.frames_url)
         ? globalThis.String(object.frames_url)
         : "",
+      keyframeTimes: globalThis.Array.isArray(object?.keyframeTimes)
+        ? object.keyframeTimes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.keyframe_times)
+        ? object.keyframe_times.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2398,6 +2558,9 @@ export const Job: MessageFns<Job> = {
     if (message.framesUrl !== "") {
       obj.framesUrl = message.framesUrl;
     }
+    if (message.keyframeTimes?.length) {
+      obj.keyframeTimes = message.keyframeTimes.map((e) => floatToJson(e));
+    }
     return obj;
   },
 
@@ -2438,6 +2601,7 @@ export const Job: MessageFns<Job> = {
     message.recipeUrl = object.recipeUrl ?? "";
     message.framesKey = object.framesKey ?? "";
     message.framesUrl = object.framesUrl ?? "";
+    message.keyframeTimes = object.keyframeTimes?.map((e) => e) || [];
     return message;
   },
 };

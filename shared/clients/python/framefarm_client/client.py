@@ -13,14 +13,14 @@ import re
 import urllib.request
 import uuid
 import warnings
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import grpc
 
 from framefarm.v1 import jobs_pb2, jobs_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 60.0
-# The coordinator takes requests up to 110 MiB (two images of at most 50 MiB and the settings).
+# The coordinator takes requests up to 110 MiB (all images inline, each at most 50 MiB, and the settings).
 MAX_REQUEST_BYTES = 110 * 1024 * 1024
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, jobs_pb2.ImageInput]
@@ -154,6 +154,21 @@ def _video(video: VideoLike) -> jobs_pb2.VideoInput:
         return jobs_pb2.VideoInput(data=f.read())
 
 
+def _keyframes(keyframes: Sequence[Tuple[float, ImageLike]]) -> list:
+    """Keyframe messages from (seconds, image) pairs, in the order given (the farm wants time order)."""
+    if isinstance(keyframes, (str, bytes)) or not isinstance(keyframes, Sequence):
+        raise ValueError("keyframes must be a list of (seconds, image) pairs")
+    out = []
+    for i, pair in enumerate(keyframes):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"keyframe {i + 1} must be a (seconds, image) pair, got {pair!r}")
+        seconds, image = pair
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise ValueError(f"keyframe {i + 1}'s time must be a number of seconds, got {seconds!r}")
+        out.append(jobs_pb2.Keyframe(time_seconds=seconds, image=_image(image)))
+    return out
+
+
 def _choice(name: str, value: str, table: dict) -> int:
     if not isinstance(value, str) or value.lower() not in table:
         raise ValueError(f"{name} must be one of {', '.join(table)}, got {value!r}")
@@ -179,7 +194,8 @@ def _check_recipe(recipe: Union[str, bytes]) -> str:
 
 
 def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None, *, seconds: Optional[float] = None,
-           frames: Optional[int] = None, end_image: Optional[ImageLike] = None, mode: Optional[str] = None,
+           frames: Optional[int] = None, end_image: Optional[ImageLike] = None,
+           keyframes: Optional[Sequence[Tuple[float, ImageLike]]] = None, mode: Optional[str] = None,
            negative_prompt: Optional[str] = None, steps: Optional[int] = None,
            guidance_scale: Optional[float] = None, true_cfg_scale: Optional[float] = None,
            seed: Optional[int] = None, latent_window_size: Optional[int] = None,
@@ -214,11 +230,13 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
     section instead of `prompt`; blend_sections: sections over which prompt changes are blended
     (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). video_format: "mp4" or "webm";
     save_frames: also keep every frame as PNG (the job's frames_url). webhook_url: where the farm
-    POSTs the job's events (a host the operator allows).
+    POSTs the job's events (a host the operator allows). keyframes: (seconds, image) pairs in time
+    order, at most one per section, inverted mode only: images the video passes through
+    (FramePack-eichi's section keyframes; the farm checks times and images).
 
     recipe: a recipe's JSON text (a finished job's recipe, see `download(..., recipe=True)`) to
-    render again from the same image(s); the recipe sets everything else, so give no prompt,
-    length or render setting, only video_format, crf, lossless and save_frames.
+    render again from the same image(s), keyframes included; the recipe sets everything else, so
+    give no prompt, length or render setting, only video_format, crf, lossless and save_frames.
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -326,6 +344,8 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
         request.webhook_url = webhook_url
     if end_image is not None:
         request.end_image.CopyFrom(_image(end_image))
+    if keyframes is not None:
+        request.keyframes.extend(_keyframes(keyframes))
     return farm.unary(farm.stub.SubmitJob, request).job
 
 

@@ -58,7 +58,7 @@ class ImageInput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ["bundle", "created_at", "error", "error_status", "frames_key", "frames_url", "height", "id", "num_frames", "preview_key", "preview_url", "priority", "progress", "recipe_key", "recipe_url", "settings", "state", "updated_at", "video_key", "video_url", "video_url_expires_at", "width"]
+    __slots__ = ["bundle", "created_at", "error", "error_status", "frames_key", "frames_url", "height", "id", "keyframe_times", "num_frames", "preview_key", "preview_url", "priority", "progress", "recipe_key", "recipe_url", "settings", "state", "updated_at", "video_key", "video_url", "video_url_expires_at", "width"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class Job(_message.Message):
     FRAMES_URL_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    KEYFRAME_TIMES_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_KEY_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_URL_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +90,7 @@ class Job(_message.Message):
     frames_url: str
     height: int
     id: str
+    keyframe_times: _containers.RepeatedScalarFieldContainer[float]
     num_frames: int
     preview_key: str
     preview_url: str
@@ -103,7 +105,15 @@ class Job(_message.Message):
     video_url: str
     video_url_expires_at: _timestamp_pb2.Timestamp
     width: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., video_key: _Optional[str] = ..., video_url: _Optional[str] = ..., video_url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., error_status: _Optional[str] = ..., num_frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., preview_key: _Optional[str] = ..., preview_url: _Optional[str] = ..., recipe_key: _Optional[str] = ..., recipe_url: _Optional[str] = ..., frames_key: _Optional[str] = ..., frames_url: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., video_key: _Optional[str] = ..., video_url: _Optional[str] = ..., video_url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., error_status: _Optional[str] = ..., num_frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., preview_key: _Optional[str] = ..., preview_url: _Optional[str] = ..., recipe_key: _Optional[str] = ..., recipe_url: _Optional[str] = ..., frames_key: _Optional[str] = ..., frames_url: _Optional[str] = ..., keyframe_times: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Keyframe(_message.Message):
+    __slots__ = ["image", "time_seconds"]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    image: ImageInput
+    time_seconds: float
+    def __init__(self, time_seconds: _Optional[float] = ..., image: _Optional[_Union[ImageInput, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ["page_size", "page_token", "states"]
@@ -204,11 +214,12 @@ class RenderSettings(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ..., cache: _Optional[str] = ..., cache_threshold: _Optional[float] = ..., magcache_k: _Optional[int] = ..., magcache_retention: _Optional[float] = ..., context_frames: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "priority", "recipe", "settings", "video", "webhook_url"]
+    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "keyframes", "priority", "recipe", "settings", "video", "webhook_url"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     END_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    KEYFRAMES_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
@@ -218,12 +229,13 @@ class SubmitJobRequest(_message.Message):
     end_image: ImageInput
     idempotency_key: str
     image: ImageInput
+    keyframes: _containers.RepeatedCompositeFieldContainer[Keyframe]
     priority: int
     recipe: str
     settings: RenderSettings
     video: VideoInput
     webhook_url: str
-    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., video: _Optional[_Union[VideoInput, _Mapping]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., keyframes: _Optional[_Iterable[_Union[Keyframe, _Mapping]]] = ..., video: _Optional[_Union[VideoInput, _Mapping]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ["deduplicated", "job"]
