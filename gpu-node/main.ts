@@ -18,6 +18,7 @@ import { ModelRuntime } from "./runtime/model-runtime.js";
 import { loadTextTokenizers } from "./text/tokenizers.js";
 import { NodeLoop, decodeConcurrencyFor } from "./worker/node-loop.js";
 import { TensorCache } from "./worker/tensor-cache.js";
+import { gpuSamplerFor } from "./worker/gpu-stats.js";
 import type { RenderContext } from "./stages/render-job.js";
 import { STAGE_COMPONENTS, warmUp, warmUpJobsForSize } from "./stages/warm-up.js";
 
@@ -131,6 +132,11 @@ export async function startNode(
       await models.close();
       throw err;
     });
+  // CUDA nodes with nvidia-smi report their GPU's load in each heartbeat; other nodes none.
+  const gpus = await gpuSamplerFor(s.ep, {
+    intervalMs: s.heartbeatMs,
+    onError: (err) => s.log.warn({ err }, "nvidia-smi failed: GPU figures left out of heartbeats until it works"),
+  });
   const loop = await NodeLoop.start(
     bus,
     { ...models, store, cache: new TensorCache(s.cacheBytes) },
@@ -150,13 +156,18 @@ export async function startNode(
         version: FRAMEFARM_VERSION,
         heartbeatMs: s.heartbeatMs,
         traffic: () => store.traffic,
+        ...(gpus !== undefined ? { gpus: () => gpus.latest() } : {}),
       },
     },
-  );
+  ).catch(async (err: unknown) => {
+    await gpus?.stop();
+    throw err;
+  });
   return {
     loop,
     stop: async (finishMs) => {
       await loop.stop(finishMs);
+      await gpus?.stop();
       await models.close();
     },
   };

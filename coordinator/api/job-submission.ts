@@ -268,6 +268,7 @@ async function submitNew(
     }
   }
   const keys = jobKeys(jobId);
+  let created: JobRecord;
   try {
     signal?.throwIfAborted();
     if (first !== null) await deps.store.put(keys.firstImage, first.bytes);
@@ -286,7 +287,7 @@ async function submitNew(
       await deps.store.put(keys.recipe, new TextEncoder().encode(recipeText(recipe)), "application/json");
     }
     signal?.throwIfAborted();
-    await deps.dispatcher.submit(spec, tasks, {
+    created = await deps.dispatcher.submit(spec, tasks, {
       priority: req.priority,
       ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
       ...(deps.trace !== undefined ? { trace: deps.trace } : {}),
@@ -297,5 +298,6 @@ async function submitNew(
     if (idemKey !== null) await (await deps.idempotency).delete(idemKey).catch(() => undefined);
     throw err;
   }
-  return { job: await deps.toJob((await readJob(await deps.jobs, jobId))!.record), deduplicated: false };
+  // The record as written, not read back: a read can miss a write that just landed (a NATS failover).
+  return { job: await deps.toJob(created), deduplicated: false };
 }

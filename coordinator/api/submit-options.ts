@@ -46,7 +46,7 @@ export interface Choice<Name extends string> {
 
 export interface SubmitOptions {
   bundle: string;
-  modes: (Choice<SamplingType> & { endImage: boolean })[];
+  modes: (Choice<SamplingType> & { endImage: boolean; keyframes: boolean })[];
   samplers: Choice<SamplerName>[];
   unipcVariants: Choice<UniPCVariant>[];
   caches: (Choice<CacheName> & { threshold: number | null })[];
@@ -103,8 +103,9 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       name: t,
       label: MODE_LABELS[t],
       isDefault: t === manifest.sampling_type,
-      // validateRenderParams refuses an end image with vanilla sampling.
+      // validateRenderParams refuses an end image and keyframes with vanilla sampling.
       endImage: t !== "vanilla",
+      keyframes: t !== "vanilla",
     })),
     samplers: SAMPLERS.map((s) => ({
       value: samplerToJSON(samplerToPb(s)),

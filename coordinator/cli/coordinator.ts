@@ -23,6 +23,7 @@ import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
+import { historySampleMs } from "../dashboard/farm-history.js";
 import { WebhookPolicy } from "../webhooks/policy.js";
 import { WebhookDeliverer } from "../webhooks/deliverer.js";
 import {
@@ -94,6 +95,8 @@ export async function startCoordinator(
 ): Promise<RunningCoordinator> {
   const log = createLogger("coordinator");
   const { host } = at;
+  // Settings first: a bad one is refused before anything connects.
+  const sampleMs = historySampleMs();
   const bundle = await openBundle(bundleDir);
   const auth = security.auth ?? TokenAuth.open();
   // Loud on purpose: an open farm must never be mistaken for a protected one.
@@ -132,6 +135,7 @@ export async function startCoordinator(
     onRecord: (jobId) => deliverer?.notify(jobId),
     onLeader,
     lease: { holder, ttlMs: security.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log },
+    log,
   });
   await webhooksChanging;
   if (!dispatcher.leader) log.info({ holder }, "follower: serving the API, another coordinator dispatches");
@@ -162,6 +166,7 @@ export async function startCoordinator(
     authChanges: (fn) => auth.onChange(fn),
     storeTraffic: () => store.traffic,
     jobs: service,
+    historySampleMs: sampleMs,
   });
   // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
   if (!auth.isOpen && operators.length === 0) log.warn("no --operators tenants: the dashboard refuses every request");

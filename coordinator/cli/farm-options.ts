@@ -63,7 +63,10 @@ export function farmConnection(values: {
   const nats = values.nats ?? env["FRAMEFARM_NATS"];
   const s3 = values.s3 ?? env["FRAMEFARM_S3"];
   if (nats === undefined)
-    throw new FarmError("INVALID_ARGUMENT", "NATS address missing: --nats nats://HOST:PORT (or FRAMEFARM_NATS)");
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      "NATS address missing: --nats nats://HOST:PORT[,nats://HOST:PORT...] (or FRAMEFARM_NATS)",
+    );
   if (s3 === undefined) throw new FarmError("INVALID_ARGUMENT", "S3 address missing: --s3 HOST:PORT (or FRAMEFARM_S3)");
   const m = /^([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(s3);
   if (m === null) throw new FarmError("INVALID_ARGUMENT", `--s3 must be HOST:PORT, got ${JSON.stringify(s3)}`);

@@ -25,7 +25,7 @@ import { defaultCacheMb } from "../../gpu-node/worker/tensor-cache.js";
 
 const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's queues until SIGINT/SIGTERM
 
-  --nats URL              NATS server (FRAMEFARM_NATS)                    [required]
+  --nats URL[,URL...]     NATS server(s) of one cluster (FRAMEFARM_NATS)  [required]
   --s3 HOST:PORT          object store (FRAMEFARM_S3)                     [required]
   --bucket NAME           object store bucket (FRAMEFARM_S3_BUCKET, framefarm)
   --stages G,G|all        stage groups: text, image, vae, denoise (FRAMEFARM_STAGES, all)

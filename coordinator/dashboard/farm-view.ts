@@ -53,6 +53,18 @@ export interface NodeView {
   sectionsPerHour: number;
   bytesRead: number;
   bytesWritten: number;
+  /** The node's GPUs as its last heartbeat reported them (CUDA nodes with nvidia-smi; else none). */
+  gpus: GpuView[];
+}
+
+export interface GpuView {
+  index: number;
+  name: string;
+  /** Absent where the GPU does not report it (MIG). */
+  utilizationPercent?: number;
+  memoryUsedMib: number;
+  memoryTotalMib: number;
+  sampledAt: string;
 }
 
 export interface QueueView {
@@ -111,6 +123,12 @@ export interface FarmSnapshot {
   jobs: JobView[];
   /** Jobs per state, over every job in the bucket (jobs lists the newest only). */
   jobStates: Record<JobRecord["state"], number>;
+  /**
+   * Tasks of unfinished jobs that are ready and on no node yet, by stage: held by the dispatcher
+   * until a node of the stage asks, or on the stage's queue. The farm's real queue depth (the
+   * queues themselves hold only what idle nodes asked for).
+   */
+  waitingTasks: Record<StageKind, number>;
 }
 
 /** A finished task attempt, noticed once. */
@@ -122,6 +140,8 @@ export interface TaskAttempt {
   node: string;
   ok: boolean;
   seconds: number;
+  /** Unix ms. */
+  finishedMs: number;
 }
 
 export interface FarmViewOptions {
@@ -179,6 +199,14 @@ export function nodeView(r: NodeRecord, now: number): NodeView {
     sectionsPerHour: num(r.sectionsDone) / hours,
     bytesRead: num(r.bytesRead),
     bytesWritten: num(r.bytesWritten),
+    gpus: r.gpus.map((g) => ({
+      index: g.index,
+      name: g.name,
+      ...(g.utilizationPercent !== undefined ? { utilizationPercent: g.utilizationPercent } : {}),
+      memoryUsedMib: g.memoryUsedMib,
+      memoryTotalMib: g.memoryTotalMib,
+      sampledAt: new Date(msOf(g.sampledAt)).toISOString(),
+    })),
   };
 }
 
@@ -302,14 +330,20 @@ export class FarmView {
     if (this.final.size > ids.length)
       for (const id of [...this.final.keys()].filter((k) => !ids.includes(k))) this.final.delete(id);
     const jobStates: FarmSnapshot["jobStates"] = { QUEUED: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0 };
+    const waitingTasks = Object.fromEntries(STAGE_KINDS.map((k) => [k, 0])) as Record<StageKind, number>;
     for (const r of records) {
       jobStates[r.state]++;
       this.notice(r);
+      if (r.state !== "QUEUED" && r.state !== "RUNNING") continue;
+      for (const t of r.tasks) {
+        const s = r.taskStates[t.id];
+        if (s === "ready" || (s === "queued" && !running.has(t.id))) waitingTasks[t.kind]++;
+      }
     }
     records.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
     const jobs: JobView[] = [];
     for (const r of records.slice(0, this.options.maxJobs ?? 100)) jobs.push(await this.jobView(r, running));
-    const snap: FarmSnapshot = { at: new Date(now).toISOString(), nodes, queues, jobs, jobStates };
+    const snap: FarmSnapshot = { at: new Date(now).toISOString(), nodes, queues, jobs, jobStates, waitingTasks };
     this.latest = snap;
     for (const l of this.listeners) l(snap);
     return snap;
@@ -399,6 +433,7 @@ export class FarmView {
         node: e.node,
         ok: e.ok,
         seconds: (Date.parse(e.finishedAt) - Date.parse(e.startedAt)) / 1000,
+        finishedMs: Date.parse(e.finishedAt),
       };
       log.info(
         {

@@ -1,7 +1,9 @@
 /**
  * The coordinator's HTTP server: the admin dashboard (a static page in ./static, beside this
- * file's source), its JSON API and live snapshots over server-sent events, and Prometheus
- * metrics; and the tenants' submit page (/submit) with its API (/api/tenant/..., tenant-api.ts).
+ * file's source, and Chart.js from its npm package under /static/vendor/), its JSON API (the farm's
+ * last hour and each job's timeline for its charts too) and live snapshots over server-sent events,
+ * and Prometheus metrics; and the tenants' submit page (/submit) with its API (/api/tenant/...,
+ * tenant-api.ts).
  * Every request for farm data or actions passes one authorize() check first (token auth plugs in
  * there; the tenant API checks any tenant's token instead); the pages' own files hold no data and
  * load without it, so a browser can show a token prompt, and /api/session tells the page whether
@@ -19,6 +21,9 @@ import type { FarmView } from "./farm-view.js";
 import type { FarmMetrics } from "./metrics.js";
 import { fail, httpStatusOf, readJsonBody, requireJson, send, sendJson } from "./http-replies.js";
 import type { TenantApi } from "./tenant-api.js";
+import type { FarmHistoryView } from "./farm-history.js";
+import type { JobTimeline } from "./job-timeline.js";
+import { readVendorFiles } from "./vendor-assets.js";
 
 /** coordinator/dashboard/static at the package root (this file is dist/coordinator/dashboard/http-server.js). */
 export const STATIC_DIR = path.resolve(
@@ -68,6 +73,10 @@ export interface DashboardServerOptions {
   authChanges?: (fn: () => void) => () => void;
   /** The submit page's API (/api/tenant/...), for tenants' tokens; absent: not served. */
   tenantApi?: TenantApi;
+  /** The farm's last hour (/api/history); absent: not served. */
+  history?: () => FarmHistoryView;
+  /** A job's task timeline (/api/jobs/ID/timeline), NOT_FOUND for no such job; absent: not served. */
+  timeline?: (jobId: string) => Promise<JobTimeline>;
 }
 
 export interface DashboardServer {
@@ -84,6 +93,7 @@ const PAGES = new Map([
 const ID = "([A-Za-z0-9_-]{1,64})";
 const JOB_ACTION = new RegExp(`^/api/jobs/${ID}/(cancel|retry|priority)$`);
 const NODE_DRAIN = new RegExp(`^/api/nodes/${ID}/drain$`);
+const JOB_TIMELINE = new RegExp(`^/api/jobs/${ID}/timeline$`);
 
 export async function startDashboardServer(o: DashboardServerOptions): Promise<DashboardServer> {
   // The page's files are read once: only these names are ever served (no paths from requests).
@@ -92,6 +102,8 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     const type = CONTENT_TYPES[path.extname(name)];
     if (type !== undefined) files.set(name, { body: await readFile(path.join(STATIC_DIR, name)), type });
   }
+  for (const [name, body] of await readVendorFiles())
+    files.set(`vendor/${name}`, { body, type: CONTENT_TYPES[".js"]! });
   const authorize: Authorize = o.authorize ?? (() => true);
   const authorizeMetrics: Authorize = o.authorizeMetrics ?? authorize;
   /** Open event streams, with the request each answers (its token is checked again on changes). */
@@ -177,6 +189,9 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     if (await action(req, res, url)) return;
     if (req.method !== "GET" && req.method !== "HEAD") return fail(res, 405, "METHOD_NOT_ALLOWED", "use GET");
     if (url.pathname === "/api/state") return sendJson(res, 200, o.view.snapshot());
+    if (url.pathname === "/api/history" && o.history !== undefined) return sendJson(res, 200, o.history());
+    const timeline = JOB_TIMELINE.exec(url.pathname);
+    if (timeline !== null && o.timeline !== undefined) return sendJson(res, 200, await o.timeline(timeline[1]!));
     if (url.pathname === "/api/events") {
       res.writeHead(200, {
         "content-type": "text/event-stream",

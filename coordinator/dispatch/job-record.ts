@@ -32,11 +32,18 @@ export interface JobRecord {
   attemptsBeforeRetry?: Record<string, number>;
   error?: string;
   errorStatus?: string;
+  /**
+   * When each task last became ready (its inputs done, or its failed attempt returned): the start of
+   * its current attempt's wait for a node. Absent in older records.
+   */
+  readyAt?: Record<string, string>;
   /** Every attempt's node and time span, in the order results arrived (the job's event log). */
   taskLog?: {
     taskId: string;
     node: string;
     ok: boolean;
+    /** When the attempt became ready (readyAt then): from there to startedAt it waited. Absent in older records. */
+    readyAt?: string;
     startedAt: string;
     finishedAt: string;
     modelMs: number;
@@ -70,12 +77,33 @@ export async function createJob(kv: KeyValue, record: JobRecord): Promise<number
   return kv.create(record.spec.jobId, enc(record));
 }
 
+/** Per job, the last of this process's writes of its record, queued or running. */
+const writing = new Map<string, Promise<unknown>>();
+
 /**
  * Applies change to the job's latest record and writes it if no one else did in between;
  * retries on a lost race. Returns the record as written with its revision, or null if change
- * returned null.
+ * returned null. One write of a job's record at a time in this process: a clustered nats-server
+ * 2.9 checks a write's expected revision against what it has stored, not against writes still in
+ * flight, so two writes read at one revision and sent at once could both succeed, the second
+ * undoing the first (seen after failovers: a task's recorded result lost to a task being queued).
  */
 export async function updateJob(
+  kv: KeyValue,
+  jobId: string,
+  change: (r: JobRecord) => JobRecord | null,
+): Promise<{ record: JobRecord; revision: number } | null> {
+  const run = (writing.get(jobId) ?? Promise.resolve()).then(() => writeJob(kv, jobId, change));
+  const settled = run.catch(() => undefined);
+  writing.set(jobId, settled);
+  try {
+    return await run;
+  } finally {
+    if (writing.get(jobId) === settled) writing.delete(jobId);
+  }
+}
+
+async function writeJob(
   kv: KeyValue,
   jobId: string,
   change: (r: JobRecord) => JobRecord | null,

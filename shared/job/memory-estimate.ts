@@ -40,6 +40,8 @@ export interface MemoryEstimate {
   mux: number;
   /** The process's peak: base + weights + the resident transformer arena + the largest other stage, plus slack. */
   peak: number;
+  /** Of that, the model files' bytes. */
+  weights: number;
 }
 
 const F32 = 4;
@@ -96,14 +98,14 @@ export function estimateJobMemory(input: MemoryEstimateInput): MemoryEstimate {
   const sectionFrames = Math.max(...plan.sections.map((s) => s.decode.videoFrames));
   const mux = plan.outputFrames * height * width * 3 + 2 * 3 * sectionFrames * height * width * F32;
   const base = (input.baseBytes ?? DEFAULT_BASE_BYTES) + input.weightBytes;
-  return { denoise, decode, mux, peak: SLACK * (base + denoise + Math.max(decode, mux)) };
+  return { denoise, decode, mux, peak: SLACK * (base + denoise + Math.max(decode, mux)), weights: input.weightBytes };
 }
 
 function maxDecodeFrames(plan: SectionPlan): number {
   return Math.max(...plan.sections.map((s) => s.decode.latentFrames));
 }
 
-const gib = (b: number): string => `${(b / 2 ** 30).toFixed(1)} GiB`;
+export const gib = (b: number): string => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
 /** Throws RESOURCE_EXHAUSTED, naming needed and available memory, when the estimate does not fit. */
 export function admitMemory(

@@ -2,7 +2,7 @@
  * The submit page in a real browser: `framefarm cluster` with tokens (real nats-server, s3rver,
  * coordinator and node processes) and Debian's chromium driven by playwright-core, as a tenant
  * (not an operator). A start image is dropped (shown cropped to the bucket the server names), an
- * end image chosen, the form filled (timed prompts, random seed) and submitted; the job is watched
+ * end image and a keyframe's image chosen, the form filled (timed prompts, random seed) and submitted; the job is watched
  * live (a finished section's preview plays while it runs, then the whole video) and downloaded;
  * what the farm rendered is what the form asked. From "my jobs" it is re-submitted with a new seed
  * and that one cancelled. A file that is no image is refused with the server's own message, the
@@ -72,6 +72,7 @@ let page: Page;
 let profile: string;
 let startPng: Buffer;
 let endPng: Buffer;
+let keyframePng: Buffer;
 const BAD_IMAGE = Buffer.from("this is a shopping list, not a picture\n");
 const consoleErrors: string[] = [];
 
@@ -81,6 +82,10 @@ before(async () => {
     .png()
     .toBuffer();
   endPng = await sharp(Buffer.from(scene(true)))
+    .png()
+    .toBuffer();
+  keyframePng = await sharp(Buffer.from(scene(true)))
+    .flop()
     .png()
     .toBuffer();
   profile = await mkdtemp(path.join(os.tmpdir(), "framefarm-chromium-"));
@@ -276,6 +281,20 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.ok(Math.abs(crop - bucket.width / bucket.height) < 0.02, `the crop has the bucket's shape (${crop})`);
   await page.locator("#end-file").setInputFiles({ name: "night.png", mimeType: "image/png", buffer: endPng });
   await page.locator("#end-drop .drop-caption", { hasText: `→ ${bucket.width}×${bucket.height}` }).waitFor();
+  // A keyframe at 2.5 s, its image shown cropped to the start image's size as the end image is.
+  await page.locator("#add-keyframe").click();
+  const keyframe = page.locator(".keyframe-row").first();
+  await keyframe.locator(".keyframe-time").fill("2.5");
+  await keyframe
+    .locator("input[type=file]")
+    .setInputFiles({ name: "beam.png", mimeType: "image/png", buffer: keyframePng });
+  await keyframe.locator(".drop-caption", { hasText: `640×360 → ${bucket.width}×${bucket.height}` }).waitFor();
+  assert.ok(await keyframe.locator("canvas.crop").isVisible());
+  // Keyframes are for the inverted mode only: the vanilla mode hides them.
+  await page.locator("#mode").selectOption("SAMPLING_MODE_VANILLA");
+  assert.ok(!(await page.locator("#keyframes").isVisible()));
+  await page.locator("#mode").selectOption("SAMPLING_MODE_INVERTED_ANTI_DRIFTING");
+  assert.ok(await page.locator("#keyframes").isVisible());
 
   // Two timed prompts, a negative prompt, the length and sampling, a random seed.
   await page.locator(".prompt-text").first().fill("a lighthouse at dawn, waves rolling in");
@@ -331,6 +350,8 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.equal(job.settings!.guidanceScale, 9);
   assert.equal(job.settings!.mode, SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING);
   assert.deepEqual([job.width, job.height, job.numFrames], [bucket.width, bucket.height, 165]);
+  assert.deepEqual(job.keyframeTimes, [2.5]);
+  assert.match((await page.locator("#viewer .job-meta").textContent())!, /keyframes at 2\.5 s/);
 
   // Re-submitted from my jobs: same settings, new seed; then cancelled from the viewer.
   await page.locator(`#jobs li[data-job-id="${jobId}"] button[data-action="resubmit"]`).click();
@@ -341,6 +362,7 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   const { seed: _oldSeed, ...firstSettings } = job.settings!;
   assert.notEqual(newSeed, job.settings!.seed);
   assert.deepEqual(sameSettings, firstSettings as Omit<RenderSettings, "seed">);
+  assert.deepEqual(again.keyframeTimes, [2.5], "the re-submitted job keeps the keyframe");
   await page.locator('#viewer button[data-action="cancel"]').click();
   await viewerState("CANCELLED").waitFor({ timeout: 30_000 });
   await page.locator(`#jobs li[data-job-id="${againId}"][data-state="CANCELLED"]`).waitFor();

@@ -30,7 +30,7 @@ import { tracingSettings } from "../../shared/telemetry/tracing.js";
 import { defaultBundleDir, packageRoot } from "../../coordinator/cli/defaults.js";
 import { EXECUTION_PROVIDERS } from "../../gpu-node/runtime/execution-provider.js";
 import { CUDA_PROVIDER_LIBRARY, CUDA_PROVIDER_PACKAGE } from "../../gpu-node/runtime/cuda-provider.js";
-import { streamOf } from "../../shared/bus/nats-bus.js";
+import { natsServers, streamOf } from "../../shared/bus/nats-bus.js";
 import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
 import { stageConsumerName } from "../../shared/farm/protocol.js";
 
@@ -392,11 +392,22 @@ for (const target of TARGETS) {
     const objects = render(target);
     const conf = natsConf(objects);
     for (const r of framefarmContainers(objects)) {
-      const nats = new URL(r.env.get("FRAMEFARM_NATS")!);
-      assert.equal(nats.protocol, "nats:");
-      const n = servicePort(objects, nats.hostname, Number(nats.port));
-      assert.equal(n.workload.metadata.name, "nats");
-      assert.equal(n.containerPort, natsSetting(conf, "port"), "the client port nats.conf listens on");
+      const urls = natsServers(r.env.get("FRAMEFARM_NATS")!);
+      const natsSts = byName(objects, "StatefulSet", "nats")["spec"] as { replicas: number; serviceName: string };
+      // One URL (a Service), or every server of a cluster by its pod name (nats-<i>.<headless Service>).
+      if (urls.length > 1) assert.equal(urls.length, natsSts.replicas, "every NATS server is listed");
+      for (const [i, u] of urls.entries()) {
+        const nats = new URL(u);
+        assert.equal(nats.protocol, "nats:");
+        let host = nats.hostname;
+        if (urls.length > 1) {
+          assert.ok(host.startsWith(`nats-${i}.${natsSts.serviceName}`), `${u} names pod nats-${i}`);
+          host = host.slice(`nats-${i}.`.length);
+        }
+        const n = servicePort(objects, host, Number(nats.port));
+        assert.equal(n.workload.metadata.name, "nats");
+        assert.equal(n.containerPort, natsSetting(conf, "port"), "the client port nats.conf listens on");
+      }
       const conn = withEnv(r.env, () => farmConnection({}));
       const s3 = servicePort(objects, conn.s3.host, conn.s3.port);
       assert.equal(s3.workload.metadata.name, "minio");

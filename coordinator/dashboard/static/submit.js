@@ -1,6 +1,7 @@
 // The submit page: a form that submits a job through the coordinator's tenant API (/api/tenant/...,
 // where the gRPC JobService's own checks run), a preview of each image (or of a video to extend, in
-// the start image's place) cropped to the bucket the farm will give it (the server's table), and the tenant's jobs followed live
+// the start image's place) cropped to the bucket the farm will give it (the bucket comes from the
+// server's table; the end image and keyframes take the start image's), and the tenant's jobs followed live
 // over server-sent events: each finished section's preview plays as it lands, then the video.
 // What the form offers (modes, samplers, caches, defaults, limits) comes from /api/tenant/options.
 // Requests and replies are jobs.proto's messages in JSON form; errors show the server's gRPC status
@@ -127,7 +128,10 @@ function showDependentFields() {
     f.hidden = !f.dataset.forCache.split(" ").includes(cache?.name);
   const mode = chosen($("#mode"), options.modes);
   $("#end-drop").dataset.unused = String(mode !== undefined && !mode.endImage);
-  const start = images.start?.kind ?? "image";
+  // Keyframes only where the mode takes them (inverted) and with a start image (a video has no slot
+  // for them): hidden, they are not sent either.
+  const start = images.get(startZone)?.kind ?? "image";
+  $("#keyframes").hidden = (mode !== undefined && !mode.keyframes) || start === "video";
   for (const f of document.querySelectorAll("[data-for-start]")) f.hidden = f.dataset.forStart !== start;
 }
 $("#cache").addEventListener("change", () => {
@@ -191,8 +195,11 @@ function promptText() {
 }
 
 // ---- images, shown cropped to their bucket ----
-const images = { start: null, end: null };
-const zone = (which) => $(which === "start" ? "#start-drop" : "#end-drop");
+// Each drop zone's image (start, end, one per keyframe row), by the zone's element.
+const images = new Map();
+const startZone = $("#start-drop");
+const endZone = $("#end-drop");
+const keyframeZones = () => [...document.querySelectorAll("#keyframe-rows .drop")];
 
 /** A video to extend (in the start image's place), by its type or, when the browser gives none, its name. */
 const isVideo = (file) =>
@@ -214,13 +221,22 @@ function loadVideo(url) {
   });
 }
 
-async function setImage(which, file) {
-  const z = zone(which);
+/** A video plays on at its own frame rate unless one is given: the fps field empties for it. */
+function startKindChanged() {
+  const video = images.get(startZone)?.kind === "video";
+  const fps = $("#fps");
+  fps.placeholder = video ? "the video's" : "";
+  if (video && fps.value === String(options.defaults.fps)) fps.value = "";
+  if (!video && fps.value === "") fps.value = String(options.defaults.fps);
+  showDependentFields();
+}
+
+async function setImage(z, file) {
   // Another image is another attempt: the last refusal no longer applies.
   delete z.dataset.invalid;
   $("#submit-error").hidden = true;
   if (file === undefined || file === null) {
-    images[which] = null;
+    images.delete(z);
     z.dataset.empty = "true";
     delete z.dataset.kind;
     delete z.dataset.preview;
@@ -228,16 +244,16 @@ async function setImage(which, file) {
     text($(".drop-caption", z), "");
     $(".drop-clear", z)?.setAttribute("hidden", "");
     $("input[type=file]", z).value = "";
-    if (which === "start") startKindChanged();
+    if (z === startZone) startKindChanged();
     return updateCrops();
   }
-  const kind = which === "start" && isVideo(file) ? "video" : "image";
+  const kind = z === startZone && isVideo(file) ? "video" : "image";
   const entry = { file, kind, img: null };
-  images[which] = entry;
+  images.set(z, entry);
   z.dataset.empty = "false";
   z.dataset.kind = kind;
   $(".drop-clear", z)?.removeAttribute("hidden");
-  if (which === "start") startKindChanged();
+  if (z === startZone) startKindChanged();
   if (kind === "video") entry.img = await loadVideo(URL.createObjectURL(file));
   else {
     const img = new Image();
@@ -250,17 +266,7 @@ async function setImage(which, file) {
       // why when it cannot.
     }
   }
-  if (images[which] === entry) await updateCrops();
-}
-
-/** A video plays on at its own frame rate unless one is given: the fps field empties for it. */
-function startKindChanged() {
-  const video = images.start?.kind === "video";
-  const fps = $("#fps");
-  fps.placeholder = video ? "the video's" : "";
-  if (video && fps.value === String(options.defaults.fps)) fps.value = "";
-  if (!video && fps.value === "") fps.value = String(options.defaults.fps);
-  showDependentFields();
+  if (images.get(z) === entry) await updateCrops();
 }
 
 /** The bucket the farm gives an image of width x height at the form's resolution (the server's table). */
@@ -288,10 +294,10 @@ async function updateCrops() {
   const generation = ++cropGeneration;
   const resolution = $("#resolution").value.trim() || String(options.defaults.resolution);
   let startBucket = null;
-  for (const which of ["start", "end"]) {
-    const entry = images[which];
-    const z = zone(which);
-    if (entry === null) continue;
+  for (const z of [startZone, endZone, ...keyframeZones()]) {
+    const entry = images.get(z);
+    const which = z === startZone ? "start" : z === endZone ? "end" : "keyframe";
+    if (entry === undefined) continue;
     const caption = $(".drop-caption", z);
     const size =
       entry.file.size < 1 << 20
@@ -306,8 +312,8 @@ async function updateCrops() {
     const { w, h } = sizeOf(entry.img);
     let bucket;
     try {
-      // The end image is resized to the start image's size.
-      bucket = which === "end" && startBucket !== null ? startBucket : await bucketOf(w, h);
+      // The end image and keyframes are resized to the start image's size.
+      bucket = which !== "start" && startBucket !== null ? startBucket : await bucketOf(w, h);
     } catch (err) {
       if (generation === cropGeneration) text(caption, `${entry.file.name}: ${errorText(err)}`);
       continue;
@@ -332,10 +338,10 @@ $("#resolution").addEventListener("input", () => {
   cropTimer = setTimeout(updateCrops, 250);
 });
 
-for (const which of ["start", "end"]) {
-  const z = zone(which);
+/** Wires a drop zone: a file chosen or dropped is its image; its remove button clears it. */
+function setUpZone(z) {
   const input = $("input[type=file]", z);
-  input.addEventListener("change", () => setImage(which, input.files[0]));
+  input.addEventListener("change", () => setImage(z, input.files[0]));
   z.addEventListener("dragover", (e) => {
     e.preventDefault();
     z.dataset.over = "true";
@@ -345,10 +351,69 @@ for (const which of ["start", "end"]) {
     e.preventDefault();
     delete z.dataset.over;
     const file = e.dataTransfer?.files[0];
-    if (file !== undefined) void setImage(which, file);
+    if (file !== undefined) void setImage(z, file);
   });
-  $(".drop-clear", z)?.addEventListener("click", () => setImage(which, null));
+  $(".drop-clear", z)?.addEventListener("click", () => setImage(z, null));
 }
+setUpZone(startZone);
+setUpZone(endZone);
+
+// Keyframes: one row each, a time and an image (shown cropped to the start image's size).
+function addKeyframeRow(at) {
+  const time = el("input", {
+    type: "number",
+    className: "keyframe-time",
+    min: "0",
+    step: "0.1",
+    value: String(at),
+    "aria-label": "keyframe time in seconds",
+  });
+  const input = el("input", { type: "file", accept: "image/*", "aria-label": "keyframe image" });
+  const z = el(
+    "div",
+    { className: "drop keyframe-drop", dataset: { empty: "true" } },
+    input,
+    el(
+      "label",
+      { className: "drop-area" },
+      el("canvas", { className: "crop", width: 0, height: 0, hidden: true }),
+      el(
+        "span",
+        { className: "drop-hint" },
+        el("b", {}, "Keyframe image"),
+        el("br"),
+        "drop it here or click to choose",
+      ),
+      el("span", { className: "drop-nopreview", textContent: "no preview" }),
+    ),
+    el("div", { className: "drop-caption" }),
+  );
+  // A label holding no control of its own would not open the file chooser.
+  input.id = `keyframe-file-${randomHex(4)}`;
+  $(".drop-area", z).htmlFor = input.id;
+  const remove = el("button", { type: "button", className: "keyframe-remove", textContent: "×", title: "remove" });
+  const row = el(
+    "div",
+    { className: "keyframe-row" },
+    el("label", { className: "keyframe-at" }, "at ", time, " s"),
+    z,
+    remove,
+  );
+  remove.addEventListener("click", () => {
+    images.delete(z);
+    row.remove();
+  });
+  time.addEventListener("input", () => delete z.dataset.invalid);
+  setUpZone(z);
+  $("#keyframe-rows").append(row);
+  return row;
+}
+$("#add-keyframe").addEventListener("click", () => {
+  const times = [...document.querySelectorAll(".keyframe-time")].map((t) => Number(t.value) || 0);
+  // The first at the video's middle, each next a second later: a start the person then moves.
+  const next = times.length === 0 ? Math.round((Number($("#seconds").value) || 2) * 5) / 10 : Math.max(...times) + 1;
+  $(".keyframe-time", addKeyframeRow(next)).focus();
+});
 // A file dropped beside a zone must not replace the page with the file.
 for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
 
@@ -367,6 +432,32 @@ function numberOf(id) {
   if (input.validity.badInput)
     throw new Error(`${input.closest("label").firstChild.textContent.trim()} is not a number`);
   return input.value.trim() === "" ? undefined : Number(input.value);
+}
+
+/**
+ * The keyframe rows as the request's keyframes, in time order (the order the farm asks for), each
+ * row's zone noted so a refusal naming "keyframe N" marks it; none when the mode takes none.
+ */
+let sentKeyframes = [];
+async function keyframesRequest() {
+  if ($("#keyframes").hidden) return [];
+  const rows = [...document.querySelectorAll("#keyframe-rows .keyframe-row")].map((row) => {
+    const time = $(".keyframe-time", row);
+    if (time.validity.badInput || time.value.trim() === "") throw new Error("a keyframe's time is not a number");
+    return { timeSeconds: Number(time.value), zone: $(".drop", row) };
+  });
+  rows.sort((a, b) => a.timeSeconds - b.timeSeconds);
+  sentKeyframes = rows.map((r) => r.zone);
+  const out = [];
+  for (const r of rows) {
+    const entry = images.get(r.zone);
+    // No image: the farm says which keyframe lacks one.
+    out.push({
+      timeSeconds: r.timeSeconds,
+      ...(entry !== undefined ? { image: { data: await base64Of(entry.file) } } : {}),
+    });
+  }
+  return out;
 }
 
 /** The form as a SubmitJobRequest in JSON form. */
@@ -405,12 +496,15 @@ async function submitRequest() {
         }
       : {}),
     ...($("#prompt-rows").children.length > 1 && blend > 0 ? { promptSchedule: { blendSections: blend } } : {}),
-    ...(images.start?.kind === "video" ? { contextFrames: numberOf("#context-frames") } : {}),
+    ...(images.get(startZone)?.kind === "video" ? { contextFrames: numberOf("#context-frames") } : {}),
   };
-  const start = images.start === null ? null : { data: await base64Of(images.start.file) };
+  const start = images.get(startZone);
+  const end = images.get(endZone);
+  const startData = start === undefined ? null : { data: await base64Of(start.file) };
   return {
-    ...(start !== null ? (images.start.kind === "video" ? { video: start } : { image: start }) : {}),
-    ...(images.end !== null ? { endImage: { data: await base64Of(images.end.file) } } : {}),
+    ...(startData !== null ? (start.kind === "video" ? { video: startData } : { image: startData }) : {}),
+    ...(end !== undefined ? { endImage: { data: await base64Of(end.file) } } : {}),
+    keyframes: await keyframesRequest(),
     settings,
     // A retried or doubled click gives the job of the first, not a second job.
     idempotencyKey: `page-${randomHex(16)}`,
@@ -422,7 +516,7 @@ $("#job-form").addEventListener("submit", async (e) => {
   const button = $("#submit");
   const error = $("#submit-error");
   error.hidden = true;
-  for (const which of ["start", "end"]) delete zone(which).dataset.invalid;
+  for (const z of [startZone, endZone, ...keyframeZones()]) delete z.dataset.invalid;
   button.disabled = true;
   text(button, "Submitting…");
   try {
@@ -434,9 +528,12 @@ $("#job-form").addEventListener("submit", async (e) => {
   } catch (err) {
     text(error, errorText(err));
     error.hidden = false;
-    // The farm names the input it refuses ("image ...", "end image ...", "video ..."): mark its zone too.
-    const m = /^(?:(end )?image|video)\b/.exec(err.message ?? "");
-    if (m !== null) zone(m[1] ? "end" : "start").dataset.invalid = "true";
+    // The farm names the input it refuses ("image ...", "end image ...", "keyframe 2 ...", "video ..."):
+    // mark its zone too.
+    const m = /^(?:(end )?image|keyframe (\d+)|video)\b/.exec(err.message ?? "");
+    const z =
+      m === null ? undefined : m[2] !== undefined ? sentKeyframes[Number(m[2]) - 1] : m[1] ? endZone : startZone;
+    if (z !== undefined) z.dataset.invalid = "true";
   } finally {
     button.disabled = false;
     text(button, "Submit job");
@@ -471,9 +568,11 @@ function progressText(job) {
 }
 
 function metaText(job) {
+  const keyframes = job.keyframeTimes ?? [];
   return [
     `${job.width}×${job.height}`,
     `${job.numFrames} frames`,
+    ...(keyframes.length > 0 ? [`keyframes at ${keyframes.map((t) => `${t} s`).join(", ")}`] : []),
     ...(job.settings?.contextFrames ? ["extends a video"] : []),
     `seed ${job.settings?.seed ?? "?"}`,
     progressText(job),
