@@ -147,6 +147,7 @@ export function renderParamsInputOf(
     magcacheRetention: s.magcacheRetention,
     sectionPrompts: s.promptSchedule?.sectionPrompts,
     promptBlendSections: s.promptSchedule?.blendSections,
+    contextFrames: s.contextFrames,
   };
 }
 
@@ -191,6 +192,7 @@ export function settingsOf(r: JobRecord): RenderSettings {
           },
         }
       : {}),
+    ...((p.video ?? null) !== null ? { contextFrames: p.video!.contextFrames } : {}),
   };
 }
 

@@ -26,6 +26,12 @@ import {
 import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../../shared/sampler/unipc.js";
 import { VIDEO_FORMATS, type VideoFormatName } from "../../shared/job/recipe.js";
 import { DEFAULT_IMAGE_LIMITS } from "../../shared/image/decode.js";
+import { DEFAULT_VIDEO_LIMITS } from "../../shared/video/video-input.js";
+import {
+  DEFAULT_CONTEXT_FRAMES,
+  MAX_CONTEXT_FRAMES,
+  MIN_CONTEXT_FRAMES,
+} from "../../shared/framepack/video-context.js";
 import { MAX_BUCKET_RESOLUTION, MIN_BUCKET_RESOLUTION } from "../../shared/framepack/buckets.js";
 import { samplerToPb, samplingModeOf, unipcVariantToPb, videoFormatToPb } from "./job-mapping.js";
 
@@ -58,11 +64,16 @@ export interface SubmitOptions {
     cfgRescale: number;
     magcacheK: number;
     magcacheRetention: number;
+    /** Extending a video: Studio's context frames. */
+    contextFrames: number;
   };
   limits: Omit<typeof LIMITS, "minResolution" | "maxResolution"> & {
     minResolution: number;
     maxResolution: number;
     maxImageBytes: number;
+    maxVideoBytes: number;
+    minContextFrames: number;
+    maxContextFrames: number;
   };
 }
 
@@ -133,12 +144,16 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       cfgRescale: 0,
       magcacheK: DEFAULT_MAGCACHE_K,
       magcacheRetention: DEFAULT_MAGCACHE_RETENTION,
+      contextFrames: DEFAULT_CONTEXT_FRAMES,
     },
     limits: {
       ...LIMITS,
       minResolution: Math.max(LIMITS.minResolution, MIN_BUCKET_RESOLUTION),
       maxResolution: Math.min(LIMITS.maxResolution, MAX_BUCKET_RESOLUTION),
       maxImageBytes: DEFAULT_IMAGE_LIMITS.maxBytes,
+      maxVideoBytes: DEFAULT_VIDEO_LIMITS.maxBytes,
+      minContextFrames: MIN_CONTEXT_FRAMES,
+      maxContextFrames: MAX_CONTEXT_FRAMES,
     },
   };
 }

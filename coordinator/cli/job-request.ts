@@ -3,7 +3,7 @@
  * take the same flags, read images the same way, and are validated by the same JobService code.
  */
 import { FarmError } from "../../shared/errors.js";
-import { readImageBytes } from "./embedded/inputs.js";
+import { readImageBytes, readVideoBytes } from "./embedded/inputs.js";
 import { parseSampler, parseSamplingType, parseSeed, parseUnipcVariant } from "../../shared/job/render-params.js";
 import { samplerToPb, samplingModeOf, unipcVariantToPb } from "../api/job-mapping.js";
 import {
@@ -18,6 +18,8 @@ import {
 /** The video settings as command-line options. */
 export const RENDER_OPTIONS = {
   image: { type: "string" },
+  video: { type: "string" },
+  "context-frames": { type: "string" },
   "end-image": { type: "string" },
   keyframe: { type: "string", multiple: true },
   prompt: { type: "string" },
@@ -46,6 +48,13 @@ export const RENDER_OPTIONS = {
   "section-prompt": { type: "string", multiple: true },
   "prompt-blend": { type: "string" },
 } as const;
+
+/** Help lines for extending a video (options that render and submit share). */
+export const VIDEO_HELP = `  --video FILE            extend this video instead of starting from --image: the output is its
+                          frames, then new ones cross-faded in (vanilla continues it; inverted
+                          with --end-image runs toward that image); fps defaults to the video's
+  --context-frames N      FramePack-Studio's context frames, 2..10 (5): the sections' 1x context
+                          holds N - 1 of the video's latents`;
 
 /** Help lines for the sampler and prompt-schedule options (options that render and submit share). */
 export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FramePack pipeline (default); unipc: as
@@ -132,6 +141,7 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     fps: num(values.fps),
     crf: num(values.crf),
     ...(values.lossless === true ? { lossless: true } : {}),
+    ...(values["context-frames"] !== undefined ? { contextFrames: Number(values["context-frames"]) } : {}),
     ...(sampler !== undefined ? { sampler } : {}),
     // Names and ranges are the JobService's check (render-params.ts), which says which is off.
     ...(values.cache !== undefined ? { cache: values.cache } : {}),
@@ -159,6 +169,9 @@ export async function submitRequestFrom(
     image: await imageInput(values.image, "image"),
     endImage: await imageInput(values["end-image"], "end image"),
     keyframes: await keyframesFrom(values.keyframe),
+    ...(values.video !== undefined
+      ? { video: { source: { $case: "data", value: await readVideoBytes(values.video, "video") } } }
+      : {}),
     settings,
     bundle: "",
     priority,

@@ -16,7 +16,7 @@ import { warmUp, warmUpJobOf, type WarmUpResult } from "../../gpu-node/stages/wa
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
-import { RENDER_OPTIONS, SAMPLING_HELP, submitRequestFrom } from "./job-request.js";
+import { RENDER_OPTIONS, SAMPLING_HELP, VIDEO_HELP, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
 import type { JobRecord } from "../dispatch/job-record.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
@@ -27,7 +27,8 @@ import { createLogger } from "../../shared/log/logger.js";
 
 const HELP = `framefarm render — render one video in this process
 
-  --image FILE            start image (any format sharp reads)             [required]
+  --image FILE            start image (any format sharp reads)   [this or --video required]
+${VIDEO_HELP}
   --end-image FILE        end image (inverted mode only)
   --keyframe TIME:FILE    an image the video passes through at TIME seconds (repeat, in time
                           order, one per section; inverted mode only): FramePack-eichi's
@@ -43,7 +44,7 @@ const HELP = `framefarm render — render one video in this process
   --window N              latent window size (bundle default, 9)
   --resolution R          bucket resolution, multiple of 16 (640)
   --height H --width W    exact size instead of a bucket
-  --fps F                 output frame rate (30)
+  --fps F                 output frame rate (30; with --video, the video's)
   --crf C                 x264 quality, 0..51 (16)
   --lossless              exact RGB frames (libx264rgb, qp 0) instead of --crf
 ${SAMPLING_HELP}
@@ -119,7 +120,8 @@ export async function renderCommand(args: string[]): Promise<number> {
     process.stdout.write(`${HELP}\n`);
     return 0;
   }
-  if (values.image === undefined) throw new FarmError("INVALID_ARGUMENT", "--image is required");
+  if (values.image === undefined && values.video === undefined)
+    throw new FarmError("INVALID_ARGUMENT", "--image (or --video, to extend a video) is required");
   if (values.output === undefined) throw new FarmError("INVALID_ARGUMENT", "-o/--output is required");
   const output = path.resolve(values.output);
   const outStat = await stat(output).catch(() => null);

@@ -9,10 +9,11 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { AnyComponentName, ComponentName, SamplingType } from "../../shared/bundle/manifest.js";
 import type { StageKind } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import type { CacheName, SamplerName } from "../../shared/job/render-params.js";
+import type { CacheName, SamplerName, VideoParams } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { initialHistory, sectionInputs } from "../../shared/framepack/history.js";
 import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
+import { temporalTiledEncode } from "../../shared/framepack/vae-encode-tiling.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 import { encodeImageEmbeds, encodeImagePosterior } from "./encode-image.js";
@@ -32,6 +33,8 @@ export interface WarmUpJob {
   sampler?: SamplerName;
   /** teacache and magcache run the split transformer (head, body, tail) in place of the single graph. */
   cache?: CacheName;
+  /** Extending a video: its encoder tiles, context and decode lengths differ from a start image's. */
+  video?: VideoParams | null;
 }
 
 /** The models each stage kind runs (mux runs none). */
@@ -69,7 +72,22 @@ export function warmUpJobOf(spec: JobSpec): WarmUpJob {
     hasEndImage: p.hasEndImage,
     ...(p.sampler !== undefined ? { sampler: p.sampler } : {}),
     ...(p.cache === "teacache" || p.cache === "magcache" ? { cache: p.cache } : {}),
+    ...(p.video !== undefined && p.video !== null ? { video: p.video } : {}),
   };
+}
+
+/** The frame counts of the encoder calls that encoding `frames` frames makes (found by running the tiling). */
+export async function encoderTileFrames(
+  vae: ModelRuntime["bundle"]["manifest"]["vae"],
+  frames: number,
+): Promise<number[]> {
+  const seen = new Set<number>();
+  await temporalTiledEncode(frames, vae, async (_first, count) => {
+    seen.add(count);
+    const t = (count - 1) / vae.temporal_compression_ratio + 1;
+    return { mean: Tensor.zeros([1, 1, t, 1, 1]), std: Tensor.zeros([1, 1, t, 1, 1]) };
+  });
+  return [...seen];
 }
 
 /**
@@ -172,14 +190,24 @@ export async function warmUp(
   const sc = m.vae.spatial_compression_ratio;
   for (const job of list) {
     const pixels = Tensor.zeros([1, 3, job.height, job.width]);
-    // The image encoder resizes to its fixed input; the VAE encoder takes [1, 3, 1, H, W].
+    // The image encoder resizes to its fixed input; the VAE encoder takes [1, 3, 1, H, W] for an
+    // image and the frames of each temporal tile for a video (encode-video.ts).
+    const plan = sectionPlanFor(job, m);
     await once("image_encoder", `${job.height}x${job.width}`, () => encodeImageEmbeds(runtime, pixels));
-    await once("vae_encoder", `${job.height}x${job.width}`, () => encodeImagePosterior(runtime, pixels));
+    if (plan.video === null || job.hasEndImage)
+      await once("vae_encoder", `${job.height}x${job.width}`, () => encodeImagePosterior(runtime, pixels));
+    if (plan.video !== null)
+      for (const frames of await encoderTileFrames(m.vae, plan.video.encodedFrames))
+        await once("vae_encoder", `${job.height}x${job.width}x${frames}`, async () =>
+          (await runtime.model("vae_encoder")).run({ sample: Tensor.zeros([1, 3, frames, job.height, job.width]) }),
+        );
     const imageEmbeds = Tensor.zeros([1, m.image_encoder.num_tokens, m.image_encoder.hidden_size]);
 
-    const plan = sectionPlanFor(job, m);
     const latentShape = [1, m.vae.latent_channels, 1, job.height / sc, job.width / sc];
-    const imageLatents = Tensor.zeros(latentShape);
+    // A video's latents stand where the start image's would (shared/framepack/history.ts).
+    const imageLatents = Tensor.zeros(
+      plan.video === null ? latentShape : [1, m.vae.latent_channels, plan.video.latentFrames, ...latentShape.slice(3)],
+    );
     const lastImageLatents = job.hasEndImage ? Tensor.zeros(latentShape) : null;
     const history = initialHistory(plan, imageLatents);
     const noise = Tensor.zeros([1, m.vae.latent_channels, plan.latentWindowSize, job.height / sc, job.width / sc]);

@@ -61,6 +61,7 @@ const LATER_DEFAULTS = {
   promptSegments: null,
   sectionPrompts: null,
   promptBlendSections: 0,
+  video: null,
   keyframeTimes: [],
 } as const satisfies Partial<RenderParams>;
 

@@ -20,10 +20,9 @@ import {
 } from "../../proto/gen/framefarm/v1/jobs.js";
 import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { loadReferenceCase, submitRequestFor } from "../../coordinator/cli/parity/reference-case.js";
-import { pixelsFor, readImageFile } from "../../coordinator/cli/embedded/inputs.js";
+import { renderInputsFor } from "../../coordinator/cli/check-reference.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
 import { compareTensor } from "../../coordinator/cli/parity/compare.js";
-import { validateRenderParams } from "../../shared/job/render-params.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { storedVideoFrames } from "../support/video.js";
 import { until } from "../support/wait.js";
@@ -96,13 +95,13 @@ const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[
 const cases = [
   ...jsonIn(path.join(referenceDir(), "cases")),
   // framefarm's own cases of lllyasviel's sampler, of prompts that change over time, of
-  // MagCache (its split graphs on the denoise nodes) and of keyframes.
+  // MagCache (its split graphs on the denoise nodes), of keyframes and of extending a video.
   ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
-    /^(unipc|timed_prompts|section_prompts|magcache|keyframes)_/.test(f),
+    /^(unipc|timed_prompts|section_prompts|magcache|keyframes|video)_/.test(f),
   ),
 ];
 
-test("every public reference case, and the unipc, timed-prompt, MagCache and keyframe cases, render on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc, timed-prompt, MagCache, keyframe and video cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {
@@ -129,18 +128,7 @@ test("every public reference case, and the unipc, timed-prompt, MagCache and key
     }
     assert.equal(state, JobState.JOB_STATE_SUCCEEDED, `${refCase.name}`);
 
-    const params = validateRenderParams(refCase.params, {
-      samplingType: m().sampling_type,
-      latentWindowSize: m().framepack.default_latent_window_size,
-    });
-    const size = "height" in params.size ? params.size : { height: 0, width: 0 };
-    const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
-    const last =
-      refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
-    const keyframePixels = await Promise.all(
-      refCase.keyframes.map(async (k) => pixelsFor(await readImageFile(k.image, "keyframe"), size)),
-    );
-    const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last, keyframePixels });
+    const expected = await renderJob(embedded, await renderInputsFor(refCase, m()));
     const record = (await readJob(kv, job.id))!.record;
     // The farm's own output: the lossless MP4 it stored, decoded.
     const frames = await storedVideoFrames(

@@ -40,6 +40,10 @@ let farm: TestFarm;
 let client: JobServiceClient;
 let raw: Client & Record<string, (req: Buffer, md: Metadata, cb: (e: ServiceError | null, r?: Buffer) => void) => void>;
 const png = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+// 50 frames at 64x64 (13 latents): a video to extend.
+const mp4 = await readFile(
+  path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4"),
+);
 
 before(async () => {
   farm = await startTestFarm({
@@ -253,6 +257,74 @@ const rows: Row[] = [
     call: () => submit({ endImage: data(png.subarray(0, 100)) }),
     code: status.INVALID_ARGUMENT,
     message: /end image cannot be decoded|end image is not a readable image/,
+  },
+  // videos to extend
+  {
+    name: "an image and a video",
+    call: () => submit({ video: data(mp4) }),
+    code: status.INVALID_ARGUMENT,
+    message: /give a start image or a video to extend, not both/,
+  },
+  {
+    name: "video that is a PNG",
+    call: () => submit({ image: undefined, video: data(png) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is a still image \(png_pipe\), not a video/,
+  },
+  {
+    name: "video that is a text file",
+    call: () => submit({ image: undefined, video: data(Buffer.from("no frames here, only words ".repeat(30))) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is not a video ffmpeg can read/,
+  },
+  {
+    name: "truncated video",
+    call: () => submit({ image: undefined, video: data(mp4.subarray(0, Math.floor(mp4.length / 2))) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video (is not a video ffmpeg can read|cannot be decoded \(corrupt or truncated\?\))/,
+  },
+  {
+    name: "zero-byte video",
+    call: () => submit({ image: undefined, video: data(new Uint8Array(0)) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is empty \(0 bytes\)/,
+  },
+  {
+    name: "video file over 50 MiB",
+    call: () => submit({ image: undefined, video: data(Buffer.alloc(51 * 1024 * 1024)) }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /video is 53477376 bytes; the limit is 52428800 bytes/,
+  },
+  {
+    name: "video too short for the context",
+    call: () => submit({ image: undefined, video: data(mp4), settings: settings({ latentWindowSize: 20 }) }),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /the video has 50 frames, too short for the context: 5 context frames with window 20 need 20 latent frames/,
+  },
+  {
+    name: "context frames out of range",
+    call: () => submit({ image: undefined, video: data(mp4), settings: settings({ contextFrames: 11 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /context frames must be an integer from 2 to 10, got 11/,
+  },
+  {
+    name: "context frames without a video",
+    call: () => submit({ settings: settings({ contextFrames: 5 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /context frames need a video to extend/,
+  },
+  {
+    name: "video extended with an end image in vanilla mode",
+    call: () => submit({ image: undefined, video: data(mp4), endImage: data(png), settings: settings({ mode: 2 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /an end image needs inverted/,
+  },
+  {
+    name: "video object key of another tenant",
+    call: () => submit({ image: undefined, video: key("uploads/other/clip.mp4") }),
+    code: status.PERMISSION_DENIED,
+    message: /video object key must be under uploads\/acme\//,
   },
   // object keys
   {

@@ -86,6 +86,38 @@ for (const [name, input] of Object.entries(CASES)) {
   });
 }
 
+test("warm-up of jobs extending a video runs the encoder tiles, contexts and decodes their renders run", async () => {
+  const bytes = await readFile(
+    path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4"),
+  );
+  const { inspectVideo } = await import("../../shared/video/video-input.js");
+  const inputVideo = await inspectVideo(bytes);
+  const modes: RenderParamsInput[] = [
+    { samplingType: "vanilla", contextFrames: 3 },
+    { samplingType: "inverted", hasEndImage: true, contextFrames: 4, numFrames: 40 },
+  ];
+  for (const mode of modes) {
+    const params = validateRenderParams(
+      { prompt: "a cat", steps: 1, latentWindowSize: 5, height: H, width: W, numFrames: 20, inputVideo, ...mode },
+      { samplingType: "inverted_anti_drifting", latentWindowSize: 9 },
+    );
+    const pixels = Tensor.zeros([1, 3, H, W]);
+    calls.clear();
+    await renderJob(models, {
+      params,
+      firstPixels: null,
+      lastPixels: params.hasEndImage ? pixels : null,
+      video: bytes,
+    });
+    const rendered = new Set(calls);
+    calls.clear();
+    const job: WarmUpJob = { height: H, width: W, ...params };
+    await warmUp(models.runtime, models.tokenizers, job, { spatialTiling: false });
+    assert.deepEqual(sorted(calls), sorted(rendered), JSON.stringify(mode));
+    assert.ok([...calls].some((c) => c.startsWith("vae_encoder sample:float32[1,3,17,")));
+  }
+});
+
 test("warm-up of a TeaCache job runs the split transformer's three graphs as its render does, not the single one", async () => {
   // Threshold 1: the middle calls of each section reuse the residual (tail), the first and last compute.
   const params = validateRenderParams(

@@ -160,6 +160,63 @@ test("the images must be the recipe's", () => {
   checkRecipeImages(withEnd, image, endImage);
 });
 
+test("a recipe extending a video names it by SHA-256 with its context frames; the video must be given again", () => {
+  const clip = new Uint8Array([7, 8, 9]);
+  const params = validateRenderParams(
+    {
+      prompt: "on and on",
+      numFrames: 40,
+      resolution: 64,
+      contextFrames: 3,
+      inputVideo: { frames: 50, width: 96, height: 64, fps: 25 },
+    },
+    { samplingType: "vanilla", latentWindowSize: 9 },
+  );
+  assert.equal(params.fps, 25, "a video's frame rate is the output's unless fps is given");
+  const r = makeRecipe({
+    params,
+    size: { height: 48, width: 64 },
+    format: "mp4",
+    images: { start: null, end: null, video: clip },
+    bundle: { name: "tiny", digest: DIGEST },
+    framefarmVersion: "0.1.0",
+  });
+  assert.deepEqual(r.images, { start_sha256: null, end_sha256: null, video_sha256: sha256Hex(clip) });
+  assert.equal(r.context_frames, 3);
+  assert.equal(r.fps, 25);
+  assert.deepEqual(parseRecipe(recipeText(r)), r);
+  checkRecipeImages(r, null, null, [], clip);
+  assert.throws(
+    () => checkRecipeImages(r, image, null),
+    status("INVALID_ARGUMENT", /extends a video: give the same video/),
+  );
+  assert.throws(
+    () => checkRecipeImages(r, null, null, [], image),
+    status("INVALID_ARGUMENT", new RegExp(`video is not the recipe's: its SHA-256 is ${sha256Hex(image)}`)),
+  );
+  assert.throws(() => checkRecipeImages(sample(), null, null, [], clip), status("INVALID_ARGUMENT", /not a video/));
+  // Both a start image and a video, or context frames without a video, are no recipe.
+  const both = { ...r, images: { ...r.images, start_sha256: sha256Hex(image) } };
+  assert.throws(() => parseRecipe(recipeText(both)), status("INVALID_ARGUMENT", /not both or neither/));
+  const stray = { ...sample(), context_frames: 3 };
+  assert.throws(() => parseRecipe(recipeText(stray)), status("INVALID_ARGUMENT", /context_frames goes with/));
+  // Submitted again, the recipe carries its context frames.
+  const again = recipeRequest(
+    {
+      image: undefined,
+      keyframes: [],
+      settings: undefined,
+      bundle: "",
+      priority: 0,
+      idempotencyKey: "",
+      recipe: recipeText(r),
+    },
+    { name: "tiny", digest: DIGEST },
+  );
+  assert.equal(again!.settings.contextFrames, 3);
+  assert.equal(again!.settings.fps, 25);
+});
+
 const request = (recipe: string, settings?: SubmitJobRequest["settings"]): SubmitJobRequest => ({
   image: undefined,
   settings,

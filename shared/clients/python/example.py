@@ -6,6 +6,8 @@
         [--keyframe 1.5:key.png ...] -o out.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --recipe out.recipe.json -o again.mp4
+    python3 shared/clients/python/example.py --server 127.0.0.1:PORT --video in.mp4 [--context-frames 5] \
+        --mode vanilla --prompt "The lighthouse keeps turning" --seconds 2 -o longer.mp4
 
 Writes the video and its recipe beside it (out.mp4 -> out.recipe.json); --recipe FILE renders
 such a recipe again (same image and keyframes; the recipe sets the prompt, length and settings). Prints the job
@@ -27,7 +29,10 @@ def main() -> int:
     ap.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
     ap.add_argument("--ca", help="TLS with this CA or self-signed certificate (PEM)")
     ap.add_argument("--timeout", type=float, default=60.0, help="deadline of each unary call, seconds")
-    ap.add_argument("--image", required=True)
+    start = ap.add_mutually_exclusive_group(required=True)
+    start.add_argument("--image")
+    start.add_argument("--video", help="a video to extend instead of --image")
+    ap.add_argument("--context-frames", type=int, help="with --video: Studio's context frames, 2 to 10 (default 5)")
     ap.add_argument("--end-image")
     ap.add_argument("--keyframe", action="append", metavar="TIME:PATH",
                     help="an image the video passes through at TIME seconds (repeat, in time order; inverted mode)")
@@ -82,7 +87,7 @@ def main() -> int:
                          cfg_rescale=args.cfg_rescale, cache=args.cache, cache_threshold=args.cache_threshold,
                          magcache_k=args.magcache_k, magcache_retention=args.magcache_retention,
                          video_format=args.format, recipe=recipe,
-                         webhook_url=args.webhook_url)
+                         webhook_url=args.webhook_url, video=args.video, context_frames=args.context_frames)
             print(job.id, flush=True)
             watch(farm, job.id, on_progress=show)
             done = download(farm, job.id, args.output, recipe=True)
