@@ -63,6 +63,7 @@ export function recipeRequest(
       ? { resolution: recipe.resolution }
       : { height: recipe.height, width: recipe.width }),
     fps: recipe.fps,
+    vaeTiling: recipe.vae_tiling,
     crf: given.crf ?? recipe.video.crf,
     lossless: given.lossless ?? recipe.video.lossless,
     format: given.format === undefined || unset(given.format) ? videoFormatToPb(recipe.video.format) : given.format,

@@ -108,6 +108,12 @@ export interface RenderParams {
   sectionPrompts: string[] | null;
   /** Sections over which a prompt change is blended (0: switch at once). */
   promptBlendSections: number;
+  /**
+   * diffusers' spatial VAE tiling (vae.enable_tiling(): 256-pixel tiles blended over 64 pixels,
+   * shared/framepack/vae-tiling.ts): lower peak decode memory, slightly different frames. A job
+   * option, not a node setting, so a job's frames never depend on which node decoded a section.
+   */
+  vaeTiling: boolean;
 }
 
 export interface RenderParamsInput {
@@ -138,6 +144,7 @@ export interface RenderParamsInput {
   magcacheRetention?: unknown;
   sectionPrompts?: unknown;
   promptBlendSections?: unknown;
+  vaeTiling?: unknown;
 }
 
 export interface RenderDefaults {
@@ -288,6 +295,16 @@ export function parseSectionPrompts(v: unknown): string[] | null {
   return v.map((p, i) => checkText(`section prompt ${i + 1}`, p, false));
 }
 
+/**
+ * Spatial VAE tiling: true or false; absent, false (diffusers' pipeline does not tile). Anything
+ * else is refused rather than read as truthy: "false" would otherwise tile.
+ */
+export function parseVaeTiling(v: unknown): boolean {
+  if (v === undefined || v === null) return false;
+  if (typeof v !== "boolean") throw bad(`vae tiling must be true or false, got ${show(v)}`);
+  return v;
+}
+
 export function validateRenderParams(input: RenderParamsInput, defaults: RenderDefaults): RenderParams {
   const sectionPrompts = parseSectionPrompts(input.sectionPrompts);
   const prompt = checkText("prompt", input.prompt ?? "", sectionPrompts !== null);
@@ -384,6 +401,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     promptSegments,
     sectionPrompts,
     promptBlendSections,
+    vaeTiling: parseVaeTiling(input.vaeTiling),
   };
 }
 

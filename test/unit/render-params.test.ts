@@ -77,3 +77,12 @@ test("true CFG needs both a scale above 1 and a negative prompt", () => {
     false,
   );
 });
+
+test("VAE tiling: off by default (diffusers' pipeline), a boolean when given, anything else refused by name", () => {
+  assert.equal(validateRenderParams(base, defaults).vaeTiling, false);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: null }, defaults).vaeTiling, false);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: true }, defaults).vaeTiling, true);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: false }, defaults).vaeTiling, false);
+  // "false" is truthy: read loosely it would tile.
+  for (const v of ["false", "true", 1, 0, "yes", {}]) rejects({ vaeTiling: v }, /vae tiling must be true or false/);
+});

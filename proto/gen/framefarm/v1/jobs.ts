@@ -350,7 +350,16 @@ export interface RenderSettings {
    * MagCache's retention ratio in [0, 1]: the first ratio x steps of each section always compute;
    * 0.25 unless given (only with cache "magcache").
    */
-  magcacheRetention?: number | undefined;
+  magcacheRetention?:
+    | number
+    | undefined;
+  /**
+   * diffusers' spatial VAE tiling (vae.enable_tiling()): each section's latents larger than 256
+   * pixels are decoded in 256-pixel tiles blended over 64 pixels. Lower peak GPU memory in the
+   * decode, slightly different frames; false (diffusers' pipeline default) unless given. A job
+   * setting, recorded in its recipe: every node decodes the job's sections the same way.
+   */
+  vaeTiling?: boolean | undefined;
 }
 
 /**
@@ -824,6 +833,7 @@ function createBaseRenderSettings(): RenderSettings {
     cacheThreshold: undefined,
     magcacheK: undefined,
     magcacheRetention: undefined,
+    vaeTiling: undefined,
   };
 }
 
@@ -908,6 +918,9 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.magcacheRetention !== undefined) {
       writer.uint32(201).double(message.magcacheRetention);
+    }
+    if (message.vaeTiling !== undefined) {
+      writer.uint32(208).bool(message.vaeTiling);
     }
     return writer;
   },
@@ -1125,6 +1138,14 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.magcacheRetention = reader.double();
             continue;
           }
+          case 26: {
+            if (tag !== 208) {
+              break;
+            }
+
+            message.vaeTiling = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1205,6 +1226,11 @@ export const RenderSettings: MessageFns<RenderSettings> = {
         : isSet(object.magcache_retention)
         ? globalThis.Number(object.magcache_retention)
         : undefined,
+      vaeTiling: isSet(object.vaeTiling)
+        ? globalThis.Boolean(object.vaeTiling)
+        : isSet(object.vae_tiling)
+        ? globalThis.Boolean(object.vae_tiling)
+        : undefined,
     };
   },
 
@@ -1284,6 +1310,9 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.magcacheRetention !== undefined) {
       obj.magcacheRetention = floatToJson(message.magcacheRetention);
     }
+    if (message.vaeTiling !== undefined) {
+      obj.vaeTiling = message.vaeTiling;
+    }
     return obj;
   },
 
@@ -1333,6 +1362,7 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.cacheThreshold = object.cacheThreshold ?? undefined;
     message.magcacheK = object.magcacheK ?? undefined;
     message.magcacheRetention = object.magcacheRetention ?? undefined;
+    message.vaeTiling = object.vaeTiling ?? undefined;
     return message;
   },
 };
