@@ -148,7 +148,7 @@ export async function renderJob(
     );
     history = step.history;
     observer.onStage?.(`decoding section ${k + 1}/${plan.sections.length}`);
-    video.add(await decodeSection(runtime, section, step.decodeLatents, probe));
+    video.add(await decodeSection(runtime, section, step.decodeLatents, params, probe));
   }
 
   const frames = video.finish();
