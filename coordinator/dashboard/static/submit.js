@@ -112,6 +112,10 @@ function setUpForm(o) {
   setRange($("#magcache-k"), 1, l.maxSteps, d.magcacheK);
   setRange($("#magcache-retention"), 0, 1, d.magcacheRetention);
   setRange($("#blend"), 0, l.maxPromptBlendSections, 0);
+  // The words come from the coordinator, which knows what its decode trades.
+  text($("#vae-tiling-label"), o.vaeTiling.label);
+  text($("#vae-tiling-help"), `(${o.vaeTiling.help})`);
+  $("#vae-tiling").checked = o.vaeTiling.isDefault;
   text($("#bundle-note"), `bundle ${o.bundle}`);
   if ($("#prompt-rows").children.length === 0) addPromptRow(0, "");
   showDependentFields();
@@ -360,6 +364,7 @@ async function submitRequest() {
     lossless: $("#lossless").checked,
     format: $("#format").value,
     saveFrames: $("#save-frames").checked,
+    vaeTiling: $("#vae-tiling").checked,
     sampler: $("#sampler").value,
     ...(sampler?.name === "unipc"
       ? { unipc: { variant: $("#unipc-variant").value, cfgRescale: numberOf("#cfg-rescale") } }
