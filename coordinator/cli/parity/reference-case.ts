@@ -43,6 +43,8 @@ const PARAM_KEYS = [
   "prompt_blend_sections",
   // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
   "keyframes",
+  // A run with vae.enable_tiling() (a boolean; validateRenderParams refuses anything else).
+  "vae_tiling",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -139,6 +141,7 @@ export async function loadReferenceCase(
     ...(json["magcache_retention"] !== undefined ? { magcacheRetention: json["magcache_retention"] } : {}),
     ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
     ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
+    ...(json["vae_tiling"] !== undefined ? { vaeTiling: json["vae_tiling"] } : {}),
   };
 
   const tensorsFile = path.join(dir, `${path.basename(file, ".json")}.safetensors`);
@@ -189,6 +192,7 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       height: Number(p.height),
       width: Number(p.width),
       lossless: true,
+      ...(p.vaeTiling === true ? { vaeTiling: true } : {}),
       ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
       ...(typeof p.cache === "string" ? { cache: p.cache } : {}),
       ...(p.cacheThreshold !== undefined ? { cacheThreshold: Number(p.cacheThreshold) } : {}),
