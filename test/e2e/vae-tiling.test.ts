@@ -3,8 +3,9 @@
  * the tiny bundle at 352x272: 44 x 34 latents, so each decode call is cut into 2 x 2 tiles of at
  * most 32 latents). `--vae-tiling` changes the frames; they are exactly the in-process render's,
  * whose every decode is the tiled decode that test/parity/vae-tiling.test.ts checks against
- * diffusers' vae.enable_tiling(); the recipe records it and re-renders the same bytes; and
- * FRAMEFARM_VAE_TILING=1 is only render's default for the flag, recorded the same way.
+ * diffusers' vae.enable_tiling(); the recipe records it and re-renders the same bytes;
+ * FRAMEFARM_VAE_TILING=1 is only render's default for the flag, recorded the same way; and a node
+ * or a cluster with it set refuses to start.
  */
 import { before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -123,4 +124,19 @@ test("render --recipe of a tiled render writes the same bytes; FRAMEFARM_VAE_TIL
   assert.equal(await readFile(file("again.recipe.json"), "utf8"), await readFile(file("tiled.recipe.json"), "utf8"));
   assert.ok((await readFile(file("env.mp4"))).equals(tiled), "FRAMEFARM_VAE_TILING=1 renders as --vae-tiling does");
   assert.equal(parseRecipe(await readFile(file("env.recipe.json"), "utf8")).vae_tiling, true);
+});
+
+test("a node or a cluster with FRAMEFARM_VAE_TILING set refuses to start, before connecting to anything", async () => {
+  for (const args of [
+    ["node", "--nats", "nats://127.0.0.1:1", "--s3", "127.0.0.1:1"],
+    ["cluster", "--http-port", "0"],
+  ]) {
+    const err = await cli(args, { FRAMEFARM_VAE_TILING: "1" }).then(
+      () => assert.fail(`${args[0]} started`),
+      (e: unknown) => e as { code?: number; stderr?: string },
+    );
+    assert.notEqual(err.code, 0);
+    assert.match(err.stderr ?? "", /error \[FAILED_PRECONDITION\]: FRAMEFARM_VAE_TILING="1" is set/, args[0]);
+    assert.match(err.stderr ?? "", /no longer a node setting: it is a job option/, args[0]);
+  }
 });
