@@ -124,7 +124,7 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
     })),
     vaeTiling: {
       label: "VAE tiling",
-      help: "decode in 256-pixel tiles, as diffusers' vae.enable_tiling(): lower peak GPU memory, slightly different frames (only above 256 pixels)",
+      help: "decode in 256-pixel tiles as diffusers' vae.enable_tiling() does: lower peak GPU memory, slightly different frames; only sizes above 256 pixels are tiled",
       // validateRenderParams' default: diffusers' pipeline does not tile.
       isDefault: false,
     },

@@ -301,7 +301,7 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   await page.locator("#submit").click();
   await page.locator("#viewer-job[data-job-id]").waitFor();
   jobId = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
-  await page.locator(`#jobs li[data-job-id="${jobId}"]`).waitFor();
+  await page.locator(`#jobs li[data-job-id="${jobId}"]`, { hasText: "VAE tiled" }).waitFor();
 
   // Each finished section's preview plays while the job runs.
   await page.locator('#viewer .player[data-media="preview"]').waitFor({ timeout: 90_000 });

@@ -447,9 +447,13 @@ function metaText(job) {
     `${job.width}×${job.height}`,
     `${job.numFrames} frames`,
     `seed ${job.settings?.seed ?? "?"}`,
+    // It changes the frames, so a job says so where its seed is shown.
+    job.settings?.vaeTiling ? "VAE tiled" : "",
     progressText(job),
     new Date(createdMs(job)).toLocaleTimeString(),
-  ].join(" · ");
+  ]
+    .filter(Boolean)
+    .join(" · ");
 }
 
 function actionButtons(id) {
