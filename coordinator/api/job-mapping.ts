@@ -148,6 +148,7 @@ export function renderParamsInputOf(
     sectionPrompts: s.promptSchedule?.sectionPrompts,
     promptBlendSections: s.promptSchedule?.blendSections,
     contextFrames: s.contextFrames,
+    vaeTiling: s.vaeTiling,
   };
 }
 
@@ -170,7 +171,8 @@ export function settingsOf(r: JobRecord): RenderSettings {
     lossless: p.lossless,
     format: videoFormatToPb(r.spec.output?.format ?? "mp4"),
     saveFrames: r.spec.output?.saveFrames ?? false,
-    // Records from before samplers and prompt schedules lack these fields.
+    // Records from before samplers, prompt schedules and VAE tiling lack these fields.
+    vaeTiling: p.vaeTiling === true,
     sampler: samplerToPb(p.sampler ?? "flow_match_euler"),
     ...(p.sampler === "unipc"
       ? { unipc: { variant: unipcVariantToPb(p.unipcVariant ?? "bh1"), cfgRescale: p.cfgRescale ?? 0 } }

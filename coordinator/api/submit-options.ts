@@ -1,7 +1,7 @@
 /**
  * What a submission may ask of this farm, for a form to offer (the submit page): the sampling
- * modes, samplers, step caches and video formats its bundle runs, each setting's default and its
- * limits. Values are the proto JSON names a SubmitJobRequest carries, and everything comes from
+ * modes, samplers, step caches and video formats its bundle runs, VAE tiling, each setting's
+ * default and its limits. Values are the proto JSON names a SubmitJobRequest carries, and everything comes from
  * the constants the checks themselves use (render-params.ts, the bundle's manifest), so a form
  * offers what the farm accepts and nothing it refuses.
  */
@@ -51,6 +51,8 @@ export interface SubmitOptions {
   unipcVariants: Choice<UniPCVariant>[];
   caches: (Choice<CacheName> & { threshold: number | null })[];
   formats: Choice<VideoFormatName>[];
+  /** A checkbox: RenderSettings.vaeTiling, with words saying what it trades. */
+  vaeTiling: { label: string; help: string; isDefault: boolean };
   defaults: {
     steps: number;
     guidanceScale: number;
@@ -132,6 +134,12 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       label: f === "mp4" ? "MP4 (H.264)" : "WebM (VP9)",
       isDefault: f === "mp4",
     })),
+    vaeTiling: {
+      label: "VAE tiling",
+      help: "decode in 256-pixel tiles as diffusers' vae.enable_tiling() does: lower peak GPU memory, slightly different frames; only sizes above 256 pixels are tiled",
+      // validateRenderParams' default: diffusers' pipeline does not tile.
+      isDefault: false,
+    },
     defaults: {
       steps: RENDER_DEFAULTS.steps,
       guidanceScale: RENDER_DEFAULTS.guidanceScale,

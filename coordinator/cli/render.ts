@@ -24,6 +24,7 @@ import { jobOutputKeys } from "../planner/job-outputs.js";
 import { OUTPUT_HELP, OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
 import { TRACING_HELP, TRACING_OPTIONS, startProcessTracing } from "./farm-options.js";
 import { createLogger } from "../../shared/log/logger.js";
+import { VAE_TILING_ENV, vaeTilingFromEnv } from "../../shared/job/vae-tiling-env.js";
 
 const HELP = `framefarm render — render one video in this process
 
@@ -48,6 +49,7 @@ ${VIDEO_HELP}
   --crf C                 x264 quality, 0..51 (16)
   --lossless              exact RGB frames (libx264rgb, qp 0) instead of --crf
 ${SAMPLING_HELP}
+                          (render only: ${VAE_TILING_ENV}=1 makes it the default)
   --bundle DIR            model bundle (default: the tiny test bundle)
   --ep cpu|webgpu|cuda    execution provider (cpu)
   --warmup auto|on|off    run every model once at the job's shapes before the job starts
@@ -99,6 +101,19 @@ async function writeTimings(
   await writeFileAtomically(path.resolve(file), Buffer.from(`${JSON.stringify(result, null, 1)}\n`));
 }
 
+/**
+ * --vae-tiling, or when absent FRAMEFARM_VAE_TILING=1: the one place the old environment switch
+ * still counts, since this process is the whole farm and the job (so its recipe) carries the
+ * choice. With --recipe the recipe decides (undefined: the flag is not given).
+ */
+export function renderVaeTiling(
+  values: { "vae-tiling"?: boolean | undefined; recipe?: string | undefined },
+  env: NodeJS.ProcessEnv = process.env,
+): boolean | undefined {
+  if (values["vae-tiling"] !== undefined || values.recipe !== undefined) return values["vae-tiling"];
+  return vaeTilingFromEnv(env) ? true : undefined;
+}
+
 export async function renderCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -128,6 +143,7 @@ export async function renderCommand(args: string[]): Promise<number> {
   if (outStat?.isDirectory() === true)
     throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
+  values["vae-tiling"] = renderVaeTiling(values);
   const ep = values.ep ?? "cpu";
   const warmup = values.warmup ?? "auto";
   if (warmup !== "auto" && warmup !== "on" && warmup !== "off")

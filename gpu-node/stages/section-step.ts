@@ -136,16 +136,21 @@ export async function runSectionStep(
   return appendSection(plan, section, history, latents, imageLatents);
 }
 
-/** Decodes one section's latents to video [1, 3, T, H, W] in [-1, 1]. */
+/**
+ * Decodes one section's latents to video [1, 3, T, H, W] in [-1, 1], spatially tiled exactly when
+ * the job asks (params.vaeTiling): the farm's decode handler and the in-process render both come
+ * here, so a job's frames are the same on every node.
+ */
 export async function decodeSection(
   runtime: ModelRuntime,
   section: Section,
   decodeLatents: F32,
+  params: Pick<RenderParams, "vaeTiling">,
   probe?: Probe,
 ): Promise<F32> {
   const vaeLatents = toVaeLatents(decodeLatents, runtime.bundle.manifest.vae.scaling_factor);
   probe?.(`decode${section.index}.in`, vaeLatents);
-  const video = await decodeVideo(runtime, vaeLatents);
+  const video = await decodeVideo(runtime, vaeLatents, { spatialTiling: params.vaeTiling });
   probe?.(`decode${section.index}.out`, video);
   return video;
 }

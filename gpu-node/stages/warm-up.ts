@@ -18,7 +18,7 @@ import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 import { encodeImageEmbeds, encodeImagePosterior } from "./encode-image.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
-import { spatialTilingOf, vaeTilingFromEnv, type DecodeOptions } from "./decode-latents.js";
+import { spatialTilingOf, type DecodeOptions } from "./decode-latents.js";
 import type { TextConditioning } from "./denoise-section.js";
 
 /** What decides the shapes a job's stages feed its models. */
@@ -35,6 +35,8 @@ export interface WarmUpJob {
   cache?: CacheName;
   /** Extending a video: its encoder tiles, context and decode lengths differ from a start image's. */
   video?: VideoParams | null;
+  /** The job decodes in spatial tiles (256-pixel tiles and their partial edges: other decoder shapes). */
+  vaeTiling?: boolean;
 }
 
 /** The models each stage kind runs (mux runs none). */
@@ -50,6 +52,7 @@ export const STAGE_COMPONENTS: Record<StageKind, readonly ComponentName[]> = {
 export interface WarmUpOptions extends DecodeOptions {
   /** Only these models (a node warms the models of the stages it serves); all by default. */
   components?: readonly ComponentName[];
+  // spatialTiling, when given, overrides every job's vaeTiling (tests warm other tile sizes).
 }
 
 export interface WarmUpResult {
@@ -73,6 +76,8 @@ export function warmUpJobOf(spec: JobSpec): WarmUpJob {
     ...(p.sampler !== undefined ? { sampler: p.sampler } : {}),
     ...(p.cache === "teacache" || p.cache === "magcache" ? { cache: p.cache } : {}),
     ...(p.video !== undefined && p.video !== null ? { video: p.video } : {}),
+    // Records older than the field decoded untiled.
+    vaeTiling: p.vaeTiling === true,
   };
 }
 
@@ -93,22 +98,36 @@ export async function encoderTileFrames(
 /**
  * Jobs of one size whose plans together hold every section shape any job of that size has: one,
  * two and three sections give the first, middle and last sections' decode lengths of every plan.
- * What a node warms for a size when it does not know the jobs to come.
+ * What a node warms for a size when it does not know the jobs to come. VAE tiling is a job
+ * option, so both decodes (untiled and tiled) are warmed unless the size says which
+ * (WarmUpSize.vaeTiling); other models' shapes do not depend on it and run once.
  */
 export function warmUpJobsForSize(
   runtime: ModelRuntime,
-  size: { height: number; width: number },
+  size: WarmUpSize,
   samplingType: SamplingType = runtime.bundle.manifest.sampling_type,
   latentWindowSize: number = runtime.bundle.manifest.framepack.default_latent_window_size,
 ): WarmUpJob[] {
   const windowFrames = (latentWindowSize - 1) * runtime.bundle.manifest.vae.temporal_compression_ratio + 1;
-  return [1, 2, 3].map((sections) => ({
-    ...size,
-    samplingType,
-    latentWindowSize,
-    numFrames: sections * windowFrames,
-    hasEndImage: false,
-  }));
+  const tilings = size.vaeTiling === undefined ? [false, true] : [size.vaeTiling];
+  return tilings.flatMap((vaeTiling) =>
+    [1, 2, 3].map((sections) => ({
+      height: size.height,
+      width: size.width,
+      samplingType,
+      latentWindowSize,
+      numFrames: sections * windowFrames,
+      hasEndImage: false,
+      vaeTiling,
+    })),
+  );
+}
+
+/** A size a node warms up for; vaeTiling: only the untiled (false) or tiled (true) decode, both when absent. */
+export interface WarmUpSize {
+  height: number;
+  width: number;
+  vaeTiling?: boolean;
 }
 
 const shapeKey = (feeds: Record<string, Tensor>): string =>
@@ -235,7 +254,7 @@ export async function warmUp(
       const shapes = await decoderTileShapes(
         m.vae,
         lengths.map((t) => [1, m.vae.latent_channels, t, job.height / sc, job.width / sc]),
-        "spatialTiling" in options ? options : { spatialTiling: vaeTilingFromEnv() },
+        "spatialTiling" in options ? options : { spatialTiling: job.vaeTiling === true },
       );
       for (const shape of shapes) {
         const feeds = { latents: Tensor.zeros(shape) };

@@ -1,6 +1,6 @@
 /**
  * A render's recipe: everything that fixes its frames (prompts, seed, sampler, step cache, steps,
- * guidance, CFG, window, mode, size, frame count, fps, LoRAs), the SHA-256 of its input images
+ * guidance, CFG, window, mode, size, frame count, fps, VAE tiling, LoRAs), the SHA-256 of its input images
  * (keyframes with their times),
  * the digest of the model bundle that made it and the framefarm version, as one JSON document.
  * Every video a farm makes carries it (the container's `comment` tag) and the farm stores it next
@@ -85,6 +85,8 @@ export interface Recipe {
   height: number;
   width: number;
   fps: number;
+  /** diffusers' spatial VAE tiling; read as false from recipes older than the field (they decoded untiled). */
+  vae_tiling: boolean;
   loras: RecipeLora[];
   video: { format: VideoFormatName; crf: number; lossless: boolean };
 }
@@ -155,6 +157,7 @@ export function makeRecipe(src: RecipeSource): Recipe {
     height: src.size.height,
     width: src.size.width,
     fps: p.fps,
+    vae_tiling: p.vaeTiling,
     loras: [],
     video: { format: src.format, crf: p.crf, lossless: p.lossless },
   };
@@ -268,7 +271,13 @@ export function parseRecipe(text: string): Recipe {
     throw bad(
       `version ${JSON.stringify(top["version"])} is not supported: this framefarm reads version ${RECIPE_VERSION}`,
     );
-  const o = object(raw, "", TOP_KEYS, ["cache_threshold", "magcache_k", "magcache_retention", "context_frames"]);
+  const o = object(raw, "", TOP_KEYS, [
+    "cache_threshold",
+    "magcache_k",
+    "magcache_retention",
+    "context_frames",
+    "vae_tiling",
+  ]);
   const bundle = object(o["bundle"], "bundle", ["name", "digest"]);
   const images = object(o["images"], "images", ["start_sha256", "end_sha256"], ["video_sha256", "keyframes"]);
   const video = object(o["video"], "video", ["format", "crf", "lossless"]);
@@ -279,6 +288,8 @@ export function parseRecipe(text: string): Recipe {
   if (!(VIDEO_FORMATS as readonly string[]).includes(format))
     throw bad(`video.format must be one of ${VIDEO_FORMATS.join(", ")}, got ${JSON.stringify(format)}`);
   if (typeof video["lossless"] !== "boolean") throw bad("video.lossless must be true or false");
+  if (o["vae_tiling"] !== undefined && typeof o["vae_tiling"] !== "boolean")
+    throw bad("vae_tiling must be true or false");
   if (!Array.isArray(o["loras"])) throw bad("loras must be an array");
   const loras = (o["loras"] as unknown[]).map((l, i) => {
     const e = object(l, `loras[${i}]`, ["name", "weight"]);
@@ -329,6 +340,7 @@ export function parseRecipe(text: string): Recipe {
     height: num(o, "height", "", true),
     width: num(o, "width", "", true),
     fps: num(o, "fps"),
+    vae_tiling: o["vae_tiling"] === true,
     loras,
     video: { format: format as VideoFormatName, crf: num(video, "crf", "video.", true), lossless: video["lossless"] },
   };

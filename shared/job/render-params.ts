@@ -121,6 +121,12 @@ export interface RenderParams {
    * the facts of the input (its decoded frame count and size); null for a start image.
    */
   video: VideoParams | null;
+  /**
+   * diffusers' spatial VAE tiling (vae.enable_tiling(): 256-pixel tiles blended over 64 pixels,
+   * shared/framepack/vae-tiling.ts): lower peak decode memory, slightly different frames. A job
+   * option, not a node setting, so a job's frames never depend on which node decoded a section.
+   */
+  vaeTiling: boolean;
 }
 
 export interface VideoParams {
@@ -172,6 +178,7 @@ export interface RenderParamsInput {
   contextFrames?: unknown;
   /** The input video's facts when the job extends one (not user input: the submission inspects it). */
   inputVideo?: InputVideoFacts | undefined;
+  vaeTiling?: unknown;
 }
 
 export interface RenderDefaults {
@@ -324,6 +331,16 @@ export function parseSectionPrompts(v: unknown): string[] | null {
   return v.map((p, i) => checkText(`section prompt ${i + 1}`, p, false));
 }
 
+/**
+ * Spatial VAE tiling: true or false; absent, false (diffusers' pipeline does not tile). Anything
+ * else is refused rather than read as truthy: "false" would otherwise tile.
+ */
+export function parseVaeTiling(v: unknown): boolean {
+  if (v === undefined || v === null) return false;
+  if (typeof v !== "boolean") throw bad(`vae tiling must be true or false, got ${show(v)}`);
+  return v;
+}
+
 export function validateRenderParams(input: RenderParamsInput, defaults: RenderDefaults): RenderParams {
   const sectionPrompts = parseSectionPrompts(input.sectionPrompts);
   const prompt = checkText("prompt", input.prompt ?? "", sectionPrompts !== null);
@@ -431,6 +448,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     sectionPrompts,
     promptBlendSections,
     video,
+    vaeTiling: parseVaeTiling(input.vaeTiling),
   };
 }
 

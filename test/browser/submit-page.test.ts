@@ -312,12 +312,19 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.notEqual(seed, before);
   await page.locator("details.more summary").click();
   assert.ok(!(await page.locator("#magcache-k").isVisible()), "MagCache's fields only with MagCache");
+  // VAE tiling: offered off (the farm's default), with the farm's words for what it trades.
+  assert.equal(await page.locator("#vae-tiling").isChecked(), false);
+  assert.match(
+    (await page.locator("#vae-tiling-help").textContent()) ?? "",
+    /lower peak GPU memory, slightly different frames/,
+  );
+  await page.locator("#vae-tiling").check();
   await shot("1-form.png");
 
   await page.locator("#submit").click();
   await page.locator("#viewer-job[data-job-id]").waitFor();
   jobId = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
-  await page.locator(`#jobs li[data-job-id="${jobId}"]`).waitFor();
+  await page.locator(`#jobs li[data-job-id="${jobId}"]`, { hasText: "VAE tiled" }).waitFor();
 
   // Each finished section's preview plays while the job runs.
   await page.locator('#viewer .player[data-media="preview"]').waitFor({ timeout: 90_000 });
@@ -349,6 +356,7 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.equal(job.settings!.steps, 100);
   assert.equal(job.settings!.guidanceScale, 9);
   assert.equal(job.settings!.mode, SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING);
+  assert.equal(job.settings!.vaeTiling, true, "the job decodes in tiles, as the checkbox asked");
   assert.deepEqual([job.width, job.height, job.numFrames], [bucket.width, bucket.height, 165]);
   assert.deepEqual(job.keyframeTimes, [2.5]);
   assert.match((await page.locator("#viewer .job-meta").textContent())!, /keyframes at 2\.5 s/);

@@ -21,8 +21,10 @@ import {
 import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { loadReferenceCase, submitRequestFor } from "../../coordinator/cli/parity/reference-case.js";
 import { renderInputsFor } from "../../coordinator/cli/check-reference.js";
+import { pixelsFor, readImageFile } from "../../coordinator/cli/embedded/inputs.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
 import { compareTensor } from "../../coordinator/cli/parity/compare.js";
+import { validateRenderParams } from "../../shared/job/render-params.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { storedVideoFrames } from "../support/video.js";
 import { until } from "../support/wait.js";
@@ -149,6 +151,72 @@ test("every public reference case, and the unipc, timed-prompt, MagCache, keyfra
       10_000,
     );
   }
+});
+
+test("a job with VAE tiling above 256 px renders on the cluster as in embedded mode, and tiled", async () => {
+  // 352x272: 44 x 34 latents, each decode call cut into 2 x 2 spatial tiles; two sections, so
+  // both decode tasks (on the VAE node, beside the denoise nodes) must tile as the job says.
+  const [H, W] = [272, 352];
+  const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+  const input = { prompt: "a lighthouse", numFrames: 17, latentWindowSize: 3, steps: 1, seed: 3n, height: H, width: W };
+  const req: SubmitJobRequest = {
+    image: { source: { $case: "data", value: image } },
+    settings: {
+      prompt: input.prompt,
+      length: { $case: "numFrames", value: input.numFrames },
+      mode: SamplingMode.SAMPLING_MODE_UNSPECIFIED,
+      steps: input.steps,
+      seed: input.seed,
+      latentWindowSize: input.latentWindowSize,
+      height: H,
+      width: W,
+      lossless: true,
+      vaeTiling: true,
+    },
+    bundle: "",
+    priority: 0,
+    idempotencyKey: "",
+    keyframes: [],
+  };
+  const submitted = await new Promise<Job>((resolve, reject) =>
+    client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),
+  );
+  assert.equal(submitted.settings!.vaeTiling, true, "GetJob shows the job's tiling");
+  const kv = await bus.kv(JOBS_BUCKET);
+  let record = (await readJob(kv, submitted.id))!.record;
+  const deadline = Date.now() + 300_000;
+  while (record.state !== "SUCCEEDED" && record.state !== "FAILED" && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    record = (await readJob(kv, submitted.id))!.record;
+  }
+  assert.equal(record.state, "SUCCEEDED", record.error);
+  assert.ok(record.tasks.filter((t) => t.kind === "decode").length >= 2, "more than one section decoded");
+  const frames = await storedVideoFrames(
+    store,
+    record.tasks.find((t) => t.kind === "mux")!.outputs["video"]!,
+    record.spec.width,
+    record.spec.height,
+  );
+  const m = embedded.runtime.bundle.manifest;
+  const pixels = await pixelsFor(
+    await readImageFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"), "image"),
+    {
+      height: H,
+      width: W,
+    },
+  );
+  const render = async (vaeTiling: boolean) =>
+    renderJob(embedded, {
+      params: validateRenderParams(
+        { ...input, seed: String(input.seed), vaeTiling },
+        { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size },
+      ),
+      firstPixels: pixels,
+      lastPixels: null,
+    });
+  const same = (a: { data: Uint8Array }, b: { data: Uint8Array }) => Buffer.from(a.data).equals(Buffer.from(b.data));
+  assert.ok(same(frames, await render(true)), "cluster frames equal embedded mode's for a tiled job");
+  assert.ok(!same(frames, await render(false)), "and they are tiled: the untiled render differs");
 });
 
 test("8 jobs at once all finish; each job's sections run in order and decodes overlap the next denoise", async () => {

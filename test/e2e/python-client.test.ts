@@ -137,22 +137,25 @@ test("a refused submission exits 1 with the gRPC status and writes nothing", asy
   assert.equal(existsSync(output), false);
 });
 
-test("--sampler unipc --cache teacache renders, and --recipe renders its downloaded recipe again to the same MP4 bytes", async () => {
+test("--sampler unipc --cache teacache --vae-tiling renders, and --recipe renders its downloaded recipe again to the same MP4 bytes", async () => {
   const dir = await mkdtemp(path.join(tmp, "recipe-"));
   const first = path.join(dir, "unipc.mp4");
   const settings = ["--frames", "20", "--steps", "2", "--resolution", "64", "--seed", "11"];
-  const one = await example([...settings, "--sampler", "unipc", "--cache", "teacache", "-o", first]);
+  const one = await example([...settings, "--sampler", "unipc", "--cache", "teacache", "--vae-tiling", "-o", first]);
   assert.match(one.stderr, /SUCCEEDED 100%/, one.stderr);
   const job = await getJob(one.stdout.trim());
   assert.equal(job.state, JobState.JOB_STATE_SUCCEEDED);
+  assert.equal(job.settings!.vaeTiling, true, "the client's vae_tiling reached the job");
   const recipeFile = path.join(dir, "unipc.recipe.json");
   const recipe = JSON.parse(await readFile(recipeFile, "utf8")) as {
     sampler: string;
     seed: string;
     cache: string;
     cache_threshold: number;
+    vae_tiling: boolean;
   };
   assert.equal(recipe.sampler, "unipc");
+  assert.equal(recipe.vae_tiling, true);
   assert.deepEqual([recipe.cache, recipe.cache_threshold], ["teacache", 0.15]);
   assert.equal(recipe.seed, "11");
 

@@ -33,6 +33,8 @@ import { MAX_REQUEST_BYTES } from "../../coordinator/api/server.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
 import { repoRoot } from "../support/paths.js";
 import { unary } from "../support/grpc.js";
+import { makeRecipe, recipeText } from "../../shared/job/recipe.js";
+import { validateRenderParams } from "../../shared/job/render-params.js";
 
 const TOKEN = "acme-token-0123456789abcdef";
 const OTHER_TOKEN = "other-token-0123456789abcdef";
@@ -144,6 +146,25 @@ const encSubmit = (r: SubmitJobRequest): Buffer => Buffer.from(SubmitJobRequest.
 const submitWithSettings = (settingsBytes: Uint8Array): Buffer =>
   Buffer.concat([encSubmit(request({ settings: undefined })), lenField(3, settingsBytes)]);
 const INVALID_UTF8 = [0x61, 0xff, 0xfe, 0x62];
+/** A recipe's JSON with one field replaced (refused while parsing, before its bundle is looked at). */
+function recipeWith(field: string, value: unknown): string {
+  const params = validateRenderParams(
+    { prompt: "a", numFrames: 20, resolution: 64 },
+    {
+      samplingType: "inverted_anti_drifting",
+      latentWindowSize: 9,
+    },
+  );
+  const recipe = makeRecipe({
+    params,
+    size: { height: 48, width: 64 },
+    format: "mp4",
+    images: { start: png, end: null },
+    bundle: { name: "tiny", digest: `sha256:${"0".repeat(64)}` },
+    framefarmVersion: "0.1.0",
+  });
+  return recipeText({ ...recipe, [field]: value } as typeof recipe);
+}
 
 function pngChunk(type: string, body: Uint8Array): Buffer {
   const head = Buffer.alloc(8);
@@ -844,6 +865,23 @@ const rows: Row[] = [
     code: status.INVALID_ARGUMENT,
     message:
       /field settings.steps \(6\) of framefarm.v1.RenderSettings has wire type 2; its type uint32 needs wire type 0/,
+  },
+  {
+    name: "VAE tiling of the wrong wire type (a string where a bool goes)",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        submitWithSettings(Buffer.concat([encSettings(settings()), lenField(27, Buffer.from("yes"))])),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /field settings.vae_tiling \(27\) of framefarm.v1.RenderSettings has wire type 2; its type bool needs wire type 0/,
+  },
+  {
+    name: "a recipe whose vae_tiling is not a boolean",
+    call: () => submit({ settings: undefined, recipe: recipeWith("vae_tiling", "yes") }),
+    code: status.INVALID_ARGUMENT,
+    message: /recipe: vae_tiling must be true or false/,
   },
   {
     name: "truncated message",

@@ -2,8 +2,9 @@
  * Warm-up covers exactly what a job runs: every (model, input shapes and dtypes) pair a real
  * render of the tiny bundle feeds its sessions is one warm-up ran, and warm-up runs nothing else,
  * for both sampling types, the demo's sampler, true CFG and an end image; the decoder tile shapes
- * come from the tiling code itself, spatial tiling included. `render --warmup on` writes the same
- * bytes as `--warmup off` and reports its warm-up time.
+ * come from the tiling code itself, spatial tiling included: a job asking for VAE tiling is warmed
+ * at its tiles, and a node's sizes at both decodes unless `WxH:tiled` or `:untiled` names one.
+ * `render --warmup on` writes the same bytes as `--warmup off` and reports its warm-up time.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -152,6 +153,35 @@ test("warm-up of a TeaCache job runs the split transformer's three graphs as its
   );
 });
 
+test("warm-up of a job with VAE tiling above 256 px runs exactly the tiled shapes its render runs", async () => {
+  // 272 px wide: 34 latents, two spatial tiles (32 and 10 latents wide) per decode call.
+  const [h, w] = [64, 272];
+  const input = { prompt: "a cat", steps: 1, latentWindowSize: 3, height: h, width: w, numFrames: 9 };
+  const defaults = { samplingType: "inverted_anti_drifting" as const, latentWindowSize: 9 };
+  const decoderCalls = (): string[] => sorted(calls).filter((c) => c.startsWith("vae_decoder "));
+  const pixels = Tensor.zeros([1, 3, h, w]);
+  const shapes: Record<string, string[]> = {};
+  for (const vaeTiling of [false, true]) {
+    const params = validateRenderParams({ ...input, vaeTiling }, defaults);
+    calls.clear();
+    await renderJob(models, { params, firstPixels: pixels, lastPixels: null });
+    const rendered = new Set(calls);
+    calls.clear();
+    // No tiling override: the job's own setting decides the decoder's shapes.
+    await warmUp(models.runtime, models.tokenizers, { height: h, width: w, ...params });
+    assert.deepEqual(sorted(calls), sorted(rendered), `vaeTiling ${vaeTiling}`);
+    shapes[String(vaeTiling)] = decoderCalls();
+  }
+  assert.ok(
+    shapes["true"]!.every((c) => /,32\]$|,10\]$/.test(c)),
+    `tiles of 32 and 10 latents: ${shapes["true"]!.join(" ")}`,
+  );
+  assert.ok(
+    shapes["false"]!.every((c) => /,34\]$/.test(c)),
+    `whole 34-latent rows: ${shapes["false"]!.join(" ")}`,
+  );
+});
+
 test("decoder tile shapes, spatial tiling included, are the ones a tiled decode runs", async () => {
   const vae = models.runtime.bundle.manifest.vae;
   // Small spatial tiles (4 latents every 3) so the tiny size is tiled both ways.
@@ -195,6 +225,40 @@ test("a node warms only the models of the stages it serves, for every section sh
     { spatialTiling: false },
   );
   assert.deepEqual(sorted(calls), sorted(new Set(expected.map((s) => `vae_decoder latents:float32[${s.join(",")}]`))));
+});
+
+test("a node's warm-up size takes both decodes, untiled and tiled, unless :untiled or :tiled names one", async () => {
+  assert.deepEqual(parseWarmupSizes("272x64:tiled, 272x64:untiled,80x48"), [
+    { width: 272, height: 64, vaeTiling: true },
+    { width: 272, height: 64, vaeTiling: false },
+    { width: 80, height: 48 },
+  ]);
+  assert.throws(() => parseWarmupSizes("272x64:both"), /WxH\[:tiled\|:untiled\]/);
+  const [h, w] = [64, 272];
+  const m = models.runtime.bundle.manifest;
+  const decodes = async (vaeTiling: boolean): Promise<string[]> => {
+    const jobs = warmUpJobsForSize(models.runtime, { width: w, height: h, vaeTiling });
+    const lengths = new Set(jobs.flatMap((j) => sectionPlanFor(j, m).sections.map((s) => s.decode.latentFrames)));
+    const shapes = await decoderTileShapes(
+      m.vae,
+      [...lengths].map((t) => [1, 4, t, h / 8, w / 8]),
+      { spatialTiling: vaeTiling },
+    );
+    return shapes.map((s) => `vae_decoder latents:float32[${s.join(",")}]`);
+  };
+  const [untiled, tiled] = [await decodes(false), await decodes(true)];
+  const warmed = async (size: string): Promise<string[]> => {
+    calls.clear();
+    await warmUpNode(models, ["decode"], parseWarmupSizes(size));
+    return sorted(calls);
+  };
+  assert.deepEqual(await warmed(`${w}x${h}:untiled`), sorted(new Set(untiled)));
+  assert.deepEqual(await warmed(`${w}x${h}:tiled`), sorted(new Set(tiled)));
+  assert.deepEqual(await warmed(`${w}x${h}`), sorted(new Set([...untiled, ...tiled])));
+  assert.ok(
+    tiled.every((c) => !untiled.includes(c)),
+    "above 256 px the tiled decode runs other shapes",
+  );
 });
 
 test("render --warmup on writes the same bytes as --warmup off, and times the warm-up", async () => {

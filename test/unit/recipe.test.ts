@@ -85,6 +85,7 @@ test("a recipe holds every setting, the images' SHA-256 and the bundle digest, a
   assert.equal(r.images.start_sha256, sha256Hex(image));
   assert.equal(r.images.end_sha256, null);
   assert.deepEqual(r.video, { format: "webm", crf: 16, lossless: false });
+  assert.equal(r.vae_tiling, false);
   assert.deepEqual(parseRecipe(recipeText(r)), r);
   // Same job, same bytes.
   assert.equal(recipeText(sample()), recipeText(r));
@@ -358,4 +359,29 @@ test("frames round-trip through the PNG archive exactly", async () => {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test("VAE tiling is recorded, read back and rendered again; a recipe without it reads as untiled", () => {
+  const r = sample({ vaeTiling: true });
+  assert.equal(r.vae_tiling, true);
+  assert.match(recipeText(r), /"vae_tiling": true/);
+  assert.deepEqual(parseRecipe(recipeText(r)), r);
+  const farm = { name: "tiny", digest: DIGEST };
+  assert.equal(recipeRequest(request(recipeText(r)), farm)!.settings.vaeTiling, true);
+  assert.equal(recipeRequest(request(recipeText(sample())), farm)!.settings.vaeTiling, false);
+  // Older recipes have no vae_tiling: their videos were decoded untiled (the default then).
+  const older = JSON.parse(recipeText(sample())) as Record<string, unknown>;
+  delete older["vae_tiling"];
+  assert.equal(parseRecipe(JSON.stringify(older)).vae_tiling, false);
+  assert.equal(recipeRequest(request(JSON.stringify(older)), farm)!.settings.vaeTiling, false);
+  // It comes from the recipe: a submission may not turn it on or off beside one.
+  assert.throws(
+    () => recipeRequest(request(recipeText(sample()), { prompt: "", mode: 0, vaeTiling: true }), farm),
+    status("INVALID_ARGUMENT", /settings\.vaeTiling comes from the recipe/),
+  );
+  for (const v of ["true", 1, null])
+    assert.throws(
+      () => parseRecipe(JSON.stringify({ ...older, vae_tiling: v })),
+      status("INVALID_ARGUMENT", /vae_tiling must be true or false/),
+    );
 });

@@ -97,3 +97,12 @@ test("extending a video: context frames 2..10 (5), only with a video; a video to
   );
   rejects({ inputVideo: { ...video, fps: 240 } }, /the video's frame rate 240 is not between 1 and 120: give fps/);
 });
+
+test("VAE tiling: off by default (diffusers' pipeline), a boolean when given, anything else refused by name", () => {
+  assert.equal(validateRenderParams(base, defaults).vaeTiling, false);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: null }, defaults).vaeTiling, false);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: true }, defaults).vaeTiling, true);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: false }, defaults).vaeTiling, false);
+  // "false" is truthy: read loosely it would tile.
+  for (const v of ["false", "true", 1, 0, "yes", {}]) rejects({ vaeTiling: v }, /vae tiling must be true or false/);
+});

@@ -46,6 +46,8 @@ const PARAM_KEYS = [
   "context_frames",
   // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
   "keyframes",
+  // A run with vae.enable_tiling() (a boolean; validateRenderParams refuses anything else).
+  "vae_tiling",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -149,6 +151,7 @@ export async function loadReferenceCase(
     ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
     ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
     ...(json["context_frames"] !== undefined ? { contextFrames: json["context_frames"] } : {}),
+    ...(json["vae_tiling"] !== undefined ? { vaeTiling: json["vae_tiling"] } : {}),
   };
 
   const tensorsFile = path.join(dir, `${path.basename(file, ".json")}.safetensors`);
@@ -212,6 +215,7 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       width: Number(p.width),
       lossless: true,
       ...(p.contextFrames !== undefined ? { contextFrames: Number(p.contextFrames) } : {}),
+      ...(p.vaeTiling === true ? { vaeTiling: true } : {}),
       ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
       ...(typeof p.cache === "string" ? { cache: p.cache } : {}),
       ...(p.cacheThreshold !== undefined ? { cacheThreshold: Number(p.cacheThreshold) } : {}),

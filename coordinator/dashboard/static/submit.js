@@ -114,6 +114,10 @@ function setUpForm(o) {
   setRange($("#magcache-retention"), 0, 1, d.magcacheRetention);
   setRange($("#blend"), 0, l.maxPromptBlendSections, 0);
   setRange($("#context-frames"), l.minContextFrames, l.maxContextFrames, d.contextFrames);
+  // The words come from the coordinator, which knows what its decode trades.
+  text($("#vae-tiling-label"), o.vaeTiling.label);
+  text($("#vae-tiling-help"), `(${o.vaeTiling.help})`);
+  $("#vae-tiling").checked = o.vaeTiling.isDefault;
   text($("#bundle-note"), `bundle ${o.bundle}`);
   if ($("#prompt-rows").children.length === 0) addPromptRow(0, "");
   showDependentFields();
@@ -482,6 +486,7 @@ async function submitRequest() {
     lossless: $("#lossless").checked,
     format: $("#format").value,
     saveFrames: $("#save-frames").checked,
+    vaeTiling: $("#vae-tiling").checked,
     sampler: $("#sampler").value,
     ...(sampler?.name === "unipc"
       ? { unipc: { variant: $("#unipc-variant").value, cfgRescale: numberOf("#cfg-rescale") } }
@@ -575,9 +580,13 @@ function metaText(job) {
     ...(keyframes.length > 0 ? [`keyframes at ${keyframes.map((t) => `${t} s`).join(", ")}`] : []),
     ...(job.settings?.contextFrames ? ["extends a video"] : []),
     `seed ${job.settings?.seed ?? "?"}`,
+    // It changes the frames, so a job says so where its seed is shown.
+    job.settings?.vaeTiling ? "VAE tiled" : "",
     progressText(job),
     new Date(createdMs(job)).toLocaleTimeString(),
-  ].join(" · ");
+  ]
+    .filter(Boolean)
+    .join(" · ");
 }
 
 function actionButtons(id) {

@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--cache-threshold", type=float, help="the cache's threshold in (0, 1], default 0.15 (teacache), 0.1 (magcache)")
     ap.add_argument("--magcache-k", type=int, help="MagCache's max consecutive skips, default 2")
     ap.add_argument("--magcache-retention", type=float, help="MagCache's retention ratio, 0 to 1, default 0.25")
+    ap.add_argument("--vae-tiling", action="store_true", default=None,
+                    help="decode in 256-pixel tiles (diffusers' vae.enable_tiling()): lower peak GPU memory, slightly different frames")
     ap.add_argument("--format", choices=list(VIDEO_FORMATS), help="default mp4 (or the recipe's)")
     ap.add_argument("--recipe", metavar="FILE", help="render this .recipe.json again (no --prompt or length)")
     ap.add_argument("--webhook-url", help="where the farm POSTs the job's events")
@@ -86,7 +88,7 @@ def main() -> int:
                          resolution=args.resolution, sampler=args.sampler, unipc_variant=args.unipc_variant,
                          cfg_rescale=args.cfg_rescale, cache=args.cache, cache_threshold=args.cache_threshold,
                          magcache_k=args.magcache_k, magcache_retention=args.magcache_retention,
-                         video_format=args.format, recipe=recipe,
+                         vae_tiling=args.vae_tiling, video_format=args.format, recipe=recipe,
                          webhook_url=args.webhook_url, video=args.video, context_frames=args.context_frames)
             print(job.id, flush=True)
             watch(farm, job.id, on_progress=show)

@@ -367,7 +367,16 @@ export interface RenderSettings {
    * 10, 5 unless given: the sections' 1x context holds N - 1 of the video's latents. Only with a
    * video; a video too short for the context and window is INVALID_ARGUMENT.
    */
-  contextFrames?: number | undefined;
+  contextFrames?:
+    | number
+    | undefined;
+  /**
+   * diffusers' spatial VAE tiling (vae.enable_tiling()): each section's latents larger than 256
+   * pixels are decoded in 256-pixel tiles blended over 64 pixels. Lower peak GPU memory in the
+   * decode, slightly different frames; false (diffusers' pipeline default) unless given. A job
+   * setting, recorded in its recipe: every node decodes the job's sections the same way.
+   */
+  vaeTiling?: boolean | undefined;
 }
 
 /**
@@ -953,6 +962,7 @@ function createBaseRenderSettings(): RenderSettings {
     magcacheK: undefined,
     magcacheRetention: undefined,
     contextFrames: undefined,
+    vaeTiling: undefined,
   };
 }
 
@@ -1040,6 +1050,9 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.contextFrames !== undefined) {
       writer.uint32(208).uint32(message.contextFrames);
+    }
+    if (message.vaeTiling !== undefined) {
+      writer.uint32(216).bool(message.vaeTiling);
     }
     return writer;
   },
@@ -1265,6 +1278,14 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.contextFrames = reader.uint32();
             continue;
           }
+          case 27: {
+            if (tag !== 216) {
+              break;
+            }
+
+            message.vaeTiling = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1350,6 +1371,11 @@ export const RenderSettings: MessageFns<RenderSettings> = {
         : isSet(object.context_frames)
         ? globalThis.Number(object.context_frames)
         : undefined,
+      vaeTiling: isSet(object.vaeTiling)
+        ? globalThis.Boolean(object.vaeTiling)
+        : isSet(object.vae_tiling)
+        ? globalThis.Boolean(object.vae_tiling)
+        : undefined,
     };
   },
 
@@ -1432,6 +1458,9 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.contextFrames !== undefined) {
       obj.contextFrames = Math.round(message.contextFrames);
     }
+    if (message.vaeTiling !== undefined) {
+      obj.vaeTiling = message.vaeTiling;
+    }
     return obj;
   },
 
@@ -1482,6 +1511,7 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.magcacheK = object.magcacheK ?? undefined;
     message.magcacheRetention = object.magcacheRetention ?? undefined;
     message.contextFrames = object.contextFrames ?? undefined;
+    message.vaeTiling = object.vaeTiling ?? undefined;
     return message;
   },
 };

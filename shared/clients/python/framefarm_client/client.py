@@ -205,7 +205,8 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
            cfg_rescale: Optional[float] = None, cache: Optional[str] = None,
            cache_threshold: Optional[float] = None, magcache_k: Optional[int] = None,
            magcache_retention: Optional[float] = None, section_prompts: Optional[Sequence[str]] = None,
-           blend_sections: Optional[int] = None, video_format: Optional[str] = None,
+           blend_sections: Optional[int] = None, vae_tiling: Optional[bool] = None,
+           video_format: Optional[str] = None,
            save_frames: Optional[bool] = None, recipe: Optional[Union[str, bytes]] = None,
            webhook_url: Optional[str] = None, video: Optional[VideoLike] = None,
            context_frames: Optional[int] = None, bundle: str = "", priority: int = 0,
@@ -228,7 +229,9 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
     FramePack-Studio runs it), with cache_threshold (default 0.1), magcache_k (max consecutive
     skips, default 2) and magcache_retention (0 to 1, default 0.25). section_prompts: one prompt per
     section instead of `prompt`; blend_sections: sections over which prompt changes are blended
-    (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). video_format: "mp4" or "webm";
+    (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). vae_tiling: decode in 256-pixel
+    tiles as diffusers' vae.enable_tiling() does (lower peak GPU memory, slightly different frames;
+    default False, recorded in the recipe). video_format: "mp4" or "webm";
     save_frames: also keep every frame as PNG (the job's frames_url). webhook_url: where the farm
     POSTs the job's events (a host the operator allows). keyframes: (seconds, image) pairs in time
     order, at most one per section, inverted mode only: images the video passes through
@@ -254,7 +257,8 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
                      unipc_variant=unipc_variant, cfg_rescale=cfg_rescale, cache=cache,
                      cache_threshold=cache_threshold, magcache_k=magcache_k,
                      magcache_retention=magcache_retention, section_prompts=section_prompts,
-                     blend_sections=blend_sections, context_frames=context_frames)
+                     blend_sections=blend_sections, context_frames=context_frames,
+                     vae_tiling=vae_tiling)
         extra = [name for name, value in given.items() if value is not None]
         if extra:
             raise ValueError(f"{', '.join(extra)} {'comes' if len(extra) == 1 else 'come'} from the recipe: "
@@ -315,6 +319,11 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
             if isinstance(context_frames, bool) or not isinstance(context_frames, int):
                 raise ValueError(f"context_frames must be an integer, got {context_frames!r}")
             settings.context_frames = context_frames  # the farm checks the range
+        if vae_tiling is not None:
+            # bool only: a truthy "false" must not tile.
+            if not isinstance(vae_tiling, bool):
+                raise ValueError(f"vae_tiling must be True or False, got {vae_tiling!r}")
+            settings.vae_tiling = vae_tiling
         optional = dict(negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
                         true_cfg_scale=true_cfg_scale, seed=seed, latent_window_size=latent_window_size,
                         resolution=resolution, height=height, width=width, fps=fps)
