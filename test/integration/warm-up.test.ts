@@ -182,6 +182,42 @@ test("warm-up of a job with VAE tiling above 256 px runs exactly the tiled shape
   );
 });
 
+test("warm-up of a job extending a video with VAE tiling runs its untiled encoder tiles and tiled decodes", async () => {
+  // 272 px wide: the video's frames are encoded whole (tiling is the decode's), decoded in tiles of
+  // 32 and 10 latents, the join's decode (the input's last window with the first section) too.
+  const [h, w] = [64, 272];
+  const bytes = await readFile(
+    path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4"),
+  );
+  const { inspectVideo } = await import("../../shared/video/video-input.js");
+  const params = validateRenderParams(
+    {
+      prompt: "a cat",
+      steps: 1,
+      latentWindowSize: 5,
+      height: h,
+      width: w,
+      numFrames: 20,
+      samplingType: "vanilla",
+      contextFrames: 3,
+      inputVideo: await inspectVideo(bytes),
+      vaeTiling: true,
+    },
+    { samplingType: "inverted_anti_drifting", latentWindowSize: 9 },
+  );
+  calls.clear();
+  await renderJob(models, { params, firstPixels: null, lastPixels: null, video: bytes });
+  const rendered = new Set(calls);
+  calls.clear();
+  // No tiling override: the job's own setting decides the decoder's shapes.
+  await warmUp(models.runtime, models.tokenizers, { height: h, width: w, ...params });
+  assert.deepEqual(sorted(calls), sorted(rendered));
+  const encoder = sorted(calls).filter((c) => c.startsWith("vae_encoder "));
+  assert.ok(encoder.length > 0 && encoder.every((c) => c.endsWith(`,${h},${w}]`)), encoder.join(" "));
+  const decoder = sorted(calls).filter((c) => c.startsWith("vae_decoder "));
+  assert.ok(decoder.length > 0 && decoder.every((c) => /,32\]$|,10\]$/.test(c)), decoder.join(" "));
+});
+
 test("decoder tile shapes, spatial tiling included, are the ones a tiled decode runs", async () => {
   const vae = models.runtime.bundle.manifest.vae;
   // Small spatial tiles (4 latents every 3) so the tiny size is tiled both ways.
