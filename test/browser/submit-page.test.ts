@@ -8,7 +8,8 @@
  * and that one cancelled. A file that is no image is refused with the server's own message, the
  * one gRPC SubmitJob gives. Another tenant sees none of it; the operators' dashboard still does.
  * A video dropped in the start image's place is extended (its bucket shown, context frames asked
- * for, its frame rate kept), and re-submitted with the same video.
+ * for, its frame rate kept) with VAE tiling on as well, and re-submitted with the same video and
+ * both options.
  * Screenshots at 1366 px and at a phone's 390 px go to test-output/browser/submit/.
  */
 import { after, before, test } from "node:test";
@@ -468,6 +469,8 @@ test("a video dropped in the start image's place is extended: its bucket, contex
   await page.locator("#cache").selectOption("none");
   await page.locator(".prompt-row").nth(1).locator(".prompt-remove").click();
   await page.locator(".prompt-text").first().fill("the light keeps sweeping");
+  // With VAE tiling too: the two job options go together (the decodes tile, the video's encode does not).
+  await page.locator("#vae-tiling").check();
   await shot("8-video-form.png");
 
   await page.locator("#submit").click();
@@ -477,8 +480,13 @@ test("a video dropped in the start image's place is extended: its bucket, contex
   await page.locator('#viewer .player[data-media="video"]').waitFor();
   assert.deepEqual(await playViewer(), { playing: true, width: 64, height: 48, error: null });
   await shot("9-video-finished.png");
+  assert.match(
+    (await page.locator(`#jobs li[data-job-id="${videoJob}"]`).textContent())!,
+    /extends a video · seed \d+ · VAE tiled/,
+  );
   const job = await getJob(videoJob);
   assert.equal(job.settings!.contextFrames, 3);
+  assert.equal(job.settings!.vaeTiling, true);
   assert.equal(job.settings!.fps, 25);
   assert.equal(job.settings!.mode, SamplingMode.SAMPLING_MODE_VANILLA);
   assert.deepEqual([job.width, job.height, job.numFrames], [64, 48, 25]);
@@ -488,6 +496,7 @@ test("a video dropped in the start image's place is extended: its bucket, contex
   await page.locator(`#viewer-job[data-job-id]:not([data-job-id="${videoJob}"])`).waitFor();
   const again = await getJob((await page.locator("#viewer-job").getAttribute("data-job-id"))!);
   assert.equal(again.settings!.contextFrames, 3);
+  assert.equal(again.settings!.vaeTiling, true);
   assert.notEqual(again.settings!.seed, job.settings!.seed);
   await page.locator('#viewer button[data-action="cancel"]').click();
   await viewerState("CANCELLED").waitFor({ timeout: 30_000 });
