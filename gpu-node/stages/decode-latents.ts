@@ -24,6 +24,15 @@ export function toVaeLatents(latents: F32, scalingFactor: number): F32 {
 export interface DecodeOptions {
   /** diffusers' vae.enable_tiling() with its default tile sizes (or these). */
   spatialTiling?: boolean | Partial<SpatialTileSizes>;
+  /** Filled in as the decoder runs: where a decode's time goes (the rest is host work). */
+  stats?: DecodeStats;
+}
+
+export interface DecodeStats {
+  /** Decoder calls (tiles). */
+  runs: number;
+  /** onnxruntime's session.run, summed over the calls. */
+  runMs: number;
 }
 
 /**
@@ -37,7 +46,14 @@ export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32, option
   return temporalTiledDecode(
     vaeLatents,
     vae,
-    async (tile) => (await model.run({ latents: tile })).sample!,
+    async (tile) => {
+      const { outputs, runMs } = await model.runTimed({ latents: tile });
+      if (options.stats !== undefined) {
+        options.stats.runs++;
+        options.stats.runMs += runMs;
+      }
+      return outputs.sample!;
+    },
     spatialTilingOf(vae, options),
   );
 }

@@ -19,7 +19,7 @@ import type { RenderParams } from "../../shared/job/render-params.js";
 import { computedProbeName, stepCacheOf } from "./step-cache.js";
 import { sectionSampling } from "../../shared/job/section-sampling.js";
 import { denoiseSection, type TextConditioning } from "./denoise-section.js";
-import { decodeVideo, toVaeLatents } from "./decode-latents.js";
+import { decodeVideo, toVaeLatents, type DecodeStats } from "./decode-latents.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 
 /** Sees intermediate tensors under the reference's key names. */
@@ -147,10 +147,14 @@ export async function decodeSection(
   decodeLatents: F32,
   params: Pick<RenderParams, "vaeTiling">,
   probe?: Probe,
+  stats?: DecodeStats,
 ): Promise<F32> {
   const vaeLatents = toVaeLatents(decodeLatents, runtime.bundle.manifest.vae.scaling_factor);
   probe?.(`decode${section.index}.in`, vaeLatents);
-  const video = await decodeVideo(runtime, vaeLatents, { spatialTiling: params.vaeTiling });
+  const video = await decodeVideo(runtime, vaeLatents, {
+    spatialTiling: params.vaeTiling,
+    ...(stats !== undefined ? { stats } : {}),
+  });
   probe?.(`decode${section.index}.out`, video);
   return video;
 }

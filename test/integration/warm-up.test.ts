@@ -31,17 +31,18 @@ before(async () => {
   calls = new Set();
   const runtime = models.runtime;
   const load = runtime.model.bind(runtime);
-  // Every session run goes through model(): record each run's inputs, then run it.
+  // Every session run goes through model() and runTimed() (run() calls it): record each run's
+  // inputs, then run it.
   runtime.model = async (name) => {
     const m = await load(name);
     return Object.assign(Object.create(m) as OnnxModel, {
-      run: (feeds: Parameters<OnnxModel["run"]>[0]) => {
+      runTimed: (feeds: Parameters<OnnxModel["runTimed"]>[0], steady?: Parameters<OnnxModel["runTimed"]>[1]) => {
         const sig = Object.keys(feeds)
           .sort()
           .map((k) => `${k}:${feeds[k]!.dtype}[${feeds[k]!.shape.join(",")}]`)
           .join(" ");
         calls.add(`${name} ${sig}`);
-        return m.run(feeds);
+        return m.runTimed(feeds, steady);
       },
     });
   };
