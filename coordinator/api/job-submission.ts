@@ -21,6 +21,7 @@ import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
 import { keyframeLabel } from "../../shared/job/keyframes.js";
 import { cachesOf } from "./submit-options.js";
+import { checkLoras, storeLoras } from "./job-loras.js";
 import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
 import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText, sha256Hex } from "../../shared/job/recipe.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
@@ -196,11 +197,13 @@ async function submitNew(
   signal?: AbortSignal,
 ): Promise<{ job: Job; deduplicated: boolean }> {
   const { manifest } = deps;
-  const { params, output, idemKey, fromRecipe, webhook } = checked;
+  const { output, idemKey, fromRecipe, webhook } = checked;
   const first = await image(deps, req.image, "image", tenant);
   if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
   const last = await image(deps, req.endImage, "end image", tenant);
   const keyframes = await checkKeyframes(deps, req, tenant);
+  const loras = await checkLoras(deps.store, manifest, req, tenant, fromRecipe?.recipe ?? null);
+  const params = { ...checked.params, loras: loras.refs };
   if (fromRecipe !== null)
     checkRecipeImages(
       fromRecipe.recipe,
@@ -246,6 +249,8 @@ async function submitNew(
   let created: JobRecord;
   try {
     signal?.throwIfAborted();
+    // The farm's LoRA library, not the job's inputs: kept whatever becomes of this submission.
+    await storeLoras(deps.store, loras);
     await deps.store.put(keys.firstImage, first.bytes);
     if (last !== null) await deps.store.put(keys.lastImage, last.bytes);
     await storeKeyframes(deps, jobId, keyframes, tenant);

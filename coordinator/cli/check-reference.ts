@@ -16,7 +16,7 @@ import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { startEmbeddedFarm } from "./embedded/embedded-farm.js";
 import { pixelsFor, readImageFile } from "./embedded/inputs.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
-import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "./parity/reference-case.js";
+import { caseLoraSource, loadReferenceCase, submitRequestFor, type ReferenceCase } from "./parity/reference-case.js";
 import { compareRun, compareTensor, formatTable, type StageResult } from "./parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
 import { fetchVideo } from "./submit.js";
@@ -53,7 +53,7 @@ export async function checkReferenceCase(caseFile: string, bundleDir: string, ep
     const got = new Map<string, Tensor>();
     const probed = await renderJob(
       embedded,
-      { params, firstPixels: first, lastPixels: last, keyframePixels },
+      { params, firstPixels: first, lastPixels: last, keyframePixels, loraSource: caseLoraSource(refCase) },
       { probe: (k, t) => got.set(k, t) },
     );
     const results = compareRun(got, refCase.expected);

@@ -14,7 +14,8 @@ import { keyframeSchedule } from "../../shared/job/keyframes.js";
 import { encodeText, type PromptEmbeddings } from "./encode-text.js";
 import { encodeImageEmbeds, encodeImagePosterior, sampleKeyframeLatents, sampleLatents } from "./encode-image.js";
 import { SectionVideo, decodeSection, runSectionStep } from "./section-step.js";
-import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { LoraSource, ModelRuntime } from "../runtime/model-runtime.js";
+import { FarmError } from "../../shared/errors.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 
 export interface RenderInputs {
@@ -24,6 +25,8 @@ export interface RenderInputs {
   lastPixels: F32 | null;
   /** The keyframes' images, as params.keyframeTimes orders them, at the render size ([] or absent: none). */
   keyframePixels?: F32[];
+  /** Reads params.loras' files (by SHA-256); needed when there are LoRAs. */
+  loraSource?: LoraSource;
 }
 
 export interface RenderObserver {
@@ -55,8 +58,14 @@ export async function renderJob(
   inputs: RenderInputs,
   observer: RenderObserver = {},
 ): Promise<Tensor<"uint8">> {
-  const { runtime, tokenizers } = ctx;
+  const { tokenizers } = ctx;
   const { params } = inputs;
+  // The job's LoRAs fused into the transformer (a variant of its graphs; the other models as they are).
+  const runtime = await ctx.runtime.withLoras(
+    params.loras,
+    inputs.loraSource ??
+      ((ref) => Promise.reject(new FarmError("NOT_FOUND", `no file given for LoRA ${ref.name} (${ref.sha256})`))),
+  );
   const manifest = runtime.bundle.manifest;
   const probe = (name: string, t: Tensor): void => observer.probe?.(name, t);
 

@@ -62,6 +62,7 @@ const LATER_DEFAULTS = {
   sectionPrompts: null,
   promptBlendSections: 0,
   keyframeTimes: [],
+  loras: [],
 } as const satisfies Partial<RenderParams>;
 
 export function renderParamsOf(spec: JobSpec): RenderParams {

@@ -7,6 +7,7 @@ import { SAMPLING_TYPES, type SamplingType } from "../bundle/manifest.js";
 import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../sampler/unipc.js";
 import { parseTimedPrompt, type PromptSegment } from "./timed-prompts.js";
 import { parseKeyframeTimes } from "./keyframes.js";
+import { parseLoraRefs, type LoraRef } from "./loras.js";
 
 /**
  * flow_match_euler: diffusers' HunyuanVideoFramepackPipeline (FlowMatch Euler, the bundle's
@@ -108,6 +109,8 @@ export interface RenderParams {
   sectionPrompts: string[] | null;
   /** Sections over which a prompt change is blended (0: switch at once). */
   promptBlendSections: number;
+  /** LoRAs fused into the transformer, in order (loras.ts); [] for none. */
+  loras: LoraRef[];
 }
 
 export interface RenderParamsInput {
@@ -138,6 +141,7 @@ export interface RenderParamsInput {
   magcacheRetention?: unknown;
   sectionPrompts?: unknown;
   promptBlendSections?: unknown;
+  loras?: unknown;
 }
 
 export interface RenderDefaults {
@@ -384,6 +388,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     promptSegments,
     sectionPrompts,
     promptBlendSections,
+    loras: parseLoraRefs(input.loras),
   };
 }
 

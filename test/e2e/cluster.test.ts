@@ -182,6 +182,7 @@ test("8 jobs at once all finish; each job's sections run in order and decodes ov
         priority: 0,
         idempotencyKey: "",
         keyframes: [],
+        loras: [],
       };
       return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
     }),

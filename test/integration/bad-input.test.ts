@@ -103,6 +103,7 @@ const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => ({
   priority: 0,
   idempotencyKey: "",
   keyframes: [],
+  loras: [],
   ...over,
 });
 const kf = (timeSeconds: number, image: ImageInput = data(png)): Keyframe => ({ timeSeconds, image });

@@ -169,6 +169,7 @@ test("bad recipes are refused over gRPC and leave nothing behind", async () => {
     priority: 0,
     idempotencyKey: "",
     keyframes: [],
+    loras: [],
     recipe: JSON.stringify(recipe),
   });
   const refused = async (r: SubmitJobRequest, code: status, message: RegExp): Promise<void> =>

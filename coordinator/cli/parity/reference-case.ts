@@ -2,6 +2,7 @@
  * A reference case: the JSON of one diffusers pipeline call, its input images, and (optionally)
  * the safetensors file of every intermediate tensor that call produced.
  */
+import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { FarmError } from "../../../shared/errors.js";
@@ -43,6 +44,8 @@ const PARAM_KEYS = [
   "prompt_blend_sections",
   // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
   "keyframes",
+  // LoRAs fused into the transformer: [{"file": .safetensors beside the case, "weight": w}, ...].
+  "loras",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -63,6 +66,8 @@ export interface ReferenceCase {
   lastImage: string | null;
   /** Keyframes in the case's order: their times and image files. */
   keyframes: { seconds: number; image: string }[];
+  /** LoRAs in the case's order: their files, digests and weights. */
+  loras: { file: string; sha256: string; weight: number }[];
   /** Expected tensors by reference key; empty when the case has no .safetensors beside it. */
   expected: Map<string, Tensor>;
 }
@@ -115,6 +120,7 @@ export async function loadReferenceCase(
   const name = typeof json["name"] === "string" ? json["name"] : path.basename(file, ".json");
   const lastImage = json["last_image"] === null || json["last_image"] === undefined ? null : imagePath("last_image");
   const keyframes = keyframesOf(file, json["keyframes"], dir);
+  const loras = await lorasOf(file, json["loras"], dir);
   const seed = json["seed"];
   const params: RenderParamsInput = {
     prompt: json["prompt"],
@@ -130,6 +136,7 @@ export async function loadReferenceCase(
     width: json["width"],
     hasEndImage: lastImage !== null,
     keyframeTimes: keyframes.map((k) => k.seconds),
+    loras: loras.map((l) => ({ name: path.basename(l.file), sha256: l.sha256, weight: l.weight })),
     ...(json["sampler"] !== undefined ? { sampler: json["sampler"] } : {}),
     ...(json["unipc_variant"] !== undefined ? { unipcVariant: json["unipc_variant"] } : {}),
     ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
@@ -151,7 +158,41 @@ export async function loadReferenceCase(
       throw new FarmError("NOT_FOUND", `reference tensors ${tensorsFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  return { name, file, params, firstImage: imagePath("first_image"), lastImage, keyframes, expected };
+  return { name, file, params, firstImage: imagePath("first_image"), lastImage, keyframes, loras, expected };
+}
+
+/** A case's LoRAs: each a .safetensors file beside the case and a weight. */
+async function lorasOf(
+  file: string,
+  v: unknown,
+  dir: string,
+): Promise<{ file: string; sha256: string; weight: number }[]> {
+  if (v === undefined || v === null) return [];
+  const bad = (what: string): FarmError => new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${what}`);
+  if (!Array.isArray(v)) throw bad("loras must be a list");
+  return Promise.all(
+    v.map(async (l: unknown, i) => {
+      const e = (typeof l === "object" && l !== null ? l : {}) as Record<string, unknown>;
+      const f = e["file"];
+      if (typeof f !== "string" || f === "" || path.isAbsolute(f) || f.split(/[\\/]/).includes(".."))
+        throw bad(`loras[${i}].file must be a file name beside the case`);
+      if (typeof e["weight"] !== "number") throw bad(`loras[${i}].weight must be a number`);
+      const loraFile = path.join(dir, f);
+      const sha256 = createHash("sha256")
+        .update(await readFile(loraFile))
+        .digest("hex");
+      return { file: loraFile, sha256, weight: e["weight"] };
+    }),
+  );
+}
+
+/** Reads a case's LoRA files by digest (what a node reads from the farm's store). */
+export function caseLoraSource(refCase: ReferenceCase): (ref: { sha256: string }) => Promise<Uint8Array> {
+  return async (ref) => {
+    const l = refCase.loras.find((x) => x.sha256 === ref.sha256);
+    if (l === undefined) throw new FarmError("NOT_FOUND", `the case has no LoRA with SHA-256 ${ref.sha256}`);
+    return readFile(l.file);
+  };
 }
 
 /** A case's keyframes: each a time in seconds and an image file beside the case. */
@@ -215,6 +256,13 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       refCase.keyframes.map(async (k) => ({
         timeSeconds: k.seconds,
         image: { source: { $case: "data" as const, value: await readFile(k.image) } },
+      })),
+    ),
+    loras: await Promise.all(
+      refCase.loras.map(async (l) => ({
+        source: { $case: "data" as const, value: await readFile(l.file) },
+        weight: l.weight,
+        name: path.basename(l.file),
       })),
     ),
     bundle: "",

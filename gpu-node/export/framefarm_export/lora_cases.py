@@ -41,11 +41,14 @@ import inspect
 import json
 import os
 
+import numpy as np
 import torch
 
 from .reference_cases import run_case
 
 RANK = 4
+IN_KEYS = ("timestep", "guidance", "image_embeds", "latents_clean", "latents_history_2x", "latents_history_4x",
+           "indices_latents", "indices_latents_clean", "indices_latents_history_2x", "indices_latents_history_4x")
 
 
 def _rand(gen, *shape, scale=0.15):
@@ -143,6 +146,25 @@ def patch_hidden_size(hidden):
     lora_pipeline._convert_hunyuan_video_lora_to_diffusers = ns["_convert_hunyuan_video_lora_to_diffusers"]
 
 
+class TensorSiglipProcessor:
+    """transformers' torchvision-backed SiglipImageProcessor on a float tensor, as the reference ran
+    it: F.resize(size, BICUBIC, antialias=True) (torch's _upsample_bicubic2d_aa), then (x - mean) /
+    std. Without torchvision, transformers 5 falls back to its PIL processor, which rounds the
+    tensor to 8 bits first (8e-3 relative L2 in image_embeds); this stands in for it then."""
+
+    def __init__(self, fe):
+        self.size = (fe.size["height"], fe.size["width"])
+        self.mean = torch.tensor(fe.image_mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(fe.image_std).view(1, -1, 1, 1)
+
+    def __call__(self, images, return_tensors="pt", do_rescale=False):
+        from transformers import BatchFeature
+
+        x = images if images.shape[-2:] == self.size else torch.nn.functional.interpolate(
+            images, size=self.size, mode="bicubic", antialias=True, align_corners=False)
+        return BatchFeature({"pixel_values": (x - self.mean) / self.std})
+
+
 def save(sd, path, metadata=None):
     from safetensors.torch import save_file
 
@@ -220,6 +242,10 @@ def main(argv=None) -> int:
             continue
         pipe = HunyuanVideoFramepackPipeline.from_pretrained(a.src, torch_dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
+        try:
+            import torchvision  # noqa: F401
+        except Exception:
+            pipe.feature_extractor = TensorSiglipProcessor(pipe.feature_extractor)
         cfg = pipe.transformer.config
         patch_hidden_size(cfg.num_attention_heads * cfg.attention_head_dim)
         gen = torch.Generator("cpu").manual_seed(int(case["seed"]) + 1000)
@@ -236,8 +262,30 @@ def main(argv=None) -> int:
         scales = sorted({round(float(m.scaling[n]), 6) for m in layers for n in names if n in m.scaling})
         print(f"{case['name']}: LoRA layers per adapter {per}, scalings {scales}", flush=True)
         spec = {k: v for k, v in case.items() if k not in ("kind", "weights")}
+        # Every transformer input of each section's first call, as the public cases hold them.
+        inputs, calls = {}, [0]
+        per_section = case["steps"] * (2 if case.get("true_cfg_scale", 1.0) > 1 and case.get("negative_prompt") else 1)
+        forward = pipe.transformer.forward
+
+        def recording_forward(*args, **kw):
+            if calls[0] % per_section == 0:
+                k = calls[0] // per_section
+                for n in IN_KEYS:
+                    if kw.get(n) is not None:
+                        inputs[f"section{k}.transformer_in.{n}"] = kw[n].detach().float().numpy() if kw[n].is_floating_point() else kw[n].numpy()
+            calls[0] += 1
+            return forward(*args, **kw)
+
+        pipe.transformer.forward = recording_forward
         with torch.no_grad():
             run_case(pipe, spec, template, a.out)
+        pipe.transformer.forward = forward
+        from safetensors.numpy import load_file, save_file
+
+        tensors_path = os.path.join(a.out, f"{case['name']}.safetensors")
+        tensors = load_file(tensors_path)
+        tensors.update({k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        save_file(tensors, tensors_path)
         path = os.path.join(a.out, f"{case['name']}.json")
         meta = json.load(open(path, encoding="utf-8"))
         meta["loras"] = [{"file": f, "weight": w} for f, w, _ in loras]
