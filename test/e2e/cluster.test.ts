@@ -19,7 +19,7 @@ import {
   type SubmitJobRequest,
 } from "../../proto/gen/framefarm/v1/jobs.js";
 import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
-import { loadReferenceCase, submitRequestFor } from "../../coordinator/cli/parity/reference-case.js";
+import { caseLoraSource, loadReferenceCase, submitRequestFor } from "../../coordinator/cli/parity/reference-case.js";
 import { pixelsFor, readImageFile } from "../../coordinator/cli/embedded/inputs.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
 import { compareTensor } from "../../coordinator/cli/parity/compare.js";
@@ -96,13 +96,14 @@ const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[
 const cases = [
   ...jsonIn(path.join(referenceDir(), "cases")),
   // framefarm's own cases of lllyasviel's sampler, of prompts that change over time, of
-  // MagCache (its split graphs on the denoise nodes) and of keyframes.
+  // MagCache (its split graphs on the denoise nodes), of keyframes and of LoRAs (fused by each
+  // denoise node from the files the coordinator stored).
   ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
-    /^(unipc|timed_prompts|section_prompts|magcache|keyframes)_/.test(f),
+    /^(unipc|timed_prompts|section_prompts|magcache|keyframes|lora)_/.test(f),
   ),
 ];
 
-test("every public reference case, and the unipc, timed-prompt, MagCache and keyframe cases, render on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc, timed-prompt, MagCache, keyframe and LoRA cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {
@@ -140,7 +141,13 @@ test("every public reference case, and the unipc, timed-prompt, MagCache and key
     const keyframePixels = await Promise.all(
       refCase.keyframes.map(async (k) => pixelsFor(await readImageFile(k.image, "keyframe"), size)),
     );
-    const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last, keyframePixels });
+    const expected = await renderJob(embedded, {
+      params,
+      firstPixels: first,
+      lastPixels: last,
+      keyframePixels,
+      loraSource: caseLoraSource(refCase),
+    });
     const record = (await readJob(kv, job.id))!.record;
     // The farm's own output: the lossless MP4 it stored, decoded.
     const frames = await storedVideoFrames(
