@@ -1,7 +1,7 @@
 /**
  * What a submission may ask of this farm, for a form to offer (the submit page): the sampling
- * modes, samplers, step caches and video formats its bundle runs, each setting's default and its
- * limits. Values are the proto JSON names a SubmitJobRequest carries, and everything comes from
+ * modes, samplers, step caches and video formats its bundle runs, VAE tiling, each setting's
+ * default and its limits. Values are the proto JSON names a SubmitJobRequest carries, and everything comes from
  * the constants the checks themselves use (render-params.ts, the bundle's manifest), so a form
  * offers what the farm accepts and nothing it refuses.
  */
@@ -26,6 +26,12 @@ import {
 import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../../shared/sampler/unipc.js";
 import { VIDEO_FORMATS, type VideoFormatName } from "../../shared/job/recipe.js";
 import { DEFAULT_IMAGE_LIMITS } from "../../shared/image/decode.js";
+import { DEFAULT_VIDEO_LIMITS } from "../../shared/video/video-input.js";
+import {
+  DEFAULT_CONTEXT_FRAMES,
+  MAX_CONTEXT_FRAMES,
+  MIN_CONTEXT_FRAMES,
+} from "../../shared/framepack/video-context.js";
 import { MAX_BUCKET_RESOLUTION, MIN_BUCKET_RESOLUTION } from "../../shared/framepack/buckets.js";
 import { samplerToPb, samplingModeOf, unipcVariantToPb, videoFormatToPb } from "./job-mapping.js";
 
@@ -45,6 +51,8 @@ export interface SubmitOptions {
   unipcVariants: Choice<UniPCVariant>[];
   caches: (Choice<CacheName> & { threshold: number | null })[];
   formats: Choice<VideoFormatName>[];
+  /** A checkbox: RenderSettings.vaeTiling, with words saying what it trades. */
+  vaeTiling: { label: string; help: string; isDefault: boolean };
   defaults: {
     steps: number;
     guidanceScale: number;
@@ -58,11 +66,16 @@ export interface SubmitOptions {
     cfgRescale: number;
     magcacheK: number;
     magcacheRetention: number;
+    /** Extending a video: Studio's context frames. */
+    contextFrames: number;
   };
   limits: Omit<typeof LIMITS, "minResolution" | "maxResolution"> & {
     minResolution: number;
     maxResolution: number;
     maxImageBytes: number;
+    maxVideoBytes: number;
+    minContextFrames: number;
+    maxContextFrames: number;
   };
 }
 
@@ -121,6 +134,12 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       label: f === "mp4" ? "MP4 (H.264)" : "WebM (VP9)",
       isDefault: f === "mp4",
     })),
+    vaeTiling: {
+      label: "VAE tiling",
+      help: "decode in 256-pixel tiles as diffusers' vae.enable_tiling() does: lower peak GPU memory, slightly different frames; only sizes above 256 pixels are tiled",
+      // validateRenderParams' default: diffusers' pipeline does not tile.
+      isDefault: false,
+    },
     defaults: {
       steps: RENDER_DEFAULTS.steps,
       guidanceScale: RENDER_DEFAULTS.guidanceScale,
@@ -133,12 +152,16 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       cfgRescale: 0,
       magcacheK: DEFAULT_MAGCACHE_K,
       magcacheRetention: DEFAULT_MAGCACHE_RETENTION,
+      contextFrames: DEFAULT_CONTEXT_FRAMES,
     },
     limits: {
       ...LIMITS,
       minResolution: Math.max(LIMITS.minResolution, MIN_BUCKET_RESOLUTION),
       maxResolution: Math.min(LIMITS.maxResolution, MAX_BUCKET_RESOLUTION),
       maxImageBytes: DEFAULT_IMAGE_LIMITS.maxBytes,
+      maxVideoBytes: DEFAULT_VIDEO_LIMITS.maxBytes,
+      minContextFrames: MIN_CONTEXT_FRAMES,
+      maxContextFrames: MAX_CONTEXT_FRAMES,
     },
   };
 }

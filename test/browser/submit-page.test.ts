@@ -7,6 +7,9 @@
  * what the farm rendered is what the form asked. From "my jobs" it is re-submitted with a new seed
  * and that one cancelled. A file that is no image is refused with the server's own message, the
  * one gRPC SubmitJob gives. Another tenant sees none of it; the operators' dashboard still does.
+ * A video dropped in the start image's place is extended (its bucket shown, context frames asked
+ * for, its frame rate kept) with VAE tiling on as well, and re-submitted with the same video and
+ * both options.
  * Screenshots at 1366 px and at a phone's 390 px go to test-output/browser/submit/.
  */
 import { after, before, test } from "node:test";
@@ -27,6 +30,8 @@ import {
   type SubmitJobRequest,
 } from "../../proto/gen/framefarm/v1/jobs.js";
 import { findNearestBucket } from "../../shared/framepack/buckets.js";
+import { Tensor } from "../../shared/tensor/tensor.js";
+import { writeMp4 } from "../../shared/video/mp4.js";
 import { STATUS_CODE } from "../../shared/errors.js";
 import { cliPath, testOutputDir } from "../support/paths.js";
 
@@ -308,12 +313,19 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.notEqual(seed, before);
   await page.locator("details.more summary").click();
   assert.ok(!(await page.locator("#magcache-k").isVisible()), "MagCache's fields only with MagCache");
+  // VAE tiling: offered off (the farm's default), with the farm's words for what it trades.
+  assert.equal(await page.locator("#vae-tiling").isChecked(), false);
+  assert.match(
+    (await page.locator("#vae-tiling-help").textContent()) ?? "",
+    /lower peak GPU memory, slightly different frames/,
+  );
+  await page.locator("#vae-tiling").check();
   await shot("1-form.png");
 
   await page.locator("#submit").click();
   await page.locator("#viewer-job[data-job-id]").waitFor();
   jobId = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
-  await page.locator(`#jobs li[data-job-id="${jobId}"]`).waitFor();
+  await page.locator(`#jobs li[data-job-id="${jobId}"]`, { hasText: "VAE tiled" }).waitFor();
 
   // Each finished section's preview plays while the job runs.
   await page.locator('#viewer .player[data-media="preview"]').waitFor({ timeout: 90_000 });
@@ -345,6 +357,7 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.equal(job.settings!.steps, 100);
   assert.equal(job.settings!.guidanceScale, 9);
   assert.equal(job.settings!.mode, SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING);
+  assert.equal(job.settings!.vaeTiling, true, "the job decodes in tiles, as the checkbox asked");
   assert.deepEqual([job.width, job.height, job.numFrames], [bucket.width, bucket.height, 165]);
   assert.deepEqual(job.keyframeTimes, [2.5]);
   assert.match((await page.locator("#viewer .job-meta").textContent())!, /keyframes at 2\.5 s/);
@@ -430,4 +443,63 @@ test("another tenant sees none of these jobs; the operators' dashboard still sho
     401,
     "a tenant's token does not open the dashboard",
   );
+});
+
+test("a video dropped in the start image's place is extended: its bucket, context frames and frame rate", async () => {
+  // 40 frames of 96x72 at 25 fps, H.264 in yuv420p (what a browser plays): the 64 bucket is 64x48.
+  const [T, H, W] = [40, 72, 96];
+  const data = new Uint8Array(T * H * W * 3);
+  for (let i = 0; i < data.length; i++) data[i] = (i % (W * 3)) + Math.floor(i / (H * W * 3)) * 3;
+  const file = path.join(shots, "clip.mp4");
+  await writeMp4(new Tensor("uint8", [T, H, W, 3], data), file, { fps: 25, crf: 18 });
+  const clip = await readFile(file);
+
+  await page.locator("#end-drop .drop-clear").click();
+  await page.locator("#resolution").fill("64");
+  await dropFile("#start-drop", "clip.mp4", "video/mp4", clip);
+  await page.locator("#start-drop .drop-caption", { hasText: "video 96×72 → 64×48" }).waitFor();
+  assert.equal(await page.locator("#start-drop").getAttribute("data-kind"), "video");
+  assert.ok(await page.locator("#context-frames").isVisible(), "context frames are asked for with a video");
+  assert.equal(await page.locator("#context-frames").inputValue(), "5");
+  assert.equal(await page.locator("#fps").inputValue(), "", "the video's own frame rate unless one is given");
+  await page.locator("#context-frames").fill("3");
+  await page.locator("#mode").selectOption("SAMPLING_MODE_VANILLA");
+  await page.locator("#seconds").fill("1");
+  await page.locator("#steps").fill("2");
+  await page.locator("#sampler").selectOption("SAMPLER_FLOW_MATCH_EULER");
+  await page.locator("#cache").selectOption("none");
+  await page.locator(".prompt-row").nth(1).locator(".prompt-remove").click();
+  await page.locator(".prompt-text").first().fill("the light keeps sweeping");
+  // With VAE tiling too: the two job options go together (the decodes tile, the video's encode does not).
+  await page.locator("#vae-tiling").check();
+  await shot("8-video-form.png");
+
+  await page.locator("#submit").click();
+  await page.locator(`#viewer-job[data-job-id]:not([data-job-id="${jobId}"])`).waitFor();
+  const videoJob = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
+  await viewerState("SUCCEEDED").waitFor({ timeout: 120_000 });
+  await page.locator('#viewer .player[data-media="video"]').waitFor();
+  assert.deepEqual(await playViewer(), { playing: true, width: 64, height: 48, error: null });
+  await shot("9-video-finished.png");
+  assert.match(
+    (await page.locator(`#jobs li[data-job-id="${videoJob}"]`).textContent())!,
+    /extends a video · seed \d+ · VAE tiled/,
+  );
+  const job = await getJob(videoJob);
+  assert.equal(job.settings!.contextFrames, 3);
+  assert.equal(job.settings!.vaeTiling, true);
+  assert.equal(job.settings!.fps, 25);
+  assert.equal(job.settings!.mode, SamplingMode.SAMPLING_MODE_VANILLA);
+  assert.deepEqual([job.width, job.height, job.numFrames], [64, 48, 25]);
+
+  // Re-submitted: the same video and settings, a new seed.
+  await page.locator(`#jobs li[data-job-id="${videoJob}"] button[data-action="resubmit"]`).click();
+  await page.locator(`#viewer-job[data-job-id]:not([data-job-id="${videoJob}"])`).waitFor();
+  const again = await getJob((await page.locator("#viewer-job").getAttribute("data-job-id"))!);
+  assert.equal(again.settings!.contextFrames, 3);
+  assert.equal(again.settings!.vaeTiling, true);
+  assert.notEqual(again.settings!.seed, job.settings!.seed);
+  await page.locator('#viewer button[data-action="cancel"]').click();
+  await viewerState("CANCELLED").waitFor({ timeout: 30_000 });
+  assert.deepEqual(consoleErrors, [], "the page logged errors");
 });

@@ -42,10 +42,15 @@ const PARAM_KEYS = [
   "magcache_retention",
   "section_prompts",
   "prompt_blend_sections",
+  // extending a video: the video file beside the case, and Studio's context frames.
+  "video",
+  "context_frames",
   // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
   "keyframes",
   // LoRAs fused into the transformer: [{"file": .safetensors beside the case, "weight": w}, ...].
   "loras",
+  // A run with vae.enable_tiling() (a boolean; validateRenderParams refuses anything else).
+  "vae_tiling",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -56,14 +61,18 @@ const INFO_KEYS = [
   "generator",
   "reference",
   "image_generator",
+  "input_video",
 ] as const;
 
 export interface ReferenceCase {
   name: string;
   file: string;
   params: RenderParamsInput;
-  firstImage: string;
+  /** The start image, or null when the case extends a video. */
+  firstImage: string | null;
   lastImage: string | null;
+  /** The video the case extends, or null. */
+  video: string | null;
   /** Keyframes in the case's order: their times and image files. */
   keyframes: { seconds: number; image: string }[];
   /** LoRAs in the case's order: their files, digests and weights. */
@@ -104,11 +113,13 @@ export async function loadReferenceCase(
     "guidance_scale",
     "height",
     "width",
-    "first_image",
   ] as const) {
     if (json[k] === undefined || json[k] === null)
       throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${k} is missing`);
   }
+  const hasVideo = json["video"] !== undefined && json["video"] !== null;
+  if (hasVideo === (json["first_image"] !== undefined && json["first_image"] !== null))
+    throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: give first_image or video, one of them`);
   const dir = path.dirname(file);
   const imagePath = (key: string): string => {
     const v = json[key];
@@ -146,6 +157,8 @@ export async function loadReferenceCase(
     ...(json["magcache_retention"] !== undefined ? { magcacheRetention: json["magcache_retention"] } : {}),
     ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
     ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
+    ...(json["context_frames"] !== undefined ? { contextFrames: json["context_frames"] } : {}),
+    ...(json["vae_tiling"] !== undefined ? { vaeTiling: json["vae_tiling"] } : {}),
   };
 
   const tensorsFile = path.join(dir, `${path.basename(file, ".json")}.safetensors`);
@@ -158,7 +171,17 @@ export async function loadReferenceCase(
       throw new FarmError("NOT_FOUND", `reference tensors ${tensorsFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  return { name, file, params, firstImage: imagePath("first_image"), lastImage, keyframes, loras, expected };
+  return {
+    name,
+    file,
+    params,
+    firstImage: hasVideo ? null : imagePath("first_image"),
+    lastImage,
+    video: hasVideo ? imagePath("video") : null,
+    keyframes,
+    loras,
+    expected,
+  };
 }
 
 /** A case's LoRAs: each a .safetensors file beside the case and a weight. */
@@ -214,7 +237,10 @@ function keyframesOf(file: string, v: unknown, dir: string): { seconds: number; 
 export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJobRequest> {
   const p = refCase.params;
   return {
-    image: { source: { $case: "data", value: await readFile(refCase.firstImage) } },
+    ...(refCase.firstImage !== null
+      ? { image: { source: { $case: "data", value: await readFile(refCase.firstImage) } } }
+      : {}),
+    ...(refCase.video !== null ? { video: { source: { $case: "data", value: await readFile(refCase.video) } } } : {}),
     endImage:
       refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
     settings: {
@@ -230,6 +256,8 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       height: Number(p.height),
       width: Number(p.width),
       lossless: true,
+      ...(p.contextFrames !== undefined ? { contextFrames: Number(p.contextFrames) } : {}),
+      ...(p.vaeTiling === true ? { vaeTiling: true } : {}),
       ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
       ...(typeof p.cache === "string" ? { cache: p.cache } : {}),
       ...(p.cacheThreshold !== undefined ? { cacheThreshold: Number(p.cacheThreshold) } : {}),

@@ -1,7 +1,7 @@
 // The submit page: a form that submits a job through the coordinator's tenant API (/api/tenant/...,
-// where the gRPC JobService's own checks run), a preview of each image cropped to the bucket the
-// farm will give it (the bucket comes from the server's table; the end image and keyframes take the
-// start image's), and the tenant's jobs followed live
+// where the gRPC JobService's own checks run), a preview of each image (or of a video to extend, in
+// the start image's place) cropped to the bucket the farm will give it (the bucket comes from the
+// server's table; the end image and keyframes take the start image's), and the tenant's jobs followed live
 // over server-sent events: each finished section's preview plays as it lands, then the video.
 // What the form offers (modes, samplers, caches, defaults, limits) comes from /api/tenant/options.
 // Requests and replies are jobs.proto's messages in JSON form; errors show the server's gRPC status
@@ -113,6 +113,11 @@ function setUpForm(o) {
   setRange($("#magcache-k"), 1, l.maxSteps, d.magcacheK);
   setRange($("#magcache-retention"), 0, 1, d.magcacheRetention);
   setRange($("#blend"), 0, l.maxPromptBlendSections, 0);
+  setRange($("#context-frames"), l.minContextFrames, l.maxContextFrames, d.contextFrames);
+  // The words come from the coordinator, which knows what its decode trades.
+  text($("#vae-tiling-label"), o.vaeTiling.label);
+  text($("#vae-tiling-help"), `(${o.vaeTiling.help})`);
+  $("#vae-tiling").checked = o.vaeTiling.isDefault;
   text($("#bundle-note"), `bundle ${o.bundle}`);
   if ($("#prompt-rows").children.length === 0) addPromptRow(0, "");
   showDependentFields();
@@ -127,8 +132,11 @@ function showDependentFields() {
     f.hidden = !f.dataset.forCache.split(" ").includes(cache?.name);
   const mode = chosen($("#mode"), options.modes);
   $("#end-drop").dataset.unused = String(mode !== undefined && !mode.endImage);
-  // Keyframes only where the mode takes them (inverted): hidden, they are not sent either.
-  $("#keyframes").hidden = mode !== undefined && !mode.keyframes;
+  // Keyframes only where the mode takes them (inverted) and with a start image (a video has no slot
+  // for them): hidden, they are not sent either.
+  const start = images.get(startZone)?.kind ?? "image";
+  $("#keyframes").hidden = (mode !== undefined && !mode.keyframes) || start === "video";
+  for (const f of document.querySelectorAll("[data-for-start]")) f.hidden = f.dataset.forStart !== start;
 }
 $("#cache").addEventListener("change", () => {
   const cache = chosen($("#cache"), options.caches);
@@ -197,6 +205,36 @@ const startZone = $("#start-drop");
 const endZone = $("#end-drop");
 const keyframeZones = () => [...document.querySelectorAll("#keyframe-rows .drop")];
 
+/** A video to extend (in the start image's place), by its type or, when the browser gives none, its name. */
+const isVideo = (file) =>
+  file.type.startsWith("video/") || (file.type === "" && /\.(mp4|m4v|mov|webm|mkv|avi)$/i.test(file.name));
+
+/** The frame size of an image or video element. */
+const sizeOf = (media) =>
+  media.videoWidth !== undefined
+    ? { w: media.videoWidth, h: media.videoHeight }
+    : { w: media.naturalWidth, h: media.naturalHeight };
+
+/** A video element showing the file's first frame, or null when this browser cannot play it. */
+function loadVideo(url) {
+  return new Promise((resolve) => {
+    const v = el("video", { muted: true, preload: "auto", playsInline: true });
+    v.addEventListener("loadeddata", () => resolve(v.videoWidth > 0 ? v : null), { once: true });
+    v.addEventListener("error", () => resolve(null), { once: true });
+    v.src = url;
+  });
+}
+
+/** A video plays on at its own frame rate unless one is given: the fps field empties for it. */
+function startKindChanged() {
+  const video = images.get(startZone)?.kind === "video";
+  const fps = $("#fps");
+  fps.placeholder = video ? "the video's" : "";
+  if (video && fps.value === String(options.defaults.fps)) fps.value = "";
+  if (!video && fps.value === "") fps.value = String(options.defaults.fps);
+  showDependentFields();
+}
+
 async function setImage(z, file) {
   // Another image is another attempt: the last refusal no longer applies.
   delete z.dataset.invalid;
@@ -204,25 +242,33 @@ async function setImage(z, file) {
   if (file === undefined || file === null) {
     images.delete(z);
     z.dataset.empty = "true";
+    delete z.dataset.kind;
     delete z.dataset.preview;
     $(".crop", z).hidden = true;
     text($(".drop-caption", z), "");
     $(".drop-clear", z)?.setAttribute("hidden", "");
     $("input[type=file]", z).value = "";
+    if (z === startZone) startKindChanged();
     return updateCrops();
   }
-  const entry = { file, img: null };
+  const kind = z === startZone && isVideo(file) ? "video" : "image";
+  const entry = { file, kind, img: null };
   images.set(z, entry);
   z.dataset.empty = "false";
+  z.dataset.kind = kind;
   $(".drop-clear", z)?.removeAttribute("hidden");
-  const img = new Image();
-  img.src = URL.createObjectURL(file);
-  try {
-    await img.decode();
-    entry.img = img;
-  } catch {
-    // Not for the browser to refuse: the farm reads more formats than a browser shows, and says
-    // why when it cannot.
+  if (z === startZone) startKindChanged();
+  if (kind === "video") entry.img = await loadVideo(URL.createObjectURL(file));
+  else {
+    const img = new Image();
+    img.src = URL.createObjectURL(file);
+    try {
+      await img.decode();
+      entry.img = img;
+    } catch {
+      // Not for the browser to refuse: the farm reads more formats than a browser shows, and says
+      // why when it cannot.
+    }
   }
   if (images.get(z) === entry) await updateCrops();
 }
@@ -239,22 +285,11 @@ function drawCrop(canvas, img, bucket) {
   const k = Math.min(480 / bucket.width, 480 / bucket.height);
   canvas.width = Math.round(bucket.width * k);
   canvas.height = Math.round(bucket.height * k);
-  const cover = Math.max(bucket.width / img.naturalWidth, bucket.height / img.naturalHeight);
+  const { w, h } = sizeOf(img);
+  const cover = Math.max(bucket.width / w, bucket.height / h);
   const sw = bucket.width / cover;
   const sh = bucket.height / cover;
-  canvas
-    .getContext("2d")
-    .drawImage(
-      img,
-      (img.naturalWidth - sw) / 2,
-      (img.naturalHeight - sh) / 2,
-      sw,
-      sh,
-      0,
-      0,
-      canvas.width,
-      canvas.height,
-    );
+  canvas.getContext("2d").drawImage(img, (w - sw) / 2, (h - sh) / 2, sw, sh, 0, 0, canvas.width, canvas.height);
   canvas.hidden = false;
 }
 
@@ -278,7 +313,7 @@ async function updateCrops() {
       text(caption, `${entry.file.name} (${size}): this browser cannot show it; the farm checks it when you submit`);
       continue;
     }
-    const { naturalWidth: w, naturalHeight: h } = entry.img;
+    const { w, h } = sizeOf(entry.img);
     let bucket;
     try {
       // The end image and keyframes are resized to the start image's size.
@@ -293,8 +328,9 @@ async function updateCrops() {
     const unused = which === "end" && z.dataset.unused === "true";
     text(
       caption,
-      `${entry.file.name} · ${w}×${h} → ${bucket.width}×${bucket.height}` +
+      `${entry.file.name} · ${entry.kind === "video" ? "video " : ""}${w}×${h} → ${bucket.width}×${bucket.height}` +
         (which === "start" ? ` (bucket at resolution ${resolution})` : " (the start image's size)") +
+        (entry.kind === "video" ? " · the new part follows its last frame" : "") +
         (unused ? " · this mode takes no end image" : ""),
       entry.file.name,
     );
@@ -450,6 +486,7 @@ async function submitRequest() {
     lossless: $("#lossless").checked,
     format: $("#format").value,
     saveFrames: $("#save-frames").checked,
+    vaeTiling: $("#vae-tiling").checked,
     sampler: $("#sampler").value,
     ...(sampler?.name === "unipc"
       ? { unipc: { variant: $("#unipc-variant").value, cfgRescale: numberOf("#cfg-rescale") } }
@@ -464,11 +501,13 @@ async function submitRequest() {
         }
       : {}),
     ...($("#prompt-rows").children.length > 1 && blend > 0 ? { promptSchedule: { blendSections: blend } } : {}),
+    ...(images.get(startZone)?.kind === "video" ? { contextFrames: numberOf("#context-frames") } : {}),
   };
   const start = images.get(startZone);
   const end = images.get(endZone);
+  const startData = start === undefined ? null : { data: await base64Of(start.file) };
   return {
-    ...(start !== undefined ? { image: { data: await base64Of(start.file) } } : {}),
+    ...(startData !== null ? (start.kind === "video" ? { video: startData } : { image: startData }) : {}),
     ...(end !== undefined ? { endImage: { data: await base64Of(end.file) } } : {}),
     keyframes: await keyframesRequest(),
     settings,
@@ -494,8 +533,9 @@ $("#job-form").addEventListener("submit", async (e) => {
   } catch (err) {
     text(error, errorText(err));
     error.hidden = false;
-    // The farm names the image it refuses ("image ...", "end image ...", "keyframe 2 ..."): mark its zone too.
-    const m = /^(?:(end )?image|keyframe (\d+))\b/.exec(err.message ?? "");
+    // The farm names the input it refuses ("image ...", "end image ...", "keyframe 2 ...", "video ..."):
+    // mark its zone too.
+    const m = /^(?:(end )?image|keyframe (\d+)|video)\b/.exec(err.message ?? "");
     const z =
       m === null ? undefined : m[2] !== undefined ? sentKeyframes[Number(m[2]) - 1] : m[1] ? endZone : startZone;
     if (z !== undefined) z.dataset.invalid = "true";
@@ -538,10 +578,15 @@ function metaText(job) {
     `${job.width}×${job.height}`,
     `${job.numFrames} frames`,
     ...(keyframes.length > 0 ? [`keyframes at ${keyframes.map((t) => `${t} s`).join(", ")}`] : []),
+    ...(job.settings?.contextFrames ? ["extends a video"] : []),
     `seed ${job.settings?.seed ?? "?"}`,
+    // It changes the frames, so a job says so where its seed is shown.
+    job.settings?.vaeTiling ? "VAE tiled" : "",
     progressText(job),
     new Date(createdMs(job)).toLocaleTimeString(),
-  ].join(" · ");
+  ]
+    .filter(Boolean)
+    .join(" · ");
 }
 
 function actionButtons(id) {
