@@ -60,6 +60,12 @@ export async function resubmitRequest(r: JobRecord, store: ObjectStore, seed?: b
       : { image: { source: { $case: "data", value: start } } }),
     ...(endImage !== undefined ? { endImage: { source: { $case: "data", value: endImage } } } : {}),
     keyframes,
+    // The job's LoRAs by digest: the farm's store keeps their files.
+    loras: (r.spec.params.loras ?? []).map((l) => ({
+      source: { $case: "sha256" as const, value: l.sha256 },
+      weight: l.weight,
+      name: l.name,
+    })),
     settings: { ...sameSize(settingsOf(r), r), seed: seed ?? randomSeed() },
     bundle: "",
     priority: r.priority ?? 0,

@@ -22,6 +22,7 @@ import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
 import { keyframeLabel } from "../../shared/job/keyframes.js";
 import { cachesOf } from "./submit-options.js";
+import { checkLoras, storeLoras } from "./job-loras.js";
 import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
 import {
   checkRecipeImages,
@@ -223,12 +224,14 @@ async function submitNew(
   signal?: AbortSignal,
 ): Promise<{ job: Job; deduplicated: boolean }> {
   const { manifest } = deps;
-  const { params, output, idemKey, fromRecipe, webhook, extended } = checked;
+  const { output, idemKey, fromRecipe, webhook, extended } = checked;
   const first = extended === null ? await image(deps, req.image, "image", tenant) : null;
   if (first === null && extended === null)
     throw new FarmError("INVALID_ARGUMENT", "image is missing (give a start image, or a video to extend)");
   const last = await image(deps, req.endImage, "end image", tenant);
   const keyframes = await checkKeyframes(deps, req, tenant);
+  const loras = await checkLoras(deps.store, manifest, req, tenant, fromRecipe?.recipe ?? null);
+  const params = { ...checked.params, loras: loras.refs };
   const keyframeDigests = keyframes.map((k) => ({ time: k.time, sha256: k.sha256 }));
   const inputs = { start: first?.bytes ?? null, end: last?.bytes ?? null, video: extended?.bytes ?? null };
   if (fromRecipe !== null)
@@ -271,6 +274,8 @@ async function submitNew(
   let created: JobRecord;
   try {
     signal?.throwIfAborted();
+    // The farm's LoRA library, not the job's inputs: kept whatever becomes of this submission.
+    await storeLoras(deps.store, loras);
     if (first !== null) await deps.store.put(keys.firstImage, first.bytes);
     if (extended !== null) await deps.store.put(keys.inputVideo, extended.bytes);
     if (last !== null) await deps.store.put(keys.lastImage, last.bytes);

@@ -18,7 +18,7 @@ import { startEmbeddedFarm } from "./embedded/embedded-farm.js";
 import { pixelsFor, readImageFile, readVideoBytes } from "./embedded/inputs.js";
 import { inspectVideo } from "../../shared/video/video-input.js";
 import { renderJob, type RenderInputs } from "../../gpu-node/stages/render-job.js";
-import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "./parity/reference-case.js";
+import { caseLoraSource, loadReferenceCase, submitRequestFor, type ReferenceCase } from "./parity/reference-case.js";
 import { compareRun, compareTensor, formatTable, type StageResult } from "./parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
 import { fetchVideo } from "./submit.js";
@@ -81,7 +81,14 @@ export async function renderInputsFor(
   const keyframePixels = await Promise.all(
     refCase.keyframes.map(async (k, i) => pixelsFor(await readImageFile(k.image, `keyframe ${i + 1}`), size)),
   );
-  return { params, firstPixels: first, lastPixels: last, keyframePixels, ...(video !== null ? { video } : {}) };
+  return {
+    params,
+    firstPixels: first,
+    lastPixels: last,
+    keyframePixels,
+    loraSource: caseLoraSource(refCase),
+    ...(video !== null ? { video } : {}),
+  };
 }
 
 /** The case's frames as `render` makes them: the in-process farm, lossless MP4, decoded. */

@@ -2,6 +2,8 @@
  * A SubmitJobRequest from the video options that `render` and `submit` share, so both commands
  * take the same flags, read images the same way, and are validated by the same JobService code.
  */
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
 import { readImageBytes, readVideoBytes } from "./embedded/inputs.js";
 import { parseSampler, parseSamplingType, parseSeed, parseUnipcVariant } from "../../shared/job/render-params.js";
@@ -11,6 +13,7 @@ import {
   UnipcVariant,
   type ImageInput,
   type Keyframe,
+  type LoraInput,
   type RenderSettings,
   type SubmitJobRequest,
 } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -22,6 +25,7 @@ export const RENDER_OPTIONS = {
   "context-frames": { type: "string" },
   "end-image": { type: "string" },
   keyframe: { type: "string", multiple: true },
+  lora: { type: "string", multiple: true },
   prompt: { type: "string" },
   "negative-prompt": { type: "string" },
   seconds: { type: "string" },
@@ -111,6 +115,37 @@ export async function keyframesFrom(flags: readonly string[] | undefined): Promi
   return out;
 }
 
+/**
+ * --lora FILE[:WEIGHT], in the order given: the file's bytes, named by its file name; the weight
+ * (1 unless given, and none with --recipe, whose LoRAs carry theirs) after the last colon when that
+ * is a number. The JobService checks keys, shapes and weights and names the LoRA that is off.
+ */
+export async function lorasFrom(flags: readonly string[] | undefined): Promise<LoraInput[]> {
+  const out: LoraInput[] = [];
+  for (const [i, flag] of (flags ?? []).entries()) {
+    const at = flag.lastIndexOf(":");
+    const tail = at < 0 ? "" : flag.slice(at + 1).trim();
+    const weighted = tail !== "" && Number.isFinite(Number(tail));
+    const file = weighted ? flag.slice(0, at) : flag;
+    let data: Buffer;
+    try {
+      data = await readFile(file);
+    } catch (err) {
+      throw new FarmError(
+        (err as NodeJS.ErrnoException).code === "ENOENT" ? "NOT_FOUND" : "INVALID_ARGUMENT",
+        `--lora ${i + 1}: cannot read ${JSON.stringify(file)} (--lora FILE[:WEIGHT]): ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    out.push({
+      source: { $case: "data", value: data },
+      ...(weighted ? { weight: Number(tail) } : {}),
+      name: path.basename(file),
+    });
+  }
+  return out;
+}
+
 export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
   // Checked here only as far as the request needs (the JobService checks every value again, with the same code).
   const mode =
@@ -174,6 +209,7 @@ export async function submitRequestFrom(
     image: await imageInput(values.image, "image"),
     endImage: await imageInput(values["end-image"], "end image"),
     keyframes: await keyframesFrom(values.keyframe),
+    loras: await lorasFrom(values.lora),
     ...(values.video !== undefined
       ? { video: { source: { $case: "data", value: await readVideoBytes(values.video, "video") } } }
       : {}),

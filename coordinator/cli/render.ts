@@ -34,6 +34,8 @@ ${VIDEO_HELP}
   --keyframe TIME:FILE    an image the video passes through at TIME seconds (repeat, in time
                           order, one per section; inverted mode only): FramePack-eichi's
                           section keyframes
+  --lora FILE[:WEIGHT]    a LoRA (.safetensors: diffusers/PEFT or musubi-tuner/kohya keys) fused
+                          into the transformer with this weight (1); repeat for several
   --prompt TEXT                                                            [required]
   --negative-prompt TEXT  used with --cfg > 1 (true CFG)
   --seconds S | --frames N  video length                                   [one required]

@@ -6,11 +6,13 @@ import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompt
 import { keyframeSchedule } from "../../shared/job/keyframes.js";
 import { initialHistory, type History } from "../../shared/framepack/history.js";
 import { runSectionStep } from "../stages/section-step.js";
+import { loraObjectKey } from "../../shared/job/loras.js";
 import { conditioning, generatorOf, need, readTensors, timed, writeOnce, type StageHandler } from "./task-io.js";
 
 export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) => {
-  const { runtime } = ctx;
   const params = renderParamsOf(spec);
+  // The job's LoRAs fused into the transformer; a node that lacks a variant reads the files from the store.
+  const runtime = await ctx.runtime.withLoras(params.loras, (ref) => ctx.store.get(loraObjectKey(ref.sha256)));
   const k = task.section!;
   const plan = sectionPlanFor(params, runtime.bundle.manifest);
   const text = await readTensors(ctx, task.inputs["prompt"]!);

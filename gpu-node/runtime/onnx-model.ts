@@ -206,6 +206,12 @@ async function inWorker(
 }
 
 export class OnnxModel {
+  /** Runs in progress, and what release waits for: a session is never released under a run. */
+  private running = 0;
+  private idle: (() => void)[] = [];
+  private released = false;
+  private releasing: Promise<void> | undefined;
+
   private constructor(
     readonly component: string,
     private readonly session: SessionRunner,
@@ -284,7 +290,9 @@ export class OnnxModel {
     }
     let results: RunnerResult["outputs"];
     let runMs: number;
+    if (this.released) throw new FarmError("UNAVAILABLE", `${this.component}: the session was released; try again`);
     const started = performance.now();
+    this.running++;
     try {
       ({ outputs: results, runMs } = await this.session.run(inputs, steady));
       this.clock.ms += performance.now() - started;
@@ -295,6 +303,8 @@ export class OnnxModel {
       throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, {
         cause: err,
       });
+    } finally {
+      if (--this.running === 0) for (const wake of this.idle.splice(0)) wake();
     }
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {
@@ -307,7 +317,13 @@ export class OnnxModel {
     return { outputs: out, runMs };
   }
 
-  async release(): Promise<void> {
-    await this.session.release();
+  /** Releases the session once the runs in progress end; runs after this are UNAVAILABLE. */
+  release(): Promise<void> {
+    this.released = true;
+    this.releasing ??= (async () => {
+      if (this.running > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
+      await this.session.release();
+    })();
+    return this.releasing;
   }
 }

@@ -16,7 +16,7 @@ import { encodeImageEmbeds, encodeImagePosterior, sampleKeyframeLatents, sampleL
 import { encodeVideoEmbeds, encodeVideoPosterior, videoFramesAtSize } from "./encode-video.js";
 import { SectionVideo, decodeSection, finishedFrames, runSectionStep } from "./section-step.js";
 import { FarmError } from "../../shared/errors.js";
-import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { LoraSource, ModelRuntime } from "../runtime/model-runtime.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 
 export interface RenderInputs {
@@ -28,6 +28,8 @@ export interface RenderInputs {
   video?: Uint8Array;
   /** The keyframes' images, as params.keyframeTimes orders them, at the render size ([] or absent: none). */
   keyframePixels?: F32[];
+  /** Reads params.loras' files (by SHA-256); needed when there are LoRAs. */
+  loraSource?: LoraSource;
 }
 
 export interface RenderObserver {
@@ -59,8 +61,14 @@ export async function renderJob(
   inputs: RenderInputs,
   observer: RenderObserver = {},
 ): Promise<Tensor<"uint8">> {
-  const { runtime, tokenizers } = ctx;
+  const { tokenizers } = ctx;
   const { params } = inputs;
+  // The job's LoRAs fused into the transformer (a variant of its graphs; the other models as they are).
+  const runtime = await ctx.runtime.withLoras(
+    params.loras,
+    inputs.loraSource ??
+      ((ref) => Promise.reject(new FarmError("NOT_FOUND", `no file given for LoRA ${ref.name} (${ref.sha256})`))),
+  );
   const manifest = runtime.bundle.manifest;
   const probe = (name: string, t: Tensor): void => observer.probe?.(name, t);
 

@@ -63,6 +63,7 @@ const LATER_DEFAULTS = {
   promptBlendSections: 0,
   video: null,
   keyframeTimes: [],
+  loras: [],
   vaeTiling: false,
 } as const satisfies Partial<RenderParams>;
 

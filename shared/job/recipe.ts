@@ -33,8 +33,10 @@ export interface RecipeKeyframe {
   sha256: string;
 }
 
+/** A LoRA as a recipe names it: its label, its file's SHA-256 and its weight, in the job's order. */
 export interface RecipeLora {
   name: string;
+  sha256: string;
   weight: number;
 }
 
@@ -158,7 +160,7 @@ export function makeRecipe(src: RecipeSource): Recipe {
     width: src.size.width,
     fps: p.fps,
     vae_tiling: p.vaeTiling,
-    loras: [],
+    loras: (p.loras ?? []).map((l) => ({ name: l.name, sha256: l.sha256, weight: l.weight })),
     video: { format: src.format, crf: p.crf, lossless: p.lossless },
   };
 }
@@ -292,8 +294,10 @@ export function parseRecipe(text: string): Recipe {
     throw bad("vae_tiling must be true or false");
   if (!Array.isArray(o["loras"])) throw bad("loras must be an array");
   const loras = (o["loras"] as unknown[]).map((l, i) => {
-    const e = object(l, `loras[${i}]`, ["name", "weight"]);
-    return { name: str(e, "name", `loras[${i}].`), weight: num(e, "weight", `loras[${i}].`) };
+    const e = object(l, `loras[${i}]`, ["name", "sha256", "weight"]);
+    const sha256 = str(e, "sha256", `loras[${i}].`);
+    if (!/^[0-9a-f]{64}$/.test(sha256)) throw bad(`loras[${i}].sha256 must be 64 lowercase hex digits`);
+    return { name: str(e, "name", `loras[${i}].`), sha256, weight: num(e, "weight", `loras[${i}].`) };
   });
   const end = strOrNull(images, "end_sha256", "images.");
   const start = strOrNull(images, "start_sha256", "images.");

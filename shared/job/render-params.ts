@@ -15,6 +15,7 @@ import {
   videoLatentFrames,
 } from "../framepack/video-context.js";
 import { parseKeyframeTimes } from "./keyframes.js";
+import { parseLoraRefs, type LoraRef } from "./loras.js";
 
 /**
  * flow_match_euler: diffusers' HunyuanVideoFramepackPipeline (FlowMatch Euler, the bundle's
@@ -116,6 +117,8 @@ export interface RenderParams {
   sectionPrompts: string[] | null;
   /** Sections over which a prompt change is blended (0: switch at once). */
   promptBlendSections: number;
+  /** LoRAs fused into the transformer, in order (loras.ts); [] for none. */
+  loras: LoraRef[];
   /**
    * Extending a video (--video) instead of starting from an image: Studio's context frames and
    * the facts of the input (its decoded frame count and size); null for a start image.
@@ -175,6 +178,7 @@ export interface RenderParamsInput {
   magcacheRetention?: unknown;
   sectionPrompts?: unknown;
   promptBlendSections?: unknown;
+  loras?: unknown;
   contextFrames?: unknown;
   /** The input video's facts when the job extends one (not user input: the submission inspects it). */
   inputVideo?: InputVideoFacts | undefined;
@@ -447,6 +451,7 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     promptSegments,
     sectionPrompts,
     promptBlendSections,
+    loras: parseLoraRefs(input.loras),
     video,
     vaeTiling: parseVaeTiling(input.vaeTiling),
   };

@@ -389,6 +389,7 @@ test("a file that is no image is refused with the server's message, as gRPC Subm
       {
         image: { source: { $case: "data", value: BAD_IMAGE } },
         keyframes: [],
+        loras: [],
         settings: { prompt: "x", length: { $case: "seconds", value: 1 }, mode: 0, resolution: 64 },
         bundle: "",
         priority: 0,

@@ -97,13 +97,14 @@ const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[
 const cases = [
   ...jsonIn(path.join(referenceDir(), "cases")),
   // framefarm's own cases of lllyasviel's sampler, of prompts that change over time, of
-  // MagCache (its split graphs on the denoise nodes), of keyframes and of extending a video.
+  // MagCache (its split graphs on the denoise nodes), of keyframes, of extending a video and of
+  // LoRAs (fused by each denoise node from the files the coordinator stored).
   ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
-    /^(unipc|timed_prompts|section_prompts|magcache|keyframes|video)_/.test(f),
+    /^(unipc|timed_prompts|section_prompts|magcache|keyframes|video|lora)_/.test(f),
   ),
 ];
 
-test("every public reference case, and the unipc, timed-prompt, MagCache, keyframe and video cases, render on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc, timed-prompt, MagCache, keyframe, video and LoRA cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {
@@ -177,6 +178,7 @@ test("a job with VAE tiling above 256 px renders on the cluster as in embedded m
     priority: 0,
     idempotencyKey: "",
     keyframes: [],
+    loras: [],
   };
   const submitted = await new Promise<Job>((resolve, reject) =>
     client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),
@@ -238,6 +240,7 @@ test("8 jobs at once all finish; each job's sections run in order and decodes ov
         priority: 0,
         idempotencyKey: "",
         keyframes: [],
+        loras: [],
       };
       return new Promise<Job>((resolve, reject) => client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))));
     }),

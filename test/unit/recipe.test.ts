@@ -206,6 +206,7 @@ test("a recipe extending a video names it by SHA-256 with its context frames; th
     {
       image: undefined,
       keyframes: [],
+      loras: [],
       settings: undefined,
       bundle: "",
       priority: 0,
@@ -225,6 +226,7 @@ const request = (recipe: string, settings?: SubmitJobRequest["settings"]): Submi
   priority: 0,
   idempotencyKey: "",
   keyframes: [],
+  loras: [],
   recipe,
 });
 
@@ -268,9 +270,12 @@ test("a recipe submission takes the recipe's settings, on the recipe's bundle on
     () => recipeRequest(request(recipeText(r)), { name: "big", digest: undefined }),
     status("FAILED_PRECONDITION"),
   );
+  // A recipe's LoRAs are the submission's (job-loras.ts checks their files): read as written.
+  const lora = { name: "style", sha256: "ab".repeat(32), weight: 0.8 };
+  assert.deepEqual(recipeRequest(request(recipeText({ ...r, loras: [lora] })), farm)!.recipe.loras, [lora]);
   assert.throws(
-    () => recipeRequest(request(recipeText({ ...r, loras: [{ name: "style", weight: 0.8 }] })), farm),
-    status("FAILED_PRECONDITION", /LoRA/),
+    () => recipeRequest(request(recipeText({ ...r, loras: [{ ...lora, sha256: "AB" }] })), farm),
+    status("INVALID_ARGUMENT", /loras\[0\]\.sha256/),
   );
   assert.throws(
     () => jobOutputOf({ prompt: "", mode: 0, format: 7 as VideoFormat }),

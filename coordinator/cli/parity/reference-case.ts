@@ -2,6 +2,7 @@
  * A reference case: the JSON of one diffusers pipeline call, its input images, and (optionally)
  * the safetensors file of every intermediate tensor that call produced.
  */
+import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { FarmError } from "../../../shared/errors.js";
@@ -46,6 +47,8 @@ const PARAM_KEYS = [
   "context_frames",
   // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
   "keyframes",
+  // LoRAs fused into the transformer: [{"file": .safetensors beside the case, "weight": w}, ...].
+  "loras",
   // A run with vae.enable_tiling() (a boolean; validateRenderParams refuses anything else).
   "vae_tiling",
 ] as const;
@@ -72,6 +75,8 @@ export interface ReferenceCase {
   video: string | null;
   /** Keyframes in the case's order: their times and image files. */
   keyframes: { seconds: number; image: string }[];
+  /** LoRAs in the case's order: their files, digests and weights. */
+  loras: { file: string; sha256: string; weight: number }[];
   /** Expected tensors by reference key; empty when the case has no .safetensors beside it. */
   expected: Map<string, Tensor>;
 }
@@ -126,6 +131,7 @@ export async function loadReferenceCase(
   const name = typeof json["name"] === "string" ? json["name"] : path.basename(file, ".json");
   const lastImage = json["last_image"] === null || json["last_image"] === undefined ? null : imagePath("last_image");
   const keyframes = keyframesOf(file, json["keyframes"], dir);
+  const loras = await lorasOf(file, json["loras"], dir);
   const seed = json["seed"];
   const params: RenderParamsInput = {
     prompt: json["prompt"],
@@ -141,6 +147,7 @@ export async function loadReferenceCase(
     width: json["width"],
     hasEndImage: lastImage !== null,
     keyframeTimes: keyframes.map((k) => k.seconds),
+    loras: loras.map((l) => ({ name: path.basename(l.file), sha256: l.sha256, weight: l.weight })),
     ...(json["sampler"] !== undefined ? { sampler: json["sampler"] } : {}),
     ...(json["unipc_variant"] !== undefined ? { unipcVariant: json["unipc_variant"] } : {}),
     ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
@@ -172,7 +179,42 @@ export async function loadReferenceCase(
     lastImage,
     video: hasVideo ? imagePath("video") : null,
     keyframes,
+    loras,
     expected,
+  };
+}
+
+/** A case's LoRAs: each a .safetensors file beside the case and a weight. */
+async function lorasOf(
+  file: string,
+  v: unknown,
+  dir: string,
+): Promise<{ file: string; sha256: string; weight: number }[]> {
+  if (v === undefined || v === null) return [];
+  const bad = (what: string): FarmError => new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${what}`);
+  if (!Array.isArray(v)) throw bad("loras must be a list");
+  return Promise.all(
+    v.map(async (l: unknown, i) => {
+      const e = (typeof l === "object" && l !== null ? l : {}) as Record<string, unknown>;
+      const f = e["file"];
+      if (typeof f !== "string" || f === "" || path.isAbsolute(f) || f.split(/[\\/]/).includes(".."))
+        throw bad(`loras[${i}].file must be a file name beside the case`);
+      if (typeof e["weight"] !== "number") throw bad(`loras[${i}].weight must be a number`);
+      const loraFile = path.join(dir, f);
+      const sha256 = createHash("sha256")
+        .update(await readFile(loraFile))
+        .digest("hex");
+      return { file: loraFile, sha256, weight: e["weight"] };
+    }),
+  );
+}
+
+/** Reads a case's LoRA files by digest (what a node reads from the farm's store). */
+export function caseLoraSource(refCase: ReferenceCase): (ref: { sha256: string }) => Promise<Uint8Array> {
+  return async (ref) => {
+    const l = refCase.loras.find((x) => x.sha256 === ref.sha256);
+    if (l === undefined) throw new FarmError("NOT_FOUND", `the case has no LoRA with SHA-256 ${ref.sha256}`);
+    return readFile(l.file);
   };
 }
 
@@ -242,6 +284,13 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       refCase.keyframes.map(async (k) => ({
         timeSeconds: k.seconds,
         image: { source: { $case: "data" as const, value: await readFile(k.image) } },
+      })),
+    ),
+    loras: await Promise.all(
+      refCase.loras.map(async (l) => ({
+        source: { $case: "data" as const, value: await readFile(l.file) },
+        weight: l.weight,
+        name: path.basename(l.file),
       })),
     ),
     bundle: "",
