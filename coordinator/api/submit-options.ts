@@ -33,6 +33,9 @@ import {
   MIN_CONTEXT_FRAMES,
 } from "../../shared/framepack/video-context.js";
 import { MAX_BUCKET_RESOLUTION, MIN_BUCKET_RESOLUTION } from "../../shared/framepack/buckets.js";
+import { MAX_LORA_WEIGHT, MAX_LORAS } from "../../shared/job/loras.js";
+import { loraTargetsOf } from "../../shared/lora/lora-file.js";
+import { MAX_REQUEST_BYTES } from "./server.js";
 import { samplerToPb, samplingModeOf, unipcVariantToPb, videoFormatToPb } from "./job-mapping.js";
 
 /** One choice of a setting: the value to send, and words for a person. */
@@ -51,6 +54,12 @@ export interface SubmitOptions {
   unipcVariants: Choice<UniPCVariant>[];
   caches: (Choice<CacheName> & { threshold: number | null })[];
   formats: Choice<VideoFormatName>[];
+  /**
+   * LoRAs (SubmitJobRequest.loras), or null when the bundle cannot take them (no lora_targets in
+   * its manifest, or quantized transformer weights): at most maxLoras, weights within +-maxWeight,
+   * inline files within the request's maxRequestBytes (all files and images together).
+   */
+  loras: { maxLoras: number; maxWeight: number; defaultWeight: number; maxRequestBytes: number } | null;
   /** A checkbox: RenderSettings.vaeTiling, with words saying what it trades. */
   vaeTiling: { label: string; help: string; isDefault: boolean };
   defaults: {
@@ -97,6 +106,16 @@ const CACHE_LABELS: Record<CacheName, string> = {
 export const cachesOf = (manifest: BundleManifest): CacheName[] =>
   CACHES.filter((c) => c === "none" || manifest.components.transformer_head !== undefined);
 
+/** Whether the bundle takes LoRAs: what checkLoras asks of it (loraTargetsOf throws when it cannot). */
+function takesLoras(manifest: BundleManifest): boolean {
+  try {
+    loraTargetsOf(manifest);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function submitOptions(manifest: BundleManifest, bundleName: string): SubmitOptions {
   return {
     bundle: bundleName,
@@ -134,6 +153,9 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       label: f === "mp4" ? "MP4 (H.264)" : "WebM (VP9)",
       isDefault: f === "mp4",
     })),
+    loras: takesLoras(manifest)
+      ? { maxLoras: MAX_LORAS, maxWeight: MAX_LORA_WEIGHT, defaultWeight: 1, maxRequestBytes: MAX_REQUEST_BYTES }
+      : null,
     vaeTiling: {
       label: "VAE tiling",
       help: "decode in 256-pixel tiles as diffusers' vae.enable_tiling() does: lower peak GPU memory, slightly different frames; only sizes above 256 pixels are tiled",

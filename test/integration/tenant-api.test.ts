@@ -12,6 +12,8 @@ import os from "node:os";
 import path from "node:path";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { JobService } from "../../coordinator/api/job-service.js";
+import { submitOptions } from "../../coordinator/api/submit-options.js";
+import type { BundleManifest } from "../../shared/bundle/manifest.js";
 import { startDashboard, type Dashboard } from "../../coordinator/dashboard/dashboard.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
@@ -123,7 +125,14 @@ test("options come from the bundle; the bucket from the server's table", async (
     caches: { value: string }[];
     vaeTiling: { label: string; help: string; isDefault: boolean };
     defaults: { latentWindowSize: number; seed: string };
+    loras: { maxLoras: number; maxWeight: number; defaultWeight: number } | null;
   };
+  // The tiny bundle names its LoRA targets: LoRAs are offered, with the farm's limits; a bundle
+  // without them offers none.
+  assert.deepEqual(o.loras && [o.loras.maxLoras, o.loras.maxWeight, o.loras.defaultWeight], [16, 100, 1]);
+  const { manifest } = await openBundle(tinyBundleDir());
+  const { lora_targets: _targets, ...withoutTargets } = manifest as unknown as Record<string, unknown>;
+  assert.equal(submitOptions(withoutTargets as unknown as BundleManifest, "plain").loras, null);
   // A checkbox, off as validateRenderParams defaults it, saying what it trades.
   assert.equal(o.vaeTiling.isDefault, false);
   assert.match(o.vaeTiling.help, /lower peak GPU memory, slightly different frames/);

@@ -3,7 +3,9 @@
 // the start image's place) cropped to the bucket the farm will give it (the bucket comes from the
 // server's table; the end image and keyframes take the start image's), and the tenant's jobs followed live
 // over server-sent events: each finished section's preview plays as it lands, then the video.
-// What the form offers (modes, samplers, caches, defaults, limits) comes from /api/tenant/options.
+// What the form offers (modes, samplers, caches, LoRAs when the bundle takes them, defaults, limits)
+// comes from /api/tenant/options. LoRA files go inline in the request, as images do; a job
+// re-submitted names them by SHA-256 (the farm keeps them), so nothing is uploaded again.
 // Requests and replies are jobs.proto's messages in JSON form; errors show the server's gRPC status
 // and message. All user text goes in through textContent.
 
@@ -119,6 +121,13 @@ function setUpForm(o) {
   text($("#vae-tiling-help"), `(${o.vaeTiling.help})`);
   $("#vae-tiling").checked = o.vaeTiling.isDefault;
   text($("#bundle-note"), `bundle ${o.bundle}`);
+  // LoRAs only where the bundle takes them (its manifest names their targets).
+  $("#loras").hidden = o.loras === null || o.loras === undefined;
+  if (o.loras)
+    text(
+      $("#lora-note"),
+      `up to ${o.loras.maxLoras}, weight ${-o.loras.maxWeight} to ${o.loras.maxWeight} (1 adds the whole delta)`,
+    );
   if ($("#prompt-rows").children.length === 0) addPromptRow(0, "");
   showDependentFields();
 }
@@ -421,6 +430,105 @@ $("#add-keyframe").addEventListener("click", () => {
 // A file dropped beside a zone must not replace the page with the file.
 for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
 
+// ---- LoRAs: one row each, a .safetensors file and its weight ----
+const SLIDER_RANGE = 2; // the slider's reach; the number field takes the farm's whole range
+
+function addLoraRow(file) {
+  const max = options.loras.maxWeight;
+  const weight = el("input", {
+    type: "number",
+    className: "lora-weight-value",
+    min: String(-max),
+    max: String(max),
+    step: "0.05",
+    value: String(options.loras.defaultWeight),
+    "aria-label": `weight of ${file.name}`,
+  });
+  const slider = el("input", {
+    type: "range",
+    className: "lora-weight-slider",
+    min: String(-SLIDER_RANGE),
+    max: String(SLIDER_RANGE),
+    step: "0.05",
+    value: String(options.loras.defaultWeight),
+    "aria-label": `weight slider of ${file.name}`,
+  });
+  const size = file.size < 1 << 20 ? `${Math.ceil(file.size / 1024)} KiB` : `${(file.size / (1 << 20)).toFixed(1)} MiB`;
+  const remove = el("button", { type: "button", className: "lora-remove", textContent: "×", title: "remove" });
+  const row = el(
+    "div",
+    { className: "lora-row" },
+    el(
+      "span",
+      { className: "lora-name", title: file.name },
+      file.name,
+      " ",
+      el("span", { className: "lora-size" }, size),
+    ),
+    el("label", { className: "lora-weight" }, "weight ", slider, weight),
+    remove,
+  );
+  row.loraFile = file;
+  slider.addEventListener("input", () => ((weight.value = slider.value), delete row.dataset.invalid));
+  weight.addEventListener("input", () => {
+    delete row.dataset.invalid;
+    const v = Number(weight.value);
+    if (weight.value.trim() !== "" && Number.isFinite(v)) slider.value = String(v);
+  });
+  remove.addEventListener("click", () => (row.remove(), lorasChanged()));
+  $("#lora-rows").append(row);
+  lorasChanged();
+  return row;
+}
+const loraRows = () => [...document.querySelectorAll("#lora-rows .lora-row")];
+function lorasChanged() {
+  $("#submit-error").hidden = true;
+  $("#add-lora").disabled = options.loras !== null && loraRows().length >= options.loras.maxLoras;
+}
+function addLoraFiles(files) {
+  for (const file of files) {
+    if (loraRows().length >= options.loras.maxLoras) {
+      toast(`at most ${options.loras.maxLoras} LoRAs`);
+      break;
+    }
+    addLoraRow(file);
+  }
+}
+$("#add-lora").addEventListener("click", () => $("#lora-file").click());
+$("#lora-file").addEventListener("change", () => {
+  addLoraFiles([...$("#lora-file").files]);
+  $("#lora-file").value = "";
+});
+{
+  const box = $("#loras");
+  box.addEventListener("dragover", (e) => (e.preventDefault(), (box.dataset.over = "true")));
+  box.addEventListener("dragleave", () => delete box.dataset.over);
+  box.addEventListener("drop", (e) => {
+    e.preventDefault();
+    delete box.dataset.over;
+    addLoraFiles([...(e.dataTransfer?.files ?? [])]);
+  });
+}
+
+/** The LoRA rows as the request's loras (inline files, by name and weight); none when the bundle takes none. */
+async function lorasRequest() {
+  if ($("#loras").hidden) return [];
+  const out = [];
+  for (const [i, row] of loraRows().entries()) {
+    const w = $(".lora-weight-value", row);
+    if (w.validity.badInput || w.value.trim() === "") throw new Error(`LoRA ${i + 1}'s weight is not a number`);
+    out.push({ data: await base64Of(row.loraFile), weight: Number(w.value), name: row.loraFile.name });
+  }
+  // The request carries every file inline: beyond its limit the farm could not even read it.
+  const bytes = loraRows().reduce((n, r) => n + r.loraFile.size, 0);
+  if (bytes > options.loras.maxRequestBytes)
+    throw new Error(
+      `the LoRA files are ${(bytes / (1 << 20)).toFixed(0)} MiB together; a submission takes at most ` +
+        `${(options.loras.maxRequestBytes / (1 << 20)).toFixed(0)} MiB (upload larger ones with the CLI and name them by key)`,
+    );
+  return out;
+}
+
 function base64Of(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -510,6 +618,7 @@ async function submitRequest() {
     ...(startData !== null ? (start.kind === "video" ? { video: startData } : { image: startData }) : {}),
     ...(end !== undefined ? { endImage: { data: await base64Of(end.file) } } : {}),
     keyframes: await keyframesRequest(),
+    loras: await lorasRequest(),
     settings,
     // A retried or doubled click gives the job of the first, not a second job.
     idempotencyKey: `page-${randomHex(16)}`,
@@ -522,6 +631,7 @@ $("#job-form").addEventListener("submit", async (e) => {
   const error = $("#submit-error");
   error.hidden = true;
   for (const z of [startZone, endZone, ...keyframeZones()]) delete z.dataset.invalid;
+  for (const r of loraRows()) delete r.dataset.invalid;
   button.disabled = true;
   text(button, "Submitting…");
   try {
@@ -539,6 +649,10 @@ $("#job-form").addEventListener("submit", async (e) => {
     const z =
       m === null ? undefined : m[2] !== undefined ? sentKeyframes[Number(m[2]) - 1] : m[1] ? endZone : startZone;
     if (z !== undefined) z.dataset.invalid = "true";
+    // "LoRA 2 (style.safetensors): unknown key ...": mark its row.
+    const lora = /^LoRA (\d+)\b/.exec(err.message ?? "");
+    const row = lora === null ? undefined : loraRows()[Number(lora[1]) - 1];
+    if (row !== undefined) row.dataset.invalid = "true";
   } finally {
     button.disabled = false;
     text(button, "Submit job");
@@ -579,6 +693,7 @@ function metaText(job) {
     `${job.numFrames} frames`,
     ...(keyframes.length > 0 ? [`keyframes at ${keyframes.map((t) => `${t} s`).join(", ")}`] : []),
     ...(job.settings?.contextFrames ? ["extends a video"] : []),
+    ...((job.loras ?? []).length > 0 ? [`LoRA ${job.loras.map((l) => `${l.name} × ${l.weight}`).join(", ")}`] : []),
     `seed ${job.settings?.seed ?? "?"}`,
     // It changes the frames, so a job says so where its seed is shown.
     job.settings?.vaeTiling ? "VAE tiled" : "",
