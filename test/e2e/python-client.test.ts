@@ -8,13 +8,15 @@
  * and renders that job's downloaded recipe again (--recipe), which must give the same MP4 bytes,
  * with TeaCache, with MagCache (--cache magcache and its parameters) and with keyframes, and
  * extends a video (--video, --context-frames), whose recipe renders the same MP4 bytes again from
- * the same video.
+ * the same video; renders with a LoRA (--lora FILE:WEIGHT), whose recipe renders again with the
+ * LoRA by digest, and a LoRA whose keys name no module is refused with the farm's message.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, readdirSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -258,5 +260,53 @@ test("--video extends a video (its frames first, at its fps); its recipe renders
     example(["--frames", "20", "--context-frames", "12", "-o", path.join(dir, "no.mp4")], PROMPT, ["--video", VIDEO]),
     (e: unknown) =>
       /INVALID_ARGUMENT: context frames must be an integer from 2 to 10/m.test((e as { stderr?: string }).stderr ?? ""),
+  );
+});
+
+test("--lora FILE:WEIGHT renders with the LoRA; its recipe renders again by digest; a LoRA of another model is refused", async () => {
+  const dir = await mkdtemp(path.join(tmp, "lora-"));
+  const file = path.join(repoRoot(), "test", "fixtures", "reference-cases", "lora_kohya_vanilla_lora0.safetensors");
+  const sha256 = createHash("sha256")
+    .update(await readFile(file))
+    .digest("hex");
+  const first = path.join(dir, "lora.mp4");
+  const settings = ["--frames", "20", "--steps", "2", "--resolution", "64", "--seed", "5", "--mode", "vanilla"];
+  const one = await example([...settings, "--lora", `${file}:0.7`, "-o", first]);
+  assert.match(one.stderr, /SUCCEEDED 100%/, one.stderr);
+  const job = await getJob(one.stdout.trim());
+  assert.deepEqual(job.loras, [{ name: "lora_kohya_vanilla_lora0.safetensors", sha256, weight: 0.7 }]);
+  const recipeFile = path.join(dir, "lora.recipe.json");
+  const recipe = JSON.parse(await readFile(recipeFile, "utf8")) as { loras: { sha256: string; weight: number }[] };
+  assert.deepEqual(
+    recipe.loras.map((l) => [l.sha256, l.weight]),
+    [[sha256, 0.7]],
+  );
+  // The farm keeps the file: the recipe renders again without it, to the same MP4 bytes.
+  const again = path.join(dir, "again.mp4");
+  const two = await example(["--recipe", recipeFile, "-o", again], []);
+  assert.match(two.stderr, /SUCCEEDED 100%/, two.stderr);
+  assert.ok((await readFile(again)).equals(await readFile(first)), "the recipe renders the same MP4, byte for byte");
+  // With a recipe the weights are the recipe's: the client says so before sending.
+  await assert.rejects(
+    example(["--recipe", recipeFile, "--lora", `${file}:0.5`, "-o", path.join(dir, "no.mp4")], []),
+    (e: unknown) =>
+      /^error: with a recipe, LoRA weights come from the recipe/m.test((e as { stderr?: string }).stderr ?? ""),
+  );
+  // A LoRA whose keys name no Linear of the model: the farm's INVALID_ARGUMENT naming it.
+  const header = Buffer.from(
+    // Padded with spaces to 8 bytes, as safetensors writes it.
+    JSON.stringify({
+      "transformer.no_such_block.to_q.lora_A.weight": { dtype: "F32", shape: [4, 8], data_offsets: [0, 128] },
+      "transformer.no_such_block.to_q.lora_B.weight": { dtype: "F32", shape: [8, 4], data_offsets: [128, 256] },
+    }).padEnd(256, " "),
+  );
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64LE(BigInt(header.length));
+  const bad = path.join(dir, "other-model.safetensors");
+  await writeFile(bad, Buffer.concat([size, header, Buffer.alloc(256)]));
+  await assert.rejects(
+    example([...settings, "--lora", file, "--lora", bad, "-o", path.join(dir, "no.mp4")]),
+    (e: unknown) =>
+      /^error: INVALID_ARGUMENT: LoRA 2 \(other-model\.safetensors\).*no_such_block/m.test((e as { stderr?: string }).stderr ?? ""),
   );
 });

@@ -3,7 +3,7 @@
 
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --prompt "A lighthouse on a cliff" --seconds 2 [--sampler unipc] [--cache teacache|magcache] [--format webm] \
-        [--keyframe 1.5:key.png ...] -o out.mp4
+        [--keyframe 1.5:key.png ...] [--lora style.safetensors:0.8 ...] -o out.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --recipe out.recipe.json -o again.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --video in.mp4 [--context-frames 5] \
@@ -18,7 +18,7 @@ FILE as for `framefarm submit`.
 import argparse
 import sys
 
-from framefarm_client import (SAMPLERS, UNIPC_VARIANTS, VIDEO_FORMATS, FarmError, connect, download,
+from framefarm_client import (SAMPLERS, UNIPC_VARIANTS, VIDEO_FORMATS, FarmError, Lora, connect, download,
                               progress_text, recipe_sidecar, submit, watch)
 
 
@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--end-image")
     ap.add_argument("--keyframe", action="append", metavar="TIME:PATH",
                     help="an image the video passes through at TIME seconds (repeat, in time order; inverted mode)")
+    ap.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
+                    help="a LoRA (.safetensors) at WEIGHT (default 1; repeat, in order); with --recipe, FILE only")
     ap.add_argument("--prompt", help="required unless --recipe")
     length = ap.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float)
@@ -78,6 +80,17 @@ def main() -> int:
                 if not sep or not path:
                     raise ValueError(f"--keyframe must be TIME:PATH, got {flag!r}")
                 keyframes.append((float(time.strip().removesuffix("s")), path))
+        loras = None
+        if args.lora:
+            loras = []
+            for flag in args.lora:
+                # The weight after the last colon when that is a number (as `framefarm submit --lora`).
+                path, sep, tail = flag.rpartition(":")
+                try:
+                    weight = float(tail) if sep and tail.strip() else None
+                except ValueError:
+                    weight = None
+                loras.append(Lora(file=path, weight=weight) if weight is not None else Lora(file=flag))
         recipe = None
         if args.recipe is not None:
             with open(args.recipe, encoding="utf-8") as f:
@@ -89,7 +102,8 @@ def main() -> int:
                          cfg_rescale=args.cfg_rescale, cache=args.cache, cache_threshold=args.cache_threshold,
                          magcache_k=args.magcache_k, magcache_retention=args.magcache_retention,
                          vae_tiling=args.vae_tiling, video_format=args.format, recipe=recipe,
-                         webhook_url=args.webhook_url, video=args.video, context_frames=args.context_frames)
+                         webhook_url=args.webhook_url, video=args.video, context_frames=args.context_frames,
+                         loras=loras)
             print(job.id, flush=True)
             watch(farm, job.id, on_progress=show)
             done = download(farm, job.id, args.output, recipe=True)

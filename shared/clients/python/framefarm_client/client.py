@@ -13,6 +13,7 @@ import re
 import urllib.request
 import uuid
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -25,6 +26,28 @@ MAX_REQUEST_BYTES = 110 * 1024 * 1024
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, jobs_pb2.ImageInput]
 VideoLike = Union[str, "os.PathLike[str]", bytes, jobs_pb2.VideoInput]
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA for a job (SubmitJobRequest.loras): a .safetensors file (a path or its bytes), or the
+    SHA-256 of one the farm holds already (every file a job brought is kept by its digest, so a job's
+    `loras[i].sha256` names it again without sending it), or an object key under uploads/<tenant>/.
+
+    weight: how much of its delta is added (diffusers' set_adapters weight, kohya's multiplier),
+    1 unless given, within -100..100; none with a recipe, whose LoRAs carry theirs. name: a label for
+    the job and its recipe (default: the file's name; the farm's default is the digest's first 12).
+    """
+
+    file: Union[str, "os.PathLike[str]", bytes, None] = None
+    weight: Optional[float] = None
+    name: str = ""
+    sha256: Optional[str] = None
+    object_key: Optional[str] = None
+
+
+LoraLike = Union[Lora, str, "os.PathLike[str]", bytes, Tuple[Union[str, "os.PathLike[str]", bytes], float],
+                 jobs_pb2.LoraInput]
 
 MODES = {
     "inverted": jobs_pb2.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
@@ -169,6 +192,46 @@ def _keyframes(keyframes: Sequence[Tuple[float, ImageLike]]) -> list:
     return out
 
 
+def _lora(i: int, lora: LoraLike) -> jobs_pb2.LoraInput:
+    """One LoraInput from a Lora, a (file, weight) pair, a file alone (weight 1, or the recipe's), or as given."""
+    if isinstance(lora, jobs_pb2.LoraInput):
+        return lora
+    if isinstance(lora, tuple):
+        if len(lora) != 2:
+            raise ValueError(f"LoRA {i + 1} must be a (file, weight) pair, got {lora!r}")
+        lora = Lora(file=lora[0], weight=lora[1])
+    elif not isinstance(lora, Lora):
+        lora = Lora(file=lora)  # type: ignore[arg-type]
+    if lora.weight is not None and (isinstance(lora.weight, bool) or not isinstance(lora.weight, (int, float))):
+        raise ValueError(f"LoRA {i + 1}'s weight must be a number, got {lora.weight!r}")
+    sources = [s for s in (lora.file, lora.sha256, lora.object_key) if s is not None]
+    if len(sources) != 1:
+        raise ValueError(f"LoRA {i + 1}: give one of file, sha256 and object_key")
+    out = jobs_pb2.LoraInput(name=lora.name)
+    if lora.weight is not None:
+        out.weight = lora.weight  # the farm checks the range (INVALID_ARGUMENT naming the LoRA)
+    if lora.sha256 is not None:
+        out.sha256 = lora.sha256
+    elif lora.object_key is not None:
+        out.object_key = lora.object_key
+    elif isinstance(lora.file, (bytes, bytearray, memoryview)):
+        out.data = bytes(lora.file)
+    elif isinstance(lora.file, (str, os.PathLike)):
+        with open(lora.file, "rb") as f:
+            out.data = f.read()
+        if not lora.name:
+            out.name = os.path.basename(os.fspath(lora.file))
+    else:
+        raise ValueError(f"LoRA {i + 1} must be a path, bytes, a (file, weight) pair or a Lora, got {lora.file!r}")
+    return out
+
+
+def _loras(loras: Sequence[LoraLike]) -> list:
+    if isinstance(loras, (str, bytes, Lora)) or not isinstance(loras, Sequence):
+        raise ValueError("loras must be a list of Lora, (file, weight) pairs or files")
+    return [_lora(i, lora) for i, lora in enumerate(loras)]
+
+
 def _choice(name: str, value: str, table: dict) -> int:
     if not isinstance(value, str) or value.lower() not in table:
         raise ValueError(f"{name} must be one of {', '.join(table)}, got {value!r}")
@@ -209,7 +272,7 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
            video_format: Optional[str] = None,
            save_frames: Optional[bool] = None, recipe: Optional[Union[str, bytes]] = None,
            webhook_url: Optional[str] = None, video: Optional[VideoLike] = None,
-           context_frames: Optional[int] = None, bundle: str = "", priority: int = 0,
+           context_frames: Optional[int] = None, loras: Optional[Sequence[LoraLike]] = None, bundle: str = "", priority: int = 0,
            idempotency_key: str = "") -> jobs_pb2.Job:
     """Queues a video of `seconds` (or `frames`) from `image` and returns the new job.
 
@@ -237,9 +300,16 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
     order, at most one per section, inverted mode only: images the video passes through
     (FramePack-eichi's section keyframes; the farm checks times and images).
 
+    loras: LoRAs fused into the transformer for this job, in order: (file, weight) pairs, files
+    alone (weight 1), or `Lora(...)` (by file, by the SHA-256 of one the farm holds, or by upload
+    key). Files are .safetensors with diffusers/PEFT or musubi-tuner/kohya keys; the farm refuses a
+    key that names no module of its model with INVALID_ARGUMENT naming the LoRA and the key. The job's
+    `loras` lists each by name, SHA-256 and weight. The bundle must take LoRAs (lora_targets).
+
     recipe: a recipe's JSON text (a finished job's recipe, see `download(..., recipe=True)`) to
     render again from the same image(s), keyframes included; the recipe sets everything else, so
-    give no prompt, length or render setting, only video_format, crf, lossless and save_frames.
+    give no prompt, length or render setting, only video_format, crf, lossless and save_frames
+    (and the LoRA files the farm does not hold, without weights: the recipe carries them).
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -355,6 +425,11 @@ def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None,
         request.end_image.CopyFrom(_image(end_image))
     if keyframes is not None:
         request.keyframes.extend(_keyframes(keyframes))
+    if loras is not None:
+        inputs = _loras(loras)
+        if recipe is not None and any(lora.HasField("weight") for lora in inputs):
+            raise ValueError("with a recipe, LoRA weights come from the recipe: give only the files")
+        request.loras.extend(inputs)
     return farm.unary(farm.stub.SubmitJob, request).job
 
 
