@@ -307,6 +307,8 @@ test("--lora FILE:WEIGHT renders with the LoRA; its recipe renders again by dige
   await assert.rejects(
     example([...settings, "--lora", file, "--lora", bad, "-o", path.join(dir, "no.mp4")]),
     (e: unknown) =>
-      /^error: INVALID_ARGUMENT: LoRA 2 \(other-model\.safetensors\).*no_such_block/m.test((e as { stderr?: string }).stderr ?? ""),
+      /^error: INVALID_ARGUMENT: LoRA 2 \(other-model\.safetensors\).*no_such_block/m.test(
+        (e as { stderr?: string }).stderr ?? "",
+      ),
   );
 });
