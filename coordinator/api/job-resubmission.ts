@@ -1,6 +1,6 @@
 /**
  * "Same settings, new seed": a job's submission again, built from its record (every setting as
- * GetJob shows it) and its stored input images, with another seed. The result goes through
+ * GetJob shows it) and its stored input images (or the video it extends), with another seed. The result goes through
  * SubmitJob's checks like any other submission.
  */
 import { randomInt } from "node:crypto";
@@ -14,7 +14,7 @@ import { settingsOf } from "./job-mapping.js";
 /** A seed a person can read back and type: 32 bits are plenty of variety for a new take. */
 export const randomSeed = (): bigint => BigInt(randomInt(0, 2 ** 32 - 1));
 
-async function storedImage(store: ObjectStore, key: string, r: JobRecord): Promise<Buffer> {
+async function storedImage(store: ObjectStore, key: string, r: JobRecord, what = "images"): Promise<Buffer> {
   try {
     const bytes = await store.get(key);
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -23,7 +23,7 @@ async function storedImage(store: ObjectStore, key: string, r: JobRecord): Promi
     if (err instanceof FarmError && err.status === "NOT_FOUND")
       throw new FarmError(
         "FAILED_PRECONDITION",
-        `job ${r.spec.jobId} (${r.state}) no longer has its input images; submit them again`,
+        `job ${r.spec.jobId} (${r.state}) no longer has its input ${what}; submit ${what === "images" ? "them" : "it"} again`,
         { cause: err },
       );
     throw err;
@@ -42,7 +42,11 @@ function sameSize(s: RenderSettings, r: JobRecord): RenderSettings {
 
 export async function resubmitRequest(r: JobRecord, store: ObjectStore, seed?: bigint): Promise<SubmitJobRequest> {
   const keys = jobKeys(r.spec.jobId);
-  const image = await storedImage(store, keys.firstImage, r);
+  // A job extending a video has the video where others have their start image.
+  const extended = (r.spec.params.video ?? null) !== null;
+  const start = extended
+    ? await storedImage(store, keys.inputVideo, r, "video")
+    : await storedImage(store, keys.firstImage, r);
   const endImage = r.spec.params.hasEndImage ? await storedImage(store, keys.lastImage, r) : undefined;
   const keyframes = [];
   for (const [i, timeSeconds] of (r.spec.params.keyframeTimes ?? []).entries())
@@ -51,9 +55,17 @@ export async function resubmitRequest(r: JobRecord, store: ObjectStore, seed?: b
       image: { source: { $case: "data" as const, value: await storedImage(store, keys.keyframeImage(i), r) } },
     });
   return {
-    image: { source: { $case: "data", value: image } },
+    ...(extended
+      ? { video: { source: { $case: "data", value: start } } }
+      : { image: { source: { $case: "data", value: start } } }),
     ...(endImage !== undefined ? { endImage: { source: { $case: "data", value: endImage } } } : {}),
     keyframes,
+    // The job's LoRAs by digest: the farm's store keeps their files.
+    loras: (r.spec.params.loras ?? []).map((l) => ({
+      source: { $case: "sha256" as const, value: l.sha256 },
+      weight: l.weight,
+      name: l.name,
+    })),
     settings: { ...sameSize(settingsOf(r), r), seed: seed ?? randomSeed() },
     bundle: "",
     priority: r.priority ?? 0,

@@ -121,6 +121,7 @@ export class JobService {
       errorStatus: r.state === "FAILED" ? (r.errorStatus ?? "INTERNAL") : "",
       numFrames: r.spec.params.numFrames,
       keyframeTimes: r.spec.params.keyframeTimes ?? [],
+      loras: (r.spec.params.loras ?? []).map((l) => ({ name: l.name, sha256: l.sha256, weight: l.weight })),
       height: r.spec.height,
       width: r.spec.width,
       previewKey: preview ?? "",

@@ -35,11 +35,6 @@ export function recipeRequest(
       `the recipe was rendered on bundle ${JSON.stringify(recipe.bundle.name)} with digest ${recipe.bundle.digest}; this farm's bundle ${JSON.stringify(farm.name)} has digest ${farm.digest}, so it cannot render the recipe again`,
     );
   }
-  if (recipe.loras.length > 0)
-    throw new FarmError(
-      "FAILED_PRECONDITION",
-      `the recipe uses LoRAs (${recipe.loras.map((l) => l.name).join(", ")}); this farm cannot load LoRAs`,
-    );
   const given = req.settings ?? ({} as Partial<RenderSettings>);
   for (const [k, v] of Object.entries(given)) {
     if (OUTPUT_FIELDS.has(k) || unset(v)) continue;
@@ -63,6 +58,8 @@ export function recipeRequest(
       ? { resolution: recipe.resolution }
       : { height: recipe.height, width: recipe.width }),
     fps: recipe.fps,
+    ...(recipe.context_frames !== undefined ? { contextFrames: recipe.context_frames } : {}),
+    vaeTiling: recipe.vae_tiling,
     crf: given.crf ?? recipe.video.crf,
     lossless: given.lossless ?? recipe.video.lossless,
     format: given.format === undefined || unset(given.format) ? videoFormatToPb(recipe.video.format) : given.format,

@@ -1,7 +1,7 @@
 /**
  * What a submission may ask of this farm, for a form to offer (the submit page): the sampling
- * modes, samplers, step caches and video formats its bundle runs, each setting's default and its
- * limits. Values are the proto JSON names a SubmitJobRequest carries, and everything comes from
+ * modes, samplers, step caches and video formats its bundle runs, VAE tiling, each setting's
+ * default and its limits. Values are the proto JSON names a SubmitJobRequest carries, and everything comes from
  * the constants the checks themselves use (render-params.ts, the bundle's manifest), so a form
  * offers what the farm accepts and nothing it refuses.
  */
@@ -26,7 +26,16 @@ import {
 import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../../shared/sampler/unipc.js";
 import { VIDEO_FORMATS, type VideoFormatName } from "../../shared/job/recipe.js";
 import { DEFAULT_IMAGE_LIMITS } from "../../shared/image/decode.js";
+import { DEFAULT_VIDEO_LIMITS } from "../../shared/video/video-input.js";
+import {
+  DEFAULT_CONTEXT_FRAMES,
+  MAX_CONTEXT_FRAMES,
+  MIN_CONTEXT_FRAMES,
+} from "../../shared/framepack/video-context.js";
 import { MAX_BUCKET_RESOLUTION, MIN_BUCKET_RESOLUTION } from "../../shared/framepack/buckets.js";
+import { MAX_LORA_WEIGHT, MAX_LORAS } from "../../shared/job/loras.js";
+import { loraTargetsOf } from "../../shared/lora/lora-file.js";
+import { MAX_REQUEST_BYTES } from "./server.js";
 import { samplerToPb, samplingModeOf, unipcVariantToPb, videoFormatToPb } from "./job-mapping.js";
 
 /** One choice of a setting: the value to send, and words for a person. */
@@ -45,6 +54,14 @@ export interface SubmitOptions {
   unipcVariants: Choice<UniPCVariant>[];
   caches: (Choice<CacheName> & { threshold: number | null })[];
   formats: Choice<VideoFormatName>[];
+  /**
+   * LoRAs (SubmitJobRequest.loras), or null when the bundle cannot take them (no lora_targets in
+   * its manifest, or quantized transformer weights): at most maxLoras, weights within +-maxWeight,
+   * inline files within the request's maxRequestBytes (all files and images together).
+   */
+  loras: { maxLoras: number; maxWeight: number; defaultWeight: number; maxRequestBytes: number } | null;
+  /** A checkbox: RenderSettings.vaeTiling, with words saying what it trades. */
+  vaeTiling: { label: string; help: string; isDefault: boolean };
   defaults: {
     steps: number;
     guidanceScale: number;
@@ -58,11 +75,16 @@ export interface SubmitOptions {
     cfgRescale: number;
     magcacheK: number;
     magcacheRetention: number;
+    /** Extending a video: Studio's context frames. */
+    contextFrames: number;
   };
   limits: Omit<typeof LIMITS, "minResolution" | "maxResolution"> & {
     minResolution: number;
     maxResolution: number;
     maxImageBytes: number;
+    maxVideoBytes: number;
+    minContextFrames: number;
+    maxContextFrames: number;
   };
 }
 
@@ -83,6 +105,16 @@ const CACHE_LABELS: Record<CacheName, string> = {
 /** The step caches a bundle can run: TeaCache and MagCache need its split transformer graphs. */
 export const cachesOf = (manifest: BundleManifest): CacheName[] =>
   CACHES.filter((c) => c === "none" || manifest.components.transformer_head !== undefined);
+
+/** Whether the bundle takes LoRAs: what checkLoras asks of it (loraTargetsOf throws when it cannot). */
+function takesLoras(manifest: BundleManifest): boolean {
+  try {
+    loraTargetsOf(manifest);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 export function submitOptions(manifest: BundleManifest, bundleName: string): SubmitOptions {
   return {
@@ -121,6 +153,15 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       label: f === "mp4" ? "MP4 (H.264)" : "WebM (VP9)",
       isDefault: f === "mp4",
     })),
+    loras: takesLoras(manifest)
+      ? { maxLoras: MAX_LORAS, maxWeight: MAX_LORA_WEIGHT, defaultWeight: 1, maxRequestBytes: MAX_REQUEST_BYTES }
+      : null,
+    vaeTiling: {
+      label: "VAE tiling",
+      help: "decode in 256-pixel tiles as diffusers' vae.enable_tiling() does: lower peak GPU memory, slightly different frames; only sizes above 256 pixels are tiled",
+      // validateRenderParams' default: diffusers' pipeline does not tile.
+      isDefault: false,
+    },
     defaults: {
       steps: RENDER_DEFAULTS.steps,
       guidanceScale: RENDER_DEFAULTS.guidanceScale,
@@ -133,12 +174,16 @@ export function submitOptions(manifest: BundleManifest, bundleName: string): Sub
       cfgRescale: 0,
       magcacheK: DEFAULT_MAGCACHE_K,
       magcacheRetention: DEFAULT_MAGCACHE_RETENTION,
+      contextFrames: DEFAULT_CONTEXT_FRAMES,
     },
     limits: {
       ...LIMITS,
       minResolution: Math.max(LIMITS.minResolution, MIN_BUCKET_RESOLUTION),
       maxResolution: Math.min(LIMITS.maxResolution, MAX_BUCKET_RESOLUTION),
       maxImageBytes: DEFAULT_IMAGE_LIMITS.maxBytes,
+      maxVideoBytes: DEFAULT_VIDEO_LIMITS.maxBytes,
+      minContextFrames: MIN_CONTEXT_FRAMES,
+      maxContextFrames: MAX_CONTEXT_FRAMES,
     },
   };
 }

@@ -33,6 +33,7 @@ import { defaultBundleDir } from "./defaults.js";
 import { natsAuthorizationConfig, type NatsUser } from "../../shared/farm/nats-permissions.js";
 import type { NatsCredentials } from "../../shared/bus/nats-bus.js";
 import { parseStages } from "../../gpu-node/main.js";
+import { refuseNodeVaeTiling } from "../../shared/job/vae-tiling-env.js";
 
 const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
 
@@ -124,6 +125,8 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const coordinators = Number(values.coordinators ?? 1);
   if (coordinators !== 1 && coordinators !== 2)
     throw new FarmError("INVALID_ARGUMENT", `--coordinators must be 1 or 2, got ${values.coordinators}`);
+  // The nodes inherit this environment: refused here, before any server starts.
+  refuseNodeVaeTiling();
   const bundle = path.resolve(values.bundle ?? defaultBundleDir());
   const ep = values.ep ?? "cpu";
   const otlpEndpoint = values["otlp-endpoint"];

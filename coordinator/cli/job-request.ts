@@ -2,8 +2,10 @@
  * A SubmitJobRequest from the video options that `render` and `submit` share, so both commands
  * take the same flags, read images the same way, and are validated by the same JobService code.
  */
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
-import { readImageBytes } from "./embedded/inputs.js";
+import { readImageBytes, readVideoBytes } from "./embedded/inputs.js";
 import { parseSampler, parseSamplingType, parseSeed, parseUnipcVariant } from "../../shared/job/render-params.js";
 import { samplerToPb, samplingModeOf, unipcVariantToPb } from "../api/job-mapping.js";
 import {
@@ -11,6 +13,7 @@ import {
   UnipcVariant,
   type ImageInput,
   type Keyframe,
+  type LoraInput,
   type RenderSettings,
   type SubmitJobRequest,
 } from "../../proto/gen/framefarm/v1/jobs.js";
@@ -18,8 +21,11 @@ import {
 /** The video settings as command-line options. */
 export const RENDER_OPTIONS = {
   image: { type: "string" },
+  video: { type: "string" },
+  "context-frames": { type: "string" },
   "end-image": { type: "string" },
   keyframe: { type: "string", multiple: true },
+  lora: { type: "string", multiple: true },
   prompt: { type: "string" },
   "negative-prompt": { type: "string" },
   seconds: { type: "string" },
@@ -45,9 +51,17 @@ export const RENDER_OPTIONS = {
   "magcache-retention": { type: "string" },
   "section-prompt": { type: "string", multiple: true },
   "prompt-blend": { type: "string" },
+  "vae-tiling": { type: "boolean" },
 } as const;
 
-/** Help lines for the sampler and prompt-schedule options (options that render and submit share). */
+/** Help lines for extending a video (options that render and submit share). */
+export const VIDEO_HELP = `  --video FILE            extend this video instead of starting from --image: the output is its
+                          frames, then new ones cross-faded in (vanilla continues it; inverted
+                          with --end-image runs toward that image); fps defaults to the video's
+  --context-frames N      FramePack-Studio's context frames, 2..10 (5): the sections' 1x context
+                          holds N - 1 of the video's latents`;
+
+/** Help lines for the sampler, prompt-schedule and decode options (options that render and submit share). */
 export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FramePack pipeline (default); unipc: as
                           lllyasviel's FramePack demo samples (flux shift + UniPC)
   --unipc-variant bh1|bh2 UniPC variant (bh1, as the demo; unipc only)
@@ -64,7 +78,10 @@ export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FrameP
                           section always compute (0.25)
   --section-prompt TEXT   one per section, in video-time order (repeat; instead of
                           --prompt). --prompt may be timed: "[0s: a man waves] [2s: ...]"
-  --prompt-blend N        blend each prompt change over N sections (0)`;
+  --prompt-blend N        blend each prompt change over N sections (0)
+  --vae-tiling            decode in 256-pixel spatial tiles, as diffusers' vae.enable_tiling():
+                          lower peak GPU memory, slightly different frames (off; recorded
+                          in the recipe)`;
 
 type OptionValue<O> = O extends { multiple: true } ? string[] : O extends { type: "boolean" } ? boolean : string;
 export type RenderOptionValues = { [K in keyof typeof RENDER_OPTIONS]?: OptionValue<(typeof RENDER_OPTIONS)[K]> };
@@ -94,6 +111,37 @@ export async function keyframesFrom(flags: readonly string[] | undefined): Promi
         `--keyframe must be TIME:PATH (seconds from the video's start, e.g. 1.5:key.png), got ${JSON.stringify(flag)}`,
       );
     out.push({ timeSeconds: seconds, image: await imageInput(file, `keyframe ${i + 1}`) });
+  }
+  return out;
+}
+
+/**
+ * --lora FILE[:WEIGHT], in the order given: the file's bytes, named by its file name; the weight
+ * (1 unless given, and none with --recipe, whose LoRAs carry theirs) after the last colon when that
+ * is a number. The JobService checks keys, shapes and weights and names the LoRA that is off.
+ */
+export async function lorasFrom(flags: readonly string[] | undefined): Promise<LoraInput[]> {
+  const out: LoraInput[] = [];
+  for (const [i, flag] of (flags ?? []).entries()) {
+    const at = flag.lastIndexOf(":");
+    const tail = at < 0 ? "" : flag.slice(at + 1).trim();
+    const weighted = tail !== "" && Number.isFinite(Number(tail));
+    const file = weighted ? flag.slice(0, at) : flag;
+    let data: Buffer;
+    try {
+      data = await readFile(file);
+    } catch (err) {
+      throw new FarmError(
+        (err as NodeJS.ErrnoException).code === "ENOENT" ? "NOT_FOUND" : "INVALID_ARGUMENT",
+        `--lora ${i + 1}: cannot read ${JSON.stringify(file)} (--lora FILE[:WEIGHT]): ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+    out.push({
+      source: { $case: "data", value: data },
+      ...(weighted ? { weight: Number(tail) } : {}),
+      name: path.basename(file),
+    });
   }
   return out;
 }
@@ -132,6 +180,8 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     fps: num(values.fps),
     crf: num(values.crf),
     ...(values.lossless === true ? { lossless: true } : {}),
+    ...(values["context-frames"] !== undefined ? { contextFrames: Number(values["context-frames"]) } : {}),
+    ...(values["vae-tiling"] !== undefined ? { vaeTiling: values["vae-tiling"] } : {}),
     ...(sampler !== undefined ? { sampler } : {}),
     // Names and ranges are the JobService's check (render-params.ts), which says which is off.
     ...(values.cache !== undefined ? { cache: values.cache } : {}),
@@ -159,6 +209,10 @@ export async function submitRequestFrom(
     image: await imageInput(values.image, "image"),
     endImage: await imageInput(values["end-image"], "end image"),
     keyframes: await keyframesFrom(values.keyframe),
+    loras: await lorasFrom(values.lora),
+    ...(values.video !== undefined
+      ? { video: { source: { $case: "data", value: await readVideoBytes(values.video, "video") } } }
+      : {}),
     settings,
     bundle: "",
     priority,

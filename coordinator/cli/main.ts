@@ -17,7 +17,7 @@ import { natsAuthCommand } from "./nats-auth.js";
 const USAGE = `framefarm — FramePack image-to-video render farm
 
 Usage:
-  framefarm render --image a.png [--end-image b.png] [--keyframe T:k.png ...] --prompt "..." (--seconds S | --frames N) -o out.mp4|out.webm [--save-frames DIR] [options]
+  framefarm render --image a.png [--end-image b.png] [--keyframe T:k.png ...] [--lora f.safetensors:W ...] --prompt "..." (--seconds S | --frames N) -o out.mp4|out.webm [--save-frames DIR] [options]
   framefarm render --recipe out.mp4|out.recipe.json --image a.png -o again.mp4   (render a recipe again)
   framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda] | [--server HOST:PORT ...]
   framefarm cluster [--port P] [--http-port P] [--nodes N] [--denoise-nodes M] [--bundle DIR] [--tokens FILE] [--operators TENANTS] [--metrics-tenants TENANTS] [--tenant-max-priority P] [--max-queued-per-tenant N] [--max-running-per-tenant N] [--otlp-endpoint URL]

@@ -6,6 +6,7 @@ import { parseArgs } from "node:util";
 import os from "node:os";
 import { FarmError } from "../../shared/errors.js";
 import { parseStages, parseWarmupSizes, startNode } from "../../gpu-node/main.js";
+import { refuseNodeVaeTiling } from "../../shared/job/vae-tiling-env.js";
 import {
   FARM_OPTIONS,
   NATS_AUTH_HELP,
@@ -35,7 +36,9 @@ ${NATS_AUTH_HELP}
   --ep cpu|webgpu|cuda    execution provider (FRAMEFARM_EP, cpu)
   --warmup WxH[,WxH...]   before taking tasks, run the models of this node's stages once at every
                           shape a job of each size gives them (the bundle's window and mode), so
-                          no job pays a GPU's slow first run at a new shape (FRAMEFARM_WARMUP)
+                          no job pays a GPU's slow first run at a new shape (FRAMEFARM_WARMUP);
+                          the VAE decoder untiled and tiled (jobs choose --vae-tiling), or only
+                          one with WxH:untiled or WxH:tiled
   --id ID                 node id (FRAMEFARM_NODE_ID, host-pid)
   --device NAME           device name the registry shows
   --cache-mb N            decoded-object cache (FRAMEFARM_CACHE_MB; 4096 on cuda, else 512)
@@ -70,6 +73,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   }
   // Flags win over FRAMEFARM_STAGES / _EP / _NODE_ID / _CACHE_MB (containers set those: deploy/k8s).
   const env = process.env;
+  refuseNodeVaeTiling(env);
   const stages = parseStages(values.stages ?? env["FRAMEFARM_STAGES"] ?? "all");
   const warmupSizes = parseWarmupSizes(values.warmup ?? env["FRAMEFARM_WARMUP"] ?? "");
   const conn = farmConnection(values);

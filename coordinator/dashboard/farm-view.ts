@@ -97,6 +97,8 @@ export interface JobView {
   width: number;
   height: number;
   numFrames: number;
+  /** Frames of the video the job extends (--video); absent for a start image. */
+  inputVideoFrames?: number;
   steps: number;
   createdAt: string;
   updatedAt: string;
@@ -382,6 +384,7 @@ export class FarmView {
       width: r.spec.width,
       height: r.spec.height,
       numFrames: r.spec.params.numFrames,
+      ...((r.spec.params.video ?? null) !== null ? { inputVideoFrames: r.spec.params.video!.frames } : {}),
       steps: r.spec.params.steps,
       createdAt: r.createdAt,
       updatedAt: r.updatedAt,

@@ -17,9 +17,20 @@ export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => 
   const params = renderParamsOf(spec);
   const section = sectionPlanFor(params, ctx.runtime.bundle.manifest).sections[task.section!]!;
   const h = await timed(observer, "read", () => readTensors(ctx, task.inputs["history"]!));
+  // "vae" is the whole decode; "vae_run" the decoder's own runs in it (onnxruntime's session.run
+  // summed over the tiles): the difference is host work and waiting for a shared session.
+  const stats = { runs: 0, runMs: 0 };
   const video = await timed(observer, "vae", () =>
-    decodeSection(ctx.runtime, section, need(h.tensors, "decode_latents", task.inputs["history"]!)),
+    decodeSection(
+      ctx.runtime,
+      section,
+      need(h.tensors, "decode_latents", task.inputs["history"]!),
+      params,
+      undefined,
+      stats,
+    ),
   );
+  observer.onPhase?.("vae_run", stats.runMs);
   // The store and the preview run at once: the next task (the mux, after the last section) waits
   // for both, and the store is I/O while the preview is conversion and ffmpeg.
   const previewKey = task.outputs["preview"];

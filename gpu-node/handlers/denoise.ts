@@ -6,18 +6,25 @@ import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompt
 import { keyframeSchedule } from "../../shared/job/keyframes.js";
 import { initialHistory, type History } from "../../shared/framepack/history.js";
 import { runSectionStep } from "../stages/section-step.js";
+import { loraObjectKey } from "../../shared/job/loras.js";
 import { conditioning, generatorOf, need, readTensors, timed, writeOnce, type StageHandler } from "./task-io.js";
 
 export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) => {
-  const { runtime } = ctx;
   const params = renderParamsOf(spec);
+  // The job's LoRAs fused into the transformer; a node that lacks a variant reads the files from the store.
+  const runtime = await ctx.runtime.withLoras(params.loras, (ref) => ctx.store.get(loraObjectKey(ref.sha256)));
   const k = task.section!;
   const plan = sectionPlanFor(params, runtime.bundle.manifest);
   const text = await readTensors(ctx, task.inputs["prompt"]!);
   const negative = task.inputs["negative"] !== undefined ? await readTensors(ctx, task.inputs["negative"]) : null;
   const image = await readTensors(ctx, task.inputs["imageEmbeds"]!);
   const latents = await readTensors(ctx, task.inputs["imageLatents"]!);
-  const imageLatents = need(latents.tensors, "image_latents", task.inputs["imageLatents"]!);
+  // Extending a video, its latents stand where the start image's would (shared/framepack/history.ts).
+  const imageLatents = need(
+    latents.tensors,
+    plan.video !== null ? "video_latents" : "image_latents",
+    task.inputs["imageLatents"]!,
+  );
   const lastImageLatents = (latents.tensors.get("last_image_latents") as F32 | undefined) ?? null;
   // The keyframe this section takes (FramePack-eichi's), if any: its latents are in the same object.
   const keyframe = keyframeSchedule(plan, params.keyframeTimes, params.fps).bySection[k] ?? null;

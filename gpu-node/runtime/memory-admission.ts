@@ -107,6 +107,7 @@ export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): Memory
     width: spec.width,
     weightBytes,
     attentionBlockBytes: runtime.settingsFor("vae_decoder").attentionBlockBytes ?? null,
+    vaeTiling: spec.params.vaeTiling === true,
     ...(channels !== undefined ? { decoderChannels: channels } : {}),
   });
 }

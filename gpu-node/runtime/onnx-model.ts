@@ -83,11 +83,14 @@ interface SessionRunner {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   /** steady: names whose feeds the caller never changes in place (see OnnxModel.run). */
-  run(
-    feeds: Record<string, Feed>,
-    steady?: ReadonlySet<string>,
-  ): Promise<Record<string, { type: string; dims: readonly number[]; data: unknown }>>;
+  run(feeds: Record<string, Feed>, steady?: ReadonlySet<string>): Promise<RunnerResult>;
   release(): Promise<void>;
+}
+
+interface RunnerResult {
+  outputs: Record<string, { type: string; dims: readonly number[]; data: unknown }>;
+  /** session.run alone, where it ran (a worker's figure leaves out the trip to and from it). */
+  runMs: number;
 }
 
 function inThread(session: ort.InferenceSession): SessionRunner {
@@ -97,13 +100,16 @@ function inThread(session: ort.InferenceSession): SessionRunner {
     async run(feeds) {
       const ortFeeds: Record<string, ort.Tensor> = {};
       for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
+      const started = performance.now();
       const results = await session.run(ortFeeds);
-      return Object.fromEntries(
+      const runMs = performance.now() - started;
+      const outputs = Object.fromEntries(
         session.outputNames.map((n) => {
           const v = results[n] as ort.Tensor | undefined;
           return [n, v === undefined ? undefined : { type: v.type, dims: v.dims.map(Number), data: v.data }];
         }),
-      ) as Record<string, { type: string; dims: readonly number[]; data: unknown }>;
+      ) as RunnerResult["outputs"];
+      return { outputs, runMs };
     },
     release: () => session.release(),
   };
@@ -186,7 +192,7 @@ async function inWorker(
       const reply = new Promise<FromWorker>((resolve, reject) => pending.set(id, { resolve, reject }));
       worker.postMessage({ kind: "run", id, feeds: sent, drop } satisfies ToWorker, transfer);
       const m = await reply;
-      return m.kind === "result" ? m.outputs : {};
+      return m.kind === "result" ? { outputs: m.outputs, runMs: m.runMs } : { outputs: {}, runMs: 0 };
     },
     async release() {
       if (exited === undefined) {
@@ -200,6 +206,12 @@ async function inWorker(
 }
 
 export class OnnxModel {
+  /** Runs in progress, and what release waits for: a session is never released under a run. */
+  private running = 0;
+  private idle: (() => void)[] = [];
+  private released = false;
+  private releasing: Promise<void> | undefined;
+
   private constructor(
     readonly component: string,
     private readonly session: SessionRunner,
@@ -262,16 +274,27 @@ export class OnnxModel {
    * instead of ~20 MB copied and posted on every transformer step.
    */
   async run(feeds: Record<string, Feed>, steady?: ReadonlySet<string>): Promise<Record<string, F32>> {
+    return (await this.runTimed(feeds, steady)).outputs;
+  }
+
+  /** run(), with how long onnxruntime's session.run took (the rest of the wait is queueing and transfer). */
+  async runTimed(
+    feeds: Record<string, Feed>,
+    steady?: ReadonlySet<string>,
+  ): Promise<{ outputs: Record<string, F32>; runMs: number }> {
     const inputs: Record<string, Feed> = {};
     for (const name of this.session.inputNames) {
       const t = feeds[name];
       if (t === undefined) throw new FarmError("INTERNAL", `${this.component}: input ${name} was not provided`);
       inputs[name] = t;
     }
-    let results: Awaited<ReturnType<SessionRunner["run"]>>;
+    let results: RunnerResult["outputs"];
+    let runMs: number;
+    if (this.released) throw new FarmError("UNAVAILABLE", `${this.component}: the session was released; try again`);
     const started = performance.now();
+    this.running++;
     try {
-      results = await this.session.run(inputs, steady);
+      ({ outputs: results, runMs } = await this.session.run(inputs, steady));
       this.clock.ms += performance.now() - started;
     } catch (err) {
       const shapes = Object.entries(feeds)
@@ -280,6 +303,8 @@ export class OnnxModel {
       throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, {
         cause: err,
       });
+    } finally {
+      if (--this.running === 0) for (const wake of this.idle.splice(0)) wake();
     }
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {
@@ -289,10 +314,16 @@ export class OnnxModel {
       }
       out[name] = new Tensor("float32", [...v.dims], v.data as Float32Array);
     }
-    return out;
+    return { outputs: out, runMs };
   }
 
-  async release(): Promise<void> {
-    await this.session.release();
+  /** Releases the session once the runs in progress end; runs after this are UNAVAILABLE. */
+  release(): Promise<void> {
+    this.released = true;
+    this.releasing ??= (async () => {
+      if (this.running > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
+      await this.session.release();
+    })();
+    return this.releasing;
   }
 }

@@ -16,7 +16,13 @@ export type ToWorker =
 export type FromWorker =
   | { kind: "ready"; inputNames: string[]; outputNames: string[] }
   | { kind: "failed"; message: string }
-  | { kind: "result"; id: number; outputs: Record<string, { type: string; dims: number[]; data: unknown }> }
+  | {
+      kind: "result";
+      id: number;
+      outputs: Record<string, { type: string; dims: number[]; data: unknown }>;
+      /** session.run's own time in the worker. */
+      runMs: number;
+    }
   | { kind: "error"; id: number; message: string }
   | { kind: "released" };
 
@@ -31,13 +37,18 @@ try {
       : await ort.InferenceSession.create(model, options);
   // Feeds the node's thread marked steady (the same for a whole section): sent once, then named.
   const kept = new Map<number, ort.Tensor>();
+  // Runs one after another, in the order asked: the node's thread may ask for the next run before
+  // the last one is back (VAE tiles), and each run's time must be its own, not its wait.
+  let previous: Promise<void> = Promise.resolve();
   port.on("message", (m: ToWorker) => {
     if (m.kind === "release") {
       kept.clear();
-      void session.release().finally(() => post({ kind: "released" }));
+      void previous.then(async () => {
+        await session.release().finally(() => post({ kind: "released" }));
+      });
       return;
     }
-    void (async () => {
+    previous = previous.then(async () => {
       try {
         for (const id of m.drop) kept.delete(id);
         const feeds: Record<string, ort.Tensor> = {};
@@ -51,7 +62,9 @@ try {
           feeds[name] = new ort.Tensor(f.type, f.data, f.dims);
           if (f.keep !== undefined) kept.set(f.keep, feeds[name]);
         }
+        const started = performance.now();
         const results = await session.run(feeds);
+        const runMs = performance.now() - started;
         const outputs: Record<string, { type: string; dims: number[]; data: unknown }> = {};
         const transfer: ArrayBuffer[] = [];
         for (const name of session.outputNames) {
@@ -61,11 +74,11 @@ try {
           outputs[name] = { type: v.type, dims: v.dims.map(Number), data };
           transfer.push(data.buffer);
         }
-        post({ kind: "result", id: m.id, outputs }, transfer);
+        post({ kind: "result", id: m.id, outputs, runMs }, transfer);
       } catch (err) {
         post({ kind: "error", id: m.id, message: (err as Error).message });
       }
-    })();
+    });
   });
   post({ kind: "ready", inputNames: [...session.inputNames], outputNames: [...session.outputNames] });
 } catch (err) {

@@ -53,6 +53,23 @@ function blendT(a: FrameView, b: FrameView, extent: number): void {
   }
 }
 
+/** Tiles asked of the decoder at once: one running, one waiting its turn. */
+const TILES_IN_FLIGHT = 2;
+
+/** Runs the jobs with at most `limit` started and not finished, results in the jobs' order. */
+async function inOrder<T>(jobs: readonly (() => Promise<T>)[], limit: number): Promise<T[]> {
+  const results: T[] = new Array<T>(jobs.length);
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < jobs.length) {
+      const k = next++;
+      results[k] = await jobs[k]!();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, jobs.length) }, lane));
+  return results;
+}
+
 /**
  * AutoencoderKLHunyuanVideo._decode's time handling: latents longer than the tile go through
  * _temporal_tiled_decode, others through one decoder call. Tiles of tile_latent + 1 frames start
@@ -85,12 +102,20 @@ export async function temporalTiledDecode(
     );
   const strideSample = vae.tile_sample_stride_num_frames;
   const blend = vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames;
-  const row: FrameView[] = [];
-  for (let i = 0; i < frames; i += strideLatent) {
-    const decoded = await decodeTile(narrow(latents, 2, i, Math.min(tileLatent + 1, frames - i)));
+  const starts: number[] = [];
+  for (let i = 0; i < frames; i += strideLatent) starts.push(i);
+  // The next tile is asked for before the previous one is back, so a decoder on another thread
+  // (a session worker) starts it as soon as it is free, not after a round trip through this
+  // thread; the decoder still runs one tile at a time, and every tile's output is kept anyway.
+  // Spatially tiled decodes (small GPUs) keep one temporal tile at a time, their calls in order.
+  const decodedTiles = await inOrder(
+    starts.map((i) => () => decodeTile(narrow(latents, 2, i, Math.min(tileLatent + 1, frames - i)))),
+    spatial === undefined ? TILES_IN_FLIGHT : 1,
+  );
+  const row: FrameView[] = decodedTiles.map((decoded, k) => {
     const t = decoded.shape[2]!;
-    row.push(i > 0 ? { t: decoded, first: 1, count: t - 1 } : { t: decoded, first: 0, count: t });
-  }
+    return k > 0 ? { t: decoded, first: 1, count: t - 1 } : { t: decoded, first: 0, count: t };
+  });
   const keep = row.map((v, i) => Math.min(i === 0 ? strideSample + 1 : strideSample, v.count));
   const total = Math.min(
     keep.reduce((a, b) => a + b, 0),

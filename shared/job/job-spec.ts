@@ -61,7 +61,10 @@ const LATER_DEFAULTS = {
   promptSegments: null,
   sectionPrompts: null,
   promptBlendSections: 0,
+  video: null,
   keyframeTimes: [],
+  loras: [],
+  vaeTiling: false,
 } as const satisfies Partial<RenderParams>;
 
 export function renderParamsOf(spec: JobSpec): RenderParams {

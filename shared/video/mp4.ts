@@ -41,7 +41,7 @@ export function scaledSize(width: number, height: number, maxSide: number): { wi
  * The ffmpeg binary from @ffmpeg-installer, loaded on first use: that package throws at import
  * when its binary is missing, which must not stop commands that never encode video.
  */
-async function ffmpegPath(): Promise<string> {
+export async function ffmpegPath(): Promise<string> {
   try {
     const installer = (await import("@ffmpeg-installer/ffmpeg")) as { default: { path: string } };
     return installer.default.path;

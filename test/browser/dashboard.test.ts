@@ -169,6 +169,7 @@ async function submit(prompt: string, numFrames: number, steps: number): Promise
     priority: 0,
     idempotencyKey: "",
     keyframes: [],
+    loras: [],
   };
   const md = new Metadata();
   md.set("authorization", `Bearer ${ACME_TOKEN}`);

@@ -7,11 +7,19 @@
  * what the farm rendered is what the form asked. From "my jobs" it is re-submitted with a new seed
  * and that one cancelled. A file that is no image is refused with the server's own message, the
  * one gRPC SubmitJob gives. Another tenant sees none of it; the operators' dashboard still does.
+ * A video dropped in the start image's place is extended (its bucket shown, context frames asked
+ * for, its frame rate kept) with VAE tiling on as well, and re-submitted with the same video and
+ * both options.
+ * A job with a LoRA (a reference case's file, chosen with a weight; another chosen and removed)
+ * renders with it, shows it in its line and details, and is re-submitted with it by SHA-256; a
+ * LoRA whose key names no module of the model is refused with the server's message; a bundle
+ * without LoRA targets is offered no LoRAs.
  * Screenshots at 1366 px and at a phone's 390 px go to test-output/browser/submit/.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -27,8 +35,10 @@ import {
   type SubmitJobRequest,
 } from "../../proto/gen/framefarm/v1/jobs.js";
 import { findNearestBucket } from "../../shared/framepack/buckets.js";
+import { Tensor } from "../../shared/tensor/tensor.js";
+import { writeMp4 } from "../../shared/video/mp4.js";
 import { STATUS_CODE } from "../../shared/errors.js";
-import { cliPath, testOutputDir } from "../support/paths.js";
+import { cliPath, repoRoot, testOutputDir } from "../support/paths.js";
 
 const CHROMIUM = process.env["FRAMEFARM_CHROMIUM"] ?? "/usr/bin/chromium";
 const FLAGS = [
@@ -308,12 +318,19 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.notEqual(seed, before);
   await page.locator("details.more summary").click();
   assert.ok(!(await page.locator("#magcache-k").isVisible()), "MagCache's fields only with MagCache");
+  // VAE tiling: offered off (the farm's default), with the farm's words for what it trades.
+  assert.equal(await page.locator("#vae-tiling").isChecked(), false);
+  assert.match(
+    (await page.locator("#vae-tiling-help").textContent()) ?? "",
+    /lower peak GPU memory, slightly different frames/,
+  );
+  await page.locator("#vae-tiling").check();
   await shot("1-form.png");
 
   await page.locator("#submit").click();
   await page.locator("#viewer-job[data-job-id]").waitFor();
   jobId = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
-  await page.locator(`#jobs li[data-job-id="${jobId}"]`).waitFor();
+  await page.locator(`#jobs li[data-job-id="${jobId}"]`, { hasText: "VAE tiled" }).waitFor();
 
   // Each finished section's preview plays while the job runs.
   await page.locator('#viewer .player[data-media="preview"]').waitFor({ timeout: 90_000 });
@@ -345,6 +362,7 @@ test("a tenant submits from the page, watches the job to the end, downloads it, 
   assert.equal(job.settings!.steps, 100);
   assert.equal(job.settings!.guidanceScale, 9);
   assert.equal(job.settings!.mode, SamplingMode.SAMPLING_MODE_INVERTED_ANTI_DRIFTING);
+  assert.equal(job.settings!.vaeTiling, true, "the job decodes in tiles, as the checkbox asked");
   assert.deepEqual([job.width, job.height, job.numFrames], [bucket.width, bucket.height, 165]);
   assert.deepEqual(job.keyframeTimes, [2.5]);
   assert.match((await page.locator("#viewer .job-meta").textContent())!, /keyframes at 2\.5 s/);
@@ -376,6 +394,7 @@ test("a file that is no image is refused with the server's message, as gRPC Subm
       {
         image: { source: { $case: "data", value: BAD_IMAGE } },
         keyframes: [],
+        loras: [],
         settings: { prompt: "x", length: { $case: "seconds", value: 1 }, mode: 0, resolution: 64 },
         bundle: "",
         priority: 0,
@@ -429,4 +448,180 @@ test("another tenant sees none of these jobs; the operators' dashboard still sho
     401,
     "a tenant's token does not open the dashboard",
   );
+});
+
+test("a video dropped in the start image's place is extended: its bucket, context frames and frame rate", async () => {
+  // 40 frames of 96x72 at 25 fps, H.264 in yuv420p (what a browser plays): the 64 bucket is 64x48.
+  const [T, H, W] = [40, 72, 96];
+  const data = new Uint8Array(T * H * W * 3);
+  for (let i = 0; i < data.length; i++) data[i] = (i % (W * 3)) + Math.floor(i / (H * W * 3)) * 3;
+  const file = path.join(shots, "clip.mp4");
+  await writeMp4(new Tensor("uint8", [T, H, W, 3], data), file, { fps: 25, crf: 18 });
+  const clip = await readFile(file);
+
+  await page.locator("#end-drop .drop-clear").click();
+  await page.locator("#resolution").fill("64");
+  await dropFile("#start-drop", "clip.mp4", "video/mp4", clip);
+  await page.locator("#start-drop .drop-caption", { hasText: "video 96×72 → 64×48" }).waitFor();
+  assert.equal(await page.locator("#start-drop").getAttribute("data-kind"), "video");
+  assert.ok(await page.locator("#context-frames").isVisible(), "context frames are asked for with a video");
+  assert.equal(await page.locator("#context-frames").inputValue(), "5");
+  assert.equal(await page.locator("#fps").inputValue(), "", "the video's own frame rate unless one is given");
+  await page.locator("#context-frames").fill("3");
+  await page.locator("#mode").selectOption("SAMPLING_MODE_VANILLA");
+  await page.locator("#seconds").fill("1");
+  await page.locator("#steps").fill("2");
+  await page.locator("#sampler").selectOption("SAMPLER_FLOW_MATCH_EULER");
+  await page.locator("#cache").selectOption("none");
+  await page.locator(".prompt-row").nth(1).locator(".prompt-remove").click();
+  await page.locator(".prompt-text").first().fill("the light keeps sweeping");
+  // With VAE tiling too: the two job options go together (the decodes tile, the video's encode does not).
+  await page.locator("#vae-tiling").check();
+  await shot("8-video-form.png");
+
+  await page.locator("#submit").click();
+  await page.locator(`#viewer-job[data-job-id]:not([data-job-id="${jobId}"])`).waitFor();
+  const videoJob = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
+  await viewerState("SUCCEEDED").waitFor({ timeout: 120_000 });
+  await page.locator('#viewer .player[data-media="video"]').waitFor();
+  assert.deepEqual(await playViewer(), { playing: true, width: 64, height: 48, error: null });
+  await shot("9-video-finished.png");
+  assert.match(
+    (await page.locator(`#jobs li[data-job-id="${videoJob}"]`).textContent())!,
+    /extends a video · seed \d+ · VAE tiled/,
+  );
+  const job = await getJob(videoJob);
+  assert.equal(job.settings!.contextFrames, 3);
+  assert.equal(job.settings!.vaeTiling, true);
+  assert.equal(job.settings!.fps, 25);
+  assert.equal(job.settings!.mode, SamplingMode.SAMPLING_MODE_VANILLA);
+  assert.deepEqual([job.width, job.height, job.numFrames], [64, 48, 25]);
+
+  // Re-submitted: the same video and settings, a new seed.
+  await page.locator(`#jobs li[data-job-id="${videoJob}"] button[data-action="resubmit"]`).click();
+  await page.locator(`#viewer-job[data-job-id]:not([data-job-id="${videoJob}"])`).waitFor();
+  const again = await getJob((await page.locator("#viewer-job").getAttribute("data-job-id"))!);
+  assert.equal(again.settings!.contextFrames, 3);
+  assert.equal(again.settings!.vaeTiling, true);
+  assert.notEqual(again.settings!.seed, job.settings!.seed);
+  await page.locator('#viewer button[data-action="cancel"]').click();
+  await viewerState("CANCELLED").waitFor({ timeout: 30_000 });
+  assert.deepEqual(consoleErrors, [], "the page logged errors");
+});
+
+/** A safetensors file of float32 tensors (named, with shapes; zeros). */
+function safetensors(tensors: Record<string, number[]>): Buffer {
+  const header: Record<string, unknown> = {};
+  let offset = 0;
+  for (const [name, shape] of Object.entries(tensors)) {
+    const bytes = 4 * shape.reduce((a, b) => a * b, 1);
+    header[name] = { dtype: "F32", shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  // The header padded with spaces to 8 bytes, as safetensors writes it (the tensors stay aligned).
+  const text = JSON.stringify(header);
+  const json = Buffer.from(text.padEnd(Math.ceil(text.length / 8) * 8, " "));
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([size, json, Buffer.alloc(offset)]);
+}
+
+test("a job with a LoRA: chosen with its weight, shown, re-submitted by SHA-256; a bad LoRA is refused", async () => {
+  const cases = path.join(repoRoot(), "test", "fixtures", "reference-cases");
+  const loraName = "lora_kohya_vanilla_lora0.safetensors";
+  const lora = await readFile(path.join(cases, loraName));
+  const other = await readFile(path.join(cases, "lora_kohya_vanilla_lora1.safetensors"));
+  const sha256 = createHash("sha256").update(lora).digest("hex");
+  const asFile = (name: string, buffer: Buffer) => ({ name, mimeType: "application/octet-stream", buffer });
+
+  // The tiny bundle names its LoRA targets: the form offers LoRAs.
+  assert.ok(await page.locator("#loras").isVisible(), "LoRAs are offered");
+  await dropFile("#start-drop", "lighthouse.png", "image/png", startPng);
+  await page.locator("#start-drop .drop-caption", { hasText: `640×360 → ${bucket.width}×${bucket.height}` }).waitFor();
+  await page.locator("#mode").selectOption("SAMPLING_MODE_VANILLA");
+  await page.locator("#seconds").fill("1");
+  await page.locator("#steps").fill("2");
+  await page.locator("#vae-tiling").uncheck();
+  await page.locator(".prompt-text").first().fill("a lantern swings in the wind");
+  // Two chosen at once, each at weight 1; the second removed, the first's weight set.
+  await page.locator("#lora-file").setInputFiles([asFile(loraName, lora), asFile("second.safetensors", other)]);
+  assert.equal(await page.locator(".lora-row").count(), 2);
+  assert.equal(await page.locator(".lora-row").first().locator(".lora-weight-value").inputValue(), "1");
+  await page.locator(".lora-row").nth(1).locator(".lora-remove").click();
+  assert.equal(await page.locator(".lora-row").count(), 1);
+  await page.locator(".lora-row .lora-weight-value").fill("0.7");
+  assert.equal(await page.locator(".lora-row .lora-weight-slider").inputValue(), "0.7", "the slider follows");
+  await shot("10-lora-form.png");
+
+  const shownBefore = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
+  await page.locator("#submit").click();
+  await page.locator(`#viewer-job[data-job-id]:not([data-job-id="${shownBefore}"])`).waitFor();
+  const loraJob = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
+  await viewerState("SUCCEEDED").waitFor({ timeout: 180_000 });
+  await page.locator('#viewer .player[data-media="video"]').waitFor();
+  const shown = `LoRA ${loraName} × 0.7`;
+  assert.ok((await page.locator("#viewer .job-meta").textContent())!.includes(shown), "the details show the LoRA");
+  await page.locator(`#jobs li[data-job-id="${loraJob}"]`, { hasText: shown }).waitFor();
+  await shot("11-lora-finished.png");
+  const job = await getJob(loraJob);
+  assert.deepEqual(job.loras, [{ name: loraName, sha256, weight: 0.7 }]);
+
+  // Re-submitted: the same LoRA, named by its SHA-256 (the farm keeps the file), a new seed.
+  await page.locator(`#jobs li[data-job-id="${loraJob}"] button[data-action="resubmit"]`).click();
+  await page.locator(`#viewer-job[data-job-id]:not([data-job-id="${loraJob}"])`).waitFor();
+  const againId = (await page.locator("#viewer-job").getAttribute("data-job-id"))!;
+  const again = await getJob(againId);
+  assert.deepEqual(again.loras, job.loras);
+  assert.notEqual(again.settings!.seed, job.settings!.seed);
+  await page.locator(`#jobs li[data-job-id="${againId}"]`, { hasText: shown }).waitFor();
+  await page.locator('#viewer button[data-action="cancel"]').click();
+  await viewerState("CANCELLED").waitFor({ timeout: 30_000 });
+
+  // A LoRA whose keys name no Linear of the model: refused with the server's message, its row marked.
+  const bad = safetensors({
+    "transformer.no_such_block.to_q.lora_A.weight": [4, 8],
+    "transformer.no_such_block.to_q.lora_B.weight": [8, 4],
+  });
+  await page.locator("#lora-file").setInputFiles([asFile("text-encoder.safetensors", bad)]);
+  await page.locator("#submit").click();
+  await page.locator("#submit-error").waitFor();
+  const refusal = await new Promise<ServiceError>((resolve, reject) =>
+    client.submitJob(
+      {
+        image: { source: { $case: "data", value: startPng } },
+        keyframes: [],
+        loras: [
+          { source: { $case: "data", value: lora }, weight: 0.7, name: loraName },
+          { source: { $case: "data", value: bad }, weight: 1, name: "text-encoder.safetensors" },
+        ],
+        settings: { prompt: "x", length: { $case: "seconds", value: 1 }, mode: 0, resolution: 64 },
+        bundle: "",
+        priority: 0,
+        idempotencyKey: "",
+      } satisfies SubmitJobRequest,
+      metadata(ACME_TOKEN),
+      (e) => (e ? resolve(e) : reject(new Error("the bad LoRA was accepted over gRPC"))),
+    ),
+  );
+  assert.equal(refusal.code, STATUS_CODE.INVALID_ARGUMENT);
+  assert.match(refusal.details, /^LoRA 2 \(text-encoder\.safetensors\).*no_such_block/);
+  assert.equal(await page.locator("#submit-error").textContent(), `INVALID_ARGUMENT: ${refusal.details}`);
+  assert.equal(await page.locator(".lora-row").nth(1).getAttribute("data-invalid"), "true");
+  assert.equal(await page.locator(".lora-row").first().getAttribute("data-invalid"), null);
+  await shot("12-bad-lora.png");
+  await page.setViewportSize(PHONE);
+  await shot("13-phone-lora.png");
+  await page.setViewportSize(DESKTOP);
+
+  // A bundle without LoRA targets: the options say so, and the form offers none.
+  await page.route("**/api/tenant/options", async (route) => {
+    const res = await route.fetch();
+    await route.fulfill({ response: res, json: { ...((await res.json()) as object), loras: null } });
+  });
+  await page.reload();
+  await page.locator("#live[data-state=live]").waitFor();
+  await page.locator("#bundle-note", { hasText: "bundle" }).waitFor();
+  assert.ok(!(await page.locator("#loras").isVisible()), "no LoRAs without targets");
+  await page.unroute("**/api/tenant/options");
+  assert.deepEqual(consoleErrors, [], "the page logged errors");
 });

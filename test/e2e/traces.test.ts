@@ -101,6 +101,7 @@ test("a cluster run gives each job one connected trace, SubmitJob to mux, across
   const request = (i: number): SubmitJobRequest => ({
     image: { source: { $case: "data", value: image } },
     keyframes: [],
+    loras: [],
     settings: {
       prompt: `traced job ${i}`,
       // Two sections each: a denoise after a denoise, a decode beside the next denoise.

@@ -75,6 +75,7 @@ async function jobRequest(): Promise<SubmitJobRequest> {
     priority: 0,
     idempotencyKey: "",
     keyframes: [],
+    loras: [],
   };
 }
 

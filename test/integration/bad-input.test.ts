@@ -33,6 +33,13 @@ import { MAX_REQUEST_BYTES } from "../../coordinator/api/server.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
 import { repoRoot } from "../support/paths.js";
 import { unary } from "../support/grpc.js";
+import { diffusersLora, goodLora, kohyaLora } from "../support/lora.js";
+import { encodeSafetensors } from "../../shared/tensor/safetensors.js";
+import { Tensor } from "../../shared/tensor/tensor.js";
+import { createHash } from "node:crypto";
+import type { LoraInput } from "../../proto/gen/framefarm/v1/jobs.js";
+import { makeRecipe, recipeText } from "../../shared/job/recipe.js";
+import { validateRenderParams } from "../../shared/job/render-params.js";
 
 const TOKEN = "acme-token-0123456789abcdef";
 const OTHER_TOKEN = "other-token-0123456789abcdef";
@@ -40,6 +47,10 @@ let farm: TestFarm;
 let client: JobServiceClient;
 let raw: Client & Record<string, (req: Buffer, md: Metadata, cb: (e: ServiceError | null, r?: Buffer) => void) => void>;
 const png = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+// 50 frames at 64x64 (13 latents): a video to extend.
+const mp4 = await readFile(
+  path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4"),
+);
 
 before(async () => {
   farm = await startTestFarm({
@@ -103,9 +114,15 @@ const request = (over: Partial<SubmitJobRequest> = {}): SubmitJobRequest => ({
   priority: 0,
   idempotencyKey: "",
   keyframes: [],
+  loras: [],
   ...over,
 });
 const kf = (timeSeconds: number, image: ImageInput = data(png)): Keyframe => ({ timeSeconds, image });
+const lora = (bytes: Uint8Array, over: Partial<LoraInput> = {}): LoraInput => ({
+  ...data(bytes),
+  name: "style.safetensors",
+  ...over,
+});
 const submit = (over: Partial<SubmitJobRequest> = {}, md = auth()): Promise<SubmitJobResponse> =>
   unary((cb) => client.submitJob(request(over), md, cb));
 const getJob = (id: string, md = auth()): Promise<unknown> => unary((cb) => client.getJob({ id }, md, cb));
@@ -140,6 +157,25 @@ const encSubmit = (r: SubmitJobRequest): Buffer => Buffer.from(SubmitJobRequest.
 const submitWithSettings = (settingsBytes: Uint8Array): Buffer =>
   Buffer.concat([encSubmit(request({ settings: undefined })), lenField(3, settingsBytes)]);
 const INVALID_UTF8 = [0x61, 0xff, 0xfe, 0x62];
+/** A recipe's JSON with one field replaced (refused while parsing, before its bundle is looked at). */
+function recipeWith(field: string, value: unknown): string {
+  const params = validateRenderParams(
+    { prompt: "a", numFrames: 20, resolution: 64 },
+    {
+      samplingType: "inverted_anti_drifting",
+      latentWindowSize: 9,
+    },
+  );
+  const recipe = makeRecipe({
+    params,
+    size: { height: 48, width: 64 },
+    format: "mp4",
+    images: { start: png, end: null },
+    bundle: { name: "tiny", digest: `sha256:${"0".repeat(64)}` },
+    framefarmVersion: "0.1.0",
+  });
+  return recipeText({ ...recipe, [field]: value } as typeof recipe);
+}
 
 function pngChunk(type: string, body: Uint8Array): Buffer {
   const head = Buffer.alloc(8);
@@ -253,6 +289,74 @@ const rows: Row[] = [
     call: () => submit({ endImage: data(png.subarray(0, 100)) }),
     code: status.INVALID_ARGUMENT,
     message: /end image cannot be decoded|end image is not a readable image/,
+  },
+  // videos to extend
+  {
+    name: "an image and a video",
+    call: () => submit({ video: data(mp4) }),
+    code: status.INVALID_ARGUMENT,
+    message: /give a start image or a video to extend, not both/,
+  },
+  {
+    name: "video that is a PNG",
+    call: () => submit({ image: undefined, video: data(png) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is a still image \(png_pipe\), not a video/,
+  },
+  {
+    name: "video that is a text file",
+    call: () => submit({ image: undefined, video: data(Buffer.from("no frames here, only words ".repeat(30))) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is not a video ffmpeg can read/,
+  },
+  {
+    name: "truncated video",
+    call: () => submit({ image: undefined, video: data(mp4.subarray(0, Math.floor(mp4.length / 2))) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video (is not a video ffmpeg can read|cannot be decoded \(corrupt or truncated\?\))/,
+  },
+  {
+    name: "zero-byte video",
+    call: () => submit({ image: undefined, video: data(new Uint8Array(0)) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is empty \(0 bytes\)/,
+  },
+  {
+    name: "video file over 50 MiB",
+    call: () => submit({ image: undefined, video: data(Buffer.alloc(51 * 1024 * 1024)) }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /video is 53477376 bytes; the limit is 52428800 bytes/,
+  },
+  {
+    name: "video too short for the context",
+    call: () => submit({ image: undefined, video: data(mp4), settings: settings({ latentWindowSize: 20 }) }),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /the video has 50 frames, too short for the context: 5 context frames with window 20 need 20 latent frames/,
+  },
+  {
+    name: "context frames out of range",
+    call: () => submit({ image: undefined, video: data(mp4), settings: settings({ contextFrames: 11 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /context frames must be an integer from 2 to 10, got 11/,
+  },
+  {
+    name: "context frames without a video",
+    call: () => submit({ settings: settings({ contextFrames: 5 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /context frames need a video to extend/,
+  },
+  {
+    name: "video extended with an end image in vanilla mode",
+    call: () => submit({ image: undefined, video: data(mp4), endImage: data(png), settings: settings({ mode: 2 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /an end image needs inverted/,
+  },
+  {
+    name: "video object key of another tenant",
+    call: () => submit({ image: undefined, video: key("uploads/other/clip.mp4") }),
+    code: status.PERMISSION_DENIED,
+    message: /video object key must be under uploads\/acme\//,
   },
   // object keys
   {
@@ -598,6 +702,117 @@ const rows: Row[] = [
     message: /keyframe 1 \(at 0.1s\) is 53477376 bytes; the limit is 52428800 bytes/,
   },
   {
+    name: "LoRA that is not a safetensors file",
+    call: () => submit({ loras: [lora(Buffer.from("not a safetensors file"))] }),
+    code: status.INVALID_ARGUMENT,
+    message: /LoRA 1 \(style.safetensors\) is not a safetensors file/,
+  },
+  {
+    name: "LoRA with a key that names no module (diffusers keys)",
+    call: () =>
+      submit({
+        loras: [
+          lora(
+            diffusersLora({ "transformer_blocks.0.attn.to_q": [20, 20], "transformer_blocks.0.attn.to_qq": [20, 20] }),
+          ),
+        ],
+      }),
+    code: status.INVALID_ARGUMENT,
+    message: /LoRA 1 \(style.safetensors\): unknown key transformer.transformer_blocks.0.attn.to_qq.lora_A.weight/,
+  },
+  {
+    name: "LoRA with a key of another model (text encoder)",
+    call: () => submit({ loras: [lora(Buffer.from(kohyaLora({ "text_model.encoder.layers.0.mlp.fc1": [20, 20] })))] }),
+    code: status.INVALID_ARGUMENT,
+    message: /unknown key lora_unet_text_model_encoder_layers_0_mlp_fc1.lora_down.weight/,
+  },
+  {
+    name: "LoRA of the wrong shape (lora_A's in features)",
+    call: () =>
+      submit({
+        loras: [lora(goodLora()), lora(diffusersLora({ "transformer_blocks.0.attn.to_k": [20, 21] }), { name: "" })],
+      }),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /LoRA key transformer.transformer_blocks.0.attn.to_k.lora_A.weight: shape \[4, 21\] does not fit transformer_blocks.0.attn.to_k \(expected \[4, 20\]\)/,
+  },
+  {
+    name: "LoRA of the wrong shape (kohya lora_up of a fused projection)",
+    call: () => submit({ loras: [lora(kohyaLora({ "double_blocks.0.img_attn_qkv": [59, 20] }, 4, 1, 2))] }),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /LoRA key lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight: shape \[59, 4\] does not fit transformer_blocks.0.attn.to_v/,
+  },
+  {
+    name: "LoRA whose lora_A has no lora_B",
+    call: () =>
+      submit({
+        loras: [
+          lora(
+            encodeSafetensors({
+              "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": new Tensor(
+                "float32",
+                [4, 20],
+                new Float32Array(80),
+              ),
+            }),
+          ),
+        ],
+      }),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /LoRA 1 \(style.safetensors\): key transformer.transformer_blocks.0.attn.to_q.lora_A.weight has no lora_up\/lora_B beside it/,
+  },
+  {
+    name: "DoRA LoRA",
+    call: () =>
+      submit({
+        loras: [
+          lora(
+            diffusersLora({ "transformer_blocks.0.attn.to_q": [20, 20] }, 4, 1, {
+              lora_adapter_metadata: JSON.stringify({
+                "transformer.r": 4,
+                "transformer.lora_alpha": 4,
+                "transformer.use_dora": true,
+              }),
+            }),
+          ),
+        ],
+      }),
+    code: status.INVALID_ARGUMENT,
+    message: /LoRA 1 \(style.safetensors\): DoRA \(use_dora\) is not supported/,
+  },
+  {
+    name: "LoRA weight not a number",
+    call: () => submit({ loras: [lora(goodLora(), { weight: Number.NaN })] }),
+    code: status.INVALID_ARGUMENT,
+    message: /LoRA 1 \(style.safetensors\): the weight must be a finite number from -100 to 100, got null/,
+  },
+  {
+    name: "LoRA without a file",
+    call: () => submit({ loras: [{ name: "style", source: undefined }] }),
+    code: status.INVALID_ARGUMENT,
+    message: /LoRA 1 \(style\) has no file: give data, object_key or sha256/,
+  },
+  {
+    name: "LoRA by a SHA-256 the farm does not hold",
+    call: () => submit({ loras: [{ name: "", source: { $case: "sha256", value: "0".repeat(64) } }] }),
+    code: status.NOT_FOUND,
+    message: /LoRA 1: this farm holds no LoRA with SHA-256 0{64}; give its file/,
+  },
+  {
+    name: "LoRA from another tenant's upload",
+    call: () => submit({ loras: [{ name: "", source: { $case: "objectKey", value: "uploads/other/ok.png" } }] }),
+    code: status.PERMISSION_DENIED,
+    message: /LoRA 1 object key must be under uploads\/acme\//,
+  },
+  {
+    name: "17 LoRAs",
+    call: () => submit({ loras: Array.from({ length: 17 }, () => lora(goodLora())) }),
+    code: status.INVALID_ARGUMENT,
+    message: /at most 16 LoRAs, got 17/,
+  },
+  {
     name: "height without width",
     call: () => submit({ settings: settings({ resolution: undefined, height: 64 }) }),
     code: status.INVALID_ARGUMENT,
@@ -774,6 +989,23 @@ const rows: Row[] = [
       /field settings.steps \(6\) of framefarm.v1.RenderSettings has wire type 2; its type uint32 needs wire type 0/,
   },
   {
+    name: "VAE tiling of the wrong wire type (a string where a bool goes)",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        submitWithSettings(Buffer.concat([encSettings(settings()), lenField(27, Buffer.from("yes"))])),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /field settings.vae_tiling \(27\) of framefarm.v1.RenderSettings has wire type 2; its type bool needs wire type 0/,
+  },
+  {
+    name: "a recipe whose vae_tiling is not a boolean",
+    call: () => submit({ settings: undefined, recipe: recipeWith("vae_tiling", "yes") }),
+    code: status.INVALID_ARGUMENT,
+    message: /recipe: vae_tiling must be true or false/,
+  },
+  {
     name: "truncated message",
     call: () => rawCall("SubmitJob", encSubmit(request()).subarray(0, 1000)),
     code: status.INVALID_ARGUMENT,
@@ -827,6 +1059,17 @@ test("control: a good submission does leave a job, its objects and its idempoten
   assert.match(job!.id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.ok(now.objects.filter((k) => !before.objects.includes(k)).every((k) => k.startsWith(`jobs/${job!.id}/`)));
   await cancelJob(job!.id);
+});
+
+test("control: a job's LoRAs are stored by SHA-256 beside the jobs, the job names them, a later job names them by digest", async () => {
+  const bytes = goodLora(7);
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  const { job } = await submit({ loras: [lora(bytes, { weight: 0.75 })] });
+  assert.deepEqual(job!.loras, [{ name: "style.safetensors", sha256, weight: 0.75 }]);
+  assert.ok((await farm.snapshot()).objects.includes(`loras/${sha256}.safetensors`));
+  const again = await submit({ loras: [{ name: "", source: { $case: "sha256", value: sha256 } }] });
+  assert.deepEqual(again.job!.loras, [{ name: sha256.slice(0, 12), sha256, weight: 1 }]);
+  for (const j of [job!, again.job!]) await cancelJob(j.id);
 });
 
 test("control: keyframes are stored as the job's inputs and the job shows their times", async () => {

@@ -73,7 +73,7 @@ after(async () => {
 const submit = (req: Partial<SubmitJobRequest>): Promise<SubmitJobResponse> =>
   new Promise((resolve, reject) =>
     client.submitJob(
-      { bundle: "", priority: 0, idempotencyKey: "", keyframes: [], ...req } as SubmitJobRequest,
+      { bundle: "", priority: 0, idempotencyKey: "", keyframes: [], loras: [], ...req } as SubmitJobRequest,
       (err, res) => (err ? reject(err) : resolve(res)),
     ),
   );
@@ -328,6 +328,7 @@ test("a submission whose deadline passes while the server works on it is not cre
       priority: 0,
       idempotencyKey: "deadline-test",
       keyframes: [],
+      loras: [],
     } as SubmitJobRequest;
     await assert.rejects(
       new Promise((resolve, reject) =>

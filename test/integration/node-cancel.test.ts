@@ -60,6 +60,7 @@ forEachBus(
           priority: 0,
           idempotencyKey: "",
           keyframes: [],
+          loras: [],
         });
         const seen: StepEvent[] = [];
         const off = bus().events.subscribe(jobEventSubject(job.id), (_s, data) => {

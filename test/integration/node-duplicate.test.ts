@@ -64,6 +64,7 @@ forEachBus(
           priority: 0,
           idempotencyKey: "",
           keyframes: [],
+          loras: [],
         });
         const textTask = `${job.id}.encode_text`;
         await until(

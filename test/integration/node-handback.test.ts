@@ -45,6 +45,7 @@ test("a stopping node hands its task back and the job completes on another node"
     priority: 0,
     idempotencyKey: "",
     keyframes: [],
+    loras: [],
   });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the denoise never started")), 60_000);

@@ -36,6 +36,7 @@ const request = (seed: bigint): SubmitJobRequest => ({
   priority: 0,
   idempotencyKey: "",
   keyframes: [],
+  loras: [],
 });
 
 before(async () => {

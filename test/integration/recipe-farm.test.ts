@@ -158,6 +158,113 @@ test("a farm's recipe renders the same frames on the farm again and in embedded 
   );
 });
 
+const loraFile = (name: string): string => path.join(repoRoot(), "test", "fixtures", "reference-cases", name);
+const KOHYA = loraFile("lora_kohya_vanilla_lora0.safetensors");
+const DIFFUSERS = loraFile("lora_diffusers_inverted_endframe_cfg_lora0.safetensors");
+
+test("LoRAs on a farm: the recipe names them by SHA-256 and weight and renders the same frames again, on the farm and embedded", async () => {
+  const args = ["--image", demoImage, "--prompt", "a lighthouse", "--frames", "20", "--resolution", "64"];
+  const first = await cli([
+    "submit",
+    "--server",
+    farm.address,
+    ...args,
+    "--steps",
+    "2",
+    "--seed",
+    "7",
+    "--lossless",
+    "--lora",
+    `${KOHYA}:0.7`,
+    "--lora",
+    `${DIFFUSERS}:-0.4`,
+    "--wait",
+    "-o",
+    file("lora.mp4"),
+  ]);
+  assert.equal(first.code, 0, first.stderr);
+  const job = await getJob(first.stdout.trim().split("\n")[0]!.split(" ")[0]!);
+  const sha = async (f: string): Promise<string> =>
+    (await import("node:crypto"))
+      .createHash("sha256")
+      .update(await readFile(f))
+      .digest("hex");
+  const loras = [
+    { name: path.basename(KOHYA), sha256: await sha(KOHYA), weight: 0.7 },
+    { name: path.basename(DIFFUSERS), sha256: await sha(DIFFUSERS), weight: -0.4 },
+  ];
+  assert.deepEqual(job.loras, loras);
+  assert.deepEqual(parseRecipe(await readFile(file("lora.recipe.json"), "utf8")).loras, loras);
+  const frames = await readMp4Frames(file("lora.mp4"), W, H);
+  const plain = await readMp4Frames(file("farm.webm"), W, H);
+  assert.ok(!Buffer.from(frames.data).equals(Buffer.from(plain.data)), "the LoRAs change the video");
+
+  // The farm holds the files: the recipe alone renders the same frames.
+  const again = await cli([
+    "submit",
+    "--server",
+    farm.address,
+    "--recipe",
+    file("lora.mp4"),
+    "--image",
+    demoImage,
+    "--wait",
+    "-o",
+    file("lora-again.mp4"),
+  ]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.ok(Buffer.from((await readMp4Frames(file("lora-again.mp4"), W, H)).data).equals(Buffer.from(frames.data)));
+  // Embedded mode holds nothing: the files are given again, the weights come from the recipe.
+  const embedded = await cli([
+    "render",
+    "--recipe",
+    file("lora.recipe.json"),
+    "--image",
+    demoImage,
+    "--lora",
+    KOHYA,
+    "--lora",
+    DIFFUSERS,
+    "-o",
+    file("lora-embedded.mp4"),
+  ]);
+  assert.equal(embedded.code, 0, embedded.stderr);
+  assert.ok(Buffer.from((await readMp4Frames(file("lora-embedded.mp4"), W, H)).data).equals(Buffer.from(frames.data)));
+  const missing = await cli([
+    "render",
+    "--recipe",
+    file("lora.recipe.json"),
+    "--image",
+    demoImage,
+    "--lora",
+    KOHYA,
+    "-o",
+    file("never.mp4"),
+  ]);
+  assert.notEqual(missing.code, 0);
+  assert.match(
+    missing.stderr,
+    /FAILED_PRECONDITION.*the recipe's LoRA 2 \(lora_diffusers_inverted_endframe_cfg_lora0.safetensors\).*is not in this farm's store: give its file/,
+  );
+  const weighted = await cli([
+    "render",
+    "--recipe",
+    file("lora.recipe.json"),
+    "--image",
+    demoImage,
+    "--lora",
+    `${KOHYA}:2`,
+    "--lora",
+    DIFFUSERS,
+    "-o",
+    file("never.mp4"),
+  ]);
+  assert.match(
+    weighted.stderr,
+    /INVALID_ARGUMENT.*LoRA 1 \(lora_kohya_vanilla_lora0.safetensors\): with a recipe, LoRA weights come from the recipe/,
+  );
+});
+
 test("bad recipes are refused over gRPC and leave nothing behind", async () => {
   const before = await farm.snapshot();
   const sidecar = JSON.parse(await readFile(file("farm.recipe.json"), "utf8")) as Record<string, unknown>;
@@ -169,6 +276,7 @@ test("bad recipes are refused over gRPC and leave nothing behind", async () => {
     priority: 0,
     idempotencyKey: "",
     keyframes: [],
+    loras: [],
     recipe: JSON.stringify(recipe),
   });
   const refused = async (r: SubmitJobRequest, code: status, message: RegExp): Promise<void> =>

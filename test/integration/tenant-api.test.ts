@@ -12,6 +12,8 @@ import os from "node:os";
 import path from "node:path";
 import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { JobService } from "../../coordinator/api/job-service.js";
+import { submitOptions } from "../../coordinator/api/submit-options.js";
+import type { BundleManifest } from "../../shared/bundle/manifest.js";
 import { startDashboard, type Dashboard } from "../../coordinator/dashboard/dashboard.js";
 import { TokenAuth } from "../../coordinator/auth/tokens.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
@@ -121,8 +123,19 @@ test("options come from the bundle; the bucket from the server's table", async (
   const o = (await (await get("/api/tenant/options")).json()) as {
     modes: { value: string; isDefault: boolean }[];
     caches: { value: string }[];
+    vaeTiling: { label: string; help: string; isDefault: boolean };
     defaults: { latentWindowSize: number; seed: string };
+    loras: { maxLoras: number; maxWeight: number; defaultWeight: number } | null;
   };
+  // The tiny bundle names its LoRA targets: LoRAs are offered, with the farm's limits; a bundle
+  // without them offers none.
+  assert.deepEqual(o.loras && [o.loras.maxLoras, o.loras.maxWeight, o.loras.defaultWeight], [16, 100, 1]);
+  const { manifest } = await openBundle(tinyBundleDir());
+  const { lora_targets: _targets, ...withoutTargets } = manifest as unknown as Record<string, unknown>;
+  assert.equal(submitOptions(withoutTargets as unknown as BundleManifest, "plain").loras, null);
+  // A checkbox, off as validateRenderParams defaults it, saying what it trades.
+  assert.equal(o.vaeTiling.isDefault, false);
+  assert.match(o.vaeTiling.help, /lower peak GPU memory, slightly different frames/);
   assert.deepEqual(
     o.modes.map((m) => [m.value, m.isDefault]),
     [
@@ -160,6 +173,12 @@ test("a submission is SubmitJobRequest's JSON form, read strictly, with SubmitJo
   const surrogate = await errorOf(await post("/api/tenant/jobs", request({ prompt: "a \ud800 b" })));
   assert.match(surrogate.message, /settings\.prompt is not valid Unicode/);
   // The same rules as gRPC: render-params' and the image decoder's own messages.
+  // A non-boolean VAE tiling is refused naming the field, not read as truthy.
+  for (const v of ["yes", "false", 1]) {
+    const tiling = await errorOf(await post("/api/tenant/jobs", request({ vaeTiling: v })));
+    assert.deepEqual([tiling.status, tiling.code], [400, "INVALID_ARGUMENT"]);
+    assert.match(tiling.message, /vae_tiling/);
+  }
   const steps = await errorOf(await post("/api/tenant/jobs", request({ steps: 500 })));
   assert.match(steps.message, /^steps must be an integer from 1 to 200, got 500$/);
   const image = await errorOf(
@@ -175,8 +194,11 @@ test("a submission is SubmitJobRequest's JSON form, read strictly, with SubmitJo
 });
 
 test("jobs are the tenant's own; one submitted again keeps settings and images, with a new seed", async () => {
-  const submitted = (await (await post("/api/tenant/jobs", request({ seed: "5" }))).json()) as { job: JobJson };
+  const submitted = (await (await post("/api/tenant/jobs", request({ seed: "5", vaeTiling: true }))).json()) as {
+    job: JobJson;
+  };
   const job = submitted.job;
+  assert.equal(job.settings["vaeTiling"], true);
   assert.equal(job.state, "JOB_STATE_QUEUED");
   assert.deepEqual([job.width, job.height], [64, 48], "demo.png's bucket at resolution 64");
   assert.equal((await get(`/api/tenant/jobs/${job.id}`)).status, 200);

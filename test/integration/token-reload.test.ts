@@ -95,7 +95,7 @@ test("a scraper's token (--metrics-tenants) opens /metrics and nothing else", as
   assert.match(await listJobs(PROM), /^PERMISSION_DENIED: tenant prom may only scrape \/metrics/);
   const submit = await new Promise<ServiceError | null>((resolve) =>
     client.submitJob(
-      { image: undefined, settings: undefined, bundle: "", priority: 0, idempotencyKey: "", keyframes: [] },
+      { image: undefined, settings: undefined, bundle: "", priority: 0, idempotencyKey: "", keyframes: [], loras: [] },
       as(PROM),
       (e: ServiceError | null) => resolve(e),
     ),

@@ -79,6 +79,7 @@ test("a retried task and a job resumed by another coordinator stay in the job's 
   const req: SubmitJobRequest = {
     image: { source: { $case: "data", value: image } },
     keyframes: [],
+    loras: [],
     settings: { prompt: "a lighthouse", length: { $case: "numFrames", value: 40 }, mode: 0, steps: 2, resolution: 64 },
     bundle: "",
     priority: 0,

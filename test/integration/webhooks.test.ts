@@ -121,6 +121,7 @@ const request = (webhookUrl?: string): SubmitJobRequest => ({
   priority: 0,
   idempotencyKey: "",
   keyframes: [],
+  loras: [],
   ...(webhookUrl !== undefined ? { webhookUrl } : {}),
 });
 

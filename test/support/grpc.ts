@@ -21,5 +21,6 @@ export const smallJobRequest = (png: Buffer, over: Partial<SubmitJobRequest> = {
   priority: 0,
   idempotencyKey: "",
   keyframes: [],
+  loras: [],
   ...over,
 });

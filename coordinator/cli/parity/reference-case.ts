@@ -2,6 +2,7 @@
  * A reference case: the JSON of one diffusers pipeline call, its input images, and (optionally)
  * the safetensors file of every intermediate tensor that call produced.
  */
+import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { FarmError } from "../../../shared/errors.js";
@@ -41,8 +42,15 @@ const PARAM_KEYS = [
   "magcache_retention",
   "section_prompts",
   "prompt_blend_sections",
+  // extending a video: the video file beside the case, and Studio's context frames.
+  "video",
+  "context_frames",
   // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
   "keyframes",
+  // LoRAs fused into the transformer: [{"file": .safetensors beside the case, "weight": w}, ...].
+  "loras",
+  // A run with vae.enable_tiling() (a boolean; validateRenderParams refuses anything else).
+  "vae_tiling",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -53,16 +61,22 @@ const INFO_KEYS = [
   "generator",
   "reference",
   "image_generator",
+  "input_video",
 ] as const;
 
 export interface ReferenceCase {
   name: string;
   file: string;
   params: RenderParamsInput;
-  firstImage: string;
+  /** The start image, or null when the case extends a video. */
+  firstImage: string | null;
   lastImage: string | null;
+  /** The video the case extends, or null. */
+  video: string | null;
   /** Keyframes in the case's order: their times and image files. */
   keyframes: { seconds: number; image: string }[];
+  /** LoRAs in the case's order: their files, digests and weights. */
+  loras: { file: string; sha256: string; weight: number }[];
   /** Expected tensors by reference key; empty when the case has no .safetensors beside it. */
   expected: Map<string, Tensor>;
 }
@@ -99,11 +113,13 @@ export async function loadReferenceCase(
     "guidance_scale",
     "height",
     "width",
-    "first_image",
   ] as const) {
     if (json[k] === undefined || json[k] === null)
       throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${k} is missing`);
   }
+  const hasVideo = json["video"] !== undefined && json["video"] !== null;
+  if (hasVideo === (json["first_image"] !== undefined && json["first_image"] !== null))
+    throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: give first_image or video, one of them`);
   const dir = path.dirname(file);
   const imagePath = (key: string): string => {
     const v = json[key];
@@ -115,6 +131,7 @@ export async function loadReferenceCase(
   const name = typeof json["name"] === "string" ? json["name"] : path.basename(file, ".json");
   const lastImage = json["last_image"] === null || json["last_image"] === undefined ? null : imagePath("last_image");
   const keyframes = keyframesOf(file, json["keyframes"], dir);
+  const loras = await lorasOf(file, json["loras"], dir);
   const seed = json["seed"];
   const params: RenderParamsInput = {
     prompt: json["prompt"],
@@ -130,6 +147,7 @@ export async function loadReferenceCase(
     width: json["width"],
     hasEndImage: lastImage !== null,
     keyframeTimes: keyframes.map((k) => k.seconds),
+    loras: loras.map((l) => ({ name: path.basename(l.file), sha256: l.sha256, weight: l.weight })),
     ...(json["sampler"] !== undefined ? { sampler: json["sampler"] } : {}),
     ...(json["unipc_variant"] !== undefined ? { unipcVariant: json["unipc_variant"] } : {}),
     ...(json["cfg_rescale"] !== undefined ? { cfgRescale: json["cfg_rescale"] } : {}),
@@ -139,6 +157,8 @@ export async function loadReferenceCase(
     ...(json["magcache_retention"] !== undefined ? { magcacheRetention: json["magcache_retention"] } : {}),
     ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
     ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
+    ...(json["context_frames"] !== undefined ? { contextFrames: json["context_frames"] } : {}),
+    ...(json["vae_tiling"] !== undefined ? { vaeTiling: json["vae_tiling"] } : {}),
   };
 
   const tensorsFile = path.join(dir, `${path.basename(file, ".json")}.safetensors`);
@@ -151,7 +171,51 @@ export async function loadReferenceCase(
       throw new FarmError("NOT_FOUND", `reference tensors ${tensorsFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  return { name, file, params, firstImage: imagePath("first_image"), lastImage, keyframes, expected };
+  return {
+    name,
+    file,
+    params,
+    firstImage: hasVideo ? null : imagePath("first_image"),
+    lastImage,
+    video: hasVideo ? imagePath("video") : null,
+    keyframes,
+    loras,
+    expected,
+  };
+}
+
+/** A case's LoRAs: each a .safetensors file beside the case and a weight. */
+async function lorasOf(
+  file: string,
+  v: unknown,
+  dir: string,
+): Promise<{ file: string; sha256: string; weight: number }[]> {
+  if (v === undefined || v === null) return [];
+  const bad = (what: string): FarmError => new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${what}`);
+  if (!Array.isArray(v)) throw bad("loras must be a list");
+  return Promise.all(
+    v.map(async (l: unknown, i) => {
+      const e = (typeof l === "object" && l !== null ? l : {}) as Record<string, unknown>;
+      const f = e["file"];
+      if (typeof f !== "string" || f === "" || path.isAbsolute(f) || f.split(/[\\/]/).includes(".."))
+        throw bad(`loras[${i}].file must be a file name beside the case`);
+      if (typeof e["weight"] !== "number") throw bad(`loras[${i}].weight must be a number`);
+      const loraFile = path.join(dir, f);
+      const sha256 = createHash("sha256")
+        .update(await readFile(loraFile))
+        .digest("hex");
+      return { file: loraFile, sha256, weight: e["weight"] };
+    }),
+  );
+}
+
+/** Reads a case's LoRA files by digest (what a node reads from the farm's store). */
+export function caseLoraSource(refCase: ReferenceCase): (ref: { sha256: string }) => Promise<Uint8Array> {
+  return async (ref) => {
+    const l = refCase.loras.find((x) => x.sha256 === ref.sha256);
+    if (l === undefined) throw new FarmError("NOT_FOUND", `the case has no LoRA with SHA-256 ${ref.sha256}`);
+    return readFile(l.file);
+  };
 }
 
 /** A case's keyframes: each a time in seconds and an image file beside the case. */
@@ -173,7 +237,10 @@ function keyframesOf(file: string, v: unknown, dir: string): { seconds: number; 
 export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJobRequest> {
   const p = refCase.params;
   return {
-    image: { source: { $case: "data", value: await readFile(refCase.firstImage) } },
+    ...(refCase.firstImage !== null
+      ? { image: { source: { $case: "data", value: await readFile(refCase.firstImage) } } }
+      : {}),
+    ...(refCase.video !== null ? { video: { source: { $case: "data", value: await readFile(refCase.video) } } } : {}),
     endImage:
       refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
     settings: {
@@ -189,6 +256,8 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       height: Number(p.height),
       width: Number(p.width),
       lossless: true,
+      ...(p.contextFrames !== undefined ? { contextFrames: Number(p.contextFrames) } : {}),
+      ...(p.vaeTiling === true ? { vaeTiling: true } : {}),
       ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
       ...(typeof p.cache === "string" ? { cache: p.cache } : {}),
       ...(p.cacheThreshold !== undefined ? { cacheThreshold: Number(p.cacheThreshold) } : {}),
@@ -215,6 +284,13 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       refCase.keyframes.map(async (k) => ({
         timeSeconds: k.seconds,
         image: { source: { $case: "data" as const, value: await readFile(k.image) } },
+      })),
+    ),
+    loras: await Promise.all(
+      refCase.loras.map(async (l) => ({
+        source: { $case: "data" as const, value: await readFile(l.file) },
+        weight: l.weight,
+        name: path.basename(l.file),
       })),
     ),
     bundle: "",

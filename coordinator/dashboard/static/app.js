@@ -271,6 +271,7 @@ function jobCard(j) {
     c.meta,
     [
       `${j.width}×${j.height}, ${j.numFrames} frames`,
+      j.inputVideoFrames ? `extends a video of ${j.inputVideoFrames} frames` : "",
       `sections ${j.sectionsDone}/${j.sectionsTotal}`,
       live ? `section ${live.index} step ${live.step}/${j.steps}` : "",
       `tasks ${j.tasksDone}/${j.tasksTotal}`,

@@ -1,9 +1,11 @@
 // The submit page: a form that submits a job through the coordinator's tenant API (/api/tenant/...,
-// where the gRPC JobService's own checks run), a preview of each image cropped to the bucket the
-// farm will give it (the bucket comes from the server's table; the end image and keyframes take the
-// start image's), and the tenant's jobs followed live
+// where the gRPC JobService's own checks run), a preview of each image (or of a video to extend, in
+// the start image's place) cropped to the bucket the farm will give it (the bucket comes from the
+// server's table; the end image and keyframes take the start image's), and the tenant's jobs followed live
 // over server-sent events: each finished section's preview plays as it lands, then the video.
-// What the form offers (modes, samplers, caches, defaults, limits) comes from /api/tenant/options.
+// What the form offers (modes, samplers, caches, LoRAs when the bundle takes them, defaults, limits)
+// comes from /api/tenant/options. LoRA files go inline in the request, as images do; a job
+// re-submitted names them by SHA-256 (the farm keeps them), so nothing is uploaded again.
 // Requests and replies are jobs.proto's messages in JSON form; errors show the server's gRPC status
 // and message. All user text goes in through textContent.
 
@@ -113,7 +115,19 @@ function setUpForm(o) {
   setRange($("#magcache-k"), 1, l.maxSteps, d.magcacheK);
   setRange($("#magcache-retention"), 0, 1, d.magcacheRetention);
   setRange($("#blend"), 0, l.maxPromptBlendSections, 0);
+  setRange($("#context-frames"), l.minContextFrames, l.maxContextFrames, d.contextFrames);
+  // The words come from the coordinator, which knows what its decode trades.
+  text($("#vae-tiling-label"), o.vaeTiling.label);
+  text($("#vae-tiling-help"), `(${o.vaeTiling.help})`);
+  $("#vae-tiling").checked = o.vaeTiling.isDefault;
   text($("#bundle-note"), `bundle ${o.bundle}`);
+  // LoRAs only where the bundle takes them (its manifest names their targets).
+  $("#loras").hidden = o.loras === null || o.loras === undefined;
+  if (o.loras)
+    text(
+      $("#lora-note"),
+      `up to ${o.loras.maxLoras}, weight ${-o.loras.maxWeight} to ${o.loras.maxWeight} (1 adds the whole delta)`,
+    );
   if ($("#prompt-rows").children.length === 0) addPromptRow(0, "");
   showDependentFields();
 }
@@ -127,8 +141,11 @@ function showDependentFields() {
     f.hidden = !f.dataset.forCache.split(" ").includes(cache?.name);
   const mode = chosen($("#mode"), options.modes);
   $("#end-drop").dataset.unused = String(mode !== undefined && !mode.endImage);
-  // Keyframes only where the mode takes them (inverted): hidden, they are not sent either.
-  $("#keyframes").hidden = mode !== undefined && !mode.keyframes;
+  // Keyframes only where the mode takes them (inverted) and with a start image (a video has no slot
+  // for them): hidden, they are not sent either.
+  const start = images.get(startZone)?.kind ?? "image";
+  $("#keyframes").hidden = (mode !== undefined && !mode.keyframes) || start === "video";
+  for (const f of document.querySelectorAll("[data-for-start]")) f.hidden = f.dataset.forStart !== start;
 }
 $("#cache").addEventListener("change", () => {
   const cache = chosen($("#cache"), options.caches);
@@ -197,6 +214,36 @@ const startZone = $("#start-drop");
 const endZone = $("#end-drop");
 const keyframeZones = () => [...document.querySelectorAll("#keyframe-rows .drop")];
 
+/** A video to extend (in the start image's place), by its type or, when the browser gives none, its name. */
+const isVideo = (file) =>
+  file.type.startsWith("video/") || (file.type === "" && /\.(mp4|m4v|mov|webm|mkv|avi)$/i.test(file.name));
+
+/** The frame size of an image or video element. */
+const sizeOf = (media) =>
+  media.videoWidth !== undefined
+    ? { w: media.videoWidth, h: media.videoHeight }
+    : { w: media.naturalWidth, h: media.naturalHeight };
+
+/** A video element showing the file's first frame, or null when this browser cannot play it. */
+function loadVideo(url) {
+  return new Promise((resolve) => {
+    const v = el("video", { muted: true, preload: "auto", playsInline: true });
+    v.addEventListener("loadeddata", () => resolve(v.videoWidth > 0 ? v : null), { once: true });
+    v.addEventListener("error", () => resolve(null), { once: true });
+    v.src = url;
+  });
+}
+
+/** A video plays on at its own frame rate unless one is given: the fps field empties for it. */
+function startKindChanged() {
+  const video = images.get(startZone)?.kind === "video";
+  const fps = $("#fps");
+  fps.placeholder = video ? "the video's" : "";
+  if (video && fps.value === String(options.defaults.fps)) fps.value = "";
+  if (!video && fps.value === "") fps.value = String(options.defaults.fps);
+  showDependentFields();
+}
+
 async function setImage(z, file) {
   // Another image is another attempt: the last refusal no longer applies.
   delete z.dataset.invalid;
@@ -204,25 +251,33 @@ async function setImage(z, file) {
   if (file === undefined || file === null) {
     images.delete(z);
     z.dataset.empty = "true";
+    delete z.dataset.kind;
     delete z.dataset.preview;
     $(".crop", z).hidden = true;
     text($(".drop-caption", z), "");
     $(".drop-clear", z)?.setAttribute("hidden", "");
     $("input[type=file]", z).value = "";
+    if (z === startZone) startKindChanged();
     return updateCrops();
   }
-  const entry = { file, img: null };
+  const kind = z === startZone && isVideo(file) ? "video" : "image";
+  const entry = { file, kind, img: null };
   images.set(z, entry);
   z.dataset.empty = "false";
+  z.dataset.kind = kind;
   $(".drop-clear", z)?.removeAttribute("hidden");
-  const img = new Image();
-  img.src = URL.createObjectURL(file);
-  try {
-    await img.decode();
-    entry.img = img;
-  } catch {
-    // Not for the browser to refuse: the farm reads more formats than a browser shows, and says
-    // why when it cannot.
+  if (z === startZone) startKindChanged();
+  if (kind === "video") entry.img = await loadVideo(URL.createObjectURL(file));
+  else {
+    const img = new Image();
+    img.src = URL.createObjectURL(file);
+    try {
+      await img.decode();
+      entry.img = img;
+    } catch {
+      // Not for the browser to refuse: the farm reads more formats than a browser shows, and says
+      // why when it cannot.
+    }
   }
   if (images.get(z) === entry) await updateCrops();
 }
@@ -239,22 +294,11 @@ function drawCrop(canvas, img, bucket) {
   const k = Math.min(480 / bucket.width, 480 / bucket.height);
   canvas.width = Math.round(bucket.width * k);
   canvas.height = Math.round(bucket.height * k);
-  const cover = Math.max(bucket.width / img.naturalWidth, bucket.height / img.naturalHeight);
+  const { w, h } = sizeOf(img);
+  const cover = Math.max(bucket.width / w, bucket.height / h);
   const sw = bucket.width / cover;
   const sh = bucket.height / cover;
-  canvas
-    .getContext("2d")
-    .drawImage(
-      img,
-      (img.naturalWidth - sw) / 2,
-      (img.naturalHeight - sh) / 2,
-      sw,
-      sh,
-      0,
-      0,
-      canvas.width,
-      canvas.height,
-    );
+  canvas.getContext("2d").drawImage(img, (w - sw) / 2, (h - sh) / 2, sw, sh, 0, 0, canvas.width, canvas.height);
   canvas.hidden = false;
 }
 
@@ -278,7 +322,7 @@ async function updateCrops() {
       text(caption, `${entry.file.name} (${size}): this browser cannot show it; the farm checks it when you submit`);
       continue;
     }
-    const { naturalWidth: w, naturalHeight: h } = entry.img;
+    const { w, h } = sizeOf(entry.img);
     let bucket;
     try {
       // The end image and keyframes are resized to the start image's size.
@@ -293,8 +337,9 @@ async function updateCrops() {
     const unused = which === "end" && z.dataset.unused === "true";
     text(
       caption,
-      `${entry.file.name} · ${w}×${h} → ${bucket.width}×${bucket.height}` +
+      `${entry.file.name} · ${entry.kind === "video" ? "video " : ""}${w}×${h} → ${bucket.width}×${bucket.height}` +
         (which === "start" ? ` (bucket at resolution ${resolution})` : " (the start image's size)") +
+        (entry.kind === "video" ? " · the new part follows its last frame" : "") +
         (unused ? " · this mode takes no end image" : ""),
       entry.file.name,
     );
@@ -385,6 +430,105 @@ $("#add-keyframe").addEventListener("click", () => {
 // A file dropped beside a zone must not replace the page with the file.
 for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
 
+// ---- LoRAs: one row each, a .safetensors file and its weight ----
+const SLIDER_RANGE = 2; // the slider's reach; the number field takes the farm's whole range
+
+function addLoraRow(file) {
+  const max = options.loras.maxWeight;
+  const weight = el("input", {
+    type: "number",
+    className: "lora-weight-value",
+    min: String(-max),
+    max: String(max),
+    step: "0.05",
+    value: String(options.loras.defaultWeight),
+    "aria-label": `weight of ${file.name}`,
+  });
+  const slider = el("input", {
+    type: "range",
+    className: "lora-weight-slider",
+    min: String(-SLIDER_RANGE),
+    max: String(SLIDER_RANGE),
+    step: "0.05",
+    value: String(options.loras.defaultWeight),
+    "aria-label": `weight slider of ${file.name}`,
+  });
+  const size = file.size < 1 << 20 ? `${Math.ceil(file.size / 1024)} KiB` : `${(file.size / (1 << 20)).toFixed(1)} MiB`;
+  const remove = el("button", { type: "button", className: "lora-remove", textContent: "×", title: "remove" });
+  const row = el(
+    "div",
+    { className: "lora-row" },
+    el(
+      "span",
+      { className: "lora-name", title: file.name },
+      file.name,
+      " ",
+      el("span", { className: "lora-size" }, size),
+    ),
+    el("label", { className: "lora-weight" }, "weight ", slider, weight),
+    remove,
+  );
+  row.loraFile = file;
+  slider.addEventListener("input", () => ((weight.value = slider.value), delete row.dataset.invalid));
+  weight.addEventListener("input", () => {
+    delete row.dataset.invalid;
+    const v = Number(weight.value);
+    if (weight.value.trim() !== "" && Number.isFinite(v)) slider.value = String(v);
+  });
+  remove.addEventListener("click", () => (row.remove(), lorasChanged()));
+  $("#lora-rows").append(row);
+  lorasChanged();
+  return row;
+}
+const loraRows = () => [...document.querySelectorAll("#lora-rows .lora-row")];
+function lorasChanged() {
+  $("#submit-error").hidden = true;
+  $("#add-lora").disabled = options.loras !== null && loraRows().length >= options.loras.maxLoras;
+}
+function addLoraFiles(files) {
+  for (const file of files) {
+    if (loraRows().length >= options.loras.maxLoras) {
+      toast(`at most ${options.loras.maxLoras} LoRAs`);
+      break;
+    }
+    addLoraRow(file);
+  }
+}
+$("#add-lora").addEventListener("click", () => $("#lora-file").click());
+$("#lora-file").addEventListener("change", () => {
+  addLoraFiles([...$("#lora-file").files]);
+  $("#lora-file").value = "";
+});
+{
+  const box = $("#loras");
+  box.addEventListener("dragover", (e) => (e.preventDefault(), (box.dataset.over = "true")));
+  box.addEventListener("dragleave", () => delete box.dataset.over);
+  box.addEventListener("drop", (e) => {
+    e.preventDefault();
+    delete box.dataset.over;
+    addLoraFiles([...(e.dataTransfer?.files ?? [])]);
+  });
+}
+
+/** The LoRA rows as the request's loras (inline files, by name and weight); none when the bundle takes none. */
+async function lorasRequest() {
+  if ($("#loras").hidden) return [];
+  const out = [];
+  for (const [i, row] of loraRows().entries()) {
+    const w = $(".lora-weight-value", row);
+    if (w.validity.badInput || w.value.trim() === "") throw new Error(`LoRA ${i + 1}'s weight is not a number`);
+    out.push({ data: await base64Of(row.loraFile), weight: Number(w.value), name: row.loraFile.name });
+  }
+  // The request carries every file inline: beyond its limit the farm could not even read it.
+  const bytes = loraRows().reduce((n, r) => n + r.loraFile.size, 0);
+  if (bytes > options.loras.maxRequestBytes)
+    throw new Error(
+      `the LoRA files are ${(bytes / (1 << 20)).toFixed(0)} MiB together; a submission takes at most ` +
+        `${(options.loras.maxRequestBytes / (1 << 20)).toFixed(0)} MiB (upload larger ones with the CLI and name them by key)`,
+    );
+  return out;
+}
+
 function base64Of(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -450,6 +594,7 @@ async function submitRequest() {
     lossless: $("#lossless").checked,
     format: $("#format").value,
     saveFrames: $("#save-frames").checked,
+    vaeTiling: $("#vae-tiling").checked,
     sampler: $("#sampler").value,
     ...(sampler?.name === "unipc"
       ? { unipc: { variant: $("#unipc-variant").value, cfgRescale: numberOf("#cfg-rescale") } }
@@ -464,13 +609,16 @@ async function submitRequest() {
         }
       : {}),
     ...($("#prompt-rows").children.length > 1 && blend > 0 ? { promptSchedule: { blendSections: blend } } : {}),
+    ...(images.get(startZone)?.kind === "video" ? { contextFrames: numberOf("#context-frames") } : {}),
   };
   const start = images.get(startZone);
   const end = images.get(endZone);
+  const startData = start === undefined ? null : { data: await base64Of(start.file) };
   return {
-    ...(start !== undefined ? { image: { data: await base64Of(start.file) } } : {}),
+    ...(startData !== null ? (start.kind === "video" ? { video: startData } : { image: startData }) : {}),
     ...(end !== undefined ? { endImage: { data: await base64Of(end.file) } } : {}),
     keyframes: await keyframesRequest(),
+    loras: await lorasRequest(),
     settings,
     // A retried or doubled click gives the job of the first, not a second job.
     idempotencyKey: `page-${randomHex(16)}`,
@@ -483,6 +631,7 @@ $("#job-form").addEventListener("submit", async (e) => {
   const error = $("#submit-error");
   error.hidden = true;
   for (const z of [startZone, endZone, ...keyframeZones()]) delete z.dataset.invalid;
+  for (const r of loraRows()) delete r.dataset.invalid;
   button.disabled = true;
   text(button, "Submitting…");
   try {
@@ -494,11 +643,16 @@ $("#job-form").addEventListener("submit", async (e) => {
   } catch (err) {
     text(error, errorText(err));
     error.hidden = false;
-    // The farm names the image it refuses ("image ...", "end image ...", "keyframe 2 ..."): mark its zone too.
-    const m = /^(?:(end )?image|keyframe (\d+))\b/.exec(err.message ?? "");
+    // The farm names the input it refuses ("image ...", "end image ...", "keyframe 2 ...", "video ..."):
+    // mark its zone too.
+    const m = /^(?:(end )?image|keyframe (\d+)|video)\b/.exec(err.message ?? "");
     const z =
       m === null ? undefined : m[2] !== undefined ? sentKeyframes[Number(m[2]) - 1] : m[1] ? endZone : startZone;
     if (z !== undefined) z.dataset.invalid = "true";
+    // "LoRA 2 (style.safetensors): unknown key ...": mark its row.
+    const lora = /^LoRA (\d+)\b/.exec(err.message ?? "");
+    const row = lora === null ? undefined : loraRows()[Number(lora[1]) - 1];
+    if (row !== undefined) row.dataset.invalid = "true";
   } finally {
     button.disabled = false;
     text(button, "Submit job");
@@ -538,10 +692,16 @@ function metaText(job) {
     `${job.width}×${job.height}`,
     `${job.numFrames} frames`,
     ...(keyframes.length > 0 ? [`keyframes at ${keyframes.map((t) => `${t} s`).join(", ")}`] : []),
+    ...(job.settings?.contextFrames ? ["extends a video"] : []),
+    ...((job.loras ?? []).length > 0 ? [`LoRA ${job.loras.map((l) => `${l.name} × ${l.weight}`).join(", ")}`] : []),
     `seed ${job.settings?.seed ?? "?"}`,
+    // It changes the frames, so a job says so where its seed is shown.
+    job.settings?.vaeTiling ? "VAE tiled" : "",
     progressText(job),
     new Date(createdMs(job)).toLocaleTimeString(),
-  ].join(" · ");
+  ]
+    .filter(Boolean)
+    .join(" · ");
 }
 
 function actionButtons(id) {

@@ -93,6 +93,9 @@ def main(argv=None) -> int:
 
         print("splitting the transformer for TeaCache ...", flush=True)
         write_split(args.out)
+    from .lora_targets import linears_of_module, write as write_lora_targets
+
+    write_lora_targets(args.out, linears_of_module(src.transformer))
     # verify adds its rows to this file.
     with open(os.path.join(args.out, REPORT), "w", encoding="utf-8") as f:
         json.dump({"created_by": versions, "export": exported}, f, indent=1)

@@ -3,9 +3,11 @@
 
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --prompt "A lighthouse on a cliff" --seconds 2 [--sampler unipc] [--cache teacache|magcache] [--format webm] \
-        [--keyframe 1.5:key.png ...] -o out.mp4
+        [--keyframe 1.5:key.png ...] [--lora style.safetensors:0.8 ...] -o out.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --recipe out.recipe.json -o again.mp4
+    python3 shared/clients/python/example.py --server 127.0.0.1:PORT --video in.mp4 [--context-frames 5] \
+        --mode vanilla --prompt "The lighthouse keeps turning" --seconds 2 -o longer.mp4
 
 Writes the video and its recipe beside it (out.mp4 -> out.recipe.json); --recipe FILE renders
 such a recipe again (same image and keyframes; the recipe sets the prompt, length and settings). Prints the job
@@ -16,7 +18,7 @@ FILE as for `framefarm submit`.
 import argparse
 import sys
 
-from framefarm_client import (SAMPLERS, UNIPC_VARIANTS, VIDEO_FORMATS, FarmError, connect, download,
+from framefarm_client import (SAMPLERS, UNIPC_VARIANTS, VIDEO_FORMATS, FarmError, Lora, connect, download,
                               progress_text, recipe_sidecar, submit, watch)
 
 
@@ -27,10 +29,15 @@ def main() -> int:
     ap.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
     ap.add_argument("--ca", help="TLS with this CA or self-signed certificate (PEM)")
     ap.add_argument("--timeout", type=float, default=60.0, help="deadline of each unary call, seconds")
-    ap.add_argument("--image", required=True)
+    start = ap.add_mutually_exclusive_group(required=True)
+    start.add_argument("--image")
+    start.add_argument("--video", help="a video to extend instead of --image")
+    ap.add_argument("--context-frames", type=int, help="with --video: Studio's context frames, 2 to 10 (default 5)")
     ap.add_argument("--end-image")
     ap.add_argument("--keyframe", action="append", metavar="TIME:PATH",
                     help="an image the video passes through at TIME seconds (repeat, in time order; inverted mode)")
+    ap.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
+                    help="a LoRA (.safetensors) at WEIGHT (default 1; repeat, in order); with --recipe, FILE only")
     ap.add_argument("--prompt", help="required unless --recipe")
     length = ap.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float)
@@ -47,6 +54,8 @@ def main() -> int:
     ap.add_argument("--cache-threshold", type=float, help="the cache's threshold in (0, 1], default 0.15 (teacache), 0.1 (magcache)")
     ap.add_argument("--magcache-k", type=int, help="MagCache's max consecutive skips, default 2")
     ap.add_argument("--magcache-retention", type=float, help="MagCache's retention ratio, 0 to 1, default 0.25")
+    ap.add_argument("--vae-tiling", action="store_true", default=None,
+                    help="decode in 256-pixel tiles (diffusers' vae.enable_tiling()): lower peak GPU memory, slightly different frames")
     ap.add_argument("--format", choices=list(VIDEO_FORMATS), help="default mp4 (or the recipe's)")
     ap.add_argument("--recipe", metavar="FILE", help="render this .recipe.json again (no --prompt or length)")
     ap.add_argument("--webhook-url", help="where the farm POSTs the job's events")
@@ -71,6 +80,17 @@ def main() -> int:
                 if not sep or not path:
                     raise ValueError(f"--keyframe must be TIME:PATH, got {flag!r}")
                 keyframes.append((float(time.strip().removesuffix("s")), path))
+        loras = None
+        if args.lora:
+            loras = []
+            for flag in args.lora:
+                # The weight after the last colon when that is a number (as `framefarm submit --lora`).
+                path, sep, tail = flag.rpartition(":")
+                try:
+                    weight = float(tail) if sep and tail.strip() else None
+                except ValueError:
+                    weight = None
+                loras.append(Lora(file=path, weight=weight) if weight is not None else Lora(file=flag))
         recipe = None
         if args.recipe is not None:
             with open(args.recipe, encoding="utf-8") as f:
@@ -81,8 +101,9 @@ def main() -> int:
                          resolution=args.resolution, sampler=args.sampler, unipc_variant=args.unipc_variant,
                          cfg_rescale=args.cfg_rescale, cache=args.cache, cache_threshold=args.cache_threshold,
                          magcache_k=args.magcache_k, magcache_retention=args.magcache_retention,
-                         video_format=args.format, recipe=recipe,
-                         webhook_url=args.webhook_url)
+                         vae_tiling=args.vae_tiling, video_format=args.format, recipe=recipe,
+                         webhook_url=args.webhook_url, video=args.video, context_frames=args.context_frames,
+                         loras=loras)
             print(job.id, flush=True)
             watch(farm, job.id, on_progress=show)
             done = download(farm, job.id, args.output, recipe=True)

@@ -15,7 +15,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../../.." && pwd)
 out=$repo/.cache/device
-tracked=$(git -C "$repo" ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+# Files moved aside (travel-light.sh) do not travel, so only those present count.
+tracked=$(cd "$repo" && { git ls-files -z | xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
 part_mb=${PART_MB:-$(((64 * 1048576 - tracked) / 1048576 - 1))}
 [ "$part_mb" -ge 4 ] || { echo "stage: the tracked tree ($tracked bytes) leaves no room for parts"; exit 1; }
 resplit() {  # NAME: parts larger than part_mb are joined and split again

@@ -98,6 +98,7 @@ async function main(): Promise<void> {
         priority: 0,
         idempotencyKey: "",
         keyframes: [],
+        loras: [],
       };
       const job = await new Promise<Job>((resolve, reject) =>
         client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),

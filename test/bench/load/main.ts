@@ -50,6 +50,7 @@ async function main(): Promise<number> {
     priority: 0,
     idempotencyKey: `load-${i}`,
     keyframes: [],
+    loras: [],
   });
   const timeline: string[] = [];
   try {

@@ -11,6 +11,8 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 source /tmp/ffdev/env.sh
+# Each call brings a fresh copy of the repository: link the unpacked node_modules into it again.
+[ -e "$repo/node_modules" ] || ln -s /tmp/ffdev/node_modules "$repo/node_modules"
 step=$1 out=$2 block=${3:-128}
 mkdir -p "$out"
 bash "$repo/test/bench/gpu-step/run-on-gpu.sh" "$step" "$out/fp16" --ep cuda --reps 3 --latents-out "$out/fp16-latents.safetensors"

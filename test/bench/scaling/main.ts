@@ -155,6 +155,7 @@ function request(image: Buffer, j: number, sections: number): SubmitJobRequest {
     priority: 0,
     idempotencyKey: "",
     keyframes: [],
+    loras: [],
   };
 }
 

@@ -263,6 +263,15 @@ export interface ImageInput {
   source?: { $case: "data"; value: Buffer } | { $case: "objectKey"; value: string } | undefined;
 }
 
+/**
+ * A video to extend, given inline or by the key of an object already in the farm's store (under
+ * uploads/<tenant>/ of the caller's tenant), as an image is. Any container and codec the farm's
+ * ffmpeg decodes; at most 50 MiB, 7200 frames and 600 s, each frame within an image's pixel limits.
+ */
+export interface VideoInput {
+  source?: { $case: "data"; value: Buffer } | { $case: "objectKey"; value: string } | undefined;
+}
+
 /** Options of lllyasviel's sampler: SAMPLER_UNIPC only. */
 export interface UnipcOptions {
   variant: UnipcVariant;
@@ -350,7 +359,24 @@ export interface RenderSettings {
    * MagCache's retention ratio in [0, 1]: the first ratio x steps of each section always compute;
    * 0.25 unless given (only with cache "magcache").
    */
-  magcacheRetention?: number | undefined;
+  magcacheRetention?:
+    | number
+    | undefined;
+  /**
+   * Extending a video (SubmitJobRequest.video): FramePack-Studio's "Number of Context Frames", 2 to
+   * 10, 5 unless given: the sections' 1x context holds N - 1 of the video's latents. Only with a
+   * video; a video too short for the context and window is INVALID_ARGUMENT.
+   */
+  contextFrames?:
+    | number
+    | undefined;
+  /**
+   * diffusers' spatial VAE tiling (vae.enable_tiling()): each section's latents larger than 256
+   * pixels are decoded in 256-pixel tiles blended over 64 pixels. Lower peak GPU memory in the
+   * decode, slightly different frames; false (diffusers' pipeline default) unless given. A job
+   * setting, recorded in its recipe: every node decodes the job's sections the same way.
+   */
+  vaeTiling?: boolean | undefined;
 }
 
 /**
@@ -365,7 +391,44 @@ export interface Keyframe {
   image?: ImageInput | undefined;
 }
 
+/**
+ * A LoRA for the transformer (README: LoRAs): a .safetensors file in diffusers/PEFT keys
+ * ("transformer.<module>.lora_A.weight", HunyuanVideo's original module names included) or
+ * musubi-tuner/kohya keys ("lora_unet_<module>.lora_down.weight", with its alpha). Keys that name
+ * no Linear of the bundle's transformer, or tensors of the wrong shape, are INVALID_ARGUMENT naming
+ * the key. The farm keeps each file by its SHA-256 (loras/<sha256>.safetensors): a later job may
+ * name it by digest alone.
+ */
+export interface LoraInput {
+  source?:
+    | { $case: "data"; value: Buffer }
+    | //
+    /** An object under uploads/<tenant>/ of the caller's tenant. */
+    { $case: "objectKey"; value: string }
+    | //
+    /** The SHA-256 (64 hex digits) of a LoRA the farm holds already; NOT_FOUND if it does not. */
+    { $case: "sha256"; value: string }
+    | undefined;
+  /**
+   * How much of the LoRA's delta is added: diffusers' set_adapters weight, kohya's multiplier
+   * (the file's own alpha/rank scale applies on top). 1 unless given; finite, |weight| <= 100.
+   */
+  weight?:
+    | number
+    | undefined;
+  /** A label for the job and its recipe (a file name, say); the SHA-256's first 12 digits if empty. */
+  name: string;
+}
+
+/** A job's LoRA as the farm holds it. */
+export interface LoraRef {
+  name: string;
+  sha256: string;
+  weight: number;
+}
+
 export interface SubmitJobRequest {
+  /** The start image; or, instead, `video`. */
   image?: ImageInput | undefined;
   endImage?:
     | ImageInput
@@ -375,6 +438,21 @@ export interface SubmitJobRequest {
    * naming the keyframe). A recipe's keyframes must be given again, at the same times.
    */
   keyframes: Keyframe[];
+  /**
+   * A video to extend instead of a start image: the output is its frames followed by the generated
+   * ones, joined by a cross-fade (vanilla continues it; inverted with end_image runs toward that
+   * image). Its fps is the output's unless settings.fps is given. Both image and video, keyframes
+   * with a video, or a file that is not a video, is INVALID_ARGUMENT naming the field.
+   */
+  video?:
+    | VideoInput
+    | undefined;
+  /**
+   * LoRAs fused into the transformer for this job, in this order (at most 16). With a recipe,
+   * its LoRAs come from the recipe: give here (without weights) the files of those the farm does
+   * not hold; a recipe LoRA neither given nor held is FAILED_PRECONDITION naming it.
+   */
+  loras: LoraInput[];
   settings?:
     | RenderSettings
     | undefined;
@@ -463,6 +541,8 @@ export interface Job {
   framesUrl: string;
   /** The times of the job's keyframes, in seconds (their images are the job's inputs, not returned). */
   keyframeTimes: number[];
+  /** The job's LoRAs, in the order they were given (their files stay in the farm's store). */
+  loras: LoraRef[];
 }
 
 export interface GetJobRequest {
@@ -598,6 +678,109 @@ export const ImageInput: MessageFns<ImageInput> = {
   },
   fromPartial<I extends Exact<DeepPartial<ImageInput>, I>>(object: I): ImageInput {
     const message = createBaseImageInput();
+    switch (object.source?.$case) {
+      case "data": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "data", value: object.source.value };
+        }
+        break;
+      }
+      case "objectKey": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "objectKey", value: object.source.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseVideoInput(): VideoInput {
+  return { source: undefined };
+}
+
+export const VideoInput: MessageFns<VideoInput> = {
+  encode(message: VideoInput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.source?.$case) {
+      case "data":
+        writer.uint32(10).bytes(message.source.value);
+        break;
+      case "objectKey":
+        writer.uint32(18).string(message.source.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VideoInput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVideoInput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = { $case: "data", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.source = { $case: "objectKey", value: reader.string() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VideoInput {
+    return {
+      source: isSet(object.data)
+        ? { $case: "data", value: Buffer.from(bytesFromBase64(object.data)) }
+        : isSet(object.objectKey)
+        ? { $case: "objectKey", value: globalThis.String(object.objectKey) }
+        : isSet(object.object_key)
+        ? { $case: "objectKey", value: globalThis.String(object.object_key) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: VideoInput): unknown {
+    const obj: any = {};
+    if (message.source?.$case === "data") {
+      obj.data = base64FromBytes(message.source.value);
+    } else if (message.source?.$case === "objectKey") {
+      obj.objectKey = message.source.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VideoInput>, I>>(base?: I): VideoInput {
+    return VideoInput.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VideoInput>, I>>(object: I): VideoInput {
+    const message = createBaseVideoInput();
     switch (object.source?.$case) {
       case "data": {
         if (object.source?.value !== undefined && object.source?.value !== null) {
@@ -824,6 +1007,8 @@ function createBaseRenderSettings(): RenderSettings {
     cacheThreshold: undefined,
     magcacheK: undefined,
     magcacheRetention: undefined,
+    contextFrames: undefined,
+    vaeTiling: undefined,
   };
 }
 
@@ -908,6 +1093,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.magcacheRetention !== undefined) {
       writer.uint32(201).double(message.magcacheRetention);
+    }
+    if (message.contextFrames !== undefined) {
+      writer.uint32(208).uint32(message.contextFrames);
+    }
+    if (message.vaeTiling !== undefined) {
+      writer.uint32(216).bool(message.vaeTiling);
     }
     return writer;
   },
@@ -1125,6 +1316,22 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.magcacheRetention = reader.double();
             continue;
           }
+          case 26: {
+            if (tag !== 208) {
+              break;
+            }
+
+            message.contextFrames = reader.uint32();
+            continue;
+          }
+          case 27: {
+            if (tag !== 216) {
+              break;
+            }
+
+            message.vaeTiling = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1205,6 +1412,16 @@ export const RenderSettings: MessageFns<RenderSettings> = {
         : isSet(object.magcache_retention)
         ? globalThis.Number(object.magcache_retention)
         : undefined,
+      contextFrames: isSet(object.contextFrames)
+        ? globalThis.Number(object.contextFrames)
+        : isSet(object.context_frames)
+        ? globalThis.Number(object.context_frames)
+        : undefined,
+      vaeTiling: isSet(object.vaeTiling)
+        ? globalThis.Boolean(object.vaeTiling)
+        : isSet(object.vae_tiling)
+        ? globalThis.Boolean(object.vae_tiling)
+        : undefined,
     };
   },
 
@@ -1284,6 +1501,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.magcacheRetention !== undefined) {
       obj.magcacheRetention = floatToJson(message.magcacheRetention);
     }
+    if (message.contextFrames !== undefined) {
+      obj.contextFrames = Math.round(message.contextFrames);
+    }
+    if (message.vaeTiling !== undefined) {
+      obj.vaeTiling = message.vaeTiling;
+    }
     return obj;
   },
 
@@ -1333,6 +1556,8 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.cacheThreshold = object.cacheThreshold ?? undefined;
     message.magcacheK = object.magcacheK ?? undefined;
     message.magcacheRetention = object.magcacheRetention ?? undefined;
+    message.contextFrames = object.contextFrames ?? undefined;
+    message.vaeTiling = object.vaeTiling ?? undefined;
     return message;
   },
 };
@@ -1428,11 +1653,270 @@ export const Keyframe: MessageFns<Keyframe> = {
   },
 };
 
+function createBaseLoraInput(): LoraInput {
+  return { source: undefined, weight: undefined, name: "" };
+}
+
+export const LoraInput: MessageFns<LoraInput> = {
+  encode(message: LoraInput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.source?.$case) {
+      case "data":
+        writer.uint32(10).bytes(message.source.value);
+        break;
+      case "objectKey":
+        writer.uint32(18).string(message.source.value);
+        break;
+      case "sha256":
+        writer.uint32(26).string(message.source.value);
+        break;
+    }
+    if (message.weight !== undefined) {
+      writer.uint32(33).double(message.weight);
+    }
+    if (message.name !== "") {
+      writer.uint32(42).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LoraInput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoraInput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = { $case: "data", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.source = { $case: "objectKey", value: reader.string() };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.source = { $case: "sha256", value: reader.string() };
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LoraInput {
+    return {
+      source: isSet(object.data)
+        ? { $case: "data", value: Buffer.from(bytesFromBase64(object.data)) }
+        : isSet(object.objectKey)
+        ? { $case: "objectKey", value: globalThis.String(object.objectKey) }
+        : isSet(object.object_key)
+        ? { $case: "objectKey", value: globalThis.String(object.object_key) }
+        : isSet(object.sha256)
+        ? { $case: "sha256", value: globalThis.String(object.sha256) }
+        : undefined,
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : undefined,
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: LoraInput): unknown {
+    const obj: any = {};
+    if (message.source?.$case === "data") {
+      obj.data = base64FromBytes(message.source.value);
+    } else if (message.source?.$case === "objectKey") {
+      obj.objectKey = message.source.value;
+    } else if (message.source?.$case === "sha256") {
+      obj.sha256 = message.source.value;
+    }
+    if (message.weight !== undefined) {
+      obj.weight = floatToJson(message.weight);
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LoraInput>, I>>(base?: I): LoraInput {
+    return LoraInput.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LoraInput>, I>>(object: I): LoraInput {
+    const message = createBaseLoraInput();
+    switch (object.source?.$case) {
+      case "data": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "data", value: object.source.value };
+        }
+        break;
+      }
+      case "objectKey": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "objectKey", value: object.source.value };
+        }
+        break;
+      }
+      case "sha256": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "sha256", value: object.source.value };
+        }
+        break;
+      }
+    }
+    message.weight = object.weight ?? undefined;
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseLoraRef(): LoraRef {
+  return { name: "", sha256: "", weight: 0 };
+}
+
+export const LoraRef: MessageFns<LoraRef> = {
+  encode(message: LoraRef, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(18).string(message.sha256);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(25).double(message.weight);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LoraRef {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoraRef();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LoraRef {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
+    };
+  },
+
+  toJSON(message: LoraRef): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.sha256 !== "") {
+      obj.sha256 = message.sha256;
+    }
+    if (message.weight !== 0) {
+      obj.weight = floatToJson(message.weight);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LoraRef>, I>>(base?: I): LoraRef {
+    return LoraRef.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LoraRef>, I>>(object: I): LoraRef {
+    const message = createBaseLoraRef();
+    message.name = object.name ?? "";
+    message.sha256 = object.sha256 ?? "";
+    message.weight = object.weight ?? 0;
+    return message;
+  },
+};
+
 function createBaseSubmitJobRequest(): SubmitJobRequest {
   return {
     image: undefined,
     endImage: undefined,
     keyframes: [],
+    video: undefined,
+    loras: [],
     settings: undefined,
     bundle: "",
     priority: 0,
@@ -1452,6 +1936,12 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     for (const v of message.keyframes) {
       Keyframe.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.video !== undefined) {
+      VideoInput.encode(message.video, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.loras) {
+      LoraInput.encode(v!, writer.uint32(74).fork()).join();
     }
     if (message.settings !== undefined) {
       RenderSettings.encode(message.settings, writer.uint32(26).fork()).join();
@@ -1509,6 +1999,22 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             }
 
             message.keyframes.push(Keyframe.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.video = VideoInput.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.loras.push(LoraInput.decode(reader, reader.uint32()));
             continue;
           }
           case 3: {
@@ -1582,6 +2088,8 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
       keyframes: globalThis.Array.isArray(object?.keyframes)
         ? object.keyframes.map((e: any) => Keyframe.fromJSON(e))
         : [],
+      video: isSet(object.video) ? VideoInput.fromJSON(object.video) : undefined,
+      loras: globalThis.Array.isArray(object?.loras) ? object.loras.map((e: any) => LoraInput.fromJSON(e)) : [],
       settings: isSet(object.settings) ? RenderSettings.fromJSON(object.settings) : undefined,
       bundle: isSet(object.bundle) ? globalThis.String(object.bundle) : "",
       priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
@@ -1609,6 +2117,12 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.keyframes?.length) {
       obj.keyframes = message.keyframes.map((e) => Keyframe.toJSON(e));
+    }
+    if (message.video !== undefined) {
+      obj.video = VideoInput.toJSON(message.video);
+    }
+    if (message.loras?.length) {
+      obj.loras = message.loras.map((e) => LoraInput.toJSON(e));
     }
     if (message.settings !== undefined) {
       obj.settings = RenderSettings.toJSON(message.settings);
@@ -1643,6 +2157,10 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
       ? ImageInput.fromPartial(object.endImage)
       : undefined;
     message.keyframes = object.keyframes?.map((e) => Keyframe.fromPartial(e)) || [];
+    message.video = (object.video !== undefined && object.video !== null)
+      ? VideoInput.fromPartial(object.video)
+      : undefined;
+    message.loras = object.loras?.map((e) => LoraInput.fromPartial(e)) || [];
     message.settings = (object.settings !== undefined && object.settings !== null)
       ? RenderSettings.fromPartial(object.settings)
       : undefined;
@@ -1938,6 +2456,7 @@ function createBaseJob(): Job {
     framesKey: "",
     framesUrl: "",
     keyframeTimes: [],
+    loras: [],
   };
 }
 
@@ -2015,6 +2534,9 @@ export const Job: MessageFns<Job> = {
         writer.double(v);
       }
       writer.join();
+    }
+    for (const v of message.loras) {
+      LoraRef.encode(v!, writer.uint32(226).fork()).join();
     }
     return writer;
   },
@@ -2226,6 +2748,14 @@ export const Job: MessageFns<Job> = {
 
             break;
           }
+          case 28: {
+            if (tag !== 226) {
+              break;
+            }
+
+            message.loras.push(LoraRef.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2319,6 +2849,9 @@ export const Job: MessageFns<Job> = {
         : globalThis.Array.isArray(object?.keyframe_times)
         ? object.keyframe_times.map((e: any) => globalThis.Number(e))
         : [],
+      loras: globalThis.Array.isArray(object?.loras)
+        ? object.loras.map((e: any) => LoraRef.fromJSON(e))
+        : [],
     };
   },
 
@@ -2393,6 +2926,9 @@ export const Job: MessageFns<Job> = {
     if (message.keyframeTimes?.length) {
       obj.keyframeTimes = message.keyframeTimes.map((e) => floatToJson(e));
     }
+    if (message.loras?.length) {
+      obj.loras = message.loras.map((e) => LoraRef.toJSON(e));
+    }
     return obj;
   },
 
@@ -2434,6 +2970,7 @@ export const Job: MessageFns<Job> = {
     message.framesKey = object.framesKey ?? "";
     message.framesUrl = object.framesUrl ?? "";
     message.keyframeTimes = object.keyframeTimes?.map((e) => e) || [];
+    message.loras = object.loras?.map((e) => LoraRef.fromPartial(e)) || [];
     return message;
   },
 };

@@ -3,7 +3,8 @@
     from framefarm_client import connect, submit, watch, download, progress_text
 
     with connect("127.0.0.1:PORT") as farm:
-        job = submit(farm, "start.png", "A lighthouse on a cliff", seconds=5)
+        job = submit(farm, "start.png", "A lighthouse on a cliff", seconds=5,
+                     loras=[("style.safetensors", 0.8)])   # optional
         watch(farm, job.id, on_progress=lambda e: print(progress_text(e.job)))
         download(farm, job.id, "out.mp4", recipe=True)   # and out.recipe.json beside it
 
@@ -19,6 +20,7 @@ from .client import (
     Farm,
     FarmError,
     JobFailed,
+    Lora,
     connect,
     download,
     progress_fraction,
@@ -39,6 +41,7 @@ __all__ = [
     "Farm",
     "FarmError",
     "JobFailed",
+    "Lora",
     "connect",
     "download",
     "progress_fraction",

@@ -13,6 +13,7 @@ import re
 import urllib.request
 import uuid
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -24,6 +25,29 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_REQUEST_BYTES = 110 * 1024 * 1024
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, jobs_pb2.ImageInput]
+VideoLike = Union[str, "os.PathLike[str]", bytes, jobs_pb2.VideoInput]
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA for a job (SubmitJobRequest.loras): a .safetensors file (a path or its bytes), or the
+    SHA-256 of one the farm holds already (every file a job brought is kept by its digest, so a job's
+    `loras[i].sha256` names it again without sending it), or an object key under uploads/<tenant>/.
+
+    weight: how much of its delta is added (diffusers' set_adapters weight, kohya's multiplier),
+    1 unless given, within -100..100; none with a recipe, whose LoRAs carry theirs. name: a label for
+    the job and its recipe (default: the file's name; the farm's default is the digest's first 12).
+    """
+
+    file: Union[str, "os.PathLike[str]", bytes, None] = None
+    weight: Optional[float] = None
+    name: str = ""
+    sha256: Optional[str] = None
+    object_key: Optional[str] = None
+
+
+LoraLike = Union[Lora, str, "os.PathLike[str]", bytes, Tuple[Union[str, "os.PathLike[str]", bytes], float],
+                 jobs_pb2.LoraInput]
 
 MODES = {
     "inverted": jobs_pb2.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
@@ -143,6 +167,16 @@ def _image(image: ImageLike) -> jobs_pb2.ImageInput:
         return jobs_pb2.ImageInput(data=f.read())
 
 
+def _video(video: VideoLike) -> jobs_pb2.VideoInput:
+    """An inline video from a file or bytes; a VideoInput as given (e.g. object_key='uploads/...')."""
+    if isinstance(video, jobs_pb2.VideoInput):
+        return video
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return jobs_pb2.VideoInput(data=bytes(video))
+    with open(video, "rb") as f:
+        return jobs_pb2.VideoInput(data=f.read())
+
+
 def _keyframes(keyframes: Sequence[Tuple[float, ImageLike]]) -> list:
     """Keyframe messages from (seconds, image) pairs, in the order given (the farm wants time order)."""
     if isinstance(keyframes, (str, bytes)) or not isinstance(keyframes, Sequence):
@@ -156,6 +190,46 @@ def _keyframes(keyframes: Sequence[Tuple[float, ImageLike]]) -> list:
             raise ValueError(f"keyframe {i + 1}'s time must be a number of seconds, got {seconds!r}")
         out.append(jobs_pb2.Keyframe(time_seconds=seconds, image=_image(image)))
     return out
+
+
+def _lora(i: int, lora: LoraLike) -> jobs_pb2.LoraInput:
+    """One LoraInput from a Lora, a (file, weight) pair, a file alone (weight 1, or the recipe's), or as given."""
+    if isinstance(lora, jobs_pb2.LoraInput):
+        return lora
+    if isinstance(lora, tuple):
+        if len(lora) != 2:
+            raise ValueError(f"LoRA {i + 1} must be a (file, weight) pair, got {lora!r}")
+        lora = Lora(file=lora[0], weight=lora[1])
+    elif not isinstance(lora, Lora):
+        lora = Lora(file=lora)  # type: ignore[arg-type]
+    if lora.weight is not None and (isinstance(lora.weight, bool) or not isinstance(lora.weight, (int, float))):
+        raise ValueError(f"LoRA {i + 1}'s weight must be a number, got {lora.weight!r}")
+    sources = [s for s in (lora.file, lora.sha256, lora.object_key) if s is not None]
+    if len(sources) != 1:
+        raise ValueError(f"LoRA {i + 1}: give one of file, sha256 and object_key")
+    out = jobs_pb2.LoraInput(name=lora.name)
+    if lora.weight is not None:
+        out.weight = lora.weight  # the farm checks the range (INVALID_ARGUMENT naming the LoRA)
+    if lora.sha256 is not None:
+        out.sha256 = lora.sha256
+    elif lora.object_key is not None:
+        out.object_key = lora.object_key
+    elif isinstance(lora.file, (bytes, bytearray, memoryview)):
+        out.data = bytes(lora.file)
+    elif isinstance(lora.file, (str, os.PathLike)):
+        with open(lora.file, "rb") as f:
+            out.data = f.read()
+        if not lora.name:
+            out.name = os.path.basename(os.fspath(lora.file))
+    else:
+        raise ValueError(f"LoRA {i + 1} must be a path, bytes, a (file, weight) pair or a Lora, got {lora.file!r}")
+    return out
+
+
+def _loras(loras: Sequence[LoraLike]) -> list:
+    if isinstance(loras, (str, bytes, Lora)) or not isinstance(loras, Sequence):
+        raise ValueError("loras must be a list of Lora, (file, weight) pairs or files")
+    return [_lora(i, lora) for i, lora in enumerate(loras)]
 
 
 def _choice(name: str, value: str, table: dict) -> int:
@@ -182,7 +256,7 @@ def _check_recipe(recipe: Union[str, bytes]) -> str:
     return recipe
 
 
-def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, seconds: Optional[float] = None,
+def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None, *, seconds: Optional[float] = None,
            frames: Optional[int] = None, end_image: Optional[ImageLike] = None,
            keyframes: Optional[Sequence[Tuple[float, ImageLike]]] = None, mode: Optional[str] = None,
            negative_prompt: Optional[str] = None, steps: Optional[int] = None,
@@ -194,11 +268,18 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
            cfg_rescale: Optional[float] = None, cache: Optional[str] = None,
            cache_threshold: Optional[float] = None, magcache_k: Optional[int] = None,
            magcache_retention: Optional[float] = None, section_prompts: Optional[Sequence[str]] = None,
-           blend_sections: Optional[int] = None, video_format: Optional[str] = None,
+           blend_sections: Optional[int] = None, vae_tiling: Optional[bool] = None,
+           video_format: Optional[str] = None,
            save_frames: Optional[bool] = None, recipe: Optional[Union[str, bytes]] = None,
-           webhook_url: Optional[str] = None, bundle: str = "", priority: int = 0,
+           webhook_url: Optional[str] = None, video: Optional[VideoLike] = None,
+           context_frames: Optional[int] = None, loras: Optional[Sequence[LoraLike]] = None, bundle: str = "", priority: int = 0,
            idempotency_key: str = "") -> jobs_pb2.Job:
     """Queues a video of `seconds` (or `frames`) from `image` and returns the new job.
+
+    video (instead of image, which is then None): a video to extend; the new job's video is its
+    frames followed by `seconds` (or `frames`) more, joined by a cross-fade (vanilla mode continues
+    it; inverted mode with end_image runs toward that image). context_frames: FramePack-Studio's
+    context frames, 2 to 10 (default 5), only with a video. fps defaults to the video's.
 
     Settings left out are the farm's defaults; the coordinator validates them all and answers
     INVALID_ARGUMENT naming the one that is off. With an idempotency key a repeated submission
@@ -211,18 +292,31 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
     FramePack-Studio runs it), with cache_threshold (default 0.1), magcache_k (max consecutive
     skips, default 2) and magcache_retention (0 to 1, default 0.25). section_prompts: one prompt per
     section instead of `prompt`; blend_sections: sections over which prompt changes are blended
-    (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). video_format: "mp4" or "webm";
+    (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). vae_tiling: decode in 256-pixel
+    tiles as diffusers' vae.enable_tiling() does (lower peak GPU memory, slightly different frames;
+    default False, recorded in the recipe). video_format: "mp4" or "webm";
     save_frames: also keep every frame as PNG (the job's frames_url). webhook_url: where the farm
     POSTs the job's events (a host the operator allows). keyframes: (seconds, image) pairs in time
     order, at most one per section, inverted mode only: images the video passes through
     (FramePack-eichi's section keyframes; the farm checks times and images).
 
+    loras: LoRAs fused into the transformer for this job, in order: (file, weight) pairs, files
+    alone (weight 1), or `Lora(...)` (by file, by the SHA-256 of one the farm holds, or by upload
+    key). Files are .safetensors with diffusers/PEFT or musubi-tuner/kohya keys; the farm refuses a
+    key that names no module of its model with INVALID_ARGUMENT naming the LoRA and the key. The job's
+    `loras` lists each by name, SHA-256 and weight. The bundle must take LoRAs (lora_targets).
+
     recipe: a recipe's JSON text (a finished job's recipe, see `download(..., recipe=True)`) to
     render again from the same image(s), keyframes included; the recipe sets everything else, so
-    give no prompt, length or render setting, only video_format, crf, lossless and save_frames.
+    give no prompt, length or render setting, only video_format, crf, lossless and save_frames
+    (and the LoRA files the farm does not hold, without weights: the recipe carries them).
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if (image is None) == (video is None):
+        raise ValueError("give an image or a video to extend, one of them")
+    if context_frames is not None and video is None:
+        raise ValueError("context_frames needs a video to extend")
     settings = jobs_pb2.RenderSettings()
     if recipe is not None:
         recipe = _check_recipe(recipe)
@@ -233,7 +327,8 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
                      unipc_variant=unipc_variant, cfg_rescale=cfg_rescale, cache=cache,
                      cache_threshold=cache_threshold, magcache_k=magcache_k,
                      magcache_retention=magcache_retention, section_prompts=section_prompts,
-                     blend_sections=blend_sections)
+                     blend_sections=blend_sections, context_frames=context_frames,
+                     vae_tiling=vae_tiling)
         extra = [name for name, value in given.items() if value is not None]
         if extra:
             raise ValueError(f"{', '.join(extra)} {'comes' if len(extra) == 1 else 'come'} from the recipe: "
@@ -290,6 +385,15 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
                     or not 0 <= blend_sections <= MAX_BLEND_SECTIONS:
                 raise ValueError(f"blend_sections must be a whole number from 0 to {MAX_BLEND_SECTIONS}, got {blend_sections!r}")
             settings.prompt_schedule.blend_sections = blend_sections
+        if context_frames is not None:
+            if isinstance(context_frames, bool) or not isinstance(context_frames, int):
+                raise ValueError(f"context_frames must be an integer, got {context_frames!r}")
+            settings.context_frames = context_frames  # the farm checks the range
+        if vae_tiling is not None:
+            # bool only: a truthy "false" must not tile.
+            if not isinstance(vae_tiling, bool):
+                raise ValueError(f"vae_tiling must be True or False, got {vae_tiling!r}")
+            settings.vae_tiling = vae_tiling
         optional = dict(negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
                         true_cfg_scale=true_cfg_scale, seed=seed, latent_window_size=latent_window_size,
                         resolution=resolution, height=height, width=width, fps=fps)
@@ -307,8 +411,12 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
             setattr(settings, name, value)
     if webhook_url is not None and not (isinstance(webhook_url, str) and re.match(r"^https?://[^/\s]+", webhook_url)):
         raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
-    request = jobs_pb2.SubmitJobRequest(image=_image(image), settings=settings, bundle=bundle,
-                                        priority=priority, idempotency_key=idempotency_key)
+    request = jobs_pb2.SubmitJobRequest(settings=settings, bundle=bundle, priority=priority,
+                                        idempotency_key=idempotency_key)
+    if image is not None:
+        request.image.CopyFrom(_image(image))
+    if video is not None:
+        request.video.CopyFrom(_video(video))
     if recipe is not None:
         request.recipe = recipe
     if webhook_url is not None:
@@ -317,6 +425,11 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
         request.end_image.CopyFrom(_image(end_image))
     if keyframes is not None:
         request.keyframes.extend(_keyframes(keyframes))
+    if loras is not None:
+        inputs = _loras(loras)
+        if recipe is not None and any(lora.HasField("weight") for lora in inputs):
+            raise ValueError("with a recipe, LoRA weights come from the recipe: give only the files")
+        request.loras.extend(inputs)
     return farm.unary(farm.stub.SubmitJob, request).job
 
 

@@ -58,7 +58,7 @@ class ImageInput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ["bundle", "created_at", "error", "error_status", "frames_key", "frames_url", "height", "id", "keyframe_times", "num_frames", "preview_key", "preview_url", "priority", "progress", "recipe_key", "recipe_url", "settings", "state", "updated_at", "video_key", "video_url", "video_url_expires_at", "width"]
+    __slots__ = ["bundle", "created_at", "error", "error_status", "frames_key", "frames_url", "height", "id", "keyframe_times", "loras", "num_frames", "preview_key", "preview_url", "priority", "progress", "recipe_key", "recipe_url", "settings", "state", "updated_at", "video_key", "video_url", "video_url_expires_at", "width"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class Job(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     KEYFRAME_TIMES_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_KEY_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_URL_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +92,7 @@ class Job(_message.Message):
     height: int
     id: str
     keyframe_times: _containers.RepeatedScalarFieldContainer[float]
+    loras: _containers.RepeatedCompositeFieldContainer[LoraRef]
     num_frames: int
     preview_key: str
     preview_url: str
@@ -105,7 +107,7 @@ class Job(_message.Message):
     video_url: str
     video_url_expires_at: _timestamp_pb2.Timestamp
     width: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., video_key: _Optional[str] = ..., video_url: _Optional[str] = ..., video_url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., error_status: _Optional[str] = ..., num_frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., preview_key: _Optional[str] = ..., preview_url: _Optional[str] = ..., recipe_key: _Optional[str] = ..., recipe_url: _Optional[str] = ..., frames_key: _Optional[str] = ..., frames_url: _Optional[str] = ..., keyframe_times: _Optional[_Iterable[float]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., video_key: _Optional[str] = ..., video_url: _Optional[str] = ..., video_url_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., error_status: _Optional[str] = ..., num_frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., preview_key: _Optional[str] = ..., preview_url: _Optional[str] = ..., recipe_key: _Optional[str] = ..., recipe_url: _Optional[str] = ..., frames_key: _Optional[str] = ..., frames_url: _Optional[str] = ..., keyframe_times: _Optional[_Iterable[float]] = ..., loras: _Optional[_Iterable[_Union[LoraRef, _Mapping]]] = ...) -> None: ...
 
 class Keyframe(_message.Message):
     __slots__ = ["image", "time_seconds"]
@@ -133,6 +135,30 @@ class ListJobsResponse(_message.Message):
     next_page_token: str
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class LoraInput(_message.Message):
+    __slots__ = ["data", "name", "object_key", "sha256", "weight"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    name: str
+    object_key: str
+    sha256: str
+    weight: float
+    def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ..., sha256: _Optional[str] = ..., weight: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+
+class LoraRef(_message.Message):
+    __slots__ = ["name", "sha256", "weight"]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    weight: float
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
 class Progress(_message.Message):
     __slots__ = ["current_section", "current_step", "eta_seconds", "sections_done", "sections_total", "steps_per_section"]
     CURRENT_SECTION_FIELD_NUMBER: _ClassVar[int]
@@ -158,9 +184,10 @@ class PromptSchedule(_message.Message):
     def __init__(self, section_prompts: _Optional[_Iterable[str]] = ..., blend_sections: _Optional[int] = ...) -> None: ...
 
 class RenderSettings(_message.Message):
-    __slots__ = ["cache", "cache_threshold", "crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "magcache_k", "magcache_retention", "mode", "negative_prompt", "num_frames", "prompt", "prompt_schedule", "resolution", "sampler", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "unipc", "width"]
+    __slots__ = ["cache", "cache_threshold", "context_frames", "crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "magcache_k", "magcache_retention", "mode", "negative_prompt", "num_frames", "prompt", "prompt_schedule", "resolution", "sampler", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "unipc", "vae_tiling", "width"]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     CACHE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
     CRF_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
@@ -183,9 +210,11 @@ class RenderSettings(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TRUE_CFG_SCALE_FIELD_NUMBER: _ClassVar[int]
     UNIPC_FIELD_NUMBER: _ClassVar[int]
+    VAE_TILING_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     cache: str
     cache_threshold: float
+    context_frames: int
     crf: int
     format: VideoFormat
     fps: float
@@ -208,30 +237,35 @@ class RenderSettings(_message.Message):
     steps: int
     true_cfg_scale: float
     unipc: UnipcOptions
+    vae_tiling: bool
     width: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ..., cache: _Optional[str] = ..., cache_threshold: _Optional[float] = ..., magcache_k: _Optional[int] = ..., magcache_retention: _Optional[float] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ..., cache: _Optional[str] = ..., cache_threshold: _Optional[float] = ..., magcache_k: _Optional[int] = ..., magcache_retention: _Optional[float] = ..., context_frames: _Optional[int] = ..., vae_tiling: bool = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "keyframes", "priority", "recipe", "settings", "webhook_url"]
+    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "keyframes", "loras", "priority", "recipe", "settings", "video", "webhook_url"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     END_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     KEYFRAMES_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
     bundle: str
     end_image: ImageInput
     idempotency_key: str
     image: ImageInput
     keyframes: _containers.RepeatedCompositeFieldContainer[Keyframe]
+    loras: _containers.RepeatedCompositeFieldContainer[LoraInput]
     priority: int
     recipe: str
     settings: RenderSettings
+    video: VideoInput
     webhook_url: str
-    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., keyframes: _Optional[_Iterable[_Union[Keyframe, _Mapping]]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., keyframes: _Optional[_Iterable[_Union[Keyframe, _Mapping]]] = ..., video: _Optional[_Union[VideoInput, _Mapping]] = ..., loras: _Optional[_Iterable[_Union[LoraInput, _Mapping]]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ["deduplicated", "job"]
@@ -248,6 +282,14 @@ class UnipcOptions(_message.Message):
     cfg_rescale: float
     variant: UnipcVariant
     def __init__(self, variant: _Optional[_Union[UnipcVariant, str]] = ..., cfg_rescale: _Optional[float] = ...) -> None: ...
+
+class VideoInput(_message.Message):
+    __slots__ = ["data", "object_key"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    object_key: str
+    def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ["id"]
