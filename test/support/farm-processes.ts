@@ -40,6 +40,8 @@ export interface FarmSettings {
   coordinators?: number;
   /** Their leader lease TTL (`--lease-ttl-ms`). */
   leaseTtlMs?: number;
+  /** More coordinator flags (`--retain-jobs 3m`, webhooks...). */
+  coordinatorArgs?: string[];
 }
 
 const BUCKET = "framefarm";
@@ -217,6 +219,7 @@ export class FarmProcesses {
         "--http-port",
         "0",
         ...(this.settings.leaseTtlMs !== undefined ? ["--lease-ttl-ms", String(this.settings.leaseTtlMs)] : []),
+        ...(this.settings.coordinatorArgs ?? []),
       ],
       { stdio: ["ignore", "pipe", "pipe"], env: this.env() },
     );
@@ -286,6 +289,11 @@ export class FarmProcesses {
     child.stderr?.on("data", keep);
     this.nodes.set(id, entry);
     this.nodeCount++;
+  }
+
+  /** The running nodes: id, stage groups and process id (to sample their memory). */
+  runningNodes(): { id: string; stages: string; pid: number | undefined }[] {
+    return [...this.nodes].map(([id, n]) => ({ id, stages: n.stages, pid: n.child.pid }));
   }
 
   /** Nodes that exited without being stopped, with how and the last of their output. */
