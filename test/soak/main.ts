@@ -72,6 +72,14 @@ const NODES: Record<string, string> = {
   "vae-1": "text,image,vae",
   "denoise-0": "denoise",
 };
+const NODE_CACHE_MB = 64;
+/**
+ * Disk use is plotted and tabled, not judged: JetStream's file store appends each write to its
+ * stream's last block and frees space only when a block fills (4 MiB for KV buckets and work
+ * queues) and is compacted or emptied, so a slowly written stream (node heartbeats, the lease)
+ * takes hours to reach its block and saw; the streams' own sizes are judged instead.
+ */
+const REPORTED_ONLY = /^disk_mib\./;
 const ENDED = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
 
 /** mulberry32: the run's random choices (sections, cancels, restarts) repeat with --seed. */
@@ -118,6 +126,7 @@ async function commit(): Promise<string> {
 
 async function main(): Promise<number> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-soak-"));
+  await mkdir(OUT, { recursive: true });
   const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
   let deliveries = 0;
   const receiver = http.createServer((req, res) => {
@@ -134,6 +143,9 @@ async function main(): Promise<number> {
     {
       ackWaitMs: 10_000,
       s3RetryMs: 30_000,
+      // The decoded-object cache (512 MiB by default on CPU) fills within the warm-up, not over half
+      // an hour: a node's memory past it is what the soak looks at.
+      nodeArgs: ["--cache-mb", String(NODE_CACHE_MB)],
       coordinatorArgs: [
         "--retain-jobs",
         RETAIN,
@@ -293,7 +305,13 @@ async function main(): Promise<number> {
       try {
         const values = await takeSample(probe);
         const ended = jobs.filter((j) => j.endedAt !== undefined).length;
+        // Records the retention should keep now: unfinished jobs and those ended within it (and one sweep).
+        // What the bucket holds beyond them does not depend on the farm's pace, as its size does.
+        const kept = jobs.filter((j) => j.endedAt === undefined || Date.now() - j.endedAt < RETAIN_MS + SWEEP_EVERY_MS);
+        values["excess_records.KV_jobs"] = (values["stream_msgs.KV_jobs"] ?? 0) - kept.length;
         samples.push({ t: since(), jobsEnded: ended, load1: os.loadavg()[0]!, values });
+        // Written as it goes: a long run stopped early still leaves its samples.
+        await writeFile(path.join(OUT, "samples.csv"), samplesCsv(samples));
         if (k % 6 === 0)
           process.stdout.write(
             `${(since() / 60).toFixed(1)} min: ${jobs.length} submitted, ${ended} ended, coordinator ${values["rss_mib.coordinator"]?.toFixed(0)} MiB, ` +
@@ -319,7 +337,8 @@ async function main(): Promise<number> {
   const by = (s: JobState): number => jobs.filter((j) => j.state === s).length;
   const expiredChecked = jobs.filter((j) => j.expired !== undefined);
   const notExpired = expiredChecked.filter((j) => j.expired === false);
-  const verdicts = judge(samples, WARMUP_S);
+  const verdicts = judge(samples, WARMUP_S).filter((v) => !REPORTED_ONLY.test(v.series));
+  const reported = judge(samples, WARMUP_S).filter((v) => REPORTED_ONLY.test(v.series));
   const meanLoad = samples.reduce((a, s) => a + s.load1, 0) / Math.max(1, samples.length);
   const figures: [string, string][] = [
     [
@@ -344,7 +363,6 @@ async function main(): Promise<number> {
     ["mean 1-minute load average of the machine", meanLoad.toFixed(2)],
   ];
   const allFlat = verdicts.every((v) => v.flat);
-  await mkdir(OUT, { recursive: true });
   await writeFile(path.join(OUT, "samples.csv"), samplesCsv(samples));
   const nice = os.getPriority();
   await writeFile(
@@ -360,10 +378,11 @@ async function main(): Promise<number> {
         .map(([id, s]) => `${id}: ${s}`)
         .join(
           ", ",
-        )}; --ack-wait-ms 10000), nats-server ${(await run("nats-server", ["--version"]).catch(() => ({ stdout: "" }))).stdout.trim().replace(/^nats-server: /, "")}, s3rver; tiny bundle`,
+        )}; --ack-wait-ms 10000 --cache-mb ${NODE_CACHE_MB}), nats-server ${(await run("nats-server", ["--version"]).catch(() => ({ stdout: "" }))).stdout.trim().replace(/^nats-server: /, "")}, s3rver; tiny bundle`,
       figures,
       warmupS: WARMUP_S,
       verdicts,
+      reported,
       notes: [],
     }),
   );
@@ -373,7 +392,9 @@ async function main(): Promise<number> {
     restarts,
     title: `framefarm soak: ${jobs.length} jobs in ${(wallS / 60).toFixed(0)} min, --retain-jobs ${RETAIN}, a node restarted every ${formatDuration(RESTART_EVERY_MS)}`,
   });
-  process.stdout.write(`\n${figures.map(([k, v]) => `${k}: ${v}`).join("\n")}\n\n${verdictTable(verdicts)}\n\n`);
+  process.stdout.write(
+    `\n${figures.map(([k, v]) => `${k}: ${v}`).join("\n")}\n\n${verdictTable(verdicts)}\n\nReported, not judged:\n\n${verdictTable(reported, false)}\n\n`,
+  );
   const ok =
     allFlat &&
     by(JobState.JOB_STATE_FAILED) === 0 &&

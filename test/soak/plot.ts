@@ -12,6 +12,7 @@ const PANELS: Record<string, string> = {
   rss_mib: "Resident memory (MiB)",
   stream_msgs: "NATS stream messages (stage queues FF_Q_*, KV buckets KV_*)",
   stream_mib: "NATS stream data (MiB)",
+  excess_records: "Job records beyond retention (records - jobs unfinished or ended within --retain-jobs + a sweep)",
   objects_count: "Objects in the store",
   objects_mib: "Object store data (MiB)",
   disk_mib: "Disk used by the servers (MiB)",

@@ -36,8 +36,11 @@ async function rssMiB(pid: number | undefined): Promise<number | undefined> {
 }
 
 async function duMiB(dir: string): Promise<number> {
-  const { stdout } = await run("du", ["-sk", dir]);
-  return Number(stdout.split("\t")[0]) / 1024;
+  // A file removed while du walks (a job's objects expiring) fails du, which still prints the total.
+  const { stdout } = await run("du", ["-sk", dir]).catch((err: { stdout?: string }) => ({ stdout: err.stdout ?? "" }));
+  const kib = Number(stdout.split("\t")[0]);
+  if (!Number.isFinite(kib) || stdout === "") throw new Error(`du -sk ${dir} printed no total`);
+  return kib / 1024;
 }
 
 async function objects(s3: MinioClient, bucket: string): Promise<{ count: number; bytes: number }> {

@@ -42,6 +42,8 @@ export interface FarmSettings {
   leaseTtlMs?: number;
   /** More coordinator flags (`--retain-jobs 3m`, webhooks...). */
   coordinatorArgs?: string[];
+  /** More flags of every node (`--cache-mb 64`...). */
+  nodeArgs?: string[];
 }
 
 const BUCKET = "framefarm";
@@ -270,6 +272,7 @@ export class FarmProcesses {
       id,
       "--ack-wait-ms",
       String(this.settings.ackWaitMs),
+      ...(this.settings.nodeArgs ?? []),
       ...(extra.args ?? []),
     ];
     const child = spawn(process.execPath, args, {
