@@ -3,7 +3,7 @@
  * the samples are split in thirds and the mean of the last third is compared with the first
  * third's. A series is flat when it grew by at most `relative` of the first mean or by its unit's
  * floor, whichever is larger (small series, a queue holding 0 to 2 messages say, move by more than
- * a fraction of themselves without growing). The slope against jobs done, per 1000 jobs, is given
+ * a fraction of themselves without growing; ratios have none). The slope against jobs done, per 1000 jobs, is given
  * too: a leak grows with jobs, noise does not.
  */
 
@@ -35,6 +35,8 @@ export const RELATIVE_GROWTH_ALLOWED = 0.25;
 export function floorOf(series: string): number {
   const kind = series.split(".")[0]!;
   if (kind === "rss_mib") return 16;
+  // Ratios (per kept job) are judged on their relative change alone.
+  if (kind === "per_kept_job") return 0;
   if (kind.endsWith("_mib")) return 1;
   return 25;
 }

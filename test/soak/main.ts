@@ -98,6 +98,7 @@ const random = rng(Number(values.seed ?? 1));
 interface Tracked {
   id: string;
   sections: number;
+  webhook: boolean;
   endedAt?: number;
   state?: JobState;
   /** After its retention: whether GetJob answered NOT_FOUND. */
@@ -188,7 +189,7 @@ async function main(): Promise<number> {
   const since = (): number => (Date.now() - t0) / 1000;
   let finished = false;
   const unfinished = (): Tracked[] => jobs.filter((j) => j.endedAt === undefined);
-  const request = (i: number, sections: number): SubmitJobRequest => ({
+  const request = (i: number, sections: number, webhook: boolean): SubmitJobRequest => ({
     image: { source: { $case: "data", value: image } },
     settings: {
       prompt: `soak ${i}`,
@@ -204,10 +205,33 @@ async function main(): Promise<number> {
     priority: 0,
     idempotencyKey: `soak-${runId}-${i}`,
     keyframes: [],
-    ...(random() < WEBHOOK_FRACTION ? { webhookUrl: `http://${LOOPBACK}:${hookPort}/hook/${i}` } : {}),
+    ...(webhook ? { webhookUrl: `http://${LOOPBACK}:${hookPort}/hook/${i}` } : {}),
   });
   const getJob = (id: string): Promise<Job> =>
     unaryCall<{ job?: Job }>((md, o, cb) => farm.client.getJob({ id }, md, o, cb)).then((r) => r.job!);
+
+  /**
+   * What the retention should keep depends on the farm's pace (jobs ended within it), and the pace
+   * on the machine's other work: these series divide it out. Kept jobs: unfinished, or ended within
+   * the retention and one sweep. excess_records: keys beyond one per kept job (a webhook cursor per
+   * kept job with a webhook); per_kept_job: the object store and the jobs bucket per kept job.
+   */
+  const perKeptJob = (v: Record<string, number>): Record<string, number> => {
+    const kept = jobs.filter((j) => j.endedAt === undefined || Date.now() - j.endedAt < RETAIN_MS + SWEEP_EVERY_MS);
+    const out: Record<string, number> = {
+      "excess_records.KV_jobs": (v["stream_msgs.KV_jobs"] ?? 0) - kept.length,
+      "excess_records.KV_idempotency": (v["stream_msgs.KV_idempotency"] ?? 0) - kept.length,
+      "excess_records.KV_webhook_cursors":
+        (v["stream_msgs.KV_webhook_cursors"] ?? 0) - kept.filter((j) => j.webhook).length,
+    };
+    // Too few kept jobs make a ratio of noise (the first seconds).
+    if (kept.length >= 10) {
+      out["per_kept_job.objects"] = (v["objects_count.store"] ?? 0) / kept.length;
+      out["per_kept_job.object_kib"] = ((v["objects_mib.store"] ?? 0) * 1024) / kept.length;
+      out["per_kept_job.kv_jobs_kib"] = ((v["stream_mib.KV_jobs"] ?? 0) * 1024) / kept.length;
+    }
+    return out;
+  };
 
   const submitter = (async () => {
     const interval = (MINUTES * 60_000) / JOBS;
@@ -220,11 +244,12 @@ async function main(): Promise<number> {
       const sections = random() < 0.5 ? 1 : 2;
       const cancel = random() < CANCEL_FRACTION;
       const cancelAfterMs = random() * 8000;
+      const webhook = random() < WEBHOOK_FRACTION;
       try {
         const job = await unaryCall<{ job?: Job }>((md, o, cb) =>
-          farm.client.submitJob(request(i, sections), md, o, cb),
+          farm.client.submitJob(request(i, sections, webhook), md, o, cb),
         ).then((r) => r.job!);
-        const tracked: Tracked = { id: job.id, sections };
+        const tracked: Tracked = { id: job.id, sections, webhook };
         jobs.push(tracked);
         if (cancel)
           setTimeout(() => {
@@ -305,10 +330,7 @@ async function main(): Promise<number> {
       try {
         const values = await takeSample(probe);
         const ended = jobs.filter((j) => j.endedAt !== undefined).length;
-        // Records the retention should keep now: unfinished jobs and those ended within it (and one sweep).
-        // What the bucket holds beyond them does not depend on the farm's pace, as its size does.
-        const kept = jobs.filter((j) => j.endedAt === undefined || Date.now() - j.endedAt < RETAIN_MS + SWEEP_EVERY_MS);
-        values["excess_records.KV_jobs"] = (values["stream_msgs.KV_jobs"] ?? 0) - kept.length;
+        Object.assign(values, perKeptJob(values));
         samples.push({ t: since(), jobsEnded: ended, load1: os.loadavg()[0]!, values });
         // Written as it goes: a long run stopped early still leaves its samples.
         await writeFile(path.join(OUT, "samples.csv"), samplesCsv(samples));

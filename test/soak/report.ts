@@ -57,13 +57,15 @@ time) for at least the given minutes and until every job has ended; it cancels s
 random moment, SIGKILLs a random node every few minutes and starts it again under its id, and
 sends some jobs' webhooks to a receiver in the soak process. Every 10 s it samples each process's
 resident memory, every JetStream stream's messages and bytes (the stage queues \`FF_Q_*\` and the
-KV buckets \`KV_*\`), the object store's objects and bytes, and the servers' disk use, and counts
-the job records beyond what the retention should keep (\`excess_records\`: the jobs bucket's
-records minus the jobs unfinished or ended within the retention and one sweep, a figure that does
-not move with the farm's pace as the bucket's size does). After a
+KV buckets \`KV_*\`), the object store's objects and bytes, and the servers' disk use. What the
+retention keeps is the jobs ended within it, so those sizes follow the farm's pace, which moves with
+the machine's other work; two kinds of series divide the pace out: \`excess_records\` (keys of the
+jobs, idempotency and webhook-cursor buckets beyond one per job the retention should keep: jobs
+unfinished or ended within the retention and one sweep) and \`per_kept_job\` (objects, object
+bytes and jobs-bucket bytes per such job). After a
 warm-up (the retention window filling up) each series must be flat: the mean of the last third
-of the samples at most 25 % (or a floor: 16 MiB of memory, 1 MiB of data, 25 messages or
-objects) above the first third's. Samples: [samples.csv](samples.csv); plot: [soak.png](soak.png).
+of the samples at most 25 % (or a floor: 16 MiB of memory, 1 MiB of data, 25 messages, objects or
+keys; none for ratios) above the first third's. Samples: [samples.csv](samples.csv); plot: [soak.png](soak.png).
 
 Run of ${f.date} at commit ${f.commit}:
 
