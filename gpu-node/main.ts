@@ -12,14 +12,16 @@ import type { StageKind } from "../shared/farm/protocol.js";
 import type { Logger } from "../shared/log/logger.js";
 import type { ObjectStore } from "../shared/store/object-store.js";
 import { FRAMEFARM_VERSION } from "../shared/version.js";
+import { refuseNodeVaeTiling } from "../shared/job/vae-tiling-env.js";
 import { openBundle } from "./runtime/bundle.js";
 import { parseExecutionProvider } from "./runtime/execution-provider.js";
 import { ModelRuntime } from "./runtime/model-runtime.js";
 import { loadTextTokenizers } from "./text/tokenizers.js";
 import { NodeLoop, decodeConcurrencyFor } from "./worker/node-loop.js";
 import { TensorCache } from "./worker/tensor-cache.js";
+import { gpuSamplerFor } from "./worker/gpu-stats.js";
 import type { RenderContext } from "./stages/render-job.js";
-import { STAGE_COMPONENTS, warmUp, warmUpJobsForSize } from "./stages/warm-up.js";
+import { STAGE_COMPONENTS, warmUp, warmUpJobsForSize, type WarmUpSize } from "./stages/warm-up.js";
 
 export interface NodeModels extends RenderContext {
   close(): Promise<void>;
@@ -77,36 +79,44 @@ export interface NodeSettings {
    * Sizes to warm the models of this node's stages up for before it takes tasks: a GPU's first run
    * at a new shape is slow (cuDNN's algorithm search), and a job should not pay it.
    */
-  warmupSizes?: readonly { width: number; height: number }[];
+  warmupSizes?: readonly WarmUpSize[];
 }
 
-/** "640x480,512x512" (width x height, multiples of 16) -> sizes; "" -> none. */
-export function parseWarmupSizes(value: string): { width: number; height: number }[] {
+/**
+ * "640x480,512x512:tiled" (width x height, multiples of 16) -> sizes; "" -> none. VAE tiling is a
+ * job option, so a plain size warms both decodes; ":tiled" or ":untiled" warms only that one.
+ */
+export function parseWarmupSizes(value: string): WarmUpSize[] {
   if (value.trim() === "") return [];
   return value.split(",").map((part) => {
-    const m = /^\s*(\d+)x(\d+)\s*$/.exec(part);
+    const m = /^\s*(\d+)x(\d+)(?::(tiled|untiled))?\s*$/.exec(part);
     const [w, h] = m === null ? [NaN, NaN] : [Number(m[1]), Number(m[2])];
     if (!(w >= 16 && h >= 16 && w % 16 === 0 && h % 16 === 0))
       throw new FarmError(
         "INVALID_ARGUMENT",
-        `--warmup takes WxH[,WxH...] with multiples of 16, got ${JSON.stringify(part.trim())}`,
+        `--warmup takes WxH[:tiled|:untiled][,...] with multiples of 16, got ${JSON.stringify(part.trim())}`,
       );
-    return { width: w, height: h };
+    const tiling = m![3];
+    return { width: w, height: h, ...(tiling !== undefined ? { vaeTiling: tiling === "tiled" } : {}) };
   });
 }
 
-/** Warms the models of the given stages up for jobs of these sizes (the bundle's default window and mode). */
+/**
+ * Warms the models of the given stages up for jobs of these sizes (the bundle's default window and
+ * mode; untiled and tiled decodes unless a size names one).
+ */
 export async function warmUpNode(
   models: RenderContext,
   stages: readonly StageKind[],
-  sizes: readonly { width: number; height: number }[],
+  sizes: readonly WarmUpSize[],
   log?: Logger,
 ): Promise<void> {
   const components = [...new Set(stages.flatMap((s) => STAGE_COMPONENTS[s]))];
   if (components.length === 0) return;
   for (const size of sizes) {
     const r = await warmUp(models.runtime, models.tokenizers, warmUpJobsForSize(models.runtime, size), { components });
-    log?.info({ size: `${size.width}x${size.height}`, ms: Math.round(r.ms), runs: r.runs }, "warmed up");
+    const tiling = size.vaeTiling === undefined ? "untiled and tiled" : size.vaeTiling ? "tiled" : "untiled";
+    log?.info({ size: `${size.width}x${size.height}`, vae: tiling, ms: Math.round(r.ms), runs: r.runs }, "warmed up");
   }
 }
 
@@ -125,12 +135,18 @@ export async function startNode(
   store: ObjectStore & { traffic: { read: number; written: number } },
   s: NodeSettings,
 ): Promise<RunningNode> {
+  refuseNodeVaeTiling();
   const models = await openNodeModels(s.bundleDir, s.ep);
   if (s.warmupSizes !== undefined && s.warmupSizes.length > 0)
     await warmUpNode(models, s.stages, s.warmupSizes, s.log).catch(async (err: unknown) => {
       await models.close();
       throw err;
     });
+  // CUDA nodes with nvidia-smi report their GPU's load in each heartbeat; other nodes none.
+  const gpus = await gpuSamplerFor(s.ep, {
+    intervalMs: s.heartbeatMs,
+    onError: (err) => s.log.warn({ err }, "nvidia-smi failed: GPU figures left out of heartbeats until it works"),
+  });
   const loop = await NodeLoop.start(
     bus,
     { ...models, store, cache: new TensorCache(s.cacheBytes) },
@@ -150,13 +166,18 @@ export async function startNode(
         version: FRAMEFARM_VERSION,
         heartbeatMs: s.heartbeatMs,
         traffic: () => store.traffic,
+        ...(gpus !== undefined ? { gpus: () => gpus.latest() } : {}),
       },
     },
-  );
+  ).catch(async (err: unknown) => {
+    await gpus?.stop();
+    throw err;
+  });
   return {
     loop,
     stop: async (finishMs) => {
       await loop.stop(finishMs);
+      await gpus?.stop();
       await models.close();
     },
   };

@@ -147,6 +147,8 @@ export function renderParamsInputOf(
     magcacheRetention: s.magcacheRetention,
     sectionPrompts: s.promptSchedule?.sectionPrompts,
     promptBlendSections: s.promptSchedule?.blendSections,
+    contextFrames: s.contextFrames,
+    vaeTiling: s.vaeTiling,
   };
 }
 
@@ -169,7 +171,8 @@ export function settingsOf(r: JobRecord): RenderSettings {
     lossless: p.lossless,
     format: videoFormatToPb(r.spec.output?.format ?? "mp4"),
     saveFrames: r.spec.output?.saveFrames ?? false,
-    // Records from before samplers and prompt schedules lack these fields.
+    // Records from before samplers, prompt schedules and VAE tiling lack these fields.
+    vaeTiling: p.vaeTiling === true,
     sampler: samplerToPb(p.sampler ?? "flow_match_euler"),
     ...(p.sampler === "unipc"
       ? { unipc: { variant: unipcVariantToPb(p.unipcVariant ?? "bh1"), cfgRescale: p.cfgRescale ?? 0 } }
@@ -191,6 +194,7 @@ export function settingsOf(r: JobRecord): RenderSettings {
           },
         }
       : {}),
+    ...((p.video ?? null) !== null ? { contextFrames: p.video!.contextFrames } : {}),
   };
 }
 

@@ -1,7 +1,9 @@
 /**
  * The public JobService over gRPC: SubmitJob (job-submission.ts) and the queries, GetJob, WatchJob
- * (a stream of state and progress), CancelJob and ListJobs, answered from the job records; the
- * messages are mapped to and from the farm's types in job-mapping.ts.
+ * (a stream of state and progress, job-watch.ts), CancelJob and ListJobs, answered from the job
+ * records; the messages are mapped to and from the farm's types in job-mapping.ts. The submit
+ * page's HTTP API (coordinator/dashboard/tenant-api.ts) calls the same methods, and a few of its
+ * own: resubmit, newest, options.
  *
  * Every call is authenticated first (coordinator/auth) and then sees only its tenant's jobs: another
  * tenant's job is NOT_FOUND with the same message as a job that does not exist, so ids cannot be
@@ -28,15 +30,20 @@ import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { BundleManifest } from "../../shared/bundle/manifest.js";
 import { Dispatcher, checkPriority } from "../dispatch/dispatcher.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
-import { latestPreview, previewOf, progressOf, tenantOf } from "../dispatch/job-views.js";
+import { latestPreview, progressOf, tenantOf } from "../dispatch/job-views.js";
 import { DEFAULT_TENANT, TokenAuth } from "../auth/tokens.js";
 import type { WebhookPolicy } from "../webhooks/policy.js";
 import { requestError } from "./strict-decode.js";
 import { jobStateToPb, settingsOf, timestamp, toGrpcError } from "./job-mapping.js";
 import { IDEMPOTENCY_BUCKET, submitJob } from "./job-submission.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import { jobOutputKeys } from "../planner/job-outputs.js";
+import { jobOutputKeys, videoFileName } from "../planner/job-outputs.js";
 import { JOBS_BUCKET, isStepEvent, jobEventSubject, jobEvents, type StepEvent } from "../../shared/farm/protocol.js";
+import { ROOT_CONTEXT, SpanKind, type Context } from "@opentelemetry/api";
+import { TRACE_ATTRS, contextFromHeaders, recordFailure, spanCarrier, tracer } from "../../shared/telemetry/tracing.js";
+import { JobWatch, type WatchEvent } from "./job-watch.js";
+import { submitOptions, type SubmitOptions } from "./submit-options.js";
+import { resubmitRequest } from "./job-resubmission.js";
 
 export interface JobServiceDeps {
   bus: Bus;
@@ -74,8 +81,6 @@ export interface JobServiceDeps {
 /** The default cap of a tenant's priority (with tokens on, operators aside): no jumping the queue. */
 export const TENANT_MAX_PRIORITY = 0;
 
-const TERMINAL = new Set<JobRecord["state"]>(["SUCCEEDED", "FAILED", "CANCELLED"]);
-
 export class JobService {
   private readonly idempotency: Promise<KeyValue>;
   private readonly jobs: Promise<KeyValue>;
@@ -106,7 +111,8 @@ export class JobService {
       createdAt: timestamp(r.createdAt),
       updatedAt: timestamp(r.updatedAt),
       videoKey: done ? keys.video : "",
-      videoUrl: done ? await this.deps.store.presignedGetUrl(keys.video, expiry) : "",
+      // A browser saves the video from its link; players and clients fetch it all the same.
+      videoUrl: done ? await this.deps.store.presignedGetUrl(keys.video, expiry, videoFileName(r)) : "",
       ...(done ? { videoUrlExpiresAt: timestamp(new Date(Date.now() + expiry * 1000).toISOString()) } : {}),
       error: r.error ?? "",
       errorStatus: r.state === "FAILED" ? (r.errorStatus ?? "INTERNAL") : "",
@@ -125,25 +131,48 @@ export class JobService {
 
   /**
    * Validates, stores and plans a submission (coordinator/api/job-submission.ts); tenant defaults to
-   * DEFAULT_TENANT for in-process callers (embedded mode has no tenants).
+   * DEFAULT_TENANT for in-process callers (embedded mode has no tenants). Its span is the root of
+   * the job's trace, or a child of the caller's (parent: a gRPC call's traceparent metadata).
    */
   async submit(
     req: SubmitJobRequest,
     tenant: string = DEFAULT_TENANT,
     signal?: AbortSignal,
+    parent: Context = ROOT_CONTEXT,
   ): Promise<{ job: Job; deduplicated: boolean }> {
-    return submitJob(
+    const span = tracer().startSpan(
+      "framefarm.v1.JobService/SubmitJob",
       {
-        ...this.deps,
-        jobs: this.jobs,
-        idempotency: this.idempotency,
-        toJob: (r) => this.toJob(r),
-        admit: () => this.admit(tenant),
+        kind: SpanKind.SERVER,
+        attributes: { "rpc.system": "grpc", "rpc.service": "framefarm.v1.JobService", "rpc.method": "SubmitJob" },
       },
-      { ...req, priority: this.priorityFor(req.priority, tenant) },
-      tenant,
-      signal,
+      parent,
     );
+    const trace = spanCarrier(span);
+    try {
+      const out = await submitJob(
+        {
+          ...this.deps,
+          jobs: this.jobs,
+          idempotency: this.idempotency,
+          toJob: (r) => this.toJob(r),
+          admit: () => this.admit(tenant),
+          ...(trace !== undefined ? { trace } : {}),
+        },
+        { ...req, priority: this.priorityFor(req.priority, tenant) },
+        tenant,
+        signal,
+      );
+      span.setAttribute(TRACE_ATTRS.jobId, out.job.id);
+      // A repeated idempotency key: the job's own trace began with its first submission.
+      if (out.deduplicated) span.setAttribute("framefarm.deduplicated", true);
+      return out;
+    } catch (err) {
+      recordFailure(span, err);
+      throw err;
+    } finally {
+      span.end();
+    }
   }
 
   /** The priority a submission gets: capped for tenants that are not operators (with tokens on). */
@@ -227,15 +256,56 @@ export class JobService {
     return { jobs: out, next: "" };
   }
 
-  /** The tenant of a call's token, if it may call at all (checked again on streams when tokens change). */
-  private tenantOf(metadata: Metadata): string {
-    const tenant = this.auth.tenantForAuthorization(metadata.get("authorization"));
+  /**
+   * The tenant of the submission's job, submitted again with the same settings and images and
+   * another seed (random when absent): "same settings, new seed".
+   */
+  async resubmit(id: string, tenant: string, seed?: bigint): Promise<{ job: Job; deduplicated: boolean }> {
+    const record = await this.get(id, tenant);
+    return this.submit(await resubmitRequest(record, this.deps.store, seed), tenant);
+  }
+
+  /** The tenant's newest jobs, newest first (every page of list(), sorted by creation). */
+  async newest(tenant: string, limit: number): Promise<Job[]> {
+    const all: Job[] = [];
+    let token = "";
+    do {
+      const page = await this.list([], 500, token, tenant);
+      all.push(...page.jobs);
+      token = page.next;
+    } while (token !== "");
+    const created = (j: Job): number => Number(j.createdAt?.seconds ?? 0n) * 1000 + (j.createdAt?.nanos ?? 0) / 1e6;
+    return all.sort((a, b) => created(b) - created(a)).slice(0, limit);
+  }
+
+  /** What a submission may ask of this farm (its bundle's modes, samplers, caches; defaults, limits). */
+  options(): SubmitOptions {
+    return submitOptions(this.deps.manifest, this.deps.bundleName);
+  }
+
+  /**
+   * The tenant of an Authorization header, if it may call the job API at all: the check of every
+   * gRPC call, for the HTTP API of the same jobs (UNAUTHENTICATED, or PERMISSION_DENIED for a
+   * token that only scrapes /metrics).
+   */
+  tenantForAuthorization(header: string | readonly (string | Buffer)[] | undefined): string {
+    const tenant = this.auth.tenantForAuthorization(header);
     if (this.deps.scrapeOnlyTenants?.includes(tenant))
       throw new FarmError(
         "PERMISSION_DENIED",
         `tenant ${tenant} may only scrape /metrics (--metrics-tenants); it cannot call the job API`,
       );
     return tenant;
+  }
+
+  /** Runs fn whenever the tokens change (streams then check their caller again); returns the unsubscribe. */
+  onAuthChange(fn: () => void): () => void {
+    return this.auth.onChange(fn);
+  }
+
+  /** The tenant of a call's token, if it may call at all (checked again on streams when tokens change). */
+  private tenantOf(metadata: Metadata): string {
+    return this.tenantForAuthorization(metadata.get("authorization"));
   }
 
   /** The caller's tenant (UNAUTHENTICATED first), then any refusal of the strict decoder. */
@@ -249,7 +319,7 @@ export class JobService {
   /** The gRPC handlers. */
   handlers(): JobServiceServer {
     const unary =
-      <Req, Res>(fn: (req: Req, tenant: string, signal: AbortSignal) => Promise<Res>) =>
+      <Req, Res>(fn: (req: Req, tenant: string, signal: AbortSignal, metadata: Metadata) => Promise<Res>) =>
       (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
         // Deadlines are honoured: work stops where it can once the caller's deadline has passed.
         const abort = new AbortController();
@@ -268,7 +338,7 @@ export class JobService {
         call.once("cancelled", stop);
         const timer = Number.isFinite(deadline) ? setTimeout(stop, Math.max(0, deadline - Date.now())) : undefined;
         Promise.resolve()
-          .then(() => fn(call.request, this.caller(call), abort.signal))
+          .then(() => fn(call.request, this.caller(call), abort.signal, call.metadata))
           .finally(() => clearTimeout(timer))
           .then(
             (res) => cb(null, res),
@@ -276,7 +346,9 @@ export class JobService {
           );
       };
     return {
-      submitJob: unary(async (req, tenant, signal) => this.submit(req, tenant, signal)),
+      submitJob: unary(async (req, tenant, signal, metadata) =>
+        this.submit(req, tenant, signal, traceParentOf(metadata)),
+      ),
       getJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.get(req.id, tenant)) })),
       cancelJob: unary(async (req, tenant) => ({ job: await this.toJob(await this.cancel(req.id, tenant)) })),
       listJobs: unary(async (req, tenant) => {
@@ -289,22 +361,14 @@ export class JobService {
 
   private async watch(call: ServerWritableStream<{ id: string }, WatchJobResponse>): Promise<void> {
     let seq = 0n;
-    let live: StepEvent | undefined;
-    const send = async (r: JobRecord, stateChanged: boolean, previewKey?: string): Promise<void> => {
-      const job = await this.toJob(r, live);
-      const event: WatchJobResponse["event"] =
-        previewKey !== undefined
-          ? { $case: "previewKey", value: previewKey }
-          : stateChanged
-            ? { $case: "state", value: job.state }
-            : { $case: "progress", value: job.progress! };
-      call.write({ jobId: r.spec.jobId, sequence: ++seq, at: timestamp(new Date().toISOString()), event, job });
+    const write = (e: WatchEvent): void => {
+      call.write({ jobId: e.job!.id, sequence: ++seq, at: timestamp(new Date().toISOString()), ...e });
     };
     try {
       const tenant = this.caller(call);
-      let record = await this.get(call.request.id, tenant);
-      await send(record, true);
-      if (TERMINAL.has(record.state)) return void call.end();
+      const { watch, first } = await JobWatch.start(this, call.request.id, tenant);
+      write(first);
+      if (watch.ended) return void call.end();
       await new Promise<void>((resolve, reject) => {
         let chain = Promise.resolve();
         // A token revoked (or its tenant changed) while watching ends the stream with the refusal.
@@ -323,19 +387,8 @@ export class JobService {
         };
         const off = this.deps.bus.events.subscribe(jobEventSubject(call.request.id), (_subject, data) => {
           chain = chain.then(async () => {
-            const e = jobEvents.decode(data);
-            if (isStepEvent(e)) {
-              // A step event: live progress on the record we have, no state read.
-              live = e;
-              return send(record, false);
-            }
-            const next = await this.get(call.request.id, tenant);
-            const changed = next.state !== record.state;
-            record = next;
-            await send(record, changed);
-            const preview = previewOf(record, e.taskId);
-            if (preview !== undefined && record.state !== "CANCELLED") await send(record, false, preview);
-            if (TERMINAL.has(record.state)) {
+            for (const e of await watch.next(jobEvents.decode(data))) write(e);
+            if (watch.ended) {
               stop();
               resolve();
             }
@@ -350,4 +403,15 @@ export class JobService {
       call.emit("error", Object.assign(new Error((err as Error).message), toGrpcError(err)));
     }
   }
+}
+
+/** The caller's trace context from a call's `traceparent` / `tracestate` metadata (W3C trace context). */
+function traceParentOf(metadata: Metadata): Context {
+  return contextFromHeaders(
+    (key) => {
+      const v = metadata.get(key)[0];
+      return v === undefined ? undefined : String(v);
+    },
+    () => Object.keys(metadata.getMap()),
+  );
 }

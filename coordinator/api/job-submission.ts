@@ -1,14 +1,15 @@
 /**
- * SubmitJob: checks a submission (settings or a recipe to render again, images, priority,
- * idempotency key) before anything is stored, answers a repeated idempotency key with its first job, stores the inputs, plans the job
+ * SubmitJob: checks a submission (settings or a recipe to render again, images or a video to
+ * extend, priority, idempotency key) before anything is stored, answers a repeated idempotency key with its first job, stores the inputs, plans the job
  * and hands it to the dispatcher. A submission that does not become a job leaves nothing behind.
  */
 import { createHash, randomUUID } from "node:crypto";
 import { FarmError } from "../../shared/errors.js";
-import type { ImageInput, Job, SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
+import type { ImageInput, Job, SubmitJobRequest, VideoInput } from "../../proto/gen/framefarm/v1/jobs.js";
 import type { KeyValue } from "../../shared/bus/bus.js";
 import { validateObjectKey } from "../../shared/store/object-store.js";
 import { decodeImage, DEFAULT_IMAGE_LIMITS, type DecodedImage } from "../../shared/image/decode.js";
+import { inspectVideo, DEFAULT_VIDEO_LIMITS, type VideoInfo } from "../../shared/video/video-input.js";
 import { findNearestBucket } from "../../shared/framepack/buckets.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
@@ -20,10 +21,19 @@ import { IDEMPOTENCY_BUCKET, readJobIncludingExpiring, readJob, type JobRecord }
 import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
 import { keyframeLabel } from "../../shared/job/keyframes.js";
+import { cachesOf } from "./submit-options.js";
 import { checkRecipeParams, recipeParamsInput, recipeRequest } from "./recipe-request.js";
-import { checkRecipeImages, checkRecipeSize, makeRecipe, recipeText, sha256Hex } from "../../shared/job/recipe.js";
+import {
+  checkRecipeImages,
+  checkRecipeSize,
+  checkRecipeStart,
+  makeRecipe,
+  recipeText,
+  sha256Hex,
+} from "../../shared/job/recipe.js";
 import { FRAMEFARM_VERSION } from "../../shared/version.js";
 import type { JobServiceDeps } from "./job-service.js";
+import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
 export { IDEMPOTENCY_BUCKET };
@@ -37,9 +47,11 @@ export interface Submission extends JobServiceDeps {
    * release is called once the job is submitted or refused.
    */
   admit?: () => () => void;
+  /** The SubmitJob span's trace context: the job record keeps it, every task's spans descend from it. */
+  trace?: TraceCarrier;
 }
 
-/** An input image's bytes: inline, or read from the tenant's uploads. */
+/** An input image's (or video's) bytes: inline, or read from the tenant's uploads. */
 async function imageBytes(
   deps: Submission,
   source: NonNullable<ImageInput["source"]>,
@@ -64,6 +76,17 @@ async function image(
   if (input?.source === undefined) return null;
   const bytes = await imageBytes(deps, input.source, what, tenant);
   return { bytes, decoded: await decodeImage(bytes, DEFAULT_IMAGE_LIMITS, what) };
+}
+
+/** A video to extend, inspected (shared/video/video-input.ts): its frames decide the render parameters. */
+async function video(
+  deps: Submission,
+  input: VideoInput | undefined,
+  tenant: string,
+): Promise<{ bytes: Uint8Array; info: VideoInfo } | null> {
+  if (input?.source === undefined) return null;
+  const bytes = await imageBytes(deps, input.source, "video", tenant);
+  return { bytes, info: await inspectVideo(bytes, DEFAULT_VIDEO_LIMITS, "video") };
 }
 
 /** A keyframe checked as `image` is: its time, where its image comes from and that image's SHA-256. */
@@ -136,6 +159,11 @@ export async function submitJob(
   const fromRecipe = recipeRequest(req, { name: deps.bundleName, digest: deps.bundleDigest });
   const s = fromRecipe?.settings ?? req.settings;
   if (s === undefined) throw new FarmError("INVALID_ARGUMENT", "settings are missing");
+  if (req.video?.source !== undefined && req.image?.source !== undefined)
+    throw new FarmError("INVALID_ARGUMENT", "give a start image or a video to extend, not both");
+  if (fromRecipe !== null) checkRecipeStart(fromRecipe.recipe, req.video?.source !== undefined);
+  // A video's frame count and rate are render parameters' inputs, so it is read first.
+  const extended = await video(deps, req.video, tenant);
   const input = {
     ...renderParamsInputOf(
       s,
@@ -143,15 +171,14 @@ export async function submitJob(
       req.keyframes.map((k) => k.timeSeconds),
     ),
     ...(fromRecipe !== null ? recipeParamsInput(fromRecipe.recipe) : {}),
+    ...(extended !== null ? { inputVideo: extended.info } : {}),
   };
   const params = validateRenderParams(input, {
     samplingType: manifest.sampling_type,
     latentWindowSize: manifest.framepack.default_latent_window_size,
+    temporalCompression: manifest.vae.temporal_compression_ratio,
   });
-  if (
-    (params.cache === "teacache" || params.cache === "magcache") &&
-    manifest.components.transformer_head === undefined
-  )
+  if (!cachesOf(manifest).includes(params.cache))
     throw new FarmError(
       "FAILED_PRECONDITION",
       `--cache ${params.cache} needs the split transformer graphs, which this farm's bundle lacks (export with --teacache-graphs)`,
@@ -182,7 +209,7 @@ export async function submitJob(
   // A repeated key is answered above even at the limit: the job it names exists already.
   const release = deps.admit?.() ?? (() => undefined);
   try {
-    return await submitNew(deps, req, tenant, { params, output, idemKey, fromRecipe, webhook }, signal);
+    return await submitNew(deps, req, tenant, { params, output, idemKey, fromRecipe, webhook, extended }, signal);
   } finally {
     release();
   }
@@ -198,26 +225,25 @@ async function submitNew(
     idemKey: string | null;
     fromRecipe: ReturnType<typeof recipeRequest>;
     webhook: string | undefined;
+    extended: Awaited<ReturnType<typeof video>>;
   },
   signal?: AbortSignal,
 ): Promise<{ job: Job; deduplicated: boolean }> {
   const { manifest } = deps;
-  const { params, output, idemKey, fromRecipe, webhook } = checked;
-  const first = await image(deps, req.image, "image", tenant);
-  if (first === null) throw new FarmError("INVALID_ARGUMENT", "image is missing");
+  const { params, output, idemKey, fromRecipe, webhook, extended } = checked;
+  const first = extended === null ? await image(deps, req.image, "image", tenant) : null;
+  if (first === null && extended === null)
+    throw new FarmError("INVALID_ARGUMENT", "image is missing (give a start image, or a video to extend)");
   const last = await image(deps, req.endImage, "end image", tenant);
   const keyframes = await checkKeyframes(deps, req, tenant);
+  const keyframeDigests = keyframes.map((k) => ({ time: k.time, sha256: k.sha256 }));
+  const inputs = { start: first?.bytes ?? null, end: last?.bytes ?? null, video: extended?.bytes ?? null };
   if (fromRecipe !== null)
-    checkRecipeImages(
-      fromRecipe.recipe,
-      first.bytes,
-      last?.bytes ?? null,
-      keyframes.map((k) => ({ time: k.time, sha256: k.sha256 })),
-    );
+    checkRecipeImages(fromRecipe.recipe, inputs.start, inputs.end, keyframeDigests, inputs.video);
+  // The bucket follows the start image's aspect, or the video's (Studio: its frames' native size).
+  const source = extended?.info ?? first!.decoded;
   const size =
-    "height" in params.size
-      ? params.size
-      : findNearestBucket(first.decoded.height, first.decoded.width, params.size.resolution);
+    "height" in params.size ? params.size : findNearestBucket(source.height, source.width, params.size.resolution);
   if (fromRecipe !== null) checkRecipeSize(fromRecipe.recipe, size);
   const jobId = randomUUID();
   const spec = { ...toJobSpec(jobId, params, size, tenant), output };
@@ -249,9 +275,11 @@ async function submitNew(
     }
   }
   const keys = jobKeys(jobId);
+  let created: JobRecord;
   try {
     signal?.throwIfAborted();
-    await deps.store.put(keys.firstImage, first.bytes);
+    if (first !== null) await deps.store.put(keys.firstImage, first.bytes);
+    if (extended !== null) await deps.store.put(keys.inputVideo, extended.bytes);
     if (last !== null) await deps.store.put(keys.lastImage, last.bytes);
     await storeKeyframes(deps, jobId, keyframes, tenant);
     if (digest !== undefined) {
@@ -259,21 +287,18 @@ async function submitNew(
         params,
         size,
         format: output.format,
-        images: {
-          start: first.bytes,
-          end: last?.bytes ?? null,
-          keyframes: keyframes.map((k) => ({ time: k.time, sha256: k.sha256 })),
-        },
+        images: { ...inputs, keyframes: keyframeDigests },
         bundle: { name: deps.bundleName, digest },
         framefarmVersion: FRAMEFARM_VERSION,
       });
       await deps.store.put(keys.recipe, new TextEncoder().encode(recipeText(recipe)), "application/json");
     }
     signal?.throwIfAborted();
-    await deps.dispatcher.submit(spec, tasks, {
+    created = await deps.dispatcher.submit(spec, tasks, {
       priority: req.priority,
       ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
       ...(idemKey !== null ? { idempotencyKey: idemKey } : {}),
+      ...(deps.trace !== undefined ? { trace: deps.trace } : {}),
     });
   } catch (err) {
     // Leave nothing behind for a submission that did not become a job.
@@ -281,5 +306,6 @@ async function submitNew(
     if (idemKey !== null) await (await deps.idempotency).delete(idemKey).catch(() => undefined);
     throw err;
   }
-  return { job: await deps.toJob((await readJob(await deps.jobs, jobId))!.record), deduplicated: false };
+  // The record as written, not read back: a read can miss a write that just landed (a NATS failover).
+  return { job: await deps.toJob(created), deduplicated: false };
 }

@@ -63,6 +63,8 @@ export function recipeRequest(
       ? { resolution: recipe.resolution }
       : { height: recipe.height, width: recipe.width }),
     fps: recipe.fps,
+    ...(recipe.context_frames !== undefined ? { contextFrames: recipe.context_frames } : {}),
+    vaeTiling: recipe.vae_tiling,
     crf: given.crf ?? recipe.video.crf,
     lossless: given.lossless ?? recipe.video.lossless,
     format: given.format === undefined || unset(given.format) ? videoFormatToPb(recipe.video.format) : given.format,

@@ -11,11 +11,13 @@ import { JobState, jobStateToJSON, type Job } from "../../proto/gen/framefarm/v1
 import { readMp4Frames } from "../../shared/video/mp4.js";
 import { FarmError } from "../../shared/errors.js";
 import type { Tensor } from "../../shared/tensor/tensor.js";
-import { validateRenderParams } from "../../shared/job/render-params.js";
+import { validateRenderParams, type RenderParamsInput } from "../../shared/job/render-params.js";
+import type { BundleManifest } from "../../shared/bundle/manifest.js";
 import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { startEmbeddedFarm } from "./embedded/embedded-farm.js";
-import { pixelsFor, readImageFile } from "./embedded/inputs.js";
-import { renderJob } from "../../gpu-node/stages/render-job.js";
+import { pixelsFor, readImageFile, readVideoBytes } from "./embedded/inputs.js";
+import { inspectVideo } from "../../shared/video/video-input.js";
+import { renderJob, type RenderInputs } from "../../gpu-node/stages/render-job.js";
 import { loadReferenceCase, submitRequestFor, type ReferenceCase } from "./parity/reference-case.js";
 import { compareRun, compareTensor, formatTable, type StageResult } from "./parity/compare.js";
 import { defaultBundleDir } from "./defaults.js";
@@ -38,24 +40,9 @@ export async function checkReferenceCase(caseFile: string, bundleDir: string, ep
   const refCase = await loadReferenceCase(caseFile, { requireTensors: true });
   const embedded = await openNodeModels(bundleDir, ep);
   try {
-    const manifest = embedded.runtime.bundle.manifest;
-    const params = validateRenderParams(refCase.params, {
-      samplingType: manifest.sampling_type,
-      latentWindowSize: manifest.framepack.default_latent_window_size,
-    });
-    const size = "height" in params.size ? params.size : { height: 0, width: 0 };
-    const first = await pixelsFor(await readImageFile(refCase.firstImage, "first_image"), size);
-    const last =
-      refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "last_image"), size);
-    const keyframePixels = await Promise.all(
-      refCase.keyframes.map(async (k, i) => pixelsFor(await readImageFile(k.image, `keyframe ${i + 1}`), size)),
-    );
+    const inputs = await renderInputsFor(refCase, embedded.runtime.bundle.manifest);
     const got = new Map<string, Tensor>();
-    const probed = await renderJob(
-      embedded,
-      { params, firstPixels: first, lastPixels: last, keyframePixels },
-      { probe: (k, t) => got.set(k, t) },
-    );
+    const probed = await renderJob(embedded, inputs, { probe: (k, t) => got.set(k, t) });
     const results = compareRun(got, refCase.expected);
     results.push(
       compareTensor(
@@ -69,6 +56,32 @@ export async function checkReferenceCase(caseFile: string, bundleDir: string, ep
   } finally {
     await embedded.close();
   }
+}
+
+/** A case's parameters (validated as a farm does) and inputs at its render size. */
+export async function renderInputsFor(
+  refCase: ReferenceCase,
+  manifest: BundleManifest,
+  extra: Partial<RenderParamsInput> = {},
+): Promise<RenderInputs> {
+  const video = refCase.video === null ? null : await readVideoBytes(refCase.video, "video");
+  const params = validateRenderParams(
+    { ...refCase.params, ...extra, ...(video !== null ? { inputVideo: await inspectVideo(video) } : {}) },
+    {
+      samplingType: manifest.sampling_type,
+      latentWindowSize: manifest.framepack.default_latent_window_size,
+      temporalCompression: manifest.vae.temporal_compression_ratio,
+    },
+  );
+  const size = "height" in params.size ? params.size : { height: 0, width: 0 };
+  const first =
+    refCase.firstImage === null ? null : await pixelsFor(await readImageFile(refCase.firstImage, "first_image"), size);
+  const last =
+    refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "last_image"), size);
+  const keyframePixels = await Promise.all(
+    refCase.keyframes.map(async (k, i) => pixelsFor(await readImageFile(k.image, `keyframe ${i + 1}`), size)),
+  );
+  return { params, firstPixels: first, lastPixels: last, keyframePixels, ...(video !== null ? { video } : {}) };
 }
 
 /** The case's frames as `render` makes them: the in-process farm, lossless MP4, decoded. */

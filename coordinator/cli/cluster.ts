@@ -23,13 +23,22 @@ import {
   startCoordinator,
   type RunningCoordinator,
 } from "./coordinator.js";
-import { untilSignal, type FarmConnection } from "./farm-options.js";
+import { TRACING_OPTIONS, startProcessTracing, stopParts, untilSignal, type FarmConnection } from "./farm-options.js";
+import { createLogger } from "../../shared/log/logger.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
+import { refuseNodeVaeTiling } from "../../shared/job/vae-tiling-env.js";
 
 const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
 
-function startNode(conn: FarmConnection, id: string, stages: string, bundle: string, ep: string): ChildProcess {
+function startNode(
+  conn: FarmConnection,
+  id: string,
+  stages: string,
+  bundle: string,
+  ep: string,
+  otlpEndpoint: string | undefined,
+): ChildProcess {
   const child = spawn(
     process.execPath,
     [
@@ -49,6 +58,8 @@ function startNode(conn: FarmConnection, id: string, stages: string, bundle: str
       ep,
       "--id",
       id,
+      // The OTEL_* variables reach the nodes with the rest of this process's environment.
+      ...(otlpEndpoint !== undefined ? ["--otlp-endpoint", otlpEndpoint] : []),
     ],
     {
       stdio: ["ignore", "inherit", "inherit"],
@@ -73,6 +84,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
       "lease-ttl-ms": { type: "string" },
       "retain-jobs": { type: "string" },
       ...SECURITY_OPTIONS,
+      ...TRACING_OPTIONS,
     },
   });
   const nodes = Number(values.nodes ?? 1);
@@ -84,8 +96,19 @@ export async function clusterCommand(args: string[]): Promise<number> {
   const coordinators = Number(values.coordinators ?? 1);
   if (coordinators !== 1 && coordinators !== 2)
     throw new FarmError("INVALID_ARGUMENT", `--coordinators must be 1 or 2, got ${values.coordinators}`);
+  // The nodes inherit this environment: refused here, before any server starts.
+  refuseNodeVaeTiling();
   const bundle = path.resolve(values.bundle ?? defaultBundleDir());
   const ep = values.ep ?? "cpu";
+  const otlpEndpoint = values["otlp-endpoint"];
+  const log = createLogger("cluster");
+  // The coordinators run in this process: their spans go out as framefarm-coordinator's.
+  const tracing = await startProcessTracing(
+    "framefarm-coordinator",
+    otlpEndpoint,
+    `${os.hostname()}:${process.pid}`,
+    log,
+  );
   const ownData = values.data === undefined;
   const data = values.data ?? (await mkdtemp(path.join(os.tmpdir(), "framefarm-cluster-")));
   const servers: LocalServer[] = [];
@@ -144,8 +167,11 @@ export async function clusterCommand(args: string[]): Promise<number> {
     }
     // With one general node and no denoise nodes, the general node denoises too.
     for (let i = 0; i < nodes; i++)
-      children.push(startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep));
-    for (let i = 0; i < denoiseNodes; i++) children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep));
+      children.push(
+        startNode(conn, `node-${i}`, denoiseNodes === 0 ? "all" : "text,image,vae", bundle, ep, otlpEndpoint),
+      );
+    for (let i = 0; i < denoiseNodes; i++)
+      children.push(startNode(conn, `denoise-${i}`, "denoise", bundle, ep, otlpEndpoint));
     process.stdout.write(`NATS on ${conn.nats}, S3 on ${s3.host}:${s3.port} (bucket ${conn.s3.bucket})\n`);
     process.stdout.write(`dashboard on http://${LOOPBACK}:${coordinator.httpPort}\n`);
     process.stdout.write(`gRPC listening on ${LOOPBACK}:${coordinator.port}\n`);
@@ -156,6 +182,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
     await Promise.all([stopChildren(), coordinator.stop(), standby?.stop()]);
   } finally {
     await stopAll();
+    await stopParts(log, [{ name: "tracing", run: () => tracing.shutdown() }]);
   }
   return 0;
 }

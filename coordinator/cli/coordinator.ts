@@ -25,12 +25,15 @@ import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { bundleDigest } from "../../gpu-node/runtime/bundle-digest.js";
 import { createLogger } from "../../shared/log/logger.js";
 import { startDashboard } from "../dashboard/dashboard.js";
+import { historySampleMs } from "../dashboard/farm-history.js";
 import { WebhookPolicy } from "../webhooks/policy.js";
 import { WebhookDeliverer } from "../webhooks/deliverer.js";
 import {
   FARM_OPTIONS,
+  TRACING_OPTIONS,
   connectFarm,
   farmConnection,
+  startProcessTracing,
   stopParts,
   untilSignal,
   type FarmConnection,
@@ -98,6 +101,8 @@ export async function startCoordinator(
 ): Promise<RunningCoordinator> {
   const log = createLogger("coordinator");
   const { host } = at;
+  // Settings first: a bad one is refused before anything connects.
+  const sampleMs = historySampleMs();
   const bundle = await openBundle(bundleDir);
   const auth = security.auth ?? TokenAuth.open();
   // Loud on purpose: an open farm must never be mistaken for a protected one.
@@ -138,6 +143,7 @@ export async function startCoordinator(
     onLeader,
     lease: { holder, ttlMs: security.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log },
     retention: { retainMs: retainJobsMs, log },
+    log,
   });
   await webhooksChanging;
   if (!dispatcher.leader) log.info({ holder }, "follower: serving the API, another coordinator dispatches");
@@ -168,6 +174,8 @@ export async function startCoordinator(
     authorizeMetrics: auth.operatorGate([...operators, ...scrapeOnly]),
     authChanges: (fn) => auth.onChange(fn),
     storeTraffic: () => store.traffic,
+    jobs: service,
+    historySampleMs: sampleMs,
   });
   // Secure as it is (the dashboard shows every tenant's jobs), so a note rather than a warning.
   if (!auth.isOpen && operators.length === 0) log.warn("no --operators tenants: the dashboard refuses every request");
@@ -219,6 +227,7 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
     options: {
       ...FARM_OPTIONS,
       ...SECURITY_OPTIONS,
+      ...TRACING_OPTIONS,
       bundle: { type: "string" },
       host: { type: "string" },
       port: { type: "string" },
@@ -230,6 +239,13 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
   // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT / FRAMEFARM_HTTP_PORT (containers set those: deploy/k8s).
   const env = process.env;
   const host = values.host ?? env["FRAMEFARM_HOST"] ?? "127.0.0.1";
+  const log = createLogger("coordinator");
+  const tracing = await startProcessTracing(
+    "framefarm-coordinator",
+    values["otlp-endpoint"],
+    `${os.hostname()}:${process.pid}`,
+    log,
+  );
   const c = await startCoordinator(
     farmConnection(values),
     values.bundle ?? defaultBundleDir(),
@@ -248,6 +264,8 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
   process.stdout.write(`dashboard on http://${host}:${c.httpPort}\n`);
   await untilSignal();
   await c.stop();
+  // After the dispatcher: its last spans go out too.
+  await stopParts(log, [{ name: "tracing", run: () => tracing.shutdown() }]);
   return 0;
 }
 

@@ -10,12 +10,34 @@ import { NatsBus } from "../../shared/bus/nats-bus.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
 import { stopGraceMs, stopInOrder, type StopStep } from "../../shared/shutdown.js";
 import type { Logger } from "../../shared/log/logger.js";
+import { startTracing, tracingSettings, type Tracing } from "../../shared/telemetry/tracing.js";
 
 export const FARM_OPTIONS = {
   nats: { type: "string" },
   s3: { type: "string" },
   bucket: { type: "string" },
 } as const;
+
+/**
+ * Tracing (shared/telemetry/tracing.ts), for coordinator, node and cluster: `--otlp-endpoint URL`
+ * (an OTLP/HTTP collector, Jaeger's or Tempo's port 4318) or the OTEL_* variables; off without them.
+ */
+export const TRACING_OPTIONS = {
+  "otlp-endpoint": { type: "string" },
+} as const;
+
+export const TRACING_HELP = `  --otlp-endpoint URL     send traces over OTLP/HTTP to this collector (http://HOST:4318; or
+                          OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER=otlp|none): off without`;
+
+/** Starts this process's tracing as `service` if --otlp-endpoint or the OTEL_* variables ask for it. */
+export function startProcessTracing(
+  service: string,
+  flag: string | undefined,
+  instanceId: string,
+  log: Logger,
+): Promise<Tracing> {
+  return startTracing(service, tracingSettings(flag), { instanceId, log });
+}
 
 export interface FarmConnection {
   nats: string;
@@ -41,7 +63,10 @@ export function farmConnection(values: {
   const nats = values.nats ?? env["FRAMEFARM_NATS"];
   const s3 = values.s3 ?? env["FRAMEFARM_S3"];
   if (nats === undefined)
-    throw new FarmError("INVALID_ARGUMENT", "NATS address missing: --nats nats://HOST:PORT (or FRAMEFARM_NATS)");
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      "NATS address missing: --nats nats://HOST:PORT[,nats://HOST:PORT...] (or FRAMEFARM_NATS)",
+    );
   if (s3 === undefined) throw new FarmError("INVALID_ARGUMENT", "S3 address missing: --s3 HOST:PORT (or FRAMEFARM_S3)");
   const m = /^([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(s3);
   if (m === null) throw new FarmError("INVALID_ARGUMENT", `--s3 must be HOST:PORT, got ${JSON.stringify(s3)}`);

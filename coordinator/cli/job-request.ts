@@ -3,7 +3,7 @@
  * take the same flags, read images the same way, and are validated by the same JobService code.
  */
 import { FarmError } from "../../shared/errors.js";
-import { readImageBytes } from "./embedded/inputs.js";
+import { readImageBytes, readVideoBytes } from "./embedded/inputs.js";
 import { parseSampler, parseSamplingType, parseSeed, parseUnipcVariant } from "../../shared/job/render-params.js";
 import { samplerToPb, samplingModeOf, unipcVariantToPb } from "../api/job-mapping.js";
 import {
@@ -18,6 +18,8 @@ import {
 /** The video settings as command-line options. */
 export const RENDER_OPTIONS = {
   image: { type: "string" },
+  video: { type: "string" },
+  "context-frames": { type: "string" },
   "end-image": { type: "string" },
   keyframe: { type: "string", multiple: true },
   prompt: { type: "string" },
@@ -45,9 +47,17 @@ export const RENDER_OPTIONS = {
   "magcache-retention": { type: "string" },
   "section-prompt": { type: "string", multiple: true },
   "prompt-blend": { type: "string" },
+  "vae-tiling": { type: "boolean" },
 } as const;
 
-/** Help lines for the sampler and prompt-schedule options (options that render and submit share). */
+/** Help lines for extending a video (options that render and submit share). */
+export const VIDEO_HELP = `  --video FILE            extend this video instead of starting from --image: the output is its
+                          frames, then new ones cross-faded in (vanilla continues it; inverted
+                          with --end-image runs toward that image); fps defaults to the video's
+  --context-frames N      FramePack-Studio's context frames, 2..10 (5): the sections' 1x context
+                          holds N - 1 of the video's latents`;
+
+/** Help lines for the sampler, prompt-schedule and decode options (options that render and submit share). */
 export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FramePack pipeline (default); unipc: as
                           lllyasviel's FramePack demo samples (flux shift + UniPC)
   --unipc-variant bh1|bh2 UniPC variant (bh1, as the demo; unipc only)
@@ -64,7 +74,10 @@ export const SAMPLING_HELP = `  --sampler euler|unipc   euler: diffusers' FrameP
                           section always compute (0.25)
   --section-prompt TEXT   one per section, in video-time order (repeat; instead of
                           --prompt). --prompt may be timed: "[0s: a man waves] [2s: ...]"
-  --prompt-blend N        blend each prompt change over N sections (0)`;
+  --prompt-blend N        blend each prompt change over N sections (0)
+  --vae-tiling            decode in 256-pixel spatial tiles, as diffusers' vae.enable_tiling():
+                          lower peak GPU memory, slightly different frames (off; recorded
+                          in the recipe)`;
 
 type OptionValue<O> = O extends { multiple: true } ? string[] : O extends { type: "boolean" } ? boolean : string;
 export type RenderOptionValues = { [K in keyof typeof RENDER_OPTIONS]?: OptionValue<(typeof RENDER_OPTIONS)[K]> };
@@ -132,6 +145,8 @@ export function renderSettingsFrom(values: RenderOptionValues): RenderSettings {
     fps: num(values.fps),
     crf: num(values.crf),
     ...(values.lossless === true ? { lossless: true } : {}),
+    ...(values["context-frames"] !== undefined ? { contextFrames: Number(values["context-frames"]) } : {}),
+    ...(values["vae-tiling"] !== undefined ? { vaeTiling: values["vae-tiling"] } : {}),
     ...(sampler !== undefined ? { sampler } : {}),
     // Names and ranges are the JobService's check (render-params.ts), which says which is off.
     ...(values.cache !== undefined ? { cache: values.cache } : {}),
@@ -159,6 +174,9 @@ export async function submitRequestFrom(
     image: await imageInput(values.image, "image"),
     endImage: await imageInput(values["end-image"], "end image"),
     keyframes: await keyframesFrom(values.keyframe),
+    ...(values.video !== undefined
+      ? { video: { source: { $case: "data", value: await readVideoBytes(values.video, "video") } } }
+      : {}),
     settings,
     bundle: "",
     priority,

@@ -122,3 +122,137 @@ export async function startNatsServer(storeDir: string, port?: number): Promise<
     p,
   );
 }
+
+/** One server of a local JetStream cluster: its name, ports and store folder. */
+export interface ClusterMember {
+  readonly name: string;
+  readonly port: number;
+  readonly clusterPort: number;
+  readonly monitorPort: number;
+  readonly storeDir: string;
+  server: LocalServer;
+}
+
+/**
+ * A JetStream cluster of `size` Debian nats-servers on loopback (each with its own store folder,
+ * client, route and monitoring ports, routes to the others, named `<clusterName>-<i>`), as the gpu
+ * overlay runs three in Kubernetes. A member can be killed and started again on its ports and
+ * store folder; clients given every URL (`urls`, comma-separated) reconnect to another.
+ */
+export class LocalNatsCluster {
+  private constructor(
+    readonly members: ClusterMember[],
+    private readonly clusterName: string,
+  ) {}
+
+  static async start(dir: string, size = 3, clusterName = "ff-nats"): Promise<LocalNatsCluster> {
+    const specs: Omit<ClusterMember, "server">[] = [];
+    for (let i = 0; i < size; i++)
+      specs.push({
+        name: `${clusterName}-${i}`,
+        port: await freePort(),
+        clusterPort: await freePort(),
+        monitorPort: await freePort(),
+        storeDir: path.join(dir, `nats-${i}`),
+      });
+    const c = new LocalNatsCluster([], clusterName);
+    // All at once: a server whose routes are not up yet retries them.
+    const servers = await Promise.all(specs.map((s) => c.spawnMember(s, specs)));
+    specs.forEach((s, i) => c.members.push({ ...s, server: servers[i]! }));
+    await c.waitReady();
+    return c;
+  }
+
+  /** Every client URL, comma-separated (what `--nats` and FRAMEFARM_NATS take). */
+  get urls(): string {
+    return this.members.map((m) => `nats://${LOOPBACK}:${m.port}`).join(",");
+  }
+
+  private async spawnMember(
+    s: Omit<ClusterMember, "server">,
+    all: Omit<ClusterMember, "server">[],
+  ): Promise<LocalServer> {
+    await mkdir(s.storeDir, { recursive: true });
+    const routes = all.filter((o) => o !== s).map((o) => `nats://${LOOPBACK}:${o.clusterPort}`);
+    return startProcess(
+      `nats-server ${s.name}`,
+      process.env["NATS_SERVER_BIN"] ?? "nats-server",
+      [
+        ...["-a", LOOPBACK, "-p", String(s.port), "-m", String(s.monitorPort), "-n", s.name],
+        ...["-js", "-sd", s.storeDir, "--cluster_name", this.clusterName],
+        ...["--cluster", `nats://${LOOPBACK}:${s.clusterPort}`, "--routes", routes.join(",")],
+      ],
+      s.port,
+    );
+  }
+
+  /** Monitoring JSON of member i (`/connz`, `/jsz?...`, `/healthz`). */
+  async monitor(i: number, pathAndQuery: string): Promise<unknown> {
+    const res = await fetch(`http://${LOOPBACK}:${this.members[i]!.monitorPort}${pathAndQuery}`);
+    if (!res.ok) throw new FarmError("UNAVAILABLE", `${this.members[i]!.name} ${pathAndQuery}: HTTP ${res.status}`);
+    return res.json();
+  }
+
+  /**
+   * Until every running member answers /healthz ok: JetStream has a metadata leader and the
+   * member's streams are current (a restarted member has caught up).
+   */
+  async waitReady(timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (const [i, m] of this.members.entries()) {
+      if (!this.running(i)) continue;
+      for (;;) {
+        const ok = await this.monitor(i, "/healthz").then(
+          () => true,
+          () => false,
+        );
+        if (ok) break;
+        if (Date.now() > deadline)
+          throw new FarmError("DEADLINE_EXCEEDED", `${m.name} not healthy within ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  running(i: number): boolean {
+    const p = this.members[i]!.server.process;
+    return p.exitCode === null && p.signalCode === null;
+  }
+
+  /** The member a named client connection is on (from each server's /connz), or undefined. */
+  async serverOf(clientName: string): Promise<number | undefined> {
+    for (let i = 0; i < this.members.length; i++) {
+      if (!this.running(i)) continue;
+      const connz = (await this.monitor(i, "/connz?limit=4096").catch(() => ({}))) as {
+        connections?: { name?: string }[];
+      };
+      if ((connz.connections ?? []).some((c) => c.name === clientName)) return i;
+    }
+    return undefined;
+  }
+
+  /** The member index of a server name (a stream's cluster.leader, say). */
+  indexOf(serverName: string): number | undefined {
+    const i = this.members.findIndex((m) => m.name === serverName);
+    return i < 0 ? undefined : i;
+  }
+
+  /** SIGKILL member i; resolves when it has exited. */
+  async kill(i: number): Promise<void> {
+    const p = this.members[i]!.server.process;
+    if (!this.running(i)) return;
+    const exited = new Promise((r) => p.once("exit", r));
+    p.kill("SIGKILL");
+    await exited;
+  }
+
+  /** Starts member i again on its ports and store folder (it rejoins and catches up). */
+  async restart(i: number): Promise<void> {
+    const all = this.members.map(({ server: _s, ...rest }) => rest);
+    this.members[i]!.server = await this.spawnMember(all[i]!, all);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.members.map((m) => m.server.stop()));
+  }
+}

@@ -6,7 +6,17 @@ import { parseArgs } from "node:util";
 import os from "node:os";
 import { FarmError } from "../../shared/errors.js";
 import { parseStages, parseWarmupSizes, startNode } from "../../gpu-node/main.js";
-import { FARM_OPTIONS, connectFarm, farmConnection, stopParts, untilSignal } from "./farm-options.js";
+import { refuseNodeVaeTiling } from "../../shared/job/vae-tiling-env.js";
+import {
+  FARM_OPTIONS,
+  TRACING_HELP,
+  TRACING_OPTIONS,
+  connectFarm,
+  farmConnection,
+  startProcessTracing,
+  stopParts,
+  untilSignal,
+} from "./farm-options.js";
 import { stopGraceMs } from "../../shared/shutdown.js";
 import { defaultBundleDir } from "./defaults.js";
 import { createLogger } from "../../shared/log/logger.js";
@@ -16,7 +26,7 @@ import { defaultCacheMb } from "../../gpu-node/worker/tensor-cache.js";
 
 const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's queues until SIGINT/SIGTERM
 
-  --nats URL              NATS server (FRAMEFARM_NATS)                    [required]
+  --nats URL[,URL...]     NATS server(s) of one cluster (FRAMEFARM_NATS)  [required]
   --s3 HOST:PORT          object store (FRAMEFARM_S3)                     [required]
   --bucket NAME           object store bucket (FRAMEFARM_S3_BUCKET, framefarm)
   --stages G,G|all        stage groups: text, image, vae, denoise (FRAMEFARM_STAGES, all)
@@ -24,13 +34,16 @@ const HELP = `framefarm node — a GPU node: serves stage tasks from the farm's 
   --ep cpu|webgpu|cuda    execution provider (FRAMEFARM_EP, cpu)
   --warmup WxH[,WxH...]   before taking tasks, run the models of this node's stages once at every
                           shape a job of each size gives them (the bundle's window and mode), so
-                          no job pays a GPU's slow first run at a new shape (FRAMEFARM_WARMUP)
+                          no job pays a GPU's slow first run at a new shape (FRAMEFARM_WARMUP);
+                          the VAE decoder untiled and tiled (jobs choose --vae-tiling), or only
+                          one with WxH:untiled or WxH:tiled
   --id ID                 node id (FRAMEFARM_NODE_ID, host-pid)
   --device NAME           device name the registry shows
   --cache-mb N            decoded-object cache (FRAMEFARM_CACHE_MB; 4096 on cuda, else 512)
   --heartbeat-ms N        registry heartbeat interval (2000)
   --ack-wait-ms N         how long a task of a dead node stays leased (30000)
-  --quarantine-after N    failed tasks in a row before the node stops taking tasks (3; 0: never)`;
+  --quarantine-after N    failed tasks in a row before the node stops taking tasks (3; 0: never)
+${TRACING_HELP}`;
 
 export async function nodeCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -38,6 +51,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
     strict: true,
     options: {
       ...FARM_OPTIONS,
+      ...TRACING_OPTIONS,
       stages: { type: "string" },
       bundle: { type: "string" },
       ep: { type: "string" },
@@ -57,6 +71,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
   }
   // Flags win over FRAMEFARM_STAGES / _EP / _NODE_ID / _CACHE_MB (containers set those: deploy/k8s).
   const env = process.env;
+  refuseNodeVaeTiling(env);
   const stages = parseStages(values.stages ?? env["FRAMEFARM_STAGES"] ?? "all");
   const warmupSizes = parseWarmupSizes(values.warmup ?? env["FRAMEFARM_WARMUP"] ?? "");
   const conn = farmConnection(values);
@@ -88,8 +103,10 @@ export async function nodeCommand(args: string[]): Promise<number> {
     );
   const failStages =
     env["FRAMEFARM_FAILPOINT_STAGES"] === undefined ? [] : parseStages(env["FRAMEFARM_FAILPOINT_STAGES"]);
-  const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
   const log = createLogger("node");
+  // Before anything connects: a bad setting is refused before the node joins the farm.
+  const tracing = await startProcessTracing("framefarm-node", values["otlp-endpoint"], nodeId, log);
+  const { bus, store } = await connectFarm(conn, `node ${nodeId}`);
   const node = await startNode(bus, store, {
     nodeId,
     stages,
@@ -105,6 +122,7 @@ export async function nodeCommand(args: string[]): Promise<number> {
     warmupSizes,
   }).catch(async (err: unknown) => {
     await bus.close();
+    await tracing.shutdown();
     throw err;
   });
   await untilSignal();
@@ -113,6 +131,8 @@ export async function nodeCommand(args: string[]): Promise<number> {
   await stopParts(log, [
     { name: "node", run: () => node.stop(stopGraceMs() / 2) },
     { name: "NATS connection", run: () => bus.close() },
+    // Last: the spans of the tasks just finished or handed back go out too.
+    { name: "tracing", run: () => tracing.shutdown() },
   ]);
   return 0;
 }

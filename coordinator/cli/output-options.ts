@@ -30,12 +30,13 @@ export interface OutputOptionValues {
 export const OUTPUT_HELP = `  --format mp4|webm       H.264 MP4 (default) or VP9 WebM; an output name ending .webm picks WebM
   --save-frames DIR       also write every frame as DIR/frame_00000.png, ...
   --recipe FILE           render a recipe again: a video framefarm made (its comment tag) or its
-                          .recipe.json; give the same --image (and --end-image, --keyframe);
-                          the recipe sets every other setting but --format, --crf and --lossless`;
+                          .recipe.json; give the same --image or --video (and --end-image,
+                          --keyframe); the recipe sets every other setting but --format, --crf
+                          and --lossless`;
 
 /** Options a recipe sets, which may not be given with --recipe. */
 const FROM_RECIPE = Object.keys(RENDER_OPTIONS).filter(
-  (k) => !["image", "end-image", "keyframe", "crf", "lossless"].includes(k),
+  (k) => !["image", "video", "end-image", "keyframe", "crf", "lossless"].includes(k),
 ) as (keyof RenderOptionValues)[];
 
 const FORMATS: Record<string, VideoFormat> = { mp4: VideoFormat.VIDEO_FORMAT_MP4, webm: VideoFormat.VIDEO_FORMAT_WEBM };

@@ -16,16 +16,20 @@ import { warmUp, warmUpJobOf, type WarmUpResult } from "../../gpu-node/stages/wa
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
 import { createProgress } from "./progress.js";
 import { defaultBundleDir } from "./defaults.js";
-import { RENDER_OPTIONS, SAMPLING_HELP, submitRequestFrom } from "./job-request.js";
+import { RENDER_OPTIONS, SAMPLING_HELP, VIDEO_HELP, submitRequestFrom } from "./job-request.js";
 import { writeFileAtomically } from "./output-file.js";
 import type { JobRecord } from "../dispatch/job-record.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jobOutputKeys } from "../planner/job-outputs.js";
 import { OUTPUT_HELP, OUTPUT_OPTIONS, applyOutputOptions, saveJobOutputs } from "./output-options.js";
+import { TRACING_HELP, TRACING_OPTIONS, startProcessTracing } from "./farm-options.js";
+import { createLogger } from "../../shared/log/logger.js";
+import { VAE_TILING_ENV, vaeTilingFromEnv } from "../../shared/job/vae-tiling-env.js";
 
 const HELP = `framefarm render — render one video in this process
 
-  --image FILE            start image (any format sharp reads)             [required]
+  --image FILE            start image (any format sharp reads)   [this or --video required]
+${VIDEO_HELP}
   --end-image FILE        end image (inverted mode only)
   --keyframe TIME:FILE    an image the video passes through at TIME seconds (repeat, in time
                           order, one per section; inverted mode only): FramePack-eichi's
@@ -41,10 +45,11 @@ const HELP = `framefarm render — render one video in this process
   --window N              latent window size (bundle default, 9)
   --resolution R          bucket resolution, multiple of 16 (640)
   --height H --width W    exact size instead of a bucket
-  --fps F                 output frame rate (30)
+  --fps F                 output frame rate (30; with --video, the video's)
   --crf C                 x264 quality, 0..51 (16)
   --lossless              exact RGB frames (libx264rgb, qp 0) instead of --crf
 ${SAMPLING_HELP}
+                          (render only: ${VAE_TILING_ENV}=1 makes it the default)
   --bundle DIR            model bundle (default: the tiny test bundle)
   --ep cpu|webgpu|cuda    execution provider (cpu)
   --warmup auto|on|off    run every model once at the job's shapes before the job starts
@@ -53,6 +58,7 @@ ${SAMPLING_HELP}
   --timings FILE          load every model first, then write the job's wall time and each task's
                           time (JSON): what the GPU benchmark compares with diffusers
 ${OUTPUT_HELP}
+${TRACING_HELP}
   -o, --output FILE       output video (its recipe goes to FILE's name .recipe.json) [required]`;
 
 /** Each task's wall time and time inside onnxruntime, from the job's task log. */
@@ -95,6 +101,19 @@ async function writeTimings(
   await writeFileAtomically(path.resolve(file), Buffer.from(`${JSON.stringify(result, null, 1)}\n`));
 }
 
+/**
+ * --vae-tiling, or when absent FRAMEFARM_VAE_TILING=1: the one place the old environment switch
+ * still counts, since this process is the whole farm and the job (so its recipe) carries the
+ * choice. With --recipe the recipe decides (undefined: the flag is not given).
+ */
+export function renderVaeTiling(
+  values: { "vae-tiling"?: boolean | undefined; recipe?: string | undefined },
+  env: NodeJS.ProcessEnv = process.env,
+): boolean | undefined {
+  if (values["vae-tiling"] !== undefined || values.recipe !== undefined) return values["vae-tiling"];
+  return vaeTilingFromEnv(env) ? true : undefined;
+}
+
 export async function renderCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -109,19 +128,22 @@ export async function renderCommand(args: string[]): Promise<number> {
       warmup: { type: "string" },
       output: { type: "string", short: "o" },
       help: { type: "boolean", short: "h" },
+      ...TRACING_OPTIONS,
     },
   });
   if (values.help === true) {
     process.stdout.write(`${HELP}\n`);
     return 0;
   }
-  if (values.image === undefined) throw new FarmError("INVALID_ARGUMENT", "--image is required");
+  if (values.image === undefined && values.video === undefined)
+    throw new FarmError("INVALID_ARGUMENT", "--image (or --video, to extend a video) is required");
   if (values.output === undefined) throw new FarmError("INVALID_ARGUMENT", "-o/--output is required");
   const output = path.resolve(values.output);
   const outStat = await stat(output).catch(() => null);
   if (outStat?.isDirectory() === true)
     throw new FarmError("INVALID_ARGUMENT", `output ${output} is a directory; give a file name`);
 
+  values["vae-tiling"] = renderVaeTiling(values);
   const ep = values.ep ?? "cpu";
   const warmup = values.warmup ?? "auto";
   if (warmup !== "auto" && warmup !== "on" && warmup !== "off")
@@ -129,6 +151,13 @@ export async function renderCommand(args: string[]): Promise<number> {
   // cuda and webgpu pay over a second per model and new shape on a first run (cuDNN's algorithm
   // search, lazy kernel loading); the CPU provider pays nothing worth a run.
   const warm = warmup === "on" || (warmup === "auto" && ep !== "cpu");
+  // The same spans as a farm's, from one process.
+  const tracing = await startProcessTracing(
+    "framefarm-render",
+    values["otlp-endpoint"],
+    `${os.hostname()}:${process.pid}`,
+    createLogger("render"),
+  );
   const embedded = await openNodeModels(values.bundle ?? defaultBundleDir(), ep);
   const data = await mkdtemp(path.join(os.tmpdir(), "framefarm-render-"));
   let farm: EmbeddedFarm | undefined;
@@ -191,5 +220,6 @@ export async function renderCommand(args: string[]): Promise<number> {
     await farm?.stop();
     await embedded.close();
     await rm(data, { recursive: true, force: true });
+    await tracing.shutdown();
   }
 }

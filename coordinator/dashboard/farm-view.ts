@@ -30,7 +30,7 @@ import {
   type StepEvent,
   type StageKind,
 } from "../../shared/farm/protocol.js";
-import { jobOutputKeys } from "../planner/job-outputs.js";
+import { jobOutputKeys, videoFileName } from "../planner/job-outputs.js";
 
 export type NodeStatus = "active" | "draining" | "drained" | "quarantined" | "stopped" | "gone";
 
@@ -54,6 +54,18 @@ export interface NodeView {
   sectionsPerHour: number;
   bytesRead: number;
   bytesWritten: number;
+  /** The node's GPUs as its last heartbeat reported them (CUDA nodes with nvidia-smi; else none). */
+  gpus: GpuView[];
+}
+
+export interface GpuView {
+  index: number;
+  name: string;
+  /** Absent where the GPU does not report it (MIG). */
+  utilizationPercent?: number;
+  memoryUsedMib: number;
+  memoryTotalMib: number;
+  sampledAt: string;
 }
 
 export interface QueueView {
@@ -86,6 +98,8 @@ export interface JobView {
   width: number;
   height: number;
   numFrames: number;
+  /** Frames of the video the job extends (--video); absent for a start image. */
+  inputVideoFrames?: number;
   steps: number;
   createdAt: string;
   updatedAt: string;
@@ -110,6 +124,12 @@ export interface FarmSnapshot {
   jobs: JobView[];
   /** Jobs per state, over every job in the bucket (jobs lists the newest only). */
   jobStates: Record<JobRecord["state"], number>;
+  /**
+   * Tasks of unfinished jobs that are ready and on no node yet, by stage: held by the dispatcher
+   * until a node of the stage asks, or on the stage's queue. The farm's real queue depth (the
+   * queues themselves hold only what idle nodes asked for).
+   */
+  waitingTasks: Record<StageKind, number>;
 }
 
 /** A finished task attempt, noticed once. */
@@ -121,6 +141,8 @@ export interface TaskAttempt {
   node: string;
   ok: boolean;
   seconds: number;
+  /** Unix ms. */
+  finishedMs: number;
 }
 
 export interface FarmViewOptions {
@@ -177,6 +199,14 @@ export function nodeView(r: NodeRecord, now: number): NodeView {
     sectionsPerHour: num(r.sectionsDone) / hours,
     bytesRead: num(r.bytesRead),
     bytesWritten: num(r.bytesWritten),
+    gpus: r.gpus.map((g) => ({
+      index: g.index,
+      name: g.name,
+      ...(g.utilizationPercent !== undefined ? { utilizationPercent: g.utilizationPercent } : {}),
+      memoryUsedMib: g.memoryUsedMib,
+      memoryTotalMib: g.memoryTotalMib,
+      sampledAt: new Date(msOf(g.sampledAt)).toISOString(),
+    })),
   };
 }
 
@@ -257,11 +287,11 @@ export class FarmView {
     return this.running;
   }
 
-  private async url(key: string): Promise<string> {
+  private async url(key: string, downloadAs?: string): Promise<string> {
     // One URL per key for half its life, so a page's <video> does not reload at every update.
     const hit = this.urls.get(key);
     if (hit !== undefined && hit.until > Date.now()) return hit.url;
-    const url = await this.store.presignedGetUrl(key, URL_EXPIRY_S);
+    const url = await this.store.presignedGetUrl(key, URL_EXPIRY_S, downloadAs);
     this.urls.set(key, { url, until: Date.now() + (URL_EXPIRY_S * 1000) / 2 });
     return url;
   }
@@ -305,14 +335,20 @@ export class FarmView {
     const registered = new Set(nodes.map((n) => n.id));
     for (const id of this.announced.keys()) if (!registered.has(id)) this.announced.delete(id);
     const jobStates: FarmSnapshot["jobStates"] = { QUEUED: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0 };
+    const waitingTasks = Object.fromEntries(STAGE_KINDS.map((k) => [k, 0])) as Record<StageKind, number>;
     for (const r of records) {
       jobStates[r.state]++;
       this.notice(r);
+      if (r.state !== "QUEUED" && r.state !== "RUNNING") continue;
+      for (const t of r.tasks) {
+        const s = r.taskStates[t.id];
+        if (s === "ready" || (s === "queued" && !running.has(t.id))) waitingTasks[t.kind]++;
+      }
     }
     records.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
     const jobs: JobView[] = [];
     for (const r of records.slice(0, this.options.maxJobs ?? 100)) jobs.push(await this.jobView(r, running));
-    const snap: FarmSnapshot = { at: new Date(now).toISOString(), nodes, queues, jobs, jobStates };
+    const snap: FarmSnapshot = { at: new Date(now).toISOString(), nodes, queues, jobs, jobStates, waitingTasks };
     this.latest = snap;
     for (const l of this.listeners) l(snap);
     return snap;
@@ -352,6 +388,7 @@ export class FarmView {
       width: r.spec.width,
       height: r.spec.height,
       numFrames: r.spec.params.numFrames,
+      ...((r.spec.params.video ?? null) !== null ? { inputVideoFrames: r.spec.params.video!.frames } : {}),
       steps: r.spec.params.steps,
       createdAt: r.createdAt,
       updatedAt: r.updatedAt,
@@ -370,7 +407,8 @@ export class FarmView {
       const section = r.tasks.find((t) => t.kind === "decode" && t.outputs["preview"] === key)?.section;
       if (key !== undefined && section !== undefined) view.preview = { section, key, url: await this.url(key) };
       const video = jobOutputKeys(id, r.tasks).video;
-      if (r.state === "SUCCEEDED") view.video = { key: video, url: await this.url(video) };
+      // The page's download link saves it; its <video> plays it all the same.
+      if (r.state === "SUCCEEDED") view.video = { key: video, url: await this.url(video, videoFileName(r)) };
     }
     return view;
   }
@@ -405,6 +443,7 @@ export class FarmView {
         node: e.node,
         ok: e.ok,
         seconds: (Date.parse(e.finishedAt) - Date.parse(e.startedAt)) / 1000,
+        finishedMs: Date.parse(e.finishedAt),
       };
       log.info(
         {

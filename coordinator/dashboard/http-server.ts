@@ -1,23 +1,32 @@
 /**
  * The coordinator's HTTP server: the admin dashboard (a static page in ./static, beside this
- * file's source), its JSON API and live snapshots over server-sent events, and Prometheus
- * metrics. Every request for farm data or actions passes one authorize() check first (token auth
- * plugs in there); the page's own files hold no data and load without it, so a browser can show
- * a token prompt, and /api/session tells the page whether its token passes.
+ * file's source, and Chart.js from its npm package under /static/vendor/), its JSON API (the farm's
+ * last hour and each job's timeline for its charts too) and live snapshots over server-sent events,
+ * and Prometheus metrics; and the tenants' submit page (/submit) with its API (/api/tenant/...,
+ * tenant-api.ts).
+ * Every request for farm data or actions passes one authorize() check first (token auth plugs in
+ * there; the tenant API checks any tenant's token instead); the pages' own files hold no data and
+ * load without it, so a browser can show a token prompt, and /api/session tells the page whether
+ * its token passes.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { AddressInfo } from "node:net";
-import { FarmError, type StatusName } from "../../shared/errors.js";
+import { FarmError } from "../../shared/errors.js";
 import type { Logger } from "../../shared/log/logger.js";
 import type { JobRecord } from "../dispatch/job-record.js";
 import type { FarmView } from "./farm-view.js";
 import type { FarmMetrics } from "./metrics.js";
+import { fail, httpStatusOf, readJsonBody, requireJson, send, sendJson } from "./http-replies.js";
+import type { TenantApi } from "./tenant-api.js";
+import type { FarmHistoryView } from "./farm-history.js";
+import type { JobTimeline } from "./job-timeline.js";
+import { readVendorFiles } from "./vendor-assets.js";
 
 /** coordinator/dashboard/static at the package root (this file is dist/coordinator/dashboard/http-server.js). */
-const STATIC_DIR = path.resolve(
+export const STATIC_DIR = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
   "..",
   "..",
@@ -62,6 +71,12 @@ export interface DashboardServerOptions {
    * checked again and those no longer admitted are closed. Returns the unsubscribe.
    */
   authChanges?: (fn: () => void) => () => void;
+  /** The submit page's API (/api/tenant/...), for tenants' tokens; absent: not served. */
+  tenantApi?: TenantApi;
+  /** The farm's last hour (/api/history); absent: not served. */
+  history?: () => FarmHistoryView;
+  /** A job's task timeline (/api/jobs/ID/timeline), NOT_FOUND for no such job; absent: not served. */
+  timeline?: (jobId: string) => Promise<JobTimeline>;
 }
 
 export interface DashboardServer {
@@ -69,52 +84,16 @@ export interface DashboardServer {
   stop(): Promise<void>;
 }
 
-const HTTP_STATUS: Partial<Record<StatusName, number>> = {
-  INVALID_ARGUMENT: 400,
-  OUT_OF_RANGE: 400,
-  UNAUTHENTICATED: 401,
-  PERMISSION_DENIED: 403,
-  NOT_FOUND: 404,
-  ALREADY_EXISTS: 409,
-  ABORTED: 409,
-  FAILED_PRECONDITION: 409,
-  UNAVAILABLE: 503,
-};
-
-function send(res: ServerResponse, status: number, body: string | Uint8Array, contentType = "application/json"): void {
-  res.writeHead(status, {
-    "content-type": contentType,
-    "cache-control": "no-store",
-    "x-content-type-options": "nosniff",
-  });
-  res.end(body);
-}
-const sendJson = (res: ServerResponse, status: number, value: unknown): void =>
-  send(res, status, JSON.stringify(value));
-const fail = (res: ServerResponse, status: number, code: string, message: string): void =>
-  sendJson(res, status, { error: { code, message } });
-
-async function readJsonBody(req: IncomingMessage): Promise<Record<string, unknown>> {
-  let size = 0;
-  const chunks: Buffer[] = [];
-  for await (const c of req) {
-    size += (c as Buffer).length;
-    if (size > 64 * 1024) throw new FarmError("INVALID_ARGUMENT", "request body over 64 KiB");
-    chunks.push(c as Buffer);
-  }
-  if (size === 0) return {};
-  try {
-    const v: unknown = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-    if (typeof v === "object" && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // reported below
-  }
-  throw new FarmError("INVALID_ARGUMENT", "request body must be a JSON object");
-}
+/** Pages by path; every other file is served under /static/ by its name. */
+const PAGES = new Map([
+  ["/", "index.html"],
+  ["/submit", "submit.html"],
+]);
 
 const ID = "([A-Za-z0-9_-]{1,64})";
 const JOB_ACTION = new RegExp(`^/api/jobs/${ID}/(cancel|retry|priority)$`);
 const NODE_DRAIN = new RegExp(`^/api/nodes/${ID}/drain$`);
+const JOB_TIMELINE = new RegExp(`^/api/jobs/${ID}/timeline$`);
 
 export async function startDashboardServer(o: DashboardServerOptions): Promise<DashboardServer> {
   // The page's files are read once: only these names are ever served (no paths from requests).
@@ -123,6 +102,8 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     const type = CONTENT_TYPES[path.extname(name)];
     if (type !== undefined) files.set(name, { body: await readFile(path.join(STATIC_DIR, name)), type });
   }
+  for (const [name, body] of await readVendorFiles())
+    files.set(`vendor/${name}`, { body, type: CONTENT_TYPES[".js"]! });
   const authorize: Authorize = o.authorize ?? (() => true);
   const authorizeMetrics: Authorize = o.authorizeMetrics ?? authorize;
   /** Open event streams, with the request each answers (its token is checked again on changes). */
@@ -150,10 +131,8 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     const node = NODE_DRAIN.exec(url.pathname);
     if (job === null && node === null) return false;
     if (req.method !== "POST") return (fail(res, 405, "METHOD_NOT_ALLOWED", "use POST"), true);
-    // A JSON content type cannot be sent by a plain cross-site form: no CSRF through this door.
-    if (!(req.headers["content-type"] ?? "").startsWith("application/json"))
-      return (fail(res, 415, "UNSUPPORTED_MEDIA_TYPE", "send Content-Type: application/json"), true);
-    const body = await readJsonBody(req);
+    if (!requireJson(req, res)) return true;
+    const body = await readJsonBody(req, 64 * 1024);
     if (node !== null) {
       await o.actions.drain(node[1]!);
       o.log.info({ nodeId: node[1] }, "drain requested");
@@ -184,9 +163,12 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? "/", "http://dashboard");
-    const file = files.get(url.pathname === "/" ? "index.html" : url.pathname.replace(/^\/static\//, ""));
-    if (req.method === "GET" && file !== undefined && (url.pathname === "/" || url.pathname.startsWith("/static/")))
+    const page = PAGES.get(url.pathname);
+    const file = files.get(page ?? url.pathname.replace(/^\/static\//, ""));
+    if (req.method === "GET" && file !== undefined && (page !== undefined || url.pathname.startsWith("/static/")))
       return send(res, 200, file.body, file.type);
+    // The submit page's API has its own gate: any tenant's token, each seeing its own jobs.
+    if (url.pathname.startsWith("/api/tenant/") && o.tenantApi !== undefined) return o.tenantApi.handle(req, res, url);
     // Answered 200 either way, so the page can ask without a failed request in the browser's log.
     if (url.pathname === "/api/session" && req.method === "GET")
       return sendJson(res, 200, { authorized: await authorize(req) });
@@ -207,6 +189,9 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     if (await action(req, res, url)) return;
     if (req.method !== "GET" && req.method !== "HEAD") return fail(res, 405, "METHOD_NOT_ALLOWED", "use GET");
     if (url.pathname === "/api/state") return sendJson(res, 200, o.view.snapshot());
+    if (url.pathname === "/api/history" && o.history !== undefined) return sendJson(res, 200, o.history());
+    const timeline = JOB_TIMELINE.exec(url.pathname);
+    if (timeline !== null && o.timeline !== undefined) return sendJson(res, 200, await o.timeline(timeline[1]!));
     if (url.pathname === "/api/events") {
       res.writeHead(200, {
         "content-type": "text/event-stream",
@@ -225,7 +210,7 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     handle(req, res).catch((err: unknown) => {
       const status = err instanceof FarmError ? err.status : "INTERNAL";
       if (status === "INTERNAL") o.log.error({ err, path: req.url }, "dashboard request failed");
-      if (!res.headersSent) fail(res, HTTP_STATUS[status] ?? 500, status, (err as Error).message);
+      if (!res.headersSent) fail(res, httpStatusOf(status), status, (err as Error).message);
       else res.end();
     });
   });
@@ -238,6 +223,7 @@ export async function startDashboardServer(o: DashboardServerOptions): Promise<D
     stop: async () => {
       offSnapshot();
       offAuth?.();
+      o.tenantApi?.stop();
       clearInterval(keepAlive);
       for (const res of streams.keys()) res.end();
       server.closeAllConnections();

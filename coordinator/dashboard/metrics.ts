@@ -19,6 +19,7 @@ export function farmMetrics(
   view: FarmView,
   storeTraffic: () => { read: number; written: number },
   leader: () => boolean = () => true,
+  stranded: () => { tasks: number; results: number } = () => ({ tasks: 0, results: 0 }),
 ): FarmMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "framefarm_coordinator_" });
@@ -28,6 +29,18 @@ export function farmMetrics(
     registers: [registry],
     collect() {
       this.set(leader() ? 1 : 0);
+    },
+  });
+  new Counter({
+    name: "framefarm_stranded_tasks_requeued_total",
+    help: "Messages a queue stored but would never hand out (a NATS consumer that lost them), queued again by this coordinator: stage tasks, results",
+    labelNames: ["queue"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      const n = stranded();
+      this.inc({ queue: "tasks" }, n.tasks);
+      this.inc({ queue: "results" }, n.results);
     },
   });
   const duration = new Histogram({

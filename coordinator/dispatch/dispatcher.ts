@@ -37,12 +37,24 @@ import { tenantOf } from "./job-views.js";
 import { appendQueuedEvent } from "../webhooks/events.js";
 import { FarmError } from "../../shared/errors.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import type { Logger } from "../../shared/log/logger.js";
+import { silentLogger, type Logger } from "../../shared/log/logger.js";
 import { jsonCodec } from "../../shared/farm/codec.js";
 import { COORDINATOR_BUCKET, LeaderLease } from "./leader-lease.js";
+import { SpanKind, type Span } from "@opentelemetry/api";
+import {
+  TRACE_ATTRS,
+  contextOf,
+  recordFailure,
+  spanCarrier,
+  tracer,
+  type TraceCarrier,
+} from "../../shared/telemetry/tracing.js";
 
-/** The queue message for a task: the task and its job's spec, with the nodes that already failed it, if any. */
-export function taskMessage(r: JobRecord, taskId: string): TaskMessage {
+/**
+ * The queue message for a task: the task and its job's spec, with the nodes that already failed
+ * it, if any, and the trace context of the span that dispatches it.
+ */
+export function taskMessage(r: JobRecord, taskId: string, trace?: TraceCarrier): TaskMessage {
   // Records written before avoidNodes existed name the failed nodes in their (then whole) task log.
   const failed =
     r.avoidNodes !== undefined
@@ -59,7 +71,69 @@ export function taskMessage(r: JobRecord, taskId: string): TaskMessage {
     task,
     spec: r.spec,
     ...(failed.length > 0 ? { avoidNodes: [...new Set(failed)] } : {}),
+    ...(trace !== undefined ? { trace } : {}),
   };
+}
+
+/**
+ * The span of one dispatch of a task (its message carries the span's context to the node): a
+ * child of the job's SubmitJob span, which the record keeps, whichever coordinator dispatches.
+ */
+function dispatchSpan(r: JobRecord, task: StageTask, resumed = false): Span {
+  return tracer().startSpan(
+    `dispatch ${task.kind}`,
+    {
+      kind: SpanKind.PRODUCER,
+      attributes: {
+        [TRACE_ATTRS.jobId]: r.spec.jobId,
+        [TRACE_ATTRS.taskId]: task.id,
+        [TRACE_ATTRS.stage]: task.kind,
+        ...(task.section !== undefined ? { [TRACE_ATTRS.section]: task.section } : {}),
+        [TRACE_ATTRS.attempt]: (r.attempts[task.id] ?? 0) + 1,
+        ...(resumed ? { [TRACE_ATTRS.resumed]: true } : {}),
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": task.kind,
+      },
+    },
+    contextOf(r.trace),
+  );
+}
+
+/**
+ * The span of the coordinator taking in a node's result: a child of the node's span of the task,
+ * or of the job's when the node does not trace.
+ */
+function resultSpan(result: TaskResult, r: JobRecord | undefined, startTime: number): Span {
+  const task = r?.tasks.find((t) => t.id === result.taskId);
+  return tracer().startSpan(
+    `result ${task?.kind ?? "task"}`,
+    {
+      kind: SpanKind.CONSUMER,
+      startTime,
+      attributes: {
+        [TRACE_ATTRS.jobId]: result.jobId,
+        [TRACE_ATTRS.taskId]: result.taskId,
+        [TRACE_ATTRS.nodeId]: result.node,
+        ...(task !== undefined ? { [TRACE_ATTRS.stage]: task.kind } : {}),
+        ...(task?.section !== undefined ? { [TRACE_ATTRS.section]: task.section } : {}),
+        [TRACE_ATTRS.outcome]: result.ok ? "done" : "failed",
+      },
+    },
+    contextOf(result.trace ?? r?.trace),
+  );
+}
+
+/** Sends a task's message under its dispatch span. */
+async function traced(span: Span, send: () => Promise<void>): Promise<void> {
+  try {
+    await send();
+  } catch (err) {
+    recordFailure(span, err);
+    throw err;
+  } finally {
+    span.end();
+  }
 }
 
 export interface DispatcherOptions {
@@ -80,6 +154,10 @@ export interface DispatcherOptions {
   resyncMs?: number;
   /** Remove finished jobs after this long (coordinator/dispatch/job-sweeper.ts); kept for good when absent. */
   retention?: RetentionOptions;
+  /** How often the stage queues are checked for stranded task messages (WorkQueues.requeueStranded), in ms. */
+  strandedCheckMs?: number;
+  /** Where the dispatcher says what it queued (debug) and what it queued again and why (info). */
+  log?: Logger;
 }
 
 /** Core NATS subject on which a dispatcher under a lease names each job record it wrote. */
@@ -116,7 +194,11 @@ function markReady(rec: JobRecord): void {
       .filter(([, s]) => s !== "pending")
       .map(([id]) => id),
   );
-  for (const t of readyTasks(rec.tasks, done, started)) rec.taskStates[t.id] = "ready";
+  const now = new Date().toISOString();
+  for (const t of readyTasks(rec.tasks, done, started)) {
+    rec.taskStates[t.id] = "ready";
+    (rec.readyAt ??= {})[t.id] = now;
+  }
 }
 
 export class Dispatcher {
@@ -138,6 +220,7 @@ export class Dispatcher {
   /** Tasks marked queued whose enqueue failed (the bus was away): sent again, first thing, by the next pass. */
   private unsent: { kind: StageKind; data: Uint8Array; dedupId: string }[] = [];
   private readonly maxAttempts: number;
+  private readonly log: Logger;
   private readonly onRecord: ((jobId: string) => void) | undefined;
   private lease: LeaderLease | undefined;
   /** Whether the dispatching parts (results consumer, release ticks) run now. */
@@ -148,6 +231,14 @@ export class Dispatcher {
   private resyncs = 0;
   /** Runs while this dispatcher leads, with retention on. */
   private sweeper: JobSweeper | undefined;
+  private strandedCheck: NodeJS.Timeout | undefined;
+  private checkingStranded = false;
+  /** Task messages found stranded on a stage queue (its consumer would never hand them out) and queued again. */
+  strandedRequeued = 0;
+  /** Results found stranded on the results queue and handed in again. */
+  strandedResultsRequeued = 0;
+  /** Queued tasks found in no queue by the last check (resendLost). */
+  private lostSeen = new Set<string>();
 
   private constructor(
     private readonly bus: Bus,
@@ -157,6 +248,7 @@ export class Dispatcher {
   ) {
     this.maxAttempts = options.maxAttempts ?? 3;
     this.onRecord = options.onRecord;
+    this.log = options.log ?? options.lease?.log ?? silentLogger();
   }
 
   static async start(bus: Bus, store: ObjectStore, options: DispatcherOptions = {}): Promise<Dispatcher> {
@@ -227,9 +319,35 @@ export class Dispatcher {
     for (const jobId of ids) if (this.unfinished.has(jobId) || !this.mirrored.has(jobId)) await this.follow(jobId);
   }
 
-  /** Starts dispatching: consumes results and resumes every unfinished job from the store. */
+  /** Starts dispatching: resumes every unfinished job from the store, then consumes results. */
   private async lead(options: DispatcherOptions): Promise<void> {
     if (this.dispatching || this.stopped || !this.leader) return;
+    // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
+    // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
+    // Not what a queue still holds, or whose result waits: a clustered stream whose leader changed
+    // has forgotten the dedup ids of the messages already taken off it. Done before anything else
+    // here queues tasks or takes results, which would make that look stale at once.
+    const inQueues = await this.storedTasks();
+    for (const jobId of await this.kv.keys()) {
+      const cur = await readJob(this.kv, jobId);
+      if (cur === null || !active(cur.record)) continue;
+      const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? (markReady(rec), rec) : null));
+      if (w === null) continue;
+      this.wrote(w);
+      for (const t of w.record.tasks) {
+        if (w.record.taskStates[t.id] !== "queued" || !this.leader || inQueues.has(`${jobId}/${t.id}`)) continue;
+        this.log.info({ taskId: t.id, dedupId: dedupId(w.record, t.id) }, "taking over: task queued again");
+        const span = dispatchSpan(w.record, t, true);
+        await traced(span, () =>
+          this.bus.queues.enqueue(
+            t.kind,
+            taskMessages.encode(taskMessage(w.record, t.id, spanCarrier(span))),
+            dedupId(w.record, t.id),
+          ),
+        );
+      }
+    }
+    if (this.stopped || !this.leader) return;
     this.dispatching = true;
     this.consumer = await this.bus.queues.consume(
       RESULTS_QUEUE,
@@ -246,25 +364,12 @@ export class Dispatcher {
         this.requestRelease();
       },
     );
-    // Resume every unfinished job: hold its ready tasks again, and queue again what was queued
-    // (the queue's dedup window drops true duplicates; a task run twice writes nothing new).
-    for (const jobId of await this.kv.keys()) {
-      const cur = await readJob(this.kv, jobId);
-      if (cur === null || !active(cur.record)) continue;
-      const w = await updateJob(this.kv, jobId, (rec) => (active(rec) ? (markReady(rec), rec) : null));
-      if (w === null) continue;
-      this.wrote(w);
-      for (const t of w.record.tasks) {
-        if (w.record.taskStates[t.id] === "queued" && this.leader)
-          await this.bus.queues.enqueue(
-            t.kind,
-            taskMessages.encode(taskMessage(w.record, t.id)),
-            dedupId(w.record, t.id),
-          );
-      }
-    }
     this.tick = setInterval(() => this.requestRelease(), options.tickMs ?? 250);
     this.tick.unref();
+    if (this.bus.queues.requeueStranded !== undefined) {
+      this.strandedCheck = setInterval(() => void this.requeueStranded(), options.strandedCheckMs ?? 5_000);
+      this.strandedCheck.unref();
+    }
     this.requestRelease();
     if (options.retention !== undefined)
       this.sweeper = await JobSweeper.start(this.bus, this.store, this.kv, {
@@ -279,6 +384,85 @@ export class Dispatcher {
       });
   }
 
+  /**
+   * A task queued here whose message no queue stores and whose result is not waiting either, seen
+   * so twice in a row, was lost by the server (a clustered stream's leader killed): it is queued
+   * again (a new message; its id differs from the lost one's, which the queue may remember).
+   */
+  private async resendLost(): Promise<void> {
+    const inQueues = await this.storedTasks();
+    const seen = new Set<string>();
+    for (const jobId of [...this.unfinished.keys()]) {
+      const cur = await readJob(this.kv, jobId);
+      if (cur === null || !active(cur.record)) continue;
+      for (const t of cur.record.tasks) {
+        const key = `${jobId}/${t.id}`;
+        if (cur.record.taskStates[t.id] !== "queued" || inQueues.has(key)) continue;
+        seen.add(key);
+        if (!this.lostSeen.has(key) || !this.dispatching || !this.leader) continue;
+        this.log.info({ taskId: t.id }, "task queued but in no queue, twice: queued again");
+        await this.bus.queues.enqueue(
+          t.kind,
+          taskMessages.encode(taskMessage(cur.record, t.id)),
+          `${dedupId(cur.record, t.id)}.lost-${Date.now()}`,
+        );
+        this.strandedRequeued++;
+        seen.delete(key);
+      }
+    }
+    this.lostSeen = seen;
+  }
+
+  /** `jobId/taskId` of every task message the stage queues store and every result waiting (NATS only). */
+  private async storedTasks(): Promise<Set<string>> {
+    const found = new Set<string>();
+    const stored = this.bus.queues.stored?.bind(this.bus.queues);
+    if (stored === undefined) return found;
+    for (const kind of STAGE_KINDS)
+      for (const m of await stored(kind)) {
+        const t = taskMessages.decode(m.data);
+        found.add(`${t.jobId}/${t.taskId}`);
+      }
+    for (const m of await stored(RESULTS_QUEUE)) {
+      const r = taskResults.decode(m.data);
+      found.add(`${r.jobId}/${r.taskId}`);
+    }
+    return found;
+  }
+
+  /**
+   * A task message its queue still stores but will never hand out (a clustered nats-server's
+   * consumer that lost it in a leader change) is queued again if its task is still queued here
+   * (a new message: the dedup window remembers the old id), else just removed.
+   */
+  private async requeueStranded(): Promise<void> {
+    const requeue = this.bus.queues.requeueStranded?.bind(this.bus.queues);
+    if (requeue === undefined || this.checkingStranded) return;
+    this.checkingStranded = true;
+    try {
+      for (const kind of STAGE_KINDS) {
+        if (!this.dispatching || !this.leader) return;
+        const { requeued } = await requeue(kind, async (data) => {
+          const msg = taskMessages.decode(data);
+          const cur = await readJob(this.kv, msg.jobId);
+          const again =
+            this.leader && cur !== null && active(cur.record) && cur.record.taskStates[msg.taskId] === "queued";
+          if (again) this.log.info({ taskId: msg.taskId }, "stranded task message queued again");
+          return again;
+        });
+        this.strandedRequeued += requeued;
+      }
+      // A stranded result is handed in again too: a result for a task already done is ignored.
+      if (this.dispatching && this.leader)
+        this.strandedResultsRequeued += (await requeue(RESULTS_QUEUE, () => Promise.resolve(true))).requeued;
+      await this.resendLost();
+    } catch {
+      // The bus is away: the next check tries again.
+    } finally {
+      this.checkingStranded = false;
+    }
+  }
+
   /** Stops dispatching (the lease is gone): no more releases, results are left to the new leader. */
   private async standDown(): Promise<void> {
     if (!this.dispatching) return;
@@ -286,6 +470,7 @@ export class Dispatcher {
     clearInterval(this.tick);
     await this.sweeper?.stop();
     this.sweeper = undefined;
+    clearInterval(this.strandedCheck);
     await this.consumer?.stop();
     this.consumer = undefined;
     await this.releasing;
@@ -309,8 +494,13 @@ export class Dispatcher {
   async submit(
     spec: JobSpec,
     tasks: StageTask[],
-    options: { priority?: number; webhook?: { url: string; tenant: string }; idempotencyKey?: string } = {},
-  ): Promise<void> {
+    options: {
+      priority?: number;
+      webhook?: { url: string; tenant: string };
+      idempotencyKey?: string;
+      trace?: TraceCarrier;
+    } = {},
+  ): Promise<JobRecord> {
     const priority = options.priority ?? 0;
     checkPriority(priority);
     const now = new Date().toISOString();
@@ -326,11 +516,13 @@ export class Dispatcher {
       updatedAt: now,
       ...(options.webhook !== undefined ? { webhook: { ...options.webhook, events: [] } } : {}),
       ...(options.idempotencyKey !== undefined ? { idempotencyKey: options.idempotencyKey } : {}),
+      ...(options.trace !== undefined ? { trace: options.trace } : {}),
     };
     appendQueuedEvent(record, now);
     markReady(record);
     this.wrote({ record, revision: await createJob(this.kv, record) });
     this.requestRelease();
+    return record;
   }
 
   async job(jobId: string): Promise<JobRecord | null> {
@@ -395,12 +587,21 @@ export class Dispatcher {
 
   /** Gives each idle node the best held task of its stage. */
   private async releasePass(): Promise<void> {
-    // Same dedup ids: a send that did reach the queue before its answer was lost is dropped there.
-    while (this.unsent.length > 0) {
-      if (!this.leader) return;
-      const u = this.unsent[0]!;
-      await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
-      this.unsent.shift();
+    // Same dedup ids: a send that did reach the queue before its answer was lost is dropped there;
+    // a clustered stream whose leader changed since forgot the id, so what the queues hold (or what
+    // has a result already) is not sent again.
+    if (this.unsent.length > 0) {
+      const inQueues = await this.storedTasks();
+      while (this.unsent.length > 0) {
+        if (!this.leader) return;
+        const u = this.unsent[0]!;
+        const { jobId, taskId } = taskMessages.decode(u.data);
+        const cur = await readJob(this.kv, jobId);
+        const again = !inQueues.has(`${jobId}/${taskId}`) && cur !== null && cur.record.taskStates[taskId] === "queued";
+        this.log.info({ taskId, dedupId: u.dedupId, again }, "a send that failed: sent again unless stored");
+        if (again) await this.bus.queues.enqueue(u.kind, u.data, u.dedupId);
+        this.unsent.shift();
+      }
     }
     let resultsChecked = false;
     // Credits for workers that just finished last only this pass: at most one task ever waits for a worker.
@@ -438,14 +639,18 @@ export class Dispatcher {
         }
         if (w === null) continue; // cancelled, or already moved on
         this.wrote(w);
+        const task = w.record.tasks.find((t) => t.id === taskId)!;
+        const span = dispatchSpan(w.record, task);
         const send = {
           kind,
-          data: taskMessages.encode(taskMessage(w.record, taskId)),
+          data: taskMessages.encode(taskMessage(w.record, taskId, spanCarrier(span))),
           dedupId: dedupId(w.record, taskId),
         };
         try {
-          await this.bus.queues.enqueue(send.kind, send.data, send.dedupId);
+          await traced(span, () => this.bus.queues.enqueue(send.kind, send.data, send.dedupId));
+          this.log.debug({ taskId, dedupId: send.dedupId }, "task queued");
         } catch (err) {
+          this.log.info({ taskId, dedupId: send.dedupId, err: (err as Error).message }, "task send failed");
           this.unsent.push(send); // marked queued: it must reach the queue
           throw err;
         }
@@ -508,17 +713,24 @@ export class Dispatcher {
 
   /** Records a node's result; returns the stage of the task it reported on. */
   private async onResult(result: TaskResult): Promise<StageKind | undefined> {
+    const startTime = Date.now();
     let cancelled = false;
+    let doneAlready = false;
+    let seen: JobRecord | undefined;
     // One revision-checked write records the result and marks what became ready.
     const w = await updateJob(this.kv, result.jobId, (rec) => {
+      seen = rec;
       cancelled = rec.state === "CANCELLED";
-      if (rec.taskStates[result.taskId] === "done" || !active(rec)) return null;
+      doneAlready = rec.taskStates[result.taskId] === "done";
+      if (doneAlready || !active(rec)) return null;
       const attempts = (rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1);
       if (result.startedAt !== undefined && result.finishedAt !== undefined) {
+        const readyAt = rec.readyAt?.[result.taskId];
         appendTaskLog(rec, {
           taskId: result.taskId,
           node: result.node,
           ok: result.ok,
+          ...(readyAt !== undefined ? { readyAt } : {}),
           startedAt: result.startedAt,
           finishedAt: result.finishedAt,
           modelMs: result.modelMs ?? 0,
@@ -541,6 +753,7 @@ export class Dispatcher {
       } else {
         // Attempts left: back to the held set, to be released again (as a new attempt).
         rec.taskStates[result.taskId] = "ready";
+        (rec.readyAt ??= {})[result.taskId] = new Date().toISOString();
         rec.state = "RUNNING";
       }
       if (rec.state === "RUNNING") markReady(rec);
@@ -550,24 +763,55 @@ export class Dispatcher {
       if (err instanceof FarmError && err.status === "NOT_FOUND") return null;
       throw err;
     });
-    if (cancelled) {
-      // A task that was running at cancellation may have written outputs after the clean-up.
-      await this.store.deletePrefix(jobPrefix(result.jobId));
-      return undefined;
+    const span = resultSpan(result, w?.record ?? seen, startTime);
+    try {
+      if (cancelled) {
+        // A task that was running at cancellation may have written outputs after the clean-up.
+        await this.store.deletePrefix(jobPrefix(result.jobId));
+        return undefined;
+      }
+      if (w === null) {
+        // A second result of one task: a second run of it (or a result handed in twice).
+        if (doneAlready)
+          this.log.info(
+            { taskId: result.taskId, node: result.node, ok: result.ok },
+            "result for a task done already: ignored",
+          );
+        return undefined;
+      }
+      if (!result.ok) {
+        const section = w.record.tasks.find((t) => t.id === result.taskId)?.section;
+        this.log.info(
+          {
+            jobId: result.jobId,
+            taskId: result.taskId,
+            nodeId: result.node,
+            ...(section !== undefined ? { section } : {}),
+            error: result.error,
+          },
+          "task failed on a node",
+        );
+      }
+      span.setAttribute(TRACE_ATTRS.jobState, w.record.state);
+      this.wrote(w);
+      // A failed job keeps its intermediates: a retry resumes from them.
+      if (w.record.state === "SUCCEEDED")
+        for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
+      this.publish(w.record, result.taskId);
+      return w.record.tasks.find((t) => t.id === result.taskId)?.kind;
+    } catch (err) {
+      recordFailure(span, err);
+      throw err;
+    } finally {
+      span.end();
     }
-    if (w === null) return undefined;
-    this.wrote(w);
-    // A failed job keeps its intermediates: a retry resumes from them.
-    if (w.record.state === "SUCCEEDED")
-      for (const p of intermediatePrefixes(result.jobId)) await this.store.deletePrefix(p);
-    this.publish(w.record, result.taskId);
-    return w.record.tasks.find((t) => t.id === result.taskId)?.kind;
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.tick);
     await this.sweeper?.stop();
+    clearInterval(this.strandedCheck);
     clearInterval(this.resync);
     this.unsubscribe?.();
     await this.consumer?.stop();

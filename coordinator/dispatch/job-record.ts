@@ -9,6 +9,7 @@ import type { JobSpec } from "../../shared/job/job-spec.js";
 import { jsonCodec } from "../../shared/farm/codec.js";
 import type { JobState, StageTask } from "../../shared/farm/protocol.js";
 import { appendWebhookEvents, type JobWebhook } from "../webhooks/events.js";
+import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
 /** Tenant-scoped idempotency keys (SHA-256 of tenant and key), each naming its job's id. */
 export const IDEMPOTENCY_BUCKET = "idempotency";
@@ -35,6 +36,11 @@ export interface JobRecord {
   error?: string;
   errorStatus?: string;
   /**
+   * When each task last became ready (its inputs done, or its failed attempt returned): the start of
+   * its current attempt's wait for a node. Absent in older records.
+   */
+  readyAt?: Record<string, string>;
+  /**
    * The latest attempts' nodes and time spans, in the order results arrived (the job's event log):
    * at most TASK_LOG_KEEP, so that a long job's record stays bounded (every write rewrites it).
    */
@@ -57,12 +63,19 @@ export interface JobRecord {
    * (updateJob), which coordinator/webhooks sends. Absent for jobs without a webhook.
    */
   webhook?: JobWebhook;
+  /**
+   * W3C trace context of the job's SubmitJob span: every dispatch of its tasks is a child of it,
+   * whichever coordinator dispatches (after a failover too). Absent when not tracing.
+   */
+  trace?: TraceCarrier;
 }
 
 export interface TaskLogEntry {
   taskId: string;
   node: string;
   ok: boolean;
+  /** When the attempt became ready (readyAt then): from there to startedAt it waited. Absent in older records. */
+  readyAt?: string;
   startedAt: string;
   finishedAt: string;
   modelMs: number;
@@ -110,12 +123,33 @@ export async function createJob(kv: KeyValue, record: JobRecord): Promise<number
   return kv.create(record.spec.jobId, enc(record));
 }
 
+/** Per job, the last of this process's writes of its record, queued or running. */
+const writing = new Map<string, Promise<unknown>>();
+
 /**
  * Applies change to the job's latest record and writes it if no one else did in between;
  * retries on a lost race. Returns the record as written with its revision, or null if change
- * returned null.
+ * returned null. One write of a job's record at a time in this process: a clustered nats-server
+ * 2.9 checks a write's expected revision against what it has stored, not against writes still in
+ * flight, so two writes read at one revision and sent at once could both succeed, the second
+ * undoing the first (seen after failovers: a task's recorded result lost to a task being queued).
  */
 export async function updateJob(
+  kv: KeyValue,
+  jobId: string,
+  change: (r: JobRecord) => JobRecord | null,
+): Promise<{ record: JobRecord; revision: number } | null> {
+  const run = (writing.get(jobId) ?? Promise.resolve()).then(() => writeJob(kv, jobId, change));
+  const settled = run.catch(() => undefined);
+  writing.set(jobId, settled);
+  try {
+    return await run;
+  } finally {
+    if (writing.get(jobId) === settled) writing.delete(jobId);
+  }
+}
+
+async function writeJob(
   kv: KeyValue,
   jobId: string,
   change: (r: JobRecord) => JobRecord | null,

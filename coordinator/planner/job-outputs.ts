@@ -23,3 +23,7 @@ export function jobOutputKeys(jobId: string, tasks: readonly StageTask[]): JobOu
     ...(frames !== undefined ? { frames } : {}),
   };
 }
+
+/** The name a browser saves a job's video under: its id and its format's extension. */
+export const videoFileName = (r: { spec: { jobId: string; output?: { format: string } } }): string =>
+  `${r.spec.jobId}.${r.spec.output?.format ?? "mp4"}`;

@@ -54,13 +54,17 @@ export function planJob(input: JobPlanInput): StageTask[] {
     inputs: {},
     outputs: { prompt: keys.promptEmbeds, ...(input.trueCfg ? { negative: keys.negativeEmbeds } : {}) },
   };
-  const images = { first: keys.firstImage, ...(input.hasEndImage ? { last: keys.lastImage } : {}) };
+  // A job extending a video starts from it instead of a start image (plan.video).
+  const video = plan.video !== null;
+  const last: Record<string, string> = input.hasEndImage ? { last: keys.lastImage } : {};
+  const images = video ? { video: keys.inputVideo, ...last } : { first: keys.firstImage, ...last };
   const image: StageTask = {
     id: id("encode_image"),
     jobId,
     kind: "encode_image",
     dependsOn: [],
-    inputs: images,
+    // With a video, the image conditioning is its first encoded frame's, or the end image's (Studio).
+    inputs: video ? (input.hasEndImage ? last : { video: keys.inputVideo }) : images,
     outputs: { embeds: keys.imageEmbeds },
   };
   // Only the VAE encodes keyframes: the transformer's image embeddings are the start image's (eichi).
@@ -68,9 +72,13 @@ export function planJob(input: JobPlanInput): StageTask[] {
   const keyframeImages = Object.fromEntries(
     Array.from({ length: keyframes }, (_, i) => [`keyframe${i}`, keys.keyframeImage(i)]),
   );
-  // diffusers draws the start image's posterior sample, the end image's, then each section's noise
-  // (keyframes' samples come between, shared/job/keyframes.ts).
-  const posteriorDraws = drawsForRandn(latent.channels * latent.height * latent.width);
+  // diffusers draws the start image's posterior sample (a video's: all its latents at once), the
+  // end image's, then each section's noise (keyframes' samples come between, shared/job/keyframes.ts).
+  const imageDraws = drawsForRandn(latent.channels * latent.height * latent.width);
+  const posteriorDraws =
+    plan.video === null
+      ? imageDraws
+      : drawsForRandn(latent.channels * plan.video.latentFrames * latent.height * latent.width);
   const demo = input.rng === "demo";
   const vae: StageTask = {
     id: id("vae_encode"),
@@ -82,7 +90,7 @@ export function planJob(input: JobPlanInput): StageTask[] {
     rng: { seed: demo ? ((input.seed + 1n) % (1n << 64n)).toString() : seed, offset: 0 },
   };
   const noiseDraws = drawsForRandn(latent.channels * plan.latentWindowSize * latent.height * latent.width);
-  const firstNoise = demo ? 0 : posteriorDraws * ((input.hasEndImage ? 2 : 1) + keyframes);
+  const firstNoise = demo ? 0 : posteriorDraws + imageDraws * ((input.hasEndImage ? 1 : 0) + keyframes);
 
   const tasks: StageTask[] = [text, image, vae];
   const decodes: string[] = [];
@@ -118,6 +126,8 @@ export function planJob(input: JobPlanInput): StageTask[] {
     inputs: {
       ...Object.fromEntries(plan.sections.map((s) => [`section${s.index}`, keys.sectionVideo(s.index)])),
       ...(input.recipe === true ? { recipe: keys.recipe } : {}),
+      // The output begins with the input video's frames.
+      ...(video ? { video: keys.inputVideo } : {}),
     },
     outputs: {
       video: input.output?.format === "webm" ? keys.webm : keys.video,

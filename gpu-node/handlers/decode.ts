@@ -18,7 +18,7 @@ export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => 
   const section = sectionPlanFor(params, ctx.runtime.bundle.manifest).sections[task.section!]!;
   const h = await timed(observer, "read", () => readTensors(ctx, task.inputs["history"]!));
   const video = await timed(observer, "vae", () =>
-    decodeSection(ctx.runtime, section, need(h.tensors, "decode_latents", task.inputs["history"]!)),
+    decodeSection(ctx.runtime, section, need(h.tensors, "decode_latents", task.inputs["history"]!), params),
   );
   // The store and the preview run at once: the next task (the mux, after the last section) waits
   // for both, and the store is I/O while the preview is conversion and ffmpeg.

@@ -17,7 +17,12 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
   const negative = task.inputs["negative"] !== undefined ? await readTensors(ctx, task.inputs["negative"]) : null;
   const image = await readTensors(ctx, task.inputs["imageEmbeds"]!);
   const latents = await readTensors(ctx, task.inputs["imageLatents"]!);
-  const imageLatents = need(latents.tensors, "image_latents", task.inputs["imageLatents"]!);
+  // Extending a video, its latents stand where the start image's would (shared/framepack/history.ts).
+  const imageLatents = need(
+    latents.tensors,
+    plan.video !== null ? "video_latents" : "image_latents",
+    task.inputs["imageLatents"]!,
+  );
   const lastImageLatents = (latents.tensors.get("last_image_latents") as F32 | undefined) ?? null;
   // The keyframe this section takes (FramePack-eichi's), if any: its latents are in the same object.
   const keyframe = keyframeSchedule(plan, params.keyframeTimes, params.fps).bySection[k] ?? null;

@@ -1,8 +1,8 @@
 /**
- * mux: every section's decoded video joined in plan order, encoded in the job's format (MP4 or
- * WebM) carrying the job's recipe in its comment tag and, when the job asks for them, every frame
- * as a PNG (one tar). Each object is written only if absent, so a retried mux leaves committed ones
- * as they are.
+ * mux: every section's decoded video joined in plan order (after the input video's frames, when the
+ * job extends one), encoded in the job's format (MP4 or WebM) carrying the job's recipe in its
+ * comment tag and, when the job asks for them, every frame as a PNG (one tar). Each object is
+ * written only if absent, so a retried mux leaves committed ones as they are.
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { StageTask } from "../../shared/farm/protocol.js";
@@ -11,6 +11,7 @@ import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { framesToPngTar } from "../../shared/video/frames-archive.js";
 import { yieldToEventLoop } from "../../shared/event-loop.js";
 import { finishedFrames, type FrameStream } from "../stages/section-step.js";
+import { videoFramesAtSize } from "../stages/encode-video.js";
 import {
   need,
   readTensors,
@@ -37,7 +38,13 @@ export async function muxFrames(
     const read = await timed(observer, "read", () => readTensors(ctx, key));
     sections.push(need(read.tensors, "video", key));
   }
-  return finishedFrames(plan, params, manifest.vae.temporal_compression_ratio, sections);
+  const videoKey = task.inputs["video"];
+  // The input video's frames are decoded (and resized) as the encoder takes them.
+  const input =
+    videoKey === undefined || params.video === null
+      ? undefined
+      : videoFramesAtSize(await ctx.store.get(videoKey), params.video, spec);
+  return finishedFrames(plan, params, manifest.vae.temporal_compression_ratio, sections, input);
 }
 
 /** Every frame of the mux task's video in one uint8 [T, H, W, 3] tensor (the PNG archive). */
@@ -52,7 +59,7 @@ export async function assembleFrames(
     const frameBytes = width * height * 3;
     const out = new Uint8Array(count * frameBytes);
     let i = 0;
-    for (const frame of frames) {
+    for await (const frame of frames) {
       out.set(frame, i++ * frameBytes);
       if (i % 4 === 0) await yieldToEventLoop();
     }
@@ -61,7 +68,20 @@ export async function assembleFrames(
 }
 
 /** frames, adding the time spent making each one to `spent`. */
-function timedFrames(frames: Iterable<Uint8Array>, spent: { ms: number }): Iterable<Uint8Array> {
+function timedFrames(frames: FrameStream["frames"], spent: { ms: number }): FrameStream["frames"] {
+  if (Symbol.asyncIterator in frames)
+    return {
+      async *[Symbol.asyncIterator]() {
+        const it = frames[Symbol.asyncIterator]();
+        for (;;) {
+          const started = performance.now();
+          const next = await it.next();
+          spent.ms += performance.now() - started;
+          if (next.done === true) return;
+          yield next.value;
+        }
+      },
+    };
   return {
     *[Symbol.iterator]() {
       const it = frames[Symbol.iterator]();

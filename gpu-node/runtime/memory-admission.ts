@@ -9,10 +9,12 @@
 import { readFileSync, statSync } from "node:fs";
 import { readFields, fieldString, int64s } from "./onnx-proto.js";
 import { COMPONENT_NAMES, SPLIT_COMPONENT_NAMES } from "../../shared/bundle/manifest.js";
-import { estimateJobMemory, admitMemory, type MemoryEstimate } from "../../shared/job/memory-estimate.js";
+import { estimateJobMemory, admitMemory, gib, type MemoryEstimate } from "../../shared/job/memory-estimate.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import type { ModelRuntime } from "./model-runtime.js";
+import type { GpuStats } from "../../proto/gen/framefarm/v1/node.js";
+import { FarmError } from "../../shared/errors.js";
 
 function readNumber(file: string, pattern?: RegExp): number | null {
   try {
@@ -24,14 +26,26 @@ function readNumber(file: string, pattern?: RegExp): number | null {
   }
 }
 
-/** Bytes this process could hold in all, and where that number comes from; null: unknown. */
+/**
+ * Bytes this process could hold in all, and where that number comes from; null: unknown. On CUDA
+ * that is the memory of the GPU this process runs on as nvidia-smi last reported it (`gpus`, the
+ * node's sampler), since onnxruntime does not report it.
+ */
 export function availableMemory(
   ep: string,
   env: NodeJS.ProcessEnv = process.env,
-): { bytes: number; what: string } | null {
+  gpus: readonly GpuStats[] = [],
+): { bytes: number; what: string; gpu?: true } | null {
   const mb = env["FRAMEFARM_MEMORY_MB"];
   if (mb !== undefined && mb !== "" && Number.isFinite(Number(mb)) && Number(mb) > 0)
     return { bytes: Number(mb) * 2 ** 20, what: "this node (FRAMEFARM_MEMORY_MB)" };
+  const gpu = gpus[0];
+  if (ep === "cuda" && gpu !== undefined)
+    return {
+      bytes: gpu.memoryTotalMib * 2 ** 20,
+      what: `GPU ${gpu.index} (${gpu.name}, ${gpu.memoryTotalMib} MiB as nvidia-smi reports it)`,
+      gpu: true,
+    };
   if (ep !== "cpu") return null;
   const rss = process.memoryUsage.rss();
   const memAvailable = readNumber("/proc/meminfo", /MemAvailable:\s+(\d+) kB/);
@@ -69,12 +83,19 @@ export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): Memory
   // A TeaCache or MagCache job loads the split transformer too (its body holds a second copy of the blocks).
   const split = spec.params.cache === "teacache" || spec.params.cache === "magcache";
   const components = split ? [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES] : COMPONENT_NAMES;
+  // A large graph keeps its weights in an external data file beside it: count both.
   const weightBytes = components.reduce((sum, c) => {
-    try {
-      return sum + statSync(bundle.componentPath(c)).size;
-    } catch {
-      return sum;
+    const entry = bundle.manifest.components[c];
+    const files =
+      entry === undefined ? [] : [entry.file, ...(entry.external_data !== null ? [entry.external_data] : [])];
+    for (const f of files) {
+      try {
+        sum += statSync(bundle.file(f)).size;
+      } catch {
+        // absent: the bundle check reports it
+      }
     }
+    return sum;
   }, 0);
   const decoderFile = bundle.componentPath("vae_decoder");
   if (!channelsByFile.has(decoderFile)) channelsByFile.set(decoderFile, decoderChannels(decoderFile));
@@ -86,17 +107,33 @@ export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): Memory
     width: spec.width,
     weightBytes,
     attentionBlockBytes: runtime.settingsFor("vae_decoder").attentionBlockBytes ?? null,
+    vaeTiling: spec.params.vaeTiling === true,
     ...(channels !== undefined ? { decoderChannels: channels } : {}),
   });
 }
 
-/** Refuses (RESOURCE_EXHAUSTED) a job this node cannot hold in memory; a no-op where that is unknown. */
-export function admitJob(runtime: ModelRuntime, spec: JobSpec, env: NodeJS.ProcessEnv = process.env): void {
-  const available = availableMemory(runtime.settings.ep, env);
+/**
+ * Refuses (RESOURCE_EXHAUSTED) a job this node cannot hold in memory; a no-op where that is unknown.
+ * `gpus`: the node's last nvidia-smi sample (CUDA nodes).
+ */
+export function admitJob(
+  runtime: ModelRuntime,
+  spec: JobSpec,
+  env: NodeJS.ProcessEnv = process.env,
+  gpus: readonly GpuStats[] = [],
+): void {
+  const available = availableMemory(runtime.settings.ep, env, gpus);
   if (available === null) return;
-  admitMemory(estimateForRuntime(runtime, spec), available, {
-    height: spec.height,
-    width: spec.width,
-    frames: spec.params.numFrames,
-  });
+  const estimate = estimateForRuntime(runtime, spec);
+  if (available.gpu === true) {
+    // The activation model is the CPU provider's (attention scores in full); fused attention on a
+    // GPU never holds them. Only the weights are certain: past the GPU's memory no job fits.
+    if (estimate.weights > available.bytes)
+      throw new FarmError(
+        "RESOURCE_EXHAUSTED",
+        `bundle ${runtime.bundle.dir} has ${gib(estimate.weights)} of weights but ${available.what} has ${gib(available.bytes)}: use a bundle with 8- or 4-bit transformer weights (python -m framefarm_export.quantize --bits 8|4) or a GPU with more memory`,
+      );
+    return;
+  }
+  admitMemory(estimate, available, { height: spec.height, width: spec.width, frames: spec.params.numFrames });
 }

@@ -1,9 +1,9 @@
 /**
  * decode stage: VAE latents to video in [-1, 1]. Long inputs are decoded in temporal tiles exactly
  * like diffusers' framewise decoding, so the ONNX decoder only ever sees a few latent frames and
- * its memory stays flat whatever the video length. With spatial tiling on (FRAMEFARM_VAE_TILING=1
- * on the node or embedded process) each (temporal tile of) latents larger than 32x32 is also
- * decoded in 256-pixel tiles, as diffusers' vae.enable_tiling() does.
+ * its memory stays flat whatever the video length. With spatial tiling on (the job's vaeTiling)
+ * each (temporal tile of) latents larger than 32x32 is also decoded in 256-pixel tiles, as
+ * diffusers' vae.enable_tiling() does.
  */
 import type { F32 } from "../../shared/tensor/tensor.js";
 import { map } from "../../shared/tensor/ops.js";
@@ -21,28 +21,17 @@ export function toVaeLatents(latents: F32, scalingFactor: number): F32 {
   return map(latents, (x) => x / sf);
 }
 
-/**
- * FRAMEFARM_VAE_TILING: "1" turns diffusers' spatial VAE tiling on (default tiles, 256 px with
- * stride 192), "0" or unset leaves it off. Anything else is an error rather than a guess.
- */
-export function vaeTilingFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
-  const v = env["FRAMEFARM_VAE_TILING"];
-  if (v === undefined || v === "" || v === "0") return false;
-  if (v === "1") return true;
-  throw new RangeError(`FRAMEFARM_VAE_TILING must be 0 or 1, got ${JSON.stringify(v)}`);
-}
-
 export interface DecodeOptions {
   /** diffusers' vae.enable_tiling() with its default tile sizes (or these). */
   spatialTiling?: boolean | Partial<SpatialTileSizes>;
 }
 
-/** vaeLatents: [1, C, T, h, w] already divided by the scaling factor -> [1, 3, (T-1)*4+1, H, W]. */
-export async function decodeVideo(
-  runtime: ModelRuntime,
-  vaeLatents: F32,
-  options: DecodeOptions = { spatialTiling: vaeTilingFromEnv() },
-): Promise<F32> {
+/**
+ * vaeLatents: [1, C, T, h, w] already divided by the scaling factor -> [1, 3, (T-1)*4+1, H, W].
+ * Untiled unless the options say so: tiling changes the frames, so only the job decides it (never
+ * the process's environment, which differs from node to node).
+ */
+export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32, options: DecodeOptions = {}): Promise<F32> {
   const model = await runtime.model("vae_decoder");
   const vae = runtime.bundle.manifest.vae;
   return temporalTiledDecode(

@@ -4,7 +4,7 @@
  * after section. The probe hook sees every intermediate under the reference's key names;
  * check-reference compares them (embedded `render` goes through the farm in one process instead).
  */
-import type { Tensor, F32 } from "../../shared/tensor/tensor.js";
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { initialHistory } from "../../shared/framepack/history.js";
 import { usesTrueCfg, type RenderParams } from "../../shared/job/render-params.js";
@@ -13,15 +13,19 @@ import { promptSchedule, sectionEmbeddings } from "../../shared/job/timed-prompt
 import { keyframeSchedule } from "../../shared/job/keyframes.js";
 import { encodeText, type PromptEmbeddings } from "./encode-text.js";
 import { encodeImageEmbeds, encodeImagePosterior, sampleKeyframeLatents, sampleLatents } from "./encode-image.js";
-import { SectionVideo, decodeSection, runSectionStep } from "./section-step.js";
+import { encodeVideoEmbeds, encodeVideoPosterior, videoFramesAtSize } from "./encode-video.js";
+import { SectionVideo, decodeSection, finishedFrames, runSectionStep } from "./section-step.js";
+import { FarmError } from "../../shared/errors.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 
 export interface RenderInputs {
   params: RenderParams;
-  /** [1, 3, H, W] in [-1, 1], already at the render size. */
-  firstPixels: F32;
+  /** [1, 3, H, W] in [-1, 1], already at the render size; null when extending a video. */
+  firstPixels: F32 | null;
   lastPixels: F32 | null;
+  /** The video to extend, as uploaded (params.video says what it holds). */
+  video?: Uint8Array;
   /** The keyframes' images, as params.keyframeTimes orders them, at the render size ([] or absent: none). */
   keyframePixels?: F32[];
 }
@@ -75,19 +79,40 @@ export async function renderJob(
   }
 
   observer.onStage?.("encoding image");
-  probe("image_pixels0", inputs.firstPixels);
-  const first = await encodeImageEmbeds(runtime, inputs.firstPixels);
-  probe("siglip_pixel_values0", first.siglipInput);
-  // diffusers averages the end image's embeddings with the start image's into last_image_embeds
-  // but conditions the transformer on image_embeds (the start image's) alone; we do the same.
-  const imageEmbeds = first.embeds;
-  probe("image_embeds", imageEmbeds);
-  if (inputs.lastPixels !== null) {
-    probe("image_pixels1", inputs.lastPixels);
-    const last = await encodeImageEmbeds(runtime, inputs.lastPixels);
-    probe("siglip_pixel_values1", last.siglipInput);
-    probe("last_image_embeds", last.embeds);
+  const video = params.video === null ? null : { bytes: inputs.video, params: params.video, plan: plan.video! };
+  if (video !== null && video.bytes === undefined)
+    throw new FarmError("INVALID_ARGUMENT", "the video to extend is missing");
+  const size = sizeOf(params, inputs);
+  let imageEmbeds: F32;
+  if (video !== null) {
+    // Extending a video: its first encoded frame's embedding, or the end image's (Studio).
+    if (inputs.lastPixels === null) {
+      const v = await encodeVideoEmbeds(runtime, video.bytes!, video.params, video.plan, size);
+      probe("image_pixels0", v.pixels);
+      probe("siglip_pixel_values0", v.siglipInput);
+      imageEmbeds = v.embeds;
+    } else {
+      probe("image_pixels1", inputs.lastPixels);
+      const last = await encodeImageEmbeds(runtime, inputs.lastPixels);
+      probe("siglip_pixel_values1", last.siglipInput);
+      imageEmbeds = last.embeds;
+    }
+  } else {
+    if (inputs.firstPixels === null) throw new FarmError("INVALID_ARGUMENT", "the start image is missing");
+    probe("image_pixels0", inputs.firstPixels);
+    const first = await encodeImageEmbeds(runtime, inputs.firstPixels);
+    probe("siglip_pixel_values0", first.siglipInput);
+    // diffusers averages the end image's embeddings with the start image's into last_image_embeds
+    // but conditions the transformer on image_embeds (the start image's) alone; we do the same.
+    imageEmbeds = first.embeds;
+    if (inputs.lastPixels !== null) {
+      probe("image_pixels1", inputs.lastPixels);
+      const last = await encodeImageEmbeds(runtime, inputs.lastPixels);
+      probe("siglip_pixel_values1", last.siglipInput);
+      probe("last_image_embeds", last.embeds);
+    }
   }
+  probe("image_embeds", imageEmbeds);
 
   // The generator's draws follow diffusers' order: start image posterior, end image posterior,
   // (keyframes' posteriors,) then each section's noise. --sampler unipc (lllyasviel's demo): the noise from a generator of
@@ -95,8 +120,16 @@ export async function renderJob(
   const generator = new TorchGenerator(params.seed);
   const imageGenerator = params.sampler === "unipc" ? new TorchGenerator((params.seed + 1n) % (1n << 64n)) : generator;
   const sf = manifest.vae.scaling_factor;
-  const imageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.firstPixels), imageGenerator, sf);
-  probe("image_latents", imageLatents);
+  // A video's latents stand where the start image's would (shared/framepack/history.ts).
+  const imageLatents =
+    video !== null
+      ? sampleLatents(
+          await encodeVideoPosterior(runtime, video.bytes!, video.params, video.plan, size),
+          imageGenerator,
+          sf,
+        )
+      : sampleLatents(await encodeImagePosterior(runtime, inputs.firstPixels!), imageGenerator, sf);
+  probe(video !== null ? "video_latents" : "image_latents", imageLatents);
   let lastImageLatents: F32 | null = null;
   if (inputs.lastPixels !== null) {
     lastImageLatents = sampleLatents(await encodeImagePosterior(runtime, inputs.lastPixels), imageGenerator, sf);
@@ -120,7 +153,9 @@ export async function renderJob(
   observer.onPlan?.(plan.sections.length, params.steps);
 
   let history = initialHistory(plan, imageLatents);
-  const video = new SectionVideo(plan, params.samplingType, manifest.vae.temporal_compression_ratio, params.sampler);
+  const tc = manifest.vae.temporal_compression_ratio;
+  const joined = new SectionVideo(plan, params.samplingType, tc, params.sampler);
+  const decoded: F32[] = [];
   for (const section of plan.sections) {
     const k = section.index;
     const keyframe = keyframes.bySection[k] ?? null;
@@ -148,10 +183,38 @@ export async function renderJob(
     );
     history = step.history;
     observer.onStage?.(`decoding section ${k + 1}/${plan.sections.length}`);
-    video.add(await decodeSection(runtime, section, step.decodeLatents, probe));
+    const clip = await decodeSection(runtime, section, step.decodeLatents, params, probe);
+    if (video === null) joined.add(clip);
+    else decoded.push(clip);
   }
 
-  const frames = video.finish();
+  const frames =
+    video === null
+      ? joined.finish()
+      : await gather(
+          finishedFrames(plan, params, tc, decoded, videoFramesAtSize(video.bytes!, video.params, size)).frames,
+          size,
+        );
   probe("frames_uint8", frames);
   return frames;
+}
+
+/** The render size: an exact size, or the start image's (a video job's size is always exact here). */
+function sizeOf(params: RenderParams, inputs: RenderInputs): { height: number; width: number } {
+  if ("height" in params.size) return params.size;
+  const px = inputs.firstPixels;
+  if (px === null) throw new FarmError("INVALID_ARGUMENT", "a video render needs an exact size");
+  return { height: px.shape[2]!, width: px.shape[3]! };
+}
+
+/** Every frame of a stream as one uint8 [T, H, W, 3] tensor. */
+async function gather(
+  frames: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  size: { height: number; width: number },
+): Promise<Tensor<"uint8">> {
+  const all: Uint8Array[] = [];
+  for await (const f of frames) all.push(f.slice());
+  const out = new Uint8Array(all.length * size.height * size.width * 3);
+  all.forEach((f, i) => out.set(f, i * f.length));
+  return new Tensor("uint8", [all.length, size.height, size.width, 3], out);
 }

@@ -13,6 +13,8 @@ import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { softAppendedFrames, streamable } from "../../shared/framepack/video-stream.js";
 import { planeConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
+import { toVideoPixelTensor } from "../../shared/image/decode.js";
+import { FarmError } from "../../shared/errors.js";
 import type { RenderParams } from "../../shared/job/render-params.js";
 import { computedProbeName, stepCacheOf } from "./step-cache.js";
 import { sectionSampling } from "../../shared/job/section-sampling.js";
@@ -134,16 +136,21 @@ export async function runSectionStep(
   return appendSection(plan, section, history, latents, imageLatents);
 }
 
-/** Decodes one section's latents to video [1, 3, T, H, W] in [-1, 1]. */
+/**
+ * Decodes one section's latents to video [1, 3, T, H, W] in [-1, 1], spatially tiled exactly when
+ * the job asks (params.vaeTiling): the farm's decode handler and the in-process render both come
+ * here, so a job's frames are the same on every node.
+ */
 export async function decodeSection(
   runtime: ModelRuntime,
   section: Section,
   decodeLatents: F32,
+  params: Pick<RenderParams, "vaeTiling">,
   probe?: Probe,
 ): Promise<F32> {
   const vaeLatents = toVaeLatents(decodeLatents, runtime.bundle.manifest.vae.scaling_factor);
   probe?.(`decode${section.index}.in`, vaeLatents);
-  const video = await decodeVideo(runtime, vaeLatents);
+  const video = await decodeVideo(runtime, vaeLatents, { spatialTiling: params.vaeTiling });
   probe?.(`decode${section.index}.out`, video);
   return video;
 }
@@ -189,7 +196,8 @@ export interface FrameStream {
   width: number;
   height: number;
   count: number;
-  frames: Iterable<Uint8Array>;
+  /** Asynchronous when the frames begin with an input video's (decoded as they are asked for). */
+  frames: Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
 }
 
 /**
@@ -202,9 +210,15 @@ export function finishedFrames(
   params: Pick<RenderParams, "samplingType" | "sampler">,
   temporalCompression: number,
   sections: readonly F32[],
+  /** Extending a video: its frames at the render size, in order (videoFramesAtSize). */
+  input?: AsyncIterable<Uint8Array>,
 ): FrameStream {
   const first = sections[0];
   if (first === undefined) throw new RangeError("no sections were decoded");
+  if (plan.video !== null) {
+    if (input === undefined) throw new RangeError("a plan extending a video needs the video's frames");
+    return extendedFrames(plan, params, sections, input);
+  }
   const counts = sections.map((s) => s.shape[2]!);
   const decoded = counts.reduce((n, t, i) => n + t - (i === 0 ? 0 : plan.overlapFrames), 0);
   const count = trimFrameCount(decoded, temporalCompression);
@@ -230,6 +244,48 @@ export function finishedFrames(
     frames: {
       *[Symbol.iterator]() {
         for (let i = 0; i < all.shape[0]!; i++) yield all.data.subarray(i * frameBytes, (i + 1) * frameBytes);
+      },
+    },
+  };
+}
+
+/**
+ * Extending a video: its frames as they are, then the generated part, the last joinFrames of the
+ * input cross-faded into the first of the generated part (which decodes the input's last window
+ * again) as soft-append joins sections. Inverted sections come in generation order, from the end.
+ */
+function extendedFrames(
+  plan: SectionPlan,
+  params: Pick<RenderParams, "samplingType" | "sampler">,
+  sections: readonly F32[],
+  input: AsyncIterable<Uint8Array>,
+): FrameStream {
+  const { inputFrames, joinFrames } = plan.video!;
+  const [height, width] = [sections[0]!.shape[3]!, sections[0]!.shape[4]!];
+  const inVideoOrder = params.samplingType === "inverted_anti_drifting" ? [...sections].reverse() : [...sections];
+  const counts = [joinFrames, ...inVideoOrder.map((s) => s.shape[2]!)];
+  if (!streamable(counts, joinFrames))
+    throw new FarmError("INTERNAL", `sections of ${counts.join(", ")} frames cannot join the video over ${joinFrames}`);
+  const toUint8 = planeConverterFor(params.sampler);
+  return {
+    width,
+    height,
+    count: plan.outputFrames,
+    frames: {
+      async *[Symbol.asyncIterator]() {
+        const tail: Uint8Array[] = [];
+        let read = 0;
+        for await (const frame of input) {
+          if (read++ < inputFrames - joinFrames) yield frame;
+          else tail.push(frame);
+        }
+        if (read !== inputFrames)
+          throw new FarmError(
+            "DATA_LOSS",
+            `the input video gave ${read} frames, the job was planned for ${inputFrames}`,
+          );
+        const lead = toVideoPixelTensor(tail, height, width);
+        yield* softAppendedFrames([lead, ...inVideoOrder], "vanilla", joinFrames, toUint8);
       },
     },
   };

@@ -9,15 +9,16 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { AnyComponentName, ComponentName, SamplingType } from "../../shared/bundle/manifest.js";
 import type { StageKind } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import type { CacheName, SamplerName } from "../../shared/job/render-params.js";
+import type { CacheName, SamplerName, VideoParams } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { initialHistory, sectionInputs } from "../../shared/framepack/history.js";
 import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
+import { temporalTiledEncode } from "../../shared/framepack/vae-encode-tiling.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 import { encodeImageEmbeds, encodeImagePosterior } from "./encode-image.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
-import { spatialTilingOf, vaeTilingFromEnv, type DecodeOptions } from "./decode-latents.js";
+import { spatialTilingOf, type DecodeOptions } from "./decode-latents.js";
 import type { TextConditioning } from "./denoise-section.js";
 
 /** What decides the shapes a job's stages feed its models. */
@@ -32,6 +33,10 @@ export interface WarmUpJob {
   sampler?: SamplerName;
   /** teacache and magcache run the split transformer (head, body, tail) in place of the single graph. */
   cache?: CacheName;
+  /** Extending a video: its encoder tiles, context and decode lengths differ from a start image's. */
+  video?: VideoParams | null;
+  /** The job decodes in spatial tiles (256-pixel tiles and their partial edges: other decoder shapes). */
+  vaeTiling?: boolean;
 }
 
 /** The models each stage kind runs (mux runs none). */
@@ -47,6 +52,7 @@ export const STAGE_COMPONENTS: Record<StageKind, readonly ComponentName[]> = {
 export interface WarmUpOptions extends DecodeOptions {
   /** Only these models (a node warms the models of the stages it serves); all by default. */
   components?: readonly ComponentName[];
+  // spatialTiling, when given, overrides every job's vaeTiling (tests warm other tile sizes).
 }
 
 export interface WarmUpResult {
@@ -69,28 +75,59 @@ export function warmUpJobOf(spec: JobSpec): WarmUpJob {
     hasEndImage: p.hasEndImage,
     ...(p.sampler !== undefined ? { sampler: p.sampler } : {}),
     ...(p.cache === "teacache" || p.cache === "magcache" ? { cache: p.cache } : {}),
+    ...(p.video !== undefined && p.video !== null ? { video: p.video } : {}),
+    // Records older than the field decoded untiled.
+    vaeTiling: p.vaeTiling === true,
   };
+}
+
+/** The frame counts of the encoder calls that encoding `frames` frames makes (found by running the tiling). */
+export async function encoderTileFrames(
+  vae: ModelRuntime["bundle"]["manifest"]["vae"],
+  frames: number,
+): Promise<number[]> {
+  const seen = new Set<number>();
+  await temporalTiledEncode(frames, vae, async (_first, count) => {
+    seen.add(count);
+    const t = (count - 1) / vae.temporal_compression_ratio + 1;
+    return { mean: Tensor.zeros([1, 1, t, 1, 1]), std: Tensor.zeros([1, 1, t, 1, 1]) };
+  });
+  return [...seen];
 }
 
 /**
  * Jobs of one size whose plans together hold every section shape any job of that size has: one,
  * two and three sections give the first, middle and last sections' decode lengths of every plan.
- * What a node warms for a size when it does not know the jobs to come.
+ * What a node warms for a size when it does not know the jobs to come. VAE tiling is a job
+ * option, so both decodes (untiled and tiled) are warmed unless the size says which
+ * (WarmUpSize.vaeTiling); other models' shapes do not depend on it and run once.
  */
 export function warmUpJobsForSize(
   runtime: ModelRuntime,
-  size: { height: number; width: number },
+  size: WarmUpSize,
   samplingType: SamplingType = runtime.bundle.manifest.sampling_type,
   latentWindowSize: number = runtime.bundle.manifest.framepack.default_latent_window_size,
 ): WarmUpJob[] {
   const windowFrames = (latentWindowSize - 1) * runtime.bundle.manifest.vae.temporal_compression_ratio + 1;
-  return [1, 2, 3].map((sections) => ({
-    ...size,
-    samplingType,
-    latentWindowSize,
-    numFrames: sections * windowFrames,
-    hasEndImage: false,
-  }));
+  const tilings = size.vaeTiling === undefined ? [false, true] : [size.vaeTiling];
+  return tilings.flatMap((vaeTiling) =>
+    [1, 2, 3].map((sections) => ({
+      height: size.height,
+      width: size.width,
+      samplingType,
+      latentWindowSize,
+      numFrames: sections * windowFrames,
+      hasEndImage: false,
+      vaeTiling,
+    })),
+  );
+}
+
+/** A size a node warms up for; vaeTiling: only the untiled (false) or tiled (true) decode, both when absent. */
+export interface WarmUpSize {
+  height: number;
+  width: number;
+  vaeTiling?: boolean;
 }
 
 const shapeKey = (feeds: Record<string, Tensor>): string =>
@@ -172,14 +209,24 @@ export async function warmUp(
   const sc = m.vae.spatial_compression_ratio;
   for (const job of list) {
     const pixels = Tensor.zeros([1, 3, job.height, job.width]);
-    // The image encoder resizes to its fixed input; the VAE encoder takes [1, 3, 1, H, W].
+    // The image encoder resizes to its fixed input; the VAE encoder takes [1, 3, 1, H, W] for an
+    // image and the frames of each temporal tile for a video (encode-video.ts).
+    const plan = sectionPlanFor(job, m);
     await once("image_encoder", `${job.height}x${job.width}`, () => encodeImageEmbeds(runtime, pixels));
-    await once("vae_encoder", `${job.height}x${job.width}`, () => encodeImagePosterior(runtime, pixels));
+    if (plan.video === null || job.hasEndImage)
+      await once("vae_encoder", `${job.height}x${job.width}`, () => encodeImagePosterior(runtime, pixels));
+    if (plan.video !== null)
+      for (const frames of await encoderTileFrames(m.vae, plan.video.encodedFrames))
+        await once("vae_encoder", `${job.height}x${job.width}x${frames}`, async () =>
+          (await runtime.model("vae_encoder")).run({ sample: Tensor.zeros([1, 3, frames, job.height, job.width]) }),
+        );
     const imageEmbeds = Tensor.zeros([1, m.image_encoder.num_tokens, m.image_encoder.hidden_size]);
 
-    const plan = sectionPlanFor(job, m);
     const latentShape = [1, m.vae.latent_channels, 1, job.height / sc, job.width / sc];
-    const imageLatents = Tensor.zeros(latentShape);
+    // A video's latents stand where the start image's would (shared/framepack/history.ts).
+    const imageLatents = Tensor.zeros(
+      plan.video === null ? latentShape : [1, m.vae.latent_channels, plan.video.latentFrames, ...latentShape.slice(3)],
+    );
     const lastImageLatents = job.hasEndImage ? Tensor.zeros(latentShape) : null;
     const history = initialHistory(plan, imageLatents);
     const noise = Tensor.zeros([1, m.vae.latent_channels, plan.latentWindowSize, job.height / sc, job.width / sc]);
@@ -207,7 +254,7 @@ export async function warmUp(
       const shapes = await decoderTileShapes(
         m.vae,
         lengths.map((t) => [1, m.vae.latent_channels, t, job.height / sc, job.width / sc]),
-        "spatialTiling" in options ? options : { spatialTiling: vaeTilingFromEnv() },
+        "spatialTiling" in options ? options : { spatialTiling: job.vaeTiling === true },
       );
       for (const shape of shapes) {
         const feeds = { latents: Tensor.zeros(shape) };

@@ -6,7 +6,8 @@
  * taking work (quarantine). With a presence, the node registers and heartbeats
  * (gpu-node/worker/node-presence.ts) and drains when an operator asks.
  */
-import type { Bus, Consumer, KeyValue } from "../../shared/bus/bus.js";
+import { randomUUID } from "node:crypto";
+import type { Bus, Consumer, Delivery, KeyValue } from "../../shared/bus/bus.js";
 import { FarmError } from "../../shared/errors.js";
 import { errorMessage, within } from "../../shared/shutdown.js";
 import { admitJob } from "../runtime/memory-admission.js";
@@ -27,10 +28,13 @@ import {
 } from "../../shared/farm/protocol.js";
 import { NodeState, timestampOf } from "../../shared/nodes/node-registry.js";
 import { silentLogger, type Logger } from "../../shared/log/logger.js";
-import type { CurrentTask } from "../../proto/gen/framefarm/v1/node.js";
+import type { CurrentTask, GpuStats } from "../../proto/gen/framefarm/v1/node.js";
 import { runStageTask } from "../handlers/index.js";
 import type { WorkerContext } from "../handlers/task-io.js";
 import { NodePresence } from "./node-presence.js";
+import { taskTraffic } from "./task-traffic.js";
+import { SpanKind } from "@opentelemetry/api";
+import { TRACE_ATTRS, contextOf, inSpan, recordFailure, spanCarrier, tracer } from "../../shared/telemetry/tracing.js";
 
 export interface NodeOptions {
   nodeId: string;
@@ -58,6 +62,8 @@ export interface NodeOptions {
     heartbeatMs?: number;
     /** Object-store bytes this node moved so far. */
     traffic?: () => { read: number; written: number };
+    /** The node's GPUs as last sampled (CUDA nodes with nvidia-smi only). */
+    gpus?: () => GpuStats[];
   };
   log?: Logger;
 }
@@ -144,6 +150,7 @@ export class NodeLoop {
             const t = p.traffic?.() ?? { read: 0, written: 0 };
             return { ...loop.counts, bytesRead: t.read, bytesWritten: t.written };
           },
+          ...(p.gpus !== undefined ? { gpus: p.gpus } : {}),
         },
         {
           ...(p.heartbeatMs !== undefined ? { intervalMs: p.heartbeatMs } : {}),
@@ -179,25 +186,27 @@ export class NodeLoop {
         const startedAt = new Date().toISOString();
         const modelBefore = ctx.runtime.clock.ms;
         const phases: Record<string, number> = {};
-        const report = async (
-          result: Omit<TaskResult, "jobId" | "taskId" | "node" | "startedAt" | "finishedAt" | "modelMs" | "phases">,
-        ): Promise<void> => {
-          const finishedAt = new Date().toISOString();
-          const modelMs = ctx.runtime.clock.ms - modelBefore;
-          await bus.queues.enqueue(
-            RESULTS_QUEUE,
-            taskResults.encode({
-              jobId: msg.jobId,
-              taskId: msg.taskId,
-              node: options.nodeId,
-              startedAt,
-              finishedAt,
-              modelMs,
-              ...(Object.keys(phases).length > 0 ? { phases } : {}),
-              ...result,
-            }),
-          );
-        };
+        // The task's span: a child of the dispatch span whose context the message carries.
+        const span = tracer().startSpan(
+          `task ${stage}`,
+          {
+            kind: SpanKind.CONSUMER,
+            attributes: {
+              [TRACE_ATTRS.jobId]: msg.jobId,
+              [TRACE_ATTRS.taskId]: msg.taskId,
+              [TRACE_ATTRS.stage]: stage,
+              ...(task?.section !== undefined ? { [TRACE_ATTRS.section]: task.section } : {}),
+              [TRACE_ATTRS.nodeId]: options.nodeId,
+              "messaging.system": "nats",
+              "messaging.operation.type": "process",
+              "messaging.destination.name": stage,
+              // JetStream deliveries of this message (2 and up: redelivered after a node died or handed it back).
+              "framefarm.delivery": m.attempt,
+            },
+          },
+          contextOf(msg.trace),
+        );
+        const traffic = taskTraffic(ctx.store);
         const log = this.log.child({
           jobId: msg.jobId,
           taskId: msg.taskId,
@@ -211,29 +220,45 @@ export class NodeLoop {
           const e = jobEvents.decode(data);
           if (!isStepEvent(e) && e.state === "CANCELLED") abort.abort();
         });
-        let jobState: JobState | null;
+        let job: Awaited<ReturnType<typeof readJobState>>;
         try {
-          jobState = await readJobState(kv, msg.jobId);
+          job = await readJobState(kv, msg.jobId, msg.taskId);
         } catch (err) {
           stopListening();
+          recordFailure(span, err);
+          span.end();
           throw err;
         }
+        const jobState: JobState | null = job?.state ?? null;
         if (
           task === undefined ||
           spec === undefined ||
           jobState === null ||
           jobState === "CANCELLED" ||
           jobState === "FAILED" ||
+          jobState === "SUCCEEDED" ||
           abort.signal.aborted
         ) {
           stopListening();
           log.info({ jobState: jobState ?? "missing" }, "task dropped: its job is over");
+          span.setAttribute(TRACE_ATTRS.outcome, "dropped");
+          span.end();
           m.term(); // the job is gone or over: nothing to do
+          return;
+        }
+        if (job?.taskDone === true) {
+          // A second copy (an ack lost in a NATS failover, or a task message queued again): its
+          // result is in, and running it again would only redo the work.
+          stopListening();
+          log.info("task dropped: done already");
+          span.setAttribute(TRACE_ATTRS.outcome, "dropped");
+          span.end();
+          await this.settle(m, log);
           return;
         }
         const onShutdown = (): void => abort.abort(this.shutdown.signal.reason);
         this.shutdown.signal.addEventListener("abort", onShutdown);
-        // Keep the lease while working, at a third of the ack wait.
+        // Keep the lease while working (and reporting), at a third of the ack wait.
         const keepAlive = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
         this.inHand.set(task.id, {
           jobId: msg.jobId,
@@ -244,52 +269,141 @@ export class NodeLoop {
         });
         this.presence?.announce();
         log.info("task started");
+        let outcome: { ok: true } | { ok: false; error: string; errorStatus: string };
         try {
-          if (options.failStages?.includes(task.kind) === true)
-            throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
-          // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
-          if (task.kind === "denoise" || task.kind === "decode") admitJob(ctx.runtime, spec);
-          await runStageTask(ctx, task, spec, {
-            signal: abort.signal,
-            onPhase: (phase, ms) => (phases[phase] = Math.round(((phases[phase] ?? 0) + ms) * 10) / 10),
-            onStep: (step, steps) =>
-              bus.events.publish(
-                jobEventSubject(msg.jobId),
-                jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps }),
-              ),
+          try {
+            if (options.failStages?.includes(task.kind) === true)
+              throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
+            // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
+            if (task.kind === "denoise" || task.kind === "decode")
+              admitJob(ctx.runtime, spec, process.env, options.presence?.gpus?.() ?? []);
+            await runStageTask({ ...ctx, store: traffic.store }, task, spec, {
+              signal: abort.signal,
+              onPhase: (phase, ms) => {
+                phases[phase] = Math.round(((phases[phase] ?? 0) + ms) * 10) / 10;
+                // Each phase as a child span, drawn after the fact from its duration.
+                if (span.isRecording())
+                  tracer()
+                    .startSpan(`phase ${phase}`, { startTime: Date.now() - ms }, inSpan(span))
+                    .end();
+              },
+              onStep: (step, steps) => {
+                span.addEvent("step", { step, steps });
+                bus.events.publish(
+                  jobEventSubject(msg.jobId),
+                  jobEvents.encode({ jobId: msg.jobId, taskId: task.id, section: task.section ?? 0, step, steps }),
+                );
+              },
+            });
+            outcome = { ok: true };
+            span.setAttribute(TRACE_ATTRS.outcome, "done");
+          } catch (err) {
+            if (this.shutdown.signal.aborted) {
+              log.info("task handed back: the node is stopping");
+              span.setAttribute(TRACE_ATTRS.outcome, "handed_back");
+              m.nak(); // another node takes it at once
+              return;
+            }
+            if (abort.signal.aborted) {
+              log.info("task stopped: its job was cancelled");
+              span.setAttribute(TRACE_ATTRS.outcome, "cancelled");
+              m.term();
+              return;
+            }
+            outcome = {
+              ok: false,
+              error: errorMessage(err),
+              errorStatus: err instanceof FarmError ? err.status : "INTERNAL",
+            };
+            span.setAttribute(TRACE_ATTRS.outcome, "failed");
+            recordFailure(span, err);
+          }
+          const modelMs = ctx.runtime.clock.ms - modelBefore;
+          const trace = spanCarrier(span);
+          span.setAttributes({
+            [TRACE_ATTRS.modelMs]: Math.round(modelMs * 10) / 10,
+            [TRACE_ATTRS.bytesRead]: traffic.read,
+            [TRACE_ATTRS.bytesWritten]: traffic.written,
           });
-          await report({ ok: true });
-          this.failuresInARow = 0;
-          this.counts.tasksDone++;
-          if (stage === "denoise") this.counts.sectionsDone++;
-          log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
-        } catch (err) {
-          if (this.shutdown.signal.aborted) {
-            log.info("task handed back: the node is stopping");
-            m.nak(); // another node takes it at once
+          const result = taskResults.encode({
+            jobId: msg.jobId,
+            taskId: msg.taskId,
+            node: options.nodeId,
+            startedAt,
+            finishedAt: new Date().toISOString(),
+            modelMs,
+            ...(Object.keys(phases).length > 0 ? { phases } : {}),
+            ...(trace !== undefined ? { trace } : {}),
+            ...outcome,
+          });
+          // The task's outcome is reported whatever the bus does meanwhile: a report that failed
+          // is not the task failing (that would run it again).
+          if (!(await this.report(result, log))) {
+            log.warn("result not reported: the task is handed back");
+            m.nak(); // the task runs again, here or elsewhere
             return;
           }
-          if (abort.signal.aborted) {
-            log.info("task stopped: its job was cancelled");
-            m.term();
-            return;
-          }
-          const status = err instanceof FarmError ? err.status : "INTERNAL";
-          const message = errorMessage(err);
-          await report({ ok: false, error: message, errorStatus: status });
-          this.counts.tasksFailed++;
-          log.warn({ status, error: message }, "task failed");
-          this.countFailure(message);
         } finally {
+          span.end();
           clearInterval(keepAlive);
           this.shutdown.signal.removeEventListener("abort", onShutdown);
           stopListening();
           this.inHand.delete(task.id);
           this.presence?.announce();
         }
-        m.ack();
+        if (outcome.ok) {
+          this.failuresInARow = 0;
+          this.counts.tasksDone++;
+          if (stage === "denoise") this.counts.sectionsDone++;
+          log.info({ ms: Date.now() - Date.parse(startedAt) }, "task done");
+        } else {
+          this.counts.tasksFailed++;
+          log.warn({ status: outcome.errorStatus, error: outcome.error }, "task failed");
+          this.countFailure(outcome.error);
+        }
+        await this.settle(m, log);
       },
     );
+  }
+
+  /**
+   * Puts a result on the results queue, trying again while the bus is away (a NATS failover takes
+   * seconds) under one dedup id, so that a send that landed before its answer was lost counts
+   * once. False if the node began stopping first, or the bus stayed away for 2 minutes.
+   */
+  private async report(result: Uint8Array, log: Logger): Promise<boolean> {
+    const dedupId = `result-${randomUUID()}`;
+    const until = Date.now() + 120_000;
+    for (let wait = 250; ; wait = Math.min(wait * 2, 2_000)) {
+      try {
+        await this.bus.queues.enqueue(RESULTS_QUEUE, result, dedupId);
+        return true;
+      } catch (err) {
+        if (this.shutdown.signal.aborted || Date.now() > until) return false;
+        log.warn({ err: errorMessage(err) }, "reporting the result failed; trying again");
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  /**
+   * Acks a task once its result is in, sending the ack again until the queue confirms it (for up to
+   * 30 s: a consumer whose server died has no leader for some seconds, and an ack sent meanwhile is
+   * lost). A lost ack has the task handed out again, then dropped as done if its result is recorded
+   * by then, and run again if not.
+   */
+  private async settle(m: Delivery, log: Logger): Promise<void> {
+    const until = Date.now() + 30_000;
+    for (let wait = 250; ; wait = Math.min(wait * 2, 2_000)) {
+      try {
+        return await m.confirmAck(2_000);
+      } catch (err) {
+        if (this.shutdown.signal.aborted) return;
+        if (Date.now() + wait > until)
+          return log.warn({ err: errorMessage(err) }, "ack not confirmed; the task may be handed out again");
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
   }
 
   /** Takes no more tasks; those in hand finish and report. The node stays registered, as drained. */

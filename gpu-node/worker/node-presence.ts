@@ -15,7 +15,7 @@ import {
   type NodeRecord,
 } from "../../shared/nodes/node-registry.js";
 import { nodeEventSubject } from "../../shared/farm/protocol.js";
-import type { CurrentTask, NodeCapabilities } from "../../proto/gen/framefarm/v1/node.js";
+import type { CurrentTask, GpuStats, NodeCapabilities } from "../../proto/gen/framefarm/v1/node.js";
 
 export interface NodeIdentity {
   nodeId: string;
@@ -27,6 +27,8 @@ export interface NodeIdentity {
 export interface NodeActivity {
   currentTasks(): CurrentTask[];
   counters(): { tasksDone: number; tasksFailed: number; sectionsDone: number; bytesRead: number; bytesWritten: number };
+  /** The node's GPUs as last sampled (gpu-stats.ts); absent or empty on a node without one. */
+  gpus?(): GpuStats[];
 }
 
 export const DEFAULT_HEARTBEAT_MS = 2000;
@@ -91,6 +93,7 @@ export class NodePresence {
       bytesRead: BigInt(c.bytesRead),
       bytesWritten: BigInt(c.bytesWritten),
       stateReason: this.stateReason,
+      gpus: this.activity.gpus?.() ?? [],
     };
   }
 

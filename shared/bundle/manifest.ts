@@ -69,6 +69,15 @@ export interface ComponentEntry {
   modulated_dtype?: "fp32" | "fp16" | "bf16";
   /** vae_decoder only: the most latent frames one call may take (temporal tiles are at most this long). */
   max_latent_frames?: number;
+  /** Weight-only quantized MatMuls (framefarm_export.quantize: com.microsoft.MatMulNBits); absent: as exported. */
+  weights?: QuantizedWeights;
+}
+
+export interface QuantizedWeights {
+  bits: 4 | 8;
+  /** Weights per scale. */
+  block_size: number;
+  symmetric: boolean;
 }
 
 export interface SchedulerConfig {
@@ -264,6 +273,16 @@ function checkComponent(c: Checker, raw: unknown, name: AnyComponentName): Compo
   if (name === "vae_decoder") entry.max_latent_frames = c.posInt(o, "max_latent_frames", path);
   if (name === "transformer_head" && o["modulated_dtype"] !== undefined)
     entry.modulated_dtype = c.oneOf(o, "modulated_dtype", path, ["fp32", "fp16", "bf16"] as const);
+  if (o["weights"] !== undefined) {
+    const w = c.obj(o["weights"], `${path}.weights`);
+    const bits = w["bits"];
+    const blockSize = c.posInt(w, "block_size", `${path}.weights`);
+    if (bits !== 4 && bits !== 8) c.problems.push(`${path}.weights.bits: expected 4 or 8, got ${JSON.stringify(bits)}`);
+    if (typeof w["symmetric"] !== "boolean") c.problems.push(`${path}.weights.symmetric: expected true or false`);
+    if (blockSize < 16 || (blockSize & (blockSize - 1)) !== 0)
+      c.problems.push(`${path}.weights.block_size: expected a power of two >= 16, got ${blockSize}`);
+    entry.weights = { bits: bits === 8 ? 8 : 4, block_size: blockSize, symmetric: w["symmetric"] === true };
+  }
   return entry;
 }
 

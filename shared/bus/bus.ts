@@ -8,6 +8,12 @@ export interface Delivery {
   /** 1 on first delivery, 2 after one redelivery, ... */
   readonly attempt: number;
   ack(): void;
+  /**
+   * Acks and resolves once the queue has confirmed it; rejects if no confirmation came within
+   * timeoutMs (the server is away: the caller may try again, an ack is idempotent). A plain ack()
+   * sent into a connection that is failing over is lost without a word, and the task comes back.
+   */
+  confirmAck(timeoutMs: number): Promise<void>;
   /** Give the task back for redelivery (after delayMs). */
   nak(delayMs?: number): void;
   /** Still working: restart the ack-wait clock (long denoise steps). */
@@ -29,6 +35,12 @@ export interface ConsumeOptions {
 
 export interface Consumer {
   stop(): Promise<void>;
+}
+
+export interface StoredMessage {
+  seq: number;
+  dedupId: string | undefined;
+  data: Uint8Array;
 }
 
 export interface QueueStats {
@@ -57,6 +69,18 @@ export interface WorkQueues {
   /** Tasks waiting (not yet delivered or due again). */
   depth(queue: string): Promise<number>;
   stats(queue: string): Promise<QueueStats>;
+  /** NATS only: the messages the queue stores now (waiting or in a worker's hands). */
+  stored?(queue: string): Promise<StoredMessage[]>;
+  /**
+   * NATS only: task messages the queue still stores but its consumer will never hand out (it counts
+   * them acked: a consumer whose state lost them in a leader change, as nats-server 2.9 clusters
+   * do), seen so on two calls in a row. Each is queued again as a new message when keep() says so,
+   * then removed.
+   */
+  requeueStranded?(
+    queue: string,
+    keep: (data: Uint8Array) => Promise<boolean>,
+  ): Promise<{ requeued: number; removed: number }>;
 }
 
 export interface KvEntry {

@@ -120,6 +120,7 @@ class MemoryQueues implements WorkQueues {
           data: t.data,
           attempt: t.attempts,
           ack: () => settle(() => (clearTimeout(t.timer), q.tasks.splice(q.tasks.indexOf(t), 1))),
+          confirmAck: () => Promise.resolve(delivery.ack()),
           nak: (delay = 0) => settle(() => release(t, delay)),
           working: () => !settled && arm(),
           term: () => settle(() => (clearTimeout(t.timer), q.tasks.splice(q.tasks.indexOf(t), 1))),

@@ -31,6 +31,7 @@ import {
   type KeyValue,
   type KvEntry,
   type QueueStats,
+  type StoredMessage,
   type WorkQueues,
 } from "./bus.js";
 
@@ -44,15 +45,25 @@ const ms = (n: number): number => n * 1_000_000;
 export const TASK_MAX_AGE_MS = 24 * 3_600_000;
 /** What a KV key may be (the NATS KV client's rule): purging by a key with wildcards would purge others. */
 const KV_KEY = /^[-/=.\w]+$/;
+const ACK = new TextEncoder().encode("+ACK");
 /** The JetStream stream behind a queue (KEDA's autoscaler names it too: deploy/k8s). */
 export const streamOf = (queue: string): string => `FF_Q_${queue}`;
 const subjectOf = (queue: string): string => `ff.q.${queue}`;
+
+/** A `--nats` value: one server URL or several, comma-separated. */
+export function natsServers(urls: string): string[] {
+  return urls
+    .split(",")
+    .map((u) => u.trim())
+    .filter((u) => u !== "");
+}
 
 class NatsQueues implements WorkQueues {
   constructor(
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly replicas: number,
+    private readonly nc: NatsConnection,
   ) {}
 
   async ensure(queue: string): Promise<void> {
@@ -109,6 +120,70 @@ class NatsQueues implements WorkQueues {
     };
   }
 
+  /** Per queue, the stranded sequence numbers the last requeueStranded call saw. */
+  private readonly strandedSeen = new Map<string, Set<number>>();
+
+  /** The queue's stored messages from sequence `from` to `to` (a few: a work queue holds only what is not done). */
+  private async scan(queue: string, from: number, to: number, limit = 10_000): Promise<StoredMessage[]> {
+    const stream = streamOf(queue);
+    const out: StoredMessage[] = [];
+    for (let seq = from; seq <= to && out.length < limit;) {
+      // next_by_subj (nats-server 2.9+): the first stored message at or after seq (null: none).
+      // Any error (a failover) throws: a short list would make the caller think stored tasks
+      // lost and queue them again.
+      const m = await this.jsm.streams.getMessage(stream, {
+        seq,
+        next_by_subj: subjectOf(queue),
+      } as unknown as { seq: number });
+      if (m === null || m.seq > to) break;
+      out.push({ seq: m.seq, dedupId: m.header?.get("Nats-Msg-Id") || undefined, data: m.data });
+      seq = m.seq + 1;
+    }
+    return out;
+  }
+
+  async stored(queue: string): Promise<StoredMessage[]> {
+    const { state } = await this.jsm.streams.info(streamOf(queue));
+    return state.messages === 0 ? [] : this.scan(queue, state.first_seq, state.last_seq);
+  }
+
+  async requeueStranded(
+    queue: string,
+    keep: (data: Uint8Array) => Promise<boolean>,
+  ): Promise<{ requeued: number; removed: number }> {
+    const stream = streamOf(queue);
+    const done = { requeued: 0, removed: 0 };
+    const [c] = await this.jsm.consumers.list(stream).next();
+    const info = await this.jsm.streams.info(stream);
+    if (c === undefined || info.state.messages === 0) return (this.strandedSeen.delete(queue), done);
+    // Nothing at or below the ack floor should still be stored (acked work-queue messages are
+    // removed); with nothing awaiting an ack, nothing delivered should be either; with nothing
+    // pending either, nothing at all (a consumer whose copy of the stream lacks them).
+    const idle = c.num_ack_pending === 0;
+    const bound =
+      idle && c.num_pending === 0 ? info.state.last_seq : idle ? c.delivered.stream_seq : c.ack_floor.stream_seq;
+    const found = await this.scan(queue, info.state.first_seq, bound, 100);
+    const before = this.strandedSeen.get(queue) ?? new Set<number>();
+    this.strandedSeen.set(queue, new Set(found.map((m) => m.seq)));
+    const confirmed = found.filter((m) => before.has(m.seq));
+    if (confirmed.length === 0) return done;
+    // Another server takes the consumer over (from its own state and copy of the stream) ...
+    await this.nc
+      .request(`$JS.API.CONSUMER.LEADER.STEPDOWN.${stream}.${c.name}`, undefined, { timeout: 5_000 })
+      .catch(() => undefined);
+    // ... and the stranded messages are queued again in any case.
+    for (const m of found) {
+      if (!before.has(m.seq)) continue; // seen once: maybe an ack on its way; the next call decides
+      if (await keep(m.data)) {
+        // Queued again first, then removed: a failure in between leaves a duplicate, never a loss.
+        await this.js.publish(subjectOf(queue), m.data, { msgID: `${m.dedupId ?? "seq"}.requeued-${m.seq}` });
+        done.requeued++;
+      } else done.removed++;
+      await this.jsm.streams.deleteMessage(stream, m.seq, false).catch(() => undefined);
+    }
+    return done;
+  }
+
   async consume(queue: string, options: ConsumeOptions, handler: (d: Delivery) => Promise<void>): Promise<Consumer> {
     const stream = streamOf(queue);
     const durable = validateBusName("consumer", options.name);
@@ -147,6 +222,12 @@ class NatsQueues implements WorkQueues {
               data: m.data,
               attempt: m.info.deliveryCount,
               ack: () => m.ack(),
+              // A double ack, sent by hand so that it can be sent again (JsMsg.ackAck() sends once).
+              confirmAck: async (timeoutMs) => {
+                const reply = (m as { reply?: string }).reply ?? "";
+                if (reply === "") return;
+                await this.nc.request(reply, ACK, { timeout: timeoutMs });
+              },
               nak: (delay) => m.nak(delay),
               working: () => m.working(),
               term: () => m.term(),
@@ -266,17 +347,21 @@ export class NatsBus implements Bus {
     private readonly replicas: number,
   ) {}
 
-  /** `replicas`: JetStream copies of each stream and KV bucket created here (1, or 3 on a 3-server cluster). */
+  /**
+   * `servers`: one URL, or several comma-separated (the servers of a cluster: the client connects to
+   * one and, when it goes away, reconnects to another). `replicas`: JetStream copies of each stream
+   * and KV bucket created here (1, or 3 on a 3-server cluster).
+   */
   static async connect(servers: string, name = "framefarm", replicas = 1): Promise<NatsBus> {
     let nc: NatsConnection;
     try {
-      nc = await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+      nc = await connect({ servers: natsServers(servers), name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
     } catch (err) {
       throw new FarmError("UNAVAILABLE", `cannot reach NATS at ${servers}: ${(err as Error).message}`, { cause: err });
     }
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
-    return new NatsBus(nc, new NatsQueues(js, jsm, replicas), new NatsEvents(nc), new Kvm(nc), jsm, replicas);
+    return new NatsBus(nc, new NatsQueues(js, jsm, replicas, nc), new NatsEvents(nc), new Kvm(nc), jsm, replicas);
   }
 
   async kv(bucket: string): Promise<KeyValue> {
@@ -285,6 +370,10 @@ export class NatsBus implements Bus {
         history: 1,
         storage: StorageType.File,
         replicas: this.replicas,
+        // Reads go to the bucket's leader. A direct get may be answered by any replica, and one that
+        // lags (restarted, or behind after a failover) answers with an older record or none: a job
+        // just created read back as missing, a node dropping a live job's task as "over".
+        allow_direct: false,
       }),
       this.jsm,
       bucket,

@@ -19,6 +19,8 @@ export function jobKeys(jobId: string) {
   return {
     firstImage: `${p}inputs/first-image`,
     lastImage: `${p}inputs/last-image`,
+    /** The video a job extends (--video), as uploaded. */
+    inputVideo: `${p}inputs/video`,
     /** The i-th keyframe's image (0-based, in time order). */
     keyframeImage: (i: number) => `${p}inputs/keyframe-${i}`,
     promptEmbeds: `${p}text/prompt.safetensors`,

@@ -3,12 +3,13 @@
  * kinds, the task a node runs (everything it needs is in the task's queue message), the result it
  * reports, the events on a job's subject, and the names of the queues, buckets and subjects.
  * A node never reads the coordinator's job record; the one read it may make of the jobs bucket is
- * `readJobState` below (has the job ended before the node took its task?).
+ * `readJobState` below (has the job ended, or the task been done, before the node took it?).
  */
 import type { KeyValue } from "../bus/bus.js";
 import type { JobSpec } from "../job/job-spec.js";
 import { StageKind as PbStageKind } from "../../proto/gen/framefarm/v1/node.js";
 import { jsonCodec } from "./codec.js";
+import type { TraceCarrier } from "../telemetry/tracing.js";
 
 // ---- stages ----------------------------------------------------------------------------------
 
@@ -78,6 +79,8 @@ export interface TaskMessage {
   spec: JobSpec;
   /** Nodes that failed this task since the job's last retry: another node should take it. */
   avoidNodes?: string[];
+  /** W3C trace context of the span that dispatched it (shared/telemetry): absent when not tracing. */
+  trace?: TraceCarrier;
 }
 
 export interface TaskResult {
@@ -95,6 +98,8 @@ export interface TaskResult {
   modelMs?: number;
   /** Of that time, milliseconds per named phase of the task (read, write, preview, encode...). */
   phases?: Record<string, number>;
+  /** W3C trace context of the node's span of the task: absent when not tracing. */
+  trace?: TraceCarrier;
 }
 
 /** Published by a node after each denoise step (not stored: live progress only). */
@@ -124,11 +129,19 @@ export const taskResults = jsonCodec<TaskResult>();
 export const jobEvents = jsonCodec<JobSubjectEvent>();
 
 /**
- * The state of a job as the jobs bucket holds it (null: no such job). The one field of a job's
- * record that is part of this contract: a node checks it once before it starts a task (a task of
- * an ended job is dropped) and hears later changes on the job's subject.
+ * The state of a job as the jobs bucket holds it (null: no such job), and whether the task taskId
+ * is done. The two fields of a job's record that are part of this contract: a node checks them
+ * once before it starts a task (a task of an ended job is dropped, and so is a second copy of a
+ * task done already: a queue delivers at least once, and after a NATS failover an ack can be lost)
+ * and hears later changes on the job's subject.
  */
-export async function readJobState(kv: KeyValue, jobId: string): Promise<JobState | null> {
+export async function readJobState(
+  kv: KeyValue,
+  jobId: string,
+  taskId?: string,
+): Promise<{ state: JobState; taskDone: boolean } | null> {
   const e = await kv.get(jobId);
-  return e === null ? null : jsonCodec<{ state: JobState }>().decode(e.value).state;
+  if (e === null) return null;
+  const r = jsonCodec<{ state: JobState; taskStates?: Record<string, string> }>().decode(e.value);
+  return { state: r.state, taskDone: taskId !== undefined && r.taskStates?.[taskId] === "done" };
 }

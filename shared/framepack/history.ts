@@ -1,6 +1,8 @@
 /**
  * History bookkeeping between sections: the clean-context tensors a section's transformer call
- * sees, and how its result joins the history. Mirrors diffusers' pipeline loop; pure.
+ * sees, and how its result joins the history. Mirrors diffusers' pipeline loop; pure. A plan that
+ * extends a video (plan.video) takes the input video's latents where the others take the start
+ * image's, with FramePack-Studio's contexts (README, "Extending a video").
  */
 import { Tensor, type F32 } from "../tensor/tensor.js";
 import { cat, narrow, split } from "../tensor/ops.js";
@@ -21,12 +23,62 @@ export interface SectionContextTensors {
 
 const historyTotal = (plan: SectionPlan): number => plan.historySizes[0] + plan.historySizes[1] + plan.historySizes[2];
 
-/** Zeros for the packed history; vanilla sampling appends the start image latent. */
+/**
+ * Zeros for the packed history; vanilla sampling appends the start image latent. With a video
+ * (imageLatents: its L latents) vanilla appends them all and counts them as real history (PR
+ * #491); inverted starts from them, generated latents going in front (Studio's Video mode).
+ */
 export function initialHistory(plan: SectionPlan, imageLatents: F32): History {
-  const [b, c, , h, w] = imageLatents.shape as [number, number, number, number, number];
+  const [b, c, frames, h, w] = imageLatents.shape as [number, number, number, number, number];
+  if (plan.video !== null && frames !== plan.video.latentFrames)
+    throw new RangeError(`the plan reads ${plan.video.latentFrames} video latents, got ${imageLatents.describe()}`);
+  if (plan.video !== null && plan.samplingType === "inverted_anti_drifting")
+    return { latents: imageLatents, generated: 0 };
   const zeros = Tensor.zeros([b, c, historyTotal(plan), h, w]);
-  if (plan.samplingType === "vanilla") return { latents: cat([zeros, imageLatents], 2), generated: 1 };
+  if (plan.samplingType === "vanilla") return { latents: cat([zeros, imageLatents], 2), generated: frames };
   return { latents: zeros, generated: 0 };
+}
+
+/** The last `count` latent frames of the video, zeros standing in for any before its start. */
+function videoTail(video: F32, count: number, skipLast: number): F32 {
+  const frames = video.shape[2]! - skipLast;
+  if (frames >= count) return narrow(video, 2, frames - count, count);
+  const [b, c, , h, w] = video.shape as [number, number, number, number, number];
+  const zeros = Tensor.zeros([b, c, count - frames, h, w]);
+  return frames === 0 ? zeros : cat([zeros, narrow(video, 2, 0, frames)], 2);
+}
+
+/**
+ * Studio's video_prepare_clean_latents_and_indices: the video's last `pre` latents, then `post`
+ * latents (end image, zeros, or the history's front), and the 2x and 4x context from the video's
+ * latents before the `pre` ones (zeros before its start).
+ */
+function invertedVideoContext(
+  plan: SectionPlan,
+  section: Section,
+  history: History,
+  video: F32,
+  lastImageLatents: F32 | null,
+): SectionContextTensors {
+  const ctx = section.videoContext!;
+  const [, n2x, n4x] = plan.historySizes;
+  const [fourX, twoX] = split(videoTail(video, n2x + n4x, ctx.pre), 2, [n4x, n2x]) as [F32, F32];
+  let post: F32;
+  if (ctx.postFrom === "end_image") {
+    if (lastImageLatents === null) throw new RangeError(`section ${section.index} needs the end image latents`);
+    post = lastImageLatents;
+  } else if (ctx.postFrom === "zeros") {
+    const [b, c, , h, w] = video.shape as [number, number, number, number, number];
+    post = Tensor.zeros([b, c, ctx.post, h, w]);
+  } else {
+    // The history holds the video's latents behind the generated ones, so it is never this short.
+    if (history.latents.shape[2]! < ctx.post)
+      throw new RangeError(
+        `section ${section.index} reads ${ctx.post} history frames, got ${history.latents.describe()}`,
+      );
+    post = narrow(history.latents, 2, 0, ctx.post);
+  }
+  return { latentsClean: cat([videoTail(video, ctx.pre, 0), post], 2), history2x: twoX, history4x: fourX };
 }
 
 /**
@@ -42,6 +94,12 @@ export function sectionContext(
   keyframeLatents: F32 | null = null,
 ): SectionContextTensors {
   const total = historyTotal(plan);
+  if (plan.video !== null && keyframeLatents !== null)
+    throw new RangeError("keyframes take the start image's slot, which a video extension does not have");
+  if (section.videoContext !== null)
+    return invertedVideoContext(plan, section, history, imageLatents, lastImageLatents);
+  // With a video, its last latent is the start latent (Studio's Video F1).
+  const start = plan.video === null ? imageLatents : narrow(imageLatents, 2, imageLatents.shape[2]! - 1, 1);
   if (plan.samplingType === "inverted_anti_drifting") {
     const [oneX, twoX, fourX] = split(narrow(history.latents, 2, 0, total), 2, plan.historySizes) as [F32, F32, F32];
     // The end image stands in for the 1x history of the first generated (last in time) section.
@@ -57,7 +115,7 @@ export function sectionContext(
     F32,
     F32,
   ];
-  return { latentsClean: cat([imageLatents, oneX], 2), history2x: twoX, history4x: fourX };
+  return { latentsClean: cat([start, oneX], 2), history2x: twoX, history4x: fourX };
 }
 
 export interface AppendResult {
@@ -95,9 +153,14 @@ export function appendSection(
     const generated = history.generated + added.shape[2]!;
     checkPlan(section, generated, realHistoryFrames);
     const all = cat([added, history.latents], 2);
+    const { videoPrefix } = section.decode;
     return {
       history: { latents: all.shape[2]! > keep ? narrow(all, 2, 0, keep) : all, generated },
-      decodeLatents: narrow(all, 2, 0, latentFrames),
+      // The section next to the input video decodes the input's last window before its own.
+      decodeLatents:
+        videoPrefix === 0
+          ? narrow(all, 2, 0, latentFrames)
+          : cat([videoTail(imageLatents, videoPrefix, 0), narrow(all, 2, 0, latentFrames - videoPrefix)], 2),
     };
   }
   // Newest last: the context and the decode read the tail.

@@ -8,6 +8,7 @@ import { FarmError } from "../errors.js";
 import type { SamplingType } from "../bundle/manifest.js";
 import { roundHalfEven } from "./frames.js";
 import { checkLatentWindowSize } from "../job/render-params.js";
+import { encodedFrames, videoLatentFrames } from "./video-context.js";
 
 export interface PlanInput {
   samplingType: SamplingType;
@@ -28,6 +29,35 @@ export interface PlanInput {
    * with Python's half-to-even round.
    */
   sectionCount?: "diffusers" | "demo";
+  /** Extending a video (--video): its frame count and the context frames (README, "Extending a video"). */
+  video?: { inputFrames: number; contextFrames: number };
+}
+
+/** How a plan that extends a video reads the video (null for a start image). */
+export interface VideoPlan {
+  /** Frames of the input video. */
+  inputFrames: number;
+  /** N: Studio's context frames; N - 1 latents of 1x context (the section next to the input: 1). */
+  contextFrames: number;
+  /** L: the video's last latents, encoded from its last `encodedFrames` frames. */
+  latentFrames: number;
+  encodedFrames: number;
+  /** Index of the first encoded frame (its SigLIP embedding conditions the sections without an end image). */
+  firstEncodedFrame: number;
+  /** Frames cross-faded between the input's last frames and the generated part's first: windowNumFrames. */
+  joinFrames: number;
+}
+
+/**
+ * Where an inverted section that extends a video takes its 1x context (Studio's Video mode): `pre`
+ * of the video's last latents at indices [0, pre), then `post` latents after the window: the end
+ * image's (the first generated section, with one), zeros (the first without), else the front of
+ * the history (what was generated after this window in time).
+ */
+export interface VideoSectionContext {
+  pre: number;
+  post: number;
+  postFrom: "end_image" | "zeros" | "history";
 }
 
 export interface SectionIndices {
@@ -55,6 +85,11 @@ export interface SectionDecode {
   join: "prepend" | "append";
   /** Length of the video so far once this section is joined. */
   totalVideoFrames: number;
+  /**
+   * Extending a video: latents of the input video decoded before this section's own (the input's
+   * last window, on the inverted section next to the input; included in latentFrames), else 0.
+   */
+  videoPrefix: number;
 }
 
 export interface Section {
@@ -70,6 +105,8 @@ export interface Section {
   useEndImage: boolean;
   /** The start image latent is prefixed to the denoised window before it joins history (inverted, last section). */
   prefixStartImage: boolean;
+  /** Inverted sections extending a video: where the 1x context comes from (else null). */
+  videoContext: VideoSectionContext | null;
   decode: SectionDecode;
 }
 
@@ -85,8 +122,10 @@ export interface SectionPlan {
   sections: Section[];
   /** Frames blended between consecutive decoded sections (= windowNumFrames). */
   overlapFrames: number;
-  /** Frames of the finished video (diffusers renders whole sections, so more than numFrames). */
+  /** Frames of the finished video (diffusers renders whole sections, so more than numFrames; with a video, its frames too). */
   outputFrames: number;
+  /** Extending a video: how its frames are read; null for a start image. */
+  video: VideoPlan | null;
 }
 
 export const DEFAULT_HISTORY_SIZES: Readonly<Record<SamplingType, readonly [number, number, number]>> = {
@@ -128,6 +167,23 @@ function vanillaIndices(w: number, hs: readonly [number, number, number]): Secti
   };
 }
 
+/** Studio's Video mode: arange split as [pre, padding, latents w, post, 2x, 4x]. */
+function invertedVideoIndices(
+  ctx: VideoSectionContext,
+  padding: number,
+  w: number,
+  hs: readonly [number, number, number],
+): SectionIndices {
+  const latentsStart = ctx.pre + padding;
+  const post = latentsStart + w;
+  return {
+    latents: range(latentsStart, w),
+    clean: [...range(0, ctx.pre), ...range(post, ctx.post)],
+    history2x: range(post + ctx.post, hs[1]),
+    history4x: range(post + ctx.post + hs[1], hs[2]),
+  };
+}
+
 function requireInt(name: string, v: unknown, min: number, max: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
     throw new FarmError("INVALID_ARGUMENT", `${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
@@ -148,43 +204,64 @@ export function planSections(input: PlanInput): SectionPlan {
   const tc = requireInt("temporal_compression", input.temporalCompression ?? 4, 1, 64);
   if (typeof input.hasEndImage !== "boolean")
     throw new FarmError("INVALID_ARGUMENT", "has_end_image must be a boolean");
-  const hs = input.historySizes ?? DEFAULT_HISTORY_SIZES[samplingType];
-  if (hs.length !== 3) throw new FarmError("INVALID_ARGUMENT", `history_sizes must have 3 entries, got ${hs.length}`);
-  hs.forEach((s, i) => requireInt(`history_sizes[${i}]`, s, 1, 1024));
+  const given = input.historySizes ?? DEFAULT_HISTORY_SIZES[samplingType];
+  if (given.length !== 3)
+    throw new FarmError("INVALID_ARGUMENT", `history_sizes must have 3 entries, got ${given.length}`);
+  given.forEach((s, i) => requireInt(`history_sizes[${i}]`, s, 1, 1024));
   const inverted = samplingType === "inverted_anti_drifting";
   if (input.hasEndImage && !inverted) {
     // diffusers raises here too: only anti-drifting sampling conditions on an end frame.
     throw new FarmError("INVALID_ARGUMENT", "an end image (last_image) needs sampling_type inverted_anti_drifting");
   }
   const windowNumFrames = (w - 1) * tc + 1;
+  const video = input.video === undefined ? null : videoPlan(input.video, w, tc, windowNumFrames);
+  // A video's 1x context is N - 1 latents (Studio's effective_clean_frames); 2x and 4x keep their sizes.
+  const e = video === null ? 0 : video.contextFrames - 1;
+  const hs: readonly [number, number, number] =
+    video === null ? given : inverted ? [e, given[1], given[2]] : [given[0], given[1], e];
   const n =
     input.sectionCount === "demo"
       ? Math.max(1, roundHalfEven(numFrames / (w * tc)))
       : Math.max(1, Math.ceil(numFrames / windowNumFrames));
   const paddings = latentPaddings(n);
   const toVideo = (latents: number): number => (latents - 1) * tc + 1;
-  let generated = inverted ? 0 : 1; // vanilla history starts with the start image latent
-  let video = 0;
+  // Real history: vanilla's starts with the start image latent, or the video's latents (PR #491).
+  let generated = inverted ? 0 : (video?.latentFrames ?? 1);
+  // Vanilla joins each section after the video so far, which with a video starts as its frames.
+  let total = !inverted && video !== null ? video.inputFrames : 0;
   const sections: Section[] = range(0, n).map((k) => {
     const isFirst = k === 0;
     const isLast = k === n - 1;
-    const prefixStartImage = inverted && isLast;
+    const prefixStartImage = inverted && isLast && video === null;
     generated += w + (prefixStartImage ? 1 : 0);
-    const sliceFrames = inverted && isLast ? 2 * w + 1 : 2 * w;
-    const latentFrames = isFirst ? generated : Math.min(sliceFrames, generated);
-    const videoFrames = toVideo(latentFrames);
-    const overlapFrames = isFirst ? 0 : windowNumFrames;
-    video = video + videoFrames - overlapFrames;
     const padding = inverted ? paddings[k]! * w : 0;
+    // With a video, the section next to it decodes the input's last window before its own.
+    const videoPrefix = video !== null && inverted && isLast ? w : 0;
+    const sliceFrames = prefixStartImage ? 2 * w + 1 : 2 * w;
+    const decodeAll = isFirst && (video === null || inverted);
+    const latentFrames = videoPrefix + (decodeAll ? generated : Math.min(sliceFrames, generated));
+    const videoFrames = toVideo(latentFrames);
+    const overlapFrames = decodeAll ? 0 : windowNumFrames;
+    total += videoFrames - overlapFrames;
+    // Inverted: the input joins before the generated part once it is complete.
+    if (video !== null && inverted && isLast) total += video.inputFrames - video.joinFrames;
+    const videoContext =
+      video !== null && inverted ? invertedVideoContext(k, paddings[k]!, e, input.hasEndImage) : null;
     return {
       index: k,
       isFirst,
       isLast,
       latentPadding: padding,
-      indices: inverted ? invertedIndices(padding, w, hs) : vanillaIndices(w, hs),
+      indices:
+        videoContext !== null
+          ? invertedVideoIndices(videoContext, padding, w, hs)
+          : inverted
+            ? invertedIndices(padding, w, hs)
+            : vanillaIndices(w, hs),
       historyFrom: inverted ? "start" : "end",
       useEndImage: inverted && input.hasEndImage && isFirst,
       prefixStartImage,
+      videoContext,
       decode: {
         realHistoryFrames: generated,
         latentFrames,
@@ -192,7 +269,8 @@ export function planSections(input: PlanInput): SectionPlan {
         videoFrames,
         overlapFrames,
         join: inverted ? "prepend" : "append",
-        totalVideoFrames: video,
+        totalVideoFrames: total,
+        videoPrefix,
       },
     };
   });
@@ -206,7 +284,35 @@ export function planSections(input: PlanInput): SectionPlan {
     windowNumFrames,
     sections,
     overlapFrames: windowNumFrames,
-    // diffusers trims the joined video to (T - 1) // tc * tc + 1 frames.
-    outputFrames: Math.floor((video - 1) / tc) * tc + 1,
+    // diffusers trims the joined video to (T - 1) // tc * tc + 1 frames; a video's whole input is kept.
+    outputFrames: video === null ? Math.floor((total - 1) / tc) * tc + 1 : total,
+    video,
   };
+}
+
+function videoPlan(v: NonNullable<PlanInput["video"]>, w: number, tc: number, windowNumFrames: number): VideoPlan {
+  const inputFrames = requireInt("video frames", v.inputFrames, 1, MAX_FRAMES);
+  const contextFrames = requireInt("context frames", v.contextFrames, 2, 64);
+  const latentFrames = videoLatentFrames(inputFrames, w, tc);
+  if (latentFrames < Math.max(contextFrames, w))
+    throw new FarmError(
+      "INVALID_ARGUMENT",
+      `a video of ${inputFrames} frames gives ${latentFrames} latent frames; ${contextFrames} context frames and window ${w} need ${Math.max(contextFrames, w)}`,
+    );
+  const encoded = encodedFrames(latentFrames, tc);
+  return {
+    inputFrames,
+    contextFrames,
+    latentFrames,
+    encodedFrames: encoded,
+    firstEncodedFrame: inputFrames - encoded,
+    joinFrames: windowNumFrames,
+  };
+}
+
+/** Studio's video_prepare_clean_latents_and_indices: 1 pre frame next to the input, else N - 1. */
+function invertedVideoContext(k: number, padding: number, e: number, hasEndImage: boolean): VideoSectionContext {
+  const pre = padding === 0 ? 1 : e;
+  if (k > 0) return { pre, post: pre, postFrom: "history" };
+  return hasEndImage ? { pre, post: 1, postFrom: "end_image" } : { pre, post: pre, postFrom: "zeros" };
 }

@@ -135,20 +135,35 @@ export function resizeAndCenterCrop(image: DecodedImage, height: number, width: 
   return { width, height, rgb: out };
 }
 
-/** [1, 3, H, W] float32 in [-1, 1] as diffusers' VaeImageProcessor makes it: 2 * (x / 255) - 1. */
-export function toPixelTensor(image: DecodedImage): F32 {
-  const { width: w, height: h, rgb } = image;
-  const plane = w * h;
-  const out = new Float32Array(3 * plane);
+/**
+ * The 256 possible values of 2 * (x / 255) - 1, each computed as numpy/torch do in float32 (double
+ * rounding of these single operations to float32 is exact).
+ */
+const PIXEL_VALUES = ((): Float32Array => {
   const f = Math.fround;
-  // The 256 possible values, each computed as numpy/torch do in float32 (double rounding of these
-  // single operations to float32 is exact).
   const lut = new Float32Array(256);
   for (let v = 0; v < 256; v++) lut[v] = f(f(2 * f(v / 255)) - 1);
-  for (let p = 0; p < plane; p++) {
-    for (let c = 0; c < 3; c++) out[c * plane + p] = lut[rgb[p * 3 + c]!]!;
-  }
-  return new Tensor("float32", [1, 3, h, w], out);
+  return lut;
+})();
+
+/** [1, 3, H, W] float32 in [-1, 1] as diffusers' VaeImageProcessor makes it: 2 * (x / 255) - 1. */
+export function toPixelTensor(image: DecodedImage): F32 {
+  return toVideoPixelTensor([image.rgb], image.height, image.width).reshape([1, 3, image.height, image.width]);
+}
+
+/** Frames of one size (RGB [H, W, 3] each) as [1, 3, T, H, W] float32 in [-1, 1], as toPixelTensor. */
+export function toVideoPixelTensor(frames: readonly Uint8Array[], height: number, width: number): F32 {
+  const plane = width * height;
+  const t = frames.length;
+  const out = new Float32Array(3 * t * plane);
+  frames.forEach((rgb, i) => {
+    if (rgb.length !== plane * 3)
+      throw new RangeError(`frame ${i} has ${rgb.length} bytes, not ${width}x${height} RGB`);
+    for (let p = 0; p < plane; p++) {
+      for (let c = 0; c < 3; c++) out[(c * t + i) * plane + p] = PIXEL_VALUES[rgb[p * 3 + c]!]!;
+    }
+  });
+  return new Tensor("float32", [1, 3, t, height, width], out);
 }
 
 /** Decoded image -> render pixels [1, 3, height, width] in [-1, 1]. */

@@ -21,6 +21,11 @@ export interface JobSpec {
   params: Omit<RenderParams, "seed" | "size"> & { seed: string };
   height: number;
   width: number;
+  /**
+   * The bucket resolution height and width were chosen at, when the submission asked for one
+   * (absent: an exact size, or a record older than this field); a job submitted again asks for it.
+   */
+  resolution?: number;
   /** Who submitted it (the API scopes every read to it); absent in records older than tenants. */
   tenant?: string;
   /** Absent in records older than video formats: an MP4 and no frames. */
@@ -39,6 +44,7 @@ export function toJobSpec(
     params: { ...rest, seed: seed.toString() },
     height: size.height,
     width: size.width,
+    ...("resolution" in params.size ? { resolution: params.size.resolution } : {}),
     ...(tenant !== undefined ? { tenant } : {}),
   };
 }
@@ -55,7 +61,9 @@ const LATER_DEFAULTS = {
   promptSegments: null,
   sectionPrompts: null,
   promptBlendSections: 0,
+  video: null,
   keyframeTimes: [],
+  vaeTiling: false,
 } as const satisfies Partial<RenderParams>;
 
 export function renderParamsOf(spec: JobSpec): RenderParams {

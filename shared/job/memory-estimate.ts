@@ -12,12 +12,16 @@
  *   full resolution: conv activations of pixelFrames x H x W x channels, plus the VAE mid-block
  *   attention over N = frames x h x w tokens: [N, N] scores several times over when the graph
  *   runs as exported, or blocks of `attentionBlockBytes` when chunked (gpu-node/runtime/chunked-attention.ts).
+ *   A job with spatial VAE tiling (vaeTiling) runs the decoder on at most 256x256-pixel tiles, so
+ *   activations and attention are a tile's, plus the decoded tiles (3 channels, overlapping) and the
+ *   blended temporal tile they are joined into.
  * - mux: the finished video as uint8 RGB plus one decoded section in float32.
  * Calibrated against measured peaks (test/bench/memory/RESULTS.md): it errs high.
  */
 import type { BundleManifest } from "../bundle/manifest.js";
 import type { SectionPlan } from "../framepack/plan.js";
 import { FarmError } from "../errors.js";
+import { DIFFUSERS_SPATIAL_TILE } from "../framepack/vae-tiling.js";
 
 export interface MemoryEstimateInput {
   manifest: BundleManifest;
@@ -32,6 +36,8 @@ export interface MemoryEstimateInput {
   decoderChannels?: number;
   /** Tensor cache and process baseline (Node.js, onnxruntime, libraries). */
   baseBytes?: number;
+  /** The job decodes in diffusers' spatial tiles (RenderParams.vaeTiling). */
+  vaeTiling?: boolean;
 }
 
 export interface MemoryEstimate {
@@ -40,6 +46,8 @@ export interface MemoryEstimate {
   mux: number;
   /** The process's peak: base + weights + the resident transformer arena + the largest other stage, plus slack. */
   peak: number;
+  /** Of that, the model files' bytes. */
+  weights: number;
 }
 
 const F32 = 4;
@@ -86,24 +94,53 @@ export function estimateJobMemory(input: MemoryEstimateInput): MemoryEstimate {
   );
   const pixelFrames = (tileLatent - 1) * manifest.vae.temporal_compression_ratio + 1;
   const channels = input.decoderChannels ?? 128;
-  const n = tileLatent * h * w;
+  // One decoder call's latents: the whole frame, or with tiling at most one spatial tile of it.
+  const tiles = input.vaeTiling === true ? spatialTiles(h, w, sc) : null;
+  const [callH, callW] = tiles === null ? [h, w] : [Math.min(h, tiles.tileH), Math.min(w, tiles.tileW)];
+  const n = tileLatent * callH * callW;
   const attention =
     input.attentionBlockBytes === null
       ? ATTENTION_COPIES * n * n * F32
       : 3 * Math.max(input.attentionBlockBytes, 16 * n * F32) + 8 * n * F32 * 16;
-  const decode = DECODE_LIVE_ACTIVATIONS * pixelFrames * height * width * channels * F32 + attention;
+  // Decoded tiles of one temporal tile are all held until blended, then joined into its frames.
+  const tiled = tiles === null ? 0 : 3 * pixelFrames * F32 * (tiles.decodedPixels + height * width);
+  const callPixels = tiles === null ? height * width : Math.min(height, callH * sc) * Math.min(width, callW * sc);
+  const decode = DECODE_LIVE_ACTIVATIONS * pixelFrames * callPixels * channels * F32 + attention + tiled;
 
   const sectionFrames = Math.max(...plan.sections.map((s) => s.decode.videoFrames));
   const mux = plan.outputFrames * height * width * 3 + 2 * 3 * sectionFrames * height * width * F32;
   const base = (input.baseBytes ?? DEFAULT_BASE_BYTES) + input.weightBytes;
-  return { denoise, decode, mux, peak: SLACK * (base + denoise + Math.max(decode, mux)) };
+  return { denoise, decode, mux, peak: SLACK * (base + denoise + Math.max(decode, mux)), weights: input.weightBytes };
+}
+
+/**
+ * diffusers' default spatial tiles over h x w latents (spatialTiledDecode's loop): the tile size in
+ * latents and the pixels of all decoded tiles together (they overlap); null when one tile holds it all.
+ */
+function spatialTiles(
+  h: number,
+  w: number,
+  sc: number,
+): { tileH: number; tileW: number; decodedPixels: number } | null {
+  const t = DIFFUSERS_SPATIAL_TILE;
+  const [tileH, tileW] = [Math.floor(t.tile_sample_min_height / sc), Math.floor(t.tile_sample_min_width / sc)];
+  if (h <= tileH && w <= tileW) return null;
+  const [strideH, strideW] = [
+    Math.floor(t.tile_sample_stride_height / sc),
+    Math.floor(t.tile_sample_stride_width / sc),
+  ];
+  let rows = 0;
+  for (let i = 0; i < h; i += strideH) rows += Math.min(tileH, h - i);
+  let cols = 0;
+  for (let j = 0; j < w; j += strideW) cols += Math.min(tileW, w - j);
+  return { tileH, tileW, decodedPixels: rows * sc * cols * sc };
 }
 
 function maxDecodeFrames(plan: SectionPlan): number {
   return Math.max(...plan.sections.map((s) => s.decode.latentFrames));
 }
 
-const gib = (b: number): string => `${(b / 2 ** 30).toFixed(1)} GiB`;
+export const gib = (b: number): string => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
 /** Throws RESOURCE_EXHAUSTED, naming needed and available memory, when the estimate does not fit. */
 export function admitMemory(

@@ -1,15 +1,15 @@
 /**
  * A render's recipe: everything that fixes its frames (prompts, seed, sampler, step cache, steps,
- * guidance, CFG, window, mode, size, frame count, fps, LoRAs), the SHA-256 of its input images
+ * guidance, CFG, window, mode, size, frame count, fps, VAE tiling, LoRAs), the SHA-256 of its input images
  * (keyframes with their times),
  * the digest of the model bundle that made it and the framefarm version, as one JSON document.
  * Every video a farm makes carries it (the container's `comment` tag) and the farm stores it next
  * to the video (`recipe.json`); `framefarm render --recipe` renders it again, bit for bit on the
  * same bundle and execution provider.
  *
- * The images are named by digest, not embedded or named by path: a path means nothing on another
- * machine or farm, and an image can be up to 50 MiB, too much for a metadata tag. So a recipe is
- * rendered again with the images given anew, and refused when their SHA-256 differs.
+ * The images (and a video to extend) are named by digest, not embedded or named by path: a path means
+ * nothing on another machine or farm, and an image can be up to 50 MiB, too much for a metadata tag.
+ * So a recipe is rendered again with the images given anew, and refused when their SHA-256 differs.
  *
  * Parsing is strict: another format, another version or an unknown field is INVALID_ARGUMENT, since
  * a recipe read only in part would render something other than what it describes.
@@ -43,8 +43,16 @@ export interface Recipe {
   version: typeof RECIPE_VERSION;
   framefarm_version: string;
   bundle: { name: string; digest: string };
-  /** keyframes: present only when the render had keyframes (older recipes never have them). */
-  images: { start_sha256: string; end_sha256: string | null; keyframes?: RecipeKeyframe[] };
+  /**
+   * start_sha256 is null when the job extends a video, whose file video_sha256 names (absent
+   * otherwise); keyframes: present only when the render had keyframes (older recipes never have them).
+   */
+  images: {
+    start_sha256: string | null;
+    end_sha256: string | null;
+    video_sha256?: string;
+    keyframes?: RecipeKeyframe[];
+  };
   prompt: string;
   negative_prompt: string | null;
   /** Decimal: torch seeds are unsigned 64-bit, more than a JSON number holds exactly. */
@@ -63,6 +71,8 @@ export interface Recipe {
   /** MagCache's K and retention ratio; present only when `cache` is magcache. */
   magcache_k?: number;
   magcache_retention?: number;
+  /** Extending a video: Studio's context frames (present only then). */
+  context_frames?: number;
   steps: number;
   guidance_scale: number;
   true_cfg_scale: number;
@@ -75,6 +85,8 @@ export interface Recipe {
   height: number;
   width: number;
   fps: number;
+  /** diffusers' spatial VAE tiling; read as false from recipes older than the field (they decoded untiled). */
+  vae_tiling: boolean;
   loras: RecipeLora[];
   video: { format: VideoFormatName; crf: number; lossless: boolean };
 }
@@ -84,7 +96,12 @@ export interface RecipeSource {
   size: { height: number; width: number };
   format: VideoFormatName;
   /** keyframes: in time order, by digest (the submission has hashed them already). */
-  images: { start: Uint8Array; end: Uint8Array | null; keyframes?: { time: number; sha256: string }[] };
+  images: {
+    start: Uint8Array | null;
+    end: Uint8Array | null;
+    video?: Uint8Array | null;
+    keyframes?: { time: number; sha256: string }[];
+  };
   bundle: { name: string; digest: string };
   framefarmVersion: string;
 }
@@ -109,8 +126,11 @@ export function makeRecipe(src: RecipeSource): Recipe {
     framefarm_version: src.framefarmVersion,
     bundle: { name: src.bundle.name, digest: src.bundle.digest },
     images: {
-      start_sha256: sha256Hex(src.images.start),
+      start_sha256: src.images.start === null ? null : sha256Hex(src.images.start),
       end_sha256: src.images.end === null ? null : sha256Hex(src.images.end),
+      ...(src.images.video !== undefined && src.images.video !== null
+        ? { video_sha256: sha256Hex(src.images.video) }
+        : {}),
       ...(src.images.keyframes !== undefined && src.images.keyframes.length > 0
         ? { keyframes: src.images.keyframes.map((k) => ({ time_seconds: k.time, sha256: k.sha256 })) }
         : {}),
@@ -126,6 +146,7 @@ export function makeRecipe(src: RecipeSource): Recipe {
     cache: paramName(p, "cache", DEFAULT_CACHE),
     ...(p.cache === "teacache" || p.cache === "magcache" ? { cache_threshold: p.cacheThreshold } : {}),
     ...(p.cache === "magcache" ? { magcache_k: p.magcacheK, magcache_retention: p.magcacheRetention } : {}),
+    ...(p.video !== null ? { context_frames: p.video.contextFrames } : {}),
     steps: p.steps,
     guidance_scale: p.guidanceScale,
     true_cfg_scale: p.trueCfgScale,
@@ -136,6 +157,7 @@ export function makeRecipe(src: RecipeSource): Recipe {
     height: src.size.height,
     width: src.size.width,
     fps: p.fps,
+    vae_tiling: p.vaeTiling,
     loras: [],
     video: { format: src.format, crf: p.crf, lossless: p.lossless },
   };
@@ -249,9 +271,15 @@ export function parseRecipe(text: string): Recipe {
     throw bad(
       `version ${JSON.stringify(top["version"])} is not supported: this framefarm reads version ${RECIPE_VERSION}`,
     );
-  const o = object(raw, "", TOP_KEYS, ["cache_threshold", "magcache_k", "magcache_retention"]);
+  const o = object(raw, "", TOP_KEYS, [
+    "cache_threshold",
+    "magcache_k",
+    "magcache_retention",
+    "context_frames",
+    "vae_tiling",
+  ]);
   const bundle = object(o["bundle"], "bundle", ["name", "digest"]);
-  const images = object(o["images"], "images", ["start_sha256", "end_sha256"], ["keyframes"]);
+  const images = object(o["images"], "images", ["start_sha256", "end_sha256"], ["video_sha256", "keyframes"]);
   const video = object(o["video"], "video", ["format", "crf", "lossless"]);
   const mode = str(o, "mode");
   if (!(SAMPLING_TYPES as readonly string[]).includes(mode))
@@ -260,12 +288,20 @@ export function parseRecipe(text: string): Recipe {
   if (!(VIDEO_FORMATS as readonly string[]).includes(format))
     throw bad(`video.format must be one of ${VIDEO_FORMATS.join(", ")}, got ${JSON.stringify(format)}`);
   if (typeof video["lossless"] !== "boolean") throw bad("video.lossless must be true or false");
+  if (o["vae_tiling"] !== undefined && typeof o["vae_tiling"] !== "boolean")
+    throw bad("vae_tiling must be true or false");
   if (!Array.isArray(o["loras"])) throw bad("loras must be an array");
   const loras = (o["loras"] as unknown[]).map((l, i) => {
     const e = object(l, `loras[${i}]`, ["name", "weight"]);
     return { name: str(e, "name", `loras[${i}].`), weight: num(e, "weight", `loras[${i}].`) };
   });
   const end = strOrNull(images, "end_sha256", "images.");
+  const start = strOrNull(images, "start_sha256", "images.");
+  const videoSha = images["video_sha256"] === undefined ? null : str(images, "video_sha256", "images.");
+  if ((start === null) === (videoSha === null))
+    throw bad("images must name a start image (start_sha256) or a video (video_sha256), not both or neither");
+  if ((videoSha === null) !== (o["context_frames"] === undefined))
+    throw bad("context_frames goes with images.video_sha256 (a recipe extending a video) and only with it");
   const keyframes = images["keyframes"] === undefined ? undefined : keyframesOf(images["keyframes"]);
   return {
     format: RECIPE_FORMAT,
@@ -276,8 +312,9 @@ export function parseRecipe(text: string): Recipe {
       digest: matching(str(bundle, "digest", "bundle."), DIGEST, "bundle.digest"),
     },
     images: {
-      start_sha256: matching(str(images, "start_sha256", "images."), SHA256, "images.start_sha256"),
+      start_sha256: start === null ? null : matching(start, SHA256, "images.start_sha256"),
       end_sha256: end === null ? null : matching(end, SHA256, "images.end_sha256"),
+      ...(videoSha !== null ? { video_sha256: matching(videoSha, SHA256, "images.video_sha256") } : {}),
       ...(keyframes !== undefined ? { keyframes } : {}),
     },
     prompt: str(o, "prompt"),
@@ -292,6 +329,7 @@ export function parseRecipe(text: string): Recipe {
     ...(o["cache_threshold"] !== undefined ? { cache_threshold: num(o, "cache_threshold") } : {}),
     ...(o["magcache_k"] !== undefined ? { magcache_k: num(o, "magcache_k", "", true) } : {}),
     ...(o["magcache_retention"] !== undefined ? { magcache_retention: num(o, "magcache_retention") } : {}),
+    ...(o["context_frames"] !== undefined ? { context_frames: num(o, "context_frames", "", true) } : {}),
     steps: num(o, "steps", "", true),
     guidance_scale: num(o, "guidance_scale"),
     true_cfg_scale: num(o, "true_cfg_scale"),
@@ -302,6 +340,7 @@ export function parseRecipe(text: string): Recipe {
     height: num(o, "height", "", true),
     width: num(o, "width", "", true),
     fps: num(o, "fps"),
+    vae_tiling: o["vae_tiling"] === true,
     loras,
     video: { format: format as VideoFormatName, crf: num(video, "crf", "video.", true), lossless: video["lossless"] },
   };
@@ -317,31 +356,48 @@ export function checkRecipeSize(recipe: Recipe, size: { height: number; width: n
   }
 }
 
+/** A recipe extending a video needs the video, one from an image needs no video (checked first: they set other parameters). */
+export function checkRecipeStart(recipe: Recipe, videoGiven: boolean): void {
+  const wantVideo = recipe.images.video_sha256 !== undefined;
+  if (wantVideo && !videoGiven)
+    throw new FarmError("INVALID_ARGUMENT", "the recipe extends a video: give the same video again (--video)");
+  if (!wantVideo && videoGiven)
+    throw new FarmError("INVALID_ARGUMENT", "the recipe starts from an image, not a video: give its image (--image)");
+}
+
 /**
- * The recipe's images against the ones given: INVALID_ARGUMENT naming the image and both digests.
- * Keyframes (by digest, in time order) must be the recipe's, at the recipe's times.
+ * The recipe's images (or video) against the ones given: INVALID_ARGUMENT naming the input and both
+ * digests, or the input that is missing or too many. Keyframes (by digest, in time order) must be
+ * the recipe's, at the recipe's times.
  */
 export function checkRecipeImages(
   recipe: Recipe,
-  start: Uint8Array,
+  start: Uint8Array | null,
   end: Uint8Array | null,
   keyframes: readonly { time: number; sha256: string }[] = [],
+  video: Uint8Array | null = null,
 ): void {
   const want = recipe.images;
-  if (want.end_sha256 !== null && end === null)
+  const given = { start, end };
+  const wantVideo = want.video_sha256 ?? null;
+  checkRecipeStart(recipe, video !== null);
+  if (want.end_sha256 !== null && given.end === null)
     throw new FarmError("INVALID_ARGUMENT", "the recipe was rendered with an end image: give the same end image again");
-  if (want.end_sha256 === null && end !== null)
+  if (want.end_sha256 === null && given.end !== null)
     throw new FarmError("INVALID_ARGUMENT", "the recipe was rendered without an end image: give none");
   const check = (what: string, bytes: Uint8Array, expected: string): void => {
     const got = sha256Hex(bytes);
     if (got !== expected)
       throw new FarmError(
         "INVALID_ARGUMENT",
-        `the ${what} is not the recipe's: its SHA-256 is ${got}, the recipe's is ${expected}; give the image the recipe was rendered from`,
+        `the ${what} is not the recipe's: its SHA-256 is ${got}, the recipe's is ${expected}; give the ${what} the recipe was rendered from`,
       );
   };
-  check("image", start, want.start_sha256);
-  if (end !== null && want.end_sha256 !== null) check("end image", end, want.end_sha256);
+  if (video !== null && wantVideo !== null) check("video", video, wantVideo);
+  else if (given.start === null || want.start_sha256 === null)
+    throw new FarmError("INVALID_ARGUMENT", "the recipe starts from an image: give the same image again");
+  else check("image", given.start, want.start_sha256);
+  if (given.end !== null && want.end_sha256 !== null) check("end image", given.end, want.end_sha256);
   const wanted = want.keyframes ?? [];
   const times = (ks: readonly number[]): string => ks.map((t) => `${t}s`).join(", ");
   if (keyframes.length !== wanted.length)

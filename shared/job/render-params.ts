@@ -6,6 +6,14 @@ import { FarmError } from "../errors.js";
 import { SAMPLING_TYPES, type SamplingType } from "../bundle/manifest.js";
 import { DEFAULT_UNIPC_VARIANT, UNIPC_VARIANTS, type UniPCVariant } from "../sampler/unipc.js";
 import { parseTimedPrompt, type PromptSegment } from "./timed-prompts.js";
+import {
+  DEFAULT_CONTEXT_FRAMES,
+  MAX_CONTEXT_FRAMES,
+  MIN_CONTEXT_FRAMES,
+  encodedFrames,
+  minVideoLatents,
+  videoLatentFrames,
+} from "../framepack/video-context.js";
 import { parseKeyframeTimes } from "./keyframes.js";
 
 /**
@@ -45,6 +53,21 @@ export const LIMITS = {
   maxFps: 120,
   maxPromptBlendSections: 32,
   maxSectionPrompts: 1024,
+} as const;
+
+/**
+ * What a render gets for a setting it leaves out (FramePack demo's values; the latent window and
+ * mode come from the bundle, RenderDefaults). Exported so that a form can start from them.
+ */
+export const RENDER_DEFAULTS = {
+  steps: 25,
+  guidanceScale: 10,
+  trueCfgScale: 1,
+  /** FramePack demo's default seed. */
+  seed: 31337n,
+  resolution: 640,
+  fps: 30,
+  crf: 16,
 } as const;
 
 export interface RenderParams {
@@ -93,6 +116,35 @@ export interface RenderParams {
   sectionPrompts: string[] | null;
   /** Sections over which a prompt change is blended (0: switch at once). */
   promptBlendSections: number;
+  /**
+   * Extending a video (--video) instead of starting from an image: Studio's context frames and
+   * the facts of the input (its decoded frame count and size); null for a start image.
+   */
+  video: VideoParams | null;
+  /**
+   * diffusers' spatial VAE tiling (vae.enable_tiling(): 256-pixel tiles blended over 64 pixels,
+   * shared/framepack/vae-tiling.ts): lower peak decode memory, slightly different frames. A job
+   * option, not a node setting, so a job's frames never depend on which node decoded a section.
+   */
+  vaeTiling: boolean;
+}
+
+export interface VideoParams {
+  /** N, 2..10: the sections' 1x context holds N - 1 of the video's latents (Studio's slider). */
+  contextFrames: number;
+  /** Frames ffmpeg decodes from the input, and their size (before the bucket resize). */
+  frames: number;
+  width: number;
+  height: number;
+}
+
+/** What inspecting an input video found (shared/video/video-input.ts), given to the validator. */
+export interface InputVideoFacts {
+  frames: number;
+  width: number;
+  height: number;
+  /** Its average frame rate: the output's when fps is not given. */
+  fps: number | null;
 }
 
 export interface RenderParamsInput {
@@ -123,11 +175,17 @@ export interface RenderParamsInput {
   magcacheRetention?: unknown;
   sectionPrompts?: unknown;
   promptBlendSections?: unknown;
+  contextFrames?: unknown;
+  /** The input video's facts when the job extends one (not user input: the submission inspects it). */
+  inputVideo?: InputVideoFacts | undefined;
+  vaeTiling?: unknown;
 }
 
 export interface RenderDefaults {
   samplingType: SamplingType;
   latentWindowSize: number;
+  /** The VAE's temporal compression (4 for HunyuanVideo): how many frames a latent spans. */
+  temporalCompression?: number;
 }
 
 const bad = (message: string): FarmError => new FarmError("INVALID_ARGUMENT", message);
@@ -169,7 +227,7 @@ export function checkText(name: string, v: unknown, allowEmpty: boolean): string
 
 /** The seed: torch.Generator seeds are unsigned 64-bit; absent, FramePack demo's 31337. */
 export function parseSeed(v: unknown): bigint {
-  if (v === undefined || v === null) return 31337n; // FramePack demo's default seed
+  if (v === undefined || v === null) return RENDER_DEFAULTS.seed;
   let s: bigint;
   try {
     if (typeof v === "bigint") s = v;
@@ -273,6 +331,16 @@ export function parseSectionPrompts(v: unknown): string[] | null {
   return v.map((p, i) => checkText(`section prompt ${i + 1}`, p, false));
 }
 
+/**
+ * Spatial VAE tiling: true or false; absent, false (diffusers' pipeline does not tile). Anything
+ * else is refused rather than read as truthy: "false" would otherwise tile.
+ */
+export function parseVaeTiling(v: unknown): boolean {
+  if (v === undefined || v === null) return false;
+  if (typeof v !== "boolean") throw bad(`vae tiling must be true or false, got ${show(v)}`);
+  return v;
+}
+
 export function validateRenderParams(input: RenderParamsInput, defaults: RenderDefaults): RenderParams {
   const sectionPrompts = parseSectionPrompts(input.sectionPrompts);
   const prompt = checkText("prompt", input.prompt ?? "", sectionPrompts !== null);
@@ -281,7 +349,13 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     input.negativePrompt === undefined || input.negativePrompt === null
       ? null
       : checkText("negative prompt", input.negativePrompt, true);
-  const fps = numIn("fps", input.fps ?? 30, 1, LIMITS.maxFps);
+  const inputVideo = input.inputVideo;
+  // A video plays on at its own rate unless another is asked for (Studio writes the input's fps).
+  if (input.fps === undefined && inputVideo !== undefined && inputVideo.fps !== null) {
+    if (!(inputVideo.fps >= 1 && inputVideo.fps <= LIMITS.maxFps))
+      throw bad(`the video's frame rate ${inputVideo.fps} is not between 1 and ${LIMITS.maxFps}: give fps`);
+  }
+  const fps = numIn("fps", input.fps ?? inputVideo?.fps ?? RENDER_DEFAULTS.fps, 1, LIMITS.maxFps);
 
   let numFrames: number;
   if (input.numFrames !== undefined && input.seconds !== undefined)
@@ -313,7 +387,12 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     if (input.resolution !== undefined) throw bad("give either height and width or a resolution, not both");
     size = { height: multipleOf16("height", input.height), width: multipleOf16("width", input.width) };
   } else {
-    const r = intIn("resolution", input.resolution ?? 640, LIMITS.minResolution, LIMITS.maxResolution);
+    const r = intIn(
+      "resolution",
+      input.resolution ?? RENDER_DEFAULTS.resolution,
+      LIMITS.minResolution,
+      LIMITS.maxResolution,
+    );
     if (r % 16 !== 0) throw bad(`resolution must be a multiple of 16, got ${r}`);
     size = { resolution: r };
   }
@@ -336,21 +415,25 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
   const promptSegments = sectionPrompts === null ? parseTimedPrompt(prompt, numFrames / fps) : null;
   if (promptBlendSections > 0 && promptSegments === null && sectionPrompts === null)
     throw bad("prompt blending needs a timed prompt ([0s: ...] [2s: ...]) or section prompts");
+  const latentWindowSize = checkLatentWindowSize(input.latentWindowSize ?? defaults.latentWindowSize);
+  const video = videoParams(input, latentWindowSize, defaults.temporalCompression ?? 4);
   const keyframeTimes = parseKeyframeTimes(input.keyframeTimes, numFrames / fps, samplingType);
+  if (video !== null && keyframeTimes.length > 0)
+    throw bad("keyframes take the start image's place in the context; a video to extend has none: give no keyframes");
 
   return {
     prompt,
     negativePrompt,
     numFrames,
     samplingType,
-    steps: intIn("steps", input.steps ?? 25, 1, LIMITS.maxSteps),
-    guidanceScale: numIn("guidance", input.guidanceScale ?? 10, 0, LIMITS.maxGuidance),
-    trueCfgScale: numIn("cfg", input.trueCfgScale ?? 1, 0, LIMITS.maxTrueCfg),
+    steps: intIn("steps", input.steps ?? RENDER_DEFAULTS.steps, 1, LIMITS.maxSteps),
+    guidanceScale: numIn("guidance", input.guidanceScale ?? RENDER_DEFAULTS.guidanceScale, 0, LIMITS.maxGuidance),
+    trueCfgScale: numIn("cfg", input.trueCfgScale ?? RENDER_DEFAULTS.trueCfgScale, 0, LIMITS.maxTrueCfg),
     seed: parseSeed(input.seed),
-    latentWindowSize: checkLatentWindowSize(input.latentWindowSize ?? defaults.latentWindowSize),
+    latentWindowSize,
     size,
     fps,
-    crf: intIn("crf", input.crf ?? 16, 0, 51),
+    crf: intIn("crf", input.crf ?? RENDER_DEFAULTS.crf, 0, 51),
     lossless: input.lossless === true,
     hasEndImage,
     keyframeTimes,
@@ -364,7 +447,31 @@ export function validateRenderParams(input: RenderParamsInput, defaults: RenderD
     promptSegments,
     sectionPrompts,
     promptBlendSections,
+    video,
+    vaeTiling: parseVaeTiling(input.vaeTiling),
   };
+}
+
+/** Context frames and the input video's facts; a video too short for the context is refused. */
+function videoParams(input: RenderParamsInput, window: number, tc: number): VideoParams | null {
+  const v = input.inputVideo;
+  if (v === undefined) {
+    if (input.contextFrames !== undefined && input.contextFrames !== null)
+      throw bad("context frames need a video to extend (--video)");
+    return null;
+  }
+  const contextFrames = intIn(
+    "context frames",
+    input.contextFrames ?? DEFAULT_CONTEXT_FRAMES,
+    MIN_CONTEXT_FRAMES,
+    MAX_CONTEXT_FRAMES,
+  );
+  const need = minVideoLatents(contextFrames, window);
+  if (videoLatentFrames(v.frames, window, tc) < need)
+    throw bad(
+      `the video has ${v.frames} frames, too short for the context: ${contextFrames} context frames with window ${window} need ${need} latent frames, its last ${encodedFrames(need, tc)} frames`,
+    );
+  return { contextFrames, frames: v.frames, width: v.width, height: v.height };
 }
 
 /**

@@ -6,7 +6,7 @@ import { promptSchedule, type PromptScheduleParams } from "./timed-prompts.js";
 import { keyframeSections } from "./keyframes.js";
 
 type PlanParams = Pick<RenderParams, "samplingType" | "numFrames" | "latentWindowSize" | "hasEndImage"> &
-  Partial<Pick<RenderParams, "sampler">> &
+  Partial<Pick<RenderParams, "sampler" | "video">> &
   Partial<PromptScheduleParams> &
   Partial<Pick<RenderParams, "keyframeTimes">>;
 
@@ -20,6 +20,9 @@ export function sectionPlanFor(params: PlanParams, manifest: BundleManifest): Se
     historySizes: manifest.framepack.history_sizes[params.samplingType],
     temporalCompression: manifest.vae.temporal_compression_ratio,
     sectionCount: params.sampler === "unipc" ? "demo" : "diffusers",
+    ...(params.video !== undefined && params.video !== null
+      ? { video: { inputFrames: params.video.frames, contextFrames: params.video.contextFrames } }
+      : {}),
   });
   if (params.sectionPrompts !== undefined && params.sectionPrompts !== null) {
     promptSchedule(

@@ -121,6 +121,7 @@ export class LocalObjectStore implements ObjectStore {
     return keys.length;
   }
 
+  /** A file: URL (embedded mode's reader is on this machine); there is no header to ask a download with. */
   async presignedGetUrl(key: string): Promise<string> {
     return pathToFileURL(this.file(key)).href;
   }

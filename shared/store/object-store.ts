@@ -26,8 +26,12 @@ export interface ObjectStore {
   list(prefix: string): Promise<string[]>;
   /** Deletes everything under prefix; returns how many objects went. */
   deletePrefix(prefix: string): Promise<number>;
-  /** A URL that fetches the object without credentials until it expires. */
-  presignedGetUrl(key: string, expirySeconds: number): Promise<string>;
+  /**
+   * A URL that fetches the object without credentials until it expires. With downloadAs, a
+   * browser that opens it saves the object under that name (Content-Disposition: attachment)
+   * instead of showing it; media elements play it all the same.
+   */
+  presignedGetUrl(key: string, expirySeconds: number, downloadAs?: string): Promise<string>;
   close(): Promise<void>;
 }
 

@@ -190,9 +190,14 @@ export class S3ObjectStore implements ObjectStore {
     return keys.length;
   }
 
-  async presignedGetUrl(key: string, expirySeconds: number): Promise<string> {
+  async presignedGetUrl(key: string, expirySeconds: number, downloadAs?: string): Promise<string> {
     validateObjectKey(key);
-    return this.client.presignedGetObject(this.bucket, key, expirySeconds);
+    if (downloadAs === undefined) return this.client.presignedGetObject(this.bucket, key, expirySeconds);
+    // The name goes into a header: framefarm's own names only (ids and extensions), checked as keys are.
+    validateObjectKey(downloadAs);
+    return this.client.presignedGetObject(this.bucket, key, expirySeconds, {
+      "response-content-disposition": `attachment; filename="${downloadAs}"`,
+    });
   }
 
   async close(): Promise<void> {}

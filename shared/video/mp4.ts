@@ -3,7 +3,8 @@
  * project's npm install provides (@ffmpeg-installer). Output is written to a temporary file next to
  * the target and renamed at the end, so a failed encode never leaves a partial video behind.
  */
-import { rename, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rename, rm } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import ffmpeg from "fluent-ffmpeg";
@@ -40,7 +41,7 @@ export function scaledSize(width: number, height: number, maxSide: number): { wi
  * The ffmpeg binary from @ffmpeg-installer, loaded on first use: that package throws at import
  * when its binary is missing, which must not stop commands that never encode video.
  */
-async function ffmpegPath(): Promise<string> {
+export async function ffmpegPath(): Promise<string> {
   try {
     const installer = (await import("@ffmpeg-installer/ffmpeg")) as { default: { path: string } };
     return installer.default.path;
@@ -159,22 +160,28 @@ export async function writeMp4Frames(source: RawFrames, outFile: string, options
 /** Decodes an MP4's video to uint8 RGB frames [T, H, W, 3] (for verifying lossless renders). */
 export async function readMp4Frames(file: string, width: number, height: number): Promise<Tensor<"uint8">> {
   const binary = await ffmpegPath();
-  const out = new PassThrough();
-  const chunks: Buffer[] = [];
-  out.on("data", (c: Buffer) => chunks.push(c));
-  await new Promise<void>((resolve, reject) => {
-    ffmpeg(file)
-      .setFfmpegPath(binary)
-      .outputOptions(["-f rawvideo", "-pix_fmt rgb24"])
-      .on("error", (err: Error) =>
-        reject(new FarmError("INVALID_ARGUMENT", `cannot decode ${file}: ${err.message}`, { cause: err })),
-      )
-      .on("end", () => resolve())
-      .pipe(out, { end: true });
-  });
-  const data = new Uint8Array(Buffer.concat(chunks));
-  const frame = width * height * 3;
-  if (data.length % frame !== 0)
-    throw new FarmError("DATA_LOSS", `${file}: ${data.length} bytes are not whole ${width}x${height} RGB frames`);
-  return new Tensor("uint8", [data.length / frame, height, width, 3], data);
+  // Raw frames go to a file, not a pipe: fluent-ffmpeg fails a piped output whose stream closes
+  // 20 ms before the ffmpeg process's exit is seen ("Output stream closed"), which a loaded
+  // machine can take longer than.
+  const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-frames-"));
+  try {
+    const raw = path.join(dir, "frames.rgb");
+    await new Promise<void>((resolve, reject) => {
+      ffmpeg(file)
+        .setFfmpegPath(binary)
+        .outputOptions(["-f rawvideo", "-pix_fmt rgb24"])
+        .on("error", (err: Error) =>
+          reject(new FarmError("INVALID_ARGUMENT", `cannot decode ${file}: ${err.message}`, { cause: err })),
+        )
+        .on("end", () => resolve())
+        .save(raw);
+    });
+    const data = new Uint8Array(await readFile(raw));
+    const frame = width * height * 3;
+    if (data.length % frame !== 0)
+      throw new FarmError("DATA_LOSS", `${file}: ${data.length} bytes are not whole ${width}x${height} RGB frames`);
+    return new Tensor("uint8", [data.length / frame, height, width, 3], data);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

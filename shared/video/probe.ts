@@ -8,7 +8,7 @@ import { FarmError } from "../errors.js";
 
 const run = promisify(execFile);
 
-async function ffprobePath(): Promise<string> {
+export async function ffprobePath(): Promise<string> {
   try {
     const installer = (await import("@ffprobe-installer/ffprobe")) as { default: { path: string } };
     return installer.default.path;

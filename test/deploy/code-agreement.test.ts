@@ -2,7 +2,7 @@
  * The manifests and the image recipe agree with what the code reads: subcommands, FRAMEFARM_*
  * variables and their values, the gRPC port and its health probes, the dashboard's HTTP port and
  * Prometheus scrape annotations, the token file and operators, server addresses, stage groups,
- * execution providers, JetStream stream/consumer names (for KEDA), bundle location.
+ * execution providers, JetStream stream/consumer names (for KEDA), bundle location, tracing.
  * Names come from the sources (support/code-facts.ts) or from the modules themselves.
  */
 import { test } from "node:test";
@@ -23,12 +23,14 @@ import pino from "pino";
 import { DEFAULT_API_PORT, DEFAULT_HTTP_PORT, parsePort, securityOptions } from "../../coordinator/cli/coordinator.js";
 import { TENANT_PATTERN } from "../../coordinator/auth/tokens.js";
 import { JOB_SERVICE_NAME } from "../../coordinator/api/server.js";
+import { STATIC_DIR } from "../../coordinator/dashboard/http-server.js";
 import { STAGE_GROUPS, parseStages } from "../../gpu-node/main.js";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
+import { tracingSettings } from "../../shared/telemetry/tracing.js";
 import { defaultBundleDir, packageRoot } from "../../coordinator/cli/defaults.js";
 import { EXECUTION_PROVIDERS } from "../../gpu-node/runtime/execution-provider.js";
 import { CUDA_PROVIDER_LIBRARY, CUDA_PROVIDER_PACKAGE } from "../../gpu-node/runtime/cuda-provider.js";
-import { streamOf } from "../../shared/bus/nats-bus.js";
+import { natsServers, streamOf } from "../../shared/bus/nats-bus.js";
 import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
 import { stageConsumerName } from "../../shared/farm/protocol.js";
 
@@ -131,6 +133,14 @@ test("the Dockerfile builds what the CLI runs: entrypoint is the package's bin, 
       `${target} copies the default bundle to ${bundleRel}`,
     );
   }
+  // The coordinator's HTTP server reads its pages (dashboard, submit page) from there at start.
+  const pages = path.relative(packageRoot(), STATIC_DIR);
+  assert.ok(
+    stages
+      .find((x) => x.name === "runtime-cpu")!
+      .instructions.some(([k, v]) => k === "COPY" && v.split(/\s+/).at(-1) === pages),
+    `runtime-cpu copies the HTTP server's pages to ${pages}`,
+  );
 });
 
 test("the CUDA image installs the provider with `framefarm setup cuda`, on a CUDA 13 + cuDNN base that the build checks", () => {
@@ -382,11 +392,22 @@ for (const target of TARGETS) {
     const objects = render(target);
     const conf = natsConf(objects);
     for (const r of framefarmContainers(objects)) {
-      const nats = new URL(r.env.get("FRAMEFARM_NATS")!);
-      assert.equal(nats.protocol, "nats:");
-      const n = servicePort(objects, nats.hostname, Number(nats.port));
-      assert.equal(n.workload.metadata.name, "nats");
-      assert.equal(n.containerPort, natsSetting(conf, "port"), "the client port nats.conf listens on");
+      const urls = natsServers(r.env.get("FRAMEFARM_NATS")!);
+      const natsSts = byName(objects, "StatefulSet", "nats")["spec"] as { replicas: number; serviceName: string };
+      // One URL (a Service), or every server of a cluster by its pod name (nats-<i>.<headless Service>).
+      if (urls.length > 1) assert.equal(urls.length, natsSts.replicas, "every NATS server is listed");
+      for (const [i, u] of urls.entries()) {
+        const nats = new URL(u);
+        assert.equal(nats.protocol, "nats:");
+        let host = nats.hostname;
+        if (urls.length > 1) {
+          assert.ok(host.startsWith(`nats-${i}.${natsSts.serviceName}`), `${u} names pod nats-${i}`);
+          host = host.slice(`nats-${i}.`.length);
+        }
+        const n = servicePort(objects, host, Number(nats.port));
+        assert.equal(n.workload.metadata.name, "nats");
+        assert.equal(n.containerPort, natsSetting(conf, "port"), "the client port nats.conf listens on");
+      }
       const conn = withEnv(r.env, () => farmConnection({}));
       const s3 = servicePort(objects, conn.s3.host, conn.s3.port);
       assert.equal(s3.workload.metadata.name, "minio");
@@ -465,3 +486,18 @@ test("gpu: KEDA scales denoise nodes on the consumer they pull from, read from t
   );
   assert.ok(Number(trigger.metadata["lagThreshold"]) >= 1);
 });
+
+for (const target of TARGETS) {
+  test(`${target}: the OTEL_* settings are ones the code accepts, tracing off as shipped, alike everywhere`, () => {
+    const roles = framefarmContainers(render(target));
+    const otel = (r: Role): string =>
+      JSON.stringify([...r.env].filter(([k]) => k.startsWith("OTEL_")).sort(([a], [b]) => a.localeCompare(b)));
+    for (const r of roles) {
+      // Only the OTEL_* part of the environment: the test process's own must not decide.
+      const env = Object.fromEntries([...r.env].filter(([k]) => k.startsWith("OTEL_")));
+      assert.equal(tracingSettings(undefined, env), null, `${r.workload.metadata.name}: tracing is off until asked`);
+    }
+    // One trace per job needs the coordinator and every node exporting to the same place.
+    assert.equal(new Set(roles.map(otel)).size, 1, "coordinator and nodes get the same OTEL_* settings");
+  });
+}

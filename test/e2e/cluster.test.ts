@@ -20,6 +20,7 @@ import {
 } from "../../proto/gen/framefarm/v1/jobs.js";
 import { openNodeModels, type NodeModels } from "../../gpu-node/main.js";
 import { loadReferenceCase, submitRequestFor } from "../../coordinator/cli/parity/reference-case.js";
+import { renderInputsFor } from "../../coordinator/cli/check-reference.js";
 import { pixelsFor, readImageFile } from "../../coordinator/cli/embedded/inputs.js";
 import { renderJob } from "../../gpu-node/stages/render-job.js";
 import { compareTensor } from "../../coordinator/cli/parity/compare.js";
@@ -96,13 +97,13 @@ const jsonIn = (dir: string, pick: (f: string) => boolean = () => true): string[
 const cases = [
   ...jsonIn(path.join(referenceDir(), "cases")),
   // framefarm's own cases of lllyasviel's sampler, of prompts that change over time, of
-  // MagCache (its split graphs on the denoise nodes) and of keyframes.
+  // MagCache (its split graphs on the denoise nodes), of keyframes and of extending a video.
   ...jsonIn(path.join(repoRoot(), "test", "fixtures", "reference-cases"), (f) =>
-    /^(unipc|timed_prompts|section_prompts|magcache|keyframes)_/.test(f),
+    /^(unipc|timed_prompts|section_prompts|magcache|keyframes|video)_/.test(f),
   ),
 ];
 
-test("every public reference case, and the unipc, timed-prompt, MagCache and keyframe cases, render on the cluster as in embedded mode", async () => {
+test("every public reference case, and the unipc, timed-prompt, MagCache, keyframe and video cases, render on the cluster as in embedded mode", async () => {
   const m = () => embedded.runtime.bundle.manifest;
   const submitted = await Promise.all(
     cases.map(async (file) => {
@@ -129,18 +130,7 @@ test("every public reference case, and the unipc, timed-prompt, MagCache and key
     }
     assert.equal(state, JobState.JOB_STATE_SUCCEEDED, `${refCase.name}`);
 
-    const params = validateRenderParams(refCase.params, {
-      samplingType: m().sampling_type,
-      latentWindowSize: m().framepack.default_latent_window_size,
-    });
-    const size = "height" in params.size ? params.size : { height: 0, width: 0 };
-    const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
-    const last =
-      refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
-    const keyframePixels = await Promise.all(
-      refCase.keyframes.map(async (k) => pixelsFor(await readImageFile(k.image, "keyframe"), size)),
-    );
-    const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last, keyframePixels });
+    const expected = await renderJob(embedded, await renderInputsFor(refCase, m()));
     const record = (await readJob(kv, job.id))!.record;
     // The farm's own output: the lossless MP4 it stored, decoded.
     const frames = await storedVideoFrames(
@@ -161,6 +151,72 @@ test("every public reference case, and the unipc, timed-prompt, MagCache and key
       10_000,
     );
   }
+});
+
+test("a job with VAE tiling above 256 px renders on the cluster as in embedded mode, and tiled", async () => {
+  // 352x272: 44 x 34 latents, each decode call cut into 2 x 2 spatial tiles; two sections, so
+  // both decode tasks (on the VAE node, beside the denoise nodes) must tile as the job says.
+  const [H, W] = [272, 352];
+  const image = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+  const input = { prompt: "a lighthouse", numFrames: 17, latentWindowSize: 3, steps: 1, seed: 3n, height: H, width: W };
+  const req: SubmitJobRequest = {
+    image: { source: { $case: "data", value: image } },
+    settings: {
+      prompt: input.prompt,
+      length: { $case: "numFrames", value: input.numFrames },
+      mode: SamplingMode.SAMPLING_MODE_UNSPECIFIED,
+      steps: input.steps,
+      seed: input.seed,
+      latentWindowSize: input.latentWindowSize,
+      height: H,
+      width: W,
+      lossless: true,
+      vaeTiling: true,
+    },
+    bundle: "",
+    priority: 0,
+    idempotencyKey: "",
+    keyframes: [],
+  };
+  const submitted = await new Promise<Job>((resolve, reject) =>
+    client.submitJob(req, (e, r) => (e ? reject(e) : resolve(r.job!))),
+  );
+  assert.equal(submitted.settings!.vaeTiling, true, "GetJob shows the job's tiling");
+  const kv = await bus.kv(JOBS_BUCKET);
+  let record = (await readJob(kv, submitted.id))!.record;
+  const deadline = Date.now() + 300_000;
+  while (record.state !== "SUCCEEDED" && record.state !== "FAILED" && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    record = (await readJob(kv, submitted.id))!.record;
+  }
+  assert.equal(record.state, "SUCCEEDED", record.error);
+  assert.ok(record.tasks.filter((t) => t.kind === "decode").length >= 2, "more than one section decoded");
+  const frames = await storedVideoFrames(
+    store,
+    record.tasks.find((t) => t.kind === "mux")!.outputs["video"]!,
+    record.spec.width,
+    record.spec.height,
+  );
+  const m = embedded.runtime.bundle.manifest;
+  const pixels = await pixelsFor(
+    await readImageFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"), "image"),
+    {
+      height: H,
+      width: W,
+    },
+  );
+  const render = async (vaeTiling: boolean) =>
+    renderJob(embedded, {
+      params: validateRenderParams(
+        { ...input, seed: String(input.seed), vaeTiling },
+        { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size },
+      ),
+      firstPixels: pixels,
+      lastPixels: null,
+    });
+  const same = (a: { data: Uint8Array }, b: { data: Uint8Array }) => Buffer.from(a.data).equals(Buffer.from(b.data));
+  assert.ok(same(frames, await render(true)), "cluster frames equal embedded mode's for a tiled job");
+  assert.ok(!same(frames, await render(false)), "and they are tiled: the untiled render differs");
 });
 
 test("8 jobs at once all finish; each job's sections run in order and decodes overlap the next denoise", async () => {

@@ -6,7 +6,9 @@
  * downloads the MP4 by its presigned URL; the file must be the farm's video, byte for byte, and
  * decode to frames of the job's size. It also renders with lllyasviel's sampler (--sampler unipc)
  * and renders that job's downloaded recipe again (--recipe), which must give the same MP4 bytes,
- * with TeaCache, with MagCache (--cache magcache and its parameters) and with keyframes.
+ * with TeaCache, with MagCache (--cache magcache and its parameters) and with keyframes, and
+ * extends a video (--video, --context-frames), whose recipe renders the same MP4 bytes again from
+ * the same video.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -27,6 +29,7 @@ const run = promisify(execFile);
 const PYTHON = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
 const EXAMPLE = path.join(repoRoot(), "shared", "clients", "python", "example.py");
 const IMAGE = path.join(repoRoot(), "test", "fixtures", "images", "demo.png");
+const VIDEO = path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4");
 
 let cluster: ChildProcess;
 let address: string;
@@ -82,8 +85,8 @@ after(async () => {
 });
 
 const PROMPT = ["--prompt", "A lighthouse on a cliff"];
-const example = (args: string[], prompt = PROMPT) =>
-  run(PYTHON, [EXAMPLE, "--server", address, "--image", IMAGE, ...prompt, ...args], {
+const example = (args: string[], prompt = PROMPT, start = ["--image", IMAGE]) =>
+  run(PYTHON, [EXAMPLE, "--server", address, ...start, ...prompt, ...args], {
     env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1" },
     timeout: 180_000,
   });
@@ -134,22 +137,25 @@ test("a refused submission exits 1 with the gRPC status and writes nothing", asy
   assert.equal(existsSync(output), false);
 });
 
-test("--sampler unipc --cache teacache renders, and --recipe renders its downloaded recipe again to the same MP4 bytes", async () => {
+test("--sampler unipc --cache teacache --vae-tiling renders, and --recipe renders its downloaded recipe again to the same MP4 bytes", async () => {
   const dir = await mkdtemp(path.join(tmp, "recipe-"));
   const first = path.join(dir, "unipc.mp4");
   const settings = ["--frames", "20", "--steps", "2", "--resolution", "64", "--seed", "11"];
-  const one = await example([...settings, "--sampler", "unipc", "--cache", "teacache", "-o", first]);
+  const one = await example([...settings, "--sampler", "unipc", "--cache", "teacache", "--vae-tiling", "-o", first]);
   assert.match(one.stderr, /SUCCEEDED 100%/, one.stderr);
   const job = await getJob(one.stdout.trim());
   assert.equal(job.state, JobState.JOB_STATE_SUCCEEDED);
+  assert.equal(job.settings!.vaeTiling, true, "the client's vae_tiling reached the job");
   const recipeFile = path.join(dir, "unipc.recipe.json");
   const recipe = JSON.parse(await readFile(recipeFile, "utf8")) as {
     sampler: string;
     seed: string;
     cache: string;
     cache_threshold: number;
+    vae_tiling: boolean;
   };
   assert.equal(recipe.sampler, "unipc");
+  assert.equal(recipe.vae_tiling, true);
   assert.deepEqual([recipe.cache, recipe.cache_threshold], ["teacache", 0.15]);
   assert.equal(recipe.seed, "11");
 
@@ -222,5 +228,35 @@ test("--keyframe renders; the recipe records the keyframes and, given them again
   // Without them: the farm's INVALID_ARGUMENT naming what is missing.
   await assert.rejects(example(["--recipe", recipeFile, "-o", path.join(dir, "no.mp4")], []), (e: unknown) =>
     /INVALID_ARGUMENT: the recipe was rendered with 2 keyframes/m.test((e as { stderr?: string }).stderr ?? ""),
+  );
+});
+
+test("--video extends a video (its frames first, at its fps); its recipe renders again from the same video to the same MP4 bytes", async () => {
+  const dir = await mkdtemp(path.join(tmp, "video-"));
+  const first = path.join(dir, "longer.mp4");
+  const settings = ["--frames", "20", "--steps", "2", "--resolution", "64", "--mode", "vanilla", "--seed", "3"];
+  const one = await example([...settings, "--context-frames", "3", "-o", first], PROMPT, ["--video", VIDEO]);
+  assert.match(one.stderr, /SUCCEEDED 100%/, one.stderr);
+  const job = await getJob(one.stdout.trim());
+  assert.equal(job.settings!.contextFrames, 3);
+  assert.equal(job.settings!.fps, 30, "the video's frame rate");
+  // 50 frames of input, then one section of window 9: 36 more.
+  assert.equal((await readMp4Frames(first, 64, 64)).shape[0], 50 + 36);
+  const recipeFile = path.join(dir, "longer.recipe.json");
+  const recipe = JSON.parse(await readFile(recipeFile, "utf8")) as Record<string, unknown>;
+  assert.equal(recipe["context_frames"], 3);
+  const again = path.join(dir, "again.mp4");
+  const two = await example(["--recipe", recipeFile, "-o", again], [], ["--video", VIDEO]);
+  assert.match(two.stderr, /SUCCEEDED 100%/, two.stderr);
+  assert.ok((await readFile(again)).equals(await readFile(first)), "the recipe renders the same MP4, byte for byte");
+
+  // The client refuses context frames without a video; the farm, out of range.
+  await assert.rejects(example([...settings, "--context-frames", "3", "-o", path.join(dir, "no.mp4")]), (e: unknown) =>
+    /^error: context_frames needs a video/m.test((e as { stderr?: string }).stderr ?? ""),
+  );
+  await assert.rejects(
+    example(["--frames", "20", "--context-frames", "12", "-o", path.join(dir, "no.mp4")], PROMPT, ["--video", VIDEO]),
+    (e: unknown) =>
+      /INVALID_ARGUMENT: context frames must be an integer from 2 to 10/m.test((e as { stderr?: string }).stderr ?? ""),
   );
 });

@@ -1,7 +1,8 @@
 /**
  * `npm run test:faults`: real faults injected into a farm of real processes (nats-server, s3rver,
  * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator (alone, or the leader of
- * two) and NATS server, an object
+ * two) and NATS server (alone, or one of a 3-server JetStream cluster: the one a client is on, or a
+ * queue stream's leader), an object
  * store outage shorter and longer than the retry limit, the object store's disk full (a tmpfs, where
  * this runs as root), duplicate task delivery, cancellation.
  * A job that should complete must end SUCCEEDED with frames bit-identical to an undisturbed run
@@ -9,7 +10,8 @@
  * corrupted (other frames). Prints a table and ends with
  * `faults: <N> injected, <S> survived, <L> lost`; exits non-zero unless every fault was survived.
  * FAULT_RUNS (default 10) sets the runs of the repeated faults; FAULT_ONLY=REGEX runs only the
- * faults whose names match (the baseline always runs).
+ * faults whose names match (the baseline always runs); FAULT_LOGS=DIR keeps the whole log of every
+ * coordinator and node there (test/support/farm-processes.ts).
  */
 import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
@@ -19,7 +21,7 @@ import path from "node:path";
 import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { storedVideoFrames } from "../support/video.js";
 import { repoRoot } from "../support/paths.js";
-import { FarmProcesses, type FarmSettings } from "../support/farm-processes.js";
+import { FarmProcesses, type FarmSettings, type TaskLine } from "../support/farm-processes.js";
 import {
   JOBS_BUCKET,
   STAGE_KINDS,
@@ -30,6 +32,7 @@ import {
 } from "../../shared/farm/protocol.js";
 import { taskMessage } from "../../coordinator/dispatch/dispatcher.js";
 import { readJob } from "../../coordinator/dispatch/job-record.js";
+import { streamOf } from "../../shared/bus/nats-bus.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
@@ -326,6 +329,174 @@ async function leaderKills(dir: string, baseline: Buffer): Promise<Row> {
   return row;
 }
 
+const CLUSTER_SERVER_FAULT =
+  "clustered NATS (3 servers, R3): the server the denoise node or the coordinator (alternately) is connected to SIGKILLed mid-job, restarted";
+const CLUSTER_LEADER_FAULT =
+  "clustered NATS (3 servers, R3): the denoise queue stream's leader SIGKILLed mid-job, restarted";
+
+/**
+ * On a farm of its own whose NATS is a JetStream cluster of three servers, streams and KV with 3
+ * replicas: one server is SIGKILLed at the usual point and started again 500 ms later (on its
+ * ports and store folder). pick names the server and says why. Besides the frames: one job record
+ * for the submission, each task's result recorded once and none failed, each task run once by the
+ * nodes (their logs say; a second copy of a task done already is dropped, not run), and the
+ * cluster whole again after.
+ */
+async function clusterServerKilled(
+  farm: FarmProcesses,
+  baseline: Buffer,
+  dir: string,
+  pick: () => Promise<{ index: number | undefined; why: string }>,
+): Promise<Outcome> {
+  const cluster = farm.natsCluster!;
+  for (const stream of [streamOf("denoise"), `KV_${JOBS_BUCKET}`]) {
+    const { replicas } = await farm.streamCluster(stream);
+    if (replicas !== cluster.members.length)
+      return { survived: false, detail: `harness: ${stream} has ${replicas} replicas, not ${cluster.members.length}` };
+  }
+  const requeued = async (): Promise<number> =>
+    Number(
+      /^framefarm_stranded_tasks_requeued_total\{queue="tasks"\} (\S+)$/m.exec(await farm.coordinatorMetrics(0))?.[1] ??
+        0,
+    );
+  const storedBefore = await farm.storedTaskMessages();
+  const requeuedBefore = await requeued();
+  const jobs = await farm.bus.kv(JOBS_BUCKET);
+  const jobsBefore = (await jobs.keys()).length;
+  const job = await farm.submit(await jobRequest());
+  await atStep(farm, job.id, 1, 3);
+  const { index, why } = await pick();
+  if (index === undefined) return { survived: false, detail: `harness: cannot find ${why}` };
+  await cluster.kill(index);
+  await sleep(500);
+  await cluster.restart(index);
+  const outcome = await expectComplete(farm, job.id, baseline, dir);
+  await cluster.waitReady();
+  if (!outcome.survived) {
+    // What the farm was doing: the job's tasks, the queues, the last lines of coordinator and nodes.
+    const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))?.record;
+    const states = Object.entries(record?.taskStates ?? {})
+      .filter(([, st]) => st !== "done")
+      .map(([t, st]) => `${t.slice(t.indexOf(".") + 1)}=${st}`);
+    const queues = await Promise.all(
+      [...STAGE_KINDS, "results"].map(async (q) => `${q}:${JSON.stringify(await farm.bus.queues.stats(q))}`),
+    );
+    const tail = (t: string): string => t.trim().split("\n").slice(-6).join(" | ");
+    outcome.detail +=
+      `; killed ${cluster.members[index]!.name} (${why}); tasks not done: ${states.join(" ")}; queues: ${queues.join(" ")}` +
+      `; coordinator: ${tail(farm.coordinatorTail())}; denoise-0: ${tail(farm.nodeTail("denoise-0"))}`;
+    return outcome;
+  }
+  const record = (await readJob(jobs, job.id))!.record;
+  const what = `killed ${cluster.members[index]!.name} (${why})`;
+  const problems: string[] = [];
+  // No job lost or made twice: one submission, one record.
+  const jobsAfter = (await jobs.keys()).length;
+  if (jobsAfter !== jobsBefore + 1) problems.push(`${jobsAfter - jobsBefore} job records for one submission`);
+  // Work committed once: one successful result recorded per task, and no attempt failed (a failover
+  // is no reason for a task to fail, and a failed attempt is run again).
+  for (const t of record.tasks) {
+    const results = (record.taskLog ?? []).filter((e) => e.taskId === t.id);
+    const ok = results.filter((e) => e.ok).length;
+    if (ok !== 1) problems.push(`${short(t.id)}: ${ok} results recorded`);
+    for (const e of results.filter((x) => !x.ok)) problems.push(`${short(t.id)} failed on ${e.node}`);
+  }
+  // What ran, from the processes' own logs. A task run twice whose first result the coordinator
+  // took as done already is work done twice: a duplicate. A task run again after its message or
+  // its recorded result was lost by the servers (the coordinator finds it in no queue and queues it
+  // again; nats-server 2.9.10 can lose an acknowledged write when a server is killed) is the
+  // recovery, and said so. A second copy of a task done already must be dropped, not run.
+  const log = farm.taskLog(job.id);
+  const said = (t: string, m: TaskLine): number => log.get(t)?.get(m) ?? 0;
+  const rerun: string[] = [];
+  for (const t of record.tasks) {
+    const runs = said(t.id, "task started");
+    if (runs === 0) problems.push(`${short(t.id)} not run by any node`);
+    else if (runs > 1 && said(t.id, "result for a task done already: ignored") > 0)
+      problems.push(`${short(t.id)} run ${runs} times, a result ignored as done already`);
+    else if (runs > 1) rerun.push(`${short(t.id)} (${runs} runs; ${requeueWhy(log.get(t.id))})`);
+  }
+  const dropped = [...log.values()].reduce((n, m) => n + (m.get("task dropped: done already") ?? 0), 0);
+  // For the record only: stream sequence numbers are no count of messages across a clustered
+  // stream's leader change (runs have read one fewer than the tasks as well as one more).
+  const again = (await requeued()) - requeuedBefore;
+  const seqs = (await farm.storedTaskMessages()) - storedBefore;
+  const info =
+    (rerun.length === 0 ? `${record.tasks.length} tasks run once each` : `run again: ${rerun.join(", ")}`) +
+    (dropped > 0 ? `; ${dropped} second ${dropped === 1 ? "copy" : "copies"} dropped as done` : "") +
+    (again > 0 ? `; ${again} stranded or lost by the servers and queued again` : "") +
+    `; stream sequences +${seqs}`;
+  if (problems.length > 0) return { survived: false, detail: `${what}; ${outcome.detail}; ${problems.join(", ")}` };
+  return { survived: true, detail: `${what}; ${outcome.detail}; ${info}` };
+}
+
+/** Why the coordinator queued a task again, from its log lines about it. */
+function requeueWhy(lines: Map<TaskLine, number> | undefined): string {
+  const why = [
+    ["task queued but in no queue, twice: queued again", "found in no queue and queued again"],
+    ["stranded task message queued again", "stranded by the server and queued again"],
+    ["taking over: task queued again", "queued again on taking over"],
+  ] as const;
+  const found = why.filter(([m]) => (lines?.get(m) ?? 0) > 0).map(([, w]) => w);
+  return found.length > 0 ? found.join(", ") : "handed out again by the queue";
+}
+
+/** A task id without its job id, for notes. */
+const short = (taskId: string): string => taskId.slice(taskId.indexOf(".") + 1);
+
+async function clusterFaults(dir: string, baseline: Buffer): Promise<Row[]> {
+  type Pick = (farm: FarmProcesses, i: number) => Promise<{ index: number | undefined; why: string }>;
+  const all: { fault: string; pick: Pick }[] = [
+    {
+      fault: CLUSTER_SERVER_FAULT,
+      pick: async (farm, i) => {
+        const client = i % 2 === 0 ? "node denoise-0" : "coordinator";
+        return { index: await farm.natsCluster!.serverOf(client), why: `the server of "${client}"` };
+      },
+    },
+    {
+      fault: CLUSTER_LEADER_FAULT,
+      pick: async (farm) => {
+        const { leader } = await farm.streamCluster(streamOf("denoise"));
+        return {
+          index: leader === undefined ? undefined : farm.natsCluster!.indexOf(leader),
+          why: "FF_Q_denoise's leader",
+        };
+      },
+    },
+  ];
+  const kinds = all.filter((k) => ONLY.test(k.fault));
+  if (kinds.length === 0) return [];
+  const rows: Row[] = [];
+  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, natsCluster: 3 };
+  const farm = await FarmProcesses.start(path.join(dir, "nats-cluster"), settings, NODES);
+  try {
+    for (const k of kinds) {
+      const row: Row = { fault: k.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
+      const t0 = Date.now();
+      for (let i = 0; i < RUNS; i++) {
+        const outcome = await clusterServerKilled(farm, baseline, dir, () => k.pick(farm, i)).catch(
+          (err: Error): Outcome => ({ survived: false, detail: `harness: ${err.message}` }),
+        );
+        if (!outcome.survived) await farm.heal(NODES);
+        row.runs++;
+        if (outcome.survived) row.survived++;
+        else if (outcome.corrupted === true) row.corrupted++;
+        else row.lost++;
+        if (!outcome.survived) row.notes.push(outcome.detail);
+        process.stdout.write(
+          `  ${k.fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+        );
+      }
+      row.seconds = (Date.now() - t0) / 1000;
+      rows.push(row);
+    }
+  } finally {
+    await farm.stop();
+  }
+  return rows;
+}
+
 /** A full disk is made with a small tmpfs under the S3 server: root and mount(8) are needed. */
 async function canMountTmpfs(dir: string): Promise<boolean> {
   const probe = path.join(dir, "tmpfs-probe");
@@ -386,6 +557,8 @@ async function main(): Promise<number> {
   }
   // Its own farm: two coordinators; the undisturbed run's frames are the reference still.
   if (ONLY.test(LEADER_FAULT)) rows.push(await leaderKills(dir, baseline));
+  // Its own farm too: NATS as a 3-server JetStream cluster.
+  rows.push(...(await clusterFaults(dir, baseline)));
   const longFault = "object store down past the retry limit (1 s): job FAILED with the reason";
   if (ONLY.test(longFault)) {
     const t0 = Date.now();

@@ -33,6 +33,8 @@ import { MAX_REQUEST_BYTES } from "../../coordinator/api/server.js";
 import { startTestFarm, type TestFarm } from "../support/farm.js";
 import { repoRoot } from "../support/paths.js";
 import { unary } from "../support/grpc.js";
+import { makeRecipe, recipeText } from "../../shared/job/recipe.js";
+import { validateRenderParams } from "../../shared/job/render-params.js";
 
 const TOKEN = "acme-token-0123456789abcdef";
 const OTHER_TOKEN = "other-token-0123456789abcdef";
@@ -40,6 +42,10 @@ let farm: TestFarm;
 let client: JobServiceClient;
 let raw: Client & Record<string, (req: Buffer, md: Metadata, cb: (e: ServiceError | null, r?: Buffer) => void) => void>;
 const png = await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"));
+// 50 frames at 64x64 (13 latents): a video to extend.
+const mp4 = await readFile(
+  path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4"),
+);
 
 before(async () => {
   farm = await startTestFarm({
@@ -140,6 +146,25 @@ const encSubmit = (r: SubmitJobRequest): Buffer => Buffer.from(SubmitJobRequest.
 const submitWithSettings = (settingsBytes: Uint8Array): Buffer =>
   Buffer.concat([encSubmit(request({ settings: undefined })), lenField(3, settingsBytes)]);
 const INVALID_UTF8 = [0x61, 0xff, 0xfe, 0x62];
+/** A recipe's JSON with one field replaced (refused while parsing, before its bundle is looked at). */
+function recipeWith(field: string, value: unknown): string {
+  const params = validateRenderParams(
+    { prompt: "a", numFrames: 20, resolution: 64 },
+    {
+      samplingType: "inverted_anti_drifting",
+      latentWindowSize: 9,
+    },
+  );
+  const recipe = makeRecipe({
+    params,
+    size: { height: 48, width: 64 },
+    format: "mp4",
+    images: { start: png, end: null },
+    bundle: { name: "tiny", digest: `sha256:${"0".repeat(64)}` },
+    framefarmVersion: "0.1.0",
+  });
+  return recipeText({ ...recipe, [field]: value } as typeof recipe);
+}
 
 function pngChunk(type: string, body: Uint8Array): Buffer {
   const head = Buffer.alloc(8);
@@ -253,6 +278,74 @@ const rows: Row[] = [
     call: () => submit({ endImage: data(png.subarray(0, 100)) }),
     code: status.INVALID_ARGUMENT,
     message: /end image cannot be decoded|end image is not a readable image/,
+  },
+  // videos to extend
+  {
+    name: "an image and a video",
+    call: () => submit({ video: data(mp4) }),
+    code: status.INVALID_ARGUMENT,
+    message: /give a start image or a video to extend, not both/,
+  },
+  {
+    name: "video that is a PNG",
+    call: () => submit({ image: undefined, video: data(png) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is a still image \(png_pipe\), not a video/,
+  },
+  {
+    name: "video that is a text file",
+    call: () => submit({ image: undefined, video: data(Buffer.from("no frames here, only words ".repeat(30))) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is not a video ffmpeg can read/,
+  },
+  {
+    name: "truncated video",
+    call: () => submit({ image: undefined, video: data(mp4.subarray(0, Math.floor(mp4.length / 2))) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video (is not a video ffmpeg can read|cannot be decoded \(corrupt or truncated\?\))/,
+  },
+  {
+    name: "zero-byte video",
+    call: () => submit({ image: undefined, video: data(new Uint8Array(0)) }),
+    code: status.INVALID_ARGUMENT,
+    message: /^video is empty \(0 bytes\)/,
+  },
+  {
+    name: "video file over 50 MiB",
+    call: () => submit({ image: undefined, video: data(Buffer.alloc(51 * 1024 * 1024)) }),
+    code: status.RESOURCE_EXHAUSTED,
+    message: /video is 53477376 bytes; the limit is 52428800 bytes/,
+  },
+  {
+    name: "video too short for the context",
+    call: () => submit({ image: undefined, video: data(mp4), settings: settings({ latentWindowSize: 20 }) }),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /the video has 50 frames, too short for the context: 5 context frames with window 20 need 20 latent frames/,
+  },
+  {
+    name: "context frames out of range",
+    call: () => submit({ image: undefined, video: data(mp4), settings: settings({ contextFrames: 11 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /context frames must be an integer from 2 to 10, got 11/,
+  },
+  {
+    name: "context frames without a video",
+    call: () => submit({ settings: settings({ contextFrames: 5 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /context frames need a video to extend/,
+  },
+  {
+    name: "video extended with an end image in vanilla mode",
+    call: () => submit({ image: undefined, video: data(mp4), endImage: data(png), settings: settings({ mode: 2 }) }),
+    code: status.INVALID_ARGUMENT,
+    message: /an end image needs inverted/,
+  },
+  {
+    name: "video object key of another tenant",
+    call: () => submit({ image: undefined, video: key("uploads/other/clip.mp4") }),
+    code: status.PERMISSION_DENIED,
+    message: /video object key must be under uploads\/acme\//,
   },
   // object keys
   {
@@ -772,6 +865,23 @@ const rows: Row[] = [
     code: status.INVALID_ARGUMENT,
     message:
       /field settings.steps \(6\) of framefarm.v1.RenderSettings has wire type 2; its type uint32 needs wire type 0/,
+  },
+  {
+    name: "VAE tiling of the wrong wire type (a string where a bool goes)",
+    call: () =>
+      rawCall(
+        "SubmitJob",
+        submitWithSettings(Buffer.concat([encSettings(settings()), lenField(27, Buffer.from("yes"))])),
+      ),
+    code: status.INVALID_ARGUMENT,
+    message:
+      /field settings.vae_tiling \(27\) of framefarm.v1.RenderSettings has wire type 2; its type bool needs wire type 0/,
+  },
+  {
+    name: "a recipe whose vae_tiling is not a boolean",
+    call: () => submit({ settings: undefined, recipe: recipeWith("vae_tiling", "yes") }),
+    code: status.INVALID_ARGUMENT,
+    message: /recipe: vae_tiling must be true or false/,
   },
   {
     name: "truncated message",

@@ -60,6 +60,25 @@ forEachBus(
       assert.deepEqual(attempts.slice(0, 2), [1, 2]);
     });
 
+    test("confirmAck() resolves once the ack is taken: the task is gone and not redelivered", async () => {
+      await bus().queues.ensure("confirmed");
+      await bus().queues.enqueue("confirmed", enc("once"));
+      let deliveries = 0;
+      let confirmed = false;
+      const c = await bus().queues.consume("confirmed", { name: "sure", ackWaitMs: 400, maxDeliver: 5 }, async (d) => {
+        deliveries++;
+        await d.confirmAck(2000);
+        // Sent again (as a node does when it is unsure the first went through): still one task.
+        await d.confirmAck(2000);
+        confirmed = true;
+      });
+      await until("the confirmed ack", () => confirmed);
+      await sleep(900);
+      await c.stop();
+      assert.equal(deliveries, 1);
+      assert.equal(await bus().queues.depth("confirmed"), 0);
+    });
+
     test("working() keeps a long task from being redelivered", async () => {
       await bus().queues.ensure("longrun");
       await bus().queues.enqueue("longrun", enc("slow"));

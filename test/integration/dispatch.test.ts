@@ -71,7 +71,7 @@ async function runCases(bus: Bus, store: ObjectStore, names: string[], decodeCon
           { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size },
         );
         const size = "height" in params.size ? params.size : { height: 0, width: 0 };
-        const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
+        const first = await pixelsFor(await readImageFile(refCase.firstImage!, "image"), size);
         const last =
           refCase.lastImage === null
             ? null
@@ -79,7 +79,7 @@ async function runCases(bus: Bus, store: ObjectStore, names: string[], decodeCon
         const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last });
         const spec = toJobSpec(`job${i}-${Date.now()}`, params, size);
         const keys = jobKeys(spec.jobId);
-        await store.put(keys.firstImage, await readFile(refCase.firstImage));
+        await store.put(keys.firstImage, await readFile(refCase.firstImage!));
         if (refCase.lastImage !== null) await store.put(keys.lastImage, await readFile(refCase.lastImage));
         const tasks = planJob({
           jobId: spec.jobId,

@@ -85,6 +85,10 @@ function contract(name: string, open: () => Promise<ObjectStore>, close: () => P
       const res = await fetch(url);
       assert.equal(res.status, 200);
       assert.deepEqual(new Uint8Array(await res.arrayBuffer()), Uint8Array.of(9, 8, 7));
+      // A download URL: the same bytes, and a browser saves them under the name.
+      const download = await fetch(await store.presignedGetUrl("share/video.mp4", 60, "job-1.mp4"));
+      assert.equal(download.headers.get("content-disposition"), 'attachment; filename="job-1.mp4"');
+      assert.deepEqual(new Uint8Array(await download.arrayBuffer()), Uint8Array.of(9, 8, 7));
     });
   });
 }

@@ -79,14 +79,14 @@ test("two dispatchers at once: every task queued once, jobs give the embedded fr
       { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size },
     );
     const size = "height" in params.size ? params.size : { height: 0, width: 0 };
-    const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
+    const first = await pixelsFor(await readImageFile(refCase.firstImage!, "image"), size);
     const expected = Buffer.from((await renderJob(embedded, { params, firstPixels: first, lastPixels: null })).data);
     const before = await storedTaskMessages(url);
     const jobs = [];
     let tasksTotal = 0;
     for (let i = 0; i < 3; i++) {
       const spec = toJobSpec(`overlap${i}-${Date.now()}`, params, size);
-      await store.put(jobKeys(spec.jobId).firstImage, await readFile(refCase.firstImage));
+      await store.put(jobKeys(spec.jobId).firstImage, await readFile(refCase.firstImage!));
       const tasks = planJob({
         jobId: spec.jobId,
         seed: params.seed,

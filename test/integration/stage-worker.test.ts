@@ -44,7 +44,7 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
       latentWindowSize: m.framepack.default_latent_window_size,
     });
     const size = "height" in params.size ? params.size : { height: 0, width: 0 };
-    const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
+    const first = await pixelsFor(await readImageFile(refCase.firstImage!, "image"), size);
     const last =
       refCase.lastImage === null ? null : await pixelsFor(await readImageFile(refCase.lastImage, "end image"), size);
     const expected = await renderJob(embedded, { params, firstPixels: first, lastPixels: last });
@@ -53,7 +53,7 @@ for (const name of ["inverted_endframe_2sec", "vanilla_cfg_window5"]) {
     const ctx: WorkerContext = { ...embedded, store };
     const spec = toJobSpec(`job-${name.replace(/_/g, "-")}`, params, size);
     const keys = jobKeys(spec.jobId);
-    await store.put(keys.firstImage, await readFile(refCase.firstImage));
+    await store.put(keys.firstImage, await readFile(refCase.firstImage!));
     if (refCase.lastImage !== null) await store.put(keys.lastImage, await readFile(refCase.lastImage));
     const tasks = planJob({
       jobId: spec.jobId,

@@ -44,7 +44,7 @@ before(async () => {
       { samplingType: m.sampling_type, latentWindowSize: m.framepack.default_latent_window_size },
     );
     const size = "height" in params.size ? params.size : { height: 0, width: 0 };
-    const first = await pixelsFor(await readImageFile(refCase.firstImage, "image"), size);
+    const first = await pixelsFor(await readImageFile(refCase.firstImage!, "image"), size);
     expected = Buffer.from((await renderJob(embedded, { params, firstPixels: first, lastPixels: null })).data);
   } finally {
     await embedded.close();

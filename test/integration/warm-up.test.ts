@@ -2,8 +2,9 @@
  * Warm-up covers exactly what a job runs: every (model, input shapes and dtypes) pair a real
  * render of the tiny bundle feeds its sessions is one warm-up ran, and warm-up runs nothing else,
  * for both sampling types, the demo's sampler, true CFG and an end image; the decoder tile shapes
- * come from the tiling code itself, spatial tiling included. `render --warmup on` writes the same
- * bytes as `--warmup off` and reports its warm-up time.
+ * come from the tiling code itself, spatial tiling included: a job asking for VAE tiling is warmed
+ * at its tiles, and a node's sizes at both decodes unless `WxH:tiled` or `:untiled` names one.
+ * `render --warmup on` writes the same bytes as `--warmup off` and reports its warm-up time.
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -86,6 +87,38 @@ for (const [name, input] of Object.entries(CASES)) {
   });
 }
 
+test("warm-up of jobs extending a video runs the encoder tiles, contexts and decodes their renders run", async () => {
+  const bytes = await readFile(
+    path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4"),
+  );
+  const { inspectVideo } = await import("../../shared/video/video-input.js");
+  const inputVideo = await inspectVideo(bytes);
+  const modes: RenderParamsInput[] = [
+    { samplingType: "vanilla", contextFrames: 3 },
+    { samplingType: "inverted", hasEndImage: true, contextFrames: 4, numFrames: 40 },
+  ];
+  for (const mode of modes) {
+    const params = validateRenderParams(
+      { prompt: "a cat", steps: 1, latentWindowSize: 5, height: H, width: W, numFrames: 20, inputVideo, ...mode },
+      { samplingType: "inverted_anti_drifting", latentWindowSize: 9 },
+    );
+    const pixels = Tensor.zeros([1, 3, H, W]);
+    calls.clear();
+    await renderJob(models, {
+      params,
+      firstPixels: null,
+      lastPixels: params.hasEndImage ? pixels : null,
+      video: bytes,
+    });
+    const rendered = new Set(calls);
+    calls.clear();
+    const job: WarmUpJob = { height: H, width: W, ...params };
+    await warmUp(models.runtime, models.tokenizers, job, { spatialTiling: false });
+    assert.deepEqual(sorted(calls), sorted(rendered), JSON.stringify(mode));
+    assert.ok([...calls].some((c) => c.startsWith("vae_encoder sample:float32[1,3,17,")));
+  }
+});
+
 test("warm-up of a TeaCache job runs the split transformer's three graphs as its render does, not the single one", async () => {
   // Threshold 1: the middle calls of each section reuse the residual (tail), the first and last compute.
   const params = validateRenderParams(
@@ -118,6 +151,71 @@ test("warm-up of a TeaCache job runs the split transformer's three graphs as its
     [r.runs.transformer, r.runs.transformer_head, r.runs.transformer_body, r.runs.transformer_tail],
     [undefined, 1, 1, 1],
   );
+});
+
+test("warm-up of a job with VAE tiling above 256 px runs exactly the tiled shapes its render runs", async () => {
+  // 272 px wide: 34 latents, two spatial tiles (32 and 10 latents wide) per decode call.
+  const [h, w] = [64, 272];
+  const input = { prompt: "a cat", steps: 1, latentWindowSize: 3, height: h, width: w, numFrames: 9 };
+  const defaults = { samplingType: "inverted_anti_drifting" as const, latentWindowSize: 9 };
+  const decoderCalls = (): string[] => sorted(calls).filter((c) => c.startsWith("vae_decoder "));
+  const pixels = Tensor.zeros([1, 3, h, w]);
+  const shapes: Record<string, string[]> = {};
+  for (const vaeTiling of [false, true]) {
+    const params = validateRenderParams({ ...input, vaeTiling }, defaults);
+    calls.clear();
+    await renderJob(models, { params, firstPixels: pixels, lastPixels: null });
+    const rendered = new Set(calls);
+    calls.clear();
+    // No tiling override: the job's own setting decides the decoder's shapes.
+    await warmUp(models.runtime, models.tokenizers, { height: h, width: w, ...params });
+    assert.deepEqual(sorted(calls), sorted(rendered), `vaeTiling ${vaeTiling}`);
+    shapes[String(vaeTiling)] = decoderCalls();
+  }
+  assert.ok(
+    shapes["true"]!.every((c) => /,32\]$|,10\]$/.test(c)),
+    `tiles of 32 and 10 latents: ${shapes["true"]!.join(" ")}`,
+  );
+  assert.ok(
+    shapes["false"]!.every((c) => /,34\]$/.test(c)),
+    `whole 34-latent rows: ${shapes["false"]!.join(" ")}`,
+  );
+});
+
+test("warm-up of a job extending a video with VAE tiling runs its untiled encoder tiles and tiled decodes", async () => {
+  // 272 px wide: the video's frames are encoded whole (tiling is the decode's), decoded in tiles of
+  // 32 and 10 latents, the join's decode (the input's last window with the first section) too.
+  const [h, w] = [64, 272];
+  const bytes = await readFile(
+    path.join(repoRoot(), "test", "fixtures", "reference-cases", "video_extend_vanilla_video.mp4"),
+  );
+  const { inspectVideo } = await import("../../shared/video/video-input.js");
+  const params = validateRenderParams(
+    {
+      prompt: "a cat",
+      steps: 1,
+      latentWindowSize: 5,
+      height: h,
+      width: w,
+      numFrames: 20,
+      samplingType: "vanilla",
+      contextFrames: 3,
+      inputVideo: await inspectVideo(bytes),
+      vaeTiling: true,
+    },
+    { samplingType: "inverted_anti_drifting", latentWindowSize: 9 },
+  );
+  calls.clear();
+  await renderJob(models, { params, firstPixels: null, lastPixels: null, video: bytes });
+  const rendered = new Set(calls);
+  calls.clear();
+  // No tiling override: the job's own setting decides the decoder's shapes.
+  await warmUp(models.runtime, models.tokenizers, { height: h, width: w, ...params });
+  assert.deepEqual(sorted(calls), sorted(rendered));
+  const encoder = sorted(calls).filter((c) => c.startsWith("vae_encoder "));
+  assert.ok(encoder.length > 0 && encoder.every((c) => c.endsWith(`,${h},${w}]`)), encoder.join(" "));
+  const decoder = sorted(calls).filter((c) => c.startsWith("vae_decoder "));
+  assert.ok(decoder.length > 0 && decoder.every((c) => /,32\]$|,10\]$/.test(c)), decoder.join(" "));
 });
 
 test("decoder tile shapes, spatial tiling included, are the ones a tiled decode runs", async () => {
@@ -163,6 +261,40 @@ test("a node warms only the models of the stages it serves, for every section sh
     { spatialTiling: false },
   );
   assert.deepEqual(sorted(calls), sorted(new Set(expected.map((s) => `vae_decoder latents:float32[${s.join(",")}]`))));
+});
+
+test("a node's warm-up size takes both decodes, untiled and tiled, unless :untiled or :tiled names one", async () => {
+  assert.deepEqual(parseWarmupSizes("272x64:tiled, 272x64:untiled,80x48"), [
+    { width: 272, height: 64, vaeTiling: true },
+    { width: 272, height: 64, vaeTiling: false },
+    { width: 80, height: 48 },
+  ]);
+  assert.throws(() => parseWarmupSizes("272x64:both"), /WxH\[:tiled\|:untiled\]/);
+  const [h, w] = [64, 272];
+  const m = models.runtime.bundle.manifest;
+  const decodes = async (vaeTiling: boolean): Promise<string[]> => {
+    const jobs = warmUpJobsForSize(models.runtime, { width: w, height: h, vaeTiling });
+    const lengths = new Set(jobs.flatMap((j) => sectionPlanFor(j, m).sections.map((s) => s.decode.latentFrames)));
+    const shapes = await decoderTileShapes(
+      m.vae,
+      [...lengths].map((t) => [1, 4, t, h / 8, w / 8]),
+      { spatialTiling: vaeTiling },
+    );
+    return shapes.map((s) => `vae_decoder latents:float32[${s.join(",")}]`);
+  };
+  const [untiled, tiled] = [await decodes(false), await decodes(true)];
+  const warmed = async (size: string): Promise<string[]> => {
+    calls.clear();
+    await warmUpNode(models, ["decode"], parseWarmupSizes(size));
+    return sorted(calls);
+  };
+  assert.deepEqual(await warmed(`${w}x${h}:untiled`), sorted(new Set(untiled)));
+  assert.deepEqual(await warmed(`${w}x${h}:tiled`), sorted(new Set(tiled)));
+  assert.deepEqual(await warmed(`${w}x${h}`), sorted(new Set([...untiled, ...tiled])));
+  assert.ok(
+    tiled.every((c) => !untiled.includes(c)),
+    "above 256 px the tiled decode runs other shapes",
+  );
 });
 
 test("render --warmup on writes the same bytes as --warmup off, and times the warm-up", async () => {

@@ -14,7 +14,11 @@ import { compareTensor } from "../../coordinator/cli/parity/compare.js";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { parseExecutionProvider } from "../../gpu-node/runtime/execution-provider.js";
 import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
-import { decodeVideo, vaeTilingFromEnv } from "../../gpu-node/stages/decode-latents.js";
+import { decodeVideo, toVaeLatents } from "../../gpu-node/stages/decode-latents.js";
+import { decodeSection } from "../../gpu-node/stages/section-step.js";
+import type { Section } from "../../shared/framepack/plan.js";
+import { FarmError } from "../../shared/errors.js";
+import { refuseNodeVaeTiling, vaeTilingFromEnv } from "../../shared/job/vae-tiling-env.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
 
 const fixture = decodeSafetensors(
@@ -59,11 +63,59 @@ for (const c of cases) {
   });
 }
 
-test("FRAMEFARM_VAE_TILING: unset or 0 is off, 1 is on, anything else is refused", () => {
+test("a section's decode tiles exactly when the job says so, whatever FRAMEFARM_VAE_TILING is", async () => {
+  const rt = await runtime;
+  // 34 x 50 latents: above one 32-latent tile both ways. decodeSection divides by the scaling factor itself.
+  const generation = tensor("default.latents");
+  const vaeLatents = toVaeLatents(generation, rt.bundle.manifest.vae.scaling_factor);
+  const section = { index: 0 } as Section;
+  const same = (a: F32, b: F32): boolean =>
+    Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength).equals(
+      Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength),
+    );
+  const tiled = await decodeVideo(rt, vaeLatents, { spatialTiling: true });
+  const untiled = await decodeVideo(rt, vaeLatents, { spatialTiling: false });
+  const before = process.env["FRAMEFARM_VAE_TILING"];
+  try {
+    for (const env of [undefined, "1", "0"]) {
+      if (env === undefined) delete process.env["FRAMEFARM_VAE_TILING"];
+      else process.env["FRAMEFARM_VAE_TILING"] = env;
+      const on = await decodeSection(rt, section, generation, { vaeTiling: true });
+      const off = await decodeSection(rt, section, generation, { vaeTiling: false });
+      assert.ok(same(on, tiled), `tiled job, env ${env}`);
+      assert.ok(same(off, untiled), `untiled job, env ${env}`);
+      // Nor does a decode without options read the environment.
+      assert.ok(same(await decodeVideo(rt, vaeLatents), untiled), `no options, env ${env}`);
+    }
+  } finally {
+    if (before === undefined) delete process.env["FRAMEFARM_VAE_TILING"];
+    else process.env["FRAMEFARM_VAE_TILING"] = before;
+  }
+  assert.ok(!same(tiled, untiled), "tiling changes the frames");
+});
+
+test("FRAMEFARM_VAE_TILING as render's --vae-tiling default: unset or 0 is off, 1 is on, anything else is refused", () => {
   assert.equal(vaeTilingFromEnv({}), false);
   assert.equal(vaeTilingFromEnv({ FRAMEFARM_VAE_TILING: "0" }), false);
   assert.equal(vaeTilingFromEnv({ FRAMEFARM_VAE_TILING: "1" }), true);
-  assert.throws(() => vaeTilingFromEnv({ FRAMEFARM_VAE_TILING: "yes" }), /must be 0 or 1/);
+  assert.throws(
+    () => vaeTilingFromEnv({ FRAMEFARM_VAE_TILING: "yes" }),
+    (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && /must be 0 or 1/.test(e.message),
+  );
+});
+
+test("a farm node refuses to start with FRAMEFARM_VAE_TILING set (any value), naming the job option", () => {
+  refuseNodeVaeTiling({});
+  refuseNodeVaeTiling({ FRAMEFARM_VAE_TILING: "" });
+  for (const v of ["1", "0"])
+    assert.throws(
+      () => refuseNodeVaeTiling({ FRAMEFARM_VAE_TILING: v }),
+      (e: unknown) =>
+        e instanceof FarmError &&
+        e.status === "FAILED_PRECONDITION" &&
+        /no longer a node setting/.test(e.message) &&
+        /--vae-tiling/.test(e.message),
+    );
 });
 
 test.after(async () => (await runtime).close());

@@ -17,11 +17,12 @@ import {
   S3_SECRET_KEY,
   startNatsServer,
   startS3Server,
+  LocalNatsCluster,
   type LocalServer,
 } from "../../coordinator/cli/local-servers.js";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { NatsBus, streamOf } from "../../shared/bus/nats-bus.js";
+import { NatsBus, natsServers, streamOf } from "../../shared/bus/nats-bus.js";
 import { STAGE_KINDS } from "../../shared/farm/protocol.js";
 import { COORDINATOR_BUCKET, LEADER_KEY, leaseValues } from "../../coordinator/dispatch/leader-lease.js";
 import { S3ObjectStore } from "../../shared/store/s3-store.js";
@@ -44,6 +45,41 @@ export interface FarmSettings {
   coordinatorArgs?: string[];
   /** More flags of every node (`--cache-mb 64`...). */
   nodeArgs?: string[];
+  /**
+   * Run on a JetStream cluster of this many nats-servers (3, as the gpu overlay) instead of one:
+   * every process is given all their URLs, and FRAMEFARM_NATS_REPLICAS is this many.
+   */
+  natsCluster?: number;
+}
+
+/**
+ * Log lines about one task that the fault tests count (taskLog): a node starting it or dropping a
+ * copy done already, the coordinator ignoring a result of a task done already, and the
+ * coordinator queueing it again after finding its message stranded or gone from the queues.
+ */
+export const TASK_LINES = [
+  "task started",
+  "task dropped: done already",
+  "result for a task done already: ignored",
+  "task queued but in no queue, twice: queued again",
+  "stranded task message queued again",
+  "taking over: task queued again",
+] as const;
+export type TaskLine = (typeof TASK_LINES)[number];
+
+/**
+ * FAULT_LOGS=DIR: every coordinator's and node's whole output is appended to DIR/<name>.log (the
+ * farm otherwise keeps only each process's last lines), to follow a failed run task by task.
+ */
+const LOG_DIR = process.env["FAULT_LOGS"];
+
+function keepLog(child: ChildProcess, name: string): void {
+  if (LOG_DIR === undefined || LOG_DIR === "") return;
+  const file = path.join(LOG_DIR, `${name.replace(/[^A-Za-z0-9_.-]/g, "_")}.log`);
+  let writing: Promise<unknown> = mkdir(LOG_DIR, { recursive: true });
+  const write = (b: Buffer): void => void (writing = writing.then(() => appendFile(file, b)).catch(() => undefined));
+  child.stdout?.on("data", write);
+  child.stderr?.on("data", write);
 }
 
 const BUCKET = "framefarm";
@@ -86,7 +122,10 @@ async function killHard(child: ChildProcess | undefined): Promise<void> {
 }
 
 export class FarmProcesses {
+  /** The one nats-server (unset on a cluster farm). */
   nats!: LocalServer;
+  /** The nats-servers of a cluster farm (settings.natsCluster). */
+  natsCluster: LocalNatsCluster | undefined;
   s3!: LocalServer;
   private readonly coordinators: ({ child: ChildProcess; tail: string; httpPort: number } | undefined)[] = [];
   private readonly nodes = new Map<string, { child: ChildProcess; stages: string; tail: string }>();
@@ -108,7 +147,9 @@ export class FarmProcesses {
   /** nodes: id -> stage groups (`framefarm node --stages`). */
   static async start(dir: string, settings: FarmSettings, nodes: Record<string, string>): Promise<FarmProcesses> {
     const f = new FarmProcesses(dir, settings);
-    f.nats = await startNatsServer(path.join(dir, "nats"));
+    if (settings.natsCluster !== undefined)
+      f.natsCluster = await LocalNatsCluster.start(path.join(dir, "nats"), settings.natsCluster);
+    else f.nats = await startNatsServer(path.join(dir, "nats"));
     if (settings.s3DiskMiB !== undefined) {
       await mkdir(path.join(dir, "s3"), { recursive: true });
       await run("mount", ["-t", "tmpfs", "-o", `size=${settings.s3DiskMiB}m`, "tmpfs", path.join(dir, "s3")]);
@@ -121,7 +162,7 @@ export class FarmProcesses {
       await f.startCoordinator(i);
     }
     await Promise.all(Object.entries(nodes).map(([id, stages]) => f.startNode(id, stages)));
-    f.bus = await NatsBus.connect(f.natsUrl, "fault-injector");
+    f.bus = await NatsBus.connect(f.natsUrl, "fault-injector", settings.natsCluster ?? 1);
     f.store = await S3ObjectStore.open({
       endpoint: LOOPBACK,
       port: f.s3.port,
@@ -159,7 +200,7 @@ export class FarmProcesses {
    * dropped by the queue's dedup window does not take (so one attempt queued twice counts once).
    */
   async storedTaskMessages(): Promise<number> {
-    const nc = await connect({ servers: this.natsUrl });
+    const nc = await connect({ servers: natsServers(this.natsUrl) });
     try {
       const jsm = await jetstreamManager(nc);
       let n = 0;
@@ -186,12 +227,33 @@ export class FarmProcesses {
     return this.coordinators[i]?.tail ?? "";
   }
 
+  /** The NATS URL, or on a cluster farm every server's URL, comma-separated. */
   get natsUrl(): string {
-    return `nats://${LOOPBACK}:${this.nats.port}`;
+    return this.natsCluster?.urls ?? `nats://${LOOPBACK}:${this.nats.port}`;
+  }
+
+  /**
+   * A JetStream stream's replicas (as configured) and leader server (its name, as the cluster
+   * reports it): a stage queue's is `streamOf(queue)`, a KV bucket's `KV_<bucket>`.
+   */
+  async streamCluster(stream: string): Promise<{ replicas: number; leader: string | undefined }> {
+    const nc = await connect({ servers: natsServers(this.natsUrl) });
+    try {
+      const info = await (await jetstreamManager(nc)).streams.info(stream);
+      return { replicas: info.config.num_replicas, leader: info.cluster?.leader };
+    } finally {
+      await nc.close();
+    }
   }
 
   private env(): NodeJS.ProcessEnv {
-    return { ...process.env, FRAMEFARM_S3_RETRY_MS: String(this.settings.s3RetryMs) };
+    return {
+      ...process.env,
+      FRAMEFARM_S3_RETRY_MS: String(this.settings.s3RetryMs),
+      ...(this.settings.natsCluster !== undefined
+        ? { FRAMEFARM_NATS_REPLICAS: String(this.settings.natsCluster) }
+        : {}),
+    };
   }
 
   private connectionArgs(): string[] {
@@ -225,6 +287,8 @@ export class FarmProcesses {
       ],
       { stdio: ["ignore", "pipe", "pipe"], env: this.env() },
     );
+    keepLog(child, `coordinator-${i}`);
+    this.countTaskLines(child);
     // It prints its dashboard's address right after "gRPC listening on".
     const m = await waitForLine(child, /dashboard on http:\/\/\S+:(\d+)/, `coordinator ${i}`);
     // Keep reading its output (a full pipe would block it); its last lines are kept.
@@ -279,6 +343,8 @@ export class FarmProcesses {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...this.env(), ...extra.env },
     });
+    keepLog(child, `node-${id}`);
+    this.countTaskLines(child);
     await waitForLine(child, /serving/, `node ${id}`, extra.readyTimeoutMs).catch(async (err: unknown) => {
       await killHard(child);
       throw err;
@@ -297,6 +363,45 @@ export class FarmProcesses {
   /** The running nodes: id, stage groups and process id (to sample their memory). */
   runningNodes(): { id: string; stages: string; pid: number | undefined }[] {
     return [...this.nodes].map(([id, n]) => ({ id, stages: n.stages, pid: n.child.pid }));
+  }
+
+  /** Per task id, how often the logs of the farm's processes said each of TASK_LINES of it. */
+  private readonly taskLines = new Map<string, Map<TaskLine, number>>();
+
+  /** Follows a process's log lines (JSON, one a line, on stderr) for the task counts (taskLines). */
+  private countTaskLines(child: ChildProcess): void {
+    let partial = "";
+    child.stderr?.on("data", (b: Buffer) => {
+      const lines = (partial + b.toString()).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) {
+        const msg = TASK_LINES.find((m) => line.includes(`"msg":"${m}"`));
+        if (msg === undefined) continue;
+        let e: { taskId?: string };
+        try {
+          e = JSON.parse(line) as typeof e;
+        } catch {
+          continue;
+        }
+        if (e.taskId === undefined) continue;
+        const c = this.taskLines.get(e.taskId) ?? new Map<TaskLine, number>();
+        c.set(msg, (c.get(msg) ?? 0) + 1);
+        this.taskLines.set(e.taskId, c);
+      }
+    });
+  }
+
+  /**
+   * For each task of a job (its `<jobId>.` task ids), how often the coordinator's and nodes' logs
+   * said each of TASK_LINES of it: what ran and what was queued again, whatever the queues counted.
+   */
+  taskLog(jobId: string): Map<string, Map<TaskLine, number>> {
+    return new Map([...this.taskLines].filter(([t]) => t.startsWith(`${jobId}.`)));
+  }
+
+  /** The last output lines of a node (for a failed run's notes). */
+  nodeTail(id: string): string {
+    return this.nodes.get(id)?.tail ?? "";
   }
 
   /** Nodes that exited without being stopped, with how and the last of their output. */
@@ -335,7 +440,11 @@ export class FarmProcesses {
 
   /** After a failed run: every server and process that should be up is up again. */
   async heal(nodes: Record<string, string>): Promise<void> {
-    if (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null)
+    if (this.natsCluster !== undefined) {
+      for (let i = 0; i < this.natsCluster.members.length; i++)
+        if (!this.natsCluster.running(i)) await this.natsCluster.restart(i);
+      await this.natsCluster.waitReady();
+    } else if (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null)
       this.nats = await startNatsServer(path.join(this.dir, "nats"), this.nats.port);
     if (this.s3.process.exitCode !== null || this.s3.process.signalCode !== null) await this.startS3();
     for (let i = 0; i < this.grpcPorts.length; i++) {
@@ -426,6 +535,7 @@ export class FarmProcesses {
     await Promise.all([...this.nodes.keys()].map((id) => this.killNode(id)));
     for (let i = 0; i < this.grpcPorts.length; i++) await this.killCoordinator(i);
     await this.nats?.stop();
+    await this.natsCluster?.stop();
     await this.s3?.stop();
     if (this.s3Mounted) await run("umount", [path.join(this.dir, "s3")]).catch(() => undefined);
   }

@@ -6,6 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { farmConnection } from "../../coordinator/cli/farm-options.js";
 import { FarmError } from "../../shared/errors.js";
+import { natsServers } from "../../shared/bus/nats-bus.js";
 import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
 
 function withEnv<T>(vars: Record<string, string>, fn: () => T): T {
@@ -54,6 +55,11 @@ test("FRAMEFARM_NATS_REPLICAS must be a whole number of replicas JetStream suppo
       bad,
     );
   }
+});
+
+test("--nats takes a cluster's servers, comma-separated", () => {
+  assert.deepEqual(natsServers("nats://a:1, nats://b:2,nats://c:3,"), ["nats://a:1", "nats://b:2", "nats://c:3"]);
+  assert.deepEqual(natsServers("nats://a:1"), ["nats://a:1"]);
 });
 
 test("FRAMEFARM_DECODE_CONCURRENCY: two decodes on CUDA, one elsewhere, an override, and bad values named", () => {

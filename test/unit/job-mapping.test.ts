@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { renderParamsInputOf, settingsOf } from "../../coordinator/api/job-mapping.js";
 import type { JobRecord } from "../../coordinator/dispatch/job-record.js";
 import { Sampler, UnipcVariant, type RenderSettings } from "../../proto/gen/framefarm/v1/jobs.js";
-import { toJobSpec } from "../../shared/job/job-spec.js";
+import { renderParamsOf, toJobSpec } from "../../shared/job/job-spec.js";
 import { validateRenderParams } from "../../shared/job/render-params.js";
 import { FarmError } from "../../shared/errors.js";
 
@@ -50,4 +50,15 @@ test("unknown enum numbers are refused by the mapping, naming the field", () => 
     );
   refused({ sampler: 7 as Sampler }, /sampler 7 is not a Sampler/);
   refused({ unipc: { variant: 9 as UnipcVariant } }, /unipc.variant 9 is not a UnipcVariant/);
+});
+
+test("VAE tiling travels from the request to the job and back in GetJob's settings; old records read untiled", () => {
+  assert.equal(roundTrip({ ...base, prompt: "a", vaeTiling: true }).vaeTiling, true);
+  assert.equal(roundTrip({ ...base, prompt: "a", vaeTiling: false }).vaeTiling, false);
+  assert.equal(roundTrip({ ...base, prompt: "a" }).vaeTiling, false);
+  const params = validateRenderParams(renderParamsInputOf({ ...base, prompt: "a" }, false), defaults);
+  const spec = toJobSpec("job1", params, { height: 64, width: 64 });
+  const { vaeTiling: _dropped, ...older } = spec.params;
+  assert.equal(settingsOf({ spec: { ...spec, params: older } } as unknown as JobRecord).vaeTiling, false);
+  assert.equal(renderParamsOf({ ...spec, params: older } as typeof spec).vaeTiling, false);
 });

@@ -20,7 +20,7 @@ function planFor(name: string) {
   const hasEndImage = params["last_image"] !== null;
   const sections = planSections({
     samplingType,
-    numFrames: params["num_frames"] as number,
+    numFrames: params.num_frames as number,
     latentWindowSize: (params["latent_window_size"] as number | undefined) ?? 9,
     hasEndImage,
     historySizes: HISTORY[samplingType],
@@ -135,4 +135,50 @@ test("--sampler unipc (rng demo): noise from seed at 0, k * window draws; image 
   denoise.forEach((t, k) =>
     assert.deepEqual(t.rng, { seed: ((1n << 64n) - 1n).toString(), offset: k * 4 * 5 * 8 * 8 }),
   );
+});
+
+test("extending a video: the tasks read it, and the sections' noise follows its whole posterior draw", async () => {
+  const { readFileSync } = await import("node:fs");
+  const path = await import("node:path");
+  const { decodeSafetensors } = await import("../../shared/tensor/safetensors.js");
+  const { repoRoot } = await import("../support/paths.js");
+  const dir = path.join(repoRoot(), "test", "fixtures", "reference-cases");
+  const params = JSON.parse(readFileSync(path.join(dir, "video_extend_vanilla.json"), "utf8")) as {
+    num_frames: number;
+    latent_window_size: number;
+    context_frames: number;
+    seed: number;
+  };
+  const tensors = decodeSafetensors(readFileSync(path.join(dir, "video_extend_vanilla.safetensors"))).tensors;
+  const sections = planSections({
+    samplingType: "vanilla",
+    numFrames: params.num_frames,
+    latentWindowSize: params.latent_window_size,
+    hasEndImage: false,
+    historySizes: HISTORY.vanilla,
+    video: { inputFrames: 50, contextFrames: params.context_frames },
+  });
+  const tasks = planJob({
+    jobId: "job1",
+    seed: BigInt(params.seed),
+    sections,
+    hasEndImage: false,
+    trueCfg: false,
+    latent: { channels: 4, height: 8, width: 8 },
+  });
+  const task = (id: string) => tasks.find((t) => t.id === id)!;
+  assert.deepEqual(task("job1.encode_image").inputs, { video: "jobs/job1/inputs/video" });
+  assert.deepEqual(task("job1.vae_encode").inputs, { video: "jobs/job1/inputs/video" });
+  assert.equal(task("job1.mux").inputs["video"], "jobs/job1/inputs/video");
+  for (const t of tasks.filter((x) => x.kind === "denoise")) {
+    const g = new TorchGenerator(BigInt(t.rng!.seed));
+    g.skip(t.rng!.offset);
+    const want = tensors.get(`section${t.section}.noise`)!;
+    const got = g.randn(want.shape);
+    const w = toFloat64(want);
+    assert.ok(
+      w.every((x, i) => Math.abs(got.data[i]! - x) <= 1e-6),
+      `section ${t.section}`,
+    );
+  }
 });

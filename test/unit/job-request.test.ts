@@ -3,6 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parseArgs } from "node:util";
 import { RENDER_OPTIONS, renderSettingsFrom } from "../../coordinator/cli/job-request.js";
+import { renderVaeTiling } from "../../coordinator/cli/render.js";
 import { Sampler, UnipcVariant } from "../../proto/gen/framefarm/v1/jobs.js";
 import { FarmError } from "../../shared/errors.js";
 
@@ -43,4 +44,23 @@ test("--sampler, --unipc-variant, --cfg-rescale, --section-prompt (repeated), --
     );
   bad(["--sampler", "ddim"], /sampler must be euler \(.*\) or unipc \(.*\), got "ddim"/);
   bad(["--unipc-variant", "bh9"], /UniPC variant must be bh1 or bh2, got "bh9"/);
+});
+
+test("--vae-tiling sets the job's VAE tiling; absent, the setting is left to the farm's default (off)", () => {
+  assert.equal(renderSettingsFrom(parse(["--vae-tiling"])).vaeTiling, true);
+  assert.equal(renderSettingsFrom(parse([])).vaeTiling, undefined);
+});
+
+test("render's --vae-tiling defaults to FRAMEFARM_VAE_TILING=1; a recipe decides itself", () => {
+  const on = { FRAMEFARM_VAE_TILING: "1" };
+  assert.equal(renderVaeTiling({}, {}), undefined);
+  assert.equal(renderVaeTiling({}, { FRAMEFARM_VAE_TILING: "0" }), undefined);
+  assert.equal(renderVaeTiling({}, on), true);
+  assert.equal(renderVaeTiling({ "vae-tiling": true }, {}), true);
+  // With --recipe the recipe's vae_tiling renders; the environment must not add a flag the recipe forbids.
+  assert.equal(renderVaeTiling({ recipe: "out.mp4" }, on), undefined);
+  assert.throws(
+    () => renderVaeTiling({}, { FRAMEFARM_VAE_TILING: "on" }),
+    (e: unknown) => e instanceof FarmError && e.status === "INVALID_ARGUMENT" && /FRAMEFARM_VAE_TILING/.test(e.message),
+  );
 });

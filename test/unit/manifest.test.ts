@@ -118,3 +118,14 @@ test("all problems are reported at once", () => {
     },
   );
 });
+
+test("a quantized component's weights are read and checked", () => {
+  const m = validManifest() as Record<string, any>;
+  m["components"]["transformer"]["weights"] = { bits: 4, block_size: 128, symmetric: true };
+  assert.deepEqual(validateManifest(m).components.transformer.weights, { bits: 4, block_size: 128, symmetric: true });
+  assert.equal(validateManifest(validManifest()).components.transformer.weights, undefined, "as exported");
+  const weights = (w: unknown) => (m: Record<string, any>) => (m["components"]["transformer"]["weights"] = w);
+  rejects(weights({ bits: 3, block_size: 128, symmetric: true }), /weights\.bits: expected 4 or 8, got 3/);
+  rejects(weights({ bits: 8, block_size: 100, symmetric: true }), /weights\.block_size: expected a power of two/);
+  rejects(weights({ bits: 8, block_size: 64, symmetric: "yes" }), /weights\.symmetric/);
+});

@@ -13,7 +13,13 @@ const manifest = validateManifest(
   JSON.parse(readFileSync(path.join(tinyBundleDir(), "framefarm-bundle.json"), "utf8")),
 );
 
-function estimate(height: number, width: number, numFrames: number, attentionBlockBytes: number | null = 16 * 2 ** 20) {
+function estimate(
+  height: number,
+  width: number,
+  numFrames: number,
+  attentionBlockBytes: number | null = 16 * 2 ** 20,
+  vaeTiling = false,
+) {
   const plan = sectionPlanFor(
     { samplingType: "inverted_anti_drifting", numFrames, latentWindowSize: 9, hasEndImage: false },
     manifest,
@@ -26,6 +32,7 @@ function estimate(height: number, width: number, numFrames: number, attentionBlo
     weightBytes: 4e6,
     attentionBlockBytes,
     decoderChannels: 8,
+    vaeTiling,
   });
 }
 
@@ -62,4 +69,22 @@ test("a job that cannot fit is refused with RESOURCE_EXHAUSTED naming needed and
       /has 1\.0 GiB available/.test(err.message) &&
       /704x544/.test(err.message),
   );
+});
+
+test("a job with VAE tiling needs a tile's decode memory above 256 px, the same at or below it", () => {
+  // At or below one 256-pixel tile nothing is tiled: the same estimate.
+  assert.deepEqual(estimate(256, 256, 60, null, true), estimate(256, 256, 60, null));
+  // 704x544 decodes as 3 x 3 tiles of at most 256x256: activations and the exported attention's
+  // [N, N] scores shrink to a tile's (5 x 32 x 32 tokens instead of 5 x 68 x 88).
+  for (const block of [null, 16 * 2 ** 20]) {
+    const untiled = estimate(544, 704, 60, block);
+    const tiled = estimate(544, 704, 60, block, true);
+    assert.ok(tiled.decode < untiled.decode / 2, `${tiled.decode} vs ${untiled.decode}`);
+    assert.ok(tiled.peak < untiled.peak);
+    assert.equal(tiled.denoise, untiled.denoise);
+    assert.equal(tiled.mux, untiled.mux);
+  }
+  // The decoded tiles and their joined frames are counted: more than a single 256x256 call needs.
+  const oneTile = estimate(256, 256, 60, null);
+  assert.ok(estimate(544, 704, 60, null, true).decode > oneTile.decode);
 });

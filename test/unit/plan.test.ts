@@ -113,6 +113,7 @@ test("single-section plans: the inverted one prefixes the start image and decode
     overlapFrames: 0,
     join: "prepend",
     totalVideoFrames: 37,
+    videoPrefix: 0,
   });
   const van = planSections({ samplingType: "vanilla", numFrames: 33, latentWindowSize: 9, hasEndImage: false });
   assert.deepEqual(van.sections[0]!.decode, {
@@ -123,6 +124,7 @@ test("single-section plans: the inverted one prefixes the start image and decode
     overlapFrames: 0,
     join: "append",
     totalVideoFrames: 37,
+    videoPrefix: 0,
   });
   assert.deepEqual(van.sections[0]!.indices.latents, [20, 21, 22, 23, 24, 25, 26, 27, 28]);
 });

@@ -85,6 +85,7 @@ test("a recipe holds every setting, the images' SHA-256 and the bundle digest, a
   assert.equal(r.images.start_sha256, sha256Hex(image));
   assert.equal(r.images.end_sha256, null);
   assert.deepEqual(r.video, { format: "webm", crf: 16, lossless: false });
+  assert.equal(r.vae_tiling, false);
   assert.deepEqual(parseRecipe(recipeText(r)), r);
   // Same job, same bytes.
   assert.equal(recipeText(sample()), recipeText(r));
@@ -158,6 +159,63 @@ test("the images must be the recipe's", () => {
     status("INVALID_ARGUMENT", /end image is not the recipe's/),
   );
   checkRecipeImages(withEnd, image, endImage);
+});
+
+test("a recipe extending a video names it by SHA-256 with its context frames; the video must be given again", () => {
+  const clip = new Uint8Array([7, 8, 9]);
+  const params = validateRenderParams(
+    {
+      prompt: "on and on",
+      numFrames: 40,
+      resolution: 64,
+      contextFrames: 3,
+      inputVideo: { frames: 50, width: 96, height: 64, fps: 25 },
+    },
+    { samplingType: "vanilla", latentWindowSize: 9 },
+  );
+  assert.equal(params.fps, 25, "a video's frame rate is the output's unless fps is given");
+  const r = makeRecipe({
+    params,
+    size: { height: 48, width: 64 },
+    format: "mp4",
+    images: { start: null, end: null, video: clip },
+    bundle: { name: "tiny", digest: DIGEST },
+    framefarmVersion: "0.1.0",
+  });
+  assert.deepEqual(r.images, { start_sha256: null, end_sha256: null, video_sha256: sha256Hex(clip) });
+  assert.equal(r.context_frames, 3);
+  assert.equal(r.fps, 25);
+  assert.deepEqual(parseRecipe(recipeText(r)), r);
+  checkRecipeImages(r, null, null, [], clip);
+  assert.throws(
+    () => checkRecipeImages(r, image, null),
+    status("INVALID_ARGUMENT", /extends a video: give the same video/),
+  );
+  assert.throws(
+    () => checkRecipeImages(r, null, null, [], image),
+    status("INVALID_ARGUMENT", new RegExp(`video is not the recipe's: its SHA-256 is ${sha256Hex(image)}`)),
+  );
+  assert.throws(() => checkRecipeImages(sample(), null, null, [], clip), status("INVALID_ARGUMENT", /not a video/));
+  // Both a start image and a video, or context frames without a video, are no recipe.
+  const both = { ...r, images: { ...r.images, start_sha256: sha256Hex(image) } };
+  assert.throws(() => parseRecipe(recipeText(both)), status("INVALID_ARGUMENT", /not both or neither/));
+  const stray = { ...sample(), context_frames: 3 };
+  assert.throws(() => parseRecipe(recipeText(stray)), status("INVALID_ARGUMENT", /context_frames goes with/));
+  // Submitted again, the recipe carries its context frames.
+  const again = recipeRequest(
+    {
+      image: undefined,
+      keyframes: [],
+      settings: undefined,
+      bundle: "",
+      priority: 0,
+      idempotencyKey: "",
+      recipe: recipeText(r),
+    },
+    { name: "tiny", digest: DIGEST },
+  );
+  assert.equal(again!.settings.contextFrames, 3);
+  assert.equal(again!.settings.fps, 25);
 });
 
 const request = (recipe: string, settings?: SubmitJobRequest["settings"]): SubmitJobRequest => ({
@@ -301,4 +359,29 @@ test("frames round-trip through the PNG archive exactly", async () => {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test("VAE tiling is recorded, read back and rendered again; a recipe without it reads as untiled", () => {
+  const r = sample({ vaeTiling: true });
+  assert.equal(r.vae_tiling, true);
+  assert.match(recipeText(r), /"vae_tiling": true/);
+  assert.deepEqual(parseRecipe(recipeText(r)), r);
+  const farm = { name: "tiny", digest: DIGEST };
+  assert.equal(recipeRequest(request(recipeText(r)), farm)!.settings.vaeTiling, true);
+  assert.equal(recipeRequest(request(recipeText(sample())), farm)!.settings.vaeTiling, false);
+  // Older recipes have no vae_tiling: their videos were decoded untiled (the default then).
+  const older = JSON.parse(recipeText(sample())) as Record<string, unknown>;
+  delete older["vae_tiling"];
+  assert.equal(parseRecipe(JSON.stringify(older)).vae_tiling, false);
+  assert.equal(recipeRequest(request(JSON.stringify(older)), farm)!.settings.vaeTiling, false);
+  // It comes from the recipe: a submission may not turn it on or off beside one.
+  assert.throws(
+    () => recipeRequest(request(recipeText(sample()), { prompt: "", mode: 0, vaeTiling: true }), farm),
+    status("INVALID_ARGUMENT", /settings\.vaeTiling comes from the recipe/),
+  );
+  for (const v of ["true", 1, null])
+    assert.throws(
+      () => parseRecipe(JSON.stringify({ ...older, vae_tiling: v })),
+      status("INVALID_ARGUMENT", /vae_tiling must be true or false/),
+    );
 });

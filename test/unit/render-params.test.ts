@@ -77,3 +77,32 @@ test("true CFG needs both a scale above 1 and a negative prompt", () => {
     false,
   );
 });
+
+test("extending a video: context frames 2..10 (5), only with a video; a video too short is refused", () => {
+  const video = { frames: 50, width: 96, height: 64, fps: 24 };
+  const p = validateRenderParams({ ...base, inputVideo: video }, defaults);
+  assert.deepEqual(p.video, { contextFrames: 5, frames: 50, width: 96, height: 64 });
+  assert.equal(p.fps, 24);
+  assert.equal(validateRenderParams({ ...base, inputVideo: video, fps: 30 }, defaults).fps, 30);
+  assert.equal(validateRenderParams({ ...base, inputVideo: { ...video, fps: null } }, defaults).fps, 30);
+  assert.equal(validateRenderParams(base, defaults).video, null);
+  rejects({ contextFrames: 5 }, /context frames need a video to extend/);
+  rejects({ inputVideo: video, contextFrames: 1 }, /context frames must be an integer from 2 to 10, got 1/);
+  rejects({ inputVideo: video, contextFrames: 11 }, /context frames must be an integer from 2 to 10, got 11/);
+  // 50 frames are 13 latents: enough for window 13, not 14.
+  validateRenderParams({ ...base, inputVideo: video, latentWindowSize: 13 }, defaults);
+  rejects(
+    { inputVideo: video, latentWindowSize: 14 },
+    /the video has 50 frames, too short for the context: 5 context frames with window 14 need 14 latent frames, its last 53 frames/,
+  );
+  rejects({ inputVideo: { ...video, fps: 240 } }, /the video's frame rate 240 is not between 1 and 120: give fps/);
+});
+
+test("VAE tiling: off by default (diffusers' pipeline), a boolean when given, anything else refused by name", () => {
+  assert.equal(validateRenderParams(base, defaults).vaeTiling, false);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: null }, defaults).vaeTiling, false);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: true }, defaults).vaeTiling, true);
+  assert.equal(validateRenderParams({ ...base, vaeTiling: false }, defaults).vaeTiling, false);
+  // "false" is truthy: read loosely it would tile.
+  for (const v of ["false", "true", 1, 0, "yes", {}]) rejects({ vaeTiling: v }, /vae tiling must be true or false/);
+});

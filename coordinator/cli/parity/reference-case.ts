@@ -41,8 +41,13 @@ const PARAM_KEYS = [
   "magcache_retention",
   "section_prompts",
   "prompt_blend_sections",
+  // extending a video: the video file beside the case, and Studio's context frames.
+  "video",
+  "context_frames",
   // FramePack-eichi's section keyframes: [{"seconds": t, "image": file beside the case}, ...].
   "keyframes",
+  // A run with vae.enable_tiling() (a boolean; validateRenderParams refuses anything else).
+  "vae_tiling",
 ] as const;
 const INFO_KEYS = [
   "name",
@@ -53,14 +58,18 @@ const INFO_KEYS = [
   "generator",
   "reference",
   "image_generator",
+  "input_video",
 ] as const;
 
 export interface ReferenceCase {
   name: string;
   file: string;
   params: RenderParamsInput;
-  firstImage: string;
+  /** The start image, or null when the case extends a video. */
+  firstImage: string | null;
   lastImage: string | null;
+  /** The video the case extends, or null. */
+  video: string | null;
   /** Keyframes in the case's order: their times and image files. */
   keyframes: { seconds: number; image: string }[];
   /** Expected tensors by reference key; empty when the case has no .safetensors beside it. */
@@ -99,11 +108,13 @@ export async function loadReferenceCase(
     "guidance_scale",
     "height",
     "width",
-    "first_image",
   ] as const) {
     if (json[k] === undefined || json[k] === null)
       throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: ${k} is missing`);
   }
+  const hasVideo = json["video"] !== undefined && json["video"] !== null;
+  if (hasVideo === (json["first_image"] !== undefined && json["first_image"] !== null))
+    throw new FarmError("INVALID_ARGUMENT", `reference case ${file}: give first_image or video, one of them`);
   const dir = path.dirname(file);
   const imagePath = (key: string): string => {
     const v = json[key];
@@ -139,6 +150,8 @@ export async function loadReferenceCase(
     ...(json["magcache_retention"] !== undefined ? { magcacheRetention: json["magcache_retention"] } : {}),
     ...(json["section_prompts"] !== undefined ? { sectionPrompts: json["section_prompts"] } : {}),
     ...(json["prompt_blend_sections"] !== undefined ? { promptBlendSections: json["prompt_blend_sections"] } : {}),
+    ...(json["context_frames"] !== undefined ? { contextFrames: json["context_frames"] } : {}),
+    ...(json["vae_tiling"] !== undefined ? { vaeTiling: json["vae_tiling"] } : {}),
   };
 
   const tensorsFile = path.join(dir, `${path.basename(file, ".json")}.safetensors`);
@@ -151,7 +164,16 @@ export async function loadReferenceCase(
       throw new FarmError("NOT_FOUND", `reference tensors ${tensorsFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  return { name, file, params, firstImage: imagePath("first_image"), lastImage, keyframes, expected };
+  return {
+    name,
+    file,
+    params,
+    firstImage: hasVideo ? null : imagePath("first_image"),
+    lastImage,
+    video: hasVideo ? imagePath("video") : null,
+    keyframes,
+    expected,
+  };
 }
 
 /** A case's keyframes: each a time in seconds and an image file beside the case. */
@@ -173,7 +195,10 @@ function keyframesOf(file: string, v: unknown, dir: string): { seconds: number; 
 export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJobRequest> {
   const p = refCase.params;
   return {
-    image: { source: { $case: "data", value: await readFile(refCase.firstImage) } },
+    ...(refCase.firstImage !== null
+      ? { image: { source: { $case: "data", value: await readFile(refCase.firstImage) } } }
+      : {}),
+    ...(refCase.video !== null ? { video: { source: { $case: "data", value: await readFile(refCase.video) } } } : {}),
     endImage:
       refCase.lastImage === null ? undefined : { source: { $case: "data", value: await readFile(refCase.lastImage) } },
     settings: {
@@ -189,6 +214,8 @@ export async function submitRequestFor(refCase: ReferenceCase): Promise<SubmitJo
       height: Number(p.height),
       width: Number(p.width),
       lossless: true,
+      ...(p.contextFrames !== undefined ? { contextFrames: Number(p.contextFrames) } : {}),
+      ...(p.vaeTiling === true ? { vaeTiling: true } : {}),
       ...(p.sampler !== undefined ? { sampler: samplerToPb(parseSampler(p.sampler)) } : {}),
       ...(typeof p.cache === "string" ? { cache: p.cache } : {}),
       ...(p.cacheThreshold !== undefined ? { cacheThreshold: Number(p.cacheThreshold) } : {}),

@@ -2,7 +2,10 @@
 // sends operator actions to its JSON API. Rows are kept per id and updated in place, so a playing
 // preview or a priority being typed survives updates. All user text goes in through textContent.
 // On a farm with tokens the page asks for an operator's token and sends it as a bearer header
-// (EventSource cannot send headers, so the event stream is read with fetch).
+// (EventSource cannot send headers, so the event stream is read with fetch). The farm's last hour
+// and each job's timeline are charts (charts.js), read from /api/history and /api/jobs/ID/timeline.
+
+import { LANE_PX, drawTimeline, farmCharts } from "./charts.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -198,6 +201,24 @@ function jobCard(j) {
       dataset: { action: "cancel" },
     });
     c.retry = el("button", { type: "button", textContent: "Retry", dataset: { action: "retry" } });
+    c.showTimeline = el("button", {
+      type: "button",
+      textContent: "Timeline",
+      title: "each task on its node over time",
+      dataset: { action: "timeline" },
+      "aria-expanded": "false",
+    });
+    c.timelineCanvas = el("canvas", { "aria-label": "the job's tasks per node over time" });
+    c.timeline = el(
+      "div",
+      { className: "timeline", hidden: true },
+      el("div", { className: "timeline-box" }, c.timelineCanvas),
+    );
+    c.showTimeline.addEventListener("click", () => {
+      c.timeline.hidden = !c.timeline.hidden;
+      c.showTimeline.setAttribute("aria-expanded", String(!c.timeline.hidden));
+      if (!c.timeline.hidden) void refreshTimeline(c, c.job);
+    });
     c.download = el("a", { textContent: "Download MP4", className: "download" });
     c.video = el("video", { muted: true, loop: true, controls: true, playsInline: true, preload: "auto" });
     c.caption = el("div", { className: "caption" });
@@ -231,10 +252,12 @@ function jobCard(j) {
           c.retry,
           el("label", {}, "priority ", c.priority),
           c.setPriority,
+          c.showTimeline,
           c.download,
         ),
       ),
       c.preview,
+      c.timeline,
     );
     jobCards.set(j.id, c);
   }
@@ -248,6 +271,7 @@ function jobCard(j) {
     c.meta,
     [
       `${j.width}×${j.height}, ${j.numFrames} frames`,
+      j.inputVideoFrames ? `extends a video of ${j.inputVideoFrames} frames` : "",
       `sections ${j.sectionsDone}/${j.sectionsTotal}`,
       live ? `section ${live.index} step ${live.step}/${j.steps}` : "",
       `tasks ${j.tasksDone}/${j.tasksTotal}`,
@@ -291,7 +315,33 @@ function jobCard(j) {
     c.video.src = media.url;
   }
   text(c.caption, media?.caption ?? "");
+  c.job = j;
+  // An open timeline follows the job: at each change of its record, and every 2 s while it runs
+  // (running bars grow).
+  if (!c.timeline.hidden && (c.timelineFor !== j.updatedAt || (open && Date.now() - c.timelineFetchedAt > 2000)))
+    void refreshTimeline(c, j);
   return c.root;
+}
+
+/** Fetches and draws a job's timeline (one fetch at a time per card). */
+async function refreshTimeline(c, j) {
+  if (c.timelineLoading) return;
+  c.timelineLoading = true;
+  c.timelineFor = j.updatedAt;
+  c.timelineFetchedAt = Date.now();
+  try {
+    const res = await fetch(`/api/jobs/${encodeURIComponent(j.id)}/timeline`, { headers: authHeaders() });
+    if (!res.ok) throw new Error((await res.json().catch(() => null))?.error?.message ?? res.statusText);
+    const t = await res.json();
+    c.timeline.firstChild.style.height = `${t.lanes.length * LANE_PX + 90}px`;
+    c.timelineChart = drawTimeline(c.timelineCanvas, t, c.timelineChart);
+    c.timeline.dataset.bars = String(t.bars.length);
+    c.timeline.dataset.state = t.state;
+  } catch (err) {
+    toast(`timeline: ${err.message}`);
+  } finally {
+    c.timelineLoading = false;
+  }
 }
 
 function renderJobs(jobs) {
@@ -361,12 +411,39 @@ async function stream() {
   }
 }
 
+// ---- the farm's last hour ----
+let farm;
+let following = false;
+/** Reads /api/history at the coordinator's sampling interval (2 to 10 s) and redraws the farm's charts. */
+async function followHistory() {
+  farm ??= farmCharts($("#farm-panel"));
+  following = true;
+  for (;;) {
+    let wait = 5000;
+    try {
+      const res = await fetch("/api/history", { headers: authHeaders() });
+      if (res.status === 401) return void (following = false); // the event stream asks for a token again
+      if (res.ok) {
+        const h = await res.json();
+        farm.update(h);
+        wait = Math.min(10_000, Math.max(2000, h.intervalMs));
+      }
+    } catch {
+      // the coordinator is away: try again
+    }
+    await sleep(wait);
+  }
+}
+
 /** Opens the dashboard if this tab's token (or an open farm) passes; asks for a token otherwise. */
 async function start(message = "") {
   const session = await (await fetch("/api/session", { headers: authHeaders() })).json();
   $("main").hidden = !session.authorized;
   $("#login").hidden = session.authorized;
-  if (session.authorized) return stream();
+  if (session.authorized) {
+    if (!following) void followHistory();
+    return stream();
+  }
   $("#live").textContent = "token needed";
   const error = $("#login-error");
   error.textContent = message;

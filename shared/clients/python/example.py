@@ -6,6 +6,8 @@
         [--keyframe 1.5:key.png ...] -o out.mp4
     python3 shared/clients/python/example.py --server 127.0.0.1:PORT --image start.png \
         --recipe out.recipe.json -o again.mp4
+    python3 shared/clients/python/example.py --server 127.0.0.1:PORT --video in.mp4 [--context-frames 5] \
+        --mode vanilla --prompt "The lighthouse keeps turning" --seconds 2 -o longer.mp4
 
 Writes the video and its recipe beside it (out.mp4 -> out.recipe.json); --recipe FILE renders
 such a recipe again (same image and keyframes; the recipe sets the prompt, length and settings). Prints the job
@@ -27,7 +29,10 @@ def main() -> int:
     ap.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
     ap.add_argument("--ca", help="TLS with this CA or self-signed certificate (PEM)")
     ap.add_argument("--timeout", type=float, default=60.0, help="deadline of each unary call, seconds")
-    ap.add_argument("--image", required=True)
+    start = ap.add_mutually_exclusive_group(required=True)
+    start.add_argument("--image")
+    start.add_argument("--video", help="a video to extend instead of --image")
+    ap.add_argument("--context-frames", type=int, help="with --video: Studio's context frames, 2 to 10 (default 5)")
     ap.add_argument("--end-image")
     ap.add_argument("--keyframe", action="append", metavar="TIME:PATH",
                     help="an image the video passes through at TIME seconds (repeat, in time order; inverted mode)")
@@ -47,6 +52,8 @@ def main() -> int:
     ap.add_argument("--cache-threshold", type=float, help="the cache's threshold in (0, 1], default 0.15 (teacache), 0.1 (magcache)")
     ap.add_argument("--magcache-k", type=int, help="MagCache's max consecutive skips, default 2")
     ap.add_argument("--magcache-retention", type=float, help="MagCache's retention ratio, 0 to 1, default 0.25")
+    ap.add_argument("--vae-tiling", action="store_true", default=None,
+                    help="decode in 256-pixel tiles (diffusers' vae.enable_tiling()): lower peak GPU memory, slightly different frames")
     ap.add_argument("--format", choices=list(VIDEO_FORMATS), help="default mp4 (or the recipe's)")
     ap.add_argument("--recipe", metavar="FILE", help="render this .recipe.json again (no --prompt or length)")
     ap.add_argument("--webhook-url", help="where the farm POSTs the job's events")
@@ -81,8 +88,8 @@ def main() -> int:
                          resolution=args.resolution, sampler=args.sampler, unipc_variant=args.unipc_variant,
                          cfg_rescale=args.cfg_rescale, cache=args.cache, cache_threshold=args.cache_threshold,
                          magcache_k=args.magcache_k, magcache_retention=args.magcache_retention,
-                         video_format=args.format, recipe=recipe,
-                         webhook_url=args.webhook_url)
+                         vae_tiling=args.vae_tiling, video_format=args.format, recipe=recipe,
+                         webhook_url=args.webhook_url, video=args.video, context_frames=args.context_frames)
             print(job.id, flush=True)
             watch(farm, job.id, on_progress=show)
             done = download(farm, job.id, args.output, recipe=True)

@@ -15,7 +15,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../../.." && pwd)
 out=$repo/.cache/device
-tracked=$(git -C "$repo" ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+# Files moved aside (travel-light.sh) do not travel, so only those present count.
+tracked=$(cd "$repo" && { git ls-files -z | xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
 part_mb=${PART_MB:-$(((64 * 1048576 - tracked) / 1048576 - 1))}
 [ "$part_mb" -ge 4 ] || { echo "stage: the tracked tree ($tracked bytes) leaves no room for parts"; exit 1; }
 resplit() {  # NAME: parts larger than part_mb are joined and split again
@@ -34,6 +35,9 @@ if ! ls "$out"/parts/ort-cuda.part-* >/dev/null 2>&1; then
   tar -C package/Plugins/Linux/x64 -cf - libonnxruntime_providers_cuda.so libonnxruntime_providers_shared.so | z \
     | split -b "${part_mb}M" -d - "$out/parts/ort-cuda.part-"
 fi
+# The runtime follows package-lock.json: parts made from another lock are made again.
+lock=$(sha256sum "$repo/package-lock.json" | cut -c1-64)
+if [ "$(cat "$out/runtime.lock-sha256" 2>/dev/null)" != "$lock" ]; then rm -f "$out"/parts/runtime.part-*; fi
 if ! ls "$out"/parts/runtime.part-* >/dev/null 2>&1; then
   tmp=$(mktemp -d)
   cp "$repo/package.json" "$repo/package-lock.json" "$repo/.npmrc" "$tmp/"
@@ -42,6 +46,7 @@ if ! ls "$out"/parts/runtime.part-* >/dev/null 2>&1; then
   mkdir -p "$tmp/bin" && cp "$(command -v node)" "$tmp/bin/node"
   tar -C "$tmp" -cf - bin node_modules | z | split -b "${part_mb}M" -d - "$out/parts/runtime.part-"
   rm -rf "$tmp"
+  echo "$lock" > "$out/runtime.lock-sha256"
 fi
 resplit ort-cuda
 resplit runtime

@@ -21,6 +21,8 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 source /tmp/ffdev/env.sh
+# Each call brings a fresh copy of the repository: link the unpacked node_modules into it again.
+[ -e "$repo/node_modules" ] || ln -s /tmp/ffdev/node_modules "$repo/node_modules"
 work=/tmp/ffdev/work
 mkdir -p "$work"
 # pipeline-detached runs the exporter from a snapshot (EXPORTER_SRC), ahead of the repository's copy.

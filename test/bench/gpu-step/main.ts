@@ -8,6 +8,7 @@
  *
  *   node dist/test/bench/gpu-step/main.js --dir DIR [--ep webgpu] [--reps 5] [--steps 25]
  *     [--opt all|extended|basic|disabled] [--resident] [--no-section] [--section-budget-s 150] [--micro]
+ *     [--latents-out FILE] [--latents-ref FILE]
  *
  * A section runs `--steps` steps unless that would take longer than --section-budget-s at the
  * measured step time; then it runs fewer, and the JSON and table say how many (every step of a
@@ -23,7 +24,7 @@ import ort from "onnxruntime-node";
 import { OnnxModel, type Feed } from "../../../gpu-node/runtime/onnx-model.js";
 import { parseExecutionProvider } from "../../../gpu-node/runtime/execution-provider.js";
 import { denoiseSection } from "../../../gpu-node/stages/denoise-section.js";
-import { decodeSafetensors } from "../../../shared/tensor/safetensors.js";
+import { decodeSafetensors, encodeSafetensors } from "../../../shared/tensor/safetensors.js";
 import { relL2 } from "../../../shared/tensor/ops.js";
 import { Tensor, type F32 } from "../../../shared/tensor/tensor.js";
 import { COMPONENT_IO, type SchedulerConfig } from "../../../shared/bundle/manifest.js";
@@ -44,6 +45,8 @@ const { values } = parseArgs({
     "no-section": { type: "boolean" },
     "section-budget-s": { type: "string" },
     micro: { type: "boolean" },
+    "latents-out": { type: "string" },
+    "latents-ref": { type: "string" },
   },
 });
 const graphOptimization = (values.opt ?? "all") as "disabled" | "basic" | "extended" | "all";
@@ -134,9 +137,19 @@ async function hostSection(): Promise<SectionResult> {
 }
 
 let host: SectionResult | undefined;
+// --latents-out keeps the section's latents; --latents-ref compares with ones kept so (e.g. a
+// quantized transformer's section against the fp16 one's, test/bench/quantized).
+let sectionRelL2VsRef: number | null = null;
 if (values["no-section"] !== true) {
   host = await hostSection();
   log(`section (host I/O): ${host.ms.toFixed(0)} ms for ${steps} steps, packing ${host.packMs.toFixed(1)} ms`);
+  if (values["latents-out"] !== undefined)
+    await writeFile(values["latents-out"], encodeSafetensors({ latents: host.latents }));
+  if (values["latents-ref"] !== undefined) {
+    const ref = decodeSafetensors(await readFile(values["latents-ref"])).tensors.get("latents") as F32;
+    sectionRelL2VsRef = relL2(host.latents, ref);
+    log(`section latents vs ${values["latents-ref"]}: rel L2 ${sectionRelL2VsRef.toExponential(3)}`);
+  }
 }
 await model.release();
 
@@ -333,6 +346,7 @@ const result = {
   section_steps: steps,
   section_host_ms: host?.ms ?? null,
   section_host_packing_ms: host?.packMs ?? null,
+  section_rel_l2_vs_ref: sectionRelL2VsRef,
   resident,
   resident_error: residentError ?? null,
   micro,

@@ -111,10 +111,17 @@ try {
     ],
   ];
   const results = new Map<string, Run[]>();
+  // Each render is a whole job (a 640 bucket on a GPU takes tens of seconds): say where it is.
+  const timedRender = async (label: string, what: string, cache: RenderParamsInput): Promise<Run> => {
+    const started = performance.now();
+    const run = await render(cache);
+    console.error(`step-cache: ${label}, ${what}: ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    return run;
+  };
   for (const [label, cache] of configs) {
-    await render(cache); // warm-up: sessions loaded, arenas grown
+    await timedRender(label, "warm-up", cache); // sessions loaded, arenas grown
     const runs: Run[] = [];
-    for (let r = 0; r < reps; r++) runs.push(await render(cache));
+    for (let r = 0; r < reps; r++) runs.push(await timedRender(label, `run ${r + 1} of ${reps}`, cache));
     results.set(label, runs);
   }
   const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;

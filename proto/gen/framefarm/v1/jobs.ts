@@ -263,6 +263,15 @@ export interface ImageInput {
   source?: { $case: "data"; value: Buffer } | { $case: "objectKey"; value: string } | undefined;
 }
 
+/**
+ * A video to extend, given inline or by the key of an object already in the farm's store (under
+ * uploads/<tenant>/ of the caller's tenant), as an image is. Any container and codec the farm's
+ * ffmpeg decodes; at most 50 MiB, 7200 frames and 600 s, each frame within an image's pixel limits.
+ */
+export interface VideoInput {
+  source?: { $case: "data"; value: Buffer } | { $case: "objectKey"; value: string } | undefined;
+}
+
 /** Options of lllyasviel's sampler: SAMPLER_UNIPC only. */
 export interface UnipcOptions {
   variant: UnipcVariant;
@@ -350,7 +359,24 @@ export interface RenderSettings {
    * MagCache's retention ratio in [0, 1]: the first ratio x steps of each section always compute;
    * 0.25 unless given (only with cache "magcache").
    */
-  magcacheRetention?: number | undefined;
+  magcacheRetention?:
+    | number
+    | undefined;
+  /**
+   * Extending a video (SubmitJobRequest.video): FramePack-Studio's "Number of Context Frames", 2 to
+   * 10, 5 unless given: the sections' 1x context holds N - 1 of the video's latents. Only with a
+   * video; a video too short for the context and window is INVALID_ARGUMENT.
+   */
+  contextFrames?:
+    | number
+    | undefined;
+  /**
+   * diffusers' spatial VAE tiling (vae.enable_tiling()): each section's latents larger than 256
+   * pixels are decoded in 256-pixel tiles blended over 64 pixels. Lower peak GPU memory in the
+   * decode, slightly different frames; false (diffusers' pipeline default) unless given. A job
+   * setting, recorded in its recipe: every node decodes the job's sections the same way.
+   */
+  vaeTiling?: boolean | undefined;
 }
 
 /**
@@ -366,6 +392,7 @@ export interface Keyframe {
 }
 
 export interface SubmitJobRequest {
+  /** The start image; or, instead, `video`. */
   image?: ImageInput | undefined;
   endImage?:
     | ImageInput
@@ -375,6 +402,13 @@ export interface SubmitJobRequest {
    * naming the keyframe). A recipe's keyframes must be given again, at the same times.
    */
   keyframes: Keyframe[];
+  /**
+   * A video to extend instead of a start image: the output is its frames followed by the generated
+   * ones, joined by a cross-fade (vanilla continues it; inverted with end_image runs toward that
+   * image). Its fps is the output's unless settings.fps is given. Both image and video, keyframes
+   * with a video, or a file that is not a video, is INVALID_ARGUMENT naming the field.
+   */
+  video?: VideoInput | undefined;
   settings?:
     | RenderSettings
     | undefined;
@@ -616,6 +650,109 @@ export const ImageInput: MessageFns<ImageInput> = {
   },
 };
 
+function createBaseVideoInput(): VideoInput {
+  return { source: undefined };
+}
+
+export const VideoInput: MessageFns<VideoInput> = {
+  encode(message: VideoInput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.source?.$case) {
+      case "data":
+        writer.uint32(10).bytes(message.source.value);
+        break;
+      case "objectKey":
+        writer.uint32(18).string(message.source.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VideoInput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVideoInput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = { $case: "data", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.source = { $case: "objectKey", value: reader.string() };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VideoInput {
+    return {
+      source: isSet(object.data)
+        ? { $case: "data", value: Buffer.from(bytesFromBase64(object.data)) }
+        : isSet(object.objectKey)
+        ? { $case: "objectKey", value: globalThis.String(object.objectKey) }
+        : isSet(object.object_key)
+        ? { $case: "objectKey", value: globalThis.String(object.object_key) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: VideoInput): unknown {
+    const obj: any = {};
+    if (message.source?.$case === "data") {
+      obj.data = base64FromBytes(message.source.value);
+    } else if (message.source?.$case === "objectKey") {
+      obj.objectKey = message.source.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VideoInput>, I>>(base?: I): VideoInput {
+    return VideoInput.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VideoInput>, I>>(object: I): VideoInput {
+    const message = createBaseVideoInput();
+    switch (object.source?.$case) {
+      case "data": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "data", value: object.source.value };
+        }
+        break;
+      }
+      case "objectKey": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "objectKey", value: object.source.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 function createBaseUnipcOptions(): UnipcOptions {
   return { variant: 0, cfgRescale: undefined };
 }
@@ -824,6 +961,8 @@ function createBaseRenderSettings(): RenderSettings {
     cacheThreshold: undefined,
     magcacheK: undefined,
     magcacheRetention: undefined,
+    contextFrames: undefined,
+    vaeTiling: undefined,
   };
 }
 
@@ -908,6 +1047,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     }
     if (message.magcacheRetention !== undefined) {
       writer.uint32(201).double(message.magcacheRetention);
+    }
+    if (message.contextFrames !== undefined) {
+      writer.uint32(208).uint32(message.contextFrames);
+    }
+    if (message.vaeTiling !== undefined) {
+      writer.uint32(216).bool(message.vaeTiling);
     }
     return writer;
   },
@@ -1125,6 +1270,22 @@ export const RenderSettings: MessageFns<RenderSettings> = {
             message.magcacheRetention = reader.double();
             continue;
           }
+          case 26: {
+            if (tag !== 208) {
+              break;
+            }
+
+            message.contextFrames = reader.uint32();
+            continue;
+          }
+          case 27: {
+            if (tag !== 216) {
+              break;
+            }
+
+            message.vaeTiling = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1205,6 +1366,16 @@ export const RenderSettings: MessageFns<RenderSettings> = {
         : isSet(object.magcache_retention)
         ? globalThis.Number(object.magcache_retention)
         : undefined,
+      contextFrames: isSet(object.contextFrames)
+        ? globalThis.Number(object.contextFrames)
+        : isSet(object.context_frames)
+        ? globalThis.Number(object.context_frames)
+        : undefined,
+      vaeTiling: isSet(object.vaeTiling)
+        ? globalThis.Boolean(object.vaeTiling)
+        : isSet(object.vae_tiling)
+        ? globalThis.Boolean(object.vae_tiling)
+        : undefined,
     };
   },
 
@@ -1284,6 +1455,12 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     if (message.magcacheRetention !== undefined) {
       obj.magcacheRetention = floatToJson(message.magcacheRetention);
     }
+    if (message.contextFrames !== undefined) {
+      obj.contextFrames = Math.round(message.contextFrames);
+    }
+    if (message.vaeTiling !== undefined) {
+      obj.vaeTiling = message.vaeTiling;
+    }
     return obj;
   },
 
@@ -1333,6 +1510,8 @@ export const RenderSettings: MessageFns<RenderSettings> = {
     message.cacheThreshold = object.cacheThreshold ?? undefined;
     message.magcacheK = object.magcacheK ?? undefined;
     message.magcacheRetention = object.magcacheRetention ?? undefined;
+    message.contextFrames = object.contextFrames ?? undefined;
+    message.vaeTiling = object.vaeTiling ?? undefined;
     return message;
   },
 };
@@ -1433,6 +1612,7 @@ function createBaseSubmitJobRequest(): SubmitJobRequest {
     image: undefined,
     endImage: undefined,
     keyframes: [],
+    video: undefined,
     settings: undefined,
     bundle: "",
     priority: 0,
@@ -1452,6 +1632,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     for (const v of message.keyframes) {
       Keyframe.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.video !== undefined) {
+      VideoInput.encode(message.video, writer.uint32(66).fork()).join();
     }
     if (message.settings !== undefined) {
       RenderSettings.encode(message.settings, writer.uint32(26).fork()).join();
@@ -1509,6 +1692,14 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             }
 
             message.keyframes.push(Keyframe.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.video = VideoInput.decode(reader, reader.uint32());
             continue;
           }
           case 3: {
@@ -1582,6 +1773,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
       keyframes: globalThis.Array.isArray(object?.keyframes)
         ? object.keyframes.map((e: any) => Keyframe.fromJSON(e))
         : [],
+      video: isSet(object.video) ? VideoInput.fromJSON(object.video) : undefined,
       settings: isSet(object.settings) ? RenderSettings.fromJSON(object.settings) : undefined,
       bundle: isSet(object.bundle) ? globalThis.String(object.bundle) : "",
       priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
@@ -1609,6 +1801,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.keyframes?.length) {
       obj.keyframes = message.keyframes.map((e) => Keyframe.toJSON(e));
+    }
+    if (message.video !== undefined) {
+      obj.video = VideoInput.toJSON(message.video);
     }
     if (message.settings !== undefined) {
       obj.settings = RenderSettings.toJSON(message.settings);
@@ -1643,6 +1838,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
       ? ImageInput.fromPartial(object.endImage)
       : undefined;
     message.keyframes = object.keyframes?.map((e) => Keyframe.fromPartial(e)) || [];
+    message.video = (object.video !== undefined && object.video !== null)
+      ? VideoInput.fromPartial(object.video)
+      : undefined;
     message.settings = (object.settings !== undefined && object.settings !== null)
       ? RenderSettings.fromPartial(object.settings)
       : undefined;

@@ -189,6 +189,23 @@ export interface NodeRecord {
   bytesWritten: bigint;
   /** Why the node is in its state, where that needs saying (quarantine). */
   stateReason: string;
+  /**
+   * The GPUs of a node on the CUDA provider, as nvidia-smi last reported them; empty on CPU and
+   * WebGPU nodes and wherever nvidia-smi is missing or failed (never estimated).
+   */
+  gpus: GpuStats[];
+}
+
+/** One GPU's utilisation and memory (nvidia-smi --query-gpu). */
+export interface GpuStats {
+  /** nvidia-smi's index of the GPU, and its product name. */
+  index: number;
+  name: string;
+  /** Percent of the last sample period a kernel ran; absent where the GPU does not report it (MIG). */
+  utilizationPercent?: number | undefined;
+  memoryUsedMib: number;
+  memoryTotalMib: number;
+  sampledAt?: Timestamp | undefined;
 }
 
 export interface DrainRequest {
@@ -494,6 +511,7 @@ function createBaseNodeRecord(): NodeRecord {
     bytesRead: 0n,
     bytesWritten: 0n,
     stateReason: "",
+    gpus: [],
   };
 }
 
@@ -558,6 +576,9 @@ export const NodeRecord: MessageFns<NodeRecord> = {
     }
     if (message.stateReason !== "") {
       writer.uint32(122).string(message.stateReason);
+    }
+    for (const v of message.gpus) {
+      GpuStats.encode(v!, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -695,6 +716,14 @@ export const NodeRecord: MessageFns<NodeRecord> = {
             message.stateReason = reader.string();
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.gpus.push(GpuStats.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -768,6 +797,9 @@ export const NodeRecord: MessageFns<NodeRecord> = {
         : isSet(object.state_reason)
         ? globalThis.String(object.state_reason)
         : "",
+      gpus: globalThis.Array.isArray(object?.gpus)
+        ? object.gpus.map((e: any) => GpuStats.fromJSON(e))
+        : [],
     };
   },
 
@@ -818,6 +850,9 @@ export const NodeRecord: MessageFns<NodeRecord> = {
     if (message.stateReason !== "") {
       obj.stateReason = message.stateReason;
     }
+    if (message.gpus?.length) {
+      obj.gpus = message.gpus.map((e) => GpuStats.toJSON(e));
+    }
     return obj;
   },
 
@@ -853,6 +888,181 @@ export const NodeRecord: MessageFns<NodeRecord> = {
       ? BigInt(object.bytesWritten)
       : 0n;
     message.stateReason = object.stateReason ?? "";
+    message.gpus = object.gpus?.map((e) => GpuStats.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGpuStats(): GpuStats {
+  return {
+    index: 0,
+    name: "",
+    utilizationPercent: undefined,
+    memoryUsedMib: 0,
+    memoryTotalMib: 0,
+    sampledAt: undefined,
+  };
+}
+
+export const GpuStats: MessageFns<GpuStats> = {
+  encode(message: GpuStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint32(message.index);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.utilizationPercent !== undefined) {
+      writer.uint32(24).uint32(message.utilizationPercent);
+    }
+    if (message.memoryUsedMib !== 0) {
+      writer.uint32(32).uint32(message.memoryUsedMib);
+    }
+    if (message.memoryTotalMib !== 0) {
+      writer.uint32(40).uint32(message.memoryTotalMib);
+    }
+    if (message.sampledAt !== undefined) {
+      Timestamp.encode(message.sampledAt, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GpuStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGpuStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.utilizationPercent = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.memoryUsedMib = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.memoryTotalMib = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sampledAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GpuStats {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      utilizationPercent: isSet(object.utilizationPercent)
+        ? globalThis.Number(object.utilizationPercent)
+        : isSet(object.utilization_percent)
+        ? globalThis.Number(object.utilization_percent)
+        : undefined,
+      memoryUsedMib: isSet(object.memoryUsedMib)
+        ? globalThis.Number(object.memoryUsedMib)
+        : isSet(object.memory_used_mib)
+        ? globalThis.Number(object.memory_used_mib)
+        : 0,
+      memoryTotalMib: isSet(object.memoryTotalMib)
+        ? globalThis.Number(object.memoryTotalMib)
+        : isSet(object.memory_total_mib)
+        ? globalThis.Number(object.memory_total_mib)
+        : 0,
+      sampledAt: isSet(object.sampledAt)
+        ? fromJsonTimestamp(object.sampledAt)
+        : isSet(object.sampled_at)
+        ? fromJsonTimestamp(object.sampled_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: GpuStats): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.utilizationPercent !== undefined) {
+      obj.utilizationPercent = Math.round(message.utilizationPercent);
+    }
+    if (message.memoryUsedMib !== 0) {
+      obj.memoryUsedMib = Math.round(message.memoryUsedMib);
+    }
+    if (message.memoryTotalMib !== 0) {
+      obj.memoryTotalMib = Math.round(message.memoryTotalMib);
+    }
+    if (message.sampledAt !== undefined) {
+      obj.sampledAt = fromTimestamp(message.sampledAt).toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GpuStats>, I>>(base?: I): GpuStats {
+    return GpuStats.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GpuStats>, I>>(object: I): GpuStats {
+    const message = createBaseGpuStats();
+    message.index = object.index ?? 0;
+    message.name = object.name ?? "";
+    message.utilizationPercent = object.utilizationPercent ?? undefined;
+    message.memoryUsedMib = object.memoryUsedMib ?? 0;
+    message.memoryTotalMib = object.memoryTotalMib ?? 0;
+    message.sampledAt = (object.sampledAt !== undefined && object.sampledAt !== null)
+      ? Timestamp.fromPartial(object.sampledAt)
+      : undefined;
     return message;
   },
 };

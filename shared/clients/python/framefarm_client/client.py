@@ -24,6 +24,7 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_REQUEST_BYTES = 110 * 1024 * 1024
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, jobs_pb2.ImageInput]
+VideoLike = Union[str, "os.PathLike[str]", bytes, jobs_pb2.VideoInput]
 
 MODES = {
     "inverted": jobs_pb2.SAMPLING_MODE_INVERTED_ANTI_DRIFTING,
@@ -143,6 +144,16 @@ def _image(image: ImageLike) -> jobs_pb2.ImageInput:
         return jobs_pb2.ImageInput(data=f.read())
 
 
+def _video(video: VideoLike) -> jobs_pb2.VideoInput:
+    """An inline video from a file or bytes; a VideoInput as given (e.g. object_key='uploads/...')."""
+    if isinstance(video, jobs_pb2.VideoInput):
+        return video
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return jobs_pb2.VideoInput(data=bytes(video))
+    with open(video, "rb") as f:
+        return jobs_pb2.VideoInput(data=f.read())
+
+
 def _keyframes(keyframes: Sequence[Tuple[float, ImageLike]]) -> list:
     """Keyframe messages from (seconds, image) pairs, in the order given (the farm wants time order)."""
     if isinstance(keyframes, (str, bytes)) or not isinstance(keyframes, Sequence):
@@ -182,7 +193,7 @@ def _check_recipe(recipe: Union[str, bytes]) -> str:
     return recipe
 
 
-def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, seconds: Optional[float] = None,
+def submit(farm: Farm, image: Optional[ImageLike], prompt: Optional[str] = None, *, seconds: Optional[float] = None,
            frames: Optional[int] = None, end_image: Optional[ImageLike] = None,
            keyframes: Optional[Sequence[Tuple[float, ImageLike]]] = None, mode: Optional[str] = None,
            negative_prompt: Optional[str] = None, steps: Optional[int] = None,
@@ -194,11 +205,18 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
            cfg_rescale: Optional[float] = None, cache: Optional[str] = None,
            cache_threshold: Optional[float] = None, magcache_k: Optional[int] = None,
            magcache_retention: Optional[float] = None, section_prompts: Optional[Sequence[str]] = None,
-           blend_sections: Optional[int] = None, video_format: Optional[str] = None,
+           blend_sections: Optional[int] = None, vae_tiling: Optional[bool] = None,
+           video_format: Optional[str] = None,
            save_frames: Optional[bool] = None, recipe: Optional[Union[str, bytes]] = None,
-           webhook_url: Optional[str] = None, bundle: str = "", priority: int = 0,
+           webhook_url: Optional[str] = None, video: Optional[VideoLike] = None,
+           context_frames: Optional[int] = None, bundle: str = "", priority: int = 0,
            idempotency_key: str = "") -> jobs_pb2.Job:
     """Queues a video of `seconds` (or `frames`) from `image` and returns the new job.
+
+    video (instead of image, which is then None): a video to extend; the new job's video is its
+    frames followed by `seconds` (or `frames`) more, joined by a cross-fade (vanilla mode continues
+    it; inverted mode with end_image runs toward that image). context_frames: FramePack-Studio's
+    context frames, 2 to 10 (default 5), only with a video. fps defaults to the video's.
 
     Settings left out are the farm's defaults; the coordinator validates them all and answers
     INVALID_ARGUMENT naming the one that is off. With an idempotency key a repeated submission
@@ -211,7 +229,9 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
     FramePack-Studio runs it), with cache_threshold (default 0.1), magcache_k (max consecutive
     skips, default 2) and magcache_retention (0 to 1, default 0.25). section_prompts: one prompt per
     section instead of `prompt`; blend_sections: sections over which prompt changes are blended
-    (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). video_format: "mp4" or "webm";
+    (with section prompts or a timed prompt "[0s: ...] [2s: ...]"). vae_tiling: decode in 256-pixel
+    tiles as diffusers' vae.enable_tiling() does (lower peak GPU memory, slightly different frames;
+    default False, recorded in the recipe). video_format: "mp4" or "webm";
     save_frames: also keep every frame as PNG (the job's frames_url). webhook_url: where the farm
     POSTs the job's events (a host the operator allows). keyframes: (seconds, image) pairs in time
     order, at most one per section, inverted mode only: images the video passes through
@@ -223,6 +243,10 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if (image is None) == (video is None):
+        raise ValueError("give an image or a video to extend, one of them")
+    if context_frames is not None and video is None:
+        raise ValueError("context_frames needs a video to extend")
     settings = jobs_pb2.RenderSettings()
     if recipe is not None:
         recipe = _check_recipe(recipe)
@@ -233,7 +257,8 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
                      unipc_variant=unipc_variant, cfg_rescale=cfg_rescale, cache=cache,
                      cache_threshold=cache_threshold, magcache_k=magcache_k,
                      magcache_retention=magcache_retention, section_prompts=section_prompts,
-                     blend_sections=blend_sections)
+                     blend_sections=blend_sections, context_frames=context_frames,
+                     vae_tiling=vae_tiling)
         extra = [name for name, value in given.items() if value is not None]
         if extra:
             raise ValueError(f"{', '.join(extra)} {'comes' if len(extra) == 1 else 'come'} from the recipe: "
@@ -290,6 +315,15 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
                     or not 0 <= blend_sections <= MAX_BLEND_SECTIONS:
                 raise ValueError(f"blend_sections must be a whole number from 0 to {MAX_BLEND_SECTIONS}, got {blend_sections!r}")
             settings.prompt_schedule.blend_sections = blend_sections
+        if context_frames is not None:
+            if isinstance(context_frames, bool) or not isinstance(context_frames, int):
+                raise ValueError(f"context_frames must be an integer, got {context_frames!r}")
+            settings.context_frames = context_frames  # the farm checks the range
+        if vae_tiling is not None:
+            # bool only: a truthy "false" must not tile.
+            if not isinstance(vae_tiling, bool):
+                raise ValueError(f"vae_tiling must be True or False, got {vae_tiling!r}")
+            settings.vae_tiling = vae_tiling
         optional = dict(negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
                         true_cfg_scale=true_cfg_scale, seed=seed, latent_window_size=latent_window_size,
                         resolution=resolution, height=height, width=width, fps=fps)
@@ -307,8 +341,12 @@ def submit(farm: Farm, image: ImageLike, prompt: Optional[str] = None, *, second
             setattr(settings, name, value)
     if webhook_url is not None and not (isinstance(webhook_url, str) and re.match(r"^https?://[^/\s]+", webhook_url)):
         raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
-    request = jobs_pb2.SubmitJobRequest(image=_image(image), settings=settings, bundle=bundle,
-                                        priority=priority, idempotency_key=idempotency_key)
+    request = jobs_pb2.SubmitJobRequest(settings=settings, bundle=bundle, priority=priority,
+                                        idempotency_key=idempotency_key)
+    if image is not None:
+        request.image.CopyFrom(_image(image))
+    if video is not None:
+        request.video.CopyFrom(_video(video))
     if recipe is not None:
         request.recipe = recipe
     if webhook_url is not None:

@@ -158,9 +158,10 @@ class PromptSchedule(_message.Message):
     def __init__(self, section_prompts: _Optional[_Iterable[str]] = ..., blend_sections: _Optional[int] = ...) -> None: ...
 
 class RenderSettings(_message.Message):
-    __slots__ = ["cache", "cache_threshold", "crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "magcache_k", "magcache_retention", "mode", "negative_prompt", "num_frames", "prompt", "prompt_schedule", "resolution", "sampler", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "unipc", "width"]
+    __slots__ = ["cache", "cache_threshold", "context_frames", "crf", "format", "fps", "guidance_scale", "height", "latent_window_size", "lossless", "magcache_k", "magcache_retention", "mode", "negative_prompt", "num_frames", "prompt", "prompt_schedule", "resolution", "sampler", "save_frames", "seconds", "seed", "steps", "true_cfg_scale", "unipc", "vae_tiling", "width"]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     CACHE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
     CRF_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
@@ -183,9 +184,11 @@ class RenderSettings(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TRUE_CFG_SCALE_FIELD_NUMBER: _ClassVar[int]
     UNIPC_FIELD_NUMBER: _ClassVar[int]
+    VAE_TILING_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     cache: str
     cache_threshold: float
+    context_frames: int
     crf: int
     format: VideoFormat
     fps: float
@@ -208,11 +211,12 @@ class RenderSettings(_message.Message):
     steps: int
     true_cfg_scale: float
     unipc: UnipcOptions
+    vae_tiling: bool
     width: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ..., cache: _Optional[str] = ..., cache_threshold: _Optional[float] = ..., magcache_k: _Optional[int] = ..., magcache_retention: _Optional[float] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seconds: _Optional[float] = ..., num_frames: _Optional[int] = ..., mode: _Optional[_Union[SamplingMode, str]] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., true_cfg_scale: _Optional[float] = ..., seed: _Optional[int] = ..., latent_window_size: _Optional[int] = ..., resolution: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ..., crf: _Optional[int] = ..., lossless: bool = ..., format: _Optional[_Union[VideoFormat, str]] = ..., save_frames: bool = ..., sampler: _Optional[_Union[Sampler, str]] = ..., unipc: _Optional[_Union[UnipcOptions, _Mapping]] = ..., prompt_schedule: _Optional[_Union[PromptSchedule, _Mapping]] = ..., cache: _Optional[str] = ..., cache_threshold: _Optional[float] = ..., magcache_k: _Optional[int] = ..., magcache_retention: _Optional[float] = ..., context_frames: _Optional[int] = ..., vae_tiling: bool = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "keyframes", "priority", "recipe", "settings", "webhook_url"]
+    __slots__ = ["bundle", "end_image", "idempotency_key", "image", "keyframes", "priority", "recipe", "settings", "video", "webhook_url"]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     END_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +225,7 @@ class SubmitJobRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
     bundle: str
     end_image: ImageInput
@@ -230,8 +235,9 @@ class SubmitJobRequest(_message.Message):
     priority: int
     recipe: str
     settings: RenderSettings
+    video: VideoInput
     webhook_url: str
-    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., keyframes: _Optional[_Iterable[_Union[Keyframe, _Mapping]]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
+    def __init__(self, image: _Optional[_Union[ImageInput, _Mapping]] = ..., end_image: _Optional[_Union[ImageInput, _Mapping]] = ..., keyframes: _Optional[_Iterable[_Union[Keyframe, _Mapping]]] = ..., video: _Optional[_Union[VideoInput, _Mapping]] = ..., settings: _Optional[_Union[RenderSettings, _Mapping]] = ..., bundle: _Optional[str] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., recipe: _Optional[str] = ..., webhook_url: _Optional[str] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ["deduplicated", "job"]
@@ -248,6 +254,14 @@ class UnipcOptions(_message.Message):
     cfg_rescale: float
     variant: UnipcVariant
     def __init__(self, variant: _Optional[_Union[UnipcVariant, str]] = ..., cfg_rescale: _Optional[float] = ...) -> None: ...
+
+class VideoInput(_message.Message):
+    __slots__ = ["data", "object_key"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    object_key: str
+    def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ["id"]
