@@ -205,6 +205,7 @@ async function main(): Promise<number> {
     priority: 0,
     idempotencyKey: `soak-${runId}-${i}`,
     keyframes: [],
+    loras: [],
     ...(webhook ? { webhookUrl: `http://${LOOPBACK}:${hookPort}/hook/${i}` } : {}),
   });
   const getJob = (id: string): Promise<Job> =>
