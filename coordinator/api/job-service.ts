@@ -17,6 +17,7 @@ import {
   type sendUnaryData,
 } from "@grpc/grpc-js";
 import { FarmError } from "../../shared/errors.js";
+import { formatDuration } from "../../shared/duration.js";
 import {
   JobState as PbJobState,
   type Job,
@@ -75,6 +76,8 @@ export interface JobServiceDeps {
   bundleDigest?: string;
   /** Which webhook URLs submissions may name; without it a webhook_url is FAILED_PRECONDITION. */
   webhooks?: WebhookPolicy;
+  /** How long finished jobs are kept (`--retain-jobs`), for the message of a job not found; absent: kept for good. */
+  retainJobsMs?: number;
   /** Refuses a job the farm cannot run (embedded mode: RESOURCE_EXHAUSTED when it cannot fit in memory), before anything is stored. */
   admitMemory?: (spec: JobSpec) => void;
   /** Awaited once a new job is checked, before anything is stored or dispatched (embedded mode warms its models up here). */
@@ -96,6 +99,8 @@ export class JobService {
   constructor(private readonly deps: JobServiceDeps) {
     this.idempotency = deps.bus.kv(IDEMPOTENCY_BUCKET);
     this.jobs = deps.bus.kv(JOBS_BUCKET);
+    // Awaited by the first call that needs them; one stopped before any call must not reject unheard.
+    for (const p of [this.idempotency, this.jobs]) p.catch(() => undefined);
     this.auth = deps.auth ?? TokenAuth.open();
   }
 
@@ -226,7 +231,13 @@ export class JobService {
         `invalid job id ${JSON.stringify(id)}: job ids are 1-64 characters of [A-Za-z0-9_-]`,
       );
     const r = await readJob(await this.jobs, id);
-    if (r === null || tenantOf(r.record) !== tenant) throw new FarmError("NOT_FOUND", `job ${id} does not exist`);
+    // One message for missing, expired and another tenant's jobs: ids cannot be probed.
+    const retain = this.deps.retainJobsMs;
+    if (r === null || tenantOf(r.record) !== tenant)
+      throw new FarmError(
+        "NOT_FOUND",
+        `job ${id} does not exist${retain === undefined ? "" : ` (finished jobs are removed ${formatDuration(retain)} after they end: --retain-jobs)`}`,
+      );
     return r.record;
   }
 

@@ -17,7 +17,7 @@ import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { jobKeys, jobPrefix } from "../../shared/farm/keys.js";
 import { planJob } from "../planner/job-plan.js";
 import { checkPriority } from "../dispatch/dispatcher.js";
-import { readJob, type JobRecord } from "../dispatch/job-record.js";
+import { IDEMPOTENCY_BUCKET, readJobIncludingExpiring, readJob, type JobRecord } from "../dispatch/job-record.js";
 import { tenantOf } from "../dispatch/job-views.js";
 import { jobOutputOf, renderParamsInputOf } from "./job-mapping.js";
 import { keyframeLabel } from "../../shared/job/keyframes.js";
@@ -37,7 +37,7 @@ import type { JobServiceDeps } from "./job-service.js";
 import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
-export const IDEMPOTENCY_BUCKET = "idempotency";
+export { IDEMPOTENCY_BUCKET };
 
 export interface Submission extends JobServiceDeps {
   jobs: Promise<KeyValue>;
@@ -194,7 +194,14 @@ export async function submitJob(
   if (idemKey !== null) {
     const seen = await (await deps.idempotency).get(idemKey);
     if (seen !== null) {
-      const existing = await readJob(await deps.jobs, new TextDecoder().decode(seen.value));
+      const jobId = new TextDecoder().decode(seen.value);
+      const existing = await readJobIncludingExpiring(await deps.jobs, jobId);
+      // Its entry goes just before its record: the key is free in a moment.
+      if (existing?.record.expiring !== undefined)
+        throw new FarmError(
+          "UNAVAILABLE",
+          `the job of this idempotency key, ${jobId}, finished long ago and is being removed (--retain-jobs); submit again in a moment for a new job`,
+        );
       if (existing !== null && tenantOf(existing.record) === tenant)
         return { job: await deps.toJob(existing.record), deduplicated: true };
     }
@@ -295,6 +302,7 @@ async function submitNew(
     created = await deps.dispatcher.submit(spec, tasks, {
       priority: req.priority,
       ...(webhook !== undefined ? { webhook: { url: webhook, tenant } } : {}),
+      ...(idemKey !== null ? { idempotencyKey: idemKey } : {}),
       ...(deps.trace !== undefined ? { trace: deps.trace } : {}),
     });
   } catch (err) {

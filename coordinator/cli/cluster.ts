@@ -22,6 +22,7 @@ import {
   SECURITY_OPTIONS,
   leaseOptions,
   parsePort,
+  retentionOptions,
   securityOptions,
   startCoordinator,
   type RunningCoordinator,
@@ -112,6 +113,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
       data: { type: "string" },
       coordinators: { type: "string" },
       "lease-ttl-ms": { type: "string" },
+      "retain-jobs": { type: "string" },
       ...SECURITY_OPTIONS,
       ...TRACING_OPTIONS,
     },
@@ -190,7 +192,11 @@ export async function clusterCommand(args: string[]): Promise<number> {
       natsCredentials: credentialsOf(users[0]!),
       s3: { host: s3.host, port: s3.port, tls: false, accessKey: "S3RVER", secretKey: "S3RVER", bucket: "framefarm" },
     };
-    const security = { ...(await securityOptions(values)), ...leaseOptions(values["lease-ttl-ms"]) };
+    const security = {
+      ...(await securityOptions(values)),
+      ...leaseOptions(values["lease-ttl-ms"]),
+      ...retentionOptions(values["retain-jobs"]),
+    };
     const coordinator = await startCoordinator(
       conn,
       bundle,

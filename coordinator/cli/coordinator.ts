@@ -10,6 +10,8 @@
  * Several coordinators may serve one farm: each serves the API, the one holding the leader lease
  * (coordinator/dispatch/leader-lease.ts) dispatches and sends webhooks, and another takes over
  * within `--lease-ttl-ms` (FRAMEFARM_LEASE_TTL_MS, default 5000) of the holder going silent.
+ * `--retain-jobs 7d` (FRAMEFARM_RETAIN_JOBS; the default) removes finished jobs that long after they
+ * end, with their objects (coordinator/dispatch/job-sweeper.ts).
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
@@ -41,6 +43,8 @@ import path from "node:path";
 import os from "node:os";
 import { randomBytes } from "node:crypto";
 import { DEFAULT_LEASE_TTL_MS } from "../dispatch/leader-lease.js";
+import { DEFAULT_RETAIN_MS } from "../dispatch/job-sweeper.js";
+import { formatDuration, parseDuration } from "../../shared/duration.js";
 
 /** The gRPC API's port when neither --port nor FRAMEFARM_PORT says otherwise. */
 export const DEFAULT_API_PORT = 50051;
@@ -78,6 +82,8 @@ export interface CoordinatorSecurity {
   webhooks?: { secret?: string; allow: string[] };
   /** The leader lease's TTL in ms (DEFAULT_LEASE_TTL_MS when absent). */
   leaseTtlMs?: number;
+  /** Finished jobs are removed this long after they end, in ms (DEFAULT_RETAIN_MS when absent). */
+  retainJobsMs?: number;
 }
 
 export const DEFAULT_HTTP_PORT = 8080;
@@ -133,11 +139,13 @@ export async function startCoordinator(
       .catch((err: Error) => log.error({ err: err.message }, "webhook deliverer start/stop failed"));
   };
   const holder = `${os.hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  const retainJobsMs = security.retainJobsMs ?? DEFAULT_RETAIN_MS;
   const dispatcher = await Dispatcher.start(bus, store, {
     onRecord: (jobId) => deliverer?.notify(jobId),
     onLeader,
     ...(security.maxRunningPerTenant !== undefined ? { maxRunningPerTenant: security.maxRunningPerTenant } : {}),
     lease: { holder, ttlMs: security.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log },
+    retention: { retainMs: retainJobsMs, log },
     log,
   });
   await webhooksChanging;
@@ -152,6 +160,7 @@ export async function startCoordinator(
     auth,
     scrapeOnlyTenants: scrapeOnly,
     operatorTenants: operators,
+    retainJobsMs,
     ...(security.tenantMaxPriority !== undefined ? { tenantMaxPriority: security.tenantMaxPriority } : {}),
     ...(security.maxQueuedPerTenant !== undefined ? { maxQueuedPerTenant: security.maxQueuedPerTenant } : {}),
     ...(policy !== undefined ? { webhooks: policy } : {}),
@@ -177,7 +186,15 @@ export async function startCoordinator(
   let tokenFile: TokenFileWatcher | undefined;
   if (!auth.isOpen && security.tokensFile !== undefined)
     tokenFile = await watchTokenFile(security.tokensFile, auth, log);
-  log.info({ grpcPort: api.port, httpPort: dashboard.port, leader: dispatcher.leader }, "coordinator serving");
+  log.info(
+    {
+      grpcPort: api.port,
+      httpPort: dashboard.port,
+      leader: dispatcher.leader,
+      retainJobs: formatDuration(retainJobsMs),
+    },
+    "coordinator serving",
+  );
   return {
     port: api.port,
     httpPort: dashboard.port,
@@ -221,6 +238,7 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
       port: { type: "string" },
       "http-port": { type: "string" },
       "lease-ttl-ms": { type: "string" },
+      "retain-jobs": { type: "string" },
     },
   });
   // Flags win over FRAMEFARM_HOST / FRAMEFARM_PORT / FRAMEFARM_HTTP_PORT (containers set those: deploy/k8s).
@@ -241,7 +259,11 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
       port: parsePort("--port", values.port ?? env["FRAMEFARM_PORT"], DEFAULT_API_PORT),
       httpPort: parsePort("--http-port", values["http-port"] ?? env["FRAMEFARM_HTTP_PORT"], DEFAULT_HTTP_PORT),
     },
-    { ...(await securityOptions(values)), ...leaseOptions(values["lease-ttl-ms"]) },
+    {
+      ...(await securityOptions(values)),
+      ...leaseOptions(values["lease-ttl-ms"]),
+      ...retentionOptions(values["retain-jobs"]),
+    },
   );
   process.stdout.write(`gRPC listening on ${host}:${c.port}${values["tls-cert"] !== undefined ? " (TLS)" : ""}\n`);
   process.stdout.write(`dashboard on http://${host}:${c.httpPort}\n`);
@@ -256,6 +278,12 @@ export async function coordinatorCommand(args: string[]): Promise<number> {
 export function leaseOptions(flag: string | undefined): { leaseTtlMs?: number } {
   const v = flag ?? process.env["FRAMEFARM_LEASE_TTL_MS"];
   return v === undefined || v === "" ? {} : { leaseTtlMs: integerOption("--lease-ttl-ms", v, 300, 600_000) };
+}
+
+/** --retain-jobs / FRAMEFARM_RETAIN_JOBS: `30m`, `12h`, `7d`, ... */
+export function retentionOptions(flag: string | undefined): { retainJobsMs?: number } {
+  const v = flag ?? process.env["FRAMEFARM_RETAIN_JOBS"];
+  return v === undefined || v === "" ? {} : { retainJobsMs: parseDuration("--retain-jobs", v) };
 }
 
 function integerOption(flag: string, value: string, min: number, max: number): number {

@@ -20,8 +20,8 @@ Usage:
   framefarm render --image a.png [--end-image b.png] [--keyframe T:k.png ...] [--lora f.safetensors:W ...] --prompt "..." (--seconds S | --frames N) -o out.mp4|out.webm [--save-frames DIR] [options]
   framefarm render --recipe out.mp4|out.recipe.json --image a.png -o again.mp4   (render a recipe again)
   framefarm check-reference <case.json> [--bundle DIR] [--ep cpu|webgpu|cuda] | [--server HOST:PORT ...]
-  framefarm cluster [--port P] [--http-port P] [--nodes N] [--denoise-nodes M] [--bundle DIR] [--tokens FILE] [--operators TENANTS] [--metrics-tenants TENANTS] [--tenant-max-priority P] [--max-queued-per-tenant N] [--max-running-per-tenant N] [--otlp-endpoint URL]
-  framefarm coordinator --nats URL [--nats-user U] --s3 HOST:PORT [--port P] [--http-port P] [--bundle DIR] [--tokens FILE] [--operators TENANTS] [--metrics-tenants TENANTS] [--tenant-max-priority P] [--max-queued-per-tenant N] [--max-running-per-tenant N] [--tls-cert PEM --tls-key PEM] [--webhook-secret S --webhook-allow HOST[:PORT],...] [--otlp-endpoint URL]
+  framefarm cluster [--port P] [--http-port P] [--nodes N] [--denoise-nodes M] [--bundle DIR] [--tokens FILE] [--operators TENANTS] [--metrics-tenants TENANTS] [--tenant-max-priority P] [--max-queued-per-tenant N] [--max-running-per-tenant N] [--retain-jobs 7d] [--otlp-endpoint URL]
+  framefarm coordinator --nats URL [--nats-user U] --s3 HOST:PORT [--port P] [--http-port P] [--bundle DIR] [--tokens FILE] [--operators TENANTS] [--metrics-tenants TENANTS] [--tenant-max-priority P] [--max-queued-per-tenant N] [--max-running-per-tenant N] [--tls-cert PEM --tls-key PEM] [--webhook-secret S --webhook-allow HOST[:PORT],...] [--retain-jobs 7d] [--otlp-endpoint URL]
   framefarm node --nats URL [--nats-user U] --s3 HOST:PORT --stages text,image,vae,denoise|all [--bundle DIR] [--ep EP] [--id ID] [--device NAME] [--warmup WxH,...] [--otlp-endpoint URL]
   framefarm submit --server HOST:PORT --image a.png (--prompt "..." (--seconds S | --frames N) | --recipe FILE) [--wait -o out.mp4|out.webm [--save-frames DIR]] [--webhook URL]
   framefarm jobs --server HOST:PORT

@@ -10,6 +10,7 @@ import type { Logger } from "../../shared/log/logger.js";
 import { readJob, type JobRecord } from "../dispatch/job-record.js";
 import { latestPreview, progressOf } from "../dispatch/job-views.js";
 import {
+  FORGET_NODES_AFTER_MS,
   NODES_BUCKET,
   NodeState,
   decodeNode,
@@ -152,7 +153,6 @@ export interface FarmViewOptions {
 }
 
 const URL_EXPIRY_S = 3600;
-const FORGET_NODES_AFTER_MS = 3_600_000;
 const num = (b: bigint): number => Number(b);
 
 function decodeNodeSafely(data: Uint8Array): NodeRecord | null {
@@ -217,7 +217,7 @@ export class FarmView {
   private readonly liveSteps = new Map<string, StepEvent>();
   /** Node records announced on events, fresher than the bucket between heartbeats. */
   private readonly announced = new Map<string, NodeRecord>();
-  /** Task-log entries already noticed, per job. */
+  /** Task attempts already noticed, per job (counted from the job's first, dropped log entries included). */
   private readonly seenAttempts = new Map<string, number>();
   private readonly lastState = new Map<string, JobRecord["state"]>();
   private readonly urls = new Map<string, { url: string; until: number }>();
@@ -328,8 +328,13 @@ export class FarmView {
       if (r.state === "SUCCEEDED" || r.state === "CANCELLED") this.final.set(id, r);
       records.push(r);
     }
-    if (this.final.size > ids.length)
-      for (const id of [...this.final.keys()].filter((k) => !ids.includes(k))) this.final.delete(id);
+    // Forget what is kept per job once the job is gone (retention removed it), and stale URLs.
+    const live = new Set(ids);
+    for (const m of [this.final, this.seenAttempts, this.lastState, this.liveSteps])
+      for (const id of m.keys()) if (!live.has(id)) m.delete(id);
+    for (const [key, u] of this.urls) if (u.until <= now) this.urls.delete(key);
+    const registered = new Set(nodes.map((n) => n.id));
+    for (const id of this.announced.keys()) if (!registered.has(id)) this.announced.delete(id);
     const jobStates: FarmSnapshot["jobStates"] = { QUEUED: 0, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0 };
     const waitingTasks = Object.fromEntries(STAGE_KINDS.map((k) => [k, 0])) as Record<StageKind, number>;
     for (const r of records) {
@@ -420,10 +425,15 @@ export class FarmView {
       this.lastState.set(id, r.state);
     }
     const entries = r.taskLog ?? [];
+    // entries[i] is the job's attempt dropped + i: the log keeps only the latest.
+    const dropped = r.taskLogDropped ?? 0;
     // Attempts that finished before this coordinator started were counted by its predecessor.
-    let seen = this.seenAttempts.get(id) ?? entries.filter((e) => Date.parse(e.finishedAt) < this.startedAt).length;
-    for (; seen < entries.length; seen++) {
-      const e = entries[seen]!;
+    let seen = Math.max(
+      dropped,
+      this.seenAttempts.get(id) ?? dropped + entries.filter((e) => Date.parse(e.finishedAt) < this.startedAt).length,
+    );
+    for (; seen < dropped + entries.length; seen++) {
+      const e = entries[seen - dropped]!;
       const task = r.tasks.find((t) => t.id === e.taskId);
       if (task === undefined) continue;
       const a: TaskAttempt = {

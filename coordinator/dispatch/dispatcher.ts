@@ -30,7 +30,8 @@ import {
   type TaskMessage,
   type TaskResult,
 } from "../../shared/farm/protocol.js";
-import { createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
+import { appendTaskLog, createJob, readJob, updateJob, type JobRecord } from "./job-record.js";
+import { JobSweeper, type RetentionOptions } from "./job-sweeper.js";
 import { ReadySet } from "./ready-set.js";
 import { applyLostInput, decideLostInput, waitsForRecompute } from "./recompute.js";
 import { tenantOf } from "./job-views.js";
@@ -55,12 +56,15 @@ import {
  * it, if any, and the trace context of the span that dispatches it.
  */
 export function taskMessage(r: JobRecord, taskId: string, trace?: TraceCarrier): TaskMessage {
-  const since = r.attemptsBeforeRetry?.[taskId] ?? 0;
-  const failed = (r.taskLog ?? [])
-    .filter((e) => e.taskId === taskId && !e.ok)
-    .slice(since)
-    .filter((e) => e.lostInput === undefined) // the store lost an input: not the node's fault
-    .map((e) => e.node);
+  // Records written before avoidNodes existed name the failed nodes in their (then whole) task log.
+  const failed =
+    r.avoidNodes !== undefined
+      ? (r.avoidNodes[taskId] ?? [])
+      : (r.taskLog ?? [])
+          .filter((e) => e.taskId === taskId && !e.ok)
+          .slice(r.attemptsBeforeRetry?.[taskId] ?? 0)
+          .filter((e) => e.lostInput === undefined) // the store lost an input: not the node's fault
+          .map((e) => e.node);
   const task = r.tasks.find((t) => t.id === taskId);
   if (task === undefined) throw new FarmError("INTERNAL", `job ${r.spec.jobId} has no task ${taskId}`);
   return {
@@ -156,6 +160,8 @@ export interface DispatcherOptions {
    * every node. Nodes stay idle rather than exceed it.
    */
   maxRunningPerTenant?: number;
+  /** Remove finished jobs after this long (coordinator/dispatch/job-sweeper.ts); kept for good when absent. */
+  retention?: RetentionOptions;
   /** How often the stage queues are checked for stranded task messages (WorkQueues.requeueStranded), in ms. */
   strandedCheckMs?: number;
   /** Where the dispatcher says what it queued (debug) and what it queued again and why (info). */
@@ -255,6 +261,8 @@ export class Dispatcher {
   private unsubscribe: (() => void) | undefined;
   private resync: NodeJS.Timeout | undefined;
   private resyncs = 0;
+  /** Runs while this dispatcher leads, with retention on. */
+  private sweeper: JobSweeper | undefined;
   private strandedCheck: NodeJS.Timeout | undefined;
   private checkingStranded = false;
   /** Task messages found stranded on a stage queue (its consumer would never hand them out) and queued again. */
@@ -319,12 +327,19 @@ export class Dispatcher {
     return this.lease === undefined || this.lease.isLeader();
   }
 
-  /** Mirrors the job's current record (another coordinator wrote it). */
+  /** Mirrors the job's current record (another coordinator wrote it), or forgets a job that is gone. */
   private async follow(jobId: string): Promise<void> {
     const cur = await readJob(this.kv, jobId);
-    if (cur === null) return;
+    if (cur === null) return this.forget(jobId);
     this.mirror(cur.record, cur.revision);
     this.requestRelease();
+  }
+
+  /** Drops everything held about a job that no longer exists (retention removed it). */
+  private forget(jobId: string): void {
+    this.mirrored.delete(jobId);
+    this.unfinished.delete(jobId);
+    this.ready.deleteJob(jobId);
   }
 
   /**
@@ -396,6 +411,17 @@ export class Dispatcher {
       this.strandedCheck.unref();
     }
     this.requestRelease();
+    if (options.retention !== undefined)
+      this.sweeper = await JobSweeper.start(this.bus, this.store, this.kv, {
+        ...options.retention,
+        isLeader: () => this.dispatching && this.leader,
+        onExpired: (jobId) => {
+          this.forget(jobId);
+          // Followers forget it too (their read finds no record).
+          if (this.lease !== undefined)
+            this.bus.events.publish(RECORD_WRITTEN_SUBJECT, recordNotes.encode({ jobId, from: this.lease.holder }));
+        },
+      });
   }
 
   /**
@@ -482,6 +508,8 @@ export class Dispatcher {
     if (!this.dispatching) return;
     this.dispatching = false;
     clearInterval(this.tick);
+    await this.sweeper?.stop();
+    this.sweeper = undefined;
     clearInterval(this.strandedCheck);
     await this.consumer?.stop();
     this.consumer = undefined;
@@ -506,7 +534,12 @@ export class Dispatcher {
   async submit(
     spec: JobSpec,
     tasks: StageTask[],
-    options: { priority?: number; webhook?: { url: string; tenant: string }; trace?: TraceCarrier } = {},
+    options: {
+      priority?: number;
+      webhook?: { url: string; tenant: string };
+      idempotencyKey?: string;
+      trace?: TraceCarrier;
+    } = {},
   ): Promise<JobRecord> {
     const priority = options.priority ?? 0;
     checkPriority(priority);
@@ -517,10 +550,12 @@ export class Dispatcher {
       tasks,
       taskStates: Object.fromEntries(tasks.map((t) => [t.id, "pending" as const])),
       attempts: {},
+      avoidNodes: {},
       priority,
       createdAt: now,
       updatedAt: now,
       ...(options.webhook !== undefined ? { webhook: { ...options.webhook, events: [] } } : {}),
+      ...(options.idempotencyKey !== undefined ? { idempotencyKey: options.idempotencyKey } : {}),
       ...(options.trace !== undefined ? { trace: options.trace } : {}),
     };
     appendQueuedEvent(record, now);
@@ -735,6 +770,7 @@ export class Dispatcher {
         rec.taskStates[t.id] = "pending";
         rec.attemptsBeforeRetry[t.id] = rec.attempts[t.id] ?? 0;
         if (rec.inputLosses !== undefined) delete rec.inputLosses[t.id]; // counted in attemptsBeforeRetry now
+        if (rec.avoidNodes !== undefined) delete rec.avoidNodes[t.id];
       }
       delete rec.error;
       delete rec.errorStatus;
@@ -770,7 +806,7 @@ export class Dispatcher {
       const attempts = (rec.attempts[result.taskId] = (rec.attempts[result.taskId] ?? 0) + 1);
       if (result.startedAt !== undefined && result.finishedAt !== undefined) {
         const readyAt = rec.readyAt?.[result.taskId];
-        (rec.taskLog ??= []).push({
+        appendTaskLog(rec, {
           taskId: result.taskId,
           node: result.node,
           ok: result.ok,
@@ -781,6 +817,13 @@ export class Dispatcher {
           ...(result.phases !== undefined ? { phases: result.phases } : {}),
           ...(result.lostInput !== undefined ? { lostInput: result.lostInput } : {}),
         });
+      }
+      if (rec.avoidNodes !== undefined) {
+        const avoid = rec.avoidNodes[result.taskId] ?? [];
+        if (result.ok) delete rec.avoidNodes[result.taskId];
+        // An input lost in the store is not the node's fault: another node need not take it.
+        else if (!avoid.includes(result.node) && result.lostInput === undefined)
+          rec.avoidNodes[result.taskId] = [...avoid, result.node];
       }
       const lost = !result.ok && result.lostInput !== undefined ? decideLostInput(rec, result.lostInput) : null;
       if (lost !== null && lost.kind !== "fail") {
@@ -810,6 +853,10 @@ export class Dispatcher {
       }
       if (rec.state === "RUNNING") markReady(rec);
       return rec;
+    }).catch((err: unknown) => {
+      // A result for a job retention has removed (a node's late report): nothing to record.
+      if (err instanceof FarmError && err.status === "NOT_FOUND") return null;
+      throw err;
     });
     const span = resultSpan(result, w?.record ?? seen, startTime);
     try {
@@ -858,6 +905,7 @@ export class Dispatcher {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.tick);
+    await this.sweeper?.stop();
     clearInterval(this.strandedCheck);
     clearInterval(this.resync);
     this.unsubscribe?.();

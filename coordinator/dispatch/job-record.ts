@@ -11,6 +11,9 @@ import type { JobState, StageTask } from "../../shared/farm/protocol.js";
 import { appendWebhookEvents, type JobWebhook } from "../webhooks/events.js";
 import type { TraceCarrier } from "../../shared/telemetry/tracing.js";
 
+/** Tenant-scoped idempotency keys (SHA-256 of tenant and key), each naming its job's id. */
+export const IDEMPOTENCY_BUCKET = "idempotency";
+
 /**
  * pending: waits for its dependencies; ready: runnable, held by the dispatcher until its stage
  * queue has room (so priority decides what runs next); queued: on the stage queue or running;
@@ -43,20 +46,22 @@ export interface JobRecord {
    * its current attempt's wait for a node. Absent in older records.
    */
   readyAt?: Record<string, string>;
-  /** Every attempt's node and time span, in the order results arrived (the job's event log). */
-  taskLog?: {
-    taskId: string;
-    node: string;
-    ok: boolean;
-    /** When the attempt became ready (readyAt then): from there to startedAt it waited. Absent in older records. */
-    readyAt?: string;
-    startedAt: string;
-    finishedAt: string;
-    modelMs: number;
-    phases?: Record<string, number>;
-    /** The input object this attempt found lost (corrupt or gone): the node was not at fault. */
-    lostInput?: string;
-  }[];
+  /**
+   * The latest attempts' nodes and time spans, in the order results arrived (the job's event log):
+   * at most TASK_LOG_KEEP, so that a long job's record stays bounded (every write rewrites it).
+   */
+  taskLog?: TaskLogEntry[];
+  /** Attempts logged before the oldest entry still in taskLog (dropped to keep it bounded). */
+  taskLogDropped?: number;
+  /** Per unfinished task, the nodes that failed it since the job's last retry: others should take it. */
+  avoidNodes?: Record<string, string[]>;
+  /** The tenant-scoped idempotency key this job was submitted under (its entry goes when the job expires). */
+  idempotencyKey?: string;
+  /**
+   * Set when retention starts removing the job (ISO time): from then on it reads as absent
+   * (readJob), nothing changes it, and the sweep that finds it finishes removing it.
+   */
+  expiring?: string;
   createdAt: string;
   updatedAt: string;
   /**
@@ -71,11 +76,52 @@ export interface JobRecord {
   trace?: TraceCarrier;
 }
 
+export interface TaskLogEntry {
+  taskId: string;
+  node: string;
+  ok: boolean;
+  /** When the attempt became ready (readyAt then): from there to startedAt it waited. Absent in older records. */
+  readyAt?: string;
+  startedAt: string;
+  finishedAt: string;
+  modelMs: number;
+  phases?: Record<string, number>;
+  /** The input object this attempt found lost (corrupt or gone): the node was not at fault. */
+  lostInput?: string;
+}
+
+/**
+ * Task-log entries a record keeps. A section adds two (denoise, decode), so a job of up to ~120
+ * sections keeps its whole log; a longer one (or one retried many times) keeps its latest.
+ */
+export const TASK_LOG_KEEP = 256;
+
+/** Appends an attempt to the record's task log, dropping the oldest past TASK_LOG_KEEP. */
+export function appendTaskLog(rec: JobRecord, entry: TaskLogEntry): void {
+  const log = (rec.taskLog ??= []);
+  log.push(entry);
+  const over = log.length - TASK_LOG_KEEP;
+  if (over > 0) {
+    log.splice(0, over);
+    rec.taskLogDropped = (rec.taskLogDropped ?? 0) + over;
+  }
+}
+
 const records = jsonCodec<JobRecord>();
 const enc = records.encode;
 const dec = records.decode;
 
+/** The job's record, or null if there is none or it is expiring (retention is removing it). */
 export async function readJob(kv: KeyValue, jobId: string): Promise<{ record: JobRecord; revision: number } | null> {
+  const r = await readJobIncludingExpiring(kv, jobId);
+  return r === null || r.record.expiring !== undefined ? null : r;
+}
+
+/** The job's record even while it is expiring: for the retention sweep only. */
+export async function readJobIncludingExpiring(
+  kv: KeyValue,
+  jobId: string,
+): Promise<{ record: JobRecord; revision: number } | null> {
   const e = await kv.get(jobId);
   return e === null ? null : { record: dec(e.value), revision: e.revision };
 }

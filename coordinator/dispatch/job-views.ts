@@ -34,6 +34,9 @@ export function progressOf(r: JobRecord, live?: StepEvent): Progress {
 export function latestPreview(r: JobRecord): string | undefined {
   let latest: string | undefined;
   for (const e of r.taskLog ?? []) if (e.ok) latest = previewOf(r, e.taskId) ?? latest;
+  if (latest !== undefined || (r.taskLogDropped ?? 0) === 0) return latest;
+  // Its decode's entry was dropped from a long log: the decode done last in plan order.
+  for (const t of r.tasks) latest = previewOf(r, t.id) ?? latest;
   return latest;
 }
 

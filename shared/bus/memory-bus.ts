@@ -55,7 +55,13 @@ class MemoryQueues implements WorkQueues {
     if (dedupId !== undefined) {
       const at = q.seen.get(dedupId);
       if (at !== undefined && now - at < DEDUP_WINDOW_MS) return;
+      // Oldest first (re-inserted at the end), so ids past the window leave from the front.
+      q.seen.delete(dedupId);
       q.seen.set(dedupId, now);
+      for (const [id, t] of q.seen) {
+        if (now - t < DEDUP_WINDOW_MS) break;
+        q.seen.delete(id);
+      }
     }
     q.tasks.push({ data, attempts: 0, dueAt: now, leased: false });
     q.wake.emit("task");

@@ -39,6 +39,15 @@ import {
 } from "./bus.js";
 
 const ms = (n: number): number => n * 1_000_000;
+/**
+ * A task message older than this is dropped by the stream. Acked and terminated tasks leave at
+ * once; what this bounds is leftovers, such as a task past its consumer's max deliveries, which a
+ * work-queue stream keeps for good. No live task waits this long: the dispatcher queues a task
+ * only when a node asks for one, and a coordinator that starts queues every task marked queued again.
+ */
+export const TASK_MAX_AGE_MS = 24 * 3_600_000;
+/** What a KV key may be (the NATS KV client's rule): purging by a key with wildcards would purge others. */
+const KV_KEY = /^[-/=.\w]+$/;
 const ACK = new TextEncoder().encode("+ACK");
 /** The JetStream stream behind a queue (KEDA's autoscaler names it too: deploy/k8s). */
 export const streamOf = (queue: string): string => `FF_Q_${queue}`;
@@ -150,6 +159,7 @@ class NatsQueues implements WorkQueues {
       retention: RetentionPolicy.Workqueue,
       storage: StorageType.File,
       duplicate_window: ms(DEDUP_WINDOW_MS),
+      max_age: ms(TASK_MAX_AGE_MS),
       num_replicas: this.replicas,
     };
     let existing: StreamInfo;
@@ -165,11 +175,15 @@ class NatsQueues implements WorkQueues {
         existing = await awaitStream(this.jsm, config.name, e, this.access);
       }
     }
-    // A stream made with the earlier 2-minute window gets this one (from whoever may change it:
-    // a node's user may not, and the coordinator's start does it).
-    if (existing.config.duplicate_window < config.duplicate_window)
+    // A stream made by an earlier version (a 2-minute dedup window, no age limit) gets these (from
+    // whoever may change it: a node's user may not, and the coordinator's start does it).
+    if (existing.config.duplicate_window < config.duplicate_window || existing.config.max_age !== config.max_age)
       await this.jsm.streams
-        .update(config.name, { ...existing.config, duplicate_window: config.duplicate_window })
+        .update(config.name, {
+          ...existing.config,
+          duplicate_window: Math.max(existing.config.duplicate_window, config.duplicate_window),
+          max_age: config.max_age,
+        })
         .catch((e: unknown) => {
           if (violation(e) === undefined) throw e;
         });
@@ -398,8 +412,18 @@ class NatsKv implements KeyValue {
     }
   }
 
+  /**
+   * Removes the key and leaves nothing behind. The client's delete writes a marker message that a
+   * history-1 bucket keeps for good: one per key ever deleted (jobs, idempotency keys, webhook
+   * cursors, drain requests), so the bucket grew with every job. Purging the key's subject removes
+   * its value and any marker; a later create or update sees no key, as after a delete.
+   */
   async delete(key: string): Promise<void> {
-    await guarded(this.user, () => this.kv.delete(key));
+    if (!KV_KEY.test(key) || key.startsWith(".") || key.endsWith("."))
+      throw new FarmError("INVALID_ARGUMENT", `invalid KV key ${JSON.stringify(key)}`);
+    await guarded(this.user, () =>
+      this.jsm.streams.purge(kvStreamOf(this.bucket), { filter: `$KV.${this.bucket}.${key}` }),
+    );
   }
 
   /**

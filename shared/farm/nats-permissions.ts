@@ -4,7 +4,7 @@
  * coordinator owns job state and may do anything. A node may pull its own stages' queues (create
  * and read its stage's durable consumer, fetch, ack), publish results, read the jobs bucket (a
  * task's job may have ended), write its registry record (`nodes`) and clear its drain request
- * (`node-drain`), publish its denoise steps and node events, and hear jobs' state changes. Nothing
+ * (`node-drain`, a delete being a purge of its key), publish its denoise steps and node events, and hear jobs' state changes. Nothing
  * else: no write to the jobs bucket, no other stage's queue, no job state subject, no stream.
  */
 import { DRAIN_BUCKET, NODES_BUCKET } from "../nodes/node-registry.js";
@@ -84,6 +84,9 @@ export function nodePermissions(user: string, stages: readonly StageKind[]): Nat
         kvWrite(NODES_BUCKET),
         ...kvRead(DRAIN_BUCKET),
         kvWrite(DRAIN_BUCKET),
+        // Clearing its drain request: a KV delete purges the key's subject (NatsKv.delete). No more
+        // than writing the bucket allows already; the stream API's other calls stay denied.
+        `${API}.STREAM.PURGE.${kvStreamOf(DRAIN_BUCKET)}`,
         jobStepSubject("*"),
         nodeEventSubject("*"),
       ],

@@ -48,6 +48,25 @@ export function isGone(r: NodeRecord, nowMs: number): boolean {
   );
 }
 
+/** A node stopped or silent this long is history: off the dashboard, and its record is removed. */
+export const FORGET_NODES_AFTER_MS = 3_600_000;
+
+/**
+ * Removes the records (and drain requests) of nodes stopped or silent for FORGET_NODES_AFTER_MS:
+ * nodes that come and go under new ids (autoscaled pods) would otherwise fill the bucket. A node
+ * that comes back under its id registers again at its next heartbeat.
+ */
+export async function forgetGoneNodes(nodes: KeyValue, drains: KeyValue, nowMs: number): Promise<string[]> {
+  const gone = (await readNodes(nodes))
+    .filter((r) => isGone(r, nowMs) && nowMs - msOf(r.heartbeatAt) >= FORGET_NODES_AFTER_MS)
+    .map((r) => r.nodeId);
+  for (const id of gone) {
+    await nodes.delete(id);
+    await drains.delete(id);
+  }
+  return gone;
+}
+
 /** Writes value under key whatever is there (for keys with one writer: a node's own record). */
 export async function putLatest(kv: KeyValue, key: string, value: Uint8Array): Promise<void> {
   for (let attempt = 0; attempt < 5; attempt++) {

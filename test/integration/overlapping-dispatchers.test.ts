@@ -20,7 +20,7 @@ import { Dispatcher } from "../../coordinator/dispatch/dispatcher.js";
 import { validateRenderParams, usesTrueCfg } from "../../shared/job/render-params.js";
 import { toJobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
-import { NatsBus, streamOf } from "../../shared/bus/nats-bus.js";
+import { NatsBus, TASK_MAX_AGE_MS, streamOf } from "../../shared/bus/nats-bus.js";
 import { DEDUP_WINDOW_MS } from "../../shared/bus/bus.js";
 import { LocalObjectStore } from "../../shared/store/local-store.js";
 import { startNatsServer, type LocalServer } from "../../coordinator/cli/local-servers.js";
@@ -126,7 +126,7 @@ test("two dispatchers at once: every task queued once, jobs give the embedded fr
   }
 });
 
-test("queues remember dedup ids for an hour; a stream made with the older 2-minute window is raised", async () => {
+test("queues remember dedup ids for an hour and drop leftovers after a day; older streams are raised to both", async () => {
   const url = `nats://${nats.host}:${nats.port}`;
   const nc = await connect({ servers: url });
   const bus = await NatsBus.connect(url);
@@ -135,8 +135,11 @@ test("queues remember dedup ids for an hour; a stream made with the older 2-minu
     await jsm.streams.add({ name: streamOf("old_queue"), subjects: ["ff.q.old_queue"], duplicate_window: 120e9 });
     await bus.queues.ensure("old_queue");
     await bus.queues.ensure("new_queue");
-    for (const q of ["old_queue", "new_queue"])
-      assert.equal((await jsm.streams.info(streamOf(q))).config.duplicate_window, DEDUP_WINDOW_MS * 1e6, q);
+    for (const q of ["old_queue", "new_queue"]) {
+      const config = (await jsm.streams.info(streamOf(q))).config;
+      assert.equal(config.duplicate_window, DEDUP_WINDOW_MS * 1e6, q);
+      assert.equal(config.max_age, TASK_MAX_AGE_MS * 1e6, q);
+    }
   } finally {
     await bus.close();
     await nc.close();

@@ -48,7 +48,9 @@ export interface FarmSettings {
   coordinators?: number;
   /** Their leader lease TTL (`--lease-ttl-ms`). */
   leaseTtlMs?: number;
-  /** More flags for every node (`--cache-mb 0`: every input read from the store). */
+  /** More coordinator flags (`--retain-jobs 3m`, webhooks...). */
+  coordinatorArgs?: string[];
+  /** More flags of every node (`--cache-mb 64`; `--cache-mb 0`: every input read from the store). */
   nodeArgs?: string[];
   /**
    * Run on a JetStream cluster of this many nats-servers (3, as the gpu overlay) instead of one:
@@ -318,6 +320,7 @@ export class FarmProcesses {
         "--http-port",
         "0",
         ...(this.settings.leaseTtlMs !== undefined ? ["--lease-ttl-ms", String(this.settings.leaseTtlMs)] : []),
+        ...(this.settings.coordinatorArgs ?? []),
       ],
       { stdio: ["ignore", "pipe", "pipe"], env: this.env("coordinator") },
     );
@@ -392,6 +395,11 @@ export class FarmProcesses {
     child.stderr?.on("data", keep);
     this.nodes.set(id, entry);
     this.nodeCount++;
+  }
+
+  /** The running nodes: id, stage groups and process id (to sample their memory). */
+  runningNodes(): { id: string; stages: string; pid: number | undefined }[] {
+    return [...this.nodes].map(([id, n]) => ({ id, stages: n.stages, pid: n.child.pid }));
   }
 
   /** Per task id, how often the logs of the farm's processes said each of TASK_LINES of it. */

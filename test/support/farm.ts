@@ -30,6 +30,7 @@ import { tinyBundleDir } from "./paths.js";
 import { JOBS_BUCKET } from "../../shared/farm/protocol.js";
 import type { WebhookPolicy } from "../../coordinator/webhooks/policy.js";
 import { WebhookDeliverer, type DelivererOptions } from "../../coordinator/webhooks/deliverer.js";
+import type { RetentionOptions } from "../../coordinator/dispatch/job-sweeper.js";
 
 export interface TestFarm {
   address: string;
@@ -39,11 +40,14 @@ export interface TestFarm {
   s3: LocalServer;
   jobs: KeyValue;
   idempotency: KeyValue;
+  /** nats://host:port of the farm's nats-server (to look at its streams as an operator would). */
+  natsUrl: string;
   /**
    * Stops the coordinator's parts (API, dispatcher, webhook deliverer) and starts them again on the
-   * same servers, as a restarted coordinator process; address changes (a new port).
+   * same servers, as a restarted coordinator process; address changes (a new port). `whileDown` runs
+   * in between.
    */
-  restartCoordinator(): Promise<void>;
+  restartCoordinator(whileDown?: () => Promise<void>): Promise<void>;
   /** Every job key, idempotency key and object, to prove a request left nothing behind. */
   snapshot(): Promise<{ jobs: string[]; idempotency: string[]; objects: string[] }>;
   stop(): Promise<void>;
@@ -62,6 +66,8 @@ export async function startTestFarm(
     >;
     /** Webhooks: the policy submissions are checked against and the deliverer's options. */
     webhooks?: { policy: WebhookPolicy; delivery?: DelivererOptions };
+    /** Job retention (the coordinator's --retain-jobs); jobs are kept for good without it. */
+    retention?: RetentionOptions;
   } = {},
 ): Promise<TestFarm> {
   const tmp = await mkdtemp(path.join(os.tmpdir(), "framefarm-farm-"));
@@ -97,7 +103,10 @@ export async function startTestFarm(
     deliverer: WebhookDeliverer | undefined;
   }> => {
     let deliverer: WebhookDeliverer | undefined;
-    const dispatcher = await Dispatcher.start(bus, store, { onRecord: (id) => deliverer?.notify(id) });
+    const dispatcher = await Dispatcher.start(bus, store, {
+      onRecord: (id) => deliverer?.notify(id),
+      ...(options.retention !== undefined ? { retention: options.retention } : {}),
+    });
     const hooks = options.webhooks;
     if (hooks !== undefined) deliverer = await WebhookDeliverer.start(bus, hooks.policy, hooks.delivery);
     const service = new JobService({
@@ -110,6 +119,7 @@ export async function startTestFarm(
       ...(options.auth !== undefined ? { auth: options.auth } : {}),
       ...(options.urlExpirySeconds !== undefined ? { urlExpirySeconds: options.urlExpirySeconds } : {}),
       ...(hooks !== undefined ? { webhooks: hooks.policy } : {}),
+      ...(options.retention !== undefined ? { retainJobsMs: options.retention.retainMs } : {}),
       ...options.tenancy,
     });
     const api = await startApiServer(service, LOOPBACK, 0, options.tls !== undefined ? { tls: options.tls } : {});
@@ -136,8 +146,10 @@ export async function startTestFarm(
       idempotency: (await idempotency.keys()).sort(),
       objects: await store.list(""),
     }),
-    restartCoordinator: async () => {
+    natsUrl: `nats://${nats.host}:${nats.port}`,
+    restartCoordinator: async (whileDown) => {
       await stopParts();
+      await whileDown?.();
       parts = await startParts();
       farm.api = parts.api;
       farm.address = `${LOOPBACK}:${parts.api.port}`;
