@@ -124,7 +124,7 @@ test("vanilla mode with a smaller window renders too", async () => {
   };
   assert.ok(timings.jobMs > 0);
   const phasesOf = (stage: string) => timings.tasks.find((t) => t.task.split(".")[1] === stage)?.phases ?? {};
-  assert.deepEqual(Object.keys(phasesOf("decode")).sort(), ["preview", "read", "vae", "write"]);
+  assert.deepEqual(Object.keys(phasesOf("decode")).sort(), ["preview", "read", "vae", "vae_run", "write"]);
   assert.deepEqual(Object.keys(phasesOf("mux")).sort(), ["blend", "encode", "read"]);
   // 20 frames at window 5 -> 2 sections; vanilla decodes (1 + 2*5) latent frames -> 41 frames.
   assert.equal(info.frames, 41);
