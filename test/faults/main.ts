@@ -324,32 +324,46 @@ async function flippedBytes(farm: FarmProcesses, baseline: Buffer, dir: string):
   return { survived: true, detail: `${outcome.detail}; ${want.join(" and ")} recomputed once each` };
 }
 
-async function flips(dir: string, baseline: Buffer): Promise<Row> {
-  const row: Row = { fault: FLIP_FAULT, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
+/**
+ * `runs` runs of one fault on one farm: each run's outcome counted into the fault's row (a harness error
+ * is a run not survived) and printed as it ends.
+ */
+async function runFault(
+  fault: string,
+  runs: number,
+  farm: FarmProcesses,
+  attempt: (i: number) => Promise<Outcome>,
+): Promise<Row> {
+  const row: Row = { fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
   const t0 = Date.now();
-  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, nodeArgs: ["--cache-mb", "0"] };
-  const farm = await FarmProcesses.start(path.join(dir, "no-cache"), settings, NODES);
-  try {
-    for (let i = 0; i < RUNS; i++) {
-      const outcome = await flippedBytes(farm, baseline, dir).catch((err: Error): Outcome => ({
-        survived: false,
-        detail: `harness: ${err.message}`,
-      }));
-      if (!outcome.survived) await farm.heal(NODES);
-      row.runs++;
-      if (outcome.survived) row.survived++;
-      else if (outcome.corrupted === true) row.corrupted++;
-      else row.lost++;
-      if (!outcome.survived) row.notes.push(outcome.detail);
-      process.stdout.write(
-        `  ${FLIP_FAULT} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
-      );
-    }
-  } finally {
-    await farm.stop();
+  for (let i = 0; i < runs; i++) {
+    const outcome = await attempt(i).catch((err: Error): Outcome => ({
+      survived: false,
+      detail: `harness: ${err.message}`,
+    }));
+    // One failure must not spoil the runs after it.
+    if (!outcome.survived) await farm.heal(NODES);
+    row.runs++;
+    if (outcome.survived) row.survived++;
+    else if (outcome.corrupted === true) row.corrupted++;
+    else row.lost++;
+    if (!outcome.survived) row.notes.push(outcome.detail);
+    process.stdout.write(
+      `  ${fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
+    );
   }
   row.seconds = (Date.now() - t0) / 1000;
   return row;
+}
+
+async function flips(dir: string, baseline: Buffer): Promise<Row> {
+  const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, nodeArgs: ["--cache-mb", "0"] };
+  const farm = await FarmProcesses.start(path.join(dir, "no-cache"), settings, NODES);
+  try {
+    return await runFault(FLIP_FAULT, RUNS, farm, () => flippedBytes(farm, baseline, dir));
+  } finally {
+    await farm.stop();
+  }
 }
 
 const LEADER_FAULT = "leader of 2 coordinators SIGKILLed mid-job, the other takes over (lease 2 s)";
@@ -388,31 +402,13 @@ async function leaderKilled(farm: FarmProcesses, baseline: Buffer, dir: string):
 }
 
 async function leaderKills(dir: string, baseline: Buffer): Promise<Row> {
-  const row: Row = { fault: LEADER_FAULT, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
-  const t0 = Date.now();
   const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, coordinators: 2, leaseTtlMs: LEASE_TTL_MS };
   const farm = await FarmProcesses.start(path.join(dir, "two-coordinators"), settings, NODES);
   try {
-    for (let i = 0; i < RUNS; i++) {
-      const outcome = await leaderKilled(farm, baseline, dir).catch((err: Error): Outcome => ({
-        survived: false,
-        detail: `harness: ${err.message}`,
-      }));
-      if (!outcome.survived) await farm.heal(NODES);
-      row.runs++;
-      if (outcome.survived) row.survived++;
-      else if (outcome.corrupted === true) row.corrupted++;
-      else row.lost++;
-      if (!outcome.survived) row.notes.push(outcome.detail);
-      process.stdout.write(
-        `  ${LEADER_FAULT} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
-      );
-    }
+    return await runFault(LEADER_FAULT, RUNS, farm, () => leaderKilled(farm, baseline, dir));
   } finally {
     await farm.stop();
   }
-  row.seconds = (Date.now() - t0) / 1000;
-  return row;
 }
 
 const CLUSTER_SERVER_FAULT =
@@ -547,26 +543,10 @@ async function clusterFaults(dir: string, baseline: Buffer): Promise<Row[]> {
   const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, natsCluster: 3 };
   const farm = await FarmProcesses.start(path.join(dir, "nats-cluster"), settings, NODES);
   try {
-    for (const k of kinds) {
-      const row: Row = { fault: k.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
-      const t0 = Date.now();
-      for (let i = 0; i < RUNS; i++) {
-        const outcome = await clusterServerKilled(farm, baseline, dir, () => k.pick(farm, i)).catch(
-          (err: Error): Outcome => ({ survived: false, detail: `harness: ${err.message}` }),
-        );
-        if (!outcome.survived) await farm.heal(NODES);
-        row.runs++;
-        if (outcome.survived) row.survived++;
-        else if (outcome.corrupted === true) row.corrupted++;
-        else row.lost++;
-        if (!outcome.survived) row.notes.push(outcome.detail);
-        process.stdout.write(
-          `  ${k.fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
-        );
-      }
-      row.seconds = (Date.now() - t0) / 1000;
-      rows.push(row);
-    }
+    for (const k of kinds)
+      rows.push(
+        await runFault(k.fault, RUNS, farm, (i) => clusterServerKilled(farm, baseline, dir, () => k.pick(farm, i))),
+      );
   } finally {
     await farm.stop();
   }
@@ -604,30 +584,8 @@ async function main(): Promise<number> {
     process.stdout.write(
       `baseline: job ${done.id}, ${done.width}x${done.height}, ${baseline.length} bytes of frames\n`,
     );
-    for (const s of scenarios.filter((x) => (x.needs !== "tmpfs" || tmpfs) && ONLY.test(x.fault))) {
-      const row: Row = { fault: s.fault, runs: 0, survived: 0, lost: 0, corrupted: 0, seconds: 0, notes: [] };
-      const t0 = Date.now();
-      for (let i = 0; i < s.runs; i++) {
-        let outcome: Outcome;
-        try {
-          outcome = await s.scenario(farm, baseline, dir);
-        } catch (err) {
-          outcome = { survived: false, detail: `harness: ${(err as Error).message}` };
-        }
-        // One failure must not spoil the runs after it.
-        if (!outcome.survived) await farm.heal(NODES);
-        row.runs++;
-        if (outcome.survived) row.survived++;
-        else if (outcome.corrupted === true) row.corrupted++;
-        else row.lost++;
-        if (!outcome.survived) row.notes.push(outcome.detail);
-        process.stdout.write(
-          `  ${s.fault} #${i + 1}: ${outcome.survived ? "survived" : "NOT survived"} (${outcome.detail})\n`,
-        );
-      }
-      row.seconds = (Date.now() - t0) / 1000;
-      rows.push(row);
-    }
+    for (const s of scenarios.filter((x) => (x.needs !== "tmpfs" || tmpfs) && ONLY.test(x.fault)))
+      rows.push(await runFault(s.fault, s.runs, farm, () => s.scenario(farm, baseline!, dir)));
   } finally {
     await farm.stop();
   }
