@@ -19,7 +19,7 @@ export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => 
   const h = await timed(observer, "read", () => readTensors(ctx, task.inputs["history"]!));
   // "vae" is the whole decode; "vae_run" the decoder's own runs in it (onnxruntime's session.run
   // summed over the tiles): the difference is host work and waiting for a shared session.
-  const stats = { runs: 0, runMs: 0 };
+  const stats = { runMs: 0 };
   const video = await timed(observer, "vae", () =>
     decodeSection(
       ctx.runtime,

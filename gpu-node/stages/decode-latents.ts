@@ -29,9 +29,7 @@ export interface DecodeOptions {
 }
 
 export interface DecodeStats {
-  /** Decoder calls (tiles). */
-  runs: number;
-  /** onnxruntime's session.run, summed over the calls. */
+  /** onnxruntime's session.run, summed over the decoder's calls (tiles). */
   runMs: number;
 }
 
@@ -48,10 +46,7 @@ export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32, option
     vae,
     async (tile) => {
       const { outputs, runMs } = await model.runTimed({ latents: tile });
-      if (options.stats !== undefined) {
-        options.stats.runs++;
-        options.stats.runMs += runMs;
-      }
+      if (options.stats !== undefined) options.stats.runMs += runMs;
       return outputs.sample!;
     },
     spatialTilingOf(vae, options),
