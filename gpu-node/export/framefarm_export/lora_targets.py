@@ -154,9 +154,14 @@ def graph_initializers(bundle: str, manifest: dict):
 
 def lora_targets(bundle: str, manifest: dict, linears: dict) -> dict:
     found, dtypes = graph_initializers(bundle, manifest)
-    if len(dtypes) > 1:
-        raise SystemExit(f"error: the transformer graphs hold 2-D weights of several dtypes ({sorted(dtypes)})")
-    dtype = dtypes.pop() if dtypes else manifest.get("components", {}).get("transformer", {}).get("dtype", manifest["dtype"])
+    # The Linears are in the transformer's dtype; a reduced-precision export keeps a few 2-D
+    # constants in float32 (tables and islands the exporter leaves wide), which are no Linear of
+    # that dtype: they are left out of the match (a Linear held only in another dtype is listed
+    # as not targetable).
+    dtype = manifest.get("components", {}).get("transformer", {}).get("dtype", manifest["dtype"])
+    if dtype not in dtypes and len(dtypes) == 1:
+        dtype = next(iter(dtypes))
+    found = {digest: {hit for hit in hits if hit[2] == dtype} for digest, hits in found.items()}
     modules, missing = {}, []
     for name in sorted(linears):
         src_dtype, w = linears[name]

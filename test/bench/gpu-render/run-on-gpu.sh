@@ -8,6 +8,8 @@
 #   run-on-gpu.sh diffusers-detached OUT     detached from the call: wait for the bundle export, images, then diffusers
 #                                            inverted and vanilla into OUT (log in WORK/diffusers.log): the GPU works
 #                                            while the CUDA provider's parts are still being carried
+#   run-on-gpu.sh wait-bundle [SECONDS]     until the detached export is complete (exit 0) or failed (exit 1, its log's tail
+#                                            printed), at most SECONDS (280): a failed export stops the waiting at once
 #   run-on-gpu.sh images                     a start and an end image, 640x640
 #   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, the job RUNS (2) times in one process, the last reported (MODE inverted|vanilla)
 #   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory;
@@ -34,9 +36,11 @@ case "$step" in
   pipeline)
     double=${1:-2} single=${2:-4}
     src=$work/pipeline-$double-$single bundle=$work/bundle-$double-$single
-    [ -f "$src/random-pipeline.json" ] || python3 -m framefarm_export.random_pipeline --like /tmp/ffdev/parts/tiny-like --out "$src" --double "$double" --single "$single" || exit 1
+    rm -f "$work/pipeline.failed"
+    # A failure leaves pipeline.failed, so that waiters stop at once instead of waiting out their limit.
+    [ -f "$src/random-pipeline.json" ] || python3 -m framefarm_export.random_pipeline --like /tmp/ffdev/parts/tiny-like --out "$src" --double "$double" --single "$single" || { touch "$work/pipeline.failed"; exit 1; }
     # The transformer in fp16: the bf16 graph is invalid ONNX at the exported opset (test/bench/gpu-step/RESULTS.md).
-    [ -f "$bundle/framefarm-bundle.json" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes --teacache-graphs || exit 1
+    [ -f "$bundle/.complete" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes --teacache-graphs || { touch "$work/pipeline.failed"; exit 1; }
     du -sh "$src" "$bundle"
     touch "$bundle/.complete"  # the manifest is written before the split graphs: waiters look for this
     ;;
@@ -53,11 +57,19 @@ case "$step" in
     rm -rf "$snap" && cp -r "$here" "$snap"
     mkdir -p "$out"
     setsid nohup bash -c "
-      for i in \$(seq 1 240); do [ -f '$work/bundle-2-4/.complete' ] && break; sleep 5; done
+      bash '$snap/run-on-gpu.sh' wait-bundle 1200 || exit 1
       bash '$snap/run-on-gpu.sh' images
       for m in inverted vanilla; do bash '$snap/run-on-gpu.sh' diffusers \$m '$out'; done
       echo diffusers-detached: done" > "$work/diffusers.log" 2>&1 < /dev/null &
     echo "diffusers runs queued, pid $!"
+    ;;
+  wait-bundle)
+    for _ in $(seq 1 "${1:-280}"); do
+      [ -f "$work/bundle-2-4/.complete" ] && exit 0
+      [ -f "$work/pipeline.failed" ] && { echo "wait-bundle: the export failed:"; tail -5 "$work/pipeline.log"; exit 1; }
+      sleep 1
+    done
+    echo "wait-bundle: not complete after ${1:-280} s:"; tail -3 "$work/pipeline.log"; exit 1
     ;;
   images)
     python3 - "$work" "$size" <<'PY'
