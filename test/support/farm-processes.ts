@@ -439,8 +439,11 @@ export class FarmProcesses {
     return [...this.nodes].map(([id, n]) => ({ id, stages: n.stages, pid: n.child.pid }));
   }
 
-  /** Per coordinator index, how often its processes (a restart is the same index) said each of LEASE_LINES. */
-  private readonly leaseCounts = new Map<number, Map<LeaseLine, number>>();
+  /**
+   * Per coordinator index, how often its processes (a restart is the same index) said each of
+   * LEASE_LINES, and the time the last one was logged (its "time", ms since the epoch).
+   */
+  private readonly leaseCounts = new Map<number, Map<LeaseLine, { n: number; at: number }>>();
 
   private countLeaseLines(child: ChildProcess, i: number): void {
     let partial = "";
@@ -450,8 +453,9 @@ export class FarmProcesses {
       for (const line of lines) {
         const msg = LEASE_LINES.find((m) => line.includes(`"msg":"${m}"`));
         if (msg === undefined) continue;
-        const c = this.leaseCounts.get(i) ?? new Map<LeaseLine, number>();
-        c.set(msg, (c.get(msg) ?? 0) + 1);
+        const at = Number(/"time":(\d+)/.exec(line)?.[1] ?? Date.now());
+        const c = this.leaseCounts.get(i) ?? new Map<LeaseLine, { n: number; at: number }>();
+        c.set(msg, { n: (c.get(msg)?.n ?? 0) + 1, at });
         this.leaseCounts.set(i, c);
       }
     });
@@ -459,7 +463,12 @@ export class FarmProcesses {
 
   /** How often coordinator i (all its processes so far) said `line` of its lease. */
   leaseLines(i: number, line: LeaseLine): number {
-    return this.leaseCounts.get(i)?.get(line) ?? 0;
+    return this.leaseCounts.get(i)?.get(line)?.n ?? 0;
+  }
+
+  /** When coordinator i last logged `line` (ms since the epoch), if ever. */
+  leaseLineAt(i: number, line: LeaseLine): number | undefined {
+    return this.leaseCounts.get(i)?.get(line)?.at;
   }
 
   /** Per task id, how often the logs of the farm's processes said each of TASK_LINES of it. */
