@@ -37,6 +37,7 @@ export async function freePort(): Promise<number> {
 }
 
 async function waitForPort(
+  host: string,
   port: number,
   child: ChildProcess,
   what: string,
@@ -48,7 +49,7 @@ async function waitForPort(
     if (child.exitCode !== null)
       throw new FarmError("UNAVAILABLE", `${what} exited with code ${child.exitCode}: ${log()}`);
     const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, LOOPBACK, () => (s.destroy(), resolve(true)));
+      const s = net.connect(port, host, () => (s.destroy(), resolve(true)));
       s.once("error", () => resolve(false));
     });
     if (ok) return;
@@ -57,11 +58,17 @@ async function waitForPort(
   child.kill("SIGKILL");
   throw new FarmError(
     "DEADLINE_EXCEEDED",
-    `${what} did not listen on ${LOOPBACK}:${port} within ${timeoutMs} ms: ${log()}`,
+    `${what} did not listen on ${host}:${port} within ${timeoutMs} ms: ${log()}`,
   );
 }
 
-async function startProcess(what: string, command: string, args: string[], port: number): Promise<LocalServer> {
+async function startProcess(
+  what: string,
+  command: string,
+  args: string[],
+  port: number,
+  host = LOOPBACK,
+): Promise<LocalServer> {
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const keep = (b: Buffer): void => {
@@ -76,12 +83,12 @@ async function startProcess(what: string, command: string, args: string[], port:
     );
   });
   await spawned;
-  await waitForPort(port, child, what, 15_000, () => output.trim().split("\n").slice(-5).join(" | "));
+  await waitForPort(host, port, child, what, 15_000, () => output.trim().split("\n").slice(-5).join(" | "));
   const exited = new Promise<void>((resolve) =>
     child.exitCode !== null ? resolve() : child.once("exit", () => resolve()),
   );
   return {
-    host: LOOPBACK,
+    host,
     port,
     process: child,
     kill: () => void child.kill("SIGKILL"),
@@ -96,7 +103,8 @@ async function startProcess(what: string, command: string, args: string[], port:
   };
 }
 
-export async function startS3Server(dataDir: string, port?: number): Promise<LocalServer> {
+/** host: the address it listens on (default loopback; a fault test's service address). */
+export async function startS3Server(dataDir: string, port?: number, host = LOOPBACK): Promise<LocalServer> {
   await mkdir(dataDir, { recursive: true });
   const p = port ?? (await freePort());
   const bin = path.join(
@@ -107,8 +115,9 @@ export async function startS3Server(dataDir: string, port?: number): Promise<Loc
   return startProcess(
     "S3 server (s3rver)",
     process.execPath,
-    [bin, "-d", dataDir, "-a", LOOPBACK, "-p", String(p), "--silent"],
+    [bin, "-d", dataDir, "-a", host, "-p", String(p), "--silent"],
     p,
+    host,
   );
 }
 
@@ -116,21 +125,23 @@ export async function startS3Server(dataDir: string, port?: number): Promise<Loc
  * nats-server with JetStream storing in storeDir. With `authorization` (a config block, from
  * shared/farm/nats-permissions.ts) it admits only those users, with their permissions: the block
  * goes into a config file beside storeDir, readable by this user alone (it may hold passwords).
+ * `host`: the address it listens on (default loopback).
  */
 export async function startNatsServer(
   storeDir: string,
   port?: number,
-  options: { authorization?: string } = {},
+  options: { authorization?: string; host?: string } = {},
 ): Promise<LocalServer> {
   await mkdir(storeDir, { recursive: true });
   const p = port ?? (await freePort());
-  const args = ["-a", LOOPBACK, "-p", String(p), "-js", "-sd", storeDir];
+  const host = options.host ?? LOOPBACK;
+  const args = ["-a", host, "-p", String(p), "-js", "-sd", storeDir];
   if (options.authorization !== undefined) {
     const file = `${storeDir.replace(/\/+$/, "")}.conf`;
     await writeFile(file, options.authorization, { mode: 0o600 });
     args.push("-c", file);
   }
-  return startProcess("nats-server", process.env["NATS_SERVER_BIN"] ?? "nats-server", args, p);
+  return startProcess("nats-server", process.env["NATS_SERVER_BIN"] ?? "nats-server", args, p, host);
 }
 
 /** One server of a local JetStream cluster: its name, ports and store folder. */

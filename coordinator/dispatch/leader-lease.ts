@@ -12,7 +12,9 @@
  * No clocks are compared across processes: the holder's deadline counts from before its write
  * reached the server, a follower's wait from after it saw that write, so the holder has stepped
  * down before any follower may take over. isLeader() checks the deadline itself, not a timer, so
- * a late event loop cannot stretch it.
+ * a late event loop cannot stretch it; a timer at the deadline tells the holder (onChange) even
+ * while its renewal hangs on a link that drops packets, where the call fails only when it times
+ * out, seconds after a follower took over (its dispatcher would go on taking results till then).
  */
 import { performance } from "node:perf_hooks";
 import type { KeyValue } from "../../shared/bus/bus.js";
@@ -49,6 +51,8 @@ export class LeaderLease {
   /** While following: the revision seen and since when it stood unchanged. */
   private seen: { revision: number; since: number; ttlMs: number; released: boolean } | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** While leading: fires at the deadline, so leadership ends on time whatever else is waiting. */
+  private expiry: NodeJS.Timeout | undefined;
   private stopped = false;
   private busy: Promise<void> = Promise.resolve();
 
@@ -122,6 +126,18 @@ export class LeaderLease {
     }
     if (!this.leading) return; // lapsed while the renewal was on its way: stays lapsed
     this.deadline = sent + this.o.ttlMs;
+    this.armExpiry();
+  }
+
+  private armExpiry(): void {
+    clearTimeout(this.expiry);
+    if (!this.leading) return;
+    // A timer can fire early by this clock (it counts from the loop's cached time): armed again then.
+    this.expiry = setTimeout(
+      () => void (this.isLeader() && this.armExpiry()),
+      Math.max(0, this.deadline - performance.now()) + 1,
+    );
+    this.expiry.unref();
   }
 
   private async tryAcquire(): Promise<void> {
@@ -160,6 +176,7 @@ export class LeaderLease {
     this.deadline = sent + this.o.ttlMs;
     this.leading = true;
     this.seen = undefined;
+    this.armExpiry();
     this.o.log?.info({ holder: this.o.holder, ttlMs: this.o.ttlMs }, "leader lease acquired: dispatching");
     this.o.onChange(true);
   }
@@ -168,6 +185,7 @@ export class LeaderLease {
     if (!this.leading) return;
     this.leading = false;
     this.revision = null;
+    clearTimeout(this.expiry);
     this.o.log?.warn({ holder: this.o.holder, why }, "leader lease lost: dispatching stopped");
     this.o.onChange(false);
   }

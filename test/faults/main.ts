@@ -2,9 +2,11 @@
  * `npm run test:faults`: real faults injected into a farm of real processes (nats-server, s3rver,
  * coordinator, nodes) while jobs render: SIGKILLed nodes, coordinator (alone, or the leader of
  * two) and NATS server (alone, or one of a 3-server JetStream cluster: the one a client is on, or a
- * queue stream's leader), an object
+ * queue stream's leader), the leader of two coordinators partitioned away (its network namespace's
+ * link cut, then restored; where this runs as root), an object
  * store outage shorter and longer than the retry limit, the object store's disk full (a tmpfs, where
- * this runs as root), duplicate task delivery, cancellation, bytes of stored tensors flipped on disk.
+ * this runs as root), duplicate task delivery, cancellation, bytes of stored tensors flipped on disk,
+ * stored intermediate objects deleted.
  * A job that should complete must end SUCCEEDED with frames bit-identical to an undisturbed run
  * (lossless video, fixed seed); otherwise it counts as lost (did not end as it should) or
  * corrupted (other frames). Prints a table and ends with
@@ -22,6 +24,7 @@ import { JobState, jobStateToJSON, type Job, type SubmitJobRequest } from "../..
 import { storedVideoFrames } from "../support/video.js";
 import { repoRoot } from "../support/paths.js";
 import { FarmProcesses, type FarmSettings, type TaskLine } from "../support/farm-processes.js";
+import { NetPartition, netnsUnavailable } from "../support/net-partition.js";
 import {
   JOBS_BUCKET,
   STAGE_KINDS,
@@ -356,14 +359,97 @@ async function runFault(
   return row;
 }
 
-async function flips(dir: string, baseline: Buffer): Promise<Row> {
+/** The faults on stored objects, on a farm whose nodes keep no cache: flipped bytes, deleted objects. */
+async function storeFaults(dir: string, baseline: Buffer): Promise<Row[]> {
+  type Kind = { fault: string; runs: number; attempt: (farm: FarmProcesses) => Promise<Outcome> };
+  const all: Kind[] = [
+    { fault: FLIP_FAULT, runs: RUNS, attempt: (farm) => flippedBytes(farm, baseline, dir) },
+    {
+      fault: DELETE_FAULT,
+      runs: Math.min(RUNS, 5),
+      attempt: (farm) =>
+        deletedObjects(
+          farm,
+          baseline,
+          dir,
+          "section 1, section 0 decoded",
+          (k) => [k.history(0), k.sectionVideo(0)],
+          (id) => [`${id}.decode.0`, `${id}.denoise.0`],
+        ),
+    },
+    {
+      fault: DELETE_PROMPT_FAULT,
+      runs: Math.min(RUNS, 5),
+      attempt: (farm) =>
+        deletedObjects(
+          farm,
+          baseline,
+          dir,
+          "section 0",
+          (k) => [k.promptEmbeds],
+          (id) => [`${id}.encode_text`],
+        ),
+    },
+  ];
+  const kinds = all.filter((k) => ONLY.test(k.fault));
+  if (kinds.length === 0) return [];
   const settings: FarmSettings = { ackWaitMs: 2000, s3RetryMs: 30_000, nodeArgs: ["--cache-mb", "0"] };
   const farm = await FarmProcesses.start(path.join(dir, "no-cache"), settings, NODES);
+  const rows: Row[] = [];
   try {
-    return await runFault(FLIP_FAULT, RUNS, farm, () => flippedBytes(farm, baseline, dir));
+    for (const k of kinds) rows.push(await runFault(k.fault, k.runs, farm, () => k.attempt(farm)));
   } finally {
     await farm.stop();
   }
+  return rows;
+}
+
+const DELETE_FAULT =
+  "section 0's stored history and decoded video deleted from the store mid-job: both recomputed (nodes without a cache)";
+const DELETE_PROMPT_FAULT =
+  "the prompt's stored text embeddings deleted from the store during section 0: the text encode recomputed, section 1 waits for it (nodes without a cache)";
+
+/**
+ * Objects gone from the store (a lost disk, a stray delete): mid-job, objects the job still needs
+ * are removed from the S3 server's files, which then answers NoSuchKey for them. The task that
+ * reads one reports it lost, as it does a corrupt one, and its producer runs again: the job must
+ * complete with the baseline's frames, and its record must show exactly the recomputations `want`
+ * names, once each (else the loss went unseen, or was made good twice). `at`: the usual point
+ * (step 3 of section 1) once section 0 is decoded, or step 3 of section 0 (for an object every
+ * section reads: the next one must be the first to miss it, and on the tiny model a section takes
+ * 0.1-0.3 s, too little to be sure of that from inside section 1).
+ */
+async function deletedObjects(
+  farm: FarmProcesses,
+  baseline: Buffer,
+  dir: string,
+  at: "section 1, section 0 decoded" | "section 0",
+  remove: (keys: ReturnType<typeof jobKeys>) => string[],
+  want: (jobId: string) => string[],
+): Promise<Outcome> {
+  const job = await farm.submit(await jobRequest());
+  const keys = jobKeys(job.id);
+  if (at === "section 0") await atStep(farm, job.id, 0, 3);
+  else {
+    await atStep(farm, job.id, 1, 3);
+    for (const end = Date.now() + 60_000; (await farm.store.head(keys.sectionVideo(0))) === null; await sleep(50))
+      if (Date.now() > end) return { survived: false, detail: "section 0 was not decoded within 60 s" };
+  }
+  for (const key of remove(keys)) await farm.deleteStoredObject(key);
+  for (const key of remove(keys))
+    if ((await farm.store.head(key)) !== null) return { survived: false, detail: `harness: ${key} still stored` };
+  const outcome = await expectComplete(farm, job.id, baseline, dir);
+  if (!outcome.survived) return outcome;
+  const r = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record;
+  const expected = want(job.id);
+  const got = r.recomputes ?? {};
+  if (Object.keys(got).length !== expected.length || expected.some((t) => got[t] !== 1))
+    return {
+      survived: false,
+      detail: `recomputations ${JSON.stringify(got)}, not ${expected.map(short).join(" and ")}`,
+    };
+  const each = expected.length > 1 ? " each" : "";
+  return { survived: true, detail: `${outcome.detail}; ${expected.map(short).join(" and ")} recomputed once${each}` };
 }
 
 const LEADER_FAULT = "leader of 2 coordinators SIGKILLed mid-job, the other takes over (lease 2 s)";
@@ -408,6 +494,141 @@ async function leaderKills(dir: string, baseline: Buffer): Promise<Row> {
     return await runFault(LEADER_FAULT, RUNS, farm, () => leaderKilled(farm, baseline, dir));
   } finally {
     await farm.stop();
+  }
+}
+
+const PARTITION_FAULT =
+  "leader of 2 coordinators partitioned away mid-job (its network namespace's link cut), the other takes over (lease 2 s); link restored, the old leader rejoins as follower";
+
+/** Waits (up to 3 TTLs and 2 s) for a coordinator to hold the lease; its index, or undefined. */
+async function currentLeader(farm: FarmProcesses): Promise<number | undefined> {
+  let leader = await farm.leaderIndex();
+  for (const end = Date.now() + 3 * LEASE_TTL_MS + 2000; leader === undefined && Date.now() < end;)
+    (await sleep(100), (leader = await farm.leaderIndex()));
+  return leader;
+}
+
+/**
+ * Two coordinators, each in a network namespace of its own (NetPartition): the job goes to the
+ * follower's API and, at the usual point, the leader's link is cut: the process lives on, its
+ * connections stall unanswered. Its lease lapses on its own clock; the follower must hold the lease
+ * within 4 TTLs, the old leader must have said it stopped dispatching by then. The link is then
+ * restored, so the old leader's stalled connections carry on (whatever it had sent into them
+ * arrives late) while the new leader runs the job. Checked, besides the frames: every task queued
+ * once (stage stream sequences, as for the SIGKILLed leader) and run once by the nodes, no result
+ * recorded twice; the old leader rejoins (its API answers from the farm's state again, the job
+ * SUCCEEDED) as a follower: it did not take the lease back, 2 TTLs after the job ended.
+ */
+async function leaderPartitioned(
+  farm: FarmProcesses,
+  net: NetPartition,
+  baseline: Buffer,
+  dir: string,
+): Promise<Outcome> {
+  const leader = await currentLeader(farm);
+  if (leader === undefined) return { survived: false, detail: "no coordinator holds the lease" };
+  const follower = 1 - leader;
+  farm.useCoordinator(follower);
+  const storedBefore = await farm.storedTaskMessages();
+  const LOST = "leader lease lost: dispatching stopped";
+  const ACQUIRED = "leader lease acquired: dispatching";
+  const [lostBefore, acquiredBefore] = [farm.leaseLines(leader, LOST), farm.leaseLines(leader, ACQUIRED)];
+  const job = await farm.submit(await jobRequest());
+  await atStep(farm, job.id, 1, 3);
+  await net.cut(leader);
+  const cutAt = Date.now();
+  let takeoverMs: number;
+  let stepDownMs: number;
+  try {
+    let now = await farm.leaderIndex();
+    for (const end = cutAt + 4 * LEASE_TTL_MS; now !== follower && Date.now() < end;)
+      (await sleep(50), (now = await farm.leaderIndex()));
+    if (now !== follower)
+      return {
+        survived: false,
+        detail: `the follower did not take over within ${Date.now() - cutAt} ms${await farmState(farm, job.id)}`,
+      };
+    // The cut-off leader cannot be asked: its log says when it stopped (it was alive throughout).
+    for (const end = cutAt + 4 * LEASE_TTL_MS; farm.leaseLines(leader, LOST) === lostBefore && Date.now() < end;)
+      await sleep(50);
+    if (farm.leaseLines(leader, LOST) === lostBefore)
+      return {
+        survived: false,
+        detail: `the cut-off leader did not say it stopped dispatching within ${Date.now() - cutAt} ms`,
+      };
+    // When each said so (their log lines' times: one machine, one clock).
+    stepDownMs = farm.leaseLineAt(leader, LOST)! - cutAt;
+    takeoverMs = farm.leaseLineAt(follower, ACQUIRED)! - cutAt;
+  } finally {
+    await net.restore(leader);
+  }
+  const restoredAt = Date.now();
+  const outcome = await expectComplete(farm, job.id, baseline, dir);
+  if (!outcome.survived) return outcome;
+  // Back: the old leader's API reads the job from the farm again.
+  let rejoinMs: number | undefined;
+  for (const end = restoredAt + 60_000; rejoinMs === undefined && Date.now() < end;) {
+    const seen = await farm.get(job.id, 2000, leader).catch(() => undefined);
+    if (seen?.state === JobState.JOB_STATE_SUCCEEDED) rejoinMs = Date.now() - restoredAt;
+    else await sleep(200);
+  }
+  if (rejoinMs === undefined)
+    return { survived: false, detail: `the old leader's API did not see the job SUCCEEDED within 60 s of the restore` };
+  // As a follower: the lease stays with the new leader.
+  await sleep(2 * LEASE_TTL_MS);
+  const holder = await farm.leaderIndex();
+  const retaken = farm.leaseLines(leader, ACQUIRED) - acquiredBefore;
+  if (holder !== follower || retaken !== 0)
+    return {
+      survived: false,
+      detail: `the lease is with ${holder === undefined ? "nobody" : `coordinator ${holder}`}; the old leader acquired it ${retaken} times since the cut`,
+    };
+  // Nothing dispatched by two leaders, nothing run or recorded twice.
+  const record = (await readJob(await farm.bus.kv(JOBS_BUCKET), job.id))!.record;
+  const tasks = record.tasks.length;
+  const stored = (await farm.storedTaskMessages()) - storedBefore;
+  const problems: string[] = [];
+  if (stored !== tasks) problems.push(`${stored} task messages queued for ${tasks} tasks`);
+  const log = farm.taskLog(job.id);
+  for (const t of record.tasks) {
+    const runs = log.get(t.id)?.get("task started") ?? 0;
+    if (runs !== 1) problems.push(`${short(t.id)} run ${runs} times`);
+    const ok = (record.taskLog ?? []).filter((e) => e.taskId === t.id && e.ok).length;
+    if (ok !== 1) problems.push(`${short(t.id)}: ${ok} results recorded`);
+  }
+  if (problems.length > 0) return { survived: false, detail: `${outcome.detail}; ${problems.join(", ")}` };
+  return {
+    survived: true,
+    detail:
+      `${outcome.detail}; the cut-off leader stepped down ${stepDownMs} ms, the follower took over ${takeoverMs} ms ` +
+      `after the cut; the old leader back ${rejoinMs} ms after the restore, as follower; ${tasks} tasks queued and run once`,
+  };
+}
+
+/** The partition fault's farm: NATS and S3 on a service address, each coordinator in a namespace. */
+async function leaderPartitions(dir: string, baseline: Buffer): Promise<Row[]> {
+  const why = await netnsUnavailable();
+  if (why !== undefined) {
+    process.stdout.write(`note: cannot make network namespaces here (${why}): the partition fault is not run\n`);
+    return [];
+  }
+  const net = await NetPartition.create(2);
+  try {
+    const settings: FarmSettings = {
+      ackWaitMs: 2000,
+      s3RetryMs: 30_000,
+      coordinators: 2,
+      leaseTtlMs: LEASE_TTL_MS,
+      network: net,
+    };
+    const farm = await FarmProcesses.start(path.join(dir, "partitioned"), settings, NODES);
+    try {
+      return [await runFault(PARTITION_FAULT, RUNS, farm, () => leaderPartitioned(farm, net, baseline, dir))];
+    } finally {
+      await farm.stop();
+    }
+  } finally {
+    await net.destroy();
   }
 }
 
@@ -591,8 +812,10 @@ async function main(): Promise<number> {
   }
   // Its own farm: two coordinators; the undisturbed run's frames are the reference still.
   if (ONLY.test(LEADER_FAULT)) rows.push(await leaderKills(dir, baseline));
+  // Its own farm too: two coordinators, each in a network namespace.
+  if (ONLY.test(PARTITION_FAULT)) rows.push(...(await leaderPartitions(dir, baseline)));
   // Its own farm too: nodes without a cache.
-  if (ONLY.test(FLIP_FAULT)) rows.push(await flips(dir, baseline));
+  rows.push(...(await storeFaults(dir, baseline)));
   // Its own farm too: NATS as a 3-server JetStream cluster.
   rows.push(...(await clusterFaults(dir, baseline)));
   const longFault = "object store down past the retry limit (1 s): job FAILED with the reason";

@@ -32,13 +32,25 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** The real bucket behind a switch: while cut, every call fails as over a lost network. */
-function cuttable(kv: KeyValue): { kv: KeyValue; cut: (on: boolean) => void } {
-  let cut = false;
+/**
+ * The real bucket behind a switch: while cut, every call fails as over a lost network, at once
+ * ("fail": the connection reset) or only once the cut ends ("hang": packets dropped, the call
+ * waits for its answer until the link is back or it times out).
+ */
+function cuttable(kv: KeyValue): { kv: KeyValue; cut: (on: boolean, how?: "fail" | "hang") => void } {
+  let cut: "fail" | "hang" | undefined;
+  const hanging: (() => void)[] = [];
   const gate = <T>(f: () => Promise<T>): Promise<T> =>
-    cut ? Promise.reject(new FarmError("UNAVAILABLE", "partitioned")) : f();
+    cut === "fail"
+      ? Promise.reject(new FarmError("UNAVAILABLE", "partitioned"))
+      : cut === "hang"
+        ? new Promise<T>((_, reject) => hanging.push(() => reject(new FarmError("UNAVAILABLE", "timed out"))))
+        : f();
   return {
-    cut: (on) => void (cut = on),
+    cut: (on, how = "fail") => {
+      cut = on ? how : undefined;
+      if (!on) for (const fail of hanging.splice(0)) fail();
+    },
     kv: {
       get: (k) => gate(() => kv.get(k)),
       create: (k, v) => gate(() => kv.create(k, v)),
@@ -90,6 +102,45 @@ test("one holder; a partitioned holder steps down before the other takes over; r
     await until("a takes over after the release", () => la.isLeader(), 5 * TTL);
     assert.ok(performance.now() - stoppedAt < TTL, `took ${performance.now() - stoppedAt} ms`);
   } finally {
+    await la.stop();
+    await lb.stop();
+  }
+});
+
+test("a holder whose renewal hangs (packets dropped) steps down at its deadline, not when the call gives up", async () => {
+  const kv = await bus.kv(COORDINATOR_BUCKET);
+  await kv.delete(LEADER_KEY).catch(() => undefined);
+  const events: { who: string; leading: boolean; at: number }[] = [];
+  const a = cuttable(kv);
+  const la = new LeaderLease(a.kv, {
+    holder: "a",
+    ttlMs: TTL,
+    onChange: (l) => events.push({ who: "a", leading: l, at: performance.now() }),
+  });
+  const lb = new LeaderLease(kv, {
+    holder: "b",
+    ttlMs: TTL,
+    onChange: (l) => events.push({ who: "b", leading: l, at: performance.now() }),
+  });
+  await la.start();
+  await lb.start();
+  try {
+    assert.ok(la.isLeader() && !lb.isLeader());
+    const cutAt = performance.now();
+    a.cut(true, "hang");
+    // Nothing asks a whether it leads: its own lease must tell it (onChange), while its renewal hangs.
+    await until("b takes over", () => lb.isLeader(), 5 * TTL);
+    const aLost = events.find((e) => e.who === "a" && !e.leading);
+    const bWon = events.find((e) => e.who === "b" && e.leading)!;
+    assert.ok(aLost !== undefined, `a was not told it stopped leading: ${JSON.stringify(events)}`);
+    assert.ok(aLost.at - cutAt <= TTL + 250, `a stepped down ${aLost.at - cutAt} ms after the cut`);
+    assert.ok(aLost.at <= bWon.at, `a stepped down at ${aLost.at}, after b took over at ${bWon.at}`);
+    // The hung renewal fails when the link is back: a follows.
+    a.cut(false);
+    await sleep(TTL);
+    assert.ok(!la.isLeader() && lb.isLeader());
+  } finally {
+    a.cut(false);
     await la.stop();
     await lb.stop();
   }

@@ -1,7 +1,7 @@
 /**
  * Lost objects are recomputed, not fatal (coordinator/dispatch/recompute.ts), on both buses: a task
- * that reports a corrupt input gets the object's producer run again (the corrupt object removed
- * first, so the producer writes it anew), then runs itself, without spending its attempts; a
+ * that reports a corrupt or missing input gets the object's producer run again (a corrupt object
+ * removed first, so the producer writes it anew), then runs itself, without spending its attempts; a
  * producer recomputed MAX_RECOMPUTES times fails the job DATA_LOSS naming the object. The "nodes"
  * are plain consumers of the denoise queue that write each task's output and report as nodes do.
  */
@@ -54,9 +54,14 @@ forEachBus(
 
     /**
      * A node that writes each task's output and reports; `corrupt(taskId, run)` says whether this run
-     * finds its input corrupt (it then reports DATA_LOSS naming it, as a node's checksum does).
+     * finds its input corrupt (it then reports DATA_LOSS naming it, as a node's checksum does) or,
+     * with `status` NOT_FOUND, missing (as a node's read of a key the store does not have).
      */
-    async function node(store: LocalObjectStore, corrupt: (taskId: string, run: number) => Promise<boolean>) {
+    async function node(
+      store: LocalObjectStore,
+      corrupt: (taskId: string, run: number) => Promise<boolean>,
+      status: "DATA_LOSS" | "NOT_FOUND" = "DATA_LOSS",
+    ) {
       const ran: string[] = [];
       /** Per run, whether its output was already stored when it went to write it. */
       const outputThere: boolean[] = [];
@@ -79,8 +84,8 @@ forEachBus(
                     taskId,
                     ok: false,
                     node: "n0",
-                    error: `object ${input} is corrupt`,
-                    errorStatus: "DATA_LOSS",
+                    error: status === "DATA_LOSS" ? `object ${input} is corrupt` : `object ${input} does not exist`,
+                    errorStatus: status,
                     lostInput: input,
                     startedAt: new Date().toISOString(),
                     finishedAt: new Date().toISOString(),
@@ -114,6 +119,35 @@ forEachBus(
         // The corrupt object was gone when section 1 ran again, so its write replaced it. (A job that
         // succeeded keeps no intermediates, so the object itself is not there to read any more.)
         assert.deepEqual(n.outputThere, [false, false, false, false, false]);
+        const r = (await d.job(j.spec.jobId))!;
+        assert.deepEqual(r.recomputes, { [id(1)]: 1 });
+        assert.deepEqual(r.inputLosses, { [id(2)]: 1 });
+        assert.equal(r.taskLog?.find((e) => !e.ok)?.lostInput, history1);
+      } finally {
+        await n.stop();
+        await d.stop();
+      }
+    });
+
+    test("a missing history (deleted from the store) is recomputed the same way; no attempt spent", async () => {
+      const store = new LocalObjectStore(path.join(tmp, "m"));
+      const d = await Dispatcher.start(bus(), store, { tickMs: 50, maxAttempts: 1 });
+      const j = chain(`gone-${name}`, 3);
+      const history1 = j.tasks[1]!.outputs["history"]!;
+      const n = await node(
+        store,
+        async (taskId, run) => {
+          if (taskId !== j.tasks[2]!.id || run !== 1) return false;
+          await store.delete(history1);
+          return true;
+        },
+        "NOT_FOUND",
+      );
+      try {
+        await d.submit(j.spec, j.tasks);
+        await until("succeeded", async () => (await d.job(j.spec.jobId))?.state === "SUCCEEDED", 30_000);
+        const id = (k: number): string => j.tasks[k]!.id;
+        assert.deepEqual(n.ran, [id(0), id(1), id(2), id(1), id(2)]);
         const r = (await d.job(j.spec.jobId))!;
         assert.deepEqual(r.recomputes, { [id(1)]: 1 });
         assert.deepEqual(r.inputLosses, { [id(2)]: 1 });

@@ -57,7 +57,26 @@ export interface FarmSettings {
    * every process is given all their URLs, and FRAMEFARM_NATS_REPLICAS is this many.
    */
   natsCluster?: number;
+  /**
+   * Run the servers on a service address and each coordinator in a network namespace of its own
+   * (test/support/net-partition.ts), so a test can cut one away; default: everything on loopback.
+   */
+  network?: FarmNetwork;
 }
+
+/** Where a farm's servers listen and its coordinators run (NetPartition is one). */
+export interface FarmNetwork {
+  /** The address NATS and the S3 server listen on, reachable by every process. */
+  readonly serviceHost: string;
+  /** The address coordinator i serves its API on. */
+  hostOf(i: number): string;
+  /** The command prefix that starts coordinator i where it runs (it must exec, keeping the pid). */
+  prefix(i: number): string[];
+}
+
+/** A coordinator's log lines about its leader lease that the fault tests count (leaseLines). */
+export const LEASE_LINES = ["leader lease acquired: dispatching", "leader lease lost: dispatching stopped"] as const;
+export type LeaseLine = (typeof LEASE_LINES)[number];
 
 /**
  * Log lines about one task that the fault tests count (taskLog): a node starting it or dropping a
@@ -164,7 +183,20 @@ export class FarmProcesses {
   }
 
   private startNats(port?: number): Promise<LocalServer> {
-    return startNatsServer(path.join(this.dir, "nats"), port, { authorization: natsAuthorizationConfig(this.users) });
+    return startNatsServer(path.join(this.dir, "nats"), port, {
+      authorization: natsAuthorizationConfig(this.users),
+      host: this.serviceHost,
+    });
+  }
+
+  /** Where the servers listen: loopback, or the network's service address. */
+  private get serviceHost(): string {
+    return this.settings.network?.serviceHost ?? LOOPBACK;
+  }
+
+  /** Where coordinator i serves its API. */
+  private coordinatorHost(i: number): string {
+    return this.settings.network?.hostOf(i) ?? LOOPBACK;
   }
 
   /** nodes: id -> stage groups (`framefarm node --stages`). */
@@ -180,7 +212,7 @@ export class FarmProcesses {
       await run("mount", ["-t", "tmpfs", "-o", `size=${settings.s3DiskMiB}m`, "tmpfs", path.join(dir, "s3")]);
       f.s3Mounted = true;
     }
-    f.s3 = await startS3Server(path.join(dir, "s3"));
+    f.s3 = await startS3Server(path.join(dir, "s3"), undefined, f.serviceHost);
     for (let i = 0; i < (settings.coordinators ?? 1); i++) {
       f.grpcPorts.push(await freePort());
       // One at a time: the first is the leader, as in the single-coordinator runs.
@@ -189,7 +221,7 @@ export class FarmProcesses {
     await Promise.all(Object.entries(nodes).map(([id, stages]) => f.startNode(id, stages)));
     f.bus = await NatsBus.connect(f.natsUrl, "fault-injector", settings.natsCluster ?? 1, { credentials: f.natsAdmin });
     f.store = await S3ObjectStore.open({
-      endpoint: LOOPBACK,
+      endpoint: f.serviceHost,
       port: f.s3.port,
       useSSL: false,
       accessKey: S3_ACCESS_KEY,
@@ -197,7 +229,9 @@ export class FarmProcesses {
       bucket: BUCKET,
       retryForMs: 60_000,
     });
-    f.clients = f.grpcPorts.map((p) => new JobServiceClient(`${LOOPBACK}:${p}`, credentials.createInsecure()));
+    f.clients = f.grpcPorts.map(
+      (p, i) => new JobServiceClient(`${f.coordinatorHost(i)}:${p}`, credentials.createInsecure()),
+    );
     return f;
   }
 
@@ -248,7 +282,7 @@ export class FarmProcesses {
   async coordinatorMetrics(i: number): Promise<string> {
     const c = this.coordinators[i];
     if (c === undefined) throw new Error(`coordinator ${i} is not running`);
-    return (await fetch(`http://${LOOPBACK}:${c.httpPort}/metrics`)).text();
+    return (await fetch(`http://${this.coordinatorHost(i)}:${c.httpPort}/metrics`)).text();
   }
 
   /** The last output lines of coordinator i (for a failed run's notes). */
@@ -258,7 +292,7 @@ export class FarmProcesses {
 
   /** The NATS URL, or on a cluster farm every server's URL, comma-separated. */
   get natsUrl(): string {
-    return this.natsCluster?.urls ?? `nats://${LOOPBACK}:${this.nats.port}`;
+    return this.natsCluster?.urls ?? `nats://${this.nats.host}:${this.nats.port}`;
   }
 
   /**
@@ -298,7 +332,7 @@ export class FarmProcesses {
       "--nats",
       this.natsUrl,
       "--s3",
-      `${LOOPBACK}:${this.s3.port}`,
+      `${this.s3.host}:${this.s3.port}`,
       "--bucket",
       BUCKET,
       "--bundle",
@@ -307,14 +341,16 @@ export class FarmProcesses {
   }
 
   async startCoordinator(i = 0): Promise<void> {
+    const [command, ...prefix] = [...(this.settings.network?.prefix(i) ?? []), process.execPath];
     const child = spawn(
-      process.execPath,
+      command!,
       [
+        ...prefix,
         cliPath(),
         "coordinator",
         ...this.connectionArgs(),
         "--host",
-        LOOPBACK,
+        this.coordinatorHost(i),
         "--port",
         String(this.grpcPorts[i]),
         "--http-port",
@@ -326,6 +362,7 @@ export class FarmProcesses {
     );
     keepLog(child, `coordinator-${i}`);
     this.countTaskLines(child);
+    this.countLeaseLines(child, i);
     // It prints its dashboard's address right after "gRPC listening on".
     const m = await waitForLine(child, /dashboard on http:\/\/\S+:(\d+)/, `coordinator ${i}`);
     // Keep reading its output (a full pipe would block it); its last lines are kept.
@@ -400,6 +437,38 @@ export class FarmProcesses {
   /** The running nodes: id, stage groups and process id (to sample their memory). */
   runningNodes(): { id: string; stages: string; pid: number | undefined }[] {
     return [...this.nodes].map(([id, n]) => ({ id, stages: n.stages, pid: n.child.pid }));
+  }
+
+  /**
+   * Per coordinator index, how often its processes (a restart is the same index) said each of
+   * LEASE_LINES, and the time the last one was logged (its "time", ms since the epoch).
+   */
+  private readonly leaseCounts = new Map<number, Map<LeaseLine, { n: number; at: number }>>();
+
+  private countLeaseLines(child: ChildProcess, i: number): void {
+    let partial = "";
+    child.stderr?.on("data", (b: Buffer) => {
+      const lines = (partial + b.toString()).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) {
+        const msg = LEASE_LINES.find((m) => line.includes(`"msg":"${m}"`));
+        if (msg === undefined) continue;
+        const at = Number(/"time":(\d+)/.exec(line)?.[1] ?? Date.now());
+        const c = this.leaseCounts.get(i) ?? new Map<LeaseLine, { n: number; at: number }>();
+        c.set(msg, { n: (c.get(msg)?.n ?? 0) + 1, at });
+        this.leaseCounts.set(i, c);
+      }
+    });
+  }
+
+  /** How often coordinator i (all its processes so far) said `line` of its lease. */
+  leaseLines(i: number, line: LeaseLine): number {
+    return this.leaseCounts.get(i)?.get(line)?.n ?? 0;
+  }
+
+  /** When coordinator i last logged `line` (ms since the epoch), if ever. */
+  leaseLineAt(i: number, line: LeaseLine): number | undefined {
+    return this.leaseCounts.get(i)?.get(line)?.at;
   }
 
   /** Per task id, how often the logs of the farm's processes said each of TASK_LINES of it. */
@@ -533,6 +602,17 @@ export class FarmProcesses {
     }
   }
 
+  /**
+   * Removes a stored object from the S3 server's files (its data, metadata and checksum), as a lost
+   * disk sector or an operator's stray `rm` would: the server answers NoSuchKey for it from then on.
+   */
+  async deleteStoredObject(key: string): Promise<void> {
+    const parts = key.split("/");
+    const base = path.join(this.dir, "s3", BUCKET, ...parts.slice(0, -1), parts.at(-1)!);
+    await rm(`${base}._S3rver_object`);
+    for (const extra of ["metadata.json", "object.md5"]) await rm(`${base}._S3rver_${extra}`, { force: true });
+  }
+
   /** Fills the S3 server's disk (its tmpfs) to the last byte. */
   async fillS3Disk(): Promise<void> {
     const filler = await open(path.join(this.dir, "s3", "filler"), "w");
@@ -558,7 +638,7 @@ export class FarmProcesses {
   }
 
   async startS3(): Promise<void> {
-    this.s3 = await startS3Server(path.join(this.dir, "s3"), this.s3.port);
+    this.s3 = await startS3Server(path.join(this.dir, "s3"), this.s3.port, this.serviceHost);
   }
 
   submit(req: SubmitJobRequest): Promise<Job> {
@@ -573,13 +653,17 @@ export class FarmProcesses {
     );
   }
 
-  /** GetJob, retried while the coordinator is away (a restart is part of the test). */
-  async get(id: string, timeoutMs = 60_000): Promise<Job> {
+  /**
+   * GetJob, retried while the coordinator is away (a restart is part of the test); `via`: ask
+   * coordinator i rather than the one useCoordinator chose.
+   */
+  async get(id: string, timeoutMs = 60_000, via = this.apiIndex): Promise<Job> {
     const end = Date.now() + timeoutMs;
+    const client = this.clients[via]!;
     for (;;) {
       try {
         return await new Promise<Job>((resolve, reject) =>
-          this.client.getJob({ id }, new Metadata(), { deadline: Date.now() + 2000 }, (e: ServiceError | null, r) =>
+          client.getJob({ id }, new Metadata(), { deadline: Date.now() + 2000 }, (e: ServiceError | null, r) =>
             e ? reject(e) : resolve(r.job!),
           ),
         );
