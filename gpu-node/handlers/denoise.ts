@@ -42,23 +42,29 @@ export const denoiseHandler: StageHandler = async (ctx, task, spec, observer) =>
   // This section's prompt: the job's distinct prompts are in the text object (encode-text.ts).
   const prompts = promptSchedule(params, plan);
   const encoded = prompts.prompts.map((_, i) => conditioning(text.tensors, task.inputs["prompt"]!, i));
-  const appended = await runSectionStep(
-    runtime,
-    {
-      plan,
-      section: plan.sections[k]!,
-      history,
-      imageLatents,
-      lastImageLatents,
-      keyframeLatents,
-      generator: generatorOf(task),
-      prompt: sectionEmbeddings(prompts, k, encoded),
-      ...(negative !== null ? { negative: conditioning(negative.tensors, task.inputs["negative"]!) } : {}),
-      imageEmbeds: need(image.tensors, "image_embeds", task.inputs["imageEmbeds"]!),
-      params,
-    },
-    observer,
+  // "steps" is the section's denoising; "transformer_run" the transformer's own session.run time
+  // in it: the difference is the host's share of every step (feeds, transfers, the sampler).
+  let transformerRunMs = 0;
+  const appended = await timed(observer, "steps", () =>
+    runSectionStep(
+      runtime,
+      {
+        plan,
+        section: plan.sections[k]!,
+        history,
+        imageLatents,
+        lastImageLatents,
+        keyframeLatents,
+        generator: generatorOf(task),
+        prompt: sectionEmbeddings(prompts, k, encoded),
+        ...(negative !== null ? { negative: conditioning(negative.tensors, task.inputs["negative"]!) } : {}),
+        imageEmbeds: need(image.tensors, "image_embeds", task.inputs["imageEmbeds"]!),
+        params,
+      },
+      { ...observer, onRun: (ms) => (transformerRunMs += ms) },
+    ),
   );
+  if (transformerRunMs > 0) observer.onPhase?.("transformer_run", transformerRunMs);
   // The section's latents live on in the history (what the next section and the decode read).
   await timed(observer, "write", () =>
     writeOnce(

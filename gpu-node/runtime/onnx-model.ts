@@ -10,6 +10,7 @@ import type { ExecutionProvider } from "./execution-provider.js";
 import { chunkedAttentionModel } from "./chunked-attention.js";
 import { Worker } from "node:worker_threads";
 import type { FromWorker, ToWorker, WorkerFeed } from "./session-worker.js";
+import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
 
@@ -84,7 +85,18 @@ interface SessionRunner {
   readonly outputNames: readonly string[];
   /** steady: names whose feeds the caller never changes in place (see OnnxModel.run). */
   run(feeds: Record<string, Feed>, steady?: ReadonlySet<string>): Promise<RunnerResult>;
+  /** A whole tiled VAE decode where the session runs (a worker); absent: the caller tiles with run(). */
+  tiledDecode?(request: TiledDecode): Promise<RunnerResult>;
   release(): Promise<void>;
+}
+
+/** What OnnxModel.tiledDecode decodes: latents through the graph's input into its output, in tiles. */
+export interface TiledDecode {
+  latents: F32;
+  input: string;
+  output: string;
+  temporal: TemporalTiling;
+  spatial: SpatialTiling | undefined;
 }
 
 interface RunnerResult {
@@ -191,6 +203,24 @@ async function inWorker(
       }
       const reply = new Promise<FromWorker>((resolve, reject) => pending.set(id, { resolve, reject }));
       worker.postMessage({ kind: "run", id, feeds: sent, drop } satisfies ToWorker, transfer);
+      const m = await reply;
+      return m.kind === "result" ? { outputs: m.outputs, runMs: m.runMs } : { outputs: {}, runMs: 0 };
+    },
+    async tiledDecode({ latents, input, output, temporal, spatial }) {
+      if (exited !== undefined) throw exited;
+      const id = nextId++;
+      const data = (latents.data as Float32Array).slice();
+      const reply = new Promise<FromWorker>((resolve, reject) => pending.set(id, { resolve, reject }));
+      const request: ToWorker = {
+        kind: "tiled-decode",
+        id,
+        latents: { data, dims: [...latents.shape] },
+        input,
+        output,
+        temporal,
+        ...(spatial !== undefined ? { spatial } : {}),
+      };
+      worker.postMessage(request, [data.buffer]);
       const m = await reply;
       return m.kind === "result" ? { outputs: m.outputs, runMs: m.runMs } : { outputs: {}, runMs: 0 };
     },
@@ -315,6 +345,56 @@ export class OnnxModel {
       out[name] = new Tensor("float32", [...v.dims], v.data as Float32Array);
     }
     return { outputs: out, runMs };
+  }
+
+  /**
+   * A VAE decode in temporal (and, given `spatial`, spatial) tiles, exactly as vae-tiling.ts tiles
+   * and blends: on a session worker the whole decode runs there and one finished video comes back;
+   * otherwise each tile is a run() from here. runMs sums session.run over the tiles.
+   */
+  async tiledDecode(request: TiledDecode): Promise<{ video: F32; runMs: number }> {
+    const { latents, input, output, temporal, spatial } = request;
+    for (const [what, name, names] of [
+      ["input", input, this.session.inputNames],
+      ["output", output, this.session.outputNames],
+    ] as const)
+      if (!names.includes(name)) throw new FarmError("INTERNAL", `${this.component} has no ${what} ${name}`);
+    if (this.session.tiledDecode === undefined) {
+      let runMs = 0;
+      const video = await temporalTiledDecode(
+        latents,
+        temporal,
+        async (tile) => {
+          const r = await this.runTimed({ [input]: tile });
+          runMs += r.runMs;
+          return r.outputs[output]!;
+        },
+        spatial,
+      );
+      return { video, runMs };
+    }
+    if (this.released) throw new FarmError("UNAVAILABLE", `${this.component}: the session was released; try again`);
+    const started = performance.now();
+    this.running++;
+    let result: RunnerResult;
+    try {
+      result = await this.session.tiledDecode(request);
+      this.clock.ms += performance.now() - started;
+    } catch (err) {
+      throw new FarmError(
+        "INTERNAL",
+        `${this.component} failed decoding ${latents.describe()}: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
+    } finally {
+      if (--this.running === 0) for (const wake of this.idle.splice(0)) wake();
+    }
+    const v = result.outputs[output];
+    if (v === undefined || v.type !== "float32")
+      throw new FarmError("INTERNAL", `${this.component}: output ${output} missing or not float32`);
+    return { video: new Tensor("float32", [...v.dims], v.data as Float32Array), runMs: result.runMs };
   }
 
   /** Releases the session once the runs in progress end; runs after this are UNAVAILABLE. */

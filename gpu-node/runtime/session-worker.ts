@@ -7,12 +7,30 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import ort from "onnxruntime-node";
+import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
+import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 
 /** A feed's data (kept under `keep` for later runs when given), or a reference to one kept before. */
 export type WorkerFeed =
   { type: "float32" | "int64"; data: Float32Array | BigInt64Array; dims: number[]; keep?: number } | { kept: number };
+/**
+ * A whole tiled VAE decode (vae-tiling.ts) run here: the tiles, their blending and the copy into
+ * one video stay on this thread, so the node's thread gets one finished video instead of every
+ * tile (tens of MB each) and the blending work, which it would do between the other stages' steps.
+ */
+export interface TiledDecodeRequest {
+  kind: "tiled-decode";
+  id: number;
+  latents: { data: Float32Array; dims: number[] };
+  input: string;
+  output: string;
+  temporal: TemporalTiling;
+  spatial?: SpatialTiling;
+}
 export type ToWorker =
-  { kind: "run"; id: number; feeds: Record<string, WorkerFeed>; drop: number[] } | { kind: "release" };
+  | { kind: "run"; id: number; feeds: Record<string, WorkerFeed>; drop: number[] }
+  | TiledDecodeRequest
+  | { kind: "release" };
 export type FromWorker =
   | { kind: "ready"; inputNames: string[]; outputNames: string[] }
   | { kind: "failed"; message: string }
@@ -40,12 +58,46 @@ try {
   // Runs one after another, in the order asked: the node's thread may ask for the next run before
   // the last one is back (VAE tiles), and each run's time must be its own, not its wait.
   let previous: Promise<void> = Promise.resolve();
+  /** Decodes every tile on this thread, one after another, and posts the video (moved, not copied). */
+  const tiledDecode = async (m: TiledDecodeRequest): Promise<void> => {
+    try {
+      let runMs = 0;
+      const outputs = new Set<Float32Array>();
+      const video = await temporalTiledDecode(
+        new Tensor("float32", m.latents.dims, m.latents.data),
+        m.temporal,
+        async (tile: F32): Promise<F32> => {
+          const started = performance.now();
+          const results = await session.run({ [m.input]: new ort.Tensor("float32", tile.data, [...tile.shape]) });
+          runMs += performance.now() - started;
+          const v = results[m.output] as ort.Tensor | undefined;
+          if (v === undefined || v.type !== "float32") throw new Error(`output ${m.output} missing or not float32`);
+          // Kept as the binding gave it until blended (a tiled decode copies each tile once).
+          outputs.add(v.data as Float32Array);
+          return new Tensor("float32", v.dims.map(Number), v.data as Float32Array);
+        },
+        m.spatial,
+      );
+      // One tile's decode is the binding's own output: copied, as run() does, so that it can move.
+      const data = outputs.has(video.data) ? video.data.slice() : video.data;
+      post(
+        { kind: "result", id: m.id, outputs: { [m.output]: { type: "float32", dims: [...video.shape], data } }, runMs },
+        [data.buffer as ArrayBuffer],
+      );
+    } catch (err) {
+      post({ kind: "error", id: m.id, message: (err as Error).message });
+    }
+  };
   port.on("message", (m: ToWorker) => {
     if (m.kind === "release") {
       kept.clear();
       void previous.then(async () => {
         await session.release().finally(() => post({ kind: "released" }));
       });
+      return;
+    }
+    if (m.kind === "tiled-decode") {
+      previous = previous.then(() => tiledDecode(m));
       return;
     }
     previous = previous.then(async () => {

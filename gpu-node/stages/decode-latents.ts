@@ -9,7 +9,6 @@ import type { F32 } from "../../shared/tensor/tensor.js";
 import { map } from "../../shared/tensor/ops.js";
 import {
   DIFFUSERS_SPATIAL_TILE,
-  temporalTiledDecode,
   type SpatialTiling,
   type SpatialTileSizes,
 } from "../../shared/framepack/vae-tiling.js";
@@ -41,16 +40,16 @@ export interface DecodeStats {
 export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32, options: DecodeOptions = {}): Promise<F32> {
   const model = await runtime.model("vae_decoder");
   const vae = runtime.bundle.manifest.vae;
-  return temporalTiledDecode(
-    vaeLatents,
-    vae,
-    async (tile) => {
-      const { outputs, runMs } = await model.runTimed({ latents: tile });
-      if (options.stats !== undefined) options.stats.runMs += runMs;
-      return outputs.sample!;
-    },
-    spatialTilingOf(vae, options),
-  );
+  // On a session worker (GPUs) the tiles are decoded and blended there, off the node's thread.
+  const { video, runMs } = await model.tiledDecode({
+    latents: vaeLatents,
+    input: "latents",
+    output: "sample",
+    temporal: vae,
+    spatial: spatialTilingOf(vae, options),
+  });
+  if (options.stats !== undefined) options.stats.runMs += runMs;
+  return video;
 }
 
 /** The spatial tiling a decode with these options uses (undefined: off). Warm-up derives its tile shapes from it too. */

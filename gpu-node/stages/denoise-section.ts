@@ -57,6 +57,8 @@ export interface DenoiseObserver {
   onCache?(computed: readonly number[]): void;
   /** Lets a caller stop between steps (cancellation). */
   signal?: AbortSignal;
+  /** session.run's own time of each transformer call (single graph only). */
+  onRun?(runMs: number): void;
 }
 
 /** neg + scale * (pos - neg), rounding each float32 operation like torch. */
@@ -81,7 +83,7 @@ export async function denoiseSection(
   const { schedule } = input;
   const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));
   const steps = schedule.timesteps.length;
-  const { call, cache } = await transformerCall(runtime, steps, input.stepCache);
+  const { call, cache } = await transformerCall(runtime, steps, input.stepCache, observer.onRun);
   let latents = input.noise;
 
   for (let i = 0; i < steps; i++) {

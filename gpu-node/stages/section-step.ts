@@ -57,6 +57,8 @@ export interface SectionStepObserver {
   signal?: AbortSignal;
   /** With --cache teacache or magcache, after the section: per transformer call, 1 if its blocks ran, 0 if skipped. */
   onCache?(computed: readonly number[]): void;
+  /** session.run's own time of each transformer call (single graph only). */
+  onRun?(runMs: number): void;
 }
 
 export interface SectionStepResult {
@@ -122,6 +124,7 @@ export async function runSectionStep(
           }
         : {}),
       ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
+      ...(observer.onRun !== undefined ? { onRun: observer.onRun } : {}),
       onCache: (computed: readonly number[]) => {
         if (stepCache !== undefined)
           probe?.(

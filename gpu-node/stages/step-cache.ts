@@ -62,10 +62,18 @@ export async function transformerCall(
   runtime: Pick<ModelRuntime, "model"> & { bundle?: Pick<ModelRuntime["bundle"], "manifest"> },
   steps: number,
   options: StepCacheOptions | undefined,
+  /** Hears session.run's own time for each call of the single graph (the rest of a step is host work). */
+  onRun?: (runMs: number) => void,
 ): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: StepCache }> {
   if (options === undefined) {
     const model = await runtime.model("transformer");
-    return { call: async (feeds) => (await model.run(feeds, STEADY_TRANSFORMER_FEEDS)).noise_pred! };
+    return {
+      call: async (feeds) => {
+        const { outputs, runMs } = await model.runTimed(feeds, STEADY_TRANSFORMER_FEEDS);
+        onRun?.(runMs);
+        return outputs.noise_pred!;
+      },
+    };
   }
   let cache: StepCache;
   if (options.kind === "magcache") {

@@ -126,6 +126,9 @@ test("vanilla mode with a smaller window renders too", async () => {
   const phasesOf = (stage: string) => timings.tasks.find((t) => t.task.split(".")[1] === stage)?.phases ?? {};
   assert.deepEqual(Object.keys(phasesOf("decode")).sort(), ["preview", "read", "vae", "vae_run", "write"]);
   assert.deepEqual(Object.keys(phasesOf("mux")).sort(), ["blend", "encode", "read"]);
+  assert.deepEqual(Object.keys(phasesOf("denoise")).sort(), ["steps", "transformer_run", "write"]);
+  const denoise = phasesOf("denoise");
+  assert.ok(denoise["transformer_run"]! > 0 && denoise["transformer_run"]! <= denoise["steps"]! + 1);
   // 20 frames at window 5 -> 2 sections; vanilla decodes (1 + 2*5) latent frames -> 41 frames.
   assert.equal(info.frames, 41);
 });

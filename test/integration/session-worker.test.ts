@@ -52,6 +52,63 @@ test("a session on a worker thread gives the node thread's outputs bit for bit; 
   }
 });
 
+test("a tiled decode on the worker (tiles, blending and copy there) equals tiling from the node's thread, temporal and spatial", async () => {
+  const file = path.join(tinyBundleDir(), "vae_decoder.onnx");
+  const here = await OnnxModel.load("vae_decoder", file, { ep: "cpu" });
+  const there = await OnnxModel.load("vae_decoder", file, { ep: "cpu", sessionWorker: true });
+  const temporal = {
+    temporal_compression_ratio: 4,
+    use_framewise_decoding: true,
+    tile_sample_min_num_frames: 16,
+    tile_sample_stride_num_frames: 12,
+  };
+  const spatial = {
+    spatial_compression_ratio: 8,
+    tile_sample_min_height: 64,
+    tile_sample_min_width: 64,
+    tile_sample_stride_height: 48,
+    tile_sample_stride_width: 48,
+  };
+  const io = { input: "latents", output: "sample" } as const;
+  try {
+    // 11 latent frames: four temporal tiles, the last a short one; 3 frames: one tile, no blending.
+    for (const [frames, tiling] of [
+      [11, undefined],
+      [3, undefined],
+      [5, spatial],
+    ] as const) {
+      const latents = new TorchGenerator(BigInt(frames)).randn([1, 4, frames, 10, 12]);
+      const want = await here.tiledDecode({ latents, ...io, temporal, spatial: tiling });
+      const got = await there.tiledDecode({ latents, ...io, temporal, spatial: tiling });
+      assert.deepEqual(got.video.shape, want.video.shape, `${frames} frames`);
+      assert.deepEqual(got.video.data, want.video.data, `${frames} frames`);
+      assert.ok(got.runMs > 0 && want.runMs > 0);
+    }
+    // The caller's latents are untouched (the worker got a copy).
+    const latents = new TorchGenerator(9n).randn([1, 4, 7, 6, 8]);
+    const before = latents.data.slice();
+    await there.tiledDecode({ latents, ...io, temporal, spatial: undefined });
+    assert.deepEqual(latents.data, before);
+    await assert.rejects(
+      there.tiledDecode({
+        latents: new TorchGenerator(5n).randn([1, 3, 7, 6, 8]),
+        ...io,
+        temporal,
+        spatial: undefined,
+      }),
+      (e: unknown) =>
+        e instanceof FarmError && e.status === "INTERNAL" && /vae_decoder failed decoding/.test(e.message),
+    );
+    await assert.rejects(
+      there.tiledDecode({ latents, input: "x", output: "sample", temporal, spatial: undefined }),
+      /vae_decoder has no input x/,
+    );
+  } finally {
+    await here.release();
+    await there.release();
+  }
+});
+
 test("steady feeds reach a worker once and are named after that, for two objects per input at a time", async () => {
   const file = path.join(tinyBundleDir(), "vae_decoder.onnx");
   const here = await OnnxModel.load("vae_decoder", file, { ep: "cpu" });
