@@ -370,6 +370,8 @@ export class OnnxModel {
           return r.outputs[output]!;
         },
         spatial,
+        // session.run blocks this thread: a second tile in flight would only wait, and count twice.
+        1,
       );
       return { video, runMs };
     }

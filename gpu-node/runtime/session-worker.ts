@@ -77,6 +77,8 @@ try {
           return new Tensor("float32", v.dims.map(Number), v.data as Float32Array);
         },
         m.spatial,
+        // One tile at a time: session.run blocks this thread, and each tile's time must be its own.
+        1,
       );
       // One tile's decode is the binding's own output: copied, as run() does, so that it can move.
       const data = outputs.has(video.data) ? video.data.slice() : video.data;

@@ -83,6 +83,8 @@ export async function temporalTiledDecode(
   vae: TemporalTiling,
   decodeTileIn: DecodeTile,
   spatial?: SpatialTiling,
+  /** Tiles asked for at once (a decoder on the same thread as this code gains nothing from two). */
+  tilesInFlight = TILES_IN_FLIGHT,
 ): Promise<F32> {
   if (latents.shape.length !== 5)
     throw new RangeError(`VAE decode takes [B, C, T, h, w] latents, got ${latents.describe()}`);
@@ -110,7 +112,7 @@ export async function temporalTiledDecode(
   // Spatially tiled decodes (small GPUs) keep one temporal tile at a time, their calls in order.
   const decodedTiles = await inOrder(
     starts.map((i) => () => decodeTile(narrow(latents, 2, i, Math.min(tileLatent + 1, frames - i)))),
-    spatial === undefined ? TILES_IN_FLIGHT : 1,
+    spatial === undefined ? tilesInFlight : 1,
   );
   const row: FrameView[] = decodedTiles.map((decoded, k) => {
     const t = decoded.shape[2]!;
