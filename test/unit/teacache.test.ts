@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
 import type { Feed } from "../../gpu-node/runtime/onnx-model.js";
-import { TeaCache, relativeL1, roundTo, teacacheRescale } from "../../gpu-node/stages/teacache.js";
+import { TeaCache, relativeL1, roundTo, teacacheRescale, type ComputeDtype } from "../../gpu-node/stages/teacache.js";
 import { OnnxModel } from "../../gpu-node/runtime/onnx-model.js";
 import { RENDER_OPTIONS, renderSettingsFrom } from "../../coordinator/cli/job-request.js";
 import { renderParamsInputOf, settingsOf } from "../../coordinator/api/job-mapping.js";
@@ -73,6 +73,60 @@ test("the rescale polynomial is initialize_teacache's np.poly1d", () => {
   // |diff| = 0.5, 0.1 (0.0999755859375 in fp16, 0.10009765625 in bf16); means 0.3.., 1.95
   assert.equal(relativeL1(c, d, "fp16"), roundTo("fp16")(roundTo("fp16")((0.5 + 0.0999755859375) / 2) / 1.9501953125));
   assert.notEqual(relativeL1(c, d, "bf16"), relativeL1(c, d, "fp32"));
+});
+
+test("relativeL1 rounds each difference exactly as roundTo does, over every binade, subnormals, ties and overflow", () => {
+  // The per-value definition the fast path must equal bit for bit.
+  const reference = (a: Float32Array, b: Float32Array, dtype: ComputeDtype): number => {
+    const round = roundTo(dtype);
+    let diff = 0;
+    let norm = 0;
+    for (let i = 0; i < a.length; i++) {
+      diff += Math.abs(round(a[i]! - b[i]!));
+      norm += Math.abs(b[i]!);
+    }
+    return round(round(diff / a.length) / round(norm / a.length));
+  };
+  // mulberry32: uniform draws in [0, 1), the same every run.
+  let state = 17;
+  const next = (): number => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t ^= t + Math.imul(t ^ (t >>> 7), 61 | t);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const n = 200_000;
+  const u = Float64Array.from({ length: 3 * n }, next);
+  const a = new Float32Array(n);
+  const b = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const scale = 2 ** Math.floor(u[i]! * 170 - 140); // 2^-140 .. 2^30: subnormal to past fp16's range
+    a[i] = (u[n + i]! * 2 - 1) * scale;
+    // Every 7th pair differs by a value at a rounding tie of the half types.
+    b[i] = i % 7 === 0 ? a[i]! + scale * (1 + 2 ** -11) : (u[2 * n + i]! * 2 - 1) * scale;
+  }
+  for (const dtype of ["fp32", "fp16", "bf16"] as const) {
+    // One value at a time (where a wrong rounding cannot hide in a sum), then all together.
+    for (let i = 0; i < 20_000; i++) {
+      const [x, y] = [a.subarray(i, i + 1), b.subarray(i, i + 1)];
+      const got = relativeL1(new Tensor("float32", [1], x), new Tensor("float32", [1], y), dtype);
+      assert.ok(Object.is(got, reference(x, y, dtype)), `${dtype}: ${x[0]} - ${y[0]}`);
+    }
+    assert.ok(
+      Object.is(
+        relativeL1(new Tensor("float32", [n], a), new Tensor("float32", [n], b), dtype),
+        reference(a, b, dtype),
+      ),
+    );
+  }
+  // Past fp16's largest value: infinity; NaN stays NaN.
+  const big = (x: number) => new Tensor("float32", [1], Float32Array.of(x));
+  assert.equal(relativeL1(big(70_000), big(1), "fp16"), Infinity);
+  assert.equal(
+    relativeL1(big(65_519), big(-1), "fp16"),
+    reference(Float32Array.of(65_519), Float32Array.of(-1), "fp16"),
+  );
+  assert.ok(Number.isNaN(relativeL1(big(NaN), big(1), "bf16")));
 });
 
 test("head + body and head + tail give the single transformer graph's noise_pred", async () => {
