@@ -58,7 +58,9 @@ ${SAMPLING_HELP}
                           (auto: on for cuda and webgpu, whose first run at a new shape is
                           slow: cuDNN's algorithm search, lazy kernel loading; off for cpu)
   --timings FILE          load every model first, then write the job's wall time and each task's
-                          time (JSON): what the GPU benchmark compares with diffusers
+                          time (JSON) with its phases (denoise: steps, transformer_run; decode:
+                          vae, vae_run, write, preview; mux: blend, encode; *_run is the
+                          model's own time): what the GPU benchmark compares with diffusers
 ${OUTPUT_HELP}
 ${TRACING_HELP}
   -o, --output FILE       output video (its recipe goes to FILE's name .recipe.json) [required]`;
