@@ -72,7 +72,18 @@ async function post(path, body = {}) {
   }
 }
 
+/**
+ * Whether a button may be used now, as the latest render says. A click disables its button while
+ * its request is on the way; the render that arrives meanwhile (the job just cancelled) must still
+ * decide what the button is once the request is back, not the click.
+ */
+function allow(button, allowed) {
+  button.dataset.allowed = String(allowed);
+  button.disabled = !allowed || button.dataset.busy === "true";
+}
+
 async function act(button, path, body, done) {
+  button.dataset.busy = "true";
   button.disabled = true;
   try {
     await post(path, body);
@@ -80,7 +91,8 @@ async function act(button, path, body, done) {
   } catch (err) {
     toast(err.message);
   } finally {
-    button.disabled = false;
+    button.dataset.busy = "false";
+    button.disabled = button.dataset.allowed === "false";
   }
 }
 
@@ -294,8 +306,8 @@ function jobCard(j) {
     box.firstChild.style.width = s.step !== undefined ? `${(100 * s.step) / j.steps}%` : "0";
   });
   const open = j.state === "QUEUED" || j.state === "RUNNING";
-  c.cancel.disabled = !open;
-  c.retry.disabled = j.state !== "FAILED";
+  allow(c.cancel, open);
+  allow(c.retry, j.state === "FAILED");
   if (!c.priorityDirty && document.activeElement !== c.priority) c.priority.value = String(j.priority);
   c.download.hidden = j.video === undefined;
   if (j.video !== undefined && c.download.dataset.key !== j.video.key) {

@@ -722,6 +722,8 @@ function actionButtons(id) {
 }
 
 function updateActions(a, job) {
+  // What act() restores once its request is back (the job may have ended meanwhile).
+  a.cancel.dataset.allowed = String(OPEN.has(job.state));
   a.cancel.disabled = !OPEN.has(job.state);
   a.cancel.hidden = !OPEN.has(job.state);
   a.download.hidden = job.videoUrl === "" || job.videoUrl === undefined;
@@ -741,7 +743,7 @@ async function act(button, path, done) {
   } catch (err) {
     toast(errorText(err));
   } finally {
-    button.disabled = false;
+    button.disabled = button.dataset.allowed === "false";
   }
 }
 const cancelJob = (button, id) =>
