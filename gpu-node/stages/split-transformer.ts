@@ -19,6 +19,11 @@ export function addF32(a: F32, b: F32): F32 {
   return new Tensor("float32", a.shape, out);
 }
 
+/** The head's input for the previous call's modulated input, when it measures the L1 itself. */
+export const PREVIOUS_MODULATED = "previous_modulated_input";
+/** What such a head takes with no previous call (broadcast over the modulated input; unused). */
+const NO_PREVIOUS = new Tensor("float32", [1, 1, 1], new Float32Array(1));
+
 export class SplitTransformer {
   private previousResidual: F32 | undefined;
   /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
@@ -26,9 +31,17 @@ export class SplitTransformer {
 
   constructor(private readonly runtime: Pick<ModelRuntime, "model">) {}
 
-  /** The head: hidden_in, encoder_in and what a cache measures (modulated_input). */
-  async head(feeds: Record<string, Feed>): Promise<Record<string, F32>> {
-    return (await this.runtime.model("transformer_head")).run(feeds, STEADY_TRANSFORMER_FEEDS);
+  /**
+   * The head: hidden_in, encoder_in and what a cache measures (modulated_input). A head that
+   * measures TeaCache's relative L1 itself (modulated_l1) takes the previous call's modulated
+   * input; without one (a section's first call, MagCache) it gets a broadcast zero.
+   */
+  async head(feeds: Record<string, Feed>, previousModulated?: F32): Promise<Record<string, F32>> {
+    const model = await this.runtime.model("transformer_head");
+    const withPrevious = model.inputNames.includes(PREVIOUS_MODULATED)
+      ? { ...feeds, [PREVIOUS_MODULATED]: previousModulated ?? NO_PREVIOUS }
+      : feeds;
+    return model.run(withPrevious, STEADY_TRANSFORMER_FEEDS);
   }
 
   /** The rest of the call after the head: the blocks, or (skip) the kept residual and the tail. */

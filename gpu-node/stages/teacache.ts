@@ -105,6 +105,13 @@ function sumOfRoundedAbsDiff(a: Float32Array, b: Float32Array, dtype: ComputeDty
   return sum;
 }
 
+/** relativeL1's result from the head's [mean |a - b|, mean |b|] (modulated_l1). */
+export function relativeL1FromMeans(means: F32, dtype: ComputeDtype = "fp32"): number {
+  if (means.numel !== 2) throw new RangeError(`modulated_l1 holds ${means.numel} values, not 2`);
+  const round = roundTo(dtype);
+  return round(round(means.data[0]!) / round(means.data[1]!));
+}
+
 export class TeaCache implements StepCache {
   private cnt = 0;
   private accumulated = 0;
@@ -129,14 +136,20 @@ export class TeaCache implements StepCache {
 
   /** One transformer call with the transformer's feeds. */
   async run(feeds: Record<string, Feed>): Promise<StepCacheCall> {
-    const headOut = await this.split.head(feeds);
+    // A head that measures the relative L1 itself (teacache_split.py: modulated_l1) takes the
+    // previous call's modulated input; older bundles' heads leave it to relativeL1 here.
+    const headOut = await this.split.head(feeds, this.previousModulated);
+    const inGraph = headOut["modulated_l1"] !== undefined;
     const modulated = headOut["modulated_input"]!;
     let shouldCalc: boolean;
     if (this.cnt === 0 || this.cnt === this.numSteps - 1 || this.previousModulated === undefined) {
       shouldCalc = true;
       this.accumulated = 0;
     } else {
-      this.accumulated += teacacheRescale(relativeL1(modulated, this.previousModulated, this.dtype));
+      const relative = inGraph
+        ? relativeL1FromMeans(headOut["modulated_l1"]!, this.dtype)
+        : relativeL1(modulated, this.previousModulated, this.dtype);
+      this.accumulated += teacacheRescale(relative);
       shouldCalc = this.accumulated >= this.threshold;
       if (shouldCalc) this.accumulated = 0;
     }

@@ -19,6 +19,7 @@ import type { TextTokenizers } from "../text/tokenizers.js";
 import { encodeImageEmbeds, encodeImagePosterior } from "./encode-image.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
 import { spatialTilingOf, type DecodeOptions } from "./decode-latents.js";
+import { PREVIOUS_MODULATED } from "./split-transformer.js";
 import type { TextConditioning } from "./denoise-section.js";
 
 /** What decides the shapes a job's stages feed its models. */
@@ -237,9 +238,13 @@ export async function warmUp(
       if ((job.cache === "teacache" || job.cache === "magcache") && m.components.transformer_head !== undefined) {
         // The step cache's three graphs at the job's shapes: a computed step (head, body) and a skipped one (tail).
         const key = shapeKey(feeds);
-        const head = await once("transformer_head", key, async () =>
-          (await runtime.model("transformer_head")).run(feeds),
-        );
+        const head = await once("transformer_head", key, async () => {
+          const model = await runtime.model("transformer_head");
+          if (!model.inputNames.includes(PREVIOUS_MODULATED)) return model.run(feeds);
+          // A section's first call (no previous modulated input), then the others' shape.
+          const first = await model.run({ ...feeds, [PREVIOUS_MODULATED]: Tensor.zeros([1, 1, 1]) });
+          return model.run({ ...feeds, [PREVIOUS_MODULATED]: first["modulated_input"]! });
+        });
         if (head === undefined) continue;
         // The feeds exactly as TeaCache and MagCache give them (teacache.ts, magcache.ts).
         const body = { ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! };

@@ -57,6 +57,12 @@ export const SPLIT_COMPONENT_IO: Record<SplitComponentName, { inputs: readonly s
     transformer_tail: { inputs: ["hidden_out"], outputs: ["noise_pred"] },
   };
 export const SPLIT_COMPONENT_NAMES = Object.keys(SPLIT_COMPONENT_IO) as SplitComponentName[];
+/**
+ * A head that measures TeaCache's relative L1 itself: one more input (the previous call's
+ * modulated input) and one more output ([mean |difference|, mean |previous|]), both or neither
+ * (bundles split before it have neither).
+ */
+export const HEAD_L1_IO = { input: "previous_modulated_input", output: "modulated_l1" } as const;
 export type AnyComponentName = ComponentName | SplitComponentName;
 
 export interface ComponentEntry {
@@ -234,7 +240,11 @@ class Checker {
 function checkSplitIO(c: Checker, o: Record<string, unknown>, name: SplitComponentName, path: string): string[] {
   const io = SPLIT_COMPONENT_IO[name];
   const got = o["inputs"];
-  const allowed = new Set([...io.inputs, ...COMPONENT_IO.transformer.inputs]);
+  const allowed = new Set([
+    ...io.inputs,
+    ...COMPONENT_IO.transformer.inputs,
+    ...(name === "transformer_head" ? [HEAD_L1_IO.input] : []),
+  ]);
   if (
     !Array.isArray(got) ||
     !got.every((n) => typeof n === "string" && allowed.has(n)) ||
@@ -257,15 +267,23 @@ function checkComponent(c: Checker, raw: unknown, name: AnyComponentName): Compo
     o["external_data"] === null || o["external_data"] === undefined ? null : c.relPath(o, "external_data", path);
   const split = name in SPLIT_COMPONENT_IO;
   const io = split ? SPLIT_COMPONENT_IO[name as SplitComponentName] : COMPONENT_IO[name as ComponentName];
+  // The head's outputs may end with modulated_l1, when its inputs hold previous_modulated_input.
+  const headL1 =
+    name === "transformer_head" && Array.isArray(o["inputs"]) && (o["inputs"] as unknown[]).includes(HEAD_L1_IO.input);
   for (const side of split ? (["outputs"] as const) : (["inputs", "outputs"] as const)) {
     const got = o[side];
-    const want = io[side];
+    const want = headL1 && side === "outputs" ? [...io.outputs, HEAD_L1_IO.output] : io[side];
     if (!Array.isArray(got) || got.length !== want.length || want.some((n, i) => got[i] !== n)) {
       c.problems.push(`${path}.${side}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
     }
   }
   const inputs = split ? checkSplitIO(c, o, name as SplitComponentName, path) : [...io.inputs];
-  const entry: ComponentEntry = { file, external_data: external, inputs, outputs: [...io.outputs] };
+  const entry: ComponentEntry = {
+    file,
+    external_data: external,
+    inputs,
+    outputs: headL1 ? [...io.outputs, HEAD_L1_IO.output] : [...io.outputs],
+  };
   if (typeof o["sha256"] === "string") {
     if (!/^[0-9a-f]{64}$/.test(o["sha256"])) c.problems.push(`${path}.sha256: expected 64 lowercase hex digits`);
     entry.sha256 = o["sha256"];

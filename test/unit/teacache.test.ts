@@ -15,7 +15,14 @@ import { parseArgs } from "node:util";
 import { openBundle } from "../../gpu-node/runtime/bundle.js";
 import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
 import type { Feed } from "../../gpu-node/runtime/onnx-model.js";
-import { TeaCache, relativeL1, roundTo, teacacheRescale, type ComputeDtype } from "../../gpu-node/stages/teacache.js";
+import {
+  TeaCache,
+  relativeL1,
+  relativeL1FromMeans,
+  roundTo,
+  teacacheRescale,
+  type ComputeDtype,
+} from "../../gpu-node/stages/teacache.js";
 import { OnnxModel } from "../../gpu-node/runtime/onnx-model.js";
 import { RENDER_OPTIONS, renderSettingsFrom } from "../../coordinator/cli/job-request.js";
 import { renderParamsInputOf, settingsOf } from "../../coordinator/api/job-mapping.js";
@@ -135,9 +142,24 @@ test("head + body and head + tail give the single transformer graph's noise_pred
     for (const section of [0, 1]) {
       const feeds = await stepInputs(section);
       const single = (await (await runtime.model("transformer")).run(feeds)).noise_pred!;
-      const head = await (await runtime.model("transformer_head")).run(feeds);
+      const headModel = await runtime.model("transformer_head");
+      const noPrevious = Tensor.zeros([1, 1, 1]);
+      const head = await headModel.run({ ...feeds, previous_modulated_input: noPrevious });
       assert.deepEqual(head["hidden_in"]!.shape.length, 3);
       assert.deepEqual(head["modulated_input"]!.shape, head["hidden_in"]!.shape);
+      // The head's own relative L1 against a previous modulated input: what relativeL1 gives.
+      const modulated = head["modulated_input"]!;
+      const previous = new Tensor(
+        "float32",
+        modulated.shape,
+        Float32Array.from(modulated.data, (x, i) => x * 0.9 + Math.sin(i) * 0.01),
+      );
+      const l1 = (await headModel.run({ ...feeds, previous_modulated_input: previous }))["modulated_l1"]!;
+      const want = relativeL1(modulated, previous);
+      assert.ok(
+        Math.abs(relativeL1FromMeans(l1) - want) <= 1e-6 * want,
+        `section ${section}: ${relativeL1FromMeans(l1)} vs ${want}`,
+      );
       const body = await (
         await runtime.model("transformer_body")
       ).run({ ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! });
@@ -308,8 +330,13 @@ test("a float16 transformer's split graphs pass float32 between them, exactly", 
       ["transformer", "transformer_head", "transformer_body", "transformer_tail"].map(load),
     );
     const want = (await single!.run(feeds)).noise_pred!;
-    const h = await head!.run(feeds);
+    const h = await head!.run({ ...feeds, previous_modulated_input: Tensor.zeros([1, 1, 1]) });
     assert.deepEqual(h["modulated_input"]!.shape, [1, 6, 8]);
+    // The head's relative L1 rounds each difference to fp16 first, as relativeL1(..., "fp16") does.
+    const previous = wave([1, 6, 8]);
+    const l1 = (await head!.run({ ...feeds, previous_modulated_input: previous }))["modulated_l1"]!;
+    assert.equal(relativeL1FromMeans(l1, "fp16"), relativeL1(h["modulated_input"]!, previous, "fp16"));
+    assert.notEqual(relativeL1FromMeans(l1, "fp16"), relativeL1(h["modulated_input"]!, previous, "fp32"));
     const b = await body!.run({ ...feeds, hidden_in: h["hidden_in"]!, encoder_in: h["encoder_in"]! });
     assert.deepEqual(Array.from(b["noise_pred"]!.data), Array.from(want.data), "head + body = single");
     const sum = Float32Array.from(h["hidden_in"]!.data, (x, i) => x + b["residual"]!.data[i]!);

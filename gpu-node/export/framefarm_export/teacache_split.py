@@ -6,8 +6,11 @@ the packed hidden states with temb) and, on a step it skips, adds the previous c
 (hidden after the last block minus hidden before the first) to the hidden states and runs only
 norm_out and proj_out. The single graph cannot stop half-way, so three graphs are cut out of it:
 
-  transformer_head  every transformer input -> hidden_in (packed hidden states before block 0),
-                    encoder_in (the text and image tokens block 0 takes), modulated_input
+  transformer_head  every transformer input and previous_modulated_input -> hidden_in (packed
+                    hidden states before block 0), encoder_in (the text and image tokens block 0
+                    takes), modulated_input, and modulated_l1: [mean |modulated - previous|,
+                    mean |previous|], the difference rounded to the modulated input's dtype first
+                    (TeaCache's relative L1 without bringing both tensors to the host's loop)
   transformer_body  hidden_in, encoder_in and the small inputs it reads (timestep, guidance, pooled
                     projections, indices, latents for their shapes) -> noise_pred, residual
   transformer_tail  hidden_out (hidden after the last block) and the small inputs -> noise_pred
@@ -36,11 +39,14 @@ import json
 import os
 import sys
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 HEAD, BODY, TAIL = "transformer_head", "transformer_body", "transformer_tail"
 HEAD_OUTPUTS = ["hidden_in", "encoder_in", "modulated_input"]
+PREVIOUS = "previous_modulated_input"
+L1 = "modulated_l1"
 BODY_OUTPUTS = ["noise_pred", "residual"]
 TAIL_OUTPUTS = ["noise_pred"]
 
@@ -195,7 +201,45 @@ def split(transformer_path):
     head = _subgraph(model, HEAD_OUTPUTS, set())
     body = _subgraph(model, BODY_OUTPUTS, ["hidden_in", "encoder_in"], [sub], [residual_vi])
     tail = _subgraph(model, TAIL_OUTPUTS, ["hidden_out"])
+    _add_l1(head, onnx.TensorProto.FLOAT)
     return {HEAD: head, BODY: body, TAIL: tail}
+
+
+def _add_l1(head, dtype):
+    """Adds previous_modulated_input and modulated_l1 to the head (see the module's docstring).
+    The float32 modulated input holds values of `dtype` exactly; the difference is taken in float32
+    and rounded to `dtype`, as torch's half arithmetic does, and the means accumulate in float32, as
+    torch's do. On a call with no previous input the runtime feeds a [1, 1, 1] zero (broadcast)."""
+    g = head.graph
+    f32 = onnx.TensorProto.FLOAT
+    out = next(o for o in g.output if o.name == "modulated_input")
+    prev = onnx.ValueInfoProto()
+    prev.CopyFrom(out)
+    prev.name = PREVIOUS
+    for d in prev.type.tensor_type.shape.dim:
+        d.ClearField("dim_value")
+        d.dim_param = "previous_" + (d.dim_param or "dim")
+    g.input.append(prev)
+    diff = "teacache_l1_diff"
+    nodes = [helper.make_node("Sub", ["modulated_input", PREVIOUS], [diff], name="teacache_l1_sub")]
+    if dtype != f32:
+        nodes += [
+            helper.make_node("Cast", [diff], [diff + "_rounded"], to=dtype, name="teacache_l1_round"),
+            helper.make_node("Cast", [diff + "_rounded"], [diff + "_f32"], to=f32, name="teacache_l1_back"),
+        ]
+        diff = diff + "_f32"
+    nodes += [
+        helper.make_node("Abs", [diff], ["teacache_l1_abs"], name="teacache_l1_abs"),
+        helper.make_node("ReduceMean", ["teacache_l1_abs"], ["teacache_l1_mean"], keepdims=1, name="teacache_l1_mean"),
+        helper.make_node("Abs", [PREVIOUS], ["teacache_norm_abs"], name="teacache_norm_abs"),
+        helper.make_node("ReduceMean", ["teacache_norm_abs"], ["teacache_norm_mean"], keepdims=1, name="teacache_norm_mean"),
+        helper.make_node("Concat", ["teacache_l1_mean", "teacache_norm_mean"], ["teacache_l1_pair"], axis=0,
+                         name="teacache_l1_concat"),
+        helper.make_node("Reshape", ["teacache_l1_pair", "teacache_l1_shape"], [L1], name="teacache_l1_reshape"),
+    ]
+    g.node.extend(nodes)
+    g.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "teacache_l1_shape"))
+    g.output.append(helper.make_tensor_value_info(L1, f32, [2]))
 
 
 def _f32_vi(vi, name, new):
@@ -249,6 +293,7 @@ def _split_cast(model, cut):
     tail = _subgraph(model, TAIL_OUTPUTS, ["hidden_out"], [from_f32("hidden_out", "hidden_out", cut["hidden_out"])],
                      [_f32_vi(vi, cut["hidden_out"], "hidden_out")])
     head.metadata_props.add(key="framefarm.modulated_dtype", value=names[dtype["modulated_input"]])
+    _add_l1(head, dtype["modulated_input"])
     return {HEAD: head, BODY: body, TAIL: tail}
 
 
