@@ -271,7 +271,9 @@ test("transformer variants: fused graphs on disk by bundle + LoRAs + weights, on
     assert.deepEqual(out.data, fused.data);
     assert.equal(reads.length, 2);
     // TeaCache's split graphs get the same LoRA: head then body computes the fused transformer.
-    const head = await (await again.model("transformer_head")).run(feeds);
+    const head = await (
+      await again.model("transformer_head")
+    ).run({ ...feeds, previous_modulated_input: Tensor.zeros([1, 1, 1]) });
     const body = await (
       await again.model("transformer_body")
     ).run({ ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! });
