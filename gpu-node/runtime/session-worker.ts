@@ -123,12 +123,28 @@ try {
         const transfer: ArrayBuffer[] = [];
         for (const name of session.outputNames) {
           const v = results[name] as ort.Tensor;
-          // A copy the worker owns alone, so it can move to the node's thread without another copy.
-          const data = (v.data as Float32Array).slice();
+          const data = v.data as Float32Array;
           outputs[name] = { type: v.type, dims: v.dims.map(Number), data };
-          transfer.push(data.buffer);
+          // An output that is its buffer's whole content moves as it is (no copy of a 238 MB
+          // tensor); a view into a larger buffer is copied, so nothing else moves with it.
+          if (data.byteOffset === 0 && data.byteLength === data.buffer.byteLength)
+            transfer.push(data.buffer as ArrayBuffer);
+          else {
+            const own = data.slice();
+            outputs[name].data = own;
+            transfer.push(own.buffer);
+          }
         }
-        post({ kind: "result", id: m.id, outputs, runMs }, transfer);
+        try {
+          post({ kind: "result", id: m.id, outputs, runMs }, transfer);
+        } catch {
+          // A buffer the binding does not let go of (DataCloneError, nothing sent): copies move.
+          for (const o of Object.values(outputs)) o.data = (o.data as Float32Array).slice();
+          post(
+            { kind: "result", id: m.id, outputs, runMs },
+            Object.values(outputs).map((o) => (o.data as Float32Array).buffer as ArrayBuffer),
+          );
+        }
       } catch (err) {
         post({ kind: "error", id: m.id, message: (err as Error).message });
       }
