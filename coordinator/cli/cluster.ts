@@ -34,6 +34,7 @@ import { defaultBundleDir } from "./defaults.js";
 import { natsAuthorizationConfig, type NatsUser } from "../../shared/farm/nats-permissions.js";
 import type { NatsCredentials } from "../../shared/bus/nats-bus.js";
 import { parseStages } from "../../gpu-node/main.js";
+import { nodeProcessEnv } from "../../gpu-node/malloc-env.js";
 import { refuseNodeVaeTiling } from "../../shared/job/vae-tiling-env.js";
 
 const cliMain = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
@@ -93,7 +94,8 @@ function startNode(
     {
       stdio: ["ignore", "inherit", "inherit"],
       // In the environment, not the arguments, which anyone on the machine can list.
-      env: { ...process.env, FRAMEFARM_NATS_USER: nats.user, FRAMEFARM_NATS_PASSWORD: nats.password },
+      // glibc malloc settings that keep a node's RSS flat (gpu-node/malloc-env.ts).
+      env: nodeProcessEnv({ ...process.env, FRAMEFARM_NATS_USER: nats.user, FRAMEFARM_NATS_PASSWORD: nats.password }),
     },
   );
   return child;

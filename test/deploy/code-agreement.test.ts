@@ -36,6 +36,7 @@ import { MANIFEST_FILE } from "../../shared/bundle/manifest.js";
 import { stageConsumerName } from "../../shared/farm/protocol.js";
 import { natsAuthorizationConfig, natsPasswordEnv } from "../../shared/farm/nats-permissions.js";
 import { natsUsersFromArgs } from "../../coordinator/cli/nats-auth.js";
+import { NODE_MALLOC_ENV, nodeProcessEnv } from "../../gpu-node/malloc-env.js";
 
 const NAMESPACE = "framefarm";
 const stages = dockerStages();
@@ -144,6 +145,28 @@ test("the Dockerfile builds what the CLI runs: entrypoint is the package's bin, 
       .instructions.some(([k, v]) => k === "COPY" && v.split(/\s+/).at(-1) === pages),
     `runtime-cpu copies the HTTP server's pages to ${pages}`,
   );
+});
+
+test("the node images start the node with the malloc settings `framefarm cluster` gives it (gpu-node/malloc-env.ts)", () => {
+  /** Every ENV of a stage and the stages it is built FROM, later ones winning. */
+  const envOf = (name: string): Map<string, string> => {
+    const s = stages.find((x) => x.name === name);
+    if (s === undefined) return new Map();
+    const env = envOf(s.from);
+    for (const [k, v] of s.instructions)
+      if (k === "ENV") for (const m of v.matchAll(/(\w+)=(\S+)/g)) env.set(m[1]!, m[2]!.replace(/^"(.*)"$/, "$1"));
+    return env;
+  };
+  for (const target of ["node-cpu", "node-cuda"]) {
+    const env = envOf(target);
+    for (const [k, v] of Object.entries(NODE_MALLOC_ENV)) assert.equal(env.get(k), v, `${target} ENV ${k}`);
+  }
+  // Only the nodes: the coordinator's RSS stays flat without it (test/soak/RESULTS.md).
+  for (const k of Object.keys(NODE_MALLOC_ENV))
+    assert.equal(envOf("coordinator").get(k), undefined, `coordinator ENV ${k}`);
+  // What the node is started with, unless its environment says otherwise.
+  assert.deepEqual(nodeProcessEnv({ A: "1" }), { ...NODE_MALLOC_ENV, A: "1" });
+  assert.equal(nodeProcessEnv({ MALLOC_MMAP_THRESHOLD_: "65536" })["MALLOC_MMAP_THRESHOLD_"], "65536");
 });
 
 test("the CUDA image installs the provider with `framefarm setup cuda`, on a CUDA 13 + cuDNN base that the build checks", () => {

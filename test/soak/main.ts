@@ -27,6 +27,7 @@ import { Client as MinioClient } from "minio";
 import { JobState, type Job, type SubmitJobRequest } from "../../proto/gen/framefarm/v1/jobs.js";
 import { FarmProcesses } from "../support/farm-processes.js";
 import { repoRoot } from "../support/paths.js";
+import { natsServers } from "../../shared/bus/nats-bus.js";
 import { LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY } from "../../coordinator/cli/local-servers.js";
 import { formatDuration, parseDuration } from "../../shared/duration.js";
 import { takeSample } from "./sampler.js";
@@ -158,7 +159,12 @@ async function main(): Promise<number> {
     },
     NODES,
   );
-  const nc = await connect({ servers: farm.natsUrl });
+  // NATS admits only the farm's users: the soak watches the streams as the coordinator's user.
+  const nc = await connect({
+    servers: natsServers(farm.natsUrl),
+    user: farm.natsAdmin.user,
+    pass: farm.natsAdmin.password,
+  });
   const jsm = await jetstreamManager(nc);
   const s3 = new MinioClient({
     endPoint: LOOPBACK,

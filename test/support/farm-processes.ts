@@ -31,6 +31,7 @@ import { cliPath, tinyBundleDir } from "./paths.js";
 import { clusterNatsUsers, nodeNatsUser } from "../../coordinator/cli/cluster.js";
 import { natsAuthorizationConfig, type NatsUser } from "../../shared/farm/nats-permissions.js";
 import type { NatsCredentials } from "../../shared/bus/nats-bus.js";
+import { nodeProcessEnv } from "../../gpu-node/malloc-env.js";
 
 /** The kinds of node the farm's NATS has users for (besides those a farm starts with). */
 const NODE_KINDS = ["text,image,vae", "denoise", "all"];
@@ -415,7 +416,8 @@ export class FarmProcesses {
     ];
     const child = spawn(process.execPath, args, {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...this.env(nodeNatsUser(stages)), ...extra.env },
+      // As `framefarm cluster` and the node images start a node (gpu-node/malloc-env.ts).
+      env: nodeProcessEnv({ ...this.env(nodeNatsUser(stages)), ...extra.env }),
     });
     keepLog(child, `node-${id}`);
     this.countTaskLines(child);
