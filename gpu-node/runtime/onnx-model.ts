@@ -164,6 +164,13 @@ async function inWorker(
       }
     });
   });
+  /** Posts a request (run or tiled decode) and waits for its result. */
+  const ask = async (request: ToWorker & { id: number }, transfer: ArrayBuffer[]): Promise<RunnerResult> => {
+    const reply = new Promise<FromWorker>((resolve, reject) => pending.set(request.id, { resolve, reject }));
+    worker.postMessage(request, transfer);
+    const m = await reply;
+    return m.kind === "result" ? { outputs: m.outputs, runMs: m.runMs } : { outputs: {}, runMs: 0 };
+  };
   worker.on("message", (m: FromWorker) => {
     if (m.kind !== "result" && m.kind !== "error") return;
     const p = pending.get(m.id);
@@ -201,16 +208,12 @@ async function inWorker(
         if (entries.length > KEPT_PER_INPUT) drop.push(entries.shift()!.id);
         kept.set(name, entries);
       }
-      const reply = new Promise<FromWorker>((resolve, reject) => pending.set(id, { resolve, reject }));
-      worker.postMessage({ kind: "run", id, feeds: sent, drop } satisfies ToWorker, transfer);
-      const m = await reply;
-      return m.kind === "result" ? { outputs: m.outputs, runMs: m.runMs } : { outputs: {}, runMs: 0 };
+      return ask({ kind: "run", id, feeds: sent, drop }, transfer);
     },
     async tiledDecode({ latents, input, output, temporal, spatial }) {
       if (exited !== undefined) throw exited;
       const id = nextId++;
       const data = (latents.data as Float32Array).slice();
-      const reply = new Promise<FromWorker>((resolve, reject) => pending.set(id, { resolve, reject }));
       const request: ToWorker = {
         kind: "tiled-decode",
         id,
@@ -220,9 +223,7 @@ async function inWorker(
         temporal,
         ...(spatial !== undefined ? { spatial } : {}),
       };
-      worker.postMessage(request, [data.buffer]);
-      const m = await reply;
-      return m.kind === "result" ? { outputs: m.outputs, runMs: m.runMs } : { outputs: {}, runMs: 0 };
+      return ask(request, [data.buffer]);
     },
     async release() {
       if (exited === undefined) {
@@ -318,24 +319,13 @@ export class OnnxModel {
       if (t === undefined) throw new FarmError("INTERNAL", `${this.component}: input ${name} was not provided`);
       inputs[name] = t;
     }
-    let results: RunnerResult["outputs"];
-    let runMs: number;
-    if (this.released) throw new FarmError("UNAVAILABLE", `${this.component}: the session was released; try again`);
-    const started = performance.now();
-    this.running++;
-    try {
-      ({ outputs: results, runMs } = await this.session.run(inputs, steady));
-      this.clock.ms += performance.now() - started;
-    } catch (err) {
-      const shapes = Object.entries(feeds)
-        .map(([k, v]) => `${k}=${v.describe()}`)
-        .join(" ");
-      throw new FarmError("INTERNAL", `${this.component} failed on ${shapes}: ${(err as Error).message}`, {
-        cause: err,
-      });
-    } finally {
-      if (--this.running === 0) for (const wake of this.idle.splice(0)) wake();
-    }
+    const { outputs: results, runMs } = await this.tracked(
+      () =>
+        `failed on ${Object.entries(feeds)
+          .map(([k, v]) => `${k}=${v.describe()}`)
+          .join(" ")}`,
+      () => this.session.run(inputs, steady),
+    );
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {
       const v = results[name];
@@ -375,28 +365,34 @@ export class OnnxModel {
       );
       return { video, runMs };
     }
-    if (this.released) throw new FarmError("UNAVAILABLE", `${this.component}: the session was released; try again`);
-    const started = performance.now();
-    this.running++;
-    let result: RunnerResult;
-    try {
-      result = await this.session.tiledDecode(request);
-      this.clock.ms += performance.now() - started;
-    } catch (err) {
-      throw new FarmError(
-        "INTERNAL",
-        `${this.component} failed decoding ${latents.describe()}: ${(err as Error).message}`,
-        {
-          cause: err,
-        },
-      );
-    } finally {
-      if (--this.running === 0) for (const wake of this.idle.splice(0)) wake();
-    }
+    const decode = this.session.tiledDecode.bind(this.session);
+    const result = await this.tracked(
+      () => `failed decoding ${latents.describe()}`,
+      () => decode(request),
+    );
     const v = result.outputs[output];
     if (v === undefined || v.type !== "float32")
       throw new FarmError("INTERNAL", `${this.component}: output ${output} missing or not float32`);
     return { video: new Tensor("float32", [...v.dims], v.data as Float32Array), runMs: result.runMs };
+  }
+
+  /**
+   * One call into the session: refused once released, counted as running (release waits for it),
+   * its time added to the clock, and a failure named with the component and `failure()`.
+   */
+  private async tracked<T>(failure: () => string, call: () => Promise<T>): Promise<T> {
+    if (this.released) throw new FarmError("UNAVAILABLE", `${this.component}: the session was released; try again`);
+    const started = performance.now();
+    this.running++;
+    try {
+      const result = await call();
+      this.clock.ms += performance.now() - started;
+      return result;
+    } catch (err) {
+      throw new FarmError("INTERNAL", `${this.component} ${failure()}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      if (--this.running === 0) for (const wake of this.idle.splice(0)) wake();
+    }
   }
 
   /** Releases the session once the runs in progress end; runs after this are UNAVAILABLE. */
