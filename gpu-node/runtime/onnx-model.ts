@@ -10,6 +10,7 @@ import type { ExecutionProvider } from "./execution-provider.js";
 import { chunkedAttentionModel } from "./chunked-attention.js";
 import { Worker } from "node:worker_threads";
 import type { FromWorker, ToWorker, WorkerFeed } from "./session-worker.js";
+import { processGpuTurns } from "./gpu-turns.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
@@ -47,6 +48,11 @@ export interface SessionSettings {
    * every other stage and all I/O until it ends.
    */
   sessionWorker?: boolean;
+  /**
+   * With sessionWorker: this session's runs take turns with the process's other sessions' runs,
+   * one at a time (gpu-turns.ts, FRAMEFARM_GPU_TURNS: GPU providers only; tests use it on the CPU).
+   */
+  gpuTurns?: boolean;
 }
 
 /** The provider list and session config entries for one session. */
@@ -140,8 +146,11 @@ const KEPT_PER_INPUT = 2;
 async function inWorker(
   model: string | Uint8Array,
   options: ort.InferenceSession.SessionOptions,
+  turns: SharedArrayBuffer | undefined,
 ): Promise<SessionRunner> {
-  const worker = new Worker(new URL("./session-worker.js", import.meta.url), { workerData: { model, options } });
+  const worker = new Worker(new URL("./session-worker.js", import.meta.url), {
+    workerData: { model, options, ...(turns !== undefined ? { turns } : {}) },
+  });
   const pending = new Map<number, { resolve: (v: FromWorker) => void; reject: (e: Error) => void }>();
   // Steady feeds the worker holds, per input name, oldest first (the objects they were sent from).
   const kept = new Map<string, { feed: Feed; id: number }[]>();
@@ -271,7 +280,10 @@ export class OnnxModel {
         settings.attentionBlockBytes === undefined
           ? file
           : await chunkedAttentionModel(file, settings.attentionBlockBytes);
-      if (settings.sessionWorker === true) return new OnnxModel(component, await inWorker(model, options), clock);
+      if (settings.sessionWorker === true) {
+        const turns = settings.gpuTurns === true ? processGpuTurns() : undefined;
+        return new OnnxModel(component, await inWorker(model, options, turns), clock);
+      }
       const session =
         typeof model === "string"
           ? await ort.InferenceSession.create(model, options)
