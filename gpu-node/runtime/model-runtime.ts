@@ -12,7 +12,6 @@ import { loraLabel, type LoraRef } from "../../shared/job/loras.js";
 import { loraTargetsOf, parseLora } from "../../shared/lora/lora-file.js";
 import type { Bundle } from "./bundle.js";
 import { bundleDigest } from "./bundle-digest.js";
-import { gpuTurnsFromEnv } from "./gpu-turns.js";
 import { writeFusedGraph, type WeightedLora } from "./lora-fusion.js";
 import { assertExecutionProviderAvailable } from "./execution-provider.js";
 import { OnnxModel, type ModelClock, type SessionSettings } from "./onnx-model.js";
@@ -270,10 +269,7 @@ export class ModelRuntime {
   settingsFor(name: AnyComponentName): SessionSettings {
     const worker =
       this.settings.sessionWorker === undefined ? { sessionWorker: sessionWorkersFromEnv(this.settings.ep) } : {};
-    if (this.settings.ep !== "cpu") {
-      const turns = this.settings.gpuTurns === undefined ? { gpuTurns: gpuTurnsFromEnv(this.settings.ep) } : {};
-      return { ...worker, ...turns, ...this.settings };
-    }
+    if (this.settings.ep !== "cpu") return { ...worker, ...this.settings };
     const chunked =
       this.settings.attentionBlockBytes === undefined && CHUNKED_ATTENTION_COMPONENTS.has(name)
         ? { attentionBlockBytes: DEFAULT_ATTENTION_BLOCK_BYTES }

@@ -10,7 +10,6 @@ import type { ExecutionProvider } from "./execution-provider.js";
 import { chunkedAttentionModel } from "./chunked-attention.js";
 import { Worker } from "node:worker_threads";
 import type { FromWorker, ToWorker, WorkerFeed } from "./session-worker.js";
-import { processGpuTurns } from "./gpu-turns.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
@@ -48,11 +47,6 @@ export interface SessionSettings {
    * every other stage and all I/O until it ends.
    */
   sessionWorker?: boolean;
-  /**
-   * With sessionWorker: this session's runs take turns with the process's other sessions' runs,
-   * one at a time (gpu-turns.ts, FRAMEFARM_GPU_TURNS: GPU providers only; tests use it on the CPU).
-   */
-  gpuTurns?: boolean;
 }
 
 /** The provider list and session config entries for one session. */
@@ -146,11 +140,8 @@ const KEPT_PER_INPUT = 2;
 async function inWorker(
   model: string | Uint8Array,
   options: ort.InferenceSession.SessionOptions,
-  turns: SharedArrayBuffer | undefined,
 ): Promise<SessionRunner> {
-  const worker = new Worker(new URL("./session-worker.js", import.meta.url), {
-    workerData: { model, options, ...(turns !== undefined ? { turns } : {}) },
-  });
+  const worker = new Worker(new URL("./session-worker.js", import.meta.url), { workerData: { model, options } });
   const pending = new Map<number, { resolve: (v: FromWorker) => void; reject: (e: Error) => void }>();
   // Steady feeds the worker holds, per input name, oldest first (the objects they were sent from).
   const kept = new Map<string, { feed: Feed; id: number }[]>();
@@ -280,10 +271,7 @@ export class OnnxModel {
         settings.attentionBlockBytes === undefined
           ? file
           : await chunkedAttentionModel(file, settings.attentionBlockBytes);
-      if (settings.sessionWorker === true) {
-        const turns = settings.gpuTurns === true ? processGpuTurns() : undefined;
-        return new OnnxModel(component, await inWorker(model, options, turns), clock);
-      }
+      if (settings.sessionWorker === true) return new OnnxModel(component, await inWorker(model, options), clock);
       const session =
         typeof model === "string"
           ? await ort.InferenceSession.create(model, options)

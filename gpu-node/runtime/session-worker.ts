@@ -9,7 +9,6 @@ import { parentPort, workerData } from "node:worker_threads";
 import ort from "onnxruntime-node";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
-import { inTurn } from "./gpu-turns.js";
 
 /** A feed's data (kept under `keep` for later runs when given), or a reference to one kept before. */
 export type WorkerFeed =
@@ -47,24 +46,7 @@ export type FromWorker =
 
 const port = parentPort!;
 const post = (m: FromWorker, transfer: ArrayBuffer[] = []): void => port.postMessage(m, transfer);
-const { model, options, turns } = workerData as {
-  model: string | Uint8Array;
-  options: ort.InferenceSession.SessionOptions;
-  /** The process's GPU turns (gpu-turns.ts), when this session's runs take turns with the others'. */
-  turns?: SharedArrayBuffer;
-};
-/** session.run, in this process's GPU turn when there are turns; runMs leaves the wait out. */
-const timedRun = async (
-  session: ort.InferenceSession,
-  feeds: Record<string, ort.Tensor>,
-): Promise<{ results: ort.InferenceSession.ReturnType; runMs: number }> => {
-  const run = async () => {
-    const started = performance.now();
-    const results = await session.run(feeds);
-    return { results, runMs: performance.now() - started };
-  };
-  return turns === undefined ? run() : (await inTurn(turns, run)).result;
-};
+const { model, options } = workerData as { model: string | Uint8Array; options: ort.InferenceSession.SessionOptions };
 
 try {
   const session =
@@ -85,10 +67,9 @@ try {
         new Tensor("float32", m.latents.dims, m.latents.data),
         m.temporal,
         async (tile: F32): Promise<F32> => {
-          const { results, runMs: tileMs } = await timedRun(session, {
-            [m.input]: new ort.Tensor("float32", tile.data, [...tile.shape]),
-          });
-          runMs += tileMs;
+          const started = performance.now();
+          const results = await session.run({ [m.input]: new ort.Tensor("float32", tile.data, [...tile.shape]) });
+          runMs += performance.now() - started;
           const v = results[m.output] as ort.Tensor | undefined;
           if (v === undefined || v.type !== "float32") throw new Error(`output ${m.output} missing or not float32`);
           // Kept as the binding gave it until blended (a tiled decode copies each tile once).
@@ -135,7 +116,9 @@ try {
           feeds[name] = new ort.Tensor(f.type, f.data, f.dims);
           if (f.keep !== undefined) kept.set(f.keep, feeds[name]);
         }
-        const { results, runMs } = await timedRun(session, feeds);
+        const started = performance.now();
+        const results = await session.run(feeds);
+        const runMs = performance.now() - started;
         const outputs: Record<string, { type: string; dims: number[]; data: unknown }> = {};
         const transfer: ArrayBuffer[] = [];
         for (const name of session.outputNames) {
