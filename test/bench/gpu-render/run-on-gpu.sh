@@ -8,6 +8,10 @@
 #   run-on-gpu.sh diffusers-detached OUT     detached from the call: wait for the bundle export, images, then diffusers
 #                                            inverted and vanilla into OUT (log in WORK/diffusers.log): the GPU works
 #                                            while the CUDA provider's parts are still being carried
+#   run-on-gpu.sh chain-detached OUT        detached, from a snapshot of the repository (each call replaces the copy
+#                                            there): wait for the export, images, diffusers and framefarm inverted
+#                                            (compared), then the step-cache benchmark (1 s, 1 rep) and vanilla (log in
+#                                            WORK/chain.log); poll for "chain: done" only after checking that WORK exists
 #   run-on-gpu.sh wait-bundle [SECONDS]     until the detached export is complete (exit 0) or failed (exit 1, its log's tail
 #                                            printed), at most SECONDS (280): a failed export stops the waiting at once
 #   run-on-gpu.sh images                     a start and an end image, 640x640
@@ -19,6 +23,9 @@
 #                                            TeaCache, MagCache (ARGS: more step-cache options)
 #   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the exported graph and its rewritten form
 #                                            (graph_passes: edge Pad as Concat, GroupNorm as ReduceMean), each one's kernels
+#   run-on-gpu.sh vae-prep-detached          detached: the VAE benchmark's PyTorch side and graphs (log in WORK/vae-prep.log)
+#   run-on-gpu.sh vae-memory OUT [GIB...]    the rewritten decoder's section decode alone, then while another process holds
+#                                            each GIB of GPU memory (a job's other sessions hold ~90 GiB beside the VAE)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
@@ -62,6 +69,24 @@ case "$step" in
       for m in inverted vanilla; do bash '$snap/run-on-gpu.sh' diffusers \$m '$out'; done
       echo diffusers-detached: done" > "$work/diffusers.log" 2>&1 < /dev/null &
     echo "diffusers runs queued, pid $!"
+    ;;
+  chain-detached)
+    out=$1 snap=$work/snap
+    rm -rf "$snap" && mkdir -p "$snap" "$out/step-cache"
+    (cd "$repo" && tar --exclude=./.cache --exclude=./node_modules -cf - .) | tar -x -C "$snap"
+    s=$snap/test/bench/gpu-render/run-on-gpu.sh
+    setsid nohup bash -c "
+      bash '$s' wait-bundle 1200 || exit 1
+      bash '$s' images
+      RUNS=2 bash '$s' diffusers inverted '$out'
+      bash '$s' framefarm inverted '$out' && bash '$s' compare inverted '$out'
+      echo chain: inverted done
+      REPS=1 bash '$s' step-cache '$out/step-cache' --seconds 1
+      echo chain: step-cache done
+      RUNS=2 bash '$s' diffusers vanilla '$out'
+      bash '$s' framefarm vanilla '$out' && bash '$s' compare vanilla '$out'
+      echo chain: done" > "$work/chain.log" 2>&1 < /dev/null &
+    echo "chain started, pid $!"
     ;;
   wait-bundle)
     for _ in $(seq 1 "${1:-280}"); do
@@ -122,6 +147,33 @@ PY
       bash "$repo/test/bench/gpu-step/vae-kernels.sh" "$gv" "$out" "$gv/$g.onnx" | head -14
     done
     cp "$gv"/vae-cuda-*.json "$out/" 2>/dev/null
+    ;;
+  vae-prep-detached)
+    gv=$work/gv snap=$work/vae-src
+    # The repository there is replaced by each call's copy: run on a snapshot of what this uses.
+    rm -rf "$snap" && mkdir -p "$snap" && (cd "$repo" && tar -cf - gpu-node/export test/bench/gpu-step) | tar -x -C "$snap"
+    PYTHONPATH=$snap/gpu-node/export:$snap/test/bench/gpu-step:$PYTHONPATH setsid nohup bash -c "
+      python3 '$snap/test/bench/gpu-step/torch_vae.py' --out '$gv' &&
+      python3 -m framefarm_export.graph_passes '$gv/vae_decoder.onnx' '$gv/vae_decoder_cuda.onnx' && touch '$gv/.complete'
+      echo vae-prep: exit \$?" > "$work/vae-prep.log" 2>&1 < /dev/null &
+    echo "vae prep started, pid $!"
+    ;;
+  vae-memory)
+    out=$1 gv=$work/gv
+    shift
+    for _ in $(seq 1 400); do [ -f "$gv/.complete" ] && break; grep -q "vae-prep: exit [1-9]" "$work/vae-prep.log" && break; sleep 1; done
+    [ -f "$gv/.complete" ] || { tail -20 "$work/vae-prep.log"; exit 1; }
+    for gib in 0 "$@"; do
+      holder=
+      if [ "$gib" != 0 ]; then
+        python3 -c "import torch, time, sys; x = torch.empty(int(float(sys.argv[1]) * 2**30), dtype=torch.uint8, device='cuda'); x.fill_(1); torch.cuda.synchronize(); print('held', flush=True); time.sleep(3600)" "$gib" > "$work/holder.log" 2>&1 &
+        holder=$!
+        for _ in $(seq 1 60); do grep -q held "$work/holder.log" && break; sleep 1; done
+      fi
+      echo "held by another process: $gib GiB; $(nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader)"
+      node "$repo/dist/test/bench/gpu-step/vae.js" --dir "$gv" --ep cuda --repeat 2 --graph "$gv/vae_decoder_cuda.onnx" 2>&1 | tail -2 | tee "$out/vae-memory-$gib.log"
+      [ -n "$holder" ] && kill "$holder" && wait "$holder" 2>/dev/null
+    done
     ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
