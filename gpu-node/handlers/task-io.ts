@@ -6,7 +6,7 @@
  */
 import { FarmError, LostObjectError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
-import { decodeTensorObjectAsync, encodeTensorObjectAsync } from "../../shared/tensor/tensor-object.js";
+import { decodeTensorObjectAsync, encodeTensorObjectPartsAsync } from "../../shared/tensor/tensor-object.js";
 import type { ObjectStore } from "../../shared/store/object-store.js";
 import type { StageTask } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
@@ -88,8 +88,8 @@ export async function writeOnce(
   tensors: Tensors,
   metadata: Record<string, string> = {},
 ): Promise<void> {
-  const bytes = await encodeTensorObjectAsync(tensors, metadata);
-  if (await ctx.store.putIfAbsent(key, bytes, "application/octet-stream"))
+  const parts = await encodeTensorObjectPartsAsync(tensors, metadata);
+  if (await ctx.store.putIfAbsent(key, parts, "application/octet-stream"))
     ctx.cache?.set(key, { tensors: new Map(Object.entries(tensors)), metadata });
 }
 

@@ -3,7 +3,7 @@
  * read and wrote, for its span (gpu-node/worker/node-loop.ts). Counted per task rather than as a
  * difference of the node's totals, which a second decode running at once would blur.
  */
-import type { ObjectStore, PutResult } from "../../shared/store/object-store.js";
+import { bodyLength, type ObjectStore, type PutResult } from "../../shared/store/object-store.js";
 
 export interface TaskTraffic {
   readonly store: ObjectStore;
@@ -17,12 +17,12 @@ export function taskTraffic(store: ObjectStore): TaskTraffic {
   const counted: ObjectStore = {
     put: async (key, data, contentType): Promise<PutResult> => {
       const r = await store.put(key, data, contentType);
-      written += data.byteLength;
+      written += bodyLength(data);
       return r;
     },
     putIfAbsent: async (key, data, contentType) => {
       const stored = await store.putIfAbsent(key, data, contentType);
-      if (stored) written += data.byteLength;
+      if (stored) written += bodyLength(data);
       return stored;
     },
     get: async (key) => {

@@ -7,7 +7,14 @@ import { link, mkdir, open, readdir, rename, rm, stat, unlink } from "node:fs/pr
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { FarmError } from "../errors.js";
-import { sha256Hex, validateObjectKey, type ObjectStore, type PutResult } from "./object-store.js";
+import {
+  bodyLength,
+  sha256Hex,
+  validateObjectKey,
+  type ObjectBody,
+  type ObjectStore,
+  type PutResult,
+} from "./object-store.js";
 
 const TEMP_SUFFIX = ".partial";
 
@@ -17,10 +24,11 @@ const TEMP_SUFFIX = ".partial";
  * GPU node those trips queue behind onnxruntime's runs and the node's own CPU work, and a section
  * video (~340 MB at 640x640) took 7 s to write beside a running denoise on an H200 node.
  */
-async function writeWhole(file: string, data: Uint8Array): Promise<void> {
+async function writeWhole(file: string, body: ObjectBody): Promise<void> {
   const handle = await open(file, "wx");
   try {
-    for (let at = 0; at < data.length;) at += (await handle.write(data, at, data.length - at)).bytesWritten;
+    for (const data of body instanceof Uint8Array ? [body] : body)
+      for (let at = 0; at < data.length;) at += (await handle.write(data, at, data.length - at)).bytesWritten;
   } finally {
     await handle.close();
   }
@@ -53,20 +61,20 @@ export class LocalObjectStore implements ObjectStore {
     return path.join(this.root, ...validateObjectKey(key).split("/"));
   }
 
-  private async writeTemp(file: string, data: Uint8Array): Promise<string> {
+  private async writeTemp(file: string, data: ObjectBody): Promise<string> {
     await mkdir(path.dirname(file), { recursive: true });
     const temp = `${file}.${randomBytes(6).toString("hex")}${TEMP_SUFFIX}`;
     await writeWhole(temp, data);
     return temp;
   }
 
-  async put(key: string, data: Uint8Array): Promise<PutResult> {
+  async put(key: string, data: ObjectBody): Promise<PutResult> {
     const file = this.file(key);
     await rename(await this.writeTemp(file, data), file);
-    return { key, size: data.length, sha256: sha256Hex(data) };
+    return { key, size: bodyLength(data), sha256: sha256Hex(data) };
   }
 
-  async putIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+  async putIfAbsent(key: string, data: ObjectBody): Promise<boolean> {
     const file = this.file(key);
     const temp = await this.writeTemp(file, data);
     try {

@@ -12,11 +12,32 @@ export interface PutResult {
   sha256: string;
 }
 
+/**
+ * An object's bytes: one buffer, or parts in order (a tensor object's header and its tensors' own
+ * memory, so that a large object is never copied into one buffer just to be written).
+ */
+export type ObjectBody = Uint8Array | readonly Uint8Array[];
+
+export const bodyLength = (body: ObjectBody): number =>
+  body instanceof Uint8Array ? body.byteLength : body.reduce((n, p) => n + p.byteLength, 0);
+
+/** The body as one buffer (the body itself when it is one). */
+export function bodyBytes(body: ObjectBody): Uint8Array {
+  if (body instanceof Uint8Array) return body;
+  const out = new Uint8Array(bodyLength(body));
+  let at = 0;
+  for (const p of body) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
+
 export interface ObjectStore {
   /** Stores bytes under key, replacing any object there. The write is atomic: readers see old or new. */
-  put(key: string, data: Uint8Array, contentType?: string): Promise<PutResult>;
+  put(key: string, data: ObjectBody, contentType?: string): Promise<PutResult>;
   /** Stores only if nothing is there yet; returns false (and writes nothing) otherwise. */
-  putIfAbsent(key: string, data: Uint8Array, contentType?: string): Promise<boolean>;
+  putIfAbsent(key: string, data: ObjectBody, contentType?: string): Promise<boolean>;
   /** The object's bytes; NOT_FOUND if there is none. */
   get(key: string): Promise<Uint8Array>;
   /** Size of the object, or null if there is none. */
@@ -59,6 +80,8 @@ export function validateObjectKey(key: string, prefix = false): string {
   return key;
 }
 
-export function sha256Hex(data: Uint8Array): string {
-  return createHash("sha256").update(data).digest("hex");
+export function sha256Hex(data: ObjectBody): string {
+  const h = createHash("sha256");
+  for (const p of data instanceof Uint8Array ? [data] : data) h.update(p);
+  return h.digest("hex");
 }

@@ -4,7 +4,14 @@
  */
 import { Client, S3Error } from "minio";
 import { FarmError } from "../errors.js";
-import { sha256Hex, validateObjectKey, type ObjectStore, type PutResult } from "./object-store.js";
+import {
+  bodyBytes,
+  sha256Hex,
+  validateObjectKey,
+  type ObjectBody,
+  type ObjectStore,
+  type PutResult,
+} from "./object-store.js";
 
 export interface S3StoreConfig {
   endpoint: string;
@@ -118,8 +125,10 @@ export class S3ObjectStore implements ObjectStore {
     return new S3ObjectStore(client, config.bucket, `${config.endpoint}:${config.port}`, config.retryForMs ?? 30_000);
   }
 
-  async put(key: string, data: Uint8Array, contentType = "application/octet-stream"): Promise<PutResult> {
+  async put(key: string, parts: ObjectBody, contentType = "application/octet-stream"): Promise<PutResult> {
     validateObjectKey(key);
+    // One request per object: minio sends a Buffer in one PUT (a stream goes multipart past 64 MiB).
+    const data = bodyBytes(parts);
     const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     await this.retry(`write of ${key}`, () =>
       this.client.putObject(this.bucket, key, body, data.byteLength, { "Content-Type": contentType }),
@@ -128,7 +137,7 @@ export class S3ObjectStore implements ObjectStore {
     return { key, size: data.length, sha256: sha256Hex(data) };
   }
 
-  async putIfAbsent(key: string, data: Uint8Array, contentType?: string): Promise<boolean> {
+  async putIfAbsent(key: string, data: ObjectBody, contentType?: string): Promise<boolean> {
     // S3 conditional writes are not available on every server; callers that need strict
     // exclusivity take it from the job state (a revision-checked KV update), not from here.
     if ((await this.head(key)) !== null) return false;

@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { FarmError } from "../errors.js";
 import { yieldToEventLoop } from "../event-loop.js";
 import type { Tensor } from "./tensor.js";
-import { decodeSafetensors, encodeSafetensors, type Safetensors } from "./safetensors.js";
+import { decodeSafetensors, encodeSafetensors, safetensorsParts, type Safetensors } from "./safetensors.js";
 
 const CHECKSUM = "framefarm.sha256";
 
@@ -52,13 +52,16 @@ export function encodeTensorObject(
   return encodeSafetensors(tensors, { ...metadata, [CHECKSUM]: checksum(new Map(Object.entries(tensors))) });
 }
 
-/** encodeTensorObject, hashing with yields to the event loop. */
-export async function encodeTensorObjectAsync(
+/**
+ * encodeTensorObject's bytes, hashing with yields to the event loop, as parts in order
+ * (safetensorsParts: the header, then each tensor's own data, not copied).
+ */
+export async function encodeTensorObjectPartsAsync(
   tensors: Readonly<Record<string, Tensor>>,
   metadata: Readonly<Record<string, string>> = {},
-): Promise<Uint8Array> {
+): Promise<Uint8Array[]> {
   const sum = await checksumAsync(new Map(Object.entries(tensors)));
-  return encodeSafetensors(tensors, { ...metadata, [CHECKSUM]: sum });
+  return safetensorsParts(tensors, { ...metadata, [CHECKSUM]: sum });
 }
 
 /** Decodes and verifies; `key` names the object in errors. The checksum is not part of the returned metadata. */

@@ -55,6 +55,20 @@ function contract(name: string, open: () => Promise<ObjectStore>, close: () => P
       assert.deepEqual(await store.get("k/two"), Uint8Array.of(3));
     });
 
+    test("a body in parts is stored as its parts joined, by put and putIfAbsent", async () => {
+      const parts = [Uint8Array.of(1, 2), new Uint8Array(0), new Float32Array([0.5, -2]).subarray(1)].map(
+        (p) => new Uint8Array(p.buffer, p.byteOffset, p.byteLength),
+      );
+      const joined = Uint8Array.of(1, 2, ...new Uint8Array(Float32Array.of(-2).buffer));
+      const r = await store.put("parts/put", parts);
+      assert.equal(r.size, joined.length);
+      assert.equal(r.sha256, (await store.put("parts/whole", joined)).sha256);
+      assert.deepEqual(await store.get("parts/put"), joined);
+      assert.equal(await store.putIfAbsent("parts/if-absent", parts), true);
+      assert.equal(await store.putIfAbsent("parts/if-absent", [Uint8Array.of(9)]), false);
+      assert.deepEqual(await store.get("parts/if-absent"), joined);
+    });
+
     test("deletePrefix removes exactly the prefix", async () => {
       for (const k of ["p/x/1", "p/x/2", "p/y/1"]) await store.put(k, Uint8Array.of(0));
       assert.equal(await store.deletePrefix("p/x/"), 2);

@@ -42,8 +42,10 @@ test("a flipped bit, a plain safetensors file and a truncated object are DATA_LO
   );
 });
 
-test("the async forms (hashing with yields) write the same bytes and refuse the same corruption", async () => {
-  const { encodeTensorObjectAsync, decodeTensorObjectAsync } = await import("../../shared/tensor/tensor-object.js");
+test("the async parts form (hashing with yields) writes the same bytes and refuse the same corruption", async () => {
+  const { encodeTensorObjectPartsAsync, decodeTensorObjectAsync } =
+    await import("../../shared/tensor/tensor-object.js");
+  const { bodyBytes } = await import("../../shared/store/object-store.js");
   // Past one 8 MiB hashing slice, so the yields are exercised.
   const big = new Tensor(
     "float32",
@@ -52,7 +54,11 @@ test("the async forms (hashing with yields) write the same bytes and refuse the 
   );
   const small = new Tensor("int64", [2], BigInt64Array.of(7n, -1n));
   const sync = encodeTensorObject({ big, small }, { generated: "9" });
-  const bytes = await encodeTensorObjectAsync({ big, small }, { generated: "9" });
+  const parts = await encodeTensorObjectPartsAsync({ big, small }, { generated: "9" });
+  // The header, then each tensor's own memory: nothing copied.
+  assert.equal(parts.length, 3);
+  assert.equal(parts[1]!.buffer, big.data.buffer);
+  const bytes = bodyBytes(parts);
   assert.deepEqual(bytes, sync);
   const back = await decodeTensorObjectAsync(bytes, "k");
   assert.deepEqual(back.metadata, { generated: "9" });
