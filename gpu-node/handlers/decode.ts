@@ -6,7 +6,7 @@
  */
 import { renderParamsOf } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
-import { toUint8FramesAsync } from "../../shared/framepack/frames.js";
+import { previewFramesAsync } from "../../shared/framepack/preview-frames.js";
 import { decodeSection } from "../stages/section-step.js";
 import { need, readTensors, timed, writeOnce, writeVideoObject, type StageHandler } from "./task-io.js";
 
@@ -39,10 +39,15 @@ export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => 
     previewKey === undefined
       ? undefined
       : timed(observer, "preview", async () =>
-          writeVideoObject(ctx.store, previewKey, await toUint8FramesAsync(video, video.shape[2]!, params.sampler), {
-            ...PREVIEW,
-            fps: params.fps,
-          }),
+          writeVideoObject(
+            ctx.store,
+            previewKey,
+            await previewFramesAsync(video, video.shape[2]!, PREVIEW_SIDE, params.sampler),
+            {
+              ...PREVIEW,
+              fps: params.fps,
+            },
+          ),
         ),
   ]);
 };
