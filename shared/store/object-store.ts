@@ -24,13 +24,8 @@ export const bodyLength = (body: ObjectBody): number =>
 /** The body as one buffer (the body itself when it is one). */
 export function bodyBytes(body: ObjectBody): Uint8Array {
   if (body instanceof Uint8Array) return body;
-  const out = new Uint8Array(bodyLength(body));
-  let at = 0;
-  for (const p of body) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
+  const joined = Buffer.concat(body);
+  return new Uint8Array(joined.buffer, joined.byteOffset, joined.byteLength);
 }
 
 export interface ObjectStore {

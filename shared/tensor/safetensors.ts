@@ -180,6 +180,8 @@ export function encodeSafetensors(
   tensors: ReadonlyMap<string, Tensor> | Readonly<Record<string, Tensor>>,
   metadata?: Readonly<Record<string, string>>,
 ): Uint8Array {
+  // A buffer of its own (offset 0), not Buffer.concat's pooled slice: decoders view the tensors in
+  // place only when their data is aligned.
   const parts = safetensorsParts(tensors, metadata);
   const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
   let at = 0;
