@@ -34,26 +34,21 @@ test("the block is the largest whole factor that keeps the longer side at the pr
   assert.equal(previewBlock(64, 48, 320), 1);
 });
 
-test("a large video is averaged over blocks and then converted as the job's frames are", async () => {
-  const v = video(3, 64, 48);
-  const got = await previewFramesAsync(v, 3, 32, undefined);
-  assert.deepEqual(got.shape, [3, 32, 24, 3]);
-  const want = videoToUint8Frames(blockMeans(v, 2, 32, 24), 3);
-  let off = 0;
-  for (let i = 0; i < want.data.length; i++) off = Math.max(off, Math.abs(got.data[i]! - want.data[i]!));
-  // Float32 sums in another order: a value on a rounding edge may land one step over.
-  assert.ok(off <= 1, `max |d| ${off}`);
-});
-
-test("blocks of 3 are averaged the same way", async () => {
-  const v = video(2, 96, 60);
-  const got = await previewFramesAsync(v, 2, 32, undefined);
-  assert.deepEqual(got.shape, [2, 32, 20, 3]);
-  const want = videoToUint8Frames(blockMeans(v, 3, 32, 20), 2);
-  let off = 0;
-  for (let i = 0; i < want.data.length; i++) off = Math.max(off, Math.abs(got.data[i]! - want.data[i]!));
-  assert.ok(off <= 1, `max |d| ${off}`);
-});
+/** Block means of 2 (the k = 2 path) and 3 (the general loop): the same as averaging first, then converting. */
+for (const [k, frames, h, w, oh, ow] of [
+  [2, 3, 64, 48, 32, 24],
+  [3, 2, 96, 60, 32, 20],
+] as const)
+  test(`a large video is averaged over ${k}x${k} blocks and then converted as the job's frames are`, async () => {
+    const v = video(frames, h, w);
+    const got = await previewFramesAsync(v, frames, 32, undefined);
+    assert.deepEqual(got.shape, [frames, oh, ow, 3]);
+    const want = videoToUint8Frames(blockMeans(v, k, oh, ow), frames);
+    let off = 0;
+    for (let i = 0; i < want.data.length; i++) off = Math.max(off, Math.abs(got.data[i]! - want.data[i]!));
+    // Float32 sums in another order: a value on a rounding edge may land one step over.
+    assert.ok(off <= 1, `max |d| ${off}`);
+  });
 
 test("a video at the preview's size or below is converted as it is, with the sampler's conversion", async () => {
   const v = video(4, 32, 48);
