@@ -15,20 +15,16 @@ export const PREVIEW = { crf: 28, lossless: false, format: "mp4", maxSide: PREVI
 
 export const decodeHandler: StageHandler = async (ctx, task, spec, observer) => {
   const params = renderParamsOf(spec);
-  const section = sectionPlanFor(params, ctx.runtime.bundle.manifest).sections[task.section!]!;
+  const plan = sectionPlanFor(params, ctx.runtime.bundle.manifest);
+  const section = plan.sections[task.section!]!;
   const h = await timed(observer, "read", () => readTensors(ctx, task.inputs["history"]!));
   // "vae" is the whole decode; "vae_run" the decoder's own runs in it (onnxruntime's session.run
   // summed over the tiles): the difference is host work and waiting for a shared session.
   const stats = { runMs: 0 };
   const video = await timed(observer, "vae", () =>
-    decodeSection(
-      ctx.runtime,
-      section,
-      need(h.tensors, "decode_latents", task.inputs["history"]!),
-      params,
-      undefined,
+    decodeSection(ctx.runtime, plan, section, need(h.tensors, "decode_latents", task.inputs["history"]!), params, {
       stats,
-    ),
+    }),
   );
   observer.onPhase?.("vae_run", stats.runMs);
   // The store and the preview run at once: the next task (the mux, after the last section) waits

@@ -11,6 +11,7 @@ import { chunkedAttentionModel } from "./chunked-attention.js";
 import { Worker } from "node:worker_threads";
 import type { FromWorker, ToWorker, WorkerFeed } from "./session-worker.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
+import { DecodedTileCache } from "../../shared/framepack/decoded-tile-cache.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
 
@@ -85,8 +86,12 @@ interface SessionRunner {
   readonly outputNames: readonly string[];
   /** steady: names whose feeds the caller never changes in place (see OnnxModel.run). */
   run(feeds: Record<string, Feed>, steady?: ReadonlySet<string>): Promise<RunnerResult>;
-  /** A whole tiled VAE decode where the session runs (a worker); absent: the caller tiles with run(). */
-  tiledDecode?(request: TiledDecode): Promise<RunnerResult>;
+  /**
+   * A whole tiled VAE decode where the session runs (a worker); absent: the caller tiles with
+   * run(). With `onChunk`, the video comes back in chunks of final frames as the tiles finish
+   * (the result then holds no video).
+   */
+  tiledDecode?(request: TiledDecode, onChunk?: (chunk: DecodedChunk) => void): Promise<RunnerResult>;
   release(): Promise<void>;
 }
 
@@ -97,12 +102,26 @@ export interface TiledDecode {
   output: string;
   temporal: TemporalTiling;
   spatial: SpatialTiling | undefined;
+  /** Latent frames whose tiles a later decode may ask for, and the session's tile cache size (0: off). */
+  keep?: { first: number; count: number };
+  tileCacheBytes?: number;
+  /** Frames [0, upTo) of `video` are final (vae-tiling.ts TiledDecodeOptions.onFrames). */
+  onFrames?: (video: F32, upTo: number) => void;
+}
+
+/** Frames [from, from + data's frame count) of a streamed decode whose whole video has `dims`. */
+export interface DecodedChunk {
+  from: number;
+  dims: number[];
+  data: Float32Array;
 }
 
 interface RunnerResult {
   outputs: Record<string, { type: string; dims: readonly number[]; data: unknown }>;
   /** session.run alone, where it ran (a worker's figure leaves out the trip to and from it). */
   runMs: number;
+  /** A tiled decode's tiles taken from the tile cache. */
+  reused?: number;
 }
 
 function inThread(session: ort.InferenceSession): SessionRunner {
@@ -169,10 +188,19 @@ async function inWorker(
     const reply = new Promise<FromWorker>((resolve, reject) => pending.set(request.id, { resolve, reject }));
     worker.postMessage(request, transfer);
     const m = await reply;
-    return m.kind === "result" ? { outputs: m.outputs, runMs: m.runMs } : { outputs: {}, runMs: 0 };
+    return m.kind === "result"
+      ? { outputs: m.outputs, runMs: m.runMs, reused: m.reused ?? 0 }
+      : { outputs: {}, runMs: 0 };
   };
+  // Chunks of a streamed decode, by request id.
+  const chunkTo = new Map<number, (chunk: DecodedChunk) => void>();
   worker.on("message", (m: FromWorker) => {
+    if (m.kind === "frames") {
+      chunkTo.get(m.id)?.({ from: m.from, dims: m.dims, data: m.data });
+      return;
+    }
     if (m.kind !== "result" && m.kind !== "error") return;
+    chunkTo.delete(m.id);
     const p = pending.get(m.id);
     pending.delete(m.id);
     if (m.kind === "error") p?.reject(new Error(m.message));
@@ -210,7 +238,7 @@ async function inWorker(
       }
       return ask({ kind: "run", id, feeds: sent, drop }, transfer);
     },
-    async tiledDecode({ latents, input, output, temporal, spatial }) {
+    async tiledDecode({ latents, input, output, temporal, spatial, keep, tileCacheBytes }, onChunk) {
       if (exited !== undefined) throw exited;
       const id = nextId++;
       const data = (latents.data as Float32Array).slice();
@@ -222,7 +250,11 @@ async function inWorker(
         output,
         temporal,
         ...(spatial !== undefined ? { spatial } : {}),
+        ...(keep !== undefined ? { keep } : {}),
+        tileCacheBytes: tileCacheBytes ?? 0,
+        stream: onChunk !== undefined,
       };
+      if (onChunk !== undefined) chunkTo.set(id, onChunk);
       return ask(request, [data.buffer]);
     },
     async release() {
@@ -342,8 +374,8 @@ export class OnnxModel {
    * and blends: on a session worker the whole decode runs there and one finished video comes back;
    * otherwise each tile is a run() from here. runMs sums session.run over the tiles.
    */
-  async tiledDecode(request: TiledDecode): Promise<{ video: F32; runMs: number }> {
-    const { latents, input, output, temporal, spatial } = request;
+  async tiledDecode(request: TiledDecode): Promise<{ video: F32; runMs: number; reused: number }> {
+    const { latents, input, output, temporal, spatial, keep, tileCacheBytes, onFrames } = request;
     for (const [what, name, names] of [
       ["input", input, this.session.inputNames],
       ["output", output, this.session.outputNames],
@@ -351,6 +383,8 @@ export class OnnxModel {
       if (!names.includes(name)) throw new FarmError("INTERNAL", `${this.component} has no ${what} ${name}`);
     if (this.session.tiledDecode === undefined) {
       let runMs = 0;
+      const cache = this.tileCache(tileCacheBytes);
+      const hitsBefore = cache?.hits ?? 0;
       const video = await temporalTiledDecode(
         latents,
         temporal,
@@ -360,20 +394,60 @@ export class OnnxModel {
           return r.outputs[output]!;
         },
         spatial,
-        // session.run blocks this thread: a second tile in flight would only wait, and count twice.
-        1,
+        {
+          // session.run blocks this thread: a second tile in flight would only wait, and count twice.
+          tilesInFlight: 1,
+          ...(cache !== undefined ? { cache } : {}),
+          ...(keep !== undefined ? { keep } : {}),
+          ...(onFrames !== undefined ? { onFrames } : {}),
+        },
       );
-      return { video, runMs };
+      return { video, runMs, reused: (cache?.hits ?? 0) - hitsBefore };
     }
     const decode = this.session.tiledDecode.bind(this.session);
+    // A streamed decode's chunks are gathered here into one video, which the caller watches fill.
+    let streamed: F32 | undefined;
+    const onChunk =
+      onFrames === undefined
+        ? undefined
+        : (chunk: DecodedChunk): void => {
+            streamed ??= new Tensor("float32", chunk.dims, new Float32Array(chunk.dims.reduce((a, b) => a * b, 1)));
+            const [bs, c, total, h, w] = chunk.dims as [number, number, number, number, number];
+            const frame = h * w;
+            const n = chunk.data.length / (bs * c * frame);
+            for (let bc = 0; bc < bs * c; bc++)
+              streamed.data.set(
+                chunk.data.subarray(bc * n * frame, (bc + 1) * n * frame),
+                (bc * total + chunk.from) * frame,
+              );
+            onFrames(streamed, chunk.from + n);
+          };
     const result = await this.tracked(
       () => `failed decoding ${latents.describe()}`,
-      () => decode(request),
+      () => decode(request, onChunk),
     );
+    if (onChunk !== undefined) {
+      if (streamed === undefined)
+        throw new FarmError("INTERNAL", `${this.component}: a streamed decode gave no frames`);
+      return { video: streamed, runMs: result.runMs, reused: result.reused ?? 0 };
+    }
     const v = result.outputs[output];
     if (v === undefined || v.type !== "float32")
       throw new FarmError("INTERNAL", `${this.component}: output ${output} missing or not float32`);
-    return { video: new Tensor("float32", [...v.dims], v.data as Float32Array), runMs: result.runMs };
+    return {
+      video: new Tensor("float32", [...v.dims], v.data as Float32Array),
+      runMs: result.runMs,
+      reused: result.reused ?? 0,
+    };
+  }
+
+  private decodedTiles: DecodedTileCache | undefined;
+
+  /** This session's decoded-tile cache at `bytes` (made on first use; undefined when 0). */
+  private tileCache(bytes: number | undefined): DecodedTileCache | undefined {
+    if (bytes === undefined || bytes <= 0) return undefined;
+    if (this.decodedTiles?.maxBytes !== bytes) this.decodedTiles = new DecodedTileCache(bytes);
+    return this.decodedTiles;
   }
 
   /**

@@ -9,6 +9,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import ort from "onnxruntime-node";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
+import { DecodedTileCache } from "../../shared/framepack/decoded-tile-cache.js";
 
 /** A feed's data (kept under `keep` for later runs when given), or a reference to one kept before. */
 export type WorkerFeed =
@@ -26,6 +27,12 @@ export interface TiledDecodeRequest {
   output: string;
   temporal: TemporalTiling;
   spatial?: SpatialTiling;
+  /** Latent frames whose tiles a later decode may ask for (kept in this worker's tile cache). */
+  keep?: { first: number; count: number };
+  /** This worker's decoded-tile cache size (decoded-tile-cache.ts); 0: no cache. */
+  tileCacheBytes: number;
+  /** Post final frames as they are made ("frames"), and no video with the result. */
+  stream: boolean;
 }
 export type ToWorker =
   | { kind: "run"; id: number; feeds: Record<string, WorkerFeed>; drop: number[] }
@@ -40,8 +47,12 @@ export type FromWorker =
       outputs: Record<string, { type: string; dims: number[]; data: unknown }>;
       /** session.run's own time in the worker. */
       runMs: number;
+      /** A tiled decode's tiles found in the tile cache instead of decoded. */
+      reused?: number;
     }
   | { kind: "error"; id: number; message: string }
+  /** Frames [from, from + n) of a streamed decode (data: [B, C, n, H, W]) whose video has `dims`. */
+  | { kind: "frames"; id: number; from: number; dims: number[]; data: Float32Array }
   | { kind: "released" };
 
 const port = parentPort!;
@@ -58,11 +69,29 @@ try {
   // Runs one after another, in the order asked: the node's thread may ask for the next run before
   // the last one is back (VAE tiles), and each run's time must be its own, not its wait.
   let previous: Promise<void> = Promise.resolve();
+  // Decoded VAE tiles the next section's decode may ask for again (decoded-tile-cache.ts).
+  let tiles: DecodedTileCache | undefined;
+  /** Posts frames [from, upTo) of a streamed decode's video as a chunk of its own; returns upTo. */
+  const postFrames = (id: number, video: F32, from: number, upTo: number): number => {
+    if (upTo <= from) return from;
+    const [bs, c, total, h, w] = video.shape as [number, number, number, number, number];
+    const frame = h * w;
+    const n = upTo - from;
+    const data = new Float32Array(bs * c * n * frame);
+    for (let bc = 0; bc < bs * c; bc++)
+      data.set(video.data.subarray((bc * total + from) * frame, (bc * total + upTo) * frame), bc * n * frame);
+    post({ kind: "frames", id, from, dims: [...video.shape], data }, [data.buffer]);
+    return upTo;
+  };
   /** Decodes every tile on this thread, one after another, and posts the video (moved, not copied). */
   const tiledDecode = async (m: TiledDecodeRequest): Promise<void> => {
     try {
       let runMs = 0;
       const outputs = new Set<Float32Array>();
+      if (m.tileCacheBytes <= 0) tiles = undefined;
+      else if (tiles?.maxBytes !== m.tileCacheBytes) tiles = new DecodedTileCache(m.tileCacheBytes);
+      let posted = 0;
+      const hitsBefore = tiles?.hits ?? 0;
       const video = await temporalTiledDecode(
         new Tensor("float32", m.latents.dims, m.latents.data),
         m.temporal,
@@ -77,13 +106,31 @@ try {
           return new Tensor("float32", v.dims.map(Number), v.data as Float32Array);
         },
         m.spatial,
-        // One tile at a time: session.run blocks this thread, and each tile's time must be its own.
-        1,
+        {
+          // One tile at a time: session.run blocks this thread, and each tile's time must be its own.
+          tilesInFlight: 1,
+          ...(tiles !== undefined ? { cache: tiles } : {}),
+          ...(m.keep !== undefined ? { keep: m.keep } : {}),
+          ...(m.stream
+            ? { onFrames: (v: F32, upTo: number) => void (posted = postFrames(m.id, v, posted, upTo)) }
+            : {}),
+        },
       );
+      const reused = (tiles?.hits ?? 0) - hitsBefore;
+      if (m.stream) {
+        post({ kind: "result", id: m.id, outputs: {}, runMs, reused });
+        return;
+      }
       // One tile's decode is the binding's own output: copied, as run() does, so that it can move.
       const data = outputs.has(video.data) ? video.data.slice() : video.data;
       post(
-        { kind: "result", id: m.id, outputs: { [m.output]: { type: "float32", dims: [...video.shape], data } }, runMs },
+        {
+          kind: "result",
+          id: m.id,
+          outputs: { [m.output]: { type: "float32", dims: [...video.shape], data } },
+          runMs,
+          reused,
+        },
         [data.buffer as ArrayBuffer],
       );
     } catch (err) {

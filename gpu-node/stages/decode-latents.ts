@@ -25,6 +25,26 @@ export interface DecodeOptions {
   spatialTiling?: boolean | Partial<SpatialTileSizes>;
   /** Filled in as the decoder runs: where a decode's time goes (the rest is host work). */
   stats?: DecodeStats;
+  /** Latent frames whose decoded tiles the next section's decode will ask for again (reusableTiles). */
+  keep?: { first: number; count: number };
+  /** Frames [0, upTo) of `video` are final: the mux encodes them while the rest decodes. */
+  onFrames?: (video: F32, upTo: number) => void;
+}
+
+/**
+ * FRAMEFARM_DECODE_TILE_CACHE_MB (default 1024; 0 turns it off): decoded VAE tiles a node keeps
+ * for the next section's decode (decoded-tile-cache.ts). A 640x640 tile is 83 MB, and a section
+ * keeps two or three.
+ */
+export function decodedTileCacheBytes(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env["FRAMEFARM_DECODE_TILE_CACHE_MB"];
+  if (v === undefined || v === "") return 1024 * 1048576;
+  const mb = Number(v);
+  if (!Number.isInteger(mb) || mb < 0 || mb > 1048576)
+    throw new RangeError(
+      `FRAMEFARM_DECODE_TILE_CACHE_MB must be a whole number of MB from 0, got ${JSON.stringify(v)}`,
+    );
+  return mb * 1048576;
 }
 
 export interface DecodeStats {
@@ -47,6 +67,9 @@ export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32, option
     output: "sample",
     temporal: vae,
     spatial: spatialTilingOf(vae, options),
+    tileCacheBytes: decodedTileCacheBytes(),
+    ...(options.keep !== undefined ? { keep: options.keep } : {}),
+    ...(options.onFrames !== undefined ? { onFrames: options.onFrames } : {}),
   });
   if (options.stats !== undefined) options.stats.runMs += runMs;
   return video;

@@ -191,7 +191,7 @@ export async function renderJob(
     );
     history = step.history;
     observer.onStage?.(`decoding section ${k + 1}/${plan.sections.length}`);
-    const clip = await decodeSection(runtime, section, step.decodeLatents, params, probe);
+    const clip = await decodeSection(runtime, plan, section, step.decodeLatents, params, { probe });
     if (video === null) joined.add(clip);
     else decoded.push(clip);
   }

@@ -9,7 +9,7 @@
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { appendSection, sectionInputs, type History } from "../../shared/framepack/history.js";
-import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
+import { latentsDecodedAgain, type Section, type SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
 import { softAppendedFrames, streamable } from "../../shared/framepack/video-stream.js";
 import { planeConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
@@ -19,7 +19,7 @@ import type { RenderParams } from "../../shared/job/render-params.js";
 import { computedProbeName, stepCacheOf } from "./step-cache.js";
 import { sectionSampling } from "../../shared/job/section-sampling.js";
 import { denoiseSection, type TextConditioning } from "./denoise-section.js";
-import { decodeVideo, toVaeLatents, type DecodeStats } from "./decode-latents.js";
+import { decodeVideo, toVaeLatents, type DecodeOptions, type DecodeStats } from "./decode-latents.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
 
 /** Sees intermediate tensors under the reference's key names. */
@@ -146,17 +146,22 @@ export async function runSectionStep(
  */
 export async function decodeSection(
   runtime: ModelRuntime,
+  plan: SectionPlan,
   section: Section,
   decodeLatents: F32,
   params: Pick<RenderParams, "vaeTiling">,
-  probe?: Probe,
-  stats?: DecodeStats,
+  extra: { probe?: Probe; stats?: DecodeStats; onFrames?: DecodeOptions["onFrames"] } = {},
 ): Promise<F32> {
+  const { probe, stats, onFrames } = extra;
   const vaeLatents = toVaeLatents(decodeLatents, runtime.bundle.manifest.vae.scaling_factor);
   probe?.(`decode${section.index}.in`, vaeLatents);
+  // The next section's decode takes some of these latents again: their tiles are kept for it.
+  const keep = latentsDecodedAgain(plan, section.index);
   const video = await decodeVideo(runtime, vaeLatents, {
     spatialTiling: params.vaeTiling,
     ...(stats !== undefined ? { stats } : {}),
+    ...(keep !== null ? { keep } : {}),
+    ...(onFrames !== undefined ? { onFrames } : {}),
   });
   probe?.(`decode${section.index}.out`, video);
   return video;

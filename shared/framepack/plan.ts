@@ -290,6 +290,24 @@ export function planSections(input: PlanInput): SectionPlan {
   };
 }
 
+/**
+ * The latent frames of section k's decode that section k + 1's decode takes again (FramePack
+ * decodes each section beside latents of the one before: inverted [new, previous first half],
+ * vanilla [previous second half, new]), as [first, first + count) of section k's decoded latents;
+ * null when none are (the last section). The decoder keeps their tiles (decoded-tile-cache.ts).
+ */
+export function latentsDecodedAgain(plan: SectionPlan, k: number): { first: number; count: number } | null {
+  const current = plan.sections[k]?.decode;
+  const next = plan.sections[k + 1]?.decode;
+  if (current === undefined || next === undefined) return null;
+  const added = next.realHistoryFrames - current.realHistoryFrames;
+  const count = Math.min(current.latentFrames - current.videoPrefix, next.latentFrames - next.videoPrefix - added);
+  if (count <= 0) return null;
+  return current.from === "start"
+    ? { first: current.videoPrefix, count }
+    : { first: current.latentFrames - count, count };
+}
+
 function videoPlan(v: NonNullable<PlanInput["video"]>, w: number, tc: number, windowNumFrames: number): VideoPlan {
   const inputFrames = requireInt("video frames", v.inputFrames, 1, MAX_FRAMES);
   const contextFrames = requireInt("context frames", v.contextFrames, 2, 64);

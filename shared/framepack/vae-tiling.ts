@@ -9,6 +9,7 @@
  */
 import { Tensor, type F32 } from "../tensor/tensor.js";
 import { narrow } from "../tensor/ops.js";
+import type { DecodedTileCache } from "./decoded-tile-cache.js";
 
 export type DecodeTile = (latents: F32) => Promise<F32>;
 
@@ -22,52 +23,22 @@ export interface TemporalTiling {
   tile_sample_stride_num_frames: number;
 }
 
-/** Frames [first, first + count) of a decoded tile along dim 2, without copying them out. */
-interface FrameView {
-  t: F32;
-  first: number;
-  count: number;
-}
-
-/**
- * blend_t: b's first frames fade in from a's last ones. diffusers writes into b in place and later
- * blends use the written tile, so b is blended in place. The weights 1 - x/n and x/n are Python
- * floats, rounded to float32 by torch's scalar multiply.
- */
-function blendT(a: FrameView, b: FrameView, extent: number): void {
-  const [bs, c, tb, h, w] = b.t.shape as [number, number, number, number, number];
-  const ta = a.t.shape[2]!;
-  const n = Math.min(a.count, b.count, extent);
-  const frame = h * w;
-  const f = Math.fround;
-  const ad = a.t.data;
-  const bd = b.t.data;
-  for (let bc = 0; bc < bs * c; bc++) {
-    for (let x = 0; x < n; x++) {
-      const wa = f(1 - x / n);
-      const wb = f(x / n);
-      const aOff = (bc * ta + a.first + a.count - n + x) * frame;
-      const bOff = (bc * tb + b.first + x) * frame;
-      for (let p = 0; p < frame; p++) bd[bOff + p] = f(f(ad[aOff + p]! * wa) + f(bd[bOff + p]! * wb));
-    }
-  }
-}
-
 /** Tiles asked of the decoder at once: one running, one waiting its turn. */
 const TILES_IN_FLIGHT = 2;
 
-/** Runs the jobs with at most `limit` started and not finished, results in the jobs' order. */
-async function inOrder<T>(jobs: readonly (() => Promise<T>)[], limit: number): Promise<T[]> {
-  const results: T[] = new Array<T>(jobs.length);
-  let next = 0;
-  const lane = async (): Promise<void> => {
-    while (next < jobs.length) {
-      const k = next++;
-      results[k] = await jobs[k]!();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, jobs.length) }, lane));
-  return results;
+export interface TiledDecodeOptions {
+  /** Tiles asked for at once (a decoder on the same thread as this code gains nothing from two). */
+  tilesInFlight?: number;
+  /** Decoded tiles looked up by their latents before decoding (decoded-tile-cache.ts). */
+  cache?: DecodedTileCache;
+  /** Latent frames [first, first + count) whose tiles a later decode may ask for: kept in `cache`. */
+  keep?: { first: number; count: number };
+  /**
+   * Called as the video's frames become final, in order: `video` is the whole result being
+   * filled, frames [0, upTo) of it are done (a tile's frames are final once the tile is blended
+   * with the one before it). The mux encodes them while the next tiles decode.
+   */
+  onFrames?: (video: F32, upTo: number) => void;
 }
 
 /**
@@ -75,16 +46,18 @@ async function inOrder<T>(jobs: readonly (() => Promise<T>)[], limit: number): P
  * _temporal_tiled_decode, others through one decoder call. Tiles of tile_latent + 1 frames start
  * every stride_latent frames; a non-first tile's first decoded frame is dropped; neighbours are
  * blended over tile_sample_min - tile_sample_stride frames; the result is cut to (T - 1) * ratio + 1.
- * Tiles are blended in place and copied once into the result (a 640x640 section is ~340 MB of
- * float32: every extra pass over it costs about as much as a GPU decode tile).
+ * Each tile is blended and copied into the result as soon as it and the one before it are decoded
+ * (a 640x640 section is ~340 MB of float32: every extra pass over it costs about as much as a GPU
+ * decode tile). Decoded tiles are never written to: diffusers blends in place, so a tile's blended
+ * head is kept aside and read back where a later blend would read the written tile. A tile that
+ * adds no frame to the result (the 1-latent-frame tail of a 19-frame section) is not decoded.
  */
 export async function temporalTiledDecode(
   latents: F32,
   vae: TemporalTiling,
   decodeTileIn: DecodeTile,
   spatial?: SpatialTiling,
-  /** Tiles asked for at once (a decoder on the same thread as this code gains nothing from two). */
-  tilesInFlight = TILES_IN_FLIGHT,
+  options: TiledDecodeOptions = {},
 ): Promise<F32> {
   if (latents.shape.length !== 5)
     throw new RangeError(`VAE decode takes [B, C, T, h, w] latents, got ${latents.describe()}`);
@@ -95,7 +68,11 @@ export async function temporalTiledDecode(
   const frames = latents.shape[2]!;
   const ratio = vae.temporal_compression_ratio;
   const tileLatent = Math.floor(vae.tile_sample_min_num_frames / ratio);
-  if (!vae.use_framewise_decoding || frames <= tileLatent) return decodeTile(latents);
+  if (!vae.use_framewise_decoding || frames <= tileLatent) {
+    const video = await decodeTile(latents);
+    options.onFrames?.(video, video.shape[2]!);
+    return video;
+  }
 
   const strideLatent = Math.floor(vae.tile_sample_stride_num_frames / ratio);
   if (strideLatent < 1)
@@ -106,39 +83,103 @@ export async function temporalTiledDecode(
   const blend = vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames;
   const starts: number[] = [];
   for (let i = 0; i < frames; i += strideLatent) starts.push(i);
+  const lengths = starts.map((i) => Math.min(tileLatent + 1, frames - i));
+  const decodedFrames = (latentFrames: number): number => (latentFrames - 1) * ratio + 1;
+  // A tile's frames after its dropped first one, and how many of them the result keeps.
+  const counts = lengths.map((l, k) => decodedFrames(l) - (k > 0 ? 1 : 0));
+  const keeps = counts.map((c, k) => Math.min(k === 0 ? strideSample + 1 : strideSample, c));
+  const total = Math.min(
+    keeps.reduce((a, b) => a + b, 0),
+    decodedFrames(frames),
+  );
+  let used = 0;
+  for (let at = 0; used < starts.length && at < total && keeps[used]! > 0; used++) at += keeps[used]!;
+
+  const { cache, keep } = options;
+  const salt = spatial === undefined ? "" : JSON.stringify(spatial);
+  const tileAt = (k: number): Promise<F32> => {
+    const [i, l] = [starts[k]!, lengths[k]!];
+    const tile = narrow(latents, 2, i, l);
+    if (cache === undefined) return decodeTile(tile);
+    const kept = keep !== undefined && i >= keep.first && i + l <= keep.first + keep.count;
+    return cache.decode(tile, salt, kept, () => decodeTile(tile));
+  };
   // The next tile is asked for before the previous one is back, so a decoder on another thread
   // (a session worker) starts it as soon as it is free, not after a round trip through this
-  // thread; the decoder still runs one tile at a time, and every tile's output is kept anyway.
-  // Spatially tiled decodes (small GPUs) keep one temporal tile at a time, their calls in order.
-  const decodedTiles = await inOrder(
-    starts.map((i) => () => decodeTile(narrow(latents, 2, i, Math.min(tileLatent + 1, frames - i)))),
-    spatial === undefined ? tilesInFlight : 1,
-  );
-  const row: FrameView[] = decodedTiles.map((decoded, k) => {
-    const t = decoded.shape[2]!;
-    return k > 0 ? { t: decoded, first: 1, count: t - 1 } : { t: decoded, first: 0, count: t };
-  });
-  const keep = row.map((v, i) => Math.min(i === 0 ? strideSample + 1 : strideSample, v.count));
-  const total = Math.min(
-    keep.reduce((a, b) => a + b, 0),
-    (frames - 1) * ratio + 1,
-  );
-  const [bs, c, , h, w] = row[0]!.t.shape as [number, number, number, number, number];
-  const frame = h * w;
-  const out = new Float32Array(bs * c * total * frame);
-  let at = 0;
-  for (let i = 0; i < row.length && at < total; i++) {
-    if (i > 0) blendT(row[i - 1]!, row[i]!, blend);
-    const v = row[i]!;
-    const k = Math.min(keep[i]!, total - at);
-    const tv = v.t.shape[2]!;
-    for (let bc = 0; bc < bs * c; bc++) {
-      const src = (bc * tv + v.first) * frame;
-      out.set(v.t.data.subarray(src, src + k * frame), (bc * total + at) * frame);
+  // thread; the decoder still runs one tile at a time. Spatially tiled decodes (small GPUs) keep
+  // one temporal tile at a time, their calls in order.
+  const limit = spatial === undefined ? (options.tilesInFlight ?? TILES_IN_FLIGHT) : 1;
+  const pending: (Promise<F32> | undefined)[] = [];
+  let asked = 0;
+  const ask = (done: number): void => {
+    for (; asked < used && asked - done < limit; asked++) {
+      const p = tileAt(asked);
+      p.catch(() => undefined); // awaited in order below; a later tile's failure waits its turn
+      pending[asked] = p;
     }
-    at += k;
+  };
+
+  let out: Float32Array | undefined;
+  let video: F32 | undefined;
+  let shape: [number, number, number, number] = [0, 0, 0, 0]; // bs, c, h, w
+  /** The tile before: its data, first kept frame, frame count, and its blended head (diffusers writes it in place). */
+  let prev: { t: F32; first: number; count: number; head: Float32Array; n: number } | undefined;
+  let at = 0;
+  for (let k = 0; k < used; k++) {
+    ask(k);
+    const tile = await pending[k]!;
+    pending[k] = undefined;
+    const [tbs, tc, tt, th, tw] = tile.shape as [number, number, number, number, number];
+    if (tt !== decodedFrames(lengths[k]!))
+      throw new RangeError(
+        `the decoder gave ${tile.describe()} for ${lengths[k]} latent frames, expected ${decodedFrames(lengths[k]!)} frames`,
+      );
+    if (out === undefined) {
+      shape = [tbs, tc, th, tw];
+      out = new Float32Array(tbs * tc * total * th * tw);
+      video = new Tensor("float32", [tbs, tc, total, th, tw], out);
+    } else if (tbs !== shape[0] || tc !== shape[1] || th !== shape[2] || tw !== shape[3])
+      throw new RangeError(`decoded tile ${tile.describe()} does not match the first tile's [${shape.join(", ")}]`);
+    const [bs, c, h, w] = shape;
+    const frame = h * w;
+    const first = k > 0 ? 1 : 0;
+    const count = counts[k]!;
+    // blend_t: this tile's first n frames fade in from the previous tile's last n.
+    const n = prev === undefined ? 0 : Math.min(prev.count, count, blend);
+    const head = new Float32Array(bs * c * n * frame);
+    if (prev !== undefined && n > 0) {
+      const f = Math.fround;
+      const a = prev;
+      const ta = a.t.shape[2]!;
+      for (let bc = 0; bc < bs * c; bc++) {
+        for (let x = 0; x < n; x++) {
+          const wa = f(1 - x / n);
+          const wb = f(x / n);
+          const pos = a.count - n + x; // in a's kept frames
+          const src =
+            pos < a.n
+              ? a.head.subarray((bc * a.n + pos) * frame, (bc * a.n + pos + 1) * frame)
+              : a.t.data.subarray((bc * ta + a.first + pos) * frame, (bc * ta + a.first + pos + 1) * frame);
+          const bOff = (bc * tt + first + x) * frame;
+          const hOff = (bc * n + x) * frame;
+          const bd = tile.data;
+          for (let p = 0; p < frame; p++) head[hOff + p] = f(f(src[p]! * wa) + f(bd[bOff + p]! * wb));
+        }
+      }
+    }
+    const kept = Math.min(keeps[k]!, total - at);
+    const fromHead = Math.min(n, kept);
+    for (let bc = 0; bc < bs * c; bc++) {
+      const dst = (bc * total + at) * frame;
+      if (fromHead > 0) out.set(head.subarray(bc * n * frame, (bc * n + fromHead) * frame), dst);
+      const src = (bc * tt + first + fromHead) * frame;
+      out.set(tile.data.subarray(src, src + (kept - fromHead) * frame), dst + fromHead * frame);
+    }
+    at += kept;
+    prev = { t: tile, first, count, head, n };
+    options.onFrames?.(video!, at);
   }
-  return new Tensor("float32", [bs, c, total, h, w], out);
+  return video!;
 }
 
 /** diffusers' spatial tiling (vae.enable_tiling()) for AutoencoderKLHunyuanVideo's decode. */

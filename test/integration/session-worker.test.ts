@@ -14,6 +14,7 @@ import { OnnxModel } from "../../gpu-node/runtime/onnx-model.js";
 import { sessionWorkersFromEnv } from "../../gpu-node/runtime/model-runtime.js";
 import { FarmError } from "../../shared/errors.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
+import { narrow } from "../../shared/tensor/ops.js";
 import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 
 const run = promisify(execFile);
@@ -106,6 +107,58 @@ test("a tiled decode on the worker (tiles, blending and copy there) equals tilin
   } finally {
     await here.release();
     await there.release();
+  }
+});
+
+test("a streamed decode (worker or not) hands its frames over in order and keeps tiles for the next window: same video", async () => {
+  const file = path.join(tinyBundleDir(), "vae_decoder.onnx");
+  const temporal = {
+    temporal_compression_ratio: 4,
+    use_framewise_decoding: true,
+    tile_sample_min_num_frames: 16,
+    tile_sample_stride_num_frames: 12,
+  };
+  const io = { input: "latents", output: "sample", temporal, spatial: undefined } as const;
+  const plain = await OnnxModel.load("vae_decoder", file, { ep: "cpu" });
+  // Two windows as inverted sampling decodes them: the second starts with 9 new frames, then the first's.
+  const all = new TorchGenerator(4n).randn([1, 4, 18, 6, 8]);
+  const second = all;
+  const first = narrow(all, 2, 9, 9);
+  try {
+    const want = [
+      (await plain.tiledDecode({ latents: first, ...io })).video,
+      (await plain.tiledDecode({ latents: second, ...io })).video,
+    ];
+    for (const sessionWorker of [false, true]) {
+      const model = await OnnxModel.load("vae_decoder", file, { ep: "cpu", sessionWorker });
+      try {
+        for (const [k, latents] of [first, second].entries()) {
+          const marks: number[] = [];
+          const got = await model.tiledDecode({
+            latents,
+            ...io,
+            tileCacheBytes: 1 << 28,
+            ...(k === 0 ? { keep: { first: 0, count: 9 } } : {}),
+            onFrames: (video, upTo) => {
+              marks.push(upTo);
+              assert.deepEqual(video.data.subarray(0, upTo * 48), want[k]!.data.subarray(0, upTo * 48));
+            },
+          });
+          assert.deepEqual(got.video.data, want[k]!.data, `window ${k}, worker ${sessionWorker}`);
+          // The second window's tiles at 9 and 12 (and the short one at 15) are the first window's.
+          assert.equal(got.reused, k === 0 ? 0 : 3);
+          assert.equal(marks.at(-1), got.video.shape[2]);
+          assert.deepEqual(
+            marks,
+            [...marks].sort((a, b) => a - b),
+          );
+        }
+      } finally {
+        await model.release();
+      }
+    }
+  } finally {
+    await plain.release();
   }
 });
 

@@ -16,7 +16,7 @@ import { parseExecutionProvider } from "../../gpu-node/runtime/execution-provide
 import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
 import { decodeVideo, toVaeLatents } from "../../gpu-node/stages/decode-latents.js";
 import { decodeSection } from "../../gpu-node/stages/section-step.js";
-import type { Section } from "../../shared/framepack/plan.js";
+import type { Section, SectionPlan } from "../../shared/framepack/plan.js";
 import { FarmError } from "../../shared/errors.js";
 import { refuseNodeVaeTiling, vaeTilingFromEnv } from "../../shared/job/vae-tiling-env.js";
 import { repoRoot, tinyBundleDir } from "../support/paths.js";
@@ -69,6 +69,7 @@ test("a section's decode tiles exactly when the job says so, whatever FRAMEFARM_
   const generation = tensor("default.latents");
   const vaeLatents = toVaeLatents(generation, rt.bundle.manifest.vae.scaling_factor);
   const section = { index: 0 } as Section;
+  const plan = { sections: [section] } as unknown as SectionPlan;
   const same = (a: F32, b: F32): boolean =>
     Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength).equals(
       Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength),
@@ -80,8 +81,8 @@ test("a section's decode tiles exactly when the job says so, whatever FRAMEFARM_
     for (const env of [undefined, "1", "0"]) {
       if (env === undefined) delete process.env["FRAMEFARM_VAE_TILING"];
       else process.env["FRAMEFARM_VAE_TILING"] = env;
-      const on = await decodeSection(rt, section, generation, { vaeTiling: true });
-      const off = await decodeSection(rt, section, generation, { vaeTiling: false });
+      const on = await decodeSection(rt, plan, section, generation, { vaeTiling: true });
+      const off = await decodeSection(rt, plan, section, generation, { vaeTiling: false });
       assert.ok(same(on, tiled), `tiled job, env ${env}`);
       assert.ok(same(off, untiled), `untiled job, env ${env}`);
       // Nor does a decode without options read the environment.

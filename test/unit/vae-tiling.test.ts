@@ -73,9 +73,10 @@ for (const frames of [5, 6, 9, 10, 18, 19, 37]) {
     const video = await temporalTiledDecode(latents, VAE, fakeDecoder(calls));
     assert.equal(video.shape[2], (frames - 1) * 4 + 1);
     assert.deepEqual([...video.data], expected(frames));
+    // A tile of one latent frame (after its dropped first frame: none) adds nothing: not decoded.
     assert.deepEqual(
       calls.map((c) => c[0]),
-      Array.from({ length: Math.ceil(frames / 3) }, (_, k) => 3 * k),
+      Array.from({ length: Math.ceil(frames / 3) }, (_, k) => 3 * k).filter((s) => frames - s >= 2),
     );
     assert.ok(calls.every(([, l]) => l! <= 5));
   });

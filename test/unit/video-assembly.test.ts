@@ -137,7 +137,8 @@ test("framewise decoding tiles 5 latent frames with stride 3 and blends 4 frames
     seen.push(tile.shape[2]!);
     return fakeDecode(tile);
   });
-  assert.deepEqual(seen, [5, 5, 4, 1]);
+  // diffusers also decodes the 1-frame tile at 9; its only frame is dropped, so it is not asked for.
+  assert.deepEqual(seen, [5, 5, 4]);
   assert.deepEqual(out.shape, [1, 1, (frames - 1) * 4 + 1, 1, 1]);
   // Independent computation of diffusers' _temporal_tiled_decode for these tiles.
   const tiles = await Promise.all(
