@@ -373,10 +373,15 @@ export class FarmView {
         const k = t.section!;
         // A step event says a section runs before the node's next heartbeat does.
         const denoise = state(t.id) === "queued" && live?.section === k ? "running" : state(t.id);
+        // The last section generated is decoded by the mux (job-plan.ts), the others by their own task.
+        const decoder = r.tasks.find(
+          (d) =>
+            (d.kind === "decode" && d.section === k) || (d.kind === "mux" && d.inputs[`latents${k}`] !== undefined),
+        );
         return {
           index: k,
           denoise,
-          decode: state(`${id}.decode.${k}`),
+          decode: decoder === undefined ? "pending" : state(decoder.id),
           ...(live !== undefined && live.section === k && denoise !== "done" ? { step: live.step } : {}),
         };
       });

@@ -2,6 +2,9 @@
  * A job as a DAG of stage tasks: encode_text, encode_image and vae_encode first, then the
  * sections' denoise tasks strictly in order (each needs the previous section's history), each
  * section's decode as soon as its latents exist (overlapping the next denoise), and mux last.
+ * The last section generated has no decode task of its own: the mux decodes it, encoding its
+ * frames as its tiles come (inverted sampling generates the video's opening last, so otherwise
+ * the whole encode would wait for that decode and its trip through storage).
  * Every task names its inputs and outputs by deterministic object keys, and every task that draws
  * random numbers carries its generator position, so a retried task redraws the same noise.
  */
@@ -94,6 +97,7 @@ export function planJob(input: JobPlanInput): StageTask[] {
 
   const tasks: StageTask[] = [text, image, vae];
   const decodes: string[] = [];
+  const lastSection = plan.sections.length - 1;
   for (const s of plan.sections) {
     const k = s.index;
     const conditioning = { ...text.outputs, imageEmbeds: keys.imageEmbeds, imageLatents: keys.imageLatents };
@@ -107,6 +111,7 @@ export function planJob(input: JobPlanInput): StageTask[] {
       outputs: { history: keys.history(k) },
       rng: { seed, offset: firstNoise + k * noiseDraws },
     });
+    if (k === lastSection) break;
     tasks.push({
       id: id("decode", k),
       jobId,
@@ -122,9 +127,15 @@ export function planJob(input: JobPlanInput): StageTask[] {
     id: id("mux"),
     jobId,
     kind: "mux",
-    dependsOn: decodes,
+    dependsOn: [...decodes, id("denoise", lastSection)],
     inputs: {
-      ...Object.fromEntries(plan.sections.map((s) => [`section${s.index}`, keys.sectionVideo(s.index)])),
+      ...Object.fromEntries(
+        plan.sections.map((s) =>
+          s.index === lastSection
+            ? [`latents${s.index}`, keys.history(s.index)]
+            : [`section${s.index}`, keys.sectionVideo(s.index)],
+        ),
+      ),
       ...(input.recipe === true ? { recipe: keys.recipe } : {}),
       // The output begins with the input video's frames.
       ...(video ? { video: keys.inputVideo } : {}),

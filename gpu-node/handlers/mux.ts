@@ -10,7 +10,8 @@ import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { framesToPngTar } from "../../shared/video/frames-archive.js";
 import { yieldToEventLoop } from "../../shared/event-loop.js";
-import { finishedFrames, type FrameStream } from "../stages/section-step.js";
+import { decodeSection, finishedFrames, type FrameStream } from "../stages/section-step.js";
+import { StreamedSection } from "../stages/streamed-section.js";
 import { videoFramesAtSize } from "../stages/encode-video.js";
 import {
   need,
@@ -22,18 +23,63 @@ import {
   type WorkerContext,
 } from "./task-io.js";
 
-/** The mux task's frames in video order, made as they are consumed (finishedFrames). */
+/**
+ * The mux task's frames in video order, made as they are consumed (finishedFrames), and the end of
+ * the decode it runs itself: the last section generated comes as latents (`latents<k>`, the plan
+ * gives it no decode task), decoded here while the frames already final are encoded.
+ */
 export async function muxFrames(
   ctx: WorkerContext,
   task: StageTask,
   spec: JobSpec,
   observer: TaskObserver = {},
-): Promise<FrameStream> {
+): Promise<{ stream: FrameStream; decoded: Promise<void> }> {
   const manifest = ctx.runtime.bundle.manifest;
   const params = renderParamsOf(spec);
   const plan = sectionPlanFor(params, manifest);
+  // The decode first: it is the long part, and it runs while the other sections are read.
+  const streamed = new Map<number, StreamedSection>();
+  const decodes: Promise<void>[] = [];
+  for (const s of plan.sections) {
+    const key = task.inputs[`latents${s.index}`];
+    if (key === undefined) continue;
+    const read = await timed(observer, "read", () => readTensors(ctx, key));
+    const latents = need(read.tensors, "decode_latents", key);
+    const [b, , t, h, w] = latents.shape as [number, number, number, number, number];
+    const ratio = manifest.vae.spatial_compression_ratio;
+    const section = new StreamedSection([
+      b,
+      3,
+      (t - 1) * manifest.vae.temporal_compression_ratio + 1,
+      h * ratio,
+      w * ratio,
+    ]);
+    streamed.set(s.index, section);
+    const stats = { runMs: 0 };
+    decodes.push(
+      timed(observer, "vae", () =>
+        decodeSection(ctx.runtime, plan, s, latents, params, { stats, onFrames: section.onFrames }),
+      ).then(
+        () => {
+          section.finish();
+          observer.onPhase?.("vae_run", stats.runMs);
+        },
+        (err: unknown) => {
+          section.fail(err as Error);
+          throw err;
+        },
+      ),
+    );
+  }
+  const decoded = Promise.all(decodes).then(() => undefined);
+  decoded.catch(() => undefined); // the frames fail with it; the handler awaits it after them
   const sections: F32[] = [];
   for (const s of plan.sections) {
+    const own = streamed.get(s.index);
+    if (own !== undefined) {
+      sections.push(own.video);
+      continue;
+    }
     const key = task.inputs[`section${s.index}`]!;
     const read = await timed(observer, "read", () => readTensors(ctx, key));
     sections.push(need(read.tensors, "video", key));
@@ -44,7 +90,9 @@ export async function muxFrames(
     videoKey === undefined || params.video === null
       ? undefined
       : videoFramesAtSize(await ctx.store.get(videoKey), params.video, spec);
-  return finishedFrames(plan, params, manifest.vae.temporal_compression_ratio, sections, input);
+  const ready = streamed.size === 0 ? undefined : (i: number, frames: number) => streamed.get(i)?.ready(frames);
+  const stream = finishedFrames(plan, params, manifest.vae.temporal_compression_ratio, sections, input, ready);
+  return { stream, decoded };
 }
 
 /** Every frame of the mux task's video in one uint8 [T, H, W, 3] tensor (the PNG archive). */
@@ -54,8 +102,9 @@ export async function assembleFrames(
   spec: JobSpec,
   observer: TaskObserver = {},
 ): Promise<Tensor<"uint8">> {
-  const { width, height, count, frames } = await muxFrames(ctx, task, spec, observer);
-  return timed(observer, "blend", async () => {
+  const { stream, decoded } = await muxFrames(ctx, task, spec, observer);
+  const { width, height, count, frames } = stream;
+  const all = await timed(observer, "blend", async () => {
     const frameBytes = width * height * 3;
     const out = new Uint8Array(count * frameBytes);
     let i = 0;
@@ -65,6 +114,8 @@ export async function assembleFrames(
     }
     return new Tensor("uint8", [count, height, width, 3], out);
   });
+  await decoded;
+  return all;
 }
 
 /** frames, adding the time spent making each one to `spent`. */
@@ -121,7 +172,8 @@ export const muxHandler: StageHandler = async (ctx, task, spec, observer) => {
   }
   // Blending and conversion run while ffmpeg encodes the frames made before; "blend" is the time
   // spent making frames, "encode" the whole stream's.
-  const stream = await muxFrames(ctx, task, spec, observer);
+  // With the last section decoded here, "blend" also holds the waits for its frames.
+  const { stream, decoded } = await muxFrames(ctx, task, spec, observer);
   const blend = { ms: 0 };
   await timed(observer, "encode", () =>
     writeVideoObject(
@@ -131,5 +183,6 @@ export const muxHandler: StageHandler = async (ctx, task, spec, observer) => {
       options,
     ),
   );
+  await decoded;
   observer.onPhase?.("blend", blend.ms);
 };

@@ -11,7 +11,12 @@ import type { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { appendSection, sectionInputs, type History } from "../../shared/framepack/history.js";
 import { latentsDecodedAgain, type Section, type SectionPlan } from "../../shared/framepack/plan.js";
 import { VideoAccumulator } from "../../shared/framepack/video-accumulator.js";
-import { softAppendedFrames, streamable } from "../../shared/framepack/video-stream.js";
+import {
+  softAppendedFrames,
+  softAppendedFramesWhenReady,
+  streamable,
+  type FramesReady,
+} from "../../shared/framepack/video-stream.js";
 import { planeConverterFor, trimFrameCount } from "../../shared/framepack/frames.js";
 import { toVideoPixelTensor } from "../../shared/image/decode.js";
 import { FarmError } from "../../shared/errors.js";
@@ -224,12 +229,14 @@ export function finishedFrames(
   sections: readonly F32[],
   /** Extending a video: its frames at the render size, in order (videoFramesAtSize). */
   input?: AsyncIterable<Uint8Array>,
+  /** Sections still being decoded: when their frames are final (else every section is whole). */
+  ready?: FramesReady,
 ): FrameStream {
   const first = sections[0];
   if (first === undefined) throw new RangeError("no sections were decoded");
   if (plan.video !== null) {
     if (input === undefined) throw new RangeError("a plan extending a video needs the video's frames");
-    return extendedFrames(plan, params, sections, input);
+    return extendedFrames(plan, params, sections, input, ready);
   }
   const counts = sections.map((s) => s.shape[2]!);
   const decoded = counts.reduce((n, t, i) => n + t - (i === 0 ? 0 : plan.overlapFrames), 0);
@@ -241,21 +248,39 @@ export function finishedFrames(
       width,
       height,
       count,
-      frames: {
-        [Symbol.iterator]: () => softAppendedFrames(sections, params.samplingType, plan.overlapFrames, toUint8, count),
-      },
+      frames:
+        ready === undefined
+          ? {
+              [Symbol.iterator]: () =>
+                softAppendedFrames(sections, params.samplingType, plan.overlapFrames, toUint8, count),
+            }
+          : {
+              [Symbol.asyncIterator]: () =>
+                softAppendedFramesWhenReady(sections, params.samplingType, plan.overlapFrames, toUint8, ready, count),
+            },
     };
-  const video = new SectionVideo(plan, params.samplingType, temporalCompression, params.sampler);
-  for (const s of sections) video.add(s);
-  const all = video.finish();
   const frameBytes = width * height * 3;
+  const accumulated = (): Tensor<"uint8"> => {
+    const video = new SectionVideo(plan, params.samplingType, temporalCompression, params.sampler);
+    for (const s of sections) video.add(s);
+    return video.finish();
+  };
+  const framesOf = function* (all: Tensor<"uint8">): Generator<Uint8Array> {
+    for (let i = 0; i < all.shape[0]!; i++) yield all.data.subarray(i * frameBytes, (i + 1) * frameBytes);
+  };
+  if (ready === undefined) {
+    const all = accumulated();
+    return { width, height, count: all.shape[0]!, frames: { [Symbol.iterator]: () => framesOf(all) } };
+  }
+  // Not streamable (a frame in two cross-fades): every section whole first.
   return {
     width,
     height,
-    count: all.shape[0]!,
+    count,
     frames: {
-      *[Symbol.iterator]() {
-        for (let i = 0; i < all.shape[0]!; i++) yield all.data.subarray(i * frameBytes, (i + 1) * frameBytes);
+      async *[Symbol.asyncIterator]() {
+        for (const [i, s] of sections.entries()) await ready(i, s.shape[2]!);
+        yield* framesOf(accumulated());
       },
     },
   };
@@ -271,10 +296,12 @@ function extendedFrames(
   params: Pick<RenderParams, "samplingType" | "sampler">,
   sections: readonly F32[],
   input: AsyncIterable<Uint8Array>,
+  ready?: FramesReady,
 ): FrameStream {
   const { inputFrames, joinFrames } = plan.video!;
   const [height, width] = [sections[0]!.shape[3]!, sections[0]!.shape[4]!];
-  const inVideoOrder = params.samplingType === "inverted_anti_drifting" ? [...sections].reverse() : [...sections];
+  const inverted = params.samplingType === "inverted_anti_drifting";
+  const inVideoOrder = inverted ? [...sections].reverse() : [...sections];
   const counts = [joinFrames, ...inVideoOrder.map((s) => s.shape[2]!)];
   if (!streamable(counts, joinFrames))
     throw new FarmError("INTERNAL", `sections of ${counts.join(", ")} frames cannot join the video over ${joinFrames}`);
@@ -297,7 +324,15 @@ function extendedFrames(
             `the input video gave ${read} frames, the job was planned for ${inputFrames}`,
           );
         const lead = toVideoPixelTensor(tail, height, width);
-        yield* softAppendedFrames([lead, ...inVideoOrder], "vanilla", joinFrames, toUint8);
+        if (ready === undefined) {
+          yield* softAppendedFrames([lead, ...inVideoOrder], "vanilla", joinFrames, toUint8);
+          return;
+        }
+        // Clip j of [lead, ...inVideoOrder] is the lead (whole) or a section, by generation order.
+        const n = sections.length;
+        yield* softAppendedFramesWhenReady([lead, ...inVideoOrder], "vanilla", joinFrames, toUint8, (j, frames) =>
+          j === 0 ? undefined : ready(inverted ? n - j : j - 1, frames),
+        );
       },
     },
   };

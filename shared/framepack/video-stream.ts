@@ -32,6 +32,44 @@ export function* softAppendedFrames(
   toUint8: PlaneConverter,
   limit = Infinity,
 ): Generator<Uint8Array> {
+  for (const step of softAppendSteps(sections, samplingType, overlap, toUint8, limit))
+    if ("frame" in step) yield step.frame();
+}
+
+/**
+ * Frames [0, frames) of sections[section] (generation order) are final: resolves when they are,
+ * or undefined when they already are.
+ */
+export type FramesReady = (section: number, frames: number) => Promise<void> | undefined;
+
+/**
+ * softAppendedFrames for sections still being decoded: before each frame, waits until the frames
+ * it is made of are final (`ready`), so a section's frames are encoded while its last tiles decode.
+ */
+export async function* softAppendedFramesWhenReady(
+  sections: readonly F32[],
+  samplingType: SamplingType,
+  overlap: number,
+  toUint8: PlaneConverter,
+  ready: FramesReady,
+  limit = Infinity,
+): AsyncGenerator<Uint8Array> {
+  for (const step of softAppendSteps(sections, samplingType, overlap, toUint8, limit)) {
+    if ("frame" in step) yield step.frame();
+    else await ready(step.section, step.frames);
+  }
+}
+
+/** What making the next frame needs (frames [0, frames) of a section, generation order), then the frame. */
+type SoftAppendStep = { section: number; frames: number } | { frame: () => Uint8Array };
+
+function* softAppendSteps(
+  sections: readonly F32[],
+  samplingType: SamplingType,
+  overlap: number,
+  toUint8: PlaneConverter,
+  limit: number,
+): Generator<SoftAppendStep> {
   const counts = sections.map((s) => {
     if (s.shape.length !== 5 || s.shape[0] !== 1 || s.shape[1] !== 3)
       throw new RangeError(`expected a [1, 3, T, H, W] video, got ${s.describe()}`);
@@ -39,7 +77,10 @@ export function* softAppendedFrames(
   });
   if (!streamable(counts, overlap))
     throw new RangeError(`sections of ${counts.join(", ")} frames overlap by ${overlap}: not streamable`);
-  const ordered = samplingType === "inverted_anti_drifting" ? [...sections].reverse() : [...sections];
+  const inverted = samplingType === "inverted_anti_drifting";
+  const ordered = inverted ? [...sections].reverse() : [...sections];
+  // Video order -> generation order, for what a frame needs.
+  const generation = (i: number): number => (inverted ? sections.length - 1 - i : i);
   const [h, w] = [ordered[0]!.shape[3]!, ordered[0]!.shape[4]!];
   for (const s of ordered)
     if (s.shape[3] !== h || s.shape[4] !== w)
@@ -55,7 +96,6 @@ export function* softAppendedFrames(
   const frame = (source: (ch: number) => Float32Array): Uint8Array => {
     const out = new Uint8Array(size * 3);
     for (let ch = 0; ch < 3; ch++) toUint8(source(ch), out, ch);
-    emitted++;
     return out;
   };
   const last = ordered.length - 1;
@@ -65,13 +105,22 @@ export function* softAppendedFrames(
     // Its own frames: after the cross-fade with the previous section, before the one with the next.
     const from = i === 0 ? 0 : overlap;
     const to = i === last ? t : t - overlap;
-    for (let j = from; j < to && emitted < limit; j++) yield frame((ch) => plane(v, ch, j));
+    for (let j = from; j < to && emitted < limit; j++, emitted++) {
+      yield { section: generation(i), frames: j + 1 };
+      yield { frame: () => frame((ch) => plane(v, ch, j)) };
+    }
     if (i === last) break;
     const next = ordered[i + 1]!;
-    for (let k = 0; k < overlap && emitted < limit; k++)
-      yield frame((ch) => {
-        blendPlane(scratch, plane(v, ch, t - overlap + k), plane(next, ch, k), weights[k]!);
-        return scratch;
-      });
+    for (let k = 0; k < overlap && emitted < limit; k++, emitted++) {
+      yield { section: generation(i), frames: t - overlap + k + 1 };
+      yield { section: generation(i + 1), frames: k + 1 };
+      yield {
+        frame: () =>
+          frame((ch) => {
+            blendPlane(scratch, plane(v, ch, t - overlap + k), plane(next, ch, k), weights[k]!);
+            return scratch;
+          }),
+      };
+    }
   }
 }

@@ -333,7 +333,8 @@ test("the dashboard follows a job to the end, plays its video, cancels another a
     ],
   );
   assert.deepEqual(tasksOf("denoise"), ["denoise.0", "denoise.1", "denoise.2", "denoise.3"]);
-  assert.deepEqual(tasksOf("decode"), ["decode.0", "decode.1", "decode.2", "decode.3"]);
+  // The last section is decoded by the mux (its box above turned "done" with it).
+  assert.deepEqual(tasksOf("decode"), ["decode.0", "decode.1", "decode.2"]);
   assert.deepEqual(tasksOf("mux"), ["mux"]);
   const failed = drawn.sets.find((d) => d.label === "failed attempt")!.points.map((p) => p.bar!);
   assert.equal(failed.length, record.bars.filter((b) => b.outcome === "failed").length);

@@ -54,7 +54,7 @@ for (const name of REFERENCE_CASES) {
   });
 }
 
-test("sections run in order; decode k may run beside denoise k+1; mux waits for every decode", () => {
+test("sections run in order; decode k may run beside denoise k+1; the mux decodes the last section itself", () => {
   const { tasks } = planFor("inverted_3sec");
   const done = new Set<string>();
   const waves: string[][] = [];
@@ -68,9 +68,12 @@ test("sections run in order; decode k may run beside denoise k+1; mux waits for 
     ["job1.denoise.0"],
     ["job1.decode.0", "job1.denoise.1"],
     ["job1.decode.1", "job1.denoise.2"],
-    ["job1.decode.2"],
     ["job1.mux"],
   ]);
+  const mux = tasks.find((t) => t.kind === "mux")!;
+  assert.deepEqual(mux.dependsOn, ["job1.decode.0", "job1.decode.1", "job1.denoise.2"]);
+  assert.deepEqual(Object.keys(mux.inputs).sort(), ["latents2", "section0", "section1"]);
+  assert.equal(mux.inputs["latents2"], tasks.find((t) => t.id === "job1.denoise.2")!.outputs["history"]);
 });
 
 test("every key lives under the job's prefix and each output has one writer", () => {

@@ -10,14 +10,16 @@
 #                                            while the CUDA provider's parts are still being carried
 #   run-on-gpu.sh chain-detached OUT        detached, from a snapshot of the repository (each call replaces the copy
 #                                            there): wait for the export, images, diffusers and framefarm inverted
-#                                            (compared), then the step-cache benchmark (1 s, 1 rep) and vanilla (log in
-#                                            WORK/chain.log); poll for "chain: done" only after checking that WORK exists
+#                                            (compared), then the step-cache benchmark (1 s, 1 rep), vanilla, and inverted
+#                                            again without the decoded-tile cache (log in WORK/chain.log); poll for
+#                                            "chain: done" only after checking that WORK exists
 #   run-on-gpu.sh wait-bundle [SECONDS]     until the detached export is complete (exit 0) or failed (exit 1, its log's tail
 #                                            printed), at most SECONDS (280): a failed export stops the waiting at once
 #   run-on-gpu.sh images                     a start and an end image, 640x640
 #   run-on-gpu.sh diffusers MODE OUT         diffusers' pipeline, the job RUNS (2) times in one process, the last reported (MODE inverted|vanilla)
 #   run-on-gpu.sh framefarm MODE OUT [BUNDLE]  framefarm render --ep cuda, same job, lossless MP4, task timings, GPU memory;
-#                                            WARMUP=off for a cold process (file suffix -cold)
+#                                            WARMUP=off for a cold process (file suffix -cold); SUFFIX=x names the files
+#                                            framefarm-MODE-x
 #   run-on-gpu.sh compare MODE OUT           the table (compare.py)
 #   run-on-gpu.sh step-cache OUT [ARGS]      test/bench/step-cache at 640x640 on the bundle's split graphs: no cache,
 #                                            TeaCache, MagCache (ARGS: more step-cache options)
@@ -85,6 +87,8 @@ case "$step" in
       echo chain: step-cache done
       RUNS=2 bash '$s' diffusers vanilla '$out'
       bash '$s' framefarm vanilla '$out' && bash '$s' compare vanilla '$out'
+      echo chain: vanilla done
+      FRAMEFARM_DECODE_TILE_CACHE_MB=0 SUFFIX=no-tile-cache bash '$s' framefarm inverted '$out'
       echo chain: done" > "$work/chain.log" 2>&1 < /dev/null &
     echo "chain started, pid $!"
     ;;
@@ -116,7 +120,7 @@ PY
       --frames "$frames" --steps "$steps" --height "$size" --width "$size" --transformer-dtype "${TRANSFORMER_DTYPE:-bf16}" --runs "${RUNS:-2}"
     ;;
   framefarm)
-    mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=() warmup=${WARMUP:-on} name=framefarm-$1
+    mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=() warmup=${WARMUP:-on} name=framefarm-$1${SUFFIX:+-$SUFFIX}
     [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
     [ "$warmup" = off ] && name=$name-cold
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/$name-gpu-mem.csv" &
