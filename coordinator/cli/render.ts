@@ -194,6 +194,11 @@ export async function renderCommand(args: string[]): Promise<number> {
     const loopDelay = monitorEventLoopDelay({ resolution: 10 });
     loopDelay.enable();
     const { job } = await farm.service.submit(req);
+    const cache = req.settings?.cache ?? "";
+    if (ep === "cuda" && (cache === "teacache" || cache === "magcache"))
+      process.stderr.write(
+        `warning: --cache ${cache} on CUDA is slower than no cache today (test/bench/step-cache/RESULTS.md)\n`,
+      );
     const progress = createProgress();
     progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
     const record = await farm.waitFor(job.id, progress).finally(() => {

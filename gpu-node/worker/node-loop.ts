@@ -11,6 +11,7 @@ import type { Bus, Consumer, Delivery, KeyValue } from "../../shared/bus/bus.js"
 import { FarmError, LostObjectError } from "../../shared/errors.js";
 import { errorMessage, within } from "../../shared/shutdown.js";
 import { admitJob } from "../runtime/memory-admission.js";
+import type { JobSpec } from "../../shared/job/job-spec.js";
 import {
   JOBS_BUCKET,
   RESULTS_QUEUE,
@@ -82,6 +83,9 @@ export function decodeConcurrencyFor(ep: string, env: NodeJS.ProcessEnv = proces
     throw new RangeError(`FRAMEFARM_DECODE_CONCURRENCY must be an integer from 1 to 8, got ${JSON.stringify(v)}`);
   return n;
 }
+
+/** Does the job skip transformer steps (TeaCache, MagCache)? */
+const stepCached = (spec: JobSpec): boolean => spec.params.cache === "teacache" || spec.params.cache === "magcache";
 
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
@@ -277,8 +281,14 @@ export class NodeLoop {
             if (options.failStages?.includes(task.kind) === true)
               throw new FarmError("INTERNAL", `failpoint: this node fails every ${task.kind} task`);
             // Refused, not killed: a task whose job cannot fit in this node's memory fails RESOURCE_EXHAUSTED.
-            if (task.kind === "denoise" || task.kind === "decode")
+            // The mux decodes the last section itself.
+            if (task.kind === "denoise" || task.kind === "decode" || task.kind === "mux")
               admitJob(ctx.runtime, spec, process.env, options.presence?.gpus?.() ?? []);
+            if (task.kind === "denoise" && ctx.runtime.settings.ep === "cuda" && stepCached(spec))
+              log.warn(
+                { cache: spec.params.cache },
+                "a step cache on CUDA is slower than none today (test/bench/step-cache/RESULTS.md)",
+              );
             await runStageTask({ ...ctx, store: traffic.store }, task, spec, {
               signal: abort.signal,
               onPhase: (phase, ms) => {
