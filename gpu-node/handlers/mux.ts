@@ -58,7 +58,11 @@ export async function muxFrames(
     const stats = { runMs: 0 };
     decodes.push(
       timed(observer, "vae", () =>
-        decodeSection(ctx.runtime, plan, s, latents, params, { stats, onFrames: section.onFrames }),
+        decodeSection(ctx.runtime, plan, s, latents, params, {
+          stats,
+          onFrames: section.onFrames,
+          into: section.video,
+        }),
       ).then(
         () => {
           section.finish();

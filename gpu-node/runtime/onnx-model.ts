@@ -107,6 +107,8 @@ export interface TiledDecode {
   tileCacheBytes?: number;
   /** Frames [0, upTo) of `video` are final (vae-tiling.ts TiledDecodeOptions.onFrames). */
   onFrames?: (video: F32, upTo: number) => void;
+  /** With onFrames: the video's memory, given by the caller (else made here). */
+  into?: F32;
 }
 
 /** Frames [from, from + data's frame count) of a streamed decode whose whole video has `dims`. */
@@ -375,7 +377,7 @@ export class OnnxModel {
    * otherwise each tile is a run() from here. runMs sums session.run over the tiles.
    */
   async tiledDecode(request: TiledDecode): Promise<{ video: F32; runMs: number; reused: number }> {
-    const { latents, input, output, temporal, spatial, keep, tileCacheBytes, onFrames } = request;
+    const { latents, input, output, temporal, spatial, keep, tileCacheBytes, onFrames, into } = request;
     for (const [what, name, names] of [
       ["input", input, this.session.inputNames],
       ["output", output, this.session.outputNames],
@@ -400,18 +402,24 @@ export class OnnxModel {
           ...(cache !== undefined ? { cache } : {}),
           ...(keep !== undefined ? { keep } : {}),
           ...(onFrames !== undefined ? { onFrames } : {}),
+          ...(into !== undefined ? { into } : {}),
         },
       );
       return { video, runMs, reused: (cache?.hits ?? 0) - hitsBefore };
     }
     const decode = this.session.tiledDecode.bind(this.session);
     // A streamed decode's chunks are gathered here into one video, which the caller watches fill.
-    let streamed: F32 | undefined;
+    let streamed: F32 | undefined = into;
     const onChunk =
       onFrames === undefined
         ? undefined
         : (chunk: DecodedChunk): void => {
             streamed ??= new Tensor("float32", chunk.dims, new Float32Array(chunk.dims.reduce((a, b) => a * b, 1)));
+            if (streamed.shape.join() !== chunk.dims.join())
+              throw new FarmError(
+                "INTERNAL",
+                `${this.component}: a decode into ${streamed.describe()} gave [${chunk.dims.join(", ")}]`,
+              );
             const [bs, c, total, h, w] = chunk.dims as [number, number, number, number, number];
             const frame = h * w;
             const n = chunk.data.length / (bs * c * frame);

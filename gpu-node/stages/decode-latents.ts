@@ -29,6 +29,8 @@ export interface DecodeOptions {
   keep?: { first: number; count: number };
   /** Frames [0, upTo) of `video` are final: the mux encodes them while the rest decodes. */
   onFrames?: (video: F32, upTo: number) => void;
+  /** The video's memory, given by the caller (the mux's streamed section): no second copy. */
+  into?: F32;
 }
 
 /**
@@ -70,6 +72,7 @@ export async function decodeVideo(runtime: ModelRuntime, vaeLatents: F32, option
     tileCacheBytes: decodedTileCacheBytes(),
     ...(options.keep !== undefined ? { keep: options.keep } : {}),
     ...(options.onFrames !== undefined ? { onFrames: options.onFrames } : {}),
+    ...(options.into !== undefined ? { into: options.into } : {}),
   });
   if (options.stats !== undefined) options.stats.runMs += runMs;
   return video;

@@ -155,9 +155,9 @@ export async function decodeSection(
   section: Section,
   decodeLatents: F32,
   params: Pick<RenderParams, "vaeTiling">,
-  extra: { probe?: Probe; stats?: DecodeStats; onFrames?: DecodeOptions["onFrames"] } = {},
+  extra: Pick<DecodeOptions, "stats" | "onFrames" | "into"> & { probe?: Probe } = {},
 ): Promise<F32> {
-  const { probe, stats, onFrames } = extra;
+  const { probe, stats, onFrames, into } = extra;
   const vaeLatents = toVaeLatents(decodeLatents, runtime.bundle.manifest.vae.scaling_factor);
   probe?.(`decode${section.index}.in`, vaeLatents);
   // The next section's decode takes some of these latents again: their tiles are kept for it.
@@ -167,6 +167,7 @@ export async function decodeSection(
     ...(stats !== undefined ? { stats } : {}),
     ...(keep !== null ? { keep } : {}),
     ...(onFrames !== undefined ? { onFrames } : {}),
+    ...(into !== undefined ? { into } : {}),
   });
   probe?.(`decode${section.index}.out`, video);
   return video;

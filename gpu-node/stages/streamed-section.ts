@@ -1,7 +1,8 @@
 /**
  * A section's video while it is being decoded: the whole tensor, filled in order as the decoder
- * reports frames final (DecodeOptions.onFrames), and a wait for "frames [0, n) are there" that the
- * mux's frame stream uses (FramesReady), so the video's encoder takes a frame as soon as it exists.
+ * reports frames final (DecodeOptions.onFrames; the decode writes into `video` itself when given
+ * it as DecodeOptions.into), and a wait for "frames [0, n) are there" that the mux's frame stream
+ * uses (FramesReady), so the video's encoder takes a frame as soon as it exists.
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 
@@ -23,7 +24,7 @@ export class StreamedSection {
       throw new RangeError(`the decode gave ${decoded.describe()}, expected [${this.video.shape.join(", ")}]`);
     if (upTo <= this.filled) return;
     const frame = h * w;
-    for (let bc = 0; bc < bs * c; bc++) {
+    for (let bc = 0; bc < bs * c && decoded !== this.video; bc++) {
       const from = (bc * total + this.filled) * frame;
       const to = (bc * total + upTo) * frame;
       this.video.data.set(decoded.data.subarray(from, to), from);

@@ -39,6 +39,8 @@ export interface TiledDecodeOptions {
    * with the one before it). The mux encodes them while the next tiles decode.
    */
   onFrames?: (video: F32, upTo: number) => void;
+  /** The result's own memory, when the caller has it already (the mux's streamed section). */
+  into?: F32;
 }
 
 /**
@@ -69,7 +71,8 @@ export async function temporalTiledDecode(
   const ratio = vae.temporal_compression_ratio;
   const tileLatent = Math.floor(vae.tile_sample_min_num_frames / ratio);
   if (!vae.use_framewise_decoding || frames <= tileLatent) {
-    const video = await decodeTile(latents);
+    const decoded = await decodeTile(latents);
+    const video = options.into === undefined ? decoded : fill(options.into, decoded);
     options.onFrames?.(video, video.shape[2]!);
     return video;
   }
@@ -136,8 +139,11 @@ export async function temporalTiledDecode(
       );
     if (out === undefined) {
       shape = [tbs, tc, th, tw];
-      out = new Float32Array(tbs * tc * total * th * tw);
-      video = new Tensor("float32", [tbs, tc, total, th, tw], out);
+      video =
+        options.into ?? new Tensor("float32", [tbs, tc, total, th, tw], new Float32Array(tbs * tc * total * th * tw));
+      if (video.shape.join() !== [tbs, tc, total, th, tw].join())
+        throw new RangeError(`a decode into ${video.describe()} gives [${[tbs, tc, total, th, tw].join(", ")}]`);
+      out = video.data;
     } else if (tbs !== shape[0] || tc !== shape[1] || th !== shape[2] || tw !== shape[3])
       throw new RangeError(`decoded tile ${tile.describe()} does not match the first tile's [${shape.join(", ")}]`);
     const [bs, c, h, w] = shape;
@@ -180,6 +186,14 @@ export async function temporalTiledDecode(
     options.onFrames?.(video!, at);
   }
   return video!;
+}
+
+/** `decoded` copied into `into` (the same shape). */
+function fill(into: F32, decoded: F32): F32 {
+  if (into.shape.join() !== decoded.shape.join())
+    throw new RangeError(`a decode into ${into.describe()} gives ${decoded.describe()}`);
+  into.data.set(decoded.data);
+  return into;
 }
 
 /** diffusers' spatial tiling (vae.enable_tiling()) for AutoencoderKLHunyuanVideo's decode. */

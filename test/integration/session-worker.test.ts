@@ -15,6 +15,7 @@ import { sessionWorkersFromEnv } from "../../gpu-node/runtime/model-runtime.js";
 import { FarmError } from "../../shared/errors.js";
 import { TorchGenerator } from "../../shared/sampler/torch-rng.js";
 import { narrow } from "../../shared/tensor/ops.js";
+import { Tensor } from "../../shared/tensor/tensor.js";
 import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
 
 const run = promisify(execFile);
@@ -134,9 +135,12 @@ test("a streamed decode (worker or not) hands its frames over in order and keeps
       try {
         for (const [k, latents] of [first, second].entries()) {
           const marks: number[] = [];
+          // The mux gives the video's memory (into); the second window here lets the decode make it.
+          const into = k === 0 ? new Tensor("float32", want[k]!.shape, new Float32Array(want[k]!.numel)) : undefined;
           const got = await model.tiledDecode({
             latents,
             ...io,
+            ...(into !== undefined ? { into } : {}),
             tileCacheBytes: 1 << 28,
             ...(k === 0 ? { keep: { first: 0, count: 9 } } : {}),
             onFrames: (video, upTo) => {
@@ -145,6 +149,7 @@ test("a streamed decode (worker or not) hands its frames over in order and keeps
             },
           });
           assert.deepEqual(got.video.data, want[k]!.data, `window ${k}, worker ${sessionWorker}`);
+          if (into !== undefined) assert.equal(got.video, into);
           // The second window's tiles at 9 and 12 (and the short one at 15) are the first window's.
           assert.equal(got.reused, k === 0 ? 0 : 3);
           assert.equal(marks.at(-1), got.video.shape[2]);
