@@ -18,6 +18,7 @@ import { parseExecutionProvider } from "./runtime/execution-provider.js";
 import { ModelRuntime } from "./runtime/model-runtime.js";
 import { loadTextTokenizers } from "./text/tokenizers.js";
 import { NodeLoop, decodeConcurrencyFor } from "./worker/node-loop.js";
+import { decodedTileCacheBytes } from "./stages/decode-latents.js";
 import { TensorCache } from "./worker/tensor-cache.js";
 import { gpuSamplerFor } from "./worker/gpu-stats.js";
 import type { RenderContext } from "./stages/render-job.js";
@@ -147,6 +148,8 @@ export async function startNode(
     intervalMs: s.heartbeatMs,
     onError: (err) => s.log.warn({ err }, "nvidia-smi failed: GPU figures left out of heartbeats until it works"),
   });
+  // Read at every decode; a bad value is refused here, at start, instead of failing each decode.
+  decodedTileCacheBytes();
   const loop = await NodeLoop.start(
     bus,
     { ...models, store, cache: new TensorCache(s.cacheBytes) },

@@ -11,6 +11,7 @@ import { FarmError, type StatusName } from "../../shared/errors.js";
 import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openNodeModels } from "../../gpu-node/main.js";
 import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
+import { decodedTileCacheBytes } from "../../gpu-node/stages/decode-latents.js";
 import { defaultCacheMb } from "../../gpu-node/worker/tensor-cache.js";
 import { warmUp, warmUpJobOf, type WarmUpResult } from "../../gpu-node/stages/warm-up.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
@@ -185,6 +186,7 @@ export async function renderCommand(args: string[]): Promise<number> {
       process.stderr.write(`warmed up for ${spec.width}x${spec.height} in ${(warmed.ms / 1000).toFixed(1)} s\n`);
       submitted = performance.now();
     };
+    decodedTileCacheBytes(); // refused before the job, not at its first decode
     farm = await startEmbeddedFarm(embedded, data, {
       ...(warm ? { beforeDispatch } : {}),
       decodeConcurrency: decodeConcurrencyFor(values.ep ?? "cpu"),

@@ -13,6 +13,7 @@ import {
   type SpatialTileSizes,
 } from "../../shared/framepack/vae-tiling.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
+import { FarmError } from "../../shared/errors.js";
 
 /** Generation latents -> what vae.decode receives: latents / scaling_factor in float32. */
 export function toVaeLatents(latents: F32, scalingFactor: number): F32 {
@@ -25,7 +26,7 @@ export interface DecodeOptions {
   spatialTiling?: boolean | Partial<SpatialTileSizes>;
   /** Filled in as the decoder runs: where a decode's time goes (the rest is host work). */
   stats?: DecodeStats;
-  /** Latent frames whose decoded tiles the next section's decode will ask for again (reusableTiles). */
+  /** Latent frames whose decoded tiles the next section's decode will ask for again (latentsDecodedAgain). */
   keep?: { first: number; count: number };
   /** Frames [0, upTo) of `video` are final: the mux encodes them while the rest decodes. */
   onFrames?: (video: F32, upTo: number) => void;
@@ -43,7 +44,8 @@ export function decodedTileCacheBytes(env: NodeJS.ProcessEnv = process.env): num
   if (v === undefined || v === "") return 1024 * 1048576;
   const mb = Number(v);
   if (!Number.isInteger(mb) || mb < 0 || mb > 1048576)
-    throw new RangeError(
+    throw new FarmError(
+      "INVALID_ARGUMENT",
       `FRAMEFARM_DECODE_TILE_CACHE_MB must be a whole number of MB from 0, got ${JSON.stringify(v)}`,
     );
   return mb * 1048576;

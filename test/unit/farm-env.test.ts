@@ -8,6 +8,7 @@ import { farmConnection, natsCredentials } from "../../coordinator/cli/farm-opti
 import { FarmError } from "../../shared/errors.js";
 import { natsServers } from "../../shared/bus/nats-bus.js";
 import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
+import { decodedTileCacheBytes } from "../../gpu-node/stages/decode-latents.js";
 
 function withEnv<T>(vars: Record<string, string>, fn: () => T): T {
   const saved = { ...process.env };
@@ -72,6 +73,18 @@ test("FRAMEFARM_DECODE_CONCURRENCY: two decodes on CUDA, one elsewhere, an overr
     assert.throws(
       () => decodeConcurrencyFor("cuda", { FRAMEFARM_DECODE_CONCURRENCY: bad }),
       /FRAMEFARM_DECODE_CONCURRENCY/,
+    );
+});
+
+test("FRAMEFARM_DECODE_TILE_CACHE_MB: 1024 MB unless given, 0 turns it off, bad values named", () => {
+  assert.equal(decodedTileCacheBytes({}), 1024 * 2 ** 20);
+  assert.equal(decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: "" }), 1024 * 2 ** 20);
+  assert.equal(decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: "0" }), 0);
+  assert.equal(decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: "256" }), 256 * 2 ** 20);
+  for (const bad of ["-1", "lots", "1.5"])
+    assert.throws(
+      () => decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: bad }),
+      /FRAMEFARM_DECODE_TILE_CACHE_MB must be a whole number of MB/,
     );
 });
 
