@@ -35,13 +35,14 @@ export interface DecodeOptions {
 }
 
 /**
- * FRAMEFARM_DECODE_TILE_CACHE_MB (default 1024; 0 turns it off): decoded VAE tiles a node keeps
- * for the next section's decode (decoded-tile-cache.ts). A 640x640 tile is 83 MB, and a section
- * keeps two or three.
+ * FRAMEFARM_DECODE_TILE_CACHE_MB (default 512; 0 turns it off): decoded VAE tiles a node keeps
+ * for the next section's decode (decoded-tile-cache.ts). A 640x640 tile is 83 MB and a section
+ * keeps two or three, so the default holds two jobs' at 640 and stays small beside a CPU node's
+ * 4 GiB limit (deploy/k8s/base/nodes.yaml).
  */
 export function decodedTileCacheBytes(env: NodeJS.ProcessEnv = process.env): number {
   const v = env["FRAMEFARM_DECODE_TILE_CACHE_MB"];
-  if (v === undefined || v === "") return 1024 * 1048576;
+  if (v === undefined || v === "") return 512 * 1048576;
   const mb = Number(v);
   if (!Number.isInteger(mb) || mb < 0 || mb > 1048576)
     throw new FarmError(

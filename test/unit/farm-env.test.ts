@@ -76,9 +76,9 @@ test("FRAMEFARM_DECODE_CONCURRENCY: two decodes on CUDA, one elsewhere, an overr
     );
 });
 
-test("FRAMEFARM_DECODE_TILE_CACHE_MB: 1024 MB unless given, 0 turns it off, bad values named", () => {
-  assert.equal(decodedTileCacheBytes({}), 1024 * 2 ** 20);
-  assert.equal(decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: "" }), 1024 * 2 ** 20);
+test("FRAMEFARM_DECODE_TILE_CACHE_MB: 512 MB unless given, 0 turns it off, bad values named", () => {
+  assert.equal(decodedTileCacheBytes({}), 512 * 2 ** 20);
+  assert.equal(decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: "" }), 512 * 2 ** 20);
   assert.equal(decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: "0" }), 0);
   assert.equal(decodedTileCacheBytes({ FRAMEFARM_DECODE_TILE_CACHE_MB: "256" }), 256 * 2 ** 20);
   for (const bad of ["-1", "lots", "1.5"])
