@@ -15,6 +15,7 @@ import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
 import type { ModelRuntime } from "./model-runtime.js";
 import type { GpuStats } from "../../proto/gen/framefarm/v1/node.js";
 import { FarmError } from "../../shared/errors.js";
+import { skipsSteps } from "../../shared/job/render-params.js";
 
 function readNumber(file: string, pattern?: RegExp): number | null {
   try {
@@ -81,7 +82,7 @@ const channelsByFile = new Map<string, number | undefined>();
 export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): MemoryEstimate {
   const bundle = runtime.bundle;
   // A TeaCache or MagCache job loads the split transformer too (its body holds a second copy of the blocks).
-  const split = spec.params.cache === "teacache" || spec.params.cache === "magcache";
+  const split = skipsSteps(spec.params.cache);
   const components = split ? [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES] : COMPONENT_NAMES;
   // A large graph keeps its weights in an external data file beside it: count both.
   const weightBytes = components.reduce((sum, c) => {

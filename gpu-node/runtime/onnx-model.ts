@@ -385,7 +385,7 @@ export class OnnxModel {
       if (!names.includes(name)) throw new FarmError("INTERNAL", `${this.component} has no ${what} ${name}`);
     if (this.session.tiledDecode === undefined) {
       let runMs = 0;
-      const cache = this.tileCache(tileCacheBytes);
+      const cache = (this.decodedTiles = DecodedTileCache.sized(this.decodedTiles, tileCacheBytes));
       const hitsBefore = cache?.hits ?? 0;
       const video = await temporalTiledDecode(
         latents,
@@ -449,14 +449,8 @@ export class OnnxModel {
     };
   }
 
+  /** This session's decoded tiles kept for the next decode (decoded-tile-cache.ts), made on first use. */
   private decodedTiles: DecodedTileCache | undefined;
-
-  /** This session's decoded-tile cache at `bytes` (made on first use; undefined when 0). */
-  private tileCache(bytes: number | undefined): DecodedTileCache | undefined {
-    if (bytes === undefined || bytes <= 0) return undefined;
-    if (this.decodedTiles?.maxBytes !== bytes) this.decodedTiles = new DecodedTileCache(bytes);
-    return this.decodedTiles;
-  }
 
   /**
    * One call into the session: refused once released, counted as running (release waits for it),

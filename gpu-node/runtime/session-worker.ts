@@ -88,8 +88,7 @@ try {
     try {
       let runMs = 0;
       const outputs = new Set<Float32Array>();
-      if (m.tileCacheBytes <= 0) tiles = undefined;
-      else if (tiles?.maxBytes !== m.tileCacheBytes) tiles = new DecodedTileCache(m.tileCacheBytes);
+      tiles = DecodedTileCache.sized(tiles, m.tileCacheBytes);
       let posted = 0;
       const hitsBefore = tiles?.hits ?? 0;
       const video = await temporalTiledDecode(

@@ -36,6 +36,10 @@ export type StepCacheOptions =
   { kind: "teacache"; threshold: number } | { kind: "magcache"; threshold: number; k: number; retention: number };
 
 /** The name a cache's per-call decisions are probed under: section<k>.<name>. */
+/** What render and CUDA nodes say when a job asks for a step cache on CUDA (test/bench/step-cache/RESULTS.md). */
+export const stepCacheOnCudaWarning = (cache: string): string =>
+  `--cache ${cache} on CUDA is slower than no cache today (test/bench/step-cache/RESULTS.md)`;
+
 export const computedProbeName = (kind: Exclude<CacheName, "none">): string => `${kind}_computed`;
 
 /** A job's step cache, or undefined without one (records from before a parameter get its default). */

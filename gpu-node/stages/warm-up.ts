@@ -9,7 +9,7 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { AnyComponentName, ComponentName, SamplingType } from "../../shared/bundle/manifest.js";
 import type { StageKind } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
-import type { CacheName, SamplerName, VideoParams } from "../../shared/job/render-params.js";
+import { skipsSteps, type CacheName, type SamplerName, type VideoParams } from "../../shared/job/render-params.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { initialHistory, sectionInputs } from "../../shared/framepack/history.js";
 import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
@@ -75,7 +75,7 @@ export function warmUpJobOf(spec: JobSpec): WarmUpJob {
     numFrames: p.numFrames,
     hasEndImage: p.hasEndImage,
     ...(p.sampler !== undefined ? { sampler: p.sampler } : {}),
-    ...(p.cache === "teacache" || p.cache === "magcache" ? { cache: p.cache } : {}),
+    ...(skipsSteps(p.cache) ? { cache: p.cache } : {}),
     ...(p.video !== undefined && p.video !== null ? { video: p.video } : {}),
     // Records older than the field decoded untiled.
     vaeTiling: p.vaeTiling === true,
@@ -235,7 +235,7 @@ export async function warmUp(
     for (const section of plan.sections) {
       const context = sectionInputs(plan, section, history, imageLatents, lastImageLatents);
       const feeds = transformerFeeds({ imageEmbeds, context }, noise, scalar(1000), scalar(10000), prompt);
-      if ((job.cache === "teacache" || job.cache === "magcache") && m.components.transformer_head !== undefined) {
+      if (skipsSteps(job.cache) && m.components.transformer_head !== undefined) {
         // The step cache's three graphs at the job's shapes: a computed step (head, body) and a skipped one (tail).
         const key = shapeKey(feeds);
         const head = await once("transformer_head", key, async () => {

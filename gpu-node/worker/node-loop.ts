@@ -11,7 +11,8 @@ import type { Bus, Consumer, Delivery, KeyValue } from "../../shared/bus/bus.js"
 import { FarmError, LostObjectError } from "../../shared/errors.js";
 import { errorMessage, within } from "../../shared/shutdown.js";
 import { admitJob } from "../runtime/memory-admission.js";
-import type { JobSpec } from "../../shared/job/job-spec.js";
+import { skipsSteps } from "../../shared/job/render-params.js";
+import { stepCacheOnCudaWarning } from "../stages/step-cache.js";
 import {
   JOBS_BUCKET,
   RESULTS_QUEUE,
@@ -83,9 +84,6 @@ export function decodeConcurrencyFor(ep: string, env: NodeJS.ProcessEnv = proces
     throw new RangeError(`FRAMEFARM_DECODE_CONCURRENCY must be an integer from 1 to 8, got ${JSON.stringify(v)}`);
   return n;
 }
-
-/** Does the job skip transformer steps (TeaCache, MagCache)? */
-const stepCached = (spec: JobSpec): boolean => spec.params.cache === "teacache" || spec.params.cache === "magcache";
 
 /** Times a node passes a task it already failed on to other nodes before it runs it anyway (it may be the only one). */
 const PASS_ON = 3;
@@ -284,11 +282,8 @@ export class NodeLoop {
             // The mux decodes the last section itself.
             if (task.kind === "denoise" || task.kind === "decode" || task.kind === "mux")
               admitJob(ctx.runtime, spec, process.env, options.presence?.gpus?.() ?? []);
-            if (task.kind === "denoise" && ctx.runtime.settings.ep === "cuda" && stepCached(spec))
-              log.warn(
-                { cache: spec.params.cache },
-                "a step cache on CUDA is slower than none today (test/bench/step-cache/RESULTS.md)",
-              );
+            if (task.kind === "denoise" && ctx.runtime.settings.ep === "cuda" && skipsSteps(spec.params.cache))
+              log.warn({ cache: spec.params.cache }, stepCacheOnCudaWarning(spec.params.cache));
             await runStageTask({ ...ctx, store: traffic.store }, task, spec, {
               signal: abort.signal,
               onPhase: (phase, ms) => {

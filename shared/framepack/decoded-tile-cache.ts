@@ -29,6 +29,12 @@ export class DecodedTileCache {
 
   constructor(readonly maxBytes: number) {}
 
+  /** `current` if it holds `bytes`, else a new cache of that size; undefined for 0 (no cache). */
+  static sized(current: DecodedTileCache | undefined, bytes: number | undefined): DecodedTileCache | undefined {
+    if (bytes === undefined || bytes <= 0) return undefined;
+    return current?.maxBytes === bytes ? current : new DecodedTileCache(bytes);
+  }
+
   /** Bytes of decoded tiles held now. */
   get bytes(): number {
     return this.kept;

@@ -17,7 +17,7 @@
 import { createHash } from "node:crypto";
 import { FarmError } from "../errors.js";
 import { SAMPLING_TYPES, type SamplingType } from "../bundle/manifest.js";
-import type { RenderParams } from "./render-params.js";
+import { skipsSteps, type RenderParams } from "./render-params.js";
 
 export const RECIPE_FORMAT = "framefarm-recipe";
 export const RECIPE_VERSION = 1;
@@ -146,7 +146,7 @@ export function makeRecipe(src: RecipeSource): Recipe {
     section_prompts: p.sectionPrompts,
     prompt_blend_sections: p.promptBlendSections,
     cache: paramName(p, "cache", DEFAULT_CACHE),
-    ...(p.cache === "teacache" || p.cache === "magcache" ? { cache_threshold: p.cacheThreshold } : {}),
+    ...(skipsSteps(p.cache) ? { cache_threshold: p.cacheThreshold } : {}),
     ...(p.cache === "magcache" ? { magcache_k: p.magcacheK, magcache_retention: p.magcacheRetention } : {}),
     ...(p.video !== null ? { context_frames: p.video.contextFrames } : {}),
     steps: p.steps,
