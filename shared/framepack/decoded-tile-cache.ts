@@ -25,7 +25,6 @@ export class DecodedTileCache {
   private readonly entries = new Map<string, Entry>();
   private kept = 0;
   hits = 0;
-  misses = 0;
 
   constructor(readonly maxBytes: number) {}
 
@@ -54,7 +53,6 @@ export class DecodedTileCache {
       this.hits++;
       return hit.tile;
     }
-    this.misses++;
     const tile = decode();
     if (!keep) return tile;
     const entry: Entry = { tile, bytes: 0 };
@@ -71,11 +69,6 @@ export class DecodedTileCache {
       if (this.entries.get(key) === entry) this.entries.delete(key);
       throw err;
     }
-  }
-
-  clear(): void {
-    this.entries.clear();
-    this.kept = 0;
   }
 
   private evict(): void {
