@@ -67,7 +67,9 @@ test("buf curl lists JobService and its methods by reflection", async () => {
 
 test("buf curl calls every JobService RPC by reflection", async () => {
   const image = (await readFile(path.join(repoRoot(), "test", "fixtures", "images", "demo.png"))).toString("base64");
-  const settings = { prompt: "a lighthouse", numFrames: 20, steps: 2, resolution: 64, seed: "7" };
+  // Two sections: a progress event needs a task to end while the watch is open, and a one-section
+  // job has only its mux (a state change) after its denoise (the mux decodes its only section).
+  const settings = { prompt: "a lighthouse", numFrames: 40, steps: 2, resolution: 64, seed: "7" };
 
   const [submitted] = await call("SubmitJob", { image: { data: image }, settings, idempotencyKey: "reflection-test" });
   const job = submitted!["job"] as JobJson;
