@@ -8,8 +8,7 @@ import { FarmError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { ExecutionProvider } from "./execution-provider.js";
 import { chunkedAttentionModel } from "./chunked-attention.js";
-import { Worker } from "node:worker_threads";
-import type { FromWorker, ToWorker, WorkerFeed } from "./session-worker.js";
+import { SessionHost } from "./session-host.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 import { DecodedTileCache } from "../../shared/framepack/decoded-tile-cache.js";
 
@@ -48,6 +47,11 @@ export interface SessionSettings {
    * every other stage and all I/O until it ends.
    */
   sessionWorker?: boolean;
+  /**
+   * With sessionWorker: run the session on this host's worker, shared with the host's other
+   * sessions. Ignored on this thread.
+   */
+  host?: SessionHost;
 }
 
 /** The provider list and session config entries for one session. */
@@ -80,8 +84,8 @@ export interface ModelClock {
   ms: number;
 }
 
-/** Where a session runs: on this thread, or on a worker thread of its own. */
-interface SessionRunner {
+/** Where a session runs: on this thread, or on a SessionHost's worker thread. */
+export interface SessionRunner {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   /** steady: names whose feeds the caller never changes in place (see OnnxModel.run). */
@@ -118,7 +122,7 @@ export interface DecodedChunk {
   data: Float32Array;
 }
 
-interface RunnerResult {
+export interface RunnerResult {
   outputs: Record<string, { type: string; dims: readonly number[]; data: unknown }>;
   /** session.run alone, where it ran (a worker's figure leaves out the trip to and from it). */
   runMs: number;
@@ -145,128 +149,6 @@ function inThread(session: ort.InferenceSession): SessionRunner {
       return { outputs, runMs };
     },
     release: () => session.release(),
-  };
-}
-
-/** A feed's elements in a buffer of their own (a view's whole buffer would be copied to the worker). */
-function ownedCopy(t: Feed): { type: "float32" | "int64"; data: Float32Array | BigInt64Array; dims: number[] } {
-  return t.is("int64")
-    ? { type: "int64", data: (t.data as BigInt64Array).slice(), dims: [...t.shape] }
-    : { type: "float32", data: (t.data as Float32Array).slice(), dims: [...t.shape] };
-}
-
-/** Steady feeds a worker keeps per input name: a prompt and a negative prompt alternate. */
-const KEPT_PER_INPUT = 2;
-
-async function inWorker(
-  model: string | Uint8Array,
-  options: ort.InferenceSession.SessionOptions,
-): Promise<SessionRunner> {
-  const worker = new Worker(new URL("./session-worker.js", import.meta.url), { workerData: { model, options } });
-  const pending = new Map<number, { resolve: (v: FromWorker) => void; reject: (e: Error) => void }>();
-  // Steady feeds the worker holds, per input name, oldest first (the objects they were sent from).
-  const kept = new Map<string, { feed: Feed; id: number }[]>();
-  let nextKeep = 0;
-  let nextId = 0;
-  let exited: Error | undefined;
-  const failAll = (err: Error): void => {
-    exited = err;
-    for (const p of pending.values()) p.reject(err);
-    pending.clear();
-  };
-  const ready = await new Promise<{ inputNames: string[]; outputNames: string[] }>((resolve, reject) => {
-    worker.once("error", reject);
-    worker.once("message", (m: FromWorker) => {
-      worker.off("error", reject);
-      if (m.kind === "ready") resolve(m);
-      else {
-        void worker.terminate();
-        reject(new Error(m.kind === "failed" ? m.message : `unexpected ${m.kind} from the session worker`));
-      }
-    });
-  });
-  /** Posts a request (run or tiled decode) and waits for its result. */
-  const ask = async (request: ToWorker & { id: number }, transfer: ArrayBuffer[]): Promise<RunnerResult> => {
-    const reply = new Promise<FromWorker>((resolve, reject) => pending.set(request.id, { resolve, reject }));
-    worker.postMessage(request, transfer);
-    const m = await reply;
-    return m.kind === "result"
-      ? { outputs: m.outputs, runMs: m.runMs, reused: m.reused ?? 0 }
-      : { outputs: {}, runMs: 0 };
-  };
-  // Chunks of a streamed decode, by request id.
-  const chunkTo = new Map<number, (chunk: DecodedChunk) => void>();
-  worker.on("message", (m: FromWorker) => {
-    if (m.kind === "frames") {
-      chunkTo.get(m.id)?.({ from: m.from, dims: m.dims, data: m.data });
-      return;
-    }
-    if (m.kind !== "result" && m.kind !== "error") return;
-    chunkTo.delete(m.id);
-    const p = pending.get(m.id);
-    pending.delete(m.id);
-    if (m.kind === "error") p?.reject(new Error(m.message));
-    else p?.resolve(m);
-  });
-  worker.on("error", (err) => failAll(err));
-  worker.on("exit", (code) => failAll(new Error(`the session worker exited (${code})`)));
-  return {
-    inputNames: ready.inputNames,
-    outputNames: ready.outputNames,
-    async run(feeds, steady) {
-      if (exited !== undefined) throw exited;
-      const id = nextId++;
-      const sent: Record<string, WorkerFeed> = {};
-      const transfer: ArrayBuffer[] = [];
-      const drop: number[] = [];
-      for (const [name, t] of Object.entries(feeds)) {
-        const entries = steady?.has(name) === true ? (kept.get(name) ?? []) : undefined;
-        const hit = entries?.find((e) => e.feed === t);
-        if (hit !== undefined) {
-          sent[name] = { kept: hit.id };
-          continue;
-        }
-        const copy = ownedCopy(t);
-        transfer.push(copy.data.buffer as ArrayBuffer);
-        if (entries === undefined) {
-          sent[name] = copy;
-          continue;
-        }
-        const keep = nextKeep++;
-        sent[name] = { ...copy, keep };
-        entries.push({ feed: t, id: keep });
-        if (entries.length > KEPT_PER_INPUT) drop.push(entries.shift()!.id);
-        kept.set(name, entries);
-      }
-      return ask({ kind: "run", id, feeds: sent, drop }, transfer);
-    },
-    async tiledDecode({ latents, input, output, temporal, spatial, keep, tileCacheBytes }, onChunk) {
-      if (exited !== undefined) throw exited;
-      const id = nextId++;
-      const data = (latents.data as Float32Array).slice();
-      const request: ToWorker = {
-        kind: "tiled-decode",
-        id,
-        latents: { data, dims: [...latents.shape] },
-        input,
-        output,
-        temporal,
-        ...(spatial !== undefined ? { spatial } : {}),
-        ...(keep !== undefined ? { keep } : {}),
-        tileCacheBytes: tileCacheBytes ?? 0,
-        stream: onChunk !== undefined,
-      };
-      if (onChunk !== undefined) chunkTo.set(id, onChunk);
-      return ask(request, [data.buffer]);
-    },
-    async release() {
-      if (exited === undefined) {
-        const released = new Promise<void>((resolve) => worker.once("message", () => resolve()));
-        worker.postMessage({ kind: "release" } satisfies ToWorker);
-        await Promise.race([released, new Promise((r) => setTimeout(r, 5000))]);
-      }
-      await worker.terminate();
-    },
   };
 }
 
@@ -305,7 +187,8 @@ export class OnnxModel {
         settings.attentionBlockBytes === undefined
           ? file
           : await chunkedAttentionModel(file, settings.attentionBlockBytes);
-      if (settings.sessionWorker === true) return new OnnxModel(component, await inWorker(model, options), clock);
+      if (settings.sessionWorker === true)
+        return new OnnxModel(component, await (settings.host ?? new SessionHost()).open(model, options), clock);
       const session =
         typeof model === "string"
           ? await ort.InferenceSession.create(model, options)
