@@ -1,5 +1,6 @@
 /**
- * One ONNX graph with named float32/int64 inputs and float32 outputs (the bundle's I/O contract).
+ * One ONNX graph with named float32/int64 inputs and float32 outputs (the bundle's I/O contract),
+ * and outputs of any type left where the session ran, to feed to another (KeptTensor).
  * Converts between framefarm Tensors and onnxruntime tensors and checks names, so a bundle whose
  * graph does not match its manifest fails with the component and the name, not a native error.
  */
@@ -8,11 +9,15 @@ import { FarmError } from "../../shared/errors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import type { ExecutionProvider } from "./execution-provider.js";
 import { chunkedAttentionModel } from "./chunked-attention.js";
+import { KeptTensor, type KeptPlace } from "./kept-tensor.js";
 import { SessionHost } from "./session-host.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 import { DecodedTileCache } from "../../shared/framepack/decoded-tile-cache.js";
 
 export type Feed = Tensor<"float32"> | Tensor<"int64">;
+/** A run's inputs by name: tensors from here, or tensors kept where the session runs. */
+export type Feeds = Readonly<Record<string, Feed | KeptTensor>>;
+export type { KeptTensor } from "./kept-tensor.js";
 
 export interface SessionSettings {
   ep: ExecutionProvider;
@@ -49,7 +54,8 @@ export interface SessionSettings {
   sessionWorker?: boolean;
   /**
    * With sessionWorker: run the session on this host's worker, shared with the host's other
-   * sessions. Ignored on this thread.
+   * sessions, which take the tensors it keeps (and it theirs). Ignored on this thread, where every
+   * session takes every other's.
    */
   host?: SessionHost;
 }
@@ -88,8 +94,13 @@ export interface ModelClock {
 export interface SessionRunner {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
-  /** steady: names whose feeds the caller never changes in place (see OnnxModel.run). */
-  run(feeds: Record<string, Feed>, steady?: ReadonlySet<string>): Promise<RunnerResult>;
+  /** Where its kept outputs live, and the kept tensors it can be fed. */
+  readonly place: KeptPlace;
+  /**
+   * steady: names whose feeds the caller never changes in place (see OnnxModel.run); keep: outputs
+   * left where the session runs, as `kept` instead of `outputs`.
+   */
+  run(feeds: Feeds, steady: ReadonlySet<string> | undefined, keep: readonly string[]): Promise<RunnerResult>;
   /**
    * A whole tiled VAE decode where the session runs (a worker); absent: the caller tiles with
    * run(). With `onChunk`, the video comes back in chunks of final frames as the tiles finish
@@ -124,29 +135,65 @@ export interface DecodedChunk {
 
 export interface RunnerResult {
   outputs: Record<string, { type: string; dims: readonly number[]; data: unknown }>;
+  kept: Record<string, KeptTensor>;
   /** session.run alone, where it ran (a worker's figure leaves out the trip to and from it). */
   runMs: number;
   /** A tiled decode's tiles taken from the tile cache. */
   reused?: number;
 }
 
+/** The tensors kept by sessions on this thread, which any session here can be fed. */
+class ThisThread implements KeptPlace {
+  readonly name = "this thread";
+  private readonly tensors = new WeakMap<KeptTensor, ort.Tensor>();
+
+  keep(t: ort.Tensor): KeptTensor {
+    const kept = new KeptTensor(t.type, t.dims.map(Number), this);
+    this.tensors.set(kept, t);
+    return kept;
+  }
+
+  tensor(kept: KeptTensor): ort.Tensor | undefined {
+    return this.tensors.get(kept);
+  }
+
+  has(kept: KeptTensor): boolean {
+    return this.tensors.has(kept);
+  }
+
+  // Not disposed: a run already asked for reads it later (session.run starts on setImmediate);
+  // unreferenced, it is collected.
+  free(kept: KeptTensor): void {
+    this.tensors.delete(kept);
+  }
+}
+
+const thisThread = new ThisThread();
+
 function inThread(session: ort.InferenceSession): SessionRunner {
   return {
     inputNames: session.inputNames,
     outputNames: session.outputNames,
-    async run(feeds) {
+    place: thisThread,
+    async run(feeds, _steady, keep) {
       const ortFeeds: Record<string, ort.Tensor> = {};
-      for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
+      for (const [name, t] of Object.entries(feeds)) {
+        const tensor = t instanceof KeptTensor ? thisThread.tensor(t) : toOrt(t);
+        if (tensor === undefined) throw new Error(`input ${name}: the kept tensor was released`);
+        ortFeeds[name] = tensor;
+      }
       const started = performance.now();
       const results = await session.run(ortFeeds);
       const runMs = performance.now() - started;
-      const outputs = Object.fromEntries(
-        session.outputNames.map((n) => {
-          const v = results[n] as ort.Tensor | undefined;
-          return [n, v === undefined ? undefined : { type: v.type, dims: v.dims.map(Number), data: v.data }];
-        }),
-      ) as RunnerResult["outputs"];
-      return { outputs, runMs };
+      const outputs: RunnerResult["outputs"] = {};
+      const kept: Record<string, KeptTensor> = {};
+      for (const n of session.outputNames) {
+        const v = results[n] as ort.Tensor | undefined;
+        if (v === undefined) continue;
+        if (keep.includes(n)) kept[n] = thisThread.keep(v);
+        else outputs[n] = { type: v.type, dims: v.dims.map(Number), data: v.data };
+      }
+      return { outputs, kept, runMs };
     },
     release: () => session.release(),
   };
@@ -219,39 +266,64 @@ export class OnnxModel {
    * Runs the graph. `steady` names inputs whose feed objects the caller never changes in place
    * (a section's conditioning, the same objects every step): a session on a worker thread gets
    * such a feed's data once and is told "the same as before" while the same object comes again,
-   * instead of ~20 MB copied and posted on every transformer step.
+   * instead of ~20 MB copied and posted on every transformer step. A feed may be a KeptTensor
+   * (see runTimed) kept where this session runs.
    */
-  async run(feeds: Record<string, Feed>, steady?: ReadonlySet<string>): Promise<Record<string, F32>> {
+  async run(feeds: Feeds, steady?: ReadonlySet<string>): Promise<Record<string, F32>> {
     return (await this.runTimed(feeds, steady)).outputs;
   }
 
-  /** run(), with how long onnxruntime's session.run took (the rest of the wait is queueing and transfer). */
+  /**
+   * run(), with how long onnxruntime's session.run took (the rest of the wait is queueing and
+   * transfer). Outputs named in `keep`, of any type, stay where the session runs, as `kept`
+   * instead of `outputs`, for feeding to a session that runs there (the caller releases them).
+   */
   async runTimed(
-    feeds: Record<string, Feed>,
+    feeds: Feeds,
     steady?: ReadonlySet<string>,
-  ): Promise<{ outputs: Record<string, F32>; runMs: number }> {
-    const inputs: Record<string, Feed> = {};
+    options?: { keep?: readonly string[] },
+  ): Promise<{ outputs: Record<string, F32>; kept: Record<string, KeptTensor>; runMs: number }> {
+    const keep = options?.keep ?? [];
+    for (const name of keep)
+      if (!this.session.outputNames.includes(name))
+        throw new FarmError("INTERNAL", `${this.component} has no output ${name} to keep`);
+    const inputs: Record<string, Feed | KeptTensor> = {};
     for (const name of this.session.inputNames) {
       const t = feeds[name];
       if (t === undefined) throw new FarmError("INTERNAL", `${this.component}: input ${name} was not provided`);
+      if (t instanceof KeptTensor) this.assertTakes(name, t);
       inputs[name] = t;
     }
-    const { outputs: results, runMs } = await this.tracked(
+    const ran = await this.tracked(
       () =>
         `failed on ${Object.entries(feeds)
           .map(([k, v]) => `${k}=${v.describe()}`)
           .join(" ")}`,
-      () => this.session.run(inputs, steady),
+      () => this.session.run(inputs, steady, keep),
     );
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {
-      const v = results[name];
+      if (keep.includes(name)) continue;
+      const v = ran.outputs[name];
       if (v === undefined || v.type !== "float32") {
+        // Nobody else gets them to release.
+        for (const k of Object.values(ran.kept)) k.release();
         throw new FarmError("INTERNAL", `${this.component}: output ${name} missing or not float32`);
       }
       out[name] = new Tensor("float32", [...v.dims], v.data as Float32Array);
     }
-    return { outputs: out, runMs };
+    return { outputs: out, kept: ran.kept, runMs: ran.runMs };
+  }
+
+  /** A kept tensor fed to `input` must be held still, where this session runs. */
+  private assertTakes(input: string, t: KeptTensor): void {
+    if (!t.place.has(t))
+      throw new FarmError("INTERNAL", `${this.component}: input ${input} is a kept tensor that was released`);
+    if (t.place !== this.session.place)
+      throw new FarmError(
+        "INTERNAL",
+        `${this.component}: input ${input} was kept on ${t.place.name}, and this session runs on ${this.session.place.name}`,
+      );
   }
 
   /**

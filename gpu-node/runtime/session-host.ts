@@ -1,10 +1,11 @@
 /**
  * One worker thread (session-worker.ts) that holds the sessions of several OnnxModels
- * (SessionSettings.host), which run there one after another. A session without a host gets one
- * of its own.
+ * (SessionSettings.host): a tensor one of them keeps (OnnxModel.runTimed's `keep`) is fed to any
+ * other from there, never posted to the node's thread. A session without a host gets one of its own.
  */
 import { Worker } from "node:worker_threads";
 import type ort from "onnxruntime-node";
+import { KeptTensor, type KeptPlace } from "./kept-tensor.js";
 import type { DecodedChunk, Feed, RunnerResult, SessionRunner } from "./onnx-model.js";
 import type { FromWorker, ToWorker, WorkerFeed } from "./session-worker.js";
 
@@ -32,14 +33,16 @@ export class SessionHost {
   }
 }
 
-/** One worker's lifetime: its sessions and its requests in flight. */
-class HostWorker {
+/** One worker's lifetime: its sessions, its requests in flight, and the tensors it keeps. */
+class HostWorker implements KeptPlace {
   private readonly worker: Worker;
   private readonly pending = new Map<number, { resolve: (m: FromWorker) => void; reject: (e: Error) => void }>();
   // Chunks of a streamed decode, by request id.
   private readonly chunkTo = new Map<number, (chunk: DecodedChunk) => void>();
+  // The ids the worker keeps kept tensors under (dropped here when released).
+  private readonly keptIds = new WeakMap<KeptTensor, number>();
   private nextId = 0;
-  /** Ids of steady feeds the worker keeps, unique across its sessions. */
+  /** Ids of tensors the worker keeps, steady feeds and outputs, unique across its sessions. */
   private nextKeep = 0;
   private nextSession = 0;
   /** Sessions open or being opened: the worker ends when this comes back to 0. */
@@ -64,9 +67,20 @@ class HostWorker {
     this.worker.on("exit", (code) => this.failAll(new Error(`the session worker exited (${code})`)));
   }
 
-  /** Ending or ended: a later session needs a new worker. */
+  /** Ending or ended: a later session needs a new worker, and the tensors kept here are gone. */
   get ended(): boolean {
     return this.ending || this.exited !== undefined;
+  }
+
+  has(kept: KeptTensor): boolean {
+    return !this.ended && this.keptIds.has(kept);
+  }
+
+  free(kept: KeptTensor): void {
+    const id = this.keptIds.get(kept);
+    if (id === undefined) return;
+    this.keptIds.delete(kept);
+    if (!this.ended) this.worker.postMessage({ kind: "drop", kept: [id] } satisfies ToWorker);
   }
 
   async open(model: string | Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<SessionRunner> {
@@ -89,7 +103,7 @@ class HostWorker {
   }
 
   /** Posts a request and waits for its answer. */
-  private ask(request: ToWorker, transfer: ArrayBuffer[] = []): Promise<FromWorker> {
+  private ask(request: Exclude<ToWorker, { kind: "drop" }>, transfer: ArrayBuffer[] = []): Promise<FromWorker> {
     if (this.exited !== undefined) return Promise.reject(this.exited);
     const reply = new Promise<FromWorker>((resolve, reject) => this.pending.set(request.id, { resolve, reject }));
     this.worker.postMessage(request, transfer);
@@ -103,11 +117,15 @@ class HostWorker {
     await this.worker.terminate();
   }
 
-  /** A run's or a decode's result. */
-  private result(m: FromWorker): RunnerResult {
-    return m.kind === "result"
-      ? { outputs: m.outputs, runMs: m.runMs, reused: m.reused ?? 0 }
-      : { outputs: {}, runMs: 0 };
+  /** A run's or a decode's result, with the outputs it kept (asked for under `keep`) as handles. */
+  private result(m: FromWorker, keep: Record<string, number> = {}): RunnerResult {
+    if (m.kind !== "result") return { outputs: {}, kept: {}, runMs: 0 };
+    const kept: Record<string, KeptTensor> = {};
+    for (const [name, { type, dims }] of Object.entries(m.kept ?? {})) {
+      kept[name] = new KeptTensor(type, dims, this);
+      this.keptIds.set(kept[name], keep[name]!);
+    }
+    return { outputs: m.outputs, kept, runMs: m.runMs, reused: m.reused ?? 0 };
   }
 
   private runner(session: number, inputNames: string[], outputNames: string[]): SessionRunner {
@@ -117,11 +135,18 @@ class HostWorker {
     return {
       inputNames,
       outputNames,
-      run: async (feeds, steady) => {
+      place: this,
+      run: async (feeds, steady, keep) => {
         const sent: Record<string, WorkerFeed> = {};
         const transfer: ArrayBuffer[] = [];
         const drop: number[] = [];
         for (const [name, t] of Object.entries(feeds)) {
+          if (t instanceof KeptTensor) {
+            const kept = this.keptIds.get(t);
+            if (kept === undefined) throw new Error(`input ${name}: the kept tensor was released`);
+            sent[name] = { kept };
+            continue;
+          }
           const entries = steady?.has(name) === true ? (steadyKept.get(name) ?? []) : undefined;
           const hit = entries?.find((e) => e.feed === t);
           if (hit !== undefined) {
@@ -140,7 +165,12 @@ class HostWorker {
           if (entries.length > KEPT_PER_INPUT) drop.push(entries.shift()!.id);
           steadyKept.set(name, entries);
         }
-        return this.result(await this.ask({ kind: "run", id: this.nextId++, session, feeds: sent, drop }, transfer));
+        const keepAs = Object.fromEntries(keep.map((name) => [name, this.nextKeep++]));
+        const m = await this.ask(
+          { kind: "run", id: this.nextId++, session, feeds: sent, drop, keep: keepAs },
+          transfer,
+        );
+        return this.result(m, keepAs);
       },
       tiledDecode: async ({ latents, input, output, temporal, spatial, keep, tileCacheBytes }, onChunk) => {
         const id = this.nextId++;

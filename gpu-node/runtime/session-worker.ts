@@ -1,10 +1,10 @@
 /**
  * onnxruntime sessions in a worker thread (OnnxModel with SessionSettings.sessionWorker): one
- * OnnxModel's, or every session of a SessionHost (session-host.ts). onnxruntime-node's session.run
- * is synchronous on the calling thread: on the node's own thread a VAE tile blocks the event loop
- * for its whole run, so a decode and the next section's denoise take turns on the GPU instead of
- * sharing it, and every store write or heartbeat waits. Here sessions run off that thread; the
- * node's thread posts feeds and gets outputs back.
+ * OnnxModel's, or every session of a SessionHost (session-host.ts), which feed each other tensors
+ * kept here. onnxruntime-node's session.run is synchronous on the calling thread: on the node's own
+ * thread a VAE tile blocks the event loop for its whole run, so a decode and the next section's
+ * denoise take turns on the GPU instead of sharing it, and every store write or heartbeat waits.
+ * Here sessions run off that thread; the node's thread posts feeds and gets outputs back.
  */
 import { parentPort } from "node:worker_threads";
 import ort from "onnxruntime-node";
@@ -12,7 +12,7 @@ import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { temporalTiledDecode, type SpatialTiling, type TemporalTiling } from "../../shared/framepack/vae-tiling.js";
 import { DecodedTileCache } from "../../shared/framepack/decoded-tile-cache.js";
 
-/** A feed's data (kept under `keep` for later runs when given), or a reference to one kept before. */
+/** A feed's data (kept under `keep` for later runs when given), or a reference to a tensor kept here. */
 export type WorkerFeed =
   { type: "float32" | "int64"; data: Float32Array | BigInt64Array; dims: number[]; keep?: number } | { kept: number };
 /**
@@ -36,7 +36,7 @@ export interface TiledDecodeRequest {
   /** Post final frames as they are made ("frames"), and no video with the result. */
   stream: boolean;
 }
-/** Requests name their session, and are answered under their id. */
+/** Requests name their session; every one but "drop" is answered under its id. */
 export type ToWorker =
   | {
       kind: "load";
@@ -52,10 +52,14 @@ export type ToWorker =
       feeds: Record<string, WorkerFeed>;
       /** Kept feeds no longer needed. */
       drop: number[];
+      /** Outputs kept here under these ids instead of posted. */
+      keep: Record<string, number>;
     }
   | TiledDecodeRequest
-  /** Releases the session; `drop`: its kept feeds. */
-  | { kind: "release"; id: number; session: number; drop: number[] };
+  /** Releases the session; `drop`: its kept feeds. The tensors it kept stay (another session may take them). */
+  | { kind: "release"; id: number; session: number; drop: number[] }
+  /** Kept tensors released by the node's thread. */
+  | { kind: "drop"; kept: number[] };
 export type FromWorker =
   | { kind: "ready"; id: number; inputNames: string[]; outputNames: string[] }
   | { kind: "failed"; id: number; message: string }
@@ -63,6 +67,8 @@ export type FromWorker =
       kind: "result";
       id: number;
       outputs: Record<string, { type: string; dims: number[]; data: unknown }>;
+      /** The outputs kept here (ToWorker's `keep`). */
+      kept?: Record<string, { type: string; dims: number[] }>;
       /** session.run's own time in the worker. */
       runMs: number;
       /** A tiled decode's tiles found in the tile cache instead of decoded. */
@@ -82,8 +88,8 @@ interface Loaded {
   tiles: DecodedTileCache | undefined;
 }
 const sessions = new Map<number, Loaded>();
-// Feeds the node's thread marked steady (the same for a whole section): sent once, then named; ids
-// are unique across the sessions here.
+// Tensors kept for the node's thread, by id: steady feeds (the same for a whole section, sent
+// once, then named) and kept outputs; ids are unique across the sessions here.
 const kept = new Map<number, ort.Tensor>();
 // Requests one after another, in the order asked, whichever session they are for: the node's
 // thread may ask for the next run before the last one is back (VAE tiles), and each run's time
@@ -196,9 +202,16 @@ const run = async (m: Extract<ToWorker, { kind: "run" }>): Promise<void> => {
     const results = await session.run(feeds);
     const runMs = performance.now() - started;
     const outputs: Record<string, { type: string; dims: number[]; data: unknown }> = {};
+    const keptOutputs: Record<string, { type: string; dims: number[] }> = {};
     const transfer: ArrayBuffer[] = [];
     for (const name of session.outputNames) {
       const v = results[name] as ort.Tensor;
+      const keepAs = m.keep[name];
+      if (keepAs !== undefined) {
+        kept.set(keepAs, v);
+        keptOutputs[name] = { type: v.type, dims: v.dims.map(Number) };
+        continue;
+      }
       const data = v.data as Float32Array;
       outputs[name] = { type: v.type, dims: v.dims.map(Number), data };
       // An output that is its buffer's whole content moves as it is (no copy of a 238 MB
@@ -212,12 +225,12 @@ const run = async (m: Extract<ToWorker, { kind: "run" }>): Promise<void> => {
       }
     }
     try {
-      post({ kind: "result", id: m.id, outputs, runMs }, transfer);
+      post({ kind: "result", id: m.id, outputs, kept: keptOutputs, runMs }, transfer);
     } catch {
       // A buffer the binding does not let go of (DataCloneError, nothing sent): copies move.
       for (const o of Object.values(outputs)) o.data = (o.data as Float32Array).slice();
       post(
-        { kind: "result", id: m.id, outputs, runMs },
+        { kind: "result", id: m.id, outputs, kept: keptOutputs, runMs },
         Object.values(outputs).map((o) => (o.data as Float32Array).buffer as ArrayBuffer),
       );
     }
@@ -245,5 +258,9 @@ port.on("message", (m: ToWorker) => {
       return inOrder(() => tiledDecode(m));
     case "release":
       return inOrder(() => release(m));
+    case "drop":
+      return inOrder(async () => {
+        for (const id of m.kept) kept.delete(id);
+      });
   }
 });

@@ -36,13 +36,17 @@ before(async () => {
   runtime.model = async (name) => {
     const m = await load(name);
     return Object.assign(Object.create(m) as OnnxModel, {
-      runTimed: (feeds: Parameters<OnnxModel["runTimed"]>[0], steady?: Parameters<OnnxModel["runTimed"]>[1]) => {
+      runTimed: (...args: Parameters<OnnxModel["runTimed"]>) => {
+        const feeds = args[0];
         const sig = Object.keys(feeds)
           .sort()
-          .map((k) => `${k}:${feeds[k]!.dtype}[${feeds[k]!.shape.join(",")}]`)
+          .map((k) => {
+            const f = feeds[k]!;
+            return "dtype" in f ? `${k}:${f.dtype}[${f.shape.join(",")}]` : `${k}:${f.type}[${f.dims.join(",")}]`;
+          })
           .join(" ");
         calls.add(`${name} ${sig}`);
-        return m.runTimed(feeds, steady);
+        return m.runTimed(...args);
       },
     });
   };
