@@ -102,9 +102,9 @@ const CACHE_LABELS: Record<CacheName, string> = {
   magcache: "MagCache",
 };
 
-/** The step caches a bundle can run: TeaCache and MagCache need its split transformer graphs. */
+/** The step caches a bundle can run: TeaCache and MagCache need its step-cache graphs. */
 export const cachesOf = (manifest: BundleManifest): CacheName[] =>
-  CACHES.filter((c) => c === "none" || manifest.components.transformer_head !== undefined);
+  CACHES.filter((c) => c === "none" || manifest.components.transformer_residual !== undefined);
 
 /** Whether the bundle takes LoRAs: what checkLoras asks of it (loraTargetsOf throws when it cannot). */
 function takesLoras(manifest: BundleManifest): boolean {

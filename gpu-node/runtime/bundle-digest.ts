@@ -17,7 +17,7 @@
  */
 import { createHash } from "node:crypto";
 import { open, readFile } from "node:fs/promises";
-import { COMPONENT_NAMES, MANIFEST_FILE, SPLIT_COMPONENT_NAMES } from "../../shared/bundle/manifest.js";
+import { COMPONENT_NAMES, MANIFEST_FILE, STEP_CACHE_COMPONENT_NAMES } from "../../shared/bundle/manifest.js";
 import type { Bundle } from "./bundle.js";
 
 export const DIGEST_SCHEME = "framefarm-bundle-digest/1";
@@ -32,7 +32,7 @@ const memo = new WeakMap<Bundle, Promise<string>>();
 export function bundleFiles(bundle: Bundle): string[] {
   const m = bundle.manifest;
   const files = new Set<string>();
-  for (const name of [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES]) {
+  for (const name of [...COMPONENT_NAMES, ...STEP_CACHE_COMPONENT_NAMES]) {
     const c = m.components[name];
     if (c === undefined) continue;
     files.add(c.file);

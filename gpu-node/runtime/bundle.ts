@@ -9,7 +9,7 @@ import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
 import {
   COMPONENT_NAMES,
-  SPLIT_COMPONENT_NAMES,
+  STEP_CACHE_COMPONENT_NAMES,
   MANIFEST_FILE,
   validateManifest,
   type BundleManifest,
@@ -22,7 +22,7 @@ export interface Bundle {
   readonly manifest: BundleManifest;
   /** Absolute path of a file named by the manifest (relative to the bundle folder). */
   file(relative: string): string;
-  /** A split part (SPLIT_COMPONENT_NAMES) the bundle lacks: FAILED_PRECONDITION. */
+  /** A step-cache graph (STEP_CACHE_COMPONENT_NAMES) the bundle lacks: FAILED_PRECONDITION. */
   componentPath(name: AnyComponentName): string;
 }
 
@@ -76,7 +76,7 @@ export async function openBundle(dir: string, options: OpenBundleOptions = {}): 
 
   const checks: Promise<unknown>[] = [];
   const present = (): [AnyComponentName, ComponentEntry][] =>
-    [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES].flatMap((n) => {
+    [...COMPONENT_NAMES, ...STEP_CACHE_COMPONENT_NAMES].flatMap((n) => {
       const entry = manifest.components[n];
       return entry === undefined ? [] : [[n, entry] as [AnyComponentName, ComponentEntry]];
     });

@@ -8,7 +8,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { readFields, fieldString, int64s } from "./onnx-proto.js";
-import { COMPONENT_NAMES, SPLIT_COMPONENT_NAMES } from "../../shared/bundle/manifest.js";
+import { COMPONENT_NAMES, STEP_CACHE_COMPONENT_NAMES } from "../../shared/bundle/manifest.js";
 import { estimateJobMemory, admitMemory, gib, type MemoryEstimate } from "../../shared/job/memory-estimate.js";
 import { sectionPlanFor } from "../../shared/job/section-plan.js";
 import { renderParamsOf, type JobSpec } from "../../shared/job/job-spec.js";
@@ -81,9 +81,9 @@ const channelsByFile = new Map<string, number | undefined>();
 
 export function estimateForRuntime(runtime: ModelRuntime, spec: JobSpec): MemoryEstimate {
   const bundle = runtime.bundle;
-  // A TeaCache or MagCache job loads the split transformer too (its body holds a second copy of the blocks).
-  const split = skipsSteps(spec.params.cache);
-  const components = split ? [...COMPONENT_NAMES, ...SPLIT_COMPONENT_NAMES] : COMPONENT_NAMES;
+  // A TeaCache or MagCache job loads the step-cache graphs too (transformer_residual holds a second copy of the weights).
+  const stepCache = skipsSteps(spec.params.cache);
+  const components = stepCache ? [...COMPONENT_NAMES, ...STEP_CACHE_COMPONENT_NAMES] : COMPONENT_NAMES;
   // A large graph keeps its weights in an external data file beside it: count both.
   const weightBytes = components.reduce((sum, c) => {
     const entry = bundle.manifest.components[c];

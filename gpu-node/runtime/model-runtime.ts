@@ -7,7 +7,12 @@ import { mkdir, readdir, rm, stat, utimes } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { FarmError } from "../../shared/errors.js";
-import { COMPONENT_NAMES, type AnyComponentName, type ComponentName } from "../../shared/bundle/manifest.js";
+import {
+  COMPONENT_NAMES,
+  STEP_CACHE_COMPONENT_NAMES,
+  type AnyComponentName,
+  type ComponentName,
+} from "../../shared/bundle/manifest.js";
 import { loraLabel, type LoraRef } from "../../shared/job/loras.js";
 import { loraTargetsOf, parseLora } from "../../shared/lora/lora-file.js";
 import type { Bundle } from "./bundle.js";
@@ -15,6 +20,7 @@ import { bundleDigest } from "./bundle-digest.js";
 import { writeFusedGraph, type WeightedLora } from "./lora-fusion.js";
 import { assertExecutionProviderAvailable } from "./execution-provider.js";
 import { OnnxModel, type ModelClock, type SessionSettings } from "./onnx-model.js";
+import { SessionHost } from "./session-host.js";
 
 /**
  * Scores per block of query rows in the VAE's chunked attention. Under glibc's largest mmap
@@ -31,9 +37,9 @@ const CHUNKED_ATTENTION_COMPONENTS: ReadonlySet<AnyComponentName> = new Set(["va
  */
 const CPU_ARENA_COMPONENTS: ReadonlySet<AnyComponentName> = new Set([
   "transformer",
-  "transformer_head",
-  "transformer_body",
-  "transformer_tail",
+  "transformer_residual",
+  "transformer_skip",
+  "transformer_change",
 ]);
 
 /**
@@ -49,13 +55,19 @@ export function sessionWorkersFromEnv(ep: string, env: NodeJS.ProcessEnv = proce
   throw new RangeError(`FRAMEFARM_SESSION_WORKERS must be 0 or 1, got ${JSON.stringify(v)}`);
 }
 
-/** The transformer and TeaCache's parts of it: the graphs a job's LoRAs are fused into. */
+/** The transformer and the step caches' graphs made from it: the graphs a job's LoRAs are fused into. */
 const TRANSFORMER_GRAPHS: ReadonlySet<AnyComponentName> = new Set([
   "transformer",
-  "transformer_head",
-  "transformer_body",
-  "transformer_tail",
+  "transformer_residual",
+  "transformer_skip",
+  "transformer_change",
 ]);
+
+/**
+ * The step caches' graphs (step-cache-graphs.ts): on session workers they share one worker thread
+ * per weight set, so that the residual one keeps is fed to the other there (session-host.ts).
+ */
+const STEP_CACHE_GRAPHS: ReadonlySet<AnyComponentName> = new Set(STEP_CACHE_COMPONENT_NAMES);
 
 /** Reads a job's LoRA file (a node: from the farm's store); the runtime checks its SHA-256. */
 export type LoraSource = (ref: LoraRef, index: number) => Promise<Uint8Array>;
@@ -100,6 +112,8 @@ interface Variant {
   lastUsed: number;
   /** The LoRAs, parsed when a graph is first built (a variant found on disk never reads them). */
   loras?: () => Promise<WeightedLora[]>;
+  /** The worker thread its step-cache graphs share (made on first use). */
+  stepCacheHost?: SessionHost;
 }
 
 export class ModelRuntime {
@@ -182,8 +196,9 @@ export class ModelRuntime {
     let pending = v.sessions.get(name);
     if (pending === undefined) {
       const variant = v;
+      const host = STEP_CACHE_GRAPHS.has(name) ? (variant.stepCacheHost ??= new SessionHost()) : undefined;
       pending = this.releaseOtherVariants(key).then(() =>
-        key === "" ? this.load(name) : this.loadVariant(variant, name),
+        key === "" ? this.load(name, undefined, host) : this.loadVariant(variant, name, host),
       );
       v.sessions.set(name, pending);
       pending.catch(() => variant.sessions.delete(name));
@@ -204,9 +219,9 @@ export class ModelRuntime {
     }
   }
 
-  private async loadVariant(v: Variant, name: AnyComponentName): Promise<OnnxModel> {
+  private async loadVariant(v: Variant, name: AnyComponentName, host?: SessionHost): Promise<OnnxModel> {
     const entry = this.bundle.manifest.components[name];
-    if (entry === undefined) return this.load(name);
+    if (entry === undefined) return this.load(name, undefined, host);
     const dir = path.join(this.loraSettings.cacheDir, v.key);
     const file = path.join(dir, path.basename(entry.file));
     const built = await stat(file).then(
@@ -222,7 +237,7 @@ export class ModelRuntime {
     const now = new Date();
     await utimes(dir, now, now).catch(() => undefined);
     if (!built) await this.pruneVariantCache(v.key);
-    return this.load(name, file);
+    return this.load(name, file, host);
   }
 
   /** Removes the least recently used variant folders beyond cacheBytes, never a live one. */
@@ -277,8 +292,14 @@ export class ModelRuntime {
     return { cpuMemArena: CPU_ARENA_COMPONENTS.has(name), ...worker, ...this.settings, ...chunked };
   }
 
-  private async load(name: AnyComponentName, file = this.bundle.componentPath(name)): Promise<OnnxModel> {
-    const model = await OnnxModel.load(name, file, this.settingsFor(name), this.clock);
+  /** `host`: the worker thread to open the session on, when sessions run on workers (else its own). */
+  private async load(
+    name: AnyComponentName,
+    file = this.bundle.componentPath(name),
+    host?: SessionHost,
+  ): Promise<OnnxModel> {
+    const settings = this.settingsFor(name);
+    const model = await OnnxModel.load(name, file, host === undefined ? settings : { ...settings, host }, this.clock);
     const expected = this.bundle.manifest.components[name]?.inputs ?? [];
     const missing = expected.filter((n) => !model.inputNames.includes(n));
     if (missing.length > 0) {

@@ -83,22 +83,25 @@ export async function denoiseSection(
   const { schedule } = input;
   const guidance = scalar(Math.fround(Math.fround(input.guidanceScale) * 1000));
   const steps = schedule.timesteps.length;
-  const { call, cache } = await transformerCall(runtime, steps, input.stepCache, observer.onRun);
+  const { call, cache, release } = await transformerCall(runtime, steps, input.stepCache, observer.onRun);
   let latents = input.noise;
-
-  for (let i = 0; i < steps; i++) {
-    observer.signal?.throwIfAborted();
-    const timestep = scalar(schedule.timesteps[i]!);
-    const withText = (t: TextConditioning) => transformerFeeds(input, latents, timestep, guidance, t);
-    const feeds = withText(input.prompt);
-    let noisePred = await call(feeds);
-    if (i === 0) observer.onFirstStep?.(feeds, noisePred);
-    if (input.negative !== undefined) {
-      const negPred = await call(withText(input.negative));
-      noisePred = trueCfg(noisePred, negPred, input.trueCfgScale);
+  try {
+    for (let i = 0; i < steps; i++) {
+      observer.signal?.throwIfAborted();
+      const timestep = scalar(schedule.timesteps[i]!);
+      const withText = (t: TextConditioning) => transformerFeeds(input, latents, timestep, guidance, t);
+      const feeds = withText(input.prompt);
+      let noisePred = await call(feeds);
+      if (i === 0) observer.onFirstStep?.(feeds, noisePred);
+      if (input.negative !== undefined) {
+        const negPred = await call(withText(input.negative));
+        noisePred = trueCfg(noisePred, negPred, input.trueCfgScale);
+      }
+      latents = eulerStep(latents, noisePred, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);
+      observer.onStep?.(i + 1, steps);
     }
-    latents = eulerStep(latents, noisePred, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);
-    observer.onStep?.(i + 1, steps);
+  } finally {
+    release();
   }
   if (cache !== undefined) observer.onCache?.(cache.computed);
   return latents;

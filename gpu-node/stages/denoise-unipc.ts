@@ -22,7 +22,7 @@ export async function denoiseSectionUniPC(
   // torch.tensor([distilled_guidance_scale * 1000.0]): the product in float64, then float32.
   const guidance = scalar(Math.fround(input.guidanceScale * 1000));
   const steps = schedule.sigmas.length - 1;
-  const { call, cache } = await transformerCall(runtime, steps, input.stepCache, observer.onRun);
+  const { call, cache, release } = await transformerCall(runtime, steps, input.stepCache, observer.onRun);
   const denoised = async (x: F32, sigma: number, step: number): Promise<F32> => {
     const timestep = scalar(Math.fround(sigma * 1000));
     const feeds = (t: TextConditioning) => transformerFeeds(input, x, timestep, guidance, t);
@@ -33,10 +33,15 @@ export async function denoiseSectionUniPC(
     if (input.negative !== undefined) pred = cfgCombine(pos, await call(feeds(input.negative)), input.trueCfgScale);
     return flowToDenoised(x, rescaleNoiseCfg(pred, pos, options.cfgRescale), sigma);
   };
-  const latents = await sampleUniPC(denoised, input.noise, schedule.sigmas, options.variant, {
-    onStep: (i) => observer.onStep?.(i + 1, steps),
-    ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
-  });
+  let latents: F32;
+  try {
+    latents = await sampleUniPC(denoised, input.noise, schedule.sigmas, options.variant, {
+      onStep: (i) => observer.onStep?.(i + 1, steps),
+      ...(observer.signal !== undefined ? { signal: observer.signal } : {}),
+    });
+  } finally {
+    release();
+  }
   if (cache !== undefined) observer.onCache?.(cache.computed);
   return latents;
 }

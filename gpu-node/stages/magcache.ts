@@ -11,17 +11,16 @@
  * ratio, |1 - accumulated ratio| is added to an accumulated error, and the call is skipped while
  * the error is at most the threshold, at most K calls in a row were skipped and the ratio at cnt
  * is within 0.06 of 1; otherwise the call computes and the accumulators restart. A skipped call
- * adds the last computed call's residual to the hidden states and runs only the tail (norm_out,
- * proj_out), as TeaCache does over the same split graphs (teacache.ts). As in the reference, the
+ * adds the last computed call's residual to the hidden states and runs only norm_out and
+ * proj_out, over the same graphs as TeaCache (step-cache-graphs.ts). As in the reference, the
  * counter counts transformer calls, not sampler steps (under true CFG the negative prompt's call
  * advances it too) and wraps at num_steps; the state starts afresh each section.
  *
  * The decisions depend only on the ratios and the parameters, never on the tensors.
  */
-import type { F32 } from "../../shared/tensor/tensor.js";
 import type { Feed } from "../runtime/onnx-model.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
-import { SplitTransformer } from "./split-transformer.js";
+import { StepCacheGraphs } from "./step-cache-graphs.js";
 import type { StepCache, StepCacheCall } from "./step-cache.js";
 
 /**
@@ -114,24 +113,27 @@ export class MagCacheSchedule {
   }
 }
 
-/** One section's MagCache over the split transformer graphs. */
+/** One section's MagCache over the step-cache graphs. */
 export class MagCache implements StepCache {
   private readonly schedule: MagCacheSchedule;
-  private readonly split: SplitTransformer;
+  private readonly graphs: StepCacheGraphs;
 
   constructor(runtime: Pick<ModelRuntime, "model">, options: MagCacheOptions) {
     this.schedule = new MagCacheSchedule(options);
-    this.split = new SplitTransformer(runtime);
+    this.graphs = new StepCacheGraphs(runtime);
   }
 
   /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
   get computed(): number[] {
-    return this.split.computed;
+    return this.graphs.computed;
   }
 
   /** One transformer call with the transformer's feeds. */
   async run(feeds: Record<string, Feed>): Promise<StepCacheCall> {
-    const skip = this.schedule.next();
-    return this.split.finish(feeds, await this.split.head(feeds), skip);
+    return this.graphs.call(feeds, this.schedule.next());
+  }
+
+  release(): void {
+    this.graphs.release();
   }
 }

@@ -1,8 +1,8 @@
 /**
- * Step caches over the split transformer graphs (transformer_head / transformer_body /
- * transformer_tail, framefarm_export.teacache_split): TeaCache (teacache.ts) and MagCache
- * (magcache.ts). Both decide per transformer call whether the blocks run (head + body, the body's
- * residual kept) or are skipped (head, the kept residual added to the hidden states, tail).
+ * Step caches over the step-cache graphs (framefarm_export.teacache_split; step-cache-graphs.ts):
+ * TeaCache (teacache.ts) and MagCache (magcache.ts). Both decide per transformer call whether the
+ * blocks run (transformer_residual, its residual kept) or are skipped (transformer_skip: the kept
+ * residual added to the hidden states, then norm_out and proj_out).
  */
 import type { F32 } from "../../shared/tensor/tensor.js";
 import type { Feed } from "../runtime/onnx-model.js";
@@ -29,17 +29,19 @@ export interface StepCache {
   run(feeds: Record<string, Feed>): Promise<StepCacheCall>;
   /** Per transformer call of the section: 1 if the blocks ran, 0 if skipped. */
   readonly computed: number[];
+  /** Frees what the cache keeps between calls (the section is done). */
+  release(): void;
 }
 
 /** A section's step cache and its parameters (--cache teacache | magcache). */
 export type StepCacheOptions =
   { kind: "teacache"; threshold: number } | { kind: "magcache"; threshold: number; k: number; retention: number };
 
-/** The name a cache's per-call decisions are probed under: section<k>.<name>. */
 /** What render and CUDA nodes say when a job asks for a step cache on CUDA (test/bench/step-cache/RESULTS.md). */
 export const stepCacheOnCudaWarning = (cache: string): string =>
   `--cache ${cache} on CUDA is slower than no cache today (test/bench/step-cache/RESULTS.md)`;
 
+/** The name a cache's per-call decisions are probed under: section<k>.<name>. */
 export const computedProbeName = (kind: Exclude<CacheName, "none">): string => `${kind}_computed`;
 
 /** A job's step cache, or undefined without one (records from before a parameter get its default). */
@@ -60,7 +62,8 @@ export function stepCacheOf(
 
 /**
  * The transformer call of one section's sampling loop: the single graph, or the step cache over
- * the split graphs when `options` is given (then `cache` holds the section's decisions).
+ * its graphs when `options` is given (then `cache` holds the section's decisions). `release` when
+ * the section's calls are done.
  */
 export async function transformerCall(
   runtime: Pick<ModelRuntime, "model"> & { bundle?: Pick<ModelRuntime["bundle"], "manifest"> },
@@ -68,7 +71,7 @@ export async function transformerCall(
   options: StepCacheOptions | undefined,
   /** Hears session.run's own time for each call of the single graph (the rest of a step is host work). */
   onRun?: (runMs: number) => void,
-): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: StepCache }> {
+): Promise<{ call(feeds: Record<string, Feed>): Promise<F32>; cache?: StepCache; release(): void }> {
   if (options === undefined) {
     const model = await runtime.model("transformer");
     return {
@@ -77,6 +80,7 @@ export async function transformerCall(
         onRun?.(runMs);
         return outputs.noise_pred!;
       },
+      release: () => undefined,
     };
   }
   let cache: StepCache;
@@ -88,8 +92,8 @@ export async function transformerCall(
       retention: options.retention,
     });
   } else {
-    const dtype: ComputeDtype = runtime.bundle?.manifest.components.transformer_head?.modulated_dtype ?? "fp32";
+    const dtype: ComputeDtype = runtime.bundle?.manifest.components.transformer_change?.modulated_dtype ?? "fp32";
     cache = new TeaCache(runtime, options.threshold, steps, dtype);
   }
-  return { call: async (feeds) => (await cache.run(feeds)).noisePred, cache };
+  return { call: async (feeds) => (await cache.run(feeds)).noisePred, cache, release: () => cache.release() };
 }

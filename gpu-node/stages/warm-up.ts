@@ -6,7 +6,12 @@
  * nothing a job reads or writes is touched, so outputs do not change.
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
-import type { AnyComponentName, ComponentName, SamplingType } from "../../shared/bundle/manifest.js";
+import {
+  PREVIOUS_CALL_PREFIX,
+  type AnyComponentName,
+  type ComponentName,
+  type SamplingType,
+} from "../../shared/bundle/manifest.js";
 import type { StageKind } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { skipsSteps, type CacheName, type SamplerName, type VideoParams } from "../../shared/job/render-params.js";
@@ -15,11 +20,11 @@ import { initialHistory, sectionInputs } from "../../shared/framepack/history.js
 import { temporalTiledDecode } from "../../shared/framepack/vae-tiling.js";
 import { temporalTiledEncode } from "../../shared/framepack/vae-encode-tiling.js";
 import type { ModelRuntime } from "../runtime/model-runtime.js";
+import type { KeptTensor } from "../runtime/onnx-model.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 import { encodeImageEmbeds, encodeImagePosterior } from "./encode-image.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
 import { spatialTilingOf, type DecodeOptions } from "./decode-latents.js";
-import { PREVIOUS_MODULATED } from "./split-transformer.js";
 import type { TextConditioning } from "./denoise-section.js";
 
 /** What decides the shapes a job's stages feed its models. */
@@ -235,22 +240,35 @@ export async function warmUp(
     for (const section of plan.sections) {
       const context = sectionInputs(plan, section, history, imageLatents, lastImageLatents);
       const feeds = transformerFeeds({ imageEmbeds, context }, noise, scalar(1000), scalar(10000), prompt);
-      if (skipsSteps(job.cache) && m.components.transformer_head !== undefined) {
-        // The step cache's three graphs at the job's shapes: a computed step (head, body) and a skipped one (tail).
+      if (skipsSteps(job.cache) && m.components.transformer_residual !== undefined) {
+        // The step-cache graphs at the job's shapes, fed as TeaCache and MagCache feed them
+        // (step-cache-graphs.ts, teacache.ts): a computed call, a skipped one, the change measure.
         const key = shapeKey(feeds);
-        const head = await once("transformer_head", key, async () => {
-          const model = await runtime.model("transformer_head");
-          if (!model.inputNames.includes(PREVIOUS_MODULATED)) return model.run(feeds);
-          // A section's first call (no previous modulated input), then the others' shape.
-          const first = await model.run({ ...feeds, [PREVIOUS_MODULATED]: Tensor.zeros([1, 1, 1]) });
-          return model.run({ ...feeds, [PREVIOUS_MODULATED]: first["modulated_input"]! });
-        });
-        if (head === undefined) continue;
-        // The feeds exactly as TeaCache and MagCache give them (teacache.ts, magcache.ts).
-        const body = { ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! };
-        await once("transformer_body", key, async () => (await runtime.model("transformer_body")).run(body));
-        const tail = { ...feeds, hidden_out: head["hidden_in"]! };
-        await once("transformer_tail", key, async () => (await runtime.model("transformer_tail")).run(tail));
+        let residual: KeptTensor | undefined;
+        try {
+          await once("transformer_residual", key, async () => {
+            const run = await (
+              await runtime.model("transformer_residual")
+            ).runTimed(feeds, undefined, {
+              keep: ["residual"],
+            });
+            residual = run.kept["residual"];
+            return run.outputs;
+          });
+          const kept = residual;
+          if (kept !== undefined)
+            await once("transformer_skip", key, async () =>
+              (await runtime.model("transformer_skip")).run({ ...feeds, residual: kept }),
+            );
+        } finally {
+          residual?.release();
+        }
+        if (job.cache === "teacache") {
+          const previous = Object.fromEntries(Object.entries(feeds).map(([n, t]) => [PREVIOUS_CALL_PREFIX + n, t]));
+          await once("transformer_change", key, async () =>
+            (await runtime.model("transformer_change")).run({ ...feeds, ...previous }),
+          );
+        }
       } else await once("transformer", shapeKey(feeds), async () => (await runtime.model("transformer")).run(feeds));
     }
 

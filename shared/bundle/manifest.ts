@@ -45,25 +45,27 @@ export const COMPONENT_IO: Record<ComponentName, { inputs: readonly string[]; ou
 export const COMPONENT_NAMES = Object.keys(COMPONENT_IO) as ComponentName[];
 
 /**
- * The transformer cut in three for TeaCache (--cache teacache; gpu-node/export
- * framefarm_export/teacache_split.py), optional: a bundle without them renders without the cache.
- * Their inputs are the named ones plus whichever transformer inputs the part reads.
+ * The graphs the step caches run (--cache teacache | magcache; gpu-node/export
+ * framefarm_export/teacache_split.py), optional: a bundle without them renders without a cache.
+ * transformer_residual: the transformer with the blocks' residual as a second output;
+ * transformer_skip: a skipped call (the kept residual in, noise_pred out); transformer_change:
+ * TeaCache's measure of how much block 0's modulated input changed since the previous call.
+ * Their inputs are the named ones plus whichever transformer inputs the graph reads
+ * (transformer_change: also those of the previous call, prefixed).
  */
-export type SplitComponentName = "transformer_head" | "transformer_body" | "transformer_tail";
-export const SPLIT_COMPONENT_IO: Record<SplitComponentName, { inputs: readonly string[]; outputs: readonly string[] }> =
-  {
-    transformer_head: { inputs: [], outputs: ["hidden_in", "encoder_in", "modulated_input"] },
-    transformer_body: { inputs: ["hidden_in", "encoder_in"], outputs: ["noise_pred", "residual"] },
-    transformer_tail: { inputs: ["hidden_out"], outputs: ["noise_pred"] },
-  };
-export const SPLIT_COMPONENT_NAMES = Object.keys(SPLIT_COMPONENT_IO) as SplitComponentName[];
-/**
- * A head that measures TeaCache's relative L1 itself: one more input (the previous call's
- * modulated input) and one more output ([mean |difference|, mean |previous|]), both or neither
- * (bundles split before it have neither).
- */
-export const HEAD_L1_IO = { input: "previous_modulated_input", output: "modulated_l1" } as const;
-export type AnyComponentName = ComponentName | SplitComponentName;
+export type StepCacheComponentName = "transformer_residual" | "transformer_skip" | "transformer_change";
+export const STEP_CACHE_COMPONENT_IO: Record<
+  StepCacheComponentName,
+  { inputs: readonly string[]; outputs: readonly string[] }
+> = {
+  transformer_residual: { inputs: [], outputs: ["noise_pred", "residual"] },
+  transformer_skip: { inputs: ["residual"], outputs: ["noise_pred"] },
+  transformer_change: { inputs: [], outputs: ["modulated_l1"] },
+};
+export const STEP_CACHE_COMPONENT_NAMES = Object.keys(STEP_CACHE_COMPONENT_IO) as StepCacheComponentName[];
+/** transformer_change's inputs for the previous call: this prefix and the transformer input's name. */
+export const PREVIOUS_CALL_PREFIX = "previous_";
+export type AnyComponentName = ComponentName | StepCacheComponentName;
 
 export interface ComponentEntry {
   file: string;
@@ -71,7 +73,7 @@ export interface ComponentEntry {
   inputs: string[];
   outputs: string[];
   sha256?: string;
-  /** transformer_head only: the dtype its modulated_input was computed in before the cast to float32 (fp32 if absent). */
+  /** transformer_change only: the dtype block 0's modulated input is computed in (fp32 if absent). */
   modulated_dtype?: "fp32" | "fp16" | "bf16";
   /** vae_decoder only: the most latent frames one call may take (temporal tiles are at most this long). */
   max_latent_frames?: number;
@@ -112,7 +114,7 @@ export interface BundleManifest {
   source: { pipeline: string; transformer: string | null; image_encoder: string | null };
   dtype: "fp32" | "fp16" | "bf16";
   sampling_type: SamplingType;
-  components: Record<ComponentName, ComponentEntry> & Partial<Record<SplitComponentName, ComponentEntry>>;
+  components: Record<ComponentName, ComponentEntry> & Partial<Record<StepCacheComponentName, ComponentEntry>>;
   text_encoder: {
     tokenizer: string;
     tokenizer_config: string;
@@ -236,14 +238,20 @@ class Checker {
   }
 }
 
-/** A split part's inputs: its own named ones and transformer inputs, each once; its outputs exactly. */
-function checkSplitIO(c: Checker, o: Record<string, unknown>, name: SplitComponentName, path: string): string[] {
-  const io = SPLIT_COMPONENT_IO[name];
+/** A step-cache graph's inputs: its own named ones and transformer inputs, each once. */
+function checkStepCacheInputs(
+  c: Checker,
+  o: Record<string, unknown>,
+  name: StepCacheComponentName,
+  path: string,
+): string[] {
+  const io = STEP_CACHE_COMPONENT_IO[name];
   const got = o["inputs"];
+  const transformer = COMPONENT_IO.transformer.inputs;
   const allowed = new Set([
     ...io.inputs,
-    ...COMPONENT_IO.transformer.inputs,
-    ...(name === "transformer_head" ? [HEAD_L1_IO.input] : []),
+    ...transformer,
+    ...(name === "transformer_change" ? transformer.map((n) => PREVIOUS_CALL_PREFIX + n) : []),
   ]);
   if (
     !Array.isArray(got) ||
@@ -265,31 +273,23 @@ function checkComponent(c: Checker, raw: unknown, name: AnyComponentName): Compo
   const file = c.relPath(o, "file", path);
   const external =
     o["external_data"] === null || o["external_data"] === undefined ? null : c.relPath(o, "external_data", path);
-  const split = name in SPLIT_COMPONENT_IO;
-  const io = split ? SPLIT_COMPONENT_IO[name as SplitComponentName] : COMPONENT_IO[name as ComponentName];
-  // The head's outputs may end with modulated_l1, when its inputs hold previous_modulated_input.
-  const headL1 =
-    name === "transformer_head" && Array.isArray(o["inputs"]) && (o["inputs"] as unknown[]).includes(HEAD_L1_IO.input);
-  for (const side of split ? (["outputs"] as const) : (["inputs", "outputs"] as const)) {
+  const stepCache = name in STEP_CACHE_COMPONENT_IO;
+  const io = stepCache ? STEP_CACHE_COMPONENT_IO[name as StepCacheComponentName] : COMPONENT_IO[name as ComponentName];
+  for (const side of stepCache ? (["outputs"] as const) : (["inputs", "outputs"] as const)) {
     const got = o[side];
-    const want = headL1 && side === "outputs" ? [...io.outputs, HEAD_L1_IO.output] : io[side];
+    const want = io[side];
     if (!Array.isArray(got) || got.length !== want.length || want.some((n, i) => got[i] !== n)) {
       c.problems.push(`${path}.${side}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
     }
   }
-  const inputs = split ? checkSplitIO(c, o, name as SplitComponentName, path) : [...io.inputs];
-  const entry: ComponentEntry = {
-    file,
-    external_data: external,
-    inputs,
-    outputs: headL1 ? [...io.outputs, HEAD_L1_IO.output] : [...io.outputs],
-  };
+  const inputs = stepCache ? checkStepCacheInputs(c, o, name as StepCacheComponentName, path) : [...io.inputs];
+  const entry: ComponentEntry = { file, external_data: external, inputs, outputs: [...io.outputs] };
   if (typeof o["sha256"] === "string") {
     if (!/^[0-9a-f]{64}$/.test(o["sha256"])) c.problems.push(`${path}.sha256: expected 64 lowercase hex digits`);
     entry.sha256 = o["sha256"];
   }
   if (name === "vae_decoder") entry.max_latent_frames = c.posInt(o, "max_latent_frames", path);
-  if (name === "transformer_head" && o["modulated_dtype"] !== undefined)
+  if (name === "transformer_change" && o["modulated_dtype"] !== undefined)
     entry.modulated_dtype = c.oneOf(o, "modulated_dtype", path, ["fp32", "fp16", "bf16"] as const);
   if (o["weights"] !== undefined) {
     const w = c.obj(o["weights"], `${path}.weights`);
@@ -356,13 +356,13 @@ export function validateManifest(raw: unknown, where = MANIFEST_FILE): BundleMan
   const comps = c.obj(m["components"], "components");
   const components = {} as BundleManifest["components"];
   for (const name of COMPONENT_NAMES) components[name] = checkComponent(c, comps[name], name);
-  const splitPresent = SPLIT_COMPONENT_NAMES.filter((n) => comps[n] !== undefined);
-  if (splitPresent.length > 0 && splitPresent.length < SPLIT_COMPONENT_NAMES.length) {
+  const stepCachePresent = STEP_CACHE_COMPONENT_NAMES.filter((n) => comps[n] !== undefined);
+  if (stepCachePresent.length > 0 && stepCachePresent.length < STEP_CACHE_COMPONENT_NAMES.length) {
     c.problems.push(
-      `components: ${SPLIT_COMPONENT_NAMES.filter((n) => comps[n] === undefined).join(", ")} missing beside ${splitPresent.join(", ")} (the split transformer is all three or none)`,
+      `components: ${STEP_CACHE_COMPONENT_NAMES.filter((n) => comps[n] === undefined).join(", ")} missing beside ${stepCachePresent.join(", ")} (the step-cache graphs are all three or none)`,
     );
   }
-  for (const name of splitPresent) components[name] = checkComponent(c, comps[name], name);
+  for (const name of stepCachePresent) components[name] = checkComponent(c, comps[name], name);
 
   const te = c.obj(m["text_encoder"], "text_encoder");
   c.relPath(te, "tokenizer", "text_encoder");

@@ -76,7 +76,7 @@ const bad = (msg: string): FarmError => new FarmError("INVALID_ARGUMENT", msg);
 /** The manifest's LoRA targets, or FAILED_PRECONDITION saying how to get them. */
 export function loraTargetsOf(manifest: BundleManifest): LoraTargets {
   const raw = (manifest as unknown as Record<string, unknown>)["lora_targets"];
-  const quantized = (["transformer", "transformer_head", "transformer_body", "transformer_tail"] as const).filter(
+  const quantized = (["transformer", "transformer_residual", "transformer_skip", "transformer_change"] as const).filter(
     (c) => manifest.components[c]?.weights !== undefined,
   );
   if (quantized.length > 0)

@@ -1,7 +1,8 @@
 """A miniature transformer graph shaped like the exporter's in float16 (test/unit/teacache.test.ts):
 the packed hidden states and text tokens, block 0's AdaLayerNormZero modulations found by their
 parameter names, one block, the crop and norm_out/proj_out. Written as transformer.onnx, then cut
-by framefarm_export.teacache_split (its half-precision path) into OUT.
+by framefarm_export.teacache_split into the step caches' graphs in OUT, beside modulated.onnx (block
+0's modulated input as float32, for the test's own relative L1).
 
     python3 teacache_synthetic.py OUT
 """
@@ -15,7 +16,7 @@ from onnx import TensorProto as T
 from onnx import helper
 from onnx import numpy_helper as nh
 
-from framefarm_export.teacache_split import HEAD, split
+from framefarm_export.teacache_split import _modulated, _subgraph, split
 
 H = T.FLOAT16
 D = 8
@@ -111,10 +112,15 @@ def main(out):
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "transformer.onnx")
     build(path)
-    for name, m in split(path).items():
+    graphs, modulated_dtype = split(path)
+    for name, m in graphs.items():
         onnx.save(m, os.path.join(out, f"{name}.onnx"))
-        if name == HEAD:
-            print({p.key: p.value for p in m.metadata_props}.get("framefarm.modulated_dtype"))
+    model = onnx.load(path)
+    _, modulated = _modulated(model.graph, "model.transformer_blocks.0.norm1.linear.weight")
+    cast = helper.make_node("Cast", [modulated], ["modulated_input"], to=T.FLOAT)
+    vi = helper.make_tensor_value_info("modulated_input", T.FLOAT, None)
+    onnx.save(_subgraph(model, ["modulated_input"], (), [cast], [vi]), os.path.join(out, "modulated.onnx"))
+    print(modulated_dtype)
 
 
 if __name__ == "__main__":

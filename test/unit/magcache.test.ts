@@ -1,6 +1,6 @@
 /**
  * MagCache (--cache magcache): the ratios and skipping decisions against Zehong-Ma/MagCache's
- * MagCache4FramePack, the cache over the tiny bundle's split graphs, and the job options. The whole
+ * MagCache4FramePack, the cache over the tiny bundle's step-cache graphs, and the job options. The whole
  * cache against the reference code itself (which calls it skips, the latents and frames) is the
  * reference cases test/fixtures/reference-cases/magcache_unipc_* (test/parity/reference-cases.test.ts).
  */
@@ -104,32 +104,36 @@ test("each reference case's skipped calls are the schedule's (the reference code
   }
 });
 
-test("MagCache over the split graphs: a skipped call is the tail of hidden_in + the last residual", async () => {
-  const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu" });
-  try {
-    const t = decodeSafetensors(await readFile(path.join(CASES, "magcache_unipc_vanilla.safetensors"))).tensors;
-    const feeds: Record<string, Feed> = {};
-    for (const [k, v] of t) if (k.startsWith("section0.transformer_in.")) feeds[k.slice(24)] = v as Feed;
-    const mask = feeds["encoder_attention_mask"]!;
-    feeds["encoder_attention_mask"] = new Tensor("float32", mask.shape, Float32Array.from(mask.data, Number));
-    const single = (await (await runtime.model("transformer")).run(feeds)).noise_pred!;
-    // The same input each call: a reused residual gives the single graph's output again.
-    const cache = new MagCache(runtime, { numSteps: 8, threshold: 0.1, k: 2, retention: 0.25 });
-    for (let i = 0; i < 8; i++) {
-      const { noisePred, computed } = await cache.run(feeds);
-      assert.equal(computed, cache.computed[i] === 1);
-      assert.ok(relL2(noisePred, single) <= 1e-5, `call ${i}`);
+test("MagCache over the step-cache graphs: a skipped call adds the last residual, on the node's thread and on a worker", async () => {
+  for (const sessionWorker of [false, true]) {
+    const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu", sessionWorker });
+    try {
+      const t = decodeSafetensors(await readFile(path.join(CASES, "magcache_unipc_vanilla.safetensors"))).tensors;
+      const feeds: Record<string, Feed> = {};
+      for (const [k, v] of t) if (k.startsWith("section0.transformer_in.")) feeds[k.slice(24)] = v as Feed;
+      const mask = feeds["encoder_attention_mask"]!;
+      feeds["encoder_attention_mask"] = new Tensor("float32", mask.shape, Float32Array.from(mask.data, Number));
+      const single = (await (await runtime.model("transformer")).run(feeds)).noise_pred!;
+      // The same input each call: a reused residual gives the single graph's output again.
+      const cache = new MagCache(runtime, { numSteps: 8, threshold: 0.1, k: 2, retention: 0.25 });
+      for (let i = 0; i < 8; i++) {
+        const { noisePred, computed } = await cache.run(feeds);
+        assert.equal(computed, cache.computed[i] === 1);
+        assert.ok(relL2(noisePred, single) <= 1e-5, `call ${i}`);
+      }
+      assert.deepEqual(cache.computed, [1, 1, 0, 1, 0, 0, 1, 1]);
+      cache.release();
+      const { cache: made, release } = await transformerCall(runtime, 8, {
+        kind: "magcache",
+        threshold: 0.1,
+        k: 2,
+        retention: 0.25,
+      });
+      assert.ok(made instanceof MagCache);
+      release();
+    } finally {
+      await runtime.close();
     }
-    assert.deepEqual(cache.computed, [1, 1, 0, 1, 0, 0, 1, 1]);
-    const { cache: made } = await transformerCall(runtime, 8, {
-      kind: "magcache",
-      threshold: 0.1,
-      k: 2,
-      retention: 0.25,
-    });
-    assert.ok(made instanceof MagCache);
-  } finally {
-    await runtime.close();
   }
 });
 

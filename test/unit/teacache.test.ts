@@ -1,5 +1,5 @@
 /**
- * TeaCache (--cache teacache): the split transformer graphs against the single graph, the cache's
+ * TeaCache (--cache teacache): the step-cache graphs against the single graph, the cache's
  * arithmetic against lllyasviel's, and the job options. The whole cache against lllyasviel's own
  * code (which steps it skips, the latents and frames) is the reference case
  * test/fixtures/reference-cases/teacache_unipc_vanilla (test/parity/reference-cases.test.ts).
@@ -17,7 +17,6 @@ import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
 import type { Feed } from "../../gpu-node/runtime/onnx-model.js";
 import {
   TeaCache,
-  relativeL1,
   relativeL1FromMeans,
   roundTo,
   teacacheRescale,
@@ -34,6 +33,7 @@ import { recipeParamsInput } from "../../coordinator/api/recipe-request.js";
 import { decodeSafetensors } from "../../shared/tensor/safetensors.js";
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
 import { cliPath, repoRoot, tinyBundleDir } from "../support/paths.js";
+import { relativeL1 } from "../support/relative-l1.js";
 
 const CASE = path.join(repoRoot(), "test", "fixtures", "reference-cases", "teacache_unipc_vanilla.safetensors");
 
@@ -136,50 +136,51 @@ test("relativeL1 rounds each difference exactly as roundTo does, over every bina
   assert.ok(Number.isNaN(relativeL1(big(NaN), big(1), "bf16")));
 });
 
-test("head + body and head + tail give the single transformer graph's noise_pred", async () => {
-  const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu" });
-  try {
-    for (const section of [0, 1]) {
-      const feeds = await stepInputs(section);
-      const single = (await (await runtime.model("transformer")).run(feeds)).noise_pred!;
-      const headModel = await runtime.model("transformer_head");
-      const noPrevious = Tensor.zeros([1, 1, 1]);
-      const head = await headModel.run({ ...feeds, previous_modulated_input: noPrevious });
-      assert.deepEqual(head["hidden_in"]!.shape.length, 3);
-      assert.deepEqual(head["modulated_input"]!.shape, head["hidden_in"]!.shape);
-      // The head's own relative L1 against a previous modulated input: what relativeL1 gives.
-      const modulated = head["modulated_input"]!;
-      const previous = new Tensor(
-        "float32",
-        modulated.shape,
-        Float32Array.from(modulated.data, (x, i) => x * 0.9 + Math.sin(i) * 0.01),
-      );
-      const l1 = (await headModel.run({ ...feeds, previous_modulated_input: previous }))["modulated_l1"]!;
-      const want = relativeL1(modulated, previous);
-      assert.ok(
-        Math.abs(relativeL1FromMeans(l1) - want) <= 1e-6 * want,
-        `section ${section}: ${relativeL1FromMeans(l1)} vs ${want}`,
-      );
-      const body = await (
-        await runtime.model("transformer_body")
-      ).run({ ...feeds, hidden_in: head["hidden_in"]!, encoder_in: head["encoder_in"]! });
-      assert.deepEqual(body["noise_pred"]!.shape, single.shape);
-      const split = relL2(body["noise_pred"]!, single);
-      assert.ok(split <= 1e-6, `section ${section}: split vs single relL2 ${split}`);
-      // A skipped step with this very residual: hidden_in + residual through the tail.
-      const hidden = head["hidden_in"]!;
-      const out = new Float32Array(hidden.numel);
-      for (let i = 0; i < out.length; i++) out[i] = hidden.data[i]! + body["residual"]!.data[i]!;
-      const tail = await (
-        await runtime.model("transformer_tail")
-      ).run({ ...feeds, hidden_out: new Tensor("float32", hidden.shape, out) });
-      const reused = relL2(tail["noise_pred"]!, single);
-      assert.ok(reused <= 1e-5, `section ${section}: tail of hidden_in + residual vs single relL2 ${reused}`);
+/** The feeds of the previous call as transformer_change takes them. */
+const asPrevious = (feeds: Record<string, Feed>): Record<string, Feed> =>
+  Object.fromEntries(Object.entries(feeds).map(([n, t]) => [`previous_${n}`, t]));
+
+test("transformer_residual and transformer_skip give the single graph's noise_pred; transformer_change measures the change", async () => {
+  for (const sessionWorker of [false, true]) {
+    const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu", sessionWorker });
+    try {
+      for (const section of [0, 1]) {
+        const feeds = await stepInputs(section);
+        const single = (await (await runtime.model("transformer")).run(feeds)).noise_pred!;
+        const computed = await (
+          await runtime.model("transformer_residual")
+        ).runTimed(feeds, undefined, {
+          keep: ["residual"],
+        });
+        assert.deepEqual(Object.keys(computed.outputs), ["noise_pred"], "the residual stays where it was computed");
+        const split = relL2(computed.outputs["noise_pred"]!, single);
+        assert.ok(split <= 1e-6, `section ${section}: transformer_residual vs single relL2 ${split}`);
+        // A skipped step with this very residual: the hidden states before block 0 + residual, then the output layers.
+        const residual = computed.kept["residual"]!;
+        const skipped = await (await runtime.model("transformer_skip")).run({ ...feeds, residual });
+        residual.release();
+        const reused = relL2(skipped["noise_pred"]!, single);
+        assert.ok(reused <= 1e-5, `section ${section}: skip with its own residual vs single relL2 ${reused}`);
+        const change = await runtime.model("transformer_change");
+        const same = (await change.run({ ...feeds, ...asPrevious(feeds) }))["modulated_l1"]!;
+        assert.equal(same.data[0], 0, `section ${section}: no change from a call to itself`);
+        assert.ok(same.data[1]! > 0);
+        const moved = { ...feeds, hidden_states: scaled(feeds["hidden_states"] as F32, 0.9) };
+        const l1 = relativeL1FromMeans((await change.run({ ...moved, ...asPrevious(feeds) }))["modulated_l1"]!);
+        assert.ok(l1 > 0 && l1 < 1, `section ${section}: relative change ${l1}`);
+      }
+    } finally {
+      await runtime.close();
     }
-  } finally {
-    await runtime.close();
   }
 });
+
+const scaled = (t: F32, k: number): F32 =>
+  new Tensor(
+    "float32",
+    t.shape,
+    Float32Array.from(t.data, (x) => x * k),
+  );
 
 test("TeaCache computes the first and last calls, skips while the change stays under the threshold", async () => {
   const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu" });
@@ -194,35 +195,45 @@ test("TeaCache computes the first and last calls, skips while the change stays u
     }
     // The rescale of a zero change is 0.096: the third call's sum (0.192) passes 0.15 and computes.
     assert.deepEqual(cache.computed, [1, 0, 1, 1]);
+    cache.release();
     const everyCall = new TeaCache(runtime, 0.05, 4);
     for (let i = 0; i < 4; i++) await everyCall.run(feeds);
     assert.deepEqual(everyCall.computed, [1, 1, 1, 1]);
+    everyCall.release();
   } finally {
     await runtime.close();
   }
 });
 
-test("a bundle names all three split graphs or none, each with its own inputs", async () => {
+test("a bundle names all three step-cache graphs or none, each with its own inputs", async () => {
   const manifest = JSON.parse(await readFile(path.join(tinyBundleDir(), "framefarm-bundle.json"), "utf8")) as Record<
     string,
     Record<string, unknown>
   >;
-  assert.deepEqual(validateManifest(manifest, "tiny").components.transformer_body?.outputs, ["noise_pred", "residual"]);
+  const components = validateManifest(manifest, "tiny").components;
+  assert.deepEqual(components.transformer_residual?.outputs, ["noise_pred", "residual"]);
+  assert.ok(components.transformer_change?.inputs.includes("previous_hidden_states"));
   const without = structuredClone(manifest);
-  delete without["components"]!["transformer_tail"];
+  delete without["components"]!["transformer_skip"];
   assert.throws(
     () => validateManifest(without, "x"),
-    (e: unknown) => e instanceof FarmError && /transformer_tail missing/.test(e.message),
+    (e: unknown) => e instanceof FarmError && /transformer_skip missing/.test(e.message),
   );
   const badInputs = structuredClone(manifest);
-  (badInputs["components"]!["transformer_body"] as { inputs: string[] }).inputs = ["hidden_in", "surprise"];
+  (badInputs["components"]!["transformer_skip"] as { inputs: string[] }).inputs = ["residual", "surprise"];
   assert.throws(
     () => validateManifest(badInputs, "x"),
-    (e: unknown) => e instanceof FarmError && /transformer_body\.inputs/.test(e.message),
+    (e: unknown) => e instanceof FarmError && /transformer_skip\.inputs/.test(e.message),
+  );
+  const previousElsewhere = structuredClone(manifest);
+  (previousElsewhere["components"]!["transformer_skip"] as { inputs: string[] }).inputs.push("previous_timestep");
+  assert.throws(
+    () => validateManifest(previousElsewhere, "x"),
+    (e: unknown) => e instanceof FarmError && /transformer_skip\.inputs/.test(e.message),
   );
   const none = structuredClone(manifest);
-  for (const n of ["transformer_head", "transformer_body", "transformer_tail"]) delete none["components"]![n];
-  assert.equal(validateManifest(none, "x").components.transformer_head, undefined);
+  for (const n of ["transformer_residual", "transformer_skip", "transformer_change"]) delete none["components"]![n];
+  assert.equal(validateManifest(none, "x").components.transformer_residual, undefined);
 });
 
 test("--cache teacache and --cache-threshold: parsed, validated, mapped and carried", () => {
@@ -281,7 +292,7 @@ test("--cache teacache and --cache-threshold: parsed, validated, mapped and carr
   assert.deepEqual([plainRecipe.cache, "cache_threshold" in plainRecipe], ["none", false]);
 });
 
-test("teacache_split (Debian's python3-onnx) makes the tiny bundle's split graphs and manifest byte for byte", async () => {
+test("teacache_split (Debian's python3-onnx) makes the tiny bundle's step-cache graphs and manifest byte for byte", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-split-"));
   try {
     await cp(tinyBundleDir(), dir, { recursive: true });
@@ -289,9 +300,9 @@ test("teacache_split (Debian's python3-onnx) makes the tiny bundle's split graph
     const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
     await promisify(execFile)(python, ["-m", "framefarm_export.teacache_split", "--bundle", dir], { env });
     for (const f of [
-      "transformer_head.onnx",
-      "transformer_body.onnx",
-      "transformer_tail.onnx",
+      "transformer_residual.onnx",
+      "transformer_skip.onnx",
+      "transformer_change.onnx",
       "framefarm-bundle.json",
     ])
       assert.ok(
@@ -303,21 +314,21 @@ test("teacache_split (Debian's python3-onnx) makes the tiny bundle's split graph
   }
 });
 
-test("a float16 transformer's split graphs pass float32 between them, exactly", async () => {
+test("a float16 transformer's step-cache graphs: the residual in float16, the change rounded as torch rounds it", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-split16-"));
   try {
     const env = { ...process.env, PYTHONPATH: path.join(repoRoot(), "gpu-node/export") };
     const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
     const script = path.join(repoRoot(), "test/support/teacache_synthetic.py");
     const { stdout } = await promisify(execFile)(python, [script, dir], { env });
-    assert.equal(stdout.trim(), "fp16", "the head names its modulated input's dtype");
+    assert.equal(stdout.trim(), "fp16", "the modulated input's dtype, for the manifest");
     const load = (n: string) => OnnxModel.load(n, path.join(dir, `${n}.onnx`), { ep: "cpu" });
-    const wave = (shape: number[]) => {
+    const wave = (shape: number[], phase = 0) => {
       const n = shape.reduce((a, b) => a * b, 1);
       return new Tensor(
         "float32",
         shape,
-        Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.3)),
+        Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.3 + phase)),
       );
     };
     const feeds = {
@@ -326,36 +337,40 @@ test("a float16 transformer's split graphs pass float32 between them, exactly", 
       encoder_hidden_states: wave([1, 3, 8]),
       timestep: wave([1, 8]),
     };
-    const [single, head, body, tail] = await Promise.all(
-      ["transformer", "transformer_head", "transformer_body", "transformer_tail"].map(load),
+    const [single, residualGraph, skip, change, modulated] = await Promise.all(
+      ["transformer", "transformer_residual", "transformer_skip", "transformer_change", "modulated"].map(load),
     );
     const want = (await single!.run(feeds)).noise_pred!;
-    const h = await head!.run({ ...feeds, previous_modulated_input: Tensor.zeros([1, 1, 1]) });
-    assert.deepEqual(h["modulated_input"]!.shape, [1, 6, 8]);
-    // The head's relative L1 rounds each difference to fp16 first, as relativeL1(..., "fp16") does.
-    const previous = wave([1, 6, 8]);
-    const l1 = (await head!.run({ ...feeds, previous_modulated_input: previous }))["modulated_l1"]!;
-    assert.equal(relativeL1FromMeans(l1, "fp16"), relativeL1(h["modulated_input"]!, previous, "fp16"));
-    assert.notEqual(relativeL1FromMeans(l1, "fp16"), relativeL1(h["modulated_input"]!, previous, "fp32"));
-    const b = await body!.run({ ...feeds, hidden_in: h["hidden_in"]!, encoder_in: h["encoder_in"]! });
-    assert.deepEqual(Array.from(b["noise_pred"]!.data), Array.from(want.data), "head + body = single");
-    const sum = Float32Array.from(h["hidden_in"]!.data, (x, i) => x + b["residual"]!.data[i]!);
-    const t = await tail!.run({ ...feeds, hidden_out: new Tensor("float32", h["hidden_in"]!.shape, sum) });
-    assert.deepEqual(Array.from(t["noise_pred"]!.data), Array.from(want.data), "tail of hidden_in + residual = single");
-    for (const m of [single, head, body, tail]) await m!.release();
+    const computed = await residualGraph!.runTimed(feeds, undefined, { keep: ["residual"] });
+    const residual = computed.kept["residual"]!;
+    assert.equal(residual.type, "float16", "the residual in the transformer's own dtype");
+    assert.deepEqual([...residual.dims], [1, 4, 8], "the section's own tokens only");
+    assert.deepEqual(Array.from(computed.outputs["noise_pred"]!.data), Array.from(want.data), "computed = single");
+    const skipped = (await skip!.run({ ...feeds, residual }))["noise_pred"]!;
+    assert.ok(relL2(skipped, want) < 1e-2, `skip with its own residual vs single relL2 ${relL2(skipped, want)}`);
+    // The change rounds each difference to fp16 first, as relativeL1(..., "fp16") does.
+    const before = { ...feeds, hidden_states: wave([1, 4, 8], 0.2), timestep: wave([1, 8], 0.1) };
+    const previous = Object.fromEntries(Object.entries(before).map(([n, t]) => [`previous_${n}`, t]));
+    const l1 = (await change!.run({ ...feeds, ...previous }))["modulated_l1"]!;
+    const now = (await modulated!.run(feeds))["modulated_input"]!;
+    const then = (await modulated!.run(before))["modulated_input"]!;
+    assert.equal(relativeL1FromMeans(l1, "fp16"), relativeL1(now, then, "fp16"));
+    assert.notEqual(relativeL1FromMeans(l1, "fp16"), relativeL1(now, then, "fp32"));
+    residual.release();
+    for (const m of [single, residualGraph, skip, change, modulated]) await m!.release();
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
 });
 
-test("render --cache teacache on a bundle without the split graphs is FAILED_PRECONDITION, naming the flag", async () => {
+test("render --cache teacache on a bundle without the step-cache graphs is FAILED_PRECONDITION, naming the flag", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-nosplit-"));
   try {
     const bundle = path.join(dir, "bundle");
     await cp(tinyBundleDir(), bundle, { recursive: true });
     const file = path.join(bundle, "framefarm-bundle.json");
     const manifest = JSON.parse(await readFile(file, "utf8")) as { components: Record<string, unknown> };
-    for (const n of ["transformer_head", "transformer_body", "transformer_tail"]) delete manifest.components[n];
+    for (const n of ["transformer_residual", "transformer_skip", "transformer_change"]) delete manifest.components[n];
     await writeFile(file, JSON.stringify(manifest));
     const image = path.join(repoRoot(), "test", "fixtures", "images", "demo.png");
     const args = [cliPath(), "render", "--bundle", bundle, "--image", image, "--prompt", "a", "--frames", "5"];

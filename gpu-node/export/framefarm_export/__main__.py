@@ -30,8 +30,9 @@ def parse_args(argv=None):
                    help="transformer attention: plain MatMul/Softmax (any provider) or fused com.microsoft.MultiHeadAttention "
                         "(onnxruntime CPU and WebGPU; WebGPU runs it as flash attention)")
     p.add_argument("--teacache-graphs", action="store_true",
-                   help="also write the transformer cut into transformer_head/body/tail.onnx for --cache teacache "
-                        "(teacache_split; the body holds a second copy of the blocks' weights)")
+                   help="also write the step caches' graphs (--cache teacache | magcache): transformer_residual, "
+                        "transformer_skip and transformer_change.onnx (teacache_split; transformer_residual holds a second "
+                        "copy of the transformer's weights)")
     p.add_argument("--max-sequence-length", type=int, default=256, help="Llama tokens after the template crop (the pipeline's default)")
     p.add_argument("--external-data-min-mb", type=float, default=1024,
                    help="components with at least this many MB of weights get a .onnx.data file (default 1024; 0 = all)")
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     if args.teacache_graphs:
         from .teacache_split import write as write_split
 
-        print("splitting the transformer for TeaCache ...", flush=True)
+        print("writing the step caches' graphs ...", flush=True)
         write_split(args.out)
     from .lora_targets import linears_of_module, write as write_lora_targets
 

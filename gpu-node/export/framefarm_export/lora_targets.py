@@ -39,7 +39,7 @@ import sys
 
 import numpy as np
 
-TRANSFORMER_GRAPHS = ("transformer", "transformer_head", "transformer_body", "transformer_tail")
+TRANSFORMER_GRAPHS = ("transformer", "transformer_residual", "transformer_skip", "transformer_change")
 # ONNX TensorProto element types -> manifest dtype names.
 ONNX_DTYPES = {1: "fp32", 10: "fp16", 16: "bf16"}
 SAFETENSORS_DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}

@@ -8,7 +8,7 @@ linked or copied unchanged. The manifest records each quantized component's `wei
 ({bits, block_size, symmetric}) and new digest, so a node knows what it loads.
 
   python -m framefarm_export.quantize --bundle SRC --out DST [--bits 4|8] [--block-size 128]
-      [--components transformer,transformer_head,transformer_body,transformer_tail]
+      [--components transformer,transformer_residual,transformer_skip,transformer_change]
   python -m framefarm_export.quantize --graph SRC.onnx --out DST.onnx [--bits 4|8] ...   (one graph)
 
 Needs the onnxruntime Python package (the GPU machine has it; the quantizer's code is there).
@@ -27,7 +27,7 @@ import onnx
 
 from .manifest import sha256
 
-TRANSFORMER_GRAPHS = ("transformer", "transformer_head", "transformer_body", "transformer_tail")
+TRANSFORMER_GRAPHS = ("transformer", "transformer_residual", "transformer_skip", "transformer_change")
 
 
 def link_or_copy(src: str, dst: str) -> None:

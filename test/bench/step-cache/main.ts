@@ -10,7 +10,9 @@
  *
  * Each configuration renders --reps times after one untimed warm-up; a section's time is the
  * median over the reps of the wall time from its noise to its denoised latents (the decode is
- * the same either way and is left out).
+ * the same either way and is left out). A second table gives each transformer graph's calls in
+ * the timed renders: the median wall time of a call as the sampler waits for it, and of
+ * session.run alone (the rest is moving the tensors to and from the session).
  */
 import os from "node:os";
 import { parseArgs } from "node:util";
@@ -21,6 +23,7 @@ import { defaultBundleDir } from "../../../coordinator/cli/defaults.js";
 import { validateRenderParams, type RenderParamsInput } from "../../../shared/job/render-params.js";
 import { relL2 } from "../../../shared/tensor/ops.js";
 import type { F32, Tensor } from "../../../shared/tensor/tensor.js";
+import type { OnnxModel } from "../../../gpu-node/runtime/onnx-model.js";
 import { repoRoot } from "../../support/paths.js";
 import path from "node:path";
 
@@ -54,6 +57,26 @@ interface Run {
 }
 
 const models = await openNodeModels(values.bundle ?? defaultBundleDir(), ep);
+/** Per transformer graph, each timed call's wall and session.run milliseconds (while `timing` is set). */
+let timing: Map<string, { wall: number[]; run: number[] }> | undefined;
+const load = models.runtime.model.bind(models.runtime);
+models.runtime.model = async (name) => {
+  const m = await load(name);
+  if (!name.startsWith("transformer")) return m;
+  return Object.assign(Object.create(m) as OnnxModel, {
+    runTimed: async (...args: Parameters<OnnxModel["runTimed"]>) => {
+      const started = performance.now();
+      const result = await m.runTimed(...args);
+      if (timing !== undefined) {
+        const t = timing.get(name) ?? { wall: [], run: [] };
+        t.wall.push(performance.now() - started);
+        t.run.push(result.runMs);
+        timing.set(name, t);
+      }
+      return result;
+    },
+  });
+};
 try {
   const manifest = models.runtime.bundle.manifest;
   const base: RenderParamsInput = {
@@ -111,6 +134,7 @@ try {
     ],
   ];
   const results = new Map<string, Run[]>();
+  const graphTimes = new Map<string, Map<string, { wall: number[]; run: number[] }>>();
   // Each render is a whole job (a 640 bucket on a GPU takes tens of seconds): say where it is.
   const timedRender = async (label: string, what: string, cache: RenderParamsInput): Promise<Run> => {
     const started = performance.now();
@@ -121,7 +145,10 @@ try {
   for (const [label, cache] of configs) {
     await timedRender(label, "warm-up", cache); // sessions loaded, arenas grown
     const runs: Run[] = [];
+    timing = new Map();
     for (let r = 0; r < reps; r++) runs.push(await timedRender(label, `run ${r + 1} of ${reps}`, cache));
+    graphTimes.set(label, timing);
+    timing = undefined;
     results.set(label, runs);
   }
   const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -154,6 +181,13 @@ try {
     }
     console.log(`| ${label} | all | | ${total.toFixed(1)} | ${(plainTotal / total).toFixed(2)}x | |`);
   }
+  console.log("| cache | graph | calls | ms a call (median) | session.run ms (median) |");
+  console.log("|---|---|---|---|---|");
+  for (const [label] of configs)
+    for (const [graph, t] of graphTimes.get(label)!)
+      console.log(
+        `| ${label} | ${graph} | ${t.wall.length} | ${median(t.wall).toFixed(1)} | ${median(t.run).toFixed(1)} |`,
+      );
   const b = plain.frames.data;
   for (const [label] of configs.slice(1)) {
     const a = results.get(label)![0]!.frames.data;
