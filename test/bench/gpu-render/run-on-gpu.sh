@@ -3,7 +3,7 @@
 # folder /tmp/ffdev/work lives while the machine stays warm). Needs test/bench/device/unpack.sh
 # to have run (node, node_modules with the CUDA provider, diffusers source) and dist/ built here.
 #   run-on-gpu.sh pipeline [DOUBLE SINGLE]   random real-width pipeline + bundle export (fp16, fused attention, CUDA graph
-#                                            passes, TeaCache's split graphs)
+#                                            passes, the step caches' graphs)
 #   run-on-gpu.sh pipeline-detached [D S]   the same, detached from the call (log in WORK/pipeline.log), on a copy of the exporter
 #   run-on-gpu.sh diffusers-detached OUT     detached from the call: wait for the bundle export, images, then diffusers
 #                                            inverted and vanilla into OUT (log in WORK/diffusers.log): the GPU works
@@ -21,7 +21,7 @@
 #                                            WARMUP=off for a cold process (file suffix -cold); SUFFIX=x names the files
 #                                            framefarm-MODE-x
 #   run-on-gpu.sh compare MODE OUT           the table (compare.py)
-#   run-on-gpu.sh step-cache OUT [ARGS]      test/bench/step-cache at 640x640 on the bundle's split graphs: no cache,
+#   run-on-gpu.sh step-cache OUT [ARGS]      test/bench/step-cache at 640x640 on the bundle's step-cache graphs: no cache,
 #                                            TeaCache, MagCache (ARGS: more step-cache options)
 #   run-on-gpu.sh vae OUT                    VAE section decode, PyTorch vs the exported graph and its rewritten form
 #                                            (graph_passes: edge Pad as Concat, GroupNorm as ReduceMean), each one's kernels
