@@ -98,9 +98,14 @@ export interface SessionRunner {
   readonly place: KeptPlace;
   /**
    * steady: names whose feeds the caller never changes in place (see OnnxModel.run); keep: outputs
-   * left where the session runs, as `kept` instead of `outputs`.
+   * left where the session runs, as `kept` instead of `outputs`; unused: outputs not fetched.
    */
-  run(feeds: Feeds, steady: ReadonlySet<string> | undefined, keep: readonly string[]): Promise<RunnerResult>;
+  run(
+    feeds: Feeds,
+    steady: ReadonlySet<string> | undefined,
+    keep: readonly string[],
+    unused: readonly string[],
+  ): Promise<RunnerResult>;
   /**
    * A whole tiled VAE decode where the session runs (a worker); absent: the caller tiles with
    * run(). With `onChunk`, the video comes back in chunks of final frames as the tiles finish
@@ -175,7 +180,7 @@ function inThread(session: ort.InferenceSession): SessionRunner {
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     place: thisThread,
-    async run(feeds, _steady, keep) {
+    async run(feeds, _steady, keep, unused) {
       const ortFeeds: Record<string, ort.Tensor> = {};
       for (const [name, t] of Object.entries(feeds)) {
         const tensor = t instanceof KeptTensor ? thisThread.tensor(t) : toOrt(t);
@@ -183,11 +188,12 @@ function inThread(session: ort.InferenceSession): SessionRunner {
         ortFeeds[name] = tensor;
       }
       const started = performance.now();
-      const results = await session.run(ortFeeds);
+      const fetched = session.outputNames.filter((n) => !unused.includes(n));
+      const results = await session.run(ortFeeds, fetched);
       const runMs = performance.now() - started;
       const outputs: RunnerResult["outputs"] = {};
       const kept: Record<string, KeptTensor> = {};
-      for (const n of session.outputNames) {
+      for (const n of fetched) {
         const v = results[n] as ort.Tensor | undefined;
         if (v === undefined) continue;
         if (keep.includes(n)) kept[n] = thisThread.keep(v);
@@ -277,16 +283,23 @@ export class OnnxModel {
    * run(), with how long onnxruntime's session.run took (the rest of the wait is queueing and
    * transfer). Outputs named in `keep`, of any type, stay where the session runs, as `kept`
    * instead of `outputs`, for feeding to a session that runs there (the caller releases them).
+   * Outputs named in `unused` are not fetched: on a GPU they are never copied to the host.
    */
   async runTimed(
     feeds: Feeds,
     steady?: ReadonlySet<string>,
-    options?: { keep?: readonly string[] },
+    options?: { keep?: readonly string[]; unused?: readonly string[] },
   ): Promise<{ outputs: Record<string, F32>; kept: Record<string, KeptTensor>; runMs: number }> {
     const keep = options?.keep ?? [];
-    for (const name of keep)
-      if (!this.session.outputNames.includes(name))
-        throw new FarmError("INTERNAL", `${this.component} has no output ${name} to keep`);
+    const unused = options?.unused ?? [];
+    const missing = [...keep, ...unused].find((n) => !this.session.outputNames.includes(n));
+    if (missing !== undefined)
+      throw new FarmError(
+        "INTERNAL",
+        `${this.component} has no output ${missing} to ${keep.includes(missing) ? "keep" : "leave unfetched"}`,
+      );
+    if (unused.length === this.session.outputNames.length)
+      throw new FarmError("INTERNAL", `${this.component}: a run must fetch at least one output`);
     const inputs: Record<string, Feed | KeptTensor> = {};
     for (const name of this.session.inputNames) {
       const t = feeds[name];
@@ -299,11 +312,11 @@ export class OnnxModel {
         `failed on ${Object.entries(feeds)
           .map(([k, v]) => `${k}=${v.describe()}`)
           .join(" ")}`,
-      () => this.session.run(inputs, steady, keep),
+      () => this.session.run(inputs, steady, keep, unused),
     );
     const out: Record<string, F32> = {};
     for (const name of this.session.outputNames) {
-      if (keep.includes(name)) continue;
+      if (keep.includes(name) || unused.includes(name)) continue;
       const v = ran.outputs[name];
       if (v === undefined || v.type !== "float32") {
         // Nobody else gets them to release.

@@ -136,7 +136,7 @@ class HostWorker implements KeptPlace {
       inputNames,
       outputNames,
       place: this,
-      run: async (feeds, steady, keep) => {
+      run: async (feeds, steady, keep, unused) => {
         const sent: Record<string, WorkerFeed> = {};
         const transfer: ArrayBuffer[] = [];
         const drop: number[] = [];
@@ -167,7 +167,7 @@ class HostWorker implements KeptPlace {
         }
         const keepAs = Object.fromEntries(keep.map((name) => [name, this.nextKeep++]));
         const m = await this.ask(
-          { kind: "run", id: this.nextId++, session, feeds: sent, drop, keep: keepAs },
+          { kind: "run", id: this.nextId++, session, feeds: sent, drop, keep: keepAs, unused: [...unused] },
           transfer,
         );
         return this.result(m, keepAs);

@@ -54,6 +54,8 @@ export type ToWorker =
       drop: number[];
       /** Outputs kept here under these ids instead of posted. */
       keep: Record<string, number>;
+      /** Outputs not fetched at all (onnxruntime does not copy them to the host). */
+      unused: string[];
     }
   | TiledDecodeRequest
   /** Releases the session; `drop`: its kept feeds. The tensors it kept stay (another session may take them). */
@@ -199,12 +201,13 @@ const run = async (m: Extract<ToWorker, { kind: "run" }>): Promise<void> => {
       if (f.keep !== undefined) kept.set(f.keep, feeds[name]);
     }
     const started = performance.now();
-    const results = await session.run(feeds);
+    const fetched = session.outputNames.filter((n) => !m.unused.includes(n));
+    const results = await session.run(feeds, fetched);
     const runMs = performance.now() - started;
     const outputs: Record<string, { type: string; dims: number[]; data: unknown }> = {};
     const keptOutputs: Record<string, { type: string; dims: number[] }> = {};
     const transfer: ArrayBuffer[] = [];
-    for (const name of session.outputNames) {
+    for (const name of fetched) {
       const v = results[name] as ort.Tensor;
       const keepAs = m.keep[name];
       if (keepAs !== undefined) {

@@ -66,50 +66,56 @@ export interface MagCacheOptions {
   retention: number;
 }
 
-/** The skipping decisions alone, per transformer call (magcache_framepack_forward's bookkeeping). */
+/**
+ * The skipping decisions alone, per transformer call (magcache_framepack_forward's bookkeeping).
+ * The state restarts whenever the counter comes back to 0, so the decisions repeat every
+ * num_steps calls: they are worked out once, and the next call's is known ahead (skipsNext).
+ */
 export class MagCacheSchedule {
   private cnt = 0;
-  private accumulatedRatio = 1;
-  private accumulatedSteps = 0;
-  private accumulatedErr = 0;
   readonly ratios: readonly number[];
-  private readonly retained: number;
+  /** Per counter value: whether that call skips. */
+  private readonly skips: readonly boolean[];
 
   constructor(readonly options: MagCacheOptions) {
     this.ratios = magRatios(options.numSteps);
+    const { threshold, k, numSteps, retention } = options;
     // Python's int() of the float product: truncation.
-    this.retained = Math.trunc(options.retention * options.numSteps);
+    const retained = Math.trunc(retention * numSteps);
+    let accumulatedRatio = 1;
+    let accumulatedSteps = 0;
+    let accumulatedErr = 0;
+    const skips: boolean[] = [];
+    for (let cnt = 0; cnt < numSteps; cnt++) {
+      let skip = false;
+      if (cnt >= retained && cnt >= 1) {
+        const ratio = this.ratios[cnt]!;
+        accumulatedRatio *= ratio;
+        accumulatedErr += Math.abs(1 - accumulatedRatio);
+        accumulatedSteps += 1;
+        if (accumulatedErr <= threshold && accumulatedSteps <= k && Math.abs(1 - ratio) <= MAGCACHE_MAX_STEP_DEVIATION)
+          skip = true;
+        else {
+          accumulatedRatio = 1;
+          accumulatedSteps = 0;
+          accumulatedErr = 0;
+        }
+      }
+      skips.push(skip);
+    }
+    this.skips = skips;
   }
 
   /** Whether the next call skips its blocks; advances the counter. */
   next(): boolean {
-    const { threshold, k, numSteps } = this.options;
-    if (this.cnt === 0) {
-      this.accumulatedRatio = 1;
-      this.accumulatedSteps = 0;
-      this.accumulatedErr = 0;
-    }
-    let skip = false;
-    if (this.cnt >= this.retained && this.cnt >= 1) {
-      const ratio = this.ratios[this.cnt]!;
-      this.accumulatedRatio *= ratio;
-      this.accumulatedErr += Math.abs(1 - this.accumulatedRatio);
-      this.accumulatedSteps += 1;
-      if (
-        this.accumulatedErr <= threshold &&
-        this.accumulatedSteps <= k &&
-        Math.abs(1 - ratio) <= MAGCACHE_MAX_STEP_DEVIATION
-      )
-        skip = true;
-      else {
-        this.accumulatedRatio = 1;
-        this.accumulatedSteps = 0;
-        this.accumulatedErr = 0;
-      }
-    }
-    this.cnt += 1;
-    if (this.cnt === numSteps) this.cnt = 0;
+    const skip = this.skips[this.cnt]!;
+    this.cnt = (this.cnt + 1) % this.options.numSteps;
     return skip;
+  }
+
+  /** Whether the call after the one next() last answered for skips (the counter stays). */
+  skipsNext(): boolean {
+    return this.skips[this.cnt]!;
   }
 }
 
@@ -130,7 +136,9 @@ export class MagCache implements StepCache {
 
   /** One transformer call with the transformer's feeds. */
   async run(feeds: Record<string, Feed>): Promise<StepCacheCall> {
-    return this.graphs.call(feeds, this.schedule.next());
+    const skip = this.schedule.next();
+    // A computed call followed by another computed one leaves its residual on the device.
+    return this.graphs.call(feeds, skip, this.schedule.skipsNext());
   }
 
   release(): void {

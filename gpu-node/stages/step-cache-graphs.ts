@@ -18,8 +18,12 @@ export class StepCacheGraphs {
 
   constructor(private readonly runtime: Pick<ModelRuntime, "model">) {}
 
-  /** One call: the blocks skipped (when a residual is kept: call 0 always computes) or run. */
-  async call(feeds: Record<string, Feed>, skip: boolean): Promise<StepCacheCall> {
+  /**
+   * One call: the blocks skipped (when a residual is kept: call 0 always computes) or run. A
+   * computed call keeps its residual only when `residualWanted` (a later call may skip): otherwise
+   * the residual is not fetched at all, which on a GPU spares copying it to the host.
+   */
+  async call(feeds: Record<string, Feed>, skip: boolean, residualWanted: boolean): Promise<StepCacheCall> {
     if (skip && this.residual !== undefined) {
       const model = await this.runtime.model("transformer_skip");
       const { outputs } = await model.runTimed({ ...feeds, residual: this.residual }, STEADY_TRANSFORMER_FEEDS);
@@ -27,7 +31,11 @@ export class StepCacheGraphs {
       return { noisePred: outputs["noise_pred"]!, computed: false };
     }
     const model = await this.runtime.model("transformer_residual");
-    const { outputs, kept } = await model.runTimed(feeds, STEADY_TRANSFORMER_FEEDS, { keep: ["residual"] });
+    const { outputs, kept } = await model.runTimed(
+      feeds,
+      STEADY_TRANSFORMER_FEEDS,
+      residualWanted ? { keep: ["residual"] } : { unused: ["residual"] },
+    );
     this.residual?.release();
     this.residual = kept["residual"];
     this.computed.push(1);

@@ -104,7 +104,8 @@ export class TeaCache implements StepCache {
     this.previousFeeds = feeds;
     this.cnt += 1;
     if (this.cnt === this.numSteps) this.cnt = 0;
-    return this.graphs.call(feeds, !shouldCalc);
+    // The next call may reuse this call's residual unless it is a first or last call, which compute.
+    return this.graphs.call(feeds, !shouldCalc, this.cnt !== 0 && this.cnt !== this.numSteps - 1);
   }
 
   release(): void {

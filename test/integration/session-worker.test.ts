@@ -314,6 +314,16 @@ test("an output kept where its session ran feeds another session there, on this 
     for (let k = 0; k < 2; k++) assert.deepEqual((await takes.run({ x, r: there.kept.r! })).y!.data, want.data);
     here.kept.r!.release();
     there.kept.r!.release();
+    // An output left unfetched is neither returned nor kept, here and on the host.
+    for (const model of [keepsHere, keeps]) {
+      const bare = await model.runTimed({ x }, undefined, { unused: ["r"] });
+      assert.deepEqual([Object.keys(bare.outputs), Object.keys(bare.kept)], [["y"], []]);
+      assert.deepEqual(bare.outputs.y!.data, here.outputs.y!.data);
+    }
+    await assert.rejects(
+      keeps.runTimed({ x }, undefined, { unused: ["z"] }),
+      (e: unknown) => e instanceof FarmError && /keeps has no output z to leave unfetched/.test(e.message),
+    );
   } finally {
     await close();
   }

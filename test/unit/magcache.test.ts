@@ -82,6 +82,13 @@ test("MagCache skips as magcache_framepack_forward decides: retention, threshold
   assert.equal(at25.slice(0, 6).join(""), "111111");
   assert.equal(at25[24], 1);
   assert.ok(at25.includes(0));
+  // skipsNext tells the next call's decision ahead, across the wrap too.
+  const s = new MagCacheSchedule(cfg);
+  for (let call = 0; call < 12; call++) {
+    s.next();
+    const ahead = s.skipsNext();
+    assert.equal(ahead, decisions(cfg, call + 2)[call + 1] === 0, `call ${call + 1}`);
+  }
 });
 
 test("each reference case's skipped calls are the schedule's (the reference code's own decisions)", async () => {

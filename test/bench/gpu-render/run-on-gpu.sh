@@ -13,6 +13,7 @@
 #                                            (compared), then the step-cache benchmark (1 s, 1 rep), vanilla, and inverted
 #                                            again without the decoded-tile cache (log in WORK/chain.log); poll for
 #                                            "chain: done" only after checking that WORK exists
+#   BLOCKS=D-S (default 2-4): the bundle wait-bundle, framefarm and step-cache use (pipeline D S exports it)
 #   run-on-gpu.sh wait-bundle [SECONDS]     until the detached export is complete (exit 0) or failed (exit 1, its log's tail
 #                                            printed), at most SECONDS (280): a failed export stops the waiting at once
 #   run-on-gpu.sh images                     a start and an end image, 640x640
@@ -39,6 +40,9 @@ mkdir -p "$work"
 # pipeline-detached runs the exporter from a snapshot (EXPORTER_SRC), ahead of the repository's copy.
 [ -n "${EXPORTER_SRC:-}" ] && export PYTHONPATH=$EXPORTER_SRC:$PYTHONPATH
 frames=${FRAMES:-97} steps=${STEPS:-25} size=${SIZE:-640}
+# The transformer's depth (double-single blocks) that wait-bundle, framefarm and step-cache use;
+# pipeline takes it as its arguments.
+blocks=${BLOCKS:-2-4}
 step=$1
 shift
 case "$step" in
@@ -94,7 +98,7 @@ case "$step" in
     ;;
   wait-bundle)
     for _ in $(seq 1 "${1:-280}"); do
-      [ -f "$work/bundle-2-4/.complete" ] && exit 0
+      [ -f "$work/bundle-$blocks/.complete" ] && exit 0
       [ -f "$work/pipeline.failed" ] && { echo "wait-bundle: the export failed:"; tail -5 "$work/pipeline.log"; exit 1; }
       sleep 1
     done
@@ -120,7 +124,7 @@ PY
       --frames "$frames" --steps "$steps" --height "$size" --width "$size" --transformer-dtype "${TRANSFORMER_DTYPE:-bf16}" --runs "${RUNS:-2}"
     ;;
   framefarm)
-    mode=$1 out=$2 bundle=${3:-$work/bundle-2-4} end=() warmup=${WARMUP:-on} name=framefarm-$1${SUFFIX:+-$SUFFIX}
+    mode=$1 out=$2 bundle=${3:-$work/bundle-$blocks} end=() warmup=${WARMUP:-on} name=framefarm-$1${SUFFIX:+-$SUFFIX}
     [ "$mode" = inverted ] && end=(--end-image "$work/last.png")
     [ "$warmup" = off ] && name=$name-cold
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$out/$name-gpu-mem.csv" &
@@ -139,7 +143,7 @@ PY
   step-cache)
     out=$1
     shift
-    node "$repo/dist/test/bench/step-cache/main.js" --bundle "$work/bundle-2-4" --ep cuda --height "$size" --width "$size" \
+    node "$repo/dist/test/bench/step-cache/main.js" --bundle "$work/bundle-$blocks" --ep cuda --height "$size" --width "$size" \
       --steps "$steps" --seconds 2 --reps "${REPS:-2}" --image "$work/first.png" "$@" 2>&1 | tee "$out/step-cache.log" | tail -30
     ;;
   vae)
