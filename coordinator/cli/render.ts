@@ -12,8 +12,6 @@ import { validateMp4Options } from "../../shared/video/mp4.js";
 import { openNodeModels } from "../../gpu-node/main.js";
 import { decodeConcurrencyFor } from "../../gpu-node/worker/node-loop.js";
 import { decodedTileCacheBytes } from "../../gpu-node/stages/decode-latents.js";
-import { stepCacheOnCudaWarning } from "../../gpu-node/stages/step-cache.js";
-import { skipsSteps } from "../../shared/job/render-params.js";
 import { defaultCacheMb } from "../../gpu-node/worker/tensor-cache.js";
 import { warmUp, warmUpJobOf, type WarmUpResult } from "../../gpu-node/stages/warm-up.js";
 import { startEmbeddedFarm, type EmbeddedFarm } from "./embedded/embedded-farm.js";
@@ -198,8 +196,6 @@ export async function renderCommand(args: string[]): Promise<number> {
     const loopDelay = monitorEventLoopDelay({ resolution: 10 });
     loopDelay.enable();
     const { job } = await farm.service.submit(req);
-    const cache = req.settings?.cache;
-    if (ep === "cuda" && skipsSteps(cache)) process.stderr.write(`warning: ${stepCacheOnCudaWarning(cache)}\n`);
     const progress = createProgress();
     progress.stage(`rendering ${job.numFrames} frames at ${job.width}x${job.height}`);
     const record = await farm.waitFor(job.id, progress).finally(() => {

@@ -37,10 +37,6 @@ export interface StepCache {
 export type StepCacheOptions =
   { kind: "teacache"; threshold: number } | { kind: "magcache"; threshold: number; k: number; retention: number };
 
-/** What render and CUDA nodes say when a job asks for a step cache on CUDA (test/bench/step-cache/RESULTS.md). */
-export const stepCacheOnCudaWarning = (cache: string): string =>
-  `--cache ${cache} on CUDA is slower than no cache today (test/bench/step-cache/RESULTS.md)`;
-
 /** The name a cache's per-call decisions are probed under: section<k>.<name>. */
 export const computedProbeName = (kind: Exclude<CacheName, "none">): string => `${kind}_computed`;
 

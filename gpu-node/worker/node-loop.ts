@@ -11,8 +11,6 @@ import type { Bus, Consumer, Delivery, KeyValue } from "../../shared/bus/bus.js"
 import { FarmError, LostObjectError } from "../../shared/errors.js";
 import { errorMessage, within } from "../../shared/shutdown.js";
 import { admitJob } from "../runtime/memory-admission.js";
-import { skipsSteps } from "../../shared/job/render-params.js";
-import { stepCacheOnCudaWarning } from "../stages/step-cache.js";
 import {
   JOBS_BUCKET,
   RESULTS_QUEUE,
@@ -282,8 +280,6 @@ export class NodeLoop {
             // The mux decodes the last section itself.
             if (task.kind === "denoise" || task.kind === "decode" || task.kind === "mux")
               admitJob(ctx.runtime, spec, process.env, options.presence?.gpus?.() ?? []);
-            if (task.kind === "denoise" && ctx.runtime.settings.ep === "cuda" && skipsSteps(spec.params.cache))
-              log.warn({ cache: spec.params.cache }, stepCacheOnCudaWarning(spec.params.cache));
             await runStageTask({ ...ctx, store: traffic.store }, task, spec, {
               signal: abort.signal,
               onPhase: (phase, ms) => {

@@ -12,7 +12,8 @@
  * median over the reps of the wall time from its noise to its denoised latents (the decode is
  * the same either way and is left out). A second table gives each transformer graph's calls in
  * the timed renders: the median wall time of a call as the sampler waits for it, and of
- * session.run alone (the rest is moving the tensors to and from the session).
+ * session.run alone (the rest is moving the tensors to and from the session), and all its calls'
+ * wall time per render.
  */
 import os from "node:os";
 import { parseArgs } from "node:util";
@@ -181,12 +182,12 @@ try {
     }
     console.log(`| ${label} | all | | ${total.toFixed(1)} | ${(plainTotal / total).toFixed(2)}x | |`);
   }
-  console.log("| cache | graph | calls | ms a call (median) | session.run ms (median) |");
-  console.log("|---|---|---|---|---|");
+  console.log("| cache | graph | calls | ms a call (median) | session.run ms (median) | ms a render (all calls) |");
+  console.log("|---|---|---|---|---|---|");
   for (const [label] of configs)
     for (const [graph, t] of graphTimes.get(label)!)
       console.log(
-        `| ${label} | ${graph} | ${t.wall.length} | ${median(t.wall).toFixed(1)} | ${median(t.run).toFixed(1)} |`,
+        `| ${label} | ${graph} | ${t.wall.length} | ${median(t.wall).toFixed(1)} | ${median(t.run).toFixed(1)} | ${(t.wall.reduce((a, b) => a + b, 0) / reps).toFixed(0)} |`,
       );
   const b = plain.frames.data;
   for (const [label] of configs.slice(1)) {
