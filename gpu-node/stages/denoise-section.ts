@@ -43,7 +43,7 @@ export interface DenoiseInput {
   unipc?: UniPCOptions;
   /**
    * --cache teacache | magcache: lllyasviel's TeaCache (teacache.ts) or MagCache (magcache.ts)
-   * over the split transformer (step-cache.ts).
+   * over the step-cache graphs (step-cache.ts).
    */
   stepCache?: StepCacheOptions;
 }

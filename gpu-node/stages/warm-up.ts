@@ -37,7 +37,7 @@ export interface WarmUpJob {
   hasEndImage: boolean;
   /** unipc plans sections as the demo does (another section count, so other decode lengths). */
   sampler?: SamplerName;
-  /** teacache and magcache run the split transformer (head, body, tail) in place of the single graph. */
+  /** teacache and magcache run the step-cache graphs (residual, skip, change) in place of the single graph. */
   cache?: CacheName;
   /** Extending a video: its encoder tiles, context and decode lengths differ from a start image's. */
   video?: VideoParams | null;

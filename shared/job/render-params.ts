@@ -38,7 +38,7 @@ export const DEFAULT_MAGCACHE_RETENTION = 0.25;
 /** The threshold a cache uses when none is given. */
 export const defaultCacheThreshold = (cache: CacheName): number =>
   cache === "magcache" ? DEFAULT_MAGCACHE_THRESHOLD : DEFAULT_CACHE_THRESHOLD;
-/** Does this cache skip transformer steps (over the split graphs)? */
+/** Does this cache skip transformer steps (over the step-cache graphs)? */
 export const skipsSteps = (cache: string | null | undefined): cache is "teacache" | "magcache" =>
   cache === "teacache" || cache === "magcache";
 export const SAMPLERS: readonly SamplerName[] = ["flow_match_euler", "unipc"];

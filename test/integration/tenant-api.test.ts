@@ -143,7 +143,7 @@ test("options come from the bundle; the bucket from the server's table", async (
       ["SAMPLING_MODE_VANILLA", false],
     ],
   );
-  // The tiny bundle has the split transformer graphs: both step caches run.
+  // The tiny bundle has the step-cache transformer graphs: both step caches run.
   assert.deepEqual(
     o.caches.map((c) => c.value),
     ["none", "teacache", "magcache"],

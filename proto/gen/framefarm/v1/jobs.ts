@@ -335,7 +335,7 @@ export interface RenderSettings {
    * Step cache: "teacache" skips the transformer's blocks on steps whose first-block input barely
    * changed, as lllyasviel's FramePack TeaCache; "magcache" skips them while MagCache's calibrated
    * residual magnitude ratios stay near 1, as FramePack-Studio's MagCache (both need a bundle with
-   * the split transformer graphs); empty or "none" computes every step. Any other name is
+   * the step-cache transformer graphs); empty or "none" computes every step. Any other name is
    * INVALID_ARGUMENT.
    */
   cache?:
