@@ -182,7 +182,7 @@ export async function submitJob(
   if (!cachesOf(manifest).includes(params.cache))
     throw new FarmError(
       "FAILED_PRECONDITION",
-      `--cache ${params.cache} needs the step-cache transformer graphs, which this farm's bundle lacks (export with --teacache-graphs)`,
+      `--cache ${params.cache} needs the step-cache transformer graphs, which this farm's bundle lacks (export with --step-cache-graphs)`,
     );
   if (fromRecipe !== null) checkRecipeParams(fromRecipe.recipe, params);
   const output = jobOutputOf(s);

@@ -11,7 +11,7 @@ ref=${1:-../shared/reference}
 out=${2:-$repo/test/fixtures/tiny-bundle}
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 rm -rf "$out.tmp"
-python3 -m framefarm_export --src "$ref/tiny-framepack" --out "$out.tmp" --dtype fp32 --attention fused --teacache-graphs
+python3 -m framefarm_export --src "$ref/tiny-framepack" --out "$out.tmp" --dtype fp32 --attention fused --step-cache-graphs
 python3 -m framefarm_export.verify --src "$ref/tiny-framepack" --bundle "$out.tmp" --cases "$ref/cases"
 rm -rf "$out"
 mv "$out.tmp" "$out"

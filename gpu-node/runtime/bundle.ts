@@ -116,7 +116,7 @@ export async function openBundle(dir: string, options: OpenBundleOptions = {}): 
       if (entry === undefined)
         throw new FarmError(
           "FAILED_PRECONDITION",
-          `model bundle ${root} has no ${name} graph: export it with --teacache-graphs (or python -m framefarm_export.teacache_split)`,
+          `model bundle ${root} has no ${name} graph: export it with --step-cache-graphs (or python -m framefarm_export.step_cache_graphs)`,
         );
       return file(entry.file);
     },

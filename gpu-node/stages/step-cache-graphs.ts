@@ -1,5 +1,5 @@
 /**
- * The graphs both step caches run once they have decided a call (framefarm_export.teacache_split):
+ * The graphs both step caches run once they have decided a call (framefarm_export.step_cache_graphs):
  * computed, transformer_residual runs the whole transformer and gives the blocks' residual too,
  * which stays where the session ran (a KeptTensor: never converted, copied in JavaScript or posted
  * to the node's thread); skipped, transformer_skip adds that residual to the hidden states before

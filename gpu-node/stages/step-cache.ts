@@ -1,5 +1,5 @@
 /**
- * Step caches over the step-cache graphs (framefarm_export.teacache_split; step-cache-graphs.ts):
+ * Step caches over the step-cache graphs (framefarm_export.step_cache_graphs; step-cache-graphs.ts):
  * TeaCache (teacache.ts) and MagCache (magcache.ts). Both decide per transformer call whether the
  * blocks run (transformer_residual, its residual kept) or are skipped (transformer_skip: the kept
  * residual added to the hidden states, then norm_out and proj_out).

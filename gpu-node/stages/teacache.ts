@@ -9,7 +9,7 @@
  * (cnt 0 and num_steps - 1) always compute. Like his, the state counts transformer calls, not
  * sampler steps: under true CFG the negative prompt's call advances it too.
  *
- * The change is measured by transformer_change (framefarm_export.teacache_split), which recomputes
+ * The change is measured by transformer_change (framefarm_export.step_cache_graphs), which recomputes
  * the previous call's modulated input from that call's inputs (a few MB) beside this call's and
  * gives only the two means, so no hidden-state-sized tensor leaves the device for the decision;
  * the call itself runs on step-cache-graphs.ts.

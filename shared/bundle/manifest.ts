@@ -46,7 +46,7 @@ export const COMPONENT_NAMES = Object.keys(COMPONENT_IO) as ComponentName[];
 
 /**
  * The graphs the step caches run (--cache teacache | magcache; gpu-node/export
- * framefarm_export/teacache_split.py), optional: a bundle without them renders without a cache.
+ * framefarm_export/step_cache_graphs.py), optional: a bundle without them renders without a cache.
  * transformer_residual: the transformer with the blocks' residual as a second output;
  * transformer_skip: a skipped call (the kept residual in, noise_pred out); transformer_change:
  * TeaCache's measure of how much block 0's modulated input changed since the previous call.

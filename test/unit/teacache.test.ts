@@ -292,13 +292,13 @@ test("--cache teacache and --cache-threshold: parsed, validated, mapped and carr
   assert.deepEqual([plainRecipe.cache, "cache_threshold" in plainRecipe], ["none", false]);
 });
 
-test("teacache_split (Debian's python3-onnx) makes the tiny bundle's step-cache graphs and manifest byte for byte", async () => {
+test("step_cache_graphs (Debian's python3-onnx) makes the tiny bundle's step-cache graphs and manifest byte for byte", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "framefarm-split-"));
   try {
     await cp(tinyBundleDir(), dir, { recursive: true });
     const env = { ...process.env, PYTHONPATH: path.join(repoRoot(), "gpu-node/export") };
     const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
-    await promisify(execFile)(python, ["-m", "framefarm_export.teacache_split", "--bundle", dir], { env });
+    await promisify(execFile)(python, ["-m", "framefarm_export.step_cache_graphs", "--bundle", dir], { env });
     for (const f of [
       "transformer_residual.onnx",
       "transformer_skip.onnx",
@@ -319,7 +319,7 @@ test("a float16 transformer's step-cache graphs: the residual in float16, the ch
   try {
     const env = { ...process.env, PYTHONPATH: path.join(repoRoot(), "gpu-node/export") };
     const python = process.env["FRAMEFARM_PYTHON"] ?? "/usr/bin/python3";
-    const script = path.join(repoRoot(), "test/support/teacache_synthetic.py");
+    const script = path.join(repoRoot(), "test/support/step_cache_synthetic.py");
     const { stdout } = await promisify(execFile)(python, [script, dir], { env });
     assert.equal(stdout.trim(), "fp16", "the modulated input's dtype, for the manifest");
     const load = (n: string) => OnnxModel.load(n, path.join(dir, `${n}.onnx`), { ep: "cpu" });
@@ -386,7 +386,7 @@ test("render --cache teacache on a bundle without the step-cache graphs is FAILE
       path.join(dir, "v.mp4"),
     ]);
     await assert.rejects(run, (e: { stderr?: string }) =>
-      /FAILED_PRECONDITION.*--teacache-graphs/.test(e.stderr ?? ""),
+      /FAILED_PRECONDITION.*--step-cache-graphs/.test(e.stderr ?? ""),
     );
   } finally {
     await rm(dir, { recursive: true, force: true });

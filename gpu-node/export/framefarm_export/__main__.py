@@ -1,6 +1,6 @@
 """python -m framefarm_export --src PIPELINE --out BUNDLE [--transformer DIR] [--image-encoder DIR]
                               [--dtype fp32|fp16|bf16] [--sampling-type inverted_anti_drifting|vanilla]
-                              [--attention plain|fused] [--transformer-dtype fp32|fp16|bf16] [--teacache-graphs]"""
+                              [--attention plain|fused] [--transformer-dtype fp32|fp16|bf16] [--step-cache-graphs]"""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def parse_args(argv=None):
     p.add_argument("--attention", choices=["plain", "fused"], default="plain",
                    help="transformer attention: plain MatMul/Softmax (any provider) or fused com.microsoft.MultiHeadAttention "
                         "(onnxruntime CPU and WebGPU; WebGPU runs it as flash attention)")
-    p.add_argument("--teacache-graphs", action="store_true",
+    p.add_argument("--step-cache-graphs", action="store_true",
                    help="also write the step caches' graphs (--cache teacache | magcache): transformer_residual, "
-                        "transformer_skip and transformer_change.onnx (teacache_split; transformer_residual holds a second "
+                        "transformer_skip and transformer_change.onnx (step_cache_graphs; transformer_residual holds a second "
                         "copy of the transformer's weights)")
     p.add_argument("--max-sequence-length", type=int, default=256, help="Llama tokens after the template crop (the pipeline's default)")
     p.add_argument("--external-data-min-mb", type=float, default=1024,
@@ -89,11 +89,11 @@ def main(argv=None) -> int:
 
         print(f"graph passes: {rewrite_bundle_graphs(args.out)}", flush=True)
     write_manifest(args.out, src, args, args.dtype, sampling, externals, versions, max_latent_frames, args.transformer_dtype or args.dtype)
-    if args.teacache_graphs:
-        from .teacache_split import write as write_split
+    if args.step_cache_graphs:
+        from .step_cache_graphs import write as write_step_cache_graphs
 
         print("writing the step caches' graphs ...", flush=True)
-        write_split(args.out)
+        write_step_cache_graphs(args.out)
     from .lora_targets import linears_of_module, write as write_lora_targets
 
     write_lora_targets(args.out, linears_of_module(src.transformer))

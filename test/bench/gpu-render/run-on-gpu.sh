@@ -53,7 +53,7 @@ case "$step" in
     # A failure leaves pipeline.failed, so that waiters stop at once instead of waiting out their limit.
     [ -f "$src/random-pipeline.json" ] || python3 -m framefarm_export.random_pipeline --like /tmp/ffdev/parts/tiny-like --out "$src" --double "$double" --single "$single" || { touch "$work/pipeline.failed"; exit 1; }
     # The transformer in fp16: the bf16 graph is invalid ONNX at the exported opset (test/bench/gpu-step/RESULTS.md).
-    [ -f "$bundle/.complete" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes --teacache-graphs || { touch "$work/pipeline.failed"; exit 1; }
+    [ -f "$bundle/.complete" ] || python3 -m framefarm_export --src "$src" --out "$bundle" --dtype fp16 --transformer-dtype fp16 --attention fused --cuda-graph-passes --step-cache-graphs || { touch "$work/pipeline.failed"; exit 1; }
     du -sh "$src" "$bundle"
     touch "$bundle/.complete"  # the manifest is written before the split graphs: waiters look for this
     ;;

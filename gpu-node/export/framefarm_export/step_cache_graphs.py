@@ -30,7 +30,7 @@ The cut points are found by the parameters' names, which the exporter keeps:
     block, text tokens dropped -> the section's own tokens).
 
 Runs on any onnx >= 1.12 (Debian's python3-onnx works):
-  python -m framefarm_export.teacache_split --bundle test/fixtures/tiny-bundle
+  python -m framefarm_export.step_cache_graphs --bundle test/fixtures/tiny-bundle
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def _subgraph(model, outputs, stop=(), extra_nodes=(), extra_vi=()):
         initializer=[i for i in g.initializer if i.name in used],
         value_info=[v for v in list(g.value_info) + list(extra_vi) if v.name in made and v.name not in outputs],
     )
-    m = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="framefarm_export.teacache_split")
+    m = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="framefarm_export.step_cache_graphs")
     m.ir_version = model.ir_version
     return m
 
@@ -290,7 +290,7 @@ def _change(model, modulated, dtype):
         [helper.make_tensor_value_info(L1, f32, [2])],
         initializer=list(g.initializer) + [numpy_helper.from_array(np.array([2], dtype=np.int64), "teacache_l1_shape")],
     )
-    m = helper.make_model(graph, opset_imports=list(now.opset_import), producer_name="framefarm_export.teacache_split")
+    m = helper.make_model(graph, opset_imports=list(now.opset_import), producer_name="framefarm_export.step_cache_graphs")
     m.ir_version = now.ir_version
     return m
 
@@ -342,7 +342,7 @@ def write(bundle):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="framefarm_export.teacache_split", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="framefarm_export.step_cache_graphs", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, help="bundle folder holding transformer.onnx and framefarm-bundle.json")
     args = p.parse_args(argv)
     write(args.bundle)

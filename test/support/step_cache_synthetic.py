@@ -1,10 +1,10 @@
 """A miniature transformer graph shaped like the exporter's in float16 (test/unit/teacache.test.ts):
 the packed hidden states and text tokens, block 0's AdaLayerNormZero modulations found by their
 parameter names, one block, the crop and norm_out/proj_out. Written as transformer.onnx, then cut
-by framefarm_export.teacache_split into the step caches' graphs in OUT, beside modulated.onnx (block
+by framefarm_export.step_cache_graphs into the step caches' graphs in OUT, beside modulated.onnx (block
 0's modulated input as float32, for the test's own relative L1).
 
-    python3 teacache_synthetic.py OUT
+    python3 step_cache_synthetic.py OUT
 """
 
 import os
@@ -16,7 +16,7 @@ from onnx import TensorProto as T
 from onnx import helper
 from onnx import numpy_helper as nh
 
-from framefarm_export.teacache_split import _modulated, _subgraph, split
+from framefarm_export.step_cache_graphs import _modulated, _subgraph, split
 
 H = T.FLOAT16
 D = 8
