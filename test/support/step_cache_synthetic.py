@@ -62,18 +62,18 @@ def build(path):
     node("Mul", ["temb", "temb_sig"], ["silu"])
     axes1 = c64("axes1", [1])
 
-    s, ln = ada("packed", "model.transformer_blocks.0.norm1.linear.weight", 6, "n1")
-    node("Unsqueeze", [s[1], axes1], ["n1_scale_u"])
-    node("Add", ["n1_scale_u", one], ["n1_scale"])
-    node("Mul", [ln, "n1_scale"], ["n1_mul"])
-    node("Unsqueeze", [s[0], axes1], ["n1_shift"])
-    node("Add", ["n1_mul", "n1_shift"], ["modulated"])
-    cs, cln = ada("enc0", "model.transformer_blocks.0.norm1_context.linear.weight", 6, "n1c")
-    node("Unsqueeze", [cs[1], axes1], ["n1c_scale_u"])
-    node("Add", ["n1c_scale_u", one], ["n1c_scale"])
-    node("Mul", [cln, "n1c_scale"], ["n1c_mul"])
-    node("Unsqueeze", [cs[0], axes1], ["n1c_shift"])
-    node("Add", ["n1c_mul", "n1c_shift"], ["cmodulated"])
+    def modulate(x, weight, prefix, out):
+        """Block 0's AdaLayerNormZero: LayerNorm(x) * (1 + scale_msa) + shift_msa; the six chunks."""
+        parts, normed = ada(x, weight, 6, prefix)
+        node("Unsqueeze", [parts[1], axes1], [f"{prefix}_scale_u"])
+        node("Add", [f"{prefix}_scale_u", one], [f"{prefix}_scale"])
+        node("Mul", [normed, f"{prefix}_scale"], [f"{prefix}_mul"])
+        node("Unsqueeze", [parts[0], axes1], [f"{prefix}_shift"])
+        node("Add", [f"{prefix}_mul", f"{prefix}_shift"], [out])
+        return parts
+
+    s = modulate("packed", "model.transformer_blocks.0.norm1.linear.weight", "n1", "modulated")
+    modulate("enc0", "model.transformer_blocks.0.norm1_context.linear.weight", "n1c", "cmodulated")
 
     node("MatMul", ["modulated", w("model.transformer_blocks.0.attn.weight", [D, D])], ["attn"])
     node("Unsqueeze", [s[2], axes1], ["gate"])
