@@ -10,6 +10,7 @@ import { FarmError } from "../../shared/errors.js";
 import {
   COMPONENT_NAMES,
   STEP_CACHE_COMPONENT_NAMES,
+  TRANSFORMER_GRAPH_NAMES,
   type AnyComponentName,
   type ComponentName,
 } from "../../shared/bundle/manifest.js";
@@ -35,12 +36,7 @@ const CHUNKED_ATTENTION_COMPONENTS: ReadonlySet<AnyComponentName> = new Set(["va
  * run, so that a process holds the transformer's arena plus one other stage at a time, not the sum
  * of every session's peak (test/bench/memory/RESULTS.md).
  */
-const CPU_ARENA_COMPONENTS: ReadonlySet<AnyComponentName> = new Set([
-  "transformer",
-  "transformer_residual",
-  "transformer_skip",
-  "transformer_change",
-]);
+const CPU_ARENA_COMPONENTS: ReadonlySet<AnyComponentName> = new Set(TRANSFORMER_GRAPH_NAMES);
 
 /**
  * FRAMEFARM_SESSION_WORKERS: "1" runs each session on a worker thread of its own
@@ -56,12 +52,7 @@ export function sessionWorkersFromEnv(ep: string, env: NodeJS.ProcessEnv = proce
 }
 
 /** The transformer and the step caches' graphs made from it: the graphs a job's LoRAs are fused into. */
-const TRANSFORMER_GRAPHS: ReadonlySet<AnyComponentName> = new Set([
-  "transformer",
-  "transformer_residual",
-  "transformer_skip",
-  "transformer_change",
-]);
+const TRANSFORMER_GRAPHS: ReadonlySet<AnyComponentName> = new Set(TRANSFORMER_GRAPH_NAMES);
 
 /**
  * The step caches' graphs (step-cache-graphs.ts): on session workers they share one worker thread

@@ -59,6 +59,13 @@ const STEADY_CHANGE_FEEDS: ReadonlySet<string> = new Set(
   [...STEADY_TRANSFORMER_FEEDS].flatMap((n) => [n, PREVIOUS_CALL_PREFIX + n]),
 );
 
+/** transformer_change's feeds: this call's, and the previous call's under their prefixed names. */
+export function changeFeeds(feeds: Record<string, Feed>, previous: Record<string, Feed>): Record<string, Feed> {
+  const both: Record<string, Feed> = { ...feeds };
+  for (const [name, t] of Object.entries(previous)) both[PREVIOUS_CALL_PREFIX + name] = t;
+  return both;
+}
+
 export class TeaCache implements StepCache {
   private cnt = 0;
   private accumulated = 0;
@@ -84,16 +91,20 @@ export class TeaCache implements StepCache {
 
   /** The relative L1 change of block 0's modulated input since the previous call. */
   private async change(feeds: Record<string, Feed>, previous: Record<string, Feed>): Promise<number> {
-    const both: Record<string, Feed> = { ...feeds };
-    for (const [name, t] of Object.entries(previous)) both[PREVIOUS_CALL_PREFIX + name] = t;
     const model = await this.runtime.model("transformer_change");
-    return relativeL1FromMeans((await model.run(both, STEADY_CHANGE_FEEDS))["modulated_l1"]!, this.dtype);
+    const means = (await model.run(changeFeeds(feeds, previous), STEADY_CHANGE_FEEDS))["modulated_l1"]!;
+    return relativeL1FromMeans(means, this.dtype);
+  }
+
+  /** A section's first and last calls (cnt 0 and num_steps - 1) always compute. */
+  private alwaysComputes(cnt: number): boolean {
+    return cnt === 0 || cnt === this.numSteps - 1;
   }
 
   /** One transformer call with the transformer's feeds. */
   async run(feeds: Record<string, Feed>): Promise<StepCacheCall> {
     let shouldCalc: boolean;
-    if (this.cnt === 0 || this.cnt === this.numSteps - 1 || this.previousFeeds === undefined) {
+    if (this.alwaysComputes(this.cnt) || this.previousFeeds === undefined) {
       shouldCalc = true;
       this.accumulated = 0;
     } else {
@@ -104,8 +115,8 @@ export class TeaCache implements StepCache {
     this.previousFeeds = feeds;
     this.cnt += 1;
     if (this.cnt === this.numSteps) this.cnt = 0;
-    // The next call may reuse this call's residual unless it is a first or last call, which compute.
-    return this.graphs.call(feeds, !shouldCalc, this.cnt !== 0 && this.cnt !== this.numSteps - 1);
+    // The next call may reuse this call's residual unless it always computes.
+    return this.graphs.call(feeds, !shouldCalc, !this.alwaysComputes(this.cnt));
   }
 
   release(): void {

@@ -6,12 +6,7 @@
  * nothing a job reads or writes is touched, so outputs do not change.
  */
 import { Tensor, type F32 } from "../../shared/tensor/tensor.js";
-import {
-  PREVIOUS_CALL_PREFIX,
-  type AnyComponentName,
-  type ComponentName,
-  type SamplingType,
-} from "../../shared/bundle/manifest.js";
+import type { AnyComponentName, ComponentName, SamplingType } from "../../shared/bundle/manifest.js";
 import type { StageKind } from "../../shared/farm/protocol.js";
 import type { JobSpec } from "../../shared/job/job-spec.js";
 import { skipsSteps, type CacheName, type SamplerName, type VideoParams } from "../../shared/job/render-params.js";
@@ -24,6 +19,7 @@ import type { KeptTensor } from "../runtime/onnx-model.js";
 import type { TextTokenizers } from "../text/tokenizers.js";
 import { encodeImageEmbeds, encodeImagePosterior } from "./encode-image.js";
 import { scalar, transformerFeeds } from "./transformer-feeds.js";
+import { changeFeeds } from "./teacache.js";
 import { spatialTilingOf, type DecodeOptions } from "./decode-latents.js";
 import type { TextConditioning } from "./denoise-section.js";
 
@@ -264,9 +260,8 @@ export async function warmUp(
           residual?.release();
         }
         if (job.cache === "teacache") {
-          const previous = Object.fromEntries(Object.entries(feeds).map(([n, t]) => [PREVIOUS_CALL_PREFIX + n, t]));
           await once("transformer_change", key, async () =>
-            (await runtime.model("transformer_change")).run({ ...feeds, ...previous }),
+            (await runtime.model("transformer_change")).run(changeFeeds(feeds, feeds)),
           );
         }
       } else await once("transformer", shapeKey(feeds), async () => (await runtime.model("transformer")).run(feeds));

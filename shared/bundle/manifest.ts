@@ -63,6 +63,8 @@ export const STEP_CACHE_COMPONENT_IO: Record<
   transformer_change: { inputs: [], outputs: ["modulated_l1"] },
 };
 export const STEP_CACHE_COMPONENT_NAMES = Object.keys(STEP_CACHE_COMPONENT_IO) as StepCacheComponentName[];
+/** The transformer and the step caches' graphs made from it: the graphs that hold its weights. */
+export const TRANSFORMER_GRAPH_NAMES = ["transformer", ...STEP_CACHE_COMPONENT_NAMES] as const;
 /** transformer_change's inputs for the previous call: this prefix and the transformer input's name. */
 export const PREVIOUS_CALL_PREFIX = "previous_";
 export type AnyComponentName = ComponentName | StepCacheComponentName;

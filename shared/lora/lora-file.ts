@@ -27,7 +27,7 @@
  * with a warning; a farm that rendered without them would render something else).
  */
 import { FarmError } from "../errors.js";
-import type { BundleManifest } from "../bundle/manifest.js";
+import { TRANSFORMER_GRAPH_NAMES, type BundleManifest } from "../bundle/manifest.js";
 import { decodeSafetensors } from "../tensor/safetensors.js";
 import { toF32 } from "../tensor/convert.js";
 import type { Tensor } from "../tensor/tensor.js";
@@ -76,9 +76,7 @@ const bad = (msg: string): FarmError => new FarmError("INVALID_ARGUMENT", msg);
 /** The manifest's LoRA targets, or FAILED_PRECONDITION saying how to get them. */
 export function loraTargetsOf(manifest: BundleManifest): LoraTargets {
   const raw = (manifest as unknown as Record<string, unknown>)["lora_targets"];
-  const quantized = (["transformer", "transformer_residual", "transformer_skip", "transformer_change"] as const).filter(
-    (c) => manifest.components[c]?.weights !== undefined,
-  );
+  const quantized = TRANSFORMER_GRAPH_NAMES.filter((c) => manifest.components[c]?.weights !== undefined);
   if (quantized.length > 0)
     throw new FarmError(
       "FAILED_PRECONDITION",

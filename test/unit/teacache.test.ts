@@ -17,6 +17,7 @@ import { ModelRuntime } from "../../gpu-node/runtime/model-runtime.js";
 import type { Feed } from "../../gpu-node/runtime/onnx-model.js";
 import {
   TeaCache,
+  changeFeeds,
   relativeL1FromMeans,
   roundTo,
   teacacheRescale,
@@ -136,10 +137,6 @@ test("relativeL1 rounds each difference exactly as roundTo does, over every bina
   assert.ok(Number.isNaN(relativeL1(big(NaN), big(1), "bf16")));
 });
 
-/** The feeds of the previous call as transformer_change takes them. */
-const asPrevious = (feeds: Record<string, Feed>): Record<string, Feed> =>
-  Object.fromEntries(Object.entries(feeds).map(([n, t]) => [`previous_${n}`, t]));
-
 test("transformer_residual and transformer_skip give the single graph's noise_pred; transformer_change measures the change", async () => {
   for (const sessionWorker of [false, true]) {
     const runtime = new ModelRuntime(await openBundle(tinyBundleDir()), { ep: "cpu", sessionWorker });
@@ -162,11 +159,11 @@ test("transformer_residual and transformer_skip give the single graph's noise_pr
         const reused = relL2(skipped["noise_pred"]!, single);
         assert.ok(reused <= 1e-5, `section ${section}: skip with its own residual vs single relL2 ${reused}`);
         const change = await runtime.model("transformer_change");
-        const same = (await change.run({ ...feeds, ...asPrevious(feeds) }))["modulated_l1"]!;
+        const same = (await change.run(changeFeeds(feeds, feeds)))["modulated_l1"]!;
         assert.equal(same.data[0], 0, `section ${section}: no change from a call to itself`);
         assert.ok(same.data[1]! > 0);
         const moved = { ...feeds, hidden_states: scaled(feeds["hidden_states"] as F32, 0.9) };
-        const l1 = relativeL1FromMeans((await change.run({ ...moved, ...asPrevious(feeds) }))["modulated_l1"]!);
+        const l1 = relativeL1FromMeans((await change.run(changeFeeds(moved, feeds)))["modulated_l1"]!);
         assert.ok(l1 > 0 && l1 < 1, `section ${section}: relative change ${l1}`);
       }
     } finally {
@@ -350,8 +347,7 @@ test("a float16 transformer's step-cache graphs: the residual in float16, the ch
     assert.ok(relL2(skipped, want) < 1e-2, `skip with its own residual vs single relL2 ${relL2(skipped, want)}`);
     // The change rounds each difference to fp16 first, as relativeL1(..., "fp16") does.
     const before = { ...feeds, hidden_states: wave([1, 4, 8], 0.2), timestep: wave([1, 8], 0.1) };
-    const previous = Object.fromEntries(Object.entries(before).map(([n, t]) => [`previous_${n}`, t]));
-    const l1 = (await change!.run({ ...feeds, ...previous }))["modulated_l1"]!;
+    const l1 = (await change!.run(changeFeeds(feeds, before)))["modulated_l1"]!;
     const now = (await modulated!.run(feeds))["modulated_input"]!;
     const then = (await modulated!.run(before))["modulated_input"]!;
     assert.equal(relativeL1FromMeans(l1, "fp16"), relativeL1(now, then, "fp16"));

@@ -16,7 +16,7 @@ layout and shape:
 
 Initializers are found by value, not by name: each Linear weight of the source transformer (cast
 to the graphs' dtype) is compared byte for byte with every 2-D initializer of the transformer
-graphs (transformer.onnx and, when present, TeaCache's head/body/tail, which copy its initializers
+graphs (transformer.onnx and, when present, the step caches' graphs, which copy its initializers
 under the same names), as it is ([out, in]) and transposed ([in, out]). Weights are hashed, so a
 real transformer's 26 GB are read once. A Linear is a 2-D ".weight" of the transformer (every 2-D
 weight of HunyuanVideo's FramePack transformer is one).
@@ -39,7 +39,9 @@ import sys
 
 import numpy as np
 
-TRANSFORMER_GRAPHS = ("transformer", "transformer_residual", "transformer_skip", "transformer_change")
+from .step_cache_graphs import GRAPHS as STEP_CACHE_GRAPHS
+
+TRANSFORMER_GRAPHS = ("transformer", *STEP_CACHE_GRAPHS)
 # ONNX TensorProto element types -> manifest dtype names.
 ONNX_DTYPES = {1: "fp32", 10: "fp16", 16: "bf16"}
 SAFETENSORS_DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}

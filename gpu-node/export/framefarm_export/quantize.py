@@ -26,8 +26,9 @@ import time
 import onnx
 
 from .manifest import sha256
+from .step_cache_graphs import GRAPHS as STEP_CACHE_GRAPHS
 
-TRANSFORMER_GRAPHS = ("transformer", "transformer_residual", "transformer_skip", "transformer_change")
+TRANSFORMER_GRAPHS = ("transformer", *STEP_CACHE_GRAPHS)
 
 
 def link_or_copy(src: str, dst: str) -> None:
